@@ -1,0 +1,663 @@
+//===- MoEOps.cpp - Verifiers and folds of the moe ops --------------------===//
+//
+// Part of moe-opt. Every verifier message names the operand or attribute that
+// is wrong and says what was expected.
+//
+//===----------------------------------------------------------------------===//
+
+#include "moe/dialects/MoE/MoEOps.h"
+
+#include "mlir/IR/Builders.h"
+#include "mlir/IR/BuiltinTypes.h"
+#include "mlir/IR/OpImplementation.h"
+#include "mlir/IR/PatternMatch.h"
+#include "llvm/ADT/STLExtras.h"
+
+#include <optional>
+
+using namespace mlir;
+using namespace mlir::moe;
+
+//===----------------------------------------------------------------------===//
+// Shape helpers
+//===----------------------------------------------------------------------===//
+
+/// A dimension the way MLIR writes it in a type: `?` when dynamic.
+static std::string dimStr(int64_t d) {
+  return ShapedType::isDynamic(d) ? std::string("?") : std::to_string(d);
+}
+
+static bool compatible(int64_t a, int64_t b) {
+  return ShapedType::isDynamic(a) || ShapedType::isDynamic(b) || a == b;
+}
+
+static RankedTensorType tensorType(Value v) {
+  return cast<RankedTensorType>(v.getType());
+}
+
+/// Checks that `v` has rank `rank`; `what` says what the dimensions mean.
+static LogicalResult expectRank(Operation *op, Value v, StringRef name,
+                                int64_t rank, StringRef what) {
+  int64_t got = tensorType(v).getRank();
+  if (got == rank)
+    return success();
+  return op->emitOpError() << "'" << name << "' must have rank " << rank
+                           << " (" << what << "), got rank " << got;
+}
+
+/// Checks dimension `idx` of `v` against `expected` (skipped when either is
+/// dynamic).
+static LogicalResult expectDim(Operation *op, Value v, StringRef name,
+                               unsigned idx, int64_t expected,
+                               StringRef meaning) {
+  int64_t got = tensorType(v).getDimSize(idx);
+  if (compatible(got, expected))
+    return success();
+  return op->emitOpError() << "'" << name << "' dimension " << idx << " ("
+                           << meaning << ") must be " << dimStr(expected)
+                           << ", got " << dimStr(got);
+}
+
+/// The number of slots K of a `[T, K]` routing, or of experts of `[T, E]`
+/// scores.
+static int64_t columns(Value v) { return tensorType(v).getDimSize(1); }
+static int64_t rows(Value v) { return tensorType(v).getDimSize(0); }
+
+/// Checks a selection's results: `[T, k]` ids and values for `[T, N]`
+/// scores.
+static LogicalResult verifySelectionResults(Operation *op, Value input,
+                                            Value ids, Value values,
+                                            int64_t k, StringRef kName) {
+  if (failed(expectDim(op, ids, "ids", 0, rows(input), "tokens")) ||
+      failed(expectDim(op, values, "values", 0, rows(input), "tokens")) ||
+      failed(expectDim(op, ids, "ids", 1, k, kName)) ||
+      failed(expectDim(op, values, "values", 1, k, kName)))
+    return failure();
+  return success();
+}
+
+//===----------------------------------------------------------------------===//
+// WeightOp
+//===----------------------------------------------------------------------===//
+
+LogicalResult WeightOp::verify() {
+  ArrayAttr names = getNames();
+  ArrayAttr files = getFiles();
+  if (names.empty())
+    return emitOpError("'names' must list at least one tensor name");
+  if (files.size() != 1 && files.size() != names.size())
+    return emitOpError() << "'files' must hold one file for all names or one "
+                            "file per name ("
+                         << names.size() << "), got " << files.size();
+  for (auto [i, name] : llvm::enumerate(names.getAsValueRange<StringAttr>()))
+    if (name.empty())
+      return emitOpError() << "'names'[" << i << "] is empty";
+  for (auto [i, file] : llvm::enumerate(files.getAsValueRange<StringAttr>()))
+    if (file.empty())
+      return emitOpError() << "'files'[" << i << "] is empty";
+  RankedTensorType type = getResult().getType();
+  if (!type.hasStaticShape())
+    return emitOpError() << "result must have a static shape (weights have "
+                            "fixed sizes), got "
+                         << type;
+  if (names.size() > 1 &&
+      (type.getRank() < 1 ||
+       type.getDimSize(0) != static_cast<int64_t>(names.size())))
+    return emitOpError() << "stacking " << names.size()
+                         << " tensors needs a result whose dimension 0 is "
+                         << names.size() << ", got " << type;
+  return success();
+}
+
+//===----------------------------------------------------------------------===//
+// Router scoring
+//===----------------------------------------------------------------------===//
+
+LogicalResult RouterLinearOp::verify() {
+  Operation *op = getOperation();
+  if (failed(expectRank(op, getInput(), "input", 2, "[T, H]")) ||
+      failed(expectRank(op, getWeight(), "weight", 2, "[E, H]")))
+    return failure();
+  int64_t hidden = columns(getInput());
+  int64_t experts = rows(getWeight());
+  if (failed(expectDim(op, getWeight(), "weight", 1, hidden,
+                       "hidden size of 'input'")))
+    return failure();
+  if (Value bias = getBias()) {
+    if (failed(expectRank(op, bias, "bias", 1, "[E]")) ||
+        failed(expectDim(op, bias, "bias", 0, experts,
+                         "experts, from 'weight'")))
+      return failure();
+  }
+  if (failed(expectDim(op, getResult(), "result", 0, rows(getInput()),
+                       "tokens of 'input'")) ||
+      failed(expectDim(op, getResult(), "result", 1, experts,
+                       "experts, from 'weight'")))
+    return failure();
+  return success();
+}
+
+LogicalResult RmsNormOp::verify() {
+  if (getEpsilon().isNegative())
+    return emitOpError() << "'epsilon' must be >= 0, got "
+                         << getEpsilon().convertToFloat();
+  if (Value w = getWeight())
+    return expectDim(getOperation(), w, "weight", 0, columns(getInput()),
+                     "columns of 'input'");
+  return success();
+}
+
+LogicalResult BiasAddOp::verify() {
+  Operation *op = getOperation();
+  if (failed(expectRank(op, getBias(), "bias", 1, "[E]")) ||
+      failed(expectDim(op, getBias(), "bias", 0, columns(getInput()),
+                       "experts of 'input'")))
+    return failure();
+  return success();
+}
+
+//===----------------------------------------------------------------------===//
+// Selection
+//===----------------------------------------------------------------------===//
+
+LogicalResult GroupLimitOp::verify() {
+  int64_t experts = columns(getInput());
+  int64_t groups = getNumGroups();
+  int64_t keep = getKeepGroups();
+  if (groups < 1)
+    return emitOpError() << "'num_groups' must be >= 1, got " << groups;
+  if (keep < 1 || keep > groups)
+    return emitOpError() << "'keep_groups' must be in [1, num_groups = "
+                         << groups << "], got " << keep;
+  if (ShapedType::isDynamic(experts))
+    return emitOpError("the number of experts (dimension 1 of 'input') must "
+                       "be static to form groups");
+  if (experts % groups != 0)
+    return emitOpError() << "experts (" << experts
+                         << ") are not divisible into 'num_groups' = "
+                         << groups << " groups";
+  if (getGroupScore() == GroupScore::top2_sum && experts / groups < 2)
+    return emitOpError() << "'group_score' top2_sum needs at least 2 experts "
+                            "per group, got "
+                         << experts / groups;
+  return success();
+}
+
+LogicalResult TopKOp::verify() {
+  int64_t experts = columns(getInput());
+  int64_t k = getK();
+  if (k < 1)
+    return emitOpError() << "'k' must be >= 1, got " << k;
+  if (!ShapedType::isDynamic(experts) && k > experts)
+    return emitOpError() << "'k' = " << k
+                         << " exceeds the number of experts (including null "
+                            "experts) of 'input', "
+                         << experts;
+  return verifySelectionResults(*this, getInput(), getIds(), getValues(), k,
+                                "'k'");
+}
+
+LogicalResult TopPOp::verify() {
+  float p = getP().convertToFloat();
+  if (!(p > 0.0f && p <= 1.0f))
+    return emitOpError() << "'p' must be in (0, 1], got " << p;
+  int64_t experts = columns(getInput());
+  int64_t maxK = getMaxK();
+  if (maxK < 1 || (!ShapedType::isDynamic(experts) && maxK > experts))
+    return emitOpError() << "'max_k' must be in [1, " << dimStr(experts)
+                         << "] (the number of experts), got " << maxK;
+  return verifySelectionResults(*this, getInput(), getIds(), getValues(),
+                                maxK, "'max_k'");
+}
+
+LogicalResult ThresholdOp::verify() {
+  int64_t experts = columns(getInput());
+  int64_t maxK = getMaxK();
+  if (maxK < 1 || (!ShapedType::isDynamic(experts) && maxK > experts))
+    return emitOpError() << "'max_k' must be in [1, " << dimStr(experts)
+                         << "] (the number of experts), got " << maxK;
+  if (!getThreshold().isFinite())
+    return emitOpError("'threshold' must be finite");
+  return verifySelectionResults(*this, getInput(), getIds(), getValues(),
+                                maxK, "'max_k'");
+}
+
+LogicalResult ExpertChoiceOp::verify() {
+  int64_t capacity = getCapacity();
+  if (capacity <= 0)
+    return emitOpError() << "'capacity' must be > 0 tokens per expert, got "
+                         << capacity;
+  return verifySelectionResults(*this, getInput(), getIds(), getValues(),
+                                columns(getInput()),
+                                "one slot per expert of 'input'");
+}
+
+LogicalResult GatherScoresOp::verify() {
+  Operation *op = getOperation();
+  if (failed(expectDim(op, getIds(), "ids", 0, rows(getScores()),
+                       "tokens of 'scores'")) ||
+      failed(expectDim(op, getResult(), "result", 0, rows(getIds()),
+                       "tokens of 'ids'")) ||
+      failed(expectDim(op, getResult(), "result", 1, columns(getIds()),
+                       "slots of 'ids'")))
+    return failure();
+  return success();
+}
+
+LogicalResult DropNullExpertsOp::verify() {
+  if (getNumExperts() < 1)
+    return emitOpError() << "'num_experts' (real experts) must be >= 1, got "
+                         << getNumExperts();
+  Operation *op = getOperation();
+  if (failed(expectDim(op, getWeights(), "weights", 0, rows(getIds()),
+                       "tokens of 'ids'")) ||
+      failed(expectDim(op, getWeights(), "weights", 1, columns(getIds()),
+                       "slots of 'ids'")))
+    return failure();
+  if (getResultIds().getType() != getIds().getType() ||
+      getResultWeights().getType() != getWeights().getType())
+    return emitOpError("results must have the types of 'ids' and 'weights'");
+  return success();
+}
+
+/// The number of candidates a selection chose from, when `ids` comes
+/// straight from a selection op.
+static std::optional<int64_t> candidateCount(Value ids) {
+  Operation *def = ids.getDefiningOp();
+  if (!def)
+    return std::nullopt;
+  Value scores;
+  if (auto op = dyn_cast<TopKOp>(def))
+    scores = op.getInput();
+  else if (auto op = dyn_cast<TopPOp>(def))
+    scores = op.getInput();
+  else if (auto op = dyn_cast<ThresholdOp>(def))
+    scores = op.getInput();
+  else if (auto op = dyn_cast<ExpertChoiceOp>(def))
+    scores = op.getInput();
+  else if (auto op = dyn_cast<DropNullExpertsOp>(def))
+    return op.getNumExperts();
+  if (!scores || ShapedType::isDynamic(columns(scores)))
+    return std::nullopt;
+  return columns(scores);
+}
+
+LogicalResult
+DropNullExpertsOp::fold(FoldAdaptor, SmallVectorImpl<OpFoldResult> &results) {
+  // A selection over no more candidates than real experts picks no null
+  // expert: the op is the identity.
+  std::optional<int64_t> candidates = candidateCount(getIds());
+  if (!candidates || *candidates > static_cast<int64_t>(getNumExperts()))
+    return failure();
+  results.push_back(getIds());
+  results.push_back(getWeights());
+  return success();
+}
+
+//===----------------------------------------------------------------------===//
+// Weight post-processing
+//===----------------------------------------------------------------------===//
+
+LogicalResult NormalizeOp::verify() {
+  if (getEpsilon().isNegative() || !getEpsilon().isFinite())
+    return emitOpError() << "'epsilon' must be finite and >= 0, got "
+                         << getEpsilon().convertToFloat();
+  return success();
+}
+
+OpFoldResult ScaleOp::fold(FoldAdaptor) {
+  if (getFactor().isExactlyValue(1.0))
+    return getInput();
+  return {};
+}
+
+namespace {
+/// scale(scale(w, a), b) -> scale(w, a * b).
+struct MergeScales : OpRewritePattern<ScaleOp> {
+  using OpRewritePattern::OpRewritePattern;
+  LogicalResult matchAndRewrite(ScaleOp op,
+                                PatternRewriter &rewriter) const override {
+    auto inner = op.getInput().getDefiningOp<ScaleOp>();
+    if (!inner)
+      return failure();
+    float factor = inner.getFactor().convertToFloat() *
+                   op.getFactor().convertToFloat();
+    rewriter.replaceOpWithNewOp<ScaleOp>(op, inner.getInput(),
+                                         rewriter.getF32FloatAttr(factor));
+    return success();
+  }
+};
+} // namespace
+
+void ScaleOp::getCanonicalizationPatterns(RewritePatternSet &results,
+                                          MLIRContext *context) {
+  results.add<MergeScales>(context);
+}
+
+//===----------------------------------------------------------------------===//
+// Dispatch and combine
+//===----------------------------------------------------------------------===//
+
+LogicalResult DispatchOp::verify() {
+  int64_t experts = getNumExperts();
+  if (experts < 1)
+    return emitOpError() << "'num_experts' must be >= 1, got " << experts;
+  Operation *op = getOperation();
+  if (failed(expectDim(op, getCounts(), "counts", 0, experts,
+                       "'num_experts'")) ||
+      failed(expectDim(op, getOffsets(), "offsets", 0, experts + 1,
+                       "'num_experts' + 1")))
+    return failure();
+  return success();
+}
+
+/// Checks the `[T, H]` input, `[R]` rows and `[T, K]` weights shared by
+/// permute and combine.
+static LogicalResult verifyRowMovement(Operation *op, Value tokens,
+                                       StringRef tokensName, Value rowsValue,
+                                       Value weights, Value grouped,
+                                       StringRef groupedName) {
+  if (failed(expectRank(op, tokens, tokensName, 2, "[T, H]")) ||
+      failed(expectRank(op, grouped, groupedName, 2, "[R, H]")))
+    return failure();
+  if (failed(expectDim(op, tokens, tokensName, 0, rows(weights),
+                       "tokens of 'weights'")) ||
+      failed(expectDim(op, grouped, groupedName, 0, rows(rowsValue),
+                       "routed rows of 'rows'")) ||
+      failed(expectDim(op, grouped, groupedName, 1, columns(tokens),
+                       "hidden size")))
+    return failure();
+  if (tensorType(tokens).getElementType() !=
+      tensorType(grouped).getElementType())
+    return op->emitOpError()
+           << "'" << groupedName << "' element type "
+           << tensorType(grouped).getElementType() << " must match '"
+           << tokensName << "' element type "
+           << tensorType(tokens).getElementType();
+  return success();
+}
+
+LogicalResult PermuteOp::verify() {
+  return verifyRowMovement(*this, getInput(), "input", getRows(),
+                           getWeights(), getResult(), "result");
+}
+
+LogicalResult CombineOp::verify() {
+  return verifyRowMovement(*this, getResult(), "result", getRows(),
+                           getWeights(), getInput(), "input");
+}
+
+//===----------------------------------------------------------------------===//
+// Experts
+//===----------------------------------------------------------------------===//
+
+namespace {
+/// Reads `[E?, out, in]` or `[E?, in, out]` of one projection.
+struct Projection {
+  int64_t experts = ShapedType::kDynamic;
+  int64_t out = ShapedType::kDynamic;
+  int64_t in = ShapedType::kDynamic;
+};
+} // namespace
+
+/// Verifies one projection matrix and returns its sizes.
+static FailureOr<Projection> readProjection(Operation *op, Value w,
+                                            StringRef name, bool perExpert,
+                                            WeightLayout layout) {
+  int64_t rank = perExpert ? 3 : 2;
+  StringRef what;
+  if (layout == WeightLayout::out_in)
+    what = perExpert ? "[E, out, in] with weight_layout out_in"
+                     : "[out, in] with weight_layout out_in";
+  else
+    what = perExpert ? "[E, in, out] with weight_layout in_out"
+                     : "[in, out] with weight_layout in_out";
+  if (failed(expectRank(op, w, name, rank, what)))
+    return failure();
+  ArrayRef<int64_t> shape = tensorType(w).getShape();
+  Projection p;
+  if (perExpert)
+    p.experts = shape[0];
+  int64_t a = shape[rank - 2], b = shape[rank - 1];
+  p.out = layout == WeightLayout::out_in ? a : b;
+  p.in = layout == WeightLayout::out_in ? b : a;
+  return p;
+}
+
+/// Checks that `size` agrees with a size fixed earlier (`known`, or dynamic
+/// when not yet fixed) and records it.
+static LogicalResult agree(Operation *op, int64_t &known, int64_t size,
+                           StringRef name, StringRef meaning,
+                           StringRef source) {
+  if (compatible(known, size)) {
+    if (ShapedType::isDynamic(known))
+      known = size;
+    return success();
+  }
+  return op->emitOpError() << "'" << name << "' has " << meaning << " = "
+                           << dimStr(size) << " but " << source << " has "
+                           << dimStr(known);
+}
+
+static LogicalResult verifyBias(Operation *op, Value bias, StringRef name,
+                                bool perExpert, int64_t experts,
+                                int64_t size, StringRef meaning) {
+  if (!bias)
+    return success();
+  if (failed(expectRank(op, bias, name, perExpert ? 2 : 1,
+                        perExpert ? "[E, out]" : "[out]")))
+    return failure();
+  if (perExpert &&
+      failed(expectDim(op, bias, name, 0, experts, "experts")))
+    return failure();
+  return expectDim(op, bias, name, perExpert ? 1 : 0, size, meaning);
+}
+
+/// Shared verifier of `moe.expert_ffn` (perExpert) and `moe.ffn`.
+template <typename OpT>
+static LogicalResult verifyGatedFFN(OpT op, bool perExpert,
+                                    int64_t *expertsOut) {
+  Operation *o = op.getOperation();
+  WeightLayout layout = op.getWeightLayout();
+  if (failed(expectRank(o, op.getInput(), "input", 2,
+                        perExpert ? "[R, H]" : "[T, H]")))
+    return failure();
+  int64_t hidden = columns(op.getInput());
+  bool separate = op.getGate() || op.getUp();
+  if (separate && op.getGateUp())
+    return op.emitOpError("give either 'gate' and 'up' or a fused 'gate_up', "
+                          "not both");
+  if (separate && !(op.getGate() && op.getUp()))
+    return op.emitOpError() << "'" << (op.getGate() ? "gate" : "up")
+                            << "' needs its partner '"
+                            << (op.getGate() ? "up" : "gate") << "'";
+  if (!separate && !op.getGateUp())
+    return op.emitOpError("needs 'gate' and 'up' projections, or a fused "
+                          "'gate_up' projection");
+  if (op.getGateBias() && !op.getGate())
+    return op.emitOpError("'gate_bias' needs a separate 'gate' projection");
+  if (op.getUpBias() && !op.getUp())
+    return op.emitOpError("'up_bias' needs a separate 'up' projection");
+  if (op.getGateUpBias() && !op.getGateUp())
+    return op.emitOpError("'gate_up_bias' needs a fused 'gate_up' projection");
+
+  int64_t experts = ShapedType::kDynamic;
+  int64_t inter = ShapedType::kDynamic;
+  Type weightElem;
+  auto check = [&](Value w, StringRef name, bool fused,
+                   bool isDown) -> LogicalResult {
+    FailureOr<Projection> p = readProjection(o, w, name, perExpert, layout);
+    if (failed(p))
+      return failure();
+    if (perExpert &&
+        failed(agree(o, experts, p->experts, name, "E (dimension 0)",
+                     "an earlier projection")))
+      return failure();
+    Type elem = tensorType(w).getElementType();
+    if (weightElem && elem != weightElem)
+      return op.emitOpError() << "'" << name << "' element type " << elem
+                              << " differs from the other projections' "
+                              << weightElem;
+    weightElem = elem;
+    if (isDown) {
+      if (!compatible(p->out, hidden))
+        return op.emitOpError() << "'down' output size must be the hidden "
+                                   "size of 'input' ("
+                                << dimStr(hidden) << "), got " << dimStr(p->out);
+      return agree(o, inter, p->in, name, "intermediate size (input side)",
+                   "the gate/up projection");
+    }
+    if (!compatible(p->in, hidden))
+      return op.emitOpError() << "'" << name
+                              << "' input size must be the hidden size of "
+                                 "'input' ("
+                              << dimStr(hidden) << "), got " << dimStr(p->in);
+    int64_t out = p->out;
+    if (fused) {
+      if (!ShapedType::isDynamic(out) && out % 2 != 0)
+        return op.emitOpError() << "'gate_up' output size must be even "
+                                   "(gate and up halves), got "
+                                << out;
+      out = ShapedType::isDynamic(out) ? out : out / 2;
+    }
+    return agree(o, inter, out, name, "intermediate size",
+                 "an earlier projection");
+  };
+  if (op.getGateUp()) {
+    if (failed(check(op.getGateUp(), "gate_up", /*fused=*/true, false)))
+      return failure();
+  } else if (failed(check(op.getGate(), "gate", false, false)) ||
+             failed(check(op.getUp(), "up", false, false))) {
+    return failure();
+  }
+  if (failed(check(op.getDown(), "down", false, /*isDown=*/true)))
+    return failure();
+
+  int64_t fusedInter =
+      ShapedType::isDynamic(inter) ? inter : 2 * inter;
+  if (failed(verifyBias(o, op.getGateBias(), "gate_bias", perExpert, experts,
+                        inter, "intermediate size")) ||
+      failed(verifyBias(o, op.getUpBias(), "up_bias", perExpert, experts,
+                        inter, "intermediate size")) ||
+      failed(verifyBias(o, op.getGateUpBias(), "gate_up_bias", perExpert,
+                        experts, fusedInter, "2 x intermediate size")) ||
+      failed(verifyBias(o, op.getDownBias(), "down_bias", perExpert, experts,
+                        hidden, "hidden size")))
+    return failure();
+
+  if (op.getGateUpLayout() == GateUpLayout::interleaved && !op.getGateUp())
+    return op.emitOpError("'gate_up_layout' interleaved needs a fused "
+                          "'gate_up' projection");
+  float alpha = op.getAlpha().convertToFloat();
+  float limit = op.getLimit().convertToFloat();
+  if (!(alpha > 0.0f) || !std::isfinite(alpha))
+    return op.emitOpError() << "'alpha' must be finite and > 0, got "
+                            << alpha;
+  if (!(limit > 0.0f))
+    return op.emitOpError() << "'limit' must be > 0, got " << limit;
+  if (op.getResult().getType() != op.getInput().getType())
+    return op.emitOpError() << "result type " << op.getResult().getType()
+                            << " must equal the type of 'input' "
+                            << op.getInput().getType();
+  if (expertsOut)
+    *expertsOut = experts;
+  return success();
+}
+
+LogicalResult ExpertFFNOp::verify() {
+  int64_t experts = ShapedType::kDynamic;
+  if (failed(verifyGatedFFN(*this, /*perExpert=*/true, &experts)))
+    return failure();
+  if (!ShapedType::isDynamic(experts))
+    return expectDim(*this, getOffsets(), "offsets", 0, experts + 1,
+                     "number of experts + 1");
+  return success();
+}
+
+LogicalResult FFNOp::verify() {
+  return verifyGatedFFN(*this, /*perExpert=*/false, nullptr);
+}
+
+LogicalResult RowScaleOp::verify() {
+  Operation *op = getOperation();
+  if (failed(expectRank(op, getInput(), "input", 2, "[T, H]")) ||
+      failed(expectDim(op, getFactor(), "factor", 0, rows(getInput()),
+                       "tokens of 'input'")) ||
+      failed(expectDim(op, getFactor(), "factor", 1, 1, "one factor per "
+                                                         "token")))
+    return failure();
+  if (getResult().getType() != getInput().getType())
+    return emitOpError() << "result type " << getResult().getType()
+                         << " must equal the type of 'input' "
+                         << getInput().getType();
+  return success();
+}
+
+//===----------------------------------------------------------------------===//
+// LoRA
+//===----------------------------------------------------------------------===//
+
+LogicalResult LoraMixtureOp::verify() {
+  Operation *op = getOperation();
+  if (failed(expectRank(op, getInput(), "input", 2, "[T, in]")) ||
+      failed(expectRank(op, getBase(), "base", 2, "[out, in]")) ||
+      failed(expectRank(op, getLoraA(), "lora_a", 3, "[E, r, in]")) ||
+      failed(expectRank(op, getLoraB(), "lora_b", 3, "[E, out, r]")) ||
+      failed(expectRank(op, getResult(), "result", 2, "[T, out]")))
+    return failure();
+  int64_t in = columns(getInput());
+  int64_t out = rows(getBase());
+  ArrayRef<int64_t> a = getLoraA().getType().getShape();
+  ArrayRef<int64_t> b = getLoraB().getType().getShape();
+  if (failed(expectDim(op, getBase(), "base", 1, in, "input size of "
+                                                     "'input'")))
+    return failure();
+  if (Value bias = getBaseBias())
+    if (failed(expectRank(op, bias, "base_bias", 1, "[out]")) ||
+        failed(expectDim(op, bias, "base_bias", 0, out, "output size of "
+                                                        "'base'")))
+      return failure();
+  if (!compatible(a[0], b[0]))
+    return emitOpError() << "'lora_a' has " << dimStr(a[0])
+                         << " experts but 'lora_b' has " << dimStr(b[0]);
+  if (!compatible(a[1], b[2]))
+    return emitOpError() << "LoRA rank mismatch: 'lora_a' has rank r = "
+                         << dimStr(a[1]) << " (dimension 1) but 'lora_b' has r = "
+                         << dimStr(b[2]) << " (dimension 2)";
+  if (failed(expectDim(op, getLoraA(), "lora_a", 2, in,
+                       "input size of 'input'")) ||
+      failed(expectDim(op, getLoraB(), "lora_b", 1, out,
+                       "output size of 'base'")))
+    return failure();
+  int64_t experts = a[0];
+  if (!ShapedType::isDynamic(experts) &&
+      static_cast<int64_t>(getScales().size()) != experts)
+    return emitOpError() << "'scales' must hold one factor per LoRA expert ("
+                         << experts << "), got " << getScales().size();
+  if (static_cast<bool>(getIds()) != static_cast<bool>(getWeights()))
+    return emitOpError("'routing' needs both ids and weights");
+  if (Value ids = getIds()) {
+    if (failed(expectDim(op, ids, "ids", 0, rows(getInput()),
+                         "tokens of 'input'")) ||
+        failed(expectDim(op, getWeights(), "weights", 0, rows(getInput()),
+                         "tokens of 'input'")) ||
+        failed(expectDim(op, getWeights(), "weights", 1, columns(ids),
+                         "slots of 'ids'")))
+      return failure();
+  }
+  if (failed(expectDim(op, getResult(), "result", 0, rows(getInput()),
+                       "tokens of 'input'")) ||
+      failed(expectDim(op, getResult(), "result", 1, out,
+                       "output size of 'base'")))
+    return failure();
+  if (getResult().getType().getElementType() !=
+      getInput().getType().getElementType())
+    return emitOpError() << "result element type "
+                         << getResult().getType().getElementType()
+                         << " must match 'input' element type "
+                         << getInput().getType().getElementType();
+  return success();
+}
+
+#define GET_OP_CLASSES
+#include "moe/dialects/MoE/MoEOps.cpp.inc"

@@ -1,0 +1,69 @@
+//===- MoEAttrs.td - Attributes of the moe dialect ---------*- tablegen -*-===//
+//
+// Part of moe-opt. Enumerations used by moe ops.
+//
+//===----------------------------------------------------------------------===//
+
+#ifndef MOE_ATTRS_TD
+#define MOE_ATTRS_TD
+
+include "moe/dialects/MoE/MoEDialect.td"
+include "mlir/IR/EnumAttr.td"
+
+def MoE_ActSilu : I32EnumAttrCase<"silu", 0>;
+def MoE_ActGelu : I32EnumAttrCase<"gelu", 1>;
+def MoE_ActGeluTanh : I32EnumAttrCase<"gelu_tanh", 2>;
+def MoE_ActSwigluClamped : I32EnumAttrCase<"swiglu_clamped", 3>;
+def MoE_Activation : I32EnumAttr<"Activation",
+    "activation of a gated FFN: silu, gelu (erf), gelu_tanh, or gpt-oss's "
+    "clamped swiglu",
+    [MoE_ActSilu, MoE_ActGelu, MoE_ActGeluTanh, MoE_ActSwigluClamped]> {
+  let genSpecializedAttr = 0;
+  let cppNamespace = "::mlir::moe";
+}
+def MoE_ActivationAttr : EnumAttr<MoE_Dialect, MoE_Activation, "activation"> {
+  let assemblyFormat = "`<` $value `>`";
+}
+
+def MoE_GroupMax : I32EnumAttrCase<"max", 0>;
+def MoE_GroupTop2Sum : I32EnumAttrCase<"top2_sum", 1>;
+def MoE_GroupScoreKind : I32EnumAttr<"GroupScore",
+    "how a group of experts is scored: the max (DeepSeek-V2) or the sum of "
+    "the two best (DeepSeek-V3)", [MoE_GroupMax, MoE_GroupTop2Sum]> {
+  let genSpecializedAttr = 0;
+  let cppNamespace = "::mlir::moe";
+}
+def MoE_GroupScoreAttr
+    : EnumAttr<MoE_Dialect, MoE_GroupScoreKind, "group_score"> {
+  let assemblyFormat = "`<` $value `>`";
+}
+
+def MoE_GateUpConcat : I32EnumAttrCase<"concat", 0>;
+def MoE_GateUpInterleaved : I32EnumAttrCase<"interleaved", 1>;
+def MoE_GateUpLayoutKind : I32EnumAttr<"GateUpLayout",
+    "where gate and up sit in a fused gate/up projection: gate in the first "
+    "half (concat) or in the even columns (interleaved)",
+    [MoE_GateUpConcat, MoE_GateUpInterleaved]> {
+  let genSpecializedAttr = 0;
+  let cppNamespace = "::mlir::moe";
+}
+def MoE_GateUpLayoutAttr
+    : EnumAttr<MoE_Dialect, MoE_GateUpLayoutKind, "gate_up_layout"> {
+  let assemblyFormat = "`<` $value `>`";
+}
+
+def MoE_OutIn : I32EnumAttrCase<"out_in", 0>;
+def MoE_InOut : I32EnumAttrCase<"in_out", 1>;
+def MoE_WeightLayoutKind : I32EnumAttr<"WeightLayout",
+    "orientation of projection matrices: [out, in] as torch.nn.Linear "
+    "stores them, or [in, out] as fused 3-D expert tensors do",
+    [MoE_OutIn, MoE_InOut]> {
+  let genSpecializedAttr = 0;
+  let cppNamespace = "::mlir::moe";
+}
+def MoE_WeightLayoutAttr
+    : EnumAttr<MoE_Dialect, MoE_WeightLayoutKind, "weight_layout"> {
+  let assemblyFormat = "`<` $value `>`";
+}
+
+#endif // MOE_ATTRS_TD

@@ -1,0 +1,465 @@
+//===- MoEOps.td - Operations of the moe dialect -----------*- tablegen -*-===//
+//
+// Part of moe-opt. Every op here is one step of an MoE layer; a router is a
+// chain of scoring, selection and weight ops, not one op with a mode switch.
+//
+//===----------------------------------------------------------------------===//
+
+#ifndef MOE_OPS_TD
+#define MOE_OPS_TD
+
+include "moe/dialects/MoE/MoEDialect.td"
+include "moe/dialects/MoE/MoEAttrs.td"
+include "mlir/Interfaces/SideEffectInterfaces.td"
+include "mlir/Interfaces/InferTypeOpInterface.td"
+include "mlir/IR/CommonTypeConstraints.td"
+include "mlir/IR/CommonAttrConstraints.td"
+
+//===----------------------------------------------------------------------===//
+// Type constraints
+//===----------------------------------------------------------------------===//
+
+def MoE_ElementType : AnyTypeOf<[F32, BF16, F16]>;
+// Activations and weights: f32, bf16 or f16 of any rank (ranks are checked
+// by each op's verifier so that the message can say which dimension is off).
+def MoE_Tensor : RankedTensorOf<[F32, BF16, F16]>;
+// Router scores and routing weights: [T, N] in f32.
+def MoE_Scores : 2DTensorOf<[F32]>;
+// Routing ids: [T, K] in i32, -1 for an empty slot.
+def MoE_Ids : 2DTensorOf<[I32]>;
+def MoE_I32Vector : 1DTensorOf<[I32]>;
+def MoE_F32Vector : 1DTensorOf<[F32]>;
+
+//===----------------------------------------------------------------------===//
+// Weights
+//===----------------------------------------------------------------------===//
+
+def MoE_WeightOp : MoE_Op<"weight", [Pure]> {
+  let summary = "a weight tensor stored in safetensors files";
+  let description = [{
+    Names one tensor, or a stack of tensors, in safetensors files instead of
+    embedding the values in the IR. With one name the result is that tensor;
+    with N names the result is their stack along a new leading dimension of
+    size N (per-expert checkpoints become one `[E, ...]` tensor). A stacked
+    tensor may be smaller than its slice in any dimension (LoRA adapters of
+    different ranks): it is zero-padded at the end of each dimension.
+
+    `files` holds either one file for every name or exactly one file per
+    name (sharded checkpoints). A relative path is resolved against the
+    module's `moe.weight_root` string attribute when present, otherwise
+    against the directory of the IR file. The result's element type is the
+    stored dtype (F32, BF16 or F16); the loader checks dtype and shape.
+
+    ```mlir
+    %wg = moe.weight ["model.layers.1.mlp.gate.weight"] from ["model.safetensors"]
+        : tensor<8x64xbf16>
+    %w1 = moe.weight ["l.experts.0.w1", "l.experts.1.w1"] from ["a.safetensors", "b.safetensors"]
+        : tensor<2x128x64xbf16>
+    ```
+  }];
+  let arguments = (ins StrArrayAttr:$names, StrArrayAttr:$files);
+  let results = (outs MoE_Tensor:$result);
+  let assemblyFormat = "$names `from` $files attr-dict `:` type($result)";
+  let hasVerifier = 1;
+}
+
+//===----------------------------------------------------------------------===//
+// Router scoring
+//===----------------------------------------------------------------------===//
+
+def MoE_RouterLinearOp : MoE_Op<"router_linear", [Pure]> {
+  let summary = "router logits x Wᵀ + b, computed in f32";
+  let description = [{
+    `input : [T, H]` (f32/bf16/f16), `weight : [N, H]`, optional
+    `bias : [N]` (any float type); the result `[T, N]` is always f32: inputs and weights are
+    converted to f32 first, whatever their dtype (every real router does its
+    math in f32). `N` is the number of experts (plus null experts), or 1 for
+    a shared-expert gate.
+  }];
+  let arguments = (ins MoE_Tensor:$input, MoE_Tensor:$weight,
+                   Optional<MoE_Tensor>:$bias);
+  let results = (outs MoE_Scores:$result);
+  let assemblyFormat = [{
+    $input `,` $weight (`bias` $bias^)? attr-dict `:` functional-type(operands, results)
+  }];
+  let hasVerifier = 1;
+}
+
+class MoE_RowOp<string mnemonic, list<Trait> traits = []>
+    : MoE_Op<mnemonic, !listconcat(traits, [Pure, SameOperandsAndResultType])> {
+  let arguments = (ins MoE_Scores:$input);
+  let results = (outs MoE_Scores:$result);
+  let assemblyFormat = "$input attr-dict `:` type($input)";
+}
+
+def MoE_SoftmaxOp : MoE_RowOp<"softmax"> {
+  let summary = "softmax over the last dimension";
+  let description = [{
+    `result[t, i] = exp(x[t, i] - m) / sum_j exp(x[t, j] - m)` with
+    `m = max_j x[t, j]`. Applied to router logits `[T, E]`, or to the values
+    of a selection `[T, K]` (gpt-oss: softmax over the selected logits).
+    Entries equal to -inf get probability 0.
+  }];
+}
+
+def MoE_SigmoidOp : MoE_RowOp<"sigmoid"> {
+  let summary = "elementwise logistic function";
+  let description = [{
+    `result = 1 / (1 + exp(-x))`. DeepSeek-V3 scores, Llama 4's weight of the
+    selected logit, Qwen2-MoE's shared-expert gate.
+  }];
+}
+
+def MoE_ReluOp : MoE_RowOp<"relu"> {
+  let summary = "elementwise max(x, 0)";
+  let description = [{
+    BlockFFN's router activation (followed by `moe.rms_norm`).
+  }];
+}
+
+def MoE_RmsNormOp : MoE_Op<"rms_norm", [Pure, AllTypesMatch<["input", "result"]>]> {
+  let summary = "row-wise RMSNorm of router scores";
+  let description = [{
+    `result[t, i] = x[t, i] / sqrt(mean_j x[t, j]^2 + epsilon) * g[i]`, with
+    `g = 1` when no `weight : [N]` is given. BlockFFN's router:
+    `rms_norm(relu(x Wᵀ))`.
+  }];
+  let arguments = (ins MoE_Scores:$input, Optional<MoE_F32Vector>:$weight,
+                   DefaultValuedAttr<F32Attr, "1.0e-6">:$epsilon);
+  let results = (outs MoE_Scores:$result);
+  let assemblyFormat = [{
+    $input (`weight` $weight^ `:` type($weight))? attr-dict `:` type($input)
+  }];
+  let hasVerifier = 1;
+}
+
+def MoE_BiasAddOp : MoE_Op<"bias_add", [Pure, AllTypesMatch<["input", "result"]>]> {
+  let summary = "adds a per-expert bias to scores";
+  let description = [{
+    `result[t, e] = x[t, e] + bias[e]`. DeepSeek-V3's
+    `e_score_correction_bias` produces the choice score that steers selection
+    only; the weights are then read from the unbiased score with
+    `moe.gather_scores`.
+  }];
+  let arguments = (ins MoE_Scores:$input, MoE_Tensor:$bias);
+  let results = (outs MoE_Scores:$result);
+  let assemblyFormat = [{
+    $input `,` $bias attr-dict `:` type($input) `,` type($bias)
+  }];
+  let hasVerifier = 1;
+}
+
+//===----------------------------------------------------------------------===//
+// Selection
+//===----------------------------------------------------------------------===//
+
+def MoE_GroupLimitOp : MoE_Op<"group_limit", [Pure, SameOperandsAndResultType]> {
+  let summary = "masks every expert outside the best groups";
+  let description = [{
+    Splits the E experts into `num_groups` contiguous groups of E/num_groups,
+    scores each group (`max`: the best score in the group, DeepSeek-V2;
+    `top2_sum`: the sum of its two best scores, DeepSeek-V3), keeps the
+    `keep_groups` best groups (ties: lower group index) and sets the score of
+    every expert of a dropped group to -inf, so that a following `moe.topk`
+    never picks it, even when every kept score is negative.
+  }];
+  let arguments = (ins MoE_Scores:$input, I64Attr:$num_groups,
+                   I64Attr:$keep_groups, MoE_GroupScoreAttr:$group_score);
+  let results = (outs MoE_Scores:$result);
+  let assemblyFormat = "$input attr-dict `:` type($input)";
+  let hasVerifier = 1;
+}
+
+class MoE_SelectOp<string mnemonic> : MoE_Op<mnemonic, [Pure]> {
+  let results = (outs MoE_Ids:$ids, MoE_Scores:$values);
+}
+
+def MoE_TopKOp : MoE_SelectOp<"topk"> {
+  let summary = "the k best entries of each row";
+  let description = [{
+    For each token, the `k` largest scores in descending order (ties: the
+    lower expert index first): `ids : [T, k]` and `values : [T, k]`, the
+    scores themselves. A score of -inf is never selected unless fewer than k
+    finite scores exist; then the slot is empty (id -1, value 0).
+  }];
+  let arguments = (ins MoE_Scores:$input, I64Attr:$k);
+  let assemblyFormat = "$input attr-dict `:` type($input) `->` type(results)";
+  let hasVerifier = 1;
+}
+
+def MoE_TopPOp : MoE_SelectOp<"top_p"> {
+  let summary = "the smallest set of experts whose mass reaches p (dynamic k)";
+  let description = [{
+    Sorts each row in descending order and keeps the shortest prefix whose
+    sum is at least `p` (at least one expert), capped at `max_k` experts.
+    Slots past the chosen count are empty (id -1, value 0). The input should
+    be probabilities (after `moe.softmax`).
+  }];
+  let arguments = (ins MoE_Scores:$input, F32Attr:$p, I64Attr:$max_k);
+  let assemblyFormat = "$input attr-dict `:` type($input) `->` type(results)";
+  let hasVerifier = 1;
+}
+
+def MoE_ThresholdOp : MoE_SelectOp<"threshold"> {
+  let summary = "every expert whose score exceeds a threshold";
+  let description = [{
+    Selects, in descending score order, every expert with
+    `score > threshold`, at most `max_k` of them (the best ones). BlockFFN:
+    `threshold = 0` after ReLU, `max_k = E`: every expert with a non-zero
+    score is active. Unused slots are empty (id -1, value 0).
+  }];
+  let arguments = (ins MoE_Scores:$input,
+                   DefaultValuedAttr<F32Attr, "0.0">:$threshold,
+                   I64Attr:$max_k);
+  let assemblyFormat = "$input attr-dict `:` type($input) `->` type(results)";
+  let hasVerifier = 1;
+}
+
+def MoE_ExpertChoiceOp : MoE_SelectOp<"expert_choice"> {
+  let summary = "each expert picks its best tokens, up to a capacity";
+  let description = [{
+    Expert-choice routing: for each expert e, the `capacity` tokens with the
+    highest `input[:, e]` (ties: lower token index) are assigned to it; a
+    token picked by nobody is dropped. The result is token-major with one
+    slot per expert: `ids[t, e] = e` when expert e picked token t, else -1,
+    and `values[t, e]` the score, else 0. With fewer than `capacity` tokens
+    every token is picked.
+  }];
+  let arguments = (ins MoE_Scores:$input, I64Attr:$capacity);
+  let assemblyFormat = "$input attr-dict `:` type($input) `->` type(results)";
+  let hasVerifier = 1;
+}
+
+def MoE_GatherScoresOp : MoE_Op<"gather_scores", [Pure]> {
+  let summary = "reads the weights of the selected experts from a score";
+  let description = [{
+    `result[t, s] = scores[t, ids[t, s]]`, or 0 for an empty slot. Used when
+    the score that selects differs from the score that weighs (DeepSeek-V3:
+    selection on `sigmoid + bias`, weights from the plain sigmoid).
+  }];
+  let arguments = (ins MoE_Scores:$scores, MoE_Ids:$ids);
+  let results = (outs MoE_Scores:$result);
+  let assemblyFormat = [{
+    $scores `,` $ids attr-dict `:` type($scores) `,` type($ids) `->` type($result)
+  }];
+  let hasVerifier = 1;
+}
+
+def MoE_DropNullExpertsOp : MoE_Op<"drop_null_experts", [Pure,
+    AllTypesMatch<["ids", "result_ids"]>, AllTypesMatch<["weights", "result_weights"]>]> {
+  let summary = "empties the slots that selected a null expert (AdaMoE)";
+  let description = [{
+    Ids `>= num_experts` denote null experts: they take part in selection and
+    in weight normalisation but compute nothing. This op turns their slots
+    into empty ones (id -1, weight 0), so that dispatch skips them.
+  }];
+  let arguments = (ins MoE_Ids:$ids, MoE_Scores:$weights, I64Attr:$num_experts);
+  let results = (outs MoE_Ids:$result_ids, MoE_Scores:$result_weights);
+  let assemblyFormat = [{
+    $ids `,` $weights attr-dict `:` type($ids) `,` type($weights)
+  }];
+  let hasVerifier = 1;
+  let hasFolder = 1;
+}
+
+//===----------------------------------------------------------------------===//
+// Weight post-processing
+//===----------------------------------------------------------------------===//
+
+def MoE_NormalizeOp : MoE_Op<"normalize", [Pure, SameOperandsAndResultType]> {
+  let summary = "divides each row of routing weights by its sum";
+  let description = [{
+    `result[t, s] = w[t, s] / (sum_j w[t, j] + epsilon)`; a row that sums to
+    0 stays 0. Empty slots hold 0 and do not count.
+  }];
+  let arguments = (ins MoE_Scores:$input,
+                   DefaultValuedAttr<F32Attr, "0.0">:$epsilon);
+  let results = (outs MoE_Scores:$result);
+  let assemblyFormat = "$input attr-dict `:` type($input)";
+  let hasVerifier = 1;
+}
+
+def MoE_ScaleOp : MoE_Op<"scale", [Pure, SameOperandsAndResultType]> {
+  let summary = "multiplies routing weights by a constant";
+  let description = [{
+    `result = factor * w` (`routed_scaling_factor`).
+  }];
+  let arguments = (ins MoE_Scores:$input, F32Attr:$factor);
+  let results = (outs MoE_Scores:$result);
+  let assemblyFormat = "$input attr-dict `:` type($input)";
+  let hasFolder = 1;
+  let hasCanonicalizer = 1;
+}
+
+//===----------------------------------------------------------------------===//
+// Dispatch and combine
+//===----------------------------------------------------------------------===//
+
+def MoE_DispatchOp : MoE_Op<"dispatch", [Pure]> {
+  let summary = "groups the routed slots by expert";
+  let description = [{
+    From `ids : [T, K]`, computes `counts : [E]` (slots routed to each
+    expert), `offsets : [E + 1]` (exclusive prefix sum of counts, the last
+    entry is the number of routed slots R) and `rows : [R]`: the flat slot
+    indices `t * K + s` of the non-empty slots, sorted by expert, then by
+    token, then by slot. Ids outside `[0, E)` are empty.
+  }];
+  let arguments = (ins MoE_Ids:$ids, I64Attr:$num_experts);
+  let results = (outs MoE_I32Vector:$counts, MoE_I32Vector:$offsets,
+                      MoE_I32Vector:$rows);
+  let assemblyFormat = "$ids attr-dict `:` type($ids) `->` type(results)";
+  let hasVerifier = 1;
+}
+
+def MoE_PermuteOp : MoE_Op<"permute", [Pure]> {
+  let summary = "gathers token rows into expert order";
+  let description = [{
+    `result[i] = x[rows[i] / K]` where `K` is the slot count of `weights`
+    (`[T, K]`); with `scale_by_weight`, multiplied by
+    `weights.flat[rows[i]]` (Llama 4 applies the routing weight to the
+    expert's input).
+  }];
+  let arguments = (ins MoE_Tensor:$input, MoE_I32Vector:$rows,
+                   MoE_Scores:$weights, UnitAttr:$scale_by_weight);
+  let results = (outs MoE_Tensor:$result);
+  let assemblyFormat = [{
+    $input `,` $rows `,` $weights (`scale_by_weight` $scale_by_weight^)? attr-dict
+    `:` functional-type(operands, results)
+  }];
+  let hasVerifier = 1;
+}
+
+def MoE_CombineOp : MoE_Op<"combine", [Pure]> {
+  let summary = "weighted sum of expert outputs back into token order";
+  let description = [{
+    `result[t] = sum over i with rows[i] / K == t of w * y[i]`, where
+    `w = weights.flat[rows[i]]`, or 1 with `unweighted` (when the weight was
+    applied to the input). `result` is `[T, H]` with T from `weights`; a
+    token with no routed slot gets zeros. Sums are in f32.
+  }];
+  let arguments = (ins MoE_Tensor:$input, MoE_I32Vector:$rows,
+                   MoE_Scores:$weights, UnitAttr:$unweighted);
+  let results = (outs MoE_Tensor:$result);
+  let assemblyFormat = [{
+    $input `,` $rows `,` $weights (`unweighted` $unweighted^)? attr-dict
+    `:` functional-type(operands, results)
+  }];
+  let hasVerifier = 1;
+}
+
+//===----------------------------------------------------------------------===//
+// Experts
+//===----------------------------------------------------------------------===//
+
+class MoE_GatedFFNOp<string mnemonic, string sum, string desc,
+                     dag extraIns = (ins)>
+    : MoE_Op<mnemonic, [Pure, AttrSizedOperandSegments]> {
+  let summary = sum;
+  let description = desc # [{
+
+    Weights: either separate `gate` and `up` projections, or one fused
+    `gate_up` projection whose columns hold gate and up as `gate_up_layout`
+    says (`concat`: gate is the first half; `interleaved`: gate is at even
+    indices, up at odd ones, as in gpt-oss). `weight_layout = out_in`
+    stores each matrix as `[out, in]` (torch.nn.Linear); `in_out` as
+    `[in, out]` (fused 3-D checkpoints of gpt-oss and Llama 4). Optional
+    biases are `[.., out]`.
+
+    Activations: `silu` (`down(silu(g) * u)`), `gelu` (erf form),
+    `gelu_tanh`, and `swiglu_clamped` (gpt-oss: `g = min(g, limit)`,
+    `u = clamp(u, -limit, limit)`, `out = down((u + 1) * g * sigmoid(alpha * g))`).
+    Accumulation is in f32; the result has the input's type.
+  }];
+  let arguments = !con(extraIns, (ins
+      Optional<MoE_Tensor>:$gate, Optional<MoE_Tensor>:$up,
+      Optional<MoE_Tensor>:$gate_up, MoE_Tensor:$down,
+      Optional<MoE_Tensor>:$gate_bias, Optional<MoE_Tensor>:$up_bias,
+      Optional<MoE_Tensor>:$gate_up_bias, Optional<MoE_Tensor>:$down_bias,
+      MoE_ActivationAttr:$activation,
+      DefaultValuedAttr<MoE_GateUpLayoutAttr, "::mlir::moe::GateUpLayout::concat">:$gate_up_layout,
+      DefaultValuedAttr<MoE_WeightLayoutAttr, "::mlir::moe::WeightLayout::out_in">:$weight_layout,
+      DefaultValuedAttr<F32Attr, "1.702">:$alpha,
+      DefaultValuedAttr<F32Attr, "7.0">:$limit));
+  let results = (outs MoE_Tensor:$result);
+  let hasVerifier = 1;
+}
+
+def MoE_ExpertFFNOp : MoE_GatedFFNOp<"expert_ffn",
+    "E gated FFNs applied to rows grouped by expert", [{
+    `input : [R, H]` holds rows grouped by expert as `moe.permute` produced
+    them; rows `offsets[e] .. offsets[e+1]` go through expert `e`. Each
+    projection carries a leading expert dimension `E`:
+    `gate/up : [E, I, H]`, `down : [E, H, I]` (`out_in`).
+  }], (ins MoE_Tensor:$input, MoE_I32Vector:$offsets)> {
+  let assemblyFormat = [{
+    $input `,` $offsets
+    (`gate` `(` $gate^ `)`)? (`up` `(` $up^ `)`)? (`gate_up` `(` $gate_up^ `)`)?
+    `down` `(` $down `)`
+    (`gate_bias` `(` $gate_bias^ `)`)? (`up_bias` `(` $up_bias^ `)`)?
+    (`gate_up_bias` `(` $gate_up_bias^ `)`)? (`down_bias` `(` $down_bias^ `)`)?
+    attr-dict `:` functional-type(operands, results)
+  }];
+}
+
+def MoE_FFNOp : MoE_GatedFFNOp<"ffn",
+    "one dense gated FFN applied to every token (shared experts)", [{
+    `input : [T, H]`, `gate/up : [I, H]`, `down : [H, I]` (`out_in`). Shared
+    experts: DeepSeek's `n_shared_experts` are one FFN of
+    `n_shared_experts * moe_intermediate_size`.
+  }], (ins MoE_Tensor:$input)> {
+  let assemblyFormat = [{
+    $input
+    (`gate` `(` $gate^ `)`)? (`up` `(` $up^ `)`)? (`gate_up` `(` $gate_up^ `)`)?
+    `down` `(` $down `)`
+    (`gate_bias` `(` $gate_bias^ `)`)? (`up_bias` `(` $up_bias^ `)`)?
+    (`gate_up_bias` `(` $gate_up_bias^ `)`)? (`down_bias` `(` $down_bias^ `)`)?
+    attr-dict `:` functional-type(operands, results)
+  }];
+}
+
+def MoE_RowScaleOp : MoE_Op<"row_scale", [Pure]> {
+  let summary = "multiplies each row by a per-token factor";
+  let description = [{
+    `result[t, :] = x[t, :] * factor[t, 0]`, with `factor : [T, 1]` f32
+    (Qwen2-MoE's shared-expert gate `sigmoid(x w_sg)`).
+  }];
+  let arguments = (ins MoE_Tensor:$input, MoE_Scores:$factor);
+  let results = (outs MoE_Tensor:$result);
+  let assemblyFormat = [{
+    $input `,` $factor attr-dict `:` functional-type(operands, results)
+  }];
+  let hasVerifier = 1;
+}
+
+//===----------------------------------------------------------------------===//
+// LoRA
+//===----------------------------------------------------------------------===//
+
+def MoE_LoraMixtureOp : MoE_Op<"lora_mixture",
+    [Pure, AttrSizedOperandSegments]> {
+  let summary = "a base projection plus routed low-rank (LoRA) experts";
+  let description = [{
+    `result = x Wᵀ + b + sum over slots s of w[t, s] * scales[e] * B_e A_e x`
+    with `e = ids[t, s]` (empty slots skipped). `base : [out, in]`,
+    `base_bias : [out]`, `lora_a : [E, r, in]`, `lora_b : [E, out, r]`,
+    `scales`: E factors (`lora_alpha / r`, or `lora_alpha / sqrt(r)` with
+    rsLoRA). Adapters of smaller rank are zero-padded to `r`. Without
+    `routing(ids, weights)` every adapter is applied with weight 1: a single
+    PEFT adapter is the one-expert case. Accumulation in f32; the result has
+    the input's element type.
+  }];
+  let arguments = (ins MoE_Tensor:$input, MoE_Tensor:$base,
+                   Optional<MoE_Tensor>:$base_bias, MoE_Tensor:$lora_a,
+                   MoE_Tensor:$lora_b, Optional<MoE_Ids>:$ids,
+                   Optional<MoE_Scores>:$weights, F32ArrayAttr:$scales);
+  let results = (outs MoE_Tensor:$result);
+  let assemblyFormat = [{
+    $input `base` `(` $base `)` (`base_bias` `(` $base_bias^ `)`)?
+    `lora` `(` $lora_a `,` $lora_b `)`
+    (`routing` `(` $ids^ `,` $weights `)`)?
+    attr-dict `:` functional-type(operands, results)
+  }];
+  let hasVerifier = 1;
+}
+
+#endif // MOE_OPS_TD

@@ -1,0 +1,79 @@
+//===- Interpreter.h - The reference executor of moe IR ---------*- C++ -*-===//
+//
+// Part of moe-opt. Interprets moe functions op by op on the host, in f32 with
+// f64 accumulation. It is the oracle of every pass and kernel: simple loops,
+// no kernels, no code generation.
+//
+//===----------------------------------------------------------------------===//
+
+#ifndef MOE_LIB_REFERENCE_INTERPRETER_H
+#define MOE_LIB_REFERENCE_INTERPRETER_H
+
+#include "moe/dialects/MoE/MoEOps.h"
+
+#include "mlir/Dialect/Func/IR/FuncOps.h"
+#include "mlir/IR/BuiltinOps.h"
+
+#include "llvm/ADT/StringMap.h"
+#include "llvm/Support/Error.h"
+
+#include <memory>
+#include <string>
+#include <vector>
+
+namespace moe {
+
+class SafetensorsFile;
+
+/// A host tensor: f32 values (every float type is held as f32, rounded to
+/// its own type) or i32 values.
+struct HostTensor {
+  std::vector<int64_t> shape;
+  std::vector<float> f;
+  std::vector<int32_t> i;
+  bool isInt = false;
+
+  int64_t numElements() const;
+  static HostTensor floats(std::vector<int64_t> shape, float fill = 0.0f);
+  static HostTensor ints(std::vector<int64_t> shape, int32_t fill = 0);
+};
+
+/// Loads `moe.weight` tensors from safetensors files, converting F32, BF16
+/// and F16 exactly to f32; files are opened once and memory-mapped.
+class WeightLoader {
+public:
+  /// Relative file names resolve against `root`.
+  explicit WeightLoader(std::string root);
+  ~WeightLoader();
+
+  llvm::Expected<HostTensor> load(mlir::moe::WeightOp op);
+
+private:
+  llvm::Expected<const SafetensorsFile *> file(llvm::StringRef name);
+
+  std::string root;
+  llvm::StringMap<std::unique_ptr<SafetensorsFile>> files;
+};
+
+/// The directory relative weight paths of `module` resolve against: its
+/// `moe.weight_root` attribute (itself relative to the IR file's folder),
+/// else the folder of `irPath`.
+std::string weightRoot(mlir::ModuleOp module, llvm::StringRef irPath);
+
+/// The routing a function used: the ids given to its first `moe.dispatch`
+/// (or `moe.lora_mixture`) and the routing weights of its first
+/// `moe.permute` (or `moe.lora_mixture`).
+struct RoutingTrace {
+  HostTensor ids, weights;
+  bool hasIds = false, hasWeights = false;
+};
+
+/// Runs `fn` (one tensor argument, one result) on `input`.
+llvm::Expected<HostTensor> interpret(mlir::func::FuncOp fn,
+                                     const HostTensor &input,
+                                     WeightLoader &weights,
+                                     RoutingTrace *trace = nullptr);
+
+} // namespace moe
+
+#endif // MOE_LIB_REFERENCE_INTERPRETER_H

@@ -1,0 +1,864 @@
+//===- Interpreter.cpp - The reference executor of moe IR -----------------===//
+//
+// Part of moe-opt. Each moe op is a direct loop nest over its definition in
+// docs/dialect.md. Values of bf16/f16 tensor type are rounded to that type
+// when produced; all sums are accumulated in double.
+//
+//===----------------------------------------------------------------------===//
+
+#include "moe/lib/Reference/Interpreter.h"
+#include "moe/dialects/MoE/MoEOps.h"
+#include "moe/lib/Weights/Float16.h"
+#include "moe/lib/Weights/Safetensors.h"
+
+#include "mlir/Dialect/Arith/IR/Arith.h"
+#include "mlir/IR/BuiltinAttributes.h"
+#include "mlir/IR/Diagnostics.h"
+
+#include "llvm/ADT/DenseMap.h"
+#include "llvm/ADT/TypeSwitch.h"
+#include "llvm/Support/FileSystem.h"
+#include "llvm/Support/Path.h"
+
+#include <algorithm>
+#include <cmath>
+#include <limits>
+#include <numeric>
+
+using namespace mlir;
+using namespace mlir::moe;
+using ::moe::HostTensor;
+using ::moe::RoutingTrace;
+using ::moe::WeightLoader;
+using llvm::Error;
+using llvm::Expected;
+
+static Error makeError(const llvm::Twine &message) {
+  return llvm::createStringError(llvm::inconvertibleErrorCode(), message);
+}
+
+static std::string locString(Operation *op) {
+  std::string s;
+  llvm::raw_string_ostream os(s);
+  os << op->getLoc();
+  return s;
+}
+
+/// An error about `op`, naming it and its location.
+static Error opError(Operation *op, const llvm::Twine &message) {
+  return makeError(locString(op) + ": '" + op->getName().getStringRef() +
+                   "': " + message);
+}
+
+//===----------------------------------------------------------------------===//
+// HostTensor
+//===----------------------------------------------------------------------===//
+
+int64_t HostTensor::numElements() const {
+  return std::accumulate(shape.begin(), shape.end(), int64_t{1},
+                         std::multiplies<int64_t>());
+}
+
+HostTensor HostTensor::floats(std::vector<int64_t> shape, float fill) {
+  HostTensor t;
+  t.shape = std::move(shape);
+  t.f.assign(t.numElements(), fill);
+  return t;
+}
+
+HostTensor HostTensor::ints(std::vector<int64_t> shape, int32_t fill) {
+  HostTensor t;
+  t.shape = std::move(shape);
+  t.isInt = true;
+  t.i.assign(t.numElements(), fill);
+  return t;
+}
+
+/// Rounds every value to the element type `type` (bf16/f16: nearest even).
+static void roundTo(HostTensor &t, Type type) {
+  Type elem = cast<ShapedType>(type).getElementType();
+  if (elem.isBF16())
+    for (float &v : t.f)
+      v = ::moe::bf16ToFloat(::moe::floatToBF16(v));
+  else if (elem.isF16())
+    for (float &v : t.f)
+      v = ::moe::f16ToFloat(::moe::floatToF16(v));
+}
+
+//===----------------------------------------------------------------------===//
+// Weights
+//===----------------------------------------------------------------------===//
+
+WeightLoader::WeightLoader(std::string root) : root(std::move(root)) {}
+WeightLoader::~WeightLoader() = default;
+
+Expected<const ::moe::SafetensorsFile *>
+WeightLoader::file(llvm::StringRef name) {
+  llvm::SmallString<256> path(name);
+  if (!llvm::sys::path::is_absolute(path)) {
+    path = root;
+    llvm::sys::path::append(path, name);
+  }
+  auto it = files.find(path);
+  if (it != files.end())
+    return it->second.get();
+  auto opened = ::moe::SafetensorsFile::open(path);
+  if (!opened)
+    return opened.takeError();
+  const ::moe::SafetensorsFile *result = opened->get();
+  files[path] = std::move(*opened);
+  return result;
+}
+
+static ::moe::DType dtypeOf(Type elem) {
+  if (elem.isBF16())
+    return ::moe::DType::BF16;
+  if (elem.isF16())
+    return ::moe::DType::F16;
+  return ::moe::DType::F32;
+}
+
+Expected<HostTensor> WeightLoader::load(WeightOp op) {
+  RankedTensorType type = op.getResult().getType();
+  std::vector<int64_t> shape(type.getShape().begin(), type.getShape().end());
+  HostTensor result = HostTensor::floats(shape);
+  ArrayAttr names = op.getNames();
+  bool stacked = names.size() > 1;
+  std::vector<int64_t> slice =
+      stacked ? std::vector<int64_t>(shape.begin() + 1, shape.end()) : shape;
+  int64_t sliceSize = std::accumulate(slice.begin(), slice.end(), int64_t{1},
+                                      std::multiplies<int64_t>());
+  ::moe::DType expected = dtypeOf(type.getElementType());
+  for (auto [index, nameAttr] : llvm::enumerate(names)) {
+    llvm::StringRef name = cast<StringAttr>(nameAttr).getValue();
+    llvm::StringRef fileName =
+        cast<StringAttr>(op.getFiles()[op.getFiles().size() == 1 ? 0 : index])
+            .getValue();
+    Expected<const ::moe::SafetensorsFile *> f = file(fileName);
+    if (!f)
+      return f.takeError();
+    const ::moe::TensorInfo *info = (*f)->lookup(name);
+    if (!info)
+      return opError(op, "tensor '" + name + "' not found in " +
+                             (*f)->path());
+    if (info->dtype != expected)
+      return opError(op, (*f)->path() + ": tensor '" + name + "' is " +
+                             ::moe::dtypeName(info->dtype) +
+                             " but the IR declares " +
+                             ::moe::dtypeName(expected));
+    bool fits = info->shape.size() == slice.size();
+    bool exact = fits;
+    for (size_t d = 0; fits && d < slice.size(); ++d) {
+      fits = info->shape[d] <= slice[d];
+      exact = exact && info->shape[d] == slice[d];
+    }
+    if (!fits || (!stacked && !exact))
+      return opError(op, (*f)->path() + ": tensor '" + name + "' has shape " +
+                             ::moe::formatShape(info->shape) +
+                             " but the IR expects " +
+                             ::moe::formatShape(slice) +
+                             (stacked ? " (or smaller, zero-padded)" : ""));
+    Expected<std::vector<float>> values = (*f)->readF32(name);
+    if (!values)
+      return values.takeError();
+    // Copy with zero padding at the end of each dimension.
+    float *dst = result.f.data() + index * sliceSize;
+    std::vector<int64_t> srcStrides(slice.size(), 1), dstStrides(slice.size(), 1);
+    for (int d = static_cast<int>(slice.size()) - 2; d >= 0; --d) {
+      srcStrides[d] = srcStrides[d + 1] * info->shape[d + 1];
+      dstStrides[d] = dstStrides[d + 1] * slice[d + 1];
+    }
+    for (int64_t s = 0, n = static_cast<int64_t>(values->size()); s < n; ++s) {
+      int64_t rem = s, offset = 0;
+      for (size_t d = 0; d < slice.size(); ++d) {
+        offset += (rem / srcStrides[d]) * dstStrides[d];
+        rem %= srcStrides[d];
+      }
+      dst[offset] = (*values)[s];
+    }
+  }
+  return result;
+}
+
+namespace moe {
+
+std::string weightRoot(ModuleOp module, llvm::StringRef irPath) {
+  llvm::SmallString<256> base(irPath);
+  llvm::sys::fs::make_absolute(base);
+  llvm::sys::path::remove_filename(base);
+  if (auto root = module->getAttrOfType<StringAttr>(kWeightRootAttrName)) {
+    if (llvm::sys::path::is_absolute(root.getValue()))
+      return root.getValue().str();
+    llvm::sys::path::append(base, root.getValue());
+  }
+  return base.str().str();
+}
+
+//===----------------------------------------------------------------------===//
+// The interpreter
+//===----------------------------------------------------------------------===//
+
+namespace {
+
+constexpr float kNegInf = -std::numeric_limits<float>::infinity();
+
+/// Row-major [rows, cols] view helpers.
+struct Matrix {
+  int64_t rows, cols;
+};
+
+Matrix matrix(const HostTensor &t) {
+  return {t.shape.size() >= 1 ? t.shape[0] : 1,
+          t.shape.size() >= 2 ? t.shape[1] : 1};
+}
+
+/// Indices of a row sorted by value descending, the lower index first on
+/// ties; NaN and -inf last.
+std::vector<int64_t> sortedDescending(const float *row, int64_t n) {
+  std::vector<int64_t> order(n);
+  std::iota(order.begin(), order.end(), 0);
+  std::stable_sort(order.begin(), order.end(), [&](int64_t a, int64_t b) {
+    float va = row[a], vb = row[b];
+    bool oka = !std::isnan(va), okb = !std::isnan(vb);
+    if (oka != okb)
+      return oka;
+    return va > vb;
+  });
+  return order;
+}
+
+double activate(Activation act, double g, double u, float alpha,
+                float limit) {
+  switch (act) {
+  case Activation::silu:
+    return g / (1.0 + std::exp(-g)) * u;
+  case Activation::gelu:
+    return 0.5 * g * (1.0 + std::erf(g / std::sqrt(2.0))) * u;
+  case Activation::gelu_tanh: {
+    double c = std::sqrt(2.0 / M_PI);
+    return 0.5 * g * (1.0 + std::tanh(c * (g + 0.044715 * g * g * g))) * u;
+  }
+  case Activation::swiglu_clamped: {
+    g = std::min(g, static_cast<double>(limit));
+    u = std::clamp(u, -static_cast<double>(limit), static_cast<double>(limit));
+    double glu = g / (1.0 + std::exp(-static_cast<double>(alpha) * g));
+    return (u + 1.0) * glu;
+  }
+  }
+  return 0.0;
+}
+
+/// A gated FFN's weights as host tensors and their layout.
+struct FFNWeights {
+  const HostTensor *gate = nullptr, *up = nullptr, *gateUp = nullptr,
+                   *down = nullptr;
+  const HostTensor *gateBias = nullptr, *upBias = nullptr,
+                   *gateUpBias = nullptr, *downBias = nullptr;
+  bool inOut = false, interleaved = false;
+  Activation act = Activation::silu;
+  float alpha = 1.702f, limit = 7.0f;
+  int64_t hidden = 0, inter = 0;
+};
+
+/// Element (o, i) of projection `e` of a weight stored [E?, out, in] or
+/// [E?, in, out]; `outSize`/`inSize` are the matrix sizes.
+inline float proj(const HostTensor &w, int64_t e, int64_t o, int64_t i,
+                  int64_t outSize, int64_t inSize, bool inOut) {
+  int64_t base = e * outSize * inSize;
+  return inOut ? w.f[base + i * outSize + o] : w.f[base + o * inSize + i];
+}
+
+/// Applies expert `e` of `w` to one row `x` (length hidden), writing `y`.
+void applyFFN(const FFNWeights &w, int64_t e, const float *x, float *y) {
+  int64_t H = w.hidden, I = w.inter;
+  std::vector<double> h(I);
+  for (int64_t j = 0; j < I; ++j) {
+    double g = 0.0, u = 0.0;
+    int64_t gRow = j, uRow = j;
+    const HostTensor *gw = w.gate, *uw = w.up;
+    int64_t outSize = I;
+    if (w.gateUp) {
+      gw = uw = w.gateUp;
+      outSize = 2 * I;
+      gRow = w.interleaved ? 2 * j : j;
+      uRow = w.interleaved ? 2 * j + 1 : I + j;
+    }
+    for (int64_t k = 0; k < H; ++k) {
+      g += static_cast<double>(x[k]) * proj(*gw, e, gRow, k, outSize, H, w.inOut);
+      u += static_cast<double>(x[k]) * proj(*uw, e, uRow, k, outSize, H, w.inOut);
+    }
+    if (w.gateUpBias) {
+      g += w.gateUpBias->f[e * 2 * I + gRow];
+      u += w.gateUpBias->f[e * 2 * I + uRow];
+    }
+    if (w.gateBias)
+      g += w.gateBias->f[e * I + j];
+    if (w.upBias)
+      u += w.upBias->f[e * I + j];
+    h[j] = activate(w.act, g, u, w.alpha, w.limit);
+  }
+  for (int64_t o = 0; o < H; ++o) {
+    double acc = w.downBias ? w.downBias->f[e * H + o] : 0.0;
+    for (int64_t j = 0; j < I; ++j)
+      acc += h[j] * proj(*w.down, e, o, j, H, I, w.inOut);
+    y[o] = static_cast<float>(acc);
+  }
+}
+
+class Interpreter {
+public:
+  Interpreter(WeightLoader &weights, RoutingTrace *trace)
+      : weights(weights), trace(trace) {}
+
+  Expected<HostTensor> run(func::FuncOp fn, const HostTensor &input) {
+    if (fn.getNumArguments() != 1 || fn.getNumResults() != 1)
+      return opError(fn, "the reference backend runs functions of one tensor "
+                         "argument and one result");
+    auto argType = dyn_cast<RankedTensorType>(fn.getArgument(0).getType());
+    if (!argType || argType.getRank() != static_cast<int64_t>(input.shape.size()))
+      return opError(fn, "argument must be a ranked tensor of rank " +
+                             llvm::Twine(input.shape.size()));
+    for (auto [d, size] : llvm::enumerate(argType.getShape()))
+      if (!ShapedType::isDynamic(size) && size != input.shape[d])
+        return opError(fn, "input dimension " + llvm::Twine(d) + " is " +
+                               llvm::Twine(input.shape[d]) +
+                               " but the function expects " +
+                               llvm::Twine(size));
+    HostTensor x = input;
+    roundTo(x, argType);
+    values[fn.getArgument(0)] = std::move(x);
+    for (Operation &op : fn.getBody().front()) {
+      if (auto ret = dyn_cast<func::ReturnOp>(op))
+        return get(ret.getOperand(0));
+      if (Error err = execute(&op))
+        return std::move(err);
+    }
+    return opError(fn, "function has no return");
+  }
+
+private:
+  const HostTensor &get(Value v) { return values.find(v)->second; }
+  void set(Value v, HostTensor t) {
+    if (!t.isInt)
+      roundTo(t, v.getType());
+    values[v] = std::move(t);
+  }
+
+  /// The runtime shape of a result whose static shape may hold `?`.
+  Error execute(Operation *op) {
+    return llvm::TypeSwitch<Operation *, Error>(op)
+        .Case([&](WeightOp o) -> Error {
+          Expected<HostTensor> t = weights.load(o);
+          if (!t)
+            return t.takeError();
+          set(o.getResult(), std::move(*t));
+          return Error::success();
+        })
+        .Case([&](arith::ConstantOp o) -> Error {
+          auto dense = dyn_cast<DenseElementsAttr>(o.getValue());
+          if (!dense)
+            return opError(o, "only dense tensor constants are supported");
+          auto type = cast<ShapedType>(dense.getType());
+          std::vector<int64_t> shape(type.getShape().begin(),
+                                     type.getShape().end());
+          if (isa<FloatType>(type.getElementType())) {
+            HostTensor t = HostTensor::floats(shape);
+            int64_t i = 0;
+            for (APFloat v : dense.getValues<APFloat>())
+              t.f[i++] = static_cast<float>(v.convertToDouble());
+            set(o.getResult(), std::move(t));
+          } else {
+            HostTensor t = HostTensor::ints(shape);
+            int64_t i = 0;
+            for (APInt v : dense.getValues<APInt>())
+              t.i[i++] = static_cast<int32_t>(v.getSExtValue());
+            set(o.getResult(), std::move(t));
+          }
+          return Error::success();
+        })
+        .Case<arith::AddFOp, arith::SubFOp, arith::MulFOp>(
+            [&](auto o) -> Error { return elementwise(o); })
+        .Case([&](RouterLinearOp o) -> Error {
+          const HostTensor &x = get(o.getInput());
+          const HostTensor &w = get(o.getWeight());
+          int64_t T = x.shape[0], H = x.shape[1], E = w.shape[0];
+          const HostTensor *b = o.getBias() ? &get(o.getBias()) : nullptr;
+          HostTensor r = HostTensor::floats({T, E});
+          for (int64_t t = 0; t < T; ++t)
+            for (int64_t e = 0; e < E; ++e) {
+              double acc = b ? b->f[e] : 0.0;
+              for (int64_t h = 0; h < H; ++h)
+                acc += static_cast<double>(x.f[t * H + h]) * w.f[e * H + h];
+              r.f[t * E + e] = static_cast<float>(acc);
+            }
+          set(o.getResult(), std::move(r));
+          return Error::success();
+        })
+        .Case([&](SoftmaxOp o) -> Error {
+          HostTensor r = get(o.getInput());
+          Matrix m = matrix(r);
+          for (int64_t t = 0; t < m.rows; ++t) {
+            float *row = &r.f[t * m.cols];
+            float mx = kNegInf;
+            for (int64_t j = 0; j < m.cols; ++j)
+              mx = std::max(mx, row[j]);
+            if (mx == kNegInf) {
+              std::fill(row, row + m.cols, 0.0f);
+              continue;
+            }
+            double sum = 0.0;
+            for (int64_t j = 0; j < m.cols; ++j)
+              sum += std::exp(static_cast<double>(row[j]) - mx);
+            for (int64_t j = 0; j < m.cols; ++j)
+              row[j] = static_cast<float>(
+                  std::exp(static_cast<double>(row[j]) - mx) / sum);
+          }
+          set(o.getResult(), std::move(r));
+          return Error::success();
+        })
+        .Case([&](SigmoidOp o) -> Error {
+          HostTensor r = get(o.getInput());
+          for (float &v : r.f)
+            v = static_cast<float>(1.0 / (1.0 + std::exp(-static_cast<double>(v))));
+          set(o.getResult(), std::move(r));
+          return Error::success();
+        })
+        .Case([&](ReluOp o) -> Error {
+          HostTensor r = get(o.getInput());
+          for (float &v : r.f)
+            v = std::max(v, 0.0f);
+          set(o.getResult(), std::move(r));
+          return Error::success();
+        })
+        .Case([&](RmsNormOp o) -> Error {
+          HostTensor r = get(o.getInput());
+          Matrix m = matrix(r);
+          const HostTensor *g = o.getWeight() ? &get(o.getWeight()) : nullptr;
+          double eps = o.getEpsilon().convertToFloat();
+          for (int64_t t = 0; t < m.rows; ++t) {
+            float *row = &r.f[t * m.cols];
+            double ss = 0.0;
+            for (int64_t j = 0; j < m.cols; ++j)
+              ss += static_cast<double>(row[j]) * row[j];
+            double inv = 1.0 / std::sqrt(ss / m.cols + eps);
+            for (int64_t j = 0; j < m.cols; ++j)
+              row[j] = static_cast<float>(row[j] * inv * (g ? g->f[j] : 1.0));
+          }
+          set(o.getResult(), std::move(r));
+          return Error::success();
+        })
+        .Case([&](BiasAddOp o) -> Error {
+          HostTensor r = get(o.getInput());
+          const HostTensor &b = get(o.getBias());
+          Matrix m = matrix(r);
+          for (int64_t t = 0; t < m.rows; ++t)
+            for (int64_t j = 0; j < m.cols; ++j)
+              r.f[t * m.cols + j] += b.f[j];
+          set(o.getResult(), std::move(r));
+          return Error::success();
+        })
+        .Case([&](GroupLimitOp o) -> Error {
+          HostTensor r = get(o.getInput());
+          Matrix m = matrix(r);
+          int64_t G = o.getNumGroups(), keep = o.getKeepGroups();
+          int64_t size = m.cols / G;
+          bool top2 = o.getGroupScore() == GroupScore::top2_sum;
+          for (int64_t t = 0; t < m.rows; ++t) {
+            float *row = &r.f[t * m.cols];
+            std::vector<float> score(G);
+            for (int64_t g = 0; g < G; ++g) {
+              std::vector<int64_t> order = sortedDescending(row + g * size, size);
+              double s = row[g * size + order[0]];
+              if (top2)
+                s += row[g * size + order[1]];
+              score[g] = static_cast<float>(s);
+            }
+            std::vector<int64_t> groups = sortedDescending(score.data(), G);
+            std::vector<bool> kept(G, false);
+            for (int64_t i = 0; i < keep; ++i)
+              kept[groups[i]] = true;
+            for (int64_t g = 0; g < G; ++g)
+              if (!kept[g])
+                std::fill(row + g * size, row + (g + 1) * size, kNegInf);
+          }
+          set(o.getResult(), std::move(r));
+          return Error::success();
+        })
+        .Case([&](TopKOp o) -> Error {
+          const HostTensor &s = get(o.getInput());
+          int64_t k = o.getK();
+          return select(o, o.getIds(), o.getValues(), s, k,
+                        [&](const float *row, const std::vector<int64_t> &order,
+                            int64_t n) {
+                          int64_t count = 0;
+                          while (count < std::min<int64_t>(k, n) &&
+                                 row[order[count]] != kNegInf &&
+                                 !std::isnan(row[order[count]]))
+                            ++count;
+                          return count;
+                        });
+        })
+        .Case([&](TopPOp o) -> Error {
+          const HostTensor &s = get(o.getInput());
+          double p = o.getP().convertToFloat();
+          int64_t maxK = o.getMaxK();
+          return select(o, o.getIds(), o.getValues(), s, maxK,
+                        [&](const float *row, const std::vector<int64_t> &order,
+                            int64_t n) {
+                          double cum = 0.0;
+                          int64_t count = 0;
+                          while (count < std::min(maxK, n)) {
+                            cum += row[order[count]];
+                            ++count;
+                            if (cum >= p)
+                              break;
+                          }
+                          return count;
+                        });
+        })
+        .Case([&](ThresholdOp o) -> Error {
+          const HostTensor &s = get(o.getInput());
+          float threshold = o.getThreshold().convertToFloat();
+          int64_t maxK = o.getMaxK();
+          return select(o, o.getIds(), o.getValues(), s, maxK,
+                        [&](const float *row, const std::vector<int64_t> &order,
+                            int64_t n) {
+                          int64_t count = 0;
+                          while (count < std::min(maxK, n) &&
+                                 row[order[count]] > threshold)
+                            ++count;
+                          return count;
+                        });
+        })
+        .Case([&](ExpertChoiceOp o) -> Error {
+          const HostTensor &s = get(o.getInput());
+          Matrix m = matrix(s);
+          int64_t capacity = o.getCapacity();
+          HostTensor ids = HostTensor::ints({m.rows, m.cols}, -1);
+          HostTensor vals = HostTensor::floats({m.rows, m.cols});
+          std::vector<float> column(m.rows);
+          for (int64_t e = 0; e < m.cols; ++e) {
+            for (int64_t t = 0; t < m.rows; ++t)
+              column[t] = s.f[t * m.cols + e];
+            std::vector<int64_t> order = sortedDescending(column.data(), m.rows);
+            for (int64_t i = 0; i < std::min(capacity, m.rows); ++i) {
+              int64_t t = order[i];
+              ids.i[t * m.cols + e] = static_cast<int32_t>(e);
+              vals.f[t * m.cols + e] = column[t];
+            }
+          }
+          set(o.getIds(), std::move(ids));
+          set(o.getValues(), std::move(vals));
+          return Error::success();
+        })
+        .Case([&](GatherScoresOp o) -> Error {
+          const HostTensor &s = get(o.getScores());
+          const HostTensor &ids = get(o.getIds());
+          Matrix ms = matrix(s), mi = matrix(ids);
+          HostTensor r = HostTensor::floats({mi.rows, mi.cols});
+          for (int64_t t = 0; t < mi.rows; ++t)
+            for (int64_t j = 0; j < mi.cols; ++j) {
+              int32_t e = ids.i[t * mi.cols + j];
+              if (e >= ms.cols)
+                return opError(o, "id " + llvm::Twine(e) +
+                                      " is outside the " +
+                                      llvm::Twine(ms.cols) + " scores");
+              r.f[t * mi.cols + j] = e < 0 ? 0.0f : s.f[t * ms.cols + e];
+            }
+          set(o.getResult(), std::move(r));
+          return Error::success();
+        })
+        .Case([&](DropNullExpertsOp o) -> Error {
+          HostTensor ids = get(o.getIds());
+          HostTensor w = get(o.getWeights());
+          int64_t real = o.getNumExperts();
+          for (size_t i = 0; i < ids.i.size(); ++i)
+            if (ids.i[i] >= real) {
+              ids.i[i] = -1;
+              w.f[i] = 0.0f;
+            }
+          set(o.getResultIds(), std::move(ids));
+          set(o.getResultWeights(), std::move(w));
+          return Error::success();
+        })
+        .Case([&](NormalizeOp o) -> Error {
+          HostTensor r = get(o.getInput());
+          Matrix m = matrix(r);
+          double eps = o.getEpsilon().convertToFloat();
+          for (int64_t t = 0; t < m.rows; ++t) {
+            float *row = &r.f[t * m.cols];
+            double sum = eps;
+            for (int64_t j = 0; j < m.cols; ++j)
+              sum += row[j];
+            if (sum == 0.0)
+              continue;
+            for (int64_t j = 0; j < m.cols; ++j)
+              row[j] = static_cast<float>(row[j] / sum);
+          }
+          set(o.getResult(), std::move(r));
+          return Error::success();
+        })
+        .Case([&](ScaleOp o) -> Error {
+          HostTensor r = get(o.getInput());
+          double f = o.getFactor().convertToFloat();
+          for (float &v : r.f)
+            v = static_cast<float>(v * f);
+          set(o.getResult(), std::move(r));
+          return Error::success();
+        })
+        .Case([&](DispatchOp o) -> Error {
+          const HostTensor &ids = get(o.getIds());
+          int64_t E = o.getNumExperts();
+          HostTensor counts = HostTensor::ints({E});
+          for (int32_t e : ids.i)
+            if (e >= 0 && e < E)
+              ++counts.i[e];
+          HostTensor offsets = HostTensor::ints({E + 1});
+          for (int64_t e = 0; e < E; ++e)
+            offsets.i[e + 1] = offsets.i[e] + counts.i[e];
+          HostTensor rows = HostTensor::ints({offsets.i[E]});
+          std::vector<int32_t> cursor(offsets.i.begin(), offsets.i.end() - 1);
+          // Slots in flat order are already sorted by token, then slot.
+          for (size_t s = 0; s < ids.i.size(); ++s) {
+            int32_t e = ids.i[s];
+            if (e >= 0 && e < E)
+              rows.i[cursor[e]++] = static_cast<int32_t>(s);
+          }
+          if (trace && !trace->hasIds) {
+            trace->ids = ids;
+            trace->hasIds = true;
+          }
+          set(o.getCounts(), std::move(counts));
+          set(o.getOffsets(), std::move(offsets));
+          set(o.getRows(), std::move(rows));
+          return Error::success();
+        })
+        .Case([&](PermuteOp o) -> Error {
+          const HostTensor &x = get(o.getInput());
+          const HostTensor &rows = get(o.getRows());
+          const HostTensor &w = get(o.getWeights());
+          int64_t H = x.shape[1], K = w.shape[1];
+          int64_t R = rows.shape[0];
+          HostTensor r = HostTensor::floats({R, H});
+          for (int64_t i = 0; i < R; ++i) {
+            int64_t slot = rows.i[i], t = slot / K;
+            if (slot < 0 || t >= x.shape[0])
+              return opError(o, "row " + llvm::Twine(i) + " names slot " +
+                                    llvm::Twine(slot) + ", outside the " +
+                                    llvm::Twine(x.shape[0]) + " tokens");
+            double scale = o.getScaleByWeight() ? w.f[slot] : 1.0;
+            for (int64_t h = 0; h < H; ++h)
+              r.f[i * H + h] = static_cast<float>(x.f[t * H + h] * scale);
+          }
+          if (trace && !trace->hasWeights) {
+            trace->weights = w;
+            trace->hasWeights = true;
+          }
+          set(o.getResult(), std::move(r));
+          return Error::success();
+        })
+        .Case([&](CombineOp o) -> Error {
+          const HostTensor &y = get(o.getInput());
+          const HostTensor &rows = get(o.getRows());
+          const HostTensor &w = get(o.getWeights());
+          int64_t H = y.shape[1], T = w.shape[0], K = w.shape[1];
+          std::vector<double> acc(T * H, 0.0);
+          for (int64_t i = 0; i < rows.shape[0]; ++i) {
+            int64_t slot = rows.i[i], t = slot / K;
+            if (slot < 0 || t >= T)
+              return opError(o, "row " + llvm::Twine(i) + " names slot " +
+                                    llvm::Twine(slot) + ", outside the " +
+                                    llvm::Twine(T) + " tokens");
+            double scale = o.getUnweighted() ? 1.0 : w.f[slot];
+            for (int64_t h = 0; h < H; ++h)
+              acc[t * H + h] += scale * y.f[i * H + h];
+          }
+          HostTensor r = HostTensor::floats({T, H});
+          for (int64_t i = 0; i < T * H; ++i)
+            r.f[i] = static_cast<float>(acc[i]);
+          set(o.getResult(), std::move(r));
+          return Error::success();
+        })
+        .Case([&](ExpertFFNOp o) -> Error {
+          FFNWeights w = ffnWeights(o);
+          const HostTensor &x = get(o.getInput());
+          const HostTensor &offsets = get(o.getOffsets());
+          int64_t H = w.hidden, R = x.shape[0];
+          int64_t E = offsets.shape[0] - 1;
+          if (offsets.i[E] != R || offsets.i[0] != 0)
+            return opError(o, "offsets span rows [" +
+                                  llvm::Twine(offsets.i[0]) + ", " +
+                                  llvm::Twine(offsets.i[E]) + ") but the "
+                                  "input has " + llvm::Twine(R) + " rows");
+          HostTensor r = HostTensor::floats({R, H});
+          for (int64_t e = 0; e < E; ++e)
+            for (int64_t i = offsets.i[e]; i < offsets.i[e + 1]; ++i)
+              applyFFN(w, e, &x.f[i * H], &r.f[i * H]);
+          set(o.getResult(), std::move(r));
+          return Error::success();
+        })
+        .Case([&](FFNOp o) -> Error {
+          FFNWeights w = ffnWeights(o);
+          const HostTensor &x = get(o.getInput());
+          int64_t H = w.hidden, T = x.shape[0];
+          HostTensor r = HostTensor::floats({T, H});
+          for (int64_t t = 0; t < T; ++t)
+            applyFFN(w, 0, &x.f[t * H], &r.f[t * H]);
+          set(o.getResult(), std::move(r));
+          return Error::success();
+        })
+        .Case([&](RowScaleOp o) -> Error {
+          HostTensor r = get(o.getInput());
+          const HostTensor &f = get(o.getFactor());
+          Matrix m = matrix(r);
+          for (int64_t t = 0; t < m.rows; ++t)
+            for (int64_t h = 0; h < m.cols; ++h)
+              r.f[t * m.cols + h] = static_cast<float>(
+                  static_cast<double>(r.f[t * m.cols + h]) * f.f[t]);
+          set(o.getResult(), std::move(r));
+          return Error::success();
+        })
+        .Case([&](LoraMixtureOp o) -> Error { return lora(o); })
+        .Default([&](Operation *other) -> Error {
+          return opError(other, "the reference backend cannot execute this "
+                                "op");
+        });
+  }
+
+  template <typename OpT>
+  Error elementwise(OpT o) {
+    const HostTensor &a = get(o.getLhs());
+    const HostTensor &b = get(o.getRhs());
+    if (a.shape != b.shape)
+      return opError(o, "operand shapes differ at run time");
+    HostTensor r = a;
+    for (size_t i = 0; i < r.f.size(); ++i) {
+      if constexpr (std::is_same_v<OpT, arith::AddFOp>)
+        r.f[i] = a.f[i] + b.f[i];
+      else if constexpr (std::is_same_v<OpT, arith::SubFOp>)
+        r.f[i] = a.f[i] - b.f[i];
+      else
+        r.f[i] = a.f[i] * b.f[i];
+    }
+    set(o.getResult(), std::move(r));
+    return Error::success();
+  }
+
+  /// Shared body of the selection ops: `count(row, order, n)` says how many
+  /// of the sorted candidates a row keeps.
+  template <typename CountFn>
+  Error select(Operation *op, Value idsV, Value valsV, const HostTensor &s,
+               int64_t slots, CountFn count) {
+    Matrix m = matrix(s);
+    HostTensor ids = HostTensor::ints({m.rows, slots}, -1);
+    HostTensor vals = HostTensor::floats({m.rows, slots});
+    for (int64_t t = 0; t < m.rows; ++t) {
+      const float *row = &s.f[t * m.cols];
+      std::vector<int64_t> order = sortedDescending(row, m.cols);
+      int64_t n = count(row, order, m.cols);
+      for (int64_t j = 0; j < n; ++j) {
+        ids.i[t * slots + j] = static_cast<int32_t>(order[j]);
+        vals.f[t * slots + j] = row[order[j]];
+      }
+    }
+    set(idsV, std::move(ids));
+    set(valsV, std::move(vals));
+    return Error::success();
+  }
+
+  template <typename OpT>
+  FFNWeights ffnWeights(OpT o) {
+    FFNWeights w;
+    auto opt = [&](Value v) { return v ? &get(v) : nullptr; };
+    w.gate = opt(o.getGate());
+    w.up = opt(o.getUp());
+    w.gateUp = opt(o.getGateUp());
+    w.down = &get(o.getDown());
+    w.gateBias = opt(o.getGateBias());
+    w.upBias = opt(o.getUpBias());
+    w.gateUpBias = opt(o.getGateUpBias());
+    w.downBias = opt(o.getDownBias());
+    w.inOut = o.getWeightLayout() == WeightLayout::in_out;
+    w.interleaved = o.getGateUpLayout() == GateUpLayout::interleaved;
+    w.act = o.getActivation();
+    w.alpha = o.getAlpha().convertToFloat();
+    w.limit = o.getLimit().convertToFloat();
+    w.hidden = cast<RankedTensorType>(o.getInput().getType()).getDimSize(1);
+    auto down = cast<RankedTensorType>(o.getDown().getType());
+    w.inter = w.inOut ? down.getDimSize(down.getRank() - 2)
+                      : down.getDimSize(down.getRank() - 1);
+    return w;
+  }
+
+  Error lora(LoraMixtureOp o) {
+    const HostTensor &x = get(o.getInput());
+    const HostTensor &base = get(o.getBase());
+    const HostTensor &a = get(o.getLoraA());
+    const HostTensor &b = get(o.getLoraB());
+    const HostTensor *bias = o.getBaseBias() ? &get(o.getBaseBias()) : nullptr;
+    int64_t T = x.shape[0], in = x.shape[1], out = base.shape[0];
+    int64_t E = a.shape[0], r = a.shape[1];
+    std::vector<float> scales;
+    for (Attribute s : o.getScales())
+      scales.push_back(cast<FloatAttr>(s).getValueAsDouble());
+    const HostTensor *ids = o.getIds() ? &get(o.getIds()) : nullptr;
+    const HostTensor *w = o.getWeights() ? &get(o.getWeights()) : nullptr;
+    int64_t K = ids ? ids->shape[1] : E;
+    HostTensor y = HostTensor::floats({T, out});
+    std::vector<double> acc(out), z(r);
+    for (int64_t t = 0; t < T; ++t) {
+      const float *xt = &x.f[t * in];
+      for (int64_t o2 = 0; o2 < out; ++o2) {
+        double s = bias ? bias->f[o2] : 0.0;
+        for (int64_t i = 0; i < in; ++i)
+          s += static_cast<double>(xt[i]) * base.f[o2 * in + i];
+        acc[o2] = s;
+      }
+      for (int64_t slot = 0; slot < K; ++slot) {
+        int64_t e = ids ? ids->i[t * K + slot] : slot;
+        if (e < 0)
+          continue;
+        if (e >= E)
+          return opError(o, "routing names adapter " + llvm::Twine(e) +
+                                " of " + llvm::Twine(E));
+        double weight = (w ? w->f[t * K + slot] : 1.0) * scales[e];
+        for (int64_t j = 0; j < r; ++j) {
+          double s = 0.0;
+          for (int64_t i = 0; i < in; ++i)
+            s += static_cast<double>(xt[i]) * a.f[(e * r + j) * in + i];
+          z[j] = s;
+        }
+        for (int64_t o2 = 0; o2 < out; ++o2) {
+          double s = 0.0;
+          for (int64_t j = 0; j < r; ++j)
+            s += z[j] * b.f[(e * out + o2) * r + j];
+          acc[o2] += weight * s;
+        }
+      }
+      for (int64_t o2 = 0; o2 < out; ++o2)
+        y.f[t * out + o2] = static_cast<float>(acc[o2]);
+    }
+    if (trace && ids && !trace->hasIds) {
+      trace->ids = *ids;
+      trace->weights = *w;
+      trace->hasIds = trace->hasWeights = true;
+    }
+    set(o.getResult(), std::move(y));
+    return Error::success();
+  }
+
+  WeightLoader &weights;
+  RoutingTrace *trace;
+  llvm::DenseMap<Value, HostTensor> values;
+};
+
+} // namespace
+
+Expected<HostTensor> interpret(func::FuncOp fn, const HostTensor &input,
+                                    WeightLoader &weights,
+                                    RoutingTrace *trace) {
+  Interpreter interpreter(weights, trace);
+  return interpreter.run(fn, input);
+}
+
+} // namespace moe

@@ -1,0 +1,574 @@
+// One case per verifier rule of the moe dialect.
+// RUN: moe-opt %s --split-input-file --verify-diagnostics
+
+func.func @case0() {
+  // expected-error @+1 {{'names' must list at least one tensor name}}
+  %0 = moe.weight [] from ["m.safetensors"] : tensor<4xf32>
+  return
+}
+
+// -----
+
+func.func @case1() {
+  // expected-error @+1 {{'files' must hold one file for all names or one file per name (3), got 2}}
+  %0 = moe.weight ["a", "b", "c"] from ["x.safetensors", "y.safetensors"] : tensor<3x4xf32>
+  return
+}
+
+// -----
+
+func.func @case2() {
+  // expected-error @+1 {{'names'[0] is empty}}
+  %0 = moe.weight [""] from ["m.safetensors"] : tensor<4xf32>
+  return
+}
+
+// -----
+
+func.func @case3() {
+  // expected-error @+1 {{result must have a static shape}}
+  %0 = moe.weight ["a"] from ["m.safetensors"] : tensor<?x4xf32>
+  return
+}
+
+// -----
+
+func.func @case4() {
+  // expected-error @+1 {{stacking 2 tensors needs a result whose dimension 0 is 2}}
+  %0 = moe.weight ["a", "b"] from ["m.safetensors"] : tensor<3x4xf32>
+  return
+}
+
+// -----
+
+func.func @case5(%x3: tensor<2x?x64xf32>, %w: tensor<8x64xf32>) {
+  // expected-error @+1 {{'input' must have rank 2 ([T, H]), got rank 3}}
+  %0 = moe.router_linear %x3, %w : (tensor<2x?x64xf32>, tensor<8x64xf32>) -> tensor<?x8xf32>
+  return
+}
+
+// -----
+
+func.func @case6(%x: tensor<?x64xf32>, %w: tensor<8x32xf32>) {
+  // expected-error @+1 {{'weight' dimension 1 (hidden size of 'input') must be 64, got 32}}
+  %0 = moe.router_linear %x, %w : (tensor<?x64xf32>, tensor<8x32xf32>) -> tensor<?x8xf32>
+  return
+}
+
+// -----
+
+func.func @case7(%x: tensor<?x64xf32>, %w: tensor<8x64xf32>, %b: tensor<6xf32>) {
+  // expected-error @+1 {{'bias' dimension 0 (experts, from 'weight') must be 8, got 6}}
+  %0 = moe.router_linear %x, %w bias %b : (tensor<?x64xf32>, tensor<8x64xf32>, tensor<6xf32>) -> tensor<?x8xf32>
+  return
+}
+
+// -----
+
+func.func @case8(%x: tensor<?x64xf32>, %w: tensor<8x64xf32>) {
+  // expected-error @+1 {{'result' dimension 1 (experts, from 'weight') must be 8, got 4}}
+  %0 = moe.router_linear %x, %w : (tensor<?x64xf32>, tensor<8x64xf32>) -> tensor<?x4xf32>
+  return
+}
+
+// -----
+
+func.func @case9(%x: tensor<?x64xi32>, %w: tensor<8x64xf32>) {
+  // expected-error @+1 {{operand #0 must be ranked tensor of 32-bit float or bfloat16 type or 16-bit float values}}
+  %0 = moe.router_linear %x, %w : (tensor<?x64xi32>, tensor<8x64xf32>) -> tensor<?x8xf32>
+  return
+}
+
+// -----
+
+func.func @case10(%s: tensor<?x8xf32>, %g: tensor<4xf32>) {
+  // expected-error @+1 {{'weight' dimension 0 (columns of 'input') must be 8, got 4}}
+  %0 = moe.rms_norm %s weight %g : tensor<4xf32> : tensor<?x8xf32>
+  return
+}
+
+// -----
+
+func.func @case11(%s: tensor<?x8xf32>) {
+  // expected-error @+1 {{'epsilon' must be >= 0, got -1}}
+  %0 = moe.rms_norm %s {epsilon = -1.0 : f32} : tensor<?x8xf32>
+  return
+}
+
+// -----
+
+func.func @case12(%s: tensor<?x8xf32>, %b: tensor<6xf32>) {
+  // expected-error @+1 {{'bias' dimension 0 (experts of 'input') must be 8, got 6}}
+  %0 = moe.bias_add %s, %b : tensor<?x8xf32>, tensor<6xf32>
+  return
+}
+
+// -----
+
+func.func @case14(%s: tensor<?x8xf32>) {
+  // expected-error @+1 {{experts (8) are not divisible into 'num_groups' = 3 groups}}
+  %0 = moe.group_limit %s {group_score = #moe.group_score<max>, keep_groups = 1 : i64, num_groups = 3 : i64} : tensor<?x8xf32>
+  return
+}
+
+// -----
+
+func.func @case15(%s: tensor<?x8xf32>) {
+  // expected-error @+1 {{'keep_groups' must be in [1, num_groups = 4], got 5}}
+  %0 = moe.group_limit %s {group_score = #moe.group_score<max>, keep_groups = 5 : i64, num_groups = 4 : i64} : tensor<?x8xf32>
+  return
+}
+
+// -----
+
+func.func @case16(%s: tensor<?x8xf32>) {
+  // expected-error @+1 {{'num_groups' must be >= 1, got 0}}
+  %0 = moe.group_limit %s {group_score = #moe.group_score<max>, keep_groups = 1 : i64, num_groups = 0 : i64} : tensor<?x8xf32>
+  return
+}
+
+// -----
+
+func.func @case17(%s: tensor<?x8xf32>) {
+  // expected-error @+1 {{'group_score' top2_sum needs at least 2 experts per group, got 1}}
+  %0 = moe.group_limit %s {group_score = #moe.group_score<top2_sum>, keep_groups = 1 : i64, num_groups = 8 : i64} : tensor<?x8xf32>
+  return
+}
+
+// -----
+
+func.func @case18(%s: tensor<?x?xf32>) {
+  // expected-error @+1 {{the number of experts (dimension 1 of 'input') must be static to form groups}}
+  %0 = moe.group_limit %s {group_score = #moe.group_score<max>, keep_groups = 1 : i64, num_groups = 2 : i64} : tensor<?x?xf32>
+  return
+}
+
+// -----
+
+func.func @case19(%s: tensor<?x8xf32>) {
+  // expected-error @+1 {{'k' = 9 exceeds the number of experts (including null experts) of 'input', 8}}
+  %i, %v = moe.topk %s {k = 9 : i64} : tensor<?x8xf32> -> tensor<?x9xi32>, tensor<?x9xf32>
+  return
+}
+
+// -----
+
+func.func @case20(%s: tensor<?x8xf32>) {
+  // expected-error @+1 {{'k' must be >= 1, got 0}}
+  %i, %v = moe.topk %s {k = 0 : i64} : tensor<?x8xf32> -> tensor<?x0xi32>, tensor<?x0xf32>
+  return
+}
+
+// -----
+
+func.func @case21(%s: tensor<?x8xf32>) {
+  // expected-error @+1 {{'ids' dimension 1 ('k') must be 2, got 3}}
+  %i, %v = moe.topk %s {k = 2 : i64} : tensor<?x8xf32> -> tensor<?x3xi32>, tensor<?x2xf32>
+  return
+}
+
+// -----
+
+func.func @case22(%s: tensor<?x8xf32>) {
+  // expected-error @+1 {{'p' must be in (0, 1], got 1.5}}
+  %i, %v = moe.top_p %s {p = 1.5 : f32, max_k = 2 : i64} : tensor<?x8xf32> -> tensor<?x2xi32>, tensor<?x2xf32>
+  return
+}
+
+// -----
+
+func.func @case23(%s: tensor<?x8xf32>) {
+  // expected-error @+1 {{'p' must be in (0, 1], got 0}}
+  %i, %v = moe.top_p %s {p = 0.0 : f32, max_k = 2 : i64} : tensor<?x8xf32> -> tensor<?x2xi32>, tensor<?x2xf32>
+  return
+}
+
+// -----
+
+func.func @case24(%s: tensor<?x8xf32>) {
+  // expected-error @+1 {{'max_k' must be in [1, 8] (the number of experts), got 9}}
+  %i, %v = moe.top_p %s {p = 0.5 : f32, max_k = 9 : i64} : tensor<?x8xf32> -> tensor<?x9xi32>, tensor<?x9xf32>
+  return
+}
+
+// -----
+
+func.func @case25(%s: tensor<?x8xf32>) {
+  // expected-error @+1 {{'max_k' must be in [1, 8] (the number of experts), got 12}}
+  %i, %v = moe.threshold %s {max_k = 12 : i64} : tensor<?x8xf32> -> tensor<?x12xi32>, tensor<?x12xf32>
+  return
+}
+
+// -----
+
+func.func @case26(%s: tensor<?x8xf32>) {
+  // expected-error @+1 {{'capacity' must be > 0 tokens per expert, got 0}}
+  %i, %v = moe.expert_choice %s {capacity = 0 : i64} : tensor<?x8xf32> -> tensor<?x8xi32>, tensor<?x8xf32>
+  return
+}
+
+// -----
+
+func.func @case27(%s: tensor<?x8xf32>) {
+  // expected-error @+1 {{'capacity' must be > 0 tokens per expert, got -3}}
+  %i, %v = moe.expert_choice %s {capacity = -3 : i64} : tensor<?x8xf32> -> tensor<?x8xi32>, tensor<?x8xf32>
+  return
+}
+
+// -----
+
+func.func @case28(%s: tensor<?x8xf32>) {
+  // expected-error @+1 {{'ids' dimension 1 (one slot per expert of 'input') must be 8, got 2}}
+  %i, %v = moe.expert_choice %s {capacity = 2 : i64} : tensor<?x8xf32> -> tensor<?x2xi32>, tensor<?x2xf32>
+  return
+}
+
+// -----
+
+func.func @case29(%s: tensor<?x8xf32>, %i: tensor<?x2xi32>) {
+  // expected-error @+1 {{'result' dimension 1 (slots of 'ids') must be 2, got 3}}
+  %0 = moe.gather_scores %s, %i : tensor<?x8xf32>, tensor<?x2xi32> -> tensor<?x3xf32>
+  return
+}
+
+// -----
+
+func.func @case30(%s: tensor<4x8xf32>, %i: tensor<5x2xi32>) {
+  // expected-error @+1 {{'ids' dimension 0 (tokens of 'scores') must be 4, got 5}}
+  %0 = moe.gather_scores %s, %i : tensor<4x8xf32>, tensor<5x2xi32> -> tensor<5x2xf32>
+  return
+}
+
+// -----
+
+func.func @case31(%i: tensor<?x2xi32>, %w: tensor<?x2xf32>) {
+  // expected-error @+1 {{'num_experts' (real experts) must be >= 1, got 0}}
+  %a, %b = moe.drop_null_experts %i, %w {num_experts = 0 : i64} : tensor<?x2xi32>, tensor<?x2xf32>
+  return
+}
+
+// -----
+
+func.func @case32(%i: tensor<?x2xi32>, %w: tensor<?x3xf32>) {
+  // expected-error @+1 {{'weights' dimension 1 (slots of 'ids') must be 2, got 3}}
+  %a, %b = moe.drop_null_experts %i, %w {num_experts = 4 : i64} : tensor<?x2xi32>, tensor<?x3xf32>
+  return
+}
+
+// -----
+
+func.func @case33(%w: tensor<?x2xf32>) {
+  // expected-error @+1 {{'epsilon' must be finite and >= 0, got -1}}
+  %0 = moe.normalize %w {epsilon = -1.0 : f32} : tensor<?x2xf32>
+  return
+}
+
+// -----
+
+func.func @case34(%i: tensor<?x2xi32>) {
+  // expected-error @+1 {{'offsets' dimension 0 ('num_experts' + 1) must be 9, got 8}}
+  %c, %o, %r = moe.dispatch %i {num_experts = 8 : i64} : tensor<?x2xi32> -> tensor<8xi32>, tensor<8xi32>, tensor<?xi32>
+  return
+}
+
+// -----
+
+func.func @case35(%i: tensor<?x2xi32>) {
+  // expected-error @+1 {{'counts' dimension 0 ('num_experts') must be 8, got 4}}
+  %c, %o, %r = moe.dispatch %i {num_experts = 8 : i64} : tensor<?x2xi32> -> tensor<4xi32>, tensor<9xi32>, tensor<?xi32>
+  return
+}
+
+// -----
+
+func.func @case36(%i: tensor<?x2xi32>) {
+  // expected-error @+1 {{'num_experts' must be >= 1, got 0}}
+  %c, %o, %r = moe.dispatch %i {num_experts = 0 : i64} : tensor<?x2xi32> -> tensor<0xi32>, tensor<1xi32>, tensor<?xi32>
+  return
+}
+
+// -----
+
+func.func @case37(%x: tensor<?x64xf32>, %r: tensor<?xi32>, %w: tensor<?x2xf32>) {
+  // expected-error @+1 {{'result' dimension 1 (hidden size) must be 64, got 32}}
+  %0 = moe.permute %x, %r, %w : (tensor<?x64xf32>, tensor<?xi32>, tensor<?x2xf32>) -> tensor<?x32xf32>
+  return
+}
+
+// -----
+
+func.func @case38(%x: tensor<?x64xf32>, %r: tensor<?xi32>, %w: tensor<?x2xf32>) {
+  // expected-error @+1 {{'result' element type 'bf16' must match 'input' element type 'f32'}}
+  %0 = moe.permute %x, %r, %w : (tensor<?x64xf32>, tensor<?xi32>, tensor<?x2xf32>) -> tensor<?x64xbf16>
+  return
+}
+
+// -----
+
+func.func @case39(%x: tensor<5x64xf32>, %r: tensor<?xi32>, %w: tensor<6x2xf32>) {
+  // expected-error @+1 {{'input' dimension 0 (tokens of 'weights') must be 6, got 5}}
+  %0 = moe.permute %x, %r, %w : (tensor<5x64xf32>, tensor<?xi32>, tensor<6x2xf32>) -> tensor<?x64xf32>
+  return
+}
+
+// -----
+
+func.func @case40(%y: tensor<?x64xf32>, %r: tensor<?xi32>, %w: tensor<?x2xf32>) {
+  // expected-error @+1 {{'input' dimension 1 (hidden size) must be 48, got 64}}
+  %0 = moe.combine %y, %r, %w : (tensor<?x64xf32>, tensor<?xi32>, tensor<?x2xf32>) -> tensor<?x48xf32>
+  return
+}
+
+// -----
+
+func.func @case41(%y: tensor<10x64xf32>, %r: tensor<12xi32>, %w: tensor<?x2xf32>) {
+  // expected-error @+1 {{'input' dimension 0 (routed rows of 'rows') must be 12, got 10}}
+  %0 = moe.combine %y, %r, %w : (tensor<10x64xf32>, tensor<12xi32>, tensor<?x2xf32>) -> tensor<?x64xf32>
+  return
+}
+
+// -----
+
+func.func @case42(%x: tensor<?x64xf32>, %o: tensor<5xi32>, %g: tensor<4x32x64xf32>, %u: tensor<4x32x64xf32>, %d: tensor<4x64x32xf32>, %gu: tensor<4x64x64xf32>) {
+  // expected-error @+1 {{give either 'gate' and 'up' or a fused 'gate_up', not both}}
+  %0 = moe.expert_ffn %x, %o gate(%g) up(%u) gate_up(%gu) down(%d) {activation = #moe.activation<silu>} : (tensor<?x64xf32>, tensor<5xi32>, tensor<4x32x64xf32>, tensor<4x32x64xf32>, tensor<4x64x64xf32>, tensor<4x64x32xf32>) -> tensor<?x64xf32>
+  return
+}
+
+// -----
+
+func.func @case43(%x: tensor<?x64xf32>, %o: tensor<5xi32>, %g: tensor<4x32x64xf32>, %u: tensor<4x32x64xf32>, %d: tensor<4x64x32xf32>) {
+  // expected-error @+1 {{'gate' needs its partner 'up'}}
+  %0 = moe.expert_ffn %x, %o gate(%g) down(%d) {activation = #moe.activation<silu>} : (tensor<?x64xf32>, tensor<5xi32>, tensor<4x32x64xf32>, tensor<4x64x32xf32>) -> tensor<?x64xf32>
+  return
+}
+
+// -----
+
+func.func @case44(%x: tensor<?x64xf32>, %o: tensor<5xi32>, %g: tensor<4x32x64xf32>, %u: tensor<4x32x64xf32>, %d: tensor<4x64x32xf32>) {
+  // expected-error @+1 {{needs 'gate' and 'up' projections, or a fused 'gate_up' projection}}
+  %0 = moe.expert_ffn %x, %o down(%d) {activation = #moe.activation<silu>} : (tensor<?x64xf32>, tensor<5xi32>, tensor<4x64x32xf32>) -> tensor<?x64xf32>
+  return
+}
+
+// -----
+
+func.func @case45(%x: tensor<?x64xf32>, %o: tensor<5xi32>, %g: tensor<4x32x64xf32>, %u: tensor<4x32x64xf32>, %d: tensor<4x64x32xf32>, %g2: tensor<4x32x48xf32>) {
+  // expected-error @+1 {{'gate' input size must be the hidden size of 'input' (64), got 48}}
+  %0 = moe.expert_ffn %x, %o gate(%g2) up(%g2) down(%d) {activation = #moe.activation<silu>} : (tensor<?x64xf32>, tensor<5xi32>, tensor<4x32x48xf32>, tensor<4x32x48xf32>, tensor<4x64x32xf32>) -> tensor<?x64xf32>
+  return
+}
+
+// -----
+
+func.func @case46(%x: tensor<?x64xf32>, %o: tensor<5xi32>, %g: tensor<4x32x64xf32>, %u: tensor<4x32x64xf32>, %d: tensor<4x64x32xf32>, %d2: tensor<4x48x32xf32>) {
+  // expected-error @+1 {{'down' output size must be the hidden size of 'input' (64), got 48}}
+  %0 = moe.expert_ffn %x, %o gate(%g) up(%u) down(%d2) {activation = #moe.activation<silu>} : (tensor<?x64xf32>, tensor<5xi32>, tensor<4x32x64xf32>, tensor<4x32x64xf32>, tensor<4x48x32xf32>) -> tensor<?x64xf32>
+  return
+}
+
+// -----
+
+func.func @case47(%x: tensor<?x64xf32>, %o: tensor<5xi32>, %g: tensor<4x32x64xf32>, %u: tensor<4x32x64xf32>, %d: tensor<4x64x32xf32>, %u2: tensor<4x16x64xf32>) {
+  // expected-error @+1 {{'up' has intermediate size = 16 but an earlier projection has 32}}
+  %0 = moe.expert_ffn %x, %o gate(%g) up(%u2) down(%d) {activation = #moe.activation<silu>} : (tensor<?x64xf32>, tensor<5xi32>, tensor<4x32x64xf32>, tensor<4x16x64xf32>, tensor<4x64x32xf32>) -> tensor<?x64xf32>
+  return
+}
+
+// -----
+
+func.func @case48(%x: tensor<?x64xf32>, %o: tensor<5xi32>, %g: tensor<4x32x64xf32>, %u: tensor<4x32x64xf32>, %d: tensor<4x64x32xf32>, %d2: tensor<4x64x16xf32>) {
+  // expected-error @+1 {{'down' has intermediate size (input side) = 16 but the gate/up projection has 32}}
+  %0 = moe.expert_ffn %x, %o gate(%g) up(%u) down(%d2) {activation = #moe.activation<silu>} : (tensor<?x64xf32>, tensor<5xi32>, tensor<4x32x64xf32>, tensor<4x32x64xf32>, tensor<4x64x16xf32>) -> tensor<?x64xf32>
+  return
+}
+
+// -----
+
+func.func @case49(%x: tensor<?x64xf32>, %o: tensor<5xi32>, %g: tensor<4x32x64xf32>, %u: tensor<4x32x64xf32>, %d: tensor<4x64x32xf32>, %u2: tensor<3x32x64xf32>) {
+  // expected-error @+1 {{'up' has E (dimension 0) = 3 but an earlier projection has 4}}
+  %0 = moe.expert_ffn %x, %o gate(%g) up(%u2) down(%d) {activation = #moe.activation<silu>} : (tensor<?x64xf32>, tensor<5xi32>, tensor<4x32x64xf32>, tensor<3x32x64xf32>, tensor<4x64x32xf32>) -> tensor<?x64xf32>
+  return
+}
+
+// -----
+
+func.func @case50(%x: tensor<?x64xf32>, %o: tensor<5xi32>, %g: tensor<4x32x64xf32>, %u: tensor<4x32x64xf32>, %d: tensor<4x64x32xf32>, %gu: tensor<4x63x64xf32>) {
+  // expected-error @+1 {{'gate_up' output size must be even (gate and up halves), got 63}}
+  %0 = moe.expert_ffn %x, %o gate_up(%gu) down(%d) {activation = #moe.activation<silu>} : (tensor<?x64xf32>, tensor<5xi32>, tensor<4x63x64xf32>, tensor<4x64x32xf32>) -> tensor<?x64xf32>
+  return
+}
+
+// -----
+
+func.func @case51(%x: tensor<?x64xf32>, %o: tensor<5xi32>, %g: tensor<4x32x64xf32>, %u: tensor<4x32x64xf32>, %d: tensor<4x64x32xf32>, %b: tensor<4x16xf32>) {
+  // expected-error @+1 {{'gate_bias' dimension 1 (intermediate size) must be 32, got 16}}
+  %0 = moe.expert_ffn %x, %o gate(%g) up(%u) down(%d) gate_bias(%b) {activation = #moe.activation<silu>} : (tensor<?x64xf32>, tensor<5xi32>, tensor<4x32x64xf32>, tensor<4x32x64xf32>, tensor<4x64x32xf32>, tensor<4x16xf32>) -> tensor<?x64xf32>
+  return
+}
+
+// -----
+
+func.func @case52(%x: tensor<?x64xf32>, %o: tensor<5xi32>, %g: tensor<4x32x64xf32>, %u: tensor<4x32x64xf32>, %d: tensor<4x64x32xf32>, %gu: tensor<4x64x64xf32>, %b: tensor<4x32xf32>) {
+  // expected-error @+1 {{'gate_bias' needs a separate 'gate' projection}}
+  %0 = moe.expert_ffn %x, %o gate_up(%gu) down(%d) gate_bias(%b) {activation = #moe.activation<silu>} : (tensor<?x64xf32>, tensor<5xi32>, tensor<4x64x64xf32>, tensor<4x64x32xf32>, tensor<4x32xf32>) -> tensor<?x64xf32>
+  return
+}
+
+// -----
+
+func.func @case53(%x: tensor<?x64xf32>, %o: tensor<5xi32>, %g: tensor<4x32x64xf32>, %u: tensor<4x32x64xf32>, %d: tensor<4x64x32xf32>) {
+  // expected-error @+1 {{'gate_up_layout' interleaved needs a fused 'gate_up' projection}}
+  %0 = moe.expert_ffn %x, %o gate(%g) up(%u) down(%d) {activation = #moe.activation<silu>, gate_up_layout = #moe.gate_up_layout<interleaved>} : (tensor<?x64xf32>, tensor<5xi32>, tensor<4x32x64xf32>, tensor<4x32x64xf32>, tensor<4x64x32xf32>) -> tensor<?x64xf32>
+  return
+}
+
+// -----
+
+func.func @case54(%x: tensor<?x64xf32>, %o: tensor<5xi32>, %g: tensor<4x32x64xf32>, %u: tensor<4x32x64xf32>, %d: tensor<4x64x32xf32>) {
+  // expected-error @+1 {{'alpha' must be finite and > 0, got 0}}
+  %0 = moe.expert_ffn %x, %o gate(%g) up(%u) down(%d) {activation = #moe.activation<swiglu_clamped>, alpha = 0.0 : f32} : (tensor<?x64xf32>, tensor<5xi32>, tensor<4x32x64xf32>, tensor<4x32x64xf32>, tensor<4x64x32xf32>) -> tensor<?x64xf32>
+  return
+}
+
+// -----
+
+func.func @case55(%x: tensor<?x64xf32>, %o: tensor<5xi32>, %g: tensor<4x32x64xf32>, %u: tensor<4x32x64xf32>, %d: tensor<4x64x32xf32>) {
+  // expected-error @+1 {{'limit' must be > 0, got -1}}
+  %0 = moe.expert_ffn %x, %o gate(%g) up(%u) down(%d) {activation = #moe.activation<swiglu_clamped>, limit = -1.0 : f32} : (tensor<?x64xf32>, tensor<5xi32>, tensor<4x32x64xf32>, tensor<4x32x64xf32>, tensor<4x64x32xf32>) -> tensor<?x64xf32>
+  return
+}
+
+// -----
+
+func.func @case56(%x: tensor<?x64xf32>, %o: tensor<5xi32>, %g: tensor<4x32x64xf32>, %u: tensor<4x32x64xf32>, %d: tensor<4x64x32xf32>, %ub: tensor<4x32x64xbf16>) {
+  // expected-error @+1 {{'up' element type 'bf16' differs from the other projections' 'f32'}}
+  %0 = moe.expert_ffn %x, %o gate(%g) up(%ub) down(%d) {activation = #moe.activation<silu>} : (tensor<?x64xf32>, tensor<5xi32>, tensor<4x32x64xf32>, tensor<4x32x64xbf16>, tensor<4x64x32xf32>) -> tensor<?x64xf32>
+  return
+}
+
+// -----
+
+func.func @case57(%x: tensor<?x64xf32>, %o: tensor<5xi32>, %g: tensor<4x32x64xf32>, %u: tensor<4x32x64xf32>, %d: tensor<4x64x32xf32>) {
+  // expected-error @+1 {{'gate' input size must be the hidden size of 'input' (64), got 32}}
+  %0 = moe.expert_ffn %x, %o gate(%g) up(%u) down(%d) {activation = #moe.activation<silu>, weight_layout = #moe.weight_layout<in_out>} : (tensor<?x64xf32>, tensor<5xi32>, tensor<4x32x64xf32>, tensor<4x32x64xf32>, tensor<4x64x32xf32>) -> tensor<?x64xf32>
+  return
+}
+
+// -----
+
+func.func @case58(%x: tensor<?x64xf32>, %o: tensor<4xi32>, %g: tensor<4x32x64xf32>, %u: tensor<4x32x64xf32>, %d: tensor<4x64x32xf32>) {
+  // expected-error @+1 {{'offsets' dimension 0 (number of experts + 1) must be 5, got 4}}
+  %0 = moe.expert_ffn %x, %o gate(%g) up(%u) down(%d) {activation = #moe.activation<silu>} : (tensor<?x64xf32>, tensor<4xi32>, tensor<4x32x64xf32>, tensor<4x32x64xf32>, tensor<4x64x32xf32>) -> tensor<?x64xf32>
+  return
+}
+
+// -----
+
+func.func @case59(%x: tensor<?x64xf32>, %o: tensor<5xi32>, %g: tensor<4x32x64xf32>, %u: tensor<4x32x64xf32>, %d: tensor<4x64x32xf32>) {
+  // expected-error @+1 {{result type 'tensor<?x64xbf16>' must equal the type of 'input' 'tensor<?x64xf32>'}}
+  %0 = moe.expert_ffn %x, %o gate(%g) up(%u) down(%d) {activation = #moe.activation<silu>} : (tensor<?x64xf32>, tensor<5xi32>, tensor<4x32x64xf32>, tensor<4x32x64xf32>, tensor<4x64x32xf32>) -> tensor<?x64xbf16>
+  return
+}
+
+// -----
+
+func.func @case60(%x: tensor<?x64xf32>, %o: tensor<5xi32>, %g: tensor<4x32x64xf32>, %u: tensor<4x32x64xf32>, %d: tensor<4x64x32xf32>) {
+  // expected-error @+2 {{expected ::mlir::moe::Activation to be one of: silu, gelu, gelu_tanh, swiglu_clamped}}
+  // expected-error @+1 {{failed to parse MoE_ActivationAttr parameter 'value'}}
+  %0 = moe.expert_ffn %x, %o gate(%g) up(%u) down(%d) {activation = #moe.activation<relu2>} : (tensor<?x64xf32>, tensor<5xi32>, tensor<4x32x64xf32>, tensor<4x32x64xf32>, tensor<4x64x32xf32>) -> tensor<?x64xf32>
+  return
+}
+
+// -----
+
+func.func @case61(%x: tensor<?x64xf32>, %g: tensor<4x32x64xf32>, %d: tensor<64x32xf32>) {
+  // expected-error @+1 {{'gate' must have rank 2 ([out, in] with weight_layout out_in), got rank 3}}
+  %0 = moe.ffn %x gate(%g) up(%g) down(%d) {activation = #moe.activation<silu>} : (tensor<?x64xf32>, tensor<4x32x64xf32>, tensor<4x32x64xf32>, tensor<64x32xf32>) -> tensor<?x64xf32>
+  return
+}
+
+// -----
+
+func.func @case62(%x: tensor<?x64xf32>, %f: tensor<?x2xf32>) {
+  // expected-error @+1 {{'factor' dimension 1 (one factor per token) must be 1, got 2}}
+  %0 = moe.row_scale %x, %f : (tensor<?x64xf32>, tensor<?x2xf32>) -> tensor<?x64xf32>
+  return
+}
+
+// -----
+
+func.func @case63(%x: tensor<?x64xf32>, %w: tensor<48x64xf32>, %a: tensor<2x8x64xf32>, %b: tensor<2x48x4xf32>) {
+  // expected-error @+1 {{LoRA rank mismatch: 'lora_a' has rank r = 8 (dimension 1) but 'lora_b' has r = 4 (dimension 2)}}
+  %0 = moe.lora_mixture %x base(%w) lora(%a, %b) {scales = [1.0 : f32, 1.0 : f32]} : (tensor<?x64xf32>, tensor<48x64xf32>, tensor<2x8x64xf32>, tensor<2x48x4xf32>) -> tensor<?x48xf32>
+  return
+}
+
+// -----
+
+func.func @case64(%x: tensor<?x64xf32>, %w: tensor<48x64xf32>, %a: tensor<2x8x64xf32>, %b: tensor<3x48x8xf32>) {
+  // expected-error @+1 {{'lora_a' has 2 experts but 'lora_b' has 3}}
+  %0 = moe.lora_mixture %x base(%w) lora(%a, %b) {scales = [1.0 : f32, 1.0 : f32]} : (tensor<?x64xf32>, tensor<48x64xf32>, tensor<2x8x64xf32>, tensor<3x48x8xf32>) -> tensor<?x48xf32>
+  return
+}
+
+// -----
+
+func.func @case65(%x: tensor<?x64xf32>, %w: tensor<48x64xf32>, %a: tensor<2x8x32xf32>, %b: tensor<2x48x8xf32>) {
+  // expected-error @+1 {{'lora_a' dimension 2 (input size of 'input') must be 64, got 32}}
+  %0 = moe.lora_mixture %x base(%w) lora(%a, %b) {scales = [1.0 : f32, 1.0 : f32]} : (tensor<?x64xf32>, tensor<48x64xf32>, tensor<2x8x32xf32>, tensor<2x48x8xf32>) -> tensor<?x48xf32>
+  return
+}
+
+// -----
+
+func.func @case66(%x: tensor<?x64xf32>, %w: tensor<48x64xf32>, %a: tensor<2x8x64xf32>, %b: tensor<2x40x8xf32>) {
+  // expected-error @+1 {{'lora_b' dimension 1 (output size of 'base') must be 48, got 40}}
+  %0 = moe.lora_mixture %x base(%w) lora(%a, %b) {scales = [1.0 : f32, 1.0 : f32]} : (tensor<?x64xf32>, tensor<48x64xf32>, tensor<2x8x64xf32>, tensor<2x40x8xf32>) -> tensor<?x48xf32>
+  return
+}
+
+// -----
+
+func.func @case67(%x: tensor<?x64xf32>, %w: tensor<48x64xf32>, %a: tensor<2x8x64xf32>, %b: tensor<2x48x8xf32>) {
+  // expected-error @+1 {{'scales' must hold one factor per LoRA expert (2), got 1}}
+  %0 = moe.lora_mixture %x base(%w) lora(%a, %b) {scales = [1.0 : f32]} : (tensor<?x64xf32>, tensor<48x64xf32>, tensor<2x8x64xf32>, tensor<2x48x8xf32>) -> tensor<?x48xf32>
+  return
+}
+
+// -----
+
+func.func @case68(%x: tensor<?x64xf32>, %w: tensor<48x32xf32>, %a: tensor<1x8x64xf32>, %b: tensor<1x48x8xf32>) {
+  // expected-error @+1 {{'base' dimension 1 (input size of 'input') must be 64, got 32}}
+  %0 = moe.lora_mixture %x base(%w) lora(%a, %b) {scales = [1.0 : f32]} : (tensor<?x64xf32>, tensor<48x32xf32>, tensor<1x8x64xf32>, tensor<1x48x8xf32>) -> tensor<?x48xf32>
+  return
+}
+
+// -----
+
+func.func @case69(%x: tensor<?x64xf32>, %w: tensor<48x64xf32>, %a: tensor<1x8x64xf32>, %b: tensor<1x48x8xf32>, %i: tensor<?x2xi32>, %rw: tensor<?x3xf32>) {
+  // expected-error @+1 {{'weights' dimension 1 (slots of 'ids') must be 2, got 3}}
+  %0 = moe.lora_mixture %x base(%w) lora(%a, %b) routing(%i, %rw) {scales = [1.0 : f32]} : (tensor<?x64xf32>, tensor<48x64xf32>, tensor<1x8x64xf32>, tensor<1x48x8xf32>, tensor<?x2xi32>, tensor<?x3xf32>) -> tensor<?x48xf32>
+  return
+}
+
+// -----
+
+// expected-error @+1 {{'moe.layer' must be a non-negative integer layer index, got -1 : i64}}
+func.func @neg_layer() attributes {moe.layer = -1 : i64} {
+  return
+}
+
+// -----
+
+// expected-error @+1 {{'moe.weight_root' must be a string (a directory), got 3 : i64}}
+module attributes {moe.weight_root = 3 : i64} {
+}
+
+// -----
+
+func.func @layer_on_op(%s: tensor<?x8xf32>) {
+  // expected-error @+1 {{'moe.layer' belongs on a function, not on 'moe.softmax'}}
+  %0 = moe.softmax %s {moe.layer = 1 : i64} : tensor<?x8xf32>
+  return
+}

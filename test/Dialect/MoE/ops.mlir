@@ -1,0 +1,131 @@
+// Round trip of every moe op and router variant: print, parse again, print.
+// RUN: moe-opt %s | moe-opt | FileCheck %s
+// RUN: moe-opt %s --mlir-print-op-generic | moe-opt | FileCheck %s
+
+// CHECK-LABEL: func.func @weights
+// CHECK: moe.weight ["w"] from ["model.safetensors"] : tensor<8x64xbf16>
+// CHECK: moe.weight ["e0", "e1"] from ["a.safetensors", "b.safetensors"] : tensor<2x16x64xf16>
+func.func @weights() -> (tensor<8x64xbf16>, tensor<2x16x64xf16>) {
+  %0 = moe.weight ["w"] from ["model.safetensors"] : tensor<8x64xbf16>
+  %1 = moe.weight ["e0", "e1"] from ["a.safetensors", "b.safetensors"] : tensor<2x16x64xf16>
+  return %0, %1 : tensor<8x64xbf16>, tensor<2x16x64xf16>
+}
+
+// CHECK-LABEL: func.func @scoring
+// CHECK: moe.router_linear %{{.*}}, %{{.*}} : (tensor<?x64xbf16>, tensor<8x64xbf16>) -> tensor<?x8xf32>
+// CHECK: moe.router_linear %{{.*}}, %{{.*}} bias %{{.*}} : (tensor<?x64xf32>, tensor<8x64xf32>, tensor<8xf32>) -> tensor<?x8xf32>
+// CHECK: moe.softmax %{{.*}} : tensor<?x8xf32>
+// CHECK: moe.sigmoid %{{.*}} : tensor<?x8xf32>
+// CHECK: moe.relu %{{.*}} : tensor<?x8xf32>
+// CHECK: moe.rms_norm %{{.*}} : tensor<?x8xf32>
+// CHECK: moe.rms_norm %{{.*}} weight %{{.*}} : tensor<8xf32> {epsilon = 9.99999974E-6 : f32} : tensor<?x8xf32>
+// CHECK: moe.bias_add %{{.*}}, %{{.*}} : tensor<?x8xf32>, tensor<8xf32>
+func.func @scoring(%x: tensor<?x64xbf16>, %w: tensor<8x64xbf16>, %xf: tensor<?x64xf32>,
+                   %wf: tensor<8x64xf32>, %b: tensor<8xf32>) -> tensor<?x8xf32> {
+  %0 = moe.router_linear %x, %w : (tensor<?x64xbf16>, tensor<8x64xbf16>) -> tensor<?x8xf32>
+  %1 = moe.router_linear %xf, %wf bias %b : (tensor<?x64xf32>, tensor<8x64xf32>, tensor<8xf32>) -> tensor<?x8xf32>
+  %2 = moe.softmax %0 : tensor<?x8xf32>
+  %3 = moe.sigmoid %1 : tensor<?x8xf32>
+  %4 = moe.relu %2 : tensor<?x8xf32>
+  %5 = moe.rms_norm %4 : tensor<?x8xf32>
+  %6 = moe.rms_norm %5 weight %b : tensor<8xf32> {epsilon = 1.0e-5 : f32} : tensor<?x8xf32>
+  %7 = moe.bias_add %6, %b : tensor<?x8xf32>, tensor<8xf32>
+  return %7 : tensor<?x8xf32>
+}
+
+// CHECK-LABEL: func.func @selection
+// CHECK: moe.group_limit %{{.*}} {group_score = #moe.group_score<max>, keep_groups = 2 : i64, num_groups = 4 : i64} : tensor<?x8xf32>
+// CHECK: moe.group_limit %{{.*}} {group_score = #moe.group_score<top2_sum>, keep_groups = 1 : i64, num_groups = 2 : i64} : tensor<?x8xf32>
+// CHECK: moe.topk %{{.*}} {k = 2 : i64} : tensor<?x8xf32> -> tensor<?x2xi32>, tensor<?x2xf32>
+// CHECK: moe.top_p %{{.*}} {max_k = 4 : i64, p = 8.000000e-01 : f32} : tensor<?x8xf32> -> tensor<?x4xi32>, tensor<?x4xf32>
+// CHECK: moe.threshold %{{.*}} {max_k = 8 : i64} : tensor<?x8xf32> -> tensor<?x8xi32>, tensor<?x8xf32>
+// CHECK: moe.threshold %{{.*}} {max_k = 3 : i64, threshold = 1.000000e-01 : f32} : tensor<?x8xf32> -> tensor<?x3xi32>, tensor<?x3xf32>
+// CHECK: moe.expert_choice %{{.*}} {capacity = 16 : i64} : tensor<?x8xf32> -> tensor<?x8xi32>, tensor<?x8xf32>
+// CHECK: moe.gather_scores %{{.*}}, %{{.*}} : tensor<?x8xf32>, tensor<?x2xi32> -> tensor<?x2xf32>
+// CHECK: moe.drop_null_experts %{{.*}}, %{{.*}} {num_experts = 6 : i64} : tensor<?x2xi32>, tensor<?x2xf32>
+func.func @selection(%s: tensor<?x8xf32>) -> (tensor<?x2xi32>, tensor<?x2xf32>) {
+  %0 = moe.group_limit %s {group_score = #moe.group_score<max>, keep_groups = 2 : i64, num_groups = 4 : i64} : tensor<?x8xf32>
+  %1 = moe.group_limit %0 {group_score = #moe.group_score<top2_sum>, keep_groups = 1 : i64, num_groups = 2 : i64} : tensor<?x8xf32>
+  %ids, %v = moe.topk %1 {k = 2 : i64} : tensor<?x8xf32> -> tensor<?x2xi32>, tensor<?x2xf32>
+  %pi, %pv = moe.top_p %s {p = 0.8 : f32, max_k = 4 : i64} : tensor<?x8xf32> -> tensor<?x4xi32>, tensor<?x4xf32>
+  %ti, %tv = moe.threshold %s {max_k = 8 : i64} : tensor<?x8xf32> -> tensor<?x8xi32>, tensor<?x8xf32>
+  %ti2, %tv2 = moe.threshold %s {max_k = 3 : i64, threshold = 0.1 : f32} : tensor<?x8xf32> -> tensor<?x3xi32>, tensor<?x3xf32>
+  %ci, %cv = moe.expert_choice %s {capacity = 16 : i64} : tensor<?x8xf32> -> tensor<?x8xi32>, tensor<?x8xf32>
+  %g = moe.gather_scores %s, %ids : tensor<?x8xf32>, tensor<?x2xi32> -> tensor<?x2xf32>
+  %ri, %rw = moe.drop_null_experts %ids, %g {num_experts = 6 : i64} : tensor<?x2xi32>, tensor<?x2xf32>
+  return %ri, %rw : tensor<?x2xi32>, tensor<?x2xf32>
+}
+
+// CHECK-LABEL: func.func @post_processing
+// CHECK: moe.normalize %{{.*}} : tensor<?x2xf32>
+// CHECK: moe.normalize %{{.*}} {epsilon = 9.99999968E-21 : f32} : tensor<?x2xf32>
+// CHECK: moe.scale %{{.*}} {factor = 2.500000e+00 : f32} : tensor<?x2xf32>
+// CHECK: moe.softmax %{{.*}} : tensor<?x2xf32>
+// CHECK: moe.sigmoid %{{.*}} : tensor<?x2xf32>
+func.func @post_processing(%w: tensor<?x2xf32>) -> tensor<?x2xf32> {
+  %0 = moe.normalize %w : tensor<?x2xf32>
+  %1 = moe.normalize %0 {epsilon = 1.0e-20 : f32} : tensor<?x2xf32>
+  %2 = moe.scale %1 {factor = 2.5 : f32} : tensor<?x2xf32>
+  %3 = moe.softmax %2 : tensor<?x2xf32>
+  %4 = moe.sigmoid %3 : tensor<?x2xf32>
+  return %4 : tensor<?x2xf32>
+}
+
+// CHECK-LABEL: func.func @dispatch_combine
+// CHECK: moe.dispatch %{{.*}} {num_experts = 8 : i64} : tensor<?x2xi32> -> tensor<8xi32>, tensor<9xi32>, tensor<?xi32>
+// CHECK: moe.permute %{{.*}}, %{{.*}}, %{{.*}} : (tensor<?x64xbf16>, tensor<?xi32>, tensor<?x2xf32>) -> tensor<?x64xbf16>
+// CHECK: moe.permute %{{.*}}, %{{.*}}, %{{.*}} scale_by_weight : (tensor<?x64xbf16>, tensor<?xi32>, tensor<?x2xf32>) -> tensor<?x64xbf16>
+// CHECK: moe.combine %{{.*}}, %{{.*}}, %{{.*}} : (tensor<?x64xbf16>, tensor<?xi32>, tensor<?x2xf32>) -> tensor<?x64xbf16>
+// CHECK: moe.combine %{{.*}}, %{{.*}}, %{{.*}} unweighted : (tensor<?x64xbf16>, tensor<?xi32>, tensor<?x2xf32>) -> tensor<?x64xbf16>
+func.func @dispatch_combine(%x: tensor<?x64xbf16>, %ids: tensor<?x2xi32>, %w: tensor<?x2xf32>) -> (tensor<?x64xbf16>, tensor<?x64xbf16>) {
+  %counts, %offsets, %rows = moe.dispatch %ids {num_experts = 8 : i64} : tensor<?x2xi32> -> tensor<8xi32>, tensor<9xi32>, tensor<?xi32>
+  %xs = moe.permute %x, %rows, %w : (tensor<?x64xbf16>, tensor<?xi32>, tensor<?x2xf32>) -> tensor<?x64xbf16>
+  %xs2 = moe.permute %x, %rows, %w scale_by_weight : (tensor<?x64xbf16>, tensor<?xi32>, tensor<?x2xf32>) -> tensor<?x64xbf16>
+  %y = moe.combine %xs, %rows, %w : (tensor<?x64xbf16>, tensor<?xi32>, tensor<?x2xf32>) -> tensor<?x64xbf16>
+  %y2 = moe.combine %xs2, %rows, %w unweighted : (tensor<?x64xbf16>, tensor<?xi32>, tensor<?x2xf32>) -> tensor<?x64xbf16>
+  return %y, %y2 : tensor<?x64xbf16>, tensor<?x64xbf16>
+}
+
+// CHECK-LABEL: func.func @experts
+// CHECK: moe.expert_ffn %{{.*}}, %{{.*}} gate(%{{.*}}) up(%{{.*}}) down(%{{.*}}) {activation = #moe.activation<silu>}
+// CHECK: moe.expert_ffn %{{.*}}, %{{.*}} gate(%{{.*}}) up(%{{.*}}) down(%{{.*}}) gate_bias(%{{.*}}) up_bias(%{{.*}}) down_bias(%{{.*}}) {activation = #moe.activation<gelu>}
+// CHECK: moe.expert_ffn %{{.*}}, %{{.*}} gate_up(%{{.*}}) down(%{{.*}}) {activation = #moe.activation<gelu_tanh>}
+// CHECK: moe.expert_ffn %{{.*}}, %{{.*}} gate_up(%{{.*}}) down(%{{.*}}) gate_up_bias(%{{.*}}) down_bias(%{{.*}}) {activation = #moe.activation<swiglu_clamped>, alpha = 1.500000e+00 : f32, gate_up_layout = #moe.gate_up_layout<interleaved>, limit = 5.000000e+00 : f32, weight_layout = #moe.weight_layout<in_out>}
+// CHECK: moe.ffn %{{.*}} gate(%{{.*}}) up(%{{.*}}) down(%{{.*}}) {activation = #moe.activation<silu>} : (tensor<?x64xf16>, tensor<32x64xf16>, tensor<32x64xf16>, tensor<64x32xf16>) -> tensor<?x64xf16>
+// CHECK: moe.row_scale %{{.*}}, %{{.*}} : (tensor<?x64xf16>, tensor<?x1xf32>) -> tensor<?x64xf16>
+func.func @experts(%xs: tensor<?x64xbf16>, %off: tensor<5xi32>,
+                   %g: tensor<4x32x64xbf16>, %u: tensor<4x32x64xbf16>, %d: tensor<4x64x32xbf16>,
+                   %gb: tensor<4x32xbf16>, %db: tensor<4x64xbf16>,
+                   %gu: tensor<4x64x64xbf16>, %gub: tensor<4x64xbf16>, %d2: tensor<4x32x64xbf16>,
+                   %guo: tensor<4x64x64xbf16>,
+                   %x: tensor<?x64xf16>, %sg: tensor<32x64xf16>, %su: tensor<32x64xf16>, %sd: tensor<64x32xf16>,
+                   %f: tensor<?x1xf32>) -> tensor<?x64xf16> {
+  %0 = moe.expert_ffn %xs, %off gate(%g) up(%u) down(%d) {activation = #moe.activation<silu>} : (tensor<?x64xbf16>, tensor<5xi32>, tensor<4x32x64xbf16>, tensor<4x32x64xbf16>, tensor<4x64x32xbf16>) -> tensor<?x64xbf16>
+  %1 = moe.expert_ffn %0, %off gate(%g) up(%u) down(%d) gate_bias(%gb) up_bias(%gb) down_bias(%db) {activation = #moe.activation<gelu>} : (tensor<?x64xbf16>, tensor<5xi32>, tensor<4x32x64xbf16>, tensor<4x32x64xbf16>, tensor<4x64x32xbf16>, tensor<4x32xbf16>, tensor<4x32xbf16>, tensor<4x64xbf16>) -> tensor<?x64xbf16>
+  %2 = moe.expert_ffn %1, %off gate_up(%guo) down(%d) {activation = #moe.activation<gelu_tanh>} : (tensor<?x64xbf16>, tensor<5xi32>, tensor<4x64x64xbf16>, tensor<4x64x32xbf16>) -> tensor<?x64xbf16>
+  %3 = moe.expert_ffn %2, %off gate_up(%gu) down(%d2) gate_up_bias(%gub) down_bias(%db) {activation = #moe.activation<swiglu_clamped>, alpha = 1.5 : f32, limit = 5.0 : f32, gate_up_layout = #moe.gate_up_layout<interleaved>, weight_layout = #moe.weight_layout<in_out>} : (tensor<?x64xbf16>, tensor<5xi32>, tensor<4x64x64xbf16>, tensor<4x32x64xbf16>, tensor<4x64xbf16>, tensor<4x64xbf16>) -> tensor<?x64xbf16>
+  %4 = moe.ffn %x gate(%sg) up(%su) down(%sd) {activation = #moe.activation<silu>} : (tensor<?x64xf16>, tensor<32x64xf16>, tensor<32x64xf16>, tensor<64x32xf16>) -> tensor<?x64xf16>
+  %5 = moe.row_scale %4, %f : (tensor<?x64xf16>, tensor<?x1xf32>) -> tensor<?x64xf16>
+  return %5 : tensor<?x64xf16>
+}
+
+// CHECK-LABEL: func.func @lora
+// CHECK: moe.lora_mixture %{{.*}} base(%{{.*}}) base_bias(%{{.*}}) lora(%{{.*}}, %{{.*}}) routing(%{{.*}}, %{{.*}}) {scales = [2.000000e+00 : f32, 5.000000e-01 : f32, 1.000000e+00 : f32, 1.000000e+00 : f32]}
+// CHECK: moe.lora_mixture %{{.*}} base(%{{.*}}) lora(%{{.*}}, %{{.*}}) {scales = [2.000000e+00 : f32]} : (tensor<?x64xf32>, tensor<48x64xf32>, tensor<1x8x64xf32>, tensor<1x48x8xf32>) -> tensor<?x48xf32>
+func.func @lora(%x: tensor<?x64xf32>, %w: tensor<48x64xf32>, %b: tensor<48xf32>,
+                %a: tensor<4x8x64xf32>, %bb: tensor<4x48x8xf32>, %ids: tensor<?x2xi32>,
+                %rw: tensor<?x2xf32>, %a1: tensor<1x8x64xf32>, %b1: tensor<1x48x8xf32>) -> (tensor<?x48xf32>, tensor<?x48xf32>) {
+  %0 = moe.lora_mixture %x base(%w) base_bias(%b) lora(%a, %bb) routing(%ids, %rw) {scales = [2.0 : f32, 0.5 : f32, 1.0 : f32, 1.0 : f32]} : (tensor<?x64xf32>, tensor<48x64xf32>, tensor<48xf32>, tensor<4x8x64xf32>, tensor<4x48x8xf32>, tensor<?x2xi32>, tensor<?x2xf32>) -> tensor<?x48xf32>
+  %1 = moe.lora_mixture %x base(%w) lora(%a1, %b1) {scales = [2.0 : f32]} : (tensor<?x64xf32>, tensor<48x64xf32>, tensor<1x8x64xf32>, tensor<1x48x8xf32>) -> tensor<?x48xf32>
+  return %0, %1 : tensor<?x48xf32>, tensor<?x48xf32>
+}
+
+// Inline constants work as weights (small tests).
+// CHECK-LABEL: func.func @inline_weights
+// CHECK: arith.constant dense<{{.*}}> : tensor<2x4xf32>
+// CHECK: moe.router_linear
+func.func @inline_weights(%x: tensor<?x4xf32>) -> tensor<?x2xf32> attributes {moe.layer = 3 : i64} {
+  %w = arith.constant dense<[[1.0, 0.0, -1.0, 0.5], [0.25, 2.0, 0.0, -0.5]]> : tensor<2x4xf32>
+  %0 = moe.router_linear %x, %w : (tensor<?x4xf32>, tensor<2x4xf32>) -> tensor<?x2xf32>
+  return %0 : tensor<?x2xf32>
+}

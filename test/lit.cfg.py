@@ -1,0 +1,55 @@
+# -*- Python -*-
+# lit configuration of the moe-opt test suite.
+
+import os
+import shutil
+import subprocess
+
+import lit.formats
+from lit.llvm import llvm_config
+
+config.name = "MOE"
+config.test_format = lit.formats.ShTest(not llvm_config.use_lit_shell)
+config.suffixes = [".mlir", ".test"]
+config.excludes = ["lit.cfg.py", "lit.site.cfg.py", "CMakeLists.txt",
+                   "Inputs", "oracle_lib"]
+config.test_source_root = os.path.dirname(__file__)
+config.test_exec_root = os.path.join(config.moe_obj_root, "test")
+
+llvm_config.use_default_substitutions()
+config.environment["FILECHECK_OPTS"] = (
+    "-enable-var-scope --allow-unused-prefixes=false")
+
+tool_dirs = [config.moe_tools_dir, config.llvm_tools_dir]
+llvm_config.add_tool_substitutions(
+    ["moe-opt", "moe-import", "moe-run", "moe-translate", "moe-compile"],
+    tool_dirs)
+llvm_config.with_environment("PATH", config.moe_tools_dir, append_path=True)
+llvm_config.with_environment("PATH", config.llvm_tools_dir, append_path=True)
+
+# Test oracles use Debian's python3 with python3-numpy, never the code under
+# test.
+debian_python = "/usr/bin/python3"
+config.substitutions.append(("%python", debian_python))
+config.substitutions.append(("%moe_src", config.moe_src_root))
+config.substitutions.append(("%moe_obj", config.moe_obj_root))
+try:
+    subprocess.run([debian_python, "-c", "import numpy"], check=True,
+                   capture_output=True)
+    config.available_features.add("numpy")
+except Exception:
+    pass
+
+# NVRTC compiles without a GPU; cuda-gpu needs a real device.
+cuda_home = os.environ.get("CUDA_HOME", "/usr/local/cuda")
+if os.path.exists(os.path.join(cuda_home, "lib64", "libnvrtc.so")) or \
+        os.path.exists(os.path.join(cuda_home, "lib64", "libnvrtc.so.13")):
+    config.available_features.add("nvrtc")
+if shutil.which("nvidia-smi"):
+    try:
+        out = subprocess.run(["nvidia-smi", "-L"], capture_output=True,
+                             timeout=20, text=True)
+        if out.returncode == 0 and "GPU" in out.stdout:
+            config.available_features.add("cuda-gpu")
+    except Exception:
+        pass
