@@ -178,8 +178,7 @@ Expected<SyntheticOptions> defaultSyntheticOptions(StringRef archName) {
   return opts;
 }
 
-static bool isMoeLayer(const SyntheticOptions &opts, Arch arch,
-                       int64_t layer) {
+static bool isMoeLayer(const SyntheticOptions &opts, Arch arch, int64_t layer) {
   switch (arch) {
   case Arch::Mixtral:
   case Arch::Olmoe:
@@ -225,13 +224,12 @@ Error validateSyntheticOptions(const SyntheticOptions &opts) {
     return fail("topK (" + Twine(opts.topK) + ") exceeds numExperts (" +
                 Twine(opts.numExperts) + ")");
   if (!isConvertibleFloat(opts.dtype))
-    return fail("dtype must be F32, BF16 or F16, got " +
-                dtypeName(opts.dtype));
+    return fail("dtype must be F32, BF16 or F16, got " + dtypeName(opts.dtype));
 
   switch (*arch) {
   case Arch::Qwen2Moe:
-    if (Error error = positive(opts.sharedExpertIntermediate,
-                               "sharedExpertIntermediate"))
+    if (Error error =
+            positive(opts.sharedExpertIntermediate, "sharedExpertIntermediate"))
       return error;
     [[fallthrough]];
   case Arch::Qwen3Moe:
@@ -251,8 +249,8 @@ Error validateSyntheticOptions(const SyntheticOptions &opts) {
       return fail("firstKDenseReplace must not be negative");
     if (opts.nSharedExperts < 0)
       return fail("nSharedExperts must not be negative");
-    bool grouped = *arch == Arch::DeepseekV3 ||
-                   opts.topkMethod == "group_limited_greedy";
+    bool grouped =
+        *arch == Arch::DeepseekV3 || opts.topkMethod == "group_limited_greedy";
     if (*arch == Arch::DeepseekV2 && opts.topkMethod != "greedy" &&
         opts.topkMethod != "group_limited_greedy")
       return fail("topkMethod must be greedy or group_limited_greedy, got '" +
@@ -509,8 +507,8 @@ private:
       if ((arch == Arch::DeepseekV2 || arch == Arch::DeepseekV3) &&
           opts.nSharedExperts > 0)
         addMlp(prefix + "mlp.shared_experts.", key + ".shared",
-               opts.intermediate * opts.nSharedExperts, "gate_proj",
-               "up_proj", "down_proj");
+               opts.intermediate * opts.nSharedExperts, "gate_proj", "up_proj",
+               "down_proj");
       return;
     case Arch::GptOss:
       addRouter(prefix + "mlp.router.weight", layer);
@@ -622,9 +620,9 @@ Expected<std::string> syntheticConfigJson(const SyntheticOptions &opts) {
     break;
   case Arch::Qwen2Moe:
   case Arch::Qwen3Moe:
-    set("architectures", json::Array{arch == Arch::Qwen2Moe
-                                         ? "Qwen2MoeForCausalLM"
-                                         : "Qwen3MoeForCausalLM"});
+    set("architectures",
+        json::Array{arch == Arch::Qwen2Moe ? "Qwen2MoeForCausalLM"
+                                           : "Qwen3MoeForCausalLM"});
     set("intermediate_size", opts.denseIntermediate);
     set("moe_intermediate_size", opts.intermediate);
     set("num_experts", opts.numExperts);
@@ -655,8 +653,8 @@ Expected<std::string> syntheticConfigJson(const SyntheticOptions &opts) {
   case Arch::DeepseekV2:
   case Arch::DeepseekV3: {
     bool v3 = arch == Arch::DeepseekV3;
-    set("architectures", json::Array{v3 ? "DeepseekV3ForCausalLM"
-                                        : "DeepseekV2ForCausalLM"});
+    set("architectures",
+        json::Array{v3 ? "DeepseekV3ForCausalLM" : "DeepseekV2ForCausalLM"});
     set("intermediate_size", opts.denseIntermediate);
     set("moe_intermediate_size", opts.intermediate);
     set("n_routed_experts", opts.numExperts);
@@ -759,10 +757,10 @@ static Error writeModelFiles(const SyntheticOptions &opts, StringRef dir,
     return error;
 
   if (static_cast<uint64_t>(opts.numShards) > tensors.size())
-    return createStringError(
-        "synthetic " + opts.arch + " model: numShards (" +
-        Twine(opts.numShards) + ") exceeds the number of tensors (" +
-        Twine(tensors.size()) + ")");
+    return createStringError("synthetic " + opts.arch + " model: numShards (" +
+                             Twine(opts.numShards) +
+                             ") exceeds the number of tensors (" +
+                             Twine(tensors.size()) + ")");
 
   std::vector<uint64_t> sizes;
   uint64_t totalSize = 0;
@@ -840,16 +838,16 @@ Error writeSyntheticModel(const SyntheticOptions &opts, StringRef outDir) {
   StringRef parent = sys::path::parent_path(absolute);
   StringRef name = sys::path::filename(absolute);
   if (std::error_code ec = sys::fs::create_directories(parent))
-    return createStringError(parent + ": cannot create folder: " +
-                             ec.message());
+    return createStringError(parent +
+                             ": cannot create folder: " + ec.message());
 
   // Build next to the destination so that the final rename stays on one
   // file system.
   SmallString<256> temp;
-  if (std::error_code ec = sys::fs::createUniqueDirectory(
-          parent + "/." + name + ".tmp", temp))
-    return createStringError(parent + ": cannot create a temporary folder: " +
-                             ec.message());
+  if (std::error_code ec =
+          sys::fs::createUniqueDirectory(parent + "/." + name + ".tmp", temp))
+    return createStringError(
+        parent + ": cannot create a temporary folder: " + ec.message());
   auto cleanup = [&](Error error) {
     sys::fs::remove_directories(temp);
     return error;
@@ -878,10 +876,10 @@ Error writeSyntheticModel(const SyntheticOptions &opts, StringRef outDir) {
     if (std::error_code ec = sys::fs::rename(temp, absolute)) {
       if (!old.empty())
         sys::fs::rename(old, absolute);
-      return cleanup(
-          createStringError(outDir + ": cannot move the new model into "
-                                     "place: " +
-                            ec.message()));
+      return cleanup(createStringError(outDir +
+                                       ": cannot move the new model into "
+                                       "place: " +
+                                       ec.message()));
     }
     if (!old.empty())
       sys::fs::remove_directories(old);

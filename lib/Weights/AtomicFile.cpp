@@ -22,8 +22,8 @@ Error writeFileAtomically(StringRef path,
   Expected<sys::fs::TempFile> temp =
       sys::fs::TempFile::create(path + ".tmp-%%%%%%%%");
   if (!temp)
-    return createStringError("cannot create a temporary file next to '" +
-                             path + "': " + toString(temp.takeError()));
+    return createStringError("cannot create a temporary file next to '" + path +
+                             "': " + toString(temp.takeError()));
 
   Error writeError = Error::success();
   {

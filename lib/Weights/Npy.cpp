@@ -163,8 +163,8 @@ private:
   }
 
   void skipSpace() {
-    while (pos < text.size() && std::isspace(static_cast<unsigned char>(
-                                    text[pos])))
+    while (pos < text.size() &&
+           std::isspace(static_cast<unsigned char>(text[pos])))
       ++pos;
   }
 
@@ -202,8 +202,8 @@ private:
 
   std::optional<int64_t> parseInt() {
     size_t start = pos;
-    while (pos < text.size() && std::isdigit(static_cast<unsigned char>(
-                                    text[pos])))
+    while (pos < text.size() &&
+           std::isdigit(static_cast<unsigned char>(text[pos])))
       ++pos;
     int64_t value;
     if (pos == start || text.slice(start, pos).getAsInteger(10, value))
@@ -291,8 +291,9 @@ Expected<NpyArray> parseNpy(StringRef bytes, StringRef name) {
   size_t prefix = kMagicSize + 2 + lengthSize;
   if (bytes.size() < prefix)
     return fail("truncated: the file ends inside the header length");
-  uint64_t headerLength = major == 1 ? support::endian::read16le(bytes.data() + 8)
-                                     : support::endian::read32le(bytes.data() + 8);
+  uint64_t headerLength = major == 1
+                              ? support::endian::read16le(bytes.data() + 8)
+                              : support::endian::read32le(bytes.data() + 8);
   if (headerLength > bytes.size() - prefix)
     return fail("truncated: the header is " + Twine(headerLength) +
                 " bytes but only " + Twine(bytes.size() - prefix) +
@@ -348,9 +349,8 @@ Expected<NpyArray> parseNpy(StringRef bytes, StringRef name) {
   bool overflow = false;
   for (int64_t dim : array.shape)
     overflow |= MulOverflow(elements, dim, elements);
-  overflow |= MulOverflow(elements,
-                          static_cast<int64_t>(npyDTypeSize(array.dtype)),
-                          needed);
+  overflow |= MulOverflow(
+      elements, static_cast<int64_t>(npyDTypeSize(array.dtype)), needed);
   if (overflow)
     return fail("shape " + formatShape(array.shape) +
                 " overflows 64-bit byte counts");
@@ -371,8 +371,8 @@ Expected<NpyArray> readNpy(StringRef path) {
       MemoryBuffer::getFile(path, /*IsText=*/false,
                             /*RequiresNullTerminator=*/false);
   if (!buffer)
-    return createStringError(path + ": cannot open .npy file: " +
-                             buffer.getError().message());
+    return createStringError(
+        path + ": cannot open .npy file: " + buffer.getError().message());
   return parseNpy((*buffer)->getBuffer(), path);
 }
 
@@ -381,8 +381,8 @@ Expected<NpyArray> readNpy(StringRef path) {
 //===----------------------------------------------------------------------===//
 
 static std::string npyHeader(StringRef descr, ArrayRef<int64_t> shape) {
-  std::string dict = "{'descr': '" + descr.str() +
-                     "', 'fortran_order': False, 'shape': (";
+  std::string dict =
+      "{'descr': '" + descr.str() + "', 'fortran_order': False, 'shape': (";
   for (int64_t dim : shape)
     dict += std::to_string(dim) + ", ";
   if (shape.size() > 1)
@@ -425,8 +425,7 @@ std::string serializeNpyI32(ArrayRef<int64_t> shape, ArrayRef<int32_t> data) {
   return out;
 }
 
-static Error checkShape(StringRef path, ArrayRef<int64_t> shape,
-                        size_t count) {
+static Error checkShape(StringRef path, ArrayRef<int64_t> shape, size_t count) {
   int64_t elements = 1;
   for (int64_t dim : shape) {
     if (dim < 0)
@@ -437,9 +436,9 @@ static Error checkShape(StringRef path, ArrayRef<int64_t> shape,
                                " overflows");
   }
   if (static_cast<uint64_t>(elements) != count)
-    return createStringError(path + ": shape " + formatShape(shape) +
-                             " has " + Twine(elements) +
-                             " elements but the data has " + Twine(count));
+    return createStringError(path + ": shape " + formatShape(shape) + " has " +
+                             Twine(elements) + " elements but the data has " +
+                             Twine(count));
   return Error::success();
 }
 

@@ -199,8 +199,8 @@ Error SafetensorsFile::parse() {
   uint64_t headerLength = support::endian::read64le(contents.data());
   if (headerLength > fileSize - 8)
     return fail("header length " + Twine(headerLength) +
-                " runs past the end of the file (file size " +
-                Twine(fileSize) + " bytes, at most " + Twine(fileSize - 8) +
+                " runs past the end of the file (file size " + Twine(fileSize) +
+                " bytes, at most " + Twine(fileSize - 8) +
                 " bytes after the length)");
   if (headerLength > kMaxHeaderSize)
     return fail("header length " + Twine(headerLength) +
@@ -208,8 +208,7 @@ Error SafetensorsFile::parse() {
   headerBytes = headerLength;
   uint64_t dataBytes = fileSize - 8 - headerLength;
 
-  Expected<json::Value> header =
-      json::parse(contents.substr(8, headerLength));
+  Expected<json::Value> header = json::parse(contents.substr(8, headerLength));
   if (!header)
     return fail("invalid JSON header: " + toString(header.takeError()));
   const json::Object *root = header->getAsObject();
@@ -296,12 +295,11 @@ Error SafetensorsFile::parse() {
     info.begin = *begin;
     info.end = *end;
     if (info.end > dataBytes)
-      return failTensor("field 'data_offsets' [" + Twine(info.begin) + ", " +
-                        Twine(info.end) +
-                        "] out of range: the data section is " +
-                        Twine(dataBytes) + " bytes (file size " +
-                        Twine(fileSize) + ", header " + Twine(headerLength) +
-                        " + 8)");
+      return failTensor(
+          "field 'data_offsets' [" + Twine(info.begin) + ", " +
+          Twine(info.end) + "] out of range: the data section is " +
+          Twine(dataBytes) + " bytes (file size " + Twine(fileSize) +
+          ", header " + Twine(headerLength) + " + 8)");
 
     int64_t expectedBytes = 0;
     overflow |= MulOverflow(elements, static_cast<int64_t>(dtypeSize(*dtype)),
@@ -310,12 +308,11 @@ Error SafetensorsFile::parse() {
       return failTensor("shape " + formatShape(info.shape) +
                         " overflows 64-bit byte counts");
     if (info.numBytes() != static_cast<uint64_t>(expectedBytes))
-      return failTensor("size mismatch: field 'data_offsets' [" +
-                        Twine(info.begin) + ", " + Twine(info.end) +
-                        "] covers " + Twine(info.numBytes()) +
-                        " bytes but shape " + formatShape(info.shape) +
-                        " of dtype " + dtypeName(*dtype) + " needs " +
-                        Twine(expectedBytes) + " bytes");
+      return failTensor(
+          "size mismatch: field 'data_offsets' [" + Twine(info.begin) + ", " +
+          Twine(info.end) + "] covers " + Twine(info.numBytes()) +
+          " bytes but shape " + formatShape(info.shape) + " of dtype " +
+          dtypeName(*dtype) + " needs " + Twine(expectedBytes) + " bytes");
     entries.push_back(std::move(info));
   }
 
@@ -338,8 +335,7 @@ Error SafetensorsFile::parse() {
       return fail("tensors '" + previous->name + "' [" +
                   Twine(previous->begin) + ", " + Twine(previous->end) +
                   ") and '" + current->name + "' [" + Twine(current->begin) +
-                  ", " + Twine(current->end) +
-                  ") overlap in the data section");
+                  ", " + Twine(current->end) + ") overlap in the data section");
   }
   return Error::success();
 }

@@ -28,8 +28,8 @@ static std::string joinPath(StringRef dir, StringRef file) {
 Expected<std::unique_ptr<WeightStore>> WeightStore::open(StringRef dir) {
   sys::fs::file_status status;
   if (std::error_code ec = sys::fs::status(dir, status))
-    return createStringError(dir + ": cannot open model folder: " +
-                             ec.message());
+    return createStringError(dir +
+                             ": cannot open model folder: " + ec.message());
   if (!sys::fs::is_directory(status))
     return createStringError(dir + ": not a directory (expected a Hugging "
                                    "Face model folder)");
@@ -59,8 +59,8 @@ Expected<std::unique_ptr<WeightStore>> WeightStore::open(StringRef dir) {
       store->shards.push_back(path.str());
   }
   if (ec)
-    return createStringError(dir + ": cannot list the model folder: " +
-                             ec.message());
+    return createStringError(dir +
+                             ": cannot list the model folder: " + ec.message());
   if (store->shards.empty())
     return createStringError(
         dir + ": no weights found: expected " + kSafetensorsIndexName + ", " +
@@ -99,8 +99,8 @@ Error WeightStore::loadIndex() {
   for (const auto &[key, value] : *map) {
     std::optional<StringRef> file = value.getAsString();
     if (!file)
-      return fail("field 'weight_map': the shard of tensor '" +
-                  StringRef(key) + "' is not a string");
+      return fail("field 'weight_map': the shard of tensor '" + StringRef(key) +
+                  "' is not a string");
     if (file->empty() || sys::path::is_absolute(*file))
       return fail("field 'weight_map': tensor '" + StringRef(key) +
                   "' names shard '" + *file +
@@ -123,8 +123,7 @@ Expected<const SafetensorsFile *> WeightStore::shard(StringRef path) {
   auto it = opened.find(path);
   if (it != opened.end())
     return it->second.get();
-  Expected<std::unique_ptr<SafetensorsFile>> file =
-      SafetensorsFile::open(path);
+  Expected<std::unique_ptr<SafetensorsFile>> file = SafetensorsFile::open(path);
   if (!file)
     return file.takeError();
   const SafetensorsFile *result = file->get();
@@ -139,8 +138,8 @@ Expected<TensorLocation> WeightStore::findInShard(StringRef shardPath,
     return file.takeError();
   const TensorInfo *info = (*file)->lookup(name);
   if (!info)
-    return createStringError(index + " maps tensor '" + name +
-                             "' to shard '" + sys::path::filename(shardPath) +
+    return createStringError(index + " maps tensor '" + name + "' to shard '" +
+                             sys::path::filename(shardPath) +
                              "', but that shard has no such tensor");
   return TensorLocation{shardPath.str(), *info};
 }

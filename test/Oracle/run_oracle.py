@@ -72,8 +72,12 @@ _hf("hf-f32", "deepseek_v2-norm", "deepseek_v2", topk_method="greedy", norm=True
     layers=2, freq=1, experts=8, k=3)
 _hf("hf-f32", "deepseek_v3", "deepseek_v3")
 _hf("hf-f32", "deepseek_v3-negbias", "deepseek_v3", bias="negative", layers=2)
+_hf("hf-f32", "deepseek_v3-nogroup", "deepseek_v3", n_group=1, topk_group=1,
+    norm=False, scaling=1.0, layers=2, experts=8, k=2)
 _hf("hf-f32", "gpt_oss", "gpt_oss")
+_hf("hf-f32", "gpt_oss-k4", "gpt_oss", experts=16, k=4, inter=32, layers=1)
 _hf("hf-f32", "llama4_text", "llama4_text")
+_hf("hf-f32", "llama4_text-k2", "llama4_text", k=2, layers=2, step=2)
 
 # hf-bf16: the same architectures with BF16 weights.
 _hf("hf-bf16", "mixtral-bf16", "mixtral", "BF16", experts=16, k=2, inter=64)
@@ -218,6 +222,12 @@ def compare(ctx, tag, y, ids, w, ref_y, ref, tol, need_routing=True):
         return False
     keep = ~ref.fragile
     ctx.stats["fragile"] += int(ref.fragile.sum())
+    if ref.fragile.sum() > max(2, 0.05 * t):
+        # Near-ties have probability ~1e-5 per token with these draws; many
+        # of them means a broken case or oracle, never a pass.
+        ctx.fail("%s: %d/%d tokens too close to a routing boundary to compare"
+                 % (tag, int(ref.fragile.sum()), t))
+        ok = False
     scale = max(float(np.max(np.abs(ref_y))), 1e-30) if ref_y.size else 1.0
     diff = np.abs(y.astype(np.float64) - ref_y)
     err = float(np.max(diff[keep])) / scale if keep.any() else 0.0
@@ -279,7 +289,7 @@ def compare(ctx, tag, y, ids, w, ref_y, ref, tol, need_routing=True):
 
 def t_schedule(ctx, layers):
     """Two T values per layer, rotating so that every T is used per case."""
-    if ctx.args.all_t:
+    if not ctx.args.quick:
         return {l: list(T_VALUES) for l in layers}
     off = zlib.crc32(ctx.case.name.encode()) % 4
     out = {}
@@ -597,8 +607,8 @@ def main():
     ap.add_argument("--bin", help="directory of moe-import and moe-run (default: PATH)")
     ap.add_argument("--backend", default="reference",
                     help="moe-run --backend (default reference; '' to omit)")
-    ap.add_argument("--all-t", action="store_true",
-                    help="every T in %s for every layer (default: two per layer)" % (T_VALUES,))
+    ap.add_argument("--quick", action="store_true",
+                    help="two values of T per layer instead of all of %s" % (T_VALUES,))
     ap.add_argument("-j", "--jobs", type=int, default=2, help="cases run in parallel")
     ap.add_argument("--timeout", type=int, default=300, help="seconds per tool call")
     ap.add_argument("--keep", action="store_true", help="keep the work directory")
@@ -638,7 +648,7 @@ def main():
     root = tempfile.mkdtemp(prefix="moe-oracle-")
     lock = threading.Lock()
     results = []
-    here = os.path.relpath(os.path.abspath(__file__))
+    here = os.path.abspath(__file__)
 
     def repro(case):
         cmd = "/usr/bin/python3 %s --case %s --seed %d" % (here, case.name, seed)

@@ -31,7 +31,8 @@ namespace {
 class TempDir {
 public:
   TempDir() {
-    std::error_code ec = sys::fs::createUniqueDirectory("moe-models-test", path);
+    std::error_code ec =
+        sys::fs::createUniqueDirectory("moe-models-test", path);
     EXPECT_FALSE(ec) << ec.message();
   }
   ~TempDir() { sys::fs::remove_directories(path); }
@@ -343,8 +344,8 @@ TEST(LayoutTest, Mixtral) {
   std::string fusedDir = writeModel(tmp, opts, "fused");
   auto fused = openStore(fusedDir);
   expectTensor(*fused, "model.layers.1.mlp.gate.weight", {8, 64}, bf16);
-  expectTensor(*fused, "model.layers.1.mlp.experts.gate_up_proj",
-               {8, 256, 64}, bf16);
+  expectTensor(*fused, "model.layers.1.mlp.experts.gate_up_proj", {8, 256, 64},
+               bf16);
   expectTensor(*fused, "model.layers.1.mlp.experts.down_proj", {8, 64, 128},
                bf16);
   expectAbsent(*fused, "model.layers.1.block_sparse_moe.gate.weight");
@@ -371,19 +372,17 @@ TEST(LayoutTest, Qwen2Moe) {
     expectTensor(*store, p + "experts.3.gate_proj.weight", {128, 64}, bf16);
     expectTensor(*store, p + "experts.3.up_proj.weight", {128, 64}, bf16);
     expectTensor(*store, p + "experts.3.down_proj.weight", {64, 128}, bf16);
-    expectTensor(*store, p + "shared_expert.gate_proj.weight", {256, 64},
-                 bf16);
+    expectTensor(*store, p + "shared_expert.gate_proj.weight", {256, 64}, bf16);
     expectTensor(*store, p + "shared_expert.up_proj.weight", {256, 64}, bf16);
-    expectTensor(*store, p + "shared_expert.down_proj.weight", {64, 256},
-                 bf16);
+    expectTensor(*store, p + "shared_expert.down_proj.weight", {64, 256}, bf16);
     expectTensor(*store, p + "shared_expert_gate.weight", {1, 64}, bf16);
   }
   expectAbsent(*store, "model.layers.1.mlp.gate.weight");
 
   opts.fusedExperts = true;
   auto fused = openStore(writeModel(tmp, opts, "fused"));
-  expectTensor(*fused, "model.layers.2.mlp.experts.gate_up_proj",
-               {8, 256, 64}, bf16);
+  expectTensor(*fused, "model.layers.2.mlp.experts.gate_up_proj", {8, 256, 64},
+               bf16);
   expectTensor(*fused, "model.layers.2.mlp.experts.down_proj", {8, 64, 128},
                bf16);
   expectTensor(*fused, "model.layers.2.mlp.shared_expert.up_proj.weight",
@@ -398,8 +397,8 @@ TEST(LayoutTest, Qwen3MoeAndOlmoe) {
   EXPECT_EQ(qwenConfig.getBoolean("norm_topk_prob"), true);
   EXPECT_EQ(qwenConfig.getInteger("moe_intermediate_size"), 128);
   EXPECT_EQ(qwenConfig.getInteger("num_experts"), 8);
-  expectTensor(*qwen, "model.layers.1.mlp.experts.5.up_proj.weight",
-               {128, 64}, DType::BF16);
+  expectTensor(*qwen, "model.layers.1.mlp.experts.5.up_proj.weight", {128, 64},
+               DType::BF16);
   expectAbsent(*qwen, "model.layers.1.mlp.shared_expert_gate.weight");
 
   auto olmoe = openStore(writeModel(tmp, defaultsFor("olmoe"), "olmoe"));
@@ -408,8 +407,7 @@ TEST(LayoutTest, Qwen3MoeAndOlmoe) {
   EXPECT_EQ(olmoeConfig.getInteger("intermediate_size"), 128);
   EXPECT_EQ(olmoeConfig.get("moe_intermediate_size"), nullptr);
   EXPECT_EQ(olmoeConfig.getBoolean("norm_topk_prob"), false);
-  expectTensor(*olmoe, "model.layers.0.mlp.gate.weight", {8, 64},
-               DType::BF16);
+  expectTensor(*olmoe, "model.layers.0.mlp.gate.weight", {8, 64}, DType::BF16);
   expectTensor(*olmoe, "model.layers.0.mlp.experts.7.down_proj.weight",
                {64, 128}, DType::BF16);
 }
@@ -487,8 +485,7 @@ TEST(LayoutTest, GptOss) {
   expectTensor(*store, p + "router.weight", {8, 64}, DType::BF16);
   expectTensor(*store, p + "router.bias", {8}, DType::BF16);
   expectTensor(*store, p + "experts.gate_up_proj", {8, 64, 256}, DType::BF16);
-  expectTensor(*store, p + "experts.gate_up_proj_bias", {8, 256},
-               DType::BF16);
+  expectTensor(*store, p + "experts.gate_up_proj_bias", {8, 256}, DType::BF16);
   expectTensor(*store, p + "experts.down_proj", {8, 128, 64}, DType::BF16);
   expectTensor(*store, p + "experts.down_proj_bias", {8, 64}, DType::BF16);
   EXPECT_EQ(store->tensorNames()->size(), 2u * 6);
@@ -551,7 +548,8 @@ TEST(ValueTest, FusedLayoutsMatchPerExpertWeights) {
   const std::string layer = "model.layers.1.";
   std::vector<float> v5GateUp = read(*v5, layer + "mlp.experts.gate_up_proj");
   std::vector<float> v5Down = read(*v5, layer + "mlp.experts.down_proj");
-  std::vector<float> ossGateUp = read(*gptOss, layer + "mlp.experts.gate_up_proj");
+  std::vector<float> ossGateUp =
+      read(*gptOss, layer + "mlp.experts.gate_up_proj");
   std::vector<float> ossDown = read(*gptOss, layer + "mlp.experts.down_proj");
   std::vector<float> l4GateUp =
       read(*llama, layer + "feed_forward.experts.gate_up_proj");
@@ -614,9 +612,11 @@ TEST(ValueTest, WeightsAreScaledForNonDegenerateRouting) {
       read(*store, "model.layers.0.block_sparse_moe.experts.0.w2.weight");
   EXPECT_NEAR(stddev(down), 1.0 / std::sqrt(128.0), 0.01);
   // Different experts and layers get different weights.
-  EXPECT_NE(read(*store, "model.layers.0.block_sparse_moe.experts.0.w1.weight"),
-            read(*store, "model.layers.0.block_sparse_moe.experts.1.w1.weight"));
-  EXPECT_NE(router, read(*store, "model.layers.1.block_sparse_moe.gate.weight"));
+  EXPECT_NE(
+      read(*store, "model.layers.0.block_sparse_moe.experts.0.w1.weight"),
+      read(*store, "model.layers.0.block_sparse_moe.experts.1.w1.weight"));
+  EXPECT_NE(router,
+            read(*store, "model.layers.1.block_sparse_moe.gate.weight"));
 }
 
 //===----------------------------------------------------------------------===//
@@ -628,18 +628,16 @@ TEST(ShardingTest, IndexCoversEveryTensor) {
   SyntheticOptions opts = defaultsFor("qwen2_moe");
   opts.numShards = 3;
   std::string dir = writeModel(tmp, opts);
-  EXPECT_EQ(listDir(dir),
-            (std::vector<std::string>{
-                "config.json", "model-00001-of-00003.safetensors",
-                "model-00002-of-00003.safetensors",
-                "model-00003-of-00003.safetensors",
-                "model.safetensors.index.json"}));
+  EXPECT_EQ(listDir(dir), (std::vector<std::string>{
+                              "config.json", "model-00001-of-00003.safetensors",
+                              "model-00002-of-00003.safetensors",
+                              "model-00003-of-00003.safetensors",
+                              "model.safetensors.index.json"}));
 
   Expected<json::Value> index =
       json::parse(readBytes(dir + "/model.safetensors.index.json"));
   ASSERT_TRUE(bool(index)) << errorOf(std::move(index));
-  const json::Object *weightMap =
-      index->getAsObject()->getObject("weight_map");
+  const json::Object *weightMap = index->getAsObject()->getObject("weight_map");
   ASSERT_NE(weightMap, nullptr);
   std::optional<int64_t> totalSize =
       index->getAsObject()->getObject("metadata")->getInteger("total_size");
@@ -730,8 +728,10 @@ TEST(DeterminismTest, StreamIsFixedAcrossMachines) {
   EXPECT_NEAR(sum / count, 0.0, 0.02);
   EXPECT_NEAR(squares / count, 1.0, 0.02);
   // Streams of different keys differ.
-  EXPECT_NE(SplitMix64::forKey(3, "a").next(), SplitMix64::forKey(3, "b").next());
-  EXPECT_NE(SplitMix64::forKey(3, "a").next(), SplitMix64::forKey(4, "a").next());
+  EXPECT_NE(SplitMix64::forKey(3, "a").next(),
+            SplitMix64::forKey(3, "b").next());
+  EXPECT_NE(SplitMix64::forKey(3, "a").next(),
+            SplitMix64::forKey(4, "a").next());
 }
 
 uint64_t fnv1a64(StringRef bytes) {
@@ -761,7 +761,8 @@ TEST(DeterminismTest, GoldenValues) {
   EXPECT_EQ(floatBits(router[2]), 1038573148u);
   opts.dtype = DType::BF16;
   std::string dir = writeModel(tmp, opts, "bf16");
-  EXPECT_EQ(fnv1a64(readBytes(dir + "/model.safetensors")), 2029887265654807850ull);
+  EXPECT_EQ(fnv1a64(readBytes(dir + "/model.safetensors")),
+            2029887265654807850ull);
 }
 
 TEST(DeterminismTest, DTypeFollowsOptions) {
@@ -813,8 +814,7 @@ TEST(OutputFolderTest, FillsAnEmptyFolderAndCreatesParents) {
   EXPECT_EQ(listDir(nested),
             (std::vector<std::string>{"config.json", "model.safetensors"}));
   EXPECT_EQ(listDir(tmp.file("a/b")), std::vector<std::string>{"model"});
-  EXPECT_EQ(listDir(tmp.dir()),
-            (std::vector<std::string>{"a", "empty"}));
+  EXPECT_EQ(listDir(tmp.dir()), (std::vector<std::string>{"a", "empty"}));
 
   std::string slash = tmp.file("with-slash") + "/";
   ASSERT_FALSE(writeSyntheticModel(defaultsFor("olmoe"), slash));

@@ -297,9 +297,9 @@ TEST(DTypeTest, NamesAndSizes) {
   EXPECT_EQ(dtypeSize(DType::I64), 8u);
   EXPECT_EQ(dtypeSize(DType::Bool), 1u);
   std::string all = supportedDTypeNames();
-  for (StringRef name : {"BOOL", "U8", "I8", "I16", "U16", "I32", "U32", "I64",
-                         "U64", "F8_E4M3", "F8_E5M2", "F16", "BF16", "F32",
-                         "F64"}) {
+  for (StringRef name :
+       {"BOOL", "U8", "I8", "I16", "U16", "I32", "U32", "I64", "U64", "F8_E4M3",
+        "F8_E5M2", "F16", "BF16", "F32", "F64"}) {
     EXPECT_CONTAINS(all, name.str());
     ASSERT_TRUE(parseDType(name).has_value());
     EXPECT_EQ(dtypeName(*parseDType(name)), name);
@@ -312,8 +312,8 @@ TEST(SafetensorsTest, RoundTripsEveryDType) {
   SafetensorsWriter writer;
   // Raw bytes for every dtype: element i holds bytes i*size .. i*size+size-1.
   std::map<std::string, std::vector<uint8_t>> raw;
-  for (StringRef name : {"BOOL", "U8", "I8", "I16", "U16", "I32", "U32",
-                         "I64", "U64", "F8_E4M3", "F8_E5M2", "F64"}) {
+  for (StringRef name : {"BOOL", "U8", "I8", "I16", "U16", "I32", "U32", "I64",
+                         "U64", "F8_E4M3", "F8_E5M2", "F64"}) {
     DType dtype = *parseDType(name);
     std::vector<uint8_t> bytes(3 * dtypeSize(dtype));
     for (size_t i = 0; i < bytes.size(); ++i)
@@ -335,8 +335,7 @@ TEST(SafetensorsTest, RoundTripsEveryDType) {
   writer.setMetadata("note", "a \"quoted\" value");
   ASSERT_FALSE(writer.write(path));
 
-  Expected<std::unique_ptr<SafetensorsFile>> file =
-      SafetensorsFile::open(path);
+  Expected<std::unique_ptr<SafetensorsFile>> file = SafetensorsFile::open(path);
   ASSERT_TRUE(bool(file)) << errorOf(std::move(file));
   const SafetensorsFile &st = **file;
   EXPECT_EQ(st.path(), path);
@@ -413,20 +412,16 @@ TEST(SafetensorsTest, WriterOutputIsIndependentOfInsertionOrder) {
 TEST(SafetensorsTest, WriterRejectsBadTensors) {
   SafetensorsWriter writer;
   ASSERT_FALSE(writer.addFloatTensor("a", DType::F32, {2}, {1.0f, 2.0f}));
+  EXPECT_CONTAINS(errorOf(writer.addFloatTensor("a", DType::F32, {1}, {1.0f})),
+                  "added twice");
   EXPECT_CONTAINS(
-      errorOf(writer.addFloatTensor("a", DType::F32, {1}, {1.0f})),
-      "added twice");
-  EXPECT_CONTAINS(errorOf(writer.addTensor("b", DType::F32, {3},
-                                           std::vector<uint8_t>(8))),
-                  "needs 12 bytes, got 8");
-  EXPECT_CONTAINS(
-      errorOf(writer.addTensor("c", DType::F32, {-1}, {})),
-      "negative dimension");
-  EXPECT_CONTAINS(
-      errorOf(writer.addTensor("__metadata__", DType::U8, {0}, {})),
-      "reserved");
-  EXPECT_CONTAINS(errorOf(writer.addTensor("", DType::U8, {0}, {})),
-                  "empty");
+      errorOf(writer.addTensor("b", DType::F32, {3}, std::vector<uint8_t>(8))),
+      "needs 12 bytes, got 8");
+  EXPECT_CONTAINS(errorOf(writer.addTensor("c", DType::F32, {-1}, {})),
+                  "negative dimension");
+  EXPECT_CONTAINS(errorOf(writer.addTensor("__metadata__", DType::U8, {0}, {})),
+                  "reserved");
+  EXPECT_CONTAINS(errorOf(writer.addTensor("", DType::U8, {0}, {})), "empty");
   std::string bad = errorOf(writer.addFloatTensor("d", DType::I32, {1}, {1}));
   EXPECT_CONTAINS(bad, "'d'");
   EXPECT_CONTAINS(bad, "I32");
@@ -448,9 +443,10 @@ TEST(SafetensorsTest, ReadF32RejectsIntegerTensors) {
 TEST(SafetensorsTest, ReadsFileWrittenByTheReferenceLayout) {
   // Bytes laid out by hand as the Python library writes them: header with
   // trailing spaces, tensors not in name order in the data section.
-  std::string header = R"({"__metadata__":{"format":"pt"},)"
-                       R"("b":{"dtype":"F32","shape":[1],"data_offsets":[0,4]},)"
-                       R"("a":{"dtype":"BF16","shape":[2],"data_offsets":[4,8]}})";
+  std::string header =
+      R"({"__metadata__":{"format":"pt"},)"
+      R"("b":{"dtype":"F32","shape":[1],"data_offsets":[0,4]},)"
+      R"("a":{"dtype":"BF16","shape":[2],"data_offsets":[4,8]}})";
   while ((8 + header.size()) % 8)
     header += ' ';
   std::string data;
@@ -517,9 +513,9 @@ TEST(SafetensorsErrorTest, EntryNotAnObject) {
 TEST(SafetensorsErrorTest, UnknownDType) {
   TempDir tmp;
   std::string message = openError(
-      tmp, rawSafetensors(
-               R"({"w":{"dtype":"F99","shape":[1],"data_offsets":[0,4]}})",
-               "abcd"));
+      tmp,
+      rawSafetensors(
+          R"({"w":{"dtype":"F99","shape":[1],"data_offsets":[0,4]}})", "abcd"));
   EXPECT_CONTAINS(message, tmp.file("bad.safetensors"));
   EXPECT_CONTAINS(message, "tensor 'w'");
   EXPECT_CONTAINS(message, "field 'dtype'");
@@ -531,8 +527,8 @@ TEST(SafetensorsErrorTest, UnknownDType) {
 TEST(SafetensorsErrorTest, MissingDType) {
   TempDir tmp;
   std::string message = openError(
-      tmp, rawSafetensors(R"({"w":{"shape":[1],"data_offsets":[0,4]}})",
-                          "abcd"));
+      tmp,
+      rawSafetensors(R"({"w":{"shape":[1],"data_offsets":[0,4]}})", "abcd"));
   EXPECT_CONTAINS(message, "tensor 'w'");
   EXPECT_CONTAINS(message, "field 'dtype' is missing");
 }
@@ -568,10 +564,9 @@ TEST(SafetensorsErrorTest, DataOffsetsNotBeginEnd) {
 TEST(SafetensorsErrorTest, OffsetsOutOfRange) {
   TempDir tmp;
   std::string message = openError(
-      tmp,
-      rawSafetensors(
-          R"({"w":{"dtype":"F32","shape":[16],"data_offsets":[0,64]}})",
-          std::string(16, 'x')));
+      tmp, rawSafetensors(
+               R"({"w":{"dtype":"F32","shape":[16],"data_offsets":[0,64]}})",
+               std::string(16, 'x')));
   EXPECT_CONTAINS(message, tmp.file("bad.safetensors"));
   EXPECT_CONTAINS(message, "tensor 'w'");
   EXPECT_CONTAINS(message, "[0, 64] out of range");
@@ -594,11 +589,10 @@ TEST(SafetensorsErrorTest, SizeDoesNotMatchShape) {
 TEST(SafetensorsErrorTest, OverlappingTensors) {
   TempDir tmp;
   std::string message = openError(
-      tmp,
-      rawSafetensors(
-          R"({"first":{"dtype":"F32","shape":[2],"data_offsets":[0,8]},)"
-          R"("second":{"dtype":"F32","shape":[2],"data_offsets":[4,12]}})",
-          std::string(12, 'x')));
+      tmp, rawSafetensors(
+               R"({"first":{"dtype":"F32","shape":[2],"data_offsets":[0,8]},)"
+               R"("second":{"dtype":"F32","shape":[2],"data_offsets":[4,12]}})",
+               std::string(12, 'x')));
   EXPECT_CONTAINS(message, tmp.file("bad.safetensors"));
   EXPECT_CONTAINS(message, "'first' [0, 8)");
   EXPECT_CONTAINS(message, "'second' [4, 12)");
@@ -608,18 +602,18 @@ TEST(SafetensorsErrorTest, OverlappingTensors) {
 TEST(SafetensorsErrorTest, EmptyTensorsDoNotOverlap) {
   TempDir tmp;
   std::string path = tmp.file("empty.safetensors");
-  writeBytes(path,
-             rawSafetensors(
-                 R"({"a":{"dtype":"F32","shape":[0],"data_offsets":[4,4]},)"
-                 R"("b":{"dtype":"F32","shape":[2],"data_offsets":[0,8]}})",
-                 std::string(8, 'x')));
+  writeBytes(
+      path,
+      rawSafetensors(R"({"a":{"dtype":"F32","shape":[0],"data_offsets":[4,4]},)"
+                     R"("b":{"dtype":"F32","shape":[2],"data_offsets":[0,8]}})",
+                     std::string(8, 'x')));
   EXPECT_EQ(errorOf(SafetensorsFile::open(path)), "<no error>");
 }
 
 TEST(SafetensorsErrorTest, MetadataValuesMustBeStrings) {
   TempDir tmp;
-  std::string message = openError(
-      tmp, rawSafetensors(R"({"__metadata__":{"format":3}})", ""));
+  std::string message =
+      openError(tmp, rawSafetensors(R"({"__metadata__":{"format":3}})", ""));
   EXPECT_CONTAINS(message, tmp.file("bad.safetensors"));
   EXPECT_CONTAINS(message, "__metadata__");
   EXPECT_CONTAINS(message, "'format'");
@@ -675,9 +669,8 @@ void writeShard(StringRef path,
                 std::vector<std::pair<std::string, std::vector<float>>> data) {
   SafetensorsWriter writer;
   for (auto &[name, values] : data)
-    ASSERT_FALSE(writer.addFloatTensor(name, DType::F32,
-                                       {static_cast<int64_t>(values.size())},
-                                       values));
+    ASSERT_FALSE(writer.addFloatTensor(
+        name, DType::F32, {static_cast<int64_t>(values.size())}, values));
   ASSERT_FALSE(writer.write(path));
 }
 
@@ -752,8 +745,9 @@ TEST(WeightStoreTest, IndexPointsAtMissingShard) {
   TempDir tmp;
   writeShard(tmp.file("model-00001-of-00002.safetensors"), {{"a", {1}}});
   writeBytes(tmp.file("model.safetensors.index.json"),
-             R"({"weight_map": {"a": "model-00001-of-00002.safetensors",
-                                "b.weight": "model-00002-of-00002.safetensors"}})");
+             R"({"weight_map": {
+                   "a": "model-00001-of-00002.safetensors",
+                   "b.weight": "model-00002-of-00002.safetensors"}})");
   std::string message = errorOf(WeightStore::open(tmp.dir()));
   EXPECT_CONTAINS(message, tmp.file("model.safetensors.index.json"));
   EXPECT_CONTAINS(message, "tensor 'b.weight'");
@@ -918,12 +912,12 @@ TEST(NpyTest, ReadsVersionsAndDTypes) {
 
   // Version 3.0, <f2, three dimensions, double-quoted keys.
   std::string f2 = std::string("\x00\x3c\x00\xc0", 4); // 1.0, -2.0
-  Expected<NpyArray> b = parseNpy(
-      rawNpy(3,
-             "{\"descr\": \"<f2\", \"fortran_order\": False, "
-             "\"shape\": (1, 1, 2)}\n",
-             f2),
-      "v3.npy");
+  Expected<NpyArray> b =
+      parseNpy(rawNpy(3,
+                      "{\"descr\": \"<f2\", \"fortran_order\": False, "
+                      "\"shape\": (1, 1, 2)}\n",
+                      f2),
+               "v3.npy");
   ASSERT_TRUE(bool(b)) << errorOf(std::move(b));
   EXPECT_EQ(b->shape, (std::vector<int64_t>{1, 1, 2}));
   EXPECT_EQ(b->toF32(), (std::vector<float>{1.0f, -2.0f}));

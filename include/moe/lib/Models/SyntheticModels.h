@@ -1,4 +1,4 @@
-//===- SyntheticModels.h - Deterministic synthetic HF MoE models -*- C++ -*-===//
+//===- SyntheticModels.h - Synthetic HF MoE model folders -------*- C++ -*-===//
 //
 // Part of the moe-opt project.
 //

@@ -30,8 +30,7 @@ writeFileAtomically(llvm::StringRef path,
                     llvm::function_ref<llvm::Error(llvm::raw_ostream &)> write);
 
 /// Writes `contents` to `path` atomically.
-llvm::Error writeFileAtomically(llvm::StringRef path,
-                                llvm::StringRef contents);
+llvm::Error writeFileAtomically(llvm::StringRef path, llvm::StringRef contents);
 
 } // namespace moe
 

@@ -45,8 +45,7 @@ public:
   /// Opens the model folder `dir`. With an index, checks that the index is
   /// valid JSON with a string-to-string "weight_map" and that every shard it
   /// names exists; shards themselves are opened lazily.
-  static llvm::Expected<std::unique_ptr<WeightStore>>
-  open(llvm::StringRef dir);
+  static llvm::Expected<std::unique_ptr<WeightStore>> open(llvm::StringRef dir);
 
   /// The model folder.
   llvm::StringRef directory() const { return dir; }
