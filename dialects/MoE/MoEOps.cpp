@@ -100,7 +100,7 @@ LogicalResult WeightOp::verify() {
     return emitOpError() << "result must have a static shape (weights have "
                             "fixed sizes), got "
                          << type;
-  if (names.size() > 1 &&
+  if (isStack() &&
       (type.getRank() < 1 ||
        type.getDimSize(0) != static_cast<int64_t>(names.size())))
     return emitOpError() << "stacking " << names.size()
@@ -657,6 +657,56 @@ LogicalResult LoraMixtureOp::verify() {
                          << " must match 'input' element type "
                          << getInput().getType().getElementType();
   return success();
+}
+
+//===----------------------------------------------------------------------===//
+// Fused operations
+//===----------------------------------------------------------------------===//
+
+/// Checks that a fused op's body takes `args` and yields values of `yields`.
+static LogicalResult verifyFusedBody(Operation *op, Region &body,
+                                     TypeRange args, TypeRange yields) {
+  Block &block = body.front();
+  if (block.getArgumentTypes() != args)
+    return op->emitOpError() << "body must take " << args.size()
+                             << " argument(s) of the operand types, got "
+                             << block.getNumArguments();
+  auto yield = dyn_cast<YieldOp>(block.getTerminator());
+  if (!yield)
+    return op->emitOpError("body must end with 'moe.yield'");
+  if (yield.getValues().getTypes() != yields)
+    return op->emitOpError() << "body must yield " << yields.size()
+                             << " value(s) of types " << yields << ", got "
+                             << yield.getValues().getTypes();
+  return success();
+}
+
+LogicalResult FusedRouteOp::verify() {
+  int64_t experts = getNumExperts();
+  if (experts < 1)
+    return emitOpError() << "'num_experts' must be >= 1, got " << experts;
+  Operation *op = getOperation();
+  if (failed(expectDim(op, getCounts(), "counts", 0, experts,
+                       "'num_experts'")) ||
+      failed(expectDim(op, getOffsets(), "offsets", 0, experts + 1,
+                       "'num_experts' + 1")) ||
+      failed(expectDim(op, getIds(), "ids", 0, rows(getInput()),
+                       "tokens of 'input'")))
+    return failure();
+  return verifyFusedBody(op, getBody(), TypeRange(getInput().getType()),
+                         TypeRange({getIds().getType(),
+                                    getWeights().getType()}));
+}
+
+LogicalResult FusedExpertsOp::verify() {
+  Operation *op = getOperation();
+  if (failed(expectDim(op, getIds(), "ids", 0, rows(getInput()),
+                       "tokens of 'input'")) ||
+      failed(expectDim(op, getWeights(), "weights", 1, columns(getIds()),
+                       "slots of 'ids'")))
+    return failure();
+  return verifyFusedBody(op, getBody(), getOperandTypes(),
+                         TypeRange(getResult().getType()));
 }
 
 #define GET_OP_CLASSES

@@ -60,7 +60,8 @@ public:
     return tensor({ShapedType::kDynamic, n}, b.getI32Type());
   }
 
-  Value weight(const TensorRef &ref, ArrayRef<int64_t> shape = {}) {
+  Value weight(const TensorRef &ref, ArrayRef<int64_t> shape = {},
+               bool stacked = false) {
     SmallVector<Attribute> names, files;
     for (const std::string &n : ref.names)
       names.push_back(b.getStringAttr(n));
@@ -72,7 +73,8 @@ public:
     }
     ArrayRef<int64_t> s = shape.empty() ? ArrayRef<int64_t>(ref.shape) : shape;
     return WeightOp::create(b, loc, tensor(s, elementType(ref.dtype)),
-                            b.getArrayAttr(names), b.getArrayAttr(files));
+                            b.getArrayAttr(names), b.getArrayAttr(files),
+                            stacked && names.size() == 1);
   }
 
   Activation activation(FFNActivation a) {
@@ -240,8 +242,8 @@ public:
       bRef.dtype = ad.b.dtype;
       scales.push_back(b.getF32FloatAttr(ad.scale));
     }
-    Value aV = weight(a, {E, m.maxRank, m.in});
-    Value bV = weight(bRef, {E, m.out, m.maxRank});
+    Value aV = weight(a, {E, m.maxRank, m.in}, /*stacked=*/true);
+    Value bV = weight(bRef, {E, m.out, m.maxRank}, /*stacked=*/true);
     Value base = weight(m.base);
     Value baseBias = m.baseBias.empty() ? Value() : weight(m.baseBias);
     Value idsV, w;

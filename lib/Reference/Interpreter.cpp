@@ -123,7 +123,7 @@ Expected<HostTensor> WeightLoader::load(WeightOp op) {
   std::vector<int64_t> shape(type.getShape().begin(), type.getShape().end());
   HostTensor result = HostTensor::floats(shape);
   ArrayAttr names = op.getNames();
-  bool stacked = names.size() > 1;
+  bool stacked = op.isStack();
   std::vector<int64_t> slice =
       stacked ? std::vector<int64_t>(shape.begin() + 1, shape.end()) : shape;
   int64_t sliceSize = std::accumulate(slice.begin(), slice.end(), int64_t{1},
@@ -326,14 +326,30 @@ public:
                                llvm::Twine(size));
     HostTensor x = input;
     roundTo(x, argType);
-    values[fn.getArgument(0)] = std::move(x);
-    for (Operation &op : fn.getBody().front()) {
-      if (auto ret = dyn_cast<func::ReturnOp>(op))
-        return get(ret.getOperand(0));
+    Expected<std::vector<HostTensor>> results =
+        runBlock(fn.getBody().front(), {std::move(x)});
+    if (!results)
+      return results.takeError();
+    return std::move(results->front());
+  }
+
+  /// Runs `block` with its arguments bound to `args`; returns the values of
+  /// its terminator (func.return or moe.yield).
+  Expected<std::vector<HostTensor>> runBlock(Block &block,
+                                             std::vector<HostTensor> args) {
+    for (auto [arg, value] : llvm::zip(block.getArguments(), args))
+      values[arg] = std::move(value);
+    for (Operation &op : block) {
+      if (op.hasTrait<OpTrait::IsTerminator>()) {
+        std::vector<HostTensor> results;
+        for (Value v : op.getOperands())
+          results.push_back(get(v));
+        return results;
+      }
       if (Error err = execute(&op))
         return std::move(err);
     }
-    return opError(fn, "function has no return");
+    return opError(block.getParentOp(), "block has no terminator");
   }
 
 private:
@@ -608,29 +624,39 @@ private:
         })
         .Case([&](DispatchOp o) -> Error {
           const HostTensor &ids = get(o.getIds());
-          int64_t E = o.getNumExperts();
-          HostTensor counts = HostTensor::ints({E});
-          for (int32_t e : ids.i)
-            if (e >= 0 && e < E)
-              ++counts.i[e];
-          HostTensor offsets = HostTensor::ints({E + 1});
-          for (int64_t e = 0; e < E; ++e)
-            offsets.i[e + 1] = offsets.i[e] + counts.i[e];
-          HostTensor rows = HostTensor::ints({offsets.i[E]});
-          std::vector<int32_t> cursor(offsets.i.begin(), offsets.i.end() - 1);
-          // Slots in flat order are already sorted by token, then slot.
-          for (size_t s = 0; s < ids.i.size(); ++s) {
-            int32_t e = ids.i[s];
-            if (e >= 0 && e < E)
-              rows.i[cursor[e]++] = static_cast<int32_t>(s);
-          }
           if (trace && !trace->hasIds) {
             trace->ids = ids;
             trace->hasIds = true;
           }
-          set(o.getCounts(), std::move(counts));
-          set(o.getOffsets(), std::move(offsets));
-          set(o.getRows(), std::move(rows));
+          planDispatch(ids, o.getNumExperts(), o.getCounts(), o.getOffsets(),
+                       o.getRows());
+          return Error::success();
+        })
+        .Case([&](FusedRouteOp o) -> Error {
+          Expected<std::vector<HostTensor>> routing =
+              runBlock(o.getBody().front(), {get(o.getInput())});
+          if (!routing)
+            return routing.takeError();
+          if (trace && !trace->hasIds) {
+            trace->ids = (*routing)[0];
+            trace->weights = (*routing)[1];
+            trace->hasIds = trace->hasWeights = true;
+          }
+          planDispatch((*routing)[0], o.getNumExperts(), o.getCounts(),
+                       o.getOffsets(), o.getRows());
+          set(o.getIds(), std::move((*routing)[0]));
+          set(o.getWeights(), std::move((*routing)[1]));
+          return Error::success();
+        })
+        .Case([&](FusedExpertsOp o) -> Error {
+          std::vector<HostTensor> args;
+          for (Value v : o->getOperands())
+            args.push_back(get(v));
+          Expected<std::vector<HostTensor>> out =
+              runBlock(o.getBody().front(), std::move(args));
+          if (!out)
+            return out.takeError();
+          set(o.getResult(), std::move(out->front()));
           return Error::success();
         })
         .Case([&](PermuteOp o) -> Error {
@@ -723,6 +749,30 @@ private:
           return opError(other, "the reference backend cannot execute this "
                                 "op");
         });
+  }
+
+  /// moe.dispatch's plan of `ids` for `experts` experts.
+  void planDispatch(const HostTensor &ids, int64_t experts, Value countsV,
+                    Value offsetsV, Value rowsV) {
+    int64_t E = experts;
+    HostTensor counts = HostTensor::ints({E});
+    for (int32_t e : ids.i)
+      if (e >= 0 && e < E)
+        ++counts.i[e];
+    HostTensor offsets = HostTensor::ints({E + 1});
+    for (int64_t e = 0; e < E; ++e)
+      offsets.i[e + 1] = offsets.i[e] + counts.i[e];
+    HostTensor rows = HostTensor::ints({offsets.i[E]});
+    std::vector<int32_t> cursor(offsets.i.begin(), offsets.i.end() - 1);
+    // Slots in flat order are already sorted by token, then slot.
+    for (size_t s = 0; s < ids.i.size(); ++s) {
+      int32_t e = ids.i[s];
+      if (e >= 0 && e < E)
+        rows.i[cursor[e]++] = static_cast<int32_t>(s);
+    }
+    set(countsV, std::move(counts));
+    set(offsetsV, std::move(offsets));
+    set(rowsV, std::move(rows));
   }
 
   template <typename OpT>
@@ -838,9 +888,18 @@ private:
       for (int64_t o2 = 0; o2 < out; ++o2)
         y.f[t * out + o2] = static_cast<float>(acc[o2]);
     }
-    if (trace && ids && !trace->hasIds) {
-      trace->ids = *ids;
-      trace->weights = *w;
+    if (trace && !trace->hasIds) {
+      if (ids) {
+        trace->ids = *ids;
+        trace->weights = *w;
+      } else {
+        // Without routing every adapter is applied with weight 1.
+        trace->ids = HostTensor::ints({T, E});
+        trace->weights = HostTensor::floats({T, E}, 1.0f);
+        for (int64_t t = 0; t < T; ++t)
+          for (int64_t e = 0; e < E; ++e)
+            trace->ids.i[t * E + e] = static_cast<int32_t>(e);
+      }
       trace->hasIds = trace->hasWeights = true;
     }
     set(o.getResult(), std::move(y));

@@ -186,6 +186,13 @@ def softmax(v):
 # this almost never happens (it is counted in the report).
 MARGIN = 1e-5
 
+# Probabilities below the smallest normal float32 (softmax logits more than
+# ~87 below the row maximum) are zero or denormal in float32 depending on
+# the exp implementation: such experts tie at the bottom and any of them may
+# fill a slot whose weight is ~0. The comparison treats them as
+# interchangeable ("tiny"), with an expected weight of 0.
+TINY = 2e-38
+
 
 def topk_rows(scores, k):
     """Descending top-k per row; ties go to the lower index (stable sort).
@@ -203,6 +210,10 @@ def topk_rows(scores, k):
         nxt = np.take_along_axis(scores, order[:, k:k + 1], axis=1)[:, 0]
         with np.errstate(invalid="ignore"):
             margin = np.where(np.isfinite(nxt), kth - nxt, np.inf)
+        # An exact tie (identical router rows or tokens) is no float
+        # accident: both sides compute the same bits and the lower index
+        # must win. Only a near-tie is fragile.
+        margin = np.where(margin == 0.0, np.inf, margin)
     else:
         margin = np.full(scores.shape[0], np.inf)
     return ids, vals, margin
@@ -233,10 +244,12 @@ def glu(x, wg, wu, wd):
 
 
 class Routing:
-    """ids [T, K] (-1 = empty), weights [T, K], fragile [T] bool."""
+    """ids [T, K] (-1 = empty), weights [T, K], fragile [T] bool, and
+    optionally tiny [T, N] bool: experts interchangeable at the bottom."""
 
-    def __init__(self, ids, weights, fragile=None, info=None):
+    def __init__(self, ids, weights, fragile=None, info=None, tiny=None):
         self.ids = np.asarray(ids, dtype=np.int64)
+        self.tiny = tiny
         self.weights = np.where(self.ids >= 0, weights, 0.0)
         t = self.ids.shape[0]
         self.fragile = (np.zeros(t, dtype=bool) if fragile is None
@@ -341,7 +354,7 @@ def _rand(rng, shape, scale):
     return (rng.standard_normal(shape) * scale).astype(np.float32)
 
 
-def _common_config(arch, dtype, layers, **extra):
+def _common_config(override, arch, dtype, layers, **extra):
     cfg = {
         "architectures": [{
             "mixtral": "MixtralForCausalLM", "qwen2_moe": "Qwen2MoeForCausalLM",
@@ -364,6 +377,12 @@ def _common_config(arch, dtype, layers, **extra):
         "use_cache": True,
     }
     cfg.update(extra)
+    # override: {key: value}, None deletes the key (the loader's default applies)
+    for key, value in (override or {}).items():
+        if value is None:
+            cfg.pop(key, None)
+        else:
+            cfg[key] = value
     return cfg
 
 
@@ -393,13 +412,13 @@ def _expert_names(arch, layout, layer):
              p + ".experts.%d.down_proj.weight"), None)
 
 
-def _add_glu_experts(m, rng, layer, n_experts, inter):
+def _add_glu_experts(m, rng, layer, n_experts, inter, router_scale=ROUTER_SCALE):
     """Per-expert gate/up/down [I, H], [I, H], [H, I], or the fused layout
     of transformers v5 (conversion_mapping.py: MergeModulelist(dim=0) then
     Concatenate(dim=1)): gate_up_proj [E, 2I, H] with gate in rows [0, I)
     and up in rows [I, 2I), down_proj [E, H, I], both [out, in] per expert."""
     router, per, fused = _expert_names(m.arch, m.layout, layer)
-    m.add(router, _rand(rng, (n_experts, H), ROUTER_SCALE))
+    m.add(router, _rand(rng, (n_experts, H), router_scale))
     g = _rand(rng, (n_experts, inter, H), 1.0 / math.sqrt(H))
     u = _rand(rng, (n_experts, inter, H), 1.0 / math.sqrt(H))
     d = _rand(rng, (n_experts, H, inter), 1.0 / math.sqrt(inter))
@@ -437,22 +456,22 @@ def _softmax_topk(m, layer, x, n_experts, k, norm):
     _, _, lmargin = topk_rows(logits, k)  # same order, better conditioned
     if norm:
         vals = vals / vals.sum(axis=1, keepdims=True)
-    return Routing(ids, vals, lmargin < MARGIN)
+    return Routing(ids, vals, lmargin < MARGIN, tiny=p < TINY)
 
 
 # ---- Mixtral --------------------------------------------------------------
 
 
 def build_mixtral(rng, dtype="F32", layout="per_expert", experts=8, k=2,
-                  inter=96, layers=2):
-    cfg = _common_config("mixtral", dtype, layers, intermediate_size=inter,
+                  inter=96, layers=2, router_scale=ROUTER_SCALE, override=None):
+    cfg = _common_config(override, "mixtral", dtype, layers, intermediate_size=inter,
                          num_local_experts=experts, num_experts_per_tok=k,
                          router_jitter_noise=0.0, rope_theta=1e6,
                          sliding_window=None, output_router_logits=False,
                          router_aux_loss_coef=0.02)
     m = HFModel("mixtral", cfg, dtype, layout)
     for l in m.moe_layers:
-        _add_glu_experts(m, rng, l, experts, inter)
+        _add_glu_experts(m, rng, l, experts, inter, router_scale)
     return m
 
 
@@ -468,8 +487,8 @@ def _block_mixtral(m, layer, x):
 
 def build_qwen2_moe(rng, dtype="F32", layout="per_expert", experts=12, k=4,
                     inter=32, shared_inter=128, layers=6, sparse_step=2,
-                    mlp_only=(3,), norm=False, attn_lora_base=False):
-    cfg = _common_config("qwen2_moe", dtype, layers, intermediate_size=176,
+                    mlp_only=(3,), norm=False, override=None):
+    cfg = _common_config(override, "qwen2_moe", dtype, layers, intermediate_size=176,
                          moe_intermediate_size=inter,
                          shared_expert_intermediate_size=shared_inter,
                          num_experts=experts, num_experts_per_tok=k,
@@ -505,8 +524,9 @@ def _block_qwen2_moe(m, layer, x):
 
 
 def build_qwen3_moe(rng, dtype="F32", layout="per_expert", experts=16, k=4,
-                    inter=32, layers=3, sparse_step=1, mlp_only=(0,), norm=True):
-    cfg = _common_config("qwen3_moe", dtype, layers, intermediate_size=192,
+                    inter=32, layers=3, sparse_step=1, mlp_only=(0,), norm=True,
+                    override=None):
+    cfg = _common_config(override, "qwen3_moe", dtype, layers, intermediate_size=192,
                          moe_intermediate_size=inter, num_experts=experts,
                          num_experts_per_tok=k, decoder_sparse_step=sparse_step,
                          mlp_only_layers=list(mlp_only), norm_topk_prob=norm,
@@ -526,8 +546,8 @@ def _block_qwen3_moe(m, layer, x):
 
 
 def build_olmoe(rng, dtype="F32", layout="per_expert", experts=16, k=4,
-                inter=64, layers=2, norm=False):
-    cfg = _common_config("olmoe", dtype, layers, intermediate_size=inter,
+                inter=64, layers=2, norm=False, override=None):
+    cfg = _common_config(override, "olmoe", dtype, layers, intermediate_size=inter,
                          num_experts=experts, num_experts_per_tok=k,
                          norm_topk_prob=norm, clip_qkv=None, rope_theta=10000.0,
                          router_aux_loss_coef=0.01)
@@ -560,8 +580,8 @@ def _deepseek_shared(m, layer, x):
 def build_deepseek_v2(rng, dtype="F32", layout="per_expert", experts=16, k=4,
                       inter=32, shared=2, layers=5, topk_method="greedy",
                       n_group=None, topk_group=None, scaling=1.5, norm=False,
-                      first_dense=1, freq=2):
-    cfg = _common_config("deepseek_v2", dtype, layers, intermediate_size=160,
+                      first_dense=1, freq=2, override=None):
+    cfg = _common_config(override, "deepseek_v2", dtype, layers, intermediate_size=160,
                          moe_intermediate_size=inter, n_routed_experts=experts,
                          n_shared_experts=shared, num_experts_per_tok=k,
                          topk_method=topk_method, n_group=n_group,
@@ -601,15 +621,15 @@ def _block_deepseek_v2(m, layer, x):
         vals = vals / (vals.sum(axis=1, keepdims=True) + 1e-20)
     else:
         vals = vals * c["routed_scaling_factor"]
-    r = Routing(ids, vals, fragile)
+    r = Routing(ids, vals, fragile, tiny=p_sel < TINY)
     y = combine(x, r, _glu_expert_fn(m, layer)) + _deepseek_shared(m, layer, x)
     return y, r
 
 
 def build_deepseek_v3(rng, dtype="F32", layout="per_expert", experts=16, k=4,
                       inter=32, shared=1, layers=3, n_group=4, topk_group=2,
-                      scaling=2.5, norm=True, first_dense=1, bias="mixed"):
-    cfg = _common_config("deepseek_v3", dtype, layers, intermediate_size=160,
+                      scaling=2.5, norm=True, first_dense=1, bias="mixed", override=None):
+    cfg = _common_config(override, "deepseek_v3", dtype, layers, intermediate_size=160,
                          moe_intermediate_size=inter, n_routed_experts=experts,
                          n_shared_experts=shared, num_experts_per_tok=k,
                          topk_method="noaux_tc", n_group=n_group,
@@ -670,8 +690,8 @@ GPT_OSS_ALPHA = 1.702
 
 
 def build_gpt_oss(rng, dtype="F32", layout="fused", experts=8, k=2, inter=64,
-                  layers=2, limit=7.0):
-    cfg = _common_config("gpt_oss", dtype, layers, intermediate_size=inter,
+                  layers=2, limit=7.0, override=None):
+    cfg = _common_config(override, "gpt_oss", dtype, layers, intermediate_size=inter,
                          num_local_experts=experts, num_experts_per_tok=k,
                          experts_per_token=k, swiglu_limit=limit,
                          head_dim=16, sliding_window=128,
@@ -722,8 +742,8 @@ def _block_gpt_oss(m, layer, x):
 
 
 def build_llama4_text(rng, dtype="F32", layout="fused", experts=8, k=1,
-                      inter=64, layers=4, step=2):
-    cfg = _common_config("llama4_text", dtype, layers, intermediate_size=inter,
+                      inter=64, layers=4, step=2, override=None):
+    cfg = _common_config(override, "llama4_text", dtype, layers, intermediate_size=inter,
                          intermediate_size_mlp=160, num_local_experts=experts,
                          num_experts_per_tok=k, interleave_moe_layer_step=step,
                          head_dim=16, rope_theta=500000.0, use_qk_norm=True,
@@ -870,7 +890,7 @@ class LoraRouter:
         _, _, margin = topk_rows(logits, self.top_k)
         if self.norm:
             vals = vals / vals.sum(axis=1, keepdims=True)
-        return Routing(ids, vals, margin < MARGIN)
+        return Routing(ids, vals, margin < MARGIN, tiny=p < TINY)
 
 
 def lora_forward(m, layer, module, adapters, x, router=None):

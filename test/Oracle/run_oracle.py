@@ -53,16 +53,27 @@ class Case:
 CASES = []
 
 
-def _hf(group, name, arch, dtype="F32", layout=None, shards=1, **kw):
+def _hf(group, name, arch, dtype="F32", layout=None, shards=1, wscale=1.0, **kw):
     CASES.append(Case(group, name, "hf", arch=arch, dtype=dtype, layout=layout,
-                      shards=shards, kw=kw))
+                      shards=shards, wscale=wscale, kw=kw))
 
 
 # hf-f32: every architecture and routing variant, F32 weights, one file.
 _hf("hf-f32", "mixtral", "mixtral")
+# Router logits of about +-100: softmax must subtract the row maximum, and
+# probabilities underflow in float32. float32 logits of that size carry
+# errors ~1e-5 that the softmax passes on to the weights: 10x the weight
+# tolerance.
+_hf("hf-f32", "mixtral-sharp", "mixtral", router_scale=60.0 / 8, layers=1,
+    wscale=10.0)
 _hf("hf-f32", "qwen2_moe", "qwen2_moe", norm=False)
 _hf("hf-f32", "qwen2_moe-norm", "qwen2_moe", norm=True, layers=2, sparse_step=1,
     mlp_only=(), experts=8, k=2)
+# Optional config keys left out: decoder_sparse_step = 1,
+# mlp_only_layers = [], norm_topk_prob = False (Qwen2MoeConfig defaults).
+_hf("hf-f32", "qwen2_moe-defaults", "qwen2_moe", layers=2, experts=8, k=2,
+    override={"decoder_sparse_step": None, "mlp_only_layers": None,
+              "norm_topk_prob": None})
 _hf("hf-f32", "qwen3_moe", "qwen3_moe")
 _hf("hf-f32", "olmoe", "olmoe", norm=False)
 _hf("hf-f32", "deepseek_v2-greedy", "deepseek_v2", topk_method="greedy")
@@ -76,8 +87,13 @@ _hf("hf-f32", "deepseek_v3-nogroup", "deepseek_v3", n_group=1, topk_group=1,
     norm=False, scaling=1.0, layers=2, experts=8, k=2)
 _hf("hf-f32", "gpt_oss", "gpt_oss")
 _hf("hf-f32", "gpt_oss-k4", "gpt_oss", experts=16, k=4, inter=32, layers=1)
+# swiglu_limit from the config (getattr(config, "swiglu_limit", 7.0) in HF).
+_hf("hf-f32", "gpt_oss-limit5", "gpt_oss", limit=5.0, layers=1)
 _hf("hf-f32", "llama4_text", "llama4_text")
 _hf("hf-f32", "llama4_text-k2", "llama4_text", k=2, layers=2, step=2)
+# An explicit moe_layers list wins over interleave_moe_layer_step.
+_hf("hf-f32", "llama4_text-moe_layers", "llama4_text", layers=4, step=1,
+    override={"moe_layers": [0, 3]})
 
 # hf-bf16: the same architectures with BF16 weights.
 _hf("hf-bf16", "mixtral-bf16", "mixtral", "BF16", experts=16, k=2, inter=64)
@@ -210,6 +226,7 @@ def moe_run(ctx, ir, layer, x, tag, target=None):
 def compare(ctx, tag, y, ids, w, ref_y, ref, tol, need_routing=True):
     """Outputs norm-wise, expert sets per token, weights aligned by id."""
     t = ref_y.shape[0]
+    wscale = ctx.case.params.get("wscale", 1.0)
     ok = True
     if y.shape != ref_y.shape:
         ctx.fail("%s: output shape %s, expected %s" % (tag, y.shape, ref_y.shape))
@@ -248,9 +265,17 @@ def compare(ctx, tag, y, ids, w, ref_y, ref, tol, need_routing=True):
         ctx.fail("%s: routing shapes ids %s weights %s, expected [%d, K]"
                  % (tag, ids.shape, w.shape, t))
         return False
-    if not np.issubdtype(ids.dtype, np.integer):
-        ctx.fail("%s: ids dtype %s, expected int32" % (tag, ids.dtype))
+    if ids.dtype != np.int32 or w.dtype != np.float32:
+        ctx.fail("%s: routing dtypes ids %s weights %s, expected int32 and float32"
+                 % (tag, ids.dtype, w.dtype))
         ok = False
+    if ref.info.get("slot_is_expert"):
+        # expert choice: slot e holds expert e or -1
+        cols = np.broadcast_to(np.arange(ids.shape[1]), ids.shape)
+        if ids.shape[1] != ref.ids.shape[1] or np.any((ids >= 0) & (ids != cols)):
+            ctx.fail("%s: expert-choice routing must have K = E slots with slot e = e or -1"
+                     % tag)
+            ok = False
     bad_sets, bad_w, worst_w = [], [], 0.0
     for r in range(t):
         got_ids = [int(i) for i in ids[r] if i >= 0]
@@ -264,18 +289,27 @@ def compare(ctx, tag, y, ids, w, ref_y, ref, tol, need_routing=True):
         if ref.fragile[r]:
             continue
         if set(got_ids) != set(want):
-            bad_sets.append((r, "got %s expected %s" % (sorted(got_ids), sorted(want))))
-            continue
+            # Experts in the float32 underflow band may swap (see hf.TINY).
+            odd = set(got_ids) ^ set(want)
+            if (ref.tiny is None or len(got_ids) != len(want) or
+                    not all(0 <= i < ref.tiny.shape[1] and ref.tiny[r, i] for i in odd)):
+                bad_sets.append((r, "got %s expected %s" % (sorted(got_ids), sorted(want))))
+                continue
+            ctx.stats["tiny_swaps"] = ctx.stats.get("tiny_swaps", 0) + 1
+            want = {i: (want[i] if i in want else 0.0) for i in got_ids}
         for i, v in zip(ids[r], w[r]):
             if i < 0:
                 continue
             dv = abs(float(v) - want[int(i)])
             rel = dv / (1.0 + abs(want[int(i)]))
             worst_w = max(worst_w, rel)
-            if dv > TOL_W_ABS + TOL_W_REL * abs(want[int(i)]):
+            if dv > wscale * (TOL_W_ABS + TOL_W_REL * abs(want[int(i)])):
                 bad_w.append((r, "expert %d weight %.9g expected %.9g (diff %.2g)"
                                % (i, v, want[int(i)], dv)))
     ctx.stats["w_err"] = max(ctx.stats["w_err"], worst_w)
+    if ctx.args.verbose:
+        ctx.lines.append("%s: y_err %.3g, w_err %.3g, K %d, fragile %d"
+                         % (tag, err, worst_w, ids.shape[1], int(ref.fragile.sum())))
     if bad_sets:
         ctx.fail("%s: %d/%d tokens with a different expert set; first: %s"
                  % (tag, len(bad_sets), t, "; ".join("token %d: %s" % b for b in bad_sets[:3])))
@@ -408,9 +442,11 @@ def run_seed_case(ctx):
     per_expert = np.zeros(case.experts, dtype=np.int64)
     empty_tokens = 0
     for t in T_VALUES:
-        x = make_input(ctx, 0, t, "F32")
+        x = case.prepare_input(make_input(ctx, 0, t, "F32"))
         ref_y, ref = case.block(x)
         per_expert += np.array(ref.info["tokens_per_expert"])
+        if "exact_ties" in ref.info:
+            ctx.info["exact_ties"] = ctx.info.get("exact_ties", 0) + ref.info["exact_ties"]
         empty_tokens += int(np.sum(np.all(ref.ids < 0, axis=1)))
         y, ids, w = moe_run(ctx, ir, 0, x, "T%d" % t)
         ctx.stats["runs"] += 1
@@ -673,11 +709,15 @@ def main():
         s = ctx.stats
         status = "FAIL" if ctx.failures else "PASS"
         extra = " ".join("%s=%s" % kv for kv in sorted(ctx.info.items()))
+        if s.get("tiny_swaps"):
+            extra = ("underflow_swaps=%d " % s["tiny_swaps"]) + extra
         line = ("%s %-9s %-28s runs=%-2d y_err=%.2e w_err=%.2e fragile=%d %.1fs %s"
                 % (status, case.group, case.name, s["runs"], s["y_err"], s["w_err"],
                    s["fragile"], dt, extra))
         with lock:
             print(line.rstrip(), flush=True)
+            for detail in ctx.lines:
+                print("    " + detail)
             if ctx.failures:
                 for f in ctx.failures[:8]:
                     print("    " + f.replace("\n", "\n    "))

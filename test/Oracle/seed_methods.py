@@ -5,13 +5,15 @@
 #   top-p                 moe.top_p, moe.normalize
 #   BlockFFN              moe.relu, moe.rms_norm (weight), moe.threshold 0, max_k = E
 #   expert choice         moe.softmax, moe.expert_choice (capacity)
+#   exact ties            moe.topk / moe.expert_choice on identical router rows
+#                         or identical tokens: the lower index must win
 
 import math
 import os
 
 import numpy as np
 
-from hf_models import (H, MARGIN, ROUTER_SCALE, Routing, combine, glu,
+from hf_models import (H, MARGIN, ROUTER_SCALE, TINY, Routing, combine, glu,
                        softmax, topk_rows, write_safetensors)
 
 WEIGHTS = "seed.safetensors"
@@ -29,14 +31,17 @@ def _attr(v):
 class SeedCase:
     """One routing method over E experts with gated-SiLU experts of width I.
 
-    method: adamoe | top_p | blockffn | expert_choice
+    method: topk | adamoe | top_p | blockffn | expert_choice
+    tie_experts: pairs (a, b): expert b gets the router row and bias of a.
+    tie_tokens: every odd token repeats the token before it.
     """
 
     def __init__(self, rng, method, experts=8, inter=64, nulls=0, k=2, p=0.7,
-                 max_k=3, capacity=16, router_bias=None, eps=1e-6):
+                 max_k=3, capacity=16, router_bias=None, eps=1e-6,
+                 tie_experts=(), tie_tokens=False):
         self.method, self.experts, self.inter = method, experts, inter
         self.nulls, self.k, self.p, self.max_k = nulls, k, p, max_k
-        self.capacity, self.eps = capacity, eps
+        self.capacity, self.eps, self.tie_tokens = capacity, eps, tie_tokens
         n = experts + nulls
         self.router = (rng.standard_normal((n, H)) * ROUTER_SCALE).astype(np.float32)
         bias = rng.normal(0.0, 0.3, size=n)
@@ -45,6 +50,9 @@ class SeedCase:
             if abs(val) >= 5:  # a pinned expert: its row no longer matters
                 self.router[idx] = 0.0
         self.bias = bias.astype(np.float32)
+        for a, b in tie_experts:
+            self.router[b] = self.router[a]
+            self.bias[b] = self.bias[a]
         s = 1 / math.sqrt(H)
         self.gate = (rng.standard_normal((experts, inter, H)) * s).astype(np.float32)
         self.up = (rng.standard_normal((experts, inter, H)) * s).astype(np.float32)
@@ -69,8 +77,14 @@ class SeedCase:
             f.write(self.ir(os.path.abspath(directory)))
         return path
 
+    def prepare_input(self, x):
+        x = np.array(x, dtype=np.float32)
+        if self.tie_tokens:
+            x[1::2] = x[0:x.shape[0] - 1:2][:x[1::2].shape[0]]
+        return x
+
     def slots(self):
-        return {"adamoe": self.k, "top_p": self.max_k,
+        return {"topk": self.k, "adamoe": self.k, "top_p": self.max_k,
                 "blockffn": self.experts, "expert_choice": self.experts}[self.method]
 
     def ir(self, root):
@@ -87,7 +101,13 @@ class SeedCase:
             "    %%logits = moe.router_linear %%x, %%wg bias %%bg : (%s, tensor<%dx%dxf32>, tensor<%dxf32>) -> %s"
             % (xt, n, H, n, st),
         ]
-        if self.method == "adamoe":
+        if self.method == "topk":
+            lines += [
+                "    %%p = moe.softmax %%logits : %s" % st,
+                "    %%ids, %%vals = moe.topk %%p {k = %d : i64} : %s -> %s, %s" % (k, st, it, wt),
+                "    %%w = moe.normalize %%vals : %s" % wt,
+            ]
+        elif self.method == "adamoe":
             lines += [
                 "    %%p = moe.softmax %%logits : %s" % st,
                 "    %%ids0, %%vals = moe.topk %%p {k = %d : i64} : %s -> %s, %s" % (k, st, it, wt),
@@ -146,6 +166,15 @@ class SeedCase:
         x = np.asarray(x, dtype=np.float64)
         logits = x @ self.router.astype(np.float64).T + self.bias.astype(np.float64)
         t = x.shape[0]
+        if self.method == "topk":
+            p = softmax(logits)
+            ids, vals, _ = topk_rows(p, self.k)
+            _, _, margin = topk_rows(logits, self.k)
+            ps = -np.sort(-logits, axis=1)
+            r = Routing(ids, vals / vals.sum(axis=1, keepdims=True), margin < MARGIN,
+                        tiny=p < TINY)
+            r.info["exact_ties"] = int(np.sum(ps[:, self.k - 1] == ps[:, self.k]))
+            return r
         if self.method == "adamoe":
             p = softmax(logits)
             ids, vals, _ = topk_rows(p, self.k)
@@ -190,6 +219,7 @@ class SeedCase:
             ids = np.full((t, e), -1)
             w = np.zeros((t, e))
             fragile = np.zeros(t, dtype=bool)
+            ties = 0
             for col in range(e):
                 order = np.argsort(-p[:, col], kind="stable")
                 chosen = order[:min(self.capacity, t)]
@@ -197,9 +227,13 @@ class SeedCase:
                 w[chosen, col] = p[chosen, col]
                 if t > self.capacity:
                     a, b = order[self.capacity - 1], order[self.capacity]
-                    if p[a, col] - p[b, col] < MARGIN * 0.1:
+                    if 0.0 < p[a, col] - p[b, col] < MARGIN * 0.1:
                         fragile[a] = fragile[b] = True
-            return Routing(ids, w, fragile)
+                    ties += int(p[a, col] == p[b, col])
+            r = Routing(ids, w, fragile)
+            r.info["exact_ties"] = ties
+            r.info["slot_is_expert"] = True
+            return r
         raise ValueError(self.method)
 
     def block(self, x):
@@ -241,6 +275,12 @@ SEED_CASES = {
     # capacity 16: with T = 1 or 7 every expert takes every token; with
     # T = 64 or 300 tokens are dropped (some get no expert).
     "expert-choice": ("expert_choice", dict(experts=8, capacity=16)),
+    # Exact ties: router rows 2 = 3 and 5 = 6 (top-2 often splits a pair:
+    # the lower expert index must win); tokens repeated in pairs with an odd
+    # capacity, so every expert's cut splits a pair (lower token wins).
+    "topk-ties": ("topk", dict(experts=8, k=2, tie_experts=((2, 3), (5, 6)))),
+    "expert-choice-ties": ("expert_choice", dict(experts=8, capacity=15,
+                                                 tie_tokens=True)),
 }
 
 

@@ -7,7 +7,9 @@
 #ifndef MOE_PASSES_PASSES_H
 #define MOE_PASSES_PASSES_H
 
+#include "mlir/Dialect/Func/IR/FuncOps.h"
 #include "mlir/IR/BuiltinOps.h"
+#include "moe/dialects/MoE/MoEDialect.h"
 #include "mlir/Pass/Pass.h"
 
 namespace mlir::moe {

@@ -9,4 +9,84 @@
 
 include "mlir/Pass/PassBase.td"
 
+def MoEFuseRouting : Pass<"moe-fuse-routing", "::mlir::func::FuncOp"> {
+  let summary = "Fuses router scoring, selection, weights and dispatch into "
+                "moe.fused_route";
+  let description = [{
+    For every `moe.dispatch`, takes the chain of router ops that computes its
+    ids and the routing weights used by the following `moe.permute` /
+    `moe.combine` (scoring, group limits, any selection, weight gathering,
+    null-expert dropping, normalisation, scaling, and the `moe.weight` /
+    `arith.constant` they read) and moves it into the body of one
+    `moe.fused_route`, which also plans the dispatch. The router of a routed
+    `moe.lora_mixture` is fused the same way (the mixture then reads the
+    fused op's ids and weights). Works for every router of the dialect
+    because it moves the composition as it is.
+
+    The pass refuses, with a remark that says why, when the chain reads
+    anything but one token tensor, weights and constants, contains an op
+    that is not a router op, or when permute and combine use different
+    weights.
+  }];
+  let dependentDialects = ["::mlir::moe::MoEDialect"];
+}
+
+def MoEFuseExperts : Pass<"moe-fuse-experts", "::mlir::func::FuncOp"> {
+  let summary = "Fuses gather, expert FFNs, combine and shared experts into "
+                "moe.fused_experts";
+  let description = [{
+    For every `moe.combine` of a `moe.expert_ffn` of a `moe.permute` (with
+    the same rows), builds one `moe.fused_experts` whose body holds the
+    gather, the experts, the combine and, when the combined output is added
+    to shared experts of the same tokens (`moe.ffn`, optionally scaled by
+    `sigmoid(router_linear(x))`), the shared experts too. LoRA mixtures need
+    no rewrite: `moe.lora_mixture` already is one operation.
+
+    The op records its dispatch layout: `per_token` when the token count is
+    static and at most `decode-max-tokens` (no permutation: the decode
+    path), `grouped` when it is static and larger, and `runtime` when it is
+    dynamic (the choice is made from the token count at run time). The pass
+    refuses, with a remark, when an intermediate value has other users.
+  }];
+  let options = [
+    Option<"decodeMaxTokens", "decode-max-tokens", "int64_t", "16",
+           "Largest static token count that gets the per-token layout">
+  ];
+  let dependentDialects = ["::mlir::moe::MoEDialect"];
+}
+
+def MoEOptimize : Pass<"moe-optimize", "::mlir::ModuleOp"> {
+  let summary = "The moe optimisation pipeline";
+  let description = [{
+    Canonicalises, fuses routing (`--moe-fuse-routing`), fuses experts
+    (`--moe-fuse-experts`), then canonicalises and removes common
+    subexpressions, leaving two fused operations (two kernels) per MoE
+    layer. With `stats`, prints the `--moe-stats` table before and after.
+  }];
+  let options = [
+    Option<"decodeMaxTokens", "decode-max-tokens", "int64_t", "16",
+           "Passed to --moe-fuse-experts">,
+    Option<"stats", "stats", "bool", "false",
+           "Print op and kernel counts per layer before and after">
+  ];
+  let dependentDialects = ["::mlir::moe::MoEDialect",
+                           "::mlir::func::FuncDialect",
+                           "::mlir::arith::ArithDialect"];
+}
+
+def MoEStats : Pass<"moe-stats", "::mlir::ModuleOp"> {
+  let summary = "Prints op and kernel counts per MoE layer";
+  let description = [{
+    Prints one line per function with a `moe.layer` attribute: the number of
+    compute ops (every op but weights, constants and terminators, counting
+    the bodies of fused ops), and the number of kernels the layer needs (one
+    per fused op, one per compute op outside them). Writes to stderr; the IR
+    is unchanged.
+  }];
+  let options = [
+    Option<"label", "label", "std::string", "\"\"",
+           "A word printed on each line (for example before/after)">
+  ];
+}
+
 #endif // MOE_PASSES_TD

@@ -9,6 +9,14 @@ func.func @case0() {
 
 // -----
 
+func.func @stacked_one() {
+  // expected-error @+1 {{stacking 1 tensors needs a result whose dimension 0 is 1, got 'tensor<8x64xf32>'}}
+  %0 = moe.weight stacked ["a"] from ["m.safetensors"] : tensor<8x64xf32>
+  return
+}
+
+// -----
+
 func.func @case1() {
   // expected-error @+1 {{'files' must hold one file for all names or one file per name (3), got 2}}
   %0 = moe.weight ["a", "b", "c"] from ["x.safetensors", "y.safetensors"] : tensor<3x4xf32>
@@ -571,4 +579,76 @@ func.func @layer_on_op(%s: tensor<?x8xf32>) {
   // expected-error @+1 {{'moe.layer' belongs on a function, not on 'moe.softmax'}}
   %0 = moe.softmax %s {moe.layer = 1 : i64} : tensor<?x8xf32>
   return
+}
+
+// -----
+
+func.func @fused_route_yield(%x: tensor<?x16xf32>) {
+  // expected-error @+1 {{body must yield 2 value(s) of types 'tensor<?x2xi32>', 'tensor<?x2xf32>', got 'tensor<?x2xi32>'}}
+  %ids, %w, %c, %off, %rows = moe.fused_route %x {num_experts = 4 : i64} : tensor<?x16xf32> -> tensor<?x2xi32>, tensor<?x2xf32>, tensor<4xi32>, tensor<5xi32>, tensor<?xi32> {
+  ^bb0(%a: tensor<?x16xf32>):
+    %wg = moe.weight ["gate"] from ["m.safetensors"] : tensor<4x16xf32>
+    %l = moe.router_linear %a, %wg : (tensor<?x16xf32>, tensor<4x16xf32>) -> tensor<?x4xf32>
+    %i, %v = moe.topk %l {k = 2 : i64} : tensor<?x4xf32> -> tensor<?x2xi32>, tensor<?x2xf32>
+    moe.yield %i : tensor<?x2xi32>
+  }
+  return
+}
+
+// -----
+
+func.func @fused_route_args(%x: tensor<?x16xf32>) {
+  // expected-error @+1 {{body must take 1 argument(s) of the operand types, got 2}}
+  %ids, %w, %c, %off, %rows = moe.fused_route %x {num_experts = 4 : i64} : tensor<?x16xf32> -> tensor<?x2xi32>, tensor<?x2xf32>, tensor<4xi32>, tensor<5xi32>, tensor<?xi32> {
+  ^bb0(%a: tensor<?x16xf32>, %b: tensor<?x16xf32>):
+    %i = arith.constant dense<0> : tensor<1x2xi32>
+    %ic = tensor.cast %i : tensor<1x2xi32> to tensor<?x2xi32>
+    %v = arith.constant dense<0.0> : tensor<1x2xf32>
+    %vc = tensor.cast %v : tensor<1x2xf32> to tensor<?x2xf32>
+    moe.yield %ic, %vc : tensor<?x2xi32>, tensor<?x2xf32>
+  }
+  return
+}
+
+// -----
+
+func.func @fused_route_experts(%x: tensor<?x16xf32>) {
+  // expected-error @+1 {{'offsets' dimension 0 ('num_experts' + 1) must be 9, got 5}}
+  %ids, %w, %c, %off, %rows = moe.fused_route %x {num_experts = 8 : i64} : tensor<?x16xf32> -> tensor<?x2xi32>, tensor<?x2xf32>, tensor<8xi32>, tensor<5xi32>, tensor<?xi32> {
+  ^bb0(%a: tensor<?x16xf32>):
+    %wg = moe.weight ["gate"] from ["m.safetensors"] : tensor<4x16xf32>
+    %l = moe.router_linear %a, %wg : (tensor<?x16xf32>, tensor<4x16xf32>) -> tensor<?x4xf32>
+    %i, %v = moe.topk %l {k = 2 : i64} : tensor<?x4xf32> -> tensor<?x2xi32>, tensor<?x2xf32>
+    moe.yield %i, %v : tensor<?x2xi32>, tensor<?x2xf32>
+  }
+  return
+}
+
+// -----
+
+func.func @fused_experts_yield(%x: tensor<?x16xf32>, %ids: tensor<?x2xi32>, %w: tensor<?x2xf32>, %rows: tensor<?xi32>, %off: tensor<5xi32>) {
+  // expected-error @+1 {{body must yield 1 value(s) of types 'tensor<?x16xf32>', got 'tensor<?x2xf32>'}}
+  %y = moe.fused_experts %x, %ids, %w, %rows, %off {layout = #moe.layout<grouped>} : (tensor<?x16xf32>, tensor<?x2xi32>, tensor<?x2xf32>, tensor<?xi32>, tensor<5xi32>) -> tensor<?x16xf32> {
+  ^bb0(%bx: tensor<?x16xf32>, %bi: tensor<?x2xi32>, %bw: tensor<?x2xf32>, %br: tensor<?xi32>, %bo: tensor<5xi32>):
+    moe.yield %bw : tensor<?x2xf32>
+  }
+  return
+}
+
+// -----
+
+func.func @fused_experts_slots(%x: tensor<?x16xf32>, %ids: tensor<?x2xi32>, %w: tensor<?x3xf32>, %rows: tensor<?xi32>, %off: tensor<5xi32>) {
+  // expected-error @+1 {{'weights' dimension 1 (slots of 'ids') must be 2, got 3}}
+  %y = moe.fused_experts %x, %ids, %w, %rows, %off {layout = #moe.layout<grouped>} : (tensor<?x16xf32>, tensor<?x2xi32>, tensor<?x3xf32>, tensor<?xi32>, tensor<5xi32>) -> tensor<?x16xf32> {
+  ^bb0(%bx: tensor<?x16xf32>, %bi: tensor<?x2xi32>, %bw: tensor<?x3xf32>, %br: tensor<?xi32>, %bo: tensor<5xi32>):
+    moe.yield %bx : tensor<?x16xf32>
+  }
+  return
+}
+
+// -----
+
+func.func @yield_outside(%x: tensor<?x16xf32>) {
+  // expected-error @+1 {{'moe.yield' op expects parent op to be one of 'moe.fused_route, moe.fused_experts'}}
+  moe.yield %x : tensor<?x16xf32>
 }

@@ -129,3 +129,35 @@ func.func @inline_weights(%x: tensor<?x4xf32>) -> tensor<?x2xf32> attributes {mo
   %0 = moe.router_linear %x, %w : (tensor<?x4xf32>, tensor<2x4xf32>) -> tensor<?x2xf32>
   return %0 : tensor<?x2xf32>
 }
+
+// CHECK-LABEL: func.func @fused
+// CHECK: %{{.*}}, %{{.*}}, %{{.*}}, %{{.*}}, %{{.*}} = moe.fused_route %{{.*}} {num_experts = 4 : i64} : tensor<?x16xf32> -> tensor<?x2xi32>, tensor<?x2xf32>, tensor<4xi32>, tensor<5xi32>, tensor<?xi32> {
+// CHECK: moe.yield %{{.*}}, %{{.*}} : tensor<?x2xi32>, tensor<?x2xf32>
+// CHECK: moe.fused_experts %{{.*}}, %{{.*}}, %{{.*}}, %{{.*}}, %{{.*}} {layout = #moe.layout<per_token>} : (tensor<?x16xf32>, tensor<?x2xi32>, tensor<?x2xf32>, tensor<?xi32>, tensor<5xi32>) -> tensor<?x16xf32> {
+// CHECK: moe.yield %{{.*}} : tensor<?x16xf32>
+func.func @fused(%x: tensor<?x16xf32>) -> tensor<?x16xf32> {
+  %ids, %w, %c, %off, %rows = moe.fused_route %x {num_experts = 4 : i64} : tensor<?x16xf32> -> tensor<?x2xi32>, tensor<?x2xf32>, tensor<4xi32>, tensor<5xi32>, tensor<?xi32> {
+  ^bb0(%a: tensor<?x16xf32>):
+    %wg = moe.weight ["gate"] from ["m.safetensors"] : tensor<4x16xf32>
+    %l = moe.router_linear %a, %wg : (tensor<?x16xf32>, tensor<4x16xf32>) -> tensor<?x4xf32>
+    %i, %v = moe.topk %l {k = 2 : i64} : tensor<?x4xf32> -> tensor<?x2xi32>, tensor<?x2xf32>
+    moe.yield %i, %v : tensor<?x2xi32>, tensor<?x2xf32>
+  }
+  %y = moe.fused_experts %x, %ids, %w, %rows, %off {layout = #moe.layout<per_token>} : (tensor<?x16xf32>, tensor<?x2xi32>, tensor<?x2xf32>, tensor<?xi32>, tensor<5xi32>) -> tensor<?x16xf32> {
+  ^bb0(%bx: tensor<?x16xf32>, %bi: tensor<?x2xi32>, %bw: tensor<?x2xf32>, %br: tensor<?xi32>, %bo: tensor<5xi32>):
+    %g = moe.weight ["g"] from ["m.safetensors"] : tensor<4x8x16xf32>
+    %d = moe.weight ["d"] from ["m.safetensors"] : tensor<4x16x8xf32>
+    %xs = moe.permute %bx, %br, %bw : (tensor<?x16xf32>, tensor<?xi32>, tensor<?x2xf32>) -> tensor<?x16xf32>
+    %ys = moe.expert_ffn %xs, %bo gate(%g) up(%g) down(%d) {activation = #moe.activation<silu>} : (tensor<?x16xf32>, tensor<5xi32>, tensor<4x8x16xf32>, tensor<4x8x16xf32>, tensor<4x16x8xf32>) -> tensor<?x16xf32>
+    %out = moe.combine %ys, %br, %bw : (tensor<?x16xf32>, tensor<?xi32>, tensor<?x2xf32>) -> tensor<?x16xf32>
+    moe.yield %out : tensor<?x16xf32>
+  }
+  return %y : tensor<?x16xf32>
+}
+
+// CHECK-LABEL: func.func @stack_of_one
+// CHECK: moe.weight stacked ["adapter.lora_A.weight"] from ["adapter_model.safetensors"] : tensor<1x8x64xf32>
+func.func @stack_of_one() -> tensor<1x8x64xf32> {
+  %0 = moe.weight stacked ["adapter.lora_A.weight"] from ["adapter_model.safetensors"] : tensor<1x8x64xf32>
+  return %0 : tensor<1x8x64xf32>
+}

@@ -66,4 +66,20 @@ def MoE_WeightLayoutAttr
   let assemblyFormat = "`<` $value `>`";
 }
 
+def MoE_LayoutGrouped : I32EnumAttrCase<"grouped", 0>;
+def MoE_LayoutPerToken : I32EnumAttrCase<"per_token", 1>;
+def MoE_LayoutRuntime : I32EnumAttrCase<"runtime", 2>;
+def MoE_DispatchLayoutKind : I32EnumAttr<"DispatchLayout",
+    "how a fused expert op visits the routed rows: grouped by expert (many "
+    "tokens: one weight read per expert), per token (few tokens: no "
+    "permutation, the decode path), or runtime (chosen at run time from the "
+    "token count)", [MoE_LayoutGrouped, MoE_LayoutPerToken, MoE_LayoutRuntime]> {
+  let genSpecializedAttr = 0;
+  let cppNamespace = "::mlir::moe";
+}
+def MoE_DispatchLayoutAttr
+    : EnumAttr<MoE_Dialect, MoE_DispatchLayoutKind, "layout"> {
+  let assemblyFormat = "`<` $value `>`";
+}
+
 #endif // MOE_ATTRS_TD

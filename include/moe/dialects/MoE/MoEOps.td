@@ -40,7 +40,9 @@ def MoE_WeightOp : MoE_Op<"weight", [Pure]> {
     Names one tensor, or a stack of tensors, in safetensors files instead of
     embedding the values in the IR. With one name the result is that tensor;
     with N names the result is their stack along a new leading dimension of
-    size N (per-expert checkpoints become one `[E, ...]` tensor). A stacked
+    size N (per-expert checkpoints become one `[E, ...]` tensor). `stacked`
+    makes a single name a stack of one (`[1, ...]`: a LoRA mixture of one
+    adapter). A stacked
     tensor may be smaller than its slice in any dimension (LoRA adapters of
     different ranks): it is zero-padded at the end of each dimension.
 
@@ -57,9 +59,16 @@ def MoE_WeightOp : MoE_Op<"weight", [Pure]> {
         : tensor<2x128x64xbf16>
     ```
   }];
-  let arguments = (ins StrArrayAttr:$names, StrArrayAttr:$files);
+  let arguments = (ins StrArrayAttr:$names, StrArrayAttr:$files,
+                   UnitAttr:$stacked);
   let results = (outs MoE_Tensor:$result);
-  let assemblyFormat = "$names `from` $files attr-dict `:` type($result)";
+  let assemblyFormat = [{
+    (`stacked` $stacked^)? $names `from` $files attr-dict `:` type($result)
+  }];
+  let extraClassDeclaration = [{
+    /// Whether the result stacks the named tensors along a new dimension 0.
+    bool isStack() { return getStacked() || getNames().size() > 1; }
+  }];
   let hasVerifier = 1;
 }
 
@@ -460,6 +469,67 @@ def MoE_LoraMixtureOp : MoE_Op<"lora_mixture",
     attr-dict `:` functional-type(operands, results)
   }];
   let hasVerifier = 1;
+}
+
+//===----------------------------------------------------------------------===//
+// Fused operations (built by the fusion passes; one kernel each)
+//===----------------------------------------------------------------------===//
+
+def MoE_FusedRouteOp : MoE_Op<"fused_route",
+    [IsolatedFromAbove, SingleBlock]> {
+  let summary = "router scoring, selection, weights and dispatch planning";
+  let description = [{
+    One routing step of an MoE layer as one operation (and one kernel): the
+    body computes the routing `(ids, weights)` of the tokens of `input` with
+    the composed router ops (any scoring, selection and weight
+    post-processing of the dialect) and yields them; the op then plans the
+    dispatch as `moe.dispatch` does. Results: `ids`, `weights`, and the
+    dispatch plan `counts`, `offsets`, `rows` for `num_experts` experts.
+    The body is isolated from above: it holds its own `moe.weight` ops.
+    Built by `--moe-fuse-routing`.
+  }];
+  let arguments = (ins MoE_Tensor:$input, I64Attr:$num_experts);
+  let results = (outs MoE_Ids:$ids, MoE_Scores:$weights,
+                      MoE_I32Vector:$counts, MoE_I32Vector:$offsets,
+                      MoE_I32Vector:$rows);
+  let regions = (region SizedRegion<1>:$body);
+  let assemblyFormat = [{
+    $input attr-dict `:` type($input) `->` type(results) $body
+  }];
+  let hasVerifier = 1;
+}
+
+def MoE_FusedExpertsOp : MoE_Op<"fused_experts",
+    [IsolatedFromAbove, SingleBlock]> {
+  let summary = "gather, expert FFNs, weighted combine and shared experts";
+  let description = [{
+    The expert side of an MoE layer as one operation (and one kernel): the
+    body receives `input`, the routing (`ids`, `weights`) and the dispatch
+    plan (`rows`, `offsets`) as block arguments and computes the layer's
+    output with `moe.permute`, `moe.expert_ffn`, `moe.combine` and, when the
+    layer has them, shared experts (`moe.ffn`, their sigmoid gate and the
+    sum). `layout` records how a kernel visits the routed rows: `grouped` by
+    expert, `per_token` (few tokens, no permutation: the decode path), or
+    `runtime` when the token count is dynamic and the choice is made at run
+    time. Built by `--moe-fuse-experts`.
+  }];
+  let arguments = (ins MoE_Tensor:$input, MoE_Ids:$ids, MoE_Scores:$weights,
+                   MoE_I32Vector:$rows, MoE_I32Vector:$offsets,
+                   MoE_DispatchLayoutAttr:$layout);
+  let results = (outs MoE_Tensor:$result);
+  let regions = (region SizedRegion<1>:$body);
+  let assemblyFormat = [{
+    $input `,` $ids `,` $weights `,` $rows `,` $offsets attr-dict
+    `:` functional-type(operands, results) $body
+  }];
+  let hasVerifier = 1;
+}
+
+def MoE_YieldOp : MoE_Op<"yield", [Pure, Terminator,
+    ParentOneOf<["FusedRouteOp", "FusedExpertsOp"]>]> {
+  let summary = "yields the values of a fused op's body";
+  let arguments = (ins Variadic<AnyRankedTensor>:$values);
+  let assemblyFormat = "$values attr-dict `:` type($values)";
 }
 
 #endif // MOE_OPS_TD

@@ -62,7 +62,8 @@ std::string weightRoot(mlir::ModuleOp module, llvm::StringRef irPath);
 
 /// The routing a function used: the ids given to its first `moe.dispatch`
 /// (or `moe.lora_mixture`) and the routing weights of its first
-/// `moe.permute` (or `moe.lora_mixture`).
+/// `moe.permute` (or `moe.lora_mixture`; a mixture without routing reports
+/// every adapter with weight 1).
 struct RoutingTrace {
   HostTensor ids, weights;
   bool hasIds = false, hasWeights = false;

@@ -1,0 +1,167 @@
+//===- FuseRouting.cpp - Router and dispatch into moe.fused_route ---------===//
+//
+// Part of moe-opt. Moves the composed router of each dispatch, as it is, into
+// the body of one moe.fused_route: every router variant fuses the same way.
+//
+//===----------------------------------------------------------------------===//
+
+#include "moe/dialects/MoE/MoEOps.h"
+#include "moe/passes/Passes.h"
+
+#include "mlir/Dialect/Arith/IR/Arith.h"
+#include "mlir/Dialect/Func/IR/FuncOps.h"
+#include "mlir/IR/Builders.h"
+#include "mlir/IR/IRMapping.h"
+
+#include "llvm/ADT/SetVector.h"
+
+namespace mlir::moe {
+#define GEN_PASS_DEF_MOEFUSEROUTING
+#include "moe/passes/Passes.h.inc"
+
+namespace {
+
+/// Ops a router is composed of.
+bool isRouterOp(Operation *op) {
+  return isa<RouterLinearOp, SoftmaxOp, SigmoidOp, ReluOp, RmsNormOp,
+             BiasAddOp, GroupLimitOp, TopKOp, TopPOp, ThresholdOp,
+             ExpertChoiceOp, GatherScoresOp, DropNullExpertsOp, NormalizeOp,
+             ScaleOp>(op);
+}
+
+/// Ops without operands that a fused body may carry: weights and constants.
+bool isLeaf(Operation *op) { return isa<WeightOp, arith::ConstantOp>(op); }
+
+/// Fuses the router computing (`ids`, `weights`) for `anchor` (a
+/// moe.dispatch, replaced by the fused op, or a moe.lora_mixture, which then
+/// reads the fused op's routing); emits a remark and leaves the IR alone
+/// when it cannot.
+void fuseRouter(Operation *anchor, Value ids, Value weights,
+                int64_t numExperts) {
+  auto refuse = [&](const Twine &why) {
+    anchor->emitRemark() << "moe-fuse-routing: not fused: " << why;
+  };
+  auto dispatch = dyn_cast<DispatchOp>(anchor);
+
+  // Backward slice of (ids, weights) through router ops, weights and
+  // constants; anything else is the router's input.
+  llvm::SetVector<Operation *> slice;
+  Value input;
+  SmallVector<Value> worklist = {ids, weights};
+  while (!worklist.empty()) {
+    Value v = worklist.pop_back_val();
+    Operation *def = v.getDefiningOp();
+    if (def && (isRouterOp(def) || isLeaf(def))) {
+      if (def->getBlock() != anchor->getBlock())
+        return refuse("the router is split across blocks");
+      if (slice.insert(def))
+        llvm::append_range(worklist, def->getOperands());
+      continue;
+    }
+    if (def && !isa<RankedTensorType>(v.getType()))
+      return refuse("the router reads a non-tensor value");
+    if (input && input != v) {
+      InFlightDiagnostic diag = anchor->emitRemark();
+      diag << "moe-fuse-routing: not fused: the router reads more than one "
+              "tensor that is neither a weight nor a constant";
+      if (def)
+        diag.attachNote(def->getLoc()) << "one of them is computed by '"
+                                        << def->getName() << "'";
+      return;
+    }
+    input = v;
+  }
+  if (!input)
+    return refuse("the router reads no token tensor");
+
+  SmallVector<Operation *> ordered(slice.begin(), slice.end());
+  llvm::sort(ordered, [](Operation *a, Operation *b) {
+    return a->isBeforeInBlock(b);
+  });
+
+  OpBuilder b(anchor);
+  Location loc = anchor->getLoc();
+  auto i32 = b.getI32Type();
+  auto fused = FusedRouteOp::create(
+      b, loc, ids.getType(), weights.getType(),
+      RankedTensorType::get({numExperts}, i32),
+      RankedTensorType::get({numExperts + 1}, i32),
+      RankedTensorType::get({ShapedType::kDynamic}, i32), input,
+      b.getI64IntegerAttr(numExperts));
+  Block *body = new Block();
+  fused.getBody().push_back(body);
+  IRMapping map;
+  map.map(input, body->addArgument(input.getType(), input.getLoc()));
+  {
+    OpBuilder inner = OpBuilder::atBlockEnd(body);
+    for (Operation *op : ordered)
+      inner.clone(*op, map);
+    YieldOp::create(inner, loc,
+                    ValueRange{map.lookup(ids), map.lookup(weights)});
+  }
+
+  if (dispatch) {
+    dispatch.getCounts().replaceAllUsesWith(fused.getCounts());
+    dispatch.getOffsets().replaceAllUsesWith(fused.getOffsets());
+    dispatch.getRows().replaceAllUsesWith(fused.getRows());
+    dispatch.erase();
+  }
+  auto outside = [&](OpOperand &use) {
+    return !fused->isProperAncestor(use.getOwner());
+  };
+  ids.replaceUsesWithIf(fused.getIds(), outside);
+  weights.replaceUsesWithIf(fused.getWeights(), outside);
+  for (Operation *op : llvm::reverse(ordered))
+    if (op->use_empty())
+      op->erase();
+}
+
+struct MoEFuseRoutingPass
+    : impl::MoEFuseRoutingBase<MoEFuseRoutingPass> {
+  void runOnOperation() override {
+    SmallVector<Operation *> anchors;
+    getOperation().walk([&](Operation *op) {
+      if (isa<DispatchOp>(op) ||
+          (isa<LoraMixtureOp>(op) && cast<LoraMixtureOp>(op).getIds()))
+        anchors.push_back(op);
+    });
+    for (Operation *op : anchors) {
+      if (auto lora = dyn_cast<LoraMixtureOp>(op)) {
+        fuseRouter(lora, lora.getIds(), lora.getWeights(),
+                   lora.getLoraA().getType().getDimSize(0));
+        continue;
+      }
+      auto dispatch = cast<DispatchOp>(op);
+      // The routing weights are those that permute and combine apply.
+      Value weights;
+      bool conflict = false;
+      for (Operation *user : dispatch.getRows().getUsers()) {
+        Value w;
+        if (auto permute = dyn_cast<PermuteOp>(user))
+          w = permute.getWeights();
+        else if (auto combine = dyn_cast<CombineOp>(user))
+          w = combine.getWeights();
+        else
+          continue;
+        conflict |= weights && w != weights;
+        weights = w;
+      }
+      if (conflict) {
+        dispatch.emitRemark("moe-fuse-routing: not fused: moe.permute and "
+                            "moe.combine use different routing weights");
+        continue;
+      }
+      if (!weights) {
+        dispatch.emitRemark("moe-fuse-routing: not fused: its rows feed no "
+                            "moe.permute or moe.combine, so the routing "
+                            "weights are unknown");
+        continue;
+      }
+      fuseRouter(dispatch, dispatch.getIds(), weights,
+                 dispatch.getNumExperts());
+    }
+  }
+};
+
+} // namespace
+} // namespace mlir::moe

@@ -1,0 +1,177 @@
+// RUN: moe-opt %s --moe-fuse-routing --split-input-file --verify-diagnostics | FileCheck %s
+
+// Softmax, top-k, renormalise (Mixtral): the whole chain and its weight move
+// into the body; dispatch planning is done by the fused op.
+// CHECK-LABEL: func.func @softmax_topk
+// CHECK-SAME: (%[[X:.*]]: tensor<?x16xf32>)
+// CHECK: %[[IDS:.*]], %[[W:.*]], %{{.*}}, %[[OFF:.*]], %[[ROWS:.*]] = moe.fused_route %[[X]] {num_experts = 4 : i64} : tensor<?x16xf32> -> tensor<?x2xi32>, tensor<?x2xf32>, tensor<4xi32>, tensor<5xi32>, tensor<?xi32> {
+// CHECK-NEXT: ^bb0(%[[A:.*]]: tensor<?x16xf32>):
+// CHECK-NEXT: %[[WG:.*]] = moe.weight ["gate"]
+// CHECK-NEXT: %[[L:.*]] = moe.router_linear %[[A]], %[[WG]]
+// CHECK-NEXT: %[[P:.*]] = moe.softmax %[[L]]
+// CHECK-NEXT: %[[I:.*]], %[[V:.*]] = moe.topk %[[P]] {k = 2 : i64}
+// CHECK-NEXT: %[[N:.*]] = moe.normalize %[[V]]
+// CHECK-NEXT: moe.yield %[[I]], %[[N]] : tensor<?x2xi32>, tensor<?x2xf32>
+// CHECK-NEXT: }
+// CHECK-NOT: moe.dispatch
+// CHECK-NOT: moe.router_linear
+// CHECK: moe.permute %[[X]], %[[ROWS]], %[[W]]
+// CHECK: moe.combine %{{.*}}, %[[ROWS]], %[[W]]
+func.func @softmax_topk(%x: tensor<?x16xf32>) -> tensor<?x16xf32> {
+  %wg = moe.weight ["gate"] from ["m.safetensors"] : tensor<4x16xf32>
+  %l = moe.router_linear %x, %wg : (tensor<?x16xf32>, tensor<4x16xf32>) -> tensor<?x4xf32>
+  %p = moe.softmax %l : tensor<?x4xf32>
+  %ids, %v = moe.topk %p {k = 2 : i64} : tensor<?x4xf32> -> tensor<?x2xi32>, tensor<?x2xf32>
+  %w = moe.normalize %v : tensor<?x2xf32>
+  %c, %off, %rows = moe.dispatch %ids {num_experts = 4 : i64} : tensor<?x2xi32> -> tensor<4xi32>, tensor<5xi32>, tensor<?xi32>
+  %xs = moe.permute %x, %rows, %w : (tensor<?x16xf32>, tensor<?xi32>, tensor<?x2xf32>) -> tensor<?x16xf32>
+  %y = moe.combine %xs, %rows, %w : (tensor<?x16xf32>, tensor<?xi32>, tensor<?x2xf32>) -> tensor<?x16xf32>
+  return %y : tensor<?x16xf32>
+}
+
+// -----
+
+// DeepSeek-V3: selection on the biased score, weights from the unbiased one,
+// group limit, scaling: the composition moves as it is.
+// CHECK-LABEL: func.func @deepseek_v3
+// CHECK: moe.fused_route %{{.*}} {num_experts = 8 : i64}
+// CHECK: %[[S:.*]] = moe.sigmoid
+// CHECK-NEXT: moe.weight ["bias"]
+// CHECK-NEXT: %[[C:.*]] = moe.bias_add %[[S]]
+// CHECK-NEXT: %[[G:.*]] = moe.group_limit %[[C]]
+// CHECK-NEXT: %[[I:.*]], %{{.*}} = moe.topk %[[G]]
+// CHECK-NEXT: moe.gather_scores %[[S]], %[[I]]
+// CHECK-NEXT: moe.normalize
+// CHECK-NEXT: %[[W:.*]] = moe.scale
+// CHECK-NEXT: moe.yield %[[I]], %[[W]]
+// CHECK-NOT: moe.dispatch
+func.func @deepseek_v3(%x: tensor<?x16xf32>) -> tensor<?x16xf32> {
+  %wg = moe.weight ["gate"] from ["m.safetensors"] : tensor<8x16xf32>
+  %l = moe.router_linear %x, %wg : (tensor<?x16xf32>, tensor<8x16xf32>) -> tensor<?x8xf32>
+  %s = moe.sigmoid %l : tensor<?x8xf32>
+  %b = moe.weight ["bias"] from ["m.safetensors"] : tensor<8xf32>
+  %c = moe.bias_add %s, %b : tensor<?x8xf32>, tensor<8xf32>
+  %g = moe.group_limit %c {group_score = #moe.group_score<top2_sum>, keep_groups = 2 : i64, num_groups = 4 : i64} : tensor<?x8xf32>
+  %ids, %v = moe.topk %g {k = 2 : i64} : tensor<?x8xf32> -> tensor<?x2xi32>, tensor<?x2xf32>
+  %gw = moe.gather_scores %s, %ids : tensor<?x8xf32>, tensor<?x2xi32> -> tensor<?x2xf32>
+  %n = moe.normalize %gw {epsilon = 1.0e-20 : f32} : tensor<?x2xf32>
+  %w = moe.scale %n {factor = 2.5 : f32} : tensor<?x2xf32>
+  %cn, %off, %rows = moe.dispatch %ids {num_experts = 8 : i64} : tensor<?x2xi32> -> tensor<8xi32>, tensor<9xi32>, tensor<?xi32>
+  %xs = moe.permute %x, %rows, %w : (tensor<?x16xf32>, tensor<?xi32>, tensor<?x2xf32>) -> tensor<?x16xf32>
+  %y = moe.combine %xs, %rows, %w : (tensor<?x16xf32>, tensor<?xi32>, tensor<?x2xf32>) -> tensor<?x16xf32>
+  return %y : tensor<?x16xf32>
+}
+
+// -----
+
+// Seed-method routers fuse the same way: null experts, top-p, threshold,
+// expert choice.
+// CHECK-LABEL: func.func @seed_routers
+// CHECK: moe.fused_route {{.*}}num_experts = 4
+// CHECK: moe.drop_null_experts
+// CHECK: moe.fused_route {{.*}}num_experts = 4
+// CHECK: moe.top_p
+// CHECK: moe.fused_route {{.*}}num_experts = 4
+// CHECK: moe.threshold
+// CHECK: moe.fused_route {{.*}}num_experts = 4
+// CHECK: moe.expert_choice
+// CHECK-NOT: moe.dispatch
+func.func @seed_routers(%x: tensor<?x16xf32>) -> (tensor<?x16xf32>, tensor<?x16xf32>, tensor<?x16xf32>, tensor<?x16xf32>) {
+  %w6 = moe.weight ["g6"] from ["m.safetensors"] : tensor<6x16xf32>
+  %w4 = moe.weight ["g4"] from ["m.safetensors"] : tensor<4x16xf32>
+  %l6 = moe.router_linear %x, %w6 : (tensor<?x16xf32>, tensor<6x16xf32>) -> tensor<?x6xf32>
+  %p6 = moe.softmax %l6 : tensor<?x6xf32>
+  %i0, %v0 = moe.topk %p6 {k = 2 : i64} : tensor<?x6xf32> -> tensor<?x2xi32>, tensor<?x2xf32>
+  %n0 = moe.normalize %v0 : tensor<?x2xf32>
+  %ri, %rw = moe.drop_null_experts %i0, %n0 {num_experts = 4 : i64} : tensor<?x2xi32>, tensor<?x2xf32>
+  %c0, %o0, %r0 = moe.dispatch %ri {num_experts = 4 : i64} : tensor<?x2xi32> -> tensor<4xi32>, tensor<5xi32>, tensor<?xi32>
+  %y0 = moe.combine %x, %r0, %rw : (tensor<?x16xf32>, tensor<?xi32>, tensor<?x2xf32>) -> tensor<?x16xf32>
+
+  %l4 = moe.router_linear %x, %w4 : (tensor<?x16xf32>, tensor<4x16xf32>) -> tensor<?x4xf32>
+  %p4 = moe.softmax %l4 : tensor<?x4xf32>
+  %i1, %v1 = moe.top_p %p4 {p = 0.7 : f32, max_k = 3 : i64} : tensor<?x4xf32> -> tensor<?x3xi32>, tensor<?x3xf32>
+  %c1, %o1, %r1 = moe.dispatch %i1 {num_experts = 4 : i64} : tensor<?x3xi32> -> tensor<4xi32>, tensor<5xi32>, tensor<?xi32>
+  %y1 = moe.combine %x, %r1, %v1 : (tensor<?x16xf32>, tensor<?xi32>, tensor<?x3xf32>) -> tensor<?x16xf32>
+
+  %rl = moe.relu %l4 : tensor<?x4xf32>
+  %i2, %v2 = moe.threshold %rl {max_k = 4 : i64} : tensor<?x4xf32> -> tensor<?x4xi32>, tensor<?x4xf32>
+  %c2, %o2, %r2 = moe.dispatch %i2 {num_experts = 4 : i64} : tensor<?x4xi32> -> tensor<4xi32>, tensor<5xi32>, tensor<?xi32>
+  %y2 = moe.combine %x, %r2, %v2 : (tensor<?x16xf32>, tensor<?xi32>, tensor<?x4xf32>) -> tensor<?x16xf32>
+
+  %i3, %v3 = moe.expert_choice %p4 {capacity = 3 : i64} : tensor<?x4xf32> -> tensor<?x4xi32>, tensor<?x4xf32>
+  %c3, %o3, %r3 = moe.dispatch %i3 {num_experts = 4 : i64} : tensor<?x4xi32> -> tensor<4xi32>, tensor<5xi32>, tensor<?xi32>
+  %y3 = moe.combine %x, %r3, %v3 : (tensor<?x16xf32>, tensor<?xi32>, tensor<?x4xf32>) -> tensor<?x16xf32>
+  return %y0, %y1, %y2, %y3 : tensor<?x16xf32>, tensor<?x16xf32>, tensor<?x16xf32>, tensor<?x16xf32>
+}
+
+// -----
+
+// The router of a LoRA mixture is fused too; the mixture reads its routing.
+// CHECK-LABEL: func.func @lora_router
+// CHECK: %[[IDS:.*]], %[[W:.*]], %{{.*}}, %{{.*}}, %{{.*}} = moe.fused_route %{{.*}} {num_experts = 3 : i64}
+// CHECK: moe.lora_mixture {{.*}} routing(%[[IDS]], %[[W]])
+func.func @lora_router(%x: tensor<?x16xf32>, %base: tensor<8x16xf32>,
+                       %a: tensor<3x4x16xf32>, %b: tensor<3x8x4xf32>) -> tensor<?x8xf32> {
+  %wr = arith.constant dense<0.5> : tensor<3x16xf32>
+  %l = moe.router_linear %x, %wr : (tensor<?x16xf32>, tensor<3x16xf32>) -> tensor<?x3xf32>
+  %p = moe.softmax %l : tensor<?x3xf32>
+  %ids, %v = moe.topk %p {k = 2 : i64} : tensor<?x3xf32> -> tensor<?x2xi32>, tensor<?x2xf32>
+  %y = moe.lora_mixture %x base(%base) lora(%a, %b) routing(%ids, %v) {scales = [1.0 : f32, 1.0 : f32, 1.0 : f32]} : (tensor<?x16xf32>, tensor<8x16xf32>, tensor<3x4x16xf32>, tensor<3x8x4xf32>, tensor<?x2xi32>, tensor<?x2xf32>) -> tensor<?x8xf32>
+  return %y : tensor<?x8xf32>
+}
+
+// -----
+
+// Refused: the router reads two tensors that are neither weights nor
+// constants (the tokens and a bias passed in at run time).
+func.func @two_inputs(%x: tensor<?x16xf32>, %bias: tensor<4xf32>) -> tensor<?x16xf32> {
+  %wg = moe.weight ["gate"] from ["m.safetensors"] : tensor<4x16xf32>
+  %l = moe.router_linear %x, %wg : (tensor<?x16xf32>, tensor<4x16xf32>) -> tensor<?x4xf32>
+  %sum = moe.bias_add %l, %bias : tensor<?x4xf32>, tensor<4xf32>
+  %ids, %v = moe.topk %sum {k = 2 : i64} : tensor<?x4xf32> -> tensor<?x2xi32>, tensor<?x2xf32>
+  // expected-remark @+1 {{moe-fuse-routing: not fused: the router reads more than one tensor that is neither a weight nor a constant}}
+  %c, %off, %rows = moe.dispatch %ids {num_experts = 4 : i64} : tensor<?x2xi32> -> tensor<4xi32>, tensor<5xi32>, tensor<?xi32>
+  %y = moe.combine %x, %rows, %v : (tensor<?x16xf32>, tensor<?xi32>, tensor<?x2xf32>) -> tensor<?x16xf32>
+  return %y : tensor<?x16xf32>
+}
+
+// -----
+
+// Refused: permute and combine disagree on the routing weights.
+func.func @two_weights(%x: tensor<?x16xf32>) -> tensor<?x16xf32> {
+  %wg = moe.weight ["gate"] from ["m.safetensors"] : tensor<4x16xf32>
+  %l = moe.router_linear %x, %wg : (tensor<?x16xf32>, tensor<4x16xf32>) -> tensor<?x4xf32>
+  %ids, %v = moe.topk %l {k = 2 : i64} : tensor<?x4xf32> -> tensor<?x2xi32>, tensor<?x2xf32>
+  %n = moe.normalize %v : tensor<?x2xf32>
+  // expected-remark @+1 {{moe-fuse-routing: not fused: moe.permute and moe.combine use different routing weights}}
+  %c, %off, %rows = moe.dispatch %ids {num_experts = 4 : i64} : tensor<?x2xi32> -> tensor<4xi32>, tensor<5xi32>, tensor<?xi32>
+  %xs = moe.permute %x, %rows, %v : (tensor<?x16xf32>, tensor<?xi32>, tensor<?x2xf32>) -> tensor<?x16xf32>
+  %y = moe.combine %xs, %rows, %n : (tensor<?x16xf32>, tensor<?xi32>, tensor<?x2xf32>) -> tensor<?x16xf32>
+  return %y : tensor<?x16xf32>
+}
+
+// -----
+
+// A router that starts from scores computed elsewhere fuses from there: the
+// fused op reads that one tensor.
+// CHECK-LABEL: func.func @from_scores
+// CHECK: %[[S:.*]] = arith.addf
+// CHECK: moe.fused_route %[[S]] {num_experts = 4 : i64} : tensor<?x4xf32>
+func.func @from_scores(%x: tensor<?x16xf32>, %extra: tensor<?x4xf32>) -> tensor<?x16xf32> {
+  %wg = moe.weight ["gate"] from ["m.safetensors"] : tensor<4x16xf32>
+  %l = moe.router_linear %x, %wg : (tensor<?x16xf32>, tensor<4x16xf32>) -> tensor<?x4xf32>
+  %sum = arith.addf %l, %extra : tensor<?x4xf32>
+  %ids, %v = moe.topk %sum {k = 2 : i64} : tensor<?x4xf32> -> tensor<?x2xi32>, tensor<?x2xf32>
+  %c, %off, %rows = moe.dispatch %ids {num_experts = 4 : i64} : tensor<?x2xi32> -> tensor<4xi32>, tensor<5xi32>, tensor<?xi32>
+  %y = moe.combine %x, %rows, %v : (tensor<?x16xf32>, tensor<?xi32>, tensor<?x2xf32>) -> tensor<?x16xf32>
+  return %y : tensor<?x16xf32>
+}
+
+// -----
+
+// Refused: nothing applies the routing weights.
+func.func @no_weights(%ids: tensor<?x2xi32>) -> tensor<4xi32> {
+  // expected-remark @+1 {{moe-fuse-routing: not fused: its rows feed no moe.permute or moe.combine, so the routing weights are unknown}}
+  %c, %off, %rows = moe.dispatch %ids {num_experts = 4 : i64} : tensor<?x2xi32> -> tensor<4xi32>, tensor<5xi32>, tensor<?xi32>
+  return %c : tensor<4xi32>
+}
