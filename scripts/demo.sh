@@ -27,8 +27,8 @@ echo "== moe-import $arch -> IR (first MoE layer shown)"
 first=$(grep -o 'moe.layer = [0-9]*' "$work/model.mlir" | head -1 | grep -o '[0-9]*$')
 awk -v l="@layer_$first(" 'index($0, l) {p=1} p {print} p && /^  }/ {exit}' "$work/model.mlir" | cut -c1-160
 echo
-echo "== after moe-opt --canonicalize --cse"
-"$bin/moe-opt" "$work/model.mlir" --canonicalize --cse -o "$work/opt.mlir"
+echo "== after moe-opt --moe-optimize (op and kernel counts per layer first)"
+"$bin/moe-opt" "$work/model.mlir" --moe-optimize=stats=true -o "$work/opt.mlir"
 awk -v l="@layer_$first(" 'index($0, l) {p=1} p {print} p && /^  }/ {exit}' "$work/opt.mlir" | cut -c1-160
 echo
 echo "== running every MoE layer on the reference backend, $tokens tokens"

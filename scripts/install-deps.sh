@@ -8,6 +8,7 @@ packages=(
   libmlir-22-dev mlir-22-tools llvm-22-dev llvm-22-tools libzstd-dev  # MLIR 22
   libgtest-dev                              # C++ unit tests
   python3-numpy                             # independent test oracles
+  libboost-context-dev                      # fibers of the CPU emulation of kernels
 )
 
 missing=()

@@ -434,6 +434,15 @@ Expected<ModelSpec> moe::readModelSpec(StringRef modelDir, WeightStore &store) {
 
   Expected<int64_t> numLayers = cfg.requiredPositive("num_hidden_layers");
   Expected<int64_t> hidden = cfg.requiredPositive("hidden_size");
+  // Newer configs spell the expert count either way.
+  std::string expertsKey = arch.expertsKey;
+  if (!cfg.has(expertsKey)) {
+    if (expertsKey == "num_local_experts" && cfg.has("num_experts"))
+      expertsKey = "num_experts";
+    else if (expertsKey == "num_experts" && cfg.has("num_local_experts"))
+      expertsKey = "num_local_experts";
+  }
+  arch.expertsKey = expertsKey;
   Expected<int64_t> experts = cfg.requiredPositive(arch.expertsKey);
   Expected<int64_t> inter = cfg.requiredPositive(arch.intermediateKey);
   if (!numLayers)

@@ -181,8 +181,10 @@ public:
     }
     auto topk = TopKOp::create(b, loc, ids(K), scores(K), choice,
                                b.getI64IntegerAttr(K));
+    // A group limit only masks scores, so the selected values are the
+    // scores; a correction bias makes them differ.
     Value w = topk.getValues();
-    if (choice != s)
+    if (!block.correctionBias.empty())
       w = GatherScoresOp::create(b, loc, scores(K), s, topk.getIds())
               .getResult();
     if (block.selected == SelectedTransform::Softmax)
