@@ -110,42 +110,50 @@ WeightLoader::file(llvm::StringRef name) {
   return result;
 }
 
-static ::moe::DType dtypeOf(Type elem) {
-  if (elem.isBF16())
-    return ::moe::DType::BF16;
-  if (elem.isF16())
-    return ::moe::DType::F16;
-  return ::moe::DType::F32;
-}
 
 Expected<HostTensor> WeightLoader::load(WeightOp op) {
   RankedTensorType type = op.getResult().getType();
-  std::vector<int64_t> shape(type.getShape().begin(), type.getShape().end());
+  std::vector<std::string> names, files;
+  for (llvm::StringRef n : op.getNames().getAsValueRange<StringAttr>())
+    names.push_back(n.str());
+  for (llvm::StringRef f : op.getFiles().getAsValueRange<StringAttr>())
+    files.push_back(f.str());
+  Type elem = type.getElementType();
+  Expected<HostTensor> t =
+      load(names, files, op.isStack(),
+           std::vector<int64_t>(type.getShape().begin(), type.getShape().end()),
+           elem.isBF16() ? "bf16" : elem.isF16() ? "f16" : "f32");
+  if (!t)
+    return opError(op, llvm::toString(t.takeError()));
+  return t;
+}
+
+Expected<HostTensor> WeightLoader::load(const std::vector<std::string> &names,
+                                        const std::vector<std::string> &files,
+                                        bool stacked,
+                                        const std::vector<int64_t> &shape,
+                                        llvm::StringRef elementType) {
   HostTensor result = HostTensor::floats(shape);
-  ArrayAttr names = op.getNames();
-  bool stacked = op.isStack();
   std::vector<int64_t> slice =
       stacked ? std::vector<int64_t>(shape.begin() + 1, shape.end()) : shape;
   int64_t sliceSize = std::accumulate(slice.begin(), slice.end(), int64_t{1},
                                       std::multiplies<int64_t>());
-  ::moe::DType expected = dtypeOf(type.getElementType());
-  for (auto [index, nameAttr] : llvm::enumerate(names)) {
-    llvm::StringRef name = cast<StringAttr>(nameAttr).getValue();
-    llvm::StringRef fileName =
-        cast<StringAttr>(op.getFiles()[op.getFiles().size() == 1 ? 0 : index])
-            .getValue();
+  ::moe::DType expected = elementType == "bf16"  ? ::moe::DType::BF16
+                          : elementType == "f16" ? ::moe::DType::F16
+                                                 : ::moe::DType::F32;
+  for (auto [index, nameString] : llvm::enumerate(names)) {
+    llvm::StringRef name = nameString;
+    llvm::StringRef fileName = files[files.size() == 1 ? 0 : index];
     Expected<const ::moe::SafetensorsFile *> f = file(fileName);
     if (!f)
       return f.takeError();
     const ::moe::TensorInfo *info = (*f)->lookup(name);
     if (!info)
-      return opError(op, "tensor '" + name + "' not found in " +
-                             (*f)->path());
+      return makeError("tensor '" + name + "' not found in " + (*f)->path());
     if (info->dtype != expected)
-      return opError(op, (*f)->path() + ": tensor '" + name + "' is " +
-                             ::moe::dtypeName(info->dtype) +
-                             " but the IR declares " +
-                             ::moe::dtypeName(expected));
+      return makeError((*f)->path() + ": tensor '" + name + "' is " +
+                       ::moe::dtypeName(info->dtype) +
+                       " but the IR declares " + ::moe::dtypeName(expected));
     bool fits = info->shape.size() == slice.size();
     bool exact = fits;
     for (size_t d = 0; fits && d < slice.size(); ++d) {
@@ -153,11 +161,10 @@ Expected<HostTensor> WeightLoader::load(WeightOp op) {
       exact = exact && info->shape[d] == slice[d];
     }
     if (!fits || (!stacked && !exact))
-      return opError(op, (*f)->path() + ": tensor '" + name + "' has shape " +
-                             ::moe::formatShape(info->shape) +
-                             " but the IR expects " +
-                             ::moe::formatShape(slice) +
-                             (stacked ? " (or smaller, zero-padded)" : ""));
+      return makeError((*f)->path() + ": tensor '" + name + "' has shape " +
+                       ::moe::formatShape(info->shape) +
+                       " but the IR expects " + ::moe::formatShape(slice) +
+                       (stacked ? " (or smaller, zero-padded)" : ""));
     Expected<std::vector<float>> values = (*f)->readF32(name);
     if (!values)
       return values.takeError();

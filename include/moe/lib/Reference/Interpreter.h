@@ -47,6 +47,13 @@ public:
   ~WeightLoader();
 
   llvm::Expected<HostTensor> load(mlir::moe::WeightOp op);
+  /// The same for a weight described by its parts (launch plans);
+  /// `elementType` is "f32", "bf16" or "f16".
+  llvm::Expected<HostTensor> load(const std::vector<std::string> &names,
+                                  const std::vector<std::string> &files,
+                                  bool stacked,
+                                  const std::vector<int64_t> &shape,
+                                  llvm::StringRef elementType);
 
 private:
   llvm::Expected<const SafetensorsFile *> file(llvm::StringRef name);

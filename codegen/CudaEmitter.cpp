@@ -1,0 +1,800 @@
+//===- CudaEmitter.cpp - CUDA C++ from fused moe IR -----------------------===//
+//
+// Part of moe-opt. One kernel per fused op: moe.fused_route becomes a routing
+// kernel composed of the row templates of moe_route.cuh (one call per op of
+// its body), moe.fused_experts an instantiation of moe_experts.cuh, and
+// moe.lora_mixture of moe_lora.cuh. Each kernel carries a comment naming
+// the op and location it came from.
+//
+//===----------------------------------------------------------------------===//
+
+#include "moe/codegen/CudaEmitter.h"
+#include "moe/dialects/MoE/MoEOps.h"
+
+#include "mlir/Dialect/Arith/IR/Arith.h"
+#include "mlir/Dialect/Func/IR/FuncOps.h"
+#include "mlir/IR/BuiltinAttributes.h"
+
+#include "llvm/ADT/DenseMap.h"
+#include "llvm/ADT/StringExtras.h"
+#include "llvm/ADT/TypeSwitch.h"
+#include "llvm/Support/Format.h"
+#include "llvm/Support/FormatVariadic.h"
+#include "llvm/Support/raw_ostream.h"
+
+using namespace mlir;
+using namespace mlir::moe;
+using llvm::Error;
+using llvm::Expected;
+
+namespace {
+
+Error makeError(Operation *op, const llvm::Twine &message) {
+  std::string loc;
+  llvm::raw_string_ostream os(loc);
+  os << op->getLoc();
+  return llvm::createStringError(llvm::inconvertibleErrorCode(),
+                                 loc + ": '" + op->getName().getStringRef() +
+                                     "': " + message);
+}
+
+std::string locString(Operation *op) {
+  std::string s;
+  llvm::raw_string_ostream os(s);
+  os << op->getLoc();
+  return s;
+}
+
+FailureOr<::moe::ElementType> elementType(Type t) {
+  if (auto shaped = dyn_cast<ShapedType>(t))
+    t = shaped.getElementType();
+  if (t.isF32())
+    return ::moe::ElementType::F32;
+  if (t.isBF16())
+    return ::moe::ElementType::BF16;
+  if (t.isF16())
+    return ::moe::ElementType::F16;
+  if (t.isInteger(32))
+    return ::moe::ElementType::I32;
+  return failure();
+}
+
+const char *cxxType(::moe::ElementType t) {
+  switch (t) {
+  case ::moe::ElementType::BF16:
+    return "__nv_bfloat16";
+  case ::moe::ElementType::F16:
+    return "__half";
+  case ::moe::ElementType::I32:
+    return "int";
+  case ::moe::ElementType::U32:
+    return "unsigned";
+  default:
+    return "float";
+  }
+}
+
+std::string cxxType(Type t) {
+  FailureOr<::moe::ElementType> e = elementType(t);
+  return failed(e) ? "float" : cxxType(*e);
+}
+
+/// A float literal that round-trips exactly.
+std::string floatLiteral(float v) {
+  if (std::isinf(v))
+    return v > 0 ? "__int_as_float(0x7f800000)" : "(-__int_as_float(0x7f800000))";
+  std::string s;
+  llvm::raw_string_ostream os(s);
+  os << llvm::format("%.9g", static_cast<double>(v));
+  if (s.find_first_of(".eE") == std::string::npos)
+    s += ".0";
+  return s + "f";
+}
+
+int64_t dim(Value v, unsigned i) {
+  return cast<RankedTensorType>(v.getType()).getDimSize(i);
+}
+
+/// Builds one layer's plan and the kernels' source text.
+class LayerEmitter {
+public:
+  LayerEmitter(func::FuncOp fn, int64_t layer, llvm::raw_ostream &os)
+      : fn(fn), os(os) {
+    plan.layer = layer;
+    plan.function = fn.getSymName().str();
+    if (auto t = fn->getAttrOfType<StringAttr>("moe.lora_target"))
+      plan.target = t.getValue().str();
+  }
+
+  Expected<::moe::LayerPlan> emit() {
+    if (fn.getNumArguments() != 1 || fn.getNumResults() != 1)
+      return makeError(fn, "a layer function takes one tensor and returns "
+                           "one");
+    Value x = fn.getArgument(0);
+    if (ShapedType::isDynamic(dim(x, 1)))
+      return makeError(fn, "the hidden size must be static");
+    plan.inputWidth = dim(x, 1);
+    FailureOr<int> in = tokenValue(x);
+    if (failed(in))
+      return makeError(fn, "unsupported activation type");
+    plan.input = *in;
+    for (Operation &op : fn.getBody().front()) {
+      Error err = llvm::TypeSwitch<Operation *, Error>(&op)
+                      .Case([&](FusedRouteOp o) { return route(o); })
+                      .Case([&](FusedExpertsOp o) { return experts(o); })
+                      .Case([&](LoraMixtureOp o) { return lora(o); })
+                      .Case([&](WeightOp) -> Error { return Error::success(); })
+                      .Case([&](arith::ConstantOp) -> Error { return Error::success(); })
+                      .Case([&](func::ReturnOp o) -> Error {
+                        auto it = values.find(o.getOperand(0));
+                        if (it == values.end())
+                          return makeError(o, "the returned value is not "
+                                              "computed by a kernel");
+                        plan.output = it->second;
+                        plan.outputWidth = dim(o.getOperand(0), 1);
+                        return Error::success();
+                      })
+                      .Default([&](Operation *other) -> Error {
+                        return makeError(
+                            other, "the CUDA backend runs fused IR only: run "
+                                   "moe-opt --moe-optimize first (this op is "
+                                   "left outside the fused ops)");
+                      });
+      if (err)
+        return std::move(err);
+    }
+    return std::move(plan);
+  }
+
+private:
+  /// A [T, n] value.
+  FailureOr<int> tokenValue(Value v) {
+    FailureOr<::moe::ElementType> t = elementType(v.getType());
+    if (failed(t))
+      return failure();
+    ::moe::BufferShape shape;
+    shape.type = *t;
+    shape.perToken = dim(v, 1);
+    int id = addValue(shape);
+    values[v] = id;
+    return id;
+  }
+
+  int addValue(::moe::BufferShape shape) {
+    plan.values.push_back(shape);
+    return static_cast<int>(plan.values.size()) - 1;
+  }
+
+  int fixedValue(::moe::ElementType type, int64_t n, int64_t perToken = 0) {
+    ::moe::BufferShape shape;
+    shape.type = type;
+    shape.fixed = n;
+    shape.perToken = perToken;
+    return addValue(shape);
+  }
+
+  /// A binding for a moe.weight or arith.constant feeding a kernel.
+  FailureOr<::moe::Binding> weightBinding(Value v) {
+    ::moe::WeightRef ref;
+    auto type = cast<RankedTensorType>(v.getType());
+    FailureOr<::moe::ElementType> et = elementType(type);
+    if (failed(et))
+      return failure();
+    ref.type = *et;
+    ref.shape.assign(type.getShape().begin(), type.getShape().end());
+    if (auto w = v.getDefiningOp<WeightOp>()) {
+      for (StringRef n : w.getNames().getAsValueRange<StringAttr>())
+        ref.names.push_back(n.str());
+      for (StringRef f : w.getFiles().getAsValueRange<StringAttr>())
+        ref.files.push_back(f.str());
+      ref.stacked = w.isStack();
+    } else if (auto c = v.getDefiningOp<arith::ConstantOp>()) {
+      auto dense = dyn_cast<DenseElementsAttr>(c.getValue());
+      if (!dense || !isa<FloatType>(type.getElementType()))
+        return failure();
+      for (APFloat f : dense.getValues<APFloat>())
+        ref.inlineValues.push_back(static_cast<float>(f.convertToDouble()));
+    } else {
+      return failure();
+    }
+    plan.weights.push_back(std::move(ref));
+    ::moe::Binding b;
+    b.kind = ::moe::Binding::Weight;
+    b.weight = static_cast<int>(plan.weights.size()) - 1;
+    return b;
+  }
+
+  static ::moe::Binding valueBinding(int id) {
+    ::moe::Binding b;
+    b.kind = ::moe::Binding::Value;
+    b.value = id;
+    return b;
+  }
+
+  Expected<int> lookup(Operation *user, Value v) {
+    auto it = values.find(v);
+    if (it == values.end())
+      return makeError(user, "an operand is not produced by a kernel or the "
+                             "layer input");
+    return it->second;
+  }
+
+  //===--------------------------------------------------------------------===//
+  // moe.fused_route
+  //===--------------------------------------------------------------------===//
+
+  Error route(FusedRouteOp op) {
+    constexpr int kWarps = 4;
+    std::string name =
+        llvm::formatv("moe_route_l{0}_{1}", plan.layer, kernelCount++).str();
+    Block &body = op.getBody().front();
+    Value arg = body.getArgument(0);
+    int64_t K = dim(op.getIds(), 1);
+    int64_t E = op.getNumExperts();
+    if (ShapedType::isDynamic(K) || ShapedType::isDynamic(dim(arg, 1)))
+      return makeError(op, "slot count and input width must be static");
+
+    ::moe::Launch launch;
+    launch.kernel = name;
+    launch.origin = "moe.fused_route at " + locString(op);
+    launch.blockThreads = 32 * kWarps;
+    launch.tokensPerBlock = kWarps;
+    launch.maxBlocks = 4096;
+    Expected<int> input = lookup(op, op.getInput());
+    if (!input)
+      return input.takeError();
+    int ids = fixedValue(::moe::ElementType::I32, 0, K);
+    int weights = fixedValue(::moe::ElementType::F32, 0, K);
+    int counts = fixedValue(::moe::ElementType::I32, E);
+    int offsets = fixedValue(::moe::ElementType::I32, E + 1);
+    int rows = fixedValue(::moe::ElementType::I32, 0, K);
+    int counter = fixedValue(::moe::ElementType::U32, 1);
+    values[op.getIds()] = ids;
+    values[op.getWeights()] = weights;
+    values[op.getCounts()] = counts;
+    values[op.getOffsets()] = offsets;
+    values[op.getRows()] = rows;
+    plan.routingIds = ids;
+    plan.routingWeights = weights;
+    launch.zeroOnce.push_back(counter);
+    launch.args = {valueBinding(*input), valueBinding(ids),
+                   valueBinding(weights), valueBinding(counts),
+                   valueBinding(offsets), valueBinding(rows),
+                   valueBinding(counter)};
+    int scratchSlot = static_cast<int>(launch.args.size());
+    launch.args.push_back(::moe::Binding()); // expert-choice scores
+
+    std::string tx = cxxType(arg.getType());
+    int64_t H = dim(arg, 1);
+    std::string shared, phase1, phase2;
+    llvm::raw_string_ostream sh(shared), p1(phase1), p2(phase2);
+    llvm::DenseMap<Value, std::string> rowsOf;
+    int rowCount = 0;
+    bool stagedArg = false;
+    // A row of shared memory per value, per warp.
+    auto row = [&](Value v) -> std::string {
+      auto it = rowsOf.find(v);
+      if (it != rowsOf.end())
+        return it->second;
+      std::string r = "r" + std::to_string(rowCount++);
+      bool isInt = cast<RankedTensorType>(v.getType()).getElementType()
+                       .isInteger(32);
+      sh << llvm::formatv("  MOE_SHARED({0}, {1}, {2} * {3});\n",
+                          isInt ? "int" : "float", r, kWarps, dim(v, 1));
+      rowsOf[v] = r;
+      return r;
+    };
+    auto at = [&](Value v) {
+      return "(" + row(v) + " + warp * " + std::to_string(dim(v, 1)) + ")";
+    };
+    std::string pointers;
+    llvm::raw_string_ostream ptr(pointers);
+    auto bindWeight = [&](Value v) -> Expected<std::string> {
+      auto found = weightPtr.find(v);
+      if (found != weightPtr.end())
+        return found->second;
+      FailureOr<::moe::Binding> b = weightBinding(v);
+      if (failed(b))
+        return makeError(op, "a weight of the router is neither a moe.weight "
+                             "nor a float constant");
+      int slot = static_cast<int>(launch.args.size());
+      launch.args.push_back(*b);
+      std::string p = "w" + std::to_string(slot);
+      ptr << llvm::formatv("  const {0} *{1} = static_cast<const {0} *>("
+                           "args.buffers[{2}]);\n",
+                           cxxType(v.getType()), p, slot);
+      weightPtr[v] = p;
+      return p;
+    };
+    Operation *choice = nullptr;
+    for (Operation &inner : body) {
+      Operation *o = &inner;
+      auto comment = [&](llvm::raw_string_ostream &s) {
+        s << "      // " << o->getName() << "\n";
+      };
+      if (isa<WeightOp, arith::ConstantOp>(o))
+        continue;
+      if (auto y = dyn_cast<YieldOp>(o)) {
+        if (choice) {
+          if (y.getValues()[0] != choice->getResult(0) ||
+              y.getValues()[1] != choice->getResult(1))
+            return makeError(choice, "the CUDA backend supports no op after "
+                                     "moe.expert_choice in a router yet");
+          continue;
+        }
+        p1 << llvm::formatv("      if (lane == 0)\n"
+                            "        for (int s = 0; s < {0}; ++s) {{\n"
+                            "          outIds[t * {0} + s] = {1}[s];\n"
+                            "          outWeights[t * {0} + s] = {2}[s];\n"
+                            "        }\n",
+                            K, at(y.getValues()[0]), at(y.getValues()[1]));
+        continue;
+      }
+      if (choice)
+        return makeError(o, "the CUDA backend supports no op after "
+                            "moe.expert_choice in a router yet");
+      // Operands that are the body argument are read from a staged row.
+      auto in = [&](Value v) -> std::string {
+        if (v == arg) {
+          if (!stagedArg) {
+            stagedArg = true;
+            std::string r = row(v);
+          }
+        }
+        return at(v);
+      };
+      if (auto rl = dyn_cast<RouterLinearOp>(o)) {
+        if (rl.getInput() != arg)
+          return makeError(o, "the CUDA backend needs the router projection "
+                              "to read the routed tokens");
+        Expected<std::string> w = bindWeight(rl.getWeight());
+        if (!w)
+          return w.takeError();
+        std::string bias = "static_cast<const float *>(nullptr)";
+        std::string tb = "float";
+        if (rl.getBias()) {
+          Expected<std::string> b = bindWeight(rl.getBias());
+          if (!b)
+            return b.takeError();
+          bias = *b;
+          tb = cxxType(rl.getBias().getType());
+        }
+        p1 << "      __syncwarp();\n";
+        comment(p1);
+        p1 << llvm::formatv("      moe_k::route::routerLinear<{0}, {1}, {2}, "
+                            "{3}, {4}, {5}>(x + t * {3}, {6}, {7}, {8}, "
+                            "lane);\n",
+                            tx, cxxType(rl.getWeight().getType()), tb, H,
+                            dim(rl.getResult(), 1),
+                            rl.getBias() ? "true" : "false", *w, bias,
+                            at(rl.getResult()));
+        continue;
+      }
+      // Everything else runs on lane 0 of the token's warp.
+      std::string call;
+      llvm::raw_string_ostream c(call);
+      if (auto s = dyn_cast<SoftmaxOp>(o)) {
+        c << llvm::formatv("moe_k::route::softmax<{0}>({1}, {2});",
+                           dim(s.getInput(), 1), in(s.getInput()),
+                           at(s.getResult()));
+      } else if (auto s = dyn_cast<SigmoidOp>(o)) {
+        c << llvm::formatv("moe_k::route::sigmoid<{0}>({1}, {2});",
+                           dim(s.getInput(), 1), in(s.getInput()),
+                           at(s.getResult()));
+      } else if (auto s = dyn_cast<ReluOp>(o)) {
+        c << llvm::formatv("moe_k::route::relu<{0}>({1}, {2});",
+                           dim(s.getInput(), 1), in(s.getInput()),
+                           at(s.getResult()));
+      } else if (auto s = dyn_cast<RmsNormOp>(o)) {
+        std::string g = "static_cast<const float *>(nullptr)";
+        if (s.getWeight()) {
+          Expected<std::string> w = bindWeight(s.getWeight());
+          if (!w)
+            return w.takeError();
+          g = *w;
+        }
+        c << llvm::formatv("moe_k::route::rmsNorm<{0}, {1}>({2}, {3}, {4}, "
+                           "{5});",
+                           dim(s.getInput(), 1),
+                           s.getWeight() ? "true" : "false", in(s.getInput()),
+                           g, floatLiteral(s.getEpsilon().convertToFloat()),
+                           at(s.getResult()));
+      } else if (auto s = dyn_cast<BiasAddOp>(o)) {
+        Expected<std::string> b = bindWeight(s.getBias());
+        if (!b)
+          return b.takeError();
+        c << llvm::formatv("moe_k::route::biasAdd<{0}, {1}>({2}, {3}, {4});",
+                           dim(s.getInput(), 1), cxxType(s.getBias().getType()),
+                           in(s.getInput()), *b, at(s.getResult()));
+      } else if (auto s = dyn_cast<GroupLimitOp>(o)) {
+        c << llvm::formatv(
+            "moe_k::route::groupLimit<{0}, {1}, {2}, {3}>({4}, {5});",
+            dim(s.getInput(), 1), s.getNumGroups(), s.getKeepGroups(),
+            s.getGroupScore() == GroupScore::top2_sum ? "true" : "false",
+            in(s.getInput()), at(s.getResult()));
+      } else if (auto s = dyn_cast<TopKOp>(o)) {
+        c << llvm::formatv("moe_k::route::topK<{0}, {1}>({2}, {3}, {4});",
+                           dim(s.getInput(), 1), s.getK(), in(s.getInput()),
+                           at(s.getIds()), at(s.getValues()));
+      } else if (auto s = dyn_cast<TopPOp>(o)) {
+        c << llvm::formatv("moe_k::route::topP<{0}, {1}>({2}, {3}, {4}, {5});",
+                           dim(s.getInput(), 1), s.getMaxK(), in(s.getInput()),
+                           floatLiteral(s.getP().convertToFloat()),
+                           at(s.getIds()), at(s.getValues()));
+      } else if (auto s = dyn_cast<ThresholdOp>(o)) {
+        c << llvm::formatv(
+            "moe_k::route::threshold<{0}, {1}>({2}, {3}, {4}, {5});",
+            dim(s.getInput(), 1), s.getMaxK(), in(s.getInput()),
+            floatLiteral(s.getThreshold().convertToFloat()), at(s.getIds()),
+            at(s.getValues()));
+      } else if (auto s = dyn_cast<GatherScoresOp>(o)) {
+        c << llvm::formatv(
+            "moe_k::route::gatherScores<{0}, {1}>({2}, {3}, {4});",
+            dim(s.getScores(), 1), dim(s.getIds(), 1), in(s.getScores()),
+            at(s.getIds()), at(s.getResult()));
+      } else if (auto s = dyn_cast<DropNullExpertsOp>(o)) {
+        c << llvm::formatv("moe_k::route::dropNullExperts<{0}>({1}, {2}, {3}, "
+                           "{4}, {5});",
+                           dim(s.getIds(), 1), at(s.getIds()),
+                           at(s.getWeights()), s.getNumExperts(),
+                           at(s.getResultIds()), at(s.getResultWeights()));
+      } else if (auto s = dyn_cast<NormalizeOp>(o)) {
+        c << llvm::formatv("moe_k::route::normalize<{0}>({1}, {2}, {3});",
+                           dim(s.getInput(), 1), in(s.getInput()),
+                           floatLiteral(s.getEpsilon().convertToFloat()),
+                           at(s.getResult()));
+      } else if (auto s = dyn_cast<ScaleOp>(o)) {
+        c << llvm::formatv("moe_k::route::scale<{0}>({1}, {2}, {3});",
+                           dim(s.getInput(), 1), in(s.getInput()),
+                           floatLiteral(s.getFactor().convertToFloat()),
+                           at(s.getResult()));
+      } else if (auto s = dyn_cast<ExpertChoiceOp>(o)) {
+        // Cross-token: every token's scores go to global scratch; the last
+        // block selects.
+        int64_t N = dim(s.getInput(), 1);
+        int scores = fixedValue(::moe::ElementType::F32, 0, N);
+        launch.args[scratchSlot] = valueBinding(scores);
+        c << llvm::formatv("for (int i = 0; i < {0}; ++i) choiceScores[t * "
+                           "{0} + i] = ({1})[i];",
+                           N, in(s.getInput()));
+        p2 << llvm::formatv("    // {0}\n    moe_k::route::expertChoice<{1}, "
+                            "{2}>(choiceScores, T, outIds, outWeights);\n",
+                            o->getName(), N, s.getCapacity());
+        choice = o;
+      } else {
+        return makeError(o, "the CUDA backend has no kernel template for "
+                            "this op inside moe.fused_route");
+      }
+      comment(p1);
+      p1 << "      if (lane == 0) {\n        " << call << "\n      }\n";
+      p1 << "      __syncwarp();\n";
+    }
+
+    os << "// " << launch.origin << "\n";
+    os << "extern \"C\" __global__ void __launch_bounds__(" << 32 * kWarps
+       << ") " << name << "(MoEKernelArgs args) {\n";
+    os << llvm::formatv("  const {0} *x = static_cast<const {0} *>(args."
+                        "buffers[0]);\n",
+                        tx);
+    os << "  int *outIds = static_cast<int *>(args.buffers[1]);\n"
+          "  float *outWeights = static_cast<float *>(args.buffers[2]);\n"
+          "  int *counts = static_cast<int *>(args.buffers[3]);\n"
+          "  int *offsets = static_cast<int *>(args.buffers[4]);\n"
+          "  int *rows = static_cast<int *>(args.buffers[5]);\n"
+          "  unsigned *counter = static_cast<unsigned *>(args.buffers[6]);\n";
+    if (choice)
+      os << "  float *choiceScores = static_cast<float *>(args.buffers[7]);\n";
+    os << pointers << shared;
+    os << "  MOE_SHARED(unsigned, lastFlag, 1);\n";
+    os << "  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;\n"
+          "  const long long T = args.num_tokens;\n";
+    os << llvm::formatv("  for (long long first = (long long)blockIdx.x * {0}; "
+                        "first < T; first += (long long)gridDim.x * {0}) {{\n"
+                        "    const long long t = first + warp;\n"
+                        "    if (t < T) {{\n",
+                        kWarps);
+    if (stagedArg)
+      os << llvm::formatv("      if (lane == 0)\n        for (int i = 0; i < "
+                          "{0}; ++i)\n          {1}[warp * {0} + i] = "
+                          "moe_k::toF32(x[t * {0} + i]);\n      __syncwarp();\n",
+                          H, rowsOf[arg]);
+    os << phase1 << "    }\n  }\n";
+    os << "  if (moe_k::route::lastBlockDone(counter, lastFlag)) {\n";
+    os << phase2;
+    os << llvm::formatv("    moe_k::route::planDispatch<{0}, {1}>(outIds, T, "
+                        "counts, offsets, rows);\n  }\n}\n",
+                        E, K);
+    os << "#ifdef MOE_EMU\nMOE_EMU_EXPORT_KERNEL(" << name << ")\n#endif\n\n";
+    plan.launches.push_back(std::move(launch));
+    return Error::success();
+  }
+
+  //===--------------------------------------------------------------------===//
+  // moe.fused_experts
+  //===--------------------------------------------------------------------===//
+
+  struct FFNInfo {
+    Operation *op = nullptr;
+    Value gate, up, gateUp, down, gateBias, upBias, gateUpBias, downBias;
+    int64_t H = 0, I = 0, E = 1;
+    bool fused = false, interleaved = false, inOut = false;
+    Activation act = Activation::silu;
+    float alpha = 1.702f, limit = 7.0f;
+  };
+
+  template <typename OpT> FFNInfo ffnInfo(OpT o, bool perExpert) {
+    FFNInfo f;
+    f.op = o;
+    f.gate = o.getGate();
+    f.up = o.getUp();
+    f.gateUp = o.getGateUp();
+    f.down = o.getDown();
+    f.gateBias = o.getGateBias();
+    f.upBias = o.getUpBias();
+    f.gateUpBias = o.getGateUpBias();
+    f.downBias = o.getDownBias();
+    f.fused = static_cast<bool>(f.gateUp);
+    f.interleaved = o.getGateUpLayout() == GateUpLayout::interleaved;
+    f.inOut = o.getWeightLayout() == WeightLayout::in_out;
+    f.act = o.getActivation();
+    f.alpha = o.getAlpha().convertToFloat();
+    f.limit = o.getLimit().convertToFloat();
+    f.H = dim(o.getInput(), 1);
+    auto down = cast<RankedTensorType>(o.getDown().getType());
+    f.I = f.inOut ? down.getDimSize(down.getRank() - 2)
+                  : down.getDimSize(down.getRank() - 1);
+    f.E = perExpert ? down.getDimSize(0) : 1;
+    return f;
+  }
+
+  void ffnStruct(llvm::raw_ostream &s, StringRef name, const FFNInfo &f) {
+    Value anyWeight = f.fused ? f.gateUp : f.gate;
+    Value anyBias = f.gateUpBias ? f.gateUpBias
+                    : f.gateBias ? f.gateBias
+                    : f.upBias   ? f.upBias
+                                 : f.downBias;
+    s << "struct " << name << " {\n";
+    s << "  using TW = " << cxxType(anyWeight.getType()) << ";\n";
+    s << "  using TB = " << (anyBias ? cxxType(anyBias.getType()) : "float")
+      << ";\n";
+    s << llvm::formatv("  static constexpr int H = {0}, I = {1}, E = {2};\n",
+                       f.H, f.I, f.E);
+    s << llvm::formatv("  static constexpr bool Fused = {0}, Interleaved = "
+                       "{1}, InOut = {2};\n",
+                       f.fused, f.interleaved, f.inOut);
+    s << llvm::formatv("  static constexpr int Act = {0}; // {1}\n",
+                       static_cast<int>(f.act), stringifyActivation(f.act));
+    s << "  static constexpr float Alpha = " << floatLiteral(f.alpha)
+      << ", Limit = " << floatLiteral(f.limit) << ";\n";
+    s << llvm::formatv("  static constexpr bool GateBias = {0}, UpBias = {1}, "
+                       "GateUpBias = {2}, DownBias = {3};\n",
+                       static_cast<bool>(f.gateBias),
+                       static_cast<bool>(f.upBias),
+                       static_cast<bool>(f.gateUpBias),
+                       static_cast<bool>(f.downBias));
+    s << "};\n";
+  }
+
+  Error bindFFN(::moe::Launch &launch, const FFNInfo &f, Operation *where) {
+    for (Value v : {f.gate, f.up, f.gateUp, f.down, f.gateBias, f.upBias,
+                    f.gateUpBias, f.downBias}) {
+      if (!v) {
+        launch.args.push_back(::moe::Binding());
+        continue;
+      }
+      FailureOr<::moe::Binding> b = weightBinding(v);
+      if (failed(b))
+        return makeError(where, "an expert weight is neither a moe.weight "
+                                "nor a float constant");
+      launch.args.push_back(*b);
+    }
+    return Error::success();
+  }
+
+  Error experts(FusedExpertsOp op) {
+    Block &body = op.getBody().front();
+    PermuteOp permute;
+    ExpertFFNOp routed;
+    CombineOp combine;
+    FFNOp shared;
+    RouterLinearOp sharedGate;
+    for (Operation &inner : body) {
+      if (auto p = dyn_cast<PermuteOp>(inner))
+        permute = p;
+      else if (auto e = dyn_cast<ExpertFFNOp>(inner))
+        routed = e;
+      else if (auto c = dyn_cast<CombineOp>(inner))
+        combine = c;
+      else if (auto f = dyn_cast<FFNOp>(inner))
+        shared = f;
+      else if (auto r = dyn_cast<RouterLinearOp>(inner))
+        sharedGate = r;
+      else if (!isa<WeightOp, arith::ConstantOp, SigmoidOp, RowScaleOp,
+                    arith::AddFOp, YieldOp>(inner))
+        return makeError(&inner, "the CUDA backend has no kernel template "
+                                 "for this op inside moe.fused_experts");
+    }
+    if (!permute || !routed || !combine)
+      return makeError(op, "expected moe.permute, moe.expert_ffn and "
+                           "moe.combine in the body");
+    std::string name =
+        llvm::formatv("moe_experts_l{0}_{1}", plan.layer, kernelCount++).str();
+    FFNInfo r = ffnInfo(routed, true);
+    FFNInfo s = shared ? ffnInfo(shared, false) : r;
+    int64_t K = dim(op.getIds(), 1);
+    std::string tx = cxxType(op.getInput().getType());
+
+    ::moe::Launch launch;
+    launch.kernel = name;
+    launch.origin = "moe.fused_experts at " + locString(op);
+    launch.blockThreads = 128;
+    launch.tokensPerBlock = 1;
+    launch.maxBlocks = 65535;
+    int64_t maxI = std::max(r.I, s.I);
+    launch.dynamicSharedBytes = (3 * r.H + maxI + 1) * 4;
+    for (Value v : {op.getInput(), op.getIds(), op.getWeights()}) {
+      Expected<int> id = lookup(op, v);
+      if (!id)
+        return id.takeError();
+      launch.args.push_back(valueBinding(*id));
+    }
+    FailureOr<int> y = tokenValue(op.getResult());
+    if (failed(y))
+      return makeError(op, "unsupported result type");
+    launch.args.push_back(valueBinding(*y));
+    if (Error err = bindFFN(launch, r, op))
+      return err;
+    if (shared) {
+      if (Error err = bindFFN(launch, s, op))
+        return err;
+    } else {
+      launch.args.resize(launch.args.size() + 8);
+    }
+    if (sharedGate) {
+      FailureOr<::moe::Binding> b = weightBinding(sharedGate.getWeight());
+      if (failed(b))
+        return makeError(op, "the shared-expert gate is neither a moe.weight "
+                             "nor a constant");
+      launch.args.push_back(*b);
+    } else {
+      launch.args.push_back(::moe::Binding());
+    }
+
+    os << "// " << launch.origin << " (layout "
+       << stringifyDispatchLayout(op.getLayout()) << ": per-token kernel)\n";
+    os << "namespace " << name << "_cfg {\n";
+    ffnStruct(os, "Routed", r);
+    if (shared)
+      ffnStruct(os, "Shared", s);
+    os << "struct Cfg {\n  using TX = " << tx << ";\n  using Routed = "
+       << name << "_cfg::Routed;\n  using Shared = " << name << "_cfg::"
+       << (shared ? "Shared" : "Routed") << ";\n";
+    os << llvm::formatv("  static constexpr int K = {0};\n", K);
+    os << llvm::formatv("  static constexpr bool ScaleInput = {0}, Unweighted "
+                        "= {1}, HasShared = {2}, SharedGate = {3};\n",
+                        permute.getScaleByWeight(), combine.getUnweighted(),
+                        static_cast<bool>(shared),
+                        static_cast<bool>(sharedGate));
+    os << "};\n} // namespace " << name << "_cfg\n";
+    os << "extern \"C\" __global__ void __launch_bounds__(128, 1) " << name
+       << "(MoEKernelArgs args) {\n  moe_k::experts::perToken<" << name
+       << "_cfg::Cfg>(args);\n}\n";
+    os << "#ifdef MOE_EMU\nMOE_EMU_EXPORT_KERNEL(" << name << ")\n#endif\n\n";
+    plan.launches.push_back(std::move(launch));
+    return Error::success();
+  }
+
+  //===--------------------------------------------------------------------===//
+  // moe.lora_mixture
+  //===--------------------------------------------------------------------===//
+
+  Error lora(LoraMixtureOp op) {
+    std::string name =
+        llvm::formatv("moe_lora_l{0}_{1}", plan.layer, kernelCount++).str();
+    int64_t in = dim(op.getInput(), 1), out = dim(op.getBase(), 0);
+    auto a = op.getLoraA().getType();
+    int64_t E = a.getDimSize(0), R = a.getDimSize(1);
+    int64_t K = op.getIds() ? dim(op.getIds(), 1) : 0;
+
+    ::moe::Launch launch;
+    launch.kernel = name;
+    launch.origin = "moe.lora_mixture at " + locString(op);
+    launch.blockThreads = 128;
+    launch.dynamicSharedBytes = (in + R + out) * 4;
+    Expected<int> x = lookup(op, op.getInput());
+    if (!x)
+      return x.takeError();
+    launch.args.push_back(valueBinding(*x));
+    FailureOr<int> y = tokenValue(op.getResult());
+    if (failed(y))
+      return makeError(op, "unsupported result type");
+    launch.args.push_back(valueBinding(*y));
+    for (Value v : {op.getBase(), op.getBaseBias(), op.getLoraA(),
+                    op.getLoraB()}) {
+      if (!v) {
+        launch.args.push_back(::moe::Binding());
+        continue;
+      }
+      FailureOr<::moe::Binding> b = weightBinding(v);
+      if (failed(b))
+        return makeError(op, "a LoRA weight is neither a moe.weight nor a "
+                             "constant");
+      launch.args.push_back(*b);
+    }
+    for (Value v : {op.getIds(), op.getWeights()}) {
+      if (!v) {
+        launch.args.push_back(::moe::Binding());
+        continue;
+      }
+      Expected<int> id = lookup(op, v);
+      if (!id)
+        return id.takeError();
+      launch.args.push_back(valueBinding(*id));
+    }
+    if (!op.getIds()) {
+      // Every adapter with weight 1: report that routing.
+      plan.routingIds = plan.routingWeights = -1;
+    }
+
+    os << "// " << launch.origin << "\nnamespace " << name << "_cfg {\n";
+    os << "struct Cfg {\n  using TX = " << cxxType(op.getInput().getType())
+       << ";\n  using TW = " << cxxType(op.getBase().getType())
+       << ";\n  using TA = " << cxxType(op.getLoraA().getType())
+       << ";\n  using TB = "
+       << (op.getBaseBias() ? cxxType(op.getBaseBias().getType()) : "float")
+       << ";\n";
+    os << llvm::formatv("  static constexpr int In = {0}, Out = {1}, E = {2}, "
+                        "R = {3}, K = {4};\n",
+                        in, out, E, R, K);
+    os << "  static constexpr bool HasBias = "
+       << (op.getBaseBias() ? "true" : "false") << ";\n";
+    os << "  static __device__ float scale(int e) {\n    switch (e) {\n";
+    for (auto [i, s] : llvm::enumerate(op.getScales()))
+      os << "    case " << i << ": return "
+         << floatLiteral(cast<FloatAttr>(s).getValueAsDouble()) << ";\n";
+    os << "    default: return 0.0f;\n    }\n  }\n};\n} // namespace " << name
+       << "_cfg\n";
+    os << "extern \"C\" __global__ void __launch_bounds__(128, 1) " << name
+       << "(MoEKernelArgs args) {\n  moe_k::lora::mixture<" << name
+       << "_cfg::Cfg>(args);\n}\n";
+    os << "#ifdef MOE_EMU\nMOE_EMU_EXPORT_KERNEL(" << name << ")\n#endif\n\n";
+    plan.launches.push_back(std::move(launch));
+    return Error::success();
+  }
+
+  func::FuncOp fn;
+  llvm::raw_ostream &os;
+  ::moe::LayerPlan plan;
+  llvm::DenseMap<Value, int> values;
+  llvm::DenseMap<Value, std::string> weightPtr;
+  int kernelCount = 0;
+};
+
+} // namespace
+
+namespace moe {
+
+Expected<ModulePlan> emitCudaModule(ModuleOp module) {
+  ModulePlan result;
+  llvm::raw_string_ostream os(result.source);
+  os << "// Generated by moe-opt: kernels instantiated from the templates of\n"
+        "// runtime/kernels (see docs/codegen.md). Each kernel names the IR op "
+        "it\n// came from.\n";
+  os << "#include \"moe_route.cuh\"\n#include \"moe_experts.cuh\"\n"
+        "#include \"moe_lora.cuh\"\n\n";
+  for (auto fn : module.getOps<func::FuncOp>()) {
+    auto layer = fn->getAttrOfType<IntegerAttr>(kLayerAttrName);
+    if (!layer)
+      continue;
+    os << "//===--- @" << fn.getSymName() << " (layer " << layer.getInt()
+       << ") ---===//\n\n";
+    LayerEmitter emitter(fn, layer.getInt(), os);
+    Expected<LayerPlan> plan = emitter.emit();
+    if (!plan)
+      return plan.takeError();
+    result.layers.push_back(std::move(*plan));
+  }
+  return result;
+}
+
+} // namespace moe

@@ -1,0 +1,40 @@
+//===- TranslateRegistration.cpp - moe-translate --moe-to-cuda ------------===//
+//
+// Part of moe-opt.
+//
+//===----------------------------------------------------------------------===//
+
+#include "moe/codegen/CudaEmitter.h"
+#include "moe/dialects/MoE/MoEDialect.h"
+
+#include "mlir/Dialect/Arith/IR/Arith.h"
+#include "mlir/Dialect/Func/IR/FuncOps.h"
+#include "mlir/Dialect/Tensor/IR/Tensor.h"
+#include "mlir/Tools/mlir-translate/Translation.h"
+
+namespace moe {
+
+void registerMoEToCudaTranslation() {
+  mlir::TranslateFromMLIRRegistration registration(
+      "moe-to-cuda",
+      "CUDA C++ of the kernels of fused moe IR (one per fused op)",
+      [](mlir::Operation *op, llvm::raw_ostream &os) -> mlir::LogicalResult {
+        auto module = llvm::dyn_cast<mlir::ModuleOp>(op);
+        if (!module)
+          return op->emitError("expected a module");
+        llvm::Expected<ModulePlan> plan = emitCudaModule(module);
+        if (!plan) {
+          std::string message = llvm::toString(plan.takeError());
+          return op->emitError() << message;
+        }
+        os << plan->source;
+        return mlir::success();
+      },
+      [](mlir::DialectRegistry &registry) {
+        registry.insert<mlir::moe::MoEDialect, mlir::func::FuncDialect,
+                        mlir::arith::ArithDialect,
+                        mlir::tensor::TensorDialect>();
+      });
+}
+
+} // namespace moe

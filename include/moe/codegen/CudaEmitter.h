@@ -1,0 +1,29 @@
+//===- CudaEmitter.h - CUDA C++ from fused moe IR ---------------*- C++ -*-===//
+//
+// Part of moe-opt. Maps each fused op one-to-one onto a kernel: the
+// templates of runtime/kernels/*.cuh, instantiated with the op's sizes,
+// dtypes, layouts and router composition as compile-time constants.
+//
+//===----------------------------------------------------------------------===//
+
+#ifndef MOE_CODEGEN_CUDAEMITTER_H
+#define MOE_CODEGEN_CUDAEMITTER_H
+
+#include "moe/runtime/Plan.h"
+
+#include "mlir/IR/BuiltinOps.h"
+
+#include "llvm/Support/Error.h"
+
+namespace moe {
+
+/// Emits the kernels and launch plans of every layer function (functions
+/// with `moe.layer`) of `module`, which must be fused (`--moe-optimize`).
+llvm::Expected<ModulePlan> emitCudaModule(mlir::ModuleOp module);
+
+/// Registers `--moe-to-cuda` with mlir-translate style tools.
+void registerMoEToCudaTranslation();
+
+} // namespace moe
+
+#endif // MOE_CODEGEN_CUDAEMITTER_H

@@ -1,0 +1,86 @@
+//===- Executor.h - Runs a layer's launch plan ------------------*- C++ -*-===//
+//
+// Part of moe-opt. Allocates a layer's buffers, uploads its weights in the
+// kernels' dtypes, and launches its kernels in order on a backend: the CUDA
+// driver, or the CPU emulation of the same kernels. Plain C++, no MLIR.
+//
+//===----------------------------------------------------------------------===//
+
+#ifndef MOE_RUNTIME_EXECUTOR_H
+#define MOE_RUNTIME_EXECUTOR_H
+
+#include "moe/runtime/KernelABI.h"
+#include "moe/runtime/Plan.h"
+#include "moe/runtime/Status.h"
+
+#include <functional>
+#include <memory>
+#include <string>
+#include <vector>
+
+namespace moe {
+
+/// Where kernels run: memory and launches.
+class KernelBackend {
+public:
+  virtual ~KernelBackend();
+  virtual std::string name() const = 0;
+  virtual runtime::Expected<void *> allocate(size_t bytes) = 0;
+  virtual void release(void *ptr) = 0;
+  virtual runtime::Status upload(void *dst, const void *src, size_t bytes) = 0;
+  virtual runtime::Status download(void *dst, const void *src,
+                                   size_t bytes) = 0;
+  virtual runtime::Status zero(void *dst, size_t bytes) = 0;
+  virtual runtime::Status launch(const std::string &kernel,
+                                 const MoEKernelArgs &args, unsigned grid,
+                                 unsigned block, unsigned dynamicShared) = 0;
+  virtual runtime::Status synchronize() = 0;
+  /// Milliseconds between two calls to mark(), when the backend can time.
+  virtual void mark() {}
+  virtual double elapsedMs() { return -1.0; }
+};
+
+/// f32 values of a weight (the whole tensor, stacked and padded), in
+/// row-major order: provided by the caller (safetensors, packages, ...).
+using WeightProvider =
+    std::function<runtime::Expected<std::vector<float>>(const WeightRef &)>;
+
+struct LayerOutputs {
+  std::vector<float> y;
+  std::vector<int32_t> ids;
+  std::vector<float> weights;
+  int64_t slots = 0; ///< Columns of ids/weights.
+};
+
+/// Runs one layer's plan; weights are uploaded once, buffers grow with T.
+class LayerExecutor {
+public:
+  LayerExecutor(const LayerPlan &plan, KernelBackend &backend);
+  ~LayerExecutor();
+
+  runtime::Status loadWeights(const WeightProvider &provider);
+  /// x is [T, inputWidth] f32 (converted to the input's dtype).
+  runtime::Expected<LayerOutputs> run(const float *x, int64_t tokens,
+                                      bool wantRouting);
+
+private:
+  runtime::Status ensureValues(int64_t tokens);
+
+  const LayerPlan &plan;
+  KernelBackend &backend;
+  std::vector<void *> weights;
+  std::vector<void *> values;
+  std::vector<size_t> valueBytes;
+  bool zeroed = false;
+};
+
+/// Converts f32 values to the bytes of `type` (bf16/f16: round to nearest
+/// even).
+std::vector<uint8_t> encodeElements(const std::vector<float> &values,
+                                    ElementType type);
+std::vector<float> decodeElements(const uint8_t *bytes, int64_t count,
+                                  ElementType type);
+
+} // namespace moe
+
+#endif // MOE_RUNTIME_EXECUTOR_H

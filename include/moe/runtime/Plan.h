@@ -1,0 +1,88 @@
+//===- Plan.h - Launch plans of generated kernels ---------------*- C++ -*-===//
+//
+// Part of moe-opt. What the code generator hands to a backend for each
+// layer: the kernels to launch in order, their launch shapes, and which
+// buffer (the layer's input, an intermediate value, a weight tensor, a
+// scratch area) sits in each argument slot. Plain C++: the runtime executes
+// plans without MLIR.
+//
+//===----------------------------------------------------------------------===//
+
+#ifndef MOE_RUNTIME_PLAN_H
+#define MOE_RUNTIME_PLAN_H
+
+#include <cstdint>
+#include <string>
+#include <vector>
+
+namespace moe {
+
+enum class ElementType { F32, BF16, F16, I32, U32 };
+
+const char *elementTypeName(ElementType type);
+int64_t elementSize(ElementType type);
+
+/// A buffer whose size may grow with the token count T:
+/// perToken * T + fixed elements.
+struct BufferShape {
+  ElementType type = ElementType::F32;
+  int64_t perToken = 0;
+  int64_t fixed = 0;
+  int64_t elements(int64_t tokens) const { return perToken * tokens + fixed; }
+};
+
+/// A weight tensor, as the IR's moe.weight names it (resolved by the caller
+/// against the weight root), or inline values (arith.constant).
+struct WeightRef {
+  std::vector<std::string> names;
+  std::vector<std::string> files;
+  bool stacked = false;
+  std::vector<int64_t> shape;
+  ElementType type = ElementType::F32;
+  std::vector<float> inlineValues; ///< Non-empty for constants.
+};
+
+/// What one kernel argument slot holds.
+struct Binding {
+  enum Kind { Null, Value, Weight } kind = Null;
+  int value = -1;  ///< Index into LayerPlan::values.
+  int weight = -1; ///< Index into LayerPlan::weights.
+};
+
+struct Launch {
+  std::string kernel;
+  /// Which IR op the kernel implements (for messages and reports).
+  std::string origin;
+  int blockThreads = 128;
+  int64_t dynamicSharedBytes = 0;
+  /// Grid: ceil(T / tokensPerBlock) blocks, at most maxBlocks (>= 1).
+  int64_t tokensPerBlock = 1;
+  int64_t maxBlocks = 65535;
+  std::vector<Binding> args;
+  /// Values set to zero once, before the first launch of the layer.
+  std::vector<int> zeroOnce;
+};
+
+struct LayerPlan {
+  int64_t layer = 0;
+  std::string target;   ///< LoRA target module, or empty for the MoE block.
+  std::string function; ///< IR function name.
+  std::vector<BufferShape> values;
+  std::vector<WeightRef> weights;
+  std::vector<Launch> launches;
+  int input = -1, output = -1;   ///< Values of the layer's input and output.
+  int routingIds = -1, routingWeights = -1; ///< For --routing-out.
+  int64_t inputWidth = 0, outputWidth = 0;
+};
+
+struct ModulePlan {
+  std::string source; ///< CUDA C++ of every kernel.
+  std::vector<LayerPlan> layers;
+};
+
+/// Grid size of a launch for T tokens.
+int64_t gridBlocks(const Launch &launch, int64_t tokens);
+
+} // namespace moe
+
+#endif // MOE_RUNTIME_PLAN_H

@@ -1,0 +1,295 @@
+//===- moe_route.cuh - Building blocks of the fused routing kernel --------===//
+//
+// Part of moe-opt. The code generator composes a routing kernel from these
+// templates, one call per op of a moe.fused_route body, in the order of the
+// body: each token is handled by one warp; rows of scores live in shared
+// memory; the last block to finish plans the dispatch (counts, offsets and
+// the token order grouped by expert), so routing is one launch.
+//
+// Row ops run on lane 0 of the token's warp over at most a few hundred
+// values; the router projection (T x H x E multiply-adds) is warp-parallel.
+// Semantics follow docs/dialect.md exactly, including tie breaking (the
+// lower index wins) and empty slots (id -1, weight 0).
+//
+//===----------------------------------------------------------------------===//
+
+#ifndef MOE_KERNELS_ROUTE_CUH
+#define MOE_KERNELS_ROUTE_CUH
+
+#include "moe_common.cuh"
+
+namespace moe_k {
+namespace route {
+
+/// out[n] = x . w[n] (+ bias[n]) for n < N: each dot product is split over
+/// the lanes (coalesced reads of x and of the weight row) and reduced with
+/// shuffles; x stays in L1 across the N rows.
+template <typename TX, typename TW, typename TB, int H, int N, bool HasBias>
+__device__ void routerLinear(const TX *x, const TW *w, const TB *bias,
+                             float *out, int lane) {
+  for (int n = 0; n < N; ++n) {
+    float partial = 0.0f;
+    const TW *row = w + static_cast<long long>(n) * H;
+    for (int h = lane; h < H; h += 32)
+      partial += toF32<TX>(x[h]) * toF32<TW>(row[h]);
+    float total = warpSum(partial);
+    if (lane == 0) {
+      if constexpr (HasBias)
+        total += toF32<TB>(bias[n]);
+      out[n] = total;
+    }
+  }
+  __syncwarp();
+}
+
+/// Softmax over N values in two passes over memory: an online max/sum
+/// pass, then the normalising pass. -inf entries get 0; an all -inf row
+/// gives zeros.
+template <int N>
+__device__ void softmax(const float *in, float *out) {
+  float m = negInf(), sum = 0.0f;
+  for (int i = 0; i < N; ++i) {
+    float v = in[i];
+    if (v == negInf())
+      continue;
+    if (v > m) {
+      sum = sum * expf(m - v) + 1.0f;
+      m = v;
+    } else {
+      sum += expf(v - m);
+    }
+  }
+  for (int i = 0; i < N; ++i)
+    out[i] = (m == negInf() || in[i] == negInf()) ? 0.0f : expf(in[i] - m) / sum;
+}
+
+template <int N> __device__ void sigmoid(const float *in, float *out) {
+  for (int i = 0; i < N; ++i)
+    out[i] = moe_k::sigmoid(in[i]);
+}
+
+template <int N> __device__ void relu(const float *in, float *out) {
+  for (int i = 0; i < N; ++i)
+    out[i] = fmaxf(in[i], 0.0f);
+}
+
+template <int N, bool HasWeight>
+__device__ void rmsNorm(const float *in, const float *g, float eps,
+                        float *out) {
+  float ss = 0.0f;
+  for (int i = 0; i < N; ++i)
+    ss += in[i] * in[i];
+  float inv = rsqrtf(ss / N + eps);
+  for (int i = 0; i < N; ++i)
+    out[i] = in[i] * inv * (HasWeight ? g[i] : 1.0f);
+}
+
+template <int N, typename TB>
+__device__ void biasAdd(const float *in, const TB *bias, float *out) {
+  for (int i = 0; i < N; ++i)
+    out[i] = in[i] + toF32<TB>(bias[i]);
+}
+
+/// Keeps the `Keep` best of `G` contiguous groups (scored by their max or
+/// the sum of their two best) and sets the others to -inf.
+template <int N, int G, int Keep, bool Top2>
+__device__ void groupLimit(const float *in, float *out) {
+  constexpr int S = N / G;
+  float score[G];
+  bool kept[G];
+  for (int g = 0; g < G; ++g) {
+    float best = negInf(), second = negInf();
+    for (int i = 0; i < S; ++i) {
+      float v = in[g * S + i];
+      if (v > best) {
+        second = best;
+        best = v;
+      } else if (v > second) {
+        second = v;
+      }
+    }
+    score[g] = Top2 ? best + second : best;
+    kept[g] = false;
+  }
+  for (int k = 0; k < Keep; ++k) {
+    int arg = -1;
+    float best = 0.0f;
+    for (int g = 0; g < G; ++g)
+      if (!kept[g] && (arg < 0 || score[g] > best)) {
+        arg = g;
+        best = score[g];
+      }
+    kept[arg] = true;
+  }
+  for (int g = 0; g < G; ++g)
+    for (int i = 0; i < S; ++i)
+      out[g * S + i] = kept[g] ? in[g * S + i] : negInf();
+}
+
+/// The best value of `in` not yet taken (strictly greater than -inf and
+/// than every later candidate: the lower index wins ties), or -1.
+template <int N>
+__device__ __forceinline__ int argmaxFree(const float *in,
+                                          const bool *taken) {
+  int arg = -1;
+  float best = negInf();
+  for (int i = 0; i < N; ++i)
+    if (!taken[i] && in[i] > best) {
+      best = in[i];
+      arg = i;
+    }
+  return arg;
+}
+
+/// Selection by repeated argmax: `Keep(count, value, cumulative)` says
+/// whether the next best candidate is taken.
+template <int N, int K, typename KeepFn>
+__device__ void selectBest(const float *in, int *ids, float *vals,
+                           KeepFn keep) {
+  bool taken[N];
+  for (int i = 0; i < N; ++i)
+    taken[i] = false;
+  int count = 0;
+  float cumulative = 0.0f;
+  while (count < K) {
+    int arg = argmaxFree<N>(in, taken);
+    if (arg < 0 || !keep(count, in[arg], cumulative))
+      break;
+    taken[arg] = true;
+    ids[count] = arg;
+    vals[count] = in[arg];
+    cumulative += in[arg];
+    ++count;
+  }
+  for (int s = count; s < K; ++s) {
+    ids[s] = -1;
+    vals[s] = 0.0f;
+  }
+}
+
+template <int N, int K>
+__device__ void topK(const float *in, int *ids, float *vals) {
+  selectBest<N, K>(in, ids, vals, [](int, float, float) { return true; });
+}
+
+/// The fewest best experts whose sum reaches p (at least one), at most K.
+template <int N, int K>
+__device__ void topP(const float *in, float p, int *ids, float *vals) {
+  selectBest<N, K>(in, ids, vals, [p](int count, float, float cumulative) {
+    return count == 0 || cumulative < p;
+  });
+}
+
+template <int N, int K>
+__device__ void threshold(const float *in, float limit, int *ids,
+                          float *vals) {
+  selectBest<N, K>(in, ids, vals,
+                   [limit](int, float v, float) { return v > limit; });
+}
+
+template <int N, int K>
+__device__ void gatherScores(const float *scores, const int *ids,
+                             float *out) {
+  for (int s = 0; s < K; ++s)
+    out[s] = ids[s] < 0 ? 0.0f : scores[ids[s]];
+}
+
+template <int K>
+__device__ void dropNullExperts(const int *ids, const float *w, int real,
+                                int *outIds, float *outW) {
+  for (int s = 0; s < K; ++s) {
+    bool null = ids[s] >= real;
+    outIds[s] = null ? -1 : ids[s];
+    outW[s] = null ? 0.0f : w[s];
+  }
+}
+
+template <int K>
+__device__ void normalize(const float *in, float eps, float *out) {
+  float sum = eps;
+  for (int s = 0; s < K; ++s)
+    sum += in[s];
+  for (int s = 0; s < K; ++s)
+    out[s] = sum == 0.0f ? in[s] : in[s] / sum;
+}
+
+template <int K>
+__device__ void scale(const float *in, float factor, float *out) {
+  for (int s = 0; s < K; ++s)
+    out[s] = in[s] * factor;
+}
+
+/// Expert choice over all T tokens (run by one block once every token's
+/// scores are in `scores` [T, N]): expert e takes its `Capacity` best
+/// tokens (the lower token index wins ties). ids/vals are [T, N].
+template <int N, int Capacity>
+__device__ void expertChoice(const float *scores, long long T, int *ids,
+                             float *vals) {
+  for (long long i = threadIdx.x; i < T * N; i += blockDim.x) {
+    ids[i] = -1;
+    vals[i] = 0.0f;
+  }
+  __syncthreads();
+  for (int e = threadIdx.x; e < N; e += blockDim.x) {
+    long long take = Capacity < T ? Capacity : T;
+    for (long long c = 0; c < take; ++c) {
+      long long arg = -1;
+      float best = negInf();
+      for (long long t = 0; t < T; ++t)
+        if (ids[t * N + e] < 0 && (arg < 0 || scores[t * N + e] > best)) {
+          best = scores[t * N + e];
+          arg = t;
+        }
+      ids[arg * N + e] = e;
+      vals[arg * N + e] = best;
+    }
+  }
+  __syncthreads();
+}
+
+/// moe.dispatch: counts, offsets and rows (flat slot indices t * K + s
+/// grouped by expert, in token then slot order) of ids [T, K]; run by the
+/// last block. Thread 0 walks the slots in order: deterministic.
+template <int E, int K>
+__device__ void planDispatch(const int *ids, long long T, int *counts,
+                             int *offsets, int *rows) {
+  if (threadIdx.x == 0) {
+    for (int e = 0; e < E; ++e)
+      counts[e] = 0;
+    for (long long s = 0; s < T * K; ++s)
+      if (ids[s] >= 0 && ids[s] < E)
+        ++counts[ids[s]];
+    offsets[0] = 0;
+    for (int e = 0; e < E; ++e)
+      offsets[e + 1] = offsets[e] + counts[e];
+    for (int e = 0; e < E; ++e)
+      counts[e] = offsets[e]; // reused as cursors
+    for (long long s = 0; s < T * K; ++s)
+      if (ids[s] >= 0 && ids[s] < E)
+        rows[counts[ids[s]]++] = static_cast<int>(s);
+    for (int e = 0; e < E; ++e)
+      counts[e] = offsets[e + 1] - offsets[e];
+  }
+  __syncthreads();
+}
+
+/// True in the block that finishes last (all others' writes visible).
+/// `counter` starts at 0 and is reset for the next launch.
+__device__ __forceinline__ bool lastBlockDone(unsigned *counter,
+                                              unsigned *flag) {
+  __threadfence();
+  __syncthreads();
+  if (threadIdx.x == 0) {
+    unsigned done = atomicAdd(counter, 1u);
+    flag[0] = done == gridDim.x - 1 ? 1u : 0u;
+    if (flag[0])
+      counter[0] = 0;
+  }
+  __syncthreads();
+  return flag[0] != 0;
+}
+
+} // namespace route
+} // namespace moe_k
+
+#endif // MOE_KERNELS_ROUTE_CUH

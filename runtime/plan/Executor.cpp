@@ -1,0 +1,260 @@
+//===- Executor.cpp - Runs a layer's launch plan --------------------------===//
+//
+// Part of moe-opt.
+//
+//===----------------------------------------------------------------------===//
+
+#include "moe/runtime/Executor.h"
+
+#include <cmath>
+#include <cstring>
+
+namespace moe {
+
+using runtime::Status;
+
+KernelBackend::~KernelBackend() = default;
+
+namespace {
+uint32_t bitsOf(float v) {
+  uint32_t u;
+  std::memcpy(&u, &v, 4);
+  return u;
+}
+float floatOf(uint32_t u) {
+  float v;
+  std::memcpy(&v, &u, 4);
+  return v;
+}
+uint16_t toBF16(float v) {
+  uint32_t u = bitsOf(v);
+  if (std::isnan(v))
+    return static_cast<uint16_t>((u >> 16) | 0x40);
+  u += 0x7fff + ((u >> 16) & 1);
+  return static_cast<uint16_t>(u >> 16);
+}
+float fromBF16(uint16_t b) { return floatOf(static_cast<uint32_t>(b) << 16); }
+
+uint16_t toF16(float v) {
+  uint32_t u = bitsOf(v);
+  uint32_t sign = (u >> 16) & 0x8000;
+  uint32_t exp = (u >> 23) & 0xff;
+  uint32_t mant = u & 0x7fffff;
+  if (exp == 0xff)
+    return static_cast<uint16_t>(sign | 0x7c00 | (mant ? 0x200 : 0));
+  int e = static_cast<int>(exp) - 127 + 15;
+  if (e >= 31)
+    return static_cast<uint16_t>(sign | 0x7c00);
+  if (e <= 0) {
+    if (e < -10)
+      return static_cast<uint16_t>(sign);
+    mant |= 0x800000;
+    int shift = 14 - e;
+    uint32_t half = mant >> shift;
+    uint32_t rest = mant & ((1u << shift) - 1);
+    uint32_t mid = 1u << (shift - 1);
+    if (rest > mid || (rest == mid && (half & 1)))
+      ++half;
+    return static_cast<uint16_t>(sign | half);
+  }
+  uint32_t half = (static_cast<uint32_t>(e) << 10) | (mant >> 13);
+  uint32_t rest = mant & 0x1fff;
+  if (rest > 0x1000 || (rest == 0x1000 && (half & 1)))
+    ++half;
+  return static_cast<uint16_t>(sign | half);
+}
+float fromF16(uint16_t h) {
+  uint32_t sign = static_cast<uint32_t>(h & 0x8000) << 16;
+  uint32_t exp = (h >> 10) & 0x1f, mant = h & 0x3ff;
+  if (exp == 0) {
+    float v = std::ldexp(static_cast<float>(mant), -24);
+    return sign ? -v : v;
+  }
+  if (exp == 31)
+    return floatOf(sign | 0x7f800000 | (mant << 13));
+  return floatOf(sign | ((exp - 15 + 127) << 23) | (mant << 13));
+}
+} // namespace
+
+std::vector<uint8_t> encodeElements(const std::vector<float> &values,
+                                    ElementType type) {
+  std::vector<uint8_t> out(values.size() * elementSize(type));
+  for (size_t i = 0; i < values.size(); ++i) {
+    switch (type) {
+    case ElementType::BF16: {
+      uint16_t b = toBF16(values[i]);
+      std::memcpy(&out[i * 2], &b, 2);
+      break;
+    }
+    case ElementType::F16: {
+      uint16_t b = toF16(values[i]);
+      std::memcpy(&out[i * 2], &b, 2);
+      break;
+    }
+    case ElementType::I32:
+    case ElementType::U32: {
+      int32_t v = static_cast<int32_t>(values[i]);
+      std::memcpy(&out[i * 4], &v, 4);
+      break;
+    }
+    default:
+      std::memcpy(&out[i * 4], &values[i], 4);
+    }
+  }
+  return out;
+}
+
+std::vector<float> decodeElements(const uint8_t *bytes, int64_t count,
+                                  ElementType type) {
+  std::vector<float> out(count);
+  for (int64_t i = 0; i < count; ++i) {
+    uint16_t h;
+    switch (type) {
+    case ElementType::BF16:
+      std::memcpy(&h, bytes + i * 2, 2);
+      out[i] = fromBF16(h);
+      break;
+    case ElementType::F16:
+      std::memcpy(&h, bytes + i * 2, 2);
+      out[i] = fromF16(h);
+      break;
+    default:
+      std::memcpy(&out[i], bytes + i * 4, 4);
+    }
+  }
+  return out;
+}
+
+LayerExecutor::LayerExecutor(const LayerPlan &plan, KernelBackend &backend)
+    : plan(plan), backend(backend), weights(plan.weights.size(), nullptr),
+      values(plan.values.size(), nullptr), valueBytes(plan.values.size(), 0) {}
+
+LayerExecutor::~LayerExecutor() {
+  for (void *p : weights)
+    if (p)
+      backend.release(p);
+  for (void *p : values)
+    if (p)
+      backend.release(p);
+}
+
+Status LayerExecutor::loadWeights(const WeightProvider &provider) {
+  for (size_t i = 0; i < plan.weights.size(); ++i) {
+    const WeightRef &ref = plan.weights[i];
+    std::vector<float> data;
+    if (!ref.inlineValues.empty()) {
+      data = ref.inlineValues;
+    } else {
+      runtime::Expected<std::vector<float>> loaded = provider(ref);
+      if (!loaded)
+        return loaded.takeError();
+      data = std::move(loaded.value());
+    }
+    int64_t count = 1;
+    for (int64_t d : ref.shape)
+      count *= d;
+    if (static_cast<int64_t>(data.size()) != count)
+      return Status::error("weight '" +
+                           (ref.names.empty() ? std::string("<constant>")
+                                              : ref.names.front()) +
+                           "': got " + std::to_string(data.size()) +
+                           " values, the plan needs " + std::to_string(count));
+    std::vector<uint8_t> bytes = encodeElements(data, ref.type);
+    runtime::Expected<void *> ptr = backend.allocate(bytes.size() + 16);
+    if (!ptr)
+      return ptr.takeError();
+    weights[i] = ptr.value();
+    if (Status s = backend.upload(weights[i], bytes.data(), bytes.size()))
+      return s;
+  }
+  return Status::success();
+}
+
+Status LayerExecutor::ensureValues(int64_t tokens) {
+  for (size_t i = 0; i < plan.values.size(); ++i) {
+    const BufferShape &shape = plan.values[i];
+    // At least one element, 16 bytes of slack for vector loads.
+    size_t bytes = static_cast<size_t>(
+        std::max<int64_t>(shape.elements(tokens), 1) * elementSize(shape.type)) +
+                   16;
+    if (values[i] && valueBytes[i] >= bytes)
+      continue;
+    if (values[i])
+      backend.release(values[i]);
+    runtime::Expected<void *> ptr = backend.allocate(bytes);
+    if (!ptr)
+      return ptr.takeError();
+    values[i] = ptr.value();
+    valueBytes[i] = bytes;
+    if (Status s = backend.zero(values[i], bytes))
+      return s;
+  }
+  return Status::success();
+}
+
+runtime::Expected<LayerOutputs> LayerExecutor::run(const float *x,
+                                                   int64_t tokens,
+                                                   bool wantRouting) {
+  if (tokens < 1)
+    return Status::error("the input has no tokens");
+  if (Status s = ensureValues(tokens))
+    return s;
+  const BufferShape &in = plan.values[plan.input];
+  std::vector<float> input(x, x + tokens * plan.inputWidth);
+  std::vector<uint8_t> inBytes = encodeElements(input, in.type);
+  if (Status s = backend.upload(values[plan.input], inBytes.data(),
+                                inBytes.size()))
+    return s;
+  for (const Launch &launch : plan.launches) {
+    for (int v : launch.zeroOnce)
+      if (!zeroed)
+        if (Status s = backend.zero(values[v], valueBytes[v]))
+          return s;
+    MoEKernelArgs args;
+    std::memset(&args, 0, sizeof(args));
+    if (launch.args.size() > MOE_MAX_KERNEL_BUFFERS)
+      return Status::error(launch.kernel + ": too many kernel arguments");
+    for (size_t i = 0; i < launch.args.size(); ++i) {
+      const Binding &b = launch.args[i];
+      if (b.kind == Binding::Value)
+        args.buffers[i] = values[b.value];
+      else if (b.kind == Binding::Weight)
+        args.buffers[i] = weights[b.weight];
+    }
+    args.num_tokens = tokens;
+    unsigned grid = static_cast<unsigned>(gridBlocks(launch, tokens));
+    if (Status s = backend.launch(launch.kernel, args, grid,
+                                  static_cast<unsigned>(launch.blockThreads),
+                                  static_cast<unsigned>(
+                                      launch.dynamicSharedBytes)))
+      return s.withContext(launch.kernel + " (" + launch.origin + ")");
+  }
+  zeroed = true;
+  if (Status s = backend.synchronize())
+    return s;
+
+  LayerOutputs out;
+  const BufferShape &yShape = plan.values[plan.output];
+  int64_t yCount = yShape.elements(tokens);
+  std::vector<uint8_t> yBytes(yCount * elementSize(yShape.type));
+  if (Status s = backend.download(yBytes.data(), values[plan.output],
+                                  yBytes.size()))
+    return s;
+  out.y = decodeElements(yBytes.data(), yCount, yShape.type);
+  if (wantRouting && plan.routingIds >= 0 && plan.routingWeights >= 0) {
+    const BufferShape &ids = plan.values[plan.routingIds];
+    int64_t n = ids.elements(tokens);
+    out.slots = ids.perToken;
+    out.ids.resize(n);
+    out.weights.resize(n);
+    if (Status s = backend.download(out.ids.data(), values[plan.routingIds],
+                                    n * 4))
+      return s;
+    if (Status s = backend.download(out.weights.data(),
+                                    values[plan.routingWeights], n * 4))
+      return s;
+  }
+  return out;
+}
+
+} // namespace moe
