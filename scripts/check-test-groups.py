@@ -36,7 +36,22 @@ def main():
     for g in groups:
         if passed.get(g, 0) == 0:
             problems.append(f"test group '{g}' ran no passing test")
+    gpu_units = set()
+    listing = os.path.join(test_root, "unit", "gpu-only-tests.txt")
+    if os.path.isfile(listing):
+        for line in open(listing):
+            line = line.strip()
+            if line and not line.startswith("#"):
+                gpu_units.add(line)
     for group, rel, name in skipped:
+        if group == "unit":
+            # classname "MOE.unit/<binary path>/<Suite>", name "<Test>".
+            if rel.rsplit("/", 1)[-1] + "." + name in gpu_units:
+                continue
+            problems.append(f"unit test '{rel.rsplit('/', 1)[-1]}.{name}' "
+                            "was skipped but is not listed in "
+                            "test/unit/gpu-only-tests.txt")
+            continue
         # classname "MOE.<dir>" + name "<file>" locate the test source.
         src = os.path.join(test_root, rel, name)
         text = open(src).read() if os.path.isfile(src) else ""
