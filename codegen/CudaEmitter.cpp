@@ -734,6 +734,7 @@ private:
     if (!op.getIds()) {
       // Every adapter with weight 1: report that routing.
       plan.routingIds = plan.routingWeights = -1;
+      plan.allExperts = E;
     }
 
     os << "// " << launch.origin << "\nnamespace " << name << "_cfg {\n";

@@ -27,6 +27,11 @@ llvm_config.add_tool_substitutions(
 llvm_config.with_environment("PATH", config.moe_tools_dir, append_path=True)
 llvm_config.with_environment("PATH", config.llvm_tools_dir, append_path=True)
 
+# Compiled kernels (NVRTC and the CPU emulation) are cached inside the build
+# tree, not in the user's cache.
+config.environment["MOE_CACHE_DIR"] = os.path.join(config.moe_obj_root,
+                                                   "test", "kernel-cache")
+
 # Test oracles use Debian's python3 with python3-numpy, never the code under
 # test.
 debian_python = "/usr/bin/python3"

@@ -865,14 +865,13 @@ inline std::string describe_wait(const Thread &t) {
   case St::Exited:
     return "exited";
   default:
-    return "runnable";
+    return "spin (runnable)";
   }
 }
 
-/// "deadlock: ..." listing, in thread order, runs of threads in the same
-/// state.
-inline std::string deadlock_report(const Block &b) {
-  std::string r = "deadlock: no thread can proceed;";
+/// Runs of threads in the same state, in thread order.
+inline std::string thread_states(const Block &b) {
+  std::string r;
   unsigned i = 0, groups = 0;
   while (i < b.n) {
     std::string what = describe_wait(b.threads[i]);
@@ -893,14 +892,20 @@ inline std::string deadlock_report(const Block &b) {
                   what.c_str());
     i = j;
   }
-  r += " (every thread of a block must reach the same __syncthreads, and "
-       "every lane named in a warp collective's mask must reach it)";
   return r;
 }
 
-/// Consecutive resumes that only yielded (no barrier, collective or exit
-/// anywhere) before the launch is declared livelocked.
-constexpr uint64_t kLivelockResumes = uint64_t(1) << 24;
+inline std::string deadlock_report(const Block &b) {
+  return "deadlock: no thread can proceed;" + thread_states(b) +
+         " (every thread of a block must reach the same __syncthreads, and "
+         "every lane named in a warp collective's mask must reach it)";
+}
+
+/// Consecutive scheduling passes in which every resumed thread only yielded
+/// (no barrier, collective or exit anywhere) before the launch is declared
+/// livelocked. A chain of spin-lock hand-offs needs at most one pass per
+/// thread, so this is far above any legitimate run.
+constexpr uint64_t kLivelockPasses = uint64_t(1) << 16;
 
 template <typename Args>
 inline bool run_block(Block &b, void (*fn)(Args), const Args *args,
@@ -923,16 +928,16 @@ inline bool run_block(Block &b, void (*fn)(Args), const Args *args,
   b.smemTop = b.dynBytes;
   std::memset(b.smem, kSharedPoison, b.dynBytes);
   unsigned live = b.n;
-  uint64_t idle = 0;
+  uint64_t idlePasses = 0;
   for (;;) {
     bool resumed = false;
+    const uint64_t eventsBefore = b.events;
     for (unsigned i = 0; i < b.n; ++i) {
       Thread &t = b.threads[i];
       if (t.state != St::Ready && t.state != St::Fresh)
         continue;
       if (t.state == St::Fresh)
         start_fiber(t, fn, args, stacks.top(i), stacks.size);
-      const uint64_t before = b.events;
       t.state = St::Running;
       g_current = &t;
       t.fib = std::move(t.fib).resume();
@@ -942,24 +947,23 @@ inline bool run_block(Block &b, void (*fn)(Args), const Args *args,
         return false;
       if (t.state == St::Exited)
         --live;
-      if (b.events == before && t.state == St::Ready) {
-        if (++idle > kLivelockResumes) {
-          b.failed = true;
-          b.error = format("livelock: %llu consecutive resumes only yielded "
-                           "(threads spin on atomics or __nanosleep while "
-                           "waiting for something that never happens)",
-                           static_cast<unsigned long long>(idle));
-          return false;
-        }
-      } else {
-        idle = 0;
-      }
     }
     if (live == 0)
       return true;
     if (!resumed) {
       b.failed = true;
       b.error = deadlock_report(b);
+      return false;
+    }
+    if (b.events != eventsBefore) {
+      idlePasses = 0;
+    } else if (++idlePasses > kLivelockPasses) {
+      b.failed = true;
+      b.error = format("livelock: in %llu scheduling passes every runnable "
+                       "thread only yielded (spinning on atomicCAS or "
+                       "__nanosleep for something that never happens);%s",
+                       static_cast<unsigned long long>(idlePasses),
+                       thread_states(b).c_str());
       return false;
     }
   }

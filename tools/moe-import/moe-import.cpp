@@ -55,6 +55,12 @@ static cl::opt<std::string>
 static cl::opt<int64_t> layers("layers",
                                cl::desc("--synthetic: number of layers"),
                                cl::init(0), cl::cat(category));
+static cl::opt<int64_t> experts("experts",
+                                cl::desc("--synthetic: number of experts"),
+                                cl::init(0), cl::cat(category));
+static cl::opt<int64_t> topK("top-k",
+                             cl::desc("--synthetic: experts per token"),
+                             cl::init(0), cl::cat(category));
 static cl::opt<int64_t> shards("shards",
                                cl::desc("--synthetic: number of shards"),
                                cl::init(1), cl::cat(category));
@@ -90,6 +96,10 @@ static int writeSynthetic() {
     return fail("--dtype is '" + dtype + "'; expected f32, bf16 or f16");
   if (layers > 0)
     opts.numLayers = layers;
+  if (experts > 0)
+    opts.numExperts = experts;
+  if (topK > 0)
+    opts.topK = topK;
   if (shards < 1)
     return fail("--shards must be >= 1");
   opts.numShards = shards;

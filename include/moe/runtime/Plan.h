@@ -73,6 +73,9 @@ struct LayerPlan {
   int input = -1, output = -1;   ///< Values of the layer's input and output.
   int routingIds = -1, routingWeights = -1; ///< For --routing-out.
   int64_t inputWidth = 0, outputWidth = 0;
+  /// A LoRA mixture without routing applies every one of its allExperts
+  /// adapters with weight 1 (reported as such by --routing-out).
+  int64_t allExperts = 0;
 };
 
 struct ModulePlan {

@@ -1,0 +1,181 @@
+#!/usr/bin/env python3
+"""The generated kernels against the reference executor.
+
+Runs `moe-run --backend BACKEND` (the CUDA C++ kernels, on the CPU emulation
+or a GPU) and `moe-run --backend reference` (the interpreter) on the same
+models and inputs, and compares outputs, selected experts and weights:
+every architecture (synthetic models: f32 and bf16 weights, per-expert and
+fused layouts, top-k = E so that every expert receives every token), every
+example of examples/ (seed methods and the LoRA mixture, weights drawn
+here), T in {1, 7, 64, 300} (with T = 1 most experts receive no token).
+
+  check_backend.py --bin BUILD/bin --examples DIR --backend emu [--seed N]
+"""
+import argparse
+import glob
+import os
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+
+import numpy as np
+
+sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "..",
+                                "Passes", "Inputs"))
+sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "..",
+                                "Oracle"))
+from check_preserved import random_weights, layers_of, hidden_of  # noqa
+from hf_models import write_safetensors  # noqa: E402
+
+ARCHS = ["mixtral", "qwen2_moe", "qwen3_moe", "olmoe", "deepseek_v2",
+         "deepseek_v3", "gpt_oss", "llama4_text"]
+TOKENS = [1, 7, 64, 300]
+# f32 activations, f32 accumulation in another order than the reference's
+# f64 sums: a few ulps of the largest output. With bf16/f16 activations both
+# round each op's result; summing in another order can move a result to the
+# next representable value: one ulp of bf16 is 2^-8 of the value.
+RTOL = 1e-5
+RTOL_HALF = 1e-2
+WTOL = 1e-6
+
+
+def run(cmd):
+    r = subprocess.run(cmd, capture_output=True, text=True)
+    if r.returncode != 0:
+        raise RuntimeError(" ".join(cmd) + "\n" + r.stderr[-3000:])
+    return r.stdout
+
+
+def run_layer(args, ir, layer, x_path, prefix, backend, target=None):
+    cmd = [args.bin + "/moe-run", ir, "--layer", str(layer), "--input", x_path,
+           "--output", prefix + ".y.npy", "--routing-out", prefix,
+           "--backend", backend]
+    if target:
+        cmd += ["--target", target]
+    run(cmd)
+    return (np.load(prefix + ".y.npy"), np.load(prefix + ".ids.npy"),
+            np.load(prefix + ".weights.npy"))
+
+
+def compare_routing(tag, ids0, w0, ids1, w1):
+    """Same expert sets per token, weights aligned by expert id."""
+    if ids0.shape != ids1.shape:
+        raise AssertionError(f"{tag}: routing shapes {ids0.shape} vs "
+                             f"{ids1.shape}")
+    for t in range(ids0.shape[0]):
+        a = {int(e): float(w) for e, w in zip(ids0[t], w0[t]) if e >= 0}
+        b = {int(e): float(w) for e, w in zip(ids1[t], w1[t]) if e >= 0}
+        if set(a) != set(b):
+            raise AssertionError(f"{tag}: token {t} selects {sorted(b)}, the "
+                                 f"reference {sorted(a)}")
+        for e in a:
+            if abs(a[e] - b[e]) > WTOL + WTOL * abs(a[e]):
+                raise AssertionError(f"{tag}: token {t} expert {e} weight "
+                                     f"{b[e]} vs reference {a[e]}")
+
+
+def check_model(args, tag, ir, work, rng, target=None, layers=None):
+    half = re.search(r"func\.func @\w+\(%\w+: tensor<\?x\d+x(bf16|f16)>",
+                     open(ir).read()) is not None
+    rtol = RTOL_HALF if half else RTOL
+    for layer in layers if layers is not None else layers_of(ir):
+        hidden = hidden_of(ir, layer) if target is None else int(
+            re.search(r"func\.func @\w+\(%\w+: tensor<\?x(\d+)x",
+                      open(ir).read()).group(1))
+        for t in TOKENS:
+            x = rng.standard_normal((t, hidden)).astype(np.float32)
+            xp = os.path.join(work, "x.npy")
+            np.save(xp, x)
+            y0, i0, w0 = run_layer(args, ir, layer, xp,
+                                   os.path.join(work, "ref"), "reference",
+                                   target)
+            y1, i1, w1 = run_layer(args, ir, layer, xp,
+                                   os.path.join(work, "gen"), args.backend,
+                                   target)
+            where = f"{tag} layer {layer} T={t}"
+            compare_routing(where, i0, w0, i1, w1)
+            scale = max(float(np.abs(y0).max()), 1e-30)
+            err = float(np.abs(y0 - y1).max()) / scale
+            if not np.isfinite(y1).all() or err > rtol:
+                raise AssertionError(f"{where}: output differs from the "
+                                     f"reference (relative {err:.3g} > "
+                                     f"{rtol})")
+
+
+def main():
+    p = argparse.ArgumentParser()
+    p.add_argument("--bin", required=True)
+    p.add_argument("--examples", required=True)
+    p.add_argument("--backend", default="emu")
+    p.add_argument("--seed", type=int, default=None)
+    p.add_argument("--only", default=None, help="substring of case names")
+    args = p.parse_args()
+    seed = args.seed if args.seed is not None else int(time.time()) % 100000
+    rng = np.random.default_rng(seed)
+    work = tempfile.mkdtemp(prefix="moe-backend-")
+    cases, failures = 0, 0
+
+    def case(tag, fn):
+        nonlocal cases, failures
+        if args.only and args.only not in tag:
+            return
+        cases += 1
+        try:
+            fn()
+            print(f"ok   {tag}", flush=True)
+        except (AssertionError, RuntimeError) as e:
+            failures += 1
+            print(f"FAIL {tag}: {e}", flush=True)
+
+    try:
+        variants = [("f32", [], "per-expert"), ("bf16", ["--fused-experts"],
+                                                 "fused"),
+                    ("f32", ["--top-k", "8"], "all-experts")]
+        for arch in ARCHS:
+            for dtype, extra, name in variants:
+                # Group-limited routers cannot pick every expert.
+                if name == "all-experts" and arch.startswith("deepseek"):
+                    continue
+                tag = f"{arch}/{dtype}/{name}"
+                model = os.path.join(work, tag.replace("/", "_"))
+
+                def go(arch=arch, dtype=dtype, extra=extra, model=model,
+                       tag=tag):
+                    run([args.bin + "/moe-import", "--synthetic", arch,
+                         "--dtype", dtype, "--seed", str(seed), "-o", model]
+                        + extra)
+                    ir = model + ".mlir"
+                    run([args.bin + "/moe-import", model, "-o", ir])
+                    check_model(args, tag, ir, work, rng)
+                case(tag, go)
+        for example in sorted(glob.glob(os.path.join(args.examples,
+                                                     "*.mlir"))):
+            tag = "example/" + os.path.basename(example)
+
+            def go(example=example, tag=tag):
+                d = os.path.join(work, "ex_" + os.path.basename(example)[:-5])
+                os.makedirs(d)
+                text = open(example).read()
+                tensors = random_weights(text, rng)
+                for f in set(re.findall(r'from \["([^"]*)"\]', text)):
+                    write_safetensors(os.path.join(d, f), tensors)
+                ir = os.path.join(d, "model.mlir")
+                shutil.copy(example, ir)
+                check_model(args, tag, ir, work, rng)
+            case(tag, go)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    print(f"{cases - failures} of {cases} models match the reference on "
+          f"{args.backend} (seed {seed})")
+    if failures:
+        print(f"reproduce with: {sys.argv[0]} --bin {args.bin} --examples "
+              f"{args.examples} --backend {args.backend} --seed {seed}")
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

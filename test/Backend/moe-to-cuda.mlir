@@ -1,0 +1,51 @@
+// The emitter instantiates the kernel templates with the op's constants and
+// names the op each kernel came from.
+// RUN: moe-opt %s --moe-optimize | moe-translate --moe-to-cuda | FileCheck %s
+
+// CHECK: #include "moe_route.cuh"
+// CHECK: //===--- @layer_3 (layer 3) ---===//
+// CHECK: // moe.fused_route at loc(
+// CHECK: extern "C" __global__ void __launch_bounds__(128) moe_route_l3_0(MoEKernelArgs args)
+// CHECK: moe_k::route::routerLinear<float, __nv_bfloat16, float, 16, 8, true>(x + t * 16
+// CHECK: moe_k::route::sigmoid<8>(
+// CHECK: moe_k::route::biasAdd<8, float>(
+// CHECK: moe_k::route::groupLimit<8, 4, 2, true>(
+// CHECK: moe_k::route::topK<8, 2>(
+// CHECK: moe_k::route::gatherScores<8, 2>(
+// CHECK: moe_k::route::normalize<2>({{.*}}, 9.99999968e-21f,
+// CHECK: moe_k::route::scale<2>({{.*}}, 2.5f,
+// CHECK: moe_k::route::planDispatch<8, 2>(outIds, T, counts, offsets, rows);
+// CHECK: MOE_EMU_EXPORT_KERNEL(moe_route_l3_0)
+// CHECK: // moe.fused_experts at loc({{.*}}) (layout runtime: per-token kernel)
+// CHECK: struct Routed {
+// CHECK-NEXT: using TW = __nv_bfloat16;
+// CHECK: static constexpr int H = 16, I = 32, E = 8;
+// CHECK-NEXT: static constexpr bool Fused = true, Interleaved = true, InOut = true;
+// CHECK-NEXT: static constexpr int Act = 3; // swiglu_clamped
+// CHECK-NEXT: static constexpr float Alpha = 1.70200002f, Limit = 7.0f;
+// CHECK: static constexpr int K = 2;
+// CHECK-NEXT: static constexpr bool ScaleInput = false, Unweighted = false, HasShared = false, SharedGate = false;
+// CHECK: moe_k::experts::perToken<moe_experts_l3_1_cfg::Cfg>(args);
+// CHECK: MOE_EMU_EXPORT_KERNEL(moe_experts_l3_1)
+
+func.func @layer_3(%x: tensor<?x16xf32>) -> tensor<?x16xf32> attributes {moe.layer = 3 : i64} {
+  %wg = moe.weight ["gate"] from ["m.safetensors"] : tensor<8x16xbf16>
+  %bg = moe.weight ["gate_bias"] from ["m.safetensors"] : tensor<8xf32>
+  %l = moe.router_linear %x, %wg bias %bg : (tensor<?x16xf32>, tensor<8x16xbf16>, tensor<8xf32>) -> tensor<?x8xf32>
+  %s = moe.sigmoid %l : tensor<?x8xf32>
+  %cb = moe.weight ["correction"] from ["m.safetensors"] : tensor<8xf32>
+  %c = moe.bias_add %s, %cb : tensor<?x8xf32>, tensor<8xf32>
+  %g = moe.group_limit %c {group_score = #moe.group_score<top2_sum>, keep_groups = 2 : i64, num_groups = 4 : i64} : tensor<?x8xf32>
+  %ids, %v = moe.topk %g {k = 2 : i64} : tensor<?x8xf32> -> tensor<?x2xi32>, tensor<?x2xf32>
+  %gw = moe.gather_scores %s, %ids : tensor<?x8xf32>, tensor<?x2xi32> -> tensor<?x2xf32>
+  %n = moe.normalize %gw {epsilon = 1.0e-20 : f32} : tensor<?x2xf32>
+  %w = moe.scale %n {factor = 2.5 : f32} : tensor<?x2xf32>
+  %cnt, %off, %rows = moe.dispatch %ids {num_experts = 8 : i64} : tensor<?x2xi32> -> tensor<8xi32>, tensor<9xi32>, tensor<?xi32>
+  %xs = moe.permute %x, %rows, %w : (tensor<?x16xf32>, tensor<?xi32>, tensor<?x2xf32>) -> tensor<?x16xf32>
+  %gu = moe.weight ["gate_up"] from ["m.safetensors"] : tensor<8x16x64xbf16>
+  %gub = moe.weight ["gate_up_bias"] from ["m.safetensors"] : tensor<8x64xbf16>
+  %d = moe.weight ["down"] from ["m.safetensors"] : tensor<8x32x16xbf16>
+  %ys = moe.expert_ffn %xs, %off gate_up(%gu) down(%d) gate_up_bias(%gub) {activation = #moe.activation<swiglu_clamped>, gate_up_layout = #moe.gate_up_layout<interleaved>, weight_layout = #moe.weight_layout<in_out>} : (tensor<?x16xf32>, tensor<9xi32>, tensor<8x16x64xbf16>, tensor<8x32x16xbf16>, tensor<8x64xbf16>) -> tensor<?x16xf32>
+  %y = moe.combine %ys, %rows, %w : (tensor<?x16xf32>, tensor<?xi32>, tensor<?x2xf32>) -> tensor<?x16xf32>
+  return %y : tensor<?x16xf32>
+}
