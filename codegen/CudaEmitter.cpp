@@ -95,6 +95,10 @@ int64_t dim(Value v, unsigned i) {
   return cast<RankedTensorType>(v.getType()).getDimSize(i);
 }
 
+/// The grouped expert kernels' tile (moe_grouped.cuh; the generated source
+/// asserts that they agree): rows and columns of output per block, threads.
+constexpr int64_t kTileRows = 64, kTileCols = 64, kTileThreads = 128;
+
 /// Builds one layer's plan and the kernels' source text.
 class LayerEmitter {
 public:
@@ -249,6 +253,10 @@ private:
     int offsets = fixedValue(::moe::ElementType::I32, E + 1);
     int rows = fixedValue(::moe::ElementType::I32, 0, K);
     int counter = fixedValue(::moe::ElementType::U32, 1);
+    // The inverse of rows (slot -> position in rows, -1 when empty): the
+    // grouped expert kernels' combine reads it.
+    int slotRow = fixedValue(::moe::ElementType::I32, 0, K);
+    slotRowOf[op.getRows()] = slotRow;
     values[op.getIds()] = ids;
     values[op.getWeights()] = weights;
     values[op.getCounts()] = counts;
@@ -260,7 +268,7 @@ private:
     launch.args = {valueBinding(*input), valueBinding(ids),
                    valueBinding(weights), valueBinding(counts),
                    valueBinding(offsets), valueBinding(rows),
-                   valueBinding(counter)};
+                   valueBinding(counter), valueBinding(slotRow)};
     int scratchSlot = static_cast<int>(launch.args.size());
     launch.args.push_back(::moe::Binding()); // expert-choice scores
 
@@ -481,9 +489,10 @@ private:
           "  int *counts = static_cast<int *>(args.buffers[3]);\n"
           "  int *offsets = static_cast<int *>(args.buffers[4]);\n"
           "  int *rows = static_cast<int *>(args.buffers[5]);\n"
-          "  unsigned *counter = static_cast<unsigned *>(args.buffers[6]);\n";
+          "  unsigned *counter = static_cast<unsigned *>(args.buffers[6]);\n"
+          "  int *slotRow = static_cast<int *>(args.buffers[7]);\n";
     if (choice)
-      os << "  float *choiceScores = static_cast<float *>(args.buffers[7]);\n";
+      os << "  float *choiceScores = static_cast<float *>(args.buffers[8]);\n";
     os << pointers << shared;
     os << "  MOE_SHARED(unsigned, lastFlag, 1);\n";
     os << "  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;\n"
@@ -502,7 +511,7 @@ private:
     os << "  if (moe_k::route::lastBlockDone(counter, lastFlag)) {\n";
     os << phase2;
     os << llvm::formatv("    moe_k::route::planDispatch<{0}, {1}>(outIds, T, "
-                        "counts, offsets, rows);\n  }\n}\n",
+                        "counts, offsets, rows, slotRow);\n  }\n}\n",
                         E, K);
     os << "#ifdef MOE_EMU\nMOE_EMU_EXPORT_KERNEL(" << name << ")\n#endif\n\n";
     plan.launches.push_back(std::move(launch));
@@ -624,44 +633,66 @@ private:
     int64_t K = dim(op.getIds(), 1);
     std::string tx = cxxType(op.getInput().getType());
 
-    ::moe::Launch launch;
-    launch.kernel = name;
-    launch.origin = "moe.fused_experts at " + locString(op);
-    launch.blockThreads = 128;
-    launch.tokensPerBlock = 1;
-    launch.maxBlocks = 65535;
-    int64_t maxI = std::max(r.I, s.I);
-    launch.dynamicSharedBytes = (3 * r.H + maxI + 1) * 4;
+    // Which kernels: the per-token kernel (decode), the grouped kernels
+    // (prefill), or both with a slot-count gate (layout runtime).
+    DispatchLayout layout = op.getLayout();
+    bool withPerToken = layout != DispatchLayout::grouped;
+    bool withGrouped = layout != DispatchLayout::per_token;
+    auto slotRowIt = slotRowOf.find(op.getRows());
+    if (withGrouped && slotRowIt == slotRowOf.end()) {
+      if (!withPerToken)
+        return makeError(op, "the grouped expert kernels need the dispatch "
+                             "plan of a moe.fused_route");
+      withGrouped = false;
+    }
+    if (withGrouped && shared && s.H != r.H)
+      return makeError(op, "the shared experts' width differs from the "
+                           "routed experts'");
+
+    // Argument slots shared by every kernel of the op: 0-20 are the
+    // per-token kernel's, 21-27 the grouped kernels' (moe_grouped.cuh).
+    std::vector<::moe::Binding> args;
+    std::string origin = "moe.fused_experts at " + locString(op);
     for (Value v : {op.getInput(), op.getIds(), op.getWeights()}) {
       Expected<int> id = lookup(op, v);
       if (!id)
         return id.takeError();
-      launch.args.push_back(valueBinding(*id));
+      args.push_back(valueBinding(*id));
     }
     FailureOr<int> y = tokenValue(op.getResult());
     if (failed(y))
       return makeError(op, "unsupported result type");
-    launch.args.push_back(valueBinding(*y));
-    if (Error err = bindFFN(launch, r, op))
+    args.push_back(valueBinding(*y));
+    ::moe::Launch bindings;
+    if (Error err = bindFFN(bindings, r, op))
       return err;
     if (shared) {
-      if (Error err = bindFFN(launch, s, op))
+      if (Error err = bindFFN(bindings, s, op))
         return err;
     } else {
-      launch.args.resize(launch.args.size() + 8);
+      bindings.args.resize(bindings.args.size() + 8);
     }
+    args.insert(args.end(), bindings.args.begin(), bindings.args.end());
     if (sharedGate) {
       FailureOr<::moe::Binding> b = weightBinding(sharedGate.getWeight());
       if (failed(b))
         return makeError(op, "the shared-expert gate is neither a moe.weight "
                              "nor a constant");
-      launch.args.push_back(*b);
+      args.push_back(*b);
     } else {
-      launch.args.push_back(::moe::Binding());
+      args.push_back(::moe::Binding());
     }
 
-    os << "// " << launch.origin << " (layout "
-       << stringifyDispatchLayout(op.getLayout()) << ": per-token kernel)\n";
+    os << "// " << origin << " (layout " << stringifyDispatchLayout(layout)
+       << ": "
+       << (withPerToken && withGrouped ? "per-token kernel up to "
+                                         + std::to_string(
+                                               ::moe::kPerTokenMaxSlots) +
+                                         " routed slots, grouped kernels "
+                                         "above"
+           : withPerToken ? "per-token kernel"
+                          : "grouped kernels")
+       << ")\n";
     os << "namespace " << name << "_cfg {\n";
     ffnStruct(os, "Routed", r);
     if (shared)
@@ -676,11 +707,102 @@ private:
                         static_cast<bool>(shared),
                         static_cast<bool>(sharedGate));
     os << "};\n} // namespace " << name << "_cfg\n";
-    os << "extern \"C\" __global__ void __launch_bounds__(128, 1) " << name
-       << "(MoEKernelArgs args) {\n  moe_k::experts::perToken<" << name
-       << "_cfg::Cfg>(args);\n}\n";
-    os << "#ifdef MOE_EMU\nMOE_EMU_EXPORT_KERNEL(" << name << ")\n#endif\n\n";
-    plan.launches.push_back(std::move(launch));
+
+    if (withPerToken) {
+      ::moe::Launch launch;
+      launch.kernel = name;
+      launch.origin = origin;
+      launch.blockThreads = 128;
+      launch.tokensPerBlock = 1;
+      launch.maxBlocks = 65535;
+      int64_t maxI = std::max(r.I, s.I);
+      launch.dynamicSharedBytes = (3 * r.H + maxI + 1) * 4;
+      launch.args.assign(args.begin(), args.begin() + 21);
+      if (withGrouped) {
+        launch.slotsPerToken = K;
+        launch.maxSlots = ::moe::kPerTokenMaxSlots;
+      }
+      os << "extern \"C\" __global__ void __launch_bounds__(128, 1) " << name
+         << "(MoEKernelArgs args) {\n  moe_k::experts::perToken<" << name
+         << "_cfg::Cfg>(args);\n}\n";
+      os << "#ifdef MOE_EMU\nMOE_EMU_EXPORT_KERNEL(" << name
+         << ")\n#endif\n";
+      plan.launches.push_back(std::move(launch));
+    }
+    if (withGrouped) {
+      // Scratch, per token: h and the per-row outputs of the K routed slots
+      // (f32), the shared FFN's h and output.
+      args.push_back(valueBinding(values.lookup(op.getOffsets())));
+      args.push_back(valueBinding(values.lookup(op.getRows())));
+      args.push_back(valueBinding(slotRowIt->second));
+      args.push_back(valueBinding(
+          fixedValue(::moe::ElementType::F32, 0, K * r.I)));
+      args.push_back(valueBinding(
+          fixedValue(::moe::ElementType::F32, 0, K * r.H)));
+      if (shared) {
+        args.push_back(
+            valueBinding(fixedValue(::moe::ElementType::F32, 0, s.I)));
+        args.push_back(
+            valueBinding(fixedValue(::moe::ElementType::F32, 0, r.H)));
+      } else {
+        args.resize(args.size() + 2);
+      }
+      auto ceilDiv = [](int64_t a, int64_t b) { return (a + b - 1) / b; };
+      os << "static_assert(moe_k::grouped::BM == " << kTileRows
+         << " && moe_k::grouped::BN == " << kTileCols
+         << " && moe_k::grouped::Threads == " << kTileThreads
+         << ", \"the launch plan's grid assumes these tiles\");\n";
+      // GEMM kernels: (ceil(rows / BM) + partial tiles) x column tiles.
+      auto gemm = [&](StringRef suffix, StringRef call, bool sharedRows,
+                      int64_t outCols) {
+        ::moe::Launch launch;
+        launch.kernel = (name + "_" + suffix).str();
+        launch.origin = origin;
+        launch.blockThreads = kTileThreads;
+        launch.tokensPerBlock = kTileRows;
+        launch.rowsPerToken = sharedRows ? 1 : K;
+        launch.extraBlocks = sharedRows ? 0 : r.E;
+        launch.gridColumns = ceilDiv(outCols, kTileCols);
+        launch.maxBlocks = int64_t(1) << 20;
+        launch.args = args;
+        if (withPerToken) {
+          launch.slotsPerToken = K;
+          launch.minSlots = ::moe::kPerTokenMaxSlots + 1;
+        }
+        os << "extern \"C\" __global__ void __launch_bounds__("
+           << kTileThreads << ") " << launch.kernel
+           << "(MoEKernelArgs args) {\n  moe_k::grouped::" << call << "<"
+           << name << "_cfg::Cfg" << (sharedRows ? ", true" : ", false")
+           << ">(args);\n}\n";
+        os << "#ifdef MOE_EMU\nMOE_EMU_EXPORT_KERNEL(" << launch.kernel
+           << ")\n#endif\n";
+        plan.launches.push_back(std::move(launch));
+      };
+      gemm("up", "gateUp", false, r.I);
+      gemm("down", "down", false, r.H);
+      if (shared) {
+        gemm("shared_up", "gateUp", true, s.I);
+        gemm("shared_down", "down", true, r.H);
+      }
+      ::moe::Launch launch;
+      launch.kernel = name + "_combine";
+      launch.origin = origin;
+      launch.blockThreads = 128;
+      launch.tokensPerBlock = 1;
+      launch.maxBlocks = 65535;
+      launch.args = args;
+      if (withPerToken) {
+        launch.slotsPerToken = K;
+        launch.minSlots = ::moe::kPerTokenMaxSlots + 1;
+      }
+      os << "extern \"C\" __global__ void __launch_bounds__(128) "
+         << launch.kernel << "(MoEKernelArgs args) {\n  moe_k::grouped::"
+         << "combine<" << name << "_cfg::Cfg>(args);\n}\n";
+      os << "#ifdef MOE_EMU\nMOE_EMU_EXPORT_KERNEL(" << launch.kernel
+         << ")\n#endif\n";
+      plan.launches.push_back(std::move(launch));
+    }
+    os << "\n";
     return Error::success();
   }
 
@@ -768,6 +890,8 @@ private:
   ::moe::LayerPlan plan;
   llvm::DenseMap<Value, int> values;
   llvm::DenseMap<Value, std::string> weightPtr;
+  /// The slotRow value of each fused_route's rows result.
+  llvm::DenseMap<Value, int> slotRowOf;
   int kernelCount = 0;
 };
 
@@ -782,7 +906,7 @@ Expected<ModulePlan> emitCudaModule(ModuleOp module) {
         "// runtime/kernels (see docs/codegen.md). Each kernel names the IR op "
         "it\n// came from.\n";
   os << "#include \"moe_route.cuh\"\n#include \"moe_experts.cuh\"\n"
-        "#include \"moe_lora.cuh\"\n\n";
+        "#include \"moe_grouped.cuh\"\n#include \"moe_lora.cuh\"\n\n";
   for (auto fn : module.getOps<func::FuncOp>()) {
     auto layer = fn->getAttrOfType<IntegerAttr>(kLayerAttrName);
     if (!layer)

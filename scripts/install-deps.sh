@@ -9,6 +9,7 @@ packages=(
   libgtest-dev                              # C++ unit tests
   python3-numpy                             # independent test oracles
   libboost-context-dev                      # fibers of the CPU emulation of kernels
+  pybind11-dev python3-dev                  # the Python module moe_opt
 )
 
 missing=()

@@ -134,6 +134,18 @@ Expected<HostTensor> WeightLoader::load(const std::vector<std::string> &names,
                                         const std::vector<int64_t> &shape,
                                         llvm::StringRef elementType) {
   HostTensor result = HostTensor::floats(shape);
+  if (provider) {
+    Expected<std::vector<float>> values =
+        provider(names, files, stacked, shape, elementType);
+    if (!values)
+      return values.takeError();
+    if (values->size() != result.f.size())
+      return makeError("weight '" + (names.empty() ? std::string() : names[0]) +
+                       "': got " + llvm::Twine(values->size()) +
+                       " values for shape " + ::moe::formatShape(shape));
+    result.f = std::move(*values);
+    return result;
+  }
   std::vector<int64_t> slice =
       stacked ? std::vector<int64_t>(shape.begin() + 1, shape.end()) : shape;
   int64_t sliceSize = std::accumulate(slice.begin(), slice.end(), int64_t{1},

@@ -528,6 +528,10 @@ EmuModule::compile(const std::string &source,
   argv.insert(argv.end(), flags.begin(), flags.end());
   argv.push_back("-I" + *includeDir);
   argv.push_back("-I" + headerDir);
+  // Messages (deadlock reports, asserts) name files without the temporary
+  // folders: "kernel.cpp:42", "include/moe_route.cuh:7".
+  argv.push_back("-ffile-prefix-map=" + *work + "/=");
+  argv.push_back("-ffile-prefix-map=" + *includeDir + "/=");
   argv.insert(argv.end(), extra.begin(), extra.end());
   argv.push_back("-o");
   argv.push_back(outPath);

@@ -9,8 +9,9 @@
 // It provides, with CUDA's names and semantics:
 //  * keywords: __global__, __device__, __host__, __forceinline__,
 //    __noinline__, __launch_bounds__(...), __align__(n), __constant__
-//    (__restrict__ is native to g++; __shared__ is deliberately absent: use
+//    (__restrict__ is native to g++; __shared__ is a compile error: use
 //    MOE_SHARED / MOE_DYNAMIC_SHARED, which give per-block storage);
+//  * assert() that fails the launch instead of aborting the process;
 //  * threadIdx, blockIdx, blockDim, gridDim (per fiber), warpSize, dim3 and
 //    the vector types (moe_emu_types.h);
 //  * __syncthreads(_count/_and/_or), __syncwarp, fences, the warp shuffles,
@@ -77,5 +78,23 @@
 #define __noinline__ __attribute__((noinline))
 #endif
 #define __launch_bounds__(...)
+// CUDA's pragmas (#pragma unroll) mean nothing to the host compiler.
+#pragma GCC diagnostic ignored "-Wunknown-pragmas"
+// __shared__ variables would be per thread here: say so at compile time.
+#define __shared__ moe_emu_use_MOE_SHARED_or_MOE_DYNAMIC_SHARED_not___shared__
+
+// A failed assert() in a kernel fails the launch (with the thread and the
+// condition) instead of aborting the process, like a device-side assert
+// that traps. (Including <assert.h> again after this header restores the
+// aborting one.)
+#undef assert
+#ifdef NDEBUG
+#define assert(e) ((void)0)
+#else
+#define assert(e)                                                              \
+  ((e) ? (void)0                                                               \
+       : ::moe_emu::detail::assert_fail(#e, __FILE__, __LINE__,                \
+                                        __PRETTY_FUNCTION__))
+#endif
 
 #endif // MOE_EMU_H

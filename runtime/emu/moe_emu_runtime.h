@@ -8,13 +8,18 @@
 // linear thread index. A thread runs until it blocks:
 //
 //  * at __syncthreads, which completes when every thread of the block is
-//    there (at the same call site); a thread that exits while others wait,
-//    or waits while another has exited, is a deadlock error;
+//    there, at the same call site (else: "divergent barriers"). Stricter
+//    than a GPU, which releases a barrier for threads that exited: a thread
+//    that exits while others wait, or a barrier reached after a thread
+//    exited, is reported as a deadlock (an early `return` before a barrier
+//    is a latent hang as soon as it moves into a loop);
 //  * at a warp collective (__shfl*_sync, __ballot_sync, __syncwarp, mma,
 //    ...), which completes when every lane named in its mask is at the same
 //    collective with the same mask; only then are values exchanged. A mask
-//    that names an exited lane is an error. Lanes beyond the end of a
-//    partial last warp do not exist: mask bits for them are ignored.
+//    that names an exited lane is an error (a GPU would read undefined
+//    values). Lanes beyond the end of a partial last warp do not exist: mask
+//    bits for them are ignored, and a shuffle that reads from them (or from
+//    any lane outside the mask) gets a poison value (NaN as float);
 //
 // When no thread can run and some have not finished, the launch fails with
 // a report of where every thread waits: no hang. Errors never unwind the
@@ -194,9 +199,10 @@ struct Block {
   int barLine = 0;
   int barKind = 0;
   int barAccum = 0;
-  // warps: which lanes exist and which exited
+  // warps: which lanes exist, which exited, which wait at a collective
   unsigned warpExist[32] = {};
   unsigned warpExited[32] = {};
+  unsigned warpWaiting[32] = {};
   // shared memory: dynamic at offset 0, static declarations after it
   unsigned char *smem = nullptr;
   size_t smemLimit = 0, dynBytes = 0, smemTop = 0;
@@ -612,15 +618,20 @@ inline void warp_collective(Thread &t) {
                 op_name(s.op), s.mask, s.file, s.line, gone, t.warp));
   t.state = St::Warp;
   ++b.events;
+  unsigned &waiting = b.warpWaiting[t.warp];
+  waiting |= bit;
   Thread *base = b.threads + 32u * t.warp;
-  for (unsigned m = eff; m; m &= m - 1) {
+  bool ready = (waiting & eff) == eff;
+  for (unsigned m = eff; ready && m; m &= m - 1) {
     const Thread &o = base[__builtin_ctz(m)];
-    if (o.state != St::Warp || o.ws.op != s.op || o.ws.mask != s.mask) {
-      park(t); // resumed by the lane that completes the collective
-      return;
-    }
+    ready = o.ws.op == s.op && o.ws.mask == s.mask;
+  }
+  if (!ready) {
+    park(t); // resumed by the lane that completes the collective
+    return;
   }
   complete(base, eff, s.op);
+  waiting &= ~eff;
   for (unsigned m = eff & ~bit; m; m &= m - 1)
     base[__builtin_ctz(m)].state = St::Ready;
   t.state = St::Running;
@@ -920,6 +931,7 @@ inline bool run_block(Block &b, void (*fn)(Args), const Args *args,
     unsigned lanes = std::min(32u, b.n - 32u * w);
     b.warpExist[w] = lanes == 32 ? 0xffffffffu : ((1u << lanes) - 1u);
     b.warpExited[w] = 0;
+    b.warpWaiting[w] = 0;
   }
   b.exited = 0;
   b.atBarrier = 0;
@@ -1509,6 +1521,21 @@ inline long long clock64() {
       .count();
 }
 inline void __nanosleep(unsigned int) { ::moe_emu::detail::yield(); }
+namespace moe_emu {
+namespace detail {
+[[noreturn]] inline void assert_fail(const char *expr, const char *file,
+                                     int line, const char *function) {
+  if (!g_current) {
+    std::fprintf(stderr, "%s:%d: %s: Assertion `%s' failed.\n", file, line,
+                 function, expr);
+    std::abort();
+  }
+  fail(format("assertion `%s' failed at %s:%d in %s", expr, file, line,
+              function));
+}
+} // namespace detail
+} // namespace moe_emu
+
 [[noreturn]] inline void __trap() {
   ::moe_emu::detail::fail("the kernel executed __trap()");
 }

@@ -200,13 +200,15 @@ inline int __mulhi(int x, int y) {
 inline unsigned int __umulhi(unsigned int x, unsigned int y) {
   return static_cast<unsigned>((static_cast<unsigned long long>(x) * y) >> 32);
 }
+__extension__ typedef __int128 moe_emu_int128;
+__extension__ typedef unsigned __int128 moe_emu_uint128;
 inline long long __mul64hi(long long x, long long y) {
-  return static_cast<long long>((static_cast<__int128>(x) * y) >> 64);
+  return static_cast<long long>((static_cast<moe_emu_int128>(x) * y) >> 64);
 }
 inline unsigned long long __umul64hi(unsigned long long x,
                                      unsigned long long y) {
   return static_cast<unsigned long long>(
-      (static_cast<unsigned __int128>(x) * y) >> 64);
+      (static_cast<moe_emu_uint128>(x) * y) >> 64);
 }
 inline int __mul24(int x, int y) {
   auto s24 = [](int v) { return static_cast<int>(static_cast<unsigned>(v) << 8) >> 8; };

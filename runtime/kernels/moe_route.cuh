@@ -248,11 +248,13 @@ __device__ void expertChoice(const float *scores, long long T, int *ids,
 }
 
 /// moe.dispatch: counts, offsets and rows (flat slot indices t * K + s
-/// grouped by expert, in token then slot order) of ids [T, K]; run by the
+/// grouped by expert, in token then slot order) of ids [T, K], and the
+/// inverse map slotRow [T * K] (the position of each slot in `rows`, -1 for
+/// an empty slot: the grouped expert kernels' combine reads it); run by the
 /// last block. Thread 0 walks the slots in order: deterministic.
 template <int E, int K>
 __device__ void planDispatch(const int *ids, long long T, int *counts,
-                             int *offsets, int *rows) {
+                             int *offsets, int *rows, int *slotRow) {
   if (threadIdx.x == 0) {
     for (int e = 0; e < E; ++e)
       counts[e] = 0;
@@ -264,9 +266,14 @@ __device__ void planDispatch(const int *ids, long long T, int *counts,
       offsets[e + 1] = offsets[e] + counts[e];
     for (int e = 0; e < E; ++e)
       counts[e] = offsets[e]; // reused as cursors
-    for (long long s = 0; s < T * K; ++s)
-      if (ids[s] >= 0 && ids[s] < E)
+    for (long long s = 0; s < T * K; ++s) {
+      if (ids[s] >= 0 && ids[s] < E) {
+        slotRow[s] = counts[ids[s]];
         rows[counts[ids[s]]++] = static_cast<int>(s);
+      } else {
+        slotRow[s] = -1;
+      }
+    }
     for (int e = 0; e < E; ++e)
       counts[e] = offsets[e + 1] - offsets[e];
   }

@@ -162,6 +162,9 @@ void appendNumber(std::string &out, double v) {
 
 bool isScalar(const Json &j) { return !j.isArray() && !j.isObject(); }
 
+/// The longest object of scalars that pretty output keeps on one line.
+constexpr size_t kInlineObjectWidth = 64;
+
 void dumpValue(std::string &out, const Json &j, int indent, int depth) {
   auto newline = [&](int d) {
     out += '\n';
@@ -210,6 +213,27 @@ void dumpValue(std::string &out, const Json &j, int indent, int depth) {
     if (members.empty()) {
       out += "{}";
       return;
+    }
+    if (indent > 0) {
+      // A small object of scalars stays on one line.
+      bool scalars = true;
+      for (const Json::Member &m : members)
+        scalars = scalars && isScalar(m.second);
+      if (scalars) {
+        std::string line = "{";
+        for (size_t i = 0; i < members.size(); ++i) {
+          if (i)
+            line += ", ";
+          appendQuoted(line, members[i].first);
+          line += ": ";
+          dumpValue(line, members[i].second, indent, depth + 1);
+        }
+        line += '}';
+        if (line.size() <= kInlineObjectWidth) {
+          out += line;
+          return;
+        }
+      }
     }
     out += '{';
     for (size_t i = 0; i < members.size(); ++i) {
@@ -297,8 +321,8 @@ private:
     pos_ = at;
     std::string f = withFound ? ", found " + found() : "";
     pos_ = saved;
-    error_ = std::to_string(line) + ":" + std::to_string(column) + ": " +
-             what + f;
+    error_ =
+        std::to_string(line) + ":" + std::to_string(column) + ": " + what + f;
     return false;
   }
 
@@ -387,8 +411,9 @@ private:
       if (!parseString(key))
         return false;
       if (out.find(key))
-        return failAt(keyPos, "expected unique member names, found '" + key +
-                                  "' a second time",
+        return failAt(keyPos,
+                      "expected unique member names, found '" + key +
+                          "' a second time",
                       false);
       skipSpace();
       if (pos_ >= text_.size() || text_[pos_] != ':')

@@ -37,7 +37,7 @@ constexpr int64_t kMaxJsonInteger = int64_t(1) << 53;
 
 std::string errnoText(int error) { return std::strerror(error); }
 
-std::string quoted(const std::string &s) { return jsonQuote(s); }
+std::string qt(const std::string &s) { return jsonQuote(s); }
 
 std::string index(const std::string &path, size_t i) {
   return path + "[" + std::to_string(i) + "]";
@@ -144,7 +144,7 @@ std::string weightLabel(const WeightRef &ref) {
   if (ref.names.empty())
     return "a constant " + shapeText(ref.shape) + " " +
            moe::elementTypeName(ref.type);
-  std::string s = quoted(ref.names.front());
+  std::string s = qt(ref.names.front());
   if (ref.names.size() > 1)
     s += " (and " + std::to_string(ref.names.size() - 1) + " more)";
   return s + " " + shapeText(ref.shape) + " " + moe::elementTypeName(ref.type);
@@ -185,8 +185,8 @@ public:
 
   bool fail(const std::string &path, const std::string &message) {
     if (error_.empty())
-      error_ = (path.empty() ? std::string("(top level)") : path) + ": " +
-               message;
+      error_ =
+          (path.empty() ? std::string("(top level)") : path) + ": " + message;
     return false;
   }
 
@@ -235,8 +235,8 @@ public:
     if (!ok())
       return min;
     std::optional<int64_t> i = v.asInt64();
-    std::string range = "from " + std::to_string(min) + " to " +
-                        std::to_string(max);
+    std::string range =
+        "from " + std::to_string(min) + " to " + std::to_string(max);
     if (!i) {
       fail(path, "expected " + (what.empty() ? "an integer " + range : what) +
                      ", found " + describe(v));
@@ -272,9 +272,9 @@ public:
                      describe(v));
       return 0;
     }
-    return static_cast<int>(integer(
-        v, path, 0, static_cast<int64_t>(count) - 1,
-        "an index into " + what + " (0 to " + std::to_string(count - 1) + ")"));
+    return static_cast<int>(integer(v, path, 0, static_cast<int64_t>(count) - 1,
+                                    "an index into " + what + " (0 to " +
+                                        std::to_string(count - 1) + ")"));
   }
 
   const Json::Array &array(const Json &obj, const std::string &path,
@@ -327,13 +327,13 @@ FileEntry readFileEntry(Fields &f, const Json &obj, const std::string &path) {
   e.file = f.string(obj, path, "file");
   if (f.ok() && !isPlainFileName(e.file))
     f.fail(field(path, "file"),
-           "expected a file name without a directory, found " + quoted(e.file));
+           "expected a file name without a directory, found " + qt(e.file));
   e.bytes = f.integer(obj, path, "bytes", 0, kMaxJsonInteger);
   e.sha256 = f.string(obj, path, "sha256");
   if (f.ok() && !isSha256Hex(e.sha256))
     f.fail(field(path, "sha256"),
            "expected 64 lower-case hex digits (a SHA-256), found " +
-               quoted(e.sha256));
+               qt(e.sha256));
   return e;
 }
 
@@ -343,8 +343,8 @@ ElementType readDtype(Fields &f, const Json &obj, const std::string &path) {
     return ElementType::F32;
   std::optional<ElementType> t = parseElementType(name);
   if (!t) {
-    f.fail(field(path, "dtype"), std::string("expected ") + kKnownDtypes +
-                                     ", found " + quoted(name));
+    f.fail(field(path, "dtype"),
+           std::string("expected ") + kKnownDtypes + ", found " + qt(name));
     return ElementType::F32;
   }
   return *t;
@@ -406,8 +406,7 @@ void readTensors(Fields &f, const Json::Array &items, const std::string &path,
       f.fail(field(at, "shape"), "expected at least one dimension, found []");
     for (size_t k = 0; k < shape.size() && f.ok(); ++k)
       ref.shape.push_back(f.integer(shape[k], index(field(at, "shape"), k), 1,
-                                    kMaxJsonInteger,
-                                    "a positive dimension"));
+                                    kMaxJsonInteger, "a positive dimension"));
     ref.type = readDtype(f, t, at);
     tensor.offset = f.integer(t, at, "offset", 0, kMaxJsonInteger);
     tensor.bytes = f.integer(t, at, "bytes", 1, kMaxJsonInteger);
@@ -433,10 +432,10 @@ void readTensors(Fields &f, const Json::Array &items, const std::string &path,
                        moe::elementTypeName(ref.type) + "), found " +
                        std::to_string(tensor.bytes));
     if (f.ok() && tensor.offset % kPackageWeightAlignment != 0)
-      f.fail(field(at, "offset"),
-             "expected a multiple of " +
-                 std::to_string(kPackageWeightAlignment) + ", found " +
-                 std::to_string(tensor.offset));
+      f.fail(field(at, "offset"), "expected a multiple of " +
+                                      std::to_string(kPackageWeightAlignment) +
+                                      ", found " +
+                                      std::to_string(tensor.offset));
     if (f.ok() && tensor.offset + tensor.bytes > fileBytes)
       f.fail(at, "bytes " + std::to_string(tensor.offset) + " to " +
                      std::to_string(tensor.offset + tensor.bytes) +
@@ -457,7 +456,8 @@ void readTensors(Fields &f, const Json::Array &items, const std::string &path,
   for (size_t i = 0; i < order.size(); ++i)
     order[i] = i;
   std::sort(order.begin(), order.end(), [&](size_t a, size_t b) {
-    return out[a].offset < out[b].offset;
+    return out[a].offset != out[b].offset ? out[a].offset < out[b].offset
+                                          : a < b;
   });
   for (size_t k = 1; k < order.size(); ++k) {
     const PackageTensor &prev = out[order[k - 1]];
@@ -477,9 +477,8 @@ int readValueIndex(Fields &f, const Json &obj, const std::string &path,
   if (!f.ok())
     return -1;
   if (!v) {
-    f.fail(field(path, key),
-           nullable ? "missing (expected an integer or null)"
-                    : "missing (expected an integer)");
+    f.fail(field(path, key), nullable ? "missing (expected an integer or null)"
+                                      : "missing (expected an integer)");
     return -1;
   }
   if (nullable && v->isNull())
@@ -495,7 +494,7 @@ void readLaunch(Fields &f, const Json &l, const std::string &at,
   launch.kernel = f.string(l, at, "kernel");
   if (f.ok() && !isIdentifier(launch.kernel))
     f.fail(field(at, "kernel"),
-           "expected a C identifier, found " + quoted(launch.kernel));
+           "expected a C identifier, found " + qt(launch.kernel));
   launch.origin = f.string(l, at, "origin");
   launch.blockThreads =
       static_cast<int>(f.integer(l, at, "block_threads", 1, 1024));
@@ -504,6 +503,26 @@ void readLaunch(Fields &f, const Json &l, const std::string &at,
   launch.tokensPerBlock =
       f.integer(l, at, "tokens_per_block", 1, (int64_t(1) << 31) - 1);
   launch.maxBlocks = f.integer(l, at, "max_blocks", 1, (int64_t(1) << 31) - 1);
+  launch.rowsPerToken =
+      f.integer(l, at, "rows_per_token", 1, (int64_t(1) << 31) - 1);
+  launch.extraBlocks =
+      f.integer(l, at, "extra_blocks", 0, (int64_t(1) << 31) - 1);
+  launch.gridColumns =
+      f.integer(l, at, "grid_columns", 1, (int64_t(1) << 31) - 1);
+  launch.slotsPerToken =
+      f.integer(l, at, "slots_per_token", 1, (int64_t(1) << 31) - 1);
+  launch.minSlots = f.integer(l, at, "min_slots", 0, kMaxJsonInteger);
+  if (f.ok()) {
+    const Json *maxSlots = l.find("max_slots");
+    if (!maxSlots)
+      f.fail(field(at, "max_slots"), "missing (expected an integer or null)");
+    else if (!maxSlots->isNull())
+      launch.maxSlots = f.integer(*maxSlots, field(at, "max_slots"), 0,
+                                  kMaxJsonInteger,
+                                  "an integer from 0 to " +
+                                      std::to_string(kMaxJsonInteger) +
+                                      " or null (no upper bound)");
+  }
   const Json::Array &args = f.array(l, at, "args");
   for (size_t a = 0; a < args.size() && f.ok(); ++a) {
     std::string argAt = index(field(at, "args"), a);
@@ -519,16 +538,15 @@ void readLaunch(Fields &f, const Json &l, const std::string &at,
         f.fail(field(argAt, "index"), "expected no index for a null argument");
     } else if (kind == "value") {
       b.kind = moe::Binding::Value;
-      b.value = readValueIndex(f, args[a], argAt, "index",
-                               layer.values.size(), valuesWhat, false);
+      b.value = readValueIndex(f, args[a], argAt, "index", layer.values.size(),
+                               valuesWhat, false);
     } else if (kind == "weight") {
       b.kind = moe::Binding::Weight;
       b.weight = readValueIndex(f, args[a], argAt, "index",
                                 layer.weights.size(), weightsWhat, false);
     } else {
       f.fail(field(argAt, "kind"),
-             "expected \"value\", \"weight\" or \"null\", found " +
-                 quoted(kind));
+             "expected \"value\", \"weight\" or \"null\", found " + qt(kind));
     }
     launch.args.push_back(b);
   }
@@ -566,8 +584,8 @@ void readLayer(Fields &f, const Json &l, const std::string &at,
   // in the WeightRefs.
   layer.weights.resize(tensorsOfLayer.size());
   std::string valuesWhat = field(at, "values");
-  layer.input = readValueIndex(f, l, at, "input", layer.values.size(),
-                               valuesWhat, false);
+  layer.input =
+      readValueIndex(f, l, at, "input", layer.values.size(), valuesWhat, false);
   layer.output = readValueIndex(f, l, at, "output", layer.values.size(),
                                 valuesWhat, false);
   layer.routingIds = readValueIndex(f, l, at, "routing_ids",
@@ -576,6 +594,7 @@ void readLayer(Fields &f, const Json &l, const std::string &at,
                                         layer.values.size(), valuesWhat, true);
   layer.inputWidth = f.integer(l, at, "input_width", 1, kMaxJsonInteger);
   layer.outputWidth = f.integer(l, at, "output_width", 1, kMaxJsonInteger);
+  layer.allExperts = f.integer(l, at, "all_experts", 0, kMaxJsonInteger);
   const Json::Array &launches = f.array(l, at, "launches");
   for (size_t k = 0; k < launches.size() && f.ok(); ++k) {
     std::string lAt = index(field(at, "launches"), k);
@@ -596,7 +615,7 @@ Status decodeManifest(const Json &root, Decoded &out) {
   std::string format = f.string(root, "", "format");
   if (f.ok() && format != kPackageFormat)
     f.fail("format", std::string("expected \"") + kPackageFormat +
-                         "\", found " + quoted(format));
+                         "\", found " + qt(format));
   if (!f.ok())
     return Status::error(f.error());
   // The version comes before any other field: another version may lay out
@@ -626,11 +645,11 @@ Status decodeManifest(const Json &root, Decoded &out) {
     if (f.ok() && !isArchName(arch))
       f.fail(field(at, "arch"),
              "expected an architecture name ([A-Za-z0-9_]+), found " +
-                 quoted(arch));
+                 qt(arch));
     for (const auto &c : out.cubins)
       if (f.ok() && c.first == arch)
-        f.fail(field(at, "arch"), "expected each arch once, found " +
-                                      quoted(arch) + " again");
+        f.fail(field(at, "arch"),
+               "expected each arch once, found " + qt(arch) + " again");
     FileEntry e = readFileEntry(f, cubins[i], at);
     out.cubins.emplace_back(arch, e);
   }
@@ -652,7 +671,7 @@ Status decodeManifest(const Json &root, Decoded &out) {
       f.fail(field(at, "name"), "expected a kernel name, found \"\"");
     if (f.ok() && !kernelSet.insert(name).second)
       f.fail(field(at, "name"),
-             "expected each kernel once, found " + quoted(name) + " again");
+             "expected each kernel once, found " + qt(name) + " again");
     (void)f.string(kernels[i], at, "origin");
     const Json &res = f.object(kernels[i], at, "resources");
     if (f.ok())
@@ -687,7 +706,7 @@ Status decodeManifest(const Json &root, Decoded &out) {
     for (size_t k = 0; k < layer.launches.size() && f.ok(); ++k)
       if (!kernelSet.count(layer.launches[k].kernel))
         f.fail(field(index(field(at, "launches"), k), "kernel"),
-               "kernel " + quoted(layer.launches[k].kernel) +
+               "kernel " + qt(layer.launches[k].kernel) +
                    " is not listed in \"kernels\"");
     out.plan.layers.push_back(std::move(layer));
     out.layerTensors.push_back(std::move(tensorsOfLayer));
@@ -713,8 +732,8 @@ Status decodeManifest(const Json &root, Decoded &out) {
       }
       auto [it, fresh] = names.emplace(e->file, e->path);
       if (!fresh) {
-        f.fail(field(e->path, "file"), quoted(e->file) + " is also " +
-                                           field(it->second, "file"));
+        f.fail(field(e->path, "file"),
+               qt(e->file) + " is also " + field(it->second, "file"));
         break;
       }
     }
@@ -737,7 +756,7 @@ Status checkKernelsInSource(const moe::ModulePlan &plan,
       if (!occursAsIdentifier(source, name))
         return Status::error(
             field(index(field(index("layers", l), "launches"), k), "kernel") +
-            ": kernel " + quoted(name) + " does not occur in " + sourceFile);
+            ": kernel " + qt(name) + " does not occur in " + sourceFile);
     }
   return Status::success();
 }
@@ -798,6 +817,7 @@ Json layerJson(const moe::LayerPlan &layer, const std::vector<int> &tensors) {
   j.set("routing_weights", indexOrNull(layer.routingWeights));
   j.set("input_width", layer.inputWidth);
   j.set("output_width", layer.outputWidth);
+  j.set("all_experts", layer.allExperts);
   Json &values = j.set("values", Json::array());
   for (const moe::BufferShape &v : layer.values) {
     Json &e = values.push(Json::object());
@@ -817,6 +837,12 @@ Json layerJson(const moe::LayerPlan &layer, const std::vector<int> &tensors) {
     e.set("dynamic_shared_bytes", launch.dynamicSharedBytes);
     e.set("tokens_per_block", launch.tokensPerBlock);
     e.set("max_blocks", launch.maxBlocks);
+    e.set("rows_per_token", launch.rowsPerToken);
+    e.set("extra_blocks", launch.extraBlocks);
+    e.set("grid_columns", launch.gridColumns);
+    e.set("slots_per_token", launch.slotsPerToken);
+    e.set("min_slots", launch.minSlots);
+    e.set("max_slots", launch.maxSlots < 0 ? Json() : Json(launch.maxSlots));
     Json &args = e.set("args", Json::array());
     for (const moe::Binding &b : launch.args)
       args.push(bindingJson(b));
@@ -859,8 +885,8 @@ bool findInvalidUtf8(const Json &j, const std::string &path,
   }
   for (const Json::Member &m : j.members()) {
     if (!isValidUtf8(m.first)) {
-      where = path.empty() ? "(a key at the top level)"
-                           : "(a key of " + path + ")";
+      where =
+          path.empty() ? "(a key at the top level)" : "(a key of " + path + ")";
       return true;
     }
     if (findInvalidUtf8(m.second, field(path, m.first), where))
@@ -893,12 +919,11 @@ Expected<Layout> buildManifest(const PackageContents &c) {
       return Status::error("layerTensors[" + std::to_string(l) + "] has " +
                            std::to_string(c.layerTensors[l].size()) +
                            " entries, plan.layers[" + std::to_string(l) +
-                           "].weights " +
-                           std::to_string(layer.weights.size()));
+                           "].weights " + std::to_string(layer.weights.size()));
     for (size_t w = 0; w < layer.weights.size(); ++w) {
       int t = c.layerTensors[l][w];
-      std::string at = "layerTensors[" + std::to_string(l) + "][" +
-                       std::to_string(w) + "]";
+      std::string at =
+          "layerTensors[" + std::to_string(l) + "][" + std::to_string(w) + "]";
       if (t < 0 || static_cast<size_t>(t) >= c.tensors.size())
         return Status::error(at + ": tensor " + std::to_string(t) +
                              " is out of range (" +
@@ -911,8 +936,7 @@ Expected<Layout> buildManifest(const PackageContents &c) {
                              "].weights[" + std::to_string(w) + "] (" +
                              weightLabel(ref) + ") shares tensor " +
                              std::to_string(t) + " with " +
-                             weightLabel(*refOf[t]) +
-                             ", a different weight");
+                             weightLabel(*refOf[t]) + ", a different weight");
       }
     }
   }
@@ -922,8 +946,8 @@ Expected<Layout> buildManifest(const PackageContents &c) {
                            "] is not used by any layer (layerTensors)");
     const WeightRef &ref = *refOf[t];
     if (!ref.inlineValues.empty()) {
-      std::vector<uint8_t> encoded = moe::encodeElements(ref.inlineValues,
-                                                         ref.type);
+      std::vector<uint8_t> encoded =
+          moe::encodeElements(ref.inlineValues, ref.type);
       if (encoded != c.tensors[t])
         return Status::error("tensors[" + std::to_string(t) + "] (" +
                              weightLabel(ref) +
@@ -939,7 +963,8 @@ Expected<Layout> buildManifest(const PackageContents &c) {
   for (size_t t = 0; t < c.tensors.size(); ++t) {
     int64_t offset = alignUp(end, kPackageWeightAlignment);
     weightsHash.update(zeros, static_cast<size_t>(offset - end));
-    weightsHash.update(c.tensors[t].data(), c.tensors[t].size());
+    if (!c.tensors[t].empty()) // (Sha256::update memcpys even 0 bytes.)
+      weightsHash.update(c.tensors[t].data(), c.tensors[t].size());
     out.offsets.push_back(offset);
     end = offset + static_cast<int64_t>(c.tensors[t].size());
   }
@@ -960,11 +985,11 @@ Expected<Layout> buildManifest(const PackageContents &c) {
   Json &cubins = m.set("cubins", Json::array());
   for (const auto &[arch, bytes] : c.cubins) {
     if (!isArchName(arch))
-      return Status::error("cubins: the arch " + quoted(arch) +
+      return Status::error("cubins: the arch " + qt(arch) +
                            " is not an architecture name ([A-Za-z0-9_]+)");
-    Json e = fileEntryJson(packageCubinFile(arch),
-                           static_cast<int64_t>(bytes.size()),
-                           Sha256::hex(bytes));
+    Json e =
+        fileEntryJson(packageCubinFile(arch),
+                      static_cast<int64_t>(bytes.size()), Sha256::hex(bytes));
     Json entry = Json::object();
     entry.set("arch", arch);
     for (const Json::Member &mm : e.members())
@@ -988,10 +1013,10 @@ Expected<Layout> buildManifest(const PackageContents &c) {
   std::map<std::string, std::map<std::string, const KernelResources *>> res;
   for (const KernelResources &r : c.resources) {
     if (!isArchName(r.arch))
-      return Status::error("resources: the arch " + quoted(r.arch) + " of " +
-                           quoted(r.name) + " is not an architecture name");
+      return Status::error("resources: the arch " + qt(r.arch) + " of " +
+                           qt(r.name) + " is not an architecture name");
     if (!res[r.name].emplace(r.arch, &r).second)
-      return Status::error("resources: " + quoted(r.name) + " on " + r.arch +
+      return Status::error("resources: " + qt(r.name) + " on " + r.arch +
                            " appears twice");
   }
   for (const auto &entry : res)
@@ -1232,8 +1257,9 @@ Status commit(const std::string &temp, const std::string &dir, bool replace) {
     }
   }
   if (!replace)
-    return Status::error("'" + dir + "' already exists (replace it with the "
-                                     "replace option); it was left untouched");
+    return Status::error("'" + dir +
+                         "' already exists (replace it with the "
+                         "replace option); it was left untouched");
   if (Status s = checkReplaceable(dir))
     return s;
   int r = renameWithFlags(temp, dir, RENAME_EXCHANGE);
@@ -1329,8 +1355,8 @@ Expected<std::string> readWholeFile(const std::string &path, size_t size) {
     if (n <= 0) {
       int e = n < 0 ? errno : 0;
       ::close(fd);
-      return Status::error("cannot read '" + path + "': " +
-                           (e ? errnoText(e) : "it became shorter"));
+      return Status::error("cannot read '" + path +
+                           "': " + (e ? errnoText(e) : "it became shorter"));
     }
     done += static_cast<size_t>(n);
   }
@@ -1361,15 +1387,14 @@ Status checkHash(const std::string &dir, const FileEntry &e,
                  const std::string &actual) {
   if (actual == e.sha256)
     return Status::success();
-  return Status::error(joinPath(dir, e.file) +
-                       ": SHA-256 mismatch: the file's is " + actual +
-                       ", manifest.json " + field(e.path, "sha256") +
-                       " expects " + e.sha256);
+  return Status::error(
+      joinPath(dir, e.file) + ": SHA-256 mismatch: the file's is " + actual +
+      ", manifest.json " + field(e.path, "sha256") + " expects " + e.sha256);
 }
 
 /// Reads a listed file and checks its size and hash.
-Expected<std::string> readListedFile(const std::string &dir,
-                                     const FileEntry &e, bool verify) {
+Expected<std::string> readListedFile(const std::string &dir, const FileEntry &e,
+                                     bool verify) {
   if (Status s = checkFilePresent(dir, e))
     return s;
   Expected<std::string> text =
@@ -1406,8 +1431,7 @@ bool sameWeight(const WeightRef &a, const WeightRef &b) {
 }
 
 Expected<std::vector<float>> decodeTensorValues(const uint8_t *bytes,
-                                                size_t size,
-                                                ElementType type) {
+                                                size_t size, ElementType type) {
   size_t width = static_cast<size_t>(moe::elementSize(type));
   if (size % width != 0)
     return Status::error(std::to_string(size) +
@@ -1548,21 +1572,20 @@ Status writePackage(const PackageContents &contents, const std::string &dirIn,
   removeStaleSiblings(parent, base);
   std::string temp = dir + ".tmp-XXXXXX";
   if (!::mkdtemp(temp.data()))
-    return Status::error(context + ": cannot create a temporary directory "
-                                   "next to it: " +
+    return Status::error(context +
+                         ": cannot create a temporary directory "
+                         "next to it: " +
                          errnoText(errno));
   ::chmod(temp.c_str(), 0755);
 
-  Status s;
-  auto step = [&](Status next) {
-    if (s.ok())
-      s = std::move(next);
-  };
-  step(writeFile(joinPath(temp, kPackageSourceFile), contents.plan.source));
-  for (const auto &[arch, bytes] : contents.cubins)
-    step(writeFile(joinPath(temp, packageCubinFile(arch)), bytes));
-  if (!contents.irText.empty())
-    step(writeFile(joinPath(temp, kPackageIrFile), contents.irText));
+  // Each step runs only when every step before it succeeded.
+  Status s =
+      writeFile(joinPath(temp, kPackageSourceFile), contents.plan.source);
+  for (auto it = contents.cubins.begin(); s.ok() && it != contents.cubins.end();
+       ++it)
+    s = writeFile(joinPath(temp, packageCubinFile(it->first)), it->second);
+  if (s.ok() && !contents.irText.empty())
+    s = writeFile(joinPath(temp, kPackageIrFile), contents.irText);
   if (s.ok()) {
     static const uint8_t zeros[kPackageWeightAlignment] = {};
     std::vector<std::pair<const void *, size_t>> pieces;
@@ -1575,23 +1598,27 @@ Status writePackage(const PackageContents &contents, const std::string &dirIn,
                           contents.tensors[t].size());
       end = offset + static_cast<int64_t>(contents.tensors[t].size());
     }
-    step(writeFile(joinPath(temp, kPackageWeightsFile), pieces));
+    s = writeFile(joinPath(temp, kPackageWeightsFile), pieces);
   }
   // The manifest last: a temporary directory without one is plainly
   // unfinished.
-  step(writeFile(joinPath(temp, kPackageManifestFile), manifestText));
-  step(syncDirectory(temp));
+  if (s.ok())
+    s = writeFile(joinPath(temp, kPackageManifestFile), manifestText);
+  if (s.ok())
+    s = syncDirectory(temp);
   if (s.ok() && options.beforeCommit)
-    step(options.beforeCommit(temp));
-  step(commit(temp, dir, options.replace));
+    s = options.beforeCommit(temp);
+  if (s.ok())
+    s = commit(temp, dir, options.replace);
   if (!s.ok()) {
     removeTree(temp);
     return s.withContext(context);
   }
   // The rename itself is durable once the parent is synced.
   if (Status sync = syncDirectory(parent))
-    return Status::error(context + ": it is in place, but syncing its parent "
-                                   "directory failed: " +
+    return Status::error(context +
+                         ": it is in place, but syncing its parent "
+                         "directory failed: " +
                          sync.message());
   return Status::success();
 }
@@ -1622,9 +1649,7 @@ const Json &LoadedPackage::manifest() const { return state_->manifest; }
 const std::string &LoadedPackage::producer() const { return state_->producer; }
 const Json &LoadedPackage::model() const { return state_->model; }
 const moe::ModulePlan &LoadedPackage::plan() const { return state_->plan; }
-const std::string &LoadedPackage::source() const {
-  return state_->plan.source;
-}
+const std::string &LoadedPackage::source() const { return state_->plan.source; }
 
 std::vector<std::string> LoadedPackage::cubinArchs() const {
   std::vector<std::string> out;
@@ -1817,7 +1842,8 @@ Expected<LoadedPackage> openPackage(const std::string &dir,
   state->weights = std::move(*weights);
   if (verify) {
     Sha256 h;
-    h.update(state->weights->data(), state->weights->size());
+    if (state->weights->size() > 0)
+      h.update(state->weights->data(), state->weights->size());
     if (Status s = checkHash(dir, d.weights, Sha256::toHex(h.finish())))
       return s;
   }
@@ -1830,9 +1856,9 @@ Expected<LoadedPackage> openPackage(const std::string &dir,
   for (PackageTensor &t : d.tensors) {
     if (!t.constant)
       continue;
-    Expected<std::vector<float>> values = decodeTensorValues(
-        state->weights->data() + t.offset, static_cast<size_t>(t.bytes),
-        t.ref.type);
+    Expected<std::vector<float>> values =
+        decodeTensorValues(state->weights->data() + t.offset,
+                           static_cast<size_t>(t.bytes), t.ref.type);
     if (!values)
       return values.takeError(manifestPath);
     t.ref.inlineValues = std::move(*values);

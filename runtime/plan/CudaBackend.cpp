@@ -52,9 +52,22 @@ public:
           return s;
       it = kernels.emplace(name, k.value()).first;
     }
+    if (stream) {
+      // The caller's stream: launch through the driver table directly.
+      MoEKernelArgs copy = args;
+      void *params[] = {&copy};
+      if (Status s = device.makeCurrent())
+        return s;
+      return device.api().check(
+          device.api().cuLaunchKernel(
+              it->second.get(), grid, 1, 1, block, 1, 1, shared,
+              static_cast<runtime::CuStream>(stream), params, nullptr),
+          "cuLaunchKernel");
+    }
     return device.launch(it->second, runtime::Dim3{grid, 1, 1},
                          runtime::Dim3{block, 1, 1}, shared, args);
   }
+  void setStream(void *s) override { stream = s; }
   Status synchronize() override { return device.synchronize(); }
 
 private:
@@ -62,29 +75,40 @@ private:
   runtime::Module module;
   std::map<void *, runtime::DeviceBuffer> buffers;
   std::map<std::string, runtime::Kernel> kernels;
+  void *stream = nullptr;
 };
 } // namespace
 
 runtime::Expected<std::unique_ptr<KernelBackend>>
 openCudaBackend(const std::string &source, int ordinal,
-                BackendReport *report) {
+                BackendReport *report,
+                const std::map<std::string, std::string> *cubins) {
   runtime::Expected<runtime::Device> device = runtime::Device::open(ordinal);
   if (!device)
     return device.takeError();
   std::string arch = device.value().info().arch();
-  runtime::Expected<runtime::CompiledModule> compiled =
-      runtime::compileKernels(source, kernelHeaders(), arch);
-  if (!compiled)
-    return compiled.takeError();
-  if (report) {
+  std::string image;
+  if (report)
     report->description = device.value().info().name + " (" + arch + ")";
-    report->fromCache = compiled.value().fromCache;
-    report->compileSeconds = compiled.value().compileSeconds;
-    report->warnings = compiled.value().warnings;
-    report->log = compiled.value().log;
+  if (cubins && cubins->count(arch)) {
+    image = cubins->at(arch);
+    if (report)
+      report->precompiled = true;
+  } else {
+    runtime::Expected<runtime::CompiledModule> compiled =
+        runtime::compileKernels(source, kernelHeaders(), arch);
+    if (!compiled)
+      return compiled.takeError();
+    if (report) {
+      report->fromCache = compiled.value().fromCache;
+      report->compileSeconds = compiled.value().compileSeconds;
+      report->warnings = compiled.value().warnings;
+      report->log = compiled.value().log;
+    }
+    image = compiled.value().cubin;
   }
   runtime::Expected<runtime::Module> module =
-      device.value().loadModule(compiled.value().cubin);
+      device.value().loadModule(image);
   if (!module)
     return module.takeError();
   return std::unique_ptr<KernelBackend>(

@@ -7,6 +7,8 @@
 #include "moe/runtime/Executor.h"
 
 #include <cmath>
+#include <cstdio>
+#include <cstdlib>
 #include <cstring>
 
 namespace moe {
@@ -32,6 +34,15 @@ uint16_t toBF16(float v) {
     return static_cast<uint16_t>((u >> 16) | 0x40);
   u += 0x7fff + ((u >> 16) & 1);
   return static_cast<uint16_t>(u >> 16);
+}
+/// MOE_LOG_LAUNCHES=1: every launch (kernel, grid) on stderr, to see which
+/// alternative (per-token or grouped expert kernels) a token count takes.
+bool logLaunches() {
+  static const bool on = [] {
+    const char *v = std::getenv("MOE_LOG_LAUNCHES");
+    return v && *v && std::string(v) != "0";
+  }();
+  return on;
 }
 float fromBF16(uint16_t b) { return floatOf(static_cast<uint32_t>(b) << 16); }
 
@@ -192,24 +203,16 @@ Status LayerExecutor::ensureValues(int64_t tokens) {
   return Status::success();
 }
 
-runtime::Expected<LayerOutputs> LayerExecutor::run(const float *x,
-                                                   int64_t tokens,
-                                                   bool wantRouting) {
-  if (tokens < 1)
-    return Status::error("the input has no tokens");
-  if (Status s = ensureValues(tokens))
-    return s;
-  const BufferShape &in = plan.values[plan.input];
-  std::vector<float> input(x, x + tokens * plan.inputWidth);
-  std::vector<uint8_t> inBytes = encodeElements(input, in.type);
-  if (Status s = backend.upload(values[plan.input], inBytes.data(),
-                                inBytes.size()))
-    return s;
+Status LayerExecutor::launchAll(int64_t tokens) {
   for (const Launch &launch : plan.launches) {
     for (int v : launch.zeroOnce)
       if (!zeroed)
         if (Status s = backend.zero(values[v], valueBytes[v]))
           return s;
+    // Alternatives (the per-token or the grouped expert kernels) are
+    // chosen from the token count.
+    if (!launchRuns(launch, tokens))
+      continue;
     MoEKernelArgs args;
     std::memset(&args, 0, sizeof(args));
     if (launch.args.size() > MOE_MAX_KERNEL_BUFFERS)
@@ -223,6 +226,10 @@ runtime::Expected<LayerOutputs> LayerExecutor::run(const float *x,
     }
     args.num_tokens = tokens;
     unsigned grid = static_cast<unsigned>(gridBlocks(launch, tokens));
+    if (logLaunches())
+      std::fprintf(stderr, "moe: launch %s grid %u block %d (T = %lld)\n",
+                   launch.kernel.c_str(), grid, launch.blockThreads,
+                   static_cast<long long>(tokens));
     if (Status s = backend.launch(launch.kernel, args, grid,
                                   static_cast<unsigned>(launch.blockThreads),
                                   static_cast<unsigned>(
@@ -230,6 +237,42 @@ runtime::Expected<LayerOutputs> LayerExecutor::run(const float *x,
       return s.withContext(launch.kernel + " (" + launch.origin + ")");
   }
   zeroed = true;
+  return Status::success();
+}
+
+Status LayerExecutor::runOnDevice(const void *x, void *y, int64_t tokens,
+                                  void *stream) {
+  if (tokens < 1)
+    return Status::error("the input has no tokens");
+  if (Status s = ensureValues(tokens))
+    return s;
+  // The caller's buffers stand in for the layer's input and output.
+  void *ownInput = values[plan.input], *ownOutput = values[plan.output];
+  values[plan.input] = const_cast<void *>(x);
+  values[plan.output] = y;
+  backend.setStream(stream);
+  Status s = launchAll(tokens);
+  backend.setStream(nullptr);
+  values[plan.input] = ownInput;
+  values[plan.output] = ownOutput;
+  return s;
+}
+
+runtime::Expected<LayerOutputs> LayerExecutor::run(const float *x,
+                                                   int64_t tokens,
+                                                   bool wantRouting) {
+  if (tokens < 1)
+    return Status::error("the input has no tokens");
+  if (Status s = ensureValues(tokens))
+    return s;
+  const BufferShape &in = plan.values[plan.input];
+  std::vector<float> input(x, x + tokens * plan.inputWidth);
+  std::vector<uint8_t> inBytes = encodeElements(input, in.type);
+  if (Status s = backend.upload(values[plan.input], inBytes.data(),
+                                inBytes.size()))
+    return s;
+  if (Status s = launchAll(tokens))
+    return s;
   if (Status s = backend.synchronize())
     return s;
 

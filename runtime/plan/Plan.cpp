@@ -32,8 +32,17 @@ int64_t elementSize(ElementType type) {
 
 int64_t gridBlocks(const Launch &launch, int64_t tokens) {
   int64_t per = std::max<int64_t>(launch.tokensPerBlock, 1);
-  int64_t blocks = (tokens + per - 1) / per;
+  int64_t rows = tokens * std::max<int64_t>(launch.rowsPerToken, 1);
+  int64_t blocks = ((rows + per - 1) / per + std::max<int64_t>(
+                                                 launch.extraBlocks, 0)) *
+                   std::max<int64_t>(launch.gridColumns, 1);
   return std::clamp<int64_t>(blocks, 1, std::max<int64_t>(launch.maxBlocks, 1));
+}
+
+bool launchRuns(const Launch &launch, int64_t tokens) {
+  int64_t slots = tokens * launch.slotsPerToken;
+  return slots >= launch.minSlots &&
+         (launch.maxSlots < 0 || slots <= launch.maxSlots);
 }
 
 } // namespace moe

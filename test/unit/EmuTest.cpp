@@ -415,6 +415,7 @@ extern "C" __global__ void k_shfl(MoEKernelArgs args) {
   __nv_bfloat16 hb =
       __shfl_down_sync(mask, __float2bfloat16(static_cast<float>(v)), 2, 4);
   out[11][t] = static_cast<int>(__bfloat162float(hb));
+  out[12][t] = __shfl_up_sync(mask, v, 3, 8);
 }
 MOE_EMU_EXPORT_KERNEL(k_shfl)
 
@@ -682,6 +683,11 @@ extern "C" __global__ void k_mma_partial_warp(MoEKernelArgs) {
 }
 MOE_EMU_EXPORT_KERNEL(k_mma_partial_warp)
 
+extern "C" __global__ void k_assert(MoEKernelArgs args) {
+  assert(threadIdx.x != args.scalars[0]);
+}
+MOE_EMU_EXPORT_KERNEL(k_assert)
+
 extern "C" __global__ void k_throw(MoEKernelArgs) {
   if (threadIdx.x == 2)
     throw std::runtime_error("boom");
@@ -828,9 +834,9 @@ TEST_F(EmuModuleTest, SyncthreadsCountAndOr) {
 TEST_F(EmuModuleTest, ShufflesFollowPtxSemantics) {
   const unsigned n = 80;
   const int poison = static_cast<int>(0xffbadbadu);
-  std::vector<std::vector<int>> out(12, std::vector<int>(n, 0));
+  std::vector<std::vector<int>> out(13, std::vector<int>(n, 0));
   MoEKernelArgs args{};
-  for (int k = 0; k < 12; ++k)
+  for (int k = 0; k < 13; ++k)
     args.buffers[k] = out[k].data();
   Status s = run("k_shfl", args, dim(1), dim(n));
   ASSERT_TRUE(s.ok()) << s.message();
@@ -858,6 +864,7 @@ TEST_F(EmuModuleTest, ShufflesFollowPtxSemantics) {
     EXPECT_EQ(out[10][t], w < 2 ? __float_as_int(static_cast<float>(V(31)))
                                 : poison);
     EXPECT_EQ(out[11][t], l + 2 <= ((l & 28) | 3) ? V(l + 2) : V(l));
+    EXPECT_EQ(out[12][t], l - 3 >= (l & 24) ? V(l - 3) : V(l));
   }
   EXPECT_EQ(out[1][64 + 15], poison);
 }
@@ -932,6 +939,15 @@ TEST_F(EmuModuleTest, ExceptionsAndLivelocksAreErrors) {
   EXPECT_TRUE(contains(s.message(), "C++ exception escaped the kernel: boom"))
       << s.message();
   EXPECT_TRUE(contains(s.message(), "thread (2,0,0)")) << s.message();
+  args.scalars[0] = 6;
+  s = run("k_assert", args, dim(1), dim(8));
+  ASSERT_FALSE(s.ok());
+  EXPECT_TRUE(contains(s.message(), "assertion `threadIdx.x != args.scalars[0]' "
+                                    "failed at kernel.cpp:"))
+      << s.message();
+  EXPECT_TRUE(contains(s.message(), "thread (6,0,0)")) << s.message();
+  args.scalars[0] = 100;
+  EXPECT_TRUE(run("k_assert", args, dim(1), dim(8)).ok());
   int flag = 0;
   args.buffers[0] = &flag;
   s = run("k_spin_forever", args, dim(1), dim(8));

@@ -1,75 +1,91 @@
-//===- moe-run.cpp - Runs one MoE layer of moe IR -------------------------===//
+//===- moe-run.cpp - Runs MoE layers of moe IR or of a package ------------===//
 //
 // Part of moe-opt.
 //
-//   moe-run IR.mlir --layer L --input X.npy --output Y.npy
-//           [--backend reference] [--routing-out PREFIX] [--target MODULE]
+//   moe-run IR.mlir|PKG_DIR --layer L | --all-layers --input X.npy
+//           --output Y.npy [--backend reference|emu|cuda]
+//           [--routing-out PREFIX] [--target MODULE] [--repeat N --time]
+//
+// reference interprets the IR (a package's model.opt.mlir with the
+// package's weights); emu and cuda run the generated kernels, on the CPU
+// emulation or the GPU. A package's cubin for the GPU's architecture is
+// loaded without NVRTC; otherwise its kernels.cu is compiled (cached).
 //
 //===----------------------------------------------------------------------===//
 
+#include "moe/codegen/CudaEmitter.h"
 #include "moe/dialects/MoE/MoEOps.h"
 #include "moe/lib/Reference/Interpreter.h"
 #include "moe/lib/Weights/Npy.h"
-#include "moe/codegen/CudaEmitter.h"
 #include "moe/passes/Passes.h"
 #include "moe/runtime/Backends.h"
-
-#include "mlir/Pass/PassManager.h"
-#include "llvm/Support/Format.h"
-
-#include <algorithm>
-#include <chrono>
+#include "moe/runtime/Package.h"
 
 #include "mlir/Dialect/Arith/IR/Arith.h"
 #include "mlir/Dialect/Func/IR/FuncOps.h"
 #include "mlir/Dialect/Tensor/IR/Tensor.h"
 #include "mlir/IR/MLIRContext.h"
 #include "mlir/Parser/Parser.h"
+#include "mlir/Pass/PassManager.h"
 
 #include "llvm/ADT/StringExtras.h"
 #include "llvm/Support/CommandLine.h"
+#include "llvm/Support/FileSystem.h"
+#include "llvm/Support/Format.h"
 #include "llvm/Support/InitLLVM.h"
+#include "llvm/Support/Path.h"
 #include "llvm/Support/SourceMgr.h"
 #include "llvm/Support/raw_ostream.h"
+
+#include <algorithm>
+#include <chrono>
+#include <optional>
 
 using namespace llvm;
 
 static cl::OptionCategory category("moe-run options");
-static cl::opt<std::string> irPath(cl::Positional, cl::desc("<IR file>"),
-                                   cl::cat(category));
+static cl::opt<std::string> inputPath(cl::Positional,
+                                      cl::desc("<IR file or package dir>"),
+                                      cl::cat(category));
 static cl::opt<int64_t> layer("layer", cl::desc("Model layer index to run"),
                               cl::init(-1), cl::cat(category));
+static cl::opt<bool> allLayers(
+    "all-layers",
+    cl::desc("Run every MoE layer in order, each on the previous one's "
+             "output"),
+    cl::init(false), cl::cat(category));
 static cl::opt<std::string> target(
     "target",
     cl::desc("Run the LoRA-wrapped projection of this module of the layer "
              "(for example self_attn.q_proj) instead of its MoE block"),
     cl::cat(category));
-static cl::opt<std::string> inputPath("input",
-                                      cl::desc("Input .npy, float32 [T, H]"),
-                                      cl::cat(category));
-static cl::opt<std::string> outputPath("output",
-                                       cl::desc("Output .npy, float32 [T, H]"),
-                                       cl::cat(category));
+static cl::opt<std::string> xPath("input",
+                                  cl::desc("Input .npy, float32 [T, H]"),
+                                  cl::cat(category));
+static cl::opt<std::string> yPath("output",
+                                  cl::desc("Output .npy, float32 [T, H]"),
+                                  cl::cat(category));
 static cl::opt<std::string> backend(
     "backend",
     cl::desc("Execution backend: reference (the interpreter), emu (the "
              "generated kernels on the CPU emulation) or cuda (the generated "
              "kernels on the GPU)"),
     cl::init("reference"), cl::cat(category));
-static cl::opt<unsigned> repeat("repeat",
-                                cl::desc("Run the layer N times (with --time)"),
-                                cl::init(1), cl::cat(category));
-static cl::opt<bool> timeIt("time",
-                            cl::desc("Print the median time of a run of the "
-                                     "layer over --repeat runs"),
-                            cl::init(false), cl::cat(category));
-static cl::opt<bool> verbose("v", cl::desc("Say what the backend compiled"),
-                             cl::init(false), cl::cat(category));
 static cl::opt<std::string> routingOut(
     "routing-out",
     cl::desc("Write PREFIX.ids.npy (int32 [T, K], -1 for empty slots) and "
-             "PREFIX.weights.npy (float32 [T, K])"),
+             "PREFIX.weights.npy (float32 [T, K]); with --all-layers, "
+             "PREFIX.L<layer>.ids.npy and so on"),
     cl::value_desc("prefix"), cl::cat(category));
+static cl::opt<unsigned> repeat("repeat",
+                                cl::desc("Run each layer N times (with --time)"),
+                                cl::init(1), cl::cat(category));
+static cl::opt<bool> timeIt("time",
+                            cl::desc("Print the median time per layer over "
+                                     "--repeat runs"),
+                            cl::init(false), cl::cat(category));
+static cl::opt<bool> verbose("v", cl::desc("Say what the backend compiled"),
+                             cl::init(false), cl::cat(category));
 
 static int fail(const Twine &message) {
   errs() << "moe-run: error: " << message << "\n";
@@ -80,98 +96,132 @@ static Error makeError(const Twine &message) {
   return createStringError(inconvertibleErrorCode(), message);
 }
 
-/// Runs the layer function `fn` through the generated kernels on the CPU
-/// emulation or the GPU: optimises the IR when it is not fused yet, emits
-/// the kernels and their launch plan, compiles them (through the cache),
-/// uploads the weights and launches.
-static Error runKernels(mlir::ModuleOp module, StringRef fn,
-                        StringRef backendName, const moe::HostTensor &input,
-                        moe::WeightLoader &weights, moe::HostTensor &output,
-                        moe::RoutingTrace &trace, std::vector<double> &times) {
-  // Kernels exist for the fused ops: optimise (a no-op on fused IR).
-  mlir::PassManager pm(module.getContext(),
-                       mlir::ModuleOp::getOperationName());
-  pm.addPass(mlir::moe::createMoEOptimize());
-  if (mlir::failed(pm.run(module)))
-    return makeError("--moe-optimize failed on the input IR");
-  Expected<moe::ModulePlan> plan = moe::emitCudaModule(module);
-  if (!plan)
-    return plan.takeError();
-  const moe::LayerPlan *layerPlan = nullptr;
-  for (const moe::LayerPlan &p : plan->layers)
-    if (p.function == fn)
-      layerPlan = &p;
-  if (!layerPlan)
-    return makeError("no kernels were generated for @" + fn);
+namespace {
 
-  moe::BackendReport report;
-  auto opened = backendName == "emu"
-                    ? moe::openEmuBackend(plan->source, "", &report)
-                    : moe::openCudaBackend(plan->source, 0, &report);
-  if (!opened)
-    return makeError(backendName + " backend: " + opened.message());
-  std::unique_ptr<moe::KernelBackend> device = std::move(opened.value());
-  for (const std::string &w : report.warnings)
-    errs() << "moe-run: warning: " << w << "\n";
-  if (verbose)
-    errs() << "moe-run: " << backendName << ": " << report.description
-           << (report.fromCache ? ", kernels from the cache" : ", compiled")
-           << llvm::format(" in %.2f s\n", report.compileSeconds);
+/// One layer's result.
+struct LayerResult {
+  moe::HostTensor y;
+  moe::RoutingTrace routing;
+  std::vector<double> ms;
+};
 
-  moe::LayerExecutor executor(*layerPlan, *device);
-  moe::runtime::Status loaded = executor.loadWeights(
-      [&](const moe::WeightRef &ref)
-          -> moe::runtime::Expected<std::vector<float>> {
-        auto t = weights.load(ref.names, ref.files, ref.stacked, ref.shape,
-                              moe::elementTypeName(ref.type));
-        if (!t)
-          return moe::runtime::Status::error(toString(t.takeError()));
-        return std::move(t->f);
-      });
-  if (loaded)
-    return makeError(loaded.message());
-  int64_t tokens = input.shape[0];
-  for (unsigned r = 0; r < repeat; ++r) {
-    auto start = std::chrono::steady_clock::now();
-    auto out = executor.run(input.f.data(), tokens, true);
-    if (!out)
-      return makeError(out.message());
-    times.push_back(std::chrono::duration<double, std::milli>(
-                        std::chrono::steady_clock::now() - start)
-                        .count());
-    output.shape = {tokens, layerPlan->outputWidth};
-    output.f = std::move(out.value().y);
-    trace = moe::RoutingTrace();
-    if (layerPlan->routingIds >= 0) {
-      int64_t slots = out.value().slots;
-      trace.ids = moe::HostTensor::ints({tokens, slots});
-      trace.ids.i = out.value().ids;
-      trace.weights = moe::HostTensor::floats({tokens, slots});
-      trace.weights.f = out.value().weights;
-      trace.hasIds = trace.hasWeights = true;
-    } else if (layerPlan->allExperts > 0) {
-      int64_t e = layerPlan->allExperts;
-      trace.ids = moe::HostTensor::ints({tokens, e});
-      trace.weights = moe::HostTensor::floats({tokens, e}, 1.0f);
-      for (int64_t t = 0; t < tokens; ++t)
-        for (int64_t i = 0; i < e; ++i)
-          trace.ids.i[t * e + i] = static_cast<int32_t>(i);
-      trace.hasIds = trace.hasWeights = true;
+/// What the selected layers are and how to run them: the IR (reference),
+/// or launch plans on a kernel backend.
+class Runner {
+public:
+  virtual ~Runner() = default;
+  virtual Expected<LayerResult> run(const moe::LayerPlan *plan,
+                                    mlir::func::FuncOp fn,
+                                    const moe::HostTensor &x) = 0;
+};
+
+class ReferenceRunner : public Runner {
+public:
+  explicit ReferenceRunner(moe::WeightLoader &weights) : weights(weights) {}
+  Expected<LayerResult> run(const moe::LayerPlan *, mlir::func::FuncOp fn,
+                            const moe::HostTensor &x) override {
+    LayerResult r;
+    for (unsigned i = 0; i < repeat; ++i) {
+      r.routing = moe::RoutingTrace();
+      auto start = std::chrono::steady_clock::now();
+      auto y = moe::interpret(fn, x, weights, &r.routing);
+      if (!y)
+        return y.takeError();
+      r.ms.push_back(std::chrono::duration<double, std::milli>(
+                         std::chrono::steady_clock::now() - start)
+                         .count());
+      r.y = std::move(*y);
     }
+    return r;
   }
-  return Error::success();
+
+private:
+  moe::WeightLoader &weights;
+};
+
+class KernelRunner : public Runner {
+public:
+  KernelRunner(std::unique_ptr<moe::KernelBackend> device,
+               moe::WeightProvider provider)
+      : device(std::move(device)), provider(std::move(provider)) {}
+
+  Expected<LayerResult> run(const moe::LayerPlan *plan, mlir::func::FuncOp,
+                            const moe::HostTensor &x) override {
+    moe::LayerExecutor executor(*plan, *device);
+    if (moe::runtime::Status s = executor.loadWeights(provider))
+      return makeError(s.message());
+    if (x.shape[1] != plan->inputWidth)
+      return makeError("input dimension 1 is " + Twine(x.shape[1]) +
+                       " but layer " + Twine(plan->layer) + " expects " +
+                       Twine(plan->inputWidth));
+    LayerResult r;
+    int64_t tokens = x.shape[0];
+    for (unsigned i = 0; i < repeat; ++i) {
+      auto start = std::chrono::steady_clock::now();
+      auto out = executor.run(x.f.data(), tokens, true);
+      if (!out)
+        return makeError(out.message());
+      r.ms.push_back(std::chrono::duration<double, std::milli>(
+                         std::chrono::steady_clock::now() - start)
+                         .count());
+      r.y.shape = {tokens, plan->outputWidth};
+      r.y.f = std::move(out.value().y);
+      r.routing = moe::RoutingTrace();
+      if (plan->routingIds >= 0) {
+        int64_t slots = out.value().slots;
+        r.routing.ids = moe::HostTensor::ints({tokens, slots});
+        r.routing.ids.i = out.value().ids;
+        r.routing.weights = moe::HostTensor::floats({tokens, slots});
+        r.routing.weights.f = out.value().weights;
+        r.routing.hasIds = r.routing.hasWeights = true;
+      } else if (plan->allExperts > 0) {
+        int64_t e = plan->allExperts;
+        r.routing.ids = moe::HostTensor::ints({tokens, e});
+        r.routing.weights = moe::HostTensor::floats({tokens, e}, 1.0f);
+        for (int64_t t = 0; t < tokens; ++t)
+          for (int64_t j = 0; j < e; ++j)
+            r.routing.ids.i[t * e + j] = static_cast<int32_t>(j);
+        r.routing.hasIds = r.routing.hasWeights = true;
+      }
+    }
+    return r;
+  }
+
+private:
+  std::unique_ptr<moe::KernelBackend> device;
+  moe::WeightProvider provider;
+};
+
+Error writeRouting(const moe::RoutingTrace &trace, const std::string &prefix,
+                   int64_t layerIndex) {
+  if (!trace.hasIds || !trace.hasWeights)
+    return makeError("--routing-out: layer " + Twine(layerIndex) +
+                     " has no routed experts to report");
+  if (Error err = moe::writeNpyI32(prefix + ".ids.npy", trace.ids.shape,
+                                   trace.ids.i))
+    return err;
+  return moe::writeNpyF32(prefix + ".weights.npy", trace.weights.shape,
+                          trace.weights.f);
 }
+
+} // namespace
 
 int main(int argc, char **argv) {
   InitLLVM init(argc, argv);
   cl::HideUnrelatedOptions(category);
   cl::ParseCommandLineOptions(argc, argv,
-                              "moe-run: runs one MoE layer of moe IR\n");
-  if (irPath.empty())
-    return fail("no IR file given");
-  if (layer < 0)
-    return fail("--layer L is required (the model's layer index)");
-  if (inputPath.empty() || outputPath.empty())
+                              "moe-run: runs MoE layers of moe IR or of a "
+                              "package\n");
+  if (inputPath.empty())
+    return fail("no IR file or package given");
+  if (layer < 0 && !allLayers)
+    return fail("--layer L (the model's layer index) or --all-layers is "
+                "required");
+  if (layer >= 0 && allLayers)
+    return fail("give --layer or --all-layers, not both");
+  if (allLayers && !target.empty())
+    return fail("--target selects one LoRA projection: use it with --layer");
+  if (xPath.empty() || yPath.empty())
     return fail("--input X.npy and --output Y.npy are required");
   if (backend != "reference" && backend != "emu" && backend != "cuda")
     return fail("unknown backend '" + backend +
@@ -179,105 +229,229 @@ int main(int argc, char **argv) {
   if (repeat < 1)
     return fail("--repeat must be at least 1");
 
+  // A package or an IR file.
+  std::optional<moe::runtime::LoadedPackage> package;
+  std::string irFile = inputPath;
+  if (sys::fs::is_directory(inputPath)) {
+    auto opened = moe::runtime::openPackage(inputPath);
+    if (!opened)
+      return fail(opened.message());
+    package = std::move(opened.value());
+    irFile = package->irPath();
+    if (irFile.empty() && backend == "reference")
+      return fail(inputPath + " has no model.opt.mlir: the reference backend "
+                              "needs the IR; use --backend emu or cuda");
+  }
+
   mlir::DialectRegistry registry;
   registry.insert<mlir::moe::MoEDialect, mlir::func::FuncDialect,
                   mlir::arith::ArithDialect, mlir::tensor::TensorDialect>();
   mlir::MLIRContext context(registry);
   llvm::SourceMgr sourceMgr;
   mlir::SourceMgrDiagnosticHandler handler(sourceMgr, &context);
-  mlir::OwningOpRef<mlir::ModuleOp> module =
-      mlir::parseSourceFile<mlir::ModuleOp>(irPath, sourceMgr,
-                                            mlir::ParserConfig(&context));
-  if (!module)
-    return fail("cannot parse " + irPath);
+  mlir::OwningOpRef<mlir::ModuleOp> module;
+  if (!irFile.empty()) {
+    module = mlir::parseSourceFile<mlir::ModuleOp>(
+        irFile, sourceMgr, mlir::ParserConfig(&context));
+    if (!module)
+      return fail("cannot parse " + irFile);
+  }
 
-  // Find the entry point of the layer.
-  mlir::func::FuncOp entry;
+  // The launch plans: the package's, or generated from the IR.
+  moe::ModulePlan generated;
+  const moe::ModulePlan *plans = nullptr;
+  if (package) {
+    plans = &package->plan();
+  } else if (backend != "reference") {
+    // Kernels exist for the fused ops: optimise (a no-op on fused IR).
+    mlir::PassManager pm(&context, mlir::ModuleOp::getOperationName());
+    pm.addPass(mlir::moe::createMoEOptimize());
+    if (mlir::failed(pm.run(*module)))
+      return fail("--moe-optimize failed on " + irFile);
+    auto emitted = moe::emitCudaModule(*module);
+    if (!emitted)
+      return fail(toString(emitted.takeError()));
+    generated = std::move(*emitted);
+    plans = &generated;
+  }
+
+  // The layers to run, in order: (layer, plan or null, function or null).
+  struct Selected {
+    int64_t layer;
+    const moe::LayerPlan *plan = nullptr;
+    mlir::func::FuncOp fn;
+  };
+  std::vector<Selected> selected;
   SmallVector<int64_t> moeLayers;
   SmallVector<std::string> loraTargets;
-  for (auto fn : module->getOps<mlir::func::FuncOp>()) {
-    auto l = fn->getAttrOfType<mlir::IntegerAttr>(mlir::moe::kLayerAttrName);
-    if (!l)
-      continue;
-    auto t = fn->getAttrOfType<mlir::StringAttr>("moe.lora_target");
-    if (t)
-      loraTargets.push_back(std::to_string(l.getInt()) + ":" +
-                            t.getValue().str());
+  auto consider = [&](int64_t l, StringRef t, StringRef fnName) {
+    if (!t.empty())
+      loraTargets.push_back(std::to_string(l) + ":" + t.str());
     else
-      moeLayers.push_back(l.getInt());
-    bool wanted = target.empty() ? !t : (t && t.getValue() == target);
-    if (l.getInt() == layer && wanted)
-      entry = fn;
+      moeLayers.push_back(l);
+    bool wanted = allLayers ? t.empty()
+                            : (l == layer && (target.empty() ? t.empty()
+                                                             : t == target));
+    if (!wanted)
+      return;
+    Selected s;
+    s.layer = l;
+    if (plans)
+      for (const moe::LayerPlan &p : plans->layers)
+        if (p.function == fnName)
+          s.plan = &p;
+    if (module)
+      s.fn = module->lookupSymbol<mlir::func::FuncOp>(fnName);
+    selected.push_back(s);
+  };
+  if (module) {
+    for (auto fn : module->getOps<mlir::func::FuncOp>()) {
+      auto l = fn->getAttrOfType<mlir::IntegerAttr>(mlir::moe::kLayerAttrName);
+      if (!l)
+        continue;
+      auto t = fn->getAttrOfType<mlir::StringAttr>("moe.lora_target");
+      consider(l.getInt(), t ? t.getValue() : "", fn.getSymName());
+    }
+  } else {
+    for (const moe::LayerPlan &p : plans->layers)
+      consider(p.layer, p.target, p.function);
   }
-  if (!entry) {
+  std::sort(selected.begin(), selected.end(),
+            [](const Selected &a, const Selected &b) {
+              return a.layer < b.layer;
+            });
+  if (selected.empty()) {
     std::string layersText;
     for (int64_t l : moeLayers)
       layersText += (layersText.empty() ? "" : ", ") + std::to_string(l);
     if (!target.empty())
-      return fail(irPath + " has no LoRA target '" + target + "' in layer " +
-                  Twine(layer) + "; LoRA targets (layer:module): " +
+      return fail(inputPath + " has no LoRA target '" + target +
+                  "' in layer " + Twine(layer) +
+                  "; LoRA targets (layer:module): " +
                   (loraTargets.empty() ? "none" : join(loraTargets, ", ")));
+    if (allLayers)
+      return fail(inputPath + " has no MoE layer");
     return fail("layer " + Twine(layer) + " is not an MoE layer of " +
-                irPath + "; MoE layers: " +
+                inputPath + "; MoE layers: " +
                 (layersText.empty() ? "none" : layersText));
   }
 
-  auto array = moe::readNpy(inputPath);
+  // The input.
+  auto array = moe::readNpy(xPath);
   if (!array)
     return fail(toString(array.takeError()));
   if (array->shape.size() != 2)
-    return fail(inputPath + ": expected a 2-D array [T, H], got rank " +
+    return fail(xPath + ": expected a 2-D array [T, H], got rank " +
                 Twine(array->shape.size()));
   if (array->dtype == moe::NpyDType::I32 || array->dtype == moe::NpyDType::I64)
-    return fail(inputPath + ": expected float data, got integers");
-  moe::HostTensor input;
-  input.shape = array->shape;
-  input.f = array->toF32();
+    return fail(xPath + ": expected float data, got integers");
+  if (array->shape[0] < 1)
+    return fail(xPath + ": the input has no tokens");
+  moe::HostTensor x;
+  x.shape = array->shape;
+  x.f = array->toF32();
 
-  moe::WeightLoader weights(moe::weightRoot(*module, irPath));
-  moe::HostTensor output;
-  moe::RoutingTrace trace;
-  std::vector<double> times;
+  // The runner.
+  std::string root = module ? moe::weightRoot(*module, irFile) : "";
+  moe::WeightLoader weights(root);
+  if (package) {
+    // Every weight from the package, never from the original checkpoint.
+    const moe::runtime::LoadedPackage &pkg = *package;
+    weights.setProvider(
+        [&pkg](const std::vector<std::string> &names,
+               const std::vector<std::string> &files, bool stacked,
+               const std::vector<int64_t> &shape,
+               StringRef type) -> Expected<std::vector<float>> {
+          moe::WeightRef ref;
+          ref.names = names;
+          ref.files = files;
+          ref.stacked = stacked;
+          ref.shape = shape;
+          ref.type = *moe::runtime::parseElementType(type.str());
+          auto index = pkg.findTensor(ref);
+          if (!index)
+            return makeError(index.message());
+          auto values = pkg.tensorValues(index.value());
+          if (!values)
+            return makeError(values.message());
+          return std::move(values.value());
+        });
+  }
+  std::unique_ptr<Runner> runner;
   if (backend == "reference") {
-    for (unsigned r = 0; r < repeat; ++r) {
-      trace = moe::RoutingTrace();
-      auto start = std::chrono::steady_clock::now();
-      auto result = moe::interpret(entry, input, weights, &trace);
-      if (!result)
-        return fail(toString(result.takeError()));
-      times.push_back(std::chrono::duration<double, std::milli>(
-                          std::chrono::steady_clock::now() - start)
-                          .count());
-      output = std::move(*result);
-    }
+    runner = std::make_unique<ReferenceRunner>(weights);
   } else {
-    std::string layerFn = entry.getSymName().str();
-    if (Error err = runKernels(*module, layerFn, backend, input, weights,
-                               output, trace, times))
-      return fail(toString(std::move(err)));
+    moe::BackendReport report;
+    std::map<std::string, std::string> cubins;
+    if (package)
+      for (const std::string &arch : package->cubinArchs())
+        cubins[arch] = *package->cubin(arch);
+    auto opened =
+        backend == "emu"
+            ? moe::openEmuBackend(plans->source, "", &report)
+            : moe::openCudaBackend(plans->source, 0, &report,
+                                   package ? &cubins : nullptr);
+    if (!opened)
+      return fail(backend + " backend: " + opened.message());
+    for (const std::string &w : report.warnings)
+      errs() << "moe-run: warning: " << w << "\n";
+    if (backend == "cuda" && package && !report.precompiled)
+      errs() << "moe-run: note: " << inputPath << " has no cubin for "
+             << report.description
+             << "; compiled its kernels.cu with NVRTC"
+             << (report.fromCache ? " (from the cache)" : "") << "\n";
+    if (verbose)
+      errs() << "moe-run: " << backend << ": " << report.description
+             << (report.precompiled  ? ", the package's cubin"
+                 : report.fromCache ? ", kernels from the cache"
+                                     : ", compiled")
+             << llvm::format(" in %.2f s\n", report.compileSeconds);
+    moe::WeightProvider provider;
+    if (package) {
+      provider = package->weightProvider();
+    } else {
+      provider = [&](const moe::WeightRef &ref)
+          -> moe::runtime::Expected<std::vector<float>> {
+        auto t = weights.load(ref.names, ref.files, ref.stacked, ref.shape,
+                              moe::elementTypeName(ref.type));
+        if (!t)
+          return moe::runtime::Status::error(toString(t.takeError()));
+        return std::move(t->f);
+      };
+    }
+    runner = std::make_unique<KernelRunner>(std::move(opened.value()),
+                                            std::move(provider));
   }
-  if (timeIt) {
-    std::vector<double> sorted = times;
-    std::sort(sorted.begin(), sorted.end());
-    outs() << llvm::format("moe-run: layer %lld on %s: median %.3f ms over "
-                           "%u run(s), %lld tokens\n",
-                           static_cast<long long>(layer), backend.c_str(),
-                           sorted[sorted.size() / 2], repeat.getValue(),
-                           static_cast<long long>(input.shape[0]));
+
+  // Run.
+  moe::HostTensor current = std::move(x);
+  for (const Selected &s : selected) {
+    if (backend == "reference" && !s.fn)
+      return fail("no IR function for layer " + Twine(s.layer));
+    if (backend != "reference" && !s.plan)
+      return fail("no kernels for layer " + Twine(s.layer));
+    auto result = runner->run(s.plan, s.fn, current);
+    if (!result)
+      return fail(toString(result.takeError()));
+    if (timeIt) {
+      std::vector<double> sorted = result->ms;
+      std::sort(sorted.begin(), sorted.end());
+      outs() << llvm::format("moe-run: layer %lld on %s: median %.3f ms over "
+                             "%u run(s), %lld tokens\n",
+                             static_cast<long long>(s.layer), backend.c_str(),
+                             sorted[sorted.size() / 2], repeat.getValue(),
+                             static_cast<long long>(current.shape[0]));
+    }
+    if (!routingOut.empty()) {
+      std::string prefix = allLayers
+                               ? routingOut + ".L" + std::to_string(s.layer)
+                               : routingOut.getValue();
+      if (Error err = writeRouting(result->routing, prefix, s.layer))
+        return fail(toString(std::move(err)));
+    }
+    current = std::move(result->y);
   }
-  auto result = &output;
-  if (Error err = moe::writeNpyF32(outputPath, result->shape, result->f))
+  if (Error err = moe::writeNpyF32(yPath, current.shape, current.f))
     return fail(toString(std::move(err)));
-  if (!routingOut.empty()) {
-    if (!trace.hasIds || !trace.hasWeights)
-      return fail("--routing-out: layer " + Twine(layer) +
-                  " has no routed experts to report");
-    if (Error err = moe::writeNpyI32(routingOut + ".ids.npy", trace.ids.shape,
-                                     trace.ids.i))
-      return fail(toString(std::move(err)));
-    if (Error err = moe::writeNpyF32(routingOut + ".weights.npy",
-                                     trace.weights.shape, trace.weights.f))
-      return fail(toString(std::move(err)));
-  }
   return 0;
 }

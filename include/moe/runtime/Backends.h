@@ -11,6 +11,7 @@
 
 #include "moe/runtime/Executor.h"
 
+#include <map>
 #include <memory>
 #include <string>
 #include <vector>
@@ -20,14 +21,18 @@ namespace moe {
 struct BackendReport {
   std::string description;          ///< Device or compiler used.
   bool fromCache = false;
+  bool precompiled = false;          ///< A package's cubin was loaded.
   double compileSeconds = 0;
   std::vector<std::string> warnings; ///< For example a corrupted cache entry.
   std::string log;                   ///< Compiler log (ptxas report).
 };
 
-/// Opens device `ordinal` and compiles `source` for its architecture.
+/// Opens device `ordinal` and loads the cubin of its architecture from
+/// `cubins` (arch -> image) when there is one (no NVRTC); otherwise compiles
+/// `source` for it (through the kernel cache) and says so in the report.
 runtime::Expected<std::unique_ptr<KernelBackend>>
-openCudaBackend(const std::string &source, int ordinal, BackendReport *report);
+openCudaBackend(const std::string &source, int ordinal, BackendReport *report,
+                const std::map<std::string, std::string> *cubins = nullptr);
 
 /// Compiles `source` for the CPU emulation (cached under `cacheDir`, or the
 /// default cache directory when empty).

@@ -35,6 +35,8 @@ public:
                                  const MoEKernelArgs &args, unsigned grid,
                                  unsigned block, unsigned dynamicShared) = 0;
   virtual runtime::Status synchronize() = 0;
+  /// Queues later launches on `stream` (a CUstream; null: the default).
+  virtual void setStream(void *stream) {}
   /// Milliseconds between two calls to mark(), when the backend can time.
   virtual void mark() {}
   virtual double elapsedMs() { return -1.0; }
@@ -63,8 +65,15 @@ public:
   runtime::Expected<LayerOutputs> run(const float *x, int64_t tokens,
                                       bool wantRouting);
 
+  /// The same on the backend's memory: x and y are [T, width] arrays of the
+  /// layer's activation type, owned by the caller; the launches are queued
+  /// on `stream` and not waited for.
+  runtime::Status runOnDevice(const void *x, void *y, int64_t tokens,
+                              void *stream);
+
 private:
   runtime::Status ensureValues(int64_t tokens);
+  runtime::Status launchAll(int64_t tokens);
 
   const LayerPlan &plan;
   KernelBackend &backend;

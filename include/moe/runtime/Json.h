@@ -101,6 +101,10 @@ public:
   Json &set(std::string key, Json value);
   /// Appends to an array (a null or other value becomes an array first).
   /// Returns the new element.
+  ///
+  /// The references set() and push() return are invalidated by the next
+  /// set() or push() on the same object or array (as std::vector's are):
+  /// fill a child before adding its next sibling, or find() it again.
   Json &push(Json value);
 
   /// Deep equality (numbers by ==, objects in member order).
@@ -108,7 +112,8 @@ public:
   bool operator!=(const Json &other) const { return !(*this == other); }
 
   /// Pretty JSON (indent > 0: members and elements one per line, except
-  /// arrays of scalars, which stay on one line) or compact JSON
+  /// arrays of scalars and objects of scalars up to 64 characters long,
+  /// which stay on one line) or compact JSON
   /// (indent <= 0), with a trailing newline when pretty. NaN and infinities
   /// print as null; invalid UTF-8 in a string prints as U+FFFD.
   std::string dump(int indent = 2) const;

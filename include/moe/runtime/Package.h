@@ -213,9 +213,8 @@ Expected<LoadedPackage> openPackage(const std::string &dir,
 
 /// f32 values of `bytes` holding elements of `type` (little-endian);
 /// fails when the size is not a multiple of the element size.
-Expected<std::vector<float>> decodeTensorValues(const uint8_t *bytes,
-                                                size_t size,
-                                                moe::ElementType type);
+Expected<std::vector<float>>
+decodeTensorValues(const uint8_t *bytes, size_t size, moe::ElementType type);
 
 /// The ElementType of a dtype name ("f32", "bf16", "f16", "i32", "u32").
 std::optional<moe::ElementType> parseElementType(const std::string &name);

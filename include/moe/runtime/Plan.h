@@ -49,17 +49,42 @@ struct Binding {
   int weight = -1; ///< Index into LayerPlan::weights.
 };
 
+/// The routed-slot count (T * K) up to which a moe.fused_experts of
+/// `runtime` layout runs its per-token (decode) kernel; above it, the grouped
+/// (prefill) kernels run. The code generator writes it into the launches'
+/// slot gates (Launch::maxSlots / minSlots).
+constexpr int64_t kPerTokenMaxSlots = 64;
+
 struct Launch {
   std::string kernel;
   /// Which IR op the kernel implements (for messages and reports).
   std::string origin;
   int blockThreads = 128;
   int64_t dynamicSharedBytes = 0;
-  /// Grid: ceil(T / tokensPerBlock) blocks, at most maxBlocks (>= 1).
+  /// Grid: (ceil(T * rowsPerToken / tokensPerBlock) + extraBlocks) *
+  /// gridColumns blocks, at least 1 and at most maxBlocks. With the
+  /// defaults, ceil(T / tokensPerBlock). The grouped expert kernels use
+  /// rows = routed slots (rowsPerToken = K), tokensPerBlock = the tile
+  /// height, extraBlocks = E (each expert may end in a partial tile) and
+  /// gridColumns = the tiles across the output: an upper bound; the kernels
+  /// skip the blocks past their last tile (and loop, so that a clamped grid
+  /// is still correct).
   int64_t tokensPerBlock = 1;
   int64_t maxBlocks = 65535;
+  int64_t rowsPerToken = 1;
+  int64_t extraBlocks = 0;
+  int64_t gridColumns = 1;
+  /// Gate for alternative launches chosen at run time: the launch runs only
+  /// when minSlots <= T * slotsPerToken <= maxSlots (maxSlots < 0: no upper
+  /// bound). The defaults always run. A moe.fused_experts of `runtime`
+  /// layout has a per-token launch with maxSlots = kPerTokenMaxSlots and
+  /// grouped launches with minSlots = kPerTokenMaxSlots + 1.
+  int64_t slotsPerToken = 1;
+  int64_t minSlots = 0;
+  int64_t maxSlots = -1;
   std::vector<Binding> args;
-  /// Values set to zero once, before the first launch of the layer.
+  /// Values set to zero once, before the first launch of the layer (whether
+  /// or not the launch's gate lets it run).
   std::vector<int> zeroOnce;
 };
 
@@ -85,6 +110,9 @@ struct ModulePlan {
 
 /// Grid size of a launch for T tokens.
 int64_t gridBlocks(const Launch &launch, int64_t tokens);
+
+/// Whether a launch's slot gate lets it run for T tokens.
+bool launchRuns(const Launch &launch, int64_t tokens);
 
 } // namespace moe
 

@@ -9,13 +9,26 @@ fused layouts, top-k = E so that every expert receives every token), every
 example of examples/ (seed methods and the LoRA mixture, weights drawn
 here), T in {1, 7, 64, 300} (with T = 1 most experts receive no token).
 
+Expert kernels: a moe.fused_experts of `runtime` layout runs its per-token
+kernel up to 64 routed slots (T * K, moe::kPerTokenMaxSlots) and the grouped
+(tensor-core) kernels above: T = 1 and 7 take the per-token path for every
+model (K <= 9), T = 300 the grouped path for every model, T = 64 the grouped
+path unless K = 1 (Llama 4). --layout grouped|per_token rewrites the layout
+of every moe.fused_experts (after moe-opt --moe-optimize, for the reference
+and the backend alike) to force one path at every T; --tokens replaces the
+token counts.
+
   check_backend.py --bin BUILD/bin --examples DIR --backend emu [--seed N]
+      [--layout runtime|grouped|per_token] [--tokens 1,7,64,300]
+      [--only SUBSTRING]
 """
 import argparse
 import glob
+import json
 import os
 import re
 import shutil
+import struct
 import subprocess
 import sys
 import tempfile
@@ -40,6 +53,46 @@ TOKENS = [1, 7, 64, 300]
 RTOL = 1e-5
 RTOL_HALF = 1e-2
 WTOL = 1e-6
+
+
+def example_weights(text, rng):
+    """random_weights, with the tensors the IR declares f16 stored as F16
+    (write_f16_safetensors)."""
+    tensors = random_weights(text, rng)
+    pattern = re.compile(r'moe\.weight \[([^\]]*)\] from \[[^\]]*\] : '
+                         r'tensor<[0-9x]+xf16>')
+    for names in pattern.findall(text):
+        for n in re.findall(r'"([^"]*)"', names):
+            tensors[n] = ("F16", tensors[n][1])
+    return tensors
+
+
+def write_weights(path, tensors):
+    """write_safetensors, plus F16 tensors."""
+    if all(dtype != "F16" for dtype, _ in tensors.values()):
+        write_safetensors(path, tensors)
+        return
+    header, blobs, offset = {}, [], 0
+    for name, (dtype, values) in tensors.items():
+        if dtype == "F16":
+            data = np.ascontiguousarray(values, dtype="<f2").tobytes()
+        elif dtype == "F32":
+            data = np.ascontiguousarray(values, dtype="<f4").tobytes()
+        else:  # BF16: round to nearest even
+            bits = np.ascontiguousarray(values, dtype="<f4").view("<u4")
+            bits = (bits + 0x7FFF + ((bits >> 16) & 1)) >> 16
+            data = bits.astype("<u2").tobytes()
+        header[name] = {"dtype": dtype, "shape": list(np.shape(values)),
+                        "data_offsets": [offset, offset + len(data)]}
+        blobs.append(data)
+        offset += len(data)
+    text = json.dumps(header, separators=(",", ":")).encode("utf-8")
+    text += b" " * (-len(text) % 8)
+    with open(path, "wb") as f:
+        f.write(struct.pack("<Q", len(text)))
+        f.write(text)
+        for blob in blobs:
+            f.write(blob)
 
 
 def run(cmd):
@@ -77,15 +130,40 @@ def compare_routing(tag, ids0, w0, ids1, w1):
                                      f"{b[e]} vs reference {a[e]}")
 
 
+def force_layout(args, ir):
+    """The optimised IR with every moe.fused_experts in args.layout."""
+    if args.layout == "runtime":
+        return ir
+    fused = run([args.bin + "/moe-opt", "--moe-optimize", ir])
+    forced = fused.replace("#moe.layout<runtime>",
+                           "#moe.layout<" + args.layout + ">")
+    if forced == fused:  # no expert kernels (LoRA mixtures)
+        return ir
+    # Next to the original: moe.weight_root is relative to the IR file.
+    out = ir[:-len(".mlir")] + "." + args.layout + ".mlir"
+    with open(out, "w") as f:
+        f.write(forced)
+    return out
+
+
+def layer_is_half(text, layer):
+    """Whether the layer's activations are bf16/f16."""
+    m = re.search(r"func\.func @\w+\(%\w+: tensor<\?x\d+x(\w+)>\).*"
+                  r"moe\.layer = " + str(layer) + r" ", text)
+    if m is None:  # LoRA targets and unusual signatures: any function
+        m = re.search(r"func\.func @\w+\(%\w+: tensor<\?x\d+x(\w+)>", text)
+    return m is not None and m.group(1) in ("bf16", "f16")
+
+
 def check_model(args, tag, ir, work, rng, target=None, layers=None):
-    half = re.search(r"func\.func @\w+\(%\w+: tensor<\?x\d+x(bf16|f16)>",
-                     open(ir).read()) is not None
-    rtol = RTOL_HALF if half else RTOL
+    ir = force_layout(args, ir)
+    text = open(ir).read()
     for layer in layers if layers is not None else layers_of(ir):
+        rtol = RTOL_HALF if layer_is_half(text, layer) else RTOL
         hidden = hidden_of(ir, layer) if target is None else int(
             re.search(r"func\.func @\w+\(%\w+: tensor<\?x(\d+)x",
-                      open(ir).read()).group(1))
-        for t in TOKENS:
+                      text).group(1))
+        for t in args.tokens:
             x = rng.standard_normal((t, hidden)).astype(np.float32)
             xp = os.path.join(work, "x.npy")
             np.save(xp, x)
@@ -112,7 +190,13 @@ def main():
     p.add_argument("--backend", default="emu")
     p.add_argument("--seed", type=int, default=None)
     p.add_argument("--only", default=None, help="substring of case names")
+    p.add_argument("--layout", default="runtime",
+                   choices=["runtime", "grouped", "per_token"],
+                   help="force the layout of every moe.fused_experts")
+    p.add_argument("--tokens", default=",".join(str(t) for t in TOKENS),
+                   help="comma-separated token counts")
     args = p.parse_args()
+    args.tokens = [int(t) for t in args.tokens.split(",")]
     seed = args.seed if args.seed is not None else int(time.time()) % 100000
     rng = np.random.default_rng(seed)
     work = tempfile.mkdtemp(prefix="moe-backend-")
@@ -159,9 +243,9 @@ def main():
                 d = os.path.join(work, "ex_" + os.path.basename(example)[:-5])
                 os.makedirs(d)
                 text = open(example).read()
-                tensors = random_weights(text, rng)
+                tensors = example_weights(text, rng)
                 for f in set(re.findall(r'from \["([^"]*)"\]', text)):
-                    write_safetensors(os.path.join(d, f), tensors)
+                    write_weights(os.path.join(d, f), tensors)
                 ir = os.path.join(d, "model.mlir")
                 shutil.copy(example, ir)
                 check_model(args, tag, ir, work, rng)

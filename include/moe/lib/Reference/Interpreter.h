@@ -17,6 +17,7 @@
 #include "llvm/ADT/StringMap.h"
 #include "llvm/Support/Error.h"
 
+#include <functional>
 #include <memory>
 #include <string>
 #include <vector>
@@ -55,8 +56,18 @@ public:
                                   const std::vector<int64_t> &shape,
                                   llvm::StringRef elementType);
 
+  /// Serves every weight from `provider` instead of safetensors files
+  /// (packages): it receives the weight's description and returns f32
+  /// values of the whole tensor.
+  using Provider = std::function<llvm::Expected<std::vector<float>>(
+      const std::vector<std::string> &names,
+      const std::vector<std::string> &files, bool stacked,
+      const std::vector<int64_t> &shape, llvm::StringRef elementType)>;
+  void setProvider(Provider p) { provider = std::move(p); }
+
 private:
   llvm::Expected<const SafetensorsFile *> file(llvm::StringRef name);
+  Provider provider;
 
   std::string root;
   llvm::StringMap<std::unique_ptr<SafetensorsFile>> files;

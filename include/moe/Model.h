@@ -1,0 +1,73 @@
+//===- Model.h - The C++ API: run a compiled package ------------*- C++ -*-===//
+//
+// Part of moe-opt. Opens a package written by moe-compile and runs its
+// layers on the GPU (cuda) or the CPU emulation of the same kernels (emu),
+// on host arrays or, on the GPU, on device pointers with the caller's
+// stream (for serving frameworks). Links no MLIR.
+//
+//   auto model = moe::Model::open("pkg", {"auto"});
+//   std::vector<float> y(T * H);
+//   model.value()->runLayer(3, x.data(), T, y.data());
+//
+//===----------------------------------------------------------------------===//
+
+#ifndef MOE_MODEL_H
+#define MOE_MODEL_H
+
+#include "moe/runtime/Status.h"
+
+#include <cstdint>
+#include <memory>
+#include <string>
+#include <vector>
+
+namespace moe {
+
+struct ModelOptions {
+  /// "cuda", "emu", or "auto" (cuda when a GPU is usable, else emu).
+  std::string backend = "auto";
+  int device = 0;
+  /// Kernel cache directory; empty: MOE_CACHE_DIR or the user's cache.
+  std::string cacheDir;
+};
+
+class Model {
+public:
+  static runtime::Expected<std::unique_ptr<Model>>
+  open(const std::string &packageDir, const ModelOptions &options = {});
+  ~Model();
+
+  /// "cuda" or "emu".
+  const std::string &backend() const;
+  /// What runs the kernels (device name, or the host compiler).
+  const std::string &description() const;
+  /// The MoE layers (model layer indices), in order.
+  std::vector<int64_t> layers() const;
+  /// Width of a layer's input and output.
+  runtime::Expected<int64_t> hidden(int64_t layer) const;
+
+  /// y = layer(x) with x and y host arrays of float32 [tokens, hidden].
+  runtime::Status runLayer(int64_t layer, const float *x, int64_t tokens,
+                           float *y);
+  /// Every MoE layer in order, each on the previous one's output.
+  runtime::Status runAll(const float *x, int64_t tokens, float *y);
+  /// The same on device memory (cuda only): x and y are device pointers to
+  /// [tokens, hidden] arrays of the layer's activation type, and the work
+  /// is queued on `stream` (a CUstream; null: the default stream). No copy.
+  runtime::Status runLayerOnDevice(int64_t layer, const void *x, void *y,
+                                   int64_t tokens, void *stream);
+  /// The activation element type of a layer ("f32", "bf16" or "f16").
+  runtime::Expected<std::string> activationType(int64_t layer) const;
+  /// Milliseconds the last run took (host runs: including copies).
+  double lastMilliseconds() const;
+
+  struct Impl;
+
+private:
+  explicit Model(std::unique_ptr<Impl> impl);
+  std::unique_ptr<Impl> impl;
+};
+
+} // namespace moe
+
+#endif // MOE_MODEL_H

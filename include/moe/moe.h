@@ -1,0 +1,54 @@
+/*===- moe.h - The C API: run a compiled package --------------------*- C -*-===*
+ *
+ * Part of moe-opt. A C interface to moe::Model (include/moe/Model.h): open a
+ * package written by moe-compile, run layers on host or device memory.
+ * Every function that can fail returns 0 on success, or non-zero with a
+ * message in `error` (at most error_size bytes, NUL-terminated).
+ *
+ *===----------------------------------------------------------------------===*/
+
+#ifndef MOE_MOE_H
+#define MOE_MOE_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+typedef struct moe_model moe_model;
+
+/* backend: "cuda", "emu" or "auto"; device: the GPU ordinal. */
+int moe_model_open(const char *package_dir, const char *backend, int device,
+                   moe_model **model, char *error, size_t error_size);
+void moe_model_close(moe_model *model);
+
+/* "cuda" or "emu". */
+const char *moe_model_backend(const moe_model *model);
+int moe_model_num_layers(const moe_model *model);
+/* The model layer index of the i-th MoE layer, or -1. */
+int64_t moe_model_layer(const moe_model *model, int i);
+/* Width of a layer's input and output, or -1. */
+int64_t moe_model_hidden(const moe_model *model, int64_t layer);
+
+/* y = layer(x); x and y are host float32 arrays [tokens, hidden]. */
+int moe_model_run_layer(moe_model *model, int64_t layer, const float *x,
+                        int64_t tokens, float *y, char *error,
+                        size_t error_size);
+/* Every MoE layer in order. */
+int moe_model_run_all(moe_model *model, const float *x, int64_t tokens,
+                      float *y, char *error, size_t error_size);
+/* On device memory in the layer's activation type, queued on `stream`
+ * (a CUstream, NULL for the default stream); cuda only. */
+int moe_model_run_layer_device(moe_model *model, int64_t layer, const void *x,
+                               void *y, int64_t tokens, void *stream,
+                               char *error, size_t error_size);
+/* Milliseconds the last run took. */
+double moe_model_last_ms(const moe_model *model);
+
+#ifdef __cplusplus
+}
+#endif
+
+#endif /* MOE_MOE_H */

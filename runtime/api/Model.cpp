@@ -1,0 +1,184 @@
+//===- Model.cpp - The C++ API: run a compiled package --------------------===//
+//
+// Part of moe-opt.
+//
+//===----------------------------------------------------------------------===//
+
+#include "moe/Model.h"
+#include "moe/runtime/Backends.h"
+#include "moe/runtime/Executor.h"
+#include "moe/runtime/Package.h"
+
+#include <chrono>
+#include <map>
+
+namespace moe {
+
+using runtime::Expected;
+using runtime::Status;
+
+struct Model::Impl {
+  Impl(runtime::LoadedPackage package) : package(std::move(package)) {}
+  runtime::LoadedPackage package;
+  std::unique_ptr<KernelBackend> device;
+  std::string backend, description;
+  std::map<int64_t, const LayerPlan *> layers;
+  std::map<int64_t, std::unique_ptr<LayerExecutor>> executors;
+  double lastMs = 0;
+
+  Expected<LayerExecutor *> executor(int64_t layer) {
+    auto plan = layers.find(layer);
+    if (plan == layers.end()) {
+      std::string list;
+      for (const auto &[l, p] : layers)
+        list += (list.empty() ? "" : ", ") + std::to_string(l);
+      return Status::error("layer " + std::to_string(layer) +
+                           " is not an MoE layer of " + package.directory() +
+                           "; MoE layers: " + (list.empty() ? "none" : list));
+    }
+    auto it = executors.find(layer);
+    if (it != executors.end())
+      return it->second.get();
+    auto exec = std::make_unique<LayerExecutor>(*plan->second, *device);
+    if (Status s = exec->loadWeights(package.weightProvider()))
+      return s;
+    LayerExecutor *raw = exec.get();
+    executors[layer] = std::move(exec);
+    return raw;
+  }
+};
+
+Model::Model(std::unique_ptr<Impl> impl) : impl(std::move(impl)) {}
+Model::~Model() = default;
+
+Expected<std::unique_ptr<Model>> Model::open(const std::string &packageDir,
+                                             const ModelOptions &options) {
+  if (options.backend != "cuda" && options.backend != "emu" &&
+      options.backend != "auto")
+    return Status::error("unknown backend '" + options.backend +
+                         "'; expected cuda, emu or auto");
+  Expected<runtime::LoadedPackage> package = runtime::openPackage(packageDir);
+  if (!package)
+    return package.takeError();
+  auto impl = std::make_unique<Impl>(std::move(package.value()));
+  for (const LayerPlan &plan : impl->package.plan().layers)
+    if (plan.target.empty())
+      impl->layers[plan.layer] = &plan;
+
+  BackendReport report;
+  std::string cudaError;
+  if (options.backend != "emu") {
+    std::map<std::string, std::string> cubins;
+    for (const std::string &arch : impl->package.cubinArchs())
+      cubins[arch] = *impl->package.cubin(arch);
+    auto cuda = openCudaBackend(impl->package.source(), options.device,
+                                &report, &cubins);
+    if (cuda) {
+      impl->device = std::move(cuda.value());
+      impl->backend = "cuda";
+    } else if (options.backend == "cuda") {
+      return cuda.takeError();
+    } else {
+      cudaError = cuda.message();
+    }
+  }
+  if (!impl->device) {
+    auto emu = openEmuBackend(impl->package.source(), options.cacheDir,
+                              &report);
+    if (!emu)
+      return emu.takeError().withContext(
+          cudaError.empty() ? "emu backend"
+                            : "no GPU (" + cudaError + ") and the emu backend");
+    impl->device = std::move(emu.value());
+    impl->backend = "emu";
+  }
+  impl->description = report.description;
+  return std::unique_ptr<Model>(new Model(std::move(impl)));
+}
+
+const std::string &Model::backend() const { return impl->backend; }
+const std::string &Model::description() const { return impl->description; }
+
+std::vector<int64_t> Model::layers() const {
+  std::vector<int64_t> result;
+  for (const auto &[l, p] : impl->layers)
+    result.push_back(l);
+  return result;
+}
+
+Expected<int64_t> Model::hidden(int64_t layer) const {
+  auto it = impl->layers.find(layer);
+  if (it == impl->layers.end())
+    return Status::error("layer " + std::to_string(layer) +
+                         " is not an MoE layer of the package");
+  return it->second->inputWidth;
+}
+
+Expected<std::string> Model::activationType(int64_t layer) const {
+  auto it = impl->layers.find(layer);
+  if (it == impl->layers.end())
+    return Status::error("layer " + std::to_string(layer) +
+                         " is not an MoE layer of the package");
+  const LayerPlan &p = *it->second;
+  return std::string(elementTypeName(p.values[p.input].type));
+}
+
+Status Model::runLayer(int64_t layer, const float *x, int64_t tokens,
+                       float *y) {
+  if (tokens < 1)
+    return Status::error("runLayer: tokens must be >= 1, got " +
+                         std::to_string(tokens));
+  Expected<LayerExecutor *> exec = impl->executor(layer);
+  if (!exec)
+    return exec.takeError();
+  auto start = std::chrono::steady_clock::now();
+  auto out = exec.value()->run(x, tokens, false);
+  if (!out)
+    return out.takeError();
+  impl->lastMs = std::chrono::duration<double, std::milli>(
+                     std::chrono::steady_clock::now() - start)
+                     .count();
+  std::copy(out.value().y.begin(), out.value().y.end(), y);
+  return Status::success();
+}
+
+Status Model::runAll(const float *x, int64_t tokens, float *y) {
+  std::vector<int64_t> all = layers();
+  if (all.empty())
+    return Status::error("the package has no MoE layer");
+  Expected<int64_t> h = hidden(all.front());
+  if (!h)
+    return h.takeError();
+  std::vector<float> current(x, x + tokens * h.value()), next(current.size());
+  double total = 0;
+  for (int64_t l : all) {
+    if (Status s = runLayer(l, current.data(), tokens, next.data()))
+      return s;
+    total += impl->lastMs;
+    current.swap(next);
+  }
+  std::copy(current.begin(), current.end(), y);
+  impl->lastMs = total;
+  return Status::success();
+}
+
+Status Model::runLayerOnDevice(int64_t layer, const void *x, void *y,
+                               int64_t tokens, void *stream) {
+  if (impl->backend != "cuda")
+    return Status::error("runLayerOnDevice needs the cuda backend; this "
+                         "model runs on " + impl->backend);
+  Expected<LayerExecutor *> exec = impl->executor(layer);
+  if (!exec)
+    return exec.takeError();
+  auto start = std::chrono::steady_clock::now();
+  if (Status s = exec.value()->runOnDevice(x, y, tokens, stream))
+    return s;
+  impl->lastMs = std::chrono::duration<double, std::milli>(
+                     std::chrono::steady_clock::now() - start)
+                     .count();
+  return Status::success();
+}
+
+double Model::lastMilliseconds() const { return impl->lastMs; }
+
+} // namespace moe

@@ -1,0 +1,749 @@
+//===- moe_grouped.cuh - The grouped (prefill) expert kernels -------------===//
+//
+// Part of moe-opt. The prefill path of moe.fused_experts: the routed slots
+// are grouped by expert (the routing kernel's `offsets` [E + 1] and `rows`
+// [R]), each expert's rows go through two tiled GEMMs, and a combine kernel
+// sums every token's slots back in slot order. Weights are read once per
+// tile of BM rows instead of once per token. See docs/codegen.md.
+//
+//   gateUp<Cfg, Shared>  h[r, :] = act(x[token(r)] . gate, x[token(r)] . up)
+//   down<Cfg, Shared>    out[r, :] = w(r) * roundAs<TX>(h[r] . down + bias)
+//   combine<Cfg>         y[t] = sum over slots s of out[slotRow[t, s]]
+//                               (+ shared experts)
+//
+// The shared FFN (Shared = true) goes through the same GEMM templates as one
+// more "expert" whose rows are all T tokens in order; combine adds it.
+//
+// Tiles: a block of Threads = 128 (4 warps, 2 x 2) computes a BM x BN = 64 x
+// 64 tile of one expert's output, stepping through the reduction dimension
+// BK = 32 at a time through shared memory; each warp owns a 32 x 32 sub-tile
+// of MI x NI = 2 x 4 fragments of mma.sync.m16n8k16 (f32 accumulators in the
+// PTX fragment layout). With bf16/f16 weights, A (gathered rows, converted
+// to the weight type) and B (weights, as stored) are read from shared
+// memory with ldmatrix and multiplied on the tensor cores. With f32 weights
+// there is no tensor-core path that keeps f32 accuracy (tf32 would round the
+// operands to 10 mantissa bits): the same tiles are multiplied on the CUDA
+// cores, each thread computing the accumulator elements that the mma
+// fragment layout gives it, so that loaders and epilogues are shared.
+//
+// Buffers (every grouped kernel of one fused op gets the same list; slots 0
+// to 20 are those of the per-token kernel, moe_experts.cuh):
+//    0 x [T, H]             1 ids [T, K]           2 weights [T, K] f32
+//    3 y [T, H]             4..11 routed FFN       12..19 shared FFN
+//   20 shared gate [H]     21 offsets [E + 1]     22 rows [T * K]
+//   23 slotRow [T * K]     24 h [T * K, I] f32    25 out [T * K, H] f32
+//   26 shared h [T, Is] f32                       27 shared out [T, H] f32
+// h and out are indexed by the position of the row in `rows` (grouped by
+// expert); slotRow (written by the routing kernel) maps a slot t * K + s to
+// that position, -1 for an empty slot.
+//
+// Grids are upper bounds computed by the host from T alone: the GEMMs take
+// (ceil(T * K / BM) + E) * ceil(N / BN) blocks (every expert may end in a
+// partial tile), blocks past the last real tile stop at once; every kernel
+// also loops grid-stride so that a clamped grid stays correct.
+//
+//===----------------------------------------------------------------------===//
+
+#ifndef MOE_KERNELS_GROUPED_CUH
+#define MOE_KERNELS_GROUPED_CUH
+
+#include "moe_experts.cuh"
+
+namespace moe_k {
+
+//===----------------------------------------------------------------------===//
+// Tensor-core primitives: inline PTX on the GPU, the emulation's warp
+// collectives under MOE_EMU (same fragment layouts, PTX ISA "Matrix
+// Fragments for mma.m16n8k16 with floating point type").
+//===----------------------------------------------------------------------===//
+
+namespace mma {
+
+/// The bits of a 16-bit element.
+template <typename T> __device__ __forceinline__ unsigned bits16(T v);
+template <>
+__device__ __forceinline__ unsigned bits16<__nv_bfloat16>(__nv_bfloat16 v) {
+  return __bfloat16_as_ushort(v);
+}
+template <> __device__ __forceinline__ unsigned bits16<__half>(__half v) {
+  return __half_as_ushort(v);
+}
+
+/// Two f32 values as one register of two 16-bit T (lo in the low half).
+template <typename T>
+__device__ __forceinline__ unsigned pack2(float lo, float hi) {
+  return bits16<T>(fromF32<T>(lo)) | (bits16<T>(fromF32<T>(hi)) << 16);
+}
+
+/// d += a * b: mma.sync.aligned.m16n8k16.row.col.f32.T.T.f32, T = bf16 or
+/// f16. a: 4 registers (16 x 16, row), b: 2 (16 x 8, col), d: 4 f32.
+template <typename T>
+__device__ __forceinline__ void m16n8k16(float d[4], const unsigned a[4],
+                                         const unsigned b[2]) {
+#ifdef MOE_EMU
+  moe_emu::mma_m16n8k16<T>(d, a, b, d);
+#else
+  if constexpr (IsBF16<T>::value)
+    asm("mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 "
+        "{%0, %1, %2, %3}, {%4, %5, %6, %7}, {%8, %9}, "
+        "{%0, %1, %2, %3};\n"
+        : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
+        : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b[0]), "r"(b[1]));
+  else
+    asm("mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 "
+        "{%0, %1, %2, %3}, {%4, %5, %6, %7}, {%8, %9}, "
+        "{%0, %1, %2, %3};\n"
+        : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
+        : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b[0]), "r"(b[1]));
+#endif
+}
+
+/// ldmatrix.sync.aligned.m8n8.x4[.trans].shared.b16: lanes 8m .. 8m + 7
+/// give the (16-byte aligned) row addresses of matrix m; r[m] receives
+/// this lane's two elements of matrix m (of its transpose with Trans).
+template <bool Trans>
+__device__ __forceinline__ void ldmatrixX4(unsigned r[4], const void *row) {
+#ifdef MOE_EMU
+  if constexpr (Trans)
+    moe_emu::ldmatrix_x4_trans(r, row);
+  else
+    moe_emu::ldmatrix_x4(r, row);
+#else
+  unsigned addr = static_cast<unsigned>(__cvta_generic_to_shared(row));
+  if constexpr (Trans)
+    asm volatile("ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16 "
+                 "{%0, %1, %2, %3}, [%4];\n"
+                 : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
+                 : "r"(addr));
+  else
+    asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 "
+                 "{%0, %1, %2, %3}, [%4];\n"
+                 : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
+                 : "r"(addr));
+#endif
+}
+
+} // namespace mma
+
+namespace grouped {
+
+// Tile sizes (compile-time, chosen for H200: 4 warps, 2 x 2 over the tile).
+constexpr int BM = 64, BN = 64, BK = 32;
+constexpr int WarpsM = 2, WarpsN = 2, Threads = 32 * WarpsM * WarpsN;
+constexpr int WM = BM / WarpsM, WN = BN / WarpsN; // a warp's sub-tile
+constexpr int MI = WM / 16, NI = WN / 8;          // its mma fragments
+/// Elements of A a thread converts per reduction step.
+constexpr int AChunk = 16;
+static_assert(BM * BK == Threads * AChunk, "one A chunk per thread");
+static_assert(NI % 2 == 0, "B fragments are loaded two n8 tiles at a time");
+
+/// Shared-memory geometry for weights of type TW (the tile type: A is
+/// converted to it). Rows are padded so that the 8 rows an ldmatrix reads
+/// (and the rows the scalar path reads) fall in distinct banks.
+template <typename TW> struct Smem {
+  static constexpr bool Tensor = sizeof(TW) == 2;
+  static constexpr int Pad = Tensor ? 8 : 4;
+  /// A: [BM][SK]; B of an [out, in] matrix: [BN][SK] (k contiguous); B of
+  /// an [in, out] matrix: [BK][SN] (n contiguous).
+  static constexpr int SK = BK + Pad, SN = BN + Pad;
+  static constexpr int A = BM * SK;
+  static constexpr int BOutIn = BN * SK, BInOut = BK * SN;
+};
+
+/// The routed or the shared FFN of a configuration.
+template <bool SharedFFN, typename R, typename S> struct Choose {
+  using type = R;
+};
+template <typename R, typename S> struct Choose<true, R, S> {
+  using type = S;
+};
+template <typename Cfg> struct Sel {
+  template <bool SharedFFN>
+  using FFN = typename Choose<SharedFFN, typename Cfg::Routed,
+                              typename Cfg::Shared>::type;
+};
+
+/// How many 16-bit terms carry an f32 A operand on the tensor cores: bf16
+/// keeps 8 significant bits, so three terms (hi + mid + lo) reach f32's 24;
+/// f16 keeps 11, two terms reach 22. Used when the IR's activations are f32
+/// (or of another 16-bit type than the weights): the grouped path then
+/// keeps the accuracy of f32 activations (products of 16-bit terms are
+/// exact, accumulation is f32), at NA times the tensor-core work on A.
+template <typename TW> struct SplitTerms {
+  static constexpr int value = IsBF16<TW>::value ? 3 : 2;
+};
+template <> struct SplitTerms<float> {
+  static constexpr int value = 1;
+};
+template <typename A, typename B> struct SameType {
+  static constexpr bool value = false;
+};
+template <typename A> struct SameType<A, A> {
+  static constexpr bool value = true;
+};
+
+/// acc[nb] += A * B[nb] over one BK step, for this warp's sub-tile.
+/// Tensor cores for 16-bit TW; otherwise f32 FMAs on the CUDA cores with
+/// the same ownership of accumulator elements (lane = 4 g + t holds rows
+/// g, g + 8 and columns 2 t, 2 t + 1 of each m16n8 fragment).
+/// With NA > 1 (tensor cores only), A is the sum of NA 16-bit tiles
+/// (As + q * Smem<TW>::A), each multiplied by the same B fragments.
+template <typename TW, bool InOut, int NB, int NA>
+__device__ __forceinline__ void warpTile(float (&acc)[NB][MI][NI][4],
+                                         const TW *As, const TW *B0,
+                                         const TW *B1) {
+  using S = Smem<TW>;
+  const int lane = threadIdx.x % 32, warp = threadIdx.x / 32;
+  const int wm = warp / WarpsN, wn = warp % WarpsN;
+  if constexpr (S::Tensor) {
+#pragma unroll
+    for (int kk = 0; kk < BK; kk += 16) {
+      unsigned a[NA][MI][4];
+#pragma unroll
+      for (int q = 0; q < NA; ++q)
+#pragma unroll
+        for (int mi = 0; mi < MI; ++mi)
+          mma::ldmatrixX4<false>(
+              a[q][mi], As + q * S::A +
+                            (wm * WM + mi * 16 + lane % 16) * S::SK + kk +
+                            (lane / 16) * 8);
+#pragma unroll
+      for (int nb = 0; nb < NB; ++nb) {
+        const TW *B = nb == 0 ? B0 : B1;
+#pragma unroll
+        for (int ni = 0; ni < NI; ni += 2) {
+          // Matrices: (n8 tile ni, k 0-7), (ni, k 8-15), (ni + 1, k 0-7),
+          // (ni + 1, k 8-15): b[0..1] for ni, b[2..3] for ni + 1.
+          unsigned b[4];
+          if constexpr (InOut)
+            mma::ldmatrixX4<true>(
+                b, B + (kk + lane % 8 + ((lane / 8) % 2) * 8) * S::SN +
+                       wn * WN + ni * 8 + (lane / 16) * 8);
+          else
+            mma::ldmatrixX4<false>(
+                b, B + (wn * WN + ni * 8 + lane % 8 + (lane / 16) * 8) *
+                           S::SK +
+                       kk + ((lane / 8) % 2) * 8);
+          // The smallest terms first.
+#pragma unroll
+          for (int q = NA - 1; q >= 0; --q)
+#pragma unroll
+            for (int mi = 0; mi < MI; ++mi) {
+              mma::m16n8k16<TW>(acc[nb][mi][ni], a[q][mi], b);
+              mma::m16n8k16<TW>(acc[nb][mi][ni + 1], a[q][mi], b + 2);
+            }
+        }
+      }
+    }
+  } else {
+    static_assert(NA == 1, "f32 tiles are not split");
+    const int g = lane / 4, t = lane % 4;
+#pragma unroll 4
+    for (int k = 0; k < BK; ++k) {
+      float a[MI][2];
+#pragma unroll
+      for (int mi = 0; mi < MI; ++mi) {
+        a[mi][0] = As[(wm * WM + mi * 16 + g) * S::SK + k];
+        a[mi][1] = As[(wm * WM + mi * 16 + g + 8) * S::SK + k];
+      }
+#pragma unroll
+      for (int nb = 0; nb < NB; ++nb) {
+        const TW *B = nb == 0 ? B0 : B1;
+#pragma unroll
+        for (int ni = 0; ni < NI; ++ni) {
+          const int c = wn * WN + ni * 8 + 2 * t;
+          float b0, b1;
+          if constexpr (InOut) {
+            b0 = B[k * S::SN + c];
+            b1 = B[k * S::SN + c + 1];
+          } else {
+            b0 = B[c * S::SK + k];
+            b1 = B[(c + 1) * S::SK + k];
+          }
+#pragma unroll
+          for (int mi = 0; mi < MI; ++mi) {
+            acc[nb][mi][ni][0] += a[mi][0] * b0;
+            acc[nb][mi][ni][1] += a[mi][0] * b1;
+            acc[nb][mi][ni][2] += a[mi][1] * b0;
+            acc[nb][mi][ni][3] += a[mi][1] * b1;
+          }
+        }
+      }
+    }
+  }
+}
+
+/// Copies a Rows x Cols tile of weights (no conversion) into shared memory
+/// (row stride Stride): dst[r][c] = src[(rowOff + rowStep * (r0 + r)) *
+/// pitch + c0 + c], zero where r >= rowValid or c >= colValid. 16-byte
+/// copies where the chunk is whole and Vec says the source rows are 16-byte
+/// aligned.
+template <typename TW, int Rows, int Cols, int Stride, bool Vec>
+__device__ __forceinline__ void copyTile(TW *dst, const TW *src,
+                                         long long pitch, int rowOff,
+                                         int rowStep, int r0, int rowValid,
+                                         long long c0, int colValid) {
+  constexpr int V = 16 / sizeof(TW);
+  constexpr int PerRow = Cols / V;
+  static_assert(Cols % V == 0, "tile rows are whole 16-byte chunks");
+  for (int i = threadIdx.x; i < Rows * PerRow; i += Threads) {
+    const int r = i / PerRow, c = (i % PerRow) * V;
+    TW *d = dst + r * Stride + c;
+    const TW *s =
+        src + static_cast<long long>(rowOff + rowStep * (r0 + r)) * pitch +
+        c0 + c;
+    if (Vec && r < rowValid && c + V <= colValid) {
+      *reinterpret_cast<uint4 *>(d) = *reinterpret_cast<const uint4 *>(s);
+    } else {
+#pragma unroll
+      for (int j = 0; j < V; ++j)
+        d[j] = r < rowValid && c + j < colValid ? s[j] : fromF32<TW>(0.0f);
+    }
+  }
+}
+
+/// The interleaved [in, out] gate_up tile (gpt-oss): source columns
+/// 2 (n0 + c) and 2 (n0 + c) + 1 of row r0 + r go to gate[r][c] and
+/// up[r][c]; zero where r >= rowValid or c >= colValid.
+template <typename TW, int Rows, int Cols, int Stride, bool Vec>
+__device__ __forceinline__ void copyPairs(TW *gate, TW *up, const TW *src,
+                                          long long pitch, int r0,
+                                          int rowValid, int n0,
+                                          int colValid) {
+  constexpr int V = 16 / sizeof(TW), P = V / 2; // pairs per 16 bytes
+  constexpr int PerRow = Cols / P;
+  for (int i = threadIdx.x; i < Rows * PerRow; i += Threads) {
+    const int r = i / PerRow, c = (i % PerRow) * P;
+    const TW *s = src + static_cast<long long>(r0 + r) * pitch +
+                  2LL * (n0 + c);
+    TW *g = gate + r * Stride + c, *u = up + r * Stride + c;
+    if (Vec && r < rowValid && c + P <= colValid) {
+      const uint4 v = *reinterpret_cast<const uint4 *>(s);
+      if constexpr (sizeof(TW) == 2) {
+        *reinterpret_cast<uint2 *>(g) = make_uint2(
+            __byte_perm(v.x, v.y, 0x5410), __byte_perm(v.z, v.w, 0x5410));
+        *reinterpret_cast<uint2 *>(u) = make_uint2(
+            __byte_perm(v.x, v.y, 0x7632), __byte_perm(v.z, v.w, 0x7632));
+      } else {
+        *reinterpret_cast<uint2 *>(g) = make_uint2(v.x, v.z);
+        *reinterpret_cast<uint2 *>(u) = make_uint2(v.y, v.w);
+      }
+    } else {
+#pragma unroll
+      for (int j = 0; j < P; ++j) {
+        bool ok = r < rowValid && c + j < colValid;
+        g[j] = ok ? s[2 * j] : fromF32<TW>(0.0f);
+        u[j] = ok ? s[2 * j + 1] : fromF32<TW>(0.0f);
+      }
+    }
+  }
+}
+
+/// One AChunk-element piece of a row of A: dst[j] = TW(f(src[k + j])) with
+/// f(v) = roundAs<TX>(v * scale) when Scale (the input scaled by its
+/// routing weight, rounded as the IR's permute result is), else v; zero
+/// past kLimit or when the row does not exist (src null). VecSrc: the
+/// source rows are 16-byte aligned.
+template <typename TS, typename TW, typename TX, bool Scale, bool VecSrc,
+          int NA>
+__device__ __forceinline__ void loadAChunk(TW *dst, const TS *src, int k,
+                                           int kLimit, float scale) {
+  float v[AChunk];
+  if (VecSrc && src != nullptr && k + AChunk <= kLimit) {
+    constexpr int V = 16 / sizeof(TS);
+#pragma unroll
+    for (int q = 0; q < AChunk / V; ++q) {
+      const uint4 p = *reinterpret_cast<const uint4 *>(src + k + q * V);
+#pragma unroll
+      for (int j = 0; j < V; ++j)
+        v[q * V + j] = unpack<TS>(p, j);
+    }
+  } else {
+#pragma unroll
+    for (int j = 0; j < AChunk; ++j)
+      v[j] = src != nullptr && k + j < kLimit ? toF32<TS>(src[k + j]) : 0.0f;
+  }
+  if constexpr (Scale) {
+#pragma unroll
+    for (int j = 0; j < AChunk; ++j)
+      v[j] = roundAs<TX>(v[j] * scale);
+  }
+  if constexpr (sizeof(TW) == 2) {
+    // Term p is the 16-bit rounding of what the terms before it left.
+#pragma unroll
+    for (int p = 0; p < NA; ++p) {
+#pragma unroll
+      for (int q = 0; q < AChunk / 8; ++q)
+        *reinterpret_cast<uint4 *>(dst + p * Smem<TW>::A + q * 8) =
+            make_uint4(mma::pack2<TW>(v[q * 8 + 0], v[q * 8 + 1]),
+                       mma::pack2<TW>(v[q * 8 + 2], v[q * 8 + 3]),
+                       mma::pack2<TW>(v[q * 8 + 4], v[q * 8 + 5]),
+                       mma::pack2<TW>(v[q * 8 + 6], v[q * 8 + 7]));
+      if (p + 1 < NA) {
+#pragma unroll
+        for (int j = 0; j < AChunk; ++j)
+          v[j] -= roundAs<TW>(v[j]);
+      }
+    }
+  } else {
+#pragma unroll
+    for (int q = 0; q < AChunk / 4; ++q)
+      *reinterpret_cast<float4 *>(dst + q * 4) = make_float4(
+          v[q * 4 + 0], v[q * 4 + 1], v[q * 4 + 2], v[q * 4 + 3]);
+  }
+}
+
+/// The rows of one work item: `count` (<= BM) consecutive rows from
+/// position `start` of the grouped order, all of expert `e`.
+struct RowTile {
+  int e, start, count;
+};
+
+/// Row tile `tile` of the routed rows: tiles are numbered expert by expert
+/// (ceil(count_e / BM) each). False past the last one.
+template <int E>
+__device__ __forceinline__ bool findTile(const int *offsets, long long tile,
+                                         RowTile &rt) {
+  for (int e = 0; e < E; ++e) {
+    const int begin = offsets[e], n = offsets[e + 1] - begin;
+    const long long tiles = (n + BM - 1) / BM;
+    if (tile < tiles) {
+      rt.e = e;
+      rt.start = begin + static_cast<int>(tile) * BM;
+      rt.count = n - static_cast<int>(tile) * BM;
+      rt.count = rt.count < BM ? rt.count : BM;
+      return true;
+    }
+    tile -= tiles;
+  }
+  return false;
+}
+
+/// Row tile `tile` of the shared FFN: rows are the tokens in order.
+__device__ __forceinline__ bool denseTile(long long T, long long tile,
+                                          RowTile &rt) {
+  if (tile * BM >= T)
+    return false;
+  rt.e = 0;
+  rt.start = static_cast<int>(tile * BM);
+  long long left = T - tile * BM;
+  rt.count = left < BM ? static_cast<int>(left) : BM;
+  return true;
+}
+
+/// Shared-memory words (uint4: 16-byte aligned carving) of a GEMM with NB
+/// B tiles.
+template <typename TW, bool InOut, int NB, int NA> struct GemmSmem {
+  /// Elements of one B tile.
+  static constexpr int B = InOut ? Smem<TW>::BInOut : Smem<TW>::BOutIn;
+  static constexpr int Elements = NA * Smem<TW>::A + NB * B;
+  static constexpr int Words = Elements * sizeof(TW) / 16;
+  static_assert(Smem<TW>::A * sizeof(TW) % 16 == 0 &&
+                    B * sizeof(TW) % 16 == 0,
+                "16-byte aligned tiles");
+};
+
+/// GEMM 1 and activation: h[row] = act(a . gate + bg, a . up + bu) for the
+/// rows of one expert, a = the row's token (scaled by its routing weight
+/// with ScaleInput), converted to the weight type. One BM x BN tile of h
+/// per work item, gate and up accumulated side by side so that the thread
+/// that holds gate column j also holds up column j.
+template <typename Cfg, bool SharedFFN>
+__device__ void gateUp(const MoEKernelArgs &args) {
+  using TX = typename Cfg::TX;
+  using F = typename Sel<Cfg>::template FFN<SharedFFN>;
+  using TW = typename F::TW;
+  using S = Smem<TW>;
+  constexpr int H = F::H, I = F::I, K = Cfg::K;
+  constexpr int E = SharedFFN ? 1 : F::E;
+  constexpr bool InOut = F::InOut;
+  constexpr bool Scale = Cfg::ScaleInput && !SharedFFN;
+  constexpr int NT = (I + BN - 1) / BN;
+  constexpr int V = 16 / static_cast<int>(sizeof(TW));
+
+  const TX *x = static_cast<const TX *>(args.buffers[0]);
+  const float *weights = static_cast<const float *>(args.buffers[2]);
+  const int *offsets = static_cast<const int *>(args.buffers[21]);
+  const int *rows = static_cast<const int *>(args.buffers[22]);
+  float *h = static_cast<float *>(args.buffers[SharedFFN ? 26 : 24]);
+  const experts::FFNWeights<F> w =
+      experts::ffnWeights<F>(args, SharedFFN ? 12 : 4);
+
+  // x is exact in the tile type when it has the weights' type.
+  constexpr int NA =
+      SameType<TX, TW>::value || !S::Tensor ? 1 : SplitTerms<TW>::value;
+  MOE_SHARED(uint4, smemWords, (GemmSmem<TW, InOut, 2, NA>::Words));
+  TW *As = reinterpret_cast<TW *>(&smemWords[0]);
+  TW *Bg = As + NA * S::A;
+  TW *Bu = Bg + GemmSmem<TW, InOut, 2, NA>::B;
+
+  const long long T = args.num_tokens;
+  const long long rowTiles =
+      SharedFFN ? (T + BM - 1) / BM : (T * K + BM - 1) / BM + E;
+  const int lane = threadIdx.x % 32, warp = threadIdx.x / 32;
+  const int wm = warp / WarpsN, wn = warp % WarpsN;
+  const int g = lane / 4, t = lane % 4;
+  // This thread's piece of A: row ar, columns ac .. ac + AChunk of a step.
+  const int ar = threadIdx.x / (BK / AChunk);
+  const int ac = (threadIdx.x % (BK / AChunk)) * AChunk;
+
+  for (long long item = blockIdx.x; item < rowTiles * NT;
+       item += gridDim.x) {
+    const int n0 = static_cast<int>(item % NT) * BN;
+    RowTile rt;
+    bool found = SharedFFN ? denseTile(T, item / NT, rt)
+                           : findTile<E>(offsets, item / NT, rt);
+    if (!found)
+      break; // items are ordered: every later one is past the end too
+    const TX *src = nullptr;
+    float scale = 1.0f;
+    if (ar < rt.count) {
+      if constexpr (SharedFFN) {
+        src = x + static_cast<long long>(rt.start + ar) * H;
+      } else {
+        const int slot = rows[rt.start + ar];
+        src = x + static_cast<long long>(slot / K) * H;
+        scale = weights[slot];
+      }
+    }
+    const long long e = rt.e;
+    float acc[2][MI][NI][4];
+#pragma unroll
+    for (int nb = 0; nb < 2; ++nb)
+#pragma unroll
+      for (int mi = 0; mi < MI; ++mi)
+#pragma unroll
+        for (int ni = 0; ni < NI; ++ni)
+#pragma unroll
+          for (int i = 0; i < 4; ++i)
+            acc[nb][mi][ni][i] = 0.0f;
+
+    for (int k0 = 0; k0 < H; k0 += BK) {
+      __syncthreads(); // the previous step's tiles are consumed
+      loadAChunk<TX, TW, TX, Scale, H % (16 / sizeof(TX)) == 0, NA>(
+          As + ar * S::SK + ac, src, k0 + ac, H, scale);
+      if constexpr (!InOut) {
+        // [out, in]: whole rows of the gate and up outputs.
+        if constexpr (F::Fused) {
+          const TW *m = w.gateUp + e * 2 * I * H;
+          copyTile<TW, BN, BK, S::SK, H % V == 0>(
+              Bg, m, H, 0, F::Interleaved ? 2 : 1, n0, I - n0, k0, H - k0);
+          copyTile<TW, BN, BK, S::SK, H % V == 0>(
+              Bu, m, H, F::Interleaved ? 1 : I, F::Interleaved ? 2 : 1, n0,
+              I - n0, k0, H - k0);
+        } else {
+          copyTile<TW, BN, BK, S::SK, H % V == 0>(
+              Bg, w.gate + e * I * H, H, 0, 1, n0, I - n0, k0, H - k0);
+          copyTile<TW, BN, BK, S::SK, H % V == 0>(
+              Bu, w.up + e * I * H, H, 0, 1, n0, I - n0, k0, H - k0);
+        }
+      } else {
+        // [in, out]: rows k0 .. k0 + BK, the tile's output columns.
+        if constexpr (F::Fused && F::Interleaved) {
+          copyPairs<TW, BK, BN, S::SN, (2 * I) % V == 0>(
+              Bg, Bu, w.gateUp + e * H * 2 * I, 2 * I, k0, H - k0, n0,
+              I - n0);
+        } else if constexpr (F::Fused) {
+          const TW *m = w.gateUp + e * H * 2 * I;
+          copyTile<TW, BK, BN, S::SN, I % V == 0>(Bg, m, 2 * I, 0, 1, k0,
+                                                  H - k0, n0, I - n0);
+          copyTile<TW, BK, BN, S::SN, I % V == 0>(Bu, m, 2 * I, 0, 1, k0,
+                                                  H - k0, I + n0, I - n0);
+        } else {
+          copyTile<TW, BK, BN, S::SN, I % V == 0>(
+              Bg, w.gate + e * H * I, I, 0, 1, k0, H - k0, n0, I - n0);
+          copyTile<TW, BK, BN, S::SN, I % V == 0>(
+              Bu, w.up + e * H * I, I, 0, 1, k0, H - k0, n0, I - n0);
+        }
+      }
+      __syncthreads();
+      warpTile<TW, InOut, 2, NA>(acc, As, Bg, Bu);
+    }
+
+    // Epilogue: biases, activation, h in f32.
+#pragma unroll
+    for (int mi = 0; mi < MI; ++mi)
+#pragma unroll
+      for (int ni = 0; ni < NI; ++ni)
+#pragma unroll
+        for (int i = 0; i < 4; ++i) {
+          const int r = wm * WM + mi * 16 + g + (i >= 2 ? 8 : 0);
+          const int j = n0 + wn * WN + ni * 8 + 2 * t + (i & 1);
+          if (r >= rt.count || j >= I)
+            continue;
+          float gv = acc[0][mi][ni][i], uv = acc[1][mi][ni][i];
+          if constexpr (F::Fused) {
+            if constexpr (F::GateUpBias) {
+              const int gRow = F::Interleaved ? 2 * j : j;
+              const int uRow = F::Interleaved ? 2 * j + 1 : I + j;
+              gv += toF32(w.gateUpBias[e * 2 * I + gRow]);
+              uv += toF32(w.gateUpBias[e * 2 * I + uRow]);
+            }
+          } else {
+            if constexpr (F::GateBias)
+              gv += toF32(w.gateBias[e * I + j]);
+            if constexpr (F::UpBias)
+              uv += toF32(w.upBias[e * I + j]);
+          }
+          h[static_cast<long long>(rt.start + r) * I + j] =
+              experts::activate<F::Act>(gv, uv, F::Alpha, F::Limit);
+        }
+  }
+}
+
+/// GEMM 2: out[row] = roundAs<TX>(h[row] . down + bias), times the row's
+/// routing weight (routed rows, unless Unweighted), in f32. h is kept in
+/// f32 scratch; on the way into shared memory it is converted to the
+/// weight type (the tensor cores take 16-bit operands). With 16-bit
+/// activations that is one rounding of the hidden activations which the
+/// per-token kernel does not make (relative 2^-9 for bf16, 2^-12 for f16,
+/// well inside the rounding the IR makes of every 16-bit result); with f32
+/// activations h is split into SplitTerms 16-bit terms (f32 accuracy).
+template <typename Cfg, bool SharedFFN>
+__device__ void down(const MoEKernelArgs &args) {
+  using TX = typename Cfg::TX;
+  using F = typename Sel<Cfg>::template FFN<SharedFFN>;
+  using TW = typename F::TW;
+  using S = Smem<TW>;
+  constexpr int H = F::H, I = F::I, K = Cfg::K;
+  constexpr int E = SharedFFN ? 1 : F::E;
+  constexpr bool InOut = F::InOut;
+  constexpr int NT = (H + BN - 1) / BN;
+  constexpr int V = 16 / static_cast<int>(sizeof(TW));
+
+  const float *weights = static_cast<const float *>(args.buffers[2]);
+  const int *offsets = static_cast<const int *>(args.buffers[21]);
+  const int *rows = static_cast<const int *>(args.buffers[22]);
+  const float *h = static_cast<const float *>(args.buffers[SharedFFN ? 26 : 24]);
+  float *out = static_cast<float *>(args.buffers[SharedFFN ? 27 : 25]);
+  const experts::FFNWeights<F> w =
+      experts::ffnWeights<F>(args, SharedFFN ? 12 : 4);
+
+  // h (f32) is rounded to one 16-bit term when the IR's activations are
+  // 16-bit, split into SplitTerms terms when they are f32.
+  constexpr int NA =
+      sizeof(TX) == 2 || !S::Tensor ? 1 : SplitTerms<TW>::value;
+  MOE_SHARED(uint4, smemWords, (GemmSmem<TW, InOut, 1, NA>::Words));
+  TW *As = reinterpret_cast<TW *>(&smemWords[0]);
+  TW *Bs = As + NA * S::A;
+
+  const long long T = args.num_tokens;
+  const long long rowTiles =
+      SharedFFN ? (T + BM - 1) / BM : (T * K + BM - 1) / BM + E;
+  const int lane = threadIdx.x % 32, warp = threadIdx.x / 32;
+  const int wm = warp / WarpsN, wn = warp % WarpsN;
+  const int g = lane / 4, t = lane % 4;
+  const int ar = threadIdx.x / (BK / AChunk);
+  const int ac = (threadIdx.x % (BK / AChunk)) * AChunk;
+
+  for (long long item = blockIdx.x; item < rowTiles * NT;
+       item += gridDim.x) {
+    const int n0 = static_cast<int>(item % NT) * BN;
+    RowTile rt;
+    bool found = SharedFFN ? denseTile(T, item / NT, rt)
+                           : findTile<E>(offsets, item / NT, rt);
+    if (!found)
+      break;
+    const float *src =
+        ar < rt.count ? h + static_cast<long long>(rt.start + ar) * I
+                      : nullptr;
+    const long long e = rt.e;
+    float acc[1][MI][NI][4];
+#pragma unroll
+    for (int mi = 0; mi < MI; ++mi)
+#pragma unroll
+      for (int ni = 0; ni < NI; ++ni)
+#pragma unroll
+        for (int i = 0; i < 4; ++i)
+          acc[0][mi][ni][i] = 0.0f;
+
+    for (int k0 = 0; k0 < I; k0 += BK) {
+      __syncthreads();
+      loadAChunk<float, TW, TX, false, I % 4 == 0, NA>(
+          As + ar * S::SK + ac, src, k0 + ac, I, 1.0f);
+      if constexpr (!InOut)
+        copyTile<TW, BN, BK, S::SK, I % V == 0>(Bs, w.down + e * H * I, I, 0,
+                                                1, n0, H - n0, k0, I - k0);
+      else
+        copyTile<TW, BK, BN, S::SN, H % V == 0>(Bs, w.down + e * I * H, H, 0,
+                                                1, k0, I - k0, n0, H - n0);
+      __syncthreads();
+      warpTile<TW, InOut, 1, NA>(acc, As, Bs, Bs);
+    }
+
+#pragma unroll
+    for (int mi = 0; mi < MI; ++mi)
+#pragma unroll
+      for (int ni = 0; ni < NI; ++ni)
+#pragma unroll
+        for (int i = 0; i < 4; ++i) {
+          const int r = wm * WM + mi * 16 + g + (i >= 2 ? 8 : 0);
+          const int o = n0 + wn * WN + ni * 8 + 2 * t + (i & 1);
+          if (r >= rt.count || o >= H)
+            continue;
+          float v = acc[0][mi][ni][i];
+          if constexpr (F::DownBias)
+            v += toF32(w.downBias[e * H + o]);
+          v = roundAs<TX>(v);
+          if constexpr (!SharedFFN && !Cfg::Unweighted)
+            v *= weights[rows[rt.start + r]];
+          out[static_cast<long long>(rt.start + r) * H + o] = v;
+        }
+  }
+}
+
+/// The combine: one block per token (grid-stride) sums the token's slot
+/// rows in slot order (as the per-token kernel accumulates them: the same
+/// f32 sums), then adds the shared experts (times sigmoid(x . w_gate) with
+/// a shared gate). Deterministic, no atomics.
+template <typename Cfg> __device__ void combine(const MoEKernelArgs &args) {
+  using TX = typename Cfg::TX;
+  using S = typename Cfg::Shared;
+  constexpr int H = Cfg::Routed::H, K = Cfg::K;
+  const TX *x = static_cast<const TX *>(args.buffers[0]);
+  TX *y = static_cast<TX *>(args.buffers[3]);
+  const typename S::TW *sharedGate =
+      static_cast<const typename S::TW *>(args.buffers[20]);
+  const int *slotRow = static_cast<const int *>(args.buffers[23]);
+  const float *out = static_cast<const float *>(args.buffers[25]);
+  const float *sharedOut = static_cast<const float *>(args.buffers[27]);
+  MOE_SHARED(int, rowOf, K);
+  MOE_SHARED(float, gateValue, 1);
+
+  const long long T = args.num_tokens;
+  for (long long t = blockIdx.x; t < T; t += gridDim.x) {
+    for (int s = threadIdx.x; s < K; s += blockDim.x)
+      rowOf[s] = slotRow[t * K + s];
+    if constexpr (Cfg::HasShared && Cfg::SharedGate) {
+      if (threadIdx.x < 32) {
+        float partial = 0.0f;
+        for (int i = threadIdx.x; i < H; i += 32)
+          partial += toF32<TX>(x[t * H + i]) * toF32(sharedGate[i]);
+        partial = warpSum(partial);
+        if (threadIdx.x == 0)
+          gateValue[0] = moe_k::sigmoid(partial);
+      }
+    }
+    __syncthreads();
+    for (int o = threadIdx.x; o < H; o += blockDim.x) {
+      float acc = 0.0f;
+      for (int s = 0; s < K; ++s)
+        if (rowOf[s] >= 0)
+          acc += out[static_cast<long long>(rowOf[s]) * H + o];
+      if constexpr (Cfg::HasShared) {
+        float v = sharedOut[t * H + o];
+        if constexpr (Cfg::SharedGate)
+          v = roundAs<TX>(v * gateValue[0]);
+        y[t * H + o] = fromF32<TX>(roundAs<TX>(acc) + v);
+      } else {
+        y[t * H + o] = fromF32<TX>(acc);
+      }
+    }
+    __syncthreads();
+  }
+}
+
+} // namespace grouped
+} // namespace moe_k
+
+#endif // MOE_KERNELS_GROUPED_CUH

@@ -1,0 +1,558 @@
+//===- moe_opt.cpp - Python bindings of the C++ API -----------------------===//
+//
+// Part of moe-opt. The module `moe_opt` over moe::Model (include/moe/Model.h):
+//
+//   import moe_opt, numpy as np
+//   pkg = moe_opt.load("pkg", backend="auto", device=0)
+//   y = pkg.layer(pkg.layers[0])(np.zeros((7, pkg.hidden(0)), np.float32))
+//   y = pkg.run_all(x); print(pkg.backend, pkg.last_ms)
+//
+// Host inputs are anything numpy converts to a float32 [T, H] array; the
+// result is a new float32 array (or `out`). A CUDA tensor that speaks
+// DLPack (`__dlpack__`, `__dlpack_device__`: PyTorch, CuPy, JAX...) runs
+// on its device memory with no copy, into `out` (a CUDA tensor of the same
+// shape and of the layer's activation type). The DLPack ABI is declared
+// here (it is a stable C ABI); no DLPack header is needed.
+//
+//===----------------------------------------------------------------------===//
+
+#include "moe/Model.h"
+
+#include <pybind11/numpy.h>
+#include <pybind11/pybind11.h>
+#include <pybind11/stl.h>
+
+#include <cstdint>
+#include <memory>
+#include <mutex>
+#include <sstream>
+#include <string>
+#include <vector>
+
+namespace py = pybind11;
+using namespace pybind11::literals;
+
+namespace {
+
+//===----------------------------------------------------------------------===//
+// The DLPack ABI (dlpack.h, v0.8 and later; unversioned capsules)
+//===----------------------------------------------------------------------===//
+
+namespace dl {
+enum DeviceType : int32_t {
+  kDLCPU = 1,
+  kDLCUDA = 2,
+  kDLCUDAHost = 3,
+  kDLCUDAManaged = 13,
+};
+enum TypeCode : uint8_t {
+  kDLInt = 0,
+  kDLUInt = 1,
+  kDLFloat = 2,
+  kDLBfloat = 4,
+};
+struct Device {
+  int32_t device_type;
+  int32_t device_id;
+};
+struct DataType {
+  uint8_t code;
+  uint8_t bits;
+  uint16_t lanes;
+};
+struct Tensor {
+  void *data;
+  Device device;
+  int32_t ndim;
+  DataType dtype;
+  int64_t *shape;
+  int64_t *strides; // In elements; null: compact row-major.
+  uint64_t byte_offset;
+};
+struct ManagedTensor {
+  Tensor dl_tensor;
+  void *manager_ctx;
+  void (*deleter)(ManagedTensor *self);
+};
+} // namespace dl
+
+/// The exception of failures of the C++ side (a RuntimeError).
+PyObject *moeError = nullptr;
+
+[[noreturn]] void fail(const std::string &message) {
+  PyErr_SetString(moeError, message.c_str());
+  throw py::error_already_set();
+}
+
+std::string joinLayers(const std::vector<int64_t> &layers) {
+  std::string list;
+  for (int64_t l : layers)
+    list += (list.empty() ? "" : ", ") + std::to_string(l);
+  return list.empty() ? "none" : list;
+}
+
+std::string shapeText(const std::vector<int64_t> &shape) {
+  std::string s = "[";
+  for (size_t i = 0; i < shape.size(); ++i)
+    s += (i ? ", " : "") + std::to_string(shape[i]);
+  return s + "]";
+}
+
+py::module_ numpy() { return py::module_::import("numpy"); }
+
+/// An open package, shared by the Package object and its Layer objects.
+struct State {
+  std::unique_ptr<moe::Model> model;
+  std::string path;
+  int device = 0;
+  /// moe::Model is not thread-safe; runs are serialised (the GIL is
+  /// released while they run).
+  std::mutex mutex;
+
+  int64_t hidden(int64_t layer) const {
+    auto h = model->hidden(layer);
+    if (!h)
+      throw py::value_error(unknownLayer(layer));
+    return h.value();
+  }
+  std::string unknownLayer(int64_t layer) const {
+    return "layer " + std::to_string(layer) + " is not an MoE layer of " +
+           path + "; MoE layers: " + joinLayers(model->layers());
+  }
+};
+
+//===----------------------------------------------------------------------===//
+// Host arrays
+//===----------------------------------------------------------------------===//
+
+bool hasDlpack(py::handle x) {
+  return py::hasattr(x, "__dlpack__") && py::hasattr(x, "__dlpack_device__");
+}
+
+/// (device_type, device_id) of a DLPack object.
+std::pair<int, int> dlpackDevice(py::handle x, const char *what) {
+  py::tuple dev = py::tuple(x.attr("__dlpack_device__")());
+  if (dev.size() < 2)
+    throw py::type_error(std::string(what) +
+                         ": __dlpack_device__() did not return a pair");
+  return {py::cast<int>(dev[0]), py::cast<int>(dev[1])};
+}
+
+bool onCuda(int deviceType) {
+  return deviceType == dl::kDLCUDA || deviceType == dl::kDLCUDAManaged;
+}
+
+/// `x` as a numpy array without conversion (a numpy array, a CPU DLPack
+/// tensor, or whatever numpy.asarray makes of it).
+py::array asNumpy(py::handle x, const char *what) {
+  if (py::isinstance<py::array>(x))
+    return py::reinterpret_borrow<py::array>(x);
+  py::module_ np = numpy();
+  if (hasDlpack(x)) {
+    auto [type, id] = dlpackDevice(x, what);
+    (void)id;
+    if (type != dl::kDLCPU && type != dl::kDLCUDAHost)
+      throw py::value_error(std::string(what) +
+                            ": a DLPack tensor on device type " +
+                            std::to_string(type) +
+                            "; expected a CPU or CUDA tensor");
+    if (py::hasattr(np, "from_dlpack")) {
+      try {
+        return np.attr("from_dlpack")(x);
+      } catch (py::error_already_set &) {
+        // Fall back on the array protocols (__array__, the buffer).
+      }
+    }
+  }
+  return np.attr("asarray")(x);
+}
+
+/// A C-contiguous float32 [T, H] copy or view of `x`.
+py::array_t<float> hostInput(py::handle x, int64_t hidden,
+                             const std::string &where) {
+  py::array a = asNumpy(x, "x");
+  char kind = a.dtype().kind();
+  if (kind != 'f' && kind != 'i' && kind != 'u' && kind != 'b')
+    throw py::type_error("x: expected a float array, got dtype " +
+                         py::str(a.dtype()).cast<std::string>());
+  if (a.ndim() != 2) {
+    std::vector<int64_t> shape(a.shape(), a.shape() + a.ndim());
+    throw py::value_error("x: expected a 2-D array [tokens, " +
+                          std::to_string(hidden) + "] for " + where +
+                          ", got a " + std::to_string(a.ndim()) +
+                          "-D array of shape " + shapeText(shape));
+  }
+  if (a.shape(1) != hidden)
+    throw py::value_error("x: expected width " + std::to_string(hidden) +
+                          " ([tokens, " + std::to_string(hidden) + "]) for " +
+                          where + ", got shape " +
+                          shapeText({a.shape(0), a.shape(1)}));
+  return numpy().attr("ascontiguousarray")(a, "dtype"_a = "float32");
+}
+
+/// The array the result goes to: `out` (checked) or a new one.
+py::array_t<float> hostOutput(py::handle out, int64_t tokens, int64_t hidden) {
+  if (out.is_none())
+    return py::array_t<float>(std::vector<py::ssize_t>{tokens, hidden});
+  if (hasDlpack(out) && onCuda(dlpackDevice(out, "out").first))
+    throw py::value_error("out: a CUDA tensor, but x is on the host; pass "
+                          "both on the host or both on the GPU");
+  py::array a = asNumpy(out, "out");
+  bool ok = a.dtype().is(py::dtype::of<float>()) && a.ndim() == 2 &&
+            a.shape(0) == tokens && a.shape(1) == hidden &&
+            (a.flags() & py::array::c_style) && a.writeable();
+  if (!ok) {
+    std::vector<int64_t> shape(a.shape(), a.shape() + a.ndim());
+    throw py::value_error(
+        "out: expected a writable C-contiguous float32 array of shape " +
+        shapeText({tokens, hidden}) + ", got dtype " +
+        py::str(a.dtype()).cast<std::string>() + ", shape " +
+        shapeText(shape) + (a.writeable() ? "" : ", read-only") +
+        ((a.flags() & py::array::c_style) ? "" : ", not C-contiguous"));
+  }
+  return py::reinterpret_borrow<py::array_t<float>>(a);
+}
+
+//===----------------------------------------------------------------------===//
+// CUDA tensors through DLPack
+//===----------------------------------------------------------------------===//
+
+/// A borrowed DLPack tensor: the capsule is not consumed, so its producer's
+/// destructor releases it when the capsule goes away.
+struct Borrowed {
+  py::object capsule;
+  const dl::Tensor *tensor = nullptr;
+  void *data() const {
+    return static_cast<char *>(tensor->data) + tensor->byte_offset;
+  }
+};
+
+/// The stream handle a consumer names in __dlpack__(stream=): 1 is the
+/// legacy default stream (0 is not allowed there).
+int64_t dlpackStreamOf(int64_t stream) { return stream == 0 ? 1 : stream; }
+
+Borrowed borrow(py::handle x, const char *what, int64_t stream) {
+  py::object capsule;
+  try {
+    capsule = x.attr("__dlpack__")("stream"_a = dlpackStreamOf(stream));
+  } catch (py::error_already_set &e) {
+    if (!e.matches(PyExc_TypeError))
+      throw;
+    capsule = x.attr("__dlpack__")(); // Producers without `stream`.
+  }
+  if (!PyCapsule_CheckExact(capsule.ptr()) ||
+      !PyCapsule_IsValid(capsule.ptr(), "dltensor"))
+    throw py::type_error(std::string(what) +
+                         ": __dlpack__() did not return an unconsumed "
+                         "'dltensor' capsule");
+  auto *managed = static_cast<dl::ManagedTensor *>(
+      PyCapsule_GetPointer(capsule.ptr(), "dltensor"));
+  if (!managed)
+    throw py::error_already_set();
+  return Borrowed{std::move(capsule), &managed->dl_tensor};
+}
+
+std::string dtypeName(const dl::DataType &t) {
+  std::string base = t.code == dl::kDLFloat    ? "f"
+                     : t.code == dl::kDLBfloat ? "bf"
+                     : t.code == dl::kDLInt    ? "i"
+                     : t.code == dl::kDLUInt   ? "u"
+                                               : "code" +
+                                                   std::to_string(t.code) +
+                                                   "_";
+  std::string name = base + std::to_string(t.bits);
+  if (t.lanes != 1)
+    name += "x" + std::to_string(t.lanes);
+  return name;
+}
+
+/// Checks a CUDA DLPack tensor: device, dtype, shape [tokens, hidden] (with
+/// tokens -1: any), C-contiguous. Returns the number of tokens.
+int64_t checkDeviceTensor(const dl::Tensor &t, const char *what, int device,
+                          const std::string &dtype, int64_t tokens,
+                          int64_t hidden, const std::string &where) {
+  if (!onCuda(t.device.device_type))
+    throw py::value_error(std::string(what) +
+                          ": not a CUDA tensor (DLPack device type " +
+                          std::to_string(t.device.device_type) + ")");
+  if (t.device.device_id != device)
+    throw py::value_error(std::string(what) + ": on CUDA device " +
+                          std::to_string(t.device.device_id) +
+                          ", but the package runs on device " +
+                          std::to_string(device));
+  if (dtypeName(t.dtype) != dtype)
+    throw py::value_error(std::string(what) + ": dtype " +
+                          dtypeName(t.dtype) + ", but " + where +
+                          " takes " + dtype + " activations");
+  std::vector<int64_t> shape(t.shape, t.shape + t.ndim);
+  if (t.ndim != 2 || t.shape[1] != hidden ||
+      (tokens >= 0 && t.shape[0] != tokens))
+    throw py::value_error(
+        std::string(what) + ": expected shape [" +
+        (tokens >= 0 ? std::to_string(tokens) : std::string("tokens")) +
+        ", " + std::to_string(hidden) + "] for " + where + ", got " +
+        shapeText(shape));
+  if (t.strides) {
+    int64_t expected = 1;
+    for (int d = t.ndim - 1; d >= 0; --d) {
+      if (t.shape[d] != 1 && t.strides[d] != expected)
+        throw py::value_error(std::string(what) +
+                              ": not C-contiguous (strides " +
+                              shapeText({t.strides[0], t.strides[1]}) +
+                              "); use .contiguous()");
+      expected *= t.shape[d];
+    }
+  }
+  return t.shape[0];
+}
+
+/// A CUstream from `stream=`: None (the default stream), an int handle, or
+/// an object with `cuda_stream` (torch.cuda.Stream, cupy Stream...).
+int64_t streamHandle(py::handle stream) {
+  if (stream.is_none())
+    return 0;
+  if (py::hasattr(stream, "cuda_stream"))
+    return py::cast<int64_t>(stream.attr("cuda_stream"));
+  if (py::hasattr(stream, "ptr")) // cupy.cuda.Stream
+    return py::cast<int64_t>(stream.attr("ptr"));
+  return py::cast<int64_t>(stream);
+}
+
+//===----------------------------------------------------------------------===//
+// Package and Layer
+//===----------------------------------------------------------------------===//
+
+class Layer {
+public:
+  Layer(std::shared_ptr<State> state, int64_t layer)
+      : state(std::move(state)), layer(layer) {
+    hidden = this->state->hidden(layer);
+    auto type = this->state->model->activationType(layer);
+    if (!type)
+      fail(type.message());
+    activationType = type.value();
+  }
+
+  py::object call(py::handle x, py::handle out, py::handle stream) {
+    if (hasDlpack(x) && !py::isinstance<py::array>(x) &&
+        onCuda(dlpackDevice(x, "x").first))
+      return callOnDevice(x, out, stream);
+    py::array_t<float> in = hostInput(x, hidden, where());
+    int64_t tokens = in.shape(0);
+    py::array_t<float> y = hostOutput(out, tokens, hidden);
+    if (tokens > 0) {
+      const float *xp = in.data();
+      float *yp = y.mutable_data();
+      moe::runtime::Status s;
+      {
+        py::gil_scoped_release release;
+        std::lock_guard<std::mutex> lock(state->mutex);
+        s = state->model->runLayer(layer, xp, tokens, yp);
+      }
+      if (s)
+        fail(s.message());
+    }
+    return out.is_none() ? py::object(y) : py::reinterpret_borrow<py::object>(out);
+  }
+
+  std::string repr() const {
+    return "<moe_opt.Layer " + std::to_string(layer) + " of '" + state->path +
+           "': hidden " + std::to_string(hidden) + ", " + activationType +
+           " activations>";
+  }
+
+  std::shared_ptr<State> state;
+  int64_t layer;
+  int64_t hidden = 0;
+  std::string activationType;
+
+private:
+  std::string where() const { return "layer " + std::to_string(layer); }
+
+  py::object callOnDevice(py::handle x, py::handle out, py::handle stream) {
+    if (out.is_none())
+      throw py::value_error(
+          "x is a CUDA tensor: pass out=, a CUDA tensor of the same shape "
+          "and dtype (" + activationType + "), to run on the device");
+    if (!hasDlpack(out))
+      throw py::value_error("out: not a DLPack tensor, but x is a CUDA "
+                            "tensor; pass a CUDA tensor");
+    int64_t handle = streamHandle(stream);
+    Borrowed bx = borrow(x, "x", handle);
+    int64_t tokens = checkDeviceTensor(*bx.tensor, "x", state->device,
+                                       activationType, -1, hidden, where());
+    Borrowed by = borrow(out, "out", handle);
+    checkDeviceTensor(*by.tensor, "out", state->device, activationType, tokens,
+                      hidden, where());
+    const void *xp = bx.data();
+    void *yp = by.data();
+    if (tokens > 0 && xp == yp)
+      throw py::value_error("out: the same memory as x; the layer cannot run "
+                            "in place");
+    if (tokens > 0) {
+      // 0 and 1 both name the legacy default stream; the API takes null.
+      void *s = handle == 0 || handle == 1
+                    ? nullptr
+                    : reinterpret_cast<void *>(static_cast<intptr_t>(handle));
+      moe::runtime::Status status;
+      {
+        py::gil_scoped_release release;
+        std::lock_guard<std::mutex> lock(state->mutex);
+        status = state->model->runLayerOnDevice(layer, xp, yp, tokens, s);
+      }
+      if (status)
+        fail(status.message());
+    }
+    return py::reinterpret_borrow<py::object>(out);
+  }
+};
+
+class Package {
+public:
+  explicit Package(std::shared_ptr<State> state) : state(std::move(state)) {}
+
+  py::object runAll(py::handle x, py::handle out) {
+    std::vector<int64_t> layers = state->model->layers();
+    if (layers.empty())
+      fail("the package " + state->path + " has no MoE layer");
+    if (hasDlpack(x) && !py::isinstance<py::array>(x) &&
+        onCuda(dlpackDevice(x, "x").first))
+      throw py::value_error(
+          "run_all takes host arrays; on CUDA tensors run the layers one by "
+          "one: pkg.layer(l)(x, out=y)");
+    int64_t hidden = state->hidden(layers.front());
+    py::array_t<float> in = hostInput(x, hidden, "run_all");
+    int64_t tokens = in.shape(0);
+    py::array_t<float> y = hostOutput(out, tokens, hidden);
+    if (tokens > 0) {
+      const float *xp = in.data();
+      float *yp = y.mutable_data();
+      moe::runtime::Status s;
+      {
+        py::gil_scoped_release release;
+        std::lock_guard<std::mutex> lock(state->mutex);
+        s = state->model->runAll(xp, tokens, yp);
+      }
+      if (s)
+        fail(s.message());
+    }
+    return out.is_none() ? py::object(y) : py::reinterpret_borrow<py::object>(out);
+  }
+
+  std::string repr() const {
+    std::string layers;
+    for (int64_t l : state->model->layers())
+      layers += (layers.empty() ? "" : ", ") + std::to_string(l);
+    return "<moe_opt.Package '" + state->path + "': backend " +
+           state->model->backend() + ", layers [" + layers + "]>";
+  }
+
+  std::shared_ptr<State> state;
+};
+
+Package load(const std::string &path, const std::string &backend, int device,
+             const std::string &cacheDir) {
+  moe::ModelOptions options;
+  options.backend = backend;
+  options.device = device;
+  options.cacheDir = cacheDir;
+  moe::runtime::Expected<std::unique_ptr<moe::Model>> model =
+      [&] {
+        py::gil_scoped_release release; // Opening may compile kernels.
+        return moe::Model::open(path, options);
+      }();
+  if (!model)
+    fail(model.message());
+  auto state = std::make_shared<State>();
+  state->model = std::move(model.value());
+  state->path = path;
+  state->device = device;
+  return Package(std::move(state));
+}
+
+} // namespace
+
+PYBIND11_MODULE(moe_opt, m) {
+  m.doc() = "Runs the MoE layers of a package compiled by moe-compile on the "
+            "GPU (cuda) or the CPU emulation of its kernels (emu).";
+
+  // Kept for the life of the process (the module holds another reference).
+  moeError = py::exception<std::runtime_error>(m, "Error", PyExc_RuntimeError)
+                 .release()
+                 .ptr();
+
+  m.def("load", &load, "path"_a, "backend"_a = "auto", "device"_a = 0,
+        "cache_dir"_a = "",
+        "Opens a package directory written by moe-compile. backend: 'cuda', "
+        "'emu' or 'auto' (cuda when a GPU is usable, else emu); device: the "
+        "GPU ordinal; cache_dir: the kernel cache (default: MOE_CACHE_DIR "
+        "or the user's cache). Raises moe_opt.Error (a RuntimeError) naming "
+        "the path when the package cannot be opened.");
+
+  py::class_<Package>(m, "Package",
+                      "An open package; made by moe_opt.load().")
+      .def_property_readonly(
+          "backend", [](const Package &p) { return p.state->model->backend(); },
+          "'cuda' or 'emu'.")
+      .def_property_readonly(
+          "description",
+          [](const Package &p) { return p.state->model->description(); },
+          "What runs the kernels (the GPU's name, or the host compiler).")
+      .def_property_readonly(
+          "path", [](const Package &p) { return p.state->path; })
+      .def_property_readonly(
+          "device", [](const Package &p) { return p.state->device; })
+      .def_property_readonly(
+          "layers", [](const Package &p) { return p.state->model->layers(); },
+          "The MoE layers (model layer indices), in order.")
+      .def(
+          "hidden",
+          [](const Package &p, int64_t layer) {
+            return p.state->hidden(layer);
+          },
+          "layer"_a, "Width of a layer's input and output.")
+      .def(
+          "activation_type",
+          [](const Package &p, int64_t layer) {
+            p.state->hidden(layer); // ValueError for an unknown layer.
+            auto t = p.state->model->activationType(layer);
+            if (!t)
+              fail(t.message());
+            return t.value();
+          },
+          "layer"_a,
+          "Element type of a layer's activations on the device: 'f32', "
+          "'bf16' or 'f16' (host arrays are always float32).")
+      .def(
+          "layer",
+          [](const Package &p, int64_t layer) {
+            return Layer(p.state, layer);
+          },
+          "layer"_a,
+          "The callable MoE layer `layer` (a model layer index); raises "
+          "ValueError listing the MoE layers when there is none.")
+      .def("run_all", &Package::runAll, "x"_a, py::kw_only(),
+           "out"_a = py::none(),
+           "Runs every MoE layer in order, each on the previous one's output, "
+           "on a host float32 [T, H] array; returns a new array, or `out`.")
+      .def_property_readonly(
+          "last_ms",
+          [](const Package &p) { return p.state->model->lastMilliseconds(); },
+          "Milliseconds the last run took (host runs: including copies).")
+      .def("__repr__", &Package::repr);
+
+  py::class_<Layer>(m, "Layer", "One MoE layer of a package; callable.")
+      .def_readonly("index", &Layer::layer, "The model layer index.")
+      .def_readonly("hidden", &Layer::hidden)
+      .def_readonly("activation_type", &Layer::activationType)
+      .def("__call__", &Layer::call, "x"_a, py::kw_only(),
+           "out"_a = py::none(), "stream"_a = py::none(),
+           "y = layer(x). x: a float32 [T, hidden] host array (anything numpy "
+           "converts), returns a new float32 array, or `out`. With a CUDA "
+           "tensor x (DLPack) of the layer's activation type, runs on its "
+           "memory into `out` (a CUDA tensor of the same shape and type, "
+           "required) with no copy, queued on `stream` (a CUstream handle, "
+           "or an object with `cuda_stream`; default: the default stream), "
+           "and returns `out`.")
+      .def("__repr__", &Layer::repr);
+}

@@ -1,0 +1,220 @@
+/*===- moe_capi_test.c - The C API from a C99 program --------------------===*
+ *
+ * Part of moe-opt. Exercises include/moe/moe.h as a C program linked to
+ * libmoe_runtime.so does (test/CApi/capi.test):
+ *
+ *   moe_capi_test PKG OUTDIR
+ *
+ * opens PKG with the emu backend, prints its layers and hidden sizes, runs
+ * the first MoE layer and then every layer on a fixed input, prints
+ * checksums and the first values, and writes OUTDIR/x.npy (the input),
+ * OUTDIR/y_layer.npy and OUTDIR/y_all.npy (float32 [T, H]) for comparison
+ * with moe-run --backend reference. Then the error returns: a missing
+ * package, an unknown backend, an unknown layer, null arguments, zero
+ * tokens, a device run on emu, a short error buffer.
+ *
+ *===----------------------------------------------------------------------===*/
+
+#include "moe/moe.h"
+
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#define TOKENS 5
+
+static int failures = 0;
+
+static void expect(int condition, const char *what) {
+  if (!condition) {
+    printf("FAILED: %s\n", what);
+    ++failures;
+  }
+}
+
+/* Writes a float32 [rows, cols] array as .npy (format 1.0). */
+static int write_npy(const char *path, const float *data, int64_t rows,
+                     int64_t cols) {
+  char header[128];
+  int n = snprintf(header, sizeof header,
+                   "{'descr': '<f4', 'fortran_order': False, 'shape': "
+                   "(%lld, %lld), }",
+                   (long long)rows, (long long)cols);
+  /* Magic (6) + version (2) + length (2) + header + '\n', padded to 64. */
+  int total = 10 + n + 1;
+  int pad = (64 - total % 64) % 64;
+  unsigned short len = (unsigned short)(n + pad + 1);
+  unsigned char lenBytes[2];
+  FILE *f = fopen(path, "wb");
+  int i;
+  if (!f)
+    return 1;
+  lenBytes[0] = (unsigned char)(len & 0xff);
+  lenBytes[1] = (unsigned char)(len >> 8);
+  fwrite("\x93NUMPY\x01\x00", 1, 8, f);
+  fwrite(lenBytes, 1, 2, f);
+  fwrite(header, 1, (size_t)n, f);
+  for (i = 0; i < pad; ++i)
+    fputc(' ', f);
+  fputc('\n', f);
+  /* Little-endian hosts only (x86-64, aarch64), as the runtime. */
+  fwrite(data, sizeof(float), (size_t)(rows * cols), f);
+  return fclose(f) != 0;
+}
+
+static double checksum(const float *y, size_t n) {
+  double s = 0;
+  size_t i;
+  for (i = 0; i < n; ++i)
+    s += (double)y[i] * (double)((i % 7) + 1);
+  return s;
+}
+
+static void print_values(const char *tag, const float *y, size_t n) {
+  size_t i;
+  printf("%s checksum: %.9g\n", tag, checksum(y, n));
+  printf("%s first:", tag);
+  for (i = 0; i < 4 && i < n; ++i)
+    printf(" %.9g", y[i]);
+  printf("\n");
+}
+
+int main(int argc, char **argv) {
+  char error[512];
+  char path[4096];
+  moe_model *model = NULL;
+  moe_model *none = NULL;
+  int64_t layer, hidden, last;
+  float *x, *y, *big;
+  size_t count;
+  int i, rc;
+
+  if (argc != 3) {
+    fprintf(stderr, "usage: %s PKG OUTDIR\n", argv[0]);
+    return 2;
+  }
+
+  /* Opening. */
+  error[0] = '\0';
+  rc = moe_model_open(argv[1], "emu", 0, &model, error, sizeof error);
+  if (rc != 0) {
+    printf("open failed: %s\n", error);
+    return 1;
+  }
+  printf("backend: %s\n", moe_model_backend(model));
+  printf("layers: %d\n", moe_model_num_layers(model));
+  for (i = 0; i < moe_model_num_layers(model); ++i)
+    printf("layer %lld hidden %lld\n", (long long)moe_model_layer(model, i),
+           (long long)moe_model_hidden(model, moe_model_layer(model, i)));
+  expect(moe_model_layer(model, -1) == -1, "moe_model_layer(-1) == -1");
+  expect(moe_model_layer(model, moe_model_num_layers(model)) == -1,
+         "moe_model_layer(num_layers) == -1");
+
+  /* A layer on a fixed input. */
+  layer = moe_model_layer(model, 0);
+  last = moe_model_layer(model, moe_model_num_layers(model) - 1);
+  hidden = moe_model_hidden(model, layer);
+  count = (size_t)(TOKENS * hidden);
+  x = malloc(count * sizeof(float));
+  y = malloc(count * sizeof(float));
+  big = malloc(count * sizeof(float));
+  if (!x || !y || !big)
+    return 1;
+  for (i = 0; i < (int)count; ++i)
+    x[i] = (float)sin(0.37 * i + 0.1) * 1.5f;
+  snprintf(path, sizeof path, "%s/x.npy", argv[2]);
+  expect(write_npy(path, x, TOKENS, hidden) == 0, "writing x.npy");
+
+  rc = moe_model_run_layer(model, layer, x, TOKENS, y, error, sizeof error);
+  printf("run_layer %lld: rc %d\n", (long long)layer, rc);
+  if (rc != 0)
+    printf("error: %s\n", error);
+  print_values("layer", y, count);
+  expect(moe_model_last_ms(model) >= 0.0, "last_ms >= 0");
+  snprintf(path, sizeof path, "%s/y_layer.npy", argv[2]);
+  expect(write_npy(path, y, TOKENS, hidden) == 0, "writing y_layer.npy");
+
+  rc = moe_model_run_all(model, x, TOKENS, y, error, sizeof error);
+  printf("run_all: rc %d\n", rc);
+  if (rc != 0)
+    printf("error: %s\n", error);
+  print_values("all", y, count);
+  snprintf(path, sizeof path, "%s/y_all.npy", argv[2]);
+  expect(write_npy(path, y, TOKENS, hidden) == 0, "writing y_all.npy");
+
+  /* The same run again gives the same numbers (the model is reusable). */
+  rc = moe_model_run_all(model, x, TOKENS, big, error, sizeof error);
+  expect(rc == 0 && memcmp(big, y, count * sizeof(float)) == 0,
+         "run_all twice gives the same result");
+
+  /* Errors. Each leaves the model usable. */
+  snprintf(path, sizeof path, "%s/no-such-package", argv[2]);
+  error[0] = '\0';
+  rc = moe_model_open(path, "emu", 0, &none, error, sizeof error);
+  printf("missing package: rc %d, model %s: %s\n", rc,
+         none ? "set" : "null", error);
+
+  error[0] = '\0';
+  rc = moe_model_open(argv[1], "bogus", 0, &none, error, sizeof error);
+  printf("unknown backend: rc %d, model %s: %s\n", rc,
+         none ? "set" : "null", error);
+
+  error[0] = '\0';
+  rc = moe_model_run_layer(model, last + 100, x, TOKENS, y, error,
+                           sizeof error);
+  printf("unknown layer: rc %d: %s\n", rc, error);
+  printf("unknown layer hidden: %lld\n",
+         (long long)moe_model_hidden(model, last + 100));
+
+  error[0] = '\0';
+  rc = moe_model_run_layer(model, layer, NULL, TOKENS, y, error, sizeof error);
+  printf("null x: rc %d: %s\n", rc, error);
+  error[0] = '\0';
+  rc = moe_model_run_all(model, x, TOKENS, NULL, error, sizeof error);
+  printf("null y: rc %d: %s\n", rc, error);
+  error[0] = '\0';
+  rc = moe_model_run_layer(NULL, layer, x, TOKENS, y, error, sizeof error);
+  printf("null model: rc %d: %s\n", rc, error);
+  error[0] = '\0';
+  rc = moe_model_open(NULL, "emu", 0, &none, error, sizeof error);
+  printf("null path: rc %d: %s\n", rc, error);
+  /* A null error buffer: the return code alone. */
+  rc = moe_model_run_layer(model, layer, NULL, TOKENS, y, NULL, 0);
+  printf("null error buffer: rc %d\n", rc);
+  printf("null model queries: backend '%s', layers %d, layer %lld, hidden "
+         "%lld, last_ms %g\n",
+         moe_model_backend(NULL), moe_model_num_layers(NULL),
+         (long long)moe_model_layer(NULL, 0),
+         (long long)moe_model_hidden(NULL, layer), moe_model_last_ms(NULL));
+  moe_model_close(NULL);
+
+  error[0] = '\0';
+  rc = moe_model_run_layer(model, layer, x, 0, y, error, sizeof error);
+  printf("zero tokens: rc %d: %s\n", rc, error);
+
+  error[0] = '\0';
+  rc = moe_model_run_layer_device(model, layer, x, y, TOKENS, NULL, error,
+                                  sizeof error);
+  printf("device run on emu: rc %d: %s\n", rc, error);
+
+  /* A short buffer gets a truncated, NUL-terminated message. */
+  memset(error, 'X', sizeof error);
+  rc = moe_model_run_layer(model, last + 100, x, TOKENS, y, error, 9);
+  printf("short buffer: rc %d: '%s' (length %u)\n", rc, error,
+         (unsigned)strlen(error));
+
+  /* Still usable after the errors. */
+  rc = moe_model_run_all(model, x, TOKENS, big, error, sizeof error);
+  expect(rc == 0 && memcmp(big, y, count * sizeof(float)) == 0,
+         "run_all after the errors gives the same result");
+  for (i = 0; i < (int)count; ++i)
+    expect(isfinite(y[i]), "finite output");
+
+  moe_model_close(model);
+  free(x);
+  free(y);
+  free(big);
+  printf("%s\n", failures ? "FAILURES" : "done");
+  return failures ? 1 : 0;
+}

@@ -1,0 +1,276 @@
+//===- moe-compile.cpp - Ahead-of-time compilation into a package ---------===//
+//
+// Part of moe-opt.
+//
+//   moe-compile MODEL_DIR_OR_IR [--adapter DIR]... [--lora-router FILE]
+//               [--arch sm_90a[,sm_80,...]] -o PKG_DIR [--force]
+//
+// Imports a Hugging Face folder (or reads IR), runs --moe-optimize, emits the
+// kernels, compiles them with NVRTC for every named architecture (through
+// the kernel cache), and writes a package (docs/package.md) atomically.
+//
+//===----------------------------------------------------------------------===//
+
+#include "moe/codegen/CudaEmitter.h"
+#include "moe/dialects/MoE/MoEOps.h"
+#include "moe/lib/Import/HFImporter.h"
+#include "moe/lib/Reference/Interpreter.h"
+#include "moe/passes/Passes.h"
+#include "moe/runtime/Compiler.h"
+#include "moe/runtime/KernelHeaders.h"
+#include "moe/runtime/Package.h"
+
+#include "mlir/Dialect/Arith/IR/Arith.h"
+#include "mlir/Dialect/Func/IR/FuncOps.h"
+#include "mlir/Dialect/Tensor/IR/Tensor.h"
+#include "mlir/IR/MLIRContext.h"
+#include "mlir/Parser/Parser.h"
+#include "mlir/Pass/PassManager.h"
+
+#include "llvm/ADT/StringExtras.h"
+#include "llvm/Support/CommandLine.h"
+#include "llvm/Support/FileSystem.h"
+#include "llvm/Support/Format.h"
+#include "llvm/Support/InitLLVM.h"
+#include "llvm/Support/Path.h"
+#include "llvm/Support/Process.h"
+#include "llvm/Support/SourceMgr.h"
+#include "llvm/Support/raw_ostream.h"
+
+#include <chrono>
+#include <set>
+
+using namespace llvm;
+
+static cl::OptionCategory category("moe-compile options");
+static cl::opt<std::string> input(cl::Positional,
+                                  cl::desc("<model dir or IR file>"),
+                                  cl::cat(category));
+static cl::opt<std::string> output("o", cl::desc("Package directory to write"),
+                                   cl::value_desc("dir"), cl::cat(category));
+static cl::opt<std::string>
+    archs("arch",
+          cl::desc("Comma-separated NVRTC targets, e.g. sm_90a,sm_80 "
+                   "(default sm_90a), or none"),
+          cl::init("sm_90a"), cl::cat(category));
+static cl::list<std::string>
+    adapters("adapter", cl::desc("PEFT LoRA adapter folder (repeatable)"),
+             cl::value_desc("dir"), cl::cat(category));
+static cl::opt<std::string>
+    loraRouter("lora-router", cl::desc("Router of a mixture of adapters"),
+               cl::value_desc("file"), cl::cat(category));
+static cl::opt<std::string> activationType(
+    "activation-type",
+    cl::desc("Activations of the compiled layers: f32 (default), bf16, f16 "
+             "or model"),
+    cl::init("f32"), cl::cat(category));
+static cl::opt<bool> force("force", cl::desc("Replace an existing package"),
+                           cl::init(false), cl::cat(category));
+static cl::opt<bool> quiet("q", cl::desc("Print the summary only"),
+                           cl::init(false), cl::cat(category));
+
+static int fail(const Twine &message) {
+  errs() << "moe-compile: error: " << message << "\n";
+  return 1;
+}
+
+namespace {
+/// Progress lines: rewritten in place on a terminal, one per step otherwise.
+class Progress {
+public:
+  Progress() : tty(sys::Process::StandardErrIsDisplayed()) {}
+  void step(const Twine &text) {
+    if (quiet)
+      return;
+    if (tty)
+      errs() << "\r\x1b[K" << text;
+    else
+      errs() << text << "\n";
+    errs().flush();
+    dirty = tty;
+  }
+  void done() {
+    if (dirty)
+      errs() << "\n";
+    dirty = false;
+  }
+
+private:
+  bool tty;
+  bool dirty = false;
+};
+
+double seconds(std::chrono::steady_clock::time_point since) {
+  return std::chrono::duration<double>(std::chrono::steady_clock::now() -
+                                       since)
+      .count();
+}
+} // namespace
+
+int main(int argc, char **argv) {
+  InitLLVM init(argc, argv);
+  cl::HideUnrelatedOptions(category);
+  cl::ParseCommandLineOptions(
+      argc, argv,
+      "moe-compile: compiles a model ahead of time into a package\n");
+  if (input.empty())
+    return fail("no model folder or IR file given");
+  if (output.empty())
+    return fail("no output given: -o PKG_DIR");
+  // --arch none: no cubin; the package's kernels.cu is compiled where it
+  // runs (through the cache) or runs on the CPU emulation.
+  SmallVector<StringRef> archList;
+  if (archs != "none")
+    StringRef(archs).split(archList, ',', -1, false);
+  if (archList.empty() && archs != "none")
+    return fail("--arch names no architecture (use --arch none for a "
+                "package without cubins)");
+  for (StringRef a : archList)
+    if (moe::runtime::Status s = moe::runtime::validateArch(a.str()))
+      return fail("--arch " + a + ": " + s.message());
+
+  auto start = std::chrono::steady_clock::now();
+  Progress progress;
+  mlir::DialectRegistry registry;
+  registry.insert<mlir::moe::MoEDialect, mlir::func::FuncDialect,
+                  mlir::arith::ArithDialect, mlir::tensor::TensorDialect>();
+  mlir::MLIRContext context(registry);
+  mlir::OwningOpRef<mlir::ModuleOp> module;
+  std::string irPathForWeights = input;
+  if (sys::fs::is_directory(input)) {
+    progress.step("importing " + input);
+    moe::ImportOptions options;
+    options.modelDir = input;
+    options.adapterDirs.assign(adapters.begin(), adapters.end());
+    options.loraRouter = loraRouter;
+    options.activationType = activationType;
+    auto imported = moe::importHuggingFaceModel(context, options);
+    if (!imported)
+      return fail(toString(imported.takeError()));
+    module = std::move(*imported);
+    irPathForWeights = (Twine(input) + "/model.mlir").str();
+  } else {
+    if (!adapters.empty() || !loraRouter.empty())
+      return fail("--adapter and --lora-router need a model folder, not IR");
+    llvm::SourceMgr sourceMgr;
+    mlir::SourceMgrDiagnosticHandler handler(sourceMgr, &context);
+    module = mlir::parseSourceFile<mlir::ModuleOp>(input, sourceMgr,
+                                                   mlir::ParserConfig(&context));
+    if (!module)
+      return fail("cannot parse " + input);
+  }
+
+  progress.step("optimising (--moe-optimize)");
+  mlir::PassManager pm(&context, mlir::ModuleOp::getOperationName());
+  pm.addPass(mlir::moe::createMoEOptimize());
+  if (mlir::failed(pm.run(*module)))
+    return fail("--moe-optimize failed");
+
+  progress.step("generating kernels");
+  auto plan = moe::emitCudaModule(*module);
+  if (!plan)
+    return fail(toString(plan.takeError()));
+
+  moe::runtime::PackageContents contents;
+  contents.producer = "moe-compile";
+  contents.plan = std::move(*plan);
+  std::string ir;
+  {
+    raw_string_ostream os(ir);
+    module->print(os);
+  }
+  contents.irText = ir;
+  if (auto type = (*module)->getAttrOfType<mlir::StringAttr>("moe.model_type"))
+    contents.model.set("model_type", type.getValue().str());
+  contents.model.set("source", input.getValue());
+  contents.model.set("activation_type", activationType.getValue());
+
+  int cacheHits = 0;
+  double nvrtcSeconds = 0;
+  for (StringRef arch : archList) {
+    progress.step("compiling " + Twine(contents.plan.layers.size()) +
+                  " layers' kernels for " + arch + " (NVRTC)");
+    auto compiled = moe::runtime::compileKernels(contents.plan.source,
+                                                 moe::kernelHeaders(),
+                                                 arch.str());
+    if (!compiled) {
+      progress.done();
+      return fail("compiling the kernels for " + arch + ": " +
+                  compiled.message());
+    }
+    for (const std::string &w : compiled.value().warnings)
+      errs() << "moe-compile: warning: " << w << "\n";
+    cacheHits += compiled.value().fromCache ? 1 : 0;
+    nvrtcSeconds += compiled.value().compileSeconds;
+    contents.cubins[arch.str()] = compiled.value().cubin;
+    for (const auto &r : compiled.value().resources)
+      if (r.isEntry)
+        contents.resources.push_back(r);
+  }
+
+  moe::WeightLoader loader(moe::weightRoot(*module, irPathForWeights));
+  size_t layerIndex = 0;
+  moe::runtime::Status collected = moe::runtime::collectWeights(
+      contents, [&](const moe::WeightRef &ref)
+                    -> moe::runtime::Expected<std::vector<float>> {
+        progress.step("packing weights: " +
+                      (ref.names.empty() ? std::string("<constant>")
+                                         : ref.names.front()));
+        auto t = loader.load(ref.names, ref.files, ref.stacked, ref.shape,
+                             moe::elementTypeName(ref.type));
+        if (!t)
+          return moe::runtime::Status::error(toString(t.takeError()));
+        return std::move(t->f);
+      });
+  (void)layerIndex;
+  if (collected) {
+    progress.done();
+    return fail(collected.message());
+  }
+  progress.step("writing " + output);
+  moe::runtime::WritePackageOptions writeOptions;
+  writeOptions.replace = force;
+  if (moe::runtime::Status s =
+          moe::runtime::writePackage(contents, output, writeOptions)) {
+    progress.done();
+    return fail(s.message());
+  }
+  progress.done();
+
+  // Summary.
+  std::set<std::string> kernels;
+  int64_t experts = 0;
+  for (const moe::LayerPlan &l : contents.plan.layers)
+    for (const moe::Launch &launch : l.launches)
+      kernels.insert(launch.kernel);
+  for (const moe::WeightRef &w : contents.plan.layers.empty()
+                                     ? std::vector<moe::WeightRef>()
+                                     : contents.plan.layers.front().weights)
+    if (w.stacked && !w.shape.empty())
+      experts = std::max<int64_t>(experts, w.shape.front());
+  uint64_t weightBytes = 0;
+  for (const auto &t : contents.tensors)
+    weightBytes += t.size();
+  outs() << "moe-compile: wrote " << output << "\n";
+  outs() << "  layers: " << contents.plan.layers.size() << " (";
+  for (size_t i = 0; i < contents.plan.layers.size(); ++i)
+    outs() << (i ? ", " : "") << contents.plan.layers[i].layer
+           << (contents.plan.layers[i].target.empty()
+                   ? ""
+                   : ":" + contents.plan.layers[i].target);
+  outs() << "), experts per layer: " << experts << "\n";
+  outs() << "  kernels: " << kernels.size() << ", architectures: " << archs
+         << ", weights: " << format("%.1f", weightBytes / 1048576.0)
+         << " MiB in " << contents.tensors.size() << " tensors\n";
+  for (const auto &r : contents.resources)
+    outs() << format("  %-26s %-7s %3d registers, %lld/%lld bytes spilled "
+                     "(stores/loads), %lld bytes static shared\n",
+                     r.name.c_str(), r.arch.c_str(), r.registers,
+                     static_cast<long long>(r.spillStoresBytes),
+                     static_cast<long long>(r.spillLoadsBytes),
+                     static_cast<long long>(r.sharedBytes));
+  outs() << format("  time: %.2f s in all, %.2f s in NVRTC; cache hits: %d "
+                   "of %zu architectures\n",
+                   seconds(start), nvrtcSeconds, cacheHits, archList.size());
+  return 0;
+}
