@@ -76,6 +76,8 @@ void Sha256::block(const uint8_t *p) {
 }
 
 Sha256 &Sha256::update(const void *data, size_t size) {
+  if (size == 0)
+    return *this; // memcpy from a null pointer is undefined, even for 0.
   const uint8_t *p = static_cast<const uint8_t *>(data);
   length_ += size;
   if (buffered_) {

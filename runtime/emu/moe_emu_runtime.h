@@ -1158,11 +1158,18 @@ namespace detail {
 inline void ldmatrix(unsigned *r, int num, bool trans, const void *rowAddr,
                      const char *file, int line) {
   Thread &t = cur("ldmatrix");
-  if (t.lane < static_cast<unsigned>(8 * num) &&
-      (reinterpret_cast<uintptr_t>(rowAddr) & 15u) != 0)
-    fail(format("ldmatrix at %s:%d: row address %p of lane %u is not 16-byte "
-                "aligned",
-                file, line, rowAddr, t.lane));
+  if (t.lane < static_cast<unsigned>(8 * num)) {
+    const Block &b = *t.block;
+    const unsigned char *p = static_cast<const unsigned char *>(rowAddr);
+    if (p < b.smem || p + 16 > b.smem + b.smemLimit)
+      fail(format("ldmatrix at %s:%d: row address %p of lane %u is not in "
+                  "the block's shared memory",
+                  file, line, rowAddr, t.lane));
+    if ((reinterpret_cast<uintptr_t>(rowAddr) & 15u) != 0)
+      fail(format("ldmatrix at %s:%d: row address %p of lane %u is not "
+                  "16-byte aligned",
+                  file, line, rowAddr, t.lane));
+  }
   WarpSlot &s = t.ws;
   s.op = Op::LdMatrix;
   s.mask = 0xffffffffu;

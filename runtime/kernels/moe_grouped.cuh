@@ -175,6 +175,18 @@ template <typename TW> struct SplitTerms {
 template <> struct SplitTerms<float> {
   static constexpr int value = 1;
 };
+/// 16-bit terms of h in the down projection when the IR's activations are
+/// 16-bit. The IR keeps h in f32 inside moe.expert_ffn (only the FFN's
+/// result is rounded to the activation type); one bf16 term would round h
+/// by up to 2^-9 relative, which moves outputs by up to a few bf16 ulps
+/// against the reference (measured: up to 1e-2 of max |y| on the examples,
+/// against 1e-3 for the per-token kernel). Two terms (hi + lo, 2^-17) keep
+/// the grouped path as close to the reference as the per-token kernel, at
+/// twice the tensor-core work of the down projection's A side. 1 is the
+/// usual production trade-off (a bf16 intermediate), a tuning knob for the
+/// GPU.
+constexpr int HiddenTerms = 2;
+
 template <typename A, typename B> struct SameType {
   static constexpr bool value = false;
 };
@@ -593,12 +605,9 @@ __device__ void gateUp(const MoEKernelArgs &args) {
 
 /// GEMM 2: out[row] = roundAs<TX>(h[row] . down + bias), times the row's
 /// routing weight (routed rows, unless Unweighted), in f32. h is kept in
-/// f32 scratch; on the way into shared memory it is converted to the
-/// weight type (the tensor cores take 16-bit operands). With 16-bit
-/// activations that is one rounding of the hidden activations which the
-/// per-token kernel does not make (relative 2^-9 for bf16, 2^-12 for f16,
-/// well inside the rounding the IR makes of every 16-bit result); with f32
-/// activations h is split into SplitTerms 16-bit terms (f32 accuracy).
+/// f32 scratch; on the way into shared memory it is split into 16-bit terms
+/// of the weight type (the tensor cores take 16-bit operands): SplitTerms
+/// with f32 activations (f32 accuracy), HiddenTerms with 16-bit ones.
 template <typename Cfg, bool SharedFFN>
 __device__ void down(const MoEKernelArgs &args) {
   using TX = typename Cfg::TX;
@@ -619,10 +628,11 @@ __device__ void down(const MoEKernelArgs &args) {
   const experts::FFNWeights<F> w =
       experts::ffnWeights<F>(args, SharedFFN ? 12 : 4);
 
-  // h (f32) is rounded to one 16-bit term when the IR's activations are
-  // 16-bit, split into SplitTerms terms when they are f32.
-  constexpr int NA =
-      sizeof(TX) == 2 || !S::Tensor ? 1 : SplitTerms<TW>::value;
+  // h (f32) is split into 16-bit terms: SplitTerms when the IR's
+  // activations are f32, HiddenTerms when they are 16-bit.
+  constexpr int NA = !S::Tensor          ? 1
+                     : sizeof(TX) == 4 ? SplitTerms<TW>::value
+                                       : HiddenTerms;
   MOE_SHARED(uint4, smemWords, (GemmSmem<TW, InOut, 1, NA>::Words));
   TW *As = reinterpret_cast<TW *>(&smemWords[0]);
   TW *Bs = As + NA * S::A;

@@ -152,10 +152,9 @@ py::array asNumpy(py::handle x, const char *what) {
     auto [type, id] = dlpackDevice(x, what);
     (void)id;
     if (type != dl::kDLCPU && type != dl::kDLCUDAHost)
-      throw py::value_error(std::string(what) +
-                            ": a DLPack tensor on device type " +
-                            std::to_string(type) +
-                            "; expected a CPU or CUDA tensor");
+      throw py::value_error(
+          std::string(what) + ": a DLPack tensor on device type " +
+          std::to_string(type) + "; expected a CPU or CUDA tensor");
     if (py::hasattr(np, "from_dlpack")) {
       try {
         return np.attr("from_dlpack")(x);
@@ -206,8 +205,8 @@ py::array_t<float> hostOutput(py::handle out, int64_t tokens, int64_t hidden) {
     throw py::value_error(
         "out: expected a writable C-contiguous float32 array of shape " +
         shapeText({tokens, hidden}) + ", got dtype " +
-        py::str(a.dtype()).cast<std::string>() + ", shape " +
-        shapeText(shape) + (a.writeable() ? "" : ", read-only") +
+        py::str(a.dtype()).cast<std::string>() + ", shape " + shapeText(shape) +
+        (a.writeable() ? "" : ", read-only") +
         ((a.flags() & py::array::c_style) ? "" : ", not C-contiguous"));
   }
   return py::reinterpret_borrow<py::array_t<float>>(a);
@@ -256,10 +255,9 @@ std::string dtypeName(const dl::DataType &t) {
   std::string base = t.code == dl::kDLFloat    ? "f"
                      : t.code == dl::kDLBfloat ? "bf"
                      : t.code == dl::kDLInt    ? "i"
-                     : t.code == dl::kDLUInt   ? "u"
-                                               : "code" +
-                                                   std::to_string(t.code) +
-                                                   "_";
+                     : t.code == dl::kDLUInt
+                         ? "u"
+                         : "code" + std::to_string(t.code) + "_";
   std::string name = base + std::to_string(t.bits);
   if (t.lanes != 1)
     name += "x" + std::to_string(t.lanes);
@@ -281,25 +279,24 @@ int64_t checkDeviceTensor(const dl::Tensor &t, const char *what, int device,
                           ", but the package runs on device " +
                           std::to_string(device));
   if (dtypeName(t.dtype) != dtype)
-    throw py::value_error(std::string(what) + ": dtype " +
-                          dtypeName(t.dtype) + ", but " + where +
-                          " takes " + dtype + " activations");
+    throw py::value_error(std::string(what) + ": dtype " + dtypeName(t.dtype) +
+                          ", but " + where + " takes " + dtype +
+                          " activations");
   std::vector<int64_t> shape(t.shape, t.shape + t.ndim);
   if (t.ndim != 2 || t.shape[1] != hidden ||
       (tokens >= 0 && t.shape[0] != tokens))
     throw py::value_error(
         std::string(what) + ": expected shape [" +
-        (tokens >= 0 ? std::to_string(tokens) : std::string("tokens")) +
-        ", " + std::to_string(hidden) + "] for " + where + ", got " +
+        (tokens >= 0 ? std::to_string(tokens) : std::string("tokens")) + ", " +
+        std::to_string(hidden) + "] for " + where + ", got " +
         shapeText(shape));
   if (t.strides) {
     int64_t expected = 1;
     for (int d = t.ndim - 1; d >= 0; --d) {
       if (t.shape[d] != 1 && t.strides[d] != expected)
-        throw py::value_error(std::string(what) +
-                              ": not C-contiguous (strides " +
-                              shapeText({t.strides[0], t.strides[1]}) +
-                              "); use .contiguous()");
+        throw py::value_error(
+            std::string(what) + ": not C-contiguous (strides " +
+            shapeText({t.strides[0], t.strides[1]}) + "); use .contiguous()");
       expected *= t.shape[d];
     }
   }
@@ -324,10 +321,9 @@ int64_t streamHandle(py::handle stream) {
 
 class Layer {
 public:
-  Layer(std::shared_ptr<State> state, int64_t layer)
-      : state(std::move(state)), layer(layer) {
-    hidden = this->state->hidden(layer);
-    auto type = this->state->model->activationType(layer);
+  Layer(std::shared_ptr<State> s, int64_t l) : state(std::move(s)), layer(l) {
+    hidden = state->hidden(layer);
+    auto type = state->model->activationType(layer);
     if (!type)
       fail(type.message());
     activationType = type.value();
@@ -352,7 +348,8 @@ public:
       if (s)
         fail(s.message());
     }
-    return out.is_none() ? py::object(y) : py::reinterpret_borrow<py::object>(out);
+    return out.is_none() ? py::object(y)
+                         : py::reinterpret_borrow<py::object>(out);
   }
 
   std::string repr() const {
@@ -373,10 +370,12 @@ private:
     if (out.is_none())
       throw py::value_error(
           "x is a CUDA tensor: pass out=, a CUDA tensor of the same shape "
-          "and dtype (" + activationType + "), to run on the device");
-    if (!hasDlpack(out))
-      throw py::value_error("out: not a DLPack tensor, but x is a CUDA "
-                            "tensor; pass a CUDA tensor");
+          "and dtype (" +
+          activationType + "), to run on the device");
+    if (!hasDlpack(out) || !onCuda(dlpackDevice(out, "out").first))
+      throw py::value_error("out: not a CUDA tensor, but x is one; pass a "
+                            "CUDA tensor of the same shape and dtype (" +
+                            activationType + ")");
     int64_t handle = streamHandle(stream);
     Borrowed bx = borrow(x, "x", handle);
     int64_t tokens = checkDeviceTensor(*bx.tensor, "x", state->device,
@@ -409,7 +408,7 @@ private:
 
 class Package {
 public:
-  explicit Package(std::shared_ptr<State> state) : state(std::move(state)) {}
+  explicit Package(std::shared_ptr<State> s) : state(std::move(s)) {}
 
   py::object runAll(py::handle x, py::handle out) {
     std::vector<int64_t> layers = state->model->layers();
@@ -436,7 +435,8 @@ public:
       if (s)
         fail(s.message());
     }
-    return out.is_none() ? py::object(y) : py::reinterpret_borrow<py::object>(out);
+    return out.is_none() ? py::object(y)
+                         : py::reinterpret_borrow<py::object>(out);
   }
 
   std::string repr() const {
@@ -456,11 +456,10 @@ Package load(const std::string &path, const std::string &backend, int device,
   options.backend = backend;
   options.device = device;
   options.cacheDir = cacheDir;
-  moe::runtime::Expected<std::unique_ptr<moe::Model>> model =
-      [&] {
-        py::gil_scoped_release release; // Opening may compile kernels.
-        return moe::Model::open(path, options);
-      }();
+  moe::runtime::Expected<std::unique_ptr<moe::Model>> model = [&] {
+    py::gil_scoped_release release; // Opening may compile kernels.
+    return moe::Model::open(path, options);
+  }();
   if (!model)
     fail(model.message());
   auto state = std::make_shared<State>();
@@ -489,8 +488,7 @@ PYBIND11_MODULE(moe_opt, m) {
         "or the user's cache). Raises moe_opt.Error (a RuntimeError) naming "
         "the path when the package cannot be opened.");
 
-  py::class_<Package>(m, "Package",
-                      "An open package; made by moe_opt.load().")
+  py::class_<Package>(m, "Package", "An open package; made by moe_opt.load().")
       .def_property_readonly(
           "backend", [](const Package &p) { return p.state->model->backend(); },
           "'cuda' or 'emu'.")
@@ -498,10 +496,10 @@ PYBIND11_MODULE(moe_opt, m) {
           "description",
           [](const Package &p) { return p.state->model->description(); },
           "What runs the kernels (the GPU's name, or the host compiler).")
-      .def_property_readonly(
-          "path", [](const Package &p) { return p.state->path; })
-      .def_property_readonly(
-          "device", [](const Package &p) { return p.state->device; })
+      .def_property_readonly("path",
+                             [](const Package &p) { return p.state->path; })
+      .def_property_readonly("device",
+                             [](const Package &p) { return p.state->device; })
       .def_property_readonly(
           "layers", [](const Package &p) { return p.state->model->layers(); },
           "The MoE layers (model layer indices), in order.")
@@ -525,9 +523,7 @@ PYBIND11_MODULE(moe_opt, m) {
           "'bf16' or 'f16' (host arrays are always float32).")
       .def(
           "layer",
-          [](const Package &p, int64_t layer) {
-            return Layer(p.state, layer);
-          },
+          [](const Package &p, int64_t layer) { return Layer(p.state, layer); },
           "layer"_a,
           "The callable MoE layer `layer` (a model layer index); raises "
           "ValueError listing the MoE layers when there is none.")
@@ -545,8 +541,8 @@ PYBIND11_MODULE(moe_opt, m) {
       .def_readonly("index", &Layer::layer, "The model layer index.")
       .def_readonly("hidden", &Layer::hidden)
       .def_readonly("activation_type", &Layer::activationType)
-      .def("__call__", &Layer::call, "x"_a, py::kw_only(),
-           "out"_a = py::none(), "stream"_a = py::none(),
+      .def("__call__", &Layer::call, "x"_a, py::kw_only(), "out"_a = py::none(),
+           "stream"_a = py::none(),
            "y = layer(x). x: a float32 [T, hidden] host array (anything numpy "
            "converts), returns a new float32 array, or `out`. With a CUDA "
            "tensor x (DLPack) of the layer's activation type, runs on its "

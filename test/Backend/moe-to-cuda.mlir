@@ -14,9 +14,9 @@
 // CHECK: moe_k::route::gatherScores<8, 2>(
 // CHECK: moe_k::route::normalize<2>({{.*}}, 9.99999968e-21f,
 // CHECK: moe_k::route::scale<2>({{.*}}, 2.5f,
-// CHECK: moe_k::route::planDispatch<8, 2>(outIds, T, counts, offsets, rows);
+// CHECK: moe_k::route::planDispatch<8, 2>(outIds, T, counts, offsets, rows, slotRow);
 // CHECK: MOE_EMU_EXPORT_KERNEL(moe_route_l3_0)
-// CHECK: // moe.fused_experts at loc({{.*}}) (layout runtime: per-token kernel)
+// CHECK: // moe.fused_experts at loc({{.*}}) (layout runtime: per-token kernel up to 64 routed slots, grouped kernels above)
 // CHECK: struct Routed {
 // CHECK-NEXT: using TW = __nv_bfloat16;
 // CHECK: static constexpr int H = 16, I = 32, E = 8;
@@ -27,6 +27,9 @@
 // CHECK-NEXT: static constexpr bool ScaleInput = false, Unweighted = false, HasShared = false, SharedGate = false;
 // CHECK: moe_k::experts::perToken<moe_experts_l3_1_cfg::Cfg>(args);
 // CHECK: MOE_EMU_EXPORT_KERNEL(moe_experts_l3_1)
+// CHECK: moe_k::grouped::gateUp<moe_experts_l3_1_cfg::Cfg, false>(args);
+// CHECK: moe_k::grouped::down<moe_experts_l3_1_cfg::Cfg, false>(args);
+// CHECK: moe_k::grouped::combine<moe_experts_l3_1_cfg::Cfg>(args);
 
 func.func @layer_3(%x: tensor<?x16xf32>) -> tensor<?x16xf32> attributes {moe.layer = 3 : i64} {
   %wg = moe.weight ["gate"] from ["m.safetensors"] : tensor<8x16xbf16>

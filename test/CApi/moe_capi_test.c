@@ -85,7 +85,7 @@ int main(int argc, char **argv) {
   char path[4096];
   moe_model *model = NULL;
   moe_model *none = NULL;
-  int64_t layer, hidden, last;
+  int64_t layer, hidden, notMoE;
   float *x, *y, *big;
   size_t count;
   int i, rc;
@@ -113,7 +113,10 @@ int main(int argc, char **argv) {
 
   /* A layer on a fixed input. */
   layer = moe_model_layer(model, 0);
-  last = moe_model_layer(model, moe_model_num_layers(model) - 1);
+  /* The first model layer that is not an MoE layer (0 for a model whose
+   * first layer is dense). */
+  for (notMoE = 0; moe_model_hidden(model, notMoE) >= 0; ++notMoE)
+    ;
   hidden = moe_model_hidden(model, layer);
   count = (size_t)(TOKENS * hidden);
   x = malloc(count * sizeof(float));
@@ -152,20 +155,19 @@ int main(int argc, char **argv) {
   snprintf(path, sizeof path, "%s/no-such-package", argv[2]);
   error[0] = '\0';
   rc = moe_model_open(path, "emu", 0, &none, error, sizeof error);
-  printf("missing package: rc %d, model %s: %s\n", rc,
-         none ? "set" : "null", error);
+  printf("missing package: rc %d, model %s: %s\n", rc, none ? "set" : "null",
+         error);
 
   error[0] = '\0';
   rc = moe_model_open(argv[1], "bogus", 0, &none, error, sizeof error);
-  printf("unknown backend: rc %d, model %s: %s\n", rc,
-         none ? "set" : "null", error);
+  printf("unknown backend: rc %d, model %s: %s\n", rc, none ? "set" : "null",
+         error);
 
   error[0] = '\0';
-  rc = moe_model_run_layer(model, last + 100, x, TOKENS, y, error,
-                           sizeof error);
+  rc = moe_model_run_layer(model, notMoE, x, TOKENS, y, error, sizeof error);
   printf("unknown layer: rc %d: %s\n", rc, error);
-  printf("unknown layer hidden: %lld\n",
-         (long long)moe_model_hidden(model, last + 100));
+  printf("unknown layer %lld hidden: %lld\n", (long long)notMoE,
+         (long long)moe_model_hidden(model, notMoE));
 
   error[0] = '\0';
   rc = moe_model_run_layer(model, layer, NULL, TOKENS, y, error, sizeof error);
@@ -200,7 +202,7 @@ int main(int argc, char **argv) {
 
   /* A short buffer gets a truncated, NUL-terminated message. */
   memset(error, 'X', sizeof error);
-  rc = moe_model_run_layer(model, last + 100, x, TOKENS, y, error, 9);
+  rc = moe_model_run_layer(model, notMoE, x, TOKENS, y, error, 9);
   printf("short buffer: rc %d: '%s' (length %u)\n", rc, error,
          (unsigned)strlen(error));
 

@@ -466,6 +466,15 @@ extern "C" __global__ void k_warp_vs_barrier(MoEKernelArgs) {
 }
 MOE_EMU_EXPORT_KERNEL(k_warp_vs_barrier)
 
+// Same mask, different intrinsics: never completes.
+extern "C" __global__ void k_mixed_collectives(MoEKernelArgs) {
+  if (threadIdx.x % 2 == 0)
+    __shfl_sync(0xffffffffu, 1, 0);
+  else
+    __ballot_sync(0xffffffffu, 1);
+}
+MOE_EMU_EXPORT_KERNEL(k_mixed_collectives)
+
 extern "C" __global__ void k_not_in_mask(MoEKernelArgs) {
   __shfl_sync(1u << ((threadIdx.x + 1) % 32), 1, 0);
 }
@@ -702,6 +711,17 @@ extern "C" __global__ void k_spin_forever(MoEKernelArgs args) {
 }
 MOE_EMU_EXPORT_KERNEL(k_spin_forever)
 
+extern "C" __global__ void k_ldmatrix_bad(MoEKernelArgs args) {
+  MOE_SHARED(__nv_bfloat16, tile, 8 * 16 + 8);
+  unsigned r[4];
+  const unsigned lane = threadIdx.x % 32;
+  if (args.scalars[0] == 0) // global memory
+    moe_emu::ldmatrix_x4(r, static_cast<const __nv_bfloat16 *>(args.buffers[0]) + lane * 8);
+  else // shared, but rows 2 bytes off 16-byte alignment
+    moe_emu::ldmatrix_x4(r, &tile[1 + (lane % 8) * 16]);
+}
+MOE_EMU_EXPORT_KERNEL(k_ldmatrix_bad)
+
 // Cost measurements.
 extern "C" __global__ void k_barriers(MoEKernelArgs args) {
   for (long long i = 0; i < args.scalars[0]; ++i)
@@ -920,6 +940,13 @@ TEST_F(EmuModuleTest, WarpCollectiveMismatchesAreDiagnosed) {
       << s.message();
   EXPECT_TRUE(contains(s.message(), "threads 16-31")) << s.message();
   EXPECT_TRUE(contains(s.message(), "wait at __syncthreads")) << s.message();
+  s = run("k_mixed_collectives", args, dim(1), dim(32));
+  ASSERT_FALSE(s.ok());
+  EXPECT_TRUE(contains(s.message(), "deadlock")) << s.message();
+  EXPECT_TRUE(contains(s.message(), "thread 0 (0,0,0) wait at __shfl_sync"))
+      << s.message();
+  EXPECT_TRUE(contains(s.message(), "thread 1 (1,0,0) wait at __ballot_sync"))
+      << s.message();
   s = run("k_not_in_mask", args, dim(1), dim(32));
   ASSERT_FALSE(s.ok());
   EXPECT_TRUE(contains(s.message(), "not in its mask")) << s.message();
@@ -1143,6 +1170,21 @@ TEST_F(EmuModuleTest, MmaNeedsAFullWarp) {
   Status s = run("k_mma_partial_warp", args, dim(1), dim(48));
   ASSERT_FALSE(s.ok());
   EXPECT_TRUE(contains(s.message(), "needs all 32 lanes")) << s.message();
+}
+
+TEST_F(EmuModuleTest, LdmatrixNeedsAlignedSharedRows) {
+  std::vector<__nv_bfloat16> global(32 * 8);
+  MoEKernelArgs args{};
+  args.buffers[0] = global.data();
+  args.scalars[0] = 0;
+  Status s = run("k_ldmatrix_bad", args, dim(1), dim(32));
+  ASSERT_FALSE(s.ok());
+  EXPECT_TRUE(contains(s.message(), "not in the block's shared memory"))
+      << s.message();
+  args.scalars[0] = 1;
+  s = run("k_ldmatrix_bad", args, dim(1), dim(32));
+  ASSERT_FALSE(s.ok());
+  EXPECT_TRUE(contains(s.message(), "not 16-byte aligned")) << s.message();
 }
 
 TEST_F(EmuModuleTest, LaunchErrors) {

@@ -367,7 +367,10 @@ int main(int argc, char **argv) {
           ref.files = files;
           ref.stacked = stacked;
           ref.shape = shape;
-          ref.type = *moe::runtime::parseElementType(type.str());
+          auto elementType = moe::runtime::parseElementType(type.str());
+          if (!elementType)
+            return makeError("unknown element type '" + type + "'");
+          ref.type = *elementType;
           auto index = pkg.findTensor(ref);
           if (!index)
             return makeError(index.message());

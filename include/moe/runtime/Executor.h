@@ -36,7 +36,7 @@ public:
                                  unsigned block, unsigned dynamicShared) = 0;
   virtual runtime::Status synchronize() = 0;
   /// Queues later launches on `stream` (a CUstream; null: the default).
-  virtual void setStream(void *stream) {}
+  virtual void setStream(void * /*stream*/) {}
   /// Milliseconds between two calls to mark(), when the backend can time.
   virtual void mark() {}
   virtual double elapsedMs() { return -1.0; }

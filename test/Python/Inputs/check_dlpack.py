@@ -76,7 +76,7 @@ def main():
     expect_raises("CUDA x without out", ValueError, lambda: f(cx),
                   "pass out=")
     expect_raises("CUDA x, numpy out", ValueError, lambda: f(cx, out=ys),
-                  "out: not a DLPack tensor")
+                  "out: not a CUDA tensor, but x is one")
     expect_raises("numpy x, CUDA out", ValueError, lambda: f(xs, out=cy),
                   "out: a CUDA tensor, but x is on the host")
     expect_raises("CUDA x, CPU DLPack out", ValueError,

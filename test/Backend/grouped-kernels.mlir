@@ -1,0 +1,69 @@
+// The grouped (prefill) expert kernels: with a dynamic token count
+// (layout runtime) the emitter instantiates the per-token kernel and the
+// grouped kernels (gate/up GEMM, down GEMM, the same two for the shared
+// expert, combine); a forced layout keeps one path. The routing kernel also
+// writes slotRow, the inverse of rows, for the combine.
+// RUN: moe-opt %s --moe-optimize | moe-translate --moe-to-cuda | FileCheck %s --check-prefixes=CHECK,RUNTIME
+// RUN: moe-opt %s --moe-optimize | sed -e 's/#moe.layout<runtime>/#moe.layout<grouped>/' | moe-translate --moe-to-cuda | FileCheck %s --check-prefixes=CHECK,GROUPED
+// RUN: moe-opt %s --moe-optimize | sed -e 's/#moe.layout<runtime>/#moe.layout<per_token>/' | moe-translate --moe-to-cuda | FileCheck %s --check-prefix=PERTOKEN
+
+// CHECK: #include "moe_grouped.cuh"
+// CHECK: moe_route_l5_0(MoEKernelArgs args)
+// CHECK: int *slotRow = static_cast<int *>(args.buffers[7]);
+// CHECK: moe_k::route::planDispatch<4, 2>(outIds, T, counts, offsets, rows, slotRow);
+// RUNTIME: // moe.fused_experts at loc({{.*}}) (layout runtime: per-token kernel up to 64 routed slots, grouped kernels above)
+// GROUPED: // moe.fused_experts at loc({{.*}}) (layout grouped: grouped kernels)
+// CHECK: struct Routed {
+// CHECK-NEXT: using TW = __nv_bfloat16;
+// CHECK: static constexpr int H = 64, I = 96, E = 4;
+// CHECK: struct Shared {
+// CHECK-NEXT: using TW = __nv_bfloat16;
+// CHECK: static constexpr int H = 64, I = 160, E = 1;
+// CHECK: struct Cfg {
+// CHECK-NEXT: using TX = float;
+// CHECK: static constexpr int K = 2;
+// CHECK-NEXT: static constexpr bool ScaleInput = false, Unweighted = false, HasShared = true, SharedGate = true;
+// RUNTIME: extern "C" __global__ void __launch_bounds__(128, 1) moe_experts_l5_1(MoEKernelArgs args) {
+// RUNTIME-NEXT: moe_k::experts::perToken<moe_experts_l5_1_cfg::Cfg>(args);
+// GROUPED-NOT: moe_k::experts::perToken
+// CHECK: static_assert(moe_k::grouped::BM == 64 && moe_k::grouped::BN == 64 && moe_k::grouped::Threads == 128
+// CHECK: extern "C" __global__ void __launch_bounds__(128) moe_experts_l5_1_up(MoEKernelArgs args) {
+// CHECK-NEXT: moe_k::grouped::gateUp<moe_experts_l5_1_cfg::Cfg, false>(args);
+// CHECK: MOE_EMU_EXPORT_KERNEL(moe_experts_l5_1_up)
+// CHECK: extern "C" __global__ void __launch_bounds__(128) moe_experts_l5_1_down(MoEKernelArgs args) {
+// CHECK-NEXT: moe_k::grouped::down<moe_experts_l5_1_cfg::Cfg, false>(args);
+// CHECK: extern "C" __global__ void __launch_bounds__(128) moe_experts_l5_1_shared_up(MoEKernelArgs args) {
+// CHECK-NEXT: moe_k::grouped::gateUp<moe_experts_l5_1_cfg::Cfg, true>(args);
+// CHECK: extern "C" __global__ void __launch_bounds__(128) moe_experts_l5_1_shared_down(MoEKernelArgs args) {
+// CHECK-NEXT: moe_k::grouped::down<moe_experts_l5_1_cfg::Cfg, true>(args);
+// CHECK: extern "C" __global__ void __launch_bounds__(128) moe_experts_l5_1_combine(MoEKernelArgs args) {
+// CHECK-NEXT: moe_k::grouped::combine<moe_experts_l5_1_cfg::Cfg>(args);
+// CHECK: MOE_EMU_EXPORT_KERNEL(moe_experts_l5_1_combine)
+
+// PERTOKEN: // moe.fused_experts at loc({{.*}}) (layout per_token: per-token kernel)
+// PERTOKEN: moe_k::experts::perToken<moe_experts_l5_1_cfg::Cfg>(args);
+// PERTOKEN-NOT: moe_k::grouped::
+
+func.func @layer_5(%x: tensor<?x64xf32>) -> tensor<?x64xf32> attributes {moe.layer = 5 : i64} {
+  %wg = moe.weight ["router"] from ["m.safetensors"] : tensor<4x64xbf16>
+  %l = moe.router_linear %x, %wg : (tensor<?x64xf32>, tensor<4x64xbf16>) -> tensor<?x4xf32>
+  %p = moe.softmax %l : tensor<?x4xf32>
+  %ids, %v = moe.topk %p {k = 2 : i64} : tensor<?x4xf32> -> tensor<?x2xi32>, tensor<?x2xf32>
+  %cnt, %off, %rows = moe.dispatch %ids {num_experts = 4 : i64} : tensor<?x2xi32> -> tensor<4xi32>, tensor<5xi32>, tensor<?xi32>
+  %xs = moe.permute %x, %rows, %v : (tensor<?x64xf32>, tensor<?xi32>, tensor<?x2xf32>) -> tensor<?x64xf32>
+  %g = moe.weight ["gate"] from ["m.safetensors"] : tensor<4x96x64xbf16>
+  %u = moe.weight ["up"] from ["m.safetensors"] : tensor<4x96x64xbf16>
+  %d = moe.weight ["down"] from ["m.safetensors"] : tensor<4x64x96xbf16>
+  %ys = moe.expert_ffn %xs, %off gate(%g) up(%u) down(%d) {activation = #moe.activation<silu>} : (tensor<?x64xf32>, tensor<5xi32>, tensor<4x96x64xbf16>, tensor<4x96x64xbf16>, tensor<4x64x96xbf16>) -> tensor<?x64xf32>
+  %y = moe.combine %ys, %rows, %v : (tensor<?x64xf32>, tensor<?xi32>, tensor<?x2xf32>) -> tensor<?x64xf32>
+  %sg = moe.weight ["shared.gate"] from ["m.safetensors"] : tensor<160x64xbf16>
+  %su = moe.weight ["shared.up"] from ["m.safetensors"] : tensor<160x64xbf16>
+  %sd = moe.weight ["shared.down"] from ["m.safetensors"] : tensor<64x160xbf16>
+  %sh = moe.ffn %x gate(%sg) up(%su) down(%sd) {activation = #moe.activation<silu>} : (tensor<?x64xf32>, tensor<160x64xbf16>, tensor<160x64xbf16>, tensor<64x160xbf16>) -> tensor<?x64xf32>
+  %sgw = moe.weight ["shared_gate"] from ["m.safetensors"] : tensor<1x64xbf16>
+  %sgl = moe.router_linear %x, %sgw : (tensor<?x64xf32>, tensor<1x64xbf16>) -> tensor<?x1xf32>
+  %sgs = moe.sigmoid %sgl : tensor<?x1xf32>
+  %shg = moe.row_scale %sh, %sgs : (tensor<?x64xf32>, tensor<?x1xf32>) -> tensor<?x64xf32>
+  %out = arith.addf %y, %shg : tensor<?x64xf32>
+  return %out : tensor<?x64xf32>
+}
