@@ -7,8 +7,10 @@
 //
 // The compiler is $MOE_EMU_CXX (words split at spaces; default `c++`) run as
 //   <cxx> -std=c++17 -O2 -g0 -shared -fPIC -DMOE_EMU -I<emu headers>
-//         -I<request headers> $MOE_EMU_CXXFLAGS -o <lib>.so <source>
-//         -lboost_context
+//         -I<request headers> -ffile-prefix-map=<temporary folders>/=
+//         $MOE_EMU_CXXFLAGS -o <lib>.so kernel.cpp -lboost_context
+// (messages name "kernel.cpp:42" and "include/<header>:7"; extra flags
+// such as -O0 -g or -fsanitize=undefined go in $MOE_EMU_CXXFLAGS).
 // Libraries are cached in <cacheDir>/emu/<key>.so, the key being the
 // SHA-256 of the source, the headers, the emulation headers, the flags and
 // the compiler's `--version` (asked once per process and compiler): a hit
