@@ -6,6 +6,7 @@
 //===----------------------------------------------------------------------===//
 
 #include "EmuModule.h"
+#include "moe/runtime/KernelCache.h"
 
 #include <algorithm>
 #include <atomic>
@@ -33,116 +34,30 @@ namespace moe::runtime {
 namespace {
 
 //===----------------------------------------------------------------------===//
-// SHA-256 (FIPS 180-4)
+// Cache keys: length-prefixed fields hashed with the runtime's SHA-256
 //===----------------------------------------------------------------------===//
 
-class Sha256 {
+class KeyHash {
 public:
-  Sha256() { reset(); }
-  void update(const void *data, size_t size) {
-    const auto *p = static_cast<const uint8_t *>(data);
-    length_ += size;
-    while (size > 0) {
-      size_t n = std::min(size, sizeof buffer_ - buffered_);
-      std::memcpy(buffer_ + buffered_, p, n);
-      buffered_ += n;
-      p += n;
-      size -= n;
-      if (buffered_ == sizeof buffer_) {
-        block(buffer_);
-        buffered_ = 0;
-      }
-    }
-  }
-  void update(const std::string &s) { update(s.data(), s.size()); }
-  /// A length-prefixed field: concatenations of fields stay unambiguous.
-  void field(const std::string &s) {
-    uint64_t n = s.size();
-    uint8_t len[8];
-    for (int i = 0; i < 8; ++i)
-      len[i] = static_cast<uint8_t>(n >> (8 * i));
-    update(len, 8);
-    update(s);
+  /// Adds one field; the length prefix keeps ("ab", "c") and ("a", "bc")
+  /// apart.
+  void field(std::string_view data) {
+    uint64_t n = data.size();
+    hash_.update(&n, sizeof n);
+    hash_.update(data);
   }
   std::string hex() {
-    uint64_t bits = length_ * 8;
-    uint8_t pad = 0x80;
-    update(&pad, 1);
-    uint8_t zero = 0;
-    while (buffered_ != 56)
-      update(&zero, 1);
-    uint8_t len[8];
-    for (int i = 0; i < 8; ++i)
-      len[i] = static_cast<uint8_t>(bits >> (56 - 8 * i));
-    update(len, 8);
-    static const char digits[] = "0123456789abcdef";
+    static const char *digits = "0123456789abcdef";
     std::string out;
-    for (uint32_t w : state_)
-      for (int i = 28; i >= 0; i -= 4)
-        out += digits[(w >> i) & 0xf];
+    for (uint8_t b : hash_.finish()) {
+      out.push_back(digits[b >> 4]);
+      out.push_back(digits[b & 15]);
+    }
     return out;
   }
 
 private:
-  void reset() {
-    static const uint32_t init[8] = {0x6a09e667, 0xbb67ae85, 0x3c6ef372,
-                                     0xa54ff53a, 0x510e527f, 0x9b05688c,
-                                     0x1f83d9ab, 0x5be0cd19};
-    std::memcpy(state_, init, sizeof state_);
-  }
-  static uint32_t rotr(uint32_t x, int n) { return (x >> n) | (x << (32 - n)); }
-  void block(const uint8_t *p) {
-    static const uint32_t k[64] = {
-        0x428a2f98, 0x71374491, 0xb5c0fbcf, 0xe9b5dba5, 0x3956c25b, 0x59f111f1,
-        0x923f82a4, 0xab1c5ed5, 0xd807aa98, 0x12835b01, 0x243185be, 0x550c7dc3,
-        0x72be5d74, 0x80deb1fe, 0x9bdc06a7, 0xc19bf174, 0xe49b69c1, 0xefbe4786,
-        0x0fc19dc6, 0x240ca1cc, 0x2de92c6f, 0x4a7484aa, 0x5cb0a9dc, 0x76f988da,
-        0x983e5152, 0xa831c66d, 0xb00327c8, 0xbf597fc7, 0xc6e00bf3, 0xd5a79147,
-        0x06ca6351, 0x14292967, 0x27b70a85, 0x2e1b2138, 0x4d2c6dfc, 0x53380d13,
-        0x650a7354, 0x766a0abb, 0x81c2c92e, 0x92722c85, 0xa2bfe8a1, 0xa81a664b,
-        0xc24b8b70, 0xc76c51a3, 0xd192e819, 0xd6990624, 0xf40e3585, 0x106aa070,
-        0x19a4c116, 0x1e376c08, 0x2748774c, 0x34b0bcb5, 0x391c0cb3, 0x4ed8aa4a,
-        0x5b9cca4f, 0x682e6ff3, 0x748f82ee, 0x78a5636f, 0x84c87814, 0x8cc70208,
-        0x90befffa, 0xa4506ceb, 0xbef9a3f7, 0xc67178f2};
-    uint32_t w[64];
-    for (int i = 0; i < 16; ++i)
-      w[i] = (uint32_t(p[4 * i]) << 24) | (uint32_t(p[4 * i + 1]) << 16) |
-             (uint32_t(p[4 * i + 2]) << 8) | uint32_t(p[4 * i + 3]);
-    for (int i = 16; i < 64; ++i) {
-      uint32_t s0 = rotr(w[i - 15], 7) ^ rotr(w[i - 15], 18) ^ (w[i - 15] >> 3);
-      uint32_t s1 = rotr(w[i - 2], 17) ^ rotr(w[i - 2], 19) ^ (w[i - 2] >> 10);
-      w[i] = w[i - 16] + s0 + w[i - 7] + s1;
-    }
-    uint32_t a = state_[0], b = state_[1], c = state_[2], d = state_[3],
-             e = state_[4], f = state_[5], g = state_[6], h = state_[7];
-    for (int i = 0; i < 64; ++i) {
-      uint32_t t1 = h + (rotr(e, 6) ^ rotr(e, 11) ^ rotr(e, 25)) +
-                    ((e & f) ^ (~e & g)) + k[i] + w[i];
-      uint32_t t2 = (rotr(a, 2) ^ rotr(a, 13) ^ rotr(a, 22)) +
-                    ((a & b) ^ (a & c) ^ (b & c));
-      h = g;
-      g = f;
-      f = e;
-      e = d + t1;
-      d = c;
-      c = b;
-      b = a;
-      a = t1 + t2;
-    }
-    state_[0] += a;
-    state_[1] += b;
-    state_[2] += c;
-    state_[3] += d;
-    state_[4] += e;
-    state_[5] += f;
-    state_[6] += g;
-    state_[7] += h;
-  }
-
-  uint32_t state_[8];
-  uint8_t buffer_[64];
-  size_t buffered_ = 0;
-  uint64_t length_ = 0;
+  ::moe::runtime::Sha256 hash_;
 };
 
 //===----------------------------------------------------------------------===//
@@ -397,7 +312,7 @@ Expected<std::string> emulationIncludeDir(const std::string &emuDir,
 
 std::string embeddedHash() {
   static const std::string hash = [] {
-    Sha256 h;
+    KeyHash h;
     for (const auto &[name, contents] : EmuModule::embeddedHeaders()) {
       h.field(name);
       h.field(contents);
@@ -459,7 +374,7 @@ EmuModule::compile(const std::string &source,
   const std::vector<std::string> flags = fixedFlags();
   const std::vector<std::string> extra = extraFlags();
 
-  Sha256 h;
+  KeyHash h;
   h.field("moe-emu-module-v1");
   h.field(compilerCommand());
   h.field(*identity);
