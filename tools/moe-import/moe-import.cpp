@@ -55,6 +55,12 @@ static cl::opt<std::string>
 static cl::opt<int64_t> layers("layers",
                                cl::desc("--synthetic: number of layers"),
                                cl::init(0), cl::cat(category));
+static cl::opt<int64_t> hidden("hidden",
+                               cl::desc("--synthetic: hidden size"),
+                               cl::init(0), cl::cat(category));
+static cl::opt<int64_t> intermediate(
+    "intermediate", cl::desc("--synthetic: width of one routed expert"),
+    cl::init(0), cl::cat(category));
 static cl::opt<int64_t> experts("experts",
                                 cl::desc("--synthetic: number of experts"),
                                 cl::init(0), cl::cat(category));
@@ -96,6 +102,10 @@ static int writeSynthetic() {
     return fail("--dtype is '" + dtype + "'; expected f32, bf16 or f16");
   if (layers > 0)
     opts.numLayers = layers;
+  if (hidden > 0)
+    opts.hidden = hidden;
+  if (intermediate > 0)
+    opts.intermediate = intermediate;
   if (experts > 0)
     opts.numExperts = experts;
   if (topK > 0)
