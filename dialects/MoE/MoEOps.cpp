@@ -338,17 +338,23 @@ void ScaleOp::getCanonicalizationPatterns(RewritePatternSet &results,
 // Dispatch and combine
 //===----------------------------------------------------------------------===//
 
-LogicalResult DispatchOp::verify() {
-  int64_t experts = getNumExperts();
+/// The dispatch plan of `experts` experts: counts [E] and offsets [E + 1]
+/// (moe.dispatch and moe.fused_route).
+static LogicalResult verifyDispatchPlan(Operation *op, int64_t experts,
+                                        Value counts, Value offsets) {
   if (experts < 1)
-    return emitOpError() << "'num_experts' must be >= 1, got " << experts;
-  Operation *op = getOperation();
-  if (failed(expectDim(op, getCounts(), "counts", 0, experts,
-                       "'num_experts'")) ||
-      failed(expectDim(op, getOffsets(), "offsets", 0, experts + 1,
+    return op->emitOpError() << "'num_experts' must be >= 1, got "
+                             << experts;
+  if (failed(expectDim(op, counts, "counts", 0, experts, "'num_experts'")) ||
+      failed(expectDim(op, offsets, "offsets", 0, experts + 1,
                        "'num_experts' + 1")))
     return failure();
   return success();
+}
+
+LogicalResult DispatchOp::verify() {
+  return verifyDispatchPlan(*this, getNumExperts(), getCounts(),
+                            getOffsets());
 }
 
 /// Checks the `[T, H]` input, `[R]` rows and `[T, K]` weights shared by
@@ -682,14 +688,9 @@ static LogicalResult verifyFusedBody(Operation *op, Region &body,
 }
 
 LogicalResult FusedRouteOp::verify() {
-  int64_t experts = getNumExperts();
-  if (experts < 1)
-    return emitOpError() << "'num_experts' must be >= 1, got " << experts;
   Operation *op = getOperation();
-  if (failed(expectDim(op, getCounts(), "counts", 0, experts,
-                       "'num_experts'")) ||
-      failed(expectDim(op, getOffsets(), "offsets", 0, experts + 1,
-                       "'num_experts' + 1")) ||
+  if (failed(verifyDispatchPlan(op, getNumExperts(), getCounts(),
+                                getOffsets())) ||
       failed(expectDim(op, getIds(), "ids", 0, rows(getInput()),
                        "tokens of 'input'")))
     return failure();
