@@ -171,6 +171,15 @@ int main(int argc, char **argv) {
   if (!plan)
     return fail(toString(plan.takeError()));
 
+  for (const moe::LayerPlan &l : plan->layers) {
+    std::string kernels;
+    for (const moe::Launch &launch : l.launches)
+      kernels += (kernels.empty() ? "" : ", ") + launch.kernel;
+    progress.step("layer " + Twine(l.layer) +
+                  (l.target.empty() ? "" : ":" + l.target) + ": " +
+                  Twine(l.launches.size()) + " kernels (" + kernels + ")");
+  }
+
   moe::runtime::PackageContents contents;
   contents.producer = "moe-compile";
   contents.plan = std::move(*plan);
@@ -209,7 +218,6 @@ int main(int argc, char **argv) {
   }
 
   moe::WeightLoader loader(moe::weightRoot(*module, irPathForWeights));
-  size_t layerIndex = 0;
   moe::runtime::Status collected = moe::runtime::collectWeights(
       contents, [&](const moe::WeightRef &ref)
                     -> moe::runtime::Expected<std::vector<float>> {
@@ -222,7 +230,6 @@ int main(int argc, char **argv) {
           return moe::runtime::Status::error(toString(t.takeError()));
         return std::move(t->f);
       });
-  (void)layerIndex;
   if (collected) {
     progress.done();
     return fail(collected.message());
