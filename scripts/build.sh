@@ -8,7 +8,7 @@ bash "$root/scripts/install-deps.sh"
 
 # ccache hits across clones in other folders only with a base directory.
 export CCACHE_BASEDIR="$root"
-export CCACHE_DIR=${CCACHE_DIR:-$HOME/.cache/moe-opt-ccache}
+export CCACHE_DIR=${CCACHE_DIR:-${HOME:-/root}/.cache/moe-opt-ccache}
 
 if [ ! -f "$build/build.ninja" ]; then
   cmake -G Ninja -S "$root" -B "$build" \
