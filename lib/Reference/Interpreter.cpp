@@ -8,7 +8,7 @@
 
 #include "moe/lib/Reference/Interpreter.h"
 #include "moe/dialects/MoE/MoEOps.h"
-#include "moe/lib/Weights/Float16.h"
+#include "moe/runtime/Float16.h"
 #include "moe/lib/Weights/Safetensors.h"
 
 #include "mlir/Dialect/Arith/IR/Arith.h"

@@ -7,7 +7,7 @@
 #include "moe/lib/Weights/Npy.h"
 
 #include "moe/lib/Weights/AtomicFile.h"
-#include "moe/lib/Weights/Float16.h"
+#include "moe/runtime/Float16.h"
 #include "moe/lib/Weights/Safetensors.h"
 
 #include "llvm/ADT/StringExtras.h"

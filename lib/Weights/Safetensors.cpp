@@ -7,7 +7,7 @@
 #include "moe/lib/Weights/Safetensors.h"
 
 #include "moe/lib/Weights/AtomicFile.h"
-#include "moe/lib/Weights/Float16.h"
+#include "moe/runtime/Float16.h"
 
 #include "llvm/ADT/STLExtras.h"
 #include "llvm/Support/Endian.h"

@@ -5,8 +5,8 @@
 //===----------------------------------------------------------------------===//
 
 #include "moe/runtime/Executor.h"
+#include "moe/runtime/Float16.h"
 
-#include <cmath>
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
@@ -15,28 +15,8 @@ namespace moe {
 
 using runtime::Status;
 
-KernelBackend::~KernelBackend() = default;
-
 namespace {
-uint32_t bitsOf(float v) {
-  uint32_t u;
-  std::memcpy(&u, &v, 4);
-  return u;
-}
-float floatOf(uint32_t u) {
-  float v;
-  std::memcpy(&v, &u, 4);
-  return v;
-}
-uint16_t toBF16(float v) {
-  uint32_t u = bitsOf(v);
-  if (std::isnan(v))
-    return static_cast<uint16_t>((u >> 16) | 0x40);
-  u += 0x7fff + ((u >> 16) & 1);
-  return static_cast<uint16_t>(u >> 16);
-}
-/// MOE_LOG_LAUNCHES=1: every launch (kernel, grid) on stderr, to see which
-/// alternative (per-token or grouped expert kernels) a token count takes.
+/// MOE_LOG_LAUNCHES=1 prints every launch and its grid to stderr.
 bool logLaunches() {
   static const bool on = [] {
     const char *v = std::getenv("MOE_LOG_LAUNCHES");
@@ -44,48 +24,10 @@ bool logLaunches() {
   }();
   return on;
 }
-float fromBF16(uint16_t b) { return floatOf(static_cast<uint32_t>(b) << 16); }
-
-uint16_t toF16(float v) {
-  uint32_t u = bitsOf(v);
-  uint32_t sign = (u >> 16) & 0x8000;
-  uint32_t exp = (u >> 23) & 0xff;
-  uint32_t mant = u & 0x7fffff;
-  if (exp == 0xff)
-    return static_cast<uint16_t>(sign | 0x7c00 | (mant ? 0x200 : 0));
-  int e = static_cast<int>(exp) - 127 + 15;
-  if (e >= 31)
-    return static_cast<uint16_t>(sign | 0x7c00);
-  if (e <= 0) {
-    if (e < -10)
-      return static_cast<uint16_t>(sign);
-    mant |= 0x800000;
-    int shift = 14 - e;
-    uint32_t half = mant >> shift;
-    uint32_t rest = mant & ((1u << shift) - 1);
-    uint32_t mid = 1u << (shift - 1);
-    if (rest > mid || (rest == mid && (half & 1)))
-      ++half;
-    return static_cast<uint16_t>(sign | half);
-  }
-  uint32_t half = (static_cast<uint32_t>(e) << 10) | (mant >> 13);
-  uint32_t rest = mant & 0x1fff;
-  if (rest > 0x1000 || (rest == 0x1000 && (half & 1)))
-    ++half;
-  return static_cast<uint16_t>(sign | half);
-}
-float fromF16(uint16_t h) {
-  uint32_t sign = static_cast<uint32_t>(h & 0x8000) << 16;
-  uint32_t exp = (h >> 10) & 0x1f, mant = h & 0x3ff;
-  if (exp == 0) {
-    float v = std::ldexp(static_cast<float>(mant), -24);
-    return sign ? -v : v;
-  }
-  if (exp == 31)
-    return floatOf(sign | 0x7f800000 | (mant << 13));
-  return floatOf(sign | ((exp - 15 + 127) << 23) | (mant << 13));
-}
 } // namespace
+
+KernelBackend::~KernelBackend() = default;
+
 
 std::vector<uint8_t> encodeElements(const std::vector<float> &values,
                                     ElementType type) {
@@ -93,12 +35,12 @@ std::vector<uint8_t> encodeElements(const std::vector<float> &values,
   for (size_t i = 0; i < values.size(); ++i) {
     switch (type) {
     case ElementType::BF16: {
-      uint16_t b = toBF16(values[i]);
+      uint16_t b = floatToBF16(values[i]);
       std::memcpy(&out[i * 2], &b, 2);
       break;
     }
     case ElementType::F16: {
-      uint16_t b = toF16(values[i]);
+      uint16_t b = floatToF16(values[i]);
       std::memcpy(&out[i * 2], &b, 2);
       break;
     }
@@ -123,11 +65,11 @@ std::vector<float> decodeElements(const uint8_t *bytes, int64_t count,
     switch (type) {
     case ElementType::BF16:
       std::memcpy(&h, bytes + i * 2, 2);
-      out[i] = fromBF16(h);
+      out[i] = bf16ToFloat(h);
       break;
     case ElementType::F16:
       std::memcpy(&h, bytes + i * 2, 2);
-      out[i] = fromF16(h);
+      out[i] = f16ToFloat(h);
       break;
     default:
       std::memcpy(&out[i], bytes + i * 4, 4);

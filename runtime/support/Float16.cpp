@@ -4,7 +4,7 @@
 //
 //===----------------------------------------------------------------------===//
 
-#include "moe/lib/Weights/Float16.h"
+#include "moe/runtime/Float16.h"
 
 #include <cstring>
 

@@ -12,8 +12,8 @@
 //
 //===----------------------------------------------------------------------===//
 
-#ifndef MOE_LIB_WEIGHTS_FLOAT16_H
-#define MOE_LIB_WEIGHTS_FLOAT16_H
+#ifndef MOE_RUNTIME_FLOAT16_H
+#define MOE_RUNTIME_FLOAT16_H
 
 #include <cstdint>
 
@@ -37,4 +37,4 @@ float bitsToFloat(uint32_t bits);
 
 } // namespace moe
 
-#endif // MOE_LIB_WEIGHTS_FLOAT16_H
+#endif // MOE_RUNTIME_FLOAT16_H
