@@ -765,7 +765,10 @@ static Error writeModelFiles(const SyntheticOptions &opts, StringRef dir,
   std::vector<uint64_t> sizes;
   uint64_t totalSize = 0;
   for (const GeneratedTensor &tensor : tensors) {
-    sizes.push_back(tensor.values.size() * dtypeSize(tensor.meta.dtype));
+    uint64_t elements = 1;
+    for (int64_t dim : tensor.meta.shape)
+      elements *= static_cast<uint64_t>(dim);
+    sizes.push_back(elements * dtypeSize(tensor.meta.dtype));
     totalSize += sizes.back();
   }
   std::vector<size_t> starts = shardStarts(sizes, opts.numShards);
@@ -781,8 +784,11 @@ static Error writeModelFiles(const SyntheticOptions &opts, StringRef dir,
     for (size_t i = starts[shard]; i < starts[shard + 1]; ++i) {
       GeneratedTensor &tensor = tensors[i];
       if (Error error =
-              writer.addFloatTensor(tensor.meta.name, tensor.meta.dtype,
-                                    tensor.meta.shape, tensor.values))
+              opts.shapesOnly
+                  ? writer.addZeroTensor(tensor.meta.name, tensor.meta.dtype,
+                                         tensor.meta.shape)
+                  : writer.addFloatTensor(tensor.meta.name, tensor.meta.dtype,
+                                          tensor.meta.shape, tensor.values))
         return error;
       weightMap[tensor.meta.name] = file;
       // The bytes are in the writer now.
@@ -815,7 +821,7 @@ Error writeSyntheticModel(const SyntheticOptions &opts, StringRef outDir) {
   if (outDir.empty())
     return createStringError("synthetic model: the output folder is empty");
   Expected<std::vector<GeneratedTensor>> tensors =
-      buildTensors(opts, /*withData=*/true);
+      buildTensors(opts, /*withData=*/!opts.shapesOnly);
   if (!tensors)
     return tensors.takeError();
 

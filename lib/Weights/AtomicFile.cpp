@@ -14,7 +14,8 @@ using namespace llvm;
 namespace moe {
 
 Error writeFileAtomically(StringRef path,
-                          function_ref<Error(raw_ostream &)> write) {
+                          function_ref<Error(raw_ostream &)> write,
+                          uint64_t extendTo) {
   if (path.empty())
     return createStringError("cannot write a file with an empty path");
   // The temporary file must live in the destination folder so that the
@@ -33,6 +34,11 @@ Error writeFileAtomically(StringRef path,
     if (!writeError && os.has_error())
       writeError = createStringError("error while writing '" + path +
                                      "': " + os.error().message());
+    if (!writeError && extendTo > os.tell())
+      if (std::error_code ec = sys::fs::resize_file(temp->FD, extendTo))
+        writeError = createStringError("cannot extend '" + path + "' to " +
+                                       Twine(extendTo) +
+                                       " bytes: " + ec.message());
     os.clear_error();
   }
   if (writeError) {

@@ -379,9 +379,8 @@ Expected<std::vector<float>> SafetensorsFile::readF32(StringRef name) const {
 // SafetensorsWriter
 //===----------------------------------------------------------------------===//
 
-Error SafetensorsWriter::addTensor(StringRef name, DType dtype,
-                                   ArrayRef<int64_t> shape,
-                                   ArrayRef<uint8_t> bytes) {
+Expected<uint64_t> SafetensorsWriter::checkNewTensor(
+    StringRef name, DType dtype, ArrayRef<int64_t> shape) const {
   if (name.empty())
     return createStringError("safetensors: tensor names must not be empty");
   if (name == "__metadata__")
@@ -405,13 +404,34 @@ Error SafetensorsWriter::addTensor(StringRef name, DType dtype,
   int64_t expected = 0;
   overflow |=
       MulOverflow(elements, static_cast<int64_t>(dtypeSize(dtype)), expected);
-  if (overflow || static_cast<uint64_t>(expected) != bytes.size())
+  if (overflow)
+    return createStringError("safetensors: tensor '" + name + "' of shape " +
+                             formatShape(shape) + " and dtype " +
+                             dtypeName(dtype) + " needs more than 2^63 bytes");
+  return static_cast<uint64_t>(expected);
+}
+
+Error SafetensorsWriter::addTensor(StringRef name, DType dtype,
+                                   ArrayRef<int64_t> shape,
+                                   ArrayRef<uint8_t> bytes) {
+  Expected<uint64_t> expected = checkNewTensor(name, dtype, shape);
+  if (!expected)
+    return expected.takeError();
+  if (*expected != bytes.size())
     return createStringError(
         "safetensors: tensor '" + name + "' of shape " + formatShape(shape) +
         " and dtype " + dtypeName(dtype) + " needs " +
-        (overflow ? std::string("more than 2^63") : std::to_string(expected)) +
-        " bytes, got " + Twine(bytes.size()));
-  entries[name.str()] = Entry{dtype, shape.vec(), bytes.vec()};
+        std::to_string(*expected) + " bytes, got " + Twine(bytes.size()));
+  entries[name.str()] = Entry{dtype, shape.vec(), bytes.vec(), false, *expected};
+  return Error::success();
+}
+
+Error SafetensorsWriter::addZeroTensor(StringRef name, DType dtype,
+                                       ArrayRef<int64_t> shape) {
+  Expected<uint64_t> size = checkNewTensor(name, dtype, shape);
+  if (!size)
+    return size.takeError();
+  entries[name.str()] = Entry{dtype, shape.vec(), {}, true, *size};
   return Error::success();
 }
 
@@ -432,11 +452,21 @@ void SafetensorsWriter::setMetadata(StringRef key, StringRef value) {
 uint64_t SafetensorsWriter::dataSize() const {
   uint64_t total = 0;
   for (const auto &entry : entries)
-    total += entry.second.bytes.size();
+    total += entry.second.size;
   return total;
 }
 
-std::string SafetensorsWriter::serialize() const {
+std::vector<const std::pair<const std::string, SafetensorsWriter::Entry> *>
+SafetensorsWriter::dataOrder() const {
+  std::vector<const std::pair<const std::string, Entry> *> order;
+  for (bool zero : {false, true})
+    for (const auto &entry : entries)
+      if (entry.second.zero == zero)
+        order.push_back(&entry);
+  return order;
+}
+
+std::string SafetensorsWriter::headerPrefix(uint64_t &dataBytes) const {
   json::Object header;
   if (!metadataEntries.empty()) {
     json::Object meta;
@@ -445,35 +475,57 @@ std::string SafetensorsWriter::serialize() const {
     header["__metadata__"] = std::move(meta);
   }
   uint64_t offset = 0;
-  for (const auto &[name, entry] : entries) {
+  for (const auto *entry : dataOrder()) {
     json::Array shape;
-    for (int64_t dim : entry.shape)
+    for (int64_t dim : entry->second.shape)
       shape.push_back(dim);
-    uint64_t end = offset + entry.bytes.size();
-    header[name] = json::Object{{"dtype", dtypeName(entry.dtype)},
-                                {"shape", std::move(shape)},
-                                {"data_offsets", json::Array{offset, end}}};
+    uint64_t end = offset + entry->second.size;
+    header[entry->first] =
+        json::Object{{"dtype", dtypeName(entry->second.dtype)},
+                     {"shape", std::move(shape)},
+                     {"data_offsets", json::Array{offset, end}}};
     offset = end;
   }
+  dataBytes = offset;
   std::string headerText = jsonText(json::Value(std::move(header)));
   // Pad so that the data section starts 8-byte aligned.
   while ((8 + headerText.size()) % 8 != 0)
     headerText.push_back(' ');
-
-  std::string contents;
-  contents.reserve(8 + headerText.size() + offset);
   char length[8];
   support::endian::write64le(length, headerText.size());
-  contents.append(length, 8);
-  contents += headerText;
-  for (const auto &entry : entries)
-    contents.append(reinterpret_cast<const char *>(entry.second.bytes.data()),
-                    entry.second.bytes.size());
+  return std::string(length, 8) + headerText;
+}
+
+std::string SafetensorsWriter::serialize() const {
+  uint64_t dataBytes = 0;
+  std::string contents = headerPrefix(dataBytes);
+  contents.reserve(contents.size() + dataBytes);
+  for (const auto *entry : dataOrder()) {
+    if (entry->second.zero)
+      contents.append(entry->second.size, '\0');
+    else
+      contents.append(
+          reinterpret_cast<const char *>(entry->second.bytes.data()),
+          entry->second.bytes.size());
+  }
   return contents;
 }
 
 Error SafetensorsWriter::write(StringRef path) const {
-  return writeFileAtomically(path, serialize());
+  uint64_t dataBytes = 0;
+  std::string prefix = headerPrefix(dataBytes);
+  // Zero tensors come last: the file is extended over them, not written.
+  return writeFileAtomically(
+      path,
+      [&](raw_ostream &os) {
+        os << prefix;
+        for (const auto *entry : dataOrder())
+          if (!entry->second.zero)
+            os.write(reinterpret_cast<const char *>(entry->second.bytes.data()),
+                     entry->second.bytes.size());
+        return Error::success();
+      },
+      prefix.size() + dataBytes);
 }
 
 } // namespace moe

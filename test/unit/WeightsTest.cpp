@@ -19,7 +19,9 @@
 
 #include "gtest/gtest.h"
 
+#include <algorithm>
 #include <cmath>
+#include <sys/stat.h>
 #include <cstring>
 #include <limits>
 
@@ -438,6 +440,52 @@ TEST(SafetensorsTest, ReadF32RejectsIntegerTensors) {
   EXPECT_CONTAINS(message, "ids.safetensors");
   EXPECT_CONTAINS(message, "'ids'");
   EXPECT_CONTAINS(message, "I32");
+}
+
+TEST(SafetensorsTest, ZeroTensorsAreHolesAfterTheStoredData) {
+  TempDir tmp;
+  std::string path = tmp.file("shapes.safetensors");
+  SafetensorsWriter writer;
+  // 64 MiB of zeros, and a small stored tensor named after it.
+  ASSERT_FALSE(writer.addZeroTensor("a.big", DType::BF16, {4096, 8192}));
+  ASSERT_FALSE(writer.addFloatTensor("b.small", DType::F32, {2}, {1.5f, -2.0f}));
+  ASSERT_FALSE(writer.addZeroTensor("c.odd", DType::F16, {3}));
+  EXPECT_EQ(writer.dataSize(), 4096u * 8192u * 2u + 8u + 6u);
+  // Adding a zero tensor twice or with a bad shape fails as for others.
+  EXPECT_CONTAINS(errorOf(writer.addZeroTensor("a.big", DType::F32, {1})),
+                  "'a.big' was added twice");
+  EXPECT_CONTAINS(errorOf(writer.addZeroTensor("d", DType::F32, {-1})),
+                  "negative dimension");
+  ASSERT_FALSE(writer.write(path));
+
+  auto file = SafetensorsFile::open(path);
+  ASSERT_TRUE(bool(file)) << errorOf(std::move(file));
+  EXPECT_EQ(*(*file)->readF32("b.small"), (std::vector<float>{1.5f, -2.0f}));
+  EXPECT_EQ(*(*file)->readF32("c.odd"), std::vector<float>(3, 0.0f));
+  std::vector<float> big = *(*file)->readF32("a.big");
+  ASSERT_EQ(big.size(), 4096u * 8192u);
+  EXPECT_EQ(std::count(big.begin(), big.end(), 0.0f),
+            static_cast<std::ptrdiff_t>(big.size()));
+  // The stored tensor comes first in the data, the zero ones after it.
+  const auto &tensors = (*file)->tensors();
+  auto offsetOf = [&](StringRef name) {
+    for (const auto &t : tensors)
+      if (t.name == name)
+        return t.begin;
+    return ~uint64_t(0);
+  };
+  EXPECT_EQ(offsetOf("b.small"), 0u);
+  EXPECT_EQ(offsetOf("a.big"), 8u);
+  // serialize() spells the zeros out: the same bytes as the file.
+  auto buffer = MemoryBuffer::getFile(path);
+  ASSERT_TRUE(bool(buffer));
+  EXPECT_TRUE((*buffer)->getBuffer() == writer.serialize());
+  // The zeros take (almost) no disk space.
+  sys::fs::file_status st;
+  ASSERT_FALSE(sys::fs::status(path, st));
+  struct stat raw;
+  ASSERT_EQ(::stat(path.c_str(), &raw), 0);
+  EXPECT_LT(static_cast<uint64_t>(raw.st_blocks) * 512, st.getSize() / 16);
 }
 
 TEST(SafetensorsTest, ReadsFileWrittenByTheReferenceLayout) {

@@ -74,6 +74,18 @@ static cl::opt<bool> fusedExperts(
     "fused-experts",
     cl::desc("--synthetic: store experts as fused 3-D tensors"),
     cl::init(false), cl::cat(category));
+static cl::opt<bool> shapesOnly(
+    "shapes-only",
+    cl::desc("--synthetic: tensor names and shapes only, the data a hole of "
+             "zeros (no disk space): a folder to compile kernels for a "
+             "shape, at any size, not a model to run"),
+    cl::init(false), cl::cat(category));
+static cl::opt<int64_t>
+    nGroup("n-group", cl::desc("--synthetic deepseek: number of expert groups"),
+           cl::init(0), cl::cat(category));
+static cl::opt<int64_t> topkGroup(
+    "topk-group", cl::desc("--synthetic deepseek: expert groups kept"),
+    cl::init(0), cl::cat(category));
 static cl::opt<bool> force("force",
                            cl::desc("--synthetic: replace an existing folder"),
                            cl::init(false), cl::cat(category));
@@ -115,12 +127,18 @@ static int writeSynthetic() {
   opts.numShards = shards;
   opts.fusedExperts = fusedExperts;
   opts.overwrite = force;
+  opts.shapesOnly = shapesOnly;
+  if (nGroup > 0)
+    opts.nGroup = nGroup;
+  if (topkGroup > 0)
+    opts.topkGroup = topkGroup;
   if (Error err = moe::writeSyntheticModel(opts, output))
     return fail(toString(std::move(err)));
   outs() << "moe-import: wrote a synthetic " << synthetic << " model ("
          << opts.numLayers << " layers, hidden " << opts.hidden << ", "
          << opts.numExperts << " experts, top-" << opts.topK << ", "
-         << dtype << ") to " << output << "\n";
+         << dtype << (shapesOnly ? ", shapes only" : "") << ") to " << output
+         << "\n";
   return 0;
 }
 

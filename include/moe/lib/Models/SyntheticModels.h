@@ -78,6 +78,12 @@ struct SyntheticOptions {
   int64_t numShards = 1;
   /// Replace a non-empty output folder.
   bool overwrite = false;
+  /// Write the tensors' names, dtypes and shapes but no values: every
+  /// tensor reads as zeros, stored as a hole of the safetensors file. Such
+  /// a folder imports and compiles like the real model (kernels are
+  /// specialised by shapes) at any size, without the disk space; it is not
+  /// a model to run.
+  bool shapesOnly = false;
 
   /// qwen2_moe, qwen3_moe, olmoe, deepseek_v2, deepseek_v3: renormalise the
   /// top-k weights.

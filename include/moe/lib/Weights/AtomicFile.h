@@ -19,15 +19,22 @@
 #include "llvm/Support/Error.h"
 #include "llvm/Support/raw_ostream.h"
 
+#include <cstdint>
+
 namespace moe {
 
 /// Calls `write` with a stream into a temporary file next to `path`, then
 /// renames it to `path`. If `write` fails or the stream reports an error,
 /// the temporary file is removed, `path` is left untouched and the error
 /// (naming `path`) is returned.
+/// Writes `path` through a temporary file in the same folder, renamed into
+/// place once complete. With `extendTo` above the bytes written, the file is
+/// then extended to that size with zeros, as a hole where the file system
+/// supports sparse files (the data of shape-only safetensors files).
 llvm::Error
 writeFileAtomically(llvm::StringRef path,
-                    llvm::function_ref<llvm::Error(llvm::raw_ostream &)> write);
+                    llvm::function_ref<llvm::Error(llvm::raw_ostream &)> write,
+                    uint64_t extendTo = 0);
 
 /// Writes `contents` to `path` atomically.
 llvm::Error writeFileAtomically(llvm::StringRef path, llvm::StringRef contents);

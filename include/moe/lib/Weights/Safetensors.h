@@ -148,7 +148,8 @@ private:
 
 /// Collects tensors and writes a safetensors file.
 ///
-/// Tensors are laid out in name order; the header is padded with spaces so
+/// Tensors are laid out in name order, those added with
+/// addZeroTensor after all others; the header is padded with spaces so
 /// that the data section starts at a multiple of 8 bytes, as the reference
 /// implementation does. The output is a pure function of the tensors and
 /// metadata added, whatever the order they were added in.
@@ -164,6 +165,13 @@ public:
   llvm::Error addFloatTensor(llvm::StringRef name, DType dtype,
                              llvm::ArrayRef<int64_t> shape,
                              llvm::ArrayRef<float> values);
+
+  /// Adds an all-zero tensor without holding its bytes: write() leaves its
+  /// data as a hole of the file (no disk space on file systems with sparse
+  /// files). For shape-only model folders, which describe a model's tensors
+  /// for compilation but carry no weights.
+  llvm::Error addZeroTensor(llvm::StringRef name, DType dtype,
+                            llvm::ArrayRef<int64_t> shape);
 
   /// Sets one "__metadata__" entry.
   void setMetadata(llvm::StringRef key, llvm::StringRef value);
@@ -182,11 +190,22 @@ public:
   llvm::Error write(llvm::StringRef path) const;
 
 private:
+  /// The checks of a tensor about to be added; its byte size.
+  llvm::Expected<uint64_t> checkNewTensor(llvm::StringRef name, DType dtype,
+                                          llvm::ArrayRef<int64_t> shape) const;
   struct Entry {
     DType dtype;
     std::vector<int64_t> shape;
     std::vector<uint8_t> bytes;
+    /// addZeroTensor: `size` zero bytes, not held in `bytes`.
+    bool zero = false;
+    uint64_t size = 0;
   };
+  /// The length prefix and the header, padded; `dataBytes` gets the size of
+  /// the data section.
+  std::string headerPrefix(uint64_t &dataBytes) const;
+  /// The entries in data order: stored ones first, zero ones last.
+  std::vector<const std::pair<const std::string, Entry> *> dataOrder() const;
   std::map<std::string, Entry> entries;
   std::map<std::string, std::string> metadataEntries;
 };
