@@ -1,39 +1,102 @@
 #!/usr/bin/env bash
-# CPU-side preparation of the GPU check (any machine with the project built):
-# compiles the built-in model of each architecture into a package with
-# sm_90a cubins, and writes reference inputs and outputs (the reference
-# executor's) for several token counts. Everything goes to
-# bench/gpu/prepared/, which bench/gpu/run.sh uses on the GPU machine (carry
-# that folder: it is ignored by git).
+# CPU-side preparation of the GPU check and benchmark (any machine with the
+# project built; no GPU): writes bench/gpu/prepared/, which bench/gpu/run.sh
+# uses on the GPU machine (carry that folder: git ignores it).
+#
+#   shapes/  the layer shapes of shared/reference/performance.md, each a
+#            shape-only package (moe-compile --weights none: kernels and
+#            sm_90a cubin for that shape, no weights; the GPU side binds the
+#            weights of a Hugging Face module built there) and the HF
+#            config.json it was compiled from; index.json lists them.
+#   small/   the built-in small models of the same architectures, packages
+#            with their weights, the model folders (for the HF modules) and
+#            the reference executor's outputs for several token counts;
+#            index.json lists them.
+#
+# Every package has bf16 weights and bf16 activations (what is timed).
+# Environment: MOE_BIN (default build/bin), MOE_PREPARED (default
+# bench/gpu/prepared), MOE_BENCH_TOKENS (small models' token counts),
+# MOE_BENCH_SHAPES (a subset of the shape names).
 set -euo pipefail
 root=$(cd "$(dirname "$0")/../.." && pwd)
 bin=${MOE_BIN:-$root/build/bin}
-out=$root/bench/gpu/prepared
+out=${MOE_PREPARED:-$root/bench/gpu/prepared}
 tokens=${MOE_BENCH_TOKENS:-1 8 64 512}
-rm -rf "$out" && mkdir -p "$out"
+py=/usr/bin/python3
+for tool in moe-import moe-compile moe-run; do
+  [ -x "$bin/$tool" ] || { echo "prepare.sh: $bin/$tool is missing: build first (bash scripts/build.sh)" >&2; exit 1; }
+done
+
+# name arch hidden intermediate experts top_k layers extra-flags
+shapes="
+mixtral-8x7b mixtral 4096 14336 8 2 1
+qwen3-30b-a3b qwen3_moe 2048 768 128 8 1
+deepseek-v3 deepseek_v3 7168 2048 256 8 2 --n-group=8 --topk-group=4
+olmoe-1b-7b olmoe 2048 1024 64 8 1
+gpt-oss-20b gpt_oss 2880 2880 32 4 1
+"
+wanted=${MOE_BENCH_SHAPES:-}
+
+rm -rf "$out"
+mkdir -p "$out/shapes" "$out/small"
+work=$(mktemp -d)
+trap 'rm -rf "$work"' EXIT
+
+# The package's first MoE layer and its input width, from manifest.json.
+first_layer() {
+  $py -c "import json,sys; m=json.load(open(sys.argv[1])); l=[x for x in m['layers'] if x['target']==''][0]; print(l['layer'], l['input_width'])" "$1/manifest.json"
+}
+
+entries=()
+while read -r name arch hidden inter experts k layers extra; do
+  [ -n "$name" ] || continue
+  if [ -n "$wanted" ] && ! [[ " $wanted " == *" $name "* ]]; then continue; fi
+  # shellcheck disable=SC2086
+  "$bin/moe-import" --synthetic "$arch" --shapes-only --fused-experts \
+    --dtype bf16 --layers "$layers" --hidden "$hidden" \
+    --intermediate "$inter" --experts "$experts" --top-k "$k" $extra \
+    -o "$work/$name" > /dev/null
+  "$bin/moe-compile" "$work/$name" --weights none --activation-type bf16 \
+    --arch sm_90a -o "$out/shapes/$name" -q > "$out/shapes/$name.compile.txt"
+  cp "$work/$name/config.json" "$out/shapes/$name.config.json"
+  read -r layer width < <(first_layer "$out/shapes/$name")
+  shared=$($py -c "import json,sys; c=json.load(open(sys.argv[1])); print(c.get('n_shared_experts', 0) * c.get('moe_intermediate_size', 0) if c['model_type'].startswith('deepseek') else c.get('shared_expert_intermediate_size', 0))" "$out/shapes/$name.config.json")
+  entries+=("{\"name\": \"$name\", \"arch\": \"$arch\", \"package\": \"$name\", \"config\": \"$name.config.json\", \"layer\": $layer, \"hidden\": $width, \"intermediate\": $inter, \"experts\": $experts, \"top_k\": $k, \"shared_intermediate\": $shared, \"tokens\": [1, 8, 64, 512, 4096, 16384]}")
+  echo "prepared shape $name ($(grep -c '"offset": null' "$out/shapes/$name/manifest.json") weight tensors to bind)"
+  rm -rf "${work:?}/$name"
+done <<< "$shapes"
+(IFS=,; echo "[${entries[*]}]") | $py -c "import json,sys; print(json.dumps(json.loads(sys.stdin.read()), indent=1))" > "$out/shapes/index.json"
+
+entries=()
 for arch in mixtral qwen3_moe olmoe deepseek_v3 gpt_oss; do
-  work=$(mktemp -d)
-  "$bin/moe-import" --synthetic "$arch" --seed 1 -o "$work/model" > /dev/null
-  "$bin/moe-compile" "$work/model" --arch sm_90a -o "$out/$arch" -q > /dev/null
-  mkdir -p "$out/$arch.check"
-  hidden=$(/usr/bin/python3 -c "import json,sys; m=json.load(open(sys.argv[1])); print(m['layers'][0]['input_width'])" "$out/$arch/manifest.json")
+  small=$out/small
+  "$bin/moe-import" --synthetic "$arch" --seed 1 --fused-experts --dtype bf16 \
+    -o "$small/$arch.model" > /dev/null
+  "$bin/moe-compile" "$small/$arch.model" --activation-type bf16 \
+    --arch sm_90a -o "$small/$arch" -q > "$small/$arch.compile.txt"
+  mkdir -p "$small/$arch.check"
+  read -r first hidden < <(first_layer "$small/$arch")
+  moe_layers=$($py -c "import json,sys; print(' '.join(str(l['layer']) for l in json.load(open(sys.argv[1]))['layers'] if l['target']==''))" "$small/$arch/manifest.json")
   for t in $tokens; do
-    /usr/bin/python3 - "$work/x.npy" "$out/$arch.check/x_$t.f32" "$t" "$hidden" <<'PY'
+    $py - "$work/x.npy" "$small/$arch.check/x_$t.f32" "$t" "$hidden" <<'PY'
 import sys
 import numpy as np
-x = np.random.default_rng(int(sys.argv[3])).standard_normal(
-    (int(sys.argv[3]), int(sys.argv[4]))).astype(np.float32)
+t, h = int(sys.argv[3]), int(sys.argv[4])
+x = np.random.default_rng(t).standard_normal((t, h)).astype(np.float32)
 np.save(sys.argv[1], x)
 x.tofile(sys.argv[2])
 PY
-    for layer in $(/usr/bin/python3 -c "import json,sys; print(' '.join(str(l['layer']) for l in json.load(open(sys.argv[1]))['layers']))" "$out/$arch/manifest.json"); do
-      "$bin/moe-run" "$out/$arch" --layer "$layer" --input "$work/x.npy" \
+    for layer in $moe_layers; do
+      "$bin/moe-run" "$small/$arch" --layer "$layer" --input "$work/x.npy" \
         --output "$work/y.npy" --backend reference
-      /usr/bin/python3 -c "import numpy as np,sys; np.load(sys.argv[1]).astype(np.float32).tofile(sys.argv[2])" \
-        "$work/y.npy" "$out/$arch.check/y_${layer}_$t.f32"
+      $py -c "import numpy as np,sys; np.load(sys.argv[1]).astype(np.float32).tofile(sys.argv[2])" \
+        "$work/y.npy" "$small/$arch.check/y_${layer}_$t.f32"
     done
   done
-  rm -rf "$work"
-  echo "prepared $arch"
+  layer_list=$(echo "$moe_layers" | tr ' ' ',')
+  token_list=$(echo $tokens | tr ' ' ',')
+  entries+=("{\"name\": \"$arch\", \"arch\": \"$arch\", \"package\": \"$arch\", \"check\": \"$arch.check\", \"model\": \"$arch.model\", \"layers\": [$layer_list], \"hidden\": $hidden, \"tokens\": [$token_list]}")
+  echo "prepared small $arch (layers $moe_layers)"
 done
+(IFS=,; echo "[${entries[*]}]") | $py -c "import json,sys; print(json.dumps(json.loads(sys.stdin.read()), indent=1))" > "$out/small/index.json"
 du -sh "$out"

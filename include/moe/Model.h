@@ -58,6 +58,17 @@ public:
                                    int64_t tokens, void *stream);
   /// The activation element type of a layer ("f32", "bf16" or "f16").
   runtime::Expected<std::string> activationType(int64_t layer) const;
+  /// The package's weight tensors (manifest.json weights.tensors).
+  size_t numTensors() const;
+  /// Runs every layer that uses weight tensor `tensor` (an index into
+  /// manifest.json weights.tensors) on `data` instead of the package's
+  /// copy: memory of the backend's (device memory for cuda, host memory for
+  /// emu) holding the tensor in its manifest dtype and shape, row-major,
+  /// 16-byte aligned, with 16 readable bytes past the end (vector loads),
+  /// `bytes` equal to the manifest's. It must stay valid while the model
+  /// runs. Required for every tensor of a shape-only package (moe-compile
+  /// --weights none, "offset": null), whose layers fail to run otherwise.
+  runtime::Status bindTensor(size_t tensor, const void *data, size_t bytes);
   /// Milliseconds the last run took (host runs: including copies).
   double lastMilliseconds() const;
 

@@ -44,6 +44,16 @@ int moe_model_run_all(moe_model *model, const float *x, int64_t tokens,
 int moe_model_run_layer_device(moe_model *model, int64_t layer, const void *x,
                                void *y, int64_t tokens, void *stream,
                                char *error, size_t error_size);
+/* The package's weight tensors (manifest.json weights.tensors), or -1. */
+int64_t moe_model_num_tensors(const moe_model *model);
+/* Runs the layers that use weight tensor `tensor` (an index into
+ * manifest.json weights.tensors) on `data`: device memory (cuda) or host
+ * memory (emu) holding it in its manifest dtype and shape, row-major,
+ * 16-byte aligned, 16 readable bytes past the end, `bytes` as in the
+ * manifest, valid while the model runs. Every tensor of a shape-only
+ * package (moe-compile --weights none) must be bound before its layers run. */
+int moe_model_bind_tensor(moe_model *model, int64_t tensor, const void *data,
+                          int64_t bytes, char *error, size_t error_size);
 /* Milliseconds the last run took. */
 double moe_model_last_ms(const moe_model *model);
 

@@ -103,6 +103,25 @@ int moe_model_run_layer_device(moe_model *model, int64_t layer, const void *x,
                 error, error_size);
 }
 
+int64_t moe_model_num_tensors(const moe_model *model) {
+  return model ? static_cast<int64_t>(model->model->numTensors()) : -1;
+}
+
+int moe_model_bind_tensor(moe_model *model, int64_t tensor, const void *data,
+                          int64_t bytes, char *error, size_t error_size) {
+  if (!model)
+    return report(
+        moe::runtime::Status::error("moe_model_bind_tensor: null model"),
+        error, error_size);
+  if (tensor < 0 || bytes < 0)
+    return report(moe::runtime::Status::error(
+                      "moe_model_bind_tensor: negative tensor index or size"),
+                  error, error_size);
+  return report(model->model->bindTensor(static_cast<size_t>(tensor), data,
+                                         static_cast<size_t>(bytes)),
+                error, error_size);
+}
+
 double moe_model_last_ms(const moe_model *model) {
   return model ? model->model->lastMilliseconds() : 0.0;
 }

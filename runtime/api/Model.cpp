@@ -10,6 +10,7 @@
 #include "moe/runtime/Package.h"
 
 #include <chrono>
+#include <cstdint>
 #include <map>
 
 namespace moe {
@@ -23,7 +24,11 @@ struct Model::Impl {
   std::unique_ptr<KernelBackend> device;
   std::string backend, description;
   std::map<int64_t, const LayerPlan *> layers;
+  /// Model layer -> index into package.plan().layers.
+  std::map<int64_t, size_t> planIndex;
   std::map<int64_t, std::unique_ptr<LayerExecutor>> executors;
+  /// Tensors bound by the caller (bindTensor).
+  std::map<size_t, const void *> bound;
   double lastMs = 0;
 
   Expected<LayerExecutor *> executor(int64_t layer) {
@@ -40,8 +45,14 @@ struct Model::Impl {
     if (it != executors.end())
       return it->second.get();
     auto exec = std::make_unique<LayerExecutor>(*plan->second, *device);
+    size_t index = planIndex.at(layer);
+    for (size_t w = 0; w < plan->second->weights.size(); ++w) {
+      auto b = bound.find(static_cast<size_t>(package.tensorIndex(index, w)));
+      if (b != bound.end())
+        exec->bindWeight(w, b->second);
+    }
     if (Status s = exec->loadWeights(package.weightProvider()))
-      return s;
+      return s.withContext("layer " + std::to_string(layer));
     LayerExecutor *raw = exec.get();
     executors[layer] = std::move(exec);
     return raw;
@@ -61,9 +72,12 @@ Expected<std::unique_ptr<Model>> Model::open(const std::string &packageDir,
   if (!package)
     return package.takeError();
   auto impl = std::make_unique<Impl>(std::move(package.value()));
-  for (const LayerPlan &plan : impl->package.plan().layers)
-    if (plan.target.empty())
-      impl->layers[plan.layer] = &plan;
+  const std::vector<LayerPlan> &plans = impl->package.plan().layers;
+  for (size_t i = 0; i < plans.size(); ++i)
+    if (plans[i].target.empty()) {
+      impl->layers[plans[i].layer] = &plans[i];
+      impl->planIndex[plans[i].layer] = i;
+    }
 
   BackendReport report;
   std::string cudaError;
@@ -176,6 +190,42 @@ Status Model::runLayerOnDevice(int64_t layer, const void *x, void *y,
   impl->lastMs = std::chrono::duration<double, std::milli>(
                      std::chrono::steady_clock::now() - start)
                      .count();
+  return Status::success();
+}
+
+size_t Model::numTensors() const { return impl->package.tensors().size(); }
+
+Status Model::bindTensor(size_t tensor, const void *data, size_t bytes) {
+  const std::vector<runtime::PackageTensor> &tensors = impl->package.tensors();
+  if (tensor >= tensors.size())
+    return Status::error("bindTensor: tensor " + std::to_string(tensor) +
+                         " is out of range (the package has " +
+                         std::to_string(tensors.size()) + " tensors)");
+  const runtime::PackageTensor &t = tensors[tensor];
+  std::string what = "bindTensor: tensor " + std::to_string(tensor) + " (" +
+                     (t.ref.names.empty() ? std::string("a constant")
+                                          : t.ref.names.front()) +
+                     ")";
+  if (t.constant)
+    return Status::error(what + " is a constant of the compiled IR and "
+                                "cannot be bound");
+  if (!data)
+    return Status::error(what + ": the data pointer is null");
+  if (reinterpret_cast<uintptr_t>(data) % 16 != 0)
+    return Status::error(what + ": the data must be 16-byte aligned (the "
+                                "kernels read it 16 bytes at a time)");
+  if (bytes != static_cast<size_t>(t.bytes))
+    return Status::error(what + ": got " + std::to_string(bytes) +
+                         " bytes, expected " + std::to_string(t.bytes) +
+                         " (shape and dtype in manifest.json weights.tensors[" +
+                         std::to_string(tensor) + "])");
+  impl->bound[tensor] = data;
+  for (auto &[layer, exec] : impl->executors) {
+    size_t index = impl->planIndex.at(layer);
+    for (size_t w = 0; w < impl->layers.at(layer)->weights.size(); ++w)
+      if (impl->package.tensorIndex(index, w) == static_cast<int>(tensor))
+        exec->bindWeight(w, data);
+  }
   return Status::success();
 }
 

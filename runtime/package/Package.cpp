@@ -408,10 +408,17 @@ void readTensors(Fields &f, const Json::Array &items, const std::string &path,
       ref.shape.push_back(f.integer(shape[k], index(field(at, "shape"), k), 1,
                                     kMaxJsonInteger, "a positive dimension"));
     ref.type = readDtype(f, t, at);
-    tensor.offset = f.integer(t, at, "offset", 0, kMaxJsonInteger);
+    // "offset": null is an external tensor, bound at run time.
+    const Json *offset = t.find("offset");
+    tensor.stored = !(offset && offset->isNull());
+    if (tensor.stored)
+      tensor.offset = f.integer(t, at, "offset", 0, kMaxJsonInteger);
     tensor.bytes = f.integer(t, at, "bytes", 1, kMaxJsonInteger);
     if (!f.ok())
       return;
+    if (tensor.constant && !tensor.stored)
+      f.fail(field(at, "offset"), "expected an integer for a constant (its "
+                                  "values are in weights.bin), found null");
     if (tensor.constant && !ref.names.empty())
       f.fail(field(at, "names"), "expected [] for a constant, found " +
                                      std::to_string(ref.names.size()) +
@@ -431,12 +438,12 @@ void readTensors(Fields &f, const Json::Array &items, const std::string &path,
                        shapeText(ref.shape) + " of " +
                        moe::elementTypeName(ref.type) + "), found " +
                        std::to_string(tensor.bytes));
-    if (f.ok() && tensor.offset % kPackageWeightAlignment != 0)
+    if (f.ok() && tensor.stored && tensor.offset % kPackageWeightAlignment != 0)
       f.fail(field(at, "offset"), "expected a multiple of " +
                                       std::to_string(kPackageWeightAlignment) +
                                       ", found " +
                                       std::to_string(tensor.offset));
-    if (f.ok() && tensor.offset + tensor.bytes > fileBytes)
+    if (f.ok() && tensor.stored && tensor.offset + tensor.bytes > fileBytes)
       f.fail(at, "bytes " + std::to_string(tensor.offset) + " to " +
                      std::to_string(tensor.offset + tensor.bytes) +
                      " lie outside weights.bin (" + std::to_string(fileBytes) +
@@ -451,10 +458,11 @@ void readTensors(Fields &f, const Json::Array &items, const std::string &path,
   }
   if (!f.ok())
     return;
-  // No two tensors may overlap.
-  std::vector<size_t> order(out.size());
-  for (size_t i = 0; i < order.size(); ++i)
-    order[i] = i;
+  // No two stored tensors may overlap.
+  std::vector<size_t> order;
+  for (size_t i = 0; i < out.size(); ++i)
+    if (out[i].stored)
+      order.push_back(i);
   std::sort(order.begin(), order.end(), [&](size_t a, size_t b) {
     return out[a].offset != out[b].offset ? out[a].offset < out[b].offset
                                           : a < b;
@@ -940,11 +948,26 @@ Expected<Layout> buildManifest(const PackageContents &c) {
       }
     }
   }
+  if (!c.external.empty() && c.external.size() != c.tensors.size())
+    return Status::error("external has " + std::to_string(c.external.size()) +
+                         " entries, tensors " +
+                         std::to_string(c.tensors.size()));
+  auto isExternal = [&](size_t t) {
+    return !c.external.empty() && c.external[t];
+  };
   for (size_t t = 0; t < c.tensors.size(); ++t) {
     if (!refOf[t])
       return Status::error("tensors[" + std::to_string(t) +
                            "] is not used by any layer (layerTensors)");
     const WeightRef &ref = *refOf[t];
+    if (isExternal(t) && !ref.inlineValues.empty())
+      return Status::error("tensors[" + std::to_string(t) +
+                           "] is a constant and cannot be external");
+    if (isExternal(t) && !c.tensors[t].empty())
+      return Status::error("tensors[" + std::to_string(t) + "] (" +
+                           weightLabel(ref) +
+                           ") is external but holds " +
+                           std::to_string(c.tensors[t].size()) + " bytes");
     if (!ref.inlineValues.empty()) {
       std::vector<uint8_t> encoded =
           moe::encodeElements(ref.inlineValues, ref.type);
@@ -961,6 +984,10 @@ Expected<Layout> buildManifest(const PackageContents &c) {
   static const uint8_t zeros[kPackageWeightAlignment] = {};
   int64_t end = 0;
   for (size_t t = 0; t < c.tensors.size(); ++t) {
+    if (isExternal(t)) {
+      out.offsets.push_back(-1);
+      continue;
+    }
     int64_t offset = alignUp(end, kPackageWeightAlignment);
     weightsHash.update(zeros, static_cast<size_t>(offset - end));
     if (!c.tensors[t].empty()) // (Sha256::update memcpys even 0 bytes.)
@@ -1054,8 +1081,12 @@ Expected<Layout> buildManifest(const PackageContents &c) {
     e.set("constant", !ref.inlineValues.empty());
     e.set("shape", std::move(shape));
     e.set("dtype", moe::elementTypeName(ref.type));
-    e.set("offset", out.offsets[t]);
-    e.set("bytes", static_cast<int64_t>(c.tensors[t].size()));
+    if (isExternal(t))
+      e.set("offset", Json());
+    else
+      e.set("offset", out.offsets[t]);
+    e.set("bytes", isExternal(t) ? tensorByteSize(ref.shape, ref.type)
+                                 : static_cast<int64_t>(c.tensors[t].size()));
   }
   m.set("weights", std::move(weights));
 
@@ -1463,10 +1494,13 @@ Expected<std::vector<float>> decodeTensorValues(const uint8_t *bytes,
 }
 
 namespace {
+/// `encode(provider, ref)` gives a checkpoint weight's bytes; with
+/// `external`, checkpoint weights get none and are marked external.
 template <typename Provider, typename Encode>
 Status collect(PackageContents &c, const Provider &provider,
-               const Encode &encode) {
+               const Encode &encode, bool external = false) {
   std::vector<std::vector<uint8_t>> tensors;
+  std::vector<bool> externalTensors;
   std::vector<std::vector<int>> layerTensors;
   std::map<std::string, std::vector<int>> byKey; // identity -> tensors
   std::vector<const WeightRef *> refs;
@@ -1489,19 +1523,22 @@ Status collect(PackageContents &c, const Provider &provider,
         if (bytes < 0)
           return Status::error(at + ": the shape has a dimension below 1 or "
                                     "is too large");
+        bool isExternal = external && ref.inlineValues.empty();
         Expected<std::vector<uint8_t>> data =
-            ref.inlineValues.empty()
+            isExternal ? Expected<std::vector<uint8_t>>(std::vector<uint8_t>())
+            : ref.inlineValues.empty()
                 ? encode(provider, ref)
                 : Expected<std::vector<uint8_t>>(
                       moe::encodeElements(ref.inlineValues, ref.type));
         if (!data)
           return data.takeError(at);
-        if (static_cast<int64_t>(data->size()) != bytes)
+        if (!isExternal && static_cast<int64_t>(data->size()) != bytes)
           return Status::error(at + ": got " + std::to_string(data->size()) +
                                " bytes, the shape and dtype need " +
                                std::to_string(bytes));
         found = static_cast<int>(tensors.size());
         tensors.push_back(std::move(*data));
+        externalTensors.push_back(isExternal);
         refs.push_back(&ref);
         byKey[key].push_back(found);
       }
@@ -1510,6 +1547,9 @@ Status collect(PackageContents &c, const Provider &provider,
   }
   c.tensors = std::move(tensors);
   c.layerTensors = std::move(layerTensors);
+  c.external.clear();
+  if (external)
+    c.external = std::move(externalTensors);
   return Status::success();
 }
 } // namespace
@@ -1537,6 +1577,18 @@ Status collectWeightBytes(PackageContents &contents,
                      return Status::error("no weight provider");
                    return p(ref);
                  });
+}
+
+Status collectWeightShapes(PackageContents &contents) {
+  RawWeightProvider none;
+  return collect(
+      contents, none,
+      [](const RawWeightProvider &,
+         const WeightRef &) -> Expected<std::vector<uint8_t>> {
+        return Status::error("internal error: a checkpoint weight's data was "
+                             "requested for a shape-only package");
+      },
+      /*external=*/true);
 }
 
 Status writePackage(const PackageContents &contents, const std::string &dirIn,
@@ -1592,6 +1644,8 @@ Status writePackage(const PackageContents &contents, const std::string &dirIn,
     int64_t end = 0;
     for (size_t t = 0; t < contents.tensors.size(); ++t) {
       int64_t offset = layout->offsets[t];
+      if (offset < 0) // External: not in weights.bin.
+        continue;
       if (offset > end)
         pieces.emplace_back(zeros, static_cast<size_t>(offset - end));
       pieces.emplace_back(contents.tensors[t].data(),
@@ -1696,14 +1750,30 @@ ByteView LoadedPackage::tensorBytes(size_t tensor) const {
   if (tensor >= state_->tensors.size())
     return {};
   const PackageTensor &t = state_->tensors[tensor];
+  if (!t.stored)
+    return {};
   return {state_->weights->data() + t.offset, static_cast<size_t>(t.bytes)};
 }
+
+namespace {
+/// Why an external tensor has no values.
+Status externalTensorError(const LoadedPackage::State &s, size_t tensor) {
+  return Status::error(
+      "weight tensor " + std::to_string(tensor) + " (" +
+      weightLabel(s.tensors[tensor].ref) + ") has no data in the package '" +
+      s.directory +
+      "' (a shape-only package, compiled with --weights none): bind it "
+      "before running (Model::bindTensor, moe_model_bind_tensor)");
+}
+} // namespace
 
 Expected<std::vector<float>> LoadedPackage::tensorValues(size_t tensor) const {
   if (tensor >= state_->tensors.size())
     return Status::error("tensor " + std::to_string(tensor) +
                          " is out of range (the package has " +
                          std::to_string(state_->tensors.size()) + ")");
+  if (!state_->tensors[tensor].stored)
+    return externalTensorError(*state_, tensor);
   ByteView b = tensorBytes(tensor);
   return decodeTensorValues(b.data, b.size, state_->tensors[tensor].ref.type);
 }
@@ -1748,6 +1818,8 @@ moe::WeightProvider LoadedPackage::weightProvider() const {
       tensor = *found;
     }
     const PackageTensor &t = state->tensors[*tensor];
+    if (!t.stored)
+      return externalTensorError(*state, *tensor);
     return decodeTensorValues(state->weights->data() + t.offset,
                               static_cast<size_t>(t.bytes), t.ref.type);
   };
@@ -1765,6 +1837,10 @@ Expected<PackageContents> LoadedPackage::toContents() const {
   for (size_t t = 0; t < s.tensors.size(); ++t) {
     ByteView b = tensorBytes(t);
     c.tensors.emplace_back(b.data, b.data + b.size);
+    if (!s.tensors[t].stored) {
+      c.external.resize(s.tensors.size(), false);
+      c.external[t] = true;
+    }
   }
   if (!s.irFile.empty()) {
     std::string path = irPath();

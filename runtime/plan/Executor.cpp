@@ -80,19 +80,29 @@ std::vector<float> decodeElements(const uint8_t *bytes, int64_t count,
 
 LayerExecutor::LayerExecutor(const LayerPlan &plan, KernelBackend &backend)
     : plan(plan), backend(backend), weights(plan.weights.size(), nullptr),
+      ownsWeight(plan.weights.size(), false),
       values(plan.values.size(), nullptr), valueBytes(plan.values.size(), 0) {}
 
 LayerExecutor::~LayerExecutor() {
-  for (void *p : weights)
-    if (p)
-      backend.release(p);
+  for (size_t w = 0; w < weights.size(); ++w)
+    if (weights[w] && ownsWeight[w])
+      backend.release(weights[w]);
   for (void *p : values)
     if (p)
       backend.release(p);
 }
 
+void LayerExecutor::bindWeight(size_t w, const void *data) {
+  if (weights[w] && ownsWeight[w])
+    backend.release(weights[w]);
+  weights[w] = const_cast<void *>(data);
+  ownsWeight[w] = false;
+}
+
 Status LayerExecutor::loadWeights(const WeightProvider &provider) {
   for (size_t i = 0; i < plan.weights.size(); ++i) {
+    if (weights[i] && !ownsWeight[i])
+      continue; // Bound by the caller.
     const WeightRef &ref = plan.weights[i];
     std::vector<float> data;
     if (!ref.inlineValues.empty()) {
@@ -116,7 +126,10 @@ Status LayerExecutor::loadWeights(const WeightProvider &provider) {
     runtime::Expected<void *> ptr = backend.allocate(bytes.size() + 16);
     if (!ptr)
       return ptr.takeError();
+    if (weights[i])
+      backend.release(weights[i]);
     weights[i] = ptr.value();
+    ownsWeight[i] = true;
     if (Status s = backend.upload(weights[i], bytes.data(), bytes.size()))
       return s;
   }

@@ -200,6 +200,36 @@ int main(int argc, char **argv) {
                                   sizeof error);
   printf("device run on emu: rc %d: %s\n", rc, error);
 
+  /* Binding weight tensors: the checks (binding itself is tested with the
+   * data of a package in test/Package/shape-only.test). */
+  {
+    int64_t tensors = moe_model_num_tensors(model);
+    /* malloc's blocks are 16-byte aligned on the supported hosts. */
+    unsigned char *buffer = malloc(64);
+    printf("tensors: %lld, null model: %lld\n", (long long)tensors,
+           (long long)moe_model_num_tensors(NULL));
+    error[0] = '\0';
+    rc = moe_model_bind_tensor(model, tensors, buffer, 16, error,
+                               sizeof error);
+    printf("bind out of range: rc %d: %s\n", rc, error);
+    error[0] = '\0';
+    rc = moe_model_bind_tensor(model, -1, buffer, 16, error, sizeof error);
+    printf("bind negative: rc %d: %s\n", rc, error);
+    error[0] = '\0';
+    rc = moe_model_bind_tensor(model, 0, buffer, 16, error, sizeof error);
+    printf("bind wrong size: rc %d: %s\n", rc, error);
+    error[0] = '\0';
+    rc = moe_model_bind_tensor(model, 0, buffer + 1, 16, error, sizeof error);
+    printf("bind misaligned: rc %d: %s\n", rc, error);
+    error[0] = '\0';
+    rc = moe_model_bind_tensor(model, 0, NULL, 16, error, sizeof error);
+    printf("bind null data: rc %d: %s\n", rc, error);
+    error[0] = '\0';
+    rc = moe_model_bind_tensor(NULL, 0, buffer, 16, error, sizeof error);
+    printf("bind null model: rc %d: %s\n", rc, error);
+    free(buffer);
+  }
+
   /* A short buffer gets a truncated, NUL-terminated message. */
   memset(error, 'X', sizeof error);
   rc = moe_model_run_layer(model, notMoE, x, TOKENS, y, error, 9);

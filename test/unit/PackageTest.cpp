@@ -803,6 +803,100 @@ TEST(Package, WritesAreDeterministicAndReopenedContentsRewriteIdentically) {
   EXPECT_FALSE(fs::exists(tmp / "d/model.opt.mlir"));
 }
 
+TEST(Package, AShapeOnlyPackageStoresTheConstantsAndDescribesTheRest) {
+  TempDir tmp;
+  PackageContents full = sampleContents();
+  PackageContents c = full;
+  Status s = collectWeightShapes(c);
+  ASSERT_TRUE(s.ok()) << s.message();
+  ASSERT_EQ(c.tensors.size(), full.tensors.size());
+  ASSERT_EQ(c.external.size(), c.tensors.size());
+  EXPECT_EQ(c.layerTensors, full.layerTensors);
+  for (size_t t = 0; t < c.tensors.size(); ++t) {
+    bool constant = t == 2; // The sample's one constant.
+    EXPECT_EQ(c.external[t], !constant) << t;
+    EXPECT_EQ(c.tensors[t], constant ? full.tensors[t]
+                                     : std::vector<uint8_t>()) << t;
+  }
+
+  std::string dir = tmp / "shapes";
+  s = writePackage(c, dir);
+  ASSERT_TRUE(s.ok()) << s.message();
+  // weights.bin holds the constant alone; the others are described.
+  EXPECT_EQ(readFile(dir + "/weights.bin"),
+            std::string(full.tensors[2].begin(), full.tensors[2].end()));
+  Expected<Json> m = parseJson(readFile(dir + "/manifest.json"));
+  ASSERT_TRUE(m.ok());
+  for (size_t t = 0; t < c.tensors.size(); ++t) {
+    Json &e = at(*m, {"weights", "tensors", static_cast<int>(t)});
+    EXPECT_EQ(e.find("offset")->isNull(), t != 2) << t;
+    EXPECT_EQ(e.find("bytes")->asInt64(),
+              static_cast<int64_t>(full.tensors[t].size())) << t;
+  }
+
+  Expected<LoadedPackage> p = openPackage(dir);
+  ASSERT_TRUE(p.ok()) << p.message();
+  expectSamePlan(p->plan(), full.plan);
+  for (size_t t = 0; t < c.tensors.size(); ++t) {
+    EXPECT_EQ(p->tensors()[t].stored, t == 2) << t;
+    EXPECT_EQ(p->tensors()[t].bytes,
+              static_cast<int64_t>(full.tensors[t].size())) << t;
+  }
+  EXPECT_EQ(p->tensorBytes(0).size, 0u);
+  Expected<std::vector<float>> values = p->tensorValues(0);
+  ASSERT_FALSE(values.ok());
+  EXPECT_EQ(values.message(),
+            "weight tensor 0 (\"model.layers.0.mlp.gate.weight\" [4, 8] f32) "
+            "has no data in the package '" + dir +
+                "' (a shape-only package, compiled with --weights none): "
+                "bind it before running (Model::bindTensor, "
+                "moe_model_bind_tensor)");
+  // The executor's provider says the same; the constant still has values.
+  moe::WeightProvider provider = p->weightProvider();
+  Expected<std::vector<float>> fromProvider =
+      provider(p->plan().layers[1].weights[1]);
+  ASSERT_FALSE(fromProvider.ok());
+  EXPECT_EQ(fromProvider.message(), values.message());
+  EXPECT_TRUE(p->tensorValues(2).ok());
+
+  // Reopened contents rewrite to the same bytes.
+  Expected<PackageContents> again = p->toContents();
+  ASSERT_TRUE(again.ok()) << again.message();
+  EXPECT_EQ(again->external, c.external);
+  ASSERT_TRUE(writePackage(*again, tmp / "again").ok());
+  EXPECT_EQ(dirContents(tmp / "again"), dirContents(dir));
+}
+
+TEST(Package, TheWriterRefusesInconsistentExternalTensors) {
+  TempDir tmp;
+  PackageContents c = sampleContents();
+  ASSERT_TRUE(collectWeightShapes(c).ok());
+  PackageContents constant = c;
+  constant.external[2] = true;
+  constant.tensors[2].clear();
+  Status s = writePackage(constant, tmp / "a");
+  ASSERT_FALSE(s.ok());
+  EXPECT_NE(s.message().find("tensors[2] is a constant and cannot be "
+                             "external"),
+            std::string::npos)
+      << s.message();
+  PackageContents withBytes = c;
+  withBytes.tensors[0] = {1, 2, 3, 4};
+  s = writePackage(withBytes, tmp / "b");
+  ASSERT_FALSE(s.ok());
+  EXPECT_NE(s.message().find("is external but holds 4 bytes"),
+            std::string::npos)
+      << s.message();
+  PackageContents shortFlags = c;
+  shortFlags.external.pop_back();
+  s = writePackage(shortFlags, tmp / "c");
+  ASSERT_FALSE(s.ok());
+  EXPECT_NE(s.message().find("external has 3 entries, tensors 4"),
+            std::string::npos)
+      << s.message();
+  EXPECT_EQ(tmp.entries(), std::vector<std::string>{});
+}
+
 TEST(Package, AnEmptyPlanIsAPackageToo) {
   TempDir tmp;
   PackageContents c;
@@ -1195,6 +1289,27 @@ TEST_F(PackageFiles, WeightTensorsMustMatchTheirShapeAndFile) {
                   .set("weights", Json(Json::Array{Json(0), Json(0)}));
             }),
             m + "weights.tensors[3]: is not used by any layer");
+}
+
+TEST_F(PackageFiles, AnExternalTensorIsACheckpointWeight) {
+  std::string m = dir + "/manifest.json: ";
+  // A constant's values are in weights.bin: it cannot be external.
+  EXPECT_EQ(openAfter([](Json &j) {
+              at(j, {"weights", "tensors", 2}).set("offset", Json());
+            }),
+            m + "weights.tensors[2].offset: expected an integer for a "
+                "constant (its values are in weights.bin), found null");
+  // A checkpoint weight may be; its bytes are still checked.
+  EXPECT_EQ(openAfter([](Json &j) {
+              at(j, {"weights", "tensors", 1}).set("offset", Json());
+            }),
+            "");
+  EXPECT_EQ(openAfter([](Json &j) {
+              at(j, {"weights", "tensors", 1}).set("offset", Json());
+              at(j, {"weights", "tensors", 1}).set("bytes", 100);
+            }),
+            m + "weights.tensors[1].bytes: expected 192 (shape [4, 3, 8] of "
+                "bf16), found 100");
 }
 
 TEST_F(PackageFiles, AMissingFileIsNamed) {

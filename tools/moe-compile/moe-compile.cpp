@@ -64,6 +64,12 @@ static cl::opt<std::string> activationType(
     cl::desc("Activations of the compiled layers: f32 (default), bf16, f16 "
              "or model"),
     cl::init("f32"), cl::cat(category));
+static cl::opt<std::string> weightsMode(
+    "weights",
+    cl::desc("pack (default): copy every weight into weights.bin; none: a "
+             "shape-only package without checkpoint weights, bound at run "
+             "time (Model::bindTensor, moe_model_bind_tensor)"),
+    cl::init("pack"), cl::cat(category));
 static cl::opt<bool> force("force", cl::desc("Replace an existing package"),
                            cl::init(false), cl::cat(category));
 static cl::opt<bool> quiet("q", cl::desc("Print the summary only"),
@@ -117,6 +123,8 @@ int main(int argc, char **argv) {
     return fail("no model folder or IR file given");
   if (output.empty())
     return fail("no output given: -o PKG_DIR");
+  if (weightsMode != "pack" && weightsMode != "none")
+    return fail("--weights is '" + weightsMode + "'; expected pack or none");
   // --arch none: no cubin; the package's kernels.cu is compiled where it
   // runs (through the cache) or runs on the CPU emulation.
   SmallVector<StringRef> archList;
@@ -218,7 +226,10 @@ int main(int argc, char **argv) {
   }
 
   moe::WeightLoader loader(moe::weightRoot(*module, irPathForWeights));
-  moe::runtime::Status collected = moe::runtime::collectWeights(
+  bool packWeights = weightsMode == "pack";
+  moe::runtime::Status collected =
+      !packWeights ? moe::runtime::collectWeightShapes(contents)
+                   : moe::runtime::collectWeights(
       contents, [&](const moe::WeightRef &ref)
                     -> moe::runtime::Expected<std::vector<float>> {
         progress.step("packing weights: " +
@@ -253,11 +264,24 @@ int main(int argc, char **argv) {
   for (const moe::WeightRef &w : contents.plan.layers.empty()
                                      ? std::vector<moe::WeightRef>()
                                      : contents.plan.layers.front().weights)
-    if (w.stacked && !w.shape.empty())
+    if ((w.stacked || w.shape.size() == 3) && !w.shape.empty())
       experts = std::max<int64_t>(experts, w.shape.front());
-  uint64_t weightBytes = 0;
-  for (const auto &t : contents.tensors)
-    weightBytes += t.size();
+  uint64_t weightBytes = 0, externalBytes = 0, externalCount = 0;
+  std::vector<const moe::WeightRef *> refOf(contents.tensors.size(), nullptr);
+  for (size_t l = 0; l < contents.plan.layers.size(); ++l)
+    for (size_t w = 0; w < contents.layerTensors[l].size(); ++w)
+      if (!refOf[contents.layerTensors[l][w]])
+        refOf[contents.layerTensors[l][w]] = &contents.plan.layers[l].weights[w];
+  for (size_t t = 0; t < contents.tensors.size(); ++t) {
+    weightBytes += contents.tensors[t].size();
+    if (contents.external.empty() || !contents.external[t])
+      continue;
+    uint64_t n = moe::elementSize(refOf[t]->type);
+    for (int64_t d : refOf[t]->shape)
+      n *= static_cast<uint64_t>(d);
+    externalBytes += n;
+    ++externalCount;
+  }
   outs() << "moe-compile: wrote " << output << "\n";
   outs() << "  layers: " << contents.plan.layers.size() << " (";
   for (size_t i = 0; i < contents.plan.layers.size(); ++i)
@@ -268,7 +292,12 @@ int main(int argc, char **argv) {
   outs() << "), experts per layer: " << experts << "\n";
   outs() << "  kernels: " << kernels.size() << ", architectures: " << archs
          << ", weights: " << format("%.1f", weightBytes / 1048576.0)
-         << " MiB in " << contents.tensors.size() << " tensors\n";
+         << " MiB in " << contents.tensors.size() << " tensors";
+  if (externalCount)
+    outs() << " (shape-only: " << externalCount << " tensors, "
+           << format("%.1f", externalBytes / 1048576.0)
+           << " MiB, to bind at run time)";
+  outs() << "\n";
   for (const auto &r : contents.resources)
     outs() << format("  %-26s %-7s %3d registers, %lld/%lld bytes spilled "
                      "(stores/loads), %lld bytes static shared\n",

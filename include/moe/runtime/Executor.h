@@ -60,7 +60,13 @@ public:
   LayerExecutor(const LayerPlan &plan, KernelBackend &backend);
   ~LayerExecutor();
 
+  /// Uploads every weight that is not bound.
   runtime::Status loadWeights(const WeightProvider &provider);
+  /// Runs weight `w` on memory of the caller's (the backend's memory: device
+  /// memory for cuda, host memory for emu) in the WeightRef's dtype and
+  /// shape, which must outlive the executor's runs; replaces what was
+  /// loaded.
+  void bindWeight(size_t w, const void *data);
   /// x is [T, inputWidth] f32 (converted to the input's dtype). Launches
   /// run in plan order, those whose slot gate excludes T skipped
   /// (launchRuns: the per-token or the grouped expert kernels); with
@@ -82,6 +88,8 @@ private:
   const LayerPlan &plan;
   KernelBackend &backend;
   std::vector<void *> weights;
+  /// Whether weights[w] was allocated here (not bound).
+  std::vector<bool> ownsWeight;
   std::vector<void *> values;
   std::vector<size_t> valueBytes;
   bool zeroed = false;

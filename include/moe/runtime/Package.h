@@ -75,6 +75,10 @@ struct PackageContents {
   std::vector<KernelResources> resources;
   std::vector<std::vector<uint8_t>> tensors;
   std::vector<std::vector<int>> layerTensors;
+  /// external[t]: tensor t has no data in the package (its bytes are
+  /// empty); whoever runs the package binds it (Model::bindTensor). Only
+  /// checkpoint weights, never constants. Empty: every tensor is stored.
+  std::vector<bool> external;
   /// The optimized IR; empty: no model.opt.mlir.
   std::string irText;
 };
@@ -100,6 +104,11 @@ using RawWeightProvider =
     std::function<Expected<std::vector<uint8_t>>(const moe::WeightRef &)>;
 Status collectWeightBytes(PackageContents &contents,
                           const RawWeightProvider &provider);
+
+/// The same tensors without their data: a shape-only package (moe-compile
+/// --weights none) whose checkpoint weights are all external; constants are
+/// stored as always.
+Status collectWeightShapes(PackageContents &contents);
 
 struct WritePackageOptions {
   /// Replace an existing package at the destination. Without it, an
@@ -129,7 +138,9 @@ struct PackageTensor {
   /// Its description; a constant has inlineValues (decoded from its bytes).
   moe::WeightRef ref;
   bool constant = false;
-  int64_t offset = 0; ///< In weights.bin.
+  /// False for an external tensor ("offset": null): no data in weights.bin.
+  bool stored = true;
+  int64_t offset = 0; ///< In weights.bin, when stored.
   int64_t bytes = 0;
 };
 
