@@ -510,9 +510,9 @@ private:
     os << phase1 << "    }\n  }\n";
     os << "  if (moe_k::route::lastBlockDone(counter, lastFlag)) {\n";
     os << phase2;
-    os << llvm::formatv("    moe_k::route::planDispatch<{0}, {1}>(outIds, T, "
-                        "counts, offsets, rows, slotRow);\n  }\n}\n",
-                        E, K);
+    os << llvm::formatv("    moe_k::route::planDispatch<{0}, {1}, {2}>(outIds, "
+                        "T, counts, offsets, rows, slotRow);\n  }\n}\n",
+                        E, K, kWarps);
     os << "#ifdef MOE_EMU\nMOE_EMU_EXPORT_KERNEL(" << name << ")\n#endif\n\n";
     plan.launches.push_back(std::move(launch));
     return Error::success();

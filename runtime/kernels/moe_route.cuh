@@ -251,33 +251,121 @@ __device__ void expertChoice(const float *scores, long long T, int *ids,
 /// grouped by expert, in token then slot order) of ids [T, K], and the
 /// inverse map slotRow [T * K] (the position of each slot in `rows`, -1 for
 /// an empty slot: the grouped expert kernels' combine reads it); run by the
-/// last block. Thread 0 walks the slots in order: deterministic.
-template <int E, int K>
+/// last block, all of its Warps warps: a stable counting sort, so the
+/// result is the sequential walk's, deterministic.
+///   1. each warp counts the experts of its contiguous range of slots
+///      (shared-memory integer atomics: exact in any order);
+///   2. counts and offsets over experts, a block-wide prefix sum; each
+///      warp's cursor per expert starts after the earlier warps' slots;
+///   3. each warp places its range 32 slots at a time in order: the lanes
+///      of one expert rank themselves with __match_any_sync.
+/// At T * K = 512 (decode) that is a few steps per warp, not 512 dependent
+/// steps of one thread. Above 16 KB of per-warp counters (E > 1024), one
+/// thread walks the slots instead.
+template <int E, int K, int Warps = 4>
 __device__ void planDispatch(const int *ids, long long T, int *counts,
                              int *offsets, int *rows, int *slotRow) {
-  if (threadIdx.x == 0) {
-    for (int e = 0; e < E; ++e)
-      counts[e] = 0;
-    for (long long s = 0; s < T * K; ++s)
-      if (ids[s] >= 0 && ids[s] < E)
-        ++counts[ids[s]];
-    offsets[0] = 0;
-    for (int e = 0; e < E; ++e)
-      offsets[e + 1] = offsets[e] + counts[e];
-    for (int e = 0; e < E; ++e)
-      counts[e] = offsets[e]; // reused as cursors
-    for (long long s = 0; s < T * K; ++s) {
-      if (ids[s] >= 0 && ids[s] < E) {
-        slotRow[s] = counts[ids[s]];
-        rows[counts[ids[s]]++] = static_cast<int>(s);
-      } else {
-        slotRow[s] = -1;
+  const long long n = T * K;
+  if constexpr (E * Warps * 4 > 16384) {
+    if (threadIdx.x == 0) {
+      for (int e = 0; e < E; ++e)
+        counts[e] = 0;
+      for (long long s = 0; s < n; ++s)
+        if (ids[s] >= 0 && ids[s] < E)
+          ++counts[ids[s]];
+      offsets[0] = 0;
+      for (int e = 0; e < E; ++e)
+        offsets[e + 1] = offsets[e] + counts[e];
+      for (int e = 0; e < E; ++e)
+        counts[e] = offsets[e]; // reused as cursors
+      for (long long s = 0; s < n; ++s) {
+        if (ids[s] >= 0 && ids[s] < E) {
+          slotRow[s] = counts[ids[s]];
+          rows[counts[ids[s]]++] = static_cast<int>(s);
+        } else {
+          slotRow[s] = -1;
+        }
       }
+      for (int e = 0; e < E; ++e)
+        counts[e] = offsets[e + 1] - offsets[e];
     }
-    for (int e = 0; e < E; ++e)
-      counts[e] = offsets[e + 1] - offsets[e];
+    __syncthreads();
+  } else {
+    constexpr int Threads = 32 * Warps;
+    constexpr int Segment = (E + Threads - 1) / Threads;
+    // cursor[w * E + e]: warp w's count of expert e, then its next row.
+    MOE_SHARED(int, cursor, Warps * E);
+    MOE_SHARED(int, warpTotals, Warps);
+    const int tid = threadIdx.x, warp = tid / 32, lane = tid % 32;
+    const long long chunk = (n + Warps - 1) / Warps;
+    const long long begin = chunk * warp;
+    const long long end = begin + chunk < n ? begin + chunk : n;
+
+    for (int i = tid; i < Warps * E; i += Threads)
+      cursor[i] = 0;
+    __syncthreads();
+    for (long long s = begin + lane; s < end; s += 32) {
+      int e = ids[s];
+      if (e >= 0 && e < E)
+        atomicAdd(&cursor[warp * E + e], 1);
+    }
+    __syncthreads();
+
+    // Each thread owns experts [tid * Segment, ...): their totals, then an
+    // exclusive prefix sum over the threads (warp shuffles, then warps).
+    const int first = tid * Segment;
+    int local = 0;
+    for (int e = first; e < first + Segment && e < E; ++e)
+      for (int w = 0; w < Warps; ++w)
+        local += cursor[w * E + e];
+    int inclusive = local;
+    for (int d = 1; d < 32; d *= 2) {
+      int v = __shfl_up_sync(0xffffffffu, inclusive, d);
+      if (lane >= d)
+        inclusive += v;
+    }
+    if (lane == 31)
+      warpTotals[warp] = inclusive;
+    __syncthreads();
+    int running = inclusive - local;
+    for (int w = 0; w < warp; ++w)
+      running += warpTotals[w];
+    for (int e = first; e < first + Segment && e < E; ++e) {
+      offsets[e] = running;
+      int total = 0;
+      for (int w = 0; w < Warps; ++w) {
+        int c = cursor[w * E + e];
+        cursor[w * E + e] = running + total;
+        total += c;
+      }
+      counts[e] = total;
+      running += total;
+    }
+    if (tid == Threads - 1)
+      offsets[E] = running;
+    __syncthreads();
+
+    for (long long base = begin; base < end; base += 32) {
+      long long s = base + lane;
+      int e = s < end ? ids[s] : -1;
+      bool valid = e >= 0 && e < E;
+      int key = valid ? e : -1;
+      unsigned peers = __match_any_sync(0xffffffffu, key);
+      int rank = __popc(peers & ((1u << lane) - 1u));
+      int row = valid ? cursor[warp * E + e] + rank : -1;
+      __syncwarp();
+      if (valid) {
+        rows[row] = static_cast<int>(s);
+        // The group's highest lane moves the cursor past the group.
+        if (lane == 31 - __clz(peers))
+          cursor[warp * E + e] += __popc(peers);
+      }
+      if (s < end)
+        slotRow[s] = row;
+      __syncwarp();
+    }
+    __syncthreads();
   }
-  __syncthreads();
 }
 
 /// True in the block that finishes last (all others' writes visible).

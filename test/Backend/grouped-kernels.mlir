@@ -10,7 +10,7 @@
 // CHECK: #include "moe_grouped.cuh"
 // CHECK: moe_route_l5_0(MoEKernelArgs args)
 // CHECK: int *slotRow = static_cast<int *>(args.buffers[7]);
-// CHECK: moe_k::route::planDispatch<4, 2>(outIds, T, counts, offsets, rows, slotRow);
+// CHECK: moe_k::route::planDispatch<4, 2, 4>(outIds, T, counts, offsets, rows, slotRow);
 // RUNTIME: // moe.fused_experts at loc({{.*}}) (layout runtime: per-token kernel up to 64 routed slots, grouped kernels above)
 // GROUPED: // moe.fused_experts at loc({{.*}}) (layout grouped: grouped kernels)
 // CHECK: struct Routed {

@@ -14,7 +14,7 @@
 // CHECK: moe_k::route::gatherScores<8, 2>(
 // CHECK: moe_k::route::normalize<2>({{.*}}, 9.99999968e-21f,
 // CHECK: moe_k::route::scale<2>({{.*}}, 2.5f,
-// CHECK: moe_k::route::planDispatch<8, 2>(outIds, T, counts, offsets, rows, slotRow);
+// CHECK: moe_k::route::planDispatch<8, 2, 4>(outIds, T, counts, offsets, rows, slotRow);
 // CHECK: MOE_EMU_EXPORT_KERNEL(moe_route_l3_0)
 // CHECK: // moe.fused_experts at loc({{.*}}) (layout runtime: per-token kernel up to 64 routed slots, grouped kernels above)
 // CHECK: struct Routed {

@@ -9,6 +9,7 @@
 //===----------------------------------------------------------------------===//
 
 #include "moe/runtime/EmuModule.h"
+#include "moe/runtime/KernelHeaders.h"
 
 #include <gtest/gtest.h>
 
@@ -20,6 +21,7 @@
 #include <filesystem>
 #include <map>
 #include <memory>
+#include <random>
 #include <set>
 #include <string>
 #include <thread>
@@ -1299,3 +1301,99 @@ TEST_F(EmuModuleTest, SchedulingCost) {
 }
 
 } // namespace
+
+//===----------------------------------------------------------------------===//
+// Kernel building blocks of runtime/kernels on the emulation
+//===----------------------------------------------------------------------===//
+
+/// moe_k::route::planDispatch against a sequential stable counting sort:
+/// the block-parallel plan must be exactly the walk over the slots in
+/// order, for few and many slots, empty and out-of-range ids, experts that
+/// get no slot or every slot, and the one-thread path of large E.
+const char *kPlanSource = R"cuda(
+#include "moe_route.cuh"
+#define PLAN_KERNEL(E, K)                                                    \
+  extern "C" __global__ void k_plan_##E##_##K(MoEKernelArgs args) {          \
+    moe_k::route::planDispatch<E, K, 4>(                                     \
+        static_cast<const int *>(args.buffers[0]), args.num_tokens,          \
+        static_cast<int *>(args.buffers[1]),                                 \
+        static_cast<int *>(args.buffers[2]),                                 \
+        static_cast<int *>(args.buffers[3]),                                 \
+        static_cast<int *>(args.buffers[4]));                                \
+  }                                                                          \
+  MOE_EMU_EXPORT_KERNEL(k_plan_##E##_##K)
+PLAN_KERNEL(8, 2)
+PLAN_KERNEL(64, 8)
+PLAN_KERNEL(256, 8)
+PLAN_KERNEL(2048, 1)
+)cuda";
+
+TEST(EmuKernels, PlanDispatchIsTheSequentialStableSort) {
+  char tmpl[] = "/tmp/moe-emu-plan-XXXXXX";
+  ASSERT_NE(mkdtemp(tmpl), nullptr);
+  std::string cacheDir = tmpl;
+  auto module = EmuModule::compile(kPlanSource, moe::kernelHeaders(), cacheDir);
+  ASSERT_TRUE(module.ok()) << module.message();
+  std::mt19937 rng(7);
+  struct Case {
+    int E, K;
+  };
+  for (Case c : {Case{8, 2}, Case{64, 8}, Case{256, 8}, Case{2048, 1}}) {
+    for (long long T : {1LL, 7LL, 64LL, 300LL, 2048LL}) {
+      for (int pattern = 0; pattern < 3; ++pattern) {
+        const long long n = T * c.K;
+        std::vector<int> ids(n);
+        for (long long s = 0; s < n; ++s) {
+          int r = static_cast<int>(rng() % 100);
+          // 0: random experts with empty (-1) and out-of-range slots;
+          // 1: every slot on one expert; 2: few experts, most get none.
+          ids[s] = pattern == 0   ? (r < 5    ? -1
+                                     : r < 7  ? c.E + r
+                                              : static_cast<int>(rng() % c.E))
+                   : pattern == 1 ? c.E - 1
+                                  : static_cast<int>(rng() % 3) * (c.E / 3);
+        }
+        std::vector<int> counts(c.E, -7), offsets(c.E + 1, -7), rows(n, -7),
+            slotRow(n, -7);
+        MoEKernelArgs args;
+        std::memset(&args, 0, sizeof args);
+        args.buffers[0] = ids.data();
+        args.buffers[1] = counts.data();
+        args.buffers[2] = offsets.data();
+        args.buffers[3] = rows.data();
+        args.buffers[4] = slotRow.data();
+        args.num_tokens = T;
+        EmuDim3 grid{1, 1, 1}, block{128, 1, 1};
+        std::string kernel =
+            "k_plan_" + std::to_string(c.E) + "_" + std::to_string(c.K);
+        Status s = (*module)->launch(kernel, args, grid, block);
+        ASSERT_TRUE(s.ok()) << kernel << ": " << s.message();
+
+        // The sequential plan.
+        std::vector<int> wantCounts(c.E, 0), wantOffsets(c.E + 1, 0),
+            wantSlotRow(n, -1), wantRows;
+        for (int e : ids)
+          if (e >= 0 && e < c.E)
+            ++wantCounts[e];
+        for (int e = 0; e < c.E; ++e)
+          wantOffsets[e + 1] = wantOffsets[e] + wantCounts[e];
+        std::vector<int> cursor(wantOffsets.begin(), wantOffsets.end() - 1);
+        wantRows.assign(wantOffsets[c.E], -7);
+        for (long long s2 = 0; s2 < n; ++s2)
+          if (ids[s2] >= 0 && ids[s2] < c.E) {
+            wantSlotRow[s2] = cursor[ids[s2]];
+            wantRows[cursor[ids[s2]]++] = static_cast<int>(s2);
+          }
+        std::string where = kernel + " T=" + std::to_string(T) +
+                            " pattern " + std::to_string(pattern);
+        EXPECT_EQ(counts, wantCounts) << where;
+        EXPECT_EQ(offsets, wantOffsets) << where;
+        EXPECT_EQ(slotRow, wantSlotRow) << where;
+        rows.resize(wantRows.size());
+        EXPECT_EQ(rows, wantRows) << where;
+      }
+    }
+  }
+  std::error_code ec;
+  std::filesystem::remove_all(cacheDir, ec);
+}
