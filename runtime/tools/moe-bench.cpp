@@ -1,34 +1,55 @@
 //===- moe-bench.cpp - Times the layers of a package ----------------------===//
 //
-// Part of moe-opt. Runs every MoE layer of a package on the GPU (or the CPU
-// emulation) for several token counts, on random inputs (never zeros), and
-// prints the median time per layer; with --check DIR, also compares the
-// outputs with reference outputs (DIR/x_T.f32 -> DIR/y_L_T.f32, raw float32
-// files written by bench/gpu/prepare.sh). Plain C++ on the runtime: builds
-// on a GPU machine without MLIR.
+// Part of moe-opt. Runs every MoE layer of a package for several token
+// counts on random inputs (never zeros) and prints the median time per
+// layer. Plain C++ on the runtime: builds on a GPU machine without MLIR.
 //
-//   moe-bench PKG [--backend auto|cuda|emu] [--tokens 1,8,64]
-//             [--repeat 20] [--check DIR]
+//   moe-bench PKG [--backend auto|cuda|emu] [--tokens 1,8,64] [--repeat N]
+//             [--check DIR] [--random-weights SEED] [--json FILE]
+//
+// On the cuda backend each run is timed on the GPU (CUDA events around
+// Model::runLayerOnDevice, inputs already on the device, rotated among
+// buffers that together exceed the L2 cache); on emu, the host run. With
+// --check DIR, the outputs are compared with reference outputs (DIR/x_T.f32
+// -> DIR/y_L_T.f32, raw float32 files written by bench/gpu/prepare.sh).
+// --random-weights binds every tensor without data (a shape-only package,
+// moe-compile --weights none) to random values: timing needs no checkpoint,
+// and the weights are never zeros.
 //
 //===----------------------------------------------------------------------===//
 
 #include "moe/Model.h"
+#include "moe/runtime/Device.h"
+#include "moe/runtime/Float16.h"
+#include "moe/runtime/Package.h"
 
 #include <algorithm>
 #include <cmath>
 #include <cstdio>
+#include <cstdlib>
 #include <cstring>
 #include <fstream>
+#include <memory>
 #include <random>
 #include <sstream>
 #include <string>
 #include <vector>
 
+using moe::runtime::Expected;
+using moe::runtime::Status;
+
 namespace {
 int usage() {
-  std::fprintf(stderr, "usage: moe-bench PKG [--backend auto|cuda|emu] "
-                       "[--tokens 1,8,64] [--repeat N] [--check DIR]\n");
+  std::fprintf(stderr,
+               "usage: moe-bench PKG [--backend auto|cuda|emu] "
+               "[--tokens 1,8,64] [--repeat N] [--check DIR] "
+               "[--random-weights SEED] [--json FILE]\n");
   return 2;
+}
+
+int fail(const std::string &message) {
+  std::fprintf(stderr, "moe-bench: error: %s\n", message.c_str());
+  return 1;
 }
 
 std::vector<float> readRaw(const std::string &path, size_t count) {
@@ -40,98 +61,322 @@ std::vector<float> readRaw(const std::string &path, size_t count) {
     v.clear();
   return v;
 }
+
+/// `count` elements of `type` from N(0, scale^2) values, as raw bytes.
+std::vector<uint8_t> randomElements(size_t count, moe::ElementType type,
+                                    float scale, std::mt19937 &rng) {
+  std::normal_distribution<float> normal(0.0f, scale);
+  size_t size = moe::elementSize(type);
+  std::vector<uint8_t> out(count * size);
+  for (size_t i = 0; i < count; ++i) {
+    float v = normal(rng);
+    if (type == moe::ElementType::BF16 || type == moe::ElementType::F16) {
+      uint16_t bits = type == moe::ElementType::BF16 ? moe::floatToBF16(v)
+                                                     : moe::floatToF16(v);
+      std::memcpy(&out[i * 2], &bits, 2);
+    } else if (type == moe::ElementType::F32) {
+      std::memcpy(&out[i * 4], &v, 4);
+    } else {
+      int32_t n = static_cast<int32_t>(std::fabs(v) * 4);
+      std::memcpy(&out[i * 4], &n, 4);
+    }
+  }
+  return out;
+}
+
+/// Memory that the model's backend can read: device memory (cuda) or
+/// 16-byte aligned host memory (emu), with 16 bytes of slack.
+class Buffer {
+public:
+  static Expected<Buffer> make(const moe::runtime::Device *device,
+                               size_t bytes) {
+    Buffer b;
+    b.bytes_ = bytes;
+    if (device) {
+      Expected<moe::runtime::DeviceBuffer> d = device->allocate(bytes + 16);
+      if (!d)
+        return d.takeError();
+      b.device_ = std::make_shared<moe::runtime::DeviceBuffer>(
+          std::move(d.value()));
+    } else {
+      b.host_ = std::shared_ptr<uint8_t>(
+          static_cast<uint8_t *>(std::aligned_alloc(16, (bytes + 31) / 16 * 16)),
+          std::free);
+      if (!b.host_)
+        return Status::error("out of host memory");
+    }
+    return b;
+  }
+  void *pointer() const {
+    return device_ ? device_->pointer() : static_cast<void *>(host_.get());
+  }
+  Status write(const void *src, size_t bytes, size_t offset) {
+    if (device_)
+      return device_->copyFromHost(src, bytes, offset);
+    std::memcpy(host_.get() + offset, src, bytes);
+    return Status::success();
+  }
+  /// Fills the buffer by repeating `pattern` (random values: a big tensor
+  /// need not be generated value by value to be never-zero data).
+  Status tile(const std::vector<uint8_t> &pattern) {
+    for (size_t at = 0; at < bytes_; at += pattern.size())
+      if (Status s = write(pattern.data(),
+                           std::min(pattern.size(), bytes_ - at), at))
+        return s;
+    return Status::success();
+  }
+
+private:
+  size_t bytes_ = 0;
+  std::shared_ptr<moe::runtime::DeviceBuffer> device_;
+  std::shared_ptr<uint8_t> host_;
+};
+} // namespace
+
+namespace {
+struct Options {
+  std::string pkg, backend = "auto", tokensList = "1,8,64", check, json;
+  int repeat = 20;
+  bool randomWeights = false;
+  unsigned seed = 0;
+};
+
+/// Binds every tensor the package has no data for to random values.
+Status bindRandomWeights(moe::Model &model,
+                         const moe::runtime::LoadedPackage &package,
+                         const moe::runtime::Device *device, unsigned seed,
+                         std::vector<Buffer> &keep, int &bound) {
+  std::mt19937 rng(seed);
+  const auto &tensors = package.tensors();
+  for (size_t t = 0; t < tensors.size(); ++t) {
+    if (tensors[t].stored)
+      continue;
+    const moe::WeightRef &ref = tensors[t].ref;
+    size_t count = static_cast<size_t>(tensors[t].bytes) /
+                   moe::elementSize(ref.type);
+    // Weights of about unit gain: N(0, 1/fan_in), fan_in the last dimension.
+    float scale = 1.0f / std::sqrt(static_cast<float>(ref.shape.back()));
+    std::vector<uint8_t> pattern = randomElements(
+        std::min<size_t>(count, size_t(1) << 22), ref.type, scale, rng);
+    Expected<Buffer> b = Buffer::make(device, tensors[t].bytes);
+    if (!b)
+      return b.takeError();
+    if (Status s = b->tile(pattern))
+      return s;
+    if (Status s = model.bindTensor(t, b->pointer(),
+                                    static_cast<size_t>(tensors[t].bytes)))
+      return s;
+    keep.push_back(std::move(b.value()));
+    ++bound;
+  }
+  return Status::success();
+}
+
+/// The relative max error of `y` against DIR/y_L_T.f32, or -1 without one.
+double checkOutput(const std::string &dir, int64_t layer, int64_t tokens,
+                   const std::vector<float> &y) {
+  std::vector<float> ref =
+      readRaw(dir + "/y_" + std::to_string(layer) + "_" +
+                  std::to_string(tokens) + ".f32",
+              y.size());
+  if (ref.empty())
+    return -1;
+  double mx = 0, diff = 0;
+  for (size_t i = 0; i < ref.size(); ++i) {
+    mx = std::max(mx, std::fabs(double(ref[i])));
+    diff = std::max(diff, std::fabs(double(ref[i]) - y[i]));
+  }
+  return diff / std::max(mx, 1e-30);
+}
+
+/// Milliseconds of `repeat` timed runs (after warm-up) of one layer on the
+/// device, each between two CUDA events, inputs rotated among 4 buffers.
+Expected<std::vector<double>> timeOnDevice(moe::Model &m,
+                                           const moe::runtime::Device &device,
+                                           int64_t layer, int64_t tokens,
+                                           int repeat, std::mt19937 &rng) {
+  Expected<std::string> act = m.activationType(layer);
+  if (!act)
+    return act.takeError();
+  moe::ElementType type = *act == "bf16"  ? moe::ElementType::BF16
+                          : *act == "f16" ? moe::ElementType::F16
+                                          : moe::ElementType::F32;
+  size_t count = static_cast<size_t>(tokens * m.hidden(layer).value());
+  size_t bytes = count * moe::elementSize(type);
+  std::vector<Buffer> xs;
+  for (int i = 0; i < 4; ++i) {
+    Expected<Buffer> b = Buffer::make(&device, bytes);
+    if (!b)
+      return b.takeError();
+    if (Status s = b->write(randomElements(count, type, 1.0f, rng).data(),
+                            bytes, 0))
+      return s;
+    xs.push_back(std::move(b.value()));
+  }
+  Expected<Buffer> y = Buffer::make(&device, bytes);
+  if (!y)
+    return y.takeError();
+  Expected<moe::runtime::Event> start = device.createEvent();
+  Expected<moe::runtime::Event> end = device.createEvent();
+  if (!start || !end)
+    return (!start ? start.takeError() : end.takeError());
+  std::vector<double> ms;
+  for (int r = 0; r < repeat + 3; ++r) {
+    if (Status s = start->record())
+      return s;
+    if (Status s = m.runLayerOnDevice(layer, xs[r % xs.size()].pointer(),
+                                      y->pointer(), tokens, nullptr))
+      return s;
+    if (Status s = end->record())
+      return s;
+    if (Status s = end->synchronize())
+      return s;
+    Expected<float> elapsed = moe::runtime::Event::elapsedMs(*start, *end);
+    if (!elapsed)
+      return elapsed.takeError();
+    if (r >= 3) // Warm-up runs are not timed.
+      ms.push_back(*elapsed);
+  }
+  return ms;
+}
 } // namespace
 
 int main(int argc, char **argv) {
-  std::string pkg, backend = "auto", tokensList = "1,8,64", check;
-  int repeat = 20;
+  Options o;
   for (int i = 1; i < argc; ++i) {
     std::string a = argv[i];
     if (a == "--backend" && i + 1 < argc)
-      backend = argv[++i];
+      o.backend = argv[++i];
     else if (a == "--tokens" && i + 1 < argc)
-      tokensList = argv[++i];
+      o.tokensList = argv[++i];
     else if (a == "--repeat" && i + 1 < argc)
-      repeat = std::max(1, std::atoi(argv[++i]));
+      o.repeat = std::max(1, std::atoi(argv[++i]));
     else if (a == "--check" && i + 1 < argc)
-      check = argv[++i];
-    else if (!a.empty() && a[0] == '-')
+      o.check = argv[++i];
+    else if (a == "--json" && i + 1 < argc)
+      o.json = argv[++i];
+    else if (a == "--random-weights" && i + 1 < argc) {
+      o.randomWeights = true;
+      o.seed = static_cast<unsigned>(std::strtoul(argv[++i], nullptr, 10));
+    } else if (!a.empty() && a[0] == '-')
       return usage();
     else
-      pkg = a;
+      o.pkg = a;
   }
-  if (pkg.empty())
+  if (o.pkg.empty())
     return usage();
-  moe::ModelOptions options;
-  options.backend = backend;
-  auto model = moe::Model::open(pkg, options);
-  if (!model) {
-    std::fprintf(stderr, "moe-bench: error: %s\n", model.message().c_str());
-    return 1;
+  std::vector<int64_t> tokenCounts;
+  {
+    std::stringstream list(o.tokensList);
+    std::string item;
+    while (std::getline(list, item, ',')) {
+      char *endp = nullptr;
+      long long t = std::strtoll(item.c_str(), &endp, 10);
+      if (item.empty() || *endp || t < 1)
+        return fail("bad token count '" + item + "' in --tokens " +
+                    o.tokensList + " (expected positive integers)");
+      tokenCounts.push_back(t);
+    }
   }
+  moe::runtime::OpenPackageOptions openOptions;
+  openOptions.verifyHashes = false; // The model opens it again, checked.
+  Expected<moe::runtime::LoadedPackage> package =
+      moe::runtime::openPackage(o.pkg, openOptions);
+  if (!package)
+    return fail(package.message());
+  moe::ModelOptions options;
+  options.backend = o.backend;
+  auto model = moe::Model::open(o.pkg, options);
+  if (!model)
+    return fail(model.message());
   moe::Model &m = *model.value();
-  std::printf("moe-bench: %s on %s (%s)\n", pkg.c_str(), m.backend().c_str(),
-              m.description().c_str());
-  std::printf("%8s %8s %12s %12s %12s\n", "layer", "tokens", "median ms",
-              "min ms", "max rel err");
-  std::stringstream list(tokensList);
-  std::string item;
+  std::unique_ptr<moe::runtime::Device> device;
+  if (m.backend() == "cuda") {
+    Expected<moe::runtime::Device> d = moe::runtime::Device::open(0);
+    if (!d)
+      return fail(d.message());
+    device = std::make_unique<moe::runtime::Device>(std::move(d.value()));
+  }
+  std::vector<Buffer> weights;
+  int bound = 0;
+  if (o.randomWeights)
+    if (Status s = bindRandomWeights(m, *package, device.get(), o.seed,
+                                     weights, bound))
+      return fail(s.message());
+  std::printf("moe-bench: %s on %s (%s), %s%s\n", o.pkg.c_str(),
+              m.backend().c_str(), m.description().c_str(),
+              device ? "GPU time (CUDA events)" : "host time",
+              bound ? (", " + std::to_string(bound) +
+                       " tensors bound to random weights")
+                          .c_str()
+                    : "");
+  std::printf("%8s %8s %12s %12s %12s\n", "layer", "tokens", "median us",
+              "min us", "max rel err");
+  std::string json = "[";
   int status = 0;
   std::mt19937 rng(1234);
   std::normal_distribution<float> normal(0.0f, 1.0f);
-  while (std::getline(list, item, ',')) {
-    int64_t tokens = std::atoll(item.c_str());
-    if (tokens < 1) {
-      std::fprintf(stderr, "moe-bench: error: bad token count '%s'\n",
-                   item.c_str());
-      return 1;
-    }
+  for (int64_t tokens : tokenCounts) {
     for (int64_t layer : m.layers()) {
       int64_t h = m.hidden(layer).value();
       std::vector<float> x(tokens * h), y(tokens * h);
-      bool checked = false;
-      if (!check.empty()) {
-        x = readRaw(check + "/x_" + std::to_string(tokens) + ".f32",
-                    tokens * h);
-        checked = !x.empty();
-        if (!checked)
-          x.assign(tokens * h, 0.0f);
-      }
-      if (!checked)
-        for (float &v : x)
-          v = normal(rng);
-      std::vector<double> ms;
-      for (int r = 0; r < repeat + 2; ++r) {
-        if (auto s = m.runLayer(layer, x.data(), tokens, y.data())) {
-          std::fprintf(stderr, "moe-bench: error: %s\n", s.message().c_str());
-          return 1;
-        }
-        if (r >= 2) // Warm-up runs are not timed.
-          ms.push_back(m.lastMilliseconds());
-      }
-      std::sort(ms.begin(), ms.end());
       double err = -1;
-      if (checked) {
-        std::vector<float> ref =
-            readRaw(check + "/y_" + std::to_string(layer) + "_" +
-                        std::to_string(tokens) + ".f32",
+      if (!o.check.empty()) {
+        x = readRaw(o.check + "/x_" + std::to_string(tokens) + ".f32",
                     tokens * h);
-        if (!ref.empty()) {
-          double mx = 0, diff = 0;
-          for (size_t i = 0; i < ref.size(); ++i) {
-            mx = std::max(mx, std::fabs(double(ref[i])));
-            diff = std::max(diff, std::fabs(double(ref[i]) - y[i]));
-          }
-          err = diff / std::max(mx, 1e-30);
+        if (!x.empty()) {
+          if (Status s = m.runLayer(layer, x.data(), tokens, y.data()))
+            return fail(s.message());
+          err = checkOutput(o.check, layer, tokens, y);
           if (err > 1e-2)
             status = 1;
         }
+        x.resize(tokens * h);
       }
-      std::printf("%8lld %8lld %12.3f %12.3f %12s\n",
+      std::vector<double> ms;
+      if (device) {
+        Expected<std::vector<double>> timed =
+            timeOnDevice(m, *device, layer, tokens, o.repeat, rng);
+        if (!timed)
+          return fail(timed.message());
+        ms = std::move(timed.value());
+      } else {
+        for (float &v : x)
+          v = normal(rng);
+        for (int r = 0; r < o.repeat + 2; ++r) {
+          if (Status s = m.runLayer(layer, x.data(), tokens, y.data()))
+            return fail(s.message());
+          if (r >= 2) // Warm-up runs are not timed.
+            ms.push_back(m.lastMilliseconds());
+        }
+      }
+      std::sort(ms.begin(), ms.end());
+      double median = ms[ms.size() / 2], best = ms[0];
+      char errText[32] = "-";
+      if (err >= 0)
+        std::snprintf(errText, sizeof errText, "%.3g", err);
+      std::printf("%8lld %8lld %12.1f %12.1f %12s\n",
                   static_cast<long long>(layer),
-                  static_cast<long long>(tokens), ms[ms.size() / 2], ms[0],
-                  err < 0 ? "-" : std::to_string(err).c_str());
+                  static_cast<long long>(tokens), median * 1e3, best * 1e3,
+                  errText);
+      char row[256];
+      std::snprintf(row, sizeof row,
+                    "%s\n {\"layer\": %lld, \"tokens\": %lld, \"median_us\": "
+                    "%.3f, \"min_us\": %.3f, \"max_rel_err\": %s, "
+                    "\"timing\": \"%s\"}",
+                    json.size() > 1 ? "," : "", static_cast<long long>(layer),
+                    static_cast<long long>(tokens), median * 1e3, best * 1e3,
+                    err >= 0 ? errText : "null",
+                    device ? "cuda-events" : "host");
+      json += row;
     }
+  }
+  json += "\n]\n";
+  if (!o.json.empty()) {
+    std::ofstream out(o.json);
+    out << json;
+    if (!out)
+      return fail("cannot write " + o.json);
   }
   return status;
 }
