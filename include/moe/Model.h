@@ -31,6 +31,22 @@ struct ModelOptions {
   std::string cacheDir;
 };
 
+/// A weight tensor of a package (manifest.json weights.tensors[t]).
+struct TensorInfo {
+  /// The checkpoint tensors (one, or one per stacked slice); empty for a
+  /// constant of the IR.
+  std::vector<std::string> names;
+  std::vector<int64_t> shape;
+  /// "f32", "bf16", "f16", "i32" or "u32".
+  std::string dtype;
+  int64_t bytes = 0;
+  bool constant = false;
+  /// False in a shape-only package: the data must be bound (bindTensor).
+  bool stored = true;
+  /// Bound by bindTensor.
+  bool bound = false;
+};
+
 class Model {
 public:
   static runtime::Expected<std::unique_ptr<Model>>
@@ -60,6 +76,7 @@ public:
   runtime::Expected<std::string> activationType(int64_t layer) const;
   /// The package's weight tensors (manifest.json weights.tensors).
   size_t numTensors() const;
+  runtime::Expected<TensorInfo> tensor(size_t t) const;
   /// Runs every layer that uses weight tensor `tensor` (an index into
   /// manifest.json weights.tensors) on `data` instead of the package's
   /// copy: memory of the backend's (device memory for cuda, host memory for

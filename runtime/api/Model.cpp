@@ -195,13 +195,28 @@ Status Model::runLayerOnDevice(int64_t layer, const void *x, void *y,
 
 size_t Model::numTensors() const { return impl->package.tensors().size(); }
 
-Status Model::bindTensor(size_t tensor, const void *data, size_t bytes) {
+Expected<TensorInfo> Model::tensor(size_t t) const {
   const std::vector<runtime::PackageTensor> &tensors = impl->package.tensors();
-  if (tensor >= tensors.size())
-    return Status::error("bindTensor: tensor " + std::to_string(tensor) +
+  if (t >= tensors.size())
+    return Status::error("tensor " + std::to_string(t) +
                          " is out of range (the package has " +
                          std::to_string(tensors.size()) + " tensors)");
-  const runtime::PackageTensor &t = tensors[tensor];
+  TensorInfo info;
+  info.names = tensors[t].ref.names;
+  info.shape = tensors[t].ref.shape;
+  info.dtype = elementTypeName(tensors[t].ref.type);
+  info.bytes = tensors[t].bytes;
+  info.constant = tensors[t].constant;
+  info.stored = tensors[t].stored;
+  info.bound = impl->bound.count(t) != 0;
+  return info;
+}
+
+Status Model::bindTensor(size_t tensor, const void *data, size_t bytes) {
+  Expected<TensorInfo> info = this->tensor(tensor);
+  if (!info)
+    return Status::error("bindTensor: " + info.message());
+  const runtime::PackageTensor &t = impl->package.tensors()[tensor];
   std::string what = "bindTensor: tensor " + std::to_string(tensor) + " (" +
                      (t.ref.names.empty() ? std::string("a constant")
                                           : t.ref.names.front()) +

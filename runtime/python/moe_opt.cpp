@@ -17,12 +17,17 @@
 //===----------------------------------------------------------------------===//
 
 #include "moe/Model.h"
+#include "moe/runtime/Float16.h"
 
 #include <pybind11/numpy.h>
 #include <pybind11/pybind11.h>
 #include <pybind11/stl.h>
 
+#include <algorithm>
 #include <cstdint>
+#include <cstdlib>
+#include <cstring>
+#include <map>
 #include <memory>
 #include <mutex>
 #include <string>
@@ -107,6 +112,10 @@ struct State {
   /// moe::Model is not thread-safe; runs are serialised (the GIL is
   /// released while they run).
   std::mutex mutex;
+  /// What bound weight tensors point into, kept while the package lives:
+  /// the caller's CUDA tensors, or aligned host copies of arrays (emu).
+  std::map<size_t, py::object> boundObjects;
+  std::map<size_t, std::shared_ptr<uint8_t>> hostCopies;
 
   int64_t hidden(int64_t layer) const {
     auto h = model->hidden(layer);
@@ -263,6 +272,21 @@ std::string dtypeName(const dl::DataType &t) {
   return name;
 }
 
+/// Throws ValueError unless the DLPack tensor is C-contiguous.
+void checkContiguous(const dl::Tensor &t, const char *what) {
+  if (!t.strides)
+    return;
+  int64_t expected = 1;
+  for (int d = t.ndim - 1; d >= 0; --d) {
+    if (t.shape[d] != 1 && t.strides[d] != expected)
+      throw py::value_error(
+          std::string(what) + ": not C-contiguous (strides " +
+          shapeText(std::vector<int64_t>(t.strides, t.strides + t.ndim)) +
+          "); use .contiguous()");
+    expected *= t.shape[d];
+  }
+}
+
 /// Checks a CUDA DLPack tensor: device, dtype, shape [tokens, hidden] (with
 /// tokens -1: any), C-contiguous. Returns the number of tokens.
 int64_t checkDeviceTensor(const dl::Tensor &t, const char *what, int device,
@@ -289,16 +313,7 @@ int64_t checkDeviceTensor(const dl::Tensor &t, const char *what, int device,
         (tokens >= 0 ? std::to_string(tokens) : std::string("tokens")) + ", " +
         std::to_string(hidden) + "] for " + where + ", got " +
         shapeText(shape));
-  if (t.strides) {
-    int64_t expected = 1;
-    for (int d = t.ndim - 1; d >= 0; --d) {
-      if (t.shape[d] != 1 && t.strides[d] != expected)
-        throw py::value_error(
-            std::string(what) + ": not C-contiguous (strides " +
-            shapeText({t.strides[0], t.strides[1]}) + "); use .contiguous()");
-      expected *= t.shape[d];
-    }
-  }
+  checkContiguous(t, what);
   return t.shape[0];
 }
 
@@ -317,6 +332,133 @@ int64_t streamHandle(py::handle stream) {
 //===----------------------------------------------------------------------===//
 // Package and Layer
 //===----------------------------------------------------------------------===//
+
+/// pkg.tensors: each weight tensor of the package as a dict.
+py::list tensorList(const State &s) {
+  py::list out;
+  for (size_t t = 0; t < s.model->numTensors(); ++t) {
+    moe::TensorInfo info = s.model->tensor(t).value();
+    py::dict d("index"_a = t, "names"_a = info.names, "shape"_a = info.shape,
+               "dtype"_a = info.dtype, "bytes"_a = info.bytes,
+               "constant"_a = info.constant, "stored"_a = info.stored,
+               "bound"_a = info.bound);
+    out.append(d);
+  }
+  return out;
+}
+
+/// pkg.bind_tensor(index, data): weight tensor `index` runs on `data`, a
+/// CUDA tensor (DLPack; cuda backend; no copy, kept alive by the package)
+/// or a host array (emu backend; copied into aligned memory, bf16/f16 from
+/// float values rounded to nearest even, bf16 also as uint16 bit patterns).
+void bindTensor(State &s, int64_t index, py::handle data) {
+  if (index < 0 || static_cast<size_t>(index) >= s.model->numTensors())
+    throw py::index_error("tensor " + std::to_string(index) +
+                          " is out of range (the package has " +
+                          std::to_string(s.model->numTensors()) + " tensors)");
+  size_t t = static_cast<size_t>(index);
+  moe::TensorInfo info = s.model->tensor(t).value();
+  std::string what = "tensor " + std::to_string(t) + " (" +
+                     (info.names.empty() ? std::string("a constant")
+                                         : info.names.front()) +
+                     ", " + shapeText(info.shape) + " " + info.dtype + ")";
+  if (info.constant)
+    throw py::value_error(what + " is a constant of the compiled IR and "
+                                 "cannot be bound");
+  std::string backend = s.model->backend();
+  if (hasDlpack(data) && !py::isinstance<py::array>(data) &&
+      onCuda(dlpackDevice(data, "data").first)) {
+    Borrowed b = borrow(data, "data", 0);
+    const dl::Tensor &dt = *b.tensor;
+    std::vector<int64_t> shape(dt.shape, dt.shape + dt.ndim);
+    if (dtypeName(dt.dtype) != info.dtype)
+      throw py::value_error(what + ": got a CUDA tensor of dtype " +
+                            dtypeName(dt.dtype) + ", expected " + info.dtype);
+    if (shape != info.shape)
+      throw py::value_error(what + ": got a CUDA tensor of shape " +
+                            shapeText(shape) + ", expected " +
+                            shapeText(info.shape));
+    checkContiguous(dt, "data");
+    if (backend != "cuda")
+      throw py::value_error(what + ": a CUDA tensor binds on the cuda "
+                                   "backend; this package runs on " +
+                            backend + " (bind a host array)");
+    if (dt.device.device_id != s.device)
+      throw py::value_error(what + ": the tensor is on CUDA device " +
+                            std::to_string(dt.device.device_id) +
+                            ", the package runs on device " +
+                            std::to_string(s.device));
+    std::lock_guard<std::mutex> lock(s.mutex);
+    if (moe::runtime::Status st =
+            s.model->bindTensor(t, b.data(), static_cast<size_t>(info.bytes)))
+      throw py::value_error(st.message());
+    s.boundObjects[t] = py::reinterpret_borrow<py::object>(data);
+    s.hostCopies.erase(t);
+    return;
+  }
+  if (backend != "emu")
+    throw py::value_error(what + ": on the " + backend +
+                          " backend bind a CUDA tensor (DLPack), not a host "
+                          "array");
+  py::array arr = py::array::ensure(data);
+  if (!arr || std::string("fiu").find(arr.dtype().kind()) == std::string::npos)
+    throw py::type_error(what + ": expected a numeric array, got " +
+                         std::string(py::str(py::type::of(data))));
+  std::vector<int64_t> shape(arr.shape(), arr.shape() + arr.ndim());
+  if (shape != info.shape)
+    throw py::value_error(what + ": got an array of shape " +
+                          shapeText(shape) + ", expected " +
+                          shapeText(info.shape));
+  py::dtype dtype = arr.dtype();
+  std::string kind = std::string(py::str(dtype));
+  bool floats = dtype.kind() == 'f';
+  const std::map<std::string, std::vector<std::string>> accepted = {
+      {"f32", {"float32", "float64", "float16"}},
+      {"f16", {"float16", "float32", "float64"}},
+      {"bf16", {"uint16", "float32", "float64"}},
+      {"i32", {"int32"}},
+      {"u32", {"uint32"}}};
+  const std::vector<std::string> &ok = accepted.at(info.dtype);
+  if (std::find(ok.begin(), ok.end(), kind) == ok.end())
+    throw py::value_error(what + ": got an array of dtype " + kind +
+                          ", expected one of " +
+                          [&] {
+                            std::string list;
+                            for (const std::string &k : ok)
+                              list += (list.empty() ? "" : ", ") + k;
+                            return list;
+                          }());
+  size_t count = static_cast<size_t>(arr.size());
+  size_t bytes = static_cast<size_t>(info.bytes);
+  std::shared_ptr<uint8_t> copy(
+      static_cast<uint8_t *>(std::aligned_alloc(16, (bytes + 16 + 15) / 16 * 16)),
+      std::free);
+  if (!copy)
+    throw std::bad_alloc();
+  std::memset(copy.get(), 0, (bytes + 16 + 15) / 16 * 16);
+  if (floats && info.dtype != "f32" && kind != "float16" && kind != "uint16") {
+    // bf16/f16 from float values, rounded to nearest even.
+    py::array_t<float, py::array::c_style | py::array::forcecast> f(arr);
+    const float *v = f.data();
+    for (size_t i = 0; i < count; ++i) {
+      uint16_t bits = info.dtype == "bf16" ? moe::floatToBF16(v[i])
+                                           : moe::floatToF16(v[i]);
+      std::memcpy(copy.get() + 2 * i, &bits, 2);
+    }
+  } else if (info.dtype == "f32" && kind != "float32") {
+    py::array_t<float, py::array::c_style | py::array::forcecast> f(arr);
+    std::memcpy(copy.get(), f.data(), bytes);
+  } else {
+    // The element type already: bytes as they are, C order.
+    py::array c = py::array::ensure(arr, py::array::c_style);
+    std::memcpy(copy.get(), c.data(), bytes);
+  }
+  std::lock_guard<std::mutex> lock(s.mutex);
+  if (moe::runtime::Status st = s.model->bindTensor(t, copy.get(), bytes))
+    throw py::value_error(st.message());
+  s.hostCopies[t] = std::move(copy);
+  s.boundObjects.erase(t);
+}
 
 class Layer {
 public:
@@ -530,6 +672,26 @@ PYBIND11_MODULE(moe_opt, m) {
            "out"_a = py::none(),
            "Runs every MoE layer in order, each on the previous one's output, "
            "on a host float32 [T, H] array; returns a new array, or `out`.")
+      .def_property_readonly(
+          "tensors", [](const Package &p) { return tensorList(*p.state); },
+          "The weight tensors (manifest.json weights.tensors), each a dict: "
+          "index, names, shape, dtype, bytes, constant, stored (False in a "
+          "shape-only package), bound.")
+      .def(
+          "bind_tensor",
+          [](Package &p, int64_t index, py::handle data) {
+            bindTensor(*p.state, index, data);
+          },
+          "index"_a, "data"_a,
+          "Runs weight tensor `index` on `data` instead of the package's "
+          "copy: on the cuda backend a CUDA tensor (DLPack: PyTorch, CuPy) "
+          "of the tensor's dtype and shape, C-contiguous, used without a "
+          "copy and kept alive by the package (its memory must have 16 "
+          "readable bytes past the end, as PyTorch's allocator gives); on "
+          "emu a host array, copied (float values are rounded to bf16/f16 "
+          "as needed; bf16 also as uint16 bit patterns). Every tensor of a "
+          "shape-only package (moe-compile --weights none) must be bound "
+          "before its layers run.")
       .def_property_readonly(
           "last_ms",
           [](const Package &p) { return p.state->model->lastMilliseconds(); },
