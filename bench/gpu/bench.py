@@ -805,35 +805,30 @@ def worker_ceilings(args, part):
                        else "torch._grouped_mm" if hasattr(torch, "_grouped_mm") else None)
     part.save()
 
-    # Copy bandwidth: bytes read + written per second, best of two sizes.
-    best = None
-    d["copy"] = {}
-    for gib in (1, 2):
-        try:
-            r = measure_copy(gib << 30)
-            d["copy"]["%d GiB" % gib] = r
-            best = max(best or 0, r["GBps"])
-        except Exception as e:
-            d.setdefault("errors", []).append("copy %d GiB: %s" % (gib, error_text(e)))
-        torch.cuda.empty_cache()
-    d["copy_GBps"] = best
-    part.save()
+    def best_of(kind, cases, measure, unit):
+        """Runs measure(*case) for each (label, case); d[kind][label] is
+        each result, the best value of `unit` is returned."""
+        best = None
+        d[kind] = {}
+        for label, case in cases:
+            try:
+                r = measure(*case)
+                d[kind][label] = r
+                best = max(best or 0, r[unit])
+            except Exception as e:
+                d.setdefault("errors", []).append("%s %s: %s" % (kind, label, error_text(e)))
+            torch.cuda.empty_cache()
+        return best
 
+    # Copy bandwidth: bytes read + written per second, best of two sizes.
+    d["copy_GBps"] = best_of("copy", [("%d GiB" % g, (g << 30,)) for g in (1, 2)],
+                             measure_copy, "GBps")
+    part.save()
     # bf16 matrix rate: torch.mm, two input pairs rotated, best of sizes.
-    best = None
-    d["mm"] = {}
-    d["mm_sizes"] = []
-    for (M, N, K) in ((8192, 8192, 8192), (16384, 16384, 8192)):
-        label = "%dx%dx%d" % (M, N, K)
-        try:
-            r = measure_mm(M, N, K)
-            d["mm"][label] = r
-            d["mm_sizes"].append(label)
-            best = max(best or 0, r["TFLOPs"])
-        except Exception as e:
-            d.setdefault("errors", []).append("mm %s: %s" % (label, error_text(e)))
-        torch.cuda.empty_cache()
-    d["mm_TFLOPs"] = best
+    sizes = ((8192, 8192, 8192), (16384, 16384, 8192))
+    d["mm_TFLOPs"] = best_of("mm", [("%dx%dx%d" % mnk, mnk) for mnk in sizes],
+                             measure_mm, "TFLOPs")
+    d["mm_sizes"] = list(d["mm"])
     part.save()
 
 
