@@ -26,8 +26,8 @@
 // cores, each thread computing the accumulator elements that the mma
 // fragment layout gives it, so that loaders and epilogues are shared.
 //
-// Buffers (every grouped kernel of one fused op gets the same list; slots 0
-// to 20 are those of the per-token kernel, moe_experts.cuh):
+// Buffers (every expert kernel of one fused op, decode (moe_experts.cuh) or
+// grouped, gets the same list):
 //    0 x [T, H]             1 ids [T, K]           2 weights [T, K] f32
 //    3 y [T, H]             4..11 routed FFN       12..19 shared FFN
 //   20 shared gate [H]     21 offsets [E + 1]     22 rows [T * K]
@@ -180,9 +180,9 @@ template <> struct SplitTerms<float> {
 /// result is rounded to the activation type); one bf16 term would round h
 /// by up to 2^-9 relative, which moves outputs by up to a few bf16 ulps
 /// against the reference (measured: up to 1e-2 of max |y| on the examples,
-/// against 1e-3 for the per-token kernel). Two terms (hi + lo, 2^-17) keep
-/// the grouped path as close to the reference as the per-token kernel, at
-/// twice the tensor-core work of the down projection's A side. 1 is the
+/// against 1e-3 for the f32 sums of the decode path). Two terms (hi + lo,
+/// 2^-17) keep the grouped path as close to the reference as the decode
+/// path, at twice the tensor-core work of the down projection's A side. 1 is the
 /// usual production trade-off (a bf16 intermediate), a tuning knob for the
 /// GPU.
 constexpr int HiddenTerms = 2;
@@ -703,8 +703,7 @@ __device__ void down(const MoEKernelArgs &args) {
 }
 
 /// The combine: one block per token (grid-stride) sums the token's slot
-/// rows in slot order (as the per-token kernel accumulates them: the same
-/// f32 sums), then adds the shared experts (times sigmoid(x . w_gate) with
+/// rows in slot order (the reference's order of the weighted sum), then adds the shared experts (times sigmoid(x . w_gate) with
 /// a shared gate). Deterministic, no atomics.
 template <typename Cfg> __device__ void combine(const MoEKernelArgs &args) {
   using TX = typename Cfg::TX;
