@@ -98,6 +98,8 @@ int64_t dim(Value v, unsigned i) {
 /// The grouped expert kernels' tile (moe_grouped.cuh; the generated source
 /// asserts that they agree): rows and columns of output per block, threads.
 constexpr int64_t kTileRows = 64, kTileCols = 64, kTileThreads = 128;
+/// Outputs per block of the combine (moe_k::grouped::CombineCols).
+constexpr int64_t kCombineCols = 256;
 
 /// The decode expert kernels' block size (moe_k::experts::DecodeThreads)
 /// and the number of work items they aim at for one token: a few per SM of
@@ -846,14 +848,18 @@ private:
       }
     }
     // The combine serves both paths (ungated): a token's slots in slot
-    // order, then the shared experts.
+    // order, then the shared experts; a block per kCombineCols outputs of a
+    // token.
     ::moe::Launch launch;
     launch.kernel = name + "_combine";
     launch.origin = origin;
     launch.blockThreads = 128;
     launch.tokensPerBlock = 1;
+    launch.gridColumns = ceilDiv(r.H, kCombineCols);
     launch.maxBlocks = 65535;
     launch.args = args;
+    os << "static_assert(moe_k::grouped::CombineCols == " << kCombineCols
+       << ", \"the launch plan's combine grid\");\n";
     os << "extern \"C\" __global__ void __launch_bounds__(128) "
        << launch.kernel << "(MoEKernelArgs args) {\n  moe_k::grouped::"
        << "combine<" << name << "_cfg::Cfg>(args);\n}\n";

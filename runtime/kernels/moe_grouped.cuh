@@ -9,7 +9,8 @@
 //   gateUp<Cfg, Shared>  h[r, :] = act(x[token(r)] . gate, x[token(r)] . up)
 //   down<Cfg, Shared>    out[r, :] = w(r) * roundAs<TX>(h[r] . down + bias)
 //   combine<Cfg>         y[t] = sum over slots s of out[slotRow[t, s]]
-//                               (+ shared experts)
+//                               (+ shared experts), CombineCols outputs
+//                               of one token per work item
 //
 // The shared FFN (Shared = true) goes through the same GEMM templates as one
 // more "expert" whose rows are all T tokens in order; combine adds it.
@@ -702,13 +703,20 @@ __device__ void down(const MoEKernelArgs &args) {
   }
 }
 
-/// The combine: one block per token (grid-stride) sums the token's slot
-/// rows in slot order (the reference's order of the weighted sum), then adds the shared experts (times sigmoid(x . w_gate) with
-/// a shared gate). Deterministic, no atomics.
+/// Outputs of one combine work item (two per thread): a token's H outputs
+/// are split over ceil(H / CombineCols) blocks, so that at decode (T = 1)
+/// the sums are not one block's latency-bound loop.
+constexpr int CombineCols = 256;
+
+/// The combine: work item (token t, chunk of CombineCols outputs),
+/// grid-stride, sums the token's slot rows in slot order (the reference's
+/// order of the weighted sum), then adds the shared experts (times
+/// sigmoid(x . w_gate) with a shared gate). Deterministic, no atomics.
 template <typename Cfg> __device__ void combine(const MoEKernelArgs &args) {
   using TX = typename Cfg::TX;
   using S = typename Cfg::Shared;
   constexpr int H = Cfg::Routed::H, K = Cfg::K;
+  constexpr int Chunks = (H + CombineCols - 1) / CombineCols;
   const TX *x = static_cast<const TX *>(args.buffers[0]);
   TX *y = static_cast<TX *>(args.buffers[3]);
   const typename S::TW *sharedGate =
@@ -720,7 +728,10 @@ template <typename Cfg> __device__ void combine(const MoEKernelArgs &args) {
   MOE_SHARED(float, gateValue, 1);
 
   const long long T = args.num_tokens;
-  for (long long t = blockIdx.x; t < T; t += gridDim.x) {
+  for (long long item = blockIdx.x; item < T * Chunks; item += gridDim.x) {
+    const long long t = item / Chunks;
+    const int o0 = static_cast<int>(item % Chunks) * CombineCols;
+    const int o1 = o0 + CombineCols < H ? o0 + CombineCols : H;
     for (int s = threadIdx.x; s < K; s += blockDim.x)
       rowOf[s] = slotRow[t * K + s];
     if constexpr (Cfg::HasShared && Cfg::SharedGate) {
@@ -734,7 +745,7 @@ template <typename Cfg> __device__ void combine(const MoEKernelArgs &args) {
       }
     }
     __syncthreads();
-    for (int o = threadIdx.x; o < H; o += blockDim.x) {
+    for (int o = o0 + threadIdx.x; o < o1; o += blockDim.x) {
       float acc = 0.0f;
       for (int s = 0; s < K; ++s)
         if (rowOf[s] >= 0)
