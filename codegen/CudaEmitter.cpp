@@ -714,11 +714,11 @@ private:
 
     os << "// " << origin << " (layout " << stringifyDispatchLayout(layout)
        << ": "
-       << (withDecode && withGrouped ? "decode kernels up to "
-                                       + std::to_string(
-                                             ::moe::kPerTokenMaxSlots) +
-                                       " routed slots, grouped kernels "
-                                       "above"
+       << (withDecode && withGrouped
+               ? "decode kernels up to " +
+                     std::to_string(::moe::kPerTokenMaxSlots) +
+                     " routed slots, grouped kernels "
+                     "above"
            : withDecode ? "decode kernels"
                         : "grouped kernels")
        << ")\n";

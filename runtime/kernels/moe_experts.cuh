@@ -1,4 +1,4 @@
-//===- moe_experts.cuh - The decode expert kernels -------------------------===//
+//===- moe_experts.cuh - The decode expert kernels ------------------------===//
 //
 // Part of moe-opt. Templates of the moe.fused_experts decode path (few
 // routed slots: T * K <= moe::kPerTokenMaxSlots), and the pieces that the
@@ -124,8 +124,7 @@ constexpr int DecodeRows = 4;
 
 /// Elements per load along a row of N elements of type TW: a 16-byte word
 /// when rows stay 16-byte aligned, else one element.
-template <typename TW, int N>
-__host__ __device__ constexpr int vecWidth() {
+template <typename TW, int N> __host__ __device__ constexpr int vecWidth() {
   return N % (16 / static_cast<int>(sizeof(TW))) == 0
              ? 16 / static_cast<int>(sizeof(TW))
              : 1;
@@ -222,12 +221,11 @@ __device__ __forceinline__ void rowDots(const TW *const (&w)[NW],
 /// of G: this thread takes rows group, group + G, ... (threads of a group
 /// read consecutive outputs of a row: coalesced). The block then adds the
 /// groups' partial sums in group order (groupSum).
-template <int NW, int In, int Out, int G, typename TX, bool Scale,
-          typename TW, typename TA>
-__device__ __forceinline__ void columnDots(const TW *const (&base)[NW],
-                                           bool valid, int group,
-                                           const Batch<TA> &a,
-                                           float (&acc)[NW][DecodeRows]) {
+template <int NW, int In, int Out, int G, typename TX, bool Scale, typename TW,
+          typename TA>
+__device__ __forceinline__ void
+columnDots(const TW *const (&base)[NW], bool valid, int group,
+           const Batch<TA> &a, float (&acc)[NW][DecodeRows]) {
 #pragma unroll
   for (int i = 0; i < NW; ++i)
 #pragma unroll
@@ -276,8 +274,8 @@ __device__ __forceinline__ void groupSum(float (&acc)[NW][DecodeRows],
         float total = 0.0f;
 #pragma unroll 1
         for (int g = 0; g < G; ++g)
-          total += red[(i * DecodeRows + b) * DecodeThreads + g * U +
-                       threadIdx.x];
+          total +=
+              red[(i * DecodeRows + b) * DecodeThreads + g * U + threadIdx.x];
         acc[i][b] = total;
       }
   }
@@ -315,9 +313,9 @@ inputBatch(const MoEKernelArgs &args, long long r0, int count) {
 /// the rows [rowBegin, rowEnd) of expert e (a routed expert, or the shared
 /// FFN with the tokens as rows).
 template <typename Cfg, typename F, bool SharedFFN, int U>
-__device__ __forceinline__ void upItem(const MoEKernelArgs &args, const FFNWeights<F> &w,
-                       long long e, int j0, long long rowBegin,
-                       long long rowEnd, float *red) {
+__device__ __forceinline__ void
+upItem(const MoEKernelArgs &args, const FFNWeights<F> &w, long long e, int j0,
+       long long rowBegin, long long rowEnd, float *red) {
   using TX = typename Cfg::TX;
   using TW = typename F::TW;
   constexpr int H = F::H, I = F::I;
@@ -385,8 +383,8 @@ __device__ __forceinline__ void upItem(const MoEKernelArgs &args, const FFNWeigh
     }
     constexpr int Out = F::Fused ? 2 * I : I;
     for (long long r0 = rowBegin; r0 < rowEnd; r0 += DecodeRows) {
-      const int count = static_cast<int>(
-          rowEnd - r0 < DecodeRows ? rowEnd - r0 : DecodeRows);
+      const int count =
+          static_cast<int>(rowEnd - r0 < DecodeRows ? rowEnd - r0 : DecodeRows);
       const Batch<TX> a = inputBatch<Cfg, SharedFFN>(args, r0, count);
       float acc[2][DecodeRows];
       columnDots<2, H, Out, G, TX, Scale>(cols, valid, group, a, acc);
@@ -419,15 +417,16 @@ __device__ __forceinline__ Batch<float> hiddenBatch(const float *h,
 /// bias), times the row's routing weight for routed rows (unless
 /// Unweighted), as the reference rounds the expert's output.
 template <typename Cfg, typename F, bool SharedFFN, int C>
-__device__ __forceinline__ void downItem(const MoEKernelArgs &args, const FFNWeights<F> &w,
-                         long long e, int o0, long long rowBegin,
-                         long long rowEnd, float *red) {
+__device__ __forceinline__ void
+downItem(const MoEKernelArgs &args, const FFNWeights<F> &w, long long e, int o0,
+         long long rowBegin, long long rowEnd, float *red) {
   using TX = typename Cfg::TX;
   using TW = typename F::TW;
   constexpr int H = F::H, I = F::I;
   const float *weights = static_cast<const float *>(args.buffers[2]);
   const int *rows = static_cast<const int *>(args.buffers[22]);
-  const float *h = static_cast<const float *>(args.buffers[SharedFFN ? 26 : 24]);
+  const float *h =
+      static_cast<const float *>(args.buffers[SharedFFN ? 26 : 24]);
   float *out = static_cast<float *>(args.buffers[SharedFFN ? 27 : 25]);
   const int lane = threadIdx.x % 32, warp = threadIdx.x / 32;
 
@@ -464,8 +463,8 @@ __device__ __forceinline__ void downItem(const MoEKernelArgs &args, const FFNWei
     const bool valid = o < H;
     const TW *col[1] = {w.down + e * I * H + (valid ? o : 0)};
     for (long long r0 = rowBegin; r0 < rowEnd; r0 += DecodeRows) {
-      const int count = static_cast<int>(
-          rowEnd - r0 < DecodeRows ? rowEnd - r0 : DecodeRows);
+      const int count =
+          static_cast<int>(rowEnd - r0 < DecodeRows ? rowEnd - r0 : DecodeRows);
       float acc[1][DecodeRows];
       columnDots<1, I, H, G, TX, false>(col, valid, group,
                                         hiddenBatch<I>(h, r0, count), acc);
@@ -514,8 +513,7 @@ __device__ __forceinline__ int activeExperts(const int *offsets, int *off,
 template <int E, int Chunks, int SharedChunks, typename RoutedFn,
           typename SharedFn>
 __device__ __forceinline__ void forEachItem(const MoEKernelArgs &args,
-                                            RoutedFn routed,
-                                            SharedFn shared) {
+                                            RoutedFn routed, SharedFn shared) {
   MOE_SHARED(int, off, E + 1);
   MOE_SHARED(int, active, E);
   MOE_SHARED(int, count, 1);
@@ -568,15 +566,14 @@ __device__ void decodeDown(const MoEKernelArgs &args) {
   constexpr int C = D::DownCols, CS = D::SharedDownCols;
   constexpr int Chunks = (R::H + C - 1) / C;
   constexpr int SharedChunks = Cfg::HasShared ? (S::H + CS - 1) / CS : 0;
-  MOE_SHARED(float, red, DecodeRows * DecodeThreads);
+  MOE_SHARED(float, red, DecodeRows *DecodeThreads);
   const FFNWeights<R> routed = ffnWeights<R>(args, 4);
   const FFNWeights<S> shared = ffnWeights<S>(args, 12);
   const long long T = args.num_tokens;
   forEachItem<R::E, Chunks, SharedChunks>(
       args,
       [&](int e, int chunk, int begin, int end) {
-        downItem<Cfg, R, false, C>(args, routed, e, chunk * C, begin, end,
-                                   red);
+        downItem<Cfg, R, false, C>(args, routed, e, chunk * C, begin, end, red);
       },
       [&](int chunk) {
         if constexpr (Cfg::HasShared)

@@ -183,8 +183,8 @@ template <> struct SplitTerms<float> {
 /// against the reference (measured: up to 1e-2 of max |y| on the examples,
 /// against 1e-3 for the f32 sums of the decode path). Two terms (hi + lo,
 /// 2^-17) keep the grouped path as close to the reference as the decode
-/// path, at twice the tensor-core work of the down projection's A side. 1 is the
-/// usual production trade-off (a bf16 intermediate), a tuning knob for the
+/// path, at twice the tensor-core work of the down projection's A side. 1 is
+/// the usual production trade-off (a bf16 intermediate), a tuning knob for the
 /// GPU.
 constexpr int HiddenTerms = 2;
 
