@@ -98,6 +98,36 @@ int64_t dim(Value v, unsigned i) {
 /// The grouped expert kernels' tile (moe_grouped.cuh; the generated source
 /// asserts that they agree): rows and columns of output per block, threads.
 constexpr int64_t kTileRows = 64, kTileCols = 64, kTileThreads = 128;
+/// Outputs per block of the combine (moe_k::grouped::CombineCols).
+constexpr int64_t kCombineCols = 256;
+
+/// The decode expert kernels' block size (moe_k::experts::DecodeThreads)
+/// and the number of work items they aim at for one token: a few per SM of
+/// a large GPU (132 on an H200), so that T = 1 streams weights on all SMs.
+constexpr int64_t kDecodeThreads = 128, kDecodeBlocks = 512;
+/// Blocks per SM the decode kernels' registers must allow (up to 128
+/// registers a thread): enough warps in flight to cover memory latency,
+/// and room for the unrolled loads (ptxas caps a plain
+/// __launch_bounds__(128) kernel at 64 registers and spills).
+constexpr int64_t kDecodeMinBlocks = 4;
+
+/// Units (hidden units or outputs) per decode work item for `units` units
+/// at T = 1: the largest power of two in [4, 64] that still gives
+/// kDecodeBlocks items (4 when none does: one per warp).
+int64_t decodeChunk(int64_t units) {
+  int64_t c = 64;
+  while (c > 4 && units / c < kDecodeBlocks)
+    c /= 2;
+  return c;
+}
+
+/// The power of two in [4, 64] nearest below `units` (at least 4).
+int64_t decodeChunkNear(int64_t units) {
+  int64_t c = 4;
+  while (c < 64 && 2 * c <= units)
+    c *= 2;
+  return c;
+}
 
 /// Builds one layer's plan and the kernels' source text.
 class LayerEmitter {
@@ -633,24 +663,23 @@ private:
     int64_t K = dim(op.getIds(), 1);
     std::string tx = cxxType(op.getInput().getType());
 
-    // Which kernels: the per-token kernel (decode), the grouped kernels
-    // (prefill), or both with a slot-count gate (layout runtime).
+    // Which kernels: the decode kernels, the grouped kernels (prefill), or
+    // both with a slot-count gate (layout runtime). Both read the dispatch
+    // plan of the moe.fused_route (counts, offsets, rows, slotRow).
     DispatchLayout layout = op.getLayout();
-    bool withPerToken = layout != DispatchLayout::grouped;
+    bool withDecode = layout != DispatchLayout::grouped;
     bool withGrouped = layout != DispatchLayout::per_token;
     auto slotRowIt = slotRowOf.find(op.getRows());
-    if (withGrouped && slotRowIt == slotRowOf.end()) {
-      if (!withPerToken)
-        return makeError(op, "the grouped expert kernels need the dispatch "
-                             "plan of a moe.fused_route");
-      withGrouped = false;
-    }
-    if (withGrouped && shared && s.H != r.H)
+    if (slotRowIt == slotRowOf.end())
+      return makeError(op, "the expert kernels need the dispatch plan of a "
+                           "moe.fused_route");
+    if (shared && s.H != r.H)
       return makeError(op, "the shared experts' width differs from the "
                            "routed experts'");
 
-    // Argument slots shared by every kernel of the op: 0-20 are the
-    // per-token kernel's, 21-27 the grouped kernels' (moe_grouped.cuh).
+    // Argument slots shared by every kernel of the op (moe_grouped.cuh):
+    // 0-20 the tokens, routing and weights, 21-27 the dispatch plan and
+    // f32 scratch.
     std::vector<::moe::Binding> args;
     std::string origin = "moe.fused_experts at " + locString(op);
     for (Value v : {op.getInput(), op.getIds(), op.getWeights()}) {
@@ -685,13 +714,13 @@ private:
 
     os << "// " << origin << " (layout " << stringifyDispatchLayout(layout)
        << ": "
-       << (withPerToken && withGrouped ? "per-token kernel up to "
-                                         + std::to_string(
-                                               ::moe::kPerTokenMaxSlots) +
-                                         " routed slots, grouped kernels "
-                                         "above"
-           : withPerToken ? "per-token kernel"
-                          : "grouped kernels")
+       << (withDecode && withGrouped
+               ? "decode kernels up to " +
+                     std::to_string(::moe::kPerTokenMaxSlots) +
+                     " routed slots, grouped kernels "
+                     "above"
+           : withDecode ? "decode kernels"
+                        : "grouped kernels")
        << ")\n";
     os << "namespace " << name << "_cfg {\n";
     ffnStruct(os, "Routed", r);
@@ -706,48 +735,81 @@ private:
                         permute.getScaleByWeight(), combine.getUnweighted(),
                         static_cast<bool>(shared),
                         static_cast<bool>(sharedGate));
-    os << "};\n} // namespace " << name << "_cfg\n";
+    os << "};\n";
+    // The decode kernels' work items: (active expert, chunk) then the
+    // shared FFN's chunks (moe_experts.cuh). Chunks are as large as still
+    // gives kDecodeBlocks items at T = 1 (K active experts), so that a
+    // single token keeps every SM streaming weights; a shared chunk does
+    // about the work of a routed one.
+    int64_t active1 = std::min<int64_t>(K, r.E);
+    int64_t upUnits = decodeChunk(active1 * r.I + (shared ? s.I : 0));
+    int64_t downCols = decodeChunk((active1 + (shared ? 1 : 0)) * r.H);
+    int64_t sharedUpUnits = upUnits;
+    int64_t sharedDownCols =
+        shared ? decodeChunkNear(downCols * r.I / std::max<int64_t>(s.I, 1))
+               : downCols;
+    if (withDecode)
+      os << llvm::formatv("struct Decode {{\n  static constexpr int UpUnits = "
+                          "{0}, DownCols = {1}, SharedUpUnits = {2}, "
+                          "SharedDownCols = {3};\n};\n",
+                          upUnits, downCols, sharedUpUnits, sharedDownCols);
+    os << "} // namespace " << name << "_cfg\n";
 
-    if (withPerToken) {
-      ::moe::Launch launch;
-      launch.kernel = name;
-      launch.origin = origin;
-      launch.blockThreads = 128;
-      launch.tokensPerBlock = 1;
-      launch.maxBlocks = 65535;
-      int64_t maxI = std::max(r.I, s.I);
-      launch.dynamicSharedBytes = (3 * r.H + maxI + 1) * 4;
-      launch.args.assign(args.begin(), args.begin() + 21);
-      if (withGrouped) {
-        launch.slotsPerToken = K;
-        launch.maxSlots = ::moe::kPerTokenMaxSlots;
-      }
-      os << "extern \"C\" __global__ void __launch_bounds__(128, 1) " << name
-         << "(MoEKernelArgs args) {\n  moe_k::experts::perToken<" << name
-         << "_cfg::Cfg>(args);\n}\n";
-      os << "#ifdef MOE_EMU\nMOE_EMU_EXPORT_KERNEL(" << name
-         << ")\n#endif\n";
-      plan.launches.push_back(std::move(launch));
+    // Scratch, per token: h and the per-row outputs of the K routed slots
+    // (f32), the shared FFN's h and output.
+    args.push_back(valueBinding(values.lookup(op.getOffsets())));
+    args.push_back(valueBinding(values.lookup(op.getRows())));
+    args.push_back(valueBinding(slotRowIt->second));
+    args.push_back(
+        valueBinding(fixedValue(::moe::ElementType::F32, 0, K * r.I)));
+    args.push_back(
+        valueBinding(fixedValue(::moe::ElementType::F32, 0, K * r.H)));
+    if (shared) {
+      args.push_back(valueBinding(fixedValue(::moe::ElementType::F32, 0, s.I)));
+      args.push_back(valueBinding(fixedValue(::moe::ElementType::F32, 0, r.H)));
+    } else {
+      args.resize(args.size() + 2);
+    }
+    auto ceilDiv = [](int64_t a, int64_t b) { return (a + b - 1) / b; };
+
+    if (withDecode) {
+      os << "static_assert(moe_k::experts::DecodeThreads == " << kDecodeThreads
+         << ", \"the launch plan's block size\");\n";
+      // Grid: (min(T * K, E) active experts + the shared FFN's rows of
+      // chunks) x the routed chunks: T * K rows of `chunks` blocks, clamped
+      // to E rows.
+      auto decode = [&](StringRef suffix, StringRef call, int64_t chunks,
+                        int64_t sharedChunks) {
+        ::moe::Launch launch;
+        launch.kernel = (name + "_" + suffix).str();
+        launch.origin = origin;
+        launch.blockThreads = kDecodeThreads;
+        launch.tokensPerBlock = 1;
+        launch.rowsPerToken = K;
+        launch.extraBlocks = ceilDiv(sharedChunks, chunks);
+        launch.gridColumns = chunks;
+        launch.maxBlocks = std::min<int64_t>(
+            (r.E + launch.extraBlocks) * chunks, (int64_t(1) << 31) - 1);
+        launch.args = args;
+        if (withGrouped) {
+          launch.slotsPerToken = K;
+          launch.maxSlots = ::moe::kPerTokenMaxSlots;
+        }
+        os << "extern \"C\" __global__ void __launch_bounds__("
+           << kDecodeThreads << ", " << kDecodeMinBlocks << ") "
+           << launch.kernel
+           << "(MoEKernelArgs args) {\n  moe_k::experts::" << call << "<"
+           << name << "_cfg::Cfg, " << name << "_cfg::Decode>(args);\n}\n";
+        os << "#ifdef MOE_EMU\nMOE_EMU_EXPORT_KERNEL(" << launch.kernel
+           << ")\n#endif\n";
+        plan.launches.push_back(std::move(launch));
+      };
+      decode("decode_up", "decodeUp", ceilDiv(r.I, upUnits),
+             shared ? ceilDiv(s.I, sharedUpUnits) : 0);
+      decode("decode_down", "decodeDown", ceilDiv(r.H, downCols),
+             shared ? ceilDiv(r.H, sharedDownCols) : 0);
     }
     if (withGrouped) {
-      // Scratch, per token: h and the per-row outputs of the K routed slots
-      // (f32), the shared FFN's h and output.
-      args.push_back(valueBinding(values.lookup(op.getOffsets())));
-      args.push_back(valueBinding(values.lookup(op.getRows())));
-      args.push_back(valueBinding(slotRowIt->second));
-      args.push_back(valueBinding(
-          fixedValue(::moe::ElementType::F32, 0, K * r.I)));
-      args.push_back(valueBinding(
-          fixedValue(::moe::ElementType::F32, 0, K * r.H)));
-      if (shared) {
-        args.push_back(
-            valueBinding(fixedValue(::moe::ElementType::F32, 0, s.I)));
-        args.push_back(
-            valueBinding(fixedValue(::moe::ElementType::F32, 0, r.H)));
-      } else {
-        args.resize(args.size() + 2);
-      }
-      auto ceilDiv = [](int64_t a, int64_t b) { return (a + b - 1) / b; };
       os << "static_assert(moe_k::grouped::BM == " << kTileRows
          << " && moe_k::grouped::BN == " << kTileCols
          << " && moe_k::grouped::Threads == " << kTileThreads
@@ -765,7 +827,7 @@ private:
         launch.gridColumns = ceilDiv(outCols, kTileCols);
         launch.maxBlocks = int64_t(1) << 20;
         launch.args = args;
-        if (withPerToken) {
+        if (withDecode) {
           launch.slotsPerToken = K;
           launch.minSlots = ::moe::kPerTokenMaxSlots + 1;
         }
@@ -784,24 +846,26 @@ private:
         gemm("shared_up", "gateUp", true, s.I);
         gemm("shared_down", "down", true, r.H);
       }
-      ::moe::Launch launch;
-      launch.kernel = name + "_combine";
-      launch.origin = origin;
-      launch.blockThreads = 128;
-      launch.tokensPerBlock = 1;
-      launch.maxBlocks = 65535;
-      launch.args = args;
-      if (withPerToken) {
-        launch.slotsPerToken = K;
-        launch.minSlots = ::moe::kPerTokenMaxSlots + 1;
-      }
-      os << "extern \"C\" __global__ void __launch_bounds__(128) "
-         << launch.kernel << "(MoEKernelArgs args) {\n  moe_k::grouped::"
-         << "combine<" << name << "_cfg::Cfg>(args);\n}\n";
-      os << "#ifdef MOE_EMU\nMOE_EMU_EXPORT_KERNEL(" << launch.kernel
-         << ")\n#endif\n";
-      plan.launches.push_back(std::move(launch));
     }
+    // The combine serves both paths (ungated): a token's slots in slot
+    // order, then the shared experts; a block per kCombineCols outputs of a
+    // token.
+    ::moe::Launch launch;
+    launch.kernel = name + "_combine";
+    launch.origin = origin;
+    launch.blockThreads = 128;
+    launch.tokensPerBlock = 1;
+    launch.gridColumns = ceilDiv(r.H, kCombineCols);
+    launch.maxBlocks = 65535;
+    launch.args = args;
+    os << "static_assert(moe_k::grouped::CombineCols == " << kCombineCols
+       << ", \"the launch plan's combine grid\");\n";
+    os << "extern \"C\" __global__ void __launch_bounds__(128) "
+       << launch.kernel << "(MoEKernelArgs args) {\n  moe_k::grouped::"
+       << "combine<" << name << "_cfg::Cfg>(args);\n}\n";
+    os << "#ifdef MOE_EMU\nMOE_EMU_EXPORT_KERNEL(" << launch.kernel
+       << ")\n#endif\n";
+    plan.launches.push_back(std::move(launch));
     os << "\n";
     return Error::success();
   }

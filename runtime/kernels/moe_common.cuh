@@ -107,17 +107,6 @@ __device__ __forceinline__ float dotRow(const float *a, const TW *w) {
   return acc;
 }
 
-/// Dot product with a strided weight column (an [in, out] matrix read
-/// along `in`).
-template <typename TW>
-__device__ __forceinline__ float dotStrided(const float *a, const TW *w,
-                                            int n, long long stride) {
-  float acc = 0.0f;
-  for (int i = 0; i < n; ++i)
-    acc += a[i] * toF32<TW>(w[i * stride]);
-  return acc;
-}
-
 /// Sum over a warp.
 __device__ __forceinline__ float warpSum(float v) {
 #pragma unroll

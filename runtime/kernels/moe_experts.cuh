@@ -1,9 +1,10 @@
-//===- moe_experts.cuh - The fused expert kernels -------------------------===//
+//===- moe_experts.cuh - The decode expert kernels ------------------------===//
 //
-// Part of moe-opt. Templates of the moe.fused_experts kernels: gather of the
-// routed tokens, gate/up projection, activation, down projection, weighted
-// combine and shared experts. A configuration struct written by the code
-// generator fixes every size, dtype, layout and option at compile time:
+// Part of moe-opt. Templates of the moe.fused_experts decode path (few
+// routed slots: T * K <= moe::kPerTokenMaxSlots), and the pieces that the
+// grouped (prefill) kernels of moe_grouped.cuh share with it. A
+// configuration struct written by the code generator fixes every size,
+// dtype, layout and option at compile time:
 //
 //   struct FFN {                         // one set of gated FFNs
 //     using TW = ...; using TB = ...;    // weight and bias element types
@@ -17,9 +18,42 @@
 //   struct Cfg {
 //     using TX = ...;                    // activation element type
 //     using Routed = FFN; using Shared = FFN;
-//     static constexpr int K, Threads;
+//     static constexpr int K;
 //     static constexpr bool ScaleInput, Unweighted, HasShared, SharedGate;
 //   };
+//   struct Decode {                      // the decode kernels' chunks
+//     static constexpr int UpUnits, DownCols, SharedUpUnits, SharedDownCols;
+//   };
+//
+// The decode path is two kernels plus the grouped path's combine:
+//
+//   decodeUp<Cfg, D>    h[r, j] = act(x[token(r)] . gate_j, x . up_j)
+//   decodeDown<Cfg, D>  out[r, o] = w(r) * roundAs<TX>(h[r] . down_o + b)
+//   grouped::combine    y[t] = sum over slots of out (+ shared experts)
+//
+// At decode the layer is bound by reading the selected experts' weights,
+// so the work is split so that every SM streams weights and each weight
+// row is read once, however many tokens chose its expert. A work item is
+// (an active expert, a chunk of UpUnits hidden units) for decodeUp and (an
+// active expert, a chunk of DownCols outputs) for decodeDown; it computes
+// its chunk for every row of the expert (the rows of the dispatch plan,
+// grouped by expert), DecodeRows rows at a time. The shared FFN adds
+// ceil(I_shared / SharedUpUnits) (ceil(H / SharedDownCols)) items whose
+// rows are all T tokens. "Active" experts are those with rows, found from
+// the dispatch plan's offsets by every block; the host's grid is an upper
+// bound from T alone ((min(T * K, E) + shared rows) * chunks), blocks past
+// the last item exit at once, and every kernel loops grid-stride.
+//
+// Weight reads are coalesced: for [out, in] matrices a warp takes a row and
+// its lanes read consecutive 16-byte words along `in` (a warp-wide sum
+// reduces the dot product); for [in, out] matrices (weight_layout in_out)
+// consecutive threads take consecutive outputs of a row, the block's
+// thread groups split `in`, and their partial sums are added in group order
+// through shared memory. Sums are f32, in a fixed order: deterministic, no
+// atomics. h and the per-row outputs go to the f32 scratch buffers of the
+// grouped path (slots 24-27), with the rounding points of the reference
+// executor (roundAs<TX>), and the combine sums a token's slots in slot
+// order, as the grouped path does.
 //
 //===----------------------------------------------------------------------===//
 
@@ -55,67 +89,12 @@ template <typename F> struct FFNWeights {
   const typename F::TB *gateBias, *upBias, *gateUpBias, *downBias;
 };
 
-/// One projection row: `out` index `o` of expert `e` of a matrix with
-/// `Out` outputs and `In` inputs, dotted with the f32 vector `a`.
-template <typename F, int Out, int In>
-__device__ __forceinline__ float project(const typename F::TW *w, int e,
-                                         int o, const float *a) {
-  const long long base = static_cast<long long>(e) * Out * In;
-  if constexpr (F::InOut)
-    return dotStrided(a, w + base + o, In, Out);
-  else
-    return dotRow<typename F::TW, In>(a, w + base + static_cast<long long>(o) * In);
-}
-
-/// h[j] = act(gate_j . x, up_j . x) for j < I, split over the block.
-template <typename F>
-__device__ void hidden(const FFNWeights<F> &w, int e, const float *x,
-                       float *h) {
-  constexpr int H = F::H, I = F::I;
-  for (int j = threadIdx.x; j < I; j += blockDim.x) {
-    float g, u;
-    if constexpr (F::Fused) {
-      int gRow = F::Interleaved ? 2 * j : j;
-      int uRow = F::Interleaved ? 2 * j + 1 : I + j;
-      g = project<F, 2 * I, H>(w.gateUp, e, gRow, x);
-      u = project<F, 2 * I, H>(w.gateUp, e, uRow, x);
-      if constexpr (F::GateUpBias) {
-        g += toF32(w.gateUpBias[static_cast<long long>(e) * 2 * I + gRow]);
-        u += toF32(w.gateUpBias[static_cast<long long>(e) * 2 * I + uRow]);
-      }
-    } else {
-      g = project<F, I, H>(w.gate, e, j, x);
-      u = project<F, I, H>(w.up, e, j, x);
-      if constexpr (F::GateBias)
-        g += toF32(w.gateBias[static_cast<long long>(e) * I + j]);
-      if constexpr (F::UpBias)
-        u += toF32(w.upBias[static_cast<long long>(e) * I + j]);
-    }
-    h[j] = activate<F::Act>(g, u, F::Alpha, F::Limit);
-  }
-}
-
-/// The down projection of output `o` of expert `e`.
-template <typename F>
-__device__ __forceinline__ float down(const FFNWeights<F> &w, int e, int o,
-                                      const float *h) {
-  float v = project<F, F::H, F::I>(w.down, e, o, h);
-  if constexpr (F::DownBias)
-    v += toF32(w.downBias[static_cast<long long>(e) * F::H + o]);
-  return v;
-}
-
-/// The decode path: one block per token (a grid-stride loop over tokens),
-/// no permutation. For each selected slot in slot order, the expert's
-/// weights are streamed once (16-byte loads along rows of [out, in]
-/// matrices), the hidden vector stays in shared memory, and the weighted
-/// outputs accumulate in shared memory: no atomics, deterministic.
-///
-/// Buffers: x [T, H], ids [T, K], weights [T, K], y [T, H], then the routed
-/// FFN's gate, up, gate_up, down, gate_bias, up_bias, gate_up_bias,
-/// down_bias (null when absent), then the shared FFN's eight, then the
-/// shared gate's weight [1, H]. Dynamic shared memory: sharedBytes<Cfg>().
 /// The eight weight pointers of an FFN set, from argument slot `first`.
+/// Buffers of the expert kernels (the grouped kernels share the list):
+/// x [T, H], ids [T, K], weights [T, K], y [T, H], then the routed FFN's
+/// gate, up, gate_up, down, gate_bias, up_bias, gate_up_bias, down_bias
+/// (null when absent), then the shared FFN's eight, the shared gate's
+/// weight [1, H], and 21-27 as listed in moe_grouped.cuh.
 template <typename F>
 __device__ __forceinline__ FFNWeights<F> ffnWeights(const MoEKernelArgs &args,
                                                     int first) {
@@ -131,76 +110,475 @@ __device__ __forceinline__ FFNWeights<F> ffnWeights(const MoEKernelArgs &args,
   return w;
 }
 
-template <typename Cfg>
-__device__ void perToken(const MoEKernelArgs &args) {
+//===----------------------------------------------------------------------===//
+// Decode kernels
+//===----------------------------------------------------------------------===//
+
+/// Threads of a decode block (the code generator's launches agree).
+constexpr int DecodeThreads = 128;
+constexpr int DecodeWarps = DecodeThreads / 32;
+/// Rows (routed slots or tokens) whose sums a thread holds at once: an
+/// expert chosen by more rows reads its chunk again per DecodeRows rows,
+/// from L1/L2 (the chunk was just read).
+constexpr int DecodeRows = 4;
+
+/// Elements per load along a row of N elements of type TW: a 16-byte word
+/// when rows stay 16-byte aligned, else one element.
+template <typename TW, int N> __host__ __device__ constexpr int vecWidth() {
+  return N % (16 / static_cast<int>(sizeof(TW))) == 0
+             ? 16 / static_cast<int>(sizeof(TW))
+             : 1;
+}
+
+/// V consecutive elements of `p` as f32: 16-byte loads when V elements are
+/// whole 16-byte words (the caller keeps `p` aligned), else one at a time.
+template <typename T, int V>
+__device__ __forceinline__ void loadVec(const T *p, float (&out)[V]) {
+  if constexpr (V > 1 && (V * sizeof(T)) % 16 == 0) {
+    constexpr int P = 16 / static_cast<int>(sizeof(T));
+    const uint4 *p4 = reinterpret_cast<const uint4 *>(p);
+#pragma unroll
+    for (int q = 0; q < V / P; ++q) {
+      const uint4 packed = p4[q];
+#pragma unroll
+      for (int j = 0; j < P; ++j)
+        out[q * P + j] = unpack<T>(packed, j);
+    }
+  } else {
+#pragma unroll
+    for (int j = 0; j < V; ++j)
+      out[j] = toF32<T>(p[j]);
+  }
+}
+
+/// The activation rows of one batch: row pointers, how many are real, and
+/// the scale of each (ScaleInput: the input is roundAs<TX>(x * w)).
+template <typename TA> struct Batch {
+  const TA *row[DecodeRows];
+  float scale[DecodeRows];
+  int count;
+};
+
+/// One activation element of batch row `b`, as the IR's input to the
+/// projection holds it.
+template <typename TX, bool Scale>
+__device__ __forceinline__ float scaled(float v, float scale) {
+  if constexpr (Scale)
+    return roundAs<TX>(v * scale);
+  else
+    return v;
+}
+
+/// Dot products of NW weight rows (of an [out, in] matrix, In elements
+/// each) with the batch's rows, split over the warp: lane l reads words l,
+/// l + 32, ... (consecutive lanes, consecutive 16-byte words: coalesced),
+/// then a warp-wide sum. Every lane returns the sums.
+template <int NW, int In, typename TX, bool Scale, typename TW, typename TA>
+__device__ __forceinline__ void rowDots(const TW *const (&w)[NW],
+                                        const Batch<TA> &a,
+                                        float (&acc)[NW][DecodeRows]) {
+  constexpr int V = vecWidth<TW, In>();
+  const int lane = threadIdx.x % 32;
+#pragma unroll
+  for (int i = 0; i < NW; ++i)
+#pragma unroll
+    for (int b = 0; b < DecodeRows; ++b)
+      acc[i][b] = 0.0f;
+  constexpr int Iters = (In / V + 31) / 32;
+#pragma unroll 2
+  for (int it = 0; it < Iters; ++it) {
+    const int k = (it * 32 + lane) * V;
+    if ((In / V) % 32 != 0 && k >= In)
+      break;
+    float wv[NW][V];
+#pragma unroll
+    for (int i = 0; i < NW; ++i)
+      loadVec<TW, V>(w[i] + k, wv[i]);
+#pragma unroll
+    for (int b = 0; b < DecodeRows; ++b) {
+      if (b >= a.count)
+        continue;
+      float av[V];
+      loadVec<TA, V>(a.row[b] + k, av);
+#pragma unroll
+      for (int j = 0; j < V; ++j) {
+        const float v = scaled<TX, Scale>(av[j], a.scale[b]);
+#pragma unroll
+        for (int i = 0; i < NW; ++i)
+          acc[i][b] += v * wv[i][j];
+      }
+    }
+  }
+#pragma unroll
+  for (int i = 0; i < NW; ++i)
+#pragma unroll
+    for (int b = 0; b < DecodeRows; ++b)
+      acc[i][b] = warpSum(acc[i][b]);
+}
+
+/// Dot products of NW weight columns (of an [in, out] matrix: `base[i] +
+/// i * Out` for i < In) with the batch's rows, for the threads of `group`
+/// of G: this thread takes rows group, group + G, ... (threads of a group
+/// read consecutive outputs of a row: coalesced). The block then adds the
+/// groups' partial sums in group order (groupSum).
+template <int NW, int In, int Out, int G, typename TX, bool Scale, typename TW,
+          typename TA>
+__device__ __forceinline__ void
+columnDots(const TW *const (&base)[NW], bool valid, int group,
+           const Batch<TA> &a, float (&acc)[NW][DecodeRows]) {
+#pragma unroll
+  for (int i = 0; i < NW; ++i)
+#pragma unroll
+    for (int b = 0; b < DecodeRows; ++b)
+      acc[i][b] = 0.0f;
+  if (!valid)
+    return;
+#pragma unroll 2
+  for (int k = group; k < In; k += G) {
+    float wv[NW];
+#pragma unroll
+    for (int i = 0; i < NW; ++i)
+      wv[i] = toF32<TW>(base[i][static_cast<long long>(k) * Out]);
+#pragma unroll
+    for (int b = 0; b < DecodeRows; ++b) {
+      if (b >= a.count)
+        break;
+      const float v = scaled<TX, Scale>(toF32<TA>(a.row[b][k]), a.scale[b]);
+#pragma unroll
+      for (int i = 0; i < NW; ++i)
+        acc[i][b] += v * wv[i];
+    }
+  }
+}
+
+/// Adds the partial sums of the G = DecodeThreads / U thread groups (thread
+/// t is column t % U of group t / U) in group order; the threads of group 0
+/// get the totals. `red` holds NW * DecodeRows * DecodeThreads floats.
+/// Called by the whole block.
+template <int NW, int U>
+__device__ __forceinline__ void groupSum(float (&acc)[NW][DecodeRows],
+                                         float *red) {
+  constexpr int G = DecodeThreads / U;
+  __syncthreads(); // the previous batch's reads of red are done
+#pragma unroll
+  for (int i = 0; i < NW; ++i)
+#pragma unroll
+    for (int b = 0; b < DecodeRows; ++b)
+      red[(i * DecodeRows + b) * DecodeThreads + threadIdx.x] = acc[i][b];
+  __syncthreads();
+  if (static_cast<int>(threadIdx.x) < U) {
+#pragma unroll
+    for (int i = 0; i < NW; ++i)
+#pragma unroll
+      for (int b = 0; b < DecodeRows; ++b) {
+        float total = 0.0f;
+#pragma unroll 1
+        for (int g = 0; g < G; ++g)
+          total +=
+              red[(i * DecodeRows + b) * DecodeThreads + g * U + threadIdx.x];
+        acc[i][b] = total;
+      }
+  }
+}
+
+/// The activation rows r0 .. r0 + count of the expert's input: routed rows
+/// are slots (rows[r] = t * K + s: token t, routing weight weights[slot]),
+/// the shared FFN's rows are the tokens.
+template <typename Cfg, bool SharedFFN>
+__device__ __forceinline__ Batch<typename Cfg::TX>
+inputBatch(const MoEKernelArgs &args, long long r0, int count) {
   using TX = typename Cfg::TX;
+  constexpr int H = Cfg::Routed::H, K = Cfg::K;
+  const TX *x = static_cast<const TX *>(args.buffers[0]);
+  const float *weights = static_cast<const float *>(args.buffers[2]);
+  const int *rows = static_cast<const int *>(args.buffers[22]);
+  Batch<TX> a;
+  a.count = count;
+#pragma unroll
+  for (int b = 0; b < DecodeRows; ++b) {
+    const long long r = r0 + (b < count ? b : 0);
+    if constexpr (SharedFFN) {
+      a.row[b] = x + r * H;
+      a.scale[b] = 1.0f;
+    } else {
+      const int slot = rows[r];
+      a.row[b] = x + static_cast<long long>(slot / K) * H;
+      a.scale[b] = weights[slot];
+    }
+  }
+  return a;
+}
+
+/// One decodeUp work item: h[r, j] for hidden units j of [j0, j0 + U) and
+/// the rows [rowBegin, rowEnd) of expert e (a routed expert, or the shared
+/// FFN with the tokens as rows).
+template <typename Cfg, typename F, bool SharedFFN, int U>
+__device__ __forceinline__ void
+upItem(const MoEKernelArgs &args, const FFNWeights<F> &w, long long e, int j0,
+       long long rowBegin, long long rowEnd, float *red) {
+  using TX = typename Cfg::TX;
+  using TW = typename F::TW;
+  constexpr int H = F::H, I = F::I;
+  constexpr bool Scale = Cfg::ScaleInput && !SharedFFN;
+  float *h = static_cast<float *>(args.buffers[SharedFFN ? 26 : 24]);
+  const int lane = threadIdx.x % 32, warp = threadIdx.x / 32;
+
+  // The weight rows (or columns) of unit j: gate first, then up. Fused
+  // matrices hold 2I outputs: concatenated (j, I + j) or interleaved (2j,
+  // 2j + 1).
+  auto gateIndex = [](int j) { return F::Interleaved ? 2 * j : j; };
+  auto upIndex = [](int j) { return F::Interleaved ? 2 * j + 1 : I + j; };
+  // The gate and up values of unit j from their dot products.
+  auto finish = [&](int j, float g, float u) {
+    if constexpr (F::Fused && F::GateUpBias) {
+      g += toF32(w.gateUpBias[e * 2 * I + gateIndex(j)]);
+      u += toF32(w.gateUpBias[e * 2 * I + upIndex(j)]);
+    }
+    if constexpr (!F::Fused && F::GateBias)
+      g += toF32(w.gateBias[e * I + j]);
+    if constexpr (!F::Fused && F::UpBias)
+      u += toF32(w.upBias[e * I + j]);
+    return activate<F::Act>(g, u, F::Alpha, F::Limit);
+  };
+
+  if constexpr (!F::InOut) {
+    // A warp per unit: its gate and up rows, along H.
+    for (int u = warp; u < U && j0 + u < I; u += DecodeWarps) {
+      const int j = j0 + u;
+      const TW *rowsOf[2];
+      if constexpr (F::Fused) {
+        rowsOf[0] = w.gateUp + (e * 2 * I + gateIndex(j)) * H;
+        rowsOf[1] = w.gateUp + (e * 2 * I + upIndex(j)) * H;
+      } else {
+        rowsOf[0] = w.gate + (e * I + j) * H;
+        rowsOf[1] = w.up + (e * I + j) * H;
+      }
+      for (long long r0 = rowBegin; r0 < rowEnd; r0 += DecodeRows) {
+        const int count = static_cast<int>(
+            rowEnd - r0 < DecodeRows ? rowEnd - r0 : DecodeRows);
+        const Batch<TX> a = inputBatch<Cfg, SharedFFN>(args, r0, count);
+        float acc[2][DecodeRows];
+        rowDots<2, H, TX, Scale>(rowsOf, a, acc);
+#pragma unroll
+        for (int b = 0; b < DecodeRows; ++b)
+          if (lane == b && b < count)
+            h[(r0 + b) * I + j] = finish(j, acc[0][b], acc[1][b]);
+      }
+    }
+  } else {
+    // Thread t: unit j0 + t % U, rows t / U, t / U + G, ... of H.
+    constexpr int G = DecodeThreads / U;
+    static_assert(DecodeThreads % U == 0, "U divides the block");
+    const int j = j0 + static_cast<int>(threadIdx.x) % U;
+    const int group = static_cast<int>(threadIdx.x) / U;
+    const bool valid = j < I;
+    const int jj = valid ? j : 0;
+    const TW *cols[2];
+    if constexpr (F::Fused) {
+      cols[0] = w.gateUp + e * H * 2 * I + gateIndex(jj);
+      cols[1] = w.gateUp + e * H * 2 * I + upIndex(jj);
+    } else {
+      cols[0] = w.gate + e * H * I + jj;
+      cols[1] = w.up + e * H * I + jj;
+    }
+    constexpr int Out = F::Fused ? 2 * I : I;
+    for (long long r0 = rowBegin; r0 < rowEnd; r0 += DecodeRows) {
+      const int count =
+          static_cast<int>(rowEnd - r0 < DecodeRows ? rowEnd - r0 : DecodeRows);
+      const Batch<TX> a = inputBatch<Cfg, SharedFFN>(args, r0, count);
+      float acc[2][DecodeRows];
+      columnDots<2, H, Out, G, TX, Scale>(cols, valid, group, a, acc);
+      groupSum<2, U>(acc, red);
+      if (group == 0 && valid)
+#pragma unroll
+        for (int b = 0; b < DecodeRows; ++b)
+          if (b < count)
+            h[(r0 + b) * I + j] = finish(j, acc[0][b], acc[1][b]);
+    }
+  }
+}
+
+/// The rows r0 .. r0 + count of h (f32 scratch, I wide) as a batch.
+template <int I>
+__device__ __forceinline__ Batch<float> hiddenBatch(const float *h,
+                                                    long long r0, int count) {
+  Batch<float> a;
+  a.count = count;
+#pragma unroll
+  for (int b = 0; b < DecodeRows; ++b) {
+    a.row[b] = h + (r0 + (b < count ? b : 0)) * I;
+    a.scale[b] = 1.0f;
+  }
+  return a;
+}
+
+/// One decodeDown work item: out[r, o] for outputs o of [o0, o0 + C) and
+/// the rows [rowBegin, rowEnd) of expert e: roundAs<TX>(h[r] . down_o +
+/// bias), times the row's routing weight for routed rows (unless
+/// Unweighted), as the reference rounds the expert's output.
+template <typename Cfg, typename F, bool SharedFFN, int C>
+__device__ __forceinline__ void
+downItem(const MoEKernelArgs &args, const FFNWeights<F> &w, long long e, int o0,
+         long long rowBegin, long long rowEnd, float *red) {
+  using TX = typename Cfg::TX;
+  using TW = typename F::TW;
+  constexpr int H = F::H, I = F::I;
+  const float *weights = static_cast<const float *>(args.buffers[2]);
+  const int *rows = static_cast<const int *>(args.buffers[22]);
+  const float *h =
+      static_cast<const float *>(args.buffers[SharedFFN ? 26 : 24]);
+  float *out = static_cast<float *>(args.buffers[SharedFFN ? 27 : 25]);
+  const int lane = threadIdx.x % 32, warp = threadIdx.x / 32;
+
+  auto finish = [&](int o, long long r, float v) {
+    if constexpr (F::DownBias)
+      v += toF32(w.downBias[e * H + o]);
+    v = roundAs<TX>(v);
+    if constexpr (!SharedFFN && !Cfg::Unweighted)
+      v *= weights[rows[r]];
+    out[r * H + o] = v;
+  };
+
+  if constexpr (!F::InOut) {
+    // A warp per output: its row of down, along I.
+    for (int c = warp; c < C && o0 + c < H; c += DecodeWarps) {
+      const int o = o0 + c;
+      const TW *row[1] = {w.down + (e * H + o) * I};
+      for (long long r0 = rowBegin; r0 < rowEnd; r0 += DecodeRows) {
+        const int count = static_cast<int>(
+            rowEnd - r0 < DecodeRows ? rowEnd - r0 : DecodeRows);
+        float acc[1][DecodeRows];
+        rowDots<1, I, TX, false>(row, hiddenBatch<I>(h, r0, count), acc);
+#pragma unroll
+        for (int b = 0; b < DecodeRows; ++b)
+          if (lane == b && b < count)
+            finish(o, r0 + b, acc[0][b]);
+      }
+    }
+  } else {
+    constexpr int G = DecodeThreads / C;
+    static_assert(DecodeThreads % C == 0, "C divides the block");
+    const int o = o0 + static_cast<int>(threadIdx.x) % C;
+    const int group = static_cast<int>(threadIdx.x) / C;
+    const bool valid = o < H;
+    const TW *col[1] = {w.down + e * I * H + (valid ? o : 0)};
+    for (long long r0 = rowBegin; r0 < rowEnd; r0 += DecodeRows) {
+      const int count =
+          static_cast<int>(rowEnd - r0 < DecodeRows ? rowEnd - r0 : DecodeRows);
+      float acc[1][DecodeRows];
+      columnDots<1, I, H, G, TX, false>(col, valid, group,
+                                        hiddenBatch<I>(h, r0, count), acc);
+      groupSum<1, C>(acc, red);
+      if (group == 0 && valid)
+#pragma unroll
+        for (int b = 0; b < DecodeRows; ++b)
+          if (b < count)
+            finish(o, r0 + b, acc[0][b]);
+    }
+  }
+}
+
+/// The experts with rows, in expert order, from the dispatch plan's
+/// offsets [E + 1] (copied to `off`): their count, `active` [E] lists them.
+/// Warp 0 scans 32 experts per step with a ballot. Called by the whole
+/// block.
+template <int E>
+__device__ __forceinline__ int activeExperts(const int *offsets, int *off,
+                                             int *active, int *count) {
+  for (int i = threadIdx.x; i <= E; i += blockDim.x)
+    off[i] = offsets[i];
+  __syncthreads();
+  if (threadIdx.x < 32) {
+    const int lane = threadIdx.x;
+    int n = 0;
+    for (int base = 0; base < E; base += 32) {
+      const int e = base + lane;
+      const bool has = e < E && off[e + 1] > off[e];
+      const unsigned mask = __ballot_sync(0xffffffffu, has);
+      if (has)
+        active[n + __popc(mask & ((1u << lane) - 1u))] = e;
+      n += __popc(mask);
+    }
+    if (lane == 0)
+      count[0] = n;
+  }
+  __syncthreads();
+  return count[0];
+}
+
+/// Work items of one decode kernel: `Chunks` per active routed expert, in
+/// expert order, then `SharedChunks` of the shared FFN. Calls
+/// `routed(e, chunk, rowBegin, rowEnd)` or `shared(chunk)` for each of this
+/// block's items (grid-stride).
+template <int E, int Chunks, int SharedChunks, typename RoutedFn,
+          typename SharedFn>
+__device__ __forceinline__ void forEachItem(const MoEKernelArgs &args,
+                                            RoutedFn routed, SharedFn shared) {
+  MOE_SHARED(int, off, E + 1);
+  MOE_SHARED(int, active, E);
+  MOE_SHARED(int, count, 1);
+  const int *offsets = static_cast<const int *>(args.buffers[21]);
+  const long long routedItems =
+      static_cast<long long>(activeExperts<E>(offsets, off, active, count)) *
+      Chunks;
+  const long long items = routedItems + SharedChunks;
+  for (long long item = blockIdx.x; item < items; item += gridDim.x) {
+    if (item < routedItems) {
+      const int e = active[item / Chunks];
+      routed(e, static_cast<int>(item % Chunks), off[e], off[e + 1]);
+    } else {
+      shared(static_cast<int>(item - routedItems));
+    }
+  }
+}
+
+/// Gate/up and activation of the decode path: h [T * K, I] (rows in the
+/// dispatch plan's order) and, with shared experts, shared h [T, I_shared].
+template <typename Cfg, typename D>
+__device__ void decodeUp(const MoEKernelArgs &args) {
   using R = typename Cfg::Routed;
   using S = typename Cfg::Shared;
-  constexpr int H = R::H, K = Cfg::K;
-  constexpr int MaxI = R::I > S::I ? R::I : S::I;
-  const TX *x = static_cast<const TX *>(args.buffers[0]);
-  const int *ids = static_cast<const int *>(args.buffers[1]);
-  const float *weights = static_cast<const float *>(args.buffers[2]);
-  TX *y = static_cast<TX *>(args.buffers[3]);
+  constexpr int U = D::UpUnits, US = D::SharedUpUnits;
+  constexpr int Chunks = (R::I + U - 1) / U;
+  constexpr int SharedChunks = Cfg::HasShared ? (S::I + US - 1) / US : 0;
+  MOE_SHARED(float, red, 2 * DecodeRows * DecodeThreads);
   const FFNWeights<R> routed = ffnWeights<R>(args, 4);
   const FFNWeights<S> shared = ffnWeights<S>(args, 12);
-  const typename S::TW *sharedGate =
-      static_cast<const typename S::TW *>(args.buffers[20]);
-
-  // Dynamic shared memory of (3 H + max(I) + 1) floats: the token, the
-  // expert's input, the accumulated output, the hidden vector, the gate.
-  MOE_DYNAMIC_SHARED(float, smem);
-  float *xs = smem, *xin = xs + H, *acc = xin + H, *h = acc + H;
-  float *gateValue = h + MaxI;
-
   const long long T = args.num_tokens;
-  for (long long t = blockIdx.x; t < T; t += gridDim.x) {
-    for (int i = threadIdx.x; i < H; i += blockDim.x) {
-      xs[i] = toF32<TX>(x[t * H + i]);
-      acc[i] = 0.0f;
-    }
-    __syncthreads();
-    for (int s = 0; s < K; ++s) {
-      int e = ids[t * K + s];
-      if (e < 0 || e >= R::E)
-        continue;
-      float w = weights[t * K + s];
-      for (int i = threadIdx.x; i < H; i += blockDim.x)
-        xin[i] = Cfg::ScaleInput ? roundAs<TX>(xs[i] * w) : xs[i];
-      __syncthreads();
-      hidden<R>(routed, e, xin, h);
-      __syncthreads();
-      float scale = Cfg::Unweighted ? 1.0f : w;
-      for (int o = threadIdx.x; o < H; o += blockDim.x)
-        acc[o] += scale * roundAs<TX>(down<R>(routed, e, o, h));
-      __syncthreads();
-    }
-    if constexpr (Cfg::HasShared) {
-      if constexpr (Cfg::SharedGate) {
-        // sigmoid(x . w_gate): one dot product reduced over the block.
-        if (threadIdx.x < 32) {
-          float partial = 0.0f;
-          for (int i = threadIdx.x; i < H; i += 32)
-            partial += xs[i] * toF32(sharedGate[i]);
-          partial = warpSum(partial);
-          if (threadIdx.x == 0)
-            gateValue[0] = moe_k::sigmoid(partial);
-        }
-      }
-      hidden<S>(shared, 0, xs, h);
-      __syncthreads();
-      for (int o = threadIdx.x; o < H; o += blockDim.x) {
-        float v = roundAs<TX>(down<S>(shared, 0, o, h));
-        if constexpr (Cfg::SharedGate)
-          v = roundAs<TX>(v * gateValue[0]);
-        y[t * H + o] = fromF32<TX>(roundAs<TX>(acc[o]) + v);
-      }
-    } else {
-      for (int o = threadIdx.x; o < H; o += blockDim.x)
-        y[t * H + o] = fromF32<TX>(acc[o]);
-    }
-    __syncthreads();
-  }
+  forEachItem<R::E, Chunks, SharedChunks>(
+      args,
+      [&](int e, int chunk, int begin, int end) {
+        upItem<Cfg, R, false, U>(args, routed, e, chunk * U, begin, end, red);
+      },
+      [&](int chunk) {
+        if constexpr (Cfg::HasShared)
+          upItem<Cfg, S, true, US>(args, shared, 0, chunk * US, 0, T, red);
+      });
+}
+
+/// Down projection of the decode path: out [T * K, H] (weighted, rows in
+/// the dispatch plan's order) and, with shared experts, shared out [T, H];
+/// grouped::combine adds them up per token.
+template <typename Cfg, typename D>
+__device__ void decodeDown(const MoEKernelArgs &args) {
+  using R = typename Cfg::Routed;
+  using S = typename Cfg::Shared;
+  constexpr int C = D::DownCols, CS = D::SharedDownCols;
+  constexpr int Chunks = (R::H + C - 1) / C;
+  constexpr int SharedChunks = Cfg::HasShared ? (S::H + CS - 1) / CS : 0;
+  MOE_SHARED(float, red, DecodeRows *DecodeThreads);
+  const FFNWeights<R> routed = ffnWeights<R>(args, 4);
+  const FFNWeights<S> shared = ffnWeights<S>(args, 12);
+  const long long T = args.num_tokens;
+  forEachItem<R::E, Chunks, SharedChunks>(
+      args,
+      [&](int e, int chunk, int begin, int end) {
+        downItem<Cfg, R, false, C>(args, routed, e, chunk * C, begin, end, red);
+      },
+      [&](int chunk) {
+        if constexpr (Cfg::HasShared)
+          downItem<Cfg, S, true, CS>(args, shared, 0, chunk * CS, 0, T, red);
+      });
 }
 
 } // namespace experts

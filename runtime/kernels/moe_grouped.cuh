@@ -9,7 +9,8 @@
 //   gateUp<Cfg, Shared>  h[r, :] = act(x[token(r)] . gate, x[token(r)] . up)
 //   down<Cfg, Shared>    out[r, :] = w(r) * roundAs<TX>(h[r] . down + bias)
 //   combine<Cfg>         y[t] = sum over slots s of out[slotRow[t, s]]
-//                               (+ shared experts)
+//                               (+ shared experts), CombineCols outputs
+//                               of one token per work item
 //
 // The shared FFN (Shared = true) goes through the same GEMM templates as one
 // more "expert" whose rows are all T tokens in order; combine adds it.
@@ -26,8 +27,8 @@
 // cores, each thread computing the accumulator elements that the mma
 // fragment layout gives it, so that loaders and epilogues are shared.
 //
-// Buffers (every grouped kernel of one fused op gets the same list; slots 0
-// to 20 are those of the per-token kernel, moe_experts.cuh):
+// Buffers (every expert kernel of one fused op, decode (moe_experts.cuh) or
+// grouped, gets the same list):
 //    0 x [T, H]             1 ids [T, K]           2 weights [T, K] f32
 //    3 y [T, H]             4..11 routed FFN       12..19 shared FFN
 //   20 shared gate [H]     21 offsets [E + 1]     22 rows [T * K]
@@ -180,10 +181,10 @@ template <> struct SplitTerms<float> {
 /// result is rounded to the activation type); one bf16 term would round h
 /// by up to 2^-9 relative, which moves outputs by up to a few bf16 ulps
 /// against the reference (measured: up to 1e-2 of max |y| on the examples,
-/// against 1e-3 for the per-token kernel). Two terms (hi + lo, 2^-17) keep
-/// the grouped path as close to the reference as the per-token kernel, at
-/// twice the tensor-core work of the down projection's A side. 1 is the
-/// usual production trade-off (a bf16 intermediate), a tuning knob for the
+/// against 1e-3 for the f32 sums of the decode path). Two terms (hi + lo,
+/// 2^-17) keep the grouped path as close to the reference as the decode
+/// path, at twice the tensor-core work of the down projection's A side. 1 is
+/// the usual production trade-off (a bf16 intermediate), a tuning knob for the
 /// GPU.
 constexpr int HiddenTerms = 2;
 
@@ -702,14 +703,20 @@ __device__ void down(const MoEKernelArgs &args) {
   }
 }
 
-/// The combine: one block per token (grid-stride) sums the token's slot
-/// rows in slot order (as the per-token kernel accumulates them: the same
-/// f32 sums), then adds the shared experts (times sigmoid(x . w_gate) with
-/// a shared gate). Deterministic, no atomics.
+/// Outputs of one combine work item (two per thread): a token's H outputs
+/// are split over ceil(H / CombineCols) blocks, so that at decode (T = 1)
+/// the sums are not one block's latency-bound loop.
+constexpr int CombineCols = 256;
+
+/// The combine: work item (token t, chunk of CombineCols outputs),
+/// grid-stride, sums the token's slot rows in slot order (the reference's
+/// order of the weighted sum), then adds the shared experts (times
+/// sigmoid(x . w_gate) with a shared gate). Deterministic, no atomics.
 template <typename Cfg> __device__ void combine(const MoEKernelArgs &args) {
   using TX = typename Cfg::TX;
   using S = typename Cfg::Shared;
   constexpr int H = Cfg::Routed::H, K = Cfg::K;
+  constexpr int Chunks = (H + CombineCols - 1) / CombineCols;
   const TX *x = static_cast<const TX *>(args.buffers[0]);
   TX *y = static_cast<TX *>(args.buffers[3]);
   const typename S::TW *sharedGate =
@@ -721,7 +728,10 @@ template <typename Cfg> __device__ void combine(const MoEKernelArgs &args) {
   MOE_SHARED(float, gateValue, 1);
 
   const long long T = args.num_tokens;
-  for (long long t = blockIdx.x; t < T; t += gridDim.x) {
+  for (long long item = blockIdx.x; item < T * Chunks; item += gridDim.x) {
+    const long long t = item / Chunks;
+    const int o0 = static_cast<int>(item % Chunks) * CombineCols;
+    const int o1 = o0 + CombineCols < H ? o0 + CombineCols : H;
     for (int s = threadIdx.x; s < K; s += blockDim.x)
       rowOf[s] = slotRow[t * K + s];
     if constexpr (Cfg::HasShared && Cfg::SharedGate) {
@@ -735,7 +745,7 @@ template <typename Cfg> __device__ void combine(const MoEKernelArgs &args) {
       }
     }
     __syncthreads();
-    for (int o = threadIdx.x; o < H; o += blockDim.x) {
+    for (int o = o0 + threadIdx.x; o < o1; o += blockDim.x) {
       float acc = 0.0f;
       for (int s = 0; s < K; ++s)
         if (rowOf[s] >= 0)

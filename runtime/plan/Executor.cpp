@@ -164,7 +164,7 @@ Status LayerExecutor::launchAll(int64_t tokens) {
       if (!zeroed)
         if (Status s = backend.zero(values[v], valueBytes[v]))
           return s;
-    // Alternatives (the per-token or the grouped expert kernels) are
+    // Alternatives (the decode or the grouped expert kernels) are
     // chosen from the token count.
     if (!launchRuns(launch, tokens))
       continue;

@@ -1,7 +1,8 @@
 // The grouped (prefill) expert kernels: with a dynamic token count
-// (layout runtime) the emitter instantiates the per-token kernel and the
-// grouped kernels (gate/up GEMM, down GEMM, the same two for the shared
-// expert, combine); a forced layout keeps one path. The routing kernel also
+// (layout runtime) the emitter instantiates the decode kernels (gate/up and
+// down, the shared expert's chunks included) and the grouped kernels
+// (gate/up GEMM, down GEMM, the same two for the shared expert), and one
+// combine for both; a forced layout keeps one path and the combine. The routing kernel also
 // writes slotRow, the inverse of rows, for the combine.
 // RUN: moe-opt %s --moe-optimize | moe-translate --moe-to-cuda | FileCheck %s --check-prefixes=CHECK,RUNTIME
 // RUN: moe-opt %s --moe-optimize | sed -e 's/#moe.layout<runtime>/#moe.layout<grouped>/' | moe-translate --moe-to-cuda | FileCheck %s --check-prefixes=CHECK,GROUPED
@@ -11,7 +12,7 @@
 // CHECK: moe_route_l5_0(MoEKernelArgs args)
 // CHECK: int *slotRow = static_cast<int *>(args.buffers[7]);
 // CHECK: moe_k::route::planDispatch<4, 2, 4>(outIds, T, counts, offsets, rows, slotRow);
-// RUNTIME: // moe.fused_experts at loc({{.*}}) (layout runtime: per-token kernel up to 64 routed slots, grouped kernels above)
+// RUNTIME: // moe.fused_experts at loc({{.*}}) (layout runtime: decode kernels up to 64 routed slots, grouped kernels above)
 // GROUPED: // moe.fused_experts at loc({{.*}}) (layout grouped: grouped kernels)
 // CHECK: struct Routed {
 // CHECK-NEXT: using TW = __nv_bfloat16;
@@ -23,9 +24,14 @@
 // CHECK-NEXT: using TX = float;
 // CHECK: static constexpr int K = 2;
 // CHECK-NEXT: static constexpr bool ScaleInput = false, Unweighted = false, HasShared = true, SharedGate = true;
-// RUNTIME: extern "C" __global__ void __launch_bounds__(128, 1) moe_experts_l5_1(MoEKernelArgs args) {
-// RUNTIME-NEXT: moe_k::experts::perToken<moe_experts_l5_1_cfg::Cfg>(args);
-// GROUPED-NOT: moe_k::experts::perToken
+// RUNTIME: struct Decode {
+// RUNTIME-NEXT: static constexpr int UpUnits = 4, DownCols = 4, SharedUpUnits = 4, SharedDownCols = 4;
+// GROUPED-NOT: struct Decode
+// RUNTIME: extern "C" __global__ void __launch_bounds__(128, 4) moe_experts_l5_1_decode_up(MoEKernelArgs args) {
+// RUNTIME-NEXT: moe_k::experts::decodeUp<moe_experts_l5_1_cfg::Cfg, moe_experts_l5_1_cfg::Decode>(args);
+// RUNTIME: extern "C" __global__ void __launch_bounds__(128, 4) moe_experts_l5_1_decode_down(MoEKernelArgs args) {
+// RUNTIME-NEXT: moe_k::experts::decodeDown<moe_experts_l5_1_cfg::Cfg, moe_experts_l5_1_cfg::Decode>(args);
+// GROUPED-NOT: moe_k::experts::decode
 // CHECK: static_assert(moe_k::grouped::BM == 64 && moe_k::grouped::BN == 64 && moe_k::grouped::Threads == 128
 // CHECK: extern "C" __global__ void __launch_bounds__(128) moe_experts_l5_1_up(MoEKernelArgs args) {
 // CHECK-NEXT: moe_k::grouped::gateUp<moe_experts_l5_1_cfg::Cfg, false>(args);
@@ -40,9 +46,11 @@
 // CHECK-NEXT: moe_k::grouped::combine<moe_experts_l5_1_cfg::Cfg>(args);
 // CHECK: MOE_EMU_EXPORT_KERNEL(moe_experts_l5_1_combine)
 
-// PERTOKEN: // moe.fused_experts at loc({{.*}}) (layout per_token: per-token kernel)
-// PERTOKEN: moe_k::experts::perToken<moe_experts_l5_1_cfg::Cfg>(args);
-// PERTOKEN-NOT: moe_k::grouped::
+// PERTOKEN: // moe.fused_experts at loc({{.*}}) (layout per_token: decode kernels)
+// PERTOKEN: moe_k::experts::decodeUp<moe_experts_l5_1_cfg::Cfg, moe_experts_l5_1_cfg::Decode>(args);
+// PERTOKEN: moe_k::experts::decodeDown<moe_experts_l5_1_cfg::Cfg, moe_experts_l5_1_cfg::Decode>(args);
+// PERTOKEN-NOT: moe_k::grouped::{{gateUp|down}}
+// PERTOKEN: moe_k::grouped::combine<moe_experts_l5_1_cfg::Cfg>(args);
 
 func.func @layer_5(%x: tensor<?x64xf32>) -> tensor<?x64xf32> attributes {moe.layer = 5 : i64} {
   %wg = moe.weight ["router"] from ["m.safetensors"] : tensor<4x64xbf16>

@@ -16,7 +16,7 @@
 // CHECK: moe_k::route::scale<2>({{.*}}, 2.5f,
 // CHECK: moe_k::route::planDispatch<8, 2, 4>(outIds, T, counts, offsets, rows, slotRow);
 // CHECK: MOE_EMU_EXPORT_KERNEL(moe_route_l3_0)
-// CHECK: // moe.fused_experts at loc({{.*}}) (layout runtime: per-token kernel up to 64 routed slots, grouped kernels above)
+// CHECK: // moe.fused_experts at loc({{.*}}) (layout runtime: decode kernels up to 64 routed slots, grouped kernels above)
 // CHECK: struct Routed {
 // CHECK-NEXT: using TW = __nv_bfloat16;
 // CHECK: static constexpr int H = 16, I = 32, E = 8;
@@ -25,8 +25,15 @@
 // CHECK-NEXT: static constexpr float Alpha = 1.70200002f, Limit = 7.0f;
 // CHECK: static constexpr int K = 2;
 // CHECK-NEXT: static constexpr bool ScaleInput = false, Unweighted = false, HasShared = false, SharedGate = false;
-// CHECK: moe_k::experts::perToken<moe_experts_l3_1_cfg::Cfg>(args);
-// CHECK: MOE_EMU_EXPORT_KERNEL(moe_experts_l3_1)
+// CHECK: struct Decode {
+// CHECK-NEXT: static constexpr int UpUnits = 4, DownCols = 4, SharedUpUnits = 4, SharedDownCols = 4;
+// CHECK: } // namespace moe_experts_l3_1_cfg
+// CHECK: extern "C" __global__ void __launch_bounds__(128, 4) moe_experts_l3_1_decode_up(MoEKernelArgs args) {
+// CHECK-NEXT: moe_k::experts::decodeUp<moe_experts_l3_1_cfg::Cfg, moe_experts_l3_1_cfg::Decode>(args);
+// CHECK: MOE_EMU_EXPORT_KERNEL(moe_experts_l3_1_decode_up)
+// CHECK: extern "C" __global__ void __launch_bounds__(128, 4) moe_experts_l3_1_decode_down(MoEKernelArgs args) {
+// CHECK-NEXT: moe_k::experts::decodeDown<moe_experts_l3_1_cfg::Cfg, moe_experts_l3_1_cfg::Decode>(args);
+// CHECK: MOE_EMU_EXPORT_KERNEL(moe_experts_l3_1_decode_down)
 // CHECK: moe_k::grouped::gateUp<moe_experts_l3_1_cfg::Cfg, false>(args);
 // CHECK: moe_k::grouped::down<moe_experts_l3_1_cfg::Cfg, false>(args);
 // CHECK: moe_k::grouped::combine<moe_experts_l3_1_cfg::Cfg>(args);

@@ -69,7 +69,7 @@ public:
   void bindWeight(size_t w, const void *data);
   /// x is [T, inputWidth] f32 (converted to the input's dtype). Launches
   /// run in plan order, those whose slot gate excludes T skipped
-  /// (launchRuns: the per-token or the grouped expert kernels); with
+  /// (launchRuns: the decode or the grouped expert kernels); with
   /// MOE_LOG_LAUNCHES=1 in the environment each launch and its grid is
   /// printed on stderr.
   runtime::Expected<LayerOutputs> run(const float *x, int64_t tokens,

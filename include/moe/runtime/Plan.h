@@ -50,7 +50,7 @@ struct Binding {
 };
 
 /// The routed-slot count (T * K) up to which a moe.fused_experts of
-/// `runtime` layout runs its per-token (decode) kernel; above it, the grouped
+/// `runtime` layout runs its decode kernels; above it, the grouped
 /// (prefill) kernels run. The code generator writes it into the launches'
 /// slot gates (Launch::maxSlots / minSlots).
 constexpr int64_t kPerTokenMaxSlots = 64;
@@ -77,8 +77,9 @@ struct Launch {
   /// Gate for alternative launches chosen at run time: the launch runs only
   /// when minSlots <= T * slotsPerToken <= maxSlots (maxSlots < 0: no upper
   /// bound). The defaults always run. A moe.fused_experts of `runtime`
-  /// layout has a per-token launch with maxSlots = kPerTokenMaxSlots and
-  /// grouped launches with minSlots = kPerTokenMaxSlots + 1.
+  /// layout has decode launches with maxSlots = kPerTokenMaxSlots and
+  /// grouped launches with minSlots = kPerTokenMaxSlots + 1 (the combine
+  /// that follows both is ungated).
   int64_t slotsPerToken = 1;
   int64_t minSlots = 0;
   int64_t maxSlots = -1;

@@ -9,17 +9,19 @@ fused layouts, top-k = E so that every expert receives every token), every
 example of examples/ (seed methods and the LoRA mixture, weights drawn
 here), T in {1, 7, 64, 300} (with T = 1 most experts receive no token).
 
-Expert kernels: a moe.fused_experts of `runtime` layout runs its per-token
-kernel up to 64 routed slots (T * K, moe::kPerTokenMaxSlots) and the grouped
-(tensor-core) kernels above: T = 1 and 7 take the per-token path for every
+Expert kernels: a moe.fused_experts of `runtime` layout runs its decode
+kernels up to 64 routed slots (T * K, moe::kPerTokenMaxSlots) and the grouped
+(tensor-core) kernels above: T = 1 and 7 take the decode path for every
 model (K <= 9), T = 300 the grouped path for every model, T = 64 the grouped
 path unless K = 1 (Llama 4). --layout grouped|per_token rewrites the layout
 of every moe.fused_experts (after moe-opt --moe-optimize, for the reference
 and the backend alike) to force one path at every T; --tokens replaces the
-token counts.
+token counts; --identical gives every token the same row (so that every
+token chooses the same experts: K experts get all T rows, the others none).
 
   check_backend.py --bin BUILD/bin --examples DIR --backend emu [--seed N]
       [--layout runtime|grouped|per_token] [--tokens 1,7,64,300]
+      [--identical] [--synthetic-options "--hidden N ..."]
       [--only SUBSTRING]
 """
 import argparse
@@ -164,7 +166,11 @@ def check_model(args, tag, ir, work, rng, target=None, layers=None):
             re.search(r"func\.func @\w+\(%\w+: tensor<\?x(\d+)x",
                       text).group(1))
         for t in args.tokens:
-            x = rng.standard_normal((t, hidden)).astype(np.float32)
+            if args.identical:
+                x = np.repeat(rng.standard_normal((1, hidden)), t,
+                              axis=0).astype(np.float32)
+            else:
+                x = rng.standard_normal((t, hidden)).astype(np.float32)
             xp = os.path.join(work, "x.npy")
             np.save(xp, x)
             y0, i0, w0 = run_layer(args, ir, layer, xp,
@@ -195,6 +201,11 @@ def main():
                    help="force the layout of every moe.fused_experts")
     p.add_argument("--tokens", default=",".join(str(t) for t in TOKENS),
                    help="comma-separated token counts")
+    p.add_argument("--synthetic-options", default="",
+                   help="more moe-import options for the synthetic models "
+                   "(sizes: --hidden N --intermediate N --top-k N)")
+    p.add_argument("--identical", action="store_true",
+                   help="the same row for every token")
     args = p.parse_args()
     args.tokens = [int(t) for t in args.tokens.split(",")]
     seed = args.seed if args.seed is not None else int(time.time()) % 100000
@@ -230,7 +241,7 @@ def main():
                        tag=tag):
                     run([args.bin + "/moe-import", "--synthetic", arch,
                          "--dtype", dtype, "--seed", str(seed), "-o", model]
-                        + extra)
+                        + extra + args.synthetic_options.split())
                     ir = model + ".mlir"
                     run([args.bin + "/moe-import", model, "-o", ir])
                     check_model(args, tag, ir, work, rng)
