@@ -630,6 +630,14 @@ private:
     return Error::success();
   }
 
+  /// A kernel entry point `name(MoEKernelArgs args) { call; }` with its
+  /// launch bounds, and its entry for the CPU emulation.
+  void kernelEntry(StringRef name, StringRef bounds, StringRef call) {
+    os << "extern \"C\" __global__ void __launch_bounds__(" << bounds << ") "
+       << name << "(MoEKernelArgs args) {\n  " << call << ";\n}\n";
+    os << "#ifdef MOE_EMU\nMOE_EMU_EXPORT_KERNEL(" << name << ")\n#endif\n";
+  }
+
   Error experts(FusedExpertsOp op) {
     Block &body = op.getBody().front();
     PermuteOp permute;
@@ -795,13 +803,13 @@ private:
           launch.slotsPerToken = K;
           launch.maxSlots = ::moe::kPerTokenMaxSlots;
         }
-        os << "extern \"C\" __global__ void __launch_bounds__("
-           << kDecodeThreads << ", " << kDecodeMinBlocks << ") "
-           << launch.kernel
-           << "(MoEKernelArgs args) {\n  moe_k::experts::" << call << "<"
-           << name << "_cfg::Cfg, " << name << "_cfg::Decode>(args);\n}\n";
-        os << "#ifdef MOE_EMU\nMOE_EMU_EXPORT_KERNEL(" << launch.kernel
-           << ")\n#endif\n";
+        kernelEntry(launch.kernel,
+                    llvm::formatv("{0}, {1}", kDecodeThreads, kDecodeMinBlocks)
+                        .str(),
+                    llvm::formatv("moe_k::experts::{0}<{1}_cfg::Cfg, "
+                                  "{1}_cfg::Decode>(args)",
+                                  call, name)
+                        .str());
         plan.launches.push_back(std::move(launch));
       };
       decode("decode_up", "decodeUp", ceilDiv(r.I, upUnits),
@@ -831,13 +839,10 @@ private:
           launch.slotsPerToken = K;
           launch.minSlots = ::moe::kPerTokenMaxSlots + 1;
         }
-        os << "extern \"C\" __global__ void __launch_bounds__("
-           << kTileThreads << ") " << launch.kernel
-           << "(MoEKernelArgs args) {\n  moe_k::grouped::" << call << "<"
-           << name << "_cfg::Cfg" << (sharedRows ? ", true" : ", false")
-           << ">(args);\n}\n";
-        os << "#ifdef MOE_EMU\nMOE_EMU_EXPORT_KERNEL(" << launch.kernel
-           << ")\n#endif\n";
+        kernelEntry(launch.kernel, std::to_string(kTileThreads),
+                    llvm::formatv("moe_k::grouped::{0}<{1}_cfg::Cfg, {2}>(args)",
+                                  call, name, sharedRows ? "true" : "false")
+                        .str());
         plan.launches.push_back(std::move(launch));
       };
       gemm("up", "gateUp", false, r.I);
@@ -860,11 +865,8 @@ private:
     launch.args = args;
     os << "static_assert(moe_k::grouped::CombineCols == " << kCombineCols
        << ", \"the launch plan's combine grid\");\n";
-    os << "extern \"C\" __global__ void __launch_bounds__(128) "
-       << launch.kernel << "(MoEKernelArgs args) {\n  moe_k::grouped::"
-       << "combine<" << name << "_cfg::Cfg>(args);\n}\n";
-    os << "#ifdef MOE_EMU\nMOE_EMU_EXPORT_KERNEL(" << launch.kernel
-       << ")\n#endif\n";
+    kernelEntry(launch.kernel, "128",
+                "moe_k::grouped::combine<" + name + "_cfg::Cfg>(args)");
     plan.launches.push_back(std::move(launch));
     os << "\n";
     return Error::success();
@@ -941,10 +943,9 @@ private:
          << floatLiteral(cast<FloatAttr>(s).getValueAsDouble()) << ";\n";
     os << "    default: return 0.0f;\n    }\n  }\n};\n} // namespace " << name
        << "_cfg\n";
-    os << "extern \"C\" __global__ void __launch_bounds__(128, 1) " << name
-       << "(MoEKernelArgs args) {\n  moe_k::lora::mixture<" << name
-       << "_cfg::Cfg>(args);\n}\n";
-    os << "#ifdef MOE_EMU\nMOE_EMU_EXPORT_KERNEL(" << name << ")\n#endif\n\n";
+    kernelEntry(name, "128, 1",
+                "moe_k::lora::mixture<" + name + "_cfg::Cfg>(args)");
+    os << "\n";
     plan.launches.push_back(std::move(launch));
     return Error::success();
   }
