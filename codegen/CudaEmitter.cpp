@@ -257,8 +257,13 @@ private:
   // moe.fused_route
   //===--------------------------------------------------------------------===//
 
+  /// The router projection's kernel: tokens per block and router rows per
+  /// block (moe_k::route::routerLogits).
+  static constexpr int kLogitsTokens = 32, kLogitsRows = 8;
+
   Error route(FusedRouteOp op) {
     constexpr int kWarps = 4;
+    int logitsCount = 0;
     std::string name =
         llvm::formatv("moe_route_l{0}_{1}", plan.layer, kernelCount++).str();
     Block &body = op.getBody().front();
@@ -385,27 +390,55 @@ private:
         if (rl.getInput() != arg)
           return makeError(o, "the CUDA backend needs the router projection "
                               "to read the routed tokens");
-        Expected<std::string> w = bindWeight(rl.getWeight());
-        if (!w)
-          return w.takeError();
-        std::string bias = "static_cast<const float *>(nullptr)";
-        std::string tb = "float";
-        if (rl.getBias()) {
-          Expected<std::string> b = bindWeight(rl.getBias());
-          if (!b)
-            return b.takeError();
-          bias = *b;
-          tb = cxxType(rl.getBias().getType());
-        }
+        FailureOr<::moe::Binding> weight = weightBinding(rl.getWeight());
+        FailureOr<::moe::Binding> bias =
+            rl.getBias() ? weightBinding(rl.getBias())
+                         : FailureOr<::moe::Binding>(::moe::Binding());
+        if (failed(weight) || failed(bias))
+          return makeError(op, "a weight of the router is neither a "
+                               "moe.weight nor a float constant");
+        std::string tb =
+            rl.getBias() ? cxxType(rl.getBias().getType()) : "float";
+        // The projection is a kernel of its own, launched before this one
+        // (all of the GPU streams the router's weights); this kernel reads
+        // its logits.
+        int64_t N = dim(rl.getResult(), 1);
+        std::string logitsKernel =
+            llvm::formatv("{0}_logits{1}", name, logitsCount++).str();
+        int logits = fixedValue(::moe::ElementType::F32, 0, N);
+        ::moe::Launch projection;
+        projection.kernel = logitsKernel;
+        projection.origin = "moe.router_linear of " + launch.origin;
+        projection.blockThreads = 128;
+        projection.tokensPerBlock = kLogitsTokens;
+        projection.gridColumns = (N + kLogitsRows - 1) / kLogitsRows;
+        projection.maxBlocks = int64_t(1) << 20;
+        projection.args = {valueBinding(*input), *weight, *bias,
+                           valueBinding(logits)};
+        os << "// moe.router_linear of " << launch.origin << "\n";
+        kernelEntry(
+            logitsKernel, "128",
+            llvm::formatv(
+                "moe_k::route::routerLogits<{0}, {1}, {2}, {3}, {4}, {5}, "
+                "{6}, {7}>(static_cast<const {0} *>(args.buffers[0]), "
+                "static_cast<const {1} *>(args.buffers[1]), "
+                "static_cast<const {2} *>(args.buffers[2]), "
+                "static_cast<float *>(args.buffers[3]), args.num_tokens)",
+                tx, cxxType(rl.getWeight().getType()), tb, H, N,
+                rl.getBias() ? "true" : "false", kLogitsTokens, kLogitsRows)
+                .str());
+        os << "\n";
+        plan.launches.push_back(std::move(projection));
+        int slot = static_cast<int>(launch.args.size());
+        launch.args.push_back(valueBinding(logits));
+        ptr << llvm::formatv("  const float *lg{0} = static_cast<const float "
+                             "*>(args.buffers[{0}]);\n",
+                             slot);
         p1 << "      __syncwarp();\n";
         comment(p1);
-        p1 << llvm::formatv("      moe_k::route::routerLinear<{0}, {1}, {2}, "
-                            "{3}, {4}, {5}>(x + t * {3}, {6}, {7}, {8}, "
-                            "lane);\n",
-                            tx, cxxType(rl.getWeight().getType()), tb, H,
-                            dim(rl.getResult(), 1),
-                            rl.getBias() ? "true" : "false", *w, bias,
-                            at(rl.getResult()));
+        p1 << llvm::formatv("      moe_k::route::loadLogits<{0}>(lg{1}, t, "
+                            "{2}, lane);\n",
+                            N, slot, at(rl.getResult()));
         continue;
       }
       // Everything else runs on lane 0 of the token's warp.

@@ -119,6 +119,109 @@ __device__ __forceinline__ float sigmoid(float v) {
   return 1.0f / (1.0f + expf(-v));
 }
 
+// Warp-wide dot products of weight rows with a few activation rows: the
+// bandwidth-bound building block of the decode expert kernels
+// (moe_experts.cuh) and of the router projection (moe_route.cuh).
+
+/// Rows (routed slots or tokens) whose sums a thread holds at once: a
+/// weight row used by more rows is read again per DecodeRows rows, from
+/// L1/L2 (it was just read).
+constexpr int DecodeRows = 4;
+
+/// Elements per load along a row of N elements of type TW: a 16-byte word
+/// when rows stay 16-byte aligned, else one element.
+template <typename TW, int N> __host__ __device__ constexpr int vecWidth() {
+  return N % (16 / static_cast<int>(sizeof(TW))) == 0
+             ? 16 / static_cast<int>(sizeof(TW))
+             : 1;
+}
+
+/// V consecutive elements of `p` as f32: 16-byte loads when V elements are
+/// whole 16-byte words (the caller keeps `p` aligned), else one at a time.
+template <typename T, int V>
+__device__ __forceinline__ void loadVec(const T *p, float (&out)[V]) {
+  if constexpr (V > 1 && (V * sizeof(T)) % 16 == 0) {
+    constexpr int P = 16 / static_cast<int>(sizeof(T));
+    const uint4 *p4 = reinterpret_cast<const uint4 *>(p);
+#pragma unroll
+    for (int q = 0; q < V / P; ++q) {
+      const uint4 packed = p4[q];
+#pragma unroll
+      for (int j = 0; j < P; ++j)
+        out[q * P + j] = unpack<T>(packed, j);
+    }
+  } else {
+#pragma unroll
+    for (int j = 0; j < V; ++j)
+      out[j] = toF32<T>(p[j]);
+  }
+}
+
+/// The activation rows of one batch: row pointers, how many are real, and
+/// the scale of each (ScaleInput: the input is roundAs<TX>(x * w)).
+template <typename TA> struct Batch {
+  const TA *row[DecodeRows];
+  float scale[DecodeRows];
+  int count;
+};
+
+/// One activation element of batch row `b`, as the IR's input to the
+/// projection holds it.
+template <typename TX, bool Scale>
+__device__ __forceinline__ float scaled(float v, float scale) {
+  if constexpr (Scale)
+    return roundAs<TX>(v * scale);
+  else
+    return v;
+}
+
+/// Dot products of NW weight rows (of an [out, in] matrix, In elements
+/// each) with the batch's rows, split over the warp: lane l reads words l,
+/// l + 32, ... (consecutive lanes, consecutive 16-byte words: coalesced),
+/// then a warp-wide sum. Every lane returns the sums.
+template <int NW, int In, typename TX, bool Scale, typename TW, typename TA>
+__device__ __forceinline__ void rowDots(const TW *const (&w)[NW],
+                                        const Batch<TA> &a,
+                                        float (&acc)[NW][DecodeRows]) {
+  constexpr int V = vecWidth<TW, In>();
+  const int lane = threadIdx.x % 32;
+#pragma unroll
+  for (int i = 0; i < NW; ++i)
+#pragma unroll
+    for (int b = 0; b < DecodeRows; ++b)
+      acc[i][b] = 0.0f;
+  constexpr int Iters = (In / V + 31) / 32;
+#pragma unroll 2
+  for (int it = 0; it < Iters; ++it) {
+    const int k = (it * 32 + lane) * V;
+    if ((In / V) % 32 != 0 && k >= In)
+      break;
+    float wv[NW][V];
+#pragma unroll
+    for (int i = 0; i < NW; ++i)
+      loadVec<TW, V>(w[i] + k, wv[i]);
+#pragma unroll
+    for (int b = 0; b < DecodeRows; ++b) {
+      if (b >= a.count)
+        continue;
+      float av[V];
+      loadVec<TA, V>(a.row[b] + k, av);
+#pragma unroll
+      for (int j = 0; j < V; ++j) {
+        const float v = scaled<TX, Scale>(av[j], a.scale[b]);
+#pragma unroll
+        for (int i = 0; i < NW; ++i)
+          acc[i][b] += v * wv[i][j];
+      }
+    }
+  }
+#pragma unroll
+  for (int i = 0; i < NW; ++i)
+#pragma unroll
+    for (int b = 0; b < DecodeRows; ++b)
+      acc[i][b] = warpSum(acc[i][b]);
+}
+
 } // namespace moe_k
 
 #endif // MOE_KERNELS_COMMON_CUH

@@ -7,7 +7,8 @@
 // the token order grouped by expert), so routing is one launch.
 //
 // Row ops run on lane 0 of the token's warp over at most a few hundred
-// values; the router projection (T x H x E multiply-adds) is warp-parallel.
+// values; the router projection (T x H x E multiply-adds) is a kernel of
+// its own before this one (routerLogits), spread over the GPU.
 // Semantics follow docs/dialect.md exactly, including tie breaking (the
 // lower index wins) and empty slots (id -1, weight 0).
 //
@@ -21,24 +22,63 @@
 namespace moe_k {
 namespace route {
 
-/// out[n] = x . w[n] (+ bias[n]) for n < N: each dot product is split over
-/// the lanes (coalesced reads of x and of the weight row) and reduced with
-/// shuffles; x stays in L1 across the N rows.
-template <typename TX, typename TW, typename TB, int H, int N, bool HasBias>
-__device__ void routerLinear(const TX *x, const TW *w, const TB *bias,
-                             float *out, int lane) {
-  for (int n = 0; n < N; ++n) {
-    float partial = 0.0f;
-    const TW *row = w + static_cast<long long>(n) * H;
-    for (int h = lane; h < H; h += 32)
-      partial += toF32<TX>(x[h]) * toF32<TW>(row[h]);
-    float total = warpSum(partial);
-    if (lane == 0) {
-      if constexpr (HasBias)
-        total += toF32<TB>(bias[n]);
-      out[n] = total;
+/// moe.router_linear, as a kernel of its own launched before the routing
+/// kernel: logits[t, n] = x[t] . w[n] (+ bias[n]), f32, for every token t
+/// and router row n < N. Block b takes the Tokens tokens of tile
+/// b / Columns and the Rows router rows of chunk b % Columns, a warp per
+/// row: the lanes read the row with 16-byte loads (coalesced) and dot it
+/// with DecodeRows tokens at a time (moe_common.cuh rowDots), so that each
+/// row is read from memory once per block and the tokens come from L1/L2.
+/// At decode the router's weights are streamed by ceil(N / Rows) blocks in
+/// parallel (one warp per token used to read all of them); at prefill the
+/// grid is ceil(T / Tokens) x Columns blocks. The grid loops, so a clamped
+/// grid is still correct.
+template <typename TX, typename TW, typename TB, int H, int N, bool HasBias,
+          int Tokens, int Rows>
+__device__ void routerLogits(const TX *x, const TW *w, const TB *bias,
+                             float *logits, long long T) {
+  constexpr int Columns = (N + Rows - 1) / Rows;
+  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
+  const int warps = blockDim.x / 32;
+  const long long items = (T + Tokens - 1) / Tokens * Columns;
+  for (long long item = blockIdx.x; item < items; item += gridDim.x) {
+    const long long t0 = item / Columns * Tokens;
+    const long long tEnd = t0 + Tokens < T ? t0 + Tokens : T;
+    const int n0 = static_cast<int>(item % Columns) * Rows;
+    for (int n = n0 + warp; n < n0 + Rows && n < N; n += warps) {
+      const TW *row[1] = {w + static_cast<long long>(n) * H};
+      for (long long r0 = t0; r0 < tEnd; r0 += DecodeRows) {
+        const int count = static_cast<int>(
+            tEnd - r0 < DecodeRows ? tEnd - r0 : DecodeRows);
+        Batch<TX> a;
+        a.count = count;
+#pragma unroll
+        for (int i = 0; i < DecodeRows; ++i) {
+          a.row[i] = x + (r0 + (i < count ? i : 0)) * H;
+          a.scale[i] = 1.0f;
+        }
+        float acc[1][DecodeRows];
+        rowDots<1, H, TX, false>(row, a, acc);
+#pragma unroll
+        for (int i = 0; i < DecodeRows; ++i)
+          if (lane == i && i < count) {
+            float v = acc[0][i];
+            if constexpr (HasBias)
+              v += toF32<TB>(bias[n]);
+            logits[(r0 + i) * N + n] = v;
+          }
+      }
     }
   }
+}
+
+/// The router logits of token t (a row of routerLogits' output) into the
+/// token's row of shared memory, by the token's warp.
+template <int N>
+__device__ __forceinline__ void loadLogits(const float *logits, long long t,
+                                           float *out, int lane) {
+  for (int n = lane; n < N; n += 32)
+    out[n] = logits[t * N + n];
   __syncwarp();
 }
 

@@ -4,9 +4,14 @@
 
 // CHECK: #include "moe_route.cuh"
 // CHECK: //===--- @layer_3 (layer 3) ---===//
+// The router projection is a kernel of its own, launched first.
+// CHECK: // moe.router_linear of moe.fused_route at loc(
+// CHECK-NEXT: extern "C" __global__ void __launch_bounds__(128) moe_route_l3_0_logits0(MoEKernelArgs args)
+// CHECK-NEXT: moe_k::route::routerLogits<float, __nv_bfloat16, float, 16, 8, true, 32, 8>(
+// CHECK: MOE_EMU_EXPORT_KERNEL(moe_route_l3_0_logits0)
 // CHECK: // moe.fused_route at loc(
 // CHECK: extern "C" __global__ void __launch_bounds__(128) moe_route_l3_0(MoEKernelArgs args)
-// CHECK: moe_k::route::routerLinear<float, __nv_bfloat16, float, 16, 8, true>(x + t * 16
+// CHECK: moe_k::route::loadLogits<8>(lg{{[0-9]+}}, t, 
 // CHECK: moe_k::route::sigmoid<8>(
 // CHECK: moe_k::route::biasAdd<8, float>(
 // CHECK: moe_k::route::groupLimit<8, 4, 2, true>(
