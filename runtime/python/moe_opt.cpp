@@ -17,7 +17,8 @@
 //===----------------------------------------------------------------------===//
 
 #include "moe/Model.h"
-#include "moe/runtime/Float16.h"
+#include "moe/runtime/Executor.h"
+#include "moe/runtime/Package.h"
 
 #include <pybind11/numpy.h>
 #include <pybind11/pybind11.h>
@@ -411,7 +412,6 @@ void bindTensor(State &s, int64_t index, py::handle data) {
                           shapeText(info.shape));
   py::dtype dtype = arr.dtype();
   std::string kind = std::string(py::str(dtype));
-  bool floats = dtype.kind() == 'f';
   const std::map<std::string, std::vector<std::string>> accepted = {
       {"f32", {"float32", "float64", "float16"}},
       {"f16", {"float16", "float32", "float64"}},
@@ -436,22 +436,21 @@ void bindTensor(State &s, int64_t index, py::handle data) {
   if (!copy)
     throw std::bad_alloc();
   std::memset(copy.get(), 0, (bytes + 16 + 15) / 16 * 16);
-  if (floats && info.dtype != "f32" && kind != "float16" && kind != "uint16") {
-    // bf16/f16 from float values, rounded to nearest even.
-    py::array_t<float, py::array::c_style | py::array::forcecast> f(arr);
-    const float *v = f.data();
-    for (size_t i = 0; i < count; ++i) {
-      uint16_t bits = info.dtype == "bf16" ? moe::floatToBF16(v[i])
-                                           : moe::floatToF16(v[i]);
-      std::memcpy(copy.get() + 2 * i, &bits, 2);
-    }
-  } else if (info.dtype == "f32" && kind != "float32") {
-    py::array_t<float, py::array::c_style | py::array::forcecast> f(arr);
-    std::memcpy(copy.get(), f.data(), bytes);
-  } else {
-    // The element type already: bytes as they are, C order.
+  // The tensor's own element type (bf16 as uint16 bit patterns): the bytes
+  // as they are, C order; other float arrays are encoded as the executor
+  // encodes weights (rounded to nearest even).
+  static const std::map<std::string, std::string> exact = {
+      {"f32", "float32"}, {"f16", "float16"}, {"bf16", "uint16"},
+      {"i32", "int32"}, {"u32", "uint32"}};
+  if (kind == exact.at(info.dtype)) {
     py::array c = py::array::ensure(arr, py::array::c_style);
     std::memcpy(copy.get(), c.data(), bytes);
+  } else {
+    py::array_t<float, py::array::c_style | py::array::forcecast> f(arr);
+    std::vector<uint8_t> encoded = moe::encodeElements(
+        std::vector<float>(f.data(), f.data() + count),
+        *moe::runtime::parseElementType(info.dtype));
+    std::memcpy(copy.get(), encoded.data(), bytes);
   }
   std::lock_guard<std::mutex> lock(s.mutex);
   if (moe::runtime::Status st = s.model->bindTensor(t, copy.get(), bytes))

@@ -20,7 +20,7 @@
 
 #include "moe/Model.h"
 #include "moe/runtime/Device.h"
-#include "moe/runtime/Float16.h"
+#include "moe/runtime/Executor.h"
 #include "moe/runtime/Package.h"
 
 #include <algorithm>
@@ -30,6 +30,7 @@
 #include <cstring>
 #include <fstream>
 #include <memory>
+#include <optional>
 #include <random>
 #include <sstream>
 #include <string>
@@ -62,26 +63,16 @@ std::vector<float> readRaw(const std::string &path, size_t count) {
   return v;
 }
 
-/// `count` elements of `type` from N(0, scale^2) values, as raw bytes.
+/// `count` elements of `type` from N(0, scale^2) values (integers: |v| * 4),
+/// as raw bytes, encoded as the executor encodes weights.
 std::vector<uint8_t> randomElements(size_t count, moe::ElementType type,
                                     float scale, std::mt19937 &rng) {
   std::normal_distribution<float> normal(0.0f, scale);
-  size_t size = moe::elementSize(type);
-  std::vector<uint8_t> out(count * size);
-  for (size_t i = 0; i < count; ++i) {
-    float v = normal(rng);
-    if (type == moe::ElementType::BF16 || type == moe::ElementType::F16) {
-      uint16_t bits = type == moe::ElementType::BF16 ? moe::floatToBF16(v)
-                                                     : moe::floatToF16(v);
-      std::memcpy(&out[i * 2], &bits, 2);
-    } else if (type == moe::ElementType::F32) {
-      std::memcpy(&out[i * 4], &v, 4);
-    } else {
-      int32_t n = static_cast<int32_t>(std::fabs(v) * 4);
-      std::memcpy(&out[i * 4], &n, 4);
-    }
-  }
-  return out;
+  bool integer = type == moe::ElementType::I32 || type == moe::ElementType::U32;
+  std::vector<float> values(count);
+  for (float &v : values)
+    v = integer ? std::trunc(std::fabs(normal(rng)) * 4) : normal(rng);
+  return moe::encodeElements(values, type);
 }
 
 /// Memory that the model's backend can read: device memory (cuda) or
@@ -198,9 +189,11 @@ Expected<std::vector<double>> timeOnDevice(moe::Model &m,
   Expected<std::string> act = m.activationType(layer);
   if (!act)
     return act.takeError();
-  moe::ElementType type = *act == "bf16"  ? moe::ElementType::BF16
-                          : *act == "f16" ? moe::ElementType::F16
-                                          : moe::ElementType::F32;
+  std::optional<moe::ElementType> parsed = moe::runtime::parseElementType(*act);
+  if (!parsed)
+    return Status::error("layer " + std::to_string(layer) +
+                         ": unknown activation type " + *act);
+  moe::ElementType type = *parsed;
   size_t count = static_cast<size_t>(tokens * m.hidden(layer).value());
   size_t bytes = count * moe::elementSize(type);
   std::vector<Buffer> xs;
