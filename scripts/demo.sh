@@ -14,9 +14,12 @@ arch=${MOE_DEMO_ARCH:-qwen2_moe}
 tokens=${MOE_DEMO_TOKENS:-16}
 started=$(date +%s)
 
-echo "== building moe-opt (log: $build.demo-build.log)"
-bash "$root/scripts/build.sh" > "$build.demo-build.log" 2>&1 || {
-  tail -50 "$build.demo-build.log"; exit 1; }
+# The build log goes inside the (ignored) build folder: the demo leaves the
+# work tree as it found it.
+mkdir -p "$build"
+echo "== building moe-opt (log: $build/demo-build.log)"
+bash "$root/scripts/build.sh" > "$build/demo-build.log" 2>&1 || {
+  tail -50 "$build/demo-build.log"; exit 1; }
 bin="$build/bin"
 work=$(mktemp -d "${TMPDIR:-/tmp}/moe-demo.XXXXXX")
 trap 'rm -rf "$work"' EXIT

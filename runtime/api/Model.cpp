@@ -86,7 +86,7 @@ Expected<std::unique_ptr<Model>> Model::open(const std::string &packageDir,
     for (const std::string &arch : impl->package.cubinArchs())
       cubins[arch] = *impl->package.cubin(arch);
     auto cuda = openCudaBackend(impl->package.source(), options.device,
-                                &report, &cubins);
+                                &report, &cubins, options.cacheDir);
     if (cuda) {
       impl->device = std::move(cuda.value());
       impl->backend = "cuda";

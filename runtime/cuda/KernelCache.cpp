@@ -29,6 +29,8 @@
 #include <cstdlib>
 #include <cstring>
 #include <ctime>
+#include <map>
+#include <mutex>
 
 namespace moe::runtime {
 namespace {
@@ -418,6 +420,74 @@ KernelCache::getOrCompile(const CompileRequest &request) {
   module.warnings.insert(module.warnings.begin(), warnings.begin(),
                          warnings.end());
   return module;
+}
+
+namespace {
+/// The caches compileCached has opened in this process, by folder.
+struct SharedCaches {
+  std::mutex mutex;
+  std::map<std::string, std::shared_ptr<KernelCache>> byDirectory;
+};
+SharedCaches &sharedCaches() {
+  static SharedCaches caches;
+  return caches;
+}
+} // namespace
+
+Expected<CompiledModule> compileCached(const CompileRequest &request,
+                                       const std::string &directory) {
+  std::string unavailable;
+  std::shared_ptr<KernelCache> cache;
+  const char *mode = std::getenv("MOE_KERNEL_CACHE");
+  if (mode && std::string(mode) == "off") {
+    // Turned off on purpose: nothing to warn about.
+  } else if (Expected<std::string> dir = directory.empty()
+                                             ? defaultCacheDirectory()
+                                             : Expected<std::string>(directory);
+             !dir) {
+    unavailable = "kernel cache: not used: " + dir.message();
+  } else {
+    SharedCaches &caches = sharedCaches();
+    std::lock_guard<std::mutex> lock(caches.mutex);
+    auto it = caches.byDirectory.find(*dir);
+    if (it != caches.byDirectory.end()) {
+      cache = it->second;
+    } else {
+      KernelCacheOptions options;
+      options.directory = *dir;
+      Expected<std::unique_ptr<KernelCache>> opened =
+          KernelCache::open(std::move(options));
+      if (opened) {
+        cache = std::shared_ptr<KernelCache>(std::move(opened).value());
+        caches.byDirectory[*dir] = cache;
+      } else {
+        unavailable = "kernel cache: not used: " + opened.message();
+      }
+    }
+  }
+  if (cache)
+    return cache->getOrCompile(request);
+  Expected<CompiledModule> compiled = compileKernels(request);
+  if (!compiled)
+    return compiled;
+  CompiledModule module = std::move(compiled).value();
+  if (!unavailable.empty())
+    module.warnings.insert(module.warnings.begin(), unavailable);
+  return module;
+}
+
+KernelCacheStats compileCachedStats() {
+  SharedCaches &caches = sharedCaches();
+  std::lock_guard<std::mutex> lock(caches.mutex);
+  KernelCacheStats total;
+  for (const auto &[dir, cache] : caches.byDirectory) {
+    KernelCacheStats s = cache->stats();
+    total.hits += s.hits;
+    total.misses += s.misses;
+    total.corruptEntries += s.corruptEntries;
+    total.writeFailures += s.writeFailures;
+  }
+  return total;
 }
 
 } // namespace moe::runtime

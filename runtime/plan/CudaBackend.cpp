@@ -7,6 +7,7 @@
 #include "moe/runtime/Backends.h"
 #include "moe/runtime/Compiler.h"
 #include "moe/runtime/Device.h"
+#include "moe/runtime/KernelCache.h"
 #include "moe/runtime/KernelHeaders.h"
 
 #include <map>
@@ -82,7 +83,8 @@ private:
 runtime::Expected<std::unique_ptr<KernelBackend>>
 openCudaBackend(const std::string &source, int ordinal,
                 BackendReport *report,
-                const std::map<std::string, std::string> *cubins) {
+                const std::map<std::string, std::string> *cubins,
+                const std::string &cacheDir) {
   runtime::Expected<runtime::Device> device = runtime::Device::open(ordinal);
   if (!device)
     return device.takeError();
@@ -95,8 +97,12 @@ openCudaBackend(const std::string &source, int ordinal,
     if (report)
       report->precompiled = true;
   } else {
+    runtime::CompileRequest request;
+    request.source = source;
+    request.headers = kernelHeaders();
+    request.arch = arch;
     runtime::Expected<runtime::CompiledModule> compiled =
-        runtime::compileKernels(source, kernelHeaders(), arch);
+        runtime::compileCached(request, cacheDir);
     if (!compiled)
       return compiled.takeError();
     if (report) {

@@ -17,6 +17,7 @@
 #include "moe/lib/Reference/Interpreter.h"
 #include "moe/passes/Passes.h"
 #include "moe/runtime/Compiler.h"
+#include "moe/runtime/KernelCache.h"
 #include "moe/runtime/KernelHeaders.h"
 #include "moe/runtime/Package.h"
 
@@ -38,7 +39,9 @@
 #include "llvm/Support/raw_ostream.h"
 
 #include <chrono>
+#include <optional>
 #include <set>
+#include <thread>
 
 using namespace llvm;
 
@@ -202,24 +205,44 @@ int main(int argc, char **argv) {
   contents.model.set("source", input.getValue());
   contents.model.set("activation_type", activationType.getValue());
 
+  // Every architecture compiles through the kernel cache, each on a thread
+  // of its own (NVRTC compiles separate programs concurrently).
+  if (!archList.empty())
+    progress.step("compiling the kernels for " + archs + " (NVRTC, " +
+                  Twine(archList.size()) + " in parallel, through the cache)");
+  uint64_t nvrtcBefore = moe::runtime::nvrtcCompileCount();
+  std::vector<std::optional<moe::runtime::Expected<moe::runtime::CompiledModule>>>
+      results(archList.size());
+  {
+    std::vector<std::thread> threads;
+    for (size_t i = 0; i < archList.size(); ++i)
+      threads.emplace_back([&, i] {
+        moe::runtime::CompileRequest request;
+        request.source = contents.plan.source;
+        request.headers = moe::kernelHeaders();
+        request.arch = archList[i].str();
+        results[i].emplace(moe::runtime::compileCached(request));
+      });
+    for (std::thread &t : threads)
+      t.join();
+  }
+  uint64_t nvrtcCalls = moe::runtime::nvrtcCompileCount() - nvrtcBefore;
   int cacheHits = 0;
   double nvrtcSeconds = 0;
-  for (StringRef arch : archList) {
-    progress.step("compiling " + Twine(contents.plan.layers.size()) +
-                  " layers' kernels for " + arch + " (NVRTC)");
-    auto compiled = moe::runtime::compileKernels(contents.plan.source,
-                                                 moe::kernelHeaders(),
-                                                 arch.str());
+  for (size_t i = 0; i < archList.size(); ++i) {
+    const moe::runtime::Expected<moe::runtime::CompiledModule> &compiled =
+        *results[i];
     if (!compiled) {
       progress.done();
-      return fail("compiling the kernels for " + arch + ": " +
+      return fail("compiling the kernels for " + archList[i] + ": " +
                   compiled.message());
     }
     for (const std::string &w : compiled.value().warnings)
       errs() << "moe-compile: warning: " << w << "\n";
     cacheHits += compiled.value().fromCache ? 1 : 0;
-    nvrtcSeconds += compiled.value().compileSeconds;
-    contents.cubins[arch.str()] = compiled.value().cubin;
+    if (!compiled.value().fromCache)
+      nvrtcSeconds += compiled.value().compileSeconds;
+    contents.cubins[archList[i].str()] = compiled.value().cubin;
     for (const auto &r : compiled.value().resources)
       if (r.isEntry)
         contents.resources.push_back(r);
@@ -256,11 +279,16 @@ int main(int argc, char **argv) {
   progress.done();
 
   // Summary.
+  // Distinct kernels, against the launch sites of all layers (what each
+  // layer would compile if no kernel were shared).
   std::set<std::string> kernels;
+  size_t launchSites = 0;
   int64_t experts = 0;
   for (const moe::LayerPlan &l : contents.plan.layers)
-    for (const moe::Launch &launch : l.launches)
+    for (const moe::Launch &launch : l.launches) {
       kernels.insert(launch.kernel);
+      ++launchSites;
+    }
   for (const moe::WeightRef &w : contents.plan.layers.empty()
                                      ? std::vector<moe::WeightRef>()
                                      : contents.plan.layers.front().weights)
@@ -290,7 +318,8 @@ int main(int argc, char **argv) {
                    ? ""
                    : ":" + contents.plan.layers[i].target);
   outs() << "), experts per layer: " << experts << "\n";
-  outs() << "  kernels: " << kernels.size() << ", architectures: " << archs
+  outs() << "  kernels: " << kernels.size() << " distinct for "
+         << launchSites << " launch sites, architectures: " << archs
          << ", weights: " << format("%.1f", weightBytes / 1048576.0)
          << " MiB in " << contents.tensors.size() << " tensors";
   if (externalCount)
@@ -305,8 +334,18 @@ int main(int argc, char **argv) {
                      static_cast<long long>(r.spillStoresBytes),
                      static_cast<long long>(r.spillLoadsBytes),
                      static_cast<long long>(r.sharedBytes));
-  outs() << format("  time: %.2f s in all, %.2f s in NVRTC; cache hits: %d "
-                   "of %zu architectures\n",
-                   seconds(start), nvrtcSeconds, cacheHits, archList.size());
+  moe::runtime::KernelCacheStats cacheStats =
+      moe::runtime::compileCachedStats();
+  outs() << format("  time: %.2f s in all, %.2f s of NVRTC work (summed over "
+                   "architectures); NVRTC calls: "
+                   "%llu; cache hits: %d of %zu architectures",
+                   seconds(start), nvrtcSeconds,
+                   static_cast<unsigned long long>(nvrtcCalls), cacheHits,
+                   archList.size());
+  if (cacheStats.corruptEntries)
+    outs() << format(" (%llu unusable entries recompiled)",
+                     static_cast<unsigned long long>(
+                         cacheStats.corruptEntries));
+  outs() << "\n";
   return 0;
 }

@@ -12,6 +12,7 @@
 //===----------------------------------------------------------------------===//
 
 #include "moe/runtime/Compiler.h"
+#include "moe/runtime/KernelCache.h"
 #include "moe/runtime/KernelHeaders.h"
 
 #include <cstdio>
@@ -62,8 +63,11 @@ int main(int argc, char **argv) {
   std::string arch;
   int status = 0;
   while (std::getline(list, arch, ',')) {
-    auto compiled =
-        moe::runtime::compileKernels(text.str(), moe::kernelHeaders(), arch);
+    moe::runtime::CompileRequest request;
+    request.source = text.str();
+    request.headers = moe::kernelHeaders();
+    request.arch = arch;
+    auto compiled = moe::runtime::compileCached(request);
     if (!compiled) {
       std::cerr << "moe-nvrtc: error: " << input << " for " << arch << ": "
                 << compiled.message() << "\n";

@@ -29,10 +29,12 @@ struct BackendReport {
 
 /// Opens device `ordinal` and loads the cubin of its architecture from
 /// `cubins` (arch -> image) when there is one (no NVRTC); otherwise compiles
-/// `source` for it (through the kernel cache) and says so in the report.
+/// `source` for it (through the kernel cache in `cacheDir`, or the default
+/// cache directory when empty) and says so in the report.
 runtime::Expected<std::unique_ptr<KernelBackend>>
 openCudaBackend(const std::string &source, int ordinal, BackendReport *report,
-                const std::map<std::string, std::string> *cubins = nullptr);
+                const std::map<std::string, std::string> *cubins = nullptr,
+                const std::string &cacheDir = "");
 
 /// Compiles `source` for the CPU emulation (cached under `cacheDir`, or the
 /// default cache directory when empty).

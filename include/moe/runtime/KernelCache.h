@@ -119,6 +119,18 @@ private:
   std::atomic<uint64_t> hits_{0}, misses_{0}, corrupt_{0}, writeFailures_{0};
 };
 
+/// Compiles `request` the way every tool does: through the disk cache in
+/// `directory`, or when it is empty in defaultCacheDirectory()
+/// (MOE_CACHE_DIR, else the user's cache folder),
+/// opened once per folder and process. When no cache folder can be used, or
+/// MOE_KERNEL_CACHE=off, the request is compiled directly (a folder that
+/// cannot be used is the first of CompiledModule::warnings). Safe to call from several threads.
+Expected<CompiledModule> compileCached(const CompileRequest &request,
+                                       const std::string &directory = "");
+
+/// Hits and misses of compileCached's caches in this process, added up.
+KernelCacheStats compileCachedStats();
+
 } // namespace moe::runtime
 
 #endif // MOE_RUNTIME_KERNELCACHE_H
