@@ -7,6 +7,7 @@
 //===----------------------------------------------------------------------===//
 
 #include "moe/lib/Import/ModelSpec.h"
+#include "moe/lib/Weights/InputFile.h"
 
 #include "llvm/ADT/STLExtras.h"
 #include "llvm/ADT/StringExtras.h"
@@ -17,6 +18,7 @@
 #include "llvm/Support/Path.h"
 
 #include <algorithm>
+#include <cmath>
 #include <set>
 
 using namespace moe;
@@ -36,6 +38,13 @@ const std::vector<std::string> &moe::supportedModelTypes() {
 }
 
 namespace {
+
+/// The largest integer accepted in a config field (16 Mi): real models stay
+/// far below (hidden sizes of a few thousand, at most a few hundred
+/// experts), and three such values multiply without overflowing 64 bits.
+constexpr int64_t kMaxConfigInt = int64_t(1) << 24;
+/// The most decoder layers a config may declare.
+constexpr int64_t kMaxLayers = 4096;
 
 /// Typed access to config.json fields with errors that name the file, the
 /// field and what was expected.
@@ -57,6 +66,9 @@ public:
     return optionalInt(key, 0);
   }
 
+  /// Every integer field we read is a size, a count, a step or an index:
+  /// never negative, and far below kMaxConfigInt, so that sums and products
+  /// of a few of them cannot overflow 64 bits.
   Expected<int64_t> optionalInt(StringRef key, int64_t fallback) const {
     if (!has(key))
       return fallback;
@@ -64,9 +76,14 @@ public:
     if (!v)
       return makeError(path + ": field '" + key +
                        "' must be an integer, got " + describe(key));
+    if (*v < 0 || *v > kMaxConfigInt)
+      return makeError(path + ": field '" + key + "' is " + llvm::Twine(*v) +
+                       "; expected an integer in [0, " +
+                       llvm::Twine(kMaxConfigInt) + "]");
     return *v;
   }
 
+  /// A number, finite once converted to f32 (the type the IR uses it in).
   Expected<double> optionalNumber(StringRef key, double fallback) const {
     if (!has(key))
       return fallback;
@@ -74,7 +91,20 @@ public:
     if (!v)
       return makeError(path + ": field '" + key +
                        "' must be a number, got " + describe(key));
+    if (!std::isfinite(static_cast<float>(*v)))
+      return makeError(path + ": field '" + key + "' is " + describe(key) +
+                       ", which is not a finite 32-bit float");
     return *v;
+  }
+
+  /// A number that must be > 0 (scales and limits).
+  Expected<double> optionalPositiveNumber(StringRef key,
+                                          double fallback) const {
+    Expected<double> v = optionalNumber(key, fallback);
+    if (v && !(*v > 0))
+      return makeError(path + ": field '" + key + "' is " + describe(key) +
+                       "; expected a number > 0");
+    return v;
   }
 
   Expected<bool> optionalBool(StringRef key, bool fallback) const {
@@ -116,12 +146,19 @@ public:
     return result;
   }
 
-  /// A positive integer field (sizes and counts).
-  Expected<int64_t> requiredPositive(StringRef key) const {
-    Expected<int64_t> v = requiredInt(key);
-    if (v && *v <= 0)
+  /// A positive integer field (sizes and counts), at most `max`.
+  Expected<int64_t> requiredPositive(StringRef key,
+                                     int64_t max = kMaxConfigInt) const {
+    if (!has(key))
+      return requiredInt(key);
+    std::optional<int64_t> raw = object.get(key)->getAsInteger();
+    if (raw && *raw <= 0)
       return makeError(path + ": field '" + key + "' must be > 0, got " +
-                       llvm::Twine(*v));
+                       llvm::Twine(*raw));
+    Expected<int64_t> v = requiredInt(key);
+    if (v && *v > max)
+      return makeError(path + ": field '" + key + "' is " + llvm::Twine(*v) +
+                       "; expected at most " + llvm::Twine(max));
     return v;
   }
 
@@ -382,10 +419,13 @@ Expected<ModelSpec> moe::readModelSpec(StringRef modelDir, WeightStore &store) {
   llvm::sys::path::append(configPath, "config.json");
   std::string path = configPath.str().str();
 
+  if (Error e = moe::checkRegularFile(path, "config file"))
+    return std::move(e);
   auto buffer = llvm::MemoryBuffer::getFile(configPath);
   if (!buffer)
     return makeError(path + ": cannot read: " + buffer.getError().message());
-  Expected<llvm::json::Value> json = llvm::json::parse((*buffer)->getBuffer());
+  Expected<llvm::json::Value> json =
+      moe::parseBoundedJson((*buffer)->getBuffer());
   if (!json)
     return makeError(path + ": invalid JSON: " +
                      llvm::toString(json.takeError()));
@@ -432,7 +472,7 @@ Expected<ModelSpec> moe::readModelSpec(StringRef modelDir, WeightStore &store) {
   spec.modelDir = dir.str().str();
   spec.modelType = type->str();
 
-  Expected<int64_t> numLayers = cfg.requiredPositive("num_hidden_layers");
+  Expected<int64_t> numLayers = cfg.requiredPositive("num_hidden_layers", kMaxLayers);
   Expected<int64_t> hidden = cfg.requiredPositive("hidden_size");
   // Newer configs spell the expert count either way.
   std::string expertsKey = arch.expertsKey;
@@ -525,7 +565,7 @@ Expected<ModelSpec> moe::readModelSpec(StringRef modelDir, WeightStore &store) {
       b.normalize = *norm;
     } else if (*type == "deepseek_v2" || *type == "deepseek_v3") {
       Expected<bool> norm = cfg.optionalBool("norm_topk_prob", false);
-      Expected<double> factor = cfg.optionalNumber("routed_scaling_factor", 1.0);
+      Expected<double> factor = cfg.optionalPositiveNumber("routed_scaling_factor", 1.0);
       Expected<int64_t> nGroup = cfg.optionalInt("n_group", 1);
       Expected<int64_t> topkGroup = cfg.optionalInt("topk_group", 1);
       Expected<std::string> method = cfg.optionalString(
@@ -666,7 +706,7 @@ Expected<ModelSpec> moe::readModelSpec(StringRef modelDir, WeightStore &store) {
         w.downBias = std::move(*db);
       }
       if (*type == "gpt_oss") {
-        Expected<double> limit = cfg.optionalNumber("swiglu_limit", 7.0);
+        Expected<double> limit = cfg.optionalPositiveNumber("swiglu_limit", 7.0);
         if (!limit)
           return limit.takeError();
         w.limit = static_cast<float>(*limit);

@@ -7,6 +7,7 @@
 //===----------------------------------------------------------------------===//
 
 #include "moe/lib/Import/ModelSpec.h"
+#include "moe/lib/Weights/InputFile.h"
 
 #include "llvm/ADT/StringExtras.h"
 #include "llvm/Support/FileSystem.h"
@@ -52,11 +53,14 @@ Expected<AdapterConfig> readAdapter(StringRef dir) {
   llvm::SmallString<256> path(a.dir);
   llvm::sys::path::append(path, "adapter_config.json");
   a.configPath = path.str().str();
+  if (Error e = moe::checkRegularFile(a.configPath, "adapter config"))
+    return std::move(e);
   auto buffer = llvm::MemoryBuffer::getFile(path);
   if (!buffer)
     return makeError(a.configPath + ": cannot read: " +
                      buffer.getError().message());
-  Expected<llvm::json::Value> json = llvm::json::parse((*buffer)->getBuffer());
+  Expected<llvm::json::Value> json =
+      moe::parseBoundedJson((*buffer)->getBuffer());
   if (!json)
     return makeError(a.configPath + ": invalid JSON: " +
                      llvm::toString(json.takeError()));

@@ -5,6 +5,7 @@
 //===----------------------------------------------------------------------===//
 
 #include "moe/lib/Weights/Npy.h"
+#include "moe/lib/Weights/InputFile.h"
 
 #include "moe/lib/Weights/AtomicFile.h"
 #include "moe/runtime/Float16.h"
@@ -367,6 +368,8 @@ Expected<NpyArray> parseNpy(StringRef bytes, StringRef name) {
 }
 
 Expected<NpyArray> readNpy(StringRef path) {
+  if (Error e = checkRegularFile(path, ".npy file"))
+    return std::move(e);
   ErrorOr<std::unique_ptr<MemoryBuffer>> buffer =
       MemoryBuffer::getFile(path, /*IsText=*/false,
                             /*RequiresNullTerminator=*/false);

@@ -5,6 +5,7 @@
 //===----------------------------------------------------------------------===//
 
 #include "moe/lib/Weights/Safetensors.h"
+#include "moe/lib/Weights/InputFile.h"
 
 #include "moe/lib/Weights/AtomicFile.h"
 #include "moe/runtime/Float16.h"
@@ -163,6 +164,8 @@ static std::string jsonText(const json::Value &value) {
 
 Expected<std::unique_ptr<SafetensorsFile>>
 SafetensorsFile::open(StringRef path) {
+  if (Error e = checkRegularFile(path, "safetensors file"))
+    return std::move(e);
   ErrorOr<std::unique_ptr<MemoryBuffer>> buffer =
       MemoryBuffer::getFile(path, /*IsText=*/false,
                             /*RequiresNullTerminator=*/false,
@@ -208,7 +211,8 @@ Error SafetensorsFile::parse() {
   headerBytes = headerLength;
   uint64_t dataBytes = fileSize - 8 - headerLength;
 
-  Expected<json::Value> header = json::parse(contents.substr(8, headerLength));
+  Expected<json::Value> header =
+      parseBoundedJson(contents.substr(8, headerLength));
   if (!header)
     return fail("invalid JSON header: " + toString(header.takeError()));
   const json::Object *root = header->getAsObject();
@@ -337,6 +341,25 @@ Error SafetensorsFile::parse() {
                   ") and '" + current->name + "' [" + Twine(current->begin) +
                   ", " + Twine(current->end) + ") overlap in the data section");
   }
+  // As the format's reference reader demands, the tensors tile the data
+  // section exactly, from its first byte to its last: a header length that
+  // is off by a few bytes (ending inside the header's padding) would
+  // otherwise shift every tensor silently.
+  uint64_t covered = 0;
+  for (const TensorInfo *info : byOffset) {
+    if (info->begin != covered)
+      return fail("the data section has " + Twine(info->begin - covered) +
+                  " bytes that belong to no tensor, at offset " +
+                  Twine(covered) + " (before '" + info->name +
+                  "'): tensors must cover it without gaps");
+    covered = info->end;
+  }
+  if (covered != dataBytes)
+    return fail("the tensors cover " + Twine(covered) +
+                " bytes but the data section after the header is " +
+                Twine(dataBytes) + " bytes (header length " +
+                Twine(headerLength) + "): the header length or the "
+                "data_offsets are wrong, or the file has trailing bytes");
   return Error::success();
 }
 

@@ -5,6 +5,7 @@
 //===----------------------------------------------------------------------===//
 
 #include "moe/lib/Weights/WeightStore.h"
+#include "moe/lib/Weights/InputFile.h"
 
 #include "llvm/ADT/STLExtras.h"
 #include "llvm/Support/FileSystem.h"
@@ -46,6 +47,8 @@ Expected<std::unique_ptr<WeightStore>> WeightStore::open(StringRef dir) {
   }
 
   std::string single = joinPath(dir, kSafetensorsSingleName);
+  if (Error e = checkRegularFile(single, "safetensors file"))
+    return std::move(e);
   if (sys::fs::is_regular_file(single)) {
     store->shards.push_back(single);
     return std::move(store);
@@ -73,11 +76,13 @@ Error WeightStore::loadIndex() {
   auto fail = [&](const Twine &message) {
     return createStringError(index + ": " + message);
   };
+  if (Error e = checkRegularFile(index, "safetensors index"))
+    return e;
   ErrorOr<std::unique_ptr<MemoryBuffer>> buffer =
       MemoryBuffer::getFile(index, /*IsText=*/true);
   if (!buffer)
     return fail("cannot read the index: " + buffer.getError().message());
-  Expected<json::Value> root = json::parse((*buffer)->getBuffer());
+  Expected<json::Value> root = parseBoundedJson((*buffer)->getBuffer());
   if (!root)
     return fail("invalid JSON: " + toString(root.takeError()));
   const json::Object *object = root->getAsObject();
@@ -101,10 +106,15 @@ Error WeightStore::loadIndex() {
     if (!file)
       return fail("field 'weight_map': the shard of tensor '" + StringRef(key) +
                   "' is not a string");
-    if (file->empty() || sys::path::is_absolute(*file))
+    // Shards are confined to the model folder: no absolute path, no '..'.
+    bool escapes = llvm::any_of(
+        make_range(sys::path::begin(*file), sys::path::end(*file)),
+        [](StringRef part) { return part == ".."; });
+    if (file->empty() || sys::path::is_absolute(*file) || escapes)
       return fail("field 'weight_map': tensor '" + StringRef(key) +
                   "' names shard '" + *file +
-                  "', expected a file name relative to the model folder");
+                  "', expected a file name inside the model folder (no "
+                  "absolute path, no '..')");
     entries[StringRef(key).str()] = file->str();
   }
   std::set<std::string> shardSet;

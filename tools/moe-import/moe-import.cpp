@@ -9,6 +9,7 @@
 
 #include "moe/dialects/MoE/MoEDialect.h"
 #include "moe/lib/Import/HFImporter.h"
+#include "moe/lib/Weights/AtomicFile.h"
 #include "moe/lib/Models/SyntheticModels.h"
 
 #include "mlir/Dialect/Arith/IR/Arith.h"
@@ -169,7 +170,11 @@ int main(int argc, char **argv) {
     return fail(toString(module.takeError()));
   // Written atomically: a temporary file renamed into place, nothing on
   // failure.
-  if (Error err = writeToOutput(output, [&](raw_ostream &os) {
+  if (output == "-") {
+    (*module)->print(outs());
+    return 0;
+  }
+  if (Error err = moe::writeFileAtomically(output, [&](raw_ostream &os) {
         (*module)->print(os);
         return Error::success();
       }))

@@ -3,8 +3,10 @@
 
   corrupt.py truncate FILE NBYTES         keep only the first NBYTES
   corrupt.py header-len FILE N            overwrite the 8-byte header length
+  corrupt.py header-shift FILE D          add D (may be negative) to it
   corrupt.py header FILE PYEXPR           rewrite the JSON header: PYEXPR
                                           edits `h` (a dict) in place
+  corrupt.py deep-header FILE N           a header of N nested arrays
   corrupt.py json FILE PYEXPR             edit a JSON file: PYEXPR edits `j`
   corrupt.py text FILE TEXT               replace a file's content
 """
@@ -28,12 +30,21 @@ def main():
         data = bytearray(open(path, "rb").read())
         data[:8] = struct.pack("<Q", int(sys.argv[3]))
         open(path, "wb").write(bytes(data))
+    elif cmd == "header-shift":
+        data = bytearray(open(path, "rb").read())
+        n = struct.unpack("<Q", data[:8])[0] + int(sys.argv[3])
+        data[:8] = struct.pack("<Q", n)
+        open(path, "wb").write(bytes(data))
     elif cmd == "header":
         h, body = read_header(path)
         exec(sys.argv[3], {"h": h})
         text = json.dumps(h).encode()
         text += b" " * (-len(text) % 8)
         open(path, "wb").write(struct.pack("<Q", len(text)) + text + body)
+    elif cmd == "deep-header":
+        n = int(sys.argv[3])
+        text = b"[" * n + b"]" * n
+        open(path, "wb").write(struct.pack("<Q", len(text)) + text)
     elif cmd == "json":
         j = json.load(open(path))
         exec(sys.argv[3], {"j": j})

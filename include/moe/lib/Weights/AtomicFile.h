@@ -26,11 +26,15 @@ namespace moe {
 /// Calls `write` with a stream into a temporary file next to `path`, then
 /// renames it to `path`. If `write` fails or the stream reports an error,
 /// the temporary file is removed, `path` is left untouched and the error
-/// (naming `path`) is returned.
-/// Writes `path` through a temporary file in the same folder, renamed into
-/// place once complete. With `extendTo` above the bytes written, the file is
-/// then extended to that size with zeros, as a hole where the file system
-/// supports sparse files (the data of shape-only safetensors files).
+/// (naming `path`) is returned. With `extendTo` above the bytes written, the
+/// file is then extended to that size with zeros, as a hole where the file
+/// system supports sparse files (the data of shape-only safetensors files).
+///
+/// Every tool's output file goes through here, whatever sits at `path`:
+/// a symbolic link is followed (its target is replaced, the link stays); an
+/// existing device or FIFO is written in place, never replaced by a regular
+/// file (a FIFO with no reader is refused, not waited on); a folder, socket
+/// or dangling link is refused with a message.
 llvm::Error
 writeFileAtomically(llvm::StringRef path,
                     llvm::function_ref<llvm::Error(llvm::raw_ostream &)> write,
