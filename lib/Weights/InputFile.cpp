@@ -65,4 +65,51 @@ Expected<json::Value> parseBoundedJson(StringRef text) {
   return json::parse(text);
 }
 
+Error checkIRNesting(StringRef text, StringRef name) {
+  unsigned depth = 0, line = 1;
+  size_t lineStart = 0;
+  for (size_t i = 0; i < text.size(); ++i) {
+    char c = text[i];
+    if (c == '\n') {
+      ++line;
+      lineStart = i + 1;
+    } else if (c == '"') {
+      // A string: brackets inside do not count.
+      for (++i; i < text.size() && text[i] != '"' && text[i] != '\n'; ++i)
+        if (text[i] == '\\')
+          ++i;
+    } else if (c == '/' && i + 1 < text.size() && text[i + 1] == '/') {
+      while (i + 1 < text.size() && text[i + 1] != '\n')
+        ++i;
+    } else if (c == '(' || c == '[' || c == '{' || c == '<') {
+      if (++depth > kMaxIRDepth)
+        return createStringError(name + ":" + Twine(line) + ":" +
+                                 Twine(i - lineStart + 1) +
+                                 ": brackets nest more than " +
+                                 Twine(kMaxIRDepth) +
+                                 " deep; refusing to parse (the IR parser "
+                                 "recurses once per level)");
+    } else if ((c == ')' || c == ']' || c == '}' ||
+                (c == '>' && (i == 0 || text[i - 1] != '-'))) &&
+               depth > 0) {
+      --depth;
+    }
+  }
+  return Error::success();
+}
+
+Expected<std::unique_ptr<MemoryBuffer>> readIRFile(StringRef path) {
+  if (path != "-")
+    if (Error e = checkRegularFile(path, "IR file"))
+      return std::move(e);
+  ErrorOr<std::unique_ptr<MemoryBuffer>> buffer =
+      MemoryBuffer::getFileOrSTDIN(path, /*IsText=*/true);
+  if (!buffer)
+    return createStringError(path + ": cannot read the IR file: " +
+                             buffer.getError().message());
+  if (Error e = checkIRNesting((*buffer)->getBuffer(), path))
+    return std::move(e);
+  return std::move(*buffer);
+}
+
 } // namespace moe

@@ -15,6 +15,7 @@
 #include "moe/dialects/MoE/MoEOps.h"
 #include "moe/lib/Import/HFImporter.h"
 #include "moe/lib/Reference/Interpreter.h"
+#include "moe/lib/Weights/InputFile.h"
 #include "moe/passes/Passes.h"
 #include "moe/runtime/Compiler.h"
 #include "moe/runtime/KernelCache.h"
@@ -165,8 +166,12 @@ int main(int argc, char **argv) {
       return fail("--adapter and --lora-router need a model folder, not IR");
     llvm::SourceMgr sourceMgr;
     mlir::SourceMgrDiagnosticHandler handler(sourceMgr, &context);
-    module = mlir::parseSourceFile<mlir::ModuleOp>(input, sourceMgr,
-                                                   mlir::ParserConfig(&context));
+    auto buffer = moe::readIRFile(input);
+    if (!buffer)
+      return fail(toString(buffer.takeError()));
+    sourceMgr.AddNewSourceBuffer(std::move(*buffer), SMLoc());
+    module = mlir::parseSourceFile<mlir::ModuleOp>(
+        sourceMgr, mlir::ParserConfig(&context));
     if (!module)
       return fail("cannot parse " + input);
   }

@@ -5,6 +5,7 @@
 //===----------------------------------------------------------------------===//
 
 #include "moe/dialects/MoE/MoEDialect.h"
+#include "moe/lib/Weights/InputFile.h"
 #include "moe/passes/Passes.h"
 
 #include "mlir/Dialect/Arith/IR/Arith.h"
@@ -15,6 +16,8 @@
 #include "mlir/Tools/mlir-opt/MlirOptMain.h"
 #include "mlir/Transforms/Passes.h"
 
+#include "llvm/Support/InitLLVM.h"
+
 int main(int argc, char **argv) {
   mlir::DialectRegistry registry;
   registry.insert<mlir::moe::MoEDialect, mlir::func::FuncDialect,
@@ -22,6 +25,19 @@ int main(int argc, char **argv) {
                   mlir::linalg::LinalgDialect>();
   mlir::registerTransformsPasses();
   mlir::moe::registerMoEPasses();
+  llvm::InitLLVM init(argc, argv);
+  auto [inputFile, outputFile] = mlir::registerAndParseCLIOptions(
+      argc, argv, "moe-opt: MoE layer optimizer\n", registry);
+  // Hostile nesting would overflow the parser's stack: refuse it first.
+  // Standard input is left to the parser (it cannot be read twice).
+  if (inputFile != "-") {
+    auto buffer = moe::readIRFile(inputFile);
+    if (!buffer) {
+      llvm::errs() << "moe-opt: error: " << llvm::toString(buffer.takeError())
+                   << "\n";
+      return 1;
+    }
+  }
   return mlir::asMainReturnCode(
-      mlir::MlirOptMain(argc, argv, "moe-opt: MoE layer optimizer\n", registry));
+      mlir::MlirOptMain(argc, argv, inputFile, outputFile, registry));
 }

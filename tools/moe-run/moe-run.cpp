@@ -16,6 +16,7 @@
 #include "moe/codegen/CudaEmitter.h"
 #include "moe/dialects/MoE/MoEOps.h"
 #include "moe/lib/Reference/Interpreter.h"
+#include "moe/lib/Weights/InputFile.h"
 #include "moe/lib/Weights/Npy.h"
 #include "moe/passes/Passes.h"
 #include "moe/runtime/Backends.h"
@@ -251,8 +252,12 @@ int main(int argc, char **argv) {
   mlir::SourceMgrDiagnosticHandler handler(sourceMgr, &context);
   mlir::OwningOpRef<mlir::ModuleOp> module;
   if (!irFile.empty()) {
+    auto buffer = moe::readIRFile(irFile);
+    if (!buffer)
+      return fail(toString(buffer.takeError()));
+    sourceMgr.AddNewSourceBuffer(std::move(*buffer), llvm::SMLoc());
     module = mlir::parseSourceFile<mlir::ModuleOp>(
-        irFile, sourceMgr, mlir::ParserConfig(&context));
+        sourceMgr, mlir::ParserConfig(&context));
     if (!module)
       return fail("cannot parse " + irFile);
   }

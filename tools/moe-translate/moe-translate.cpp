@@ -6,10 +6,28 @@
 //===----------------------------------------------------------------------===//
 
 #include "moe/codegen/CudaEmitter.h"
+#include "moe/lib/Weights/InputFile.h"
 
 #include "mlir/Tools/mlir-translate/MlirTranslateMain.h"
 
 int main(int argc, char **argv) {
+  // Hostile nesting would overflow the parser's stack: check the input
+  // files named on the command line first (options and their values are
+  // skipped; standard input is left to the parser).
+  for (int i = 1; i < argc; ++i) {
+    llvm::StringRef a = argv[i];
+    if (a == "-o" || a == "--o") {
+      ++i;
+      continue;
+    }
+    if (a.starts_with("-"))
+      continue;
+    if (auto buffer = moe::readIRFile(a); !buffer) {
+      llvm::errs() << "moe-translate: error: "
+                   << llvm::toString(buffer.takeError()) << "\n";
+      return 1;
+    }
+  }
   moe::registerMoEToCudaTranslation();
   return mlir::failed(
       mlir::mlirTranslateMain(argc, argv, "moe-translate: moe IR to CUDA C++"));

@@ -18,6 +18,9 @@
 #include "llvm/ADT/StringRef.h"
 #include "llvm/Support/Error.h"
 #include "llvm/Support/JSON.h"
+#include "llvm/Support/MemoryBuffer.h"
+
+#include <memory>
 
 namespace moe {
 
@@ -36,6 +39,21 @@ llvm::Error checkRegularFile(llvm::StringRef path, llvm::StringRef what);
 /// kMaxJsonDepth deep (brackets inside strings do not count). The error
 /// says what is wrong, without the file name: the caller adds it.
 llvm::Expected<llvm::json::Value> parseBoundedJson(llvm::StringRef text);
+
+/// The deepest bracket nesting accepted in an IR file. MLIR's parser
+/// recurses once per level (about 1.3 KB of stack each): 1,000 levels stay
+/// far inside a default 8 MB stack, and real moe IR nests fewer than 20.
+constexpr unsigned kMaxIRDepth = 1000;
+
+/// Fails when the brackets of MLIR text `text` ((), [], {}, <>, outside
+/// strings and comments) nest deeper than kMaxIRDepth, with a message
+/// naming `name`, the line and the column. Call it before parsing IR.
+llvm::Error checkIRNesting(llvm::StringRef text, llvm::StringRef name);
+
+/// Reads IR file `path` ("-" for standard input) and checks it with
+/// checkRegularFile and checkIRNesting.
+llvm::Expected<std::unique_ptr<llvm::MemoryBuffer>>
+readIRFile(llvm::StringRef path);
 
 } // namespace moe
 
