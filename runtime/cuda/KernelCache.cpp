@@ -17,6 +17,7 @@
 
 #include "moe/runtime/KernelCache.h"
 
+#include "moe/runtime/CacheFolder.h"
 #include "moe/runtime/CudaApi.h"
 
 #include <dirent.h>
@@ -183,17 +184,13 @@ Expected<std::string> defaultCacheDirectory() {
 Expected<std::unique_ptr<KernelCache>>
 KernelCache::open(KernelCacheOptions options) {
   std::unique_ptr<KernelCache> cache(new KernelCache());
-  if (options.directory.empty()) {
-    Expected<std::string> dir = defaultCacheDirectory();
-    if (!dir)
-      return dir.status();
-    options.directory = *dir;
-  }
-  while (options.directory.size() > 1 && options.directory.back() == '/')
-    options.directory.pop_back();
-  if (Status s = makeDirectories(options.directory))
+  // Only a folder that no other user can write (CacheFolder.h); else this
+  // process's private folder, with a warning.
+  CacheFolder folder = chooseCacheFolder(options.directory);
+  if (Status s = makeDirectories(folder.path))
     return s.withContext("cannot use the kernel cache folder");
-  cache->directory_ = options.directory;
+  cache->directory_ = folder.path;
+  cache->folderWarning_ = folder.warning;
 
   cache->toolchainId_ = options.toolchainId;
   if (cache->toolchainId_.empty()) {
@@ -399,9 +396,13 @@ KernelCache::getOrCompile(const CompileRequest &request) {
     module.compileSeconds = std::chrono::duration<double>(
                                 std::chrono::steady_clock::now() - start)
                                 .count();
+    if (!folderWarning_.empty())
+      module.warnings.insert(module.warnings.begin(), folderWarning_);
     return module;
   }
   std::vector<std::string> warnings;
+  if (!folderWarning_.empty())
+    warnings.push_back(folderWarning_);
   if (present) {
     ++corrupt_;
     warnings.push_back("kernel cache: unusable entry " + cached.message() +
@@ -436,30 +437,26 @@ SharedCaches &sharedCaches() {
 
 Expected<CompiledModule> compileCached(const CompileRequest &request,
                                        const std::string &directory) {
-  std::string unavailable;
-  std::shared_ptr<KernelCache> cache;
   const char *mode = std::getenv("MOE_KERNEL_CACHE");
-  if (mode && std::string(mode) == "off") {
-    // Turned off on purpose: nothing to warn about.
-  } else if (Expected<std::string> dir = directory.empty()
-                                             ? defaultCacheDirectory()
-                                             : Expected<std::string>(directory);
-             !dir) {
-    unavailable = "kernel cache: not used: " + dir.message();
-  } else {
+  if (mode && std::string(mode) == "off")
+    return compileKernels(request);
+  std::shared_ptr<KernelCache> cache;
+  std::string unavailable;
+  {
     SharedCaches &caches = sharedCaches();
     std::lock_guard<std::mutex> lock(caches.mutex);
-    auto it = caches.byDirectory.find(*dir);
+    // Keyed by the folder asked for ("" is the default one).
+    auto it = caches.byDirectory.find(directory);
     if (it != caches.byDirectory.end()) {
       cache = it->second;
     } else {
       KernelCacheOptions options;
-      options.directory = *dir;
+      options.directory = directory;
       Expected<std::unique_ptr<KernelCache>> opened =
           KernelCache::open(std::move(options));
       if (opened) {
         cache = std::shared_ptr<KernelCache>(std::move(opened).value());
-        caches.byDirectory[*dir] = cache;
+        caches.byDirectory[directory] = cache;
       } else {
         unavailable = "kernel cache: not used: " + opened.message();
       }
@@ -471,8 +468,7 @@ Expected<CompiledModule> compileCached(const CompileRequest &request,
   if (!compiled)
     return compiled;
   CompiledModule module = std::move(compiled).value();
-  if (!unavailable.empty())
-    module.warnings.insert(module.warnings.begin(), unavailable);
+  module.warnings.insert(module.warnings.begin(), unavailable);
   return module;
 }
 

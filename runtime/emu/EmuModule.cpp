@@ -6,6 +6,7 @@
 //===----------------------------------------------------------------------===//
 
 #include "EmuModule.h"
+#include "moe/runtime/CacheFolder.h"
 #include "moe/runtime/KernelCache.h"
 
 #include <algorithm>
@@ -253,7 +254,12 @@ Expected<std::string> compilerIdentity(const std::string &cacheDir) {
   auto it = known.find(command);
   if (it != known.end())
     return it->second;
-  Expected<std::string> tmp = makeTempDir(cacheDir);
+  // Asked in this process's private folder: the cache may be read-only.
+  (void)cacheDir;
+  Expected<std::string> privateDir = processPrivateFolder();
+  if (!privateDir)
+    return privateDir.status().withContext("emu");
+  Expected<std::string> tmp = makeTempDir(*privateDir);
   if (!tmp)
     return tmp.status();
   std::vector<std::string> argv = cxx;
@@ -270,14 +276,46 @@ Expected<std::string> compilerIdentity(const std::string &cacheDir) {
   return out;
 }
 
-std::string defaultCacheDir() {
-  if (const char *d = std::getenv("MOE_CACHE_DIR"); d && *d)
-    return d;
-  if (const char *d = std::getenv("XDG_CACHE_HOME"); d && *d)
-    return std::string(d) + "/moe-opt/kernels";
-  if (const char *d = std::getenv("HOME"); d && *d)
-    return std::string(d) + "/.cache/moe-opt/kernels";
-  return "/tmp/moe-opt-" + std::to_string(getuid()) + "/kernels";
+/// The record beside a cached library: its key, size and SHA-256, checked
+/// before the library is loaded.
+std::string libraryRecord(const std::string &key, const std::string &bytes) {
+  return "moe-emu-library 1\nkey " + key + "\nsize " +
+         std::to_string(bytes.size()) + "\nsha256 " + Sha256::hex(bytes) +
+         "\n";
+}
+
+/// Reads a whole file into `out`; false when it cannot be read.
+bool readWholeFile(const std::string &path, std::string &out) {
+  std::ifstream in(path, std::ios::binary);
+  if (!in)
+    return false;
+  std::stringstream ss;
+  ss << in.rdbuf();
+  out = ss.str();
+  return static_cast<bool>(in) || in.eof();
+}
+
+/// Loads library bytes that were checked: they are copied to a file of
+/// their own in this process's private folder and loaded from there, so
+/// that nothing can change them between the check and dlopen (and no two
+/// loads share a file name, which dlopen would take for the same library).
+Expected<void *> loadCheckedLibrary(const std::string &bytes,
+                                    const std::string &key) {
+  static std::atomic<uint64_t> counter{0};
+  Expected<std::string> dir = processPrivateFolder();
+  if (!dir)
+    return dir.status().withContext("emu");
+  std::string path = *dir + "/" + key.substr(0, 16) + "-" +
+                     std::to_string(counter++) + ".so";
+  if (Status s = writeFile(path, bytes))
+    return s.withContext("emu");
+  void *handle = dlopen(path.c_str(), RTLD_NOW | RTLD_LOCAL);
+  const char *e = handle ? nullptr : dlerror();
+  unlink(path.c_str()); // The mapping stays; the file is not needed.
+  if (!handle)
+    return Status::error(std::string("emu: cannot load the kernel library: ") +
+                         (e ? e : "unknown error"));
+  return handle;
 }
 
 /// The embedded headers, written once per content hash into
@@ -359,10 +397,24 @@ Expected<std::unique_ptr<EmuModule>>
 EmuModule::compile(const std::string &source,
                    const std::map<std::string, std::string> &headers,
                    const std::string &cacheDir) {
-  const std::string emuDir =
-      (cacheDir.empty() ? defaultCacheDir() : cacheDir) + "/emu";
+  // Only a folder that no other user can write (CacheFolder.h).
+  std::vector<std::string> warnings;
+  CacheFolder folder = chooseCacheFolder(cacheDir);
+  if (!folder.warning.empty())
+    warnings.push_back("emu: " + folder.warning);
+  std::string emuDir = folder.path + "/emu";
   if (Status s = makeDirs(emuDir))
     return s.withContext("emu");
+  if (Status s = checkCacheFolder(emuDir); s && !folder.isPrivate) {
+    Expected<std::string> own = processPrivateFolder();
+    if (!own)
+      return own.status().withContext("emu");
+    warnings.push_back("emu: kernel cache: not using " + emuDir + ": " +
+                       s.message() + "; using a private folder instead");
+    emuDir = *own + "/kernels/emu";
+    if (Status made = makeDirs(emuDir))
+      return made.withContext("emu");
+  }
   for (const auto &entry : headers)
     if (!validIncludeName(entry.first))
       return Status::error("emu: invalid header name '" + entry.first +
@@ -392,36 +444,67 @@ EmuModule::compile(const std::string &source,
   h.field(source);
   const std::string key = h.hex();
   const std::string libPath = emuDir + "/" + key + ".so";
+  const std::string recordPath = emuDir + "/" + key + ".record";
 
-  auto load = [&](bool hit) -> Expected<std::unique_ptr<EmuModule>> {
-    void *handle = dlopen(libPath.c_str(), RTLD_NOW | RTLD_LOCAL);
-    if (!handle) {
-      const char *e = dlerror();
-      return Status::error("emu: cannot load " + libPath + ": " +
-                           (e ? e : "unknown error"));
-    }
+  // Loads library bytes whose record was checked.
+  auto load = [&](const std::string &bytes,
+                  bool hit) -> Expected<std::unique_ptr<EmuModule>> {
+    Expected<void *> handle = loadCheckedLibrary(bytes, key);
+    if (!handle)
+      return handle.status();
     std::unique_ptr<EmuModule> m(new EmuModule());
-    m->handle_ = handle;
+    m->handle_ = *handle;
     m->path_ = libPath;
     m->key_ = key;
     m->cacheHit_ = hit;
+    m->warnings_ = warnings;
     return Expected<std::unique_ptr<EmuModule>>(std::move(m));
   };
 
-  if (exists(libPath)) {
-    Expected<std::unique_ptr<EmuModule>> m = load(true);
-    if (m) {
-      ++gCacheHits;
-      return std::move(m);
+  // A cached library is loaded only when its record names this key and
+  // its bytes have the recorded size and SHA-256.
+  if (exists(libPath) || exists(recordPath)) {
+    std::string bytes, record;
+    std::string problem;
+    if (!readWholeFile(libPath, bytes))
+      problem = "the library cannot be read";
+    else if (!readWholeFile(recordPath, record))
+      problem = "it has no record of its key and SHA-256";
+    else if (record != libraryRecord(key, bytes))
+      problem = "its bytes or key do not match its record";
+    if (problem.empty()) {
+      Expected<std::unique_ptr<EmuModule>> m = load(bytes, true);
+      if (m) {
+        ++gCacheHits;
+        return std::move(m);
+      }
+      problem = m.message();
     }
-    unlink(libPath.c_str()); // unusable entry: compile it again
+    warnings.push_back("emu: kernel cache: unusable entry " + libPath + " (" +
+                       problem + "); compiling again");
+    unlink(libPath.c_str());
+    unlink(recordPath.c_str());
   }
 
-  removeStaleTemporaries(emuDir);
-  Expected<std::string> includeDir = emulationIncludeDir(emuDir, embeddedHash());
+  // A read-only cache still works: the library is compiled in the private
+  // folder and not stored.
+  std::string workRoot = emuDir;
+  bool store = access(emuDir.c_str(), W_OK) == 0;
+  if (!store) {
+    Expected<std::string> own = processPrivateFolder();
+    if (!own)
+      return own.status().withContext("emu");
+    warnings.push_back("emu: kernel cache: " + emuDir +
+                       " is not writable; compiling without storing");
+    workRoot = *own;
+  }
+  if (store)
+    removeStaleTemporaries(emuDir);
+  Expected<std::string> includeDir =
+      emulationIncludeDir(workRoot, embeddedHash());
   if (!includeDir)
     return includeDir.status();
-  Expected<std::string> work = makeTempDir(emuDir);
+  Expected<std::string> work = makeTempDir(workRoot);
   if (!work)
     return work.status().withContext("emu");
   struct Cleanup {
@@ -468,9 +551,21 @@ EmuModule::compile(const std::string &source,
     return Status::error("emu: the host compiler failed (exit status " +
                          std::to_string(*rc) + "): " + command + "\n" + log);
   }
-  if (rename(outPath.c_str(), libPath.c_str()) != 0)
-    return Status::error("emu: cannot store " + libPath + ": " + errnoText());
-  return load(false);
+  std::string bytes;
+  if (!readWholeFile(outPath, bytes))
+    return Status::error("emu: cannot read the compiled library " + outPath);
+  if (store) {
+    // The record first: a library without one is never loaded.
+    const std::string recordTemp = *work + "/kernel.record";
+    Status stored = writeFile(recordTemp, libraryRecord(key, bytes));
+    if (stored.ok() && rename(recordTemp.c_str(), recordPath.c_str()) != 0)
+      stored = Status::error("cannot store " + recordPath + ": " + errnoText());
+    if (stored.ok() && rename(outPath.c_str(), libPath.c_str()) != 0)
+      stored = Status::error("cannot store " + libPath + ": " + errnoText());
+    if (!stored.ok())
+      warnings.push_back("emu: kernel cache: " + stored.message());
+  }
+  return load(bytes, false);
 }
 
 EmuModule::~EmuModule() {

@@ -87,6 +87,7 @@ openEmuBackend(const std::string &source, const std::string &cacheDir,
     report->description = "CPU emulation (" +
                           runtime::EmuModule::compilerCommand() + ")";
     report->fromCache = module.value()->cacheHit();
+    report->warnings = module.value()->warnings();
     report->compileSeconds = std::chrono::duration<double>(
                                  std::chrono::steady_clock::now() - start)
                                  .count();

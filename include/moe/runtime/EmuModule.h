@@ -14,7 +14,10 @@
 // Libraries are cached in <cacheDir>/emu/<key>.so, the key being the
 // SHA-256 of the source, the headers, the emulation headers, the flags and
 // the compiler's `--version` (asked once per process and compiler): a hit
-// runs no compiler.
+// runs no compiler. Beside each library, <key>.record holds its key, size
+// and SHA-256: a library is loaded only when they match (a copy of the
+// checked bytes is loaded, so the file cannot change in between), and the
+// cache folder must pass checkCacheFolder (CacheFolder.h).
 //
 //===----------------------------------------------------------------------===//
 
@@ -29,6 +32,7 @@
 #include <memory>
 #include <mutex>
 #include <string>
+#include <vector>
 
 namespace moe::runtime {
 
@@ -77,6 +81,10 @@ public:
   const std::string &key() const { return key_; }
   /// Whether compile() found the library in the cache.
   bool cacheHit() const { return cacheHit_; }
+  /// What compile() wants the caller to print: a cache folder that was not
+  /// used, an unusable cache entry that was compiled again, a read-only
+  /// cache.
+  const std::vector<std::string> &warnings() const { return warnings_; }
 
   static EmuStats stats();
   /// The compiler command line prefix in use ($MOE_EMU_CXX or `c++`).
@@ -90,6 +98,7 @@ private:
   void *handle_ = nullptr;
   std::string path_, key_;
   bool cacheHit_ = false;
+  std::vector<std::string> warnings_;
   mutable std::mutex mu_;
   mutable std::map<std::string, MoEEmuLaunchFn> entries_;
 };

@@ -79,8 +79,11 @@ struct KernelCacheStats {
 
 class KernelCache {
 public:
-  /// Creates the folder (and its parents) if needed. Removes temporary
-  /// files that crashed writers left there over an hour ago.
+  /// Creates the folder (and its parents) if needed; a folder that other
+  /// users could write is not used (chooseCacheFolder, CacheFolder.h): the
+  /// process's private folder stands in, and every request's warnings say
+  /// so. Removes temporary files that crashed writers left there over an
+  /// hour ago.
   static Expected<std::unique_ptr<KernelCache>>
   open(KernelCacheOptions options = {});
 
@@ -114,6 +117,9 @@ private:
   Status write(const std::string &key, const CompiledModule &module) const;
 
   std::string directory_;
+  /// Why the requested folder is not used (CacheFolder::warning), added to
+  /// the warnings of every request.
+  std::string folderWarning_;
   std::string toolchainId_;
   CompileFunction compile_;
   std::atomic<uint64_t> hits_{0}, misses_{0}, corrupt_{0}, writeFailures_{0};
