@@ -10,6 +10,7 @@
 
 #include "moe/codegen/CudaEmitter.h"
 #include "moe/dialects/MoE/MoEOps.h"
+#include "moe/dialects/MoE/Routing.h"
 
 #include "mlir/Dialect/Arith/IR/Arith.h"
 #include "mlir/Dialect/Func/IR/FuncOps.h"
@@ -267,6 +268,12 @@ private:
     std::string name =
         llvm::formatv("moe_route_l{0}_{1}", plan.layer, kernelCount++).str();
     Block &body = op.getBody().front();
+    // The matcher the verifier uses: the body's program, or the op that
+    // cannot be generated.
+    RouteProgram program;
+    if (std::optional<RouteMismatch> m = matchRouteBody(body, &program))
+      return makeError(m->op, m->reason + " (in moe.fused_route at " +
+                                  locString(op) + ")");
     Value arg = body.getArgument(0);
     int64_t K = dim(op.getIds(), 1);
     int64_t E = op.getNumExperts();
@@ -297,8 +304,7 @@ private:
     values[op.getCounts()] = counts;
     values[op.getOffsets()] = offsets;
     values[op.getRows()] = rows;
-    plan.routingIds = ids;
-    plan.routingWeights = weights;
+    plan.routings.push_back({ids, weights});
     launch.zeroOnce.push_back(counter);
     launch.args = {valueBinding(*input), valueBinding(ids),
                    valueBinding(weights), valueBinding(counts),
@@ -349,47 +355,159 @@ private:
       weightPtr[v] = p;
       return p;
     };
-    Operation *choice = nullptr;
-    for (Operation &inner : body) {
-      Operation *o = &inner;
+    // One row template per router op: the call that computes `o`'s rows of
+    // one token on lane 0, reading its operands' rows through `in`. Every
+    // router op is a case here; the fallback names any op without one.
+    auto rowCall = [&](Operation *o, llvm::function_ref<std::string(Value)> in)
+        -> Expected<std::string> {
+      std::string call;
+      llvm::raw_string_ostream c(call);
+      Error err =
+          llvm::TypeSwitch<Operation *, Error>(o)
+              .Case([&](SoftmaxOp s) -> Error {
+                if (Value mask = getImplicitMask(s))
+                  c << llvm::formatv(
+                      "moe_k::route::maskedSoftmax<{0}>({1}, {2}, {3});",
+                      dim(s.getInput(), 1), in(s.getInput()), in(mask),
+                      at(s.getResult()));
+                else
+                  c << llvm::formatv("moe_k::route::softmax<{0}>({1}, {2});",
+                                     dim(s.getInput(), 1), in(s.getInput()),
+                                     at(s.getResult()));
+                return Error::success();
+              })
+              .Case([&](SigmoidOp s) -> Error {
+                c << llvm::formatv("moe_k::route::sigmoid<{0}>({1}, {2});",
+                                   dim(s.getInput(), 1), in(s.getInput()),
+                                   at(s.getResult()));
+                return Error::success();
+              })
+              .Case([&](ReluOp s) -> Error {
+                c << llvm::formatv("moe_k::route::relu<{0}>({1}, {2});",
+                                   dim(s.getInput(), 1), in(s.getInput()),
+                                   at(s.getResult()));
+                return Error::success();
+              })
+              .Case([&](RmsNormOp s) -> Error {
+                std::string g = "static_cast<const float *>(nullptr)";
+                if (s.getWeight()) {
+                  Expected<std::string> w = bindWeight(s.getWeight());
+                  if (!w)
+                    return w.takeError();
+                  g = *w;
+                }
+                c << llvm::formatv(
+                    "moe_k::route::rmsNorm<{0}, {1}>({2}, {3}, {4}, {5});",
+                    dim(s.getInput(), 1), s.getWeight() ? "true" : "false",
+                    in(s.getInput()), g,
+                    floatLiteral(s.getEpsilon().convertToFloat()),
+                    at(s.getResult()));
+                return Error::success();
+              })
+              .Case([&](BiasAddOp s) -> Error {
+                Expected<std::string> b = bindWeight(s.getBias());
+                if (!b)
+                  return b.takeError();
+                c << llvm::formatv(
+                    "moe_k::route::biasAdd<{0}, {1}>({2}, {3}, {4});",
+                    dim(s.getInput(), 1), cxxType(s.getBias().getType()),
+                    in(s.getInput()), *b, at(s.getResult()));
+                return Error::success();
+              })
+              .Case([&](GroupLimitOp s) -> Error {
+                c << llvm::formatv(
+                    "moe_k::route::groupLimit<{0}, {1}, {2}, {3}>({4}, {5});",
+                    dim(s.getInput(), 1), s.getNumGroups(), s.getKeepGroups(),
+                    s.getGroupScore() == GroupScore::top2_sum ? "true"
+                                                              : "false",
+                    in(s.getInput()), at(s.getResult()));
+                return Error::success();
+              })
+              .Case([&](TopKOp s) -> Error {
+                c << llvm::formatv(
+                    "moe_k::route::topK<{0}, {1}>({2}, {3}, {4});",
+                    dim(s.getInput(), 1), s.getK(), in(s.getInput()),
+                    at(s.getIds()), at(s.getValues()));
+                return Error::success();
+              })
+              .Case([&](TopPOp s) -> Error {
+                c << llvm::formatv(
+                    "moe_k::route::topP<{0}, {1}>({2}, {3}, {4}, {5});",
+                    dim(s.getInput(), 1), s.getMaxK(), in(s.getInput()),
+                    floatLiteral(s.getP().convertToFloat()), at(s.getIds()),
+                    at(s.getValues()));
+                return Error::success();
+              })
+              .Case([&](ThresholdOp s) -> Error {
+                c << llvm::formatv(
+                    "moe_k::route::threshold<{0}, {1}>({2}, {3}, {4}, {5});",
+                    dim(s.getInput(), 1), s.getMaxK(), in(s.getInput()),
+                    floatLiteral(s.getThreshold().convertToFloat()),
+                    at(s.getIds()), at(s.getValues()));
+                return Error::success();
+              })
+              .Case([&](GatherScoresOp s) -> Error {
+                c << llvm::formatv(
+                    "moe_k::route::gatherScores<{0}, {1}>({2}, {3}, {4});",
+                    dim(s.getScores(), 1), dim(s.getIds(), 1),
+                    in(s.getScores()), in(s.getIds()), at(s.getResult()));
+                return Error::success();
+              })
+              .Case([&](DropNullExpertsOp s) -> Error {
+                c << llvm::formatv("moe_k::route::dropNullExperts<{0}>({1}, "
+                                   "{2}, {3}, {4}, {5});",
+                                   dim(s.getIds(), 1), in(s.getIds()),
+                                   in(s.getWeights()), s.getNumExperts(),
+                                   at(s.getResultIds()),
+                                   at(s.getResultWeights()));
+                return Error::success();
+              })
+              .Case([&](NormalizeOp s) -> Error {
+                std::string eps = floatLiteral(s.getEpsilon().convertToFloat());
+                if (Value mask = getImplicitMask(s))
+                  c << llvm::formatv("moe_k::route::maskedNormalize<{0}>({1}, "
+                                     "{2}, {3}, {4});",
+                                     dim(s.getInput(), 1), in(s.getInput()),
+                                     in(mask), eps, at(s.getResult()));
+                else
+                  c << llvm::formatv(
+                      "moe_k::route::normalize<{0}>({1}, {2}, {3});",
+                      dim(s.getInput(), 1), in(s.getInput()), eps,
+                      at(s.getResult()));
+                return Error::success();
+              })
+              .Case([&](ScaleOp s) -> Error {
+                c << llvm::formatv("moe_k::route::scale<{0}>({1}, {2}, {3});",
+                                   dim(s.getInput(), 1), in(s.getInput()),
+                                   floatLiteral(s.getFactor().convertToFloat()),
+                                   at(s.getResult()));
+                return Error::success();
+              })
+              .Default([&](Operation *other) -> Error {
+                return makeError(other, "the routing kernel has no row "
+                                        "template for this op (in "
+                                        "moe.fused_route at " +
+                                            locString(op) + ")");
+              });
+      if (err)
+        return std::move(err);
+      return call;
+    };
+
+    // Phase 1: every token's warp runs the ops before the cross-token
+    // selection (all of them when there is none).
+    Operation *choice = program.crossToken;
+    for (Operation *o : program.perToken) {
       auto comment = [&](llvm::raw_string_ostream &s) {
         s << "      // " << o->getName() << "\n";
       };
-      if (isa<WeightOp, arith::ConstantOp>(o))
-        continue;
-      if (auto y = dyn_cast<YieldOp>(o)) {
-        if (choice) {
-          if (y.getValues()[0] != choice->getResult(0) ||
-              y.getValues()[1] != choice->getResult(1))
-            return makeError(choice, "the CUDA backend supports no op after "
-                                     "moe.expert_choice in a router yet");
-          continue;
-        }
-        p1 << llvm::formatv("      if (lane == 0)\n"
-                            "        for (int s = 0; s < {0}; ++s) {{\n"
-                            "          outIds[t * {0} + s] = {1}[s];\n"
-                            "          outWeights[t * {0} + s] = {2}[s];\n"
-                            "        }\n",
-                            K, at(y.getValues()[0]), at(y.getValues()[1]));
-        continue;
-      }
-      if (choice)
-        return makeError(o, "the CUDA backend supports no op after "
-                            "moe.expert_choice in a router yet");
       // Operands that are the body argument are read from a staged row.
       auto in = [&](Value v) -> std::string {
-        if (v == arg) {
-          if (!stagedArg) {
-            stagedArg = true;
-            std::string r = row(v);
-          }
-        }
+        if (v == arg)
+          stagedArg = true;
         return at(v);
       };
       if (auto rl = dyn_cast<RouterLinearOp>(o)) {
-        if (rl.getInput() != arg)
-          return makeError(o, "the CUDA backend needs the router projection "
-                              "to read the routed tokens");
         FailureOr<::moe::Binding> weight = weightBinding(rl.getWeight());
         FailureOr<::moe::Binding> bias =
             rl.getBias() ? weightBinding(rl.getBias())
@@ -442,103 +560,110 @@ private:
         continue;
       }
       // Everything else runs on lane 0 of the token's warp.
-      std::string call;
-      llvm::raw_string_ostream c(call);
-      if (auto s = dyn_cast<SoftmaxOp>(o)) {
-        c << llvm::formatv("moe_k::route::softmax<{0}>({1}, {2});",
-                           dim(s.getInput(), 1), in(s.getInput()),
-                           at(s.getResult()));
-      } else if (auto s = dyn_cast<SigmoidOp>(o)) {
-        c << llvm::formatv("moe_k::route::sigmoid<{0}>({1}, {2});",
-                           dim(s.getInput(), 1), in(s.getInput()),
-                           at(s.getResult()));
-      } else if (auto s = dyn_cast<ReluOp>(o)) {
-        c << llvm::formatv("moe_k::route::relu<{0}>({1}, {2});",
-                           dim(s.getInput(), 1), in(s.getInput()),
-                           at(s.getResult()));
-      } else if (auto s = dyn_cast<RmsNormOp>(o)) {
-        std::string g = "static_cast<const float *>(nullptr)";
-        if (s.getWeight()) {
-          Expected<std::string> w = bindWeight(s.getWeight());
-          if (!w)
-            return w.takeError();
-          g = *w;
-        }
-        c << llvm::formatv("moe_k::route::rmsNorm<{0}, {1}>({2}, {3}, {4}, "
-                           "{5});",
-                           dim(s.getInput(), 1),
-                           s.getWeight() ? "true" : "false", in(s.getInput()),
-                           g, floatLiteral(s.getEpsilon().convertToFloat()),
-                           at(s.getResult()));
-      } else if (auto s = dyn_cast<BiasAddOp>(o)) {
-        Expected<std::string> b = bindWeight(s.getBias());
-        if (!b)
-          return b.takeError();
-        c << llvm::formatv("moe_k::route::biasAdd<{0}, {1}>({2}, {3}, {4});",
-                           dim(s.getInput(), 1), cxxType(s.getBias().getType()),
-                           in(s.getInput()), *b, at(s.getResult()));
-      } else if (auto s = dyn_cast<GroupLimitOp>(o)) {
-        c << llvm::formatv(
-            "moe_k::route::groupLimit<{0}, {1}, {2}, {3}>({4}, {5});",
-            dim(s.getInput(), 1), s.getNumGroups(), s.getKeepGroups(),
-            s.getGroupScore() == GroupScore::top2_sum ? "true" : "false",
-            in(s.getInput()), at(s.getResult()));
-      } else if (auto s = dyn_cast<TopKOp>(o)) {
-        c << llvm::formatv("moe_k::route::topK<{0}, {1}>({2}, {3}, {4});",
-                           dim(s.getInput(), 1), s.getK(), in(s.getInput()),
-                           at(s.getIds()), at(s.getValues()));
-      } else if (auto s = dyn_cast<TopPOp>(o)) {
-        c << llvm::formatv("moe_k::route::topP<{0}, {1}>({2}, {3}, {4}, {5});",
-                           dim(s.getInput(), 1), s.getMaxK(), in(s.getInput()),
-                           floatLiteral(s.getP().convertToFloat()),
-                           at(s.getIds()), at(s.getValues()));
-      } else if (auto s = dyn_cast<ThresholdOp>(o)) {
-        c << llvm::formatv(
-            "moe_k::route::threshold<{0}, {1}>({2}, {3}, {4}, {5});",
-            dim(s.getInput(), 1), s.getMaxK(), in(s.getInput()),
-            floatLiteral(s.getThreshold().convertToFloat()), at(s.getIds()),
-            at(s.getValues()));
-      } else if (auto s = dyn_cast<GatherScoresOp>(o)) {
-        c << llvm::formatv(
-            "moe_k::route::gatherScores<{0}, {1}>({2}, {3}, {4});",
-            dim(s.getScores(), 1), dim(s.getIds(), 1), in(s.getScores()),
-            at(s.getIds()), at(s.getResult()));
-      } else if (auto s = dyn_cast<DropNullExpertsOp>(o)) {
-        c << llvm::formatv("moe_k::route::dropNullExperts<{0}>({1}, {2}, {3}, "
-                           "{4}, {5});",
-                           dim(s.getIds(), 1), at(s.getIds()),
-                           at(s.getWeights()), s.getNumExperts(),
-                           at(s.getResultIds()), at(s.getResultWeights()));
-      } else if (auto s = dyn_cast<NormalizeOp>(o)) {
-        c << llvm::formatv("moe_k::route::normalize<{0}>({1}, {2}, {3});",
-                           dim(s.getInput(), 1), in(s.getInput()),
-                           floatLiteral(s.getEpsilon().convertToFloat()),
-                           at(s.getResult()));
-      } else if (auto s = dyn_cast<ScaleOp>(o)) {
-        c << llvm::formatv("moe_k::route::scale<{0}>({1}, {2}, {3});",
-                           dim(s.getInput(), 1), in(s.getInput()),
-                           floatLiteral(s.getFactor().convertToFloat()),
-                           at(s.getResult()));
-      } else if (auto s = dyn_cast<ExpertChoiceOp>(o)) {
-        // Cross-token: every token's scores go to global scratch; the last
-        // block selects.
-        int64_t N = dim(s.getInput(), 1);
-        int scores = fixedValue(::moe::ElementType::F32, 0, N);
-        launch.args[scratchSlot] = valueBinding(scores);
-        c << llvm::formatv("for (int i = 0; i < {0}; ++i) choiceScores[t * "
-                           "{0} + i] = ({1})[i];",
-                           N, in(s.getInput()));
-        p2 << llvm::formatv("    // {0}\n    moe_k::route::expertChoice<{1}, "
-                            "{2}>(choiceScores, T, outIds, outWeights);\n",
-                            o->getName(), N, s.getCapacity());
-        choice = o;
-      } else {
-        return makeError(o, "the CUDA backend has no kernel template for "
-                            "this op inside moe.fused_route");
-      }
+      Expected<std::string> call = rowCall(o, in);
+      if (!call)
+        return call.takeError();
       comment(p1);
-      p1 << "      if (lane == 0) {\n        " << call << "\n      }\n";
+      p1 << "      if (lane == 0) {\n        " << *call << "\n      }\n";
       p1 << "      __syncwarp();\n";
+    }
+
+    Block::iterator yieldIt = body.getTerminator()->getIterator();
+    auto yield = cast<YieldOp>(*yieldIt);
+    Value yIds = yield.getValues()[0], yWeights = yield.getValues()[1];
+    // Whether phase 2 runs ops per token after the cross-token selection
+    // (then the selection writes to scratch, not to the outputs).
+    bool late = choice && (!program.afterCrossToken.empty() ||
+                           yIds != choice->getResult(0) ||
+                           yWeights != choice->getResult(1));
+    auto bufferPtr = [&](Value like, StringRef prefix) {
+      bool isInt =
+          cast<RankedTensorType>(like.getType()).getElementType().isInteger(32);
+      int buffer =
+          fixedValue(isInt ? ::moe::ElementType::I32 : ::moe::ElementType::F32,
+                     0, dim(like, 1));
+      int slot = static_cast<int>(launch.args.size());
+      launch.args.push_back(valueBinding(buffer));
+      std::string p = (prefix + std::to_string(slot)).str();
+      ptr << llvm::formatv("  {0} *{1} = static_cast<{0} *>("
+                           "args.buffers[{2}]);\n",
+                           isInt ? "int" : "float", p, slot);
+      return p;
+    };
+    if (choice) {
+      auto ec = cast<ExpertChoiceOp>(choice);
+      // Cross-token: every token's scores go to global scratch; the last
+      // block selects.
+      int64_t N = dim(ec.getInput(), 1);
+      int scores = fixedValue(::moe::ElementType::F32, 0, N);
+      launch.args[scratchSlot] = valueBinding(scores);
+      if (ec.getInput() == arg)
+        stagedArg = true;
+      p1 << "      // " << choice->getName() << "\n";
+      p1 << llvm::formatv("      if (lane == 0) {\n        for (int i = 0; "
+                          "i < {0}; ++i) choiceScores[t * {0} + i] = "
+                          "({1})[i];\n      }\n      __syncwarp();\n",
+                          N, at(ec.getInput()));
+      std::string ecIds = "outIds", ecVals = "outWeights";
+      if (late) {
+        ecIds = bufferPtr(ec.getIds(), "ecIds");
+        ecVals = bufferPtr(ec.getValues(), "ecVals");
+      }
+      p2 << llvm::formatv("    // {0}\n    moe_k::route::expertChoice<{1}, "
+                          "{2}>(choiceScores, T, {3}, {4});\n",
+                          choice->getName(), N, ec.getCapacity(), ecIds,
+                          ecVals);
+      if (late) {
+        // Rows computed in phase 1 and read in phase 2 stay in global
+        // memory in between.
+        std::string load;
+        llvm::raw_string_ostream ld(load);
+        auto carry = [&](Value v, const std::string &buffer) {
+          int64_t n = dim(v, 1);
+          p1 << llvm::formatv("      if (lane == 0)\n        for (int i = 0; "
+                              "i < {0}; ++i) {1}[t * {0} + i] = {2}[i];\n",
+                              n, buffer, at(v));
+          ld << llvm::formatv("        for (int i = 0; i < {0}; ++i) {1}[i] "
+                              "= {2}[t * {0} + i];\n",
+                              n, at(v), buffer);
+        };
+        for (Value v : program.carried)
+          carry(v, bufferPtr(v, "carry"));
+        p1 << "      __syncwarp();\n";
+        int64_t N2 = dim(ec.getIds(), 1);
+        p2 << llvm::formatv("    // router ops after {0}, per token\n"
+                            "    for (long long t = warp; t < T; t += {1}) {{\n"
+                            "      if (lane == 0) {{\n"
+                            "        for (int i = 0; i < {2}; ++i) {{\n"
+                            "          {3}[i] = {4}[t * {2} + i];\n"
+                            "          {5}[i] = {6}[t * {2} + i];\n"
+                            "        }\n{7}      }\n      __syncwarp();\n",
+                            choice->getName(), kWarps, N2, at(ec.getIds()),
+                            ecIds, at(ec.getValues()), ecVals, load);
+        auto in = [&](Value v) -> std::string { return at(v); };
+        for (Operation *o : program.afterCrossToken) {
+          Expected<std::string> call = rowCall(o, in);
+          if (!call)
+            return call.takeError();
+          p2 << "      // " << o->getName() << "\n";
+          p2 << "      if (lane == 0) {\n        " << *call << "\n      }\n";
+          p2 << "      __syncwarp();\n";
+        }
+        p2 << llvm::formatv("      if (lane == 0)\n"
+                            "        for (int s = 0; s < {0}; ++s) {{\n"
+                            "          outIds[t * {0} + s] = {1}[s];\n"
+                            "          outWeights[t * {0} + s] = {2}[s];\n"
+                            "        }\n      __syncwarp();\n    }\n"
+                            "    __syncthreads();\n",
+                            K, at(yIds), at(yWeights));
+      }
+    } else {
+      p1 << llvm::formatv("      if (lane == 0)\n"
+                          "        for (int s = 0; s < {0}; ++s) {{\n"
+                          "          outIds[t * {0} + s] = {1}[s];\n"
+                          "          outWeights[t * {0} + s] = {2}[s];\n"
+                          "        }\n",
+                          K, at(yIds), at(yWeights));
     }
 
     os << "// " << launch.origin << "\n";
@@ -954,7 +1079,7 @@ private:
     }
     if (!op.getIds()) {
       // Every adapter with weight 1: report that routing.
-      plan.routingIds = plan.routingWeights = -1;
+      plan.routings.clear();
       plan.allExperts = E;
     }
 

@@ -6,6 +6,7 @@
 //===----------------------------------------------------------------------===//
 
 #include "moe/dialects/MoE/MoEOps.h"
+#include "moe/dialects/MoE/Routing.h"
 #include "moe/passes/Passes.h"
 
 #include "mlir/Dialect/Arith/IR/Arith.h"
@@ -22,12 +23,7 @@ namespace mlir::moe {
 namespace {
 
 /// Ops a router is composed of.
-bool isRouterOp(Operation *op) {
-  return isa<RouterLinearOp, SoftmaxOp, SigmoidOp, ReluOp, RmsNormOp,
-             BiasAddOp, GroupLimitOp, TopKOp, TopPOp, ThresholdOp,
-             ExpertChoiceOp, GatherScoresOp, DropNullExpertsOp, NormalizeOp,
-             ScaleOp>(op);
-}
+bool isRouterOp(Operation *op) { return isa<RouterOpInterface>(op); }
 
 /// Ops without operands that a fused body may carry: weights and constants.
 bool isLeaf(Operation *op) { return isa<WeightOp, arith::ConstantOp>(op); }
@@ -98,6 +94,20 @@ void fuseRouter(Operation *anchor, Value ids, Value weights,
       inner.clone(*op, map);
     YieldOp::create(inner, loc,
                     ValueRange{map.lookup(ids), map.lookup(weights)});
+  }
+  // The body must be one the routing kernel can generate (the verifier
+  // and the emitter ask the same matcher).
+  if (std::optional<RouteMismatch> m = matchRouteBody(*body)) {
+    InFlightDiagnostic diag = anchor->emitRemark();
+    diag << "moe-fuse-routing: not fused: '" << m->op->getName() << "' "
+         << m->reason;
+    // Name the op where the user wrote it, not its copy in the body.
+    for (auto [orig, copy] : llvm::zip(ordered, body->getOperations()))
+      if (&copy == m->op)
+        diag.attachNote(orig->getLoc()) << "the op is here";
+    diag.report();
+    fused.erase();
+    return;
   }
 
   if (dispatch) {

@@ -6,6 +6,7 @@
 //===----------------------------------------------------------------------===//
 
 #include "moe/dialects/MoE/MoEOps.h"
+#include "moe/dialects/MoE/Routing.h"
 
 #include "mlir/IR/Builders.h"
 #include "mlir/IR/BuiltinTypes.h"
@@ -74,6 +75,22 @@ static LogicalResult verifySelectionResults(Operation *op, Value input,
       failed(expectDim(op, values, "values", 1, k, kName)))
     return failure();
   return success();
+}
+
+/// Checks that the ids a consumer reads stay below `bound` (its number of
+/// experts, adapters or score columns, named by `what`) when the producer
+/// of the ids is visible.
+static LogicalResult verifyIdRange(Operation *op, Value ids, StringRef name,
+                                   int64_t bound, const Twine &what) {
+  std::optional<IdRange> range = getIdRange(ids);
+  if (!range || ShapedType::isDynamic(bound) || range->bound <= bound)
+    return success();
+  InFlightDiagnostic diag = op->emitOpError();
+  diag << "'" << name << "' holds ids in [0, " << range->bound << ") (from '"
+       << range->source->getName() << "') but " << what << " is " << bound
+       << ": every id must be in [0, " << bound << ") or -1";
+  diag.attachNote(range->source->getLoc()) << "the ids are produced here";
+  return diag;
 }
 
 //===----------------------------------------------------------------------===//
@@ -222,6 +239,8 @@ LogicalResult ThresholdOp::verify() {
                                 maxK, "'max_k'");
 }
 
+bool ExpertChoiceOp::readsOtherTokens() { return true; }
+
 LogicalResult ExpertChoiceOp::verify() {
   int64_t capacity = getCapacity();
   if (capacity <= 0)
@@ -241,7 +260,8 @@ LogicalResult GatherScoresOp::verify() {
       failed(expectDim(op, getResult(), "result", 1, columns(getIds()),
                        "slots of 'ids'")))
     return failure();
-  return success();
+  return verifyIdRange(op, getIds(), "ids", columns(getScores()),
+                       "the number of columns of 'scores'");
 }
 
 LogicalResult DropNullExpertsOp::verify() {
@@ -260,34 +280,12 @@ LogicalResult DropNullExpertsOp::verify() {
   return success();
 }
 
-/// The number of candidates a selection chose from, when `ids` comes
-/// straight from a selection op.
-static std::optional<int64_t> candidateCount(Value ids) {
-  Operation *def = ids.getDefiningOp();
-  if (!def)
-    return std::nullopt;
-  Value scores;
-  if (auto op = dyn_cast<TopKOp>(def))
-    scores = op.getInput();
-  else if (auto op = dyn_cast<TopPOp>(def))
-    scores = op.getInput();
-  else if (auto op = dyn_cast<ThresholdOp>(def))
-    scores = op.getInput();
-  else if (auto op = dyn_cast<ExpertChoiceOp>(def))
-    scores = op.getInput();
-  else if (auto op = dyn_cast<DropNullExpertsOp>(def))
-    return op.getNumExperts();
-  if (!scores || ShapedType::isDynamic(columns(scores)))
-    return std::nullopt;
-  return columns(scores);
-}
-
 LogicalResult
 DropNullExpertsOp::fold(FoldAdaptor, SmallVectorImpl<OpFoldResult> &results) {
   // A selection over no more candidates than real experts picks no null
   // expert: the op is the identity.
-  std::optional<int64_t> candidates = candidateCount(getIds());
-  if (!candidates || *candidates > static_cast<int64_t>(getNumExperts()))
+  std::optional<IdRange> range = getIdRange(getIds());
+  if (!range || range->bound > static_cast<int64_t>(getNumExperts()))
     return failure();
   results.push_back(getIds());
   results.push_back(getWeights());
@@ -353,8 +351,30 @@ static LogicalResult verifyDispatchPlan(Operation *op, int64_t experts,
 }
 
 LogicalResult DispatchOp::verify() {
-  return verifyDispatchPlan(*this, getNumExperts(), getCounts(),
-                            getOffsets());
+  if (failed(verifyDispatchPlan(*this, getNumExperts(), getCounts(),
+                                getOffsets())))
+    return failure();
+  return verifyIdRange(*this, getIds(), "ids", getNumExperts(),
+                       "'num_experts'");
+}
+
+/// The number of experts of the dispatch plan `offsets` comes from, and the
+/// op that planned it, when visible.
+static std::optional<std::pair<int64_t, Operation *>>
+plannedExperts(Value offsets) {
+  if (auto arg = dyn_cast<BlockArgument>(offsets)) {
+    // The offsets argument of a moe.fused_experts body is its operand.
+    auto fused = dyn_cast<FusedExpertsOp>(arg.getOwner()->getParentOp());
+    if (fused && arg.getArgNumber() == 4)
+      return plannedExperts(fused.getOffsets());
+    return std::nullopt;
+  }
+  Operation *def = offsets.getDefiningOp();
+  if (auto d = dyn_cast<DispatchOp>(def); d && offsets == d.getOffsets())
+    return std::make_pair(static_cast<int64_t>(d.getNumExperts()), def);
+  if (auto r = dyn_cast<FusedRouteOp>(def); r && offsets == r.getOffsets())
+    return std::make_pair(static_cast<int64_t>(r.getNumExperts()), def);
+  return std::nullopt;
 }
 
 /// Checks the `[T, H]` input, `[R]` rows and `[T, K]` weights shared by
@@ -574,9 +594,21 @@ LogicalResult ExpertFFNOp::verify() {
   int64_t experts = ShapedType::kDynamic;
   if (failed(verifyGatedFFN(*this, /*perExpert=*/true, &experts)))
     return failure();
-  if (!ShapedType::isDynamic(experts))
-    return expectDim(*this, getOffsets(), "offsets", 0, experts + 1,
-                     "number of experts + 1");
+  if (ShapedType::isDynamic(experts))
+    return success();
+  if (failed(expectDim(*this, getOffsets(), "offsets", 0, experts + 1,
+                       "number of experts + 1")))
+    return failure();
+  // A dynamic 'offsets' type hides the plan's expert count: ask its op.
+  if (auto planned = plannedExperts(getOffsets());
+      planned && planned->first != experts) {
+    InFlightDiagnostic diag = emitOpError();
+    diag << "'offsets' is the dispatch plan of " << planned->first
+         << " experts (from '" << planned->second->getName()
+         << "') but the projections hold E = " << experts << " experts";
+    diag.attachNote(planned->second->getLoc()) << "the plan is made here";
+    return diag;
+  }
   return success();
 }
 
@@ -650,6 +682,9 @@ LogicalResult LoraMixtureOp::verify() {
         failed(expectDim(op, getWeights(), "weights", 1, columns(ids),
                          "slots of 'ids'")))
       return failure();
+    if (failed(verifyIdRange(op, ids, "ids", experts,
+                             "the number of adapters of 'lora_a'")))
+      return failure();
   }
   if (failed(expectDim(op, getResult(), "result", 0, rows(getInput()),
                        "tokens of 'input'")) ||
@@ -694,9 +729,19 @@ LogicalResult FusedRouteOp::verify() {
       failed(expectDim(op, getIds(), "ids", 0, rows(getInput()),
                        "tokens of 'input'")))
     return failure();
-  return verifyFusedBody(op, getBody(), TypeRange(getInput().getType()),
-                         TypeRange({getIds().getType(),
-                                    getWeights().getType()}));
+  if (failed(verifyFusedBody(
+          op, getBody(), TypeRange(getInput().getType()),
+          TypeRange({getIds().getType(), getWeights().getType()}))))
+    return failure();
+  if (std::optional<RouteMismatch> m = matchRouteBody(getBody().front())) {
+    InFlightDiagnostic diag = emitOpError();
+    diag << "body cannot be generated as one routing kernel: '"
+         << m->op->getName() << "' " << m->reason;
+    if (m->op != op)
+      diag.attachNote(m->op->getLoc()) << "the op is here";
+    return diag;
+  }
+  return verifyIdRange(op, getIds(), "ids", getNumExperts(), "'num_experts'");
 }
 
 LogicalResult FusedExpertsOp::verify() {
@@ -709,6 +754,8 @@ LogicalResult FusedExpertsOp::verify() {
   return verifyFusedBody(op, getBody(), getOperandTypes(),
                          TypeRange(getResult().getType()));
 }
+
+#include "moe/dialects/MoE/MoERouterInterfaces.cpp.inc"
 
 #define GET_OP_CLASSES
 #include "moe/dialects/MoE/MoEOps.cpp.inc"

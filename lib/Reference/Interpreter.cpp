@@ -8,6 +8,7 @@
 
 #include "moe/lib/Reference/Interpreter.h"
 #include "moe/dialects/MoE/MoEOps.h"
+#include "moe/dialects/MoE/Routing.h"
 #include "moe/runtime/Float16.h"
 #include "moe/lib/Weights/Safetensors.h"
 
@@ -432,21 +433,32 @@ private:
         .Case([&](SoftmaxOp o) -> Error {
           HostTensor r = get(o.getInput());
           Matrix m = matrix(r);
+          // Over a selection's slots: the real slots only (masked softmax).
+          Value maskValue = getImplicitMask(o);
+          const HostTensor *mask = maskValue ? &get(maskValue) : nullptr;
           for (int64_t t = 0; t < m.rows; ++t) {
             float *row = &r.f[t * m.cols];
+            auto real = [&](int64_t j) {
+              return !mask || mask->i[t * m.cols + j] >= 0;
+            };
             float mx = kNegInf;
             for (int64_t j = 0; j < m.cols; ++j)
-              mx = std::max(mx, row[j]);
+              if (real(j))
+                mx = std::max(mx, row[j]);
             if (mx == kNegInf) {
               std::fill(row, row + m.cols, 0.0f);
               continue;
             }
             double sum = 0.0;
             for (int64_t j = 0; j < m.cols; ++j)
-              sum += std::exp(static_cast<double>(row[j]) - mx);
+              if (real(j))
+                sum += std::exp(static_cast<double>(row[j]) - mx);
             for (int64_t j = 0; j < m.cols; ++j)
-              row[j] = static_cast<float>(
-                  std::exp(static_cast<double>(row[j]) - mx) / sum);
+              row[j] =
+                  real(j)
+                      ? static_cast<float>(
+                            std::exp(static_cast<double>(row[j]) - mx) / sum)
+                      : 0.0f;
           }
           set(o.getResult(), std::move(r));
           return Error::success();
@@ -620,15 +632,22 @@ private:
           HostTensor r = get(o.getInput());
           Matrix m = matrix(r);
           double eps = o.getEpsilon().convertToFloat();
+          // Over a selection's slots: the real slots only.
+          Value maskValue = getImplicitMask(o);
+          const HostTensor *mask = maskValue ? &get(maskValue) : nullptr;
           for (int64_t t = 0; t < m.rows; ++t) {
             float *row = &r.f[t * m.cols];
+            auto real = [&](int64_t j) {
+              return !mask || mask->i[t * m.cols + j] >= 0;
+            };
             double sum = eps;
             for (int64_t j = 0; j < m.cols; ++j)
-              sum += row[j];
-            if (sum == 0.0)
-              continue;
+              if (real(j))
+                sum += row[j];
             for (int64_t j = 0; j < m.cols; ++j)
-              row[j] = static_cast<float>(row[j] / sum);
+              row[j] = !real(j)     ? 0.0f
+                       : sum == 0.0 ? row[j]
+                                    : static_cast<float>(row[j] / sum);
           }
           set(o.getResult(), std::move(r));
           return Error::success();
@@ -643,9 +662,12 @@ private:
         })
         .Case([&](DispatchOp o) -> Error {
           const HostTensor &ids = get(o.getIds());
-          if (trace && !trace->hasIds) {
-            trace->ids = ids;
-            trace->hasIds = true;
+          if (trace) {
+            // A router whose weights its permute or combine reports.
+            routerOfRows[o.getRows()] = trace->routers.size();
+            RoutingTrace::Router &r = trace->routers.emplace_back();
+            r.ids = ids;
+            r.hasIds = true;
           }
           planDispatch(ids, o.getNumExperts(), o.getCounts(), o.getOffsets(),
                        o.getRows());
@@ -656,10 +678,11 @@ private:
               runBlock(o.getBody().front(), {get(o.getInput())});
           if (!routing)
             return routing.takeError();
-          if (trace && !trace->hasIds) {
-            trace->ids = (*routing)[0];
-            trace->weights = (*routing)[1];
-            trace->hasIds = trace->hasWeights = true;
+          if (trace) {
+            RoutingTrace::Router &r = trace->routers.emplace_back();
+            r.ids = (*routing)[0];
+            r.weights = (*routing)[1];
+            r.hasIds = r.hasWeights = true;
           }
           planDispatch((*routing)[0], o.getNumExperts(), o.getCounts(),
                        o.getOffsets(), o.getRows());
@@ -695,10 +718,7 @@ private:
             for (int64_t h = 0; h < H; ++h)
               r.f[i * H + h] = static_cast<float>(x.f[t * H + h] * scale);
           }
-          if (trace && !trace->hasWeights) {
-            trace->weights = w;
-            trace->hasWeights = true;
-          }
+          traceWeights(o.getRows(), w);
           set(o.getResult(), std::move(r));
           return Error::success();
         })
@@ -706,6 +726,7 @@ private:
           const HostTensor &y = get(o.getInput());
           const HostTensor &rows = get(o.getRows());
           const HostTensor &w = get(o.getWeights());
+          traceWeights(o.getRows(), w);
           int64_t H = y.shape[1], T = w.shape[0], K = w.shape[1];
           std::vector<double> acc(T * H, 0.0);
           for (int64_t i = 0; i < rows.shape[0]; ++i) {
@@ -907,27 +928,44 @@ private:
       for (int64_t o2 = 0; o2 < out; ++o2)
         y.f[t * out + o2] = static_cast<float>(acc[o2]);
     }
-    if (trace && !trace->hasIds) {
+    // A fused router reported its routing already.
+    if (trace && !(ids && o.getIds().getDefiningOp<FusedRouteOp>())) {
+      RoutingTrace::Router &router = trace->routers.emplace_back();
       if (ids) {
-        trace->ids = *ids;
-        trace->weights = *w;
+        router.ids = *ids;
+        router.weights = *w;
       } else {
         // Without routing every adapter is applied with weight 1.
-        trace->ids = HostTensor::ints({T, E});
-        trace->weights = HostTensor::floats({T, E}, 1.0f);
+        router.ids = HostTensor::ints({T, E});
+        router.weights = HostTensor::floats({T, E}, 1.0f);
         for (int64_t t = 0; t < T; ++t)
           for (int64_t e = 0; e < E; ++e)
-            trace->ids.i[t * E + e] = static_cast<int32_t>(e);
+            router.ids.i[t * E + e] = static_cast<int32_t>(e);
       }
-      trace->hasIds = trace->hasWeights = true;
+      router.hasIds = router.hasWeights = true;
     }
     set(o.getResult(), std::move(y));
     return Error::success();
   }
 
+  /// Records `w` as the weights of the router whose dispatch made `rows`,
+  /// unless an earlier permute or combine did.
+  void traceWeights(Value rows, const HostTensor &w) {
+    auto it = routerOfRows.find(rows);
+    if (!trace || it == routerOfRows.end())
+      return;
+    RoutingTrace::Router &r = trace->routers[it->second];
+    if (!r.hasWeights) {
+      r.weights = w;
+      r.hasWeights = true;
+    }
+  }
+
   WeightLoader &weights;
   RoutingTrace *trace;
   llvm::DenseMap<Value, HostTensor> values;
+  /// The router (index in trace->routers) of each moe.dispatch's rows.
+  llvm::DenseMap<Value, size_t> routerOfRows;
 };
 
 } // namespace

@@ -103,6 +103,28 @@ __device__ void softmax(const float *in, float *out) {
     out[i] = (m == negInf() || in[i] == negInf()) ? 0.0f : expf(in[i] - m) / sum;
 }
 
+/// moe.softmax over the slots of a selection (ids: -1 for an empty slot):
+/// the softmax of the real slots only; empty slots get exactly 0.
+template <int K>
+__device__ void maskedSoftmax(const float *in, const int *ids, float *out) {
+  float m = negInf(), sum = 0.0f;
+  for (int i = 0; i < K; ++i) {
+    float v = in[i];
+    if (ids[i] < 0 || v == negInf())
+      continue;
+    if (v > m) {
+      sum = sum * expf(m - v) + 1.0f;
+      m = v;
+    } else {
+      sum += expf(v - m);
+    }
+  }
+  for (int i = 0; i < K; ++i)
+    out[i] = (ids[i] < 0 || m == negInf() || in[i] == negInf())
+                 ? 0.0f
+                 : expf(in[i] - m) / sum;
+}
+
 template <int N> __device__ void sigmoid(const float *in, float *out) {
   for (int i = 0; i < N; ++i)
     out[i] = moe_k::sigmoid(in[i]);
@@ -251,6 +273,19 @@ __device__ void normalize(const float *in, float eps, float *out) {
     sum += in[s];
   for (int s = 0; s < K; ++s)
     out[s] = sum == 0.0f ? in[s] : in[s] / sum;
+}
+
+/// moe.normalize over the slots of a selection: the sum runs over the real
+/// slots only; empty slots get exactly 0.
+template <int K>
+__device__ void maskedNormalize(const float *in, const int *ids, float eps,
+                                float *out) {
+  float sum = eps;
+  for (int s = 0; s < K; ++s)
+    if (ids[s] >= 0)
+      sum += in[s];
+  for (int s = 0; s < K; ++s)
+    out[s] = ids[s] < 0 ? 0.0f : sum == 0.0f ? in[s] : in[s] / sum;
 }
 
 template <int K>

@@ -596,10 +596,29 @@ void readLayer(Fields &f, const Json &l, const std::string &at,
       readValueIndex(f, l, at, "input", layer.values.size(), valuesWhat, false);
   layer.output = readValueIndex(f, l, at, "output", layer.values.size(),
                                 valuesWhat, false);
-  layer.routingIds = readValueIndex(f, l, at, "routing_ids",
-                                    layer.values.size(), valuesWhat, true);
-  layer.routingWeights = readValueIndex(f, l, at, "routing_weights",
-                                        layer.values.size(), valuesWhat, true);
+  // Router 0 in routing_ids/routing_weights; routers 1.. in the optional
+  // more_routings (absent from single-router layers and older manifests).
+  moe::LayerPlan::Routing first;
+  first.ids = readValueIndex(f, l, at, "routing_ids", layer.values.size(),
+                             valuesWhat, true);
+  first.weights = readValueIndex(f, l, at, "routing_weights",
+                                 layer.values.size(), valuesWhat, true);
+  if (first.ids >= 0 && first.weights >= 0)
+    layer.routings.push_back(first);
+  if (f.ok() && l.find("more_routings")) {
+    std::string moreAt = field(at, "more_routings");
+    const Json::Array &more = f.array(l, at, "more_routings");
+    if (f.ok() && !more.empty() && layer.routings.empty())
+      f.fail(moreAt, "needs routing_ids and routing_weights for router 0");
+    for (size_t r = 0; r < more.size() && f.ok(); ++r) {
+      moe::LayerPlan::Routing next;
+      next.ids = readValueIndex(f, more[r], index(moreAt, r), "ids",
+                                layer.values.size(), valuesWhat, false);
+      next.weights = readValueIndex(f, more[r], index(moreAt, r), "weights",
+                                    layer.values.size(), valuesWhat, false);
+      layer.routings.push_back(next);
+    }
+  }
   layer.inputWidth = f.integer(l, at, "input_width", 1, kMaxJsonInteger);
   layer.outputWidth = f.integer(l, at, "output_width", 1, kMaxJsonInteger);
   layer.allExperts = f.integer(l, at, "all_experts", 0, kMaxJsonInteger);
@@ -821,8 +840,19 @@ Json layerJson(const moe::LayerPlan &layer, const std::vector<int> &tensors) {
   j.set("function", layer.function);
   j.set("input", layer.input);
   j.set("output", layer.output);
-  j.set("routing_ids", indexOrNull(layer.routingIds));
-  j.set("routing_weights", indexOrNull(layer.routingWeights));
+  const bool routed = !layer.routings.empty();
+  j.set("routing_ids", indexOrNull(routed ? layer.routings[0].ids : -1));
+  j.set("routing_weights",
+        indexOrNull(routed ? layer.routings[0].weights : -1));
+  if (layer.routings.size() > 1) {
+    Json &more = j.set("more_routings", Json::array());
+    for (size_t r = 1; r < layer.routings.size(); ++r) {
+      Json pair = Json::object();
+      pair.set("ids", layer.routings[r].ids);
+      pair.set("weights", layer.routings[r].weights);
+      more.push(std::move(pair));
+    }
+  }
   j.set("input_width", layer.inputWidth);
   j.set("output_width", layer.outputWidth);
   j.set("all_experts", layer.allExperts);

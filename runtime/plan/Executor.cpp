@@ -239,17 +239,18 @@ runtime::Expected<LayerOutputs> LayerExecutor::run(const float *x,
                                   yBytes.size()))
     return s;
   out.y = decodeElements(yBytes.data(), yCount, yShape.type);
-  if (wantRouting && plan.routingIds >= 0 && plan.routingWeights >= 0) {
-    const BufferShape &ids = plan.values[plan.routingIds];
+  for (size_t r = 0; wantRouting && r < plan.routings.size(); ++r) {
+    const LayerPlan::Routing &routing = plan.routings[r];
+    const BufferShape &ids = plan.values[routing.ids];
     int64_t n = ids.elements(tokens);
-    out.slots = ids.perToken;
-    out.ids.resize(n);
-    out.weights.resize(n);
-    if (Status s = backend.download(out.ids.data(), values[plan.routingIds],
-                                    n * 4))
+    LayerOutputs::Routing &o = out.routings.emplace_back();
+    o.slots = ids.perToken;
+    o.ids.resize(n);
+    o.weights.resize(n);
+    if (Status s = backend.download(o.ids.data(), values[routing.ids], n * 4))
       return s;
-    if (Status s = backend.download(out.weights.data(),
-                                    values[plan.routingWeights], n * 4))
+    if (Status s =
+            backend.download(o.weights.data(), values[routing.weights], n * 4))
       return s;
   }
   return out;

@@ -17,7 +17,8 @@
 // CHECK: moe_k::route::groupLimit<8, 4, 2, true>(
 // CHECK: moe_k::route::topK<8, 2>(
 // CHECK: moe_k::route::gatherScores<8, 2>(
-// CHECK: moe_k::route::normalize<2>({{.*}}, 9.99999968e-21f,
+// Over the slots of the top-k (its ids mark the empty slots): masked.
+// CHECK: moe_k::route::maskedNormalize<2>({{.*}}, {{.*}}, 9.99999968e-21f,
 // CHECK: moe_k::route::scale<2>({{.*}}, 2.5f,
 // CHECK: moe_k::route::planDispatch<8, 2, 4>(outIds, T, counts, offsets, rows, slotRow);
 // CHECK: MOE_EMU_EXPORT_KERNEL(moe_route_l3_0)

@@ -613,6 +613,11 @@ def self_test(seed):
                 _, r7 = sc_.block(x[:7])
                 check(all(c == 7 for c in r7.info["tokens_per_expert"]),
                       "expert choice T < capacity")
+            if name == "threshold-softmax":
+                # the mask matters: tokens with real and empty slots
+                nsel = (r.ids >= 0).sum(axis=1)
+                check(np.any((nsel >= 2) & (nsel < sc_.max_k)),
+                      name + ": a token with real and empty slots")
             if name.startswith("top-p"):
                 nsel = (r.ids >= 0).sum(axis=1)
                 check(nsel.min() >= 1 and nsel.max() <= sc_.max_k, name + " count")

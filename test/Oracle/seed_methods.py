@@ -7,6 +7,10 @@
 #   expert choice         moe.softmax, moe.expert_choice (capacity)
 #   exact ties            moe.topk / moe.expert_choice on identical router rows
 #                         or identical tokens: the lower index must win
+#   masked softmax        moe.threshold on the logits, moe.softmax of its values:
+#                         softmax over the real slots, empty slots weigh 0
+#   expert choice, then   moe.expert_choice, moe.normalize over the slots each
+#   normalize             token got (a router op after the cross-token one)
 
 import math
 import os
@@ -85,7 +89,9 @@ class SeedCase:
 
     def slots(self):
         return {"topk": self.k, "adamoe": self.k, "top_p": self.max_k,
-                "blockffn": self.experts, "expert_choice": self.experts}[self.method]
+                "blockffn": self.experts, "expert_choice": self.experts,
+                "threshold_softmax": self.max_k,
+                "expert_choice_normalize": self.experts}[self.method]
 
     def ir(self, root):
         e, n, i, k = self.experts, self.experts + self.nulls, self.inter, self.slots()
@@ -136,6 +142,19 @@ class SeedCase:
                 "    %%p = moe.softmax %%logits : %s" % st,
                 "    %%ids, %%w = moe.expert_choice %%p {capacity = %d : i64} : %s -> %s, %s"
                 % (self.capacity, st, it, wt),
+            ]
+        elif self.method == "threshold_softmax":
+            lines += [
+                "    %%ids, %%vals = moe.threshold %%logits {max_k = %d : i64, threshold = 0.000000e+00 : f32} : %s -> %s, %s"
+                % (k, st, it, wt),
+                "    %%w = moe.softmax %%vals : %s" % wt,
+            ]
+        elif self.method == "expert_choice_normalize":
+            lines += [
+                "    %%p = moe.softmax %%logits : %s" % st,
+                "    %%ids, %%v = moe.expert_choice %%p {capacity = %d : i64} : %s -> %s, %s"
+                % (self.capacity, st, it, wt),
+                "    %%w = moe.normalize %%v : %s" % wt,
             ]
         else:
             raise ValueError(self.method)
@@ -234,6 +253,37 @@ class SeedCase:
             r.info["exact_ties"] = ties
             r.info["slot_is_expert"] = True
             return r
+        if self.method == "threshold_softmax":
+            # Every logit > 0, best first, at most max_k; softmax over those
+            # slots alone (empty slots weigh exactly 0).
+            order = np.argsort(-logits, axis=1, kind="stable")
+            ls = np.take_along_axis(logits, order, axis=1)[:, :self.max_k]
+            real = ls > 0.0
+            ids = np.where(real, order[:, :self.max_k], -1)
+            m = np.max(np.where(real, ls, -np.inf), axis=1, keepdims=True)
+            m = np.where(np.isfinite(m), m, 0.0)
+            e = np.where(real, np.exp(ls - m), 0.0)
+            total = e.sum(axis=1, keepdims=True)
+            w = np.divide(e, total, out=np.zeros_like(e), where=total > 0)
+            lim = min(self.max_k + 1, logits.shape[1])
+            cut = -np.sort(-logits, axis=1)[:, :lim]
+            fragile = (np.any(np.abs(logits) < MARGIN, axis=1) |
+                       (np.abs(cut[:, self.max_k - 1] - cut[:, lim - 1]) < MARGIN
+                        if lim > self.max_k else False))
+            return Routing(ids, w, fragile)
+        if self.method == "expert_choice_normalize":
+            self.method = "expert_choice"
+            try:
+                r = self.routing(x)
+            finally:
+                self.method = "expert_choice_normalize"
+            # Each token's chosen slots divided by their sum (empty slots
+            # hold 0 and stay 0; a token nobody chose stays all 0).
+            total = r.weights.sum(axis=1, keepdims=True)
+            r.weights = np.divide(r.weights, total,
+                                  out=np.zeros_like(r.weights),
+                                  where=total > 0)
+            return r
         raise ValueError(self.method)
 
     def block(self, x):
@@ -281,6 +331,11 @@ SEED_CASES = {
     "topk-ties": ("topk", dict(experts=8, k=2, tie_experts=((2, 3), (5, 6)))),
     "expert-choice-ties": ("expert_choice", dict(experts=8, capacity=15,
                                                  tie_tokens=True)),
+    # Issue 10: a softmax over a variable-k selection gives its empty slots
+    # weight 0 (masked); a router op after expert choice.
+    "threshold-softmax": ("threshold_softmax", dict(experts=8, max_k=3)),
+    "expert-choice-normalize": ("expert_choice_normalize",
+                                dict(experts=8, capacity=16)),
 }
 
 

@@ -175,3 +175,42 @@ func.func @no_weights(%ids: tensor<?x2xi32>) -> tensor<4xi32> {
   %c, %off, %rows = moe.dispatch %ids {num_experts = 4 : i64} : tensor<?x2xi32> -> tensor<4xi32>, tensor<5xi32>, tensor<?xi32>
   return %c : tensor<4xi32>
 }
+
+// -----
+
+// Refused by the matcher the verifier and the emitter share: a second
+// cross-token selection; the remark names the op and the IR is left alone.
+// CHECK-LABEL: func.func @two_expert_choices
+// CHECK-NOT: moe.fused_route
+// CHECK: moe.dispatch
+func.func @two_expert_choices(%x: tensor<?x16xf32>) -> tensor<?x16xf32> {
+  %wg = moe.weight ["gate"] from ["m.safetensors"] : tensor<4x16xf32>
+  %l = moe.router_linear %x, %wg : (tensor<?x16xf32>, tensor<4x16xf32>) -> tensor<?x4xf32>
+  %i, %v = moe.expert_choice %l {capacity = 2 : i64} : tensor<?x4xf32> -> tensor<?x4xi32>, tensor<?x4xf32>
+  // expected-note @+1 {{the op is here}}
+  %i2, %v2 = moe.expert_choice %v {capacity = 2 : i64} : tensor<?x4xf32> -> tensor<?x4xi32>, tensor<?x4xf32>
+  // expected-remark @+1 {{moe-fuse-routing: not fused: 'moe.expert_choice' is a second cross-token selection in one router (the routing kernel ranks the batch once, after 'moe.expert_choice')}}
+  %c, %off, %rows = moe.dispatch %i2 {num_experts = 4 : i64} : tensor<?x4xi32> -> tensor<4xi32>, tensor<5xi32>, tensor<?xi32>
+  %y = moe.combine %x, %rows, %v2 : (tensor<?x16xf32>, tensor<?xi32>, tensor<?x4xf32>) -> tensor<?x16xf32>
+  return %y : tensor<?x16xf32>
+}
+
+// -----
+
+// Router ops after moe.expert_choice fuse (the kernel runs them per token
+// once the batch is ranked).
+// CHECK-LABEL: func.func @normalize_after_expert_choice
+// CHECK: moe.fused_route
+// CHECK: moe.expert_choice
+// CHECK: moe.normalize
+// CHECK: moe.yield
+func.func @normalize_after_expert_choice(%x: tensor<?x16xf32>) -> tensor<?x16xf32> {
+  %wg = moe.weight ["gate"] from ["m.safetensors"] : tensor<4x16xf32>
+  %l = moe.router_linear %x, %wg : (tensor<?x16xf32>, tensor<4x16xf32>) -> tensor<?x4xf32>
+  %p = moe.softmax %l : tensor<?x4xf32>
+  %i, %v = moe.expert_choice %p {capacity = 2 : i64} : tensor<?x4xf32> -> tensor<?x4xi32>, tensor<?x4xf32>
+  %w = moe.normalize %v : tensor<?x4xf32>
+  %c, %off, %rows = moe.dispatch %i {num_experts = 4 : i64} : tensor<?x4xi32> -> tensor<4xi32>, tensor<5xi32>, tensor<?xi32>
+  %y = moe.combine %x, %rows, %w : (tensor<?x16xf32>, tensor<?xi32>, tensor<?x4xf32>) -> tensor<?x16xf32>
+  return %y : tensor<?x16xf32>
+}

@@ -169,8 +169,8 @@ PackageContents sampleContents() {
   l0.values = {x, ids, probs, counter, y};
   l0.input = 0;
   l0.output = 4;
-  l0.routingIds = 1;
-  l0.routingWeights = 2;
+  // Two routers (the second over the same values: only indices matter).
+  l0.routings = {{1, 2}, {1, 2}};
   l0.inputWidth = 8;
   l0.outputWidth = 8;
   l0.weights.push_back(weight({"model.layers.0.mlp.gate.weight"}, {4, 8},
@@ -296,8 +296,12 @@ void expectSamePlan(const moe::ModulePlan &a, const moe::ModulePlan &b) {
     EXPECT_EQ(x.function, y.function) << at;
     EXPECT_EQ(x.input, y.input) << at;
     EXPECT_EQ(x.output, y.output) << at;
-    EXPECT_EQ(x.routingIds, y.routingIds) << at;
-    EXPECT_EQ(x.routingWeights, y.routingWeights) << at;
+    ASSERT_EQ(x.routings.size(), y.routings.size()) << at;
+    for (size_t r = 0; r < x.routings.size(); ++r) {
+      EXPECT_EQ(x.routings[r].ids, y.routings[r].ids) << at << " router " << r;
+      EXPECT_EQ(x.routings[r].weights, y.routings[r].weights)
+          << at << " router " << r;
+    }
     EXPECT_EQ(x.inputWidth, y.inputWidth) << at;
     EXPECT_EQ(x.outputWidth, y.outputWidth) << at;
     EXPECT_EQ(x.allExperts, y.allExperts) << at;
@@ -1212,6 +1216,17 @@ TEST_F(PackageFiles, IndicesOutOfRangeAreNamed) {
             }),
             m + "layers[1].launches[0].args[1].index: expected an index into "
                 "layers[1].weights, which is empty; found 0");
+  // The routings of a layer's later routers (issue 10, defect 5).
+  EXPECT_EQ(openAfter([](Json &j) {
+              at(j, {"layers", 0, "more_routings", 0}).set("weights", 7);
+            }),
+            m + "layers[0].more_routings[0].weights: expected an index into "
+                "layers[0].values (0 to 4), found 7");
+  EXPECT_EQ(openAfter([](Json &j) {
+              at(j, {"layers", 0}).set("routing_ids", Json());
+            }),
+            m + "layers[0].more_routings: needs routing_ids and "
+                "routing_weights for router 0");
 }
 
 TEST_F(PackageFiles, PlanConsistencyAgainstKernelsAndTensors) {
@@ -1527,7 +1542,8 @@ TEST_F(PackageFiles, EveryMutationOfTheManifestIsAnErrorOrFineNeverACrash) {
 TEST(Package, ManifestCoversEveryPlanField) {
 #if defined(__x86_64__) && defined(__GLIBCXX__)
   EXPECT_EQ(sizeof(moe::Launch), 192u);
-  EXPECT_EQ(sizeof(moe::LayerPlan), 184u);
+  EXPECT_EQ(sizeof(moe::LayerPlan), 200u);
+  EXPECT_EQ(sizeof(moe::LayerPlan::Routing), 8u);
   EXPECT_EQ(sizeof(moe::BufferShape), 24u);
   EXPECT_EQ(sizeof(moe::Binding), 12u);
   EXPECT_EQ(sizeof(moe::WeightRef), 112u);

@@ -75,7 +75,9 @@ static cl::opt<std::string> backend(
 static cl::opt<std::string> routingOut(
     "routing-out",
     cl::desc("Write PREFIX.ids.npy (int32 [T, K], -1 for empty slots) and "
-             "PREFIX.weights.npy (float32 [T, K]); with --all-layers, "
+             "PREFIX.weights.npy (float32 [T, K]) of the layer's first "
+             "router, PREFIX.r<N>.ids.npy and PREFIX.r<N>.weights.npy of "
+             "router N >= 1 (in IR order); with --all-layers, "
              "PREFIX.L<layer>.ids.npy and so on"),
     cl::value_desc("prefix"), cl::cat(category));
 static cl::opt<unsigned> repeat("repeat",
@@ -168,21 +170,23 @@ public:
       r.y.shape = {tokens, plan->outputWidth};
       r.y.f = std::move(out.value().y);
       r.routing = moe::RoutingTrace();
-      if (plan->routingIds >= 0) {
-        int64_t slots = out.value().slots;
-        r.routing.ids = moe::HostTensor::ints({tokens, slots});
-        r.routing.ids.i = out.value().ids;
-        r.routing.weights = moe::HostTensor::floats({tokens, slots});
-        r.routing.weights.f = out.value().weights;
-        r.routing.hasIds = r.routing.hasWeights = true;
-      } else if (plan->allExperts > 0) {
+      for (moe::LayerOutputs::Routing &o : out.value().routings) {
+        moe::RoutingTrace::Router &router = r.routing.routers.emplace_back();
+        router.ids = moe::HostTensor::ints({tokens, o.slots});
+        router.ids.i = std::move(o.ids);
+        router.weights = moe::HostTensor::floats({tokens, o.slots});
+        router.weights.f = std::move(o.weights);
+        router.hasIds = router.hasWeights = true;
+      }
+      if (plan->routings.empty() && plan->allExperts > 0) {
         int64_t e = plan->allExperts;
-        r.routing.ids = moe::HostTensor::ints({tokens, e});
-        r.routing.weights = moe::HostTensor::floats({tokens, e}, 1.0f);
+        moe::RoutingTrace::Router &router = r.routing.routers.emplace_back();
+        router.ids = moe::HostTensor::ints({tokens, e});
+        router.weights = moe::HostTensor::floats({tokens, e}, 1.0f);
         for (int64_t t = 0; t < tokens; ++t)
           for (int64_t j = 0; j < e; ++j)
-            r.routing.ids.i[t * e + j] = static_cast<int32_t>(j);
-        r.routing.hasIds = r.routing.hasWeights = true;
+            router.ids.i[t * e + j] = static_cast<int32_t>(j);
+        router.hasIds = router.hasWeights = true;
       }
     }
     return r;
@@ -193,16 +197,28 @@ private:
   moe::WeightProvider provider;
 };
 
+/// One pair of files per router: PREFIX.ids.npy / PREFIX.weights.npy for
+/// the first, PREFIX.r<N>.ids.npy / PREFIX.r<N>.weights.npy for router N.
 Error writeRouting(const moe::RoutingTrace &trace, const std::string &prefix,
                    int64_t layerIndex) {
-  if (!trace.hasIds || !trace.hasWeights)
+  if (trace.routers.empty())
     return makeError("--routing-out: layer " + Twine(layerIndex) +
                      " has no routed experts to report");
-  if (Error err = moe::writeNpyI32(prefix + ".ids.npy", trace.ids.shape,
-                                   trace.ids.i))
-    return err;
-  return moe::writeNpyF32(prefix + ".weights.npy", trace.weights.shape,
-                          trace.weights.f);
+  for (auto [r, router] : llvm::enumerate(trace.routers)) {
+    if (!router.hasIds || !router.hasWeights)
+      return makeError("--routing-out: router " + Twine(r) + " of layer " +
+                       Twine(layerIndex) +
+                       " has no routing weights to report (its dispatch "
+                       "rows feed no moe.permute or moe.combine)");
+    std::string base = r == 0 ? prefix : prefix + ".r" + std::to_string(r);
+    if (Error err =
+            moe::writeNpyI32(base + ".ids.npy", router.ids.shape, router.ids.i))
+      return err;
+    if (Error err = moe::writeNpyF32(base + ".weights.npy",
+                                     router.weights.shape, router.weights.f))
+      return err;
+  }
+  return Error::success();
 }
 
 } // namespace

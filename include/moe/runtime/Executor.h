@@ -49,9 +49,14 @@ using WeightProvider =
 
 struct LayerOutputs {
   std::vector<float> y;
-  std::vector<int32_t> ids;
-  std::vector<float> weights;
-  int64_t slots = 0; ///< Columns of ids/weights.
+  /// The routing of one router: [T, slots] ids and weights.
+  struct Routing {
+    std::vector<int32_t> ids;
+    std::vector<float> weights;
+    int64_t slots = 0; ///< Columns of ids/weights.
+  };
+  /// One per router of the plan (LayerPlan::routings), when asked for.
+  std::vector<Routing> routings;
 };
 
 /// Runs one layer's plan; weights are uploaded once, buffers grow with T.

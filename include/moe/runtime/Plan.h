@@ -97,7 +97,13 @@ struct LayerPlan {
   std::vector<WeightRef> weights;
   std::vector<Launch> launches;
   int input = -1, output = -1;   ///< Values of the layer's input and output.
-  int routingIds = -1, routingWeights = -1; ///< For --routing-out.
+  /// The (ids, weights) values of each router of the layer, in IR order,
+  /// for --routing-out (router 0 is PREFIX.ids.npy, router r > 0
+  /// PREFIX.r<r>.ids.npy).
+  struct Routing {
+    int ids = -1, weights = -1;
+  };
+  std::vector<Routing> routings;
   int64_t inputWidth = 0, outputWidth = 0;
   /// A LoRA mixture without routing applies every one of its allExperts
   /// adapters with weight 1 (reported as such by --routing-out).

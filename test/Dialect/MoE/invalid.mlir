@@ -652,3 +652,94 @@ func.func @yield_outside(%x: tensor<?x16xf32>) {
   // expected-error @+1 {{'moe.yield' op expects parent op to be one of 'moe.fused_route, moe.fused_experts'}}
   moe.yield %x : tensor<?x16xf32>
 }
+
+// -----
+
+// Issue 10, defect 2: a 6-way selection feeding a 4-adapter LoRA mixture.
+func.func @lora_ids_out_of_range(%x: tensor<?x64xf32>, %w: tensor<48x64xf32>, %a: tensor<4x8x64xf32>, %b: tensor<4x48x8xf32>, %wg: tensor<6x64xf32>) -> tensor<?x48xf32> {
+  %l = moe.router_linear %x, %wg : (tensor<?x64xf32>, tensor<6x64xf32>) -> tensor<?x6xf32>
+  // expected-note @+1 {{the ids are produced here}}
+  %i, %v = moe.topk %l {k = 2 : i64} : tensor<?x6xf32> -> tensor<?x2xi32>, tensor<?x2xf32>
+  // expected-error @+1 {{'ids' holds ids in [0, 6) (from 'moe.topk') but the number of adapters of 'lora_a' is 4: every id must be in [0, 4) or -1}}
+  %0 = moe.lora_mixture %x base(%w) lora(%a, %b) routing(%i, %v) {scales = [1.0 : f32, 1.0 : f32, 1.0 : f32, 1.0 : f32]} : (tensor<?x64xf32>, tensor<48x64xf32>, tensor<4x8x64xf32>, tensor<4x48x8xf32>, tensor<?x2xi32>, tensor<?x2xf32>) -> tensor<?x48xf32>
+  return %0 : tensor<?x48xf32>
+}
+
+// -----
+
+// Issue 10, defect 2: ids of an 8-wide selection gathered from [T, 4] scores.
+func.func @gather_ids_out_of_range(%s8: tensor<?x8xf32>, %s4: tensor<?x4xf32>) {
+  // expected-note @+1 {{the ids are produced here}}
+  %i, %v = moe.topk %s8 {k = 2 : i64} : tensor<?x8xf32> -> tensor<?x2xi32>, tensor<?x2xf32>
+  // expected-error @+1 {{'ids' holds ids in [0, 8) (from 'moe.topk') but the number of columns of 'scores' is 4: every id must be in [0, 4) or -1}}
+  %g = moe.gather_scores %s4, %i : tensor<?x4xf32>, tensor<?x2xi32> -> tensor<?x2xf32>
+  return
+}
+
+// -----
+
+func.func @dispatch_ids_out_of_range(%s: tensor<?x8xf32>) {
+  // expected-note @+1 {{the ids are produced here}}
+  %i, %v = moe.threshold %s {max_k = 3 : i64} : tensor<?x8xf32> -> tensor<?x3xi32>, tensor<?x3xf32>
+  // expected-error @+1 {{'ids' holds ids in [0, 8) (from 'moe.threshold') but 'num_experts' is 4: every id must be in [0, 4) or -1}}
+  %c, %o, %r = moe.dispatch %i {num_experts = 4 : i64} : tensor<?x3xi32> -> tensor<4xi32>, tensor<5xi32>, tensor<?xi32>
+  return
+}
+
+// -----
+
+func.func @fused_route_ids_out_of_range(%x: tensor<?x16xf32>) {
+  // expected-error @+1 {{'ids' holds ids in [0, 8) (from 'moe.topk') but 'num_experts' is 4}}
+  %ids, %w, %c, %off, %rows = moe.fused_route %x {num_experts = 4 : i64} : tensor<?x16xf32> -> tensor<?x2xi32>, tensor<?x2xf32>, tensor<4xi32>, tensor<5xi32>, tensor<?xi32> {
+  ^bb0(%a: tensor<?x16xf32>):
+    %wg = moe.weight ["gate"] from ["m.safetensors"] : tensor<8x16xf32>
+    %l = moe.router_linear %a, %wg : (tensor<?x16xf32>, tensor<8x16xf32>) -> tensor<?x8xf32>
+    // expected-note @+1 {{the ids are produced here}}
+    %i, %v = moe.topk %l {k = 2 : i64} : tensor<?x8xf32> -> tensor<?x2xi32>, tensor<?x2xf32>
+    moe.yield %i, %v : tensor<?x2xi32>, tensor<?x2xf32>
+  }
+  return
+}
+
+// -----
+
+// A dynamic 'offsets' type hides the expert count; the plan's op does not.
+func.func @expert_ffn_plan_experts(%x: tensor<?x16xf32>, %i: tensor<?x2xi32>, %g: tensor<4x32x16xf32>, %d: tensor<4x16x32xf32>) {
+  // expected-note @+1 {{the plan is made here}}
+  %c, %o, %r = moe.dispatch %i {num_experts = 8 : i64} : tensor<?x2xi32> -> tensor<8xi32>, tensor<?xi32>, tensor<?xi32>
+  // expected-error @+1 {{'offsets' is the dispatch plan of 8 experts (from 'moe.dispatch') but the projections hold E = 4 experts}}
+  %y = moe.expert_ffn %x, %o gate(%g) up(%g) down(%d) {activation = #moe.activation<silu>} : (tensor<?x16xf32>, tensor<?xi32>, tensor<4x32x16xf32>, tensor<4x32x16xf32>, tensor<4x16x32xf32>) -> tensor<?x16xf32>
+  return
+}
+
+// -----
+
+func.func @fused_route_not_a_router_op(%x: tensor<?x16xf32>) {
+  // expected-error @+1 {{body cannot be generated as one routing kernel: 'arith.addf' is not a router op (no RouterOpInterface): the routing kernel has no row template for it}}
+  %ids, %w, %c, %off, %rows = moe.fused_route %x {num_experts = 4 : i64} : tensor<?x16xf32> -> tensor<?x2xi32>, tensor<?x2xf32>, tensor<4xi32>, tensor<5xi32>, tensor<?xi32> {
+  ^bb0(%a: tensor<?x16xf32>):
+    %wg = moe.weight ["gate"] from ["m.safetensors"] : tensor<4x16xf32>
+    %l = moe.router_linear %a, %wg : (tensor<?x16xf32>, tensor<4x16xf32>) -> tensor<?x4xf32>
+    // expected-note @+1 {{the op is here}}
+    %l2 = arith.addf %l, %l : tensor<?x4xf32>
+    %i, %v = moe.topk %l2 {k = 2 : i64} : tensor<?x4xf32> -> tensor<?x2xi32>, tensor<?x2xf32>
+    moe.yield %i, %v : tensor<?x2xi32>, tensor<?x2xf32>
+  }
+  return
+}
+
+// -----
+
+func.func @fused_route_two_expert_choices(%x: tensor<?x16xf32>) {
+  // expected-error @+1 {{'moe.expert_choice' is a second cross-token selection in one router}}
+  %ids, %w, %c, %off, %rows = moe.fused_route %x {num_experts = 4 : i64} : tensor<?x16xf32> -> tensor<?x4xi32>, tensor<?x4xf32>, tensor<4xi32>, tensor<5xi32>, tensor<?xi32> {
+  ^bb0(%a: tensor<?x16xf32>):
+    %wg = moe.weight ["gate"] from ["m.safetensors"] : tensor<4x16xf32>
+    %l = moe.router_linear %a, %wg : (tensor<?x16xf32>, tensor<4x16xf32>) -> tensor<?x4xf32>
+    %i, %v = moe.expert_choice %l {capacity = 2 : i64} : tensor<?x4xf32> -> tensor<?x4xi32>, tensor<?x4xf32>
+    // expected-note @+1 {{the op is here}}
+    %i2, %v2 = moe.expert_choice %v {capacity = 2 : i64} : tensor<?x4xf32> -> tensor<?x4xi32>, tensor<?x4xf32>
+    moe.yield %i2, %v2 : tensor<?x4xi32>, tensor<?x4xf32>
+  }
+  return
+}

@@ -20,6 +20,8 @@
 #define GET_ATTRDEF_CLASSES
 #include "moe/dialects/MoE/MoEAttrs.h.inc"
 
+#include "moe/dialects/MoE/MoERouterInterfaces.h.inc"
+
 #define GET_OP_CLASSES
 #include "moe/dialects/MoE/MoEOps.h.inc"
 

@@ -10,6 +10,7 @@
 
 include "moe/dialects/MoE/MoEDialect.td"
 include "moe/dialects/MoE/MoEAttrs.td"
+include "moe/dialects/MoE/MoERouterInterfaces.td"
 include "mlir/Interfaces/SideEffectInterfaces.td"
 include "mlir/Interfaces/InferTypeOpInterface.td"
 include "mlir/IR/CommonTypeConstraints.td"
@@ -76,7 +77,7 @@ def MoE_WeightOp : MoE_Op<"weight", [Pure]> {
 // Router scoring
 //===----------------------------------------------------------------------===//
 
-def MoE_RouterLinearOp : MoE_Op<"router_linear", [Pure]> {
+def MoE_RouterLinearOp : MoE_Op<"router_linear", [Pure, MoE_RouterOpInterface]> {
   let summary = "router logits x Wᵀ + b, computed in f32";
   let description = [{
     `input : [T, H]` (f32/bf16/f16), `weight : [N, H]`, optional
@@ -95,7 +96,8 @@ def MoE_RouterLinearOp : MoE_Op<"router_linear", [Pure]> {
 }
 
 class MoE_RowOp<string mnemonic, list<Trait> traits = []>
-    : MoE_Op<mnemonic, !listconcat(traits, [Pure, SameOperandsAndResultType])> {
+    : MoE_Op<mnemonic, !listconcat(traits, [Pure, SameOperandsAndResultType,
+                                            MoE_RouterOpInterface])> {
   let arguments = (ins MoE_Scores:$input);
   let results = (outs MoE_Scores:$result);
   let assemblyFormat = "$input attr-dict `:` type($input)";
@@ -108,6 +110,15 @@ def MoE_SoftmaxOp : MoE_RowOp<"softmax"> {
     `m = max_j x[t, j]`. Applied to router logits `[T, E]`, or to the values
     of a selection `[T, K]` (gpt-oss: softmax over the selected logits).
     Entries equal to -inf get probability 0.
+
+    Over a selection with empty slots (a masked softmax): when `input` is
+    the `values` of a selection (`moe.topk`, `moe.top_p`, `moe.threshold`,
+    `moe.expert_choice`), possibly through slot-wise ops (`moe.softmax`,
+    `moe.sigmoid`, `moe.relu`, `moe.normalize`, `moe.scale`,
+    `moe.gather_scores`, `moe.drop_null_experts`), the slots whose id is -1
+    are empty: they get weight exactly 0 and the maximum and the sum run
+    over the real slots only, so that the real slots sum to 1 (a row with
+    no real slot gives zeros). This holds on every backend.
   }];
 }
 
@@ -126,7 +137,8 @@ def MoE_ReluOp : MoE_RowOp<"relu"> {
   }];
 }
 
-def MoE_RmsNormOp : MoE_Op<"rms_norm", [Pure, AllTypesMatch<["input", "result"]>]> {
+def MoE_RmsNormOp : MoE_Op<"rms_norm", [Pure, MoE_RouterOpInterface,
+    AllTypesMatch<["input", "result"]>]> {
   let summary = "row-wise RMSNorm of router scores";
   let description = [{
     `result[t, i] = x[t, i] / sqrt(mean_j x[t, j]^2 + epsilon) * g[i]`, with
@@ -142,7 +154,8 @@ def MoE_RmsNormOp : MoE_Op<"rms_norm", [Pure, AllTypesMatch<["input", "result"]>
   let hasVerifier = 1;
 }
 
-def MoE_BiasAddOp : MoE_Op<"bias_add", [Pure, AllTypesMatch<["input", "result"]>]> {
+def MoE_BiasAddOp : MoE_Op<"bias_add", [Pure, MoE_RouterOpInterface,
+    AllTypesMatch<["input", "result"]>]> {
   let summary = "adds a per-expert bias to scores";
   let description = [{
     `result[t, e] = x[t, e] + bias[e]`. DeepSeek-V3's
@@ -162,7 +175,8 @@ def MoE_BiasAddOp : MoE_Op<"bias_add", [Pure, AllTypesMatch<["input", "result"]>
 // Selection
 //===----------------------------------------------------------------------===//
 
-def MoE_GroupLimitOp : MoE_Op<"group_limit", [Pure, SameOperandsAndResultType]> {
+def MoE_GroupLimitOp : MoE_Op<"group_limit", [Pure, SameOperandsAndResultType,
+    MoE_RouterOpInterface]> {
   let summary = "masks every expert outside the best groups";
   let description = [{
     Splits the E experts into `num_groups` contiguous groups of E/num_groups,
@@ -179,7 +193,9 @@ def MoE_GroupLimitOp : MoE_Op<"group_limit", [Pure, SameOperandsAndResultType]> 
   let hasVerifier = 1;
 }
 
-class MoE_SelectOp<string mnemonic> : MoE_Op<mnemonic, [Pure]> {
+class MoE_SelectOp<string mnemonic,
+                   list<Trait> router = [MoE_RouterOpInterface]>
+    : MoE_Op<mnemonic, !listconcat(router, [Pure, MoE_SelectionOpInterface])> {
   let results = (outs MoE_Ids:$ids, MoE_Scores:$values);
 }
 
@@ -224,7 +240,8 @@ def MoE_ThresholdOp : MoE_SelectOp<"threshold"> {
   let hasVerifier = 1;
 }
 
-def MoE_ExpertChoiceOp : MoE_SelectOp<"expert_choice"> {
+def MoE_ExpertChoiceOp : MoE_SelectOp<"expert_choice",
+    [DeclareOpInterfaceMethods<MoE_RouterOpInterface, ["readsOtherTokens"]>]> {
   let summary = "each expert picks its best tokens, up to a capacity";
   let description = [{
     Expert-choice routing: for each expert e, the `capacity` tokens with the
@@ -239,10 +256,12 @@ def MoE_ExpertChoiceOp : MoE_SelectOp<"expert_choice"> {
   let hasVerifier = 1;
 }
 
-def MoE_GatherScoresOp : MoE_Op<"gather_scores", [Pure]> {
+def MoE_GatherScoresOp : MoE_Op<"gather_scores", [Pure, MoE_RouterOpInterface]> {
   let summary = "reads the weights of the selected experts from a score";
   let description = [{
-    `result[t, s] = scores[t, ids[t, s]]`, or 0 for an empty slot. Used when
+    `result[t, s] = scores[t, ids[t, s]]`, or 0 for an empty slot. Every id
+    must index a column of `scores`: the verifier rejects ids from a
+    selection over more candidates than `scores` has columns. Used when
     the score that selects differs from the score that weighs (DeepSeek-V3:
     selection on `sigmoid + bias`, weights from the plain sigmoid).
   }];
@@ -254,7 +273,7 @@ def MoE_GatherScoresOp : MoE_Op<"gather_scores", [Pure]> {
   let hasVerifier = 1;
 }
 
-def MoE_DropNullExpertsOp : MoE_Op<"drop_null_experts", [Pure,
+def MoE_DropNullExpertsOp : MoE_Op<"drop_null_experts", [Pure, MoE_RouterOpInterface,
     AllTypesMatch<["ids", "result_ids"]>, AllTypesMatch<["weights", "result_weights"]>]> {
   let summary = "empties the slots that selected a null expert (AdaMoE)";
   let description = [{
@@ -275,11 +294,15 @@ def MoE_DropNullExpertsOp : MoE_Op<"drop_null_experts", [Pure,
 // Weight post-processing
 //===----------------------------------------------------------------------===//
 
-def MoE_NormalizeOp : MoE_Op<"normalize", [Pure, SameOperandsAndResultType]> {
+def MoE_NormalizeOp : MoE_Op<"normalize", [Pure, SameOperandsAndResultType,
+    MoE_RouterOpInterface]> {
   let summary = "divides each row of routing weights by its sum";
   let description = [{
     `result[t, s] = w[t, s] / (sum_j w[t, j] + epsilon)`; a row that sums to
-    0 stays 0. Empty slots hold 0 and do not count.
+    0 stays 0. Over a selection with empty slots (id -1; the input is a
+    selection's values, possibly through slot-wise ops, as for
+    `moe.softmax`), the sum runs over the real slots only and the empty
+    slots get weight exactly 0, whatever value they held.
   }];
   let arguments = (ins MoE_Scores:$input,
                    DefaultValuedAttr<F32Attr, "0.0">:$epsilon);
@@ -288,7 +311,8 @@ def MoE_NormalizeOp : MoE_Op<"normalize", [Pure, SameOperandsAndResultType]> {
   let hasVerifier = 1;
 }
 
-def MoE_ScaleOp : MoE_Op<"scale", [Pure, SameOperandsAndResultType]> {
+def MoE_ScaleOp : MoE_Op<"scale", [Pure, SameOperandsAndResultType,
+    MoE_RouterOpInterface]> {
   let summary = "multiplies routing weights by a constant";
   let description = [{
     `result = factor * w` (`routed_scaling_factor`).
@@ -311,7 +335,11 @@ def MoE_DispatchOp : MoE_Op<"dispatch", [Pure]> {
     expert), `offsets : [E + 1]` (exclusive prefix sum of counts, the last
     entry is the number of routed slots R) and `rows : [R]`: the flat slot
     indices `t * K + s` of the non-empty slots, sorted by expert, then by
-    token, then by slot. Ids outside `[0, E)` are empty.
+    token, then by slot. Ids must be in `[0, E)` or -1 (empty): when the
+    ids come straight from a selection over N candidates (or from
+    `moe.drop_null_experts`), the verifier checks N <= E; drop null
+    experts with `moe.drop_null_experts`. At run time ids outside `[0, E)`
+    are treated as empty.
   }];
   let arguments = (ins MoE_Ids:$ids, I64Attr:$num_experts);
   let results = (outs MoE_I32Vector:$counts, MoE_I32Vector:$offsets,
@@ -452,7 +480,9 @@ def MoE_LoraMixtureOp : MoE_Op<"lora_mixture",
     with `e = ids[t, s]` (empty slots skipped). `base : [out, in]`,
     `base_bias : [out]`, `lora_a : [E, r, in]`, `lora_b : [E, out, r]`,
     `scales`: E factors (`lora_alpha / r`, or `lora_alpha / sqrt(r)` with
-    rsLoRA). Adapters of smaller rank are zero-padded to `r`. Without
+    rsLoRA). Adapters of smaller rank are zero-padded to `r`. The ids must
+    name adapters: the verifier rejects ids from a selection over more
+    candidates than `lora_a` has adapters. Without
     `routing(ids, weights)` every adapter is applied with weight 1: a single
     PEFT adapter is the one-expert case. Accumulation in f32; the result has
     the input's element type.
@@ -487,6 +517,14 @@ def MoE_FusedRouteOp : MoE_Op<"fused_route",
     dispatch plan `counts`, `offsets`, `rows` for `num_experts` experts.
     The body is isolated from above: it holds its own `moe.weight` ops.
     Built by `--moe-fuse-routing`.
+
+    The verifier accepts only bodies the routing kernel can generate (one
+    matcher, shared with the pass and the code generator): router ops
+    (scoring, selection, weight post-processing), `moe.weight` and dense
+    float constants; `moe.router_linear` projects the body argument; every
+    row has a static width; at most one cross-token selection
+    (`moe.expert_choice`), which router ops may follow. A refused body is
+    reported with the op that cannot be generated and why.
   }];
   let arguments = (ins MoE_Tensor:$input, I64Attr:$num_experts);
   let results = (outs MoE_Ids:$ids, MoE_Scores:$weights,

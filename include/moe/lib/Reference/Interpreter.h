@@ -78,13 +78,17 @@ private:
 /// else the folder of `irPath`.
 std::string weightRoot(mlir::ModuleOp module, llvm::StringRef irPath);
 
-/// The routing a function used: the ids given to its first `moe.dispatch`
-/// (or `moe.lora_mixture`) and the routing weights of its first
-/// `moe.permute` (or `moe.lora_mixture`; a mixture without routing reports
-/// every adapter with weight 1).
+/// The routings a function used, one per router in execution order: the
+/// ids given to a `moe.dispatch` and the routing weights of the first
+/// `moe.permute` or `moe.combine` reading its rows; the (ids, weights) of a
+/// `moe.fused_route`; or those of a `moe.lora_mixture` (a mixture without
+/// routing reports every adapter with weight 1).
 struct RoutingTrace {
-  HostTensor ids, weights;
-  bool hasIds = false, hasWeights = false;
+  struct Router {
+    HostTensor ids, weights;
+    bool hasIds = false, hasWeights = false;
+  };
+  std::vector<Router> routers;
 };
 
 /// Runs `fn` (one tensor argument, one result) on `input`.

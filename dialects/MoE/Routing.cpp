@@ -1,0 +1,220 @@
+//===- Routing.cpp - Facts about routings shared by verifiers and backends ===//
+//
+// Part of moe-opt.
+//
+//===----------------------------------------------------------------------===//
+
+#include "moe/dialects/MoE/Routing.h"
+#include "moe/dialects/MoE/MoEOps.h"
+
+#include "mlir/Dialect/Arith/IR/Arith.h"
+#include "mlir/IR/BuiltinAttributes.h"
+#include "llvm/ADT/DenseSet.h"
+#include "llvm/ADT/SetVector.h"
+#include "llvm/ADT/TypeSwitch.h"
+
+using namespace mlir;
+using namespace mlir::moe;
+
+std::optional<IdRange> mlir::moe::getIdRange(Value ids) {
+  if (auto arg = dyn_cast<BlockArgument>(ids)) {
+    // The ids argument of a moe.fused_experts body is its ids operand.
+    auto fused = dyn_cast<FusedExpertsOp>(arg.getOwner()->getParentOp());
+    if (fused && arg.getArgNumber() == 1)
+      return getIdRange(fused.getIds());
+    return std::nullopt;
+  }
+  Operation *def = ids.getDefiningOp();
+  if (auto sel = dyn_cast<SelectionOpInterface>(def)) {
+    int64_t n = sel.getCandidateCount();
+    if (ids != sel.getSelectedIds() || ShapedType::isDynamic(n))
+      return std::nullopt;
+    return IdRange{n, def};
+  }
+  if (auto drop = dyn_cast<DropNullExpertsOp>(def)) {
+    if (ids != drop.getResultIds())
+      return std::nullopt;
+    return IdRange{static_cast<int64_t>(drop.getNumExperts()), def};
+  }
+  if (auto route = dyn_cast<FusedRouteOp>(def)) {
+    if (ids != route.getIds() || route.getBody().empty())
+      return std::nullopt;
+    auto yield = dyn_cast<YieldOp>(route.getBody().front().getTerminator());
+    if (!yield || yield.getValues().empty())
+      return std::nullopt;
+    return getIdRange(yield.getValues()[0]);
+  }
+  return std::nullopt;
+}
+
+Value mlir::moe::getSlotMask(Value v) {
+  while (Operation *def = v.getDefiningOp()) {
+    if (auto sel = dyn_cast<SelectionOpInterface>(def))
+      return v == sel.getSelectedValues() ? sel.getSelectedIds() : Value();
+    if (auto gather = dyn_cast<GatherScoresOp>(def))
+      return gather.getIds();
+    if (auto drop = dyn_cast<DropNullExpertsOp>(def))
+      return v == drop.getResultWeights() ? drop.getResultIds() : Value();
+    if (auto route = dyn_cast<FusedRouteOp>(def))
+      return v == route.getWeights() ? route.getIds() : Value();
+    // Slot-wise ops keep the slots where they are.
+    if (!isa<SoftmaxOp, SigmoidOp, ReluOp, NormalizeOp, ScaleOp>(def))
+      return Value();
+    v = def->getOperand(0);
+  }
+  return Value();
+}
+
+Value mlir::moe::getImplicitMask(Operation *op) {
+  if (isa<SoftmaxOp, NormalizeOp>(op))
+    return getSlotMask(op->getOperand(0));
+  return Value();
+}
+
+/// A weight the routing kernel binds as a buffer: a moe.weight or a dense
+/// float constant.
+static bool isWeightLeaf(Value v) {
+  Operation *def = v.getDefiningOp();
+  if (isa_and_nonnull<WeightOp>(def))
+    return true;
+  auto c = dyn_cast_or_null<arith::ConstantOp>(def);
+  auto dense = c ? dyn_cast<DenseElementsAttr>(c.getValue()) : nullptr;
+  return dense && isa<FloatType>(dense.getElementType());
+}
+
+/// The operands of a router op read from weight memory rather than as rows.
+static SmallVector<Value> weightOperands(Operation *op) {
+  return llvm::TypeSwitch<Operation *, SmallVector<Value>>(op)
+      .Case([](RouterLinearOp o) {
+        SmallVector<Value> w = {o.getWeight()};
+        if (o.getBias())
+          w.push_back(o.getBias());
+        return w;
+      })
+      .Case([](RmsNormOp o) {
+        return o.getWeight() ? SmallVector<Value>{o.getWeight()}
+                             : SmallVector<Value>{};
+      })
+      .Case([](BiasAddOp o) { return SmallVector<Value>{o.getBias()}; })
+      .Default([](Operation *) { return SmallVector<Value>{}; });
+}
+
+static int64_t width(Value v) {
+  return cast<RankedTensorType>(v.getType()).getDimSize(1);
+}
+
+std::optional<RouteMismatch> mlir::moe::matchRouteBody(Block &body,
+                                                       RouteProgram *out) {
+  auto mismatch = [](Operation *op, const Twine &why) {
+    return RouteMismatch{op, why.str()};
+  };
+  Operation *parent = body.getParentOp();
+  if (body.getNumArguments() != 1)
+    return mismatch(parent, "the body must take the routed tokens as its one "
+                            "argument");
+  Value arg = body.getArgument(0);
+  auto argType = dyn_cast<RankedTensorType>(arg.getType());
+  if (!argType || argType.getRank() != 2 ||
+      ShapedType::isDynamic(argType.getDimSize(1)))
+    return mismatch(parent, "the routed tokens must be [T, H] with a static "
+                            "H");
+
+  RouteProgram program;
+  llvm::DenseSet<Value> late; // computed by or after the cross-token op
+  llvm::SetVector<Value> carried;
+  // Records that a late op (or the yield) reads `v`.
+  auto readLate = [&](Operation *op, Value v) -> std::optional<RouteMismatch> {
+    if (late.contains(v))
+      return std::nullopt;
+    if (v == arg)
+      return mismatch(op, "reads the routed tokens after the cross-token "
+                          "selection '" +
+                              program.crossToken->getName().getStringRef() +
+                              "' (only score rows are kept across the "
+                              "batch)");
+    carried.insert(v);
+    return std::nullopt;
+  };
+
+  for (Operation &inner : body) {
+    Operation *op = &inner;
+    if (auto yield = dyn_cast<YieldOp>(op)) {
+      for (Value v : yield.getValues()) {
+        if (v == arg || isWeightLeaf(v))
+          return mismatch(op, "yields the routed tokens or a weight, not a "
+                              "routing computed by router ops");
+        if (program.crossToken)
+          if (std::optional<RouteMismatch> m = readLate(op, v))
+            return m;
+      }
+      continue;
+    }
+    if (isa<WeightOp>(op))
+      continue;
+    if (isa<arith::ConstantOp>(op)) {
+      if (!isWeightLeaf(op->getResult(0)))
+        return mismatch(op, "is not a dense float constant: the routing "
+                            "kernel reads constants as weights");
+      continue;
+    }
+    auto router = dyn_cast<RouterOpInterface>(op);
+    if (!router)
+      return mismatch(op, "is not a router op (no RouterOpInterface): the "
+                          "routing kernel has no row template for it");
+    for (Value r : op->getResults())
+      if (ShapedType::isDynamic(width(r)))
+        return mismatch(op, "has a result with a dynamic number of columns: "
+                            "the routing kernel keeps rows of static width");
+    SmallVector<Value> weights = weightOperands(op);
+    for (Value w : weights)
+      if (!isWeightLeaf(w))
+        return mismatch(op, "reads a weight that is neither a moe.weight "
+                            "nor a dense float constant");
+    if (auto linear = dyn_cast<RouterLinearOp>(op);
+        linear && linear.getInput() != arg)
+      return mismatch(op, "must project the routed tokens (the body "
+                          "argument): the projection is a kernel of its own "
+                          "over the layer's input");
+
+    // The rows the op reads: operands other than weights, and its mask.
+    SmallVector<Value> reads;
+    for (Value v : op->getOperands())
+      if (!llvm::is_contained(weights, v))
+        reads.push_back(v);
+    if (Value mask = getImplicitMask(op))
+      reads.push_back(mask);
+    for (Value v : reads)
+      if (isWeightLeaf(v))
+        return mismatch(op, "reads a weight or constant where a score row "
+                            "is expected");
+
+    bool isLate =
+        llvm::any_of(reads, [&](Value v) { return late.contains(v); });
+    if (router.readsOtherTokens()) {
+      if (program.crossToken)
+        return mismatch(op, "is a second cross-token selection in one router "
+                            "(the routing kernel ranks the batch once, after "
+                            "'" +
+                                program.crossToken->getName().getStringRef() +
+                                "')");
+      program.crossToken = op;
+      for (Value r : op->getResults())
+        late.insert(r);
+      continue;
+    }
+    if (!isLate) {
+      program.perToken.push_back(op);
+      continue;
+    }
+    for (Value v : reads)
+      if (std::optional<RouteMismatch> m = readLate(op, v))
+        return m;
+    program.afterCrossToken.push_back(op);
+    for (Value r : op->getResults())
+      late.insert(r);
+  }
+  program.carried.assign(carried.begin(), carried.end());
+  if (out)
+    *out = std::move(program);
+  return std::nullopt;
+}

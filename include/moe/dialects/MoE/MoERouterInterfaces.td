@@ -1,0 +1,60 @@
+//===- MoERouterInterfaces.td - Kinds of router ops --------*- tablegen -*-===//
+//
+// Part of moe-opt. The router ops (scoring, selection, weight
+// post-processing) carry RouterOpInterface, so that the fusion pass, the
+// reference executor and the code generator ask the op for its kind instead
+// of keeping their own lists; selections also carry SelectionOpInterface,
+// which says the range of the ids they produce.
+//
+//===----------------------------------------------------------------------===//
+
+#ifndef MOE_ROUTER_INTERFACES_TD
+#define MOE_ROUTER_INTERFACES_TD
+
+include "mlir/IR/OpBase.td"
+
+def MoE_RouterOpInterface : OpInterface<"RouterOpInterface"> {
+  let cppNamespace = "::mlir::moe";
+  let description = [{
+    An op a router is composed of: scoring, selection or weight
+    post-processing. `--moe-fuse-routing` moves these ops into the body of a
+    `moe.fused_route`, and the routing kernel has a row template for each.
+    A router op computes a token's row from that token's rows only, unless
+    `readsOtherTokens` says otherwise.
+  }];
+  let methods = [
+    InterfaceMethod<[{
+        Whether a token's result depends on other tokens' rows (expert
+        choice ranks the tokens of each expert).
+      }], "bool", "readsOtherTokens", (ins), [{}], [{ return false; }]>,
+  ];
+}
+
+def MoE_SelectionOpInterface : OpInterface<"SelectionOpInterface"> {
+  let cppNamespace = "::mlir::moe";
+  let description = [{
+    A selection: from scores `[T, N]` it produces `ids : [T, K]` in
+    `[0, N)` (or -1 for an empty slot) and their `values : [T, K]`.
+    Consumers of the ids check their own bounds against `getCandidateCount`
+    when the selection is visible.
+  }];
+  let methods = [
+    InterfaceMethod<"The scores the selection chooses from.", "::mlir::Value",
+      "getSelectionScores", (ins), [{}],
+      [{ return $_op->getOperand(0); }]>,
+    InterfaceMethod<"The selected ids (-1: empty slot).", "::mlir::Value",
+      "getSelectedIds", (ins), [{}], [{ return $_op->getResult(0); }]>,
+    InterfaceMethod<"The values of the selected slots (0 when empty).",
+      "::mlir::Value", "getSelectedValues", (ins), [{}],
+      [{ return $_op->getResult(1); }]>,
+    InterfaceMethod<[{
+        The number of candidates N (dimension 1 of the scores): every id is
+        in [0, N). Dynamic (ShapedType::kDynamic) when the scores' width is.
+      }], "int64_t", "getCandidateCount", (ins), [{}], [{
+        return ::llvm::cast<::mlir::RankedTensorType>(
+            $_op->getOperand(0).getType()).getDimSize(1);
+      }]>,
+  ];
+}
+
+#endif // MOE_ROUTER_INTERFACES_TD

@@ -1,0 +1,76 @@
+//===- Routing.h - Facts about routings shared by verifiers and backends -===//
+//
+// Part of moe-opt. What the verifiers, the fusion pass, the reference
+// executor and the code generator all need to know about a routing, written
+// once: the range of its ids, which slots of a weight row are empty, and
+// whether (and how) a moe.fused_route body becomes one routing kernel.
+//
+//===----------------------------------------------------------------------===//
+
+#ifndef MOE_DIALECTS_MOE_ROUTING_H
+#define MOE_DIALECTS_MOE_ROUTING_H
+
+#include "mlir/IR/Block.h"
+#include "mlir/IR/Value.h"
+#include "llvm/ADT/SmallVector.h"
+
+#include <optional>
+#include <string>
+
+namespace mlir::moe {
+
+/// The range of routing ids: each is in [0, bound), or -1 (empty slot).
+struct IdRange {
+  int64_t bound;
+  /// The op that fixes the bound (a selection or moe.drop_null_experts).
+  Operation *source;
+};
+
+/// The range of `ids` when its producer is visible: a selection over N
+/// candidates gives [0, N), moe.drop_null_experts [0, num_experts); the ids
+/// of a moe.fused_route (or a moe.fused_experts body argument) are those of
+/// the value its body yields (or of its operand).
+std::optional<IdRange> getIdRange(Value ids);
+
+/// The ids whose empty slots (-1) are the empty slots of the `[T, K]`
+/// routing values `v`, when `v` is the values of a selection, possibly
+/// through slot-wise ops (softmax, sigmoid, relu, normalize, scale,
+/// gather_scores, drop_null_experts); null otherwise. moe.softmax and
+/// moe.normalize of such a value reduce over the real slots only and give
+/// the empty ones weight 0.
+Value getSlotMask(Value v);
+
+/// The slot mask a router op reads besides its operands (the mask of the
+/// input of moe.softmax and moe.normalize), or null.
+Value getImplicitMask(Operation *op);
+
+/// A moe.fused_route body as the routing kernel runs it: per-token row
+/// ops, at most one cross-token selection (moe.expert_choice, run by the
+/// last block over every token), then per-token ops on its results.
+struct RouteProgram {
+  /// Router ops before the cross-token op (or all of them), body order.
+  llvm::SmallVector<Operation *> perToken;
+  /// The cross-token selection, if any.
+  Operation *crossToken = nullptr;
+  /// Router ops that read the cross-token op's results, body order.
+  llvm::SmallVector<Operation *> afterCrossToken;
+  /// Values computed before the cross-token op and read after it (kept in
+  /// global memory between the two phases), besides its own input.
+  llvm::SmallVector<Value> carried;
+};
+
+/// Why a body cannot be generated: the op and the reason.
+struct RouteMismatch {
+  Operation *op;
+  std::string reason;
+};
+
+/// The one matcher of moe.fused_route bodies, used by its verifier,
+/// --moe-fuse-routing and the CUDA emitter: the body's program, or the op
+/// the routing kernel cannot generate and why.
+std::optional<RouteMismatch> matchRouteBody(Block &body,
+                                            RouteProgram *program = nullptr);
+
+} // namespace mlir::moe
+
+#endif // MOE_DIALECTS_MOE_ROUTING_H
