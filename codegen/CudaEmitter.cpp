@@ -11,9 +11,11 @@
 #include "moe/codegen/CudaEmitter.h"
 #include "moe/dialects/MoE/MoEOps.h"
 #include "moe/dialects/MoE/Routing.h"
+#include "moe/runtime/KernelABI.h"
 
 #include "mlir/Dialect/Arith/IR/Arith.h"
 #include "mlir/Dialect/Func/IR/FuncOps.h"
+#include "mlir/Dialect/Tensor/IR/Tensor.h"
 #include "mlir/IR/BuiltinAttributes.h"
 
 #include "llvm/ADT/DenseMap.h"
@@ -160,6 +162,10 @@ public:
                       .Case([&](LoraMixtureOp o) { return lora(o); })
                       .Case([&](WeightOp) -> Error { return Error::success(); })
                       .Case([&](arith::ConstantOp) -> Error { return Error::success(); })
+                      // Shape queries feed tensor.splat's size only.
+                      .Case([&](tensor::DimOp) -> Error {
+                        return Error::success();
+                      })
                       .Case([&](func::ReturnOp o) -> Error {
                         auto it = values.find(o.getOperand(0));
                         if (it == values.end())
@@ -170,10 +176,9 @@ public:
                         return Error::success();
                       })
                       .Default([&](Operation *other) -> Error {
-                        return makeError(
-                            other, "the CUDA backend runs fused IR only: run "
-                                   "moe-opt --moe-optimize first (this op is "
-                                   "left outside the fused ops)");
+                        if (isGlue(other))
+                          return glue(other);
+                        return unsupported(other);
                       });
       if (err)
         return std::move(err);
@@ -1027,6 +1032,184 @@ private:
                 "moe_k::grouped::combine<" + name + "_cfg::Cfg>(args)");
     plan.launches.push_back(std::move(launch));
     os << "\n";
+    return Error::success();
+  }
+
+  //===--------------------------------------------------------------------===//
+  // Elementwise glue between the fused ops
+  //===--------------------------------------------------------------------===//
+
+  /// Ops generated as elementwise kernels (moe_elementwise.cuh) between the
+  /// fused ops: arithmetic on [T, N] values and splat constants.
+  static bool isGlue(Operation *op) {
+    return isa<arith::AddFOp, arith::SubFOp, arith::MulFOp, arith::DivFOp,
+               arith::MaximumFOp, arith::MinimumFOp, arith::NegFOp,
+               tensor::SplatOp>(op);
+  }
+
+  /// Whether a glue op is computed inside the kernel of its user rather
+  /// than by a kernel of its own: a splat read by glue ops only, or a
+  /// result with one use, by a glue op.
+  static bool fusesIntoUser(Operation *op) {
+    Value r = op->getResult(0);
+    if (r.use_empty())
+      return false;
+    bool allGlue = llvm::all_of(r.getUsers(), [&](Operation *u) {
+      return isGlue(u) && u->getBlock() == op->getBlock();
+    });
+    return allGlue && (isa<tensor::SplatOp>(op) || r.hasOneUse());
+  }
+
+  Error unsupported(Operation *op) {
+    if (isa_and_nonnull<MoEDialect>(op->getDialect()))
+      return makeError(op, "this op is left outside the fused ops, and the "
+                           "CUDA backend runs fused IR only: run moe-opt "
+                           "--moe-optimize first (if it ran, its "
+                           "'moe-fuse-*: not fused' remarks say why this op "
+                           "was left)");
+    return makeError(op, "the CUDA backend cannot generate this op between "
+                         "the fused ops: it generates moe.fused_route, "
+                         "moe.fused_experts, moe.lora_mixture and elementwise "
+                         "arith.addf, subf, mulf, divf, maximumf, minimumf, "
+                         "negf on [T, N] values (constants as tensor.splat "
+                         "of an arith.constant)");
+  }
+
+  /// One elementwise kernel being generated: the body of its Cfg::apply.
+  struct GlueKernel {
+    std::string body;
+    std::vector<int> inputs; ///< Values read, in slot order.
+    llvm::DenseMap<Value, std::string> locals;
+    int count = 0;
+  };
+
+  /// The local of `body` that holds element i of `v`, computing it (and
+  /// the glue ops it depends on that fuse into this kernel) if needed.
+  Expected<std::string> glueLocal(Value v, Operation *root, GlueKernel &k) {
+    auto found = k.locals.find(v);
+    if (found != k.locals.end())
+      return found->second;
+    Operation *def = v.getDefiningOp();
+    std::string local = "v" + std::to_string(k.count++);
+    auto it = values.find(v);
+    if (def != root && it != values.end()) {
+      int slot = static_cast<int>(k.inputs.size());
+      k.inputs.push_back(it->second);
+      k.body += llvm::formatv("    const float {0} = moe_k::elementwise::"
+                              "load<{1}>(in[{2}], i);\n",
+                              local, cxxType(v.getType()), slot);
+      k.locals[v] = local;
+      return local;
+    }
+    if (!def || !isGlue(def))
+      return makeError(root, "an operand is not produced by a kernel or the "
+                             "layer input");
+    auto type = dyn_cast<RankedTensorType>(v.getType());
+    if (!type || type.getRank() != 2 || type.isDynamicDim(1) ||
+        !isa<Float32Type, BFloat16Type, Float16Type>(type.getElementType())) {
+      std::string t;
+      llvm::raw_string_ostream ts(t);
+      ts << v.getType();
+      return makeError(def, "the CUDA backend generates elementwise ops on "
+                            "[T, N] tensors of f32, bf16 or f16 only, not on " +
+                                t);
+    }
+    std::string expr;
+    if (auto splat = dyn_cast<tensor::SplatOp>(def)) {
+      auto c = splat.getInput().getDefiningOp<arith::ConstantOp>();
+      auto f = c ? dyn_cast<FloatAttr>(c.getValue()) : FloatAttr();
+      if (!f)
+        return makeError(def, "the CUDA backend generates splats of a float "
+                              "arith.constant only (the splatted value is "
+                              "computed)");
+      expr = floatLiteral(static_cast<float>(f.getValueAsDouble()));
+    } else {
+      SmallVector<std::string, 2> a;
+      for (Value operand : def->getOperands()) {
+        Expected<std::string> l = glueLocal(operand, root, k);
+        if (!l)
+          return l.takeError();
+        a.push_back(*l);
+      }
+      expr = llvm::TypeSwitch<Operation *, std::string>(def)
+                 .Case([&](arith::AddFOp) { return a[0] + " + " + a[1]; })
+                 .Case([&](arith::SubFOp) { return a[0] + " - " + a[1]; })
+                 .Case([&](arith::MulFOp) { return a[0] + " * " + a[1]; })
+                 .Case([&](arith::DivFOp) { return a[0] + " / " + a[1]; })
+                 .Case([&](arith::MaximumFOp) {
+                   return "moe_k::elementwise::maximum(" + a[0] + ", " + a[1] +
+                          ")";
+                 })
+                 .Case([&](arith::MinimumFOp) {
+                   return "moe_k::elementwise::minimum(" + a[0] + ", " + a[1] +
+                          ")";
+                 })
+                 .Case([&](arith::NegFOp) { return "-" + a[0]; })
+                 .Default([](Operation *) { return std::string(); });
+    }
+    // Each op's result rounded to its type, as the reference executor does.
+    k.body += llvm::formatv("    const float {0} = moe_k::roundAs<{1}>({2}); "
+                            "// {3}\n",
+                            local, cxxType(v.getType()), expr, def->getName());
+    k.locals[v] = local;
+    return local;
+  }
+
+  /// Elements per block of the elementwise kernels (a grid-stride loop:
+  /// any clamped grid is correct).
+  static constexpr int kGlueThreads = 256, kGlueElementsPerBlock = 1024;
+
+  /// A kernel computing the glue op `root` and the glue ops that fuse into
+  /// it (fusesIntoUser), or nothing when `root` itself fuses into its user.
+  Error glue(Operation *root) {
+    if (fusesIntoUser(root))
+      return Error::success();
+    Value result = root->getResult(0);
+    GlueKernel k;
+    Expected<std::string> out = glueLocal(result, root, k);
+    if (!out)
+      return out.takeError();
+    if (k.inputs.size() > MOE_ELEMENTWISE_MAX_INPUTS)
+      return makeError(root, "the elementwise kernel reads " +
+                                 llvm::Twine(k.inputs.size()) +
+                                 " operands, more than its " +
+                                 llvm::Twine(MOE_ELEMENTWISE_MAX_INPUTS) +
+                                 " argument slots");
+    FailureOr<int> y = tokenValue(result);
+    if (failed(y))
+      return makeError(root, "unsupported result type");
+    int64_t N = dim(result, 1);
+    std::string name =
+        llvm::formatv("moe_glue_l{0}_{1}", plan.layer, kernelCount++).str();
+    ::moe::Launch launch;
+    launch.kernel = name;
+    launch.origin =
+        root->getName().getStringRef().str() + " at " + locString(root);
+    launch.blockThreads = kGlueThreads;
+    launch.rowsPerToken = N;
+    launch.tokensPerBlock = kGlueElementsPerBlock;
+    launch.maxBlocks = 65535;
+    launch.args.resize(MOE_ELEMENTWISE_SLOT_FIRST_INPUT + k.inputs.size());
+    launch.args[MOE_ELEMENTWISE_SLOT_OUTPUT] = valueBinding(*y);
+    for (auto [j, id] : llvm::enumerate(k.inputs))
+      launch.args[MOE_ELEMENTWISE_SLOT_FIRST_INPUT + j] = valueBinding(id);
+
+    os << "// " << launch.origin << " (elementwise)\n";
+    os << "#include \"moe_elementwise.cuh\"\n";
+    os << "namespace " << name << "_cfg {\nstruct Cfg {\n";
+    os << "  using TY = " << cxxType(result.getType()) << ";\n";
+    os << llvm::formatv("  static constexpr int N = {0}, Inputs = {1};\n", N,
+                        k.inputs.size());
+    os << "  static __device__ __forceinline__ float apply(void *const *in, "
+          "long long i) {\n";
+    if (k.inputs.empty())
+      os << "    (void)in;\n    (void)i;\n";
+    os << k.body << "    return " << *out << ";\n  }\n};\n} // namespace "
+       << name << "_cfg\n";
+    kernelEntry(name, std::to_string(kGlueThreads),
+                "moe_k::elementwise::apply<" + name + "_cfg::Cfg>(args)");
+    os << "\n";
+    plan.launches.push_back(std::move(launch));
     return Error::success();
   }
 

@@ -291,6 +291,39 @@ Error validateSyntheticOptions(const SyntheticOptions &opts) {
   return Error::success();
 }
 
+Error setLeadingDenseLayers(SyntheticOptions &opts, int64_t count) {
+  std::optional<Arch> arch = parseArch(opts.arch);
+  if (!arch)
+    return createStringError("unknown synthetic architecture '" + opts.arch +
+                             "' (supported: " + archList() + ")");
+  auto fail = [&](const Twine &message) {
+    return createStringError("synthetic " + opts.arch + " model: " + message);
+  };
+  if (count < 0)
+    return fail("the number of leading dense layers must not be negative, "
+                "got " +
+                Twine(count));
+  if (count >= opts.numLayers)
+    return fail(Twine(count) + " leading dense layers leave no MoE layer of " +
+                Twine(opts.numLayers) + " layers (set more layers)");
+  switch (*arch) {
+  case Arch::DeepseekV2:
+  case Arch::DeepseekV3:
+    opts.firstKDenseReplace = count;
+    return Error::success();
+  case Arch::Qwen2Moe:
+  case Arch::Qwen3Moe:
+    opts.mlpOnlyLayers.clear();
+    for (int64_t layer = 0; layer < count; ++layer)
+      opts.mlpOnlyLayers.push_back(layer);
+    return Error::success();
+  default:
+    return fail("its config has no field for leading dense layers "
+                "(first_k_dense_replace: deepseek_v2, deepseek_v3; "
+                "mlp_only_layers: qwen2_moe, qwen3_moe)");
+  }
+}
+
 std::vector<int64_t> syntheticMoeLayers(const SyntheticOptions &opts) {
   std::vector<int64_t> layers;
   std::optional<Arch> arch = parseArch(opts.arch);

@@ -13,6 +13,7 @@
 #include "moe/lib/Weights/Safetensors.h"
 
 #include "mlir/Dialect/Arith/IR/Arith.h"
+#include "mlir/Dialect/Tensor/IR/Tensor.h"
 #include "mlir/IR/BuiltinAttributes.h"
 #include "mlir/IR/Diagnostics.h"
 
@@ -77,7 +78,7 @@ HostTensor HostTensor::ints(std::vector<int64_t> shape, int32_t fill) {
 
 /// Rounds every value to the element type `type` (bf16/f16: nearest even).
 static void roundTo(HostTensor &t, Type type) {
-  Type elem = cast<ShapedType>(type).getElementType();
+  Type elem = getElementTypeOrSelf(type);
   if (elem.isBF16())
     for (float &v : t.f)
       v = ::moe::bf16ToFloat(::moe::floatToBF16(v));
@@ -391,6 +392,18 @@ private:
           return Error::success();
         })
         .Case([&](arith::ConstantOp o) -> Error {
+          // Scalars (what tensor.splat fills, tensor.dim's index): rank 0.
+          if (auto f = dyn_cast<FloatAttr>(o.getValue())) {
+            set(o.getResult(),
+                HostTensor::floats({},
+                                   static_cast<float>(f.getValueAsDouble())));
+            return Error::success();
+          }
+          if (auto i = dyn_cast<IntegerAttr>(o.getValue())) {
+            set(o.getResult(),
+                HostTensor::ints({}, static_cast<int32_t>(i.getInt())));
+            return Error::success();
+          }
           auto dense = dyn_cast<DenseElementsAttr>(o.getValue());
           if (!dense)
             return opError(o, "only dense tensor constants are supported");
@@ -412,8 +425,40 @@ private:
           }
           return Error::success();
         })
-        .Case<arith::AddFOp, arith::SubFOp, arith::MulFOp>(
+        .Case<arith::AddFOp, arith::SubFOp, arith::MulFOp, arith::DivFOp,
+              arith::MaximumFOp, arith::MinimumFOp>(
             [&](auto o) -> Error { return elementwise(o); })
+        .Case([&](arith::NegFOp o) -> Error {
+          HostTensor r = get(o.getOperand());
+          for (float &v : r.f)
+            v = -v;
+          set(o.getResult(), std::move(r));
+          return Error::success();
+        })
+        .Case([&](tensor::DimOp o) -> Error {
+          const HostTensor &t = get(o.getSource());
+          int64_t d = get(o.getIndex()).i.at(0);
+          if (d < 0 || d >= static_cast<int64_t>(t.shape.size()))
+            return opError(o, "dimension " + llvm::Twine(d) +
+                                  " out of range for a rank-" +
+                                  llvm::Twine(t.shape.size()) + " tensor");
+          set(o.getResult(),
+              HostTensor::ints({}, static_cast<int32_t>(t.shape[d])));
+          return Error::success();
+        })
+        .Case([&](tensor::SplatOp o) -> Error {
+          const HostTensor &v = get(o.getInput());
+          if (v.isInt)
+            return opError(o, "only float splats are supported");
+          auto type = o.getType();
+          std::vector<int64_t> shape;
+          auto sizes = o.getDynamicSizes().begin();
+          for (int64_t d : type.getShape())
+            shape.push_back(ShapedType::isDynamic(d) ? get(*sizes++).i.at(0)
+                                                     : d);
+          set(o.getResult(), HostTensor::floats(shape, v.f.at(0)));
+          return Error::success();
+        })
         .Case([&](RouterLinearOp o) -> Error {
           const HostTensor &x = get(o.getInput());
           const HostTensor &w = get(o.getWeight());
@@ -815,6 +860,22 @@ private:
     set(rowsV, std::move(rows));
   }
 
+  /// arith.maximumf / minimumf: NaN if either is NaN; -0 < +0.
+  static float maximumF(float a, float b) {
+    if (std::isnan(a) || std::isnan(b))
+      return std::numeric_limits<float>::quiet_NaN();
+    if (a != b)
+      return a > b ? a : b;
+    return std::signbit(a) ? b : a;
+  }
+  static float minimumF(float a, float b) {
+    if (std::isnan(a) || std::isnan(b))
+      return std::numeric_limits<float>::quiet_NaN();
+    if (a != b)
+      return a < b ? a : b;
+    return std::signbit(a) ? a : b;
+  }
+
   template <typename OpT>
   Error elementwise(OpT o) {
     const HostTensor &a = get(o.getLhs());
@@ -827,8 +888,14 @@ private:
         r.f[i] = a.f[i] + b.f[i];
       else if constexpr (std::is_same_v<OpT, arith::SubFOp>)
         r.f[i] = a.f[i] - b.f[i];
-      else
+      else if constexpr (std::is_same_v<OpT, arith::MulFOp>)
         r.f[i] = a.f[i] * b.f[i];
+      else if constexpr (std::is_same_v<OpT, arith::DivFOp>)
+        r.f[i] = a.f[i] / b.f[i];
+      else if constexpr (std::is_same_v<OpT, arith::MaximumFOp>)
+        r.f[i] = maximumF(a.f[i], b.f[i]);
+      else
+        r.f[i] = minimumF(a.f[i], b.f[i]);
     }
     set(o.getResult(), std::move(r));
     return Error::success();

@@ -189,6 +189,34 @@ TEST(SyntheticOptionsTest, MoeLayerSelection) {
   EXPECT_EQ(syntheticMoeLayers(mixtral), (std::vector<int64_t>{0, 1, 2}));
 }
 
+TEST(SyntheticOptionsTest, LeadingDenseLayers) {
+  SyntheticOptions deepseek = defaultsFor("deepseek_v3");
+  deepseek.numLayers = 6;
+  EXPECT_FALSE(bool(setLeadingDenseLayers(deepseek, 3)));
+  EXPECT_EQ(deepseek.firstKDenseReplace, 3);
+  EXPECT_EQ(syntheticMoeLayers(deepseek), (std::vector<int64_t>{3, 4, 5}));
+
+  // The default mlp_only_layers ({1}) is replaced by [0, N).
+  SyntheticOptions qwen = defaultsFor("qwen2_moe");
+  qwen.numLayers = 4;
+  EXPECT_FALSE(bool(setLeadingDenseLayers(qwen, 2)));
+  EXPECT_EQ(qwen.mlpOnlyLayers, (std::vector<int64_t>{0, 1}));
+  EXPECT_EQ(syntheticMoeLayers(qwen), (std::vector<int64_t>{2, 3}));
+  EXPECT_FALSE(bool(setLeadingDenseLayers(qwen, 0)));
+  EXPECT_EQ(syntheticMoeLayers(qwen), (std::vector<int64_t>{0, 1, 2, 3}));
+
+  for (const char *arch : {"mixtral", "olmoe", "gpt_oss", "llama4_text"}) {
+    SyntheticOptions opts = defaultsFor(arch);
+    EXPECT_CONTAINS(errorOf(setLeadingDenseLayers(opts, 1)),
+                    "no field for leading dense layers")
+        << arch;
+  }
+  EXPECT_CONTAINS(errorOf(setLeadingDenseLayers(deepseek, 6)),
+                  "leave no MoE layer of 6 layers");
+  EXPECT_CONTAINS(errorOf(setLeadingDenseLayers(deepseek, -1)),
+                  "must not be negative");
+}
+
 TEST(SyntheticOptionsTest, RejectsInconsistentOptions) {
   SyntheticOptions opts = defaultsFor("mixtral");
   opts.topK = 9;

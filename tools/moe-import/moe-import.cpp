@@ -87,6 +87,12 @@ static cl::opt<int64_t>
 static cl::opt<int64_t> topkGroup(
     "topk-group", cl::desc("--synthetic deepseek: expert groups kept"),
     cl::init(0), cl::cat(category));
+static cl::opt<int64_t> denseLayers(
+    "dense-layers",
+    cl::desc("--synthetic deepseek_v2/v3, qwen2_moe/qwen3_moe: the first N "
+             "layers are dense MLP layers (first_k_dense_replace, "
+             "mlp_only_layers); -1: the architecture's default"),
+    cl::init(-1), cl::cat(category));
 static cl::opt<bool> force("force",
                            cl::desc("--synthetic: replace an existing folder"),
                            cl::init(false), cl::cat(category));
@@ -133,6 +139,10 @@ static int writeSynthetic() {
     opts.nGroup = nGroup;
   if (topkGroup > 0)
     opts.topkGroup = topkGroup;
+  if (denseLayers.getNumOccurrences())
+    if (Error err = moe::setLeadingDenseLayers(opts, denseLayers))
+      return fail("--dense-layers " + Twine(denseLayers) + ": " +
+                  toString(std::move(err)));
   if (Error err = moe::writeSyntheticModel(opts, output))
     return fail(toString(std::move(err)));
   outs() << "moe-import: wrote a synthetic " << synthetic << " model ("

@@ -35,4 +35,13 @@ typedef int (*MoEEmuLaunchFn)(const MoEKernelArgs *, unsigned, unsigned,
                               unsigned, unsigned, unsigned, unsigned,
                               unsigned, char *, unsigned);
 
+/* Argument slots of the elementwise glue kernels (moe_elementwise.cuh):
+ * the result [T, N], then the operands [T, N] in the order the generated
+ * expression reads them. */
+enum {
+  MOE_ELEMENTWISE_SLOT_OUTPUT = 0,
+  MOE_ELEMENTWISE_SLOT_FIRST_INPUT = 1,
+  MOE_ELEMENTWISE_MAX_INPUTS = MOE_MAX_KERNEL_BUFFERS - 1
+};
+
 #endif /* MOE_RUNTIME_KERNELABI_H */

@@ -126,6 +126,13 @@ llvm::Expected<SyntheticOptions> defaultSyntheticOptions(llvm::StringRef arch);
 /// Checks that the options describe a model the architecture can express.
 llvm::Error validateSyntheticOptions(const SyntheticOptions &opts);
 
+/// Makes the first `count` layers of `opts` dense MLP layers (the rest MoE,
+/// as the architecture's layer pattern allows): first_k_dense_replace for
+/// deepseek_v2/v3, mlp_only_layers = [0, count) for qwen2_moe/qwen3_moe.
+/// Fails, naming the architecture, for those whose config has no such
+/// field, and when no MoE layer of opts.numLayers would be left.
+llvm::Error setLeadingDenseLayers(SyntheticOptions &opts, int64_t count);
+
 /// The layers that have an MoE block, ascending.
 std::vector<int64_t> syntheticMoeLayers(const SyntheticOptions &opts);
 
