@@ -1520,7 +1520,7 @@ TEST_F(PackageFiles, EveryMutationOfTheManifestIsAnErrorOrFineNeverACrash) {
 }
 
 // A tripwire: the manifest must carry every field of the plan structures
-// (runtime/package/Package.cpp: layerJson and readLayer/readLaunch). When a
+// (runtime/package/Manifest.cpp: layerJson and readLayer/readLaunch). When a
 // field is added to Plan.h, these sizes change: add the field to the
 // manifest, to docs/package.md and to expectSamePlan/sampleContents above,
 // then update the numbers here.
