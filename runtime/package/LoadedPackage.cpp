@@ -28,12 +28,14 @@ using namespace detail;
 
 namespace {
 
-/// A file mapped read-only (or read, where mmap fails).
+/// A file mapped read-only (or read, where mmap fails), followed by at least
+/// 16 readable zero bytes: kernels that read its tensors in place load 16
+/// bytes at a time and may touch bytes past the last tensor.
 class MappedFile {
 public:
   ~MappedFile() {
     if (mapped_)
-      ::munmap(mapped_, size_);
+      ::munmap(mapped_, mappedBytes_);
   }
   static Expected<std::unique_ptr<MappedFile>> open(const std::string &path,
                                                     size_t size) {
@@ -44,13 +46,24 @@ public:
     int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
     if (fd < 0)
       return Status::error("cannot open '" + path + "': " + errnoText(errno));
-    void *p = ::mmap(nullptr, size, PROT_READ, MAP_PRIVATE, fd, 0);
-    if (p != MAP_FAILED) {
-      file->mapped_ = p;
-      ::close(fd);
-      return file;
+    // Reserve the file's pages and one more, then map the file over their
+    // start: the page after the file reads as zeros instead of faulting.
+    size_t page = static_cast<size_t>(::sysconf(_SC_PAGESIZE));
+    size_t reserved = (size + page - 1) / page * page + page;
+    void *base = ::mmap(nullptr, reserved, PROT_READ,
+                        MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+    if (base != MAP_FAILED) {
+      void *p =
+          ::mmap(base, size, PROT_READ, MAP_PRIVATE | MAP_FIXED, fd, 0);
+      if (p != MAP_FAILED) {
+        file->mapped_ = base;
+        file->mappedBytes_ = reserved;
+        ::close(fd);
+        return file;
+      }
+      ::munmap(base, reserved);
     }
-    file->copy_.resize(size);
+    file->copy_.assign(size + 16, 0);
     size_t done = 0;
     while (done < size) {
       ssize_t n = ::read(fd, file->copy_.data() + done, size - done);
@@ -70,10 +83,13 @@ public:
     return mapped_ ? static_cast<const uint8_t *>(mapped_) : copy_.data();
   }
   size_t size() const { return size_; }
+  /// Bytes readable from data(): size() and the zeros after it.
+  size_t readable() const { return mapped_ ? mappedBytes_ : copy_.size(); }
 
 private:
   MappedFile() = default;
   void *mapped_ = nullptr;
+  size_t mappedBytes_ = 0;
   std::vector<uint8_t> copy_;
   size_t size_ = 0;
 };
@@ -277,9 +293,9 @@ Expected<size_t> LoadedPackage::findTensor(const WeightRef &ref) const {
   return findTensorIn(*state_, ref);
 }
 
-moe::WeightProvider LoadedPackage::weightProvider() const {
+moe::WeightBytesProvider LoadedPackage::weightProvider() const {
   std::shared_ptr<const State> state = state_;
-  return [state](const WeightRef &ref) -> Expected<std::vector<float>> {
+  return [state](const WeightRef &ref) -> Expected<moe::WeightBytes> {
     std::less<const WeightRef *> before;
     std::optional<size_t> tensor;
     for (size_t l = 0; l < state->plan.layers.size() && !tensor; ++l) {
@@ -298,8 +314,11 @@ moe::WeightProvider LoadedPackage::weightProvider() const {
     const PackageTensor &t = state->tensors[*tensor];
     if (!t.stored)
       return externalTensorError(*state, *tensor);
-    return decodeTensorValues(state->weights->data() + t.offset,
-                              static_cast<size_t>(t.bytes), t.ref.type);
+    // The bytes in weights.bin, in their stored dtype: no copy.
+    return moe::WeightBytes::view(
+        t.ref.type, state->weights->data() + t.offset,
+        static_cast<size_t>(t.bytes),
+        state->weights->readable() - static_cast<size_t>(t.offset), state);
   };
 }
 
