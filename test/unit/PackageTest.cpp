@@ -919,6 +919,15 @@ TEST(Package, TheExecutorConvertsBytesOfAnotherDtypeOnce) {
       moe::encodeElements(values, moe::ElementType::BF16);
   const auto *got = static_cast<const uint8_t *>(exec.weightData(0));
   EXPECT_EQ(std::vector<uint8_t>(got, got + expected.size()), expected);
+  // f32 values through bytesFromValues: encoded once, the same bytes.
+  moe::LayerExecutor fromValues(plan, device);
+  ASSERT_TRUE(fromValues
+                  .loadWeights(moe::bytesFromValues(
+                      [&](const moe::WeightRef &)
+                          -> Expected<std::vector<float>> { return values; }))
+                  .ok());
+  got = static_cast<const uint8_t *>(fromValues.weightData(0));
+  EXPECT_EQ(std::vector<uint8_t>(got, got + expected.size()), expected);
   // A size that does not fit the plan's shape is refused, naming the weight.
   values.pop_back();
   moe::LayerExecutor short_(plan, device);
