@@ -268,9 +268,9 @@ WeightLoader::loadBytes(const std::vector<std::string> &names,
   out.resize(static_cast<size_t>(count) * width, 0);
   llvm::ArrayRef<int64_t> slice =
       llvm::ArrayRef<int64_t>(shape).drop_front(stacked ? 1 : 0);
-  size_t sliceBytes = width * std::accumulate(slice.begin(), slice.end(),
-                                              size_t{1},
-                                              std::multiplies<size_t>());
+  size_t sliceBytes =
+      width * std::accumulate(slice.begin(), slice.end(), size_t{1},
+                              std::multiplies<size_t>());
   if (Error err = forEachSlice(
           names, files, stacked, shape, elementType,
           [&](size_t index, const ::moe::SafetensorsFile &f,

@@ -175,8 +175,7 @@ int moe_model_tensor_rank(const moe_model *model, int64_t tensor) {
   return t ? static_cast<int>(t->shape.size()) : -1;
 }
 
-int64_t moe_model_tensor_dim(const moe_model *model, int64_t tensor,
-                             int dim) {
+int64_t moe_model_tensor_dim(const moe_model *model, int64_t tensor, int dim) {
   const moe::TensorInfo *t = tensorInfo(model, tensor);
   if (!t || dim < 0 || dim >= static_cast<int>(t->shape.size()))
     return -1;

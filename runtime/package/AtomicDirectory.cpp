@@ -240,8 +240,6 @@ Status commit(const std::string &temp, const std::string &dir, bool replace) {
   return Status::success();
 }
 
-
-
 Expected<std::string> readWholeFile(const std::string &path, size_t size) {
   int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
   if (fd < 0)
@@ -263,6 +261,5 @@ Expected<std::string> readWholeFile(const std::string &path, size_t size) {
   ::close(fd);
   return out;
 }
-
 
 } // namespace moe::runtime::detail

@@ -53,8 +53,7 @@ public:
     void *base = ::mmap(nullptr, reserved, PROT_READ,
                         MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
     if (base != MAP_FAILED) {
-      void *p =
-          ::mmap(base, size, PROT_READ, MAP_PRIVATE | MAP_FIXED, fd, 0);
+      void *p = ::mmap(base, size, PROT_READ, MAP_PRIVATE | MAP_FIXED, fd, 0);
       if (p != MAP_FAILED) {
         file->mapped_ = base;
         file->mappedBytes_ = reserved;
@@ -451,6 +450,5 @@ Expected<LoadedPackage> openPackage(const std::string &dir,
   package.state_ = std::move(state);
   return package;
 }
-
 
 } // namespace moe::runtime

@@ -287,7 +287,6 @@ private:
   std::string error_;
 };
 
-
 FileEntry readFileEntry(Fields &f, const Json &obj, const std::string &path) {
   FileEntry e;
   e.path = path;
@@ -580,7 +579,6 @@ void readLayer(Fields &f, const Json &l, const std::string &at,
     layer.launches.push_back(std::move(launch));
   }
 }
-
 
 } // namespace
 

@@ -29,7 +29,6 @@ bool logLaunches() {
 
 KernelBackend::~KernelBackend() = default;
 
-
 namespace {
 /// Writes `value` as one element of `type` at `out`.
 void encodeOne(float value, ElementType type, uint8_t *out) {
@@ -183,8 +182,8 @@ Status LayerExecutor::loadWeights(const WeightBytesProvider &provider) {
     const WeightRef &ref = plan.weights[i];
     WeightBytes data;
     if (!ref.inlineValues.empty()) {
-      data = WeightBytes::fromVector(ref.type,
-                                     encodeElements(ref.inlineValues, ref.type));
+      data = WeightBytes::fromVector(
+          ref.type, encodeElements(ref.inlineValues, ref.type));
     } else {
       runtime::Expected<WeightBytes> loaded = provider(ref);
       if (!loaded)
@@ -197,11 +196,11 @@ Status LayerExecutor::loadWeights(const WeightBytesProvider &provider) {
     size_t width = static_cast<size_t>(elementSize(data.type));
     if (data.size % width != 0 ||
         static_cast<int64_t>(data.size / width) != count)
-      return Status::error("weight '" +
-                           (ref.names.empty() ? std::string("<constant>")
-                                              : ref.names.front()) +
-                           "': got " + std::to_string(data.size / width) +
-                           " values, the plan needs " + std::to_string(count));
+      return Status::error(
+          "weight '" +
+          (ref.names.empty() ? std::string("<constant>") : ref.names.front()) +
+          "': got " + std::to_string(data.size / width) +
+          " values, the plan needs " + std::to_string(count));
     if (data.type != ref.type)
       data = WeightBytes::fromVector(
           ref.type, convertElements(data.data, count, data.type, ref.type));

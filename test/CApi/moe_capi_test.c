@@ -276,9 +276,8 @@ int main(int argc, char **argv) {
            (long long)notMoE, (long long)moe_model_output_width(model, notMoE),
            moe_model_activation_type(model, notMoE),
            moe_model_num_kernels(model),
-           moe_model_kernel_name(model, moe_model_num_kernels(model))
-               ? "set"
-               : "null");
+           moe_model_kernel_name(model, moe_model_num_kernels(model)) ? "set"
+                                                                      : "null");
     printf("null model: output %lld activation '%s' kernels %d kernel %s "
            "rank %d dtype '%s' flags %d\n",
            (long long)moe_model_output_width(NULL, layer),

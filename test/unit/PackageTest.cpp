@@ -825,8 +825,8 @@ public:
     std::memset(dst, 0, bytes);
     return Status::success();
   }
-  Status launch(const std::string &, const MoEKernelArgs &, unsigned,
-                unsigned, unsigned) override {
+  Status launch(const std::string &, const MoEKernelArgs &, unsigned, unsigned,
+                unsigned) override {
     return Status::success();
   }
   Status synchronize() override { return Status::success(); }
@@ -865,9 +865,8 @@ TEST(Package, TheExecutorRunsOnThePackagesBytesWithoutACopy) {
         // read that encoding (held by the executor) in place.
         EXPECT_FALSE(hostExec->weightCopied(w));
         ASSERT_NE(hostExec->weightData(w), nullptr);
-        EXPECT_EQ(std::memcmp(hostExec->weightData(w), stored.data,
-                              stored.size),
-                  0);
+        EXPECT_EQ(
+            std::memcmp(hostExec->weightData(w), stored.data, stored.size), 0);
         continue;
       }
       // In place: the kernels read weights.bin's mapping.
@@ -921,11 +920,13 @@ TEST(Package, TheExecutorConvertsBytesOfAnotherDtypeOnce) {
   EXPECT_EQ(std::vector<uint8_t>(got, got + expected.size()), expected);
   // f32 values through bytesFromValues: encoded once, the same bytes.
   moe::LayerExecutor fromValues(plan, device);
-  ASSERT_TRUE(fromValues
-                  .loadWeights(moe::bytesFromValues(
-                      [&](const moe::WeightRef &)
-                          -> Expected<std::vector<float>> { return values; }))
-                  .ok());
+  ASSERT_TRUE(
+      fromValues
+          .loadWeights(moe::bytesFromValues(
+              [&](const moe::WeightRef &) -> Expected<std::vector<float>> {
+                return values;
+              }))
+          .ok());
   got = static_cast<const uint8_t *>(fromValues.weightData(0));
   EXPECT_EQ(std::vector<uint8_t>(got, got + expected.size()), expected);
   // A size that does not fit the plan's shape is refused, naming the weight.

@@ -417,9 +417,9 @@ int main(int argc, char **argv) {
     } else {
       provider = [&](const moe::WeightRef &ref)
           -> moe::runtime::Expected<moe::WeightBytes> {
-        auto bytes = weights.loadBytes(ref.names, ref.files, ref.stacked,
-                                       ref.shape,
-                                       moe::elementTypeName(ref.type));
+        auto bytes =
+            weights.loadBytes(ref.names, ref.files, ref.stacked, ref.shape,
+                              moe::elementTypeName(ref.type));
         if (!bytes)
           return moe::runtime::Status::error(toString(bytes.takeError()));
         return moe::WeightBytes::fromVector(ref.type, std::move(*bytes));
