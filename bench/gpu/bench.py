@@ -1493,7 +1493,7 @@ def shape_timings(d, part, model, block, config, model_type, layer, H, act_dtype
                   seed, budget):
     import torch
     stream = torch.cuda.current_stream().cuda_stream
-    kernel_names = set(k.get("name") for k in model.manifest.get("kernels", []))
+    kernel_names = set(model.kernels)
 
     # 1. Ours at every T (essential), our kernels alone at T <= 64.
     prev = None

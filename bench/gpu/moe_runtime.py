@@ -120,7 +120,10 @@ def tensor_nbytes(tensor):
 
 
 def is_shape_only(tensor):
-    """True when a manifest tensor has no data in weights.bin ("offset": null)."""
+    """True when a tensor has no data in weights.bin: "stored" false (the C
+    API's description, Model.tensors) or "offset": null (a manifest entry)."""
+    if "stored" in tensor:
+        return not tensor["stored"]
     return tensor.get("offset", 0) is None
 
 
@@ -394,6 +397,17 @@ def load_library(lib=None):
         "moe_model_last_ms": (ctypes.c_double, [vp]),
         "moe_model_num_tensors": (i64, [vp]),
         "moe_model_bind_tensor": (ctypes.c_int, [vp, i64, vp, i64, cp, sz]),
+        "moe_model_output_width": (i64, [vp, i64]),
+        "moe_model_activation_type": (cp, [vp, i64]),
+        "moe_model_num_kernels": (ctypes.c_int, [vp]),
+        "moe_model_kernel_name": (cp, [vp, ctypes.c_int]),
+        "moe_model_tensor_rank": (ctypes.c_int, [vp, i64]),
+        "moe_model_tensor_dim": (i64, [vp, i64, ctypes.c_int]),
+        "moe_model_tensor_dtype": (cp, [vp, i64]),
+        "moe_model_tensor_bytes": (i64, [vp, i64]),
+        "moe_model_tensor_num_names": (ctypes.c_int, [vp, i64]),
+        "moe_model_tensor_name": (cp, [vp, i64, ctypes.c_int]),
+        "moe_model_tensor_flags": (ctypes.c_int, [vp, i64]),
     }
     for name, (restype, argtypes) in protos.items():
         fn = getattr(so, name, None)
@@ -412,12 +426,21 @@ def _function(so, name):
     return fn
 
 
+#: Flags of moe_model_tensor_flags (include/moe/moe.h).
+TENSOR_STACKED, TENSOR_CONSTANT, TENSOR_STORED, TENSOR_BOUND = 1, 2, 4, 8
+
+
 class Model(object):
     """An open package: moe_model_open ... moe_model_close.
 
     .layers        the MoE layers (model layer indices)
     .backend       "cuda" or "emu"
-    .manifest      the parsed manifest.json; .tensors its weights.tensors
+    .tensors       the weight tensors (manifest.json weights.tensors), as the
+                   C API describes them: dicts with "names", "shape",
+                   "dtype", "bytes", "stacked", "constant", "stored"
+    .kernels       the kernels the layers launch
+    Everything comes from the runtime (the C API): the wrapper does not
+    parse manifest.json itself.
     """
 
     ERROR_SIZE = 4096
@@ -427,7 +450,7 @@ class Model(object):
         self._lib = load_library(lib)
         self._handle = None
         self._keepalive = {}
-        self.manifest, self.tensors, self.layers, self.backend = {}, [], [], ""
+        self.tensors, self.kernels, self.layers, self.backend = [], [], [], ""
         # One error buffer for every call (a Model is not thread-safe, as the
         # runtime's): fewer allocations per run_device in timing loops.
         self._err = ctypes.create_string_buffer(self.ERROR_SIZE)
@@ -440,16 +463,14 @@ class Model(object):
             raise MoeRuntimeError(err.value.decode("utf-8", "replace")
                                   or "moe_model_open failed (no message)")
         self._handle = handle
-        # The runtime has checked the manifest; the wrapper reads it too (the
-        # tensors' names, shapes and dtypes for binding).
-        manifest_path = os.path.join(self.path, "manifest.json")
         try:
-            with open(manifest_path) as f:
-                self.manifest = json.load(f)
-        except (OSError, ValueError) as e:
+            self.tensors = [self._tensor(t) for t in range(self.num_tensors())]
+            n = _function(self._lib, "moe_model_num_kernels")(self._handle)
+            self.kernels = [self._lib.moe_model_kernel_name(self._handle, k).decode()
+                            for k in range(n)]
+        except MoeRuntimeError:
             self.close()
-            raise MoeRuntimeError("cannot read %s: %s" % (manifest_path, e))
-        self.tensors = list(self.manifest.get("weights", {}).get("tensors", []))
+            raise
         self.backend = self._lib.moe_model_backend(self._handle).decode()
         n = self._lib.moe_model_num_layers(self._handle)
         self.layers = [int(self._lib.moe_model_layer(self._handle, i)) for i in range(n)]
@@ -467,22 +488,55 @@ class Model(object):
                                   % (layer, self.path, ", ".join(map(str, self.layers))))
         return h
 
-    def layer_plan(self, layer):
-        """The manifest's plan of a model layer (layers[i] with "layer" == layer)."""
-        for plan in self.manifest.get("layers", []):
-            if plan.get("layer") == int(layer) and plan.get("target", "") == "":
-                return plan
-        raise MoeRuntimeError("layer %s has no plan in %s" % (layer, self.path))
+    def output_width(self, layer):
+        self._check_open()
+        w = int(_function(self._lib, "moe_model_output_width")(self._handle, int(layer)))
+        if w < 0:
+            raise MoeRuntimeError("layer %s is not an MoE layer of %s; MoE layers: %s"
+                                  % (layer, self.path, ", ".join(map(str, self.layers))))
+        return w
 
     def activation_type(self, layer):
         """"f32", "bf16" or "f16": what run_device reads and writes."""
-        plan = self.layer_plan(layer)
-        return plan["values"][plan["input"]]["dtype"]
+        self._check_open()
+        t = _function(self._lib, "moe_model_activation_type")(self._handle, int(layer))
+        if not t:
+            raise MoeRuntimeError("layer %s is not an MoE layer of %s; MoE layers: %s"
+                                  % (layer, self.path, ", ".join(map(str, self.layers))))
+        return t.decode()
 
     def num_tensors(self):
         self._check_open()
-        fn = getattr(self._lib, "moe_model_num_tensors", None)
-        return int(fn(self._handle)) if fn is not None else len(self.tensors)
+        return int(_function(self._lib, "moe_model_num_tensors")(self._handle))
+
+    def _tensor(self, t):
+        """Tensor `t` as the C API describes it (see the class docstring)."""
+        lib, h = self._lib, self._handle
+        rank = _function(lib, "moe_model_tensor_rank")(h, t)
+        if rank < 0:
+            raise MoeRuntimeError("tensor %d is out of range (%s has %d)"
+                                  % (t, self.path, self.num_tensors()))
+        flags = lib.moe_model_tensor_flags(h, t)
+        return {
+            "index": t,
+            "names": [lib.moe_model_tensor_name(h, t, i).decode()
+                      for i in range(lib.moe_model_tensor_num_names(h, t))],
+            "shape": [int(lib.moe_model_tensor_dim(h, t, d)) for d in range(rank)],
+            "dtype": lib.moe_model_tensor_dtype(h, t).decode(),
+            "bytes": int(lib.moe_model_tensor_bytes(h, t)),
+            "stacked": bool(flags & TENSOR_STACKED),
+            "constant": bool(flags & TENSOR_CONSTANT),
+            "stored": bool(flags & TENSOR_STORED),
+        }
+
+    def is_bound(self, index):
+        """Whether tensor `index` is bound (moe_model_bind_tensor)."""
+        self._check_open()
+        flags = _function(self._lib, "moe_model_tensor_flags")(self._handle, int(index))
+        if flags < 0:
+            raise MoeRuntimeError("tensor %s is out of range (%s has %d)"
+                                  % (index, self.path, len(self.tensors)))
+        return bool(flags & TENSOR_BOUND)
 
     @property
     def last_ms(self):

@@ -37,6 +37,8 @@ struct TensorInfo {
   /// constant of the IR.
   std::vector<std::string> names;
   std::vector<int64_t> shape;
+  /// One slice per name, stacked along the first dimension.
+  bool stacked = false;
   /// "f32", "bf16", "f16", "i32" or "u32".
   std::string dtype;
   int64_t bytes = 0;
@@ -61,6 +63,10 @@ public:
   std::vector<int64_t> layers() const;
   /// Width of a layer's input and output.
   runtime::Expected<int64_t> hidden(int64_t layer) const;
+  /// Width of a layer's output (equal to hidden() for an MoE block).
+  runtime::Expected<int64_t> outputWidth(int64_t layer) const;
+  /// The kernels the package's layers launch, in order of first launch.
+  std::vector<std::string> kernelNames() const;
 
   /// y = layer(x) with x and y host arrays of float32 [tokens, hidden].
   runtime::Status runLayer(int64_t layer, const float *x, int64_t tokens,

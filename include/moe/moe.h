@@ -54,6 +54,35 @@ int64_t moe_model_num_tensors(const moe_model *model);
  * package (moe-compile --weights none) must be bound before its layers run. */
 int moe_model_bind_tensor(moe_model *model, int64_t tensor, const void *data,
                           int64_t bytes, char *error, size_t error_size);
+/* Width of a layer's output, or -1 (moe_model_hidden gives its input's). */
+int64_t moe_model_output_width(const moe_model *model, int64_t layer);
+/* The element type of a layer's activations on device ("f32", "bf16" or
+ * "f16"), or "" for an unknown layer. */
+const char *moe_model_activation_type(const moe_model *model, int64_t layer);
+/* The kernels the package's layers launch (in order of first launch): their
+ * count, and the i-th name or NULL. */
+int moe_model_num_kernels(const moe_model *model);
+const char *moe_model_kernel_name(const moe_model *model, int i);
+
+/* Weight tensor `tensor` (manifest.json weights.tensors[tensor]): its
+ * rank and dimensions, dtype ("f32", "bf16", "f16", "i32" or "u32"), size
+ * in bytes, checkpoint names (one, or one per stacked slice; none for a
+ * constant of the IR) and flags. Out of range: -1, "", NULL. Strings live
+ * as long as the model. */
+int moe_model_tensor_rank(const moe_model *model, int64_t tensor);
+int64_t moe_model_tensor_dim(const moe_model *model, int64_t tensor, int dim);
+const char *moe_model_tensor_dtype(const moe_model *model, int64_t tensor);
+int64_t moe_model_tensor_bytes(const moe_model *model, int64_t tensor);
+int moe_model_tensor_num_names(const moe_model *model, int64_t tensor);
+const char *moe_model_tensor_name(const moe_model *model, int64_t tensor,
+                                  int i);
+/* Flags of moe_model_tensor_flags (-1 when out of range). */
+#define MOE_TENSOR_STACKED 1  /* one slice per name, stacked */
+#define MOE_TENSOR_CONSTANT 2 /* a constant of the IR (never bound) */
+#define MOE_TENSOR_STORED 4   /* has data in weights.bin (not shape-only) */
+#define MOE_TENSOR_BOUND 8    /* bound by moe_model_bind_tensor */
+int moe_model_tensor_flags(const moe_model *model, int64_t tensor);
+
 /* Milliseconds the last run took. */
 double moe_model_last_ms(const moe_model *model);
 

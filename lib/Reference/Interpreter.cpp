@@ -24,6 +24,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <cstring>
 #include <limits>
 #include <numeric>
 
@@ -130,28 +131,45 @@ Expected<HostTensor> WeightLoader::load(WeightOp op) {
   return t;
 }
 
-Expected<HostTensor> WeightLoader::load(const std::vector<std::string> &names,
-                                        const std::vector<std::string> &files,
-                                        bool stacked,
-                                        const std::vector<int64_t> &shape,
-                                        llvm::StringRef elementType) {
-  HostTensor result = HostTensor::floats(shape);
-  if (provider) {
-    Expected<std::vector<float>> values =
-        provider(names, files, stacked, shape, elementType);
-    if (!values)
-      return values.takeError();
-    if (values->size() != result.f.size())
-      return makeError("weight '" + (names.empty() ? std::string() : names[0]) +
-                       "': got " + llvm::Twine(values->size()) +
-                       " values for shape " + ::moe::formatShape(shape));
-    result.f = std::move(*values);
-    return result;
+/// Copies a row-major `srcShape` array of `width`-byte elements into the
+/// top-left corner of a zeroed `dstShape` array of the same rank.
+static void copyPadded(const uint8_t *src, llvm::ArrayRef<int64_t> srcShape,
+                       uint8_t *dst, llvm::ArrayRef<int64_t> dstShape,
+                       size_t width) {
+  if (srcShape.empty()) {
+    std::memcpy(dst, src, width);
+    return;
   }
+  int64_t rows = 1;
+  for (size_t d = 0; d + 1 < srcShape.size(); ++d)
+    rows *= srcShape[d];
+  size_t rowBytes = static_cast<size_t>(srcShape.back()) * width;
+  std::vector<int64_t> index(srcShape.size() - 1, 0);
+  for (int64_t r = 0; r < rows; ++r) {
+    // The destination offset of this row's first element.
+    int64_t offset = 0;
+    for (size_t d = 0; d + 1 < srcShape.size(); ++d)
+      offset = offset * dstShape[d] + index[d];
+    offset *= dstShape.back();
+    std::memcpy(dst + static_cast<size_t>(offset) * width, src + r * rowBytes,
+                rowBytes);
+    for (int d = static_cast<int>(index.size()) - 1; d >= 0; --d) {
+      if (++index[d] < srcShape[d])
+        break;
+      index[d] = 0;
+    }
+  }
+}
+
+Error WeightLoader::forEachSlice(
+    const std::vector<std::string> &names,
+    const std::vector<std::string> &files, bool stacked,
+    const std::vector<int64_t> &shape, llvm::StringRef elementType,
+    llvm::function_ref<Error(size_t, const ::moe::SafetensorsFile &,
+                             const ::moe::TensorInfo &)>
+        fill) {
   std::vector<int64_t> slice =
       stacked ? std::vector<int64_t>(shape.begin() + 1, shape.end()) : shape;
-  int64_t sliceSize = std::accumulate(slice.begin(), slice.end(), int64_t{1},
-                                      std::multiplies<int64_t>());
   ::moe::DType expected = elementType == "bf16"  ? ::moe::DType::BF16
                           : elementType == "f16" ? ::moe::DType::F16
                                                  : ::moe::DType::F32;
@@ -179,26 +197,94 @@ Expected<HostTensor> WeightLoader::load(const std::vector<std::string> &names,
                        ::moe::formatShape(info->shape) +
                        " but the IR expects " + ::moe::formatShape(slice) +
                        (stacked ? " (or smaller, zero-padded)" : ""));
-    Expected<std::vector<float>> values = (*f)->readF32(name);
+    if (Error err = fill(index, **f, *info))
+      return err;
+  }
+  return Error::success();
+}
+
+Expected<HostTensor> WeightLoader::load(const std::vector<std::string> &names,
+                                        const std::vector<std::string> &files,
+                                        bool stacked,
+                                        const std::vector<int64_t> &shape,
+                                        llvm::StringRef elementType) {
+  HostTensor result = HostTensor::floats(shape);
+  if (provider) {
+    Expected<std::vector<float>> values =
+        provider(names, files, stacked, shape, elementType);
     if (!values)
       return values.takeError();
-    // Copy with zero padding at the end of each dimension.
-    float *dst = result.f.data() + index * sliceSize;
-    std::vector<int64_t> srcStrides(slice.size(), 1), dstStrides(slice.size(), 1);
-    for (int d = static_cast<int>(slice.size()) - 2; d >= 0; --d) {
-      srcStrides[d] = srcStrides[d + 1] * info->shape[d + 1];
-      dstStrides[d] = dstStrides[d + 1] * slice[d + 1];
-    }
-    for (int64_t s = 0, n = static_cast<int64_t>(values->size()); s < n; ++s) {
-      int64_t rem = s, offset = 0;
-      for (size_t d = 0; d < slice.size(); ++d) {
-        offset += (rem / srcStrides[d]) * dstStrides[d];
-        rem %= srcStrides[d];
-      }
-      dst[offset] = (*values)[s];
-    }
+    if (values->size() != result.f.size())
+      return makeError("weight '" + (names.empty() ? std::string() : names[0]) +
+                       "': got " + llvm::Twine(values->size()) +
+                       " values for shape " + ::moe::formatShape(shape));
+    result.f = std::move(*values);
+    return result;
   }
+  llvm::ArrayRef<int64_t> slice =
+      llvm::ArrayRef<int64_t>(shape).drop_front(stacked ? 1 : 0);
+  int64_t sliceSize = std::accumulate(slice.begin(), slice.end(), int64_t{1},
+                                      std::multiplies<int64_t>());
+  if (Error err = forEachSlice(
+          names, files, stacked, shape, elementType,
+          [&](size_t index, const ::moe::SafetensorsFile &f,
+              const ::moe::TensorInfo &info) -> Error {
+            Expected<std::vector<float>> values = f.readF32(info.name);
+            if (!values)
+              return values.takeError();
+            // Zero padding at the end of each dimension.
+            copyPadded(reinterpret_cast<const uint8_t *>(values->data()),
+                       info.shape,
+                       reinterpret_cast<uint8_t *>(result.f.data() +
+                                                   index * sliceSize),
+                       slice, sizeof(float));
+            return Error::success();
+          }))
+    return std::move(err);
   return result;
+}
+
+Expected<std::vector<uint8_t>>
+WeightLoader::loadBytes(const std::vector<std::string> &names,
+                        const std::vector<std::string> &files, bool stacked,
+                        const std::vector<int64_t> &shape,
+                        llvm::StringRef elementType) {
+  ::moe::DType dtype = elementType == "bf16"  ? ::moe::DType::BF16
+                       : elementType == "f16" ? ::moe::DType::F16
+                                              : ::moe::DType::F32;
+  size_t width = ::moe::dtypeSize(dtype);
+  int64_t count = std::accumulate(shape.begin(), shape.end(), int64_t{1},
+                                  std::multiplies<int64_t>());
+  if (provider) {
+    // f32 values (a package): encoded once.
+    Expected<HostTensor> values =
+        load(names, files, stacked, shape, elementType);
+    if (!values)
+      return values.takeError();
+    return ::moe::encodeFloats(values->f, dtype);
+  }
+  std::vector<uint8_t> out;
+  // Room for the 16 bytes of slack the kernels' loads need, so that the
+  // executor can keep this buffer without copying it again.
+  out.reserve(static_cast<size_t>(count) * width + 16);
+  out.resize(static_cast<size_t>(count) * width, 0);
+  llvm::ArrayRef<int64_t> slice =
+      llvm::ArrayRef<int64_t>(shape).drop_front(stacked ? 1 : 0);
+  size_t sliceBytes =
+      width * std::accumulate(slice.begin(), slice.end(), size_t{1},
+                              std::multiplies<size_t>());
+  if (Error err = forEachSlice(
+          names, files, stacked, shape, elementType,
+          [&](size_t index, const ::moe::SafetensorsFile &f,
+              const ::moe::TensorInfo &info) -> Error {
+            // The checkpoint's bytes (the same dtype: forEachSlice checks
+            // it), zero-padded; no f32 copy.
+            copyPadded(f.rawData(info).data(), info.shape,
+                       out.data() + index * sliceBytes, slice, width);
+            return Error::success();
+          }))
+    return std::move(err);
+  return out;
 }
 
 namespace moe {

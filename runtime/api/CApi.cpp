@@ -8,10 +8,19 @@
 #include "moe/Model.h"
 
 #include <cstring>
+#include <map>
 #include <new>
+#include <string>
+#include <vector>
 
 struct moe_model {
   std::unique_ptr<moe::Model> model;
+  /// What the string getters point into: the tensors' descriptions and the
+  /// kernel names and each layer's activation type (they do not change
+  /// while the model is open).
+  std::vector<moe::TensorInfo> tensors;
+  std::vector<std::string> kernels;
+  std::map<int64_t, std::string> activationTypes;
 };
 
 namespace {
@@ -41,10 +50,16 @@ int moe_model_open(const char *package_dir, const char *backend, int device,
   auto opened = moe::Model::open(package_dir, options);
   if (!opened)
     return report(opened.status(), error, error_size);
-  *model = new (std::nothrow) moe_model{std::move(opened.value())};
+  *model = new (std::nothrow) moe_model{std::move(opened.value()), {}, {}, {}};
   if (!*model)
     return report(moe::runtime::Status::error("out of memory"), error,
                   error_size);
+  moe::Model &m = *(*model)->model;
+  for (size_t t = 0; t < m.numTensors(); ++t)
+    (*model)->tensors.push_back(m.tensor(t).value());
+  (*model)->kernels = m.kernelNames();
+  for (int64_t layer : m.layers())
+    (*model)->activationTypes[layer] = m.activationType(layer).value();
   return 0;
 }
 
@@ -120,6 +135,86 @@ int moe_model_bind_tensor(moe_model *model, int64_t tensor, const void *data,
   return report(model->model->bindTensor(static_cast<size_t>(tensor), data,
                                          static_cast<size_t>(bytes)),
                 error, error_size);
+}
+
+int64_t moe_model_output_width(const moe_model *model, int64_t layer) {
+  if (!model)
+    return -1;
+  auto w = model->model->outputWidth(layer);
+  return w ? w.value() : -1;
+}
+
+const char *moe_model_activation_type(const moe_model *model, int64_t layer) {
+  if (!model)
+    return "";
+  auto it = model->activationTypes.find(layer);
+  return it == model->activationTypes.end() ? "" : it->second.c_str();
+}
+
+int moe_model_num_kernels(const moe_model *model) {
+  return model ? static_cast<int>(model->kernels.size()) : 0;
+}
+
+const char *moe_model_kernel_name(const moe_model *model, int i) {
+  if (!model || i < 0 || i >= static_cast<int>(model->kernels.size()))
+    return nullptr;
+  return model->kernels[i].c_str();
+}
+
+namespace {
+const moe::TensorInfo *tensorInfo(const moe_model *model, int64_t tensor) {
+  if (!model || tensor < 0 ||
+      tensor >= static_cast<int64_t>(model->tensors.size()))
+    return nullptr;
+  return &model->tensors[static_cast<size_t>(tensor)];
+}
+} // namespace
+
+int moe_model_tensor_rank(const moe_model *model, int64_t tensor) {
+  const moe::TensorInfo *t = tensorInfo(model, tensor);
+  return t ? static_cast<int>(t->shape.size()) : -1;
+}
+
+int64_t moe_model_tensor_dim(const moe_model *model, int64_t tensor, int dim) {
+  const moe::TensorInfo *t = tensorInfo(model, tensor);
+  if (!t || dim < 0 || dim >= static_cast<int>(t->shape.size()))
+    return -1;
+  return t->shape[dim];
+}
+
+const char *moe_model_tensor_dtype(const moe_model *model, int64_t tensor) {
+  const moe::TensorInfo *t = tensorInfo(model, tensor);
+  return t ? t->dtype.c_str() : "";
+}
+
+int64_t moe_model_tensor_bytes(const moe_model *model, int64_t tensor) {
+  const moe::TensorInfo *t = tensorInfo(model, tensor);
+  return t ? t->bytes : -1;
+}
+
+int moe_model_tensor_num_names(const moe_model *model, int64_t tensor) {
+  const moe::TensorInfo *t = tensorInfo(model, tensor);
+  return t ? static_cast<int>(t->names.size()) : -1;
+}
+
+const char *moe_model_tensor_name(const moe_model *model, int64_t tensor,
+                                  int i) {
+  const moe::TensorInfo *t = tensorInfo(model, tensor);
+  if (!t || i < 0 || i >= static_cast<int>(t->names.size()))
+    return nullptr;
+  return t->names[i].c_str();
+}
+
+int moe_model_tensor_flags(const moe_model *model, int64_t tensor) {
+  const moe::TensorInfo *t = tensorInfo(model, tensor);
+  if (!t)
+    return -1;
+  // Binding changes; ask the model.
+  auto now = model->model->tensor(static_cast<size_t>(tensor));
+  return (t->stacked ? MOE_TENSOR_STACKED : 0) |
+         (t->constant ? MOE_TENSOR_CONSTANT : 0) |
+         (t->stored ? MOE_TENSOR_STORED : 0) |
+         (now && now.value().bound ? MOE_TENSOR_BOUND : 0);
 }
 
 double moe_model_last_ms(const moe_model *model) {

@@ -12,6 +12,7 @@
 #include <chrono>
 #include <cstdint>
 #include <map>
+#include <set>
 
 namespace moe {
 
@@ -128,6 +129,24 @@ Expected<int64_t> Model::hidden(int64_t layer) const {
   return it->second->inputWidth;
 }
 
+Expected<int64_t> Model::outputWidth(int64_t layer) const {
+  auto it = impl->layers.find(layer);
+  if (it == impl->layers.end())
+    return Status::error("layer " + std::to_string(layer) +
+                         " is not an MoE layer of the package");
+  return it->second->outputWidth;
+}
+
+std::vector<std::string> Model::kernelNames() const {
+  std::vector<std::string> names;
+  std::set<std::string> seen;
+  for (const LayerPlan &layer : impl->package.plan().layers)
+    for (const Launch &launch : layer.launches)
+      if (seen.insert(launch.kernel).second)
+        names.push_back(launch.kernel);
+  return names;
+}
+
 Expected<std::string> Model::activationType(int64_t layer) const {
   auto it = impl->layers.find(layer);
   if (it == impl->layers.end())
@@ -204,6 +223,7 @@ Expected<TensorInfo> Model::tensor(size_t t) const {
   TensorInfo info;
   info.names = tensors[t].ref.names;
   info.shape = tensors[t].ref.shape;
+  info.stacked = tensors[t].ref.stacked;
   info.dtype = elementTypeName(tensors[t].ref.type);
   info.bytes = tensors[t].bytes;
   info.constant = tensors[t].constant;

@@ -61,6 +61,8 @@ public:
                           runtime::EmuDim3{block, 1, 1}, shared);
   }
   Status synchronize() override { return Status::success(); }
+  // Kernels run on the host: weights that stay alive are read in place.
+  bool readsHostMemory() const override { return true; }
   void mark() override { start = std::chrono::steady_clock::now(); }
   double elapsedMs() override {
     return std::chrono::duration<double, std::milli>(

@@ -7,6 +7,7 @@
 #include "moe/runtime/Executor.h"
 #include "moe/runtime/Float16.h"
 
+#include <algorithm>
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
@@ -28,32 +29,38 @@ bool logLaunches() {
 
 KernelBackend::~KernelBackend() = default;
 
+namespace {
+/// Writes `value` as one element of `type` at `out`.
+void encodeOne(float value, ElementType type, uint8_t *out) {
+  switch (type) {
+  case ElementType::BF16: {
+    uint16_t b = floatToBF16(value);
+    std::memcpy(out, &b, 2);
+    break;
+  }
+  case ElementType::F16: {
+    uint16_t b = floatToF16(value);
+    std::memcpy(out, &b, 2);
+    break;
+  }
+  case ElementType::I32:
+  case ElementType::U32: {
+    int32_t v = static_cast<int32_t>(value);
+    std::memcpy(out, &v, 4);
+    break;
+  }
+  default:
+    std::memcpy(out, &value, 4);
+  }
+}
+} // namespace
 
 std::vector<uint8_t> encodeElements(const std::vector<float> &values,
                                     ElementType type) {
-  std::vector<uint8_t> out(values.size() * elementSize(type));
-  for (size_t i = 0; i < values.size(); ++i) {
-    switch (type) {
-    case ElementType::BF16: {
-      uint16_t b = floatToBF16(values[i]);
-      std::memcpy(&out[i * 2], &b, 2);
-      break;
-    }
-    case ElementType::F16: {
-      uint16_t b = floatToF16(values[i]);
-      std::memcpy(&out[i * 2], &b, 2);
-      break;
-    }
-    case ElementType::I32:
-    case ElementType::U32: {
-      int32_t v = static_cast<int32_t>(values[i]);
-      std::memcpy(&out[i * 4], &v, 4);
-      break;
-    }
-    default:
-      std::memcpy(&out[i * 4], &values[i], 4);
-    }
-  }
+  size_t width = static_cast<size_t>(elementSize(type));
+  std::vector<uint8_t> out(values.size() * width);
+  for (size_t i = 0; i < values.size(); ++i)
+    encodeOne(values[i], type, &out[i * width]);
   return out;
 }
 
@@ -78,9 +85,77 @@ std::vector<float> decodeElements(const uint8_t *bytes, int64_t count,
   return out;
 }
 
+std::vector<uint8_t> convertElements(const uint8_t *bytes, int64_t count,
+                                     ElementType from, ElementType to) {
+  std::vector<uint8_t> out(static_cast<size_t>(count) * elementSize(to));
+  size_t inWidth = static_cast<size_t>(elementSize(from));
+  size_t outWidth = static_cast<size_t>(elementSize(to));
+  for (int64_t i = 0; i < count; ++i) {
+    const uint8_t *in = bytes + i * inWidth;
+    float v;
+    uint16_t h;
+    int32_t s;
+    uint32_t u;
+    switch (from) {
+    case ElementType::BF16:
+      std::memcpy(&h, in, 2);
+      v = bf16ToFloat(h);
+      break;
+    case ElementType::F16:
+      std::memcpy(&h, in, 2);
+      v = f16ToFloat(h);
+      break;
+    case ElementType::I32:
+      std::memcpy(&s, in, 4);
+      v = static_cast<float>(s);
+      break;
+    case ElementType::U32:
+      std::memcpy(&u, in, 4);
+      v = static_cast<float>(u);
+      break;
+    default:
+      std::memcpy(&v, in, 4);
+    }
+    encodeOne(v, to, out.data() + i * outWidth);
+  }
+  return out;
+}
+
+WeightBytes WeightBytes::view(ElementType type, const uint8_t *data,
+                              size_t size, size_t readable,
+                              std::shared_ptr<const void> owner) {
+  WeightBytes b;
+  b.type = type;
+  b.data = data;
+  b.size = size;
+  b.readable = std::max(readable, size);
+  b.owner = std::move(owner);
+  return b;
+}
+
+WeightBytes WeightBytes::fromVector(ElementType type,
+                                    std::vector<uint8_t> bytes) {
+  size_t size = bytes.size();
+  bytes.resize(size + 16, 0);
+  auto owned = std::make_shared<std::vector<uint8_t>>(std::move(bytes));
+  return view(type, owned->data(), size, owned->size(), owned);
+}
+
+WeightBytesProvider bytesFromValues(WeightProvider values) {
+  return [values = std::move(values)](
+             const WeightRef &ref) -> runtime::Expected<WeightBytes> {
+    if (!values)
+      return Status::error("no weight provider");
+    runtime::Expected<std::vector<float>> v = values(ref);
+    if (!v)
+      return v.takeError();
+    return WeightBytes::fromVector(ref.type, encodeElements(*v, ref.type));
+  };
+}
+
 LayerExecutor::LayerExecutor(const LayerPlan &plan, KernelBackend &backend)
     : plan(plan), backend(backend), weights(plan.weights.size(), nullptr),
-      ownsWeight(plan.weights.size(), false),
+      ownsWeight(plan.weights.size(), false), held(plan.weights.size()),
       values(plan.values.size(), nullptr), valueBytes(plan.values.size(), 0) {}
 
 LayerExecutor::~LayerExecutor() {
@@ -97,18 +172,20 @@ void LayerExecutor::bindWeight(size_t w, const void *data) {
     backend.release(weights[w]);
   weights[w] = const_cast<void *>(data);
   ownsWeight[w] = false;
+  held[w].reset();
 }
 
-Status LayerExecutor::loadWeights(const WeightProvider &provider) {
+Status LayerExecutor::loadWeights(const WeightBytesProvider &provider) {
   for (size_t i = 0; i < plan.weights.size(); ++i) {
     if (weights[i] && !ownsWeight[i])
-      continue; // Bound by the caller.
+      continue; // Bound by the caller, or the provider's bytes in place.
     const WeightRef &ref = plan.weights[i];
-    std::vector<float> data;
+    WeightBytes data;
     if (!ref.inlineValues.empty()) {
-      data = ref.inlineValues;
+      data = WeightBytes::fromVector(
+          ref.type, encodeElements(ref.inlineValues, ref.type));
     } else {
-      runtime::Expected<std::vector<float>> loaded = provider(ref);
+      runtime::Expected<WeightBytes> loaded = provider(ref);
       if (!loaded)
         return loaded.takeError();
       data = std::move(loaded.value());
@@ -116,21 +193,37 @@ Status LayerExecutor::loadWeights(const WeightProvider &provider) {
     int64_t count = 1;
     for (int64_t d : ref.shape)
       count *= d;
-    if (static_cast<int64_t>(data.size()) != count)
-      return Status::error("weight '" +
-                           (ref.names.empty() ? std::string("<constant>")
-                                              : ref.names.front()) +
-                           "': got " + std::to_string(data.size()) +
-                           " values, the plan needs " + std::to_string(count));
-    std::vector<uint8_t> bytes = encodeElements(data, ref.type);
-    runtime::Expected<void *> ptr = backend.allocate(bytes.size() + 16);
+    size_t width = static_cast<size_t>(elementSize(data.type));
+    if (data.size % width != 0 ||
+        static_cast<int64_t>(data.size / width) != count)
+      return Status::error(
+          "weight '" +
+          (ref.names.empty() ? std::string("<constant>") : ref.names.front()) +
+          "': got " + std::to_string(data.size / width) +
+          " values, the plan needs " + std::to_string(count));
+    if (data.type != ref.type)
+      data = WeightBytes::fromVector(
+          ref.type, convertElements(data.data, count, data.type, ref.type));
+    if (weights[i] && ownsWeight[i])
+      backend.release(weights[i]);
+    weights[i] = nullptr;
+    held[i].reset();
+    // The kernels read 16 bytes at a time from 16-byte aligned rows.
+    bool inPlace = backend.readsHostMemory() && data.owner &&
+                   reinterpret_cast<uintptr_t>(data.data) % 16 == 0 &&
+                   data.readable >= data.size + 16;
+    if (inPlace) {
+      weights[i] = const_cast<uint8_t *>(data.data);
+      ownsWeight[i] = false;
+      held[i] = std::move(data.owner);
+      continue;
+    }
+    runtime::Expected<void *> ptr = backend.allocate(data.size + 16);
     if (!ptr)
       return ptr.takeError();
-    if (weights[i])
-      backend.release(weights[i]);
     weights[i] = ptr.value();
     ownsWeight[i] = true;
-    if (Status s = backend.upload(weights[i], bytes.data(), bytes.size()))
+    if (Status s = backend.upload(weights[i], data.data, data.size))
       return s;
   }
   return Status::success();

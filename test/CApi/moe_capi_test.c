@@ -11,7 +11,9 @@
  * OUTDIR/y_layer.npy and OUTDIR/y_all.npy (float32 [T, H]) for comparison
  * with moe-run --backend reference. Then the error returns: a missing
  * package, an unknown backend, an unknown layer, null arguments, zero
- * tokens, a device run on emu, a short error buffer.
+ * tokens, a device run on emu, a short error buffer. It also prints what
+ * the package holds (layers' widths and activation types, kernels, weight
+ * tensors) as the C API describes it.
  *
  *===----------------------------------------------------------------------===*/
 
@@ -228,6 +230,61 @@ int main(int argc, char **argv) {
     rc = moe_model_bind_tensor(NULL, 0, buffer, 16, error, sizeof error);
     printf("bind null model: rc %d: %s\n", rc, error);
     free(buffer);
+  }
+
+  /* What the package holds, through the C API: each layer's widths and
+   * activation type, the kernels, every weight tensor (compare_capi.py
+   * checks these lines against manifest.json), and the out-of-range and
+   * null-model answers. */
+  {
+    int64_t tensors = moe_model_num_tensors(model), t;
+    int k, d;
+    for (i = 0; i < moe_model_num_layers(model); ++i) {
+      int64_t l = moe_model_layer(model, i);
+      printf("layer %lld output %lld activation %s\n", (long long)l,
+             (long long)moe_model_output_width(model, l),
+             moe_model_activation_type(model, l));
+    }
+    printf("kernels: %d\n", moe_model_num_kernels(model));
+    for (k = 0; k < moe_model_num_kernels(model); ++k)
+      printf("kernel %d: %s\n", k, moe_model_kernel_name(model, k));
+    for (t = 0; t < tensors; ++t) {
+      int rank = moe_model_tensor_rank(model, t);
+      int names = moe_model_tensor_num_names(model, t);
+      printf("tensor %lld: dtype %s bytes %lld flags %d shape", (long long)t,
+             moe_model_tensor_dtype(model, t),
+             (long long)moe_model_tensor_bytes(model, t),
+             moe_model_tensor_flags(model, t));
+      for (d = 0; d < rank; ++d)
+        printf(" %lld", (long long)moe_model_tensor_dim(model, t, d));
+      printf(" names");
+      for (k = 0; k < names; ++k)
+        printf(" %s", moe_model_tensor_name(model, t, k));
+      printf("\n");
+    }
+    printf("tensor out of range: rank %d dim %lld dtype '%s' bytes %lld "
+           "names %d name %s flags %d\n",
+           moe_model_tensor_rank(model, tensors),
+           (long long)moe_model_tensor_dim(model, 0, 99),
+           moe_model_tensor_dtype(model, -1),
+           (long long)moe_model_tensor_bytes(model, tensors),
+           moe_model_tensor_num_names(model, tensors),
+           moe_model_tensor_name(model, 0, 99) ? "set" : "null",
+           moe_model_tensor_flags(model, tensors));
+    printf("unknown layer %lld: output %lld activation '%s'; kernel %d: "
+           "%s\n",
+           (long long)notMoE, (long long)moe_model_output_width(model, notMoE),
+           moe_model_activation_type(model, notMoE),
+           moe_model_num_kernels(model),
+           moe_model_kernel_name(model, moe_model_num_kernels(model)) ? "set"
+                                                                      : "null");
+    printf("null model: output %lld activation '%s' kernels %d kernel %s "
+           "rank %d dtype '%s' flags %d\n",
+           (long long)moe_model_output_width(NULL, layer),
+           moe_model_activation_type(NULL, layer), moe_model_num_kernels(NULL),
+           moe_model_kernel_name(NULL, 0) ? "set" : "null",
+           moe_model_tensor_rank(NULL, 0), moe_model_tensor_dtype(NULL, 0),
+           moe_model_tensor_flags(NULL, 0));
   }
 
   /* A short buffer gets a truncated, NUL-terminated message. */

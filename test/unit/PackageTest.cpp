@@ -728,25 +728,41 @@ TEST(Package, WriteThenOpenGivesTheSamePlanAndBytes) {
   EXPECT_EQ(bin.substr(128, 128), std::string(128, '\0'));
 }
 
+/// The f32 values of a provider's bytes.
+std::vector<float> valuesOfBytes(const moe::WeightBytes &b) {
+  Expected<std::vector<float>> v = decodeTensorValues(b.data, b.size, b.type);
+  EXPECT_TRUE(v.ok()) << v.message();
+  return v ? *v : std::vector<float>();
+}
+
 TEST(Package, WeightProviderMatchesByPositionAndByIdentity) {
   TempDir tmp;
   PackageContents c = sampleContents();
   ASSERT_TRUE(writePackage(c, tmp / "pkg").ok());
-  moe::WeightProvider provider;
+  moe::WeightBytesProvider provider;
   moe::ModulePlan copy;
+  const uint8_t *f16Bytes = nullptr;
   {
     Expected<LoadedPackage> p = openPackage(tmp / "pkg");
     ASSERT_TRUE(p.ok()) << p.message();
     provider = p->weightProvider();
     copy = p->plan();
-    // By position: the WeightRefs inside the package's plan.
+    // By position: the WeightRefs inside the package's plan. The provider
+    // hands out weights.bin's bytes themselves, in the stored dtype.
     for (size_t l = 0; l < p->plan().layers.size(); ++l)
-      for (const moe::WeightRef &ref : p->plan().layers[l].weights) {
+      for (size_t w = 0; w < p->plan().layers[l].weights.size(); ++w) {
+        const moe::WeightRef &ref = p->plan().layers[l].weights[w];
         if (!ref.inlineValues.empty())
           continue;
-        Expected<std::vector<float>> v = provider(ref);
+        Expected<moe::WeightBytes> v = provider(ref);
         ASSERT_TRUE(v.ok()) << v.message();
-        EXPECT_EQ(*v, valuesOf(ref));
+        ByteView stored = p->tensorBytes(p->tensorIndex(l, w));
+        EXPECT_EQ(v->data, stored.data) << l << " " << w;
+        EXPECT_EQ(v->size, stored.size) << l << " " << w;
+        EXPECT_EQ(v->type, ref.type) << l << " " << w;
+        EXPECT_GE(v->readable, v->size + 16) << l << " " << w;
+        EXPECT_NE(v->owner, nullptr);
+        EXPECT_EQ(valuesOfBytes(*v), valuesOf(ref));
       }
     // Constants keep their values in the plan.
     EXPECT_EQ(p->plan().layers[0].weights[2].inlineValues,
@@ -754,17 +770,20 @@ TEST(Package, WeightProviderMatchesByPositionAndByIdentity) {
     Expected<std::vector<float>> f16 = p->tensorValues(3);
     ASSERT_TRUE(f16.ok());
     EXPECT_EQ(*f16, valuesOf(c.plan.layers[1].weights[0]));
+    f16Bytes = p->tensorBytes(3).data;
   }
   // By identity, from a copy of the plan, after the package object is gone
   // (the provider keeps the data alive); `files` does not matter.
   moe::WeightRef ref = copy.layers[1].weights[0];
   ref.files = {"elsewhere.safetensors"};
-  Expected<std::vector<float>> v = provider(ref);
+  Expected<moe::WeightBytes> v = provider(ref);
   ASSERT_TRUE(v.ok()) << v.message();
-  EXPECT_EQ(*v, valuesOf(ref));
+  EXPECT_EQ(v->data, f16Bytes);
+  EXPECT_EQ(v->type, moe::ElementType::F16);
+  EXPECT_EQ(valuesOfBytes(*v), valuesOf(ref));
   v = provider(copy.layers[0].weights[2]); // The constant, by its values.
   ASSERT_TRUE(v.ok()) << v.message();
-  EXPECT_EQ(*v, (std::vector<float>{0.5f, -1.25f}));
+  EXPECT_EQ(valuesOfBytes(*v), (std::vector<float>{0.5f, -1.25f}));
   // A weight the package does not have.
   ref.shape = {8, 2};
   v = provider(ref);
@@ -774,6 +793,152 @@ TEST(Package, WeightProviderMatchesByPositionAndByIdentity) {
                              "[8, 2] f16"),
             std::string::npos)
       << v.message();
+}
+
+/// A backend that records what the executor does with weights: host memory
+/// it allocates, and each upload's source. `host`: it claims to read host
+/// memory (as emu does).
+class RecordingBackend : public moe::KernelBackend {
+public:
+  explicit RecordingBackend(bool host) : host(host) {}
+  ~RecordingBackend() override {
+    for (auto &[p, bytes] : live)
+      std::free(p);
+  }
+  std::string name() const override { return "recording"; }
+  Expected<void *> allocate(size_t bytes) override {
+    void *p = std::aligned_alloc(64, (bytes + 63) / 64 * 64);
+    live[p] = bytes;
+    allocatedBytes += bytes;
+    return p;
+  }
+  void release(void *p) override {
+    live.erase(p);
+    std::free(p);
+  }
+  Status upload(void *dst, const void *src, size_t bytes) override {
+    uploads[dst] = src;
+    std::memcpy(dst, src, bytes);
+    return Status::success();
+  }
+  Status download(void *dst, const void *src, size_t bytes) override {
+    std::memcpy(dst, src, bytes);
+    return Status::success();
+  }
+  Status zero(void *dst, size_t bytes) override {
+    std::memset(dst, 0, bytes);
+    return Status::success();
+  }
+  Status launch(const std::string &, const MoEKernelArgs &, unsigned, unsigned,
+                unsigned) override {
+    return Status::success();
+  }
+  Status synchronize() override { return Status::success(); }
+  bool readsHostMemory() const override { return host; }
+
+  bool host;
+  std::map<void *, size_t> live;
+  std::map<void *, const void *> uploads;
+  size_t allocatedBytes = 0;
+};
+
+// Defect 8 of issue 10: the executor took f32 values and re-encoded them
+// (3x host memory per bf16 tensor). Now a package's weights reach the
+// kernels as weights.bin's bytes: read in place on a backend that reads
+// host memory, uploaded straight from the mapping on a device.
+TEST(Package, TheExecutorRunsOnThePackagesBytesWithoutACopy) {
+  TempDir tmp;
+  PackageContents c = sampleContents();
+  ASSERT_TRUE(writePackage(c, tmp / "pkg").ok());
+  moe::LayerPlan plan; // Outlives the package below.
+  RecordingBackend host(true), device(false);
+  std::unique_ptr<moe::LayerExecutor> hostExec;
+  {
+    Expected<LoadedPackage> p = openPackage(tmp / "pkg");
+    ASSERT_TRUE(p.ok()) << p.message();
+    plan = p->plan().layers[0];
+    hostExec = std::make_unique<moe::LayerExecutor>(plan, host);
+    ASSERT_EQ(plan.weights[1].type, moe::ElementType::BF16);
+    moe::LayerExecutor deviceExec(plan, device);
+    ASSERT_TRUE(hostExec->loadWeights(p->weightProvider()).ok());
+    ASSERT_TRUE(deviceExec.loadWeights(p->weightProvider()).ok());
+    for (size_t w = 0; w < plan.weights.size(); ++w) {
+      ByteView stored = p->tensorBytes(p->tensorIndex(0, w));
+      if (!plan.weights[w].inlineValues.empty()) {
+        // A constant is encoded from the plan's values, and the kernels
+        // read that encoding (held by the executor) in place.
+        EXPECT_FALSE(hostExec->weightCopied(w));
+        ASSERT_NE(hostExec->weightData(w), nullptr);
+        EXPECT_EQ(
+            std::memcmp(hostExec->weightData(w), stored.data, stored.size), 0);
+        continue;
+      }
+      // In place: the kernels read weights.bin's mapping.
+      EXPECT_EQ(hostExec->weightData(w), stored.data) << w;
+      EXPECT_FALSE(hostExec->weightCopied(w)) << w;
+      // On a device: one allocation of the stored size (+16 bytes of
+      // slack), filled straight from the mapping.
+      const void *buffer = deviceExec.weightData(w);
+      EXPECT_TRUE(deviceExec.weightCopied(w)) << w;
+      ASSERT_TRUE(device.live.count(const_cast<void *>(buffer))) << w;
+      EXPECT_EQ(device.live[const_cast<void *>(buffer)], stored.size + 16);
+      EXPECT_EQ(device.uploads[const_cast<void *>(buffer)], stored.data) << w;
+    }
+    // Nothing was allocated for weights on the host backend.
+    EXPECT_EQ(host.allocatedBytes, 0u);
+  }
+  // The executor keeps the mapping alive after the package object is gone.
+  const auto *bf16 = static_cast<const uint8_t *>(hostExec->weightData(1));
+  Expected<std::vector<float>> values = decodeTensorValues(
+      bf16, c.tensors[c.layerTensors[0][1]].size(), moe::ElementType::BF16);
+  ASSERT_TRUE(values.ok());
+  EXPECT_EQ(*values, valuesOf(plan.weights[1]));
+  // Binding replaces the in-place weight and releases nothing of the
+  // package's.
+  std::vector<uint8_t> mine(c.tensors[c.layerTensors[0][1]].size() + 16);
+  hostExec->bindWeight(1, mine.data());
+  EXPECT_EQ(hostExec->weightData(1), mine.data());
+  hostExec.reset();
+}
+
+TEST(Package, TheExecutorConvertsBytesOfAnotherDtypeOnce) {
+  moe::LayerPlan plan;
+  plan.weights.push_back(weight({"w"}, {2, 3}, moe::ElementType::BF16));
+  std::vector<float> values = {1.0f, -2.5f, 0.25f, 3.0f, 1.0f / 3, -7.0f};
+  int calls = 0;
+  moe::WeightBytesProvider f32 =
+      [&](const moe::WeightRef &) -> Expected<moe::WeightBytes> {
+    ++calls;
+    std::vector<uint8_t> bytes(values.size() * 4);
+    std::memcpy(bytes.data(), values.data(), bytes.size());
+    return moe::WeightBytes::fromVector(moe::ElementType::F32,
+                                        std::move(bytes));
+  };
+  RecordingBackend device(false);
+  moe::LayerExecutor exec(plan, device);
+  ASSERT_TRUE(exec.loadWeights(f32).ok());
+  EXPECT_EQ(calls, 1);
+  std::vector<uint8_t> expected =
+      moe::encodeElements(values, moe::ElementType::BF16);
+  const auto *got = static_cast<const uint8_t *>(exec.weightData(0));
+  EXPECT_EQ(std::vector<uint8_t>(got, got + expected.size()), expected);
+  // f32 values through bytesFromValues: encoded once, the same bytes.
+  moe::LayerExecutor fromValues(plan, device);
+  ASSERT_TRUE(
+      fromValues
+          .loadWeights(moe::bytesFromValues(
+              [&](const moe::WeightRef &) -> Expected<std::vector<float>> {
+                return values;
+              }))
+          .ok());
+  got = static_cast<const uint8_t *>(fromValues.weightData(0));
+  EXPECT_EQ(std::vector<uint8_t>(got, got + expected.size()), expected);
+  // A size that does not fit the plan's shape is refused, naming the weight.
+  values.pop_back();
+  moe::LayerExecutor short_(plan, device);
+  Status s = short_.loadWeights(f32);
+  ASSERT_FALSE(s.ok());
+  EXPECT_EQ(s.message(), "weight 'w': got 5 values, the plan needs 6");
 }
 
 TEST(Package, WritesAreDeterministicAndReopenedContentsRewriteIdentically) {
@@ -856,8 +1021,8 @@ TEST(Package, AShapeOnlyPackageStoresTheConstantsAndDescribesTheRest) {
                 "bind it before running (Model::bindTensor, "
                 "moe_model_bind_tensor)");
   // The executor's provider says the same; the constant still has values.
-  moe::WeightProvider provider = p->weightProvider();
-  Expected<std::vector<float>> fromProvider =
+  moe::WeightBytesProvider provider = p->weightProvider();
+  Expected<moe::WeightBytes> fromProvider =
       provider(p->plan().layers[1].weights[1]);
   ASSERT_FALSE(fromProvider.ok());
   EXPECT_EQ(fromProvider.message(), values.message());
@@ -1535,7 +1700,7 @@ TEST_F(PackageFiles, EveryMutationOfTheManifestIsAnErrorOrFineNeverACrash) {
 }
 
 // A tripwire: the manifest must carry every field of the plan structures
-// (runtime/package/Package.cpp: layerJson and readLayer/readLaunch). When a
+// (runtime/package/Manifest.cpp: layerJson and readLayer/readLaunch). When a
 // field is added to Plan.h, these sizes change: add the field to the
 // manifest, to docs/package.md and to expectSamePlan/sampleContents above,
 // then update the numbers here.

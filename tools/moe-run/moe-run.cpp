@@ -145,7 +145,7 @@ private:
 class KernelRunner : public Runner {
 public:
   KernelRunner(std::unique_ptr<moe::KernelBackend> device,
-               moe::WeightProvider provider)
+               moe::WeightBytesProvider provider)
       : device(std::move(device)), provider(std::move(provider)) {}
 
   Expected<LayerResult> run(const moe::LayerPlan *plan, mlir::func::FuncOp,
@@ -194,7 +194,7 @@ public:
 
 private:
   std::unique_ptr<moe::KernelBackend> device;
-  moe::WeightProvider provider;
+  moe::WeightBytesProvider provider;
 };
 
 /// One pair of files per router: PREFIX.ids.npy / PREFIX.weights.npy for
@@ -430,17 +430,20 @@ int main(int argc, char **argv) {
                  : report.fromCache ? ", kernels from the cache"
                                      : ", compiled")
              << llvm::format(" in %.2f s\n", report.compileSeconds);
-    moe::WeightProvider provider;
+    // Weights as bytes in the kernels' dtype: the package's mapped
+    // weights.bin as it is, or the checkpoint's bytes copied once.
+    moe::WeightBytesProvider provider;
     if (package) {
       provider = package->weightProvider();
     } else {
       provider = [&](const moe::WeightRef &ref)
-          -> moe::runtime::Expected<std::vector<float>> {
-        auto t = weights.load(ref.names, ref.files, ref.stacked, ref.shape,
+          -> moe::runtime::Expected<moe::WeightBytes> {
+        auto bytes =
+            weights.loadBytes(ref.names, ref.files, ref.stacked, ref.shape,
                               moe::elementTypeName(ref.type));
-        if (!t)
-          return moe::runtime::Status::error(toString(t.takeError()));
-        return std::move(t->f);
+        if (!bytes)
+          return moe::runtime::Status::error(toString(bytes.takeError()));
+        return moe::WeightBytes::fromVector(ref.type, std::move(*bytes));
       };
     }
     runner = std::make_unique<KernelRunner>(std::move(opened.value()),

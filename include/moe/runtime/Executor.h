@@ -2,7 +2,10 @@
 //
 // Part of moe-opt. Allocates a layer's buffers, uploads its weights in the
 // kernels' dtypes, and launches its kernels in order on a backend: the CUDA
-// driver, or the CPU emulation of the same kernels. Plain C++, no MLIR.
+// driver, or the CPU emulation of the same kernels. Weights travel as bytes
+// in their stored dtype: a package's mapped weights.bin goes to the device
+// (or, on the emulation, is read in place) without an f32 copy. Plain C++,
+// no MLIR.
 //
 //===----------------------------------------------------------------------===//
 
@@ -13,6 +16,7 @@
 #include "moe/runtime/Plan.h"
 #include "moe/runtime/Status.h"
 
+#include <cstdint>
 #include <functional>
 #include <memory>
 #include <string>
@@ -35,6 +39,9 @@ public:
                                  const MoEKernelArgs &args, unsigned grid,
                                  unsigned block, unsigned dynamicShared) = 0;
   virtual runtime::Status synchronize() = 0;
+  /// Whether kernels read host memory directly (emu): then a weight's bytes
+  /// that stay alive and are aligned need no copy at all.
+  virtual bool readsHostMemory() const { return false; }
   /// Queues later launches on `stream` (a CUstream; null: the default).
   virtual void setStream(void * /*stream*/) {}
   /// Milliseconds between two calls to mark(), when the backend can time.
@@ -44,8 +51,45 @@ public:
 
 /// f32 values of a weight (the whole tensor, stacked and padded), in
 /// row-major order: provided by the caller (safetensors, packages, ...).
+/// For tools that want values (the reference, collectWeights); the
+/// executor takes bytes (WeightBytesProvider).
 using WeightProvider =
     std::function<runtime::Expected<std::vector<float>>(const WeightRef &)>;
+
+/// The bytes of a whole weight tensor (stacked and padded, row-major,
+/// little-endian) in some dtype, as a provider hands them to the executor.
+struct WeightBytes {
+  /// The dtype of `data`; when it differs from the WeightRef's, the
+  /// executor converts once.
+  ElementType type = ElementType::F32;
+  const uint8_t *data = nullptr;
+  size_t size = 0;
+  /// Bytes readable from `data` (at least `size`): the slack past the end
+  /// that the kernels' 16-byte loads may touch.
+  size_t readable = 0;
+  /// Keeps `data` alive: the executor may then run on `data` itself (on a
+  /// backend that reads host memory) and holds `owner` as long as it does.
+  /// Null: `data` is valid during loadWeights only and is copied.
+  std::shared_ptr<const void> owner;
+
+  /// A view of memory that `owner` keeps alive (or, without one, that lives
+  /// until loadWeights returns).
+  static WeightBytes view(ElementType type, const uint8_t *data, size_t size,
+                          size_t readable,
+                          std::shared_ptr<const void> owner = nullptr);
+  /// Bytes the provider made; they get 16 zero bytes of slack and are
+  /// owned by the result (no further copy on the emulation).
+  static WeightBytes fromVector(ElementType type, std::vector<uint8_t> bytes);
+};
+
+/// The bytes of a weight (the whole tensor): a package's mapped
+/// weights.bin, a checkpoint's, ...
+using WeightBytesProvider =
+    std::function<runtime::Expected<WeightBytes>(const WeightRef &)>;
+
+/// A WeightBytesProvider over f32 values: encodes them in the WeightRef's
+/// dtype (one conversion).
+WeightBytesProvider bytesFromValues(WeightProvider values);
 
 struct LayerOutputs {
   std::vector<float> y;
@@ -65,13 +109,22 @@ public:
   LayerExecutor(const LayerPlan &plan, KernelBackend &backend);
   ~LayerExecutor();
 
-  /// Uploads every weight that is not bound.
-  runtime::Status loadWeights(const WeightProvider &provider);
+  /// Uploads every weight that is not bound, as the provider's bytes: in
+  /// place when the backend reads host memory and the bytes are 16-byte
+  /// aligned, stay alive (WeightBytes::owner) and have 16 bytes of slack;
+  /// else copied once to the backend (converted first when their dtype is
+  /// not the WeightRef's).
+  runtime::Status loadWeights(const WeightBytesProvider &provider);
   /// Runs weight `w` on memory of the caller's (the backend's memory: device
   /// memory for cuda, host memory for emu) in the WeightRef's dtype and
   /// shape, which must outlive the executor's runs; replaces what was
   /// loaded.
   void bindWeight(size_t w, const void *data);
+  /// What the kernels read for weight `w` (backend memory; null before
+  /// loadWeights or bindWeight), and whether the executor allocated it (a
+  /// copy) rather than using the provider's or the caller's memory.
+  const void *weightData(size_t w) const { return weights[w]; }
+  bool weightCopied(size_t w) const { return ownsWeight[w]; }
   /// x is [T, inputWidth] f32 (converted to the input's dtype). Launches
   /// run in plan order, those whose slot gate excludes T skipped
   /// (launchRuns: the decode or the grouped expert kernels); with
@@ -95,6 +148,8 @@ private:
   std::vector<void *> weights;
   /// Whether weights[w] was allocated here (not bound).
   std::vector<bool> ownsWeight;
+  /// What keeps a provider's bytes alive that kernels read in place.
+  std::vector<std::shared_ptr<const void>> held;
   std::vector<void *> values;
   std::vector<size_t> valueBytes;
   bool zeroed = false;
@@ -106,6 +161,10 @@ std::vector<uint8_t> encodeElements(const std::vector<float> &values,
                                     ElementType type);
 std::vector<float> decodeElements(const uint8_t *bytes, int64_t count,
                                   ElementType type);
+/// `count` elements of `from` converted to `to`, element by element (no f32
+/// copy of the whole tensor); i32/u32 go through their integer values.
+std::vector<uint8_t> convertElements(const uint8_t *bytes, int64_t count,
+                                     ElementType from, ElementType to);
 
 } // namespace moe
 

@@ -157,8 +157,9 @@ struct OpenPackageOptions {
 };
 
 /// An opened, checked package. Copies share the same data (weights.bin is
-/// memory-mapped once); everything stays valid while any copy, or a
-/// provider made by weightProvider(), lives.
+/// memory-mapped once, with at least a page of zeros mapped after its
+/// end); everything stays valid while any copy, a provider made by
+/// weightProvider(), or the WeightBytes it handed out, lives.
 class LoadedPackage {
 public:
   const std::string &directory() const;
@@ -196,10 +197,13 @@ public:
   /// The tensor a WeightRef names (sameWeight), or an error naming it.
   Expected<size_t> findTensor(const moe::WeightRef &ref) const;
 
-  /// A WeightProvider for LayerExecutor::loadWeights: a WeightRef inside
-  /// plan() is matched by position (its layer and index); any other
-  /// WeightRef by identity (findTensor), so a copy of the plan works too.
-  moe::WeightProvider weightProvider() const;
+  /// A provider for LayerExecutor::loadWeights: a WeightRef inside plan()
+  /// is matched by position (its layer and index); any other WeightRef by
+  /// identity (findTensor), so a copy of the plan works too. It hands out
+  /// the tensor's bytes in weights.bin as they are (its stored dtype, no
+  /// copy), kept alive by the package's shared state, with the slack past
+  /// the end that the mapping guarantees (at least 16 bytes).
+  moe::WeightBytesProvider weightProvider() const;
 
   /// Everything in the package, as writePackage takes it (reads the IR).
   /// Writing it gives byte-identical files.

@@ -14,6 +14,7 @@
 #include "mlir/Dialect/Func/IR/FuncOps.h"
 #include "mlir/IR/BuiltinOps.h"
 
+#include "llvm/ADT/STLFunctionalExtras.h"
 #include "llvm/ADT/StringMap.h"
 #include "llvm/Support/Error.h"
 
@@ -25,6 +26,7 @@
 namespace moe {
 
 class SafetensorsFile;
+struct TensorInfo;
 
 /// A host tensor: f32 values (every float type is held as f32, rounded to
 /// its own type) or i32 values.
@@ -56,6 +58,15 @@ public:
                                   const std::vector<int64_t> &shape,
                                   llvm::StringRef elementType);
 
+  /// The same weight as bytes of `elementType`, row-major and zero-padded
+  /// like load(): what the kernel backends run on. The checkpoint's bytes
+  /// are copied once, with no f32 copy (the stored dtype must be the IR's,
+  /// as for load()); a provider's f32 values are encoded once.
+  llvm::Expected<std::vector<uint8_t>>
+  loadBytes(const std::vector<std::string> &names,
+            const std::vector<std::string> &files, bool stacked,
+            const std::vector<int64_t> &shape, llvm::StringRef elementType);
+
   /// Serves every weight from `provider` instead of safetensors files
   /// (packages): it receives the weight's description and returns f32
   /// values of the whole tensor.
@@ -67,6 +78,15 @@ public:
 
 private:
   llvm::Expected<const SafetensorsFile *> file(llvm::StringRef name);
+  /// Checks each named tensor (dtype, shape against the slice it fills)
+  /// and calls `fill` with its index, file and header entry.
+  llvm::Error
+  forEachSlice(const std::vector<std::string> &names,
+               const std::vector<std::string> &files, bool stacked,
+               const std::vector<int64_t> &shape, llvm::StringRef elementType,
+               llvm::function_ref<llvm::Error(size_t, const SafetensorsFile &,
+                                              const TensorInfo &)>
+                   fill);
   Provider provider;
 
   std::string root;

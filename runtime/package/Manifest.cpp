@@ -1,4 +1,4 @@
-//===- Package.cpp - Ahead-of-time compiled model packages ----------------===//
+//===- Manifest.cpp - The package manifest's schema -----------------------===//
 //
 // Part of moe-opt. The manifest is described field by field in
 // docs/package.md. One decoder (decodeManifest) checks a manifest; the
@@ -7,23 +7,13 @@
 //
 //===----------------------------------------------------------------------===//
 
-#include "moe/runtime/Package.h"
+#include "moe/runtime/Manifest.h"
 
 #include "moe/runtime/KernelCache.h"
 
-#include <dirent.h>
-#include <fcntl.h>
-#include <sys/mman.h>
-#include <sys/stat.h>
-#include <sys/syscall.h>
-#include <unistd.h>
-
 #include <algorithm>
-#include <cerrno>
-#include <cstdio>
 #include <cstring>
-#include <ctime>
-#include <filesystem>
+#include <map>
 #include <set>
 
 namespace moe::runtime {
@@ -31,11 +21,7 @@ namespace moe::runtime {
 using moe::ElementType;
 using moe::WeightRef;
 
-namespace {
-
-constexpr int64_t kMaxJsonInteger = int64_t(1) << 53;
-
-std::string errnoText(int error) { return std::strerror(error); }
+namespace detail {
 
 std::string qt(const std::string &s) { return jsonQuote(s); }
 
@@ -45,6 +31,55 @@ std::string index(const std::string &path, size_t i) {
 std::string field(const std::string &path, const std::string &key) {
   return path.empty() ? key : path + "." + key;
 }
+
+/// product(shape) * elementSize, or -1 when a dimension is not positive or
+/// the size passes 2^53.
+int64_t tensorByteSize(const std::vector<int64_t> &shape, ElementType type) {
+  int64_t n = moe::elementSize(type);
+  for (int64_t d : shape) {
+    if (d < 1 || d > kMaxJsonInteger || n > kMaxJsonInteger / d)
+      return -1;
+    n *= d;
+  }
+  return n;
+}
+
+std::string shapeText(const std::vector<int64_t> &shape) {
+  std::string s = "[";
+  for (size_t i = 0; i < shape.size(); ++i)
+    s += (i ? ", " : "") + std::to_string(shape[i]);
+  return s + "]";
+}
+
+std::string weightLabel(const WeightRef &ref) {
+  if (ref.names.empty())
+    return "a constant " + shapeText(ref.shape) + " " +
+           moe::elementTypeName(ref.type);
+  std::string s = qt(ref.names.front());
+  if (ref.names.size() > 1)
+    s += " (and " + std::to_string(ref.names.size() - 1) + " more)";
+  return s + " " + shapeText(ref.shape) + " " + moe::elementTypeName(ref.type);
+}
+
+/// A key equal for WeightRefs that are sameWeight (without inline values).
+std::string identityKey(const WeightRef &ref) {
+  std::string key;
+  for (const std::string &n : ref.names) {
+    key += std::to_string(n.size());
+    key += ':';
+    key += n;
+  }
+  key += ref.stacked ? "|s|" : "|u|";
+  key += shapeText(ref.shape);
+  key += moe::elementTypeName(ref.type);
+  return key;
+}
+
+} // namespace detail
+
+using namespace detail;
+
+namespace {
 
 /// A short description of a JSON value for "found ..." in messages.
 std::string describe(const Json &v) {
@@ -120,49 +155,6 @@ bool occursAsIdentifier(const std::string &source, const std::string &name) {
 }
 
 int64_t alignUp(int64_t v, int64_t a) { return (v + a - 1) / a * a; }
-
-/// product(shape) * elementSize, or -1 when a dimension is not positive or
-/// the size passes 2^53.
-int64_t tensorByteSize(const std::vector<int64_t> &shape, ElementType type) {
-  int64_t n = moe::elementSize(type);
-  for (int64_t d : shape) {
-    if (d < 1 || d > kMaxJsonInteger || n > kMaxJsonInteger / d)
-      return -1;
-    n *= d;
-  }
-  return n;
-}
-
-std::string shapeText(const std::vector<int64_t> &shape) {
-  std::string s = "[";
-  for (size_t i = 0; i < shape.size(); ++i)
-    s += (i ? ", " : "") + std::to_string(shape[i]);
-  return s + "]";
-}
-
-std::string weightLabel(const WeightRef &ref) {
-  if (ref.names.empty())
-    return "a constant " + shapeText(ref.shape) + " " +
-           moe::elementTypeName(ref.type);
-  std::string s = qt(ref.names.front());
-  if (ref.names.size() > 1)
-    s += " (and " + std::to_string(ref.names.size() - 1) + " more)";
-  return s + " " + shapeText(ref.shape) + " " + moe::elementTypeName(ref.type);
-}
-
-/// A key equal for WeightRefs that are sameWeight (without inline values).
-std::string identityKey(const WeightRef &ref) {
-  std::string key;
-  for (const std::string &n : ref.names) {
-    key += std::to_string(n.size());
-    key += ':';
-    key += n;
-  }
-  key += ref.stacked ? "|s|" : "|u|";
-  key += shapeText(ref.shape);
-  key += moe::elementTypeName(ref.type);
-  return key;
-}
 
 bool sameBits(const std::vector<float> &a, const std::vector<float> &b) {
   return a.size() == b.size() &&
@@ -293,32 +285,6 @@ public:
 
 private:
   std::string error_;
-};
-
-//===----------------------------------------------------------------------===//
-// The manifest's contents
-//===----------------------------------------------------------------------===//
-
-struct FileEntry {
-  std::string path; ///< Field path in the manifest ("cubins[0]").
-  std::string file;
-  int64_t bytes = 0;
-  std::string sha256;
-};
-
-struct Decoded {
-  std::string producer;
-  Json model;
-  FileEntry source;
-  std::vector<std::pair<std::string, FileEntry>> cubins; // arch, file
-  std::optional<FileEntry> ir;
-  std::vector<std::string> kernelNames;
-  std::vector<KernelResources> resources;
-  FileEntry weights;
-  std::vector<PackageTensor> tensors;
-  std::vector<std::vector<int>> layerTensors;
-  /// Layers without their weights (attachWeights adds them).
-  moe::ModulePlan plan;
 };
 
 FileEntry readFileEntry(Fields &f, const Json &obj, const std::string &path) {
@@ -633,6 +599,10 @@ void readLayer(Fields &f, const Json &l, const std::string &at,
   }
 }
 
+} // namespace
+
+namespace detail {
+
 /// Checks a manifest and reads it into `out`. Errors are "PATH: ...".
 Status decodeManifest(const Json &root, Decoded &out) {
   Fields f;
@@ -798,6 +768,10 @@ void attachWeights(Decoded &d) {
   }
 }
 
+} // namespace detail
+
+namespace {
+
 //===----------------------------------------------------------------------===//
 // Building a manifest
 //===----------------------------------------------------------------------===//
@@ -933,11 +907,9 @@ bool findInvalidUtf8(const Json &j, const std::string &path,
   return false;
 }
 
-struct Layout {
-  Json manifest;
-  std::vector<int64_t> offsets; ///< Of each tensor in weights.bin.
-  int64_t weightsBytes = 0;
-};
+} // namespace
+
+namespace detail {
 
 /// The manifest of `c`, checked as openPackage would check it.
 Expected<Layout> buildManifest(const PackageContents &c) {
@@ -1137,338 +1109,7 @@ Expected<Layout> buildManifest(const PackageContents &c) {
   return out;
 }
 
-//===----------------------------------------------------------------------===//
-// Files
-//===----------------------------------------------------------------------===//
-
-std::string joinPath(const std::string &dir, const std::string &name) {
-  if (dir.empty())
-    return name;
-  return dir.back() == '/' ? dir + name : dir + "/" + name;
-}
-
-Status writeAll(int fd, const uint8_t *data, size_t size,
-                const std::string &path) {
-  while (size > 0) {
-    size_t chunk = std::min<size_t>(size, size_t(1) << 30);
-    ssize_t n = ::write(fd, data, chunk);
-    if (n < 0) {
-      if (errno == EINTR)
-        continue;
-      return Status::error("cannot write '" + path + "': " + errnoText(errno));
-    }
-    data += n;
-    size -= static_cast<size_t>(n);
-  }
-  return Status::success();
-}
-
-/// Writes a new file from pieces and fsyncs it.
-Status writeFile(const std::string &path,
-                 const std::vector<std::pair<const void *, size_t>> &pieces) {
-  int fd = ::open(path.c_str(), O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0644);
-  if (fd < 0)
-    return Status::error("cannot create '" + path + "': " + errnoText(errno));
-  Status s;
-  for (const auto &[data, size] : pieces) {
-    s = writeAll(fd, static_cast<const uint8_t *>(data), size, path);
-    if (!s.ok())
-      break;
-  }
-  if (s.ok() && ::fsync(fd) != 0)
-    s = Status::error("cannot sync '" + path + "': " + errnoText(errno));
-  if (::close(fd) != 0 && s.ok())
-    s = Status::error("cannot close '" + path + "': " + errnoText(errno));
-  return s;
-}
-
-Status writeFile(const std::string &path, const std::string &text) {
-  return writeFile(path, {{text.data(), text.size()}});
-}
-
-Status syncDirectory(const std::string &dir) {
-  int fd = ::open(dir.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC);
-  if (fd < 0)
-    return Status::error("cannot open '" + dir + "': " + errnoText(errno));
-  Status s;
-  if (::fsync(fd) != 0 && errno != EINVAL)
-    s = Status::error("cannot sync '" + dir + "': " + errnoText(errno));
-  ::close(fd);
-  return s;
-}
-
-void removeTree(const std::string &path) {
-  std::error_code ec;
-  std::filesystem::remove_all(path, ec);
-}
-
-#ifndef RENAME_NOREPLACE
-#define RENAME_NOREPLACE (1 << 0)
-#endif
-#ifndef RENAME_EXCHANGE
-#define RENAME_EXCHANGE (1 << 1)
-#endif
-
-/// renameat2; returns 0 or an errno (ENOSYS where it does not exist).
-int renameWithFlags(const std::string &from, const std::string &to,
-                    unsigned flags) {
-#ifdef SYS_renameat2
-  if (::syscall(SYS_renameat2, AT_FDCWD, from.c_str(), AT_FDCWD, to.c_str(),
-                flags) == 0)
-    return 0;
-  return errno;
-#else
-  (void)from;
-  (void)to;
-  (void)flags;
-  return ENOSYS;
-#endif
-}
-
-bool unsupported(int error) {
-  return error == ENOSYS || error == EINVAL || error == ENOTSUP ||
-         error == EOPNOTSUPP;
-}
-
-/// Whether `dir` (which exists) may be replaced: an empty directory or one
-/// holding a manifest.json, not a symbolic link.
-Status checkReplaceable(const std::string &dir) {
-  struct stat st;
-  if (::lstat(dir.c_str(), &st) != 0)
-    return Status::success(); // Gone: nothing to replace.
-  if (S_ISLNK(st.st_mode))
-    return Status::error("'" + dir +
-                         "' is a symbolic link; refusing to replace it");
-  if (!S_ISDIR(st.st_mode))
-    return Status::error("'" + dir +
-                         "' exists and is not a directory; refusing to "
-                         "replace it");
-  struct stat mst;
-  if (::stat(joinPath(dir, kPackageManifestFile).c_str(), &mst) == 0)
-    return Status::success();
-  DIR *d = ::opendir(dir.c_str());
-  if (!d)
-    return Status::error("cannot read '" + dir + "': " + errnoText(errno));
-  bool empty = true;
-  while (struct dirent *e = ::readdir(d)) {
-    std::string name = e->d_name;
-    if (name != "." && name != "..") {
-      empty = false;
-      break;
-    }
-  }
-  ::closedir(d);
-  if (!empty)
-    return Status::error("'" + dir +
-                         "' is not empty and holds no manifest.json: not a "
-                         "package; refusing to replace it");
-  return Status::success();
-}
-
-/// Removes `<base>.tmp-XXXXXX` and `<base>.old-XXXXXX` directories in
-/// `parent` that are over a day old (left by writers that died).
-void removeStaleSiblings(const std::string &parent, const std::string &base) {
-  DIR *d = ::opendir(parent.c_str());
-  if (!d)
-    return;
-  std::vector<std::string> stale;
-  time_t now = std::time(nullptr);
-  while (struct dirent *e = ::readdir(d)) {
-    std::string name = e->d_name;
-    if (name.size() != base.size() + 11 || name.compare(0, base.size(), base))
-      continue;
-    std::string tag = name.substr(base.size(), 5);
-    if (tag != ".tmp-" && tag != ".old-")
-      continue;
-    struct stat st;
-    std::string path = joinPath(parent, name);
-    if (::lstat(path.c_str(), &st) == 0 && S_ISDIR(st.st_mode) &&
-        now - st.st_mtime > 24 * 3600)
-      stale.push_back(path);
-  }
-  ::closedir(d);
-  for (const std::string &path : stale)
-    removeTree(path);
-}
-
-/// Moves the finished temporary directory to `dir`.
-Status commit(const std::string &temp, const std::string &dir, bool replace) {
-  struct stat st;
-  bool exists = ::lstat(dir.c_str(), &st) == 0;
-  if (!exists) {
-    int r = renameWithFlags(temp, dir, RENAME_NOREPLACE);
-    if (r == 0)
-      return Status::success();
-    if (r == EEXIST || r == ENOTEMPTY) {
-      if (!replace)
-        return Status::error("'" + dir +
-                             "' appeared while the package was written; "
-                             "it was left untouched");
-      exists = true;
-    } else if (unsupported(r)) {
-      // No renameat2: rename() cannot replace a non-empty directory, and the
-      // destination was absent a moment ago.
-      if (::rename(temp.c_str(), dir.c_str()) != 0)
-        return Status::error("cannot rename '" + temp + "' to '" + dir +
-                             "': " + errnoText(errno));
-      return Status::success();
-    } else {
-      return Status::error("cannot rename '" + temp + "' to '" + dir +
-                           "': " + errnoText(r));
-    }
-  }
-  if (!replace)
-    return Status::error("'" + dir +
-                         "' already exists (replace it with the "
-                         "replace option); it was left untouched");
-  if (Status s = checkReplaceable(dir))
-    return s;
-  int r = renameWithFlags(temp, dir, RENAME_EXCHANGE);
-  if (r == 0) {
-    removeTree(temp); // Now the old package.
-    return Status::success();
-  }
-  if (r == ENOENT) // The old one went away meanwhile.
-    return commit(temp, dir, false);
-  if (!unsupported(r))
-    return Status::error("cannot exchange '" + temp + "' and '" + dir +
-                         "': " + errnoText(r));
-  // No exchange: move the old package aside first.
-  std::string aside = dir + ".old-XXXXXX";
-  if (!::mkdtemp(aside.data()))
-    return Status::error("cannot create a directory next to '" + dir +
-                         "': " + errnoText(errno));
-  if (::rename(dir.c_str(), aside.c_str()) != 0) {
-    int e = errno;
-    ::rmdir(aside.c_str());
-    return Status::error("cannot move '" + dir + "' aside: " + errnoText(e));
-  }
-  if (::rename(temp.c_str(), dir.c_str()) != 0) {
-    int e = errno;
-    ::rename(aside.c_str(), dir.c_str());
-    return Status::error("cannot rename '" + temp + "' to '" + dir +
-                         "': " + errnoText(e));
-  }
-  removeTree(aside);
-  return Status::success();
-}
-
-/// A file mapped read-only (or read, where mmap fails).
-class MappedFile {
-public:
-  ~MappedFile() {
-    if (mapped_)
-      ::munmap(mapped_, size_);
-  }
-  static Expected<std::unique_ptr<MappedFile>> open(const std::string &path,
-                                                    size_t size) {
-    auto file = std::unique_ptr<MappedFile>(new MappedFile());
-    file->size_ = size;
-    if (size == 0)
-      return file;
-    int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
-    if (fd < 0)
-      return Status::error("cannot open '" + path + "': " + errnoText(errno));
-    void *p = ::mmap(nullptr, size, PROT_READ, MAP_PRIVATE, fd, 0);
-    if (p != MAP_FAILED) {
-      file->mapped_ = p;
-      ::close(fd);
-      return file;
-    }
-    file->copy_.resize(size);
-    size_t done = 0;
-    while (done < size) {
-      ssize_t n = ::read(fd, file->copy_.data() + done, size - done);
-      if (n < 0 && errno == EINTR)
-        continue;
-      if (n <= 0) {
-        int e = n < 0 ? errno : EIO;
-        ::close(fd);
-        return Status::error("cannot read '" + path + "': " + errnoText(e));
-      }
-      done += static_cast<size_t>(n);
-    }
-    ::close(fd);
-    return file;
-  }
-  const uint8_t *data() const {
-    return mapped_ ? static_cast<const uint8_t *>(mapped_) : copy_.data();
-  }
-  size_t size() const { return size_; }
-
-private:
-  MappedFile() = default;
-  void *mapped_ = nullptr;
-  std::vector<uint8_t> copy_;
-  size_t size_ = 0;
-};
-
-Expected<std::string> readWholeFile(const std::string &path, size_t size) {
-  int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
-  if (fd < 0)
-    return Status::error("cannot open '" + path + "': " + errnoText(errno));
-  std::string out(size, '\0');
-  size_t done = 0;
-  while (done < size) {
-    ssize_t n = ::read(fd, out.data() + done, size - done);
-    if (n < 0 && errno == EINTR)
-      continue;
-    if (n <= 0) {
-      int e = n < 0 ? errno : 0;
-      ::close(fd);
-      return Status::error("cannot read '" + path +
-                           "': " + (e ? errnoText(e) : "it became shorter"));
-    }
-    done += static_cast<size_t>(n);
-  }
-  ::close(fd);
-  return out;
-}
-
-/// Checks that the file of `e` exists with the size the manifest gives.
-Status checkFilePresent(const std::string &dir, const FileEntry &e) {
-  std::string path = joinPath(dir, e.file);
-  struct stat st;
-  if (::stat(path.c_str(), &st) != 0) {
-    if (errno == ENOENT)
-      return Status::error(path + ": missing (manifest.json lists it as " +
-                           field(e.path, "file") + ")");
-    return Status::error(path + ": " + errnoText(errno));
-  }
-  if (!S_ISREG(st.st_mode))
-    return Status::error(path + ": not a regular file");
-  if (static_cast<int64_t>(st.st_size) != e.bytes)
-    return Status::error(path + ": size " + std::to_string(st.st_size) +
-                         " bytes, expected " + std::to_string(e.bytes) +
-                         " (manifest.json " + field(e.path, "bytes") + ")");
-  return Status::success();
-}
-
-Status checkHash(const std::string &dir, const FileEntry &e,
-                 const std::string &actual) {
-  if (actual == e.sha256)
-    return Status::success();
-  return Status::error(
-      joinPath(dir, e.file) + ": SHA-256 mismatch: the file's is " + actual +
-      ", manifest.json " + field(e.path, "sha256") + " expects " + e.sha256);
-}
-
-/// Reads a listed file and checks its size and hash.
-Expected<std::string> readListedFile(const std::string &dir, const FileEntry &e,
-                                     bool verify) {
-  if (Status s = checkFilePresent(dir, e))
-    return s;
-  Expected<std::string> text =
-      readWholeFile(joinPath(dir, e.file), static_cast<size_t>(e.bytes));
-  if (!text)
-    return text.status();
-  if (verify)
-    if (Status s = checkHash(dir, e, Sha256::hex(*text)))
-      return s;
-  return text;
-}
-
-} // namespace
+} // namespace detail
 
 //===----------------------------------------------------------------------===//
 // Public functions
@@ -1489,500 +1130,6 @@ std::optional<ElementType> parseElementType(const std::string &name) {
 bool sameWeight(const WeightRef &a, const WeightRef &b) {
   return a.names == b.names && a.stacked == b.stacked && a.shape == b.shape &&
          a.type == b.type && sameBits(a.inlineValues, b.inlineValues);
-}
-
-Expected<std::vector<float>> decodeTensorValues(const uint8_t *bytes,
-                                                size_t size, ElementType type) {
-  size_t width = static_cast<size_t>(moe::elementSize(type));
-  if (size % width != 0)
-    return Status::error(std::to_string(size) +
-                         " bytes are not a whole number of " +
-                         moe::elementTypeName(type) + " elements");
-  size_t count = size / width;
-  switch (type) {
-  case ElementType::I32: {
-    std::vector<float> out(count);
-    for (size_t i = 0; i < count; ++i) {
-      int32_t v;
-      std::memcpy(&v, bytes + 4 * i, 4);
-      out[i] = static_cast<float>(v);
-    }
-    return out;
-  }
-  case ElementType::U32: {
-    std::vector<float> out(count);
-    for (size_t i = 0; i < count; ++i) {
-      uint32_t v;
-      std::memcpy(&v, bytes + 4 * i, 4);
-      out[i] = static_cast<float>(v);
-    }
-    return out;
-  }
-  default:
-    return moe::decodeElements(bytes, static_cast<int64_t>(count), type);
-  }
-}
-
-namespace {
-/// `encode(provider, ref)` gives a checkpoint weight's bytes; with
-/// `external`, checkpoint weights get none and are marked external.
-template <typename Provider, typename Encode>
-Status collect(PackageContents &c, const Provider &provider,
-               const Encode &encode, bool external = false) {
-  std::vector<std::vector<uint8_t>> tensors;
-  std::vector<bool> externalTensors;
-  std::vector<std::vector<int>> layerTensors;
-  std::map<std::string, std::vector<int>> byKey; // identity -> tensors
-  std::vector<const WeightRef *> refs;
-  for (size_t l = 0; l < c.plan.layers.size(); ++l) {
-    const moe::LayerPlan &layer = c.plan.layers[l];
-    std::vector<int> &mine = layerTensors.emplace_back();
-    for (size_t w = 0; w < layer.weights.size(); ++w) {
-      const WeightRef &ref = layer.weights[w];
-      std::string key = identityKey(ref);
-      int found = -1;
-      for (int t : byKey[key])
-        if (sameWeight(*refs[t], ref)) {
-          found = t;
-          break;
-        }
-      if (found < 0) {
-        std::string at = "plan.layers[" + std::to_string(l) + "].weights[" +
-                         std::to_string(w) + "] (" + weightLabel(ref) + ")";
-        int64_t bytes = tensorByteSize(ref.shape, ref.type);
-        if (bytes < 0)
-          return Status::error(at + ": the shape has a dimension below 1 or "
-                                    "is too large");
-        bool isExternal = external && ref.inlineValues.empty();
-        Expected<std::vector<uint8_t>> data =
-            isExternal ? Expected<std::vector<uint8_t>>(std::vector<uint8_t>())
-            : ref.inlineValues.empty()
-                ? encode(provider, ref)
-                : Expected<std::vector<uint8_t>>(
-                      moe::encodeElements(ref.inlineValues, ref.type));
-        if (!data)
-          return data.takeError(at);
-        if (!isExternal && static_cast<int64_t>(data->size()) != bytes)
-          return Status::error(at + ": got " + std::to_string(data->size()) +
-                               " bytes, the shape and dtype need " +
-                               std::to_string(bytes));
-        found = static_cast<int>(tensors.size());
-        tensors.push_back(std::move(*data));
-        externalTensors.push_back(isExternal);
-        refs.push_back(&ref);
-        byKey[key].push_back(found);
-      }
-      mine.push_back(found);
-    }
-  }
-  c.tensors = std::move(tensors);
-  c.layerTensors = std::move(layerTensors);
-  c.external.clear();
-  if (external)
-    c.external = std::move(externalTensors);
-  return Status::success();
-}
-} // namespace
-
-Status collectWeights(PackageContents &contents,
-                      const moe::WeightProvider &provider) {
-  return collect(contents, provider,
-                 [](const moe::WeightProvider &p,
-                    const WeightRef &ref) -> Expected<std::vector<uint8_t>> {
-                   if (!p)
-                     return Status::error("no weight provider");
-                   Expected<std::vector<float>> values = p(ref);
-                   if (!values)
-                     return values.status();
-                   return moe::encodeElements(*values, ref.type);
-                 });
-}
-
-Status collectWeightBytes(PackageContents &contents,
-                          const RawWeightProvider &provider) {
-  return collect(contents, provider,
-                 [](const RawWeightProvider &p,
-                    const WeightRef &ref) -> Expected<std::vector<uint8_t>> {
-                   if (!p)
-                     return Status::error("no weight provider");
-                   return p(ref);
-                 });
-}
-
-Status collectWeightShapes(PackageContents &contents) {
-  RawWeightProvider none;
-  return collect(
-      contents, none,
-      [](const RawWeightProvider &,
-         const WeightRef &) -> Expected<std::vector<uint8_t>> {
-        return Status::error("internal error: a checkpoint weight's data was "
-                             "requested for a shape-only package");
-      },
-      /*external=*/true);
-}
-
-Status writePackage(const PackageContents &contents, const std::string &dirIn,
-                    const WritePackageOptions &options) {
-  std::string dir = dirIn;
-  while (dir.size() > 1 && dir.back() == '/')
-    dir.pop_back();
-  std::string context = "cannot write the package '" + dir + "'";
-  size_t slash = dir.rfind('/');
-  std::string base = slash == std::string::npos ? dir : dir.substr(slash + 1);
-  std::string parent = slash == std::string::npos ? "."
-                       : slash == 0               ? "/"
-                                                  : dir.substr(0, slash);
-  if (base.empty() || base == "." || base == "..")
-    return Status::error(context + ": expected a directory name, found '" +
-                         dirIn + "'");
-
-  struct stat st;
-  if (::lstat(dir.c_str(), &st) == 0) {
-    if (!options.replace)
-      return Status::error(context + ": it already exists (replace it with "
-                                     "the replace option); it was left "
-                                     "untouched");
-    if (Status s = checkReplaceable(dir))
-      return s.withContext(context);
-  }
-
-  Expected<Layout> layout = buildManifest(contents);
-  if (!layout)
-    return layout.takeError(context + ": invalid package contents");
-  std::string manifestText = layout->manifest.dump(2);
-
-  removeStaleSiblings(parent, base);
-  std::string temp = dir + ".tmp-XXXXXX";
-  if (!::mkdtemp(temp.data()))
-    return Status::error(context +
-                         ": cannot create a temporary directory "
-                         "next to it: " +
-                         errnoText(errno));
-  ::chmod(temp.c_str(), 0755);
-
-  // Each step runs only when every step before it succeeded.
-  Status s =
-      writeFile(joinPath(temp, kPackageSourceFile), contents.plan.source);
-  for (auto it = contents.cubins.begin(); s.ok() && it != contents.cubins.end();
-       ++it)
-    s = writeFile(joinPath(temp, packageCubinFile(it->first)), it->second);
-  if (s.ok() && !contents.irText.empty())
-    s = writeFile(joinPath(temp, kPackageIrFile), contents.irText);
-  if (s.ok()) {
-    static const uint8_t zeros[kPackageWeightAlignment] = {};
-    std::vector<std::pair<const void *, size_t>> pieces;
-    int64_t end = 0;
-    for (size_t t = 0; t < contents.tensors.size(); ++t) {
-      int64_t offset = layout->offsets[t];
-      if (offset < 0) // External: not in weights.bin.
-        continue;
-      if (offset > end)
-        pieces.emplace_back(zeros, static_cast<size_t>(offset - end));
-      pieces.emplace_back(contents.tensors[t].data(),
-                          contents.tensors[t].size());
-      end = offset + static_cast<int64_t>(contents.tensors[t].size());
-    }
-    s = writeFile(joinPath(temp, kPackageWeightsFile), pieces);
-  }
-  // The manifest last: a temporary directory without one is plainly
-  // unfinished.
-  if (s.ok())
-    s = writeFile(joinPath(temp, kPackageManifestFile), manifestText);
-  if (s.ok())
-    s = syncDirectory(temp);
-  if (s.ok() && options.beforeCommit)
-    s = options.beforeCommit(temp);
-  if (s.ok())
-    s = commit(temp, dir, options.replace);
-  if (!s.ok()) {
-    removeTree(temp);
-    return s.withContext(context);
-  }
-  // The rename itself is durable once the parent is synced.
-  if (Status sync = syncDirectory(parent))
-    return Status::error(context +
-                         ": it is in place, but syncing its parent "
-                         "directory failed: " +
-                         sync.message());
-  return Status::success();
-}
-
-//===----------------------------------------------------------------------===//
-// LoadedPackage
-//===----------------------------------------------------------------------===//
-
-struct LoadedPackage::State {
-  std::string directory;
-  Json manifest;
-  std::string producer;
-  Json model;
-  moe::ModulePlan plan;
-  std::map<std::string, std::string> cubins;
-  std::vector<KernelResources> resources;
-  std::string irFile; ///< "" when none.
-  std::vector<PackageTensor> tensors;
-  std::vector<std::vector<int>> layerTensors;
-  std::unique_ptr<MappedFile> weights;
-  std::map<std::string, size_t> byIdentity; ///< Non-constant tensors.
-};
-
-const std::string &LoadedPackage::directory() const {
-  return state_->directory;
-}
-const Json &LoadedPackage::manifest() const { return state_->manifest; }
-const std::string &LoadedPackage::producer() const { return state_->producer; }
-const Json &LoadedPackage::model() const { return state_->model; }
-const moe::ModulePlan &LoadedPackage::plan() const { return state_->plan; }
-const std::string &LoadedPackage::source() const { return state_->plan.source; }
-
-std::vector<std::string> LoadedPackage::cubinArchs() const {
-  std::vector<std::string> out;
-  for (const auto &c : state_->cubins)
-    out.push_back(c.first);
-  return out;
-}
-
-const std::string *LoadedPackage::cubin(const std::string &arch) const {
-  auto it = state_->cubins.find(arch);
-  return it == state_->cubins.end() ? nullptr : &it->second;
-}
-
-const std::vector<KernelResources> &LoadedPackage::resources() const {
-  return state_->resources;
-}
-
-const KernelResources *
-LoadedPackage::findResources(const std::string &kernel,
-                             const std::string &arch) const {
-  for (const KernelResources &r : state_->resources)
-    if (r.name == kernel && r.arch == arch)
-      return &r;
-  return nullptr;
-}
-
-std::string LoadedPackage::irPath() const {
-  return state_->irFile.empty() ? std::string()
-                                : joinPath(state_->directory, state_->irFile);
-}
-
-const std::vector<PackageTensor> &LoadedPackage::tensors() const {
-  return state_->tensors;
-}
-
-int LoadedPackage::tensorIndex(size_t layer, size_t weight) const {
-  if (layer >= state_->layerTensors.size() ||
-      weight >= state_->layerTensors[layer].size())
-    return -1;
-  return state_->layerTensors[layer][weight];
-}
-
-ByteView LoadedPackage::tensorBytes(size_t tensor) const {
-  if (tensor >= state_->tensors.size())
-    return {};
-  const PackageTensor &t = state_->tensors[tensor];
-  if (!t.stored)
-    return {};
-  return {state_->weights->data() + t.offset, static_cast<size_t>(t.bytes)};
-}
-
-namespace {
-/// Why an external tensor has no values.
-Status externalTensorError(const LoadedPackage::State &s, size_t tensor) {
-  return Status::error(
-      "weight tensor " + std::to_string(tensor) + " (" +
-      weightLabel(s.tensors[tensor].ref) + ") has no data in the package '" +
-      s.directory +
-      "' (a shape-only package, compiled with --weights none): bind it "
-      "before running (Model::bindTensor, moe_model_bind_tensor)");
-}
-} // namespace
-
-Expected<std::vector<float>> LoadedPackage::tensorValues(size_t tensor) const {
-  if (tensor >= state_->tensors.size())
-    return Status::error("tensor " + std::to_string(tensor) +
-                         " is out of range (the package has " +
-                         std::to_string(state_->tensors.size()) + ")");
-  if (!state_->tensors[tensor].stored)
-    return externalTensorError(*state_, tensor);
-  ByteView b = tensorBytes(tensor);
-  return decodeTensorValues(b.data, b.size, state_->tensors[tensor].ref.type);
-}
-
-namespace {
-Expected<size_t> findTensorIn(const LoadedPackage::State &s,
-                              const WeightRef &ref) {
-  if (ref.inlineValues.empty()) {
-    auto it = s.byIdentity.find(identityKey(ref));
-    if (it != s.byIdentity.end())
-      return it->second;
-  } else {
-    for (size_t t = 0; t < s.tensors.size(); ++t)
-      if (s.tensors[t].constant && sameWeight(s.tensors[t].ref, ref))
-        return t;
-  }
-  return Status::error("the package '" + s.directory + "' has no weight " +
-                       weightLabel(ref));
-}
-} // namespace
-
-Expected<size_t> LoadedPackage::findTensor(const WeightRef &ref) const {
-  return findTensorIn(*state_, ref);
-}
-
-moe::WeightProvider LoadedPackage::weightProvider() const {
-  std::shared_ptr<const State> state = state_;
-  return [state](const WeightRef &ref) -> Expected<std::vector<float>> {
-    std::less<const WeightRef *> before;
-    std::optional<size_t> tensor;
-    for (size_t l = 0; l < state->plan.layers.size() && !tensor; ++l) {
-      const std::vector<WeightRef> &w = state->plan.layers[l].weights;
-      if (!w.empty() && !before(&ref, w.data()) &&
-          before(&ref, w.data() + w.size()))
-        tensor = static_cast<size_t>(
-            state->layerTensors[l][static_cast<size_t>(&ref - w.data())]);
-    }
-    if (!tensor) {
-      Expected<size_t> found = findTensorIn(*state, ref);
-      if (!found)
-        return found.status();
-      tensor = *found;
-    }
-    const PackageTensor &t = state->tensors[*tensor];
-    if (!t.stored)
-      return externalTensorError(*state, *tensor);
-    return decodeTensorValues(state->weights->data() + t.offset,
-                              static_cast<size_t>(t.bytes), t.ref.type);
-  };
-}
-
-Expected<PackageContents> LoadedPackage::toContents() const {
-  const State &s = *state_;
-  PackageContents c;
-  c.producer = s.producer;
-  c.model = s.model;
-  c.plan = s.plan;
-  c.cubins = s.cubins;
-  c.resources = s.resources;
-  c.layerTensors = s.layerTensors;
-  for (size_t t = 0; t < s.tensors.size(); ++t) {
-    ByteView b = tensorBytes(t);
-    c.tensors.emplace_back(b.data, b.data + b.size);
-    if (!s.tensors[t].stored) {
-      c.external.resize(s.tensors.size(), false);
-      c.external[t] = true;
-    }
-  }
-  if (!s.irFile.empty()) {
-    std::string path = irPath();
-    struct stat st;
-    if (::stat(path.c_str(), &st) != 0)
-      return Status::error("cannot read '" + path + "': " + errnoText(errno));
-    Expected<std::string> ir =
-        readWholeFile(path, static_cast<size_t>(st.st_size));
-    if (!ir)
-      return ir.status();
-    c.irText = std::move(*ir);
-  }
-  return c;
-}
-
-Expected<LoadedPackage> openPackage(const std::string &dir,
-                                    const OpenPackageOptions &options) {
-  auto state = std::make_shared<LoadedPackage::State>();
-  state->directory = dir;
-  std::string manifestPath = joinPath(dir, kPackageManifestFile);
-  struct stat st;
-  if (::stat(dir.c_str(), &st) != 0)
-    return Status::error("cannot open the package '" + dir +
-                         "': " + errnoText(errno));
-  if (!S_ISDIR(st.st_mode))
-    return Status::error("cannot open the package '" + dir +
-                         "': not a directory");
-  if (::stat(manifestPath.c_str(), &st) != 0)
-    return Status::error(manifestPath + ": " +
-                         (errno == ENOENT ? std::string("missing (not a "
-                                                        "package?)")
-                                          : errnoText(errno)));
-  if (!S_ISREG(st.st_mode))
-    return Status::error(manifestPath + ": not a regular file");
-  Expected<std::string> text =
-      readWholeFile(manifestPath, static_cast<size_t>(st.st_size));
-  if (!text)
-    return text.status();
-  Expected<Json> parsed = parseJson(*text);
-  if (!parsed)
-    return parsed.takeError(manifestPath);
-  state->manifest = std::move(*parsed);
-
-  Decoded d;
-  if (Status s = decodeManifest(state->manifest, d))
-    return s.withContext(manifestPath);
-
-  bool verify = options.verifyHashes;
-  Expected<std::string> source = readListedFile(dir, d.source, verify);
-  if (!source)
-    return source.status();
-  d.plan.source = std::move(*source);
-  for (const auto &[arch, entry] : d.cubins) {
-    Expected<std::string> bytes = readListedFile(dir, entry, verify);
-    if (!bytes)
-      return bytes.status();
-    state->cubins[arch] = std::move(*bytes);
-  }
-  if (d.ir) {
-    if (verify) {
-      Expected<std::string> ir = readListedFile(dir, *d.ir, true);
-      if (!ir)
-        return ir.status();
-    } else if (Status s = checkFilePresent(dir, *d.ir)) {
-      return s;
-    }
-    state->irFile = d.ir->file;
-  }
-  if (Status s = checkFilePresent(dir, d.weights))
-    return s;
-  Expected<std::unique_ptr<MappedFile>> weights = MappedFile::open(
-      joinPath(dir, d.weights.file), static_cast<size_t>(d.weights.bytes));
-  if (!weights)
-    return weights.status();
-  state->weights = std::move(*weights);
-  if (verify) {
-    Sha256 h;
-    if (state->weights->size() > 0)
-      h.update(state->weights->data(), state->weights->size());
-    if (Status s = checkHash(dir, d.weights, Sha256::toHex(h.finish())))
-      return s;
-  }
-
-  if (Status s = checkKernelsInSource(d.plan, d.plan.source, d.source.file))
-    return s.withContext(manifestPath);
-
-  // Constants carry their values in the plan, as the code generator made
-  // them.
-  for (PackageTensor &t : d.tensors) {
-    if (!t.constant)
-      continue;
-    Expected<std::vector<float>> values =
-        decodeTensorValues(state->weights->data() + t.offset,
-                           static_cast<size_t>(t.bytes), t.ref.type);
-    if (!values)
-      return values.takeError(manifestPath);
-    t.ref.inlineValues = std::move(*values);
-  }
-  attachWeights(d);
-  for (size_t t = 0; t < d.tensors.size(); ++t)
-    if (!d.tensors[t].constant)
-      state->byIdentity.emplace(identityKey(d.tensors[t].ref), t);
-
-  state->producer = std::move(d.producer);
-  state->model = std::move(d.model);
-  state->plan = std::move(d.plan);
-  state->resources = std::move(d.resources);
-  state->tensors = std::move(d.tensors);
-  state->layerTensors = std::move(d.layerTensors);
-  LoadedPackage package;
-  package.state_ = std::move(state);
-  return package;
 }
 
 } // namespace moe::runtime
