@@ -255,19 +255,21 @@ int main(int argc, char **argv) {
 
   moe::WeightLoader loader(moe::weightRoot(*module, irPathForWeights));
   bool packWeights = weightsMode == "pack";
+  // Weights are packed as the checkpoint stores them: bytes copied once,
+  // never through f32.
   moe::runtime::Status collected =
       !packWeights ? moe::runtime::collectWeightShapes(contents)
-                   : moe::runtime::collectWeights(
+                   : moe::runtime::collectWeightBytes(
       contents, [&](const moe::WeightRef &ref)
-                    -> moe::runtime::Expected<std::vector<float>> {
+                    -> moe::runtime::Expected<std::vector<uint8_t>> {
         progress.step("packing weights: " +
                       (ref.names.empty() ? std::string("<constant>")
                                          : ref.names.front()));
-        auto t = loader.load(ref.names, ref.files, ref.stacked, ref.shape,
-                             moe::elementTypeName(ref.type));
+        auto t = loader.loadBytes(ref.names, ref.files, ref.stacked,
+                                  ref.shape, moe::elementTypeName(ref.type));
         if (!t)
           return moe::runtime::Status::error(toString(t.takeError()));
-        return std::move(t->f);
+        return std::move(*t);
       });
   if (collected) {
     progress.done();
