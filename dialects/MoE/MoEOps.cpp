@@ -6,6 +6,7 @@
 //===----------------------------------------------------------------------===//
 
 #include "moe/dialects/MoE/MoEOps.h"
+#include "moe/dialects/MoE/FusedExperts.h"
 
 #include "mlir/IR/Builders.h"
 #include "mlir/IR/BuiltinTypes.h"
@@ -708,6 +709,22 @@ LogicalResult FusedExpertsOp::verify() {
     return failure();
   return verifyFusedBody(op, getBody(), getOperandTypes(),
                          TypeRange(getResult().getType()));
+}
+
+// After the body's ops are verified: the matcher reads their operands.
+LogicalResult FusedExpertsOp::verifyRegions() {
+  FusedExpertsRefusal refusal;
+  if (succeeded(matchFusedExpertsBody(getBody().front(), refusal)))
+    return success();
+  InFlightDiagnostic diag = emitOpError();
+  if (refusal.op == getOperation()) {
+    diag << "body cannot be generated: " << refusal.reason;
+    return diag;
+  }
+  diag << "body cannot be generated: '" << refusal.op->getName() << "' "
+       << refusal.reason;
+  diag.attachNote(refusal.op->getLoc()) << "this op";
+  return diag;
 }
 
 #define GET_OP_CLASSES
