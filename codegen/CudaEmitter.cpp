@@ -4,7 +4,13 @@
 // kernel composed of the row templates of moe_route.cuh (one call per op of
 // its body), moe.fused_experts an instantiation of moe_experts.cuh, and
 // moe.lora_mixture of moe_lora.cuh. Each kernel carries a comment naming
-// the op and location it came from.
+// the op it came from (no location: the text depends on the IR only).
+//
+// A kernel's text is written between beginKernel(prefix), which returns a
+// placeholder for its name, and endKernel(), which names it from a hash of
+// the text: a kernel of the same configuration in another layer is the same
+// kernel, emitted once. Arguments are bound by the slot names of
+// moe/runtime/KernelABI.h (SlotArgs).
 //
 //===----------------------------------------------------------------------===//
 
@@ -271,6 +277,10 @@ public:
       if (err)
         return std::move(err);
     }
+    // Kernel text is written between beginKernel and endKernel only.
+    if (!openKernels.empty() || !stream.open.front().empty())
+      llvm::report_fatal_error("code generator: kernel text written outside "
+                               "beginKernel/endKernel");
     // Launches name kernels by placeholder until their text is complete.
     for (::moe::Launch &launch : plan.launches)
       for (const auto &[placeholder, name] : names)
