@@ -34,6 +34,8 @@
 
 #define MOE_MAX_KERNEL_BUFFERS 32
 
+/* The lists keep one line per group of slots. */
+/* clang-format off */
 /* One FFN set (moe.expert_ffn or moe.ffn): eight consecutive slots, null
  * when the op has no such operand. */
 #define MOE_FFN_SLOT_LIST(X)                                                 \
@@ -78,6 +80,8 @@
 #define MOE_LORA_SLOT_LIST(X)                                                \
   X(INPUT) X(OUTPUT) X(BASE) X(BASE_BIAS) X(LORA_A) X(LORA_B) X(IDS)         \
   X(WEIGHTS)
+
+/* clang-format on */
 
 #define MOE_FFN_SLOT_(name) MOE_FFN_SLOT_##name,
 enum MoEFFNSlot { MOE_FFN_SLOT_LIST(MOE_FFN_SLOT_) MOE_FFN_NUM_SLOTS };
