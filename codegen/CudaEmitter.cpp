@@ -4,11 +4,18 @@
 // kernel composed of the row templates of moe_route.cuh (one call per op of
 // its body), moe.fused_experts an instantiation of moe_experts.cuh, and
 // moe.lora_mixture of moe_lora.cuh. Each kernel carries a comment naming
-// the op and location it came from.
+// the op it came from (no location: the text depends on the IR only).
+//
+// A kernel's text is written between beginKernel(prefix), which returns a
+// placeholder for its name, and endKernel(), which names it from a hash of
+// the text: a kernel of the same configuration in another layer is the same
+// kernel, emitted once. Arguments are bound by the slot names of
+// moe/runtime/KernelABI.h (SlotArgs).
 //
 //===----------------------------------------------------------------------===//
 
 #include "moe/codegen/CudaEmitter.h"
+#include "moe/dialects/MoE/FusedExperts.h"
 #include "moe/dialects/MoE/MoEOps.h"
 #include "moe/dialects/MoE/Routing.h"
 #include "moe/runtime/KernelABI.h"
@@ -19,11 +26,16 @@
 #include "mlir/IR/BuiltinAttributes.h"
 
 #include "llvm/ADT/DenseMap.h"
+#include "llvm/ADT/SetVector.h"
 #include "llvm/ADT/StringExtras.h"
+#include "llvm/ADT/StringMap.h"
 #include "llvm/ADT/TypeSwitch.h"
 #include "llvm/Support/Format.h"
 #include "llvm/Support/FormatVariadic.h"
 #include "llvm/Support/raw_ostream.h"
+#include "llvm/Support/xxhash.h"
+
+#include <array>
 
 using namespace mlir;
 using namespace mlir::moe;
@@ -132,11 +144,98 @@ int64_t decodeChunkNear(int64_t units) {
   return c;
 }
 
+/// A kernel's buffer slots by name (KernelABI.h): each slot of the family
+/// is bound or explicitly null before the argument list is taken.
+template <int N> class SlotArgs {
+public:
+  explicit SlotArgs(const char *family) : family(family) {}
+  void set(int slot, ::moe::Binding b) {
+    assert(slot >= 0 && slot < N && "not a slot of this kernel family");
+    args[slot] = b;
+    bound[slot] = true;
+  }
+  void setNull(int slot) { set(slot, ::moe::Binding()); }
+  std::vector<::moe::Binding> take() const {
+    for (int i = 0; i < N; ++i)
+      if (!bound[i])
+        llvm::report_fatal_error(llvm::Twine("code generator: slot ") +
+                                 llvm::Twine(i) + " of the " + family +
+                                 " kernels is neither bound nor null");
+    return std::vector<::moe::Binding>(args.begin(), args.end());
+  }
+
+private:
+  const char *family;
+  std::array<::moe::Binding, N> args;
+  std::array<bool, N> bound{};
+};
+
+/// The module's kernels, each once. A kernel is named from its text (a hash
+/// of it, its own name left out), so layers of the same configuration share
+/// one kernel, and the text holds no file path or layer index.
+class KernelModule {
+public:
+  /// Adds a kernel whose `text` calls it `placeholder`; returns its name.
+  std::string add(StringRef prefix, StringRef placeholder, StringRef text) {
+    std::string canonical = replaceAll(text, placeholder, "@kernel@");
+    uint64_t hash = llvm::xxh3_64bits(canonical);
+    std::string base =
+        (prefix + "_" + llvm::utohexstr(hash >> 16, /*LowerCase=*/true)).str();
+    std::string name = base;
+    // A hash collision between different texts gets another name.
+    for (int n = 2;; ++n) {
+      auto [it, added] = canonicalOf.try_emplace(name, canonical);
+      if (added) {
+        pending += replaceAll(text, placeholder, name);
+        break;
+      }
+      if (it->second == canonical)
+        break;
+      name = base + "_" + std::to_string(n);
+    }
+    return name;
+  }
+  /// The text of the kernels added since the last call.
+  std::string takeNew() { return std::exchange(pending, std::string()); }
+  size_t size() const { return canonicalOf.size(); }
+
+  static std::string replaceAll(StringRef text, StringRef from, StringRef to) {
+    std::string out;
+    while (true) {
+      size_t at = text.find(from);
+      out += text.take_front(at).str();
+      if (at == StringRef::npos)
+        return out;
+      out += to.str();
+      text = text.drop_front(at + from.size());
+    }
+  }
+
+private:
+  llvm::StringMap<std::string> canonicalOf;
+  std::string pending;
+};
+
+/// The text of the kernels being written (nested: the router projection's
+/// kernel is written while the routing kernel is): writes go to the
+/// innermost.
+class KernelStream : public llvm::raw_ostream {
+public:
+  KernelStream() { SetUnbuffered(); }
+  std::vector<std::string> open{1};
+
+private:
+  void write_impl(const char *p, size_t n) override {
+    open.back().append(p, n);
+  }
+  uint64_t current_pos() const override { return open.back().size(); }
+};
+
 /// Builds one layer's plan and the kernels' source text.
 class LayerEmitter {
 public:
-  LayerEmitter(func::FuncOp fn, int64_t layer, llvm::raw_ostream &os)
-      : fn(fn), os(os) {
+  LayerEmitter(func::FuncOp fn, int64_t layer, KernelModule &kernels)
+      : fn(fn), kernels(kernels) {
     plan.layer = layer;
     plan.function = fn.getSymName().str();
     if (auto t = fn->getAttrOfType<StringAttr>("moe.lora_target"))
@@ -183,6 +282,15 @@ public:
       if (err)
         return std::move(err);
     }
+    // Kernel text is written between beginKernel and endKernel only.
+    if (!openKernels.empty() || !stream.open.front().empty())
+      llvm::report_fatal_error("code generator: kernel text written outside "
+                               "beginKernel/endKernel");
+    // Launches name kernels by placeholder until their text is complete.
+    for (::moe::Launch &launch : plan.launches)
+      for (const auto &[placeholder, name] : names)
+        if (StringRef(launch.kernel).starts_with(placeholder))
+          launch.kernel = name + launch.kernel.substr(placeholder.size());
     return std::move(plan);
   }
 
@@ -269,9 +377,7 @@ private:
 
   Error route(FusedRouteOp op) {
     constexpr int kWarps = 4;
-    int logitsCount = 0;
-    std::string name =
-        llvm::formatv("moe_route_l{0}_{1}", plan.layer, kernelCount++).str();
+    std::string name = beginKernel("moe_route");
     Block &body = op.getBody().front();
     // The matcher the verifier uses: the body's program, or the op that
     // cannot be generated.
@@ -311,12 +417,19 @@ private:
     values[op.getRows()] = rows;
     plan.routings.push_back({ids, weights});
     launch.zeroOnce.push_back(counter);
-    launch.args = {valueBinding(*input), valueBinding(ids),
-                   valueBinding(weights), valueBinding(counts),
-                   valueBinding(offsets), valueBinding(rows),
-                   valueBinding(counter), valueBinding(slotRow)};
-    int scratchSlot = static_cast<int>(launch.args.size());
-    launch.args.push_back(::moe::Binding()); // expert-choice scores
+    // The fixed slots (KernelABI.h), then the router's weights and logits.
+    SlotArgs<MOE_ROUTE_SLOT_FIRST_OPERAND> fixed("route");
+    fixed.set(MOE_ROUTE_SLOT_INPUT, valueBinding(*input));
+    fixed.set(MOE_ROUTE_SLOT_IDS, valueBinding(ids));
+    fixed.set(MOE_ROUTE_SLOT_WEIGHTS, valueBinding(weights));
+    fixed.set(MOE_ROUTE_SLOT_COUNTS, valueBinding(counts));
+    fixed.set(MOE_ROUTE_SLOT_OFFSETS, valueBinding(offsets));
+    fixed.set(MOE_ROUTE_SLOT_ROWS, valueBinding(rows));
+    fixed.set(MOE_ROUTE_SLOT_COUNTER, valueBinding(counter));
+    fixed.set(MOE_ROUTE_SLOT_SLOT_ROW, valueBinding(slotRow));
+    fixed.setNull(MOE_ROUTE_SLOT_CHOICE_SCORES); // set by expert_choice
+    launch.args = fixed.take();
+    int scratchSlot = MOE_ROUTE_SLOT_CHOICE_SCORES;
 
     std::string tx = cxxType(arg.getType());
     int64_t H = dim(arg, 1);
@@ -526,8 +639,7 @@ private:
         // (all of the GPU streams the router's weights); this kernel reads
         // its logits.
         int64_t N = dim(rl.getResult(), 1);
-        std::string logitsKernel =
-            llvm::formatv("{0}_logits{1}", name, logitsCount++).str();
+        std::string logitsKernel = beginKernel("moe_route_logits");
         int logits = fixedValue(::moe::ElementType::F32, 0, N);
         ::moe::Launch projection;
         projection.kernel = logitsKernel;
@@ -536,21 +648,29 @@ private:
         projection.tokensPerBlock = kLogitsTokens;
         projection.gridColumns = (N + kLogitsRows - 1) / kLogitsRows;
         projection.maxBlocks = int64_t(1) << 20;
-        projection.args = {valueBinding(*input), *weight, *bias,
-                           valueBinding(logits)};
-        os << "// moe.router_linear of " << launch.origin << "\n";
+        SlotArgs<MOE_LOGITS_NUM_SLOTS> projectionArgs("router logits");
+        projectionArgs.set(MOE_LOGITS_SLOT_INPUT, valueBinding(*input));
+        projectionArgs.set(MOE_LOGITS_SLOT_WEIGHT, *weight);
+        projectionArgs.set(MOE_LOGITS_SLOT_BIAS, *bias);
+        projectionArgs.set(MOE_LOGITS_SLOT_OUTPUT, valueBinding(logits));
+        projection.args = projectionArgs.take();
+        os << "// moe.router_linear of moe.fused_route\n";
         kernelEntry(
             logitsKernel, "128",
             llvm::formatv(
                 "moe_k::route::routerLogits<{0}, {1}, {2}, {3}, {4}, {5}, "
-                "{6}, {7}>(static_cast<const {0} *>(args.buffers[0]), "
-                "static_cast<const {1} *>(args.buffers[1]), "
-                "static_cast<const {2} *>(args.buffers[2]), "
-                "static_cast<float *>(args.buffers[3]), args.num_tokens)",
+                "{6}, {7}>(static_cast<const {0} *>("
+                "args.buffers[MOE_LOGITS_SLOT_INPUT]), "
+                "static_cast<const {1} "
+                "*>(args.buffers[MOE_LOGITS_SLOT_WEIGHT]), "
+                "static_cast<const {2} *>(args.buffers[MOE_LOGITS_SLOT_BIAS]), "
+                "static_cast<float *>(args.buffers[MOE_LOGITS_SLOT_OUTPUT]), "
+                "args.num_tokens)",
                 tx, cxxType(rl.getWeight().getType()), tb, H, N,
                 rl.getBias() ? "true" : "false", kLogitsTokens, kLogitsRows)
                 .str());
         os << "\n";
+        endKernel();
         plan.launches.push_back(std::move(projection));
         int slot = static_cast<int>(launch.args.size());
         launch.args.push_back(valueBinding(logits));
@@ -671,21 +791,28 @@ private:
                           K, at(yIds), at(yWeights));
     }
 
-    os << "// " << launch.origin << "\n";
+    os << "// moe.fused_route\n";
     os << "extern \"C\" __global__ void __launch_bounds__(" << 32 * kWarps
        << ") " << name << "(MoEKernelArgs args) {\n";
     os << llvm::formatv("  const {0} *x = static_cast<const {0} *>(args."
-                        "buffers[0]);\n",
+                        "buffers[MOE_ROUTE_SLOT_INPUT]);\n",
                         tx);
-    os << "  int *outIds = static_cast<int *>(args.buffers[1]);\n"
-          "  float *outWeights = static_cast<float *>(args.buffers[2]);\n"
-          "  int *counts = static_cast<int *>(args.buffers[3]);\n"
-          "  int *offsets = static_cast<int *>(args.buffers[4]);\n"
-          "  int *rows = static_cast<int *>(args.buffers[5]);\n"
-          "  unsigned *counter = static_cast<unsigned *>(args.buffers[6]);\n"
-          "  int *slotRow = static_cast<int *>(args.buffers[7]);\n";
+    os << "  int *outIds = static_cast<int "
+          "*>(args.buffers[MOE_ROUTE_SLOT_IDS]);"
+          "\n  float *outWeights = static_cast<float *>("
+          "args.buffers[MOE_ROUTE_SLOT_WEIGHTS]);\n"
+          "  int *counts = static_cast<int *>("
+          "args.buffers[MOE_ROUTE_SLOT_COUNTS]);\n"
+          "  int *offsets = static_cast<int *>("
+          "args.buffers[MOE_ROUTE_SLOT_OFFSETS]);\n"
+          "  int *rows = static_cast<int *>(args.buffers[MOE_ROUTE_SLOT_ROWS]);"
+          "\n  unsigned *counter = static_cast<unsigned *>("
+          "args.buffers[MOE_ROUTE_SLOT_COUNTER]);\n"
+          "  int *slotRow = static_cast<int *>("
+          "args.buffers[MOE_ROUTE_SLOT_SLOT_ROW]);\n";
     if (choice)
-      os << "  float *choiceScores = static_cast<float *>(args.buffers[8]);\n";
+      os << "  float *choiceScores = static_cast<float *>("
+            "args.buffers[MOE_ROUTE_SLOT_CHOICE_SCORES]);\n";
     os << pointers << shared;
     os << "  MOE_SHARED(unsigned, lastFlag, 1);\n";
     os << "  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;\n"
@@ -707,6 +834,12 @@ private:
                         "T, counts, offsets, rows, slotRow);\n  }\n}\n",
                         E, K, kWarps);
     os << "#ifdef MOE_EMU\nMOE_EMU_EXPORT_KERNEL(" << name << ")\n#endif\n\n";
+    endKernel();
+    if (launch.args.size() > MOE_MAX_KERNEL_BUFFERS)
+      return makeError(op, "the router reads " +
+                               llvm::Twine(launch.args.size()) +
+                               " buffers, more than a kernel's " +
+                               llvm::Twine(MOE_MAX_KERNEL_BUFFERS));
     plan.launches.push_back(std::move(launch));
     return Error::success();
   }
@@ -777,20 +910,49 @@ private:
     s << "};\n";
   }
 
-  Error bindFFN(::moe::Launch &launch, const FFNInfo &f, Operation *where) {
-    for (Value v : {f.gate, f.up, f.gateUp, f.down, f.gateBias, f.upBias,
-                    f.gateUpBias, f.downBias}) {
+  /// Binds an FFN set's eight slots (MoEFFNSlot order) from `first`.
+  template <int N>
+  Error bindFFN(SlotArgs<N> &args, int first, const FFNInfo &f,
+                Operation *where) {
+    const std::pair<int, Value> slots[] = {
+        {MOE_FFN_SLOT_GATE, f.gate},
+        {MOE_FFN_SLOT_UP, f.up},
+        {MOE_FFN_SLOT_GATE_UP, f.gateUp},
+        {MOE_FFN_SLOT_DOWN, f.down},
+        {MOE_FFN_SLOT_GATE_BIAS, f.gateBias},
+        {MOE_FFN_SLOT_UP_BIAS, f.upBias},
+        {MOE_FFN_SLOT_GATE_UP_BIAS, f.gateUpBias},
+        {MOE_FFN_SLOT_DOWN_BIAS, f.downBias}};
+    for (auto [slot, v] : slots) {
       if (!v) {
-        launch.args.push_back(::moe::Binding());
+        args.setNull(first + slot);
         continue;
       }
       FailureOr<::moe::Binding> b = weightBinding(v);
       if (failed(b))
         return makeError(where, "an expert weight is neither a moe.weight "
                                 "nor a float constant");
-      launch.args.push_back(*b);
+      args.set(first + slot, *b);
     }
     return Error::success();
+  }
+
+  /// Starts the text of a kernel (or of a kernel family sharing one
+  /// configuration): returns the placeholder that stands for its name until
+  /// endKernel() names it from its text.
+  std::string beginKernel(StringRef prefix) {
+    std::string placeholder =
+        "@kernel" + std::to_string(names.size() + openKernels.size()) + "@";
+    openKernels.push_back({prefix.str(), placeholder});
+    stream.open.emplace_back();
+    return placeholder;
+  }
+
+  void endKernel() {
+    auto [prefix, placeholder] = openKernels.pop_back_val();
+    std::string text = std::move(stream.open.back());
+    stream.open.pop_back();
+    names.push_back({placeholder, kernels.add(prefix, placeholder, text)});
   }
 
   /// A kernel entry point `name(MoEKernelArgs args) { call; }` with its
@@ -802,34 +964,17 @@ private:
   }
 
   Error experts(FusedExpertsOp op) {
-    Block &body = op.getBody().front();
-    PermuteOp permute;
-    ExpertFFNOp routed;
-    CombineOp combine;
-    FFNOp shared;
-    RouterLinearOp sharedGate;
-    for (Operation &inner : body) {
-      if (auto p = dyn_cast<PermuteOp>(inner))
-        permute = p;
-      else if (auto e = dyn_cast<ExpertFFNOp>(inner))
-        routed = e;
-      else if (auto c = dyn_cast<CombineOp>(inner))
-        combine = c;
-      else if (auto f = dyn_cast<FFNOp>(inner))
-        shared = f;
-      else if (auto r = dyn_cast<RouterLinearOp>(inner))
-        sharedGate = r;
-      else if (!isa<WeightOp, arith::ConstantOp, SigmoidOp, RowScaleOp,
-                    arith::AddFOp, YieldOp>(inner))
-        return makeError(&inner, "the CUDA backend has no kernel template "
-                                 "for this op inside moe.fused_experts");
-    }
-    if (!permute || !routed || !combine)
-      return makeError(op, "expected moe.permute, moe.expert_ffn and "
-                           "moe.combine in the body");
-    std::string name =
-        llvm::formatv("moe_experts_l{0}_{1}", plan.layer, kernelCount++).str();
-    FFNInfo r = ffnInfo(routed, true);
+    // The body as the kernels implement it (the verifier's matcher): every
+    // field below is generated, nothing else is in the body.
+    FusedExpertsRefusal refusal;
+    FailureOr<FusedExpertsBody> body =
+        matchFusedExpertsBody(op.getBody().front(), refusal);
+    if (failed(body))
+      return makeError(refusal.op, refusal.reason);
+    FFNOp shared = body->shared;
+    RouterLinearOp sharedGate = body->sharedGate;
+    std::string name = beginKernel("moe_experts");
+    FFNInfo r = ffnInfo(body->routed, true);
     FFNInfo s = shared ? ffnInfo(shared, false) : r;
     int64_t K = dim(op.getIds(), 1);
     std::string tx = cxxType(op.getInput().getType());
@@ -848,42 +993,54 @@ private:
       return makeError(op, "the shared experts' width differs from the "
                            "routed experts'");
 
-    // Argument slots shared by every kernel of the op (moe_grouped.cuh):
-    // 0-20 the tokens, routing and weights, 21-27 the dispatch plan and
-    // f32 scratch.
-    std::vector<::moe::Binding> args;
+    // Argument slots shared by every kernel of the op (KernelABI.h,
+    // MOE_EXPERTS_SLOT_*).
+    SlotArgs<MOE_EXPERTS_NUM_SLOTS> args("experts");
     std::string origin = "moe.fused_experts at " + locString(op);
-    for (Value v : {op.getInput(), op.getIds(), op.getWeights()}) {
+    for (auto [slot, v] :
+         {std::pair<int, Value>{MOE_EXPERTS_SLOT_INPUT, op.getInput()},
+          {MOE_EXPERTS_SLOT_IDS, op.getIds()},
+          {MOE_EXPERTS_SLOT_WEIGHTS, op.getWeights()},
+          {MOE_EXPERTS_SLOT_OFFSETS, op.getOffsets()},
+          {MOE_EXPERTS_SLOT_ROWS, op.getRows()}}) {
       Expected<int> id = lookup(op, v);
       if (!id)
         return id.takeError();
-      args.push_back(valueBinding(*id));
+      args.set(slot, valueBinding(*id));
     }
+    args.set(MOE_EXPERTS_SLOT_SLOT_ROW, valueBinding(slotRowIt->second));
     FailureOr<int> y = tokenValue(op.getResult());
     if (failed(y))
       return makeError(op, "unsupported result type");
-    args.push_back(valueBinding(*y));
-    ::moe::Launch bindings;
-    if (Error err = bindFFN(bindings, r, op))
+    args.set(MOE_EXPERTS_SLOT_OUTPUT, valueBinding(*y));
+    if (Error err = bindFFN(args, MOE_EXPERTS_SLOT_ROUTED_GATE, r, op))
       return err;
     if (shared) {
-      if (Error err = bindFFN(bindings, s, op))
+      if (Error err = bindFFN(args, MOE_EXPERTS_SLOT_SHARED_GATE, s, op))
         return err;
     } else {
-      bindings.args.resize(bindings.args.size() + 8);
+      for (int i = 0; i < MOE_FFN_NUM_SLOTS; ++i)
+        args.setNull(MOE_EXPERTS_SLOT_SHARED_GATE + i);
     }
-    args.insert(args.end(), bindings.args.begin(), bindings.args.end());
-    if (sharedGate) {
-      FailureOr<::moe::Binding> b = weightBinding(sharedGate.getWeight());
+    // The shared experts' gate sigmoid(x . w + b), bias included.
+    Value gateBias = sharedGate ? sharedGate.getBias() : Value();
+    for (auto [slot, v] :
+         {std::pair<int, Value>{MOE_EXPERTS_SLOT_SCALE_WEIGHT,
+                                sharedGate ? sharedGate.getWeight() : Value()},
+          {MOE_EXPERTS_SLOT_SCALE_BIAS, gateBias}}) {
+      if (!v) {
+        args.setNull(slot);
+        continue;
+      }
+      FailureOr<::moe::Binding> b = weightBinding(v);
       if (failed(b))
-        return makeError(op, "the shared-expert gate is neither a moe.weight "
-                             "nor a constant");
-      args.push_back(*b);
-    } else {
-      args.push_back(::moe::Binding());
+        return makeError(sharedGate, "a weight of the shared-expert gate is "
+                                     "neither a moe.weight nor a float "
+                                     "constant");
+      args.set(slot, *b);
     }
 
-    os << "// " << origin << " (layout " << stringifyDispatchLayout(layout)
+    os << "// moe.fused_experts (layout " << stringifyDispatchLayout(layout)
        << ": "
        << (withDecode && withGrouped
                ? "decode kernels up to " +
@@ -901,11 +1058,17 @@ private:
        << name << "_cfg::Routed;\n  using Shared = " << name << "_cfg::"
        << (shared ? "Shared" : "Routed") << ";\n";
     os << llvm::formatv("  static constexpr int K = {0};\n", K);
-    os << llvm::formatv("  static constexpr bool ScaleInput = {0}, Unweighted "
-                        "= {1}, HasShared = {2}, SharedGate = {3};\n",
-                        permute.getScaleByWeight(), combine.getUnweighted(),
-                        static_cast<bool>(shared),
-                        static_cast<bool>(sharedGate));
+    os << llvm::formatv(
+        "  static constexpr bool ScaleInput = {0}, Unweighted "
+        "= {1}, HasShared = {2}, SharedGate = {3};\n",
+        body->permute.getScaleByWeight(), body->combine.getUnweighted(),
+        static_cast<bool>(shared), static_cast<bool>(sharedGate));
+    os << "  using TG = "
+       << (sharedGate ? cxxType(sharedGate.getWeight().getType()) : "float")
+       << ";\n  using TGB = "
+       << (gateBias ? cxxType(gateBias.getType()) : "float") << ";\n";
+    os << llvm::formatv("  static constexpr bool SharedGateBias = {0};\n",
+                        static_cast<bool>(gateBias));
     os << "};\n";
     // The decode kernels' work items: (active expert, chunk) then the
     // shared FFN's chunks (moe_experts.cuh). Chunks are as large as still
@@ -928,19 +1091,20 @@ private:
 
     // Scratch, per token: h and the per-row outputs of the K routed slots
     // (f32), the shared FFN's h and output.
-    args.push_back(valueBinding(values.lookup(op.getOffsets())));
-    args.push_back(valueBinding(values.lookup(op.getRows())));
-    args.push_back(valueBinding(slotRowIt->second));
-    args.push_back(
-        valueBinding(fixedValue(::moe::ElementType::F32, 0, K * r.I)));
-    args.push_back(
-        valueBinding(fixedValue(::moe::ElementType::F32, 0, K * r.H)));
+    args.set(MOE_EXPERTS_SLOT_HIDDEN,
+             valueBinding(fixedValue(::moe::ElementType::F32, 0, K * r.I)));
+    args.set(MOE_EXPERTS_SLOT_OUT,
+             valueBinding(fixedValue(::moe::ElementType::F32, 0, K * r.H)));
     if (shared) {
-      args.push_back(valueBinding(fixedValue(::moe::ElementType::F32, 0, s.I)));
-      args.push_back(valueBinding(fixedValue(::moe::ElementType::F32, 0, r.H)));
+      args.set(MOE_EXPERTS_SLOT_SHARED_HIDDEN,
+               valueBinding(fixedValue(::moe::ElementType::F32, 0, s.I)));
+      args.set(MOE_EXPERTS_SLOT_SHARED_OUT,
+               valueBinding(fixedValue(::moe::ElementType::F32, 0, r.H)));
     } else {
-      args.resize(args.size() + 2);
+      args.setNull(MOE_EXPERTS_SLOT_SHARED_HIDDEN);
+      args.setNull(MOE_EXPERTS_SLOT_SHARED_OUT);
     }
+    std::vector<::moe::Binding> argList = args.take();
     auto ceilDiv = [](int64_t a, int64_t b) { return (a + b - 1) / b; };
 
     if (withDecode) {
@@ -961,7 +1125,7 @@ private:
         launch.gridColumns = chunks;
         launch.maxBlocks = std::min<int64_t>(
             (r.E + launch.extraBlocks) * chunks, (int64_t(1) << 31) - 1);
-        launch.args = args;
+        launch.args = argList;
         if (withGrouped) {
           launch.slotsPerToken = K;
           launch.maxSlots = ::moe::kPerTokenMaxSlots;
@@ -997,7 +1161,7 @@ private:
         launch.extraBlocks = sharedRows ? 0 : r.E;
         launch.gridColumns = ceilDiv(outCols, kTileCols);
         launch.maxBlocks = int64_t(1) << 20;
-        launch.args = args;
+        launch.args = argList;
         if (withDecode) {
           launch.slotsPerToken = K;
           launch.minSlots = ::moe::kPerTokenMaxSlots + 1;
@@ -1016,8 +1180,8 @@ private:
       }
     }
     // The combine serves both paths (ungated): a token's slots in slot
-    // order, then the shared experts; a block per kCombineCols outputs of a
-    // token.
+    // order, then the shared experts (times their gate); a block per
+    // kCombineCols outputs of a token.
     ::moe::Launch launch;
     launch.kernel = name + "_combine";
     launch.origin = origin;
@@ -1025,13 +1189,14 @@ private:
     launch.tokensPerBlock = 1;
     launch.gridColumns = ceilDiv(r.H, kCombineCols);
     launch.maxBlocks = 65535;
-    launch.args = args;
+    launch.args = argList;
     os << "static_assert(moe_k::grouped::CombineCols == " << kCombineCols
        << ", \"the launch plan's combine grid\");\n";
     kernelEntry(launch.kernel, "128",
                 "moe_k::grouped::combine<" + name + "_cfg::Cfg>(args)");
     plan.launches.push_back(std::move(launch));
     os << "\n";
+    endKernel();
     return Error::success();
   }
 
@@ -1179,8 +1344,7 @@ private:
     if (failed(y))
       return makeError(root, "unsupported result type");
     int64_t N = dim(result, 1);
-    std::string name =
-        llvm::formatv("moe_glue_l{0}_{1}", plan.layer, kernelCount++).str();
+    std::string name = beginKernel("moe_glue");
     ::moe::Launch launch;
     launch.kernel = name;
     launch.origin =
@@ -1194,8 +1358,9 @@ private:
     for (auto [j, id] : llvm::enumerate(k.inputs))
       launch.args[MOE_ELEMENTWISE_SLOT_FIRST_INPUT + j] = valueBinding(id);
 
-    os << "// " << launch.origin << " (elementwise)\n";
-    os << "#include \"moe_elementwise.cuh\"\n";
+    // The text names the op, not its location: equal glue kernels of other
+    // layers share it.
+    os << "// " << root->getName() << " (elementwise)\n";
     os << "namespace " << name << "_cfg {\nstruct Cfg {\n";
     os << "  using TY = " << cxxType(result.getType()) << ";\n";
     os << llvm::formatv("  static constexpr int N = {0}, Inputs = {1};\n", N,
@@ -1209,6 +1374,7 @@ private:
     kernelEntry(name, std::to_string(kGlueThreads),
                 "moe_k::elementwise::apply<" + name + "_cfg::Cfg>(args)");
     os << "\n";
+    endKernel();
     plan.launches.push_back(std::move(launch));
     return Error::success();
   }
@@ -1218,8 +1384,7 @@ private:
   //===--------------------------------------------------------------------===//
 
   Error lora(LoraMixtureOp op) {
-    std::string name =
-        llvm::formatv("moe_lora_l{0}_{1}", plan.layer, kernelCount++).str();
+    std::string name = beginKernel("moe_lora");
     int64_t in = dim(op.getInput(), 1), out = dim(op.getBase(), 0);
     auto a = op.getLoraA().getType();
     int64_t E = a.getDimSize(0), R = a.getDimSize(1);
@@ -1230,43 +1395,50 @@ private:
     launch.origin = "moe.lora_mixture at " + locString(op);
     launch.blockThreads = 128;
     launch.dynamicSharedBytes = (in + R + out) * 4;
+    SlotArgs<MOE_LORA_NUM_SLOTS> args("lora");
     Expected<int> x = lookup(op, op.getInput());
     if (!x)
       return x.takeError();
-    launch.args.push_back(valueBinding(*x));
+    args.set(MOE_LORA_SLOT_INPUT, valueBinding(*x));
     FailureOr<int> y = tokenValue(op.getResult());
     if (failed(y))
       return makeError(op, "unsupported result type");
-    launch.args.push_back(valueBinding(*y));
-    for (Value v : {op.getBase(), op.getBaseBias(), op.getLoraA(),
-                    op.getLoraB()}) {
+    args.set(MOE_LORA_SLOT_OUTPUT, valueBinding(*y));
+    for (auto [slot, v] :
+         {std::pair<int, Value>{MOE_LORA_SLOT_BASE, op.getBase()},
+          {MOE_LORA_SLOT_BASE_BIAS, op.getBaseBias()},
+          {MOE_LORA_SLOT_LORA_A, op.getLoraA()},
+          {MOE_LORA_SLOT_LORA_B, op.getLoraB()}}) {
       if (!v) {
-        launch.args.push_back(::moe::Binding());
+        args.setNull(slot);
         continue;
       }
       FailureOr<::moe::Binding> b = weightBinding(v);
       if (failed(b))
         return makeError(op, "a LoRA weight is neither a moe.weight nor a "
                              "constant");
-      launch.args.push_back(*b);
+      args.set(slot, *b);
     }
-    for (Value v : {op.getIds(), op.getWeights()}) {
+    for (auto [slot, v] :
+         {std::pair<int, Value>{MOE_LORA_SLOT_IDS, op.getIds()},
+          {MOE_LORA_SLOT_WEIGHTS, op.getWeights()}}) {
       if (!v) {
-        launch.args.push_back(::moe::Binding());
+        args.setNull(slot);
         continue;
       }
       Expected<int> id = lookup(op, v);
       if (!id)
         return id.takeError();
-      launch.args.push_back(valueBinding(*id));
+      args.set(slot, valueBinding(*id));
     }
+    launch.args = args.take();
     if (!op.getIds()) {
       // Every adapter with weight 1: report that routing.
       plan.routings.clear();
       plan.allExperts = E;
     }
 
-    os << "// " << launch.origin << "\nnamespace " << name << "_cfg {\n";
+    os << "// moe.lora_mixture\nnamespace " << name << "_cfg {\n";
     os << "struct Cfg {\n  using TX = " << cxxType(op.getInput().getType())
        << ";\n  using TW = " << cxxType(op.getBase().getType())
        << ";\n  using TA = " << cxxType(op.getLoraA().getType())
@@ -1287,19 +1459,47 @@ private:
     kernelEntry(name, "128, 1",
                 "moe_k::lora::mixture<" + name + "_cfg::Cfg>(args)");
     os << "\n";
+    endKernel();
     plan.launches.push_back(std::move(launch));
     return Error::success();
   }
 
   func::FuncOp fn;
-  llvm::raw_ostream &os;
+  KernelModule &kernels;
+  KernelStream stream;
+  llvm::raw_ostream &os = stream;
+  SmallVector<std::pair<std::string, std::string>> openKernels;
+  /// (placeholder, name) of each finished kernel.
+  SmallVector<std::pair<std::string, std::string>> names;
   ::moe::LayerPlan plan;
   llvm::DenseMap<Value, int> values;
   llvm::DenseMap<Value, std::string> weightPtr;
   /// The slotRow value of each fused_route's rows result.
   llvm::DenseMap<Value, int> slotRowOf;
-  int kernelCount = 0;
 };
+
+/// A static_assert that the slots of a kernel family are those this code
+/// generator was built with (KernelABI.h): a source generated for other
+/// slots fails to compile.
+void slotCheck(llvm::raw_ostream &os, StringRef family, StringRef prefix,
+               ArrayRef<const char *> names) {
+  os << "static_assert(MOE_" << family << "_NUM_SLOTS == " << names.size();
+  for (auto [i, n] : llvm::enumerate(names))
+    os << " &&\n              MOE_" << prefix << "_SLOT_" << n << " == " << i;
+  os << ",\n              \"moe-opt generated this source for other MOE_"
+     << family << " argument slots (moe/runtime/KernelABI.h): generate it "
+     << "again\");\n";
+}
+
+#define MOE_SLOT_NAME_(name) #name,
+const char *const kFFNSlots[] = {MOE_FFN_SLOT_LIST(MOE_SLOT_NAME_)};
+const char *const kExpertsSlots[] = {MOE_EXPERTS_SLOT_LIST(MOE_SLOT_NAME_)};
+const char *const kRouteSlots[] = {MOE_ROUTE_SLOT_LIST(MOE_SLOT_NAME_)};
+const char *const kLogitsSlots[] = {MOE_LOGITS_SLOT_LIST(MOE_SLOT_NAME_)};
+const char *const kLoraSlots[] = {MOE_LORA_SLOT_LIST(MOE_SLOT_NAME_)};
+const char *const kElementwiseSlots[] = {
+    MOE_ELEMENTWISE_SLOT_LIST(MOE_SLOT_NAME_)};
+#undef MOE_SLOT_NAME_
 
 } // namespace
 
@@ -1310,22 +1510,46 @@ Expected<ModulePlan> emitCudaModule(ModuleOp module) {
   llvm::raw_string_ostream os(result.source);
   os << "// Generated by moe-opt: kernels instantiated from the templates of\n"
         "// runtime/kernels (see docs/codegen.md). Each kernel names the IR op "
-        "it\n// came from.\n";
+        "it\n// came from and is named from its text: layers of the same "
+        "configuration\n// share it.\n";
   os << "#include \"moe_route.cuh\"\n#include \"moe_experts.cuh\"\n"
-        "#include \"moe_grouped.cuh\"\n#include \"moe_lora.cuh\"\n\n";
+        "#include \"moe_grouped.cuh\"\n#include \"moe_lora.cuh\"\n"
+        "#include \"moe_elementwise.cuh\"\n\n";
+  os << "// The argument slots this source was generated for.\n";
+  slotCheck(os, "FFN", "FFN", kFFNSlots);
+  slotCheck(os, "EXPERTS", "EXPERTS", kExpertsSlots);
+  slotCheck(os, "ROUTE", "ROUTE", kRouteSlots);
+  slotCheck(os, "LOGITS", "LOGITS", kLogitsSlots);
+  slotCheck(os, "LORA", "LORA", kLoraSlots);
+  slotCheck(os, "ELEMENTWISE", "ELEMENTWISE", kElementwiseSlots);
+  os << "\n";
+  KernelModule kernels;
   for (auto fn : module.getOps<func::FuncOp>()) {
     auto layer = fn->getAttrOfType<IntegerAttr>(kLayerAttrName);
     if (!layer)
       continue;
-    os << "//===--- @" << fn.getSymName() << " (layer " << layer.getInt()
-       << ") ---===//\n\n";
-    LayerEmitter emitter(fn, layer.getInt(), os);
+    LayerEmitter emitter(fn, layer.getInt(), kernels);
     Expected<LayerPlan> plan = emitter.emit();
     if (!plan)
       return plan.takeError();
+    // Which kernels the layer launches; those new in this layer follow.
+    llvm::SetVector<StringRef> used;
+    for (const Launch &launch : plan->launches)
+      used.insert(launch.kernel);
+    os << "//===--- @" << fn.getSymName() << " (layer " << layer.getInt()
+       << ") launches: " << llvm::join(used, ", ") << " ---===//\n\n";
+    os << kernels.takeNew();
     result.layers.push_back(std::move(*plan));
   }
   return result;
+}
+
+Expected<LayerPlan> planCudaLayer(func::FuncOp fn) {
+  auto layer = fn->getAttrOfType<IntegerAttr>(kLayerAttrName);
+  if (!layer)
+    return makeError(fn, "not a layer function (no moe.layer attribute)");
+  KernelModule kernels;
+  return LayerEmitter(fn, layer.getInt(), kernels).emit();
 }
 
 } // namespace moe

@@ -5,6 +5,7 @@
 //
 //===----------------------------------------------------------------------===//
 
+#include "moe/dialects/MoE/FusedExperts.h"
 #include "moe/dialects/MoE/MoEOps.h"
 #include "moe/passes/Passes.h"
 
@@ -24,27 +25,30 @@ namespace {
 
 bool isLeaf(Operation *op) { return isa<WeightOp, arith::ConstantOp>(op); }
 
-/// The shared-expert ops computing `v` from `x`: `moe.ffn(x)`, optionally
-/// `moe.row_scale(moe.ffn(x), moe.sigmoid(moe.router_linear(x, w)))`.
-/// Returns them in any order, or nothing when `v` is not of that form.
-SmallVector<Operation *> matchShared(Value v, Value x) {
-  if (auto ffn = v.getDefiningOp<FFNOp>()) {
-    if (ffn.getInput() == x && ffn->hasOneUse())
-      return {ffn};
-    return {};
+/// The ops that compute `v` from `x` and weights only, each used only by
+/// the others or by `user`: what may move into the fused body with the sum
+/// `user` (shared experts; the body's matcher decides whether the kernels
+/// can generate it). Empty when `v` reads anything else.
+SmallVector<Operation *> sharedSlice(Value v, Value x, Operation *user) {
+  llvm::SetVector<Operation *> slice;
+  SmallVector<Value> work = {v};
+  while (!work.empty()) {
+    Value u = work.pop_back_val();
+    if (u == x)
+      continue;
+    Operation *def = u.getDefiningOp();
+    if (!def || def->getBlock() != user->getBlock() ||
+        def->getNumRegions() != 0)
+      return {};
+    if (isLeaf(def) || !slice.insert(def))
+      continue;
+    llvm::append_range(work, def->getOperands());
   }
-  auto scale = v.getDefiningOp<RowScaleOp>();
-  if (!scale || !scale->hasOneUse())
-    return {};
-  auto ffn = scale.getInput().getDefiningOp<FFNOp>();
-  auto sigmoid = scale.getFactor().getDefiningOp<SigmoidOp>();
-  if (!ffn || !sigmoid || ffn.getInput() != x || !ffn->hasOneUse() ||
-      !sigmoid->hasOneUse())
-    return {};
-  auto gate = sigmoid.getInput().getDefiningOp<RouterLinearOp>();
-  if (!gate || gate.getInput() != x || !gate->hasOneUse())
-    return {};
-  return {scale, ffn, sigmoid, gate};
+  for (Operation *op : slice)
+    for (Operation *u : op->getUsers())
+      if (u != user && !slice.contains(u))
+        return {};
+  return SmallVector<Operation *>(slice.begin(), slice.end());
 }
 
 void fuseExperts(CombineOp combine, int64_t decodeMaxTokens) {
@@ -85,75 +89,103 @@ void fuseExperts(CombineOp combine, int64_t decodeMaxTokens) {
   }
 
   Value x = permute.getInput();
-  SmallVector<Operation *> compute = {permute, experts, combine};
-  Operation *last = combine;
-  if (combine->hasOneUse()) {
-    if (auto add = dyn_cast<arith::AddFOp>(*combine->user_begin())) {
-      Value other = add.getLhs() == combine.getResult() ? add.getRhs()
-                                                         : add.getLhs();
-      SmallVector<Operation *> shared = matchShared(other, x);
-      if (!shared.empty()) {
-        llvm::append_range(compute, shared);
-        compute.push_back(add);
-        last = add;
-      }
-    }
-  }
-  llvm::sort(compute, [](Operation *a, Operation *b) {
-    return a->isBeforeInBlock(b);
-  });
-  // Weights and constants the body reads are copied into it; anything else
-  // from outside must be one of the fused op's operands.
-  llvm::SetVector<Operation *> leaves;
   Value weights = combine.getWeights();
   Value offsets = experts.getOffsets();
-  llvm::SmallPtrSet<Operation *, 8> inside(compute.begin(), compute.end());
-  for (Operation *op : compute)
-    for (Value operand : op->getOperands()) {
-      Operation *def = operand.getDefiningOp();
-      if (def && isLeaf(def)) {
-        leaves.insert(def);
-        continue;
-      }
-      if ((def && inside.contains(def)) ||
-          llvm::is_contained({x, ids, weights, rows, offsets}, operand))
-        continue;
-      return refuse("'" + op->getName().getStringRef() +
-                    "' reads a value that is neither a moe.weight, a "
-                    "constant nor the routing (weights must be moe.weight "
-                    "or arith.constant ops to move into the fused body)");
-    }
-
   DispatchLayout layout = DispatchLayout::runtime;
   int64_t tokens = cast<RankedTensorType>(x.getType()).getDimSize(0);
   if (!ShapedType::isDynamic(tokens))
     layout = tokens <= decodeMaxTokens ? DispatchLayout::per_token
                                        : DispatchLayout::grouped;
 
-  OpBuilder b(last);
-  Location loc = combine.getLoc();
-  auto fused = FusedExpertsOp::create(
-      b, loc, last->getResult(0).getType(), x, ids, weights, rows, offsets,
-      DispatchLayoutAttr::get(b.getContext(), layout));
-  Block *body = new Block();
-  fused.getBody().push_back(body);
-  IRMapping map;
-  for (Value v : {x, ids, weights, rows, offsets})
-    map.map(v, body->addArgument(v.getType(), v.getLoc()));
-  {
-    OpBuilder inner = OpBuilder::atBlockEnd(body);
-    for (Operation *leaf : leaves)
-      inner.clone(*leaf, map);
+  // Builds the fused op of `compute` (whose last op is `last`) and checks
+  // its body with the op's matcher; on a refusal the op is erased again.
+  auto build = [&](SmallVector<Operation *> compute, Operation *last,
+                   FusedExpertsRefusal &refusal) -> FusedExpertsOp {
+    llvm::sort(compute, [](Operation *a, Operation *b) {
+      return a->isBeforeInBlock(b);
+    });
+    // Weights and constants the body reads are copied into it; anything
+    // else from outside must be one of the fused op's operands.
+    llvm::SetVector<Operation *> leaves;
+    llvm::SmallPtrSet<Operation *, 8> inside(compute.begin(), compute.end());
     for (Operation *op : compute)
-      inner.clone(*op, map);
+      for (Value operand : op->getOperands()) {
+        Operation *def = operand.getDefiningOp();
+        if (def && isLeaf(def)) {
+          leaves.insert(def);
+          continue;
+        }
+        if ((def && inside.contains(def)) ||
+            llvm::is_contained({x, ids, weights, rows, offsets}, operand))
+          continue;
+        refusal.op = op;
+        refusal.reason = "reads a value that is neither a moe.weight, a "
+                         "constant nor the routing (weights must be "
+                         "moe.weight or arith.constant ops to move into the "
+                         "fused body)";
+        return nullptr;
+      }
+    OpBuilder b(last);
+    Location loc = combine.getLoc();
+    auto fused = FusedExpertsOp::create(
+        b, loc, last->getResult(0).getType(), x, ids, weights, rows, offsets,
+        DispatchLayoutAttr::get(b.getContext(), layout));
+    Block *body = new Block();
+    fused.getBody().push_back(body);
+    IRMapping map;
+    for (Value v : {x, ids, weights, rows, offsets})
+      map.map(v, body->addArgument(v.getType(), v.getLoc()));
+    OpBuilder inner = OpBuilder::atBlockEnd(body);
+    llvm::DenseMap<Operation *, Operation *> original;
+    for (Operation *op : leaves)
+      original[inner.clone(*op, map)] = op;
+    for (Operation *op : compute)
+      original[inner.clone(*op, map)] = op;
     YieldOp::create(inner, loc, ValueRange{map.lookup(last->getResult(0))});
+    if (failed(matchFusedExpertsBody(*body, refusal))) {
+      // Name the original op, not its clone in the erased body.
+      refusal.op = original.lookup(refusal.op);
+      if (!refusal.op)
+        refusal.op = last;
+      fused->erase();
+      return nullptr;
+    }
+    last->getResult(0).replaceAllUsesWith(fused.getResult());
+    for (Operation *op : llvm::reverse(compute))
+      op->erase();
+    for (Operation *leaf : leaves)
+      if (leaf->use_empty())
+        leaf->erase();
+    return fused;
+  };
+  auto refuseOp = [&](const FusedExpertsRefusal &r, StringRef what) {
+    combine.emitRemark() << "moe-fuse-experts: " << what << ": '"
+                         << r.op->getName() << "' " << r.reason;
+  };
+
+  SmallVector<Operation *> core = {permute, experts, combine};
+  // Shared experts added to the combine join the body when the kernels can
+  // generate them; otherwise the remark names the op and the sum stays
+  // outside.
+  if (combine->hasOneUse()) {
+    if (auto add = dyn_cast<arith::AddFOp>(*combine->user_begin())) {
+      Value other =
+          add.getLhs() == combine.getResult() ? add.getRhs() : add.getLhs();
+      SmallVector<Operation *> shared = sharedSlice(other, x, add);
+      if (!shared.empty()) {
+        SmallVector<Operation *> compute = core;
+        llvm::append_range(compute, shared);
+        compute.push_back(add);
+        FusedExpertsRefusal refusal;
+        if (build(compute, add, refusal))
+          return;
+        refuseOp(refusal, "shared experts not fused");
+      }
+    }
   }
-  last->getResult(0).replaceAllUsesWith(fused.getResult());
-  for (Operation *op : llvm::reverse(compute))
-    op->erase();
-  for (Operation *leaf : leaves)
-    if (leaf->use_empty())
-      leaf->erase();
+  FusedExpertsRefusal refusal;
+  if (!build(core, combine, refusal))
+    refuseOp(refusal, "not fused");
 }
 
 struct MoEFuseExpertsPass

@@ -6,7 +6,11 @@
 //===----------------------------------------------------------------------===//
 
 #include "moe/dialects/MoE/MoEOps.h"
+<<<<<<< HEAD
 #include "moe/dialects/MoE/Routing.h"
+=======
+#include "moe/dialects/MoE/FusedExperts.h"
+>>>>>>> h-experts
 
 #include "mlir/IR/Builders.h"
 #include "mlir/IR/BuiltinTypes.h"
@@ -755,7 +759,25 @@ LogicalResult FusedExpertsOp::verify() {
                          TypeRange(getResult().getType()));
 }
 
+<<<<<<< HEAD
 #include "moe/dialects/MoE/MoERouterInterfaces.cpp.inc"
+=======
+// After the body's ops are verified: the matcher reads their operands.
+LogicalResult FusedExpertsOp::verifyRegions() {
+  FusedExpertsRefusal refusal;
+  if (succeeded(matchFusedExpertsBody(getBody().front(), refusal)))
+    return success();
+  InFlightDiagnostic diag = emitOpError();
+  if (refusal.op == getOperation()) {
+    diag << "body cannot be generated: " << refusal.reason;
+    return diag;
+  }
+  diag << "body cannot be generated: '" << refusal.op->getName() << "' "
+       << refusal.reason;
+  diag.attachNote(refusal.op->getLoc()) << "this op";
+  return diag;
+}
+>>>>>>> h-experts
 
 #define GET_OP_CLASSES
 #include "moe/dialects/MoE/MoEOps.cpp.inc"

@@ -20,6 +20,8 @@
 //     using Routed = FFN; using Shared = FFN;
 //     static constexpr int K;
 //     static constexpr bool ScaleInput, Unweighted, HasShared, SharedGate;
+//     using TG = ...; using TGB = ...;   // the shared gate's weight, bias
+//     static constexpr bool SharedGateBias;
 //   };
 //   struct Decode {                      // the decode kernels' chunks
 //     static constexpr int UpUnits, DownCols, SharedUpUnits, SharedDownCols;
@@ -51,9 +53,9 @@
 // thread groups split `in`, and their partial sums are added in group order
 // through shared memory. Sums are f32, in a fixed order: deterministic, no
 // atomics. h and the per-row outputs go to the f32 scratch buffers of the
-// grouped path (slots 24-27), with the rounding points of the reference
-// executor (roundAs<TX>), and the combine sums a token's slots in slot
-// order, as the grouped path does.
+// grouped path (the HIDDEN and OUT slots), with the rounding points of the
+// reference executor (roundAs<TX>), and the combine sums a token's slots in
+// slot order, as the grouped path does.
 //
 //===----------------------------------------------------------------------===//
 
@@ -89,24 +91,29 @@ template <typename F> struct FFNWeights {
   const typename F::TB *gateBias, *upBias, *gateUpBias, *downBias;
 };
 
-/// The eight weight pointers of an FFN set, from argument slot `first`.
-/// Buffers of the expert kernels (the grouped kernels share the list):
-/// x [T, H], ids [T, K], weights [T, K], y [T, H], then the routed FFN's
-/// gate, up, gate_up, down, gate_bias, up_bias, gate_up_bias, down_bias
-/// (null when absent), then the shared FFN's eight, the shared gate's
-/// weight [1, H], and 21-27 as listed in moe_grouped.cuh.
+/// The eight weight pointers of an FFN set (MoEFFNSlot order), from
+/// argument slot `first` (MOE_EXPERTS_SLOT_ROUTED_GATE or _SHARED_GATE).
+/// The expert kernels' buffers are the MOE_EXPERTS slots of KernelABI.h.
 template <typename F>
 __device__ __forceinline__ FFNWeights<F> ffnWeights(const MoEKernelArgs &args,
                                                     int first) {
   FFNWeights<F> w;
-  w.gate = static_cast<const typename F::TW *>(args.buffers[first + 0]);
-  w.up = static_cast<const typename F::TW *>(args.buffers[first + 1]);
-  w.gateUp = static_cast<const typename F::TW *>(args.buffers[first + 2]);
-  w.down = static_cast<const typename F::TW *>(args.buffers[first + 3]);
-  w.gateBias = static_cast<const typename F::TB *>(args.buffers[first + 4]);
-  w.upBias = static_cast<const typename F::TB *>(args.buffers[first + 5]);
-  w.gateUpBias = static_cast<const typename F::TB *>(args.buffers[first + 6]);
-  w.downBias = static_cast<const typename F::TB *>(args.buffers[first + 7]);
+  w.gate = static_cast<const typename F::TW *>(
+      args.buffers[first + MOE_FFN_SLOT_GATE]);
+  w.up = static_cast<const typename F::TW *>(
+      args.buffers[first + MOE_FFN_SLOT_UP]);
+  w.gateUp = static_cast<const typename F::TW *>(
+      args.buffers[first + MOE_FFN_SLOT_GATE_UP]);
+  w.down = static_cast<const typename F::TW *>(
+      args.buffers[first + MOE_FFN_SLOT_DOWN]);
+  w.gateBias = static_cast<const typename F::TB *>(
+      args.buffers[first + MOE_FFN_SLOT_GATE_BIAS]);
+  w.upBias = static_cast<const typename F::TB *>(
+      args.buffers[first + MOE_FFN_SLOT_UP_BIAS]);
+  w.gateUpBias = static_cast<const typename F::TB *>(
+      args.buffers[first + MOE_FFN_SLOT_GATE_UP_BIAS]);
+  w.downBias = static_cast<const typename F::TB *>(
+      args.buffers[first + MOE_FFN_SLOT_DOWN_BIAS]);
   return w;
 }
 
@@ -190,9 +197,11 @@ __device__ __forceinline__ Batch<typename Cfg::TX>
 inputBatch(const MoEKernelArgs &args, long long r0, int count) {
   using TX = typename Cfg::TX;
   constexpr int H = Cfg::Routed::H, K = Cfg::K;
-  const TX *x = static_cast<const TX *>(args.buffers[0]);
-  const float *weights = static_cast<const float *>(args.buffers[2]);
-  const int *rows = static_cast<const int *>(args.buffers[22]);
+  const TX *x = static_cast<const TX *>(args.buffers[MOE_EXPERTS_SLOT_INPUT]);
+  const float *weights =
+      static_cast<const float *>(args.buffers[MOE_EXPERTS_SLOT_WEIGHTS]);
+  const int *rows =
+      static_cast<const int *>(args.buffers[MOE_EXPERTS_SLOT_ROWS]);
   Batch<TX> a;
   a.count = count;
 #pragma unroll
@@ -221,7 +230,9 @@ upItem(const MoEKernelArgs &args, const FFNWeights<F> &w, long long e, int j0,
   using TW = typename F::TW;
   constexpr int H = F::H, I = F::I;
   constexpr bool Scale = Cfg::ScaleInput && !SharedFFN;
-  float *h = static_cast<float *>(args.buffers[SharedFFN ? 26 : 24]);
+  float *h = static_cast<float *>(
+      args.buffers[SharedFFN ? MOE_EXPERTS_SLOT_SHARED_HIDDEN
+                             : MOE_EXPERTS_SLOT_HIDDEN]);
   const int lane = threadIdx.x % 32, warp = threadIdx.x / 32;
 
   // The weight rows (or columns) of unit j: gate first, then up. Fused
@@ -324,11 +335,16 @@ downItem(const MoEKernelArgs &args, const FFNWeights<F> &w, long long e, int o0,
   using TX = typename Cfg::TX;
   using TW = typename F::TW;
   constexpr int H = F::H, I = F::I;
-  const float *weights = static_cast<const float *>(args.buffers[2]);
-  const int *rows = static_cast<const int *>(args.buffers[22]);
-  const float *h =
-      static_cast<const float *>(args.buffers[SharedFFN ? 26 : 24]);
-  float *out = static_cast<float *>(args.buffers[SharedFFN ? 27 : 25]);
+  const float *weights =
+      static_cast<const float *>(args.buffers[MOE_EXPERTS_SLOT_WEIGHTS]);
+  const int *rows =
+      static_cast<const int *>(args.buffers[MOE_EXPERTS_SLOT_ROWS]);
+  const float *h = static_cast<const float *>(
+      args.buffers[SharedFFN ? MOE_EXPERTS_SLOT_SHARED_HIDDEN
+                             : MOE_EXPERTS_SLOT_HIDDEN]);
+  float *out =
+      static_cast<float *>(args.buffers[SharedFFN ? MOE_EXPERTS_SLOT_SHARED_OUT
+                                                  : MOE_EXPERTS_SLOT_OUT]);
   const int lane = threadIdx.x % 32, warp = threadIdx.x / 32;
 
   auto finish = [&](int o, long long r, float v) {
@@ -418,7 +434,8 @@ __device__ __forceinline__ void forEachItem(const MoEKernelArgs &args,
   MOE_SHARED(int, off, E + 1);
   MOE_SHARED(int, active, E);
   MOE_SHARED(int, count, 1);
-  const int *offsets = static_cast<const int *>(args.buffers[21]);
+  const int *offsets =
+      static_cast<const int *>(args.buffers[MOE_EXPERTS_SLOT_OFFSETS]);
   const long long routedItems =
       static_cast<long long>(activeExperts<E>(offsets, off, active, count)) *
       Chunks;
@@ -443,8 +460,10 @@ __device__ void decodeUp(const MoEKernelArgs &args) {
   constexpr int Chunks = (R::I + U - 1) / U;
   constexpr int SharedChunks = Cfg::HasShared ? (S::I + US - 1) / US : 0;
   MOE_SHARED(float, red, 2 * DecodeRows * DecodeThreads);
-  const FFNWeights<R> routed = ffnWeights<R>(args, 4);
-  const FFNWeights<S> shared = ffnWeights<S>(args, 12);
+  const FFNWeights<R> routed =
+      ffnWeights<R>(args, MOE_EXPERTS_SLOT_ROUTED_GATE);
+  const FFNWeights<S> shared =
+      ffnWeights<S>(args, MOE_EXPERTS_SLOT_SHARED_GATE);
   const long long T = args.num_tokens;
   forEachItem<R::E, Chunks, SharedChunks>(
       args,
@@ -468,8 +487,10 @@ __device__ void decodeDown(const MoEKernelArgs &args) {
   constexpr int Chunks = (R::H + C - 1) / C;
   constexpr int SharedChunks = Cfg::HasShared ? (S::H + CS - 1) / CS : 0;
   MOE_SHARED(float, red, DecodeRows *DecodeThreads);
-  const FFNWeights<R> routed = ffnWeights<R>(args, 4);
-  const FFNWeights<S> shared = ffnWeights<S>(args, 12);
+  const FFNWeights<R> routed =
+      ffnWeights<R>(args, MOE_EXPERTS_SLOT_ROUTED_GATE);
+  const FFNWeights<S> shared =
+      ffnWeights<S>(args, MOE_EXPERTS_SLOT_SHARED_GATE);
   const long long T = args.num_tokens;
   forEachItem<R::E, Chunks, SharedChunks>(
       args,

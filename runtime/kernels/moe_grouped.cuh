@@ -27,13 +27,8 @@
 // cores, each thread computing the accumulator elements that the mma
 // fragment layout gives it, so that loaders and epilogues are shared.
 //
-// Buffers (every expert kernel of one fused op, decode (moe_experts.cuh) or
-// grouped, gets the same list):
-//    0 x [T, H]             1 ids [T, K]           2 weights [T, K] f32
-//    3 y [T, H]             4..11 routed FFN       12..19 shared FFN
-//   20 shared gate [H]     21 offsets [E + 1]     22 rows [T * K]
-//   23 slotRow [T * K]     24 h [T * K, I] f32    25 out [T * K, H] f32
-//   26 shared h [T, Is] f32                       27 shared out [T, H] f32
+// Buffers: every expert kernel of one fused op, decode (moe_experts.cuh) or
+// grouped, gets the same list, the MOE_EXPERTS slots of KernelABI.h.
 // h and out are indexed by the position of the row in `rows` (grouped by
 // expert); slotRow (written by the routing kernel) maps a slot t * K + s to
 // that position, -1 for an empty slot.
@@ -474,11 +469,16 @@ __device__ void gateUp(const MoEKernelArgs &args) {
   constexpr int NT = (I + BN - 1) / BN;
   constexpr int V = 16 / static_cast<int>(sizeof(TW));
 
-  const TX *x = static_cast<const TX *>(args.buffers[0]);
-  const float *weights = static_cast<const float *>(args.buffers[2]);
-  const int *offsets = static_cast<const int *>(args.buffers[21]);
-  const int *rows = static_cast<const int *>(args.buffers[22]);
-  float *h = static_cast<float *>(args.buffers[SharedFFN ? 26 : 24]);
+  const TX *x = static_cast<const TX *>(args.buffers[MOE_EXPERTS_SLOT_INPUT]);
+  const float *weights =
+      static_cast<const float *>(args.buffers[MOE_EXPERTS_SLOT_WEIGHTS]);
+  const int *offsets =
+      static_cast<const int *>(args.buffers[MOE_EXPERTS_SLOT_OFFSETS]);
+  const int *rows =
+      static_cast<const int *>(args.buffers[MOE_EXPERTS_SLOT_ROWS]);
+  float *h = static_cast<float *>(
+      args.buffers[SharedFFN ? MOE_EXPERTS_SLOT_SHARED_HIDDEN
+                             : MOE_EXPERTS_SLOT_HIDDEN]);
   const experts::FFNWeights<F> w =
       experts::ffnWeights<F>(args, SharedFFN ? 12 : 4);
 
@@ -621,11 +621,18 @@ __device__ void down(const MoEKernelArgs &args) {
   constexpr int NT = (H + BN - 1) / BN;
   constexpr int V = 16 / static_cast<int>(sizeof(TW));
 
-  const float *weights = static_cast<const float *>(args.buffers[2]);
-  const int *offsets = static_cast<const int *>(args.buffers[21]);
-  const int *rows = static_cast<const int *>(args.buffers[22]);
-  const float *h = static_cast<const float *>(args.buffers[SharedFFN ? 26 : 24]);
-  float *out = static_cast<float *>(args.buffers[SharedFFN ? 27 : 25]);
+  const float *weights =
+      static_cast<const float *>(args.buffers[MOE_EXPERTS_SLOT_WEIGHTS]);
+  const int *offsets =
+      static_cast<const int *>(args.buffers[MOE_EXPERTS_SLOT_OFFSETS]);
+  const int *rows =
+      static_cast<const int *>(args.buffers[MOE_EXPERTS_SLOT_ROWS]);
+  const float *h = static_cast<const float *>(
+      args.buffers[SharedFFN ? MOE_EXPERTS_SLOT_SHARED_HIDDEN
+                             : MOE_EXPERTS_SLOT_HIDDEN]);
+  float *out =
+      static_cast<float *>(args.buffers[SharedFFN ? MOE_EXPERTS_SLOT_SHARED_OUT
+                                                  : MOE_EXPERTS_SLOT_OUT]);
   const experts::FFNWeights<F> w =
       experts::ffnWeights<F>(args, SharedFFN ? 12 : 4);
 
@@ -711,19 +718,26 @@ constexpr int CombineCols = 256;
 /// The combine: work item (token t, chunk of CombineCols outputs),
 /// grid-stride, sums the token's slot rows in slot order (the reference's
 /// order of the weighted sum), then adds the shared experts (times
-/// sigmoid(x . w_gate) with a shared gate). Deterministic, no atomics.
+/// sigmoid(x . w_gate + b_gate) with a shared gate). Deterministic, no atomics.
 template <typename Cfg> __device__ void combine(const MoEKernelArgs &args) {
   using TX = typename Cfg::TX;
   using S = typename Cfg::Shared;
   constexpr int H = Cfg::Routed::H, K = Cfg::K;
   constexpr int Chunks = (H + CombineCols - 1) / CombineCols;
-  const TX *x = static_cast<const TX *>(args.buffers[0]);
-  TX *y = static_cast<TX *>(args.buffers[3]);
-  const typename S::TW *sharedGate =
-      static_cast<const typename S::TW *>(args.buffers[20]);
-  const int *slotRow = static_cast<const int *>(args.buffers[23]);
-  const float *out = static_cast<const float *>(args.buffers[25]);
-  const float *sharedOut = static_cast<const float *>(args.buffers[27]);
+  const TX *x = static_cast<const TX *>(args.buffers[MOE_EXPERTS_SLOT_INPUT]);
+  TX *y = static_cast<TX *>(args.buffers[MOE_EXPERTS_SLOT_OUTPUT]);
+  using TG = typename Cfg::TG;
+  using TGB = typename Cfg::TGB;
+  const TG *scaleWeight =
+      static_cast<const TG *>(args.buffers[MOE_EXPERTS_SLOT_SCALE_WEIGHT]);
+  const TGB *scaleBias =
+      static_cast<const TGB *>(args.buffers[MOE_EXPERTS_SLOT_SCALE_BIAS]);
+  const int *slotRow =
+      static_cast<const int *>(args.buffers[MOE_EXPERTS_SLOT_SLOT_ROW]);
+  const float *out =
+      static_cast<const float *>(args.buffers[MOE_EXPERTS_SLOT_OUT]);
+  const float *sharedOut =
+      static_cast<const float *>(args.buffers[MOE_EXPERTS_SLOT_SHARED_OUT]);
   MOE_SHARED(int, rowOf, K);
   MOE_SHARED(float, gateValue, 1);
 
@@ -738,8 +752,10 @@ template <typename Cfg> __device__ void combine(const MoEKernelArgs &args) {
       if (threadIdx.x < 32) {
         float partial = 0.0f;
         for (int i = threadIdx.x; i < H; i += 32)
-          partial += toF32<TX>(x[t * H + i]) * toF32(sharedGate[i]);
+          partial += toF32<TX>(x[t * H + i]) * toF32(scaleWeight[i]);
         partial = warpSum(partial);
+        if constexpr (Cfg::SharedGateBias)
+          partial += toF32(scaleBias[0]);
         if (threadIdx.x == 0)
           gateValue[0] = moe_k::sigmoid(partial);
       }

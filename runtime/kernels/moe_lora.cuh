@@ -7,8 +7,7 @@
 //   static constexpr int In, Out, E, R, K;  // K = 0: every adapter, weight 1
 //   static constexpr bool HasBias;
 //   static __device__ float scale(int e);   // lora_alpha / r per adapter
-// Buffers: x [T, In], y [T, Out], base [Out, In], bias [Out] or null,
-// A [E, R, In], B [E, Out, R], ids [T, K], weights [T, K].
+// Buffers: the MOE_LORA slots of KernelABI.h.
 //
 //===----------------------------------------------------------------------===//
 
@@ -25,16 +24,19 @@ __device__ void mixture(const MoEKernelArgs &args) {
   using TX = typename Cfg::TX;
   constexpr int In = Cfg::In, Out = Cfg::Out, R = Cfg::R;
   constexpr int K = Cfg::K > 0 ? Cfg::K : Cfg::E;
-  const TX *x = static_cast<const TX *>(args.buffers[0]);
-  TX *y = static_cast<TX *>(args.buffers[1]);
+  const TX *x = static_cast<const TX *>(args.buffers[MOE_LORA_SLOT_INPUT]);
+  TX *y = static_cast<TX *>(args.buffers[MOE_LORA_SLOT_OUTPUT]);
   const typename Cfg::TW *base =
-      static_cast<const typename Cfg::TW *>(args.buffers[2]);
-  const typename Cfg::TB *bias =
-      static_cast<const typename Cfg::TB *>(args.buffers[3]);
-  const typename Cfg::TA *a = static_cast<const typename Cfg::TA *>(args.buffers[4]);
-  const typename Cfg::TA *b = static_cast<const typename Cfg::TA *>(args.buffers[5]);
-  const int *ids = static_cast<const int *>(args.buffers[6]);
-  const float *weights = static_cast<const float *>(args.buffers[7]);
+      static_cast<const typename Cfg::TW *>(args.buffers[MOE_LORA_SLOT_BASE]);
+  const typename Cfg::TB *bias = static_cast<const typename Cfg::TB *>(
+      args.buffers[MOE_LORA_SLOT_BASE_BIAS]);
+  const typename Cfg::TA *a =
+      static_cast<const typename Cfg::TA *>(args.buffers[MOE_LORA_SLOT_LORA_A]);
+  const typename Cfg::TA *b =
+      static_cast<const typename Cfg::TA *>(args.buffers[MOE_LORA_SLOT_LORA_B]);
+  const int *ids = static_cast<const int *>(args.buffers[MOE_LORA_SLOT_IDS]);
+  const float *weights =
+      static_cast<const float *>(args.buffers[MOE_LORA_SLOT_WEIGHTS]);
 
   // Dynamic shared memory of (In + R + Out) floats.
   MOE_DYNAMIC_SHARED(float, smem);

@@ -9,11 +9,11 @@
 // RUN: moe-opt %s --moe-optimize | sed -e 's/#moe.layout<runtime>/#moe.layout<per_token>/' | moe-translate --moe-to-cuda | FileCheck %s --check-prefix=PERTOKEN
 
 // CHECK: #include "moe_grouped.cuh"
-// CHECK: moe_route_l5_0(MoEKernelArgs args)
-// CHECK: int *slotRow = static_cast<int *>(args.buffers[7]);
+// CHECK: {{moe_route_[0-9a-f]+}}(MoEKernelArgs args)
+// CHECK: int *slotRow = static_cast<int *>(args.buffers[MOE_ROUTE_SLOT_SLOT_ROW]);
 // CHECK: moe_k::route::planDispatch<4, 2, 4>(outIds, T, counts, offsets, rows, slotRow);
-// RUNTIME: // moe.fused_experts at loc({{.*}}) (layout runtime: decode kernels up to 64 routed slots, grouped kernels above)
-// GROUPED: // moe.fused_experts at loc({{.*}}) (layout grouped: grouped kernels)
+// RUNTIME: // moe.fused_experts (layout runtime: decode kernels up to 64 routed slots, grouped kernels above)
+// GROUPED: // moe.fused_experts (layout grouped: grouped kernels)
 // CHECK: struct Routed {
 // CHECK-NEXT: using TW = __nv_bfloat16;
 // CHECK: static constexpr int H = 64, I = 96, E = 4;
@@ -27,30 +27,30 @@
 // RUNTIME: struct Decode {
 // RUNTIME-NEXT: static constexpr int UpUnits = 4, DownCols = 4, SharedUpUnits = 4, SharedDownCols = 4;
 // GROUPED-NOT: struct Decode
-// RUNTIME: extern "C" __global__ void __launch_bounds__(128, 4) moe_experts_l5_1_decode_up(MoEKernelArgs args) {
-// RUNTIME-NEXT: moe_k::experts::decodeUp<moe_experts_l5_1_cfg::Cfg, moe_experts_l5_1_cfg::Decode>(args);
-// RUNTIME: extern "C" __global__ void __launch_bounds__(128, 4) moe_experts_l5_1_decode_down(MoEKernelArgs args) {
-// RUNTIME-NEXT: moe_k::experts::decodeDown<moe_experts_l5_1_cfg::Cfg, moe_experts_l5_1_cfg::Decode>(args);
+// RUNTIME: extern "C" __global__ void __launch_bounds__(128, 4) {{moe_experts_[0-9a-f]+}}_decode_up(MoEKernelArgs args) {
+// RUNTIME-NEXT: moe_k::experts::decodeUp<{{moe_experts_[0-9a-f]+}}_cfg::Cfg, {{moe_experts_[0-9a-f]+}}_cfg::Decode>(args);
+// RUNTIME: extern "C" __global__ void __launch_bounds__(128, 4) {{moe_experts_[0-9a-f]+}}_decode_down(MoEKernelArgs args) {
+// RUNTIME-NEXT: moe_k::experts::decodeDown<{{moe_experts_[0-9a-f]+}}_cfg::Cfg, {{moe_experts_[0-9a-f]+}}_cfg::Decode>(args);
 // GROUPED-NOT: moe_k::experts::decode
 // CHECK: static_assert(moe_k::grouped::BM == 64 && moe_k::grouped::BN == 64 && moe_k::grouped::Threads == 128
-// CHECK: extern "C" __global__ void __launch_bounds__(128) moe_experts_l5_1_up(MoEKernelArgs args) {
-// CHECK-NEXT: moe_k::grouped::gateUp<moe_experts_l5_1_cfg::Cfg, false>(args);
-// CHECK: MOE_EMU_EXPORT_KERNEL(moe_experts_l5_1_up)
-// CHECK: extern "C" __global__ void __launch_bounds__(128) moe_experts_l5_1_down(MoEKernelArgs args) {
-// CHECK-NEXT: moe_k::grouped::down<moe_experts_l5_1_cfg::Cfg, false>(args);
-// CHECK: extern "C" __global__ void __launch_bounds__(128) moe_experts_l5_1_shared_up(MoEKernelArgs args) {
-// CHECK-NEXT: moe_k::grouped::gateUp<moe_experts_l5_1_cfg::Cfg, true>(args);
-// CHECK: extern "C" __global__ void __launch_bounds__(128) moe_experts_l5_1_shared_down(MoEKernelArgs args) {
-// CHECK-NEXT: moe_k::grouped::down<moe_experts_l5_1_cfg::Cfg, true>(args);
-// CHECK: extern "C" __global__ void __launch_bounds__(128) moe_experts_l5_1_combine(MoEKernelArgs args) {
-// CHECK-NEXT: moe_k::grouped::combine<moe_experts_l5_1_cfg::Cfg>(args);
-// CHECK: MOE_EMU_EXPORT_KERNEL(moe_experts_l5_1_combine)
+// CHECK: extern "C" __global__ void __launch_bounds__(128) {{moe_experts_[0-9a-f]+}}_up(MoEKernelArgs args) {
+// CHECK-NEXT: moe_k::grouped::gateUp<{{moe_experts_[0-9a-f]+}}_cfg::Cfg, false>(args);
+// CHECK: MOE_EMU_EXPORT_KERNEL({{moe_experts_[0-9a-f]+}}_up)
+// CHECK: extern "C" __global__ void __launch_bounds__(128) {{moe_experts_[0-9a-f]+}}_down(MoEKernelArgs args) {
+// CHECK-NEXT: moe_k::grouped::down<{{moe_experts_[0-9a-f]+}}_cfg::Cfg, false>(args);
+// CHECK: extern "C" __global__ void __launch_bounds__(128) {{moe_experts_[0-9a-f]+}}_shared_up(MoEKernelArgs args) {
+// CHECK-NEXT: moe_k::grouped::gateUp<{{moe_experts_[0-9a-f]+}}_cfg::Cfg, true>(args);
+// CHECK: extern "C" __global__ void __launch_bounds__(128) {{moe_experts_[0-9a-f]+}}_shared_down(MoEKernelArgs args) {
+// CHECK-NEXT: moe_k::grouped::down<{{moe_experts_[0-9a-f]+}}_cfg::Cfg, true>(args);
+// CHECK: extern "C" __global__ void __launch_bounds__(128) {{moe_experts_[0-9a-f]+}}_combine(MoEKernelArgs args) {
+// CHECK-NEXT: moe_k::grouped::combine<{{moe_experts_[0-9a-f]+}}_cfg::Cfg>(args);
+// CHECK: MOE_EMU_EXPORT_KERNEL({{moe_experts_[0-9a-f]+}}_combine)
 
-// PERTOKEN: // moe.fused_experts at loc({{.*}}) (layout per_token: decode kernels)
-// PERTOKEN: moe_k::experts::decodeUp<moe_experts_l5_1_cfg::Cfg, moe_experts_l5_1_cfg::Decode>(args);
-// PERTOKEN: moe_k::experts::decodeDown<moe_experts_l5_1_cfg::Cfg, moe_experts_l5_1_cfg::Decode>(args);
+// PERTOKEN: // moe.fused_experts (layout per_token: decode kernels)
+// PERTOKEN: moe_k::experts::decodeUp<{{moe_experts_[0-9a-f]+}}_cfg::Cfg, {{moe_experts_[0-9a-f]+}}_cfg::Decode>(args);
+// PERTOKEN: moe_k::experts::decodeDown<{{moe_experts_[0-9a-f]+}}_cfg::Cfg, {{moe_experts_[0-9a-f]+}}_cfg::Decode>(args);
 // PERTOKEN-NOT: moe_k::grouped::{{gateUp|down}}
-// PERTOKEN: moe_k::grouped::combine<moe_experts_l5_1_cfg::Cfg>(args);
+// PERTOKEN: moe_k::grouped::combine<{{moe_experts_[0-9a-f]+}}_cfg::Cfg>(args);
 
 func.func @layer_5(%x: tensor<?x64xf32>) -> tensor<?x64xf32> attributes {moe.layer = 5 : i64} {
   %wg = moe.weight ["router"] from ["m.safetensors"] : tensor<4x64xbf16>

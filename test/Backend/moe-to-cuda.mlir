@@ -3,14 +3,16 @@
 // RUN: moe-opt %s --moe-optimize | moe-translate --moe-to-cuda | FileCheck %s
 
 // CHECK: #include "moe_route.cuh"
-// CHECK: //===--- @layer_3 (layer 3) ---===//
+// Kernels are named from their text (a hash) and comments hold no location.
+// CHECK-NOT: loc(
+// CHECK: //===--- @layer_3 (layer 3) launches: [[LOGITS:moe_route_logits_[0-9a-f]+]], [[ROUTE:moe_route_[0-9a-f]+]], [[EXPERTS:moe_experts_[0-9a-f]+]]_decode_up,
 // The router projection is a kernel of its own, launched first.
-// CHECK: // moe.router_linear of moe.fused_route at loc(
-// CHECK-NEXT: extern "C" __global__ void __launch_bounds__(128) moe_route_l3_0_logits0(MoEKernelArgs args)
+// CHECK: // moe.router_linear of moe.fused_route
+// CHECK-NEXT: extern "C" __global__ void __launch_bounds__(128) [[LOGITS]](MoEKernelArgs args)
 // CHECK-NEXT: moe_k::route::routerLogits<float, __nv_bfloat16, float, 16, 8, true, 32, 8>(
-// CHECK: MOE_EMU_EXPORT_KERNEL(moe_route_l3_0_logits0)
-// CHECK: // moe.fused_route at loc(
-// CHECK: extern "C" __global__ void __launch_bounds__(128) moe_route_l3_0(MoEKernelArgs args)
+// CHECK: MOE_EMU_EXPORT_KERNEL([[LOGITS]])
+// CHECK: // moe.fused_route
+// CHECK: extern "C" __global__ void __launch_bounds__(128) [[ROUTE]](MoEKernelArgs args)
 // CHECK: moe_k::route::loadLogits<8>(lg{{[0-9]+}}, t, 
 // CHECK: moe_k::route::sigmoid<8>(
 // CHECK: moe_k::route::biasAdd<8, float>(
@@ -21,8 +23,8 @@
 // CHECK: moe_k::route::maskedNormalize<2>({{.*}}, {{.*}}, 9.99999968e-21f,
 // CHECK: moe_k::route::scale<2>({{.*}}, 2.5f,
 // CHECK: moe_k::route::planDispatch<8, 2, 4>(outIds, T, counts, offsets, rows, slotRow);
-// CHECK: MOE_EMU_EXPORT_KERNEL(moe_route_l3_0)
-// CHECK: // moe.fused_experts at loc({{.*}}) (layout runtime: decode kernels up to 64 routed slots, grouped kernels above)
+// CHECK: MOE_EMU_EXPORT_KERNEL([[ROUTE]])
+// CHECK: // moe.fused_experts (layout runtime: decode kernels up to 64 routed slots, grouped kernels above)
 // CHECK: struct Routed {
 // CHECK-NEXT: using TW = __nv_bfloat16;
 // CHECK: static constexpr int H = 16, I = 32, E = 8;
@@ -31,18 +33,21 @@
 // CHECK-NEXT: static constexpr float Alpha = 1.70200002f, Limit = 7.0f;
 // CHECK: static constexpr int K = 2;
 // CHECK-NEXT: static constexpr bool ScaleInput = false, Unweighted = false, HasShared = false, SharedGate = false;
+// CHECK-NEXT: using TG = float;
+// CHECK-NEXT: using TGB = float;
+// CHECK-NEXT: static constexpr bool SharedGateBias = false;
 // CHECK: struct Decode {
 // CHECK-NEXT: static constexpr int UpUnits = 4, DownCols = 4, SharedUpUnits = 4, SharedDownCols = 4;
-// CHECK: } // namespace moe_experts_l3_1_cfg
-// CHECK: extern "C" __global__ void __launch_bounds__(128, 4) moe_experts_l3_1_decode_up(MoEKernelArgs args) {
-// CHECK-NEXT: moe_k::experts::decodeUp<moe_experts_l3_1_cfg::Cfg, moe_experts_l3_1_cfg::Decode>(args);
-// CHECK: MOE_EMU_EXPORT_KERNEL(moe_experts_l3_1_decode_up)
-// CHECK: extern "C" __global__ void __launch_bounds__(128, 4) moe_experts_l3_1_decode_down(MoEKernelArgs args) {
-// CHECK-NEXT: moe_k::experts::decodeDown<moe_experts_l3_1_cfg::Cfg, moe_experts_l3_1_cfg::Decode>(args);
-// CHECK: MOE_EMU_EXPORT_KERNEL(moe_experts_l3_1_decode_down)
-// CHECK: moe_k::grouped::gateUp<moe_experts_l3_1_cfg::Cfg, false>(args);
-// CHECK: moe_k::grouped::down<moe_experts_l3_1_cfg::Cfg, false>(args);
-// CHECK: moe_k::grouped::combine<moe_experts_l3_1_cfg::Cfg>(args);
+// CHECK: } // namespace [[EXPERTS]]_cfg
+// CHECK: extern "C" __global__ void __launch_bounds__(128, 4) [[EXPERTS]]_decode_up(MoEKernelArgs args) {
+// CHECK-NEXT: moe_k::experts::decodeUp<[[EXPERTS]]_cfg::Cfg, [[EXPERTS]]_cfg::Decode>(args);
+// CHECK: MOE_EMU_EXPORT_KERNEL([[EXPERTS]]_decode_up)
+// CHECK: extern "C" __global__ void __launch_bounds__(128, 4) [[EXPERTS]]_decode_down(MoEKernelArgs args) {
+// CHECK-NEXT: moe_k::experts::decodeDown<[[EXPERTS]]_cfg::Cfg, [[EXPERTS]]_cfg::Decode>(args);
+// CHECK: MOE_EMU_EXPORT_KERNEL([[EXPERTS]]_decode_down)
+// CHECK: moe_k::grouped::gateUp<[[EXPERTS]]_cfg::Cfg, false>(args);
+// CHECK: moe_k::grouped::down<[[EXPERTS]]_cfg::Cfg, false>(args);
+// CHECK: moe_k::grouped::combine<[[EXPERTS]]_cfg::Cfg>(args);
 
 func.func @layer_3(%x: tensor<?x16xf32>) -> tensor<?x16xf32> attributes {moe.layer = 3 : i64} {
   %wg = moe.weight ["gate"] from ["m.safetensors"] : tensor<8x16xbf16>

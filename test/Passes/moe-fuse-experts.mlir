@@ -147,3 +147,65 @@ func.func @weights_as_arguments(%x: tensor<?x16xf32>, %ids: tensor<?x2xi32>, %w:
   %y = moe.combine %ys, %rows, %w : (tensor<?x16xf32>, tensor<?xi32>, tensor<?x2xf32>) -> tensor<?x16xf32>
   return %y : tensor<?x16xf32>
 }
+
+// -----
+
+// A shared-expert gate with a bias moves into the body whole (the kernels
+// apply the bias).
+// CHECK-LABEL: func.func @shared_gate_bias
+// CHECK: moe.fused_experts
+// CHECK: %[[GB:.*]] = moe.weight ["gb"]
+// CHECK: moe.router_linear %{{.*}}, %{{.*}} bias %[[GB]]
+// CHECK-NEXT: moe.sigmoid
+// CHECK-NEXT: moe.row_scale
+// CHECK-NEXT: arith.addf
+// CHECK-NEXT: moe.yield
+// CHECK-NOT: arith.addf
+func.func @shared_gate_bias(%x: tensor<?x16xf32>, %ids: tensor<?x2xi32>, %w: tensor<?x2xf32>) -> tensor<?x16xf32> {
+  %g = moe.weight ["g"] from ["m.safetensors"] : tensor<4x8x16xf32>
+  %d = moe.weight ["d"] from ["m.safetensors"] : tensor<4x16x8xf32>
+  %sg = moe.weight ["sg"] from ["m.safetensors"] : tensor<8x16xf32>
+  %sd = moe.weight ["sd"] from ["m.safetensors"] : tensor<16x8xf32>
+  %gw = moe.weight ["gw"] from ["m.safetensors"] : tensor<1x16xf32>
+  %gb = moe.weight ["gb"] from ["m.safetensors"] : tensor<1xf32>
+  %c, %off, %rows = moe.dispatch %ids {num_experts = 4 : i64} : tensor<?x2xi32> -> tensor<4xi32>, tensor<5xi32>, tensor<?xi32>
+  %xs = moe.permute %x, %rows, %w : (tensor<?x16xf32>, tensor<?xi32>, tensor<?x2xf32>) -> tensor<?x16xf32>
+  %ys = moe.expert_ffn %xs, %off gate(%g) up(%g) down(%d) {activation = #moe.activation<silu>} : (tensor<?x16xf32>, tensor<5xi32>, tensor<4x8x16xf32>, tensor<4x8x16xf32>, tensor<4x16x8xf32>) -> tensor<?x16xf32>
+  %y = moe.combine %ys, %rows, %w : (tensor<?x16xf32>, tensor<?xi32>, tensor<?x2xf32>) -> tensor<?x16xf32>
+  %s = moe.ffn %x gate(%sg) up(%sg) down(%sd) {activation = #moe.activation<silu>} : (tensor<?x16xf32>, tensor<8x16xf32>, tensor<8x16xf32>, tensor<16x8xf32>) -> tensor<?x16xf32>
+  %gl = moe.router_linear %x, %gw bias %gb : (tensor<?x16xf32>, tensor<1x16xf32>, tensor<1xf32>) -> tensor<?x1xf32>
+  %gs = moe.sigmoid %gl : tensor<?x1xf32>
+  %sc = moe.row_scale %s, %gs : (tensor<?x16xf32>, tensor<?x1xf32>) -> tensor<?x16xf32>
+  %out = arith.addf %sc, %y : tensor<?x16xf32>
+  return %out : tensor<?x16xf32>
+}
+
+// -----
+
+// A shared-expert gate the kernels cannot generate (softmax instead of
+// sigmoid): the remark names the op, the routed part is fused alone and the
+// sum stays outside.
+// CHECK-LABEL: func.func @shared_gate_softmax
+// CHECK: %[[F:.*]] = moe.fused_experts
+// CHECK: moe.combine
+// CHECK-NEXT: moe.yield
+// CHECK: moe.softmax
+// CHECK: arith.addf %[[F]],
+func.func @shared_gate_softmax(%x: tensor<?x16xf32>, %ids: tensor<?x2xi32>, %w: tensor<?x2xf32>) -> tensor<?x16xf32> {
+  %g = moe.weight ["g"] from ["m.safetensors"] : tensor<4x8x16xf32>
+  %d = moe.weight ["d"] from ["m.safetensors"] : tensor<4x16x8xf32>
+  %sg = moe.weight ["sg"] from ["m.safetensors"] : tensor<8x16xf32>
+  %sd = moe.weight ["sd"] from ["m.safetensors"] : tensor<16x8xf32>
+  %gw = moe.weight ["gw"] from ["m.safetensors"] : tensor<1x16xf32>
+  %c, %off, %rows = moe.dispatch %ids {num_experts = 4 : i64} : tensor<?x2xi32> -> tensor<4xi32>, tensor<5xi32>, tensor<?xi32>
+  %xs = moe.permute %x, %rows, %w : (tensor<?x16xf32>, tensor<?xi32>, tensor<?x2xf32>) -> tensor<?x16xf32>
+  %ys = moe.expert_ffn %xs, %off gate(%g) up(%g) down(%d) {activation = #moe.activation<silu>} : (tensor<?x16xf32>, tensor<5xi32>, tensor<4x8x16xf32>, tensor<4x8x16xf32>, tensor<4x16x8xf32>) -> tensor<?x16xf32>
+  // expected-remark @+1 {{moe-fuse-experts: shared experts not fused: 'moe.softmax' computes the shared experts' gate; the kernels generate sigmoid(router_linear(x)) only}}
+  %y = moe.combine %ys, %rows, %w : (tensor<?x16xf32>, tensor<?xi32>, tensor<?x2xf32>) -> tensor<?x16xf32>
+  %s = moe.ffn %x gate(%sg) up(%sg) down(%sd) {activation = #moe.activation<silu>} : (tensor<?x16xf32>, tensor<8x16xf32>, tensor<8x16xf32>, tensor<16x8xf32>) -> tensor<?x16xf32>
+  %gl = moe.router_linear %x, %gw : (tensor<?x16xf32>, tensor<1x16xf32>) -> tensor<?x1xf32>
+  %gs = moe.softmax %gl : tensor<?x1xf32>
+  %sc = moe.row_scale %s, %gs : (tensor<?x16xf32>, tensor<?x1xf32>) -> tensor<?x16xf32>
+  %out = arith.addf %y, %sc : tensor<?x16xf32>
+  return %out : tensor<?x16xf32>
+}

@@ -11,6 +11,7 @@
 
 #include "moe/runtime/Plan.h"
 
+#include "mlir/Dialect/Func/IR/FuncOps.h"
 #include "mlir/IR/BuiltinOps.h"
 
 #include "llvm/Support/Error.h"
@@ -20,6 +21,10 @@ namespace moe {
 /// Emits the kernels and launch plans of every layer function (functions
 /// with `moe.layer`) of `module`, which must be fused (`--moe-optimize`).
 llvm::Expected<ModulePlan> emitCudaModule(mlir::ModuleOp module);
+
+/// The launch plan of one layer function (a function with `moe.layer`),
+/// without the kernels' text: what reports such as moe-stats count.
+llvm::Expected<LayerPlan> planCudaLayer(mlir::func::FuncOp fn);
 
 /// Registers `--moe-to-cuda` with mlir-translate style tools.
 void registerMoEToCudaTranslation();

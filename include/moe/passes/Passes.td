@@ -79,9 +79,12 @@ def MoEStats : Pass<"moe-stats", "::mlir::ModuleOp"> {
   let description = [{
     Prints one line per function with a `moe.layer` attribute: the number of
     compute ops (every op but weights, constants and terminators, counting
-    the bodies of fused ops), and the number of kernels the layer needs (one
-    per fused op, one per compute op outside them). Writes to stderr; the IR
-    is unchanged.
+    the bodies of fused ops), the top-level ops (fused ops and compute ops
+    outside them), and, when every op is fused, the kernel launches of the
+    layer's CUDA code (the emulation runs the same) at decode (T = 1) and
+    at prefill (T = 4096): a fused op is one or more kernels (a router
+    projection, decode or grouped expert GEMMs, a combine). Writes to
+    stderr; the IR is unchanged.
   }];
   let options = [
     Option<"label", "label", "std::string", "\"\"",

@@ -8,12 +8,128 @@
  * Which buffer sits in which slot is recorded by the code generator in the
  * launch plan of the kernel.
  *
+ * Argument slots. Each kernel family declares its buffer slots once, here,
+ * as an X-macro list MOE_<FAMILY>_SLOT_LIST(X) from which the enum
+ * MOE_<FAMILY>_SLOT_<NAME> (0, 1, ...) and MOE_<FAMILY>_NUM_SLOTS follow.
+ * The code generator binds buffers by these names (each slot set or
+ * explicitly null), the kernel templates read args.buffers[MOE_..._SLOT_..],
+ * and every generated source repeats the values the generator was built
+ * with in a static_assert (MOE_<FAMILY>_NUM_SLOTS == N && each slot's
+ * value), so a source generated against another version of this header
+ * fails to compile instead of reading shifted buffers. To add a kernel
+ * family: add a list and its enum below, MOE_SLOT_CHECK it in the code
+ * generator (codegen/CudaEmitter.cpp, slotCheck), read the names in the
+ * kernel. Families:
+ *   EXPERTS  every kernel of one moe.fused_experts (decode, grouped GEMMs,
+ *            combine): they share one argument list.
+ *   ROUTE    the routing kernel of moe.fused_route: fixed slots, then the
+ *            router's weights and logits from MOE_ROUTE_SLOT_FIRST_OPERAND.
+ *   LOGITS   the router projection of moe.router_linear (routerLogits).
+ *   LORA     moe.lora_mixture.
+ *   ELEMENTWISE  elementwise glue between fused ops: the result, then its
+ *            operands from MOE_ELEMENTWISE_SLOT_FIRST_INPUT.
+ *
  *===---------------------------------------------------------------------===*/
 
 #ifndef MOE_RUNTIME_KERNELABI_H
 #define MOE_RUNTIME_KERNELABI_H
 
 #define MOE_MAX_KERNEL_BUFFERS 32
+
+/* The lists keep one line per group of slots. */
+/* clang-format off */
+/* One FFN set (moe.expert_ffn or moe.ffn): eight consecutive slots, null
+ * when the op has no such operand. */
+#define MOE_FFN_SLOT_LIST(X)                                                 \
+  X(GATE) X(UP) X(GATE_UP) X(DOWN) X(GATE_BIAS) X(UP_BIAS) X(GATE_UP_BIAS)   \
+  X(DOWN_BIAS)
+
+/* moe.fused_experts. Shapes: x, y [T, H]; ids, weights [T, K];
+ * ROUTED_* the moe.expert_ffn weights, SHARED_* the moe.ffn weights (shared
+ * experts; null without); SCALE_WEIGHT [1, H] and SCALE_BIAS [1] the
+ * shared experts' gate sigmoid(router_linear(x, w, b)) (null without);
+ * offsets [E + 1], rows [T * K], slot_row [T * K] the dispatch plan; then
+ * f32 scratch: h [T * K, I], out [T * K, H], shared h [T, I_shared],
+ * shared out [T, H]. */
+#define MOE_EXPERTS_SLOT_LIST(X)                                             \
+  X(INPUT) X(IDS) X(WEIGHTS) X(OUTPUT)                                       \
+  X(ROUTED_GATE) X(ROUTED_UP) X(ROUTED_GATE_UP) X(ROUTED_DOWN)               \
+  X(ROUTED_GATE_BIAS) X(ROUTED_UP_BIAS) X(ROUTED_GATE_UP_BIAS)               \
+  X(ROUTED_DOWN_BIAS)                                                        \
+  X(SHARED_GATE) X(SHARED_UP) X(SHARED_GATE_UP) X(SHARED_DOWN)               \
+  X(SHARED_GATE_BIAS) X(SHARED_UP_BIAS) X(SHARED_GATE_UP_BIAS)               \
+  X(SHARED_DOWN_BIAS)                                                        \
+  X(SCALE_WEIGHT) X(SCALE_BIAS)                                              \
+  X(OFFSETS) X(ROWS) X(SLOT_ROW)                                             \
+  X(HIDDEN) X(OUT) X(SHARED_HIDDEN) X(SHARED_OUT)
+
+/* moe.fused_route: x [T, H]; the routing ids, weights [T, K]; the dispatch
+ * plan counts [E], offsets [E + 1], rows [T * K], slot_row [T * K]; a
+ * zeroed block counter [1]; expert-choice scores [T, N] (or null); then
+ * one slot per router weight or logits buffer the kernel reads, in the
+ * order of its body (the generated kernel names them). */
+#define MOE_ROUTE_SLOT_LIST(X)                                               \
+  X(INPUT) X(IDS) X(WEIGHTS) X(COUNTS) X(OFFSETS) X(ROWS) X(COUNTER)         \
+  X(SLOT_ROW) X(CHOICE_SCORES) X(FIRST_OPERAND)
+
+/* moe.router_linear as a kernel: x [T, H], weight [N, H], bias [N] or
+ * null, logits [T, N] f32. */
+#define MOE_LOGITS_SLOT_LIST(X) X(INPUT) X(WEIGHT) X(BIAS) X(OUTPUT)
+
+/* moe.lora_mixture: x [T, In], y [T, Out], base [Out, In], bias [Out] or
+ * null, A [E, R, In], B [E, Out, R], ids and weights [T, K] (null without
+ * routing). */
+#define MOE_LORA_SLOT_LIST(X)                                                \
+  X(INPUT) X(OUTPUT) X(BASE) X(BASE_BIAS) X(LORA_A) X(LORA_B) X(IDS)         \
+  X(WEIGHTS)
+
+/* Elementwise glue between fused ops (moe_elementwise.cuh): the result
+ * [T, N], then the operands [T, N] from MOE_ELEMENTWISE_SLOT_FIRST_INPUT on,
+ * in the order the generated expression reads them. */
+#define MOE_ELEMENTWISE_SLOT_LIST(X) X(OUTPUT) X(FIRST_INPUT)
+
+/* clang-format on */
+
+#define MOE_FFN_SLOT_(name) MOE_FFN_SLOT_##name,
+enum MoEFFNSlot { MOE_FFN_SLOT_LIST(MOE_FFN_SLOT_) MOE_FFN_NUM_SLOTS };
+#undef MOE_FFN_SLOT_
+#define MOE_EXPERTS_SLOT_(name) MOE_EXPERTS_SLOT_##name,
+enum MoEExpertsSlot {
+  MOE_EXPERTS_SLOT_LIST(MOE_EXPERTS_SLOT_) MOE_EXPERTS_NUM_SLOTS
+};
+#undef MOE_EXPERTS_SLOT_
+#define MOE_ROUTE_SLOT_(name) MOE_ROUTE_SLOT_##name,
+enum MoERouteSlot { MOE_ROUTE_SLOT_LIST(MOE_ROUTE_SLOT_) MOE_ROUTE_NUM_SLOTS };
+#undef MOE_ROUTE_SLOT_
+#define MOE_LOGITS_SLOT_(name) MOE_LOGITS_SLOT_##name,
+enum MoELogitsSlot {
+  MOE_LOGITS_SLOT_LIST(MOE_LOGITS_SLOT_) MOE_LOGITS_NUM_SLOTS
+};
+#undef MOE_LOGITS_SLOT_
+#define MOE_LORA_SLOT_(name) MOE_LORA_SLOT_##name,
+enum MoELoraSlot { MOE_LORA_SLOT_LIST(MOE_LORA_SLOT_) MOE_LORA_NUM_SLOTS };
+#undef MOE_LORA_SLOT_
+#define MOE_ELEMENTWISE_SLOT_(name) MOE_ELEMENTWISE_SLOT_##name,
+enum MoEElementwiseSlot {
+  MOE_ELEMENTWISE_SLOT_LIST(MOE_ELEMENTWISE_SLOT_) MOE_ELEMENTWISE_NUM_SLOTS
+};
+#undef MOE_ELEMENTWISE_SLOT_
+/* Operands an elementwise kernel can read. */
+#define MOE_ELEMENTWISE_MAX_INPUTS                                             \
+  (MOE_MAX_KERNEL_BUFFERS - MOE_ELEMENTWISE_SLOT_FIRST_INPUT)
+
+/* The ROUTED_* and SHARED_* slots follow MoEFFNSlot's order (the kernels
+ * read an FFN set from its first slot), and every family fits. C has no
+ * static_assert before C11: a negative array size fails instead. */
+typedef char moe_experts_ffn_order_check
+    [(MOE_EXPERTS_SLOT_ROUTED_DOWN_BIAS - MOE_EXPERTS_SLOT_ROUTED_GATE ==
+          MOE_FFN_NUM_SLOTS - 1 &&
+      MOE_EXPERTS_SLOT_SHARED_DOWN_BIAS - MOE_EXPERTS_SLOT_SHARED_GATE ==
+          MOE_FFN_NUM_SLOTS - 1 &&
+      MOE_EXPERTS_NUM_SLOTS <= MOE_MAX_KERNEL_BUFFERS &&
+      MOE_ROUTE_NUM_SLOTS <= MOE_MAX_KERNEL_BUFFERS)
+         ? 1
+         : -1];
 
 typedef struct MoEKernelArgs {
   /* Device pointers (host pointers under the CPU emulation). */
@@ -34,14 +150,5 @@ typedef struct MoEKernelArgs {
 typedef int (*MoEEmuLaunchFn)(const MoEKernelArgs *, unsigned, unsigned,
                               unsigned, unsigned, unsigned, unsigned,
                               unsigned, char *, unsigned);
-
-/* Argument slots of the elementwise glue kernels (moe_elementwise.cuh):
- * the result [T, N], then the operands [T, N] in the order the generated
- * expression reads them. */
-enum {
-  MOE_ELEMENTWISE_SLOT_OUTPUT = 0,
-  MOE_ELEMENTWISE_SLOT_FIRST_INPUT = 1,
-  MOE_ELEMENTWISE_MAX_INPUTS = MOE_MAX_KERNEL_BUFFERS - 1
-};
 
 #endif /* MOE_RUNTIME_KERNELABI_H */

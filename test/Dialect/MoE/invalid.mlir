@@ -703,6 +703,26 @@ func.func @fused_route_ids_out_of_range(%x: tensor<?x16xf32>) {
 
 // -----
 
+// The body's ops are read by the kernels' matcher: an op it would not
+// generate is named.
+func.func @fused_experts_extra_op(%x: tensor<?x16xf32>, %ids: tensor<?x2xi32>, %w: tensor<?x2xf32>, %rows: tensor<?xi32>, %off: tensor<5xi32>) -> tensor<?x16xf32> {
+  // expected-error @+1 {{'moe.fused_experts' op body cannot be generated: 'arith.mulf' computes the body's result; the expert kernels generate moe.combine, optionally plus shared experts (arith.addf)}}
+  %y = moe.fused_experts %x, %ids, %w, %rows, %off {layout = #moe.layout<grouped>} : (tensor<?x16xf32>, tensor<?x2xi32>, tensor<?x2xf32>, tensor<?xi32>, tensor<5xi32>) -> tensor<?x16xf32> {
+  ^bb0(%bx: tensor<?x16xf32>, %bi: tensor<?x2xi32>, %bw: tensor<?x2xf32>, %br: tensor<?xi32>, %bo: tensor<5xi32>):
+    %g = moe.weight ["g"] from ["m.safetensors"] : tensor<4x8x16xf32>
+    %d = moe.weight ["d"] from ["m.safetensors"] : tensor<4x16x8xf32>
+    %xs = moe.permute %bx, %br, %bw : (tensor<?x16xf32>, tensor<?xi32>, tensor<?x2xf32>) -> tensor<?x16xf32>
+    %ys = moe.expert_ffn %xs, %bo gate(%g) up(%g) down(%d) {activation = #moe.activation<silu>} : (tensor<?x16xf32>, tensor<5xi32>, tensor<4x8x16xf32>, tensor<4x8x16xf32>, tensor<4x16x8xf32>) -> tensor<?x16xf32>
+    %c = moe.combine %ys, %br, %bw : (tensor<?x16xf32>, tensor<?xi32>, tensor<?x2xf32>) -> tensor<?x16xf32>
+    // expected-note @+1 {{this op}}
+    %m = arith.mulf %c, %bx : tensor<?x16xf32>
+    moe.yield %m : tensor<?x16xf32>
+  }
+  return %y : tensor<?x16xf32>
+}
+
+// -----
+
 // A dynamic 'offsets' type hides the expert count; the plan's op does not.
 func.func @expert_ffn_plan_experts(%x: tensor<?x16xf32>, %i: tensor<?x2xi32>, %g: tensor<4x32x16xf32>, %d: tensor<4x16x32xf32>) {
   // expected-note @+1 {{the plan is made here}}
@@ -730,6 +750,31 @@ func.func @fused_route_not_a_router_op(%x: tensor<?x16xf32>) {
 
 // -----
 
+func.func @fused_experts_softmax_gate(%x: tensor<?x16xf32>, %ids: tensor<?x2xi32>, %w: tensor<?x2xf32>, %rows: tensor<?xi32>, %off: tensor<5xi32>) -> tensor<?x16xf32> {
+  // expected-error @+1 {{'moe.fused_experts' op body cannot be generated: 'moe.softmax' computes the shared experts' gate; the kernels generate sigmoid(router_linear(x)) only}}
+  %y = moe.fused_experts %x, %ids, %w, %rows, %off {layout = #moe.layout<grouped>} : (tensor<?x16xf32>, tensor<?x2xi32>, tensor<?x2xf32>, tensor<?xi32>, tensor<5xi32>) -> tensor<?x16xf32> {
+  ^bb0(%bx: tensor<?x16xf32>, %bi: tensor<?x2xi32>, %bw: tensor<?x2xf32>, %br: tensor<?xi32>, %bo: tensor<5xi32>):
+    %g = moe.weight ["g"] from ["m.safetensors"] : tensor<4x8x16xf32>
+    %d = moe.weight ["d"] from ["m.safetensors"] : tensor<4x16x8xf32>
+    %sg = moe.weight ["sg"] from ["m.safetensors"] : tensor<8x16xf32>
+    %sd = moe.weight ["sd"] from ["m.safetensors"] : tensor<16x8xf32>
+    %gw = moe.weight ["gw"] from ["m.safetensors"] : tensor<1x16xf32>
+    %xs = moe.permute %bx, %br, %bw : (tensor<?x16xf32>, tensor<?xi32>, tensor<?x2xf32>) -> tensor<?x16xf32>
+    %ys = moe.expert_ffn %xs, %bo gate(%g) up(%g) down(%d) {activation = #moe.activation<silu>} : (tensor<?x16xf32>, tensor<5xi32>, tensor<4x8x16xf32>, tensor<4x8x16xf32>, tensor<4x16x8xf32>) -> tensor<?x16xf32>
+    %c = moe.combine %ys, %br, %bw : (tensor<?x16xf32>, tensor<?xi32>, tensor<?x2xf32>) -> tensor<?x16xf32>
+    %s = moe.ffn %bx gate(%sg) up(%sg) down(%sd) {activation = #moe.activation<silu>} : (tensor<?x16xf32>, tensor<8x16xf32>, tensor<8x16xf32>, tensor<16x8xf32>) -> tensor<?x16xf32>
+    %gl = moe.router_linear %bx, %gw : (tensor<?x16xf32>, tensor<1x16xf32>) -> tensor<?x1xf32>
+    // expected-note @+1 {{this op}}
+    %gs = moe.softmax %gl : tensor<?x1xf32>
+    %sc = moe.row_scale %s, %gs : (tensor<?x16xf32>, tensor<?x1xf32>) -> tensor<?x16xf32>
+    %sum = arith.addf %c, %sc : tensor<?x16xf32>
+    moe.yield %sum : tensor<?x16xf32>
+  }
+  return %y : tensor<?x16xf32>
+}
+
+// -----
+
 func.func @fused_route_two_expert_choices(%x: tensor<?x16xf32>) {
   // expected-error @+1 {{'moe.expert_choice' is a second cross-token selection in one router}}
   %ids, %w, %c, %off, %rows = moe.fused_route %x {num_experts = 4 : i64} : tensor<?x16xf32> -> tensor<?x4xi32>, tensor<?x4xf32>, tensor<4xi32>, tensor<5xi32>, tensor<?xi32> {
@@ -742,4 +787,22 @@ func.func @fused_route_two_expert_choices(%x: tensor<?x16xf32>) {
     moe.yield %i2, %v2 : tensor<?x4xi32>, tensor<?x4xf32>
   }
   return
+}
+
+// -----
+
+func.func @fused_experts_unused_weight(%x: tensor<?x16xf32>, %ids: tensor<?x2xi32>, %w: tensor<?x2xf32>, %rows: tensor<?xi32>, %off: tensor<5xi32>) -> tensor<?x16xf32> {
+  // expected-error @+1 {{'moe.fused_experts' op body cannot be generated: 'moe.weight' is not read by the body's result (the kernels would ignore it)}}
+  %y = moe.fused_experts %x, %ids, %w, %rows, %off {layout = #moe.layout<grouped>} : (tensor<?x16xf32>, tensor<?x2xi32>, tensor<?x2xf32>, tensor<?xi32>, tensor<5xi32>) -> tensor<?x16xf32> {
+  ^bb0(%bx: tensor<?x16xf32>, %bi: tensor<?x2xi32>, %bw: tensor<?x2xf32>, %br: tensor<?xi32>, %bo: tensor<5xi32>):
+    %g = moe.weight ["g"] from ["m.safetensors"] : tensor<4x8x16xf32>
+    %d = moe.weight ["d"] from ["m.safetensors"] : tensor<4x16x8xf32>
+    // expected-note @+1 {{this op}}
+    %unused = moe.weight ["unused"] from ["m.safetensors"] : tensor<4x16x8xf32>
+    %xs = moe.permute %bx, %br, %bw : (tensor<?x16xf32>, tensor<?xi32>, tensor<?x2xf32>) -> tensor<?x16xf32>
+    %ys = moe.expert_ffn %xs, %bo gate(%g) up(%g) down(%d) {activation = #moe.activation<silu>} : (tensor<?x16xf32>, tensor<5xi32>, tensor<4x8x16xf32>, tensor<4x8x16xf32>, tensor<4x16x8xf32>) -> tensor<?x16xf32>
+    %c = moe.combine %ys, %br, %bw : (tensor<?x16xf32>, tensor<?xi32>, tensor<?x2xf32>) -> tensor<?x16xf32>
+    moe.yield %c : tensor<?x16xf32>
+  }
+  return %y : tensor<?x16xf32>
 }

@@ -18,7 +18,9 @@ if sites != distinct * layers or layers < 2:
              f"every one of the {layers} identical layers to share them")
 if len(sys.argv) > 3:
     source = open(sys.argv[3]).read()
-    entries = re.findall(r'extern "C" __global__ void[^(]*?\b(\w+)\(MoEKernelArgs',
+    # extern "C" __global__ void [__launch_bounds__(...)] NAME(MoEKernelArgs
+    entries = re.findall(r'extern "C" __global__ void '
+                         r'(?:__launch_bounds__\([^)]*\) )?(\w+)\(MoEKernelArgs',
                          source)
     if len(entries) != distinct or len(set(entries)) != len(entries):
         sys.exit(f"kernels.cu defines {len(entries)} kernels "

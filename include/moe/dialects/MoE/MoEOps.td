@@ -550,6 +550,14 @@ def MoE_FusedExpertsOp : MoE_Op<"fused_experts",
     expert, `per_token` (few tokens, no permutation: the decode path), or
     `runtime` when the token count is dynamic and the choice is made at run
     time. Built by `--moe-fuse-experts`.
+
+    The body must have the form the expert kernels generate:
+    `combine(expert_ffn(permute(x, rows, weights), offsets), rows, weights)`,
+    optionally plus (`arith.addf`, either order) shared experts
+    `moe.ffn(x)`, optionally scaled (`moe.row_scale`) by
+    `moe.sigmoid(moe.router_linear(x, w [bias b]))`; weights are `moe.weight`
+    or float `arith.constant` ops of the body. The verifier names any other
+    op (it would not be generated).
   }];
   let arguments = (ins MoE_Tensor:$input, MoE_Ids:$ids, MoE_Scores:$weights,
                    MoE_I32Vector:$rows, MoE_I32Vector:$offsets,
@@ -561,6 +569,7 @@ def MoE_FusedExpertsOp : MoE_Op<"fused_experts",
     `:` functional-type(operands, results) $body
   }];
   let hasVerifier = 1;
+  let hasRegionVerifier = 1;
 }
 
 def MoE_YieldOp : MoE_Op<"yield", [Pure, Terminator,
