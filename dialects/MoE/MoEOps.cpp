@@ -6,11 +6,8 @@
 //===----------------------------------------------------------------------===//
 
 #include "moe/dialects/MoE/MoEOps.h"
-<<<<<<< HEAD
-#include "moe/dialects/MoE/Routing.h"
-=======
 #include "moe/dialects/MoE/FusedExperts.h"
->>>>>>> h-experts
+#include "moe/dialects/MoE/Routing.h"
 
 #include "mlir/IR/Builders.h"
 #include "mlir/IR/BuiltinTypes.h"
@@ -759,9 +756,6 @@ LogicalResult FusedExpertsOp::verify() {
                          TypeRange(getResult().getType()));
 }
 
-<<<<<<< HEAD
-#include "moe/dialects/MoE/MoERouterInterfaces.cpp.inc"
-=======
 // After the body's ops are verified: the matcher reads their operands.
 LogicalResult FusedExpertsOp::verifyRegions() {
   FusedExpertsRefusal refusal;
@@ -777,7 +771,8 @@ LogicalResult FusedExpertsOp::verifyRegions() {
   diag.attachNote(refusal.op->getLoc()) << "this op";
   return diag;
 }
->>>>>>> h-experts
+
+#include "moe/dialects/MoE/MoERouterInterfaces.cpp.inc"
 
 #define GET_OP_CLASSES
 #include "moe/dialects/MoE/MoEOps.cpp.inc"
