@@ -4,8 +4,8 @@
 // and read after it (the sigmoid scores) is kept in global memory.
 // RUN: moe-opt %s --moe-optimize | moe-translate --moe-to-cuda | FileCheck %s
 
-// CHECK: extern "C" __global__ void __launch_bounds__(128) moe_route_l0_0(MoEKernelArgs args)
-// CHECK: float *choiceScores = static_cast<float *>(args.buffers[8]);
+// CHECK: extern "C" __global__ void __launch_bounds__(128) moe_route_{{[0-9a-f]+}}(MoEKernelArgs args)
+// CHECK: float *choiceScores = static_cast<float *>(args.buffers[MOE_ROUTE_SLOT_CHOICE_SCORES]);
 // CHECK-DAG: int *ecIds[[I:[0-9]+]] = static_cast<int *>(args.buffers[[[I]]]);
 // CHECK-DAG: float *ecVals[[V:[0-9]+]] = static_cast<float *>(args.buffers[[[V]]]);
 // CHECK-DAG: float *carry[[C:[0-9]+]] = static_cast<float *>(args.buffers[[[C]]]);
