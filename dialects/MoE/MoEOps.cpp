@@ -15,6 +15,7 @@
 #include "mlir/IR/PatternMatch.h"
 #include "llvm/ADT/STLExtras.h"
 
+#include <cmath>
 #include <optional>
 
 using namespace mlir;
@@ -304,6 +305,13 @@ LogicalResult NormalizeOp::verify() {
   return success();
 }
 
+LogicalResult ScaleOp::verify() {
+  float factor = getFactor().convertToFloat();
+  if (!std::isfinite(factor))
+    return emitOpError() << "'factor' must be a finite f32, got " << factor;
+  return success();
+}
+
 OpFoldResult ScaleOp::fold(FoldAdaptor) {
   if (getFactor().isExactlyValue(1.0))
     return getInput();
@@ -321,6 +329,9 @@ struct MergeScales : OpRewritePattern<ScaleOp> {
       return failure();
     float factor = inner.getFactor().convertToFloat() *
                    op.getFactor().convertToFloat();
+    // Two finite factors whose product overflows f32 stay two ops.
+    if (!std::isfinite(factor))
+      return failure();
     rewriter.replaceOpWithNewOp<ScaleOp>(op, inner.getInput(),
                                          rewriter.getF32FloatAttr(factor));
     return success();

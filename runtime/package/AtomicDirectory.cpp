@@ -206,8 +206,8 @@ Status commit(const std::string &temp, const std::string &dir, bool replace) {
   }
   if (!replace)
     return Status::error("'" + dir +
-                         "' already exists (replace it with the "
-                         "replace option); it was left untouched");
+                         "' already exists and replacing it was not asked "
+                         "for; it was left untouched");
   if (Status s = checkReplaceable(dir))
     return s;
   int r = renameWithFlags(temp, dir, RENAME_EXCHANGE);

@@ -138,8 +138,8 @@ Status writePackage(const PackageContents &contents, const std::string &dirIn,
   struct stat st;
   if (::lstat(dir.c_str(), &st) == 0) {
     if (!options.replace)
-      return Status::error(context + ": it already exists (replace it with "
-                                     "the replace option); it was left "
+      return Status::error(context + ": it already exists and replacing "
+                                     "it was not asked for; it was left "
                                      "untouched");
     if (Status s = checkReplaceable(dir))
       return s.withContext(context);

@@ -141,6 +141,12 @@ int main(int argc, char **argv) {
     if (moe::runtime::Status s = moe::runtime::validateArch(a.str()))
       return fail("--arch " + a + ": " + s.message());
 
+  // An existing destination is refused before any work, in the tool's own
+  // words (its flag, not the library's option).
+  if (!force && sys::fs::exists(output))
+    return fail("'" + output + "' already exists; pass --force to replace "
+                "it (it was left untouched)");
+
   auto start = std::chrono::steady_clock::now();
   Progress progress;
   mlir::DialectRegistry registry;

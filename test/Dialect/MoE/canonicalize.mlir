@@ -26,6 +26,19 @@ func.func @scale_chain(%w: tensor<?x2xf32>) -> tensor<?x2xf32> {
 
 // -----
 
+// Two finite factors whose product overflows f32 are not merged (the
+// merged scale would be +inf, which the verifier refuses).
+// CHECK-LABEL: func.func @scale_overflow
+// CHECK: moe.scale %{{.*}} {factor = 1.000000e+30 : f32}
+// CHECK: moe.scale %{{.*}} {factor = 1.000000e+30 : f32}
+func.func @scale_overflow(%w: tensor<?x2xf32>) -> tensor<?x2xf32> {
+  %0 = moe.scale %w {factor = 1.0e30 : f32} : tensor<?x2xf32>
+  %1 = moe.scale %0 {factor = 1.0e30 : f32} : tensor<?x2xf32>
+  return %1 : tensor<?x2xf32>
+}
+
+// -----
+
 // Scales whose product is 1 vanish.
 // CHECK-LABEL: func.func @scale_inverse
 // CHECK-NOT: moe.scale

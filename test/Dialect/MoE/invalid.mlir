@@ -806,3 +806,21 @@ func.func @fused_experts_unused_weight(%x: tensor<?x16xf32>, %ids: tensor<?x2xi3
   }
   return %y : tensor<?x16xf32>
 }
+
+// -----
+
+// A scale factor must be finite: inf or NaN would make every output
+// non-finite (a config's 1e39 is +inf in f32).
+func.func @scale_not_finite(%w: tensor<?x2xf32>) -> tensor<?x2xf32> {
+  // expected-error @+1 {{'moe.scale' op 'factor' must be a finite f32, got INF}}
+  %0 = moe.scale %w {factor = 0x7F800000 : f32} : tensor<?x2xf32>
+  return %0 : tensor<?x2xf32>
+}
+
+// -----
+
+func.func @scale_nan(%w: tensor<?x2xf32>) -> tensor<?x2xf32> {
+  // expected-error @+1 {{'moe.scale' op 'factor' must be a finite f32, got nan}}
+  %0 = moe.scale %w {factor = 0x7FC00000 : f32} : tensor<?x2xf32>
+  return %0 : tensor<?x2xf32>
+}
