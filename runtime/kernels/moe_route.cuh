@@ -99,8 +99,16 @@ __device__ void softmax(const float *in, float *out) {
       sum += expf(v - m);
     }
   }
+  // A +inf score makes the sum NaN (exp(inf - inf)), as in the reference
+  // executor and in PyTorch: then every score is NaN and no expert is
+  // selected; a NaN score does the same through the sum.
+  if (m > 3.402823466e38f)
+    sum = m - m;
   for (int i = 0; i < N; ++i)
-    out[i] = (m == negInf() || in[i] == negInf()) ? 0.0f : expf(in[i] - m) / sum;
+    out[i] = m == negInf()          ? 0.0f
+             : sum != sum           ? sum
+             : in[i] == negInf()    ? 0.0f
+                                    : expf(in[i] - m) / sum;
 }
 
 /// moe.softmax over the slots of a selection (ids: -1 for an empty slot):
@@ -119,10 +127,13 @@ __device__ void maskedSoftmax(const float *in, const int *ids, float *out) {
       sum += expf(v - m);
     }
   }
+  if (m > 3.402823466e38f) // +inf: NaN scores, as softmax above
+    sum = m - m;
   for (int i = 0; i < K; ++i)
-    out[i] = (ids[i] < 0 || m == negInf() || in[i] == negInf())
-                 ? 0.0f
-                 : expf(in[i] - m) / sum;
+    out[i] = (ids[i] < 0 || m == negInf()) ? 0.0f
+             : sum != sum                  ? sum
+             : in[i] == negInf()           ? 0.0f
+                                           : expf(in[i] - m) / sum;
 }
 
 template <int N> __device__ void sigmoid(const float *in, float *out) {
