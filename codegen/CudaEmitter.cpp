@@ -19,6 +19,7 @@
 #include "moe/dialects/MoE/MoEOps.h"
 #include "moe/dialects/MoE/Routing.h"
 #include "moe/runtime/KernelABI.h"
+#include "moe/runtime/KernelContract.h"
 
 #include "mlir/Dialect/Arith/IR/Arith.h"
 #include "mlir/Dialect/Func/IR/FuncOps.h"
@@ -670,8 +671,8 @@ private:
                 rl.getBias() ? "true" : "false", kLogitsTokens, kLogitsRows)
                 .str());
         os << "\n";
+        pushLaunch(std::move(projection));
         endKernel();
-        plan.launches.push_back(std::move(projection));
         int slot = static_cast<int>(launch.args.size());
         launch.args.push_back(valueBinding(logits));
         ptr << llvm::formatv("  const float *lg{0} = static_cast<const float "
@@ -834,13 +835,13 @@ private:
                         "T, counts, offsets, rows, slotRow);\n  }\n}\n",
                         E, K, kWarps);
     os << "#ifdef MOE_EMU\nMOE_EMU_EXPORT_KERNEL(" << name << ")\n#endif\n\n";
-    endKernel();
     if (launch.args.size() > MOE_MAX_KERNEL_BUFFERS)
       return makeError(op, "the router reads " +
                                llvm::Twine(launch.args.size()) +
                                " buffers, more than a kernel's " +
                                llvm::Twine(MOE_MAX_KERNEL_BUFFERS));
-    plan.launches.push_back(std::move(launch));
+    pushLaunch(std::move(launch));
+    endKernel();
     return Error::success();
   }
 
@@ -953,6 +954,21 @@ private:
     std::string text = std::move(stream.open.back());
     stream.open.pop_back();
     names.push_back({placeholder, kernels.add(prefix, placeholder, text)});
+  }
+
+  /// Adds a launch of the kernel being written (between its beginKernel
+  /// and endKernel) and writes its contract (KernelContract.h) into the
+  /// kernel's text: the contract is then part of the text that names the
+  /// kernel, and a package's plan is checked against it when it is opened.
+  void pushLaunch(::moe::Launch launch) {
+    if (openKernels.empty() ||
+        !StringRef(launch.kernel).starts_with(openKernels.back().second))
+      llvm::report_fatal_error("code generator: launch of " +
+                               llvm::Twine(launch.kernel) +
+                               " outside its kernel's text");
+    os << ::moe::formatKernelContract(::moe::contractOf(launch, plan))
+       << "\n";
+    plan.launches.push_back(std::move(launch));
   }
 
   /// A kernel entry point `name(MoEKernelArgs args) { call; }` with its
@@ -1137,7 +1153,7 @@ private:
                                   "{1}_cfg::Decode>(args)",
                                   call, name)
                         .str());
-        plan.launches.push_back(std::move(launch));
+        pushLaunch(std::move(launch));
       };
       decode("decode_up", "decodeUp", ceilDiv(r.I, upUnits),
              shared ? ceilDiv(s.I, sharedUpUnits) : 0);
@@ -1170,7 +1186,7 @@ private:
                     llvm::formatv("moe_k::grouped::{0}<{1}_cfg::Cfg, {2}>(args)",
                                   call, name, sharedRows ? "true" : "false")
                         .str());
-        plan.launches.push_back(std::move(launch));
+        pushLaunch(std::move(launch));
       };
       gemm("up", "gateUp", false, r.I);
       gemm("down", "down", false, r.H);
@@ -1194,7 +1210,7 @@ private:
        << ", \"the launch plan's combine grid\");\n";
     kernelEntry(launch.kernel, "128",
                 "moe_k::grouped::combine<" + name + "_cfg::Cfg>(args)");
-    plan.launches.push_back(std::move(launch));
+    pushLaunch(std::move(launch));
     os << "\n";
     endKernel();
     return Error::success();
@@ -1374,8 +1390,8 @@ private:
     kernelEntry(name, std::to_string(kGlueThreads),
                 "moe_k::elementwise::apply<" + name + "_cfg::Cfg>(args)");
     os << "\n";
+    pushLaunch(std::move(launch));
     endKernel();
-    plan.launches.push_back(std::move(launch));
     return Error::success();
   }
 
@@ -1459,8 +1475,8 @@ private:
     kernelEntry(name, "128, 1",
                 "moe_k::lora::mixture<" + name + "_cfg::Cfg>(args)");
     os << "\n";
+    pushLaunch(std::move(launch));
     endKernel();
-    plan.launches.push_back(std::move(launch));
     return Error::success();
   }
 
@@ -1537,7 +1553,9 @@ Expected<ModulePlan> emitCudaModule(ModuleOp module) {
     for (const Launch &launch : plan->launches)
       used.insert(launch.kernel);
     os << "//===--- @" << fn.getSymName() << " (layer " << layer.getInt()
-       << ") launches: " << llvm::join(used, ", ") << " ---===//\n\n";
+       << ") launches: " << llvm::join(used, ", ") << " ---===//\n";
+    // Every launch in order, for the check of a package's plan.
+    os << formatLayerContract(*plan) << "\n\n";
     os << kernels.takeNew();
     result.layers.push_back(std::move(*plan));
   }

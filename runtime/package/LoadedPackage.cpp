@@ -8,6 +8,7 @@
 
 #include "moe/runtime/AtomicDirectory.h"
 #include "moe/runtime/KernelCache.h"
+#include "moe/runtime/KernelContract.h"
 #include "moe/runtime/Manifest.h"
 #include "moe/runtime/Package.h"
 
@@ -436,6 +437,10 @@ Expected<LoadedPackage> openPackage(const std::string &dir,
     t.ref.inlineValues = std::move(*values);
   }
   attachWeights(d);
+  // The plan against what the kernels were generated for: a manifest that
+  // passes the checks above can still bind the wrong buffers.
+  if (Status s = moe::checkPlanContracts(d.plan, d.source.file))
+    return s.withContext(manifestPath);
   for (size_t t = 0; t < d.tensors.size(); ++t)
     if (!d.tensors[t].constant)
       state->byIdentity.emplace(identityKey(d.tensors[t].ref), t);

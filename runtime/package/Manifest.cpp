@@ -10,6 +10,7 @@
 #include "moe/runtime/Manifest.h"
 
 #include "moe/runtime/KernelCache.h"
+#include "moe/runtime/KernelContract.h"
 
 #include <algorithm>
 #include <cstring>
@@ -1105,6 +1106,8 @@ Expected<Layout> buildManifest(const PackageContents &c) {
   if (Status s = decodeManifest(m, d))
     return s;
   if (Status s = checkKernelsInSource(plan, plan.source, kPackageSourceFile))
+    return s;
+  if (Status s = moe::checkPlanContracts(plan, kPackageSourceFile))
     return s;
   return out;
 }

@@ -10,6 +10,7 @@
 #include "moe/runtime/Package.h"
 #include "moe/runtime/Json.h"
 #include "moe/runtime/KernelCache.h"
+#include "moe/runtime/KernelContract.h"
 
 #include <gtest/gtest.h>
 
@@ -141,6 +142,17 @@ moe::Binding weightArg(int i) {
   return b;
 }
 
+/// Appends the contract lines the code generator would write for `plan`
+/// (KernelContract.h) to its source.
+void addContracts(moe::ModulePlan &plan) {
+  for (const moe::LayerPlan &layer : plan.layers) {
+    plan.source += moe::formatLayerContract(layer) + "\n";
+    for (const moe::Launch &launch : layer.launches)
+      plan.source +=
+          moe::formatKernelContract(moe::contractOf(launch, layer)) + "\n";
+  }
+}
+
 /// A two-layer model: a routed MoE block and a LoRA layer that shares a
 /// weight with it, with a constant, three dtypes, two cubins, resources
 /// and IR.
@@ -269,6 +281,7 @@ PackageContents sampleContents() {
   r.registers = 12;
   c.resources.push_back(r);
   c.irText = "module {\n  func.func @layer0() { return }\n}\n";
+  addContracts(c.plan);
   Status s = collectWeights(c, testProvider());
   if (!s.ok())
     ADD_FAILURE() << s.message();
@@ -1414,7 +1427,10 @@ TEST_F(PackageFiles, PlanConsistencyAgainstKernelsAndTensors) {
       openAfter([](Json &j) {
         at(j, {"layers", 1, "launches", 0}).set("kernel", "moe_route_l0_0");
       }),
-      ""); // Defined in the source and listed: fine.
+      // Defined in the source and listed, but not what kernels.cu was
+      // generated to launch there (KernelContract.h).
+      m + "layers[1].launches[0].kernel: moe_route_l0_0, but kernels.cu "
+          "launches moe_lora_l1_0 here");
   EXPECT_EQ(openAfter([](Json &j) {
               at(j, {"kernels", 2}).set("name", "moe_other");
             }),
@@ -1740,3 +1756,146 @@ TEST(Package, DecodeTensorValues) {
 }
 
 } // namespace
+
+//===----------------------------------------------------------------------===//
+// Kernel contracts
+//===----------------------------------------------------------------------===//
+
+namespace {
+std::string contractError(const std::string &source) {
+  moe::runtime::Expected<moe::SourceContracts> c =
+      moe::parseContracts(source, "kernels.cu");
+  return c ? std::string("(parsed)") : c.message();
+}
+} // namespace
+
+TEST(KernelContract, LinesRoundTripAndBadLinesAreReported) {
+  PackageContents c = sampleContents();
+  const moe::LayerPlan &l0 = c.plan.layers[0];
+  moe::KernelContract k = moe::contractOf(l0.launches[1], l0);
+  std::string line = moe::formatKernelContract(k);
+  EXPECT_EQ(line, "// moe-contract: moe_experts_l0_1 block_threads=128 "
+                  "dynamic_shared_bytes=4096 tokens_per_block=1 "
+                  "max_blocks=65535 rows_per_token=2 extra_blocks=4 "
+                  "grid_columns=3 slots_per_token=2 min_slots=65 "
+                  "max_slots=-1 slots=value:bf16:8:0,value:i32:2:0,"
+                  "value:f32:2:0,weight:bf16:0:96,weight:f32:0:2,"
+                  "value:f32:8:0");
+  moe::runtime::Expected<moe::SourceContracts> parsed =
+      moe::parseContracts("int x;\n" + line + "\n" +
+                              moe::formatLayerContract(l0) + "\n",
+                          "kernels.cu");
+  ASSERT_TRUE(parsed) << parsed.message();
+  ASSERT_EQ(parsed->kernels.count("moe_experts_l0_1"), 1u);
+  EXPECT_TRUE(parsed->kernels.at("moe_experts_l0_1") == k);
+  ASSERT_EQ(parsed->layers.size(), 1u);
+  EXPECT_EQ(parsed->layers[0].launches,
+            (std::vector<std::string>{"moe_route_l0_0", "moe_experts_l0_1"}));
+
+  auto replaced = [&](const std::string &from, const std::string &to) {
+    std::string s = line;
+    size_t at = s.find(from);
+    EXPECT_NE(at, std::string::npos) << from;
+    return "\n" + s.replace(at, from.size(), to) + "\n";
+  };
+  struct Bad {
+    std::string source, message;
+  } bad[] = {
+      {"// moe-contract:\n", "kernels.cu:1: expected a kernel name"},
+      {replaced("max_blocks=65535", "max_blocks=x"),
+       "kernels.cu:2: 'max_blocks': expected an integer, found 'x'"},
+      {replaced(" grid_columns=3", ""), "kernels.cu:2: missing 'grid_columns'"},
+      {replaced("extra_blocks=4", "extra_blocks=4 extra_blocks=4"),
+       "'extra_blocks' given twice"},
+      {replaced("min_slots=65", "min_slots=65 colour=red"),
+       "unknown key 'colour'"},
+      {replaced("value:i32:2:0", "value:i64:2:0"),
+       "slot 1 ('value:i64:2:0'): expected a dtype"},
+      {replaced("value:i32:2:0", "buffer:i32:2:0"),
+       "slot 1 ('buffer:i32:2:0'): expected the kind value or weight"},
+      {replaced("weight:bf16:0:96", "weight:bf16:1:96"),
+       "slot 3 ('weight:bf16:1:96'): a weight has no per-token extent"},
+      {replaced("value:f32:8:0", "value:f32:-8:0"),
+       "expected non-negative integer extents"},
+      {replaced("value:f32:2:0", "value:f32:2"),
+       "expected null or KIND:DTYPE:PER_TOKEN:FIXED"},
+      {line + "\n" + replaced("grid_columns=3", "grid_columns=4"),
+       "kernels.cu:3: a second, different contract for moe_experts_l0_1"},
+      {"// moe-layer: layer=0 function=f\n", "kernels.cu:1: missing 'launches'"},
+      {"// moe-layer: layer=a function=f launches=\n",
+       "'layer': expected an integer, found 'a'"},
+  };
+  for (const Bad &b : bad)
+    EXPECT_NE(contractError(b.source).find(b.message), std::string::npos)
+        << "source: " << b.source << "\nerror: " << contractError(b.source);
+}
+
+TEST(KernelContract, APlanThatDisagreesWithItsKernelsIsRefused) {
+  PackageContents base = sampleContents();
+  EXPECT_TRUE(moe::checkPlanContracts(base.plan, "kernels.cu").ok());
+  struct Case {
+    std::function<void(moe::ModulePlan &)> edit;
+    std::string message;
+  } cases[] = {
+      {[](moe::ModulePlan &p) { p.layers[0].values[3].fixed = 2; },
+       "layers[0].launches[0].args[4]: binds value 3 (u32 with 0 per token + "
+       "2), but kernel moe_route_l0_0 reads u32 with 0 per token + 1"},
+      {[](moe::ModulePlan &p) { p.layers[0].values[4].perToken = 1; },
+       "layers[0].output: value 4 has 1 per token + 0, but output_width is "
+       "8"},
+      {[](moe::ModulePlan &p) { p.layers[0].launches[1].args[2].value = 1; },
+       "layers[0].launches[1].args[2]: binds value 1 (i32 with 2 per token "
+       "+ 0), but kernel moe_experts_l0_1 reads f32 with 2 per token + 0"},
+      {[](moe::ModulePlan &p) {
+         std::swap(p.layers[0].launches[1].args[3],
+                   p.layers[0].launches[1].args[4]);
+       },
+       "layers[0].launches[1].args[3]: binds weight 2 (f32 with 2 elements), "
+       "but kernel moe_experts_l0_1 reads bf16 with 96 elements"},
+      {[](moe::ModulePlan &p) {
+         p.layers[0].launches[1].args[5] = moe::Binding();
+       },
+       "layers[0].launches[1].args[5]: binds nothing (null), but kernel "
+       "moe_experts_l0_1 expects a value (f32 with 8 per token + 0)"},
+      {[](moe::ModulePlan &p) { p.layers[0].launches[1].args.pop_back(); },
+       "layers[0].launches[1].args: 5 bindings, but kernel moe_experts_l0_1 "
+       "has 6 argument slots"},
+      {[](moe::ModulePlan &p) {
+         p.layers[0].launches.erase(p.layers[0].launches.begin());
+       },
+       "layers[0].launches[0].kernel: moe_experts_l0_1, but kernels.cu "
+       "launches moe_route_l0_0 here"},
+      {[](moe::ModulePlan &p) { p.layers[0].launches.pop_back(); },
+       "layers[0].launches: 1 launches, but kernels.cu launches 2 kernels in "
+       "this layer (launch 1: moe_experts_l0_1 is missing)"},
+      {[](moe::ModulePlan &p) { p.layers[0].launches[1].gridColumns = 4; },
+       "layers[0].launches[1].grid_columns: 4, but kernel moe_experts_l0_1 "
+       "was generated for 3"},
+      {[](moe::ModulePlan &p) { p.layers[0].launches[0].maxSlots = -1; },
+       "layers[0].launches[0].max_slots: -1, but kernel moe_route_l0_0 was "
+       "generated for 64"},
+      {[](moe::ModulePlan &p) { p.layers[1].inputWidth = 4; },
+       "layers[1].input: value 0 has 8 per token + 0, but input_width is 4"},
+      {[](moe::ModulePlan &p) { p.layers[0].routings[1].ids = 2; },
+       "layers[0].more_routings[0].ids: value 2 is f32 with 2 per token + 0, "
+       "expected i32"},
+      {[](moe::ModulePlan &p) { p.layers[0].routings[0].weights = 4; },
+       "layers[0].routing_weights: value 4 is f32 with 8 per token + 0, "
+       "expected f32 with 2 per token + 0 (as routing_ids)"},
+      {[](moe::ModulePlan &p) { p.layers[0].launches[0].zeroOnce = {9}; },
+       "layers[0].launches[0].zero_once[0]: value 9 does not exist"},
+      {[](moe::ModulePlan &p) { p.layers.pop_back(); },
+       "layers: 1 layers, but kernels.cu was generated for 2"},
+      {[](moe::ModulePlan &p) {
+         p.source = p.source.substr(0, p.source.find("// moe-"));
+       },
+       "kernels.cu: no '// moe-contract:' or '// moe-layer:' lines"},
+  };
+  for (const Case &c : cases) {
+    PackageContents contents = base;
+    c.edit(contents.plan);
+    Status s = moe::checkPlanContracts(contents.plan, "kernels.cu");
+    EXPECT_NE(s.message().find(c.message), std::string::npos)
+        << "expected: " << c.message << "\nfound: " << s.message();
+  }
+}
