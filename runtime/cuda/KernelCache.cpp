@@ -73,26 +73,6 @@ bool getString(const std::string &in, size_t &at, std::string &s) {
   return true;
 }
 
-/// mkdir -p.
-Status makeDirectories(const std::string &dir) {
-  if (dir.empty())
-    return Status::error("empty folder name");
-  struct stat st;
-  if (::stat(dir.c_str(), &st) == 0) {
-    if (S_ISDIR(st.st_mode))
-      return Status::success();
-    return Status::error("'" + dir + "' exists and is not a folder");
-  }
-  size_t slash = dir.find_last_of('/');
-  if (slash != std::string::npos && slash > 0)
-    if (Status s = makeDirectories(dir.substr(0, slash)))
-      return s;
-  if (::mkdir(dir.c_str(), 0755) != 0 && errno != EEXIST)
-    return Status::error("cannot create folder '" + dir +
-                         "': " + errnoText(errno));
-  return Status::success();
-}
-
 /// Reads a whole file; `missing` tells "no such file" from other failures.
 Expected<std::string> readFile(const std::string &path, bool &missing) {
   missing = false;
@@ -187,8 +167,13 @@ KernelCache::open(KernelCacheOptions options) {
   // Only a folder that no other user can write (CacheFolder.h); else this
   // process's private folder, with a warning.
   CacheFolder folder = chooseCacheFolder(options.directory);
-  if (Status s = makeDirectories(folder.path))
-    return s.withContext("cannot use the kernel cache folder");
+  // chooseCacheFolder made the folder; it has none only when not even a
+  // private one could be made.
+  struct stat st;
+  if (folder.path.empty() || ::stat(folder.path.c_str(), &st) != 0 ||
+      !S_ISDIR(st.st_mode))
+    return Status::error("cannot use the kernel cache folder: " +
+                         folder.warning);
   cache->directory_ = folder.path;
   cache->folderWarning_ = folder.warning;
 
