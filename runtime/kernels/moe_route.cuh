@@ -82,15 +82,18 @@ __device__ __forceinline__ void loadLogits(const float *logits, long long t,
   __syncwarp();
 }
 
-/// Softmax over N values in two passes over memory: an online max/sum
-/// pass, then the normalising pass. -inf entries get 0; an all -inf row
-/// gives zeros.
-template <int N>
-__device__ void softmax(const float *in, float *out) {
+/// Softmax over the N values that `real(i)` admits, in two passes over
+/// memory: an online max/sum pass, then the normalising pass. Values not
+/// admitted and -inf values get 0; a row with none left gives zeros. A +inf
+/// value makes the sum NaN (exp(inf - inf)), as in the reference executor
+/// and in PyTorch, and so does a NaN value: then every admitted value is
+/// NaN and no expert is selected.
+template <int N, typename RealFn>
+__device__ void softmaxOver(const float *in, float *out, RealFn real) {
   float m = negInf(), sum = 0.0f;
   for (int i = 0; i < N; ++i) {
     float v = in[i];
-    if (v == negInf())
+    if (!real(i) || v == negInf())
       continue;
     if (v > m) {
       sum = sum * expf(m - v) + 1.0f;
@@ -99,41 +102,24 @@ __device__ void softmax(const float *in, float *out) {
       sum += expf(v - m);
     }
   }
-  // A +inf score makes the sum NaN (exp(inf - inf)), as in the reference
-  // executor and in PyTorch: then every score is NaN and no expert is
-  // selected; a NaN score does the same through the sum.
   if (m > 3.402823466e38f)
     sum = m - m;
   for (int i = 0; i < N; ++i)
-    out[i] = m == negInf()          ? 0.0f
-             : sum != sum           ? sum
-             : in[i] == negInf()    ? 0.0f
-                                    : expf(in[i] - m) / sum;
+    out[i] = (!real(i) || m == negInf()) ? 0.0f
+             : sum != sum                ? sum
+             : in[i] == negInf()         ? 0.0f
+                                         : expf(in[i] - m) / sum;
+}
+
+template <int N> __device__ void softmax(const float *in, float *out) {
+  softmaxOver<N>(in, out, [](int) { return true; });
 }
 
 /// moe.softmax over the slots of a selection (ids: -1 for an empty slot):
 /// the softmax of the real slots only; empty slots get exactly 0.
 template <int K>
 __device__ void maskedSoftmax(const float *in, const int *ids, float *out) {
-  float m = negInf(), sum = 0.0f;
-  for (int i = 0; i < K; ++i) {
-    float v = in[i];
-    if (ids[i] < 0 || v == negInf())
-      continue;
-    if (v > m) {
-      sum = sum * expf(m - v) + 1.0f;
-      m = v;
-    } else {
-      sum += expf(v - m);
-    }
-  }
-  if (m > 3.402823466e38f) // +inf: NaN scores, as softmax above
-    sum = m - m;
-  for (int i = 0; i < K; ++i)
-    out[i] = (ids[i] < 0 || m == negInf()) ? 0.0f
-             : sum != sum                  ? sum
-             : in[i] == negInf()           ? 0.0f
-                                           : expf(in[i] - m) / sum;
+  softmaxOver<K>(in, out, [ids](int i) { return ids[i] >= 0; });
 }
 
 template <int N> __device__ void sigmoid(const float *in, float *out) {
