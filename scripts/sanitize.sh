@@ -10,23 +10,17 @@ set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
 build=${MOE_ASAN_BUILD_DIR:-$root/build-asan}
 
-bash "$root/scripts/install-deps.sh"
-export CCACHE_BASEDIR="$root"
-export CCACHE_DIR=${CCACHE_DIR:-${HOME:-/root}/.cache/moe-opt-ccache}
-if [ ! -f "$build/build.ninja" ]; then
-  cmake -G Ninja -S "$root" -B "$build" \
-    -DCMAKE_BUILD_TYPE=Release \
-    -DMOE_SANITIZE=address,undefined \
-    -DMLIR_DIR=/usr/lib/llvm-22/lib/cmake/mlir \
-    -DLLVM_USE_LINKER=lld \
-    -DLLVM_EXTERNAL_LIT=/usr/lib/llvm-22/bin/lit
-fi
-cmake --build "$build" -j "${MOE_JOBS:-2}"
+MOE_BUILD_DIR="$build" MOE_CMAKE_ARGS="-DMOE_SANITIZE=address,undefined" \
+  bash "$root/scripts/build.sh"
 
 # Debian's MLIR is not instrumented: user poisoning and container-overflow
 # checks would report its (correct) use of its own containers.
 export ASAN_OPTIONS=allow_user_poisoning=0:detect_container_overflow=0:detect_leaks=0:abort_on_error=0
 export UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1
+# The Python tests load the instrumented libmoe_runtime.so into an
+# uninstrumented python3: the ASan runtime must be loaded first.
+LD_PRELOAD="$(c++ -print-file-name=libasan.so)"
+export LD_PRELOAD
 tests=(
   "$build/test/Import"
   "$build/test/Reference"
