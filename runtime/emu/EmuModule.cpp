@@ -98,11 +98,17 @@ Status writeFile(const std::string &path, const std::string &data) {
   return Status::success();
 }
 
-std::string readFile(const std::string &path) {
+/// Reads a whole file into `out`; false when it cannot be read (`out` is
+/// then empty).
+bool readFile(const std::string &path, std::string &out) {
+  out.clear();
   std::ifstream in(path, std::ios::binary);
+  if (!in)
+    return false;
   std::stringstream ss;
   ss << in.rdbuf();
-  return ss.str();
+  out = ss.str();
+  return static_cast<bool>(in) || in.eof();
 }
 
 bool exists(const std::string &path) {
@@ -266,7 +272,8 @@ Expected<std::string> compilerIdentity(const std::string &cacheDir) {
   argv.push_back("--version");
   std::string log = *tmp + "/version.txt";
   Expected<int> rc = run(argv, log);
-  std::string out = readFile(log);
+  std::string out;
+  readFile(log, out); // A log that cannot be read reads as empty.
   removeTree(*tmp);
   if (!rc)
     return rc.status().withContext("emu: the host compiler");
@@ -284,16 +291,6 @@ std::string libraryRecord(const std::string &key, const std::string &bytes) {
          "\n";
 }
 
-/// Reads a whole file into `out`; false when it cannot be read.
-bool readWholeFile(const std::string &path, std::string &out) {
-  std::ifstream in(path, std::ios::binary);
-  if (!in)
-    return false;
-  std::stringstream ss;
-  ss << in.rdbuf();
-  out = ss.str();
-  return static_cast<bool>(in) || in.eof();
-}
 
 /// Loads library bytes that were checked: they are copied to a file of
 /// their own in this process's private folder and loaded from there, so
@@ -466,9 +463,9 @@ EmuModule::compile(const std::string &source,
   if (exists(libPath) || exists(recordPath)) {
     std::string bytes, record;
     std::string problem;
-    if (!readWholeFile(libPath, bytes))
+    if (!readFile(libPath, bytes))
       problem = "the library cannot be read";
-    else if (!readWholeFile(recordPath, record))
+    else if (!readFile(recordPath, record))
       problem = "it has no record of its key and SHA-256";
     else if (record != libraryRecord(key, bytes))
       problem = "its bytes or key do not match its record";
@@ -545,14 +542,15 @@ EmuModule::compile(const std::string &source,
   if (!rc)
     return rc.status().withContext("emu");
   if (*rc != 0) {
-    std::string log = readFile(logPath);
+    std::string log;
+    readFile(logPath, log);
     if (log.size() > 32768)
       log = log.substr(0, 32768) + "\n[... compiler output truncated]";
     return Status::error("emu: the host compiler failed (exit status " +
                          std::to_string(*rc) + "): " + command + "\n" + log);
   }
   std::string bytes;
-  if (!readWholeFile(outPath, bytes))
+  if (!readFile(outPath, bytes))
     return Status::error("emu: cannot read the compiled library " + outPath);
   if (store) {
     // The record first: a library without one is never loaded.
