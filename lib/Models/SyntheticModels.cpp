@@ -122,11 +122,19 @@ static bool isAlwaysFused(Arch arch) {
   return arch == Arch::GptOss || arch == Arch::Llama4Text;
 }
 
-Expected<SyntheticOptions> defaultSyntheticOptions(StringRef archName) {
-  std::optional<Arch> arch = parseArch(archName);
+/// The architecture named `name`, or the error naming the supported ones.
+static Expected<Arch> knownArch(StringRef name) {
+  std::optional<Arch> arch = parseArch(name);
   if (!arch)
-    return createStringError("unknown synthetic architecture '" + archName +
+    return createStringError("unknown synthetic architecture '" + name +
                              "' (supported: " + archList() + ")");
+  return *arch;
+}
+
+Expected<SyntheticOptions> defaultSyntheticOptions(StringRef archName) {
+  Expected<Arch> arch = knownArch(archName);
+  if (!arch)
+    return arch.takeError();
   SyntheticOptions opts;
   opts.arch = archName.str();
   switch (*arch) {
@@ -198,10 +206,9 @@ static bool isMoeLayer(const SyntheticOptions &opts, Arch arch, int64_t layer) {
 }
 
 Error validateSyntheticOptions(const SyntheticOptions &opts) {
-  std::optional<Arch> arch = parseArch(opts.arch);
+  Expected<Arch> arch = knownArch(opts.arch);
   if (!arch)
-    return createStringError("unknown synthetic architecture '" + opts.arch +
-                             "' (supported: " + archList() + ")");
+    return arch.takeError();
   auto fail = [&](const Twine &message) {
     return createStringError("synthetic " + opts.arch + " model: " + message);
   };
@@ -292,10 +299,9 @@ Error validateSyntheticOptions(const SyntheticOptions &opts) {
 }
 
 Error setLeadingDenseLayers(SyntheticOptions &opts, int64_t count) {
-  std::optional<Arch> arch = parseArch(opts.arch);
+  Expected<Arch> arch = knownArch(opts.arch);
   if (!arch)
-    return createStringError("unknown synthetic architecture '" + opts.arch +
-                             "' (supported: " + archList() + ")");
+    return arch.takeError();
   auto fail = [&](const Twine &message) {
     return createStringError("synthetic " + opts.arch + " model: " + message);
   };
