@@ -6,6 +6,7 @@
 
 #include "moe/dialects/MoE/MoEDialect.h"
 #include "moe/lib/Weights/InputFile.h"
+#include "moe/passes/NewWeights.h"
 #include "moe/passes/Passes.h"
 
 #include "mlir/Dialect/Arith/IR/Arith.h"
@@ -38,6 +39,8 @@ int main(int argc, char **argv) {
       return 1;
     }
   }
+  // Passes that create weights write them beside the output IR.
+  mlir::moe::setOutputIRPath(outputFile);
   return mlir::asMainReturnCode(
       mlir::MlirOptMain(argc, argv, inputFile, outputFile, registry));
 }

@@ -1,0 +1,68 @@
+//===- NewWeights.h - Weights that passes create ----------------*- C++ -*-===//
+//
+// Part of moe-opt. Passes that rewrite expert weights (prune, merge,
+// compress) write the new tensors to one safetensors file beside the output
+// IR and reference it with `moe.weight`, so that moe-run, moe-compile and
+// packages read the result like any imported model.
+//
+//===----------------------------------------------------------------------===//
+
+#ifndef MOE_PASSES_NEWWEIGHTS_H
+#define MOE_PASSES_NEWWEIGHTS_H
+
+#include "moe/dialects/MoE/MoEOps.h"
+
+#include "mlir/IR/Builders.h"
+#include "mlir/IR/BuiltinOps.h"
+
+#include "llvm/ADT/StringRef.h"
+
+#include <string>
+
+namespace moe {
+class SafetensorsWriter;
+} // namespace moe
+
+namespace mlir::moe {
+
+/// The file moe-opt writes the IR to ("-": standard output). moe-opt sets
+/// it before running passes; passes that create weights put them beside it.
+void setOutputIRPath(llvm::StringRef path);
+llvm::StringRef getOutputIRPath();
+
+/// The weights one run of a pass creates: one safetensors file, by default
+/// `<output IR without .mlir>.<tag>.safetensors`, or `explicitPath` (the
+/// pass's `weights-out` option) when given.
+class NewWeights {
+public:
+  NewWeights(ModuleOp module, llvm::StringRef tag,
+             llvm::StringRef explicitPath);
+  ~NewWeights();
+
+  /// Adds tensor `name` holding `values` (row-major, rounded to the element
+  /// type of `type`: f32, bf16 or f16) and builds a `moe.weight` reading it
+  /// at `b`. Fails (with an error on `loc`) on a duplicate name, a size
+  /// mismatch, another element type or when there is no place to write.
+  FailureOr<WeightOp> add(OpBuilder &b, Location loc, llvm::StringRef name,
+                          RankedTensorType type, llvm::ArrayRef<float> values);
+
+  /// Writes the file atomically (nothing when no tensor was added); errors
+  /// are emitted on the module.
+  LogicalResult commit();
+
+  /// Where the file goes, and how the IR names it (relative to the
+  /// module's weight root when it lies there, else absolute).
+  llvm::StringRef path() const { return filePath; }
+  llvm::StringRef reference() const { return fileReference; }
+  /// Bytes of the tensors added so far.
+  uint64_t bytes() const;
+
+private:
+  ModuleOp module;
+  std::string filePath, fileReference, problem;
+  std::unique_ptr<::moe::SafetensorsWriter> writer;
+};
+
+} // namespace mlir::moe
+
+#endif // MOE_PASSES_NEWWEIGHTS_H

@@ -1,0 +1,111 @@
+//===- NewWeights.cpp - Weights that passes create ------------------------===//
+//
+// Part of moe-opt.
+//
+//===----------------------------------------------------------------------===//
+
+#include "moe/passes/NewWeights.h"
+
+#include "moe/lib/Reference/Interpreter.h"
+#include "moe/lib/Weights/Safetensors.h"
+
+#include "llvm/ADT/SmallString.h"
+#include "llvm/Support/FileSystem.h"
+#include "llvm/Support/Path.h"
+
+using namespace mlir;
+using namespace mlir::moe;
+
+static std::string &outputIRPath() {
+  static std::string path = "-";
+  return path;
+}
+
+void mlir::moe::setOutputIRPath(llvm::StringRef path) {
+  outputIRPath() = path.str();
+}
+
+llvm::StringRef mlir::moe::getOutputIRPath() { return outputIRPath(); }
+
+/// The dtype a tensor element type is stored as.
+static std::optional<::moe::DType> storedDType(Type t) {
+  if (t.isF32())
+    return ::moe::DType::F32;
+  if (t.isBF16())
+    return ::moe::DType::BF16;
+  if (t.isF16())
+    return ::moe::DType::F16;
+  return std::nullopt;
+}
+
+NewWeights::NewWeights(ModuleOp module, llvm::StringRef tag,
+                       llvm::StringRef explicitPath)
+    : module(module), writer(std::make_unique<::moe::SafetensorsWriter>()) {
+  llvm::StringRef ir = getOutputIRPath();
+  llvm::SmallString<256> path;
+  if (!explicitPath.empty()) {
+    path = explicitPath;
+  } else if (ir.empty() || ir == "-") {
+    problem = "the new weights need a file: give moe-opt -o FILE.mlir (they "
+              "go beside it) or the pass option weights-out=FILE.safetensors";
+    return;
+  } else {
+    path = ir;
+    if (llvm::sys::path::extension(path) == ".mlir")
+      llvm::sys::path::replace_extension(path, "");
+    path += ("." + tag + ".safetensors").str();
+  }
+  llvm::sys::fs::make_absolute(path);
+  llvm::sys::path::remove_dots(path, /*remove_dot_dot=*/true);
+  filePath = path.str().str();
+
+  // The IR resolves relative names against its weight root, which is
+  // relative to the folder of the IR file being written.
+  llvm::SmallString<256> root(ir == "-" || ir.empty()
+                                  ? std::string(".")
+                                  : ::moe::weightRoot(module, ir));
+  llvm::sys::fs::make_absolute(root);
+  llvm::sys::path::remove_dots(root, /*remove_dot_dot=*/true);
+  llvm::StringRef parent = llvm::sys::path::parent_path(filePath);
+  if (ir != "-" && !ir.empty() && parent == root.str())
+    fileReference = llvm::sys::path::filename(filePath).str();
+  else
+    fileReference = filePath;
+}
+
+NewWeights::~NewWeights() = default;
+
+uint64_t NewWeights::bytes() const { return writer->dataSize(); }
+
+FailureOr<WeightOp> NewWeights::add(OpBuilder &b, Location loc,
+                                    llvm::StringRef name,
+                                    RankedTensorType type,
+                                    llvm::ArrayRef<float> values) {
+  if (!problem.empty())
+    return emitError(loc) << problem;
+  std::optional<::moe::DType> dtype = storedDType(type.getElementType());
+  if (!dtype)
+    return emitError(loc) << "new weight '" << name << "' has element type "
+                          << type.getElementType()
+                          << "; expected f32, bf16 or f16";
+  if (!type.hasStaticShape() || type.getNumElements() != int64_t(values.size()))
+    return emitError(loc) << "new weight '" << name << "' of type " << type
+                          << " was given " << values.size() << " values";
+  if (llvm::Error e =
+          writer->addFloatTensor(name, *dtype, type.getShape(), values))
+    return emitError(loc) << "new weight '" << name
+                          << "': " << llvm::toString(std::move(e));
+  return b.create<WeightOp>(loc, type, b.getStrArrayAttr({name}),
+                            b.getStrArrayAttr({fileReference}),
+                            /*stacked=*/false);
+}
+
+LogicalResult NewWeights::commit() {
+  if (writer->size() == 0)
+    return success();
+  if (llvm::Error e = writer->write(filePath))
+    return module.emitError() << "cannot write the new weights to '"
+                              << filePath
+                              << "': " << llvm::toString(std::move(e));
+  return success();
+}
