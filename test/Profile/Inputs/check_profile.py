@@ -181,63 +181,92 @@ def transition(ids_a, ids_b, ea, eb):
     return t
 
 
+# Architectures of the oracle group: (builder, layout, keyword arguments).
+ORACLE_MODELS = {
+    "mixtral": (hf.build_mixtral, "per_expert", dict(inter=48, layers=3)),
+    # Fused gate_up tensors, a dense first layer, renormalised top-k.
+    "qwen3_moe": (hf.build_qwen3_moe, "fused", dict(layers=3)),
+    # Sigmoid scores, correction bias, group limit, scaled weights, a shared
+    # expert (not in the statistics), a dense first layer.
+    "deepseek_v3": (hf.build_deepseek_v3, "per_expert", dict(layers=3)),
+}
+
+
 def group_oracle(tools, rng, args):
-    m, ir = mixtral(tools, rng, "m")
+    for arch in args.arch.split(","):
+        oracle_model(tools, rng, arch, first=arch == args.arch.split(",")[0])
+
+
+def oracle_model(tools, rng, arch, first):
+    build, layout, kw = ORACLE_MODELS[arch]
+    m = build(rng, layout=layout, **kw)
+    folder = tools.path(arch + "_hf")
+    m.write(folder)
+    ir = tools.path(arch + ".mlir")
+    tools.run(["moe-import", folder, "-o", ir])
     layers = m.moe_layers
-    experts = m.config["num_local_experts"]
+    router0 = hf._expert_names(arch, layout, layers[0])[0]
+    experts = m.get(router0).shape[0]
     T = 40
     x = tokens(rng, T)
-    xp = save(tools, "x.npy", x)
-    prof = tools.path("p.safetensors")
+    xp = save(tools, arch + ".x.npy", x)
+    prof = tools.path(arch + ".p.safetensors")
     tools.run(["moe-run", ir, "--all-layers", "--input", xp, "--record-profile",
                prof, "--profile-expert-outputs", "--profile-input-gram",
-               "--routing-out", tools.path("r"), "--output", tools.path("y.npy")])
+               "--routing-out", tools.path(arch + ".r"), "--output",
+               tools.path(arch + ".y.npy")])
     p, meta = read_profile(prof)
     with open(ir, "rb") as f:
         digest = hashlib.sha256(f.read()).hexdigest()
     check(meta.get("format") == "moe-profile" and meta.get("version") == "1",
-          "metadata format/version: %s" % meta)
-    check(meta.get("model") == digest, "metadata model is the IR's SHA-256")
-    check(meta.get("tokens") == str(T), "metadata tokens = %d" % T)
+          "%s: metadata format/version: %s" % (arch, meta))
+    check(meta.get("model") == digest, arch + ": metadata model is the IR's "
+          "SHA-256")
+    check(meta.get("tokens") == str(T), "%s: metadata tokens = %d" % (arch, T))
     for name, v in p.items():
         check(v.dtype == np.float64, name + " read as F64")
+    recorded = sorted(set(int(n.split(".")[1]) for n in p))
+    check(recorded == layers, "%s: the MoE layers %s are recorded (%s)" %
+          (arch, layers, recorded))
 
     # Each layer's input: the previous layer's reference output.
     inputs = {}
     cur = xp
     for l in layers:
         inputs[l] = np.load(cur).astype(np.float64)
-        out = tools.path("in%d.npy" % (l + 1))
+        out = tools.path("%s.in%d.npy" % (arch, l + 1))
         tools.run(["moe-run", ir, "--layer", l, "--input", cur, "--output", out])
         cur = out
-    routing = {l: (np.load(tools.path("r.L%d.ids.npy" % l)),
-                   np.load(tools.path("r.L%d.weights.npy" % l)).astype(np.float64))
+    routing = {l: (np.load(tools.path("%s.r.L%d.ids.npy" % (arch, l))),
+                   np.load(tools.path("%s.r.L%d.weights.npy" %
+                                      (arch, l))).astype(np.float64))
                for l in layers}
     for n, l in enumerate(layers):
         pre = "layer.%d." % l
+        tag = arch + " " + pre
         ids, w = routing[l]
         count, mass, co = routing_stats(ids, w, experts)
         check(np.array_equal(p[pre + "expert_count"], count),
-              pre + "expert_count equals the recount of --routing-out")
-        close(pre + "gate_mass", p[pre + "gate_mass"], mass, 1e-6)
+              tag + "expert_count equals the recount of --routing-out")
+        close(tag + "gate_mass", p[pre + "gate_mass"], mass, 1e-6)
         check(np.array_equal(p[pre + "coactivation"], co),
-              pre + "coactivation equals the recount")
+              tag + "coactivation equals the recount")
         check(float(count.sum()) == T * m.config["num_experts_per_tok"],
-              pre + "T*K routed slots")
+              tag + "T*K routed slots")
         if n + 1 < len(layers):
             nxt = layers[n + 1]
             check(np.array_equal(p[pre + "transition"],
                                  transition(ids, routing[nxt][0], experts,
                                             experts)),
-                  pre + "transition equals the recount into layer %d" % nxt)
+                  tag + "transition equals the recount into layer %d" % nxt)
         else:
-            check(pre + "transition" not in p, pre + "transition absent "
+            check(pre + "transition" not in p, tag + "transition absent "
                   "(last layer)")
         xl = inputs[l]
-        router, _, _ = hf._expert_names("mixtral", m.layout, l)
+        router, _, _ = hf._expert_names(arch, m.layout, l)
         logits = xl @ m.get(router).T
-        close(pre + "logit_gram", p[pre + "logit_gram"], logits.T @ logits, 1e-5)
-        close(pre + "logit_sum", p[pre + "logit_sum"], logits.sum(axis=0), 1e-5)
+        close(tag + "logit_gram", p[pre + "logit_gram"], logits.T @ logits, 1e-5)
+        close(tag + "logit_sum", p[pre + "logit_sum"], logits.sum(axis=0), 1e-5)
         fn = hf._glu_expert_fn(m, l)
         reap = np.zeros(experts)
         for t in range(T):
@@ -245,12 +274,14 @@ def group_oracle(tools, rng, args):
                 e = int(ids[t, slot])
                 if e >= 0:
                     reap[e] += w[t, slot] * np.linalg.norm(fn(e, xl[t:t + 1]))
-        close(pre + "output_norm_mass", p[pre + "output_norm_mass"], reap, 1e-5)
+        close(tag + "output_norm_mass", p[pre + "output_norm_mass"], reap, 1e-5)
         mean = np.stack([fn(e, xl).mean(axis=0) for e in range(experts)])
-        close(pre + "expert_output_mean", p[pre + "expert_output_mean"], mean,
+        close(tag + "expert_output_mean", p[pre + "expert_output_mean"], mean,
               1e-5)
-        close(pre + "input_gram", p[pre + "input_gram"], xl.T @ xl, 1e-6)
+        close(tag + "input_gram", p[pre + "input_gram"], xl.T @ xl, 1e-6)
 
+    if not first:
+        return
     # One layer: no transition, same statistics as the all-layer run.
     one = tools.path("p1.safetensors")
     record(tools, ir, xp, one, "--layer", layers[0])
@@ -342,14 +373,16 @@ def group_backends(tools, rng, args):
     # A package (its model.opt.mlir is the identity).
     pkg = tools.path("pkg")
     tools.run(["moe-compile", ir, "-o", pkg, "--arch", "none"])
-    out = tools.path("pkg.safetensors")
-    record(tools, pkg, x, out, "--all-layers", "--profile-expert-outputs",
-           "--backend", "emu")
-    q, meta = read_profile(out)
-    compare_routing_stats("package on emu vs reference", p, q)
     with open(os.path.join(pkg, "model.opt.mlir"), "rb") as f:
-        check(meta["model"] == hashlib.sha256(f.read()).hexdigest(),
-              "a package's identity is its model.opt.mlir's SHA-256")
+        digest = hashlib.sha256(f.read()).hexdigest()
+    for backend in ("reference", "emu"):
+        out = tools.path("pkg-%s.safetensors" % backend)
+        record(tools, pkg, x, out, "--all-layers", "--profile-expert-outputs",
+               "--backend", backend)
+        q, meta = read_profile(out)
+        compare_routing_stats("package on %s vs reference" % backend, p, q)
+        check(meta["model"] == digest, "a package's identity is its "
+              "model.opt.mlir's SHA-256 (%s)" % backend)
 
 
 def group_hostile(tools, rng, args):
@@ -409,6 +442,16 @@ def group_hostile(tools, rng, args):
     data = open(good, "rb").read()
     expect("truncated", variant("truncated", raw=data[:len(data) - 40]))
     expect("garbage", variant("garbage", raw=b"\xff" * 64))
+
+    # Option misuse.
+    r = tools.run(["moe-run", ir, "--all-layers", "--input", x, "--output",
+                   tools.path("y.npy"), "--profile-input-gram"], ok=False)
+    check(r.returncode != 0 and "need --record-profile" in r.stderr,
+          "--profile-input-gram without --record-profile: " + r.stderr.strip())
+    r = tools.run(["moe-run", ir, "--all-layers", "--input", x], ok=False)
+    check(r.returncode != 0 and "--output Y.npy (or --record-profile P)" in
+          r.stderr, "neither --output nor --record-profile: " +
+          r.stderr.strip())
 
     # A run that fails after layer 0 ran (layer 1's router weight is not in
     # the checkpoint) writes no profile, not even layer 0's.
@@ -501,6 +544,8 @@ def main():
     ap.add_argument("--emu", default="mixtral,adamoe,expert_choice",
                     help="examples also recorded on emu")
     ap.add_argument("--seed", type=int, default=12)
+    ap.add_argument("--arch", default=",".join(ORACLE_MODELS),
+                    help="models of the oracle group")
     ap.add_argument("--keep", action="store_true")
     args = ap.parse_args()
     work = tempfile.mkdtemp(prefix="moe-profile-")
