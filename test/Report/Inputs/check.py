@@ -1,0 +1,59 @@
+#!/usr/bin/env python3
+"""numpy oracle of moe-report compare's JSON.
+
+  check.py error Y.npy Y_REWRITTEN.npy REPORT.json ROW
+      relative_error of row ROW (a layer index, or total) of the report
+      == ||y' - y|| / ||y||
+  check.py agreement IDS.npy IDS_REWRITTEN.npy ORIGIN REPORT.json ROW
+      agreement == mean over tokens of |S n S'| / |S|, S the original ids
+      (--routing-out of moe-run) taken through ORIGIN ("0,2,3": for each
+      remaining expert its original index, a dropped expert is a miss; "-":
+      the same experts)
+
+Prints the value it computed and exits 1 when the report disagrees.
+"""
+import json
+import sys
+
+import numpy as np
+
+
+def report_row(path, row):
+    with open(path) as f:
+        report = json.load(f)
+    if row == "total":
+        return report["total"]
+    (layer,) = [r for r in report["layers"] if r["layer"] == int(row)]
+    return layer
+
+
+def main():
+    if sys.argv[1] == "error":
+        y = np.load(sys.argv[2]).astype(np.float64)
+        z = np.load(sys.argv[3]).astype(np.float64)
+        want = np.linalg.norm(z - y) / np.linalg.norm(y)
+        got = report_row(sys.argv[4], sys.argv[5])["relative_error"]
+        ok = abs(got - want) <= 1e-6 * max(want, 1e-30)
+    else:
+        a = np.load(sys.argv[2])
+        b = np.load(sys.argv[3])
+        if sys.argv[4] == "-":
+            new = {e: e for e in range(int(a.max()) + 1)}
+        else:
+            new = {int(o): i for i, o in enumerate(sys.argv[4].split(","))}
+        fractions = []
+        for sa, sb in zip(a, b):
+            s = [int(v) for v in sa if v >= 0]
+            if not s:
+                continue
+            chosen = set(int(v) for v in sb if v >= 0)
+            hits = sum(1 for v in s if v in new and new[v] in chosen)
+            fractions.append(hits / len(s))
+        want = float(np.mean(fractions))
+        got = report_row(sys.argv[5], sys.argv[6])["agreement"]
+        ok = abs(got - want) <= 1e-12
+    print("oracle %.6f report %.6f" % (want, got))
+    return 0 if ok else 1
+
+
+sys.exit(main())
