@@ -232,8 +232,8 @@ static void printText(const std::vector<Row> &rows, const Row &total,
     print(r, std::to_string(r.layer), r.error);
   print(total, "total", chainError.value_or(total.error));
   if (chainError)
-    outs() << "total rel. error: end to end, each model's layers run in "
-              "order on the input\n";
+    outs() << "(the total's rel. error is end to end: each model's layers "
+              "run in order on the input)\n";
 }
 
 static void printJson(const std::vector<Row> &rows, const Row &total,
