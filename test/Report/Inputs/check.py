@@ -4,11 +4,12 @@
   check.py error Y.npy Y_REWRITTEN.npy REPORT.json ROW
       relative_error of row ROW (a layer index, or total) of the report
       == ||y' - y|| / ||y||
-  check.py agreement IDS.npy IDS_REWRITTEN.npy ORIGIN REPORT.json ROW
-      agreement == mean over tokens of |S n S'| / |S|, S the original ids
-      (--routing-out of moe-run) taken through ORIGIN ("0,2,3": for each
+  check.py agreement IDS.npy IDS_REWRITTEN.npy ORIGIN REPORT.json ROW [MAP]
+      agreement == mean over tokens of |S n S'| / |S|, S the set of original
+      ids (--routing-out of moe-run) taken through ORIGIN ("0,2,3": for each
       remaining expert its original index, a dropped expert is a miss; "-":
-      the same experts)
+      the same experts), then through MAP ("0,1,0,1": router slot -> merged
+      expert)
 
 Prints the value it computed and exits 1 when the report disagrees.
 """
@@ -41,14 +42,19 @@ def main():
             new = {e: e for e in range(int(a.max()) + 1)}
         else:
             new = {int(o): i for i, o in enumerate(sys.argv[4].split(","))}
+        merged = ([int(v) for v in sys.argv[7].split(",")]
+                  if len(sys.argv) > 7 else None)
         fractions = []
         for sa, sb in zip(a, b):
             s = [int(v) for v in sa if v >= 0]
             if not s:
                 continue
+            misses = sum(1 for v in s if v not in new)
+            kept = {new[v] for v in s if v in new}
+            if merged is not None:
+                kept = {merged[v] for v in kept}
             chosen = set(int(v) for v in sb if v >= 0)
-            hits = sum(1 for v in s if v in new and new[v] in chosen)
-            fractions.append(hits / len(s))
+            fractions.append(len(kept & chosen) / (len(kept) + misses))
         want = float(np.mean(fractions))
         got = report_row(sys.argv[5], sys.argv[6])["agreement"]
         ok = abs(got - want) <= 1e-12

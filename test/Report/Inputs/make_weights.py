@@ -6,7 +6,8 @@
 writes DIR/weights.safetensors (router [4, 8], gate/up [4, 4, 8], down
 [4, 8, 4], seeded), DIR/scaled.safetensors (the same with expert 2's down
 projection doubled), DIR/pruned.safetensors (expert 1 removed, router row
-included) and DIR/x.npy (32 tokens of width 8).
+included), DIR/merged.safetensors (experts 0 and 2, 1 and 3 averaged, the
+router unchanged) and DIR/x.npy (32 tokens of width 8).
 """
 import os
 import sys
@@ -40,5 +41,10 @@ scaled["down"][2] *= 2.0
 save("scaled.safetensors", scaled)
 keep = [0, 2, 3]
 save("pruned.safetensors", {k: v[keep] for k, v in w.items()})
+# Slots 0, 2 -> merged expert 0 and 1, 3 -> 1: the router is unchanged.
+merged = {k: np.stack([(w[k][0] + w[k][2]) / 2, (w[k][1] + w[k][3]) / 2])
+          for k in ("gate", "up", "down")}
+merged["router"] = w["router"]
+save("merged.safetensors", merged)
 np.save(os.path.join(out, "x.npy"),
         rng.standard_normal((32, 8)).astype(np.float32))
