@@ -56,8 +56,9 @@ static cl::SubCommand compareCommand(
     "                          expert is a miss; moe.remap_experts mapping:\n"
     "                          slots of one merged expert count once), S' the\n"
     "                          rewritten model's experts\n"
-    "and a total row (with --all-layers its error is the end-to-end error\n"
-    "of the whole chain, each model's layers run in order).");
+    "and a total row: sums, and with --all-layers an end-to-end error and\n"
+    "agreement (each model's layers run in order, each on its own previous\n"
+    "output).");
 
 static cl::opt<std::string> originalPath(cl::Positional, cl::Required,
                                          cl::desc("<original IR>"),
@@ -197,7 +198,7 @@ static std::string formatSaved(int64_t before, int64_t after) {
 }
 
 static void printText(const std::vector<Row> &rows, const Row &total,
-                      std::optional<double> chainError, int64_t tokens) {
+                      bool endToEnd, int64_t tokens) {
   outs() << "moe-report compare: " << originalPath << " -> " << rewrittenPath
          << " on " << inputPath << " (" << tokens << " tokens)\n";
   auto line = [](StringRef layer, StringRef eb, StringRef ea, StringRef pb,
@@ -230,14 +231,14 @@ static void printText(const std::vector<Row> &rows, const Row &total,
   };
   for (const Row &r : rows)
     print(r, std::to_string(r.layer), r.error);
-  print(total, "total", chainError.value_or(total.error));
-  if (chainError)
-    outs() << "(the total's rel. error is end to end: each model's layers "
-              "run in order on the input)\n";
+  print(total, "total", total.error);
+  if (endToEnd)
+    outs() << "(the total's rel. error and agreement are end to end: each "
+              "model's layers run in order on the input)\n";
 }
 
 static void printJson(const std::vector<Row> &rows, const Row &total,
-                      std::optional<double> chainError, int64_t tokens) {
+                      bool endToEnd, int64_t tokens) {
   json::OStream j(outs(), 2);
   auto number = [&](StringRef key, double v) {
     // JSON has no inf or nan.
@@ -279,13 +280,11 @@ static void printJson(const std::vector<Row> &rows, const Row &total,
         });
     });
     j.attributeObject("total", [&] {
+      // Error and agreement: the chain's with --all-layers, the one
+      // layer's with --layer.
       fields(total);
-      // The chain's with --all-layers, the one layer's with --layer.
-      number("relative_error", chainError.value_or(total.error));
-      if (chainError)
-        number("end_to_end_error", *chainError);
-      else
-        j.attribute("end_to_end_error", nullptr);
+      number("relative_error", total.error);
+      j.attribute("end_to_end", endToEnd);
     });
   });
   outs() << "\n";
@@ -351,6 +350,22 @@ static int compare() {
 
   std::vector<Row> rows;
   Row total;
+  std::map<int64_t, std::pair<report::ExpertMap, report::ExpertMap>> maps;
+  // A layer without routers (a LoRA mixture without routing) has no
+  // expert sets to agree on.
+  auto agree = [&](int64_t l, const moe::RoutingTrace &traceA,
+                   const moe::RoutingTrace &traceB,
+                   report::Agreement &out) -> Error {
+    if (traceA.routers.empty() && traceB.routers.empty())
+      return Error::success();
+    auto agreement =
+        report::expertAgreement(traceA, maps[l].first, traceB, maps[l].second);
+    if (!agreement)
+      return createStringError("layer " + Twine(l) + ": " +
+                               toString(agreement.takeError()));
+    out = *agreement;
+    return Error::success();
+  };
   for (int64_t l : layers) {
     mlir::func::FuncOp a = original->layers.at(l), b = rewritten->layers.at(l);
     if (Error e = checkWidth(*original, l, a, x))
@@ -369,6 +384,7 @@ static int compare() {
     auto mapB = report::readExpertMap(b);
     if (!mapB)
       return fail(rewrittenPath + ": " + toString(mapB.takeError()));
+    maps[l] = {*mapA, *mapB};
     moe::RoutingTrace traceA, traceB;
     auto ya = runLayer(*original, l, x, &traceA);
     if (!ya)
@@ -380,15 +396,8 @@ static int compare() {
     if (!error)
       return fail("layer " + Twine(l) + ": " + toString(error.takeError()));
     row.error = *error;
-    // A layer without routers (a LoRA mixture without routing) has no
-    // expert sets to agree on.
-    if (!traceA.routers.empty() || !traceB.routers.empty()) {
-      auto agreement = report::expertAgreement(traceA, *mapA, traceB, *mapB);
-      if (!agreement)
-        return fail("layer " + Twine(l) + ": " +
-                    toString(agreement.takeError()));
-      row.agreement = *agreement;
-    }
+    if (Error e = agree(l, traceA, traceB, row.agreement))
+      return fail(toString(std::move(e)));
     // Totals: sums, and the agreement over every (layer, token) pair.
     auto add = [](std::optional<int64_t> &sum, std::optional<int64_t> v) {
       if (v)
@@ -405,33 +414,40 @@ static int compare() {
     rows.push_back(row);
   }
   // One layer (--layer): the total's error is that layer's; with
-  // --all-layers it is the chain's, below.
+  // --all-layers error and agreement are the chain's, below.
   total.error = rows.front().error;
 
-  // End to end: each model's layers in order, each on the previous output.
-  std::optional<double> chainError;
+  // End to end: each model's layers in order, each on its own previous
+  // output; the agreement of every layer's expert sets on those inputs.
   if (allLayers) {
     moe::HostTensor ya = x, yb = x;
+    total.agreement = report::Agreement();
     for (int64_t l : layers) {
-      auto na = runLayer(*original, l, ya, nullptr);
+      moe::RoutingTrace traceA, traceB;
+      auto na = runLayer(*original, l, ya, &traceA);
       if (!na)
         return fail(toString(na.takeError()));
-      auto nb = runLayer(*rewritten, l, yb, nullptr);
+      auto nb = runLayer(*rewritten, l, yb, &traceB);
       if (!nb)
         return fail(toString(nb.takeError()));
+      report::Agreement agreement;
+      if (Error e = agree(l, traceA, traceB, agreement))
+        return fail("end to end: " + toString(std::move(e)));
+      total.agreement.sum += agreement.sum;
+      total.agreement.tokens += agreement.tokens;
       ya = std::move(*na);
       yb = std::move(*nb);
     }
     auto error = report::relativeError(ya, yb);
     if (!error)
       return fail("end to end: " + toString(error.takeError()));
-    chainError = *error;
+    total.error = *error;
   }
 
   if (outputFormat == "json")
-    printJson(rows, total, chainError, x.shape[0]);
+    printJson(rows, total, allLayers, x.shape[0]);
   else
-    printText(rows, total, chainError, x.shape[0]);
+    printText(rows, total, allLayers, x.shape[0]);
   return 0;
 }
 
