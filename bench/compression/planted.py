@@ -8,7 +8,7 @@ measurements (run.sh) and their tests (test/Bench/planted.test).
   common options: [--seed N] [--layers 1] [--tokens 256]
 
 Each writes OUT/model/ (config.json and model.safetensors, f32, hidden size
-64, top-2 softmax routing renormalised: moe-import reads it), OUT/calib.npy
+64, top-k softmax routing renormalised: moe-import reads it), OUT/calib.npy
 and OUT/heldout.npy (float32 [tokens, 64], two draws of one distribution)
 and OUT/truth.json (what was planted):
 
@@ -26,10 +26,14 @@ and OUT/truth.json (what was planted):
              low-variance input directions, so a plain truncated SVD below
              rank r keeps what the inputs barely excite and a Gram-whitened
              one does not. truth: "rank", "input_scales".
-  loud       8 experts; the router row of one expert ("loud") follows the
-             tokens' mean direction, so nearly every token selects it, but
-             its down projection is scaled by 1e-3: it is the most often
-             selected expert with the smallest gate x output-norm mass.
+  loud       8 experts, top-4 (the others top-2). Tokens come from 7
+             clusters, each led by one expert (logit 10, the others 0); the
+             router row of the remaining expert ("loud") follows a direction
+             all tokens share (logit 4), so every token selects it, behind
+             its leader, but its down projection is scaled by 1e-3: it is
+             the most often selected expert, with the smallest gate x
+             output-norm mass, and the one whose removal changes the output
+             least.
              truth: "loud".
 
 Only numpy and test/Oracle/hf_models.py (the safetensors writer and the
@@ -147,14 +151,20 @@ def lowrank(rng, args):
 
 def loud(rng, args):
     E, inter = 8, 32
-    m = mixtral(rng, E, inter, args.layers)
+    # Top-4 of 8, so that the loud expert is in every token's set behind
+    # the token's leading expert.
+    m = hf_models.build_mixtral(rng, dtype="F32", experts=E, k=4,
+                                inter=inter, layers=args.layers)
     loud_expert = int(rng.integers(0, E))
-    mean = rng.standard_normal(H)
-    mean *= 3.0 / np.linalg.norm(mean)
+    others = [e for e in range(E) if e != loud_expert]
+    q, _ = np.linalg.qr(rng.standard_normal((H, E)))
+    dirs, u = q.T[:E - 1], q.T[E - 1]
     for layer in range(args.layers):
-        router = rng.standard_normal((E, H)) * hf_models.ROUTER_SCALE
-        # Loud: a logit of 4.5 +- 1.5 against the others' 0 +- 1.5.
-        router[loud_expert] = mean / np.linalg.norm(mean) * 1.5
+        # Token of cluster c: logit 10 for its expert, 0 +- 1.25 for the
+        # other quiet-router experts, 4 +- 0.5 for the loud one.
+        router = np.zeros((E, H))
+        router[others] = 2.5 * dirs
+        router[loud_expert] = 1.0 * u
         gate = rng.standard_normal((E, inter, H)) / math.sqrt(H)
         up = rng.standard_normal((E, inter, H)) / math.sqrt(H)
         down = rng.standard_normal((E, H, inter)) / math.sqrt(inter)
@@ -162,7 +172,8 @@ def loud(rng, args):
         set_layer(m, layer, router, gate, up, down)
 
     def tokens(n):
-        return mean + rng.standard_normal((n, H))
+        c = rng.integers(0, E - 1, n)
+        return 4.0 * dirs[c] + 4.0 * u + 0.5 * rng.standard_normal((n, H))
     truth = {"kind": "loud", "loud": loud_expert}
     return m, tokens, truth
 

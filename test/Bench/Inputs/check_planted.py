@@ -45,17 +45,18 @@ def expert(e, xs):
     return hf_models.glu(xs, gate[e], up[e], down[e])
 
 
-# moe-run ran this model: top-2 of the softmax, renormalised, and the
-# weighted sum of the two experts.
+# moe-run ran this model: top-k of the softmax, renormalised, and the
+# weighted sum of the k experts.
+k = ids.shape[1]
 logits = x @ router.T
-want, vals, margin = hf_models.topk_rows(logits, 2)
+want, vals, margin = hf_models.topk_rows(logits, k)
 clear = margin > 1e-4
 check(np.array_equal(np.sort(ids[clear], 1), np.sort(want[clear], 1)),
       "moe-run routes as numpy (%d of %d tokens away from ties)"
       % (clear.sum(), len(x)))
 ref = np.zeros_like(y)
 for t in range(len(x)):
-    for s in range(2):
+    for s in range(k):
         ref[t] += gates[t, s] * expert(ids[t, s], x[t:t + 1])[0]
 err = np.linalg.norm(ref - y) / np.linalg.norm(ref)
 check(err < 1e-4, "moe-run output matches numpy (relative error %.1e)" % err)
@@ -118,7 +119,7 @@ elif kind == "lowrank":
 elif kind == "loud":
     loud = truth["loud"]
     counts = np.bincount(ids[ids >= 0], minlength=E)
-    check(counts.argmax() == loud and counts[loud] >= 0.9 * len(x),
+    check(counts.argmax() == loud and counts[loud] >= 0.8 * len(x),
           "expert %d is selected most often (%d of %d tokens)"
           % (loud, counts[loud], len(x)))
     # REAP's score: mean over routed tokens of gate x ||expert output||.
@@ -131,5 +132,21 @@ elif kind == "loud":
     check(score.argmin() == loud and score[loud] < 0.01 * np.median(score),
           "expert %d has the smallest gate x output norm (%.2e, median %.2e)"
           % (loud, score[loud], np.median(score)))
+    # Removing an expert (its router row: the tokens re-route among the
+    # others) changes the output least for the loud one.
+    def without(drop):
+        keep = [e for e in range(E) if e != drop]
+        r, g, _ = hf_models.topk_rows(hf_models.softmax(logits[:, keep]), k)
+        g = g / g.sum(axis=1, keepdims=True)
+        out = np.zeros_like(y)
+        for t in range(len(x)):
+            for s in range(k):
+                out[t] += g[t, s] * expert(keep[r[t, s]], x[t:t + 1])[0]
+        return rel(out, ref)
+    change = [without(e) for e in range(E)]
+    others = min(c for e, c in enumerate(change) if e != loud)
+    check(change[loud] < 0.5 * others,
+          "removing expert %d changes the output least (%.3f, the others "
+          "at least %.3f)" % (loud, change[loud], others))
 else:
     check(False, "unknown kind " + kind)
