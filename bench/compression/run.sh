@@ -12,11 +12,11 @@
 # (numpy; 256 tokens each), a calibration profile (moe-run --record-profile
 # with expert outputs and the input Gram), each method at a few settings
 # (moe-opt with the pass options of issue 12, new weights beside the output
-# IR), then moe-report compare on the held-out input (--all-layers: the
-# error is end to end through all layers, the agreement the mean over
-# layers). table.py prints the table from the reports. Every step must
-# succeed (set -euo pipefail): a pass that refuses a layer says so on
-# stderr and the table shows what it saved.
+# IR), then moe-report compare on the held-out input (--all-layers: each
+# layer on the held-out input, and the whole chain). table.py prints the
+# table from the reports: mean layer error, end-to-end error, agreement.
+# Every step must succeed (set -euo pipefail): a pass that refuses a layer
+# says so on stderr and the table shows what it saved.
 #
 # Environment: MOE_BIN (the tools; default build/bin of this checkout),
 # MOE_BENCH_TOKENS (tokens of each input; default 256).
@@ -85,9 +85,12 @@ step $python "$here/planted.py" lowrank "$work/lowrank" --tokens "$tokens"
 step $python "$here/planted.py" loud "$work/loud" --tokens "$tokens"
 
 # The synthetic models, with inputs of their hidden size.
+seed=1
 for arch in mixtral qwen3_moe; do
   m=$work/$arch
-  step "$bin/moe-import" --synthetic "$arch" --layers 3 --force -o "$m/model"
+  step "$bin/moe-import" --synthetic "$arch" --layers 3 --seed $seed --force \
+    -o "$m/model"
+  seed=$((seed + 1))
   step $python - "$m" "$tokens" <<'EOF'
 import json, sys
 import numpy as np
@@ -105,18 +108,20 @@ for m in redundant redundant-exact lowrank loud mixtral qwen3_moe; do
 done
 
 # Redundant: merging at the planted count (4) and around it (the knee of
-# the error curve), against pruning to the same counts.
+# the error curve), each similarity with each clustering at 4, against
+# pruning to the same counts.
 for m in redundant redundant-exact; do
   for g in 2 3 4 6 8; do
-    merge "$work/$m" $g router-logits dominant
+    merge "$work/$m" $g router-logits hierarchical
   done
+  merge "$work/$m" 4 router-logits dominant
   merge "$work/$m" 4 expert-output hierarchical
+  merge "$work/$m" 4 expert-output dominant
   for keep in 4 8; do
     prune "$work/$m" $keep frequency
     prune "$work/$m" $keep reap
   done
 done
-merge "$work/redundant" 8 expert-output hierarchical
 
 # Low rank: below, at and above the planted rank, plain and whitened.
 for r in 2 4 8; do
@@ -124,7 +129,8 @@ for r in 2 4 8; do
   compress "$work/lowrank" $r gram
 done
 
-# Loud router, quiet expert: which criterion drops it (E = 8, keep 7 and 4).
+# Loud router, quiet expert: which criterion drops it (E = 8, keep 7 and 4;
+# output-error enumerates every subset at E = 8).
 for keep in 7 4; do
   for c in frequency reap output-error; do
     prune "$work/loud" $keep $c

@@ -5,11 +5,16 @@
 
 RUNS.tsv has one line per rewrite: model, method, setting, and the path
 prefix P of its outputs (P.mlir the rewritten IR, P.json its
-`moe-report compare --all-layers --format json`). The model's folder is
+`moe-report compare --all-layers --format json`). Errors are relative
+errors on the held-out input: "layer error" the mean over layers of each
+layer run on that input, "end-to-end error" that of the whole chain, and
+the agreement of expert sets is that of the chain (mean over layers and
+tokens; a single layer's for one-layer models). The model's folder is
 P/../..; when it holds truth.json (planted.py) the last column says what
 the rewrite did to the planted structure:
-  redundant  merge: whether the merged groups are the planted ones
-             (layer 0); prune: how many prototypes still have an expert
+  redundant  merge: whether the merged groups are the planted ones, or
+             each lies within one prototype, or they mix prototypes (layer
+             0); prune: how many prototypes still have an expert
   loud       prune: whether the loud expert was kept or pruned
 """
 import json
@@ -51,8 +56,12 @@ def note(model_dir, method, ir):
         mapping = first_mapping(ir)
         if mapping is None:
             return "no moe.remap_experts"
-        same = partition(mapping) == partition(truth["groups"])
-        return "planted groups " + ("recovered" if same else "not recovered")
+        if partition(mapping) == partition(truth["groups"]):
+            return "planted groups recovered"
+        within = all(len({truth["groups"][e] for e in group}) == 1
+                     for group in partition(mapping))
+        return ("each group within one prototype" if within
+                else "groups mix prototypes")
     if kind == "redundant" and method.startswith("prune"):
         origin = first_origin(ir)
         if origin is None:
@@ -81,9 +90,11 @@ def main():
                 ir = r.read()
             t = report["total"]
             before, after = t["bytes_before"], t["bytes_after"]
-            error = t.get("end_to_end_error")
-            if error is None:
-                error = t.get("relative_error")
+            errors = [l["relative_error"] for l in report["layers"]]
+            layer_error = (sum(errors) / len(errors)
+                           if errors and None not in errors else None)
+            # End to end with --all-layers.
+            error = t.get("relative_error")
             agreement = t.get("agreement")
             experts = ("%s -> %s" % (t["experts_before"], t["experts_after"])
                        if t["experts_before"] is not None else "-")
@@ -91,12 +102,13 @@ def main():
                 model, method, setting, experts, str(before), str(after),
                 "%.1f%%" % (100.0 * (before - after) / before) if before
                 else "-",
+                "%.3e" % layer_error if layer_error is not None else "-",
                 "%.3e" % error if error is not None else "-",
                 "%.4f" % agreement if agreement is not None else "-",
                 note(os.path.dirname(os.path.dirname(prefix)), method, ir)])
     head = ["model", "method", "setting", "experts", "bytes before",
-            "bytes after", "saved", "held-out rel. error", "agreement",
-            "planted structure"]
+            "bytes after", "saved", "layer error", "end-to-end error",
+            "end-to-end agreement", "planted structure"]
     widths = [max(len(r[i]) for r in rows + [head]) for i in range(len(head))]
     for r in [head] + rows:
         print("  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip())
