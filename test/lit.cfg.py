@@ -22,7 +22,8 @@ config.environment["FILECHECK_OPTS"] = (
 
 tool_dirs = [config.moe_tools_dir, config.llvm_tools_dir]
 llvm_config.add_tool_substitutions(
-    ["moe-opt", "moe-import", "moe-run", "moe-translate", "moe-compile"],
+    ["moe-opt", "moe-import", "moe-run", "moe-translate", "moe-compile",
+     "moe-report"],
     tool_dirs)
 llvm_config.with_environment("PATH", config.moe_tools_dir, append_path=True)
 llvm_config.with_environment("PATH", config.llvm_tools_dir, append_path=True)
