@@ -11,7 +11,7 @@
 // RUN: moe-opt %S/Inputs/layout-model.mlir --moe-plan-placement="profile=%t/p.safetensors topology=%S/Inputs/layout-topology.json policy=balanced redundant=4 out=%t/b.json sglang-out=%t/sglang.json sglang-counts-out=%t/counts.json" -o %t/b.mlir 2> %t/b.txt
 // RUN: FileCheck %s --check-prefix=BAL --input-file=%t/b.txt
 // RUN: FileCheck %s --check-prefix=ATTR --input-file=%t/b.mlir
-// RUN: %python %S/Inputs/check_layout.py plan %t/p.safetensors %t/b.mlir %t/b.txt 4 | FileCheck %s --check-prefix=ORACLE
+// RUN: %python %S/Inputs/check_layout.py plan %t/p.safetensors %t/b.mlir %t/b.txt 4 %t/sglang.json %t/counts.json | FileCheck %s --check-prefixes=ORACLE,SGLANG-ORACLE
 // RUN: FileCheck %s --check-prefix=SGLANG --input-file=%t/sglang.json
 // RUN: FileCheck %s --check-prefix=COUNTS --input-file=%t/counts.json
 // BAL: layout-model.mlir:4:3: remark: placement balanced on 4 GPUs, 12 slots: balance {{[0-9.]+}} (contiguous {{[0-9.]+}}), cross-GPU to next layer {{[0-9.]+}} (contiguous {{[0-9.]+}})
@@ -20,6 +20,8 @@
 // ATTR-SAME: moe.placement.gpus = 4 : i64, moe.placement.policy = "balanced", moe.placement.slot_expert = array<i64: {{([0-7], ){11}[0-7]}}>, moe.placement.slot_gpu = array<i64: 0, 0, 0, 1, 1, 1, 2, 2, 2, 3, 3, 3>
 // ORACLE-NOT: FAIL
 // ORACLE: ok: layer 3: balance
+// SGLANG-ORACLE: ok: sglang physical_to_logical_map equals slot_expert
+// SGLANG-ORACLE: ok: sglang logical_count equals expert_count
 // SGLANG: {"physical_to_logical_map":{{\[\[([0-7],){11}[0-7]\](,\[([0-7],){11}[0-7]\]){3}\]}}}
 // COUNTS: {"logical_count":{{\[\[}}
 

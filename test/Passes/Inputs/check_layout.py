@@ -1,6 +1,6 @@
 """Independent numpy checks of the layout passes.
 
-  check_layout.py plan PROFILE OUT.mlir REMARKS.txt GPUS
+  check_layout.py plan PROFILE OUT.mlir REMARKS.txt GPUS [MAP.json COUNTS.json]
       every layer's placement (attributes of the output IR) is valid, and
       the balance and cross-GPU fractions of the remarks equal numpy's.
   check_layout.py report PROFILE OUT.mlir REPORT.json TOPOLOGY.json
@@ -109,6 +109,16 @@ def main():
                 check(c is not None and abs(float(c.group(1)) - f) < 1e-4,
                       "layer %d: cross-GPU %s equals numpy %.4f" %
                       (l, c.group(1) if c else None, f))
+        if len(sys.argv) > 6:
+            # SGLang's files: rows are the model layers 0..last.
+            m = json.load(open(sys.argv[6]))["physical_to_logical_map"]
+            check(len(m) == layers[-1] + 1 and
+                  all(list(m[l]) == list(pl[l][0]) for l in layers),
+                  "sglang physical_to_logical_map equals slot_expert")
+            n = json.load(open(sys.argv[7]))["logical_count"]
+            check(all(np.array_equal(n[l], prof["layer.%d.expert_count" % l])
+                      for l in layers),
+                  "sglang logical_count equals expert_count")
         return
     # report: the simulator's model (docs/layout.md) recomputed.
     H, act = 16, 2
