@@ -276,6 +276,41 @@ TEST(Placement, IlpProvesSmallCases) {
   }
 }
 
+TEST(Placement, OutOfSampleBalance) {
+  // Plan on one window of routed tokens, score on the next window of the
+  // same Zipf law: within 5 % of re-planning on that window.
+  std::mt19937 rng(9);
+  for (auto [experts, gpus] :
+       {std::pair<int64_t, int64_t>{64, 8}, {128, 16}, {256, 32}}) {
+    for (double s : {1.0, 1.5}) {
+      std::vector<double> p(experts);
+      for (int64_t e = 0; e < experts; ++e)
+        p[e] = 1.0 / std::pow(static_cast<double>(e + 1), s);
+      std::shuffle(p.begin(), p.end(), rng);
+      std::discrete_distribution<int64_t> draw(p.begin(), p.end());
+      auto window = [&] {
+        std::vector<double> c(experts, 0.0);
+        for (int64_t t = 0; t < experts * 2000; ++t)
+          c[draw(rng)] += 1;
+        return c;
+      };
+      std::vector<double> a = window(), b = window();
+      Topology topo = makeTopology(1, gpus);
+      PlanOptions opt;
+      opt.policy = PlacementPolicy::Balanced;
+      opt.redundant = gpus;
+      auto pa = planPlacement(LayerLoad{0, a, {}}, topo, opt);
+      auto pb = planPlacement(LayerLoad{0, b, {}}, topo, opt);
+      ASSERT_TRUE(pa && pb);
+      double out = balance((*pa)[0], gpus, b), re = balance((*pb)[0], gpus, b);
+      std::printf("out of sample E=%lld G=%lld s=%.1f: planned on the "
+                  "previous window %.4f, re-planned %.4f\n",
+                  (long long)experts, (long long)gpus, s, out, re);
+      EXPECT_LE(out, re * 1.05);
+    }
+  }
+}
+
 TEST(Placement, PreviousReducesMoves) {
   std::mt19937 rng(3);
   const int64_t experts = 64, gpus = 8;
