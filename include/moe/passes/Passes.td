@@ -180,4 +180,35 @@ def MoESimulateLayout : Pass<"moe-simulate-layout", "::mlir::ModuleOp"> {
   ];
 }
 
+def MoESelectParallelism : Pass<"moe-select-parallelism",
+                                 "::mlir::ModuleOp"> {
+  let summary = "Chooses expert-parallel, replicated or sharded experts per "
+                "MoE layer from a byte and latency model";
+  let description = [{
+    Tutel's rule generalised: per MoE layer and step of `tokens` tokens
+    (default: the profile's token count) on the topology's G GPUs, the time
+    of three layouts, each the bytes one GPU moves over the links plus the
+    latency of its messages plus the slowest GPU's expert work:
+    `expert_parallel` (experts split over the GPUs, tokens moved: an
+    all-to-all dispatch and combine of T K rows, the work as uneven as the
+    profile's loads on the placement attached, or contiguous);
+    `sharded` (every expert's weights split over the GPUs: an all-gather of
+    the T token rows and a reduce-scatter of the outputs); `replicated`
+    (every GPU holds every expert, the weights gathered: E x the bytes of
+    one expert, all-gathered; refused when they do not fit `hbm_bytes`).
+    The fastest is recorded on the layer's `func.func` as
+    `moe.parallelism = {choice, expert_parallel_seconds, sharded_seconds,
+    replicated_seconds, token_bytes, weight_bytes}` (replicated_seconds is
+    absent when it does not fit), with a remark that gives the numbers.
+  }];
+  let options = [
+    Option<"profile", "profile", "std::string", "\"\"",
+           "Calibration profile (safetensors) of this model">,
+    Option<"topology", "topology", "std::string", "\"\"",
+           "Topology file (JSON, docs/layout.md)">,
+    Option<"tokens", "tokens", "int64_t", "0",
+           "Tokens per step (0: the profile's token count)">
+  ];
+}
+
 #endif // MOE_PASSES_TD
