@@ -37,8 +37,7 @@ std::optional<std::string> inputFile(ModuleOp module) {
 
 } // namespace
 
-FailureOr<LayoutInputs> readLayoutInputs(ModuleOp module,
-                                         StringRef profilePath,
+FailureOr<LayoutInputs> readLayoutInputs(ModuleOp module, StringRef profilePath,
                                          StringRef topologyPath) {
   LayoutInputs in;
   if (profilePath.empty())
@@ -68,8 +67,8 @@ FailureOr<LayoutInputs> readLayoutInputs(ModuleOp module,
     return module.emitError()
                << profilePath << ": profile of another model: it was "
                << "recorded on model " << in.profile.model
-               << ", the placement was planned for model "
-               << planned.getValue() << " (" << kPlannedModelAttr << ")",
+               << ", the placement was planned for model " << planned.getValue()
+               << " (" << kPlannedModelAttr << ")",
            failure();
   if (planned) {
     // Checked above.
@@ -81,8 +80,8 @@ FailureOr<LayoutInputs> readLayoutInputs(ModuleOp module,
       if (hash != in.profile.model)
         return module.emitError()
                    << profilePath << ": profile of another model: it was "
-                   << "recorded on model " << in.profile.model
-                   << ", the input " << *file << " hashes to " << hash
+                   << "recorded on model " << in.profile.model << ", the input "
+                   << *file << " hashes to " << hash
                    << " (docs/profile.md, model identity)",
                failure();
     }
@@ -146,9 +145,9 @@ FailureOr<LayoutInputs> readLayoutInputs(ModuleOp module,
 
     auto it = in.profile.layers.find(l.layer);
     if (it == in.profile.layers.end())
-      return fn.emitError() << profilePath << ": the profile has no layer "
-                            << l.layer << " (it holds "
-                            << in.profile.layers.size() << " layers)",
+      return fn.emitError()
+                 << profilePath << ": the profile has no layer " << l.layer
+                 << " (it holds " << in.profile.layers.size() << " layers)",
              failure();
     if (it->second.experts != l.experts)
       return fn.emitError() << profilePath << ": layer " << l.layer
@@ -193,21 +192,18 @@ readPlacementAttrs(const LayoutLayer &layer, int64_t gpus) {
   if (!experts && !slotGpu && !gpusAttr)
     return std::optional<::moe::LayerPlacement>();
   if (!experts || !slotGpu || !gpusAttr)
-    return fn.emitError()
-               << "a placement needs the three attributes "
-               << kSlotExpertAttr << ", " << kSlotGpuAttr << " and "
-               << kGpusAttr,
+    return fn.emitError() << "a placement needs the three attributes "
+                          << kSlotExpertAttr << ", " << kSlotGpuAttr << " and "
+                          << kGpusAttr,
            failure();
   if (gpusAttr.getInt() != gpus)
-    return fn.emitError()
-               << kGpusAttr << " is " << gpusAttr.getInt()
-               << " but the topology has " << gpus << " GPUs",
+    return fn.emitError() << kGpusAttr << " is " << gpusAttr.getInt()
+                          << " but the topology has " << gpus << " GPUs",
            failure();
   ::moe::LayerPlacement p;
   p.layer = layer.layer;
   p.experts = layer.experts;
-  p.slotExpert.assign(experts.asArrayRef().begin(),
-                      experts.asArrayRef().end());
+  p.slotExpert.assign(experts.asArrayRef().begin(), experts.asArrayRef().end());
   p.slotGpu.assign(slotGpu.asArrayRef().begin(), slotGpu.asArrayRef().end());
   std::string what = ("placement of @" + fn.getSymName()).str();
   if (Error e = ::moe::validatePlacement(p, gpus, what))

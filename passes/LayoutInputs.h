@@ -28,8 +28,7 @@ inline constexpr llvm::StringLiteral kGpusAttr = "moe.placement.gpus";
 inline constexpr llvm::StringLiteral kPolicyAttr = "moe.placement.policy";
 /// On the module: the profile's model identity the placement was planned
 /// for (the placed IR's own text hashes differently).
-inline constexpr llvm::StringLiteral kPlannedModelAttr =
-    "moe.placement.model";
+inline constexpr llvm::StringLiteral kPlannedModelAttr = "moe.placement.model";
 
 /// One MoE layer with routed experts.
 struct LayoutLayer {

@@ -30,8 +30,8 @@ std::string sglangJson(ArrayRef<LayoutLayer> layers,
   llvm::json::Array rows;
   for (int64_t l = 0; l <= last; ++l) {
     llvm::json::Array row;
-    auto it = llvm::find_if(
-        layers, [&](const LayoutLayer &x) { return x.layer == l; });
+    auto it = llvm::find_if(layers,
+                            [&](const LayoutLayer &x) { return x.layer == l; });
     size_t k = it == layers.end() ? 0 : it - layers.begin();
     bool moe = it != layers.end();
     if (mapping) {
@@ -48,8 +48,7 @@ std::string sglangJson(ArrayRef<LayoutLayer> layers,
   return llvm::formatv("{0}", v).str() + "\n";
 }
 
-struct MoEPlanPlacementPass
-    : impl::MoEPlanPlacementBase<MoEPlanPlacementPass> {
+struct MoEPlanPlacementPass : impl::MoEPlanPlacementBase<MoEPlanPlacementPass> {
   using MoEPlanPlacementBase::MoEPlanPlacementBase;
 
   void runOnOperation() override {
@@ -144,38 +143,41 @@ struct MoEPlanPlacementPass
       const LayerPlacement &p = (*plan)[k];
       writePlacementAttrs(l, p, gpus, policy);
       const std::vector<double> &load = in->loads[k].load;
-      std::string msg = llvm::formatv(
-          "placement {0} on {1} GPUs, {2} slots: balance {3:F4}", policy, gpus,
-          p.slots(), ::moe::balance(p, gpus, load));
+      std::string msg =
+          llvm::formatv("placement {0} on {1} GPUs, {2} slots: balance {3:F4}",
+                        policy, gpus, p.slots(), ::moe::balance(p, gpus, load));
       if (contig)
         msg += llvm::formatv(" (contiguous {0:F4})",
                              ::moe::balance((*contig)[k], gpus, load));
       if (k + 1 < in->layers.size() && !in->loads[k].transition.empty()) {
-        double f = ::moe::crossGpu(p, (*plan)[k + 1], gpus,
-                                   in->loads[k].transition)
-                       .fraction();
+        double f =
+            ::moe::crossGpu(p, (*plan)[k + 1], gpus, in->loads[k].transition)
+                .fraction();
         msg += llvm::formatv(", cross-GPU to next layer {0:F4}", f);
         if (contig)
-          msg += llvm::formatv(
-              " (contiguous {0:F4})",
-              ::moe::crossGpu((*contig)[k], (*contig)[k + 1], gpus,
-                              in->loads[k].transition)
-                  .fraction());
+          msg += llvm::formatv(" (contiguous {0:F4})",
+                               ::moe::crossGpu((*contig)[k], (*contig)[k + 1],
+                                               gpus, in->loads[k].transition)
+                                   .fraction());
       }
       // At the function's location, without the note that prints it.
       mlir::emitRemark(l.fn->getLoc(), msg);
     }
     if (opt.policy == ::moe::PlacementPolicy::Affinity)
-      mlir::emitRemark(module.getLoc(), llvm::formatv(
-          "affinity: {0} ({1:F2} s); crossing weight greedy {2}, final {3}",
-          stats.method, stats.solverSeconds, stats.greedyCrossing,
-          stats.finalCrossing));
+      mlir::emitRemark(
+          module.getLoc(),
+          llvm::formatv(
+              "affinity: {0} ({1:F2} s); crossing weight greedy {2}, final {3}",
+              stats.method, stats.solverSeconds, stats.greedyCrossing,
+              stats.finalCrossing));
     if (opt.previous)
-      mlir::emitRemark(module.getLoc(), llvm::formatv(
-          "previous {0}: {1} moves against it, {2} after keeping experts "
-          "in place (tolerance {3:F3})",
-          previous, stats.movesBefore, stats.movesAfter,
-          static_cast<double>(moveTolerance)));
+      mlir::emitRemark(
+          module.getLoc(),
+          llvm::formatv(
+              "previous {0}: {1} moves against it, {2} after keeping experts "
+              "in place (tolerance {3:F3})",
+              previous, stats.movesBefore, stats.movesAfter,
+              static_cast<double>(moveTolerance)));
   }
 };
 

@@ -197,14 +197,14 @@ struct MoESimulateLayoutPass
         {"placement", attached ? "attached" : "contiguous"},
         {"layers", std::move(layersJson)},
         {"total",
-         llvm::json::Object{
-             {"balance", meanBalance},
-             {"all_to_all_bytes_intra_node", intraTotal},
-             {"all_to_all_bytes_inter_node", interTotal},
-             {"cross_gpu_fraction",
-              crossTotal.total > 0 ? llvm::json::Value(crossTotal.fraction())
-                                   : llvm::json::Value(nullptr)},
-             {"step_seconds", stepTotal}}}};
+         llvm::json::Object{{"balance", meanBalance},
+                            {"all_to_all_bytes_intra_node", intraTotal},
+                            {"all_to_all_bytes_inter_node", interTotal},
+                            {"cross_gpu_fraction",
+                             crossTotal.total > 0
+                                 ? llvm::json::Value(crossTotal.fraction())
+                                 : llvm::json::Value(nullptr)},
+                            {"step_seconds", stepTotal}}}};
     llvm::errs() << llvm::formatv(
         "moe-simulate-layout: total: balance {0:F4}, all-to-all bytes intra "
         "{1} inter {2}, cross-GPU {3:F4}, step {4:e} s\n",

@@ -17,8 +17,8 @@
 
 #include <algorithm>
 #include <chrono>
-#include <cstdio>
 #include <cmath>
+#include <cstdio>
 #include <numeric>
 #include <random>
 #include <set>
@@ -61,8 +61,8 @@ Error readNumber(const json::Object &o, StringRef key, StringRef where,
                      "' must be a number");
   if (*d < lo || *d > hi)
     return makeError(path + ": topology field '" + where + key + "' is " +
-                     num(*d) + ", expected a value in [" + num(lo) +
-                     ", " + num(hi) + "]");
+                     num(*d) + ", expected a value in [" + num(lo) + ", " +
+                     num(hi) + "]");
   out = *d;
   return Error::success();
 }
@@ -109,10 +109,9 @@ Expected<Topology> parseTopology(StringRef text, StringRef path) {
   const json::Object *o = parsed->getAsObject();
   if (!o)
     return makeError(path + ": a topology is a JSON object");
-  static const char *const kKnown[] = {"nodes",      "gpus_per_node",
-                                       "hbm_bytes",  "gpu_flops",
-                                       "intra_node", "inter_node",
-                                       "gpu_bandwidth"};
+  static const char *const kKnown[] = {
+      "nodes",      "gpus_per_node", "hbm_bytes",    "gpu_flops",
+      "intra_node", "inter_node",    "gpu_bandwidth"};
   for (const auto &kv : *o)
     if (!is_contained(kKnown, StringRef(kv.first)))
       return makeError(path + ": unknown topology field '" + kv.first.str() +
@@ -122,8 +121,8 @@ Expected<Topology> parseTopology(StringRef text, StringRef path) {
     return std::move(e);
   if (Error e = readCount(*o, "gpus_per_node", path, 1, 64, t.gpusPerNode))
     return std::move(e);
-  if (Error e = readNumber(*o, "hbm_bytes", "", path, 1, kMaxHbm, true,
-                           t.hbmBytes))
+  if (Error e =
+          readNumber(*o, "hbm_bytes", "", path, 1, kMaxHbm, true, t.hbmBytes))
     return std::move(e);
   if (Error e = readNumber(*o, "gpu_flops", "", path, 1e6, kMaxFlops, true,
                            t.gpuFlops))
@@ -161,8 +160,8 @@ Expected<Topology> parseTopology(StringRef text, StringRef path) {
     for (int64_t i = 0; i < g; ++i) {
       const json::Array *row = (*rows)[i].getAsArray();
       if (!row || static_cast<int64_t>(row->size()) != g)
-        return makeError(path + ": topology field 'gpu_bandwidth[" +
-                         Twine(i) + "]' must be " + Twine(g) + " numbers");
+        return makeError(path + ": topology field 'gpu_bandwidth[" + Twine(i) +
+                         "]' must be " + Twine(g) + " numbers");
       for (int64_t j = 0; j < g; ++j) {
         std::optional<double> d = (*row)[j].getAsNumber();
         bool diagonal = i == j;
@@ -182,8 +181,8 @@ Expected<Topology> readTopology(StringRef path) {
   ErrorOr<std::unique_ptr<MemoryBuffer>> buffer =
       MemoryBuffer::getFile(path, /*IsText=*/true);
   if (!buffer)
-    return makeError(path + ": cannot read topology: " +
-                     buffer.getError().message());
+    return makeError(path +
+                     ": cannot read topology: " + buffer.getError().message());
   return parseTopology((*buffer)->getBuffer(), path);
 }
 
@@ -199,8 +198,7 @@ std::vector<int64_t> LayerPlacement::replicaCounts() const {
   return counts;
 }
 
-Error validatePlacement(const LayerPlacement &p, int64_t gpus,
-                        StringRef what) {
+Error validatePlacement(const LayerPlacement &p, int64_t gpus, StringRef what) {
   std::string head = (what + ": layer " + Twine(p.layer)).str();
   if (p.experts <= 0)
     return makeError(head + ": no experts");
@@ -216,8 +214,8 @@ Error validatePlacement(const LayerPlacement &p, int64_t gpus,
       return makeError(head + ": slot " + Twine(s) + " holds expert " +
                        Twine(e) + ", expected 0 to " + Twine(p.experts - 1));
     if (g < 0 || g >= gpus)
-      return makeError(head + ": slot " + Twine(s) + " is on GPU " +
-                       Twine(g) + ", expected 0 to " + Twine(gpus - 1));
+      return makeError(head + ": slot " + Twine(s) + " is on GPU " + Twine(g) +
+                       ", expected 0 to " + Twine(gpus - 1));
     if (!held.insert({g, e}).second)
       return makeError(head + ": expert " + Twine(e) +
                        " is placed twice on GPU " + Twine(g));
@@ -229,9 +227,9 @@ Error validatePlacement(const LayerPlacement &p, int64_t gpus,
       return makeError(head + ": expert " + Twine(e) + " has no slot");
   for (int64_t g = 1; g < gpus; ++g)
     if (perGpu[g] != perGpu[0])
-      return makeError(head + ": GPU " + Twine(g) + " has " +
-                       Twine(perGpu[g]) + " slots but GPU 0 has " +
-                       Twine(perGpu[0]) + "; every GPU needs the same number");
+      return makeError(head + ": GPU " + Twine(g) + " has " + Twine(perGpu[g]) +
+                       " slots but GPU 0 has " + Twine(perGpu[0]) +
+                       "; every GPU needs the same number");
   return Error::success();
 }
 
@@ -303,9 +301,8 @@ void refinePacks(ArrayRef<double> weight, ArrayRef<int64_t> label,
                  std::vector<double> &packWeight) {
   int64_t packs = members.size();
   auto holdsOther = [&](int64_t p, int64_t l, int64_t except) {
-    return llvm::any_of(members[p], [&](int64_t m) {
-      return m != except && label[m] == l;
-    });
+    return llvm::any_of(
+        members[p], [&](int64_t m) { return m != except && label[m] == l; });
   };
   // First even out every pair of packs (each swap lowers the sum of
   // squared loads), then work on the heaviest pack.
@@ -389,8 +386,8 @@ void refinePacks(ArrayRef<double> weight, ArrayRef<int64_t> label,
 /// that a pack already holding an item of the same `label` is skipped when
 /// another has room. Returns pack and rank in pack per item; duplicates
 /// left by a forced choice are repaired by swaps, or an error.
-Error packItems(ArrayRef<double> weight, ArrayRef<int64_t> label,
-                int64_t packs, bool refine, std::vector<int64_t> &pack,
+Error packItems(ArrayRef<double> weight, ArrayRef<int64_t> label, int64_t packs,
+                bool refine, std::vector<int64_t> &pack,
                 std::vector<int64_t> &rank) {
   int64_t n = weight.size(), perPack = n / packs;
   pack.assign(n, -1);
@@ -402,8 +399,7 @@ Error packItems(ArrayRef<double> weight, ArrayRef<int64_t> label,
   std::vector<double> packWeight(packs, 0.0);
   std::vector<std::vector<int64_t>> members(packs);
   auto holds = [&](int64_t p, int64_t l) {
-    return llvm::any_of(members[p],
-                        [&](int64_t m) { return label[m] == l; });
+    return llvm::any_of(members[p], [&](int64_t m) { return label[m] == l; });
   };
   for (int64_t item : order) {
     int64_t best = -1, forced = -1;
@@ -482,8 +478,9 @@ Expected<LayerPlacement> balancedPlacement(ArrayRef<double> load,
   int64_t physical = experts + redundant;
   if (experts <= 0 || redundant < 0 || gpus <= 0 || physical % gpus != 0)
     return makeError("balanced: " + Twine(experts) + " experts + " +
-                     Twine(redundant) + " redundant slots must be a multiple "
-                                        "of the " +
+                     Twine(redundant) +
+                     " redundant slots must be a multiple "
+                     "of the " +
                      Twine(gpus) + " GPUs");
   // EPLB's rule: hierarchical when the groups split evenly over the nodes.
   bool hierarchical = groups > 0 && groups % nodes == 0 &&
@@ -667,8 +664,8 @@ double crossingOf(ArrayRef<LayerLoad> layers, const Assignment &a) {
 
 /// affinity[e * gpus + g]: transition weight expert e of layer l shares with
 /// the experts of the layers before and after that sit on GPU g.
-std::vector<double> affinityOf(ArrayRef<LayerLoad> layers,
-                               const Assignment &a, size_t l, int64_t gpus) {
+std::vector<double> affinityOf(ArrayRef<LayerLoad> layers, const Assignment &a,
+                               size_t l, int64_t gpus) {
   int64_t e = a[l].size();
   std::vector<double> aff(e * gpus, 0.0);
   if (l + 1 < layers.size()) {
@@ -818,8 +815,8 @@ Assignment ilpAffinity(ArrayRef<LayerLoad> layers, int64_t gpus,
   };
   std::vector<int> ia{0}, ja{0};
   std::vector<double> ar{0};
-  auto addRow = [&](ArrayRef<std::pair<int, double>> terms, int type,
-                    double lo, double hi) {
+  auto addRow = [&](ArrayRef<std::pair<int, double>> terms, int type, double lo,
+                    double hi) {
     int row = glp_add_rows(lp, 1);
     glp_set_row_bnds(lp, row, type, lo, hi);
     for (auto [col, v] : terms) {
@@ -1017,12 +1014,12 @@ void relabelGpus(std::vector<LayerPlacement> &plan,
 
 /// Swaps slot contents back toward `prev` while `measure` (lower is better)
 /// stays within `budget`.
-void reduceMoves(std::vector<LayerPlacement> &plan,
-                 ArrayRef<LayerPlacement> prev, int64_t gpus,
-                 function_ref<double(const std::vector<LayerPlacement> &,
-                                     size_t layer)>
-                     measure,
-                 double budget) {
+void reduceMoves(
+    std::vector<LayerPlacement> &plan, ArrayRef<LayerPlacement> prev,
+    int64_t gpus,
+    function_ref<double(const std::vector<LayerPlacement> &, size_t layer)>
+        measure,
+    double budget) {
   for (size_t l = 0; l < plan.size(); ++l) {
     LayerPlacement &p = plan[l];
     std::set<std::pair<int64_t, int64_t>> had;
@@ -1041,8 +1038,8 @@ void reduceMoves(std::vector<LayerPlacement> &plan,
       // Try each slot t of a GPU where prev had e.
       for (int64_t t = 0; t < p.slots(); ++t) {
         int64_t h = p.slotGpu[t], f = p.slotExpert[t];
-        if (h == p.slotGpu[s] || !had.count({e, h}) || f == e ||
-            onGpu(e, h) || onGpu(f, p.slotGpu[s]))
+        if (h == p.slotGpu[s] || !had.count({e, h}) || f == e || onGpu(e, h) ||
+            onGpu(f, p.slotGpu[s]))
           continue;
         int before = !had.count({f, h});
         int after = !had.count({f, p.slotGpu[s]});
@@ -1064,17 +1061,17 @@ void reduceMoves(std::vector<LayerPlacement> &plan,
 // Planner
 //===----------------------------------------------------------------------===//
 
-Expected<std::vector<LayerPlacement>>
-planPlacement(ArrayRef<LayerLoad> layers, const Topology &topo,
-              const PlanOptions &options, PlanStats *stats) {
+Expected<std::vector<LayerPlacement>> planPlacement(ArrayRef<LayerLoad> layers,
+                                                    const Topology &topo,
+                                                    const PlanOptions &options,
+                                                    PlanStats *stats) {
   PlanStats local;
   PlanStats &st = stats ? *stats : local;
   int64_t gpus = topo.gpus();
-  StringRef policyName = options.policy == PlacementPolicy::Contiguous
-                             ? "contiguous"
-                         : options.policy == PlacementPolicy::Balanced
-                             ? "balanced"
-                             : "affinity";
+  StringRef policyName =
+      options.policy == PlacementPolicy::Contiguous ? "contiguous"
+      : options.policy == PlacementPolicy::Balanced ? "balanced"
+                                                    : "affinity";
   if (layers.empty())
     return makeError("no MoE layer to place");
   if (options.redundant < 0)
@@ -1094,8 +1091,9 @@ planPlacement(ArrayRef<LayerLoad> layers, const Topology &topo,
           " slots do not split evenly over " + Twine(gpus) +
           " GPUs (redundant must make E + R a multiple of the GPU count)");
     if (options.redundant > e * (gpus - 1))
-      return makeError("layer " + Twine(l.layer) + ": redundant=" +
-                       Twine(options.redundant) + " needs more than one "
+      return makeError("layer " + Twine(l.layer) +
+                       ": redundant=" + Twine(options.redundant) +
+                       " needs more than one "
                        "replica of an expert per GPU (at most " +
                        Twine(e * (gpus - 1)) + ")");
     double need = options.expertBytes * static_cast<double>(slots / gpus);
@@ -1113,11 +1111,10 @@ planPlacement(ArrayRef<LayerLoad> layers, const Topology &topo,
     for (size_t l = 0; l < layers.size(); ++l) {
       if (prev[l].layer != layers[l].layer ||
           prev[l].experts != static_cast<int64_t>(layers[l].load.size()))
-        return makeError("previous placement: layer " + Twine(prev[l].layer) +
-                         " with " + Twine(prev[l].experts) +
-                         " experts does not match layer " +
-                         Twine(layers[l].layer) + " with " +
-                         Twine(layers[l].load.size()));
+        return makeError(
+            "previous placement: layer " + Twine(prev[l].layer) + " with " +
+            Twine(prev[l].experts) + " experts does not match layer " +
+            Twine(layers[l].layer) + " with " + Twine(layers[l].load.size()));
       if (Error e = validatePlacement(prev[l], gpus, "previous placement"))
         return std::move(e);
     }
@@ -1159,11 +1156,10 @@ planPlacement(ArrayRef<LayerLoad> layers, const Topology &topo,
     st.method = "greedy";
     if (options.solver == AffinitySolver::Glpk && layers.size() > 1) {
       auto t0 = std::chrono::steady_clock::now();
-      Assignment b =
-          ilpAffinity(layers, gpus, a, options.timeLimit, st.method);
-      st.solverSeconds = std::chrono::duration<double>(
-                             std::chrono::steady_clock::now() - t0)
-                             .count();
+      Assignment b = ilpAffinity(layers, gpus, a, options.timeLimit, st.method);
+      st.solverSeconds =
+          std::chrono::duration<double>(std::chrono::steady_clock::now() - t0)
+              .count();
       // The ILP may have seen the heaviest pairs only: polish on all.
       refineSwaps(layers, b, gpus);
       if (crossingOf(layers, b) <= st.greedyCrossing)
@@ -1250,8 +1246,8 @@ Expected<std::vector<LayerPlacement>> readPlacementFile(StringRef path,
   ErrorOr<std::unique_ptr<MemoryBuffer>> buffer =
       MemoryBuffer::getFile(path, /*IsText=*/true);
   if (!buffer)
-    return makeError(path + ": cannot read placement: " +
-                     buffer.getError().message());
+    return makeError(path +
+                     ": cannot read placement: " + buffer.getError().message());
   Expected<json::Value> parsed = json::parse((*buffer)->getBuffer());
   if (!parsed)
     return makeError(path + ": not JSON: " + toString(parsed.takeError()));

@@ -118,8 +118,8 @@ TEST(Placement, ZipfBalanceWithReplicas) {
                     (long long)experts, (long long)gpus, (long long)nodes, s,
                     (long long)gpus, b, balance(contiguous, gpus, load));
         // validatePlacement refuses an expert twice on a GPU.
-        EXPECT_FALSE(static_cast<bool>(
-            validatePlacement((*plan)[0], gpus, "zipf")));
+        EXPECT_FALSE(
+            static_cast<bool>(validatePlacement((*plan)[0], gpus, "zipf")));
         // Hierarchical placement keeps expert groups within nodes, which
         // costs balance; the bar is for the global policy.
         if (nodes == 1)
@@ -190,15 +190,15 @@ TEST(Placement, AffinityCutsCrossGpuTraffic) {
     auto t0 = std::chrono::steady_clock::now();
     PlanStats gs;
     auto g = planPlacement(layers, topo, greedy, &gs);
-    double greedySeconds = std::chrono::duration<double>(
-                               std::chrono::steady_clock::now() - t0)
-                               .count();
+    double greedySeconds =
+        std::chrono::duration<double>(std::chrono::steady_clock::now() - t0)
+            .count();
     ASSERT_TRUE(static_cast<bool>(g)) << toString(g.takeError());
     double fg = crossFraction(*g, layers, gpus);
 
     PlanOptions ilp = greedy;
     ilp.solver = AffinitySolver::Glpk;
-    ilp.timeLimit = 10;
+    ilp.timeLimit = 5;
     PlanStats is;
     auto i = planPlacement(layers, topo, ilp, &is);
     ASSERT_TRUE(static_cast<bool>(i)) << toString(i.takeError());

@@ -65,7 +65,7 @@ struct LayerPlacement {
 /// [0, experts) held at least once, slots in range, no expert twice on one
 /// GPU, the same number of slots on every GPU. Errors start with `what`.
 llvm::Error validatePlacement(const LayerPlacement &p, int64_t gpus,
-                             llvm::StringRef what);
+                              llvm::StringRef what);
 
 /// Per GPU load of a layer: each expert's load split evenly over its
 /// replicas.
@@ -142,10 +142,11 @@ planPlacement(llvm::ArrayRef<LayerLoad> layers, const Topology &topo,
 /// one expert. With `refine`, each packing is then improved by swaps that
 /// lower the heaviest pack (without, the result is EPLB's). Slots are
 /// numbered GPU by GPU. `gpus` must divide E+R.
-llvm::Expected<LayerPlacement>
-balancedPlacement(llvm::ArrayRef<double> load, int64_t redundant,
-                  int64_t groups, int64_t nodes, int64_t gpus,
-                  bool refine = true);
+llvm::Expected<LayerPlacement> balancedPlacement(llvm::ArrayRef<double> load,
+                                                 int64_t redundant,
+                                                 int64_t groups, int64_t nodes,
+                                                 int64_t gpus,
+                                                 bool refine = true);
 
 /// Placements as JSON (docs/layout.md, format "moe-placement").
 std::string placementToJson(llvm::ArrayRef<LayerPlacement> layers,
