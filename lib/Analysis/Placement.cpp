@@ -867,10 +867,18 @@ Assignment ilpAffinity(ArrayRef<LayerLoad> layers, int64_t gpus,
     pairs.insert(pairs.end(), here.begin(), here.end());
   }
   int yBase = glp_add_cols(lp, static_cast<int>(pairs.size() * gpus));
+  // The start, its GPUs renamed so that expert 0 of the first layer is on
+  // GPU 0 (GPUs are interchangeable; the ILP fixes that symmetry).
+  Assignment first = start;
+  if (int64_t g0 = start[0][0]; g0 != 0)
+    for (std::vector<int64_t> &layer : first)
+      for (int64_t &g : layer)
+        g = g == g0 ? 0 : g == 0 ? g0 : g;
+  glp_set_col_bnds(lp, x(0, 0, 0), GLP_FX, 1, 1);
   std::vector<double> startVec(cols + pairs.size() * gpus + 1, 0.0);
   for (size_t l = 0; l < L; ++l)
-    for (size_t i = 0; i < start[l].size(); ++i)
-      startVec[x(l, i, start[l][i])] = 1.0;
+    for (size_t i = 0; i < first[l].size(); ++i)
+      startVec[x(l, i, first[l][i])] = 1.0;
   for (size_t p = 0; p < pairs.size(); ++p)
     for (int64_t g = 0; g < gpus; ++g) {
       int y = yBase + static_cast<int>(p * gpus + g);
@@ -879,21 +887,9 @@ Assignment ilpAffinity(ArrayRef<LayerLoad> layers, int64_t gpus,
       glp_set_obj_coef(lp, y, pr.w);
       addRow({{y, 1.0}, {x(pr.l, pr.i, g), -1.0}}, GLP_UP, 0, 0);
       addRow({{y, 1.0}, {x(pr.l + 1, pr.j, g), -1.0}}, GLP_UP, 0, 0);
-      if (start[pr.l][pr.i] == g && start[pr.l + 1][pr.j] == g)
+      if (first[pr.l][pr.i] == g && first[pr.l + 1][pr.j] == g)
         startVec[y] = 1.0;
     }
-  // GPUs are interchangeable: expert 0 of the first layer on GPU 0.
-  glp_set_col_bnds(lp, x(0, 0, 0), GLP_FX, 1, 1);
-  if (start[0][0] != 0) {
-    // Relabel the start so that it satisfies the fixing.
-    int64_t g0 = start[0][0];
-    for (size_t l = 0; l < L; ++l)
-      for (size_t i = 0; i < start[l].size(); ++i) {
-        int64_t g = start[l][i] == g0 ? 0 : start[l][i] == 0 ? g0 : start[l][i];
-        for (int64_t h = 0; h < gpus; ++h)
-          startVec[x(l, i, h)] = h == g ? 1.0 : 0.0;
-      }
-  }
   glp_load_matrix(lp, static_cast<int>(ia.size() - 1), ia.data(), ja.data(),
                   ar.data());
   glp_term_hook(glpkQuiet, nullptr);
