@@ -92,4 +92,123 @@ def MoEStats : Pass<"moe-stats", "::mlir::ModuleOp"> {
   ];
 }
 
+def MoEPlanPlacement : Pass<"moe-plan-placement", "::mlir::ModuleOp"> {
+  let summary = "Places the experts of every MoE layer on the GPUs of a "
+                "topology";
+  let description = [{
+    Reads a calibration profile (`moe-run --record-profile`, every MoE layer
+    of this model) and a topology file (docs/layout.md) and attaches to the
+    `func.func` of each MoE layer its placement: `moe.placement.slot_expert`
+    (`array<i64>`: physical slot -> logical expert), `moe.placement.slot_gpu`
+    (`array<i64>`: slot -> GPU; slots are numbered GPU by GPU),
+    `moe.placement.gpus` (the GPU count) and `moe.placement.policy`. Emits a
+    remark per layer with its load balance (max / mean GPU load) and the
+    fraction of layer-to-layer token pairs that cross GPUs, each against the
+    contiguous placement.
+
+    Policies: `contiguous` (expert e on GPU e / (E/G)); `balanced`
+    (EPLB-style with `redundant` replica slots per layer, hierarchical over
+    nodes when `groups` is a multiple of the nodes; never two replicas of
+    one expert on a GPU); `affinity` (one slot per expert, E/G per GPU,
+    minimising the transitions whose experts sit on different GPUs: an ILP
+    solved by GLPK within `time-limit` seconds, or `solver=greedy`).
+    `previous` names an earlier placement file (the format of `out`): moves
+    against it are undone while the policy's measure stays within
+    `move-tolerance`.
+
+    Refused with an error, writing nothing: a profile of another model (its
+    identity against the SHA-256 of the input IR file; from stdin, the
+    layers and expert counts only, with a warning), a topology whose GPUs
+    cannot hold their slots (`hbm_bytes` against the bytes of one expert's
+    weights in the IR), `redundant` that the policy does not allow or that
+    does not split evenly over the GPUs, a previous placement that is not
+    valid (an expert twice on one GPU, ...).
+  }];
+  let options = [
+    Option<"profile", "profile", "std::string", "\"\"",
+           "Calibration profile (safetensors) of this model">,
+    Option<"topology", "topology", "std::string", "\"\"",
+           "Topology file (JSON, docs/layout.md)">,
+    Option<"policy", "policy", "std::string", "\"balanced\"",
+           "contiguous, balanced or affinity">,
+    Option<"redundant", "redundant", "int64_t", "0",
+           "Redundant expert slots per layer (balanced)">,
+    Option<"groups", "groups", "int64_t", "0",
+           "Expert groups for hierarchical balancing (0: global)">,
+    Option<"solver", "solver", "std::string", "\"glpk\"",
+           "affinity: glpk (ILP, then greedy if it runs out of time) or "
+           "greedy">,
+    Option<"timeLimit", "time-limit", "double", "60",
+           "Seconds the ILP may take">,
+    Option<"previous", "previous", "std::string", "\"\"",
+           "An earlier placement file to stay close to">,
+    Option<"moveTolerance", "move-tolerance", "double", "0.02",
+           "Relative loss of the measure accepted to avoid moves">,
+    Option<"out", "out", "std::string", "\"\"",
+           "Also write the placement file (JSON, atomically)">,
+    Option<"sglangOut", "sglang-out", "std::string", "\"\"",
+           "Also write SGLang's --init-expert-location JSON "
+           "(physical_to_logical_map)">,
+    Option<"sglangCountsOut", "sglang-counts-out", "std::string", "\"\"",
+           "Also write the profile's counts as SGLang's "
+           "--init-expert-location JSON (logical_count)">
+  ];
+}
+
+def MoESimulateLayout : Pass<"moe-simulate-layout", "::mlir::ModuleOp"> {
+  let summary = "Simulates an expert-parallel step of the placed layers";
+  let description = [{
+    Analysis only (the IR is unchanged). For the placement attached by
+    `--moe-plan-placement` (the contiguous placement where no layer has one),
+    the profile's token counts and the topology, computes per MoE layer and
+    in total: the load balance (max / mean GPU load per layer, then
+    averaged), the all-to-all bytes (dispatch and combine) within and
+    between nodes, the fraction of layer-to-layer token pairs whose experts
+    are on different GPUs, and a simulated step time (per layer the slowest
+    GPU's dispatch, expert work and combine). Writes the report atomically to
+    `report` (JSON, fields in docs/layout.md) and prints a summary line per
+    layer to stderr. Errors (a profile of another model, a placement naming
+    an expert twice on a GPU, ...) write nothing.
+  }];
+  let options = [
+    Option<"profile", "profile", "std::string", "\"\"",
+           "Calibration profile (safetensors) of this model">,
+    Option<"topology", "topology", "std::string", "\"\"",
+           "Topology file (JSON, docs/layout.md)">,
+    Option<"report", "report", "std::string", "\"\"",
+           "The report to write (JSON)">
+  ];
+}
+
+def MoESelectParallelism : Pass<"moe-select-parallelism",
+                                 "::mlir::ModuleOp"> {
+  let summary = "Chooses expert-parallel, replicated or sharded experts per "
+                "MoE layer from a byte and latency model";
+  let description = [{
+    Tutel's rule generalised: per MoE layer and step of `tokens` tokens
+    (default: the profile's token count) on the topology's G GPUs, the time
+    of three layouts, each the bytes one GPU moves over the links plus the
+    latency of its messages plus the slowest GPU's expert work:
+    `expert_parallel` (experts split over the GPUs, tokens moved: an
+    all-to-all dispatch and combine of T K rows, the work as uneven as the
+    profile's loads on the placement attached, or contiguous);
+    `sharded` (every expert's weights split over the GPUs: an all-gather of
+    the T token rows and a reduce-scatter of the outputs); `replicated`
+    (every GPU holds every expert, the weights gathered: E x the bytes of
+    one expert, all-gathered; refused when they do not fit `hbm_bytes`).
+    The fastest is recorded on the layer's `func.func` as
+    `moe.parallelism = {choice, expert_parallel_seconds, sharded_seconds,
+    replicated_seconds, token_bytes, weight_bytes}` (replicated_seconds is
+    absent when it does not fit), with a remark that gives the numbers.
+  }];
+  let options = [
+    Option<"profile", "profile", "std::string", "\"\"",
+           "Calibration profile (safetensors) of this model">,
+    Option<"topology", "topology", "std::string", "\"\"",
+           "Topology file (JSON, docs/layout.md)">,
+    Option<"tokens", "tokens", "int64_t", "0",
+           "Tokens per step (0: the profile's token count)">
+  ];
+}
+
 #endif // MOE_PASSES_TD

@@ -1,0 +1,417 @@
+//===- PlacementTest.cpp - Tests of the expert placement policies ---------===//
+//
+// Part of the moe-opt project. EPLB's README example reproduced, planted
+// Zipf loads (balance with replicas, no duplicate on a GPU), planted
+// layer-to-layer chains (affinity against contiguous, ILP against greedy),
+// incremental re-planning, topology and placement checks. The measured
+// numbers are printed.
+//
+//===----------------------------------------------------------------------===//
+
+#include "moe/lib/Analysis/Placement.h"
+
+#include "llvm/Support/Error.h"
+
+#include "gtest/gtest.h"
+
+#include <algorithm>
+#include <chrono>
+#include <cmath>
+#include <cstdio>
+#include <numeric>
+#include <random>
+#include <tuple>
+#include <vector>
+
+using namespace llvm;
+using namespace moe;
+
+namespace {
+
+Topology makeTopology(int64_t nodes, int64_t perNode) {
+  Topology t;
+  t.nodes = nodes;
+  t.gpusPerNode = perNode;
+  t.hbmBytes = 80e9;
+  t.gpuFlops = 1e15;
+  t.intraBandwidth = 4e11;
+  t.interBandwidth = 5e10;
+  t.intraLatency = 3e-6;
+  t.interLatency = 1e-5;
+  return t;
+}
+
+TEST(Placement, EplbReadmeExample) {
+  // deepseek-ai/EPLB's README: 2 layers, 12 experts in 4 groups, 16
+  // replicas, 2 nodes, 8 GPUs (hierarchical).
+  std::vector<std::vector<double>> weight = {
+      {90, 132, 40, 61, 104, 165, 39, 4, 73, 56, 183, 86},
+      {20, 107, 104, 64, 19, 197, 187, 157, 172, 86, 16, 27}};
+  std::vector<std::vector<int64_t>> expected = {
+      {5, 6, 5, 7, 8, 4, 3, 4, 10, 9, 10, 2, 0, 1, 11, 1},
+      {7, 10, 6, 8, 6, 11, 8, 9, 2, 4, 5, 1, 5, 0, 3, 1}};
+  for (int l = 0; l < 2; ++l) {
+    Expected<LayerPlacement> p =
+        balancedPlacement(weight[l], 4, 4, 2, 8, /*refine=*/false);
+    ASSERT_TRUE(static_cast<bool>(p)) << toString(p.takeError());
+    EXPECT_EQ(p->slotExpert, expected[l]) << "layer " << l;
+    for (int64_t s = 0; s < 16; ++s)
+      EXPECT_EQ(p->slotGpu[s], s / 2);
+    EXPECT_FALSE(static_cast<bool>(validatePlacement(*p, 8, "eplb")));
+    // The refined packing is never worse.
+    Expected<LayerPlacement> r = balancedPlacement(weight[l], 4, 4, 2, 8);
+    ASSERT_TRUE(static_cast<bool>(r)) << toString(r.takeError());
+    double be = balance(*p, 8, weight[l]), br = balance(*r, 8, weight[l]);
+    std::printf("eplb example layer %d: balance %.4f, refined %.4f\n", l, be,
+                br);
+    EXPECT_LE(br, be + 1e-12);
+  }
+}
+
+TEST(Placement, NoDuplicateOnOneGpu) {
+  // One expert carries most of the load: plain EPLB would give it more
+  // replicas than GPUs; we cap at one per GPU.
+  std::vector<double> load = {1000, 1, 1, 1};
+  Expected<LayerPlacement> p = balancedPlacement(load, 4, 0, 1, 4);
+  ASSERT_TRUE(static_cast<bool>(p)) << toString(p.takeError());
+  EXPECT_EQ(p->replicaCounts()[0], 4);
+  EXPECT_FALSE(static_cast<bool>(validatePlacement(*p, 4, "dup")));
+  // Five slots per GPU of four experts cannot avoid duplicates.
+  Expected<LayerPlacement> q = balancedPlacement(load, 16, 0, 1, 4);
+  ASSERT_FALSE(static_cast<bool>(q));
+  EXPECT_NE(toString(q.takeError()).find("one replica"), std::string::npos);
+}
+
+std::vector<double> zipf(int64_t experts, double s, std::mt19937 &rng) {
+  std::vector<double> w(experts);
+  for (int64_t e = 0; e < experts; ++e)
+    w[e] = std::round(1e6 / std::pow(static_cast<double>(e + 1), s));
+  std::shuffle(w.begin(), w.end(), rng);
+  return w;
+}
+
+TEST(Placement, ZipfBalanceWithReplicas) {
+  std::mt19937 rng(7);
+  for (auto [experts, gpus] :
+       {std::pair<int64_t, int64_t>{64, 8}, {128, 16}, {256, 32}}) {
+    for (double s : {1.0, 1.1, 1.2, 1.3, 1.4, 1.5}) {
+      for (int64_t nodes : {int64_t(1), int64_t(2)}) {
+        std::vector<double> load = zipf(experts, s, rng);
+        Topology topo = makeTopology(nodes, gpus / nodes);
+        PlanOptions opt;
+        opt.policy = PlacementPolicy::Balanced;
+        opt.redundant = gpus;
+        opt.groups = nodes > 1 ? nodes * 2 : 0;
+        LayerLoad layer{0, load, {}};
+        Expected<std::vector<LayerPlacement>> plan =
+            planPlacement(layer, topo, opt);
+        ASSERT_TRUE(static_cast<bool>(plan)) << toString(plan.takeError());
+        double b = balance((*plan)[0], gpus, load);
+        LayerPlacement contiguous;
+        contiguous.experts = experts;
+        for (int64_t e = 0; e < experts; ++e) {
+          contiguous.slotExpert.push_back(e);
+          contiguous.slotGpu.push_back(e / (experts / gpus));
+        }
+        std::printf("zipf E=%lld G=%lld nodes=%lld s=%.2f R=%lld: balance "
+                    "max/mean %.4f (contiguous %.3f)\n",
+                    (long long)experts, (long long)gpus, (long long)nodes, s,
+                    (long long)gpus, b, balance(contiguous, gpus, load));
+        // validatePlacement refuses an expert twice on a GPU.
+        EXPECT_FALSE(
+            static_cast<bool>(validatePlacement((*plan)[0], gpus, "zipf")));
+        // Hierarchical placement keeps expert groups within nodes, which
+        // costs balance; the bar is for the global policy.
+        if (nodes == 1)
+          EXPECT_LE(b, 1.05);
+      }
+    }
+  }
+}
+
+/// Planted chains: a token at expert i of layer l goes to perm_l(i) in
+/// layer l+1 with probability p, else to a uniform expert.
+std::vector<LayerLoad> chains(int64_t layers, int64_t experts, double p,
+                              int64_t tokens, std::mt19937 &rng) {
+  std::vector<std::vector<int64_t>> perm(layers);
+  for (auto &q : perm) {
+    q.resize(experts);
+    std::iota(q.begin(), q.end(), 0);
+    std::shuffle(q.begin(), q.end(), rng);
+  }
+  std::vector<LayerLoad> out(layers);
+  for (int64_t l = 0; l < layers; ++l) {
+    out[l].layer = l;
+    out[l].load.assign(experts, 0);
+    if (l + 1 < layers)
+      out[l].transition.assign(experts * experts, 0);
+  }
+  std::uniform_int_distribution<int64_t> pick(0, experts - 1);
+  std::bernoulli_distribution stay(p);
+  for (int64_t t = 0; t < tokens; ++t) {
+    int64_t e = pick(rng);
+    for (int64_t l = 0; l < layers; ++l) {
+      out[l].load[e] += 1;
+      if (l + 1 == layers)
+        break;
+      int64_t next = stay(rng) ? perm[l][e] : pick(rng);
+      out[l].transition[e * experts + next] += 1;
+      e = next;
+    }
+  }
+  return out;
+}
+
+double crossFraction(const std::vector<LayerPlacement> &plan,
+                     ArrayRef<LayerLoad> layers, int64_t gpus) {
+  Crossing total;
+  for (size_t l = 0; l + 1 < plan.size(); ++l) {
+    Crossing c = crossGpu(plan[l], plan[l + 1], gpus, layers[l].transition);
+    total.crossing += c.crossing;
+    total.total += c.total;
+  }
+  return total.fraction();
+}
+
+TEST(Placement, AffinityCutsCrossGpuTraffic) {
+  std::mt19937 rng(11);
+  const int64_t gpus = 8, L = 32;
+  Topology topo = makeTopology(1, gpus);
+  for (int64_t experts : {8, 64}) {
+    std::vector<LayerLoad> layers = chains(L, experts, 0.8, experts * 200, rng);
+    PlanOptions contig;
+    auto base = planPlacement(layers, topo, contig);
+    ASSERT_TRUE(static_cast<bool>(base)) << toString(base.takeError());
+    double fc = crossFraction(*base, layers, gpus);
+
+    PlanOptions greedy;
+    greedy.policy = PlacementPolicy::Affinity;
+    greedy.solver = AffinitySolver::Greedy;
+    auto t0 = std::chrono::steady_clock::now();
+    PlanStats gs;
+    auto g = planPlacement(layers, topo, greedy, &gs);
+    double greedySeconds =
+        std::chrono::duration<double>(std::chrono::steady_clock::now() - t0)
+            .count();
+    ASSERT_TRUE(static_cast<bool>(g)) << toString(g.takeError());
+    double fg = crossFraction(*g, layers, gpus);
+
+    PlanOptions ilp = greedy;
+    ilp.solver = AffinitySolver::Glpk;
+    ilp.timeLimit = 5;
+    PlanStats is;
+    auto i = planPlacement(layers, topo, ilp, &is);
+    ASSERT_TRUE(static_cast<bool>(i)) << toString(i.takeError());
+    double fi = crossFraction(*i, layers, gpus);
+
+    std::printf("chains L=%lld E=%lld G=%lld p=0.8: cross-GPU fraction "
+                "contiguous %.4f, greedy %.4f (%.2f s), %s %.4f (%.2f s); "
+                "cut %.1f%%; greedy/ilp %.4f\n",
+                (long long)L, (long long)experts, (long long)gpus, fc, fg,
+                greedySeconds, is.method.c_str(), fi, is.solverSeconds,
+                100.0 * (1.0 - fi / fc), fg / fi);
+    if (experts == gpus) {
+      // One expert per GPU: the layer pairs are independent matchings, so
+      // the optimum is the sum of each pair's best permutation.
+      double best = 0, total = 0;
+      for (int64_t l = 0; l + 1 < L; ++l) {
+        std::vector<int64_t> perm(experts);
+        std::iota(perm.begin(), perm.end(), 0);
+        double stay = 0;
+        do {
+          double s2 = 0;
+          for (int64_t i = 0; i < experts; ++i)
+            s2 += layers[l].transition[i * experts + perm[i]];
+          stay = std::max(stay, s2);
+        } while (std::next_permutation(perm.begin(), perm.end()));
+        best += stay;
+        for (double t : layers[l].transition)
+          total += t;
+      }
+      double fo = 1.0 - best / total;
+      std::printf("chains E=G=%lld: exact optimum %.4f, greedy/optimum %.4f\n",
+                  (long long)experts, fo, fg / fo);
+      EXPECT_LE(fg, fo * 1.05);
+    }
+    EXPECT_GE(1.0 - fi / fc, 0.70);
+    EXPECT_LE(fg, fi * 1.05);
+    EXPECT_LE(is.solverSeconds, 60.0);
+    // Exactly E/G experts on every GPU of every layer.
+    for (const LayerPlacement &p : *i) {
+      EXPECT_EQ(p.slots(), experts);
+      std::vector<int64_t> per(gpus, 0);
+      for (int64_t g2 : p.slotGpu)
+        ++per[g2];
+      for (int64_t c : per)
+        EXPECT_EQ(c, experts / gpus);
+    }
+  }
+}
+
+TEST(Placement, IlpProvesSmallCases) {
+  // Small enough for GLPK to prove optimality: greedy within 5 % of it.
+  std::mt19937 rng(5);
+  for (auto [experts, gpus, L] :
+       {std::tuple<int64_t, int64_t, int64_t>{8, 4, 3}, {8, 2, 4}}) {
+    Topology topo = makeTopology(1, gpus);
+    std::vector<LayerLoad> layers = chains(L, experts, 0.6, 400, rng);
+    PlanOptions opt;
+    opt.policy = PlacementPolicy::Affinity;
+    opt.solver = AffinitySolver::Greedy;
+    auto g = planPlacement(layers, topo, opt);
+    ASSERT_TRUE(static_cast<bool>(g));
+    opt.solver = AffinitySolver::Glpk;
+    opt.timeLimit = 30;
+    PlanStats st;
+    auto i = planPlacement(layers, topo, opt, &st);
+    ASSERT_TRUE(static_cast<bool>(i));
+    double fg = crossFraction(*g, layers, gpus);
+    double fi = crossFraction(*i, layers, gpus);
+    std::printf("small L=%lld E=%lld G=%lld: greedy %.4f, %s %.4f (%.2f s)\n",
+                (long long)L, (long long)experts, (long long)gpus, fg,
+                st.method.c_str(), fi, st.solverSeconds);
+    EXPECT_EQ(st.method, "glpk optimal");
+    EXPECT_LE(fi, fg + 1e-12);
+    EXPECT_LE(fg, fi * 1.05 + 1e-12);
+  }
+}
+
+TEST(Placement, OutOfSampleBalance) {
+  // Plan on one window of routed tokens, score on the next window of the
+  // same Zipf law: within 5 % of re-planning on that window.
+  std::mt19937 rng(9);
+  for (auto [experts, gpus] :
+       {std::pair<int64_t, int64_t>{64, 8}, {128, 16}, {256, 32}}) {
+    for (double s : {1.0, 1.5}) {
+      std::vector<double> p(experts);
+      for (int64_t e = 0; e < experts; ++e)
+        p[e] = 1.0 / std::pow(static_cast<double>(e + 1), s);
+      std::shuffle(p.begin(), p.end(), rng);
+      std::discrete_distribution<int64_t> draw(p.begin(), p.end());
+      auto window = [&] {
+        std::vector<double> c(experts, 0.0);
+        for (int64_t t = 0; t < experts * 2000; ++t)
+          c[draw(rng)] += 1;
+        return c;
+      };
+      std::vector<double> a = window(), b = window();
+      Topology topo = makeTopology(1, gpus);
+      PlanOptions opt;
+      opt.policy = PlacementPolicy::Balanced;
+      opt.redundant = gpus;
+      auto pa = planPlacement(LayerLoad{0, a, {}}, topo, opt);
+      auto pb = planPlacement(LayerLoad{0, b, {}}, topo, opt);
+      ASSERT_TRUE(pa && pb);
+      double out = balance((*pa)[0], gpus, b), re = balance((*pb)[0], gpus, b);
+      std::printf("out of sample E=%lld G=%lld s=%.1f: planned on the "
+                  "previous window %.4f, re-planned %.4f\n",
+                  (long long)experts, (long long)gpus, s, out, re);
+      EXPECT_LE(out, re * 1.05);
+    }
+  }
+}
+
+TEST(Placement, PreviousReducesMoves) {
+  std::mt19937 rng(3);
+  const int64_t experts = 64, gpus = 8;
+  Topology topo = makeTopology(1, gpus);
+  int improved = 0, windows = 10;
+  for (int w = 0; w < windows; ++w) {
+    std::vector<double> a = zipf(experts, 1.2, rng), b = a;
+    // The next window: loads drift by up to 20 %.
+    std::uniform_real_distribution<double> drift(0.8, 1.2);
+    for (double &x : b)
+      x = std::round(x * drift(rng));
+    PlanOptions opt;
+    opt.policy = PlacementPolicy::Balanced;
+    opt.redundant = gpus;
+    auto first = planPlacement(LayerLoad{0, a, {}}, topo, opt);
+    ASSERT_TRUE(static_cast<bool>(first));
+    auto fresh = planPlacement(LayerLoad{0, b, {}}, topo, opt);
+    ASSERT_TRUE(static_cast<bool>(fresh));
+    opt.previous = &*first;
+    PlanStats st;
+    auto inc = planPlacement(LayerLoad{0, b, {}}, topo, opt, &st);
+    ASSERT_TRUE(static_cast<bool>(inc)) << toString(inc.takeError());
+    double bf = balance((*fresh)[0], gpus, b);
+    double bi = balance((*inc)[0], gpus, b);
+    std::printf("previous: moves %lld -> %lld, balance fresh %.4f "
+                "incremental %.4f\n",
+                (long long)st.movesBefore, (long long)st.movesAfter, bf, bi);
+    EXPECT_LE(bi, bf * 1.02 + 1e-9);
+    if (st.movesAfter * 2 <= st.movesBefore)
+      ++improved;
+  }
+  std::printf("previous: %d of %d windows halve the moves\n", improved,
+              windows);
+  EXPECT_GE(improved, windows / 2);
+}
+
+TEST(Placement, TopologyChecks) {
+  const char *good = R"({"nodes": 2, "gpus_per_node": 4, "hbm_bytes": 8e10,
+    "gpu_flops": 1e15, "intra_node": {"bandwidth": 4e11, "latency": 3e-6},
+    "inter_node": {"bandwidth": 5e10, "latency": 1e-5}})";
+  Expected<Topology> t = parseTopology(good, "t.json");
+  ASSERT_TRUE(static_cast<bool>(t)) << toString(t.takeError());
+  EXPECT_EQ(t->gpus(), 8);
+  EXPECT_EQ(t->bandwidth(0, 3), 4e11);
+  EXPECT_EQ(t->bandwidth(0, 4), 5e10);
+  struct Bad {
+    const char *json, *message;
+  } bad[] = {
+      {R"({"nodes": 2})", "t.json: topology field 'gpus_per_node' is missing"},
+      {R"({"nodes": 0, "gpus_per_node": 4})",
+       "t.json: topology field 'nodes' is 0, expected 1 to 4096"},
+      {R"({"nodes": 1, "gpus_per_node": 4, "hbm_bytes": 8e10,
+          "gpu_flops": 1e15, "intra_node": {"bandwidth": 4e20,
+          "latency": 3e-6}})",
+       "t.json: topology field 'intra_node.bandwidth' is 4"},
+      {R"({"nodes": 1, "gpus_per_node": 2, "hbm_bytes": 8e10,
+          "gpu_flops": 1e15, "intra_node": {"bandwidth": 4e11,
+          "latency": 3e-6}, "gpu_bandwidth": [[0, 1e9]]})",
+       "t.json: topology field 'gpu_bandwidth' must be 2 rows"},
+      {R"({"nodes": 1, "gpus_per_node": 2, "hbm": 1})",
+       "t.json: unknown topology field 'hbm'"},
+  };
+  for (const Bad &b : bad) {
+    Expected<Topology> r = parseTopology(b.json, "t.json");
+    ASSERT_FALSE(static_cast<bool>(r)) << b.json;
+    std::string m = toString(r.takeError());
+    EXPECT_NE(m.find(b.message), std::string::npos) << m;
+  }
+}
+
+TEST(Placement, PlannerRefusals) {
+  Topology topo = makeTopology(1, 8);
+  LayerLoad layer{0, std::vector<double>(64, 1.0), {}};
+  PlanOptions opt;
+  opt.policy = PlacementPolicy::Balanced;
+  opt.redundant = 3; // 67 slots over 8 GPUs
+  auto r = planPlacement(layer, topo, opt);
+  ASSERT_FALSE(static_cast<bool>(r));
+  EXPECT_NE(toString(r.takeError()).find("do not split evenly over 8 GPUs"),
+            std::string::npos);
+  opt.policy = PlacementPolicy::Contiguous;
+  opt.redundant = 8;
+  r = planPlacement(layer, topo, opt);
+  ASSERT_FALSE(static_cast<bool>(r));
+  EXPECT_NE(toString(r.takeError()).find("not allowed with policy contiguous"),
+            std::string::npos);
+  opt.redundant = 0;
+  opt.expertBytes = 11e9; // 8 slots per GPU x 11 GB > 80 GB
+  r = planPlacement(layer, topo, opt);
+  ASSERT_FALSE(static_cast<bool>(r));
+  EXPECT_NE(toString(r.takeError()).find("hbm_bytes"), std::string::npos);
+
+  LayerPlacement p;
+  p.layer = 3;
+  p.experts = 4;
+  p.slotExpert = {0, 1, 2, 2};
+  p.slotGpu = {0, 0, 1, 1};
+  Error e = validatePlacement(p, 2, "x.json");
+  ASSERT_TRUE(static_cast<bool>(e));
+  EXPECT_EQ(toString(std::move(e)),
+            "x.json: layer 3: expert 2 is placed twice on GPU 1");
+}
+
+} // namespace
