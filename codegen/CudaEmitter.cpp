@@ -1001,6 +1001,18 @@ private:
     DispatchLayout layout = op.getLayout();
     bool withDecode = layout != DispatchLayout::grouped;
     bool withGrouped = layout != DispatchLayout::per_token;
+    // Factored weights must run as two thin GEMMs, never as the product;
+    // a path without that code is refused by name, not replaced.
+    if (body->hasFactoredWeights()) {
+      if (withDecode)
+        return makeError(op, "the per-token (decode) expert kernels cannot "
+                             "run factored expert weights (moe.low_rank) "
+                             "yet: run this layer on the reference backend");
+      if (withGrouped)
+        return makeError(op, "the grouped expert kernels cannot run "
+                             "factored expert weights (moe.low_rank) yet: "
+                             "run this layer on the reference backend");
+    }
     auto slotRowIt = slotRowOf.find(op.getRows());
     if (slotRowIt == slotRowOf.end())
       return makeError(op, "the expert kernels need the dispatch plan of a "

@@ -10,6 +10,7 @@ packages=(
   python3-numpy                             # independent test oracles
   libboost-context-dev                      # fibers of the CPU emulation of kernels
   pybind11-dev python3-dev                  # the Python module moe_opt
+  liblapacke-dev                            # SVD of --moe-compress-experts
 )
 
 missing=()
