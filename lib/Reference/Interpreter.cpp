@@ -929,7 +929,9 @@ private:
               }
               std::copy(row.begin(), row.end(), &w.f[(e * out + i) * in]);
             }
-          set(o.getResult(), std::move(w));
+          // Not rounded to the element type: the factors are what is
+          // stored, and the kernels never round their product.
+          values[o.getResult()] = std::move(w);
           return Error::success();
         })
         .Case([&](RowScaleOp o) -> Error {

@@ -157,8 +157,19 @@ def layer_is_half(text, layer):
     return m is not None and m.group(1) in ("bf16", "f16")
 
 
+def compress(args, ir):
+    """With --compress OPTIONS: the IR rewritten by --moe-compress-experts
+    (factored expert weights), beside the original."""
+    if not args.compress:
+        return ir
+    out = ir[:-len(".mlir")] + ".compressed.mlir"
+    run([args.bin + "/moe-opt", ir, "--moe-compress-experts=" + args.compress,
+         "-o", out])
+    return out
+
+
 def check_model(args, tag, ir, work, rng, target=None, layers=None):
-    ir = force_layout(args, ir)
+    ir = force_layout(args, compress(args, ir))
     text = open(ir).read()
     for layer in layers if layers is not None else layers_of(ir):
         rtol = RTOL_HALF if layer_is_half(text, layer) else RTOL
@@ -206,6 +217,9 @@ def main():
                    "(sizes: --hidden N --intermediate N --top-k N)")
     p.add_argument("--identical", action="store_true",
                    help="the same row for every token")
+    p.add_argument("--compress", default="",
+                   help="run moe-opt --moe-compress-experts=OPTIONS on every "
+                   "model first (factored expert weights)")
     args = p.parse_args()
     args.tokens = [int(t) for t in args.tokens.split(",")]
     seed = args.seed if args.seed is not None else int(time.time()) % 100000

@@ -463,9 +463,9 @@ def MoE_LowRankOp : MoE_Op<"low_rank", [Pure]> {
     `--moe-compress-experts` gives each routed expert matrix. It feeds the
     `gate`, `up` or `down` operand of `moe.expert_ffn` (stored `out_in`),
     so the expert op stays as it is; the reference executor materialises
-    the product (sums in f32, rounded to the result's element type), while
-    the expert kernels are meant to run the two factors as two thin GEMMs
-    without forming the product. `a`, `b` and the result share one element
+    the product (sums in f32, not rounded to the element type: the factors
+    are what is stored), while the expert kernels run the two factors as
+    two thin GEMMs (`B x`, then `A (B x)`) without forming the product. `a`, `b` and the result share one element
     type, and `r` is at least 1.
 
     ```mlir
