@@ -1119,10 +1119,11 @@ private:
 
     os << "// moe.fused_experts (layout " << stringifyDispatchLayout(layout)
        << ": "
-       << (r.lowRank ? "factored weights, decode kernels at every token "
-                       "count: "
+       << (r.lowRank ? "factored weights (moe.low_rank), which the "
+                       "grouped kernels do not run: "
                      : "")
-       << (withDecode && withGrouped
+       << (r.lowRank ? "decode kernels at every token count"
+           : withDecode && withGrouped
                ? "decode kernels up to " +
                      std::to_string(::moe::kPerTokenMaxSlots) +
                      " routed slots, grouped kernels "

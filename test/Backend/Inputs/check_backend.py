@@ -22,7 +22,7 @@ token chooses the same experts: K experts get all T rows, the others none).
   check_backend.py --bin BUILD/bin --examples DIR --backend emu [--seed N]
       [--layout runtime|grouped|per_token] [--tokens 1,7,64,300]
       [--identical] [--synthetic-options "--hidden N ..."]
-      [--only SUBSTRING]
+      [--only SUBSTRING,...] [--compress OPTIONS]
 """
 import argparse
 import glob
@@ -206,7 +206,8 @@ def main():
     p.add_argument("--examples", required=True)
     p.add_argument("--backend", default="emu")
     p.add_argument("--seed", type=int, default=None)
-    p.add_argument("--only", default=None, help="substring of case names")
+    p.add_argument("--only", default=None,
+                   help="comma-separated substrings of case names")
     p.add_argument("--layout", default="runtime",
                    choices=["runtime", "grouped", "per_token"],
                    help="force the layout of every moe.fused_experts")
@@ -229,7 +230,7 @@ def main():
 
     def case(tag, fn):
         nonlocal cases, failures
-        if args.only and args.only not in tag:
+        if args.only and not any(o in tag for o in args.only.split(",")):
             return
         cases += 1
         try:
