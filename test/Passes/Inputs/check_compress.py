@@ -13,8 +13,11 @@
 
 Each case also runs moe-run (reference executor) on the rewritten IR and
 checks it against the numpy oracle with the weights A @ B read back from
-the factor file. The profile is written here following Profile.h (F64,
-__metadata__ format=moe-profile, version=1, model, tokens).
+the factor file. The whitening profile is recorded by `moe-run
+--record-profile --profile-input-gram` (its input_gram checked against
+numpy's X^T X), and a profile written here by numpy following Profile.h
+(F64, __metadata__ format=moe-profile, version=1, model, tokens) gives the
+same factors.
 
   check_compress.py --bin BUILD/bin --work DIR
 """
@@ -90,6 +93,18 @@ def write_profile(path, m, layer, x, router_name, expert_fn, ir_path):
     write_f64_safetensors(path, tensors, {"format": "moe-profile",
                                           "version": "1", "model": model,
                                           "tokens": x.shape[0]})
+
+
+def read_f64(path, name):
+    """One F64 tensor of a safetensors file."""
+    with open(path, "rb") as f:
+        raw = f.read()
+    (n,) = struct.unpack("<Q", raw[:8])
+    info = json.loads(raw[8:8 + n].decode("utf-8"))[name]
+    assert info["dtype"] == "F64", info
+    begin, end = info["data_offsets"]
+    return np.frombuffer(raw[8 + n + begin:8 + n + end],
+                         dtype="<f8").reshape(info["shape"])
 
 
 def import_model(args, m, name):
@@ -205,15 +220,30 @@ def whiten(args, rng):
     basis, _ = np.linalg.qr(rng.standard_normal((H, H)))
     calib = skewed_inputs(rng, 1024, basis)
     held = skewed_inputs(rng, 512, basis)
+    # The profile as moe-run records it, and as numpy writes it.
+    calib = calib.astype(np.float32)
+    cp = os.path.join(args.work, "calib.npy")
+    np.save(cp, calib)
     profile = os.path.join(args.work, "skewed.profile.safetensors")
-    write_profile(profile, m, 0, calib,
+    run([args.bin + "/moe-run", ir, "--layer", "0", "--input", cp,
+         "--record-profile", profile, "--profile-input-gram"])
+    xd = calib.astype(np.float64)
+    gram_err = rel(read_f64(profile, "layer.0.input_gram"), xd.T @ xd)
+    print("recorded input_gram vs numpy X^T X: relative error %.1e"
+          % gram_err)
+    if gram_err > 1e-6:
+        raise AssertionError("moe-run's input_gram differs from X^T X")
+    np_profile = os.path.join(args.work, "skewed.numpy-profile.safetensors")
+    write_profile(np_profile, m, 0, xd,
                   "model.layers.0.block_sparse_moe.gate.weight",
                   hf._glu_expert_fn(m, 0), ir)
     y, _ = m.block(0, held)
     errs = {}
     for tag, opts in (("plain", "rank=%d" % rank),
                       ("gram", "rank=%d whiten=gram profile=%s"
-                       % (rank, profile))):
+                       % (rank, profile)),
+                      ("gram_numpy", "rank=%d whiten=gram profile=%s"
+                       % (rank, np_profile))):
         out, products, log = compress(args, ir, "skewed_" + tag, opts)
         sys.stdout.write(log)
         m2 = with_weights(m, mixtral_replacement(products, 0, E))
@@ -222,6 +252,9 @@ def whiten(args, rng):
             check_backend(args, out, m2, 0, held[:64], "whitened")
     print("skewed inputs, rank %d: held-out relative error plain SVD %.4f, "
           "whiten=gram %.4f" % (rank, errs["plain"], errs["gram"]))
+    if abs(errs["gram"] - errs["gram_numpy"]) > 1e-4 * errs["gram"]:
+        raise AssertionError("the recorded and the numpy profile whiten "
+                             "differently")
     if not errs["gram"] < errs["plain"]:
         raise AssertionError("whiten=gram does not beat plain SVD")
 
