@@ -1032,8 +1032,8 @@ private:
                              "decode-max-tokens for the per-token kernels, "
                              "or keep the token count dynamic");
       withGrouped = false;
-      LowRankOp gate = body->routedGateUp ? body->routedGateUp
-                                          : body->routedGate;
+      LowRankOp gate =
+          body->routedGateUp ? body->routedGateUp : body->routedGate;
       r.lowRank = true;
       r.gate = body->routedGate ? body->routedGate.getA() : Value();
       r.gateB = body->routedGate ? body->routedGate.getB() : Value();
@@ -1077,11 +1077,11 @@ private:
     args.set(MOE_EXPERTS_SLOT_OUTPUT, valueBinding(*y));
     if (Error err = bindFFN(args, MOE_EXPERTS_SLOT_ROUTED_GATE, r, op))
       return err;
-    for (auto [slot, v] : {std::pair<int, Value>{MOE_EXPERTS_SLOT_ROUTED_GATE_B,
-                                                 r.gateB},
-                           {MOE_EXPERTS_SLOT_ROUTED_UP_B, r.upB},
-                           {MOE_EXPERTS_SLOT_ROUTED_GATE_UP_B, r.gateUpB},
-                           {MOE_EXPERTS_SLOT_ROUTED_DOWN_B, r.downB}}) {
+    for (auto [slot, v] :
+         {std::pair<int, Value>{MOE_EXPERTS_SLOT_ROUTED_GATE_B, r.gateB},
+          {MOE_EXPERTS_SLOT_ROUTED_UP_B, r.upB},
+          {MOE_EXPERTS_SLOT_ROUTED_GATE_UP_B, r.gateUpB},
+          {MOE_EXPERTS_SLOT_ROUTED_DOWN_B, r.downB}}) {
       if (!v) {
         args.setNull(slot);
         continue;
@@ -1203,9 +1203,9 @@ private:
       args.set(MOE_EXPERTS_SLOT_FACTOR_IN,
                valueBinding(fixedValue(::moe::ElementType::F32, 0,
                                        K * (pad8(r.rg) + pad8(r.ru)))));
-      args.set(MOE_EXPERTS_SLOT_FACTOR_DOWN,
-               valueBinding(
-                   fixedValue(::moe::ElementType::F32, 0, K * pad8(r.rd))));
+      args.set(
+          MOE_EXPERTS_SLOT_FACTOR_DOWN,
+          valueBinding(fixedValue(::moe::ElementType::F32, 0, K * pad8(r.rd))));
     } else {
       args.setNull(MOE_EXPERTS_SLOT_FACTOR_IN);
       args.setNull(MOE_EXPERTS_SLOT_FACTOR_DOWN);

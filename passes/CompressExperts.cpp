@@ -137,6 +137,13 @@ struct Projection {
 
 int64_t elementBytes(Type t) { return t.isF32() ? 4 : 2; }
 
+/// Whether the layer has shared experts (moe.ffn: not compressed).
+bool hasShared(func::FuncOp fn) {
+  bool found = false;
+  fn.walk([&](FFNOp) { found = true; });
+  return found;
+}
+
 struct MoECompressExpertsPass
     : impl::MoECompressExpertsBase<MoECompressExpertsPass> {
   using MoECompressExpertsBase::MoECompressExpertsBase;
@@ -197,8 +204,8 @@ struct MoECompressExpertsPass
   LogicalResult compressLayer(func::FuncOp fn, int64_t layer,
                               NewWeights &factors) {
     auto remark = [&](Operation *op) {
-      return op->emitRemark() << "moe-compress-experts: layer " << layer
-                              << " not compressed: ";
+      return op->emitRemark()
+             << "moe-compress-experts: layer " << layer << " not compressed: ";
     };
     bool fused = false;
     fn.walk([&](Operation *op) {
@@ -226,8 +233,8 @@ struct MoECompressExpertsPass
   LogicalResult compressExperts(func::FuncOp fn, int64_t layer, size_t index,
                                 ExpertFFNOp op, NewWeights &factors) {
     auto remark = [&]() {
-      return op->emitRemark() << "moe-compress-experts: layer " << layer
-                              << " not compressed: ";
+      return op->emitRemark()
+             << "moe-compress-experts: layer " << layer << " not compressed: ";
     };
     auto type = cast<RankedTensorType>(op.getInput().getType());
     int64_t H = type.getDimSize(1);
@@ -275,9 +282,9 @@ struct MoECompressExpertsPass
       if (rank > 0) {
         p.rank = std::min<int64_t>(rank, small);
       } else {
-        p.rank = static_cast<int64_t>(std::floor(
-            paramRatio * static_cast<double>(p.out * p.in) /
-            static_cast<double>(p.out + p.in)));
+        p.rank = static_cast<int64_t>(
+            std::floor(paramRatio * static_cast<double>(p.out * p.in) /
+                       static_cast<double>(p.out + p.in)));
         p.rank = std::min(p.rank, small);
         if (p.rank < 1) {
           remark() << "param-ratio " << paramRatio << " leaves no rank for '"
@@ -286,10 +293,9 @@ struct MoECompressExpertsPass
         }
       }
       if (p.rank * (p.out + p.in) >= p.out * p.in) {
-        remark() << "rank " << p.rank << " of '" << p.name << "' ["
-                 << p.out << " x " << p.in << "] keeps "
-                 << p.rank * (p.out + p.in) << " parameters of "
-                 << p.out * p.in << ": nothing to save";
+        remark() << "rank " << p.rank << " of '" << p.name << "' [" << p.out
+                 << " x " << p.in << "] keeps " << p.rank * (p.out + p.in)
+                 << " parameters of " << p.out * p.in << ": nothing to save";
         return success();
       }
     }
@@ -300,8 +306,8 @@ struct MoECompressExpertsPass
       llvm::Expected<const ::moe::LayerProfile *> lp =
           calibration.layer(layer, profile);
       if (!lp)
-        return op.emitError() << "moe-compress-experts: "
-                              << llvm::toString(lp.takeError());
+        return op.emitError()
+               << "moe-compress-experts: " << llvm::toString(lp.takeError());
       const ::moe::LayerProfile &l = **lp;
       if (l.inputGram.empty())
         return op.emitError()
@@ -310,24 +316,24 @@ struct MoECompressExpertsPass
                << ".input_gram' (record it with the profile's input-Gram "
                   "option)";
       if (l.hidden != H)
-        return op.emitError() << "moe-compress-experts: 'layer." << layer
-                              << ".input_gram' of profile '" << profile
-                              << "' is [" << l.hidden << ", " << l.hidden
-                              << "] but the layer's hidden size is " << H;
+        return op.emitError()
+               << "moe-compress-experts: 'layer." << layer
+               << ".input_gram' of profile '" << profile << "' is [" << l.hidden
+               << ", " << l.hidden << "] but the layer's hidden size is " << H;
       std::string why;
       FailureOr<Whitening> w = whitening(l.inputGram, H, why);
       if (failed(w))
-        return op.emitError() << "moe-compress-experts: 'layer." << layer
-                              << ".input_gram' of profile '" << profile
-                              << "': " << why;
+        return op.emitError()
+               << "moe-compress-experts: 'layer." << layer
+               << ".input_gram' of profile '" << profile << "': " << why;
       white = std::move(*w);
     }
 
     for (Projection &p : projections) {
       llvm::Expected<::moe::HostTensor> t = loader->load(p.weight);
       if (!t)
-        return p.weight.emitError() << "moe-compress-experts: "
-                                    << llvm::toString(t.takeError());
+        return p.weight.emitError()
+               << "moe-compress-experts: " << llvm::toString(t.takeError());
       p.a.resize(E * p.out * p.rank);
       p.b.resize(E * p.rank * p.in);
       bool whitened = white && p.readsLayerInput;
@@ -362,14 +368,12 @@ struct MoECompressExpertsPass
       Location loc = p.weight.getLoc();
       auto aType = RankedTensorType::get({E, p.out, p.rank}, element);
       auto bType = RankedTensorType::get({E, p.rank, p.in}, element);
-      FailureOr<WeightOp> a = factors.add(builder, loc, prefix + "." +
-                                              p.name.str() + ".a",
-                                          aType, p.a);
+      FailureOr<WeightOp> a = factors.add(
+          builder, loc, prefix + "." + p.name.str() + ".a", aType, p.a);
       if (failed(a))
         return failure();
-      FailureOr<WeightOp> b = factors.add(builder, loc, prefix + "." +
-                                              p.name.str() + ".b",
-                                          bType, p.b);
+      FailureOr<WeightOp> b = factors.add(
+          builder, loc, prefix + "." + p.name.str() + ".b", bType, p.b);
       if (failed(b))
         return failure();
       auto product = LowRankOp::create(
@@ -392,13 +396,14 @@ struct MoECompressExpertsPass
     llvm::errs() << "moe-compress-experts: @" << fn.getSymName() << " (layer "
                  << layer << "): " << E << " routed experts, parameters "
                  << before << " -> " << after << " ("
-                 << llvm::format("%.1f",
-                                 100.0 * static_cast<double>(after) /
-                                     static_cast<double>(before))
+                 << llvm::format("%.1f", 100.0 * static_cast<double>(after) /
+                                             static_cast<double>(before))
                  << "%), bytes " << before * bytes << " -> " << after * bytes
                  << "; rank " << ranks
                  << (white ? "; whitened by input_gram: gate/up (down plain)"
                            : "")
+                 << (hasShared(fn) ? "; shared experts (moe.ffn) kept dense"
+                                   : "")
                  << "\n";
     return success();
   }

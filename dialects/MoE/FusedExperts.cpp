@@ -238,12 +238,11 @@ mlir::moe::matchFusedExpertsBody(Block &body, FusedExpertsRefusal &refusal) {
 
 ArrayRef<StringRef> mlir::moe::fusedExpertsBodyOpNames() {
   static const StringRef names[] = {
-      PermuteOp::getOperationName(),     ExpertFFNOp::getOperationName(),
-      CombineOp::getOperationName(),     FFNOp::getOperationName(),
-      arith::AddFOp::getOperationName(), RowScaleOp::getOperationName(),
-      SigmoidOp::getOperationName(),     RouterLinearOp::getOperationName(),
-      LowRankOp::getOperationName(),
-      WeightOp::getOperationName(),      arith::ConstantOp::getOperationName(),
-      YieldOp::getOperationName()};
+      PermuteOp::getOperationName(),         ExpertFFNOp::getOperationName(),
+      CombineOp::getOperationName(),         FFNOp::getOperationName(),
+      arith::AddFOp::getOperationName(),     RowScaleOp::getOperationName(),
+      SigmoidOp::getOperationName(),         RouterLinearOp::getOperationName(),
+      LowRankOp::getOperationName(),         WeightOp::getOperationName(),
+      arith::ConstantOp::getOperationName(), YieldOp::getOperationName()};
   return names;
 }

@@ -654,8 +654,8 @@ LogicalResult LowRankOp::verify() {
       failed(expectDim(op, getA(), "a", 1, result[1],
                        "output size of the result")) ||
       failed(expectDim(op, getB(), "b", 1, rank, "the rank r of 'a'")) ||
-      failed(expectDim(op, getB(), "b", 2, result[2],
-                       "input size of the result")))
+      failed(
+          expectDim(op, getB(), "b", 2, result[2], "input size of the result")))
     return failure();
   return success();
 }

@@ -263,9 +263,8 @@ inputBatch(const MoEKernelArgs &args, long long r0, int count) {
 /// The rows r0 .. r0 + count of a factor scratch buffer (W f32 wide), from
 /// column `offset` on.
 template <int W>
-__device__ __forceinline__ Batch<float> factorBatch(const float *z,
-                                                    long long r0, int count,
-                                                    int offset) {
+__device__ __forceinline__ Batch<float>
+factorBatch(const float *z, long long r0, int count, int offset) {
   Batch<float> a;
   a.count = count;
 #pragma unroll
@@ -282,8 +281,9 @@ __device__ __forceinline__ Batch<float> factorBatch(const float *z,
 /// them.
 template <typename Cfg, int U>
 __device__ __forceinline__ void
-factorInItem(const MoEKernelArgs &args, const FFNWeights<typename Cfg::Routed> &w,
-             long long e, int k0, long long rowBegin, long long rowEnd) {
+factorInItem(const MoEKernelArgs &args,
+             const FFNWeights<typename Cfg::Routed> &w, long long e, int k0,
+             long long rowBegin, long long rowEnd) {
   using F = typename Cfg::Routed;
   using TX = typename Cfg::TX;
   using TW = typename F::TW;
@@ -303,8 +303,8 @@ factorInItem(const MoEKernelArgs &args, const FFNWeights<typename Cfg::Routed> &
       col = padFactor(RG) + (k - RG);
     }
     for (long long r0 = rowBegin; r0 < rowEnd; r0 += DecodeRows) {
-      const int count = static_cast<int>(
-          rowEnd - r0 < DecodeRows ? rowEnd - r0 : DecodeRows);
+      const int count =
+          static_cast<int>(rowEnd - r0 < DecodeRows ? rowEnd - r0 : DecodeRows);
       const Batch<TX> a = inputBatch<Cfg, false>(args, r0, count);
       float acc[1][DecodeRows];
       rowDots<1, H, TX, Cfg::ScaleInput>(row, a, acc);
@@ -355,8 +355,8 @@ upItem(const MoEKernelArgs &args, const FFNWeights<F> &w, long long e, int j0,
     static_assert(!F::InOut, "factored weights are out_in");
     constexpr int RG = F::RG, RU = F::Fused ? F::RG : F::RU;
     constexpr int W = factorInWidth<F>();
-    const float *z = static_cast<const float *>(
-        args.buffers[MOE_EXPERTS_SLOT_FACTOR_IN]);
+    const float *z =
+        static_cast<const float *>(args.buffers[MOE_EXPERTS_SLOT_FACTOR_IN]);
     for (int u = warp; u < U && j0 + u < I; u += DecodeWarps) {
       const int j = j0 + u;
       const TW *gateRow[1], *upRow[1];
@@ -374,8 +374,8 @@ upItem(const MoEKernelArgs &args, const FFNWeights<F> &w, long long e, int j0,
         rowDots<1, RG, float, false>(gateRow, factorBatch<W>(z, r0, count, 0),
                                      g);
         rowDots<1, RU, float, false>(
-            upRow,
-            factorBatch<W>(z, r0, count, F::Fused ? 0 : padFactor(RG)), v);
+            upRow, factorBatch<W>(z, r0, count, F::Fused ? 0 : padFactor(RG)),
+            v);
 #pragma unroll
         for (int b = 0; b < DecodeRows; ++b)
           if (lane == b && b < count)
@@ -488,8 +488,8 @@ downItem(const MoEKernelArgs &args, const FFNWeights<F> &w, long long e, int o0,
   if constexpr (F::LowRank) {
     // A warp per output: its row of A_d against zd = B_d . h.
     constexpr int RD = F::RD, W = factorDownWidth<F>();
-    const float *zd = static_cast<const float *>(
-        args.buffers[MOE_EXPERTS_SLOT_FACTOR_DOWN]);
+    const float *zd =
+        static_cast<const float *>(args.buffers[MOE_EXPERTS_SLOT_FACTOR_DOWN]);
     for (int c = warp; c < C && o0 + c < H; c += DecodeWarps) {
       const int o = o0 + c;
       const TW *row[1] = {w.down + (e * H + o) * RD};
@@ -671,8 +671,8 @@ factorDownItem(const MoEKernelArgs &args,
     const int k = k0 + u;
     const TW *row[1] = {w.downB + (e * RD + k) * I};
     for (long long r0 = rowBegin; r0 < rowEnd; r0 += DecodeRows) {
-      const int count = static_cast<int>(
-          rowEnd - r0 < DecodeRows ? rowEnd - r0 : DecodeRows);
+      const int count =
+          static_cast<int>(rowEnd - r0 < DecodeRows ? rowEnd - r0 : DecodeRows);
       float acc[1][DecodeRows];
       rowDots<1, I, float, false>(row, hiddenBatch<I>(h, r0, count), acc);
 #pragma unroll

@@ -39,14 +39,18 @@ def check(args, tag, ir, rng):
     verdicts = []
     for layer in layers_of(ir):
         done = re.search(r"moe-compress-experts: @\w+ \(layer %d\): .*rank "
-                         % layer, log)
+                         r"[^\n]*" % layer, log)
         refused = re.search(r"remark: moe-compress-experts: layer %d not "
                             r"compressed: ([^\n]*)" % layer, log)
         if not done and not refused:
             raise AssertionError(f"{tag} layer {layer}: neither compressed "
                                  f"nor refused:\n{log}")
-        verdicts.append("compressed" if done else
-                        "refused (" + refused.group(1) + ")")
+        if done:
+            verdicts.append("compressed" + (
+                " (shared experts kept dense)" if "kept dense" in done.group(0)
+                else ""))
+        else:
+            verdicts.append("refused (" + refused.group(1) + ")")
         x = rng.standard_normal((7, hidden_of(ir, layer))).astype(np.float32)
         xp = ir + ".x.npy"
         np.save(xp, x)
