@@ -856,6 +856,12 @@ private:
     bool fused = false, interleaved = false, inOut = false;
     Activation act = Activation::silu;
     float alpha = 1.702f, limit = 7.0f;
+    /// Factored weights (moe.low_rank): gate/up/gateUp/down above are the
+    /// A factors, these the B factors; ranks of gate (or gate_up), up and
+    /// down.
+    bool lowRank = false;
+    Value gateB, upB, gateUpB, downB;
+    int64_t rg = 0, ru = 0, rd = 0;
   };
 
   template <typename OpT> FFNInfo ffnInfo(OpT o, bool perExpert) {
@@ -908,6 +914,9 @@ private:
                        static_cast<bool>(f.upBias),
                        static_cast<bool>(f.gateUpBias),
                        static_cast<bool>(f.downBias));
+    s << llvm::formatv("  static constexpr bool LowRank = {0};\n"
+                       "  static constexpr int RG = {1}, RU = {2}, RD = {3};\n",
+                       f.lowRank, f.rg, f.ru, f.rd);
     s << "};\n";
   }
 
@@ -1001,6 +1010,43 @@ private:
     DispatchLayout layout = op.getLayout();
     bool withDecode = layout != DispatchLayout::grouped;
     bool withGrouped = layout != DispatchLayout::per_token;
+    // Factored weights run as two thin GEMMs per projection, never as the
+    // product, in the per-token kernels only: the grouped layout is refused
+    // by name, and a run-time layout takes the per-token kernels at every
+    // token count (said in the generated source).
+    if (body->hasFactoredWeights()) {
+      if (!body->routedDown ||
+          !(body->routedGateUp || (body->routedGate && body->routedUp)))
+        return makeError(body->routed,
+                         "factored expert weights: every projection (gate "
+                         "and up, or gate_up, and down) must be moe.low_rank, "
+                         "as --moe-compress-experts writes them");
+      if (r.inOut)
+        return makeError(body->routed, "factored expert weights must be "
+                                       "out_in (moe.low_rank products are "
+                                       "[E, out, in])");
+      if (layout == DispatchLayout::grouped)
+        return makeError(op, "the grouped expert kernels (layout grouped) "
+                             "cannot run factored expert weights "
+                             "(moe.low_rank): fuse with a larger "
+                             "decode-max-tokens for the per-token kernels, "
+                             "or keep the token count dynamic");
+      withGrouped = false;
+      LowRankOp gate =
+          body->routedGateUp ? body->routedGateUp : body->routedGate;
+      r.lowRank = true;
+      r.gate = body->routedGate ? body->routedGate.getA() : Value();
+      r.gateB = body->routedGate ? body->routedGate.getB() : Value();
+      r.up = body->routedUp ? body->routedUp.getA() : Value();
+      r.upB = body->routedUp ? body->routedUp.getB() : Value();
+      r.gateUp = body->routedGateUp ? body->routedGateUp.getA() : Value();
+      r.gateUpB = body->routedGateUp ? body->routedGateUp.getB() : Value();
+      r.down = body->routedDown.getA();
+      r.downB = body->routedDown.getB();
+      r.rg = gate.getRank();
+      r.ru = body->routedUp ? body->routedUp.getRank() : 0;
+      r.rd = body->routedDown.getRank();
+    }
     auto slotRowIt = slotRowOf.find(op.getRows());
     if (slotRowIt == slotRowOf.end())
       return makeError(op, "the expert kernels need the dispatch plan of a "
@@ -1031,6 +1077,21 @@ private:
     args.set(MOE_EXPERTS_SLOT_OUTPUT, valueBinding(*y));
     if (Error err = bindFFN(args, MOE_EXPERTS_SLOT_ROUTED_GATE, r, op))
       return err;
+    for (auto [slot, v] :
+         {std::pair<int, Value>{MOE_EXPERTS_SLOT_ROUTED_GATE_B, r.gateB},
+          {MOE_EXPERTS_SLOT_ROUTED_UP_B, r.upB},
+          {MOE_EXPERTS_SLOT_ROUTED_GATE_UP_B, r.gateUpB},
+          {MOE_EXPERTS_SLOT_ROUTED_DOWN_B, r.downB}}) {
+      if (!v) {
+        args.setNull(slot);
+        continue;
+      }
+      FailureOr<::moe::Binding> b = weightBinding(v);
+      if (failed(b))
+        return makeError(op, "a factor of the expert weights is neither a "
+                             "moe.weight nor a float constant");
+      args.set(slot, *b);
+    }
     if (shared) {
       if (Error err = bindFFN(args, MOE_EXPERTS_SLOT_SHARED_GATE, s, op))
         return err;
@@ -1058,7 +1119,11 @@ private:
 
     os << "// moe.fused_experts (layout " << stringifyDispatchLayout(layout)
        << ": "
-       << (withDecode && withGrouped
+       << (r.lowRank ? "factored weights (moe.low_rank), which the "
+                       "grouped kernels do not run: "
+                     : "")
+       << (r.lowRank ? "decode kernels at every token count"
+           : withDecode && withGrouped
                ? "decode kernels up to " +
                      std::to_string(::moe::kPerTokenMaxSlots) +
                      " routed slots, grouped kernels "
@@ -1098,11 +1163,23 @@ private:
     int64_t sharedDownCols =
         shared ? decodeChunkNear(downCols * r.I / std::max<int64_t>(s.I, 1))
                : downCols;
-    if (withDecode)
+    // Factor stages of factored weights: RG + RU rows of B . x, RD rows of
+    // B_d . h per routed row.
+    auto pad8 = [](int64_t n) { return (n + 7) / 8 * 8; };
+    int64_t factorIn = r.rg + r.ru;
+    int64_t factorInUnits = decodeChunk(active1 * factorIn);
+    int64_t factorDownUnits = decodeChunk(active1 * r.rd);
+    if (withDecode) {
       os << llvm::formatv("struct Decode {{\n  static constexpr int UpUnits = "
                           "{0}, DownCols = {1}, SharedUpUnits = {2}, "
-                          "SharedDownCols = {3};\n};\n",
+                          "SharedDownCols = {3};\n",
                           upUnits, downCols, sharedUpUnits, sharedDownCols);
+      if (r.lowRank)
+        os << llvm::formatv("  static constexpr int FactorInUnits = {0}, "
+                            "FactorDownUnits = {1};\n",
+                            factorInUnits, factorDownUnits);
+      os << "};\n";
+    }
     os << "} // namespace " << name << "_cfg\n";
 
     // Scratch, per token: h and the per-row outputs of the K routed slots
@@ -1119,6 +1196,19 @@ private:
     } else {
       args.setNull(MOE_EXPERTS_SLOT_SHARED_HIDDEN);
       args.setNull(MOE_EXPERTS_SLOT_SHARED_OUT);
+    }
+    // Factored weights: B . x of gate and up, B_d . h, per routed row, in
+    // segments padded to 8 f32 (moe_k::experts::FactorPad).
+    if (r.lowRank) {
+      args.set(MOE_EXPERTS_SLOT_FACTOR_IN,
+               valueBinding(fixedValue(::moe::ElementType::F32, 0,
+                                       K * (pad8(r.rg) + pad8(r.ru)))));
+      args.set(
+          MOE_EXPERTS_SLOT_FACTOR_DOWN,
+          valueBinding(fixedValue(::moe::ElementType::F32, 0, K * pad8(r.rd))));
+    } else {
+      args.setNull(MOE_EXPERTS_SLOT_FACTOR_IN);
+      args.setNull(MOE_EXPERTS_SLOT_FACTOR_DOWN);
     }
     std::vector<::moe::Binding> argList = args.take();
     auto ceilDiv = [](int64_t a, int64_t b) { return (a + b - 1) / b; };
@@ -1155,8 +1245,14 @@ private:
                         .str());
         pushLaunch(std::move(launch));
       };
+      if (r.lowRank)
+        decode("decode_factor_in", "decodeFactorIn",
+               ceilDiv(factorIn, factorInUnits), 0);
       decode("decode_up", "decodeUp", ceilDiv(r.I, upUnits),
              shared ? ceilDiv(s.I, sharedUpUnits) : 0);
+      if (r.lowRank)
+        decode("decode_factor_down", "decodeFactorDown",
+               ceilDiv(r.rd, factorDownUnits), 0);
       decode("decode_down", "decodeDown", ceilDiv(r.H, downCols),
              shared ? ceilDiv(r.H, sharedDownCols) : 0);
     }

@@ -164,6 +164,12 @@ void fuseExperts(CombineOp combine, int64_t decodeMaxTokens) {
   };
 
   SmallVector<Operation *> core = {permute, experts, combine};
+  // Factored expert weights (moe.low_rank of two weights) move with the
+  // experts: the kernels read the factors.
+  for (Value w : experts->getOperands())
+    if (auto product = w.getDefiningOp<LowRankOp>())
+      if (product->hasOneUse() && !llvm::is_contained(core, product))
+        core.push_back(product);
   // Shared experts added to the combine join the body when the kernels can
   // generate them; otherwise the remark names the op and the sum stays
   // outside.

@@ -42,7 +42,8 @@ public:
         return refuse(&op, "is not read by the body's result (the kernels "
                            "would ignore it)");
       return refuse(&op, "is not part of what the expert kernels compute: "
-                         "permute, expert_ffn and combine of the routed "
+                         "permute, expert_ffn (weights optionally "
+                         "moe.low_rank) and combine of the routed "
                          "experts, plus optional shared experts (moe.ffn, "
                          "optionally scaled by sigmoid(router_linear))");
     }
@@ -149,10 +150,29 @@ private:
     result.routed = routed;
     result.permute = permute;
     matched.insert(permute);
-    return take(routed,
-                {routed.getGate(), routed.getUp(), routed.getGateUp(),
-                 routed.getDown(), routed.getGateBias(), routed.getUpBias(),
-                 routed.getGateUpBias(), routed.getDownBias()});
+    // Factored projections: the product's two factors are the weights.
+    for (auto [v, field] :
+         {std::pair<Value, LowRankOp *>{routed.getGate(), &result.routedGate},
+          {routed.getUp(), &result.routedUp},
+          {routed.getGateUp(), &result.routedGateUp},
+          {routed.getDown(), &result.routedDown}}) {
+      auto product = dyn_cast_or_null<LowRankOp>(v ? def(v) : nullptr);
+      if (!product)
+        continue;
+      if (!product->hasOneUse())
+        return refuse(product, "factored expert weights must be read by "
+                               "the moe.expert_ffn only");
+      *field = product;
+      if (failed(take(product, {product.getA(), product.getB()})))
+        return failure();
+    }
+    auto plain = [](Value v) {
+      return v && v.getDefiningOp<LowRankOp>() ? Value() : v;
+    };
+    return take(routed, {plain(routed.getGate()), plain(routed.getUp()),
+                         plain(routed.getGateUp()), plain(routed.getDown()),
+                         routed.getGateBias(), routed.getUpBias(),
+                         routed.getGateUpBias(), routed.getDownBias()});
   }
 
   LogicalResult matchShared() {
@@ -218,11 +238,11 @@ mlir::moe::matchFusedExpertsBody(Block &body, FusedExpertsRefusal &refusal) {
 
 ArrayRef<StringRef> mlir::moe::fusedExpertsBodyOpNames() {
   static const StringRef names[] = {
-      PermuteOp::getOperationName(),     ExpertFFNOp::getOperationName(),
-      CombineOp::getOperationName(),     FFNOp::getOperationName(),
-      arith::AddFOp::getOperationName(), RowScaleOp::getOperationName(),
-      SigmoidOp::getOperationName(),     RouterLinearOp::getOperationName(),
-      WeightOp::getOperationName(),      arith::ConstantOp::getOperationName(),
-      YieldOp::getOperationName()};
+      PermuteOp::getOperationName(),         ExpertFFNOp::getOperationName(),
+      CombineOp::getOperationName(),         FFNOp::getOperationName(),
+      arith::AddFOp::getOperationName(),     RowScaleOp::getOperationName(),
+      SigmoidOp::getOperationName(),         RouterLinearOp::getOperationName(),
+      LowRankOp::getOperationName(),         WeightOp::getOperationName(),
+      arith::ConstantOp::getOperationName(), YieldOp::getOperationName()};
   return names;
 }

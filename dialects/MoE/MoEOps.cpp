@@ -628,6 +628,38 @@ LogicalResult FFNOp::verify() {
   return verifyGatedFFN(*this, /*perExpert=*/false, nullptr);
 }
 
+LogicalResult LowRankOp::verify() {
+  Operation *op = getOperation();
+  if (failed(expectRank(op, getA(), "a", 3, "[E, out, r]")) ||
+      failed(expectRank(op, getB(), "b", 3, "[E, r, in]")) ||
+      failed(expectRank(op, getResult(), "result", 3, "[E, out, in]")))
+    return failure();
+  Type element = getResult().getType().getElementType();
+  if (getA().getType().getElementType() != element ||
+      getB().getType().getElementType() != element)
+    return emitOpError() << "'a' (" << getA().getType().getElementType()
+                         << "), 'b' (" << getB().getType().getElementType()
+                         << ") and the result (" << element
+                         << ") must have one element type";
+  int64_t rank = getRank();
+  if (!ShapedType::isDynamic(rank) && rank < 1)
+    return emitOpError() << "'a' dimension 2 (the rank r) must be at least "
+                            "1, got "
+                         << rank;
+  ArrayRef<int64_t> result = getResult().getType().getShape();
+  if (failed(expectDim(op, getA(), "a", 0, result[0],
+                       "experts E of the result")) ||
+      failed(expectDim(op, getB(), "b", 0, result[0],
+                       "experts E of the result")) ||
+      failed(expectDim(op, getA(), "a", 1, result[1],
+                       "output size of the result")) ||
+      failed(expectDim(op, getB(), "b", 1, rank, "the rank r of 'a'")) ||
+      failed(
+          expectDim(op, getB(), "b", 2, result[2], "input size of the result")))
+    return failure();
+  return success();
+}
+
 LogicalResult RowScaleOp::verify() {
   Operation *op = getOperation();
   if (failed(expectRank(op, getInput(), "input", 2, "[T, H]")) ||

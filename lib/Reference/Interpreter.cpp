@@ -917,6 +917,36 @@ private:
           set(o.getResult(), std::move(r));
           return Error::success();
         })
+        .Case([&](LowRankOp o) -> Error {
+          // The oracle of factored weights: the product itself.
+          const HostTensor &a = get(o.getA());
+          const HostTensor &b = get(o.getB());
+          int64_t E = a.shape[0], out = a.shape[1], r = a.shape[2];
+          int64_t in = b.shape[2];
+          if (b.shape[0] != E || b.shape[1] != r)
+            return opError(o, "factor shapes [" + llvm::Twine(E) + ", " +
+                                  llvm::Twine(out) + ", " + llvm::Twine(r) +
+                                  "] and [" + llvm::Twine(b.shape[0]) + ", " +
+                                  llvm::Twine(b.shape[1]) + ", " +
+                                  llvm::Twine(in) + "] do not chain");
+          HostTensor w = HostTensor::floats({E, out, in});
+          std::vector<float> row(in);
+          for (int64_t e = 0; e < E; ++e)
+            for (int64_t i = 0; i < out; ++i) {
+              std::fill(row.begin(), row.end(), 0.0f);
+              for (int64_t k = 0; k < r; ++k) {
+                float aik = a.f[(e * out + i) * r + k];
+                const float *bk = &b.f[(e * r + k) * in];
+                for (int64_t j = 0; j < in; ++j)
+                  row[j] += aik * bk[j];
+              }
+              std::copy(row.begin(), row.end(), &w.f[(e * out + i) * in]);
+            }
+          // Not rounded to the element type: the factors are what is
+          // stored, and the kernels never round their product.
+          values[o.getResult()] = std::move(w);
+          return Error::success();
+        })
         .Case([&](RowScaleOp o) -> Error {
           HostTensor r = get(o.getInput());
           const HostTensor &f = get(o.getFactor());

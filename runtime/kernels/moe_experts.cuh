@@ -14,6 +14,8 @@
 //                                        // 3 clamped swiglu (gpt-oss)
 //     static constexpr float Alpha, Limit;
 //     static constexpr bool GateBias, UpBias, GateUpBias, DownBias;
+//     static constexpr bool LowRank;     // factored weights (moe.low_rank)
+//     static constexpr int RG, RU, RD;   // their ranks (RU 0 when Fused)
 //   };
 //   struct Cfg {
 //     using TX = ...;                    // activation element type
@@ -25,6 +27,7 @@
 //   };
 //   struct Decode {                      // the decode kernels' chunks
 //     static constexpr int UpUnits, DownCols, SharedUpUnits, SharedDownCols;
+//     static constexpr int FactorInUnits, FactorDownUnits;
 //   };
 //
 // The decode path is two kernels plus the grouped path's combine:
@@ -32,6 +35,16 @@
 //   decodeUp<Cfg, D>    h[r, j] = act(x[token(r)] . gate_j, x . up_j)
 //   decodeDown<Cfg, D>  out[r, o] = w(r) * roundAs<TX>(h[r] . down_o + b)
 //   grouped::combine    y[t] = sum over slots of out (+ shared experts)
+//
+// Factored routed experts (LowRank: every projection W = A . B, A [out, r]
+// and B [r, in], out_in) run four kernels instead of two, and W is never
+// formed: decodeFactorIn z = B . x for the gate and up factors (one z row
+// per routed row, f32, FACTOR_IN scratch: gate's RG values then up's RU,
+// each segment padded to FactorPad), decodeUp h = act(A_g . z_g, A_u . z_u),
+// decodeFactorDown zd = B_d . h (FACTOR_DOWN scratch), decodeDown
+// out = A_d . zd. The grouped kernels do not run factored weights (the code
+// generator refuses that layout by name; a run-time layout then uses these
+// kernels at every token count).
 //
 // At decode the layer is bound by reading the selected experts' weights,
 // so the work is split so that every SM streams weights and each weight
@@ -89,7 +102,24 @@ __device__ __forceinline__ float activate(float g, float u, float alpha,
 template <typename F> struct FFNWeights {
   const typename F::TW *gate, *up, *gateUp, *down;
   const typename F::TB *gateBias, *upBias, *gateUpBias, *downBias;
+  /// The B factors of factored weights (the slots above hold the A ones).
+  const typename F::TW *gateB, *upB, *gateUpB, *downB;
 };
+
+/// Factor rows (z = B . x) are stored in segments padded to this many f32,
+/// so that every segment starts on a 32-byte boundary (vector loads).
+constexpr int FactorPad = 8;
+__host__ __device__ constexpr int padFactor(int r) {
+  return (r + FactorPad - 1) / FactorPad * FactorPad;
+}
+/// Widths of a FACTOR_IN row (gate's then up's segment) and a FACTOR_DOWN
+/// row of an FFN set F.
+template <typename F> __host__ __device__ constexpr int factorInWidth() {
+  return padFactor(F::RG) + padFactor(F::RU);
+}
+template <typename F> __host__ __device__ constexpr int factorDownWidth() {
+  return padFactor(F::RD);
+}
 
 /// The eight weight pointers of an FFN set (MoEFFNSlot order), from
 /// argument slot `first` (MOE_EXPERTS_SLOT_ROUTED_GATE or _SHARED_GATE).
@@ -114,6 +144,17 @@ __device__ __forceinline__ FFNWeights<F> ffnWeights(const MoEKernelArgs &args,
       args.buffers[first + MOE_FFN_SLOT_GATE_UP_BIAS]);
   w.downBias = static_cast<const typename F::TB *>(
       args.buffers[first + MOE_FFN_SLOT_DOWN_BIAS]);
+  w.gateB = w.upB = w.gateUpB = w.downB = nullptr;
+  if constexpr (F::LowRank) {
+    w.gateB = static_cast<const typename F::TW *>(
+        args.buffers[MOE_EXPERTS_SLOT_ROUTED_GATE_B]);
+    w.upB = static_cast<const typename F::TW *>(
+        args.buffers[MOE_EXPERTS_SLOT_ROUTED_UP_B]);
+    w.gateUpB = static_cast<const typename F::TW *>(
+        args.buffers[MOE_EXPERTS_SLOT_ROUTED_GATE_UP_B]);
+    w.downB = static_cast<const typename F::TW *>(
+        args.buffers[MOE_EXPERTS_SLOT_ROUTED_DOWN_B]);
+  }
   return w;
 }
 
@@ -219,6 +260,62 @@ inputBatch(const MoEKernelArgs &args, long long r0, int count) {
   return a;
 }
 
+/// The rows r0 .. r0 + count of a factor scratch buffer (W f32 wide), from
+/// column `offset` on.
+template <int W>
+__device__ __forceinline__ Batch<float>
+factorBatch(const float *z, long long r0, int count, int offset) {
+  Batch<float> a;
+  a.count = count;
+#pragma unroll
+  for (int b = 0; b < DecodeRows; ++b) {
+    a.row[b] = z + (r0 + (b < count ? b : 0)) * W + offset;
+    a.scale[b] = 1.0f;
+  }
+  return a;
+}
+
+/// One decodeFactorIn work item: z[r, k] = B[k] . x_r for the factor rows
+/// k of [k0, k0 + U) (gate's RG rows, then up's RU) and the rows
+/// [rowBegin, rowEnd) of routed expert e; scaled inputs as decodeUp has
+/// them.
+template <typename Cfg, int U>
+__device__ __forceinline__ void
+factorInItem(const MoEKernelArgs &args,
+             const FFNWeights<typename Cfg::Routed> &w, long long e, int k0,
+             long long rowBegin, long long rowEnd) {
+  using F = typename Cfg::Routed;
+  using TX = typename Cfg::TX;
+  using TW = typename F::TW;
+  constexpr int H = F::H, RG = F::RG, RU = F::RU;
+  constexpr int W = factorInWidth<F>();
+  float *z = static_cast<float *>(args.buffers[MOE_EXPERTS_SLOT_FACTOR_IN]);
+  const int lane = threadIdx.x % 32, warp = threadIdx.x / 32;
+  for (int u = warp; u < U && k0 + u < RG + RU; u += DecodeWarps) {
+    const int k = k0 + u;
+    const TW *row[1];
+    int col;
+    if (k < RG) {
+      row[0] = (F::Fused ? w.gateUpB : w.gateB) + (e * RG + k) * H;
+      col = k;
+    } else {
+      row[0] = w.upB + (e * RU + (k - RG)) * H;
+      col = padFactor(RG) + (k - RG);
+    }
+    for (long long r0 = rowBegin; r0 < rowEnd; r0 += DecodeRows) {
+      const int count =
+          static_cast<int>(rowEnd - r0 < DecodeRows ? rowEnd - r0 : DecodeRows);
+      const Batch<TX> a = inputBatch<Cfg, false>(args, r0, count);
+      float acc[1][DecodeRows];
+      rowDots<1, H, TX, Cfg::ScaleInput>(row, a, acc);
+#pragma unroll
+      for (int b = 0; b < DecodeRows; ++b)
+        if (lane == b && b < count)
+          z[(r0 + b) * W + col] = acc[0][b];
+    }
+  }
+}
+
 /// One decodeUp work item: h[r, j] for hidden units j of [j0, j0 + U) and
 /// the rows [rowBegin, rowEnd) of expert e (a routed expert, or the shared
 /// FFN with the tokens as rows).
@@ -253,7 +350,39 @@ upItem(const MoEKernelArgs &args, const FFNWeights<F> &w, long long e, int j0,
     return activate<F::Act>(g, u, F::Alpha, F::Limit);
   };
 
-  if constexpr (!F::InOut) {
+  if constexpr (F::LowRank) {
+    // A warp per unit: its rows of A_g and A_u against z_g and z_u.
+    static_assert(!F::InOut, "factored weights are out_in");
+    constexpr int RG = F::RG, RU = F::Fused ? F::RG : F::RU;
+    constexpr int W = factorInWidth<F>();
+    const float *z =
+        static_cast<const float *>(args.buffers[MOE_EXPERTS_SLOT_FACTOR_IN]);
+    for (int u = warp; u < U && j0 + u < I; u += DecodeWarps) {
+      const int j = j0 + u;
+      const TW *gateRow[1], *upRow[1];
+      if constexpr (F::Fused) {
+        gateRow[0] = w.gateUp + (e * 2 * I + gateIndex(j)) * RG;
+        upRow[0] = w.gateUp + (e * 2 * I + upIndex(j)) * RG;
+      } else {
+        gateRow[0] = w.gate + (e * I + j) * RG;
+        upRow[0] = w.up + (e * I + j) * RU;
+      }
+      for (long long r0 = rowBegin; r0 < rowEnd; r0 += DecodeRows) {
+        const int count = static_cast<int>(
+            rowEnd - r0 < DecodeRows ? rowEnd - r0 : DecodeRows);
+        float g[1][DecodeRows], v[1][DecodeRows];
+        rowDots<1, RG, float, false>(gateRow, factorBatch<W>(z, r0, count, 0),
+                                     g);
+        rowDots<1, RU, float, false>(
+            upRow, factorBatch<W>(z, r0, count, F::Fused ? 0 : padFactor(RG)),
+            v);
+#pragma unroll
+        for (int b = 0; b < DecodeRows; ++b)
+          if (lane == b && b < count)
+            h[(r0 + b) * I + j] = finish(j, g[0][b], v[0][b]);
+      }
+    }
+  } else if constexpr (!F::InOut) {
     // A warp per unit: its gate and up rows, along H.
     for (int u = warp; u < U && j0 + u < I; u += DecodeWarps) {
       const int j = j0 + u;
@@ -356,7 +485,27 @@ downItem(const MoEKernelArgs &args, const FFNWeights<F> &w, long long e, int o0,
     out[r * H + o] = v;
   };
 
-  if constexpr (!F::InOut) {
+  if constexpr (F::LowRank) {
+    // A warp per output: its row of A_d against zd = B_d . h.
+    constexpr int RD = F::RD, W = factorDownWidth<F>();
+    const float *zd =
+        static_cast<const float *>(args.buffers[MOE_EXPERTS_SLOT_FACTOR_DOWN]);
+    for (int c = warp; c < C && o0 + c < H; c += DecodeWarps) {
+      const int o = o0 + c;
+      const TW *row[1] = {w.down + (e * H + o) * RD};
+      for (long long r0 = rowBegin; r0 < rowEnd; r0 += DecodeRows) {
+        const int count = static_cast<int>(
+            rowEnd - r0 < DecodeRows ? rowEnd - r0 : DecodeRows);
+        float acc[1][DecodeRows];
+        rowDots<1, RD, float, false>(row, factorBatch<W>(zd, r0, count, 0),
+                                     acc);
+#pragma unroll
+        for (int b = 0; b < DecodeRows; ++b)
+          if (lane == b && b < count)
+            finish(o, r0 + b, acc[0][b]);
+      }
+    }
+  } else if constexpr (!F::InOut) {
     // A warp per output: its row of down, along I.
     for (int c = warp; c < C && o0 + c < H; c += DecodeWarps) {
       const int o = o0 + c;
@@ -501,6 +650,73 @@ __device__ void decodeDown(const MoEKernelArgs &args) {
         if constexpr (Cfg::HasShared)
           downItem<Cfg, S, true, CS>(args, shared, 0, chunk * CS, 0, T, red);
       });
+}
+
+/// One decodeFactorDown work item: zd[r, k] = B_d[k] . h[r] for the factor
+/// rows k of [k0, k0 + U) and the rows [rowBegin, rowEnd) of routed
+/// expert e.
+template <typename Cfg, int U>
+__device__ __forceinline__ void
+factorDownItem(const MoEKernelArgs &args,
+               const FFNWeights<typename Cfg::Routed> &w, long long e, int k0,
+               long long rowBegin, long long rowEnd) {
+  using F = typename Cfg::Routed;
+  using TW = typename F::TW;
+  constexpr int I = F::I, RD = F::RD, W = factorDownWidth<F>();
+  const float *h =
+      static_cast<const float *>(args.buffers[MOE_EXPERTS_SLOT_HIDDEN]);
+  float *zd = static_cast<float *>(args.buffers[MOE_EXPERTS_SLOT_FACTOR_DOWN]);
+  const int lane = threadIdx.x % 32, warp = threadIdx.x / 32;
+  for (int u = warp; u < U && k0 + u < RD; u += DecodeWarps) {
+    const int k = k0 + u;
+    const TW *row[1] = {w.downB + (e * RD + k) * I};
+    for (long long r0 = rowBegin; r0 < rowEnd; r0 += DecodeRows) {
+      const int count =
+          static_cast<int>(rowEnd - r0 < DecodeRows ? rowEnd - r0 : DecodeRows);
+      float acc[1][DecodeRows];
+      rowDots<1, I, float, false>(row, hiddenBatch<I>(h, r0, count), acc);
+#pragma unroll
+      for (int b = 0; b < DecodeRows; ++b)
+        if (lane == b && b < count)
+          zd[(r0 + b) * W + k] = acc[0][b];
+    }
+  }
+}
+
+/// z = B . x of the factored gate and up projections (routed rows only;
+/// runs before decodeUp).
+template <typename Cfg, typename D>
+__device__ void decodeFactorIn(const MoEKernelArgs &args) {
+  using R = typename Cfg::Routed;
+  static_assert(R::LowRank, "only factored experts have a factor stage");
+  constexpr int U = D::FactorInUnits;
+  constexpr int Chunks = (R::RG + R::RU + U - 1) / U;
+  const FFNWeights<R> routed =
+      ffnWeights<R>(args, MOE_EXPERTS_SLOT_ROUTED_GATE);
+  forEachItem<R::E, Chunks, 0>(
+      args,
+      [&](int e, int chunk, int begin, int end) {
+        factorInItem<Cfg, U>(args, routed, e, chunk * U, begin, end);
+      },
+      [&](int) {});
+}
+
+/// zd = B_d . h of the factored down projection (after decodeUp, before
+/// decodeDown).
+template <typename Cfg, typename D>
+__device__ void decodeFactorDown(const MoEKernelArgs &args) {
+  using R = typename Cfg::Routed;
+  static_assert(R::LowRank, "only factored experts have a factor stage");
+  constexpr int U = D::FactorDownUnits;
+  constexpr int Chunks = (R::RD + U - 1) / U;
+  const FFNWeights<R> routed =
+      ffnWeights<R>(args, MOE_EXPERTS_SLOT_ROUTED_GATE);
+  forEachItem<R::E, Chunks, 0>(
+      args,
+      [&](int e, int chunk, int begin, int end) {
+        factorDownItem<Cfg, U>(args, routed, e, chunk * U, begin, end);
+      },
+      [&](int) {});
 }
 
 } // namespace experts

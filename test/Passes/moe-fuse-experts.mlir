@@ -209,3 +209,35 @@ func.func @shared_gate_softmax(%x: tensor<?x16xf32>, %ids: tensor<?x2xi32>, %w: 
   %out = arith.addf %y, %sc : tensor<?x16xf32>
   return %out : tensor<?x16xf32>
 }
+
+// -----
+
+// Factored expert weights (--moe-compress-experts): each moe.low_rank moves
+// into the body with its two factors; the expert op reads the products.
+// CHECK-LABEL: func.func @low_rank
+// CHECK: moe.fused_experts
+// CHECK-DAG: %[[GA:.*]] = moe.weight ["ga"]
+// CHECK-DAG: %[[GB:.*]] = moe.weight ["gb"]
+// CHECK-DAG: %[[U:.*]] = moe.weight ["u"]
+// CHECK-DAG: %[[DA:.*]] = moe.weight ["da"]
+// CHECK-DAG: %[[DB:.*]] = moe.weight ["db"]
+// CHECK-DAG: %[[G:.*]] = moe.low_rank %[[GA]], %[[GB]]
+// CHECK-DAG: %[[D:.*]] = moe.low_rank %[[DA]], %[[DB]]
+// CHECK: moe.expert_ffn %{{.*}}, %{{.*}} gate(%[[G]]) up(%[[U]]) down(%[[D]])
+// CHECK: moe.yield
+// CHECK-NOT: moe.low_rank
+// CHECK: return
+func.func @low_rank(%x: tensor<?x16xf32>, %ids: tensor<?x2xi32>, %w: tensor<?x2xf32>) -> tensor<?x16xf32> {
+  %c, %off, %rows = moe.dispatch %ids {num_experts = 4 : i64} : tensor<?x2xi32> -> tensor<4xi32>, tensor<5xi32>, tensor<?xi32>
+  %xs = moe.permute %x, %rows, %w : (tensor<?x16xf32>, tensor<?xi32>, tensor<?x2xf32>) -> tensor<?x16xf32>
+  %ga = moe.weight ["ga"] from ["m.safetensors"] : tensor<4x8x2xf32>
+  %gb = moe.weight ["gb"] from ["m.safetensors"] : tensor<4x2x16xf32>
+  %g = moe.low_rank %ga, %gb : tensor<4x8x2xf32>, tensor<4x2x16xf32> -> tensor<4x8x16xf32>
+  %u = moe.weight ["u"] from ["m.safetensors"] : tensor<4x8x16xf32>
+  %da = moe.weight ["da"] from ["m.safetensors"] : tensor<4x16x2xf32>
+  %db = moe.weight ["db"] from ["m.safetensors"] : tensor<4x2x8xf32>
+  %d = moe.low_rank %da, %db : tensor<4x16x2xf32>, tensor<4x2x8xf32> -> tensor<4x16x8xf32>
+  %ys = moe.expert_ffn %xs, %off gate(%g) up(%u) down(%d) {activation = #moe.activation<silu>} : (tensor<?x16xf32>, tensor<5xi32>, tensor<4x8x16xf32>, tensor<4x8x16xf32>, tensor<4x16x8xf32>) -> tensor<?x16xf32>
+  %y = moe.combine %ys, %rows, %w : (tensor<?x16xf32>, tensor<?xi32>, tensor<?x2xf32>) -> tensor<?x16xf32>
+  return %y : tensor<?x16xf32>
+}

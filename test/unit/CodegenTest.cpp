@@ -33,7 +33,8 @@ using namespace mlir::moe;
 namespace {
 
 /// A layer whose fused_experts body holds every kind the kernels generate:
-/// routed experts, shared experts and their gate with a bias.
+/// routed experts (factored: moe.low_rank), shared experts and their gate
+/// with a bias.
 constexpr const char *kLayer = R"mlir(
 func.func @layer_0(%x: tensor<?x32xf32>) -> tensor<?x32xf32> attributes {moe.layer = 0 : i64} {
   %wg = moe.weight ["router"] from ["m.safetensors"] : tensor<4x32xf32>
@@ -42,9 +43,15 @@ func.func @layer_0(%x: tensor<?x32xf32>) -> tensor<?x32xf32> attributes {moe.lay
   %ids, %vals = moe.topk %p {k = 2 : i64} : tensor<?x4xf32> -> tensor<?x2xi32>, tensor<?x2xf32>
   %counts, %offsets, %rows = moe.dispatch %ids {num_experts = 4 : i64} : tensor<?x2xi32> -> tensor<4xi32>, tensor<5xi32>, tensor<?xi32>
   %xs = moe.permute %x, %rows, %vals : (tensor<?x32xf32>, tensor<?xi32>, tensor<?x2xf32>) -> tensor<?x32xf32>
-  %g = moe.weight ["g"] from ["m.safetensors"] : tensor<4x16x32xf32>
-  %u = moe.weight ["u"] from ["m.safetensors"] : tensor<4x16x32xf32>
-  %d = moe.weight ["d"] from ["m.safetensors"] : tensor<4x32x16xf32>
+  %ga = moe.weight ["ga"] from ["m.safetensors"] : tensor<4x16x4xf32>
+  %gb2 = moe.weight ["gb2"] from ["m.safetensors"] : tensor<4x4x32xf32>
+  %g = moe.low_rank %ga, %gb2 : tensor<4x16x4xf32>, tensor<4x4x32xf32> -> tensor<4x16x32xf32>
+  %ua = moe.weight ["ua"] from ["m.safetensors"] : tensor<4x16x4xf32>
+  %ub = moe.weight ["ub"] from ["m.safetensors"] : tensor<4x4x32xf32>
+  %u = moe.low_rank %ua, %ub : tensor<4x16x4xf32>, tensor<4x4x32xf32> -> tensor<4x16x32xf32>
+  %da = moe.weight ["da"] from ["m.safetensors"] : tensor<4x32x4xf32>
+  %db = moe.weight ["db"] from ["m.safetensors"] : tensor<4x4x16xf32>
+  %d = moe.low_rank %da, %db : tensor<4x32x4xf32>, tensor<4x4x16xf32> -> tensor<4x32x16xf32>
   %ys = moe.expert_ffn %xs, %offsets gate(%g) up(%u) down(%d) {activation = #moe.activation<silu>} : (tensor<?x32xf32>, tensor<5xi32>, tensor<4x16x32xf32>, tensor<4x16x32xf32>, tensor<4x32x16xf32>) -> tensor<?x32xf32>
   %y = moe.combine %ys, %rows, %vals : (tensor<?x32xf32>, tensor<?xi32>, tensor<?x2xf32>) -> tensor<?x32xf32>
   %sg = moe.weight ["sg"] from ["m.safetensors"] : tensor<24x32xf32>
@@ -107,12 +114,14 @@ TEST_F(FusedBodyOps, TheSampleBodyIsGeneratedWhole) {
       matchFusedExpertsBody(op.getBody().front(), refusal);
   ASSERT_TRUE(succeeded(body)) << refusal.reason;
   EXPECT_TRUE(body->shared && body->sharedGate && body->sharedGate.getBias());
+  EXPECT_TRUE(body->routedGate && body->routedUp && body->routedDown);
   llvm::Expected<::moe::ModulePlan> plan = ::moe::emitCudaModule(*module);
   ASSERT_TRUE(static_cast<bool>(plan)) << llvm::toString(plan.takeError());
   // Every part of the body is in the kernels' configuration.
   for (const char *expected :
        {"HasShared = true, SharedGate = true", "SharedGateBias = true",
-        "ScaleInput = false, Unweighted = false"})
+        "ScaleInput = false, Unweighted = false", "LowRank = true",
+        "RG = 4, RU = 4, RD = 4"})
     EXPECT_NE(plan->source.find(expected), std::string::npos) << expected;
 }
 

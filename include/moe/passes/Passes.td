@@ -55,6 +55,59 @@ def MoEFuseExperts : Pass<"moe-fuse-experts", "::mlir::func::FuncOp"> {
   let dependentDialects = ["::mlir::moe::MoEDialect"];
 }
 
+def MoECompressExperts : Pass<"moe-compress-experts", "::mlir::ModuleOp"> {
+  let summary = "Replaces each routed expert matrix by a truncated SVD "
+                "factorisation (moe.low_rank)";
+  let description = [{
+    For every MoE layer (a `func.func` with `moe.layer`), each projection of
+    its routed experts (`moe.expert_ffn`: `gate`, `up`, `down`, or the fused
+    `gate_up` as one matrix) becomes `moe.low_rank(A, B)` with, per expert,
+    `A = U_r sqrt(S_r)` `[out, r]` and `B = sqrt(S_r) V_rᵀ` `[r, in]` from
+    the truncated SVD `W ≈ U_r S_r V_rᵀ` (LAPACK `dgesdd`, in f64). The
+    factors are written to a safetensors file beside the output IR (or
+    `weights-out`) in the weights' element type, and read with
+    `moe.weight`; `in_out` experts are stored transposed so the rewritten
+    `moe.expert_ffn` is `out_in`. The rank is `rank`, or from
+    `param-ratio` F the largest r with `r (out + in) <= F out in`, at most
+    `min(out, in)`.
+
+    `whiten=gram` (needs `profile`) minimises the error on the layer's
+    inputs instead of in the weights: for the projections that read the
+    layer input (`gate`, `up`, `gate_up`) it factors `W S` with
+    `S = G^{1/2}` of the profile's `layer.L.input_gram` G (`dsyevd`;
+    eigenvalues below `1e-3 * mean` are raised to it: a regulariser that
+    keeps `S^{-1}` bounded on input directions the calibration never
+    saw), truncates, and multiplies `B` back by `S^{-1}`. `down` reads the
+    expert's hidden activations, which the profile does not record: it is
+    compressed plainly.
+
+    Prints per layer (stderr) the routed experts' parameters and bytes
+    before and after and the rank of each projection. Shared experts
+    (`moe.ffn`) stay dense and are not counted. Handled: every router,
+    expert choice included (the factorisation does not depend on the
+    routing). Refused with a remark, the IR left unchanged: a layer with
+    fused ops (`moe.fused_experts`: run before `--moe-optimize`), a
+    `moe.lora_mixture` (its adapters are already low rank), weights that
+    are not `moe.weight`, and a rank that would not reduce the parameters
+    of a matrix.
+  }];
+  let options = [
+    Option<"rank", "rank", "int64_t", "0",
+           "Rank r of every factorisation (or give param-ratio)">,
+    Option<"paramRatio", "param-ratio", "double", "0.0",
+           "Kept parameters over original ones per matrix, in (0, 1) (or "
+           "give rank)">,
+    Option<"profile", "profile", "std::string", "\"\"",
+           "Calibration profile (moe-run --record-profile) for whiten=gram">,
+    Option<"whiten", "whiten", "std::string", "\"none\"",
+           "none, or gram: whiten gate/up by the profile's input_gram">,
+    Option<"weightsOut", "weights-out", "std::string", "\"\"",
+           "The safetensors file of the factors (default: beside the "
+           "output IR, <stem>.compress.safetensors)">
+  ];
+  let dependentDialects = ["::mlir::moe::MoEDialect"];
+}
+
 def MoEOptimize : Pass<"moe-optimize", "::mlir::ModuleOp"> {
   let summary = "The moe optimisation pipeline";
   let description = [{

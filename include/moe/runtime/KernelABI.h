@@ -34,7 +34,7 @@
 #ifndef MOE_RUNTIME_KERNELABI_H
 #define MOE_RUNTIME_KERNELABI_H
 
-#define MOE_MAX_KERNEL_BUFFERS 32
+#define MOE_MAX_KERNEL_BUFFERS 40
 
 /* The lists keep one line per group of slots. */
 /* clang-format off */
@@ -50,7 +50,12 @@
  * shared experts' gate sigmoid(router_linear(x, w, b)) (null without);
  * offsets [E + 1], rows [T * K], slot_row [T * K] the dispatch plan; then
  * f32 scratch: h [T * K, I], out [T * K, H], shared h [T, I_shared],
- * shared out [T, H]. */
+ * shared out [T, H]. Factored routed weights (moe.low_rank A . B): the
+ * ROUTED_GATE/UP/GATE_UP/DOWN slots hold the A factors [E, out, r], the
+ * ROUTED_*_B slots the B factors [E, r, in] (null when not factored), and
+ * two more f32 scratch buffers hold B . x of the gate/up inputs
+ * [T * K, RIn] and B . h of the down input [T * K, RD] (padded widths,
+ * moe_experts.cuh). */
 #define MOE_EXPERTS_SLOT_LIST(X)                                             \
   X(INPUT) X(IDS) X(WEIGHTS) X(OUTPUT)                                       \
   X(ROUTED_GATE) X(ROUTED_UP) X(ROUTED_GATE_UP) X(ROUTED_DOWN)               \
@@ -61,7 +66,9 @@
   X(SHARED_DOWN_BIAS)                                                        \
   X(SCALE_WEIGHT) X(SCALE_BIAS)                                              \
   X(OFFSETS) X(ROWS) X(SLOT_ROW)                                             \
-  X(HIDDEN) X(OUT) X(SHARED_HIDDEN) X(SHARED_OUT)
+  X(HIDDEN) X(OUT) X(SHARED_HIDDEN) X(SHARED_OUT)                           \
+  X(ROUTED_GATE_B) X(ROUTED_UP_B) X(ROUTED_GATE_UP_B) X(ROUTED_DOWN_B)       \
+  X(FACTOR_IN) X(FACTOR_DOWN)
 
 /* moe.fused_route: x [T, H]; the routing ids, weights [T, K]; the dispatch
  * plan counts [E], offsets [E + 1], rows [T * K], slot_row [T * K]; a

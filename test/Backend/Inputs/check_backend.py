@@ -22,7 +22,7 @@ token chooses the same experts: K experts get all T rows, the others none).
   check_backend.py --bin BUILD/bin --examples DIR --backend emu [--seed N]
       [--layout runtime|grouped|per_token] [--tokens 1,7,64,300]
       [--identical] [--synthetic-options "--hidden N ..."]
-      [--only SUBSTRING]
+      [--only SUBSTRING,...] [--compress OPTIONS]
 """
 import argparse
 import glob
@@ -157,8 +157,19 @@ def layer_is_half(text, layer):
     return m is not None and m.group(1) in ("bf16", "f16")
 
 
+def compress(args, ir):
+    """With --compress OPTIONS: the IR rewritten by --moe-compress-experts
+    (factored expert weights), beside the original."""
+    if not args.compress:
+        return ir
+    out = ir[:-len(".mlir")] + ".compressed.mlir"
+    run([args.bin + "/moe-opt", ir, "--moe-compress-experts=" + args.compress,
+         "-o", out])
+    return out
+
+
 def check_model(args, tag, ir, work, rng, target=None, layers=None):
-    ir = force_layout(args, ir)
+    ir = force_layout(args, compress(args, ir))
     text = open(ir).read()
     for layer in layers if layers is not None else layers_of(ir):
         rtol = RTOL_HALF if layer_is_half(text, layer) else RTOL
@@ -195,7 +206,8 @@ def main():
     p.add_argument("--examples", required=True)
     p.add_argument("--backend", default="emu")
     p.add_argument("--seed", type=int, default=None)
-    p.add_argument("--only", default=None, help="substring of case names")
+    p.add_argument("--only", default=None,
+                   help="comma-separated substrings of case names")
     p.add_argument("--layout", default="runtime",
                    choices=["runtime", "grouped", "per_token"],
                    help="force the layout of every moe.fused_experts")
@@ -206,6 +218,9 @@ def main():
                    "(sizes: --hidden N --intermediate N --top-k N)")
     p.add_argument("--identical", action="store_true",
                    help="the same row for every token")
+    p.add_argument("--compress", default="",
+                   help="run moe-opt --moe-compress-experts=OPTIONS on every "
+                   "model first (factored expert weights)")
     args = p.parse_args()
     args.tokens = [int(t) for t in args.tokens.split(",")]
     seed = args.seed if args.seed is not None else int(time.time()) % 100000
@@ -215,7 +230,7 @@ def main():
 
     def case(tag, fn):
         nonlocal cases, failures
-        if args.only and args.only not in tag:
+        if args.only and not any(o in tag for o in args.only.split(",")):
             return
         cases += 1
         try:

@@ -824,3 +824,83 @@ func.func @scale_nan(%w: tensor<?x2xf32>) -> tensor<?x2xf32> {
   %0 = moe.scale %w {factor = 0x7FC00000 : f32} : tensor<?x2xf32>
   return %0 : tensor<?x2xf32>
 }
+
+// -----
+
+func.func @low_rank_0(%a: tensor<32x8xf32>, %b: tensor<4x8x64xf32>) -> tensor<4x32x64xf32> {
+  // expected-error @+1 {{'moe.low_rank' op 'a' must have rank 3 ([E, out, r]), got rank 2}}
+  %0 = moe.low_rank %a, %b : tensor<32x8xf32>, tensor<4x8x64xf32> -> tensor<4x32x64xf32>
+  return %0 : tensor<4x32x64xf32>
+}
+
+// -----
+
+func.func @low_rank_1(%a: tensor<4x32x8xf32>, %b: tensor<8x64xf32>) -> tensor<4x32x64xf32> {
+  // expected-error @+1 {{'moe.low_rank' op 'b' must have rank 3 ([E, r, in]), got rank 2}}
+  %0 = moe.low_rank %a, %b : tensor<4x32x8xf32>, tensor<8x64xf32> -> tensor<4x32x64xf32>
+  return %0 : tensor<4x32x64xf32>
+}
+
+// -----
+
+func.func @low_rank_2(%a: tensor<4x32x8xf32>, %b: tensor<4x8x64xf32>) -> tensor<32x64xf32> {
+  // expected-error @+1 {{'moe.low_rank' op 'result' must have rank 3 ([E, out, in]), got rank 2}}
+  %0 = moe.low_rank %a, %b : tensor<4x32x8xf32>, tensor<4x8x64xf32> -> tensor<32x64xf32>
+  return %0 : tensor<32x64xf32>
+}
+
+// -----
+
+func.func @low_rank_3(%a: tensor<4x32x8xbf16>, %b: tensor<4x8x64xf32>) -> tensor<4x32x64xf32> {
+  // expected-error @+1 {{'moe.low_rank' op 'a' ('bf16'), 'b' ('f32') and the result ('f32') must have one element type}}
+  %0 = moe.low_rank %a, %b : tensor<4x32x8xbf16>, tensor<4x8x64xf32> -> tensor<4x32x64xf32>
+  return %0 : tensor<4x32x64xf32>
+}
+
+// -----
+
+func.func @low_rank_4(%a: tensor<4x32x0xf32>, %b: tensor<4x0x64xf32>) -> tensor<4x32x64xf32> {
+  // expected-error @+1 {{'moe.low_rank' op 'a' dimension 2 (the rank r) must be at least 1, got 0}}
+  %0 = moe.low_rank %a, %b : tensor<4x32x0xf32>, tensor<4x0x64xf32> -> tensor<4x32x64xf32>
+  return %0 : tensor<4x32x64xf32>
+}
+
+// -----
+
+func.func @low_rank_5(%a: tensor<3x32x8xf32>, %b: tensor<4x8x64xf32>) -> tensor<4x32x64xf32> {
+  // expected-error @+1 {{'moe.low_rank' op 'a' dimension 0 (experts E of the result) must be 4, got 3}}
+  %0 = moe.low_rank %a, %b : tensor<3x32x8xf32>, tensor<4x8x64xf32> -> tensor<4x32x64xf32>
+  return %0 : tensor<4x32x64xf32>
+}
+
+// -----
+
+func.func @low_rank_6(%a: tensor<4x32x8xf32>, %b: tensor<2x8x64xf32>) -> tensor<4x32x64xf32> {
+  // expected-error @+1 {{'moe.low_rank' op 'b' dimension 0 (experts E of the result) must be 4, got 2}}
+  %0 = moe.low_rank %a, %b : tensor<4x32x8xf32>, tensor<2x8x64xf32> -> tensor<4x32x64xf32>
+  return %0 : tensor<4x32x64xf32>
+}
+
+// -----
+
+func.func @low_rank_7(%a: tensor<4x16x8xf32>, %b: tensor<4x8x64xf32>) -> tensor<4x32x64xf32> {
+  // expected-error @+1 {{'moe.low_rank' op 'a' dimension 1 (output size of the result) must be 32, got 16}}
+  %0 = moe.low_rank %a, %b : tensor<4x16x8xf32>, tensor<4x8x64xf32> -> tensor<4x32x64xf32>
+  return %0 : tensor<4x32x64xf32>
+}
+
+// -----
+
+func.func @low_rank_8(%a: tensor<4x32x8xf32>, %b: tensor<4x6x64xf32>) -> tensor<4x32x64xf32> {
+  // expected-error @+1 {{'moe.low_rank' op 'b' dimension 1 (the rank r of 'a') must be 8, got 6}}
+  %0 = moe.low_rank %a, %b : tensor<4x32x8xf32>, tensor<4x6x64xf32> -> tensor<4x32x64xf32>
+  return %0 : tensor<4x32x64xf32>
+}
+
+// -----
+
+func.func @low_rank_9(%a: tensor<4x32x8xf32>, %b: tensor<4x8x48xf32>) -> tensor<4x32x64xf32> {
+  // expected-error @+1 {{'moe.low_rank' op 'b' dimension 2 (input size of the result) must be 64, got 48}}
+  %0 = moe.low_rank %a, %b : tensor<4x32x8xf32>, tensor<4x8x48xf32> -> tensor<4x32x64xf32>
+  return %0 : tensor<4x32x64xf32>
+}

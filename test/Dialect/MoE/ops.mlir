@@ -86,6 +86,19 @@ func.func @dispatch_combine(%x: tensor<?x64xbf16>, %ids: tensor<?x2xi32>, %w: te
   return %y, %y2 : tensor<?x64xbf16>, tensor<?x64xbf16>
 }
 
+// CHECK-LABEL: func.func @low_rank_experts
+// CHECK: %[[G:.*]] = moe.low_rank %{{.*}}, %{{.*}} : tensor<4x32x8xbf16>, tensor<4x8x64xbf16> -> tensor<4x32x64xbf16>
+// CHECK: %[[D:.*]] = moe.low_rank %{{.*}}, %{{.*}} : tensor<4x64x8xbf16>, tensor<4x8x32xbf16> -> tensor<4x64x32xbf16>
+// CHECK: moe.expert_ffn %{{.*}}, %{{.*}} gate(%[[G]]) up(%[[G]]) down(%[[D]])
+func.func @low_rank_experts(%xs: tensor<?x64xbf16>, %off: tensor<5xi32>,
+                            %ga: tensor<4x32x8xbf16>, %gb: tensor<4x8x64xbf16>,
+                            %da: tensor<4x64x8xbf16>, %db: tensor<4x8x32xbf16>) -> tensor<?x64xbf16> {
+  %g = moe.low_rank %ga, %gb : tensor<4x32x8xbf16>, tensor<4x8x64xbf16> -> tensor<4x32x64xbf16>
+  %d = moe.low_rank %da, %db : tensor<4x64x8xbf16>, tensor<4x8x32xbf16> -> tensor<4x64x32xbf16>
+  %0 = moe.expert_ffn %xs, %off gate(%g) up(%g) down(%d) {activation = #moe.activation<silu>} : (tensor<?x64xbf16>, tensor<5xi32>, tensor<4x32x64xbf16>, tensor<4x32x64xbf16>, tensor<4x64x32xbf16>) -> tensor<?x64xbf16>
+  return %0 : tensor<?x64xbf16>
+}
+
 // CHECK-LABEL: func.func @experts
 // CHECK: moe.expert_ffn %{{.*}}, %{{.*}} gate(%{{.*}}) up(%{{.*}}) down(%{{.*}}) {activation = #moe.activation<silu>}
 // CHECK: moe.expert_ffn %{{.*}}, %{{.*}} gate(%{{.*}}) up(%{{.*}}) down(%{{.*}}) gate_bias(%{{.*}}) up_bias(%{{.*}}) down_bias(%{{.*}}) {activation = #moe.activation<gelu>}

@@ -23,7 +23,9 @@ namespace mlir::moe {
 /// An accepted body:
 ///   y = combine(expert_ffn(permute(x, rows, w), offsets), rows, w)
 ///   [ + ffn(x) [ row_scale by sigmoid(router_linear(x, wg [bias bg])) ] ]
-/// with the sum's operands in either order.
+/// with the sum's operands in either order; each weight of the routed
+/// experts' gate, up, gate_up and down may be moe.low_rank(a, b) of two
+/// weights.
 struct FusedExpertsBody {
   PermuteOp permute;
   ExpertFFNOp routed;
@@ -36,6 +38,13 @@ struct FusedExpertsBody {
   RowScaleOp sharedScale;
   SigmoidOp sharedSigmoid;
   RouterLinearOp sharedGate;
+  /// Factored routed weights (null when the projection is a plain weight):
+  /// moe.low_rank(a, b) of two weights as the gate, up, gate_up or down
+  /// operand of `routed`.
+  LowRankOp routedGate, routedUp, routedGateUp, routedDown;
+  bool hasFactoredWeights() const {
+    return routedGate || routedUp || routedGateUp || routedDown;
+  }
 };
 
 /// Why a body was refused: the op that cannot be generated (the body's

@@ -455,6 +455,36 @@ def MoE_FFNOp : MoE_GatedFFNOp<"ffn",
   }];
 }
 
+def MoE_LowRankOp : MoE_Op<"low_rank", [Pure]> {
+  let summary = "a stack of matrices given as products of two thin factors";
+  let description = [{
+    `result[e] = a[e] · b[e]` for `a : [E, out, r]`, `b : [E, r, in]`,
+    `result : [E, out, in]`: the truncated-SVD factorisation that
+    `--moe-compress-experts` gives each routed expert matrix. It feeds the
+    `gate`, `up` or `down` operand of `moe.expert_ffn` (stored `out_in`),
+    so the expert op stays as it is; the reference executor materialises
+    the product (sums in f32, not rounded to the element type: the factors
+    are what is stored), while the expert kernels run the two factors as
+    two thin GEMMs (`B x`, then `A (B x)`) without forming the product. `a`, `b` and the result share one element
+    type, and `r` is at least 1.
+
+    ```mlir
+    %gate = moe.low_rank %ga, %gb
+        : tensor<8x128x16xf32>, tensor<8x16x64xf32> -> tensor<8x128x64xf32>
+    ```
+  }];
+  let arguments = (ins MoE_Tensor:$a, MoE_Tensor:$b);
+  let results = (outs MoE_Tensor:$result);
+  let assemblyFormat = [{
+    $a `,` $b attr-dict `:` type($a) `,` type($b) `->` type($result)
+  }];
+  let extraClassDeclaration = [{
+    /// The rank r of the factorisation (dimension 2 of `a`).
+    int64_t getRank() { return getA().getType().getDimSize(2); }
+  }];
+  let hasVerifier = 1;
+}
+
 def MoE_RowScaleOp : MoE_Op<"row_scale", [Pure]> {
   let summary = "multiplies each row by a per-token factor";
   let description = [{
@@ -557,7 +587,9 @@ def MoE_FusedExpertsOp : MoE_Op<"fused_experts",
     optionally plus (`arith.addf`, either order) shared experts
     `moe.ffn(x)`, optionally scaled (`moe.row_scale`) by
     `moe.sigmoid(moe.router_linear(x, w [bias b]))`; weights are `moe.weight`
-    or float `arith.constant` ops of the body. The verifier names any other
+    or float `arith.constant` ops of the body, and the routed experts'
+    `gate`, `up`, `gate_up` and `down` may each be `moe.low_rank` of two
+    such weights (factored experts). The verifier names any other
     op (it would not be generated).
   }];
   let arguments = (ins MoE_Tensor:$input, MoE_Ids:$ids, MoE_Scores:$weights,
