@@ -27,6 +27,17 @@ void mlir::moe::setOutputIRPath(llvm::StringRef path) {
 
 llvm::StringRef mlir::moe::getOutputIRPath() { return outputIRPath(); }
 
+static std::string &inputIRPath() {
+  static std::string path = "-";
+  return path;
+}
+
+void mlir::moe::setInputIRPath(llvm::StringRef path) {
+  inputIRPath() = path.str();
+}
+
+llvm::StringRef mlir::moe::getInputIRPath() { return inputIRPath(); }
+
 /// The dtype a tensor element type is stored as.
 static std::optional<::moe::DType> storedDType(Type t) {
   if (t.isF32())

@@ -41,6 +41,8 @@ int main(int argc, char **argv) {
   }
   // Passes that create weights write them beside the output IR.
   mlir::moe::setOutputIRPath(outputFile);
+  // Passes that read the existing weights resolve them beside the input.
+  mlir::moe::setInputIRPath(inputFile);
   return mlir::asMainReturnCode(
       mlir::MlirOptMain(argc, argv, inputFile, outputFile, registry));
 }

@@ -30,6 +30,11 @@ namespace mlir::moe {
 void setOutputIRPath(llvm::StringRef path);
 llvm::StringRef getOutputIRPath();
 
+/// The IR file moe-opt reads ("-": standard input). Passes that read the
+/// existing weights resolve them against its weight root.
+void setInputIRPath(llvm::StringRef path);
+llvm::StringRef getInputIRPath();
+
 /// The weights one run of a pass creates: one safetensors file, by default
 /// `<output IR without .mlir>.<tag>.safetensors`, or `explicitPath` (the
 /// pass's `weights-out` option) when given.
