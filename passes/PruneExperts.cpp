@@ -16,6 +16,7 @@
 #include "mlir/Dialect/Arith/IR/Arith.h"
 #include "mlir/IR/BuiltinOps.h"
 #include "mlir/IR/OwningOpRef.h"
+#include "mlir/IR/Verifier.h"
 
 #include "llvm/ADT/DenseSet.h"
 #include "llvm/ADT/SetVector.h"
@@ -156,6 +157,12 @@ std::string checkKept(const Router &r, const ExpertLayer &layer,
                              "experts would leave {1} in group 0 but {2} in "
                              "group {3}: groups must stay equally large",
                              groups, perGroup[0], perGroup[g], g);
+    if (GroupLimitOp(r.groupLimit).getGroupScore() == GroupScore::top2_sum &&
+        perGroup[0] < 2)
+      return llvm::formatv("moe.group_limit scores groups by top2_sum, which "
+                           "needs 2 experts per group, but only {0} of each "
+                           "of its {1} groups would remain",
+                           perGroup[0], groups);
   }
   return "";
 }
@@ -415,6 +422,8 @@ struct PruneExpertsPass
     };
     if (failed(applyPrune(layer, *router, kept, loader, make, why)))
       return failure();
+    if (failed(verify(layer.fn)))
+      return failure(); // the verifier's error names the op
     std::string keptText;
     llvm::raw_string_ostream ks(keptText);
     llvm::interleaveComma(
@@ -490,6 +499,18 @@ struct PruneExpertsPass
         why = "pruning a copy of the layer failed: " + inner;
         return failure();
       }
+      std::string invalid;
+      {
+        ScopedDiagnosticHandler capture(fn.getContext(), [&](Diagnostic &d) {
+          if (invalid.empty())
+            invalid = d.str();
+          return success();
+        });
+        if (failed(verify(fn))) {
+          why = "a pruned copy of the layer does not verify: " + invalid;
+          return failure();
+        }
+      }
       llvm::Expected<::moe::HostTensor> y =
           ::moe::interpret(fn, tokens, candidateLoader);
       if (!y) {
@@ -511,8 +532,13 @@ struct PruneExpertsPass
     std::vector<int64_t> c(n);
     std::iota(c.begin(), c.end(), 0);
     bool tooMany = false;
+    std::string reason; // why subsets were refused (groups last)
     while (true) {
-      if (checkKept(router, layer, c).empty()) {
+      std::string bad = checkKept(router, layer, c);
+      if (!bad.empty() &&
+          (reason.empty() || reason.find("equally large") != std::string::npos))
+        reason = bad;
+      if (bad.empty()) {
         if (int64_t(subsets.size()) >= maxSubsets) {
           tooMany = true;
           break;
@@ -533,7 +559,7 @@ struct PruneExpertsPass
     if (!tooMany) {
       if (subsets.empty()) {
         why = "no subset of " + std::to_string(n) +
-              " experts satisfies the router (top-k, groups)";
+              " experts suits the router: " + reason;
         return failure();
       }
       for (const std::vector<int64_t> &s : subsets) {
