@@ -248,17 +248,29 @@ Error mergeProfiles(Profile &into, const Profile &more, StringRef moreName) {
     if (it == more.layers.end())
       return bad("it has no statistics of layer " + Twine(index));
     const LayerProfile &b = it->second;
+    // Which statistics were recorded first: they decide the sizes known.
+    for (const Field &f : kFields)
+      if ((a.*(f.member)).empty() != (b.*(f.member)).empty())
+        return bad("layer " + Twine(index) + ": it " +
+                   ((b.*(f.member)).empty() ? "lacks" : "has") +
+                   " the statistic '" + f.name + "' and the profile it is " +
+                   "added to " +
+                   ((a.*(f.member)).empty() ? "does not" : "does") +
+                   " (record with the same options)");
     if (a.experts != b.experts || a.nextExperts != b.nextExperts ||
         a.hidden != b.hidden)
-      return bad("layer " + Twine(index) + " has other sizes");
+      return bad("layer " + Twine(index) + " has other sizes (experts " +
+                 Twine(b.experts) + ", next layer's " + Twine(b.nextExperts) +
+                 ", hidden " + Twine(b.hidden) + "; expected " +
+                 Twine(a.experts) + ", " + Twine(a.nextExperts) + ", " +
+                 Twine(a.hidden) + ")");
     for (const Field &f : kFields) {
       std::vector<double> &x = a.*(f.member);
       const std::vector<double> &y = b.*(f.member);
       if (x.size() != y.size())
         return bad("layer " + Twine(index) + " statistic '" + f.name +
-                   "' was " + (x.empty() ? "not " : "") +
-                   "recorded here and " + (y.empty() ? "not " : "") +
-                   "there");
+                   "' has " + Twine(y.size()) + " values, not " +
+                   Twine(x.size()));
       for (size_t i = 0; i < x.size(); ++i)
         x[i] = f.mean ? (total ? (x[i] * into.tokens + y[i] * more.tokens) /
                                      total

@@ -18,6 +18,7 @@
 #include "mlir/IR/Diagnostics.h"
 
 #include "llvm/ADT/DenseMap.h"
+#include "llvm/ADT/DenseSet.h"
 #include "llvm/ADT/TypeSwitch.h"
 #include "llvm/Support/FileSystem.h"
 #include "llvm/Support/Path.h"
@@ -829,6 +830,8 @@ private:
             RoutingTrace::Router &r = trace->routers.emplace_back();
             r.ids = ids;
             r.hasIds = true;
+            r.experts = o.getNumExperts();
+            traceLogits(r, o.getIds());
           }
           planDispatch(ids, o.getNumExperts(), o.getCounts(), o.getOffsets(),
                        o.getRows());
@@ -840,10 +843,13 @@ private:
           if (!routing)
             return routing.takeError();
           if (trace) {
+            routerOfRows[o.getRows()] = trace->routers.size();
             RoutingTrace::Router &r = trace->routers.emplace_back();
             r.ids = (*routing)[0];
             r.weights = (*routing)[1];
             r.hasIds = r.hasWeights = true;
+            r.experts = o.getNumExperts();
+            traceLogits(r, o.getBody().front().getTerminator()->getOperand(0));
           }
           planDispatch((*routing)[0], o.getNumExperts(), o.getCounts(),
                        o.getOffsets(), o.getRows());
@@ -855,6 +861,11 @@ private:
           std::vector<HostTensor> args;
           for (Value v : o->getOperands())
             args.push_back(get(v));
+          // The body's moe.permute reads the rows as a block argument.
+          for (auto [v, arg] :
+               llvm::zip(o->getOperands(), o.getBody().front().getArguments()))
+            if (auto it = routerOfRows.find(v); it != routerOfRows.end())
+              routerOfRows[arg] = it->second;
           Expected<std::vector<HostTensor>> out =
               runBlock(o.getBody().front(), std::move(args));
           if (!out)
@@ -921,6 +932,8 @@ private:
           for (int64_t e = 0; e < E; ++e)
             for (int64_t i = offsets.i[e]; i < offsets.i[e + 1]; ++i)
               applyFFN(w, e, &x.f[i * H], &r.f[i * H]);
+          if (trace && trace->statistics)
+            traceExpertOutputs(o, w, r);
           set(o.getResult(), std::move(r));
           return Error::success();
         })
@@ -1129,6 +1142,65 @@ private:
     }
     set(o.getResult(), std::move(y));
     return Error::success();
+  }
+
+  /// The router_linear output that the scores behind `ids` are computed
+  /// from (the first one found walking up the operands), if any.
+  void traceLogits(RoutingTrace::Router &r, Value ids) {
+    if (!trace->statistics)
+      return;
+    llvm::SmallVector<Value> work{ids};
+    llvm::DenseSet<Operation *> seen;
+    while (!work.empty()) {
+      Operation *def = work.pop_back_val().getDefiningOp();
+      if (!def || !seen.insert(def).second)
+        continue;
+      if (auto linear = dyn_cast<RouterLinearOp>(def)) {
+        r.logits = get(linear.getResult());
+        return;
+      }
+      for (Value v : def->getOperands())
+        work.push_back(v);
+    }
+  }
+
+  /// Statistics of an expert_ffn fed by a traced router's moe.permute: the
+  /// norm of each slot's output row and, if asked, every expert's output on
+  /// every token (summed over tokens).
+  void traceExpertOutputs(ExpertFFNOp o, const FFNWeights &w,
+                          const HostTensor &out) {
+    auto permute = o.getInput().getDefiningOp<PermuteOp>();
+    if (!permute)
+      return;
+    auto it = routerOfRows.find(permute.getRows());
+    if (it == routerOfRows.end())
+      return;
+    RoutingTrace::Router &router = trace->routers[it->second];
+    const HostTensor &rows = get(permute.getRows());
+    const HostTensor &weightsT = get(permute.getWeights());
+    int64_t H = w.hidden;
+    router.slotOutputNorm.assign(weightsT.numElements(), 0.0);
+    for (int64_t i = 0; i < rows.shape[0]; ++i) {
+      double ss = 0.0;
+      for (int64_t h = 0; h < H; ++h)
+        ss += static_cast<double>(out.f[i * H + h]) * out.f[i * H + h];
+      int64_t slot = rows.i[i];
+      if (slot >= 0 &&
+          slot < static_cast<int64_t>(router.slotOutputNorm.size()))
+        router.slotOutputNorm[slot] = std::sqrt(ss);
+    }
+    if (!trace->denseExpertOutputs)
+      return;
+    const HostTensor &x = get(permute.getInput());
+    int64_t E = get(o.getOffsets()).shape[0] - 1, T = x.shape[0];
+    router.expertOutputSum.assign(E * H, 0.0);
+    std::vector<float> y(H);
+    for (int64_t e = 0; e < E; ++e)
+      for (int64_t t = 0; t < T; ++t) {
+        applyFFN(w, e, &x.f[t * H], y.data());
+        for (int64_t h = 0; h < H; ++h)
+          router.expertOutputSum[e * H + h] += y[h];
+      }
   }
 
   /// Records `w` as the weights of the router whose dispatch made `rows`,

@@ -5,16 +5,21 @@
 //   moe-run IR.mlir|PKG_DIR --layer L | --all-layers --input X.npy
 //           --output Y.npy [--backend reference|emu|cuda]
 //           [--routing-out PREFIX] [--target MODULE] [--repeat N --time]
+//           [--record-profile P.safetensors [--profile-expert-outputs]
+//            [--profile-input-gram]]
 //
 // reference interprets the IR (a package's model.opt.mlir with the
 // package's weights); emu and cuda run the generated kernels, on the CPU
 // emulation or the GPU. A package's cubin for the GPU's architecture is
 // loaded without NVRTC; otherwise its kernels.cu is compiled (cached).
+// --record-profile accumulates a calibration profile (docs/profile.md).
 //
 //===----------------------------------------------------------------------===//
 
 #include "moe/codegen/CudaEmitter.h"
 #include "moe/dialects/MoE/MoEOps.h"
+#include "moe/lib/Analysis/Profile.h"
+#include "moe/lib/Analysis/ProfileRecorder.h"
 #include "moe/lib/Reference/Interpreter.h"
 #include "moe/lib/Weights/InputFile.h"
 #include "moe/lib/Weights/Npy.h"
@@ -87,6 +92,22 @@ static cl::opt<bool> timeIt("time",
                             cl::desc("Print the median time per layer over "
                                      "--repeat runs"),
                             cl::init(false), cl::cat(category));
+static cl::opt<std::string> recordProfile(
+    "record-profile",
+    cl::desc("Record a calibration profile of the MoE layers run (routing, "
+             "router-logit and expert-output statistics; docs/profile.md) "
+             "into this safetensors file, adding to it if it exists"),
+    cl::value_desc("P.safetensors"), cl::cat(category));
+static cl::opt<bool> profileExpertOutputs(
+    "profile-expert-outputs",
+    cl::desc("With --record-profile: record expert_output_mean [E, H] (runs "
+             "every expert on every token)"),
+    cl::init(false), cl::cat(category));
+static cl::opt<bool> profileInputGram(
+    "profile-input-gram",
+    cl::desc("With --record-profile: record input_gram [H, H] of the layer "
+             "input"),
+    cl::init(false), cl::cat(category));
 static cl::opt<bool> verbose("v", cl::desc("Say what the backend compiled"),
                              cl::init(false), cl::cat(category));
 
@@ -120,12 +141,15 @@ public:
 
 class ReferenceRunner : public Runner {
 public:
-  explicit ReferenceRunner(moe::WeightLoader &weights) : weights(weights) {}
+  ReferenceRunner(moe::WeightLoader &weights, bool statistics, bool dense)
+      : weights(weights), statistics(statistics), dense(dense) {}
   Expected<LayerResult> run(const moe::LayerPlan *, mlir::func::FuncOp fn,
                             const moe::HostTensor &x) override {
     LayerResult r;
     for (unsigned i = 0; i < repeat; ++i) {
       r.routing = moe::RoutingTrace();
+      r.routing.statistics = statistics;
+      r.routing.denseExpertOutputs = dense;
       auto start = std::chrono::steady_clock::now();
       auto y = moe::interpret(fn, x, weights, &r.routing);
       if (!y)
@@ -140,6 +164,7 @@ public:
 
 private:
   moe::WeightLoader &weights;
+  bool statistics, dense;
 };
 
 class KernelRunner : public Runner {
@@ -221,6 +246,67 @@ Error writeRouting(const moe::RoutingTrace &trace, const std::string &prefix,
   return Error::success();
 }
 
+/// The router of a layer that a profile records: the one router that
+/// dispatches routed experts, or an error (none, or several).
+Expected<size_t> profiledRouter(const moe::RoutingTrace &trace,
+                                int64_t layerIndex) {
+  SmallVector<size_t> dispatching;
+  for (auto [i, router] : llvm::enumerate(trace.routers))
+    if (router.experts > 0)
+      dispatching.push_back(i);
+  if (dispatching.empty())
+    return makeError("layer " + Twine(layerIndex) +
+                     " has no router that dispatches routed experts (no "
+                     "moe.dispatch or moe.fused_route): nothing to profile");
+  if (dispatching.size() > 1)
+    return makeError("layer " + Twine(layerIndex) + " has " +
+                     Twine(dispatching.size()) +
+                     " routers that dispatch experts (for example "
+                     "chain-of-experts iterations); a profile records one "
+                     "router per layer");
+  return dispatching.front();
+}
+
+/// Adds one layer's statistics to `recorder`: the routing from `backend`
+/// (the backend that ran the layer), everything else from `ref` (the
+/// interpreter's trace of the same layer on the same input).
+Error recordLayer(moe::ProfileRecorder &recorder, int64_t layerIndex,
+                  const moe::HostTensor &input,
+                  const moe::RoutingTrace &backend,
+                  const moe::RoutingTrace &ref) {
+  auto index = profiledRouter(ref, layerIndex);
+  if (!index)
+    return index.takeError();
+  if (backend.routers.size() != ref.routers.size())
+    return makeError("layer " + Twine(layerIndex) + ": the backend reported " +
+                     Twine(backend.routers.size()) +
+                     " routers but the interpreter " +
+                     Twine(ref.routers.size()));
+  const moe::RoutingTrace::Router &r = ref.routers[*index];
+  const moe::RoutingTrace::Router &b = backend.routers[*index];
+  if (!b.hasWeights || !r.hasWeights)
+    return makeError("layer " + Twine(layerIndex) +
+                     ": the router's routing weights are unknown (its "
+                     "dispatch rows feed no moe.permute or moe.combine)");
+  moe::LayerObservation o;
+  o.layer = layerIndex;
+  o.tokens = input.shape[0];
+  o.experts = r.experts;
+  o.slots = b.ids.shape.size() == 2 ? b.ids.shape[1] : 0;
+  o.ids = b.ids.i;
+  o.weights = b.weights.f;
+  o.logitWidth = r.logits.shape.size() == 2 ? r.logits.shape[1] : 0;
+  o.logits = r.logits.f;
+  o.normSlots = r.ids.shape.size() == 2 ? r.ids.shape[1] : 0;
+  o.normIds = r.ids.i;
+  o.normWeights = r.weights.f;
+  o.slotOutputNorm = r.slotOutputNorm;
+  o.hidden = input.shape[1];
+  o.expertOutputSum = r.expertOutputSum;
+  o.input = input.f;
+  return recorder.add(o);
+}
+
 } // namespace
 
 int main(int argc, char **argv) {
@@ -238,8 +324,15 @@ int main(int argc, char **argv) {
     return fail("give --layer or --all-layers, not both");
   if (allLayers && !target.empty())
     return fail("--target selects one LoRA projection: use it with --layer");
-  if (xPath.empty() || yPath.empty())
-    return fail("--input X.npy and --output Y.npy are required");
+  if (xPath.empty())
+    return fail("--input X.npy is required");
+  if (yPath.empty() && recordProfile.empty())
+    return fail("--output Y.npy (or --record-profile P) is required");
+  if ((profileExpertOutputs || profileInputGram) && recordProfile.empty())
+    return fail("--profile-expert-outputs and --profile-input-gram need "
+                "--record-profile");
+  if (!recordProfile.empty() && !target.empty())
+    return fail("--record-profile records MoE layers, not a LoRA --target");
   if (backend != "reference" && backend != "emu" && backend != "cuda")
     return fail("unknown backend '" + backend +
                 "'; available: reference, emu, cuda");
@@ -258,6 +351,11 @@ int main(int argc, char **argv) {
     if (irFile.empty() && backend == "reference")
       return fail(inputPath + " has no model.opt.mlir: the reference backend "
                               "needs the IR; use --backend emu or cuda");
+    if (irFile.empty() && !recordProfile.empty())
+      return fail(inputPath + " has no model.opt.mlir: --record-profile "
+                              "computes router-logit and expert-output "
+                              "statistics with the interpreter, which needs "
+                              "the IR");
   }
 
   mlir::DialectRegistry registry;
@@ -267,10 +365,13 @@ int main(int argc, char **argv) {
   llvm::SourceMgr sourceMgr;
   mlir::SourceMgrDiagnosticHandler handler(sourceMgr, &context);
   mlir::OwningOpRef<mlir::ModuleOp> module;
+  std::string modelHash;
   if (!irFile.empty()) {
     auto buffer = moe::readIRFile(irFile);
     if (!buffer)
       return fail(toString(buffer.takeError()));
+    // The profile's model identity: the IR text the layers run from.
+    modelHash = moe::profileModelHash((*buffer)->getBuffer());
     sourceMgr.AddNewSourceBuffer(std::move(*buffer), llvm::SMLoc());
     module = mlir::parseSourceFile<mlir::ModuleOp>(
         sourceMgr, mlir::ParserConfig(&context));
@@ -402,8 +503,10 @@ int main(int argc, char **argv) {
         });
   }
   std::unique_ptr<Runner> runner;
+  bool profiling = !recordProfile.empty();
   if (backend == "reference") {
-    runner = std::make_unique<ReferenceRunner>(weights);
+    runner = std::make_unique<ReferenceRunner>(
+        weights, profiling, profiling && profileExpertOutputs);
   } else {
     moe::BackendReport report;
     std::map<std::string, std::string> cubins;
@@ -450,6 +553,27 @@ int main(int argc, char **argv) {
                                             std::move(provider));
   }
 
+  // A profile to add to: refused early if it is of another model.
+  std::optional<moe::Profile> existing;
+  if (profiling && sys::fs::exists(recordProfile)) {
+    auto read = moe::readProfile(recordProfile);
+    if (!read)
+      return fail("--record-profile: cannot add to " + recordProfile + ": " +
+                  toString(read.takeError()));
+    if (read->model != modelHash)
+      return fail("--record-profile: " + recordProfile +
+                  " was recorded on another model (hash " + read->model +
+                  "; this model's IR has hash " + modelHash +
+                  "); record into a new file");
+    existing = std::move(*read);
+  }
+  moe::ProfileRecorder::Options profileOptions;
+  profileOptions.expertOutputs = profileExpertOutputs;
+  profileOptions.inputGram = profileInputGram;
+  profileOptions.transition = allLayers;
+  moe::ProfileRecorder recorder(modelHash, profileOptions);
+  int64_t profiledLayers = 0;
+
   // Run.
   moe::HostTensor current = std::move(x);
   for (const Selected &s : selected) {
@@ -476,9 +600,55 @@ int main(int argc, char **argv) {
       if (Error err = writeRouting(result->routing, prefix, s.layer))
         return fail(toString(std::move(err)));
     }
+    if (profiling) {
+      if (!s.fn)
+        return fail("--record-profile: no IR function for layer " +
+                    Twine(s.layer));
+      // Kernel backends: the statistics beyond the routing come from the
+      // interpreter on the same layer input.
+      moe::RoutingTrace refTrace;
+      const moe::RoutingTrace *ref = &result->routing;
+      if (backend != "reference") {
+        refTrace.statistics = true;
+        refTrace.denseExpertOutputs = profileExpertOutputs;
+        auto y = moe::interpret(s.fn, current, weights, &refTrace);
+        if (!y)
+          return fail("--record-profile: " + toString(y.takeError()));
+        ref = &refTrace;
+      }
+      bool routed = llvm::any_of(ref->routers,
+                                 [](const auto &r) { return r.experts > 0; });
+      if (!routed && allLayers) {
+        errs() << "moe-run: note: --record-profile skips layer " << s.layer
+               << ": it has no router that dispatches routed experts\n";
+      } else {
+        if (Error err =
+                recordLayer(recorder, s.layer, current, result->routing, *ref))
+          return fail("--record-profile: " + toString(std::move(err)));
+        ++profiledLayers;
+      }
+    }
     current = std::move(result->y);
   }
-  if (Error err = moe::writeNpyF32(yPath, current.shape, current.f))
-    return fail(toString(std::move(err)));
+  if (!yPath.empty())
+    if (Error err = moe::writeNpyF32(yPath, current.shape, current.f))
+      return fail(toString(std::move(err)));
+  if (profiling) {
+    // Written only now, every layer having run: no partial profile.
+    if (profiledLayers == 0)
+      return fail("--record-profile: no layer of " + inputPath +
+                  " has routed experts to profile");
+    if (Error err = recorder.endInput(current.shape[0]))
+      return fail("--record-profile: " + toString(std::move(err)));
+    moe::Profile profile = recorder.profile();
+    // Sums commute: merging the file into the new recording names the file
+    // in the errors.
+    if (existing)
+      if (Error err = moe::mergeProfiles(profile, *existing, recordProfile))
+        return fail("--record-profile: adding the statistics of " + xPath +
+                    ": " + toString(std::move(err)));
+    if (Error err = moe::writeProfile(profile, recordProfile))
+      return fail("--record-profile: " + toString(std::move(err)));
+  }
   return 0;
 }

@@ -103,11 +103,31 @@ std::string weightRoot(mlir::ModuleOp module, llvm::StringRef irPath);
 /// `moe.permute` or `moe.combine` reading its rows; the (ids, weights) of a
 /// `moe.fused_route`; or those of a `moe.lora_mixture` (a mixture without
 /// routing reports every adapter with weight 1).
+///
+/// With `statistics` set (calibration profiles, docs/profile.md), a router
+/// that dispatches experts also reports the `moe.router_linear` output its
+/// scores are computed from and the norm of each slot's expert output; with
+/// `denseExpertOutputs`, the sum over tokens of every expert's output on
+/// every token (each expert run on each token, not only the routed ones).
 struct RoutingTrace {
   struct Router {
     HostTensor ids, weights;
     bool hasIds = false, hasWeights = false;
+    /// Experts the router dispatches to (moe.dispatch / moe.fused_route
+    /// num_experts); 0 for a LoRA mixture.
+    int64_t experts = 0;
+    /// [T, E'] router logits (E' >= experts: null experts are columns past
+    /// `experts`); empty if no moe.router_linear feeds the ids.
+    HostTensor logits;
+    /// [T, K]: ||output of the expert of slot (t, k)|| (the moe.expert_ffn
+    /// row of that slot); 0 for empty slots.
+    std::vector<double> slotOutputNorm;
+    /// [experts, H]: sum over tokens t of expert e applied to token t (the
+    /// input of the moe.permute feeding the experts).
+    std::vector<double> expertOutputSum;
   };
+  bool statistics = false;
+  bool denseExpertOutputs = false;
   std::vector<Router> routers;
 };
 
