@@ -301,7 +301,7 @@ struct MergeExpertsPass
       if (lp.expertOutputMean.empty()) {
         why = llvm::formatv(
             "profile '{0}' has no layer.{1}.expert_output_mean (record it "
-            "with moe-run --record-profile and its expert-output option)",
+            "with moe-run --record-profile --profile-expert-outputs)",
             profile, layer.index);
         return failure();
       }

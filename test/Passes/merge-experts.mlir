@@ -3,7 +3,7 @@
 // copies, sigma = 1%, of 4 prototypes, router rows likewise).
 // REQUIRES: numpy
 // RUN: rm -rf %t && mkdir -p %t
-// RUN: %python %S/Inputs/planted_experts.py write %t/m --kind redundant --sigma 0.01
+// RUN: %python %S/Inputs/planted_experts.py write %t/m --kind redundant --sigma 0.01 --moe-run %moe_obj/bin/moe-run
 // RUN: moe-opt %t/m/model.mlir --mlir-print-op-on-diagnostic=false --moe-merge-experts="profile=%t/m/profile.safetensors groups=4 cluster=hierarchical" -o %t/m/merged.mlir 2>&1 | FileCheck %s --check-prefix=REPORT
 // RUN: FileCheck %s --check-prefix=IR < %t/m/merged.mlir
 // RUN: test -f %t/m/merged.merge.safetensors
@@ -27,9 +27,19 @@
 // IR-NOT: e.0.gate
 
 // The planted groups, errors and random groups against the numpy oracle,
-// emu == reference on the merged (fused) model, align=weight.
+// emu == reference on the merged (fused) model, the error curve's knee,
+// align=weight. Profiles are recorded by moe-run --record-profile and
+// checked against numpy's.
 // RUN: %python %S/Inputs/check_merge.py --bin %moe_obj/bin --work %t/oracle | FileCheck %s --check-prefix=ORACLE
 // ORACLE-NOT: FAIL
+// ORACLE: sigma=0.01 hierarchical frequency router-logits groups recovered
+// ORACLE: sigma=0.01 hierarchical frequency expert-output groups recovered
+// ORACLE: sigma=0.01 hierarchical random groups: {{.*}} clearly worse
+// ORACLE: sigma=0.01 dominant     uniform   router-logits groups recovered
+// ORACLE: sigma=0.01 dominant     uniform   expert-output groups recovered
+// ORACLE: sigma=0 hierarchical frequency router-logits groups recovered, {{.*}} ok
+// ORACLE: error curve {{.*}} knee at 4
+// ORACLE: sigma=0.01 permuted neurons: {{.*}} ok
 // ORACLE: all merge checks passed
 
 // Refusals (remarks; the IR is left as it was).
@@ -37,7 +47,7 @@
 // NOPROFILE: remark: moe-merge-experts: no profile given (profile=P.safetensors, recorded by moe-run --record-profile); nothing merged
 // RUN: moe-opt %t/m/model.mlir --moe-merge-experts="profile=%t/missing.safetensors groups=4" -o %t/none.mlir 2>&1 | FileCheck %s --check-prefix=BADPROFILE
 // BADPROFILE: remark: moe-merge-experts: cannot use the profile: {{.*}}missing.safetensors{{.*}}; nothing merged
-// RUN: %python %S/Inputs/planted_experts.py write %t/nomean --kind redundant --drop expert_output_mean
+// RUN: %python %S/Inputs/planted_experts.py write %t/nomean --kind redundant --drop expert_output_mean --moe-run %moe_obj/bin/moe-run
 // RUN: moe-opt %t/nomean/model.mlir --mlir-print-op-on-diagnostic=false --moe-merge-experts="profile=%t/nomean/profile.safetensors groups=4 similarity=expert-output" -o %t/nomean/out.mlir 2>&1 | FileCheck %s --check-prefix=NOMEAN
 // NOMEAN: remark: moe-merge-experts: layer 0 not merged: profile '{{.*}}profile.safetensors' has no layer.0.expert_output_mean
 // RUN: not moe-opt %t/m/model.mlir --moe-merge-experts="profile=%t/m/profile.safetensors groups=4 cluster=kmeans" 2>&1 | FileCheck %s --check-prefix=OPTION

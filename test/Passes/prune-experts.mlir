@@ -2,7 +2,7 @@
 // pruning over a calibration profile.
 // REQUIRES: numpy
 // RUN: rm -rf %t && mkdir -p %t
-// RUN: %python %S/Inputs/planted_experts.py write %t/q --kind quiet
+// RUN: %python %S/Inputs/planted_experts.py write %t/q --kind quiet --moe-run %moe_obj/bin/moe-run
 
 // A loud router and a quiet expert (3): reap drops it.
 // RUN: moe-opt %t/q/model.mlir --mlir-print-op-on-diagnostic=false --moe-prune-experts="profile=%t/q/profile.safetensors keep=7 criterion=reap" -o %t/q/reap.mlir 2>&1 | FileCheck %s --check-prefix=REPORT
@@ -34,7 +34,7 @@
 
 // DeepSeek-V3 router: the correction bias loses the pruned entries, the
 // four groups stay equally large (2 each), or the pass refuses.
-// RUN: %python %S/Inputs/planted_experts.py write %t/ds --kind redundant --router deepseek
+// RUN: %python %S/Inputs/planted_experts.py write %t/ds --kind redundant --router deepseek --moe-run %moe_obj/bin/moe-run
 // RUN: moe-opt %t/ds/model.mlir --mlir-print-op-on-diagnostic=false --moe-prune-experts="profile=%t/ds/profile.safetensors keep=8" -o %t/ds/p8.mlir 2>&1 | FileCheck %s --check-prefix=DSREPORT
 // RUN: FileCheck %s --check-prefix=DS < %t/ds/p8.mlir
 // DSREPORT: experts 16 -> 8

@@ -167,7 +167,7 @@ def MoEMergeExperts : Pass<"moe-merge-experts", "::mlir::ModuleOp"> {
     over the calibration tokens from `logit_gram` (centred with `logit_sum`
     into a correlation unless `centre-logits=false`); `expert-output`, the
     cosine of the experts' mean outputs (`expert_output_mean`, recorded
-    with `moe-run --record-profile --expert-outputs`). Clustering:
+    with `moe-run --record-profile --profile-expert-outputs`). Clustering:
     `dominant` (MC-SMoE: the `groups` most routed experts are centres, every
     other expert joins its most similar centre) or `hierarchical` (HC-SMoE:
     average-linkage agglomerative clustering). Merged weights are the

@@ -79,7 +79,8 @@ def main():
             d = os.path.join(a.work, "%s-%g" % (cluster, sigma))
             subprocess.run([sys.executable, gen, "write", d, "--kind",
                             "redundant", "--sigma", str(sigma),
-                            "--dominant-scale", str(scale), "--k", str(k)],
+                            "--dominant-scale", str(scale), "--k", str(k),
+                            "--moe-run", a.bin + "/moe-run"],
                            check=True)
             info = json.load(open(os.path.join(d, "planted.json")))
             planted, k = partition(info["groups"]), info["k"]
@@ -129,12 +130,33 @@ def main():
                   "%.2f to %.2f: %s" % (sigma, cluster, min(worst),
                                         max(worst),
                                         "clearly worse" if ok else "FAIL"))
+    # The error curve against the merged count has its knee at the planted
+    # 4: merging further (3, 2) mixes prototypes, more groups (5 to 8) gain
+    # little.
+    d = os.path.join(a.work, "hierarchical-%g" % a.sigma)
+    held = np.load(os.path.join(d, "heldout.npy"))
+    y0 = moe_run(a, os.path.join(d, "model.mlir"), held, d)
+    curve = {}
+    for n in (2, 3, 4, 5, 6, 8):
+        out = os.path.join(d, "curve-%d.mlir" % n)
+        run([a.bin + "/moe-opt", os.path.join(d, "model.mlir"),
+             "--moe-merge-experts=profile=%s groups=%d cluster=hierarchical" %
+             (os.path.join(d, "profile.safetensors"), n), "-o", out])
+        curve[n] = rel(moe_run(a, out, held, d), y0)
+    ok = curve[4] <= 2 * a.sigma and curve[3] > 10 * curve[4] and \
+        max(curve[n] for n in (5, 6, 8)) <= curve[4] * 1.5
+    failed |= not ok
+    print("error curve (merged experts: held-out relative error): %s: %s" % (
+        ", ".join("%d: %.2e" % kv for kv in sorted(curve.items())),
+        "knee at 4" if ok else "FAIL"))
+
     # Copies with their neurons reordered: only align=weight merges them.
     for sigma in (a.sigma, 0.0):
         d = os.path.join(a.work, "permuted-%g" % sigma)
         subprocess.run([sys.executable, gen, "write", d, "--kind",
                         "redundant", "--sigma", str(sigma),
-                        "--permute-neurons"], check=True)
+                        "--permute-neurons", "--moe-run",
+                        a.bin + "/moe-run"], check=True)
         held = np.load(os.path.join(d, "heldout.npy"))
         y0 = moe_run(a, os.path.join(d, "model.mlir"), held, d)
         errs = {}

@@ -67,7 +67,8 @@ def main():
     d = os.path.join(a.work, "quiet")
     subprocess.run([sys.executable, os.path.join(os.path.dirname(__file__),
                                                  "planted_experts.py"),
-                    "write", d, "--kind", "quiet"], check=True)
+                    "write", d, "--kind", "quiet", "--moe-run",
+                    a.bin + "/moe-run"], check=True)
     info = json.load(open(os.path.join(d, "planted.json")))
     quiet, k = info["quiet"], info["k"]
     m = load_model(d)
@@ -121,8 +122,9 @@ def main():
     # moe.expert_origin.
     first, kept1, _ = prune(a, d, 6, "reap")
     m1 = sub(m, kept1)
-    pe.write_profile(os.path.join(d, "profile1.safetensors"),
-                     pe.profile(m1, x, k), x.shape[0])
+    run([a.bin + "/moe-run", first, "--layer", "0", "--input",
+         os.path.join(d, "calib.npy"), "--record-profile",
+         os.path.join(d, "profile1.safetensors")])
     out = os.path.join(d, "twice.mlir")
     run([a.bin + "/moe-opt", first, "--mlir-print-op-on-diagnostic=false",
          "--moe-prune-experts=profile=%s keep=4 criterion=reap" %

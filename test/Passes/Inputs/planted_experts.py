@@ -23,6 +23,7 @@ import argparse
 import json
 import os
 import struct
+import subprocess
 import sys
 
 import numpy as np
@@ -46,6 +47,21 @@ def write_st(path, tensors, metadata=None):
     text += b" " * (-len(text) % 8)
     with open(path, "wb") as f:
         f.write(struct.pack("<Q", len(text)) + text + b"".join(blobs))
+
+
+def read_st(path):
+    """{name: array} of a safetensors file with F64 and F32 tensors."""
+    raw = open(path, "rb").read()
+    (n,) = struct.unpack("<Q", raw[:8])
+    header = json.loads(raw[8:8 + n])
+    header.pop("__metadata__", None)
+    out = {}
+    for name, info in header.items():
+        b, e = info["data_offsets"]
+        dt = {"F64": "<f8", "F32": "<f4"}[info["dtype"]]
+        out[name] = np.frombuffer(raw[8 + n + b:8 + n + e],
+                                  dtype=dt).reshape(info["shape"])
+    return out
 
 
 def silu(v):
@@ -238,6 +254,9 @@ def main():
                    help="copies other than copy 0 reorder their neurons")
     w.add_argument("--tokens", type=int, default=256)
     w.add_argument("--seed", type=int, default=12)
+    w.add_argument("--moe-run", default="",
+                   help="record the profile with this moe-run (checked "
+                   "against the numpy one) instead of writing numpy's")
     w.add_argument("--drop", action="append", default=[],
                    help="leave this statistic out of the profile")
     a = ap.parse_args()
@@ -260,8 +279,33 @@ def main():
     np.save(os.path.join(a.out, "calib.npy"), calib)
     np.save(os.path.join(a.out, "heldout.npy"), held)
     m64 = {n: v.astype(np.float64) for n, v in m32.items()}
-    write_profile(os.path.join(a.out, "profile.safetensors"),
-                  profile(m64, calib, a.k), a.tokens, drop=a.drop)
+    stats = profile(m64, calib, a.k)
+    if not a.moe_run:
+        write_profile(os.path.join(a.out, "profile.safetensors"), stats,
+                      a.tokens, drop=a.drop)
+    else:
+        # The profile moe-run records; the numpy one beside it must agree.
+        prof = os.path.join(a.out, "profile.safetensors")
+        if os.path.exists(prof):
+            os.remove(prof)  # moe-run would append to it
+        cmd = [a.moe_run, os.path.join(a.out, "model.mlir"), "--layer", "0",
+               "--input", os.path.join(a.out, "calib.npy"),
+               "--record-profile", prof]
+        if "expert_output_mean" not in a.drop:
+            cmd.append("--profile-expert-outputs")
+        subprocess.run(cmd, check=True)
+        write_profile(os.path.join(a.out, "profile.numpy.safetensors"), stats,
+                      a.tokens, drop=a.drop)
+        if a.router == "softmax":
+            got = read_st(prof)
+            for n, v in stats.items():
+                key = "layer.0." + n
+                if n in a.drop:
+                    continue
+                err = np.abs(got[key] - v).max() / max(np.abs(v).max(), 1e-30)
+                if err > 1e-4:
+                    raise SystemExit("moe-run's %s differs from numpy's by "
+                                     "%.1e (relative)" % (key, err))
     with open(os.path.join(a.out, "planted.json"), "w") as f:
         json.dump({"groups": groups, "k": a.k, "sigma": a.sigma,
                    "quiet": a.quiet if a.kind == "quiet" else None}, f)
