@@ -55,6 +55,11 @@ bool isRowOp(Operation *op) {
 FailureOr<Router> findRouter(ExpertLayer &layer, std::string &why) {
   Router r;
   Value ids = layer.dispatch.getIds();
+  if (ids.getDefiningOp<RemapExpertsOp>()) {
+    why = "the layer's experts were merged (moe.remap_experts): its router "
+          "chooses among the experts before merging; prune before merging";
+    return failure();
+  }
   if (auto drop = ids.getDefiningOp<DropNullExpertsOp>()) {
     r.drop = drop;
     ids = drop.getIds();

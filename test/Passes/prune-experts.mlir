@@ -111,3 +111,17 @@ func.func @other_model(%x: tensor<?x32xf32>, %wg: tensor<4x32xf32>, %g: tensor<4
   %y = moe.combine %ys, %r, %w : (tensor<?x32xf32>, tensor<?xi32>, tensor<?x2xf32>) -> tensor<?x32xf32>
   return %y : tensor<?x32xf32>
 }
+
+// -----
+
+// expected-remark @+1 {{moe-prune-experts: layer 0 not pruned: the layer's experts were merged (moe.remap_experts): its router chooses among the experts before merging; prune before merging}}
+func.func @merged(%x: tensor<?x32xf32>, %wg: tensor<16x32xf32>, %g: tensor<8x16x32xf32>, %d: tensor<8x32x16xf32>) -> tensor<?x32xf32> attributes {moe.layer = 0 : i64} {
+  %l = moe.router_linear %x, %wg : (tensor<?x32xf32>, tensor<16x32xf32>) -> tensor<?x16xf32>
+  %i, %v = moe.topk %l {k = 2 : i64} : tensor<?x16xf32> -> tensor<?x2xi32>, tensor<?x2xf32>
+  %ids, %w = moe.remap_experts %i, %v mapping = [0, 0, 1, 1, 2, 2, 3, 3, 4, 4, 5, 5, 6, 6, 7, 7] : tensor<?x2xi32>, tensor<?x2xf32>
+  %c, %o, %r = moe.dispatch %ids {num_experts = 8 : i64} : tensor<?x2xi32> -> tensor<8xi32>, tensor<9xi32>, tensor<?xi32>
+  %xs = moe.permute %x, %r, %w : (tensor<?x32xf32>, tensor<?xi32>, tensor<?x2xf32>) -> tensor<?x32xf32>
+  %ys = moe.expert_ffn %xs, %o gate(%g) up(%g) down(%d) {activation = #moe.activation<silu>} : (tensor<?x32xf32>, tensor<9xi32>, tensor<8x16x32xf32>, tensor<8x16x32xf32>, tensor<8x32x16xf32>) -> tensor<?x32xf32>
+  %y = moe.combine %ys, %r, %w : (tensor<?x32xf32>, tensor<?xi32>, tensor<?x2xf32>) -> tensor<?x32xf32>
+  return %y : tensor<?x32xf32>
+}
