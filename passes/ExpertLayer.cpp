@@ -221,8 +221,8 @@ LogicalResult experts::rebuildExpertWeights(
     FailureOr<Value> w = make(b, o->get().getLoc(), (prefix + "." + name).str(),
                               withDim(type, 0, n), out);
     if (failed(w)) {
-      why = "cannot create the new weight '" + (prefix + "." + name).str() +
-            "'";
+      why =
+          "cannot create the new weight '" + (prefix + "." + name).str() + "'";
       return failure();
     }
     o->set(*w);

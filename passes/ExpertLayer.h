@@ -79,14 +79,13 @@ void setDispatchExperts(DispatchOp dispatch, int64_t n);
 /// Replaces every expert weight operand of the FFN by a new weight whose
 /// expert `i` is `build(operand values, rest, i)` for `n` experts (`rest`:
 /// the elements of one expert's slice). Names are `<prefix>.<operand>`.
-LogicalResult
-rebuildExpertWeights(ExpertLayer &layer, ::moe::WeightLoader &loader,
-                     MakeWeight make, StringRef prefix, int64_t n,
-                     llvm::function_ref<void(StringRef operand,
-                                             ArrayRef<float> old, int64_t rest,
-                                             int64_t expert, float *out)>
-                         build,
-                     std::string &why);
+LogicalResult rebuildExpertWeights(
+    ExpertLayer &layer, ::moe::WeightLoader &loader, MakeWeight make,
+    StringRef prefix, int64_t n,
+    llvm::function_ref<void(StringRef operand, ArrayRef<float> old,
+                            int64_t rest, int64_t expert, float *out)>
+        build,
+    std::string &why);
 
 /// The remark line both passes print per layer.
 std::string sizeReport(StringRef pass, const ExpertLayer &layer,

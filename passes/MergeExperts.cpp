@@ -28,8 +28,8 @@ namespace {
 
 using namespace experts;
 
-/// Cosine similarity of the rows of `m` ([n, d], row-major) or, with
-/// `gram`, of the columns whose Gram matrix `m` ([n, n]) is.
+/// The cosine similarity of n vectors from their Gram matrix `g` ([n, n]);
+/// a zero vector is similar to itself only.
 std::vector<double> cosineOfGram(const std::vector<double> &g, int64_t n) {
   std::vector<double> s(n * n);
   for (int64_t i = 0; i < n; ++i)
@@ -40,6 +40,7 @@ std::vector<double> cosineOfGram(const std::vector<double> &g, int64_t n) {
   return s;
 }
 
+/// The Gram matrix of the rows of `m` ([n, d]).
 std::vector<double> rowGram(const std::vector<double> &m, int64_t n,
                             int64_t d) {
   std::vector<double> g(n * n, 0.0);
@@ -58,9 +59,8 @@ std::vector<int64_t> clusterDominant(const std::vector<double> &sim,
                                      int64_t n, int64_t groups) {
   std::vector<int64_t> order(n);
   std::iota(order.begin(), order.end(), 0);
-  std::stable_sort(order.begin(), order.end(), [&](int64_t a, int64_t b) {
-    return count[a] > count[b];
-  });
+  std::stable_sort(order.begin(), order.end(),
+                   [&](int64_t a, int64_t b) { return count[a] > count[b]; });
   std::vector<bool> centre(n, false);
   for (int64_t i = 0; i < groups; ++i)
     centre[order[i]] = true;
@@ -170,8 +170,7 @@ std::vector<int64_t> bestAssignment(const std::vector<double> &score,
   return perm;
 }
 
-struct MergeExpertsPass
-    : public impl::MoEMergeExpertsBase<MergeExpertsPass> {
+struct MergeExpertsPass : public impl::MoEMergeExpertsBase<MergeExpertsPass> {
   using MoEMergeExpertsBase::MoEMergeExpertsBase;
 
   void runOnOperation() override {
@@ -217,8 +216,7 @@ struct MergeExpertsPass
     llvm::Expected<::moe::Profile> prof = ::moe::readProfile(profile);
     if (!prof) {
       refuse(module, "cannot use the profile: " +
-                         llvm::toString(prof.takeError()) +
-                         "; nothing merged");
+                         llvm::toString(prof.takeError()) + "; nothing merged");
       return;
     }
     ::moe::WeightLoader loader(::moe::weightRoot(module, getInputIRPath()));
@@ -289,8 +287,8 @@ struct MergeExpertsPass
         double t = double(prof.tokens);
         for (int64_t i = 0; i < E; ++i)
           for (int64_t j = 0; j < E; ++j)
-            g[i * E + j] = g[i * E + j] / t -
-                           lp.logitSum[i] * lp.logitSum[j] / (t * t);
+            g[i * E + j] =
+                g[i * E + j] / t - lp.logitSum[i] * lp.logitSum[j] / (t * t);
       }
       sim = cosineOfGram(g, E);
       simNote = centred ? "cosine of centred router-logit columns "
@@ -314,9 +312,9 @@ struct MergeExpertsPass
                           profile, layer.index);
       return failure();
     }
-    std::vector<int64_t> label =
-        cluster == "dominant" ? clusterDominant(sim, count, E, N)
-                              : clusterHierarchical(sim, E, N);
+    std::vector<int64_t> label = cluster == "dominant"
+                                     ? clusterDominant(sim, count, E, N)
+                                     : clusterHierarchical(sim, E, N);
 
     // Merged experts numbered by their smallest member.
     std::vector<int64_t> mapping(E, -1);
@@ -360,8 +358,8 @@ struct MergeExpertsPass
       I = inOut ? gt.getDimSize(2) : gt.getDimSize(1);
       int64_t H = layer.hidden;
       std::vector<std::vector<float>> w;
-      for (Value v : {layer.ffn.getGate(), layer.ffn.getUp(),
-                      layer.ffn.getDown()}) {
+      for (Value v :
+           {layer.ffn.getGate(), layer.ffn.getUp(), layer.ffn.getDown()}) {
         FailureOr<std::vector<float>> vals = weightValues(v, loader, why);
         if (failed(vals))
           return failure();
@@ -392,9 +390,10 @@ struct MergeExpertsPass
             for (int64_t b = 0; b < I; ++b) {
               double s = 0.0;
               for (int64_t k = 0; k < H; ++k)
-                s += double(gateUp(w[0], centre, a, k)) * gateUp(w[0], e, b, k) +
-                     double(gateUp(w[1], centre, a, k)) * gateUp(w[1], e, b, k) +
-                     double(down(centre, a, k)) * down(e, b, k);
+                s +=
+                    double(gateUp(w[0], centre, a, k)) * gateUp(w[0], e, b, k) +
+                    double(gateUp(w[1], centre, a, k)) * gateUp(w[1], e, b, k) +
+                    double(down(centre, a, k)) * down(e, b, k);
               score[a * I + b] = s;
             }
           perm[e] = bestAssignment(score, I); // centre neuron a <- e's perm[a]
@@ -429,8 +428,8 @@ struct MergeExpertsPass
     std::string prefix = llvm::formatv("layer.{0}.merged", layer.index);
     if (failed(rebuildExpertWeights(
             layer, loader, make, prefix, N,
-            [&](StringRef operand, ArrayRef<float> old, int64_t rest,
-                int64_t g, float *out) {
+            [&](StringRef operand, ArrayRef<float> old, int64_t rest, int64_t g,
+                float *out) {
               double total = 0.0;
               for (int64_t e : members[g])
                 total += weight[e];

@@ -174,9 +174,9 @@ std::string checkKept(const Router &r, const ExpertLayer &layer,
 
 /// Prunes `layer` to `kept` (sorted), rewriting its router; weights come
 /// from `make`. The checks of checkKept must have passed.
-LogicalResult applyPrune(ExpertLayer &layer, Router &r,
-                         ArrayRef<int64_t> kept, ::moe::WeightLoader &loader,
-                         MakeWeight make, std::string &why) {
+LogicalResult applyPrune(ExpertLayer &layer, Router &r, ArrayRef<int64_t> kept,
+                         ::moe::WeightLoader &loader, MakeWeight make,
+                         std::string &why) {
   int64_t E = layer.experts, n = kept.size();
   std::vector<int64_t> rows = keptRows(r, E, kept);
   int64_t width = rows.size();
@@ -202,8 +202,8 @@ LogicalResult applyPrune(ExpertLayer &layer, Router &r,
     FailureOr<Value> w = make(b, o.get().getLoc(), (prefix + "." + name).str(),
                               withDim(type, 0, width), out);
     if (failed(w)) {
-      why = "cannot create the new weight '" + (prefix + "." + name).str() +
-            "'";
+      why =
+          "cannot create the new weight '" + (prefix + "." + name).str() + "'";
       return failure();
     }
     o.set(*w);
@@ -223,8 +223,8 @@ LogicalResult applyPrune(ExpertLayer &layer, Router &r,
         return failure();
   }
   // The score rows shrink to the kept width.
-  r.linear.getResult().setType(withDim(r.linear.getResult().getType(), 1,
-                                       width));
+  r.linear.getResult().setType(
+      withDim(r.linear.getResult().getType(), 1, width));
   for (Operation *op : r.rowOps)
     op->getResult(0).setType(withDim(op->getResult(0).getType(), 1, width));
   if (failed(rebuildExpertWeights(
@@ -242,8 +242,7 @@ LogicalResult applyPrune(ExpertLayer &layer, Router &r,
   layer.experts = n;
   // The original index of every kept expert, composed with earlier prunes.
   SmallVector<int64_t> origin(kept.begin(), kept.end());
-  if (auto before = layer.fn->getAttrOfType<DenseI64ArrayAttr>(
-          kOriginAttrName);
+  if (auto before = layer.fn->getAttrOfType<DenseI64ArrayAttr>(kOriginAttrName);
       before && int64_t(before.size()) == E)
     for (int64_t &o : origin)
       o = before[o];
@@ -265,7 +264,8 @@ FailureOr<std::vector<int64_t>> bestByScore(const std::vector<double> &score,
                                             int64_t keep, const Router &r,
                                             std::string &why) {
   int64_t E = score.size();
-  int64_t groups = r.groupLimit ? int64_t(GroupLimitOp(r.groupLimit).getNumGroups()) : 1;
+  int64_t groups =
+      r.groupLimit ? int64_t(GroupLimitOp(r.groupLimit).getNumGroups()) : 1;
   if (r.groupLimit && r.width != E) {
     why = "a group-limited router with null experts is not supported";
     return failure();
@@ -289,8 +289,7 @@ FailureOr<std::vector<int64_t>> bestByScore(const std::vector<double> &score,
   return kept;
 }
 
-struct PruneExpertsPass
-    : public impl::MoEPruneExpertsBase<PruneExpertsPass> {
+struct PruneExpertsPass : public impl::MoEPruneExpertsBase<PruneExpertsPass> {
   using MoEPruneExpertsBase::MoEPruneExpertsBase;
 
   void runOnOperation() override {
@@ -318,8 +317,7 @@ struct PruneExpertsPass
     llvm::Expected<::moe::Profile> prof = ::moe::readProfile(profile);
     if (!prof) {
       refuse(module, "cannot use the profile: " +
-                         llvm::toString(prof.takeError()) +
-                         "; nothing pruned");
+                         llvm::toString(prof.takeError()) + "; nothing pruned");
       return;
     }
     if (criterion == "output-error") {
@@ -330,9 +328,8 @@ struct PruneExpertsPass
       }
       llvm::Expected<::moe::NpyArray> x = ::moe::readNpy(calibration);
       if (!x) {
-        refuse(module, "cannot read calibration='" + calibration +
-                           "': " + llvm::toString(x.takeError()) +
-                           "; nothing pruned");
+        refuse(module, "cannot read calibration='" + calibration + "': " +
+                           llvm::toString(x.takeError()) + "; nothing pruned");
         return;
       }
       if (x->shape.size() != 2) {
@@ -432,7 +429,8 @@ struct PruneExpertsPass
     std::string keptText;
     llvm::raw_string_ostream ks(keptText);
     llvm::interleaveComma(
-        layer.fn->getAttrOfType<DenseI64ArrayAttr>(kOriginAttrName).asArrayRef(),
+        layer.fn->getAttrOfType<DenseI64ArrayAttr>(kOriginAttrName)
+            .asArrayRef(),
         ks);
     layer.fn.emitRemark() << llvm::formatv(
         "moe-prune-experts: layer {0}: kept experts [{1}] (original indices) "
@@ -488,8 +486,8 @@ struct PruneExpertsPass
       copy->push_back(fn);
       std::string inner;
       FailureOr<ExpertLayer> l = findExpertLayer(fn, inner);
-      FailureOr<Router> r = succeeded(l) ? findRouter(*l, inner)
-                                         : FailureOr<Router>(failure());
+      FailureOr<Router> r =
+          succeeded(l) ? findRouter(*l, inner) : FailureOr<Router>(failure());
       auto make = [&](OpBuilder &b, Location loc, StringRef name,
                       RankedTensorType type,
                       ArrayRef<float> values) -> FailureOr<Value> {

@@ -186,6 +186,9 @@ def MoEMergeExperts : Pass<"moe-merge-experts", "::mlir::ModuleOp"> {
     statistic asked for, or has another expert count or hidden size; the
     router is expert choice; the experts are already fused (run before
     `--moe-optimize`); `align=weight` meets a fused gate_up projection.
+    As for `--moe-prune-experts`, the profile's model hash is not compared
+    (it identifies the model the profile was recorded on); its layer
+    indices, expert counts and hidden sizes are.
   }];
   let options = [
     Option<"profile", "profile", "std::string", "\"\"",
