@@ -221,6 +221,12 @@ struct MergeExpertsPass : public impl::MoEMergeExpertsBase<MergeExpertsPass> {
     }
     ::moe::WeightLoader loader(::moe::weightRoot(module, getInputIRPath()));
     NewWeights newWeights(module, "merge", weightsOut);
+    if (newWeights.path().empty()) {
+      module.emitError() << "moe-merge-experts: the new weights need a file: give "
+                            "moe-opt -o FILE.mlir (they go beside it) or "
+                            "weights-out=FILE.safetensors";
+      return signalPassFailure();
+    }
     bool changed = false;
     for (auto fn : llvm::to_vector(module.getOps<func::FuncOp>())) {
       std::string why;
@@ -236,7 +242,7 @@ struct MergeExpertsPass : public impl::MoEMergeExpertsBase<MergeExpertsPass> {
       }
       changed = true;
     }
-    if (changed && failed(newWeights.commit()))
+    if (weightError || (changed && failed(newWeights.commit())))
       return signalPassFailure();
   }
 
@@ -406,8 +412,10 @@ struct MergeExpertsPass : public impl::MoEMergeExpertsBase<MergeExpertsPass> {
                     RankedTensorType type,
                     ArrayRef<float> values) -> FailureOr<Value> {
       FailureOr<WeightOp> w = newWeights.add(b, loc, name, type, values);
-      if (failed(w))
+      if (failed(w)) {
+        weightError = true; // the layer may be half rewritten
         return failure();
+      }
       return w->getResult();
     };
     // The element of member e's slice that lands at `k` of the merged slice.
@@ -483,6 +491,8 @@ struct MergeExpertsPass : public impl::MoEMergeExpertsBase<MergeExpertsPass> {
                                         routedExpertSize(layer.ffn));
     return success();
   }
+
+  bool weightError = false;
 
   static void eraseDeadWeights(func::FuncOp fn) {
     SmallVector<Operation *> dead;

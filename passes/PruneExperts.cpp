@@ -343,6 +343,12 @@ struct PruneExpertsPass : public impl::MoEPruneExpertsBase<PruneExpertsPass> {
     std::string root = ::moe::weightRoot(module, getInputIRPath());
     ::moe::WeightLoader loader(root);
     NewWeights newWeights(module, "prune", weightsOut);
+    if (newWeights.path().empty()) {
+      module.emitError() << "moe-prune-experts: the new weights need a file: give "
+                            "moe-opt -o FILE.mlir (they go beside it) or "
+                            "weights-out=FILE.safetensors";
+      return signalPassFailure();
+    }
     bool changed = false;
     for (auto fn : llvm::to_vector(module.getOps<func::FuncOp>())) {
       std::string why;
@@ -358,7 +364,7 @@ struct PruneExpertsPass : public impl::MoEPruneExpertsBase<PruneExpertsPass> {
       }
       changed = true;
     }
-    if (changed && failed(newWeights.commit()))
+    if (weightError || (changed && failed(newWeights.commit())))
       return signalPassFailure();
   }
 
@@ -418,8 +424,10 @@ struct PruneExpertsPass : public impl::MoEPruneExpertsBase<PruneExpertsPass> {
                     RankedTensorType type,
                     ArrayRef<float> values) -> FailureOr<Value> {
       FailureOr<WeightOp> w = newWeights.add(b, loc, name, type, values);
-      if (failed(w))
+      if (failed(w)) {
+        weightError = true; // the layer may be half rewritten
         return failure();
+      }
       return w->getResult();
     };
     if (failed(applyPrune(layer, *router, kept, loader, make, why)))
@@ -616,6 +624,7 @@ struct PruneExpertsPass : public impl::MoEPruneExpertsBase<PruneExpertsPass> {
   }
 
   ::moe::HostTensor tokens;
+  bool weightError = false;
 };
 
 } // namespace

@@ -50,6 +50,8 @@
 // RUN: %python %S/Inputs/planted_experts.py write %t/nomean --kind redundant --drop expert_output_mean --moe-run %moe_obj/bin/moe-run
 // RUN: moe-opt %t/nomean/model.mlir --mlir-print-op-on-diagnostic=false --moe-merge-experts="profile=%t/nomean/profile.safetensors groups=4 similarity=expert-output" -o %t/nomean/out.mlir 2>&1 | FileCheck %s --check-prefix=NOMEAN
 // NOMEAN: remark: moe-merge-experts: layer 0 not merged: profile '{{.*}}profile.safetensors' has no layer.0.expert_output_mean
+// RUN: not moe-opt %t/m/model.mlir --moe-merge-experts="profile=%t/m/profile.safetensors groups=4" 2>&1 | FileCheck %s --check-prefix=NOFILE
+// NOFILE: error: moe-merge-experts: the new weights need a file: give moe-opt -o FILE.mlir (they go beside it) or weights-out=FILE.safetensors
 // RUN: not moe-opt %t/m/model.mlir --moe-merge-experts="profile=%t/m/profile.safetensors groups=4 cluster=kmeans" 2>&1 | FileCheck %s --check-prefix=OPTION
 // OPTION: moe-merge-experts: cluster must be dominant or hierarchical, got 'kmeans'
 // RUN: moe-opt %s --split-input-file --mlir-print-op-on-diagnostic=false --verify-diagnostics --moe-merge-experts="profile=%t/m/profile.safetensors groups=4" -o /dev/null
