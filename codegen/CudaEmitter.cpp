@@ -581,6 +581,20 @@ private:
                                    at(s.getResultWeights()));
                 return Error::success();
               })
+              .Case([&](RemapExpertsOp s) -> Error {
+                // The mapping is a constant of the generated code.
+                std::string table;
+                llvm::raw_string_ostream t(table);
+                llvm::interleaveComma(s.getMapping(), t);
+                c << llvm::formatv(
+                    "{{ const int mapping[] = {{{0}}; "
+                    "moe_k::route::remapExperts<{1}, {2}>({3}, {4}, mapping, "
+                    "{5}, {6}); }",
+                    table, dim(s.getIds(), 1), s.getMapping().size(),
+                    in(s.getIds()), in(s.getWeights()), at(s.getResultIds()),
+                    at(s.getResultWeights()));
+                return Error::success();
+              })
               .Case([&](NormalizeOp s) -> Error {
                 std::string eps = floatLiteral(s.getEpsilon().convertToFloat());
                 if (Value mask = getImplicitMask(s))

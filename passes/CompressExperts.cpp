@@ -180,10 +180,8 @@ struct MoECompressExpertsPass
 
     // Existing weights resolve against the input IR's folder (the
     // module's location) and its moe.weight_root.
-    std::string irPath = ".";
-    if (auto file = dyn_cast<FileLineColLoc>(module.getLoc()))
-      irPath = file.getFilename().str();
-    ::moe::WeightLoader weights(::moe::weightRoot(module, irPath));
+    ::moe::WeightLoader weights(
+        ::moe::weightRoot(module, getInputIRPath(module)));
     loader = &weights;
     NewWeights factors(module, "compress", weightsOut);
 

@@ -7,6 +7,7 @@
 #include "LayoutInputs.h"
 
 #include "moe/dialects/MoE/MoEOps.h"
+#include "moe/passes/NewWeights.h"
 
 #include "mlir/IR/BuiltinAttributes.h"
 #include "mlir/IR/Diagnostics.h"
@@ -23,16 +24,12 @@ int64_t elementBytes(Type t) {
   return (getElementTypeOrSelf(t).getIntOrFloatBitWidth() + 7) / 8;
 }
 
-/// The file the module was parsed from, when its location names one that
-/// can be read.
+/// The file the module was parsed from, when its location names one.
 std::optional<std::string> inputFile(ModuleOp module) {
-  auto loc = dyn_cast<FileLineColLoc>(module.getLoc());
-  if (!loc)
+  std::string name = getInputIRPath(module);
+  if (name == "-")
     return std::nullopt;
-  StringRef name = loc.getFilename().getValue();
-  if (name.empty() || name == "-" || name == "<stdin>")
-    return std::nullopt;
-  return name.str();
+  return name;
 }
 
 } // namespace

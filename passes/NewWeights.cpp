@@ -27,6 +27,16 @@ void mlir::moe::setOutputIRPath(llvm::StringRef path) {
 
 llvm::StringRef mlir::moe::getOutputIRPath() { return outputIRPath(); }
 
+std::string mlir::moe::getInputIRPath(ModuleOp module) {
+  auto loc = dyn_cast<FileLineColLoc>(module.getLoc());
+  if (!loc)
+    return "-";
+  llvm::StringRef name = loc.getFilename().getValue();
+  if (name.empty() || name == "-" || name == "<stdin>")
+    return "-";
+  return name.str();
+}
+
 /// The dtype a tensor element type is stored as.
 static std::optional<::moe::DType> storedDType(Type t) {
   if (t.isF32())

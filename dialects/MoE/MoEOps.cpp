@@ -282,6 +282,47 @@ LogicalResult DropNullExpertsOp::verify() {
   return success();
 }
 
+int64_t RemapExpertsOp::getMergedCount() {
+  int64_t n = 0;
+  for (int64_t m : getMapping())
+    n = std::max(n, m + 1);
+  return n;
+}
+
+Value RemapExpertsOp::getSelectionScores() { return getWeights(); }
+
+int64_t RemapExpertsOp::getCandidateCount() { return getMergedCount(); }
+
+LogicalResult RemapExpertsOp::verify() {
+  ArrayRef<int64_t> mapping = getMapping();
+  if (mapping.empty())
+    return emitOpError("'mapping' must have one entry per router expert, got "
+                       "none");
+  int64_t n = getMergedCount();
+  llvm::SmallVector<bool> used(std::max<int64_t>(n, 0), false);
+  for (auto [e, m] : llvm::enumerate(mapping)) {
+    if (m < 0 || m >= int64_t(mapping.size()))
+      return emitOpError() << "'mapping'[" << e << "] = " << m
+                           << " is not a merged expert in [0, "
+                           << mapping.size()
+                           << ") (at most one per router expert)";
+    used[m] = true;
+  }
+  for (int64_t m = 0; m < n; ++m)
+    if (!used[m])
+      return emitOpError() << "'mapping' skips merged expert " << m
+                           << ": the merged experts must be [0, " << n
+                           << ") with every one used";
+  Operation *op = getOperation();
+  if (failed(expectDim(op, getWeights(), "weights", 0, rows(getIds()),
+                       "tokens of 'ids'")) ||
+      failed(expectDim(op, getWeights(), "weights", 1, columns(getIds()),
+                       "slots of 'ids'")))
+    return failure();
+  return verifyIdRange(op, getIds(), "ids", mapping.size(),
+                       "the number of entries of 'mapping'");
+}
+
 LogicalResult
 DropNullExpertsOp::fold(FoldAdaptor, SmallVectorImpl<OpFoldResult> &results) {
   // A selection over no more candidates than real experts picks no null

@@ -760,6 +760,36 @@ private:
           set(o.getResultWeights(), std::move(w));
           return Error::success();
         })
+        .Case([&](RemapExpertsOp o) -> Error {
+          HostTensor ids = get(o.getIds());
+          HostTensor w = get(o.getWeights());
+          Matrix m = matrix(ids);
+          ArrayRef<int64_t> mapping = o.getMapping();
+          int64_t E = mapping.size();
+          for (int64_t t = 0; t < m.rows; ++t) {
+            int32_t *id = &ids.i[t * m.cols];
+            float *wt = &w.f[t * m.cols];
+            for (int64_t s = 0; s < m.cols; ++s) {
+              if (id[s] < 0 || id[s] >= E) {
+                id[s] = -1;
+                wt[s] = 0.0f;
+                continue;
+              }
+              id[s] = static_cast<int32_t>(mapping[id[s]]);
+              // A merged expert already in an earlier slot takes the gate.
+              for (int64_t p = 0; p < s; ++p)
+                if (id[p] == id[s]) {
+                  wt[p] += wt[s];
+                  id[s] = -1;
+                  wt[s] = 0.0f;
+                  break;
+                }
+            }
+          }
+          set(o.getResultIds(), std::move(ids));
+          set(o.getResultWeights(), std::move(w));
+          return Error::success();
+        })
         .Case([&](NormalizeOp o) -> Error {
           HostTensor r = get(o.getInput());
           Matrix m = matrix(r);

@@ -263,6 +263,31 @@ __device__ void dropNullExperts(const int *ids, const float *w, int real,
   }
 }
 
+/// moe.remap_experts: maps each slot's id through `mapping` (E entries);
+/// a slot whose merged expert an earlier slot of the token holds adds its
+/// weight there and becomes empty.
+template <int K, int E>
+__device__ void remapExperts(const int *ids, const float *w,
+                             const int *mapping, int *outIds, float *outW) {
+  for (int s = 0; s < K; ++s) {
+    int id = ids[s];
+    outIds[s] = -1;
+    outW[s] = 0.0f;
+    if (id < 0 || id >= E)
+      continue;
+    int m = mapping[id];
+    int p = 0;
+    while (p < s && outIds[p] != m)
+      ++p;
+    if (p < s) {
+      outW[p] += w[s];
+    } else {
+      outIds[s] = m;
+      outW[s] = w[s];
+    }
+  }
+}
+
 template <int K>
 __device__ void normalize(const float *in, float eps, float *out) {
   float sum = eps;

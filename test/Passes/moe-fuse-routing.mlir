@@ -214,3 +214,28 @@ func.func @normalize_after_expert_choice(%x: tensor<?x16xf32>) -> tensor<?x16xf3
   %y = moe.combine %x, %rows, %w : (tensor<?x16xf32>, tensor<?xi32>, tensor<?x4xf32>) -> tensor<?x16xf32>
   return %y : tensor<?x16xf32>
 }
+
+// -----
+
+// Issue 12: the remap of merged experts is a router op: it moves into the
+// body and the fused op plans the dispatch over the merged experts.
+// CHECK-LABEL: func.func @remap_experts
+// CHECK: %[[IDS:.*]], %[[W:.*]], %{{.*}}, %{{.*}}, %[[ROWS:.*]] = moe.fused_route %{{.*}} {num_experts = 2 : i64}
+// CHECK: %[[I:.*]], %[[V:.*]] = moe.topk
+// CHECK-NEXT: %[[N:.*]] = moe.normalize %[[V]]
+// CHECK-NEXT: %[[MI:.*]], %[[MW:.*]] = moe.remap_experts %[[I]], %[[N]] mapping = [0, 1, 1, 0]
+// CHECK-NEXT: moe.yield %[[MI]], %[[MW]]
+// CHECK-NOT: moe.remap_experts
+// CHECK: moe.permute %{{.*}}, %[[ROWS]], %[[W]]
+func.func @remap_experts(%x: tensor<?x16xf32>) -> tensor<?x16xf32> {
+  %wg = moe.weight ["gate"] from ["m.safetensors"] : tensor<4x16xf32>
+  %l = moe.router_linear %x, %wg : (tensor<?x16xf32>, tensor<4x16xf32>) -> tensor<?x4xf32>
+  %p = moe.softmax %l : tensor<?x4xf32>
+  %ids, %v = moe.topk %p {k = 2 : i64} : tensor<?x4xf32> -> tensor<?x2xi32>, tensor<?x2xf32>
+  %w = moe.normalize %v : tensor<?x2xf32>
+  %mi, %mw = moe.remap_experts %ids, %w mapping = [0, 1, 1, 0] : tensor<?x2xi32>, tensor<?x2xf32>
+  %c, %off, %rows = moe.dispatch %mi {num_experts = 2 : i64} : tensor<?x2xi32> -> tensor<2xi32>, tensor<3xi32>, tensor<?xi32>
+  %xs = moe.permute %x, %rows, %mw : (tensor<?x16xf32>, tensor<?xi32>, tensor<?x2xf32>) -> tensor<?x16xf32>
+  %y = moe.combine %xs, %rows, %mw : (tensor<?x16xf32>, tensor<?xi32>, tensor<?x2xf32>) -> tensor<?x16xf32>
+  return %y : tensor<?x16xf32>
+}

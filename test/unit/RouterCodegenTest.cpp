@@ -34,7 +34,8 @@ struct Sample {
   int k, n;
 };
 
-// N = 6 (4 experts + 2 null experts) only for drop_null_experts.
+// N = 6 only for drop_null_experts (4 experts + 2 null experts) and
+// remap_experts (6 router experts merged into 4).
 const std::map<std::string, Sample> &samples() {
   static const std::map<std::string, Sample> s = {
       {"moe.router_linear",
@@ -101,6 +102,12 @@ const std::map<std::string, Sample> &samples() {
        {"%i6, %v = moe.topk %l {k = 2 : i64} : tensor<?x6xf32> -> "
         "tensor<?x2xi32>, tensor<?x2xf32>\n"
         "%ids, %w = moe.drop_null_experts %i6, %v {num_experts = 4 : i64} : "
+        "tensor<?x2xi32>, tensor<?x2xf32>",
+        2, 6}},
+      {"moe.remap_experts",
+       {"%i6, %v = moe.topk %l {k = 2 : i64} : tensor<?x6xf32> -> "
+        "tensor<?x2xi32>, tensor<?x2xf32>\n"
+        "%ids, %w = moe.remap_experts %i6, %v mapping = [0, 1, 2, 3, 0, 1] : "
         "tensor<?x2xi32>, tensor<?x2xf32>",
         2, 6}},
       {"moe.normalize",

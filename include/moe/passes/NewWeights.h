@@ -30,6 +30,12 @@ namespace mlir::moe {
 void setOutputIRPath(llvm::StringRef path);
 llvm::StringRef getOutputIRPath();
 
+/// The IR file `module` was parsed from (its location), or "-" when that is
+/// unknown (standard input, a module built in memory). Passes that read the
+/// existing weights resolve them against its weight root; the layout passes
+/// hash it to check a profile's model identity.
+std::string getInputIRPath(ModuleOp module);
+
 /// The weights one run of a pass creates: one safetensors file, by default
 /// `<output IR without .mlir>.<tag>.safetensors`, or `explicitPath` (the
 /// pass's `weights-out` option) when given.

@@ -264,4 +264,124 @@ def MoESelectParallelism : Pass<"moe-select-parallelism",
   ];
 }
 
+def MoEPruneExperts : Pass<"moe-prune-experts", "::mlir::ModuleOp"> {
+  let summary = "Removes the least useful routed experts of each MoE layer";
+  let description = [{
+    Reads a calibration profile (`moe-run --record-profile`, docs/profile.md)
+    and, in every function with a `moe.layer` whose routed experts are the
+    chain `moe.dispatch` -> `moe.permute` -> `moe.expert_ffn` ->
+    `moe.combine`, keeps `keep` experts (or `ratio` of them, rounded) and
+    removes the others: their slices of every expert weight, their rows of
+    the router projection (and of its bias), their entries of a
+    `moe.bias_add` (correction bias) and `moe.rms_norm` weight. The
+    selection then chooses among the kept experts; `moe.dispatch
+    num_experts` and a `moe.drop_null_experts` bound shrink accordingly.
+    The function records `moe.expert_origin = array<i64: ...>`: the index
+    each kept expert had in the original model (composed when pruned
+    twice).
+
+    Criteria: `frequency` keeps the most routed experts (`expert_count`);
+    `reap` keeps those with the largest mean of gate x ||expert output||
+    over their routed tokens (`output_norm_mass / expert_count`);
+    `output-error` (NAEE) keeps the subset whose removal changes the layer
+    output least, in squared Frobenius norm, on the tokens of
+    `calibration` (an .npy of [T, H]), each candidate layer run by the
+    reference interpreter: every subset when there are at most
+    `max-subsets` of them, else greedily, one expert at a time (a remark
+    says which). With a group-limited router (`moe.group_limit`) the same
+    number is kept in every group (`frequency`, `reap`: the best of each
+    group; `output-error`: balanced subsets only), else the pass refuses.
+
+    New weights go to `weights-out`, or beside moe-opt's `-o` file as
+    `<stem>.prune.safetensors`. Each layer gets a remark (stderr): experts
+    before and after, parameters and bytes of the routed experts before
+    and after. The pass refuses a layer with a remark, leaving it unchanged,
+    when: the profile has no such layer or another expert count
+    (`layer.L.expert_count`) or hidden size; the router is expert choice;
+    the experts are already fused (run before `--moe-optimize`); the
+    top-k (or `max_k`) is larger than the experts kept. The profile's model
+    hash is not compared (the profile describes the original model, which
+    earlier passes may have rewritten); its layer indices, expert counts and
+    hidden sizes are.
+  }];
+  let options = [
+    Option<"profile", "profile", "std::string", "\"\"",
+           "Calibration profile (.safetensors) of the model">,
+    Option<"keep", "keep", "int64_t", "0", "Experts to keep per layer">,
+    Option<"ratio", "ratio", "double", "0.0",
+           "Fraction of the experts to keep (when keep is 0)">,
+    Option<"criterion", "criterion", "std::string", "\"frequency\"",
+           "frequency, reap or output-error">,
+    Option<"calibration", "calibration", "std::string", "\"\"",
+           "Tokens [T, H] (.npy) that output-error runs the layer on">,
+    Option<"maxSubsets", "max-subsets", "int64_t", "5000",
+           "output-error enumerates every subset up to this many, else is "
+           "greedy">,
+    Option<"weightsOut", "weights-out", "std::string", "\"\"",
+           "Where the new weights go (default: beside the output IR)">
+  ];
+  let dependentDialects = ["::mlir::moe::MoEDialect"];
+}
+
+def MoEMergeExperts : Pass<"moe-merge-experts", "::mlir::ModuleOp"> {
+  let summary = "Merges similar routed experts (MC-SMoE, HC-SMoE)";
+  let description = [{
+    Reads a calibration profile and, in every function with a `moe.layer`
+    whose routed experts are the chain `moe.dispatch` -> `moe.permute` ->
+    `moe.expert_ffn` -> `moe.combine`, groups the E experts into `groups`
+    (or `ratio` x E, rounded) merged experts. The router is unchanged: a
+    `moe.remap_experts` before the dispatch maps each router slot to its
+    merged expert and adds the gates of slots that land on the same merged
+    expert, so that each runs once per token; `--moe-fuse-routing` moves it
+    into the routing kernel.
+
+    Similarity: `router-logits`, the cosine of the router-logit columns
+    over the calibration tokens from `logit_gram` (centred with `logit_sum`
+    into a correlation unless `centre-logits=false`); `expert-output`, the
+    cosine of the experts' mean outputs (`expert_output_mean`, recorded
+    with `moe-run --record-profile --profile-expert-outputs`). Clustering:
+    `dominant` (MC-SMoE: the `groups` most routed experts are centres, every
+    other expert joins its most similar centre) or `hierarchical` (HC-SMoE:
+    average-linkage agglomerative clustering). Merged weights are the
+    average of the members' gate, up and down projections (and biases),
+    weighted by `expert_count` (`frequency`) or equally (`uniform`); with
+    `align=weight` each member's intermediate neurons are first permuted to
+    best match the member of largest weight (an optimal assignment on the
+    dot products of the neurons' gate, up and down weights). Merged experts
+    are numbered by their smallest member.
+
+    New weights go to `weights-out`, or beside moe-opt's `-o` file as
+    `<stem>.merge.safetensors`. Each layer gets remarks (stderr): the
+    groups, the similarity used, and experts, parameters and bytes of the
+    routed experts before and after. The pass refuses a layer with a
+    remark, leaving it unchanged, when: the profile lacks the layer, the
+    statistic asked for, or has another expert count or hidden size; the
+    router is expert choice; the experts are already fused (run before
+    `--moe-optimize`); `align=weight` meets a fused gate_up projection.
+    As for `--moe-prune-experts`, the profile's model hash is not compared
+    (it identifies the model the profile was recorded on); its layer
+    indices, expert counts and hidden sizes are.
+  }];
+  let options = [
+    Option<"profile", "profile", "std::string", "\"\"",
+           "Calibration profile (.safetensors) of the model">,
+    Option<"groups", "groups", "int64_t", "0", "Merged experts per layer">,
+    Option<"ratio", "ratio", "double", "0.0",
+           "Merged experts as a fraction of the experts (when groups is 0)">,
+    Option<"similarity", "similarity", "std::string", "\"router-logits\"",
+           "router-logits or expert-output">,
+    Option<"centreLogits", "centre-logits", "bool", "true",
+           "Centre the router logits (correlation) before the cosine">,
+    Option<"cluster", "cluster", "std::string", "\"dominant\"",
+           "dominant (MC-SMoE) or hierarchical (HC-SMoE)">,
+    Option<"weighting", "weighting", "std::string", "\"frequency\"",
+           "frequency or uniform">,
+    Option<"align", "align", "std::string", "\"none\"",
+           "none or weight (permute neurons before averaging)">,
+    Option<"weightsOut", "weights-out", "std::string", "\"\"",
+           "Where the new weights go (default: beside the output IR)">
+  ];
+  let dependentDialects = ["::mlir::moe::MoEDialect"];
+}
+
 #endif // MOE_PASSES_TD

@@ -904,3 +904,59 @@ func.func @low_rank_9(%a: tensor<4x32x8xf32>, %b: tensor<4x8x48xf32>) -> tensor<
   %0 = moe.low_rank %a, %b : tensor<4x32x8xf32>, tensor<4x8x48xf32> -> tensor<4x32x64xf32>
   return %0 : tensor<4x32x64xf32>
 }
+
+// -----
+
+// Issue 12: moe.remap_experts.
+func.func @remap_skips_merged(%i: tensor<?x2xi32>, %w: tensor<?x2xf32>) {
+  // expected-error @+1 {{'moe.remap_experts' op 'mapping' skips merged expert 1: the merged experts must be [0, 3) with every one used}}
+  %a, %b = moe.remap_experts %i, %w mapping = [0, 2, 2, 0] : tensor<?x2xi32>, tensor<?x2xf32>
+  return
+}
+
+// -----
+
+func.func @remap_negative(%i: tensor<?x2xi32>, %w: tensor<?x2xf32>) {
+  // expected-error @+1 {{'moe.remap_experts' op 'mapping'[1] = -1 is not a merged expert in [0, 4) (at most one per router expert)}}
+  %a, %b = moe.remap_experts %i, %w mapping = [0, -1, 1, 0] : tensor<?x2xi32>, tensor<?x2xf32>
+  return
+}
+
+// -----
+
+func.func @remap_empty(%i: tensor<?x2xi32>, %w: tensor<?x2xf32>) {
+  // expected-error @+1 {{'moe.remap_experts' op 'mapping' must have one entry per router expert, got none}}
+  %a, %b = moe.remap_experts %i, %w mapping = [] : tensor<?x2xi32>, tensor<?x2xf32>
+  return
+}
+
+// -----
+
+func.func @remap_slots(%i: tensor<?x2xi32>, %w: tensor<?x3xf32>) {
+  // expected-error @+1 {{'moe.remap_experts' op 'weights' dimension 1 (slots of 'ids') must be 2, got 3}}
+  %a, %b = moe.remap_experts %i, %w mapping = [0, 1] : tensor<?x2xi32>, tensor<?x3xf32>
+  return
+}
+
+// -----
+
+// The router chooses among 8 experts but the mapping covers 4.
+func.func @remap_ids_out_of_range(%s: tensor<?x8xf32>) {
+  // expected-note @+1 {{the ids are produced here}}
+  %i, %v = moe.topk %s {k = 2 : i64} : tensor<?x8xf32> -> tensor<?x2xi32>, tensor<?x2xf32>
+  // expected-error @+1 {{'ids' holds ids in [0, 8) (from 'moe.topk') but the number of entries of 'mapping' is 4: every id must be in [0, 4) or -1}}
+  %a, %b = moe.remap_experts %i, %v mapping = [0, 1, 1, 0] : tensor<?x2xi32>, tensor<?x2xf32>
+  return
+}
+
+// -----
+
+// Remapped ids are in [0, N): a dispatch over fewer experts is refused.
+func.func @remap_dispatch_too_small(%s: tensor<?x4xf32>) {
+  %i, %v = moe.topk %s {k = 2 : i64} : tensor<?x4xf32> -> tensor<?x2xi32>, tensor<?x2xf32>
+  // expected-note @+1 {{the ids are produced here}}
+  %a, %b = moe.remap_experts %i, %v mapping = [0, 1, 2, 0] : tensor<?x2xi32>, tensor<?x2xf32>
+  // expected-error @+1 {{'ids' holds ids in [0, 3) (from 'moe.remap_experts')}}
+  %c, %o, %r = moe.dispatch %a {num_experts = 2 : i64} : tensor<?x2xi32> -> tensor<2xi32>, tensor<3xi32>, tensor<?xi32>
+  return
+}

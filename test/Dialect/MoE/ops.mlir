@@ -56,6 +56,18 @@ func.func @selection(%s: tensor<?x8xf32>) -> (tensor<?x2xi32>, tensor<?x2xf32>) 
   return %ri, %rw : tensor<?x2xi32>, tensor<?x2xf32>
 }
 
+// Issue 12: router slots mapped onto merged experts; the dispatch over the
+// merged count accepts the remapped ids.
+// CHECK-LABEL: func.func @remap_experts
+// CHECK: moe.remap_experts %{{.*}}, %{{.*}} mapping = [0, 1, 0, 2, 1, 2, 0, 1] : tensor<?x2xi32>, tensor<?x2xf32>
+// CHECK: moe.dispatch %{{.*}} {num_experts = 3 : i64}
+func.func @remap_experts(%s: tensor<?x8xf32>) -> tensor<?xi32> {
+  %ids, %v = moe.topk %s {k = 2 : i64} : tensor<?x8xf32> -> tensor<?x2xi32>, tensor<?x2xf32>
+  %mi, %mw = moe.remap_experts %ids, %v mapping = [0, 1, 0, 2, 1, 2, 0, 1] : tensor<?x2xi32>, tensor<?x2xf32>
+  %c, %o, %r = moe.dispatch %mi {num_experts = 3 : i64} : tensor<?x2xi32> -> tensor<3xi32>, tensor<4xi32>, tensor<?xi32>
+  return %r : tensor<?xi32>
+}
+
 // CHECK-LABEL: func.func @post_processing
 // CHECK: moe.normalize %{{.*}} : tensor<?x2xf32>
 // CHECK: moe.normalize %{{.*}} {epsilon = 9.99999968E-21 : f32} : tensor<?x2xf32>

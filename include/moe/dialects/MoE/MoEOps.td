@@ -290,6 +290,43 @@ def MoE_DropNullExpertsOp : MoE_Op<"drop_null_experts", [Pure, MoE_RouterOpInter
   let hasFolder = 1;
 }
 
+def MoE_RemapExpertsOp : MoE_Op<"remap_experts", [Pure, MoE_RouterOpInterface,
+    DeclareOpInterfaceMethods<MoE_SelectionOpInterface,
+                              ["getSelectionScores", "getCandidateCount"]>,
+    AllTypesMatch<["ids", "result_ids"]>,
+    AllTypesMatch<["weights", "result_weights"]>]> {
+  let summary = "maps router slots to merged experts (merged experts run once)";
+  let description = [{
+    Built by `--moe-merge-experts`: the router still chooses among its E
+    experts, and `mapping` (E entries) names the merged expert (in
+    `[0, N)`, N = max + 1, every merged expert used) each of them became.
+    For each token, slot by slot, the id `e` becomes `mapping[e]`; when an
+    earlier slot of the same token already holds that merged expert, this
+    slot's weight is added to that earlier slot and this slot becomes empty
+    (id -1, weight 0), so that each merged expert runs once per token with
+    the summed gate. Empty slots (-1) and ids outside `[0, E)` stay or
+    become empty. The result ids are in `[0, N)`: a selection over N
+    candidates for the id-range checks of `moe.dispatch` and the expert ops.
+
+    ```mlir
+    %mids, %mw = moe.remap_experts %ids, %w mapping = [0, 1, 0, 1]
+        : tensor<?x2xi32>, tensor<?x2xf32>
+    ```
+  }];
+  let arguments = (ins MoE_Ids:$ids, MoE_Scores:$weights,
+                   DenseI64ArrayAttr:$mapping);
+  let results = (outs MoE_Ids:$result_ids, MoE_Scores:$result_weights);
+  let assemblyFormat = [{
+    $ids `,` $weights `mapping` `=` $mapping attr-dict `:` type($ids) `,`
+    type($weights)
+  }];
+  let extraClassDeclaration = [{
+    /// The number of merged experts N (max of the mapping + 1).
+    int64_t getMergedCount();
+  }];
+  let hasVerifier = 1;
+}
+
 //===----------------------------------------------------------------------===//
 // Weight post-processing
 //===----------------------------------------------------------------------===//

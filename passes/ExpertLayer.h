@@ -1,0 +1,96 @@
+//===- ExpertLayer.h - The routed experts of an MoE layer -------*- C++ -*-===//
+//
+// Part of moe-opt. What --moe-prune-experts and --moe-merge-experts share:
+// finding a layer's routed experts (dispatch -> permute -> expert_ffn ->
+// combine), reading weight values, checking the profile against the layer
+// and reporting sizes.
+//
+//===----------------------------------------------------------------------===//
+
+#ifndef MOE_PASSES_EXPERTLAYER_H
+#define MOE_PASSES_EXPERTLAYER_H
+
+#include "moe/dialects/MoE/MoEOps.h"
+#include "moe/lib/Analysis/Profile.h"
+
+#include "mlir/Dialect/Func/IR/FuncOps.h"
+#include "mlir/IR/Builders.h"
+
+#include "llvm/ADT/STLFunctionalExtras.h"
+
+#include <string>
+#include <vector>
+
+namespace moe {
+class WeightLoader;
+} // namespace moe
+
+namespace mlir::moe::experts {
+
+/// The routed experts of one layer function, unfused.
+struct ExpertLayer {
+  func::FuncOp fn;
+  int64_t index = -1;
+  DispatchOp dispatch;
+  PermuteOp permute;
+  ExpertFFNOp ffn;
+  CombineOp combine;
+  /// Routed experts E (moe.dispatch num_experts) and hidden width H.
+  int64_t experts = 0, hidden = 0;
+};
+
+/// The routed experts of `fn`. On failure `why` says why the layer cannot be
+/// rewritten, or is empty when `fn` is not an MoE layer with routed experts
+/// (nothing to do).
+FailureOr<ExpertLayer> findExpertLayer(func::FuncOp fn, std::string &why);
+
+/// The expert FFN's operands that carry the leading expert dimension.
+SmallVector<OpOperand *> expertWeightOperands(ExpertFFNOp ffn);
+
+/// Parameters and bytes of the routed experts.
+struct Size {
+  int64_t params = 0, bytes = 0;
+};
+Size routedExpertSize(ExpertFFNOp ffn);
+
+/// The values of a weight: a moe.weight (through `loader`) or a float
+/// arith.constant; else failure with `why`.
+FailureOr<std::vector<float>> weightValues(Value v, ::moe::WeightLoader &loader,
+                                           std::string &why);
+
+/// The profile's statistics of the layer, checked against it (expert count
+/// and hidden width); failure names the profile file and the tensor.
+FailureOr<const ::moe::LayerProfile *>
+layerProfile(const ::moe::Profile &profile, StringRef path,
+             const ExpertLayer &layer, std::string &why);
+
+/// Makes a weight value holding `values` (the pass: NewWeights::add; the
+/// output-error search: weights held in memory).
+using MakeWeight = llvm::function_ref<FailureOr<Value>(
+    OpBuilder &, Location, StringRef name, RankedTensorType,
+    ArrayRef<float> values)>;
+
+/// `type` with dimension `d` set to `size`.
+RankedTensorType withDim(Type type, unsigned d, int64_t size);
+
+/// Sets the dispatch's expert count; its counts and offsets follow.
+void setDispatchExperts(DispatchOp dispatch, int64_t n);
+
+/// Replaces every expert weight operand of the FFN by a new weight whose
+/// expert `i` is `build(operand values, rest, i)` for `n` experts (`rest`:
+/// the elements of one expert's slice). Names are `<prefix>.<operand>`.
+LogicalResult rebuildExpertWeights(
+    ExpertLayer &layer, ::moe::WeightLoader &loader, MakeWeight make,
+    StringRef prefix, int64_t n,
+    llvm::function_ref<void(StringRef operand, ArrayRef<float> old,
+                            int64_t rest, int64_t expert, float *out)>
+        build,
+    std::string &why);
+
+/// The remark line both passes print per layer.
+std::string sizeReport(StringRef pass, const ExpertLayer &layer,
+                       int64_t expertsBefore, Size before, Size after);
+
+} // namespace mlir::moe::experts
+
+#endif // MOE_PASSES_EXPERTLAYER_H
