@@ -201,11 +201,11 @@ Expected<Profile> readProfile(StringRef path) {
     }
     // A merged layer records neither; any other layer both.
     if (l.logitGram.empty() != l.logitSum.empty())
-      return bad("tensor '" +
-                 tensorName(index, l.logitGram.empty() ? "logit_gram"
-                                                       : "logit_sum") +
-                 "' is missing (logit_gram and logit_sum come together; "
-                 "a layer with merged experts has neither)");
+      return bad(
+          "tensor '" +
+          tensorName(index, l.logitGram.empty() ? "logit_gram" : "logit_sum") +
+          "' is missing (logit_gram and logit_sum come together; "
+          "a layer with merged experts has neither)");
   }
   return profile;
 }
