@@ -1025,9 +1025,9 @@ private:
     bool withDecode = layout != DispatchLayout::grouped;
     bool withGrouped = layout != DispatchLayout::per_token;
     // Factored weights run as two thin GEMMs per projection, never as the
-    // product, in the per-token kernels only: the grouped layout is refused
-    // by name, and a run-time layout takes the per-token kernels at every
-    // token count (said in the generated source).
+    // product: z = B . x into f32 scratch, then A against z, in the decode
+    // kernels (one more stage per projection pair) and in the grouped ones
+    // (moe_k::grouped::factor before gateUp and before down).
     if (body->hasFactoredWeights()) {
       if (!body->routedDown ||
           !(body->routedGateUp || (body->routedGate && body->routedUp)))
@@ -1039,13 +1039,6 @@ private:
         return makeError(body->routed, "factored expert weights must be "
                                        "out_in (moe.low_rank products are "
                                        "[E, out, in])");
-      if (layout == DispatchLayout::grouped)
-        return makeError(op, "the grouped expert kernels (layout grouped) "
-                             "cannot run factored expert weights "
-                             "(moe.low_rank): fuse with a larger "
-                             "decode-max-tokens for the per-token kernels, "
-                             "or keep the token count dynamic");
-      withGrouped = false;
       LowRankOp gate =
           body->routedGateUp ? body->routedGateUp : body->routedGate;
       r.lowRank = true;
@@ -1133,11 +1126,10 @@ private:
 
     os << "// moe.fused_experts (layout " << stringifyDispatchLayout(layout)
        << ": "
-       << (r.lowRank ? "factored weights (moe.low_rank), which the "
-                       "grouped kernels do not run: "
+       << (r.lowRank ? "factored weights (moe.low_rank), two thin GEMMs "
+                       "per projection: "
                      : "")
-       << (r.lowRank ? "decode kernels at every token count"
-           : withDecode && withGrouped
+       << (withDecode && withGrouped
                ? "decode kernels up to " +
                      std::to_string(::moe::kPerTokenMaxSlots) +
                      " routed slots, grouped kernels "
@@ -1276,8 +1268,10 @@ private:
          << " && moe_k::grouped::Threads == " << kTileThreads
          << ", \"the launch plan's grid assumes these tiles\");\n";
       // GEMM kernels: (ceil(rows / BM) + partial tiles) x column tiles.
+      // `flag` is the template's second argument (Shared of gateUp and
+      // down, In of factor).
       auto gemm = [&](StringRef suffix, StringRef call, bool sharedRows,
-                      int64_t outCols) {
+                      int64_t colTiles, bool flag) {
         ::moe::Launch launch;
         launch.kernel = (name + "_" + suffix).str();
         launch.origin = origin;
@@ -1285,24 +1279,32 @@ private:
         launch.tokensPerBlock = kTileRows;
         launch.rowsPerToken = sharedRows ? 1 : K;
         launch.extraBlocks = sharedRows ? 0 : r.E;
-        launch.gridColumns = ceilDiv(outCols, kTileCols);
+        launch.gridColumns = colTiles;
         launch.maxBlocks = int64_t(1) << 20;
         launch.args = argList;
         if (withDecode) {
           launch.slotsPerToken = K;
           launch.minSlots = ::moe::kPerTokenMaxSlots + 1;
         }
-        kernelEntry(launch.kernel, std::to_string(kTileThreads),
-                    llvm::formatv("moe_k::grouped::{0}<{1}_cfg::Cfg, {2}>(args)",
-                                  call, name, sharedRows ? "true" : "false")
-                        .str());
+        kernelEntry(
+            launch.kernel, std::to_string(kTileThreads),
+            llvm::formatv("moe_k::grouped::{0}<{1}_cfg::Cfg, {2}>(args)", call,
+                          name, flag ? "true" : "false")
+                .str());
         pushLaunch(std::move(launch));
       };
-      gemm("up", "gateUp", false, r.I);
-      gemm("down", "down", false, r.H);
+      auto tiles = [&](int64_t cols) { return ceilDiv(cols, kTileCols); };
+      // Factored weights: a factor stage before each GEMM, its column tiles
+      // those of each factor apart (gate's, then up's).
+      if (r.lowRank)
+        gemm("factor_in", "factor", false, tiles(r.rg) + tiles(r.ru), true);
+      gemm("up", "gateUp", false, tiles(r.I), false);
+      if (r.lowRank)
+        gemm("factor_down", "factor", false, tiles(r.rd), false);
+      gemm("down", "down", false, tiles(r.H), false);
       if (shared) {
-        gemm("shared_up", "gateUp", true, s.I);
-        gemm("shared_down", "down", true, r.H);
+        gemm("shared_up", "gateUp", true, tiles(s.I), true);
+        gemm("shared_down", "down", true, tiles(r.H), true);
       }
     }
     // The combine serves both paths (ungated): a token's slots in slot

@@ -42,9 +42,8 @@
 // per routed row, f32, FACTOR_IN scratch: gate's RG values then up's RU,
 // each segment padded to FactorPad), decodeUp h = act(A_g . z_g, A_u . z_u),
 // decodeFactorDown zd = B_d . h (FACTOR_DOWN scratch), decodeDown
-// out = A_d . zd. The grouped kernels do not run factored weights (the code
-// generator refuses that layout by name; a run-time layout then uses these
-// kernels at every token count).
+// out = A_d . zd. The grouped kernels run them the same way, as tiled GEMMs
+// over the same scratch (moe_grouped.cuh, grouped::factor).
 //
 // At decode the layer is bound by reading the selected experts' weights,
 // so the work is split so that every SM streams weights and each weight

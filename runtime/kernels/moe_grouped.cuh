@@ -15,6 +15,15 @@
 // The shared FFN (Shared = true) goes through the same GEMM templates as one
 // more "expert" whose rows are all T tokens in order; combine adds it.
 //
+// Factored routed weights (LowRank: W = A . B, A [out, r], B [r, in]) are
+// never formed: each projection is two thin GEMMs on the same tiles
+// (thinGemm), the first into the decode path's f32 scratch, indexed like h
+// by the row's position:
+//   factor<Cfg, true>    z[r, :] = x[token(r)] . B_g^T, x . B_u^T (FACTOR_IN)
+//   gateUp<Cfg, false>   h[r, :] = act(z_g[r] . A_g^T, z_u[r] . A_u^T)
+//   factor<Cfg, false>   zd[r, :] = h[r] . B_d^T (FACTOR_DOWN)
+//   down<Cfg, false>     out[r, :] = w(r) * roundAs<TX>(zd[r] . A_d^T + bias)
+//
 // Tiles: a block of Threads = 128 (4 warps, 2 x 2) computes a BM x BN = 64 x
 // 64 tile of one expert's output, stepping through the reduction dimension
 // BK = 32 at a time through shared memory; each warp owns a 32 x 32 sub-tile
@@ -451,6 +460,47 @@ template <typename TW, bool InOut, int NB, int NA> struct GemmSmem {
                 "16-byte aligned tiles");
 };
 
+/// NA of an f32 intermediate (h, or z = B . x of factored weights) as the
+/// A operand: split into 16-bit terms like h in `down`.
+template <typename TX, typename TW> struct ScratchTerms {
+  static constexpr int value = !Smem<TW>::Tensor ? 1
+                               : sizeof(TX) == 4 ? SplitTerms<TW>::value
+                                                 : HiddenTerms;
+};
+
+/// Factored weights (moe.low_rank, out_in): acc += A . M^T for one tile
+/// over a reduction of KDim, on one B tile. A's rows come from `src` (this
+/// thread's row of the tile: AChunk pieces as loadAChunk reads them, null
+/// past the tile); M's rows are rowOff + rowStep * n (copyTile) of an
+/// [out, KDim] matrix, from n0 on, nValid of them. The k loop of gateUp and
+/// down on one matrix: the thin GEMMs of factored weights reuse the tiles,
+/// loaders and warp tiles of the dense ones.
+template <typename TS, typename TW, typename TX, bool Scale, bool VecSrc,
+          int NA, int KDim>
+__device__ __forceinline__ void
+thinGemm(float (&acc)[1][MI][NI][4], TW *As, TW *Bs, const TS *src, float scale,
+         const TW *m, int rowOff, int rowStep, int n0, int nValid) {
+  using S = Smem<TW>;
+  constexpr int V = 16 / static_cast<int>(sizeof(TW));
+  const int ar = threadIdx.x / (BK / AChunk);
+  const int ac = (threadIdx.x % (BK / AChunk)) * AChunk;
+  for (int k0 = 0; k0 < KDim; k0 += BK) {
+    __syncthreads(); // the previous step's (or call's) tiles are consumed
+    loadAChunk<TS, TW, TX, Scale, VecSrc, NA>(As + ar * S::SK + ac, src,
+                                              k0 + ac, KDim, scale);
+    copyTile<TW, BN, BK, S::SK, KDim % V == 0>(Bs, m, KDim, rowOff, rowStep, n0,
+                                               nValid, k0, KDim - k0);
+    __syncthreads();
+    warpTile<TW, false, 1, NA>(acc, As, Bs, Bs);
+  }
+}
+
+/// One of the two accumulators of gateUp as thinGemm's.
+__device__ __forceinline__ float (&oneAcc(float (&acc)[2][MI][NI][4],
+                                          int nb))[1][MI][NI][4] {
+  return reinterpret_cast<float(&)[1][MI][NI][4]>(acc[nb]);
+}
+
 /// GEMM 1 and activation: h[row] = act(a . gate + bg, a . up + bu) for the
 /// rows of one expert, a = the row's token (scaled by its routing weight
 /// with ScaleInput), converted to the weight type. One BM x BN tile of h
@@ -482,9 +532,14 @@ __device__ void gateUp(const MoEKernelArgs &args) {
   const experts::FFNWeights<F> w =
       experts::ffnWeights<F>(args, SharedFFN ? 12 : 4);
 
-  // x is exact in the tile type when it has the weights' type.
-  constexpr int NA =
-      SameType<TX, TW>::value || !S::Tensor ? 1 : SplitTerms<TW>::value;
+  // x is exact in the tile type when it has the weights' type. Factored
+  // weights: A is z = B . x (f32 scratch of factor<Cfg, true>).
+  constexpr int NA = F::LowRank ? ScratchTerms<TX, TW>::value
+                     : SameType<TX, TW>::value || !S::Tensor
+                         ? 1
+                         : SplitTerms<TW>::value;
+  static_assert(!F::LowRank || (!SharedFFN && !InOut),
+                "factored weights are routed and out_in");
   MOE_SHARED(uint4, smemWords, (GemmSmem<TW, InOut, 2, NA>::Words));
   TW *As = reinterpret_cast<TW *>(&smemWords[0]);
   TW *Bg = As + NA * S::A;
@@ -510,7 +565,9 @@ __device__ void gateUp(const MoEKernelArgs &args) {
       break; // items are ordered: every later one is past the end too
     const TX *src = nullptr;
     float scale = 1.0f;
-    if (ar < rt.count) {
+    if constexpr (F::LowRank) {
+      // A is z, read by position below.
+    } else if (ar < rt.count) {
       if constexpr (SharedFFN) {
         src = x + static_cast<long long>(rt.start + ar) * H;
       } else {
@@ -531,46 +588,78 @@ __device__ void gateUp(const MoEKernelArgs &args) {
           for (int i = 0; i < 4; ++i)
             acc[nb][mi][ni][i] = 0.0f;
 
-    for (int k0 = 0; k0 < H; k0 += BK) {
-      __syncthreads(); // the previous step's tiles are consumed
-      loadAChunk<TX, TW, TX, Scale, H % (16 / sizeof(TX)) == 0, NA>(
-          As + ar * S::SK + ac, src, k0 + ac, H, scale);
-      if constexpr (!InOut) {
-        // [out, in]: whole rows of the gate and up outputs.
-        if constexpr (F::Fused) {
-          const TW *m = w.gateUp + e * 2 * I * H;
-          copyTile<TW, BN, BK, S::SK, H % V == 0>(
-              Bg, m, H, 0, F::Interleaved ? 2 : 1, n0, I - n0, k0, H - k0);
-          copyTile<TW, BN, BK, S::SK, H % V == 0>(
-              Bu, m, H, F::Interleaved ? 1 : I, F::Interleaved ? 2 : 1, n0,
-              I - n0, k0, H - k0);
-        } else {
-          copyTile<TW, BN, BK, S::SK, H % V == 0>(
-              Bg, w.gate + e * I * H, H, 0, 1, n0, I - n0, k0, H - k0);
-          copyTile<TW, BN, BK, S::SK, H % V == 0>(
-              Bu, w.up + e * I * H, H, 0, 1, n0, I - n0, k0, H - k0);
-        }
+    if constexpr (F::LowRank) {
+      // h = act(z_g . A_g^T, z_u . A_u^T): two thin GEMMs over the ranks,
+      // z read from FACTOR_IN by the row's position (gate's segment, then
+      // up's; one segment for a fused gate_up, whose A rows are as the
+      // dense gate_up's).
+      constexpr int RG = F::RG, RU = F::Fused ? F::RG : F::RU;
+      constexpr int W = experts::factorInWidth<F>();
+      const float *zg = ar < rt.count
+                            ? static_cast<const float *>(
+                                  args.buffers[MOE_EXPERTS_SLOT_FACTOR_IN]) +
+                                  static_cast<long long>(rt.start + ar) * W
+                            : nullptr;
+      const float *zu =
+          zg != nullptr && !F::Fused ? zg + experts::padFactor(RG) : zg;
+      if constexpr (F::Fused) {
+        const TW *m = w.gateUp + e * 2 * I * RG;
+        thinGemm<float, TW, TX, false, true, NA, RG>(
+            oneAcc(acc, 0), As, Bg, zg, 1.0f, m, 0, F::Interleaved ? 2 : 1, n0,
+            I - n0);
+        thinGemm<float, TW, TX, false, true, NA, RU>(
+            oneAcc(acc, 1), As, Bu, zu, 1.0f, m, F::Interleaved ? 1 : I,
+            F::Interleaved ? 2 : 1, n0, I - n0);
       } else {
-        // [in, out]: rows k0 .. k0 + BK, the tile's output columns.
-        if constexpr (F::Fused && F::Interleaved) {
-          copyPairs<TW, BK, BN, S::SN, (2 * I) % V == 0>(
-              Bg, Bu, w.gateUp + e * H * 2 * I, 2 * I, k0, H - k0, n0,
-              I - n0);
-        } else if constexpr (F::Fused) {
-          const TW *m = w.gateUp + e * H * 2 * I;
-          copyTile<TW, BK, BN, S::SN, I % V == 0>(Bg, m, 2 * I, 0, 1, k0,
-                                                  H - k0, n0, I - n0);
-          copyTile<TW, BK, BN, S::SN, I % V == 0>(Bu, m, 2 * I, 0, 1, k0,
-                                                  H - k0, I + n0, I - n0);
-        } else {
-          copyTile<TW, BK, BN, S::SN, I % V == 0>(
-              Bg, w.gate + e * H * I, I, 0, 1, k0, H - k0, n0, I - n0);
-          copyTile<TW, BK, BN, S::SN, I % V == 0>(
-              Bu, w.up + e * H * I, I, 0, 1, k0, H - k0, n0, I - n0);
-        }
+        thinGemm<float, TW, TX, false, true, NA, RG>(oneAcc(acc, 0), As, Bg, zg,
+                                                     1.0f, w.gate + e * I * RG,
+                                                     0, 1, n0, I - n0);
+        thinGemm<float, TW, TX, false, true, NA, RU>(oneAcc(acc, 1), As, Bu, zu,
+                                                     1.0f, w.up + e * I * RU, 0,
+                                                     1, n0, I - n0);
       }
-      __syncthreads();
-      warpTile<TW, InOut, 2, NA>(acc, As, Bg, Bu);
+    } else {
+      for (int k0 = 0; k0 < H; k0 += BK) {
+        __syncthreads(); // the previous step's tiles are consumed
+        loadAChunk<TX, TW, TX, Scale, H % (16 / sizeof(TX)) == 0, NA>(
+            As + ar * S::SK + ac, src, k0 + ac, H, scale);
+        if constexpr (!InOut) {
+          // [out, in]: whole rows of the gate and up outputs.
+          if constexpr (F::Fused) {
+            const TW *m = w.gateUp + e * 2 * I * H;
+            copyTile<TW, BN, BK, S::SK, H % V == 0>(
+                Bg, m, H, 0, F::Interleaved ? 2 : 1, n0, I - n0, k0, H - k0);
+            copyTile<TW, BN, BK, S::SK, H % V == 0>(
+                Bu, m, H, F::Interleaved ? 1 : I, F::Interleaved ? 2 : 1, n0,
+                I - n0, k0, H - k0);
+          } else {
+            copyTile<TW, BN, BK, S::SK, H % V == 0>(
+                Bg, w.gate + e * I * H, H, 0, 1, n0, I - n0, k0, H - k0);
+            copyTile<TW, BN, BK, S::SK, H % V == 0>(Bu, w.up + e * I * H, H, 0,
+                                                    1, n0, I - n0, k0, H - k0);
+          }
+        } else {
+          // [in, out]: rows k0 .. k0 + BK, the tile's output columns.
+          if constexpr (F::Fused && F::Interleaved) {
+            copyPairs<TW, BK, BN, S::SN, (2 * I) % V == 0>(
+                Bg, Bu, w.gateUp + e * H * 2 * I, 2 * I, k0, H - k0, n0,
+                I - n0);
+          } else if constexpr (F::Fused) {
+            const TW *m = w.gateUp + e * H * 2 * I;
+            copyTile<TW, BK, BN, S::SN, I % V == 0>(Bg, m, 2 * I, 0, 1, k0,
+                                                    H - k0, n0, I - n0);
+            copyTile<TW, BK, BN, S::SN, I % V == 0>(Bu, m, 2 * I, 0, 1, k0,
+                                                    H - k0, I + n0, I - n0);
+          } else {
+            copyTile<TW, BK, BN, S::SN, I % V == 0>(
+                Bg, w.gate + e * H * I, I, 0, 1, k0, H - k0, n0, I - n0);
+            copyTile<TW, BK, BN, S::SN, I % V == 0>(Bu, w.up + e * H * I, I, 0,
+                                                    1, k0, H - k0, n0, I - n0);
+          }
+        }
+        __syncthreads();
+        warpTile<TW, InOut, 2, NA>(acc, As, Bg, Bu);
+      }
     }
 
     // Epilogue: biases, activation, h in f32.
@@ -638,9 +727,10 @@ __device__ void down(const MoEKernelArgs &args) {
 
   // h (f32) is split into 16-bit terms: SplitTerms when the IR's
   // activations are f32, HiddenTerms when they are 16-bit.
-  constexpr int NA = !S::Tensor          ? 1
-                     : sizeof(TX) == 4 ? SplitTerms<TW>::value
-                                       : HiddenTerms;
+  // (Factored weights: zd = B_d . h, the same way.)
+  constexpr int NA = ScratchTerms<TX, TW>::value;
+  static_assert(!F::LowRank || (!SharedFFN && !InOut),
+                "factored weights are routed and out_in");
   MOE_SHARED(uint4, smemWords, (GemmSmem<TW, InOut, 1, NA>::Words));
   TW *As = reinterpret_cast<TW *>(&smemWords[0]);
   TW *Bs = As + NA * S::A;
@@ -675,18 +765,30 @@ __device__ void down(const MoEKernelArgs &args) {
         for (int i = 0; i < 4; ++i)
           acc[0][mi][ni][i] = 0.0f;
 
-    for (int k0 = 0; k0 < I; k0 += BK) {
-      __syncthreads();
-      loadAChunk<float, TW, TX, false, I % 4 == 0, NA>(
-          As + ar * S::SK + ac, src, k0 + ac, I, 1.0f);
-      if constexpr (!InOut)
-        copyTile<TW, BN, BK, S::SK, I % V == 0>(Bs, w.down + e * H * I, I, 0,
-                                                1, n0, H - n0, k0, I - k0);
-      else
-        copyTile<TW, BK, BN, S::SN, H % V == 0>(Bs, w.down + e * I * H, H, 0,
-                                                1, k0, I - k0, n0, H - n0);
-      __syncthreads();
-      warpTile<TW, InOut, 1, NA>(acc, As, Bs, Bs);
+    if constexpr (F::LowRank) {
+      // out = zd . A_d^T over RD, zd read from FACTOR_DOWN by position.
+      constexpr int RD = F::RD, W = experts::factorDownWidth<F>();
+      const float *zd = ar < rt.count
+                            ? static_cast<const float *>(
+                                  args.buffers[MOE_EXPERTS_SLOT_FACTOR_DOWN]) +
+                                  static_cast<long long>(rt.start + ar) * W
+                            : nullptr;
+      thinGemm<float, TW, TX, false, true, NA, RD>(
+          acc, As, Bs, zd, 1.0f, w.down + e * H * RD, 0, 1, n0, H - n0);
+    } else {
+      for (int k0 = 0; k0 < I; k0 += BK) {
+        __syncthreads();
+        loadAChunk<float, TW, TX, false, I % 4 == 0, NA>(As + ar * S::SK + ac,
+                                                         src, k0 + ac, I, 1.0f);
+        if constexpr (!InOut)
+          copyTile<TW, BN, BK, S::SK, I % V == 0>(Bs, w.down + e * H * I, I, 0,
+                                                  1, n0, H - n0, k0, I - k0);
+        else
+          copyTile<TW, BK, BN, S::SN, H % V == 0>(Bs, w.down + e * I * H, H, 0,
+                                                  1, k0, I - k0, n0, H - n0);
+        __syncthreads();
+        warpTile<TW, InOut, 1, NA>(acc, As, Bs, Bs);
+      }
     }
 
 #pragma unroll
@@ -706,6 +808,118 @@ __device__ void down(const MoEKernelArgs &args) {
           if constexpr (!SharedFFN && !Cfg::Unweighted)
             v *= weights[rows[rt.start + r]];
           out[static_cast<long long>(rt.start + r) * H + o] = v;
+        }
+  }
+}
+
+/// Factored weights (moe.low_rank), the first thin GEMM of a projection:
+/// the routed rows of one expert times B^T, into f32 scratch indexed by the
+/// row's position (as h). In: z = a . B^T, a the row's token as gateUp
+/// reads it, gate's RG columns then up's RU (B_gate_up's RG for a fused
+/// gate_up) into FACTOR_IN, each segment padded to experts::FactorPad; !In:
+/// zd = h . B_d^T into FACTOR_DOWN. Work item: (row tile, column tile), the
+/// column tiles of gate and up apart (their segments are).
+template <typename Cfg, bool In>
+__device__ void factor(const MoEKernelArgs &args) {
+  using TX = typename Cfg::TX;
+  using F = typename Cfg::Routed;
+  using TW = typename F::TW;
+  using S = Smem<TW>;
+  static_assert(F::LowRank && !F::InOut, "factored weights are out_in");
+  constexpr int H = F::H, I = F::I, K = Cfg::K, E = F::E;
+  constexpr int RA = In ? F::RG : F::RD, RB = In ? F::RU : 0;
+  constexpr int TilesA = (RA + BN - 1) / BN, NT = TilesA + (RB + BN - 1) / BN;
+  constexpr int KDim = In ? H : I;
+  constexpr int W =
+      In ? experts::factorInWidth<F>() : experts::factorDownWidth<F>();
+  // A: the gathered input (as gateUp's), or h (as down's).
+  using TS = typename Choose<In, float, TX>::type;
+  constexpr bool Scale = In && Cfg::ScaleInput;
+  constexpr int NA = !In ? ScratchTerms<TX, TW>::value
+                     : SameType<TX, TW>::value || !S::Tensor
+                         ? 1
+                         : SplitTerms<TW>::value;
+  constexpr bool VecSrc = In ? KDim % (16 / sizeof(TS)) == 0 : I % 4 == 0;
+
+  const TX *x = static_cast<const TX *>(args.buffers[MOE_EXPERTS_SLOT_INPUT]);
+  const float *weights =
+      static_cast<const float *>(args.buffers[MOE_EXPERTS_SLOT_WEIGHTS]);
+  const int *offsets =
+      static_cast<const int *>(args.buffers[MOE_EXPERTS_SLOT_OFFSETS]);
+  const int *rows =
+      static_cast<const int *>(args.buffers[MOE_EXPERTS_SLOT_ROWS]);
+  const float *h =
+      static_cast<const float *>(args.buffers[MOE_EXPERTS_SLOT_HIDDEN]);
+  float *z =
+      static_cast<float *>(args.buffers[In ? MOE_EXPERTS_SLOT_FACTOR_IN
+                                           : MOE_EXPERTS_SLOT_FACTOR_DOWN]);
+  const experts::FFNWeights<F> w =
+      experts::ffnWeights<F>(args, MOE_EXPERTS_SLOT_ROUTED_GATE);
+
+  MOE_SHARED(uint4, smemWords, (GemmSmem<TW, false, 1, NA>::Words));
+  TW *As = reinterpret_cast<TW *>(&smemWords[0]);
+  TW *Bs = As + NA * S::A;
+
+  const long long T = args.num_tokens;
+  const long long rowTiles = (T * K + BM - 1) / BM + E;
+  const int lane = threadIdx.x % 32, warp = threadIdx.x / 32;
+  const int wm = warp / WarpsN, wn = warp % WarpsN;
+  const int g = lane / 4, t = lane % 4;
+  const int ar = threadIdx.x / (BK / AChunk);
+
+  for (long long item = blockIdx.x; item < rowTiles * NT; item += gridDim.x) {
+    const int nt = static_cast<int>(item % NT);
+    RowTile rt;
+    if (!findTile<E>(offsets, item / NT, rt))
+      break;
+    const long long e = rt.e;
+    // Which factor: gate's (or down's) rows, or up's.
+    const bool second = nt >= TilesA;
+    const int n0 = (second ? nt - TilesA : nt) * BN;
+    const int rank = second ? RB : RA;
+    const int col0 = second ? experts::padFactor(RA) : 0;
+    const TW *m;
+    if constexpr (In)
+      m = second     ? w.upB + e * RB * H
+          : F::Fused ? w.gateUpB + e * RA * H
+                     : w.gateB + e * RA * H;
+    else
+      m = w.downB + e * RA * I;
+    const TS *src = nullptr;
+    float scale = 1.0f;
+    if (ar < rt.count) {
+      if constexpr (In) {
+        const int slot = rows[rt.start + ar];
+        src = reinterpret_cast<const TS *>(x) +
+              static_cast<long long>(slot / K) * H;
+        scale = weights[slot];
+      } else {
+        src = reinterpret_cast<const TS *>(h) +
+              static_cast<long long>(rt.start + ar) * I;
+      }
+    }
+    float acc[1][MI][NI][4];
+#pragma unroll
+    for (int mi = 0; mi < MI; ++mi)
+#pragma unroll
+      for (int ni = 0; ni < NI; ++ni)
+#pragma unroll
+        for (int i = 0; i < 4; ++i)
+          acc[0][mi][ni][i] = 0.0f;
+    thinGemm<TS, TW, TX, Scale, VecSrc, NA, KDim>(acc, As, Bs, src, scale, m, 0,
+                                                  1, n0, rank - n0);
+
+#pragma unroll
+    for (int mi = 0; mi < MI; ++mi)
+#pragma unroll
+      for (int ni = 0; ni < NI; ++ni)
+#pragma unroll
+        for (int i = 0; i < 4; ++i) {
+          const int r = wm * WM + mi * 16 + g + (i >= 2 ? 8 : 0);
+          const int j = n0 + wn * WN + ni * 8 + 2 * t + (i & 1);
+          if (r < rt.count && j < rank)
+            z[static_cast<long long>(rt.start + r) * W + col0 + j] =
+                acc[0][mi][ni][i];
         }
   }
 }
