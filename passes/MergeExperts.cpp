@@ -465,7 +465,9 @@ struct MergeExpertsPass : public impl::MoEMergeExpertsBase<MergeExpertsPass> {
       b.setInsertionPointToStart(&layer.fn.getBody().front());
     auto remap = b.create<RemapExpertsOp>(layer.dispatch.getLoc(),
                                           ids.getType(), w.getType(), ids, w,
-                                          b.getDenseI64ArrayAttr(mapping));
+                                          b.getDenseI64ArrayAttr(mapping),
+                                          DenseI64ArrayAttr(),
+                                          DenseI64ArrayAttr());
     layer.dispatch.getIdsMutable().assign(remap.getResultIds());
     layer.permute.getWeightsMutable().assign(remap.getResultWeights());
     layer.combine.getWeightsMutable().assign(remap.getResultWeights());
