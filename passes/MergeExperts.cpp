@@ -276,8 +276,13 @@ struct MergeExpertsPass : public impl::MoEMergeExpertsBase<MergeExpertsPass> {
     std::string simNote;
     if (similarity == "router-logits") {
       if (lp.logitGram.empty()) {
-        why = llvm::formatv("profile '{0}' has no layer.{1}.logit_gram",
-                            profile, layer.index);
+        why = llvm::formatv(
+            "profile '{0}' has no layer.{1}.logit_gram (a profile of a layer "
+            "whose experts were already merged records none: the router's "
+            "logit columns are not the merged experts; use "
+            "similarity=expert-output with a profile recorded with "
+            "--profile-expert-outputs)",
+            profile, layer.index);
         return failure();
       }
       if (lp.logitGram.size() != size_t(E * E)) {
@@ -452,25 +457,20 @@ struct MergeExpertsPass : public impl::MoEMergeExpertsBase<MergeExpertsPass> {
       return failure();
 
     // The remap before the dispatch; permute and combine read its weights.
+    // A layer merged before keeps its one remap, composed with the new
+    // mapping (slot -> old merged expert -> new one: the same ids and summed
+    // gates as a second remap).
     Value ids = layer.dispatch.getIds();
     Value w = layer.permute.getWeights();
-    Operation *later = ids.getDefiningOp();
-    Operation *wDef = w.getDefiningOp();
-    if (!later || (wDef && later->isBeforeInBlock(wDef)))
-      later = wDef;
-    OpBuilder b(layer.fn.getContext());
-    if (later)
-      b.setInsertionPointAfter(later);
-    else
-      b.setInsertionPointToStart(&layer.fn.getBody().front());
-    auto remap = b.create<RemapExpertsOp>(layer.dispatch.getLoc(),
-                                          ids.getType(), w.getType(), ids, w,
-                                          b.getDenseI64ArrayAttr(mapping),
-                                          DenseI64ArrayAttr(),
-                                          DenseI64ArrayAttr());
-    layer.dispatch.getIdsMutable().assign(remap.getResultIds());
-    layer.permute.getWeightsMutable().assign(remap.getResultWeights());
-    layer.combine.getWeightsMutable().assign(remap.getResultWeights());
+    if (auto old = ids.getDefiningOp<RemapExpertsOp>();
+        old && w == old.getResultWeights()) {
+      SmallVector<int64_t> composed;
+      for (int64_t e : old.getMapping())
+        composed.push_back(e < 0 ? -1 : mapping[e]); // -1: a rank's drop
+      old.setMapping(composed);
+    } else {
+      insertRemap(layer, mapping);
+    }
     setDispatchExperts(layer.dispatch, N);
     int64_t expertsBefore = E;
     layer.experts = N;
@@ -495,6 +495,30 @@ struct MergeExpertsPass : public impl::MoEMergeExpertsBase<MergeExpertsPass> {
   }
 
   bool weightError = false;
+
+  /// Inserts the remap before the dispatch, once ids and weights are
+  /// defined; the dispatch, permute and combine read its results.
+  static void insertRemap(ExpertLayer &layer, ArrayRef<int64_t> mapping) {
+    Value ids = layer.dispatch.getIds();
+    Value w = layer.permute.getWeights();
+    Operation *later = ids.getDefiningOp();
+    Operation *wDef = w.getDefiningOp();
+    if (!later || (wDef && later->isBeforeInBlock(wDef)))
+      later = wDef;
+    OpBuilder b(layer.fn.getContext());
+    if (later)
+      b.setInsertionPointAfter(later);
+    else
+      b.setInsertionPointToStart(&layer.fn.getBody().front());
+    auto remap = b.create<RemapExpertsOp>(layer.dispatch.getLoc(),
+                                          ids.getType(), w.getType(), ids, w,
+                                          b.getDenseI64ArrayAttr(mapping),
+                                          DenseI64ArrayAttr(),
+                                          DenseI64ArrayAttr());
+    layer.dispatch.getIdsMutable().assign(remap.getResultIds());
+    layer.permute.getWeightsMutable().assign(remap.getResultWeights());
+    layer.combine.getWeightsMutable().assign(remap.getResultWeights());
+  }
 
   static void eraseDeadWeights(func::FuncOp fn) {
     SmallVector<Operation *> dead;

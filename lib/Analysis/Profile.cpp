@@ -57,8 +57,9 @@ const Field kFields[] = {
     {"expert_count", &LayerProfile::expertCount, shapeE, true, true, false},
     {"gate_mass", &LayerProfile::gateMass, shapeE, true, false, false},
     {"coactivation", &LayerProfile::coactivation, shapeEE, true, true, false},
-    {"logit_gram", &LayerProfile::logitGram, shapeEE, true, false, false},
-    {"logit_sum", &LayerProfile::logitSum, shapeE, true, false, false},
+    // Absent (both) for a layer whose experts were merged.
+    {"logit_gram", &LayerProfile::logitGram, shapeEE, false, false, false},
+    {"logit_sum", &LayerProfile::logitSum, shapeE, false, false, false},
     {"output_norm_mass", &LayerProfile::outputNormMass, shapeE, true, false,
      false},
     {"transition", &LayerProfile::transition, shapeEN, false, true, false},
@@ -198,6 +199,13 @@ Expected<Profile> readProfile(StringRef path) {
                      " is negative (a count)");
       }
     }
+    // A merged layer records neither; any other layer both.
+    if (l.logitGram.empty() != l.logitSum.empty())
+      return bad(
+          "tensor '" +
+          tensorName(index, l.logitGram.empty() ? "logit_gram" : "logit_sum") +
+          "' is missing (logit_gram and logit_sum come together; "
+          "a layer with merged experts has neither)");
   }
   return profile;
 }
@@ -256,7 +264,10 @@ Error mergeProfiles(Profile &into, const Profile &more, StringRef moreName) {
                    " the statistic '" + f.name + "' and the profile it is " +
                    "added to " +
                    ((a.*(f.member)).empty() ? "does not" : "does") +
-                   " (record with the same options)");
+                   (f.name.starts_with("logit_")
+                        ? " (a layer with merged experts has no router-logit "
+                          "statistics: record on one form of the model)"
+                        : " (record with the same options)"));
     if (a.experts != b.experts || a.nextExperts != b.nextExperts ||
         a.hidden != b.hidden)
       return bad("layer " + Twine(index) + " has other sizes (experts " +

@@ -66,14 +66,17 @@ Error ProfileRecorder::add(const LayerObservation &o) {
     return e;
   if (Error e = sized(o.weights.size(), T * K, "the routing's weights"))
     return e;
-  if (o.logits.empty())
+  if (o.merged) {
+    // Merged experts have no logit columns of their own: nothing to check.
+  } else if (o.logits.empty())
     return bad("no router logits (no moe.router_linear feeds the scores of "
                "the router that dispatches the experts), so logit_gram and "
                "logit_sum cannot be recorded");
-  if (o.logitWidth < E)
+  else if (o.logitWidth < E)
     return bad("the router logits have " + Twine(o.logitWidth) +
                " columns, fewer than the " + Twine(E) + " experts");
-  if (Error e = sized(o.logits.size(), T * o.logitWidth, "the router logits"))
+  else if (Error e =
+               sized(o.logits.size(), T * o.logitWidth, "the router logits"))
     return e;
   if (o.slotOutputNorm.empty())
     return bad("no expert output norms (no moe.expert_ffn reads the "
@@ -115,8 +118,10 @@ Error ProfileRecorder::add(const LayerObservation &o) {
     s.expertCount.assign(E, 0.0);
     s.gateMass.assign(E, 0.0);
     s.coactivation.assign(E * E, 0.0);
-    s.logitGram.assign(E * E, 0.0);
-    s.logitSum.assign(E, 0.0);
+    if (!o.merged) {
+      s.logitGram.assign(E * E, 0.0);
+      s.logitSum.assign(E, 0.0);
+    }
     s.outputNormMass.assign(E, 0.0);
     if (options.expertOutputs)
       layer.outputSum.assign(E * H, 0.0);
@@ -124,6 +129,8 @@ Error ProfileRecorder::add(const LayerObservation &o) {
       s.inputGram.assign(H * H, 0.0);
   } else if (s.experts != E || (needHidden && s.hidden != H)) {
     return bad("its sizes changed between inputs");
+  } else if (s.logitGram.empty() != o.merged) {
+    return bad("its experts were merged on one input and not on another");
   }
 
   // Routing: slots, gate mass, and the experts each token selects.
@@ -139,7 +146,7 @@ Error ProfileRecorder::add(const LayerObservation &o) {
         s.coactivation[i * E + j] += 1.0;
 
   // Router logits: the E real experts' columns.
-  for (int64_t t = 0; t < T; ++t) {
+  for (int64_t t = 0; !o.merged && t < T; ++t) {
     const float *l = &o.logits[t * o.logitWidth];
     for (int64_t i = 0; i < E; ++i) {
       s.logitSum[i] += l[i];

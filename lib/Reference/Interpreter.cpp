@@ -1185,6 +1185,9 @@ private:
       Operation *def = work.pop_back_val().getDefiningOp();
       if (!def || !seen.insert(def).second)
         continue;
+      // The remap is the ids' own definition: found before the logits.
+      if (isa<RemapExpertsOp>(def))
+        r.merged = true;
       if (auto linear = dyn_cast<RouterLinearOp>(def)) {
         r.logits = get(linear.getResult());
         return;

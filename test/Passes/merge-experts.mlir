@@ -26,6 +26,19 @@
 // IR: moe.combine %{{.*}}, %{{.*}}, %[[MW]]
 // IR-NOT: e.0.gate
 
+// Merging the merged model again: its profile (moe-run on merged.mlir) is
+// over the 4 merged experts and has no logit_gram, so router-logits refuses;
+// expert-output merges the merged experts, composing the layer's one remap.
+// RUN: %moe_obj/bin/moe-run %t/m/merged.mlir --layer 0 --input %t/m/calib.npy --record-profile %t/m/merged.profile.safetensors --profile-expert-outputs
+// RUN: moe-opt %t/m/merged.mlir --mlir-print-op-on-diagnostic=false --moe-merge-experts="profile=%t/m/merged.profile.safetensors groups=2" -o %t/m/again.mlir 2>&1 | FileCheck %s --check-prefix=AGAIN-REFUSED
+// AGAIN-REFUSED: remark: moe-merge-experts: layer 0 not merged: profile '{{.*}}merged.profile.safetensors' has no layer.0.logit_gram (a profile of a layer whose experts were already merged records none
+// RUN: moe-opt %t/m/merged.mlir --mlir-print-op-on-diagnostic=false --moe-merge-experts="profile=%t/m/merged.profile.safetensors groups=2 similarity=expert-output" -o %t/m/again.mlir 2>&1 | FileCheck %s --check-prefix=AGAIN-REPORT
+// AGAIN-REPORT: remark: moe-merge-experts: layer 0: experts 4 -> 2
+// RUN: FileCheck %s --check-prefix=AGAIN < %t/m/again.mlir
+// AGAIN: moe.remap_experts %{{.*}}, %{{.*}} mapping = [0, 0, 0, 0, [[B:(0|1)]], [[B]], [[B]], [[B]], [[C:(0|1)]], [[C]], [[C]], [[C]], [[D:(0|1)]], [[D]], [[D]], [[D]]
+// AGAIN-NOT: moe.remap_experts
+// AGAIN: moe.dispatch %{{.*}} {num_experts = 2 : i64}
+
 // The planted groups, errors and random groups against the numpy oracle,
 // emu == reference on the merged (fused) model, the error curve's knee,
 // align=weight. Profiles are recorded by moe-run --record-profile and

@@ -149,6 +149,41 @@ TEST(ProfileRecorder, AppendingThroughTheFileEqualsOneRun) {
   }
 }
 
+// A layer whose experts were merged: the logits (here eight router slots
+// for three merged experts) are not read, no logit statistics are kept, the
+// file round-trips without them, and the layer must stay merged.
+TEST(ProfileRecorder, MergedLayerHasNoLogitStatistics) {
+  ProfileRecorder r("m", allOptions());
+  Data d = layerA();
+  d.logits.assign(3 * 8, 1.0f);
+  LayerObservation o = d.observe(0);
+  o.merged = true;
+  ASSERT_FALSE(errorOf(r.add(o)).size());
+  ASSERT_FALSE(errorOf(r.add(layerB().observe(1))).size());
+  ASSERT_FALSE(errorOf(r.endInput(3)).size());
+  Profile p = r.profile();
+  const LayerProfile &a = p.layers.at(0);
+  EXPECT_TRUE(a.logitGram.empty());
+  EXPECT_TRUE(a.logitSum.empty());
+  EXPECT_EQ(a.expertCount, (std::vector<double>{1, 2, 2}));
+  EXPECT_EQ(a.transition.size(), 9u);
+  EXPECT_EQ(p.layers.at(1).logitGram.size(), 9u);
+
+  SmallString<128> path;
+  ASSERT_FALSE(sys::fs::createTemporaryFile("profile", "safetensors", path));
+  ASSERT_FALSE(errorOf(writeProfile(p, path)).size());
+  Expected<Profile> read = readProfile(path);
+  sys::fs::remove(path);
+  ASSERT_TRUE(bool(read)) << toString(read.takeError());
+  EXPECT_TRUE(read->layers.at(0).logitGram.empty());
+  EXPECT_EQ(read->layers.at(0).expertCount, a.expertCount);
+
+  // The same layer unmerged on the next input: refused.
+  std::string e = errorOf(r.add(layerA().observe(0)));
+  EXPECT_NE(e.find("merged on one input and not on another"), std::string::npos)
+      << e;
+}
+
 TEST(ProfileRecorder, RefusesBadObservations) {
   ProfileRecorder::Options none;
   {

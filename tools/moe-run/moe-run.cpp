@@ -297,6 +297,7 @@ Error recordLayer(moe::ProfileRecorder &recorder, int64_t layerIndex,
   o.weights = b.weights.f;
   o.logitWidth = r.logits.shape.size() == 2 ? r.logits.shape[1] : 0;
   o.logits = r.logits.f;
+  o.merged = r.merged;
   o.normSlots = r.ids.shape.size() == 2 ? r.ids.shape[1] : 0;
   o.normIds = r.ids.i;
   o.normWeights = r.weights.f;

@@ -378,7 +378,10 @@ def MoEMergeExperts : Pass<"moe-merge-experts", "::mlir::ModuleOp"> {
     `align=weight` each member's intermediate neurons are first permuted to
     best match the member of largest weight (an optimal assignment on the
     dot products of the neurons' gate, up and down weights). Merged experts
-    are numbered by their smallest member.
+    are numbered by their smallest member. A layer merged before is merged
+    again over its merged experts (with `expert-output`: a profile of a
+    merged layer has no `logit_gram`, docs/profile.md); its one
+    `moe.remap_experts` takes the composed mapping.
 
     New weights go to `weights-out`, or beside moe-opt's `-o` file as
     `<stem>.merge.safetensors`. Each layer gets remarks (stderr): the

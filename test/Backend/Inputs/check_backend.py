@@ -55,6 +55,13 @@ TOKENS = [1, 7, 64, 300]
 RTOL = 1e-5
 RTOL_HALF = 1e-2
 WTOL = 1e-6
+# Routing weights that are an RMS norm over ReLU'd logits (BlockFFN) divide
+# by the size of the surviving logits: a token whose positive logits are all
+# small turns the f32-versus-f64 rounding of the router GEMM (about 3e-6 of
+# sum |x_i w_i|) into a relative weight error of 1e-5 or more (seen: 4e-5 at
+# seed 19956). Such routers get this tolerance; the expert sets must still
+# be identical.
+WTOL_RELU_NORM = 1e-4
 
 
 def example_weights(text, rng):
@@ -115,7 +122,7 @@ def run_layer(args, ir, layer, x_path, prefix, backend, target=None):
             np.load(prefix + ".weights.npy"))
 
 
-def compare_routing(tag, ids0, w0, ids1, w1):
+def compare_routing(tag, ids0, w0, ids1, w1, wtol=WTOL):
     """Same expert sets per token, weights aligned by expert id."""
     if ids0.shape != ids1.shape:
         raise AssertionError(f"{tag}: routing shapes {ids0.shape} vs "
@@ -127,7 +134,7 @@ def compare_routing(tag, ids0, w0, ids1, w1):
             raise AssertionError(f"{tag}: token {t} selects {sorted(b)}, the "
                                  f"reference {sorted(a)}")
         for e in a:
-            if abs(a[e] - b[e]) > WTOL + WTOL * abs(a[e]):
+            if abs(a[e] - b[e]) > wtol + wtol * abs(a[e]):
                 raise AssertionError(f"{tag}: token {t} expert {e} weight "
                                      f"{b[e]} vs reference {a[e]}")
 
@@ -171,6 +178,7 @@ def compress(args, ir):
 def check_model(args, tag, ir, work, rng, target=None, layers=None):
     ir = force_layout(args, compress(args, ir))
     text = open(ir).read()
+    relu_norm = "moe.relu" in text and "moe.rms_norm" in text
     for layer in layers if layers is not None else layers_of(ir):
         rtol = RTOL_HALF if layer_is_half(text, layer) else RTOL
         hidden = hidden_of(ir, layer) if target is None else int(
@@ -191,7 +199,8 @@ def check_model(args, tag, ir, work, rng, target=None, layers=None):
                                    os.path.join(work, "gen"), args.backend,
                                    target)
             where = f"{tag} layer {layer} T={t}"
-            compare_routing(where, i0, w0, i1, w1)
+            compare_routing(where, i0, w0, i1, w1,
+                            WTOL_RELU_NORM if relu_norm else WTOL)
             scale = max(float(np.abs(y0).max()), 1e-30)
             err = float(np.abs(y0 - y1).max()) / scale
             if not np.isfinite(y1).all() or err > rtol:

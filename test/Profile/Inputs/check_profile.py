@@ -385,6 +385,31 @@ def group_backends(tools, rng, args):
               "model.opt.mlir's SHA-256 (%s)" % backend)
 
 
+def lock_folder(path):
+    """Makes `path` refuse new files: chmod, or for root (whom chmod does not
+    stop) chattr +i where the file system allows it. True if it worked."""
+    os.chmod(path, 0o555)
+    probe = os.path.join(path, ".probe")
+
+    def writable():
+        try:
+            open(probe, "w").close()
+        except OSError:
+            return False
+        os.remove(probe)
+        return True
+
+    if not writable():
+        return True
+    subprocess.run(["chattr", "+i", path], capture_output=True)
+    return not writable()
+
+
+def unlock_folder(path):
+    subprocess.run(["chattr", "-i", path], capture_output=True)
+    os.chmod(path, 0o755)
+
+
 def group_hostile(tools, rng, args):
     m, ir = mixtral(tools, rng, "m", layers=2)
     x = save(tools, "x.npy", tokens(rng, 12))
@@ -439,9 +464,58 @@ def group_hostile(tools, rng, args):
     del t["layer.0.output_norm_mass"]
     expect("missing", variant("missing", t), "layer.0.output_norm_mass",
            "missing")
+    t = dict(base)
+    del t["layer.0.logit_sum"]
+    expect("logit_sum alone", variant("nosum", t), "layer.0.logit_sum",
+           "missing", "come together")
+    # Without both logit tensors it is a merged layer's profile: valid, but
+    # not of this (unmerged) model's layer.
+    t = dict(base)
+    del t["layer.0.logit_sum"], t["layer.0.logit_gram"]
+    expect("no logit tensors", variant("nologits", t), "logit_gram",
+           "lacks", "merged experts")
     data = open(good, "rb").read()
     expect("truncated", variant("truncated", raw=data[:len(data) - 40]))
     expect("garbage", variant("garbage", raw=b"\xff" * 64))
+
+    # Through a symbolic link the target is appended to and the link stays;
+    # a dangling link is an error that creates nothing.
+    target = tools.path("target.safetensors")
+    shutil.copy(good, target)
+    link = tools.path("link.safetensors")
+    os.symlink(target, link)
+    record(tools, ir, x, link, "--all-layers")
+    check(os.path.islink(link) and os.readlink(link) == target and
+          read_profile(target)[1]["tokens"] == str(2 * int(meta["tokens"])),
+          "appending through a symbolic link writes its target, the link "
+          "stays")
+    dangling = tools.path("dangling.safetensors")
+    os.symlink(tools.path("nowhere/p.safetensors"), dangling)
+    r = record(tools, ir, x, dangling, "--all-layers", ok=False)
+    check(r.returncode != 0 and dangling in r.stderr and "symbolic link" in
+          r.stderr and os.path.islink(dangling) and
+          not os.path.exists(tools.path("nowhere")),
+          "a dangling symbolic link is refused: " + r.stderr.strip())
+    # An existing profile in a folder where no file can be created: the
+    # atomic write's temporary file fails; the profile stays as it was.
+    ro = tools.path("ro")
+    os.makedirs(ro)
+    kept = os.path.join(ro, "p.safetensors")
+    shutil.copy(good, kept)
+    if lock_folder(ro):
+        try:
+            before = open(kept, "rb").read()
+            r = record(tools, ir, x, kept, "--all-layers", ok=False)
+            check(r.returncode != 0 and kept in r.stderr and
+                  "temporary file" in r.stderr and
+                  open(kept, "rb").read() == before,
+                  "an unwritable folder is refused, the profile untouched: " +
+                  r.stderr.strip())
+        finally:
+            unlock_folder(ro)
+    else:
+        print("note: no way to make a folder unwritable here; the "
+              "unwritable-folder case is not checked")
 
     # Option misuse.
     r = tools.run(["moe-run", ir, "--all-layers", "--input", x, "--output",

@@ -40,7 +40,8 @@ struct LayerProfile {
   /// `logit_gram [E, E]` = sum_t l_t l_t^T and `logit_sum [E]` = sum_t l_t
   /// of the router logits l_t (the router_linear output): the cosine of
   /// two logit columns over the calibration tokens is
-  /// gram[i][j] / sqrt(gram[i][i] gram[j][j]).
+  /// gram[i][j] / sqrt(gram[i][i] gram[j][j]). Both empty for a layer
+  /// whose experts were merged (the router's columns are not its experts).
   std::vector<double> logitGram;
   std::vector<double> logitSum;
   /// `output_norm_mass [E]`: sum over routed slots of gate * ||expert

@@ -37,6 +37,10 @@ struct LayerObservation {
   /// experts, are not recorded): logit_gram, logit_sum.
   int64_t logitWidth = 0;
   llvm::ArrayRef<float> logits;
+  /// The ids were remapped to merged experts (moe.remap_experts): the
+  /// logits' columns are the router's slots, not the E dispatched experts,
+  /// so logit_gram/logit_sum are not recorded and `logits` is not read.
+  bool merged = false;
   /// output_norm_mass: the routing these norms belong to ([T, normSlots]
   /// ids and weights, usually `ids`/`weights` themselves) and the norm of
   /// each slot's expert output.

@@ -119,6 +119,9 @@ struct RoutingTrace {
     /// [T, E'] router logits (E' >= experts: null experts are columns past
     /// `experts`); empty if no moe.router_linear feeds the ids.
     HostTensor logits;
+    /// The ids pass through a moe.remap_experts: `experts` counts merged
+    /// experts and the logits' columns are router slots, not those experts.
+    bool merged = false;
     /// [T, K]: ||output of the expert of slot (t, k)|| (the moe.expert_ffn
     /// row of that slot); 0 for empty slots.
     std::vector<double> slotOutputNorm;
