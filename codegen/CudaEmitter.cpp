@@ -582,17 +582,32 @@ private:
                 return Error::success();
               })
               .Case([&](RemapExpertsOp s) -> Error {
-                // The mapping is a constant of the generated code.
-                std::string table;
-                llvm::raw_string_ostream t(table);
-                llvm::interleaveComma(s.getMapping(), t);
+                // The mapping and replica rule are constants of the
+                // generated code; `t` is the token's row in the batch.
+                auto table = [](ArrayRef<int64_t> v) {
+                  std::string text;
+                  llvm::raw_string_ostream t(text);
+                  llvm::interleaveComma(v, t);
+                  return text;
+                };
+                std::string replicas = "nullptr, nullptr";
+                if (std::optional<ArrayRef<int64_t>> count =
+                        s.getReplicaCount()) {
+                  c << llvm::formatv(
+                      "{{ const int count[] = {{{0}}; const int index[] = "
+                      "{{{1}}; ",
+                      table(*count), table(*s.getReplicaIndex()));
+                  replicas = "count, index";
+                } else {
+                  c << "{ ";
+                }
                 c << llvm::formatv(
-                    "{{ const int mapping[] = {{{0}}; "
+                    "const int mapping[] = {{{0}}; "
                     "moe_k::route::remapExperts<{1}, {2}>({3}, {4}, mapping, "
-                    "{5}, {6}); }",
-                    table, dim(s.getIds(), 1), s.getMapping().size(),
-                    in(s.getIds()), in(s.getWeights()), at(s.getResultIds()),
-                    at(s.getResultWeights()));
+                    "{7}, t, {5}, {6}); }",
+                    table(s.getMapping()), dim(s.getIds(), 1),
+                    s.getMapping().size(), in(s.getIds()), in(s.getWeights()),
+                    at(s.getResultIds()), at(s.getResultWeights()), replicas);
                 return Error::success();
               })
               .Case([&](NormalizeOp s) -> Error {

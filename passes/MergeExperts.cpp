@@ -466,7 +466,7 @@ struct MergeExpertsPass : public impl::MoEMergeExpertsBase<MergeExpertsPass> {
         old && w == old.getResultWeights()) {
       SmallVector<int64_t> composed;
       for (int64_t e : old.getMapping())
-        composed.push_back(mapping[e]);
+        composed.push_back(e < 0 ? -1 : mapping[e]); // -1: a rank's drop
       old.setMapping(composed);
     } else {
       insertRemap(layer, mapping);
@@ -512,7 +512,9 @@ struct MergeExpertsPass : public impl::MoEMergeExpertsBase<MergeExpertsPass> {
       b.setInsertionPointToStart(&layer.fn.getBody().front());
     auto remap = b.create<RemapExpertsOp>(layer.dispatch.getLoc(),
                                           ids.getType(), w.getType(), ids, w,
-                                          b.getDenseI64ArrayAttr(mapping));
+                                          b.getDenseI64ArrayAttr(mapping),
+                                          DenseI64ArrayAttr(),
+                                          DenseI64ArrayAttr());
     layer.dispatch.getIdsMutable().assign(remap.getResultIds());
     layer.permute.getWeightsMutable().assign(remap.getResultWeights());
     layer.combine.getWeightsMutable().assign(remap.getResultWeights());

@@ -289,6 +289,13 @@ int64_t RemapExpertsOp::getMergedCount() {
   return n;
 }
 
+bool RemapExpertsOp::keepsSlot(int64_t t, int64_t e) {
+  if (getMapping()[e] < 0)
+    return false;
+  std::optional<ArrayRef<int64_t>> count = getReplicaCount();
+  return !count || t % (*count)[e] == (*getReplicaIndex())[e];
+}
+
 Value RemapExpertsOp::getSelectionScores() { return getWeights(); }
 
 int64_t RemapExpertsOp::getCandidateCount() { return getMergedCount(); }
@@ -301,12 +308,39 @@ LogicalResult RemapExpertsOp::verify() {
   int64_t n = getMergedCount();
   llvm::SmallVector<bool> used(std::max<int64_t>(n, 0), false);
   for (auto [e, m] : llvm::enumerate(mapping)) {
-    if (m < 0 || m >= int64_t(mapping.size()))
+    if (m < -1 || m >= int64_t(mapping.size()))
       return emitOpError() << "'mapping'[" << e << "] = " << m
-                           << " is not a merged expert in [0, "
+                           << " is neither -1 (dropped) nor a merged expert "
+                              "in [0, "
                            << mapping.size()
                            << ") (at most one per router expert)";
-    used[m] = true;
+    if (m >= 0)
+      used[m] = true;
+  }
+  if (n == 0)
+    return emitOpError("'mapping' drops every router expert (all -1): at "
+                       "least one must remain");
+  std::optional<ArrayRef<int64_t>> count = getReplicaCount(),
+                                   index = getReplicaIndex();
+  if (count.has_value() != index.has_value())
+    return emitOpError("'replica_count' and 'replica_index' go together: "
+                       "give both or neither");
+  if (count) {
+    if (count->size() != mapping.size() || index->size() != mapping.size())
+      return emitOpError() << "'replica_count' and 'replica_index' must have "
+                              "one entry per router expert ("
+                           << mapping.size() << "), got " << count->size()
+                           << " and " << index->size();
+    for (int64_t e = 0, E = mapping.size(); e < E; ++e) {
+      if ((*count)[e] < 1)
+        return emitOpError() << "'replica_count'[" << e << "] = "
+                             << (*count)[e] << " must be at least 1";
+      if ((*index)[e] < 0 || (*index)[e] >= (*count)[e])
+        return emitOpError() << "'replica_index'[" << e << "] = "
+                             << (*index)[e] << " is not in [0, "
+                             << (*count)[e] << ") (replica_count[" << e
+                             << "])";
+    }
   }
   for (int64_t m = 0; m < n; ++m)
     if (!used[m])

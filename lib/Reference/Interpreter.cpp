@@ -770,7 +770,7 @@ private:
             int32_t *id = &ids.i[t * m.cols];
             float *wt = &w.f[t * m.cols];
             for (int64_t s = 0; s < m.cols; ++s) {
-              if (id[s] < 0 || id[s] >= E) {
+              if (id[s] < 0 || id[s] >= E || !o.keepsSlot(t, id[s])) {
                 id[s] = -1;
                 wt[s] = 0.0f;
                 continue;

@@ -263,12 +263,16 @@ __device__ void dropNullExperts(const int *ids, const float *w, int real,
   }
 }
 
-/// moe.remap_experts: maps each slot's id through `mapping` (E entries);
-/// a slot whose merged expert an earlier slot of the token holds adds its
-/// weight there and becomes empty.
+/// moe.remap_experts: maps each slot's id through `mapping` (E entries,
+/// -1: dropped); a slot whose merged expert an earlier slot of the token
+/// holds adds its weight there and becomes empty. With `count` (replicas
+/// per expert), token `t` keeps a slot of expert e only when
+/// t mod count[e] == index[e] (the replica this rank holds).
 template <int K, int E>
 __device__ void remapExperts(const int *ids, const float *w,
-                             const int *mapping, int *outIds, float *outW) {
+                             const int *mapping, const int *count,
+                             const int *index, long long t, int *outIds,
+                             float *outW) {
   for (int s = 0; s < K; ++s) {
     int id = ids[s];
     outIds[s] = -1;
@@ -276,6 +280,8 @@ __device__ void remapExperts(const int *ids, const float *w,
     if (id < 0 || id >= E)
       continue;
     int m = mapping[id];
+    if (m < 0 || (count && t % count[id] != index[id]))
+      continue;
     int p = 0;
     while (p < s && outIds[p] != m)
       ++p;

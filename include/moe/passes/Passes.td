@@ -264,6 +264,36 @@ def MoESelectParallelism : Pass<"moe-select-parallelism",
   ];
 }
 
+def MoEShardExperts : Pass<"moe-shard-experts", "::mlir::ModuleOp"> {
+  let summary = "Keeps one rank's share of every placed MoE layer";
+  let description = [{
+    For every MoE layer with a placement (`--moe-plan-placement`), keeps
+    the routed experts whose physical slots sit on GPU `rank` (replicas
+    included), with their weights (new weights, like the other expert
+    passes: beside moe-opt's `-o` file or `weights-out`), and inserts before
+    the dispatch a `moe.remap_experts` that empties the slots of experts
+    other ranks serve (id -1, weight 0) and renumbers the others to the
+    rank's local experts. An expert with several replicas splits the tokens:
+    token `t` (its row in the batch) goes to replica `t mod replicas`, the
+    replicas numbered in slot order, so that every (token, slot) is served
+    by exactly one rank. Shared experts (`moe.ffn`) are computed by rank 0
+    only. The sum over ranks of the rank layers' outputs is the layer's
+    output. The function records `moe.rank = R` and `moe.rank.experts =
+    array<i64: ...>` (the layer expert of each local expert).
+
+    Refused with an error, writing nothing: no `rank`, a rank outside the
+    placement's GPUs, an MoE layer without a placement or with an invalid
+    one, a layer already sharded, a rank holding no slot of a layer.
+  }];
+  let options = [
+    Option<"rank", "rank", "int64_t", "-1",
+           "The GPU (rank) of the placement whose share is kept">,
+    Option<"weightsOut", "weights-out", "std::string", "\"\"",
+           "Where the rank's expert weights go (default: beside -o)">,
+  ];
+  let dependentDialects = ["::mlir::moe::MoEDialect"];
+}
+
 def MoEPruneExperts : Pass<"moe-prune-experts", "::mlir::ModuleOp"> {
   let summary = "Removes the least useful routed experts of each MoE layer";
   let description = [{

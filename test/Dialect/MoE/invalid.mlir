@@ -907,6 +907,48 @@ func.func @low_rank_9(%a: tensor<4x32x8xf32>, %b: tensor<4x8x48xf32>) -> tensor<
 
 // -----
 
+// Issue 13: a rank's share (--moe-shard-experts): dropped experts (-1) and
+// the replica rule.
+func.func @remap_drops_all(%i: tensor<?x2xi32>, %w: tensor<?x2xf32>) {
+  // expected-error @+1 {{'moe.remap_experts' op 'mapping' drops every router expert (all -1): at least one must remain}}
+  %a, %b = moe.remap_experts %i, %w mapping = [-1, -1] : tensor<?x2xi32>, tensor<?x2xf32>
+  return
+}
+
+// -----
+
+func.func @remap_replica_half(%i: tensor<?x2xi32>, %w: tensor<?x2xf32>) {
+  // expected-error @+1 {{'moe.remap_experts' op 'replica_count' and 'replica_index' go together: give both or neither}}
+  %a, %b = moe.remap_experts %i, %w mapping = [0, -1] {replica_count = array<i64: 2, 1>} : tensor<?x2xi32>, tensor<?x2xf32>
+  return
+}
+
+// -----
+
+func.func @remap_replica_size(%i: tensor<?x2xi32>, %w: tensor<?x2xf32>) {
+  // expected-error @+1 {{'moe.remap_experts' op 'replica_count' and 'replica_index' must have one entry per router expert (2), got 3 and 2}}
+  %a, %b = moe.remap_experts %i, %w mapping = [0, -1] {replica_count = array<i64: 2, 1, 1>, replica_index = array<i64: 0, 0>} : tensor<?x2xi32>, tensor<?x2xf32>
+  return
+}
+
+// -----
+
+func.func @remap_replica_count(%i: tensor<?x2xi32>, %w: tensor<?x2xf32>) {
+  // expected-error @+1 {{'moe.remap_experts' op 'replica_count'[1] = 0 must be at least 1}}
+  %a, %b = moe.remap_experts %i, %w mapping = [0, -1] {replica_count = array<i64: 2, 0>, replica_index = array<i64: 0, 0>} : tensor<?x2xi32>, tensor<?x2xf32>
+  return
+}
+
+// -----
+
+func.func @remap_replica_index(%i: tensor<?x2xi32>, %w: tensor<?x2xf32>) {
+  // expected-error @+1 {{'moe.remap_experts' op 'replica_index'[0] = 2 is not in [0, 2) (replica_count[0])}}
+  %a, %b = moe.remap_experts %i, %w mapping = [0, -1] {replica_count = array<i64: 2, 1>, replica_index = array<i64: 2, 0>} : tensor<?x2xi32>, tensor<?x2xf32>
+  return
+}
+
+// -----
+
 // Issue 12: moe.remap_experts.
 func.func @remap_skips_merged(%i: tensor<?x2xi32>, %w: tensor<?x2xf32>) {
   // expected-error @+1 {{'moe.remap_experts' op 'mapping' skips merged expert 1: the merged experts must be [0, 3) with every one used}}
@@ -917,8 +959,8 @@ func.func @remap_skips_merged(%i: tensor<?x2xi32>, %w: tensor<?x2xf32>) {
 // -----
 
 func.func @remap_negative(%i: tensor<?x2xi32>, %w: tensor<?x2xf32>) {
-  // expected-error @+1 {{'moe.remap_experts' op 'mapping'[1] = -1 is not a merged expert in [0, 4) (at most one per router expert)}}
-  %a, %b = moe.remap_experts %i, %w mapping = [0, -1, 1, 0] : tensor<?x2xi32>, tensor<?x2xf32>
+  // expected-error @+1 {{'moe.remap_experts' op 'mapping'[1] = -2 is neither -1 (dropped) nor a merged expert in [0, 4) (at most one per router expert)}}
+  %a, %b = moe.remap_experts %i, %w mapping = [0, -2, 1, 0] : tensor<?x2xi32>, tensor<?x2xf32>
   return
 }
 

@@ -68,6 +68,19 @@ func.func @remap_experts(%s: tensor<?x8xf32>) -> tensor<?xi32> {
   return %r : tensor<?xi32>
 }
 
+// Issue 13: one rank's share: experts 0 and 3 served elsewhere, expert 1
+// replicated twice (this rank holds replica 1); the dispatch counts the
+// rank's 2 local experts.
+// CHECK-LABEL: func.func @remap_rank
+// CHECK: moe.remap_experts %{{.*}}, %{{.*}} mapping = [-1, 0, 1, -1] {replica_count = array<i64: 1, 2, 1, 1>, replica_index = array<i64: 0, 1, 0, 0>} : tensor<?x2xi32>, tensor<?x2xf32>
+// CHECK: moe.dispatch %{{.*}} {num_experts = 2 : i64}
+func.func @remap_rank(%s: tensor<?x4xf32>) -> tensor<?xi32> {
+  %ids, %v = moe.topk %s {k = 2 : i64} : tensor<?x4xf32> -> tensor<?x2xi32>, tensor<?x2xf32>
+  %mi, %mw = moe.remap_experts %ids, %v mapping = [-1, 0, 1, -1] {replica_count = array<i64: 1, 2, 1, 1>, replica_index = array<i64: 0, 1, 0, 0>} : tensor<?x2xi32>, tensor<?x2xf32>
+  %c, %o, %r = moe.dispatch %mi {num_experts = 2 : i64} : tensor<?x2xi32> -> tensor<2xi32>, tensor<3xi32>, tensor<?xi32>
+  return %r : tensor<?xi32>
+}
+
 // CHECK-LABEL: func.func @post_processing
 // CHECK: moe.normalize %{{.*}} : tensor<?x2xf32>
 // CHECK: moe.normalize %{{.*}} {epsilon = 9.99999968E-21 : f32} : tensor<?x2xf32>

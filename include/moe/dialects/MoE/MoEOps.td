@@ -308,13 +308,28 @@ def MoE_RemapExpertsOp : MoE_Op<"remap_experts", [Pure, MoE_RouterOpInterface,
     become empty. The result ids are in `[0, N)`: a selection over N
     candidates for the id-range checks of `moe.dispatch` and the expert ops.
 
+    Built by `--moe-shard-experts` (one rank's share of an expert-parallel
+    layer): `mapping[e] = -1` drops expert `e` (its slots become empty: the
+    expert is served by another rank), the others are renumbered to the
+    rank's local experts. With replicas, `replica_count[e]` is the number of
+    replicas of expert `e` and `replica_index[e]` the one this rank holds:
+    token `t` (its row in the batch) keeps a slot of `e` only when
+    `t mod replica_count[e] == replica_index[e]`, so that every rank applies
+    the same rule and each (token, slot) is served by exactly one replica.
+
     ```mlir
     %mids, %mw = moe.remap_experts %ids, %w mapping = [0, 1, 0, 1]
+        : tensor<?x2xi32>, tensor<?x2xf32>
+    %rids, %rw = moe.remap_experts %ids, %w mapping = [-1, 0, 1, -1]
+        {replica_count = array<i64: 1, 2, 1, 1>,
+         replica_index = array<i64: 0, 1, 0, 0>}
         : tensor<?x2xi32>, tensor<?x2xf32>
     ```
   }];
   let arguments = (ins MoE_Ids:$ids, MoE_Scores:$weights,
-                   DenseI64ArrayAttr:$mapping);
+                   DenseI64ArrayAttr:$mapping,
+                   OptionalAttr<DenseI64ArrayAttr>:$replica_count,
+                   OptionalAttr<DenseI64ArrayAttr>:$replica_index);
   let results = (outs MoE_Ids:$result_ids, MoE_Scores:$result_weights);
   let assemblyFormat = [{
     $ids `,` $weights `mapping` `=` $mapping attr-dict `:` type($ids) `,`
@@ -323,6 +338,9 @@ def MoE_RemapExpertsOp : MoE_Op<"remap_experts", [Pure, MoE_RouterOpInterface,
   let extraClassDeclaration = [{
     /// The number of merged experts N (max of the mapping + 1).
     int64_t getMergedCount();
+    /// Whether token `t` keeps a slot of router expert `e` (in range): the
+    /// mapping keeps `e` and the replica rule picks this rank's replica.
+    bool keepsSlot(int64_t t, int64_t e);
   }];
   let hasVerifier = 1;
 }

@@ -1,0 +1,274 @@
+//===- ShardExperts.cpp - One rank's share of expert-parallel layers ------===//
+//
+// Part of moe-opt. Keeps, in every placed MoE layer, the experts whose slots
+// sit on one GPU (replicas included) and empties the router slots the other
+// ranks serve, so that the sum over ranks of the rank outputs is the layer.
+//
+//===----------------------------------------------------------------------===//
+
+#include "ExpertLayer.h"
+#include "LayoutInputs.h"
+
+#include "moe/lib/Analysis/Placement.h"
+#include "moe/lib/Reference/Interpreter.h"
+#include "moe/passes/NewWeights.h"
+#include "moe/passes/Passes.h"
+
+#include "mlir/Dialect/Arith/IR/Arith.h"
+#include "mlir/IR/Verifier.h"
+
+#include "llvm/Support/FormatVariadic.h"
+
+namespace mlir::moe {
+#define GEN_PASS_DEF_MOESHARDEXPERTS
+#include "moe/passes/Passes.h.inc"
+
+namespace {
+
+using namespace experts;
+
+inline constexpr llvm::StringLiteral kRankAttr = "moe.rank";
+inline constexpr llvm::StringLiteral kRankExpertsAttr = "moe.rank.experts";
+
+/// What rank R does with each expert of a layer under a placement.
+struct RankShare {
+  /// Local expert of each layer expert, or -1 when another rank serves it.
+  SmallVector<int64_t> mapping;
+  /// Replicas of each expert and the replica index rank R holds (replicas
+  /// are numbered in slot order).
+  SmallVector<int64_t> replicaCount, replicaIndex;
+  /// Layer expert of each local expert.
+  SmallVector<int64_t> local;
+  bool replicated = false;
+};
+
+RankShare shareOf(const ::moe::LayerPlacement &p, int64_t rank) {
+  RankShare s;
+  s.mapping.assign(p.experts, -1);
+  s.replicaCount.assign(p.experts, 0);
+  s.replicaIndex.assign(p.experts, 0);
+  for (int64_t slot = 0; slot < p.slots(); ++slot) {
+    int64_t e = p.slotExpert[slot];
+    // validatePlacement: at most one replica of `e` on this GPU.
+    if (p.slotGpu[slot] == rank)
+      s.replicaIndex[e] = s.replicaCount[e];
+    ++s.replicaCount[e];
+  }
+  for (int64_t e = 0; e < p.experts; ++e) {
+    s.replicated |= s.replicaCount[e] > 1;
+    bool here = false;
+    for (int64_t slot = 0; slot < p.slots(); ++slot)
+      here |= p.slotExpert[slot] == e && p.slotGpu[slot] == rank;
+    if (here) {
+      s.mapping[e] = s.local.size();
+      s.local.push_back(e);
+    }
+  }
+  return s;
+}
+
+/// How a shared expert's (moe.ffn) output joins the layer's: through
+/// single-use gates (arith.mulf, moe.row_scale) into an arith.addf, whose other
+/// operand is the layer without it. Null when not understood.
+std::pair<arith::AddFOp, Value> sharedExpertSum(FFNOp ffn) {
+  Value v = ffn.getResult();
+  while (v.hasOneUse()) {
+    Operation *user = *v.getUsers().begin();
+    if (auto add = dyn_cast<arith::AddFOp>(user))
+      return {add, add.getLhs() == v ? add.getRhs() : add.getLhs()};
+    // A gate scales the shared expert's rows: zero stays zero.
+    bool gate = isa<arith::MulFOp>(user) ||
+                (isa<RowScaleOp>(user) && user->getOperand(0) == v);
+    if (!gate)
+      break;
+    v = user->getResult(0);
+  }
+  return {nullptr, Value()};
+}
+
+struct ShardExpertsPass : public impl::MoEShardExpertsBase<ShardExpertsPass> {
+  using MoEShardExpertsBase::MoEShardExpertsBase;
+
+  void runOnOperation() override {
+    ModuleOp module = getOperation();
+    auto fail = [&](Operation *at, const Twine &why) {
+      at->emitError() << "moe-shard-experts: " << why;
+      signalPassFailure();
+    };
+    if (rank < 0)
+      return fail(module, "give rank=R (R >= 0, a GPU of the placement)");
+    std::string root = ::moe::weightRoot(module, getInputIRPath(module));
+    ::moe::WeightLoader loader(root);
+    NewWeights newWeights(module, "rank" + std::to_string(rank), weightsOut);
+    if (newWeights.path().empty())
+      return fail(module, "the rank's weights need a file: give moe-opt -o "
+                          "FILE.mlir (they go beside it) or "
+                          "weights-out=FILE.safetensors");
+    int64_t placed = 0;
+    for (auto fn : llvm::to_vector(module.getOps<func::FuncOp>())) {
+      std::string why;
+      FailureOr<ExpertLayer> layer = findExpertLayer(fn, why);
+      if (failed(layer)) {
+        if (!why.empty())
+          return fail(fn, "cannot shard the layer: " + why);
+        continue;
+      }
+      if (fn->hasAttr(kRankAttr))
+        return fail(fn, llvm::formatv(
+                            "layer {0} is already the share of "
+                            "rank {1} ({2})",
+                            layer->index,
+                            fn->getAttrOfType<IntegerAttr>(kRankAttr).getInt(),
+                            kRankAttr));
+      auto gpus = fn->getAttrOfType<IntegerAttr>(kGpusAttr);
+      if (!gpus)
+        return fail(
+            fn, llvm::formatv("layer {0} has no placement ({1}, {2}, {3}): run "
+                              "--moe-plan-placement first",
+                              layer->index, kSlotExpertAttr, kSlotGpuAttr,
+                              kGpusAttr));
+      if (rank >= gpus.getInt())
+        return fail(fn, llvm::formatv("rank={0} is out of range: layer {1} "
+                                      "is placed on {2} GPUs (ranks 0 to {3})",
+                                      int64_t(rank), layer->index,
+                                      gpus.getInt(), gpus.getInt() - 1));
+      LayoutLayer ll;
+      ll.fn = fn;
+      ll.layer = layer->index;
+      ll.experts = layer->experts;
+      FailureOr<std::optional<::moe::LayerPlacement>> p =
+          readPlacementAttrs(ll, gpus.getInt());
+      if (failed(p))
+        return signalPassFailure(); // the error names the attribute
+      if (failed(shardLayer(*layer, **p, loader, newWeights, why)))
+        return fail(fn, llvm::formatv("layer {0}: {1}", layer->index, why));
+      ++placed;
+    }
+    if (placed == 0)
+      return fail(module, "no MoE layer with routed experts to shard");
+    if (failed(newWeights.commit()))
+      return signalPassFailure();
+  }
+
+  LogicalResult shardLayer(ExpertLayer &layer, const ::moe::LayerPlacement &p,
+                           ::moe::WeightLoader &loader, NewWeights &newWeights,
+                           std::string &why) {
+    RankShare share = shareOf(p, rank);
+    int64_t n = share.local.size(), E = layer.experts;
+    if (n == 0) {
+      why = llvm::formatv("rank {0} holds no slot of this layer", rank);
+      return failure();
+    }
+    func::FuncOp fn = layer.fn;
+    // Shared experts run on rank 0 only: elsewhere their sum is skipped.
+    SmallVector<FFNOp> shared;
+    fn.walk([&](FFNOp ffn) { shared.push_back(ffn); });
+    SmallVector<std::pair<arith::AddFOp, Value>> skips;
+    for (FFNOp ffn : shared) {
+      auto [add, rest] = sharedExpertSum(ffn);
+      if (!add) {
+        why = "a shared expert (moe.ffn) is not added to the layer's output "
+              "through gates (arith.mulf, moe.row_scale) and an arith.addf; "
+              "its share per rank is not understood";
+        return failure();
+      }
+      if (rank != 0)
+        skips.push_back({add, rest});
+    }
+
+    Size before = routedExpertSize(layer.ffn);
+    std::string prefix = llvm::formatv("layer.{0}.rank{1}", layer.index, rank);
+    auto make = [&](OpBuilder &b, Location loc, StringRef name,
+                    RankedTensorType type,
+                    ArrayRef<float> values) -> FailureOr<Value> {
+      FailureOr<WeightOp> w = newWeights.add(b, loc, name, type, values);
+      if (failed(w))
+        return failure();
+      return w->getResult();
+    };
+    if (failed(rebuildExpertWeights(
+            layer, loader, make, prefix, n,
+            [&](StringRef, ArrayRef<float> old, int64_t rest, int64_t i,
+                float *out) {
+              int64_t g = share.local[i];
+              std::copy(old.begin() + g * rest, old.begin() + (g + 1) * rest,
+                        out);
+            },
+            why)))
+      return failure();
+
+    // The rank's slots, before the dispatch: the combine's weights get the
+    // emptied slots' zeros; the permute keeps its weights when they differ
+    // (the slots it reads are the kept ones, unchanged).
+    Value ids = layer.dispatch.getIds();
+    Value w = layer.combine.getWeights();
+    Operation *later = ids.getDefiningOp();
+    Operation *wDef = w.getDefiningOp();
+    if (!later || (wDef && later->isBeforeInBlock(wDef)))
+      later = wDef;
+    OpBuilder b(fn.getContext());
+    if (later)
+      b.setInsertionPointAfter(later);
+    else
+      b.setInsertionPointToStart(&fn.getBody().front());
+    DenseI64ArrayAttr count, index;
+    if (share.replicated) {
+      count = b.getDenseI64ArrayAttr(share.replicaCount);
+      index = b.getDenseI64ArrayAttr(share.replicaIndex);
+    }
+    auto remap = b.create<RemapExpertsOp>(
+        layer.dispatch.getLoc(), ids.getType(), w.getType(), ids, w,
+        b.getDenseI64ArrayAttr(share.mapping), count, index);
+    layer.dispatch.getIdsMutable().assign(remap.getResultIds());
+    if (layer.permute.getWeights() == w)
+      layer.permute.getWeightsMutable().assign(remap.getResultWeights());
+    layer.combine.getWeightsMutable().assign(remap.getResultWeights());
+    setDispatchExperts(layer.dispatch, n);
+    layer.experts = n;
+
+    for (auto [add, rest] : skips) {
+      add.getResult().replaceAllUsesWith(rest);
+      add->erase();
+    }
+    // Erase what no longer contributes (the skipped shared experts, old
+    // weights), users first.
+    bool erased = true;
+    while (erased) {
+      erased = false;
+      SmallVector<Operation *> dead;
+      fn.walk([&](Operation *op) {
+        if (op->use_empty() && isMemoryEffectFree(op) &&
+            !op->hasTrait<OpTrait::IsTerminator>())
+          dead.push_back(op);
+      });
+      for (Operation *op : dead)
+        op->erase();
+      erased = !dead.empty();
+    }
+
+    Builder attrs(fn.getContext());
+    fn->setAttr(kRankAttr, attrs.getI64IntegerAttr(rank));
+    fn->setAttr(kRankExpertsAttr, attrs.getDenseI64ArrayAttr(share.local));
+    if (failed(verify(fn)))
+      return why = "the rank's layer does not verify", failure();
+
+    std::string localText;
+    llvm::raw_string_ostream ls(localText);
+    llvm::interleaveComma(share.local, ls);
+    fn.emitRemark() << llvm::formatv(
+        "moe-shard-experts: layer {0}: rank {1} holds experts [{2}] ({3}{4})",
+        layer.index, rank, localText,
+        share.replicated ? "replicated experts split tokens by row mod "
+                           "replicas"
+                         : "no replicas",
+        shared.empty() ? ""
+        : rank == 0    ? "; computes the shared experts"
+                       : "; shared experts left to rank 0");
+    fn.emitRemark() << sizeReport("moe-shard-experts", layer, E, before,
+                                  routedExpertSize(layer.ffn));
+    return success();
+  }
+};
+
+} // namespace
+} // namespace mlir::moe
