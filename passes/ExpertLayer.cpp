@@ -238,3 +238,48 @@ std::string experts::sizeReport(StringRef pass, const ExpertLayer &layer,
                        pass, layer.index, expertsBefore, layer.experts,
                        before.params, after.params, before.bytes, after.bytes);
 }
+
+LogicalResult mlir::moe::experts::rewriteLayersFromProfile(
+    ModuleOp module, StringRef pass, StringRef verb, StringRef tag,
+    StringRef profilePath, StringRef weightsOut, LayerRewrite rewrite,
+    const bool &broken) {
+  auto refuse = [&](Operation *at, const Twine &why) {
+    at->emitRemark() << pass << ": " << why;
+  };
+  if (profilePath.empty()) {
+    refuse(module, "no profile given (profile=P.safetensors, recorded by "
+                   "moe-run --record-profile); nothing " + verb);
+    return success();
+  }
+  llvm::Expected<::moe::Profile> prof = ::moe::readProfile(profilePath);
+  if (!prof) {
+    refuse(module, "cannot use the profile: " +
+                       llvm::toString(prof.takeError()) + "; nothing " + verb);
+    return success();
+  }
+  ::moe::WeightLoader loader(::moe::weightRoot(module, getInputIRPath(module)));
+  NewWeights newWeights(module, tag, weightsOut);
+  if (newWeights.path().empty())
+    return module.emitError()
+           << pass
+           << ": the new weights need a file: give moe-opt -o FILE.mlir "
+              "(they go beside it) or weights-out=FILE.safetensors";
+  bool changed = false;
+  for (auto fn : llvm::to_vector(module.getOps<func::FuncOp>())) {
+    std::string why;
+    FailureOr<ExpertLayer> layer = findExpertLayer(fn, why);
+    if (failed(layer)) {
+      if (!why.empty())
+        refuse(fn, "layer not " + verb + ": " + why);
+      continue;
+    }
+    if (failed(rewrite(*layer, *prof, loader, newWeights, why))) {
+      refuse(fn, "layer " + Twine(layer->index) + " not " + verb + ": " + why);
+      continue;
+    }
+    changed = true;
+  }
+  if (broken || (changed && failed(newWeights.commit())))
+    return failure();
+  return success();
+}

@@ -12,6 +12,7 @@
 
 #include "moe/dialects/MoE/MoEOps.h"
 #include "moe/lib/Analysis/Profile.h"
+#include "moe/passes/NewWeights.h"
 
 #include "mlir/Dialect/Func/IR/FuncOps.h"
 #include "mlir/IR/Builders.h"
@@ -86,6 +87,26 @@ LogicalResult rebuildExpertWeights(
                             int64_t rest, int64_t expert, float *out)>
         build,
     std::string &why);
+
+/// A rewrite of one layer's routed experts; on failure `why` says why the
+/// layer is left unchanged.
+using LayerRewrite = llvm::function_ref<LogicalResult(
+    ExpertLayer &layer, const ::moe::Profile &profile,
+    ::moe::WeightLoader &loader, NewWeights &newWeights, std::string &why)>;
+
+/// The driver both passes share: reads the profile at `profilePath`
+/// (absent or unreadable: a remark, nothing rewritten), opens the input's
+/// weights and the new weights' file (`tag`, `weightsOut`), calls `rewrite`
+/// on every MoE layer (a remark for each layer it refuses) and writes the
+/// new weights. Remarks and errors start with `pass:`; `verb` ("pruned")
+/// words them. Fails when the pass must: no file for the new weights, a
+/// failed write, or `broken` set by `rewrite` (a layer half rewritten).
+LogicalResult rewriteLayersFromProfile(ModuleOp module, StringRef pass,
+                                       StringRef verb, StringRef tag,
+                                       StringRef profilePath,
+                                       StringRef weightsOut,
+                                       LayerRewrite rewrite,
+                                       const bool &broken);
 
 /// The remark line both passes print per layer.
 std::string sizeReport(StringRef pass, const ExpertLayer &layer,

@@ -175,9 +175,6 @@ struct MergeExpertsPass : public impl::MoEMergeExpertsBase<MergeExpertsPass> {
 
   void runOnOperation() override {
     ModuleOp module = getOperation();
-    auto refuse = [&](Operation *at, const Twine &why) {
-      at->emitRemark() << "moe-merge-experts: " << why;
-    };
     if (similarity != "router-logits" && similarity != "expert-output") {
       module.emitError() << "moe-merge-experts: similarity must be "
                             "router-logits or expert-output, got '"
@@ -208,41 +205,14 @@ struct MergeExpertsPass : public impl::MoEMergeExpertsBase<MergeExpertsPass> {
                             "ratio=R (0 < R <= 1)";
       return signalPassFailure();
     }
-    if (profile.empty()) {
-      refuse(module, "no profile given (profile=P.safetensors, recorded by "
-                     "moe-run --record-profile); nothing merged");
-      return;
-    }
-    llvm::Expected<::moe::Profile> prof = ::moe::readProfile(profile);
-    if (!prof) {
-      refuse(module, "cannot use the profile: " +
-                         llvm::toString(prof.takeError()) + "; nothing merged");
-      return;
-    }
-    ::moe::WeightLoader loader(::moe::weightRoot(module, getInputIRPath(module)));
-    NewWeights newWeights(module, "merge", weightsOut);
-    if (newWeights.path().empty()) {
-      module.emitError() << "moe-merge-experts: the new weights need a file: give "
-                            "moe-opt -o FILE.mlir (they go beside it) or "
-                            "weights-out=FILE.safetensors";
-      return signalPassFailure();
-    }
-    bool changed = false;
-    for (auto fn : llvm::to_vector(module.getOps<func::FuncOp>())) {
-      std::string why;
-      FailureOr<ExpertLayer> layer = findExpertLayer(fn, why);
-      if (failed(layer)) {
-        if (!why.empty())
-          refuse(fn, "layer not merged: " + why);
-        continue;
-      }
-      if (failed(mergeLayer(*layer, *prof, loader, newWeights, why))) {
-        refuse(fn, "layer " + Twine(layer->index) + " not merged: " + why);
-        continue;
-      }
-      changed = true;
-    }
-    if (weightError || (changed && failed(newWeights.commit())))
+    auto rewrite = [&](ExpertLayer &layer, const ::moe::Profile &prof,
+                       ::moe::WeightLoader &loader, NewWeights &newWeights,
+                       std::string &why) {
+      return mergeLayer(layer, prof, loader, newWeights, why);
+    };
+    if (failed(rewriteLayersFromProfile(module, "moe-merge-experts", "merged",
+                                        "merge", profile, weightsOut, rewrite,
+                                        weightError)))
       return signalPassFailure();
   }
 

@@ -309,17 +309,6 @@ struct PruneExpertsPass : public impl::MoEPruneExpertsBase<PruneExpertsPass> {
                             "ratio=R (0 < R <= 1)";
       return signalPassFailure();
     }
-    if (profile.empty()) {
-      refuse(module, "no profile given (profile=P.safetensors, recorded by "
-                     "moe-run --record-profile); nothing pruned");
-      return;
-    }
-    llvm::Expected<::moe::Profile> prof = ::moe::readProfile(profile);
-    if (!prof) {
-      refuse(module, "cannot use the profile: " +
-                         llvm::toString(prof.takeError()) + "; nothing pruned");
-      return;
-    }
     if (criterion == "output-error") {
       if (calibration.empty()) {
         refuse(module, "criterion=output-error runs the layer on calibration "
@@ -340,31 +329,14 @@ struct PruneExpertsPass : public impl::MoEPruneExpertsBase<PruneExpertsPass> {
       tokens = ::moe::HostTensor::floats(x->shape);
       tokens.f = x->toF32();
     }
-    std::string root = ::moe::weightRoot(module, getInputIRPath(module));
-    ::moe::WeightLoader loader(root);
-    NewWeights newWeights(module, "prune", weightsOut);
-    if (newWeights.path().empty()) {
-      module.emitError() << "moe-prune-experts: the new weights need a file: give "
-                            "moe-opt -o FILE.mlir (they go beside it) or "
-                            "weights-out=FILE.safetensors";
-      return signalPassFailure();
-    }
-    bool changed = false;
-    for (auto fn : llvm::to_vector(module.getOps<func::FuncOp>())) {
-      std::string why;
-      FailureOr<ExpertLayer> layer = findExpertLayer(fn, why);
-      if (failed(layer)) {
-        if (!why.empty())
-          refuse(fn, "layer not pruned: " + why);
-        continue;
-      }
-      if (failed(pruneLayer(*layer, *prof, loader, newWeights, why))) {
-        refuse(fn, "layer " + Twine(layer->index) + " not pruned: " + why);
-        continue;
-      }
-      changed = true;
-    }
-    if (weightError || (changed && failed(newWeights.commit())))
+    auto rewrite = [&](ExpertLayer &layer, const ::moe::Profile &prof,
+                       ::moe::WeightLoader &loader, NewWeights &newWeights,
+                       std::string &why) {
+      return pruneLayer(layer, prof, loader, newWeights, why);
+    };
+    if (failed(rewriteLayersFromProfile(module, "moe-prune-experts", "pruned",
+                                        "prune", profile, weightsOut, rewrite,
+                                        weightError)))
       return signalPassFailure();
   }
 
