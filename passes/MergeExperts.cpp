@@ -480,11 +480,10 @@ struct MergeExpertsPass : public impl::MoEMergeExpertsBase<MergeExpertsPass> {
       b.setInsertionPointAfter(later);
     else
       b.setInsertionPointToStart(&layer.fn.getBody().front());
-    auto remap = b.create<RemapExpertsOp>(layer.dispatch.getLoc(),
-                                          ids.getType(), w.getType(), ids, w,
-                                          b.getDenseI64ArrayAttr(mapping),
-                                          DenseI64ArrayAttr(),
-                                          DenseI64ArrayAttr());
+    auto remap = RemapExpertsOp::create(
+        b, layer.dispatch.getLoc(), ids.getType(), w.getType(), ids, w,
+        b.getDenseI64ArrayAttr(mapping), DenseI64ArrayAttr(),
+        DenseI64ArrayAttr());
     layer.dispatch.getIdsMutable().assign(remap.getResultIds());
     layer.permute.getWeightsMutable().assign(remap.getResultWeights());
     layer.combine.getWeightsMutable().assign(remap.getResultWeights());

@@ -105,7 +105,7 @@ FailureOr<WeightOp> NewWeights::add(OpBuilder &b, Location loc,
           writer->addFloatTensor(name, *dtype, type.getShape(), values))
     return emitError(loc) << "new weight '" << name
                           << "': " << llvm::toString(std::move(e));
-  return b.create<WeightOp>(loc, type, b.getStrArrayAttr({name}),
+  return WeightOp::create(b, loc, type, b.getStrArrayAttr({name}),
                             b.getStrArrayAttr({fileReference}),
                             /*stacked=*/false);
 }

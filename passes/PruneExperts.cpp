@@ -472,9 +472,8 @@ struct PruneExpertsPass : public impl::MoEPruneExpertsBase<PruneExpertsPass> {
                       RankedTensorType type,
                       ArrayRef<float> values) -> FailureOr<Value> {
         memory[name.str()] = values.vec();
-        return b
-            .create<WeightOp>(loc, type, b.getStrArrayAttr({name}),
-                              b.getStrArrayAttr({"<memory>"}), false)
+        return WeightOp::create(b, loc, type, b.getStrArrayAttr({name}),
+                                b.getStrArrayAttr({"<memory>"}), false)
             .getResult();
       };
       if (failed(r) ||

@@ -216,8 +216,8 @@ struct ShardExpertsPass : public impl::MoEShardExpertsBase<ShardExpertsPass> {
       count = b.getDenseI64ArrayAttr(share.replicaCount);
       index = b.getDenseI64ArrayAttr(share.replicaIndex);
     }
-    auto remap = b.create<RemapExpertsOp>(
-        layer.dispatch.getLoc(), ids.getType(), w.getType(), ids, w,
+    auto remap = RemapExpertsOp::create(
+        b, layer.dispatch.getLoc(), ids.getType(), w.getType(), ids, w,
         b.getDenseI64ArrayAttr(share.mapping), count, index);
     layer.dispatch.getIdsMutable().assign(remap.getResultIds());
     if (layer.permute.getWeights() == w)
