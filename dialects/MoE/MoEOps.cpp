@@ -66,6 +66,14 @@ static LogicalResult expectDim(Operation *op, Value v, StringRef name,
 static int64_t columns(Value v) { return tensorType(v).getDimSize(1); }
 static int64_t rows(Value v) { return tensorType(v).getDimSize(0); }
 
+/// Checks that `v` (named `name`) is `[T, K]` like the routing `ids`.
+static LogicalResult expectRoutingShape(Operation *op, Value v, StringRef name,
+                                        Value ids) {
+  if (failed(expectDim(op, v, name, 0, rows(ids), "tokens of 'ids'")))
+    return failure();
+  return expectDim(op, v, name, 1, columns(ids), "slots of 'ids'");
+}
+
 /// Checks a selection's results: `[T, k]` ids and values for `[T, N]`
 /// scores.
 static LogicalResult verifySelectionResults(Operation *op, Value input,
@@ -257,10 +265,7 @@ LogicalResult GatherScoresOp::verify() {
   Operation *op = getOperation();
   if (failed(expectDim(op, getIds(), "ids", 0, rows(getScores()),
                        "tokens of 'scores'")) ||
-      failed(expectDim(op, getResult(), "result", 0, rows(getIds()),
-                       "tokens of 'ids'")) ||
-      failed(expectDim(op, getResult(), "result", 1, columns(getIds()),
-                       "slots of 'ids'")))
+      failed(expectRoutingShape(op, getResult(), "result", getIds())))
     return failure();
   return verifyIdRange(op, getIds(), "ids", columns(getScores()),
                        "the number of columns of 'scores'");
@@ -271,10 +276,7 @@ LogicalResult DropNullExpertsOp::verify() {
     return emitOpError() << "'num_experts' (real experts) must be >= 1, got "
                          << getNumExperts();
   Operation *op = getOperation();
-  if (failed(expectDim(op, getWeights(), "weights", 0, rows(getIds()),
-                       "tokens of 'ids'")) ||
-      failed(expectDim(op, getWeights(), "weights", 1, columns(getIds()),
-                       "slots of 'ids'")))
+  if (failed(expectRoutingShape(op, getWeights(), "weights", getIds())))
     return failure();
   if (getResultIds().getType() != getIds().getType() ||
       getResultWeights().getType() != getWeights().getType())
@@ -348,10 +350,7 @@ LogicalResult RemapExpertsOp::verify() {
                            << ": the merged experts must be [0, " << n
                            << ") with every one used";
   Operation *op = getOperation();
-  if (failed(expectDim(op, getWeights(), "weights", 0, rows(getIds()),
-                       "tokens of 'ids'")) ||
-      failed(expectDim(op, getWeights(), "weights", 1, columns(getIds()),
-                       "slots of 'ids'")))
+  if (failed(expectRoutingShape(op, getWeights(), "weights", getIds())))
     return failure();
   return verifyIdRange(op, getIds(), "ids", mapping.size(),
                        "the number of entries of 'mapping'");

@@ -304,6 +304,15 @@ void refinePacks(ArrayRef<double> weight, ArrayRef<int64_t> label,
     return llvm::any_of(
         members[p], [&](int64_t m) { return m != except && label[m] == l; });
   };
+  // Swaps item `a` of pack `p` with item `b` of pack `q`.
+  auto swapItems = [&](int64_t p, size_t a, int64_t q, size_t b) {
+    int64_t x = members[p][a], y = members[q][b];
+    double d = weight[x] - weight[y];
+    packWeight[p] -= d;
+    packWeight[q] += d;
+    members[p][a] = y;
+    members[q][b] = x;
+  };
   // First even out every pair of packs (each swap lowers the sum of
   // squared loads), then work on the heaviest pack.
   for (int sweep = 0; sweep < 100; ++sweep) {
@@ -332,12 +341,7 @@ void refinePacks(ArrayRef<double> weight, ArrayRef<int64_t> label,
           }
         if (!found)
           continue;
-        int64_t x = members[p][bestA], y = members[q][bestB];
-        double d = weight[x] - weight[y];
-        packWeight[p] -= d;
-        packWeight[q] += d;
-        members[p][bestA] = y;
-        members[q][bestB] = x;
+        swapItems(p, bestA, q, bestB);
         changed = true;
       }
     if (!changed)
@@ -372,12 +376,7 @@ void refinePacks(ArrayRef<double> weight, ArrayRef<int64_t> label,
     }
     if (bestQ < 0)
       return;
-    int64_t x = members[top][bestA], y = members[bestQ][bestB];
-    double d = weight[x] - weight[y];
-    packWeight[top] -= d;
-    packWeight[bestQ] += d;
-    members[top][bestA] = y;
-    members[bestQ][bestB] = x;
+    swapItems(top, bestA, bestQ, bestB);
   }
 }
 
