@@ -108,6 +108,14 @@ struct LayerPlan {
   /// A LoRA mixture without routing applies every one of its allExperts
   /// adapters with weight 1 (reported as such by --routing-out).
   int64_t allExperts = 0;
+  /// A layer whose routing is given by the caller (an engine's dispatch;
+  /// the function's second and third arguments): the [T, K] i32 ids and
+  /// f32 weights values the caller's arrays are copied into before the
+  /// first launch; -1 when the layer routes its tokens itself.
+  int givenIds = -1, givenWeights = -1;
+  /// What the plan computes: "" a layer's output; "router" only the
+  /// layer's routing (routings[0]; no output value, output == -1).
+  std::string role;
 };
 
 struct ModulePlan {
