@@ -62,7 +62,7 @@ struct ApplyPlacementPass
                                       "{2} layers); plan every MoE layer of "
                                       "the model",
                                       placement.getValue(), layer->index,
-                                      byLayer.size()));
+                                      read->size()));
       if (it->second->experts != layer->experts)
         return fail(fn, llvm::formatv("{0}: layer {1} has {2} experts in the "
                                       "file but {3} in the IR (a placement "

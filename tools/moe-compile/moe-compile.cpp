@@ -426,6 +426,8 @@ int compileRanks(mlir::ModuleOp module, const std::string &irPathForWeights,
 
 int main(int argc, char **argv) {
   InitLLVM init(argc, argv);
+  // --placement builds its pipeline from pass names.
+  mlir::moe::registerMoEPasses();
   cl::HideUnrelatedOptions(category);
   cl::ParseCommandLineOptions(
       argc, argv,
