@@ -92,5 +92,14 @@ if shutil.which("nvidia-smi"):
                              timeout=20, text=True)
         if out.returncode == 0 and "GPU" in out.stdout:
             config.available_features.add("cuda-gpu")
+        # Expert-parallel runs over NCCL need two GPUs and a torch with
+        # CUDA and NCCL (Debian's python3-torch has neither).
+        if out.returncode == 0 and out.stdout.count("GPU ") >= 2:
+            subprocess.run([debian_python, "-c",
+                            "import torch, torch.distributed as d; "
+                            "assert torch.cuda.device_count() >= 2 and "
+                            "d.is_nccl_available()"],
+                           check=True, capture_output=True, timeout=120)
+            config.available_features.add("torch-nccl-2gpu")
     except Exception:
         pass

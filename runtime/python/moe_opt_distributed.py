@@ -37,8 +37,9 @@ default ``moe_opt.load``; any object with ``route`` and ``run_dispatched``
 of the same contract works (an engine's own loader, a test's stand-in).
 
 CLI: ``python3 -m moe_opt_distributed --package PKG --layer L --input
-X.npy --output Y.npy --nproc N [--backend emu]`` spawns N processes on this
-machine (gloo), splits X's tokens over them and writes the gathered output.
+X.npy --output Y.npy --nproc N [--backend emu] [--dist-backend nccl]``
+spawns N processes on this machine (gloo by default; nccl: rank r on GPU
+r), splits X's tokens over them and writes the gathered output.
 """
 import argparse
 import datetime
@@ -172,7 +173,12 @@ def rank_package_dir(package_dir, rank):
 
 def _default_factory(path, backend):
     import moe_opt
-    return moe_opt.load(path, backend=backend)
+    device = 0
+    if backend in ("cuda", "auto"):
+        import torch
+        if torch.cuda.is_available():
+            device = torch.cuda.current_device()
+    return moe_opt.load(path, backend=backend, device=device)
 
 
 def _resolve_factory(spec):
@@ -468,8 +474,17 @@ def _cli_worker(rank, opts, work, counts):
     import torch.distributed as dist
     code = 0
     try:
+        if opts["dist_backend"] == "nccl":
+            import torch
+            if torch.cuda.device_count() == 0:
+                raise RuntimeError(
+                    f"--dist-backend nccl: torch {torch.__version__} sees no "
+                    "CUDA GPU (built with CUDA "
+                    f"{torch.version.cuda or 'no'}); use gloo")
+            torch.cuda.set_device(rank % torch.cuda.device_count())
         dist.init_process_group(
-            "gloo", init_method="file://" + os.path.join(work, "rendezvous"),
+            opts["dist_backend"],
+            init_method="file://" + os.path.join(work, "rendezvous"),
             rank=rank, world_size=opts["nproc"],
             timeout=datetime.timedelta(seconds=opts["timeout"]))
         factory = (_resolve_factory(opts["factory"]) if opts["factory"]
@@ -499,7 +514,7 @@ def main(argv=None):
         prog="python3 -m moe_opt_distributed",
         description="Runs one MoE layer of a multi-rank package (moe-compile "
                     "--placement) expert-parallel over N local processes "
-                    "(torch.distributed, gloo).")
+                    "(torch.distributed, gloo or nccl).")
     ap.add_argument("--package", required=True,
                     help="the multi-rank package directory")
     ap.add_argument("--layer", type=int, required=True)
@@ -509,6 +524,10 @@ def main(argv=None):
                     help="processes (default: the placement's GPU count)")
     ap.add_argument("--backend", default="emu",
                     help="package backend: emu (default), auto, cuda")
+    ap.add_argument("--dist-backend", default="gloo",
+                    choices=["gloo", "nccl"],
+                    help="torch.distributed backend: gloo (default, CPU) or "
+                         "nccl (rank r on GPU r)")
     ap.add_argument("--tokens-per-rank", default=None,
                     help="token counts per rank, e.g. 3,0,5 (default: even)")
     ap.add_argument("--no-shared-experts", action="store_true",
@@ -547,6 +566,7 @@ def main(argv=None):
         opts = dict(package=a.package, layer=a.layer, input=a.input,
                     nproc=nproc, backend=a.backend, factory=a.package_factory,
                     shared_experts=not a.no_shared_experts,
+                    dist_backend=a.dist_backend,
                     timeout=a.timeout)
         failed = spawn_ranks(_cli_worker, nproc, (opts, work, counts))
         if failed:

@@ -10,6 +10,9 @@ the replicas of an expert must serve the tokens g mod c (g: the global
 token index) and a never-chosen expert no token. A package without one
 rank's folder: every rank raises, none waits.
 
+--dist-backend nccl: the same with the collectives over NCCL (rank r on
+GPU r; distributed-nccl.test).
+
 --cli: the CLI (python3 -m moe_opt_distributed) on 2 processes, and its
 and the class's errors on bad input.
 """
@@ -18,7 +21,6 @@ import json
 import os
 import subprocess
 import sys
-import tempfile
 import traceback
 
 import numpy as np
@@ -75,12 +77,14 @@ def inputs(idx, total):
     return rng.standard_normal((total, 16)).astype(np.float32)
 
 
-def worker(rank, work, nproc):
+def worker(rank, work, nproc, backend="gloo"):
     import torch
     import torch.distributed as dist
     sys.path.insert(0, HERE)
     import moe_opt_distributed as md
-    dist.init_process_group("gloo", init_method="file://" +
+    if backend == "nccl":
+        torch.cuda.set_device(rank)
+    dist.init_process_group(backend, init_method="file://" +
                             os.path.join(work, f"rdv{nproc}"), rank=rank,
                             world_size=nproc)
     scen, broken = setup(work, nproc)
@@ -147,10 +151,10 @@ def expected_traffic(model, nproc, split, x, shared):
     return sent, served, ids
 
 
-def run_library(work, nproc):
+def run_library(work, nproc, backend):
     import moe_opt_distributed as md
     scen, broken = setup(work, nproc, write=True)
-    failed = md.spawn_ranks(worker, nproc, (work, nproc))
+    failed = md.spawn_ranks(worker, nproc, (work, nproc, backend))
     if failed:
         print(f"FAIL rank(s) {failed} failed (traceback on stderr)")
         return False
@@ -319,10 +323,13 @@ def main():
     ap.add_argument("--work", required=True)
     ap.add_argument("--nproc", type=int)
     ap.add_argument("--cli", action="store_true")
+    ap.add_argument("--dist-backend", default="gloo",
+                    help="gloo, or nccl (one GPU per rank)")
     a = ap.parse_args()
     os.makedirs(a.work, exist_ok=True)
     try:
-        ok = run_cli(a.work) if a.cli else run_library(a.work, a.nproc)
+        ok = run_cli(a.work) if a.cli else run_library(a.work, a.nproc,
+                                                      a.dist_backend)
     except Exception:
         traceback.print_exc(file=sys.stdout)
         ok = False
