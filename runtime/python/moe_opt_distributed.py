@@ -24,7 +24,7 @@ parallel, so every rank comes with its own tokens:
    ``all_to_all_single``;
 4. ``pkg.run_dispatched(layer, rows, slot_ids, weights)`` on every rank;
 5. combine: the partial outputs travel back with ``all_to_all_single`` and
-   are summed per token, in rank order (so the result does not depend on
+   are summed per token, in rank order (an order that does not depend on
    how the tokens were split either).
 
 Collectives run on the group's backend: gloo with host tensors, NCCL with
