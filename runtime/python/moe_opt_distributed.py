@@ -258,7 +258,7 @@ class ExpertParallelLayer:
             self.package = factory(rdir, backend)
         except Exception as e:  # reported to every rank below
             error = e
-        failed = self._all_flags(error is not None)
+        failed = [v[0] for v in self._all_gather_ints([error is not None])]
         if error is not None:
             raise error
         if any(failed):
@@ -276,15 +276,16 @@ class ExpertParallelLayer:
             return torch.device("cuda", torch.cuda.current_device())
         return torch.device("cpu")
 
-    def _all_flags(self, flag):
-        """Every rank's flag (all_gather of one int)."""
+    def _all_gather_ints(self, values):
+        """Every rank's list of ints (as many on every rank)."""
         import torch
         dev = self._comm_device()
-        mine = torch.tensor([1 if flag else 0], dtype=torch.int64, device=dev)
-        out = [torch.zeros(1, dtype=torch.int64, device=dev)
+        mine = torch.tensor([int(v) for v in values], dtype=torch.int64,
+                            device=dev)
+        out = [torch.zeros(len(values), dtype=torch.int64, device=dev)
                for _ in range(self.world)]
         self._dist.all_gather(out, mine, group=self.group)
-        return [int(t.item()) for t in out]
+        return [[int(v) for v in t.cpu().tolist()] for t in out]
 
     def _all_to_all(self, send, send_counts, recv_counts):
         """Rows of `send` (a numpy 2-D array, blocks in rank order) to their
@@ -331,18 +332,31 @@ class ExpertParallelLayer:
         tokens, hidden = xn.shape
         world = self.world
 
-        counts = self._all_gather_tokens(tokens)
-        first = sum(counts[:self.rank])
-
-        ids, weights = self.package.route(self.layer, xn)
-        ids = np.asarray(ids)
-        weights = np.asarray(weights, dtype=np.float32)
-        if ids.ndim != 2 or ids.shape[0] != tokens or \
-                weights.shape != ids.shape:
-            raise ValueError(f"layer {self.layer}: route() gave ids "
-                             f"{list(ids.shape)} and weights "
-                             f"{list(weights.shape)} for {tokens} tokens "
-                             "(expected [tokens, K] both)")
+        # Routing is local; its failure on one rank is shared with the
+        # token counts, so that every rank raises instead of waiting.
+        error = None
+        try:
+            ids, weights = self.package.route(self.layer, xn)
+            ids = np.asarray(ids)
+            weights = np.asarray(weights, dtype=np.float32)
+            if ids.ndim != 2 or ids.shape[0] != tokens or \
+                    weights.shape != ids.shape:
+                raise ValueError(f"layer {self.layer}: route() gave ids "
+                                 f"{list(ids.shape)} and weights "
+                                 f"{list(weights.shape)} for {tokens} "
+                                 "tokens (expected [tokens, K] both)")
+            self.route_slots(ids, 0)  # checks the ids
+        except Exception as e:
+            error = e
+        gathered = self._all_gather_ints([tokens, error is not None])
+        if error is not None:
+            raise error
+        failed = [r for r, (_, f) in enumerate(gathered) if f]
+        if failed:
+            raise RuntimeError(f"layer {self.layer}: route() failed on "
+                               f"rank(s) {', '.join(map(str, failed))} "
+                               "(see their errors)")
+        first = sum(t for t, _ in gathered[:self.rank])
         k = ids.shape[1]
         slots = self.route_slots(ids, first)
         dest = np.where(slots >= 0,
@@ -399,16 +413,6 @@ class ExpertParallelLayer:
         return y
 
     __call__ = forward
-
-    def _all_gather_tokens(self, tokens):
-        import torch
-        dev = self._comm_device()
-        out = [torch.zeros(1, dtype=torch.int64, device=dev)
-               for _ in range(self.world)]
-        self._dist.all_gather(out, torch.tensor([tokens], dtype=torch.int64,
-                                                device=dev),
-                              group=self.group)
-        return [int(t.item()) for t in out]
 
     def _exchange_counts(self, send_counts):
         import torch
