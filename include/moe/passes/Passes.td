@@ -164,7 +164,9 @@ def MoEPlanPlacement : Pass<"moe-plan-placement", "::mlir::ModuleOp"> {
     nodes when `groups` is a multiple of the nodes; never two replicas of
     one expert on a GPU); `affinity` (one slot per expert, E/G per GPU,
     minimising the transitions whose experts sit on different GPUs: an ILP
-    solved by GLPK within `time-limit` seconds, or `solver=greedy`).
+    solved by GLPK within `time-limit` seconds, or `solver=greedy`; each
+    GPU's load kept within `max-balance` times the mean GPU load of the
+    layer, or the heaviest expert's load where that alone is more).
     `previous` names an earlier placement file (the format of `out`): moves
     against it are undone while the policy's measure stays within
     `move-tolerance`.
@@ -197,6 +199,9 @@ def MoEPlanPlacement : Pass<"moe-plan-placement", "::mlir::ModuleOp"> {
            "An earlier placement file to stay close to">,
     Option<"moveTolerance", "move-tolerance", "double", "0.02",
            "Relative loss of the measure accepted to avoid moves">,
+    Option<"maxBalance", "max-balance", "double", "1.25",
+           "affinity: the most load one GPU of a layer may carry, as a "
+           "multiple of the mean (0: no bound)">,
     Option<"out", "out", "std::string", "\"\"",
            "Also write the placement file (JSON, atomically)">,
     Option<"sglangOut", "sglang-out", "std::string", "\"\"",
