@@ -109,10 +109,21 @@ std::optional<RouteMismatch> mlir::moe::matchRouteBody(Block &body,
     return RouteMismatch{op, why.str()};
   };
   Operation *parent = body.getParentOp();
-  if (body.getNumArguments() != 1)
-    return mismatch(parent, "the body must take the routed tokens as its one "
-                            "argument");
+  if (body.getNumArguments() != 1 && body.getNumArguments() != 3)
+    return mismatch(parent, "the body must take the routed tokens as its "
+                            "argument, followed by the given routing's ids "
+                            "and weights when the routing is given");
   Value arg = body.getArgument(0);
+  // The given routing's rows, staged per token like the input row.
+  auto isGiven = [&](Value v) {
+    return body.getNumArguments() == 3 &&
+           (v == body.getArgument(1) || v == body.getArgument(2));
+  };
+  if (body.getNumArguments() == 3)
+    for (unsigned i : {1u, 2u})
+      if (ShapedType::isDynamic(width(body.getArgument(i))))
+        return mismatch(parent, "the given routing must have a static "
+                                "number of slots");
   auto argType = dyn_cast<RankedTensorType>(arg.getType());
   if (!argType || argType.getRank() != 2 ||
       ShapedType::isDynamic(argType.getDimSize(1)))
@@ -126,9 +137,10 @@ std::optional<RouteMismatch> mlir::moe::matchRouteBody(Block &body,
   auto readLate = [&](Operation *op, Value v) -> std::optional<RouteMismatch> {
     if (late.contains(v))
       return std::nullopt;
-    if (v == arg)
-      return mismatch(op, "reads the routed tokens after the cross-token "
-                          "selection '" +
+    if (v == arg || isGiven(v))
+      return mismatch(op, llvm::Twine("reads the ") +
+                              (v == arg ? "routed tokens" : "given routing") +
+                              " after the cross-token selection '" +
                               program.crossToken->getName().getStringRef() +
                               "' (only score rows are kept across the "
                               "batch)");

@@ -295,9 +295,40 @@ Status checkLayerValues(const LayerPlan &layer, size_t l) {
     if (Status s =
             tokenRows("input", layer.input, layer.inputWidth, "input_width"))
       return s;
-    if (Status s = tokenRows("output", layer.output, layer.outputWidth,
-                             "output_width"))
+    // A router-only plan computes its routing (routings[0]) and no output.
+    if (layer.role == "router") {
+      if (layer.output != -1 || layer.routings.empty())
+        return Status::error(at + ": a router plan (role \"router\") has no "
+                                  "output (-1, got " +
+                             std::to_string(layer.output) +
+                             ") and at least one routing (got " +
+                             std::to_string(layer.routings.size()) + ")");
+    } else if (!layer.role.empty()) {
+      return Status::error(at + ".role: \"" + layer.role +
+                           "\" is not \"\" (a layer) or \"router\"");
+    } else if (Status s = tokenRows("output", layer.output, layer.outputWidth,
+                                    "output_width")) {
       return s;
+    }
+  }
+  // The caller's routing (a given-routing layer): [T, K] i32 ids and f32
+  // weights, both or neither.
+  if ((layer.givenIds < 0) != (layer.givenWeights < 0))
+    return Status::error(at + ": given_ids (" +
+                         std::to_string(layer.givenIds) + ") and given_weights (" +
+                         std::to_string(layer.givenWeights) +
+                         ") must both be values or both -1");
+  if (layer.givenIds >= 0) {
+    const BufferShape *i = value(layer.givenIds);
+    const BufferShape *w = value(layer.givenWeights);
+    if (!i || !w || i->type != ElementType::I32 || i->perToken <= 0 ||
+        i->fixed != 0 || w->type != ElementType::F32 ||
+        w->perToken != i->perToken || w->fixed != 0)
+      return Status::error(at + ": given_ids " +
+                           std::to_string(layer.givenIds) + " and given_weights " +
+                           std::to_string(layer.givenWeights) +
+                           " must be values of i32 and f32 with the same K > 0 "
+                           "per token + 0");
   }
   for (size_t r = 0; r < layer.routings.size(); ++r) {
     std::string ids = r == 0
