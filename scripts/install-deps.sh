@@ -12,6 +12,7 @@ packages=(
   pybind11-dev python3-dev                  # the Python module moe_opt
   libglpk-dev                               # ILP of the affinity expert placement
   liblapacke-dev                            # SVD of --moe-compress-experts
+  python3-torch                             # torch.distributed of the expert-parallel runner
 )
 
 missing=()

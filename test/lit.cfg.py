@@ -46,6 +46,37 @@ try:
 except Exception:
     pass
 
+# torch (Debian's python3-torch, scripts/install-deps.sh) runs the
+# expert-parallel runner's tests; every machine of the project has it, so a
+# test that needs it and is skipped fails scripts/test.sh. Found, not
+# imported (an import takes seconds); the tests check torch.distributed.
+try:
+    subprocess.run([debian_python, "-c",
+                    "import importlib.util, sys; "
+                    "sys.exit(importlib.util.find_spec('torch') is None)"],
+                   check=True, capture_output=True)
+    config.available_features.add("torch")
+except Exception:
+    pass
+
+# Multi-rank packages (moe-compile --placement) and the module's
+# route/run_dispatched: test/Python/distributed-package.test runs once both
+# are built.
+try:
+    help_text = subprocess.run(
+        [os.path.join(config.moe_tools_dir, "moe-compile"), "--help"],
+        capture_output=True, text=True, timeout=60).stdout
+    subprocess.run([debian_python, "-c",
+                    "import moe_opt; "
+                    "assert hasattr(moe_opt.Package, 'run_dispatched')"],
+                   check=True, capture_output=True, timeout=60,
+                   env=dict(os.environ, PYTHONPATH=os.path.join(
+                       config.moe_obj_root, "python")))
+    if "--placement" in help_text:
+        config.available_features.add("moe-rank-packages")
+except Exception:
+    pass
+
 # Tests that make device nodes (mknod) run as root only, as CI does.
 if hasattr(os, "geteuid") and os.geteuid() == 0:
     config.available_features.add("root")
@@ -61,5 +92,14 @@ if shutil.which("nvidia-smi"):
                              timeout=20, text=True)
         if out.returncode == 0 and "GPU" in out.stdout:
             config.available_features.add("cuda-gpu")
+        # Expert-parallel runs over NCCL need two GPUs and a torch with
+        # CUDA and NCCL (Debian's python3-torch has neither).
+        if out.returncode == 0 and out.stdout.count("GPU ") >= 2:
+            subprocess.run([debian_python, "-c",
+                            "import torch, torch.distributed as d; "
+                            "assert torch.cuda.device_count() >= 2 and "
+                            "d.is_nccl_available()"],
+                           check=True, capture_output=True, timeout=120)
+            config.available_features.add("torch-nccl-2gpu")
     except Exception:
         pass

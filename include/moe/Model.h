@@ -78,6 +78,27 @@ public:
   /// is queued on `stream` (a CUstream; null: the default stream). No copy.
   runtime::Status runLayerOnDevice(int64_t layer, const void *x, void *y,
                                    int64_t tokens, void *stream);
+  /// Expert parallelism with another engine's dispatch (a rank package of
+  /// moe-compile --placement, docs/layout.md): route() runs the layer's full
+  /// router on x and writes [T, K] logical expert ids (-1: empty slot) and
+  /// weights (a package without a router-only plan runs the whole layer
+  /// for them); runLayerDispatched() runs a layer that takes its routing
+  /// (takesRouting()) on the rows an engine sent: ids [T, K] are the
+  /// placement's physical slot ids (-1 or a slot of another rank: nothing),
+  /// y [T, hidden] the rank's partial output. routingSlots() is K.
+  runtime::Expected<int64_t> routingSlots(int64_t layer) const;
+  bool takesRouting(int64_t layer) const;
+  runtime::Status route(int64_t layer, const float *x, int64_t tokens,
+                        int32_t *ids, float *weights);
+  runtime::Status runLayerDispatched(int64_t layer, const float *x,
+                                     const int32_t *ids, const float *weights,
+                                     int64_t tokens, float *y);
+  /// The same on device memory (cuda only): ids/weights are [T, K] i32/f32
+  /// device arrays, x/y as in runLayerOnDevice.
+  runtime::Status runLayerDispatchedOnDevice(int64_t layer, const void *x,
+                                             const void *ids,
+                                             const void *weights, void *y,
+                                             int64_t tokens, void *stream);
   /// The activation element type of a layer ("f32", "bf16" or "f16").
   runtime::Expected<std::string> activationType(int64_t layer) const;
   /// The package's weight tensors (manifest.json weights.tensors).

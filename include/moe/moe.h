@@ -44,6 +44,30 @@ int moe_model_run_all(moe_model *model, const float *x, int64_t tokens,
 int moe_model_run_layer_device(moe_model *model, int64_t layer, const void *x,
                                void *y, int64_t tokens, void *stream,
                                char *error, size_t error_size);
+/* Expert parallelism with another engine's dispatch (moe::Model::route and
+ * runLayerDispatched, include/moe/Model.h; rank packages of moe-compile
+ * --placement, docs/layout.md). The routing's slots per token K, or -1;
+ * whether a layer takes its routing from the caller (1) or not (0). */
+int64_t moe_model_routing_slots(const moe_model *model, int64_t layer);
+int moe_model_takes_routing(const moe_model *model, int64_t layer);
+/* The layer's full router on x [tokens, hidden]: ids int32 and weights
+ * float32 [tokens, K] (logical experts, -1 for an empty slot). */
+int moe_model_route(moe_model *model, int64_t layer, const float *x,
+                    int64_t tokens, int32_t *ids, float *weights, char *error,
+                    size_t error_size);
+/* The rank's share on dispatched rows: ids [tokens, K] physical slot ids
+ * (-1, or a slot of another rank: no contribution), y [tokens, hidden] the
+ * partial output. */
+int moe_model_run_layer_dispatched(moe_model *model, int64_t layer,
+                                   const float *x, const int32_t *ids,
+                                   const float *weights, int64_t tokens,
+                                   float *y, char *error, size_t error_size);
+/* The same on device memory (cuda only), queued on `stream`. */
+int moe_model_run_layer_dispatched_device(moe_model *model, int64_t layer,
+                                          const void *x, const void *ids,
+                                          const void *weights, void *y,
+                                          int64_t tokens, void *stream,
+                                          char *error, size_t error_size);
 /* The package's weight tensors (manifest.json weights.tensors), or -1. */
 int64_t moe_model_num_tensors(const moe_model *model);
 /* Runs the layers that use weight tensor `tensor` (an index into

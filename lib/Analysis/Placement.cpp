@@ -19,9 +19,11 @@
 #include <chrono>
 #include <cmath>
 #include <cstdio>
+#include <map>
 #include <numeric>
 #include <random>
 #include <set>
+#include <tuple>
 
 using namespace llvm;
 
@@ -889,6 +891,40 @@ Assignment ilpAffinity(ArrayRef<LayerLoad> layers, int64_t gpus,
       if (first[pr.l][pr.i] == g && first[pr.l + 1][pr.j] == g)
         startVec[y] = 1.0;
     }
+  // Capacity cuts (the reformulation-linearisation of y = x x'): on GPU g,
+  // expert i of layer l stays with at most E'/G experts of layer l + 1, so
+  // sum_j y[l][i][j][g] <= (E'/G) x[l][i][g], and the same from the other
+  // side. Valid for the integer points; they tighten the LP relaxation
+  // (with one expert per GPU it becomes a matching between layers), where
+  // y <= x alone lets x = 1/G keep every pair.
+  {
+    std::map<std::tuple<size_t, int64_t, int64_t>, std::vector<int>> out, in;
+    for (size_t p = 0; p < pairs.size(); ++p)
+      for (int64_t g = 0; g < gpus; ++g) {
+        int y = yBase + static_cast<int>(p * gpus + g);
+        out[{pairs[p].l, pairs[p].i, g}].push_back(y);
+        in[{pairs[p].l, pairs[p].j, g}].push_back(y);
+      }
+    auto cut = [&](const std::vector<int> &ys, int xCol, double cap) {
+      std::vector<std::pair<int, double>> t;
+      for (int y : ys)
+        t.push_back({y, 1.0});
+      t.push_back({xCol, -cap});
+      addRow(t, GLP_UP, 0, 0);
+    };
+    for (const auto &[key, ys] : out) {
+      auto [l, i, g] = key;
+      double cap = double(layers[l + 1].load.size()) / double(gpus);
+      if (ys.size() > 1 || cap < 1)
+        cut(ys, x(l, i, g), cap);
+    }
+    for (const auto &[key, ys] : in) {
+      auto [l, j, g] = key;
+      double cap = double(layers[l].load.size()) / double(gpus);
+      if (ys.size() > 1 || cap < 1)
+        cut(ys, x(l + 1, j, g), cap);
+    }
+  }
   glp_load_matrix(lp, static_cast<int>(ia.size() - 1), ia.data(), ja.data(),
                   ar.data());
   glp_term_hook(glpkQuiet, nullptr);
@@ -898,6 +934,7 @@ Assignment ilpAffinity(ArrayRef<LayerLoad> layers, int64_t gpus,
   glp_smcp lpParams;
   glp_init_smcp(&lpParams);
   lpParams.msg_lev = GLP_MSG_OFF;
+  lpParams.meth = GLP_DUALP;
   lpParams.tm_lim = static_cast<int>(std::min(timeLimit * 1000.0, 2.0e9));
   int lpRc = glp_simplex(lp, &lpParams);
   double spent =

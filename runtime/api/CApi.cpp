@@ -118,6 +118,54 @@ int moe_model_run_layer_device(moe_model *model, int64_t layer, const void *x,
                 error, error_size);
 }
 
+int64_t moe_model_routing_slots(const moe_model *model, int64_t layer) {
+  if (!model)
+    return -1;
+  auto k = model->model->routingSlots(layer);
+  return k ? k.value() : -1;
+}
+
+int moe_model_takes_routing(const moe_model *model, int64_t layer) {
+  return model && model->model->takesRouting(layer) ? 1 : 0;
+}
+
+int moe_model_route(moe_model *model, int64_t layer, const float *x,
+                    int64_t tokens, int32_t *ids, float *weights, char *error,
+                    size_t error_size) {
+  if (!model || !x || !ids || !weights)
+    return report(moe::runtime::Status::error("moe_model_route: null argument"),
+                  error, error_size);
+  return report(model->model->route(layer, x, tokens, ids, weights), error,
+                error_size);
+}
+
+int moe_model_run_layer_dispatched(moe_model *model, int64_t layer,
+                                   const float *x, const int32_t *ids,
+                                   const float *weights, int64_t tokens,
+                                   float *y, char *error, size_t error_size) {
+  if (!model || !x || !ids || !weights || !y)
+    return report(moe::runtime::Status::error(
+                      "moe_model_run_layer_dispatched: null argument"),
+                  error, error_size);
+  return report(
+      model->model->runLayerDispatched(layer, x, ids, weights, tokens, y),
+      error, error_size);
+}
+
+int moe_model_run_layer_dispatched_device(moe_model *model, int64_t layer,
+                                          const void *x, const void *ids,
+                                          const void *weights, void *y,
+                                          int64_t tokens, void *stream,
+                                          char *error, size_t error_size) {
+  if (!model || !x || !ids || !weights || !y)
+    return report(moe::runtime::Status::error(
+                      "moe_model_run_layer_dispatched_device: null argument"),
+                  error, error_size);
+  return report(model->model->runLayerDispatchedOnDevice(
+                    layer, x, ids, weights, y, tokens, stream),
+                error, error_size);
+}
+
 int64_t moe_model_num_tensors(const moe_model *model) {
   return model ? static_cast<int64_t>(model->model->numTensors()) : -1;
 }

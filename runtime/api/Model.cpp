@@ -24,39 +24,65 @@ struct Model::Impl {
   runtime::LoadedPackage package;
   std::unique_ptr<KernelBackend> device;
   std::string backend, description;
-  std::map<int64_t, const LayerPlan *> layers;
-  /// Model layer -> index into package.plan().layers.
-  std::map<int64_t, size_t> planIndex;
-  std::map<int64_t, std::unique_ptr<LayerExecutor>> executors;
+  /// Model layer -> its plan (the MoE block's) and its router-only plan.
+  std::map<int64_t, const LayerPlan *> layers, routers;
+  /// Plan -> index into package.plan().layers.
+  std::map<const LayerPlan *, size_t> planIndex;
+  std::map<const LayerPlan *, std::unique_ptr<LayerExecutor>> executors;
   /// Tensors bound by the caller (bindTensor).
   std::map<size_t, const void *> bound;
   double lastMs = 0;
 
+  Status unknownLayer(int64_t layer) const {
+    std::string list;
+    for (const auto &[l, p] : layers)
+      list += (list.empty() ? "" : ", ") + std::to_string(l);
+    return Status::error("layer " + std::to_string(layer) +
+                         " is not an MoE layer of " + package.directory() +
+                         "; MoE layers: " + (list.empty() ? "none" : list));
+  }
+
+  Expected<const LayerPlan *> plan(int64_t layer) const {
+    auto it = layers.find(layer);
+    if (it == layers.end())
+      return unknownLayer(layer);
+    return it->second;
+  }
+
   Expected<LayerExecutor *> executor(int64_t layer) {
-    auto plan = layers.find(layer);
-    if (plan == layers.end()) {
-      std::string list;
-      for (const auto &[l, p] : layers)
-        list += (list.empty() ? "" : ", ") + std::to_string(l);
-      return Status::error("layer " + std::to_string(layer) +
-                           " is not an MoE layer of " + package.directory() +
-                           "; MoE layers: " + (list.empty() ? "none" : list));
-    }
-    auto it = executors.find(layer);
+    Expected<const LayerPlan *> p = plan(layer);
+    if (!p)
+      return p.takeError();
+    return executorOf(p.value());
+  }
+
+  Expected<LayerExecutor *> executorOf(const LayerPlan *plan) {
+    auto it = executors.find(plan);
     if (it != executors.end())
       return it->second.get();
-    auto exec = std::make_unique<LayerExecutor>(*plan->second, *device);
-    size_t index = planIndex.at(layer);
-    for (size_t w = 0; w < plan->second->weights.size(); ++w) {
+    auto exec = std::make_unique<LayerExecutor>(*plan, *device);
+    size_t index = planIndex.at(plan);
+    for (size_t w = 0; w < plan->weights.size(); ++w) {
       auto b = bound.find(static_cast<size_t>(package.tensorIndex(index, w)));
       if (b != bound.end())
         exec->bindWeight(w, b->second);
     }
     if (Status s = exec->loadWeights(package.weightProvider()))
-      return s.withContext("layer " + std::to_string(layer));
+      return s.withContext("layer " + std::to_string(plan->layer) +
+                           (plan->role.empty() ? "" : " (" + plan->role + ")"));
     LayerExecutor *raw = exec.get();
-    executors[layer] = std::move(exec);
+    executors[plan] = std::move(exec);
     return raw;
+  }
+
+  template <typename F> Status timed(F &&f) {
+    auto start = std::chrono::steady_clock::now();
+    if (Status s = f())
+      return s;
+    lastMs = std::chrono::duration<double, std::milli>(
+                 std::chrono::steady_clock::now() - start)
+                 .count();
+    return Status::success();
   }
 };
 
@@ -74,11 +100,13 @@ Expected<std::unique_ptr<Model>> Model::open(const std::string &packageDir,
     return package.takeError();
   auto impl = std::make_unique<Impl>(std::move(package.value()));
   const std::vector<LayerPlan> &plans = impl->package.plan().layers;
-  for (size_t i = 0; i < plans.size(); ++i)
-    if (plans[i].target.empty()) {
-      impl->layers[plans[i].layer] = &plans[i];
-      impl->planIndex[plans[i].layer] = i;
-    }
+  for (size_t i = 0; i < plans.size(); ++i) {
+    if (!plans[i].target.empty())
+      continue;
+    auto &byLayer = plans[i].role == "router" ? impl->routers : impl->layers;
+    byLayer[plans[i].layer] = &plans[i];
+    impl->planIndex[&plans[i]] = i;
+  }
 
   BackendReport report;
   std::string cudaError;
@@ -164,15 +192,105 @@ Status Model::runLayer(int64_t layer, const float *x, int64_t tokens,
   Expected<LayerExecutor *> exec = impl->executor(layer);
   if (!exec)
     return exec.takeError();
-  auto start = std::chrono::steady_clock::now();
-  auto out = exec.value()->run(x, tokens, false);
-  if (!out)
-    return out.takeError();
-  impl->lastMs = std::chrono::duration<double, std::milli>(
-                     std::chrono::steady_clock::now() - start)
-                     .count();
-  std::copy(out.value().y.begin(), out.value().y.end(), y);
-  return Status::success();
+  return impl->timed([&]() -> Status {
+    auto out = exec.value()->run(x, tokens, false);
+    if (!out)
+      return out.takeError().withContext(
+          "runLayer (a layer that takes its routing runs with "
+          "runLayerDispatched)");
+    std::copy(out.value().y.begin(), out.value().y.end(), y);
+    return Status::success();
+  });
+}
+
+Expected<int64_t> Model::routingSlots(int64_t layer) const {
+  Expected<const LayerPlan *> p = impl->plan(layer);
+  if (!p)
+    return p.takeError();
+  auto router = impl->routers.find(layer);
+  const LayerPlan &plan = router != impl->routers.end() ? *router->second
+                                                        : *p.value();
+  if (plan.givenIds >= 0)
+    return plan.values[plan.givenIds].perToken;
+  if (plan.routings.empty())
+    return Status::error("layer " + std::to_string(layer) +
+                         " has no routing (no router and no given routing)");
+  return plan.values[plan.routings[0].ids].perToken;
+}
+
+bool Model::takesRouting(int64_t layer) const {
+  auto it = impl->layers.find(layer);
+  return it != impl->layers.end() && it->second->givenIds >= 0;
+}
+
+Status Model::route(int64_t layer, const float *x, int64_t tokens,
+                    int32_t *ids, float *weights) {
+  if (tokens < 1)
+    return Status::error("route: tokens must be >= 1, got " +
+                         std::to_string(tokens));
+  Expected<const LayerPlan *> p = impl->plan(layer);
+  if (!p)
+    return p.takeError();
+  // A rank package's router-only plan; else the layer itself, when it
+  // routes its tokens (its first router's routing).
+  auto router = impl->routers.find(layer);
+  const LayerPlan *plan =
+      router != impl->routers.end() ? router->second : p.value();
+  if (plan->routings.empty() || plan->givenIds >= 0)
+    return Status::error("route: layer " + std::to_string(layer) + " of " +
+                         impl->package.directory() +
+                         " has no router to run (it takes its routing from "
+                         "the caller and the package has no router plan)");
+  Expected<LayerExecutor *> exec = impl->executorOf(plan);
+  if (!exec)
+    return exec.takeError();
+  return impl->timed([&]() -> Status {
+    auto out = exec.value()->run(x, tokens, true);
+    if (!out)
+      return out.takeError();
+    const LayerOutputs::Routing &r = out.value().routings.front();
+    std::copy(r.ids.begin(), r.ids.end(), ids);
+    std::copy(r.weights.begin(), r.weights.end(), weights);
+    return Status::success();
+  });
+}
+
+Status Model::runLayerDispatched(int64_t layer, const float *x,
+                                 const int32_t *ids, const float *weights,
+                                 int64_t tokens, float *y) {
+  if (tokens < 1)
+    return Status::error("runLayerDispatched: tokens must be >= 1, got " +
+                         std::to_string(tokens));
+  if (!ids || !weights)
+    return Status::error("runLayerDispatched: ids and weights are required");
+  Expected<LayerExecutor *> exec = impl->executor(layer);
+  if (!exec)
+    return exec.takeError();
+  return impl->timed([&]() -> Status {
+    auto out = exec.value()->run(x, tokens, false, ids, weights);
+    if (!out)
+      return out.takeError();
+    std::copy(out.value().y.begin(), out.value().y.end(), y);
+    return Status::success();
+  });
+}
+
+Status Model::runLayerDispatchedOnDevice(int64_t layer, const void *x,
+                                         const void *ids, const void *weights,
+                                         void *y, int64_t tokens,
+                                         void *stream) {
+  if (impl->backend != "cuda")
+    return Status::error("runLayerDispatchedOnDevice needs the cuda backend; "
+                         "this model runs on " + impl->backend);
+  if (!ids || !weights)
+    return Status::error("runLayerDispatchedOnDevice: ids and weights are "
+                         "required");
+  Expected<LayerExecutor *> exec = impl->executor(layer);
+  if (!exec)
+    return exec.takeError();
+  return impl->timed([&] {
+    return exec.value()->runOnDevice(x, y, tokens, stream, ids, weights);
+  });
 }
 
 Status Model::runAll(const float *x, int64_t tokens, float *y) {
@@ -203,13 +321,8 @@ Status Model::runLayerOnDevice(int64_t layer, const void *x, void *y,
   Expected<LayerExecutor *> exec = impl->executor(layer);
   if (!exec)
     return exec.takeError();
-  auto start = std::chrono::steady_clock::now();
-  if (Status s = exec.value()->runOnDevice(x, y, tokens, stream))
-    return s;
-  impl->lastMs = std::chrono::duration<double, std::milli>(
-                     std::chrono::steady_clock::now() - start)
-                     .count();
-  return Status::success();
+  return impl->timed(
+      [&] { return exec.value()->runOnDevice(x, y, tokens, stream); });
 }
 
 size_t Model::numTensors() const { return impl->package.tensors().size(); }
@@ -255,9 +368,9 @@ Status Model::bindTensor(size_t tensor, const void *data, size_t bytes) {
                          " (shape and dtype in manifest.json weights.tensors[" +
                          std::to_string(tensor) + "])");
   impl->bound[tensor] = data;
-  for (auto &[layer, exec] : impl->executors) {
-    size_t index = impl->planIndex.at(layer);
-    for (size_t w = 0; w < impl->layers.at(layer)->weights.size(); ++w)
+  for (auto &[plan, exec] : impl->executors) {
+    size_t index = impl->planIndex.at(plan);
+    for (size_t w = 0; w < plan->weights.size(); ++w)
       if (impl->package.tensorIndex(index, w) == static_cast<int>(tensor))
         exec->bindWeight(w, data);
   }

@@ -133,6 +133,11 @@ Status checkReplaceable(const std::string &dir) {
   struct stat mst;
   if (::stat(joinPath(dir, kPackageManifestFile).c_str(), &mst) == 0)
     return Status::success();
+  // A set of rank packages (moe-compile --placement).
+  if (::stat(joinPath(dir, "placement.json").c_str(), &mst) == 0 &&
+      ::stat(joinPath(joinPath(dir, "rank0"), kPackageManifestFile).c_str(),
+             &mst) == 0)
+    return Status::success();
   DIR *d = ::opendir(dir.c_str());
   if (!d)
     return Status::error("cannot read '" + dir + "': " + errnoText(errno));

@@ -559,10 +559,31 @@ void readLayer(Fields &f, const Json &l, const std::string &at,
   // in the WeightRefs.
   layer.weights.resize(tensorsOfLayer.size());
   std::string valuesWhat = field(at, "values");
+  // Optional (absent from older manifests): "" or "router".
+  if (f.ok() && l.find("role")) {
+    layer.role = f.string(l, at, "role");
+    if (f.ok() && !layer.role.empty() && layer.role != "router")
+      f.fail(field(at, "role"),
+             "expected \"\" (a layer) or \"router\", found " + qt(layer.role));
+  }
   layer.input =
       readValueIndex(f, l, at, "input", layer.values.size(), valuesWhat, false);
+  // A router-only plan has no output value.
   layer.output = readValueIndex(f, l, at, "output", layer.values.size(),
-                                valuesWhat, false);
+                                valuesWhat, layer.role == "router");
+  if (f.ok() && layer.role == "router" && layer.output >= 0)
+    f.fail(field(at, "output"), "expected null for a router-only plan "
+                                "(role \"router\"), found an index");
+  // Optional: the values a caller's routing is copied into.
+  if (f.ok() && (l.find("given_ids") || l.find("given_weights"))) {
+    layer.givenIds = readValueIndex(f, l, at, "given_ids", layer.values.size(),
+                                    valuesWhat, true);
+    layer.givenWeights = readValueIndex(f, l, at, "given_weights",
+                                        layer.values.size(), valuesWhat, true);
+    if (f.ok() && (layer.givenIds < 0) != (layer.givenWeights < 0))
+      f.fail(field(at, "given_ids"), "given_ids and given_weights must both "
+                                     "be indices or both null");
+  }
   // Router 0 in routing_ids/routing_weights; routers 1.. in the optional
   // more_routings (absent from single-router layers and older manifests).
   moe::LayerPlan::Routing first;
@@ -814,7 +835,13 @@ Json layerJson(const moe::LayerPlan &layer, const std::vector<int> &tensors) {
   j.set("target", layer.target);
   j.set("function", layer.function);
   j.set("input", layer.input);
-  j.set("output", layer.output);
+  j.set("output", indexOrNull(layer.output));
+  if (!layer.role.empty())
+    j.set("role", layer.role);
+  if (layer.givenIds >= 0 || layer.givenWeights >= 0) {
+    j.set("given_ids", indexOrNull(layer.givenIds));
+    j.set("given_weights", indexOrNull(layer.givenWeights));
+  }
   const bool routed = !layer.routings.empty();
   j.set("routing_ids", indexOrNull(routed ? layer.routings[0].ids : -1));
   j.set("routing_weights",

@@ -289,28 +289,57 @@ Status LayerExecutor::launchAll(int64_t tokens) {
 }
 
 Status LayerExecutor::runOnDevice(const void *x, void *y, int64_t tokens,
-                                  void *stream) {
+                                  void *stream, const void *givenIds,
+                                  const void *givenWeights) {
   if (tokens < 1)
     return Status::error("the input has no tokens");
+  if (plan.output < 0)
+    return Status::error("layer " + std::to_string(plan.layer) + " (" +
+                         plan.function + ") is a router-only plan; it has no "
+                                         "output to write");
+  if (Status s = checkGiven(givenIds, givenWeights))
+    return s;
   if (Status s = ensureValues(tokens))
     return s;
-  // The caller's buffers stand in for the layer's input and output.
-  void *ownInput = values[plan.input], *ownOutput = values[plan.output];
-  values[plan.input] = const_cast<void *>(x);
-  values[plan.output] = y;
+  // The caller's buffers stand in for the layer's input, output and given
+  // routing.
+  std::vector<std::pair<int, void *>> swapped = {{plan.input, const_cast<void *>(x)},
+                                                 {plan.output, y}};
+  if (plan.givenIds >= 0) {
+    swapped.push_back({plan.givenIds, const_cast<void *>(givenIds)});
+    swapped.push_back({plan.givenWeights, const_cast<void *>(givenWeights)});
+  }
+  for (auto &[v, p] : swapped)
+    std::swap(values[v], p);
   backend.setStream(stream);
   Status s = launchAll(tokens);
   backend.setStream(nullptr);
-  values[plan.input] = ownInput;
-  values[plan.output] = ownOutput;
+  for (auto &[v, p] : swapped)
+    std::swap(values[v], p);
   return s;
+}
+
+Status LayerExecutor::checkGiven(bool haveIds, bool haveWeights) const {
+  std::string layer = "layer " + std::to_string(plan.layer) + " (" +
+                      plan.function + ")";
+  if (plan.givenIds >= 0 && (!haveIds || !haveWeights))
+    return Status::error(layer + " takes its routing from the caller: give "
+                                 "the [T, K] expert ids and weights");
+  if (plan.givenIds < 0 && (haveIds || haveWeights))
+    return Status::error(layer + " routes its tokens itself; it takes no "
+                                 "given routing");
+  return Status::success();
 }
 
 runtime::Expected<LayerOutputs> LayerExecutor::run(const float *x,
                                                    int64_t tokens,
-                                                   bool wantRouting) {
+                                                   bool wantRouting,
+                                                   const int32_t *givenIds,
+                                                   const float *givenWeights) {
   if (tokens < 1)
     return Status::error("the input has no tokens");
+  if (Status s = checkGiven(givenIds, givenWeights))
+    return s;
   if (Status s = ensureValues(tokens))
     return s;
   const BufferShape &in = plan.values[plan.input];
@@ -319,19 +348,30 @@ runtime::Expected<LayerOutputs> LayerExecutor::run(const float *x,
   if (Status s = backend.upload(values[plan.input], inBytes.data(),
                                 inBytes.size()))
     return s;
+  if (plan.givenIds >= 0) {
+    size_t n = static_cast<size_t>(plan.values[plan.givenIds].elements(tokens));
+    if (Status s = backend.upload(values[plan.givenIds], givenIds, n * 4))
+      return s;
+    if (Status s = backend.upload(values[plan.givenWeights], givenWeights,
+                                  n * 4))
+      return s;
+  }
   if (Status s = launchAll(tokens))
     return s;
   if (Status s = backend.synchronize())
     return s;
 
   LayerOutputs out;
-  const BufferShape &yShape = plan.values[plan.output];
-  int64_t yCount = yShape.elements(tokens);
-  std::vector<uint8_t> yBytes(yCount * elementSize(yShape.type));
-  if (Status s = backend.download(yBytes.data(), values[plan.output],
-                                  yBytes.size()))
-    return s;
-  out.y = decodeElements(yBytes.data(), yCount, yShape.type);
+  if (plan.output >= 0) {
+    const BufferShape &yShape = plan.values[plan.output];
+    int64_t yCount = yShape.elements(tokens);
+    std::vector<uint8_t> yBytes(yCount * elementSize(yShape.type));
+    if (Status s = backend.download(yBytes.data(), values[plan.output],
+                                    yBytes.size()))
+      return s;
+    out.y = decodeElements(yBytes.data(), yCount, yShape.type);
+  }
+  wantRouting |= plan.role == "router";
   for (size_t r = 0; wantRouting && r < plan.routings.size(); ++r) {
     const LayerPlan::Routing &routing = plan.routings[r];
     const BufferShape &ids = plan.values[routing.ids];

@@ -295,40 +295,48 @@ Status checkLayerValues(const LayerPlan &layer, size_t l) {
     if (Status s =
             tokenRows("input", layer.input, layer.inputWidth, "input_width"))
       return s;
-    // A router-only plan computes its routing (routings[0]) and no output.
     if (layer.role == "router") {
-      if (layer.output != -1 || layer.routings.empty())
-        return Status::error(at + ": a router plan (role \"router\") has no "
-                                  "output (-1, got " +
-                             std::to_string(layer.output) +
-                             ") and at least one routing (got " +
-                             std::to_string(layer.routings.size()) + ")");
-    } else if (!layer.role.empty()) {
-      return Status::error(at + ".role: \"" + layer.role +
-                           "\" is not \"\" (a layer) or \"router\"");
+      if (layer.output >= 0)
+        return Status::error(at + ".output: a router-only plan has no output "
+                                  "value (expected null)");
+      if (layer.routings.empty())
+        return Status::error(at + ".routing_ids: a router-only plan must name "
+                                  "its routing (expected an index)");
     } else if (Status s = tokenRows("output", layer.output, layer.outputWidth,
                                     "output_width")) {
       return s;
     }
   }
-  // The caller's routing (a given-routing layer): [T, K] i32 ids and f32
-  // weights, both or neither.
   if ((layer.givenIds < 0) != (layer.givenWeights < 0))
-    return Status::error(at + ": given_ids (" +
-                         std::to_string(layer.givenIds) + ") and given_weights (" +
-                         std::to_string(layer.givenWeights) +
-                         ") must both be values or both -1");
+    return Status::error(at + ".given_ids: given_ids and given_weights must "
+                              "both be values or both absent");
   if (layer.givenIds >= 0) {
     const BufferShape *i = value(layer.givenIds);
     const BufferShape *w = value(layer.givenWeights);
-    if (!i || !w || i->type != ElementType::I32 || i->perToken <= 0 ||
-        i->fixed != 0 || w->type != ElementType::F32 ||
-        w->perToken != i->perToken || w->fixed != 0)
-      return Status::error(at + ": given_ids " +
-                           std::to_string(layer.givenIds) + " and given_weights " +
-                           std::to_string(layer.givenWeights) +
-                           " must be values of i32 and f32 with the same K > 0 "
-                           "per token + 0");
+    if (!i || !w)
+      return Status::error(at + ".given_ids: value " +
+                           std::to_string(i ? layer.givenWeights
+                                            : layer.givenIds) +
+                           " does not exist");
+    if (i->type != ElementType::I32 || i->perToken <= 0 || i->fixed != 0)
+      return Status::error(at + ".given_ids: value " +
+                           std::to_string(layer.givenIds) + " is " +
+                           elementTypeName(i->type) + " with " +
+                           std::to_string(i->perToken) + " per token + " +
+                           std::to_string(i->fixed) +
+                           ", expected i32 with K > 0 per token + 0");
+    if (w->type != ElementType::F32 || w->perToken != i->perToken ||
+        w->fixed != 0)
+      return Status::error(at + ".given_weights: value " +
+                           std::to_string(layer.givenWeights) + " is " +
+                           elementTypeName(w->type) + " with " +
+                           std::to_string(w->perToken) + " per token + " +
+                           std::to_string(w->fixed) + ", expected f32 with " +
+                           std::to_string(i->perToken) +
+                           " per token + 0 (as given_ids)");
+    if (layer.role == "router")
+      return Status::error(at + ".given_ids: a router-only plan computes its "
+                                "routing; it cannot be given one");
   }
   for (size_t r = 0; r < layer.routings.size(); ++r) {
     std::string ids = r == 0

@@ -579,6 +579,84 @@ public:
                          : py::reinterpret_borrow<py::object>(out);
   }
 
+  /// pkg.route(layer, x) -> (ids int32 [T, K], weights float32 [T, K]).
+  py::tuple route(int64_t layer, py::handle x) {
+    int64_t hidden = state->hidden(layer);
+    py::array_t<float> in = hostInput(x, hidden, "route");
+    int64_t tokens = in.shape(0);
+    auto k = state->model->routingSlots(layer);
+    if (!k)
+      fail(k.message());
+    std::vector<py::ssize_t> shape{tokens, k.value()};
+    py::array_t<int32_t> ids(shape);
+    py::array_t<float> weights(shape);
+    if (tokens > 0) {
+      const float *xp = in.data();
+      int32_t *ip = ids.mutable_data();
+      float *wp = weights.mutable_data();
+      moe::runtime::Status s;
+      {
+        py::gil_scoped_release release;
+        std::lock_guard<std::mutex> lock(state->mutex);
+        s = state->model->route(layer, xp, tokens, ip, wp);
+      }
+      if (s)
+        fail(s.message());
+    }
+    return py::make_tuple(ids, weights);
+  }
+
+  /// pkg.run_dispatched(layer, x, ids, weights) -> float32 [T, H].
+  py::object runDispatched(int64_t layer, py::handle x, py::handle ids,
+                           py::handle weights, py::handle out) {
+    int64_t hidden = state->hidden(layer);
+    if (!state->model->takesRouting(layer))
+      throw py::value_error("layer " + std::to_string(layer) + " of " +
+                            state->path +
+                            " routes its tokens itself; run_dispatched runs "
+                            "the layers of a rank package (moe-compile "
+                            "--placement)");
+    py::array_t<float> in = hostInput(x, hidden, "run_dispatched");
+    int64_t tokens = in.shape(0);
+    auto k = state->model->routingSlots(layer);
+    if (!k)
+      fail(k.message());
+    auto table = [&](py::handle a, const char *name, const char *dtype,
+                     char kind) {
+      py::array arr = asNumpy(a, name);
+      std::vector<int64_t> shape(arr.shape(), arr.shape() + arr.ndim());
+      if (arr.ndim() != 2 || shape[0] != tokens || shape[1] != k.value())
+        throw py::value_error(std::string(name) + ": expected shape " +
+                              shapeText({tokens, k.value()}) +
+                              " ([tokens, K] as x's tokens and the layer's "
+                              "slots), got " + shapeText(shape));
+      if (arr.dtype().kind() != kind && !(kind == 'f' && arr.dtype().kind() == 'i'))
+        throw py::type_error(std::string(name) + ": expected " + dtype +
+                             " values, got dtype " +
+                             py::str(arr.dtype()).cast<std::string>());
+      return numpy().attr("ascontiguousarray")(arr, "dtype"_a = dtype);
+    };
+    py::array_t<int32_t> idArray = table(ids, "ids", "int32", 'i');
+    py::array_t<float> weightArray = table(weights, "weights", "float32", 'f');
+    py::array_t<float> y = hostOutput(out, tokens, hidden);
+    if (tokens > 0) {
+      const float *xp = in.data();
+      const int32_t *ip = idArray.data();
+      const float *wp = weightArray.data();
+      float *yp = y.mutable_data();
+      moe::runtime::Status s;
+      {
+        py::gil_scoped_release release;
+        std::lock_guard<std::mutex> lock(state->mutex);
+        s = state->model->runLayerDispatched(layer, xp, ip, wp, tokens, yp);
+      }
+      if (s)
+        fail(s.message());
+    }
+    return out.is_none() ? py::object(y)
+                         : py::reinterpret_borrow<py::object>(out);
+  }
+
   std::string repr() const {
     std::string layers;
     for (int64_t l : state->model->layers())
@@ -671,6 +749,19 @@ PYBIND11_MODULE(moe_opt, m) {
            "out"_a = py::none(),
            "Runs every MoE layer in order, each on the previous one's output, "
            "on a host float32 [T, H] array; returns a new array, or `out`.")
+      .def("route", &Package::route, "layer"_a, "x"_a,
+           "The layer's full router on a host float32 [T, H] array: returns "
+           "(ids, weights), int32 and float32 [T, K]: logical expert ids (-1 "
+           "for an empty slot) and routing weights. In a rank package "
+           "(moe-compile --placement) it runs the router-only plan; elsewhere "
+           "the whole layer.")
+      .def("run_dispatched", &Package::runDispatched, "layer"_a, "x"_a,
+           "ids"_a, "weights"_a, py::kw_only(), "out"_a = py::none(),
+           "A rank package's share of a layer on the rows an engine sent it: "
+           "x float32 [T, H], ids int32 [T, K] physical slot ids of the "
+           "placement (-1, or a slot on another rank: no contribution), "
+           "weights float32 [T, K]; returns the partial output float32 "
+           "[T, H] (the sum over ranks is the layer), or `out`.")
       .def_property_readonly(
           "tensors", [](const Package &p) { return tensorList(*p.state); },
           "The weight tensors (manifest.json weights.tensors), each a dict: "

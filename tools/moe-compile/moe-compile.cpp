@@ -4,6 +4,7 @@
 //
 //   moe-compile MODEL_DIR_OR_IR [--adapter DIR]... [--lora-router FILE]
 //               [--arch sm_90a[,sm_80,...]] -o PKG_DIR [--force]
+//               [--placement PLACEMENT.json [--ranks r,r,...]]
 //
 // Imports a Hugging Face folder (or reads IR), runs --moe-optimize, emits the
 // kernels, compiles them with NVRTC for every named architecture (through
@@ -13,10 +14,12 @@
 
 #include "moe/codegen/CudaEmitter.h"
 #include "moe/dialects/MoE/MoEOps.h"
+#include "moe/lib/Analysis/Placement.h"
 #include "moe/lib/Import/HFImporter.h"
 #include "moe/lib/Reference/Interpreter.h"
 #include "moe/lib/Weights/InputFile.h"
 #include "moe/passes/Passes.h"
+#include "moe/runtime/AtomicDirectory.h"
 #include "moe/runtime/Compiler.h"
 #include "moe/runtime/KernelCache.h"
 #include "moe/runtime/KernelHeaders.h"
@@ -28,6 +31,7 @@
 #include "mlir/IR/MLIRContext.h"
 #include "mlir/Parser/Parser.h"
 #include "mlir/Pass/PassManager.h"
+#include "mlir/Pass/PassRegistry.h"
 
 #include "llvm/ADT/StringExtras.h"
 #include "llvm/Support/CommandLine.h"
@@ -40,6 +44,7 @@
 #include "llvm/Support/raw_ostream.h"
 
 #include <chrono>
+#include <cstdlib>
 #include <optional>
 #include <set>
 #include <thread>
@@ -74,6 +79,18 @@ static cl::opt<std::string> weightsMode(
              "shape-only package without checkpoint weights, bound at run "
              "time (Model::bindTensor, moe_model_bind_tensor)"),
     cl::init("pack"), cl::cat(category));
+static cl::opt<std::string> placementPath(
+    "placement",
+    cl::desc("Expert parallelism: a placement file (moe-opt "
+             "--moe-plan-placement out=FILE, docs/layout.md); writes one "
+             "package per rank, PKG_DIR/rank<r>, holding that rank's experts "
+             "(replicas included), its router and PKG_DIR/placement.json"),
+    cl::value_desc("file"), cl::cat(category));
+static cl::opt<std::string> ranksList(
+    "ranks",
+    cl::desc("With --placement: the ranks to compile, comma-separated "
+             "(default: every GPU of the placement)"),
+    cl::value_desc("r,r,..."), cl::cat(category));
 static cl::opt<bool> force("force", cl::desc("Replace an existing package"),
                            cl::init(false), cl::cat(category));
 static cl::opt<bool> quiet("q", cl::desc("Print the summary only"),
@@ -117,8 +134,300 @@ double seconds(std::chrono::steady_clock::time_point since) {
 }
 } // namespace
 
+/// Optimises `module`, generates and compiles its kernels, packs its
+/// weights and writes the package `outDir`; prints the summary.
+int compilePackage(mlir::ModuleOp module, const std::string &irPathForWeights,
+                   const std::string &outDir, bool replace,
+                   ArrayRef<StringRef> archList, Progress &progress,
+                   std::chrono::steady_clock::time_point start) {
+  progress.step("optimising (--moe-optimize)");
+  mlir::PassManager pm(module->getContext(),
+                        mlir::ModuleOp::getOperationName());
+  pm.addPass(mlir::moe::createMoEOptimize());
+  if (mlir::failed(pm.run(module)))
+    return fail("--moe-optimize failed");
+
+  progress.step("generating kernels");
+  auto plan = moe::emitCudaModule(module);
+  if (!plan)
+    return fail(toString(plan.takeError()));
+
+  for (const moe::LayerPlan &l : plan->layers) {
+    std::string kernels;
+    for (const moe::Launch &launch : l.launches)
+      kernels += (kernels.empty() ? "" : ", ") + launch.kernel;
+    progress.step("layer " + Twine(l.layer) +
+                  (l.target.empty() ? "" : ":" + l.target) + ": " +
+                  Twine(l.launches.size()) + " kernels (" + kernels + ")");
+  }
+
+  moe::runtime::PackageContents contents;
+  contents.producer = "moe-compile";
+  contents.plan = std::move(*plan);
+  std::string ir;
+  {
+    raw_string_ostream os(ir);
+    module.print(os);
+  }
+  contents.irText = ir;
+  if (auto type = module->getAttrOfType<mlir::StringAttr>("moe.model_type"))
+    contents.model.set("model_type", type.getValue().str());
+  contents.model.set("source", input.getValue());
+  contents.model.set("activation_type", activationType.getValue());
+
+  // Every architecture compiles through the kernel cache, each on a thread
+  // of its own (NVRTC compiles separate programs concurrently).
+  if (!archList.empty())
+    progress.step("compiling the kernels for " + archs + " (NVRTC, " +
+                  Twine(archList.size()) + " in parallel, through the cache)");
+  uint64_t nvrtcBefore = moe::runtime::nvrtcCompileCount();
+  std::vector<std::optional<moe::runtime::Expected<moe::runtime::CompiledModule>>>
+      results(archList.size());
+  {
+    std::vector<std::thread> threads;
+    for (size_t i = 0; i < archList.size(); ++i)
+      threads.emplace_back([&, i] {
+        moe::runtime::CompileRequest request;
+        request.source = contents.plan.source;
+        request.headers = moe::kernelHeaders();
+        request.arch = archList[i].str();
+        results[i].emplace(moe::runtime::compileCached(request));
+      });
+    for (std::thread &t : threads)
+      t.join();
+  }
+  uint64_t nvrtcCalls = moe::runtime::nvrtcCompileCount() - nvrtcBefore;
+  int cacheHits = 0;
+  double nvrtcSeconds = 0;
+  for (size_t i = 0; i < archList.size(); ++i) {
+    const moe::runtime::Expected<moe::runtime::CompiledModule> &compiled =
+        *results[i];
+    if (!compiled) {
+      progress.done();
+      return fail("compiling the kernels for " + archList[i] + ": " +
+                  compiled.message());
+    }
+    for (const std::string &w : compiled.value().warnings)
+      errs() << "moe-compile: warning: " << w << "\n";
+    cacheHits += compiled.value().fromCache ? 1 : 0;
+    if (!compiled.value().fromCache)
+      nvrtcSeconds += compiled.value().compileSeconds;
+    contents.cubins[archList[i].str()] = compiled.value().cubin;
+    for (const auto &r : compiled.value().resources)
+      if (r.isEntry)
+        contents.resources.push_back(r);
+  }
+
+  moe::WeightLoader loader(moe::weightRoot(module, irPathForWeights));
+  bool packWeights = weightsMode == "pack";
+  // Weights are packed as the checkpoint stores them: bytes copied once,
+  // never through f32.
+  moe::runtime::Status collected =
+      !packWeights ? moe::runtime::collectWeightShapes(contents)
+                   : moe::runtime::collectWeightBytes(
+      contents, [&](const moe::WeightRef &ref)
+                    -> moe::runtime::Expected<std::vector<uint8_t>> {
+        progress.step("packing weights: " +
+                      (ref.names.empty() ? std::string("<constant>")
+                                         : ref.names.front()));
+        auto t = loader.loadBytes(ref.names, ref.files, ref.stacked,
+                                  ref.shape, moe::elementTypeName(ref.type));
+        if (!t)
+          return moe::runtime::Status::error(toString(t.takeError()));
+        return std::move(*t);
+      });
+  if (collected) {
+    progress.done();
+    return fail(collected.message());
+  }
+  progress.step("writing " + outDir);
+  moe::runtime::WritePackageOptions writeOptions;
+  writeOptions.replace = replace;
+  if (moe::runtime::Status s =
+          moe::runtime::writePackage(contents, outDir, writeOptions)) {
+    progress.done();
+    return fail(s.message());
+  }
+  progress.done();
+
+  // Summary.
+  // Distinct kernels, against the launch sites of all layers (what each
+  // layer would compile if no kernel were shared).
+  std::set<std::string> kernels;
+  size_t launchSites = 0;
+  int64_t experts = 0;
+  for (const moe::LayerPlan &l : contents.plan.layers)
+    for (const moe::Launch &launch : l.launches) {
+      kernels.insert(launch.kernel);
+      ++launchSites;
+    }
+  for (const moe::WeightRef &w : contents.plan.layers.empty()
+                                     ? std::vector<moe::WeightRef>()
+                                     : contents.plan.layers.front().weights)
+    if ((w.stacked || w.shape.size() == 3) && !w.shape.empty())
+      experts = std::max<int64_t>(experts, w.shape.front());
+  uint64_t weightBytes = 0, externalBytes = 0, externalCount = 0;
+  std::vector<const moe::WeightRef *> refOf(contents.tensors.size(), nullptr);
+  for (size_t l = 0; l < contents.plan.layers.size(); ++l)
+    for (size_t w = 0; w < contents.layerTensors[l].size(); ++w)
+      if (!refOf[contents.layerTensors[l][w]])
+        refOf[contents.layerTensors[l][w]] = &contents.plan.layers[l].weights[w];
+  for (size_t t = 0; t < contents.tensors.size(); ++t) {
+    weightBytes += contents.tensors[t].size();
+    if (contents.external.empty() || !contents.external[t])
+      continue;
+    uint64_t n = moe::elementSize(refOf[t]->type);
+    for (int64_t d : refOf[t]->shape)
+      n *= static_cast<uint64_t>(d);
+    externalBytes += n;
+    ++externalCount;
+  }
+  outs() << "moe-compile: wrote " << outDir << "\n";
+  outs() << "  layers: " << contents.plan.layers.size() << " (";
+  for (size_t i = 0; i < contents.plan.layers.size(); ++i)
+    outs() << (i ? ", " : "") << contents.plan.layers[i].layer
+           << (contents.plan.layers[i].target.empty()
+                   ? ""
+                   : ":" + contents.plan.layers[i].target);
+  outs() << "), experts per layer: " << experts << "\n";
+  outs() << "  kernels: " << kernels.size() << " distinct for "
+         << launchSites << " launch sites, architectures: " << archs
+         << ", weights: " << format("%.1f", weightBytes / 1048576.0)
+         << " MiB in " << contents.tensors.size() << " tensors";
+  if (externalCount)
+    outs() << " (shape-only: " << externalCount << " tensors, "
+           << format("%.1f", externalBytes / 1048576.0)
+           << " MiB, to bind at run time)";
+  outs() << "\n";
+  for (const auto &r : contents.resources)
+    outs() << format("  %-26s %-7s %3d registers, %lld/%lld bytes spilled "
+                     "(stores/loads), %lld bytes static shared\n",
+                     r.name.c_str(), r.arch.c_str(), r.registers,
+                     static_cast<long long>(r.spillStoresBytes),
+                     static_cast<long long>(r.spillLoadsBytes),
+                     static_cast<long long>(r.sharedBytes));
+  moe::runtime::KernelCacheStats cacheStats =
+      moe::runtime::compileCachedStats();
+  outs() << format("  time: %.2f s in all, %.2f s of NVRTC work (summed over "
+                   "architectures); NVRTC calls: "
+                   "%llu; cache hits: %d of %zu architectures",
+                   seconds(start), nvrtcSeconds,
+                   static_cast<unsigned long long>(nvrtcCalls), cacheHits,
+                   archList.size());
+  if (cacheStats.corruptEntries)
+    outs() << format(" (%llu unusable entries recompiled)",
+                     static_cast<unsigned long long>(
+                         cacheStats.corruptEntries));
+  outs() << "\n";
+  return 0;
+}
+
+/// The ranks of --ranks (or every GPU of the placement), checked.
+Expected<std::vector<int64_t>> selectedRanks(int64_t gpus) {
+  std::vector<int64_t> ranks;
+  if (ranksList.empty()) {
+    for (int64_t r = 0; r < gpus; ++r)
+      ranks.push_back(r);
+    return ranks;
+  }
+  SmallVector<StringRef> parts;
+  StringRef(ranksList).split(parts, ',', -1, false);
+  for (StringRef part : parts) {
+    int64_t r = -1;
+    if (part.trim().getAsInteger(10, r) || r < 0 || r >= gpus)
+      return createStringError(
+          inconvertibleErrorCode(),
+          "--ranks: '" + part + "' is not a rank of the placement (0 to " +
+              Twine(gpus - 1) + ")");
+    if (llvm::is_contained(ranks, r))
+      return createStringError(inconvertibleErrorCode(),
+                               "--ranks names rank " + Twine(r) + " twice");
+    ranks.push_back(r);
+  }
+  if (ranks.empty())
+    return createStringError(inconvertibleErrorCode(),
+                             "--ranks names no rank");
+  return ranks;
+}
+
+/// --placement: one package per rank, PKG/rank<r>, each the rank's share
+/// (--moe-apply-placement, --moe-shard-experts routing=given: a router-only
+/// plan and the rank's experts on given routing), plus PKG/placement.json.
+/// The set is written in a temporary sibling and renamed into place.
+int compileRanks(mlir::ModuleOp module, const std::string &irPathForWeights,
+                 ArrayRef<StringRef> archList, Progress &progress,
+                 std::chrono::steady_clock::time_point start) {
+  if (weightsMode != "pack")
+    return fail("--placement needs the checkpoint's weights (each rank's "
+                "experts are cut from them); it cannot be combined with "
+                "--weights none");
+  int64_t gpus = 0;
+  auto placements = moe::readPlacementFile(placementPath, &gpus);
+  if (!placements)
+    return fail("--placement: " + toString(placements.takeError()));
+  auto ranks = selectedRanks(gpus);
+  if (!ranks)
+    return fail(toString(ranks.takeError()));
+  // The shard pass cuts the weights from the checkpoint the module names:
+  // an imported module stands for MODEL_DIR/model.mlir.
+  if (!isa<mlir::FileLineColLoc>(module.getLoc()))
+    module->setLoc(
+        mlir::FileLineColLoc::get(module->getContext(), irPathForWeights, 0, 0));
+
+  SmallString<256> parent(output.getValue());
+  sys::fs::make_absolute(parent);
+  std::string temp = (parent + ".tmp-XXXXXX").str();
+  if (!::mkdtemp(temp.data()))
+    return fail("cannot create a temporary directory beside '" + output +
+                "': " + moe::runtime::detail::errnoText(errno));
+  auto abandon = [&](int rc) {
+    moe::runtime::detail::removeTree(temp);
+    return rc;
+  };
+  for (int64_t rank : *ranks) {
+    progress.step("rank " + Twine(rank) + " of " + Twine(gpus) +
+                  ": sharding the experts");
+    mlir::OwningOpRef<mlir::ModuleOp> share(module.clone());
+    std::string weights =
+        moe::runtime::detail::joinPath(temp, "rank" + std::to_string(rank) +
+                                                 ".safetensors");
+    mlir::PassManager pm(module->getContext(),
+                         mlir::ModuleOp::getOperationName());
+    std::string pipeline =
+        "builtin.module(moe-apply-placement{placement=\"" +
+        placementPath.getValue() + "\"},moe-shard-experts{rank=" +
+        std::to_string(rank) + " routing=given weights-out=\"" + weights +
+        "\"})";
+    if (mlir::failed(mlir::parsePassPipeline(pipeline, pm, errs())))
+      return abandon(fail("cannot build the pipeline " + pipeline));
+    if (mlir::failed(pm.run(*share)))
+      return abandon(fail("--placement: rank " + Twine(rank) +
+                          ": placing and sharding the layers failed (see "
+                          "above)"));
+    std::string dir =
+        moe::runtime::detail::joinPath(temp, "rank" + std::to_string(rank));
+    if (int rc = compilePackage(*share, irPathForWeights, dir, false, archList,
+                                progress, start))
+      return abandon(rc);
+    // Packed into the rank's package.
+    sys::fs::remove(weights);
+  }
+  if (moe::runtime::Status s = moe::runtime::detail::writeFile(
+          moe::runtime::detail::joinPath(temp, "placement.json"),
+          moe::placementToJson(*placements, gpus)))
+    return abandon(fail(s.message()));
+  if (moe::runtime::Status s = moe::runtime::detail::commit(temp, output, force))
+    return abandon(fail(s.message()));
+  progress.done();
+  outs() << "moe-compile: wrote " << output << ": " << ranks->size()
+         << " rank package(s) of " << gpus << " and placement.json\n";
+  return 0;
+}
+
 int main(int argc, char **argv) {
   InitLLVM init(argc, argv);
+  // --placement builds its pipeline from pass names.
+  mlir::moe::registerMoEPasses();
   cl::HideUnrelatedOptions(category);
   cl::ParseCommandLineOptions(
       argc, argv,
@@ -129,6 +438,9 @@ int main(int argc, char **argv) {
     return fail("no output given: -o PKG_DIR");
   if (weightsMode != "pack" && weightsMode != "none")
     return fail("--weights is '" + weightsMode + "'; expected pack or none");
+  if (!ranksList.empty() && placementPath.empty())
+    return fail("--ranks selects ranks of a --placement; give --placement "
+                "FILE");
   // --arch none: no cubin; the package's kernels.cu is compiled where it
   // runs (through the cache) or runs on the CPU emulation.
   SmallVector<StringRef> archList;
@@ -182,183 +494,8 @@ int main(int argc, char **argv) {
       return fail("cannot parse " + input);
   }
 
-  progress.step("optimising (--moe-optimize)");
-  mlir::PassManager pm(&context, mlir::ModuleOp::getOperationName());
-  pm.addPass(mlir::moe::createMoEOptimize());
-  if (mlir::failed(pm.run(*module)))
-    return fail("--moe-optimize failed");
-
-  progress.step("generating kernels");
-  auto plan = moe::emitCudaModule(*module);
-  if (!plan)
-    return fail(toString(plan.takeError()));
-
-  for (const moe::LayerPlan &l : plan->layers) {
-    std::string kernels;
-    for (const moe::Launch &launch : l.launches)
-      kernels += (kernels.empty() ? "" : ", ") + launch.kernel;
-    progress.step("layer " + Twine(l.layer) +
-                  (l.target.empty() ? "" : ":" + l.target) + ": " +
-                  Twine(l.launches.size()) + " kernels (" + kernels + ")");
-  }
-
-  moe::runtime::PackageContents contents;
-  contents.producer = "moe-compile";
-  contents.plan = std::move(*plan);
-  std::string ir;
-  {
-    raw_string_ostream os(ir);
-    module->print(os);
-  }
-  contents.irText = ir;
-  if (auto type = (*module)->getAttrOfType<mlir::StringAttr>("moe.model_type"))
-    contents.model.set("model_type", type.getValue().str());
-  contents.model.set("source", input.getValue());
-  contents.model.set("activation_type", activationType.getValue());
-
-  // Every architecture compiles through the kernel cache, each on a thread
-  // of its own (NVRTC compiles separate programs concurrently).
-  if (!archList.empty())
-    progress.step("compiling the kernels for " + archs + " (NVRTC, " +
-                  Twine(archList.size()) + " in parallel, through the cache)");
-  uint64_t nvrtcBefore = moe::runtime::nvrtcCompileCount();
-  std::vector<std::optional<moe::runtime::Expected<moe::runtime::CompiledModule>>>
-      results(archList.size());
-  {
-    std::vector<std::thread> threads;
-    for (size_t i = 0; i < archList.size(); ++i)
-      threads.emplace_back([&, i] {
-        moe::runtime::CompileRequest request;
-        request.source = contents.plan.source;
-        request.headers = moe::kernelHeaders();
-        request.arch = archList[i].str();
-        results[i].emplace(moe::runtime::compileCached(request));
-      });
-    for (std::thread &t : threads)
-      t.join();
-  }
-  uint64_t nvrtcCalls = moe::runtime::nvrtcCompileCount() - nvrtcBefore;
-  int cacheHits = 0;
-  double nvrtcSeconds = 0;
-  for (size_t i = 0; i < archList.size(); ++i) {
-    const moe::runtime::Expected<moe::runtime::CompiledModule> &compiled =
-        *results[i];
-    if (!compiled) {
-      progress.done();
-      return fail("compiling the kernels for " + archList[i] + ": " +
-                  compiled.message());
-    }
-    for (const std::string &w : compiled.value().warnings)
-      errs() << "moe-compile: warning: " << w << "\n";
-    cacheHits += compiled.value().fromCache ? 1 : 0;
-    if (!compiled.value().fromCache)
-      nvrtcSeconds += compiled.value().compileSeconds;
-    contents.cubins[archList[i].str()] = compiled.value().cubin;
-    for (const auto &r : compiled.value().resources)
-      if (r.isEntry)
-        contents.resources.push_back(r);
-  }
-
-  moe::WeightLoader loader(moe::weightRoot(*module, irPathForWeights));
-  bool packWeights = weightsMode == "pack";
-  // Weights are packed as the checkpoint stores them: bytes copied once,
-  // never through f32.
-  moe::runtime::Status collected =
-      !packWeights ? moe::runtime::collectWeightShapes(contents)
-                   : moe::runtime::collectWeightBytes(
-      contents, [&](const moe::WeightRef &ref)
-                    -> moe::runtime::Expected<std::vector<uint8_t>> {
-        progress.step("packing weights: " +
-                      (ref.names.empty() ? std::string("<constant>")
-                                         : ref.names.front()));
-        auto t = loader.loadBytes(ref.names, ref.files, ref.stacked,
-                                  ref.shape, moe::elementTypeName(ref.type));
-        if (!t)
-          return moe::runtime::Status::error(toString(t.takeError()));
-        return std::move(*t);
-      });
-  if (collected) {
-    progress.done();
-    return fail(collected.message());
-  }
-  progress.step("writing " + output);
-  moe::runtime::WritePackageOptions writeOptions;
-  writeOptions.replace = force;
-  if (moe::runtime::Status s =
-          moe::runtime::writePackage(contents, output, writeOptions)) {
-    progress.done();
-    return fail(s.message());
-  }
-  progress.done();
-
-  // Summary.
-  // Distinct kernels, against the launch sites of all layers (what each
-  // layer would compile if no kernel were shared).
-  std::set<std::string> kernels;
-  size_t launchSites = 0;
-  int64_t experts = 0;
-  for (const moe::LayerPlan &l : contents.plan.layers)
-    for (const moe::Launch &launch : l.launches) {
-      kernels.insert(launch.kernel);
-      ++launchSites;
-    }
-  for (const moe::WeightRef &w : contents.plan.layers.empty()
-                                     ? std::vector<moe::WeightRef>()
-                                     : contents.plan.layers.front().weights)
-    if ((w.stacked || w.shape.size() == 3) && !w.shape.empty())
-      experts = std::max<int64_t>(experts, w.shape.front());
-  uint64_t weightBytes = 0, externalBytes = 0, externalCount = 0;
-  std::vector<const moe::WeightRef *> refOf(contents.tensors.size(), nullptr);
-  for (size_t l = 0; l < contents.plan.layers.size(); ++l)
-    for (size_t w = 0; w < contents.layerTensors[l].size(); ++w)
-      if (!refOf[contents.layerTensors[l][w]])
-        refOf[contents.layerTensors[l][w]] = &contents.plan.layers[l].weights[w];
-  for (size_t t = 0; t < contents.tensors.size(); ++t) {
-    weightBytes += contents.tensors[t].size();
-    if (contents.external.empty() || !contents.external[t])
-      continue;
-    uint64_t n = moe::elementSize(refOf[t]->type);
-    for (int64_t d : refOf[t]->shape)
-      n *= static_cast<uint64_t>(d);
-    externalBytes += n;
-    ++externalCount;
-  }
-  outs() << "moe-compile: wrote " << output << "\n";
-  outs() << "  layers: " << contents.plan.layers.size() << " (";
-  for (size_t i = 0; i < contents.plan.layers.size(); ++i)
-    outs() << (i ? ", " : "") << contents.plan.layers[i].layer
-           << (contents.plan.layers[i].target.empty()
-                   ? ""
-                   : ":" + contents.plan.layers[i].target);
-  outs() << "), experts per layer: " << experts << "\n";
-  outs() << "  kernels: " << kernels.size() << " distinct for "
-         << launchSites << " launch sites, architectures: " << archs
-         << ", weights: " << format("%.1f", weightBytes / 1048576.0)
-         << " MiB in " << contents.tensors.size() << " tensors";
-  if (externalCount)
-    outs() << " (shape-only: " << externalCount << " tensors, "
-           << format("%.1f", externalBytes / 1048576.0)
-           << " MiB, to bind at run time)";
-  outs() << "\n";
-  for (const auto &r : contents.resources)
-    outs() << format("  %-26s %-7s %3d registers, %lld/%lld bytes spilled "
-                     "(stores/loads), %lld bytes static shared\n",
-                     r.name.c_str(), r.arch.c_str(), r.registers,
-                     static_cast<long long>(r.spillStoresBytes),
-                     static_cast<long long>(r.spillLoadsBytes),
-                     static_cast<long long>(r.sharedBytes));
-  moe::runtime::KernelCacheStats cacheStats =
-      moe::runtime::compileCachedStats();
-  outs() << format("  time: %.2f s in all, %.2f s of NVRTC work (summed over "
-                   "architectures); NVRTC calls: "
-                   "%llu; cache hits: %d of %zu architectures",
-                   seconds(start), nvrtcSeconds,
-                   static_cast<unsigned long long>(nvrtcCalls), cacheHits,
-                   archList.size());
-  if (cacheStats.corruptEntries)
-    outs() << format(" (%llu unusable entries recompiled)",
-                     static_cast<unsigned long long>(
-                         cacheStats.corruptEntries));
-  outs() << "\n";
-  return 0;
+  if (!placementPath.empty())
+    return compileRanks(*module, irPathForWeights, archList, progress, start);
+  return compilePackage(*module, irPathForWeights, output, force, archList,
+                        progress, start);
 }

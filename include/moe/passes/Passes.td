@@ -208,6 +208,29 @@ def MoEPlanPlacement : Pass<"moe-plan-placement", "::mlir::ModuleOp"> {
   ];
 }
 
+def MoEApplyPlacement : Pass<"moe-apply-placement", "::mlir::ModuleOp"> {
+  let summary = "Attaches a placement file's placement to the MoE layers";
+  let description = [{
+    Reads a placement file (the `out` of `--moe-plan-placement`,
+    docs/layout.md) and attaches each layer's placement to the `func.func`
+    of the MoE layer of the same index, as `--moe-plan-placement` does
+    (`moe.placement.slot_expert`, `moe.placement.slot_gpu`,
+    `moe.placement.gpus`; `moe.placement.policy` is `"file"`). Used by
+    `moe-compile --placement` before `--moe-shard-experts`.
+
+    Refused with an error naming the file and the layer, leaving the IR
+    unchanged: a file that does not parse or whose placements are not
+    valid (an expert twice on one GPU, an expert without a slot, unequal
+    slots per GPU), a layer of the module that the file does not place, a
+    layer of the file that the module does not have, or a different number
+    of experts.
+  }];
+  let options = [
+    Option<"placement", "placement", "std::string", "\"\"",
+           "Placement file (JSON, format moe-placement)">
+  ];
+}
+
 def MoESimulateLayout : Pass<"moe-simulate-layout", "::mlir::ModuleOp"> {
   let summary = "Simulates an expert-parallel step of the placed layers";
   let description = [{

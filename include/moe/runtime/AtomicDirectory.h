@@ -37,8 +37,9 @@ Status syncDirectory(const std::string &dir);
 /// Removes a file or directory tree; errors are ignored.
 void removeTree(const std::string &path);
 
-/// Whether `dir` (which exists) may be replaced: an empty directory or one
-/// holding a manifest.json, not a symbolic link.
+/// Whether `dir` (which exists) may be replaced: an empty directory, one
+/// holding a manifest.json, or a set of rank packages (placement.json and
+/// rank0/manifest.json); not a symbolic link.
 Status checkReplaceable(const std::string &dir);
 
 /// Removes `<base>.tmp-XXXXXX` and `<base>.old-XXXXXX` directories in

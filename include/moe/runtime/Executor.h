@@ -130,17 +130,29 @@ public:
   /// (launchRuns: the decode or the grouped expert kernels); with
   /// MOE_LOG_LAUNCHES=1 in the environment each launch and its grid is
   /// printed on stderr.
+  ///
+  /// A layer with a given routing (LayerPlan::givenIds) takes the caller's
+  /// [T, K] ids and weights (host arrays; required, and refused for a layer
+  /// that routes itself). A router-only plan (role "router") returns its
+  /// routing and an empty y, whatever wantRouting says.
   runtime::Expected<LayerOutputs> run(const float *x, int64_t tokens,
-                                      bool wantRouting);
+                                      bool wantRouting,
+                                      const int32_t *givenIds = nullptr,
+                                      const float *givenWeights = nullptr);
 
   /// The same on the backend's memory: x and y are [T, width] arrays of the
   /// layer's activation type, owned by the caller; the launches are queued
-  /// on `stream` and not waited for.
+  /// on `stream` and not waited for. For a layer with a given routing,
+  /// givenIds/givenWeights are [T, K] i32/f32 arrays in the backend's
+  /// memory. Not for router-only plans.
   runtime::Status runOnDevice(const void *x, void *y, int64_t tokens,
-                              void *stream);
+                              void *stream, const void *givenIds = nullptr,
+                              const void *givenWeights = nullptr);
 
 private:
   runtime::Status ensureValues(int64_t tokens);
+  /// Whether the caller's routing arguments fit the plan.
+  runtime::Status checkGiven(bool haveIds, bool haveWeights) const;
   runtime::Status launchAll(int64_t tokens);
 
   const LayerPlan &plan;
