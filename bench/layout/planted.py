@@ -15,7 +15,10 @@
       a profile of planted layer-to-layer chains: a token starts on a
       uniform expert and, from layer l to l+1, follows expert i -> perm_l(i)
       with probability P, else goes to a uniform expert (one expert per
-      token, with transitions).
+      token, with transitions). --planted-out writes the cross-GPU fraction
+      of the placement that follows the planted chains on G GPUs (--gpus;
+      layer 0 contiguous, perm_l(i) on the GPU of i): what a placement that
+      found the chains achieves, a reference for the planner's result.
 
 The profile's model identity is the SHA-256 of --ir (docs/profile.md).
 """
@@ -153,6 +156,21 @@ def cmd_chains(a):
             cur = nxt
         layers.append((count, co, tr))
     write_profile(a.out, a.ir, layers, T)
+    if a.planted_out:
+        if a.gpus < 1 or E % a.gpus:
+            sys.exit("planted.py: --gpus %d does not divide %d experts"
+                     % (a.gpus, E))
+        gpu = np.arange(E) // (E // a.gpus)
+        cross = total = 0.0
+        for l in range(L - 1):
+            nxt = np.empty(E, dtype=np.int64)
+            nxt[perms[l]] = gpu
+            tr = layers[l][2]
+            cross += tr[gpu[:, None] != nxt[None, :]].sum()
+            total += tr.sum()
+            gpu = nxt
+        with open(a.planted_out, "w") as f:
+            json.dump({"planted_cross_gpu_fraction": cross / total}, f)
 
 
 def main():
@@ -183,6 +201,8 @@ def main():
     c.add_argument("--tokens", type=int, default=0,
                    help="tokens (default 200 E)")
     c.add_argument("--seed", type=int, default=1)
+    c.add_argument("--planted-out")
+    c.add_argument("--gpus", type=int, default=0)
     a = ap.parse_args()
     if a.cmd != "model" and a.experts < 2:
         sys.exit("planted.py: --experts must be at least 2")

@@ -135,7 +135,9 @@ for c in $chain_cases; do
   ir=$work/inputs/chains-$k.mlir
   prof=$work/inputs/chains-$k.safetensors
   step $python "$here/planted.py" model "$ir" --layers $L --experts $E --top-k 1
-  step $python "$here/planted.py" chains --ir "$ir" --out "$prof" --experts $E --layers $L --stay 0.8
+  mkdir -p "$work/chains"
+  step $python "$here/planted.py" chains --ir "$ir" --out "$prof" --experts $E --layers $L --stay 0.8 \
+    --gpus $G --planted-out "$work/chains/$k.planted.json"
   topology "$work/inputs/chains-1x$G.json" 1 $G
   t=$work/inputs/chains-1x$G.json
   plan chains "$k" "$k.contiguous" "$ir" "$t" "$prof" "$prof" policy=contiguous

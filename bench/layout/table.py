@@ -1,5 +1,6 @@
 """The tables of bench/layout/run.sh, from its runs.tsv and the files of
-each run: the placement (NAME.place.json), the simulator's reports on the
+each run: the placement (NAME.place.json), for the chains the cross-GPU
+fraction of the planted chains' placement (CASE.planted.json), the simulator's reports on the
 planning profile (NAME.in.json) and on the scoring profile (NAME.out.json),
 and the plan's remarks (NAME.remarks).
 
@@ -149,7 +150,9 @@ def chains_table(runs, check):
         gm, gsec = g.affinity()
         im, isec = i.affinity()
         per = g.per_gpu() | i.per_gpu()
-        rows.append([L, E, G, fmt(fc), fmt(fg), fmt(fi),
+        planted = load(c.prefix.rsplit(".", 1)[0] + ".planted.json")[
+            "planted_cross_gpu_fraction"]
+        rows.append([L, E, G, fmt(fc), fmt(planted), fmt(fg), fmt(fi),
                      "%.1f%%" % (100 * (1 - fi / fc)), fmt(fg / fi),
                      fmt(gsec, ".2f"), fmt(isec, ".2f"), fmt(i.wall, ".2f"),
                      im, ",".join(map(str, sorted(per)))])
@@ -158,13 +161,17 @@ def chains_table(runs, check):
                   % (case, x, f, fc))
         check(1 - fi / fc >= 0.70, "chains %s: affinity cuts %.1f%% >= 70%%"
               % (case, 100 * (1 - fi / fc)))
+        check(fi <= 1.05 * planted,
+              "chains %s: glpk %.4f within 5%% of the planted chains' %.4f"
+              % (case, fi, planted))
         check(fg <= 1.05 * fi, "chains %s: greedy %.4f within 5%% of glpk %.4f"
               % (case, fg, fi))
         check(per == {E // G}, "chains %s: experts per GPU %s (E/G = %d)"
               % (case, sorted(per), E // G))
         check(g.duplicates() + i.duplicates() == 0,
               "chains %s: no duplicate replicas" % case)
-    head = ["L", "E", "G", "cross contiguous", "cross greedy", "cross glpk",
+    head = ["L", "E", "G", "cross contiguous", "cross planted", "cross greedy",
+            "cross glpk",
             "cut", "greedy/glpk", "greedy s", "glpk s", "glpk wall s",
             "glpk status", "experts/GPU"]
     return ("### Planted layer-to-layer chains (p = 0.8)\n\n"
