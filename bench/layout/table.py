@@ -31,7 +31,11 @@ class Run:
         self.options, self.wall, self.prefix = options, float(wall), prefix
         self.place = load(prefix + ".place.json")
         self.inr = load(prefix + ".in.json")["total"]
-        self.outr = load(prefix + ".out.json")["total"]
+        out = load(prefix + ".out.json")
+        self.outr = out["total"]
+        # The expert work's share of the simulated step (the rest is
+        # dispatch and combine).
+        self.expert_seconds = sum(l["expert_seconds"] for l in out["layers"])
         with open(prefix + ".remarks") as f:
             self.remarks = f.read()
         if self.place.get("format") != "moe-placement":
@@ -199,6 +203,7 @@ def models_table(runs, check):
                 fmt(o["all_to_all_bytes_intra_node"] / 1e6, ".3f"),
                 fmt(o["all_to_all_bytes_inter_node"] / 1e6, ".3f"),
                 fmt(o["step_seconds"] * 1e6, ".2f"),
+                fmt(r.expert_seconds * 1e6, ".3f"),
                 fmt(o["step_seconds"] / c.outr["step_seconds"], ".3f"),
                 fmt(r.wall, ".2f"), r.duplicates(), method or ""])
             check(r.duplicates() == 0, "models %s %s: no duplicate replicas"
@@ -213,7 +218,8 @@ def models_table(runs, check):
                   "%.4f (calibration)" % (case, kind, f, fc))
     head = ["model", "routing", "GPUs", "policy", "balance calib",
             "balance held-out", "cross calib", "cross held-out",
-            "a2a intra MB", "a2a inter MB", "step us", "vs contiguous",
+            "a2a intra MB", "a2a inter MB", "step us", "expert us",
+            "vs contiguous",
             "plan s", "dup.", "affinity method"]
     return ("### 3-layer synthetic models (planned on the calibration "
             "profile; a2a bytes and step time on the held-out profile)\n\n"
