@@ -233,8 +233,50 @@ LogicalResult TopPOp::verify() {
   if (maxK < 1 || (!ShapedType::isDynamic(experts) && maxK > experts))
     return emitOpError() << "'max_k' must be in [1, " << dimStr(experts)
                          << "] (the number of experts), got " << maxK;
+  int64_t minK = getMinK();
+  if (minK < 1 || minK > maxK)
+    return emitOpError() << "'min_k' must be in [1, max_k = " << maxK
+                         << "], got " << minK;
   return verifySelectionResults(*this, getInput(), getIds(), getValues(),
                                 maxK, "'max_k'");
+}
+
+LogicalResult EntropyFallbackOp::verify() {
+  Operation *op = getOperation();
+  float q = getQ().convertToFloat();
+  if (!std::isfinite(q) || q <= 0.0f || q == 1.0f)
+    return emitOpError() << "'q' (the entropic index) must be finite, > 0 "
+                            "and != 1 (q = 1 is the Shannon limit, which "
+                            "the Tsallis formula divides by zero at), got "
+                         << q;
+  float threshold = getThreshold().convertToFloat();
+  if (!std::isfinite(threshold) || threshold < 0.0f)
+    return emitOpError() << "'threshold' must be finite and >= 0 (an "
+                            "entropy), got "
+                         << threshold;
+  float eps = getEpsilon().convertToFloat();
+  if (!std::isfinite(eps) || eps < 0.0f)
+    return emitOpError() << "'epsilon' must be finite and >= 0, got " << eps;
+  int64_t experts = columns(getProbs());
+  if (ShapedType::isDynamic(experts))
+    return emitOpError("the number of experts (dimension 1 of 'probs') must "
+                       "be static: the result has one slot per expert");
+  if (failed(expectDim(op, getSelectedIds(), "selected_ids", 0,
+                       rows(getProbs()), "tokens of 'probs'")) ||
+      failed(expectRoutingShape(op, getSelectedValues(), "selected_values",
+                                getSelectedIds())))
+    return failure();
+  int64_t slots = columns(getSelectedIds());
+  if (!ShapedType::isDynamic(slots) && slots > experts)
+    return emitOpError() << "'selected_ids' has " << slots
+                         << " slots, more than the " << experts
+                         << " experts of 'probs' (the result has one slot "
+                            "per expert)";
+  if (failed(verifyIdRange(op, getSelectedIds(), "selected_ids", experts,
+                           "the number of experts of 'probs'")))
+    return failure();
+  return verifySelectionResults(op, getProbs(), getIds(), getValues(),
+                                experts, "one slot per expert of 'probs'");
 }
 
 LogicalResult ThresholdOp::verify() {
