@@ -625,9 +625,9 @@ private:
                 c << llvm::formatv(
                     "moe_k::route::entropyFallback<{0}, {1}, {2}>({3}, {4}, "
                     "{5}, {6}, {7}, {8}, {9}, {10});",
-                    dim(s.getProbs(), 1), dim(s.getSelectedIds(), 1),
+                    dim(s.getProbs(), 1), dim(s.getSparseIds(), 1),
                     s.getNormalized() ? "true" : "false", in(s.getProbs()),
-                    in(s.getSelectedIds()), in(s.getSelectedValues()),
+                    in(s.getSparseIds()), in(s.getSparseValues()),
                     floatLiteral(s.getQ().convertToFloat()),
                     floatLiteral(s.getEpsilon().convertToFloat()),
                     floatLiteral(s.getThreshold().convertToFloat()),

@@ -261,18 +261,26 @@ LogicalResult EntropyFallbackOp::verify() {
   if (ShapedType::isDynamic(experts))
     return emitOpError("the number of experts (dimension 1 of 'probs') must "
                        "be static: the result has one slot per expert");
-  if (failed(expectDim(op, getSelectedIds(), "selected_ids", 0,
+  if (failed(expectDim(op, getSparseIds(), "sparse_ids", 0,
                        rows(getProbs()), "tokens of 'probs'")) ||
-      failed(expectRoutingShape(op, getSelectedValues(), "selected_values",
-                                getSelectedIds())))
+      failed(expectDim(op, getSparseValues(), "sparse_values", 0,
+                       rows(getSparseIds()), "tokens of 'sparse_ids'")) ||
+      failed(expectDim(op, getSparseValues(), "sparse_values", 1,
+                       columns(getSparseIds()), "slots of 'sparse_ids'")))
     return failure();
-  int64_t slots = columns(getSelectedIds());
+  // Normalising divides by the entropy of the uniform row, 0 for N = 1.
+  if (getNormalized() && experts < 2)
+    return emitOpError() << "'normalized' needs at least 2 experts in "
+                            "'probs' (the largest entropy of 1 candidate is "
+                            "0), got "
+                         << experts;
+  int64_t slots = columns(getSparseIds());
   if (!ShapedType::isDynamic(slots) && slots > experts)
-    return emitOpError() << "'selected_ids' has " << slots
+    return emitOpError() << "'sparse_ids' has " << slots
                          << " slots, more than the " << experts
                          << " experts of 'probs' (the result has one slot "
                             "per expert)";
-  if (failed(verifyIdRange(op, getSelectedIds(), "selected_ids", experts,
+  if (failed(verifyIdRange(op, getSparseIds(), "sparse_ids", experts,
                            "the number of experts of 'probs'")))
     return failure();
   return verifySelectionResults(op, getProbs(), getIds(), getValues(),

@@ -735,8 +735,8 @@ private:
         })
         .Case([&](EntropyFallbackOp o) -> Error {
           const HostTensor &probs = get(o.getProbs());
-          const HostTensor &selIds = get(o.getSelectedIds());
-          const HostTensor &selVals = get(o.getSelectedValues());
+          const HostTensor &selIds = get(o.getSparseIds());
+          const HostTensor &selVals = get(o.getSparseValues());
           Matrix m = matrix(probs), ms = matrix(selIds);
           double q = o.getQ().convertToFloat();
           double eps = o.getEpsilon().convertToFloat();

@@ -261,9 +261,10 @@ def MoE_EntropyFallbackOp : MoE_SelectOp<"entropy_fallback"> {
     probability row scores in [0, 1]: 0 for one-hot, 1 for uniform), is
     compared with `threshold`. A token with `S_q(t) > threshold` (an
     uncertain router) is routed to every expert: slot `e` holds expert `e`
-    with value `probs[t, e]`. Every other token keeps the selection
-    (`ids`, `values` : `[T, K]`, e.g. from `moe.top_p`) in its first K
-    slots; its slots K..N-1 are empty (id -1, value 0). The results are
+    with value `probs[t, e]`. Every other token keeps the sparse
+    selection (`sparse_ids`, `sparse_values` : `[T, K]`, e.g. from
+    `moe.top_p`) in its first K slots; its slots K..N-1 are empty (id -1,
+    value 0). The results are
     `[T, N]`; the values are not renormalised (add `moe.normalize` for
     that). `q` is the entropic index (`q -> 1` would be the Shannon
     entropy, which this op does not take: use `q != 1`); `epsilon` is added
@@ -280,13 +281,13 @@ def MoE_EntropyFallbackOp : MoE_SelectOp<"entropy_fallback"> {
         -> tensor<?x8xi32>, tensor<?x8xf32>
     ```
   }];
-  let arguments = (ins MoE_Scores:$probs, MoE_Ids:$selected_ids,
-                   MoE_Scores:$selected_values, F32Attr:$q,
+  let arguments = (ins MoE_Scores:$probs, MoE_Ids:$sparse_ids,
+                   MoE_Scores:$sparse_values, F32Attr:$q,
                    F32Attr:$threshold, UnitAttr:$normalized,
                    DefaultValuedAttr<F32Attr, "0.0">:$epsilon);
   let assemblyFormat = [{
-    $probs `,` $selected_ids `,` $selected_values attr-dict `:` type($probs)
-    `,` type($selected_ids) `,` type($selected_values) `->` type(results)
+    $probs `,` $sparse_ids `,` $sparse_values attr-dict `:` type($probs)
+    `,` type($sparse_ids) `,` type($sparse_values) `->` type(results)
   }];
   let hasVerifier = 1;
 }
