@@ -611,10 +611,27 @@ private:
               })
               .Case([&](TopPOp s) -> Error {
                 c << llvm::formatv(
-                    "moe_k::route::topP<{0}, {1}>({2}, {3}, {4}, {5});",
+                    "moe_k::route::topP<{0}, {1}, {6}, {7}>({2}, {3}, {4}, "
+                    "{5});",
                     dim(s.getInput(), 1), s.getMaxK(), in(s.getInput()),
                     floatLiteral(s.getP().convertToFloat()), at(s.getIds()),
-                    at(s.getValues()));
+                    at(s.getValues()), s.getMinK(),
+                    s.getPrefix() == TopPPrefix::within ? "true" : "false");
+                return Error::success();
+              })
+              .Case([&](EntropyFallbackOp s) -> Error {
+                // The entropy test runs here, on lane 0 of the token's
+                // warp, over the token's row of probabilities.
+                c << llvm::formatv(
+                    "moe_k::route::entropyFallback<{0}, {1}, {2}>({3}, {4}, "
+                    "{5}, {6}, {7}, {8}, {9}, {10});",
+                    dim(s.getProbs(), 1), dim(s.getSparseIds(), 1),
+                    s.getNormalized() ? "true" : "false", in(s.getProbs()),
+                    in(s.getSparseIds()), in(s.getSparseValues()),
+                    floatLiteral(s.getQ().convertToFloat()),
+                    floatLiteral(s.getEpsilon().convertToFloat()),
+                    floatLiteral(s.getThreshold().convertToFloat()),
+                    at(s.getIds()), at(s.getValues()));
                 return Error::success();
               })
               .Case([&](ThresholdOp s) -> Error {

@@ -135,6 +135,10 @@ std::string checkKept(const Router &r, const ExpertLayer &layer,
                       ArrayRef<int64_t> kept) {
   int64_t n = kept.size();
   for (Operation *op : r.selections) {
+    if (isa<EntropyFallbackOp>(op))
+      return "'moe.entropy_fallback' has one slot per expert of its "
+             "probabilities: pruning would change its width (not "
+             "supported)";
     int64_t k = 0;
     StringRef what = "max_k";
     if (auto t = dyn_cast<TopKOp>(op)) {

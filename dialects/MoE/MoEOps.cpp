@@ -233,8 +233,58 @@ LogicalResult TopPOp::verify() {
   if (maxK < 1 || (!ShapedType::isDynamic(experts) && maxK > experts))
     return emitOpError() << "'max_k' must be in [1, " << dimStr(experts)
                          << "] (the number of experts), got " << maxK;
+  int64_t minK = getMinK();
+  if (minK < 1 || minK > maxK)
+    return emitOpError() << "'min_k' must be in [1, max_k = " << maxK
+                         << "], got " << minK;
   return verifySelectionResults(*this, getInput(), getIds(), getValues(),
                                 maxK, "'max_k'");
+}
+
+LogicalResult EntropyFallbackOp::verify() {
+  Operation *op = getOperation();
+  float q = getQ().convertToFloat();
+  if (!std::isfinite(q) || q <= 0.0f || q == 1.0f)
+    return emitOpError() << "'q' (the entropic index) must be finite, > 0 "
+                            "and != 1 (q = 1 is the Shannon limit, which "
+                            "the Tsallis formula divides by zero at), got "
+                         << q;
+  float threshold = getThreshold().convertToFloat();
+  if (!std::isfinite(threshold) || threshold < 0.0f)
+    return emitOpError() << "'threshold' must be finite and >= 0 (an "
+                            "entropy), got "
+                         << threshold;
+  float eps = getEpsilon().convertToFloat();
+  if (!std::isfinite(eps) || eps < 0.0f)
+    return emitOpError() << "'epsilon' must be finite and >= 0, got " << eps;
+  int64_t experts = columns(getProbs());
+  if (ShapedType::isDynamic(experts))
+    return emitOpError("the number of experts (dimension 1 of 'probs') must "
+                       "be static: the result has one slot per expert");
+  if (failed(expectDim(op, getSparseIds(), "sparse_ids", 0,
+                       rows(getProbs()), "tokens of 'probs'")) ||
+      failed(expectDim(op, getSparseValues(), "sparse_values", 0,
+                       rows(getSparseIds()), "tokens of 'sparse_ids'")) ||
+      failed(expectDim(op, getSparseValues(), "sparse_values", 1,
+                       columns(getSparseIds()), "slots of 'sparse_ids'")))
+    return failure();
+  // Normalising divides by the entropy of the uniform row, 0 for N = 1.
+  if (getNormalized() && experts < 2)
+    return emitOpError() << "'normalized' needs at least 2 experts in "
+                            "'probs' (the largest entropy of 1 candidate is "
+                            "0), got "
+                         << experts;
+  int64_t slots = columns(getSparseIds());
+  if (!ShapedType::isDynamic(slots) && slots > experts)
+    return emitOpError() << "'sparse_ids' has " << slots
+                         << " slots, more than the " << experts
+                         << " experts of 'probs' (the result has one slot "
+                            "per expert)";
+  if (failed(verifyIdRange(op, getSparseIds(), "sparse_ids", experts,
+                           "the number of experts of 'probs'")))
+    return failure();
+  return verifySelectionResults(op, getProbs(), getIds(), getValues(),
+                                experts, "one slot per expert of 'probs'");
 }
 
 LogicalResult ThresholdOp::verify() {

@@ -711,20 +711,65 @@ private:
         .Case([&](TopPOp o) -> Error {
           const HostTensor &s = get(o.getInput());
           double p = o.getP().convertToFloat();
-          int64_t maxK = o.getMaxK();
+          int64_t maxK = o.getMaxK(), minK = o.getMinK();
+          bool within = o.getPrefix() == TopPPrefix::within;
           return select(o, o.getIds(), o.getValues(), s, maxK,
                         [&](const float *row, const std::vector<int64_t> &order,
                             int64_t n) {
+                          int64_t limit = std::min(maxK, n);
                           double cum = 0.0;
                           int64_t count = 0;
-                          while (count < std::min(maxK, n)) {
-                            cum += row[order[count]];
-                            ++count;
-                            if (cum >= p)
+                          // Best first while fewer than min_k are taken,
+                          // or (reach) the sum so far is below p, or
+                          // (within) the sum with the next stays <= p.
+                          while (count < limit) {
+                            double next = cum + row[order[count]];
+                            if (count >= minK &&
+                                (within ? !(next <= p) : !(cum < p)))
                               break;
+                            cum = next;
+                            ++count;
                           }
                           return count;
                         });
+        })
+        .Case([&](EntropyFallbackOp o) -> Error {
+          const HostTensor &probs = get(o.getProbs());
+          const HostTensor &selIds = get(o.getSparseIds());
+          const HostTensor &selVals = get(o.getSparseValues());
+          Matrix m = matrix(probs), ms = matrix(selIds);
+          double q = o.getQ().convertToFloat();
+          double eps = o.getEpsilon().convertToFloat();
+          double threshold = o.getThreshold().convertToFloat();
+          // The largest entropy of N candidates (the uniform row).
+          double maxEntropy =
+              (1.0 - std::pow(static_cast<double>(m.cols), 1.0 - q)) /
+              (q - 1.0);
+          HostTensor ids = HostTensor::ints({m.rows, m.cols}, -1);
+          HostTensor vals = HostTensor::floats({m.rows, m.cols});
+          for (int64_t t = 0; t < m.rows; ++t) {
+            const float *row = &probs.f[t * m.cols];
+            double sum = 0.0;
+            for (int64_t e = 0; e < m.cols; ++e)
+              sum += std::pow(static_cast<double>(row[e]) + eps, q);
+            double entropy = (1.0 - sum) / (q - 1.0);
+            if (o.getNormalized())
+              entropy /= maxEntropy;
+            if (entropy > threshold) {
+              for (int64_t e = 0; e < m.cols; ++e) {
+                ids.i[t * m.cols + e] = static_cast<int32_t>(e);
+                vals.f[t * m.cols + e] = row[e];
+              }
+              continue;
+            }
+            for (int64_t k = 0; k < ms.cols; ++k) {
+              ids.i[t * m.cols + k] = selIds.i[t * ms.cols + k];
+              vals.f[t * m.cols + k] = selVals.f[t * ms.cols + k];
+            }
+          }
+          set(o.getIds(), std::move(ids));
+          set(o.getValues(), std::move(vals));
+          return Error::success();
         })
         .Case([&](ThresholdOp o) -> Error {
           const HostTensor &s = get(o.getInput());

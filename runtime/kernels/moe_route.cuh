@@ -231,12 +231,38 @@ __device__ void topK(const float *in, int *ids, float *vals) {
   selectBest<N, K>(in, ids, vals, [](int, float, float) { return true; });
 }
 
-/// The fewest best experts whose sum reaches p (at least one), at most K.
-template <int N, int K>
+/// moe.top_p: best first while fewer than MinK are taken, or the sum so
+/// far is below p (reach: the fewest experts whose sum reaches p), or
+/// (Within) the sum with the next one stays <= p; at most K.
+template <int N, int K, int MinK = 1, bool Within = false>
 __device__ void topP(const float *in, float p, int *ids, float *vals) {
-  selectBest<N, K>(in, ids, vals, [p](int count, float, float cumulative) {
-    return count == 0 || cumulative < p;
-  });
+  selectBest<N, K>(in, ids, vals,
+                   [p](int count, float v, float cumulative) {
+                     return count < MinK ||
+                            (Within ? cumulative + v <= p : cumulative < p);
+                   });
+}
+
+/// moe.entropy_fallback (DynMoLE), on lane 0 of the token's warp: the
+/// Tsallis entropy (1 - sum (p + eps)^q) / (q - 1) of the token's N
+/// probabilities (divided by its maximum (1 - N^(1-q)) / (q - 1) when
+/// Normalized) against `threshold`. Above it, slot e takes expert e with
+/// weight p[e]; otherwise the K slots of the selection, then empty slots.
+template <int N, int K, bool Normalized>
+__device__ void entropyFallback(const float *p, const int *selIds,
+                                const float *selVals, float q, float eps,
+                                float threshold, int *ids, float *vals) {
+  float sum = 0.0f;
+  for (int e = 0; e < N; ++e)
+    sum += powf(p[e] + eps, q);
+  float entropy = (1.0f - sum) / (q - 1.0f);
+  if (Normalized)
+    entropy /= (1.0f - powf(static_cast<float>(N), 1.0f - q)) / (q - 1.0f);
+  const bool all = entropy > threshold;
+  for (int e = 0; e < N; ++e) {
+    ids[e] = all ? e : e < K ? selIds[e] : -1;
+    vals[e] = all ? p[e] : e < K ? selVals[e] : 0.0f;
+  }
 }
 
 template <int N, int K>

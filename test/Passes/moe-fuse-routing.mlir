@@ -314,3 +314,28 @@ func.func @router_only(%x: tensor<?x16xf32>) -> (tensor<?x2xi32>, tensor<?x2xf32
   %w = moe.normalize %v : tensor<?x2xf32>
   return %ids, %w : tensor<?x2xi32>, tensor<?x2xf32>
 }
+
+// -----
+
+// DynMoLE: softmax, top_p (min_k, `within`) and the entropy fallback all move
+// into one fused router (the entropy test runs in the routing kernel); the
+// fused op's routing has one slot per expert, like the fallback's.
+// CHECK-LABEL: func.func @dynmole
+// CHECK: %[[IDS:.*]], %[[W:.*]], %{{.*}}, %{{.*}}, %{{.*}} = moe.fused_route %{{.*}} {num_experts = 4 : i64} : tensor<?x16xf32> -> tensor<?x4xi32>, tensor<?x4xf32>
+// CHECK: %[[P:.*]] = moe.softmax
+// CHECK-NEXT: %[[I:.*]], %[[V:.*]] = moe.top_p %[[P]] {max_k = 3 : i64, min_k = 2 : i64, p = 5.000000e-01 : f32, prefix = #moe.top_p_prefix<within>}
+// CHECK-NEXT: %[[FI:.*]], %[[FW:.*]] = moe.entropy_fallback %[[P]], %[[I]], %[[V]] {normalized, q = 1.500000e+00 : f32, threshold = 5.000000e-01 : f32}
+// CHECK-NEXT: moe.yield %[[FI]], %[[FW]]
+// CHECK-NOT: moe.dispatch
+// CHECK-NOT: moe.entropy_fallback
+// CHECK: moe.combine %{{.*}}, %{{.*}}, %[[W]]
+func.func @dynmole(%x: tensor<?x16xf32>) -> tensor<?x16xf32> {
+  %wg = moe.weight ["gate"] from ["m.safetensors"] : tensor<4x16xf32>
+  %l = moe.router_linear %x, %wg : (tensor<?x16xf32>, tensor<4x16xf32>) -> tensor<?x4xf32>
+  %p = moe.softmax %l : tensor<?x4xf32>
+  %i, %v = moe.top_p %p {p = 0.5 : f32, max_k = 3 : i64, min_k = 2 : i64, prefix = #moe.top_p_prefix<within>} : tensor<?x4xf32> -> tensor<?x3xi32>, tensor<?x3xf32>
+  %ids, %w = moe.entropy_fallback %p, %i, %v {q = 1.5 : f32, threshold = 0.5 : f32, normalized} : tensor<?x4xf32>, tensor<?x3xi32>, tensor<?x3xf32> -> tensor<?x4xi32>, tensor<?x4xf32>
+  %c, %o, %r = moe.dispatch %ids {num_experts = 4 : i64} : tensor<?x4xi32> -> tensor<4xi32>, tensor<5xi32>, tensor<?xi32>
+  %y = moe.combine %x, %r, %w : (tensor<?x16xf32>, tensor<?xi32>, tensor<?x4xf32>) -> tensor<?x16xf32>
+  return %y : tensor<?x16xf32>
+}

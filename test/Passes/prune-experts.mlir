@@ -125,3 +125,20 @@ func.func @merged(%x: tensor<?x32xf32>, %wg: tensor<16x32xf32>, %g: tensor<8x16x
   %y = moe.combine %ys, %r, %w : (tensor<?x32xf32>, tensor<?xi32>, tensor<?x2xf32>) -> tensor<?x32xf32>
   return %y : tensor<?x32xf32>
 }
+
+// -----
+
+// DynMoLE's entropy fallback has one slot per expert: pruning would change
+// the width of its routing.
+// expected-remark @+1 {{not pruned: 'moe.entropy_fallback' has one slot per expert of its probabilities: pruning would change its width (not supported)}}
+func.func @entropy_fallback(%x: tensor<?x32xf32>, %wg: tensor<8x32xf32>, %g: tensor<8x16x32xf32>, %d: tensor<8x32x16xf32>) -> tensor<?x32xf32> attributes {moe.layer = 0 : i64} {
+  %l = moe.router_linear %x, %wg : (tensor<?x32xf32>, tensor<8x32xf32>) -> tensor<?x8xf32>
+  %p = moe.softmax %l : tensor<?x8xf32>
+  %ti, %tv = moe.top_p %p {p = 0.5 : f32, max_k = 2 : i64, min_k = 2 : i64} : tensor<?x8xf32> -> tensor<?x2xi32>, tensor<?x2xf32>
+  %ids, %w = moe.entropy_fallback %p, %ti, %tv {q = 1.5 : f32, threshold = 0.5 : f32, normalized} : tensor<?x8xf32>, tensor<?x2xi32>, tensor<?x2xf32> -> tensor<?x8xi32>, tensor<?x8xf32>
+  %c, %o, %r = moe.dispatch %ids {num_experts = 8 : i64} : tensor<?x8xi32> -> tensor<8xi32>, tensor<9xi32>, tensor<?xi32>
+  %xs = moe.permute %x, %r, %w : (tensor<?x32xf32>, tensor<?xi32>, tensor<?x8xf32>) -> tensor<?x32xf32>
+  %ys = moe.expert_ffn %xs, %o gate(%g) up(%g) down(%d) {activation = #moe.activation<silu>} : (tensor<?x32xf32>, tensor<9xi32>, tensor<8x16x32xf32>, tensor<8x16x32xf32>, tensor<8x32x16xf32>) -> tensor<?x32xf32>
+  %y = moe.combine %ys, %r, %w : (tensor<?x32xf32>, tensor<?xi32>, tensor<?x8xf32>) -> tensor<?x32xf32>
+  return %y : tensor<?x32xf32>
+}

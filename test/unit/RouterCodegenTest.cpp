@@ -83,6 +83,16 @@ const std::map<std::string, Sample> &samples() {
         "%ids, %w = moe.top_p %p {max_k = 3 : i64, p = 0.5 : f32} : "
         "tensor<?x4xf32> -> tensor<?x3xi32>, tensor<?x3xf32>",
         3, 4}},
+      {"moe.entropy_fallback",
+       {"%p = moe.softmax %l : tensor<?x4xf32>\n"
+        "%i, %v = moe.top_p %p {max_k = 2 : i64, min_k = 2 : i64, p = 0.5 : "
+        "f32, prefix = #moe.top_p_prefix<within>} : tensor<?x4xf32> -> "
+        "tensor<?x2xi32>, tensor<?x2xf32>\n"
+        "%ids, %w = moe.entropy_fallback %p, %i, %v {q = 2.0 : f32, "
+        "threshold = 0.5 : f32, normalized} : tensor<?x4xf32>, "
+        "tensor<?x2xi32>, tensor<?x2xf32> -> tensor<?x4xi32>, "
+        "tensor<?x4xf32>",
+        4, 4}},
       {"moe.threshold",
        {"%ids, %w = moe.threshold %l {max_k = 2 : i64} : tensor<?x4xf32> -> "
         "tensor<?x2xi32>, tensor<?x2xf32>",

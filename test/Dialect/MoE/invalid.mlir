@@ -1073,3 +1073,117 @@ func.func @fused_route_given_after_choice(%x: tensor<?x16xf32>, %gi: tensor<?x2x
   }
   return
 }
+
+// -----
+
+// DynMoLE: top_p's min_k, and moe.entropy_fallback.
+func.func @dynmole_min_k(%s: tensor<?x8xf32>) {
+  // expected-error @+1 {{'min_k' must be in [1, max_k = 2], got 3}}
+  %i, %v = moe.top_p %s {p = 0.5 : f32, max_k = 2 : i64, min_k = 3 : i64} : tensor<?x8xf32> -> tensor<?x2xi32>, tensor<?x2xf32>
+  return
+}
+
+// -----
+
+func.func @dynmole_min_k_zero(%s: tensor<?x8xf32>) {
+  // expected-error @+1 {{'min_k' must be in [1, max_k = 2], got 0}}
+  %i, %v = moe.top_p %s {p = 0.5 : f32, max_k = 2 : i64, min_k = 0 : i64} : tensor<?x8xf32> -> tensor<?x2xi32>, tensor<?x2xf32>
+  return
+}
+
+// -----
+
+func.func @dynmole_prefix(%s: tensor<?x8xf32>) {
+  // expected-error @+2 {{expected ::mlir::moe::TopPPrefix to be one of: reach, within}}
+  // expected-error @+1 {{failed to parse MoE_TopPPrefixAttr parameter 'value'}}
+  %i, %v = moe.top_p %s {p = 0.5 : f32, max_k = 2 : i64, prefix = #moe.top_p_prefix<shortest>} : tensor<?x8xf32> -> tensor<?x2xi32>, tensor<?x2xf32>
+  return
+}
+
+// -----
+
+func.func @dynmole_q_one(%p: tensor<?x8xf32>, %i: tensor<?x2xi32>, %v: tensor<?x2xf32>) {
+  // expected-error @+1 {{'q' (the entropic index) must be finite, > 0 and != 1 (q = 1 is the Shannon limit, which the Tsallis formula divides by zero at), got 1}}
+  %ids, %w = moe.entropy_fallback %p, %i, %v {q = 1.0 : f32, threshold = 0.5 : f32} : tensor<?x8xf32>, tensor<?x2xi32>, tensor<?x2xf32> -> tensor<?x8xi32>, tensor<?x8xf32>
+  return
+}
+
+// -----
+
+func.func @dynmole_q_negative(%p: tensor<?x8xf32>, %i: tensor<?x2xi32>, %v: tensor<?x2xf32>) {
+  // expected-error @+1 {{'q' (the entropic index) must be finite, > 0 and != 1 (q = 1 is the Shannon limit, which the Tsallis formula divides by zero at), got -2}}
+  %ids, %w = moe.entropy_fallback %p, %i, %v {q = -2.0 : f32, threshold = 0.5 : f32} : tensor<?x8xf32>, tensor<?x2xi32>, tensor<?x2xf32> -> tensor<?x8xi32>, tensor<?x8xf32>
+  return
+}
+
+// -----
+
+func.func @dynmole_q_zero(%p: tensor<?x8xf32>, %i: tensor<?x2xi32>, %v: tensor<?x2xf32>) {
+  // expected-error @+1 {{'q' (the entropic index) must be finite, > 0 and != 1}}
+  %ids, %w = moe.entropy_fallback %p, %i, %v {q = 0.0 : f32, threshold = 0.5 : f32} : tensor<?x8xf32>, tensor<?x2xi32>, tensor<?x2xf32> -> tensor<?x8xi32>, tensor<?x8xf32>
+  return
+}
+
+// -----
+
+func.func @dynmole_threshold(%p: tensor<?x8xf32>, %i: tensor<?x2xi32>, %v: tensor<?x2xf32>) {
+  // expected-error @+1 {{'threshold' must be finite and >= 0 (an entropy), got -5.000000e-01}}
+  %ids, %w = moe.entropy_fallback %p, %i, %v {q = 2.0 : f32, threshold = -0.5 : f32} : tensor<?x8xf32>, tensor<?x2xi32>, tensor<?x2xf32> -> tensor<?x8xi32>, tensor<?x8xf32>
+  return
+}
+
+// -----
+
+func.func @dynmole_epsilon(%p: tensor<?x8xf32>, %i: tensor<?x2xi32>, %v: tensor<?x2xf32>) {
+  // expected-error @+1 {{'epsilon' must be finite and >= 0, got -1}}
+  %ids, %w = moe.entropy_fallback %p, %i, %v {q = 2.0 : f32, threshold = 0.5 : f32, epsilon = -1.0 : f32} : tensor<?x8xf32>, tensor<?x2xi32>, tensor<?x2xf32> -> tensor<?x8xi32>, tensor<?x8xf32>
+  return
+}
+
+// -----
+
+func.func @dynmole_dynamic_experts(%p: tensor<?x?xf32>, %i: tensor<?x2xi32>, %v: tensor<?x2xf32>) {
+  // expected-error @+1 {{the number of experts (dimension 1 of 'probs') must be static: the result has one slot per expert}}
+  %ids, %w = moe.entropy_fallback %p, %i, %v {q = 2.0 : f32, threshold = 0.5 : f32} : tensor<?x?xf32>, tensor<?x2xi32>, tensor<?x2xf32> -> tensor<?x8xi32>, tensor<?x8xf32>
+  return
+}
+
+// -----
+
+func.func @dynmole_normalized_one_expert(%p: tensor<?x1xf32>, %i: tensor<?x1xi32>, %v: tensor<?x1xf32>) {
+  // expected-error @+1 {{'normalized' needs at least 2 experts in 'probs' (the largest entropy of 1 candidate is 0), got 1}}
+  %ids, %w = moe.entropy_fallback %p, %i, %v {q = 2.0 : f32, threshold = 0.5 : f32, normalized} : tensor<?x1xf32>, tensor<?x1xi32>, tensor<?x1xf32> -> tensor<?x1xi32>, tensor<?x1xf32>
+  return
+}
+
+// -----
+
+func.func @dynmole_too_many_slots(%p: tensor<?x4xf32>, %i: tensor<?x5xi32>, %v: tensor<?x5xf32>) {
+  // expected-error @+1 {{'sparse_ids' has 5 slots, more than the 4 experts of 'probs' (the result has one slot per expert)}}
+  %ids, %w = moe.entropy_fallback %p, %i, %v {q = 2.0 : f32, threshold = 0.5 : f32} : tensor<?x4xf32>, tensor<?x5xi32>, tensor<?x5xf32> -> tensor<?x4xi32>, tensor<?x4xf32>
+  return
+}
+
+// -----
+
+func.func @dynmole_values_shape(%p: tensor<?x8xf32>, %i: tensor<?x2xi32>, %v: tensor<?x3xf32>) {
+  // expected-error @+1 {{'sparse_values' dimension 1 (slots of 'sparse_ids') must be 2, got 3}}
+  %ids, %w = moe.entropy_fallback %p, %i, %v {q = 2.0 : f32, threshold = 0.5 : f32} : tensor<?x8xf32>, tensor<?x2xi32>, tensor<?x3xf32> -> tensor<?x8xi32>, tensor<?x8xf32>
+  return
+}
+
+// -----
+
+func.func @dynmole_tokens(%p: tensor<4x8xf32>, %i: tensor<5x2xi32>, %v: tensor<5x2xf32>) {
+  // expected-error @+1 {{'sparse_ids' dimension 0 (tokens of 'probs') must be 4, got 5}}
+  %ids, %w = moe.entropy_fallback %p, %i, %v {q = 2.0 : f32, threshold = 0.5 : f32} : tensor<4x8xf32>, tensor<5x2xi32>, tensor<5x2xf32> -> tensor<4x8xi32>, tensor<4x8xf32>
+  return
+}
+
+// -----
+
+func.func @dynmole_result_width(%p: tensor<?x8xf32>, %i: tensor<?x2xi32>, %v: tensor<?x2xf32>) {
+  // expected-error @+1 {{'ids' dimension 1 (one slot per expert of 'probs') must be 8, got 2}}
+  %ids, %w = moe.entropy_fallback %p, %i, %v {q = 2.0 : f32, threshold = 0.5 : f32} : tensor<?x8xf32>, tensor<?x2xi32>, tensor<?x2xf32> -> tensor<?x2xi32>, tensor<?x2xf32>
+  return
+}

@@ -227,3 +227,18 @@ func.func @fused_given_as_is(%x: tensor<?x16xf32>, %gi: tensor<?x2xi32>, %gw: te
   }
   return %rows : tensor<?xi32>
 }
+
+// DynMoLE: top_p with a minimum count and the `within` prefix, and the
+// Tsallis entropy fallback to every expert.
+// CHECK-LABEL: func.func @dynmole
+// CHECK: moe.top_p %{{.*}} {max_k = 8 : i64, min_k = 2 : i64, p = 7.500000e-01 : f32, prefix = #moe.top_p_prefix<within>} : tensor<?x8xf32> -> tensor<?x8xi32>, tensor<?x8xf32>
+// CHECK: moe.top_p %{{.*}} {max_k = 3 : i64, p = 5.000000e-01 : f32} : tensor<?x8xf32> -> tensor<?x3xi32>, tensor<?x3xf32>
+// CHECK: moe.entropy_fallback %{{.*}}, %{{.*}}, %{{.*}} {epsilon = 9.99999974E-6 : f32, normalized, q = 1.500000e+00 : f32, threshold = 0.899999976 : f32} : tensor<?x8xf32>, tensor<?x8xi32>, tensor<?x8xf32> -> tensor<?x8xi32>, tensor<?x8xf32>
+// CHECK: moe.entropy_fallback %{{.*}}, %{{.*}}, %{{.*}} {q = 5.000000e-01 : f32, threshold = 1.000000e+00 : f32} : tensor<?x8xf32>, tensor<?x3xi32>, tensor<?x3xf32> -> tensor<?x8xi32>, tensor<?x8xf32>
+func.func @dynmole(%p: tensor<?x8xf32>) -> (tensor<?x8xi32>, tensor<?x8xf32>, tensor<?x8xi32>, tensor<?x8xf32>) {
+  %i, %v = moe.top_p %p {p = 0.75 : f32, max_k = 8 : i64, min_k = 2 : i64, prefix = #moe.top_p_prefix<within>} : tensor<?x8xf32> -> tensor<?x8xi32>, tensor<?x8xf32>
+  %i2, %v2 = moe.top_p %p {p = 0.5 : f32, max_k = 3 : i64, min_k = 1 : i64, prefix = #moe.top_p_prefix<reach>} : tensor<?x8xf32> -> tensor<?x3xi32>, tensor<?x3xf32>
+  %ids, %w = moe.entropy_fallback %p, %i, %v {q = 1.5 : f32, threshold = 0.9 : f32, normalized, epsilon = 1.0e-5 : f32} : tensor<?x8xf32>, tensor<?x8xi32>, tensor<?x8xf32> -> tensor<?x8xi32>, tensor<?x8xf32>
+  %ids2, %w2 = moe.entropy_fallback %p, %i2, %v2 {q = 0.5 : f32, threshold = 1.0 : f32} : tensor<?x8xf32>, tensor<?x3xi32>, tensor<?x3xf32> -> tensor<?x8xi32>, tensor<?x8xf32>
+  return %ids, %w, %ids2, %w2 : tensor<?x8xi32>, tensor<?x8xf32>, tensor<?x8xi32>, tensor<?x8xf32>
+}

@@ -543,6 +543,7 @@ def group_hostile(tools, rng, args):
 # Examples that record, and why the others are refused.
 REFUSED = {
     "chain_of_experts": "2 routers that dispatch experts",
+    "dynmole": "no layer of",
     "lora_mixer": "no layer of",
 }
 

@@ -82,4 +82,18 @@ def MoE_DispatchLayoutAttr
   let assemblyFormat = "`<` $value `>`";
 }
 
+def MoE_TopPReach : I32EnumAttrCase<"reach", 0>;
+def MoE_TopPWithin : I32EnumAttrCase<"within", 1>;
+def MoE_TopPPrefixKind : I32EnumAttr<"TopPPrefix",
+    "which prefix of the sorted scores moe.top_p keeps: the shortest one "
+    "whose sum reaches p (reach), or the longest one whose sum stays within "
+    "p (within)", [MoE_TopPReach, MoE_TopPWithin]> {
+  let genSpecializedAttr = 0;
+  let cppNamespace = "::mlir::moe";
+}
+def MoE_TopPPrefixAttr
+    : EnumAttr<MoE_Dialect, MoE_TopPPrefixKind, "top_p_prefix"> {
+  let assemblyFormat = "`<` $value `>`";
+}
+
 #endif // MOE_ATTRS_TD

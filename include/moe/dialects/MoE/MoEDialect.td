@@ -23,8 +23,9 @@ def MoE_Dialect : Dialect {
       and `moe.bias_add`;
     * **selection**: `moe.topk`, `moe.group_limit` (group-limited routing),
       `moe.top_p`, `moe.threshold`, `moe.expert_choice`, `moe.gather_scores`
-      (weights read from a score other than the one that selected) and
-      `moe.drop_null_experts`;
+      (weights read from a score other than the one that selected),
+      `moe.drop_null_experts` and `moe.entropy_fallback` (every expert for
+      the tokens whose router is uncertain, DynMoLE);
     * **weight post-processing**: `moe.normalize`, `moe.scale`, and the
       softmax/sigmoid ops applied to the selected values;
     * **dispatch and combine**: `moe.dispatch` (per-expert counts, offsets

@@ -213,15 +213,82 @@ def MoE_TopKOp : MoE_SelectOp<"topk"> {
 }
 
 def MoE_TopPOp : MoE_SelectOp<"top_p"> {
-  let summary = "the smallest set of experts whose mass reaches p (dynamic k)";
+  let summary = "a prefix of the best experts bounded by a mass p (dynamic k)";
   let description = [{
-    Sorts each row in descending order and keeps the shortest prefix whose
-    sum is at least `p` (at least one expert), capped at `max_k` experts.
-    Slots past the chosen count are empty (id -1, value 0). The input should
-    be probabilities (after `moe.softmax`).
+    Sorts each row in descending order (ties: the lower expert index first)
+    and keeps a prefix of it, chosen by `prefix` from the running sums
+    `c_j = v_1 + ... + v_j` of the sorted values `v_1 >= v_2 >= ...`
+    (for probabilities; in general, experts are taken best first while
+    fewer than `min_k` are taken or the rule below still admits the next
+    one, at most `max_k`):
+
+    - `reach` (the default): the shortest prefix whose sum is at least `p`,
+      that is every expert whose preceding sum `c_(j-1)` is strictly below
+      `p`: the expert that crosses `p` is kept. Top-p sampling and the
+      usual top-p routers (dynamic-k MoE) do this.
+    - `within`: the longest prefix whose sum is at most `p`
+      (`c_j <= p`): the expert that would cross `p` is left out, so the
+      prefix can be empty before `min_k` applies. DynMoLE's router does
+      this (its mask is `cumsum(sorted p) <= top_p`, then its `keep_top_k`
+      best experts are forced on).
+
+    The two agree when some `c_j` equals `p` exactly (both keep j experts)
+    and differ by the crossing expert otherwise. The count is then raised
+    to at least `min_k` (DynMoLE's `keep_top_k`; default 1) and capped at
+    `max_k`, the number of slots. Slots past the count are empty (id -1,
+    value 0); the values are the scores themselves (not renormalised). The
+    input should be probabilities (after `moe.softmax`).
   }];
-  let arguments = (ins MoE_Scores:$input, F32Attr:$p, I64Attr:$max_k);
+  let arguments = (ins MoE_Scores:$input, F32Attr:$p, I64Attr:$max_k,
+                   DefaultValuedAttr<I64Attr, "1">:$min_k,
+                   DefaultValuedAttr<MoE_TopPPrefixAttr,
+                                     "::mlir::moe::TopPPrefix::reach">:$prefix);
   let assemblyFormat = "$input attr-dict `:` type($input) `->` type(results)";
+  let hasVerifier = 1;
+}
+
+def MoE_EntropyFallbackOp : MoE_SelectOp<"entropy_fallback"> {
+  let summary = "uncertain tokens take every expert (Tsallis entropy test)";
+  let description = [{
+    DynMoLE's hybrid routing as a selection that composes with any other:
+    for each token t, the Tsallis entropy of its probability row
+    `probs : [T, N]`,
+
+    `S_q(t) = (1 - sum_e (probs[t, e] + epsilon)^q) / (q - 1)`,
+
+    divided by its largest value over N candidates,
+    `(1 - N^(1 - q)) / (q - 1)`, when `normalized` is set (then a
+    probability row scores in [0, 1]: 0 for one-hot, 1 for uniform), is
+    compared with `threshold`. A token with `S_q(t) > threshold` (an
+    uncertain router) is routed to every expert: slot `e` holds expert `e`
+    with value `probs[t, e]`. Every other token keeps the sparse
+    selection (`sparse_ids`, `sparse_values` : `[T, K]`, e.g. from
+    `moe.top_p`) in its first K slots; its slots K..N-1 are empty (id -1,
+    value 0). The results are
+    `[T, N]`; the values are not renormalised (add `moe.normalize` for
+    that). `q` is the entropic index (`q -> 1` would be the Shannon
+    entropy, which this op does not take: use `q != 1`); `epsilon` is added
+    to every probability before the power (DynMoLE adds 1e-5).
+
+    ```mlir
+    %p = moe.softmax %logits : tensor<?x8xf32>
+    %i, %v = moe.top_p %p {p = 0.75 : f32, max_k = 8 : i64, min_k = 2 : i64,
+                           prefix = #moe.top_p_prefix<within>}
+        : tensor<?x8xf32> -> tensor<?x8xi32>, tensor<?x8xf32>
+    %ids, %w = moe.entropy_fallback %p, %i, %v
+        {q = 1.5 : f32, threshold = 0.5 : f32, normalized}
+        : tensor<?x8xf32>, tensor<?x8xi32>, tensor<?x8xf32>
+        -> tensor<?x8xi32>, tensor<?x8xf32>
+    ```
+  }];
+  let arguments = (ins MoE_Scores:$probs, MoE_Ids:$sparse_ids,
+                   MoE_Scores:$sparse_values, F32Attr:$q,
+                   F32Attr:$threshold, UnitAttr:$normalized,
+                   DefaultValuedAttr<F32Attr, "0.0">:$epsilon);
+  let assemblyFormat = [{
+    $probs `,` $sparse_ids `,` $sparse_values attr-dict `:` type($probs)
+    `,` type($sparse_ids) `,` type($sparse_values) `->` type(results)
+  }];
   let hasVerifier = 1;
 }
 
