@@ -244,9 +244,10 @@ public:
   }
 
   Expected<::moe::LayerPlan> emit() {
-    if (fn.getNumArguments() != 1 || fn.getNumResults() != 1)
-      return makeError(fn, "a layer function takes one tensor and returns "
-                           "one");
+    std::string why;
+    std::optional<LayerForm> form = getLayerForm(fn, why);
+    if (!form)
+      return makeError(fn, why);
     Value x = fn.getArgument(0);
     if (ShapedType::isDynamic(dim(x, 1)))
       return makeError(fn, "the hidden size must be static");
@@ -255,6 +256,14 @@ public:
     if (failed(in))
       return makeError(fn, "unsupported activation type");
     plan.input = *in;
+    if (*form == LayerForm::GivenRouting) {
+      // The caller's routing: copied into these values before the first
+      // launch.
+      plan.givenIds = *tokenValue(fn.getArgument(1));
+      plan.givenWeights = *tokenValue(fn.getArgument(2));
+    }
+    if (*form == LayerForm::Router)
+      plan.role = "router";
     for (Operation &op : fn.getBody().front()) {
       Error err = llvm::TypeSwitch<Operation *, Error>(&op)
                       .Case([&](FusedRouteOp o) { return route(o); })
@@ -267,6 +276,8 @@ public:
                         return Error::success();
                       })
                       .Case([&](func::ReturnOp o) -> Error {
+                        if (*form == LayerForm::Router)
+                          return routerResults(o);
                         auto it = values.find(o.getOperand(0));
                         if (it == values.end())
                           return makeError(o, "the returned value is not "
@@ -296,6 +307,27 @@ public:
   }
 
 private:
+  /// A router-only function returns the (ids, weights) of one of its
+  /// moe.fused_route ops: that routing is the plan's routings[0], and the
+  /// plan has no output.
+  Error routerResults(func::ReturnOp ret) {
+    auto route = ret.getOperand(0).getDefiningOp<FusedRouteOp>();
+    if (!route || ret.getOperand(0) != route.getIds() ||
+        ret.getOperand(1) != route.getWeights())
+      return makeError(ret, "a router-only function (moe.role = \"router\") "
+                            "must return the ids and weights of one "
+                            "moe.fused_route (run --moe-fuse-routing)");
+    int ids = values.lookup(route.getIds());
+    int weights = values.lookup(route.getWeights());
+    auto it = llvm::find_if(plan.routings, [&](const auto &r) {
+      return r.ids == ids && r.weights == weights;
+    });
+    std::rotate(plan.routings.begin(), it, it + 1);
+    plan.output = -1;
+    plan.outputWidth = 0;
+    return Error::success();
+  }
+
   /// A [T, n] value.
   FailureOr<int> tokenValue(Value v) {
     FailureOr<::moe::ElementType> t = elementType(v.getType());
@@ -429,6 +461,21 @@ private:
     fixed.set(MOE_ROUTE_SLOT_COUNTER, valueBinding(counter));
     fixed.set(MOE_ROUTE_SLOT_SLOT_ROW, valueBinding(slotRow));
     fixed.setNull(MOE_ROUTE_SLOT_CHOICE_SCORES); // set by expert_choice
+    // A given routing (an engine's dispatch) is read like the input.
+    Value givenIds = op.getGivenIds(), givenWeights = op.getGivenWeights();
+    if (givenIds) {
+      Expected<int> gi = lookup(op, givenIds);
+      if (!gi)
+        return gi.takeError();
+      Expected<int> gw = lookup(op, givenWeights);
+      if (!gw)
+        return gw.takeError();
+      fixed.set(MOE_ROUTE_SLOT_GIVEN_IDS, valueBinding(*gi));
+      fixed.set(MOE_ROUTE_SLOT_GIVEN_WEIGHTS, valueBinding(*gw));
+    } else {
+      fixed.setNull(MOE_ROUTE_SLOT_GIVEN_IDS);
+      fixed.setNull(MOE_ROUTE_SLOT_GIVEN_WEIGHTS);
+    }
     launch.args = fixed.take();
     int scratchSlot = MOE_ROUTE_SLOT_CHOICE_SCORES;
 
@@ -439,6 +486,19 @@ private:
     llvm::DenseMap<Value, std::string> rowsOf;
     int rowCount = 0;
     bool stagedArg = false;
+    // The body arguments of the given routing read as rows (staged per
+    // token from global memory, as the input row is).
+    Value givenArgs[2];
+    bool stagedGiven[2] = {false, false};
+    if (givenIds) {
+      givenArgs[0] = body.getArgument(1);
+      givenArgs[1] = body.getArgument(2);
+    }
+    auto noteGiven = [&](Value v) {
+      for (int i = 0; i < 2; ++i)
+        if (givenArgs[i] && v == givenArgs[i])
+          stagedGiven[i] = true;
+    };
     // A row of shared memory per value, per warp.
     auto row = [&](Value v) -> std::string {
       auto it = rowsOf.find(v);
@@ -653,6 +713,7 @@ private:
       auto in = [&](Value v) -> std::string {
         if (v == arg)
           stagedArg = true;
+        noteGiven(v);
         return at(v);
       };
       if (auto rl = dyn_cast<RouterLinearOp>(o)) {
@@ -726,6 +787,9 @@ private:
     Block::iterator yieldIt = body.getTerminator()->getIterator();
     auto yield = cast<YieldOp>(*yieldIt);
     Value yIds = yield.getValues()[0], yWeights = yield.getValues()[1];
+    // A body may yield the given routing as it is.
+    noteGiven(yIds);
+    noteGiven(yWeights);
     // Whether phase 2 runs ops per token after the cross-token selection
     // (then the selection writes to scratch, not to the outputs).
     bool late = choice && (!program.afterCrossToken.empty() ||
@@ -843,6 +907,12 @@ private:
     if (choice)
       os << "  float *choiceScores = static_cast<float *>("
             "args.buffers[MOE_ROUTE_SLOT_CHOICE_SCORES]);\n";
+    if (stagedGiven[0])
+      os << "  const int *givenIds = static_cast<const int *>("
+            "args.buffers[MOE_ROUTE_SLOT_GIVEN_IDS]);\n";
+    if (stagedGiven[1])
+      os << "  const float *givenWeights = static_cast<const float *>("
+            "args.buffers[MOE_ROUTE_SLOT_GIVEN_WEIGHTS]);\n";
     os << pointers << shared;
     os << "  MOE_SHARED(unsigned, lastFlag, 1);\n";
     os << "  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;\n"
@@ -857,6 +927,13 @@ private:
                           "{0}; ++i)\n          {1}[warp * {0} + i] = "
                           "moe_k::toF32(x[t * {0} + i]);\n      __syncwarp();\n",
                           H, rowsOf[arg]);
+    for (int i = 0; i < 2; ++i)
+      if (stagedGiven[i])
+        os << llvm::formatv("      if (lane == 0)\n        for (int i = 0; i < "
+                            "{0}; ++i)\n          {1}[warp * {0} + i] = "
+                            "{2}[t * {0} + i];\n      __syncwarp();\n",
+                            dim(givenArgs[i], 1), rowsOf[givenArgs[i]],
+                            i == 0 ? "givenIds" : "givenWeights");
     os << phase1 << "    }\n  }\n";
     os << "  if (moe_k::route::lastBlockDone(counter, lastFlag)) {\n";
     os << phase2;

@@ -40,9 +40,10 @@ void fuseRouter(Operation *anchor, Value ids, Value weights,
   auto dispatch = dyn_cast<DispatchOp>(anchor);
 
   // Backward slice of (ids, weights) through router ops, weights and
-  // constants; anything else is the router's input.
+  // constants; anything else is the router's input (or, in a layer whose
+  // routing is given, one of the function's three arguments).
   llvm::SetVector<Operation *> slice;
-  Value input;
+  llvm::SetVector<Value> leaves;
   SmallVector<Value> worklist = {ids, weights};
   while (!worklist.empty()) {
     Value v = worklist.pop_back_val();
@@ -56,16 +57,42 @@ void fuseRouter(Operation *anchor, Value ids, Value weights,
     }
     if (def && !isa<RankedTensorType>(v.getType()))
       return refuse("the router reads a non-tensor value");
-    if (input && input != v) {
-      InFlightDiagnostic diag = anchor->emitRemark();
-      diag << "moe-fuse-routing: not fused: the router reads more than one "
-              "tensor that is neither a weight nor a constant";
-      if (def)
-        diag.attachNote(def->getLoc()) << "one of them is computed by '"
-                                        << def->getName() << "'";
-      return;
+    leaves.insert(v);
+  }
+
+  // A given routing: the router reads the function's ids and weights
+  // arguments (x, ids, weights), which the fused op takes as operands.
+  Value input, givenIds, givenWeights;
+  auto fn = anchor->getParentOfType<func::FuncOp>();
+  std::string why;
+  if (fn && getLayerForm(fn, why) == LayerForm::GivenRouting &&
+      llvm::any_of(leaves, [&](Value v) {
+        return v == fn.getArgument(1) || v == fn.getArgument(2);
+      })) {
+    for (Value v : leaves)
+      if (!llvm::is_contained(fn.getArguments(), v))
+        return refuse("the router reads the given routing (the function's "
+                      "ids and weights arguments) and a value computed in "
+                      "the function");
+    input = fn.getArgument(0);
+    givenIds = fn.getArgument(1);
+    givenWeights = fn.getArgument(2);
+  } else {
+    for (Value v : leaves) {
+      if (input && input != v) {
+        InFlightDiagnostic diag = anchor->emitRemark();
+        diag << "moe-fuse-routing: not fused: the router reads more than "
+                "one tensor that is neither a weight nor a constant";
+        if (Operation *def = v.getDefiningOp())
+          diag.attachNote(def->getLoc())
+              << "one of them is computed by '" << def->getName() << "'";
+        else if (Operation *def = input.getDefiningOp())
+          diag.attachNote(def->getLoc())
+              << "one of them is computed by '" << def->getName() << "'";
+        return;
+      }
+      input = v;
     }
-    input = v;
   }
   if (!input)
     return refuse("the router reads no token tensor");
@@ -82,12 +109,14 @@ void fuseRouter(Operation *anchor, Value ids, Value weights,
       b, loc, ids.getType(), weights.getType(),
       RankedTensorType::get({numExperts}, i32),
       RankedTensorType::get({numExperts + 1}, i32),
-      RankedTensorType::get({ShapedType::kDynamic}, i32), input,
-      b.getI64IntegerAttr(numExperts));
+      RankedTensorType::get({ShapedType::kDynamic}, i32), input, givenIds,
+      givenWeights, b.getI64IntegerAttr(numExperts));
   Block *body = new Block();
   fused.getBody().push_back(body);
   IRMapping map;
-  map.map(input, body->addArgument(input.getType(), input.getLoc()));
+  for (Value v : {input, givenIds, givenWeights})
+    if (v)
+      map.map(v, body->addArgument(v.getType(), v.getLoc()));
   {
     OpBuilder inner = OpBuilder::atBlockEnd(body);
     for (Operation *op : ordered)
@@ -116,8 +145,9 @@ void fuseRouter(Operation *anchor, Value ids, Value weights,
     dispatch.getRows().replaceAllUsesWith(fused.getRows());
     dispatch.erase();
   }
+  // Not the fused op's own operands (the given routing's arguments).
   auto outside = [&](OpOperand &use) {
-    return !fused->isProperAncestor(use.getOwner());
+    return use.getOwner() != fused && !fused->isProperAncestor(use.getOwner());
   };
   ids.replaceUsesWithIf(fused.getIds(), outside);
   weights.replaceUsesWithIf(fused.getWeights(), outside);
@@ -134,8 +164,26 @@ struct MoEFuseRoutingPass
       if (isa<DispatchOp>(op) ||
           (isa<LoraMixtureOp>(op) && cast<LoraMixtureOp>(op).getIds()))
         anchors.push_back(op);
+      // A router-only function returns its routing (no dispatch).
+      std::string why;
+      if (auto ret = dyn_cast<func::ReturnOp>(op))
+        if (auto fn = dyn_cast<func::FuncOp>(ret->getParentOp());
+            fn && getLayerForm(fn, why) == LayerForm::Router &&
+            !ret.getOperand(0).getDefiningOp<FusedRouteOp>())
+          anchors.push_back(op);
     });
     for (Operation *op : anchors) {
+      if (auto ret = dyn_cast<func::ReturnOp>(op)) {
+        std::optional<IdRange> range = getIdRange(ret.getOperand(0));
+        if (!range) {
+          ret.emitRemark("moe-fuse-routing: not fused: the router function "
+                         "returns ids whose number of experts is unknown (not "
+                         "from a selection or moe.drop_null_experts)");
+          continue;
+        }
+        fuseRouter(ret, ret.getOperand(0), ret.getOperand(1), range->bound);
+        continue;
+      }
       if (auto lora = dyn_cast<LoraMixtureOp>(op)) {
         fuseRouter(lora, lora.getIds(), lora.getWeights(),
                    lora.getLoraA().getType().getDimSize(0));

@@ -83,6 +83,10 @@ struct MoEPlanPlacementPass : impl::MoEPlanPlacementBase<MoEPlanPlacementPass> {
                   ": expected a fraction in [0, 1]");
     if (groups < 0)
       return fail("groups=" + std::to_string(groups) + ": expected 0 or more");
+    if (!(maxBalance == 0 || (maxBalance >= 1 && maxBalance <= 1e6)))
+      return fail("max-balance=" + std::to_string(maxBalance) +
+                  ": expected 0 (no bound) or a ratio of at least 1");
+    opt.maxBalance = maxBalance;
     opt.redundant = redundant;
     opt.groups = groups;
     opt.timeLimit = timeLimit;

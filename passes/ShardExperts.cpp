@@ -9,6 +9,7 @@
 #include "ExpertLayer.h"
 #include "LayoutInputs.h"
 
+#include "moe/dialects/MoE/Routing.h"
 #include "moe/lib/Analysis/Placement.h"
 #include "moe/lib/Reference/Interpreter.h"
 #include "moe/passes/NewWeights.h"
@@ -97,6 +98,12 @@ struct ShardExpertsPass : public impl::MoEShardExpertsBase<ShardExpertsPass> {
     };
     if (rank < 0)
       return fail(module, "give rank=R (R >= 0, a GPU of the placement)");
+    if (routing != "internal" && routing != "given")
+      return fail(module, "routing='" + routing +
+                              "' is not 'internal' (the layer routes its "
+                              "tokens) or 'given' (the caller's physical "
+                              "slot ids)");
+    given = routing == "given";
     std::string root = ::moe::weightRoot(module, getInputIRPath(module));
     ::moe::WeightLoader loader(root);
     NewWeights newWeights(module, "rank" + std::to_string(rank), weightsOut);
@@ -150,6 +157,76 @@ struct ShardExpertsPass : public impl::MoEShardExpertsBase<ShardExpertsPass> {
       return signalPassFailure();
   }
 
+  bool given = false;
+
+  /// Erases the ops of `fn` that no longer contribute, users first.
+  static void eraseDead(func::FuncOp fn) {
+    bool erased = true;
+    while (erased) {
+      erased = false;
+      SmallVector<Operation *> dead;
+      fn.walk([&](Operation *op) {
+        if (op->use_empty() && isMemoryEffectFree(op) &&
+            !op->hasTrait<OpTrait::IsTerminator>())
+          dead.push_back(op);
+      });
+      for (Operation *op : dead)
+        op->erase();
+      erased = !dead.empty();
+    }
+  }
+
+  /// The layer's router alone, as `<fn>_router` after `fn`: returns the
+  /// routing (ids, weights) the layer dispatches and combines with.
+  LogicalResult addRouterFunction(ExpertLayer &layer, const RankShare &share,
+                                  std::string &why) {
+    func::FuncOp fn = layer.fn;
+    func::FuncOp router = fn.clone();
+    std::string name = (fn.getSymName() + "_router").str();
+    if (SymbolTable::lookupSymbolIn(fn->getParentOp(), name)) {
+      why = "a function @" + name + " exists already";
+      router.erase();
+      return failure();
+    }
+    router.setSymName(name);
+    OpBuilder b(fn);
+    b.setInsertionPointAfter(fn);
+    b.insert(router);
+    std::string ignored;
+    FailureOr<ExpertLayer> copy = findExpertLayer(router, ignored);
+    if (failed(copy)) {
+      router.erase();
+      why = "internal error: the router's copy is not a layer";
+      return failure();
+    }
+    Value ids = copy->dispatch.getIds(), w = copy->combine.getWeights();
+    Operation *ret = router.getBody().front().getTerminator();
+    OpBuilder rb(ret);
+    func::ReturnOp::create(rb, ret->getLoc(), ValueRange{ids, w});
+    ret->erase();
+    router.setFunctionType(FunctionType::get(
+        fn.getContext(), router.getArgumentTypes(),
+        TypeRange{ids.getType(), w.getType()}));
+    eraseDead(router);
+    // Only what a router function is: no placement (it routes over the
+    // logical experts), the layer, the role and the rank.
+    SmallVector<StringAttr> drop;
+    for (NamedAttribute a : router->getAttrs())
+      if (a.getName().getValue().starts_with("moe.placement."))
+        drop.push_back(a.getName());
+    for (StringAttr a : drop)
+      router->removeAttr(a);
+    Builder attrs(fn.getContext());
+    router->setAttr(kRoleAttr, attrs.getStringAttr("router"));
+    router->setAttr(kRankAttr, attrs.getI64IntegerAttr(rank));
+    router->setAttr(kRankExpertsAttr, attrs.getDenseI64ArrayAttr(share.local));
+    if (failed(verify(router))) {
+      why = "the router function does not verify";
+      return failure();
+    }
+    return success();
+  }
+
   LogicalResult shardLayer(ExpertLayer &layer, const ::moe::LayerPlacement &p,
                            ::moe::WeightLoader &loader, NewWeights &newWeights,
                            std::string &why) {
@@ -160,6 +237,13 @@ struct ShardExpertsPass : public impl::MoEShardExpertsBase<ShardExpertsPass> {
       return failure();
     }
     func::FuncOp fn = layer.fn;
+    if (given && layer.permute.getWeights() != layer.combine.getWeights()) {
+      why = "routing=given: moe.permute and moe.combine read different "
+            "routing weights; a given routing has one weights array";
+      return failure();
+    }
+    if (given && failed(addRouterFunction(layer, share, why)))
+      return failure();
     // Shared experts run on rank 0 only: elsewhere their sum is skipped.
     SmallVector<FFNOp> shared;
     fn.walk([&](FFNOp ffn) { shared.push_back(ffn); });
@@ -202,25 +286,46 @@ struct ShardExpertsPass : public impl::MoEShardExpertsBase<ShardExpertsPass> {
     // (the slots it reads are the kept ones, unchanged).
     Value ids = layer.dispatch.getIds();
     Value w = layer.combine.getWeights();
-    Operation *later = ids.getDefiningOp();
-    Operation *wDef = w.getDefiningOp();
-    if (!later || (wDef && later->isBeforeInBlock(wDef)))
-      later = wDef;
-    OpBuilder b(fn.getContext());
-    if (later)
-      b.setInsertionPointAfter(later);
-    else
-      b.setInsertionPointToStart(&fn.getBody().front());
+    SmallVector<int64_t> mapping = share.mapping;
     DenseI64ArrayAttr count, index;
-    if (share.replicated) {
-      count = b.getDenseI64ArrayAttr(share.replicaCount);
-      index = b.getDenseI64ArrayAttr(share.replicaIndex);
+    OpBuilder b(fn.getContext());
+    if (given) {
+      // The caller's physical slots: (x, ids, weights); slot s maps to the
+      // local expert of its logical expert when it sits on this GPU.
+      Block &entry = fn.getBody().front();
+      Location loc = fn.getLoc();
+      Type idsType = ids.getType(), wType = w.getType();
+      if (failed(fn.insertArgument(1, idsType, {}, loc)) ||
+          failed(fn.insertArgument(2, wType, {}, loc))) {
+        why = "cannot add the ids and weights arguments";
+        return failure();
+      }
+      ids = entry.getArgument(1);
+      w = entry.getArgument(2);
+      mapping.assign(p.slots(), -1);
+      for (int64_t slot = 0; slot < p.slots(); ++slot)
+        if (p.slotGpu[slot] == rank)
+          mapping[slot] = share.mapping[p.slotExpert[slot]];
+      b.setInsertionPointToStart(&entry);
+    } else {
+      Operation *later = ids.getDefiningOp();
+      Operation *wDef = w.getDefiningOp();
+      if (!later || (wDef && later->isBeforeInBlock(wDef)))
+        later = wDef;
+      if (later)
+        b.setInsertionPointAfter(later);
+      else
+        b.setInsertionPointToStart(&fn.getBody().front());
+      if (share.replicated) {
+        count = b.getDenseI64ArrayAttr(share.replicaCount);
+        index = b.getDenseI64ArrayAttr(share.replicaIndex);
+      }
     }
     auto remap = RemapExpertsOp::create(
         b, layer.dispatch.getLoc(), ids.getType(), w.getType(), ids, w,
-        b.getDenseI64ArrayAttr(share.mapping), count, index);
+        b.getDenseI64ArrayAttr(mapping), count, index);
     layer.dispatch.getIdsMutable().assign(remap.getResultIds());
-    if (layer.permute.getWeights() == w)
+    if (given || layer.permute.getWeights() == w)
       layer.permute.getWeightsMutable().assign(remap.getResultWeights());
     layer.combine.getWeightsMutable().assign(remap.getResultWeights());
     setDispatchExperts(layer.dispatch, n);
@@ -231,20 +336,8 @@ struct ShardExpertsPass : public impl::MoEShardExpertsBase<ShardExpertsPass> {
       add->erase();
     }
     // Erase what no longer contributes (the skipped shared experts, old
-    // weights), users first.
-    bool erased = true;
-    while (erased) {
-      erased = false;
-      SmallVector<Operation *> dead;
-      fn.walk([&](Operation *op) {
-        if (op->use_empty() && isMemoryEffectFree(op) &&
-            !op->hasTrait<OpTrait::IsTerminator>())
-          dead.push_back(op);
-      });
-      for (Operation *op : dead)
-        op->erase();
-      erased = !dead.empty();
-    }
+    // weights, with routing=given the router), users first.
+    eraseDead(fn);
 
     Builder attrs(fn.getContext());
     fn->setAttr(kRankAttr, attrs.getI64IntegerAttr(rank));
@@ -258,9 +351,11 @@ struct ShardExpertsPass : public impl::MoEShardExpertsBase<ShardExpertsPass> {
     fn.emitRemark() << llvm::formatv(
         "moe-shard-experts: layer {0}: rank {1} holds experts [{2}] ({3}{4})",
         layer.index, rank, localText,
-        share.replicated ? "replicated experts split tokens by row mod "
-                           "replicas"
-                         : "no replicas",
+        given ? "routing given as physical slots; the router is @" +
+                    fn.getSymName().str() + "_router"
+        : share.replicated ? std::string("replicated experts split tokens "
+                                         "by row mod replicas")
+                           : std::string("no replicas"),
         shared.empty() ? ""
         : rank == 0    ? "; computes the shared experts"
                        : "; shared experts left to rank 0");

@@ -872,8 +872,21 @@ LogicalResult FusedRouteOp::verify() {
       failed(expectDim(op, getIds(), "ids", 0, rows(getInput()),
                        "tokens of 'input'")))
     return failure();
+  Value givenIds = getGivenIds(), givenWeights = getGivenWeights();
+  if (!givenIds != !givenWeights)
+    return emitOpError() << "'given_ids' and 'given_weights' must be given "
+                            "together (a given routing), got only '"
+                         << (givenIds ? "given_ids" : "given_weights") << "'";
+  if (givenIds &&
+      (failed(expectDim(op, givenIds, "given_ids", 0, rows(getInput()),
+                        "tokens of 'input'")) ||
+       failed(expectDim(op, givenWeights, "given_weights", 0, rows(givenIds),
+                        "tokens of 'given_ids'")) ||
+       failed(expectDim(op, givenWeights, "given_weights", 1,
+                        columns(givenIds), "slots of 'given_ids'"))))
+    return failure();
   if (failed(verifyFusedBody(
-          op, getBody(), TypeRange(getInput().getType()),
+          op, getBody(), getOperandTypes(),
           TypeRange({getIds().getType(), getWeights().getType()}))))
     return failure();
   if (std::optional<RouteMismatch> m = matchRouteBody(getBody().front())) {

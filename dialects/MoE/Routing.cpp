@@ -109,10 +109,21 @@ std::optional<RouteMismatch> mlir::moe::matchRouteBody(Block &body,
     return RouteMismatch{op, why.str()};
   };
   Operation *parent = body.getParentOp();
-  if (body.getNumArguments() != 1)
-    return mismatch(parent, "the body must take the routed tokens as its one "
-                            "argument");
+  if (body.getNumArguments() != 1 && body.getNumArguments() != 3)
+    return mismatch(parent, "the body must take the routed tokens as its "
+                            "argument, followed by the given routing's ids "
+                            "and weights when the routing is given");
   Value arg = body.getArgument(0);
+  // The given routing's rows, staged per token like the input row.
+  auto isGiven = [&](Value v) {
+    return body.getNumArguments() == 3 &&
+           (v == body.getArgument(1) || v == body.getArgument(2));
+  };
+  if (body.getNumArguments() == 3)
+    for (unsigned i : {1u, 2u})
+      if (ShapedType::isDynamic(width(body.getArgument(i))))
+        return mismatch(parent, "the given routing must have a static "
+                                "number of slots");
   auto argType = dyn_cast<RankedTensorType>(arg.getType());
   if (!argType || argType.getRank() != 2 ||
       ShapedType::isDynamic(argType.getDimSize(1)))
@@ -126,9 +137,10 @@ std::optional<RouteMismatch> mlir::moe::matchRouteBody(Block &body,
   auto readLate = [&](Operation *op, Value v) -> std::optional<RouteMismatch> {
     if (late.contains(v))
       return std::nullopt;
-    if (v == arg)
-      return mismatch(op, "reads the routed tokens after the cross-token "
-                          "selection '" +
+    if (v == arg || isGiven(v))
+      return mismatch(op, llvm::Twine("reads the ") +
+                              (v == arg ? "routed tokens" : "given routing") +
+                              " after the cross-token selection '" +
                               program.crossToken->getName().getStringRef() +
                               "' (only score rows are kept across the "
                               "batch)");
@@ -216,5 +228,53 @@ std::optional<RouteMismatch> mlir::moe::matchRouteBody(Block &body,
   program.carried.assign(carried.begin(), carried.end());
   if (out)
     *out = std::move(program);
+  return std::nullopt;
+}
+
+/// Whether `t` is a [T, n] tensor (n static when `staticWidth`) of
+/// element type `element` (any when null).
+static bool isTokenRows(Type t, Type element, bool staticWidth = true) {
+  auto r = dyn_cast<RankedTensorType>(t);
+  return r && r.getRank() == 2 &&
+         (!staticWidth || !ShapedType::isDynamic(r.getDimSize(1))) &&
+         (!element || r.getElementType() == element);
+}
+
+std::optional<LayerForm> mlir::moe::getLayerForm(FunctionOpInterface fn,
+                                                 std::string &why) {
+  std::string name = ("function @" + fn.getName()).str();
+  ArrayRef<Type> args = fn.getArgumentTypes(), results = fn.getResultTypes();
+  Builder b(fn.getContext());
+  Type i32 = b.getI32Type(), f32 = b.getF32Type();
+  auto role = fn->getAttrOfType<StringAttr>(kRoleAttr);
+  if (fn->hasAttr(kRoleAttr) && (!role || role.getValue() != "router")) {
+    why = name + ": '" + kRoleAttr.str() +
+          "' must be \"router\" (a router-only function) or absent";
+    return std::nullopt;
+  }
+  if (role) {
+    if (args.size() != 1 || !isTokenRows(args[0], nullptr) ||
+        results.size() != 2 || !isTokenRows(results[0], i32) ||
+        !isTokenRows(results[1], f32)) {
+      why = name + " (moe.role = \"router\"): expected one argument x [T, H] "
+                   "and two results, ids [T, K] i32 and weights [T, K] f32";
+      return std::nullopt;
+    }
+    return LayerForm::Router;
+  }
+  if (results.size() == 1 && args.size() == 1 && isTokenRows(args[0], nullptr))
+    return LayerForm::Layer;
+  if (results.size() == 1 && args.size() == 3 &&
+      isTokenRows(args[0], nullptr) && isTokenRows(args[1], i32) &&
+      isTokenRows(args[2], f32) &&
+      cast<RankedTensorType>(args[1]).getDimSize(1) ==
+          cast<RankedTensorType>(args[2]).getDimSize(1))
+    return LayerForm::GivenRouting;
+  why = name + ": expected a layer (x [T, H]) -> y, a layer with a given "
+               "routing (x [T, H], ids [T, K] i32, weights [T, K] f32) -> y, "
+               "or a router (moe.role = \"router\") (x [T, H]) -> (ids, "
+               "weights); got " +
+        std::to_string(args.size()) + " argument(s) and " +
+        std::to_string(results.size()) + " result(s) of other types";
   return std::nullopt;
 }

@@ -651,6 +651,72 @@ namespace {
 /// GPU of each expert per layer (affinity placements have no replicas).
 using Assignment = std::vector<std::vector<int64_t>>;
 
+/// The most load an affinity placement may put on one GPU of each layer:
+/// maxBalance x the mean GPU load, or the heaviest expert's load when it
+/// alone is more (infinite with maxBalance <= 0: no bound).
+std::vector<double> loadBounds(ArrayRef<LayerLoad> layers, int64_t gpus,
+                               double maxBalance) {
+  std::vector<double> bound;
+  for (const LayerLoad &l : layers) {
+    double total = 0, heaviest = 0;
+    for (double v : l.load) {
+      total += v;
+      heaviest = std::max(heaviest, v);
+    }
+    bound.push_back(maxBalance <= 0 || total <= 0
+                        ? INFINITY
+                        : std::max(maxBalance * total / double(gpus),
+                                   heaviest) *
+                              (1 + 1e-12));
+  }
+  return bound;
+}
+
+/// Load per GPU of layer l under `a`.
+std::vector<double> layerGpuLoads(const LayerLoad &layer,
+                                  ArrayRef<int64_t> gpuOf, int64_t gpus) {
+  std::vector<double> load(gpus, 0.0);
+  for (size_t i = 0; i < gpuOf.size(); ++i)
+    load[gpuOf[i]] += layer.load[i];
+  return load;
+}
+
+/// Assigns the experts of a layer to GPUs, (expert, GPU) pairs in the
+/// order given (k = e * gpus + g, most wanted first), each GPU taking at
+/// most E/G experts and `bound` load; an expert no GPU can take within the
+/// bound goes to the least loaded GPU with a free slot.
+void assignPairs(ArrayRef<int64_t> order, ArrayRef<double> load, int64_t gpus,
+                 double bound, std::vector<int64_t> &gpuOf) {
+  int64_t e = load.size(), cap = e / gpus;
+  std::vector<int64_t> used(gpus, 0);
+  std::vector<double> carried(gpus, 0.0);
+  gpuOf.assign(e, -1);
+  for (int64_t k : order) {
+    int64_t i = k / gpus, g = k % gpus;
+    if (gpuOf[i] >= 0 || used[g] >= cap || carried[g] + load[i] > bound)
+      continue;
+    gpuOf[i] = g;
+    ++used[g];
+    carried[g] += load[i];
+  }
+  // Left over: heaviest first, each to the lightest GPU with a free slot.
+  std::vector<int64_t> left;
+  for (int64_t i = 0; i < e; ++i)
+    if (gpuOf[i] < 0)
+      left.push_back(i);
+  std::stable_sort(left.begin(), left.end(),
+                   [&](int64_t x, int64_t y) { return load[x] > load[y]; });
+  for (int64_t i : left) {
+    int64_t best = -1;
+    for (int64_t g = 0; g < gpus; ++g)
+      if (used[g] < cap && (best < 0 || carried[g] < carried[best]))
+        best = g;
+    gpuOf[i] = best;
+    ++used[best];
+    carried[best] += load[i];
+  }
+}
+
 double crossingOf(ArrayRef<LayerLoad> layers, const Assignment &a) {
   double cross = 0;
   for (size_t l = 0; l + 1 < layers.size(); ++l) {
@@ -686,13 +752,18 @@ std::vector<double> affinityOf(ArrayRef<LayerLoad> layers, const Assignment &a,
 
 /// Pairwise swaps within each layer while one gains (Kernighan-Lin style
 /// passes, forwards and backwards over the layers).
-void refineSwaps(ArrayRef<LayerLoad> layers, Assignment &a, int64_t gpus) {
+/// A swap is taken only when both GPUs' loads stay within the layer's
+/// bound (or the heavier of the two gets lighter).
+void refineSwaps(ArrayRef<LayerLoad> layers, Assignment &a, int64_t gpus,
+                 ArrayRef<double> bounds) {
   for (int round = 0; round < 50; ++round) {
     bool improved = false;
     for (int dir = 0; dir < 2; ++dir)
       for (size_t k = 0; k < layers.size(); ++k) {
         size_t l = dir == 0 ? k : layers.size() - 1 - k;
         std::vector<double> aff = affinityOf(layers, a, l, gpus);
+        std::vector<double> gl = layerGpuLoads(layers[l], a[l], gpus);
+        ArrayRef<double> load = layers[l].load;
         int64_t e = a[l].size();
         bool changed = true;
         while (changed) {
@@ -704,10 +775,17 @@ void refineSwaps(ArrayRef<LayerLoad> layers, Assignment &a, int64_t gpus) {
                 continue;
               double gain = aff[x * gpus + gy] + aff[y * gpus + gx] -
                             aff[x * gpus + gx] - aff[y * gpus + gy];
-              if (gain > 1e-9) {
-                std::swap(a[l][x], a[l][y]);
-                changed = improved = true;
-              }
+              if (gain <= 1e-9)
+                continue;
+              double nx = gl[gx] - load[x] + load[y];
+              double ny = gl[gy] - load[y] + load[x];
+              if (std::max(nx, ny) > bounds[l] &&
+                  std::max(nx, ny) >= std::max(gl[gx], gl[gy]))
+                continue;
+              std::swap(a[l][x], a[l][y]);
+              gl[gx] = nx;
+              gl[gy] = ny;
+              changed = improved = true;
             }
         }
       }
@@ -720,8 +798,8 @@ void refineSwaps(ArrayRef<LayerLoad> layers, Assignment &a, int64_t gpus) {
 /// (expert, GPU) pairs by the transition weight between the expert and the
 /// neighbour's experts on that GPU, heaviest first, E/G per GPU.
 void placeNextTo(ArrayRef<LayerLoad> layers, Assignment &a, size_t l,
-                 size_t neighbour, int64_t gpus) {
-  int64_t e = layers[l].load.size(), cap = e / gpus;
+                 size_t neighbour, int64_t gpus, double bound) {
+  int64_t e = layers[l].load.size();
   int64_t n = a[neighbour].size();
   std::vector<double> w(e * gpus, 0.0);
   for (int64_t i = 0; i < e; ++i)
@@ -734,21 +812,14 @@ void placeNextTo(ArrayRef<LayerLoad> layers, Assignment &a, size_t l,
   std::iota(order.begin(), order.end(), 0);
   std::stable_sort(order.begin(), order.end(),
                    [&](int64_t x, int64_t y) { return w[x] > w[y]; });
-  std::vector<int64_t> used(gpus, 0);
-  a[l].assign(e, -1);
-  for (int64_t k : order) {
-    int64_t i = k / gpus, g = k % gpus;
-    if (a[l][i] >= 0 || used[g] >= cap)
-      continue;
-    a[l][i] = g;
-    ++used[g];
-  }
+  assignPairs(order, layers[l].load, gpus, bound, a[l]);
 }
 
 /// Greedy with swap refinement, from several starts: each layer in turn
 /// placed contiguously and the others propagated from it (forwards and
 /// backwards), and a few shuffled first layers. The least crossing wins.
-Assignment greedyAffinity(ArrayRef<LayerLoad> layers, int64_t gpus) {
+Assignment greedyAffinity(ArrayRef<LayerLoad> layers, int64_t gpus,
+                          ArrayRef<double> bounds) {
   size_t L = layers.size();
   Assignment best;
   double bestCross = INFINITY;
@@ -757,16 +828,22 @@ Assignment greedyAffinity(ArrayRef<LayerLoad> layers, int64_t gpus) {
     size_t s = start < L ? start : 0;
     Assignment a(L);
     int64_t e = layers[s].load.size(), cap = e / gpus;
-    a[s].resize(e);
-    for (int64_t i = 0; i < e; ++i)
-      a[s][i] = i / cap;
+    // The start layer: contiguous (expert i prefers GPU i / cap), or a
+    // shuffled preference, within the load bound.
+    std::vector<int64_t> pref(e);
+    std::iota(pref.begin(), pref.end(), 0);
     if (start >= L)
-      std::shuffle(a[s].begin(), a[s].end(), rng);
+      std::shuffle(pref.begin(), pref.end(), rng);
+    std::vector<int64_t> order;
+    for (int64_t round = 0; round < gpus; ++round)
+      for (int64_t i = 0; i < e; ++i)
+        order.push_back(i * gpus + (pref[i] / cap + round) % gpus);
+    assignPairs(order, layers[s].load, gpus, bounds[s], a[s]);
     for (size_t l = s + 1; l < L; ++l)
-      placeNextTo(layers, a, l, l - 1, gpus);
+      placeNextTo(layers, a, l, l - 1, gpus, bounds[l]);
     for (size_t l = s; l-- > 0;)
-      placeNextTo(layers, a, l, l + 1, gpus);
-    refineSwaps(layers, a, gpus);
+      placeNextTo(layers, a, l, l + 1, gpus, bounds[l]);
+    refineSwaps(layers, a, gpus, bounds);
     double c = crossingOf(layers, a);
     if (c < bestCross) {
       bestCross = c;
@@ -798,7 +875,7 @@ int glpkQuiet(void *, const char *) { return 1; }
 /// never worse. Pairs beyond `maxPairs` variables keep the heaviest only.
 Assignment ilpAffinity(ArrayRef<LayerLoad> layers, int64_t gpus,
                        const Assignment &start, double timeLimit,
-                       std::string &method) {
+                       ArrayRef<double> bounds, std::string &method) {
   size_t L = layers.size();
   glp_prob *lp = glp_create_prob();
   glp_set_obj_dir(lp, GLP_MAX);
@@ -840,6 +917,16 @@ Assignment ilpAffinity(ArrayRef<LayerLoad> layers, int64_t gpus,
         t.push_back({x(l, i, g), 1.0});
       addRow(t, GLP_FX, cap, cap);
     }
+    // The GPU's load within the layer's bound.
+    if (std::isfinite(bounds[l]))
+      for (int64_t g = 0; g < gpus; ++g) {
+        std::vector<std::pair<int, double>> t;
+        for (int64_t i = 0; i < e; ++i)
+          if (layers[l].load[i] > 0)
+            t.push_back({x(l, i, g), layers[l].load[i]});
+        if (!t.empty())
+          addRow(t, GLP_UP, 0, bounds[l]);
+      }
   }
   // Per layer pair the heaviest 2 max(E, E') pairs (the rest is mostly
   // noise and would make the LP too large to solve in the time limit; the
@@ -1183,18 +1270,29 @@ Expected<std::vector<LayerPlacement>> planPlacement(ArrayRef<LayerLoad> layers,
                          ": policy affinity needs the transition counts to "
                          "the next layer (record the profile with "
                          "--all-layers)");
-    Assignment a = greedyAffinity(layers, gpus);
+    std::vector<double> bounds = loadBounds(layers, gpus, options.maxBalance);
+    auto withinBounds = [&](const Assignment &x) {
+      for (size_t l = 0; l < layers.size(); ++l)
+        for (double v : layerGpuLoads(layers[l], x[l], gpus))
+          if (v > bounds[l])
+            return false;
+      return true;
+    };
+    Assignment a = greedyAffinity(layers, gpus, bounds);
     st.greedyCrossing = crossingOf(layers, a);
     st.method = "greedy";
     if (options.solver == AffinitySolver::Glpk && layers.size() > 1) {
       auto t0 = std::chrono::steady_clock::now();
-      Assignment b = ilpAffinity(layers, gpus, a, options.timeLimit, st.method);
+      Assignment b = ilpAffinity(layers, gpus, a, options.timeLimit, bounds,
+                                 st.method);
       st.solverSeconds =
           std::chrono::duration<double>(std::chrono::steady_clock::now() - t0)
               .count();
       // The ILP may have seen the heaviest pairs only: polish on all.
-      refineSwaps(layers, b, gpus);
-      if (crossingOf(layers, b) <= st.greedyCrossing)
+      refineSwaps(layers, b, gpus, bounds);
+      // Better, and within the load bounds where greedy was.
+      if (crossingOf(layers, b) <= st.greedyCrossing &&
+          (withinBounds(b) || !withinBounds(a)))
         a = std::move(b);
     }
     st.finalCrossing = crossingOf(layers, a);
@@ -1218,9 +1316,15 @@ Expected<std::vector<LayerPlacement>> planPlacement(ArrayRef<LayerLoad> layers,
         return c;
       };
       double budget = total(plan) * tol + 1e-9;
+      std::vector<double> bounds =
+          loadBounds(layers, gpus, options.maxBalance);
       reduceMoves(
           plan, prev, gpus,
-          [&](const std::vector<LayerPlacement> &p, size_t) {
+          [&](const std::vector<LayerPlacement> &p, size_t l) {
+            // A move back that breaks the layer's load bound is not taken.
+            for (double v : gpuLoads(p[l], gpus, layers[l].load))
+              if (v > bounds[l])
+                return double(INFINITY);
             return total(p);
           },
           budget);

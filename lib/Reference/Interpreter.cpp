@@ -431,27 +431,58 @@ public:
   Interpreter(WeightLoader &weights, RoutingTrace *trace)
       : weights(weights), trace(trace) {}
 
-  Expected<HostTensor> run(func::FuncOp fn, const HostTensor &input) {
-    if (fn.getNumArguments() != 1 || fn.getNumResults() != 1)
-      return opError(fn, "the reference backend runs functions of one tensor "
-                         "argument and one result");
-    auto argType = dyn_cast<RankedTensorType>(fn.getArgument(0).getType());
-    if (!argType || argType.getRank() != static_cast<int64_t>(input.shape.size()))
-      return opError(fn, "argument must be a ranked tensor of rank " +
-                             llvm::Twine(input.shape.size()));
-    for (auto [d, size] : llvm::enumerate(argType.getShape()))
-      if (!ShapedType::isDynamic(size) && size != input.shape[d])
-        return opError(fn, "input dimension " + llvm::Twine(d) + " is " +
-                               llvm::Twine(input.shape[d]) +
-                               " but the function expects " +
-                               llvm::Twine(size));
-    HostTensor x = input;
-    roundTo(x, argType);
-    Expected<std::vector<HostTensor>> results =
-        runBlock(fn.getBody().front(), {std::move(x)});
-    if (!results)
-      return results.takeError();
-    return std::move(results->front());
+  /// Runs `fn`, which must have the form `want`, on `args` (its arguments
+  /// in order); returns its results.
+  Expected<std::vector<HostTensor>> run(func::FuncOp fn, LayerForm want,
+                                        std::vector<HostTensor> args) {
+    std::string why;
+    std::optional<LayerForm> form = getLayerForm(fn, why);
+    if (!form)
+      return opError(fn, why);
+    if (*form != want) {
+      auto entry = [](LayerForm f) {
+        switch (f) {
+        case LayerForm::Layer:
+          return "a layer of one argument (moe::interpret)";
+        case LayerForm::GivenRouting:
+          return "a layer with a given routing (x, ids, weights; "
+                 "moe::interpretGiven)";
+        case LayerForm::Router:
+          return "a router-only function (moe.role = \"router\"; "
+                 "moe::interpretRouter)";
+        }
+        return "";
+      };
+      return opError(fn, "function @" + fn.getSymName() + " is " +
+                             entry(*form) + ", but was run as " + entry(want));
+    }
+    static const char *argNames[] = {"input", "ids", "weights"};
+    for (auto [n, arg] : llvm::enumerate(fn.getArguments())) {
+      auto argType = cast<RankedTensorType>(arg.getType());
+      HostTensor &value = args[n];
+      bool wantInt = argType.getElementType().isInteger(32);
+      if (value.isInt != wantInt ||
+          argType.getRank() != static_cast<int64_t>(value.shape.size()))
+        return opError(fn, llvm::Twine("the ") + argNames[n] +
+                               " must be a rank-" +
+                               llvm::Twine(argType.getRank()) + " tensor of " +
+                               (wantInt ? "i32" : "floats"));
+      for (auto [d, size] : llvm::enumerate(argType.getShape()))
+        if (!ShapedType::isDynamic(size) && size != value.shape[d])
+          return opError(fn, llvm::Twine(argNames[n]) + " dimension " +
+                                 llvm::Twine(d) + " is " +
+                                 llvm::Twine(value.shape[d]) +
+                                 " but the function expects " +
+                                 llvm::Twine(size));
+      if (n > 0 && value.shape[0] != args[0].shape[0])
+        return opError(fn, llvm::Twine("the given ") + argNames[n] + " have " +
+                               llvm::Twine(value.shape[0]) +
+                               " rows, the input " +
+                               llvm::Twine(args[0].shape[0]) + " tokens");
+      if (!wantInt)
+        roundTo(value, argType);
+    }
+    return runBlock(fn.getBody().front(), std::move(args));
   }
 
   /// Runs `block` with its arguments bound to `args`; returns the values of
@@ -851,8 +882,13 @@ private:
           return Error::success();
         })
         .Case([&](FusedRouteOp o) -> Error {
+          std::vector<HostTensor> bodyArgs = {get(o.getInput())};
+          if (o.getGivenIds()) {
+            bodyArgs.push_back(get(o.getGivenIds()));
+            bodyArgs.push_back(get(o.getGivenWeights()));
+          }
           Expected<std::vector<HostTensor>> routing =
-              runBlock(o.getBody().front(), {get(o.getInput())});
+              runBlock(o.getBody().front(), std::move(bodyArgs));
           if (!routing)
             return routing.takeError();
           if (trace) {
@@ -1273,10 +1309,36 @@ private:
 } // namespace
 
 Expected<HostTensor> interpret(func::FuncOp fn, const HostTensor &input,
+                               WeightLoader &weights, RoutingTrace *trace) {
+  Interpreter interpreter(weights, trace);
+  Expected<std::vector<HostTensor>> out =
+      interpreter.run(fn, LayerForm::Layer, {input});
+  if (!out)
+    return out.takeError();
+  return std::move(out->front());
+}
+
+Expected<HostTensor> interpretGiven(func::FuncOp fn, const HostTensor &input,
+                                    const HostTensor &ids,
+                                    const HostTensor &givenWeights,
                                     WeightLoader &weights,
                                     RoutingTrace *trace) {
   Interpreter interpreter(weights, trace);
-  return interpreter.run(fn, input);
+  Expected<std::vector<HostTensor>> out = interpreter.run(
+      fn, LayerForm::GivenRouting, {input, ids, givenWeights});
+  if (!out)
+    return out.takeError();
+  return std::move(out->front());
+}
+
+Expected<HostRouting> interpretRouter(func::FuncOp fn, const HostTensor &input,
+                                      WeightLoader &weights) {
+  Interpreter interpreter(weights, nullptr);
+  Expected<std::vector<HostTensor>> out =
+      interpreter.run(fn, LayerForm::Router, {input});
+  if (!out)
+    return out.takeError();
+  return HostRouting{std::move((*out)[0]), std::move((*out)[1])};
 }
 
 } // namespace moe

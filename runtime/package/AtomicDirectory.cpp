@@ -133,27 +133,35 @@ Status checkReplaceable(const std::string &dir) {
   struct stat mst;
   if (::stat(joinPath(dir, kPackageManifestFile).c_str(), &mst) == 0)
     return Status::success();
-  // A set of rank packages (moe-compile --placement).
-  if (::stat(joinPath(dir, "placement.json").c_str(), &mst) == 0 &&
-      ::stat(joinPath(joinPath(dir, "rank0"), kPackageManifestFile).c_str(),
-             &mst) == 0)
-    return Status::success();
   DIR *d = ::opendir(dir.c_str());
   if (!d)
     return Status::error("cannot read '" + dir + "': " + errnoText(errno));
-  bool empty = true;
+  // Empty, or a set of rank packages (moe-compile --placement):
+  // placement.json and rank<r>/ packages, nothing else.
+  bool empty = true, placement = false, rankSet = true;
   while (struct dirent *e = ::readdir(d)) {
     std::string name = e->d_name;
-    if (name != "." && name != "..") {
-      empty = false;
-      break;
+    if (name == "." || name == "..")
+      continue;
+    empty = false;
+    if (name == "placement.json") {
+      placement = true;
+      continue;
     }
+    bool rankDir = name.size() > 4 && name.compare(0, 4, "rank") == 0 &&
+                   name.find_first_not_of("0123456789", 4) ==
+                       std::string::npos &&
+                   ::stat(joinPath(joinPath(dir, name), kPackageManifestFile)
+                              .c_str(),
+                          &mst) == 0;
+    rankSet = rankSet && rankDir;
   }
   ::closedir(d);
-  if (!empty)
+  if (!empty && !(placement && rankSet))
     return Status::error("'" + dir +
                          "' is not empty and holds no manifest.json: not a "
-                         "package; refusing to replace it");
+                         "package (nor a set of rank packages); refusing to "
+                         "replace it");
   return Status::success();
 }
 

@@ -608,7 +608,10 @@ void readLayer(Fields &f, const Json &l, const std::string &at,
     }
   }
   layer.inputWidth = f.integer(l, at, "input_width", 1, kMaxJsonInteger);
-  layer.outputWidth = f.integer(l, at, "output_width", 1, kMaxJsonInteger);
+  // A router-only plan has no output: its width is 0.
+  bool router = layer.role == "router";
+  layer.outputWidth = f.integer(l, at, "output_width", router ? 0 : 1,
+                                router ? 0 : kMaxJsonInteger);
   layer.allExperts = f.integer(l, at, "all_experts", 0, kMaxJsonInteger);
   const Json::Array &launches = f.array(l, at, "launches");
   for (size_t k = 0; k < launches.size() && f.ok(); ++k) {

@@ -299,6 +299,9 @@ Status checkLayerValues(const LayerPlan &layer, size_t l) {
       if (layer.output >= 0)
         return Status::error(at + ".output: a router-only plan has no output "
                                   "value (expected null)");
+      if (layer.outputWidth != 0)
+        return Status::error(at + ".output_width: a router-only plan has no "
+                                  "output (expected 0)");
       if (layer.routings.empty())
         return Status::error(at + ".routing_ids: a router-only plan must name "
                                   "its routing (expected an index)");

@@ -239,3 +239,78 @@ func.func @remap_experts(%x: tensor<?x16xf32>) -> tensor<?x16xf32> {
   %y = moe.combine %xs, %rows, %mw : (tensor<?x16xf32>, tensor<?xi32>, tensor<?x2xf32>) -> tensor<?x16xf32>
   return %y : tensor<?x16xf32>
 }
+
+// -----
+
+// A given routing (an engine's dispatch of physical slots, one rank's
+// share): the remap of the function's ids and weights arguments moves into
+// the body, which takes them as block arguments; the combine reads the
+// fused op's weights, not the argument.
+// CHECK-LABEL: func.func @given_remap
+// CHECK-SAME: (%[[X:.*]]: tensor<?x16xf32>, %[[GI:.*]]: tensor<?x2xi32>, %[[GW:.*]]: tensor<?x2xf32>)
+// CHECK: %[[IDS:.*]], %[[W:.*]], %{{.*}}, %[[OFF:.*]], %[[ROWS:.*]] = moe.fused_route %[[X]] given(%[[GI]], %[[GW]] : tensor<?x2xi32>, tensor<?x2xf32>) {num_experts = 2 : i64}
+// CHECK-NEXT: ^bb0(%{{.*}}: tensor<?x16xf32>, %[[I:.*]]: tensor<?x2xi32>, %[[G:.*]]: tensor<?x2xf32>):
+// CHECK-NEXT: %[[RI:.*]], %[[RW:.*]] = moe.remap_experts %[[I]], %[[G]] mapping = [-1, 0, 1, -1]
+// CHECK-NEXT: moe.yield %[[RI]], %[[RW]]
+// CHECK-NOT: moe.dispatch
+// CHECK-NOT: moe.remap_experts
+// CHECK: moe.permute %[[X]], %[[ROWS]], %[[W]]
+// CHECK: moe.combine %{{.*}}, %[[ROWS]], %[[W]]
+func.func @given_remap(%x: tensor<?x16xf32>, %gi: tensor<?x2xi32>, %gw: tensor<?x2xf32>) -> tensor<?x16xf32> {
+  %ids, %w = moe.remap_experts %gi, %gw mapping = [-1, 0, 1, -1] : tensor<?x2xi32>, tensor<?x2xf32>
+  %c, %off, %rows = moe.dispatch %ids {num_experts = 2 : i64} : tensor<?x2xi32> -> tensor<2xi32>, tensor<3xi32>, tensor<?xi32>
+  %xs = moe.permute %x, %rows, %w : (tensor<?x16xf32>, tensor<?xi32>, tensor<?x2xf32>) -> tensor<?x16xf32>
+  %y = moe.combine %xs, %rows, %w : (tensor<?x16xf32>, tensor<?xi32>, tensor<?x2xf32>) -> tensor<?x16xf32>
+  return %y : tensor<?x16xf32>
+}
+
+// -----
+
+// The arguments dispatched directly: the body yields its block arguments.
+// CHECK-LABEL: func.func @given_direct
+// CHECK-SAME: (%[[X:.*]]: tensor<?x16xf32>, %[[GI:.*]]: tensor<?x2xi32>, %[[GW:.*]]: tensor<?x2xf32>)
+// CHECK: %{{.*}}, %[[W:.*]], %{{.*}}, %{{.*}}, %[[ROWS:.*]] = moe.fused_route %[[X]] given(%[[GI]], %[[GW]] : tensor<?x2xi32>, tensor<?x2xf32>) {num_experts = 4 : i64}
+// CHECK-NEXT: ^bb0(%{{.*}}: tensor<?x16xf32>, %[[I:.*]]: tensor<?x2xi32>, %[[G:.*]]: tensor<?x2xf32>):
+// CHECK-NEXT: moe.yield %[[I]], %[[G]]
+// CHECK-NOT: moe.dispatch
+// CHECK: moe.combine %{{.*}}, %[[ROWS]], %[[W]]
+func.func @given_direct(%x: tensor<?x16xf32>, %gi: tensor<?x2xi32>, %gw: tensor<?x2xf32>) -> tensor<?x16xf32> {
+  %c, %off, %rows = moe.dispatch %gi {num_experts = 4 : i64} : tensor<?x2xi32> -> tensor<4xi32>, tensor<5xi32>, tensor<?xi32>
+  %xs = moe.permute %x, %rows, %gw : (tensor<?x16xf32>, tensor<?xi32>, tensor<?x2xf32>) -> tensor<?x16xf32>
+  %y = moe.combine %xs, %rows, %gw : (tensor<?x16xf32>, tensor<?xi32>, tensor<?x2xf32>) -> tensor<?x16xf32>
+  return %y : tensor<?x16xf32>
+}
+
+// -----
+
+// The given ids with weights computed from the tokens: not one of the
+// given-routing forms (a router reads one token tensor).
+func.func @given_mixed(%x: tensor<?x16xf32>, %gi: tensor<?x2xi32>, %gw: tensor<?x2xf32>) -> tensor<?x16xf32> {
+  %wg = moe.weight ["gate"] from ["m.safetensors"] : tensor<4x16xf32>
+  %l = moe.router_linear %x, %wg : (tensor<?x16xf32>, tensor<4x16xf32>) -> tensor<?x4xf32>
+  %e = arith.mulf %l, %l : tensor<?x4xf32>
+  %w = moe.gather_scores %e, %gi : tensor<?x4xf32>, tensor<?x2xi32> -> tensor<?x2xf32>
+  // expected-remark @+1 {{moe-fuse-routing: not fused: the router reads the given routing (the function's ids and weights arguments) and a value computed in the function}}
+  %c, %off, %rows = moe.dispatch %gi {num_experts = 4 : i64} : tensor<?x2xi32> -> tensor<4xi32>, tensor<5xi32>, tensor<?xi32>
+  %xs = moe.permute %x, %rows, %w : (tensor<?x16xf32>, tensor<?xi32>, tensor<?x2xf32>) -> tensor<?x16xf32>
+  %y = moe.combine %xs, %rows, %w : (tensor<?x16xf32>, tensor<?xi32>, tensor<?x2xf32>) -> tensor<?x16xf32>
+  return %y : tensor<?x16xf32>
+}
+
+// -----
+
+// A router-only function (moe.role = "router") has no dispatch: the routing
+// it returns is fused (over the selection's experts) and returned.
+// CHECK-LABEL: func.func @router_only
+// CHECK: %[[IDS:.*]], %[[W:.*]], %{{.*}}, %{{.*}}, %{{.*}} = moe.fused_route %{{.*}} {num_experts = 4 : i64}
+// CHECK: moe.topk
+// CHECK: moe.normalize
+// CHECK: return %[[IDS]], %[[W]]
+func.func @router_only(%x: tensor<?x16xf32>) -> (tensor<?x2xi32>, tensor<?x2xf32>) attributes {moe.layer = 0 : i64, moe.role = "router"} {
+  %wg = moe.weight ["gate"] from ["m.safetensors"] : tensor<4x16xf32>
+  %l = moe.router_linear %x, %wg : (tensor<?x16xf32>, tensor<4x16xf32>) -> tensor<?x4xf32>
+  %p = moe.softmax %l : tensor<?x4xf32>
+  %ids, %v = moe.topk %p {k = 2 : i64} : tensor<?x4xf32> -> tensor<?x2xi32>, tensor<?x2xf32>
+  %w = moe.normalize %v : tensor<?x2xf32>
+  return %ids, %w : tensor<?x2xi32>, tensor<?x2xf32>
+}

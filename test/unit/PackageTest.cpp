@@ -223,7 +223,14 @@ PackageContents sampleContents() {
   experts.args = {valueArg(0),  valueArg(1),  valueArg(2),
                   weightArg(1), weightArg(2), valueArg(4)};
   l0.launches = {route, experts};
+  // The form of a rank package's layer: the routing may also be given by
+  // the caller (values 5 and 6).
+  l0.values.push_back(moe::BufferShape{moe::ElementType::I32, 2, 0});
+  l0.values.push_back(moe::BufferShape{moe::ElementType::F32, 2, 0});
+  l0.givenIds = 5;
+  l0.givenWeights = 6;
   c.plan.layers.push_back(l0);
+
 
   moe::LayerPlan l1;
   l1.layer = 1;
@@ -249,6 +256,21 @@ PackageContents sampleContents() {
   lora.args = {valueArg(0), weightArg(0), weightArg(1), valueArg(1)};
   l1.launches = {lora};
   c.plan.layers.push_back(l1);
+
+  // Layer 0's router alone (a rank package's router-only plan).
+  moe::LayerPlan r0;
+  r0.layer = 0;
+  r0.function = "layer0_router";
+  r0.role = "router";
+  r0.values = {x, ids, probs, counter};
+  r0.input = 0;
+  r0.output = -1;
+  r0.routings = {{1, 2}};
+  r0.inputWidth = 8;
+  r0.outputWidth = 0;
+  r0.weights.push_back(c.plan.layers[0].weights[0]);
+  r0.launches = {c.plan.layers[0].launches[0]};
+  c.plan.layers.push_back(r0);
 
   c.cubins["sm_90a"] = std::string("\x7f"
                                    "ELF\x02\x01\x00sm90a-cubin",
@@ -309,6 +331,9 @@ void expectSamePlan(const moe::ModulePlan &a, const moe::ModulePlan &b) {
     EXPECT_EQ(x.function, y.function) << at;
     EXPECT_EQ(x.input, y.input) << at;
     EXPECT_EQ(x.output, y.output) << at;
+    EXPECT_EQ(x.role, y.role) << at;
+    EXPECT_EQ(x.givenIds, y.givenIds) << at;
+    EXPECT_EQ(x.givenWeights, y.givenWeights) << at;
     ASSERT_EQ(x.routings.size(), y.routings.size()) << at;
     for (size_t r = 0; r < x.routings.size(); ++r) {
       EXPECT_EQ(x.routings[r].ids, y.routings[r].ids) << at << " router " << r;
@@ -626,9 +651,10 @@ TEST(Package, CollectWeightsMakesOneTensorPerDistinctWeight) {
   PackageContents c = sampleContents();
   // gate, experts (stacked), the constant, lora_A; layer 1's gate is shared.
   ASSERT_EQ(c.tensors.size(), 4u);
-  ASSERT_EQ(c.layerTensors.size(), 2u);
+  ASSERT_EQ(c.layerTensors.size(), 3u);
   EXPECT_EQ(c.layerTensors[0], (std::vector<int>{0, 1, 2}));
   EXPECT_EQ(c.layerTensors[1], (std::vector<int>{3, 0}));
+  EXPECT_EQ(c.layerTensors[2], (std::vector<int>{0})); // layer 0's router
   EXPECT_EQ(c.tensors[0].size(), 4u * 8 * 4);     // f32
   EXPECT_EQ(c.tensors[1].size(), 4u * 3 * 8 * 2); // bf16
   EXPECT_EQ(c.tensors[2].size(), 2u * 4);         // constant f32
@@ -1140,11 +1166,26 @@ TEST(Package, ReplaceSwapsInTheNewPackageAndRemovesTheOld) {
   writeFileText(tmp / "home/notes.txt", "mine");
   s = writePackage(c, tmp / "home", replace);
   ASSERT_FALSE(s.ok());
-  EXPECT_NE(s.message().find("holds no manifest.json: not a package; "
-                             "refusing to replace it"),
+  EXPECT_NE(s.message().find("holds no manifest.json: not a package (nor a "
+                             "set of rank packages); refusing to replace it"),
             std::string::npos)
       << s.message();
   EXPECT_EQ(readFile(tmp / "home/notes.txt"), "mine");
+  // A set of rank packages (placement.json, rank<r>/ packages) may be
+  // replaced; with anything else beside them it may not.
+  ASSERT_TRUE(fs::create_directory(tmp / "ranks"));
+  writeFileText(tmp / "ranks/placement.json", "{}");
+  ASSERT_TRUE(writePackage(c, tmp / "ranks/rank3").ok());
+  EXPECT_TRUE(writePackage(c, tmp / "ranks", replace).ok());
+  EXPECT_TRUE(openPackage(tmp / "ranks").ok());
+  ASSERT_TRUE(fs::remove_all(tmp / "ranks") > 0);
+  ASSERT_TRUE(fs::create_directory(tmp / "ranks"));
+  writeFileText(tmp / "ranks/placement.json", "{}");
+  ASSERT_TRUE(writePackage(c, tmp / "ranks/rank3").ok());
+  writeFileText(tmp / "ranks/notes.txt", "mine");
+  EXPECT_FALSE(writePackage(c, tmp / "ranks", replace).ok());
+  EXPECT_EQ(readFile(tmp / "ranks/notes.txt"), "mine");
+  ASSERT_TRUE(fs::remove_all(tmp / "ranks") > 0);
   fs::create_directory_symlink(dir, tmp / "link");
   s = writePackage(c, tmp / "link", replace);
   ASSERT_FALSE(s.ok());
@@ -1373,12 +1414,12 @@ TEST_F(PackageFiles, IndicesOutOfRangeAreNamed) {
               at(j, {"layers", 0, "launches", 0, "args", 2}).set("index", -1);
             }),
             m + "layers[0].launches[0].args[2].index: expected an index into "
-                "layers[0].values (0 to 4), found -1");
+                "layers[0].values (0 to 6), found -1");
   EXPECT_EQ(openAfter([](Json &j) {
-              at(j, {"layers", 0, "launches", 0, "zero_once"}).push(5);
+              at(j, {"layers", 0, "launches", 0, "zero_once"}).push(7);
             }),
             m + "layers[0].launches[0].zero_once[1]: expected an index into "
-                "layers[0].values (0 to 4), found 5");
+                "layers[0].values (0 to 6), found 7");
   EXPECT_EQ(openAfter([](Json &j) {
               at(j, {"layers", 1}).set("output", 2);
             }),
@@ -1394,12 +1435,24 @@ TEST_F(PackageFiles, IndicesOutOfRangeAreNamed) {
             }),
             m + "layers[1].launches[0].args[1].index: expected an index into "
                 "layers[1].weights, which is empty; found 0");
+  // A router-only plan (a rank package's) has no output and no given routing.
+  EXPECT_EQ(openAfter([](Json &j) {
+              at(j, {"layers", 2}).set("output_width", 8);
+            }),
+            m + "layers[2].output_width: expected an integer from 0 to 0, "
+                "found 8");
+  EXPECT_EQ(openAfter([](Json &j) { at(j, {"layers", 2}).set("output", 0); }),
+            m + "layers[2].output: expected null for a router-only plan "
+                "(role \"router\"), found an index");
+  EXPECT_EQ(openAfter([](Json &j) { at(j, {"layers", 2}).set("role", "x"); }),
+            m + "layers[2].role: expected \"\" (a layer) or \"router\", "
+                "found \"x\"");
   // The routings of a layer's later routers (issue 10, defect 5).
   EXPECT_EQ(openAfter([](Json &j) {
               at(j, {"layers", 0, "more_routings", 0}).set("weights", 7);
             }),
             m + "layers[0].more_routings[0].weights: expected an index into "
-                "layers[0].values (0 to 4), found 7");
+                "layers[0].values (0 to 6), found 7");
   EXPECT_EQ(openAfter([](Json &j) {
               at(j, {"layers", 0}).set("routing_ids", Json());
             }),
@@ -1723,7 +1776,7 @@ TEST_F(PackageFiles, EveryMutationOfTheManifestIsAnErrorOrFineNeverACrash) {
 TEST(Package, ManifestCoversEveryPlanField) {
 #if defined(__x86_64__) && defined(__GLIBCXX__)
   EXPECT_EQ(sizeof(moe::Launch), 192u);
-  EXPECT_EQ(sizeof(moe::LayerPlan), 200u);
+  EXPECT_EQ(sizeof(moe::LayerPlan), 240u);
   EXPECT_EQ(sizeof(moe::LayerPlan::Routing), 8u);
   EXPECT_EQ(sizeof(moe::BufferShape), 24u);
   EXPECT_EQ(sizeof(moe::Binding), 12u);
@@ -1885,7 +1938,7 @@ TEST(KernelContract, APlanThatDisagreesWithItsKernelsIsRefused) {
       {[](moe::ModulePlan &p) { p.layers[0].launches[0].zeroOnce = {9}; },
        "layers[0].launches[0].zero_once[0]: value 9 does not exist"},
       {[](moe::ModulePlan &p) { p.layers.pop_back(); },
-       "layers: 1 layers, but kernels.cu was generated for 2"},
+       "layers: 2 layers, but kernels.cu was generated for 3"},
       {[](moe::ModulePlan &p) {
          p.source = p.source.substr(0, p.source.find("// moe-"));
        },

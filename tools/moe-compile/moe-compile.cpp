@@ -393,11 +393,12 @@ int compileRanks(mlir::ModuleOp module, const std::string &irPathForWeights,
                                                  ".safetensors");
     mlir::PassManager pm(module->getContext(),
                          mlir::ModuleOp::getOperationName());
+    // Passes of the module itself (pm is anchored on it: a
+    // "builtin.module(...)" wrapper would nest them onto inner modules).
     std::string pipeline =
-        "builtin.module(moe-apply-placement{placement=\"" +
-        placementPath.getValue() + "\"},moe-shard-experts{rank=" +
-        std::to_string(rank) + " routing=given weights-out=\"" + weights +
-        "\"})";
+        "moe-apply-placement{placement=\"" + placementPath.getValue() +
+        "\"},moe-shard-experts{rank=" + std::to_string(rank) +
+        " routing=given weights-out=\"" + weights + "\"}";
     if (mlir::failed(mlir::parsePassPipeline(pipeline, pm, errs())))
       return abandon(fail("cannot build the pipeline " + pipeline));
     if (mlir::failed(pm.run(*share)))

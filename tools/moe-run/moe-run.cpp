@@ -4,7 +4,8 @@
 //
 //   moe-run IR.mlir|PKG_DIR --layer L | --all-layers --input X.npy
 //           --output Y.npy [--backend reference|emu|cuda]
-//           [--routing-out PREFIX] [--target MODULE] [--repeat N --time]
+//           [--routing-out PREFIX] [--routing-in PREFIX] [--rank R]
+//           [--target MODULE] [--repeat N --time]
 //           [--record-profile P.safetensors [--profile-expert-outputs]
 //            [--profile-input-gram]]
 //
@@ -13,11 +14,16 @@
 // emulation or the GPU. A package's cubin for the GPU's architecture is
 // loaded without NVRTC; otherwise its kernels.cu is compiled (cached).
 // --record-profile accumulates a calibration profile (docs/profile.md).
+// --rank R runs rank R's package of a set written by moe-compile
+// --placement: its router, the logical ids mapped to the placement's
+// physical slots, and the rank's experts (docs/layout.md).
 //
 //===----------------------------------------------------------------------===//
 
 #include "moe/codegen/CudaEmitter.h"
 #include "moe/dialects/MoE/MoEOps.h"
+#include "moe/dialects/MoE/Routing.h"
+#include "moe/lib/Analysis/Placement.h"
 #include "moe/lib/Analysis/Profile.h"
 #include "moe/lib/Analysis/ProfileRecorder.h"
 #include "moe/lib/Reference/Interpreter.h"
@@ -44,6 +50,8 @@
 #include "llvm/Support/raw_ostream.h"
 
 #include <algorithm>
+#include <climits>
+#include <map>
 #include <chrono>
 #include <optional>
 
@@ -85,6 +93,22 @@ static cl::opt<std::string> routingOut(
              "router N >= 1 (in IR order); with --all-layers, "
              "PREFIX.L<layer>.ids.npy and so on"),
     cl::value_desc("prefix"), cl::cat(category));
+static cl::opt<std::string> routingIn(
+    "routing-in",
+    cl::desc("For a layer that takes its routing (a rank package's, or a "
+             "function with ids and weights arguments): read "
+             "PREFIX.ids.npy (int32 [T, K]) and PREFIX.weights.npy (float32 "
+             "[T, K]); with --all-layers PREFIX.L<layer>.ids.npy and so on. "
+             "With --rank the ids are logical experts (as --routing-out "
+             "writes them) and are mapped to the placement's slots; without "
+             "it they are given to the layer as they are"),
+    cl::value_desc("prefix"), cl::cat(category));
+static cl::opt<int64_t> rankOpt(
+    "rank",
+    cl::desc("Run rank R's share: the input is a set of rank packages "
+             "(moe-compile --placement); the output is the rank's partial "
+             "output (the sum over ranks is the layer)"),
+    cl::init(-1), cl::cat(category));
 static cl::opt<unsigned> repeat("repeat",
                                 cl::desc("Run each layer N times (with --time)"),
                                 cl::init(1), cl::cat(category));
@@ -134,9 +158,15 @@ struct LayerResult {
 class Runner {
 public:
   virtual ~Runner() = default;
+  /// `given`: the routing of a layer that takes it (else null).
   virtual Expected<LayerResult> run(const moe::LayerPlan *plan,
                                     mlir::func::FuncOp fn,
-                                    const moe::HostTensor &x) = 0;
+                                    const moe::HostTensor &x,
+                                    const moe::HostRouting *given) = 0;
+  /// A layer's router-only plan or function.
+  virtual Expected<moe::HostRouting> route(const moe::LayerPlan *plan,
+                                           mlir::func::FuncOp fn,
+                                           const moe::HostTensor &x) = 0;
 };
 
 class ReferenceRunner : public Runner {
@@ -144,14 +174,17 @@ public:
   ReferenceRunner(moe::WeightLoader &weights, bool statistics, bool dense)
       : weights(weights), statistics(statistics), dense(dense) {}
   Expected<LayerResult> run(const moe::LayerPlan *, mlir::func::FuncOp fn,
-                            const moe::HostTensor &x) override {
+                            const moe::HostTensor &x,
+                            const moe::HostRouting *given) override {
     LayerResult r;
     for (unsigned i = 0; i < repeat; ++i) {
       r.routing = moe::RoutingTrace();
       r.routing.statistics = statistics;
       r.routing.denseExpertOutputs = dense;
       auto start = std::chrono::steady_clock::now();
-      auto y = moe::interpret(fn, x, weights, &r.routing);
+      auto y = given ? moe::interpretGiven(fn, x, given->ids, given->weights,
+                                           weights, &r.routing)
+                     : moe::interpret(fn, x, weights, &r.routing);
       if (!y)
         return y.takeError();
       r.ms.push_back(std::chrono::duration<double, std::milli>(
@@ -160,6 +193,12 @@ public:
       r.y = std::move(*y);
     }
     return r;
+  }
+
+  Expected<moe::HostRouting> route(const moe::LayerPlan *,
+                                   mlir::func::FuncOp fn,
+                                   const moe::HostTensor &x) override {
+    return moe::interpretRouter(fn, x, weights);
   }
 
 private:
@@ -174,7 +213,8 @@ public:
       : device(std::move(device)), provider(std::move(provider)) {}
 
   Expected<LayerResult> run(const moe::LayerPlan *plan, mlir::func::FuncOp,
-                            const moe::HostTensor &x) override {
+                            const moe::HostTensor &x,
+                            const moe::HostRouting *given) override {
     moe::LayerExecutor executor(*plan, *device);
     if (moe::runtime::Status s = executor.loadWeights(provider))
       return makeError(s.message());
@@ -186,7 +226,10 @@ public:
     int64_t tokens = x.shape[0];
     for (unsigned i = 0; i < repeat; ++i) {
       auto start = std::chrono::steady_clock::now();
-      auto out = executor.run(x.f.data(), tokens, true);
+      auto out = given ? executor.run(x.f.data(), tokens, true,
+                                      given->ids.i.data(),
+                                      given->weights.f.data())
+                       : executor.run(x.f.data(), tokens, true);
       if (!out)
         return makeError(out.message());
       r.ms.push_back(std::chrono::duration<double, std::milli>(
@@ -217,10 +260,92 @@ public:
     return r;
   }
 
+  Expected<moe::HostRouting> route(const moe::LayerPlan *plan,
+                                   mlir::func::FuncOp,
+                                   const moe::HostTensor &x) override {
+    moe::LayerExecutor executor(*plan, *device);
+    if (moe::runtime::Status s = executor.loadWeights(provider))
+      return makeError(s.message());
+    int64_t tokens = x.shape[0];
+    auto out = executor.run(x.f.data(), tokens, true);
+    if (!out)
+      return makeError(out.message());
+    if (out.value().routings.empty())
+      return makeError("the router plan of layer " + Twine(plan->layer) +
+                       " reported no routing");
+    moe::LayerOutputs::Routing &o = out.value().routings.front();
+    moe::HostRouting r;
+    r.ids = moe::HostTensor::ints({tokens, o.slots});
+    r.ids.i = std::move(o.ids);
+    r.weights = moe::HostTensor::floats({tokens, o.slots});
+    r.weights.f = std::move(o.weights);
+    return r;
+  }
+
 private:
   std::unique_ptr<moe::KernelBackend> device;
   moe::WeightBytesProvider provider;
 };
+
+/// Logical expert ids to the placement's physical slots, as every rank
+/// does: an expert with c replicas (numbered in slot order) serves token t
+/// at replica t mod c; ids outside [0, E) become empty slots.
+moe::HostTensor physicalSlots(const moe::HostTensor &ids,
+                              const moe::LayerPlacement &p) {
+  std::vector<std::vector<int32_t>> replicas(p.experts);
+  for (int64_t s = 0; s < p.slots(); ++s)
+    replicas[p.slotExpert[s]].push_back(static_cast<int32_t>(s));
+  moe::HostTensor out = ids;
+  int64_t K = ids.shape[1];
+  for (int64_t t = 0; t < ids.shape[0]; ++t)
+    for (int64_t k = 0; k < K; ++k) {
+      int32_t e = ids.i[t * K + k];
+      out.i[t * K + k] =
+          e < 0 || e >= p.experts
+              ? -1
+              : replicas[e][t % static_cast<int64_t>(replicas[e].size())];
+    }
+  return out;
+}
+
+/// PREFIX.ids.npy and PREFIX.weights.npy: [T, K] int32 and float32.
+Expected<moe::HostRouting> readRouting(const std::string &prefix,
+                                       int64_t tokens) {
+  moe::HostRouting r;
+  auto ids = moe::readNpy(prefix + ".ids.npy");
+  if (!ids)
+    return ids.takeError();
+  auto w = moe::readNpy(prefix + ".weights.npy");
+  if (!w)
+    return w.takeError();
+  if (ids->shape.size() != 2 || ids->shape[0] != tokens)
+    return makeError(prefix + ".ids.npy: expected a 2-D array [" +
+                     Twine(tokens) + ", K] (the input's tokens), got rank " +
+                     Twine(ids->shape.size()) +
+                     (ids->shape.empty() ? "" : ", " + Twine(ids->shape[0]) +
+                                                    " rows"));
+  if (ids->dtype != moe::NpyDType::I32 && ids->dtype != moe::NpyDType::I64)
+    return makeError(prefix + ".ids.npy: expected integer expert ids "
+                              "(int32), got floats");
+  if (w->shape != ids->shape)
+    return makeError(prefix + ".weights.npy: expected the shape of " + prefix +
+                     ".ids.npy [" + Twine(ids->shape[0]) + ", " +
+                     Twine(ids->shape[1]) + "]");
+  if (w->dtype == moe::NpyDType::I32 || w->dtype == moe::NpyDType::I64)
+    return makeError(prefix + ".weights.npy: expected float weights");
+  auto values = ids->toI64();
+  if (!values)
+    return values.takeError();
+  r.ids = moe::HostTensor::ints(ids->shape);
+  for (size_t i = 0; i < values->size(); ++i) {
+    int64_t v = (*values)[i];
+    // Out-of-range ids are empty slots: -1 keeps them so.
+    r.ids.i[i] = v < -1 || v > INT32_MAX ? -1 : static_cast<int32_t>(v);
+  }
+  r.weights = moe::HostTensor::floats(w->shape);
+  r.weights.f = w->toF32();
+  return r;
+}
 
 /// One pair of files per router: PREFIX.ids.npy / PREFIX.weights.npy for
 /// the first, PREFIX.r<N>.ids.npy / PREFIX.r<N>.weights.npy for router N.
@@ -339,21 +464,60 @@ int main(int argc, char **argv) {
                 "'; available: reference, emu, cuda");
   if (repeat < 1)
     return fail("--repeat must be at least 1");
+  if (!routingIn.empty() && !recordProfile.empty())
+    return fail("--record-profile records layers that route their tokens "
+                "themselves; it cannot be combined with --routing-in");
+
+  // A set of rank packages (moe-compile --placement): rank R's package and
+  // the placement that maps logical experts to its slots.
+  std::string packageDir = inputPath;
+  std::map<int64_t, moe::LayerPlacement> placementOf;
+  std::string placementFile = inputPath + "/placement.json";
+  bool rankSet = sys::fs::is_directory(inputPath) &&
+                 sys::fs::exists(placementFile) &&
+                 !sys::fs::exists(inputPath + "/manifest.json");
+  if (rankSet && rankOpt < 0)
+    return fail(inputPath + " is a set of rank packages (placement.json, "
+                            "rank<r>/): give --rank R");
+  if (rankOpt >= 0) {
+    if (!rankSet)
+      return fail("--rank runs a set of rank packages written by moe-compile "
+                  "--placement; " + inputPath +
+                  " has no placement.json beside rank<r>/ folders");
+    if (!recordProfile.empty())
+      return fail("--record-profile records whole layers; run it on the "
+                  "model, not on a rank's share");
+    int64_t gpus = 0;
+    auto placements = moe::readPlacementFile(placementFile, &gpus);
+    if (!placements)
+      return fail(toString(placements.takeError()));
+    if (rankOpt >= gpus)
+      return fail("--rank " + Twine(rankOpt) + " is out of range: " +
+                  placementFile + " places the experts on " + Twine(gpus) +
+                  " GPUs (ranks 0 to " + Twine(gpus - 1) + ")");
+    for (moe::LayerPlacement &lp : *placements)
+      placementOf[lp.layer] = std::move(lp);
+    packageDir = inputPath + "/rank" + std::to_string(rankOpt);
+    if (!sys::fs::is_directory(packageDir))
+      return fail(inputPath + " has no package for rank " + Twine(rankOpt) +
+                  " (" + packageDir + "; moe-compile --ranks compiled "
+                  "others)");
+  }
 
   // A package or an IR file.
   std::optional<moe::runtime::LoadedPackage> package;
   std::string irFile = inputPath;
-  if (sys::fs::is_directory(inputPath)) {
-    auto opened = moe::runtime::openPackage(inputPath);
+  if (sys::fs::is_directory(packageDir)) {
+    auto opened = moe::runtime::openPackage(packageDir);
     if (!opened)
       return fail(opened.message());
     package = std::move(opened.value());
     irFile = package->irPath();
     if (irFile.empty() && backend == "reference")
-      return fail(inputPath + " has no model.opt.mlir: the reference backend "
+      return fail(packageDir + " has no model.opt.mlir: the reference backend "
                               "needs the IR; use --backend emu or cuda");
     if (irFile.empty() && !recordProfile.empty())
-      return fail(inputPath + " has no model.opt.mlir: --record-profile "
+      return fail(packageDir + " has no model.opt.mlir: --record-profile "
                               "computes router-logit and expert-output "
                               "statistics with the interpreter, which needs "
                               "the IR");
@@ -405,8 +569,25 @@ int main(int argc, char **argv) {
     mlir::func::FuncOp fn;
   };
   std::vector<Selected> selected;
+  // Router-only functions and plans (rank packages), by layer.
+  std::map<int64_t, Selected> routers;
   SmallVector<int64_t> moeLayers;
   SmallVector<std::string> loraTargets;
+  auto findPlan = [&](StringRef fnName) -> const moe::LayerPlan * {
+    if (plans)
+      for (const moe::LayerPlan &p : plans->layers)
+        if (p.function == fnName)
+          return &p;
+    return nullptr;
+  };
+  auto considerRouter = [&](int64_t l, StringRef fnName) {
+    Selected r;
+    r.layer = l;
+    r.plan = findPlan(fnName);
+    if (module)
+      r.fn = module->lookupSymbol<mlir::func::FuncOp>(fnName);
+    routers[l] = r;
+  };
   auto consider = [&](int64_t l, StringRef t, StringRef fnName) {
     if (!t.empty())
       loraTargets.push_back(std::to_string(l) + ":" + t.str());
@@ -419,10 +600,7 @@ int main(int argc, char **argv) {
       return;
     Selected s;
     s.layer = l;
-    if (plans)
-      for (const moe::LayerPlan &p : plans->layers)
-        if (p.function == fnName)
-          s.plan = &p;
+    s.plan = findPlan(fnName);
     if (module)
       s.fn = module->lookupSymbol<mlir::func::FuncOp>(fnName);
     selected.push_back(s);
@@ -432,12 +610,22 @@ int main(int argc, char **argv) {
       auto l = fn->getAttrOfType<mlir::IntegerAttr>(mlir::moe::kLayerAttrName);
       if (!l)
         continue;
+      auto role = fn->getAttrOfType<mlir::StringAttr>(mlir::moe::kRoleAttr);
+      if (role && role.getValue() == "router") {
+        considerRouter(l.getInt(), fn.getSymName());
+        continue;
+      }
       auto t = fn->getAttrOfType<mlir::StringAttr>("moe.lora_target");
       consider(l.getInt(), t ? t.getValue() : "", fn.getSymName());
     }
   } else {
-    for (const moe::LayerPlan &p : plans->layers)
+    for (const moe::LayerPlan &p : plans->layers) {
+      if (p.role == "router") {
+        considerRouter(p.layer, p.function);
+        continue;
+      }
       consider(p.layer, p.target, p.function);
+    }
   }
   std::sort(selected.begin(), selected.end(),
             [](const Selected &a, const Selected &b) {
@@ -582,7 +770,49 @@ int main(int argc, char **argv) {
       return fail("no IR function for layer " + Twine(s.layer));
     if (backend != "reference" && !s.plan)
       return fail("no kernels for layer " + Twine(s.layer));
-    auto result = runner->run(s.plan, s.fn, current);
+    // A layer that takes its routing: --routing-in, or its router (a rank
+    // package's); logical ids are mapped to the placement's slots.
+    bool takesRouting = s.plan ? s.plan->givenIds >= 0
+                               : s.fn && mlir::func::FuncOp(s.fn)
+                                                 .getNumArguments() == 3;
+    std::optional<moe::HostRouting> given;
+    if (takesRouting) {
+      if (!routingIn.empty()) {
+        std::string prefix = allLayers
+                                 ? routingIn + ".L" + std::to_string(s.layer)
+                                 : routingIn.getValue();
+        auto read = readRouting(prefix, current.shape[0]);
+        if (!read)
+          return fail("--routing-in: " + toString(read.takeError()));
+        given = std::move(*read);
+      } else {
+        auto router = routers.find(s.layer);
+        if (router == routers.end() ||
+            (backend == "reference" ? !router->second.fn
+                                    : !router->second.plan))
+          return fail("layer " + Twine(s.layer) +
+                      " takes its routing from the caller and " + inputPath +
+                      " has no router for it: give --routing-in PREFIX");
+        auto routed =
+            runner->route(router->second.plan, router->second.fn, current);
+        if (!routed)
+          return fail("the router of layer " + Twine(s.layer) + ": " +
+                      toString(routed.takeError()));
+        given = std::move(*routed);
+      }
+      if (rankOpt >= 0) {
+        auto p = placementOf.find(s.layer);
+        if (p == placementOf.end())
+          return fail(placementFile + " places no layer " + Twine(s.layer));
+        given->ids = physicalSlots(given->ids, p->second);
+      }
+    } else if (!routingIn.empty()) {
+      return fail("--routing-in: layer " + Twine(s.layer) + " of " +
+                  inputPath + " routes its tokens itself (it takes no "
+                  "routing; rank packages and functions with ids and "
+                  "weights arguments do)");
+    }
+    auto result = runner->run(s.plan, s.fn, current, given ? &*given : nullptr);
     if (!result)
       return fail(toString(result.takeError()));
     if (timeIt) {

@@ -164,7 +164,9 @@ def MoEPlanPlacement : Pass<"moe-plan-placement", "::mlir::ModuleOp"> {
     nodes when `groups` is a multiple of the nodes; never two replicas of
     one expert on a GPU); `affinity` (one slot per expert, E/G per GPU,
     minimising the transitions whose experts sit on different GPUs: an ILP
-    solved by GLPK within `time-limit` seconds, or `solver=greedy`).
+    solved by GLPK within `time-limit` seconds, or `solver=greedy`; each
+    GPU's load kept within `max-balance` times the mean GPU load of the
+    layer, or the heaviest expert's load where that alone is more).
     `previous` names an earlier placement file (the format of `out`): moves
     against it are undone while the policy's measure stays within
     `move-tolerance`.
@@ -197,6 +199,9 @@ def MoEPlanPlacement : Pass<"moe-plan-placement", "::mlir::ModuleOp"> {
            "An earlier placement file to stay close to">,
     Option<"moveTolerance", "move-tolerance", "double", "0.02",
            "Relative loss of the measure accepted to avoid moves">,
+    Option<"maxBalance", "max-balance", "double", "1.25",
+           "affinity: the most load one GPU of a layer may carry, as a "
+           "multiple of the mean (0: no bound)">,
     Option<"out", "out", "std::string", "\"\"",
            "Also write the placement file (JSON, atomically)">,
     Option<"sglangOut", "sglang-out", "std::string", "\"\"",
@@ -304,13 +309,32 @@ def MoEShardExperts : Pass<"moe-shard-experts", "::mlir::ModuleOp"> {
     output. The function records `moe.rank = R` and `moe.rank.experts =
     array<i64: ...>` (the layer expert of each local expert).
 
+    With `routing=given` the routing comes from the caller (an engine that
+    ran the router and dispatched the tokens): each placed layer's function
+    takes `(x, ids, weights)`, where `ids` [T, K] are physical slots in
+    `[0, S)` (the placement's slots, numbered GPU by GPU as
+    `moe.placement.slot_expert`) or -1; a `moe.remap_experts` with S
+    entries maps the slots on GPU `rank` to the local experts (the same
+    order as `routing=internal`) and empties the others (the engine chose
+    the replica, so there is no replica rule). The router leaves the layer
+    for a router-only function `<function>_router` (`moe.role = "router"`,
+    the same `moe.layer`) holding the full router unchanged: it returns the
+    layer's (ids, weights) over the logical experts. Both functions record
+    `moe.rank` and `moe.rank.experts`.
+
     Refused with an error, writing nothing: no `rank`, a rank outside the
     placement's GPUs, an MoE layer without a placement or with an invalid
-    one, a layer already sharded, a rank holding no slot of a layer.
+    one, a layer already sharded, a rank holding no slot of a layer, a
+    `routing` other than `internal` or `given`, and (`routing=given`) a
+    layer whose moe.permute and moe.combine read different routing weights.
   }];
   let options = [
     Option<"rank", "rank", "int64_t", "-1",
            "The GPU (rank) of the placement whose share is kept">,
+    Option<"routing", "routing", "std::string", "\"internal\"",
+           "Where each rank's routing comes from: internal (the layer's "
+           "router, replicas split tokens by row) or given (the caller's "
+           "physical slot ids; the router becomes <function>_router)">,
     Option<"weightsOut", "weights-out", "std::string", "\"\"",
            "Where the rank's expert weights go (default: beside -o)">,
   ];

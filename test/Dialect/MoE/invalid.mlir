@@ -1005,6 +1005,77 @@ func.func @remap_dispatch_too_small(%s: tensor<?x4xf32>) {
 
 // -----
 
+// A given routing needs both arrays (generic form: the custom syntax has no
+// way to write one).
+func.func @fused_route_given_half(%x: tensor<?x16xf32>, %gi: tensor<?x2xi32>) {
+  // expected-error @+1 {{'given_ids' and 'given_weights' must be given together (a given routing), got only 'given_ids'}}
+  %0:5 = "moe.fused_route"(%x, %gi) <{num_experts = 4 : i64, operandSegmentSizes = array<i32: 1, 1, 0>}> ({
+  ^bb0(%a: tensor<?x16xf32>, %i: tensor<?x2xi32>):
+    %w = arith.constant dense<1.0> : tensor<1x2xf32>
+    %wc = tensor.cast %w : tensor<1x2xf32> to tensor<?x2xf32>
+    moe.yield %i, %wc : tensor<?x2xi32>, tensor<?x2xf32>
+  }) : (tensor<?x16xf32>, tensor<?x2xi32>) -> (tensor<?x2xi32>, tensor<?x2xf32>, tensor<4xi32>, tensor<5xi32>, tensor<?xi32>)
+  return
+}
+
+// -----
+
+func.func @fused_route_given_tokens(%x: tensor<8x16xf32>, %gi: tensor<4x2xi32>, %gw: tensor<4x2xf32>) {
+  // expected-error @+1 {{'given_ids' dimension 0 (tokens of 'input') must be 8, got 4}}
+  %ids, %w, %c, %off, %rows = moe.fused_route %x given(%gi, %gw : tensor<4x2xi32>, tensor<4x2xf32>) {num_experts = 4 : i64} : tensor<8x16xf32> -> tensor<8x2xi32>, tensor<8x2xf32>, tensor<4xi32>, tensor<5xi32>, tensor<?xi32> {
+  ^bb0(%a: tensor<8x16xf32>, %i: tensor<4x2xi32>, %g: tensor<4x2xf32>):
+    moe.yield %i, %g : tensor<4x2xi32>, tensor<4x2xf32>
+  }
+  return
+}
+
+// -----
+
+func.func @fused_route_given_slots(%x: tensor<?x16xf32>, %gi: tensor<?x2xi32>, %gw: tensor<?x3xf32>) {
+  // expected-error @+1 {{'given_weights' dimension 1 (slots of 'given_ids') must be 2, got 3}}
+  %ids, %w, %c, %off, %rows = moe.fused_route %x given(%gi, %gw : tensor<?x2xi32>, tensor<?x3xf32>) {num_experts = 4 : i64} : tensor<?x16xf32> -> tensor<?x2xi32>, tensor<?x2xf32>, tensor<4xi32>, tensor<5xi32>, tensor<?xi32> {
+  ^bb0(%a: tensor<?x16xf32>, %i: tensor<?x2xi32>, %g: tensor<?x3xf32>):
+    %s = moe.scale %g {factor = 2.0 : f32} : tensor<?x3xf32>
+    %w3 = moe.gather_scores %s, %i : tensor<?x3xf32>, tensor<?x2xi32> -> tensor<?x2xf32>
+    moe.yield %i, %w3 : tensor<?x2xi32>, tensor<?x2xf32>
+  }
+  return
+}
+
+// -----
+
+// With a given routing the body takes (input, ids, weights).
+func.func @fused_route_given_body_args(%x: tensor<?x16xf32>, %gi: tensor<?x2xi32>, %gw: tensor<?x2xf32>) {
+  // expected-error @+1 {{body must take 3 argument(s) of the operand types, got 1}}
+  %ids, %w, %c, %off, %rows = moe.fused_route %x given(%gi, %gw : tensor<?x2xi32>, tensor<?x2xf32>) {num_experts = 4 : i64} : tensor<?x16xf32> -> tensor<?x2xi32>, tensor<?x2xf32>, tensor<4xi32>, tensor<5xi32>, tensor<?xi32> {
+  ^bb0(%a: tensor<?x16xf32>):
+    %wg = moe.weight ["gate"] from ["m.safetensors"] : tensor<4x16xf32>
+    %l = moe.router_linear %a, %wg : (tensor<?x16xf32>, tensor<4x16xf32>) -> tensor<?x4xf32>
+    %i, %v = moe.topk %l {k = 2 : i64} : tensor<?x4xf32> -> tensor<?x2xi32>, tensor<?x2xf32>
+    moe.yield %i, %v : tensor<?x2xi32>, tensor<?x2xf32>
+  }
+  return
+}
+
+// -----
+
+// The given rows are per-token rows: not kept across a cross-token
+// selection.
+func.func @fused_route_given_after_choice(%x: tensor<?x16xf32>, %gi: tensor<?x2xi32>, %gw: tensor<?x2xf32>) {
+  // expected-error @+1 {{body cannot be generated as one routing kernel: 'moe.yield' reads the given routing after the cross-token selection 'moe.expert_choice'}}
+  %ids, %w, %c, %off, %rows = moe.fused_route %x given(%gi, %gw : tensor<?x2xi32>, tensor<?x2xf32>) {num_experts = 4 : i64} : tensor<?x16xf32> -> tensor<?x2xi32>, tensor<?x2xf32>, tensor<4xi32>, tensor<5xi32>, tensor<?xi32> {
+  ^bb0(%a: tensor<?x16xf32>, %i: tensor<?x2xi32>, %g: tensor<?x2xf32>):
+    %wg = moe.weight ["gate"] from ["m.safetensors"] : tensor<4x16xf32>
+    %l = moe.router_linear %a, %wg : (tensor<?x16xf32>, tensor<4x16xf32>) -> tensor<?x4xf32>
+    %ci, %cv = moe.expert_choice %l {capacity = 2 : i64} : tensor<?x4xf32> -> tensor<?x4xi32>, tensor<?x4xf32>
+    // expected-note @+1 {{the op is here}}
+    moe.yield %i, %g : tensor<?x2xi32>, tensor<?x2xf32>
+  }
+  return
+}
+
+// -----
+
 func.func @non_gated_with_gate(%x: tensor<?x64xf32>, %o: tensor<5xi32>, %g: tensor<4x32x64xf32>, %u: tensor<4x32x64xf32>, %d: tensor<4x64x32xf32>, %gu: tensor<4x64x64xf32>, %b: tensor<4x32xf32>, %gub: tensor<4x64xf32>) {
   // expected-error @+1 {{'gate' given with 'non_gated' (a non-gated FFN computes down(act(up x + up_bias)) and has no gate); drop 'gate' or 'non_gated'}}
   %0 = moe.expert_ffn %x, %o non_gated gate(%g) up(%u) down(%d) {activation = #moe.activation<silu>} : (tensor<?x64xf32>, tensor<5xi32>, tensor<4x32x64xf32>, tensor<4x32x64xf32>, tensor<4x64x32xf32>) -> tensor<?x64xf32>

@@ -220,3 +220,31 @@ func.func @stack_of_one() -> tensor<1x8x64xf32> {
   %0 = moe.weight stacked ["adapter.lora_A.weight"] from ["adapter_model.safetensors"] : tensor<1x8x64xf32>
   return %0 : tensor<1x8x64xf32>
 }
+
+// A given routing (an engine's dispatch): the body takes (input, ids,
+// weights) and remaps the physical slots to the local experts.
+// CHECK-LABEL: func.func @fused_given
+// CHECK: moe.fused_route %{{.*}} given(%{{.*}}, %{{.*}} : tensor<?x4xi32>, tensor<?x4xf32>) {num_experts = 2 : i64} : tensor<?x16xf32> -> tensor<?x4xi32>, tensor<?x4xf32>, tensor<2xi32>, tensor<3xi32>, tensor<?xi32> {
+// CHECK: ^bb0(%{{.*}}: tensor<?x16xf32>, %{{.*}}: tensor<?x4xi32>, %{{.*}}: tensor<?x4xf32>):
+// CHECK: moe.remap_experts %{{.*}}, %{{.*}} mapping = [-1, 0, -1, 1, -1, -1]
+func.func @fused_given(%x: tensor<?x16xf32>, %gi: tensor<?x4xi32>, %gw: tensor<?x4xf32>) -> (tensor<?x4xi32>, tensor<?x4xf32>) {
+  %ids, %w, %c, %off, %rows = moe.fused_route %x given(%gi, %gw : tensor<?x4xi32>, tensor<?x4xf32>) {num_experts = 2 : i64} : tensor<?x16xf32> -> tensor<?x4xi32>, tensor<?x4xf32>, tensor<2xi32>, tensor<3xi32>, tensor<?xi32> {
+  ^bb0(%a: tensor<?x16xf32>, %i: tensor<?x4xi32>, %g: tensor<?x4xf32>):
+    %li, %lw = moe.remap_experts %i, %g mapping = [-1, 0, -1, 1, -1, -1] : tensor<?x4xi32>, tensor<?x4xf32>
+    moe.yield %li, %lw : tensor<?x4xi32>, tensor<?x4xf32>
+  }
+  return %ids, %w : tensor<?x4xi32>, tensor<?x4xf32>
+}
+
+// The given routing as it is.
+// CHECK-LABEL: func.func @fused_given_as_is
+// CHECK: moe.fused_route %{{.*}} given(
+// CHECK: ^bb0(%{{.*}}: tensor<?x16xf32>, %[[I:.*]]: tensor<?x2xi32>, %[[W:.*]]: tensor<?x2xf32>):
+// CHECK-NEXT: moe.yield %[[I]], %[[W]] : tensor<?x2xi32>, tensor<?x2xf32>
+func.func @fused_given_as_is(%x: tensor<?x16xf32>, %gi: tensor<?x2xi32>, %gw: tensor<?x2xf32>) -> tensor<?xi32> {
+  %ids, %w, %c, %off, %rows = moe.fused_route %x given(%gi, %gw : tensor<?x2xi32>, tensor<?x2xf32>) {num_experts = 4 : i64} : tensor<?x16xf32> -> tensor<?x2xi32>, tensor<?x2xf32>, tensor<4xi32>, tensor<5xi32>, tensor<?xi32> {
+  ^bb0(%a: tensor<?x16xf32>, %i: tensor<?x2xi32>, %g: tensor<?x2xf32>):
+    moe.yield %i, %g : tensor<?x2xi32>, tensor<?x2xf32>
+  }
+  return %rows : tensor<?xi32>
+}

@@ -615,7 +615,7 @@ def MoE_LoraMixtureOp : MoE_Op<"lora_mixture",
 //===----------------------------------------------------------------------===//
 
 def MoE_FusedRouteOp : MoE_Op<"fused_route",
-    [IsolatedFromAbove, SingleBlock]> {
+    [IsolatedFromAbove, SingleBlock, AttrSizedOperandSegments]> {
   let summary = "router scoring, selection, weights and dispatch planning";
   let description = [{
     One routing step of an MoE layer as one operation (and one kernel): the
@@ -634,14 +634,39 @@ def MoE_FusedRouteOp : MoE_Op<"fused_route",
     row has a static width; at most one cross-token selection
     (`moe.expert_choice`), which router ops may follow. A refused body is
     reported with the op that cannot be generated and why.
+
+    Given routing: a layer whose routing comes from the caller (an engine's
+    dispatch, e.g. one rank's share of an expert-parallel layer) passes it
+    as `given(given_ids, given_weights)`, both `[T, K']` (i32 ids, f32
+    weights, the tokens of `input`). The body then takes three arguments,
+    `(input, ids, weights)`: its router ops may read the given rows (e.g.
+    `moe.remap_experts` from physical slots to the local experts, then
+    `moe.normalize` or `moe.scale`), or it yields them as they are. The
+    routing kernel stages each token's given rows as it stages its input
+    row. Built by `--moe-fuse-routing` from a dispatch whose ids come from
+    the function's arguments.
+
+    ```mlir
+    %ids, %w, %counts, %offsets, %rows = moe.fused_route %x
+        given(%gids, %gw : tensor<?x8xi32>, tensor<?x8xf32>)
+        {num_experts = 4 : i64} : tensor<?x64xf32> -> (...) {
+    ^bb0(%t: tensor<?x64xf32>, %i: tensor<?x8xi32>, %g: tensor<?x8xf32>):
+      %li, %lw = moe.remap_experts %i, %g mapping = [0, 1, -1, -1, 2, 3]
+          : tensor<?x8xi32>, tensor<?x8xf32>
+      moe.yield %li, %lw : tensor<?x8xi32>, tensor<?x8xf32>
+    }
+    ```
   }];
-  let arguments = (ins MoE_Tensor:$input, I64Attr:$num_experts);
+  let arguments = (ins MoE_Tensor:$input, Optional<MoE_Ids>:$given_ids,
+                   Optional<MoE_Scores>:$given_weights, I64Attr:$num_experts);
   let results = (outs MoE_Ids:$ids, MoE_Scores:$weights,
                       MoE_I32Vector:$counts, MoE_I32Vector:$offsets,
                       MoE_I32Vector:$rows);
   let regions = (region SizedRegion<1>:$body);
   let assemblyFormat = [{
-    $input attr-dict `:` type($input) `->` type(results) $body
+    $input (`given` `(` $given_ids^ `,` $given_weights `:` type($given_ids)
+    `,` type($given_weights) `)`)? attr-dict `:` type($input) `->`
+    type(results) $body
   }];
   let hasVerifier = 1;
 }

@@ -12,6 +12,7 @@
 
 #include "mlir/IR/Block.h"
 #include "mlir/IR/Value.h"
+#include "mlir/Interfaces/FunctionInterfaces.h"
 #include "llvm/ADT/SmallVector.h"
 
 #include <optional>
@@ -70,6 +71,27 @@ struct RouteMismatch {
 /// the routing kernel cannot generate and why.
 std::optional<RouteMismatch> matchRouteBody(Block &body,
                                             RouteProgram *program = nullptr);
+
+/// The forms of a layer function the backends run.
+enum class LayerForm {
+  /// (x [T, H]) -> y [T, H']: the layer routes its tokens itself.
+  Layer,
+  /// (x [T, H], ids [T, K] i32, weights [T, K] f32) -> y: the routing is
+  /// given by the caller (an engine's dispatch); the layer's router ops may
+  /// still rewrite it (e.g. moe.remap_experts to the local experts).
+  GivenRouting,
+  /// `moe.role = "router"`: (x [T, H]) -> (ids [T, K] i32, weights [T, K]
+  /// f32), the layer's routing only.
+  Router,
+};
+
+/// The attribute naming a function's role ("router" for LayerForm::Router).
+inline constexpr llvm::StringLiteral kRoleAttr = "moe.role";
+
+/// The form of `fn` from its signature and `moe.role`; on mismatch, a
+/// message (naming the function) of what was expected.
+std::optional<LayerForm> getLayerForm(FunctionOpInterface fn,
+                                      std::string &why);
 
 } // namespace mlir::moe
 

@@ -106,6 +106,11 @@ struct PlanOptions {
   /// balanced: improve EPLB's packings by swaps (off: EPLB's result).
   bool refine = true;
   AffinitySolver solver = AffinitySolver::Glpk;
+  /// affinity: the most load one GPU of a layer may carry, as a multiple of
+  /// the mean GPU load (raised to the heaviest expert's load where that
+  /// alone is more); <= 0: no bound. Without one, layers that route
+  /// independently pile their heavy experts onto one GPU.
+  double maxBalance = 1.25;
   /// Seconds the ILP may take in all (affinity with glpk).
   double timeLimit = 60;
   /// Bytes of one expert's weights (0: not checked) against hbmBytes.

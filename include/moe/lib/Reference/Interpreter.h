@@ -134,11 +134,36 @@ struct RoutingTrace {
   std::vector<Router> routers;
 };
 
-/// Runs `fn` (one tensor argument, one result) on `input`.
+/// Runs `fn` (one tensor argument, one result) on `input`. A function of
+/// another form (mlir::moe::getLayerForm) is refused with a message naming
+/// the entry point that runs it.
 llvm::Expected<HostTensor> interpret(mlir::func::FuncOp fn,
                                      const HostTensor &input,
                                      WeightLoader &weights,
                                      RoutingTrace *trace = nullptr);
+
+/// Runs a layer whose routing is given by the caller (an engine's
+/// dispatch): `fn` takes (x [T, H], ids [T, K] i32, weights [T, K] f32) and
+/// returns the layer's (partial) output; `ids` and `weights` are passed as
+/// its second and third arguments. The trace, if any, reports the routing
+/// the layer dispatched (after its router ops, e.g. moe.remap_experts).
+llvm::Expected<HostTensor> interpretGiven(mlir::func::FuncOp fn,
+                                          const HostTensor &input,
+                                          const HostTensor &ids,
+                                          const HostTensor &givenWeights,
+                                          WeightLoader &weights,
+                                          RoutingTrace *trace = nullptr);
+
+/// A routing: ids [T, K] i32 (-1: empty slot) and weights [T, K] f32.
+struct HostRouting {
+  HostTensor ids, weights;
+};
+
+/// Runs a router-only function (`moe.role = "router"`: one argument x
+/// [T, H], results ids [T, K] i32 and weights [T, K] f32) on `input`.
+llvm::Expected<HostRouting> interpretRouter(mlir::func::FuncOp fn,
+                                            const HostTensor &input,
+                                            WeightLoader &weights);
 
 } // namespace moe
 
