@@ -59,24 +59,6 @@ try:
 except Exception:
     pass
 
-# Multi-rank packages (moe-compile --placement) and the module's
-# route/run_dispatched: test/Python/distributed-package.test runs once both
-# are built.
-try:
-    help_text = subprocess.run(
-        [os.path.join(config.moe_tools_dir, "moe-compile"), "--help"],
-        capture_output=True, text=True, timeout=60).stdout
-    subprocess.run([debian_python, "-c",
-                    "import moe_opt; "
-                    "assert hasattr(moe_opt.Package, 'run_dispatched')"],
-                   check=True, capture_output=True, timeout=60,
-                   env=dict(os.environ, PYTHONPATH=os.path.join(
-                       config.moe_obj_root, "python")))
-    if "--placement" in help_text:
-        config.available_features.add("moe-rank-packages")
-except Exception:
-    pass
-
 # Tests that make device nodes (mknod) run as root only, as CI does.
 if hasattr(os, "geteuid") and os.geteuid() == 0:
     config.available_features.add("root")

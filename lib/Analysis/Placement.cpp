@@ -658,16 +658,34 @@ std::vector<double> loadBounds(ArrayRef<LayerLoad> layers, int64_t gpus,
                                double maxBalance) {
   std::vector<double> bound;
   for (const LayerLoad &l : layers) {
-    double total = 0, heaviest = 0;
-    for (double v : l.load) {
+    double total = 0;
+    for (double v : l.load)
       total += v;
-      heaviest = std::max(heaviest, v);
+    if (maxBalance <= 0 || total <= 0) {
+      bound.push_back(INFINITY);
+      continue;
     }
-    bound.push_back(maxBalance <= 0 || total <= 0
-                        ? INFINITY
-                        : std::max(maxBalance * total / double(gpus),
-                                   heaviest) *
-                              (1 + 1e-12));
+    // The heaviest GPU of a count-balanced packing (heaviest expert first
+    // onto the lightest GPU with a free slot): a load every layer can meet,
+    // where one hot expert alone outweighs maxBalance times the mean.
+    int64_t e = l.load.size(), cap = e / gpus;
+    std::vector<double> sorted(l.load.begin(), l.load.end());
+    std::sort(sorted.begin(), sorted.end(), std::greater<double>());
+    std::vector<double> carried(gpus, 0.0);
+    std::vector<int64_t> used(gpus, 0);
+    for (double v : sorted) {
+      int64_t pick = -1;
+      for (int64_t g = 0; g < gpus; ++g)
+        if (used[g] < cap && (pick < 0 || carried[g] < carried[pick]))
+          pick = g;
+      if (pick < 0)
+        break;
+      carried[pick] += v;
+      ++used[pick];
+    }
+    double packed = *std::max_element(carried.begin(), carried.end());
+    bound.push_back(std::max(maxBalance * total / double(gpus), packed) *
+                    (1 + 1e-12));
   }
   return bound;
 }
@@ -775,7 +793,13 @@ void refineSwaps(ArrayRef<LayerLoad> layers, Assignment &a, int64_t gpus,
                 continue;
               double gain = aff[x * gpus + gy] + aff[y * gpus + gx] -
                             aff[x * gpus + gx] - aff[y * gpus + gy];
-              if (gain <= 1e-9)
+              // Relative: with large counts a swap and its reverse can both
+              // round to a tiny positive gain, and the loop would not end.
+              double scale = std::abs(aff[x * gpus + gy]) +
+                             std::abs(aff[y * gpus + gx]) +
+                             std::abs(aff[x * gpus + gx]) +
+                             std::abs(aff[y * gpus + gy]);
+              if (gain <= 1e-9 * (1 + scale))
                 continue;
               double nx = gl[gx] - load[x] + load[y];
               double ny = gl[gy] - load[y] + load[x];
@@ -791,6 +815,66 @@ void refineSwaps(ArrayRef<LayerLoad> layers, Assignment &a, int64_t gpus,
       }
     if (!improved)
       break;
+  }
+}
+
+/// Load above the bounds, summed over layers (0: every GPU within).
+double excessLoad(ArrayRef<LayerLoad> layers, const Assignment &a,
+                  int64_t gpus, ArrayRef<double> bounds) {
+  double excess = 0;
+  for (size_t l = 0; l < layers.size(); ++l)
+    for (double v : layerGpuLoads(layers[l], a[l], gpus))
+      excess += std::max(0.0, v - bounds[l]);
+  return excess;
+}
+
+/// Brings each layer's GPUs within the bound where the pair-wise greedy
+/// could not: swaps between the hottest GPU and another one that lower the
+/// larger of the two loads most, least affinity lost on ties, until the
+/// hottest GPU is within the bound or no swap lowers it.
+void repairLoads(ArrayRef<LayerLoad> layers, Assignment &a, int64_t gpus,
+                 ArrayRef<double> bounds) {
+  for (size_t l = 0; l < layers.size(); ++l) {
+    if (!std::isfinite(bounds[l]))
+      continue;
+    ArrayRef<double> load = layers[l].load;
+    int64_t e = a[l].size();
+    std::vector<double> aff = affinityOf(layers, a, l, gpus);
+    std::vector<double> gl = layerGpuLoads(layers[l], a[l], gpus);
+    for (int64_t step = 0; step < e * e; ++step) {
+      int64_t h = std::max_element(gl.begin(), gl.end()) - gl.begin();
+      if (gl[h] <= bounds[l])
+        break;
+      int64_t bx = -1, by = -1;
+      double bestMax = gl[h], bestGain = -INFINITY;
+      for (int64_t x = 0; x < e; ++x) {
+        if (a[l][x] != h)
+          continue;
+        for (int64_t y = 0; y < e; ++y) {
+          int64_t g = a[l][y];
+          if (g == h || load[y] >= load[x])
+            continue;
+          double d = load[x] - load[y];
+          double m = std::max(gl[h] - d, gl[g] + d);
+          double gain = aff[x * gpus + g] + aff[y * gpus + h] -
+                        aff[x * gpus + h] - aff[y * gpus + g];
+          if (m < bestMax * (1 - 1e-12) ||
+              (bx >= 0 && m <= bestMax * (1 + 1e-12) && gain > bestGain)) {
+            bx = x;
+            by = y;
+            bestMax = m;
+            bestGain = gain;
+          }
+        }
+      }
+      if (bx < 0)
+        break;
+      int64_t g = a[l][by];
+      double d = load[bx] - load[by];
+      std::swap(a[l][bx], a[l][by]);
+      gl[h] -= d;
+      gl[g] += d;
+    }
   }
 }
 
@@ -822,7 +906,7 @@ Assignment greedyAffinity(ArrayRef<LayerLoad> layers, int64_t gpus,
                           ArrayRef<double> bounds) {
   size_t L = layers.size();
   Assignment best;
-  double bestCross = INFINITY;
+  double bestCross = INFINITY, bestExcess = INFINITY;
   std::mt19937 rng(1);
   for (size_t start = 0; start < L + 8; ++start) {
     size_t s = start < L ? start : 0;
@@ -843,9 +927,13 @@ Assignment greedyAffinity(ArrayRef<LayerLoad> layers, int64_t gpus,
       placeNextTo(layers, a, l, l - 1, gpus, bounds[l]);
     for (size_t l = s; l-- > 0;)
       placeNextTo(layers, a, l, l + 1, gpus, bounds[l]);
+    repairLoads(layers, a, gpus, bounds);
     refineSwaps(layers, a, gpus, bounds);
+    // Within the bounds first, then the least crossing.
+    double x = excessLoad(layers, a, gpus, bounds);
     double c = crossingOf(layers, a);
-    if (c < bestCross) {
+    if (x < bestExcess || (x == bestExcess && c < bestCross)) {
+      bestExcess = x;
       bestCross = c;
       best = std::move(a);
     }

@@ -28,12 +28,17 @@
 // The balance of the planted Zipf loads: at most 1.05 with the replicas.
 // RUN: %python -c "import re,sys; v=[float(x) for x in re.findall(r'slots: balance ([0-9.]+)', open(sys.argv[1]).read())]; print('max', max(v)); sys.exit(max(v) > 1.05)" %t/b.txt
 
-// affinity (greedy and GLPK) cuts the cross-GPU pairs against contiguous
-// (by at least a quarter: with two experts per token, half of the 4 pairs
-// of a token are not on its chains).
+// affinity without a load bound (max-balance=0) cuts the cross-GPU pairs
+// against contiguous by at least a quarter (with two experts per token,
+// half of the 4 pairs of a token are not on its chains), piling the Zipf
+// loads (measured: balance up to 2.19). With the default bound
+// (max-balance=1.25) every layer's balance is no worse than contiguous and
+// the cut is smaller but kept (at least 15 %; measured 22 %).
+// RUN: moe-opt %S/Inputs/layout-model.mlir --moe-plan-placement="profile=%t/p.safetensors topology=%S/Inputs/layout-topology.json policy=affinity solver=greedy max-balance=0" -o /dev/null 2> %t/a0.txt
+// RUN: %python -c "import re,sys; t=open(sys.argv[1]).read(); p=[(float(a),float(b)) for a,b in re.findall(r'cross-GPU to next layer ([0-9.]+) \(contiguous ([0-9.]+)\)', t)]; print(p); sys.exit(not (len(p)==3 and sum(a for a,_ in p) <= 0.75*sum(b for _,b in p)))" %t/a0.txt
 // RUN: moe-opt %S/Inputs/layout-model.mlir --moe-plan-placement="profile=%t/p.safetensors topology=%S/Inputs/layout-topology.json policy=affinity solver=greedy" -o %t/a.mlir 2> %t/a.txt
 // RUN: %python %S/Inputs/check_layout.py plan %t/p.safetensors %t/a.mlir %t/a.txt 4 | FileCheck %s --check-prefix=ORACLE
-// RUN: %python -c "import re,sys; t=open(sys.argv[1]).read(); p=[(float(a),float(b)) for a,b in re.findall(r'cross-GPU to next layer ([0-9.]+) \(contiguous ([0-9.]+)\)', t)]; print(p); sys.exit(not (len(p)==3 and sum(a for a,_ in p) <= 0.75*sum(b for _,b in p)))" %t/a.txt
+// RUN: %python -c "import re,sys; t=open(sys.argv[1]).read(); p=[(float(a),float(b)) for a,b in re.findall(r'cross-GPU to next layer ([0-9.]+) \(contiguous ([0-9.]+)\)', t)]; q=[(float(a),float(b)) for a,b in re.findall(r'slots: balance ([0-9.]+) \(contiguous ([0-9.]+)\)', t)]; print(p, q); sys.exit(not (len(p)==3 and sum(a for a,_ in p) <= 0.85*sum(b for _,b in p) and len(q)==4 and all(a <= b + 1e-9 for a,b in q)))" %t/a.txt
 // RUN: moe-opt %S/Inputs/layout-model.mlir --moe-plan-placement="profile=%t/p.safetensors topology=%S/Inputs/layout-topology.json policy=affinity solver=glpk time-limit=3 out=%t/a.json" -o %t/g.mlir 2> %t/g.txt
 // RUN: FileCheck %s --check-prefix=GLPK --input-file=%t/g.txt
 // GLPK: remark: affinity: glpk {{.*}} s); crossing weight greedy {{[0-9.e+]+}}, final {{[0-9.e+]+}}

@@ -248,6 +248,82 @@ TEST(Placement, AffinityCutsCrossGpuTraffic) {
   }
 }
 
+TEST(Placement, AffinityKeepsTheLoadBound) {
+  // Layers that route independently with Zipf loads: transition[i][j] is
+  // load_i load_j / total, so keeping the most tokens on their GPU means
+  // putting the heavy experts of every layer together. max-balance bounds
+  // each GPU's load; without it the hot GPU carries several times the mean.
+  std::mt19937 rng(13);
+  const int64_t experts = 32, gpus = 4, L = 4;
+  Topology topo = makeTopology(1, gpus);
+  std::vector<LayerLoad> layers(L);
+  for (int64_t l = 0; l < L; ++l) {
+    layers[l].layer = l;
+    layers[l].load = zipf(experts, 1.2, rng);
+    for (double &x : layers[l].load)
+      x *= 10000;
+  }
+  for (int64_t l = 0; l + 1 < L; ++l) {
+    double total = 0;
+    for (double x : layers[l].load)
+      total += x;
+    for (int64_t i = 0; i < experts; ++i)
+      for (int64_t j = 0; j < experts; ++j)
+        layers[l].transition.push_back(layers[l].load[i] *
+                                       layers[l + 1].load[j] / total);
+  }
+  // The bound of each layer: max(B * mean, the heaviest GPU of the
+  // count-balanced packing, heaviest expert first onto the lightest GPU).
+  auto worstExcess = [&](const std::vector<LayerPlacement> &plan, double b) {
+    double worst = 0;
+    for (int64_t l = 0; l < L; ++l) {
+      const std::vector<double> &load = layers[l].load;
+      double total = 0;
+      for (double x : load)
+        total += x;
+      std::vector<double> sorted = load, carried(gpus, 0);
+      std::vector<int64_t> used(gpus, 0);
+      std::sort(sorted.rbegin(), sorted.rend());
+      for (double x : sorted) {
+        int64_t g = -1;
+        for (int64_t h = 0; h < gpus; ++h)
+          if (used[h] < experts / gpus && (g < 0 || carried[h] < carried[g]))
+            g = h;
+        carried[g] += x;
+        ++used[g];
+      }
+      double bound = std::max(b * total / gpus,
+                              *std::max_element(carried.begin(), carried.end()));
+      worst = std::max(worst, balance(plan[l], gpus, load) * total / gpus /
+                                  bound);
+    }
+    return worst;
+  };
+  for (AffinitySolver solver : {AffinitySolver::Greedy, AffinitySolver::Glpk}) {
+    PlanOptions opt;
+    opt.policy = PlacementPolicy::Affinity;
+    opt.solver = solver;
+    opt.timeLimit = 5;
+    opt.maxBalance = 0;
+    auto free = planPlacement(layers, topo, opt);
+    ASSERT_TRUE(static_cast<bool>(free)) << toString(free.takeError());
+    opt.maxBalance = 1.25;
+    auto bounded = planPlacement(layers, topo, opt);
+    ASSERT_TRUE(static_cast<bool>(bounded)) << toString(bounded.takeError());
+    double unboundedExcess = worstExcess(*free, 1.25);
+    double boundedExcess = worstExcess(*bounded, 1.25);
+    std::printf("independent Zipf layers, %s: worst GPU load / bound without "
+                "max-balance %.3f, with max-balance=1.25 %.3f; cross-GPU "
+                "fraction %.4f -> %.4f\n",
+                solver == AffinitySolver::Glpk ? "glpk" : "greedy",
+                unboundedExcess, boundedExcess,
+                crossFraction(*free, layers, gpus),
+                crossFraction(*bounded, layers, gpus));
+    EXPECT_GT(unboundedExcess, 1.0); // The case needs the bound.
+    EXPECT_LE(boundedExcess, 1.0 + 1e-9);
+  }
+}
+
 TEST(Placement, IlpProvesSmallCases) {
   // Small enough for GLPK to prove optimality: greedy within 5 % of it.
   std::mt19937 rng(5);

@@ -166,7 +166,9 @@ def MoEPlanPlacement : Pass<"moe-plan-placement", "::mlir::ModuleOp"> {
     minimising the transitions whose experts sit on different GPUs: an ILP
     solved by GLPK within `time-limit` seconds, or `solver=greedy`; each
     GPU's load kept within `max-balance` times the mean GPU load of the
-    layer, or the heaviest expert's load where that alone is more).
+    layer, or the heaviest GPU of a count-balanced packing (heaviest
+    expert first onto the lightest GPU) where one hot expert makes that
+    more).
     `previous` names an earlier placement file (the format of `out`): moves
     against it are undone while the policy's measure stays within
     `move-tolerance`.

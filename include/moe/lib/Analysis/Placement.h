@@ -107,8 +107,8 @@ struct PlanOptions {
   bool refine = true;
   AffinitySolver solver = AffinitySolver::Glpk;
   /// affinity: the most load one GPU of a layer may carry, as a multiple of
-  /// the mean GPU load (raised to the heaviest expert's load where that
-  /// alone is more); <= 0: no bound. Without one, layers that route
+  /// the mean GPU load (raised to the heaviest GPU of a count-balanced
+  /// packing where one hot expert makes that more); <= 0: no bound. Without one, layers that route
   /// independently pile their heavy experts onto one GPU.
   double maxBalance = 1.25;
   /// Seconds the ILP may take in all (affinity with glpk).
