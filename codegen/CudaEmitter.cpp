@@ -977,6 +977,8 @@ private:
     Value gate, up, gateUp, down, gateBias, upBias, gateUpBias, downBias;
     int64_t H = 0, I = 0, E = 1;
     bool fused = false, interleaved = false, inOut = false;
+    /// down(act(up x + b)): no gate projection (non_gated).
+    bool nonGated = false;
     Activation act = Activation::silu;
     float alpha = 1.702f, limit = 7.0f;
     /// Factored weights (moe.low_rank): gate/up/gateUp/down above are the
@@ -999,6 +1001,7 @@ private:
     f.gateUpBias = o.getGateUpBias();
     f.downBias = o.getDownBias();
     f.fused = static_cast<bool>(f.gateUp);
+    f.nonGated = o.getNonGated();
     f.interleaved = o.getGateUpLayout() == GateUpLayout::interleaved;
     f.inOut = o.getWeightLayout() == WeightLayout::in_out;
     f.act = o.getActivation();
@@ -1013,7 +1016,7 @@ private:
   }
 
   void ffnStruct(llvm::raw_ostream &s, StringRef name, const FFNInfo &f) {
-    Value anyWeight = f.fused ? f.gateUp : f.gate;
+    Value anyWeight = f.fused ? f.gateUp : f.up;
     Value anyBias = f.gateUpBias ? f.gateUpBias
                     : f.gateBias ? f.gateBias
                     : f.upBias   ? f.upBias
@@ -1040,6 +1043,8 @@ private:
     s << llvm::formatv("  static constexpr bool LowRank = {0};\n"
                        "  static constexpr int RG = {1}, RU = {2}, RD = {3};\n",
                        f.lowRank, f.rg, f.ru, f.rd);
+    // Non-gated: the kernels read and multiply the up projection only.
+    s << llvm::formatv("  static constexpr bool NoGate = {0};\n", f.nonGated);
     s << "};\n";
   }
 

@@ -234,6 +234,13 @@ struct MoECompressExpertsPass
       return op->emitRemark()
              << "moe-compress-experts: layer " << layer << " not compressed: ";
     };
+    // The factored expert kernels compute a gate: refused, not rewritten
+    // into IR that could not be generated.
+    if (op.getNonGated()) {
+      remark() << "'moe.expert_ffn' is non_gated (down(act(up x))); factored "
+                  "(moe.low_rank) experts must be gated";
+      return success();
+    }
     auto type = cast<RankedTensorType>(op.getInput().getType());
     int64_t H = type.getDimSize(1);
     bool inOut = op.getWeightLayout() == WeightLayout::in_out;

@@ -235,6 +235,11 @@ struct MergeExpertsPass : public impl::MoEMergeExpertsBase<MergeExpertsPass> {
       why = "moe.permute and moe.combine read different routing weights";
       return failure();
     }
+    if (align == "weight" && layer.ffn.getNonGated()) {
+      why = "align=weight matches neurons by their gate, up and down rows "
+            "(this layer's moe.expert_ffn is non_gated: no gate)";
+      return failure();
+    }
     if (align == "weight" && layer.ffn.getGateUp()) {
       why = "align=weight needs separate gate and up projections (this "
             "layer has a fused gate_up)";

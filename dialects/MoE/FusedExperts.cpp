@@ -159,6 +159,10 @@ private:
       auto product = dyn_cast_or_null<LowRankOp>(v ? def(v) : nullptr);
       if (!product)
         continue;
+      if (routed.getNonGated())
+        return refuse(product, "factored expert weights (moe.low_rank) of a "
+                               "non_gated moe.expert_ffn are not generated: "
+                               "the factored kernels compute a gate");
       if (!product->hasOneUse())
         return refuse(product, "factored expert weights must be read by "
                                "the moe.expert_ffn only");

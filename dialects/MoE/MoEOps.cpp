@@ -625,14 +625,39 @@ static LogicalResult verifyGatedFFN(OpT op, bool perExpert,
                         perExpert ? "[R, H]" : "[T, H]")))
     return failure();
   int64_t hidden = columns(op.getInput());
+  bool nonGated = op.getNonGated();
+  if (nonGated) {
+    // down(act(up x + up_bias)): nothing of a gate may be given.
+    for (auto [v, name] : {std::pair<Value, StringRef>{op.getGate(), "gate"},
+                           {op.getGateUp(), "gate_up"},
+                           {op.getGateBias(), "gate_bias"},
+                           {op.getGateUpBias(), "gate_up_bias"}})
+      if (v)
+        return op.emitOpError()
+               << "'" << name << "' given with 'non_gated' (a non-gated FFN "
+               << "computes down(act(up x + up_bias)) and has no gate); drop "
+               << "'" << name << "' or 'non_gated'";
+    if (!op.getUp())
+      return op.emitOpError("'non_gated' needs an 'up' projection (the input "
+                            "of the activation)");
+    if (op.getActivation() == Activation::swiglu_clamped)
+      return op.emitOpError("activation 'swiglu_clamped' needs a gate; "
+                            "'non_gated' takes silu, gelu, gelu_tanh or relu");
+    if (op.getGateUpLayout() == GateUpLayout::interleaved)
+      return op.emitOpError("'gate_up_layout' interleaved needs a fused "
+                            "'gate_up' projection ('non_gated' has none)");
+  }
   bool separate = op.getGate() || op.getUp();
-  if (separate && op.getGateUp())
+  if (!nonGated && separate && op.getGateUp())
     return op.emitOpError("give either 'gate' and 'up' or a fused 'gate_up', "
                           "not both");
-  if (separate && !(op.getGate() && op.getUp()))
+  if (!nonGated && separate && !(op.getGate() && op.getUp()))
     return op.emitOpError() << "'" << (op.getGate() ? "gate" : "up")
                             << "' needs its partner '"
-                            << (op.getGate() ? "up" : "gate") << "'";
+                            << (op.getGate() ? "up" : "gate") << "'"
+                            << (op.getGate() ? ""
+                                             : " (or 'non_gated' for "
+                                               "down(act(up x)))");
   if (!separate && !op.getGateUp())
     return op.emitOpError("needs 'gate' and 'up' projections, or a fused "
                           "'gate_up' projection");
@@ -688,7 +713,7 @@ static LogicalResult verifyGatedFFN(OpT op, bool perExpert,
   if (op.getGateUp()) {
     if (failed(check(op.getGateUp(), "gate_up", /*fused=*/true, false)))
       return failure();
-  } else if (failed(check(op.getGate(), "gate", false, false)) ||
+  } else if ((!nonGated && failed(check(op.getGate(), "gate", false, false))) ||
              failed(check(op.getUp(), "up", false, false))) {
     return failure();
   }

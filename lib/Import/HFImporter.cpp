@@ -134,7 +134,8 @@ public:
         b, loc, xs.getType(), xs, offsets, o.gate, o.up, o.gateUp, o.down,
         o.gateBias, o.upBias, o.gateUpBias, o.downBias,
         ActivationAttr::get(b.getContext(), activation(w.activation)),
-        GateUpLayoutAttr(), WeightLayoutAttr(), FloatAttr(), FloatAttr());
+        GateUpLayoutAttr(), WeightLayoutAttr(), FloatAttr(), FloatAttr(),
+        UnitAttr());
     setFFNAttributes(op, w);
     return op.getResult();
   }
@@ -145,7 +146,8 @@ public:
         b, loc, x.getType(), x, o.gate, o.up, o.gateUp, o.down, o.gateBias,
         o.upBias, o.gateUpBias, o.downBias,
         ActivationAttr::get(b.getContext(), activation(w.activation)),
-        GateUpLayoutAttr(), WeightLayoutAttr(), FloatAttr(), FloatAttr());
+        GateUpLayoutAttr(), WeightLayoutAttr(), FloatAttr(), FloatAttr(),
+        UnitAttr());
     setFFNAttributes(op, w);
     return op.getResult();
   }

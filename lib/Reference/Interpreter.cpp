@@ -346,6 +346,8 @@ double activate(Activation act, double g, double u, float alpha,
     double c = std::sqrt(2.0 / M_PI);
     return 0.5 * g * (1.0 + std::tanh(c * (g + 0.044715 * g * g * g))) * u;
   }
+  case Activation::relu:
+    return std::max(g, 0.0) * u;
   case Activation::swiglu_clamped: {
     g = std::min(g, static_cast<double>(limit));
     u = std::clamp(u, -static_cast<double>(limit), static_cast<double>(limit));
@@ -363,6 +365,8 @@ struct FFNWeights {
   const HostTensor *gateBias = nullptr, *upBias = nullptr,
                    *gateUpBias = nullptr, *downBias = nullptr;
   bool inOut = false, interleaved = false;
+  /// down(act(up x + b)): no gate (moe.expert_ffn non_gated).
+  bool nonGated = false;
   Activation act = Activation::silu;
   float alpha = 1.702f, limit = 7.0f;
   int64_t hidden = 0, inter = 0;
@@ -390,6 +394,15 @@ void applyFFN(const FFNWeights &w, int64_t e, const float *x, float *y) {
       outSize = 2 * I;
       gRow = w.interleaved ? 2 * j : j;
       uRow = w.interleaved ? 2 * j + 1 : I + j;
+    }
+    if (w.nonGated) {
+      // act(up x + b): the up projection is the activation's input.
+      for (int64_t k = 0; k < H; ++k)
+        u += static_cast<double>(x[k]) * proj(*uw, e, uRow, k, outSize, H, w.inOut);
+      if (w.upBias)
+        u += w.upBias->f[e * I + j];
+      h[j] = activate(w.act, u, 1.0, w.alpha, w.limit);
+      continue;
     }
     for (int64_t k = 0; k < H; ++k) {
       g += static_cast<double>(x[k]) * proj(*gw, e, gRow, k, outSize, H, w.inOut);
@@ -1178,6 +1191,7 @@ private:
     w.inOut = o.getWeightLayout() == WeightLayout::in_out;
     w.interleaved = o.getGateUpLayout() == GateUpLayout::interleaved;
     w.act = o.getActivation();
+    w.nonGated = o.getNonGated();
     w.alpha = o.getAlpha().convertToFloat();
     w.limit = o.getLimit().convertToFloat();
     w.hidden = cast<RankedTensorType>(o.getInput().getType()).getDimSize(1);

@@ -11,11 +11,14 @@
 //     static constexpr int H, I, E;      // hidden, intermediate, experts
 //     static constexpr bool Fused, Interleaved, InOut;
 //     static constexpr int Act;          // 0 silu, 1 gelu, 2 gelu_tanh,
-//                                        // 3 clamped swiglu (gpt-oss)
+//                                        // 3 clamped swiglu (gpt-oss),
+//                                        // 4 relu
 //     static constexpr float Alpha, Limit;
 //     static constexpr bool GateBias, UpBias, GateUpBias, DownBias;
 //     static constexpr bool LowRank;     // factored weights (moe.low_rank)
 //     static constexpr int RG, RU, RD;   // their ranks (RU 0 when Fused)
+//     static constexpr bool NoGate;      // down(act(up x + b)): no gate is
+//                                        // read or multiplied (non_gated)
 //   };
 //   struct Cfg {
 //     using TX = ...;                    // activation element type
@@ -33,6 +36,7 @@
 // The decode path is two kernels plus the grouped path's combine:
 //
 //   decodeUp<Cfg, D>    h[r, j] = act(x[token(r)] . gate_j, x . up_j)
+//                       (non-gated: act(x[token(r)] . up_j + b_j))
 //   decodeDown<Cfg, D>  out[r, o] = w(r) * roundAs<TX>(h[r] . down_o + b)
 //   grouped::combine    y[t] = sum over slots of out (+ shared experts)
 //
@@ -79,11 +83,14 @@
 namespace moe_k {
 namespace experts {
 
-/// The gated activation of one hidden unit.
+/// The gated activation of one hidden unit; a non-gated FFN (NoGate) calls
+/// it with g = up x + b and u = 1 (exact: act(g) * 1 == act(g)).
 template <int Act>
 __device__ __forceinline__ float activate(float g, float u, float alpha,
                                           float limit) {
-  if constexpr (Act == 0) {
+  if constexpr (Act == 4) {
+    return fmaxf(g, 0.0f) * u;
+  } else if constexpr (Act == 0) {
     return g / (1.0f + expf(-g)) * u;
   } else if constexpr (Act == 1) {
     return 0.5f * g * (1.0f + erff(g * 0.70710678118654752f)) * u;
@@ -346,12 +353,19 @@ upItem(const MoEKernelArgs &args, const FFNWeights<F> &w, long long e, int j0,
       g += toF32(w.gateBias[e * I + j]);
     if constexpr (!F::Fused && F::UpBias)
       u += toF32(w.upBias[e * I + j]);
-    return activate<F::Act>(g, u, F::Alpha, F::Limit);
+    if constexpr (F::NoGate)
+      return activate<F::Act>(u, 1.0f, F::Alpha, F::Limit);
+    else
+      return activate<F::Act>(g, u, F::Alpha, F::Limit);
   };
+  // Dot products per unit: gate and up, or up alone without a gate (the
+  // gate's weights are never read). acc[NP - 1] is up's.
+  constexpr int NP = F::NoGate ? 1 : 2;
 
   if constexpr (F::LowRank) {
     // A warp per unit: its rows of A_g and A_u against z_g and z_u.
     static_assert(!F::InOut, "factored weights are out_in");
+    static_assert(!F::NoGate, "factored weights have a gate");
     constexpr int RG = F::RG, RU = F::Fused ? F::RG : F::RU;
     constexpr int W = factorInWidth<F>();
     const float *z =
@@ -382,11 +396,13 @@ upItem(const MoEKernelArgs &args, const FFNWeights<F> &w, long long e, int j0,
       }
     }
   } else if constexpr (!F::InOut) {
-    // A warp per unit: its gate and up rows, along H.
+    // A warp per unit: its gate and up rows (up's alone: NoGate), along H.
     for (int u = warp; u < U && j0 + u < I; u += DecodeWarps) {
       const int j = j0 + u;
-      const TW *rowsOf[2];
-      if constexpr (F::Fused) {
+      const TW *rowsOf[NP];
+      if constexpr (F::NoGate) {
+        rowsOf[0] = w.up + (e * I + j) * H;
+      } else if constexpr (F::Fused) {
         rowsOf[0] = w.gateUp + (e * 2 * I + gateIndex(j)) * H;
         rowsOf[1] = w.gateUp + (e * 2 * I + upIndex(j)) * H;
       } else {
@@ -397,12 +413,12 @@ upItem(const MoEKernelArgs &args, const FFNWeights<F> &w, long long e, int j0,
         const int count = static_cast<int>(
             rowEnd - r0 < DecodeRows ? rowEnd - r0 : DecodeRows);
         const Batch<TX> a = inputBatch<Cfg, SharedFFN>(args, r0, count);
-        float acc[2][DecodeRows];
-        rowDots<2, H, TX, Scale>(rowsOf, a, acc);
+        float acc[NP][DecodeRows];
+        rowDots<NP, H, TX, Scale>(rowsOf, a, acc);
 #pragma unroll
         for (int b = 0; b < DecodeRows; ++b)
           if (lane == b && b < count)
-            h[(r0 + b) * I + j] = finish(j, acc[0][b], acc[1][b]);
+            h[(r0 + b) * I + j] = finish(j, acc[0][b], acc[NP - 1][b]);
       }
     }
   } else {
@@ -413,8 +429,10 @@ upItem(const MoEKernelArgs &args, const FFNWeights<F> &w, long long e, int j0,
     const int group = static_cast<int>(threadIdx.x) / U;
     const bool valid = j < I;
     const int jj = valid ? j : 0;
-    const TW *cols[2];
-    if constexpr (F::Fused) {
+    const TW *cols[NP];
+    if constexpr (F::NoGate) {
+      cols[0] = w.up + e * H * I + jj;
+    } else if constexpr (F::Fused) {
       cols[0] = w.gateUp + e * H * 2 * I + gateIndex(jj);
       cols[1] = w.gateUp + e * H * 2 * I + upIndex(jj);
     } else {
@@ -426,14 +444,14 @@ upItem(const MoEKernelArgs &args, const FFNWeights<F> &w, long long e, int j0,
       const int count =
           static_cast<int>(rowEnd - r0 < DecodeRows ? rowEnd - r0 : DecodeRows);
       const Batch<TX> a = inputBatch<Cfg, SharedFFN>(args, r0, count);
-      float acc[2][DecodeRows];
-      columnDots<2, H, Out, G, TX, Scale>(cols, valid, group, a, acc);
-      groupSum<2, U>(acc, red);
+      float acc[NP][DecodeRows];
+      columnDots<NP, H, Out, G, TX, Scale>(cols, valid, group, a, acc);
+      groupSum<NP, U>(acc, red);
       if (group == 0 && valid)
 #pragma unroll
         for (int b = 0; b < DecodeRows; ++b)
           if (b < count)
-            h[(r0 + b) * I + j] = finish(j, acc[0][b], acc[1][b]);
+            h[(r0 + b) * I + j] = finish(j, acc[0][b], acc[NP - 1][b]);
     }
   }
 }

@@ -7,6 +7,7 @@
 // tile of BM rows instead of once per token. See docs/codegen.md.
 //
 //   gateUp<Cfg, Shared>  h[r, :] = act(x[token(r)] . gate, x[token(r)] . up)
+//                        (non-gated: act(x[token(r)] . up + b), one B tile)
 //   down<Cfg, Shared>    out[r, :] = w(r) * roundAs<TX>(h[r] . down + bias)
 //   combine<Cfg>         y[t] = sum over slots s of out[slotRow[t, s]]
 //                               (+ shared experts), CombineCols outputs
@@ -540,10 +541,14 @@ __device__ void gateUp(const MoEKernelArgs &args) {
                          : SplitTerms<TW>::value;
   static_assert(!F::LowRank || (!SharedFFN && !InOut),
                 "factored weights are routed and out_in");
-  MOE_SHARED(uint4, smemWords, (GemmSmem<TW, InOut, 2, NA>::Words));
+  static_assert(!F::LowRank || !F::NoGate, "factored weights have a gate");
+  // B tiles per k step: gate and up, or up alone (NoGate: the gate is
+  // neither read nor multiplied). acc[NB - 1] is up's.
+  constexpr int NB = F::NoGate ? 1 : 2;
+  MOE_SHARED(uint4, smemWords, (GemmSmem<TW, InOut, NB, NA>::Words));
   TW *As = reinterpret_cast<TW *>(&smemWords[0]);
   TW *Bg = As + NA * S::A;
-  TW *Bu = Bg + GemmSmem<TW, InOut, 2, NA>::B;
+  TW *Bu = F::NoGate ? Bg : Bg + GemmSmem<TW, InOut, NB, NA>::B;
 
   const long long T = args.num_tokens;
   const long long rowTiles =
@@ -577,9 +582,9 @@ __device__ void gateUp(const MoEKernelArgs &args) {
       }
     }
     const long long e = rt.e;
-    float acc[2][MI][NI][4];
+    float acc[NB][MI][NI][4];
 #pragma unroll
-    for (int nb = 0; nb < 2; ++nb)
+    for (int nb = 0; nb < NB; ++nb)
 #pragma unroll
       for (int mi = 0; mi < MI; ++mi)
 #pragma unroll
@@ -625,7 +630,10 @@ __device__ void gateUp(const MoEKernelArgs &args) {
             As + ar * S::SK + ac, src, k0 + ac, H, scale);
         if constexpr (!InOut) {
           // [out, in]: whole rows of the gate and up outputs.
-          if constexpr (F::Fused) {
+          if constexpr (F::NoGate) {
+            copyTile<TW, BN, BK, S::SK, H % V == 0>(Bu, w.up + e * I * H, H, 0,
+                                                    1, n0, I - n0, k0, H - k0);
+          } else if constexpr (F::Fused) {
             const TW *m = w.gateUp + e * 2 * I * H;
             copyTile<TW, BN, BK, S::SK, H % V == 0>(
                 Bg, m, H, 0, F::Interleaved ? 2 : 1, n0, I - n0, k0, H - k0);
@@ -640,7 +648,10 @@ __device__ void gateUp(const MoEKernelArgs &args) {
           }
         } else {
           // [in, out]: rows k0 .. k0 + BK, the tile's output columns.
-          if constexpr (F::Fused && F::Interleaved) {
+          if constexpr (F::NoGate) {
+            copyTile<TW, BK, BN, S::SN, I % V == 0>(Bu, w.up + e * H * I, I, 0,
+                                                    1, k0, H - k0, n0, I - n0);
+          } else if constexpr (F::Fused && F::Interleaved) {
             copyPairs<TW, BK, BN, S::SN, (2 * I) % V == 0>(
                 Bg, Bu, w.gateUp + e * H * 2 * I, 2 * I, k0, H - k0, n0,
                 I - n0);
@@ -658,7 +669,7 @@ __device__ void gateUp(const MoEKernelArgs &args) {
           }
         }
         __syncthreads();
-        warpTile<TW, InOut, 2, NA>(acc, As, Bg, Bu);
+        warpTile<TW, InOut, NB, NA>(acc, As, Bg, Bu);
       }
     }
 
@@ -673,7 +684,7 @@ __device__ void gateUp(const MoEKernelArgs &args) {
           const int j = n0 + wn * WN + ni * 8 + 2 * t + (i & 1);
           if (r >= rt.count || j >= I)
             continue;
-          float gv = acc[0][mi][ni][i], uv = acc[1][mi][ni][i];
+          float gv = acc[0][mi][ni][i], uv = acc[NB - 1][mi][ni][i];
           if constexpr (F::Fused) {
             if constexpr (F::GateUpBias) {
               const int gRow = F::Interleaved ? 2 * j : j;
@@ -687,8 +698,11 @@ __device__ void gateUp(const MoEKernelArgs &args) {
             if constexpr (F::UpBias)
               uv += toF32(w.upBias[e * I + j]);
           }
+          // Non-gated: act(up x + b), as act(g, 1) (exact).
           h[static_cast<long long>(rt.start + r) * I + j] =
-              experts::activate<F::Act>(gv, uv, F::Alpha, F::Limit);
+              F::NoGate
+                  ? experts::activate<F::Act>(uv, 1.0f, F::Alpha, F::Limit)
+                  : experts::activate<F::Act>(gv, uv, F::Alpha, F::Limit);
         }
   }
 }

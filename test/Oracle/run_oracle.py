@@ -141,7 +141,12 @@ CASES.append(Case("lora", "lora-mixture-top1-bf16", "lora", arch="mixtral",
 for _name in seeds.SEED_CASES:
     CASES.append(Case("seeds", "seed-" + _name, "seed", seed_case=_name))
 
-GROUPS = ["hf-f32", "hf-bf16", "hf-fused", "sharded", "lora", "seeds"]
+# nongated: non-gated experts (BlockFFN, Switch/T5), same runner.
+for _name in seeds.NONGATED_CASES:
+    CASES.append(Case("nongated", "seed-" + _name, "seed", seed_case=_name))
+
+GROUPS = ["hf-f32", "hf-bf16", "hf-fused", "sharded", "lora", "seeds",
+          "nongated"]
 
 # --------------------------------------------------------------------------
 # Running the tools
@@ -597,7 +602,7 @@ def self_test(seed):
               "group_limit with one group")
 
         # seed methods: edge cases present, IR parses when moe-opt is around
-        for name in seeds.SEED_CASES:
+        for name in list(seeds.SEED_CASES) + list(seeds.NONGATED_CASES):
             sc_ = seeds.make_seed_case(np.random.default_rng([seed, 8]), name)
             x = rng.standard_normal((300, hf.H))
             y, r = sc_.block(x)

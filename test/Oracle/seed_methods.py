@@ -3,7 +3,11 @@
 # in float64 numpy from the op semantics of docs/dialect.md:
 #   AdaMoE null experts   moe.topk over E+N, moe.normalize, moe.drop_null_experts
 #   top-p                 moe.top_p, moe.normalize
-#   BlockFFN              moe.relu, moe.rms_norm (weight), moe.threshold 0, max_k = E
+#   BlockFFN              moe.relu, moe.rms_norm (weight), moe.threshold 0, max_k = E;
+#                         non-gated experts down(silu(up x)) (moe.expert_ffn non_gated)
+#   Switch / T5           moe.softmax, moe.topk, the probability as the weight (no
+#                         renormalisation); non-gated experts wo(act(wi x + bi)) + bo,
+#                         act relu or gelu; optionally a non-gated shared expert
 #   expert choice         moe.softmax, moe.expert_choice (capacity)
 #   exact ties            moe.topk / moe.expert_choice on identical router rows
 #                         or identical tokens: the lower index must win
@@ -14,6 +18,7 @@
 
 import math
 import os
+from math import erf
 
 import numpy as np
 
@@ -32,17 +37,43 @@ def _attr(v):
     return "%.9e" % _f32(v)
 
 
-class SeedCase:
-    """One routing method over E experts with gated-SiLU experts of width I.
+# Activations of the non-gated experts, as the papers write them (gelu: the
+# erf form of Hendrycks & Gimpel; gelu_tanh: its tanh approximation).
+def _gelu(v):
+    return 0.5 * v * (1.0 + np.vectorize(erf)(v / math.sqrt(2.0)))
 
-    method: topk | adamoe | top_p | blockffn | expert_choice
+
+def _gelu_tanh(v):
+    c = math.sqrt(2.0 / math.pi)
+    return 0.5 * v * (1.0 + np.tanh(c * (v + 0.044715 * v ** 3)))
+
+
+ACTIVATIONS = {"silu": lambda v: v / (1.0 + np.exp(-v)),
+               "relu": lambda v: np.maximum(v, 0.0),
+               "gelu": _gelu, "gelu_tanh": _gelu_tanh}
+
+
+class SeedCase:
+    """One routing method over E experts of width I.
+
+    method: topk | adamoe | top_p | blockffn | expert_choice | switch
+    expert: "glu" (gated SiLU: down(silu(gate x) * up x)) or the activation
+      of a non-gated expert down(act(up x + b_up)) + b_down (BlockFFN: silu
+      without biases, the default of method blockffn; Switch/T5: relu or
+      gelu, with biases when `bias`).
+    shared: activation of one non-gated shared expert added to every token
+      (None: no shared expert).
     tie_experts: pairs (a, b): expert b gets the router row and bias of a.
     tie_tokens: every odd token repeats the token before it.
     """
 
     def __init__(self, rng, method, experts=8, inter=64, nulls=0, k=2, p=0.7,
                  max_k=3, capacity=16, router_bias=None, eps=1e-6,
-                 tie_experts=(), tie_tokens=False):
+                 tie_experts=(), tie_tokens=False, expert=None, bias=False,
+                 shared=None):
+        if expert is None:
+            expert = "silu" if method == "blockffn" else "glu"
+        self.expert, self.has_bias, self.shared = expert, bias, shared
         self.method, self.experts, self.inter = method, experts, inter
         self.nulls, self.k, self.p, self.max_k = nulls, k, p, max_k
         self.capacity, self.eps, self.tie_tokens = capacity, eps, tie_tokens
@@ -63,6 +94,16 @@ class SeedCase:
         self.down = (rng.standard_normal((experts, H, inter)) /
                      math.sqrt(inter)).astype(np.float32)
         self.norm_weight = rng.uniform(0.5, 1.5, size=experts).astype(np.float32)
+        # Drawn after the tensors above so that the gated cases keep their
+        # weights.
+        self.up_bias = rng.normal(0.0, 0.5, (experts, inter)).astype(np.float32)
+        self.down_bias = rng.normal(0.0, 0.5, (experts, H)).astype(np.float32)
+        self.shared_up = (rng.standard_normal((inter, H)) * s).astype(np.float32)
+        self.shared_down = (rng.standard_normal((H, inter)) /
+                            math.sqrt(inter)).astype(np.float32)
+
+    def gated(self):
+        return self.expert == "glu"
 
     # -- files --------------------------------------------------------------
     def write(self, directory):
@@ -72,9 +113,16 @@ class SeedCase:
         if self.method == "blockffn":
             tensors["router_norm.weight"] = ("F32", self.norm_weight)
         for e in range(self.experts):
-            tensors["experts.%d.gate_proj.weight" % e] = ("F32", self.gate[e])
+            if self.gated():
+                tensors["experts.%d.gate_proj.weight" % e] = ("F32", self.gate[e])
             tensors["experts.%d.up_proj.weight" % e] = ("F32", self.up[e])
             tensors["experts.%d.down_proj.weight" % e] = ("F32", self.down[e])
+            if self.has_bias:
+                tensors["experts.%d.up_proj.bias" % e] = ("F32", self.up_bias[e])
+                tensors["experts.%d.down_proj.bias" % e] = ("F32", self.down_bias[e])
+        if self.shared:
+            tensors["shared.up_proj.weight"] = ("F32", self.shared_up)
+            tensors["shared.down_proj.weight"] = ("F32", self.shared_down)
         write_safetensors(os.path.join(directory, WEIGHTS), tensors)
         path = os.path.join(directory, "seed.mlir")
         with open(path, "w") as f:
@@ -90,6 +138,7 @@ class SeedCase:
     def slots(self):
         return {"topk": self.k, "adamoe": self.k, "top_p": self.max_k,
                 "blockffn": self.experts, "expert_choice": self.experts,
+                "switch": self.k,
                 "threshold_softmax": self.max_k,
                 "expert_choice_normalize": self.experts}[self.method]
 
@@ -143,6 +192,11 @@ class SeedCase:
                 "    %%ids, %%w = moe.expert_choice %%p {capacity = %d : i64} : %s -> %s, %s"
                 % (self.capacity, st, it, wt),
             ]
+        elif self.method == "switch":
+            lines += [
+                "    %%p = moe.softmax %%logits : %s" % st,
+                "    %%ids, %%w = moe.topk %%p {k = %d : i64} : %s -> %s, %s" % (k, st, it, wt),
+            ]
         elif self.method == "threshold_softmax":
             lines += [
                 "    %%ids, %%vals = moe.threshold %%logits {max_k = %d : i64, threshold = 0.000000e+00 : f32} : %s -> %s, %s"
@@ -159,21 +213,58 @@ class SeedCase:
         else:
             raise ValueError(self.method)
 
-        def stack(proj):
-            return ", ".join('"experts.%d.%s.weight"' % (x, proj) for x in range(e))
+        def stack(proj, kind="weight"):
+            return ", ".join('"experts.%d.%s.%s"' % (x, proj, kind) for x in range(e))
         gt, dt = "tensor<%dx%dx%dxf32>" % (e, i, H), "tensor<%dx%dx%dxf32>" % (e, H, i)
+        ubt, dbt = "tensor<%dx%dxf32>" % (e, i), "tensor<%dx%dxf32>" % (e, H)
         lines += [
             "    %%counts, %%offsets, %%rows = moe.dispatch %%ids {num_experts = %d : i64} : %s -> tensor<%dxi32>, tensor<%dxi32>, tensor<?xi32>"
             % (e, it, e, e + 1),
             "    %%xs = moe.permute %%x, %%rows, %%w : (%s, tensor<?xi32>, %s) -> %s" % (xt, wt, xt),
-            '    %%w_gate = moe.weight [%s] from ["%s"] : %s' % (stack("gate_proj"), WEIGHTS, gt),
-            '    %%w_up = moe.weight [%s] from ["%s"] : %s' % (stack("up_proj"), WEIGHTS, gt),
-            '    %%w_down = moe.weight [%s] from ["%s"] : %s' % (stack("down_proj"), WEIGHTS, dt),
-            "    %%ys = moe.expert_ffn %%xs, %%offsets gate(%%w_gate) up(%%w_up) down(%%w_down) "
-            "{activation = #moe.activation<silu>} : (%s, tensor<%dxi32>, %s, %s, %s) -> %s"
-            % (xt, e + 1, gt, gt, dt, xt),
+        ]
+        if self.gated():
+            lines += [
+                '    %%w_gate = moe.weight [%s] from ["%s"] : %s' % (stack("gate_proj"), WEIGHTS, gt),
+                '    %%w_up = moe.weight [%s] from ["%s"] : %s' % (stack("up_proj"), WEIGHTS, gt),
+                '    %%w_down = moe.weight [%s] from ["%s"] : %s' % (stack("down_proj"), WEIGHTS, dt),
+                "    %%ys = moe.expert_ffn %%xs, %%offsets gate(%%w_gate) up(%%w_up) down(%%w_down) "
+                "{activation = #moe.activation<silu>} : (%s, tensor<%dxi32>, %s, %s, %s) -> %s"
+                % (xt, e + 1, gt, gt, dt, xt),
+            ]
+        else:
+            lines += [
+                '    %%w_up = moe.weight [%s] from ["%s"] : %s' % (stack("up_proj"), WEIGHTS, gt),
+                '    %%w_down = moe.weight [%s] from ["%s"] : %s' % (stack("down_proj"), WEIGHTS, dt),
+            ]
+            biases, btypes = "", ""
+            if self.has_bias:
+                lines += [
+                    '    %%b_up = moe.weight [%s] from ["%s"] : %s' % (stack("up_proj", "bias"), WEIGHTS, ubt),
+                    '    %%b_down = moe.weight [%s] from ["%s"] : %s' % (stack("down_proj", "bias"), WEIGHTS, dbt),
+                ]
+                biases, btypes = " up_bias(%b_up) down_bias(%b_down)", ", %s, %s" % (ubt, dbt)
+            lines += [
+                "    %%ys = moe.expert_ffn %%xs, %%offsets non_gated up(%%w_up) down(%%w_down)%s "
+                "{activation = #moe.activation<%s>} : (%s, tensor<%dxi32>, %s, %s%s) -> %s"
+                % (biases, self.expert, xt, e + 1, gt, dt, btypes, xt),
+            ]
+        lines += [
             "    %%y = moe.combine %%ys, %%rows, %%w : (%s, tensor<?xi32>, %s) -> %s" % (xt, wt, xt),
-            "    return %%y : %s" % xt,
+        ]
+        result = "%y"
+        if self.shared:
+            st_up, st_down = "tensor<%dx%dxf32>" % (i, H), "tensor<%dx%dxf32>" % (H, i)
+            lines += [
+                '    %%s_up = moe.weight ["shared.up_proj.weight"] from ["%s"] : %s' % (WEIGHTS, st_up),
+                '    %%s_down = moe.weight ["shared.down_proj.weight"] from ["%s"] : %s' % (WEIGHTS, st_down),
+                "    %%sh = moe.ffn %%x non_gated up(%%s_up) down(%%s_down) "
+                "{activation = #moe.activation<%s>} : (%s, %s, %s) -> %s"
+                % (self.shared, xt, st_up, st_down, xt),
+                "    %%out = arith.addf %%y, %%sh : %s" % xt,
+            ]
+            result = "%out"
+        lines += [
+            "    return %s : %s" % (result, xt),
             "  }",
             "}",
             "",
@@ -253,6 +344,14 @@ class SeedCase:
             r.info["exact_ties"] = ties
             r.info["slot_is_expert"] = True
             return r
+        if self.method == "switch":
+            # Switch Transformer (Fedus et al.): p = softmax(W_r x); the
+            # token goes to its top-k experts, each output scaled by its
+            # probability p_i (not renormalised over the k).
+            p = softmax(logits)
+            ids, vals, _ = topk_rows(p, self.k)
+            _, _, margin = topk_rows(logits, self.k)
+            return Routing(ids, vals, margin < MARGIN, tiny=p < TINY)
         if self.method == "threshold_softmax":
             # Every logit > 0, best first, at most max_k; softmax over those
             # slots alone (empty slots weigh exactly 0).
@@ -291,12 +390,27 @@ class SeedCase:
         r = self.routing(x)
 
         def fn(e, xs):
-            return glu(xs, self.gate[e].astype(np.float64),
-                       self.up[e].astype(np.float64),
-                       self.down[e].astype(np.float64))
+            if self.gated():
+                return glu(xs, self.gate[e].astype(np.float64),
+                           self.up[e].astype(np.float64),
+                           self.down[e].astype(np.float64))
+            # BlockFFN: E_e(x) = W_down,e silu(W_up,e x); Switch/T5 FFN:
+            # W_o act(W_i x + b_i) + b_o.
+            act = ACTIVATIONS[self.expert]
+            a = xs @ self.up[e].astype(np.float64).T
+            if self.has_bias:
+                a = a + self.up_bias[e].astype(np.float64)
+            out = act(a) @ self.down[e].astype(np.float64).T
+            if self.has_bias:
+                out = out + self.down_bias[e].astype(np.float64)
+            return out
         y = combine(x, r, fn)
         if y is None:
             y = np.zeros_like(x)
+        if self.shared:
+            act = ACTIVATIONS[self.shared]
+            y = y + act(x @ self.shared_up.astype(np.float64).T) @ \
+                self.shared_down.astype(np.float64).T
         counts = np.array([(r.ids == e).sum() for e in range(self.experts)])
         r.info["tokens_per_expert"] = counts.tolist()
         return y, r
@@ -339,6 +453,21 @@ SEED_CASES = {
 }
 
 
+# Non-gated experts (issue 14 item 3), run on the reference and on emu:
+# BlockFFN's real experts; Switch/T5 experts with biases, top-1 (relu) and
+# top-2 (gelu) plus a non-gated shared expert (gelu_tanh, moe.ffn non_gated).
+NONGATED_CASES = {
+    "blockffn-nongated": ("blockffn", dict(experts=8, expert="silu")),
+    # Widths other than H (64): 96 = one and a half grouped tiles, 40 less
+    # than one.
+    "switch-relu": ("switch", dict(experts=8, k=1, inter=96, expert="relu",
+                                   bias=True)),
+    "switch-gelu-shared": ("switch", dict(experts=8, k=2, inter=40,
+                                          expert="gelu", bias=True,
+                                          shared="gelu_tanh")),
+}
+
+
 def make_seed_case(rng, name):
-    method, kwargs = SEED_CASES[name]
+    method, kwargs = {**SEED_CASES, **NONGATED_CASES}[name]
     return SeedCase(rng, method, **kwargs)

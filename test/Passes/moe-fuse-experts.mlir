@@ -241,3 +241,51 @@ func.func @low_rank(%x: tensor<?x16xf32>, %ids: tensor<?x2xi32>, %w: tensor<?x2x
   %y = moe.combine %ys, %rows, %w : (tensor<?x16xf32>, tensor<?xi32>, tensor<?x2xf32>) -> tensor<?x16xf32>
   return %y : tensor<?x16xf32>
 }
+
+// -----
+
+// Non-gated experts (BlockFFN, Switch/T5) and non-gated shared experts fuse
+// like gated ones; the keyword and the up bias move into the body.
+// CHECK-LABEL: func.func @non_gated
+// CHECK: moe.fused_experts
+// CHECK: moe.expert_ffn %{{.*}}, %{{.*}} non_gated up(%{{.*}}) down(%{{.*}}) up_bias(%{{.*}}) {activation = #moe.activation<relu>}
+// CHECK: moe.combine
+// CHECK-NEXT: moe.ffn %{{.*}} non_gated up(%{{.*}}) down(%{{.*}}) {activation = #moe.activation<gelu>}
+// CHECK-NEXT: %[[SUM:.*]] = arith.addf
+// CHECK-NEXT: moe.yield %[[SUM]]
+// CHECK-NOT: moe.expert_ffn
+// CHECK: return
+func.func @non_gated(%x: tensor<?x16xf32>, %ids: tensor<?x2xi32>, %w: tensor<?x2xf32>) -> tensor<?x16xf32> {
+  %c, %off, %rows = moe.dispatch %ids {num_experts = 4 : i64} : tensor<?x2xi32> -> tensor<4xi32>, tensor<5xi32>, tensor<?xi32>
+  %xs = moe.permute %x, %rows, %w : (tensor<?x16xf32>, tensor<?xi32>, tensor<?x2xf32>) -> tensor<?x16xf32>
+  %u = moe.weight ["u"] from ["m.safetensors"] : tensor<4x8x16xf32>
+  %ub = moe.weight ["ub"] from ["m.safetensors"] : tensor<4x8xf32>
+  %d = moe.weight ["d"] from ["m.safetensors"] : tensor<4x16x8xf32>
+  %ys = moe.expert_ffn %xs, %off non_gated up(%u) down(%d) up_bias(%ub) {activation = #moe.activation<relu>} : (tensor<?x16xf32>, tensor<5xi32>, tensor<4x8x16xf32>, tensor<4x16x8xf32>, tensor<4x8xf32>) -> tensor<?x16xf32>
+  %y = moe.combine %ys, %rows, %w : (tensor<?x16xf32>, tensor<?xi32>, tensor<?x2xf32>) -> tensor<?x16xf32>
+  %su = moe.weight ["su"] from ["m.safetensors"] : tensor<8x16xf32>
+  %sd = moe.weight ["sd"] from ["m.safetensors"] : tensor<16x8xf32>
+  %s = moe.ffn %x non_gated up(%su) down(%sd) {activation = #moe.activation<gelu>} : (tensor<?x16xf32>, tensor<8x16xf32>, tensor<16x8xf32>) -> tensor<?x16xf32>
+  %out = arith.addf %y, %s : tensor<?x16xf32>
+  return %out : tensor<?x16xf32>
+}
+
+// -----
+
+// Factored weights of a non-gated expert: the factored kernels compute a
+// gate, so the body is refused by name and nothing is fused.
+// CHECK-LABEL: func.func @non_gated_low_rank
+// CHECK-NOT: moe.fused_experts
+// CHECK: moe.expert_ffn %{{.*}}, %{{.*}} non_gated up(
+func.func @non_gated_low_rank(%x: tensor<?x16xf32>, %ids: tensor<?x2xi32>, %w: tensor<?x2xf32>) -> tensor<?x16xf32> {
+  %c, %off, %rows = moe.dispatch %ids {num_experts = 4 : i64} : tensor<?x2xi32> -> tensor<4xi32>, tensor<5xi32>, tensor<?xi32>
+  %xs = moe.permute %x, %rows, %w : (tensor<?x16xf32>, tensor<?xi32>, tensor<?x2xf32>) -> tensor<?x16xf32>
+  %ua = moe.weight ["ua"] from ["m.safetensors"] : tensor<4x8x2xf32>
+  %ub = moe.weight ["ub"] from ["m.safetensors"] : tensor<4x2x16xf32>
+  %u = moe.low_rank %ua, %ub : tensor<4x8x2xf32>, tensor<4x2x16xf32> -> tensor<4x8x16xf32>
+  %d = moe.weight ["d"] from ["m.safetensors"] : tensor<4x16x8xf32>
+  %ys = moe.expert_ffn %xs, %off non_gated up(%u) down(%d) {activation = #moe.activation<silu>} : (tensor<?x16xf32>, tensor<5xi32>, tensor<4x8x16xf32>, tensor<4x16x8xf32>) -> tensor<?x16xf32>
+  // expected-remark @+1 {{moe-fuse-experts: not fused: 'moe.low_rank' factored expert weights (moe.low_rank) of a non_gated moe.expert_ffn are not generated: the factored kernels compute a gate}}
+  %y = moe.combine %ys, %rows, %w : (tensor<?x16xf32>, tensor<?xi32>, tensor<?x2xf32>) -> tensor<?x16xf32>
+  return %y : tensor<?x16xf32>
+}

@@ -1187,3 +1187,101 @@ func.func @dynmole_result_width(%p: tensor<?x8xf32>, %i: tensor<?x2xi32>, %v: te
   %ids, %w = moe.entropy_fallback %p, %i, %v {q = 2.0 : f32, threshold = 0.5 : f32} : tensor<?x8xf32>, tensor<?x2xi32>, tensor<?x2xf32> -> tensor<?x2xi32>, tensor<?x2xf32>
   return
 }
+
+// -----
+
+func.func @non_gated_with_gate(%x: tensor<?x64xf32>, %o: tensor<5xi32>, %g: tensor<4x32x64xf32>, %u: tensor<4x32x64xf32>, %d: tensor<4x64x32xf32>, %gu: tensor<4x64x64xf32>, %b: tensor<4x32xf32>, %gub: tensor<4x64xf32>) {
+  // expected-error @+1 {{'gate' given with 'non_gated' (a non-gated FFN computes down(act(up x + up_bias)) and has no gate); drop 'gate' or 'non_gated'}}
+  %0 = moe.expert_ffn %x, %o non_gated gate(%g) up(%u) down(%d) {activation = #moe.activation<silu>} : (tensor<?x64xf32>, tensor<5xi32>, tensor<4x32x64xf32>, tensor<4x32x64xf32>, tensor<4x64x32xf32>) -> tensor<?x64xf32>
+  return
+}
+
+// -----
+
+func.func @non_gated_with_gate_up(%x: tensor<?x64xf32>, %o: tensor<5xi32>, %g: tensor<4x32x64xf32>, %u: tensor<4x32x64xf32>, %d: tensor<4x64x32xf32>, %gu: tensor<4x64x64xf32>, %b: tensor<4x32xf32>, %gub: tensor<4x64xf32>) {
+  // expected-error @+1 {{'gate_up' given with 'non_gated'}}
+  %0 = moe.expert_ffn %x, %o non_gated gate_up(%gu) down(%d) {activation = #moe.activation<silu>} : (tensor<?x64xf32>, tensor<5xi32>, tensor<4x64x64xf32>, tensor<4x64x32xf32>) -> tensor<?x64xf32>
+  return
+}
+
+// -----
+
+func.func @non_gated_with_gate_bias(%x: tensor<?x64xf32>, %o: tensor<5xi32>, %g: tensor<4x32x64xf32>, %u: tensor<4x32x64xf32>, %d: tensor<4x64x32xf32>, %gu: tensor<4x64x64xf32>, %b: tensor<4x32xf32>, %gub: tensor<4x64xf32>) {
+  // expected-error @+1 {{'gate_bias' given with 'non_gated'}}
+  %0 = moe.expert_ffn %x, %o non_gated up(%u) down(%d) gate_bias(%b) {activation = #moe.activation<silu>} : (tensor<?x64xf32>, tensor<5xi32>, tensor<4x32x64xf32>, tensor<4x64x32xf32>, tensor<4x32xf32>) -> tensor<?x64xf32>
+  return
+}
+
+// -----
+
+func.func @non_gated_with_gate_up_bias(%x: tensor<?x64xf32>, %o: tensor<5xi32>, %g: tensor<4x32x64xf32>, %u: tensor<4x32x64xf32>, %d: tensor<4x64x32xf32>, %gu: tensor<4x64x64xf32>, %b: tensor<4x32xf32>, %gub: tensor<4x64xf32>) {
+  // expected-error @+1 {{'gate_up_bias' given with 'non_gated'}}
+  %0 = moe.expert_ffn %x, %o non_gated up(%u) down(%d) gate_up_bias(%gub) {activation = #moe.activation<silu>} : (tensor<?x64xf32>, tensor<5xi32>, tensor<4x32x64xf32>, tensor<4x64x32xf32>, tensor<4x64xf32>) -> tensor<?x64xf32>
+  return
+}
+
+// -----
+
+func.func @non_gated_without_up(%x: tensor<?x64xf32>, %o: tensor<5xi32>, %g: tensor<4x32x64xf32>, %u: tensor<4x32x64xf32>, %d: tensor<4x64x32xf32>, %gu: tensor<4x64x64xf32>, %b: tensor<4x32xf32>, %gub: tensor<4x64xf32>) {
+  // expected-error @+1 {{'non_gated' needs an 'up' projection (the input of the activation)}}
+  %0 = moe.expert_ffn %x, %o non_gated down(%d) {activation = #moe.activation<relu>} : (tensor<?x64xf32>, tensor<5xi32>, tensor<4x64x32xf32>) -> tensor<?x64xf32>
+  return
+}
+
+// -----
+
+func.func @non_gated_swiglu(%x: tensor<?x64xf32>, %o: tensor<5xi32>, %g: tensor<4x32x64xf32>, %u: tensor<4x32x64xf32>, %d: tensor<4x64x32xf32>, %gu: tensor<4x64x64xf32>, %b: tensor<4x32xf32>, %gub: tensor<4x64xf32>) {
+  // expected-error @+1 {{activation 'swiglu_clamped' needs a gate; 'non_gated' takes silu, gelu, gelu_tanh or relu}}
+  %0 = moe.expert_ffn %x, %o non_gated up(%u) down(%d) {activation = #moe.activation<swiglu_clamped>} : (tensor<?x64xf32>, tensor<5xi32>, tensor<4x32x64xf32>, tensor<4x64x32xf32>) -> tensor<?x64xf32>
+  return
+}
+
+// -----
+
+func.func @non_gated_interleaved(%x: tensor<?x64xf32>, %o: tensor<5xi32>, %g: tensor<4x32x64xf32>, %u: tensor<4x32x64xf32>, %d: tensor<4x64x32xf32>, %gu: tensor<4x64x64xf32>, %b: tensor<4x32xf32>, %gub: tensor<4x64xf32>) {
+  // expected-error @+1 {{'gate_up_layout' interleaved needs a fused 'gate_up' projection ('non_gated' has none)}}
+  %0 = moe.expert_ffn %x, %o non_gated up(%u) down(%d) {activation = #moe.activation<relu>, gate_up_layout = #moe.gate_up_layout<interleaved>} : (tensor<?x64xf32>, tensor<5xi32>, tensor<4x32x64xf32>, tensor<4x64x32xf32>) -> tensor<?x64xf32>
+  return
+}
+
+// -----
+
+func.func @up_without_gate(%x: tensor<?x64xf32>, %o: tensor<5xi32>, %g: tensor<4x32x64xf32>, %u: tensor<4x32x64xf32>, %d: tensor<4x64x32xf32>, %gu: tensor<4x64x64xf32>, %b: tensor<4x32xf32>, %gub: tensor<4x64xf32>) {
+  // expected-error @+1 {{'up' needs its partner 'gate' (or 'non_gated' for down(act(up x)))}}
+  %0 = moe.expert_ffn %x, %o up(%u) down(%d) {activation = #moe.activation<silu>} : (tensor<?x64xf32>, tensor<5xi32>, tensor<4x32x64xf32>, tensor<4x64x32xf32>) -> tensor<?x64xf32>
+  return
+}
+
+// -----
+
+// Non-gated shapes: 'up' reads the hidden size, 'down' reads up's width,
+// the up bias is [E, I].
+func.func @non_gated_up_hidden(%x: tensor<?x64xf32>, %o: tensor<5xi32>, %u: tensor<4x32x48xf32>, %d: tensor<4x64x32xf32>) {
+  // expected-error @+1 {{'up' input size must be the hidden size of 'input' (64), got 48}}
+  %0 = moe.expert_ffn %x, %o non_gated up(%u) down(%d) {activation = #moe.activation<relu>} : (tensor<?x64xf32>, tensor<5xi32>, tensor<4x32x48xf32>, tensor<4x64x32xf32>) -> tensor<?x64xf32>
+  return
+}
+
+// -----
+
+func.func @non_gated_down_width(%x: tensor<?x64xf32>, %o: tensor<5xi32>, %u: tensor<4x32x64xf32>, %d: tensor<4x64x16xf32>) {
+  // expected-error @+1 {{'down' has intermediate size (input side) = 16 but the gate/up projection has 32}}
+  %0 = moe.expert_ffn %x, %o non_gated up(%u) down(%d) {activation = #moe.activation<relu>} : (tensor<?x64xf32>, tensor<5xi32>, tensor<4x32x64xf32>, tensor<4x64x16xf32>) -> tensor<?x64xf32>
+  return
+}
+
+// -----
+
+func.func @non_gated_up_bias(%x: tensor<?x64xf32>, %o: tensor<5xi32>, %u: tensor<4x32x64xf32>, %d: tensor<4x64x32xf32>, %b: tensor<4x64xf32>) {
+  // expected-error @+1 {{'up_bias' dimension 1 (intermediate size) must be 32, got 64}}
+  %0 = moe.expert_ffn %x, %o non_gated up(%u) down(%d) up_bias(%b) {activation = #moe.activation<relu>} : (tensor<?x64xf32>, tensor<5xi32>, tensor<4x32x64xf32>, tensor<4x64x32xf32>, tensor<4x64xf32>) -> tensor<?x64xf32>
+  return
+}
+
+// -----
+
+func.func @non_gated_ffn_gate(%x: tensor<?x64xf32>, %g: tensor<32x64xf32>, %d: tensor<64x32xf32>) {
+  // expected-error @+1 {{'moe.ffn' op 'gate' given with 'non_gated'}}
+  %0 = moe.ffn %x non_gated gate(%g) up(%g) down(%d) {activation = #moe.activation<silu>} : (tensor<?x64xf32>, tensor<32x64xf32>, tensor<32x64xf32>, tensor<64x32xf32>) -> tensor<?x64xf32>
+  return
+}

@@ -147,6 +147,27 @@ func.func @experts(%xs: tensor<?x64xbf16>, %off: tensor<5xi32>,
   return %5 : tensor<?x64xf16>
 }
 
+// Non-gated experts (BlockFFN, Switch/T5): up and down only, the keyword
+// round-trips; relu also as a gated activation (ReGLU).
+// CHECK-LABEL: func.func @non_gated
+// CHECK: moe.expert_ffn %{{.*}}, %{{.*}} non_gated up(%{{.*}}) down(%{{.*}}) {activation = #moe.activation<silu>} : (tensor<?x64xbf16>, tensor<5xi32>, tensor<4x32x64xbf16>, tensor<4x64x32xbf16>) -> tensor<?x64xbf16>
+// CHECK: moe.expert_ffn %{{.*}}, %{{.*}} non_gated up(%{{.*}}) down(%{{.*}}) up_bias(%{{.*}}) down_bias(%{{.*}}) {activation = #moe.activation<relu>}
+// CHECK: moe.expert_ffn %{{.*}}, %{{.*}} non_gated up(%{{.*}}) down(%{{.*}}) {activation = #moe.activation<gelu>, weight_layout = #moe.weight_layout<in_out>}
+// CHECK: moe.expert_ffn %{{.*}}, %{{.*}} gate(%{{.*}}) up(%{{.*}}) down(%{{.*}}) {activation = #moe.activation<relu>}
+// CHECK: moe.ffn %{{.*}} non_gated up(%{{.*}}) down(%{{.*}}) up_bias(%{{.*}}) {activation = #moe.activation<gelu_tanh>} : (tensor<?x64xbf16>, tensor<32x64xbf16>, tensor<64x32xbf16>, tensor<32xbf16>) -> tensor<?x64xbf16>
+func.func @non_gated(%xs: tensor<?x64xbf16>, %off: tensor<5xi32>,
+                     %u: tensor<4x32x64xbf16>, %d: tensor<4x64x32xbf16>,
+                     %ub: tensor<4x32xbf16>, %db: tensor<4x64xbf16>,
+                     %ui: tensor<4x64x32xbf16>, %di: tensor<4x32x64xbf16>,
+                     %su: tensor<32x64xbf16>, %sd: tensor<64x32xbf16>, %sb: tensor<32xbf16>) -> tensor<?x64xbf16> {
+  %0 = moe.expert_ffn %xs, %off non_gated up(%u) down(%d) {activation = #moe.activation<silu>} : (tensor<?x64xbf16>, tensor<5xi32>, tensor<4x32x64xbf16>, tensor<4x64x32xbf16>) -> tensor<?x64xbf16>
+  %1 = moe.expert_ffn %0, %off non_gated up(%u) down(%d) up_bias(%ub) down_bias(%db) {activation = #moe.activation<relu>} : (tensor<?x64xbf16>, tensor<5xi32>, tensor<4x32x64xbf16>, tensor<4x64x32xbf16>, tensor<4x32xbf16>, tensor<4x64xbf16>) -> tensor<?x64xbf16>
+  %2 = moe.expert_ffn %1, %off non_gated up(%ui) down(%di) {activation = #moe.activation<gelu>, weight_layout = #moe.weight_layout<in_out>} : (tensor<?x64xbf16>, tensor<5xi32>, tensor<4x64x32xbf16>, tensor<4x32x64xbf16>) -> tensor<?x64xbf16>
+  %3 = moe.expert_ffn %2, %off gate(%u) up(%u) down(%d) {activation = #moe.activation<relu>} : (tensor<?x64xbf16>, tensor<5xi32>, tensor<4x32x64xbf16>, tensor<4x32x64xbf16>, tensor<4x64x32xbf16>) -> tensor<?x64xbf16>
+  %4 = moe.ffn %3 non_gated up(%su) down(%sd) up_bias(%sb) {activation = #moe.activation<gelu_tanh>} : (tensor<?x64xbf16>, tensor<32x64xbf16>, tensor<64x32xbf16>, tensor<32xbf16>) -> tensor<?x64xbf16>
+  return %4 : tensor<?x64xbf16>
+}
+
 // CHECK-LABEL: func.func @lora
 // CHECK: moe.lora_mixture %{{.*}} base(%{{.*}}) base_bias(%{{.*}}) lora(%{{.*}}, %{{.*}}) routing(%{{.*}}, %{{.*}}) {scales = [2.000000e+00 : f32, 5.000000e-01 : f32, 1.000000e+00 : f32, 1.000000e+00 : f32]}
 // CHECK: moe.lora_mixture %{{.*}} base(%{{.*}}) lora(%{{.*}}, %{{.*}}) {scales = [2.000000e+00 : f32]} : (tensor<?x64xf32>, tensor<48x64xf32>, tensor<1x8x64xf32>, tensor<1x48x8xf32>) -> tensor<?x48xf32>

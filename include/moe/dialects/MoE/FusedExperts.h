@@ -25,7 +25,7 @@ namespace mlir::moe {
 ///   [ + ffn(x) [ row_scale by sigmoid(router_linear(x, wg [bias bg])) ] ]
 /// with the sum's operands in either order; each weight of the routed
 /// experts' gate, up, gate_up and down may be moe.low_rank(a, b) of two
-/// weights.
+/// weights (gated experts only). Either FFN may be non_gated.
 struct FusedExpertsBody {
   PermuteOp permute;
   ExpertFFNOp routed;

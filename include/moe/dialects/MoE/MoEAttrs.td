@@ -14,10 +14,12 @@ def MoE_ActSilu : I32EnumAttrCase<"silu", 0>;
 def MoE_ActGelu : I32EnumAttrCase<"gelu", 1>;
 def MoE_ActGeluTanh : I32EnumAttrCase<"gelu_tanh", 2>;
 def MoE_ActSwigluClamped : I32EnumAttrCase<"swiglu_clamped", 3>;
+def MoE_ActRelu : I32EnumAttrCase<"relu", 4>;
 def MoE_Activation : I32EnumAttr<"Activation",
-    "activation of a gated FFN: silu, gelu (erf), gelu_tanh, or gpt-oss's "
-    "clamped swiglu",
-    [MoE_ActSilu, MoE_ActGelu, MoE_ActGeluTanh, MoE_ActSwigluClamped]> {
+    "activation of an FFN: silu, gelu (erf), gelu_tanh, relu, or gpt-oss's "
+    "clamped swiglu (gated only)",
+    [MoE_ActSilu, MoE_ActGelu, MoE_ActGeluTanh, MoE_ActSwigluClamped,
+     MoE_ActRelu]> {
   let genSpecializedAttr = 0;
   let cppNamespace = "::mlir::moe";
 }

@@ -526,9 +526,22 @@ class MoE_GatedFFNOp<string mnemonic, string sum, string desc,
     biases are `[.., out]`.
 
     Activations: `silu` (`down(silu(g) * u)`), `gelu` (erf form),
-    `gelu_tanh`, and `swiglu_clamped` (gpt-oss: `g = min(g, limit)`,
-    `u = clamp(u, -limit, limit)`, `out = down((u + 1) * g * sigmoid(alpha * g))`).
+    `gelu_tanh`, `relu` (ReGLU), and `swiglu_clamped` (gpt-oss:
+    `g = min(g, limit)`, `u = clamp(u, -limit, limit)`,
+    `out = down((u + 1) * g * sigmoid(alpha * g))`).
     Accumulation is in f32; the result has the input's type.
+
+    Non-gated form (`non_gated`): `out = down(act(up x + up_bias)) +
+    down_bias`, one projection before the activation (BlockFFN:
+    `down(silu(up x))`; Switch/T5 and SMoE-Dropout: `down(relu(up x + b))`
+    or gelu). It takes `up` and `down` (and their optional biases) only: a
+    `gate`, `gate_up`, `gate_bias` or `gate_up_bias` is an error, and the
+    activation is one of `silu`, `gelu`, `gelu_tanh`, `relu` (clamped
+    swiglu needs a gate). The keyword is explicit, not implied by a missing
+    `gate`, so that a gated FFN that lost its gate stays an error and the
+    printed IR says which function is computed. The kernels compute the
+    `up` projection only (half the first GEMM of a gated FFN of the same
+    width).
   }];
   let arguments = !con(extraIns, (ins
       Optional<MoE_Tensor>:$gate, Optional<MoE_Tensor>:$up,
@@ -539,20 +552,29 @@ class MoE_GatedFFNOp<string mnemonic, string sum, string desc,
       DefaultValuedAttr<MoE_GateUpLayoutAttr, "::mlir::moe::GateUpLayout::concat">:$gate_up_layout,
       DefaultValuedAttr<MoE_WeightLayoutAttr, "::mlir::moe::WeightLayout::out_in">:$weight_layout,
       DefaultValuedAttr<F32Attr, "1.702">:$alpha,
-      DefaultValuedAttr<F32Attr, "7.0">:$limit));
+      DefaultValuedAttr<F32Attr, "7.0">:$limit, UnitAttr:$non_gated));
   let results = (outs MoE_Tensor:$result);
   let hasVerifier = 1;
 }
 
 def MoE_ExpertFFNOp : MoE_GatedFFNOp<"expert_ffn",
-    "E gated FFNs applied to rows grouped by expert", [{
+    "E FFNs (gated, or non-gated) applied to rows grouped by expert", [{
     `input : [R, H]` holds rows grouped by expert as `moe.permute` produced
     them; rows `offsets[e] .. offsets[e+1]` go through expert `e`. Each
     projection carries a leading expert dimension `E`:
     `gate/up : [E, I, H]`, `down : [E, H, I]` (`out_in`).
+
+    ```mlir
+    // BlockFFN's experts: down(silu(up x)), no gate projection.
+    %ys = moe.expert_ffn %xs, %offsets non_gated up(%w_up) down(%w_down)
+        {activation = #moe.activation<silu>}
+        : (tensor<?x64xbf16>, tensor<5xi32>, tensor<4x128x64xbf16>,
+           tensor<4x64x128xbf16>) -> tensor<?x64xbf16>
+    ```
   }], (ins MoE_Tensor:$input, MoE_I32Vector:$offsets)> {
   let assemblyFormat = [{
     $input `,` $offsets
+    (`non_gated` $non_gated^)?
     (`gate` `(` $gate^ `)`)? (`up` `(` $up^ `)`)? (`gate_up` `(` $gate_up^ `)`)?
     `down` `(` $down `)`
     (`gate_bias` `(` $gate_bias^ `)`)? (`up_bias` `(` $up_bias^ `)`)?
@@ -562,13 +584,14 @@ def MoE_ExpertFFNOp : MoE_GatedFFNOp<"expert_ffn",
 }
 
 def MoE_FFNOp : MoE_GatedFFNOp<"ffn",
-    "one dense gated FFN applied to every token (shared experts)", [{
+    "one dense FFN (gated, or non-gated) applied to every token (shared experts)", [{
     `input : [T, H]`, `gate/up : [I, H]`, `down : [H, I]` (`out_in`). Shared
     experts: DeepSeek's `n_shared_experts` are one FFN of
     `n_shared_experts * moe_intermediate_size`.
   }], (ins MoE_Tensor:$input)> {
   let assemblyFormat = [{
     $input
+    (`non_gated` $non_gated^)?
     (`gate` `(` $gate^ `)`)? (`up` `(` $up^ `)`)? (`gate_up` `(` $gate_up^ `)`)?
     `down` `(` $down `)`
     (`gate_bias` `(` $gate_bias^ `)`)? (`up_bias` `(` $up_bias^ `)`)?
