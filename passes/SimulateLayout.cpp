@@ -205,10 +205,15 @@ struct MoESimulateLayoutPass
                                  ? llvm::json::Value(crossTotal.fraction())
                                  : llvm::json::Value(nullptr)},
                             {"step_seconds", stepTotal}}}};
+    // "-" where the profile has no transitions (the report's null).
+    std::string crossTotalText =
+        crossTotal.total > 0
+            ? llvm::formatv("{0:F4}", crossTotal.fraction()).str()
+            : std::string("-");
     llvm::errs() << llvm::formatv(
         "moe-simulate-layout: total: balance {0:F4}, all-to-all bytes intra "
-        "{1} inter {2}, cross-GPU {3:F4}, step {4:e} s\n",
-        meanBalance, intraTotal, interTotal, crossTotal.fraction(), stepTotal);
+        "{1} inter {2}, cross-GPU {3}, step {4:e} s\n",
+        meanBalance, intraTotal, interTotal, crossTotalText, stepTotal);
     if (llvm::Error e = ::moe::writeFileAtomically(
             report, llvm::formatv("{0:2}", doc).str() + "\n")) {
       module.emitError(toString(std::move(e)));

@@ -40,6 +40,9 @@ def main():
     ap.add_argument("--zipf", type=float, default=1.2)
     ap.add_argument("--chain", type=float, default=0.8)
     ap.add_argument("--seed", type=int, default=1)
+    ap.add_argument("--no-transitions", action="store_true",
+                    help="leave out layer.L.transition (a profile recorded "
+                         "layer by layer)")
     a = ap.parse_args()
     rng = np.random.default_rng(a.seed)
     E, L, T = a.experts, a.layers, a.tokens
@@ -77,7 +80,7 @@ def main():
         tensors[pre + "logit_gram"] = ("F64", np.eye(E) * T)
         tensors[pre + "logit_sum"] = ("F64", np.zeros(E))
         tensors[pre + "output_norm_mass"] = ("F64", count)
-        if l + 1 < L:
+        if l + 1 < L and not a.no_transitions:
             tr = np.zeros((E, E))
             for t in range(T):
                 for i in sel[l, t]:
