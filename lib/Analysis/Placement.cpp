@@ -665,24 +665,16 @@ std::vector<double> loadBounds(ArrayRef<LayerLoad> layers, int64_t gpus,
       bound.push_back(INFINITY);
       continue;
     }
-    // The heaviest GPU of a count-balanced packing (heaviest expert first
-    // onto the lightest GPU with a free slot): a load every layer can meet,
+    // The heaviest GPU of a count-balanced packing (EPLB's, packItems; E is
+    // a multiple of the GPUs, checked above): a load every layer can meet,
     // where one hot expert alone outweighs maxBalance times the mean.
-    int64_t e = l.load.size(), cap = e / gpus;
-    std::vector<double> sorted(l.load.begin(), l.load.end());
-    std::sort(sorted.begin(), sorted.end(), std::greater<double>());
+    std::vector<int64_t> distinct(l.load.size()), pack, rank;
+    std::iota(distinct.begin(), distinct.end(), 0);
+    cantFail(packItems(l.load, distinct, gpus, /*refine=*/false, pack, rank),
+             "distinct labels never share a pack");
     std::vector<double> carried(gpus, 0.0);
-    std::vector<int64_t> used(gpus, 0);
-    for (double v : sorted) {
-      int64_t pick = -1;
-      for (int64_t g = 0; g < gpus; ++g)
-        if (used[g] < cap && (pick < 0 || carried[g] < carried[pick]))
-          pick = g;
-      if (pick < 0)
-        break;
-      carried[pick] += v;
-      ++used[pick];
-    }
+    for (size_t i = 0; i < pack.size(); ++i)
+      carried[pack[i]] += l.load[i];
     double packed = *std::max_element(carried.begin(), carried.end());
     bound.push_back(std::max(maxBalance * total / double(gpus), packed) *
                     (1 + 1e-12));
