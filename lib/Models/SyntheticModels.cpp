@@ -871,7 +871,7 @@ Error writeSyntheticModel(const SyntheticOptions &opts, StringRef outDir) {
   if (exists && !opts.overwrite && !isEmptyDirectory(outDir))
     return createStringError(outDir +
                              ": refusing to overwrite a non-empty folder "
-                             "(set SyntheticOptions::overwrite)");
+                             "(moe-import --synthetic --force replaces it)");
 
   SmallString<256> absolute(outDir);
   if (std::error_code ec = sys::fs::make_absolute(absolute))

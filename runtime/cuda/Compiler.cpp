@@ -153,6 +153,13 @@ Status validateArch(const std::string &arch, const NvrtcApi *nvrtc) {
         "invalid GPU architecture '" + arch +
         "': expected sm_XX, sm_XXa, sm_XXf or compute_XX (for example "
         "sm_90a for the H100 and H200)");
+  // The kernels use bf16 tensor-core instructions (mma.sync m16n8k16 with
+  // bf16 operands) and bf16 conversions, which start with sm_80: refused
+  // here rather than through pages of ptxas errors.
+  if (std::stoi(match[2].str()) < 80)
+    return Status::error("GPU architecture '" + arch +
+                         "' is not supported: the kernels need sm_80 or "
+                         "newer (bf16 tensor-core instructions)");
   if (!nvrtc)
     return Status::success();
   std::vector<int> supported = nvrtc->supportedArchs();

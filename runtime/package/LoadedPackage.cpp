@@ -257,7 +257,8 @@ Status externalTensorError(const LoadedPackage::State &s, size_t tensor) {
       weightLabel(s.tensors[tensor].ref) + ") has no data in the package '" +
       s.directory +
       "' (a shape-only package, compiled with --weights none): bind it "
-      "before running (Model::bindTensor, moe_model_bind_tensor)");
+      "before running: Package.bind_tensor in Python, Model::bindTensor in "
+      "C++, moe_model_bind_tensor in C, or moe-bench --random-weights");
 }
 } // namespace
 

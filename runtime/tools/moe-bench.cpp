@@ -40,12 +40,34 @@ using moe::runtime::Expected;
 using moe::runtime::Status;
 
 namespace {
+const char *const kUsage =
+    "usage: moe-bench PKG [--backend auto|cuda|emu] [--tokens 1,8,64] "
+    "[--repeat N] [--check DIR] [--random-weights SEED] [--json FILE]\n";
+
 int usage() {
-  std::fprintf(stderr,
-               "usage: moe-bench PKG [--backend auto|cuda|emu] "
-               "[--tokens 1,8,64] [--repeat N] [--check DIR] "
-               "[--random-weights SEED] [--json FILE]\n");
+  std::fputs(kUsage, stderr);
   return 2;
+}
+
+int help() {
+  std::fputs(kUsage, stdout);
+  std::fputs(
+      "\nTimes every MoE layer of a package (moe-compile's output) on random "
+      "inputs.\n\n"
+      "  --backend B          auto (cuda when a GPU is present, else emu), "
+      "cuda or emu; default auto\n"
+      "  --tokens LIST        token counts to run, comma-separated positive "
+      "integers; default 1,8,64\n"
+      "  --repeat N           runs per layer and token count (1 to 1000000); "
+      "the median is printed; default 20\n"
+      "  --check DIR          compare outputs with DIR/y_L_T.f32 for inputs "
+      "DIR/x_T.f32 (raw float32, bench/gpu/prepare.sh)\n"
+      "  --random-weights S   bind tensors without data (a shape-only "
+      "package) to random values from seed S\n"
+      "  --json FILE          also write the rows as JSON\n"
+      "  -h, --help           print this help\n",
+      stdout);
+  return 0;
 }
 
 int fail(const std::string &message) {
@@ -238,23 +260,50 @@ int main(int argc, char **argv) {
   Options o;
   for (int i = 1; i < argc; ++i) {
     std::string a = argv[i];
-    if (a == "--backend" && i + 1 < argc)
-      o.backend = argv[++i];
-    else if (a == "--tokens" && i + 1 < argc)
-      o.tokensList = argv[++i];
-    else if (a == "--repeat" && i + 1 < argc)
-      o.repeat = std::max(1, std::atoi(argv[++i]));
-    else if (a == "--check" && i + 1 < argc)
-      o.check = argv[++i];
-    else if (a == "--json" && i + 1 < argc)
-      o.json = argv[++i];
-    else if (a == "--random-weights" && i + 1 < argc) {
+    const bool takesValue = a == "--backend" || a == "--tokens" ||
+                            a == "--repeat" || a == "--check" ||
+                            a == "--json" || a == "--random-weights";
+    const char *v = takesValue && i + 1 < argc ? argv[++i] : nullptr;
+    if (takesValue && !v)
+      return fail(a + " needs a value"), usage();
+    if (a == "--help" || a == "-h")
+      return help();
+    if (a == "--backend") {
+      o.backend = v;
+      if (o.backend != "auto" && o.backend != "cuda" && o.backend != "emu")
+        return fail("unknown --backend '" + o.backend +
+                    "' (expected auto, cuda or emu)");
+    } else if (a == "--tokens") {
+      o.tokensList = v;
+    } else if (a == "--repeat") {
+      char *endp = nullptr;
+      long long n = std::strtoll(v, &endp, 10);
+      if (!*v || *endp || n < 1 || n > 1000000)
+        return fail(std::string("bad --repeat '") + v +
+                    "' (expected an integer from 1 to 1000000)");
+      o.repeat = static_cast<int>(n);
+    } else if (a == "--check") {
+      o.check = v;
+    } else if (a == "--json") {
+      o.json = v;
+    } else if (a == "--random-weights") {
+      char *endp = nullptr;
+      unsigned long long n = std::strtoull(v, &endp, 10);
+      if (!*v || *endp || *v == '-' || n > 0xffffffffull)
+        return fail(std::string("bad --random-weights '") + v +
+                    "' (expected a seed from 0 to 4294967295)");
       o.randomWeights = true;
-      o.seed = static_cast<unsigned>(std::strtoul(argv[++i], nullptr, 10));
-    } else if (!a.empty() && a[0] == '-')
-      return usage();
-    else
+      o.seed = static_cast<unsigned>(n);
+    } else if (!a.empty() && a[0] == '-') {
+      return fail("unknown option '" + a + "' (moe-bench --help lists them)"),
+             usage();
+    } else if (!o.pkg.empty()) {
+      return fail("more than one package given ('" + o.pkg + "' and '" + a +
+                  "')"),
+             usage();
+    } else {
       o.pkg = a;
+    }
   }
   if (o.pkg.empty())
     return usage();

@@ -1057,8 +1057,9 @@ TEST(Package, AShapeOnlyPackageStoresTheConstantsAndDescribesTheRest) {
             "weight tensor 0 (\"model.layers.0.mlp.gate.weight\" [4, 8] f32) "
             "has no data in the package '" + dir +
                 "' (a shape-only package, compiled with --weights none): "
-                "bind it before running (Model::bindTensor, "
-                "moe_model_bind_tensor)");
+                "bind it before running: Package.bind_tensor in Python, "
+                "Model::bindTensor in C++, moe_model_bind_tensor in C, or "
+                "moe-bench --random-weights");
   // The executor's provider says the same; the constant still has values.
   moe::WeightBytesProvider provider = p->weightProvider();
   Expected<moe::WeightBytes> fromProvider =

@@ -328,6 +328,16 @@ TEST(Compiler, ValidatesTheArchitecture) {
     EXPECT_FALSE(s.ok()) << bad;
     EXPECT_TRUE(contains(s.message(), "invalid GPU architecture")) << bad;
   }
+  // Architectures older than the kernels' instructions are refused with the
+  // reason, before NVRTC runs.
+  for (const char *old : {"sm_75", "compute_70", "sm_61"}) {
+    Status s = validateArch(old);
+    EXPECT_FALSE(s.ok()) << old;
+    EXPECT_TRUE(contains(s.message(), "the kernels need sm_80 or newer"))
+        << s.message();
+  }
+  EXPECT_TRUE(validateArch("sm_80").ok());
+  EXPECT_TRUE(validateArch("sm_90a").ok());
   // A well-formed but unknown architecture names those NVRTC supports.
   CompileRequest r = smallRequest();
   r.arch = "sm_91";

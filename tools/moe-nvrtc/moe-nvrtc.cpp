@@ -24,10 +24,27 @@
 #include <vector>
 
 namespace {
+const char *const kUsage =
+    "usage: moe-nvrtc KERNELS.cu [--arch sm_90a[,sm_80,...]] [-o DIR]\n";
+
 int usage() {
-  std::cerr << "usage: moe-nvrtc KERNELS.cu [--arch sm_90a[,sm_80,...]] "
-               "[-o DIR]\n";
+  std::cerr << kUsage;
   return 2;
+}
+
+int help() {
+  std::cout << kUsage
+            << "\nCompiles a kernel source written by `moe-translate "
+               "--moe-to-cuda` with NVRTC\n(through the kernel cache; no "
+               "GPU needed) and prints, per kernel, what ptxas\nreported: "
+               "registers, spill stores and loads, static shared memory.\n\n"
+               "  --arch LIST   architectures, comma-separated: sm_XX, sm_XXa, "
+               "sm_XXf or compute_XX,\n                sm_80 or newer; "
+               "default sm_90a\n"
+               "  -o DIR        write DIR/kernels.<arch>.cubin for each "
+               "architecture\n"
+               "  -h, --help    print this help\n";
+  return 0;
 }
 } // namespace
 
@@ -35,22 +52,48 @@ int main(int argc, char **argv) {
   std::string input, archs = "sm_90a", outDir;
   for (int i = 1; i < argc; ++i) {
     std::string a = argv[i];
-    if ((a == "--arch" || a == "-arch") && i + 1 < argc)
+    if ((a == "--arch" || a == "-arch" || a == "-o") && i + 1 >= argc)
+      return std::cerr << "moe-nvrtc: error: " << a << " needs a value\n",
+             usage();
+    if (a == "--arch" || a == "-arch")
       archs = argv[++i];
     else if (a.rfind("--arch=", 0) == 0)
       archs = a.substr(7);
-    else if (a == "-o" && i + 1 < argc)
+    else if (a == "-o")
       outDir = argv[++i];
     else if (a == "--help" || a == "-h")
-      return usage();
+      return help();
     else if (!a.empty() && a[0] == '-')
-      return std::cerr << "moe-nvrtc: error: unknown option '" << a << "'\n",
+      return std::cerr << "moe-nvrtc: error: unknown option '" << a
+                       << "' (moe-nvrtc --help lists them)\n",
+             usage();
+    else if (!input.empty())
+      return std::cerr << "moe-nvrtc: error: more than one input ('" << input
+                       << "' and '" << a << "')\n",
              usage();
     else
       input = a;
   }
   if (input.empty())
     return usage();
+  // Every architecture is checked before the first compile (the
+  // unsupported ones with their reason).
+  {
+    std::stringstream list(archs);
+    std::string arch;
+    bool any = false;
+    while (std::getline(list, arch, ',')) {
+      any = true;
+      if (moe::runtime::Status s = moe::runtime::validateArch(arch))
+        return std::cerr << "moe-nvrtc: error: --arch: " << s.message()
+                         << "\n",
+               1;
+    }
+    if (!any)
+      return std::cerr << "moe-nvrtc: error: --arch is empty (expected "
+                          "sm_90a or a comma-separated list)\n",
+             1;
+  }
   std::ifstream in(input, std::ios::binary);
   if (!in)
     return std::cerr << "moe-nvrtc: error: cannot read " << input << ": "

@@ -9,6 +9,7 @@
 #include "moe/lib/Weights/InputFile.h"
 
 #include "mlir/Tools/mlir-translate/MlirTranslateMain.h"
+#include "llvm/Support/CommandLine.h"
 
 int main(int argc, char **argv) {
   // Hostile nesting would overflow the parser's stack: check the input
@@ -27,6 +28,16 @@ int main(int argc, char **argv) {
                    << llvm::toString(buffer.takeError()) << "\n";
       return 1;
     }
+  }
+  // The options registered so far are LLVM's own (every backend linked
+  // into libLLVM: AMDGPU, x86, ...); none applies to moe-translate. Hide
+  // them from --help (they still parse); the translation's options,
+  // registered inside mlirTranslateMain, stay listed.
+  for (auto &entry : llvm::cl::getRegisteredOptions()) {
+    llvm::StringRef name = entry.first;
+    if (name.starts_with("help") || name == "version")
+      continue;
+    entry.second->setHiddenFlag(llvm::cl::ReallyHidden);
   }
   moe::registerMoEToCudaTranslation();
   return mlir::failed(
