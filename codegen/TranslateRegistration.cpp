@@ -24,8 +24,11 @@ void registerMoEToCudaTranslation() {
           return op->emitError("expected a module");
         llvm::Expected<ModulePlan> plan = emitCudaModule(module);
         if (!plan) {
+          // Reported at the module's location without the module attached
+          // (emitting on the op would print all of it, in generic form);
+          // the message names the op and its location.
           std::string message = llvm::toString(plan.takeError());
-          return op->emitError() << message;
+          return mlir::emitError(op->getLoc()) << message;
         }
         os << plan->source;
         return mlir::success();
