@@ -93,7 +93,8 @@ static cl::opt<std::string> ranksList(
     cl::value_desc("r,r,..."), cl::cat(category));
 static cl::opt<bool> force("force", cl::desc("Replace an existing package"),
                            cl::init(false), cl::cat(category));
-static cl::opt<bool> quiet("q", cl::desc("Print the summary only"),
+static cl::opt<bool> quiet("q", cl::desc("Print the summary only: no progress "
+                                          "lines and no line per kernel"),
                            cl::init(false), cl::cat(category));
 
 static int fail(const Twine &message) {
@@ -299,13 +300,17 @@ int compilePackage(mlir::ModuleOp module, const std::string &irPathForWeights,
            << format("%.1f", externalBytes / 1048576.0)
            << " MiB, to bind at run time)";
   outs() << "\n";
-  for (const auto &r : contents.resources)
+  // -q keeps the summary: the per-kernel lines are left out.
+  for (const auto &r : contents.resources) {
+    if (quiet)
+      break;
     outs() << format("  %-26s %-7s %3d registers, %lld/%lld bytes spilled "
                      "(stores/loads), %lld bytes static shared\n",
                      r.name.c_str(), r.arch.c_str(), r.registers,
                      static_cast<long long>(r.spillStoresBytes),
                      static_cast<long long>(r.spillLoadsBytes),
                      static_cast<long long>(r.sharedBytes));
+  }
   moe::runtime::KernelCacheStats cacheStats =
       moe::runtime::compileCachedStats();
   outs() << format("  time: %.2f s in all, %.2f s of NVRTC work (summed over "
