@@ -15,6 +15,7 @@
 #include "mlir/IR/IRMapping.h"
 
 #include "llvm/ADT/SetVector.h"
+#include "llvm/ADT/SmallPtrSet.h"
 
 namespace mlir::moe {
 #define GEN_PASS_DEF_MOEFUSEROUTING
@@ -27,6 +28,26 @@ bool isRouterOp(Operation *op) { return isa<RouterOpInterface>(op); }
 
 /// Ops without operands that a fused body may carry: weights and constants.
 bool isLeaf(Operation *op) { return isa<WeightOp, arith::ConstantOp>(op); }
+
+/// A router op that `op` reads, directly or through other ops of its block
+/// (then `op` sits inside a router without being a router op); null if
+/// none.
+Operation *routerOpAbove(Operation *op) {
+  llvm::SmallPtrSet<Operation *, 16> seen;
+  SmallVector<Operation *> worklist = {op};
+  while (!worklist.empty()) {
+    Operation *cur = worklist.pop_back_val();
+    for (Value v : cur->getOperands()) {
+      Operation *def = v.getDefiningOp();
+      if (!def || def->getBlock() != op->getBlock() || !seen.insert(def).second)
+        continue;
+      if (isRouterOp(def))
+        return def;
+      worklist.push_back(def);
+    }
+  }
+  return nullptr;
+}
 
 /// Fuses the router computing (`ids`, `weights`) for `anchor` (a
 /// moe.dispatch, replaced by the fused op, or a moe.lora_mixture, which then
@@ -44,19 +65,38 @@ void fuseRouter(Operation *anchor, Value ids, Value weights,
   // routing is given, one of the function's three arguments).
   llvm::SetVector<Operation *> slice;
   llvm::SetVector<Value> leaves;
-  SmallVector<Value> worklist = {ids, weights};
+  // (value, the router op that reads it; null for the anchor's own).
+  SmallVector<std::pair<Value, Operation *>> worklist = {{ids, nullptr},
+                                                         {weights, nullptr}};
   while (!worklist.empty()) {
-    Value v = worklist.pop_back_val();
+    auto [v, reader] = worklist.pop_back_val();
     Operation *def = v.getDefiningOp();
     if (def && (isRouterOp(def) || isLeaf(def))) {
       if (def->getBlock() != anchor->getBlock())
         return refuse("the router is split across blocks");
       if (slice.insert(def))
-        llvm::append_range(worklist, def->getOperands());
+        for (Value operand : def->getOperands())
+          worklist.push_back({operand, def});
       continue;
     }
     if (def && !isa<RankedTensorType>(v.getType()))
       return refuse("the router reads a non-tensor value");
+    // A value read as scores (not as a projection's token input) that an op
+    // computes from a router op's result: that op sits inside the router
+    // without being a router op (say an arith.mulf scaling the logits).
+    bool tokenInput = reader && isa<RouterLinearOp>(reader) &&
+                      cast<RouterLinearOp>(reader).getInput() == v;
+    if (def && !tokenInput)
+      if (Operation *above = routerOpAbove(def)) {
+        InFlightDiagnostic diag = anchor->emitRemark();
+        diag << "moe-fuse-routing: not fused: '" << def->getName()
+             << "' is part of the router (it reads the result of '"
+             << above->getName()
+             << "') but is not a router op: only router ops, moe.weight and "
+                "constants fuse (a constant factor is moe.scale)";
+        diag.attachNote(def->getLoc()) << "the op is here";
+        return;
+      }
     leaves.insert(v);
   }
 

@@ -3,7 +3,7 @@
 # project built; no GPU): writes bench/gpu/prepared/, which bench/gpu/run.sh
 # uses on the GPU machine (carry that folder: git ignores it).
 #
-#   shapes/  the layer shapes of shared/reference/performance.md, each a
+#   shapes/  the five benchmark layer shapes (the shapes list below), each a
 #            shape-only package (moe-compile --weights none: kernels and
 #            sm_90a cubin for that shape, no weights; the GPU side binds the
 #            weights of a Hugging Face module built there) and the HF

@@ -76,9 +76,44 @@ static LogicalResult expectRoutingShape(Operation *op, Value v, StringRef name,
 
 /// Checks a selection's results: `[T, k]` ids and values for `[T, N]`
 /// scores.
+/// The op whose result `scores` is when that result is in slot order (a
+/// selection's values or moe.gather_scores, possibly through row-wise router
+/// ops that keep the width): a selection over it would return slot numbers
+/// as expert ids. Null when the scores are (as far as visible) per expert.
+static Operation *slotOrderedSource(Value scores) {
+  Value v = scores;
+  for (int depth = 0; depth < 64; ++depth) {
+    Operation *def = v.getDefiningOp();
+    if (!def)
+      return nullptr;
+    if (auto selection = dyn_cast<SelectionOpInterface>(def))
+      return selection.getSelectedValues() == v &&
+                     !selection.slotsAreCandidates()
+                 ? def
+                 : nullptr;
+    if (isa<GatherScoresOp>(def))
+      return def;
+    if (!isa<RouterOpInterface>(def) || def->getNumOperands() < 1 ||
+        def->getNumResults() != 1 || def->getOperand(0).getType() != v.getType())
+      return nullptr;
+    v = def->getOperand(0);
+  }
+  return nullptr;
+}
+
 static LogicalResult verifySelectionResults(Operation *op, Value input,
                                             Value ids, Value values,
                                             int64_t k, StringRef kName) {
+  if (Operation *source = slotOrderedSource(input)) {
+    InFlightDiagnostic diag = op->emitOpError();
+    diag << "selects from the slot-ordered output of '" << source->getName()
+         << "' (column s is a token's s-th chosen expert, not expert s), so "
+            "its ids would be slot numbers: select from the per-expert "
+            "scores, or post-process the selected values with moe.normalize, "
+            "moe.scale or moe.softmax";
+    diag.attachNote(source->getLoc()) << "the slot-ordered values come from here";
+    return diag;
+  }
   if (failed(expectDim(op, ids, "ids", 0, rows(input), "tokens")) ||
       failed(expectDim(op, values, "values", 0, rows(input), "tokens")) ||
       failed(expectDim(op, ids, "ids", 1, k, kName)) ||
@@ -300,6 +335,8 @@ LogicalResult ThresholdOp::verify() {
 }
 
 bool ExpertChoiceOp::readsOtherTokens() { return true; }
+
+bool ExpertChoiceOp::slotsAreCandidates() { return true; }
 
 LogicalResult ExpertChoiceOp::verify() {
   int64_t capacity = getCapacity();

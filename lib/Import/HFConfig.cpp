@@ -1,8 +1,8 @@
 //===- HFConfig.cpp - MoE blocks of Hugging Face checkpoints --------------===//
 //
 // Part of moe-opt. Reads config.json and finds each MoE block's tensors.
-// Routing rules follow shared/reference/routing-semantics.md; the tensor
-// names and config keys are listed in docs/hf-layouts.md.
+// Routing rules, tensor names and config keys follow docs/hf-layouts.md
+// (checked there against the transformers sources).
 //
 //===----------------------------------------------------------------------===//
 

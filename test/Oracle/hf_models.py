@@ -3,7 +3,7 @@
 #
 # Nothing here reads or imports the C++ sources under test. Each block is
 # written from the Hugging Face / DeepSeek reference code (see README.md for
-# the pointers) and from shared/reference/routing-semantics.md.
+# the pointers) and from the routing rules written down in docs/hf-layouts.md.
 #
 # Only Debian's python3 with python3-numpy is needed: safetensors files are
 # written and read by the few lines below, and bf16 rounding is done on the

@@ -137,6 +137,26 @@ func.func @two_inputs(%x: tensor<?x16xf32>, %bias: tensor<4xf32>) -> tensor<?x16
 
 // -----
 
+// Refused: an arith op between router ops (a user scaling the logits) is
+// named, with the router op it reads; the IR is left as it was.
+// CHECK-LABEL: func.func @arith_in_router
+// CHECK: arith.mulf
+// CHECK: moe.dispatch
+func.func @arith_in_router(%x: tensor<?x16xf32>) -> tensor<?x16xf32> {
+  %wg = moe.weight ["gate"] from ["m.safetensors"] : tensor<4x16xf32>
+  %l = moe.router_linear %x, %wg : (tensor<?x16xf32>, tensor<4x16xf32>) -> tensor<?x4xf32>
+  // expected-note @+1 {{the op is here}}
+  %s = arith.mulf %l, %l : tensor<?x4xf32>
+  %p = moe.softmax %s : tensor<?x4xf32>
+  %ids, %v = moe.topk %p {k = 2 : i64} : tensor<?x4xf32> -> tensor<?x2xi32>, tensor<?x2xf32>
+  // expected-remark @+1 {{moe-fuse-routing: not fused: 'arith.mulf' is part of the router (it reads the result of 'moe.router_linear') but is not a router op: only router ops, moe.weight and constants fuse (a constant factor is moe.scale)}}
+  %c, %off, %rows = moe.dispatch %ids {num_experts = 4 : i64} : tensor<?x2xi32> -> tensor<4xi32>, tensor<5xi32>, tensor<?xi32>
+  %y = moe.combine %x, %rows, %v : (tensor<?x16xf32>, tensor<?xi32>, tensor<?x2xf32>) -> tensor<?x16xf32>
+  return %y : tensor<?x16xf32>
+}
+
+// -----
+
 // Refused: permute and combine disagree on the routing weights.
 func.func @two_weights(%x: tensor<?x16xf32>) -> tensor<?x16xf32> {
   %wg = moe.weight ["gate"] from ["m.safetensors"] : tensor<4x16xf32>
@@ -152,15 +172,14 @@ func.func @two_weights(%x: tensor<?x16xf32>) -> tensor<?x16xf32> {
 
 // -----
 
-// A router that starts from scores computed elsewhere fuses from there: the
-// fused op reads that one tensor.
+// A router that starts from scores computed elsewhere (not from router ops:
+// an op between router ops is refused, @arith_in_router) fuses from there:
+// the fused op reads that one tensor.
 // CHECK-LABEL: func.func @from_scores
 // CHECK: %[[S:.*]] = arith.addf
 // CHECK: moe.fused_route %[[S]] {num_experts = 4 : i64} : tensor<?x4xf32>
 func.func @from_scores(%x: tensor<?x16xf32>, %extra: tensor<?x4xf32>) -> tensor<?x16xf32> {
-  %wg = moe.weight ["gate"] from ["m.safetensors"] : tensor<4x16xf32>
-  %l = moe.router_linear %x, %wg : (tensor<?x16xf32>, tensor<4x16xf32>) -> tensor<?x4xf32>
-  %sum = arith.addf %l, %extra : tensor<?x4xf32>
+  %sum = arith.addf %extra, %extra : tensor<?x4xf32>
   %ids, %v = moe.topk %sum {k = 2 : i64} : tensor<?x4xf32> -> tensor<?x2xi32>, tensor<?x2xf32>
   %c, %off, %rows = moe.dispatch %ids {num_experts = 4 : i64} : tensor<?x2xi32> -> tensor<4xi32>, tensor<5xi32>, tensor<?xi32>
   %y = moe.combine %x, %rows, %v : (tensor<?x16xf32>, tensor<?xi32>, tensor<?x2xf32>) -> tensor<?x16xf32>
@@ -286,10 +305,8 @@ func.func @given_direct(%x: tensor<?x16xf32>, %gi: tensor<?x2xi32>, %gw: tensor<
 // The given ids with weights computed from the tokens: not one of the
 // given-routing forms (a router reads one token tensor).
 func.func @given_mixed(%x: tensor<?x16xf32>, %gi: tensor<?x2xi32>, %gw: tensor<?x2xf32>) -> tensor<?x16xf32> {
-  %wg = moe.weight ["gate"] from ["m.safetensors"] : tensor<4x16xf32>
-  %l = moe.router_linear %x, %wg : (tensor<?x16xf32>, tensor<4x16xf32>) -> tensor<?x4xf32>
-  %e = arith.mulf %l, %l : tensor<?x4xf32>
-  %w = moe.gather_scores %e, %gi : tensor<?x4xf32>, tensor<?x2xi32> -> tensor<?x2xf32>
+  %e = arith.negf %x : tensor<?x16xf32>
+  %w = moe.gather_scores %e, %gi : tensor<?x16xf32>, tensor<?x2xi32> -> tensor<?x2xf32>
   // expected-remark @+1 {{moe-fuse-routing: not fused: the router reads the given routing (the function's ids and weights arguments) and a value computed in the function}}
   %c, %off, %rows = moe.dispatch %gi {num_experts = 4 : i64} : tensor<?x2xi32> -> tensor<4xi32>, tensor<5xi32>, tensor<?xi32>
   %xs = moe.permute %x, %rows, %w : (tensor<?x16xf32>, tensor<?xi32>, tensor<?x2xf32>) -> tensor<?x16xf32>

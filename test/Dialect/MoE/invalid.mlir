@@ -1285,3 +1285,16 @@ func.func @non_gated_ffn_gate(%x: tensor<?x64xf32>, %g: tensor<32x64xf32>, %d: t
   %0 = moe.ffn %x non_gated gate(%g) up(%g) down(%d) {activation = #moe.activation<silu>} : (tensor<?x64xf32>, tensor<32x64xf32>, tensor<32x64xf32>, tensor<64x32xf32>) -> tensor<?x64xf32>
   return
 }
+
+// -----
+
+// A selection over the values of another selection (slot order): its ids
+// would be slot numbers (every token routed to experts 0 and 1).
+func.func @threshold_on_topk_values(%s: tensor<?x8xf32>) {
+  // expected-note @+1 {{the slot-ordered values come from here}}
+  %ti, %tv = moe.topk %s {k = 2 : i64} : tensor<?x8xf32> -> tensor<?x2xi32>, tensor<?x2xf32>
+  %p = moe.softmax %tv : tensor<?x2xf32>
+  // expected-error @+1 {{'moe.threshold' op selects from the slot-ordered output of 'moe.topk' (column s is a token's s-th chosen expert, not expert s), so its ids would be slot numbers: select from the per-expert scores, or post-process the selected values with moe.normalize, moe.scale or moe.softmax}}
+  %i, %v = moe.threshold %p {max_k = 2 : i64} : tensor<?x2xf32> -> tensor<?x2xi32>, tensor<?x2xf32>
+  return
+}

@@ -49,8 +49,10 @@ def MoE_Dialect : Dialect {
     A function carrying the `moe.layer = N` attribute is the MoE block of the
     model's layer `N`: `(tensor<T x H x dt>) -> tensor<T x H x dt>`.
 
-    See `docs/dialect.md` (this text, generated) and `docs/semantics.md`
-    for the exact semantics of each op.
+    Each op's description below states its exact semantics (this text is
+    generated into `docs/dialect.md`); `docs/hf-layouts.md` says how the
+    released models' routers map onto these ops, and `docs/seed-methods.md`
+    how the seed papers' methods compose from them.
   }];
   let useDefaultAttributePrinterParser = 1;
   let hasOperationAttrVerify = 1;

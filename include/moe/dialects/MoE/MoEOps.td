@@ -308,7 +308,9 @@ def MoE_ThresholdOp : MoE_SelectOp<"threshold"> {
 }
 
 def MoE_ExpertChoiceOp : MoE_SelectOp<"expert_choice",
-    [DeclareOpInterfaceMethods<MoE_RouterOpInterface, ["readsOtherTokens"]>]> {
+    [DeclareOpInterfaceMethods<MoE_RouterOpInterface, ["readsOtherTokens"]>,
+     DeclareOpInterfaceMethods<MoE_SelectionOpInterface,
+                               ["slotsAreCandidates"]>]> {
   let summary = "each expert picks its best tokens, up to a capacity";
   let description = [{
     Expert-choice routing: for each expert e, the `capacity` tokens with the

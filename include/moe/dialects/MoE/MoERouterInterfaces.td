@@ -54,6 +54,13 @@ def MoE_SelectionOpInterface : OpInterface<"SelectionOpInterface"> {
         return ::llvm::cast<::mlir::RankedTensorType>(
             $_op->getOperand(0).getType()).getDimSize(1);
       }]>,
+    InterfaceMethod<[{
+        Whether slot s of the result is candidate s (expert choice: one slot
+        per expert), so that the values are per-expert scores another
+        selection may read. Otherwise slots are in selection order and a
+        selection over the values would return slot numbers as ids (the
+        verifiers reject that).
+      }], "bool", "slotsAreCandidates", (ins), [{}], [{ return false; }]>,
   ];
 }
 
