@@ -72,9 +72,9 @@ struct MoEPlanPlacementPass : impl::MoEPlanPlacementBase<MoEPlanPlacementPass> {
     else if (solver == "greedy")
       opt.solver = ::moe::AffinitySolver::Greedy;
     else if (solver == "cbc")
-      return fail("solver=cbc: this build has no CBC; use glpk or greedy");
+      opt.solver = ::moe::AffinitySolver::Cbc;
     else
-      return fail("solver=" + solver + ": expected glpk or greedy");
+      return fail("solver=" + solver + ": expected glpk, cbc or greedy");
     if (!(timeLimit > 0) || timeLimit > 86400)
       return fail("time-limit=" + std::to_string(timeLimit) +
                   ": expected seconds in (0, 86400]");

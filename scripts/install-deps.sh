@@ -11,6 +11,7 @@ packages=(
   libboost-context-dev                      # fibers of the CPU emulation of kernels
   pybind11-dev python3-dev                  # the Python module moe_opt
   libglpk-dev                               # ILP of the affinity expert placement
+  coinor-libcbc-dev                         # the same ILP with CBC (solver=cbc)
   liblapacke-dev                            # SVD of --moe-compress-experts
   python3-torch                             # torch.distributed of the expert-parallel runner
 )

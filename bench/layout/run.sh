@@ -20,9 +20,11 @@
 # the passes' remarks (*.remarks).
 #
 # Environment: MOE_BIN (the tools; default build/bin of this checkout),
-# MOE_BENCH_TIME_LIMIT (GLPK's limit for the chains, default 60 s, 2 with
-# --quick), MOE_BENCH_MODEL_TIME_LIMIT (for the synthetic models, default
-# 10 s, 2 with --quick).
+# MOE_BENCH_TIME_LIMIT (GLPK's and CBC's limit for the chains, default 60 s,
+# 2 with --quick), MOE_BENCH_MODEL_TIME_LIMIT (for the synthetic models,
+# default 10 s, 2 with --quick), MOE_BENCH_SECTIONS (default "zipf chains
+# models": the sections to run), MOE_BENCH_CHAINS (the chain cases,
+# L:E:G ..., instead of the defaults below).
 set -euo pipefail
 quick=0
 if [ "${1:-}" = --quick ]; then
@@ -62,6 +64,12 @@ else
   tokens=512
   topologies="1x4 2x4"
 fi
+
+chain_cases=${MOE_BENCH_CHAINS:-$chain_cases}
+sections=" ${MOE_BENCH_SECTIONS:-zipf chains models} "
+[[ $sections == *" zipf "* ]] || zipf_cases=""
+[[ $sections == *" chains "* ]] || chain_cases=""
+[[ $sections == *" models "* ]] || models=""
 
 step() { echo "+ $*" >&2; "$@"; }
 
@@ -128,7 +136,7 @@ for c in $zipf_cases; do
   done
 done
 
-# Planted chains: contiguous, affinity greedy, affinity GLPK.
+# Planted chains: contiguous, affinity greedy, affinity GLPK and CBC.
 for c in $chain_cases; do
   IFS=: read -r L E G <<< "$c"
   k=L$L-E$E-G$G
@@ -143,6 +151,7 @@ for c in $chain_cases; do
   plan chains "$k" "$k.contiguous" "$ir" "$t" "$prof" "$prof" policy=contiguous
   plan chains "$k" "$k.greedy" "$ir" "$t" "$prof" "$prof" policy=affinity solver=greedy
   plan chains "$k" "$k.glpk" "$ir" "$t" "$prof" "$prof" policy=affinity solver=glpk time-limit=$time_limit
+  plan chains "$k" "$k.cbc" "$ir" "$t" "$prof" "$prof" policy=affinity solver=cbc time-limit=$time_limit
 done
 
 # Synthetic models: import, calibration and held-out inputs, profiles, then
@@ -177,7 +186,8 @@ for c in $models; do
       k=$arch-$routing-$topo
       for p in "contiguous policy=contiguous" "balanced policy=balanced redundant=$G" \
                "greedy policy=affinity solver=greedy" \
-               "glpk policy=affinity solver=glpk time-limit=$model_time_limit"; do
+               "glpk policy=affinity solver=glpk time-limit=$model_time_limit" \
+               "cbc policy=affinity solver=cbc time-limit=$model_time_limit"; do
         plan models "$k" "$k.${p%% *}" "$m/model.mlir" "$t" "$m/calib.safetensors" \
           "$m/heldout.safetensors" ${p#* }
       done

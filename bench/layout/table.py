@@ -143,41 +143,50 @@ def zipf_table(runs, check):
 
 
 def chains_table(runs, check):
+    """One row per case and ILP solver (glpk, cbc: those that ran)."""
     by = cases(runs, "chains")
     if not by:
         return None
     rows = []
     for case, k in by.items():
         L, E, G = map(int, re.match(r"L(\d+)-E(\d+)-G(\d+)", case).groups())
-        c, g, i = k["contiguous"], k["greedy"], k["glpk"]
-        fc, fg, fi = (x.inr["cross_gpu_fraction"] for x in (c, g, i))
+        c, g = k["contiguous"], k["greedy"]
+        fc, fg = (x.inr["cross_gpu_fraction"] for x in (c, g))
         gm, gsec = g.affinity()
-        im, isec = i.affinity()
-        per = g.per_gpu() | i.per_gpu()
         planted = load(c.prefix.rsplit(".", 1)[0] + ".planted.json")[
             "planted_cross_gpu_fraction"]
-        rows.append([L, E, G, fmt(fc), fmt(planted), fmt(fg), fmt(fi),
-                     "%.1f%%" % (100 * (1 - fi / fc)), fmt(fg / fi),
-                     fmt(gsec, ".2f"), fmt(isec, ".2f"), fmt(i.wall, ".2f"),
-                     im, ",".join(map(str, sorted(per)))])
-        for x, f in (("greedy", fg), ("glpk", fi)):
-            check(f < fc, "chains %s: %s cross-GPU %.4f < contiguous %.4f"
-                  % (case, x, f, fc))
-        check(1 - fi / fc >= 0.70, "chains %s: affinity cuts %.1f%% >= 70%%"
-              % (case, 100 * (1 - fi / fc)))
-        check(fi <= 1.05 * planted,
-              "chains %s: glpk %.4f within 5%% of the planted chains' %.4f"
-              % (case, fi, planted))
-        check(fg <= 1.05 * fi, "chains %s: greedy %.4f within 5%% of glpk %.4f"
-              % (case, fg, fi))
-        check(per == {E // G}, "chains %s: experts per GPU %s (E/G = %d)"
-              % (case, sorted(per), E // G))
-        check(g.duplicates() + i.duplicates() == 0,
-              "chains %s: no duplicate replicas" % case)
-    head = ["L", "E", "G", "cross contiguous", "cross planted", "cross greedy",
-            "cross glpk",
-            "cut", "greedy/glpk", "greedy s", "glpk s", "glpk wall s",
-            "glpk status", "experts/GPU"]
+        check(fg < fc, "chains %s: greedy cross-GPU %.4f < contiguous %.4f"
+              % (case, fg, fc))
+        for solver in ("glpk", "cbc"):
+            if solver not in k:
+                continue
+            i = k[solver]
+            fi = i.inr["cross_gpu_fraction"]
+            im, isec = i.affinity()
+            per = g.per_gpu() | i.per_gpu()
+            rows.append([L, E, G, solver, fmt(fc), fmt(planted), fmt(fg),
+                         fmt(fi), "%.1f%%" % (100 * (1 - fi / fc)),
+                         fmt(fg / fi), fmt(gsec, ".2f"), fmt(isec, ".2f"),
+                         fmt(i.wall, ".2f"), im,
+                         ",".join(map(str, sorted(per)))])
+            check(fi < fc, "chains %s: %s cross-GPU %.4f < contiguous %.4f"
+                  % (case, solver, fi, fc))
+            check(1 - fi / fc >= 0.70,
+                  "chains %s: affinity %s cuts %.1f%% >= 70%%"
+                  % (case, solver, 100 * (1 - fi / fc)))
+            check(fi <= 1.05 * planted,
+                  "chains %s: %s %.4f within 5%% of the planted chains' %.4f"
+                  % (case, solver, fi, planted))
+            check(fg <= 1.05 * fi,
+                  "chains %s: greedy %.4f within 5%% of %s %.4f"
+                  % (case, fg, solver, fi))
+            check(per == {E // G}, "chains %s: %s experts per GPU %s (E/G = %d)"
+                  % (case, solver, sorted(per), E // G))
+            check(g.duplicates() + i.duplicates() == 0,
+                  "chains %s: %s no duplicate replicas" % (case, solver))
+    head = ["L", "E", "G", "ILP", "cross contiguous", "cross planted",
+            "cross greedy", "cross ILP", "cut", "greedy/ILP", "greedy s",
+            "ILP s", "ILP wall s", "ILP status", "experts/GPU"]
     return ("### Planted layer-to-layer chains (p = 0.8)\n\n"
             + markdown(head, rows))
 
@@ -190,14 +199,16 @@ def models_table(runs, check):
     for case, k in by.items():
         arch, routing, topo = case.rsplit("-", 2)
         c = k["contiguous"]
-        for kind in ("contiguous", "balanced", "greedy", "glpk"):
+        kinds = [x for x in ("contiguous", "balanced", "greedy", "glpk", "cbc")
+                 if x in k]
+        for kind in kinds:
             r = k[kind]
             o = r.outr
-            method = r.affinity()[0] if kind in ("greedy", "glpk") else ""
+            method = r.affinity()[0] if kind in ("greedy", "glpk", "cbc") else ""
             rows.append([
                 arch, routing, topo,
-                {"greedy": "affinity greedy", "glpk": "affinity glpk"}.get(
-                    kind, kind),
+                {"greedy": "affinity greedy", "glpk": "affinity glpk",
+                 "cbc": "affinity cbc"}.get(kind, kind),
                 fmt(r.inr["balance"]), fmt(o["balance"]),
                 fmt(r.inr["cross_gpu_fraction"]), fmt(o["cross_gpu_fraction"]),
                 fmt(o["all_to_all_bytes_intra_node"] / 1e6, ".3f"),
@@ -212,7 +223,7 @@ def models_table(runs, check):
         check(b.inr["balance"] <= c.inr["balance"],
               "models %s: balanced %.4f <= contiguous %.4f (calibration)"
               % (case, b.inr["balance"], c.inr["balance"]))
-        for kind in ("greedy", "glpk"):
+        for kind in [x for x in ("greedy", "glpk", "cbc") if x in k]:
             f, fc = k[kind].inr["cross_gpu_fraction"], c.inr["cross_gpu_fraction"]
             check(f < fc, "models %s: affinity %s cross-GPU %.4f < contiguous "
                   "%.4f (calibration)" % (case, kind, f, fc))

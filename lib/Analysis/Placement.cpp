@@ -13,9 +13,12 @@
 #include "llvm/Support/MemoryBuffer.h"
 #include "llvm/Support/raw_ostream.h"
 
+#include <coin/Cbc_C_Interface.h>
 #include <glpk.h>
 
 #include <algorithm>
+#include <cerrno>
+#include <cfloat>
 #include <chrono>
 #include <cmath>
 #include <cstdio>
@@ -24,6 +27,11 @@
 #include <random>
 #include <set>
 #include <tuple>
+
+#include <poll.h>
+#include <signal.h>
+#include <sys/wait.h>
+#include <unistd.h>
 
 using namespace llvm;
 
@@ -933,55 +941,349 @@ Assignment greedyAffinity(ArrayRef<LayerLoad> layers, int64_t gpus,
   return best;
 }
 
-struct HeuristicData {
-  const std::vector<double> *start;
+/// A mixed integer program, maximising obj . x: the one formulation of the
+/// affinity ILP, handed to GLPK or CBC. Columns and rows are 0-based; an
+/// infinite bound is +-HUGE_VAL.
+struct Mip {
+  std::vector<double> colLo, colHi, obj;
+  std::vector<char> integer;
+  /// Rows in compressed sparse row form.
+  std::vector<int> rowStart{0}, rowCol;
+  std::vector<double> rowVal, rowLo, rowHi;
+  /// A feasible point (the greedy placement) to start the search from.
+  std::vector<double> start;
+  /// Every integer solution's objective is a multiple of this (0: not
+  /// known); lets the search stop once the bound is within one step.
+  double objectiveStep = 0;
+
+  int cols() const { return static_cast<int>(obj.size()); }
+  int rows() const { return static_cast<int>(rowLo.size()); }
+  /// Adds `n` columns; returns the first.
+  int addCols(int n, double lo, double hi, bool isInteger) {
+    int first = cols();
+    colLo.resize(first + n, lo);
+    colHi.resize(first + n, hi);
+    obj.resize(first + n, 0.0);
+    integer.resize(first + n, isInteger);
+    start.resize(first + n, 0.0);
+    return first;
+  }
+  void addRow(ArrayRef<std::pair<int, double>> terms, double lo, double hi) {
+    for (auto [col, v] : terms) {
+      rowCol.push_back(col);
+      rowVal.push_back(v);
+    }
+    rowStart.push_back(static_cast<int>(rowCol.size()));
+    rowLo.push_back(lo);
+    rowHi.push_back(hi);
+  }
+};
+
+/// What a backend found within its time limit.
+struct MipResult {
+  /// The best integer solution (the start at worst); empty: none.
+  std::vector<double> x;
+  bool optimal = false;
+  /// The LP relaxation was solved (the search started).
+  bool relaxationSolved = false;
+  /// The solution's objective and the best bound on the optimum.
+  double objective = NAN, bound = NAN;
+  /// Why the solver gave nothing back, where it did not return normally.
+  const char *failure = nullptr;
+};
+
+//===----------------------------------------------------------------------===//
+// GLPK backend
+//===----------------------------------------------------------------------===//
+
+struct GlpkSearch {
+  std::vector<double> start; // 1-based, as glp_ios_heur_sol reads it
   bool given = false;
+  double bound = NAN;
 };
 
 void glpkCallback(glp_tree *tree, void *info) {
-  auto *data = static_cast<HeuristicData *>(info);
+  auto *data = static_cast<GlpkSearch *>(info);
   if (glp_ios_reason(tree) == GLP_IHEUR && !data->given) {
     data->given = true;
-    glp_ios_heur_sol(tree, data->start->data());
+    glp_ios_heur_sol(tree, data->start.data());
   }
+  // The best bound of the open nodes, for the gap at the time limit.
+  if (int node = glp_ios_best_node(tree))
+    data->bound = glp_ios_node_bound(tree, node);
 }
 
 int glpkQuiet(void *, const char *) { return 1; }
+
+int glpkBoundType(double lo, double hi) {
+  if (lo == hi)
+    return GLP_FX;
+  if (std::isinf(lo))
+    return std::isinf(hi) ? GLP_FR : GLP_UP;
+  return std::isinf(hi) ? GLP_LO : GLP_DB;
+}
+
+/// The LP relaxation by the dual simplex first (branch and bound starts
+/// from its basis; no presolve, so that the start can be handed to the
+/// search as a heuristic solution), then branch and bound in the time left.
+MipResult solveGlpk(const Mip &mip, double timeLimit) {
+  glp_prob *lp = glp_create_prob();
+  glp_set_obj_dir(lp, GLP_MAX);
+  glp_add_cols(lp, mip.cols());
+  for (int c = 0; c < mip.cols(); ++c) {
+    if (mip.integer[c] && mip.colLo[c] == 0 && mip.colHi[c] == 1)
+      glp_set_col_kind(lp, c + 1, GLP_BV);
+    else {
+      if (mip.integer[c])
+        glp_set_col_kind(lp, c + 1, GLP_IV);
+      glp_set_col_bnds(lp, c + 1, glpkBoundType(mip.colLo[c], mip.colHi[c]),
+                       mip.colLo[c], mip.colHi[c]);
+    }
+    glp_set_obj_coef(lp, c + 1, mip.obj[c]);
+  }
+  if (mip.rows() > 0)
+    glp_add_rows(lp, mip.rows());
+  std::vector<int> ia{0}, ja{0};
+  std::vector<double> ar{0};
+  for (int r = 0; r < mip.rows(); ++r) {
+    glp_set_row_bnds(lp, r + 1, glpkBoundType(mip.rowLo[r], mip.rowHi[r]),
+                     mip.rowLo[r], mip.rowHi[r]);
+    for (int k = mip.rowStart[r]; k < mip.rowStart[r + 1]; ++k) {
+      ia.push_back(r + 1);
+      ja.push_back(mip.rowCol[k] + 1);
+      ar.push_back(mip.rowVal[k]);
+    }
+  }
+  glp_load_matrix(lp, static_cast<int>(ia.size() - 1), ia.data(), ja.data(),
+                  ar.data());
+  glp_term_hook(glpkQuiet, nullptr);
+  auto t0 = std::chrono::steady_clock::now();
+  glp_smcp lpParams;
+  glp_init_smcp(&lpParams);
+  lpParams.msg_lev = GLP_MSG_OFF;
+  lpParams.meth = GLP_DUALP;
+  lpParams.tm_lim = static_cast<int>(std::min(timeLimit * 1000.0, 2.0e9));
+  int lpRc = glp_simplex(lp, &lpParams);
+  double spent =
+      std::chrono::duration<double>(std::chrono::steady_clock::now() - t0)
+          .count();
+  MipResult res;
+  res.relaxationSolved = lpRc == 0 && glp_get_status(lp) == GLP_OPT;
+  if (res.relaxationSolved && spent < timeLimit) {
+    glp_iocp params;
+    glp_init_iocp(&params);
+    params.presolve = GLP_OFF;
+    params.msg_lev = GLP_MSG_OFF;
+    params.tm_lim =
+        static_cast<int>(std::min((timeLimit - spent) * 1000.0, 2.0e9));
+    GlpkSearch search;
+    search.start.push_back(0);
+    search.start.insert(search.start.end(), mip.start.begin(), mip.start.end());
+    search.bound = glp_get_obj_val(lp);
+    params.cb_func = glpkCallback;
+    params.cb_info = &search;
+    int rc = glp_intopt(lp, &params);
+    int status = glp_mip_status(lp);
+    if (status == GLP_OPT || status == GLP_FEAS) {
+      res.x.resize(mip.cols());
+      for (int c = 0; c < mip.cols(); ++c)
+        res.x[c] = glp_mip_col_val(lp, c + 1);
+      res.objective = glp_mip_obj_val(lp);
+      res.optimal = status == GLP_OPT && rc == 0;
+      res.bound = res.optimal ? res.objective : search.bound;
+    }
+  }
+  glp_delete_prob(lp);
+  glp_term_hook(nullptr, nullptr);
+  return res;
+}
+
+//===----------------------------------------------------------------------===//
+// CBC backend
+//===----------------------------------------------------------------------===//
+
+/// CBC's C interface (CbcMain1 underneath: its own presolve, cuts and
+/// heuristics), with the start as a MIP start; its time limit in wall-clock
+/// seconds.
+MipResult runCbc(const Mip &mip, double timeLimit) {
+  // Cbc_loadProblem reads columns: transpose the rows.
+  int n = mip.cols();
+  std::vector<CoinBigIndex> colStart(n + 1, 0);
+  for (int col : mip.rowCol)
+    ++colStart[col + 1];
+  for (int c = 0; c < n; ++c)
+    colStart[c + 1] += colStart[c];
+  std::vector<int> index(mip.rowCol.size());
+  std::vector<double> value(mip.rowCol.size());
+  std::vector<CoinBigIndex> fill(colStart.begin(), colStart.end() - 1);
+  for (int r = 0; r < mip.rows(); ++r)
+    for (int k = mip.rowStart[r]; k < mip.rowStart[r + 1]; ++k) {
+      CoinBigIndex at = fill[mip.rowCol[k]]++;
+      index[at] = r;
+      value[at] = mip.rowVal[k];
+    }
+  // COIN's infinity is DBL_MAX.
+  auto coin = [](std::vector<double> v) {
+    for (double &x : v)
+      if (std::isinf(x))
+        x = x > 0 ? DBL_MAX : -DBL_MAX;
+    return v;
+  };
+  std::vector<double> colLo = coin(mip.colLo), colHi = coin(mip.colHi),
+                      rowLo = coin(mip.rowLo), rowHi = coin(mip.rowHi);
+  Cbc_Model *model = Cbc_newModel();
+  Cbc_loadProblem(model, n, mip.rows(), colStart.data(), index.data(),
+                  value.data(), colLo.data(), colHi.data(), mip.obj.data(),
+                  rowLo.data(), rowHi.data());
+  Cbc_setObjSense(model, -1);
+  std::vector<int> startCols;
+  std::vector<double> startVals;
+  for (int c = 0; c < n; ++c)
+    if (mip.integer[c]) {
+      Cbc_setInteger(model, c);
+      startCols.push_back(c);
+      startVals.push_back(mip.start[c]);
+    }
+  Cbc_setMIPStartI(model, static_cast<int>(startCols.size()), startCols.data(),
+                   startVals.data());
+  // Wall-clock seconds, as GLPK counts them (CBC's default is CPU time).
+  Cbc_setParameter(model, "timeMode", "elapsed");
+  Cbc_setMaximumSeconds(model, timeLimit);
+  if (mip.objectiveStep > 0)
+    Cbc_setParameter(model, "increment",
+                     std::to_string(mip.objectiveStep * (1 - 1e-6)).c_str());
+  Cbc_setLogLevel(model, 0);
+  Cbc_solve(model);
+  MipResult res;
+  res.relaxationSolved = Cbc_isInitialSolveProvenOptimal(model);
+  if (const double *best = Cbc_bestSolution(model)) {
+    res.x.assign(best, best + n);
+    res.objective = Cbc_getObjValue(model);
+    res.optimal = Cbc_isProvenOptimal(model) != 0;
+    res.bound =
+        res.optimal ? res.objective : Cbc_getBestPossibleObjValue(model);
+  }
+  Cbc_deleteModel(model);
+  return res;
+}
+
+/// Writes or reads all of `bytes` on a pipe; false on error or EOF.
+bool pipeAll(int fd, char *bytes, size_t size, bool write) {
+  while (size > 0) {
+    ssize_t k = write ? ::write(fd, bytes, size) : ::read(fd, bytes, size);
+    if (k < 0 && errno == EINTR)
+      continue;
+    if (k <= 0)
+      return false;
+    bytes += k;
+    size -= static_cast<size_t>(k);
+  }
+  return true;
+}
+
+/// CBC checks its time limit between the steps of its search but not in
+/// the root LP relaxation (Clp's dual simplex; measured: still there after
+/// 8 minutes on the L = 32, E = 64 chains) nor within a cut pass or a
+/// heuristic (measured: more than 1 s past a 60 s limit, loaded machine).
+/// So it runs in a child process with 90 % of the time as its own limit,
+/// and is killed one second past the limit (then nothing is found and the
+/// caller keeps greedy). The child sends its result through a pipe.
+MipResult solveCbc(const Mip &mip, double timeLimit) {
+  int fds[2];
+  if (::pipe(fds) != 0)
+    return runCbc(mip, timeLimit);
+  // The child must not write the parent's buffered output a second time.
+  std::fflush(nullptr);
+  pid_t pid = ::fork();
+  if (pid < 0) {
+    ::close(fds[0]);
+    ::close(fds[1]);
+    return runCbc(mip, timeLimit);
+  }
+  struct Header {
+    char optimal, relaxationSolved;
+    double objective, bound;
+    uint64_t n;
+  };
+  if (pid == 0) {
+    ::close(fds[0]);
+    MipResult r = runCbc(mip, 0.9 * timeLimit);
+    Header h{r.optimal, r.relaxationSolved, r.objective, r.bound, r.x.size()};
+    bool ok = pipeAll(fds[1], reinterpret_cast<char *>(&h), sizeof h, true) &&
+              pipeAll(fds[1], reinterpret_cast<char *>(r.x.data()),
+                      r.x.size() * sizeof(double), true);
+    ::_exit(ok ? 0 : 1);
+  }
+  ::close(fds[1]);
+  auto deadline = std::chrono::steady_clock::now() +
+                  std::chrono::duration<double>(timeLimit + 1.0);
+  // Waits for the child's first bytes (it writes everything at once).
+  bool ready = false;
+  for (;;) {
+    double left = std::chrono::duration<double>(
+                      deadline - std::chrono::steady_clock::now())
+                      .count();
+    if (left <= 0)
+      break;
+    pollfd p{fds[0], POLLIN, 0};
+    int k = ::poll(&p, 1, static_cast<int>(std::ceil(left * 1000)));
+    if (k > 0) {
+      ready = true;
+      break;
+    }
+    if (k < 0 && errno != EINTR)
+      break;
+  }
+  MipResult res;
+  Header h{};
+  if (ready && pipeAll(fds[0], reinterpret_cast<char *>(&h), sizeof h, false) &&
+      h.n == static_cast<uint64_t>(h.n > 0 ? mip.cols() : 0)) {
+    std::vector<double> x(h.n);
+    if (pipeAll(fds[0], reinterpret_cast<char *>(x.data()),
+                x.size() * sizeof(double), false)) {
+      res.x = std::move(x);
+      res.optimal = h.optimal;
+      res.relaxationSolved = h.relaxationSolved;
+      res.objective = h.objective;
+      res.bound = h.bound;
+    }
+  }
+  ::close(fds[0]);
+  if (!ready) {
+    ::kill(pid, SIGKILL);
+    res.failure = "did not return within the time limit";
+  }
+  int status = 0;
+  while (::waitpid(pid, &status, 0) < 0 && errno == EINTR) {
+  }
+  if (ready && !(WIFEXITED(status) && WEXITSTATUS(status) == 0))
+    res.failure = "failed (its process ended abnormally)";
+  return res;
+}
+
+//===----------------------------------------------------------------------===//
+// The affinity ILP
+//===----------------------------------------------------------------------===//
 
 /// The ILP: x[l][e][g] binary (expert e of layer l on GPU g), every expert
 /// on one GPU, E/G experts per GPU; y[l][i][j][g] <= x[l][i][g],
 /// x[l+1][j][g]; maximise sum T[l][i][j] y (the transitions that stay on a
 /// GPU). Starts from `start` (the greedy assignment) so that the result is
-/// never worse. Pairs beyond `maxPairs` variables keep the heaviest only.
+/// never worse. Built once, solved by GLPK or CBC; `st` gets the method
+/// (solver and status), the objective and the bound.
 Assignment ilpAffinity(ArrayRef<LayerLoad> layers, int64_t gpus,
                        const Assignment &start, double timeLimit,
-                       ArrayRef<double> bounds, std::string &method) {
+                       ArrayRef<double> bounds, AffinitySolver solver,
+                       PlanStats &st) {
   size_t L = layers.size();
-  glp_prob *lp = glp_create_prob();
-  glp_set_obj_dir(lp, GLP_MAX);
-  std::vector<int64_t> xBase(L);
-  int64_t cols = 0;
-  for (size_t l = 0; l < L; ++l) {
-    xBase[l] = cols;
-    cols += static_cast<int64_t>(layers[l].load.size()) * gpus;
-  }
-  glp_add_cols(lp, cols);
-  for (int64_t c = 1; c <= cols; ++c)
-    glp_set_col_kind(lp, c, GLP_BV);
+  auto t0 = std::chrono::steady_clock::now();
+  Mip mip;
+  std::vector<int> xBase(L);
+  for (size_t l = 0; l < L; ++l)
+    xBase[l] = mip.addCols(static_cast<int>(layers[l].load.size() * gpus), 0,
+                           1, true);
   auto x = [&](size_t l, int64_t e, int64_t g) {
-    return static_cast<int>(xBase[l] + e * gpus + g + 1);
-  };
-  std::vector<int> ia{0}, ja{0};
-  std::vector<double> ar{0};
-  auto addRow = [&](ArrayRef<std::pair<int, double>> terms, int type, double lo,
-                    double hi) {
-    int row = glp_add_rows(lp, 1);
-    glp_set_row_bnds(lp, row, type, lo, hi);
-    for (auto [col, v] : terms) {
-      ia.push_back(row);
-      ja.push_back(col);
-      ar.push_back(v);
-    }
+    return static_cast<int>(xBase[l] + e * gpus + g);
   };
   for (size_t l = 0; l < L; ++l) {
     int64_t e = layers[l].load.size(), cap = e / gpus;
@@ -989,13 +1291,13 @@ Assignment ilpAffinity(ArrayRef<LayerLoad> layers, int64_t gpus,
       std::vector<std::pair<int, double>> t;
       for (int64_t g = 0; g < gpus; ++g)
         t.push_back({x(l, i, g), 1.0});
-      addRow(t, GLP_FX, 1, 1);
+      mip.addRow(t, 1, 1);
     }
     for (int64_t g = 0; g < gpus; ++g) {
       std::vector<std::pair<int, double>> t;
       for (int64_t i = 0; i < e; ++i)
         t.push_back({x(l, i, g), 1.0});
-      addRow(t, GLP_FX, cap, cap);
+      mip.addRow(t, cap, cap);
     }
     // The GPU's load within the layer's bound.
     if (std::isfinite(bounds[l]))
@@ -1005,7 +1307,7 @@ Assignment ilpAffinity(ArrayRef<LayerLoad> layers, int64_t gpus,
           if (layers[l].load[i] > 0)
             t.push_back({x(l, i, g), layers[l].load[i]});
         if (!t.empty())
-          addRow(t, GLP_UP, 0, bounds[l]);
+          mip.addRow(t, -HUGE_VAL, bounds[l]);
       }
   }
   // Per layer pair the heaviest 2 max(E, E') pairs (the rest is mostly
@@ -1034,7 +1336,12 @@ Assignment ilpAffinity(ArrayRef<LayerLoad> layers, int64_t gpus,
     }
     pairs.insert(pairs.end(), here.begin(), here.end());
   }
-  int yBase = glp_add_cols(lp, static_cast<int>(pairs.size() * gpus));
+  int yBase = mip.addCols(static_cast<int>(pairs.size() * gpus), 0, 1, false);
+  // Token counts: the staying weight of a placement is a whole number.
+  mip.objectiveStep = 1;
+  for (const Pair &pr : pairs)
+    if (pr.w != std::floor(pr.w))
+      mip.objectiveStep = 0;
   // The start, its GPUs renamed so that expert 0 of the first layer is on
   // GPU 0 (GPUs are interchangeable; the ILP fixes that symmetry).
   Assignment first = start;
@@ -1042,21 +1349,19 @@ Assignment ilpAffinity(ArrayRef<LayerLoad> layers, int64_t gpus,
     for (std::vector<int64_t> &layer : first)
       for (int64_t &g : layer)
         g = g == g0 ? 0 : g == 0 ? g0 : g;
-  glp_set_col_bnds(lp, x(0, 0, 0), GLP_FX, 1, 1);
-  std::vector<double> startVec(cols + pairs.size() * gpus + 1, 0.0);
+  mip.colLo[x(0, 0, 0)] = 1;
   for (size_t l = 0; l < L; ++l)
     for (size_t i = 0; i < first[l].size(); ++i)
-      startVec[x(l, i, first[l][i])] = 1.0;
+      mip.start[x(l, i, first[l][i])] = 1.0;
   for (size_t p = 0; p < pairs.size(); ++p)
     for (int64_t g = 0; g < gpus; ++g) {
       int y = yBase + static_cast<int>(p * gpus + g);
       const Pair &pr = pairs[p];
-      glp_set_col_bnds(lp, y, GLP_DB, 0, 1);
-      glp_set_obj_coef(lp, y, pr.w);
-      addRow({{y, 1.0}, {x(pr.l, pr.i, g), -1.0}}, GLP_UP, 0, 0);
-      addRow({{y, 1.0}, {x(pr.l + 1, pr.j, g), -1.0}}, GLP_UP, 0, 0);
+      mip.obj[y] = pr.w;
+      mip.addRow({{y, 1.0}, {x(pr.l, pr.i, g), -1.0}}, -HUGE_VAL, 0);
+      mip.addRow({{y, 1.0}, {x(pr.l + 1, pr.j, g), -1.0}}, -HUGE_VAL, 0);
       if (first[pr.l][pr.i] == g && first[pr.l + 1][pr.j] == g)
-        startVec[y] = 1.0;
+        mip.start[y] = 1.0;
     }
   // Capacity cuts (the reformulation-linearisation of y = x x'): on GPU g,
   // expert i of layer l stays with at most E'/G experts of layer l + 1, so
@@ -1077,7 +1382,7 @@ Assignment ilpAffinity(ArrayRef<LayerLoad> layers, int64_t gpus,
       for (int y : ys)
         t.push_back({y, 1.0});
       t.push_back({xCol, -cap});
-      addRow(t, GLP_UP, 0, 0);
+      mip.addRow(t, -HUGE_VAL, 0);
     };
     for (const auto &[key, ys] : out) {
       auto [l, i, g] = key;
@@ -1092,55 +1397,40 @@ Assignment ilpAffinity(ArrayRef<LayerLoad> layers, int64_t gpus,
         cut(ys, x(l + 1, j, g), cap);
     }
   }
-  glp_load_matrix(lp, static_cast<int>(ia.size() - 1), ia.data(), ja.data(),
-                  ar.data());
-  glp_term_hook(glpkQuiet, nullptr);
-  auto t0 = std::chrono::steady_clock::now();
-  // The LP relaxation first (branch and bound starts from its basis; no
-  // presolve, so that the greedy start can be handed to the search).
-  glp_smcp lpParams;
-  glp_init_smcp(&lpParams);
-  lpParams.msg_lev = GLP_MSG_OFF;
-  lpParams.meth = GLP_DUALP;
-  lpParams.tm_lim = static_cast<int>(std::min(timeLimit * 1000.0, 2.0e9));
-  int lpRc = glp_simplex(lp, &lpParams);
-  double spent =
-      std::chrono::duration<double>(std::chrono::steady_clock::now() - t0)
-          .count();
-  int rc = -1, status = GLP_UNDEF;
-  if (lpRc == 0 && glp_get_status(lp) == GLP_OPT && spent < timeLimit) {
-    glp_iocp params;
-    glp_init_iocp(&params);
-    params.presolve = GLP_OFF;
-    params.msg_lev = GLP_MSG_OFF;
-    params.tm_lim =
-        static_cast<int>(std::min((timeLimit - spent) * 1000.0, 2.0e9));
-    HeuristicData heur{&startVec};
-    params.cb_func = glpkCallback;
-    params.cb_info = &heur;
-    rc = glp_intopt(lp, &params);
-    status = glp_mip_status(lp);
-  }
+
+  StringRef name = solver == AffinitySolver::Cbc ? "cbc" : "glpk";
+  // The time limit counts building the model.
+  double left = std::max(
+      timeLimit - std::chrono::duration<double>(
+                      std::chrono::steady_clock::now() - t0)
+                      .count(),
+      0.01);
+  MipResult res = solver == AffinitySolver::Cbc ? solveCbc(mip, left)
+                                                : solveGlpk(mip, left);
   Assignment result = start;
-  if (status == GLP_OPT || status == GLP_FEAS) {
+  if (!res.x.empty())
     for (size_t l = 0; l < L; ++l)
       for (size_t i = 0; i < start[l].size(); ++i)
         for (int64_t g = 0; g < gpus; ++g)
-          if (glp_mip_col_val(lp, x(l, i, g)) > 0.5)
+          if (res.x[x(l, i, g)] > 0.5)
             result[l][i] = g;
-  }
-  if (status == GLP_OPT && rc == 0)
-    method = "glpk optimal";
-  else if (status == GLP_OPT || status == GLP_FEAS)
-    method = "glpk time limit, best found";
-  else if (lpRc != 0 || glp_get_status(lp) != GLP_OPT)
-    method = "glpk LP relaxation not solved in the time limit, greedy";
+  st.ilpObjective = res.objective;
+  st.ilpBound = res.bound;
+  if (res.optimal)
+    st.method = (name + " optimal").str();
+  else if (!res.x.empty())
+    st.method = formatv("{0} time limit, best found (gap {1:F2} %)", name,
+                        100.0 * std::abs(res.bound - res.objective) /
+                            std::max(std::abs(res.objective), 1e-9));
+  else if (res.failure)
+    st.method = (name + " " + res.failure + ", greedy").str();
+  else if (!res.relaxationSolved)
+    st.method = (name + " LP relaxation not solved in the time limit, greedy")
+                    .str();
   else
-    method = "glpk found nothing in the time limit, greedy";
+    st.method = (name + " found nothing in the time limit, greedy").str();
   if (truncated)
-    method += " (heaviest 2E pairs per layer pair)";
-  glp_delete_prob(lp);
-  glp_term_hook(nullptr, nullptr);
+    st.method += " (heaviest 2E pairs per layer pair)";
   return result;
 }
 
@@ -1361,10 +1651,10 @@ Expected<std::vector<LayerPlacement>> planPlacement(ArrayRef<LayerLoad> layers,
     Assignment a = greedyAffinity(layers, gpus, bounds);
     st.greedyCrossing = crossingOf(layers, a);
     st.method = "greedy";
-    if (options.solver == AffinitySolver::Glpk && layers.size() > 1) {
+    if (options.solver != AffinitySolver::Greedy && layers.size() > 1) {
       auto t0 = std::chrono::steady_clock::now();
       Assignment b = ilpAffinity(layers, gpus, a, options.timeLimit, bounds,
-                                 st.method);
+                                 options.solver, st);
       st.solverSeconds =
           std::chrono::duration<double>(std::chrono::steady_clock::now() - t0)
               .count();

@@ -164,7 +164,9 @@ def MoEPlanPlacement : Pass<"moe-plan-placement", "::mlir::ModuleOp"> {
     nodes when `groups` is a multiple of the nodes; never two replicas of
     one expert on a GPU); `affinity` (one slot per expert, E/G per GPU,
     minimising the transitions whose experts sit on different GPUs: an ILP
-    solved by GLPK within `time-limit` seconds, or `solver=greedy`; each
+    solved by GLPK (`solver=glpk`) or CBC (`solver=cbc`) within `time-limit`
+    seconds, greedy's placement where it finds nothing better in time, or
+    `solver=greedy`; each
     GPU's load kept within `max-balance` times the mean GPU load of the
     layer, or the heaviest GPU of a count-balanced packing (heaviest
     expert first onto the lightest GPU) where one hot expert makes that
@@ -193,10 +195,10 @@ def MoEPlanPlacement : Pass<"moe-plan-placement", "::mlir::ModuleOp"> {
     Option<"groups", "groups", "int64_t", "0",
            "Expert groups for hierarchical balancing (0: global)">,
     Option<"solver", "solver", "std::string", "\"glpk\"",
-           "affinity: glpk (ILP, then greedy if it runs out of time) or "
-           "greedy">,
+           "affinity: glpk or cbc (the ILP, greedy where it finds nothing "
+           "in time) or greedy">,
     Option<"timeLimit", "time-limit", "double", "60",
-           "Seconds the ILP may take">,
+           "Seconds the ILP may take (building it included)">,
     Option<"previous", "previous", "std::string", "\"\"",
            "An earlier placement file to stay close to">,
     Option<"moveTolerance", "move-tolerance", "double", "0.02",

@@ -16,6 +16,7 @@
 #include "llvm/ADT/StringRef.h"
 #include "llvm/Support/Error.h"
 
+#include <cmath>
 #include <cstdint>
 #include <string>
 #include <vector>
@@ -85,7 +86,7 @@ Crossing crossGpu(const LayerPlacement &a, const LayerPlacement &b,
                   int64_t gpus, llvm::ArrayRef<double> transition);
 
 enum class PlacementPolicy { Contiguous, Balanced, Affinity };
-enum class AffinitySolver { Glpk, Greedy };
+enum class AffinitySolver { Glpk, Cbc, Greedy };
 
 /// One MoE layer's statistics the planner reads.
 struct LayerLoad {
@@ -111,7 +112,7 @@ struct PlanOptions {
   /// packing where one hot expert makes that more); <= 0: no bound. Without one, layers that route
   /// independently pile their heavy experts onto one GPU.
   double maxBalance = 1.25;
-  /// Seconds the ILP may take in all (affinity with glpk).
+  /// Seconds the ILP may take in all (affinity with glpk or cbc).
   double timeLimit = 60;
   /// Bytes of one expert's weights (0: not checked) against hbmBytes.
   double expertBytes = 0;
@@ -124,11 +125,16 @@ struct PlanOptions {
 
 /// What the planner reports besides the placement.
 struct PlanStats {
-  /// affinity: how the layers were placed ("glpk optimal", "glpk time
-  /// limit, best found", "greedy"), seconds spent in the ILP, the greedy
-  /// objective and the final objective (crossing transition weight).
+  /// affinity: how the layers were placed ("glpk optimal", "cbc time
+  /// limit, best found (gap 1.20 %)", "greedy"), seconds spent in the ILP,
+  /// the greedy objective and the final objective (crossing transition
+  /// weight).
   std::string method;
   double solverSeconds = 0;
+  /// The ILP's objective (the staying transition weight of the pairs it
+  /// holds) of its best solution and the solver's bound on the optimum;
+  /// NaN where it found nothing.
+  double ilpObjective = NAN, ilpBound = NAN;
   double greedyCrossing = 0, finalCrossing = 0;
   /// Slots whose expert is not on the slot's GPU in `previous` (summed
   /// over layers), before and after reducing moves.
