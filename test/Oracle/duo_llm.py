@@ -10,13 +10,14 @@ token). Module m of width w_m is its own FFN, with its own matrices:
 
 This file computes that from each module's own (unpadded) matrices in
 float64; the IR stacks the modules at the widest width with
-`moe.expert_ffn {widths = [...]}` and a null expert for skip. A second and a
-third case generalise it: three non-gated ReLU experts with biases
-(in_out weights, top-2 of softmax, widths that end inside a tile), and a
-fused interleaved gate_up with concat-free pairs. In those two the padding
-of the stacked tensors (weights and biases) is NaN: a kernel or the
-reference executor that reads any of it returns NaN, so a finite output
-equal to the formula shows that the padding is skipped.
+`moe.expert_ffn {widths = [...]}` and a null expert for skip. Three more cases
+generalise it: three non-gated ReLU experts with biases (in_out weights,
+top-2 of softmax, widths that end inside a tile), a fused interleaved
+gate_up, and BF16 weights (the tensor cores) with a fused concatenated
+gate_up stored in_out. In those three the padding of the stacked tensors
+(weights and biases) is NaN: a kernel or the reference executor that reads
+any of it returns NaN, so a finite output equal to the formula shows that
+the padding is skipped.
 
 Each case runs `moe-run --backend reference` and `--backend emu` at T in
 {1, 7, 64, 300} (T * K <= 64 routed slots run the decode kernels, more the
@@ -36,7 +37,7 @@ import numpy as np
 
 sys.dont_write_bytecode = True
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from hf_models import H, write_safetensors  # noqa: E402
+from hf_models import H, bf16_round, write_safetensors  # noqa: E402
 
 T_VALUES = (1, 7, 64, 300)
 TOL_Y = 1e-5
@@ -61,6 +62,13 @@ CASES = {
     "gate-up-pairs-nan": dict(kind="gate_up", widths=(16, 64, 8, 40),
                               stack=64, k=2, skip=False, normalize=True,
                               nan=True, layout="out_in"),
+    # BF16 weights (the grouped path's tensor cores; f32 activations, split
+    # into bf16 terms, so f32 accuracy), a fused gate_up of concatenated
+    # halves stored in_out, top-2 plus skip, NaN padding.
+    "bf16-concat-in-out-nan": dict(kind="gate_up", widths=(48, 8, 72),
+                                   stack=96, k=2, skip=True, normalize=False,
+                                   nan=True, layout="in_out", dtype="BF16",
+                                   gu_layout="concat"),
 }
 
 
@@ -70,7 +78,8 @@ def silu(v):
 
 class Layer:
     def __init__(self, rng, kind, widths, stack, k, skip, normalize, nan,
-                 layout):
+                 layout, dtype="F32", gu_layout="interleaved"):
+        self.dtype, self.gu_layout = dtype, gu_layout
         self.kind, self.widths, self.stack = kind, list(widths), stack
         self.k, self.skip, self.normalize = k, skip, normalize
         self.nan, self.layout = nan, layout
@@ -90,6 +99,8 @@ class Layer:
             else:
                 m["up_bias"] = rng.normal(0, 0.5, w).astype(np.float32)
                 m["down_bias"] = rng.normal(0, 0.1, H).astype(np.float32)
+            if dtype == "BF16":  # the formula uses the stored values
+                m = {n: bf16_round(a) for n, a in m.items()}
             self.mods.append(m)
 
     # -- the formula --------------------------------------------------------
@@ -164,22 +175,28 @@ class Layer:
                         continue
                     a = self.mods[m][proj]
                     tensors["m%d.%s" % (m, proj)] = (
-                        "F32", a.T.copy() if in_out else a)
+                        self.dtype, a.T.copy() if in_out else a)
             for proj in ("gate", "up", "down"):
                 names[proj] = ", ".join('"m%d.%s"' % (m, proj)
                                         for m in range(e))
         elif self.kind == "gate_up":
-            # Interleaved pairs: row 2j gate unit j, 2j + 1 up unit j.
             gu = np.full((e, 2 * I, H), np.nan, np.float32)
             for m, w in enumerate(self.widths):
-                gu[m, 0:2 * w:2] = self.mods[m]["gate"]
-                gu[m, 1:2 * w:2] = self.mods[m]["up"]
-            tensors["gate_up"] = ("F32", gu)
-            tensors["down"] = ("F32", np.stack(
+                if self.gu_layout == "interleaved":
+                    # Pairs: row 2j is gate unit j, row 2j + 1 up unit j.
+                    gu[m, 0:2 * w:2] = self.mods[m]["gate"]
+                    gu[m, 1:2 * w:2] = self.mods[m]["up"]
+                else:  # concat: gate rows [0, w), up rows [I, I + w)
+                    gu[m, 0:w] = self.mods[m]["gate"]
+                    gu[m, I:I + w] = self.mods[m]["up"]
+            if in_out:
+                gu = np.ascontiguousarray(gu.transpose(0, 2, 1))
+            tensors["gate_up"] = (self.dtype, gu)
+            tensors["down"] = (self.dtype, np.stack(
                 [mat(m, "down", w) for m, w in enumerate(self.widths)]))
         else:
             for proj in ("up", "down"):
-                tensors[proj] = ("F32", np.stack(
+                tensors[proj] = (self.dtype, np.stack(
                     [mat(m, proj, w) for m, w in enumerate(self.widths)]))
         if self.kind == "relu":
             ub = np.full((e, I), fill, np.float32)
@@ -193,11 +210,13 @@ class Layer:
         c = self.choices
         xt, st = "tensor<?x%dxf32>" % H, "tensor<?x%dxf32>" % c
         it, wt = "tensor<?x%dxi32>" % k, "tensor<?x%dxf32>" % k
-        up_t = ("tensor<%dx%dx%dxf32>" % (e, H, I) if in_out
-                else "tensor<%dx%dx%dxf32>" % (e, I, H))
-        down_t = ("tensor<%dx%dx%dxf32>" % (e, I, H) if in_out
-                  else "tensor<%dx%dx%dxf32>" % (e, H, I))
-        gu_t = "tensor<%dx%dx%dxf32>" % (e, 2 * I, H)
+        wty = "bf16" if self.dtype == "BF16" else "f32"
+        up_t = ("tensor<%dx%dx%dx%s>" % (e, H, I, wty) if in_out
+                else "tensor<%dx%dx%dx%s>" % (e, I, H, wty))
+        down_t = ("tensor<%dx%dx%dx%s>" % (e, I, H, wty) if in_out
+                  else "tensor<%dx%dx%dx%s>" % (e, H, I, wty))
+        gu_t = ("tensor<%dx%dx%dx%s>" % (e, H, 2 * I, wty) if in_out
+                else "tensor<%dx%dx%dx%s>" % (e, 2 * I, H, wty))
 
         def weight(var, proj, ty):
             ref = names.get(proj, '"%s"' % proj)
@@ -243,9 +262,11 @@ class Layer:
         else:
             lines += [weight("wgu", "gate_up", gu_t), weight("wd", "down", down_t),
                       "    %%ys = moe.expert_ffn %%xs, %%o gate_up(%%wgu) down(%%wd) "
-                      "{activation = #moe.activation<silu>, gate_up_layout = #moe.gate_up_layout<interleaved>, %s} : "
+                      "{activation = #moe.activation<silu>, gate_up_layout = #moe.gate_up_layout<%s>, "
+                      "weight_layout = #moe.weight_layout<%s>, %s} : "
                       "(%s, tensor<%dxi32>, %s, %s) -> %s"
-                      % (widths, xt, e + 1, gu_t, down_t, xt)]
+                      % (self.gu_layout, self.layout, widths, xt, e + 1, gu_t,
+                         down_t, xt)]
         lines += [
             "    %%y = moe.combine %%ys, %%rows, %s : (%s, tensor<?xi32>, %s) -> %s" % (w, xt, wt, xt),
             "    return %%y : %s" % xt,
