@@ -801,8 +801,10 @@ def MoE_FusedExpertsOp : MoE_Op<"fused_experts",
     `moe.sigmoid(moe.router_linear(x, w [bias b]))`; weights are `moe.weight`
     or float `arith.constant` ops of the body, and the routed experts'
     `gate`, `up`, `gate_up` and `down` may each be `moe.low_rank` of two
-    such weights (factored experts). The verifier names any other
-    op (it would not be generated).
+    such weights (factored experts). The routed `moe.expert_ffn` may be
+    `non_gated` or carry `widths` (experts of unequal width; the kernels
+    stop at each expert's width), but neither with factored weights. The
+    verifier names any other op (it would not be generated).
   }];
   let arguments = (ins MoE_Tensor:$input, MoE_Ids:$ids, MoE_Scores:$weights,
                    MoE_I32Vector:$rows, MoE_I32Vector:$offsets,
