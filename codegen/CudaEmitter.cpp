@@ -37,6 +37,8 @@
 #include "llvm/Support/xxhash.h"
 
 #include <array>
+#include <numeric>
+#include <type_traits>
 
 using namespace mlir;
 using namespace mlir::moe;
@@ -987,6 +989,10 @@ private:
     bool lowRank = false;
     Value gateB, upB, gateUpB, downB;
     int64_t rg = 0, ru = 0, rd = 0;
+    /// Per-expert intermediate sizes (moe.expert_ffn widths; empty: I for
+    /// every expert) and the widest of them (I without widths).
+    SmallVector<int64_t> widths;
+    int64_t iw = 0;
   };
 
   template <typename OpT> FFNInfo ffnInfo(OpT o, bool perExpert) {
@@ -1012,6 +1018,13 @@ private:
     f.I = f.inOut ? down.getDimSize(down.getRank() - 2)
                   : down.getDimSize(down.getRank() - 1);
     f.E = perExpert ? down.getDimSize(0) : 1;
+    f.iw = f.I;
+    if constexpr (std::is_same_v<OpT, ExpertFFNOp>) {
+      if (std::optional<ArrayRef<int64_t>> w = o.getWidths()) {
+        f.widths.assign(w->begin(), w->end());
+        f.iw = *llvm::max_element(f.widths);
+      }
+    }
     return f;
   }
 
@@ -1045,6 +1058,34 @@ private:
                        f.lowRank, f.rg, f.ru, f.rd);
     // Non-gated: the kernels read and multiply the up projection only.
     s << llvm::formatv("  static constexpr bool NoGate = {0};\n", f.nonGated);
+    // Experts of unequal width: the kernels stop every loop over the
+    // intermediate units at width(e) (a chain of comparisons over runs of
+    // equal widths: registers only, no table in memory); IVec divides I and
+    // every width, so vector loads never straddle an expert's end.
+    int64_t ivec = f.I;
+    for (int64_t w : f.widths)
+      ivec = std::gcd(ivec, w);
+    s << llvm::formatv("  static constexpr bool Widths = {0};\n"
+                       "  static constexpr int IW = {1}, IVec = {2};\n",
+                       !f.widths.empty(), f.iw, ivec);
+    s << "  __host__ __device__ static constexpr int width(long long e) {\n"
+         "    return ";
+    if (f.widths.empty()) {
+      s << "I;";
+    } else {
+      for (size_t i = 0; i < f.widths.size(); ++i) {
+        size_t end = i;
+        while (end + 1 < f.widths.size() && f.widths[end + 1] == f.widths[i])
+          ++end;
+        if (end + 1 == f.widths.size()) {
+          s << f.widths[i] << ";";
+          break;
+        }
+        s << "e < " << end + 1 << " ? " << f.widths[i] << " : ";
+        i = end;
+      }
+    }
+    s << "\n  }\n";
     s << "};\n";
   }
 
@@ -1277,7 +1318,7 @@ private:
     // single token keeps every SM streaming weights; a shared chunk does
     // about the work of a routed one.
     int64_t active1 = std::min<int64_t>(K, r.E);
-    int64_t upUnits = decodeChunk(active1 * r.I + (shared ? s.I : 0));
+    int64_t upUnits = decodeChunk(active1 * r.iw + (shared ? s.I : 0));
     int64_t downCols = decodeChunk((active1 + (shared ? 1 : 0)) * r.H);
     int64_t sharedUpUnits = upUnits;
     int64_t sharedDownCols =
@@ -1368,7 +1409,7 @@ private:
       if (r.lowRank)
         decode("decode_factor_in", "decodeFactorIn",
                ceilDiv(factorIn, factorInUnits), 0);
-      decode("decode_up", "decodeUp", ceilDiv(r.I, upUnits),
+      decode("decode_up", "decodeUp", ceilDiv(r.iw, upUnits),
              shared ? ceilDiv(s.I, sharedUpUnits) : 0);
       if (r.lowRank)
         decode("decode_factor_down", "decodeFactorDown",
@@ -1412,7 +1453,7 @@ private:
       // those of each factor apart (gate's, then up's).
       if (r.lowRank)
         gemm("factor_in", "factor", false, tiles(r.rg) + tiles(r.ru), true);
-      gemm("up", "gateUp", false, tiles(r.I), false);
+      gemm("up", "gateUp", false, tiles(r.iw), false);
       if (r.lowRank)
         gemm("factor_down", "factor", false, tiles(r.rd), false);
       gemm("down", "down", false, tiles(r.H), false);

@@ -236,6 +236,11 @@ struct MoECompressExpertsPass
     };
     // The factored expert kernels compute a gate: refused, not rewritten
     // into IR that could not be generated.
+    if (op.getWidths()) {
+      remark() << "'moe.expert_ffn' has experts of unequal width ('widths'); "
+                  "factored (moe.low_rank) experts have one width";
+      return success();
+    }
     if (op.getNonGated()) {
       remark() << "'moe.expert_ffn' is non_gated (down(act(up x))); factored "
                   "(moe.low_rank) experts must be gated";

@@ -181,6 +181,16 @@ void experts::setDispatchExperts(DispatchOp dispatch, int64_t n) {
       withDim(dispatch.getOffsets().getType(), 0, n + 1));
 }
 
+void experts::sliceExpertWidths(ExpertFFNOp ffn, ArrayRef<int64_t> kept) {
+  std::optional<ArrayRef<int64_t>> widths = ffn.getWidths();
+  if (!widths)
+    return;
+  SmallVector<int64_t> out;
+  for (int64_t e : kept)
+    out.push_back((*widths)[e]);
+  ffn.setWidths(out);
+}
+
 static StringRef operandName(ExpertFFNOp ffn, OpOperand *o) {
   Value v = o->get();
   if (v == ffn.getGate())

@@ -77,6 +77,11 @@ RankedTensorType withDim(Type type, unsigned d, int64_t size);
 /// Sets the dispatch's expert count; its counts and offsets follow.
 void setDispatchExperts(DispatchOp dispatch, int64_t n);
 
+/// Keeps the `widths` of the experts `kept` (in that order) on `ffn`, whose
+/// stacked weights were rebuilt from the same selection; no-op without
+/// widths.
+void sliceExpertWidths(ExpertFFNOp ffn, ArrayRef<int64_t> kept);
+
 /// Replaces every expert weight operand of the FFN by a new weight whose
 /// expert `i` is `build(operand values, rest, i)` for `n` experts (`rest`:
 /// the elements of one expert's slice). Names are `<prefix>.<operand>`.

@@ -127,18 +127,35 @@ FailureOr<LayoutInputs> readLayoutInputs(ModuleOp module, StringRef profilePath,
              failure();
     l.hidden = input.getDimSize(1);
     l.activationBytes = elementBytes(input);
-    double params = 0, bytes = 0;
+    double bytes = 0, flopParams = 0;
     fn.walk([&](ExpertFFNOp ffn) {
+      double stacked = 0;
       for (Value w : ffn->getOperands().drop_front(2)) {
         auto t = dyn_cast<ShapedType>(w.getType());
         if (!t || !t.hasStaticShape())
           continue;
-        params += static_cast<double>(t.getNumElements());
+        stacked += static_cast<double>(t.getNumElements());
         bytes += static_cast<double>(t.getNumElements()) * elementBytes(t);
       }
+      // Experts of unequal width compute their own width only: the mean
+      // width over the stacked one (the padding is stored, not computed).
+      double share = 1.0;
+      if (std::optional<ArrayRef<int64_t>> widths = ffn.getWidths()) {
+        auto down = cast<ShapedType>(ffn.getDown().getType());
+        int64_t inter = ffn.getWeightLayout() == WeightLayout::out_in
+                            ? down.getDimSize(2)
+                            : down.getDimSize(1);
+        double sum = 0;
+        for (int64_t w : *widths)
+          sum += static_cast<double>(w);
+        if (!widths->empty() && inter > 0)
+          share = sum / static_cast<double>(widths->size()) /
+                  static_cast<double>(inter);
+      }
+      flopParams += stacked * share;
     });
     l.expertBytes = bytes / static_cast<double>(l.experts);
-    l.slotFlops = 2.0 * params / static_cast<double>(l.experts);
+    l.slotFlops = 2.0 * flopParams / static_cast<double>(l.experts);
 
     auto it = in.profile.layers.find(l.layer);
     if (it == in.profile.layers.end())

@@ -235,6 +235,12 @@ struct MergeExpertsPass : public impl::MoEMergeExpertsBase<MergeExpertsPass> {
       why = "moe.permute and moe.combine read different routing weights";
       return failure();
     }
+    if (layer.ffn.getWidths()) {
+      why = "the experts have unequal widths (moe.expert_ffn 'widths'): a "
+            "merged expert would mix intermediate units that exist in one "
+            "member and are padding in another";
+      return failure();
+    }
     if (align == "weight" && layer.ffn.getNonGated()) {
       why = "align=weight matches neurons by their gate, up and down rows "
             "(this layer's moe.expert_ffn is non_gated: no gate)";

@@ -240,6 +240,7 @@ LogicalResult applyPrune(ExpertLayer &layer, Router &r, ArrayRef<int64_t> kept,
           },
           why)))
     return failure();
+  sliceExpertWidths(layer.ffn, kept);
   setDispatchExperts(layer.dispatch, n);
   if (r.drop)
     r.drop.setNumExperts(n);

@@ -280,6 +280,7 @@ struct ShardExpertsPass : public impl::MoEShardExpertsBase<ShardExpertsPass> {
             },
             why)))
       return failure();
+    sliceExpertWidths(layer.ffn, share.local);
 
     // The rank's slots, before the dispatch: the combine's weights get the
     // emptied slots' zeros; the permute keeps its weights when they differ

@@ -159,6 +159,11 @@ private:
       auto product = dyn_cast_or_null<LowRankOp>(v ? def(v) : nullptr);
       if (!product)
         continue;
+      if (routed.getWidths())
+        return refuse(product, "factored expert weights (moe.low_rank) of a "
+                               "moe.expert_ffn with 'widths' are not "
+                               "generated: the factored kernels assume one "
+                               "intermediate size");
       if (routed.getNonGated())
         return refuse(product, "factored expert weights (moe.low_rank) of a "
                                "non_gated moe.expert_ffn are not generated: "

@@ -792,6 +792,8 @@ LogicalResult ExpertFFNOp::verify() {
   int64_t experts = ShapedType::kDynamic;
   if (failed(verifyGatedFFN(*this, /*perExpert=*/true, &experts)))
     return failure();
+  if (failed(verifyWidths(experts)))
+    return failure();
   if (ShapedType::isDynamic(experts))
     return success();
   if (failed(expectDim(*this, getOffsets(), "offsets", 0, experts + 1,
@@ -806,6 +808,35 @@ LogicalResult ExpertFFNOp::verify() {
          << "') but the projections hold E = " << experts << " experts";
     diag.attachNote(planned->second->getLoc()) << "the plan is made here";
     return diag;
+  }
+  return success();
+}
+
+/// `widths`: one intermediate size per expert, each in [1, I] of the
+/// stacked weights (the down projection's intermediate side).
+LogicalResult ExpertFFNOp::verifyWidths(int64_t experts) {
+  std::optional<ArrayRef<int64_t>> widths = getWidths();
+  if (!widths)
+    return success();
+  auto down = cast<RankedTensorType>(getDown().getType());
+  int64_t inter = getWeightLayout() == WeightLayout::out_in
+                      ? down.getDimSize(2)
+                      : down.getDimSize(1);
+  int64_t n = widths->size();
+  if (!ShapedType::isDynamic(experts) && n != experts)
+    return emitOpError() << "'widths' has " << n
+                         << " entries but the projections hold E = "
+                         << experts << " experts (one width per expert)";
+  for (auto [e, w] : llvm::enumerate(*widths)) {
+    if (w < 1)
+      return emitOpError() << "'widths' entry " << e << " is " << w
+                           << "; an expert's intermediate size must be >= 1 "
+                              "(skip tokens with a null expert, "
+                              "moe.drop_null_experts)";
+    if (!ShapedType::isDynamic(inter) && w > inter)
+      return emitOpError() << "'widths' entry " << e << " is " << w
+                           << ", more than the stacked intermediate size "
+                           << inter << " of the projections";
   }
   return success();
 }

@@ -135,7 +135,7 @@ public:
         o.gateBias, o.upBias, o.gateUpBias, o.downBias,
         ActivationAttr::get(b.getContext(), activation(w.activation)),
         GateUpLayoutAttr(), WeightLayoutAttr(), FloatAttr(), FloatAttr(),
-        UnitAttr());
+        UnitAttr(), DenseI64ArrayAttr());
     setFFNAttributes(op, w);
     return op.getResult();
   }

@@ -370,6 +370,9 @@ struct FFNWeights {
   Activation act = Activation::silu;
   float alpha = 1.702f, limit = 7.0f;
   int64_t hidden = 0, inter = 0;
+  /// Per-expert intermediate sizes (moe.expert_ffn widths); empty: `inter`
+  /// for every expert.
+  std::vector<int64_t> widths;
 };
 
 /// Element (o, i) of projection `e` of a weight stored [E?, out, in] or
@@ -383,8 +386,11 @@ inline float proj(const HostTensor &w, int64_t e, int64_t o, int64_t i,
 /// Applies expert `e` of `w` to one row `x` (length hidden), writing `y`.
 void applyFFN(const FFNWeights &w, int64_t e, const float *x, float *y) {
   int64_t H = w.hidden, I = w.inter;
-  std::vector<double> h(I);
-  for (int64_t j = 0; j < I; ++j) {
+  // Expert e is the FFN of its first widths[e] channels: the padding past
+  // them is never read (its values do not matter, NaN included).
+  int64_t width = w.widths.empty() ? I : w.widths[e];
+  std::vector<double> h(width);
+  for (int64_t j = 0; j < width; ++j) {
     double g = 0.0, u = 0.0;
     int64_t gRow = j, uRow = j;
     const HostTensor *gw = w.gate, *uw = w.up;
@@ -420,7 +426,7 @@ void applyFFN(const FFNWeights &w, int64_t e, const float *x, float *y) {
   }
   for (int64_t o = 0; o < H; ++o) {
     double acc = w.downBias ? w.downBias->f[e * H + o] : 0.0;
-    for (int64_t j = 0; j < I; ++j)
+    for (int64_t j = 0; j < width; ++j)
       acc += h[j] * proj(*w.down, e, o, j, H, I, w.inOut);
     y[o] = static_cast<float>(acc);
   }
@@ -1013,6 +1019,8 @@ private:
         })
         .Case([&](ExpertFFNOp o) -> Error {
           FFNWeights w = ffnWeights(o);
+          if (std::optional<ArrayRef<int64_t>> widths = o.getWidths())
+            w.widths.assign(widths->begin(), widths->end());
           const HostTensor &x = get(o.getInput());
           const HostTensor &offsets = get(o.getOffsets());
           int64_t H = w.hidden, R = x.shape[0];

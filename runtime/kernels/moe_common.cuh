@@ -176,14 +176,20 @@ __device__ __forceinline__ float scaled(float v, float scale) {
 }
 
 /// Dot products of NW weight rows (of an [out, in] matrix, In elements
-/// each) with the batch's rows, split over the warp: lane l reads words l,
+/// each) with the batch's rows over their first n elements (n <= In, a
+/// multiple of VecN: rows of an expert narrower than the stack, `widths`;
+/// nothing past n is loaded), split over the warp: lane l reads words l,
 /// l + 32, ... (consecutive lanes, consecutive 16-byte words: coalesced),
-/// then a warp-wide sum. Every lane returns the sums.
-template <int NW, int In, typename TX, bool Scale, typename TW, typename TA>
-__device__ __forceinline__ void rowDots(const TW *const (&w)[NW],
-                                        const Batch<TA> &a,
-                                        float (&acc)[NW][DecodeRows]) {
-  constexpr int V = vecWidth<TW, In>();
+/// then a warp-wide sum. Every lane returns the sums. VecN (a divisor of
+/// In) fixes the load width; Bounded says n may end a row early.
+template <int NW, int In, int VecN, bool Bounded, typename TX, bool Scale,
+          typename TW, typename TA>
+__device__ __forceinline__ void rowDotsUpTo(const TW *const (&w)[NW],
+                                            const Batch<TA> &a,
+                                            float (&acc)[NW][DecodeRows],
+                                            int n) {
+  constexpr int V = vecWidth<TW, VecN>();
+  static_assert(In % V == 0, "VecN divides In");
   const int lane = threadIdx.x % 32;
 #pragma unroll
   for (int i = 0; i < NW; ++i)
@@ -194,7 +200,7 @@ __device__ __forceinline__ void rowDots(const TW *const (&w)[NW],
 #pragma unroll 2
   for (int it = 0; it < Iters; ++it) {
     const int k = (it * 32 + lane) * V;
-    if ((In / V) % 32 != 0 && k >= In)
+    if ((Bounded || (In / V) % 32 != 0) && k >= n)
       break;
     float wv[NW][V];
 #pragma unroll
@@ -220,6 +226,14 @@ __device__ __forceinline__ void rowDots(const TW *const (&w)[NW],
 #pragma unroll
     for (int b = 0; b < DecodeRows; ++b)
       acc[i][b] = warpSum(acc[i][b]);
+}
+
+/// rowDots over whole rows (In elements).
+template <int NW, int In, typename TX, bool Scale, typename TW, typename TA>
+__device__ __forceinline__ void rowDots(const TW *const (&w)[NW],
+                                        const Batch<TA> &a,
+                                        float (&acc)[NW][DecodeRows]) {
+  rowDotsUpTo<NW, In, In, false, TX, Scale>(w, a, acc, In);
 }
 
 } // namespace moe_k

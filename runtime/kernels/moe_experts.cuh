@@ -19,6 +19,10 @@
 //     static constexpr int RG, RU, RD;   // their ranks (RU 0 when Fused)
 //     static constexpr bool NoGate;      // down(act(up x + b)): no gate is
 //                                        // read or multiplied (non_gated)
+//     static constexpr bool Widths;      // experts of unequal width
+//     static constexpr int IW, IVec;     // the widest expert; a divisor of
+//                                        // I and of every width (loads)
+//     static int width(long long e);     // expert e's intermediate size
 //   };
 //   struct Cfg {
 //     using TX = ...;                    // activation element type
@@ -61,6 +65,16 @@
 // the dispatch plan's offsets by every block; the host's grid is an upper
 // bound from T alone ((min(T * K, E) + shared rows) * chunks), blocks past
 // the last item exit at once, and every kernel loops grid-stride.
+//
+// Experts of unequal width (Widths, moe.expert_ffn `widths`): the stacks
+// are I wide, expert e uses its first width(e) units. decodeUp has
+// ceil(IW / UpUnits) chunks per expert (IW: the widest); an item whose
+// chunk starts at or past width(e) returns before loading anything, and a
+// chunk that straddles width(e) computes units j < width(e) only. decodeDown
+// reads the first width(e) elements of each down row (or of each column:
+// in_out) and of h; rowDotsUpTo's loads are IVec-aligned, IVec dividing
+// every width, so no load reaches past width(e). The padding of the
+// weights is never read and h past width(e) is neither written nor read.
 //
 // Weight reads are coalesced: for [out, in] matrices a warp takes a row and
 // its lanes read consecutive 16-byte words along `in` (a warp-wide sum
@@ -180,7 +194,7 @@ template <int NW, int In, int Out, int G, typename TX, bool Scale, typename TW,
           typename TA>
 __device__ __forceinline__ void
 columnDots(const TW *const (&base)[NW], bool valid, int group,
-           const Batch<TA> &a, float (&acc)[NW][DecodeRows]) {
+           const Batch<TA> &a, float (&acc)[NW][DecodeRows], int n = In) {
 #pragma unroll
   for (int i = 0; i < NW; ++i)
 #pragma unroll
@@ -189,7 +203,7 @@ columnDots(const TW *const (&base)[NW], bool valid, int group,
   if (!valid)
     return;
 #pragma unroll 2
-  for (int k = group; k < In; k += G) {
+  for (int k = group; k < n; k += G) {
     float wv[NW];
 #pragma unroll
     for (int i = 0; i < NW; ++i)
@@ -337,6 +351,10 @@ upItem(const MoEKernelArgs &args, const FFNWeights<F> &w, long long e, int j0,
       args.buffers[SharedFFN ? MOE_EXPERTS_SLOT_SHARED_HIDDEN
                              : MOE_EXPERTS_SLOT_HIDDEN]);
   const int lane = threadIdx.x % 32, warp = threadIdx.x / 32;
+  // Units past the expert's width are padding: not loaded, not computed.
+  const int width = F::width(e);
+  if (j0 >= width)
+    return;
 
   // The weight rows (or columns) of unit j: gate first, then up. Fused
   // matrices hold 2I outputs: concatenated (j, I + j) or interleaved (2j,
@@ -366,6 +384,7 @@ upItem(const MoEKernelArgs &args, const FFNWeights<F> &w, long long e, int j0,
     // A warp per unit: its rows of A_g and A_u against z_g and z_u.
     static_assert(!F::InOut, "factored weights are out_in");
     static_assert(!F::NoGate, "factored weights have a gate");
+    static_assert(!F::Widths, "factored weights have one width");
     constexpr int RG = F::RG, RU = F::Fused ? F::RG : F::RU;
     constexpr int W = factorInWidth<F>();
     const float *z =
@@ -397,7 +416,7 @@ upItem(const MoEKernelArgs &args, const FFNWeights<F> &w, long long e, int j0,
     }
   } else if constexpr (!F::InOut) {
     // A warp per unit: its gate and up rows (up's alone: NoGate), along H.
-    for (int u = warp; u < U && j0 + u < I; u += DecodeWarps) {
+    for (int u = warp; u < U && j0 + u < width; u += DecodeWarps) {
       const int j = j0 + u;
       const TW *rowsOf[NP];
       if constexpr (F::NoGate) {
@@ -427,7 +446,7 @@ upItem(const MoEKernelArgs &args, const FFNWeights<F> &w, long long e, int j0,
     static_assert(DecodeThreads % U == 0, "U divides the block");
     const int j = j0 + static_cast<int>(threadIdx.x) % U;
     const int group = static_cast<int>(threadIdx.x) / U;
-    const bool valid = j < I;
+    const bool valid = j < width;
     const int jj = valid ? j : 0;
     const TW *cols[NP];
     if constexpr (F::NoGate) {
@@ -493,6 +512,8 @@ downItem(const MoEKernelArgs &args, const FFNWeights<F> &w, long long e, int o0,
                                                   : MOE_EXPERTS_SLOT_OUT]);
   const int lane = threadIdx.x % 32, warp = threadIdx.x / 32;
 
+  // The expert's width: down rows (columns) and h are read up to it.
+  [[maybe_unused]] const int width = F::width(e);
   auto finish = [&](int o, long long r, float v) {
     if constexpr (F::DownBias)
       v += toF32(w.downBias[e * H + o]);
@@ -531,7 +552,8 @@ downItem(const MoEKernelArgs &args, const FFNWeights<F> &w, long long e, int o0,
         const int count = static_cast<int>(
             rowEnd - r0 < DecodeRows ? rowEnd - r0 : DecodeRows);
         float acc[1][DecodeRows];
-        rowDots<1, I, TX, false>(row, hiddenBatch<I>(h, r0, count), acc);
+        rowDotsUpTo<1, I, F::IVec, F::Widths, TX, false>(
+            row, hiddenBatch<I>(h, r0, count), acc, width);
 #pragma unroll
         for (int b = 0; b < DecodeRows; ++b)
           if (lane == b && b < count)
@@ -549,8 +571,8 @@ downItem(const MoEKernelArgs &args, const FFNWeights<F> &w, long long e, int o0,
       const int count =
           static_cast<int>(rowEnd - r0 < DecodeRows ? rowEnd - r0 : DecodeRows);
       float acc[1][DecodeRows];
-      columnDots<1, I, H, G, TX, false>(col, valid, group,
-                                        hiddenBatch<I>(h, r0, count), acc);
+      columnDots<1, I, H, G, TX, false>(
+          col, valid, group, hiddenBatch<I>(h, r0, count), acc, width);
       groupSum<1, C>(acc, red);
       if (group == 0 && valid)
 #pragma unroll
@@ -623,7 +645,9 @@ __device__ void decodeUp(const MoEKernelArgs &args) {
   using R = typename Cfg::Routed;
   using S = typename Cfg::Shared;
   constexpr int U = D::UpUnits, US = D::SharedUpUnits;
-  constexpr int Chunks = (R::I + U - 1) / U;
+  // Chunks up to the widest expert (IW); narrower experts' items past
+  // their width return at once.
+  constexpr int Chunks = (R::IW + U - 1) / U;
   constexpr int SharedChunks = Cfg::HasShared ? (S::I + US - 1) / US : 0;
   MOE_SHARED(float, red, 2 * DecodeRows * DecodeThreads);
   const FFNWeights<R> routed =

@@ -43,6 +43,18 @@
 // expert); slotRow (written by the routing kernel) maps a slot t * K + s to
 // that position, -1 for an empty slot.
 //
+// Experts of unequal width (Widths, moe.expert_ffn `widths`; the stacks
+// are I wide, expert e uses its first width(e) units): gateUp has
+// ceil(IW / BN) column tiles (IW: the widest expert); a tile at or past
+// width(e) is skipped before any load, and the tile that straddles it
+// copies only the width(e) - n0 real rows (columns, in_out) of gate and up,
+// zero-filling the rest of shared memory, and writes h for j < width(e)
+// only. down stops its reduction after ceil(width(e) / BK) steps; the last
+// step loads h and down up to width(e) and zero-fills past it. The padding
+// of the weights is never read; the only work spent past a width is the
+// tensor-core product of the zero-filled part of one BN (gateUp) or BK
+// (down) tile, the rounding of any size to a tile.
+//
 // Grids are upper bounds computed by the host from T alone: the GEMMs take
 // (ceil(T * K / BM) + E) * ceil(N / BN) blocks (every expert may end in a
 // partial tile), blocks past the last real tile stop at once; every kernel
@@ -517,7 +529,8 @@ __device__ void gateUp(const MoEKernelArgs &args) {
   constexpr int E = SharedFFN ? 1 : F::E;
   constexpr bool InOut = F::InOut;
   constexpr bool Scale = Cfg::ScaleInput && !SharedFFN;
-  constexpr int NT = (I + BN - 1) / BN;
+  // Column tiles up to the widest expert.
+  constexpr int NT = (F::IW + BN - 1) / BN;
   constexpr int V = 16 / static_cast<int>(sizeof(TW));
 
   const TX *x = static_cast<const TX *>(args.buffers[MOE_EXPERTS_SLOT_INPUT]);
@@ -542,6 +555,7 @@ __device__ void gateUp(const MoEKernelArgs &args) {
   static_assert(!F::LowRank || (!SharedFFN && !InOut),
                 "factored weights are routed and out_in");
   static_assert(!F::LowRank || !F::NoGate, "factored weights have a gate");
+  static_assert(!F::LowRank || !F::Widths, "factored weights have one width");
   // B tiles per k step: gate and up, or up alone (NoGate: the gate is
   // neither read nor multiplied). acc[NB - 1] is up's.
   constexpr int NB = F::NoGate ? 1 : 2;
@@ -568,6 +582,10 @@ __device__ void gateUp(const MoEKernelArgs &args) {
                            : findTile<E>(offsets, item / NT, rt);
     if (!found)
       break; // items are ordered: every later one is past the end too
+    // The expert's width: tiles past it are padding, never loaded.
+    const int width = F::width(rt.e);
+    if (n0 >= width)
+      continue;
     const TX *src = nullptr;
     float scale = 1.0f;
     if constexpr (F::LowRank) {
@@ -611,17 +629,17 @@ __device__ void gateUp(const MoEKernelArgs &args) {
         const TW *m = w.gateUp + e * 2 * I * RG;
         thinGemm<float, TW, TX, false, true, NA, RG>(
             oneAcc(acc, 0), As, Bg, zg, 1.0f, m, 0, F::Interleaved ? 2 : 1, n0,
-            I - n0);
+            width - n0);
         thinGemm<float, TW, TX, false, true, NA, RU>(
             oneAcc(acc, 1), As, Bu, zu, 1.0f, m, F::Interleaved ? 1 : I,
-            F::Interleaved ? 2 : 1, n0, I - n0);
+            F::Interleaved ? 2 : 1, n0, width - n0);
       } else {
         thinGemm<float, TW, TX, false, true, NA, RG>(oneAcc(acc, 0), As, Bg, zg,
                                                      1.0f, w.gate + e * I * RG,
-                                                     0, 1, n0, I - n0);
+                                                     0, 1, n0, width - n0);
         thinGemm<float, TW, TX, false, true, NA, RU>(oneAcc(acc, 1), As, Bu, zu,
                                                      1.0f, w.up + e * I * RU, 0,
-                                                     1, n0, I - n0);
+                                                     1, n0, width - n0);
       }
     } else {
       for (int k0 = 0; k0 < H; k0 += BK) {
@@ -632,40 +650,40 @@ __device__ void gateUp(const MoEKernelArgs &args) {
           // [out, in]: whole rows of the gate and up outputs.
           if constexpr (F::NoGate) {
             copyTile<TW, BN, BK, S::SK, H % V == 0>(Bu, w.up + e * I * H, H, 0,
-                                                    1, n0, I - n0, k0, H - k0);
+                                                    1, n0, width - n0, k0, H - k0);
           } else if constexpr (F::Fused) {
             const TW *m = w.gateUp + e * 2 * I * H;
             copyTile<TW, BN, BK, S::SK, H % V == 0>(
-                Bg, m, H, 0, F::Interleaved ? 2 : 1, n0, I - n0, k0, H - k0);
+                Bg, m, H, 0, F::Interleaved ? 2 : 1, n0, width - n0, k0, H - k0);
             copyTile<TW, BN, BK, S::SK, H % V == 0>(
                 Bu, m, H, F::Interleaved ? 1 : I, F::Interleaved ? 2 : 1, n0,
-                I - n0, k0, H - k0);
+                width - n0, k0, H - k0);
           } else {
             copyTile<TW, BN, BK, S::SK, H % V == 0>(
-                Bg, w.gate + e * I * H, H, 0, 1, n0, I - n0, k0, H - k0);
+                Bg, w.gate + e * I * H, H, 0, 1, n0, width - n0, k0, H - k0);
             copyTile<TW, BN, BK, S::SK, H % V == 0>(Bu, w.up + e * I * H, H, 0,
-                                                    1, n0, I - n0, k0, H - k0);
+                                                    1, n0, width - n0, k0, H - k0);
           }
         } else {
           // [in, out]: rows k0 .. k0 + BK, the tile's output columns.
           if constexpr (F::NoGate) {
             copyTile<TW, BK, BN, S::SN, I % V == 0>(Bu, w.up + e * H * I, I, 0,
-                                                    1, k0, H - k0, n0, I - n0);
+                                                    1, k0, H - k0, n0, width - n0);
           } else if constexpr (F::Fused && F::Interleaved) {
             copyPairs<TW, BK, BN, S::SN, (2 * I) % V == 0>(
                 Bg, Bu, w.gateUp + e * H * 2 * I, 2 * I, k0, H - k0, n0,
-                I - n0);
+                width - n0);
           } else if constexpr (F::Fused) {
             const TW *m = w.gateUp + e * H * 2 * I;
             copyTile<TW, BK, BN, S::SN, I % V == 0>(Bg, m, 2 * I, 0, 1, k0,
-                                                    H - k0, n0, I - n0);
+                                                    H - k0, n0, width - n0);
             copyTile<TW, BK, BN, S::SN, I % V == 0>(Bu, m, 2 * I, 0, 1, k0,
-                                                    H - k0, I + n0, I - n0);
+                                                    H - k0, I + n0, width - n0);
           } else {
             copyTile<TW, BK, BN, S::SN, I % V == 0>(
-                Bg, w.gate + e * H * I, I, 0, 1, k0, H - k0, n0, I - n0);
+                Bg, w.gate + e * H * I, I, 0, 1, k0, H - k0, n0, width - n0);
             copyTile<TW, BK, BN, S::SN, I % V == 0>(Bu, w.up + e * H * I, I, 0,
-                                                    1, k0, H - k0, n0, I - n0);
+                                                    1, k0, H - k0, n0, width - n0);
           }
         }
         __syncthreads();
@@ -682,7 +700,7 @@ __device__ void gateUp(const MoEKernelArgs &args) {
         for (int i = 0; i < 4; ++i) {
           const int r = wm * WM + mi * 16 + g + (i >= 2 ? 8 : 0);
           const int j = n0 + wn * WN + ni * 8 + 2 * t + (i & 1);
-          if (r >= rt.count || j >= I)
+          if (r >= rt.count || j >= width)
             continue;
           float gv = acc[0][mi][ni][i], uv = acc[NB - 1][mi][ni][i];
           if constexpr (F::Fused) {
@@ -770,6 +788,9 @@ __device__ void down(const MoEKernelArgs &args) {
         ar < rt.count ? h + static_cast<long long>(rt.start + ar) * I
                       : nullptr;
     const long long e = rt.e;
+    // The reduction runs over the expert's width: h and down past it are
+    // padding, never loaded.
+    [[maybe_unused]] const int width = F::width(e);
     float acc[1][MI][NI][4];
 #pragma unroll
     for (int mi = 0; mi < MI; ++mi)
@@ -790,16 +811,16 @@ __device__ void down(const MoEKernelArgs &args) {
       thinGemm<float, TW, TX, false, true, NA, RD>(
           acc, As, Bs, zd, 1.0f, w.down + e * H * RD, 0, 1, n0, H - n0);
     } else {
-      for (int k0 = 0; k0 < I; k0 += BK) {
+      for (int k0 = 0; k0 < width; k0 += BK) {
         __syncthreads();
-        loadAChunk<float, TW, TX, false, I % 4 == 0, NA>(As + ar * S::SK + ac,
-                                                         src, k0 + ac, I, 1.0f);
+        loadAChunk<float, TW, TX, false, I % 4 == 0, NA>(
+            As + ar * S::SK + ac, src, k0 + ac, width, 1.0f);
         if constexpr (!InOut)
           copyTile<TW, BN, BK, S::SK, I % V == 0>(Bs, w.down + e * H * I, I, 0,
-                                                  1, n0, H - n0, k0, I - k0);
+                                                  1, n0, H - n0, k0, width - k0);
         else
           copyTile<TW, BK, BN, S::SN, H % V == 0>(Bs, w.down + e * I * H, H, 0,
-                                                  1, k0, I - k0, n0, H - n0);
+                                                  1, k0, width - k0, n0, H - n0);
         __syncthreads();
         warpTile<TW, InOut, 1, NA>(acc, As, Bs, Bs);
       }

@@ -289,3 +289,44 @@ func.func @non_gated_low_rank(%x: tensor<?x16xf32>, %ids: tensor<?x2xi32>, %w: t
   %y = moe.combine %ys, %rows, %w : (tensor<?x16xf32>, tensor<?xi32>, tensor<?x2xf32>) -> tensor<?x16xf32>
   return %y : tensor<?x16xf32>
 }
+
+// -----
+
+// Experts of unequal width fuse; the widths move into the body with the
+// expert op.
+// CHECK-LABEL: func.func @widths
+// CHECK: moe.fused_experts
+// CHECK: moe.expert_ffn %{{.*}}, %{{.*}} gate(%{{.*}}) up(%{{.*}}) down(%{{.*}}) {activation = #moe.activation<silu>, widths = array<i64: 2, 8, 4, 6>}
+// CHECK-NOT: moe.expert_ffn
+// CHECK: return
+func.func @widths(%x: tensor<?x16xf32>, %ids: tensor<?x2xi32>, %w: tensor<?x2xf32>) -> tensor<?x16xf32> {
+  %c, %off, %rows = moe.dispatch %ids {num_experts = 4 : i64} : tensor<?x2xi32> -> tensor<4xi32>, tensor<5xi32>, tensor<?xi32>
+  %xs = moe.permute %x, %rows, %w : (tensor<?x16xf32>, tensor<?xi32>, tensor<?x2xf32>) -> tensor<?x16xf32>
+  %g = moe.weight ["g"] from ["m.safetensors"] : tensor<4x8x16xf32>
+  %u = moe.weight ["u"] from ["m.safetensors"] : tensor<4x8x16xf32>
+  %d = moe.weight ["d"] from ["m.safetensors"] : tensor<4x16x8xf32>
+  %ys = moe.expert_ffn %xs, %off gate(%g) up(%u) down(%d) {activation = #moe.activation<silu>, widths = array<i64: 2, 8, 4, 6>} : (tensor<?x16xf32>, tensor<5xi32>, tensor<4x8x16xf32>, tensor<4x8x16xf32>, tensor<4x16x8xf32>) -> tensor<?x16xf32>
+  %y = moe.combine %ys, %rows, %w : (tensor<?x16xf32>, tensor<?xi32>, tensor<?x2xf32>) -> tensor<?x16xf32>
+  return %y : tensor<?x16xf32>
+}
+
+// -----
+
+// Factored weights of experts of unequal width: the factored kernels have
+// one width, so the body is refused by name and nothing is fused.
+// CHECK-LABEL: func.func @widths_low_rank
+// CHECK-NOT: moe.fused_experts
+// CHECK: moe.expert_ffn
+func.func @widths_low_rank(%x: tensor<?x16xf32>, %ids: tensor<?x2xi32>, %w: tensor<?x2xf32>) -> tensor<?x16xf32> {
+  %c, %off, %rows = moe.dispatch %ids {num_experts = 4 : i64} : tensor<?x2xi32> -> tensor<4xi32>, tensor<5xi32>, tensor<?xi32>
+  %xs = moe.permute %x, %rows, %w : (tensor<?x16xf32>, tensor<?xi32>, tensor<?x2xf32>) -> tensor<?x16xf32>
+  %ga = moe.weight ["ga"] from ["m.safetensors"] : tensor<4x8x2xf32>
+  %gb = moe.weight ["gb"] from ["m.safetensors"] : tensor<4x2x16xf32>
+  %g = moe.low_rank %ga, %gb : tensor<4x8x2xf32>, tensor<4x2x16xf32> -> tensor<4x8x16xf32>
+  %u = moe.weight ["u"] from ["m.safetensors"] : tensor<4x8x16xf32>
+  %d = moe.weight ["d"] from ["m.safetensors"] : tensor<4x16x8xf32>
+  %ys = moe.expert_ffn %xs, %off gate(%g) up(%u) down(%d) {activation = #moe.activation<silu>, widths = array<i64: 2, 8, 4, 6>} : (tensor<?x16xf32>, tensor<5xi32>, tensor<4x8x16xf32>, tensor<4x8x16xf32>, tensor<4x16x8xf32>) -> tensor<?x16xf32>
+  // expected-remark @+1 {{moe-fuse-experts: not fused: 'moe.low_rank' factored expert weights (moe.low_rank) of a moe.expert_ffn with 'widths' are not generated: the factored kernels assume one intermediate size}}
+  %y = moe.combine %ys, %rows, %w : (tensor<?x16xf32>, tensor<?xi32>, tensor<?x2xf32>) -> tensor<?x16xf32>
+  return %y : tensor<?x16xf32>
+}

@@ -87,9 +87,10 @@ def MoECompressExperts : Pass<"moe-compress-experts", "::mlir::ModuleOp"> {
     expert choice included (the factorisation does not depend on the
     routing). Refused with a remark, the IR left unchanged: a layer with
     fused ops (`moe.fused_experts`: run before `--moe-optimize`), a
-    `moe.lora_mixture` (its adapters are already low rank), weights that
-    are not `moe.weight`, and a rank that would not reduce the parameters
-    of a matrix.
+    `moe.lora_mixture` (its adapters are already low rank), non-gated
+    experts and experts of unequal width (`widths`: the factored kernels
+    have one gate and one width), weights that are not `moe.weight`, and a
+    rank that would not reduce the parameters of a matrix.
   }];
   let options = [
     Option<"rank", "rank", "int64_t", "0",
@@ -311,7 +312,9 @@ def MoEShardExperts : Pass<"moe-shard-experts", "::mlir::ModuleOp"> {
     by exactly one rank. Shared experts (`moe.ffn`) are computed by rank 0
     only. The sum over ranks of the rank layers' outputs is the layer's
     output. The function records `moe.rank = R` and `moe.rank.experts =
-    array<i64: ...>` (the layer expert of each local expert).
+    array<i64: ...>` (the layer expert of each local expert). Experts of
+    unequal width keep their widths (`widths` lists the local experts'),
+    stacked at the layer's size.
 
     With `routing=given` the routing comes from the caller (an engine that
     ran the router and dispatched the tokens): each placed layer's function
@@ -380,7 +383,9 @@ def MoEPruneExperts : Pass<"moe-prune-experts", "::mlir::ModuleOp"> {
     when: the profile has no such layer or another expert count
     (`layer.L.expert_count`) or hidden size; the router is expert choice;
     the experts are already fused (run before `--moe-optimize`); the
-    top-k (or `max_k`) is larger than the experts kept. The profile's model
+    top-k (or `max_k`) is larger than the experts kept. Experts of unequal
+    width keep their widths (`widths` lists the kept experts'; the stack
+    keeps its size even when the widest expert goes). The profile's model
     hash is not compared (the profile describes the original model, which
     earlier passes may have rewritten); its layer indices, expert counts and
     hidden sizes are.
@@ -441,7 +446,9 @@ def MoEMergeExperts : Pass<"moe-merge-experts", "::mlir::ModuleOp"> {
     remark, leaving it unchanged, when: the profile lacks the layer, the
     statistic asked for, or has another expert count or hidden size; the
     router is expert choice; the experts are already fused (run before
-    `--moe-optimize`); `align=weight` meets a fused gate_up projection.
+    `--moe-optimize`); `align=weight` meets a fused gate_up projection; the
+    experts have unequal widths (`widths`: a merged unit would be real in
+    one member and padding in another).
     As for `--moe-prune-experts`, the profile's model hash is not compared
     (it identifies the model the profile was recorded on); its layer
     indices, expert counts and hidden sizes are.

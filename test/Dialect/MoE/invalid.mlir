@@ -1298,3 +1298,44 @@ func.func @threshold_on_topk_values(%s: tensor<?x8xf32>) {
   %i, %v = moe.threshold %p {max_k = 2 : i64} : tensor<?x2xf32> -> tensor<?x2xi32>, tensor<?x2xf32>
   return
 }
+
+// -----
+
+func.func @widths_count(%x: tensor<?x64xf32>, %o: tensor<5xi32>, %g: tensor<4x32x64xf32>, %d: tensor<4x64x32xf32>) {
+  // expected-error @+1 {{'widths' has 3 entries but the projections hold E = 4 experts (one width per expert)}}
+  %0 = moe.expert_ffn %x, %o gate(%g) up(%g) down(%d) {activation = #moe.activation<silu>, widths = array<i64: 8, 32, 32>} : (tensor<?x64xf32>, tensor<5xi32>, tensor<4x32x64xf32>, tensor<4x32x64xf32>, tensor<4x64x32xf32>) -> tensor<?x64xf32>
+  return
+}
+
+// -----
+
+func.func @widths_zero(%x: tensor<?x64xf32>, %o: tensor<5xi32>, %g: tensor<4x32x64xf32>, %d: tensor<4x64x32xf32>) {
+  // expected-error @+1 {{'widths' entry 1 is 0; an expert's intermediate size must be >= 1 (skip tokens with a null expert, moe.drop_null_experts)}}
+  %0 = moe.expert_ffn %x, %o gate(%g) up(%g) down(%d) {activation = #moe.activation<silu>, widths = array<i64: 8, 0, 32, 16>} : (tensor<?x64xf32>, tensor<5xi32>, tensor<4x32x64xf32>, tensor<4x32x64xf32>, tensor<4x64x32xf32>) -> tensor<?x64xf32>
+  return
+}
+
+// -----
+
+func.func @widths_negative(%x: tensor<?x64xf32>, %o: tensor<5xi32>, %g: tensor<4x32x64xf32>, %d: tensor<4x64x32xf32>) {
+  // expected-error @+1 {{'widths' entry 0 is -4; an expert's intermediate size must be >= 1}}
+  %0 = moe.expert_ffn %x, %o gate(%g) up(%g) down(%d) {activation = #moe.activation<silu>, widths = array<i64: -4, 8, 32, 16>} : (tensor<?x64xf32>, tensor<5xi32>, tensor<4x32x64xf32>, tensor<4x32x64xf32>, tensor<4x64x32xf32>) -> tensor<?x64xf32>
+  return
+}
+
+// -----
+
+func.func @widths_too_wide(%x: tensor<?x64xf32>, %o: tensor<5xi32>, %g: tensor<4x32x64xf32>, %d: tensor<4x64x32xf32>) {
+  // expected-error @+1 {{'widths' entry 2 is 33, more than the stacked intermediate size 32 of the projections}}
+  %0 = moe.expert_ffn %x, %o gate(%g) up(%g) down(%d) {activation = #moe.activation<silu>, widths = array<i64: 8, 32, 33, 16>} : (tensor<?x64xf32>, tensor<5xi32>, tensor<4x32x64xf32>, tensor<4x32x64xf32>, tensor<4x64x32xf32>) -> tensor<?x64xf32>
+  return
+}
+
+// -----
+
+func.func @widths_too_wide_in_out(%x: tensor<?x64xf32>, %o: tensor<5xi32>, %u: tensor<4x64x16xf32>, %d: tensor<4x16x64xf32>) {
+  // expected-error @+1 {{'widths' entry 3 is 17, more than the stacked intermediate size 16 of the projections}}
+  %0 = moe.expert_ffn %x, %o non_gated up(%u) down(%d) {activation = #moe.activation<relu>, weight_layout = #moe.weight_layout<in_out>, widths = array<i64: 16, 8, 4, 17>} : (tensor<?x64xf32>, tensor<5xi32>, tensor<4x64x16xf32>, tensor<4x16x64xf32>) -> tensor<?x64xf32>
+  return
+}
+

@@ -168,6 +168,22 @@ func.func @non_gated(%xs: tensor<?x64xbf16>, %off: tensor<5xi32>,
   return %4 : tensor<?x64xbf16>
 }
 
+// Experts of unequal width (Duo-LLM): one width per expert, the widest
+// may be narrower than the stack (in_out and a fused gate_up too).
+// CHECK-LABEL: func.func @widths
+// CHECK: moe.expert_ffn %{{.*}}, %{{.*}} gate(%{{.*}}) up(%{{.*}}) down(%{{.*}}) {activation = #moe.activation<silu>, widths = array<i64: 8, 32, 32, 16>} : (tensor<?x64xf32>, tensor<5xi32>, tensor<4x32x64xf32>, tensor<4x32x64xf32>, tensor<4x64x32xf32>) -> tensor<?x64xf32>
+// CHECK: moe.expert_ffn %{{.*}}, %{{.*}} non_gated up(%{{.*}}) down(%{{.*}}) {activation = #moe.activation<relu>, weight_layout = #moe.weight_layout<in_out>, widths = array<i64: 1, 2, 3, 4>}
+// CHECK: moe.expert_ffn %{{.*}}, %{{.*}} gate_up(%{{.*}}) down(%{{.*}}) {activation = #moe.activation<silu>, gate_up_layout = #moe.gate_up_layout<interleaved>, widths = array<i64: 32, 24, 16, 8>}
+func.func @widths(%xs: tensor<?x64xf32>, %off: tensor<5xi32>,
+                  %g: tensor<4x32x64xf32>, %d: tensor<4x64x32xf32>,
+                  %ui: tensor<4x64x32xf32>, %di: tensor<4x32x64xf32>,
+                  %gu: tensor<4x64x64xf32>) -> tensor<?x64xf32> {
+  %0 = moe.expert_ffn %xs, %off gate(%g) up(%g) down(%d) {activation = #moe.activation<silu>, widths = array<i64: 8, 32, 32, 16>} : (tensor<?x64xf32>, tensor<5xi32>, tensor<4x32x64xf32>, tensor<4x32x64xf32>, tensor<4x64x32xf32>) -> tensor<?x64xf32>
+  %1 = moe.expert_ffn %0, %off non_gated up(%ui) down(%di) {activation = #moe.activation<relu>, weight_layout = #moe.weight_layout<in_out>, widths = array<i64: 1, 2, 3, 4>} : (tensor<?x64xf32>, tensor<5xi32>, tensor<4x64x32xf32>, tensor<4x32x64xf32>) -> tensor<?x64xf32>
+  %2 = moe.expert_ffn %1, %off gate_up(%gu) down(%d) {activation = #moe.activation<silu>, gate_up_layout = #moe.gate_up_layout<interleaved>, widths = array<i64: 32, 24, 16, 8>} : (tensor<?x64xf32>, tensor<5xi32>, tensor<4x64x64xf32>, tensor<4x64x32xf32>) -> tensor<?x64xf32>
+  return %2 : tensor<?x64xf32>
+}
+
 // CHECK-LABEL: func.func @lora
 // CHECK: moe.lora_mixture %{{.*}} base(%{{.*}}) base_bias(%{{.*}}) lora(%{{.*}}, %{{.*}}) routing(%{{.*}}, %{{.*}}) {scales = [2.000000e+00 : f32, 5.000000e-01 : f32, 1.000000e+00 : f32, 1.000000e+00 : f32]}
 // CHECK: moe.lora_mixture %{{.*}} base(%{{.*}}) lora(%{{.*}}, %{{.*}}) {scales = [2.000000e+00 : f32]} : (tensor<?x64xf32>, tensor<48x64xf32>, tensor<1x8x64xf32>, tensor<1x48x8xf32>) -> tensor<?x48xf32>

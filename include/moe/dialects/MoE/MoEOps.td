@@ -514,7 +514,7 @@ def MoE_CombineOp : MoE_Op<"combine", [Pure]> {
 //===----------------------------------------------------------------------===//
 
 class MoE_GatedFFNOp<string mnemonic, string sum, string desc,
-                     dag extraIns = (ins)>
+                     dag extraIns = (ins), dag extraAttrs = (ins)>
     : MoE_Op<mnemonic, [Pure, AttrSizedOperandSegments]> {
   let summary = sum;
   let description = desc # [{
@@ -554,7 +554,8 @@ class MoE_GatedFFNOp<string mnemonic, string sum, string desc,
       DefaultValuedAttr<MoE_GateUpLayoutAttr, "::mlir::moe::GateUpLayout::concat">:$gate_up_layout,
       DefaultValuedAttr<MoE_WeightLayoutAttr, "::mlir::moe::WeightLayout::out_in">:$weight_layout,
       DefaultValuedAttr<F32Attr, "1.702">:$alpha,
-      DefaultValuedAttr<F32Attr, "7.0">:$limit, UnitAttr:$non_gated));
+      DefaultValuedAttr<F32Attr, "7.0">:$limit, UnitAttr:$non_gated),
+      extraAttrs);
   let results = (outs MoE_Tensor:$result);
   let hasVerifier = 1;
 }
@@ -573,7 +574,48 @@ def MoE_ExpertFFNOp : MoE_GatedFFNOp<"expert_ffn",
         : (tensor<?x64xbf16>, tensor<5xi32>, tensor<4x128x64xbf16>,
            tensor<4x64x128xbf16>) -> tensor<?x64xbf16>
     ```
-  }], (ins MoE_Tensor:$input, MoE_I32Vector:$offsets)> {
+
+    Experts of unequal width (`widths`, Duo-LLM's small and big FFN per
+    layer): `widths = array<i64: w_0, ..., w_{E-1}>` gives expert `e` the
+    intermediate size `w_e`, `1 <= w_e <= I`; the weights stay stacked at
+    the widest size `I` and expert `e` is the FFN of its first `w_e`
+    intermediate channels: rows `0 .. w_e` of `gate`/`up` (of a fused
+    `gate_up`: rows `[0, w_e)` and `[I, I + w_e)` with `concat`, pairs
+    `2j, 2j + 1` for `j < w_e` with `interleaved`), columns `0 .. w_e` of
+    `down`, entries `0 .. w_e` of the intermediate biases. The rest is
+    padding that no consumer reads: the reference executor sums over the
+    first `w_e` channels only, and the expert kernels neither load nor
+    multiply it (docs/codegen.md says how per path), so its values do not
+    matter (NaN included). Storage: stacked with padding, because a
+    tensor has one shape; on disk each expert may keep its own width, as
+    `moe.weight` zero-pads stacked tensors that are smaller than their
+    slice (per-expert `[w_e, H]` and `[H, w_e]` checkpoints stack into
+    `[E, I, H]` and `[E, H, I]`). The widest expert may be narrower than
+    `I` (a stack that lost its widest expert to `--moe-prune-experts` or
+    to a rank's share keeps its size: the padding costs storage only).
+    Skipping an expert entirely is a null expert (`moe.drop_null_experts`),
+    not a width of 0.
+
+    ```mlir
+    // Duo-LLM: a small (32) and a big (128) FFN, stacked at 128.
+    %ys = moe.expert_ffn %xs, %offsets gate(%wg) up(%wu) down(%wd)
+        {activation = #moe.activation<silu>, widths = array<i64: 32, 128>}
+        : (tensor<?x64xf32>, tensor<3xi32>, tensor<2x128x64xf32>,
+           tensor<2x128x64xf32>, tensor<2x64x128xf32>) -> tensor<?x64xf32>
+    ```
+  }], (ins MoE_Tensor:$input, MoE_I32Vector:$offsets),
+  (ins OptionalAttr<DenseI64ArrayAttr>:$widths)> {
+  let extraClassDeclaration = [{
+    /// The intermediate size of expert `e`: widths[e], or the stacked
+    /// size `stacked` without `widths`.
+    int64_t getExpertWidth(int64_t e, int64_t stacked) {
+      if (std::optional<ArrayRef<int64_t>> w = getWidths())
+        return (*w)[e];
+      return stacked;
+    }
+    /// The verifier's rules for `widths`.
+    ::mlir::LogicalResult verifyWidths(int64_t experts);
+  }];
   let assemblyFormat = [{
     $input `,` $offsets
     (`non_gated` $non_gated^)?
@@ -761,8 +803,10 @@ def MoE_FusedExpertsOp : MoE_Op<"fused_experts",
     `moe.sigmoid(moe.router_linear(x, w [bias b]))`; weights are `moe.weight`
     or float `arith.constant` ops of the body, and the routed experts'
     `gate`, `up`, `gate_up` and `down` may each be `moe.low_rank` of two
-    such weights (factored experts). The verifier names any other
-    op (it would not be generated).
+    such weights (factored experts). The routed `moe.expert_ffn` may be
+    `non_gated` or carry `widths` (experts of unequal width; the kernels
+    stop at each expert's width), but neither with factored weights. The
+    verifier names any other op (it would not be generated).
   }];
   let arguments = (ins MoE_Tensor:$input, MoE_Ids:$ids, MoE_Scores:$weights,
                    MoE_I32Vector:$rows, MoE_I32Vector:$offsets,
