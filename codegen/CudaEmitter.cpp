@@ -462,7 +462,8 @@ private:
     fixed.set(MOE_ROUTE_SLOT_ROWS, valueBinding(rows));
     fixed.set(MOE_ROUTE_SLOT_COUNTER, valueBinding(counter));
     fixed.set(MOE_ROUTE_SLOT_SLOT_ROW, valueBinding(slotRow));
-    fixed.setNull(MOE_ROUTE_SLOT_CHOICE_SCORES); // set by expert_choice
+    // The cross-token op's first row operand (set below when there is one).
+    fixed.setNull(MOE_ROUTE_SLOT_CHOICE_SCORES);
     // A given routing (an engine's dispatch) is read like the input.
     Value givenIds = op.getGivenIds(), givenWeights = op.getGivenWeights();
     if (givenIds) {
@@ -721,8 +722,8 @@ private:
       return call;
     };
 
-    // Phase 1: every token's warp runs the ops before the cross-token
-    // selection (all of them when there is none).
+    // Phase 1: every token's warp runs the ops before the cross-token op
+    // (all of them when there is none).
     Operation *choice = program.crossToken;
     for (Operation *o : program.perToken) {
       auto comment = [&](llvm::raw_string_ostream &s) {
@@ -809,11 +810,6 @@ private:
     // A body may yield the given routing as it is.
     noteGiven(yIds);
     noteGiven(yWeights);
-    // Whether phase 2 runs ops per token after the cross-token selection
-    // (then the selection writes to scratch, not to the outputs).
-    bool late = choice && (!program.afterCrossToken.empty() ||
-                           yIds != choice->getResult(0) ||
-                           yWeights != choice->getResult(1));
     auto bufferPtr = [&](Value like, StringRef prefix) {
       bool isInt =
           cast<RankedTensorType>(like.getType()).getElementType().isInteger(32);
@@ -828,29 +824,98 @@ private:
                            isInt ? "int" : "float", p, slot);
       return p;
     };
+    // The block-wide call of a cross-token op over the whole batch: `in`
+    // are its row operands in global memory ([T, n] each), `out` its
+    // results'.
+    auto crossCall = [&](Operation *o, ArrayRef<std::string> in,
+                         ArrayRef<std::string> out) -> Expected<std::string> {
+      std::string call;
+      llvm::raw_string_ostream c(call);
+      Error err =
+          llvm::TypeSwitch<Operation *, Error>(o)
+              .Case([&](ExpertChoiceOp s) -> Error {
+                c << llvm::formatv("moe_k::route::expertChoice<{0}, {1}>({2}, "
+                                   "T, {3}, {4});",
+                                   dim(s.getInput(), 1), s.getCapacity(),
+                                   in[0], out[0], out[1]);
+                return Error::success();
+              })
+              .Case([&](CapacityOp s) -> Error {
+                // The capacity is enforced here, over every token's slots,
+                // before the dispatch plan reads the ids.
+                c << llvm::formatv(
+                    "moe_k::route::capacity<{0}, {1}>({2}, {3}, T, {4}, {5}, "
+                    "{6});",
+                    dim(s.getIds(), 1), s.getNumExperts(), in[0], in[1],
+                    floatLiteral(s.getCapacityFactor().convertToFloat()),
+                    out[0], out[1]);
+                return Error::success();
+              })
+              .Case([&](SinkhornOp s) -> Error {
+                c << llvm::formatv(
+                    "moe_k::route::sinkhorn<{0}>({1}, T, {2}, {3}, {4});",
+                    dim(s.getInput(), 1), in[0], s.getIterations(),
+                    floatLiteral(s.getEpsilon().convertToFloat()), out[0]);
+                return Error::success();
+              })
+              .Default([&](Operation *other) -> Error {
+                return makeError(other, "the routing kernel has no "
+                                        "cross-token template for this op "
+                                        "(in moe.fused_route at " +
+                                            locString(op) + ")");
+              });
+      if (err)
+        return std::move(err);
+      return call;
+    };
+    std::string crossIn0Type;
     if (choice) {
-      auto ec = cast<ExpertChoiceOp>(choice);
-      // Cross-token: every token's scores go to global scratch; the last
-      // block selects.
-      int64_t N = dim(ec.getInput(), 1);
-      int scores = fixedValue(::moe::ElementType::F32, 0, N);
-      launch.args[scratchSlot] = valueBinding(scores);
-      if (ec.getInput() == arg)
-        stagedArg = true;
-      p1 << "      // " << choice->getName() << "\n";
-      p1 << llvm::formatv("      if (lane == 0) {\n        for (int i = 0; "
-                          "i < {0}; ++i) choiceScores[t * {0} + i] = "
-                          "({1})[i];\n      }\n      __syncwarp();\n",
-                          N, at(ec.getInput()));
-      std::string ecIds = "outIds", ecVals = "outWeights";
-      if (late) {
-        ecIds = bufferPtr(ec.getIds(), "ecIds");
-        ecVals = bufferPtr(ec.getValues(), "ecVals");
+      auto cross = cast<CrossTokenOpInterface>(choice);
+      // Phase 1 ends with every token's rows of the op's operands in
+      // global memory; the last block runs the op over the batch.
+      SmallVector<std::string> ins, outs;
+      for (auto [i, v] : llvm::enumerate(cross.getTokenRowOperands())) {
+        int64_t n = dim(v, 1);
+        std::string buffer;
+        if (i == 0) {
+          // The first operand goes to the fixed scratch slot.
+          bool isInt = cast<RankedTensorType>(v.getType())
+                           .getElementType()
+                           .isInteger(32);
+          int scratch = fixedValue(
+              isInt ? ::moe::ElementType::I32 : ::moe::ElementType::F32, 0, n);
+          launch.args[scratchSlot] = valueBinding(scratch);
+          crossIn0Type = isInt ? "int" : "float";
+          buffer = "crossIn0";
+        } else {
+          buffer = bufferPtr(v, "crossIn");
+        }
+        if (v == arg)
+          stagedArg = true;
+        noteGiven(v);
+        p1 << "      // " << choice->getName() << " (operand " << i << ")\n";
+        p1 << llvm::formatv("      if (lane == 0) {\n        for (int i = 0; "
+                            "i < {0}; ++i) {1}[t * {0} + i] = ({2})[i];\n"
+                            "      }\n      __syncwarp();\n",
+                            n, buffer, at(v));
+        ins.push_back(buffer);
       }
-      p2 << llvm::formatv("    // {0}\n    moe_k::route::expertChoice<{1}, "
-                          "{2}>(choiceScores, T, {3}, {4});\n",
-                          choice->getName(), N, ec.getCapacity(), ecIds,
-                          ecVals);
+      // Whether phase 2 runs ops per token after the cross-token op (then
+      // the op writes to scratch, not to the outputs).
+      bool late = !program.afterCrossToken.empty() ||
+                  choice->getNumResults() != 2 ||
+                  yIds != choice->getResult(0) ||
+                  yWeights != choice->getResult(1);
+      if (late) {
+        for (Value r : choice->getResults())
+          outs.push_back(bufferPtr(r, "crossOut"));
+      } else {
+        outs = {"outIds", "outWeights"};
+      }
+      Expected<std::string> call = crossCall(choice, ins, outs);
+      if (!call)
+        return call.takeError();
+      p2 << "    // " << choice->getName() << "\n    " << *call << "\n";
       if (late) {
         // Rows computed in phase 1 and read in phase 2 stay in global
         // memory in between.
@@ -865,19 +930,18 @@ private:
                               "= {2}[t * {0} + i];\n",
                               n, at(v), buffer);
         };
+        for (auto [r, buffer] : llvm::zip(choice->getResults(), outs))
+          ld << llvm::formatv("        for (int i = 0; i < {0}; ++i) {1}[i] "
+                              "= {2}[t * {0} + i];\n",
+                              dim(r, 1), at(r), buffer);
         for (Value v : program.carried)
           carry(v, bufferPtr(v, "carry"));
         p1 << "      __syncwarp();\n";
-        int64_t N2 = dim(ec.getIds(), 1);
         p2 << llvm::formatv("    // router ops after {0}, per token\n"
                             "    for (long long t = warp; t < T; t += {1}) {{\n"
-                            "      if (lane == 0) {{\n"
-                            "        for (int i = 0; i < {2}; ++i) {{\n"
-                            "          {3}[i] = {4}[t * {2} + i];\n"
-                            "          {5}[i] = {6}[t * {2} + i];\n"
-                            "        }\n{7}      }\n      __syncwarp();\n",
-                            choice->getName(), kWarps, N2, at(ec.getIds()),
-                            ecIds, at(ec.getValues()), ecVals, load);
+                            "      if (lane == 0) {{\n{2}      }\n"
+                            "      __syncwarp();\n",
+                            choice->getName(), kWarps, load);
         auto in = [&](Value v) -> std::string { return at(v); };
         for (Operation *o : program.afterCrossToken) {
           Expected<std::string> call = rowCall(o, in);
@@ -924,8 +988,9 @@ private:
           "  int *slotRow = static_cast<int *>("
           "args.buffers[MOE_ROUTE_SLOT_SLOT_ROW]);\n";
     if (choice)
-      os << "  float *choiceScores = static_cast<float *>("
-            "args.buffers[MOE_ROUTE_SLOT_CHOICE_SCORES]);\n";
+      os << llvm::formatv("  {0} *crossIn0 = static_cast<{0} *>("
+                          "args.buffers[MOE_ROUTE_SLOT_CHOICE_SCORES]);\n",
+                          crossIn0Type);
     if (stagedGiven[0])
       os << "  const int *givenIds = static_cast<const int *>("
             "args.buffers[MOE_ROUTE_SLOT_GIVEN_IDS]);\n";

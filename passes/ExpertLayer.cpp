@@ -23,11 +23,13 @@ FailureOr<ExpertLayer> experts::findExpertLayer(func::FuncOp fn,
   auto index = fn->getAttrOfType<IntegerAttr>(kLayerAttrName);
   if (!index)
     return failure();
-  bool fused = false, expertChoice = false, lora = false;
+  bool fused = false, lora = false;
+  Operation *crossToken = nullptr;
   SmallVector<DispatchOp> dispatches;
   fn.walk([&](Operation *op) {
     fused |= isa<FusedRouteOp, FusedExpertsOp>(op);
-    expertChoice |= isa<ExpertChoiceOp>(op);
+    if (auto r = dyn_cast<RouterOpInterface>(op); r && r.readsOtherTokens())
+      crossToken = op;
     lora |= isa<LoraMixtureOp>(op);
     if (auto d = dyn_cast<DispatchOp>(op))
       dispatches.push_back(d);
@@ -43,10 +45,12 @@ FailureOr<ExpertLayer> experts::findExpertLayer(func::FuncOp fn,
             "moe.expert_ffn";
     return failure();
   }
-  if (expertChoice) {
-    why = "expert-choice routing (moe.expert_choice) is not supported: each "
-          "expert picks its tokens, so removing or merging experts changes "
-          "every token's routing";
+  if (crossToken) {
+    why = ("cross-token routing (" + crossToken->getName().getStringRef() +
+           ") is not supported: a token's experts depend on the other "
+           "tokens (expert choice, capacities, balancing), so removing or "
+           "merging experts changes every token's routing")
+              .str();
     return failure();
   }
   if (dispatches.size() != 1) {

@@ -334,8 +334,6 @@ LogicalResult ThresholdOp::verify() {
                                 maxK, "'max_k'");
 }
 
-bool ExpertChoiceOp::readsOtherTokens() { return true; }
-
 bool ExpertChoiceOp::slotsAreCandidates() { return true; }
 
 LogicalResult ExpertChoiceOp::verify() {
@@ -346,6 +344,48 @@ LogicalResult ExpertChoiceOp::verify() {
   return verifySelectionResults(*this, getInput(), getIds(), getValues(),
                                 columns(getInput()),
                                 "one slot per expert of 'input'");
+}
+
+int64_t CapacityOp::getExpertCapacity(int64_t tokens, int64_t slots) {
+  // The same double expression as the routing kernel's (moe_route.cuh).
+  double c = static_cast<double>(getCapacityFactor().convertToFloat()) *
+             static_cast<double>(tokens) * static_cast<double>(slots) /
+             static_cast<double>(getNumExperts());
+  return static_cast<int64_t>(std::ceil(c));
+}
+
+Value CapacityOp::getSelectionScores() { return getWeights(); }
+
+int64_t CapacityOp::getCandidateCount() { return getNumExperts(); }
+
+LogicalResult CapacityOp::verify() {
+  float factor = getCapacityFactor().convertToFloat();
+  if (!std::isfinite(factor) || factor <= 0.0f)
+    return emitOpError() << "'capacity_factor' must be finite and > 0 (each "
+                            "expert takes ceil(capacity_factor * T * K / "
+                            "num_experts) slots), got "
+                         << factor;
+  int64_t experts = getNumExperts();
+  if (experts < 1)
+    return emitOpError() << "'num_experts' must be >= 1, got " << experts;
+  Operation *op = getOperation();
+  if (failed(expectRoutingShape(op, getWeights(), "weights", getIds())))
+    return failure();
+  return verifyIdRange(op, getIds(), "ids", experts, "'num_experts'");
+}
+
+LogicalResult SinkhornOp::verify() {
+  int64_t iterations = getIterations();
+  if (iterations < 1)
+    return emitOpError() << "'iterations' (Sinkhorn normalisation rounds) "
+                            "must be >= 1, got "
+                         << iterations;
+  float eps = getEpsilon().convertToFloat();
+  if (!std::isfinite(eps) || eps <= 0.0f)
+    return emitOpError() << "'epsilon' (the temperature: exp((s - max) / "
+                            "epsilon)) must be finite and > 0, got "
+                         << eps;
+  return success();
 }
 
 LogicalResult GatherScoresOp::verify() {

@@ -825,6 +825,80 @@ private:
           set(o.getValues(), std::move(vals));
           return Error::success();
         })
+        .Case([&](CapacityOp o) -> Error {
+          HostTensor ids = get(o.getIds());
+          HostTensor w = get(o.getWeights());
+          Matrix m = matrix(ids);
+          int64_t E = o.getNumExperts();
+          int64_t capacity = o.getExpertCapacity(m.rows, m.cols);
+          std::vector<int64_t> taken(E, 0);
+          // Slot 0 of every token in token order, then slot 1, ...
+          for (int64_t s = 0; s < m.cols; ++s)
+            for (int64_t t = 0; t < m.rows; ++t) {
+              int32_t &id = ids.i[t * m.cols + s];
+              if (id < 0)
+                continue;
+              if (id >= E)
+                return opError(o, "id " + llvm::Twine(id) +
+                                      " is outside the " + llvm::Twine(E) +
+                                      " experts ('num_experts')");
+              if (taken[id] < capacity) {
+                ++taken[id];
+                continue;
+              }
+              id = -1;
+              w.f[t * m.cols + s] = 0.0f;
+            }
+          set(o.getResultIds(), std::move(ids));
+          set(o.getResultWeights(), std::move(w));
+          return Error::success();
+        })
+        .Case([&](SinkhornOp o) -> Error {
+          // The routing kernel's arithmetic and order (route::sinkhorn):
+          // double exponentials, sums and scales, f32 storage.
+          const HostTensor &in = get(o.getInput());
+          Matrix m = matrix(in);
+          int64_t T = m.rows, E = m.cols;
+          double eps = o.getEpsilon().convertToFloat();
+          HostTensor p = HostTensor::floats({T, E});
+          for (int64_t t = 0; t < T; ++t) {
+            const float *row = &in.f[t * E];
+            float mx = row[0];
+            for (int64_t e = 1; e < E; ++e)
+              if (row[e] > mx)
+                mx = row[e];
+            for (int64_t e = 0; e < E; ++e)
+              p.f[t * E + e] =
+                  mx == kNegInf
+                      ? 0.0f
+                      : static_cast<float>(std::exp(
+                            (static_cast<double>(row[e]) - mx) / eps));
+          }
+          double target = static_cast<double>(T) / static_cast<double>(E);
+          int64_t iterations = o.getIterations();
+          for (int64_t it = 0; it < iterations; ++it) {
+            for (int64_t t = 0; t < T; ++t) {
+              double sum = 0.0;
+              for (int64_t e = 0; e < E; ++e)
+                sum += p.f[t * E + e];
+              if (sum > 0.0)
+                for (int64_t e = 0; e < E; ++e)
+                  p.f[t * E + e] = static_cast<float>(p.f[t * E + e] / sum);
+            }
+            for (int64_t e = 0; e < E; ++e) {
+              double sum = 0.0;
+              for (int64_t t = 0; t < T; ++t)
+                sum += p.f[t * E + e];
+              if (sum > 0.0) {
+                double f = target / sum;
+                for (int64_t t = 0; t < T; ++t)
+                  p.f[t * E + e] = static_cast<float>(p.f[t * E + e] * f);
+              }
+            }
+          }
+          set(o.getResult(), std::move(p));
+          return Error::success();
+        })
         .Case([&](GatherScoresOp o) -> Error {
           const HostTensor &s = get(o.getScores());
           const HostTensor &ids = get(o.getIds());

@@ -376,6 +376,101 @@ __device__ void expertChoice(const float *scores, long long T, int *ids,
   __syncthreads();
 }
 
+/// moe.capacity's C = ceil(factor * T * K / E), in double precision as the
+/// reference executor computes it.
+__device__ __forceinline__ long long expertCapacity(float factor, long long T,
+                                                   int K, int E) {
+  return static_cast<long long>(ceil(static_cast<double>(factor) *
+                                     static_cast<double>(T) *
+                                     static_cast<double>(K) /
+                                     static_cast<double>(E)));
+}
+
+/// moe.capacity over all T tokens (run by one block once every token's ids
+/// [T, K] and weights are in global memory): each expert keeps its first C
+/// slots in priority order (slot 0 of every token in token order, then
+/// slot 1, ...) and the later ones become empty (-1, 0). One thread per
+/// expert walks the slots in that order, so the result is the sequential
+/// walk's; it only writes slots of its own expert, so no two threads touch
+/// one slot.
+template <int K, int E>
+__device__ void capacity(const int *ids, const float *weights, long long T,
+                         float factor, int *outIds, float *outWeights) {
+  const long long n = T * K;
+  for (long long i = threadIdx.x; i < n; i += blockDim.x) {
+    outIds[i] = ids[i];
+    outWeights[i] = weights[i];
+  }
+  __syncthreads();
+  const long long C = expertCapacity(factor, T, K, E);
+  for (int e = threadIdx.x; e < E; e += blockDim.x) {
+    long long taken = 0;
+    for (int s = 0; s < K; ++s)
+      for (long long t = 0; t < T; ++t) {
+        const long long i = t * K + s;
+        if (ids[i] != e)
+          continue;
+        if (taken < C) {
+          ++taken;
+        } else {
+          outIds[i] = -1;
+          outWeights[i] = 0.0f;
+        }
+      }
+  }
+  __syncthreads();
+}
+
+/// moe.sinkhorn over all T tokens (run by one block once every token's
+/// scores are in `in` [T, E]): P = exp((s - row max) / epsilon), then
+/// `iterations` rounds of row normalisation (each token's total 1) and
+/// column normalisation (each expert's total T / E) into `out` [T, E]. A
+/// thread per token for the row steps, a thread per expert for the column
+/// steps, each summing in order, so the result is the reference
+/// executor's; exponentials, sums and scales in double (IEEE on the device
+/// as on the host), each step stored as f32.
+template <int E>
+__device__ void sinkhorn(const float *in, long long T, int iterations,
+                         float epsilon, float *out) {
+  const double eps = epsilon;
+  for (long long t = threadIdx.x; t < T; t += blockDim.x) {
+    float m = in[t * E];
+    for (int e = 1; e < E; ++e)
+      if (in[t * E + e] > m)
+        m = in[t * E + e];
+    const bool empty = m == negInf();
+    for (int e = 0; e < E; ++e)
+      out[t * E + e] =
+          empty ? 0.0f
+                : static_cast<float>(
+                      exp((static_cast<double>(in[t * E + e]) - m) / eps));
+  }
+  __syncthreads();
+  const double target = static_cast<double>(T) / static_cast<double>(E);
+  for (int it = 0; it < iterations; ++it) {
+    for (long long t = threadIdx.x; t < T; t += blockDim.x) {
+      double sum = 0.0;
+      for (int e = 0; e < E; ++e)
+        sum += out[t * E + e];
+      if (sum > 0.0)
+        for (int e = 0; e < E; ++e)
+          out[t * E + e] = static_cast<float>(out[t * E + e] / sum);
+    }
+    __syncthreads();
+    for (int e = threadIdx.x; e < E; e += blockDim.x) {
+      double sum = 0.0;
+      for (long long t = 0; t < T; ++t)
+        sum += out[t * E + e];
+      if (sum > 0.0) {
+        const double f = target / sum;
+        for (long long t = 0; t < T; ++t)
+          out[t * E + e] = static_cast<float>(out[t * E + e] * f);
+      }
+    }
+    __syncthreads();
+  }
+}
+
 /// moe.dispatch: counts, offsets and rows (flat slot indices t * K + s
 /// grouped by expert, in token then slot order) of ids [T, K], and the
 /// inverse map slotRow [T * K] (the position of each slot in `rows`, -1 for

@@ -5,19 +5,19 @@
 // RUN: moe-opt %s --moe-optimize | moe-translate --moe-to-cuda | FileCheck %s
 
 // CHECK: extern "C" __global__ void __launch_bounds__(128) moe_route_{{[0-9a-f]+}}(MoEKernelArgs args)
-// CHECK: float *choiceScores = static_cast<float *>(args.buffers[MOE_ROUTE_SLOT_CHOICE_SCORES]);
-// CHECK-DAG: int *ecIds[[I:[0-9]+]] = static_cast<int *>(args.buffers[[[I]]]);
-// CHECK-DAG: float *ecVals[[V:[0-9]+]] = static_cast<float *>(args.buffers[[[V]]]);
+// CHECK: float *crossIn0 = static_cast<float *>(args.buffers[MOE_ROUTE_SLOT_CHOICE_SCORES]);
+// CHECK-DAG: int *crossOut[[I:[0-9]+]] = static_cast<int *>(args.buffers[[[I]]]);
+// CHECK-DAG: float *crossOut[[V:[0-9]+]] = static_cast<float *>(args.buffers[[[V]]]);
 // CHECK-DAG: float *carry[[C:[0-9]+]] = static_cast<float *>(args.buffers[[[C]]]);
 // CHECK: moe_k::route::sigmoid<4>(
-// CHECK: choiceScores[t * 4 + i] =
+// CHECK: crossIn0[t * 4 + i] =
 // CHECK: carry[[C]][t * 4 + i] =
 // CHECK: if (moe_k::route::lastBlockDone(counter, lastFlag)) {
 // CHECK-NEXT: // moe.expert_choice
-// CHECK-NEXT: moe_k::route::expertChoice<4, 3>(choiceScores, T, ecIds[[I]], ecVals[[V]]);
+// CHECK-NEXT: moe_k::route::expertChoice<4, 3>(crossIn0, T, crossOut[[I]], crossOut[[V]]);
 // CHECK-NEXT: // router ops after moe.expert_choice, per token
 // CHECK-NEXT: for (long long t = warp; t < T; t += 4) {
-// CHECK: = ecIds[[I]][t * 4 + i];
+// CHECK: = crossOut[[I]][t * 4 + i];
 // CHECK: = carry[[C]][t * 4 + i];
 // CHECK: moe_k::route::gatherScores<4, 4>(
 // CHECK: moe_k::route::maskedNormalize<4>(

@@ -83,7 +83,7 @@ func.func @fused(%x: tensor<?x32xf32>) -> tensor<?x32xf32> attributes {moe.layer
 
 // -----
 
-// expected-remark @+1 {{moe-merge-experts: layer not merged: expert-choice routing (moe.expert_choice) is not supported}}
+// expected-remark @+1 {{moe-merge-experts: layer not merged: cross-token routing (moe.expert_choice) is not supported}}
 func.func @expert_choice(%x: tensor<?x32xf32>, %wg: tensor<16x32xf32>, %g: tensor<16x16x32xf32>, %d: tensor<16x32x16xf32>) -> tensor<?x32xf32> attributes {moe.layer = 0 : i64} {
   %l = moe.router_linear %x, %wg : (tensor<?x32xf32>, tensor<16x32xf32>) -> tensor<?x16xf32>
   %ids, %w = moe.expert_choice %l {capacity = 4 : i64} : tensor<?x16xf32> -> tensor<?x16xi32>, tensor<?x16xf32>

@@ -356,3 +356,57 @@ func.func @dynmole(%x: tensor<?x16xf32>) -> tensor<?x16xf32> {
   %y = moe.combine %x, %r, %w : (tensor<?x16xf32>, tensor<?xi32>, tensor<?x4xf32>) -> tensor<?x16xf32>
   return %y : tensor<?x16xf32>
 }
+
+// -----
+
+// Capacity limits (GShard top-2): the cross-token moe.capacity and the
+// normalisation before it move into the fused router, whose kernel enforces
+// the capacity in its last block before the dispatch plan.
+// CHECK-LABEL: func.func @capacity
+// CHECK: %[[IDS:.*]], %[[W:.*]], %{{.*}}, %{{.*}}, %{{.*}} = moe.fused_route %{{.*}} {num_experts = 4 : i64} : tensor<?x16xf32> -> tensor<?x2xi32>, tensor<?x2xf32>
+// CHECK: %[[I:.*]], %[[V:.*]] = moe.topk
+// CHECK-NEXT: %[[N:.*]] = moe.normalize %[[V]]
+// CHECK-NEXT: %[[CI:.*]], %[[CW:.*]] = moe.capacity %[[I]], %[[N]] {capacity_factor = 1.250000e+00 : f32, num_experts = 4 : i64}
+// CHECK-NEXT: moe.yield %[[CI]], %[[CW]]
+// CHECK-NOT: moe.dispatch
+// CHECK-NOT: moe.capacity
+// CHECK: moe.combine %{{.*}}, %{{.*}}, %[[W]]
+func.func @capacity(%x: tensor<?x16xf32>) -> tensor<?x16xf32> {
+  %wg = moe.weight ["gate"] from ["m.safetensors"] : tensor<4x16xf32>
+  %l = moe.router_linear %x, %wg : (tensor<?x16xf32>, tensor<4x16xf32>) -> tensor<?x4xf32>
+  %p = moe.softmax %l : tensor<?x4xf32>
+  %i, %v = moe.topk %p {k = 2 : i64} : tensor<?x4xf32> -> tensor<?x2xi32>, tensor<?x2xf32>
+  %n = moe.normalize %v : tensor<?x2xf32>
+  %ids, %w = moe.capacity %i, %n {capacity_factor = 1.25 : f32, num_experts = 4 : i64} : tensor<?x2xi32>, tensor<?x2xf32>
+  %c, %o, %r = moe.dispatch %ids {num_experts = 4 : i64} : tensor<?x2xi32> -> tensor<4xi32>, tensor<5xi32>, tensor<?xi32>
+  %y = moe.combine %x, %r, %w : (tensor<?x16xf32>, tensor<?xi32>, tensor<?x2xf32>) -> tensor<?x16xf32>
+  return %y : tensor<?x16xf32>
+}
+
+// -----
+
+// Balanced assignment (S-BASE): the cross-token moe.sinkhorn, the top-k on
+// its result and the weights gathered from the softmax all move into the
+// fused router.
+// CHECK-LABEL: func.func @sinkhorn
+// CHECK: %[[IDS:.*]], %[[W:.*]], %{{.*}}, %{{.*}}, %{{.*}} = moe.fused_route %{{.*}} {num_experts = 4 : i64} : tensor<?x16xf32> -> tensor<?x1xi32>, tensor<?x1xf32>
+// CHECK: %[[L:.*]] = moe.router_linear
+// CHECK-NEXT: %[[P:.*]] = moe.softmax %[[L]]
+// CHECK-NEXT: %[[B:.*]] = moe.sinkhorn %[[L]] {epsilon = 1.000000e+00 : f32, iterations = 3 : i64}
+// CHECK-NEXT: %[[I:.*]], %{{.*}} = moe.topk %[[B]] {k = 1 : i64}
+// CHECK-NEXT: %[[G:.*]] = moe.gather_scores %[[P]], %[[I]]
+// CHECK-NEXT: moe.yield %[[I]], %[[G]]
+// CHECK-NOT: moe.dispatch
+// CHECK-NOT: moe.sinkhorn
+// CHECK: moe.combine %{{.*}}, %{{.*}}, %[[W]]
+func.func @sinkhorn(%x: tensor<?x16xf32>) -> tensor<?x16xf32> {
+  %wg = moe.weight ["gate"] from ["m.safetensors"] : tensor<4x16xf32>
+  %l = moe.router_linear %x, %wg : (tensor<?x16xf32>, tensor<4x16xf32>) -> tensor<?x4xf32>
+  %p = moe.softmax %l : tensor<?x4xf32>
+  %b = moe.sinkhorn %l {iterations = 3 : i64, epsilon = 1.0 : f32} : tensor<?x4xf32>
+  %ids, %v = moe.topk %b {k = 1 : i64} : tensor<?x4xf32> -> tensor<?x1xi32>, tensor<?x1xf32>
+  %w = moe.gather_scores %p, %ids : tensor<?x4xf32>, tensor<?x1xi32> -> tensor<?x1xf32>
+  %c, %o, %r = moe.dispatch %ids {num_experts = 4 : i64} : tensor<?x1xi32> -> tensor<4xi32>, tensor<5xi32>, tensor<?xi32>
+  %y = moe.combine %x, %r, %w : (tensor<?x16xf32>, tensor<?xi32>, tensor<?x1xf32>) -> tensor<?x16xf32>
+  return %y : tensor<?x16xf32>
+}

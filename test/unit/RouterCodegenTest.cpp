@@ -101,6 +101,18 @@ const std::map<std::string, Sample> &samples() {
        {"%ids, %w = moe.expert_choice %l {capacity = 2 : i64} : "
         "tensor<?x4xf32> -> tensor<?x4xi32>, tensor<?x4xf32>",
         4, 4}},
+      {"moe.capacity",
+       {"%i, %v = moe.topk %l {k = 2 : i64} : tensor<?x4xf32> -> "
+        "tensor<?x2xi32>, tensor<?x2xf32>\n"
+        "%ids, %w = moe.capacity %i, %v {capacity_factor = 1.25 : f32, "
+        "num_experts = 4 : i64} : tensor<?x2xi32>, tensor<?x2xf32>",
+        2, 4}},
+      {"moe.sinkhorn",
+       {"%b = moe.sinkhorn %l {iterations = 2 : i64, epsilon = 1.0 : f32} : "
+        "tensor<?x4xf32>\n"
+        "%ids, %w = moe.topk %b {k = 2 : i64} : tensor<?x4xf32> -> "
+        "tensor<?x2xi32>, tensor<?x2xf32>",
+        2, 4}},
       {"moe.gather_scores",
        {"%s = moe.sigmoid %l : tensor<?x4xf32>\n"
         "%ids, %v = moe.topk %l {k = 2 : i64} : tensor<?x4xf32> -> "

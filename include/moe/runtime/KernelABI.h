@@ -72,11 +72,12 @@
 
 /* moe.fused_route: x [T, H]; the routing ids, weights [T, K]; the dispatch
  * plan counts [E], offsets [E + 1], rows [T * K], slot_row [T * K]; a
- * zeroed block counter [1]; expert-choice scores [T, N] (or null); the
- * given routing's ids [T, K'] i32 and weights [T, K'] f32 (an engine's
- * dispatch; null when the layer routes its tokens itself); then one slot
- * per router weight or logits buffer the kernel reads, in the order of its
- * body (the generated kernel names them). */
+ * zeroed block counter [1]; the cross-token op's first row operand
+ * [T, N] (expert choice's scores, capacity's ids, Sinkhorn's scores; or
+ * null); the given routing's ids [T, K'] i32 and weights [T, K'] f32 (an
+ * engine's dispatch; null when the layer routes its tokens itself); then
+ * one slot per router weight or logits buffer the kernel reads, in the
+ * order of its body (the generated kernel names them). */
 #define MOE_ROUTE_SLOT_LIST(X)                                               \
   X(INPUT) X(IDS) X(WEIGHTS) X(COUNTS) X(OFFSETS) X(ROWS) X(COUNTER)         \
   X(SLOT_ROW) X(CHOICE_SCORES) X(GIVEN_IDS) X(GIVEN_WEIGHTS)                 \

@@ -1339,3 +1339,141 @@ func.func @widths_too_wide_in_out(%x: tensor<?x64xf32>, %o: tensor<5xi32>, %u: t
   return
 }
 
+// -----
+
+func.func @capacity_factor_zero(%i: tensor<?x2xi32>, %w: tensor<?x2xf32>) {
+  // expected-error @+1 {{'moe.capacity' op 'capacity_factor' must be finite and > 0 (each expert takes ceil(capacity_factor * T * K / num_experts) slots), got 0}}
+  %ci, %cw = moe.capacity %i, %w {capacity_factor = 0.0 : f32, num_experts = 8 : i64} : tensor<?x2xi32>, tensor<?x2xf32>
+  return
+}
+
+// -----
+
+func.func @capacity_factor_negative(%i: tensor<?x2xi32>, %w: tensor<?x2xf32>) {
+  // expected-error @+1 {{'capacity_factor' must be finite and > 0 (each expert takes ceil(capacity_factor * T * K / num_experts) slots), got -1.500000e+00}}
+  %ci, %cw = moe.capacity %i, %w {capacity_factor = -1.5 : f32, num_experts = 8 : i64} : tensor<?x2xi32>, tensor<?x2xf32>
+  return
+}
+
+// -----
+
+func.func @capacity_factor_inf(%i: tensor<?x2xi32>, %w: tensor<?x2xf32>) {
+  // expected-error @+1 {{'capacity_factor' must be finite and > 0}}
+  %ci, %cw = moe.capacity %i, %w {capacity_factor = 0x7F800000 : f32, num_experts = 8 : i64} : tensor<?x2xi32>, tensor<?x2xf32>
+  return
+}
+
+// -----
+
+func.func @capacity_no_experts(%i: tensor<?x2xi32>, %w: tensor<?x2xf32>) {
+  // expected-error @+1 {{'moe.capacity' op 'num_experts' must be >= 1, got 0}}
+  %ci, %cw = moe.capacity %i, %w {capacity_factor = 1.0 : f32, num_experts = 0 : i64} : tensor<?x2xi32>, tensor<?x2xf32>
+  return
+}
+
+// -----
+
+func.func @capacity_weights_shape(%i: tensor<?x2xi32>, %w: tensor<?x3xf32>) {
+  // expected-error @+1 {{'weights' dimension 1 (slots of 'ids') must be 2, got 3}}
+  %ci, %cw = moe.capacity %i, %w {capacity_factor = 1.0 : f32, num_experts = 8 : i64} : tensor<?x2xi32>, tensor<?x3xf32>
+  return
+}
+
+// -----
+
+func.func @capacity_id_range(%s: tensor<?x8xf32>) {
+  // expected-note @+1 {{the ids are produced here}}
+  %ids, %v = moe.topk %s {k = 2 : i64} : tensor<?x8xf32> -> tensor<?x2xi32>, tensor<?x2xf32>
+  // expected-error @+1 {{'ids' holds ids in [0, 8) (from 'moe.topk') but 'num_experts' is 4: every id must be in [0, 4) or -1}}
+  %ci, %cw = moe.capacity %ids, %v {capacity_factor = 1.0 : f32, num_experts = 4 : i64} : tensor<?x2xi32>, tensor<?x2xf32>
+  return
+}
+
+// -----
+
+func.func @capacity_after_expert_choice(%x: tensor<?x16xf32>) {
+  // expected-error @+1 {{'moe.capacity' is a second cross-token selection in one router}}
+  %ids, %w, %c, %off, %rows = moe.fused_route %x {num_experts = 4 : i64} : tensor<?x16xf32> -> tensor<?x4xi32>, tensor<?x4xf32>, tensor<4xi32>, tensor<5xi32>, tensor<?xi32> {
+  ^bb0(%a: tensor<?x16xf32>):
+    %wg = moe.weight ["gate"] from ["m.safetensors"] : tensor<4x16xf32>
+    %l = moe.router_linear %a, %wg : (tensor<?x16xf32>, tensor<4x16xf32>) -> tensor<?x4xf32>
+    %i, %v = moe.expert_choice %l {capacity = 2 : i64} : tensor<?x4xf32> -> tensor<?x4xi32>, tensor<?x4xf32>
+    // expected-note @+1 {{the op is here}}
+    %i2, %v2 = moe.capacity %i, %v {capacity_factor = 1.0 : f32, num_experts = 4 : i64} : tensor<?x4xi32>, tensor<?x4xf32>
+    moe.yield %i2, %v2 : tensor<?x4xi32>, tensor<?x4xf32>
+  }
+  return
+}
+
+// -----
+
+func.func @sinkhorn_no_iterations(%s: tensor<?x8xf32>) {
+  // expected-error @+1 {{'moe.sinkhorn' op 'iterations' (Sinkhorn normalisation rounds) must be >= 1, got 0}}
+  %b = moe.sinkhorn %s {iterations = 0 : i64, epsilon = 1.0 : f32} : tensor<?x8xf32>
+  return
+}
+
+// -----
+
+func.func @sinkhorn_negative_iterations(%s: tensor<?x8xf32>) {
+  // expected-error @+1 {{'iterations' (Sinkhorn normalisation rounds) must be >= 1, got -2}}
+  %b = moe.sinkhorn %s {iterations = -2 : i64, epsilon = 1.0 : f32} : tensor<?x8xf32>
+  return
+}
+
+// -----
+
+func.func @sinkhorn_epsilon_zero(%s: tensor<?x8xf32>) {
+  // expected-error @+1 {{'moe.sinkhorn' op 'epsilon' (the temperature: exp((s - max) / epsilon)) must be finite and > 0, got 0}}
+  %b = moe.sinkhorn %s {iterations = 3 : i64, epsilon = 0.0 : f32} : tensor<?x8xf32>
+  return
+}
+
+// -----
+
+func.func @sinkhorn_epsilon_negative(%s: tensor<?x8xf32>) {
+  // expected-error @+1 {{'epsilon' (the temperature: exp((s - max) / epsilon)) must be finite and > 0, got -5.000000e-01}}
+  %b = moe.sinkhorn %s {iterations = 3 : i64, epsilon = -0.5 : f32} : tensor<?x8xf32>
+  return
+}
+
+// -----
+
+func.func @sinkhorn_epsilon_nan(%s: tensor<?x8xf32>) {
+  // expected-error @+1 {{'epsilon' (the temperature: exp((s - max) / epsilon)) must be finite and > 0, got nan}}
+  %b = moe.sinkhorn %s {iterations = 3 : i64, epsilon = 0x7FC00000 : f32} : tensor<?x8xf32>
+  return
+}
+
+// -----
+
+func.func @sinkhorn_result_type(%s: tensor<?x8xf32>) {
+  // expected-error @+1 {{'moe.sinkhorn' op requires the same type for all operands and results}}
+  %b = "moe.sinkhorn"(%s) {iterations = 3 : i64, epsilon = 1.0 : f32} : (tensor<?x8xf32>) -> tensor<?x4xf32>
+  return
+}
+
+// -----
+
+func.func @sinkhorn_then_capacity(%x: tensor<?x16xf32>) {
+  // expected-error @+1 {{'moe.capacity' is a second cross-token selection in one router (the routing kernel ranks the batch once, after 'moe.sinkhorn')}}
+  %ids, %w, %c, %off, %rows = moe.fused_route %x {num_experts = 4 : i64} : tensor<?x16xf32> -> tensor<?x2xi32>, tensor<?x2xf32>, tensor<4xi32>, tensor<5xi32>, tensor<?xi32> {
+  ^bb0(%a: tensor<?x16xf32>):
+    %wg = moe.weight ["gate"] from ["m.safetensors"] : tensor<4x16xf32>
+    %l = moe.router_linear %a, %wg : (tensor<?x16xf32>, tensor<4x16xf32>) -> tensor<?x4xf32>
+    %b = moe.sinkhorn %l {iterations = 2 : i64, epsilon = 1.0 : f32} : tensor<?x4xf32>
+    %i, %v = moe.topk %b {k = 2 : i64} : tensor<?x4xf32> -> tensor<?x2xi32>, tensor<?x2xf32>
+    // expected-note @+1 {{the op is here}}
+    %i2, %v2 = moe.capacity %i, %v {capacity_factor = 1.0 : f32, num_experts = 4 : i64} : tensor<?x2xi32>, tensor<?x2xf32>
+    moe.yield %i2, %v2 : tensor<?x2xi32>, tensor<?x2xf32>
+  }
+  return
+}
+
+// -----
+
+func.func @capacity_negative_experts(%i: tensor<?x2xi32>, %w: tensor<?x2xf32>) {
+  // expected-error @+1 {{'moe.capacity' op 'num_experts' must be >= 1, got -3}}
+  %ci, %cw = moe.capacity %i, %w {capacity_factor = 1.0 : f32, num_experts = -3 : i64} : tensor<?x2xi32>, tensor<?x2xf32>
+  return
+}

@@ -279,3 +279,30 @@ func.func @dynmole(%p: tensor<?x8xf32>) -> (tensor<?x8xi32>, tensor<?x8xf32>, te
   %ids2, %w2 = moe.entropy_fallback %p, %i2, %v2 {q = 0.5 : f32, threshold = 1.0 : f32} : tensor<?x8xf32>, tensor<?x3xi32>, tensor<?x3xf32> -> tensor<?x8xi32>, tensor<?x8xf32>
   return %ids, %w, %ids2, %w2 : tensor<?x8xi32>, tensor<?x8xf32>, tensor<?x8xi32>, tensor<?x8xf32>
 }
+
+// Capacity limits (GShard, Switch, Tutel capacity_factor): a cross-token op
+// after the selection; its ids are a selection over num_experts.
+// CHECK-LABEL: func.func @capacity
+// CHECK: %[[I:.*]], %[[W:.*]] = moe.capacity %{{.*}}, %{{.*}} {capacity_factor = 1.250000e+00 : f32, num_experts = 8 : i64} : tensor<?x2xi32>, tensor<?x2xf32>
+// CHECK: moe.normalize %[[W]]
+// CHECK: moe.dispatch %[[I]] {num_experts = 8 : i64}
+func.func @capacity(%s: tensor<?x8xf32>) -> (tensor<?x2xf32>, tensor<?xi32>) {
+  %ids, %v = moe.topk %s {k = 2 : i64} : tensor<?x8xf32> -> tensor<?x2xi32>, tensor<?x2xf32>
+  %ci, %cw = moe.capacity %ids, %v {capacity_factor = 1.25 : f32, num_experts = 8 : i64} : tensor<?x2xi32>, tensor<?x2xf32>
+  %n = moe.normalize %cw : tensor<?x2xf32>
+  %c, %o, %r = moe.dispatch %ci {num_experts = 8 : i64} : tensor<?x2xi32> -> tensor<8xi32>, tensor<9xi32>, tensor<?xi32>
+  return %n, %r : tensor<?x2xf32>, tensor<?xi32>
+}
+
+// Balanced assignment: Sinkhorn iterations over the batch, then a per-token
+// selection whose weights come from the unbalanced probabilities (S-BASE).
+// CHECK-LABEL: func.func @sinkhorn
+// CHECK: %[[B:.*]] = moe.sinkhorn %{{.*}} {epsilon = 5.000000e-01 : f32, iterations = 4 : i64} : tensor<?x8xf32>
+// CHECK: moe.topk %[[B]] {k = 2 : i64}
+func.func @sinkhorn(%l: tensor<?x8xf32>) -> (tensor<?x2xi32>, tensor<?x2xf32>) {
+  %p = moe.softmax %l : tensor<?x8xf32>
+  %b = moe.sinkhorn %l {iterations = 4 : i64, epsilon = 0.5 : f32} : tensor<?x8xf32>
+  %ids, %v = moe.topk %b {k = 2 : i64} : tensor<?x8xf32> -> tensor<?x2xi32>, tensor<?x2xf32>
+  %w = moe.gather_scores %p, %ids : tensor<?x8xf32>, tensor<?x2xi32> -> tensor<?x2xf32>
+  return %ids, %w : tensor<?x2xi32>, tensor<?x2xf32>
+}

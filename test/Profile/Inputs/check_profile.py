@@ -616,7 +616,7 @@ def main():
     ap.add_argument("--group", action="append", choices=sorted(GROUPS),
                     required=True)
     ap.add_argument("--examples")
-    ap.add_argument("--emu", default="mixtral,adamoe,expert_choice",
+    ap.add_argument("--emu", default="mixtral,adamoe,expert_choice,capacity,sinkhorn",
                     help="examples also recorded on emu")
     ap.add_argument("--seed", type=int, default=12)
     ap.add_argument("--arch", default=",".join(ORACLE_MODELS),

@@ -26,6 +26,10 @@ def MoE_Dialect : Dialect {
       (weights read from a score other than the one that selected),
       `moe.drop_null_experts` and `moe.entropy_fallback` (every expert for
       the tokens whose router is uncertain, DynMoLE);
+    * **cross-token routing** (a token's routing depends on the batch):
+      `moe.expert_choice`, `moe.capacity` (expert capacity limits, GShard /
+      Switch / Tutel `capacity_factor`) and `moe.sinkhorn` (balanced
+      assignment by Sinkhorn iterations before a selection);
     * **weight post-processing**: `moe.normalize`, `moe.scale`, and the
       softmax/sigmoid ops applied to the selected values;
     * **dispatch and combine**: `moe.dispatch` (per-expert counts, offsets

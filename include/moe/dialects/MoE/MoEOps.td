@@ -113,7 +113,8 @@ def MoE_SoftmaxOp : MoE_RowOp<"softmax"> {
 
     Over a selection with empty slots (a masked softmax): when `input` is
     the `values` of a selection (`moe.topk`, `moe.top_p`, `moe.threshold`,
-    `moe.expert_choice`), possibly through slot-wise ops (`moe.softmax`,
+    `moe.expert_choice`, `moe.capacity`), possibly through slot-wise ops
+    (`moe.softmax`,
     `moe.sigmoid`, `moe.relu`, `moe.normalize`, `moe.scale`,
     `moe.gather_scores`, `moe.drop_null_experts`), the slots whose id is -1
     are empty: they get weight exactly 0 and the maximum and the sum run
@@ -308,7 +309,7 @@ def MoE_ThresholdOp : MoE_SelectOp<"threshold"> {
 }
 
 def MoE_ExpertChoiceOp : MoE_SelectOp<"expert_choice",
-    [DeclareOpInterfaceMethods<MoE_RouterOpInterface, ["readsOtherTokens"]>,
+    [MoE_RouterOpInterface, MoE_CrossTokenOpInterface,
      DeclareOpInterfaceMethods<MoE_SelectionOpInterface,
                                ["slotsAreCandidates"]>]> {
   let summary = "each expert picks its best tokens, up to a capacity";
@@ -322,6 +323,113 @@ def MoE_ExpertChoiceOp : MoE_SelectOp<"expert_choice",
   }];
   let arguments = (ins MoE_Scores:$input, I64Attr:$capacity);
   let assemblyFormat = "$input attr-dict `:` type($input) `->` type(results)";
+  let hasVerifier = 1;
+}
+
+def MoE_CapacityOp : MoE_Op<"capacity", [Pure, MoE_RouterOpInterface,
+    MoE_CrossTokenOpInterface,
+    DeclareOpInterfaceMethods<MoE_SelectionOpInterface,
+                              ["getSelectionScores", "getCandidateCount"]>,
+    AllTypesMatch<["ids", "result_ids"]>,
+    AllTypesMatch<["weights", "result_weights"]>]> {
+  let summary = "expert capacity limits (GShard, Switch, Tutel capacity_factor)";
+  let description = [{
+    Each of the `num_experts` experts takes at most
+    `C = ceil(capacity_factor * T * K / num_experts)` slots of the batch,
+    where `T` is the number of tokens at run time (the rows of `ids`) and
+    `K` the slots per token (its columns); `C` is computed in double
+    precision as `ceil(double(capacity_factor) * T * K / num_experts)`.
+    Slots past an expert's capacity are dropped: they become empty (id -1,
+    weight 0) and the token keeps its other slots; the kept weights are not
+    renormalised (as in GShard, Switch and Tutel: normalise before this op,
+    or add `moe.normalize` after it).
+
+    Priority (Tutel's `extract_critical`): slot 0 of every token in token
+    order first, then slot 1 of every token, and so on. That is, slot
+    `(t, s)` holding expert `e` is kept when fewer than `C` slots
+    `(t', s')` with id `e` come before it in the order `s' < s`, or
+    `s' == s` and `t' < t`. Empty input slots (id -1) take no capacity and
+    stay empty.
+
+    `num_experts` is an attribute (the capacity formula's `E`, the experts
+    the ids index): every id must be in `[0, num_experts)` or -1, which the
+    verifier checks when the ids come from a visible selection. The result
+    ids are a selection over `num_experts` candidates.
+
+    Cross-token: in the routing kernel (`moe.fused_route`) every token's
+    warp stores its ids and weights, and the last block enforces the
+    capacities over the whole batch (one thread per expert walks the slots
+    in priority order) before the router ops that follow and the dispatch
+    plan; see docs/codegen.md.
+
+    ```mlir
+    %cids, %cw = moe.capacity %ids, %w
+        {capacity_factor = 1.25 : f32, num_experts = 8 : i64}
+        : tensor<?x2xi32>, tensor<?x2xf32>
+    ```
+  }];
+  let arguments = (ins MoE_Ids:$ids, MoE_Scores:$weights,
+                   F32Attr:$capacity_factor, I64Attr:$num_experts);
+  let results = (outs MoE_Ids:$result_ids, MoE_Scores:$result_weights);
+  let assemblyFormat = [{
+    $ids `,` $weights attr-dict `:` type($ids) `,` type($weights)
+  }];
+  let extraClassDeclaration = [{
+    /// C for a batch of `tokens` tokens of `slots` slots each.
+    int64_t getExpertCapacity(int64_t tokens, int64_t slots);
+  }];
+  let hasVerifier = 1;
+}
+
+def MoE_SinkhornOp : MoE_Op<"sinkhorn", [Pure, MoE_RouterOpInterface,
+    MoE_CrossTokenOpInterface, SameOperandsAndResultType]> {
+  let summary = "balanced assignment: Sinkhorn iterations over the batch";
+  let description = [{
+    Rebalances the score matrix `input : [T, E]` of the whole batch towards
+    an assignment in which every expert receives the same share of tokens
+    (entropy-regularised optimal transport; the Sinkhorn routing of S-BASE,
+    "Unified Scaling Laws for Routed Language Models", as implemented in
+    Megatron-LM's `sinkhorn`), before a per-token selection:
+
+    ```
+    P[t, e] = exp((input[t, e] - max_j input[t, j]) / epsilon)
+    repeat `iterations` times:
+      P[t, e] = P[t, e] / sum_j P[t, j]              (each token's total: 1)
+      P[t, e] = P[t, e] * (T / E) / sum_u P[u, e]    (each expert's total: T/E)
+    result = P
+    ```
+
+    T is the number of tokens at run time. Rows are normalised first, as in
+    Megatron-LM (`d0` before `d1`), so subtracting each row's maximum
+    changes nothing but the range of the exponentials; the marginals are
+    Megatron's (1/T per token, 1/E per expert) times T, a uniform scale
+    that a following selection ignores; `epsilon` is the entropic
+    temperature (Megatron: 1); the iteration count is fixed instead of a
+    tolerance. After the last (column) step every expert's column sums to
+    T/E and the rows sum to 1 approximately (exactly at convergence). A row
+    or column that sums to 0 is left as it is; a row whose maximum is -inf
+    gives zeros. Sums are accumulated and scaled in double precision and
+    each step's result is stored as f32, on every backend in the same order.
+
+    The result feeds a per-token selection, e.g. `moe.topk`, usually with
+    weights read from the unbalanced probabilities (`moe.gather_scores`,
+    S-BASE). With T = 1 every expert's column is forced to the same total,
+    so the scores of a single token tie: balancing needs a batch.
+
+    Cross-token: in the routing kernel every token's warp stores its input
+    row, the last block runs the iterations over the batch (a thread per
+    token for the row steps, a thread per expert for the column steps),
+    then the ops that follow run per token, then the dispatch plan.
+
+    ```mlir
+    %b = moe.sinkhorn %logits {iterations = 4 : i64, epsilon = 1.0 : f32}
+        : tensor<?x8xf32>
+    ```
+  }];
+  let arguments = (ins MoE_Scores:$input, I64Attr:$iterations,
+                   F32Attr:$epsilon);
+  let results = (outs MoE_Scores:$result);
+  let assemblyFormat = "$input attr-dict `:` type($input)";
   let hasVerifier = 1;
 }
 
@@ -742,8 +850,9 @@ def MoE_FusedRouteOp : MoE_Op<"fused_route",
     matcher, shared with the pass and the code generator): router ops
     (scoring, selection, weight post-processing), `moe.weight` and dense
     float constants; `moe.router_linear` projects the body argument; every
-    row has a static width; at most one cross-token selection
-    (`moe.expert_choice`), which router ops may follow. A refused body is
+    row has a static width; at most one cross-token op
+    (`CrossTokenOpInterface`: `moe.expert_choice`, `moe.capacity`,
+    `moe.sinkhorn`), which router ops may follow. A refused body is
     reported with the op that cannot be generated and why.
 
     Given routing: a layer whose routing comes from the caller (an engine's

@@ -13,6 +13,27 @@
 
 include "mlir/IR/OpBase.td"
 
+def MoE_CrossTokenOpInterface : OpInterface<"CrossTokenOpInterface"> {
+  let cppNamespace = "::mlir::moe";
+  let description = [{
+    A router op whose result for a token depends on the rows of other
+    tokens of the batch (expert choice, capacity limits, Sinkhorn
+    balancing). The routing kernel runs it once over the whole batch: every
+    token's warp stores the op's row operands to global memory (phase 1),
+    the last block to finish runs the op block-wide over all tokens and
+    then the router ops that follow it, token by token (phase 2, before the
+    dispatch plan). At most one such op per router.
+  }];
+  let methods = [
+    InterfaceMethod<[{
+        The operands read as rows of every token (each `[T, n]`), which the
+        routing kernel keeps in global memory until the last block runs the
+        op; all operands unless the op says otherwise.
+      }], "::mlir::OperandRange", "getTokenRowOperands", (ins), [{}],
+      [{ return $_op->getOperands(); }]>,
+  ];
+}
+
 def MoE_RouterOpInterface : OpInterface<"RouterOpInterface"> {
   let cppNamespace = "::mlir::moe";
   let description = [{
@@ -20,13 +41,16 @@ def MoE_RouterOpInterface : OpInterface<"RouterOpInterface"> {
     post-processing. `--moe-fuse-routing` moves these ops into the body of a
     `moe.fused_route`, and the routing kernel has a row template for each.
     A router op computes a token's row from that token's rows only, unless
-    `readsOtherTokens` says otherwise.
+    it is a cross-token op (`CrossTokenOpInterface`, `readsOtherTokens`).
   }];
   let methods = [
     InterfaceMethod<[{
-        Whether a token's result depends on other tokens' rows (expert
-        choice ranks the tokens of each expert).
-      }], "bool", "readsOtherTokens", (ins), [{}], [{ return false; }]>,
+        Whether a token's result depends on other tokens' rows: true for
+        the ops with `CrossTokenOpInterface` (expert choice ranks the
+        tokens of each expert).
+      }], "bool", "readsOtherTokens", (ins), [{}],
+      [{ return ::llvm::isa<::mlir::moe::CrossTokenOpInterface>(
+             $_op.getOperation()); }]>,
   ];
 }
 
