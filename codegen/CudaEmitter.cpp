@@ -767,15 +767,21 @@ private:
             logitsKernel, "128",
             llvm::formatv(
                 "moe_k::route::routerLogits<{0}, {1}, {2}, {3}, {4}, {5}, "
-                "{6}, {7}>(static_cast<const {0} *>("
+                "{6}, {7}, {8}, {9}>(static_cast<const {0} *>("
                 "args.buffers[MOE_LOGITS_SLOT_INPUT]), "
                 "static_cast<const {1} "
                 "*>(args.buffers[MOE_LOGITS_SLOT_WEIGHT]), "
                 "static_cast<const {2} *>(args.buffers[MOE_LOGITS_SLOT_BIAS]), "
                 "static_cast<float *>(args.buffers[MOE_LOGITS_SLOT_OUTPUT]), "
-                "args.num_tokens)",
+                "args.num_tokens, {10}, {11})",
                 tx, cxxType(rl.getWeight().getType()), tb, H, N,
-                rl.getBias() ? "true" : "false", kLogitsTokens, kLogitsRows)
+                rl.getBias() ? "true" : "false", kLogitsTokens, kLogitsRows,
+                rl.normalizesInput() ? "true" : "false",
+                rl.normalizesWeight() ? "true" : "false",
+                floatLiteral(rl.getNormalize() == RouterNormalize::none
+                                 ? 1.0f
+                                 : rl.getScale().convertToFloat()),
+                floatLiteral(rl.getEpsilon().convertToFloat()))
                 .str());
         os << "\n";
         pushLaunch(std::move(projection));

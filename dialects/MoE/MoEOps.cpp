@@ -161,6 +161,18 @@ LogicalResult RouterLinearOp::verify() {
       failed(expectDim(op, getResult(), "result", 1, experts,
                        "experts, from 'weight'")))
     return failure();
+  // Cosine routers: the norm floor must be positive (a zero row would
+  // divide by zero) and the scale a finite inverse temperature.
+  float eps = getEpsilon().convertToFloat();
+  if (!(eps > 0.0f) || !std::isfinite(eps))
+    return emitOpError() << "'epsilon' must be > 0 and finite, got " << eps;
+  float scale = getScale().convertToFloat();
+  if (!(scale > 0.0f) || !std::isfinite(scale))
+    return emitOpError() << "'scale' must be > 0 and finite, got " << scale;
+  if (getNormalize() == RouterNormalize::none && scale != 1.0f)
+    return emitOpError() << "'scale' (" << scale
+                         << ") applies to a cosine router only; set "
+                            "'normalize' to input, weight or both";
   return success();
 }
 

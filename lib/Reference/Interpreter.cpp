@@ -596,11 +596,31 @@ private:
           int64_t T = x.shape[0], H = x.shape[1], E = w.shape[0];
           const HostTensor *b = o.getBias() ? &get(o.getBias()) : nullptr;
           HostTensor r = HostTensor::floats({T, E});
+          // Cosine routers: 1 / max(|row|, eps) per normalised row.
+          double eps = o.getEpsilon().convertToFloat();
+          auto invNorms = [&](const HostTensor &m, int64_t n, bool on) {
+            std::vector<double> inv(n, 1.0);
+            for (int64_t i = 0; on && i < n; ++i) {
+              double ss = 0.0;
+              for (int64_t h = 0; h < H; ++h)
+                ss += static_cast<double>(m.f[i * H + h]) * m.f[i * H + h];
+              inv[i] = 1.0 / std::max(std::sqrt(ss), eps);
+            }
+            return inv;
+          };
+          std::vector<double> xInv = invNorms(x, T, o.normalizesInput());
+          std::vector<double> wInv = invNorms(w, E, o.normalizesWeight());
+          double scale = o.getNormalize() == RouterNormalize::none
+                             ? 1.0
+                             : o.getScale().convertToFloat();
           for (int64_t t = 0; t < T; ++t)
             for (int64_t e = 0; e < E; ++e) {
-              double acc = b ? b->f[e] : 0.0;
+              bool cosine = o.getNormalize() != RouterNormalize::none;
+              double acc = b && !cosine ? b->f[e] : 0.0;
               for (int64_t h = 0; h < H; ++h)
                 acc += static_cast<double>(x.f[t * H + h]) * w.f[e * H + h];
+              if (cosine)
+                acc = acc * scale * xInv[t] * wInv[e] + (b ? b->f[e] : 0.0);
               r.f[t * E + e] = static_cast<float>(acc);
             }
           set(o.getResult(), std::move(r));

@@ -1285,3 +1285,36 @@ func.func @non_gated_ffn_gate(%x: tensor<?x64xf32>, %g: tensor<32x64xf32>, %d: t
   %0 = moe.ffn %x non_gated gate(%g) up(%g) down(%d) {activation = #moe.activation<silu>} : (tensor<?x64xf32>, tensor<32x64xf32>, tensor<32x64xf32>, tensor<64x32xf32>) -> tensor<?x64xf32>
   return
 }
+
+// -----
+
+func.func @cosine_epsilon(%x: tensor<?x64xf32>, %w: tensor<8x64xf32>) {
+  // expected-error @+1 {{'epsilon' must be > 0 and finite, got 0}}
+  %0 = moe.router_linear %x, %w {normalize = #moe.router_normalize<both>, epsilon = 0.0 : f32} : (tensor<?x64xf32>, tensor<8x64xf32>) -> tensor<?x8xf32>
+  return
+}
+
+// -----
+
+func.func @cosine_scale(%x: tensor<?x64xf32>, %w: tensor<8x64xf32>) {
+  // expected-error @+1 {{'scale' must be > 0 and finite, got -2}}
+  %0 = moe.router_linear %x, %w {normalize = #moe.router_normalize<input>, scale = -2.0 : f32} : (tensor<?x64xf32>, tensor<8x64xf32>) -> tensor<?x8xf32>
+  return
+}
+
+// -----
+
+func.func @cosine_scale_without_normalize(%x: tensor<?x64xf32>, %w: tensor<8x64xf32>) {
+  // expected-error @+1 {{'scale' (4.000000e+00) applies to a cosine router only; set 'normalize' to input, weight or both}}
+  %0 = moe.router_linear %x, %w {scale = 4.0 : f32} : (tensor<?x64xf32>, tensor<8x64xf32>) -> tensor<?x8xf32>
+  return
+}
+
+// -----
+
+func.func @cosine_normalize_kind(%x: tensor<?x64xf32>, %w: tensor<8x64xf32>) {
+  // expected-error @+2 {{expected ::mlir::moe::RouterNormalize to be one of: none, input, weight, both}}
+  // expected-error @+1 {{failed to parse MoE_RouterNormalizeAttr parameter 'value'}}
+  %0 = moe.router_linear %x, %w {normalize = #moe.router_normalize<rows>} : (tensor<?x64xf32>, tensor<8x64xf32>) -> tensor<?x8xf32>
+  return
+}

@@ -263,3 +263,16 @@ func.func @dynmole(%p: tensor<?x8xf32>) -> (tensor<?x8xi32>, tensor<?x8xf32>, te
   %ids2, %w2 = moe.entropy_fallback %p, %i2, %v2 {q = 0.5 : f32, threshold = 1.0 : f32} : tensor<?x8xf32>, tensor<?x3xi32>, tensor<?x3xf32> -> tensor<?x8xi32>, tensor<?x8xf32>
   return %ids, %w, %ids2, %w2 : tensor<?x8xi32>, tensor<?x8xf32>, tensor<?x8xi32>, tensor<?x8xf32>
 }
+
+// Cosine routers (GLIDER's local router): normalised input and/or weight
+// rows, a scale.
+// CHECK-LABEL: func.func @cosine_router
+// CHECK: moe.router_linear %{{.*}}, %{{.*}} {normalize = #moe.router_normalize<both>, scale = 1.000000e+01 : f32} : (tensor<?x64xf32>, tensor<8x64xf32>) -> tensor<?x8xf32>
+// CHECK: moe.router_linear %{{.*}}, %{{.*}} bias %{{.*}} {epsilon = 9.99999997E-7 : f32, normalize = #moe.router_normalize<input>} : (tensor<?x64xf32>, tensor<8x64xf32>, tensor<8xf32>) -> tensor<?x8xf32>
+// CHECK: moe.router_linear %{{.*}}, %{{.*}} {normalize = #moe.router_normalize<weight>} : (tensor<?x64xf32>, tensor<8x64xf32>) -> tensor<?x8xf32>
+func.func @cosine_router(%x: tensor<?x64xf32>, %w: tensor<8x64xf32>, %b: tensor<8xf32>) -> (tensor<?x8xf32>, tensor<?x8xf32>, tensor<?x8xf32>) {
+  %0 = moe.router_linear %x, %w {normalize = #moe.router_normalize<both>, scale = 10.0 : f32} : (tensor<?x64xf32>, tensor<8x64xf32>) -> tensor<?x8xf32>
+  %1 = moe.router_linear %x, %w bias %b {normalize = #moe.router_normalize<input>, epsilon = 1.0e-6 : f32} : (tensor<?x64xf32>, tensor<8x64xf32>, tensor<8xf32>) -> tensor<?x8xf32>
+  %2 = moe.router_linear %x, %w {normalize = #moe.router_normalize<weight>} : (tensor<?x64xf32>, tensor<8x64xf32>) -> tensor<?x8xf32>
+  return %0, %1, %2 : tensor<?x8xf32>, tensor<?x8xf32>, tensor<?x8xf32>
+}

@@ -85,12 +85,55 @@ def MoE_RouterLinearOp : MoE_Op<"router_linear", [Pure, MoE_RouterOpInterface]> 
     converted to f32 first, whatever their dtype (every real router does its
     math in f32). `N` is the number of experts (plus null experts), or 1 for
     a shared-expert gate.
+
+    Cosine routers (`normalize`): `input` selects the rows of `input`,
+    `weight` the rows of `weight`, `both` both of them, to be divided by
+    their L2 norm before the dot product (a norm below `epsilon` counts as
+    `epsilon`, as torch's `F.normalize`), and the product is multiplied by
+    `scale` (an inverse temperature) before the bias is added:
+    `result[t, n] = scale * (x_t / max(|x_t|, eps)) . (w_n / max(|w_n|, eps))
+    + b[n]`. With `both`, `result - b` is `scale` times the cosine
+    similarity of token and expert vector (GLIDER's local router; its
+    released code standardises the token and gate vectors, LayerNorm without
+    affine, and scales the product by `1/sqrt(H)`: the cosine of the centred
+    vectors). `scale` and `epsilon` apply only with a `normalize` other than
+    `none`; `epsilon` must be > 0. Norms are computed in f32 from the
+    converted values.
+
+    ```mlir
+    %s = moe.router_linear %x, %w {normalize = #moe.router_normalize<both>,
+                                   scale = 10.0 : f32}
+        : (tensor<?x64xf32>, tensor<8x64xf32>) -> tensor<?x8xf32>
+    ```
   }];
   let arguments = (ins MoE_Tensor:$input, MoE_Tensor:$weight,
-                   Optional<MoE_Tensor>:$bias);
+                   Optional<MoE_Tensor>:$bias,
+                   DefaultValuedAttr<MoE_RouterNormalizeAttr,
+                       "::mlir::moe::RouterNormalize::none">:$normalize,
+                   DefaultValuedAttr<F32Attr, "1.0">:$scale,
+                   DefaultValuedAttr<F32Attr, "1.0e-12">:$epsilon);
   let results = (outs MoE_Scores:$result);
   let assemblyFormat = [{
     $input `,` $weight (`bias` $bias^)? attr-dict `:` functional-type(operands, results)
+  }];
+  let builders = [
+    // A plain linear router (no normalisation), as most importers build.
+    OpBuilder<(ins "::mlir::Type":$result, "::mlir::Value":$input,
+                   "::mlir::Value":$weight, "::mlir::Value":$bias), [{
+      build($_builder, $_state, result, input, weight, bias,
+            RouterNormalizeAttr(), FloatAttr(), FloatAttr());
+    }]>];
+  let extraClassDeclaration = [{
+    /// Whether the input rows are L2-normalised (cosine router).
+    bool normalizesInput() {
+      return getNormalize() == RouterNormalize::input ||
+             getNormalize() == RouterNormalize::both;
+    }
+    /// Whether the weight rows are L2-normalised (cosine router).
+    bool normalizesWeight() {
+      return getNormalize() == RouterNormalize::weight ||
+             getNormalize() == RouterNormalize::both;
+    }
   }];
   let hasVerifier = 1;
 }
