@@ -176,6 +176,29 @@ LogicalResult RouterLinearOp::verify() {
   return success();
 }
 
+LogicalResult AddSequenceScoresOp::verify() {
+  Operation *op = getOperation();
+  int64_t experts = columns(getInput());
+  if (failed(expectDim(op, getSequenceScores(), "sequence_scores", 1, experts,
+                       "experts, the columns of 'input'")))
+    return failure();
+  int64_t tokens = rows(getInput());
+  int64_t mapped =
+      cast<RankedTensorType>(getSequenceMap().getType()).getDimSize(0);
+  if (!ShapedType::isDynamic(tokens) && !ShapedType::isDynamic(mapped) &&
+      mapped != tokens)
+    return emitOpError() << "'sequence_map' has " << mapped
+                         << " entries: the sequence map is "
+                         << (mapped > tokens ? "longer" : "shorter")
+                         << " than T = " << tokens
+                         << " (the tokens of 'input'); it needs one entry "
+                            "per token";
+  float factor = getFactor().convertToFloat();
+  if (!std::isfinite(factor))
+    return emitOpError() << "'factor' must be finite, got " << factor;
+  return success();
+}
+
 LogicalResult RmsNormOp::verify() {
   if (getEpsilon().isNegative())
     return emitOpError() << "'epsilon' must be >= 0, got "

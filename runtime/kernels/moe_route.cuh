@@ -157,6 +157,17 @@ __device__ void maskedSoftmax(const float *in, const int *ids, float *out) {
   softmaxOver<K>(in, out, [ids](int i) { return ids[i] >= 0; });
 }
 
+/// moe.add_sequence_scores for token t: the row of its sequence (the host
+/// checked every seqMap value against the rows of seqScores before launch).
+template <int N>
+__device__ void addSequenceScores(const float *in, const float *seqScores,
+                                  const int *seqMap, long long t, float factor,
+                                  float *out) {
+  const float *row = seqScores + static_cast<long long>(seqMap[t]) * N;
+  for (int i = 0; i < N; ++i)
+    out[i] = in[i] + factor * row[i];
+}
+
 template <int N> __device__ void sigmoid(const float *in, float *out) {
   for (int i = 0; i < N; ++i)
     out[i] = moe_k::sigmoid(in[i]);
