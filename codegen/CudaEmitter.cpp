@@ -856,26 +856,32 @@ private:
         projectionArgs.set(MOE_LOGITS_SLOT_BIAS, *bias);
         projectionArgs.set(MOE_LOGITS_SLOT_OUTPUT, valueBinding(logits));
         projection.args = projectionArgs.take();
+        // Cosine routers only: a plain router's kernel text (and hash)
+        // stays as it was.
+        std::string cosineParams, cosineArgs;
+        if (rl.getNormalize() != RouterNormalize::none) {
+          cosineParams = llvm::formatv(
+              ", {0}, {1}", rl.normalizesInput() ? "true" : "false",
+              rl.normalizesWeight() ? "true" : "false");
+          cosineArgs = llvm::formatv(
+              ", {0}, {1}", floatLiteral(rl.getScale().convertToFloat()),
+              floatLiteral(rl.getEpsilon().convertToFloat()));
+        }
         os << "// moe.router_linear of moe.fused_route\n";
         kernelEntry(
             logitsKernel, "128",
             llvm::formatv(
                 "moe_k::route::routerLogits<{0}, {1}, {2}, {3}, {4}, {5}, "
-                "{6}, {7}, {8}, {9}>(static_cast<const {0} *>("
+                "{6}, {7}{8}>(static_cast<const {0} *>("
                 "args.buffers[MOE_LOGITS_SLOT_INPUT]), "
                 "static_cast<const {1} "
                 "*>(args.buffers[MOE_LOGITS_SLOT_WEIGHT]), "
                 "static_cast<const {2} *>(args.buffers[MOE_LOGITS_SLOT_BIAS]), "
                 "static_cast<float *>(args.buffers[MOE_LOGITS_SLOT_OUTPUT]), "
-                "args.num_tokens, {10}, {11})",
+                "args.num_tokens{9})",
                 tx, cxxType(rl.getWeight().getType()), tb, H, N,
                 rl.getBias() ? "true" : "false", kLogitsTokens, kLogitsRows,
-                rl.normalizesInput() ? "true" : "false",
-                rl.normalizesWeight() ? "true" : "false",
-                floatLiteral(rl.getNormalize() == RouterNormalize::none
-                                 ? 1.0f
-                                 : rl.getScale().convertToFloat()),
-                floatLiteral(rl.getEpsilon().convertToFloat()))
+                cosineParams, cosineArgs)
                 .str());
         os << "\n";
         pushLaunch(std::move(projection));
