@@ -266,6 +266,9 @@ public:
     }
     if (*form == LayerForm::Router)
       plan.role = "router";
+    if (*form == LayerForm::ExtraInputs)
+      if (Error err = extraInputs())
+        return std::move(err);
     for (Operation &op : fn.getBody().front()) {
       Error err = llvm::TypeSwitch<Operation *, Error>(&op)
                       .Case([&](FusedRouteOp o) { return route(o); })
@@ -309,6 +312,58 @@ public:
   }
 
 private:
+  /// The layer's extra inputs (moe.input arguments): their plan values and
+  /// what the runtime checks before launch. A dynamic dimension is the
+  /// token count when the input is a sequence map (one entry per token),
+  /// else any size given at run time; a sequence map's values index the
+  /// rows of its sequence scores.
+  Error extraInputs() {
+    // Where the routers use each argument as a sequence map.
+    llvm::DenseMap<unsigned, unsigned> mapOf; // map arg -> scores arg
+    for (auto [m, sc] : getSequenceMapArguments(fn))
+      mapOf[m] = sc;
+    for (unsigned i = 1; i < fn.getNumArguments(); ++i) {
+      Value arg = fn.getArgument(i);
+      auto type = cast<RankedTensorType>(arg.getType());
+      ::moe::LayerInput in;
+      in.name = getLayerInputName(fn, i);
+      in.type = type.getElementType().isInteger(32) ? ::moe::ElementType::I32
+                                                    : ::moe::ElementType::F32;
+      auto map = mapOf.find(i);
+      bool isMap = map != mapOf.end();
+      if (isMap)
+        in.indexes = static_cast<int>(map->second) - 1;
+      ::moe::BufferShape shape;
+      shape.type = in.type;
+      int64_t rest = 1;
+      for (auto [d, size] : llvm::enumerate(type.getShape())) {
+        if (!ShapedType::isDynamic(size)) {
+          in.dims.push_back(size);
+          if (d > 0)
+            rest *= size;
+          continue;
+        }
+        if (d > 0)
+          return makeError(fn, "extra input '" + in.name +
+                                   "' has a dynamic dimension past the "
+                                   "first; only dimension 0 may vary");
+        in.dims.push_back(isMap ? ::moe::LayerInput::kTokenDim
+                                : ::moe::LayerInput::kAnyDim);
+      }
+      // Token-major inputs grow with T; the others are sized at run time
+      // (one row here).
+      if (!in.dims.empty() && in.dims[0] == ::moe::LayerInput::kTokenDim)
+        shape.perToken = rest;
+      else
+        shape.fixed = rest * (in.dims.empty() || in.dims[0] < 0 ? 1
+                                                                : in.dims[0]);
+      in.value = addValue(shape);
+      values[arg] = in.value;
+      plan.inputs.push_back(std::move(in));
+    }
+    return Error::success();
+  }
+
   /// A router-only function returns the (ids, weights) of one of its
   /// moe.fused_route ops: that routing is the plan's routings[0], and the
   /// plan has no output.
@@ -479,6 +534,36 @@ private:
       fixed.setNull(MOE_ROUTE_SLOT_GIVEN_IDS);
       fixed.setNull(MOE_ROUTE_SLOT_GIVEN_WEIGHTS);
     }
+    // Sequence scores and map (extra layer inputs) of
+    // moe.add_sequence_scores, read from global memory.
+    Value seqScores, seqMap;
+    for (Operation &inner : body)
+      if (auto add = dyn_cast<AddSequenceScoresOp>(inner)) {
+        auto outer = [&](Value v) {
+          unsigned first = 1 + (op.getGivenIds() ? 2 : 0);
+          return op.getExtraInputs()[cast<BlockArgument>(v).getArgNumber() -
+                                     first];
+        };
+        Value s = outer(add.getSequenceScores()), m = outer(add.getSequenceMap());
+        if (seqScores && (s != seqScores || m != seqMap))
+          return makeError(add, "a second pair of sequence scores and map in "
+                                "one router (the routing kernel reads one)");
+        seqScores = s;
+        seqMap = m;
+      }
+    if (seqScores) {
+      Expected<int> sv = lookup(op, seqScores);
+      if (!sv)
+        return sv.takeError();
+      Expected<int> mv = lookup(op, seqMap);
+      if (!mv)
+        return mv.takeError();
+      fixed.set(MOE_ROUTE_SLOT_SEQ_SCORES, valueBinding(*sv));
+      fixed.set(MOE_ROUTE_SLOT_SEQ_MAP, valueBinding(*mv));
+    } else {
+      fixed.setNull(MOE_ROUTE_SLOT_SEQ_SCORES);
+      fixed.setNull(MOE_ROUTE_SLOT_SEQ_MAP);
+    }
     launch.args = fixed.take();
     int scratchSlot = MOE_ROUTE_SLOT_CHOICE_SCORES;
 
@@ -556,6 +641,15 @@ private:
                   c << llvm::formatv("moe_k::route::softmax<{0}>({1}, {2});",
                                      dim(s.getInput(), 1), in(s.getInput()),
                                      at(s.getResult()));
+                return Error::success();
+              })
+              .Case([&](AddSequenceScoresOp s) -> Error {
+                c << llvm::formatv(
+                    "moe_k::route::addSequenceScores<{0}>({1}, seqScores, "
+                    "seqMap, t, {2}, {3});",
+                    dim(s.getInput(), 1), in(s.getInput()),
+                    floatLiteral(s.getFactor().convertToFloat()),
+                    at(s.getResult()));
                 return Error::success();
               })
               .Case([&](SigmoidOp s) -> Error {
@@ -765,20 +859,32 @@ private:
         projectionArgs.set(MOE_LOGITS_SLOT_BIAS, *bias);
         projectionArgs.set(MOE_LOGITS_SLOT_OUTPUT, valueBinding(logits));
         projection.args = projectionArgs.take();
+        // Cosine routers only: a plain router's kernel text (and hash)
+        // stays as it was.
+        std::string cosineParams, cosineArgs;
+        if (rl.getNormalize() != RouterNormalize::none) {
+          cosineParams = llvm::formatv(
+              ", {0}, {1}", rl.normalizesInput() ? "true" : "false",
+              rl.normalizesWeight() ? "true" : "false");
+          cosineArgs = llvm::formatv(
+              ", {0}, {1}", floatLiteral(rl.getScale().convertToFloat()),
+              floatLiteral(rl.getEpsilon().convertToFloat()));
+        }
         os << "// moe.router_linear of moe.fused_route\n";
         kernelEntry(
             logitsKernel, "128",
             llvm::formatv(
                 "moe_k::route::routerLogits<{0}, {1}, {2}, {3}, {4}, {5}, "
-                "{6}, {7}>(static_cast<const {0} *>("
+                "{6}, {7}{8}>(static_cast<const {0} *>("
                 "args.buffers[MOE_LOGITS_SLOT_INPUT]), "
                 "static_cast<const {1} "
                 "*>(args.buffers[MOE_LOGITS_SLOT_WEIGHT]), "
                 "static_cast<const {2} *>(args.buffers[MOE_LOGITS_SLOT_BIAS]), "
                 "static_cast<float *>(args.buffers[MOE_LOGITS_SLOT_OUTPUT]), "
-                "args.num_tokens)",
+                "args.num_tokens{9})",
                 tx, cxxType(rl.getWeight().getType()), tb, H, N,
-                rl.getBias() ? "true" : "false", kLogitsTokens, kLogitsRows)
+                rl.getBias() ? "true" : "false", kLogitsTokens, kLogitsRows,
+                cosineParams, cosineArgs)
                 .str());
         os << "\n";
         pushLaunch(std::move(projection));
@@ -991,6 +1097,11 @@ private:
       os << llvm::formatv("  {0} *crossIn0 = static_cast<{0} *>("
                           "args.buffers[MOE_ROUTE_SLOT_CHOICE_SCORES]);\n",
                           crossIn0Type);
+    if (seqScores)
+      os << "  const float *seqScores = static_cast<const float *>("
+            "args.buffers[MOE_ROUTE_SLOT_SEQ_SCORES]);\n"
+            "  const int *seqMap = static_cast<const int *>("
+            "args.buffers[MOE_ROUTE_SLOT_SEQ_MAP]);\n";
     if (stagedGiven[0])
       os << "  const int *givenIds = static_cast<const int *>("
             "args.buffers[MOE_ROUTE_SLOT_GIVEN_IDS]);\n";

@@ -103,6 +103,7 @@ void fuseRouter(Operation *anchor, Value ids, Value weights,
   // A given routing: the router reads the function's ids and weights
   // arguments (x, ids, weights), which the fused op takes as operands.
   Value input, givenIds, givenWeights;
+  SmallVector<Value> extras;
   auto fn = anchor->getParentOfType<func::FuncOp>();
   std::string why;
   if (fn && getLayerForm(fn, why) == LayerForm::GivenRouting &&
@@ -118,7 +119,15 @@ void fuseRouter(Operation *anchor, Value ids, Value weights,
     givenIds = fn.getArgument(1);
     givenWeights = fn.getArgument(2);
   } else {
+    // Extra layer inputs (moe.input arguments, e.g. sequence scores) become
+    // the fused op's extra operands, in argument order.
+    bool extraForm = fn && getLayerForm(fn, why) == LayerForm::ExtraInputs;
+    for (unsigned i = 1; extraForm && i < fn.getNumArguments(); ++i)
+      if (leaves.contains(fn.getArgument(i)))
+        extras.push_back(fn.getArgument(i));
     for (Value v : leaves) {
+      if (llvm::is_contained(extras, v))
+        continue;
       if (input && input != v) {
         InFlightDiagnostic diag = anchor->emitRemark();
         diag << "moe-fuse-routing: not fused: the router reads more than "
@@ -150,13 +159,15 @@ void fuseRouter(Operation *anchor, Value ids, Value weights,
       RankedTensorType::get({numExperts}, i32),
       RankedTensorType::get({numExperts + 1}, i32),
       RankedTensorType::get({ShapedType::kDynamic}, i32), input, givenIds,
-      givenWeights, b.getI64IntegerAttr(numExperts));
+      givenWeights, extras, b.getI64IntegerAttr(numExperts));
   Block *body = new Block();
   fused.getBody().push_back(body);
   IRMapping map;
   for (Value v : {input, givenIds, givenWeights})
     if (v)
       map.map(v, body->addArgument(v.getType(), v.getLoc()));
+  for (Value v : extras)
+    map.map(v, body->addArgument(v.getType(), v.getLoc()));
   {
     OpBuilder inner = OpBuilder::atBlockEnd(body);
     for (Operation *op : ordered)

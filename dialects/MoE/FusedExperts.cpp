@@ -212,6 +212,10 @@ private:
       if (gate.getInput() != arg(kX))
         return refuse(gate, "the shared experts' gate must read the body's "
                             "x");
+      if (gate.getNormalize() != RouterNormalize::none)
+        return refuse(gate, "the shared experts' gate is a plain linear "
+                            "router in the kernels; a cosine gate "
+                            "('normalize') is not generated");
       result.sharedGate = gate;
       if (failed(take(gate, {gate.getWeight(), gate.getBias()})))
         return failure();

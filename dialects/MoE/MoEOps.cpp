@@ -196,6 +196,41 @@ LogicalResult RouterLinearOp::verify() {
       failed(expectDim(op, getResult(), "result", 1, experts,
                        "experts, from 'weight'")))
     return failure();
+  // Cosine routers: the norm floor must be positive (a zero row would
+  // divide by zero) and the scale a finite inverse temperature.
+  float eps = getEpsilon().convertToFloat();
+  if (!(eps > 0.0f) || !std::isfinite(eps))
+    return emitOpError() << "'epsilon' must be > 0 and finite, got " << eps;
+  float scale = getScale().convertToFloat();
+  if (!(scale > 0.0f) || !std::isfinite(scale))
+    return emitOpError() << "'scale' must be > 0 and finite, got " << scale;
+  if (getNormalize() == RouterNormalize::none && scale != 1.0f)
+    return emitOpError() << "'scale' (" << scale
+                         << ") applies to a cosine router only; set "
+                            "'normalize' to input, weight or both";
+  return success();
+}
+
+LogicalResult AddSequenceScoresOp::verify() {
+  Operation *op = getOperation();
+  int64_t experts = columns(getInput());
+  if (failed(expectDim(op, getSequenceScores(), "sequence_scores", 1, experts,
+                       "experts, the columns of 'input'")))
+    return failure();
+  int64_t tokens = rows(getInput());
+  int64_t mapped =
+      cast<RankedTensorType>(getSequenceMap().getType()).getDimSize(0);
+  if (!ShapedType::isDynamic(tokens) && !ShapedType::isDynamic(mapped) &&
+      mapped != tokens)
+    return emitOpError() << "'sequence_map' has " << mapped
+                         << " entries: the sequence map is "
+                         << (mapped > tokens ? "longer" : "shorter")
+                         << " than T = " << tokens
+                         << " (the tokens of 'input'); it needs one entry "
+                            "per token";
+  float factor = getFactor().convertToFloat();
+  if (!std::isfinite(factor))
+    return emitOpError() << "'factor' must be finite, got " << factor;
   return success();
 }
 

@@ -99,6 +99,14 @@ static SmallVector<Value> weightOperands(Operation *op) {
       .Default([](Operation *) { return SmallVector<Value>{}; });
 }
 
+/// The operands of a router op read from the layer's extra inputs in
+/// global memory rather than as rows (the sequence scores and map).
+static SmallVector<Value> sideInputOperands(Operation *op) {
+  if (auto add = dyn_cast<AddSequenceScoresOp>(op))
+    return {add.getSequenceScores(), add.getSequenceMap()};
+  return {};
+}
+
 static int64_t width(Value v) {
   return cast<RankedTensorType>(v.getType()).getDimSize(1);
 }
@@ -109,17 +117,30 @@ std::optional<RouteMismatch> mlir::moe::matchRouteBody(Block &body,
     return RouteMismatch{op, why.str()};
   };
   Operation *parent = body.getParentOp();
-  if (body.getNumArguments() != 1 && body.getNumArguments() != 3)
+  // The body's arguments: the routed tokens, the given routing's ids and
+  // weights (when given), then the extra layer inputs.
+  auto fused = dyn_cast_or_null<FusedRouteOp>(parent);
+  unsigned given = fused ? (fused.getGivenIds() ? 2 : 0)
+                         : (body.getNumArguments() == 3 ? 2 : 0);
+  unsigned extra = fused ? fused.getExtraInputs().size() : 0;
+  if (body.getNumArguments() != 1 + given + extra)
     return mismatch(parent, "the body must take the routed tokens as its "
                             "argument, followed by the given routing's ids "
-                            "and weights when the routing is given");
+                            "and weights when the routing is given, then the "
+                            "extra layer inputs");
   Value arg = body.getArgument(0);
   // The given routing's rows, staged per token like the input row.
   auto isGiven = [&](Value v) {
-    return body.getNumArguments() == 3 &&
+    return given == 2 &&
            (v == body.getArgument(1) || v == body.getArgument(2));
   };
-  if (body.getNumArguments() == 3)
+  // Extra layer inputs are read from global memory by the ops that take
+  // them (sideInputOperands), never as score rows.
+  auto isExtra = [&](Value v) {
+    auto a = dyn_cast<BlockArgument>(v);
+    return a && a.getOwner() == &body && a.getArgNumber() >= 1 + given;
+  };
+  if (given == 2)
     for (unsigned i : {1u, 2u})
       if (ShapedType::isDynamic(width(body.getArgument(i))))
         return mismatch(parent, "the given routing must have a static "
@@ -152,9 +173,10 @@ std::optional<RouteMismatch> mlir::moe::matchRouteBody(Block &body,
     Operation *op = &inner;
     if (auto yield = dyn_cast<YieldOp>(op)) {
       for (Value v : yield.getValues()) {
-        if (v == arg || isWeightLeaf(v))
-          return mismatch(op, "yields the routed tokens or a weight, not a "
-                              "routing computed by router ops");
+        if (v == arg || isWeightLeaf(v) || isExtra(v))
+          return mismatch(op, "yields the routed tokens, a weight or an "
+                              "extra layer input, not a routing computed by "
+                              "router ops");
         if (program.crossToken)
           if (std::optional<RouteMismatch> m = readLate(op, v))
             return m;
@@ -188,17 +210,31 @@ std::optional<RouteMismatch> mlir::moe::matchRouteBody(Block &body,
                           "argument): the projection is a kernel of its own "
                           "over the layer's input");
 
-    // The rows the op reads: operands other than weights, and its mask.
+    SmallVector<Value> side = sideInputOperands(op);
+    for (Value v : side)
+      if (!isExtra(v))
+        return mismatch(op, "must read its sequence scores and map from the "
+                            "layer's extra inputs (arguments of the fused "
+                            "body after the routed tokens): the routing "
+                            "kernel reads them from global memory");
+
+    // The rows the op reads: operands other than weights and extra inputs,
+    // and its mask.
     SmallVector<Value> reads;
     for (Value v : op->getOperands())
-      if (!llvm::is_contained(weights, v))
+      if (!llvm::is_contained(weights, v) && !llvm::is_contained(side, v))
         reads.push_back(v);
     if (Value mask = getImplicitMask(op))
       reads.push_back(mask);
-    for (Value v : reads)
+    for (Value v : reads) {
       if (isWeightLeaf(v))
         return mismatch(op, "reads a weight or constant where a score row "
                             "is expected");
+      if (isExtra(v))
+        return mismatch(op, "reads an extra layer input where a score row "
+                            "is expected (only moe.add_sequence_scores "
+                            "reads extra inputs)");
+    }
 
     bool isLate =
         llvm::any_of(reads, [&](Value v) { return late.contains(v); });
@@ -240,6 +276,42 @@ static bool isTokenRows(Type t, Type element, bool staticWidth = true) {
          (!element || r.getElementType() == element);
 }
 
+std::string mlir::moe::getLayerInputName(FunctionOpInterface fn, unsigned i) {
+  if (auto attr = fn.getArgAttrOfType<StringAttr>(i, kInputAttr))
+    return attr.getValue().str();
+  return "argument #" + std::to_string(i);
+}
+
+/// The argument number of `fn` that `v` is, directly or as the body
+/// argument of a moe.fused_route extra input.
+static std::optional<unsigned> functionArgument(FunctionOpInterface fn,
+                                                Value v) {
+  auto a = dyn_cast<BlockArgument>(v);
+  if (!a)
+    return std::nullopt;
+  if (a.getOwner()->getParentOp() == fn.getOperation())
+    return a.getArgNumber();
+  auto route = dyn_cast<FusedRouteOp>(a.getOwner()->getParentOp());
+  if (!route)
+    return std::nullopt;
+  unsigned first = 1 + (route.getGivenIds() ? 2 : 0);
+  if (a.getArgNumber() < first)
+    return std::nullopt;
+  return functionArgument(fn, route.getExtraInputs()[a.getArgNumber() - first]);
+}
+
+llvm::SmallVector<std::pair<unsigned, unsigned>>
+mlir::moe::getSequenceMapArguments(FunctionOpInterface fn) {
+  llvm::SmallVector<std::pair<unsigned, unsigned>> pairs;
+  fn->walk([&](AddSequenceScoresOp add) {
+    std::optional<unsigned> m = functionArgument(fn, add.getSequenceMap());
+    std::optional<unsigned> s = functionArgument(fn, add.getSequenceScores());
+    if (m && s && !llvm::is_contained(pairs, std::make_pair(*m, *s)))
+      pairs.push_back({*m, *s});
+  });
+  return pairs;
+}
+
 std::optional<LayerForm> mlir::moe::getLayerForm(FunctionOpInterface fn,
                                                  std::string &why) {
   std::string name = ("function @" + fn.getName()).str();
@@ -264,6 +336,34 @@ std::optional<LayerForm> mlir::moe::getLayerForm(FunctionOpInterface fn,
   }
   if (results.size() == 1 && args.size() == 1 && isTokenRows(args[0], nullptr))
     return LayerForm::Layer;
+  // Named extra inputs: every argument after x names itself.
+  bool named = false;
+  for (unsigned i = 1; i < args.size(); ++i)
+    named |= static_cast<bool>(fn.getArgAttr(i, kInputAttr));
+  if (named) {
+    if (results.size() != 1 || !isTokenRows(args[0], nullptr)) {
+      why = name + ": a layer with extra inputs takes x [T, H] first and "
+                   "returns one result";
+      return std::nullopt;
+    }
+    for (unsigned i = 1; i < args.size(); ++i) {
+      auto attr = fn.getArgAttrOfType<StringAttr>(i, kInputAttr);
+      auto type = dyn_cast<RankedTensorType>(args[i]);
+      if (!attr || attr.getValue().empty()) {
+        why = name + ": argument #" + std::to_string(i) +
+              " needs a '" + kInputAttr.str() +
+              "' name (a non-empty string) like the other extra inputs";
+        return std::nullopt;
+      }
+      if (!type || (type.getElementType() != f32 &&
+                    type.getElementType() != i32)) {
+        why = name + ": extra input '" + attr.getValue().str() +
+              "' must be a ranked tensor of f32 or i32";
+        return std::nullopt;
+      }
+    }
+    return LayerForm::ExtraInputs;
+  }
   if (results.size() == 1 && args.size() == 3 &&
       isTokenRows(args[0], nullptr) && isTokenRows(args[1], i32) &&
       isTokenRows(args[2], f32) &&

@@ -99,6 +99,31 @@ public:
                                              const void *ids,
                                              const void *weights, void *y,
                                              int64_t tokens, void *stream);
+  /// Layers with extra inputs (moe.input arguments after x, e.g. GLIDER's
+  /// sequence scores [B, E] f32 and token-to-sequence map [T] i32):
+  /// inputs() describes them in argument order (dims: >= 0 static, -1 the
+  /// token count, -2 any size >= 1); runLayerWithInputs() runs such a layer
+  /// with `data[i]` pointing to input i's elements (host memory; f32 or i32
+  /// as described) of shape `shapes[i]`. A missing or misshapen input is
+  /// an error naming it and the shape expected, and a sequence map value
+  /// outside [0, B) is an error before anything runs. The device variant
+  /// (cuda only) takes device pointers; it copies each sequence map to the
+  /// host for that check.
+  struct InputInfo {
+    std::string name;
+    std::string dtype;
+    std::vector<int64_t> dims;
+  };
+  runtime::Expected<std::vector<InputInfo>> inputs(int64_t layer) const;
+  runtime::Status runLayerWithInputs(int64_t layer, const float *x,
+                                     int64_t tokens,
+                                     const std::vector<const void *> &data,
+                                     const std::vector<std::vector<int64_t>> &shapes,
+                                     float *y);
+  runtime::Status runLayerWithInputsOnDevice(
+      int64_t layer, const void *x, const std::vector<const void *> &data,
+      const std::vector<std::vector<int64_t>> &shapes, void *y,
+      int64_t tokens, void *stream);
   /// The activation element type of a layer ("f32", "bf16" or "f16").
   runtime::Expected<std::string> activationType(int64_t layer) const;
   /// The package's weight tensors (manifest.json weights.tensors).

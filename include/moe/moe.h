@@ -68,6 +68,27 @@ int moe_model_run_layer_dispatched_device(moe_model *model, int64_t layer,
                                           const void *weights, void *y,
                                           int64_t tokens, void *stream,
                                           char *error, size_t error_size);
+/* Layers with extra inputs (moe.input arguments after x, e.g. GLIDER's
+ * sequence scores [B, E] float32 and token-to-sequence map [T] int32;
+ * moe::Model::inputs and runLayerWithInputs, include/moe/Model.h). The
+ * number of extra inputs of a layer, or -1. */
+int64_t moe_model_num_inputs(const moe_model *model, int64_t layer);
+/* Extra input `i` of a layer: its name (NUL-terminated, truncated to
+ * name_size), whether it is int32 (*is_int = 1) or float32 (0), its rank
+ * and its dimensions in dims[0..rank) (at most max_rank of them; >= 0
+ * static, -1 the token count, -2 any size). 0 on success. */
+int moe_model_input_info(const moe_model *model, int64_t layer, int64_t i,
+                         char *name, size_t name_size, int *is_int,
+                         int *rank, int64_t *dims, int max_rank);
+/* y = layer(x, inputs...): data[i] points to extra input i's elements (host
+ * memory), shapes[i] to its ranks[i] dimensions; inputs in argument order.
+ * A missing or misshapen input, or a sequence map value outside [0, B), is
+ * an error before anything runs. */
+int moe_model_run_layer_inputs(moe_model *model, int64_t layer,
+                               const float *x, int64_t tokens, int num_inputs,
+                               const void *const *data,
+                               const int64_t *const *shapes, const int *ranks,
+                               float *y, char *error, size_t error_size);
 /* The package's weight tensors (manifest.json weights.tensors), or -1. */
 int64_t moe_model_num_tensors(const moe_model *model);
 /* Runs the layers that use weight tensor `tensor` (an index into

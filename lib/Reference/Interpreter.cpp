@@ -432,6 +432,16 @@ void applyFFN(const FFNWeights &w, int64_t e, const float *x, float *y) {
   }
 }
 
+/// "[?, 8] f32": a function argument's expected shape, for messages.
+std::string shapeText(RankedTensorType type) {
+  std::string text = "[";
+  for (auto [d, size] : llvm::enumerate(type.getShape()))
+    text += (d ? ", " : "") +
+            (ShapedType::isDynamic(size) ? std::string("?")
+                                         : std::to_string(size));
+  return text + "] " + (type.getElementType().isInteger(32) ? "i32" : "f32");
+}
+
 class Interpreter {
 public:
   Interpreter(WeightLoader &weights, RoutingTrace *trace)
@@ -456,37 +466,74 @@ public:
         case LayerForm::Router:
           return "a router-only function (moe.role = \"router\"; "
                  "moe::interpretRouter)";
+        case LayerForm::ExtraInputs:
+          return "a layer with extra inputs (x, then its moe.input "
+                 "arguments; moe::interpretWithInputs)";
         }
         return "";
       };
       return opError(fn, "function @" + fn.getSymName() + " is " +
                              entry(*form) + ", but was run as " + entry(want));
     }
+    if (args.size() != fn.getNumArguments()) {
+      std::string expected;
+      for (unsigned i = 1; i < fn.getNumArguments(); ++i)
+        expected += (i > 1 ? ", '" : "'") + getLayerInputName(fn, i) + "' " +
+                    shapeText(cast<RankedTensorType>(fn.getArgument(i).getType()));
+      return opError(fn, "function @" + fn.getSymName() + " takes " +
+                             llvm::Twine(fn.getNumArguments() - 1) +
+                             " extra input(s) after x (" + expected + "), " +
+                             llvm::Twine(args.size() - 1) + " given");
+    }
     static const char *argNames[] = {"input", "ids", "weights"};
     for (auto [n, arg] : llvm::enumerate(fn.getArguments())) {
       auto argType = cast<RankedTensorType>(arg.getType());
       HostTensor &value = args[n];
       bool wantInt = argType.getElementType().isInteger(32);
+      std::string argName = *form == LayerForm::ExtraInputs && n > 0
+                                ? "extra input '" +
+                                      getLayerInputName(fn, n) + "'"
+                                : std::string(argNames[n]);
       if (value.isInt != wantInt ||
           argType.getRank() != static_cast<int64_t>(value.shape.size()))
-        return opError(fn, llvm::Twine("the ") + argNames[n] +
+        return opError(fn, llvm::Twine("the ") + argName +
                                " must be a rank-" +
                                llvm::Twine(argType.getRank()) + " tensor of " +
-                               (wantInt ? "i32" : "floats"));
+                               (wantInt ? "i32" : "floats") + " " +
+                               shapeText(argType));
       for (auto [d, size] : llvm::enumerate(argType.getShape()))
         if (!ShapedType::isDynamic(size) && size != value.shape[d])
-          return opError(fn, llvm::Twine(argNames[n]) + " dimension " +
+          return opError(fn, llvm::Twine(argName) + " dimension " +
                                  llvm::Twine(d) + " is " +
                                  llvm::Twine(value.shape[d]) +
                                  " but the function expects " +
-                                 llvm::Twine(size));
-      if (n > 0 && value.shape[0] != args[0].shape[0])
+                                 llvm::Twine(size) + " " +
+                                 shapeText(argType));
+      if (n > 0 && *form == LayerForm::GivenRouting &&
+          value.shape[0] != args[0].shape[0])
         return opError(fn, llvm::Twine("the given ") + argNames[n] + " have " +
                                llvm::Twine(value.shape[0]) +
                                " rows, the input " +
                                llvm::Twine(args[0].shape[0]) + " tokens");
       if (!wantInt)
         roundTo(value, argType);
+    }
+    // Sequence maps: one entry per token, each a row of its scores.
+    for (auto [m, sc] : getSequenceMapArguments(fn)) {
+      const HostTensor &map = args[m], &scores = args[sc];
+      std::string name = "extra input '" + getLayerInputName(fn, m) + "'";
+      int64_t T = args[0].shape[0], B = scores.shape[0];
+      if (map.shape[0] != T)
+        return opError(fn, name + " has " + llvm::Twine(map.shape[0]) +
+                               " entries, expected [T] = [" + llvm::Twine(T) +
+                               "] i32 (the sequence of each token)");
+      for (int64_t t = 0; t < T; ++t)
+        if (map.i[t] < 0 || map.i[t] >= B)
+          return opError(fn, name + ": entry " + llvm::Twine(t) + " is " +
+                                 llvm::Twine(map.i[t]) +
+                                 ", outside [0, B) for B = " + llvm::Twine(B) +
+                                 " (the rows of '" +
+                                 getLayerInputName(fn, sc) + "')");
     }
     return runBlock(fn.getBody().front(), std::move(args));
   }
@@ -602,13 +649,64 @@ private:
           int64_t T = x.shape[0], H = x.shape[1], E = w.shape[0];
           const HostTensor *b = o.getBias() ? &get(o.getBias()) : nullptr;
           HostTensor r = HostTensor::floats({T, E});
+          // Cosine routers: 1 / max(|row|, eps) per normalised row.
+          double eps = o.getEpsilon().convertToFloat();
+          auto invNorms = [&](const HostTensor &m, int64_t n, bool on) {
+            std::vector<double> inv(n, 1.0);
+            for (int64_t i = 0; on && i < n; ++i) {
+              double ss = 0.0;
+              for (int64_t h = 0; h < H; ++h)
+                ss += static_cast<double>(m.f[i * H + h]) * m.f[i * H + h];
+              inv[i] = 1.0 / std::max(std::sqrt(ss), eps);
+            }
+            return inv;
+          };
+          std::vector<double> xInv = invNorms(x, T, o.normalizesInput());
+          std::vector<double> wInv = invNorms(w, E, o.normalizesWeight());
+          double scale = o.getNormalize() == RouterNormalize::none
+                             ? 1.0
+                             : o.getScale().convertToFloat();
           for (int64_t t = 0; t < T; ++t)
             for (int64_t e = 0; e < E; ++e) {
-              double acc = b ? b->f[e] : 0.0;
+              bool cosine = o.getNormalize() != RouterNormalize::none;
+              double acc = b && !cosine ? b->f[e] : 0.0;
               for (int64_t h = 0; h < H; ++h)
                 acc += static_cast<double>(x.f[t * H + h]) * w.f[e * H + h];
+              if (cosine)
+                acc = acc * scale * xInv[t] * wInv[e] + (b ? b->f[e] : 0.0);
               r.f[t * E + e] = static_cast<float>(acc);
             }
+          set(o.getResult(), std::move(r));
+          return Error::success();
+        })
+        .Case([&](AddSequenceScoresOp o) -> Error {
+          HostTensor r = get(o.getInput());
+          const HostTensor &seq = get(o.getSequenceScores());
+          const HostTensor &map = get(o.getSequenceMap());
+          int64_t T = r.shape[0], E = r.shape[1], B = seq.shape[0];
+          if (map.shape[0] != T)
+            return opError(o, "the sequence map has " +
+                                  llvm::Twine(map.shape[0]) +
+                                  " entries but the batch has " +
+                                  llvm::Twine(T) + " tokens");
+          if (seq.shape[1] != E)
+            return opError(o, "the sequence scores have " +
+                                  llvm::Twine(seq.shape[1]) +
+                                  " columns, the token scores " +
+                                  llvm::Twine(E));
+          float factor = o.getFactor().convertToFloat();
+          for (int64_t t = 0; t < T; ++t) {
+            int64_t b = map.i[t];
+            if (b < 0 || b >= B)
+              return opError(o, "sequence_map[" + llvm::Twine(t) + "] = " +
+                                    llvm::Twine(b) +
+                                    " is outside [0, B) for B = " +
+                                    llvm::Twine(B) +
+                                    " sequences (the rows of the sequence "
+                                    "scores)");
+            for (int64_t e = 0; e < E; ++e)
+              r.f[t * E + e] += factor * seq.f[b * E + e];
+          }
           set(o.getResult(), std::move(r));
           return Error::success();
         })
@@ -1012,6 +1110,8 @@ private:
             bodyArgs.push_back(get(o.getGivenIds()));
             bodyArgs.push_back(get(o.getGivenWeights()));
           }
+          for (Value v : o.getExtraInputs())
+            bodyArgs.push_back(get(v));
           Expected<std::vector<HostTensor>> routing =
               runBlock(o.getBody().front(), std::move(bodyArgs));
           if (!routing)
@@ -1453,6 +1553,21 @@ Expected<HostTensor> interpretGiven(func::FuncOp fn, const HostTensor &input,
   Interpreter interpreter(weights, trace);
   Expected<std::vector<HostTensor>> out = interpreter.run(
       fn, LayerForm::GivenRouting, {input, ids, givenWeights});
+  if (!out)
+    return out.takeError();
+  return std::move(out->front());
+}
+
+Expected<HostTensor> interpretWithInputs(func::FuncOp fn,
+                                         const HostTensor &input,
+                                         const std::vector<HostTensor> &extra,
+                                         WeightLoader &weights,
+                                         RoutingTrace *trace) {
+  Interpreter interpreter(weights, trace);
+  std::vector<HostTensor> args = {input};
+  args.insert(args.end(), extra.begin(), extra.end());
+  Expected<std::vector<HostTensor>> out =
+      interpreter.run(fn, LayerForm::ExtraInputs, std::move(args));
   if (!out)
     return out.takeError();
   return std::move(out->front());

@@ -7,6 +7,7 @@
 #include "moe/moe.h"
 #include "moe/Model.h"
 
+#include <algorithm>
 #include <cstring>
 #include <map>
 #include <new>
@@ -149,6 +150,64 @@ int moe_model_run_layer_dispatched(moe_model *model, int64_t layer,
                   error, error_size);
   return report(
       model->model->runLayerDispatched(layer, x, ids, weights, tokens, y),
+      error, error_size);
+}
+
+int64_t moe_model_num_inputs(const moe_model *model, int64_t layer) {
+  if (!model)
+    return -1;
+  auto inputs = model->model->inputs(layer);
+  return inputs ? static_cast<int64_t>(inputs.value().size()) : -1;
+}
+
+int moe_model_input_info(const moe_model *model, int64_t layer, int64_t i,
+                         char *name, size_t name_size, int *is_int,
+                         int *rank, int64_t *dims, int max_rank) {
+  if (!model)
+    return 1;
+  auto inputs = model->model->inputs(layer);
+  if (!inputs || i < 0 || i >= static_cast<int64_t>(inputs.value().size()))
+    return 1;
+  const moe::Model::InputInfo &in = inputs.value()[static_cast<size_t>(i)];
+  if (name && name_size > 0) {
+    size_t n = std::min(name_size - 1, in.name.size());
+    std::memcpy(name, in.name.data(), n);
+    name[n] = '\0';
+  }
+  if (is_int)
+    *is_int = in.dtype == "i32";
+  if (rank)
+    *rank = static_cast<int>(in.dims.size());
+  for (size_t d = 0; dims && d < in.dims.size() &&
+                     d < static_cast<size_t>(std::max(max_rank, 0));
+       ++d)
+    dims[d] = in.dims[d];
+  return 0;
+}
+
+int moe_model_run_layer_inputs(moe_model *model, int64_t layer,
+                               const float *x, int64_t tokens, int num_inputs,
+                               const void *const *data,
+                               const int64_t *const *shapes, const int *ranks,
+                               float *y, char *error, size_t error_size) {
+  if (!model || !x || !y || num_inputs < 0 ||
+      (num_inputs > 0 && (!data || !shapes || !ranks)))
+    return report(moe::runtime::Status::error(
+                      "moe_model_run_layer_inputs: null argument"),
+                  error, error_size);
+  std::vector<const void *> arrays;
+  std::vector<std::vector<int64_t>> dims;
+  for (int i = 0; i < num_inputs; ++i) {
+    if (ranks[i] < 0 || (ranks[i] > 0 && !shapes[i]))
+      return report(moe::runtime::Status::error(
+                        "moe_model_run_layer_inputs: input " +
+                        std::to_string(i) + " has no shape"),
+                    error, error_size);
+    arrays.push_back(data[i]);
+    dims.emplace_back(shapes[i], shapes[i] + ranks[i]);
+  }
+  return report(
+      model->model->runLayerWithInputs(layer, x, tokens, arrays, dims, y),
       error, error_size);
 }
 

@@ -203,6 +203,72 @@ Status Model::runLayer(int64_t layer, const float *x, int64_t tokens,
   });
 }
 
+Expected<std::vector<Model::InputInfo>> Model::inputs(int64_t layer) const {
+  Expected<const LayerPlan *> p = impl->plan(layer);
+  if (!p)
+    return p.takeError();
+  std::vector<InputInfo> infos;
+  for (const LayerInput &in : p.value()->inputs)
+    infos.push_back({in.name, elementTypeName(in.type), in.dims});
+  return infos;
+}
+
+/// The caller's extra inputs as the executor takes them.
+static Expected<std::vector<InputArray>>
+inputArrays(const std::vector<const void *> &data,
+            const std::vector<std::vector<int64_t>> &shapes) {
+  if (data.size() != shapes.size())
+    return Status::error("extra inputs: " + std::to_string(data.size()) +
+                         " data pointer(s) but " +
+                         std::to_string(shapes.size()) + " shape(s)");
+  std::vector<InputArray> arrays;
+  for (size_t i = 0; i < data.size(); ++i)
+    arrays.push_back({data[i], shapes[i]});
+  return arrays;
+}
+
+Status Model::runLayerWithInputs(int64_t layer, const float *x,
+                                 int64_t tokens,
+                                 const std::vector<const void *> &data,
+                                 const std::vector<std::vector<int64_t>> &shapes,
+                                 float *y) {
+  if (tokens < 1)
+    return Status::error("runLayerWithInputs: tokens must be >= 1, got " +
+                         std::to_string(tokens));
+  Expected<std::vector<InputArray>> arrays = inputArrays(data, shapes);
+  if (!arrays)
+    return arrays.takeError();
+  Expected<LayerExecutor *> exec = impl->executor(layer);
+  if (!exec)
+    return exec.takeError();
+  return impl->timed([&]() -> Status {
+    auto out = exec.value()->runWithInputs(x, tokens, false, arrays.value());
+    if (!out)
+      return out.takeError();
+    std::copy(out.value().y.begin(), out.value().y.end(), y);
+    return Status::success();
+  });
+}
+
+Status Model::runLayerWithInputsOnDevice(
+    int64_t layer, const void *x, const std::vector<const void *> &data,
+    const std::vector<std::vector<int64_t>> &shapes, void *y, int64_t tokens,
+    void *stream) {
+  if (impl->backend != "cuda")
+    return Status::error("runLayerWithInputsOnDevice needs the cuda backend; "
+                         "this model runs on " + impl->backend);
+  Expected<std::vector<InputArray>> arrays = inputArrays(data, shapes);
+  if (!arrays)
+    return arrays.takeError();
+  Expected<LayerExecutor *> exec = impl->executor(layer);
+  if (!exec)
+    return exec.takeError();
+  return impl->timed([&] {
+    return exec.value()->runOnDeviceWithInputs(x, y, tokens, stream,
+                                               arrays.value());
+  });
+}
+
 Expected<int64_t> Model::routingSlots(int64_t layer) const {
   Expected<const LayerPlan *> p = impl->plan(layer);
   if (!p)

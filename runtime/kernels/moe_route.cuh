@@ -22,6 +22,19 @@
 namespace moe_k {
 namespace route {
 
+/// 1 / max(|row|, eps) over the H values of a row, by a whole warp.
+template <int H, typename T>
+__device__ __forceinline__ float invRowNorm(const T *row, float eps) {
+  float ss = 0.0f;
+  for (int h = static_cast<int>(threadIdx.x % 32); h < H; h += 32) {
+    float v = toF32<T>(row[h]);
+    ss += v * v;
+  }
+  ss = warpSum(ss);
+  float n = sqrtf(ss);
+  return 1.0f / (n > eps ? n : eps);
+}
+
 /// moe.router_linear, as a kernel of its own launched before the routing
 /// kernel: logits[t, n] = x[t] . w[n] (+ bias[n]), f32, for every token t
 /// and router row n < N. Block b takes the Tokens tokens of tile
@@ -33,10 +46,18 @@ namespace route {
 /// parallel (one warp per token used to read all of them); at prefill the
 /// grid is ceil(T / Tokens) x Columns blocks. The grid loops, so a clamped
 /// grid is still correct.
+///
+/// Cosine routers (NormInput / NormWeight): the dot is divided by the L2
+/// norm of the token row and/or the weight row (floored at eps) and
+/// multiplied by scale, then the bias is added. The warp computes a weight
+/// row's norm once per row and a token's norm per batch of DecodeRows
+/// tokens (the rows come from L1/L2, like the dot's).
 template <typename TX, typename TW, typename TB, int H, int N, bool HasBias,
-          int Tokens, int Rows>
+          int Tokens, int Rows, bool NormInput = false,
+          bool NormWeight = false>
 __device__ void routerLogits(const TX *x, const TW *w, const TB *bias,
-                             float *logits, long long T) {
+                             float *logits, long long T, float scale = 1.0f,
+                             float eps = 1e-12f) {
   constexpr int Columns = (N + Rows - 1) / Rows;
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
   const int warps = blockDim.x / 32;
@@ -47,6 +68,11 @@ __device__ void routerLogits(const TX *x, const TW *w, const TB *bias,
     const int n0 = static_cast<int>(item % Columns) * Rows;
     for (int n = n0 + warp; n < n0 + Rows && n < N; n += warps) {
       const TW *row[1] = {w + static_cast<long long>(n) * H};
+      float rowScale = 1.0f;
+      if constexpr (NormInput || NormWeight)
+        rowScale = scale;
+      if constexpr (NormWeight)
+        rowScale *= invRowNorm<H>(row[0], eps);
       for (long long r0 = t0; r0 < tEnd; r0 += DecodeRows) {
         const int count = static_cast<int>(
             tEnd - r0 < DecodeRows ? tEnd - r0 : DecodeRows);
@@ -59,10 +85,19 @@ __device__ void routerLogits(const TX *x, const TW *w, const TB *bias,
         }
         float acc[1][DecodeRows];
         rowDots<1, H, TX, false>(row, a, acc);
+        float tokenScale[DecodeRows];
+#pragma unroll
+        for (int i = 0; i < DecodeRows; ++i) {
+          tokenScale[i] = rowScale;
+          if constexpr (NormInput)
+            tokenScale[i] *= invRowNorm<H>(a.row[i], eps);
+        }
 #pragma unroll
         for (int i = 0; i < DecodeRows; ++i)
           if (lane == i && i < count) {
             float v = acc[0][i];
+            if constexpr (NormInput || NormWeight)
+              v *= tokenScale[i];
             if constexpr (HasBias)
               v += toF32<TB>(bias[n]);
             logits[(r0 + i) * N + n] = v;
@@ -120,6 +155,17 @@ template <int N> __device__ void softmax(const float *in, float *out) {
 template <int K>
 __device__ void maskedSoftmax(const float *in, const int *ids, float *out) {
   softmaxOver<K>(in, out, [ids](int i) { return ids[i] >= 0; });
+}
+
+/// moe.add_sequence_scores for token t: the row of its sequence (the host
+/// checked every seqMap value against the rows of seqScores before launch).
+template <int N>
+__device__ void addSequenceScores(const float *in, const float *seqScores,
+                                  const int *seqMap, long long t, float factor,
+                                  float *out) {
+  const float *row = seqScores + static_cast<long long>(seqMap[t]) * N;
+  for (int i = 0; i < N; ++i)
+    out[i] = in[i] + factor * row[i];
 }
 
 template <int N> __device__ void sigmoid(const float *in, float *out) {

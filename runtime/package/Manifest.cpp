@@ -584,6 +584,51 @@ void readLayer(Fields &f, const Json &l, const std::string &at,
       f.fail(field(at, "given_ids"), "given_ids and given_weights must both "
                                      "be indices or both null");
   }
+  // Optional: the layer's extra inputs (moe.input arguments after x), in
+  // argument order.
+  if (f.ok() && l.find("inputs")) {
+    std::string inAt = field(at, "inputs");
+    const Json::Array &inputs = f.array(l, at, "inputs");
+    for (size_t i = 0; i < inputs.size() && f.ok(); ++i) {
+      std::string iAt = index(inAt, i);
+      if (!f.check(inputs[i], iAt, Json::Kind::Object))
+        break;
+      moe::LayerInput in;
+      in.name = f.string(inputs[i], iAt, "name");
+      if (f.ok() && in.name.empty())
+        f.fail(field(iAt, "name"), "expected a non-empty name");
+      in.type = readDtype(f, inputs[i], iAt);
+      if (f.ok() && in.type != ElementType::F32 && in.type != ElementType::I32)
+        f.fail(field(iAt, "dtype"), "expected \"f32\" or \"i32\" for an "
+                                    "extra input");
+      in.value = readValueIndex(f, inputs[i], iAt, "value",
+                                layer.values.size(), valuesWhat, false);
+      const Json::Array &dims = f.array(inputs[i], iAt, "dims");
+      for (size_t d = 0; d < dims.size() && f.ok(); ++d)
+        in.dims.push_back(f.integer(
+            dims[d], index(field(iAt, "dims"), d), moe::LayerInput::kAnyDim,
+            kMaxJsonInteger,
+            "a size >= 0, -1 (the token count) or -2 (any size)"));
+      if (f.ok() && dims.empty())
+        f.fail(field(iAt, "dims"), "expected at least one dimension, found []");
+      in.indexes = static_cast<int>(f.integer(
+          inputs[i], iAt, "indexes", -1,
+          static_cast<int64_t>(inputs.size()) - 1));
+      if (f.ok() && in.indexes >= 0 && in.type != ElementType::I32)
+        f.fail(field(iAt, "indexes"), "only an i32 input holds indices, "
+                                      "found dtype f32");
+      if (f.ok() && in.indexes == static_cast<int>(i))
+        f.fail(field(iAt, "indexes"), "an input cannot index itself");
+      if (f.ok() && layer.values[in.value].type != in.type)
+        f.fail(field(iAt, "value"),
+               std::string("value ") + std::to_string(in.value) + " is " +
+                   moe::elementTypeName(layer.values[in.value].type) +
+                   ", the input " + moe::elementTypeName(in.type));
+      layer.inputs.push_back(std::move(in));
+    }
+    if (f.ok() && !layer.inputs.empty() && layer.givenIds >= 0)
+      f.fail(inAt, "a layer with a given routing takes no extra inputs");
+  }
   // Router 0 in routing_ids/routing_weights; routers 1.. in the optional
   // more_routings (absent from single-router layers and older manifests).
   moe::LayerPlan::Routing first;
@@ -844,6 +889,20 @@ Json layerJson(const moe::LayerPlan &layer, const std::vector<int> &tensors) {
   if (layer.givenIds >= 0 || layer.givenWeights >= 0) {
     j.set("given_ids", indexOrNull(layer.givenIds));
     j.set("given_weights", indexOrNull(layer.givenWeights));
+  }
+  if (!layer.inputs.empty()) {
+    Json &inputs = j.set("inputs", Json::array());
+    for (const moe::LayerInput &in : layer.inputs) {
+      Json e = Json::object();
+      e.set("name", in.name);
+      e.set("dtype", moe::elementTypeName(in.type));
+      e.set("value", in.value);
+      Json &dims = e.set("dims", Json::array());
+      for (int64_t d : in.dims)
+        dims.push(Json(d));
+      e.set("indexes", in.indexes);
+      inputs.push(std::move(e));
+    }
   }
   const bool routed = !layer.routings.empty();
   j.set("routing_ids", indexOrNull(routed ? layer.routings[0].ids : -1));

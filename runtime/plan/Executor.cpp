@@ -291,6 +291,20 @@ Status LayerExecutor::launchAll(int64_t tokens) {
 Status LayerExecutor::runOnDevice(const void *x, void *y, int64_t tokens,
                                   void *stream, const void *givenIds,
                                   const void *givenWeights) {
+  return runOnDeviceImpl(x, y, tokens, stream, givenIds, givenWeights,
+                         nullptr);
+}
+
+Status LayerExecutor::runOnDeviceWithInputs(
+    const void *x, void *y, int64_t tokens, void *stream,
+    const std::vector<InputArray> &inputs) {
+  return runOnDeviceImpl(x, y, tokens, stream, nullptr, nullptr, &inputs);
+}
+
+Status LayerExecutor::runOnDeviceImpl(const void *x, void *y, int64_t tokens,
+                                      void *stream, const void *givenIds,
+                                      const void *givenWeights,
+                                      const std::vector<InputArray> *inputs) {
   if (tokens < 1)
     return Status::error("the input has no tokens");
   if (plan.output < 0)
@@ -299,16 +313,21 @@ Status LayerExecutor::runOnDevice(const void *x, void *y, int64_t tokens,
                                          "output to write");
   if (Status s = checkGiven(givenIds, givenWeights))
     return s;
+  if (Status s = checkInputs(inputs, tokens, true))
+    return s;
   if (Status s = ensureValues(tokens))
     return s;
-  // The caller's buffers stand in for the layer's input, output and given
-  // routing.
+  // The caller's buffers stand in for the layer's input, output, given
+  // routing and extra inputs.
   std::vector<std::pair<int, void *>> swapped = {{plan.input, const_cast<void *>(x)},
                                                  {plan.output, y}};
   if (plan.givenIds >= 0) {
     swapped.push_back({plan.givenIds, const_cast<void *>(givenIds)});
     swapped.push_back({plan.givenWeights, const_cast<void *>(givenWeights)});
   }
+  for (size_t i = 0; i < plan.inputs.size(); ++i)
+    swapped.push_back(
+        {plan.inputs[i].value, const_cast<void *>((*inputs)[i].data)});
   for (auto &[v, p] : swapped)
     std::swap(values[v], p);
   backend.setStream(stream);
@@ -331,17 +350,139 @@ Status LayerExecutor::checkGiven(bool haveIds, bool haveWeights) const {
   return Status::success();
 }
 
+std::string LayerExecutor::expectedShape(size_t i, int64_t tokens) const {
+  const LayerInput &in = plan.inputs[i];
+  std::string text = "[";
+  for (size_t d = 0; d < in.dims.size(); ++d) {
+    text += d ? ", " : "";
+    if (in.dims[d] == LayerInput::kTokenDim)
+      text += "T=" + std::to_string(tokens);
+    else if (in.dims[d] == LayerInput::kAnyDim)
+      text += "B";
+    else
+      text += std::to_string(in.dims[d]);
+  }
+  return text + "] " + elementTypeName(in.type);
+}
+
+Status LayerExecutor::checkInputs(const std::vector<InputArray> *inputs,
+                                  int64_t tokens, bool onDevice) {
+  std::string layer = "layer " + std::to_string(plan.layer) + " (" +
+                      plan.function + ")";
+  size_t given = inputs ? inputs->size() : 0;
+  if (given != plan.inputs.size()) {
+    std::string names;
+    for (size_t i = 0; i < plan.inputs.size(); ++i)
+      names += (i ? ", '" : "'") + plan.inputs[i].name + "' " +
+               expectedShape(i, tokens);
+    if (plan.inputs.empty())
+      return Status::error(layer + " takes no extra inputs, " +
+                           std::to_string(given) + " given");
+    return Status::error(layer + " takes " +
+                         std::to_string(plan.inputs.size()) +
+                         " extra input(s) after x (" + names + "), " +
+                         std::to_string(given) + " given");
+  }
+  for (size_t i = 0; i < plan.inputs.size(); ++i) {
+    const LayerInput &in = plan.inputs[i];
+    const InputArray &a = (*inputs)[i];
+    bool ok = a.data && a.shape.size() == in.dims.size();
+    for (size_t d = 0; ok && d < in.dims.size(); ++d)
+      ok = in.dims[d] == LayerInput::kTokenDim ? a.shape[d] == tokens
+           : in.dims[d] == LayerInput::kAnyDim ? a.shape[d] >= 1
+                                                : a.shape[d] == in.dims[d];
+    if (!ok) {
+      std::string got = a.data ? "[" : "no data";
+      for (size_t d = 0; a.data && d < a.shape.size(); ++d)
+        got += (d ? ", " : "") + std::to_string(a.shape[d]);
+      if (a.data)
+        got += "]";
+      return Status::error(layer + ": extra input #" + std::to_string(i + 1) +
+                           " '" + in.name + "' is " + got + ", expected " +
+                           expectedShape(i, tokens));
+    }
+  }
+  // Sequence maps index rows of their scores: checked here, on the host,
+  // so that no kernel reads outside the scores.
+  for (size_t i = 0; i < plan.inputs.size(); ++i) {
+    const LayerInput &in = plan.inputs[i];
+    if (in.indexes < 0)
+      continue;
+    const InputArray &a = (*inputs)[i];
+    int64_t n = 1;
+    for (int64_t d : a.shape)
+      n *= d;
+    std::vector<int32_t> host(static_cast<size_t>(n));
+    if (onDevice) {
+      if (Status s = backend.download(host.data(), a.data, host.size() * 4))
+        return s;
+    } else {
+      std::memcpy(host.data(), a.data, host.size() * 4);
+    }
+    int64_t rows = (*inputs)[in.indexes].shape[0];
+    for (int64_t j = 0; j < n; ++j)
+      if (host[j] < 0 || host[j] >= rows)
+        return Status::error(
+            layer + ": extra input '" + in.name + "' entry " +
+            std::to_string(j) + " is " + std::to_string(host[j]) +
+            ", outside [0, B) for B = " + std::to_string(rows) +
+            " (the rows of '" + plan.inputs[in.indexes].name +
+            "'); nothing was launched");
+  }
+  return Status::success();
+}
+
+Status LayerExecutor::ensureBytes(int v, size_t bytes) {
+  bytes += 16;
+  if (values[v] && valueBytes[v] >= bytes)
+    return Status::success();
+  if (values[v])
+    backend.release(values[v]);
+  values[v] = nullptr;
+  runtime::Expected<void *> ptr = backend.allocate(bytes);
+  if (!ptr)
+    return ptr.takeError();
+  values[v] = ptr.value();
+  valueBytes[v] = bytes;
+  return backend.zero(values[v], bytes);
+}
+
 runtime::Expected<LayerOutputs> LayerExecutor::run(const float *x,
                                                    int64_t tokens,
                                                    bool wantRouting,
                                                    const int32_t *givenIds,
                                                    const float *givenWeights) {
+  return runImpl(x, tokens, wantRouting, givenIds, givenWeights, nullptr);
+}
+
+runtime::Expected<LayerOutputs>
+LayerExecutor::runWithInputs(const float *x, int64_t tokens, bool wantRouting,
+                             const std::vector<InputArray> &inputs) {
+  return runImpl(x, tokens, wantRouting, nullptr, nullptr, &inputs);
+}
+
+runtime::Expected<LayerOutputs>
+LayerExecutor::runImpl(const float *x, int64_t tokens, bool wantRouting,
+                       const int32_t *givenIds, const float *givenWeights,
+                       const std::vector<InputArray> *inputs) {
   if (tokens < 1)
     return Status::error("the input has no tokens");
   if (Status s = checkGiven(givenIds, givenWeights))
     return s;
+  if (Status s = checkInputs(inputs, tokens, false))
+    return s;
   if (Status s = ensureValues(tokens))
     return s;
+  for (size_t i = 0; i < plan.inputs.size(); ++i) {
+    const InputArray &a = (*inputs)[i];
+    size_t bytes = 4;
+    for (int64_t d : a.shape)
+      bytes *= static_cast<size_t>(d);
+    if (Status s = ensureBytes(plan.inputs[i].value, bytes))
+      return s;
+    if (Status s = backend.upload(values[plan.inputs[i].value], a.data, bytes))
+      return s;
+  }
   const BufferShape &in = plan.values[plan.input];
   std::vector<float> input(x, x + tokens * plan.inputWidth);
   std::vector<uint8_t> inBytes = encodeElements(input, in.type);

@@ -341,6 +341,23 @@ Status checkLayerValues(const LayerPlan &layer, size_t l) {
       return Status::error(at + ".given_ids: a router-only plan computes its "
                                 "routing; it cannot be given one");
   }
+  for (size_t i = 0; i < layer.inputs.size(); ++i) {
+    const LayerInput &in = layer.inputs[i];
+    std::string inAt = at + ".inputs[" + std::to_string(i) + "]";
+    const BufferShape *v = value(in.value);
+    if (!v)
+      return Status::error(inAt + ".value: value " + std::to_string(in.value) +
+                           " does not exist");
+    if (v->type != in.type)
+      return Status::error(inAt + ".value: value " + std::to_string(in.value) +
+                           " is " + elementTypeName(v->type) +
+                           ", the input " + elementTypeName(in.type));
+    if (in.indexes >= static_cast<int>(layer.inputs.size()) ||
+        in.indexes == static_cast<int>(i) ||
+        (in.indexes >= 0 && in.type != ElementType::I32))
+      return Status::error(inAt + ".indexes: " + std::to_string(in.indexes) +
+                           " is not another input this i32 input can index");
+  }
   for (size_t r = 0; r < layer.routings.size(); ++r) {
     std::string ids = r == 0
                           ? "routing_ids"

@@ -657,6 +657,69 @@ public:
                          : py::reinterpret_borrow<py::object>(out);
   }
 
+  /// A layer with extra inputs (moe.input arguments): x, then the inputs in
+  /// argument order (float32 or int32 host arrays, as inputs() says).
+  py::object runWithInputs(int64_t layer, py::handle x, py::list inputs,
+                           py::handle out) {
+    int64_t hidden = state->hidden(layer);
+    auto infos = state->model->inputs(layer);
+    if (!infos)
+      fail(infos.message());
+    py::array_t<float> in = hostInput(x, hidden, "run_with_inputs");
+    int64_t tokens = in.shape(0);
+    std::vector<py::array> keep;
+    std::vector<const void *> data;
+    std::vector<std::vector<int64_t>> shapes;
+    for (size_t i = 0; i < inputs.size(); ++i) {
+      std::string name = i < infos.value().size()
+                             ? "'" + infos.value()[i].name + "'"
+                             : "#" + std::to_string(i + 1);
+      py::array arr = asNumpy(inputs[i], ("extra input " + name).c_str());
+      bool wantInt = i < infos.value().size() && infos.value()[i].dtype == "i32";
+      if (wantInt && arr.dtype().kind() != 'i' && arr.dtype().kind() != 'u')
+        throw py::type_error("extra input " + name +
+                             ": expected int32 values, got dtype " +
+                             py::str(arr.dtype()).cast<std::string>());
+      py::array c = numpy().attr("ascontiguousarray")(
+          arr, "dtype"_a = wantInt ? "int32" : "float32");
+      shapes.emplace_back(c.shape(), c.shape() + c.ndim());
+      data.push_back(c.data());
+      keep.push_back(std::move(c));
+    }
+    py::array_t<float> y = hostOutput(out, tokens, hidden);
+    if (tokens > 0) {
+      const float *xp = in.data();
+      float *yp = y.mutable_data();
+      moe::runtime::Status s;
+      {
+        py::gil_scoped_release release;
+        std::lock_guard<std::mutex> lock(state->mutex);
+        s = state->model->runLayerWithInputs(layer, xp, tokens, data, shapes,
+                                             yp);
+      }
+      if (s)
+        fail(s.message());
+    }
+    return out.is_none() ? py::object(y)
+                         : py::reinterpret_borrow<py::object>(out);
+  }
+
+  /// The extra inputs of a layer: a list of dicts (name, dtype, dims).
+  py::list inputs(int64_t layer) const {
+    auto infos = state->model->inputs(layer);
+    if (!infos)
+      fail(infos.message());
+    py::list list;
+    for (const moe::Model::InputInfo &in : infos.value()) {
+      py::dict d;
+      d["name"] = in.name;
+      d["dtype"] = in.dtype == "i32" ? "int32" : "float32";
+      d["dims"] = in.dims;
+      list.append(d);
+    }
+    return list;
+  }
+
   std::string repr() const {
     std::string layers;
     for (int64_t l : state->model->layers())
@@ -762,6 +825,16 @@ PYBIND11_MODULE(moe_opt, m) {
            "placement (-1, or a slot on another rank: no contribution), "
            "weights float32 [T, K]; returns the partial output float32 "
            "[T, H] (the sum over ranks is the layer), or `out`.")
+      .def("run_with_inputs", &Package::runWithInputs, "layer"_a, "x"_a,
+           "inputs"_a, py::kw_only(), "out"_a = py::none(),
+           "A layer with extra inputs (moe.input arguments, e.g. GLIDER's "
+           "sequence scores float32 [B, E] and token-to-sequence map int32 "
+           "[T]): x float32 [T, H] and the inputs in argument order; returns "
+           "y float32 [T, H], or `out`. A missing or misshapen input, or a "
+           "map value outside [0, B), raises before anything runs.")
+      .def("inputs", &Package::inputs, "layer"_a,
+           "The extra inputs of a layer in argument order: dicts with name, "
+           "dtype and dims (-1: the token count, -2: any size).")
       .def_property_readonly(
           "tensors", [](const Package &p) { return tensorList(*p.state); },
           "The weight tensors (manifest.json weights.tensors), each a dict: "

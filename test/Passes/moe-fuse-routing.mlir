@@ -410,3 +410,31 @@ func.func @sinkhorn(%x: tensor<?x16xf32>) -> tensor<?x16xf32> {
   %y = moe.combine %x, %r, %w : (tensor<?x16xf32>, tensor<?xi32>, tensor<?x1xf32>) -> tensor<?x16xf32>
   return %y : tensor<?x16xf32>
 }
+
+// -----
+
+// GLIDER: the sequence scores and map (extra layer inputs) become the fused
+// op's extra operands and the body's last arguments; the cosine projection
+// and the sequence-score add move into the body.
+// CHECK-LABEL: func.func @sequence_scores
+// CHECK-SAME: (%[[X:.*]]: tensor<?x16xf32>, %[[G:.*]]: tensor<?x4xf32> {moe.input = "seq_scores"}, %[[M:.*]]: tensor<?xi32> {moe.input = "seq_map"})
+// CHECK: moe.fused_route %[[X]] inputs(%[[G]], %[[M]] : tensor<?x4xf32>, tensor<?xi32>) {num_experts = 4 : i64}
+// CHECK-NEXT: ^bb0(%[[T:.*]]: tensor<?x16xf32>, %[[BG:.*]]: tensor<?x4xf32>, %[[BM:.*]]: tensor<?xi32>):
+// CHECK: %[[L:.*]] = moe.router_linear %[[T]], %{{.*}} {normalize = #moe.router_normalize<both>, scale = 4.000000e+00 : f32}
+// CHECK-NEXT: %[[S:.*]] = moe.add_sequence_scores %[[L]], %[[BG]], %[[BM]]
+// CHECK-NEXT: moe.softmax %[[S]]
+// CHECK-NOT: moe.dispatch
+func.func @sequence_scores(%x: tensor<?x16xf32>, %g: tensor<?x4xf32> {moe.input = "seq_scores"}, %m: tensor<?xi32> {moe.input = "seq_map"}) -> tensor<?x16xf32> {
+  %wr = arith.constant dense<0.5> : tensor<4x16xf32>
+  %l = moe.router_linear %x, %wr {normalize = #moe.router_normalize<both>, scale = 4.0 : f32} : (tensor<?x16xf32>, tensor<4x16xf32>) -> tensor<?x4xf32>
+  %s = moe.add_sequence_scores %l, %g, %m : tensor<?x4xf32>, tensor<?x4xf32>, tensor<?xi32>
+  %p = moe.softmax %s : tensor<?x4xf32>
+  %ids, %v = moe.topk %p {k = 2 : i64} : tensor<?x4xf32> -> tensor<?x2xi32>, tensor<?x2xf32>
+  %c, %o, %rows = moe.dispatch %ids {num_experts = 4 : i64} : tensor<?x2xi32> -> tensor<4xi32>, tensor<5xi32>, tensor<?xi32>
+  %xs = moe.permute %x, %rows, %v : (tensor<?x16xf32>, tensor<?xi32>, tensor<?x2xf32>) -> tensor<?x16xf32>
+  %wg = arith.constant dense<0.1> : tensor<4x8x16xf32>
+  %wd = arith.constant dense<0.1> : tensor<4x16x8xf32>
+  %ys = moe.expert_ffn %xs, %o gate(%wg) up(%wg) down(%wd) {activation = #moe.activation<silu>} : (tensor<?x16xf32>, tensor<5xi32>, tensor<4x8x16xf32>, tensor<4x8x16xf32>, tensor<4x16x8xf32>) -> tensor<?x16xf32>
+  %y = moe.combine %ys, %rows, %v : (tensor<?x16xf32>, tensor<?xi32>, tensor<?x2xf32>) -> tensor<?x16xf32>
+  return %y : tensor<?x16xf32>
+}

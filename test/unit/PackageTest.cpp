@@ -255,6 +255,13 @@ PackageContents sampleContents() {
   lora.dynamicSharedBytes = 80;
   lora.args = {valueArg(0), weightArg(0), weightArg(1), valueArg(1)};
   l1.launches = {lora};
+  // Extra inputs (GLIDER): sequence scores [B, 4] and a map [T] into them.
+  l1.values.push_back(moe::BufferShape{moe::ElementType::F32, 0, 4});
+  l1.values.push_back(moe::BufferShape{moe::ElementType::I32, 1, 0});
+  l1.inputs.push_back({"seq_scores", 2, moe::ElementType::F32,
+                       {moe::LayerInput::kAnyDim, 4}, -1});
+  l1.inputs.push_back({"seq_map", 3, moe::ElementType::I32,
+                       {moe::LayerInput::kTokenDim}, 0});
   c.plan.layers.push_back(l1);
 
   // Layer 0's router alone (a rank package's router-only plan).
@@ -334,6 +341,14 @@ void expectSamePlan(const moe::ModulePlan &a, const moe::ModulePlan &b) {
     EXPECT_EQ(x.role, y.role) << at;
     EXPECT_EQ(x.givenIds, y.givenIds) << at;
     EXPECT_EQ(x.givenWeights, y.givenWeights) << at;
+    ASSERT_EQ(x.inputs.size(), y.inputs.size()) << at;
+    for (size_t i = 0; i < x.inputs.size(); ++i) {
+      EXPECT_EQ(x.inputs[i].name, y.inputs[i].name) << at;
+      EXPECT_EQ(x.inputs[i].value, y.inputs[i].value) << at;
+      EXPECT_EQ(x.inputs[i].type, y.inputs[i].type) << at;
+      EXPECT_EQ(x.inputs[i].dims, y.inputs[i].dims) << at;
+      EXPECT_EQ(x.inputs[i].indexes, y.inputs[i].indexes) << at;
+    }
     ASSERT_EQ(x.routings.size(), y.routings.size()) << at;
     for (size_t r = 0; r < x.routings.size(); ++r) {
       EXPECT_EQ(x.routings[r].ids, y.routings[r].ids) << at << " router " << r;
@@ -1422,10 +1437,10 @@ TEST_F(PackageFiles, IndicesOutOfRangeAreNamed) {
             m + "layers[0].launches[0].zero_once[1]: expected an index into "
                 "layers[0].values (0 to 6), found 7");
   EXPECT_EQ(openAfter([](Json &j) {
-              at(j, {"layers", 1}).set("output", 2);
+              at(j, {"layers", 1}).set("output", 4);
             }),
             m + "layers[1].output: expected an index into layers[1].values (0 "
-                "to 1), found 2");
+                "to 3), found 4");
   EXPECT_EQ(openAfter([](Json &j) {
               at(j, {"layers", 1, "weights"}).push(4);
             }),
@@ -1777,7 +1792,8 @@ TEST_F(PackageFiles, EveryMutationOfTheManifestIsAnErrorOrFineNeverACrash) {
 TEST(Package, ManifestCoversEveryPlanField) {
 #if defined(__x86_64__) && defined(__GLIBCXX__)
   EXPECT_EQ(sizeof(moe::Launch), 192u);
-  EXPECT_EQ(sizeof(moe::LayerPlan), 240u);
+  EXPECT_EQ(sizeof(moe::LayerPlan), 264u);
+  EXPECT_EQ(sizeof(moe::LayerInput), 72u);
   EXPECT_EQ(sizeof(moe::LayerPlan::Routing), 8u);
   EXPECT_EQ(sizeof(moe::BufferShape), 24u);
   EXPECT_EQ(sizeof(moe::Binding), 12u);

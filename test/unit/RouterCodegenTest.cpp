@@ -32,6 +32,8 @@ namespace {
 struct Sample {
   const char *router;
   int k, n;
+  /// Extra function arguments after %x (moe.input), if the router reads any.
+  const char *args = "";
 };
 
 // N = 6 only for drop_null_experts (4 experts + 2 null experts) and
@@ -132,6 +134,14 @@ const std::map<std::string, Sample> &samples() {
         "%ids, %w = moe.remap_experts %i6, %v mapping = [0, 1, 2, 3, 0, 1] : "
         "tensor<?x2xi32>, tensor<?x2xf32>",
         2, 6}},
+      {"moe.add_sequence_scores",
+       {"%s = moe.add_sequence_scores %l, %gs, %m : tensor<?x4xf32>, "
+        "tensor<?x4xf32>, tensor<?xi32>\n"
+        "%ids, %w = moe.topk %s {k = 2 : i64} : tensor<?x4xf32> -> "
+        "tensor<?x2xi32>, tensor<?x2xf32>",
+        2, 4,
+        ", %gs: tensor<?x4xf32> {moe.input = \"seq_scores\"}, %m: "
+        "tensor<?xi32> {moe.input = \"seq_map\"}"}},
       {"moe.normalize",
        {"%ids, %v = moe.topk %l {k = 2 : i64} : tensor<?x4xf32> -> "
         "tensor<?x2xi32>, tensor<?x2xf32>\n"
@@ -150,7 +160,8 @@ const std::map<std::string, Sample> &samples() {
 std::string layerIR(const Sample &s) {
   std::string k = std::to_string(s.k), n = std::to_string(s.n);
   std::string ids = "tensor<?x" + k + "xi32>", w = "tensor<?x" + k + "xf32>";
-  return "func.func @layer_0(%x: tensor<?x16xf32>) -> tensor<?x16xf32> "
+  return "func.func @layer_0(%x: tensor<?x16xf32>" + std::string(s.args) +
+         ") -> tensor<?x16xf32> "
          "attributes {moe.layer = 0 : i64} {\n"
          "%wg = moe.weight [\"gate\"] from [\"m.safetensors\"] : tensor<" +
          n + "x16xf32>\n%l = moe.router_linear %x, %wg : (tensor<?x16xf32>, "

@@ -73,9 +73,15 @@ static cl::opt<std::string> target(
     cl::desc("Run the LoRA-wrapped projection of this module of the layer "
              "(for example self_attn.q_proj) instead of its MoE block"),
     cl::cat(category));
-static cl::opt<std::string> xPath("input",
-                                  cl::desc("Input .npy, float32 [T, H]"),
-                                  cl::cat(category));
+static cl::list<std::string> inputPaths(
+    "input",
+    cl::desc("Input .npy, float32 [T, H]; repeated for a layer with extra "
+             "inputs (moe.input arguments, e.g. GLIDER's sequence scores "
+             "[B, E] float32 and token-to-sequence map [T] int32): x first, "
+             "then one file per extra input in argument order"),
+    cl::cat(category));
+/// The first --input: the layer input x.
+static std::string xPath;
 static cl::opt<std::string> yPath("output",
                                   cl::desc("Output .npy, float32 [T, H]"),
                                   cl::cat(category));
@@ -158,11 +164,12 @@ struct LayerResult {
 class Runner {
 public:
   virtual ~Runner() = default;
-  /// `given`: the routing of a layer that takes it (else null).
-  virtual Expected<LayerResult> run(const moe::LayerPlan *plan,
-                                    mlir::func::FuncOp fn,
-                                    const moe::HostTensor &x,
-                                    const moe::HostRouting *given) = 0;
+  /// `given`: the routing of a layer that takes it (else null); `extra`:
+  /// the extra inputs of a layer that takes them (else null).
+  virtual Expected<LayerResult>
+  run(const moe::LayerPlan *plan, mlir::func::FuncOp fn,
+      const moe::HostTensor &x, const moe::HostRouting *given,
+      const std::vector<moe::HostTensor> *extra = nullptr) = 0;
   /// A layer's router-only plan or function.
   virtual Expected<moe::HostRouting> route(const moe::LayerPlan *plan,
                                            mlir::func::FuncOp fn,
@@ -175,7 +182,9 @@ public:
       : weights(weights), statistics(statistics), dense(dense) {}
   Expected<LayerResult> run(const moe::LayerPlan *, mlir::func::FuncOp fn,
                             const moe::HostTensor &x,
-                            const moe::HostRouting *given) override {
+                            const moe::HostRouting *given,
+                            const std::vector<moe::HostTensor> *extra =
+                                nullptr) override {
     LayerResult r;
     for (unsigned i = 0; i < repeat; ++i) {
       r.routing = moe::RoutingTrace();
@@ -184,7 +193,9 @@ public:
       auto start = std::chrono::steady_clock::now();
       auto y = given ? moe::interpretGiven(fn, x, given->ids, given->weights,
                                            weights, &r.routing)
-                     : moe::interpret(fn, x, weights, &r.routing);
+               : extra ? moe::interpretWithInputs(fn, x, *extra, weights,
+                                                  &r.routing)
+                       : moe::interpret(fn, x, weights, &r.routing);
       if (!y)
         return y.takeError();
       r.ms.push_back(std::chrono::duration<double, std::milli>(
@@ -214,7 +225,9 @@ public:
 
   Expected<LayerResult> run(const moe::LayerPlan *plan, mlir::func::FuncOp,
                             const moe::HostTensor &x,
-                            const moe::HostRouting *given) override {
+                            const moe::HostRouting *given,
+                            const std::vector<moe::HostTensor> *extra =
+                                nullptr) override {
     moe::LayerExecutor executor(*plan, *device);
     if (moe::runtime::Status s = executor.loadWeights(provider))
       return makeError(s.message());
@@ -226,10 +239,18 @@ public:
     int64_t tokens = x.shape[0];
     for (unsigned i = 0; i < repeat; ++i) {
       auto start = std::chrono::steady_clock::now();
+      std::vector<moe::InputArray> arrays;
+      for (size_t j = 0; extra && j < extra->size(); ++j)
+        if (const moe::HostTensor &t = (*extra)[j]; true)
+          arrays.push_back(
+            {t.isInt ? static_cast<const void *>(t.i.data()) : t.f.data(),
+             t.shape});
       auto out = given ? executor.run(x.f.data(), tokens, true,
                                       given->ids.i.data(),
                                       given->weights.f.data())
-                       : executor.run(x.f.data(), tokens, true);
+                 : extra ? executor.runWithInputs(x.f.data(), tokens, true,
+                                                  arrays)
+                         : executor.run(x.f.data(), tokens, true);
       if (!out)
         return makeError(out.message());
       r.ms.push_back(std::chrono::duration<double, std::milli>(
@@ -450,6 +471,8 @@ int main(int argc, char **argv) {
     return fail("give --layer or --all-layers, not both");
   if (allLayers && !target.empty())
     return fail("--target selects one LoRA projection: use it with --layer");
+  if (!inputPaths.empty())
+    xPath = inputPaths.front();
   if (xPath.empty())
     return fail("--input X.npy is required");
   if (yPath.empty() && recordProfile.empty())
@@ -661,6 +684,28 @@ int main(int argc, char **argv) {
   moe::HostTensor x;
   x.shape = array->shape;
   x.f = array->toF32();
+  // Extra layer inputs (moe.input arguments), in argument order: int32
+  // arrays stay integers, anything else is read as float32.
+  std::vector<moe::HostTensor> extraInputs;
+  for (size_t i = 1; i < inputPaths.size(); ++i) {
+    auto extra = moe::readNpy(inputPaths[i]);
+    if (!extra)
+      return fail("--input #" + Twine(i + 1) + ": " +
+                  toString(extra.takeError()));
+    moe::HostTensor t;
+    t.shape = extra->shape;
+    if (extra->dtype == moe::NpyDType::I32 ||
+        extra->dtype == moe::NpyDType::I64) {
+      auto ints = extra->toI64();
+      if (!ints)
+        return fail(inputPaths[i] + ": " + toString(ints.takeError()));
+      t.isInt = true;
+      t.i.assign(ints->begin(), ints->end());
+    } else {
+      t.f = extra->toF32();
+    }
+    extraInputs.push_back(std::move(t));
+  }
 
   // The runner.
   std::string root = module ? moe::weightRoot(*module, irFile) : "";
@@ -772,9 +817,10 @@ int main(int argc, char **argv) {
       return fail("no kernels for layer " + Twine(s.layer));
     // A layer that takes its routing: --routing-in, or its router (a rank
     // package's); logical ids are mapped to the placement's slots.
+    std::string formWhy;
     bool takesRouting = s.plan ? s.plan->givenIds >= 0
-                               : s.fn && mlir::func::FuncOp(s.fn)
-                                                 .getNumArguments() == 3;
+                               : s.fn && mlir::moe::getLayerForm(s.fn, formWhy) ==
+                                             mlir::moe::LayerForm::GivenRouting;
     std::optional<moe::HostRouting> given;
     if (takesRouting) {
       if (!routingIn.empty()) {
@@ -812,7 +858,19 @@ int main(int argc, char **argv) {
                   "routing; rank packages and functions with ids and "
                   "weights arguments do)");
     }
-    auto result = runner->run(s.plan, s.fn, current, given ? &*given : nullptr);
+    // A layer with extra inputs takes the --input files after x.
+    std::string why;
+    bool takesInputs =
+        s.plan ? !s.plan->inputs.empty()
+               : s.fn && mlir::moe::getLayerForm(s.fn, why) ==
+                             mlir::moe::LayerForm::ExtraInputs;
+    if (!takesInputs && !extraInputs.empty())
+      return fail("--input: layer " + Twine(s.layer) + " of " + inputPath +
+                  " takes no extra inputs (only x), but " +
+                  Twine(extraInputs.size()) + " more --input file(s) were "
+                  "given");
+    auto result = runner->run(s.plan, s.fn, current, given ? &*given : nullptr,
+                              takesInputs ? &extraInputs : nullptr);
     if (!result)
       return fail(toString(result.takeError()));
     if (timeIt) {

@@ -103,6 +103,14 @@ struct LayerOutputs {
   std::vector<Routing> routings;
 };
 
+/// An extra input of a layer (LayerPlan::inputs) as the caller gives it:
+/// its elements (host memory for run, the backend's memory for
+/// runOnDevice; f32 or i32 as the input is) and its shape.
+struct InputArray {
+  const void *data = nullptr;
+  std::vector<int64_t> shape;
+};
+
 /// Runs one layer's plan; weights are uploaded once, buffers grow with T.
 class LayerExecutor {
 public:
@@ -149,7 +157,38 @@ public:
                               void *stream, const void *givenIds = nullptr,
                               const void *givenWeights = nullptr);
 
+  /// run and runOnDevice for a layer with extra inputs (LayerPlan::inputs),
+  /// given in argument order. Before anything is uploaded or launched, each
+  /// input is checked against its declared shape (a missing or misshapen
+  /// input is an error naming it and the shape expected) and every value of
+  /// a sequence map against [0, rows of its sequence scores) on the host
+  /// (runOnDevice copies the map to the host for that), so that no kernel
+  /// reads outside an input.
+  runtime::Expected<LayerOutputs>
+  runWithInputs(const float *x, int64_t tokens, bool wantRouting,
+                const std::vector<InputArray> &inputs);
+  runtime::Status runOnDeviceWithInputs(const void *x, void *y, int64_t tokens,
+                                        void *stream,
+                                        const std::vector<InputArray> &inputs);
+
+  /// The expected shape of extra input `i` for T tokens, e.g. "[T=7] i32"
+  /// or "[B, 8] f32" (B: any number of rows).
+  std::string expectedShape(size_t i, int64_t tokens) const;
+
 private:
+  runtime::Status checkInputs(const std::vector<InputArray> *inputs,
+                              int64_t tokens, bool onDevice);
+  runtime::Expected<LayerOutputs> runImpl(const float *x, int64_t tokens,
+                                          bool wantRouting,
+                                          const int32_t *givenIds,
+                                          const float *givenWeights,
+                                          const std::vector<InputArray> *inputs);
+  runtime::Status runOnDeviceImpl(const void *x, void *y, int64_t tokens,
+                                  void *stream, const void *givenIds,
+                                  const void *givenWeights,
+                                  const std::vector<InputArray> *inputs);
+  /// Grows value v's buffer to at least `bytes` (+ slack).
+  runtime::Status ensureBytes(int v, size_t bytes);
   runtime::Status ensureValues(int64_t tokens);
   /// Whether the caller's routing arguments fit the plan.
   runtime::Status checkGiven(bool haveIds, bool haveWeights) const;

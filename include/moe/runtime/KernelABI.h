@@ -75,12 +75,16 @@
  * zeroed block counter [1]; the cross-token op's first row operand
  * [T, N] (expert choice's scores, capacity's ids, Sinkhorn's scores; or
  * null); the given routing's ids [T, K'] i32 and weights [T, K'] f32 (an
- * engine's dispatch; null when the layer routes its tokens itself); then
- * one slot per router weight or logits buffer the kernel reads, in the
- * order of its body (the generated kernel names them). */
+ * engine's dispatch; null when the layer routes its tokens itself); the
+ * sequence scores [B, E] f32 and token-to-sequence map [T] i32 of
+ * moe.add_sequence_scores (extra layer inputs; null without; every map
+ * value is checked to be in [0, B) on the host before launch); then one
+ * slot per router weight or logits buffer the kernel reads, in the order
+ * of its body (the generated kernel names them). */
 #define MOE_ROUTE_SLOT_LIST(X)                                               \
   X(INPUT) X(IDS) X(WEIGHTS) X(COUNTS) X(OFFSETS) X(ROWS) X(COUNTER)         \
   X(SLOT_ROW) X(CHOICE_SCORES) X(GIVEN_IDS) X(GIVEN_WEIGHTS)                 \
+  X(SEQ_SCORES) X(SEQ_MAP)                                                   \
   X(FIRST_OPERAND)
 
 /* moe.router_linear as a kernel: x [T, H], weight [N, H], bias [N] or

@@ -89,6 +89,26 @@ struct Launch {
   std::vector<int> zeroOnce;
 };
 
+/// A named extra input of a layer (a function argument after x carrying
+/// `moe.input`, e.g. GLIDER's sequence scores and token-to-sequence map):
+/// the caller's array is copied into (or stands in for) `value` before the
+/// first launch.
+struct LayerInput {
+  /// A dimension equal to the token count T / of any size >= 1 given at
+  /// run time (the number of sequences B).
+  static constexpr int64_t kTokenDim = -1, kAnyDim = -2;
+  std::string name;
+  int value = -1;
+  ElementType type = ElementType::F32; ///< F32 or I32.
+  /// Each dimension: >= 0 static, kTokenDim or kAnyDim.
+  std::vector<int64_t> dims;
+  /// An i32 input whose values index dimension 0 of input `indexes` (the
+  /// sequence map of moe.add_sequence_scores, into the sequence scores):
+  /// every value must be in [0, that size), checked on the host before any
+  /// launch; -1 when its values are not indices.
+  int indexes = -1;
+};
+
 struct LayerPlan {
   int64_t layer = 0;
   std::string target;   ///< LoRA target module, or empty for the MoE block.
@@ -113,6 +133,9 @@ struct LayerPlan {
   /// f32 weights values the caller's arrays are copied into before the
   /// first launch; -1 when the layer routes its tokens itself.
   int givenIds = -1, givenWeights = -1;
+  /// The layer's extra inputs in argument order (empty for a layer of one
+  /// input).
+  std::vector<LayerInput> inputs;
   /// What the plan computes: "" a layer's output; "router" only the
   /// layer's routing (routings[0]; no output value, output == -1).
   std::string role;

@@ -42,7 +42,8 @@ sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "..",
                                 "Passes", "Inputs"))
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "..",
                                 "Oracle"))
-from check_preserved import random_weights, layers_of, hidden_of  # noqa
+from check_preserved import (random_weights, layers_of, hidden_of,  # noqa
+                             extra_inputs)
 from hf_models import write_safetensors  # noqa: E402
 
 ARCHS = ["mixtral", "qwen2_moe", "qwen3_moe", "olmoe", "deepseek_v2",
@@ -111,10 +112,13 @@ def run(cmd):
     return r.stdout
 
 
-def run_layer(args, ir, layer, x_path, prefix, backend, target=None):
-    cmd = [args.bin + "/moe-run", ir, "--layer", str(layer), "--input", x_path,
-           "--output", prefix + ".y.npy", "--routing-out", prefix,
-           "--backend", backend]
+def run_layer(args, ir, layer, x_path, prefix, backend, target=None,
+              extra=()):
+    cmd = [args.bin + "/moe-run", ir, "--layer", str(layer), "--input", x_path]
+    for path in extra:
+        cmd += ["--input", path]
+    cmd += ["--output", prefix + ".y.npy", "--routing-out", prefix,
+            "--backend", backend]
     if target:
         cmd += ["--target", target]
     run(cmd)
@@ -192,12 +196,13 @@ def check_model(args, tag, ir, work, rng, target=None, layers=None):
                 x = rng.standard_normal((t, hidden)).astype(np.float32)
             xp = os.path.join(work, "x.npy")
             np.save(xp, x)
+            extra = extra_inputs(text, layer, t, rng, work)
             y0, i0, w0 = run_layer(args, ir, layer, xp,
                                    os.path.join(work, "ref"), "reference",
-                                   target)
+                                   target, extra)
             y1, i1, w1 = run_layer(args, ir, layer, xp,
                                    os.path.join(work, "gen"), args.backend,
-                                   target)
+                                   target, extra)
             where = f"{tag} layer {layer} T={t}"
             compare_routing(where, i0, w0, i1, w1,
                             WTOL_RELU_NORM if relu_norm else WTOL)

@@ -1009,7 +1009,7 @@ func.func @remap_dispatch_too_small(%s: tensor<?x4xf32>) {
 // way to write one).
 func.func @fused_route_given_half(%x: tensor<?x16xf32>, %gi: tensor<?x2xi32>) {
   // expected-error @+1 {{'given_ids' and 'given_weights' must be given together (a given routing), got only 'given_ids'}}
-  %0:5 = "moe.fused_route"(%x, %gi) <{num_experts = 4 : i64, operandSegmentSizes = array<i32: 1, 1, 0>}> ({
+  %0:5 = "moe.fused_route"(%x, %gi) <{num_experts = 4 : i64, operandSegmentSizes = array<i32: 1, 1, 0, 0>}> ({
   ^bb0(%a: tensor<?x16xf32>, %i: tensor<?x2xi32>):
     %w = arith.constant dense<1.0> : tensor<1x2xf32>
     %wc = tensor.cast %w : tensor<1x2xf32> to tensor<?x2xf32>
@@ -1475,5 +1475,115 @@ func.func @sinkhorn_then_capacity(%x: tensor<?x16xf32>) {
 func.func @capacity_negative_experts(%i: tensor<?x2xi32>, %w: tensor<?x2xf32>) {
   // expected-error @+1 {{'moe.capacity' op 'num_experts' must be >= 1, got -3}}
   %ci, %cw = moe.capacity %i, %w {capacity_factor = 1.0 : f32, num_experts = -3 : i64} : tensor<?x2xi32>, tensor<?x2xf32>
+  return
+}
+
+// -----
+
+func.func @cosine_epsilon(%x: tensor<?x64xf32>, %w: tensor<8x64xf32>) {
+  // expected-error @+1 {{'epsilon' must be > 0 and finite, got 0}}
+  %0 = moe.router_linear %x, %w {normalize = #moe.router_normalize<both>, epsilon = 0.0 : f32} : (tensor<?x64xf32>, tensor<8x64xf32>) -> tensor<?x8xf32>
+  return
+}
+
+// -----
+
+func.func @cosine_scale(%x: tensor<?x64xf32>, %w: tensor<8x64xf32>) {
+  // expected-error @+1 {{'scale' must be > 0 and finite, got -2}}
+  %0 = moe.router_linear %x, %w {normalize = #moe.router_normalize<input>, scale = -2.0 : f32} : (tensor<?x64xf32>, tensor<8x64xf32>) -> tensor<?x8xf32>
+  return
+}
+
+// -----
+
+func.func @cosine_scale_without_normalize(%x: tensor<?x64xf32>, %w: tensor<8x64xf32>) {
+  // expected-error @+1 {{'scale' (4.000000e+00) applies to a cosine router only; set 'normalize' to input, weight or both}}
+  %0 = moe.router_linear %x, %w {scale = 4.0 : f32} : (tensor<?x64xf32>, tensor<8x64xf32>) -> tensor<?x8xf32>
+  return
+}
+
+// -----
+
+func.func @cosine_normalize_kind(%x: tensor<?x64xf32>, %w: tensor<8x64xf32>) {
+  // expected-error @+2 {{expected ::mlir::moe::RouterNormalize to be one of: none, input, weight, both}}
+  // expected-error @+1 {{failed to parse MoE_RouterNormalizeAttr parameter 'value'}}
+  %0 = moe.router_linear %x, %w {normalize = #moe.router_normalize<rows>} : (tensor<?x64xf32>, tensor<8x64xf32>) -> tensor<?x8xf32>
+  return
+}
+
+// -----
+
+func.func @sequence_scores_width(%s: tensor<?x8xf32>, %g: tensor<?x4xf32>, %m: tensor<?xi32>) {
+  // expected-error @+1 {{'sequence_scores' dimension 1 (experts, the columns of 'input') must be 8, got 4}}
+  %0 = moe.add_sequence_scores %s, %g, %m : tensor<?x8xf32>, tensor<?x4xf32>, tensor<?xi32>
+  return
+}
+
+// -----
+
+func.func @sequence_map_longer(%s: tensor<7x8xf32>, %g: tensor<?x8xf32>, %m: tensor<9xi32>) {
+  // expected-error @+1 {{'sequence_map' has 9 entries: the sequence map is longer than T = 7 (the tokens of 'input'); it needs one entry per token}}
+  %0 = moe.add_sequence_scores %s, %g, %m : tensor<7x8xf32>, tensor<?x8xf32>, tensor<9xi32>
+  return
+}
+
+// -----
+
+func.func @sequence_map_shorter(%s: tensor<7x8xf32>, %g: tensor<?x8xf32>, %m: tensor<5xi32>) {
+  // expected-error @+1 {{the sequence map is shorter than T = 7}}
+  %0 = moe.add_sequence_scores %s, %g, %m : tensor<7x8xf32>, tensor<?x8xf32>, tensor<5xi32>
+  return
+}
+
+// -----
+
+func.func @sequence_map_type(%s: tensor<?x8xf32>, %g: tensor<?x8xf32>, %m: tensor<?xf32>) {
+  // expected-error @+1 {{operand #2 must be 1D tensor of 32-bit signless integer values}}
+  %0 = moe.add_sequence_scores %s, %g, %m : tensor<?x8xf32>, tensor<?x8xf32>, tensor<?xf32>
+  return
+}
+
+// -----
+
+func.func @sequence_scores_type(%s: tensor<?x8xf32>, %g: tensor<?x8xbf16>, %m: tensor<?xi32>) {
+  // expected-error @+1 {{operand #1 must be 2D tensor of 32-bit float values}}
+  %0 = moe.add_sequence_scores %s, %g, %m : tensor<?x8xf32>, tensor<?x8xbf16>, tensor<?xi32>
+  return
+}
+
+// -----
+
+func.func @sequence_scores_factor(%s: tensor<?x8xf32>, %g: tensor<?x8xf32>, %m: tensor<?xi32>) {
+  // expected-error @+1 {{'factor' must be finite, got INF}}
+  %0 = moe.add_sequence_scores %s, %g, %m {factor = 0x7F800000 : f32} : tensor<?x8xf32>, tensor<?x8xf32>, tensor<?xi32>
+  return
+}
+
+// -----
+
+func.func @extra_input_as_row(%x: tensor<?x64xf32>, %g: tensor<?x8xf32>, %m: tensor<?xi32>) {
+  // expected-error @+1 {{'moe.fused_route' op body cannot be generated as one routing kernel: 'moe.topk' reads an extra layer input where a score row is expected (only moe.add_sequence_scores reads extra inputs)}}
+  %ids, %ws, %c, %o, %rows = moe.fused_route %x inputs(%g, %m : tensor<?x8xf32>, tensor<?xi32>) {num_experts = 8 : i64} : tensor<?x64xf32> -> tensor<?x2xi32>, tensor<?x2xf32>, tensor<8xi32>, tensor<9xi32>, tensor<?xi32> {
+  ^bb0(%t: tensor<?x64xf32>, %bg: tensor<?x8xf32>, %bm: tensor<?xi32>):
+    // expected-note @+1 {{the op is here}}
+    %i, %v = moe.topk %bg {k = 2 : i64} : tensor<?x8xf32> -> tensor<?x2xi32>, tensor<?x2xf32>
+    moe.yield %i, %v : tensor<?x2xi32>, tensor<?x2xf32>
+  }
+  return
+}
+
+// -----
+
+func.func @sequence_scores_not_extra(%x: tensor<?x64xf32>, %g: tensor<?x8xf32>, %m: tensor<?xi32>) {
+  // expected-error @+1 {{'moe.fused_route' op body cannot be generated as one routing kernel: 'moe.add_sequence_scores' must read its sequence scores and map from the layer's extra inputs}}
+  %ids, %ws, %c, %o, %rows = moe.fused_route %x inputs(%m : tensor<?xi32>) {num_experts = 8 : i64} : tensor<?x64xf32> -> tensor<?x2xi32>, tensor<?x2xf32>, tensor<8xi32>, tensor<9xi32>, tensor<?xi32> {
+  ^bb0(%t: tensor<?x64xf32>, %bm: tensor<?xi32>):
+    %w = arith.constant dense<1.0> : tensor<8x64xf32>
+    %l = moe.router_linear %t, %w : (tensor<?x64xf32>, tensor<8x64xf32>) -> tensor<?x8xf32>
+    // expected-note @+1 {{the op is here}}
+    %s = moe.add_sequence_scores %l, %l, %bm : tensor<?x8xf32>, tensor<?x8xf32>, tensor<?xi32>
+    %i, %v = moe.topk %s {k = 2 : i64} : tensor<?x8xf32> -> tensor<?x2xi32>, tensor<?x2xf32>
+    moe.yield %i, %v : tensor<?x2xi32>, tensor<?x2xf32>
+  }
   return
 }

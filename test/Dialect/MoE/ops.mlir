@@ -306,3 +306,26 @@ func.func @sinkhorn(%l: tensor<?x8xf32>) -> (tensor<?x2xi32>, tensor<?x2xf32>) {
   %w = moe.gather_scores %p, %ids : tensor<?x8xf32>, tensor<?x2xi32> -> tensor<?x2xf32>
   return %ids, %w : tensor<?x2xi32>, tensor<?x2xf32>
 }
+
+// Cosine routers (GLIDER's local router): normalised input and/or weight
+// rows, a scale.
+// CHECK-LABEL: func.func @cosine_router
+// CHECK: moe.router_linear %{{.*}}, %{{.*}} {normalize = #moe.router_normalize<both>, scale = 1.000000e+01 : f32} : (tensor<?x64xf32>, tensor<8x64xf32>) -> tensor<?x8xf32>
+// CHECK: moe.router_linear %{{.*}}, %{{.*}} bias %{{.*}} {epsilon = 9.99999997E-7 : f32, normalize = #moe.router_normalize<input>} : (tensor<?x64xf32>, tensor<8x64xf32>, tensor<8xf32>) -> tensor<?x8xf32>
+// CHECK: moe.router_linear %{{.*}}, %{{.*}} {normalize = #moe.router_normalize<weight>} : (tensor<?x64xf32>, tensor<8x64xf32>) -> tensor<?x8xf32>
+func.func @cosine_router(%x: tensor<?x64xf32>, %w: tensor<8x64xf32>, %b: tensor<8xf32>) -> (tensor<?x8xf32>, tensor<?x8xf32>, tensor<?x8xf32>) {
+  %0 = moe.router_linear %x, %w {normalize = #moe.router_normalize<both>, scale = 10.0 : f32} : (tensor<?x64xf32>, tensor<8x64xf32>) -> tensor<?x8xf32>
+  %1 = moe.router_linear %x, %w bias %b {normalize = #moe.router_normalize<input>, epsilon = 1.0e-6 : f32} : (tensor<?x64xf32>, tensor<8x64xf32>, tensor<8xf32>) -> tensor<?x8xf32>
+  %2 = moe.router_linear %x, %w {normalize = #moe.router_normalize<weight>} : (tensor<?x64xf32>, tensor<8x64xf32>) -> tensor<?x8xf32>
+  return %0, %1, %2 : tensor<?x8xf32>, tensor<?x8xf32>, tensor<?x8xf32>
+}
+
+// GLIDER's global router: sequence scores added per token through a map.
+// CHECK-LABEL: func.func @sequence_scores
+// CHECK: moe.add_sequence_scores %{{.*}}, %{{.*}}, %{{.*}} : tensor<?x8xf32>, tensor<?x8xf32>, tensor<?xi32>
+// CHECK: moe.add_sequence_scores %{{.*}}, %{{.*}}, %{{.*}} {factor = 5.000000e-01 : f32} : tensor<7x8xf32>, tensor<3x8xf32>, tensor<7xi32>
+func.func @sequence_scores(%s: tensor<?x8xf32>, %g: tensor<?x8xf32>, %m: tensor<?xi32>, %s7: tensor<7x8xf32>, %g3: tensor<3x8xf32>, %m7: tensor<7xi32>) -> (tensor<?x8xf32>, tensor<7x8xf32>) {
+  %0 = moe.add_sequence_scores %s, %g, %m : tensor<?x8xf32>, tensor<?x8xf32>, tensor<?xi32>
+  %1 = moe.add_sequence_scores %s7, %g3, %m7 {factor = 0.5 : f32} : tensor<7x8xf32>, tensor<3x8xf32>, tensor<7xi32>
+  return %0, %1 : tensor<?x8xf32>, tensor<7x8xf32>
+}

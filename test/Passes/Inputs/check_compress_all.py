@@ -21,7 +21,7 @@ import numpy as np
 here = os.path.dirname(__file__)
 sys.path.insert(0, here)
 sys.path.insert(0, os.path.join(here, "..", "..", "Backend", "Inputs"))
-from check_preserved import layers_of, hidden_of  # noqa: E402
+from check_preserved import layers_of, hidden_of, extra_inputs  # noqa: E402
 from check_backend import ARCHS, example_weights, write_weights  # noqa: E402
 
 
@@ -54,8 +54,12 @@ def check(args, tag, ir, rng):
         x = rng.standard_normal((7, hidden_of(ir, layer))).astype(np.float32)
         xp = ir + ".x.npy"
         np.save(xp, x)
-        run([args.bin + "/moe-run", out, "--layer", str(layer), "--input", xp,
-             "--output", xp + ".y.npy"])
+        extra = []
+        for path in extra_inputs(open(ir).read(), layer, 7, rng,
+                                 os.path.dirname(xp)):
+            extra += ["--input", path]
+        run([args.bin + "/moe-run", out, "--layer", str(layer), "--input", xp]
+            + extra + ["--output", xp + ".y.npy"])
     print(f"ok   {tag}: " + ", ".join(sorted(set(verdicts))), flush=True)
 
 

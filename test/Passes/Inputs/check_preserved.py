@@ -42,9 +42,31 @@ def layers_of(ir_path):
 
 def hidden_of(ir_path, layer):
     text = open(ir_path).read()
-    m = re.search(r"func\.func @\w+\(%\w+: tensor<\?x(\d+)x\w+>\).*moe\.layer = "
-                  + str(layer) + r" ", text)
+    # Extra inputs (moe.input arguments) may follow x.
+    m = re.search(r"func\.func @\w+\(%\w+: tensor<\?x(\d+)x\w+>[,)][^\n]*"
+                  r"moe\.layer = " + str(layer) + r" ", text)
     return int(m.group(1))
+
+
+def extra_inputs(text, layer, t, rng, work):
+    """Files for the layer's extra inputs (moe.input arguments), in argument
+    order: f32 tensors with their dynamic dimension 0 as B = 3 sequences,
+    i32 vectors as a token-to-sequence map of T entries in [0, 3)."""
+    m = re.search(r"func\.func @\w+\(([^)]*)\)[^\n]*moe\.layer = " +
+                  str(layer) + r" ", text)
+    if m is None:
+        return []
+    paths = []
+    for n, (dims, dtype) in enumerate(re.findall(
+            r"tensor<([?\dx]*?)x?(f32|i32)>\s*\{moe\.input", m.group(1))):
+        if dtype == "i32":
+            a = np.sort(rng.integers(0, 3, t)).astype(np.int32)
+        else:
+            shape = [3 if d == "?" else int(d) for d in dims.split("x") if d]
+            a = rng.normal(0, 2.0, shape).astype(np.float32)
+        paths.append(os.path.join(work, "extra%d.npy" % n))
+        np.save(paths[-1], a)
+    return paths
 
 
 def compare(args, tag, before, after, layer, rng, work):
@@ -54,10 +76,14 @@ def compare(args, tag, before, after, layer, rng, work):
         xp = os.path.join(work, "x.npy")
         np.save(xp, x)
         outs = []
+        extra = []
+        for path in extra_inputs(open(before).read(), layer, t, rng, work):
+            extra += ["--input", path]
         for name, ir in (("before", before), ("after", after)):
             prefix = os.path.join(work, name)
             run([args.bin + "/moe-run", ir, "--layer", str(layer), "--input",
-                 xp, "--output", prefix + ".y.npy", "--routing-out", prefix])
+                 xp] + extra + ["--output", prefix + ".y.npy",
+                                "--routing-out", prefix])
             outs.append((np.load(prefix + ".y.npy"),
                          np.load(prefix + ".ids.npy"),
                          np.load(prefix + ".weights.npy")))

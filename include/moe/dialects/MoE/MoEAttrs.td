@@ -98,4 +98,21 @@ def MoE_TopPPrefixAttr
   let assemblyFormat = "`<` $value `>`";
 }
 
+def MoE_CosineNone : I32EnumAttrCase<"none", 0>;
+def MoE_CosineInput : I32EnumAttrCase<"input", 1>;
+def MoE_CosineWeight : I32EnumAttrCase<"weight", 2>;
+def MoE_CosineBoth : I32EnumAttrCase<"both", 3>;
+def MoE_RouterNormalizeKind : I32EnumAttr<"RouterNormalize",
+    "which operands of moe.router_linear are L2-normalised before the dot "
+    "product: none (a plain linear router), the input rows, the weight rows, "
+    "or both (cosine similarity)",
+    [MoE_CosineNone, MoE_CosineInput, MoE_CosineWeight, MoE_CosineBoth]> {
+  let genSpecializedAttr = 0;
+  let cppNamespace = "::mlir::moe";
+}
+def MoE_RouterNormalizeAttr
+    : EnumAttr<MoE_Dialect, MoE_RouterNormalizeKind, "router_normalize"> {
+  let assemblyFormat = "`<` $value `>`";
+}
+
 #endif // MOE_ATTRS_TD

@@ -85,12 +85,55 @@ def MoE_RouterLinearOp : MoE_Op<"router_linear", [Pure, MoE_RouterOpInterface]> 
     converted to f32 first, whatever their dtype (every real router does its
     math in f32). `N` is the number of experts (plus null experts), or 1 for
     a shared-expert gate.
+
+    Cosine routers (`normalize`): `input` selects the rows of `input`,
+    `weight` the rows of `weight`, `both` both of them, to be divided by
+    their L2 norm before the dot product (a norm below `epsilon` counts as
+    `epsilon`, as torch's `F.normalize`), and the product is multiplied by
+    `scale` (an inverse temperature) before the bias is added:
+    `result[t, n] = scale * (x_t / max(|x_t|, eps)) . (w_n / max(|w_n|, eps))
+    + b[n]`. With `both`, `result - b` is `scale` times the cosine
+    similarity of token and expert vector (GLIDER's local router; its
+    released code standardises the token and gate vectors, LayerNorm without
+    affine, and scales the product by `1/sqrt(H)`: the cosine of the centred
+    vectors). `scale` and `epsilon` apply only with a `normalize` other than
+    `none`; `epsilon` must be > 0. Norms are computed in f32 from the
+    converted values.
+
+    ```mlir
+    %s = moe.router_linear %x, %w {normalize = #moe.router_normalize<both>,
+                                   scale = 10.0 : f32}
+        : (tensor<?x64xf32>, tensor<8x64xf32>) -> tensor<?x8xf32>
+    ```
   }];
   let arguments = (ins MoE_Tensor:$input, MoE_Tensor:$weight,
-                   Optional<MoE_Tensor>:$bias);
+                   Optional<MoE_Tensor>:$bias,
+                   DefaultValuedAttr<MoE_RouterNormalizeAttr,
+                       "::mlir::moe::RouterNormalize::none">:$normalize,
+                   DefaultValuedAttr<F32Attr, "1.0">:$scale,
+                   DefaultValuedAttr<F32Attr, "1.0e-12">:$epsilon);
   let results = (outs MoE_Scores:$result);
   let assemblyFormat = [{
     $input `,` $weight (`bias` $bias^)? attr-dict `:` functional-type(operands, results)
+  }];
+  let builders = [
+    // A plain linear router (no normalisation), as most importers build.
+    OpBuilder<(ins "::mlir::Type":$result, "::mlir::Value":$input,
+                   "::mlir::Value":$weight, "::mlir::Value":$bias), [{
+      build($_builder, $_state, result, input, weight, bias,
+            RouterNormalizeAttr(), FloatAttr(), FloatAttr());
+    }]>];
+  let extraClassDeclaration = [{
+    /// Whether the input rows are L2-normalised (cosine router).
+    bool normalizesInput() {
+      return getNormalize() == RouterNormalize::input ||
+             getNormalize() == RouterNormalize::both;
+    }
+    /// Whether the weight rows are L2-normalised (cosine router).
+    bool normalizesWeight() {
+      return getNormalize() == RouterNormalize::weight ||
+             getNormalize() == RouterNormalize::both;
+    }
   }];
   let hasVerifier = 1;
 }
@@ -168,6 +211,40 @@ def MoE_BiasAddOp : MoE_Op<"bias_add", [Pure, MoE_RouterOpInterface,
   let results = (outs MoE_Scores:$result);
   let assemblyFormat = [{
     $input `,` $bias attr-dict `:` type($input) `,` type($bias)
+  }];
+  let hasVerifier = 1;
+}
+
+def MoE_AddSequenceScoresOp : MoE_Op<"add_sequence_scores", [Pure,
+    MoE_RouterOpInterface, AllTypesMatch<["input", "result"]>]> {
+  let summary = "adds each token's sequence-level scores (a global router)";
+  let description = [{
+    `result[t, e] = input[t, e] + factor * sequence_scores[sequence_map[t], e]`:
+    a score per sequence (`sequence_scores : [B, E]` f32, e.g. GLIDER's
+    global router, computed once per query from a task embedding) added to
+    every token of that sequence (`sequence_map : [T]` i32, the sequence of
+    each token of the batch). Both are extra inputs of the layer function
+    (arguments after `x` named by `moe.input`); `input` is the token-level
+    score (the local router). Every map value must be in `[0, B)`: the
+    reference executor and the runtime check this before anything runs
+    (the kernels never read outside the sequence scores) and report the
+    first token whose value is outside. `factor` weighs the global scores
+    (GLIDER's released code adds them scaled by `bias_routing_scale`).
+
+    ```mlir
+    %l = moe.router_linear %x, %wg {normalize = #moe.router_normalize<both>}
+        : (tensor<?x64xf32>, tensor<8x64xf32>) -> tensor<?x8xf32>
+    %s = moe.add_sequence_scores %l, %seq, %map {factor = 0.5 : f32}
+        : tensor<?x8xf32>, tensor<?x8xf32>, tensor<?xi32>
+    ```
+  }];
+  let arguments = (ins MoE_Scores:$input, MoE_Scores:$sequence_scores,
+                   MoE_I32Vector:$sequence_map,
+                   DefaultValuedAttr<F32Attr, "1.0">:$factor);
+  let results = (outs MoE_Scores:$result);
+  let assemblyFormat = [{
+    $input `,` $sequence_scores `,` $sequence_map attr-dict `:` type($input)
+    `,` type($sequence_scores) `,` type($sequence_map)
   }];
   let hasVerifier = 1;
 }
@@ -866,6 +943,13 @@ def MoE_FusedRouteOp : MoE_Op<"fused_route",
     row. Built by `--moe-fuse-routing` from a dispatch whose ids come from
     the function's arguments.
 
+    Extra layer inputs: a router that reads arguments of a layer with extra
+    inputs (`moe.input`, e.g. the sequence scores and map of
+    `moe.add_sequence_scores`) takes them as `inputs(...)`; the body then
+    takes them as its last arguments, in that order. The routing kernel
+    reads them from global memory (the sequence scores row of each token's
+    sequence), not as staged rows.
+
     ```mlir
     %ids, %w, %counts, %offsets, %rows = moe.fused_route %x
         given(%gids, %gw : tensor<?x8xi32>, tensor<?x8xf32>)
@@ -878,15 +962,35 @@ def MoE_FusedRouteOp : MoE_Op<"fused_route",
     ```
   }];
   let arguments = (ins MoE_Tensor:$input, Optional<MoE_Ids>:$given_ids,
-                   Optional<MoE_Scores>:$given_weights, I64Attr:$num_experts);
+                   Optional<MoE_Scores>:$given_weights,
+                   Variadic<RankedTensorOf<[F32, I32]>>:$extra_inputs,
+                   I64Attr:$num_experts);
   let results = (outs MoE_Ids:$ids, MoE_Scores:$weights,
                       MoE_I32Vector:$counts, MoE_I32Vector:$offsets,
                       MoE_I32Vector:$rows);
   let regions = (region SizedRegion<1>:$body);
   let assemblyFormat = [{
     $input (`given` `(` $given_ids^ `,` $given_weights `:` type($given_ids)
-    `,` type($given_weights) `)`)? attr-dict `:` type($input) `->`
-    type(results) $body
+    `,` type($given_weights) `)`)?
+    (`inputs` `(` $extra_inputs^ `:` type($extra_inputs) `)`)?
+    attr-dict `:` type($input) `->` type(results) $body
+  }];
+  let builders = [
+    // Without extra layer inputs (every router but GLIDER-style ones).
+    OpBuilder<(ins "::mlir::Type":$ids, "::mlir::Type":$weights,
+                   "::mlir::Type":$counts, "::mlir::Type":$offsets,
+                   "::mlir::Type":$rows, "::mlir::Value":$input,
+                   "::mlir::Value":$given_ids, "::mlir::Value":$given_weights,
+                   "::mlir::IntegerAttr":$num_experts), [{
+      build($_builder, $_state, ids, weights, counts, offsets, rows, input,
+            given_ids, given_weights, ::mlir::ValueRange(), num_experts);
+    }]>];
+  let extraClassDeclaration = [{
+    /// The body argument of extra input `i` (after the input and the given
+    /// routing's ids and weights).
+    ::mlir::BlockArgument getExtraInputArgument(unsigned i) {
+      return getBody().front().getArgument(1 + (getGivenIds() ? 2 : 0) + i);
+    }
   }];
   let hasVerifier = 1;
 }

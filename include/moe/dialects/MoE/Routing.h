@@ -83,7 +83,26 @@ enum class LayerForm {
   /// `moe.role = "router"`: (x [T, H]) -> (ids [T, K] i32, weights [T, K]
   /// f32), the layer's routing only.
   Router,
+  /// (x [T, H], in_1, ..., in_n) -> y: a layer with named extra inputs
+  /// (every argument after x carries `moe.input = "name"`; f32 or i32
+  /// tensors), e.g. GLIDER's sequence scores [B, E] and token-to-sequence
+  /// map [T]. The caller gives them in argument order.
+  ExtraInputs,
 };
+
+/// The argument attribute naming an extra input of a layer function.
+inline constexpr llvm::StringLiteral kInputAttr = "moe.input";
+
+/// The name of argument `i` of `fn`: its `moe.input`, or "argument #i".
+std::string getLayerInputName(FunctionOpInterface fn, unsigned i);
+
+/// The extra inputs of `fn` used as a sequence map, each with the input it
+/// indexes (the sequence scores of the same moe.add_sequence_scores, in
+/// `fn` or in a moe.fused_route body): (map argument, scores argument)
+/// pairs of argument numbers. The map has one entry per token and its
+/// values must be in [0, rows of the scores).
+llvm::SmallVector<std::pair<unsigned, unsigned>>
+getSequenceMapArguments(FunctionOpInterface fn);
 
 /// The attribute naming a function's role ("router" for LayerForm::Router).
 inline constexpr llvm::StringLiteral kRoleAttr = "moe.role";

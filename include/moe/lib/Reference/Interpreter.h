@@ -154,6 +154,16 @@ llvm::Expected<HostTensor> interpretGiven(mlir::func::FuncOp fn,
                                           WeightLoader &weights,
                                           RoutingTrace *trace = nullptr);
 
+/// Runs a layer with named extra inputs (mlir::moe::LayerForm::ExtraInputs):
+/// `fn` takes x [T, H] and then the `moe.input` arguments, given in `extra`
+/// in argument order (i32 tensors for i32 arguments, floats otherwise; a
+/// missing or misshapen one is an error naming the argument and its
+/// expected shape).
+llvm::Expected<HostTensor>
+interpretWithInputs(mlir::func::FuncOp fn, const HostTensor &input,
+                    const std::vector<HostTensor> &extra,
+                    WeightLoader &weights, RoutingTrace *trace = nullptr);
+
 /// A routing: ids [T, K] i32 (-1: empty slot) and weights [T, K] f32.
 struct HostRouting {
   HostTensor ids, weights;

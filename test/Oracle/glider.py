@@ -1,0 +1,309 @@
+#!/usr/bin/env python3
+"""GLIDER's multi-scale router checked against its formula, in float64 numpy.
+
+GLIDER (Global and Local Instruction-Driven Expert Router, Li et al. 2024)
+scores the experts of a layer twice: a global router gives one score vector
+per input sequence (from an LLM-written task instruction embedded once per
+query), and a local router scores each token by the cosine similarity of its
+hidden state and each expert's gate vector. The two are added before top-k:
+
+    local[t, e]  = s * <x_t / |x_t|, g_e / |g_e|>
+    score[t, e]  = local[t, e] + a * global[seq(t), e]
+    p            = softmax(score[t])
+    experts      = top-k of p,  weights = p / sum of the k (renormalised)
+
+with s the local router's scale (an inverse temperature) and a the global
+router's weight. Cases here also cover input-only and weight-only
+normalisation (`normalize = input|weight`) and a layer without sequence
+scores. Each case writes a layer (moe.router_linear with `normalize`,
+moe.add_sequence_scores when it has global scores, softmax, topk,
+normalize, gated-SiLU experts) and runs it with `moe-run --backend
+reference` and `--backend emu` at T in {1, 7, 64, 300}, with the tokens
+spread over several sequences; both must match this file's numpy
+implementation: expert sets per token, weights within 1e-5, outputs within
+1e-5 relative.
+
+  glider.py [--bin DIR] [--seed N] [--backend reference,emu] [-v]
+"""
+import argparse
+import math
+import os
+import subprocess
+import sys
+import tempfile
+
+import numpy as np
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from hf_models import H, write_safetensors  # noqa: E402
+
+T_VALUES = (1, 7, 64, 300)
+TOL_Y = 1e-5
+TOL_W = 1e-5
+# Tokens whose k-th and (k+1)-th scores are this close may swap in float32.
+NEAR_TIE = 1e-5
+
+CASES = {
+    # GLIDER: cosine local router plus global (sequence) scores.
+    "glider": dict(experts=8, k=2, normalize="both", scale=8.0, alpha=1.0,
+                   sequences=3),
+    # The global scores weighted, input rows normalised only, top-1.
+    "input-global": dict(experts=6, k=1, normalize="input", scale=2.0,
+                         alpha=0.5, sequences=4),
+    # The local router alone (cosine, no sequence scores).
+    "cosine-local": dict(experts=8, k=2, normalize="both", scale=4.0,
+                         alpha=None, sequences=1),
+    # Weight rows normalised only, a bias, no sequence scores.
+    "weight-local": dict(experts=8, k=3, normalize="weight", scale=1.0,
+                         alpha=None, sequences=1, bias=True),
+}
+
+
+def f32(v):
+    return float(np.float32(v))
+
+
+def attr(v):
+    return "%.9e" % f32(v)
+
+
+class Glider:
+    def __init__(self, rng, experts, k, normalize, scale, alpha, sequences,
+                 bias=False, inter=32):
+        self.e, self.k, self.normalize = experts, k, normalize
+        self.scale, self.alpha, self.sequences = f32(scale), alpha, sequences
+        self.inter = inter
+        # Gate vectors of unequal norms, so that normalising them matters.
+        self.router = (rng.standard_normal((experts, H)) *
+                       rng.uniform(0.2, 3.0, (experts, 1))).astype(np.float32)
+        self.bias = (rng.normal(0, 0.3, experts).astype(np.float32)
+                     if bias else None)
+        s = 1 / math.sqrt(H)
+        self.gate = (rng.standard_normal((experts, inter, H)) * s).astype(np.float32)
+        self.up = (rng.standard_normal((experts, inter, H)) * s).astype(np.float32)
+        self.down = (rng.standard_normal((experts, H, inter)) /
+                     math.sqrt(inter)).astype(np.float32)
+
+    # -- the paper's formula --------------------------------------------
+    def scores(self, x, seq_scores, seq_map):
+        x64 = np.asarray(x, np.float64)
+        g = self.router.astype(np.float64)
+        if self.normalize in ("input", "both"):
+            x64 = x64 / np.maximum(np.linalg.norm(x64, axis=1, keepdims=True),
+                                   1e-12)
+        if self.normalize in ("weight", "both"):
+            g = g / np.maximum(np.linalg.norm(g, axis=1, keepdims=True), 1e-12)
+        local = self.scale * (x64 @ g.T)
+        if self.bias is not None:
+            local = local + self.bias.astype(np.float64)
+        if self.alpha is None:
+            return local
+        return local + f32(self.alpha) * np.asarray(seq_scores, np.float64)[seq_map]
+
+    def route(self, x, seq_scores, seq_map):
+        s = self.scores(x, seq_scores, seq_map)
+        z = np.exp(s - s.max(axis=1, keepdims=True))
+        p = z / z.sum(axis=1, keepdims=True)
+        t = p.shape[0]
+        ids = np.zeros((t, self.k), np.int64)
+        w = np.zeros((t, self.k))
+        fragile = np.zeros(t, bool)
+        for r in range(t):
+            order = sorted(range(self.e), key=lambda e: (-p[r, e], e))
+            ids[r] = order[:self.k]
+            w[r] = p[r, order[:self.k]] / p[r, order[:self.k]].sum()
+            if self.k < self.e and p[r, order[self.k - 1]] - p[r, order[self.k]] < NEAR_TIE:
+                fragile[r] = True
+        return ids, w, fragile
+
+    def forward(self, x, seq_scores, seq_map):
+        ids, w, fragile = self.route(x, seq_scores, seq_map)
+        x64 = np.asarray(x, np.float64)
+        y = np.zeros_like(x64)
+        for e in range(self.e):
+            g = x64 @ self.gate[e].astype(np.float64).T
+            u = x64 @ self.up[e].astype(np.float64).T
+            h = g / (1.0 + np.exp(-g)) * u
+            out = h @ self.down[e].astype(np.float64).T
+            we = np.sum(np.where(ids == e, w, 0.0), axis=1)
+            y += we[:, None] * out
+        return y, ids, w, fragile
+
+    # -- files ------------------------------------------------------------
+    def write(self, d):
+        tensors = {"router.weight": ("F32", self.router)}
+        if self.bias is not None:
+            tensors["router.bias"] = ("F32", self.bias)
+        for e in range(self.e):
+            tensors["experts.%d.gate_proj.weight" % e] = ("F32", self.gate[e])
+            tensors["experts.%d.up_proj.weight" % e] = ("F32", self.up[e])
+            tensors["experts.%d.down_proj.weight" % e] = ("F32", self.down[e])
+        write_safetensors(os.path.join(d, "w.safetensors"), tensors)
+        e, k, i = self.e, self.k, self.inter
+        xt, st = "tensor<?x%dxf32>" % H, "tensor<?x%dxf32>" % e
+        kt = "tensor<?x%dxi32>, tensor<?x%dxf32>" % (k, k)
+        gt, dt = "tensor<%dx%dx%dxf32>" % (e, i, H), "tensor<%dx%dx%dxf32>" % (e, H, i)
+        args = "%%x: %s" % xt
+        if self.alpha is not None:
+            args += (', %%gs: tensor<?x%dxf32> {moe.input = "seq_scores"}, '
+                     '%%map: tensor<?xi32> {moe.input = "seq_map"}' % e)
+        cosine = "normalize = #moe.router_normalize<%s>, scale = %s : f32" % (
+            self.normalize, attr(self.scale))
+
+        def stack(proj):
+            return ", ".join('"experts.%d.%s.weight"' % (j, proj) for j in range(e))
+        lines = [
+            'module attributes {moe.weight_root = "%s"} {' % d,
+            "  func.func @layer_0(%s) -> %s attributes {moe.layer = 0 : i64} {" % (args, xt),
+            '    %%wg = moe.weight ["router.weight"] from ["w.safetensors"] : tensor<%dx%dxf32>' % (e, H)]
+        if self.bias is not None:
+            lines += [
+                '    %%bg = moe.weight ["router.bias"] from ["w.safetensors"] : tensor<%dxf32>' % e,
+                "    %%l = moe.router_linear %%x, %%wg bias %%bg {%s} : (%s, tensor<%dx%dxf32>, "
+                "tensor<%dxf32>) -> %s" % (cosine, xt, e, H, e, st)]
+        else:
+            lines.append("    %%l = moe.router_linear %%x, %%wg {%s} : (%s, tensor<%dx%dxf32>) -> %s"
+                         % (cosine, xt, e, H, st))
+        score = "%l"
+        if self.alpha is not None:
+            lines.append("    %%s = moe.add_sequence_scores %%l, %%gs, %%map {factor = %s : f32} "
+                         ": %s, tensor<?x%dxf32>, tensor<?xi32>" % (attr(self.alpha), st, e))
+            score = "%s"
+        lines += [
+            "    %%p = moe.softmax %s : %s" % (score, st),
+            "    %%ids, %%v = moe.topk %%p {k = %d : i64} : %s -> %s" % (k, st, kt),
+            "    %%w = moe.normalize %%v : tensor<?x%dxf32>" % k,
+            "    %%c, %%o, %%rows = moe.dispatch %%ids {num_experts = %d : i64} : tensor<?x%dxi32> -> "
+            "tensor<%dxi32>, tensor<%dxi32>, tensor<?xi32>" % (e, k, e, e + 1),
+            "    %%xs = moe.permute %%x, %%rows, %%w : (%s, tensor<?xi32>, tensor<?x%dxf32>) -> %s" % (xt, k, xt),
+            '    %%wgt = moe.weight [%s] from ["w.safetensors"] : %s' % (stack("gate_proj"), gt),
+            '    %%wup = moe.weight [%s] from ["w.safetensors"] : %s' % (stack("up_proj"), gt),
+            '    %%wdn = moe.weight [%s] from ["w.safetensors"] : %s' % (stack("down_proj"), dt),
+            "    %%ys = moe.expert_ffn %%xs, %%o gate(%%wgt) up(%%wup) down(%%wdn) "
+            "{activation = #moe.activation<silu>} : (%s, tensor<%dxi32>, %s, %s, %s) -> %s"
+            % (xt, e + 1, gt, gt, dt, xt),
+            "    %%y = moe.combine %%ys, %%rows, %%w : (%s, tensor<?xi32>, tensor<?x%dxf32>) -> %s"
+            % (xt, k, xt),
+            "    return %%y : %s" % xt,
+            "  }",
+            "}",
+            ""]
+        path = os.path.join(d, "glider.mlir")
+        with open(path, "w") as f:
+            f.write("\n".join(lines))
+        return path
+
+
+def run_layer(bin_dir, ir, inputs, d, backend):
+    yp, prefix = os.path.join(d, "y.npy"), os.path.join(d, "routing")
+    cmd = [os.path.join(bin_dir, "moe-run") if bin_dir else "moe-run", ir,
+           "--layer", "0"]
+    for n, a in enumerate(inputs):
+        p = os.path.join(d, "in%d.npy" % n)
+        np.save(p, a)
+        cmd += ["--input", p]
+    cmd += ["--output", yp, "--routing-out", prefix, "--backend", backend]
+    r = subprocess.run(cmd, capture_output=True, text=True)
+    if r.returncode != 0:
+        raise AssertionError("moe-run --backend %s failed:\n%s"
+                             % (backend, r.stderr[-2000:]))
+    return (np.load(yp), np.load(prefix + ".ids.npy"),
+            np.load(prefix + ".weights.npy"))
+
+
+def compare(tag, y, ids, w, ref_y, ref_ids, ref_w, fragile):
+    errs = []
+    if ids.shape != ref_ids.shape:
+        return ["%s: routing shape %s, expected %s" % (tag, ids.shape, ref_ids.shape)], 0, 0
+    worst_w = 0.0
+    for r in range(ref_ids.shape[0]):
+        if fragile[r]:
+            continue
+        got = {int(e): float(v) for e, v in zip(ids[r], w[r]) if e >= 0}
+        want = {int(e): float(v) for e, v in zip(ref_ids[r], ref_w[r])}
+        if set(got) != set(want):
+            errs.append("%s: token %d experts %s, expected %s"
+                        % (tag, r, sorted(got), sorted(want)))
+            continue
+        for e in want:
+            worst_w = max(worst_w, abs(got[e] - want[e]))
+            if abs(got[e] - want[e]) > TOL_W:
+                errs.append("%s: token %d expert %d weight %.9g, expected %.9g"
+                            % (tag, r, e, got[e], want[e]))
+    keep = ~fragile
+    scale = max(float(np.abs(ref_y).max()), 1e-30)
+    err = float(np.abs(y - ref_y)[keep].max()) / scale if keep.any() else 0.0
+    if not np.isfinite(y).all() or err > TOL_Y:
+        errs.append("%s: output error %.3g > %g" % (tag, err, TOL_Y))
+    return errs[:5], err, worst_w
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--bin", default="")
+    ap.add_argument("--seed", type=int, default=5)
+    ap.add_argument("--backend", default="reference,emu")
+    ap.add_argument("--cases", default=",".join(sorted(CASES)))
+    args = ap.parse_args()
+    backends = args.backend.split(",")
+    names = args.cases.split(",")
+    failures = 0
+    with tempfile.TemporaryDirectory() as work:
+        for ci, name in enumerate(names):
+            params = CASES[name]
+            rng = np.random.default_rng([args.seed, ci])
+            case = Glider(rng, **params)
+            d = os.path.join(work, name)
+            os.makedirs(d)
+            ir = case.write(d)
+            stats = {b: [0.0, 0.0] for b in backends}
+            fragile_n, total, global_flips = 0, 0, 0
+            errors = []
+            for t in T_VALUES:
+                x = (rng.standard_normal((t, H)) *
+                     rng.uniform(0.5, 4.0, (t, 1))).astype(np.float32)
+                b = case.sequences
+                seq_scores = rng.normal(0, 2.0, (b, case.e)).astype(np.float32)
+                # Tokens of a sequence are contiguous, as in a batch of
+                # concatenated queries; every sequence has >= 0 tokens.
+                seq_map = np.sort(rng.integers(0, b, t)).astype(np.int32)
+                inputs = [x]
+                if case.alpha is not None:
+                    inputs += [seq_scores, seq_map]
+                    # The global scores must change some token's experts,
+                    # or the case tests less than it claims.
+                    alone = Glider.route(case, x, 0 * seq_scores, seq_map)[0]
+                ref_y, ref_ids, ref_w, fragile = case.forward(x, seq_scores, seq_map)
+                if case.alpha is not None:
+                    global_flips += int(np.sum(np.any(np.sort(alone, 1) !=
+                                                      np.sort(ref_ids, 1), 1)))
+                fragile_n += int(fragile.sum())
+                total += t
+                for bk in backends:
+                    y, ids, w = run_layer(args.bin, ir, inputs, d, bk)
+                    errs, ye, we = compare("%s %s T=%d" % (name, bk, t), y, ids,
+                                           w, ref_y, ref_ids, ref_w, fragile)
+                    errors += errs
+                    stats[bk][0] = max(stats[bk][0], ye)
+                    stats[bk][1] = max(stats[bk][1], we)
+            if case.alpha is not None and global_flips < 0.1 * total:
+                errors.append("%s: the sequence scores change the experts of "
+                              "only %d of %d tokens" % (name, global_flips, total))
+            if fragile_n > max(2, 0.02 * total):
+                errors.append("%s: %d tokens near a tie" % (name, fragile_n))
+            status = "FAIL" if errors else "ok"
+            failures += bool(errors)
+            print("%-4s %s: %d tokens, sequence scores change %d, skipped near "
+                  "a tie %d; %s"
+                  % (status, name, total, global_flips, fragile_n,
+                     ", ".join("%s y_err %.2g w_err %.2g" % (b, s[0], s[1])
+                               for b, s in stats.items())))
+            for e in errors:
+                print("  " + e)
+    print("%d of %d GLIDER cases match the numpy oracle" %
+          (len(names) - failures, len(names)))
+    return 1 if failures else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
