@@ -942,8 +942,8 @@ private:
               .Case([&](ExpertChoiceOp s) -> Error {
                 c << llvm::formatv("moe_k::route::expertChoice<{0}, {1}>({2}, "
                                    "T, {3}, {4});",
-                                   dim(s.getInput(), 1), s.getCapacity(),
-                                   in[0], out[0], out[1]);
+                                   dim(s.getInput(), 1), s.getCapacity(), in[0],
+                                   out[0], out[1]);
                 return Error::success();
               })
               .Case([&](CapacityOp s) -> Error {
@@ -1008,10 +1008,9 @@ private:
       }
       // Whether phase 2 runs ops per token after the cross-token op (then
       // the op writes to scratch, not to the outputs).
-      bool late = !program.afterCrossToken.empty() ||
-                  choice->getNumResults() != 2 ||
-                  yIds != choice->getResult(0) ||
-                  yWeights != choice->getResult(1);
+      bool late =
+          !program.afterCrossToken.empty() || choice->getNumResults() != 2 ||
+          yIds != choice->getResult(0) || yWeights != choice->getResult(1);
       if (late) {
         for (Value r : choice->getResults())
           outs.push_back(bufferPtr(r, "crossOut"));

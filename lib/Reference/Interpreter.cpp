@@ -937,8 +937,8 @@ private:
               if (id < 0)
                 continue;
               if (id >= E)
-                return opError(o, "id " + llvm::Twine(id) +
-                                      " is outside the " + llvm::Twine(E) +
+                return opError(o, "id " + llvm::Twine(id) + " is outside the " +
+                                      llvm::Twine(E) +
                                       " experts ('num_experts')");
               if (taken[id] < capacity) {
                 ++taken[id];
@@ -969,8 +969,8 @@ private:
               p.f[t * E + e] =
                   mx == kNegInf
                       ? 0.0f
-                      : static_cast<float>(std::exp(
-                            (static_cast<double>(row[e]) - mx) / eps));
+                      : static_cast<float>(
+                            std::exp((static_cast<double>(row[e]) - mx) / eps));
           }
           double target = static_cast<double>(T) / static_cast<double>(E);
           int64_t iterations = o.getIterations();

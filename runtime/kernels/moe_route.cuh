@@ -425,11 +425,10 @@ __device__ void expertChoice(const float *scores, long long T, int *ids,
 /// moe.capacity's C = ceil(factor * T * K / E), in double precision as the
 /// reference executor computes it.
 __device__ __forceinline__ long long expertCapacity(float factor, long long T,
-                                                   int K, int E) {
-  return static_cast<long long>(ceil(static_cast<double>(factor) *
-                                     static_cast<double>(T) *
-                                     static_cast<double>(K) /
-                                     static_cast<double>(E)));
+                                                    int K, int E) {
+  return static_cast<long long>(
+      ceil(static_cast<double>(factor) * static_cast<double>(T) *
+           static_cast<double>(K) / static_cast<double>(E)));
 }
 
 /// moe.capacity over all T tokens (run by one block once every token's ids

@@ -16,7 +16,8 @@ it with `moe-run --backend reference` and `--backend emu` at T in
 sets per token, weights within 1e-5, outputs within 1e-5 relative), and emu
 must match reference exactly in expert sets (weights and outputs within
 1e-5) on every token. Each case checks that it exercises what it claims
-(slots dropped, and dropped in slot 0 as well as in later slots).
+(slots dropped, and dropped in slot 0 as well as in later slots; empty
+input slots in the threshold case).
 
 sinkhorn (balanced assignment: S-BASE, Megatron-LM's Sinkhorn router):
 over the batch's router logits S [T, E],
@@ -63,6 +64,9 @@ CAPACITY_CASES = {
     # a factor below 1.
     "top2-renormalize": dict(experts=6, k=2, factor=0.75, normalize="after",
                              skew=(1.0, 0.5)),
+    # moe.threshold leaves slots empty (id -1): they take no capacity.
+    "threshold-top2": dict(experts=6, k=2, factor=1.0, normalize="none",
+                           skew=(1.0,), threshold=0.22),
 }
 
 
@@ -194,14 +198,23 @@ class Layer:
 
 
 class Capacity:
-    def __init__(self, rng, experts, k, factor, normalize, skew):
+    def __init__(self, rng, experts, k, factor, normalize, skew,
+                 threshold=None):
         self.layer = Layer(rng, experts, skew=skew)
         self.e, self.k, self.factor, self.normalize = experts, k, f32(factor), normalize
+        self.threshold = None if threshold is None else f32(threshold)
 
     def route(self, x):
         """ids [T, K], weights [T, K], fragile [T] (batch-wide), stats."""
         p = Layer.softmax(self.layer.logits(x))
         ids, v, fragile = self.layer.topk(p, self.k)
+        empty = 0
+        if self.threshold is not None:
+            # moe.threshold: the top max_k scores above the threshold.
+            low = v <= self.threshold
+            fragile |= np.any(np.abs(v - self.threshold) < NEAR_TIE, axis=1)
+            ids, v = np.where(low, -1, ids), np.where(low, 0.0, v)
+            empty = int(low.sum())
         if self.normalize == "before":
             v = v / v.sum(axis=1, keepdims=True)
         ids, w, dropped = apply_capacity(ids, v, self.factor, self.e)
@@ -212,14 +225,19 @@ class Capacity:
         # for every later slot: the whole batch is then undecided.
         if fragile.any():
             fragile[:] = True
-        return ids, w, fragile, dropped
+        return ids, w, fragile, np.append(dropped, empty)
 
     def router_lines(self):
         e, k = self.e, self.k
         st = "tensor<?x%dxf32>" % e
         kt = "tensor<?x%dxi32>, tensor<?x%dxf32>" % (k, k)
+        if self.threshold is None:
+            select = "moe.topk %%p {k = %d : i64}" % k
+        else:
+            select = "moe.threshold %%p {max_k = %d : i64, threshold = %s : f32}" % (
+                k, attr(self.threshold))
         lines = ["%%p = moe.softmax %%l : %s" % st,
-                 "%%ti, %%tv = moe.topk %%p {k = %d : i64} : %s -> %s" % (k, st, kt)]
+                 "%%ti, %%tv = %s : %s -> %s" % (select, st, kt)]
         v = "%tv"
         if self.normalize == "before":
             lines.append("%%tn = moe.normalize %%tv : tensor<?x%dxf32>" % k)
@@ -441,7 +459,8 @@ def main():
 
 def describe(method, exercised):
     if method == "capacity":
-        return "dropped slots per slot index %s" % list(exercised)
+        return "dropped slots per slot index %s, empty input slots %d" % (
+            list(exercised[:-1]), exercised[-1])
     return ("balancing changed %d tokens, most loaded expert %d -> %d slots "
             "(summed over T)" % tuple(exercised))
 
@@ -449,9 +468,12 @@ def describe(method, exercised):
 def case_exercised(method, name, exercised):
     """The errors of a case that does not test what it claims."""
     if method == "capacity":
-        if exercised[0] == 0 or (len(exercised) > 1 and exercised[1:].sum() == 0):
+        dropped = exercised[:-1]
+        if dropped[0] == 0 or (len(dropped) > 1 and dropped[1:].sum() == 0):
             return ["%s: dropped slots per slot index %s (need drops in slot 0 "
-                    "and in later slots)" % (name, list(exercised))]
+                    "and in later slots)" % (name, list(dropped))]
+        if name.startswith("threshold") and exercised[-1] == 0:
+            return ["%s: no empty input slot" % name]
     if method == "sinkhorn":
         changed, before, after = exercised
         if changed == 0 or after >= before:
