@@ -544,7 +544,8 @@ private:
           return op.getExtraInputs()[cast<BlockArgument>(v).getArgNumber() -
                                      first];
         };
-        Value s = outer(add.getSequenceScores()), m = outer(add.getSequenceMap());
+        Value s = outer(add.getSequenceScores());
+        Value m = outer(add.getSequenceMap());
         if (seqScores && (s != seqScores || m != seqMap))
           return makeError(add, "a second pair of sequence scores and map in "
                                 "one router (the routing kernel reads one)");

@@ -115,11 +115,11 @@ public:
     std::vector<int64_t> dims;
   };
   runtime::Expected<std::vector<InputInfo>> inputs(int64_t layer) const;
-  runtime::Status runLayerWithInputs(int64_t layer, const float *x,
-                                     int64_t tokens,
-                                     const std::vector<const void *> &data,
-                                     const std::vector<std::vector<int64_t>> &shapes,
-                                     float *y);
+  runtime::Status
+  runLayerWithInputs(int64_t layer, const float *x, int64_t tokens,
+                     const std::vector<const void *> &data,
+                     const std::vector<std::vector<int64_t>> &shapes,
+                     float *y);
   runtime::Status runLayerWithInputsOnDevice(
       int64_t layer, const void *x, const std::vector<const void *> &data,
       const std::vector<std::vector<int64_t>> &shapes, void *y,

@@ -478,8 +478,9 @@ public:
     if (args.size() != fn.getNumArguments()) {
       std::string expected;
       for (unsigned i = 1; i < fn.getNumArguments(); ++i)
-        expected += (i > 1 ? ", '" : "'") + getLayerInputName(fn, i) + "' " +
-                    shapeText(cast<RankedTensorType>(fn.getArgument(i).getType()));
+        expected +=
+            (i > 1 ? ", '" : "'") + getLayerInputName(fn, i) + "' " +
+            shapeText(cast<RankedTensorType>(fn.getArgument(i).getType()));
       return opError(fn, "function @" + fn.getSymName() + " takes " +
                              llvm::Twine(fn.getNumArguments() - 1) +
                              " extra input(s) after x (" + expected + "), " +

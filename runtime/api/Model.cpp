@@ -227,11 +227,11 @@ inputArrays(const std::vector<const void *> &data,
   return arrays;
 }
 
-Status Model::runLayerWithInputs(int64_t layer, const float *x,
-                                 int64_t tokens,
-                                 const std::vector<const void *> &data,
-                                 const std::vector<std::vector<int64_t>> &shapes,
-                                 float *y) {
+Status
+Model::runLayerWithInputs(int64_t layer, const float *x, int64_t tokens,
+                          const std::vector<const void *> &data,
+                          const std::vector<std::vector<int64_t>> &shapes,
+                          float *y) {
   if (tokens < 1)
     return Status::error("runLayerWithInputs: tokens must be >= 1, got " +
                          std::to_string(tokens));

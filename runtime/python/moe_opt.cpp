@@ -675,7 +675,8 @@ public:
                              ? "'" + infos.value()[i].name + "'"
                              : "#" + std::to_string(i + 1);
       py::array arr = asNumpy(inputs[i], ("extra input " + name).c_str());
-      bool wantInt = i < infos.value().size() && infos.value()[i].dtype == "i32";
+      bool wantInt =
+          i < infos.value().size() && infos.value()[i].dtype == "i32";
       if (wantInt && arr.dtype().kind() != 'i' && arr.dtype().kind() != 'u')
         throw py::type_error("extra input " + name +
                              ": expected int32 values, got dtype " +

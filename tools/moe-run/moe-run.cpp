@@ -818,9 +818,10 @@ int main(int argc, char **argv) {
     // A layer that takes its routing: --routing-in, or its router (a rank
     // package's); logical ids are mapped to the placement's slots.
     std::string formWhy;
-    bool takesRouting = s.plan ? s.plan->givenIds >= 0
-                               : s.fn && mlir::moe::getLayerForm(s.fn, formWhy) ==
-                                             mlir::moe::LayerForm::GivenRouting;
+    bool takesRouting =
+        s.plan ? s.plan->givenIds >= 0
+               : s.fn && mlir::moe::getLayerForm(s.fn, formWhy) ==
+                             mlir::moe::LayerForm::GivenRouting;
     std::optional<moe::HostRouting> given;
     if (takesRouting) {
       if (!routingIn.empty()) {

@@ -178,11 +178,10 @@ public:
 private:
   runtime::Status checkInputs(const std::vector<InputArray> *inputs,
                               int64_t tokens, bool onDevice);
-  runtime::Expected<LayerOutputs> runImpl(const float *x, int64_t tokens,
-                                          bool wantRouting,
-                                          const int32_t *givenIds,
-                                          const float *givenWeights,
-                                          const std::vector<InputArray> *inputs);
+  runtime::Expected<LayerOutputs>
+  runImpl(const float *x, int64_t tokens, bool wantRouting,
+          const int32_t *givenIds, const float *givenWeights,
+          const std::vector<InputArray> *inputs);
   runtime::Status runOnDeviceImpl(const void *x, void *y, int64_t tokens,
                                   void *stream, const void *givenIds,
                                   const void *givenWeights,
