@@ -25,7 +25,6 @@ import argparse
 import math
 import os
 import re
-import subprocess
 import sys
 import tempfile
 
@@ -33,6 +32,7 @@ import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from hf_models import write_safetensors  # noqa: E402
+from layer_check import compare_output, compare_routing, run_layer  # noqa: E402
 
 T_VALUES = (1, 7, 64, 300)
 TOL_Y = 1e-5
@@ -110,47 +110,16 @@ def example_ir(src, weight_dir):
     return text.replace(root, 'moe.weight_root = "%s"' % weight_dir)
 
 
-def run_layer(bin_dir, ir, x, d, backend):
-    xp, yp, prefix = (os.path.join(d, "x.npy"), os.path.join(d, "y.npy"),
-                      os.path.join(d, "routing"))
-    np.save(xp, x)
-    tool = os.path.join(bin_dir, "moe-run") if bin_dir else "moe-run"
-    r = subprocess.run([tool, ir, "--layer", "0", "--input", xp, "--output", yp,
-                        "--routing-out", prefix, "--backend", backend],
-                       capture_output=True, text=True)
-    if r.returncode != 0:
-        raise AssertionError("moe-run --backend %s failed:\n%s"
-                             % (backend, r.stderr[-2000:]))
-    routing = [(np.load(prefix + ".ids.npy"), np.load(prefix + ".weights.npy")),
-               (np.load(prefix + ".r1.ids.npy"), np.load(prefix + ".r1.weights.npy"))]
-    return np.load(yp), routing
-
-
-def compare(tag, y, routing, ref_y, ref_routing, fragile):
+def compare_iterations(tag, y, routing, ref_y, ref_routing, skip):
+    """Both iterations' expert sets and weights, then the output."""
     errs, worst_w = [], 0.0
     for c, ((ids, w), (rids, rw)) in enumerate(zip(routing, ref_routing)):
-        if ids.shape != rids.shape:
-            errs.append("%s: iteration %d routing shape %s, expected %s"
-                        % (tag, c, ids.shape, rids.shape))
-            continue
-        for t in np.flatnonzero(~fragile):
-            got = {int(e): float(v) for e, v in zip(ids[t], w[t])}
-            want = {int(e): float(v) for e, v in zip(rids[t], rw[t])}
-            if set(got) != set(want):
-                errs.append("%s: iteration %d token %d experts %s, expected %s"
-                            % (tag, c, t, sorted(got), sorted(want)))
-                continue
-            for e in want:
-                worst_w = max(worst_w, abs(got[e] - want[e]))
-                if abs(got[e] - want[e]) > TOL_W:
-                    errs.append("%s: iteration %d token %d expert %d weight "
-                                "%.9g, expected %.9g" % (tag, c, t, e, got[e], want[e]))
-    keep = ~fragile
-    scale = max(float(np.abs(ref_y).max()), 1e-30)
-    err = float(np.abs(y - ref_y)[keep].max()) / scale if keep.any() else 0.0
-    if y.shape != ref_y.shape or not np.isfinite(y).all() or err > TOL_Y:
-        errs.append("%s: output error %.3g > %g" % (tag, err, TOL_Y))
-    return errs[:5], err, worst_w
+        e, worst = compare_routing("%s iteration %d" % (tag, c), ids, w, rids,
+                                   rw, skip, TOL_W)
+        errs += e
+        worst_w = max(worst_w, worst)
+    out_errs, err = compare_output(tag, y, ref_y, skip, TOL_Y)
+    return (errs + out_errs)[:5], err, worst_w
 
 
 def main():
@@ -181,9 +150,9 @@ def main():
             changed += int(np.sum(np.any(np.sort(ref_routing[0][0], axis=1) !=
                                          np.sort(ref_routing[1][0], axis=1), axis=1)))
             for b in backends:
-                y, routing = run_layer(args.bin, ir, x, d, b)
-                errs, ye, we = compare("%s T=%d" % (b, t), y, routing, ref_y,
-                                       ref_routing, fragile)
+                y, routing = run_layer(args.bin, ir, x, d, b, routers=2)
+                errs, ye, we = compare_iterations("%s T=%d" % (b, t), y, routing, ref_y,
+                                                  ref_routing, fragile)
                 errors += errs
                 stats[b][0] = max(stats[b][0], ye)
                 stats[b][1] = max(stats[b][1], we)

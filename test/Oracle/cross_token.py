@@ -37,7 +37,6 @@ lowers the most loaded expert's share against plain top-k.
 import argparse
 import math
 import os
-import subprocess
 import sys
 import tempfile
 
@@ -45,6 +44,8 @@ import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from hf_models import H, write_safetensors  # noqa: E402
+from layer_check import (attr, compare, f32, gated_expert_tensors,  # noqa: E402
+                         gated_experts_ir, run_layer)
 
 T_VALUES = (1, 7, 64, 300)
 TOL_Y = 1e-5
@@ -68,14 +69,6 @@ CAPACITY_CASES = {
     "threshold-top2": dict(experts=6, k=2, factor=1.0, normalize="none",
                            skew=(1.0,), threshold=0.22),
 }
-
-
-def f32(v):
-    return float(np.float32(v))
-
-
-def attr(v):
-    return "%.9e" % f32(v)
 
 
 def expert_capacity(factor, tokens, k, experts):
@@ -158,17 +151,11 @@ class Layer:
     def write(self, d, router_lines, k):
         tensors = {"router.weight": ("F32", self.router),
                    "router.bias": ("F32", self.bias)}
-        for e in range(self.e):
-            tensors["experts.%d.gate_proj.weight" % e] = ("F32", self.gate[e])
-            tensors["experts.%d.up_proj.weight" % e] = ("F32", self.up[e])
-            tensors["experts.%d.down_proj.weight" % e] = ("F32", self.down[e])
+        tensors.update(gated_expert_tensors(self.gate, self.up, self.down))
         write_safetensors(os.path.join(d, "w.safetensors"), tensors)
         e, i = self.e, self.inter
         xt, st = "tensor<?x%dxf32>" % H, "tensor<?x%dxf32>" % e
-        gt, dt = "tensor<%dx%dx%dxf32>" % (e, i, H), "tensor<%dx%dx%dxf32>" % (e, H, i)
 
-        def stack(proj):
-            return ", ".join('"experts.%d.%s.weight"' % (j, proj) for j in range(e))
         text = "\n".join([
             'module attributes {moe.weight_root = "%s"} {' % d,
             "  func.func @layer_0(%%x: %s) -> %s attributes {moe.layer = 0 : i64} {" % (xt, xt),
@@ -176,21 +163,7 @@ class Layer:
             '    %%bg = moe.weight ["router.bias"] from ["w.safetensors"] : tensor<%dxf32>' % e,
             "    %%l = moe.router_linear %%x, %%wg bias %%bg : (%s, tensor<%dx%dxf32>, tensor<%dxf32>) -> %s"
             % (xt, e, H, e, st)] + ["    " + l for l in router_lines] + [
-            "    %%c, %%o, %%rows = moe.dispatch %%ids {num_experts = %d : i64} : tensor<?x%dxi32> -> "
-            "tensor<%dxi32>, tensor<%dxi32>, tensor<?xi32>" % (e, k, e, e + 1),
-            "    %%xs = moe.permute %%x, %%rows, %%w : (%s, tensor<?xi32>, tensor<?x%dxf32>) -> %s" % (xt, k, xt),
-            '    %%wgt = moe.weight [%s] from ["w.safetensors"] : %s' % (stack("gate_proj"), gt),
-            '    %%wup = moe.weight [%s] from ["w.safetensors"] : %s' % (stack("up_proj"), gt),
-            '    %%wdn = moe.weight [%s] from ["w.safetensors"] : %s' % (stack("down_proj"), dt),
-            "    %%ys = moe.expert_ffn %%xs, %%o gate(%%wgt) up(%%wup) down(%%wdn) "
-            "{activation = #moe.activation<silu>} : (%s, tensor<%dxi32>, %s, %s, %s) -> %s"
-            % (xt, e + 1, gt, gt, dt, xt),
-            "    %%y = moe.combine %%ys, %%rows, %%w : (%s, tensor<?xi32>, tensor<?x%dxf32>) -> %s"
-            % (xt, k, xt),
-            "    return %%y : %s" % xt,
-            "  }",
-            "}",
-            ""])
+            ] + gated_experts_ir(e, k, i, H))
         path = os.path.join(d, "layer.mlir")
         with open(path, "w") as f:
             f.write(text)
@@ -344,55 +317,6 @@ class Sinkhorn:
         return self.layer.experts_out(x, ids, w), ids, w, fragile, stats
 
 
-def run_layer(bin_dir, ir, x, d, backend):
-    xp, yp, prefix = (os.path.join(d, "x.npy"), os.path.join(d, "y.npy"),
-                      os.path.join(d, "routing"))
-    np.save(xp, x)
-    tool = os.path.join(bin_dir, "moe-run") if bin_dir else "moe-run"
-    r = subprocess.run([tool, ir, "--layer", "0", "--input", xp, "--output", yp,
-                        "--routing-out", prefix, "--backend", backend],
-                       capture_output=True, text=True)
-    if r.returncode != 0:
-        raise AssertionError("moe-run --backend %s failed:\n%s"
-                             % (backend, r.stderr[-2000:]))
-    return (np.load(yp), np.load(prefix + ".ids.npy"),
-            np.load(prefix + ".weights.npy"))
-
-
-def slot_maps(ids, w, r):
-    return {int(e): float(v) for e, v in zip(ids[r], w[r]) if e >= 0}
-
-
-def compare(tag, y, ids, w, ref_y, ref_ids, ref_w, skip):
-    """Expert sets per token, weights within TOL_W and outputs within TOL_Y
-    (relative) of the expected routing, on the tokens not in `skip`."""
-    errs = []
-    if ids.shape != ref_ids.shape:
-        return ["%s: routing shape %s, expected %s" % (tag, ids.shape, ref_ids.shape)], 0, 0
-    worst_w = 0.0
-    for r in range(ref_ids.shape[0]):
-        if any(abs(v) > 0 for e, v in zip(ids[r], w[r]) if e < 0):
-            errs.append("%s: token %d has an empty slot with a weight" % (tag, r))
-        if skip[r]:
-            continue
-        got, want = slot_maps(ids, w, r), slot_maps(ref_ids, ref_w, r)
-        if set(got) != set(want):
-            errs.append("%s: token %d experts %s, expected %s"
-                        % (tag, r, sorted(got), sorted(want)))
-            continue
-        for e in want:
-            worst_w = max(worst_w, abs(got[e] - want[e]))
-            if abs(got[e] - want[e]) > TOL_W:
-                errs.append("%s: token %d expert %d weight %.9g, expected %.9g"
-                            % (tag, r, e, got[e], want[e]))
-    keep = ~skip
-    scale = max(float(np.abs(ref_y).max()), 1e-30)
-    err = float(np.abs(y - ref_y)[keep].max()) / scale if keep.any() else 0.0
-    if not np.isfinite(y).all() or err > TOL_Y:
-        errs.append("%s: output error %.3g > %g" % (tag, err, TOL_Y))
-    return errs[:5], err, worst_w
-
-
 METHODS = {"capacity": (Capacity, CAPACITY_CASES),
            "sinkhorn": (Sinkhorn, SINKHORN_CASES)}
 
@@ -426,10 +350,11 @@ def main():
                 total += t
                 got = {}
                 for b in backends:
-                    y, ids, w = run_layer(args.bin, ir, x, d, b)
+                    y, [(ids, w)] = run_layer(args.bin, ir, x, d, b)
                     got[b] = (y, ids, w)
                     errs, ye, we = compare("%s %s T=%d" % (name, b, t), y, ids,
-                                           w, ref_y, ref_ids, ref_w, fragile)
+                                           w, ref_y, ref_ids, ref_w, fragile,
+                                           TOL_Y, TOL_W)
                     errors += errs
                     stats[b][0] = max(stats[b][0], ye)
                     stats[b][1] = max(stats[b][1], we)
@@ -438,7 +363,7 @@ def main():
                 ey, eids, ew = got["emu"]
                 errors += compare("%s emu-vs-reference T=%d" % (name, t), ey,
                                   eids, ew, ry, rids, rw,
-                                  np.zeros(t, bool))[0]
+                                  np.zeros(t, bool), TOL_Y, TOL_W)[0]
                 if args.v:
                     print("  %s T=%d: %s" % (name, t, extra))
             errors += case_exercised(args.method, name, exercised)

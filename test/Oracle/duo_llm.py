@@ -29,7 +29,6 @@ grouped ones) and must match: the same experts per token, weights within
 import argparse
 import math
 import os
-import subprocess
 import sys
 import tempfile
 
@@ -38,6 +37,7 @@ import numpy as np
 sys.dont_write_bytecode = True
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from hf_models import H, bf16_round, write_safetensors  # noqa: E402
+from layer_check import compare, run_layer  # noqa: E402
 
 T_VALUES = (1, 7, 64, 300)
 TOL_Y = 1e-5
@@ -279,52 +279,6 @@ class Layer:
         return path
 
 
-def run_layer(bin_dir, ir, x, d, backend):
-    xp, yp, prefix = (os.path.join(d, "x.npy"), os.path.join(d, "y.npy"),
-                      os.path.join(d, "routing"))
-    np.save(xp, x)
-    tool = os.path.join(bin_dir, "moe-run") if bin_dir else "moe-run"
-    r = subprocess.run([tool, ir, "--layer", "0", "--input", xp, "--output", yp,
-                        "--routing-out", prefix, "--backend", backend],
-                       capture_output=True, text=True)
-    if r.returncode != 0:
-        raise AssertionError("moe-run --backend %s failed:\n%s"
-                             % (backend, r.stderr[-2000:]))
-    return (np.load(yp), np.load(prefix + ".ids.npy"),
-            np.load(prefix + ".weights.npy"))
-
-
-def compare(tag, y, ids, w, ref_y, ref_ids, ref_w, fragile):
-    errs = []
-    if ids.shape != ref_ids.shape:
-        return ["%s: routing shape %s, expected %s"
-                % (tag, ids.shape, ref_ids.shape)], 0.0
-    for r in range(ref_ids.shape[0]):
-        if fragile[r]:
-            continue
-        got = {int(e): float(v) for e, v in zip(ids[r], w[r]) if e >= 0}
-        want = {int(e): float(v) for e, v in zip(ref_ids[r], ref_w[r])
-                if e >= 0}
-        if set(got) != set(want):
-            errs.append("%s: token %d experts %s, expected %s"
-                        % (tag, r, sorted(got), sorted(want)))
-            continue
-        for e in want:
-            if abs(got[e] - want[e]) > TOL_W:
-                errs.append("%s: token %d expert %d weight %.9g, expected %.9g"
-                            % (tag, r, e, got[e], want[e]))
-    keep = ~fragile
-    scale = max(float(np.abs(ref_y).max()), 1e-30)
-    if not np.isfinite(y).all():
-        errs.append("%s: %d non-finite outputs (padding read?)"
-                    % (tag, int((~np.isfinite(y)).sum())))
-        return errs[:5], float("inf")
-    err = float(np.abs(y - ref_y)[keep].max()) / scale if keep.any() else 0.0
-    if err > TOL_Y:
-        errs.append("%s: output error %.3g > %g" % (tag, err, TOL_Y))
-    return errs[:5], err
-
-
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--bin", default="")
@@ -349,9 +303,10 @@ def main():
                 total += t
                 chosen.update(int(c) for c in ref_ids.flatten())
                 for b in backends:
-                    y, ids, w = run_layer(args.bin, ir, x, d, b)
-                    errs, ye = compare("%s %s T=%d" % (name, b, t), y, ids, w,
-                                       ref_y, ref_ids, ref_w, fragile)
+                    y, [(ids, w)] = run_layer(args.bin, ir, x, d, b)
+                    errs, ye, _ = compare("%s %s T=%d" % (name, b, t), y, ids,
+                                          w, ref_y, ref_ids, ref_w, fragile,
+                                          TOL_Y, TOL_W)
                     errors += errs
                     worst[b] = max(worst[b], ye)
             # Every expert (and skip, where there is one) must be chosen, or

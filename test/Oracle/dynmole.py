@@ -25,7 +25,6 @@ that both branches occur (checked: some tokens fall back, some do not).
 import argparse
 import math
 import os
-import subprocess
 import sys
 import tempfile
 
@@ -33,6 +32,8 @@ import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from hf_models import H, write_safetensors  # noqa: E402
+from layer_check import (attr, compare, f32, gated_expert_tensors,  # noqa: E402
+                         gated_experts_ir, run_layer)
 
 T_VALUES = (1, 7, 64, 300)
 TOL_Y = 1e-5
@@ -55,14 +56,6 @@ CASES = {
     "within-q05": dict(experts=6, max_k=6, min_k=1, p=0.9, prefix="within",
                        q=0.5, normalized=True, eps=1e-5, quantile=0.7),
 }
-
-
-def f32(v):
-    return float(np.float32(v))
-
-
-def attr(v):
-    return "%.9e" % f32(v)
 
 
 class DynMoLE:
@@ -145,19 +138,12 @@ class DynMoLE:
     def write(self, d):
         tensors = {"router.weight": ("F32", self.router),
                    "router.bias": ("F32", self.bias)}
-        for e in range(self.e):
-            tensors["experts.%d.gate_proj.weight" % e] = ("F32", self.gate[e])
-            tensors["experts.%d.up_proj.weight" % e] = ("F32", self.up[e])
-            tensors["experts.%d.down_proj.weight" % e] = ("F32", self.down[e])
+        tensors.update(gated_expert_tensors(self.gate, self.up, self.down))
         write_safetensors(os.path.join(d, "w.safetensors"), tensors)
         e, k, i = self.e, self.max_k, self.inter
         xt, st = "tensor<?x%dxf32>" % H, "tensor<?x%dxf32>" % e
         kt = "tensor<?x%dxi32>, tensor<?x%dxf32>" % (k, k)
         et = "tensor<?x%dxi32>, tensor<?x%dxf32>" % (e, e)
-        gt, dt = "tensor<%dx%dx%dxf32>" % (e, i, H), "tensor<%dx%dx%dxf32>" % (e, H, i)
-
-        def stack(proj):
-            return ", ".join('"experts.%d.%s.weight"' % (j, proj) for j in range(e))
         text = "\n".join([
             'module attributes {moe.weight_root = "%s"} {' % d,
             "  func.func @layer_0(%%x: %s) -> %s attributes {moe.layer = 0 : i64} {" % (xt, xt),
@@ -173,69 +159,11 @@ class DynMoLE:
             "epsilon = %s : f32%s} : %s, %s -> %s"
             % (attr(self.q), attr(self.threshold), attr(self.eps),
                ", normalized" if self.normalized else "", st, kt, et),
-            "    %%c, %%o, %%rows = moe.dispatch %%ids {num_experts = %d : i64} : tensor<?x%dxi32> -> "
-            "tensor<%dxi32>, tensor<%dxi32>, tensor<?xi32>" % (e, e, e, e + 1),
-            "    %%xs = moe.permute %%x, %%rows, %%w : (%s, tensor<?xi32>, tensor<?x%dxf32>) -> %s" % (xt, e, xt),
-            '    %%wgt = moe.weight [%s] from ["w.safetensors"] : %s' % (stack("gate_proj"), gt),
-            '    %%wup = moe.weight [%s] from ["w.safetensors"] : %s' % (stack("up_proj"), gt),
-            '    %%wdn = moe.weight [%s] from ["w.safetensors"] : %s' % (stack("down_proj"), dt),
-            "    %%ys = moe.expert_ffn %%xs, %%o gate(%%wgt) up(%%wup) down(%%wdn) "
-            "{activation = #moe.activation<silu>} : (%s, tensor<%dxi32>, %s, %s, %s) -> %s"
-            % (xt, e + 1, gt, gt, dt, xt),
-            "    %%y = moe.combine %%ys, %%rows, %%w : (%s, tensor<?xi32>, tensor<?x%dxf32>) -> %s"
-            % (xt, e, xt),
-            "    return %%y : %s" % xt,
-            "  }",
-            "}",
-            ""])
+            ] + gated_experts_ir(e, e, i, H))
         path = os.path.join(d, "dynmole.mlir")
         with open(path, "w") as f:
             f.write(text)
         return path
-
-
-def run_layer(bin_dir, ir, x, d, backend):
-    xp, yp, prefix = (os.path.join(d, "x.npy"), os.path.join(d, "y.npy"),
-                      os.path.join(d, "routing"))
-    np.save(xp, x)
-    tool = os.path.join(bin_dir, "moe-run") if bin_dir else "moe-run"
-    r = subprocess.run([tool, ir, "--layer", "0", "--input", xp, "--output", yp,
-                        "--routing-out", prefix, "--backend", backend],
-                       capture_output=True, text=True)
-    if r.returncode != 0:
-        raise AssertionError("moe-run --backend %s failed:\n%s"
-                             % (backend, r.stderr[-2000:]))
-    return (np.load(yp), np.load(prefix + ".ids.npy"),
-            np.load(prefix + ".weights.npy"))
-
-
-def compare(tag, y, ids, w, ref_y, ref_ids, ref_w, fragile):
-    errs = []
-    if ids.shape != ref_ids.shape:
-        return ["%s: routing shape %s, expected %s" % (tag, ids.shape, ref_ids.shape)], 0, 0
-    worst_w = 0.0
-    for r in range(ref_ids.shape[0]):
-        got = {int(e): float(v) for e, v in zip(ids[r], w[r]) if e >= 0}
-        if any(abs(v) > 0 for e, v in zip(ids[r], w[r]) if e < 0):
-            errs.append("%s: token %d has an empty slot with a weight" % (tag, r))
-        if fragile[r]:
-            continue
-        want = {int(e): float(v) for e, v in zip(ref_ids[r], ref_w[r]) if e >= 0}
-        if set(got) != set(want):
-            errs.append("%s: token %d experts %s, expected %s"
-                        % (tag, r, sorted(got), sorted(want)))
-            continue
-        for e in want:
-            worst_w = max(worst_w, abs(got[e] - want[e]))
-            if abs(got[e] - want[e]) > TOL_W:
-                errs.append("%s: token %d expert %d weight %.9g, expected %.9g"
-                            % (tag, r, e, got[e], want[e]))
-    keep = ~fragile
-    scale = max(float(np.abs(ref_y).max()), 1e-30)
-    err = float(np.abs(y - ref_y)[keep].max()) / scale if keep.any() else 0.0
-    if not np.isfinite(y).all() or err > TOL_Y:
-        errs.append("%s: output error %.3g > %g" % (tag, err, TOL_Y))
-    return errs[:5], err, worst_w
 
 
 def main():
@@ -265,9 +193,10 @@ def main():
                 fragile_n += int(fragile.sum())
                 counts.update(int(c) for c in np.sum(ref_ids >= 0, axis=1))
                 for b in backends:
-                    y, ids, w = run_layer(args.bin, ir, x, d, b)
+                    y, [(ids, w)] = run_layer(args.bin, ir, x, d, b)
                     errs, ye, we = compare("%s %s T=%d" % (name, b, t), y, ids,
-                                           w, ref_y, ref_ids, ref_w, fragile)
+                                           w, ref_y, ref_ids, ref_w, fragile,
+                                           TOL_Y, TOL_W)
                     errors += errs
                     stats[b][0] = max(stats[b][0], ye)
                     stats[b][1] = max(stats[b][1], we)

@@ -28,7 +28,6 @@ implementation: expert sets per token, weights within 1e-5, outputs within
 import argparse
 import math
 import os
-import subprocess
 import sys
 import tempfile
 
@@ -36,6 +35,8 @@ import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from hf_models import H, write_safetensors  # noqa: E402
+from layer_check import (attr, compare, f32, gated_expert_tensors,  # noqa: E402
+                         gated_experts_ir, run_layer)
 
 T_VALUES = (1, 7, 64, 300)
 TOL_Y = 1e-5
@@ -57,14 +58,6 @@ CASES = {
     "weight-local": dict(experts=8, k=3, normalize="weight", scale=1.0,
                          alpha=None, sequences=1, bias=True),
 }
-
-
-def f32(v):
-    return float(np.float32(v))
-
-
-def attr(v):
-    return "%.9e" % f32(v)
 
 
 class Glider:
@@ -134,15 +127,11 @@ class Glider:
         tensors = {"router.weight": ("F32", self.router)}
         if self.bias is not None:
             tensors["router.bias"] = ("F32", self.bias)
-        for e in range(self.e):
-            tensors["experts.%d.gate_proj.weight" % e] = ("F32", self.gate[e])
-            tensors["experts.%d.up_proj.weight" % e] = ("F32", self.up[e])
-            tensors["experts.%d.down_proj.weight" % e] = ("F32", self.down[e])
+        tensors.update(gated_expert_tensors(self.gate, self.up, self.down))
         write_safetensors(os.path.join(d, "w.safetensors"), tensors)
         e, k, i = self.e, self.k, self.inter
         xt, st = "tensor<?x%dxf32>" % H, "tensor<?x%dxf32>" % e
         kt = "tensor<?x%dxi32>, tensor<?x%dxf32>" % (k, k)
-        gt, dt = "tensor<%dx%dx%dxf32>" % (e, i, H), "tensor<%dx%dx%dxf32>" % (e, H, i)
         args = "%%x: %s" % xt
         if self.alpha is not None:
             args += (', %%gs: tensor<?x%dxf32> {moe.input = "seq_scores"}, '
@@ -150,8 +139,6 @@ class Glider:
         cosine = "normalize = #moe.router_normalize<%s>, scale = %s : f32" % (
             self.normalize, attr(self.scale))
 
-        def stack(proj):
-            return ", ".join('"experts.%d.%s.weight"' % (j, proj) for j in range(e))
         lines = [
             'module attributes {moe.weight_root = "%s"} {' % d,
             "  func.func @layer_0(%s) -> %s attributes {moe.layer = 0 : i64} {" % (args, xt),
@@ -173,69 +160,11 @@ class Glider:
             "    %%p = moe.softmax %s : %s" % (score, st),
             "    %%ids, %%v = moe.topk %%p {k = %d : i64} : %s -> %s" % (k, st, kt),
             "    %%w = moe.normalize %%v : tensor<?x%dxf32>" % k,
-            "    %%c, %%o, %%rows = moe.dispatch %%ids {num_experts = %d : i64} : tensor<?x%dxi32> -> "
-            "tensor<%dxi32>, tensor<%dxi32>, tensor<?xi32>" % (e, k, e, e + 1),
-            "    %%xs = moe.permute %%x, %%rows, %%w : (%s, tensor<?xi32>, tensor<?x%dxf32>) -> %s" % (xt, k, xt),
-            '    %%wgt = moe.weight [%s] from ["w.safetensors"] : %s' % (stack("gate_proj"), gt),
-            '    %%wup = moe.weight [%s] from ["w.safetensors"] : %s' % (stack("up_proj"), gt),
-            '    %%wdn = moe.weight [%s] from ["w.safetensors"] : %s' % (stack("down_proj"), dt),
-            "    %%ys = moe.expert_ffn %%xs, %%o gate(%%wgt) up(%%wup) down(%%wdn) "
-            "{activation = #moe.activation<silu>} : (%s, tensor<%dxi32>, %s, %s, %s) -> %s"
-            % (xt, e + 1, gt, gt, dt, xt),
-            "    %%y = moe.combine %%ys, %%rows, %%w : (%s, tensor<?xi32>, tensor<?x%dxf32>) -> %s"
-            % (xt, k, xt),
-            "    return %%y : %s" % xt,
-            "  }",
-            "}",
-            ""]
+            ] + gated_experts_ir(e, k, i, H)
         path = os.path.join(d, "glider.mlir")
         with open(path, "w") as f:
             f.write("\n".join(lines))
         return path
-
-
-def run_layer(bin_dir, ir, inputs, d, backend):
-    yp, prefix = os.path.join(d, "y.npy"), os.path.join(d, "routing")
-    cmd = [os.path.join(bin_dir, "moe-run") if bin_dir else "moe-run", ir,
-           "--layer", "0"]
-    for n, a in enumerate(inputs):
-        p = os.path.join(d, "in%d.npy" % n)
-        np.save(p, a)
-        cmd += ["--input", p]
-    cmd += ["--output", yp, "--routing-out", prefix, "--backend", backend]
-    r = subprocess.run(cmd, capture_output=True, text=True)
-    if r.returncode != 0:
-        raise AssertionError("moe-run --backend %s failed:\n%s"
-                             % (backend, r.stderr[-2000:]))
-    return (np.load(yp), np.load(prefix + ".ids.npy"),
-            np.load(prefix + ".weights.npy"))
-
-
-def compare(tag, y, ids, w, ref_y, ref_ids, ref_w, fragile):
-    errs = []
-    if ids.shape != ref_ids.shape:
-        return ["%s: routing shape %s, expected %s" % (tag, ids.shape, ref_ids.shape)], 0, 0
-    worst_w = 0.0
-    for r in range(ref_ids.shape[0]):
-        if fragile[r]:
-            continue
-        got = {int(e): float(v) for e, v in zip(ids[r], w[r]) if e >= 0}
-        want = {int(e): float(v) for e, v in zip(ref_ids[r], ref_w[r])}
-        if set(got) != set(want):
-            errs.append("%s: token %d experts %s, expected %s"
-                        % (tag, r, sorted(got), sorted(want)))
-            continue
-        for e in want:
-            worst_w = max(worst_w, abs(got[e] - want[e]))
-            if abs(got[e] - want[e]) > TOL_W:
-                errs.append("%s: token %d expert %d weight %.9g, expected %.9g"
-                            % (tag, r, e, got[e], want[e]))
-    keep = ~fragile
-    scale = max(float(np.abs(ref_y).max()), 1e-30)
-    err = float(np.abs(y - ref_y)[keep].max()) / scale if keep.any() else 0.0
-    if not np.isfinite(y).all() or err > TOL_Y:
-        errs.append("%s: output error %.3g > %g" % (tag, err, TOL_Y))
-    return errs[:5], err, worst_w
 
 
 def main():
@@ -280,9 +209,10 @@ def main():
                 fragile_n += int(fragile.sum())
                 total += t
                 for bk in backends:
-                    y, ids, w = run_layer(args.bin, ir, inputs, d, bk)
+                    y, [(ids, w)] = run_layer(args.bin, ir, inputs, d, bk)
                     errs, ye, we = compare("%s %s T=%d" % (name, bk, t), y, ids,
-                                           w, ref_y, ref_ids, ref_w, fragile)
+                                           w, ref_y, ref_ids, ref_w, fragile,
+                                           TOL_Y, TOL_W)
                     errors += errs
                     stats[bk][0] = max(stats[bk][0], ye)
                     stats[bk][1] = max(stats[bk][1], we)
