@@ -32,13 +32,11 @@ int main(int argc, char **argv) {
   // The options registered so far are LLVM's own (every backend linked
   // into libLLVM: AMDGPU, x86, ...); none applies to moe-translate. Hide
   // them from --help (they still parse); the translation's options,
-  // registered inside mlirTranslateMain, stay listed.
-  for (auto &entry : llvm::cl::getRegisteredOptions()) {
-    llvm::StringRef name = entry.first;
-    if (name.starts_with("help") || name == "version")
-      continue;
-    entry.second->setHiddenFlag(llvm::cl::ReallyHidden);
-  }
+  // registered inside mlirTranslateMain, and --help/--version stay listed.
+  // LLVM's own HideUnrelatedOptions walks its options (calling into them
+  // from here trips UBSan's vptr check: libLLVM has no RTTI).
+  static llvm::cl::OptionCategory translateCategory("moe-translate options");
+  llvm::cl::HideUnrelatedOptions(translateCategory);
   moe::registerMoEToCudaTranslation();
   return mlir::failed(
       mlir::mlirTranslateMain(argc, argv, "moe-translate: moe IR to CUDA C++"));
