@@ -520,20 +520,28 @@ private:
     // The cross-token op's first row operand (set below when there is one).
     fixed.setNull(MOE_ROUTE_SLOT_CHOICE_SCORES);
     // A given routing (an engine's dispatch) is read like the input.
-    Value givenIds = op.getGivenIds(), givenWeights = op.getGivenWeights();
-    if (givenIds) {
-      Expected<int> gi = lookup(op, givenIds);
-      if (!gi)
-        return gi.takeError();
-      Expected<int> gw = lookup(op, givenWeights);
-      if (!gw)
-        return gw.takeError();
-      fixed.set(MOE_ROUTE_SLOT_GIVEN_IDS, valueBinding(*gi));
-      fixed.set(MOE_ROUTE_SLOT_GIVEN_WEIGHTS, valueBinding(*gw));
-    } else {
-      fixed.setNull(MOE_ROUTE_SLOT_GIVEN_IDS);
-      fixed.setNull(MOE_ROUTE_SLOT_GIVEN_WEIGHTS);
-    }
+    // Binds a pair of the fused op's operands to two fixed slots (both null
+    // when the op has no such pair).
+    auto bindPair = [&](Value a, Value b, int slotA, int slotB) -> Error {
+      if (!a) {
+        fixed.setNull(slotA);
+        fixed.setNull(slotB);
+        return Error::success();
+      }
+      Expected<int> va = lookup(op, a);
+      if (!va)
+        return va.takeError();
+      Expected<int> vb = lookup(op, b);
+      if (!vb)
+        return vb.takeError();
+      fixed.set(slotA, valueBinding(*va));
+      fixed.set(slotB, valueBinding(*vb));
+      return Error::success();
+    };
+    if (Error err = bindPair(op.getGivenIds(), op.getGivenWeights(),
+                             MOE_ROUTE_SLOT_GIVEN_IDS,
+                             MOE_ROUTE_SLOT_GIVEN_WEIGHTS))
+      return std::move(err);
     // Sequence scores and map (extra layer inputs) of
     // moe.add_sequence_scores, read from global memory.
     Value seqScores, seqMap;
@@ -552,19 +560,9 @@ private:
         seqScores = s;
         seqMap = m;
       }
-    if (seqScores) {
-      Expected<int> sv = lookup(op, seqScores);
-      if (!sv)
-        return sv.takeError();
-      Expected<int> mv = lookup(op, seqMap);
-      if (!mv)
-        return mv.takeError();
-      fixed.set(MOE_ROUTE_SLOT_SEQ_SCORES, valueBinding(*sv));
-      fixed.set(MOE_ROUTE_SLOT_SEQ_MAP, valueBinding(*mv));
-    } else {
-      fixed.setNull(MOE_ROUTE_SLOT_SEQ_SCORES);
-      fixed.setNull(MOE_ROUTE_SLOT_SEQ_MAP);
-    }
+    if (Error err = bindPair(seqScores, seqMap, MOE_ROUTE_SLOT_SEQ_SCORES,
+                             MOE_ROUTE_SLOT_SEQ_MAP))
+      return std::move(err);
     launch.args = fixed.take();
     int scratchSlot = MOE_ROUTE_SLOT_CHOICE_SCORES;
 
@@ -579,7 +577,7 @@ private:
     // token from global memory, as the input row is).
     Value givenArgs[2];
     bool stagedGiven[2] = {false, false};
-    if (givenIds) {
+    if (op.getGivenIds()) {
       givenArgs[0] = body.getArgument(1);
       givenArgs[1] = body.getArgument(2);
     }
