@@ -505,7 +505,7 @@ private:
     values[op.getCounts()] = counts;
     values[op.getOffsets()] = offsets;
     values[op.getRows()] = rows;
-    plan.routings.push_back({ids, weights});
+    plan.routings.push_back({ids, weights, E});
     launch.zeroOnce.push_back(counter);
     // The fixed slots (KernelABI.h), then the router's weights and logits.
     SlotArgs<MOE_ROUTE_SLOT_FIRST_OPERAND> fixed("route");

@@ -14,6 +14,7 @@
 #ifndef MOE_MODEL_H
 #define MOE_MODEL_H
 
+#include "moe/runtime/RoutingStats.h"
 #include "moe/runtime/Status.h"
 
 #include <cstdint>
@@ -140,6 +141,34 @@ public:
   runtime::Status bindTensor(size_t tensor, const void *data, size_t bytes);
   /// Milliseconds the last run took (host runs: including copies).
   double lastMilliseconds() const;
+
+  /// Routing decisions and expert load (docs/stats.md). Off by default:
+  /// with recordRouting(true), every host run of a layer that routes its
+  /// tokens (runLayer, runAll, runLayerWithInputs) copies the routing of
+  /// each of its routers back, keeps it as the layer's last routing and adds
+  /// it to the layer's load counters, on cuda and emu alike (one code path:
+  /// the executor's routing buffers, as moe-run --routing-out reads them).
+  /// Device runs (the *OnDevice calls) and layers that take their routing
+  /// (runLayerDispatched) are not recorded.
+  struct LayerRouting {
+    int64_t tokens = 0, slots = 0;
+    /// Experts of the router (0 when the package does not record it).
+    int64_t experts = 0;
+    /// [tokens, slots]: expert ids (-1: empty slot) and routing weights.
+    std::vector<int32_t> ids;
+    std::vector<float> weights;
+  };
+  void recordRouting(bool enable);
+  bool recordsRouting() const;
+  /// One entry per router of the layer (router 0 first), from its last
+  /// recorded run; an error naming the layer when none was recorded.
+  runtime::Expected<std::vector<LayerRouting>> lastRouting(int64_t layer) const;
+  /// Per router: the load summed over every recorded run since open() or
+  /// resetRoutingStats() (tokens per expert, gate mass, empty slots,
+  /// imbalance); an error naming the layer when none was recorded.
+  runtime::Expected<std::vector<RoutingStats>>
+  routingStats(int64_t layer) const;
+  void resetRoutingStats();
 
   struct Impl;
 

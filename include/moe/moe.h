@@ -131,6 +131,44 @@ int moe_model_tensor_flags(const moe_model *model, int64_t tensor);
 /* Milliseconds the last run took. */
 double moe_model_last_ms(const moe_model *model);
 
+/* Routing decisions and expert load (moe::Model::recordRouting,
+ * include/moe/Model.h; docs/stats.md). With recording on (off by default),
+ * every host run of a layer that routes its tokens keeps its routing and
+ * adds to the layer's load counters. */
+int moe_model_record_routing(moe_model *model, int enable);
+/* Routers of the layer's last recorded run, or -1 (error: none recorded). */
+int moe_model_num_routers(const moe_model *model, int64_t layer, char *error,
+                          size_t error_size);
+/* The last recorded routing of router `router` of `layer`: its shape (any
+ * pointer may be NULL), then ids int32 and weights float32 [tokens, slots]
+ * copied into arrays of at least tokens * slots elements. */
+int moe_model_last_routing_shape(const moe_model *model, int64_t layer,
+                                 int router, int64_t *tokens, int64_t *slots,
+                                 int64_t *experts, char *error,
+                                 size_t error_size);
+int moe_model_last_routing(const moe_model *model, int64_t layer, int router,
+                           int32_t *ids, float *weights, char *error,
+                           size_t error_size);
+/* The load of router `router` of `layer` summed over the recorded runs. */
+typedef struct moe_routing_stats {
+  int64_t tokens, slots, experts;
+  int64_t routed_slots; /* slots that picked an expert */
+  int64_t empty_slots;  /* id -1: dropped, null expert, below threshold */
+  int64_t invalid_slots;
+  int64_t min_load, max_load; /* tokens per expert */
+  double mean_load;
+  double imbalance; /* max / mean tokens per expert */
+  int64_t unused_experts;
+} moe_routing_stats;
+/* tokens_per_expert (int64) and gate_mass (double) may be NULL, else hold
+ * `experts` elements (moe_routing_stats.experts; call once with NULL to
+ * learn it). */
+int moe_model_routing_stats(const moe_model *model, int64_t layer, int router,
+                            moe_routing_stats *stats,
+                            int64_t *tokens_per_expert, double *gate_mass,
+                            char *error, size_t error_size);
+void moe_model_reset_routing_stats(moe_model *model);
+
 #ifdef __cplusplus
 }
 #endif

@@ -36,6 +36,23 @@ int report(const moe::runtime::Status &s, char *error, size_t size) {
 }
 } // namespace
 
+namespace {
+/// Router `router` of an entry per router, or an error naming both.
+template <typename T>
+moe::runtime::Expected<T> routerOf(moe::runtime::Expected<std::vector<T>> all,
+                                   const char *fn, int64_t layer, int router) {
+  if (!all)
+    return moe::runtime::Status::error(std::string(fn) + ": " +
+                                       all.message());
+  if (router < 0 || static_cast<size_t>(router) >= all.value().size())
+    return moe::runtime::Status::error(
+        std::string(fn) + ": router " + std::to_string(router) +
+        " is out of range (layer " + std::to_string(layer) + " has " +
+        std::to_string(all.value().size()) + " router(s))");
+  return std::move(all.value()[router]);
+}
+} // namespace
+
 extern "C" {
 
 int moe_model_open(const char *package_dir, const char *backend, int device,
@@ -322,6 +339,95 @@ int moe_model_tensor_flags(const moe_model *model, int64_t tensor) {
          (t->constant ? MOE_TENSOR_CONSTANT : 0) |
          (t->stored ? MOE_TENSOR_STORED : 0) |
          (now && now.value().bound ? MOE_TENSOR_BOUND : 0);
+}
+
+int moe_model_record_routing(moe_model *model, int enable) {
+  if (!model)
+    return 1;
+  model->model->recordRouting(enable != 0);
+  return 0;
+}
+
+int moe_model_num_routers(const moe_model *model, int64_t layer, char *error,
+                          size_t error_size) {
+  if (!model) {
+    report(moe::runtime::Status::error("moe_model_num_routers: null model"),
+           error, error_size);
+    return -1;
+  }
+  auto last = model->model->lastRouting(layer);
+  if (!last) {
+    report(last.takeError(), error, error_size);
+    return -1;
+  }
+  return static_cast<int>(last.value().size());
+}
+
+
+int moe_model_last_routing_shape(const moe_model *model, int64_t layer,
+                                 int router, int64_t *tokens, int64_t *slots,
+                                 int64_t *experts, char *error,
+                                 size_t error_size) {
+  if (!model)
+    return report(moe::runtime::Status::error(
+                      "moe_model_last_routing_shape: null model"),
+                  error, error_size);
+  auto r = routerOf(model->model->lastRouting(layer),
+                    "moe_model_last_routing_shape", layer, router);
+  if (!r)
+    return report(r.takeError(), error, error_size);
+  if (tokens)
+    *tokens = r.value().tokens;
+  if (slots)
+    *slots = r.value().slots;
+  if (experts)
+    *experts = r.value().experts;
+  return 0;
+}
+
+int moe_model_last_routing(const moe_model *model, int64_t layer, int router,
+                           int32_t *ids, float *weights, char *error,
+                           size_t error_size) {
+  if (!model || !ids || !weights)
+    return report(moe::runtime::Status::error(
+                      "moe_model_last_routing: null argument"),
+                  error, error_size);
+  auto r = routerOf(model->model->lastRouting(layer), "moe_model_last_routing",
+                    layer, router);
+  if (!r)
+    return report(r.takeError(), error, error_size);
+  std::copy(r.value().ids.begin(), r.value().ids.end(), ids);
+  std::copy(r.value().weights.begin(), r.value().weights.end(), weights);
+  return 0;
+}
+
+int moe_model_routing_stats(const moe_model *model, int64_t layer, int router,
+                            moe_routing_stats *stats,
+                            int64_t *tokens_per_expert, double *gate_mass,
+                            char *error, size_t error_size) {
+  if (!model || !stats)
+    return report(moe::runtime::Status::error(
+                      "moe_model_routing_stats: null argument"),
+                  error, error_size);
+  auto r = routerOf(model->model->routingStats(layer),
+                    "moe_model_routing_stats", layer, router);
+  if (!r)
+    return report(r.takeError(), error, error_size);
+  const moe::RoutingStats &s = r.value();
+  *stats = {s.tokens,       s.slots,        s.experts,   s.routedSlots(),
+            s.emptySlots,   s.invalidSlots, s.minLoad(), s.maxLoad(),
+            s.meanLoad(),   s.imbalance(),  s.unusedExperts()};
+  if (tokens_per_expert)
+    std::copy(s.tokensPerExpert.begin(), s.tokensPerExpert.end(),
+              tokens_per_expert);
+  if (gate_mass)
+    std::copy(s.gateMass.begin(), s.gateMass.end(), gate_mass);
+  return 0;
+}
+
+void moe_model_reset_routing_stats(moe_model *model) {
+  if (model)
+    model->model->resetRoutingStats();
 }
 
 double moe_model_last_ms(const moe_model *model) {

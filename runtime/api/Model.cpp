@@ -32,6 +32,33 @@ struct Model::Impl {
   /// Tensors bound by the caller (bindTensor).
   std::map<size_t, const void *> bound;
   double lastMs = 0;
+  /// recordRouting(): the last routing and the load of each layer.
+  bool recordRouting = false;
+  std::map<int64_t, std::vector<Model::LayerRouting>> lastRouting;
+  std::map<int64_t, std::vector<RoutingStats>> stats;
+
+  /// Keeps the routing of a host run (LayerOutputs::routings, asked for
+  /// when recordRouting is on).
+  void record(const LayerPlan &plan, LayerOutputs &out, int64_t tokens) {
+    if (!recordRouting || out.routings.empty())
+      return;
+    std::vector<Model::LayerRouting> &last = lastRouting[plan.layer];
+    std::vector<RoutingStats> &load = stats[plan.layer];
+    last.clear();
+    for (size_t r = 0; r < out.routings.size(); ++r) {
+      LayerOutputs::Routing &o = out.routings[r];
+      int64_t experts = r < plan.routings.size() ? plan.routings[r].experts : 0;
+      if (load.size() <= r)
+        load.push_back(makeRoutingStats(experts));
+      load[r].add(o.ids.data(), o.weights.data(), tokens, o.slots);
+      Model::LayerRouting &l = last.emplace_back();
+      l.tokens = tokens;
+      l.slots = o.slots;
+      l.experts = experts;
+      l.ids = std::move(o.ids);
+      l.weights = std::move(o.weights);
+    }
+  }
 
   Status unknownLayer(int64_t layer) const {
     std::string list;
@@ -193,11 +220,12 @@ Status Model::runLayer(int64_t layer, const float *x, int64_t tokens,
   if (!exec)
     return exec.takeError();
   return impl->timed([&]() -> Status {
-    auto out = exec.value()->run(x, tokens, false);
+    auto out = exec.value()->run(x, tokens, impl->recordRouting);
     if (!out)
       return out.takeError().withContext(
           "runLayer (a layer that takes its routing runs with "
           "runLayerDispatched)");
+    impl->record(*impl->layers.at(layer), out.value(), tokens);
     std::copy(out.value().y.begin(), out.value().y.end(), y);
     return Status::success();
   });
@@ -242,9 +270,11 @@ Model::runLayerWithInputs(int64_t layer, const float *x, int64_t tokens,
   if (!exec)
     return exec.takeError();
   return impl->timed([&]() -> Status {
-    auto out = exec.value()->runWithInputs(x, tokens, false, arrays.value());
+    auto out = exec.value()->runWithInputs(x, tokens, impl->recordRouting,
+                                           arrays.value());
     if (!out)
       return out.takeError();
+    impl->record(*impl->layers.at(layer), out.value(), tokens);
     std::copy(out.value().y.begin(), out.value().y.end(), y);
     return Status::success();
   });
@@ -444,5 +474,49 @@ Status Model::bindTensor(size_t tensor, const void *data, size_t bytes) {
 }
 
 double Model::lastMilliseconds() const { return impl->lastMs; }
+
+void Model::recordRouting(bool enable) { impl->recordRouting = enable; }
+bool Model::recordsRouting() const { return impl->recordRouting; }
+
+/// The recorded entry of `layer` in `map`, or why there is none.
+template <typename T>
+static Expected<T> recorded(const Model::Impl &impl,
+                            const std::map<int64_t, T> &map, int64_t layer) {
+  Expected<const LayerPlan *> p = impl.plan(layer);
+  if (!p)
+    return p.takeError();
+  auto it = map.find(layer);
+  if (it != map.end())
+    return it->second;
+  if (!impl.recordRouting)
+    return Status::error("no routing recorded for layer " +
+                         std::to_string(layer) +
+                         ": turn routing recording on before running it "
+                         "(C++ recordRouting(true), C "
+                         "moe_model_record_routing, Python "
+                         "record_routing=True)");
+  if (p.value()->routings.empty())
+    return Status::error("layer " + std::to_string(layer) + " of " +
+                         impl.package.directory() +
+                         " has no router of its own (it takes its routing, "
+                         "or runs every expert): no routing to record");
+  return Status::error("no routing recorded for layer " +
+                       std::to_string(layer) +
+                       " yet: run it on host memory first");
+}
+
+Expected<std::vector<Model::LayerRouting>>
+Model::lastRouting(int64_t layer) const {
+  return recorded(*impl, impl->lastRouting, layer);
+}
+
+Expected<std::vector<RoutingStats>> Model::routingStats(int64_t layer) const {
+  return recorded(*impl, impl->stats, layer);
+}
+
+void Model::resetRoutingStats() {
+  impl->stats.clear();
+  impl->lastRouting.clear();
+}
 
 } // namespace moe

@@ -652,6 +652,18 @@ void readLayer(Fields &f, const Json &l, const std::string &at,
       layer.routings.push_back(next);
     }
   }
+  // Experts per router (optional: older manifests lack it, 0 = unknown).
+  if (f.ok() && l.find("routing_experts")) {
+    std::string eAt = field(at, "routing_experts");
+    const Json::Array &experts = f.array(l, at, "routing_experts");
+    if (f.ok() && experts.size() != layer.routings.size())
+      f.fail(eAt, "expected one expert count per router (" +
+                      std::to_string(layer.routings.size()) + "), got " +
+                      std::to_string(experts.size()));
+    for (size_t r = 0; r < experts.size() && f.ok(); ++r)
+      layer.routings[r].experts =
+          f.integer(experts[r], index(eAt, r), 0, kMaxJsonInteger);
+  }
   layer.inputWidth = f.integer(l, at, "input_width", 1, kMaxJsonInteger);
   // A router-only plan has no output: its width is 0.
   bool router = layer.role == "router";
@@ -916,6 +928,11 @@ Json layerJson(const moe::LayerPlan &layer, const std::vector<int> &tensors) {
       pair.set("weights", layer.routings[r].weights);
       more.push(std::move(pair));
     }
+  }
+  if (routed) {
+    Json &experts = j.set("routing_experts", Json::array());
+    for (const moe::LayerPlan::Routing &r : layer.routings)
+      experts.push(Json(r.experts));
   }
   j.set("input_width", layer.inputWidth);
   j.set("output_width", layer.outputWidth);

@@ -182,7 +182,7 @@ PackageContents sampleContents() {
   l0.input = 0;
   l0.output = 4;
   // Two routers (the second over the same values: only indices matter).
-  l0.routings = {{1, 2}, {1, 2}};
+  l0.routings = {{1, 2, 4}, {1, 2, 3}};
   l0.inputWidth = 8;
   l0.outputWidth = 8;
   l0.weights.push_back(weight({"model.layers.0.mlp.gate.weight"}, {4, 8},
@@ -353,6 +353,8 @@ void expectSamePlan(const moe::ModulePlan &a, const moe::ModulePlan &b) {
     for (size_t r = 0; r < x.routings.size(); ++r) {
       EXPECT_EQ(x.routings[r].ids, y.routings[r].ids) << at << " router " << r;
       EXPECT_EQ(x.routings[r].weights, y.routings[r].weights)
+          << at << " router " << r;
+      EXPECT_EQ(x.routings[r].experts, y.routings[r].experts)
           << at << " router " << r;
     }
     EXPECT_EQ(x.inputWidth, y.inputWidth) << at;
@@ -1474,6 +1476,22 @@ TEST_F(PackageFiles, IndicesOutOfRangeAreNamed) {
             }),
             m + "layers[0].more_routings: needs routing_ids and "
                 "routing_weights for router 0");
+  // The experts of each router (issue 15: the load statistics' length).
+  EXPECT_EQ(openAfter([](Json &j) {
+              Json &e = at(j, {"layers", 0}).set("routing_experts",
+                                                 Json::array());
+              e.push(Json(4));
+            }),
+            m + "layers[0].routing_experts: expected one expert count per "
+                "router (2), got 1");
+  EXPECT_EQ(openAfter([](Json &j) {
+              Json &e = at(j, {"layers", 0}).set("routing_experts",
+                                                 Json::array());
+              e.push(Json(4));
+              e.push(Json(-1));
+            }),
+            m + "layers[0].routing_experts[1]: expected an integer from 0 "
+                "to 9007199254740992, found -1");
 }
 
 TEST_F(PackageFiles, PlanConsistencyAgainstKernelsAndTensors) {
@@ -1794,7 +1812,7 @@ TEST(Package, ManifestCoversEveryPlanField) {
   EXPECT_EQ(sizeof(moe::Launch), 192u);
   EXPECT_EQ(sizeof(moe::LayerPlan), 264u);
   EXPECT_EQ(sizeof(moe::LayerInput), 72u);
-  EXPECT_EQ(sizeof(moe::LayerPlan::Routing), 8u);
+  EXPECT_EQ(sizeof(moe::LayerPlan::Routing), 16u);
   EXPECT_EQ(sizeof(moe::BufferShape), 24u);
   EXPECT_EQ(sizeof(moe::Binding), 12u);
   EXPECT_EQ(sizeof(moe::WeightRef), 112u);

@@ -27,6 +27,8 @@
 #include "mlir/Parser/Parser.h"
 
 #include "llvm/ADT/StringExtras.h"
+#include "StatsReport.h"
+
 #include "llvm/Support/CommandLine.h"
 #include "llvm/Support/Format.h"
 #include "llvm/Support/InitLLVM.h"
@@ -451,6 +453,34 @@ static int compare() {
   return 0;
 }
 
+static cl::SubCommand statsCommand(
+    "stats",
+    "Draw the expert load of moe-run --stats FILE.json as an SVG: a heat map "
+    "of tokens per expert (a row per layer and router, a column per expert) "
+    "and a bar chart of each row's imbalance (max/mean tokens per expert; "
+    "docs/stats.md)");
+static cl::opt<std::string> statsInput(cl::Positional, cl::Required,
+                                       cl::desc("<moe-run --stats file>"),
+                                       cl::sub(statsCommand));
+static cl::opt<std::string> statsOutput("o", cl::Required,
+                                        cl::desc("Output SVG file"),
+                                        cl::value_desc("FILE.svg"),
+                                        cl::sub(statsCommand));
+
+static int stats() {
+  auto rows = report::readStats(statsInput);
+  if (!rows)
+    return fail(toString(rows.takeError()));
+  std::error_code ec;
+  raw_fd_ostream os(statsOutput, ec);
+  if (ec)
+    return fail("cannot write " + statsOutput + ": " + ec.message());
+  os << report::statsSvg(*rows, "moe-report stats " + statsInput);
+  outs() << "moe-report stats: " << rows->size()
+         << " layer/router row(s) drawn to " << statsOutput << "\n";
+  return 0;
+}
+
 int main(int argc, char **argv) {
   InitLLVM init(argc, argv);
   cl::ParseCommandLineOptions(
@@ -460,8 +490,11 @@ int main(int argc, char **argv) {
       "  moe-report compare ORIGINAL.mlir REWRITTEN.mlir --input "
       "HELDOUT.npy\n"
       "             [--layer L | --all-layers] [--format text|json]\n\n"
+      "  moe-report stats STATS.json -o LOAD.svg   (moe-run --stats)\n\n"
       "'moe-report compare --help' documents the table.\n");
   if (compareCommand)
     return compare();
-  return fail("give a subcommand: compare (see moe-report --help)");
+  if (statsCommand)
+    return stats();
+  return fail("give a subcommand: compare or stats (see moe-report --help)");
 }

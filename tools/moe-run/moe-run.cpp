@@ -32,6 +32,7 @@
 #include "moe/passes/Passes.h"
 #include "moe/runtime/Backends.h"
 #include "moe/runtime/Package.h"
+#include "moe/runtime/RoutingStats.h"
 
 #include "mlir/Dialect/Arith/IR/Arith.h"
 #include "mlir/Dialect/Func/IR/FuncOps.h"
@@ -44,6 +45,7 @@
 #include "llvm/Support/CommandLine.h"
 #include "llvm/Support/FileSystem.h"
 #include "llvm/Support/Format.h"
+#include "llvm/Support/FormatVariadic.h"
 #include "llvm/Support/InitLLVM.h"
 #include "llvm/Support/Path.h"
 #include "llvm/Support/SourceMgr.h"
@@ -138,6 +140,20 @@ static cl::opt<bool> profileInputGram(
     cl::desc("With --record-profile: record input_gram [H, H] of the layer "
              "input"),
     cl::init(false), cl::cat(category));
+// Made in main(), once LLVM's own -stats (statistics of its passes, not
+// ours) has been registered and removed: the two cannot both be "stats".
+static std::optional<cl::opt<std::string>> statsPath;
+static void addStatsOption() {
+  if (cl::Option *llvmStats = cl::getRegisteredOptions().lookup("stats"))
+    llvmStats->removeArgument();
+  statsPath.emplace(
+    "stats",
+    cl::desc("Write the routing's load per layer and router (tokens per "
+             "expert, gate mass, empty slots, imbalance max/mean) to this "
+             "JSON file (docs/stats.md; moe-report stats draws it) and print "
+             "one summary line per router"),
+    cl::value_desc("FILE.json"), cl::cat(category));
+}
 static cl::opt<bool> verbose("v", cl::desc("Say what the backend compiled"),
                              cl::init(false), cl::cat(category));
 
@@ -259,8 +275,9 @@ public:
       r.y.shape = {tokens, plan->outputWidth};
       r.y.f = std::move(out.value().y);
       r.routing = moe::RoutingTrace();
-      for (moe::LayerOutputs::Routing &o : out.value().routings) {
+      for (auto [index, o] : llvm::enumerate(out.value().routings)) {
         moe::RoutingTrace::Router &router = r.routing.routers.emplace_back();
+        router.experts = plan->routings[index].experts;
         router.ids = moe::HostTensor::ints({tokens, o.slots});
         router.ids.i = std::move(o.ids);
         router.weights = moe::HostTensor::floats({tokens, o.slots});
@@ -272,6 +289,7 @@ public:
         moe::RoutingTrace::Router &router = r.routing.routers.emplace_back();
         router.ids = moe::HostTensor::ints({tokens, e});
         router.weights = moe::HostTensor::floats({tokens, e}, 1.0f);
+        router.experts = e;
         for (int64_t t = 0; t < tokens; ++t)
           for (int64_t j = 0; j < e; ++j)
             router.ids.i[t * e + j] = static_cast<int32_t>(j);
@@ -454,11 +472,56 @@ Error recordLayer(moe::ProfileRecorder &recorder, int64_t layerIndex,
   return recorder.add(o);
 }
 
+/// A JSON string literal.
+std::string jsonString(StringRef text) {
+  std::string out = "\"";
+  for (char c : text) {
+    if (c == '"' || c == '\\')
+      out += '\\';
+    if (static_cast<unsigned char>(c) < 0x20) {
+      out += llvm::formatv("\\u{0:x-4}", static_cast<int>(c)).str();
+      continue;
+    }
+    out += c;
+  }
+  return out + "\"";
+}
+
+/// --stats: one layer's load, one entry per router (docs/stats.md).
+struct LayerStats {
+  int64_t layer;
+  std::vector<moe::RoutingStats> routers;
+};
+
+Error writeStats(const std::vector<LayerStats> &layers, StringRef path,
+                 StringRef model, StringRef input, StringRef backendName) {
+  std::string j = "{\n  \"format\": \"moe-run-stats\",\n  \"version\": 1,\n";
+  j += "  \"model\": " + jsonString(model) + ",\n";
+  j += "  \"input\": " + jsonString(input) + ",\n";
+  j += "  \"backend\": " + jsonString(backendName) + ",\n";
+  j += "  \"layers\": [";
+  for (auto [i, l] : llvm::enumerate(layers)) {
+    j += std::string(i ? "," : "") + "\n    {\n      \"layer\": " +
+         std::to_string(l.layer) + ",\n      \"routers\": [";
+    for (auto [r, stats] : llvm::enumerate(l.routers))
+      j += std::string(r ? ", " : "") + moe::routingStatsJson(stats, 6);
+    j += "]\n    }";
+  }
+  j += "\n  ]\n}\n";
+  std::error_code ec;
+  raw_fd_ostream os(path, ec);
+  if (ec)
+    return makeError("--stats: cannot write " + path + ": " + ec.message());
+  os << j;
+  return Error::success();
+}
+
 } // namespace
 
 int main(int argc, char **argv) {
   InitLLVM init(argc, argv);
   cl::HideUnrelatedOptions(category);
+  addStatsOption();
   cl::ParseCommandLineOptions(argc, argv,
                               "moe-run: runs MoE layers of moe IR or of a "
                               "package\n");
@@ -809,6 +872,7 @@ int main(int argc, char **argv) {
   int64_t profiledLayers = 0;
 
   // Run.
+  std::vector<LayerStats> layerStats;
   moe::HostTensor current = std::move(x);
   for (const Selected &s : selected) {
     if (backend == "reference" && !s.fn)
@@ -890,6 +954,26 @@ int main(int argc, char **argv) {
       if (Error err = writeRouting(result->routing, prefix, s.layer))
         return fail(toString(std::move(err)));
     }
+    if (!statsPath->empty()) {
+      // The routing the backend reported, as --routing-out writes it.
+      LayerStats &ls = layerStats.emplace_back();
+      ls.layer = s.layer;
+      for (auto [r, router] : llvm::enumerate(result->routing.routers)) {
+        if (!router.hasIds || router.ids.shape.size() != 2)
+          continue;
+        moe::RoutingStats st = moe::makeRoutingStats(router.experts);
+        st.add(router.ids.i.data(),
+               router.hasWeights ? router.weights.f.data() : nullptr,
+               router.ids.shape[0], router.ids.shape[1]);
+        outs() << "moe-run: stats: layer " << s.layer << " router " << r
+               << ": " << moe::routingStatsSummary(st) << "\n";
+        ls.routers.push_back(std::move(st));
+      }
+      if (ls.routers.empty())
+        outs() << "moe-run: stats: layer " << s.layer
+               << ": no routing (the layer takes its routing or has no "
+                  "router)\n";
+    }
     if (profiling) {
       if (!s.fn)
         return fail("--record-profile: no IR function for layer " +
@@ -922,6 +1006,10 @@ int main(int argc, char **argv) {
   }
   if (!yPath.empty())
     if (Error err = moe::writeNpyF32(yPath, current.shape, current.f))
+      return fail(toString(std::move(err)));
+  if (!statsPath->empty())
+    if (Error err = writeStats(layerStats, *statsPath, inputPath, xPath,
+                               backend))
       return fail(toString(std::move(err)));
   if (profiling) {
     // Written only now, every layer having run: no partial profile.

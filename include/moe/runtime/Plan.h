@@ -122,6 +122,10 @@ struct LayerPlan {
   /// PREFIX.r<r>.ids.npy).
   struct Routing {
     int ids = -1, weights = -1;
+    /// Experts the router dispatches to (moe.fused_route num_experts): the
+    /// length of its per-expert load statistics; 0 when unknown (a manifest
+    /// written before it was recorded).
+    int64_t experts = 0;
   };
   std::vector<Routing> routings;
   int64_t inputWidth = 0, outputWidth = 0;
