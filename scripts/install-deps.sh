@@ -13,7 +13,7 @@ packages=(
   libglpk-dev                               # ILP of the affinity expert placement
   coinor-libcbc-dev                         # the same ILP with CBC (solver=cbc)
   liblapacke-dev                            # SVD of --moe-compress-experts
-  python3-torch                             # torch.distributed of the expert-parallel runner
+  python3-torch                             # moe_opt.torch, torch.distributed of the EP runner
 )
 
 missing=()

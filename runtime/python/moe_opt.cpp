@@ -1,14 +1,17 @@
 //===- moe_opt.cpp - Python bindings of the C++ API -----------------------===//
 //
-// Part of moe-opt. The module `moe_opt` over moe::Model (include/moe/Model.h):
+// Part of moe-opt. The extension moe_opt._moe_opt over moe::Model
+// (include/moe/Model.h), re-exported by the package moe_opt
+// (moe_opt/__init__.py; moe_opt/torch.py builds torch modules on it):
 //
 //   import moe_opt, numpy as np
 //   pkg = moe_opt.load("pkg", backend="auto", device=0)
 //   y = pkg.layer(pkg.layers[0])(np.zeros((7, pkg.hidden(0)), np.float32))
 //   y = pkg.run_all(x); print(pkg.backend, pkg.last_ms)
 //
-// Host inputs are anything numpy converts to a float32 [T, H] array; the
-// result is a new float32 array (or `out`). A CUDA tensor that speaks
+// Host inputs are anything numpy converts to a float [..., H] array (CPU
+// torch tensors too, bfloat16 included); the result is a new float32 array
+// of x's shape (or `out`). A CUDA tensor that speaks
 // DLPack (`__dlpack__`, `__dlpack_device__`: PyTorch, CuPy, JAX...) runs
 // on its device memory with no copy, into `out` (a CUDA tensor of the same
 // shape and of the layer's activation type). The DLPack ABI is declared
@@ -19,6 +22,7 @@
 #include "moe/Model.h"
 #include "moe/runtime/Executor.h"
 #include "moe/runtime/Package.h"
+#include "moe/runtime/RoutingStats.h"
 
 #include <pybind11/numpy.h>
 #include <pybind11/pybind11.h>
@@ -151,11 +155,43 @@ bool onCuda(int deviceType) {
   return deviceType == dl::kDLCUDA || deviceType == dl::kDLCUDAManaged;
 }
 
-/// `x` as a numpy array without conversion (a numpy array, a CPU DLPack
-/// tensor, or whatever numpy.asarray makes of it).
+/// A torch.Tensor (checked by type name, so that torch is never imported
+/// here).
+bool isTorchTensor(py::handle x) {
+  for (py::handle t : py::type::of(x).attr("__mro__"))
+    if (py::str(t.attr("__module__")).cast<std::string>() == "torch" &&
+        py::str(t.attr("__name__")).cast<std::string>() == "Tensor")
+      return true;
+  return false;
+}
+
+/// A CPU torch.Tensor as numpy: a view of its memory (writable, as the
+/// tensor is) for the dtypes numpy has; bfloat16 (which numpy lacks) as its
+/// float32 values, or with `bits` as a uint16 view of its bit patterns.
+py::array torchAsNumpy(py::handle x, const char *what, bool bits = false) {
+  py::object t = x.attr("detach")();
+  if (py::str(t.attr("device").attr("type")).cast<std::string>() != "cpu")
+    throw py::value_error(std::string(what) + ": a torch tensor on " +
+                          py::str(t.attr("device")).cast<std::string>() +
+                          "; expected a CPU tensor here");
+  std::string dtype = py::str(t.attr("dtype")).cast<std::string>();
+  if (dtype == "torch.bfloat16") {
+    if (!bits)
+      return t.attr("float")().attr("numpy")();
+    py::object torch = py::module_::import("torch");
+    return py::array(t.attr("view")(torch.attr("int16")).attr("numpy")())
+        .attr("view")("uint16");
+  }
+  return t.attr("numpy")();
+}
+
+/// `x` as a numpy array without conversion (a numpy array, a CPU torch
+/// tensor, a CPU DLPack tensor, or whatever numpy.asarray makes of it).
 py::array asNumpy(py::handle x, const char *what) {
   if (py::isinstance<py::array>(x))
     return py::reinterpret_borrow<py::array>(x);
+  if (isTorchTensor(x))
+    return torchAsNumpy(x, what);
   py::module_ np = numpy();
   if (hasDlpack(x)) {
     auto [type, id] = dlpackDevice(x, what);
@@ -175,50 +211,71 @@ py::array asNumpy(py::handle x, const char *what) {
   return np.attr("asarray")(x);
 }
 
-/// A C-contiguous float32 [T, H] copy or view of `x`.
+/// A C-contiguous float32 [T, H] copy or view of `x`, an array of shape
+/// [..., H] (its leading dimensions are the tokens: [T, H], [B, S, H]...);
+/// `shape` receives x's shape.
 py::array_t<float> hostInput(py::handle x, int64_t hidden,
-                             const std::string &where) {
+                             const std::string &where,
+                             std::vector<int64_t> *shape = nullptr) {
   py::array a = asNumpy(x, "x");
   char kind = a.dtype().kind();
   if (kind != 'f' && kind != 'i' && kind != 'u' && kind != 'b')
     throw py::type_error("x: expected a float array, got dtype " +
                          py::str(a.dtype()).cast<std::string>());
-  if (a.ndim() != 2) {
-    std::vector<int64_t> shape(a.shape(), a.shape() + a.ndim());
-    throw py::value_error("x: expected a 2-D array [tokens, " +
-                          std::to_string(hidden) + "] for " + where +
+  std::vector<int64_t> dims(a.shape(), a.shape() + a.ndim());
+  if (a.ndim() < 2)
+    throw py::value_error("x: expected an array [tokens, " +
+                          std::to_string(hidden) + "] (or [..., " +
+                          std::to_string(hidden) + "]) for " + where +
                           ", got a " + std::to_string(a.ndim()) +
-                          "-D array of shape " + shapeText(shape));
-  }
-  if (a.shape(1) != hidden)
+                          "-D array of shape " + shapeText(dims));
+  if (dims.back() != hidden)
     throw py::value_error("x: expected width " + std::to_string(hidden) +
                           " ([tokens, " + std::to_string(hidden) + "]) for " +
-                          where + ", got shape " +
-                          shapeText({a.shape(0), a.shape(1)}));
-  return numpy().attr("ascontiguousarray")(a, "dtype"_a = "float32");
+                          where + ", got shape " + shapeText(dims));
+  if (shape)
+    *shape = dims;
+  int64_t tokens = 1;
+  for (size_t d = 0; d + 1 < dims.size(); ++d)
+    tokens *= dims[d];
+  py::array c = numpy().attr("ascontiguousarray")(a, "dtype"_a = "float32");
+  return c.attr("reshape")(tokens, hidden);
 }
 
-/// The array the result goes to: `out` (checked) or a new one.
-py::array_t<float> hostOutput(py::handle out, int64_t tokens, int64_t hidden) {
-  if (out.is_none())
-    return py::array_t<float>(std::vector<py::ssize_t>{tokens, hidden});
+/// The array the result goes to: `out` (checked: a writable float32
+/// array or CPU torch tensor of shape `shape`, C-contiguous) or a new one of
+/// that shape. Returned as a [tokens, hidden] view of it.
+py::array_t<float> hostOutput(py::handle out, int64_t tokens, int64_t hidden,
+                              std::vector<int64_t> shape = {}) {
+  if (shape.empty())
+    shape = {tokens, hidden};
+  if (out.is_none()) {
+    py::array_t<float> y(std::vector<py::ssize_t>(shape.begin(), shape.end()));
+    return y.attr("reshape")(tokens, hidden);
+  }
   if (hasDlpack(out) && onCuda(dlpackDevice(out, "out").first))
     throw py::value_error("out: a CUDA tensor, but x is on the host; pass "
                           "both on the host or both on the GPU");
-  py::array a = asNumpy(out, "out");
-  bool ok = a.dtype().is(py::dtype::of<float>()) && a.ndim() == 2 &&
-            a.shape(0) == tokens && a.shape(1) == hidden &&
+  // A torch tensor through its numpy view (DLPack views are read-only).
+  py::array a = isTorchTensor(out) ? torchAsNumpy(out, "out", true)
+                                   : asNumpy(out, "out");
+  std::vector<int64_t> got(a.shape(), a.shape() + a.ndim());
+  bool ok = a.dtype().is(py::dtype::of<float>()) && got == shape &&
             (a.flags() & py::array::c_style) && a.writeable();
   if (!ok) {
-    std::vector<int64_t> shape(a.shape(), a.shape() + a.ndim());
+    std::string dtype = isTorchTensor(out)
+                            ? py::str(out.attr("dtype")).cast<std::string>()
+                            : py::str(a.dtype()).cast<std::string>();
     throw py::value_error(
         "out: expected a writable C-contiguous float32 array of shape " +
-        shapeText({tokens, hidden}) + ", got dtype " +
-        py::str(a.dtype()).cast<std::string>() + ", shape " + shapeText(shape) +
-        (a.writeable() ? "" : ", read-only") +
-        ((a.flags() & py::array::c_style) ? "" : ", not C-contiguous"));
+        shapeText(shape) + ", got dtype " + dtype + ", shape " +
+        shapeText(got) + (a.writeable() ? "" : ", read-only") +
+        ((a.flags() & py::array::c_style) ? "" : ", not C-contiguous") +
+        (isTorchTensor(out) ? " (moe_opt.torch.MoELayer writes torch "
+                              "tensors of any float dtype)"
+                            : ""));
   }
-  return py::reinterpret_borrow<py::array_t<float>>(a);
+  return a.attr("reshape")(tokens, hidden);
 }
 
 //===----------------------------------------------------------------------===//
@@ -340,7 +397,8 @@ py::list tensorList(const State &s) {
   for (size_t t = 0; t < s.model->numTensors(); ++t) {
     moe::TensorInfo info = s.model->tensor(t).value();
     py::dict d("index"_a = t, "names"_a = info.names, "shape"_a = info.shape,
-               "dtype"_a = info.dtype, "bytes"_a = info.bytes,
+               "stacked"_a = info.stacked, "dtype"_a = info.dtype,
+               "bytes"_a = info.bytes,
                "constant"_a = info.constant, "stored"_a = info.stored,
                "bound"_a = info.bound);
     out.append(d);
@@ -401,7 +459,9 @@ void bindTensor(State &s, int64_t index, py::handle data) {
     throw py::value_error(what + ": on the " + backend +
                           " backend bind a CUDA tensor (DLPack), not a host "
                           "array");
-  py::array arr = py::array::ensure(data);
+  // A CPU torch tensor as its numpy view (bf16 as uint16 bit patterns).
+  py::array arr = isTorchTensor(data) ? torchAsNumpy(data, "data", true)
+                                      : py::array::ensure(data);
   if (!arr || std::string("fiu").find(arr.dtype().kind()) == std::string::npos)
     throw py::type_error(what + ": expected a numeric array, got " +
                          std::string(py::str(py::type::of(data))));
@@ -459,6 +519,41 @@ void bindTensor(State &s, int64_t index, py::handle data) {
   s.boundObjects.erase(t);
 }
 
+/// The routing of each router of a run: dicts of ids (int32 [T, K], -1 an
+/// empty slot), weights (float32 [T, K]) and experts.
+py::list routingList(const std::vector<moe::Model::LayerRouting> &routers) {
+  py::list list;
+  for (const moe::Model::LayerRouting &r : routers) {
+    py::array_t<int32_t> ids(std::vector<py::ssize_t>{r.tokens, r.slots});
+    py::array_t<float> weights(std::vector<py::ssize_t>{r.tokens, r.slots});
+    std::copy(r.ids.begin(), r.ids.end(), ids.mutable_data());
+    std::copy(r.weights.begin(), r.weights.end(), weights.mutable_data());
+    list.append(py::dict("ids"_a = ids, "weights"_a = weights,
+                         "experts"_a = r.experts));
+  }
+  return list;
+}
+
+/// The load of each router (docs/stats.md's keys).
+py::list statsList(const std::vector<moe::RoutingStats> &routers) {
+  py::list list;
+  for (const moe::RoutingStats &s : routers) {
+    py::array_t<int64_t> counts(static_cast<py::ssize_t>(s.experts));
+    py::array_t<double> mass(static_cast<py::ssize_t>(s.experts));
+    std::copy(s.tokensPerExpert.begin(), s.tokensPerExpert.end(),
+              counts.mutable_data());
+    std::copy(s.gateMass.begin(), s.gateMass.end(), mass.mutable_data());
+    list.append(py::dict(
+        "tokens"_a = s.tokens, "slots"_a = s.slots, "experts"_a = s.experts,
+        "experts_known"_a = s.expertsKnown, "tokens_per_expert"_a = counts,
+        "gate_mass"_a = mass, "routed_slots"_a = s.routedSlots(),
+        "empty_slots"_a = s.emptySlots, "invalid_slots"_a = s.invalidSlots,
+        "min"_a = s.minLoad(), "mean"_a = s.meanLoad(), "max"_a = s.maxLoad(),
+        "imbalance"_a = s.imbalance(), "unused_experts"_a = s.unusedExperts()));
+  }
+  return list;
+}
+
 class Layer {
 public:
   Layer(std::shared_ptr<State> s, int64_t l) : state(std::move(s)), layer(l) {
@@ -469,27 +564,52 @@ public:
     activationType = type.value();
   }
 
-  py::object call(py::handle x, py::handle out, py::handle stream) {
+  py::object call(py::handle x, py::handle out, py::handle stream,
+                  bool returnRouting) {
     if (hasDlpack(x) && !py::isinstance<py::array>(x) &&
-        onCuda(dlpackDevice(x, "x").first))
+        onCuda(dlpackDevice(x, "x").first)) {
+      if (returnRouting)
+        throw py::value_error("return_routing: device runs do not record "
+                              "their routing; run on host memory");
       return callOnDevice(x, out, stream);
-    py::array_t<float> in = hostInput(x, hidden, where());
+    }
+    std::vector<int64_t> shape;
+    py::array_t<float> in = hostInput(x, hidden, where(), &shape);
     int64_t tokens = in.shape(0);
-    py::array_t<float> y = hostOutput(out, tokens, hidden);
+    py::array_t<float> y = hostOutput(out, tokens, hidden, shape);
+    py::object routing = py::none();
     if (tokens > 0) {
       const float *xp = in.data();
       float *yp = y.mutable_data();
       moe::runtime::Status s;
+      moe::runtime::Expected<std::vector<moe::Model::LayerRouting>> last =
+          moe::runtime::Status::error("not recorded");
       {
         py::gil_scoped_release release;
         std::lock_guard<std::mutex> lock(state->mutex);
+        // return_routing records this run whatever record_routing says.
+        bool was = state->model->recordsRouting();
+        if (returnRouting)
+          state->model->recordRouting(true);
         s = state->model->runLayer(layer, xp, tokens, yp);
+        state->model->recordRouting(was);
+        if (!s && returnRouting)
+          last = state->model->lastRouting(layer);
       }
       if (s)
         fail(s.message());
+      if (returnRouting) {
+        if (!last)
+          fail(last.message());
+        routing = routingList(last.value());
+      }
     }
-    return out.is_none() ? py::object(y)
-                         : py::reinterpret_borrow<py::object>(out);
+    py::object result = out.is_none()
+                            ? py::object(y.attr("reshape")(shape))
+                            : py::reinterpret_borrow<py::object>(out);
+    if (!returnRouting)
+      return result;
+    return py::make_tuple(result, routing);
   }
 
   std::string repr() const {
@@ -560,9 +680,10 @@ public:
           "run_all takes host arrays; on CUDA tensors run the layers one by "
           "one: pkg.layer(l)(x, out=y)");
     int64_t hidden = state->hidden(layers.front());
-    py::array_t<float> in = hostInput(x, hidden, "run_all");
+    std::vector<int64_t> shape;
+    py::array_t<float> in = hostInput(x, hidden, "run_all", &shape);
     int64_t tokens = in.shape(0);
-    py::array_t<float> y = hostOutput(out, tokens, hidden);
+    py::array_t<float> y = hostOutput(out, tokens, hidden, shape);
     if (tokens > 0) {
       const float *xp = in.data();
       float *yp = y.mutable_data();
@@ -575,8 +696,37 @@ public:
       if (s)
         fail(s.message());
     }
-    return out.is_none() ? py::object(y)
+    return out.is_none() ? py::object(y.attr("reshape")(shape))
                          : py::reinterpret_borrow<py::object>(out);
+  }
+
+  void setRecordRouting(bool enable) {
+    std::lock_guard<std::mutex> lock(state->mutex);
+    state->model->recordRouting(enable);
+  }
+  bool recordsRouting() const { return state->model->recordsRouting(); }
+
+  py::list lastRouting(int64_t layer) {
+    state->hidden(layer); // ValueError for an unknown layer.
+    std::lock_guard<std::mutex> lock(state->mutex);
+    auto last = state->model->lastRouting(layer);
+    if (!last)
+      fail(last.message());
+    return routingList(last.value());
+  }
+
+  py::list routingStats(int64_t layer) {
+    state->hidden(layer);
+    std::lock_guard<std::mutex> lock(state->mutex);
+    auto stats = state->model->routingStats(layer);
+    if (!stats)
+      fail(stats.message());
+    return statsList(stats.value());
+  }
+
+  void resetRoutingStats() {
+    std::lock_guard<std::mutex> lock(state->mutex);
+    state->model->resetRoutingStats();
   }
 
   /// pkg.route(layer, x) -> (ids int32 [T, K], weights float32 [T, K]).
@@ -753,7 +903,7 @@ Package load(const std::string &path, const std::string &backend, int device,
 
 } // namespace
 
-PYBIND11_MODULE(moe_opt, m) {
+PYBIND11_MODULE(_moe_opt, m) {
   m.doc() = "Runs the MoE layers of a package compiled by moe-compile on the "
             "GPU (cuda) or the CPU emulation of its kernels (emu).";
 
@@ -839,8 +989,8 @@ PYBIND11_MODULE(moe_opt, m) {
       .def_property_readonly(
           "tensors", [](const Package &p) { return tensorList(*p.state); },
           "The weight tensors (manifest.json weights.tensors), each a dict: "
-          "index, names, shape, dtype, bytes, constant, stored (False in a "
-          "shape-only package), bound.")
+          "index, names, shape, stacked (one slice per name), dtype, bytes, "
+          "constant, stored (False in a shape-only package), bound.")
       .def(
           "bind_tensor",
           [](Package &p, int64_t index, py::handle data) {
@@ -856,6 +1006,23 @@ PYBIND11_MODULE(moe_opt, m) {
           "as needed; bf16 also as uint16 bit patterns). Every tensor of a "
           "shape-only package (moe-compile --weights none) must be bound "
           "before its layers run.")
+      .def_property("record_routing", &Package::recordsRouting,
+                    &Package::setRecordRouting,
+                    "When True (default False), every host run of a layer "
+                    "that routes its tokens keeps its routing "
+                    "(last_routing) and adds to its load (routing_stats).")
+      .def("last_routing", &Package::lastRouting, "layer"_a,
+           "The routing of the layer's last recorded run: one dict per "
+           "router with ids (int32 [T, K], -1 an empty slot), weights "
+           "(float32 [T, K]) and experts.")
+      .def("routing_stats", &Package::routingStats, "layer"_a,
+           "The layer's load summed over its recorded runs, one dict per "
+           "router with the keys of moe-run --stats (docs/stats.md): "
+           "tokens, slots, experts, tokens_per_expert, gate_mass, "
+           "routed_slots, empty_slots, invalid_slots, min, mean, max, "
+           "imbalance (max/mean tokens per expert), unused_experts.")
+      .def("reset_routing_stats", &Package::resetRoutingStats,
+           "Forgets the recorded routings and load.")
       .def_property_readonly(
           "last_ms",
           [](const Package &p) { return p.state->model->lastMilliseconds(); },
@@ -867,9 +1034,16 @@ PYBIND11_MODULE(moe_opt, m) {
       .def_readonly("hidden", &Layer::hidden)
       .def_readonly("activation_type", &Layer::activationType)
       .def("__call__", &Layer::call, "x"_a, py::kw_only(), "out"_a = py::none(),
-           "stream"_a = py::none(),
-           "y = layer(x). x: a float32 [T, hidden] host array (anything numpy "
-           "converts), returns a new float32 array, or `out`. With a CUDA "
+           "stream"_a = py::none(), "return_routing"_a = false,
+           "y = layer(x). x: a host array of shape [..., hidden] (the leading "
+           "dimensions are the tokens: [T, H], [B, S, H]; anything numpy "
+           "converts, CPU torch tensors of any float dtype included), "
+           "computed in float32; returns a new float32 array of x's shape, "
+           "or `out` (a writable C-contiguous float32 numpy array or CPU "
+           "torch tensor of x's shape). return_routing=True returns (y, "
+           "routing): one dict per router with ids int32 [T, K], weights "
+           "float32 [T, K] and experts (the run is also added to the "
+           "layer's routing_stats). With a CUDA "
            "tensor x (DLPack) of the layer's activation type, runs on its "
            "memory into `out` (a CUDA tensor of the same shape and type, "
            "required) with no copy, queued on `stream` (a CUstream handle, "

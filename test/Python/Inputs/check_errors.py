@@ -57,9 +57,14 @@ def main():
                   lambda: f(np.zeros((3, hidden + 1), np.float32)),
                   "expected width 64", "[3, 65]")
     expect_raises("rank 1", ValueError,
-                  lambda: f(np.zeros(hidden, np.float32)), "2-D", "[64]")
-    expect_raises("rank 3", ValueError,
-                  lambda: f(np.zeros((2, 3, hidden), np.float32)), "2-D")
+                  lambda: f(np.zeros(hidden, np.float32)), "[..., 64]",
+                  "[64]")
+    # [B, S, H] is tokens B * S (issue 15: it was refused).
+    y3 = f(np.ones((2, 3, hidden), np.float32))
+    assert y3.shape == (2, 3, hidden), y3.shape
+    assert np.array_equal(y3.reshape(6, hidden),
+                          f(np.ones((6, hidden), np.float32)))
+    print("ok   rank 3: [2, 3, 64] runs as 6 tokens", flush=True)
     expect_raises("complex input", TypeError,
                   lambda: f(np.zeros((2, hidden), np.complex64)),
                   "complex64")
