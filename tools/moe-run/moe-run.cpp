@@ -3,15 +3,16 @@
 // Part of moe-opt.
 //
 //   moe-run IR.mlir|PKG_DIR --layer L | --all-layers --input X.npy
-//           --output Y.npy [--backend reference|emu|cuda]
+//           -o|--output Y.npy [--backend auto|reference|emu|cuda]
 //           [--routing-out PREFIX] [--routing-in PREFIX] [--rank R]
-//           [--target MODULE] [--repeat N --time]
+//           [--target MODULE] [--repeat N] [--time]
 //           [--record-profile P.safetensors [--profile-expert-outputs]
 //            [--profile-input-gram]]
 //
 // reference interprets the IR (a package's model.opt.mlir with the
 // package's weights); emu and cuda run the generated kernels, on the CPU
-// emulation or the GPU. A package's cubin for the GPU's architecture is
+// emulation or the GPU; auto (a package's default) picks cuda when a GPU
+// loads, else emu. An IR file runs on reference unless told otherwise. A package's cubin for the GPU's architecture is
 // loaded without NVRTC; otherwise its kernels.cu is compiled (cached).
 // --record-profile accumulates a calibration profile (docs/profile.md).
 // --rank R runs rank R's package of a set written by moe-compile
@@ -85,12 +86,16 @@ static std::string xPath;
 static cl::opt<std::string> yPath("output",
                                   cl::desc("Output .npy, float32 [T, H]"),
                                   cl::cat(category));
+static cl::alias yPathShort("o", cl::desc("Alias for --output"),
+                            cl::aliasopt(yPath), cl::cat(category));
 static cl::opt<std::string> backend(
     "backend",
     cl::desc("Execution backend: reference (the interpreter), emu (the "
-             "generated kernels on the CPU emulation) or cuda (the generated "
-             "kernels on the GPU)"),
-    cl::init("reference"), cl::cat(category));
+             "generated kernels on the CPU emulation), cuda (the generated "
+             "kernels on the GPU) or auto (cuda when the CUDA driver and a "
+             "GPU load, else emu; the backend chosen is printed). Default: "
+             "auto for a package, reference for an IR file"),
+    cl::cat(category));
 static cl::opt<std::string> routingOut(
     "routing-out",
     cl::desc("Write PREFIX.ids.npy (int32 [T, K], -1 for empty slots) and "
@@ -116,7 +121,9 @@ static cl::opt<int64_t> rankOpt(
              "output (the sum over ranks is the layer)"),
     cl::init(-1), cl::cat(category));
 static cl::opt<unsigned> repeat("repeat",
-                                cl::desc("Run each layer N times (with --time)"),
+                                cl::desc("Run each layer N times and print "
+                                         "the median time per layer (as "
+                                         "--time does)"),
                                 cl::init(1), cl::cat(category));
 static cl::opt<bool> timeIt("time",
                             cl::desc("Print the median time per layer over "
@@ -482,9 +489,10 @@ int main(int argc, char **argv) {
                 "--record-profile");
   if (!recordProfile.empty() && !target.empty())
     return fail("--record-profile records MoE layers, not a LoRA --target");
-  if (backend != "reference" && backend != "emu" && backend != "cuda")
-    return fail("unknown backend '" + backend +
-                "'; available: reference, emu, cuda");
+  if (backend.getNumOccurrences() && backend != "reference" &&
+      backend != "emu" && backend != "cuda" && backend != "auto")
+    return fail("unknown --backend '" + backend +
+                "'; available: auto, reference, emu, cuda");
   if (repeat < 1)
     return fail("--repeat must be at least 1");
   if (!routingIn.empty() && !recordProfile.empty())
@@ -527,6 +535,9 @@ int main(int argc, char **argv) {
                   "others)");
   }
 
+  // --repeat N prints the times, with or without --time.
+  bool timing = timeIt || repeat > 1;
+
   // A package or an IR file.
   std::optional<moe::runtime::LoadedPackage> package;
   std::string irFile = inputPath;
@@ -545,6 +556,11 @@ int main(int argc, char **argv) {
                               "statistics with the interpreter, which needs "
                               "the IR");
   }
+
+  // A package runs its kernels unless told otherwise; an IR file runs on
+  // the interpreter.
+  if (backend.empty())
+    backend = package ? "auto" : "reference";
 
   mlir::DialectRegistry registry;
   registry.insert<mlir::moe::MoEDialect, mlir::func::FuncDialect,
@@ -752,6 +768,25 @@ int main(int argc, char **argv) {
             ? moe::openEmuBackend(plans->source, "", &report)
             : moe::openCudaBackend(plans->source, 0, &report,
                                    package ? &cubins : nullptr);
+    if (backend == "auto") {
+      // auto: the GPU when the CUDA driver and a device load, else the
+      // CPU emulation; either way the choice is said.
+      if (opened) {
+        backend = "cuda";
+        errs() << "moe-run: backend: cuda (" << report.description
+               << "; --backend auto)\n";
+      } else {
+        // The first line of the reason (the driver's search list follows).
+        StringRef why = StringRef(opened.message()).split('\n').first;
+        why.consume_back("; tried:");
+        errs() << "moe-run: backend: emu, the CPU emulation (--backend auto "
+                  "found no usable GPU: "
+               << why << ")\n";
+        report = moe::BackendReport();
+        opened = moe::openEmuBackend(plans->source, "", &report);
+        backend = "emu";
+      }
+    }
     if (!opened)
       return fail(backend + " backend: " + opened.message());
     for (const std::string &w : report.warnings)
@@ -874,7 +909,7 @@ int main(int argc, char **argv) {
                               takesInputs ? &extraInputs : nullptr);
     if (!result)
       return fail(toString(result.takeError()));
-    if (timeIt) {
+    if (timing) {
       std::vector<double> sorted = result->ms;
       std::sort(sorted.begin(), sorted.end());
       outs() << llvm::format("moe-run: layer %lld on %s: median %.3f ms over "
