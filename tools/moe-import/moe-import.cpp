@@ -16,6 +16,8 @@
 #include "mlir/Dialect/Func/IR/FuncOps.h"
 #include "mlir/IR/MLIRContext.h"
 
+#include "../ToolProgress.h"
+
 #include "llvm/ADT/StringExtras.h"
 #include "llvm/Support/CommandLine.h"
 #include "llvm/Support/InitLLVM.h"
@@ -97,6 +99,10 @@ static cl::opt<bool> force("force",
                            cl::desc("--synthetic: replace an existing folder"),
                            cl::init(false), cl::cat(category));
 
+static cl::opt<bool> quiet(
+    "q", cl::desc("--synthetic: no progress lines on stderr"),
+    cl::init(false), cl::cat(category));
+
 static int fail(const Twine &message) {
   errs() << "moe-import: error: " << message << "\n";
   return 1;
@@ -143,8 +149,12 @@ static int writeSynthetic() {
     if (Error err = moe::setLeadingDenseLayers(opts, denseLayers))
       return fail("--dense-layers " + Twine(denseLayers) + ": " +
                   toString(std::move(err)));
-  if (Error err = moe::writeSyntheticModel(opts, output))
-    return fail(toString(std::move(err)));
+  moe::ToolProgress progress("moe-import", quiet);
+  opts.progress = [&](const std::string &text) { progress.step(text); };
+  Error written = moe::writeSyntheticModel(opts, output);
+  progress.done();
+  if (written)
+    return fail(toString(std::move(written)));
   outs() << "moe-import: wrote a synthetic " << synthetic << " model ("
          << opts.numLayers << " layers, hidden " << opts.hidden << ", "
          << opts.numExperts << " experts, top-" << opts.topK << ", "

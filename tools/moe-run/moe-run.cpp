@@ -34,6 +34,8 @@
 #include "moe/runtime/Backends.h"
 #include "moe/runtime/Package.h"
 
+#include "../ToolProgress.h"
+
 #include "mlir/Dialect/Arith/IR/Arith.h"
 #include "mlir/Dialect/Func/IR/FuncOps.h"
 #include "mlir/Dialect/Tensor/IR/Tensor.h"
@@ -147,6 +149,11 @@ static cl::opt<bool> profileInputGram(
     cl::init(false), cl::cat(category));
 static cl::opt<bool> verbose("v", cl::desc("Say what the backend compiled"),
                              cl::init(false), cl::cat(category));
+static cl::opt<bool> quiet(
+    "q",
+    cl::desc("No progress lines (a kernel compile longer than a second says "
+             "so on stderr otherwise)"),
+    cl::init(false), cl::cat(category));
 
 static int fail(const Twine &message) {
   errs() << "moe-run: error: " << message << "\n";
@@ -469,6 +476,8 @@ int main(int argc, char **argv) {
   cl::ParseCommandLineOptions(argc, argv,
                               "moe-run: runs MoE layers of moe IR or of a "
                               "package\n");
+  // Progress lines: "[seconds since the start]".
+  moe::ToolProgress progress("moe-run", quiet);
   if (inputPath.empty())
     return fail("no IR file or package given");
   if (layer < 0 && !allLayers)
@@ -763,11 +772,25 @@ int main(int argc, char **argv) {
     if (package)
       for (const std::string &arch : package->cubinArchs())
         cubins[arch] = *package->cubin(arch);
+    // The emulation compiles its kernels with the host compiler (tens of
+    // seconds for a large model, once per kernel source): a compile that
+    // takes more than a second says so.
+    auto openEmu = [&] {
+      return progress.slowStep(
+          "emu: loading the kernels (compiled by the host C++ compiler on "
+          "first use, then from the cache)",
+          [&] { return moe::openEmuBackend(plans->source, "", &report); });
+    };
     auto opened =
         backend == "emu"
-            ? moe::openEmuBackend(plans->source, "", &report)
-            : moe::openCudaBackend(plans->source, 0, &report,
-                                   package ? &cubins : nullptr);
+            ? openEmu()
+            : progress.slowStep(
+                  "cuda: loading the kernels (the package's cubin, else "
+                  "compiled by NVRTC on first use, then from the cache)",
+                  [&] {
+                    return moe::openCudaBackend(plans->source, 0, &report,
+                                                package ? &cubins : nullptr);
+                  });
     if (backend == "auto") {
       // auto: the GPU when the CUDA driver and a device load, else the
       // CPU emulation; either way the choice is said.
@@ -783,7 +806,7 @@ int main(int argc, char **argv) {
                   "found no usable GPU: "
                << why << ")\n";
         report = moe::BackendReport();
-        opened = moe::openEmuBackend(plans->source, "", &report);
+        opened = openEmu();
         backend = "emu";
       }
     }

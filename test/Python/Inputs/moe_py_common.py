@@ -31,8 +31,12 @@ def make_package(work, arch, extra_compile=(), seed=None):
     if seed is not None:
         cmd += ["--seed", str(seed)]
     run(cmd)
+    # f32 activations unless the caller names a type (moe-compile's
+    # default is the model's dtype).
+    dtype = ([] if "--activation-type" in extra_compile
+             else ["--activation-type", "f32"])
     run(["moe-compile", model, "-o", pkg, "--arch", "none", "--force", "-q"]
-        + list(extra_compile))
+        + dtype + list(extra_compile))
     return pkg
 
 
