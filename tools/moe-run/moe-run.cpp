@@ -9,6 +9,9 @@
 //           [--record-profile P.safetensors [--profile-expert-outputs]
 //            [--profile-input-gram]]
 //
+// --all-layers chains the layers on a residual stream, as a pre-norm
+// transformer block does: x + layer(rmsnorm(x)) (--chain residual: x +
+// layer(x); --chain none: layer(x) alone).
 // reference interprets the IR (a package's model.opt.mlir with the
 // package's weights); emu and cuda run the generated kernels, on the CPU
 // emulation or the GPU; auto (a package's default) picks cuda when a GPU
@@ -27,6 +30,7 @@
 #include "moe/lib/Analysis/Placement.h"
 #include "moe/lib/Analysis/Profile.h"
 #include "moe/lib/Analysis/ProfileRecorder.h"
+#include "moe/lib/Reference/Chain.h"
 #include "moe/lib/Reference/Interpreter.h"
 #include "moe/lib/Weights/InputFile.h"
 #include "moe/lib/Weights/Npy.h"
@@ -54,6 +58,7 @@
 
 #include <algorithm>
 #include <climits>
+#include <cmath>
 #include <map>
 #include <chrono>
 #include <optional>
@@ -68,9 +73,18 @@ static cl::opt<int64_t> layer("layer", cl::desc("Model layer index to run"),
                               cl::init(-1), cl::cat(category));
 static cl::opt<bool> allLayers(
     "all-layers",
-    cl::desc("Run every MoE layer in order, each on the previous one's "
-             "output"),
+    cl::desc("Run every MoE layer in order on the residual stream, as a "
+             "transformer's blocks do (--chain); the output is the last "
+             "stream"),
     cl::init(false), cl::cat(category));
+static cl::opt<std::string> chain(
+    "chain",
+    cl::desc("How --all-layers chains the layers: prenorm (default; a "
+             "pre-norm block, x_{l+1} = x_l + layer_l(rmsnorm(x_l)), the "
+             "RMS norm with unit gain and eps 1e-6), residual (x_{l+1} = x_l "
+             "+ layer_l(x_l)) or none (x_{l+1} = layer_l(x_l), as the APIs' "
+             "run_all does)"),
+    cl::init("prenorm"), cl::cat(category));
 static cl::opt<std::string> target(
     "target",
     cl::desc("Run the LoRA-wrapped projection of this module of the layer "
@@ -485,6 +499,18 @@ int main(int argc, char **argv) {
                 "required");
   if (layer >= 0 && allLayers)
     return fail("give --layer or --all-layers, not both");
+  std::optional<moe::ChainMode> parsedChain = moe::parseChainMode(chain);
+  if (!parsedChain)
+    return fail("unknown --chain '" + chain +
+                "'; available: prenorm, residual, none");
+  moe::ChainMode chainMode = *parsedChain;
+  if (chain.getNumOccurrences() && !allLayers)
+    return fail("--chain says how --all-layers chains the layers; it has no "
+                "meaning with --layer");
+  if (allLayers && rankOpt >= 0 && chain != "none")
+    return fail("--all-layers --rank: a rank's output is its partial sum of "
+                "the layer, not the layer, so no residual stream can be "
+                "formed; pass --chain none to chain the partial outputs");
   if (allLayers && !target.empty())
     return fail("--target selects one LoRA projection: use it with --layer");
   if (!inputPaths.empty())
@@ -869,6 +895,12 @@ int main(int argc, char **argv) {
   // Run.
   moe::HostTensor current = std::move(x);
   for (const Selected &s : selected) {
+    // The layer runs on the residual stream, or its RMS norm (--chain).
+    moe::HostTensor stream;
+    if (allLayers) {
+      stream = std::move(current);
+      current = moe::chainInput(chainMode, stream);
+    }
     if (backend == "reference" && !s.fn)
       return fail("no IR function for layer " + Twine(s.layer));
     if (backend != "reference" && !s.plan)
@@ -975,6 +1007,13 @@ int main(int argc, char **argv) {
           return fail("--record-profile: " + toString(std::move(err)));
         ++profiledLayers;
       }
+    }
+    if (allLayers) {
+      auto next = moe::chainNext(chainMode, stream, std::move(result->y));
+      if (!next)
+        return fail("--all-layers: layer " + Twine(s.layer) + " of " +
+                    inputPath + ": " + toString(next.takeError()));
+      result->y = std::move(*next);
     }
     current = std::move(result->y);
   }

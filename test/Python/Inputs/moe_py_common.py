@@ -45,7 +45,9 @@ def reference(work, pkg, x, layer=None):
     xp = os.path.join(work, "ref_x.npy")
     yp = os.path.join(work, "ref_y.npy")
     np.save(xp, np.ascontiguousarray(x, dtype=np.float32))
-    sel = ["--all-layers"] if layer is None else ["--layer", str(layer)]
+    # run_all chains the layers' outputs alone: --chain none.
+    sel = (["--all-layers", "--chain", "none"] if layer is None
+           else ["--layer", str(layer)])
     run(["moe-run", pkg] + sel + ["--input", xp, "--output", yp,
                                   "--backend", "reference"])
     return np.load(yp)
