@@ -1,4 +1,4 @@
-//===- ToolProgress.h - Progress lines of the command-line tools -*- C++ -*-===//
+//===- ToolProgress.h - Progress lines of the tools -------------*- C++ -*-===//
 //
 // Part of moe-opt.
 //

@@ -62,7 +62,7 @@ static cl::opt<std::string>
               cl::desc("Write a small deterministic model folder of this "
                        "architecture to -o instead of importing"),
               cl::value_desc("arch"), cl::cat(category));
-static cl::opt<uint64_t> seed("seed", cl::desc("--synthetic: random seed"),
+static cl::opt<uint64_t> seed("seed", cl::desc("--synthetic, --random-weights: random seed"),
                               cl::init(0), cl::cat(category));
 static cl::opt<std::string>
     dtype("dtype", cl::desc("--synthetic: f32, bf16 (default) or f16"),
@@ -119,7 +119,7 @@ static cl::opt<std::string> randomWeights(
              "copy of the IR that reads them (DIR/<name>.mlir)"),
     cl::value_desc("IR.mlir"), cl::cat(category));
 static cl::opt<bool> quiet(
-    "q", cl::desc("--synthetic: no progress lines on stderr"),
+    "q", cl::desc("--synthetic, --random-weights: no progress lines on stderr"),
     cl::init(false), cl::cat(category));
 
 static int fail(const Twine &message) {

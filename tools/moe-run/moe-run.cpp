@@ -100,7 +100,8 @@ static cl::list<std::string> inputPaths(
 /// The first --input: the layer input x.
 static std::string xPath;
 static cl::opt<std::string> yPath("output",
-                                  cl::desc("Output .npy, float32 [T, H]"),
+                                  cl::desc("Output .npy, float32 [T, H] (-o "
+                                           "for short)"),
                                   cl::cat(category));
 static cl::alias yPathShort("o", cl::desc("Alias for --output"),
                             cl::aliasopt(yPath), cl::cat(category));
