@@ -177,12 +177,11 @@ int compilePackage(mlir::ModuleOp module, const std::string &irPathForWeights,
         results[i].emplace(moe::runtime::compileCached(request));
         const auto &r = *results[i];
         progress.step("  " + archList[i] +
-                      (!r ? ": failed"
-                       : r.value().fromCache
-                           ? ": from the cache"
-                           : formatv(": compiled in {0:f1} s",
-                                     r.value().compileSeconds)
-                                 .str()));
+                      (!r                    ? ": failed"
+                       : r.value().fromCache ? ": from the cache"
+                                             : formatv(": compiled in {0:f1} s",
+                                                       r.value().compileSeconds)
+                                                   .str()));
       });
     for (std::thread &t : threads)
       t.join();
@@ -192,8 +191,8 @@ int compilePackage(mlir::ModuleOp module, const std::string &irPathForWeights,
   double nvrtcSeconds = 0;
   if (!archList.empty())
     progress.step("compiled the kernels for " + archs + " in " +
-                  formatv("{0:f1}", progress.seconds() - nvrtcStart) + " s (NVRTC calls: " +
-                  Twine(nvrtcCalls) + ")");
+                  formatv("{0:f1}", progress.seconds() - nvrtcStart) +
+                  " s (NVRTC calls: " + Twine(nvrtcCalls) + ")");
   for (size_t i = 0; i < archList.size(); ++i) {
     const moe::runtime::Expected<moe::runtime::CompiledModule> &compiled =
         *results[i];

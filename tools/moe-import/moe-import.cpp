@@ -11,8 +11,8 @@
 #include "moe/dialects/MoE/MoEDialect.h"
 #include "moe/dialects/MoE/MoEOps.h"
 #include "moe/lib/Import/HFImporter.h"
-#include "moe/lib/Weights/AtomicFile.h"
 #include "moe/lib/Models/SyntheticModels.h"
+#include "moe/lib/Weights/AtomicFile.h"
 #include "moe/lib/Weights/InputFile.h"
 #include "moe/lib/Weights/Safetensors.h"
 
@@ -26,8 +26,8 @@
 
 #include "llvm/ADT/StringExtras.h"
 #include "llvm/Support/CommandLine.h"
-#include "llvm/Support/InitLLVM.h"
 #include "llvm/Support/FileSystem.h"
+#include "llvm/Support/InitLLVM.h"
 #include "llvm/Support/Path.h"
 #include "llvm/Support/SourceMgr.h"
 #include "llvm/Support/raw_ostream.h"
@@ -62,8 +62,9 @@ static cl::opt<std::string>
               cl::desc("Write a small deterministic model folder of this "
                        "architecture to -o instead of importing"),
               cl::value_desc("arch"), cl::cat(category));
-static cl::opt<uint64_t> seed("seed", cl::desc("--synthetic, --random-weights: random seed"),
-                              cl::init(0), cl::cat(category));
+static cl::opt<uint64_t>
+    seed("seed", cl::desc("--synthetic, --random-weights: random seed"),
+         cl::init(0), cl::cat(category));
 static cl::opt<std::string>
     dtype("dtype", cl::desc("--synthetic: f32, bf16 (default) or f16"),
           cl::init("bf16"), cl::cat(category));
@@ -247,8 +248,7 @@ static int writeRandomWeights() {
                            "DIR, so they must be relative paths inside it"));
       auto [it, inserted] = files[file].try_emplace(
           name.str(), RandomTensor{shape, dtype, where});
-      if (!inserted &&
-          (it->second.shape != shape || it->second.dtype != dtype))
+      if (!inserted && (it->second.shape != shape || it->second.dtype != dtype))
         return (void)(bad = true,
                       fail(where + ": tensor '" + name + "' of " + file +
                            " has another shape or dtype than at " +
@@ -266,7 +266,8 @@ static int writeRandomWeights() {
     return fail(output + " exists and is not a folder");
   if (exists && !force) {
     std::error_code ec;
-    if (sys::fs::directory_iterator(output, ec) != sys::fs::directory_iterator())
+    if (sys::fs::directory_iterator(output, ec) !=
+        sys::fs::directory_iterator())
       return fail("refusing to write into the non-empty folder " + output +
                   " (--force writes into it)");
   }
@@ -303,8 +304,7 @@ static int writeRandomWeights() {
   progress.done();
 
   // The copy of the IR reads the weights from its own folder.
-  (*module)->setAttr("moe.weight_root",
-                     mlir::StringAttr::get(&context, "."));
+  (*module)->setAttr("moe.weight_root", mlir::StringAttr::get(&context, "."));
   SmallString<256> irOut(output);
   sys::path::append(irOut, sys::path::filename(randomWeights));
   if (Error err = moe::writeFileAtomically(irOut, [&](raw_ostream &os) {
@@ -333,7 +333,8 @@ int main(int argc, char **argv) {
   if (!randomWeights.empty()) {
     if (!modelDir.empty())
       return fail("--random-weights takes the IR file as its value; the "
-                  "extra input '" + modelDir + "' is not used");
+                  "extra input '" +
+                  modelDir + "' is not used");
     return writeRandomWeights();
   }
   if (modelDir.empty())

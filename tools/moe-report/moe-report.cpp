@@ -436,12 +436,12 @@ static int compare() {
     total.agreement = report::Agreement();
     for (int64_t l : layers) {
       moe::RoutingTrace traceA, traceB;
-      auto na = runLayer(*original, l, moe::chainInput(*chainMode, ya),
-                         &traceA);
+      auto na =
+          runLayer(*original, l, moe::chainInput(*chainMode, ya), &traceA);
       if (!na)
         return fail(toString(na.takeError()));
-      auto nb = runLayer(*rewritten, l, moe::chainInput(*chainMode, yb),
-                         &traceB);
+      auto nb =
+          runLayer(*rewritten, l, moe::chainInput(*chainMode, yb), &traceB);
       if (!nb)
         return fail(toString(nb.takeError()));
       report::Agreement agreement;

@@ -15,8 +15,9 @@
 // reference interprets the IR (a package's model.opt.mlir with the
 // package's weights); emu and cuda run the generated kernels, on the CPU
 // emulation or the GPU; auto (a package's default) picks cuda when a GPU
-// loads, else emu. An IR file runs on reference unless told otherwise. A package's cubin for the GPU's architecture is
-// loaded without NVRTC; otherwise its kernels.cu is compiled (cached).
+// loads, else emu. An IR file runs on reference unless told otherwise. A
+// package's cubin for the GPU's architecture is loaded without NVRTC; otherwise
+// its kernels.cu is compiled (cached).
 // --record-profile accumulates a calibration profile (docs/profile.md).
 // --rank R runs rank R's package of a set written by moe-compile
 // --placement: its router, the logical ids mapped to the placement's
@@ -57,10 +58,10 @@
 #include "llvm/Support/raw_ostream.h"
 
 #include <algorithm>
+#include <chrono>
 #include <climits>
 #include <cmath>
 #include <map>
-#include <chrono>
 #include <optional>
 
 using namespace llvm;
