@@ -35,7 +35,10 @@ echo "== moe-compile: import, optimise, generate kernels, compile, package"
 cuda_home=${CUDA_HOME:-/usr/local/cuda}
 if [ -e "$cuda_home/lib64/libnvrtc.so" ]; then archs=sm_90a; else
   archs=none; echo "(no NVRTC under $cuda_home: package without cubins)"; fi
-"$bin/moe-compile" "$work/model" --arch "$archs" -o "$work/pkg" -q
+# f32 activations (moe-compile's default is the checkpoint's bf16): the
+# report compares the kernels with the reference executor to 1e-4.
+"$bin/moe-compile" "$work/model" --arch "$archs" --activation-type f32 \
+  -o "$work/pkg" -q
 
 backend=emu
 if command -v nvidia-smi > /dev/null 2>&1 && nvidia-smi -L > /dev/null 2>&1; then

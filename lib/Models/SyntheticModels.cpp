@@ -365,8 +365,14 @@ public:
       : opts(opts), arch(arch), withData(withData) {}
 
   std::vector<GeneratedTensor> build() {
-    for (int64_t layer : syntheticMoeLayers(opts))
+    std::vector<int64_t> layers = syntheticMoeLayers(opts);
+    for (auto [i, layer] : llvm::enumerate(layers)) {
+      if (withData && opts.progress)
+        opts.progress("generating layer " + std::to_string(layer) + " (" +
+                      std::to_string(i + 1) + " of " +
+                      std::to_string(layers.size()) + ")");
       buildLayer(layer);
+    }
     return std::move(tensors);
   }
 
@@ -818,6 +824,14 @@ static Error writeModelFiles(const SyntheticOptions &opts, StringRef dir,
     std::string file = opts.numShards == 1
                            ? std::string(kSafetensorsSingleName)
                            : shardFileName(shard, opts.numShards);
+    if (opts.progress) {
+      uint64_t bytes = 0;
+      for (size_t i = starts[shard]; i < starts[shard + 1]; ++i)
+        bytes += sizes[i];
+      opts.progress(formatv("writing {0} ({1} of {2}, {3:f1} MiB)", file,
+                            shard + 1, opts.numShards, bytes / 1048576.0)
+                        .str());
+    }
     SafetensorsWriter writer;
     writer.setMetadata("format", "pt");
     for (size_t i = starts[shard]; i < starts[shard + 1]; ++i) {

@@ -192,7 +192,8 @@ class Fuzzer:
                         "-o", self.opt_ir], check=True)
         self.package = os.path.join(base, "pkg")
         subprocess.run([self.tool("moe-compile"), self.model, "--arch",
-                        "none", "-o", self.package, "-q"], check=True,
+                        "none", "--activation-type", "f32", "-o", self.package,
+                        "-q"], check=True,
                        capture_output=True)
         self.x = os.path.join(base, "x.npy")
         np.save(self.x, np.linspace(-2, 2, 7 * 64, dtype=np.float32)

@@ -25,6 +25,8 @@
 #include "moe/runtime/KernelHeaders.h"
 #include "moe/runtime/Package.h"
 
+#include "../ToolProgress.h"
+
 #include "mlir/Dialect/Arith/IR/Arith.h"
 #include "mlir/Dialect/Func/IR/FuncOps.h"
 #include "mlir/Dialect/Tensor/IR/Tensor.h"
@@ -37,6 +39,7 @@
 #include "llvm/Support/CommandLine.h"
 #include "llvm/Support/FileSystem.h"
 #include "llvm/Support/Format.h"
+#include "llvm/Support/FormatVariadic.h"
 #include "llvm/Support/InitLLVM.h"
 #include "llvm/Support/Path.h"
 #include "llvm/Support/Process.h"
@@ -70,9 +73,10 @@ static cl::opt<std::string>
                cl::value_desc("file"), cl::cat(category));
 static cl::opt<std::string> activationType(
     "activation-type",
-    cl::desc("Activations of the compiled layers: f32 (default), bf16, f16 "
-             "or model"),
-    cl::init("f32"), cl::cat(category));
+    cl::desc("Activations of the compiled layers (a model folder's): model "
+             "(default: the checkpoint's dtype, f32 for f32 weights), f32, "
+             "bf16 or f16"),
+    cl::init("model"), cl::cat(category));
 static cl::opt<std::string> weightsMode(
     "weights",
     cl::desc("pack (default): copy every weight into weights.bin; none: a "
@@ -103,30 +107,7 @@ static int fail(const Twine &message) {
 }
 
 namespace {
-/// Progress lines: rewritten in place on a terminal, one per step otherwise.
-class Progress {
-public:
-  Progress() : tty(sys::Process::StandardErrIsDisplayed()) {}
-  void step(const Twine &text) {
-    if (quiet)
-      return;
-    if (tty)
-      errs() << "\r\x1b[K" << text;
-    else
-      errs() << text << "\n";
-    errs().flush();
-    dirty = tty;
-  }
-  void done() {
-    if (dirty)
-      errs() << "\n";
-    dirty = false;
-  }
-
-private:
-  bool tty;
-  bool dirty = false;
-};
+using Progress = moe::ToolProgress;
 
 double seconds(std::chrono::steady_clock::time_point since) {
   return std::chrono::duration<double>(std::chrono::steady_clock::now() -
@@ -182,6 +163,7 @@ int compilePackage(mlir::ModuleOp module, const std::string &irPathForWeights,
     progress.step("compiling the kernels for " + archs + " (NVRTC, " +
                   Twine(archList.size()) + " in parallel, through the cache)");
   uint64_t nvrtcBefore = moe::runtime::nvrtcCompileCount();
+  double nvrtcStart = progress.seconds();
   std::vector<std::optional<moe::runtime::Expected<moe::runtime::CompiledModule>>>
       results(archList.size());
   {
@@ -193,6 +175,13 @@ int compilePackage(mlir::ModuleOp module, const std::string &irPathForWeights,
         request.headers = moe::kernelHeaders();
         request.arch = archList[i].str();
         results[i].emplace(moe::runtime::compileCached(request));
+        const auto &r = *results[i];
+        progress.step("  " + archList[i] +
+                      (!r                    ? ": failed"
+                       : r.value().fromCache ? ": from the cache"
+                                             : formatv(": compiled in {0:f1} s",
+                                                       r.value().compileSeconds)
+                                                   .str()));
       });
     for (std::thread &t : threads)
       t.join();
@@ -200,6 +189,10 @@ int compilePackage(mlir::ModuleOp module, const std::string &irPathForWeights,
   uint64_t nvrtcCalls = moe::runtime::nvrtcCompileCount() - nvrtcBefore;
   int cacheHits = 0;
   double nvrtcSeconds = 0;
+  if (!archList.empty())
+    progress.step("compiled the kernels for " + archs + " in " +
+                  formatv("{0:f1}", progress.seconds() - nvrtcStart) +
+                  " s (NVRTC calls: " + Twine(nvrtcCalls) + ")");
   for (size_t i = 0; i < archList.size(); ++i) {
     const moe::runtime::Expected<moe::runtime::CompiledModule> &compiled =
         *results[i];
@@ -466,7 +459,7 @@ int main(int argc, char **argv) {
                 "it (it was left untouched)");
 
   auto start = std::chrono::steady_clock::now();
-  Progress progress;
+  Progress progress("moe-compile", quiet);
   mlir::DialectRegistry registry;
   registry.insert<mlir::moe::MoEDialect, mlir::func::FuncDialect,
                   mlir::arith::ArithDialect, mlir::tensor::TensorDialect>();

@@ -16,6 +16,7 @@
 #include "Compare.h"
 
 #include "moe/dialects/MoE/MoEOps.h"
+#include "moe/lib/Reference/Chain.h"
 #include "moe/lib/Reference/Interpreter.h"
 #include "moe/lib/Weights/InputFile.h"
 #include "moe/lib/Weights/Npy.h"
@@ -79,6 +80,12 @@ static cl::opt<bool> allLayers(
     cl::desc("Compare every MoE layer, each on the input, and also run the "
              "whole chain for the end-to-end error"),
     cl::init(false), cl::sub(compareCommand));
+static cl::opt<std::string> chainName(
+    "chain",
+    cl::desc("How --all-layers chains each model's layers end to end, as "
+             "moe-run --all-layers: prenorm (default; x + layer(rmsnorm(x))), "
+             "residual (x + layer(x)) or none (layer(x))"),
+    cl::init("prenorm"), cl::sub(compareCommand));
 static cl::opt<std::string>
     outputFormat("format", cl::desc("Output format: text or json"),
                  cl::init("text"), cl::sub(compareCommand));
@@ -236,7 +243,8 @@ static void printText(const std::vector<Row> &rows, const Row &total,
   print(total, "total", total.error);
   if (endToEnd)
     outs() << "(the total's rel. error and agreement are end to end: each "
-              "model's layers run in order on the input)\n";
+              "model's layers run in order on the input, on the residual "
+              "stream as moe-run --all-layers)\n";
 }
 
 static void printJson(const std::vector<Row> &rows, const Row &total,
@@ -302,6 +310,10 @@ static int compare() {
   if (layerIndex < 0 && !allLayers)
     return fail("--layer L (the model's layer index) or --all-layers is "
                 "required");
+  std::optional<moe::ChainMode> chainMode = moe::parseChainMode(chainName);
+  if (!chainMode)
+    return fail("unknown --chain '" + chainName +
+                "'; available: prenorm, residual, none");
   if (outputFormat != "text" && outputFormat != "json")
     return fail("unknown --format '" + outputFormat +
                 "'; available: text, json");
@@ -426,10 +438,12 @@ static int compare() {
     total.agreement = report::Agreement();
     for (int64_t l : layers) {
       moe::RoutingTrace traceA, traceB;
-      auto na = runLayer(*original, l, ya, &traceA);
+      auto na =
+          runLayer(*original, l, moe::chainInput(*chainMode, ya), &traceA);
       if (!na)
         return fail(toString(na.takeError()));
-      auto nb = runLayer(*rewritten, l, yb, &traceB);
+      auto nb =
+          runLayer(*rewritten, l, moe::chainInput(*chainMode, yb), &traceB);
       if (!nb)
         return fail(toString(nb.takeError()));
       report::Agreement agreement;
@@ -437,8 +451,16 @@ static int compare() {
         return fail("end to end: " + toString(std::move(e)));
       total.agreement.sum += agreement.sum;
       total.agreement.tokens += agreement.tokens;
-      ya = std::move(*na);
-      yb = std::move(*nb);
+      auto nextA = moe::chainNext(*chainMode, ya, std::move(*na));
+      if (!nextA)
+        return fail(original->path + ": layer " + Twine(l) + ": " +
+                    toString(nextA.takeError()));
+      auto nextB = moe::chainNext(*chainMode, yb, std::move(*nb));
+      if (!nextB)
+        return fail(rewritten->path + ": layer " + Twine(l) + ": " +
+                    toString(nextB.takeError()));
+      ya = std::move(*nextA);
+      yb = std::move(*nextB);
     }
     auto error = report::relativeError(ya, yb);
     if (!error)

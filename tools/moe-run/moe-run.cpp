@@ -3,16 +3,21 @@
 // Part of moe-opt.
 //
 //   moe-run IR.mlir|PKG_DIR --layer L | --all-layers --input X.npy
-//           --output Y.npy [--backend reference|emu|cuda]
+//           -o|--output Y.npy [--backend auto|reference|emu|cuda]
 //           [--routing-out PREFIX] [--routing-in PREFIX] [--rank R]
-//           [--target MODULE] [--repeat N --time]
+//           [--target MODULE] [--repeat N] [--time]
 //           [--record-profile P.safetensors [--profile-expert-outputs]
 //            [--profile-input-gram]]
 //
+// --all-layers chains the layers on a residual stream, as a pre-norm
+// transformer block does: x + layer(rmsnorm(x)) (--chain residual: x +
+// layer(x); --chain none: layer(x) alone).
 // reference interprets the IR (a package's model.opt.mlir with the
 // package's weights); emu and cuda run the generated kernels, on the CPU
-// emulation or the GPU. A package's cubin for the GPU's architecture is
-// loaded without NVRTC; otherwise its kernels.cu is compiled (cached).
+// emulation or the GPU; auto (a package's default) picks cuda when a GPU
+// loads, else emu. An IR file runs on reference unless told otherwise. A
+// package's cubin for the GPU's architecture is loaded without NVRTC; otherwise
+// its kernels.cu is compiled (cached).
 // --record-profile accumulates a calibration profile (docs/profile.md).
 // --rank R runs rank R's package of a set written by moe-compile
 // --placement: its router, the logical ids mapped to the placement's
@@ -26,6 +31,7 @@
 #include "moe/lib/Analysis/Placement.h"
 #include "moe/lib/Analysis/Profile.h"
 #include "moe/lib/Analysis/ProfileRecorder.h"
+#include "moe/lib/Reference/Chain.h"
 #include "moe/lib/Reference/Interpreter.h"
 #include "moe/lib/Weights/InputFile.h"
 #include "moe/lib/Weights/Npy.h"
@@ -33,6 +39,8 @@
 #include "moe/runtime/Backends.h"
 #include "moe/runtime/Package.h"
 #include "moe/runtime/RoutingStats.h"
+
+#include "../ToolProgress.h"
 
 #include "mlir/Dialect/Arith/IR/Arith.h"
 #include "mlir/Dialect/Func/IR/FuncOps.h"
@@ -52,9 +60,10 @@
 #include "llvm/Support/raw_ostream.h"
 
 #include <algorithm>
-#include <climits>
-#include <map>
 #include <chrono>
+#include <climits>
+#include <cmath>
+#include <map>
 #include <optional>
 
 using namespace llvm;
@@ -67,9 +76,18 @@ static cl::opt<int64_t> layer("layer", cl::desc("Model layer index to run"),
                               cl::init(-1), cl::cat(category));
 static cl::opt<bool> allLayers(
     "all-layers",
-    cl::desc("Run every MoE layer in order, each on the previous one's "
-             "output"),
+    cl::desc("Run every MoE layer in order on the residual stream, as a "
+             "transformer's blocks do (--chain); the output is the last "
+             "stream"),
     cl::init(false), cl::cat(category));
+static cl::opt<std::string> chain(
+    "chain",
+    cl::desc("How --all-layers chains the layers: prenorm (default; a "
+             "pre-norm block, x_{l+1} = x_l + layer_l(rmsnorm(x_l)), the "
+             "RMS norm with unit gain and eps 1e-6), residual (x_{l+1} = x_l "
+             "+ layer_l(x_l)) or none (x_{l+1} = layer_l(x_l), as the APIs' "
+             "run_all does)"),
+    cl::init("prenorm"), cl::cat(category));
 static cl::opt<std::string> target(
     "target",
     cl::desc("Run the LoRA-wrapped projection of this module of the layer "
@@ -85,14 +103,19 @@ static cl::list<std::string> inputPaths(
 /// The first --input: the layer input x.
 static std::string xPath;
 static cl::opt<std::string> yPath("output",
-                                  cl::desc("Output .npy, float32 [T, H]"),
+                                  cl::desc("Output .npy, float32 [T, H] (-o "
+                                           "for short)"),
                                   cl::cat(category));
+static cl::alias yPathShort("o", cl::desc("Alias for --output"),
+                            cl::aliasopt(yPath), cl::cat(category));
 static cl::opt<std::string> backend(
     "backend",
     cl::desc("Execution backend: reference (the interpreter), emu (the "
-             "generated kernels on the CPU emulation) or cuda (the generated "
-             "kernels on the GPU)"),
-    cl::init("reference"), cl::cat(category));
+             "generated kernels on the CPU emulation), cuda (the generated "
+             "kernels on the GPU) or auto (cuda when the CUDA driver and a "
+             "GPU load, else emu; the backend chosen is printed). Default: "
+             "auto for a package, reference for an IR file"),
+    cl::cat(category));
 static cl::opt<std::string> routingOut(
     "routing-out",
     cl::desc("Write PREFIX.ids.npy (int32 [T, K], -1 for empty slots) and "
@@ -118,7 +141,9 @@ static cl::opt<int64_t> rankOpt(
              "output (the sum over ranks is the layer)"),
     cl::init(-1), cl::cat(category));
 static cl::opt<unsigned> repeat("repeat",
-                                cl::desc("Run each layer N times (with --time)"),
+                                cl::desc("Run each layer N times and print "
+                                         "the median time per layer (as "
+                                         "--time does)"),
                                 cl::init(1), cl::cat(category));
 static cl::opt<bool> timeIt("time",
                             cl::desc("Print the median time per layer over "
@@ -156,6 +181,11 @@ static void addStatsOption() {
 }
 static cl::opt<bool> verbose("v", cl::desc("Say what the backend compiled"),
                              cl::init(false), cl::cat(category));
+static cl::opt<bool> quiet(
+    "q",
+    cl::desc("No progress lines (a kernel compile longer than a second says "
+             "so on stderr otherwise)"),
+    cl::init(false), cl::cat(category));
 
 static int fail(const Twine &message) {
   errs() << "moe-run: error: " << message << "\n";
@@ -525,6 +555,8 @@ int main(int argc, char **argv) {
   cl::ParseCommandLineOptions(argc, argv,
                               "moe-run: runs MoE layers of moe IR or of a "
                               "package\n");
+  // Progress lines: "[seconds since the start]".
+  moe::ToolProgress progress("moe-run", quiet);
   if (inputPath.empty())
     return fail("no IR file or package given");
   if (layer < 0 && !allLayers)
@@ -532,6 +564,18 @@ int main(int argc, char **argv) {
                 "required");
   if (layer >= 0 && allLayers)
     return fail("give --layer or --all-layers, not both");
+  std::optional<moe::ChainMode> parsedChain = moe::parseChainMode(chain);
+  if (!parsedChain)
+    return fail("unknown --chain '" + chain +
+                "'; available: prenorm, residual, none");
+  moe::ChainMode chainMode = *parsedChain;
+  if (chain.getNumOccurrences() && !allLayers)
+    return fail("--chain says how --all-layers chains the layers; it has no "
+                "meaning with --layer");
+  if (allLayers && rankOpt >= 0 && chain != "none")
+    return fail("--all-layers --rank: a rank's output is its partial sum of "
+                "the layer, not the layer, so no residual stream can be "
+                "formed; pass --chain none to chain the partial outputs");
   if (allLayers && !target.empty())
     return fail("--target selects one LoRA projection: use it with --layer");
   if (!inputPaths.empty())
@@ -545,9 +589,10 @@ int main(int argc, char **argv) {
                 "--record-profile");
   if (!recordProfile.empty() && !target.empty())
     return fail("--record-profile records MoE layers, not a LoRA --target");
-  if (backend != "reference" && backend != "emu" && backend != "cuda")
-    return fail("unknown backend '" + backend +
-                "'; available: reference, emu, cuda");
+  if (backend.getNumOccurrences() && backend != "reference" &&
+      backend != "emu" && backend != "cuda" && backend != "auto")
+    return fail("unknown --backend '" + backend +
+                "'; available: auto, reference, emu, cuda");
   if (repeat < 1)
     return fail("--repeat must be at least 1");
   if (!routingIn.empty() && !recordProfile.empty())
@@ -590,6 +635,9 @@ int main(int argc, char **argv) {
                   "others)");
   }
 
+  // --repeat N prints the times, with or without --time.
+  bool timing = timeIt || repeat > 1;
+
   // A package or an IR file.
   std::optional<moe::runtime::LoadedPackage> package;
   std::string irFile = inputPath;
@@ -608,6 +656,11 @@ int main(int argc, char **argv) {
                               "statistics with the interpreter, which needs "
                               "the IR");
   }
+
+  // A package runs its kernels unless told otherwise; an IR file runs on
+  // the interpreter.
+  if (backend.empty())
+    backend = package ? "auto" : "reference";
 
   mlir::DialectRegistry registry;
   registry.insert<mlir::moe::MoEDialect, mlir::func::FuncDialect,
@@ -810,11 +863,44 @@ int main(int argc, char **argv) {
     if (package)
       for (const std::string &arch : package->cubinArchs())
         cubins[arch] = *package->cubin(arch);
+    // The emulation compiles its kernels with the host compiler (tens of
+    // seconds for a large model, once per kernel source): a compile that
+    // takes more than a second says so.
+    auto openEmu = [&] {
+      return progress.slowStep(
+          "emu: loading the kernels (compiled by the host C++ compiler on "
+          "first use, then from the cache)",
+          [&] { return moe::openEmuBackend(plans->source, "", &report); });
+    };
     auto opened =
         backend == "emu"
-            ? moe::openEmuBackend(plans->source, "", &report)
-            : moe::openCudaBackend(plans->source, 0, &report,
-                                   package ? &cubins : nullptr);
+            ? openEmu()
+            : progress.slowStep(
+                  "cuda: loading the kernels (the package's cubin, else "
+                  "compiled by NVRTC on first use, then from the cache)",
+                  [&] {
+                    return moe::openCudaBackend(plans->source, 0, &report,
+                                                package ? &cubins : nullptr);
+                  });
+    if (backend == "auto") {
+      // auto: the GPU when the CUDA driver and a device load, else the
+      // CPU emulation; either way the choice is said.
+      if (opened) {
+        backend = "cuda";
+        errs() << "moe-run: backend: cuda (" << report.description
+               << "; --backend auto)\n";
+      } else {
+        // The first line of the reason (the driver's search list follows).
+        StringRef why = StringRef(opened.message()).split('\n').first;
+        why.consume_back("; tried:");
+        errs() << "moe-run: backend: emu, the CPU emulation (--backend auto "
+                  "found no usable GPU: "
+               << why << ")\n";
+        report = moe::BackendReport();
+        opened = openEmu();
+        backend = "emu";
+      }
+    }
     if (!opened)
       return fail(backend + " backend: " + opened.message());
     for (const std::string &w : report.warnings)
@@ -875,6 +961,12 @@ int main(int argc, char **argv) {
   std::vector<LayerStats> layerStats;
   moe::HostTensor current = std::move(x);
   for (const Selected &s : selected) {
+    // The layer runs on the residual stream, or its RMS norm (--chain).
+    moe::HostTensor stream;
+    if (allLayers) {
+      stream = std::move(current);
+      current = moe::chainInput(chainMode, stream);
+    }
     if (backend == "reference" && !s.fn)
       return fail("no IR function for layer " + Twine(s.layer));
     if (backend != "reference" && !s.plan)
@@ -938,7 +1030,7 @@ int main(int argc, char **argv) {
                               takesInputs ? &extraInputs : nullptr);
     if (!result)
       return fail(toString(result.takeError()));
-    if (timeIt) {
+    if (timing) {
       std::vector<double> sorted = result->ms;
       std::sort(sorted.begin(), sorted.end());
       outs() << llvm::format("moe-run: layer %lld on %s: median %.3f ms over "
@@ -1001,6 +1093,13 @@ int main(int argc, char **argv) {
           return fail("--record-profile: " + toString(std::move(err)));
         ++profiledLayers;
       }
+    }
+    if (allLayers) {
+      auto next = moe::chainNext(chainMode, stream, std::move(result->y));
+      if (!next)
+        return fail("--all-layers: layer " + Twine(s.layer) + " of " +
+                    inputPath + ": " + toString(next.takeError()));
+      result->y = std::move(*next);
     }
     current = std::move(result->y);
   }

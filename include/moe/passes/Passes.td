@@ -114,8 +114,10 @@ def MoEOptimize : Pass<"moe-optimize", "::mlir::ModuleOp"> {
   let description = [{
     Canonicalises, fuses routing (`--moe-fuse-routing`), fuses experts
     (`--moe-fuse-experts`), then canonicalises and removes common
-    subexpressions, leaving two fused operations (two kernels) per MoE
-    layer. With `stats`, prints the `--moe-stats` table before and after.
+    subexpressions, leaving two fused operations per MoE layer
+    (`fused_route`, `fused_experts`), which run as 5 kernel launches at
+    decode and up to 7 at prefill (`MOE_LOG_LAUNCHES=1` lists them). With
+    `stats`, prints the `--moe-stats` table before and after.
   }];
   let options = [
     Option<"decodeMaxTokens", "decode-max-tokens", "int64_t", "16",

@@ -211,8 +211,10 @@ def oracle_model(tools, rng, arch, first):
     x = tokens(rng, T)
     xp = save(tools, arch + ".x.npy", x)
     prof = tools.path(arch + ".p.safetensors")
-    tools.run(["moe-run", ir, "--all-layers", "--input", xp, "--record-profile",
-               prof, "--profile-expert-outputs", "--profile-input-gram",
+    # --chain none: each layer on the previous one's output, as below.
+    tools.run(["moe-run", ir, "--all-layers", "--chain", "none", "--input", xp,
+               "--record-profile", prof, "--profile-expert-outputs",
+               "--profile-input-gram",
                "--routing-out", tools.path(arch + ".r"), "--output",
                tools.path(arch + ".y.npy")])
     p, meta = read_profile(prof)

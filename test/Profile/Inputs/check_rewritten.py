@@ -101,8 +101,11 @@ class Run:
     def __init__(self, tools, ir, x_path, tag, backend):
         self.prof = tools.path(tag + ".p.safetensors")
         r = tools.path(tag + ".r")
-        tools.run(["moe-run", ir, "--all-layers", "--input", x_path,
-                   "--record-profile", self.prof, "--profile-expert-outputs",
+        # --chain none: each layer on the previous one's output, as
+        # layer_inputs chains them.
+        tools.run(["moe-run", ir, "--all-layers", "--chain", "none", "--input",
+                   x_path, "--record-profile", self.prof,
+                   "--profile-expert-outputs",
                    "--routing-out", r, "--backend", backend])
         self.p, _ = cp.read_profile(self.prof)
         self.routing = {l: (np.load("%s.L%d.ids.npy" % (r, l)),

@@ -70,7 +70,7 @@ def check_arch(work, arch, layer):
              "out=" + placement])
         pkg = os.path.join(work, f"{arch}.ranks{gpus}.pkg")
         run(["moe-compile", model, "--placement", placement, "-o", pkg,
-             "--arch", "none", "--force", "-q"])
+             "--arch", "none", "--force", "-q", "--activation-type", "f32"])
         y_path = os.path.join(work, f"{arch}.y{gpus}.npy")
         run([sys.executable, "-m", "moe_opt_distributed", "--package", pkg,
              "--layer", str(layer), "--input", xp, "--output", y_path,

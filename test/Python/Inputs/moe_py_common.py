@@ -31,8 +31,12 @@ def make_package(work, arch, extra_compile=(), seed=None):
     if seed is not None:
         cmd += ["--seed", str(seed)]
     run(cmd)
+    # f32 activations unless the caller names a type (moe-compile's
+    # default is the model's dtype).
+    dtype = ([] if "--activation-type" in extra_compile
+             else ["--activation-type", "f32"])
     run(["moe-compile", model, "-o", pkg, "--arch", "none", "--force", "-q"]
-        + list(extra_compile))
+        + dtype + list(extra_compile))
     return pkg
 
 
@@ -41,7 +45,9 @@ def reference(work, pkg, x, layer=None):
     xp = os.path.join(work, "ref_x.npy")
     yp = os.path.join(work, "ref_y.npy")
     np.save(xp, np.ascontiguousarray(x, dtype=np.float32))
-    sel = ["--all-layers"] if layer is None else ["--layer", str(layer)]
+    # run_all chains the layers' outputs alone: --chain none.
+    sel = (["--all-layers", "--chain", "none"] if layer is None
+           else ["--layer", str(layer)])
     run(["moe-run", pkg] + sel + ["--input", xp, "--output", yp,
                                   "--backend", "reference"])
     return np.load(yp)

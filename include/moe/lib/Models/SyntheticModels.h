@@ -25,6 +25,7 @@
 #include "llvm/Support/Error.h"
 
 #include <cstdint>
+#include <functional>
 #include <string>
 #include <vector>
 
@@ -84,6 +85,9 @@ struct SyntheticOptions {
   /// specialised by shapes) at any size, without the disk space; it is not
   /// a model to run.
   bool shapesOnly = false;
+  /// Called before each long step (generating a layer, writing a file)
+  /// with what it does; unset: silent.
+  std::function<void(const std::string &)> progress;
 
   /// qwen2_moe, qwen3_moe, olmoe, deepseek_v2, deepseek_v3: renormalise the
   /// top-k weights.
