@@ -92,7 +92,8 @@ def main():
     model, pkg_dir = os.path.join(work, "mixtral"), os.path.join(
         work, "mixtral.pkg")
     run(["moe-import", "--synthetic", "mixtral", "--seed", "4", "-o", model])
-    run(["moe-compile", model, "-o", pkg_dir, "--arch", "none", "-q"])
+    run(["moe-compile", model, "-o", pkg_dir, "--arch", "none", "-q",
+         "--activation-type", "f32"])
     w, _, _ = read_safetensors(os.path.join(model, "model.safetensors"))
     torch.manual_seed(0)
 
@@ -209,7 +210,7 @@ def main():
     run(["moe-import", "--synthetic", "mixtral", "--shapes-only", "-o",
          shapes])
     run(["moe-compile", shapes, "-o", shape_pkg, "--arch", "none", "-q",
-         "--weights", "none"])
+         "--weights", "none", "--activation-type", "f32"])
     bound = moe_opt.load(shape_pkg, backend="emu")
     for t in bound.tensors:
         parts = [torch.from_numpy(w[n]) for n in t["names"]]
