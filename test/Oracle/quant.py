@@ -331,6 +331,42 @@ def check_errors(args, d, fp8, mx):
             print("%s: %s" % (label, out.strip().splitlines()[-1]))
     print("%d of %d damaged folders refused with the expected message"
           % (len(cases) - len(errors), len(cases)))
+    return errors + check_nan_code(args, d, fp8)
+
+
+def check_nan_code(args, d, fp8):
+    """An FP8 NaN code (0x7F) in one weight of expert 0 of layer 1: the
+    reference decodes it to NaN, so exactly the tokens routed to expert 0
+    get NaN outputs; every other token's output is unchanged, bit for bit."""
+    name = "model.layers.1.mlp.experts.0.gate_proj.weight"
+
+    def poison(t):
+        dt, shape, data = t[name]
+        t[name] = (dt, shape, b"\x7f" + data[1:])
+    bad = damaged(fp8, d, "nan", tensor_edit=poison)
+    x = np.random.default_rng(args.seed).standard_normal((64, 80)).astype(np.float32)
+    outs = []
+    for label, mdir in (("clean", fp8), ("nan", bad)):
+        ir = os.path.join(d, "nan-%s.mlir" % label)
+        rc, out = run([tool(args, "moe-import"), mdir, "-o", ir])
+        if rc != 0:
+            return ["nan: moe-import failed:\n" + out]
+        rd = os.path.join(d, "nan-run-" + label)
+        os.makedirs(rd)
+        outs.append(run_layer_at(args, ir, x, rd, 1))
+    (y0, (ids, _)), (y1, _) = outs
+    hit = (ids == 0).any(axis=1)
+    errors = []
+    if not hit.any() or hit.all():
+        errors.append("nan: expert 0 takes %d of 64 tokens; the case needs "
+                      "some but not all" % int(hit.sum()))
+    if not np.isnan(y1[hit]).all():
+        errors.append("nan: a token routed to expert 0 has a non-NaN output")
+    if not np.array_equal(y1[~hit], y0[~hit]):
+        errors.append("nan: tokens not routed to expert 0 changed")
+    if not errors:
+        print("NaN code: %d tokens routed to the expert are NaN, the other %d "
+              "unchanged" % (int(hit.sum()), int((~hit).sum())))
     return errors
 
 
