@@ -6,7 +6,9 @@ Writes a synthetic DeepSeek-V3 FP8 folder (F8_E4M3 weights with F32
 that every matrix has partial edge blocks) and a gpt-oss MXFP4 folder
 (`*_blocks`/`*_scales` U8), imports each with moe-import (the quantized IR,
 nothing dequantized on disk) and runs the MoE layers with
-`moe-run --backend reference` at T in {1, 7, 64, 300}.
+`moe-run --backend reference` at T in {1, 7, 64, 300}, as imported and
+after `moe-opt --moe-optimize`; `--backend emu` must refuse them (no kernel
+decodes these formats yet).
 
 The oracle reads the safetensors bytes itself and decodes them with its own
 numpy decoders, written from docs/hf-layouts.md (E4M3FN: bias 7,
@@ -194,6 +196,15 @@ def check_model(args, d, mdir, label):
     for want in ("quant_block",):
         if want not in text:
             return ["%s: the imported IR has no %s" % (label, want)], 0
+    # The optimized layer (fused_experts holding the quantized FFNs) must
+    # compute the same on the reference executor.
+    opt = os.path.join(d, label + ".opt.mlir")
+    rc, out = run([tool(args, "moe-opt"), "--moe-optimize", ir, "-o", opt])
+    if rc != 0:
+        return ["%s: moe-opt --moe-optimize failed:\n%s" % (label, out)], 0
+    with open(opt) as f:
+        if "moe.fused_experts" not in f.read():
+            return ["%s: --moe-optimize fused no layer" % label], 0
     m, stats = oracle_model(mdir)
     errors, n, worst = [], 0, 0.0
     rng = np.random.default_rng(args.seed)
@@ -205,16 +216,26 @@ def check_model(args, d, mdir, label):
             rd = os.path.join(d, "%s-L%d-T%d" % (label, layer, t))
             os.makedirs(rd)
             # layer_check.run_layer runs --layer 0; this names the layer.
-            y, routing = run_layer_at(args, ir, x, rd, layer)
-            ids, w = routing
-            errs, err, _ = compare("%s layer %d T=%d" % (label, layer, t), y,
-                                   ids, w, ref_y, ref.ids, ref.weights,
-                                   ref.fragile, TOL_Y, TOL_W)
-            worst = max(worst, err)
-            errors += errs
-            n += 1
-            if args.v:
-                print("%s layer %d T=%d: output error %.3g" % (label, layer, t, err))
+            for form, path in (("imported", ir), ("optimized", opt)):
+                fd = os.path.join(rd, form)
+                os.makedirs(fd)
+                y, routing = run_layer_at(args, path, x, fd, layer)
+                ids, w = routing
+                tag = "%s %s layer %d T=%d" % (label, form, layer, t)
+                errs, err, _ = compare(tag, y, ids, w, ref_y, ref.ids,
+                                       ref.weights, ref.fragile, TOL_Y, TOL_W)
+                worst = max(worst, err)
+                errors += errs
+                n += 1
+                if args.v:
+                    print("%s: output error %.3g" % (tag, err))
+    # No kernel decodes these formats yet: emu must refuse, naming the op.
+    rc, out = run([tool(args, "moe-run"), opt, "--layer", str(m.moe_layers[0]),
+                   "--input", os.path.join(rd, "imported", "x.npy"), "--output",
+                   os.path.join(d, "emu.npy"), "--backend", "emu"])
+    if rc == 0 or "are not supported by the CUDA backend yet" not in out:
+        errors.append("%s: --backend emu did not refuse the quantized layer "
+                      "(rc %d):\n%s" % (label, rc, out[-600:]))
     print("%s: %d runs, worst output error %.3g; expert bytes %d quantized "
           "(codes + scales) vs %d as bf16 (%.3fx)"
           % (label, n, worst, stats["quantized_bytes"], stats["bf16_bytes"],
