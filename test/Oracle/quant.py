@@ -352,7 +352,55 @@ def check_errors(args, d, fp8, mx):
             print("%s: %s" % (label, out.strip().splitlines()[-1]))
     print("%d of %d damaged folders refused with the expected message"
           % (len(cases) - len(errors), len(cases)))
-    return errors + check_nan_code(args, d, fp8)
+    return errors + check_load_errors(args, d, mx) + check_nan_code(args, d, fp8)
+
+
+def check_load_errors(args, d, mx):
+    """A folder changed after import: moe-run's loader names the tensor whose
+    stored dtype or packed shape no longer fits the quantized IR."""
+    gu = "model.layers.0.mlp.experts.gate_up_proj"
+    x = np.zeros((3, 64), np.float32)
+
+    def half_blocks(t):
+        dt, shape, data = t[gu + "_blocks"]
+        t[gu + "_blocks"] = (dt, shape[:-1] + (8,), data[:len(data) // 2])
+
+    def f8_scales(t):
+        _, shape, data = t[gu + "_scales"]
+        t[gu + "_scales"] = ("F8_E4M3", shape, data)
+    cases = [
+        ("blocks-shape", half_blocks,
+         "tensor '%s_blocks' has shape [8, 128, 2, 8] but the IR's f4E2M1FN "
+         "[8, 128, 64] needs [8, 128, 32] or [8, 128, 2, 16] bytes" % gu),
+        ("scales-dtype", f8_scales,
+         "tensor '%s_scales' is F8_E4M3 but the IR declares U8 (f8E8M0FNU "
+         "codes)" % gu),
+    ]
+    errors = []
+    for label, edit, want in cases:
+        # Imported intact, damaged afterwards.
+        folder = damaged(mx, d, "load-" + label)
+        ir = os.path.join(folder, "model.mlir")
+        rc, out = run([tool(args, "moe-import"), folder, "-o", ir])
+        if rc != 0:
+            return ["load: moe-import failed:\n" + out]
+        st = os.path.join(folder, "model.safetensors")
+        t = read_raw(st)
+        edit(t)
+        write_raw(st, t)
+        xp = os.path.join(d, "load-x.npy")
+        np.save(xp, x)
+        rc, out = run([tool(args, "moe-run"), ir,
+                       "--layer", "0", "--input", xp, "--output",
+                       os.path.join(d, "load-y.npy"), "--backend", "reference"])
+        if rc == 0 or want not in out or "Stack dump" in out:
+            errors.append("load %s: expected an error containing %r, got rc "
+                          "%d:\n%s" % (label, want, rc, out[-800:]))
+        elif args.v:
+            print("load %s: %s" % (label, out.strip().splitlines()[-1]))
+    if not errors:
+        print("%d damaged folders refused by moe-run's loader" % len(cases))
+    return errors
 
 
 def check_nan_code(args, d, fp8):
