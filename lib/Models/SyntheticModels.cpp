@@ -427,7 +427,8 @@ static uint8_t withSign(uint8_t code, float v, int signBit) {
 /// DeepSeek-V3 FP8: per block, scale = amax / 448 (1 for an all-zero
 /// block), codes = e4m3(w / scale). `w` is [rows, cols].
 static void quantizeFP8(const std::vector<float> &w, int64_t rows,
-                        int64_t cols, int64_t block, std::vector<uint8_t> &codes,
+                        int64_t cols, int64_t block,
+                        std::vector<uint8_t> &codes,
                         std::vector<float> &scales) {
   int64_t br = (rows + block - 1) / block, bc = (cols + block - 1) / block;
   codes.assign(rows * cols, 0);
@@ -658,7 +659,8 @@ private:
         for (int64_t x = 0; x < e; ++x)
           for (int64_t r = 0; r < 2 * i; ++r)
             for (int64_t c = 0; c < h; ++c)
-              guT[(x * 2 * i + r) * h + c] = gateUp[x * h * 2 * i + c * 2 * i + r];
+              guT[(x * 2 * i + r) * h + c] =
+                  gateUp[(x * h + c) * 2 * i + r];
         for (int64_t x = 0; x < e; ++x)
           for (int64_t r = 0; r < h; ++r)
             for (int64_t c = 0; c < i; ++c)

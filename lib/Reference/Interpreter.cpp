@@ -201,10 +201,11 @@ Error WeightLoader::forEachSlice(
       return makeError((*f)->path() + ": tensor '" + name + "' is " +
                        ::moe::dtypeName(info->dtype) +
                        " but the IR declares " + ::moe::dtypeName(expected) +
-                       (quantized ? " (" + elementType.str() + " codes)" : std::string()));
+                       (quantized ? " (" + elementType.str() + " codes)"
+                                  : std::string()));
     if (quantized) {
-      // Codes are read as stored, never zero-padded (a padded code is not
-      // a zero once scaled by a NaN block, and the scales are separate).
+      // Codes are read as stored and never zero-padded: a smaller stacked
+      // slice would need its scales padded to match, which nothing writes.
       // FP4 packs two values per byte, low nibble first: [.., d] is stored
       // [.., d / 2] or, as gpt-oss does, [.., d / 32, 16].
       std::vector<int64_t> want(slice.begin(), slice.end());
