@@ -18,9 +18,12 @@ two architectures. Outputs must match within 1e-4 relative (f32 model),
 expert sets per token exactly (tokens within the routing margin skipped).
 
 With --errors it instead damages copies of the folders and checks that
-moe-import names the tensor or field at fault.
+moe-import (and moe-run's loader) names the tensor or field at fault, and
+what an FP8 NaN code does; with --generator it checks that the quantized
+folders hold the unquantized folder's weights of the same seed within the
+formats' rounding.
 
-  quant.py [--bin DIR] [--seed N] [--errors] [-v]
+  quant.py [--bin DIR] [--seed N] [--errors | --generator] [-v]
 """
 import argparse
 import json
@@ -256,6 +259,57 @@ def run_layer_at(args, ir, x, d, layer):
                          np.load(prefix + ".weights.npy"))
 
 
+def check_generator(args, d, mdir, arch, extra):
+    """The quantized folder holds the weights of the unquantized folder of
+    the same seed and sizes, within the format's rounding: FP8 within half
+    an E4M3 step (2^-4 relative, 2^-10 x scale in the subnormal range),
+    MXFP4 within 2 x the group's scale (E2M1 steps of up to 2, values in
+    [6, 8) x scale saturating at 6). A transposed or de-interleaved layout
+    in the generator would be far outside."""
+    plain = os.path.join(d, arch + "-plain")
+    cmd = [tool(args, "moe-import"), "--synthetic", arch, "--dtype", "f32",
+           "--seed", str(args.seed), "-o", plain] + extra
+    rc, out = run(cmd)
+    if rc != 0:
+        return ["%s: %s failed:\n%s" % (arch, " ".join(cmd), out)]
+    want = {k: array(v) for k, v in
+            read_raw(os.path.join(plain, "model.safetensors")).items()}
+    m, _ = oracle_model(mdir)
+    errors, checked = [], 0
+    for name, (_, got) in m.tensors.items():
+        if name not in want:
+            errors.append("%s: '%s' has no unquantized counterpart" % (arch, name))
+            continue
+        w = want[name].astype(np.float64)
+        if got.shape != w.shape:
+            errors.append("%s: '%s' shape %s, unquantized %s"
+                          % (arch, name, got.shape, w.shape))
+            continue
+        err = np.abs(got.astype(np.float64) - w)
+        if arch == "deepseek_v3" and ".experts." in name or "shared_experts" in name:
+            raw = read_raw(os.path.join(mdir, "model.safetensors"))
+            s = array(raw[name + "_scale_inv"]).astype(np.float64)
+            b = m.config["quantization_config"]["weight_block_size"]
+            s = np.repeat(np.repeat(s, b[0], 0), b[1], 1)[:w.shape[0], :w.shape[1]]
+            bound = np.maximum(np.abs(w) * 2.0 ** -4, s * 2.0 ** -10) * (1 + 1e-6)
+        elif arch == "gpt_oss" and name.endswith(("gate_up_proj", "down_proj")):
+            raw = read_raw(os.path.join(mdir, "model.safetensors"))
+            sc = e8m0(array(raw[name + "_scales"])).astype(np.float64)
+            bound = 2.0 * np.repeat(sc, 32, axis=-1).transpose(0, 2, 1)
+        else:
+            bound = np.zeros_like(w)
+        if (err > bound).any():
+            errors.append("%s: '%s' differs from the unquantized weight by "
+                          "%.3g (bound %.3g at the worst element)"
+                          % (arch, name, float(err.max()),
+                             float(bound.flat[int(np.argmax(err - bound))])))
+        checked += 1
+    if not errors:
+        print("%s: %d tensors hold the unquantized model's weights within "
+              "the format's rounding" % (arch, checked))
+    return errors
+
+
 def check_decoders():
     """The numpy decoders against a few values written down by hand."""
     want = {0x00: 0.0, 0x01: 2.0 ** -9, 0x08: 2.0 ** -6, 0x38: 1.0,
@@ -444,16 +498,22 @@ def main():
     ap.add_argument("--bin", default="")
     ap.add_argument("--seed", type=int, default=7)
     ap.add_argument("--errors", action="store_true")
+    ap.add_argument("--generator", action="store_true",
+                    help="check the synthetic folders against the "
+                    "unquantized ones of the same seed")
     ap.add_argument("-v", action="store_true")
     args = ap.parse_args()
     check_decoders()
     with tempfile.TemporaryDirectory() as d:
+        ds_sizes = ["--hidden", "80", "--intermediate", "48"]
+        mx_sizes = ["--hidden", "64", "--intermediate", "64"]
         fp8 = synthesize(args, d, "deepseek_v3", "fp8",
-                         ["--quant-block", "32", "--hidden", "80",
-                          "--intermediate", "48"])
-        mx = synthesize(args, d, "gpt_oss", "mxfp4",
-                        ["--hidden", "64", "--intermediate", "64"])
-        if args.errors:
+                         ["--quant-block", "32"] + ds_sizes)
+        mx = synthesize(args, d, "gpt_oss", "mxfp4", mx_sizes)
+        if args.generator:
+            errors = (check_generator(args, d, fp8, "deepseek_v3", ds_sizes) +
+                      check_generator(args, d, mx, "gpt_oss", mx_sizes))
+        elif args.errors:
             errors = check_errors(args, d, fp8, mx)
         else:
             errors, runs = [], 0
