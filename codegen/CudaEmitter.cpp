@@ -246,6 +246,28 @@ public:
   }
 
   Expected<::moe::LayerPlan> emit() {
+    // No kernel decodes block-scaled weights yet: refuse rather than read
+    // packed FP8/FP4 bytes as if they were bf16.
+    Operation *quantized = nullptr;
+    fn.walk([&](Operation *op) {
+      if (op->getAttr("quant_block") && isa<ExpertFFNOp, FFNOp>(op))
+        quantized = op;
+    });
+    if (quantized) {
+      Value down = quantized->getOperand(0);
+      if (auto e = dyn_cast<ExpertFFNOp>(quantized))
+        down = e.getDown();
+      else
+        down = cast<FFNOp>(quantized).getDown();
+      std::string t;
+      llvm::raw_string_ostream os(t);
+      os << cast<ShapedType>(down.getType()).getElementType();
+      return makeError(quantized,
+                       "quantized expert weights (" + t +
+                           " with block scales) are not supported by the "
+                           "CUDA backend yet; run the reference executor "
+                           "(moe-run --backend reference)");
+    }
     std::string why;
     std::optional<LayerForm> form = getLayerForm(fn, why);
     if (!form)

@@ -80,6 +80,12 @@ FailureOr<ExpertLayer> experts::findExpertLayer(func::FuncOp fn,
           "-> moe.expert_ffn -> moe.combine";
     return failure();
   }
+  if (layer.ffn.getQuantBlock()) {
+    why = "the routed experts are block-quantized (quant_block); this pass "
+          "rewrites f32/bf16/f16 expert weights and does not handle "
+          "quantized ones yet";
+    return failure();
+  }
   layer.hidden =
       cast<RankedTensorType>(layer.permute.getInput().getType()).getDimSize(1);
   for (OpOperand *w : expertWeightOperands(layer.ffn)) {

@@ -181,7 +181,9 @@ private:
     return take(routed, {plain(routed.getGate()), plain(routed.getUp()),
                          plain(routed.getGateUp()), plain(routed.getDown()),
                          routed.getGateBias(), routed.getUpBias(),
-                         routed.getGateUpBias(), routed.getDownBias()});
+                         routed.getGateUpBias(), routed.getDownBias(),
+                         routed.getGateScale(), routed.getUpScale(),
+                         routed.getGateUpScale(), routed.getDownScale()});
   }
 
   LogicalResult matchShared() {
@@ -232,7 +234,9 @@ private:
     result.shared = ffn;
     return take(ffn, {ffn.getGate(), ffn.getUp(), ffn.getGateUp(),
                       ffn.getDown(), ffn.getGateBias(), ffn.getUpBias(),
-                      ffn.getGateUpBias(), ffn.getDownBias()});
+                      ffn.getGateUpBias(), ffn.getDownBias(),
+                      ffn.getGateScale(), ffn.getUpScale(),
+                      ffn.getGateUpScale(), ffn.getDownScale()});
   }
 
   Block &body;

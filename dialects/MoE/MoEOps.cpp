@@ -727,6 +727,111 @@ static LogicalResult verifyBias(Operation *op, Value bias, StringRef name,
   return expectDim(op, bias, name, perExpert ? 1 : 0, size, meaning);
 }
 
+/// Block-scaled projections: every quantized projection has its scale,
+/// no scale without a quantized projection, one `quant_block`, scales of
+/// the format's type covering the weight block by block.
+template <typename OpT>
+static LogicalResult verifyQuantization(OpT op, bool perExpert) {
+  struct Pair {
+    Value weight, scale;
+    StringRef name, scaleName;
+  };
+  Pair pairs[] = {{op.getGate(), op.getGateScale(), "gate", "gate_scale"},
+                  {op.getUp(), op.getUpScale(), "up", "up_scale"},
+                  {op.getGateUp(), op.getGateUpScale(), "gate_up",
+                   "gate_up_scale"},
+                  {op.getDown(), op.getDownScale(), "down", "down_scale"}};
+  std::optional<ArrayRef<int64_t>> block = op.getQuantBlock();
+  bool anyQuantized = false;
+  for (const Pair &p : pairs) {
+    if (p.scale && !p.weight)
+      return op.emitOpError() << "'" << p.scaleName << "' given without a '"
+                              << p.name << "' projection";
+    if (!p.weight)
+      continue;
+    Type elem = tensorType(p.weight).getElementType();
+    bool quantized = isa<Float8E4M3FNType, Float4E2M1FNType>(elem);
+    anyQuantized |= quantized;
+    if (quantized && !p.scale)
+      return op.emitOpError() << "'" << p.name << "' is quantized (" << elem
+                              << ") but has no '" << p.scaleName
+                              << "' (its block scales)";
+    if (!quantized && p.scale)
+      return op.emitOpError() << "'" << p.scaleName << "' given but '"
+                              << p.name << "' is not quantized (element type "
+                              << elem
+                              << "; scales apply to f8E4M3FN or f4E2M1FN)";
+  }
+  if (!anyQuantized) {
+    if (block)
+      return op.emitOpError("'quant_block' given but no projection is "
+                            "quantized (f8E4M3FN or f4E2M1FN)");
+    return success();
+  }
+  if (!block)
+    return op.emitOpError("quantized projections need 'quant_block' (the "
+                          "rows x columns of the weight block one scale "
+                          "covers)");
+  if (block->size() != 2 || (*block)[0] < 1 || (*block)[1] < 1)
+    return op.emitOpError() << "'quant_block' must be two sizes >= 1 (rows, "
+                               "columns of the weight as stored), got "
+                            << block->size() << " entries";
+  bool outIn = op.getWeightLayout() == WeightLayout::out_in;
+  int64_t rank = perExpert ? 3 : 2;
+  for (const Pair &p : pairs) {
+    if (!p.weight)
+      continue;
+    RankedTensorType w = tensorType(p.weight);
+    RankedTensorType s = tensorType(p.scale);
+    Type elem = w.getElementType();
+    bool fp4 = isa<Float4E2M1FNType>(elem);
+    Type want = fp4 ? Type(Float8E8M0FNUType::get(op.getContext()))
+                    : Type(Float32Type::get(op.getContext()));
+    if (s.getElementType() != want)
+      return op.emitOpError()
+             << "'" << p.scaleName << "' of " << elem << " weights must have "
+             << "element type " << want << ", got " << s.getElementType();
+    if (fp4) {
+      // MX: 32 consecutive values of the reduction (input) dimension share
+      // one E8M0 exponent, and no group is partial.
+      int64_t inDim = outIn ? rank - 1 : rank - 2;
+      int64_t wantRows = outIn ? 1 : 32, wantCols = outIn ? 32 : 1;
+      if ((*block)[0] != wantRows || (*block)[1] != wantCols)
+        return op.emitOpError()
+               << "f4E2M1FN (MXFP4) weights need 'quant_block' = ["
+               << wantRows << ", " << wantCols << "] (32 values along the "
+               << "input dimension with weight_layout "
+               << (outIn ? "out_in" : "in_out") << "), got [" << (*block)[0]
+               << ", " << (*block)[1] << "]";
+      int64_t in = w.getDimSize(inDim);
+      if (!ShapedType::isDynamic(in) && in % 32 != 0)
+        return op.emitOpError()
+               << "'" << p.name << "' is f4E2M1FN (MXFP4) with input size "
+               << in << ", not a multiple of its 32-value block";
+    }
+    if (failed(expectRank(op, p.scale, p.scaleName, rank,
+                          perExpert ? "[E, blocks, blocks]"
+                                    : "[blocks, blocks]")))
+      return failure();
+    if (perExpert && failed(expectDim(op, p.scale, p.scaleName, 0,
+                                      w.getDimSize(0), "experts")))
+      return failure();
+    for (int64_t i = 0; i < 2; ++i) {
+      int64_t d = w.getDimSize(rank - 2 + i);
+      int64_t b = (*block)[i];
+      int64_t blocks = ShapedType::isDynamic(d) ? d : (d + b - 1) / b;
+      int64_t got = s.getDimSize(rank - 2 + i);
+      if (!compatible(got, blocks))
+        return op.emitOpError()
+               << "'" << p.scaleName << "' dimension " << rank - 2 + i
+               << " must be ceil(" << dimStr(d) << " / " << b
+               << ") = " << dimStr(blocks) << " (blocks of '" << p.name
+               << "' dimension " << rank - 2 + i << "), got " << dimStr(got);
+    }
+  }
+  return success();
+}
+
 /// Shared verifier of `moe.expert_ffn` (perExpert) and `moe.ffn`.
 template <typename OpT>
 static LogicalResult verifyGatedFFN(OpT op, bool perExpert,
@@ -858,6 +963,8 @@ static LogicalResult verifyGatedFFN(OpT op, bool perExpert,
     return op.emitOpError() << "result type " << op.getResult().getType()
                             << " must equal the type of 'input' "
                             << op.getInput().getType();
+  if (failed(verifyQuantization(op, perExpert)))
+    return failure();
   if (expertsOut)
     *expertsOut = experts;
   return success();

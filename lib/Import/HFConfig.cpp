@@ -199,23 +199,41 @@ public:
     return stack({name.str()}, shape, why, /*stacked=*/false);
   }
 
-  /// Per-expert tensors stacked along a new leading dimension.
+  /// Per-expert tensors stacked along a new leading dimension. With an
+  /// FP8 quantization_config, F8_E4M3 matrices come with their
+  /// `_scale_inv` companions (stacked the same way into `scale`).
   Expected<TensorRef> stack(const std::vector<std::string> &names,
                             llvm::ArrayRef<int64_t> shape, StringRef why,
                             bool stacked = true) {
     TensorRef ref;
+    std::vector<std::string> scaleNames;
     for (const std::string &name : names) {
       Expected<TensorLocation> loc = store.find(name);
       if (!loc)
         return loc.takeError();
       const TensorInfo &info = loc->info;
-      if (!isConvertibleFloat(info.dtype))
+      if (info.dtype == DType::F8E4M3) {
+        if (fp8Block.empty())
+          return makeError(loc->path + ": tensor '" + name +
+                           "' has dtype F8_E4M3 but " + configPath +
+                           " has no 'quantization_config' with "
+                           "quant_method 'fp8'");
+        if (shape.size() != 2)
+          return makeError(loc->path + ": tensor '" + name +
+                           "' is F8_E4M3 but not a matrix; block scales "
+                           "cover 2-D weights");
+        if (!exists(name + "_scale_inv"))
+          return makeError(loc->path + ": tensor '" + name +
+                           "' is F8_E4M3 but '" + name +
+                           "_scale_inv' (its block scales) is missing");
+        scaleNames.push_back(name + "_scale_inv");
+      } else if (!isConvertibleFloat(info.dtype))
         return makeError(loc->path + ": tensor '" + name + "' has dtype " +
                          dtypeName(info.dtype) +
                          "; expected F32, BF16 or F16" +
                          (info.dtype == DType::U8
-                              ? " (quantised checkpoints such as MXFP4 are "
-                                "not supported yet)"
+                              ? " (MXFP4 experts are read from "
+                                "'_blocks'/'_scales' pairs of gpt-oss only)"
                               : ""));
       if (!llvm::equal(info.shape, shape))
         return makeError(loc->path + ": tensor '" + name + "' has shape " +
@@ -233,10 +251,95 @@ public:
     ref.shape.assign(shape.begin(), shape.end());
     if (stacked)
       ref.shape.insert(ref.shape.begin(), static_cast<int64_t>(names.size()));
+    if (!scaleNames.empty()) {
+      // One F8_E4M3 tensor makes the whole stack FP8 (dtypes agree).
+      std::vector<int64_t> grid = {ceilDiv(shape[0], fp8Block[0]),
+                                   ceilDiv(shape[1], fp8Block[1])};
+      std::string scaleWhy =
+          llvm::formatv(
+              "ceil([{0}, {1}] / weight_block_size [{2}, {3}]) of '{4}'",
+              shape[0], shape[1], fp8Block[0], fp8Block[1], names[0])
+              .str();
+      Expected<TensorRef> scales = stackFloat(scaleNames, grid, scaleWhy,
+                                              stacked, DType::F32);
+      if (!scales)
+        return scales.takeError();
+      ref.codes = QuantCodes::F8E4M3FN;
+      ref.scale = std::make_shared<TensorRef>(std::move(*scales));
+      ref.block = fp8Block;
+    }
     return ref;
   }
 
+  /// MXFP4 (gpt-oss): `name_blocks` U8 [E, out, in/32, 16] and
+  /// `name_scales` U8 [E, out, in/32], read as f4E2M1FN [E, out, in] with
+  /// f8E8M0FNU scales, 32 input values per scale.
+  Expected<TensorRef> mxfp4(StringRef name, int64_t experts, int64_t out,
+                            int64_t in, StringRef why) {
+    std::string blocksName = (name + "_blocks").str();
+    std::string scalesName = (name + "_scales").str();
+    if (in % 32 != 0)
+      return makeError(configPath + ": '" + blocksName + "' is MXFP4 but its "
+                       "input size " + llvm::Twine(in) + " (" + why +
+                       ") is not a multiple of the 32-value block");
+    if (!exists(scalesName))
+      return makeError(store.directory() + ": tensor '" + blocksName +
+                       "' is MXFP4 but '" + scalesName +
+                       "' (its E8M0 scales) is missing");
+    std::string whyBlocks = (why + "; 32 values in 16 bytes").str();
+    Expected<TensorRef> blocks = stackFloat(
+        {blocksName}, {experts, out, in / 32, 16}, whyBlocks, false,
+        DType::U8);
+    if (!blocks)
+      return blocks.takeError();
+    Expected<TensorRef> scales = stackFloat(
+        {scalesName}, {experts, out, in / 32}, (why + "; one per 32").str(),
+        false, DType::U8);
+    if (!scales)
+      return scales.takeError();
+    blocks->shape = {experts, out, in};
+    blocks->codes = QuantCodes::F4E2M1FN;
+    scales->codes = QuantCodes::E8M0;
+    blocks->scale = std::make_shared<TensorRef>(std::move(*scales));
+    blocks->block = {1, 32};
+    return blocks;
+  }
+
+  /// Block of FP8 weights (quantization_config.weight_block_size); empty
+  /// without an FP8 quantization_config.
+  std::vector<int64_t> fp8Block;
+
 private:
+  static int64_t ceilDiv(int64_t a, int64_t b) { return (a + b - 1) / b; }
+
+  /// Tensors of exactly `dtype` and `shape` (scales, packed codes).
+  Expected<TensorRef> stackFloat(const std::vector<std::string> &names,
+                                 llvm::ArrayRef<int64_t> shape, StringRef why,
+                                 bool stacked, DType dtype) {
+    TensorRef ref;
+    for (const std::string &name : names) {
+      Expected<TensorLocation> loc = store.find(name);
+      if (!loc)
+        return loc.takeError();
+      const TensorInfo &info = loc->info;
+      if (info.dtype != dtype)
+        return makeError(loc->path + ": tensor '" + name + "' has dtype " +
+                         dtypeName(info.dtype) + "; expected " +
+                         dtypeName(dtype));
+      if (!llvm::equal(info.shape, shape))
+        return makeError(loc->path + ": tensor '" + name + "' has shape " +
+                         formatShape(info.shape) + " but " + configPath +
+                         " implies " + formatShape(shape) + " (" + why + ")");
+      ref.dtype = dtype;
+      ref.names.push_back(name);
+      ref.files.push_back(relativePath(loc->path));
+    }
+    ref.shape.assign(shape.begin(), shape.end());
+    if (stacked)
+      ref.shape.insert(ref.shape.begin(), static_cast<int64_t>(names.size()));
+    return ref;
+  }
+
   std::string relativePath(StringRef path) const {
     StringRef dir = store.directory();
     StringRef rel = path;
@@ -467,6 +570,45 @@ Expected<ModelSpec> moe::readModelSpec(StringRef modelDir, WeightStore &store) {
   ConfigReader cfg(*object, path, type->str());
   ArchInfo arch = archInfo(*type);
   TensorResolver tensors(store, path);
+  bool mxfp4 = false;
+  if (const llvm::json::Value *q = object->get("quantization_config")) {
+    const llvm::json::Object *qo = q->getAsObject();
+    if (!qo)
+      return makeError(path + ": field 'quantization_config' must be an "
+                              "object");
+    std::optional<StringRef> method = qo->getString("quant_method");
+    if (!method)
+      return makeError(path + ": 'quantization_config' has no string "
+                              "'quant_method'");
+    if (*method == "fp8") {
+      if (std::optional<StringRef> fmt = qo->getString("fmt");
+          fmt && *fmt != "e4m3")
+        return makeError(path + ": 'quantization_config.fmt' is '" + *fmt +
+                         "'; moe-import reads FP8 e4m3 only");
+      const llvm::json::Array *blockSize = qo->getArray("weight_block_size");
+      std::vector<int64_t> block;
+      if (blockSize)
+        for (const llvm::json::Value &v : *blockSize)
+          if (std::optional<int64_t> n = v.getAsInteger(); n && *n > 0)
+            block.push_back(*n);
+      if (!blockSize || block.size() != 2 || blockSize->size() != 2)
+        return makeError(path + ": 'quantization_config.weight_block_size' "
+                                "must be two positive integers (rows, "
+                                "columns of one scale's block), e.g. "
+                                "[128, 128]");
+      tensors.fp8Block = block;
+    } else if (*method == "mxfp4") {
+      if (*type != "gpt_oss")
+        return makeError(path + ": quant_method 'mxfp4' is read for gpt_oss "
+                                "experts only, the model type is '" +
+                         *type + "'");
+      mxfp4 = true;
+    } else {
+      return makeError(path + ": 'quantization_config.quant_method' is '" +
+                       *method + "'; moe-import reads 'fp8' (DeepSeek-V3 "
+                                 "block-scaled E4M3) and 'mxfp4' (gpt-oss)");
+    }
+  }
 
   ModelSpec spec;
   spec.modelDir = dir.str().str();
@@ -663,11 +805,35 @@ Expected<ModelSpec> moe::readModelSpec(StringRef modelDir, WeightStore &store) {
     std::string why = shapeWhy("hidden_size", H, arch.intermediateKey, I);
     std::string fusedName = prefix + ".experts.gate_up_proj";
     bool fused = arch.fusedOnly || tensors.exists(fusedName);
-    if (fused) {
-      if (*type == "gpt_oss" && tensors.exists(fusedName + "_blocks"))
+    if (fused && *type == "gpt_oss" && tensors.exists(fusedName + "_blocks")) {
+      if (!mxfp4)
         return makeError(store.directory() + ": '" + fusedName +
-                         "_blocks' is MXFP4-quantised; moe-import reads "
-                         "F32/BF16/F16 checkpoints only (dequantise first)");
+                         "_blocks' is MXFP4 but " + path + " has no "
+                         "'quantization_config' with quant_method 'mxfp4'");
+      // Stored [E, out, in] (nn.Linear), gate/up interleaved on the rows.
+      w.inOut = false;
+      w.interleaved = true;
+      auto gu = tensors.mxfp4(fusedName, E, 2 * I, H, why);
+      if (!gu)
+        return gu.takeError();
+      auto d = tensors.mxfp4(prefix + ".experts.down_proj", E, H, I, why);
+      if (!d)
+        return d.takeError();
+      w.gateUp = std::move(*gu);
+      w.down = std::move(*d);
+      auto gub = tensors.get(fusedName + "_bias", {E, 2 * I}, why);
+      if (!gub)
+        return gub.takeError();
+      auto db = tensors.get(prefix + ".experts.down_proj_bias", {E, H}, why);
+      if (!db)
+        return db.takeError();
+      w.gateUpBias = std::move(*gub);
+      w.downBias = std::move(*db);
+      Expected<double> limit = cfg.optionalPositiveNumber("swiglu_limit", 7.0);
+      if (!limit)
+        return limit.takeError();
+      w.limit = static_cast<float>(*limit);
+    } else if (fused) {
       // Orientation: the shape says it unless H == 2I makes it ambiguous.
       Expected<TensorLocation> loc = store.find(fusedName);
       if (!loc)

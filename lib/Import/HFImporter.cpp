@@ -72,7 +72,21 @@ public:
         break;
     }
     ArrayRef<int64_t> s = shape.empty() ? ArrayRef<int64_t>(ref.shape) : shape;
-    return WeightOp::create(b, loc, tensor(s, elementType(ref.dtype)),
+    Type elem = elementType(ref.dtype);
+    switch (ref.codes) {
+    case ::moe::QuantCodes::F8E4M3FN:
+      elem = b.getType<Float8E4M3FNType>();
+      break;
+    case ::moe::QuantCodes::F4E2M1FN:
+      elem = b.getType<Float4E2M1FNType>();
+      break;
+    case ::moe::QuantCodes::E8M0:
+      elem = b.getType<Float8E8M0FNUType>();
+      break;
+    case ::moe::QuantCodes::None:
+      break;
+    }
+    return WeightOp::create(b, loc, tensor(s, elem),
                             b.getArrayAttr(names), b.getArrayAttr(files),
                             stacked && names.size() == 1);
   }
@@ -94,17 +108,25 @@ public:
   /// Operands of a gated FFN op, in its operand-segment order.
   struct FFNOperands {
     Value gate, up, gateUp, down, gateBias, upBias, gateUpBias, downBias;
+    Value gateScale, upScale, gateUpScale, downScale;
   };
 
   FFNOperands ffnWeights(const GatedFFNWeights &w) {
     FFNOperands o;
+    auto scale = [&](const TensorRef &r) {
+      return r.scale ? weight(*r.scale) : Value();
+    };
     if (!w.gateUp.empty()) {
       o.gateUp = weight(w.gateUp);
+      o.gateUpScale = scale(w.gateUp);
     } else {
       o.gate = weight(w.gate);
       o.up = weight(w.up);
+      o.gateScale = scale(w.gate);
+      o.upScale = scale(w.up);
     }
     o.down = weight(w.down);
+    o.downScale = scale(w.down);
     if (!w.gateUpBias.empty())
       o.gateUpBias = weight(w.gateUpBias);
     if (!w.downBias.empty())
@@ -126,16 +148,23 @@ public:
       op.setAlphaAttr(b.getF32FloatAttr(w.alpha));
       op.setLimitAttr(b.getF32FloatAttr(w.limit));
     }
+    // Block-scaled projections share one block (the resolver checks it).
+    for (const TensorRef *r : {&w.gate, &w.up, &w.gateUp, &w.down})
+      if (r->scale) {
+        op.setQuantBlock(r->block);
+        break;
+      }
   }
 
   Value expertFFN(Value xs, Value offsets, const GatedFFNWeights &w) {
     FFNOperands o = ffnWeights(w);
     auto op = ExpertFFNOp::create(
         b, loc, xs.getType(), xs, offsets, o.gate, o.up, o.gateUp, o.down,
-        o.gateBias, o.upBias, o.gateUpBias, o.downBias,
+        o.gateBias, o.upBias, o.gateUpBias, o.downBias, o.gateScale,
+        o.upScale, o.gateUpScale, o.downScale,
         ActivationAttr::get(b.getContext(), activation(w.activation)),
         GateUpLayoutAttr(), WeightLayoutAttr(), FloatAttr(), FloatAttr(),
-        UnitAttr(), DenseI64ArrayAttr());
+        UnitAttr(), DenseI64ArrayAttr(), DenseI64ArrayAttr());
     setFFNAttributes(op, w);
     return op.getResult();
   }
@@ -144,10 +173,11 @@ public:
     FFNOperands o = ffnWeights(w);
     auto op = FFNOp::create(
         b, loc, x.getType(), x, o.gate, o.up, o.gateUp, o.down, o.gateBias,
-        o.upBias, o.gateUpBias, o.downBias,
+        o.upBias, o.gateUpBias, o.downBias, o.gateScale, o.upScale,
+        o.gateUpScale, o.downScale,
         ActivationAttr::get(b.getContext(), activation(w.activation)),
         GateUpLayoutAttr(), WeightLayoutAttr(), FloatAttr(), FloatAttr(),
-        UnitAttr());
+        UnitAttr(), DenseI64ArrayAttr());
     setFFNAttributes(op, w);
     return op.getResult();
   }

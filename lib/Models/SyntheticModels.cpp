@@ -23,6 +23,7 @@
 #include "llvm/Support/JSON.h"
 #include "llvm/Support/Path.h"
 
+#include <algorithm>
 #include <cmath>
 #include <optional>
 
@@ -232,6 +233,23 @@ Error validateSyntheticOptions(const SyntheticOptions &opts) {
                 Twine(opts.numExperts) + ")");
   if (!isConvertibleFloat(opts.dtype))
     return fail("dtype must be F32, BF16 or F16, got " + dtypeName(opts.dtype));
+  if (opts.quant == "fp8") {
+    if (*arch != Arch::DeepseekV3 || opts.fusedExperts)
+      return fail("quant 'fp8' writes DeepSeek-V3's per-expert F8_E4M3 "
+                  "checkpoints: deepseek_v3 without fused experts only");
+    if (Error error = positive(opts.quantBlock, "quantBlock"))
+      return error;
+  } else if (opts.quant == "mxfp4") {
+    if (*arch != Arch::GptOss)
+      return fail("quant 'mxfp4' writes gpt-oss's _blocks/_scales experts: "
+                  "gpt_oss only");
+    if (opts.hidden % 32 != 0 || opts.intermediate % 32 != 0)
+      return fail("quant 'mxfp4' needs hidden (" + Twine(opts.hidden) +
+                  ") and intermediate (" + Twine(opts.intermediate) +
+                  ") to be multiples of 32 (one E8M0 scale per 32 values)");
+  } else if (!opts.quant.empty()) {
+    return fail("quant is '" + opts.quant + "'; expected fp8 or mxfp4");
+  }
 
   switch (*arch) {
   case Arch::Qwen2Moe:
@@ -354,7 +372,111 @@ namespace {
 struct GeneratedTensor {
   SyntheticTensor meta;
   std::vector<float> values;
+  /// Quantized codes, written as they are (values is empty then).
+  std::vector<uint8_t> bytes;
+  bool raw = false;
 };
+
+//===----------------------------------------------------------------------===//
+// Quantization (round to nearest, ties to even code; saturating)
+//===----------------------------------------------------------------------===//
+
+/// The code among the non-negative `table` values (ascending, code = index)
+/// nearest to |v|, ties to the even code, saturating at the last.
+static uint8_t nearestCode(const std::vector<float> &table, float v) {
+  float a = std::fabs(v);
+  auto it = std::lower_bound(table.begin(), table.end(), a);
+  if (it == table.end())
+    return static_cast<uint8_t>(table.size() - 1);
+  size_t hi = it - table.begin();
+  if (hi == 0)
+    return 0;
+  size_t lo = hi - 1;
+  float dLo = a - table[lo], dHi = table[hi] - a;
+  if (dLo < dHi)
+    return static_cast<uint8_t>(lo);
+  if (dHi < dLo)
+    return static_cast<uint8_t>(hi);
+  return static_cast<uint8_t>(lo % 2 == 0 ? lo : hi);
+}
+
+static const std::vector<float> &e4m3Table() {
+  // Codes 0..126: 0 to 448 ascending (127 is NaN).
+  static const std::vector<float> table = [] {
+    std::vector<float> t;
+    for (int c = 0; c < 127; ++c) {
+      int e = (c >> 3) & 15, m = c & 7;
+      t.push_back(e == 0 ? std::ldexp(float(m), -9)
+                         : std::ldexp(float(8 + m), e - 10));
+    }
+    return t;
+  }();
+  return table;
+}
+
+static const std::vector<float> &e2m1Table() {
+  static const std::vector<float> table = {0.0f, 0.5f, 1.0f, 1.5f,
+                                           2.0f, 3.0f, 4.0f, 6.0f};
+  return table;
+}
+
+static uint8_t withSign(uint8_t code, float v, int signBit) {
+  return std::signbit(v) && code != 0 ? code | (1 << signBit) : code;
+}
+
+/// DeepSeek-V3 FP8: per block, scale = amax / 448 (1 for an all-zero
+/// block), codes = e4m3(w / scale). `w` is [rows, cols].
+static void quantizeFP8(const std::vector<float> &w, int64_t rows,
+                        int64_t cols, int64_t block,
+                        std::vector<uint8_t> &codes,
+                        std::vector<float> &scales) {
+  int64_t br = (rows + block - 1) / block, bc = (cols + block - 1) / block;
+  codes.assign(rows * cols, 0);
+  scales.assign(br * bc, 1.0f);
+  for (int64_t bi = 0; bi < br; ++bi)
+    for (int64_t bj = 0; bj < bc; ++bj) {
+      int64_t r1 = std::min(rows, (bi + 1) * block);
+      int64_t c1 = std::min(cols, (bj + 1) * block);
+      float amax = 0.0f;
+      for (int64_t r = bi * block; r < r1; ++r)
+        for (int64_t c = bj * block; c < c1; ++c)
+          amax = std::max(amax, std::fabs(w[r * cols + c]));
+      float scale = amax > 0.0f ? amax / 448.0f : 1.0f;
+      scales[bi * bc + bj] = scale;
+      for (int64_t r = bi * block; r < r1; ++r)
+        for (int64_t c = bj * block; c < c1; ++c) {
+          float q = w[r * cols + c] / scale;
+          codes[r * cols + c] = withSign(nearestCode(e4m3Table(), q), q, 7);
+        }
+    }
+}
+
+/// MXFP4 (OCP MX): per 32 values of a row, scale 2^(floor(log2 amax) - 2)
+/// as an E8M0 code, values e2m1(w / scale) packed low nibble first. `w`
+/// is [rows, cols] with cols % 32 == 0; codes hold rows * cols / 2 bytes.
+static void quantizeMXFP4(const std::vector<float> &w, int64_t rows,
+                          int64_t cols, std::vector<uint8_t> &codes,
+                          std::vector<uint8_t> &scales) {
+  codes.assign(rows * cols / 2, 0);
+  scales.assign(rows * cols / 32, 127);
+  for (int64_t g = 0; g < rows * cols / 32; ++g) {
+    const float *v = &w[g * 32];
+    float amax = 0.0f;
+    for (int k = 0; k < 32; ++k)
+      amax = std::max(amax, std::fabs(v[k]));
+    int e = 127;
+    if (amax > 0.0f)
+      e = std::clamp(static_cast<int>(std::floor(std::log2(amax))) - 2 + 127,
+                     0, 254);
+    scales[g] = static_cast<uint8_t>(e);
+    float scale = std::ldexp(1.0f, e - 127);
+    for (int k = 0; k < 32; ++k) {
+      float q = v[k] / scale;
+      uint8_t code = withSign(nearestCode(e2m1Table(), q), q, 3);
+      codes[g * 16 + k / 2] |= k % 2 == 0 ? code : code << 4;
+    }
+  }
+}
 
 /// Emits the tensors of every MoE layer. Values are drawn from streams keyed
 /// by the logical role of each matrix, never by its file name, so that all
@@ -396,6 +518,44 @@ private:
          std::move(values)});
   }
 
+  void addRaw(std::string name, std::vector<int64_t> shape, DType dtype,
+              std::vector<uint8_t> bytes) {
+    GeneratedTensor t{{std::move(name), std::move(shape), dtype}, {}};
+    t.bytes = std::move(bytes);
+    t.raw = true;
+    tensors.push_back(std::move(t));
+  }
+
+  /// A [rows, cols] nn.Linear weight, FP8 with `_scale_inv` when
+  /// opts.quant is fp8.
+  void addMatrix(std::string name, int64_t rows, int64_t cols, Values w) {
+    if (opts.quant != "fp8") {
+      add(std::move(name), {rows, cols}, std::move(w));
+      return;
+    }
+    int64_t b = opts.quantBlock;
+    std::vector<uint8_t> codes;
+    Values scales;
+    if (withData)
+      quantizeFP8(w, rows, cols, b, codes, scales);
+    addRaw(name, {rows, cols}, DType::F8E4M3, std::move(codes));
+    add(name + "_scale_inv", {(rows + b - 1) / b, (cols + b - 1) / b},
+        std::move(scales), DType::F32);
+  }
+
+  /// gpt-oss MXFP4: `name_blocks` [E, rows, cols/32, 16] and `name_scales`
+  /// [E, rows, cols/32] of the [E, rows, cols] (nn.Linear) stack `w`.
+  void addMXFP4(const std::string &name, int64_t e, int64_t rows,
+                int64_t cols, const Values &w) {
+    std::vector<uint8_t> codes, scales;
+    if (withData)
+      quantizeMXFP4(w, e * rows, cols, codes, scales);
+    addRaw(name + "_blocks", {e, rows, cols / 32, 16}, DType::U8,
+           std::move(codes));
+    addRaw(name + "_scales", {e, rows, cols / 32}, DType::U8,
+           std::move(scales));
+  }
+
   std::string layerKey(int64_t layer) const {
     return "layer" + std::to_string(layer);
   }
@@ -426,12 +586,12 @@ private:
   /// gate_proj/up_proj/down_proj (or w1/w3/w2) of a SwiGLU MLP.
   void addMlp(const std::string &prefix, const std::string &key, int64_t width,
               StringRef gateName, StringRef upName, StringRef downName) {
-    add(prefix + gateName.str() + ".weight", {width, opts.hidden},
-        gate(key, width));
-    add(prefix + upName.str() + ".weight", {width, opts.hidden},
-        up(key, width));
-    add(prefix + downName.str() + ".weight", {opts.hidden, width},
-        down(key, width));
+    addMatrix(prefix + gateName.str() + ".weight", width, opts.hidden,
+              gate(key, width));
+    addMatrix(prefix + upName.str() + ".weight", width, opts.hidden,
+              up(key, width));
+    addMatrix(prefix + downName.str() + ".weight", opts.hidden, width,
+              down(key, width));
   }
 
   void addPerExpert(const std::string &prefix, int64_t layer,
@@ -494,6 +654,31 @@ private:
           llvm::append_range(downBias, normal(key + ".down_bias", h, 0.02));
         }
       }
+    }
+    if (opts.quant == "mxfp4") {
+      // Stored [E, out, in] (nn.Linear), transposed back from the bf16
+      // layout: gate/up interleaved on the rows.
+      Values guT, dT;
+      if (withData) {
+        guT.resize(e * 2 * i * h);
+        dT.resize(e * h * i);
+        for (int64_t x = 0; x < e; ++x)
+          for (int64_t r = 0; r < 2 * i; ++r)
+            for (int64_t c = 0; c < h; ++c)
+              guT[(x * 2 * i + r) * h + c] =
+                  gateUp[(x * h + c) * 2 * i + r];
+        for (int64_t x = 0; x < e; ++x)
+          for (int64_t r = 0; r < h; ++r)
+            for (int64_t c = 0; c < i; ++c)
+              dT[(x * h + r) * i + c] = downs[x * i * h + c * h + r];
+      }
+      addMXFP4(prefix + "gate_up_proj", e, 2 * i, h, guT);
+      if (biases)
+        add(prefix + "gate_up_proj_bias", {e, 2 * i}, std::move(gateUpBias));
+      addMXFP4(prefix + "down_proj", e, h, i, dT);
+      if (biases)
+        add(prefix + "down_proj_bias", {e, h}, std::move(downBias));
+      return;
     }
     add(prefix + "gate_up_proj", {e, h, 2 * i}, std::move(gateUp));
     if (biases)
@@ -757,6 +942,20 @@ Expected<std::string> syntheticConfigJson(const SyntheticOptions &opts) {
     set("output_router_logits", false);
     break;
   }
+  if (opts.quant == "fp8")
+    set("quantization_config",
+        json::Object{{"quant_method", "fp8"},
+                     {"fmt", "e4m3"},
+                     {"activation_scheme", "dynamic"},
+                     {"weight_block_size",
+                      json::Array{opts.quantBlock, opts.quantBlock}}});
+  else if (opts.quant == "mxfp4")
+    set("quantization_config",
+        json::Object{{"quant_method", "mxfp4"},
+                     {"modules_to_not_convert",
+                      json::Array{"model.layers.*.self_attn",
+                                  "model.layers.*.mlp.router",
+                                  "model.embed_tokens", "lm_head"}}});
   return formatv("{0:2}", json::Value(std::move(config))).str() + "\n";
 }
 
@@ -840,12 +1039,16 @@ static Error writeModelFiles(const SyntheticOptions &opts, StringRef dir,
               opts.shapesOnly
                   ? writer.addZeroTensor(tensor.meta.name, tensor.meta.dtype,
                                          tensor.meta.shape)
+              : tensor.raw
+                  ? writer.addTensor(tensor.meta.name, tensor.meta.dtype,
+                                     tensor.meta.shape, tensor.bytes)
                   : writer.addFloatTensor(tensor.meta.name, tensor.meta.dtype,
                                           tensor.meta.shape, tensor.values))
         return error;
       weightMap[tensor.meta.name] = file;
       // The bytes are in the writer now.
       tensor.values = {};
+      tensor.bytes = {};
     }
     if (Error error = writer.write(inDir(file)))
       return error;

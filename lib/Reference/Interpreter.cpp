@@ -7,6 +7,7 @@
 //===----------------------------------------------------------------------===//
 
 #include "moe/lib/Reference/Interpreter.h"
+#include "moe/lib/Reference/QuantDecode.h"
 #include "moe/dialects/MoE/MoEOps.h"
 #include "moe/dialects/MoE/Routing.h"
 #include "moe/runtime/Float16.h"
@@ -24,6 +25,7 @@
 #include "llvm/Support/Path.h"
 
 #include <algorithm>
+#include <deque>
 #include <cmath>
 #include <cstring>
 #include <limits>
@@ -123,10 +125,16 @@ Expected<HostTensor> WeightLoader::load(WeightOp op) {
   for (llvm::StringRef f : op.getFiles().getAsValueRange<StringAttr>())
     files.push_back(f.str());
   Type elem = type.getElementType();
-  Expected<HostTensor> t =
-      load(names, files, op.isStack(),
-           std::vector<int64_t>(type.getShape().begin(), type.getShape().end()),
-           elem.isBF16() ? "bf16" : elem.isF16() ? "f16" : "f32");
+  llvm::StringRef elemName = elem.isBF16()                   ? "bf16"
+                             : elem.isF16()                  ? "f16"
+                             : isa<Float8E4M3FNType>(elem)   ? "f8E4M3FN"
+                             : isa<Float4E2M1FNType>(elem)   ? "f4E2M1FN"
+                             : isa<Float8E8M0FNUType>(elem) ? "f8E8M0FNU"
+                                                             : "f32";
+  Expected<HostTensor> t = load(
+      names, files, op.isStack(),
+      std::vector<int64_t>(type.getShape().begin(), type.getShape().end()),
+      elemName);
   if (!t)
     return opError(op, llvm::toString(t.takeError()));
   return t;
@@ -171,9 +179,15 @@ Error WeightLoader::forEachSlice(
         fill) {
   std::vector<int64_t> slice =
       stacked ? std::vector<int64_t>(shape.begin() + 1, shape.end()) : shape;
-  ::moe::DType expected = elementType == "bf16"  ? ::moe::DType::BF16
-                          : elementType == "f16" ? ::moe::DType::F16
-                                                 : ::moe::DType::F32;
+  // Quantized codes: FP8 as F8_E4M3; MXFP4 blocks and scales as U8.
+  bool fp4 = elementType == "f4E2M1FN";
+  bool quantized = fp4 || elementType == "f8E4M3FN" ||
+                   elementType == "f8E8M0FNU";
+  ::moe::DType expected = elementType == "bf16"       ? ::moe::DType::BF16
+                          : elementType == "f16"      ? ::moe::DType::F16
+                          : elementType == "f8E4M3FN" ? ::moe::DType::F8E4M3
+                          : quantized                 ? ::moe::DType::U8
+                                                      : ::moe::DType::F32;
   for (auto [index, nameString] : llvm::enumerate(names)) {
     llvm::StringRef name = nameString;
     llvm::StringRef fileName = files[files.size() == 1 ? 0 : index];
@@ -186,7 +200,39 @@ Error WeightLoader::forEachSlice(
     if (info->dtype != expected)
       return makeError((*f)->path() + ": tensor '" + name + "' is " +
                        ::moe::dtypeName(info->dtype) +
-                       " but the IR declares " + ::moe::dtypeName(expected));
+                       " but the IR declares " + ::moe::dtypeName(expected) +
+                       (quantized ? " (" + elementType.str() + " codes)"
+                                  : std::string()));
+    if (quantized) {
+      // Codes are read as stored and never zero-padded: a smaller stacked
+      // slice would need its scales padded to match, which nothing writes.
+      // FP4 packs two values per byte, low nibble first: [.., d] is stored
+      // [.., d / 2] or, as gpt-oss does, [.., d / 32, 16].
+      std::vector<int64_t> want(slice.begin(), slice.end());
+      std::vector<int64_t> alt;
+      if (fp4) {
+        if (want.empty() || want.back() % 32 != 0)
+          return makeError((*f)->path() + ": tensor '" + name +
+                           "': an f4E2M1FN weight needs a last dimension "
+                           "that is a multiple of 32, the IR has " +
+                           ::moe::formatShape(slice));
+        alt = want;
+        alt.back() /= 32;
+        alt.push_back(16);
+        want.back() /= 2;
+      }
+      if (info->shape != want && (alt.empty() || info->shape != alt))
+        return makeError(
+            (*f)->path() + ": tensor '" + name + "' has shape " +
+            ::moe::formatShape(info->shape) + " but the IR's " +
+            elementType.str() + " " + ::moe::formatShape(slice) + " needs " +
+            ::moe::formatShape(want) +
+            (alt.empty() ? "" : " or " + ::moe::formatShape(alt)) +
+            (fp4 ? " bytes (two values per byte)" : ""));
+      if (Error err = fill(index, **f, *info))
+        return err;
+      continue;
+    }
     bool fits = info->shape.size() == slice.size();
     bool exact = fits;
     for (size_t d = 0; fits && d < slice.size(); ++d) {
@@ -230,6 +276,22 @@ Expected<HostTensor> WeightLoader::load(const std::vector<std::string> &names,
           names, files, stacked, shape, elementType,
           [&](size_t index, const ::moe::SafetensorsFile &f,
               const ::moe::TensorInfo &info) -> Error {
+            if (info.dtype == ::moe::DType::F8E4M3 ||
+                info.dtype == ::moe::DType::U8) {
+              // Exact values of the codes; scales are applied by the op.
+              llvm::ArrayRef<uint8_t> raw = f.rawData(info);
+              float *out = result.f.data() + index * sliceSize;
+              if (elementType == "f4E2M1FN")
+                for (int64_t i = 0; i < sliceSize; ++i)
+                  out[i] = ::moe::quant::decodePackedE2M1(raw.data(), i);
+              else if (elementType == "f8E8M0FNU")
+                for (int64_t i = 0; i < sliceSize; ++i)
+                  out[i] = ::moe::quant::decodeE8M0(raw[i]);
+              else
+                for (int64_t i = 0; i < sliceSize; ++i)
+                  out[i] = ::moe::quant::decodeE4M3FN(raw[i]);
+              return Error::success();
+            }
             Expected<std::vector<float>> values = f.readF32(info.name);
             if (!values)
               return values.takeError();
@@ -1359,6 +1421,27 @@ private:
     return Error::success();
   }
 
+  /// `w * scale` block by block: the exact code values times their
+  /// block's scale, one f32 rounding (as DeepSeek's weight_dequant; exact
+  /// for E8M0 scales short of overflow). Kept alive in `dequantized`.
+  const HostTensor *dequantize(Value weight, Value scale,
+                               ArrayRef<int64_t> block) {
+    const HostTensor &w = get(weight), &s = get(scale);
+    size_t r = w.shape.size();
+    int64_t rows = w.shape[r - 2], cols = w.shape[r - 1];
+    int64_t sRows = s.shape[r - 2], sCols = s.shape[r - 1];
+    int64_t lead = rows * cols == 0 ? 0 : w.numElements() / (rows * cols);
+    HostTensor out = HostTensor::floats(w.shape);
+    for (int64_t l = 0; l < lead; ++l)
+      for (int64_t i = 0; i < rows; ++i)
+        for (int64_t j = 0; j < cols; ++j)
+          out.f[(l * rows + i) * cols + j] =
+              w.f[(l * rows + i) * cols + j] *
+              s.f[(l * sRows + i / block[0]) * sCols + j / block[1]];
+    dequantized.push_back(std::move(out));
+    return &dequantized.back();
+  }
+
   template <typename OpT>
   FFNWeights ffnWeights(OpT o) {
     FFNWeights w;
@@ -1367,6 +1450,15 @@ private:
     w.up = opt(o.getUp());
     w.gateUp = opt(o.getGateUp());
     w.down = &get(o.getDown());
+    if (std::optional<ArrayRef<int64_t>> block = o.getQuantBlock()) {
+      auto deq = [&](Value v, Value scale) {
+        return v ? dequantize(v, scale, *block) : nullptr;
+      };
+      w.gate = deq(o.getGate(), o.getGateScale());
+      w.up = deq(o.getUp(), o.getUpScale());
+      w.gateUp = deq(o.getGateUp(), o.getGateUpScale());
+      w.down = deq(o.getDown(), o.getDownScale());
+    }
     w.gateBias = opt(o.getGateBias());
     w.upBias = opt(o.getUpBias());
     w.gateUpBias = opt(o.getGateUpBias());
@@ -1530,6 +1622,8 @@ private:
   WeightLoader &weights;
   RoutingTrace *trace;
   llvm::DenseMap<Value, HostTensor> values;
+  /// Dequantized copies of block-scaled FFN weights (stable addresses).
+  std::deque<HostTensor> dequantized;
   /// The router (index in trace->routers) of each moe.dispatch's rows.
   llvm::DenseMap<Value, size_t> routerOfRows;
 };

@@ -108,6 +108,17 @@ static cl::opt<int64_t> denseLayers(
              "layers are dense MLP layers (first_k_dense_replace, "
              "mlp_only_layers); -1: the architecture's default"),
     cl::init(-1), cl::cat(category));
+static cl::opt<std::string> quant(
+    "quant",
+    cl::desc("--synthetic: quantized experts as released: fp8 (deepseek_v3, "
+             "F8_E4M3 + weight_scale_inv) or mxfp4 (gpt_oss, _blocks + "
+             "_scales)"),
+    cl::init(""), cl::cat(category));
+static cl::opt<int64_t> quantBlock(
+    "quant-block",
+    cl::desc("--synthetic --quant fp8: the square block of one scale "
+             "(weight_block_size, default 128)"),
+    cl::init(128), cl::cat(category));
 static cl::opt<bool> force("force",
                            cl::desc("--synthetic: replace an existing folder"),
                            cl::init(false), cl::cat(category));
@@ -161,6 +172,8 @@ static int writeSynthetic() {
   opts.fusedExperts = fusedExperts;
   opts.overwrite = force;
   opts.shapesOnly = shapesOnly;
+  opts.quant = quant;
+  opts.quantBlock = quantBlock;
   if (nGroup > 0)
     opts.nGroup = nGroup;
   if (topkGroup > 0)

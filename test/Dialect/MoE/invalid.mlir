@@ -1587,3 +1587,151 @@ func.func @sequence_scores_not_extra(%x: tensor<?x64xf32>, %g: tensor<?x8xf32>, 
   }
   return
 }
+
+// -----
+
+func.func @quant_no_scale(%xs: tensor<?x256xbf16>, %off: tensor<3xi32>,
+    %g: tensor<2x128x256xf8E4M3FN>, %d: tensor<2x256x128xf8E4M3FN>,
+    %s: tensor<2x1x2xf32>, %sd: tensor<2x2x1xf32>) -> tensor<?x256xbf16> {
+  // expected-error @+1 {{'up' is quantized ('f8E4M3FN') but has no 'up_scale' (its block scales)}}
+  %0 = moe.expert_ffn %xs, %off gate(%g) up(%g) down(%d) gate_scale(%s) down_scale(%sd) {activation = #moe.activation<silu>, quant_block = array<i64: 128, 128>} : (tensor<?x256xbf16>, tensor<3xi32>, tensor<2x128x256xf8E4M3FN>, tensor<2x128x256xf8E4M3FN>, tensor<2x256x128xf8E4M3FN>, tensor<2x1x2xf32>, tensor<2x2x1xf32>) -> tensor<?x256xbf16>
+  return %0 : tensor<?x256xbf16>
+}
+
+// -----
+
+func.func @quant_scale_unquantized(%xs: tensor<?x256xbf16>, %off: tensor<3xi32>,
+    %g: tensor<2x128x256xbf16>, %d: tensor<2x256x128xbf16>,
+    %sd: tensor<2x2x1xf32>) -> tensor<?x256xbf16> {
+  // expected-error @+1 {{'down_scale' given but 'down' is not quantized (element type 'bf16'; scales apply to f8E4M3FN or f4E2M1FN)}}
+  %0 = moe.expert_ffn %xs, %off gate(%g) up(%g) down(%d) down_scale(%sd) {activation = #moe.activation<silu>, quant_block = array<i64: 128, 128>} : (tensor<?x256xbf16>, tensor<3xi32>, tensor<2x128x256xbf16>, tensor<2x128x256xbf16>, tensor<2x256x128xbf16>, tensor<2x2x1xf32>) -> tensor<?x256xbf16>
+  return %0 : tensor<?x256xbf16>
+}
+
+// -----
+
+func.func @quant_scale_without_projection(%xs: tensor<?x256xbf16>, %off: tensor<3xi32>,
+    %gu: tensor<2x256x256xf8E4M3FN>, %d: tensor<2x256x128xf8E4M3FN>,
+    %s: tensor<2x2x2xf32>, %sd: tensor<2x2x1xf32>) -> tensor<?x256xbf16> {
+  // expected-error @+1 {{'gate_scale' given without a 'gate' projection}}
+  %0 = moe.expert_ffn %xs, %off gate_up(%gu) down(%d) gate_scale(%s) gate_up_scale(%s) down_scale(%sd) {activation = #moe.activation<silu>, quant_block = array<i64: 128, 128>} : (tensor<?x256xbf16>, tensor<3xi32>, tensor<2x256x256xf8E4M3FN>, tensor<2x256x128xf8E4M3FN>, tensor<2x2x2xf32>, tensor<2x2x2xf32>, tensor<2x2x1xf32>) -> tensor<?x256xbf16>
+  return %0 : tensor<?x256xbf16>
+}
+
+// -----
+
+func.func @quant_no_block(%xs: tensor<?x256xbf16>, %off: tensor<3xi32>,
+    %gu: tensor<2x256x256xf8E4M3FN>, %d: tensor<2x256x128xf8E4M3FN>,
+    %s: tensor<2x2x2xf32>, %sd: tensor<2x2x1xf32>) -> tensor<?x256xbf16> {
+  // expected-error @+1 {{quantized projections need 'quant_block' (the rows x columns of the weight block one scale covers)}}
+  %0 = moe.expert_ffn %xs, %off gate_up(%gu) down(%d) gate_up_scale(%s) down_scale(%sd) {activation = #moe.activation<silu>} : (tensor<?x256xbf16>, tensor<3xi32>, tensor<2x256x256xf8E4M3FN>, tensor<2x256x128xf8E4M3FN>, tensor<2x2x2xf32>, tensor<2x2x1xf32>) -> tensor<?x256xbf16>
+  return %0 : tensor<?x256xbf16>
+}
+
+// -----
+
+func.func @quant_block_unquantized(%xs: tensor<?x64xbf16>, %off: tensor<3xi32>,
+    %g: tensor<2x32x64xbf16>, %d: tensor<2x64x32xbf16>) -> tensor<?x64xbf16> {
+  // expected-error @+1 {{'quant_block' given but no projection is quantized (f8E4M3FN or f4E2M1FN)}}
+  %0 = moe.expert_ffn %xs, %off gate(%g) up(%g) down(%d) {activation = #moe.activation<silu>, quant_block = array<i64: 128, 128>} : (tensor<?x64xbf16>, tensor<3xi32>, tensor<2x32x64xbf16>, tensor<2x32x64xbf16>, tensor<2x64x32xbf16>) -> tensor<?x64xbf16>
+  return %0 : tensor<?x64xbf16>
+}
+
+// -----
+
+func.func @quant_block_rank(%xs: tensor<?x256xbf16>, %off: tensor<3xi32>,
+    %gu: tensor<2x256x256xf8E4M3FN>, %d: tensor<2x256x128xf8E4M3FN>,
+    %s: tensor<2x2x2xf32>, %sd: tensor<2x2x1xf32>) -> tensor<?x256xbf16> {
+  // expected-error @+1 {{'quant_block' must be two sizes >= 1 (rows, columns of the weight as stored), got 1 entries}}
+  %0 = moe.expert_ffn %xs, %off gate_up(%gu) down(%d) gate_up_scale(%s) down_scale(%sd) {activation = #moe.activation<silu>, quant_block = array<i64: 128>} : (tensor<?x256xbf16>, tensor<3xi32>, tensor<2x256x256xf8E4M3FN>, tensor<2x256x128xf8E4M3FN>, tensor<2x2x2xf32>, tensor<2x2x1xf32>) -> tensor<?x256xbf16>
+  return %0 : tensor<?x256xbf16>
+}
+
+// -----
+
+func.func @quant_scale_shape(%xs: tensor<?x200xbf16>, %off: tensor<3xi32>,
+    %gu: tensor<2x256x200xf8E4M3FN>, %d: tensor<2x200x128xf8E4M3FN>,
+    %s: tensor<2x2x1xf32>, %sd: tensor<2x2x1xf32>) -> tensor<?x200xbf16> {
+  // expected-error @+1 {{'gate_up_scale' dimension 2 must be ceil(200 / 128) = 2 (blocks of 'gate_up' dimension 2), got 1}}
+  %0 = moe.expert_ffn %xs, %off gate_up(%gu) down(%d) gate_up_scale(%s) down_scale(%sd) {activation = #moe.activation<silu>, quant_block = array<i64: 128, 128>} : (tensor<?x200xbf16>, tensor<3xi32>, tensor<2x256x200xf8E4M3FN>, tensor<2x200x128xf8E4M3FN>, tensor<2x2x1xf32>, tensor<2x2x1xf32>) -> tensor<?x200xbf16>
+  return %0 : tensor<?x200xbf16>
+}
+
+// -----
+
+func.func @quant_scale_experts(%xs: tensor<?x256xbf16>, %off: tensor<3xi32>,
+    %gu: tensor<2x256x256xf8E4M3FN>, %d: tensor<2x256x128xf8E4M3FN>,
+    %s: tensor<3x2x2xf32>, %sd: tensor<2x2x1xf32>) -> tensor<?x256xbf16> {
+  // expected-error @+1 {{'gate_up_scale' dimension 0 (experts) must be 2, got 3}}
+  %0 = moe.expert_ffn %xs, %off gate_up(%gu) down(%d) gate_up_scale(%s) down_scale(%sd) {activation = #moe.activation<silu>, quant_block = array<i64: 128, 128>} : (tensor<?x256xbf16>, tensor<3xi32>, tensor<2x256x256xf8E4M3FN>, tensor<2x256x128xf8E4M3FN>, tensor<3x2x2xf32>, tensor<2x2x1xf32>) -> tensor<?x256xbf16>
+  return %0 : tensor<?x256xbf16>
+}
+
+// -----
+
+func.func @quant_fp8_scale_type(%xs: tensor<?x256xbf16>, %off: tensor<3xi32>,
+    %gu: tensor<2x256x256xf8E4M3FN>, %d: tensor<2x256x128xf8E4M3FN>,
+    %s: tensor<2x2x2xf8E8M0FNU>, %sd: tensor<2x2x1xf32>) -> tensor<?x256xbf16> {
+  // expected-error @+1 {{'gate_up_scale' of 'f8E4M3FN' weights must have element type 'f32', got 'f8E8M0FNU'}}
+  %0 = moe.expert_ffn %xs, %off gate_up(%gu) down(%d) gate_up_scale(%s) down_scale(%sd) {activation = #moe.activation<silu>, quant_block = array<i64: 128, 128>} : (tensor<?x256xbf16>, tensor<3xi32>, tensor<2x256x256xf8E4M3FN>, tensor<2x256x128xf8E4M3FN>, tensor<2x2x2xf8E8M0FNU>, tensor<2x2x1xf32>) -> tensor<?x256xbf16>
+  return %0 : tensor<?x256xbf16>
+}
+
+// -----
+
+func.func @quant_mxfp4_block(%xs: tensor<?x64xbf16>, %off: tensor<3xi32>,
+    %gu: tensor<2x64x64xf4E2M1FN>, %d: tensor<2x64x32xf4E2M1FN>,
+    %s: tensor<2x4x2xf8E8M0FNU>, %sd: tensor<2x4x1xf8E8M0FNU>) -> tensor<?x64xbf16> {
+  // expected-error @+1 {{f4E2M1FN (MXFP4) weights need 'quant_block' = [1, 32] (32 values along the input dimension with weight_layout out_in), got [16, 32]}}
+  %0 = moe.expert_ffn %xs, %off gate_up(%gu) down(%d) gate_up_scale(%s) down_scale(%sd) {activation = #moe.activation<silu>, quant_block = array<i64: 16, 32>} : (tensor<?x64xbf16>, tensor<3xi32>, tensor<2x64x64xf4E2M1FN>, tensor<2x64x32xf4E2M1FN>, tensor<2x4x2xf8E8M0FNU>, tensor<2x4x1xf8E8M0FNU>) -> tensor<?x64xbf16>
+  return %0 : tensor<?x64xbf16>
+}
+
+// -----
+
+func.func @quant_mxfp4_partial_group(%xs: tensor<?x48xbf16>, %off: tensor<3xi32>,
+    %gu: tensor<2x64x48xf4E2M1FN>, %d: tensor<2x48x32xf4E2M1FN>,
+    %s: tensor<2x64x2xf8E8M0FNU>, %sd: tensor<2x48x1xf8E8M0FNU>) -> tensor<?x48xbf16> {
+  // expected-error @+1 {{'gate_up' is f4E2M1FN (MXFP4) with input size 48, not a multiple of its 32-value block}}
+  %0 = moe.expert_ffn %xs, %off gate_up(%gu) down(%d) gate_up_scale(%s) down_scale(%sd) {activation = #moe.activation<silu>, quant_block = array<i64: 1, 32>} : (tensor<?x48xbf16>, tensor<3xi32>, tensor<2x64x48xf4E2M1FN>, tensor<2x48x32xf4E2M1FN>, tensor<2x64x2xf8E8M0FNU>, tensor<2x48x1xf8E8M0FNU>) -> tensor<?x48xbf16>
+  return %0 : tensor<?x48xbf16>
+}
+
+// -----
+
+func.func @quant_mxfp4_scale_type(%xs: tensor<?x64xbf16>, %off: tensor<3xi32>,
+    %gu: tensor<2x64x64xf4E2M1FN>, %d: tensor<2x64x32xf4E2M1FN>,
+    %s: tensor<2x64x2xf32>, %sd: tensor<2x64x1xf8E8M0FNU>) -> tensor<?x64xbf16> {
+  // expected-error @+1 {{'gate_up_scale' of 'f4E2M1FN' weights must have element type 'f8E8M0FNU', got 'f32'}}
+  %0 = moe.expert_ffn %xs, %off gate_up(%gu) down(%d) gate_up_scale(%s) down_scale(%sd) {activation = #moe.activation<silu>, quant_block = array<i64: 1, 32>} : (tensor<?x64xbf16>, tensor<3xi32>, tensor<2x64x64xf4E2M1FN>, tensor<2x64x32xf4E2M1FN>, tensor<2x64x2xf32>, tensor<2x64x1xf8E8M0FNU>) -> tensor<?x64xbf16>
+  return %0 : tensor<?x64xbf16>
+}
+
+// -----
+
+func.func @quant_mixed_types(%xs: tensor<?x64xbf16>, %off: tensor<3xi32>,
+    %gu: tensor<2x64x64xf4E2M1FN>, %d: tensor<2x64x32xf8E4M3FN>,
+    %s: tensor<2x64x2xf8E8M0FNU>, %sd: tensor<2x64x1xf32>) -> tensor<?x64xbf16> {
+  // expected-error @+1 {{'down' element type 'f8E4M3FN' differs from the other projections' 'f4E2M1FN'}}
+  %0 = moe.expert_ffn %xs, %off gate_up(%gu) down(%d) gate_up_scale(%s) down_scale(%sd) {activation = #moe.activation<silu>, quant_block = array<i64: 1, 32>} : (tensor<?x64xbf16>, tensor<3xi32>, tensor<2x64x64xf4E2M1FN>, tensor<2x64x32xf8E4M3FN>, tensor<2x64x2xf8E8M0FNU>, tensor<2x64x1xf32>) -> tensor<?x64xbf16>
+  return %0 : tensor<?x64xbf16>
+}
+
+// -----
+
+func.func @quant_scale_rank(%x: tensor<?x256xbf16>,
+    %g: tensor<128x256xf8E4M3FN>, %d: tensor<256x128xf8E4M3FN>,
+    %s: tensor<1x1x2xf32>, %sd: tensor<2x1xf32>) -> tensor<?x256xbf16> {
+  // expected-error @+1 {{'gate_scale' must have rank 2}}
+  %0 = moe.ffn %x gate(%g) up(%g) down(%d) gate_scale(%s) up_scale(%s) down_scale(%sd) {activation = #moe.activation<silu>, quant_block = array<i64: 128, 128>} : (tensor<?x256xbf16>, tensor<128x256xf8E4M3FN>, tensor<128x256xf8E4M3FN>, tensor<256x128xf8E4M3FN>, tensor<1x1x2xf32>, tensor<1x1x2xf32>, tensor<2x1xf32>) -> tensor<?x256xbf16>
+  return %0 : tensor<?x256xbf16>
+}
+
+// -----
+
+func.func @quant_router_weight(%x: tensor<?x64xbf16>) -> tensor<?x8xf32> {
+  %w = moe.weight ["r"] from ["m.safetensors"] : tensor<8x64xf8E4M3FN>
+  // expected-error @+1 {{operand #1 must be ranked tensor of 32-bit float or bfloat16 type or 16-bit float values}}
+  %0 = moe.router_linear %x, %w : (tensor<?x64xbf16>, tensor<8x64xf8E4M3FN>) -> tensor<?x8xf32>
+  return %0 : tensor<?x8xf32>
+}

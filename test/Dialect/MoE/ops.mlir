@@ -329,3 +329,28 @@ func.func @sequence_scores(%s: tensor<?x8xf32>, %g: tensor<?x8xf32>, %m: tensor<
   %1 = moe.add_sequence_scores %s7, %g3, %m7 {factor = 0.5 : f32} : tensor<7x8xf32>, tensor<3x8xf32>, tensor<7xi32>
   return %0, %1 : tensor<?x8xf32>, tensor<7x8xf32>
 }
+
+// CHECK-LABEL: func.func @quantized_experts
+// CHECK: moe.weight ["l.experts.gate_up_proj_blocks"] from ["m.safetensors"] : tensor<4x64x64xf4E2M1FN>
+// CHECK: moe.weight ["l.experts.gate_up_proj_scales"] from ["m.safetensors"] : tensor<4x64x2xf8E8M0FNU>
+// CHECK: moe.expert_ffn %{{.*}}, %{{.*}} gate(%{{.*}}) up(%{{.*}}) down(%{{.*}}) gate_scale(%{{.*}}) up_scale(%{{.*}}) down_scale(%{{.*}}) {activation = #moe.activation<silu>, quant_block = array<i64: 128, 128>} : (tensor<?x200xbf16>, tensor<3xi32>, tensor<2x136x200xf8E4M3FN>, tensor<2x136x200xf8E4M3FN>, tensor<2x200x136xf8E4M3FN>, tensor<2x2x2xf32>, tensor<2x2x2xf32>, tensor<2x2x2xf32>) -> tensor<?x200xbf16>
+// CHECK: moe.expert_ffn %{{.*}}, %{{.*}} gate_up(%{{.*}}) down(%{{.*}}) gate_up_bias(%{{.*}}) down_bias(%{{.*}}) gate_up_scale(%{{.*}}) down_scale(%{{.*}}) {activation = #moe.activation<swiglu_clamped>, gate_up_layout = #moe.gate_up_layout<interleaved>, quant_block = array<i64: 1, 32>}
+// CHECK: moe.ffn %{{.*}} gate(%{{.*}}) up(%{{.*}}) down(%{{.*}}) gate_scale(%{{.*}}) up_scale(%{{.*}}) down_scale(%{{.*}}) {activation = #moe.activation<silu>, quant_block = array<i64: 128, 128>}
+func.func @quantized_experts(%xs: tensor<?x200xbf16>, %off: tensor<3xi32>,
+    %g8: tensor<2x136x200xf8E4M3FN>, %d8: tensor<2x200x136xf8E4M3FN>,
+    %sg: tensor<2x2x2xf32>, %sd: tensor<2x2x2xf32>,
+    %xg: tensor<?x64xbf16>, %off4: tensor<5xi32>,
+    %d4: tensor<4x64x32xf4E2M1FN>, %sd4: tensor<4x64x1xf8E8M0FNU>,
+    %gub: tensor<4x64xbf16>, %db: tensor<4x64xbf16>,
+    %fg: tensor<136x200xf8E4M3FN>, %fd: tensor<200x136xf8E4M3FN>,
+    %fsg: tensor<2x2xf32>, %fsd: tensor<2x2xf32>)
+    -> (tensor<?x200xbf16>, tensor<?x64xbf16>, tensor<?x200xbf16>) {
+  %gu4 = moe.weight ["l.experts.gate_up_proj_blocks"] from ["m.safetensors"] : tensor<4x64x64xf4E2M1FN>
+  %sgu4 = moe.weight ["l.experts.gate_up_proj_scales"] from ["m.safetensors"] : tensor<4x64x2xf8E8M0FNU>
+  // DeepSeek-V3 FP8: 136 = 128 + 8 and 200 = 128 + 72 leave partial edge blocks.
+  %0 = moe.expert_ffn %xs, %off gate(%g8) up(%g8) down(%d8) gate_scale(%sg) up_scale(%sg) down_scale(%sd) {activation = #moe.activation<silu>, quant_block = array<i64: 128, 128>} : (tensor<?x200xbf16>, tensor<3xi32>, tensor<2x136x200xf8E4M3FN>, tensor<2x136x200xf8E4M3FN>, tensor<2x200x136xf8E4M3FN>, tensor<2x2x2xf32>, tensor<2x2x2xf32>, tensor<2x2x2xf32>) -> tensor<?x200xbf16>
+  // gpt-oss MXFP4: [E, out, in] blocks, 32 input values per E8M0 scale.
+  %1 = moe.expert_ffn %xg, %off4 gate_up(%gu4) down(%d4) gate_up_bias(%gub) down_bias(%db) gate_up_scale(%sgu4) down_scale(%sd4) {activation = #moe.activation<swiglu_clamped>, gate_up_layout = #moe.gate_up_layout<interleaved>, quant_block = array<i64: 1, 32>} : (tensor<?x64xbf16>, tensor<5xi32>, tensor<4x64x64xf4E2M1FN>, tensor<4x64x32xf4E2M1FN>, tensor<4x64xbf16>, tensor<4x64xbf16>, tensor<4x64x2xf8E8M0FNU>, tensor<4x64x1xf8E8M0FNU>) -> tensor<?x64xbf16>
+  %2 = moe.ffn %xs gate(%fg) up(%fg) down(%fd) gate_scale(%fsg) up_scale(%fsg) down_scale(%fsd) {activation = #moe.activation<silu>, quant_block = array<i64: 128, 128>} : (tensor<?x200xbf16>, tensor<136x200xf8E4M3FN>, tensor<136x200xf8E4M3FN>, tensor<200x136xf8E4M3FN>, tensor<2x2xf32>, tensor<2x2xf32>, tensor<2x2xf32>) -> tensor<?x200xbf16>
+  return %0, %1, %2 : tensor<?x200xbf16>, tensor<?x64xbf16>, tensor<?x200xbf16>
+}

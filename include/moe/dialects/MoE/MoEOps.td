@@ -30,6 +30,16 @@ def MoE_Scores : 2DTensorOf<[F32]>;
 def MoE_Ids : 2DTensorOf<[I32]>;
 def MoE_I32Vector : 1DTensorOf<[I32]>;
 def MoE_F32Vector : 1DTensorOf<[F32]>;
+// Expert weights: f32/bf16/f16, or block-quantized FP8 (E4M3) and FP4
+// (E2M1, MXFP4) whose block scales are separate operands. The tensor shape
+// is the logical one; storage is packed (two FP4 values per byte).
+def MoE_QuantizedElementType : AnyTypeOf<[F8E4M3FN, F4E2M1FN]>;
+def MoE_WeightTensor : RankedTensorOf<[F32, BF16, F16, F8E4M3FN, F4E2M1FN]>;
+// Block scales: f32 (FP8 `weight_scale_inv`) or E8M0 exponents (MXFP4).
+def MoE_ScaleTensor : RankedTensorOf<[F32, F8E8M0FNU]>;
+// What moe.weight may load: any of the above.
+def MoE_StoredTensor
+    : RankedTensorOf<[F32, BF16, F16, F8E4M3FN, F4E2M1FN, F8E8M0FNU]>;
 
 //===----------------------------------------------------------------------===//
 // Weights
@@ -52,6 +62,12 @@ def MoE_WeightOp : MoE_Op<"weight", [Pure]> {
     module's `moe.weight_root` string attribute when present, otherwise
     against the directory of the IR file. The result's element type is the
     stored dtype (F32, BF16 or F16); the loader checks dtype and shape.
+    Quantized expert weights and their block scales are weights too:
+    `f8E4M3FN` (safetensors `F8_E4M3`), `f4E2M1FN` (MXFP4 `*_blocks`,
+    `U8` holding two values per byte, low nibble first: the result has the
+    logical shape) and `f8E8M0FNU` (MXFP4 `*_scales`, `U8`); see
+    `moe.expert_ffn` for how they combine and docs/hf-layouts.md for the
+    formats.
 
     ```mlir
     %wg = moe.weight ["model.layers.1.mlp.gate.weight"] from ["model.safetensors"]
@@ -62,7 +78,7 @@ def MoE_WeightOp : MoE_Op<"weight", [Pure]> {
   }];
   let arguments = (ins StrArrayAttr:$names, StrArrayAttr:$files,
                    UnitAttr:$stacked);
-  let results = (outs MoE_Tensor:$result);
+  let results = (outs MoE_StoredTensor:$result);
   let assemblyFormat = [{
     (`stacked` $stacked^)? $names `from` $files attr-dict `:` type($result)
   }];
@@ -729,17 +745,53 @@ class MoE_GatedFFNOp<string mnemonic, string sum, string desc,
     printed IR says which function is computed. The kernels compute the
     `up` projection only (half the first GEMM of a gated FFN of the same
     width).
+
+    Quantized weights (block-scaled): the projections may be `f8E4M3FN`
+    (DeepSeek-V3 FP8) or `f4E2M1FN` (MXFP4, gpt-oss), all of one element
+    type, each with its scale operand (`gate_scale`, `up_scale`,
+    `gate_up_scale`, `down_scale`) and the op's `quant_block =
+    array<i64: b0, b1>`: one scale per `b0 x b1` block of the last two
+    dimensions of the weight as stored (so `[1, 32]` with `out_in` is 32
+    consecutive input channels). A weight `[.., d0, d1]` takes a scale
+    `[.., ceil(d0 / b0), ceil(d1 / b1)]` (expert dimension first for
+    `moe.expert_ffn`); the value is `code * scale`, code decoded exactly.
+    - `f8E4M3FN`: scales `f32` (the checkpoint's `weight_scale_inv`, a
+      multiplier despite its name); the edge blocks may be partial
+      (DeepSeek-V3: `[128, 128]`).
+    - `f4E2M1FN`: scales `f8E8M0FNU` (`2^(e - 127)`, e = 255 is NaN); the
+      block is 32 values along the input dimension (`[1, 32]` with `out_in`,
+      `[32, 1]` with `in_out`) and the input size is a multiple of 32.
+    Biases and activations stay f32/bf16/f16. The reference executor
+    dequantizes exactly; the CUDA backend refuses quantized FFNs for now.
+
+    ```mlir
+    // DeepSeek-V3 FP8 experts: 128 x 128 blocks, f32 scales.
+    %ys = moe.expert_ffn %xs, %offsets gate(%wg) up(%wu) down(%wd)
+        gate_scale(%sg) up_scale(%su) down_scale(%sd)
+        {activation = #moe.activation<silu>,
+         quant_block = array<i64: 128, 128>}
+        : (tensor<?x7168xbf16>, tensor<257xi32>,
+           tensor<256x2048x7168xf8E4M3FN>, tensor<256x2048x7168xf8E4M3FN>,
+           tensor<256x7168x2048xf8E4M3FN>, tensor<256x16x56xf32>,
+           tensor<256x16x56xf32>, tensor<256x56x16xf32>)
+        -> tensor<?x7168xbf16>
+    ```
   }];
   let arguments = !con(extraIns, (ins
-      Optional<MoE_Tensor>:$gate, Optional<MoE_Tensor>:$up,
-      Optional<MoE_Tensor>:$gate_up, MoE_Tensor:$down,
+      Optional<MoE_WeightTensor>:$gate, Optional<MoE_WeightTensor>:$up,
+      Optional<MoE_WeightTensor>:$gate_up, MoE_WeightTensor:$down,
       Optional<MoE_Tensor>:$gate_bias, Optional<MoE_Tensor>:$up_bias,
       Optional<MoE_Tensor>:$gate_up_bias, Optional<MoE_Tensor>:$down_bias,
+      Optional<MoE_ScaleTensor>:$gate_scale,
+      Optional<MoE_ScaleTensor>:$up_scale,
+      Optional<MoE_ScaleTensor>:$gate_up_scale,
+      Optional<MoE_ScaleTensor>:$down_scale,
       MoE_ActivationAttr:$activation,
       DefaultValuedAttr<MoE_GateUpLayoutAttr, "::mlir::moe::GateUpLayout::concat">:$gate_up_layout,
       DefaultValuedAttr<MoE_WeightLayoutAttr, "::mlir::moe::WeightLayout::out_in">:$weight_layout,
       DefaultValuedAttr<F32Attr, "1.702">:$alpha,
-      DefaultValuedAttr<F32Attr, "7.0">:$limit, UnitAttr:$non_gated),
+      DefaultValuedAttr<F32Attr, "7.0">:$limit, UnitAttr:$non_gated,
+      OptionalAttr<DenseI64ArrayAttr>:$quant_block),
       extraAttrs);
   let results = (outs MoE_Tensor:$result);
   let hasVerifier = 1;
@@ -808,6 +860,9 @@ def MoE_ExpertFFNOp : MoE_GatedFFNOp<"expert_ffn",
     `down` `(` $down `)`
     (`gate_bias` `(` $gate_bias^ `)`)? (`up_bias` `(` $up_bias^ `)`)?
     (`gate_up_bias` `(` $gate_up_bias^ `)`)? (`down_bias` `(` $down_bias^ `)`)?
+    (`gate_scale` `(` $gate_scale^ `)`)? (`up_scale` `(` $up_scale^ `)`)?
+    (`gate_up_scale` `(` $gate_up_scale^ `)`)?
+    (`down_scale` `(` $down_scale^ `)`)?
     attr-dict `:` functional-type(operands, results)
   }];
 }
@@ -825,6 +880,9 @@ def MoE_FFNOp : MoE_GatedFFNOp<"ffn",
     `down` `(` $down `)`
     (`gate_bias` `(` $gate_bias^ `)`)? (`up_bias` `(` $up_bias^ `)`)?
     (`gate_up_bias` `(` $gate_up_bias^ `)`)? (`down_bias` `(` $down_bias^ `)`)?
+    (`gate_scale` `(` $gate_scale^ `)`)? (`up_scale` `(` $up_scale^ `)`)?
+    (`gate_up_scale` `(` $gate_up_scale^ `)`)?
+    (`down_scale` `(` $down_scale^ `)`)?
     attr-dict `:` functional-type(operands, results)
   }];
 }

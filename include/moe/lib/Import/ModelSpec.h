@@ -14,6 +14,7 @@
 #include "llvm/Support/Error.h"
 
 #include <cstdint>
+#include <memory>
 #include <string>
 #include <vector>
 
@@ -27,13 +28,27 @@ enum class GroupScoring { None, Max, Top2Sum };
 enum class SelectedTransform { None, Softmax, Sigmoid };
 enum class FFNActivation { Silu, Gelu, GeluTanh, SwigluClamped };
 
+/// Quantized codes as the IR types them (docs/hf-layouts.md).
+enum class QuantCodes {
+  None,
+  F8E4M3FN, ///< F8_E4M3 (DeepSeek-V3).
+  F4E2M1FN, ///< U8, two values per byte (gpt-oss `*_blocks`).
+  E8M0      ///< U8 block exponents (gpt-oss `*_scales`).
+};
+
 /// A tensor of the checkpoint: the stack of `names` (one name: the tensor
 /// itself), each stored in the file at the same index of `files`.
 struct TensorRef {
   std::vector<std::string> names;
   std::vector<std::string> files; ///< Relative to the model folder.
-  std::vector<int64_t> shape;     ///< Of the whole stack.
+  std::vector<int64_t> shape;     ///< Of the whole stack (logical).
   DType dtype = DType::F32;
+  /// Quantized: what the stored bytes hold (`shape` stays logical).
+  QuantCodes codes = QuantCodes::None;
+  /// The block scales of a quantized weight, and the [rows, cols] block of
+  /// the weight's last two dimensions that one scale covers.
+  std::shared_ptr<TensorRef> scale;
+  std::vector<int64_t> block;
   bool empty() const { return names.empty(); }
 };
 

@@ -112,6 +112,14 @@ struct SyntheticOptions {
   double swigluLimit = 7.0;
   /// llama4_text: MoE layers are those with (layer + 1) % step == 0.
   int64_t interleaveMoeLayerStep = 1;
+  /// Quantized experts as released (docs/hf-layouts.md): "" (none),
+  /// "fp8" (deepseek_v3, per-expert: F8_E4M3 weights with F32
+  /// `_scale_inv` per quantBlock x quantBlock block, routed and shared
+  /// experts) or "mxfp4" (gpt_oss: `_blocks`/`_scales` U8 tensors, 32
+  /// input values per E8M0 scale). Writes quantization_config.
+  std::string quant;
+  /// fp8: the square block of one scale (weight_block_size).
+  int64_t quantBlock = 128;
 };
 
 /// One tensor of a synthetic model.
