@@ -53,6 +53,9 @@ struct RouteProgram {
   llvm::SmallVector<Operation *> perToken;
   /// The cross-token selection, if any.
   Operation *crossToken = nullptr;
+  /// The moe.similarity_mix, if any (also in perToken: each token's warp
+  /// mixes, recomputing the other tokens' probabilities).
+  Operation *tokenMix = nullptr;
   /// Router ops that read the cross-token op's results, body order.
   llvm::SmallVector<Operation *> afterCrossToken;
   /// Values computed before the cross-token op and read after it (kept in
