@@ -283,6 +283,15 @@ public:
                       .Case([&](func::ReturnOp o) -> Error {
                         if (*form == LayerForm::Router)
                           return routerResults(o);
+                        if (o.getNumOperands() > 1)
+                          return makeError(
+                              o, "function @" + fn.getSymName() +
+                                     " returns extra results ('" +
+                                     getLayerOutputName(fn, 1) +
+                                     "', moe.output): the kernel backends "
+                                     "return y only (plans carry no extra "
+                                     "results yet); run it with the "
+                                     "reference executor");
                         auto it = values.find(o.getOperand(0));
                         if (it == values.end())
                           return makeError(o, "the returned value is not "

@@ -310,6 +310,12 @@ std::string mlir::moe::getLayerInputName(FunctionOpInterface fn, unsigned i) {
   return "argument #" + std::to_string(i);
 }
 
+std::string mlir::moe::getLayerOutputName(FunctionOpInterface fn, unsigned i) {
+  if (auto attr = fn.getResultAttrOfType<StringAttr>(i, kOutputAttr))
+    return attr.getValue().str();
+  return "result #" + std::to_string(i);
+}
+
 /// The argument number of `fn` that `v` is, directly or as the body
 /// argument of a moe.fused_route extra input.
 static std::optional<unsigned> functionArgument(FunctionOpInterface fn,
@@ -364,15 +370,35 @@ std::optional<LayerForm> mlir::moe::getLayerForm(FunctionOpInterface fn,
   }
   if (results.size() == 1 && args.size() == 1 && isTokenRows(args[0], nullptr))
     return LayerForm::Layer;
-  // Named extra inputs: every argument after x names itself.
+  // Named extra inputs and results: every argument after x and every
+  // result after y names itself.
   bool named = false;
   for (unsigned i = 1; i < args.size(); ++i)
     named |= static_cast<bool>(fn.getArgAttr(i, kInputAttr));
+  for (unsigned i = 1; i < results.size(); ++i)
+    named |= static_cast<bool>(fn.getResultAttr(i, kOutputAttr));
   if (named) {
-    if (results.size() != 1 || !isTokenRows(args[0], nullptr)) {
-      why = name + ": a layer with extra inputs takes x [T, H] first and "
-                   "returns one result";
+    if (results.empty() || args.empty() || !isTokenRows(args[0], nullptr)) {
+      why = name + ": a layer with extra inputs or results takes x [T, H] "
+                   "first and returns y first";
       return std::nullopt;
+    }
+    for (unsigned i = 1; i < results.size(); ++i) {
+      auto attr = fn.getResultAttrOfType<StringAttr>(i, kOutputAttr);
+      auto type = dyn_cast<RankedTensorType>(results[i]);
+      if (!attr || attr.getValue().empty()) {
+        why = name + ": result #" + std::to_string(i) + " needs a '" +
+              kOutputAttr.str() +
+              "' name (a non-empty string): every result after y is a "
+              "named extra result";
+        return std::nullopt;
+      }
+      if (!type ||
+          (type.getElementType() != f32 && type.getElementType() != i32)) {
+        why = name + ": extra result '" + attr.getValue().str() +
+              "' must be a ranked tensor of f32 or i32";
+        return std::nullopt;
+      }
     }
     for (unsigned i = 1; i < args.size(); ++i) {
       auto attr = fn.getArgAttrOfType<StringAttr>(i, kInputAttr);

@@ -1657,6 +1657,16 @@ Expected<HostTensor> interpretWithInputs(func::FuncOp fn,
   return std::move(out->front());
 }
 
+Expected<std::vector<HostTensor>>
+interpretWithOutputs(func::FuncOp fn, const HostTensor &input,
+                     const std::vector<HostTensor> &extra,
+                     WeightLoader &weights, RoutingTrace *trace) {
+  Interpreter interpreter(weights, trace);
+  std::vector<HostTensor> args = {input};
+  args.insert(args.end(), extra.begin(), extra.end());
+  return interpreter.run(fn, LayerForm::ExtraInputs, std::move(args));
+}
+
 Expected<HostRouting> interpretRouter(func::FuncOp fn, const HostTensor &input,
                                       WeightLoader &weights) {
   Interpreter interpreter(weights, nullptr);
