@@ -305,6 +305,15 @@ public:
                       .Case([&](func::ReturnOp o) -> Error {
                         if (*form == LayerForm::Router)
                           return routerResults(o);
+                        if (o.getNumOperands() > 1)
+                          return makeError(
+                              o, "function @" + fn.getSymName() +
+                                     " returns extra results ('" +
+                                     getLayerOutputName(fn, 1) +
+                                     "', moe.output): the kernel backends "
+                                     "return y only (plans carry no extra "
+                                     "results yet); run it with the "
+                                     "reference executor");
                         auto it = values.find(o.getOperand(0));
                         if (it == values.end())
                           return makeError(o, "the returned value is not "
@@ -486,6 +495,9 @@ private:
   /// The router projection's kernel: tokens per block and router rows per
   /// block (moe_k::route::routerLogits).
   static constexpr int kLogitsTokens = 32, kLogitsRows = 8;
+  /// Where moe.similarity_mix's recomputation restages a token's rows (the
+  /// staging code is known once the whole body is generated).
+  static constexpr llvm::StringLiteral kStagePlaceholder = "@MOE_STAGE@\n";
 
   Error route(FusedRouteOp op) {
     constexpr int kWarps = 4;
@@ -922,6 +934,50 @@ private:
                             N, slot, at(rl.getResult()));
         continue;
       }
+      if (auto mix = dyn_cast<SimilarityMixOp>(o)) {
+        // Graph of Tokens, by token t's warp: the softmax over its
+        // similarities to every token j (the lanes split each dot), and
+        // token j's probabilities recomputed by the router ops before the
+        // mix (the text so far, with t = j), so that no warp waits for
+        // another's rows. Then token t's rows again.
+        std::string prefix = p1.str();
+        int64_t N = dim(mix.getProbs(), 1);
+        std::string probs = in(mix.getProbs()), res = at(mix.getResult());
+        std::string tau = floatLiteral(mix.getTemperature().convertToFloat());
+        comment(p1);
+        p1 << llvm::formatv(
+            "      {{\n"
+            "        const long long mixEnd = {0};\n"
+            "        const float mixMax = moe_k::route::similarityMax<{1}>("
+            "x, t, mixEnd, {2});\n"
+            "        float mixSum = 0.0f;\n"
+            "        if (lane == 0)\n"
+            "          for (int i = 0; i < {3}; ++i) {4}[i] = 0.0f;\n"
+            "        __syncwarp();\n"
+            "        for (long long mixJ = 0; mixJ < mixEnd; ++mixJ) {{\n"
+            "          const float mixW = expf(moe_k::route::similarity<{1}>("
+            "x, t, mixJ, {2}) - mixMax);\n"
+            "          mixSum += mixW;\n"
+            "          {{\n"
+            "            // token mixJ's router ops, recomputed\n"
+            "            const long long t = mixJ;\n",
+            mix.getCausal() ? "t + 1" : "T", H, tau, N, res);
+        p1 << kStagePlaceholder << prefix;
+        p1 << llvm::formatv("          }\n"
+                            "          if (lane == 0)\n"
+                            "            moe_k::route::mixAccumulate<{0}>({1}, "
+                            "mixW, {2});\n"
+                            "          __syncwarp();\n"
+                            "        }\n"
+                            "        if (lane == 0)\n"
+                            "          moe_k::route::mixFinish<{0}>({2}, "
+                            "mixSum);\n"
+                            "        __syncwarp();\n"
+                            "        // token t's own rows again\n",
+                            N, probs, res);
+        p1 << kStagePlaceholder << prefix << "      }\n";
+        continue;
+      }
       // Everything else runs on lane 0 of the token's warp.
       Expected<std::string> call = rowCall(o, in);
       if (!call)
@@ -1137,19 +1193,26 @@ private:
                         "    const long long t = first + warp;\n"
                         "    if (t < T) {{\n",
                         kWarps);
+    std::string stage;
+    llvm::raw_string_ostream st(stage);
     if (stagedArg)
-      os << llvm::formatv("      if (lane == 0)\n        for (int i = 0; i < "
-                          "{0}; ++i)\n          {1}[warp * {0} + i] = "
-                          "moe_k::toF32(x[t * {0} + i]);\n      __syncwarp();\n",
-                          H, rowsOf[arg]);
+      st << llvm::formatv(
+          "      if (lane == 0)\n        for (int i = 0; i < "
+          "{0}; ++i)\n          {1}[warp * {0} + i] = "
+          "moe_k::toF32(x[t * {0} + i]);\n      __syncwarp();\n",
+          H, rowsOf[arg]);
     for (int i = 0; i < 2; ++i)
       if (stagedGiven[i])
-        os << llvm::formatv("      if (lane == 0)\n        for (int i = 0; i < "
+        st << llvm::formatv("      if (lane == 0)\n        for (int i = 0; i < "
                             "{0}; ++i)\n          {1}[warp * {0} + i] = "
                             "{2}[t * {0} + i];\n      __syncwarp();\n",
                             dim(givenArgs[i], 1), rowsOf[givenArgs[i]],
                             i == 0 ? "givenIds" : "givenWeights");
-    os << phase1 << "    }\n  }\n";
+    // moe.similarity_mix restages the rows of the tokens it recomputes.
+    for (size_t pos = phase1.find(kStagePlaceholder); pos != std::string::npos;
+         pos = phase1.find(kStagePlaceholder, pos + stage.size()))
+      phase1.replace(pos, kStagePlaceholder.size(), stage);
+    os << stage << phase1 << "    }\n  }\n";
     os << "  if (moe_k::route::lastBlockDone(counter, lastFlag)) {\n";
     os << phase2;
     os << llvm::formatv("    moe_k::route::planDispatch<{0}, {1}, {2}>(outIds, "

@@ -48,8 +48,8 @@ FailureOr<ExpertLayer> experts::findExpertLayer(func::FuncOp fn,
   if (crossToken) {
     why = ("cross-token routing (" + crossToken->getName().getStringRef() +
            ") is not supported: a token's experts depend on the other "
-           "tokens (expert choice, capacities, balancing), so removing or "
-           "merging experts changes every token's routing")
+           "tokens (expert choice, capacities, balancing, token mixing), "
+           "so removing or merging experts changes every token's routing")
               .str();
     return failure();
   }

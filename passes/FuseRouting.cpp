@@ -84,8 +84,11 @@ void fuseRouter(Operation *anchor, Value ids, Value weights,
     // A value read as scores (not as a projection's token input) that an op
     // computes from a router op's result: that op sits inside the router
     // without being a router op (say an arith.mulf scaling the logits).
-    bool tokenInput = reader && isa<RouterLinearOp>(reader) &&
-                      cast<RouterLinearOp>(reader).getInput() == v;
+    bool tokenInput =
+        reader && ((isa<RouterLinearOp>(reader) &&
+                    cast<RouterLinearOp>(reader).getInput() == v) ||
+                   (isa<SimilarityMixOp>(reader) &&
+                    cast<SimilarityMixOp>(reader).getInput() == v));
     if (def && !tokenInput)
       if (Operation *above = routerOpAbove(def)) {
         InFlightDiagnostic diag = anchor->emitRemark();

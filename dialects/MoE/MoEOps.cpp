@@ -423,6 +423,71 @@ LogicalResult SinkhornOp::verify() {
   return success();
 }
 
+LogicalResult SimilarityMixOp::verify() {
+  Operation *op = getOperation();
+  if (failed(expectRank(op, getInput(), "input", 2,
+                        "[T, H]: the token vectors")) ||
+      failed(expectDim(op, getProbs(), "probs", 0, rows(getInput()),
+                       "tokens of 'input'")))
+    return failure();
+  float tau = getTemperature().convertToFloat();
+  if (!std::isfinite(tau) || tau <= 0.0f)
+    return emitOpError() << "'temperature' (the similarity softmax: "
+                            "x_t . x_j / temperature) must be finite and > 0, "
+                            "got "
+                         << tau;
+  if (Operation *source = slotOrderedSource(getProbs()))
+    return emitOpError() << "'probs' is the slot-ordered output of '"
+                         << source->getName()
+                         << "' (column s is a token's s-th chosen expert): "
+                            "mixing needs rows over experts, e.g. the "
+                            "moe.softmax of the router logits";
+  return success();
+}
+
+/// Mixing reads the other tokens of the batch.
+bool SimilarityMixOp::readsOtherTokens() { return true; }
+
+LogicalResult GruCellOp::verify() {
+  Operation *op = getOperation();
+  if (static_cast<bool>(getBiasIh()) != static_cast<bool>(getBiasHh()))
+    return emitOpError() << "takes both 'bias_ih' and 'bias_hh' or neither";
+  if (failed(expectRank(op, getInput(), "input", 2, "[T, I]")) ||
+      failed(expectRank(op, getWeightIh(), "weight_ih", 2,
+                        "[3S, I]: the r, z, n rows")) ||
+      failed(expectRank(op, getWeightHh(), "weight_hh", 2,
+                        "[3S, S]: the r, z, n rows")))
+    return failure();
+  int64_t rows3 = rows(getWeightHh());
+  if (!ShapedType::isDynamic(rows3) && rows3 % 3 != 0)
+    return emitOpError() << "'weight_hh' has " << rows3
+                         << " rows; expected 3S (the r, z and n gates' rows "
+                            "of a state of width S)";
+  int64_t S = ShapedType::isDynamic(rows3) ? ShapedType::kDynamic : rows3 / 3;
+  if (failed(expectDim(op, getState(), "state", 1, S,
+                       "the state width S, weight_hh's rows / 3")) ||
+      failed(expectDim(op, getWeightHh(), "weight_hh", 1, S,
+                       "the state width S, weight_hh's rows / 3")) ||
+      failed(expectDim(op, getWeightIh(), "weight_ih", 0, rows3,
+                       "3S, the rows of 'weight_hh'")) ||
+      failed(expectDim(op, getWeightIh(), "weight_ih", 1, columns(getInput()),
+                       "the columns of 'input'")) ||
+      failed(expectDim(op, getState(), "state", 0, rows(getInput()),
+                       "tokens of 'input'")))
+    return failure();
+  for (auto [b, name] :
+       {std::pair(getBiasIh(), "bias_ih"), std::pair(getBiasHh(), "bias_hh")}) {
+    if (!b)
+      continue;
+    if (failed(expectRank(op, b, name, 1, "[3S]")) ||
+        failed(expectDim(op, b, name, 0, rows3,
+                         "3S, the rows of "
+                         "'weight_hh'")))
+      return failure();
+  }
+  return success();
+}
+
 LogicalResult GatherScoresOp::verify() {
   Operation *op = getOperation();
   if (failed(expectDim(op, getIds(), "ids", 0, rows(getScores()),

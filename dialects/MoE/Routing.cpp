@@ -210,6 +210,22 @@ std::optional<RouteMismatch> mlir::moe::matchRouteBody(Block &body,
                           "argument): the projection is a kernel of its own "
                           "over the layer's input");
 
+    // moe.similarity_mix reads the token vectors from the layer input in
+    // global memory (every token's, not a row), then runs per token.
+    auto mix = dyn_cast<SimilarityMixOp>(op);
+    if (mix) {
+      if (mix.getInput() != arg)
+        return mismatch(op, "must mix by the routed tokens (the body "
+                            "argument): the kernel reads every token's "
+                            "vector from the layer's input");
+      if (program.crossToken)
+        return mismatch(op, "comes after the cross-token selection '" +
+                                program.crossToken->getName().getStringRef() +
+                                "': the routing kernel mixes before it");
+      if (program.tokenMix)
+        return mismatch(op, "is a second moe.similarity_mix in one router "
+                            "(the routing kernel mixes once)");
+    }
     SmallVector<Value> side = sideInputOperands(op);
     for (Value v : side)
       if (!isExtra(v))
@@ -221,9 +237,13 @@ std::optional<RouteMismatch> mlir::moe::matchRouteBody(Block &body,
     // The rows the op reads: operands other than weights and extra inputs,
     // and its mask.
     SmallVector<Value> reads;
-    for (Value v : op->getOperands())
+    for (OpOperand &use : op->getOpOperands()) {
+      Value v = use.get();
+      if (mix && use.getOperandNumber() == 0)
+        continue;
       if (!llvm::is_contained(weights, v) && !llvm::is_contained(side, v))
         reads.push_back(v);
+    }
     if (Value mask = getImplicitMask(op))
       reads.push_back(mask);
     for (Value v : reads) {
@@ -238,6 +258,14 @@ std::optional<RouteMismatch> mlir::moe::matchRouteBody(Block &body,
 
     bool isLate =
         llvm::any_of(reads, [&](Value v) { return late.contains(v); });
+    if (mix) {
+      if (llvm::is_contained(reads, arg) || isGiven(mix.getProbs()))
+        return mismatch(op, "must mix probabilities computed by router ops, "
+                            "not the routed tokens or the given routing");
+      program.tokenMix = op;
+      program.perToken.push_back(op);
+      continue;
+    }
     if (router.readsOtherTokens()) {
       if (program.crossToken)
         return mismatch(op, "is a second cross-token selection in one router "
@@ -280,6 +308,12 @@ std::string mlir::moe::getLayerInputName(FunctionOpInterface fn, unsigned i) {
   if (auto attr = fn.getArgAttrOfType<StringAttr>(i, kInputAttr))
     return attr.getValue().str();
   return "argument #" + std::to_string(i);
+}
+
+std::string mlir::moe::getLayerOutputName(FunctionOpInterface fn, unsigned i) {
+  if (auto attr = fn.getResultAttrOfType<StringAttr>(i, kOutputAttr))
+    return attr.getValue().str();
+  return "result #" + std::to_string(i);
 }
 
 /// The argument number of `fn` that `v` is, directly or as the body
@@ -336,15 +370,35 @@ std::optional<LayerForm> mlir::moe::getLayerForm(FunctionOpInterface fn,
   }
   if (results.size() == 1 && args.size() == 1 && isTokenRows(args[0], nullptr))
     return LayerForm::Layer;
-  // Named extra inputs: every argument after x names itself.
+  // Named extra inputs and results: every argument after x and every
+  // result after y names itself.
   bool named = false;
   for (unsigned i = 1; i < args.size(); ++i)
     named |= static_cast<bool>(fn.getArgAttr(i, kInputAttr));
+  for (unsigned i = 1; i < results.size(); ++i)
+    named |= static_cast<bool>(fn.getResultAttr(i, kOutputAttr));
   if (named) {
-    if (results.size() != 1 || !isTokenRows(args[0], nullptr)) {
-      why = name + ": a layer with extra inputs takes x [T, H] first and "
-                   "returns one result";
+    if (results.empty() || args.empty() || !isTokenRows(args[0], nullptr)) {
+      why = name + ": a layer with extra inputs or results takes x [T, H] "
+                   "first and returns y first";
       return std::nullopt;
+    }
+    for (unsigned i = 1; i < results.size(); ++i) {
+      auto attr = fn.getResultAttrOfType<StringAttr>(i, kOutputAttr);
+      auto type = dyn_cast<RankedTensorType>(results[i]);
+      if (!attr || attr.getValue().empty()) {
+        why = name + ": result #" + std::to_string(i) + " needs a '" +
+              kOutputAttr.str() +
+              "' name (a non-empty string): every result after y is a "
+              "named extra result";
+        return std::nullopt;
+      }
+      if (!type ||
+          (type.getElementType() != f32 && type.getElementType() != i32)) {
+        why = name + ": extra result '" + attr.getValue().str() +
+              "' must be a ranked tensor of f32 or i32";
+        return std::nullopt;
+      }
     }
     for (unsigned i = 1; i < args.size(); ++i) {
       auto attr = fn.getArgAttrOfType<StringAttr>(i, kInputAttr);

@@ -1060,6 +1060,89 @@ private:
           set(o.getResult(), std::move(p));
           return Error::success();
         })
+        .Case([&](SimilarityMixOp o) -> Error {
+          // The routing kernel's arithmetic and order: the dots, the
+          // softmax's max, exponentials and sums in f32, in ascending j.
+          const HostTensor &x = get(o.getInput());
+          const HostTensor &p = get(o.getProbs());
+          int64_t T = x.shape[0], H = x.shape[1], N = p.shape[1];
+          if (p.shape[0] != T)
+            return opError(o, "'probs' has " + llvm::Twine(p.shape[0]) +
+                                  " rows but 'input' has " + llvm::Twine(T) +
+                                  " tokens");
+          float tau = o.getTemperature().convertToFloat();
+          HostTensor r = HostTensor::floats({T, N});
+          std::vector<float> s(T);
+          for (int64_t t = 0; t < T; ++t) {
+            int64_t end = o.getCausal() ? t + 1 : T;
+            float mx = kNegInf;
+            for (int64_t j = 0; j < end; ++j) {
+              // The kernel's order: 32 lanes sum every 32nd product, then a
+              // butterfly over the lanes (route::similarity, warpSum).
+              float lanes[32] = {};
+              for (int64_t h = 0; h < H; ++h)
+                lanes[h % 32] += x.f[t * H + h] * x.f[j * H + h];
+              for (int offset = 16; offset > 0; offset /= 2) {
+                float next[32];
+                for (int l = 0; l < 32; ++l)
+                  next[l] = lanes[l] + lanes[l ^ offset];
+                std::copy(next, next + 32, lanes);
+              }
+              s[j] = lanes[0] / tau;
+              mx = std::max(mx, s[j]);
+            }
+            float sum = 0.0f;
+            float *out = &r.f[t * N];
+            for (int64_t j = 0; j < end; ++j) {
+              float w = std::exp(s[j] - mx);
+              sum += w;
+              for (int64_t e = 0; e < N; ++e)
+                out[e] += w * p.f[j * N + e];
+            }
+            for (int64_t e = 0; e < N; ++e)
+              out[e] /= sum;
+          }
+          set(o.getResult(), std::move(r));
+          return Error::success();
+        })
+        .Case([&](GruCellOp o) -> Error {
+          // torch.nn.GRUCell: gates r, z, n (rows [0, S), [S, 2S), [2S, 3S)
+          // of both weights), sums in double.
+          const HostTensor &x = get(o.getInput());
+          const HostTensor &h = get(o.getState());
+          const HostTensor &wi = get(o.getWeightIh());
+          const HostTensor &wh = get(o.getWeightHh());
+          const HostTensor *bi = o.getBiasIh() ? &get(o.getBiasIh()) : nullptr;
+          const HostTensor *bh = o.getBiasHh() ? &get(o.getBiasHh()) : nullptr;
+          int64_t T = x.shape[0], I = x.shape[1], S = h.shape[1];
+          if (h.shape[0] != T || wi.shape[0] != 3 * S || wi.shape[1] != I ||
+              wh.shape[0] != 3 * S || wh.shape[1] != S)
+            return opError(o, "shapes do not match a GRU cell of state width " +
+                                  llvm::Twine(S) + " and input width " +
+                                  llvm::Twine(I));
+          HostTensor r = HostTensor::floats({T, S});
+          auto gate = [&](const HostTensor &w, const HostTensor *b,
+                          const float *v, int64_t n, int64_t row) {
+            double acc = b ? b->f[row] : 0.0;
+            for (int64_t k = 0; k < n; ++k)
+              acc += static_cast<double>(w.f[row * n + k]) * v[k];
+            return acc;
+          };
+          for (int64_t t = 0; t < T; ++t) {
+            const float *xt = &x.f[t * I], *ht = &h.f[t * S];
+            for (int64_t k = 0; k < S; ++k) {
+              double rg = 1.0 / (1.0 + std::exp(-(gate(wi, bi, xt, I, k) +
+                                                  gate(wh, bh, ht, S, k))));
+              double zg = 1.0 / (1.0 + std::exp(-(gate(wi, bi, xt, I, S + k) +
+                                                  gate(wh, bh, ht, S, S + k))));
+              double ng = std::tanh(gate(wi, bi, xt, I, 2 * S + k) +
+                                    rg * gate(wh, bh, ht, S, 2 * S + k));
+              r.f[t * S + k] = static_cast<float>((1.0 - zg) * ng + zg * ht[k]);
+            }
+          }
+          set(o.getResult(), std::move(r));
+          return Error::success();
+        })
         .Case([&](GatherScoresOp o) -> Error {
           const HostTensor &s = get(o.getScores());
           const HostTensor &ids = get(o.getIds());
@@ -1666,6 +1749,16 @@ Expected<HostTensor> interpretWithInputs(func::FuncOp fn,
   if (!out)
     return out.takeError();
   return std::move(out->front());
+}
+
+Expected<std::vector<HostTensor>>
+interpretWithOutputs(func::FuncOp fn, const HostTensor &input,
+                     const std::vector<HostTensor> &extra,
+                     WeightLoader &weights, RoutingTrace *trace) {
+  Interpreter interpreter(weights, trace);
+  std::vector<HostTensor> args = {input};
+  args.insert(args.end(), extra.begin(), extra.end());
+  return interpreter.run(fn, LayerForm::ExtraInputs, std::move(args));
 }
 
 Expected<HostRouting> interpretRouter(func::FuncOp fn, const HostTensor &input,

@@ -168,6 +168,41 @@ __device__ void addSequenceScores(const float *in, const float *seqScores,
     out[i] = in[i] + factor * row[i];
 }
 
+/// moe.similarity_mix: s[t, j] = (x_t . x_j) / tau, by the whole warp (the
+/// lanes split the H products in f32; every lane gets the value).
+template <int H, typename T>
+__device__ __forceinline__ float similarity(const T *x, long long t,
+                                            long long j, float tau) {
+  const T *a = x + t * H, *b = x + j * H;
+  float acc = 0.0f;
+  for (int h = static_cast<int>(threadIdx.x % 32); h < H; h += 32)
+    acc += toF32<T>(a[h]) * toF32<T>(b[h]);
+  return warpSum(acc) / tau;
+}
+
+/// The largest s[t, j] over j < end: the shift of the mix's softmax.
+template <int H, typename T>
+__device__ float similarityMax(const T *x, long long t, long long end,
+                               float tau) {
+  float m = negInf();
+  for (long long j = 0; j < end; ++j)
+    m = fmaxf(m, similarity<H>(x, t, j, tau));
+  return m;
+}
+
+/// acc += w * p over a row of N probabilities (token j's share of the mix).
+template <int N>
+__device__ void mixAccumulate(const float *p, float w, float *acc) {
+  for (int i = 0; i < N; ++i)
+    acc[i] += w * p[i];
+}
+
+/// Divides the mixed row by the softmax's sum.
+template <int N> __device__ void mixFinish(float *acc, float sum) {
+  for (int i = 0; i < N; ++i)
+    acc[i] /= sum;
+}
+
 template <int N> __device__ void sigmoid(const float *in, float *out) {
   for (int i = 0; i < N; ++i)
     out[i] = moe_k::sigmoid(in[i]);

@@ -413,6 +413,30 @@ func.func @sinkhorn(%x: tensor<?x16xf32>) -> tensor<?x16xf32> {
 
 // -----
 
+// Graph of Tokens: moe.similarity_mix reads the routed tokens (the fused
+// op's input, the body argument) and the softmax; both move into the body.
+// CHECK-LABEL: func.func @similarity_mix
+// CHECK: moe.fused_route %{{.*}} {num_experts = 4 : i64} : tensor<?x16xf32> -> tensor<?x2xi32>, tensor<?x2xf32>
+// CHECK-NEXT: ^bb0(%[[T:.*]]: tensor<?x16xf32>):
+// CHECK: %[[L:.*]] = moe.router_linear %[[T]]
+// CHECK-NEXT: %[[P:.*]] = moe.softmax %[[L]]
+// CHECK-NEXT: %[[M:.*]] = moe.similarity_mix %[[T]], %[[P]] {causal, temperature = 4.000000e+00 : f32}
+// CHECK-NEXT: moe.topk %[[M]] {k = 2 : i64}
+// CHECK-NOT: moe.dispatch
+// CHECK-NOT: moe.similarity_mix
+func.func @similarity_mix(%x: tensor<?x16xf32>) -> tensor<?x16xf32> {
+  %wg = moe.weight ["gate"] from ["m.safetensors"] : tensor<4x16xf32>
+  %l = moe.router_linear %x, %wg : (tensor<?x16xf32>, tensor<4x16xf32>) -> tensor<?x4xf32>
+  %p = moe.softmax %l : tensor<?x4xf32>
+  %m = moe.similarity_mix %x, %p {temperature = 4.0 : f32, causal} : tensor<?x16xf32>, tensor<?x4xf32>
+  %ids, %w = moe.topk %m {k = 2 : i64} : tensor<?x4xf32> -> tensor<?x2xi32>, tensor<?x2xf32>
+  %c, %o, %r = moe.dispatch %ids {num_experts = 4 : i64} : tensor<?x2xi32> -> tensor<4xi32>, tensor<5xi32>, tensor<?xi32>
+  %y = moe.combine %x, %r, %w : (tensor<?x16xf32>, tensor<?xi32>, tensor<?x2xf32>) -> tensor<?x16xf32>
+  return %y : tensor<?x16xf32>
+}
+
+// -----
+
 // GLIDER: the sequence scores and map (extra layer inputs) become the fused
 // op's extra operands and the body's last arguments; the cosine projection
 // and the sequence-score add move into the body.

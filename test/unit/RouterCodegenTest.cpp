@@ -115,6 +115,13 @@ const std::map<std::string, Sample> &samples() {
         "%ids, %w = moe.topk %b {k = 2 : i64} : tensor<?x4xf32> -> "
         "tensor<?x2xi32>, tensor<?x2xf32>",
         2, 4}},
+      {"moe.similarity_mix",
+       {"%p = moe.softmax %l : tensor<?x4xf32>\n"
+        "%m = moe.similarity_mix %x, %p {temperature = 4.0 : f32, causal} : "
+        "tensor<?x16xf32>, tensor<?x4xf32>\n"
+        "%ids, %w = moe.topk %m {k = 2 : i64} : tensor<?x4xf32> -> "
+        "tensor<?x2xi32>, tensor<?x2xf32>",
+        2, 4}},
       {"moe.gather_scores",
        {"%s = moe.sigmoid %l : tensor<?x4xf32>\n"
         "%ids, %v = moe.topk %l {k = 2 : i64} : tensor<?x4xf32> -> "

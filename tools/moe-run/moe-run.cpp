@@ -4,6 +4,8 @@
 //
 //   moe-run IR.mlir|PKG_DIR --layer L | --all-layers --input X.npy
 //           -o|--output Y.npy [--backend auto|reference|emu|cuda]
+//           (--input and --output repeat for a layer's extra inputs and
+//           results: x and y first, then argument and result order)
 //           [--routing-out PREFIX] [--routing-in PREFIX] [--rank R]
 //           [--target MODULE] [--repeat N] [--time]
 //           [--record-profile P.safetensors [--profile-expert-outputs]
@@ -102,12 +104,17 @@ static cl::list<std::string> inputPaths(
     cl::cat(category));
 /// The first --input: the layer input x.
 static std::string xPath;
-static cl::opt<std::string> yPath("output",
-                                  cl::desc("Output .npy, float32 [T, H] (-o "
-                                           "for short)"),
-                                  cl::cat(category));
+static cl::list<std::string> outputPaths(
+    "output",
+    cl::desc("Output .npy, float32 [T, H]; repeated for a layer with extra "
+             "results (moe.output results, e.g. RMoE's router state; "
+             "reference backend): y first, then one file per extra result "
+             "in result order"),
+    cl::cat(category));
+/// The first --output: the layer output y.
+static std::string yPath;
 static cl::alias yPathShort("o", cl::desc("Alias for --output"),
-                            cl::aliasopt(yPath), cl::cat(category));
+                            cl::aliasopt(outputPaths), cl::cat(category));
 static cl::opt<std::string> backend(
     "backend",
     cl::desc("Execution backend: reference (the interpreter), emu (the "
@@ -201,6 +208,8 @@ namespace {
 /// One layer's result.
 struct LayerResult {
   moe::HostTensor y;
+  /// The layer's extra results (moe.output), in result order.
+  std::vector<moe::HostTensor> extraOutputs;
   moe::RoutingTrace routing;
   std::vector<double> ms;
 };
@@ -237,6 +246,21 @@ public:
       r.routing.statistics = statistics;
       r.routing.denseExpertOutputs = dense;
       auto start = std::chrono::steady_clock::now();
+      // A layer with extra results returns them after y.
+      if (!given && fn.getNumResults() > 1) {
+        auto all = moe::interpretWithOutputs(
+            fn, x, extra ? *extra : std::vector<moe::HostTensor>(), weights,
+            &r.routing);
+        if (!all)
+          return all.takeError();
+        r.ms.push_back(std::chrono::duration<double, std::milli>(
+                           std::chrono::steady_clock::now() - start)
+                           .count());
+        r.y = std::move(all->front());
+        r.extraOutputs.assign(std::make_move_iterator(all->begin() + 1),
+                              std::make_move_iterator(all->end()));
+        continue;
+      }
       auto y = given ? moe::interpretGiven(fn, x, given->ids, given->weights,
                                            weights, &r.routing)
                : extra ? moe::interpretWithInputs(fn, x, *extra, weights,
@@ -580,6 +604,8 @@ int main(int argc, char **argv) {
     return fail("--target selects one LoRA projection: use it with --layer");
   if (!inputPaths.empty())
     xPath = inputPaths.front();
+  if (!outputPaths.empty())
+    yPath = outputPaths.front();
   if (xPath.empty())
     return fail("--input X.npy is required");
   if (yPath.empty() && recordProfile.empty())
@@ -1017,6 +1043,8 @@ int main(int argc, char **argv) {
     }
     // A layer with extra inputs takes the --input files after x.
     std::string why;
+    if (!s.plan && s.fn && !mlir::moe::getLayerForm(s.fn, why))
+      return fail(why);
     bool takesInputs =
         s.plan ? !s.plan->inputs.empty()
                : s.fn && mlir::moe::getLayerForm(s.fn, why) ==
@@ -1092,6 +1120,35 @@ int main(int argc, char **argv) {
                 recordLayer(recorder, s.layer, current, result->routing, *ref))
           return fail("--record-profile: " + toString(std::move(err)));
         ++profiledLayers;
+      }
+    }
+    // Extra results (moe.output): one --output each after y.
+    if (!result->extraOutputs.empty() || outputPaths.size() > 1) {
+      size_t want = result->extraOutputs.size();
+      if (allLayers)
+        return fail("--all-layers: layer " + Twine(s.layer) + " of " +
+                    inputPath + " returns " + Twine(want) +
+                    " extra result(s) (moe.output); run it with --layer");
+      if (outputPaths.size() != want + 1) {
+        std::string names;
+        mlir::func::FuncOp fn = s.fn;
+        for (unsigned i = 1; fn && i < fn.getNumResults(); ++i)
+          names += (i > 1 ? ", '" : "'") +
+                   mlir::moe::getLayerOutputName(fn, i) + "'";
+        return fail("--output: layer " + Twine(s.layer) + " of " + inputPath +
+                    " returns y and " + Twine(want) + " extra result(s)" +
+                    (names.empty() ? std::string() : " (" + names + ")") +
+                    ": give " + Twine(want + 1) +
+                    " --output file(s) in "
+                    "result order, got " +
+                    Twine(outputPaths.size()));
+      }
+      for (auto [i, t] : llvm::enumerate(result->extraOutputs)) {
+        const std::string &path = outputPaths[i + 1];
+        Error err = t.isInt ? moe::writeNpyI32(path, t.shape, t.i)
+                            : moe::writeNpyF32(path, t.shape, t.f);
+        if (err)
+          return fail(toString(std::move(err)));
       }
     }
     if (allLayers) {

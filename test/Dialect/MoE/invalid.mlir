@@ -1735,3 +1735,152 @@ func.func @quant_router_weight(%x: tensor<?x64xbf16>) -> tensor<?x8xf32> {
   %0 = moe.router_linear %x, %w : (tensor<?x64xbf16>, tensor<8x64xf8E4M3FN>) -> tensor<?x8xf32>
   return %0 : tensor<?x8xf32>
 }
+
+// -----
+
+func.func @similarity_mix_temperature(%x: tensor<?x64xf32>, %p: tensor<?x8xf32>) -> tensor<?x8xf32> {
+  // expected-error @+1 {{'temperature' (the similarity softmax: x_t . x_j / temperature) must be finite and > 0, got 0}}
+  %m = moe.similarity_mix %x, %p {temperature = 0.0 : f32} : tensor<?x64xf32>, tensor<?x8xf32>
+  return %m : tensor<?x8xf32>
+}
+
+// -----
+
+func.func @similarity_mix_tokens(%x: tensor<7x64xf32>, %p: tensor<5x8xf32>) -> tensor<5x8xf32> {
+  // expected-error @+1 {{'probs' dimension 0 (tokens of 'input') must be 7, got 5}}
+  %m = moe.similarity_mix %x, %p {temperature = 1.0 : f32} : tensor<7x64xf32>, tensor<5x8xf32>
+  return %m : tensor<5x8xf32>
+}
+
+// -----
+
+func.func @similarity_mix_rank(%x: tensor<64xf32>, %p: tensor<?x8xf32>) -> tensor<?x8xf32> {
+  // expected-error @+1 {{'input' must have rank 2 ([T, H]: the token vectors), got rank 1}}
+  %m = moe.similarity_mix %x, %p {temperature = 1.0 : f32} : tensor<64xf32>, tensor<?x8xf32>
+  return %m : tensor<?x8xf32>
+}
+
+// -----
+
+func.func @similarity_mix_slots(%x: tensor<?x64xf32>, %l: tensor<?x8xf32>) -> tensor<?x2xf32> {
+  %i, %v = moe.topk %l {k = 2 : i64} : tensor<?x8xf32> -> tensor<?x2xi32>, tensor<?x2xf32>
+  // expected-error @+1 {{'probs' is the slot-ordered output of 'moe.topk' (column s is a token's s-th chosen expert): mixing needs rows over experts}}
+  %m = moe.similarity_mix %x, %v {temperature = 1.0 : f32} : tensor<?x64xf32>, tensor<?x2xf32>
+  return %m : tensor<?x2xf32>
+}
+
+// -----
+
+func.func @similarity_mix_not_input(%x: tensor<?x64xf32>) {
+  // expected-error @+1 {{'moe.fused_route' op body cannot be generated as one routing kernel: 'moe.similarity_mix' must mix by the routed tokens (the body argument)}}
+  %ids, %ws, %c, %o, %rows = moe.fused_route %x {num_experts = 8 : i64} : tensor<?x64xf32> -> tensor<?x2xi32>, tensor<?x2xf32>, tensor<8xi32>, tensor<9xi32>, tensor<?xi32> {
+  ^bb0(%t: tensor<?x64xf32>):
+    %w = arith.constant dense<1.0> : tensor<8x64xf32>
+    %l = moe.router_linear %t, %w : (tensor<?x64xf32>, tensor<8x64xf32>) -> tensor<?x8xf32>
+    %p = moe.softmax %l : tensor<?x8xf32>
+    // expected-note @+1 {{the op is here}}
+    %m = moe.similarity_mix %l, %p {temperature = 1.0 : f32} : tensor<?x8xf32>, tensor<?x8xf32>
+    %i, %v = moe.topk %m {k = 2 : i64} : tensor<?x8xf32> -> tensor<?x2xi32>, tensor<?x2xf32>
+    moe.yield %i, %v : tensor<?x2xi32>, tensor<?x2xf32>
+  }
+  return
+}
+
+// -----
+
+func.func @similarity_mix_after_cross_token(%x: tensor<?x64xf32>) {
+  // expected-error @+1 {{'moe.fused_route' op body cannot be generated as one routing kernel: 'moe.similarity_mix' comes after the cross-token selection 'moe.sinkhorn': the routing kernel mixes before it}}
+  %ids, %ws, %c, %o, %rows = moe.fused_route %x {num_experts = 8 : i64} : tensor<?x64xf32> -> tensor<?x2xi32>, tensor<?x2xf32>, tensor<8xi32>, tensor<9xi32>, tensor<?xi32> {
+  ^bb0(%t: tensor<?x64xf32>):
+    %w = arith.constant dense<1.0> : tensor<8x64xf32>
+    %l = moe.router_linear %t, %w : (tensor<?x64xf32>, tensor<8x64xf32>) -> tensor<?x8xf32>
+    %b = moe.sinkhorn %l {iterations = 2 : i64, epsilon = 1.0 : f32} : tensor<?x8xf32>
+    // expected-note @+1 {{the op is here}}
+    %m = moe.similarity_mix %t, %b {temperature = 1.0 : f32} : tensor<?x64xf32>, tensor<?x8xf32>
+    %i, %v = moe.topk %m {k = 2 : i64} : tensor<?x8xf32> -> tensor<?x2xi32>, tensor<?x2xf32>
+    moe.yield %i, %v : tensor<?x2xi32>, tensor<?x2xf32>
+  }
+  return
+}
+
+// -----
+
+func.func @similarity_mix_twice(%x: tensor<?x64xf32>) {
+  // expected-error @+1 {{'moe.fused_route' op body cannot be generated as one routing kernel: 'moe.similarity_mix' is a second moe.similarity_mix in one router (the routing kernel mixes once)}}
+  %ids, %ws, %c, %o, %rows = moe.fused_route %x {num_experts = 8 : i64} : tensor<?x64xf32> -> tensor<?x2xi32>, tensor<?x2xf32>, tensor<8xi32>, tensor<9xi32>, tensor<?xi32> {
+  ^bb0(%t: tensor<?x64xf32>):
+    %w = arith.constant dense<1.0> : tensor<8x64xf32>
+    %l = moe.router_linear %t, %w : (tensor<?x64xf32>, tensor<8x64xf32>) -> tensor<?x8xf32>
+    %p = moe.softmax %l : tensor<?x8xf32>
+    %m = moe.similarity_mix %t, %p {temperature = 1.0 : f32} : tensor<?x64xf32>, tensor<?x8xf32>
+    // expected-note @+1 {{the op is here}}
+    %m2 = moe.similarity_mix %t, %m {temperature = 1.0 : f32} : tensor<?x64xf32>, tensor<?x8xf32>
+    %i, %v = moe.topk %m2 {k = 2 : i64} : tensor<?x8xf32> -> tensor<?x2xi32>, tensor<?x2xf32>
+    moe.yield %i, %v : tensor<?x2xi32>, tensor<?x2xf32>
+  }
+  return
+}
+
+// -----
+
+func.func @gru_cell_state_width(%u: tensor<?x16xf32>, %h: tensor<?x24xf32>, %wi: tensor<96x16xf32>, %wh: tensor<96x32xf32>) -> tensor<?x24xf32> {
+  // expected-error @+1 {{'state' dimension 1 (the state width S, weight_hh's rows / 3) must be 32, got 24}}
+  %h1 = moe.gru_cell %u, %h weights(%wi, %wh) : tensor<?x16xf32>, tensor<?x24xf32>, tensor<96x16xf32>, tensor<96x32xf32>
+  return %h1 : tensor<?x24xf32>
+}
+
+// -----
+
+func.func @gru_cell_gate_rows(%u: tensor<?x16xf32>, %h: tensor<?x32xf32>, %wi: tensor<95x16xf32>, %wh: tensor<95x32xf32>) -> tensor<?x32xf32> {
+  // expected-error @+1 {{'weight_hh' has 95 rows; expected 3S (the r, z and n gates' rows of a state of width S)}}
+  %h1 = moe.gru_cell %u, %h weights(%wi, %wh) : tensor<?x16xf32>, tensor<?x32xf32>, tensor<95x16xf32>, tensor<95x32xf32>
+  return %h1 : tensor<?x32xf32>
+}
+
+// -----
+
+func.func @gru_cell_hh_columns(%u: tensor<?x16xf32>, %h: tensor<?x32xf32>, %wi: tensor<96x16xf32>, %wh: tensor<96x16xf32>) -> tensor<?x32xf32> {
+  // expected-error @+1 {{'weight_hh' dimension 1 (the state width S, weight_hh's rows / 3) must be 32, got 16}}
+  %h1 = moe.gru_cell %u, %h weights(%wi, %wh) : tensor<?x16xf32>, tensor<?x32xf32>, tensor<96x16xf32>, tensor<96x16xf32>
+  return %h1 : tensor<?x32xf32>
+}
+
+// -----
+
+func.func @gru_cell_ih(%u: tensor<?x16xf32>, %h: tensor<?x32xf32>, %wi: tensor<96x8xf32>, %wh: tensor<96x32xf32>) -> tensor<?x32xf32> {
+  // expected-error @+1 {{'weight_ih' dimension 1 (the columns of 'input') must be 16, got 8}}
+  %h1 = moe.gru_cell %u, %h weights(%wi, %wh) : tensor<?x16xf32>, tensor<?x32xf32>, tensor<96x8xf32>, tensor<96x32xf32>
+  return %h1 : tensor<?x32xf32>
+}
+
+// -----
+
+func.func @gru_cell_ih_rows(%u: tensor<?x16xf32>, %h: tensor<?x32xf32>, %wi: tensor<48x16xf32>, %wh: tensor<96x32xf32>) -> tensor<?x32xf32> {
+  // expected-error @+1 {{'weight_ih' dimension 0 (3S, the rows of 'weight_hh') must be 96, got 48}}
+  %h1 = moe.gru_cell %u, %h weights(%wi, %wh) : tensor<?x16xf32>, tensor<?x32xf32>, tensor<48x16xf32>, tensor<96x32xf32>
+  return %h1 : tensor<?x32xf32>
+}
+
+// -----
+
+func.func @gru_cell_tokens(%u: tensor<7x16xf32>, %h: tensor<5x32xf32>, %wi: tensor<96x16xf32>, %wh: tensor<96x32xf32>) -> tensor<5x32xf32> {
+  // expected-error @+1 {{'state' dimension 0 (tokens of 'input') must be 7, got 5}}
+  %h1 = moe.gru_cell %u, %h weights(%wi, %wh) : tensor<7x16xf32>, tensor<5x32xf32>, tensor<96x16xf32>, tensor<96x32xf32>
+  return %h1 : tensor<5x32xf32>
+}
+
+// -----
+
+func.func @gru_cell_bias(%u: tensor<?x16xf32>, %h: tensor<?x32xf32>, %wi: tensor<96x16xf32>, %wh: tensor<96x32xf32>, %b: tensor<32xf32>) -> tensor<?x32xf32> {
+  // expected-error @+1 {{'bias_ih' dimension 0 (3S, the rows of 'weight_hh') must be 96, got 32}}
+  %h1 = moe.gru_cell %u, %h weights(%wi, %wh) biases(%b, %b) : tensor<?x16xf32>, tensor<?x32xf32>, tensor<96x16xf32>, tensor<96x32xf32>, tensor<32xf32>, tensor<32xf32>
+  return %h1 : tensor<?x32xf32>
+}
+
+// -----
+
+func.func @gru_cell_one_bias(%u: tensor<?x16xf32>, %h: tensor<?x32xf32>, %wi: tensor<96x16xf32>, %wh: tensor<96x32xf32>, %b: tensor<96xf32>) -> tensor<?x32xf32> {
+  // expected-error @+1 {{takes both 'bias_ih' and 'bias_hh' or neither}}
+  %h1 = "moe.gru_cell"(%u, %h, %wi, %wh, %b) {operandSegmentSizes = array<i32: 1, 1, 1, 1, 1, 0>} : (tensor<?x16xf32>, tensor<?x32xf32>, tensor<96x16xf32>, tensor<96x32xf32>, tensor<96xf32>) -> tensor<?x32xf32>
+  return %h1 : tensor<?x32xf32>
+}

@@ -307,6 +307,25 @@ func.func @sinkhorn(%l: tensor<?x8xf32>) -> (tensor<?x2xi32>, tensor<?x2xf32>) {
   return %ids, %w : tensor<?x2xi32>, tensor<?x2xf32>
 }
 
+// Graph of Tokens: router probabilities mixed over similar tokens (causal).
+// CHECK-LABEL: func.func @similarity_mix
+// CHECK: moe.similarity_mix %{{.*}}, %{{.*}} {causal, temperature = 8.000000e+00 : f32} : tensor<?x64xbf16>, tensor<?x8xf32>
+func.func @similarity_mix(%x: tensor<?x64xbf16>, %l: tensor<?x8xf32>) -> tensor<?x8xf32> {
+  %p = moe.softmax %l : tensor<?x8xf32>
+  %m = moe.similarity_mix %x, %p {temperature = 8.0 : f32, causal} : tensor<?x64xbf16>, tensor<?x8xf32>
+  return %m : tensor<?x8xf32>
+}
+
+// RMoE's GRU router state, with and without biases.
+// CHECK-LABEL: func.func @gru_cell
+// CHECK: moe.gru_cell %{{.*}}, %{{.*}} weights(%{{.*}}, %{{.*}}) biases(%{{.*}}, %{{.*}}) : tensor<?x16xf32>, tensor<?x32xf32>, tensor<96x16xf32>, tensor<96x32xf32>, tensor<96xf32>, tensor<96xf32>
+// CHECK: moe.gru_cell %{{.*}}, %{{.*}} weights(%{{.*}}, %{{.*}}) : tensor<?x16xbf16>, tensor<?x32xf32>, tensor<96x16xbf16>, tensor<96x32xf32>
+func.func @gru_cell(%u: tensor<?x16xf32>, %h: tensor<?x32xf32>, %wi: tensor<96x16xf32>, %wh: tensor<96x32xf32>, %bi: tensor<96xf32>, %bh: tensor<96xf32>, %ub: tensor<?x16xbf16>, %wib: tensor<96x16xbf16>) -> (tensor<?x32xf32>, tensor<?x32xf32>) {
+  %h1 = moe.gru_cell %u, %h weights(%wi, %wh) biases(%bi, %bh) : tensor<?x16xf32>, tensor<?x32xf32>, tensor<96x16xf32>, tensor<96x32xf32>, tensor<96xf32>, tensor<96xf32>
+  %h2 = moe.gru_cell %ub, %h weights(%wib, %wh) : tensor<?x16xbf16>, tensor<?x32xf32>, tensor<96x16xbf16>, tensor<96x32xf32>
+  return %h1, %h2 : tensor<?x32xf32>, tensor<?x32xf32>
+}
+
 // Cosine routers (GLIDER's local router): normalised input and/or weight
 // rows, a scale.
 // CHECK-LABEL: func.func @cosine_router

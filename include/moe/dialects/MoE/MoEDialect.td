@@ -30,6 +30,10 @@ def MoE_Dialect : Dialect {
       `moe.expert_choice`, `moe.capacity` (expert capacity limits, GShard /
       Switch / Tutel `capacity_factor`) and `moe.sinkhorn` (balanced
       assignment by Sinkhorn iterations before a selection);
+      `moe.similarity_mix` (Graph of Tokens: each token's probabilities
+      mixed with those of similar tokens);
+    * **router state**: `moe.gru_cell` (RMoE's recurrent router state,
+      carried from layer to layer as an extra input);
     * **weight post-processing**: `moe.normalize`, `moe.scale`, and the
       softmax/sigmoid ops applied to the selected values;
     * **dispatch and combine**: `moe.dispatch` (per-expert counts, offsets

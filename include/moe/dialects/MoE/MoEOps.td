@@ -526,6 +526,112 @@ def MoE_SinkhornOp : MoE_Op<"sinkhorn", [Pure, MoE_RouterOpInterface,
   let hasVerifier = 1;
 }
 
+def MoE_SimilarityMixOp : MoE_Op<"similarity_mix", [Pure,
+    DeclareOpInterfaceMethods<MoE_RouterOpInterface, ["readsOtherTokens"]>,
+    AllTypesMatch<["probs", "result"]>]> {
+  let summary = "mixes routing probabilities across similar tokens (Graph of Tokens)";
+  let description = [{
+    Similarity-aware routing ("Improving Routing in Sparse Mixture of
+    Experts with Graph of Tokens"): each token's routing probabilities are
+    replaced by an average of the probabilities of the tokens it resembles,
+    weighted by a softmax over token similarities:
+
+    ```
+    s[t, j]      = (x_t . x_j) / temperature      for j in J(t)
+    result[t, e] = sum_{j in J(t)} softmax_j(s[t, :]) * probs[j, e]
+    ```
+
+    `input : [T, H]` are the token vectors `x` (the routed tokens, the
+    layer's input; bf16/f16 are converted to f32 first), `probs : [T, N]`
+    the routing probabilities (e.g. `moe.softmax` of the router logits),
+    the result has the type of `probs`. `J(t)` is every token of the batch
+    (`0 <= j < T`), or with `causal` the tokens up to and including `t`
+    (`j <= t`). The softmax subtracts the largest `s[t, j]` over `J(t)`; the
+    dot products, exponentials and sums are f32, the sums in ascending `j`.
+    Each row of the result is a convex combination of rows of `probs`, so
+    rows that sum to 1 still do. `temperature` must be finite and > 0.
+
+    Sequences: the tokens of one call are one sequence (prefill of one
+    prompt, rows in sequence order); a batch of several sequences is run
+    one call per sequence (tokens of different calls never mix). Decode:
+    the op sees only the tokens of the call, so at T = 1 the result is
+    `probs` itself; mixing a new token with the earlier tokens of its
+    sequence needs a cache of their vectors and probabilities, which the
+    dialect does not keep (out of scope; a decode step gives the
+    unmixed routing).
+
+    `probs` must be rows over experts, not the values of a selection
+    (slots of different tokens hold different experts). In
+    `moe.fused_route`, `input` is the body argument and the op comes before
+    any cross-token selection; one per router. The routing kernel runs it
+    on each token's warp, spread over the grid: the warp of token `t`
+    computes `s[t, j]` for every `j` (the lanes split the H products), and
+    recomputes token `j`'s router ops that lead to `probs` (per-token, from
+    the router logits in global memory) instead of reading another warp's
+    rows: O(T (H + N)) per token, no cross-block synchronisation; see
+    docs/codegen.md.
+
+    ```mlir
+    %p = moe.softmax %logits : tensor<?x8xf32>
+    %m = moe.similarity_mix %x, %p {temperature = 8.0 : f32, causal}
+        : tensor<?x64xbf16>, tensor<?x8xf32>
+    ```
+  }];
+  let arguments = (ins MoE_Tensor:$input, MoE_Scores:$probs,
+                   F32Attr:$temperature, UnitAttr:$causal);
+  let results = (outs MoE_Scores:$result);
+  let assemblyFormat = [{
+    $input `,` $probs attr-dict `:` type($input) `,` type($probs)
+  }];
+  let hasVerifier = 1;
+}
+
+def MoE_GruCellOp : MoE_Op<"gru_cell", [Pure, AttrSizedOperandSegments,
+    AllTypesMatch<["state", "result"]>]> {
+  let summary = "one GRU step per token (a router state carried across layers)";
+  let description = [{
+    PyTorch's `torch.nn.GRUCell` for every token: `input : [T, I]` (any
+    float type, converted to f32), `state : [T, S]` f32 (the previous hidden
+    state `h`), `weight_ih : [3S, I]`, `weight_hh : [3S, S]` (the reset,
+    update and new gates' rows stacked in that order, PyTorch's layout),
+    optional `bias_ih`, `bias_hh : [3S]`; the result is the new state
+    `[T, S]` f32:
+
+    ```
+    r  = sigmoid(W_ir x + b_ir + W_hr h + b_hr)
+    z  = sigmoid(W_iz x + b_iz + W_hz h + b_hz)
+    n  = tanh(W_in x + b_in + r * (W_hn h + b_hn))
+    h' = (1 - z) * n + z * h
+    ```
+
+    RMoE's recurrent router: `h_L = GRU(W1 x, h_{L-1})`, router logits
+    `W2 h_L`; the state comes from the previous layer (an extra layer input,
+    `moe.input`) and goes to the next one. Both biases are given or
+    neither. S is `weight_hh`'s rows / 3: `state` must have S columns and
+    `weight_hh` S columns. Sums are accumulated in double, stored as f32.
+    The reference executor runs it; it has no kernel yet and does not fuse
+    into `moe.fused_route`.
+
+    ```mlir
+    %h1 = moe.gru_cell %u, %h0 weights(%wih, %whh) biases(%bih, %bhh)
+        : tensor<?x16xf32>, tensor<?x32xf32>, tensor<96x16xf32>,
+          tensor<96x32xf32>, tensor<96xf32>, tensor<96xf32>
+    ```
+  }];
+  let arguments = (ins MoE_Tensor:$input, MoE_Scores:$state,
+                   MoE_Tensor:$weight_ih, MoE_Tensor:$weight_hh,
+                   Optional<MoE_Tensor>:$bias_ih,
+                   Optional<MoE_Tensor>:$bias_hh);
+  let results = (outs MoE_Scores:$result);
+  let assemblyFormat = [{
+    $input `,` $state `weights` `(` $weight_ih `,` $weight_hh `)`
+    (`biases` `(` $bias_ih^ `,` $bias_hh `)`)? attr-dict `:` type($input)
+    `,` type($state) `,` type($weight_ih) `,` type($weight_hh)
+    (`,` type($bias_ih)^ `,` type($bias_hh))?
+  }];
+  let hasVerifier = 1;
+}
+
 def MoE_GatherScoresOp : MoE_Op<"gather_scores", [Pure, MoE_RouterOpInterface]> {
   let summary = "reads the weights of the selected experts from a score";
   let description = [{

@@ -53,6 +53,9 @@ struct RouteProgram {
   llvm::SmallVector<Operation *> perToken;
   /// The cross-token selection, if any.
   Operation *crossToken = nullptr;
+  /// The moe.similarity_mix, if any (also in perToken: each token's warp
+  /// mixes, recomputing the other tokens' probabilities).
+  Operation *tokenMix = nullptr;
   /// Router ops that read the cross-token op's results, body order.
   llvm::SmallVector<Operation *> afterCrossToken;
   /// Values computed before the cross-token op and read after it (kept in
@@ -86,7 +89,10 @@ enum class LayerForm {
   /// (x [T, H], in_1, ..., in_n) -> y: a layer with named extra inputs
   /// (every argument after x carries `moe.input = "name"`; f32 or i32
   /// tensors), e.g. GLIDER's sequence scores [B, E] and token-to-sequence
-  /// map [T]. The caller gives them in argument order.
+  /// map [T]. The caller gives them in argument order. Such a layer may
+  /// also return extra results after y, each named by `moe.output` (e.g.
+  /// RMoE's router state for the next layer): (x, in_1, ...) -> (y, out_1,
+  /// ...); so may a layer without extra inputs.
   ExtraInputs,
 };
 
@@ -95,6 +101,12 @@ inline constexpr llvm::StringLiteral kInputAttr = "moe.input";
 
 /// The name of argument `i` of `fn`: its `moe.input`, or "argument #i".
 std::string getLayerInputName(FunctionOpInterface fn, unsigned i);
+
+/// The result attribute naming an extra result of a layer function.
+inline constexpr llvm::StringLiteral kOutputAttr = "moe.output";
+
+/// The name of result `i` of `fn`: its `moe.output`, or "result #i".
+std::string getLayerOutputName(FunctionOpInterface fn, unsigned i);
 
 /// The extra inputs of `fn` used as a sequence map, each with the input it
 /// indexes (the sequence scores of the same moe.add_sequence_scores, in

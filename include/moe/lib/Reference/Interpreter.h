@@ -164,6 +164,14 @@ interpretWithInputs(mlir::func::FuncOp fn, const HostTensor &input,
                     const std::vector<HostTensor> &extra,
                     WeightLoader &weights, RoutingTrace *trace = nullptr);
 
+/// Like interpretWithInputs, for a layer that may also return extra results
+/// (`moe.output`): every result, y first, then the extra results in result
+/// order (`extra` may be empty for a layer without extra inputs).
+llvm::Expected<std::vector<HostTensor>>
+interpretWithOutputs(mlir::func::FuncOp fn, const HostTensor &input,
+                     const std::vector<HostTensor> &extra,
+                     WeightLoader &weights, RoutingTrace *trace = nullptr);
+
 /// A routing: ids [T, K] i32 (-1: empty slot) and weights [T, K] f32.
 struct HostRouting {
   HostTensor ids, weights;
