@@ -109,7 +109,7 @@ static cl::list<std::string> outputPaths(
     cl::desc("Output .npy, float32 [T, H]; repeated for a layer with extra "
              "results (moe.output results, e.g. RMoE's router state; "
              "reference backend): y first, then one file per extra result "
-             "in result order"),
+             "in result order (-o for short)"),
     cl::cat(category));
 /// The first --output: the layer output y.
 static std::string yPath;
