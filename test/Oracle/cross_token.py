@@ -45,7 +45,7 @@ import numpy as np
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from hf_models import H, write_safetensors  # noqa: E402
 from layer_check import (attr, compare, f32, gated_expert_tensors,  # noqa: E402
-                         gated_experts_ir, run_layer)
+                         gated_experts_ir, gated_silu_experts, run_layer)
 
 T_VALUES = (1, 7, 64, 300)
 TOL_Y = 1e-5
@@ -137,16 +137,7 @@ class Layer:
         return ids, vals, fragile
 
     def experts_out(self, x, ids, w):
-        x64 = np.asarray(x, np.float64)
-        y = np.zeros_like(x64)
-        for e in range(self.e):
-            g = x64 @ self.gate[e].astype(np.float64).T
-            u = x64 @ self.up[e].astype(np.float64).T
-            h = g / (1.0 + np.exp(-g)) * u
-            out = h @ self.down[e].astype(np.float64).T
-            we = np.sum(np.where(ids == e, w, 0.0), axis=1)
-            y += we[:, None] * out
-        return y
+        return gated_silu_experts(x, self.gate, self.up, self.down, ids, w)
 
     def write(self, d, router_lines, k):
         tensors = {"router.weight": ("F32", self.router),

@@ -34,7 +34,8 @@ import numpy as np
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from hf_models import H, write_safetensors  # noqa: E402
 from layer_check import (attr, compare, f32, gated_expert_tensors,  # noqa: E402
-                         gated_experts_ir, run_layer)
+                         gated_experts_ir, gated_silu_experts, run_layer,
+                         topk_normalized)
 
 T_VALUES = (1, 7, 64, 300)
 TOL_Y = 1e-5
@@ -88,29 +89,11 @@ class GraphOfTokens:
         p = self.probs(x)
         if mixed:
             p = self.mix(x, p)
-        t = p.shape[0]
-        ids = np.zeros((t, self.k), np.int64)
-        w = np.zeros((t, self.k))
-        fragile = np.zeros(t, bool)
-        for r in range(t):
-            order = sorted(range(self.e), key=lambda e: (-p[r, e], e))
-            ids[r] = order[:self.k]
-            w[r] = p[r, order[:self.k]] / p[r, order[:self.k]].sum()
-            if p[r, order[self.k - 1]] - p[r, order[self.k]] < NEAR_TIE:
-                fragile[r] = True
-        return ids, w, fragile
+        return topk_normalized(p, self.k, NEAR_TIE)
 
     def forward(self, x):
         ids, w, fragile = self.route(x)
-        x64 = np.asarray(x, np.float64)
-        y = np.zeros_like(x64)
-        for e in range(self.e):
-            g = x64 @ self.gate[e].astype(np.float64).T
-            u = x64 @ self.up[e].astype(np.float64).T
-            h = g / (1.0 + np.exp(-g)) * u
-            out = h @ self.down[e].astype(np.float64).T
-            we = np.sum(np.where(ids == e, w, 0.0), axis=1)
-            y += we[:, None] * out
+        y = gated_silu_experts(x, self.gate, self.up, self.down, ids, w)
         return y, ids, w, fragile
 
     # -- files ------------------------------------------------------------

@@ -1,10 +1,11 @@
 """What the self-contained oracles (dynmole.py, glider.py, cross_token.py,
-duo_llm.py, chain_of_experts.py) share: writing attributes as MLIR holds
-them, running one layer with `moe-run`, and comparing a backend's routing and
-output with the numpy formula's.
+duo_llm.py, chain_of_experts.py, graph_of_tokens.py, rmoe.py) share: writing
+attributes as MLIR holds them, running one layer with `moe-run`, comparing a
+backend's routing and output with the numpy formula's, and the formula steps
+several methods use (row softmax, normalised top-k, gated SiLU experts).
 
-Nothing here knows a routing method; each oracle computes its expected
-routing and output itself.
+Nothing here knows a routing method; each oracle composes its expected
+routing from those steps and its own.
 """
 import os
 import subprocess
@@ -147,3 +148,38 @@ def gated_experts_ir(experts, slots, inter, hidden, weights="w.safetensors"):
         "  }",
         "}",
         ""]
+
+
+def softmax_rows(s):
+    """Row softmax in float64."""
+    z = np.exp(np.asarray(s, np.float64) - np.max(s, axis=1, keepdims=True))
+    return z / z.sum(axis=1, keepdims=True)
+
+
+def topk_normalized(p, k, near_tie):
+    """Top-k of each row of `p` (ties to the lower expert id), weights
+    renormalised to sum 1, and which rows are fragile: the k-th and (k+1)-th
+    values closer than `near_tie` may swap in float32."""
+    t, e = p.shape
+    ids = np.zeros((t, k), np.int64)
+    w = np.zeros((t, k))
+    fragile = np.zeros(t, bool)
+    for r in range(t):
+        order = sorted(range(e), key=lambda j: (-p[r, j], j))
+        ids[r] = order[:k]
+        w[r] = p[r, order[:k]] / p[r, order[:k]].sum()
+        fragile[r] = k < e and p[r, order[k - 1]] - p[r, order[k]] < near_tie
+    return ids, w, fragile
+
+
+def gated_silu_experts(x, gate, up, down, ids, w):
+    """sum over a token's slots of w * down(silu(gate x) * up x), in float64;
+    gate/up [E, I, H], down [E, H, I]; slots with id -1 add nothing."""
+    x64 = np.asarray(x, np.float64)
+    y = np.zeros_like(x64)
+    for e in range(gate.shape[0]):
+        g = x64 @ gate[e].astype(np.float64).T
+        u = x64 @ up[e].astype(np.float64).T
+        out = (g / (1.0 + np.exp(-g)) * u) @ down[e].astype(np.float64).T
+        y += np.sum(np.where(ids == e, w, 0.0), axis=1)[:, None] * out
+    return y
