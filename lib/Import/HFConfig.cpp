@@ -805,6 +805,28 @@ Expected<ModelSpec> moe::readModelSpec(StringRef modelDir, WeightStore &store) {
     std::string why = shapeWhy("hidden_size", H, arch.intermediateKey, I);
     std::string fusedName = prefix + ".experts.gate_up_proj";
     bool fused = arch.fusedOnly || tensors.exists(fusedName);
+    // What a fused checkpoint adds to its gate_up/down however they are
+    // stored (bf16, or MXFP4 blocks): the biases, gpt-oss's clamp.
+    auto fusedBiasesAndLimit = [&](bool biases) -> Error {
+      if (biases) {
+        auto gub = tensors.get(fusedName + "_bias", {E, 2 * I}, why);
+        if (!gub)
+          return gub.takeError();
+        auto db = tensors.get(prefix + ".experts.down_proj_bias", {E, H}, why);
+        if (!db)
+          return db.takeError();
+        w.gateUpBias = std::move(*gub);
+        w.downBias = std::move(*db);
+      }
+      if (*type == "gpt_oss") {
+        Expected<double> limit =
+            cfg.optionalPositiveNumber("swiglu_limit", 7.0);
+        if (!limit)
+          return limit.takeError();
+        w.limit = static_cast<float>(*limit);
+      }
+      return Error::success();
+    };
     if (fused && *type == "gpt_oss" && tensors.exists(fusedName + "_blocks")) {
       if (!mxfp4)
         return makeError(store.directory() + ": '" + fusedName +
@@ -821,18 +843,8 @@ Expected<ModelSpec> moe::readModelSpec(StringRef modelDir, WeightStore &store) {
         return d.takeError();
       w.gateUp = std::move(*gu);
       w.down = std::move(*d);
-      auto gub = tensors.get(fusedName + "_bias", {E, 2 * I}, why);
-      if (!gub)
-        return gub.takeError();
-      auto db = tensors.get(prefix + ".experts.down_proj_bias", {E, H}, why);
-      if (!db)
-        return db.takeError();
-      w.gateUpBias = std::move(*gub);
-      w.downBias = std::move(*db);
-      Expected<double> limit = cfg.optionalPositiveNumber("swiglu_limit", 7.0);
-      if (!limit)
-        return limit.takeError();
-      w.limit = static_cast<float>(*limit);
+      if (Error err = fusedBiasesAndLimit(/*biases=*/true))
+        return err;
     } else if (fused) {
       // Orientation: the shape says it unless H == 2I makes it ambiguous.
       Expected<TensorLocation> loc = store.find(fusedName);
@@ -861,22 +873,8 @@ Expected<ModelSpec> moe::readModelSpec(StringRef modelDir, WeightStore &store) {
         return d.takeError();
       w.gateUp = std::move(*gu);
       w.down = std::move(*d);
-      if (arch.expertBiases) {
-        auto gub = tensors.get(fusedName + "_bias", {E, 2 * I}, why);
-        if (!gub)
-          return gub.takeError();
-        auto db = tensors.get(prefix + ".experts.down_proj_bias", {E, H}, why);
-        if (!db)
-          return db.takeError();
-        w.gateUpBias = std::move(*gub);
-        w.downBias = std::move(*db);
-      }
-      if (*type == "gpt_oss") {
-        Expected<double> limit = cfg.optionalPositiveNumber("swiglu_limit", 7.0);
-        if (!limit)
-          return limit.takeError();
-        w.limit = static_cast<float>(*limit);
-      }
+      if (Error err = fusedBiasesAndLimit(arch.expertBiases))
+        return err;
     } else {
       auto names = [&](StringRef leaf) {
         std::vector<std::string> n;
