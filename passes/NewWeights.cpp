@@ -110,6 +110,22 @@ FailureOr<WeightOp> NewWeights::add(OpBuilder &b, Location loc,
                             /*stacked=*/false);
 }
 
+FailureOr<WeightOp> NewWeights::addRaw(OpBuilder &b, Location loc,
+                                       llvm::StringRef name,
+                                       RankedTensorType type,
+                                       ::moe::DType dtype,
+                                       llvm::ArrayRef<int64_t> storedShape,
+                                       llvm::ArrayRef<uint8_t> bytes) {
+  if (!problem.empty())
+    return emitError(loc) << problem;
+  if (llvm::Error e = writer->addTensor(name, dtype, storedShape, bytes))
+    return emitError(loc) << "new weight '" << name
+                          << "': " << llvm::toString(std::move(e));
+  return WeightOp::create(b, loc, type, b.getStrArrayAttr({name}),
+                          b.getStrArrayAttr({fileReference}),
+                          /*stacked=*/false);
+}
+
 LogicalResult NewWeights::commit() {
   if (writer->size() == 0)
     return success();

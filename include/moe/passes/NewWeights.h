@@ -21,6 +21,7 @@
 
 namespace moe {
 class SafetensorsWriter;
+enum class DType;
 } // namespace moe
 
 namespace mlir::moe {
@@ -51,6 +52,15 @@ public:
   /// mismatch, another element type or when there is no place to write.
   FailureOr<WeightOp> add(OpBuilder &b, Location loc, llvm::StringRef name,
                           RankedTensorType type, llvm::ArrayRef<float> values);
+
+  /// Adds tensor `name` stored as `dtype` (quantized codes or scales:
+  /// F8_E4M3, U8) with `storedShape` and its raw `bytes`, and builds a
+  /// `moe.weight` of the logical `type` reading it (the loader checks how
+  /// the two shapes relate).
+  FailureOr<WeightOp> addRaw(OpBuilder &b, Location loc, llvm::StringRef name,
+                             RankedTensorType type, ::moe::DType dtype,
+                             llvm::ArrayRef<int64_t> storedShape,
+                             llvm::ArrayRef<uint8_t> bytes);
 
   /// Writes the file atomically (nothing when no tensor was added); errors
   /// are emitted on the module.

@@ -109,6 +109,56 @@ def MoECompressExperts : Pass<"moe-compress-experts", "::mlir::ModuleOp"> {
   let dependentDialects = ["::mlir::moe::MoEDialect"];
 }
 
+def MoEQuantizeExperts : Pass<"moe-quantize-experts", "::mlir::ModuleOp"> {
+  let summary = "Quantizes the expert weights to block-scaled FP8 (E4M3) or "
+                "MXFP4";
+  let description = [{
+    For every MoE layer (a `func.func` with `moe.layer`), the f32/bf16/f16
+    weights (`moe.weight`) of each `moe.expert_ffn` and of the shared
+    experts (`moe.ffn`) become block-quantized codes with their scales, in
+    the formats of the released checkpoints (docs/hf-layouts.md), written
+    to a safetensors file beside the output IR (`<stem>.quant.safetensors`,
+    or `weights-out`) and read back with `moe.weight`; the op gets the
+    `*_scale` operands and `quant_block`. `in_out` weights are stored
+    transposed, so the rewritten op is `out_in` (`[.., out, in]`).
+
+    - `dtype=fp8_e4m3` (DeepSeek-V3): per `block` (`R`x`C`, default
+      `128x128`; the edge blocks are partial) of `[out, in]`, the scale is
+      `amax / 448` in f32 (1 for an all-zero block) and the code is
+      `w / scale` (f32) rounded to the nearest E4M3FN value, ties to even,
+      saturating at 448. Stored as `F8_E4M3` `[E, out, in]` and the scale
+      as `F32` `[E, ceil(out/R), ceil(in/C)]` (`weight_scale_inv`).
+    - `dtype=mxfp4` (gpt-oss, OCP MX): 32 consecutive input values share an
+      E8M0 scale `2^X` with `X = floor(log2(amax)) - 2` (the E2M1 emax),
+      clamped to [-127, 127] (an all-zero block gets `X = -127`); each value
+      is `w / 2^X` rounded to the nearest E2M1 value, ties to even,
+      saturating at 6 (values in (6, 8) of the scaled block clamp). Stored
+      as `U8` blocks `[E, out, in/32, 16]` (two values per byte, low nibble
+      first) and `U8` scales `[E, out, in/32]`. `block` must be 32 (or left
+      out).
+
+    Prints per layer and op (stderr) the weights' bytes before and after and
+    the relative Frobenius error `||W - deq(Q(W))|| / ||W||` of each
+    projection over all its experts. Refused with a remark, the op left
+    unchanged: weights that are already quantized or not `moe.weight`
+    (e.g. `moe.low_rank`), experts of unequal width (`widths`), a layer
+    with fused ops (run before `--moe-optimize`) and, for mxfp4, an input
+    size that is not a multiple of 32; `moe.lora_mixture` is not quantized
+    (remark). Weights with NaN or infinite values are an error.
+  }];
+  let options = [
+    Option<"dtype", "dtype", "std::string", "\"\"",
+           "fp8_e4m3 or mxfp4">,
+    Option<"block", "block", "std::string", "\"\"",
+           "fp8_e4m3: the scale block RxC of [out, in] (default 128x128); "
+           "mxfp4: 32 (the default)">,
+    Option<"weightsOut", "weights-out", "std::string", "\"\"",
+           "The safetensors file of the codes and scales (default: beside "
+           "the output IR, <stem>.quant.safetensors)">
+  ];
+  let dependentDialects = ["::mlir::moe::MoEDialect"];
+}
+
 def MoEOptimize : Pass<"moe-optimize", "::mlir::ModuleOp"> {
   let summary = "The moe optimisation pipeline";
   let description = [{
