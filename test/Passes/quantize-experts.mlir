@@ -20,6 +20,22 @@
 // RUN: %python -c "import numpy as np; np.save('%t/x.npy', np.random.default_rng(0).standard_normal((5, 64)).astype(np.float32))"
 // RUN: moe-run %t/mx.mlir --layer 0 --input %t/x.npy --output %t/mx.npy --backend reference
 
+// gpt-oss (in_out, fused interleaved gate_up, biases): stored [out, in],
+// the layout goes back to out_in; it runs (on the reference executor, also
+// after --moe-optimize, which must not change the result) within MXFP4's
+// error of the bf16 layer.
+// RUN: moe-import --synthetic gpt_oss --dtype bf16 --layers 1 -o %t/go -q
+// RUN: moe-import %t/go -o %t/go.mlir
+// RUN: moe-opt %t/go.mlir --moe-quantize-experts=dtype=mxfp4 -o %t/go4.mlir 2>&1 | FileCheck %s --check-prefix=GO
+// RUN: FileCheck %s --check-prefix=GO-IR < %t/go4.mlir
+// RUN: moe-opt --moe-optimize %t/go4.mlir -o %t/go4.opt.mlir
+// RUN: moe-run %t/go.mlir --layer 0 --input %t/x.npy --output %t/go.npy --backend reference
+// RUN: moe-run %t/go4.mlir --layer 0 --input %t/x.npy --output %t/go4.npy --backend reference
+// RUN: moe-run %t/go4.opt.mlir --layer 0 --input %t/x.npy --output %t/go4.opt.npy --backend reference
+// RUN: %python -c "import numpy as np, sys; a, b, c = (np.load('%t/' + n + '.npy') for n in ('go', 'go4', 'go4.opt')); e = np.linalg.norm(b - a) / np.linalg.norm(a); sys.exit(0 if np.array_equal(b, c) and 0 < e < 0.3 else 'gpt_oss mxfp4: error %%g, optimized equal: %%s' %% (e, np.array_equal(b, c)))"
+// GO: moe-quantize-experts: @layer_0 (layer 0) moe.expert_ffn (8 experts): mxfp4 blocks 1x32, bytes {{[0-9]+}} -> {{[0-9]+}} ({{.*}}%); relative error gate_up {{[0-9.]+e-01}}, down {{[0-9.]+e-01}}
+// GO-IR: moe.expert_ffn {{.*}} gate_up_scale(%{{.*}}) down_scale(%{{.*}}) {activation = #moe.activation<swiglu_clamped>, gate_up_layout = #moe.gate_up_layout<interleaved>, quant_block = array<i64: 1, 32>} : (tensor<?x64xf32>, tensor<9xi32>, tensor<8x256x64xf4E2M1FN>, tensor<8x64x128xf4E2M1FN>
+
 // An input size that is not a multiple of 32 is refused for mxfp4 (down
 // reads the width 40), not for fp8.
 // RUN: moe-import --synthetic mixtral -o %t/m40 --dtype bf16 --layers 1 --experts 4 --intermediate 40 --hidden 64 -q
