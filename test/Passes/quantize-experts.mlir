@@ -8,6 +8,7 @@
 // RUN: rm -rf %t && mkdir -p %t
 // RUN: moe-import --synthetic mixtral -o %t/m --dtype f32 --layers 1 --experts 4 --intermediate 32 --hidden 64 --seed 3 -q
 // RUN: cp %s %t/m/layers.mlir
+// RUN: %python -c "import numpy as np, json, struct; g = np.zeros((2, 32, 64), np.float32); g[1, 3, 5] = np.nan; d = np.zeros((2, 64, 32), np.float32); h = json.dumps({'g': {'dtype': 'F32', 'shape': [2, 32, 64], 'data_offsets': [0, g.nbytes]}, 'd': {'dtype': 'F32', 'shape': [2, 64, 32], 'data_offsets': [g.nbytes, g.nbytes + d.nbytes]}}).encode(); h += b' ' * (-len(h) %% 8); open('%t/m/nan.safetensors', 'wb').write(struct.pack('<Q', len(h)) + h + g.tobytes() + d.tobytes())"
 // RUN: moe-opt %t/m/layers.mlir --split-input-file --verify-diagnostics --moe-quantize-experts="dtype=fp8_e4m3 block=16x24" -o %t/m/out.mlir 2> %t/log
 // RUN: FileCheck %s < %t/m/out.mlir
 // RUN: FileCheck %s --check-prefix=LOG < %t/log
@@ -189,5 +190,18 @@ module attributes {moe.weight_root = "."} {
     // expected-remark @+1 {{moe-quantize-experts: layer 4 not quantized: 'moe.expert_ffn' operand 'gate' is not a moe.weight (the pass reads the values it quantizes from the weight files)}}
     %y3 = moe.expert_ffn %xs, %offsets gate(%g) up(%g) down(%wd) {activation = #moe.activation<silu>} : (tensor<?x64xf32>, tensor<5xi32>, tensor<4x32x64xf32>, tensor<4x32x64xf32>, tensor<4x64x32xf32>) -> tensor<?x64xf32>
     return %y0, %y1, %y2, %y3 : tensor<?x64xf32>, tensor<?x64xf32>, tensor<?x64xf32>, tensor<?x64xf32>
+  }
+}
+
+// -----
+
+// A weight with a NaN is an error naming the operand and the element.
+module attributes {moe.weight_root = "."} {
+  func.func @nan(%xs: tensor<?x64xf32>, %offsets: tensor<3xi32>) -> tensor<?x64xf32> attributes {moe.layer = 6 : i64} {
+    // expected-error @+1 {{moe-quantize-experts: operand 'gate' of 'moe.expert_ffn' has a non-finite value at [1, 3, 5] ([E, out, in]); cannot quantize}}
+    %g = moe.weight ["g"] from ["nan.safetensors"] : tensor<2x32x64xf32>
+    %d = moe.weight ["d"] from ["nan.safetensors"] : tensor<2x64x32xf32>
+    %y = moe.expert_ffn %xs, %offsets gate(%g) up(%g) down(%d) {activation = #moe.activation<silu>} : (tensor<?x64xf32>, tensor<3xi32>, tensor<2x32x64xf32>, tensor<2x32x64xf32>, tensor<2x64x32xf32>) -> tensor<?x64xf32>
+    return %y : tensor<?x64xf32>
   }
 }
