@@ -149,8 +149,7 @@ struct MoEQuantizeExpertsPass
       return signalPassFailure();
   }
 
-  LogicalResult quantizeLayer(func::FuncOp fn, int64_t layer,
-                              NewWeights &out) {
+  LogicalResult quantizeLayer(func::FuncOp fn, int64_t layer, NewWeights &out) {
     bool fused = false;
     fn.walk([&](Operation *op) {
       if (isa<FusedExpertsOp, FusedRouteOp>(op))
@@ -307,31 +306,30 @@ struct MoEQuantizeExpertsPass
       if (fp8) {
         int64_t r = llvm::divideCeil(p.out, block0),
                 c = llvm::divideCeil(p.in, block1);
-        codes = out.addRaw(
-            builder, loc, base + ".weight",
-            RankedTensorType::get(shape({p.out, p.in}),
-                                  Float8E4M3FNType::get(ctx)),
-            ::moe::DType::F8E4M3, shape({p.out, p.in}), p.q.codes);
+        codes =
+            out.addRaw(builder, loc, base + ".weight",
+                       RankedTensorType::get(shape({p.out, p.in}),
+                                             Float8E4M3FNType::get(ctx)),
+                       ::moe::DType::F8E4M3, shape({p.out, p.in}), p.q.codes);
         if (failed(codes))
           return failure();
-        scales = out.add(builder, loc, base + ".weight_scale_inv",
-                         RankedTensorType::get(shape({r, c}),
-                                               Float32Type::get(ctx)),
-                         p.q.scales);
+        scales =
+            out.add(builder, loc, base + ".weight_scale_inv",
+                    RankedTensorType::get(shape({r, c}), Float32Type::get(ctx)),
+                    p.q.scales);
       } else {
         int64_t g = p.in / 32;
-        codes = out.addRaw(
-            builder, loc, base + "_blocks",
-            RankedTensorType::get(shape({p.out, p.in}),
-                                  Float4E2M1FNType::get(ctx)),
-            ::moe::DType::U8, shape({p.out, g, 16}), p.q.codes);
+        codes = out.addRaw(builder, loc, base + "_blocks",
+                           RankedTensorType::get(shape({p.out, p.in}),
+                                                 Float4E2M1FNType::get(ctx)),
+                           ::moe::DType::U8, shape({p.out, g, 16}), p.q.codes);
         if (failed(codes))
           return failure();
-        scales = out.addRaw(builder, loc, base + "_scales",
-                            RankedTensorType::get(shape({p.out, g}),
-                                                  Float8E8M0FNUType::get(ctx)),
-                            ::moe::DType::U8, shape({p.out, g}),
-                            p.q.scaleBytes);
+        scales =
+            out.addRaw(builder, loc, base + "_scales",
+                       RankedTensorType::get(shape({p.out, g}),
+                                             Float8E8M0FNUType::get(ctx)),
+                       ::moe::DType::U8, shape({p.out, g}), p.q.scaleBytes);
       }
       if (failed(scales))
         return failure();
@@ -367,9 +365,9 @@ struct MoEQuantizeExpertsPass
                  << layer << ") " << opName;
     if (rank == 3)
       llvm::errs() << " (" << projections.front().lead << " experts)";
-    llvm::errs() << ": " << (fp8 ? "fp8_e4m3" : "mxfp4") << " blocks "
-                 << block0 << "x" << block1 << ", bytes " << before << " -> "
-                 << after << " ("
+    llvm::errs() << ": " << (fp8 ? "fp8_e4m3" : "mxfp4") << " blocks " << block0
+                 << "x" << block1 << ", bytes " << before << " -> " << after
+                 << " ("
                  << llvm::format("%.1f", 100.0 * static_cast<double>(after) /
                                              static_cast<double>(before))
                  << "%); relative error " << errors << "\n";
@@ -422,10 +420,11 @@ struct MoEQuantizeExpertsPass
         p.q.scaleBytes[row * g + b] = scaleCode;
         float scale = ::moe::quant::decodeE8M0(scaleCode);
         for (int j = 0; j < 32; ++j) {
-          uint8_t nibble = encodeE2M1(std::ldexp(static_cast<double>(v[j]), -x));
+          uint8_t nibble =
+              encodeE2M1(std::ldexp(static_cast<double>(v[j]), -x));
           int64_t k = row * p.in + b * 32 + j;
-          p.q.codes[k / 2] |= static_cast<uint8_t>(k % 2 == 0 ? nibble
-                                                              : nibble << 4);
+          p.q.codes[k / 2] |=
+              static_cast<uint8_t>(k % 2 == 0 ? nibble : nibble << 4);
           account(p.q, v[j], ::moe::quant::decodeE2M1(nibble) * scale);
         }
       }
