@@ -14,6 +14,7 @@
 #ifndef MOE_MODEL_H
 #define MOE_MODEL_H
 
+#include "moe/runtime/Chain.h"
 #include "moe/runtime/RoutingStats.h"
 #include "moe/runtime/Status.h"
 
@@ -72,8 +73,12 @@ public:
   /// y = layer(x) with x and y host arrays of float32 [tokens, hidden].
   runtime::Status runLayer(int64_t layer, const float *x, int64_t tokens,
                            float *y);
-  /// Every MoE layer in order, each on the previous one's output.
-  runtime::Status runAll(const float *x, int64_t tokens, float *y);
+  /// Every MoE layer in order on a residual stream, as moe-run --all-layers
+  /// --chain does (moe/runtime/Chain.h): prenorm (default) x + layer(
+  /// rmsnorm(x)), residual x + layer(x), none each layer on the previous
+  /// one's output.
+  runtime::Status runAll(const float *x, int64_t tokens, float *y,
+                         ChainMode chain = ChainMode::PreNorm);
   /// The same on device memory (cuda only): x and y are device pointers to
   /// [tokens, hidden] arrays of the layer's activation type, and the work
   /// is queued on `stream` (a CUstream; null: the default stream). No copy.

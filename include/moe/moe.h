@@ -36,9 +36,17 @@ int64_t moe_model_hidden(const moe_model *model, int64_t layer);
 int moe_model_run_layer(moe_model *model, int64_t layer, const float *x,
                         int64_t tokens, float *y, char *error,
                         size_t error_size);
-/* Every MoE layer in order. */
+/* Every MoE layer in order on a residual stream, as moe-run --all-layers
+ * --chain: MOE_CHAIN_PRENORM x + layer(rmsnorm(x)) (unit gain, eps 1e-6),
+ * MOE_CHAIN_RESIDUAL x + layer(x), MOE_CHAIN_NONE each layer on the previous
+ * one's output. Another value is an error. moe_model_run_all is
+ * moe_model_run_all_chain with MOE_CHAIN_PRENORM, moe-run's default. */
+enum { MOE_CHAIN_PRENORM = 0, MOE_CHAIN_RESIDUAL = 1, MOE_CHAIN_NONE = 2 };
 int moe_model_run_all(moe_model *model, const float *x, int64_t tokens,
                       float *y, char *error, size_t error_size);
+int moe_model_run_all_chain(moe_model *model, const float *x, int64_t tokens,
+                            float *y, int chain, char *error,
+                            size_t error_size);
 /* On device memory in the layer's activation type, queued on `stream`
  * (a CUstream, NULL for the default stream); cuda only. */
 int moe_model_run_layer_device(moe_model *model, int64_t layer, const void *x,

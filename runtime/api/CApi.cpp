@@ -125,6 +125,35 @@ int moe_model_run_all(moe_model *model, const float *x, int64_t tokens,
   return report(model->model->runAll(x, tokens, y), error, error_size);
 }
 
+int moe_model_run_all_chain(moe_model *model, const float *x, int64_t tokens,
+                            float *y, int chain, char *error,
+                            size_t error_size) {
+  if (!model || !x || !y)
+    return report(moe::runtime::Status::error(
+                      "moe_model_run_all_chain: null argument"),
+                  error, error_size);
+  moe::ChainMode mode;
+  switch (chain) {
+  case MOE_CHAIN_PRENORM:
+    mode = moe::ChainMode::PreNorm;
+    break;
+  case MOE_CHAIN_RESIDUAL:
+    mode = moe::ChainMode::Residual;
+    break;
+  case MOE_CHAIN_NONE:
+    mode = moe::ChainMode::None;
+    break;
+  default:
+    return report(moe::runtime::Status::error(
+                      "moe_model_run_all_chain: unknown chain mode " +
+                      std::to_string(chain) +
+                      "; expected MOE_CHAIN_PRENORM (0), MOE_CHAIN_RESIDUAL "
+                      "(1) or MOE_CHAIN_NONE (2)"),
+                  error, error_size);
+  }
+  return report(model->model->runAll(x, tokens, y, mode), error, error_size);
+}
+
 int moe_model_run_layer_device(moe_model *model, int64_t layer, const void *x,
                                void *y, int64_t tokens, void *stream,
                                char *error, size_t error_size) {

@@ -389,22 +389,49 @@ Status Model::runLayerDispatchedOnDevice(int64_t layer, const void *x,
   });
 }
 
-Status Model::runAll(const float *x, int64_t tokens, float *y) {
+Status Model::runAll(const float *x, int64_t tokens, float *y,
+                     ChainMode chain) {
   std::vector<int64_t> all = layers();
   if (all.empty())
     return Status::error("the package has no MoE layer");
   Expected<int64_t> h = hidden(all.front());
   if (!h)
     return h.takeError();
-  std::vector<float> current(x, x + tokens * h.value()), next(current.size());
+  if (tokens < 1)
+    return Status::error("runAll: tokens must be >= 1, got " +
+                         std::to_string(tokens));
+  // y is [tokens, hidden] and the residual adds the stream to each layer's
+  // output: equal widths.
+  for (int64_t l : all) {
+    Expected<int64_t> in = hidden(l), out = outputWidth(l);
+    if (!in)
+      return in.takeError();
+    if (!out)
+      return out.takeError();
+    if (in.value() != h.value() || out.value() != h.value())
+      return Status::error(
+          "runAll: layer " + std::to_string(l) + " maps width " +
+          std::to_string(in.value()) + " to " + std::to_string(out.value()) +
+          " in a chain of width " + std::to_string(h.value()) +
+          "; the chain needs equal widths (run the layers one by one)");
+  }
+  size_t count = static_cast<size_t>(tokens * h.value());
+  std::vector<float> stream(x, x + count), input, next(count);
   double total = 0;
   for (int64_t l : all) {
-    if (Status s = runLayer(l, current.data(), tokens, next.data()))
+    const float *in = stream.data();
+    if (chain == ChainMode::PreNorm) {
+      input = stream;
+      chainInputRows(chain, input.data(), tokens, h.value());
+      in = input.data();
+    }
+    if (Status s = runLayer(l, in, tokens, next.data()))
       return s;
     total += impl->lastMs;
-    current.swap(next);
+    chainAddStream(chain, stream.data(), next.data(), count);
+    stream.swap(next);
   }
-  std::copy(current.begin(), current.end(), y);
+  std::copy(stream.begin(), stream.end(), y);
   impl->lastMs = total;
   return Status::success();
 }

@@ -35,6 +35,7 @@
 #include <map>
 #include <memory>
 #include <mutex>
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -670,7 +671,11 @@ class Package {
 public:
   explicit Package(std::shared_ptr<State> s) : state(std::move(s)) {}
 
-  py::object runAll(py::handle x, py::handle out) {
+  py::object runAll(py::handle x, py::handle out, const std::string &chain) {
+    std::optional<moe::ChainMode> mode = moe::parseChainMode(chain);
+    if (!mode)
+      throw py::value_error("run_all: unknown chain '" + chain +
+                            "'; expected prenorm, residual or none");
     std::vector<int64_t> layers = state->model->layers();
     if (layers.empty())
       fail("the package " + state->path + " has no MoE layer");
@@ -691,7 +696,7 @@ public:
       {
         py::gil_scoped_release release;
         std::lock_guard<std::mutex> lock(state->mutex);
-        s = state->model->runAll(xp, tokens, yp);
+        s = state->model->runAll(xp, tokens, yp, *mode);
       }
       if (s)
         fail(s.message());
@@ -960,9 +965,12 @@ PYBIND11_MODULE(_moe_opt, m) {
           "The callable MoE layer `layer` (a model layer index); raises "
           "ValueError listing the MoE layers when there is none.")
       .def("run_all", &Package::runAll, "x"_a, py::kw_only(),
-           "out"_a = py::none(),
-           "Runs every MoE layer in order, each on the previous one's output, "
-           "on a host float32 [T, H] array; returns a new array, or `out`.")
+           "out"_a = py::none(), "chain"_a = "prenorm",
+           "Runs every MoE layer in order on a residual stream, on a host "
+           "float32 [T, H] array, as moe-run --all-layers --chain: 'prenorm' "
+           "x + layer(rmsnorm(x)) (default), 'residual' x + layer(x), 'none' "
+           "each layer on the previous one's output; returns a new array, or "
+           "`out`.")
       .def("route", &Package::route, "layer"_a, "x"_a,
            "The layer's full router on a host float32 [T, H] array: returns "
            "(ids, weights), int32 and float32 [T, K]: logical expert ids (-1 "

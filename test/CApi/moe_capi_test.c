@@ -8,9 +8,10 @@
  * opens PKG with the emu backend, prints its layers and hidden sizes, runs
  * the first MoE layer and then every layer on a fixed input, prints
  * checksums and the first values, and writes OUTDIR/x.npy (the input),
- * OUTDIR/y_layer.npy and OUTDIR/y_all.npy (float32 [T, H]) for comparison
- * with moe-run --backend reference. Then the error returns: a missing
- * package, an unknown backend, an unknown layer, null arguments, zero
+ * OUTDIR/y_layer.npy, OUTDIR/y_all.npy and OUTDIR/y_all_MODE.npy (each
+ * chain mode; float32 [T, H]) for comparison with moe-run. Then the error returns: a missing
+ * package, an unknown backend, an unknown layer, null arguments, an
+ * unknown chain mode, zero
  * tokens, a device run on emu, a short error buffer. It also prints what
  * the package holds (layers' widths and activation types, kernels, weight
  * tensors) as the C API describes it.
@@ -153,6 +154,27 @@ int main(int argc, char **argv) {
   expect(rc == 0 && memcmp(big, y, count * sizeof(float)) == 0,
          "run_all twice gives the same result");
 
+  /* Each chain mode; moe_model_run_all is MOE_CHAIN_PRENORM. The outputs
+   * go to OUTDIR/y_all_MODE.npy (test/CApi/run-all-chain.test). */
+  for (i = 0; i < 3; ++i) {
+    static const int modes[3] = {MOE_CHAIN_PRENORM, MOE_CHAIN_RESIDUAL,
+                                 MOE_CHAIN_NONE};
+    static const char *names[3] = {"prenorm", "residual", "none"};
+    error[0] = '\0';
+    rc = moe_model_run_all_chain(model, x, TOKENS, big, modes[i], error,
+                                 sizeof error);
+    printf("run_all_chain %s: rc %d%s%s\n", names[i], rc, rc ? ": " : "",
+           error);
+    snprintf(path, sizeof path, "%s/y_all_%s.npy", argv[2], names[i]);
+    expect(write_npy(path, big, TOKENS, hidden) == 0, "writing y_all_MODE");
+    if (modes[i] == MOE_CHAIN_PRENORM)
+      expect(memcmp(big, y, count * sizeof(float)) == 0,
+             "run_all is run_all_chain with MOE_CHAIN_PRENORM");
+    else
+      expect(memcmp(big, y, count * sizeof(float)) != 0,
+             "another chain mode gives other numbers");
+  }
+
   /* Errors. Each leaves the model usable. */
   snprintf(path, sizeof path, "%s/no-such-package", argv[2]);
   error[0] = '\0';
@@ -177,6 +199,13 @@ int main(int argc, char **argv) {
   error[0] = '\0';
   rc = moe_model_run_all(model, x, TOKENS, NULL, error, sizeof error);
   printf("null y: rc %d: %s\n", rc, error);
+  error[0] = '\0';
+  rc = moe_model_run_all_chain(model, x, TOKENS, y, 7, error, sizeof error);
+  printf("unknown chain: rc %d: %s\n", rc, error);
+  error[0] = '\0';
+  rc = moe_model_run_all_chain(model, x, TOKENS, NULL, MOE_CHAIN_NONE, error,
+                               sizeof error);
+  printf("null y chain: rc %d: %s\n", rc, error);
   error[0] = '\0';
   rc = moe_model_run_layer(NULL, layer, x, TOKENS, y, error, sizeof error);
   printf("null model: rc %d: %s\n", rc, error);

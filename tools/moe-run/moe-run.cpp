@@ -87,8 +87,8 @@ static cl::opt<std::string> chain(
     cl::desc("How --all-layers chains the layers: prenorm (default; a "
              "pre-norm block, x_{l+1} = x_l + layer_l(rmsnorm(x_l)), the "
              "RMS norm with unit gain and eps 1e-6), residual (x_{l+1} = x_l "
-             "+ layer_l(x_l)) or none (x_{l+1} = layer_l(x_l), as the APIs' "
-             "run_all does)"),
+             "+ layer_l(x_l)) or none (x_{l+1} = layer_l(x_l)); the APIs' "
+             "run_all take the same modes and default"),
     cl::init("prenorm"), cl::cat(category));
 static cl::opt<std::string> target(
     "target",

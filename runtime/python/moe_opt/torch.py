@@ -222,7 +222,8 @@ class MoELayer(torch.nn.Module):
 
 class MoEModel(torch.nn.Module):
     """Every MoE layer of a package in order, each on the previous one's
-    output (as moe_opt.Package.run_all), one MoELayer (one op) per layer."""
+    output (as moe_opt.Package.run_all with chain="none"), one MoELayer (one
+    op) per layer."""
 
     def __init__(self, package, backend="auto", device=0, cache_dir=""):
         super().__init__()

@@ -2,9 +2,9 @@
 
 For synthetic models (mixtral: every layer MoE; deepseek_v2: a dense first
 layer, so MoE layer indices are not positions), compiled into packages:
-pkg.layer(L)(x) for every MoE layer L and pkg.run_all(x) on random float32
-inputs, T in {1, 7, 64}, match `moe-run PKG --backend reference` (--layer L,
---all-layers) within 1e-5 relative; float64 and list inputs are converted,
+pkg.layer(L)(x) for every MoE layer L and pkg.run_all(x, chain=C) on random
+float32 inputs, T in {1, 7, 64}, match `moe-run PKG --backend reference`
+(--layer L, --all-layers --chain C) within 1e-5 relative; float64 and list inputs are converted,
 out= is written in place, the package's properties are right.
 
   check_layers.py --work DIR [--seed N]
@@ -68,18 +68,26 @@ def check_package(work, arch, rng, seed):
     for t in TOKENS:
         x = rng.standard_normal((t, hidden)).astype(np.float32)
         x_copy = x.copy()
-        y = pkg.run_all(x)
+        y = pkg.run_all(x, chain="none")
         assert np.array_equal(x, x_copy), "run_all changed its input"
         ref = reference(work, pkg_dir, x)
         worst = max(worst, check_close(f"{arch} run_all T={t}", ref, y))
-        # run_all is the layers chained.
+        # run_all with chain="none" is the layers chained.
         chained = x
         for layer in pkg.layers:
             chained = pkg.layer(layer)(chained)
         check_close(f"{arch} run_all vs chained T={t}", chained, y, 0.0)
         out = np.empty_like(x)
-        assert pkg.run_all(x, out=out) is out
+        assert pkg.run_all(x, out=out, chain="none") is out
         check_close(f"{arch} run_all out= T={t}", ref, out)
+        # The residual chains match moe-run's; the default is prenorm.
+        for chain in ["prenorm", "residual"]:
+            ref = reference(work, pkg_dir, x, chain=chain)
+            y = pkg.run_all(x, chain=chain)
+            worst = max(worst, check_close(f"{arch} run_all {chain} T={t}",
+                                           ref, y))
+        check_close(f"{arch} run_all default T={t}",
+                    pkg.run_all(x, chain="prenorm"), pkg.run_all(x), 0.0)
     print(f"ok   {arch} run_all: T {TOKENS}", flush=True)
     # Zero tokens: an empty result, nothing run.
     y = pkg.layer(pkg.layers[0])(np.zeros((0, hidden), np.float32))

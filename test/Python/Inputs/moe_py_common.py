@@ -40,13 +40,13 @@ def make_package(work, arch, extra_compile=(), seed=None):
     return pkg
 
 
-def reference(work, pkg, x, layer=None):
-    """moe-run --backend reference on x: one layer, or all (layer None)."""
+def reference(work, pkg, x, layer=None, chain="none"):
+    """moe-run --backend reference on x: one layer, or all (layer None)
+    chained as --chain `chain` says."""
     xp = os.path.join(work, "ref_x.npy")
     yp = os.path.join(work, "ref_y.npy")
     np.save(xp, np.ascontiguousarray(x, dtype=np.float32))
-    # run_all chains the layers' outputs alone: --chain none.
-    sel = (["--all-layers", "--chain", "none"] if layer is None
+    sel = (["--all-layers", "--chain", chain] if layer is None
            else ["--layer", str(layer)])
     run(["moe-run", pkg] + sel + ["--input", xp, "--output", yp,
                                   "--backend", "reference"])

@@ -9,7 +9,8 @@
 //   residual: x' = x + layer(x)
 //   none:     x' = layer(x)
 // Without the residual a deep chain shrinks to zeros; without the norm it
-// grows without bound.
+// grows without bound. ChainMode, parseChainMode and the arithmetic of a
+// step are the runtime's (moe/runtime/Chain.h), which the APIs' run_all use.
 //
 //===----------------------------------------------------------------------===//
 
@@ -17,18 +18,11 @@
 #define MOE_LIB_REFERENCE_CHAIN_H
 
 #include "moe/lib/Reference/Interpreter.h"
+#include "moe/runtime/Chain.h"
 
-#include "llvm/ADT/StringRef.h"
 #include "llvm/Support/Error.h"
 
-#include <optional>
-
 namespace moe {
-
-enum class ChainMode { PreNorm, Residual, None };
-
-/// "prenorm", "residual" or "none".
-std::optional<ChainMode> parseChainMode(llvm::StringRef name);
 
 /// The input of the next layer: the stream, or its RMS norm (prenorm).
 HostTensor chainInput(ChainMode mode, const HostTensor &stream);
