@@ -32,8 +32,8 @@ import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from hf_models import H, write_safetensors  # noqa: E402
-from layer_check import (attr, compare, f32, gated_expert_tensors,  # noqa: E402
-                         gated_experts_ir, gated_silu_experts, run_layer)
+from layer_check import (attr, f32, gated_expert_tensors, gated_experts_ir,  # noqa: E402
+                         gated_silu_experts, run_and_compare)
 
 T_VALUES = (1, 7, 64, 300)
 TOL_Y = 1e-5
@@ -184,14 +184,9 @@ def main():
                 total += t
                 fragile_n += int(fragile.sum())
                 counts.update(int(c) for c in np.sum(ref_ids >= 0, axis=1))
-                for b in backends:
-                    y, [(ids, w)] = run_layer(args.bin, ir, x, d, b)
-                    errs, ye, we = compare("%s %s T=%d" % (name, b, t), y, ids,
-                                           w, ref_y, ref_ids, ref_w, fragile,
-                                           TOL_Y, TOL_W)
-                    errors += errs
-                    stats[b][0] = max(stats[b][0], ye)
-                    stats[b][1] = max(stats[b][1], we)
+                errors += run_and_compare(
+                    args.bin, ir, x, d, backends, "%s T=%d" % (name, t),
+                    (ref_y, ref_ids, ref_w, fragile), TOL_Y, TOL_W, stats)
             # Both branches and several counts must occur, or the case tests
             # less than it claims.
             if not 0 < falls < total:

@@ -35,9 +35,9 @@ import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from hf_models import H, write_safetensors  # noqa: E402
-from layer_check import (attr, compare, f32, gated_expert_tensors,  # noqa: E402
-                         gated_experts_ir, gated_silu_experts, run_layer,
-                         softmax_rows, topk_normalized)
+from layer_check import (attr, f32, gated_expert_tensors, gated_experts_ir,  # noqa: E402
+                         gated_silu_experts, run_and_compare, softmax_rows,
+                         topk_normalized)
 
 T_VALUES = (1, 7, 64, 300)
 TOL_Y = 1e-5
@@ -190,14 +190,9 @@ def main():
                                                       np.sort(ref_ids, 1), 1)))
                 fragile_n += int(fragile.sum())
                 total += t
-                for bk in backends:
-                    y, [(ids, w)] = run_layer(args.bin, ir, inputs, d, bk)
-                    errs, ye, we = compare("%s %s T=%d" % (name, bk, t), y, ids,
-                                           w, ref_y, ref_ids, ref_w, fragile,
-                                           TOL_Y, TOL_W)
-                    errors += errs
-                    stats[bk][0] = max(stats[bk][0], ye)
-                    stats[bk][1] = max(stats[bk][1], we)
+                errors += run_and_compare(
+                    args.bin, ir, inputs, d, backends, "%s T=%d" % (name, t),
+                    (ref_y, ref_ids, ref_w, fragile), TOL_Y, TOL_W, stats)
             if case.alpha is not None and global_flips < 0.1 * total:
                 errors.append("%s: the sequence scores change the experts of "
                               "only %d of %d tokens" % (name, global_flips, total))

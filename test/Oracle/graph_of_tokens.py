@@ -33,9 +33,8 @@ import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from hf_models import H, write_safetensors  # noqa: E402
-from layer_check import (attr, compare, f32, gated_expert_tensors,  # noqa: E402
-                         gated_experts_ir, gated_silu_experts, run_layer,
-                         topk_normalized)
+from layer_check import (attr, f32, gated_expert_tensors, gated_experts_ir,  # noqa: E402
+                         gated_silu_experts, run_and_compare, topk_normalized)
 
 T_VALUES = (1, 7, 64, 300)
 TOL_Y = 1e-5
@@ -167,14 +166,9 @@ def main():
                                            np.sort(ref_ids, 1), 1)))
                 fragile_n += int(fragile.sum())
                 total += t
-                for bk in backends:
-                    y, [(ids, w)] = run_layer(args.bin, ir, x, d, bk)
-                    errs, ye, we = compare("%s %s T=%d" % (name, bk, t), y, ids,
-                                           w, ref_y, ref_ids, ref_w, fragile,
-                                           TOL_Y, TOL_W)
-                    errors += errs
-                    stats[bk][0] = max(stats[bk][0], ye)
-                    stats[bk][1] = max(stats[bk][1], we)
+                errors += run_and_compare(
+                    args.bin, ir, x, d, backends, "%s T=%d" % (name, t),
+                    (ref_y, ref_ids, ref_w, fragile), TOL_Y, TOL_W, stats)
             if flips < 0.1 * total:
                 errors.append("%s: the mixing changes the experts of only %d "
                               "of %d tokens" % (name, flips, total))

@@ -183,3 +183,20 @@ def gated_silu_experts(x, gate, up, down, ids, w):
         out = (g / (1.0 + np.exp(-g)) * u) @ down[e].astype(np.float64).T
         y += np.sum(np.where(ids == e, w, 0.0), axis=1)[:, None] * out
     return y
+
+
+def run_and_compare(bin_dir, ir, inputs, d, backends, tag, ref, tol_y, tol_w,
+                    stats):
+    """Runs layer 0 on each backend and compares it with ref = (y, ids, w,
+    near-tie rows); each backend's worst output and weight errors are folded
+    into stats[backend] = [output, weight]. Returns the errors."""
+    ref_y, ref_ids, ref_w, fragile = ref
+    errors = []
+    for b in backends:
+        y, [(ids, w)] = run_layer(bin_dir, ir, inputs, d, b)
+        errs, ye, we = compare("%s %s" % (tag, b), y, ids, w, ref_y, ref_ids,
+                               ref_w, fragile, tol_y, tol_w)
+        errors += errs
+        stats[b][0] = max(stats[b][0], ye)
+        stats[b][1] = max(stats[b][1], we)
+    return errors
