@@ -14,37 +14,11 @@
  *===----------------------------------------------------------------------===*/
 
 #include "moe/moe.h"
+#include "npy_write.h"
 
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
-
-static int write_npy(const char *path, const char *descr, const void *data,
-                     size_t elementSize, int64_t rows, int64_t cols) {
-  char header[128];
-  int n = snprintf(header, sizeof header,
-                   "{'descr': '%s', 'fortran_order': False, 'shape': "
-                   "(%lld, %lld), }",
-                   descr, (long long)rows, (long long)cols);
-  int total = 10 + n + 1;
-  int pad = (64 - total % 64) % 64;
-  unsigned short len = (unsigned short)(n + pad + 1);
-  unsigned char lenBytes[2];
-  FILE *f = fopen(path, "wb");
-  int i;
-  if (!f)
-    return 1;
-  lenBytes[0] = (unsigned char)(len & 0xff);
-  lenBytes[1] = (unsigned char)(len >> 8);
-  fwrite("\x93NUMPY\x01\x00", 1, 8, f);
-  fwrite(lenBytes, 1, 2, f);
-  fwrite(header, 1, (size_t)n, f);
-  for (i = 0; i < pad; ++i)
-    fputc(' ', f);
-  fputc('\n', f);
-  fwrite(data, elementSize, (size_t)(rows * cols), f);
-  return fclose(f) != 0;
-}
 
 int main(int argc, char **argv) {
   char error[512], path[4096];

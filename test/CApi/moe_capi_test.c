@@ -9,16 +9,16 @@
  * the first MoE layer and then every layer on a fixed input, prints
  * checksums and the first values, and writes OUTDIR/x.npy (the input),
  * OUTDIR/y_layer.npy, OUTDIR/y_all.npy and OUTDIR/y_all_MODE.npy (each
- * chain mode; float32 [T, H]) for comparison with moe-run. Then the error returns: a missing
- * package, an unknown backend, an unknown layer, null arguments, an
- * unknown chain mode, zero
- * tokens, a device run on emu, a short error buffer. It also prints what
- * the package holds (layers' widths and activation types, kernels, weight
- * tensors) as the C API describes it.
+ * chain mode; float32 [T, H]) for comparison with moe-run. Then the error
+ *returns: a missing package, an unknown backend, an unknown layer, null
+ *arguments, an unknown chain mode, zero tokens, a device run on emu, a short
+ *error buffer. It also prints what the package holds (layers' widths and
+ *activation types, kernels, weight tensors) as the C API describes it.
  *
  *===----------------------------------------------------------------------===*/
 
 #include "moe/moe.h"
+#include "npy_write.h"
 
 #include <math.h>
 #include <stdio.h>
@@ -34,36 +34,6 @@ static void expect(int condition, const char *what) {
     printf("FAILED: %s\n", what);
     ++failures;
   }
-}
-
-/* Writes a float32 [rows, cols] array as .npy (format 1.0). */
-static int write_npy(const char *path, const float *data, int64_t rows,
-                     int64_t cols) {
-  char header[128];
-  int n = snprintf(header, sizeof header,
-                   "{'descr': '<f4', 'fortran_order': False, 'shape': "
-                   "(%lld, %lld), }",
-                   (long long)rows, (long long)cols);
-  /* Magic (6) + version (2) + length (2) + header + '\n', padded to 64. */
-  int total = 10 + n + 1;
-  int pad = (64 - total % 64) % 64;
-  unsigned short len = (unsigned short)(n + pad + 1);
-  unsigned char lenBytes[2];
-  FILE *f = fopen(path, "wb");
-  int i;
-  if (!f)
-    return 1;
-  lenBytes[0] = (unsigned char)(len & 0xff);
-  lenBytes[1] = (unsigned char)(len >> 8);
-  fwrite("\x93NUMPY\x01\x00", 1, 8, f);
-  fwrite(lenBytes, 1, 2, f);
-  fwrite(header, 1, (size_t)n, f);
-  for (i = 0; i < pad; ++i)
-    fputc(' ', f);
-  fputc('\n', f);
-  /* Little-endian hosts only (x86-64, aarch64), as the runtime. */
-  fwrite(data, sizeof(float), (size_t)(rows * cols), f);
-  return fclose(f) != 0;
 }
 
 static double checksum(const float *y, size_t n) {
@@ -130,7 +100,8 @@ int main(int argc, char **argv) {
   for (i = 0; i < (int)count; ++i)
     x[i] = (float)sin(0.37 * i + 0.1) * 1.5f;
   snprintf(path, sizeof path, "%s/x.npy", argv[2]);
-  expect(write_npy(path, x, TOKENS, hidden) == 0, "writing x.npy");
+  expect(write_npy(path, "<f4", x, sizeof(float), TOKENS, hidden) == 0,
+         "writing x.npy");
 
   rc = moe_model_run_layer(model, layer, x, TOKENS, y, error, sizeof error);
   printf("run_layer %lld: rc %d\n", (long long)layer, rc);
@@ -139,7 +110,8 @@ int main(int argc, char **argv) {
   print_values("layer", y, count);
   expect(moe_model_last_ms(model) >= 0.0, "last_ms >= 0");
   snprintf(path, sizeof path, "%s/y_layer.npy", argv[2]);
-  expect(write_npy(path, y, TOKENS, hidden) == 0, "writing y_layer.npy");
+  expect(write_npy(path, "<f4", y, sizeof(float), TOKENS, hidden) == 0,
+         "writing y_layer.npy");
 
   rc = moe_model_run_all(model, x, TOKENS, y, error, sizeof error);
   printf("run_all: rc %d\n", rc);
@@ -147,7 +119,8 @@ int main(int argc, char **argv) {
     printf("error: %s\n", error);
   print_values("all", y, count);
   snprintf(path, sizeof path, "%s/y_all.npy", argv[2]);
-  expect(write_npy(path, y, TOKENS, hidden) == 0, "writing y_all.npy");
+  expect(write_npy(path, "<f4", y, sizeof(float), TOKENS, hidden) == 0,
+         "writing y_all.npy");
 
   /* The same run again gives the same numbers (the model is reusable). */
   rc = moe_model_run_all(model, x, TOKENS, big, error, sizeof error);
@@ -166,7 +139,8 @@ int main(int argc, char **argv) {
     printf("run_all_chain %s: rc %d%s%s\n", names[i], rc, rc ? ": " : "",
            error);
     snprintf(path, sizeof path, "%s/y_all_%s.npy", argv[2], names[i]);
-    expect(write_npy(path, big, TOKENS, hidden) == 0, "writing y_all_MODE");
+    expect(write_npy(path, "<f4", big, sizeof(float), TOKENS, hidden) == 0,
+           "writing y_all_MODE");
     if (modes[i] == MOE_CHAIN_PRENORM)
       expect(memcmp(big, y, count * sizeof(float)) == 0,
              "run_all is run_all_chain with MOE_CHAIN_PRENORM");
@@ -240,8 +214,7 @@ int main(int argc, char **argv) {
     printf("tensors: %lld, null model: %lld\n", (long long)tensors,
            (long long)moe_model_num_tensors(NULL));
     error[0] = '\0';
-    rc = moe_model_bind_tensor(model, tensors, buffer, 16, error,
-                               sizeof error);
+    rc = moe_model_bind_tensor(model, tensors, buffer, 16, error, sizeof error);
     printf("bind out of range: rc %d: %s\n", rc, error);
     error[0] = '\0';
     rc = moe_model_bind_tensor(model, -1, buffer, 16, error, sizeof error);
