@@ -10,10 +10,10 @@
  * checksums and the first values, and writes OUTDIR/x.npy (the input),
  * OUTDIR/y_layer.npy, OUTDIR/y_all.npy and OUTDIR/y_all_MODE.npy (each
  * chain mode; float32 [T, H]) for comparison with moe-run. Then the error
- *returns: a missing package, an unknown backend, an unknown layer, null
- *arguments, an unknown chain mode, zero tokens, a device run on emu, a short
- *error buffer. It also prints what the package holds (layers' widths and
- *activation types, kernels, weight tensors) as the C API describes it.
+ * returns: a missing package, an unknown backend, an unknown layer, null
+ * arguments, an unknown chain mode, zero tokens, a device run on emu, a short
+ * error buffer. It also prints what the package holds (layers' widths and
+ * activation types, kernels, weight tensors) as the C API describes it.
  *
  *===----------------------------------------------------------------------===*/
 
