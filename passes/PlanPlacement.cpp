@@ -12,6 +12,8 @@
 #include "llvm/Support/FormatVariadic.h"
 #include "llvm/Support/JSON.h"
 
+#include <cmath>
+
 namespace mlir::moe {
 #define GEN_PASS_DEF_MOEPLANPLACEMENT
 #include "moe/passes/Passes.h.inc"
@@ -167,13 +169,17 @@ struct MoEPlanPlacementPass : impl::MoEPlanPlacementBase<MoEPlanPlacementPass> {
       // At the function's location, without the note that prints it.
       mlir::emitRemark(l.fn->getLoc(), msg);
     }
-    if (opt.policy == ::moe::PlacementPolicy::Affinity)
-      mlir::emitRemark(
-          module.getLoc(),
-          llvm::formatv(
-              "affinity: {0} ({1:F2} s); crossing weight greedy {2}, final {3}",
-              stats.method, stats.solverSeconds, stats.greedyCrossing,
-              stats.finalCrossing));
+    if (opt.policy == ::moe::PlacementPolicy::Affinity) {
+      std::string msg = llvm::formatv(
+          "affinity: {0} ({1:F2} s); crossing weight greedy {2}, final {3}",
+          stats.method, stats.solverSeconds, stats.greedyCrossing,
+          stats.finalCrossing);
+      // The ILP's proof: the staying weight against its proven upper bound.
+      if (std::isfinite(stats.finalBound))
+        msg += llvm::formatv("; staying weight {0}, proven bound {1}",
+                             stats.finalObjective, stats.finalBound);
+      mlir::emitRemark(module.getLoc(), msg);
+    }
     if (opt.previous)
       mlir::emitRemark(
           module.getLoc(),

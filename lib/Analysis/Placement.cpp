@@ -17,6 +17,7 @@
 #include <glpk.h>
 
 #include <algorithm>
+#include <cassert>
 #include <cerrno>
 #include <cfloat>
 #include <chrono>
@@ -735,6 +736,15 @@ void assignPairs(ArrayRef<int64_t> order, ArrayRef<double> load, int64_t gpus,
   }
 }
 
+/// The transition weight of every layer pair.
+double totalWeight(ArrayRef<LayerLoad> layers) {
+  double total = 0;
+  for (size_t l = 0; l + 1 < layers.size(); ++l)
+    for (double t : layers[l].transition)
+      total += t;
+  return total;
+}
+
 double crossingOf(ArrayRef<LayerLoad> layers, const Assignment &a) {
   double cross = 0;
   for (size_t l = 0; l + 1 < layers.size(); ++l) {
@@ -939,6 +949,228 @@ Assignment greedyAffinity(ArrayRef<LayerLoad> layers, int64_t gpus,
     }
   }
   return best;
+}
+
+/// The heaviest bipartite b-matching: each row paired with exactly rowDeg
+/// columns, each column with exactly colDeg rows, a pair at most once (w is
+/// rows x cols, row-major, rows * rowDeg == cols * colDeg). Min-cost flow
+/// by successive shortest paths (Dijkstra with potentials) on the costs
+/// max(w) - w >= 0: every solution holds the same number of pairs, so the
+/// shift keeps the optimum, and unit capacities keep the flow integral (a
+/// transportation problem: its LP optimum is this). `match` gets the pairs.
+double maxBMatching(ArrayRef<double> w, int64_t rows, int64_t cols,
+                    int64_t rowDeg, int64_t colDeg,
+                    std::vector<char> *match = nullptr) {
+  double top = 0;
+  for (double v : w)
+    top = std::max(top, v);
+  // Nodes: 0 source, 1..rows, then the columns, last the sink.
+  int64_t n = rows + cols + 2, s = 0, t = n - 1;
+  std::vector<char> f(rows * cols, 0);
+  std::vector<int64_t> usedRow(rows, 0), usedCol(cols, 0), prev(n);
+  std::vector<double> pi(n, 0.0), dist(n);
+  std::vector<char> done(n);
+  auto cost = [&](int64_t i, int64_t j) { return top - w[i * cols + j]; };
+  bool whole = llvm::all_of(
+      w, [](double v) { return v == std::floor(v) && std::abs(v) < 0x1p40; });
+  // Flips the edges of the path that `prev` leads back from the sink.
+  auto augment = [&](ArrayRef<int64_t> prev) {
+    for (int64_t v = t; v != s; v = prev[v]) {
+      int64_t u = prev[v];
+      if (u == s)
+        ++usedRow[v - 1];
+      else if (v == t)
+        ++usedCol[u - 1 - rows];
+      else if (u <= rows)
+        f[(u - 1) * cols + (v - 1 - rows)] = 1;
+      else
+        f[(v - 1) * cols + (u - 1 - rows)] = 0;
+    }
+  };
+  for (int64_t flow = 0; flow < rows * rowDeg;) {
+    std::fill(dist.begin(), dist.end(), INFINITY);
+    std::fill(done.begin(), done.end(), 0);
+    dist[s] = 0;
+    auto relax = [&](int64_t u, int64_t v, double c) {
+      if (done[v])
+        return;
+      double d = dist[u] + c + pi[u] - pi[v];
+      if (d < dist[v]) {
+        dist[v] = d;
+        prev[v] = u;
+      }
+    };
+    for (;;) {
+      int64_t u = -1;
+      for (int64_t v = 0; v < n; ++v)
+        if (!done[v] && std::isfinite(dist[v]) && (u < 0 || dist[v] < dist[u]))
+          u = v;
+      if (u < 0)
+        break;
+      done[u] = 1;
+      if (u == s) {
+        for (int64_t i = 0; i < rows; ++i)
+          if (usedRow[i] < rowDeg)
+            relax(u, 1 + i, 0);
+      } else if (u <= rows) {
+        int64_t i = u - 1;
+        for (int64_t j = 0; j < cols; ++j)
+          if (!f[i * cols + j])
+            relax(u, 1 + rows + j, cost(i, j));
+        if (usedRow[i] > 0)
+          relax(u, s, 0);
+      } else if (u < t) {
+        int64_t j = u - 1 - rows;
+        for (int64_t i = 0; i < rows; ++i)
+          if (f[i * cols + j])
+            relax(u, 1 + i, -cost(i, j));
+        if (usedCol[j] < colDeg)
+          relax(u, t, 0);
+      } else {
+        for (int64_t j = 0; j < cols; ++j)
+          if (usedCol[j] > 0)
+            relax(u, 1 + rows + j, 0);
+      }
+    }
+    assert(std::isfinite(dist[t]) && "the degrees admit a b-matching");
+    for (int64_t v = 0; v < n; ++v)
+      pi[v] += std::min(dist[v], dist[t]);
+    augment(prev);
+    ++flow;
+    // With whole-number weights the reduced costs are exact: every path of
+    // edges at reduced cost 0 is a shortest path too, so take them all
+    // before the next Dijkstra (far fewer of those).
+    if (!whole)
+      continue;
+    std::vector<char> seen(n);
+    for (; flow < rows * rowDeg; ++flow) {
+      std::fill(seen.begin(), seen.end(), 0);
+      auto dfs = [&](auto &self, int64_t u) -> bool {
+        if (u == t)
+          return true;
+        seen[u] = 1;
+        auto go = [&](int64_t v, double c) {
+          if (seen[v] || c + pi[u] - pi[v] != 0)
+            return false;
+          prev[v] = u;
+          return self(self, v);
+        };
+        if (u == s) {
+          for (int64_t i = 0; i < rows; ++i)
+            if (usedRow[i] < rowDeg && go(1 + i, 0))
+              return true;
+        } else if (u <= rows) {
+          int64_t i = u - 1;
+          for (int64_t j = 0; j < cols; ++j)
+            if (!f[i * cols + j] && go(1 + rows + j, cost(i, j)))
+              return true;
+        } else {
+          int64_t j = u - 1 - rows;
+          if (usedCol[j] < colDeg && go(t, 0))
+            return true;
+          for (int64_t i = 0; i < rows; ++i)
+            if (f[i * cols + j] && go(1 + i, -cost(i, j)))
+              return true;
+        }
+        return false;
+      };
+      if (!dfs(dfs, s))
+        break;
+      augment(prev);
+    }
+  }
+  double total = 0;
+  for (int64_t k = 0; k < rows * cols; ++k)
+    if (f[k])
+      total += w[k];
+  if (match)
+    *match = std::move(f);
+  return total;
+}
+
+/// An upper bound on the staying weight of every placement that puts E/G
+/// experts of each layer on each GPU: in any such placement the pairs of
+/// layers l and l + 1 that share a GPU pair each expert of l with exactly
+/// E'/G experts of l + 1 and each expert of l + 1 with E/G of l, a feasible
+/// b-matching, so no more than the heaviest one stays. Summed over the layer
+/// pairs (`transitions[l]`, E_l x E_l+1). This is also the LP relaxation's
+/// value of the ILP below without its load rows (averaging an LP solution
+/// over the GPU permutations gives x = 1/G, where the layer pairs separate
+/// into these transportation problems), so branch and bound must close the
+/// rest. Exact with one expert per GPU (see exactByPairs).
+double layerPairBound(ArrayRef<LayerLoad> layers, int64_t gpus,
+                      ArrayRef<std::vector<double>> transitions) {
+  double bound = 0;
+  for (size_t l = 0; l + 1 < layers.size(); ++l) {
+    int64_t e = layers[l].load.size(), n = layers[l + 1].load.size();
+    bound += maxBMatching(transitions[l], e, n, n / gpus, e / gpus);
+  }
+  return bound;
+}
+
+/// With one expert per GPU in every layer the placement is one permutation
+/// per layer, and the experts that stay together between layers l and l+1
+/// are any matching of them (GPU of j in l + 1 := GPU of its partner in l):
+/// the layer pairs are independent assignment problems, and their optima
+/// together are the optimum (the load bound cannot bind: it is at least the
+/// heaviest expert). Returns the placement of those matchings.
+Assignment exactByPairs(ArrayRef<LayerLoad> layers) {
+  size_t L = layers.size();
+  int64_t e = layers[0].load.size();
+  Assignment a(L, std::vector<int64_t>(e));
+  std::iota(a[0].begin(), a[0].end(), 0);
+  for (size_t l = 0; l + 1 < L; ++l) {
+    std::vector<char> m;
+    maxBMatching(layers[l].transition, e, e, 1, 1, &m);
+    for (int64_t i = 0; i < e; ++i)
+      for (int64_t j = 0; j < e; ++j)
+        if (m[i * e + j])
+          a[l + 1][j] = a[l][i];
+  }
+  return a;
+}
+
+/// Re-places one layer at a time, the others fixed, at its best: experts to
+/// GPUs by their transition weight with the neighbours' experts on each GPU,
+/// E/G per GPU, a transportation problem solved exactly (a neighbourhood
+/// that holds every pairwise swap). A layer's new placement is kept when it
+/// stays more and its GPUs stay within the load bound (or carry no more
+/// excess than before). Sweeps until no layer gains.
+void reoptimizeLayers(ArrayRef<LayerLoad> layers, Assignment &a, int64_t gpus,
+                      ArrayRef<double> bounds) {
+  for (int sweep = 0; sweep < 100; ++sweep) {
+    bool improved = false;
+    for (size_t l = 0; l < layers.size(); ++l) {
+      int64_t e = a[l].size();
+      std::vector<double> aff = affinityOf(layers, a, l, gpus);
+      std::vector<char> m;
+      double best = maxBMatching(aff, e, gpus, 1, e / gpus, &m);
+      double now = 0, scale = 0;
+      for (int64_t i = 0; i < e; ++i)
+        now += aff[i * gpus + a[l][i]];
+      for (double v : aff)
+        scale += std::abs(v);
+      if (best <= now + 1e-9 * (1 + scale))
+        continue;
+      std::vector<int64_t> next(e);
+      for (int64_t i = 0; i < e; ++i)
+        for (int64_t g = 0; g < gpus; ++g)
+          if (m[i * gpus + g])
+            next[i] = g;
+      auto excess = [&](ArrayRef<int64_t> gpuOf) {
+        double x = 0;
+        for (double v : layerGpuLoads(layers[l], gpuOf, gpus))
+          x += std::max(0.0, v - bounds[l]);
+        return x;
+      };
+      if (excess(next) > excess(a[l]))
+        continue;
+      a[l] = std::move(next);
+      improved = true;
+    }
+    if (!improved)
+      break;
+  }
 }
 
 /// A mixed integer program, maximising obj . x: the one formulation of the
@@ -1186,8 +1418,8 @@ bool pipeAll(int fd, char *bytes, size_t size, bool write) {
 /// 8 minutes on the L = 32, E = 64 chains) nor within a cut pass or a
 /// heuristic (measured: more than 1 s past a 60 s limit, loaded machine).
 /// So it runs in a child process with 90 % of the time as its own limit,
-/// and is killed one second past the limit (then nothing is found and the
-/// caller keeps greedy). The child sends its result through a pipe.
+/// and is killed at the limit (then nothing is found and the caller keeps
+/// its start). The child sends its result through a pipe.
 MipResult solveCbc(const Mip &mip, double timeLimit) {
   int fds[2];
   if (::pipe(fds) != 0)
@@ -1216,7 +1448,7 @@ MipResult solveCbc(const Mip &mip, double timeLimit) {
   }
   ::close(fds[1]);
   auto deadline = std::chrono::steady_clock::now() +
-                  std::chrono::duration<double>(timeLimit + 1.0);
+                  std::chrono::duration<double>(timeLimit);
   // Waits for the child's first bytes (it writes everything at once).
   bool ready = false;
   for (;;) {
@@ -1272,11 +1504,44 @@ MipResult solveCbc(const Mip &mip, double timeLimit) {
 /// never worse. Built once, solved by GLPK or CBC; `st` gets the method
 /// (solver and status), the objective and the bound.
 Assignment ilpAffinity(ArrayRef<LayerLoad> layers, int64_t gpus,
-                       const Assignment &start, double timeLimit,
+                       const Assignment &greedy, double timeLimit,
                        ArrayRef<double> bounds, AffinitySolver solver,
-                       PlanStats &st) {
+                       bool exactShortcuts, PlanStats &st) {
   size_t L = layers.size();
   auto t0 = std::chrono::steady_clock::now();
+  StringRef name = solver == AffinitySolver::Cbc ? "cbc" : "glpk";
+  std::vector<std::vector<double>> transitions;
+  for (size_t l = 0; l + 1 < L; ++l)
+    transitions.push_back(layers[l].transition);
+  st.pairBound = layerPairBound(layers, gpus, transitions);
+  st.ilpProven = false;
+  if (exactShortcuts && llvm::all_of(layers, [&](const LayerLoad &l) {
+        return static_cast<int64_t>(l.load.size()) == gpus;
+      })) {
+    st.method = (name + " not run, optimal by layer pair assignments (one "
+                        "expert per gpu)")
+                    .str();
+    st.ilpProven = true;
+    Assignment a = exactByPairs(layers);
+    st.ilpObjective = st.ilpBound = totalWeight(layers) - crossingOf(layers, a);
+    return a;
+  }
+  // The solver's start: greedy, each layer then re-placed at its best
+  // given its neighbours while that gains.
+  Assignment start = greedy;
+  if (exactShortcuts)
+    reoptimizeLayers(layers, start, gpus, bounds);
+  // A start within the load bounds that reaches the layer-pair bound is
+  // optimal: no need to solve.
+  double startStay = totalWeight(layers) - crossingOf(layers, start);
+  if (exactShortcuts && excessLoad(layers, start, gpus, bounds) == 0 &&
+      startStay >= st.pairBound * (1 - 1e-12)) {
+    st.method =
+        (name + " not run, optimal (the layer pair bound is met)").str();
+    st.ilpProven = true;
+    st.ilpObjective = st.ilpBound = startStay;
+    return start;
+  }
   Mip mip;
   std::vector<int> xBase(L);
   for (size_t l = 0; l < L; ++l)
@@ -1398,13 +1663,15 @@ Assignment ilpAffinity(ArrayRef<LayerLoad> layers, int64_t gpus,
     }
   }
 
-  StringRef name = solver == AffinitySolver::Cbc ? "cbc" : "glpk";
-  // The time limit counts building the model.
-  double left = std::max(
-      timeLimit - std::chrono::duration<double>(
-                      std::chrono::steady_clock::now() - t0)
-                      .count(),
-      0.01);
+  // The time limit counts building the model (and the bound and start
+  // above); the solver gets what is left, less a margin for reading its
+  // result back.
+  double left =
+      std::max(0.98 * (timeLimit - std::chrono::duration<double>(
+                                       std::chrono::steady_clock::now() - t0)
+                                       .count()) -
+                   0.1,
+               0.01);
   MipResult res = solver == AffinitySolver::Cbc ? solveCbc(mip, left)
                                                 : solveGlpk(mip, left);
   Assignment result = start;
@@ -1415,22 +1682,29 @@ Assignment ilpAffinity(ArrayRef<LayerLoad> layers, int64_t gpus,
           if (res.x[x(l, i, g)] > 0.5)
             result[l][i] = g;
   st.ilpObjective = res.objective;
+  // The solver's bound holds for the pairs it kept; the dropped pairs can
+  // add at most their own layer-pair bound (worth computing only where the
+  // solver's bound alone is below the whole layer-pair bound).
   st.ilpBound = res.bound;
+  if (truncated && res.bound < st.pairBound) {
+    std::vector<std::vector<double>> dropped = transitions;
+    for (const Pair &pr : pairs)
+      dropped[pr.l][pr.i * layers[pr.l + 1].load.size() + pr.j] = 0;
+    st.ilpBound += layerPairBound(layers, gpus, dropped);
+  }
+  st.ilpProven = res.optimal && !truncated;
   if (res.optimal)
     st.method = (name + " optimal").str();
   else if (!res.x.empty())
-    st.method = formatv("{0} time limit, best found (gap {1:F2} %)", name,
-                        100.0 * std::abs(res.bound - res.objective) /
-                            std::max(std::abs(res.objective), 1e-9));
+    st.method = (name + " time limit").str();
   else if (res.failure)
-    st.method = (name + " " + res.failure + ", greedy").str();
+    st.method = (name + " " + res.failure).str();
   else if (!res.relaxationSolved)
-    st.method = (name + " LP relaxation not solved in the time limit, greedy")
-                    .str();
+    st.method = (name + " root lp not solved in the time limit").str();
   else
-    st.method = (name + " found nothing in the time limit, greedy").str();
+    st.method = (name + " found nothing in the time limit").str();
   if (truncated)
-    st.method += " (heaviest 2E pairs per layer pair)";
+    st.method += " (heaviest 2e pairs per layer pair)";
   return result;
 }
 
@@ -1654,16 +1928,38 @@ Expected<std::vector<LayerPlacement>> planPlacement(ArrayRef<LayerLoad> layers,
     if (options.solver != AffinitySolver::Greedy && layers.size() > 1) {
       auto t0 = std::chrono::steady_clock::now();
       Assignment b = ilpAffinity(layers, gpus, a, options.timeLimit, bounds,
-                                 options.solver, st);
+                                 options.solver, options.exactShortcuts, st);
       st.solverSeconds =
           std::chrono::duration<double>(std::chrono::steady_clock::now() - t0)
               .count();
       // The ILP may have seen the heaviest pairs only: polish on all.
       refineSwaps(layers, b, gpus, bounds);
       // Better, and within the load bounds where greedy was.
-      if (crossingOf(layers, b) <= st.greedyCrossing &&
-          (withinBounds(b) || !withinBounds(a)))
+      bool kept = crossingOf(layers, b) <= st.greedyCrossing &&
+                  (withinBounds(b) || !withinBounds(a));
+      if (kept)
         a = std::move(b);
+      // The gap of what is returned against the best proven bound on the
+      // staying weight: the layer pairs' (any placement), and the
+      // solver's where the result is one of its feasible points (within
+      // the load bounds).
+      double stay = totalWeight(layers) - crossingOf(layers, a);
+      double bound = st.pairBound;
+      bool solverBound = false;
+      if (std::isfinite(st.ilpBound) && withinBounds(a) &&
+          st.ilpBound < bound) {
+        bound = st.ilpBound;
+        solverBound = true;
+      }
+      st.finalObjective = stay;
+      st.finalBound = std::max(bound, stay);
+      if (!st.ilpProven || !kept) {
+        st.method += formatv(", best found (gap {0:F2} %, bound from the {1})",
+                             100.0 * (st.finalBound - stay) /
+                                 std::max(std::abs(stay), 1e-9),
+                             solverBound ? "solver" : "layer pairs")
+                         .str();
+      }
     }
     st.finalCrossing = crossingOf(layers, a);
     for (size_t l = 0; l < layers.size(); ++l)

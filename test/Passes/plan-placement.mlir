@@ -41,19 +41,35 @@
 // RUN: %python -c "import re,sys; t=open(sys.argv[1]).read(); p=[(float(a),float(b)) for a,b in re.findall(r'cross-GPU to next layer ([0-9.]+) \(contiguous ([0-9.]+)\)', t)]; q=[(float(a),float(b)) for a,b in re.findall(r'slots: balance ([0-9.]+) \(contiguous ([0-9.]+)\)', t)]; print(p, q); sys.exit(not (len(p)==3 and sum(a for a,_ in p) <= 0.85*sum(b for _,b in p) and len(q)==4 and all(a <= b + 1e-9 for a,b in q)))" %t/a.txt
 // RUN: moe-opt %S/Inputs/layout-model.mlir --moe-plan-placement="profile=%t/p.safetensors topology=%S/Inputs/layout-topology.json policy=affinity solver=glpk time-limit=3 out=%t/a.json" -o %t/g.mlir 2> %t/g.txt
 // RUN: FileCheck %s --check-prefix=GLPK --input-file=%t/g.txt
-// GLPK: remark: affinity: glpk {{.*}} s); crossing weight greedy {{[0-9.e+]+}}, final {{[0-9.e+]+}}
+// GLPK: remark: affinity: glpk {{.*}} s); crossing weight greedy {{[0-9.e+]+}}, final {{[0-9.e+]+}}; staying weight {{[0-9.e+]+}}, proven bound {{[0-9.e+]+}}
 
-// solver=cbc: the same ILP through CBC's C API, in its time limit (plus
-// the second of grace after which its process is stopped; measured: "time
-// limit, best found (gap 3.98 %)" in 2.9 s, the last status only on a
-// machine too loaded for CBC to stop in time); the placement is valid, its
+// One expert per GPU (the 8 experts on 1 x 8 GPUs): the layer pairs are
+// independent assignment problems, solved exactly without GLPK or CBC; the
+// staying weight and the proven bound both equal numpy's optimum over every
+// matching of every layer pair (8! each), for both solver names.
+// RUN: %python -c "open('%t/t8.json','w').write(open('%S/Inputs/layout-topology.json').read().replace('\"nodes\": 2, \"gpus_per_node\": 2', '\"nodes\": 1, \"gpus_per_node\": 8'))"
+// RUN: moe-opt %S/Inputs/layout-model.mlir --moe-plan-placement="profile=%t/p.safetensors topology=%t/t8.json policy=affinity solver=glpk time-limit=3" -o %t/e8.mlir 2> %t/e8.txt
+// RUN: FileCheck %s --check-prefix=PAIRS --input-file=%t/e8.txt
+// RUN: %python %S/Inputs/check_layout.py optimum %t/p.safetensors %t/e8.txt | FileCheck %s --check-prefix=OPTIMUM
+// RUN: %python %S/Inputs/check_layout.py plan %t/p.safetensors %t/e8.mlir %t/e8.txt 8 | FileCheck %s --check-prefix=ORACLE
+// RUN: moe-opt %S/Inputs/layout-model.mlir --moe-plan-placement="profile=%t/p.safetensors topology=%t/t8.json policy=affinity solver=cbc time-limit=3" -o /dev/null 2> %t/e8c.txt
+// RUN: %python %S/Inputs/check_layout.py optimum %t/p.safetensors %t/e8c.txt | FileCheck %s --check-prefix=OPTIMUM
+// PAIRS: remark: affinity: glpk not run, optimal by layer pair assignments (one expert per gpu) ({{[0-9.]+}} s); crossing weight greedy {{[0-9.e+]+}}, final {{[0-9.e+]+}}; staying weight {{[0-9.e+]+}}, proven bound {{[0-9.e+]+}}
+// OPTIMUM-NOT: FAIL
+// OPTIMUM: ok: staying weight {{[0-9.]+}} equals the optimum over every matching
+// OPTIMUM: ok: proven bound
+
+// solver=cbc: the same ILP through CBC's C API, in its time limit (its
+// process is stopped at the limit; the last status only on a machine too
+// loaded for CBC to stop in time), with the gap to a proven bound where it
+// is not optimal; the placement is valid, its
 // balance and cross-GPU fractions are numpy's, and the crossing is no more
 // than greedy's.
 // RUN: moe-opt %S/Inputs/layout-model.mlir --moe-plan-placement="profile=%t/p.safetensors topology=%S/Inputs/layout-topology.json policy=affinity solver=cbc time-limit=3 out=%t/c.json" -o %t/c.mlir 2> %t/c.txt
 // RUN: FileCheck %s --check-prefix=CBC --input-file=%t/c.txt
 // RUN: %python %S/Inputs/check_layout.py plan %t/p.safetensors %t/c.mlir %t/c.txt 4 | FileCheck %s --check-prefix=ORACLE
 // RUN: %python -c "import re,sys; m=re.search(r'affinity: cbc .*\(([0-9.]+) s\); crossing weight greedy ([0-9.e+]+), final ([0-9.e+]+)', open(sys.argv[1]).read()); print(m.groups()); sys.exit(not (float(m[1]) <= 4.5 and float(m[3]) <= float(m[2])))" %t/c.txt
-// CBC: remark: affinity: cbc {{optimal|time limit, best found \(gap [0-9.]+ %\)|did not return within the time limit, greedy}} ({{[0-9.]+}} s); crossing weight greedy {{[0-9.e+]+}}, final {{[0-9.e+]+}}
+// CBC: remark: affinity: cbc {{optimal|time limit, best found \(gap [0-9.]+ %, bound from the (solver|layer pairs)\)|did not return within the time limit, best found \(gap [0-9.]+ %, bound from the layer pairs\)}} ({{[0-9.]+}} s); crossing weight greedy {{[0-9.e+]+}}, final {{[0-9.e+]+}}; staying weight {{[0-9.e+]+}}, proven bound {{[0-9.e+]+}}
 // previous= works the same with solver=cbc (re-planned against its own plan, no
 // expert moves: the fresh plan's crossing is within move-tolerance of it).
 // RUN: moe-opt %S/Inputs/layout-model.mlir --moe-plan-placement="profile=%t/p.safetensors topology=%S/Inputs/layout-topology.json policy=affinity solver=cbc time-limit=3 previous=%t/c.json" -o /dev/null 2> %t/cprev.txt

@@ -3,10 +3,15 @@
   check_layout.py plan PROFILE OUT.mlir REMARKS.txt GPUS [MAP.json COUNTS.json]
       every layer's placement (attributes of the output IR) is valid, and
       the balance and cross-GPU fractions of the remarks equal numpy's.
+  check_layout.py optimum PROFILE REMARKS.txt
+      with one expert per GPU, the affinity remark's staying weight and
+      proven bound both equal the optimum found by trying every matching of
+      each layer pair (E! of them; the layer pairs are independent then).
   check_layout.py report PROFILE OUT.mlir REPORT.json TOPOLOGY.json
       the simulator's per-layer and total numbers equal numpy's count
       (placement from the IR's attributes, or contiguous without them).
 """
+import itertools
 import json
 import re
 import struct
@@ -66,7 +71,26 @@ def close(a, b):
     return abs(a - b) <= 1e-9 * max(1.0, abs(a), abs(b))
 
 
+def optimum(prof_path, remarks_path):
+    prof, _ = read_profile(prof_path)
+    best = 0.0
+    for name in sorted(k for k in prof if k.endswith(".transition")):
+        t = prof[name]
+        perms = np.array(list(itertools.permutations(range(t.shape[0]))))
+        best += t[np.arange(t.shape[0]), perms].sum(axis=1).max()
+    m = re.search(r"staying weight ([0-9.e+]+), proven bound ([0-9.e+]+)",
+                  open(remarks_path).read())
+    check(m is not None, "the affinity remark has a staying weight and bound")
+    stay, bound = float(m[1]), float(m[2])
+    check(close(stay, best), "staying weight %.1f equals the optimum over "
+          "every matching %.1f" % (stay, best))
+    check(close(bound, best), "proven bound %.1f equals it" % bound)
+
+
 def main():
+    if sys.argv[1] == "optimum":
+        optimum(*sys.argv[2:4])
+        return
     mode, prof_path, ir_path = sys.argv[1:4]
     prof, meta = read_profile(prof_path)
     layers = sorted({int(k.split(".")[1]) for k in prof})

@@ -112,6 +112,12 @@ struct PlanOptions {
   /// packing where one hot expert makes that more); <= 0: no bound. Without one, layers that route
   /// independently pile their heavy experts onto one GPU.
   double maxBalance = 1.25;
+  /// affinity with glpk or cbc: skip the solver where the answer is proven
+  /// without it (one expert per GPU: independent layer-pair assignments; a
+  /// start that meets the layer-pair bound) and improve greedy's start by
+  /// exact one-layer re-placements first. Off: the ILP of every case from
+  /// greedy's start (tests compare the two).
+  bool exactShortcuts = true;
   /// Seconds the ILP may take in all (affinity with glpk or cbc).
   double timeLimit = 60;
   /// Bytes of one expert's weights (0: not checked) against hbmBytes.
@@ -126,7 +132,8 @@ struct PlanOptions {
 /// What the planner reports besides the placement.
 struct PlanStats {
   /// affinity: how the layers were placed ("glpk optimal", "cbc time
-  /// limit, best found (gap 1.20 %)", "greedy"), seconds spent in the ILP,
+  /// limit, best found (gap 1.20 %, bound from the solver)", "greedy"),
+  /// seconds spent in the ILP,
   /// the greedy objective and the final objective (crossing transition
   /// weight).
   std::string method;
@@ -135,6 +142,17 @@ struct PlanStats {
   /// holds) of its best solution and the solver's bound on the optimum;
   /// NaN where it found nothing.
   double ilpObjective = NAN, ilpBound = NAN;
+  /// The sum over layer pairs of the heaviest transition b-matching: an
+  /// upper bound on the staying weight of every placement with E/G experts
+  /// per GPU (the ILP's LP relaxation, solved exactly per layer pair).
+  double pairBound = NAN;
+  /// The ILP's result is a proven optimum (of the whole objective).
+  bool ilpProven = false;
+  /// The staying transition weight returned and the best proven upper
+  /// bound on it (the smaller of pairBound and, for a result within the
+  /// load bounds, the solver's); the method string ends with their gap
+  /// where it is not proven optimal.
+  double finalObjective = NAN, finalBound = NAN;
   double greedyCrossing = 0, finalCrossing = 0;
   /// Slots whose expert is not on the slot's GPU in `previous` (summed
   /// over layers), before and after reducing moves.
