@@ -65,6 +65,19 @@ class Run:
                       self.remarks)
         return (m[1], float(m[2])) if m else (None, None)
 
+    def proof(self):
+        """(greedy gap, ILP gap) to the proven upper bound on the staying
+        transition weight, in percent, from the affinity remark (None
+        without a bound: solver=greedy)."""
+        m = re.search(r"crossing weight greedy ([0-9.e+]+), final ([0-9.e+]+)"
+                      r"; staying weight ([0-9.e+]+), proven bound ([0-9.e+]+)",
+                      self.remarks)
+        if not m:
+            return (None, None)
+        cg, cf, stay, bound = map(float, m.groups())
+        greedy = stay + cf - cg
+        return (100 * (bound - greedy) / greedy, 100 * (bound - stay) / stay)
+
     def moves(self):
         m = re.search(r"(\d+) moves against it, (\d+) after", self.remarks)
         return (int(m[1]), int(m[2])) if m else (None, None)
@@ -163,10 +176,12 @@ def chains_table(runs, check):
             i = k[solver]
             fi = i.inr["cross_gpu_fraction"]
             im, isec = i.affinity()
+            ggap, igap = i.proof()
             per = g.per_gpu() | i.per_gpu()
             rows.append([L, E, G, solver, fmt(fc), fmt(planted), fmt(fg),
                          fmt(fi), "%.1f%%" % (100 * (1 - fi / fc)),
-                         fmt(fg / fi), fmt(gsec, ".2f"), fmt(isec, ".2f"),
+                         fmt(fg / fi), fmt(ggap, ".2f"), fmt(igap, ".2f"),
+                         fmt(gsec, ".2f"), fmt(isec, ".2f"),
                          fmt(i.wall, ".2f"), im,
                          ",".join(map(str, sorted(per)))])
             check(fi < fc, "chains %s: %s cross-GPU %.4f < contiguous %.4f"
@@ -180,12 +195,16 @@ def chains_table(runs, check):
             check(fg <= 1.05 * fi,
                   "chains %s: greedy %.4f within 5%% of %s %.4f"
                   % (case, fg, solver, fi))
+            check(igap is not None and igap >= -1e-9,
+                  "chains %s: %s reports a proven bound (gap %s %%)"
+                  % (case, solver, fmt(igap, ".2f")))
             check(per == {E // G}, "chains %s: %s experts per GPU %s (E/G = %d)"
                   % (case, solver, sorted(per), E // G))
             check(g.duplicates() + i.duplicates() == 0,
                   "chains %s: %s no duplicate replicas" % (case, solver))
     head = ["L", "E", "G", "ILP", "cross contiguous", "cross planted",
-            "cross greedy", "cross ILP", "cut", "greedy/ILP", "greedy s",
+            "cross greedy", "cross ILP", "cut", "greedy/ILP",
+            "greedy gap %", "ILP gap %", "greedy s",
             "ILP s", "ILP wall s", "ILP status", "experts/GPU"]
     return ("### Planted layer-to-layer chains (p = 0.8)\n\n"
             + markdown(head, rows))
