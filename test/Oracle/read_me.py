@@ -19,7 +19,8 @@ This script writes random weights under the example's own tensor names,
 runs the example file itself (its weight root pointed at them) with
 `moe-run --all-layers` on the reference executor and the generated kernels
 (emu), from the IR and from a package (`moe-compile --arch none`), and with
-`--python` the package through the Python API's run_all (emu), at T in
+`--python` the package through the Python API's run_all and route(1, v_0)
+(the pre-gating router, the layer having none of its own) on emu, at T in
 {1, 7, 64, 300}, and compares with float64 numpy: every layer's experts
 (`--routing-out PREFIX.L<l>`) equal the pre-gating router's on v_0, weights
 within 1e-5, the output within 1e-5 relative. A router run on each layer's
@@ -184,7 +185,16 @@ def main():
             for run in runs:
                 if run == "python-run_all":
                     import moe_opt
-                    y = moe_opt.load(pkg, backend="emu").run_all(x)
+                    package = moe_opt.load(pkg, backend="emu")
+                    y = package.run_all(x)
+                    # route(layer, v) of a layer without a router of its own
+                    # runs the pre-gating router on v.
+                    v = rmsnorm(np.asarray(x, np.float64)).astype(np.float32)
+                    ids, w = package.route(1, v)
+                    errs, we = compare_routing("python route T=%d" % t, ids, w,
+                                               ref_ids, ref_w, fragile, TOL_W)
+                    errors += errs[:3]
+                    stats[run][1] = max(stats[run][1], we)
                     errs, ye = compare_output("%s T=%d" % (run, t), y, ref_y,
                                               fragile, TOL_Y)
                     errors += errs
