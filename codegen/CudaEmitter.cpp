@@ -287,7 +287,7 @@ public:
       plan.givenWeights = *tokenValue(fn.getArgument(2));
     }
     if (*form == LayerForm::Router)
-      plan.role = "router";
+      plan.role = fn->getAttrOfType<StringAttr>(kRoleAttr).getValue().str();
     if (*form == LayerForm::ExtraInputs)
       if (Error err = extraInputs())
         return std::move(err);

@@ -353,17 +353,21 @@ std::optional<LayerForm> mlir::moe::getLayerForm(FunctionOpInterface fn,
   Builder b(fn.getContext());
   Type i32 = b.getI32Type(), f32 = b.getF32Type();
   auto role = fn->getAttrOfType<StringAttr>(kRoleAttr);
-  if (fn->hasAttr(kRoleAttr) && (!role || role.getValue() != "router")) {
+  if (fn->hasAttr(kRoleAttr) && (!role || (role.getValue() != "router" &&
+                                           role.getValue() != "pregate"))) {
     why = name + ": '" + kRoleAttr.str() +
-          "' must be \"router\" (a router-only function) or absent";
+          "' must be \"router\" (a router-only function), \"pregate\" (a "
+          "router-only function routing every layer that takes its routing, "
+          "Read-ME) or absent";
     return std::nullopt;
   }
   if (role) {
     if (args.size() != 1 || !isTokenRows(args[0], nullptr) ||
         results.size() != 2 || !isTokenRows(results[0], i32) ||
         !isTokenRows(results[1], f32)) {
-      why = name + " (moe.role = \"router\"): expected one argument x [T, H] "
-                   "and two results, ids [T, K] i32 and weights [T, K] f32";
+      why = name + " (moe.role = \"" + role.getValue().str() +
+            "\"): expected one argument x [T, H] "
+            "and two results, ids [T, K] i32 and weights [T, K] f32";
       return std::nullopt;
     }
     return LayerForm::Router;

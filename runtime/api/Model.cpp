@@ -26,6 +26,15 @@ struct Model::Impl {
   std::string backend, description;
   /// Model layer -> its plan (the MoE block's) and its router-only plan.
   std::map<int64_t, const LayerPlan *> layers, routers;
+  /// The pre-gating router (role "pregate", Read-ME), or null: it routes
+  /// every layer that takes its routing and has no router of its own.
+  const LayerPlan *pregate = nullptr;
+  /// The router that routes `layer` when it takes its routing: its own
+  /// (a rank package's), else the pre-gating router; null if none.
+  const LayerPlan *routerOf(int64_t layer) const {
+    auto it = routers.find(layer);
+    return it != routers.end() ? it->second : pregate;
+  }
   /// Plan -> index into package.plan().layers.
   std::map<const LayerPlan *, size_t> planIndex;
   std::map<const LayerPlan *, std::unique_ptr<LayerExecutor>> executors;
@@ -130,9 +139,13 @@ Expected<std::unique_ptr<Model>> Model::open(const std::string &packageDir,
   for (size_t i = 0; i < plans.size(); ++i) {
     if (!plans[i].target.empty())
       continue;
+    impl->planIndex[&plans[i]] = i;
+    if (plans[i].role == "pregate") {
+      impl->pregate = &plans[i];
+      continue;
+    }
     auto &byLayer = plans[i].role == "router" ? impl->routers : impl->layers;
     byLayer[plans[i].layer] = &plans[i];
-    impl->planIndex[&plans[i]] = i;
   }
 
   BackendReport report;
@@ -303,9 +316,9 @@ Expected<int64_t> Model::routingSlots(int64_t layer) const {
   Expected<const LayerPlan *> p = impl->plan(layer);
   if (!p)
     return p.takeError();
-  auto router = impl->routers.find(layer);
-  const LayerPlan &plan = router != impl->routers.end() ? *router->second
-                                                        : *p.value();
+  const LayerPlan *router =
+      p.value()->givenIds >= 0 ? impl->routerOf(layer) : nullptr;
+  const LayerPlan &plan = router ? *router : *p.value();
   if (plan.givenIds >= 0)
     return plan.values[plan.givenIds].perToken;
   if (plan.routings.empty())
@@ -327,11 +340,14 @@ Status Model::route(int64_t layer, const float *x, int64_t tokens,
   Expected<const LayerPlan *> p = impl->plan(layer);
   if (!p)
     return p.takeError();
-  // A rank package's router-only plan; else the layer itself, when it
-  // routes its tokens (its first router's routing).
-  auto router = impl->routers.find(layer);
-  const LayerPlan *plan =
-      router != impl->routers.end() ? router->second : p.value();
+  // A rank package's router-only plan, or for a layer that takes its
+  // routing a Read-ME package's pre-gating router; else the layer itself,
+  // when it routes its tokens (its first router's routing).
+  const LayerPlan *router =
+      impl->routers.count(layer) || p.value()->givenIds >= 0
+          ? impl->routerOf(layer)
+          : nullptr;
+  const LayerPlan *plan = router ? router : p.value();
   if (plan->routings.empty() || plan->givenIds >= 0)
     return Status::error("route: layer " + std::to_string(layer) + " of " +
                          impl->package.directory() +
@@ -418,6 +434,10 @@ Status Model::runAll(const float *x, int64_t tokens, float *y,
   size_t count = static_cast<size_t>(tokens * h.value());
   std::vector<float> stream(x, x + count), input, next(count);
   double total = 0;
+  // Read-ME: the pre-gating router runs once, on the first layer's input;
+  // every layer that takes its routing without a router of its own gets it.
+  std::vector<int32_t> pregateIds;
+  std::vector<float> pregateWeights;
   for (int64_t l : all) {
     const float *in = stream.data();
     if (chain == ChainMode::PreNorm) {
@@ -425,8 +445,55 @@ Status Model::runAll(const float *x, int64_t tokens, float *y,
       chainInputRows(chain, input.data(), tokens, h.value());
       in = input.data();
     }
-    if (Status s = runLayer(l, in, tokens, next.data()))
+    const LayerPlan *router =
+        impl->layers.at(l)->givenIds >= 0 ? impl->routerOf(l) : nullptr;
+    if (!router && impl->layers.at(l)->givenIds >= 0)
+      return Status::error("runAll: layer " + std::to_string(l) +
+                           " takes its routing and the package has no router "
+                           "for it (no router plan of that layer and no "
+                           "pre-gating router)");
+    // The routing router-only plan `r` computes on `in`.
+    auto routeOn = [&](const LayerPlan &r, std::vector<int32_t> &ids,
+                       std::vector<float> &w) -> Status {
+      int64_t slots = r.values[r.routings.at(0).ids].perToken;
+      ids.assign(tokens * slots, 0);
+      w.assign(tokens * slots, 0.0f);
+      Expected<LayerExecutor *> exec = impl->executorOf(&r);
+      if (!exec)
+        return exec.takeError();
+      auto out = exec.value()->run(in, tokens, true);
+      if (!out)
+        return out.takeError();
+      const LayerOutputs::Routing &o = out.value().routings.front();
+      std::copy(o.ids.begin(), o.ids.end(), ids.begin());
+      std::copy(o.weights.begin(), o.weights.end(), w.begin());
+      return Status::success();
+    };
+    if (impl->pregate && l == all.front()) {
+      if (Status s = impl->timed([&] {
+            return routeOn(*impl->pregate, pregateIds, pregateWeights);
+          }))
+        return s.withContext("the pre-gating router");
+      total += impl->lastMs;
+    }
+    if (router) {
+      std::vector<int32_t> ownIds;
+      std::vector<float> ownWeights;
+      bool pregated = router == impl->pregate;
+      if (!pregated) {
+        if (Status s = impl->timed(
+                [&] { return routeOn(*router, ownIds, ownWeights); }))
+          return s;
+        total += impl->lastMs;
+      }
+      if (Status s = runLayerDispatched(
+              l, in, pregated ? pregateIds.data() : ownIds.data(),
+              pregated ? pregateWeights.data() : ownWeights.data(), tokens,
+              next.data()))
+        return s;
+    } else if (Status s = runLayer(l, in, tokens, next.data())) {
       return s;
+    }
     total += impl->lastMs;
     chainAddStream(chain, stream.data(), next.data(), count);
     stream.swap(next);

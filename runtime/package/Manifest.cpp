@@ -559,21 +559,22 @@ void readLayer(Fields &f, const Json &l, const std::string &at,
   // in the WeightRefs.
   layer.weights.resize(tensorsOfLayer.size());
   std::string valuesWhat = field(at, "values");
-  // Optional (absent from older manifests): "" or "router".
+  // Optional (absent from older manifests): "", "router" or "pregate".
   if (f.ok() && l.find("role")) {
     layer.role = f.string(l, at, "role");
-    if (f.ok() && !layer.role.empty() && layer.role != "router")
+    if (f.ok() && !layer.role.empty() && !isRouterRole(layer.role))
       f.fail(field(at, "role"),
-             "expected \"\" (a layer) or \"router\", found " + qt(layer.role));
+             "expected \"\" (a layer), \"router\" or \"pregate\", found " +
+                 qt(layer.role));
   }
   layer.input =
       readValueIndex(f, l, at, "input", layer.values.size(), valuesWhat, false);
   // A router-only plan has no output value.
   layer.output = readValueIndex(f, l, at, "output", layer.values.size(),
-                                valuesWhat, layer.role == "router");
-  if (f.ok() && layer.role == "router" && layer.output >= 0)
-    f.fail(field(at, "output"), "expected null for a router-only plan "
-                                "(role \"router\"), found an index");
+                                valuesWhat, isRouterRole(layer.role));
+  if (f.ok() && isRouterRole(layer.role) && layer.output >= 0)
+    f.fail(field(at, "output"), "expected null for a router-only plan (role " +
+                                    qt(layer.role) + "), found an index");
   // Optional: the values a caller's routing is copied into.
   if (f.ok() && (l.find("given_ids") || l.find("given_weights"))) {
     layer.givenIds = readValueIndex(f, l, at, "given_ids", layer.values.size(),
@@ -666,7 +667,7 @@ void readLayer(Fields &f, const Json &l, const std::string &at,
   }
   layer.inputWidth = f.integer(l, at, "input_width", 1, kMaxJsonInteger);
   // A router-only plan has no output: its width is 0.
-  bool router = layer.role == "router";
+  bool router = isRouterRole(layer.role);
   layer.outputWidth = f.integer(l, at, "output_width", router ? 0 : 1,
                                 router ? 0 : kMaxJsonInteger);
   layer.allExperts = f.integer(l, at, "all_experts", 0, kMaxJsonInteger);

@@ -512,7 +512,7 @@ LayerExecutor::runImpl(const float *x, int64_t tokens, bool wantRouting,
       return s;
     out.y = decodeElements(yBytes.data(), yCount, yShape.type);
   }
-  wantRouting |= plan.role == "router";
+  wantRouting |= isRouterRole(plan.role);
   for (size_t r = 0; wantRouting && r < plan.routings.size(); ++r) {
     const LayerPlan::Routing &routing = plan.routings[r];
     const BufferShape &ids = plan.values[routing.ids];

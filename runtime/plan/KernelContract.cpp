@@ -295,7 +295,7 @@ Status checkLayerValues(const LayerPlan &layer, size_t l) {
     if (Status s =
             tokenRows("input", layer.input, layer.inputWidth, "input_width"))
       return s;
-    if (layer.role == "router") {
+    if (isRouterRole(layer.role)) {
       if (layer.output >= 0)
         return Status::error(at + ".output: a router-only plan has no output "
                                   "value (expected null)");
@@ -337,7 +337,7 @@ Status checkLayerValues(const LayerPlan &layer, size_t l) {
                            std::to_string(w->fixed) + ", expected f32 with " +
                            std::to_string(i->perToken) +
                            " per token + 0 (as given_ids)");
-    if (layer.role == "router")
+    if (isRouterRole(layer.role))
       return Status::error(at + ".given_ids: a router-only plan computes its "
                                 "routing; it cannot be given one");
   }

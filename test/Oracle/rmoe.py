@@ -22,10 +22,17 @@ within 1e-5 relative. The state
 must change the experts of at least 10% of the tokens (against a zero
 state), or the case tests less than it claims.
 
+With --chain, 3 RMoE layers (top-2, zero initial state) run under `moe-run
+--all-layers` (pre-norm chain: v_l = rmsnorm(s_l), s_{l+1} = s_l + y_l):
+layer l's new state is layer l+1's previous state; every layer's experts and
+weights, the chained output and the last layer's state (the second --output)
+are compared, and the carried state must change the experts of at least
+10% of the tokens of layers 1 and 2 (against a zero state).
+
 Not covered (not implemented): the kernels (moe.gru_cell has no kernel and
 plans carry no extra results; emu and cuda refuse the layer).
 
-  rmoe.py [--bin DIR] [--seed N]
+  rmoe.py [--bin DIR] [--seed N] [--chain]
 """
 import argparse
 import math
@@ -38,7 +45,8 @@ import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from hf_models import H, write_safetensors  # noqa: E402
-from layer_check import (compare, gated_expert_tensors, gated_experts_ir,  # noqa: E402
+from layer_check import (compare, compare_output, compare_routing,  # noqa: E402
+                         gated_expert_tensors, gated_experts_ir,
                          gated_silu_experts, softmax_rows, topk_normalized)
 
 T_VALUES = (1, 7, 64, 300)
@@ -100,14 +108,17 @@ class RMoE:
         return y, ids, w, fragile
 
     # -- files ------------------------------------------------------------
-    def write(self, d):
+    def write(self, d, layer=0):
+        """Writes this layer's weights (w<layer>.safetensors) and returns the
+        text of its layer function."""
+        wfile = "w%d.safetensors" % layer
         tensors = {"w1": ("F32", self.w1), "wih": ("F32", self.wih),
                    "whh": ("F32", self.whh), "w2": ("F32", self.w2)}
         if self.bih is not None:
             tensors["bih"] = ("F32", self.bih)
             tensors["bhh"] = ("F32", self.bhh)
         tensors.update(gated_expert_tensors(self.gate, self.up, self.down))
-        write_safetensors(os.path.join(d, "w.safetensors"), tensors)
+        write_safetensors(os.path.join(d, wfile), tensors)
         e, k, i, s = self.e, self.k, self.i, self.s
         xt, st, ht = ("tensor<?x%dxf32>" % H, "tensor<?x%dxf32>" % e,
                       "tensor<?x%dxf32>" % s)
@@ -115,13 +126,13 @@ class RMoE:
         kt = "tensor<?x%dxi32>, tensor<?x%dxf32>" % (k, k)
 
         def weight(name, shape):
-            return ('    %%%s = moe.weight ["%s"] from ["w.safetensors"] : '
-                    "tensor<%sxf32>" % (name, name, "x".join(map(str, shape))))
+            return ('    %%%s = moe.weight ["%s"] from ["%s"] : '
+                    "tensor<%sxf32>" % (name, name, wfile,
+                                        "x".join(map(str, shape))))
         lines = [
-            'module attributes {moe.weight_root = "%s"} {' % d,
-            '  func.func @layer_0(%%x: %s, %%h: %s {moe.input = "state"}) -> '
-            '(%s, %s {moe.output = "state"}) attributes {moe.layer = 0 : i64} {'
-            % (xt, ht, xt, ht),
+            '  func.func @layer_%d(%%x: %s, %%h: %s {moe.input = "state"}) -> '
+            '(%s, %s {moe.output = "state"}) attributes {moe.layer = %d : i64} {'
+            % (layer, xt, ht, xt, ht, layer),
             weight("w1", (i, H)), weight("wih", (3 * s, i)),
             weight("whh", (3 * s, s)), weight("w2", (e, s))]
         gru = ("    %%h1 = moe.gru_cell %%u, %%h weights(%%wih, %%whh) : %s, %s, "
@@ -143,11 +154,22 @@ class RMoE:
             "    %%w = moe.normalize %%v : tensor<?x%dxf32>" % k,
             ] + [l.replace("return %%y : %s" % xt,
                            "return %%y, %%h1 : %s, %s" % (xt, ht))
-                 for l in gated_experts_ir(e, k, self.inter, H)]
-        path = os.path.join(d, "rmoe.mlir")
-        with open(path, "w") as f:
-            f.write("\n".join(lines))
-        return path
+                 for l in gated_experts_ir(e, k, self.inter, H, wfile)[:-2]]
+        return "\n".join(lines)
+
+
+def write_module(d, layers):
+    """The module of `layers` (RMoE objects, layer i = layers[i])."""
+    text = ['module attributes {moe.weight_root = "%s"} {' % d]
+    text += [layer.write(d, i) for i, layer in enumerate(layers)]
+    path = os.path.join(d, "rmoe.mlir")
+    with open(path, "w") as f:
+        f.write("\n".join(text + ["}", ""]))
+    return path
+
+
+def rmsnorm(s):
+    return s / np.sqrt(np.mean(s * s, axis=1, keepdims=True) + 1e-6)
 
 
 def run_with_state(bin_dir, ir, x, h, d):
@@ -168,11 +190,92 @@ def run_with_state(bin_dir, ir, x, h, d):
             (np.load(prefix + ".ids.npy"), np.load(prefix + ".weights.npy")))
 
 
+CHAIN_LAYERS = 3
+
+
+def run_chain(bin_dir, ir, x, h, d, layers):
+    """moe-run --all-layers --backend reference with x and the first layer's
+    state: (y, the last layer's state, [(ids, weights) of each layer])."""
+    paths = [os.path.join(d, n) for n in ("x.npy", "h.npy", "y.npy", "h1.npy")]
+    np.save(paths[0], x)
+    np.save(paths[1], h)
+    prefix = os.path.join(d, "routing")
+    cmd = [os.path.join(bin_dir, "moe-run") if bin_dir else "moe-run", ir,
+           "--all-layers", "--input", paths[0], "--input", paths[1],
+           "--output", paths[2], "--output", paths[3], "--routing-out", prefix,
+           "--backend", "reference"]
+    r = subprocess.run(cmd, capture_output=True, text=True)
+    if r.returncode != 0:
+        raise AssertionError("moe-run --all-layers failed:\n%s" % r.stderr[-2000:])
+    return (np.load(paths[2]), np.load(paths[3]),
+            [(np.load("%s.L%d.ids.npy" % (prefix, l)),
+              np.load("%s.L%d.weights.npy" % (prefix, l))) for l in range(layers)])
+
+
+def check_chain(bin_dir, work, seed):
+    """CHAIN_LAYERS RMoE layers under moe-run --all-layers (pre-norm chain:
+    v_l = rmsnorm(s_l), s_{l+1} = s_l + y_l): layer l's new state is layer
+    l+1's previous state. Returns (errors, summary)."""
+    rng = np.random.default_rng([seed, 99])
+    layers = [RMoE(rng, **CASES["gru-top2"]) for _ in range(CHAIN_LAYERS)]
+    d = os.path.join(work, "chain")
+    os.makedirs(d)
+    ir = write_module(d, layers)
+    errors, worst, total, flips, fragile_n = [], [0.0, 0.0, 0.0], 0, 0, 0
+    for t in T_VALUES:
+        x = rng.standard_normal((t, H)).astype(np.float32)
+        h0 = np.zeros((t, layers[0].s), np.float32)
+        stream, h = np.asarray(x, np.float64), h0
+        ref = []
+        skip = np.zeros(t, bool)
+        for l, layer in enumerate(layers):
+            v = rmsnorm(stream)
+            ids, w, fragile = layer.route(v, h)
+            if l > 0:
+                # What a layer that did not get the previous state would pick.
+                alone = layer.route(v, 0 * h)[0]
+                flips += int(np.sum(np.any(np.sort(alone, 1) !=
+                                           np.sort(ids, 1), 1)))
+            skip |= fragile
+            ref.append((ids, w))
+            stream = stream + gated_silu_experts(v, layer.gate, layer.up,
+                                                 layer.down, ids, w)
+            h = layer.gru(v, h)
+        total += t
+        fragile_n += int(skip.sum())
+        y, h_last, routing = run_chain(bin_dir, ir, x, h0, d, CHAIN_LAYERS)
+        for l, ((ids, w), (rids, rw)) in enumerate(zip(routing, ref)):
+            errs, we = compare_routing("chain T=%d layer %d" % (t, l), ids, w,
+                                       rids, rw, skip, TOL_W)
+            errors += errs[:3]
+            worst[1] = max(worst[1], we)
+        errs, ye = compare_output("chain T=%d" % t, y, stream, skip, TOL_Y)
+        errors += errs
+        he = (float(np.abs(h_last - h)[~skip].max()) / float(np.abs(h).max())
+              if h_last.shape == h.shape and (~skip).any() else
+              (0.0 if h_last.shape == h.shape else float("inf")))
+        if not he <= TOL_Y:
+            errors.append("chain T=%d: last state error %.3g" % (t, he))
+        worst = [max(worst[0], ye), worst[1], max(worst[2], he)]
+    if flips < 0.1 * total * (CHAIN_LAYERS - 1):
+        errors.append("chain: the carried state changes the experts of only "
+                      "%d token-layers" % flips)
+    if fragile_n > max(2, 0.02 * total):
+        errors.append("chain: %d tokens near a tie" % fragile_n)
+    return errors, ("%d layers, %d tokens, the carried state changes %d "
+                    "token-layers, skipped near a tie %d; reference y_err "
+                    "%.2g w_err %.2g state_err %.2g"
+                    % (CHAIN_LAYERS, total, flips, fragile_n, *worst))
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--bin", default="")
     ap.add_argument("--seed", type=int, default=11)
     ap.add_argument("--cases", default=",".join(sorted(CASES)))
+    ap.add_argument("--chain", action="store_true",
+                    help="also chain %d layers under moe-run --all-layers"
+                    % CHAIN_LAYERS)
     args = ap.parse_args()
     names = args.cases.split(",")
     failures = 0
@@ -182,7 +285,7 @@ def main():
             case = RMoE(rng, **CASES[name])
             d = os.path.join(work, name)
             os.makedirs(d)
-            ir = case.write(d)
+            ir = write_module(d, [case])
             worst = [0.0, 0.0, 0.0]
             fragile_n, total, flips = 0, 0, 0
             errors = []
@@ -218,6 +321,13 @@ def main():
                   % (status, name, total, flips, fragile_n, worst[0], worst[1],
                      worst[2]))
             for e in errors:
+                print("  " + e)
+        if args.chain:
+            errors, summary = check_chain(args.bin, work, args.seed)
+            failures += bool(errors)
+            names.append("chain")
+            print("%-4s chain: %s" % ("FAIL" if errors else "ok", summary))
+            for e in errors[:20]:
                 print("  " + e)
     print("%d of %d RMoE cases match the numpy oracle" %
           (len(names) - failures, len(names)))

@@ -1462,9 +1462,18 @@ TEST_F(PackageFiles, IndicesOutOfRangeAreNamed) {
   EXPECT_EQ(openAfter([](Json &j) { at(j, {"layers", 2}).set("output", 0); }),
             m + "layers[2].output: expected null for a router-only plan "
                 "(role \"router\"), found an index");
-  EXPECT_EQ(openAfter([](Json &j) { at(j, {"layers", 2}).set("role", "x"); }),
-            m + "layers[2].role: expected \"\" (a layer) or \"router\", "
-                "found \"x\"");
+  EXPECT_EQ(openAfter([](Json &j) {
+              at(j, {"layers", 2}).set("role", "x");
+            }),
+            m + "layers[2].role: expected \"\" (a layer), \"router\" or "
+                "\"pregate\", found \"x\"");
+  // A pre-gating router (Read-ME) is router-only too.
+  EXPECT_EQ(openAfter([](Json &j) {
+              at(j, {"layers", 2}).set("role", "pregate");
+              at(j, {"layers", 2}).set("output", 0);
+            }),
+            m + "layers[2].output: expected null for a router-only plan "
+                "(role \"pregate\"), found an index");
   // The routings of a layer's later routers (issue 10, defect 5).
   EXPECT_EQ(openAfter([](Json &j) {
               at(j, {"layers", 0, "more_routings", 0}).set("weights", 7);

@@ -13,7 +13,13 @@
 //
 // --all-layers chains the layers on a residual stream, as a pre-norm
 // transformer block does: x + layer(rmsnorm(x)) (--chain residual: x +
-// layer(x); --chain none: layer(x) alone).
+// layer(x); --chain none: layer(x) alone). Under --all-layers, a layer's
+// extra inputs are carried by name: the --input files after x are the first
+// layer's extra inputs, and an extra result (moe.output "N") of a layer
+// replaces the input "N" of the layers after it (RMoE's router state); the
+// --output files after y receive the last layer's extra results. A
+// pre-gating router (moe.role = "pregate", Read-ME) runs once, on the first
+// layer's input, and routes every layer that takes its routing.
 // reference interprets the IR (a package's model.opt.mlir with the
 // package's weights); emu and cuda run the generated kernels, on the CPU
 // emulation or the GPU; auto (a package's default) picks cuda when a GPU
@@ -736,6 +742,9 @@ int main(int argc, char **argv) {
   std::vector<Selected> selected;
   // Router-only functions and plans (rank packages), by layer.
   std::map<int64_t, Selected> routers;
+  // The pre-gating router (moe.role = "pregate", Read-ME): it routes every
+  // layer that takes its routing and has no router of its own.
+  std::optional<Selected> pregate;
   SmallVector<int64_t> moeLayers;
   SmallVector<std::string> loraTargets;
   auto findPlan = [&](StringRef fnName) -> const moe::LayerPlan * {
@@ -745,13 +754,16 @@ int main(int argc, char **argv) {
           return &p;
     return nullptr;
   };
-  auto considerRouter = [&](int64_t l, StringRef fnName) {
+  auto considerRouter = [&](int64_t l, StringRef fnName, bool pregating) {
     Selected r;
     r.layer = l;
     r.plan = findPlan(fnName);
     if (module)
       r.fn = module->lookupSymbol<mlir::func::FuncOp>(fnName);
-    routers[l] = r;
+    if (pregating)
+      pregate = r;
+    else
+      routers[l] = r;
   };
   auto consider = [&](int64_t l, StringRef t, StringRef fnName) {
     if (!t.empty())
@@ -776,8 +788,10 @@ int main(int argc, char **argv) {
       if (!l)
         continue;
       auto role = fn->getAttrOfType<mlir::StringAttr>(mlir::moe::kRoleAttr);
-      if (role && role.getValue() == "router") {
-        considerRouter(l.getInt(), fn.getSymName());
+      if (role &&
+          (role.getValue() == "router" || role.getValue() == "pregate")) {
+        considerRouter(l.getInt(), fn.getSymName(),
+                       role.getValue() == "pregate");
         continue;
       }
       auto t = fn->getAttrOfType<mlir::StringAttr>("moe.lora_target");
@@ -785,8 +799,8 @@ int main(int argc, char **argv) {
     }
   } else {
     for (const moe::LayerPlan &p : plans->layers) {
-      if (p.role == "router") {
-        considerRouter(p.layer, p.function);
+      if (moe::isRouterRole(p.role)) {
+        considerRouter(p.layer, p.function, p.role == "pregate");
         continue;
       }
       consider(p.layer, p.target, p.function);
@@ -986,6 +1000,12 @@ int main(int argc, char **argv) {
   // Run.
   std::vector<LayerStats> layerStats;
   moe::HostTensor current = std::move(x);
+  // Read-ME: the pre-gating router's routing, computed once on the first
+  // layer's input and given to every layer without a router of its own.
+  std::optional<moe::HostRouting> pregated;
+  // --all-layers: the extra inputs by name, carried from layer to layer.
+  std::map<std::string, moe::HostTensor> carried;
+  bool seeded = false;
   for (const Selected &s : selected) {
     // The layer runs on the residual stream, or its RMS norm (--chain).
     moe::HostTensor stream;
@@ -1004,6 +1024,16 @@ int main(int argc, char **argv) {
         s.plan ? s.plan->givenIds >= 0
                : s.fn && mlir::moe::getLayerForm(s.fn, formWhy) ==
                              mlir::moe::LayerForm::GivenRouting;
+    if (pregate && !pregated && routingIn.empty() &&
+        (allLayers || takesRouting)) {
+      if (backend == "reference" ? !pregate->fn : !pregate->plan)
+        return fail("the pre-gating router of " + inputPath + " has no " +
+                    (backend == "reference" ? "IR function" : "kernels"));
+      auto routed = runner->route(pregate->plan, pregate->fn, current);
+      if (!routed)
+        return fail("the pre-gating router: " + toString(routed.takeError()));
+      pregated = std::move(*routed);
+    }
     std::optional<moe::HostRouting> given;
     if (takesRouting) {
       if (!routingIn.empty()) {
@@ -1016,18 +1046,22 @@ int main(int argc, char **argv) {
         given = std::move(*read);
       } else {
         auto router = routers.find(s.layer);
-        if (router == routers.end() ||
-            (backend == "reference" ? !router->second.fn
-                                    : !router->second.plan))
-          return fail("layer " + Twine(s.layer) +
-                      " takes its routing from the caller and " + inputPath +
-                      " has no router for it: give --routing-in PREFIX");
-        auto routed =
-            runner->route(router->second.plan, router->second.fn, current);
-        if (!routed)
-          return fail("the router of layer " + Twine(s.layer) + ": " +
-                      toString(routed.takeError()));
-        given = std::move(*routed);
+        if (router == routers.end() && pregated) {
+          given = *pregated;
+        } else {
+          if (router == routers.end() ||
+              (backend == "reference" ? !router->second.fn
+                                      : !router->second.plan))
+            return fail("layer " + Twine(s.layer) +
+                        " takes its routing from the caller and " + inputPath +
+                        " has no router for it: give --routing-in PREFIX");
+          auto routed =
+              runner->route(router->second.plan, router->second.fn, current);
+          if (!routed)
+            return fail("the router of layer " + Twine(s.layer) + ": " +
+                        toString(routed.takeError()));
+          given = std::move(*routed);
+        }
       }
       if (rankOpt >= 0) {
         auto p = placementOf.find(s.layer);
@@ -1049,13 +1083,48 @@ int main(int argc, char **argv) {
         s.plan ? !s.plan->inputs.empty()
                : s.fn && mlir::moe::getLayerForm(s.fn, why) ==
                              mlir::moe::LayerForm::ExtraInputs;
-    if (!takesInputs && !extraInputs.empty())
+    if (!takesInputs && !extraInputs.empty() && !allLayers)
       return fail("--input: layer " + Twine(s.layer) + " of " + inputPath +
                   " takes no extra inputs (only x), but " +
                   Twine(extraInputs.size()) + " more --input file(s) were "
                   "given");
+    // The names of the layer's extra inputs, in argument order.
+    std::vector<std::string> inputNames;
+    if (takesInputs && s.plan)
+      for (const moe::LayerInput &in : s.plan->inputs)
+        inputNames.push_back(in.name);
+    else if (takesInputs)
+      for (unsigned i = 1; i < mlir::func::FuncOp(s.fn).getNumArguments(); ++i)
+        inputNames.push_back(mlir::moe::getLayerInputName(s.fn, i));
+    std::vector<moe::HostTensor> layerInputs;
+    if (allLayers && takesInputs) {
+      // The first layer with extra inputs names the --input files.
+      if (!seeded) {
+        if (extraInputs.size() != inputNames.size())
+          return fail("--input: layer " + Twine(s.layer) + " of " + inputPath +
+                      " (the chain's first layer with extra "
+                      "inputs) takes " +
+                      Twine(inputNames.size()) + " extra input(s) after x ('" +
+                      join(inputNames, "', '") + "'); " +
+                      Twine(extraInputs.size()) + " given");
+        for (auto [name, t] : llvm::zip(inputNames, extraInputs))
+          carried[name] = t;
+        seeded = true;
+      }
+      for (const std::string &name : inputNames) {
+        auto it = carried.find(name);
+        if (it == carried.end())
+          return fail("--all-layers: layer " + Twine(s.layer) + " of " +
+                      inputPath + " takes the extra input '" + name +
+                      "', which neither the chain's first --input files nor "
+                      "an earlier layer's results (moe.output) give");
+        layerInputs.push_back(it->second);
+      }
+    }
     auto result = runner->run(s.plan, s.fn, current, given ? &*given : nullptr,
-                              takesInputs ? &extraInputs : nullptr);
+                              !takesInputs ? nullptr
+                              : allLayers  ? &layerInputs
+                                           : &extraInputs);
     if (!result)
       return fail(toString(result.takeError()));
     if (timing) {
@@ -1123,12 +1192,15 @@ int main(int argc, char **argv) {
       }
     }
     // Extra results (moe.output): one --output each after y.
-    if (!result->extraOutputs.empty() || outputPaths.size() > 1) {
+    // Under --all-layers they feed the next layers' inputs of their names,
+    // and the last layer's go to the --output files.
+    if (allLayers && s.fn)
+      for (auto [i, t] : llvm::enumerate(result->extraOutputs))
+        carried[mlir::moe::getLayerOutputName(s.fn, i + 1)] = t;
+    bool lastLayer = &s == &selected.back();
+    if ((!result->extraOutputs.empty() || outputPaths.size() > 1) &&
+        (!allLayers || lastLayer)) {
       size_t want = result->extraOutputs.size();
-      if (allLayers)
-        return fail("--all-layers: layer " + Twine(s.layer) + " of " +
-                    inputPath + " returns " + Twine(want) +
-                    " extra result(s) (moe.output); run it with --layer");
       if (outputPaths.size() != want + 1) {
         std::string names;
         mlir::func::FuncOp fn = s.fn;

@@ -141,9 +141,17 @@ struct LayerPlan {
   /// input).
   std::vector<LayerInput> inputs;
   /// What the plan computes: "" a layer's output; "router" only the
-  /// layer's routing (routings[0]; no output value, output == -1).
+  /// layer's routing (routings[0]; no output value, output == -1);
+  /// "pregate" a router-only plan that routes every layer taking its
+  /// routing without a router of its own (Read-ME), run once on the first
+  /// layer's input.
   std::string role;
 };
+
+/// Whether a plan's role computes routing only ("router" or "pregate").
+inline bool isRouterRole(const std::string &role) {
+  return role == "router" || role == "pregate";
+}
 
 struct ModulePlan {
   std::string source; ///< CUDA C++ of every kernel.

@@ -550,6 +550,9 @@ REFUSED = {
     # harness does not give; its LoRA experts have nothing to profile.
     "glider": "takes 2 extra input(s) after x",
     "lora_mixer": "no layer of",
+    # Its layers take the pre-gating router's routing: no router logits of
+    # their own to record.
+    "read_me": "no router logits",
 }
 
 
