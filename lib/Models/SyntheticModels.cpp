@@ -26,6 +26,7 @@
 #include <algorithm>
 #include <cmath>
 #include <optional>
+#include <set>
 
 using namespace llvm;
 
@@ -371,10 +372,10 @@ std::string shardFileName(int64_t index, int64_t count) {
 namespace {
 struct GeneratedTensor {
   SyntheticTensor meta;
-  std::vector<float> values;
-  /// Quantized codes, written as they are (values is empty then).
-  std::vector<uint8_t> bytes;
-  bool raw = false;
+  /// The layer it belongs to (progress lines).
+  int64_t layer = 0;
+  /// Computes its bytes while the file is written; unset without data.
+  SafetensorsWriter::Producer produce;
 };
 
 //===----------------------------------------------------------------------===//
@@ -481,143 +482,259 @@ static void quantizeMXFP4(const std::vector<float> &w, int64_t rows,
 /// Emits the tensors of every MoE layer. Values are drawn from streams keyed
 /// by the logical role of each matrix, never by its file name, so that all
 /// layouts of one seed hold the same numbers.
+///
+/// Nothing is generated here: each tensor gets a producer that computes its
+/// bytes when the safetensors file is written, expert by expert for the
+/// fused stacks, so that writing a model holds about one expert's matrices
+/// in memory whatever the model's size. The producers outlive the builder
+/// and share one copy of the options.
 class TensorBuilder {
 public:
   TensorBuilder(const SyntheticOptions &opts, Arch arch, bool withData)
-      : opts(opts), arch(arch), withData(withData) {}
+      : opts(std::make_shared<const SyntheticOptions>(opts)), arch(arch),
+        withData(withData) {}
 
   std::vector<GeneratedTensor> build() {
-    std::vector<int64_t> layers = syntheticMoeLayers(opts);
-    for (auto [i, layer] : llvm::enumerate(layers)) {
-      if (withData && opts.progress)
-        opts.progress("generating layer " + std::to_string(layer) + " (" +
-                      std::to_string(i + 1) + " of " +
-                      std::to_string(layers.size()) + ")");
+    for (int64_t layer : syntheticMoeLayers(*opts)) {
+      currentLayer = layer;
       buildLayer(layer);
     }
     return std::move(tensors);
   }
 
 private:
+  using Options = std::shared_ptr<const SyntheticOptions>;
+  /// The float values of a whole tensor, or of expert `e` of a stack.
   using Values = std::vector<float>;
+  using Whole = std::function<Values(const SyntheticOptions &)>;
+  using PerExpert = std::function<Values(const SyntheticOptions &, int64_t)>;
 
-  Values normal(const Twine &key, int64_t count, double stddev) {
-    if (!withData)
-      return {};
-    SplitMix64 rng = SplitMix64::forKey(opts.seed, key.str());
+  static Values normal(const SyntheticOptions &o, const std::string &key,
+                       int64_t count, double stddev) {
+    SplitMix64 rng = SplitMix64::forKey(o.seed, key);
     Values values(count);
     for (float &value : values)
       value = static_cast<float>(stddev * rng.normal());
     return values;
   }
 
-  void add(std::string name, std::vector<int64_t> shape, Values values,
-           std::optional<DType> dtype = std::nullopt) {
-    tensors.push_back(
-        {{std::move(name), std::move(shape), dtype.value_or(opts.dtype)},
-         std::move(values)});
+  static Error emitFloats(SafetensorsWriter::Sink sink,
+                          ArrayRef<float> values, DType dtype) {
+    Expected<std::vector<uint8_t>> bytes = encodeFloats(values, dtype);
+    if (!bytes)
+      return bytes.takeError();
+    return sink(*bytes);
   }
 
-  void addRaw(std::string name, std::vector<int64_t> shape, DType dtype,
-              std::vector<uint8_t> bytes) {
-    GeneratedTensor t{{std::move(name), std::move(shape), dtype}, {}};
-    t.bytes = std::move(bytes);
-    t.raw = true;
+  void addProduced(std::string name, std::vector<int64_t> shape, DType dtype,
+                   SafetensorsWriter::Producer produce) {
+    GeneratedTensor t{{std::move(name), std::move(shape), dtype},
+                      currentLayer,
+                      {}};
+    if (withData)
+      t.produce = std::move(produce);
     tensors.push_back(std::move(t));
+  }
+
+  void add(std::string name, std::vector<int64_t> shape, Whole values,
+           std::optional<DType> dtype = std::nullopt) {
+    DType type = dtype.value_or(opts->dtype);
+    Options o = opts;
+    addProduced(std::move(name), std::move(shape), type,
+                [o, values, type](SafetensorsWriter::Sink sink) {
+                  return emitFloats(sink, values(*o), type);
+                });
+  }
+
+  /// A stack [E, ...] whose expert e holds `values(e)`.
+  void addStack(std::string name, std::vector<int64_t> shape,
+                PerExpert values) {
+    DType type = opts->dtype;
+    Options o = opts;
+    addProduced(std::move(name), std::move(shape), type,
+                [o, values, type](SafetensorsWriter::Sink sink) -> Error {
+                  for (int64_t e = 0; e < o->numExperts; ++e)
+                    if (Error error = emitFloats(sink, values(*o, e), type))
+                      return error;
+                  return Error::success();
+                });
+  }
+
+  /// Two tensors computed together (quantized codes and their scales): the
+  /// first producer to run computes both and keeps the other's bytes until
+  /// its producer takes them; a producer that runs again recomputes.
+  struct Pair {
+    std::function<void(std::vector<uint8_t> &, std::vector<uint8_t> &)>
+        compute;
+    std::vector<uint8_t> bytes[2];
+    bool ready[2] = {false, false};
+  };
+  static SafetensorsWriter::Producer pairPart(std::shared_ptr<Pair> pair,
+                                              int part) {
+    return [pair, part](SafetensorsWriter::Sink sink) -> Error {
+      if (!pair->ready[part]) {
+        pair->compute(pair->bytes[0], pair->bytes[1]);
+        pair->ready[0] = pair->ready[1] = true;
+      }
+      std::vector<uint8_t> mine = std::move(pair->bytes[part]);
+      pair->bytes[part] = {};
+      pair->ready[part] = false;
+      return sink(mine);
+    };
   }
 
   /// A [rows, cols] nn.Linear weight, FP8 with `_scale_inv` when
   /// opts.quant is fp8.
-  void addMatrix(std::string name, int64_t rows, int64_t cols, Values w) {
-    if (opts.quant != "fp8") {
+  void addMatrix(std::string name, int64_t rows, int64_t cols, Whole w) {
+    if (opts->quant != "fp8") {
       add(std::move(name), {rows, cols}, std::move(w));
       return;
     }
-    int64_t b = opts.quantBlock;
-    std::vector<uint8_t> codes;
-    Values scales;
-    if (withData)
-      quantizeFP8(w, rows, cols, b, codes, scales);
-    addRaw(name, {rows, cols}, DType::F8E4M3, std::move(codes));
-    add(name + "_scale_inv", {(rows + b - 1) / b, (cols + b - 1) / b},
-        std::move(scales), DType::F32);
+    int64_t b = opts->quantBlock;
+    Options o = opts;
+    auto pair = std::make_shared<Pair>();
+    pair->compute = [o, w, rows, cols, b](std::vector<uint8_t> &codes,
+                                          std::vector<uint8_t> &scaleBytes) {
+      Values scales;
+      quantizeFP8(w(*o), rows, cols, b, codes, scales);
+      scaleBytes = cantFail(encodeFloats(scales, DType::F32));
+    };
+    addProduced(name, {rows, cols}, DType::F8E4M3, pairPart(pair, 0));
+    addProduced(name + "_scale_inv", {(rows + b - 1) / b, (cols + b - 1) / b},
+                DType::F32, pairPart(pair, 1));
   }
 
   /// gpt-oss MXFP4: `name_blocks` [E, rows, cols/32, 16] and `name_scales`
-  /// [E, rows, cols/32] of the [E, rows, cols] (nn.Linear) stack `w`.
-  void addMXFP4(const std::string &name, int64_t e, int64_t rows,
-                int64_t cols, const Values &w) {
-    std::vector<uint8_t> codes, scales;
-    if (withData)
-      quantizeMXFP4(w, e * rows, cols, codes, scales);
-    addRaw(name + "_blocks", {e, rows, cols / 32, 16}, DType::U8,
-           std::move(codes));
-    addRaw(name + "_scales", {e, rows, cols / 32}, DType::U8,
-           std::move(scales));
+  /// [E, rows, cols/32] of the [E, rows, cols] (nn.Linear) stack whose
+  /// expert e is `w(e)`. Scales cover 32 values of one row, so quantizing
+  /// expert by expert gives the codes of the whole stack.
+  void addMXFP4(const std::string &name, int64_t rows, int64_t cols,
+                PerExpert w) {
+    int64_t e = opts->numExperts;
+    Options o = opts;
+    auto pair = std::make_shared<Pair>();
+    pair->compute = [o, w, rows, cols](std::vector<uint8_t> &codes,
+                                       std::vector<uint8_t> &scales) {
+      codes.clear();
+      scales.clear();
+      for (int64_t x = 0; x < o->numExperts; ++x) {
+        std::vector<uint8_t> c, s;
+        quantizeMXFP4(w(*o, x), rows, cols, c, s);
+        llvm::append_range(scales, s);
+      }
+      // Only the scales are taken from here: the codes were streamed.
+      codes = {};
+    };
+    // The codes go out expert by expert; the (small) scales are kept for
+    // their own tensor.
+    addProduced(name + "_blocks", {e, rows, cols / 32, 16}, DType::U8,
+                [o, w, rows, cols, pair](SafetensorsWriter::Sink sink) -> Error {
+                  std::vector<uint8_t> scales;
+                  for (int64_t x = 0; x < o->numExperts; ++x) {
+                    std::vector<uint8_t> c, s;
+                    quantizeMXFP4(w(*o, x), rows, cols, c, s);
+                    if (Error error = sink(c))
+                      return error;
+                    llvm::append_range(scales, s);
+                  }
+                  pair->bytes[1] = std::move(scales);
+                  pair->ready[1] = true;
+                  return Error::success();
+                });
+    addProduced(name + "_scales", {e, rows, cols / 32}, DType::U8,
+                pairPart(pair, 1));
   }
 
-  std::string layerKey(int64_t layer) const {
+  static std::string layerKey(int64_t layer) {
     return "layer" + std::to_string(layer);
   }
-  std::string expertKey(int64_t layer, int64_t expert) const {
+  static std::string expertKey(int64_t layer, int64_t expert) {
     return layerKey(layer) + ".expert" + std::to_string(expert);
   }
 
   // Logical matrices, in nn.Linear orientation [out, in].
-  Values gate(const std::string &key, int64_t width) {
-    return normal(key + ".gate", width * opts.hidden,
-                  1.0 / std::sqrt(double(opts.hidden)));
+  static Values gate(const SyntheticOptions &o, const std::string &key,
+                     int64_t width) {
+    return normal(o, key + ".gate", width * o.hidden,
+                  1.0 / std::sqrt(double(o.hidden)));
   }
-  Values up(const std::string &key, int64_t width) {
-    return normal(key + ".up", width * opts.hidden,
-                  1.0 / std::sqrt(double(opts.hidden)));
+  static Values up(const SyntheticOptions &o, const std::string &key,
+                   int64_t width) {
+    return normal(o, key + ".up", width * o.hidden,
+                  1.0 / std::sqrt(double(o.hidden)));
   }
-  Values down(const std::string &key, int64_t width) {
-    return normal(key + ".down", opts.hidden * width,
+  static Values down(const SyntheticOptions &o, const std::string &key,
+                     int64_t width) {
+    return normal(o, key + ".down", o.hidden * width,
                   1.0 / std::sqrt(double(width)));
   }
 
   void addRouter(const std::string &name, int64_t layer) {
-    add(name, {opts.numExperts, opts.hidden},
-        normal(layerKey(layer) + ".router", opts.numExperts * opts.hidden,
-               1.0 / std::sqrt(double(opts.hidden))));
+    std::string key = layerKey(layer) + ".router";
+    add(name, {opts->numExperts, opts->hidden},
+        [key](const SyntheticOptions &o) {
+          return normal(o, key, o.numExperts * o.hidden,
+                        1.0 / std::sqrt(double(o.hidden)));
+        });
   }
 
   /// gate_proj/up_proj/down_proj (or w1/w3/w2) of a SwiGLU MLP.
   void addMlp(const std::string &prefix, const std::string &key, int64_t width,
               StringRef gateName, StringRef upName, StringRef downName) {
-    addMatrix(prefix + gateName.str() + ".weight", width, opts.hidden,
-              gate(key, width));
-    addMatrix(prefix + upName.str() + ".weight", width, opts.hidden,
-              up(key, width));
-    addMatrix(prefix + downName.str() + ".weight", opts.hidden, width,
-              down(key, width));
+    addMatrix(prefix + gateName.str() + ".weight", width, opts->hidden,
+              [key, width](const SyntheticOptions &o) {
+                return gate(o, key, width);
+              });
+    addMatrix(prefix + upName.str() + ".weight", width, opts->hidden,
+              [key, width](const SyntheticOptions &o) {
+                return up(o, key, width);
+              });
+    addMatrix(prefix + downName.str() + ".weight", opts->hidden, width,
+              [key, width](const SyntheticOptions &o) {
+                return down(o, key, width);
+              });
   }
 
   void addPerExpert(const std::string &prefix, int64_t layer,
                     StringRef gateName, StringRef upName, StringRef downName) {
-    for (int64_t e = 0; e < opts.numExperts; ++e)
+    for (int64_t e = 0; e < opts->numExperts; ++e)
       addMlp(prefix + std::to_string(e) + ".", expertKey(layer, e),
-             opts.intermediate, gateName, upName, downName);
+             opts->intermediate, gateName, upName, downName);
   }
 
   /// transformers v5 fused experts: gate_up_proj [E, 2I, H] with the gate
   /// rows first, down_proj [E, H, I]; x @ gate_up_proj[e]^T.
   void addFusedV5(const std::string &prefix, int64_t layer) {
-    int64_t e = opts.numExperts, i = opts.intermediate, h = opts.hidden;
-    Values gateUp, downs;
-    if (withData) {
-      gateUp.reserve(e * 2 * i * h);
-      downs.reserve(e * h * i);
-      for (int64_t expert = 0; expert < e; ++expert) {
-        std::string key = expertKey(layer, expert);
-        llvm::append_range(gateUp, gate(key, i));
-        llvm::append_range(gateUp, up(key, i));
-        llvm::append_range(downs, down(key, i));
+    int64_t e = opts->numExperts, i = opts->intermediate, h = opts->hidden;
+    addStack(prefix + "gate_up_proj", {e, 2 * i, h},
+             [layer](const SyntheticOptions &o, int64_t expert) {
+               std::string key = expertKey(layer, expert);
+               Values values = gate(o, key, o.intermediate);
+               llvm::append_range(values, up(o, key, o.intermediate));
+               return values;
+             });
+    addStack(prefix + "down_proj", {e, h, i},
+             [layer](const SyntheticOptions &o, int64_t expert) {
+               return down(o, expertKey(layer, expert), o.intermediate);
+             });
+  }
+
+  /// Expert `expert`'s [H, 2I] gate_up matrix of gpt-oss/Llama 4 (x @ W):
+  /// gate and up columns interleaved (gpt-oss) or gate first (Llama 4).
+  static Values fusedGateUp(const SyntheticOptions &o, int64_t layer,
+                            int64_t expert, bool interleaved) {
+    int64_t i = o.intermediate, h = o.hidden;
+    std::string key = expertKey(layer, expert);
+    Values g = gate(o, key, i), u = up(o, key, i), gu(h * 2 * i);
+    for (int64_t row = 0; row < i; ++row) {
+      int64_t gateColumn = interleaved ? 2 * row : row;
+      int64_t upColumn = interleaved ? 2 * row + 1 : i + row;
+      for (int64_t col = 0; col < h; ++col) {
+        gu[col * 2 * i + gateColumn] = g[row * h + col];
+        gu[col * 2 * i + upColumn] = u[row * h + col];
       }
     }
-    add(prefix + "gate_up_proj", {e, 2 * i, h}, std::move(gateUp));
-    add(prefix + "down_proj", {e, h, i}, std::move(downs));
+    return gu;
   }
 
   /// gpt-oss and Llama 4: gate_up_proj [E, H, 2I] and down_proj [E, I, H],
@@ -625,73 +742,69 @@ private:
   /// Llama 4 puts the gate in the first half. gpt-oss also has biases.
   void addFusedTransposed(const std::string &prefix, int64_t layer,
                           bool interleaved, bool biases) {
-    int64_t e = opts.numExperts, i = opts.intermediate, h = opts.hidden;
-    Values gateUp, gateUpBias, downs, downBias;
-    if (withData) {
-      gateUp.resize(e * h * 2 * i);
-      downs.resize(e * i * h);
-      for (int64_t expert = 0; expert < e; ++expert) {
-        std::string key = expertKey(layer, expert);
-        Values g = gate(key, i), u = up(key, i), d = down(key, i);
-        float *gu = &gateUp[expert * h * 2 * i];
-        float *dn = &downs[expert * i * h];
-        for (int64_t row = 0; row < i; ++row) {
-          int64_t gateColumn = interleaved ? 2 * row : row;
-          int64_t upColumn = interleaved ? 2 * row + 1 : i + row;
-          for (int64_t col = 0; col < h; ++col) {
-            gu[col * 2 * i + gateColumn] = g[row * h + col];
-            gu[col * 2 * i + upColumn] = u[row * h + col];
-            dn[row * h + col] = d[col * i + row];
-          }
-        }
-        if (biases) {
-          Values gb = normal(key + ".gate_bias", i, 0.02);
-          Values ub = normal(key + ".up_bias", i, 0.02);
-          for (int64_t row = 0; row < i; ++row) {
-            gateUpBias.push_back(gb[row]);
-            gateUpBias.push_back(ub[row]);
-          }
-          llvm::append_range(downBias, normal(key + ".down_bias", h, 0.02));
-        }
+    int64_t e = opts->numExperts, i = opts->intermediate, h = opts->hidden;
+    PerExpert gateUpBias = [layer](const SyntheticOptions &o, int64_t x) {
+      std::string key = expertKey(layer, x);
+      Values gb = normal(o, key + ".gate_bias", o.intermediate, 0.02);
+      Values ub = normal(o, key + ".up_bias", o.intermediate, 0.02);
+      Values both;
+      for (int64_t row = 0; row < o.intermediate; ++row) {
+        both.push_back(gb[row]);
+        both.push_back(ub[row]);
       }
-    }
-    if (opts.quant == "mxfp4") {
-      // Stored [E, out, in] (nn.Linear), transposed back from the bf16
-      // layout: gate/up interleaved on the rows.
-      Values guT, dT;
-      if (withData) {
-        guT.resize(e * 2 * i * h);
-        dT.resize(e * h * i);
-        for (int64_t x = 0; x < e; ++x)
-          for (int64_t r = 0; r < 2 * i; ++r)
-            for (int64_t c = 0; c < h; ++c)
-              guT[(x * 2 * i + r) * h + c] =
-                  gateUp[(x * h + c) * 2 * i + r];
-        for (int64_t x = 0; x < e; ++x)
-          for (int64_t r = 0; r < h; ++r)
-            for (int64_t c = 0; c < i; ++c)
-              dT[(x * h + r) * i + c] = downs[x * i * h + c * h + r];
-      }
-      addMXFP4(prefix + "gate_up_proj", e, 2 * i, h, guT);
+      return both;
+    };
+    PerExpert downBias = [layer](const SyntheticOptions &o, int64_t x) {
+      return normal(o, expertKey(layer, x) + ".down_bias", o.hidden, 0.02);
+    };
+    if (opts->quant == "mxfp4") {
+      // Stored [E, out, in] (nn.Linear): gate/up interleaved on the rows,
+      // which are the gate and up matrices' own rows.
+      addMXFP4(prefix + "gate_up_proj", 2 * i, h,
+               [layer](const SyntheticOptions &o, int64_t x) {
+                 std::string key = expertKey(layer, x);
+                 int64_t i = o.intermediate, h = o.hidden;
+                 Values g = gate(o, key, i), u = up(o, key, i), rows(2 * i * h);
+                 for (int64_t row = 0; row < i; ++row)
+                   for (int64_t col = 0; col < h; ++col) {
+                     rows[2 * row * h + col] = g[row * h + col];
+                     rows[(2 * row + 1) * h + col] = u[row * h + col];
+                   }
+                 return rows;
+               });
       if (biases)
-        add(prefix + "gate_up_proj_bias", {e, 2 * i}, std::move(gateUpBias));
-      addMXFP4(prefix + "down_proj", e, h, i, dT);
+        addStack(prefix + "gate_up_proj_bias", {e, 2 * i}, gateUpBias);
+      addMXFP4(prefix + "down_proj", h, i,
+               [layer](const SyntheticOptions &o, int64_t x) {
+                 return down(o, expertKey(layer, x), o.intermediate);
+               });
       if (biases)
-        add(prefix + "down_proj_bias", {e, h}, std::move(downBias));
+        addStack(prefix + "down_proj_bias", {e, h}, downBias);
       return;
     }
-    add(prefix + "gate_up_proj", {e, h, 2 * i}, std::move(gateUp));
+    addStack(prefix + "gate_up_proj", {e, h, 2 * i},
+             [layer, interleaved](const SyntheticOptions &o, int64_t x) {
+               return fusedGateUp(o, layer, x, interleaved);
+             });
     if (biases)
-      add(prefix + "gate_up_proj_bias", {e, 2 * i}, std::move(gateUpBias));
-    add(prefix + "down_proj", {e, i, h}, std::move(downs));
+      addStack(prefix + "gate_up_proj_bias", {e, 2 * i}, gateUpBias);
+    addStack(prefix + "down_proj", {e, i, h},
+             [layer](const SyntheticOptions &o, int64_t x) {
+               int64_t i = o.intermediate, h = o.hidden;
+               Values d = down(o, expertKey(layer, x), i), dn(i * h);
+               for (int64_t row = 0; row < i; ++row)
+                 for (int64_t col = 0; col < h; ++col)
+                   dn[row * h + col] = d[col * i + row];
+               return dn;
+             });
     if (biases)
-      add(prefix + "down_proj_bias", {e, h}, std::move(downBias));
+      addStack(prefix + "down_proj_bias", {e, h}, downBias);
   }
 
   void buildLayer(int64_t layer) {
     std::string prefix = "model.layers." + std::to_string(layer) + ".";
     std::string key = layerKey(layer);
-    bool fused = opts.fusedExperts;
+    bool fused = opts->fusedExperts;
     switch (arch) {
     case Arch::Mixtral:
       if (fused) {
@@ -714,12 +827,15 @@ private:
         // Selection-only bias. Every fourth expert gets a large negative
         // bias so that kept choice scores can be negative (the case where
         // masking dropped groups with 0 and with -inf differ).
-        Values bias = normal(key + ".score_bias", opts.numExperts, 0.1);
-        for (int64_t e = 0; e < static_cast<int64_t>(bias.size()); ++e)
-          if (e % 4 == 1)
-            bias[e] -= 0.75f;
-        add(prefix + "mlp.gate.e_score_correction_bias", {opts.numExperts},
-            std::move(bias), DType::F32);
+        add(prefix + "mlp.gate.e_score_correction_bias", {opts->numExperts},
+            [key](const SyntheticOptions &o) {
+              Values bias = normal(o, key + ".score_bias", o.numExperts, 0.1);
+              for (int64_t e = 0; e < static_cast<int64_t>(bias.size()); ++e)
+                if (e % 4 == 1)
+                  bias[e] -= 0.75f;
+              return bias;
+            },
+            DType::F32);
       }
       if (fused)
         addFusedV5(prefix + "mlp.experts.", layer);
@@ -728,22 +844,26 @@ private:
                      "down_proj");
       if (arch == Arch::Qwen2Moe) {
         addMlp(prefix + "mlp.shared_expert.", key + ".shared",
-               opts.sharedExpertIntermediate, "gate_proj", "up_proj",
+               opts->sharedExpertIntermediate, "gate_proj", "up_proj",
                "down_proj");
-        add(prefix + "mlp.shared_expert_gate.weight", {1, opts.hidden},
-            normal(key + ".shared_gate", opts.hidden,
-                   1.0 / std::sqrt(double(opts.hidden))));
+        add(prefix + "mlp.shared_expert_gate.weight", {1, opts->hidden},
+            [key](const SyntheticOptions &o) {
+              return normal(o, key + ".shared_gate", o.hidden,
+                            1.0 / std::sqrt(double(o.hidden)));
+            });
       }
       if ((arch == Arch::DeepseekV2 || arch == Arch::DeepseekV3) &&
-          opts.nSharedExperts > 0)
+          opts->nSharedExperts > 0)
         addMlp(prefix + "mlp.shared_experts.", key + ".shared",
-               opts.intermediate * opts.nSharedExperts, "gate_proj", "up_proj",
-               "down_proj");
+               opts->intermediate * opts->nSharedExperts, "gate_proj",
+               "up_proj", "down_proj");
       return;
     case Arch::GptOss:
       addRouter(prefix + "mlp.router.weight", layer);
-      add(prefix + "mlp.router.bias", {opts.numExperts},
-          normal(key + ".router_bias", opts.numExperts, 0.1));
+      add(prefix + "mlp.router.bias", {opts->numExperts},
+          [key](const SyntheticOptions &o) {
+            return normal(o, key + ".router_bias", o.numExperts, 0.1);
+          });
       addFusedTransposed(prefix + "mlp.experts.", layer, /*interleaved=*/true,
                          /*biases=*/true);
       return;
@@ -752,14 +872,15 @@ private:
       addFusedTransposed(prefix + "feed_forward.experts.", layer,
                          /*interleaved=*/false, /*biases=*/false);
       addMlp(prefix + "feed_forward.shared_expert.", key + ".shared",
-             opts.intermediate, "gate_proj", "up_proj", "down_proj");
+             opts->intermediate, "gate_proj", "up_proj", "down_proj");
       return;
     }
   }
 
-  const SyntheticOptions &opts;
+  Options opts;
   Arch arch;
   bool withData;
+  int64_t currentLayer = 0;
   std::vector<GeneratedTensor> tensors;
 };
 } // namespace
@@ -1019,6 +1140,10 @@ static Error writeModelFiles(const SyntheticOptions &opts, StringRef dir,
   starts.push_back(tensors.size());
 
   json::Object weightMap;
+  // Each tensor is generated while its file is written (in name order,
+  // which keeps a layer's tensors together): a line per layer begun.
+  std::set<int64_t> layersSeen;
+  size_t moeLayers = syntheticMoeLayers(opts).size();
   for (int64_t shard = 0; shard < opts.numShards; ++shard) {
     std::string file = opts.numShards == 1
                            ? std::string(kSafetensorsSingleName)
@@ -1039,16 +1164,20 @@ static Error writeModelFiles(const SyntheticOptions &opts, StringRef dir,
               opts.shapesOnly
                   ? writer.addZeroTensor(tensor.meta.name, tensor.meta.dtype,
                                          tensor.meta.shape)
-              : tensor.raw
-                  ? writer.addTensor(tensor.meta.name, tensor.meta.dtype,
-                                     tensor.meta.shape, tensor.bytes)
-                  : writer.addFloatTensor(tensor.meta.name, tensor.meta.dtype,
-                                          tensor.meta.shape, tensor.values))
+                  : writer.addStreamedTensor(
+                        tensor.meta.name, tensor.meta.dtype, tensor.meta.shape,
+                        [&, i](SafetensorsWriter::Sink sink) {
+                          int64_t layer = tensors[i].layer;
+                          if (opts.progress && layersSeen.insert(layer).second)
+                            opts.progress(formatv("generating layer {0} ({1} "
+                                                  "of {2})",
+                                                  layer, layersSeen.size(),
+                                                  moeLayers)
+                                              .str());
+                          return tensors[i].produce(sink);
+                        }))
         return error;
       weightMap[tensor.meta.name] = file;
-      // The bytes are in the writer now.
-      tensor.values = {};
-      tensor.bytes = {};
     }
     if (Error error = writer.write(inDir(file)))
       return error;

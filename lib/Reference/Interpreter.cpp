@@ -344,6 +344,9 @@ WeightLoader::loadBytes(const std::vector<std::string> &names,
             // it), zero-padded; no f32 copy.
             copyPadded(f.rawData(info).data(), info.shape,
                        out.data() + index * sliceBytes, slice, width);
+            // Copied: the mapped pages may leave the resident set, so that
+            // packing a model tensor by tensor does not keep it all.
+            f.releasePages(info);
             return Error::success();
           }))
     return std::move(err);

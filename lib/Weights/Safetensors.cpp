@@ -16,7 +16,11 @@
 #include "llvm/Support/MathExtras.h"
 #include "llvm/Support/raw_ostream.h"
 
+#include "llvm/Support/Process.h"
+
 #include <algorithm>
+
+#include <sys/mman.h>
 
 using namespace llvm;
 
@@ -379,6 +383,22 @@ ArrayRef<uint8_t> SafetensorsFile::rawData(const TensorInfo &info) const {
   return ArrayRef<uint8_t>(data + info.begin, info.numBytes());
 }
 
+void SafetensorsFile::releasePages(const TensorInfo &info) const {
+  // Only a mapping can give its pages back: on a heap copy (small files are
+  // read, not mapped) MADV_DONTNEED would zero the bytes.
+  if (buffer->getBufferKind() != MemoryBuffer::MemoryBuffer_MMap ||
+      info.numBytes() == 0)
+    return;
+  uintptr_t page = sys::Process::getPageSizeEstimate();
+  uintptr_t begin = reinterpret_cast<uintptr_t>(rawData(info).data());
+  uintptr_t end = begin + info.numBytes();
+  // Whole pages only: the pages this tensor shares with its neighbours may
+  // still be in use.
+  uintptr_t first = alignTo(begin, page), last = end / page * page;
+  if (last > first)
+    ::madvise(reinterpret_cast<void *>(first), last - first, MADV_DONTNEED);
+}
+
 Expected<ArrayRef<uint8_t>> SafetensorsFile::rawData(StringRef name) const {
   const TensorInfo *info = lookup(name);
   if (!info)
@@ -458,6 +478,21 @@ Error SafetensorsWriter::addZeroTensor(StringRef name, DType dtype,
   return Error::success();
 }
 
+Error SafetensorsWriter::addStreamedTensor(StringRef name, DType dtype,
+                                           ArrayRef<int64_t> shape,
+                                           Producer produce) {
+  Expected<uint64_t> size = checkNewTensor(name, dtype, shape);
+  if (!size)
+    return size.takeError();
+  if (!produce)
+    return createStringError("safetensors: tensor '" + name +
+                             "' was added without a producer of its bytes");
+  Entry entry{dtype, shape.vec(), {}, false, *size};
+  entry.producer = std::move(produce);
+  entries[name.str()] = std::move(entry);
+  return Error::success();
+}
+
 Error SafetensorsWriter::addFloatTensor(StringRef name, DType dtype,
                                         ArrayRef<int64_t> shape,
                                         ArrayRef<float> values) {
@@ -519,17 +554,53 @@ std::string SafetensorsWriter::headerPrefix(uint64_t &dataBytes) const {
   return std::string(length, 8) + headerText;
 }
 
-std::string SafetensorsWriter::serialize() const {
+Error SafetensorsWriter::emitData(
+    const std::pair<const std::string, Entry> &entry,
+    function_ref<void(ArrayRef<uint8_t>)> write) {
+  const Entry &e = entry.second;
+  if (!e.producer) {
+    write(e.bytes);
+    return Error::success();
+  }
+  uint64_t produced = 0;
+  auto fail = [&](const Twine &message) {
+    return createStringError("safetensors: tensor '" + entry.first +
+                             "': " + message);
+  };
+  Error error = e.producer([&](ArrayRef<uint8_t> piece) -> Error {
+    // Checked before writing, so that a runaway producer cannot shift the
+    // tensors after it.
+    if (piece.size() > e.size - produced)
+      return fail("the producer gave more than the " + Twine(e.size) +
+                  " bytes its shape " + formatShape(e.shape) + " and dtype " +
+                  dtypeName(e.dtype) + " need");
+    produced += piece.size();
+    write(piece);
+    return Error::success();
+  });
+  if (error)
+    return fail(toString(std::move(error)));
+  if (produced != e.size)
+    return fail("the producer gave " + Twine(produced) + " bytes, its shape " +
+                formatShape(e.shape) + " and dtype " + dtypeName(e.dtype) +
+                " need " + Twine(e.size));
+  return Error::success();
+}
+
+Expected<std::string> SafetensorsWriter::serialize() const {
   uint64_t dataBytes = 0;
   std::string contents = headerPrefix(dataBytes);
   contents.reserve(contents.size() + dataBytes);
   for (const auto *entry : dataOrder()) {
-    if (entry->second.zero)
+    if (entry->second.zero) {
       contents.append(entry->second.size, '\0');
-    else
-      contents.append(
-          reinterpret_cast<const char *>(entry->second.bytes.data()),
-          entry->second.bytes.size());
+      continue;
+    }
+    if (Error error = emitData(*entry, [&](ArrayRef<uint8_t> piece) {
+          contents.append(reinterpret_cast<const char *>(piece.data()),
+                          piece.size());
+        }))
+      return std::move(error);
   }
   return contents;
 }
@@ -540,12 +611,16 @@ Error SafetensorsWriter::write(StringRef path) const {
   // Zero tensors come last: the file is extended over them, not written.
   return writeFileAtomically(
       path,
-      [&](raw_ostream &os) {
+      [&](raw_ostream &os) -> Error {
         os << prefix;
         for (const auto *entry : dataOrder())
           if (!entry->second.zero)
-            os.write(reinterpret_cast<const char *>(entry->second.bytes.data()),
-                     entry->second.bytes.size());
+            if (Error error =
+                    emitData(*entry, [&](ArrayRef<uint8_t> piece) {
+                      os.write(reinterpret_cast<const char *>(piece.data()),
+                               piece.size());
+                    }))
+              return error;
         return Error::success();
       },
       prefix.size() + dataBytes);

@@ -69,6 +69,22 @@ Status writeFile(const std::string &path,
   return s;
 }
 
+Status writeFileStreamed(
+    const std::string &path,
+    const std::function<Status(const PieceWriter &)> &produce) {
+  int fd = ::open(path.c_str(), O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0644);
+  if (fd < 0)
+    return Status::error("cannot create '" + path + "': " + errnoText(errno));
+  Status s = produce([&](const void *data, size_t size) {
+    return writeAll(fd, static_cast<const uint8_t *>(data), size, path);
+  });
+  if (s.ok() && ::fsync(fd) != 0)
+    s = Status::error("cannot sync '" + path + "': " + errnoText(errno));
+  if (::close(fd) != 0 && s.ok())
+    s = Status::error("cannot close '" + path + "': " + errnoText(errno));
+  return s;
+}
+
 Status writeFile(const std::string &path, const std::string &text) {
   return writeFile(path, {{text.data(), text.size()}});
 }

@@ -1065,11 +1065,44 @@ Expected<Layout> buildManifest(const PackageContents &c) {
   auto isExternal = [&](size_t t) {
     return !c.external.empty() && c.external[t];
   };
+  if (!c.streamed.empty() && c.streamed.size() != c.tensors.size())
+    return Status::error("streamed has " + std::to_string(c.streamed.size()) +
+                         " entries, tensors " +
+                         std::to_string(c.tensors.size()));
+  auto isStreamed = [&](size_t t) {
+    return !c.streamed.empty() && c.streamed[t];
+  };
+  // The bytes tensor t has in weights.bin (a streamed tensor's are not
+  // here yet: its shape and dtype say how many).
+  auto sizeOf = [&](size_t t) {
+    return isStreamed(t) ? tensorByteSize(refOf[t]->shape, refOf[t]->type)
+                         : static_cast<int64_t>(c.tensors[t].size());
+  };
+  bool anyStreamed = false;
   for (size_t t = 0; t < c.tensors.size(); ++t) {
     if (!refOf[t])
       return Status::error("tensors[" + std::to_string(t) +
                            "] is not used by any layer (layerTensors)");
     const WeightRef &ref = *refOf[t];
+    if (isStreamed(t)) {
+      std::string what =
+          "tensors[" + std::to_string(t) + "] (" + weightLabel(ref) + ")";
+      if (!ref.inlineValues.empty() || isExternal(t))
+        return Status::error(what + " is streamed but is a constant or "
+                                    "external: only checkpoint weights "
+                                    "stored in weights.bin are streamed");
+      if (!c.tensors[t].empty())
+        return Status::error(what + " is streamed but holds " +
+                             std::to_string(c.tensors[t].size()) +
+                             " bytes");
+      if (!c.streamTensor)
+        return Status::error(what + " is streamed but streamTensor is not "
+                                    "set");
+      if (tensorByteSize(ref.shape, ref.type) < 0)
+        return Status::error(what + ": the shape has a dimension below 1 or "
+                                    "is too large");
+      anyStreamed = true;
+    }
     if (isExternal(t) && !ref.inlineValues.empty())
       return Status::error("tensors[" + std::to_string(t) +
                            "] is a constant and cannot be external");
@@ -1094,6 +1127,7 @@ Expected<Layout> buildManifest(const PackageContents &c) {
   static const uint8_t zeros[kPackageWeightAlignment] = {};
   int64_t end = 0;
   for (size_t t = 0; t < c.tensors.size(); ++t) {
+    out.sizes.push_back(isExternal(t) ? 0 : sizeOf(t));
     if (isExternal(t)) {
       out.offsets.push_back(-1);
       continue;
@@ -1103,9 +1137,12 @@ Expected<Layout> buildManifest(const PackageContents &c) {
     if (!c.tensors[t].empty()) // (Sha256::update memcpys even 0 bytes.)
       weightsHash.update(c.tensors[t].data(), c.tensors[t].size());
     out.offsets.push_back(offset);
-    end = offset + static_cast<int64_t>(c.tensors[t].size());
+    end = offset + sizeOf(t);
   }
   out.weightsBytes = end;
+  // With streamed tensors the hash is known once weights.bin is written:
+  // writePackage puts it in (a placeholder of the right form until then).
+  out.weightsHashPending = anyStreamed;
 
   Json &m = out.manifest;
   m = Json::object();
@@ -1172,7 +1209,9 @@ Expected<Layout> buildManifest(const PackageContents &c) {
   }
 
   Json weights = fileEntryJson(kPackageWeightsFile, out.weightsBytes,
-                               Sha256::toHex(weightsHash.finish()));
+                               anyStreamed
+                                   ? std::string(64, '0')
+                                   : Sha256::toHex(weightsHash.finish()));
   weights.set("alignment", kPackageWeightAlignment);
   Json &tensors = weights.set("tensors", Json::array());
   for (size_t t = 0; t < c.tensors.size(); ++t) {
@@ -1196,7 +1235,7 @@ Expected<Layout> buildManifest(const PackageContents &c) {
     else
       e.set("offset", out.offsets[t]);
     e.set("bytes", isExternal(t) ? tensorByteSize(ref.shape, ref.type)
-                                 : static_cast<int64_t>(c.tensors[t].size()));
+                                 : sizeOf(t));
   }
   m.set("weights", std::move(weights));
 

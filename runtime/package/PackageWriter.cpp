@@ -7,6 +7,7 @@
 //===----------------------------------------------------------------------===//
 
 #include "moe/runtime/AtomicDirectory.h"
+#include "moe/runtime/KernelCache.h"
 #include "moe/runtime/Manifest.h"
 #include "moe/runtime/Package.h"
 
@@ -23,13 +24,20 @@ using moe::WeightRef;
 using namespace detail;
 
 namespace {
-/// `encode(provider, ref)` gives a checkpoint weight's bytes; with
-/// `external`, checkpoint weights get none and are marked external.
+/// How collect() treats checkpoint weights (not constants).
+enum class Checkpoint {
+  Read,     ///< Their bytes are read now (encode).
+  External, ///< No bytes; marked external.
+  Streamed, ///< No bytes now; marked streamed, read when written.
+};
+
+/// `encode(provider, ref)` gives a checkpoint weight's bytes.
 template <typename Provider, typename Encode>
 Status collect(PackageContents &c, const Provider &provider,
-               const Encode &encode, bool external = false) {
+               const Encode &encode, Checkpoint mode = Checkpoint::Read) {
+  bool external = mode == Checkpoint::External;
   std::vector<std::vector<uint8_t>> tensors;
-  std::vector<bool> externalTensors;
+  std::vector<bool> externalTensors, streamedTensors;
   std::vector<std::vector<int>> layerTensors;
   std::map<std::string, std::vector<int>> byKey; // identity -> tensors
   std::vector<const WeightRef *> refs;
@@ -53,21 +61,26 @@ Status collect(PackageContents &c, const Provider &provider,
           return Status::error(at + ": the shape has a dimension below 1 or "
                                     "is too large");
         bool isExternal = external && ref.inlineValues.empty();
+        bool isStreamed =
+            mode == Checkpoint::Streamed && ref.inlineValues.empty();
         Expected<std::vector<uint8_t>> data =
-            isExternal ? Expected<std::vector<uint8_t>>(std::vector<uint8_t>())
+            isExternal || isStreamed
+                ? Expected<std::vector<uint8_t>>(std::vector<uint8_t>())
             : ref.inlineValues.empty()
                 ? encode(provider, ref)
                 : Expected<std::vector<uint8_t>>(
                       moe::encodeElements(ref.inlineValues, ref.type));
         if (!data)
           return data.takeError(at);
-        if (!isExternal && static_cast<int64_t>(data->size()) != bytes)
+        if (!isExternal && !isStreamed &&
+            static_cast<int64_t>(data->size()) != bytes)
           return Status::error(at + ": got " + std::to_string(data->size()) +
                                " bytes, the shape and dtype need " +
                                std::to_string(bytes));
         found = static_cast<int>(tensors.size());
         tensors.push_back(std::move(*data));
         externalTensors.push_back(isExternal);
+        streamedTensors.push_back(isStreamed);
         refs.push_back(&ref);
         byKey[key].push_back(found);
       }
@@ -79,6 +92,10 @@ Status collect(PackageContents &c, const Provider &provider,
   c.external.clear();
   if (external)
     c.external = std::move(externalTensors);
+  c.streamed.clear();
+  c.streamTensor = nullptr;
+  if (mode == Checkpoint::Streamed)
+    c.streamed = std::move(streamedTensors);
   return Status::success();
 }
 } // namespace
@@ -117,7 +134,39 @@ Status collectWeightShapes(PackageContents &contents) {
         return Status::error("internal error: a checkpoint weight's data was "
                              "requested for a shape-only package");
       },
-      /*external=*/true);
+      Checkpoint::External);
+}
+
+Status collectWeightStreams(PackageContents &contents,
+                            const RawWeightProvider &provider) {
+  Status s = collect(
+      contents, provider,
+      [](const RawWeightProvider &,
+         const WeightRef &) -> Expected<std::vector<uint8_t>> {
+        return Status::error("internal error: a streamed weight was read "
+                             "before the package was written");
+      },
+      Checkpoint::Streamed);
+  if (s)
+    return s;
+  // The provider gets a copy of each tensor's description: the plan may
+  // move or change before the package is written.
+  std::vector<WeightRef> refs(contents.tensors.size());
+  std::vector<bool> seen(contents.tensors.size(), false);
+  for (size_t l = 0; l < contents.layerTensors.size(); ++l)
+    for (size_t w = 0; w < contents.layerTensors[l].size(); ++w) {
+      size_t t = static_cast<size_t>(contents.layerTensors[l][w]);
+      if (!seen[t])
+        refs[t] = contents.plan.layers[l].weights[w];
+      seen[t] = true;
+    }
+  contents.streamTensor = [provider, refs = std::move(refs)](
+                              size_t t) -> Expected<std::vector<uint8_t>> {
+    if (!provider)
+      return Status::error("no weight provider");
+    return provider(refs[t]);
+  };
+  return Status::success();
 }
 
 Status writePackage(const PackageContents &contents, const std::string &dirIn,
@@ -148,7 +197,6 @@ Status writePackage(const PackageContents &contents, const std::string &dirIn,
   Expected<Layout> layout = buildManifest(contents);
   if (!layout)
     return layout.takeError(context + ": invalid package contents");
-  std::string manifestText = layout->manifest.dump(2);
 
   removeStaleSiblings(parent, base);
   std::string temp = dir + ".tmp-XXXXXX";
@@ -168,25 +216,61 @@ Status writePackage(const PackageContents &contents, const std::string &dirIn,
   if (s.ok() && !contents.irText.empty())
     s = writeFile(joinPath(temp, kPackageIrFile), contents.irText);
   if (s.ok()) {
-    static const uint8_t zeros[kPackageWeightAlignment] = {};
-    std::vector<std::pair<const void *, size_t>> pieces;
-    int64_t end = 0;
-    for (size_t t = 0; t < contents.tensors.size(); ++t) {
-      int64_t offset = layout->offsets[t];
-      if (offset < 0) // External: not in weights.bin.
-        continue;
-      if (offset > end)
-        pieces.emplace_back(zeros, static_cast<size_t>(offset - end));
-      pieces.emplace_back(contents.tensors[t].data(),
-                          contents.tensors[t].size());
-      end = offset + static_cast<int64_t>(contents.tensors[t].size());
-    }
-    s = writeFile(joinPath(temp, kPackageWeightsFile), pieces);
+    // Tensor by tensor: a streamed tensor is read, hashed, written and
+    // dropped before the next one is read.
+    Sha256 hash;
+    s = writeFileStreamed(
+        joinPath(temp, kPackageWeightsFile),
+        [&](const PieceWriter &write) -> Status {
+          static const uint8_t zeros[kPackageWeightAlignment] = {};
+          auto emit = [&](const void *data, size_t size) {
+            if (size)
+              hash.update(data, size);
+            return write(data, size);
+          };
+          int64_t end = 0;
+          for (size_t t = 0; t < contents.tensors.size(); ++t) {
+            int64_t offset = layout->offsets[t];
+            if (offset < 0) // External: not in weights.bin.
+              continue;
+            if (offset > end)
+              if (Status w = emit(zeros, static_cast<size_t>(offset - end)))
+                return w;
+            bool streamed =
+                !contents.streamed.empty() && contents.streamed[t];
+            if (!streamed) {
+              if (Status w = emit(contents.tensors[t].data(),
+                                  contents.tensors[t].size()))
+                return w;
+              end = offset + static_cast<int64_t>(contents.tensors[t].size());
+              continue;
+            }
+            Expected<std::vector<uint8_t>> data = contents.streamTensor(t);
+            if (!data)
+              return data.takeError("weights.bin: tensors[" +
+                                    std::to_string(t) + "]");
+            // The size buildManifest laid out (and the manifest says).
+            int64_t want = layout->sizes[t];
+            if (static_cast<int64_t>(data->size()) != want)
+              return Status::error(
+                  "weights.bin: tensors[" + std::to_string(t) + "]: got " +
+                  std::to_string(data->size()) +
+                  " bytes, the shape and dtype need " + std::to_string(want));
+            if (Status w = emit(data->data(), data->size()))
+              return w;
+            end = offset + want;
+          }
+          return Status::success();
+        });
+    if (s.ok() && layout->weightsHashPending)
+      layout->manifest.find("weights")->set("sha256",
+                                            Sha256::toHex(hash.finish()));
   }
   // The manifest last: a temporary directory without one is plainly
   // unfinished.
   if (s.ok())
-    s = writeFile(joinPath(temp, kPackageManifestFile), manifestText);
+    s = writeFile(joinPath(temp, kPackageManifestFile),
+                  layout->manifest.dump(2));
   if (s.ok())
     s = syncDirectory(temp);
   if (s.ok() && options.beforeCommit)

@@ -997,6 +997,101 @@ TEST(Package, TheExecutorConvertsBytesOfAnotherDtypeOnce) {
   EXPECT_EQ(s.message(), "weight 'w': got 5 values, the plan needs 6");
 }
 
+TEST(Package, StreamedWeightsWriteTheSamePackageReadingEachTensorOnce) {
+  TempDir tmp;
+  ASSERT_TRUE(writePackage(sampleContents(), tmp / "held").ok());
+  moe::WeightProvider values = testProvider();
+  std::map<std::string, int> reads;
+  auto raw = [&](const moe::WeightRef &ref) -> Expected<std::vector<uint8_t>> {
+    ++reads[ref.names.front()];
+    Expected<std::vector<float>> v = values(ref);
+    if (!v)
+      return v.status();
+    return moe::encodeElements(*v, ref.type);
+  };
+  PackageContents c = sampleContents();
+  Status s = collectWeightStreams(c, raw);
+  ASSERT_TRUE(s.ok()) << s.message();
+  // Nothing read yet; checkpoint tensors hold no bytes, constants do.
+  EXPECT_TRUE(reads.empty());
+  ASSERT_EQ(c.streamed.size(), c.tensors.size());
+  size_t streamed = 0;
+  for (size_t t = 0; t < c.tensors.size(); ++t) {
+    EXPECT_EQ(c.streamed[t], c.tensors[t].empty()) << t;
+    streamed += c.streamed[t];
+  }
+  EXPECT_GT(streamed, 0u);
+  EXPECT_LT(streamed, c.tensors.size()); // The constant is held.
+  s = writePackage(c, tmp / "streamed");
+  ASSERT_TRUE(s.ok()) << s.message();
+  EXPECT_EQ(reads.size(), streamed);
+  for (const auto &[name, count] : reads)
+    EXPECT_EQ(count, 1) << name;
+  // Byte for byte the package of held tensors (weights.bin and the hash in
+  // the manifest included), and it opens.
+  EXPECT_EQ(dirContents(tmp / "streamed"), dirContents(tmp / "held"));
+  Expected<LoadedPackage> p = openPackage(tmp / "streamed");
+  ASSERT_TRUE(p.ok()) << p.message();
+}
+
+TEST(Package, StreamedWeightsThatFailLeaveNoPackage) {
+  TempDir tmp;
+  auto sized = [](int64_t delta) {
+    return [delta](const moe::WeightRef &ref) -> Expected<std::vector<uint8_t>> {
+      int64_t n = moe::elementSize(ref.type);
+      for (int64_t d : ref.shape)
+        n *= d;
+      return std::vector<uint8_t>(static_cast<size_t>(n + delta), 0x5a);
+    };
+  };
+  // A provider giving a byte too few or too many, or failing: the write
+  // fails naming the tensor, and no directory (temporary or not) is left.
+  for (int64_t delta : {-1, 1}) {
+    PackageContents c = sampleContents();
+    ASSERT_TRUE(collectWeightStreams(c, sized(delta)).ok());
+    Status s = writePackage(c, tmp / "pkg");
+    ASSERT_FALSE(s.ok());
+    EXPECT_NE(s.message().find("weights.bin: tensors[0]: got 127 bytes, the "
+                               "shape and dtype need 128") == std::string::npos,
+              delta == -1)
+        << s.message();
+    EXPECT_NE(s.message().find("got 129 bytes") == std::string::npos,
+              delta == 1)
+        << s.message();
+    EXPECT_EQ(tmp.entries(), std::vector<std::string>{});
+  }
+  PackageContents c = sampleContents();
+  ASSERT_TRUE(collectWeightStreams(c, [](const moe::WeightRef &ref)
+                                          -> Expected<std::vector<uint8_t>> {
+                return Status::error("cannot read " + ref.names.front());
+              }).ok());
+  Status s = writePackage(c, tmp / "pkg");
+  ASSERT_FALSE(s.ok());
+  EXPECT_NE(s.message().find("tensors[0]: cannot read "
+                             "model.layers.0.mlp.gate.weight"),
+            std::string::npos)
+      << s.message();
+  EXPECT_EQ(tmp.entries(), std::vector<std::string>{});
+  // Inconsistent streaming fields are refused before anything is written.
+  PackageContents bad = sampleContents();
+  bad.streamed.assign(bad.tensors.size(), false);
+  bad.streamed[0] = true; // Still holds its bytes.
+  s = writePackage(bad, tmp / "pkg");
+  EXPECT_NE(s.message().find("is streamed but holds 128 bytes"),
+            std::string::npos)
+      << s.message();
+  bad.tensors[0].clear(); // Now empty, but nothing to stream it from.
+  s = writePackage(bad, tmp / "pkg");
+  EXPECT_NE(s.message().find("is streamed but streamTensor is not set"),
+            std::string::npos)
+      << s.message();
+  bad.streamed.pop_back();
+  s = writePackage(bad, tmp / "pkg");
+  EXPECT_NE(s.message().find("streamed has"), std::string::npos)
+      << s.message();
+  EXPECT_EQ(tmp.entries(), std::vector<std::string>{});
+}
+
 TEST(Package, WritesAreDeterministicAndReopenedContentsRewriteIdentically) {
   TempDir tmp;
   PackageContents c = sampleContents();

@@ -385,7 +385,7 @@ TEST(SafetensorsTest, WriterRoundsFloatsToNearestEven) {
   SafetensorsWriter writer;
   float tie = 1.0f + std::ldexp(1.0f, -8);
   ASSERT_FALSE(writer.addFloatTensor("b", DType::BF16, {2}, {tie, -tie}));
-  std::string bytes = writer.serialize();
+  std::string bytes = cantFail(writer.serialize());
   auto file = SafetensorsFile::fromBuffer(
       MemoryBuffer::getMemBufferCopy(bytes, "mem.safetensors"));
   ASSERT_TRUE(bool(file)) << errorOf(std::move(file));
@@ -402,9 +402,9 @@ TEST(SafetensorsTest, WriterOutputIsIndependentOfInsertionOrder) {
   b.setMetadata("format", "pt");
   ASSERT_FALSE(b.addFloatTensor("y", DType::F16, {2}, {2.0f, 3.0f}));
   ASSERT_FALSE(b.addFloatTensor("x", DType::F32, {1}, {1.0f}));
-  EXPECT_EQ(a.serialize(), b.serialize());
+  EXPECT_EQ(cantFail(a.serialize()), cantFail(b.serialize()));
   // The header is padded with spaces to align the data section.
-  std::string text = a.serialize();
+  std::string text = cantFail(a.serialize());
   uint64_t length = support::endian::read64le(text.data());
   EXPECT_EQ((8 + length) % 8, 0u);
   EXPECT_EQ(text.size(), 8 + length + 4 + 4);
@@ -434,7 +434,7 @@ TEST(SafetensorsTest, ReadF32RejectsIntegerTensors) {
   SafetensorsWriter writer;
   ASSERT_FALSE(writer.addTensor("ids", DType::I32, {1}, {1, 0, 0, 0}));
   auto file = SafetensorsFile::fromBuffer(
-      MemoryBuffer::getMemBufferCopy(writer.serialize(), "ids.safetensors"));
+      MemoryBuffer::getMemBufferCopy(cantFail(writer.serialize()), "ids.safetensors"));
   ASSERT_TRUE(bool(file));
   std::string message = errorOf((*file)->readF32("ids"));
   EXPECT_CONTAINS(message, "ids.safetensors");
@@ -479,13 +479,137 @@ TEST(SafetensorsTest, ZeroTensorsAreHolesAfterTheStoredData) {
   // serialize() spells the zeros out: the same bytes as the file.
   auto buffer = MemoryBuffer::getFile(path);
   ASSERT_TRUE(bool(buffer));
-  EXPECT_TRUE((*buffer)->getBuffer() == writer.serialize());
+  EXPECT_TRUE((*buffer)->getBuffer() == cantFail(writer.serialize()));
   // The zeros take (almost) no disk space.
   sys::fs::file_status st;
   ASSERT_FALSE(sys::fs::status(path, st));
   struct stat raw;
   ASSERT_EQ(::stat(path.c_str(), &raw), 0);
   EXPECT_LT(static_cast<uint64_t>(raw.st_blocks) * 512, st.getSize() / 16);
+}
+
+TEST(SafetensorsTest, StreamedTensorsWriteTheSameBytesAsHeldOnes) {
+  TempDir tmp;
+  std::vector<float> values(3000);
+  for (size_t i = 0; i < values.size(); ++i)
+    values[i] = static_cast<float>(i) * 0.25f - 7.0f;
+  std::vector<uint8_t> ids = {1, 2, 3, 4, 5, 6, 7, 8};
+  SafetensorsWriter held, streamed;
+  for (SafetensorsWriter *w : {&held, &streamed})
+    w->setMetadata("format", "pt");
+  ASSERT_FALSE(held.addFloatTensor("m.w", DType::BF16, {30, 100}, values));
+  ASSERT_FALSE(held.addTensor("m.ids", DType::I32, {2}, ids));
+  ASSERT_FALSE(held.addZeroTensor("m.z", DType::F16, {5}));
+  // The same tensors, produced at write time in pieces of 7 elements.
+  int calls = 0;
+  ASSERT_FALSE(streamed.addStreamedTensor(
+      "m.w", DType::BF16, {30, 100},
+      [&](SafetensorsWriter::Sink sink) -> Error {
+        ++calls;
+        for (size_t i = 0; i < values.size(); i += 7) {
+          size_t n = std::min<size_t>(7, values.size() - i);
+          Expected<std::vector<uint8_t>> bytes = encodeFloats(
+              ArrayRef<float>(values).slice(i, n), DType::BF16);
+          if (!bytes)
+            return bytes.takeError();
+          if (Error e = sink(*bytes))
+            return e;
+        }
+        return Error::success();
+      }));
+  ASSERT_FALSE(streamed.addStreamedTensor(
+      "m.ids", DType::I32, {2},
+      [&](SafetensorsWriter::Sink sink) { return sink(ids); }));
+  ASSERT_FALSE(streamed.addZeroTensor("m.z", DType::F16, {5}));
+  EXPECT_EQ(calls, 0); // Nothing is produced before the file is written.
+  EXPECT_EQ(held.dataSize(), streamed.dataSize());
+  ASSERT_FALSE(held.write(tmp.file("held.safetensors")));
+  ASSERT_FALSE(streamed.write(tmp.file("streamed.safetensors")));
+  EXPECT_EQ(calls, 1);
+  auto a = MemoryBuffer::getFile(tmp.file("held.safetensors"));
+  auto b = MemoryBuffer::getFile(tmp.file("streamed.safetensors"));
+  ASSERT_TRUE(a && b);
+  EXPECT_TRUE((*a)->getBuffer() == (*b)->getBuffer());
+  EXPECT_EQ(cantFail(streamed.serialize()), cantFail(held.serialize()));
+}
+
+TEST(SafetensorsTest, StreamedTensorsOfTheWrongSizeLeaveNoFile) {
+  TempDir tmp;
+  std::string path = tmp.file("out.safetensors");
+  ASSERT_FALSE(writeFileAtomically(path, "old contents"));
+  auto writerWith = [](std::vector<size_t> pieces) {
+    auto w = std::make_unique<SafetensorsWriter>();
+    cantFail(w->addStreamedTensor(
+        "layer.w", DType::F32, {2, 3},
+        [pieces](SafetensorsWriter::Sink sink) -> Error {
+          for (size_t n : pieces)
+            if (Error e = sink(std::vector<uint8_t>(n, 0x11)))
+              return e;
+          return Error::success();
+        }));
+    return w;
+  };
+  // Short, long (caught at the piece that overruns), and a failing
+  // producer: each names the tensor and leaves the old file as it was.
+  std::string shortError = errorOf(writerWith({8, 8})->write(path));
+  EXPECT_CONTAINS(shortError, "'layer.w'");
+  EXPECT_CONTAINS(shortError, "gave 16 bytes");
+  EXPECT_CONTAINS(shortError, "need 24");
+  std::string longError = errorOf(writerWith({16, 16})->write(path));
+  EXPECT_CONTAINS(longError, "'layer.w'");
+  EXPECT_CONTAINS(longError, "more than the 24 bytes");
+  SafetensorsWriter failing;
+  ASSERT_FALSE(failing.addStreamedTensor(
+      "x", DType::U8, {1}, [](SafetensorsWriter::Sink) -> Error {
+        return createStringError(inconvertibleErrorCode(), "disk on fire");
+      }));
+  std::string failed = errorOf(failing.write(path));
+  EXPECT_CONTAINS(failed, "'x'");
+  EXPECT_CONTAINS(failed, "disk on fire");
+  EXPECT_CONTAINS(errorOf(failing.serialize()), "disk on fire");
+  auto buffer = MemoryBuffer::getFile(path);
+  ASSERT_TRUE(bool(buffer));
+  EXPECT_EQ((*buffer)->getBuffer(), "old contents");
+  // No temporary file left behind.
+  EXPECT_EQ(tmp.list(), std::vector<std::string>{"out.safetensors"});
+  // A tensor without a producer is refused when added.
+  EXPECT_CONTAINS(
+      errorOf(failing.addStreamedTensor("y", DType::U8, {1}, nullptr)),
+      "without a producer");
+}
+
+TEST(SafetensorsTest, ReleasedPagesReadBackTheSameBytes) {
+  TempDir tmp;
+  std::string path = tmp.file("big.safetensors");
+  // Large enough to be mapped, not read: 3 tensors over several pages.
+  SafetensorsWriter writer;
+  std::vector<std::vector<uint8_t>> data;
+  for (int t = 0; t < 3; ++t) {
+    std::vector<uint8_t> bytes(50000 + 999 * t);
+    for (size_t i = 0; i < bytes.size(); ++i)
+      bytes[i] = static_cast<uint8_t>(i * 31 + t);
+    ASSERT_FALSE(writer.addTensor("t" + std::to_string(t), DType::U8,
+                                  {static_cast<int64_t>(bytes.size())},
+                                  bytes));
+    data.push_back(std::move(bytes));
+  }
+  ASSERT_FALSE(writer.write(path));
+  auto file = SafetensorsFile::open(path);
+  ASSERT_TRUE(bool(file)) << errorOf(std::move(file));
+  for (int round = 0; round < 2; ++round)
+    for (int t = 0; t < 3; ++t) {
+      const TensorInfo &info = *(*file)->lookup("t" + std::to_string(t));
+      ArrayRef<uint8_t> raw = (*file)->rawData(info);
+      EXPECT_TRUE(raw.equals(data[t])) << "t" << t << " round " << round;
+      (*file)->releasePages(info);
+    }
+  // A file read into memory (here: a buffer) is left alone.
+  auto copy = SafetensorsFile::fromBuffer(MemoryBuffer::getMemBufferCopy(
+      cantFail(writer.serialize()), "copy.safetensors"));
+  ASSERT_TRUE(bool(copy));
+  const TensorInfo &info = *(*copy)->lookup("t1");
+  (*copy)->releasePages(info);
+  EXPECT_TRUE((*copy)->rawData(info).equals(data[1]));
 }
 
 TEST(SafetensorsTest, ReadsFileWrittenByTheReferenceLayout) {

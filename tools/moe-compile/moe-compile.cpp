@@ -215,13 +215,17 @@ int compilePackage(mlir::ModuleOp module, const std::string &irPathForWeights,
   moe::WeightLoader loader(moe::weightRoot(module, irPathForWeights));
   bool packWeights = weightsMode == "pack";
   // Weights are packed as the checkpoint stores them: bytes copied once,
-  // never through f32.
+  // never through f32, and streamed: each tensor is read while weights.bin
+  // is written and dropped before the next, so that the memory needed is
+  // that of the largest tensor, whatever the model's size.
+  size_t packed = 0;
   moe::runtime::Status collected =
       !packWeights ? moe::runtime::collectWeightShapes(contents)
-                   : moe::runtime::collectWeightBytes(
+                   : moe::runtime::collectWeightStreams(
       contents, [&](const moe::WeightRef &ref)
                     -> moe::runtime::Expected<std::vector<uint8_t>> {
-        progress.step("packing weights: " +
+        progress.step("packing weights (" + Twine(++packed) + " of " +
+                      Twine(contents.tensors.size()) + "): " +
                       (ref.names.empty() ? std::string("<constant>")
                                          : ref.names.front()));
         auto t = loader.loadBytes(ref.names, ref.files, ref.stacked,
@@ -267,12 +271,13 @@ int compilePackage(mlir::ModuleOp module, const std::string &irPathForWeights,
       if (!refOf[contents.layerTensors[l][w]])
         refOf[contents.layerTensors[l][w]] = &contents.plan.layers[l].weights[w];
   for (size_t t = 0; t < contents.tensors.size(); ++t) {
-    weightBytes += contents.tensors[t].size();
-    if (contents.external.empty() || !contents.external[t])
-      continue;
     uint64_t n = moe::elementSize(refOf[t]->type);
     for (int64_t d : refOf[t]->shape)
       n *= static_cast<uint64_t>(d);
+    bool streamed = !contents.streamed.empty() && contents.streamed[t];
+    weightBytes += streamed ? n : contents.tensors[t].size();
+    if (contents.external.empty() || !contents.external[t])
+      continue;
     externalBytes += n;
     ++externalCount;
   }

@@ -303,11 +303,23 @@ static int writeRandomWeights() {
         n *= d;
       double stddev =
           t.shape.size() >= 2 ? 1.0 / std::sqrt(double(t.shape.back())) : 0.02;
-      moe::SplitMix64 rng = moe::SplitMix64::forKey(seed, name);
-      std::vector<float> values(n);
-      for (float &v : values)
-        v = static_cast<float>(stddev * rng.normal());
-      if (Error err = writer.addFloatTensor(name, t.dtype, t.shape, values))
+      // Generated while the file is written: one tensor in memory at a
+      // time, whatever the model's size.
+      moe::DType type = t.dtype;
+      std::string key = name;
+      if (Error err = writer.addStreamedTensor(
+              name, t.dtype, t.shape,
+              [key, n, stddev, type](moe::SafetensorsWriter::Sink sink) {
+                moe::SplitMix64 rng = moe::SplitMix64::forKey(seed, key);
+                std::vector<float> values(n);
+                for (float &v : values)
+                  v = static_cast<float>(stddev * rng.normal());
+                Expected<std::vector<uint8_t>> bytes =
+                    moe::encodeFloats(values, type);
+                if (!bytes)
+                  return bytes.takeError();
+                return sink(*bytes);
+              }))
         return fail(path + ": " + name + ": " + toString(std::move(err)));
       ++tensors;
     }

@@ -29,8 +29,10 @@ Error error(const Twine &message) {
   return createStringError(inconvertibleErrorCode(), message);
 }
 
+} // namespace
+
 /// The text of an SVG attribute or element.
-std::string escape(StringRef text) {
+std::string svgEscape(StringRef text) {
   std::string out;
   for (char c : text) {
     switch (c) {
@@ -54,8 +56,6 @@ std::string heatColor(double f) {
                  mix(255, 107))
       .str();
 }
-
-} // namespace
 
 Expected<std::vector<StatsRow>> readStats(StringRef path) {
   auto buffer = MemoryBuffer::getFile(path);
@@ -134,7 +134,7 @@ std::string statsSvg(const std::vector<StatsRow> &rows, StringRef title) {
                 "height=\"{1}\" viewBox=\"0 0 {0} {1}\" "
                 "font-family=\"sans-serif\" font-size=\"11\">\n",
                 width, height);
-  os << "<title>" << escape(title) << "</title>\n";
+  os << "<title>" << svgEscape(title) << "</title>\n";
   os << "<rect width=\"100%\" height=\"100%\" fill=\"white\"/>\n";
   os << formatv("<text x=\"{0}\" y=\"18\" font-size=\"14\">Expert load: "
                 "tokens per expert (max {1})</text>\n",

@@ -27,8 +27,9 @@
 #include "mlir/IR/MLIRContext.h"
 #include "mlir/Parser/Parser.h"
 
-#include "llvm/ADT/StringExtras.h"
+#include "RoutingReport.h"
 #include "StatsReport.h"
+#include "llvm/ADT/StringExtras.h"
 
 #include "llvm/Support/CommandLine.h"
 #include "llvm/Support/Format.h"
@@ -503,6 +504,65 @@ static int stats() {
   return 0;
 }
 
+static cl::SubCommand routingCommand(
+    "routing",
+    "Draw routing decisions as an SVG: per layer and router, the "
+    "co-activation matrix (tokens that chose both expert i and expert j; "
+    "the diagonal: tokens per expert) and a histogram of the routing "
+    "weights of the routed slots, from moe-run --routing-out PREFIX files "
+    "or the coactivation counts of a moe-run --record-profile file "
+    "(docs/stats.md)");
+static cl::opt<std::string> routingPrefix(
+    "routing",
+    cl::desc("The PREFIX given to moe-run --routing-out: PREFIX.ids.npy and "
+             "PREFIX.weights.npy (routers >= 1: PREFIX.r<N>.*), or with "
+             "--all-layers PREFIX.L<layer>.*"),
+    cl::value_desc("prefix"), cl::sub(routingCommand));
+static cl::opt<std::string> routingProfile(
+    "profile",
+    cl::desc("A moe-run --record-profile file: its coactivation tensors (no "
+             "weight histograms: a profile keeps counts only)"),
+    cl::value_desc("file"), cl::sub(routingCommand));
+static cl::opt<int64_t> routingExperts(
+    "experts",
+    cl::desc("Experts per layer (default: one more than the largest id)"),
+    cl::init(0), cl::sub(routingCommand));
+static cl::opt<int64_t>
+    routingLayer("layer",
+                 cl::desc("The layer of PREFIX.ids.npy (moe-run --layer L "
+                          "writes no layer into the name; default 0)"),
+                 cl::init(0), cl::sub(routingCommand));
+static cl::opt<int64_t>
+    routingBins("bins", cl::desc("Bins of the weight histograms (default 20)"),
+                cl::init(20), cl::sub(routingCommand));
+static cl::opt<std::string> routingOutput("o", cl::Required,
+                                          cl::desc("Output SVG file"),
+                                          cl::value_desc("FILE.svg"),
+                                          cl::sub(routingCommand));
+
+static int routing() {
+  if (routingPrefix.empty() == routingProfile.empty())
+    return fail("moe-report routing: give --routing PREFIX or --profile "
+                "FILE (one of them)");
+  auto rows = !routingProfile.empty()
+                  ? report::readProfileRows(routingProfile)
+                  : report::readRoutingFiles(routingPrefix, routingExperts,
+                                             routingLayer, routingBins);
+  if (!rows)
+    return fail(toString(rows.takeError()));
+  std::error_code ec;
+  raw_fd_ostream os(routingOutput, ec);
+  if (ec)
+    return fail("cannot write " + routingOutput + ": " + ec.message());
+  os << report::routingSvg(*rows, "moe-report routing " +
+                                      (routingProfile.empty()
+                                           ? routingPrefix.getValue()
+                                           : routingProfile.getValue()));
+  outs() << "moe-report routing: " << rows->size()
+         << " layer/router row(s) drawn to " << routingOutput << "\n";
+  return 0;
+}
+
 int main(int argc, char **argv) {
   InitLLVM init(argc, argv);
   cl::ParseCommandLineOptions(
@@ -513,10 +573,15 @@ int main(int argc, char **argv) {
       "HELDOUT.npy\n"
       "             [--layer L | --all-layers] [--format text|json]\n\n"
       "  moe-report stats STATS.json -o LOAD.svg   (moe-run --stats)\n\n"
+      "  moe-report routing (--routing PREFIX | --profile P.safetensors) "
+      "-o ROUTING.svg\n\n"
       "'moe-report compare --help' documents the table.\n");
   if (compareCommand)
     return compare();
   if (statsCommand)
     return stats();
-  return fail("give a subcommand: compare or stats (see moe-report --help)");
+  if (routingCommand)
+    return routing();
+  return fail("give a subcommand: compare, stats or routing (see moe-report "
+              "--help)");
 }

@@ -15,6 +15,7 @@
 #include "moe/runtime/Status.h"
 
 #include <cstddef>
+#include <functional>
 #include <string>
 #include <utility>
 #include <vector>
@@ -30,6 +31,11 @@ std::string joinPath(const std::string &dir, const std::string &name);
 Status writeFile(const std::string &path,
                  const std::vector<std::pair<const void *, size_t>> &pieces);
 Status writeFile(const std::string &path, const std::string &text);
+/// Writes a new file from the pieces `produce` hands to its writer, as they
+/// come, and fsyncs it; a failure of `produce` or of a write is returned.
+using PieceWriter = std::function<Status(const void *data, size_t size)>;
+Status writeFileStreamed(const std::string &path,
+                         const std::function<Status(const PieceWriter &)> &produce);
 
 /// fsyncs a directory (its entries).
 Status syncDirectory(const std::string &dir);

@@ -81,7 +81,11 @@ void attachWeights(Decoded &d);
 struct Layout {
   Json manifest;
   std::vector<int64_t> offsets; ///< Of each tensor in weights.bin.
+  std::vector<int64_t> sizes;   ///< Bytes of each tensor in weights.bin.
   int64_t weightsBytes = 0;
+  /// Some tensors are streamed: the manifest's weights.sha256 is a
+  /// placeholder until weights.bin has been written.
+  bool weightsHashPending = false;
 };
 
 /// The manifest of `c`, checked as openPackage would check it.

@@ -81,6 +81,14 @@ struct PackageContents {
   std::vector<bool> external;
   /// The optimized IR; empty: no model.opt.mlir.
   std::string irText;
+  /// streamed[t]: tensor t's bytes are not held (tensors[t] is empty) but
+  /// asked of `streamTensor(t)` while writePackage writes weights.bin, one
+  /// tensor at a time, so that packing a model needs the memory of its
+  /// largest tensor, not of the model (collectWeightStreams). Only
+  /// checkpoint weights, never constants or external tensors. Empty:
+  /// every tensor is held.
+  std::vector<bool> streamed;
+  std::function<Expected<std::vector<uint8_t>>(size_t tensor)> streamTensor;
 };
 
 /// Whether two WeightRefs name the same tensor: equal names, stacked, shape
@@ -104,6 +112,13 @@ using RawWeightProvider =
     std::function<Expected<std::vector<uint8_t>>(const moe::WeightRef &)>;
 Status collectWeightBytes(PackageContents &contents,
                           const RawWeightProvider &provider);
+
+/// The same as collectWeightBytes, except that the checkpoint weights are
+/// not read now: they are streamed (PackageContents::streamed), each asked
+/// of `provider` once, while writePackage writes weights.bin. The package
+/// written is byte for byte the one collectWeightBytes gives.
+Status collectWeightStreams(PackageContents &contents,
+                            const RawWeightProvider &provider);
 
 /// The same tensors without their data: a shape-only package (moe-compile
 /// --weights none) whose checkpoint weights are all external; constants are

@@ -20,11 +20,13 @@
 #define MOE_LIB_WEIGHTS_SAFETENSORS_H
 
 #include "llvm/ADT/ArrayRef.h"
+#include "llvm/ADT/STLFunctionalExtras.h"
 #include "llvm/ADT/StringRef.h"
 #include "llvm/Support/Error.h"
 #include "llvm/Support/MemoryBuffer.h"
 
 #include <cstdint>
+#include <functional>
 #include <map>
 #include <memory>
 #include <optional>
@@ -123,6 +125,13 @@ public:
   /// Raw little-endian bytes of a tensor of this file.
   llvm::ArrayRef<uint8_t> rawData(const TensorInfo &info) const;
 
+  /// Says that the bytes of `info` are not needed for now: when the file is
+  /// memory-mapped, its pages leave this process's resident set (they stay
+  /// in the page cache and are read again if rawData is used later). Tools
+  /// that stream a model tensor by tensor call it after each tensor, so
+  /// that their peak memory does not grow with the size of the file.
+  void releasePages(const TensorInfo &info) const;
+
   /// Raw bytes of the tensor `name`; an error if there is no such tensor.
   llvm::Expected<llvm::ArrayRef<uint8_t>> rawData(llvm::StringRef name) const;
 
@@ -155,6 +164,12 @@ private:
 /// metadata added, whatever the order they were added in.
 class SafetensorsWriter {
 public:
+  /// Receives the bytes of a streamed tensor, piece by piece.
+  using Sink = llvm::function_ref<llvm::Error(llvm::ArrayRef<uint8_t>)>;
+  /// Produces a streamed tensor's bytes: calls the sink with consecutive
+  /// pieces that together hold exactly the tensor's bytes.
+  using Producer = std::function<llvm::Error(Sink)>;
+
   /// Adds a tensor from its raw little-endian bytes, which must hold exactly
   /// product(shape) * dtypeSize(dtype) bytes.
   llvm::Error addTensor(llvm::StringRef name, DType dtype,
@@ -173,6 +188,14 @@ public:
   llvm::Error addZeroTensor(llvm::StringRef name, DType dtype,
                             llvm::ArrayRef<int64_t> shape);
 
+  /// Adds a tensor whose bytes are produced only when write() reaches it,
+  /// and not held by the writer: a file of any size is written with the
+  /// memory of the pieces `produce` hands over. write() fails, naming the
+  /// tensor, when they do not add up to product(shape) * dtypeSize(dtype).
+  llvm::Error addStreamedTensor(llvm::StringRef name, DType dtype,
+                                llvm::ArrayRef<int64_t> shape,
+                                Producer produce);
+
   /// Sets one "__metadata__" entry.
   void setMetadata(llvm::StringRef key, llvm::StringRef value);
 
@@ -182,11 +205,12 @@ public:
   /// Total size of the tensor data in bytes.
   uint64_t dataSize() const;
 
-  /// The complete file contents.
-  std::string serialize() const;
+  /// The complete file contents (streamed tensors are produced into it).
+  llvm::Expected<std::string> serialize() const;
 
   /// Writes the file atomically (temporary file in the same folder, then
-  /// rename).
+  /// rename). Streamed tensors are produced in data order, each once, while
+  /// the file is written; a producer's error leaves `path` untouched.
   llvm::Error write(llvm::StringRef path) const;
 
 private:
@@ -200,7 +224,13 @@ private:
     /// addZeroTensor: `size` zero bytes, not held in `bytes`.
     bool zero = false;
     uint64_t size = 0;
+    /// addStreamedTensor: the bytes come from here, not from `bytes`.
+    Producer producer;
   };
+  /// Writes the data of `entry` (held or streamed) to `write`.
+  static llvm::Error
+  emitData(const std::pair<const std::string, Entry> &entry,
+           llvm::function_ref<void(llvm::ArrayRef<uint8_t>)> write);
   /// The length prefix and the header, padded; `dataBytes` gets the size of
   /// the data section.
   std::string headerPrefix(uint64_t &dataBytes) const;
