@@ -221,23 +221,57 @@ class MoELayer(torch.nn.Module):
 
 
 class MoEModel(torch.nn.Module):
-    """Every MoE layer of a package in order, each on the previous one's
-    output (as moe_opt.Package.run_all with chain="none"), one MoELayer (one
-    op) per layer."""
+    """Every MoE layer of a package in order on a residual stream, one
+    MoELayer (one op) per layer, chained as moe_opt.Package.run_all and
+    moe-run --all-layers chain them (include/moe/runtime/Chain.h):
+      chain="prenorm" (default): x' = x + layer(rmsnorm(x)), unit gain,
+                                 eps 1e-6
+      chain="residual":          x' = x + layer(x)
+      chain="none":              x' = layer(x)
+    The stream is kept in float32 between layers (as run_all keeps it) and
+    returned in x's dtype."""
 
-    def __init__(self, package, backend="auto", device=0, cache_dir=""):
+    CHAINS = ("prenorm", "residual", "none")
+
+    def __init__(self, package, backend="auto", device=0, cache_dir="",
+                 chain="prenorm"):
         super().__init__()
+        if chain not in self.CHAINS:
+            raise ValueError(f"MoEModel: unknown chain '{chain}'; expected "
+                             f"prenorm, residual or none")
         if not isinstance(package, _moe.Package):
             package = _moe.load(str(package), backend=backend, device=device,
                                 cache_dir=cache_dir)
         self.package = package
+        self.chain = chain
         self.layers = torch.nn.ModuleList(
             MoELayer(package, layer=l) for l in package.layers)
 
+    def extra_repr(self):
+        return f"chain={self.chain}"
+
+    @staticmethod
+    def _rmsnorm(x):
+        # As Chain.cpp: the mean square in double, the scale rounded to
+        # float, the row scaled in float.
+        ms = x.double().square().mean(dim=-1, keepdim=True)
+        return x * (1.0 / torch.sqrt(ms + 1e-6)).to(x.dtype)
+
     def forward(self, x):
+        dtype = x.dtype if isinstance(x, torch.Tensor) else None
+        if dtype is not None and dtype not in _DTYPES:
+            raise TypeError(f"MoEModel: x has dtype {dtype}; expected "
+                            f"torch.float32, torch.bfloat16 or "
+                            f"torch.float16")
+        stream = x.float() if dtype is not None else x
         for layer in self.layers:
-            x = layer(x)
-        return x
+            if self.chain == "none":
+                stream = layer(stream)
+            elif self.chain == "residual":
+                stream = stream + layer(stream)
+            else:
+                stream = stream + layer(self._rmsnorm(stream))
+        return stream.to(dtype) if dtype is not None else stream
 
 
 def bind_state_dict(package, state_dict, strict=True):

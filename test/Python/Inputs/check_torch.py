@@ -199,11 +199,37 @@ def main():
           meta.device.type == "meta" and meta.shape == (3, 7, 64)
           and meta.dtype == torch.bfloat16)
 
-    # Every layer in order, each on the previous one's output.
-    model_mod = mt.MoEModel(pkg)
-    check("MoEModel equals Package.run_all",
-          torch.equal(model_mod(x), torch.from_numpy(
-              pkg.run_all(x.numpy(), chain="none"))))
+    # Every layer in order on a residual stream, as run_all chains them
+    # (prenorm by default), against the chain written here in float64 on
+    # the torch oracle of each layer.
+    def chain_oracle(x, chain):
+        s = x.double()
+        for l in pkg.layers:
+            if chain == "prenorm":
+                inp = s / torch.sqrt(s.square().mean(-1, keepdim=True) + 1e-6)
+            else:
+                inp = s
+            y, _, _ = mixtral_layer(inp, w, l)
+            s = y if chain == "none" else s + y
+        return s
+
+    for chain in ("prenorm", "residual", "none"):
+        model_mod = (mt.MoEModel(pkg) if chain == "prenorm"
+                     else mt.MoEModel(pkg, chain=chain))
+        got = model_mod(x)
+        want = torch.from_numpy(pkg.run_all(x.numpy(), chain=chain))
+        e_api = rel(got, want)
+        e_ref = rel(got, chain_oracle(x, chain))
+        check(f"MoEModel chain={chain} equals Package.run_all (relative "
+              f"{e_api:.1e}) and the chain oracle ({e_ref:.1e})",
+              got.dtype == torch.float32 and got.shape == x.shape
+              and e_api < 1e-6 and e_ref < RTOL)
+    got = mt.MoEModel(pkg)(x.to(torch.bfloat16))
+    check("MoEModel returns x's dtype (bfloat16)",
+          got.dtype == torch.bfloat16 and got.shape == x.shape)
+    expect_error("MoEModel refuses an unknown chain", ValueError,
+                 lambda: mt.MoEModel(pkg, chain="postnorm"),
+                 "unknown chain 'postnorm'")
 
     # Defect: bind_tensor refused torch tensors.
     shapes, shape_pkg = os.path.join(work, "shapes"), os.path.join(
