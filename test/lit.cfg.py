@@ -74,6 +74,15 @@ if shutil.which("nvidia-smi"):
                              timeout=20, text=True)
         if out.returncode == 0 and "GPU" in out.stdout:
             config.available_features.add("cuda-gpu")
+            # moe_opt.torch's CUDA path needs a torch built with CUDA.
+            try:
+                subprocess.run([debian_python, "-c",
+                                "import torch; "
+                                "assert torch.cuda.is_available()"],
+                               check=True, capture_output=True, timeout=120)
+                config.available_features.add("torch-cuda")
+            except Exception:
+                pass
         # Expert-parallel runs over NCCL need two GPUs and a torch with
         # CUDA and NCCL (Debian's python3-torch has neither).
         if out.returncode == 0 and out.stdout.count("GPU ") >= 2:

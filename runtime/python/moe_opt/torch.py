@@ -15,7 +15,8 @@ What runs where:
     in the layer's activation dtype (x is cast to it if needed), on the
     current torch stream. Written against moe_opt's DLPack path, which
     test/Python/dlpack-cuda.test checks on a GPU; the torch module's CUDA
-    path itself is untested where no GPU is present.
+    path is checked by test/Python/torch-cuda.test on a GPU with a CUDA
+    build of torch (not run yet: no GPU here, and Debian's torch is CPU-only).
 
 The forward pass is one opaque op, torch.ops.moe_opt.layer(x, handle),
 registered with torch.library with CPU, CUDA and Meta (shape-only)
