@@ -153,8 +153,10 @@ public:
   /// each of its routers back, keeps it as the layer's last routing and adds
   /// it to the layer's load counters, on cuda and emu alike (one code path:
   /// the executor's routing buffers, as moe-run --routing-out reads them).
-  /// Device runs (the *OnDevice calls) and layers that take their routing
-  /// (runLayerDispatched) are not recorded.
+  /// runLayerOnDevice is recorded too: it then waits for the device and
+  /// copies the routing back after queuing the launches. The other device
+  /// calls (with extra inputs, dispatched) and layers that take their
+  /// routing (runLayerDispatched) are not recorded.
   struct LayerRouting {
     int64_t tokens = 0, slots = 0;
     /// Experts of the router (0 when the package does not record it).

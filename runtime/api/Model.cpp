@@ -511,8 +511,19 @@ Status Model::runLayerOnDevice(int64_t layer, const void *x, void *y,
   Expected<LayerExecutor *> exec = impl->executor(layer);
   if (!exec)
     return exec.takeError();
-  return impl->timed(
-      [&] { return exec.value()->runOnDevice(x, y, tokens, stream); });
+  if (Status s = impl->timed(
+          [&] { return exec.value()->runOnDevice(x, y, tokens, stream); }))
+    return s;
+  if (!impl->recordRouting)
+    return Status::success();
+  // Recording waits for the device: the routing is copied to the host.
+  auto routing = exec.value()->lastDeviceRouting(tokens);
+  if (!routing)
+    return routing.takeError().withContext("recording the routing");
+  LayerOutputs out;
+  out.routings = std::move(routing.value());
+  impl->record(*impl->layers.at(layer), out, tokens);
+  return Status::success();
 }
 
 size_t Model::numTensors() const { return impl->package.tensors().size(); }

@@ -335,6 +335,7 @@ Status LayerExecutor::runOnDeviceImpl(const void *x, void *y, int64_t tokens,
   backend.setStream(nullptr);
   for (auto &[v, p] : swapped)
     std::swap(values[v], p);
+  lastDeviceTokens = s ? 0 : tokens;
   return s;
 }
 
@@ -465,6 +466,7 @@ runtime::Expected<LayerOutputs>
 LayerExecutor::runImpl(const float *x, int64_t tokens, bool wantRouting,
                        const int32_t *givenIds, const float *givenWeights,
                        const std::vector<InputArray> *inputs) {
+  lastDeviceTokens = 0;
   if (tokens < 1)
     return Status::error("the input has no tokens");
   if (Status s = checkGiven(givenIds, givenWeights))
@@ -513,11 +515,18 @@ LayerExecutor::runImpl(const float *x, int64_t tokens, bool wantRouting,
     out.y = decodeElements(yBytes.data(), yCount, yShape.type);
   }
   wantRouting |= isRouterRole(plan.role);
-  for (size_t r = 0; wantRouting && r < plan.routings.size(); ++r) {
-    const LayerPlan::Routing &routing = plan.routings[r];
+  if (wantRouting)
+    if (Status s = downloadRouting(tokens, out.routings))
+      return s;
+  return out;
+}
+
+Status LayerExecutor::downloadRouting(int64_t tokens,
+                                      std::vector<LayerOutputs::Routing> &out) {
+  for (const LayerPlan::Routing &routing : plan.routings) {
     const BufferShape &ids = plan.values[routing.ids];
     int64_t n = ids.elements(tokens);
-    LayerOutputs::Routing &o = out.routings.emplace_back();
+    LayerOutputs::Routing &o = out.emplace_back();
     o.slots = ids.perToken;
     o.ids.resize(n);
     o.weights.resize(n);
@@ -527,6 +536,21 @@ LayerExecutor::runImpl(const float *x, int64_t tokens, bool wantRouting,
             backend.download(o.weights.data(), values[routing.weights], n * 4))
       return s;
   }
+  return Status::success();
+}
+
+runtime::Expected<std::vector<LayerOutputs::Routing>>
+LayerExecutor::lastDeviceRouting(int64_t tokens) {
+  if (tokens < 1 || tokens > lastDeviceTokens)
+    return Status::error("layer " + std::to_string(plan.layer) +
+                         ": no device run of " + std::to_string(tokens) +
+                         " token(s) to take the routing of");
+  // The launches were queued on the caller's stream: wait for them.
+  if (Status s = backend.synchronize())
+    return s;
+  std::vector<LayerOutputs::Routing> out;
+  if (Status s = downloadRouting(tokens, out))
+    return s;
   return out;
 }
 

@@ -569,10 +569,7 @@ public:
                   bool returnRouting) {
     if (hasDlpack(x) && !py::isinstance<py::array>(x) &&
         onCuda(dlpackDevice(x, "x").first)) {
-      if (returnRouting)
-        throw py::value_error("return_routing: device runs do not record "
-                              "their routing; run on host memory");
-      return callOnDevice(x, out, stream);
+      return callOnDevice(x, out, stream, returnRouting);
     }
     std::vector<int64_t> shape;
     py::array_t<float> in = hostInput(x, hidden, where(), &shape);
@@ -627,7 +624,8 @@ public:
 private:
   std::string where() const { return "layer " + std::to_string(layer); }
 
-  py::object callOnDevice(py::handle x, py::handle out, py::handle stream) {
+  py::object callOnDevice(py::handle x, py::handle out, py::handle stream,
+                          bool returnRouting) {
     if (out.is_none())
       throw py::value_error(
           "x is a CUDA tensor: pass out=, a CUDA tensor of the same shape "
@@ -646,6 +644,7 @@ private:
                       hidden, where());
     const void *xp = bx.data();
     void *yp = by.data();
+    py::object routing = py::none();
     if (tokens > 0 && xp == yp)
       throw py::value_error("out: the same memory as x; the layer cannot run "
                             "in place");
@@ -655,15 +654,33 @@ private:
                     ? nullptr
                     : reinterpret_cast<void *>(static_cast<intptr_t>(handle));
       moe::runtime::Status status;
+      moe::runtime::Expected<std::vector<moe::Model::LayerRouting>> last =
+          moe::runtime::Status::error("not recorded");
       {
         py::gil_scoped_release release;
         std::lock_guard<std::mutex> lock(state->mutex);
+        // As on the host: return_routing records this run (and then waits
+        // for the device to copy the routing back).
+        bool was = state->model->recordsRouting();
+        if (returnRouting)
+          state->model->recordRouting(true);
         status = state->model->runLayerOnDevice(layer, xp, yp, tokens, s);
+        state->model->recordRouting(was);
+        if (!status && returnRouting)
+          last = state->model->lastRouting(layer);
       }
       if (status)
         fail(status.message());
+      if (returnRouting) {
+        if (!last)
+          fail(last.message());
+        routing = routingList(last.value());
+      }
     }
-    return py::reinterpret_borrow<py::object>(out);
+    py::object result = py::reinterpret_borrow<py::object>(out);
+    if (!returnRouting)
+      return result;
+    return py::make_tuple(result, routing);
   }
 };
 

@@ -171,6 +171,13 @@ public:
                                         void *stream,
                                         const std::vector<InputArray> &inputs);
 
+  /// The routing of the last runOnDevice* of T tokens (one entry per router
+  /// of the plan), copied to the host after waiting for the device: the
+  /// routing buffers are the executor's own, so they hold it until the
+  /// next run.
+  runtime::Expected<std::vector<LayerOutputs::Routing>>
+  lastDeviceRouting(int64_t tokens);
+
   /// The expected shape of extra input `i` for T tokens, e.g. "[T=7] i32"
   /// or "[B, 8] f32" (B: any number of rows).
   std::string expectedShape(size_t i, int64_t tokens) const;
@@ -192,12 +199,17 @@ private:
   /// Whether the caller's routing arguments fit the plan.
   runtime::Status checkGiven(bool haveIds, bool haveWeights) const;
   runtime::Status launchAll(int64_t tokens);
+  /// Copies each router's [T, slots] ids and weights to the host.
+  runtime::Status downloadRouting(int64_t tokens,
+                                  std::vector<LayerOutputs::Routing> &out);
 
   const LayerPlan &plan;
   KernelBackend &backend;
   std::vector<void *> weights;
   /// Whether weights[w] was allocated here (not bound).
   std::vector<bool> ownsWeight;
+  /// Tokens of the last successful runOnDevice* (0 after a host run).
+  int64_t lastDeviceTokens = 0;
   /// What keeps a provider's bytes alive that kernels read in place.
   std::vector<std::shared_ptr<const void>> held;
   std::vector<void *> values;

@@ -136,7 +136,8 @@ class MoELayer(torch.nn.Module):
         shape (any of the three dtypes, on x's device) that receives y and
         is returned. return_routing=True returns (y, routing), routing a
         list with one dict per router: ids (int32 [..., K], -1 an empty
-        slot), weights (float32 [..., K]) and experts (CPU runs only).
+        slot), weights (float32 [..., K]) and experts, as CPU tensors (a
+        CUDA run then waits for the device to copy them back).
         Plain calls go through the op torch.ops.moe_opt.layer."""
         if isinstance(x, torch.fx.Proxy) or torch.jit.is_tracing():
             # A graph being built: one op node (the kernel checks x).
@@ -167,10 +168,7 @@ class MoELayer(torch.nn.Module):
             if out.device != x.device:
                 raise ValueError(f"out: on {out.device}, x on {x.device}")
         if x.is_cuda:
-            if routing:
-                raise ValueError("return_routing: CUDA runs do not record "
-                                 "their routing; pass a CPU tensor")
-            return self._run_cuda(x, out)
+            return self._run_cuda(x, out, routing)
         x32 = x.detach().to(torch.float32).contiguous()
         if (out is not None and out.dtype == torch.float32
                 and out.is_contiguous()):
@@ -193,14 +191,9 @@ class MoELayer(torch.nn.Module):
             result = result.to(x.dtype)
         if not routing:
             return result
-        lead = tuple(x.shape[:-1])
-        routes = [{"ids": torch.from_numpy(r["ids"]).reshape(lead + (-1,)),
-                   "weights": torch.from_numpy(r["weights"]).reshape(
-                       lead + (-1,)),
-                   "experts": r["experts"]} for r in routes]
-        return result, routes
+        return result, _routing_tensors(routes, x.shape)
 
-    def _run_cuda(self, x, out):
+    def _run_cuda(self, x, out, routing=False):
         if self.package.backend != "cuda":
             raise ValueError(f"x is a CUDA tensor but {self.package.path} "
                              f"runs on {self.package.backend}; move x to the "
@@ -211,14 +204,32 @@ class MoELayer(torch.nn.Module):
             y = out.view(-1, self.hidden)
         else:
             y = torch.empty(xa.shape, dtype=act, device=x.device)
+        routes = []
         if xa.shape[0] > 0:
-            self.moe_layer(xa, out=y, stream=torch.cuda.current_stream())
+            stream = torch.cuda.current_stream()
+            if routing:
+                # Waits for the device: the routing is copied to the host.
+                _, routes = self.moe_layer(xa, out=y, stream=stream,
+                                           return_routing=True)
+            else:
+                self.moe_layer(xa, out=y, stream=stream)
         y = y.view(x.shape)
         if out is None:
-            return y.to(x.dtype)
-        if y.data_ptr() != out.data_ptr():
-            out.copy_(y)
-        return out
+            y = y.to(x.dtype)
+        else:
+            if y.data_ptr() != out.data_ptr():
+                out.copy_(y)
+            y = out
+        return (y, _routing_tensors(routes, x.shape)) if routing else y
+
+
+def _routing_tensors(routes, shape):
+    """The runtime's routing (numpy [T, K] per router) as CPU torch tensors
+    of shape [..., K] for an input of `shape`."""
+    lead = tuple(shape[:-1])
+    return [{"ids": torch.from_numpy(r["ids"]).reshape(lead + (-1,)),
+             "weights": torch.from_numpy(r["weights"]).reshape(lead + (-1,)),
+             "experts": r["experts"]} for r in routes]
 
 
 class MoEModel(torch.nn.Module):

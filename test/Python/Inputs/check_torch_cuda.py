@@ -4,7 +4,8 @@ Debian's python3-torch is CPU-only, so lit gates this on torch-cuda).
 - f32 package on the cuda backend: MoELayer on CUDA tensors [T, H] and
   [B, S, H] (no host copy: the runtime reads the tensor's memory), out= a
   CUDA tensor, on torch's current stream and inside torch.cuda.stream(s),
-  matches the same package's emu run (1e-5 relative);
+  matches the same package's emu run (1e-5 relative); return_routing on
+  CUDA tensors gives emu's experts and is counted in routing_stats;
 - MoEModel on CUDA tensors matches Package.run_all on emu, each chain;
 - bf16 package: bf16 CUDA tensors match the host call within bf16
   precision.
@@ -55,6 +56,17 @@ def main():
             s.synchronize()
             check_close(f"layer {layer} {list(shape)} on a side stream",
                         want, ys.cpu().numpy())
+        # return_routing on CUDA: the same experts as emu's (CPU tensors).
+        x = torch.randn(2, 5, 64)
+        _, want = mt.MoELayer(emu, layer=layer)(x, return_routing=True)
+        y, got = mod(x.cuda(), return_routing=True)
+        assert y.is_cuda and len(got) == len(want) >= 1
+        for g, w in zip(got, want):
+            assert g["ids"].shape == (2, 5, w["ids"].shape[-1]), g["ids"].shape
+            assert torch.equal(g["ids"], w["ids"]), (g["ids"], w["ids"])
+            assert torch.allclose(g["weights"], w["weights"], atol=1e-5)
+        stats = mod.routing_stats()
+        assert stats and stats[0]["tokens"] >= 10, stats
         print(f"ok   f32 CUDA tensors, layer {layer}", flush=True)
 
     x = torch.randn(9, 64)
