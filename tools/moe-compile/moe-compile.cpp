@@ -270,10 +270,10 @@ int compilePackage(mlir::ModuleOp module, const std::string &irPathForWeights,
     weightBytes += contents.tensors[t].size();
     if (contents.external.empty() || !contents.external[t])
       continue;
-    uint64_t n = moe::elementSize(refOf[t]->type);
+    int64_t n = 1;
     for (int64_t d : refOf[t]->shape)
-      n *= static_cast<uint64_t>(d);
-    externalBytes += n;
+      n *= d;
+    externalBytes += static_cast<uint64_t>(moe::storageBytes(refOf[t]->type, n));
     ++externalCount;
   }
   outs() << "moe-compile: wrote " << outDir << "\n";
