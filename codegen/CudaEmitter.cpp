@@ -74,6 +74,13 @@ FailureOr<::moe::ElementType> elementType(Type t) {
     return ::moe::ElementType::F16;
   if (t.isInteger(32))
     return ::moe::ElementType::I32;
+  // Quantized codes of block-scaled weights (moe_quant.cuh reads them).
+  if (isa<Float8E4M3FNType>(t))
+    return ::moe::ElementType::F8E4M3FN;
+  if (isa<Float4E2M1FNType>(t))
+    return ::moe::ElementType::F4E2M1FN;
+  if (isa<Float8E8M0FNUType>(t))
+    return ::moe::ElementType::F8E8M0FNU;
   return failure();
 }
 
@@ -246,28 +253,6 @@ public:
   }
 
   Expected<::moe::LayerPlan> emit() {
-    // No kernel decodes block-scaled weights yet: refuse rather than read
-    // packed FP8/FP4 bytes as if they were bf16.
-    Operation *quantized = nullptr;
-    fn.walk([&](Operation *op) {
-      if (op->getAttr("quant_block") && isa<ExpertFFNOp, FFNOp>(op))
-        quantized = op;
-    });
-    if (quantized) {
-      Value down = quantized->getOperand(0);
-      if (auto e = dyn_cast<ExpertFFNOp>(quantized))
-        down = e.getDown();
-      else
-        down = cast<FFNOp>(quantized).getDown();
-      std::string t;
-      llvm::raw_string_ostream os(t);
-      os << cast<ShapedType>(down.getType()).getElementType();
-      return makeError(quantized,
-                       "quantized expert weights (" + t +
-                           " with block scales) are not supported by the "
-                           "CUDA backend yet; run the reference executor "
-                           "(moe-run --backend reference)");
-    }
     std::string why;
     std::optional<LayerForm> form = getLayerForm(fn, why);
     if (!form)
@@ -1252,6 +1237,11 @@ private:
     /// every expert) and the widest of them (I without widths).
     SmallVector<int64_t> widths;
     int64_t iw = 0;
+    /// Block-scaled weights (quant_block): 1 FP8 E4M3FN with f32 scales, 2
+    /// MXFP4 with E8M0 scales; the block; the scales of each projection.
+    int quant = 0;
+    int64_t qb0 = 1, qb1 = 1;
+    Value gateScale, upScale, gateUpScale, downScale;
   };
 
   template <typename OpT> FFNInfo ffnInfo(OpT o, bool perExpert) {
@@ -1278,6 +1268,18 @@ private:
                   : down.getDimSize(down.getRank() - 1);
     f.E = perExpert ? down.getDimSize(0) : 1;
     f.iw = f.I;
+    if (std::optional<ArrayRef<int64_t>> block = o.getQuantBlock()) {
+      f.quant = isa<Float4E2M1FNType>(
+                    cast<ShapedType>(f.down.getType()).getElementType())
+                    ? 2
+                    : 1;
+      f.qb0 = (*block)[0];
+      f.qb1 = (*block)[1];
+      f.gateScale = o.getGateScale();
+      f.upScale = o.getUpScale();
+      f.gateUpScale = o.getGateUpScale();
+      f.downScale = o.getDownScale();
+    }
     if constexpr (std::is_same_v<OpT, ExpertFFNOp>) {
       if (std::optional<ArrayRef<int64_t>> w = o.getWidths()) {
         f.widths.assign(w->begin(), w->end());
@@ -1294,7 +1296,18 @@ private:
                     : f.upBias   ? f.upBias
                                  : f.downBias;
     s << "struct " << name << " {\n";
-    s << "  using TW = " << cxxType(anyWeight.getType()) << ";\n";
+    // Block-scaled codes: TW is the grouped kernels' tile type (bf16), the
+    // codes are read as bytes (moe_quant.cuh).
+    s << "  using TW = "
+      << (f.quant ? "__nv_bfloat16" : cxxType(anyWeight.getType())) << ";\n";
+    s << llvm::formatv("  static constexpr int Quant = {0}, QB0 = {1}, QB1 = "
+                       "{2}; // {3}\n",
+                       f.quant, f.qb0, f.qb1,
+                       f.quant == 2   ? "MXFP4: FP4 E2M1 codes, E8M0 scales"
+                       : f.quant == 1 ? "FP8 E4M3FN codes, f32 scales"
+                                      : "not quantized");
+    s << "  using TS = " << (f.quant == 2 ? "unsigned char" : "float")
+      << ";\n";
     s << "  using TB = " << (anyBias ? cxxType(anyBias.getType()) : "float")
       << ";\n";
     s << llvm::formatv("  static constexpr int H = {0}, I = {1}, E = {2};\n",
@@ -1371,6 +1384,27 @@ private:
         return makeError(where, "an expert weight is neither a moe.weight "
                                 "nor a float constant");
       args.set(first + slot, *b);
+    }
+    // The scales of block-scaled weights (MoEFFNScaleSlot order), null
+    // otherwise.
+    int scales = first == MOE_EXPERTS_SLOT_SHARED_GATE
+                     ? MOE_EXPERTS_SLOT_SHARED_GATE_SCALE
+                     : MOE_EXPERTS_SLOT_ROUTED_GATE_SCALE;
+    const std::pair<int, Value> scaleSlots[] = {
+        {MOE_FFN_SLOT_GATE_SCALE, f.gateScale},
+        {MOE_FFN_SLOT_UP_SCALE, f.upScale},
+        {MOE_FFN_SLOT_GATE_UP_SCALE, f.gateUpScale},
+        {MOE_FFN_SLOT_DOWN_SCALE, f.downScale}};
+    for (auto [slot, v] : scaleSlots) {
+      if (!v) {
+        args.setNull(scales + slot);
+        continue;
+      }
+      FailureOr<::moe::Binding> b = weightBinding(v);
+      if (failed(b))
+        return makeError(where, "the scales of quantized expert weights are "
+                                "not a moe.weight");
+      args.set(scales + slot, *b);
     }
     return Error::success();
   }
@@ -1475,6 +1509,26 @@ private:
     if (shared && s.H != r.H)
       return makeError(op, "the shared experts' width differs from the "
                            "routed experts'");
+    // Block-scaled weights: the kernels stream [out, in] rows of codes
+    // (moe_quant.cuh); what they do not read is refused by name.
+    for (const FFNInfo *f : {&r, &s}) {
+      if (!f->quant)
+        continue;
+      std::string t;
+      llvm::raw_string_ostream ts(t);
+      ts << cast<ShapedType>(f->down.getType()).getElementType();
+      StringRef why = f->inOut ? "in_out weights (the kernels read [out, in] "
+                                 "rows of codes)"
+                      : !f->widths.empty() ? "experts of unequal widths"
+                      : f->lowRank         ? "factored weights"
+                                           : "";
+      if (!why.empty())
+        return makeError(f->op, "quantized expert weights (" + t +
+                                    " with block scales) with " + why +
+                                    " are not supported by the CUDA backend; "
+                                    "run the reference executor (moe-run "
+                                    "--backend reference)");
+    }
 
     // Argument slots shared by every kernel of the op (KernelABI.h,
     // MOE_EXPERTS_SLOT_*).
@@ -1519,6 +1573,8 @@ private:
     } else {
       for (int i = 0; i < MOE_FFN_NUM_SLOTS; ++i)
         args.setNull(MOE_EXPERTS_SLOT_SHARED_GATE + i);
+      for (int i = 0; i < MOE_FFN_SCALE_NUM_SLOTS; ++i)
+        args.setNull(MOE_EXPERTS_SLOT_SHARED_GATE_SCALE + i);
     }
     // The shared experts' gate sigmoid(x . w + b), bias included.
     Value gateBias = sharedGate ? sharedGate.getBias() : Value();
@@ -2035,6 +2091,8 @@ void slotCheck(llvm::raw_ostream &os, StringRef family, StringRef prefix,
 
 #define MOE_SLOT_NAME_(name) #name,
 const char *const kFFNSlots[] = {MOE_FFN_SLOT_LIST(MOE_SLOT_NAME_)};
+const char *const kFFNScaleSlots[] = {
+    MOE_FFN_SCALE_SLOT_LIST(MOE_SLOT_NAME_)};
 const char *const kExpertsSlots[] = {MOE_EXPERTS_SLOT_LIST(MOE_SLOT_NAME_)};
 const char *const kRouteSlots[] = {MOE_ROUTE_SLOT_LIST(MOE_SLOT_NAME_)};
 const char *const kLogitsSlots[] = {MOE_LOGITS_SLOT_LIST(MOE_SLOT_NAME_)};
@@ -2059,6 +2117,7 @@ Expected<ModulePlan> emitCudaModule(ModuleOp module) {
         "#include \"moe_elementwise.cuh\"\n\n";
   os << "// The argument slots this source was generated for.\n";
   slotCheck(os, "FFN", "FFN", kFFNSlots);
+  slotCheck(os, "FFN_SCALE", "FFN", kFFNScaleSlots);
   slotCheck(os, "EXPERTS", "EXPERTS", kExpertsSlots);
   slotCheck(os, "ROUTE", "ROUTE", kRouteSlots);
   slotCheck(os, "LOGITS", "LOGITS", kLogitsSlots);

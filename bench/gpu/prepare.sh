@@ -12,8 +12,14 @@
 #            with their weights, the model folders (for the HF modules) and
 #            the reference executor's outputs for several token counts;
 #            index.json lists them.
+#   quant/   block-scaled experts as released: shape-only packages of
+#            DeepSeek-V3 FP8 (128 x 128 f32 scales) and gpt-oss-20b MXFP4
+#            at the shapes above (run.sh times them with moe-bench
+#            --random-weights, the decode floor from the quantized bytes),
+#            and small FP8 / MXFP4 packages with weights and the reference
+#            executor's outputs (moe-bench --check).
 #
-# Every package has bf16 weights and bf16 activations (what is timed).
+# Every shapes/ and small/ package has bf16 weights and bf16 activations (what is timed).
 # Environment: MOE_BIN (default build/bin), MOE_PREPARED (default
 # bench/gpu/prepared), MOE_BENCH_TOKENS (small models' token counts),
 # MOE_BENCH_SHAPES (a subset of the shape names).
@@ -99,4 +105,44 @@ PY
   echo "prepared small $arch (layers $moe_layers)"
 done
 (IFS=,; echo "[${entries[*]}]") | $py -c "import json,sys; print(json.dumps(json.loads(sys.stdin.read()), indent=1))" > "$out/small/index.json"
+
+# Quantized experts (docs/codegen.md, "Quantized experts"): bf16 activations.
+mkdir -p "$out/quant"
+while read -r name arch quant hidden inter experts k layers extra; do
+  [ -n "$name" ] || continue
+  # shellcheck disable=SC2086
+  "$bin/moe-import" --synthetic "$arch" --quant "$quant" --shapes-only \
+    --dtype bf16 --layers "$layers" --hidden "$hidden" \
+    --intermediate "$inter" --experts "$experts" --top-k "$k" $extra \
+    -o "$work/$name" > /dev/null
+  "$bin/moe-compile" "$work/$name" --weights none --activation-type bf16 \
+    --arch sm_90a -o "$out/quant/$name" -q > "$out/quant/$name.compile.txt"
+  echo "prepared quantized shape $name"
+  rm -rf "${work:?}/$name"
+done <<< "
+deepseek-v3-fp8 deepseek_v3 fp8 7168 2048 256 8 2 --n-group=8 --topk-group=4
+gpt-oss-20b-mxfp4 gpt_oss mxfp4 2880 2880 32 4 1
+"
+for spec in deepseek_v3:fp8 gpt_oss:mxfp4; do
+  arch=${spec%%:*} quant=${spec##*:}
+  name=small-$arch-$quant
+  "$bin/moe-import" --synthetic "$arch" --quant "$quant" --seed 1 \
+    --dtype bf16 -o "$work/$name.model" > /dev/null
+  "$bin/moe-compile" "$work/$name.model" --activation-type bf16 \
+    --arch sm_90a -o "$out/quant/$name" -q > "$out/quant/$name.compile.txt"
+  mkdir -p "$out/quant/$name.check"
+  read -r first hidden < <(first_layer "$out/quant/$name")
+  moe_layers=$($py -c "import json,sys; print(' '.join(str(l['layer']) for l in json.load(open(sys.argv[1]))['layers'] if l['target']==''))" "$out/quant/$name/manifest.json")
+  for t in $tokens; do
+    $py -c "import numpy as np,sys; t,h=int(sys.argv[3]),int(sys.argv[4]); x=np.random.default_rng(t).standard_normal((t,h)).astype(np.float32); np.save(sys.argv[1],x); x.tofile(sys.argv[2])" \
+      "$work/x.npy" "$out/quant/$name.check/x_$t.f32" "$t" "$hidden"
+    for layer in $moe_layers; do
+      "$bin/moe-run" "$out/quant/$name" --layer "$layer" --input "$work/x.npy" \
+        --output "$work/y.npy" --backend reference
+      $py -c "import numpy as np,sys; np.load(sys.argv[1]).astype(np.float32).tofile(sys.argv[2])" \
+        "$work/y.npy" "$out/quant/$name.check/y_${layer}_$t.f32"
+    done
+  done
+  echo "prepared small quantized $name (layers $moe_layers)"
+done
 du -sh "$out"

@@ -109,4 +109,30 @@ else
   status=1
 fi
 grep -E '^\[ *[0-9.]+ s\]' "$out/bench.log" || true
+
+# 4. Quantized experts (prepared/quant): the small FP8 / MXFP4 packages
+# against the reference executor, then the DeepSeek-V3 FP8 and gpt-oss
+# MXFP4 shapes on random codes, each row with its decode floor from the
+# quantized bytes over the copy bandwidth bench.py measured.
+bench_bin=$(find "$build" -name moe-bench -type f -perm -u+x | head -1)
+if [ -d "$prepared/quant" ] && [ -n "$bench_bin" ]; then
+  step "moe-bench on the quantized packages (quant.log)"
+  bw=$("$python" -c "import json,sys; r=json.load(open(sys.argv[1])); c=r.get('ceilings',{}); v=c.get('copy_gbps') or c.get('copy_GBps') or 0; print(v if v else '')" "$out/results.json" 2>/dev/null || true)
+  for pkg in "$prepared"/quant/*/; do
+    name=$(basename "$pkg")
+    if [ -d "$prepared/quant/$name.check" ]; then
+      args=(--check "$prepared/quant/$name.check" --tokens 1,8,64,512)
+    else
+      args=(--random-weights 1 --tokens 1,8,64,512,4096)
+    fi
+    [ -n "$bw" ] && args+=(--bandwidth "$bw")
+    echo "== $name" >> "$out/quant.log"
+    if ! timeout 120 "$bench_bin" "$pkg" --backend cuda --repeat 20 "${args[@]}" \
+        --json "$out/quant-$name.json" >> "$out/quant.log" 2>&1; then
+      notes+=("quantized $name: FAILED (quant.log)")
+      status=1
+    fi
+  done
+  notes+=("quantized experts: moe-bench rows in quant.log and quant-*.json")
+fi
 exit "$status"

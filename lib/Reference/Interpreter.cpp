@@ -318,6 +318,38 @@ WeightLoader::loadBytes(const std::vector<std::string> &names,
   size_t width = ::moe::dtypeSize(dtype);
   int64_t count = std::accumulate(shape.begin(), shape.end(), int64_t{1},
                                   std::multiplies<int64_t>());
+  if (elementType == "f8E4M3FN" || elementType == "f4E2M1FN" ||
+      elementType == "f8E8M0FNU") {
+    // Quantized codes as stored (FP4 packed two per byte); forEachSlice
+    // checks every slice's exact shape, so no padding.
+    if (provider)
+      return makeError("weight '" + (names.empty() ? std::string() : names[0]) +
+                       "': " + elementType +
+                       " codes are read from safetensors files, not from a "
+                       "value provider");
+    bool fp4 = elementType == "f4E2M1FN";
+    int64_t per = stacked && !shape.empty() ? count / shape.front() : count;
+    size_t sliceBytes = static_cast<size_t>(fp4 ? per / 2 : per);
+    std::vector<uint8_t> out;
+    out.reserve(sliceBytes * names.size() + 16);
+    out.resize(static_cast<size_t>(fp4 ? count / 2 : count), 0);
+    if (Error err = forEachSlice(
+            names, files, stacked, shape, elementType,
+            [&](size_t index, const ::moe::SafetensorsFile &f,
+                const ::moe::TensorInfo &info) -> Error {
+              llvm::ArrayRef<uint8_t> raw = f.rawData(info);
+              if (raw.size() != sliceBytes)
+                return makeError(f.path() + ": tensor '" + info.name +
+                                 "' holds " + llvm::Twine(raw.size()) +
+                                 " bytes, its " + elementType + " shape needs " +
+                                 llvm::Twine(sliceBytes));
+              std::memcpy(out.data() + index * sliceBytes, raw.data(),
+                          sliceBytes);
+              return Error::success();
+            }))
+      return std::move(err);
+    return out;
+  }
   if (provider) {
     // f32 values (a package): encoded once.
     Expected<HostTensor> values =

@@ -93,6 +93,7 @@
 #define MOE_KERNELS_EXPERTS_CUH
 
 #include "moe_common.cuh"
+#include "moe_quant.cuh"
 
 namespace moe_k {
 namespace experts {
@@ -124,6 +125,9 @@ template <typename F> struct FFNWeights {
   const typename F::TB *gateBias, *upBias, *gateUpBias, *downBias;
   /// The B factors of factored weights (the slots above hold the A ones).
   const typename F::TW *gateB, *upB, *gateUpB, *downB;
+  /// Block-scaled weights (F::Quant): the slots above hold codes, these
+  /// their scales (moe_quant.cuh).
+  const typename F::TS *gateScale, *upScale, *gateUpScale, *downScale;
 };
 
 /// Factor rows (z = B . x) are stored in segments padded to this many f32,
@@ -165,6 +169,21 @@ __device__ __forceinline__ FFNWeights<F> ffnWeights(const MoEKernelArgs &args,
   w.downBias = static_cast<const typename F::TB *>(
       args.buffers[first + MOE_FFN_SLOT_DOWN_BIAS]);
   w.gateB = w.upB = w.gateUpB = w.downB = nullptr;
+  w.gateScale = w.upScale = w.gateUpScale = w.downScale = nullptr;
+  if constexpr (F::Quant != 0) {
+    const int scales = first == MOE_EXPERTS_SLOT_SHARED_GATE
+                           ? MOE_EXPERTS_SLOT_SHARED_GATE_SCALE
+                           : MOE_EXPERTS_SLOT_ROUTED_GATE_SCALE;
+    using TS = typename F::TS;
+    w.gateScale = static_cast<const TS *>(
+        args.buffers[scales + MOE_FFN_SLOT_GATE_SCALE]);
+    w.upScale =
+        static_cast<const TS *>(args.buffers[scales + MOE_FFN_SLOT_UP_SCALE]);
+    w.gateUpScale = static_cast<const TS *>(
+        args.buffers[scales + MOE_FFN_SLOT_GATE_UP_SCALE]);
+    w.downScale = static_cast<const TS *>(
+        args.buffers[scales + MOE_FFN_SLOT_DOWN_SCALE]);
+  }
   if constexpr (F::LowRank) {
     w.gateB = static_cast<const typename F::TW *>(
         args.buffers[MOE_EXPERTS_SLOT_ROUTED_GATE_B]);
@@ -414,6 +433,38 @@ upItem(const MoEKernelArgs &args, const FFNWeights<F> &w, long long e, int j0,
             h[(r0 + b) * I + j] = finish(j, g[0][b], v[0][b]);
       }
     }
+  } else if constexpr (F::Quant != 0) {
+    // Block-scaled codes: a warp per unit, its gate and up rows streamed
+    // as 16-byte words and dequantized in registers (moe_quant.cuh).
+    static_assert(!F::InOut && !F::Widths, "quantized weights are out_in, "
+                                           "of one width");
+    constexpr int Out = F::Fused ? 2 * I : I;
+    for (int u = warp; u < U && j0 + u < width; u += DecodeWarps) {
+      const int j = j0 + u;
+      quant::QRow<F> rowsOf[NP];
+      if constexpr (F::NoGate) {
+        rowsOf[0] = quant::qrow<F, Out, H>(w.up, w.upScale, e, j);
+      } else if constexpr (F::Fused) {
+        rowsOf[0] =
+            quant::qrow<F, Out, H>(w.gateUp, w.gateUpScale, e, gateIndex(j));
+        rowsOf[1] =
+            quant::qrow<F, Out, H>(w.gateUp, w.gateUpScale, e, upIndex(j));
+      } else {
+        rowsOf[0] = quant::qrow<F, Out, H>(w.gate, w.gateScale, e, j);
+        rowsOf[1] = quant::qrow<F, Out, H>(w.up, w.upScale, e, j);
+      }
+      for (long long r0 = rowBegin; r0 < rowEnd; r0 += DecodeRows) {
+        const int count = static_cast<int>(
+            rowEnd - r0 < DecodeRows ? rowEnd - r0 : DecodeRows);
+        const Batch<TX> a = inputBatch<Cfg, SharedFFN>(args, r0, count);
+        float acc[NP][DecodeRows];
+        quant::quantRowDots<F, NP, H, TX, Scale>(rowsOf, a, acc, H);
+#pragma unroll
+        for (int b = 0; b < DecodeRows; ++b)
+          if (lane == b && b < count)
+            h[(r0 + b) * I + j] = finish(j, acc[0][b], acc[NP - 1][b]);
+      }
+    }
   } else if constexpr (!F::InOut) {
     // A warp per unit: its gate and up rows (up's alone: NoGate), along H.
     for (int u = warp; u < U && j0 + u < width; u += DecodeWarps) {
@@ -537,6 +588,24 @@ downItem(const MoEKernelArgs &args, const FFNWeights<F> &w, long long e, int o0,
         float acc[1][DecodeRows];
         rowDots<1, RD, float, false>(row, factorBatch<W>(zd, r0, count, 0),
                                      acc);
+#pragma unroll
+        for (int b = 0; b < DecodeRows; ++b)
+          if (lane == b && b < count)
+            finish(o, r0 + b, acc[0][b]);
+      }
+    }
+  } else if constexpr (F::Quant != 0) {
+    // Block-scaled codes: a warp per output, its down row along I.
+    for (int c = warp; c < C && o0 + c < H; c += DecodeWarps) {
+      const int o = o0 + c;
+      const quant::QRow<F> row[1] = {
+          quant::qrow<F, H, I>(w.down, w.downScale, e, o)};
+      for (long long r0 = rowBegin; r0 < rowEnd; r0 += DecodeRows) {
+        const int count = static_cast<int>(
+            rowEnd - r0 < DecodeRows ? rowEnd - r0 : DecodeRows);
+        float acc[1][DecodeRows];
+        quant::quantRowDots<F, 1, I, TX, false>(
+            row, hiddenBatch<I>(h, r0, count), acc, I);
 #pragma unroll
         for (int b = 0; b < DecodeRows; ++b)
           if (lane == b && b < count)

@@ -648,7 +648,28 @@ __device__ void gateUp(const MoEKernelArgs &args) {
             As + ar * S::SK + ac, src, k0 + ac, H, scale);
         if constexpr (!InOut) {
           // [out, in]: whole rows of the gate and up outputs.
-          if constexpr (F::NoGate) {
+          if constexpr (F::Quant != 0) {
+            // Codes dequantized into the bf16 tiles (moe_quant.cuh).
+            constexpr int Out = F::Fused ? 2 * I : I;
+            using quant::copyQuantTile;
+            if constexpr (F::NoGate) {
+              copyQuantTile<F, TW, BN, BK, S::SK, Out, H, Threads>(
+                  Bu, w.up, w.upScale, e, 0, 1, n0, width - n0, k0, H - k0);
+            } else if constexpr (F::Fused) {
+              copyQuantTile<F, TW, BN, BK, S::SK, Out, H, Threads>(
+                  Bg, w.gateUp, w.gateUpScale, e, 0, F::Interleaved ? 2 : 1,
+                  n0, width - n0, k0, H - k0);
+              copyQuantTile<F, TW, BN, BK, S::SK, Out, H, Threads>(
+                  Bu, w.gateUp, w.gateUpScale, e, F::Interleaved ? 1 : I,
+                  F::Interleaved ? 2 : 1, n0, width - n0, k0, H - k0);
+            } else {
+              copyQuantTile<F, TW, BN, BK, S::SK, Out, H, Threads>(
+                  Bg, w.gate, w.gateScale, e, 0, 1, n0, width - n0, k0,
+                  H - k0);
+              copyQuantTile<F, TW, BN, BK, S::SK, Out, H, Threads>(
+                  Bu, w.up, w.upScale, e, 0, 1, n0, width - n0, k0, H - k0);
+            }
+          } else if constexpr (F::NoGate) {
             copyTile<TW, BN, BK, S::SK, H % V == 0>(Bu, w.up + e * I * H, H, 0,
                                                     1, n0, width - n0, k0, H - k0);
           } else if constexpr (F::Fused) {
@@ -815,7 +836,10 @@ __device__ void down(const MoEKernelArgs &args) {
         __syncthreads();
         loadAChunk<float, TW, TX, false, I % 4 == 0, NA>(
             As + ar * S::SK + ac, src, k0 + ac, width, 1.0f);
-        if constexpr (!InOut)
+        if constexpr (F::Quant != 0)
+          quant::copyQuantTile<F, TW, BN, BK, S::SK, H, I, Threads>(
+              Bs, w.down, w.downScale, e, 0, 1, n0, H - n0, k0, width - k0);
+        else if constexpr (!InOut)
           copyTile<TW, BN, BK, S::SK, I % V == 0>(Bs, w.down + e * H * I, I, 0,
                                                   1, n0, H - n0, k0, width - k0);
         else

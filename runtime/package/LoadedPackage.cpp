@@ -147,6 +147,8 @@ Expected<std::vector<float>> decodeTensorValues(const uint8_t *bytes,
                          " bytes are not a whole number of " +
                          moe::elementTypeName(type) + " elements");
   size_t count = size / width;
+  if (type == ElementType::F4E2M1FN)
+    count = 2 * size; // two codes per byte
   switch (type) {
   case ElementType::I32: {
     std::vector<float> out(count);

@@ -33,16 +33,19 @@ std::string field(const std::string &path, const std::string &key) {
   return path.empty() ? key : path + "." + key;
 }
 
-/// product(shape) * elementSize, or -1 when a dimension is not positive or
-/// the size passes 2^53.
+/// storageBytes(product(shape)) (elementSize bytes per element; packed
+/// FP4 two per byte), or -1 when a dimension is not positive or the size
+/// passes 2^53.
 int64_t tensorByteSize(const std::vector<int64_t> &shape, ElementType type) {
-  int64_t n = moe::elementSize(type);
+  int64_t n = 1;
   for (int64_t d : shape) {
     if (d < 1 || d > kMaxJsonInteger || n > kMaxJsonInteger / d)
       return -1;
     n *= d;
   }
-  return n;
+  if (n > kMaxJsonInteger / moe::elementSize(type))
+    return -1;
+  return moe::storageBytes(type, n);
 }
 
 std::string shapeText(const std::vector<int64_t> &shape) {
@@ -1269,8 +1272,7 @@ std::string packageCubinFile(const std::string &arch) {
 }
 
 std::optional<ElementType> parseElementType(const std::string &name) {
-  for (ElementType t : {ElementType::F32, ElementType::BF16, ElementType::F16,
-                        ElementType::I32, ElementType::U32})
+  for (ElementType t : kElementTypes)
     if (name == moe::elementTypeName(t))
       return t;
   return std::nullopt;

@@ -6,8 +6,10 @@
 
 #include "moe/runtime/Executor.h"
 #include "moe/runtime/Float16.h"
+#include "moe/lib/Reference/QuantDecode.h"
 
 #include <algorithm>
+#include <cmath>
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
@@ -53,10 +55,40 @@ void encodeOne(float value, ElementType type, uint8_t *out) {
     std::memcpy(out, &value, 4);
   }
 }
+
+/// The code of a quantized type whose exact value is `value` (bitwise for
+/// NaN), or -1: codes are values of the format, never rounded to one.
+int quantCode(float value, ElementType type) {
+  int codes = type == ElementType::F4E2M1FN ? 16 : 256;
+  for (int c = 0; c < codes; ++c) {
+    float d = type == ElementType::F8E4M3FN   ? quant::decodeE4M3FN(c)
+              : type == ElementType::F4E2M1FN ? quant::decodeE2M1(c)
+                                              : quant::decodeE8M0(c);
+    if (d == value || (std::isnan(d) && std::isnan(value)))
+      // -0 and +0 compare equal: keep the sign bit.
+      if (d != 0.0f || std::signbit(d) == std::signbit(value))
+        return c;
+  }
+  return -1;
+}
 } // namespace
 
 std::vector<uint8_t> encodeElements(const std::vector<float> &values,
                                     ElementType type) {
+  if (isQuantizedType(type)) {
+    // Exact code values (a quantized weight decoded by decodeElements);
+    // a value the format has no code for becomes a NaN code.
+    std::vector<uint8_t> out(
+        static_cast<size_t>(storageBytes(type, values.size())), 0);
+    for (size_t i = 0; i < values.size(); ++i) {
+      int c = quantCode(values[i], type);
+      if (type == ElementType::F4E2M1FN)
+        out[i / 2] |= static_cast<uint8_t>((c < 0 ? 0 : c) << (i % 2 ? 4 : 0));
+      else
+        out[i] = static_cast<uint8_t>(c < 0 ? 0xFF : c);
+    }
+    return out;
+  }
   size_t width = static_cast<size_t>(elementSize(type));
   std::vector<uint8_t> out(values.size() * width);
   for (size_t i = 0; i < values.size(); ++i)
@@ -67,6 +99,15 @@ std::vector<uint8_t> encodeElements(const std::vector<float> &values,
 std::vector<float> decodeElements(const uint8_t *bytes, int64_t count,
                                   ElementType type) {
   std::vector<float> out(count);
+  if (isQuantizedType(type)) {
+    // The exact values of the codes (scales apply in the kernels).
+    for (int64_t i = 0; i < count; ++i)
+      out[i] = type == ElementType::F8E4M3FN ? quant::decodeE4M3FN(bytes[i])
+               : type == ElementType::F4E2M1FN
+                   ? quant::decodePackedE2M1(bytes, i)
+                   : quant::decodeE8M0(bytes[i]);
+    return out;
+  }
   for (int64_t i = 0; i < count; ++i) {
     uint16_t h;
     switch (type) {
@@ -193,13 +234,29 @@ Status LayerExecutor::loadWeights(const WeightBytesProvider &provider) {
     int64_t count = 1;
     for (int64_t d : ref.shape)
       count *= d;
+    std::string label =
+        ref.names.empty() ? std::string("<constant>") : ref.names.front();
+    if (isQuantizedType(ref.type) || isQuantizedType(data.type)) {
+      // Codes are never converted: they must come in the plan's format,
+      // every byte of them (a truncated scale tensor is an error).
+      if (data.type != ref.type)
+        return Status::error("weight '" + label + "': got " +
+                             elementTypeName(data.type) +
+                             " values, the plan needs " +
+                             elementTypeName(ref.type) + " codes");
+      if (static_cast<int64_t>(data.size) != storageBytes(ref.type, count))
+        return Status::error(
+            "weight '" + label + "': got " + std::to_string(data.size) +
+            " bytes of " + elementTypeName(ref.type) + " codes, the plan's " +
+            std::to_string(count) + " values need " +
+            std::to_string(storageBytes(ref.type, count)));
+    }
     size_t width = static_cast<size_t>(elementSize(data.type));
-    if (data.size % width != 0 ||
-        static_cast<int64_t>(data.size / width) != count)
+    if (!isQuantizedType(data.type) &&
+        (data.size % width != 0 ||
+         static_cast<int64_t>(data.size / width) != count))
       return Status::error(
-          "weight '" +
-          (ref.names.empty() ? std::string("<constant>") : ref.names.front()) +
-          "': got " + std::to_string(data.size / width) +
+          "weight '" + label + "': got " + std::to_string(data.size / width) +
           " values, the plan needs " + std::to_string(count));
     if (data.type != ref.type)
       data = WeightBytes::fromVector(

@@ -55,8 +55,7 @@ const char *kindName(Binding::Kind kind) {
 }
 
 bool parseType(const std::string &s, ElementType &out) {
-  for (ElementType t : {ElementType::F32, ElementType::BF16, ElementType::F16,
-                        ElementType::I32, ElementType::U32})
+  for (ElementType t : kElementTypes)
     if (s == elementTypeName(t)) {
       out = t;
       return true;

@@ -22,12 +22,31 @@ const char *elementTypeName(ElementType type) {
     return "i32";
   case ElementType::U32:
     return "u32";
+  case ElementType::F8E4M3FN:
+    return "f8E4M3FN";
+  case ElementType::F4E2M1FN:
+    return "f4E2M1FN";
+  case ElementType::F8E8M0FNU:
+    return "f8E8M0FNU";
   }
   return "?";
 }
 
+bool isQuantizedType(ElementType type) {
+  return type == ElementType::F8E4M3FN || type == ElementType::F4E2M1FN ||
+         type == ElementType::F8E8M0FNU;
+}
+
 int64_t elementSize(ElementType type) {
+  if (isQuantizedType(type))
+    return 1;
   return type == ElementType::BF16 || type == ElementType::F16 ? 2 : 4;
+}
+
+int64_t storageBytes(ElementType type, int64_t count) {
+  if (type == ElementType::F4E2M1FN)
+    return (count + 1) / 2;
+  return count * elementSize(type);
 }
 
 int64_t gridBlocks(const Launch &launch, int64_t tokens) {

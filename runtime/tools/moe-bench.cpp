@@ -42,7 +42,8 @@ using moe::runtime::Status;
 namespace {
 const char *const kUsage =
     "usage: moe-bench PKG [--backend auto|cuda|emu] [--tokens 1,8,64] "
-    "[--repeat N] [--check DIR] [--random-weights SEED] [--json FILE]\n";
+    "[--repeat N] [--check DIR] [--random-weights SEED] [--json FILE] "
+    "[--bandwidth GBPS]\n";
 
 int usage() {
   std::fputs(kUsage, stderr);
@@ -65,6 +66,10 @@ int help() {
       "  --random-weights S   bind tensors without data (a shape-only "
       "package) to random values from seed S\n"
       "  --json FILE          also write the rows as JSON\n"
+      "  --bandwidth G        memory bandwidth in GB/s: print the decode "
+      "floor, the weight bytes read (weight MB: the touched experts' codes "
+      "and scales as stored, min(T*K, E) experts, plus router and shared "
+      "weights) over G\n"
       "  -h, --help           print this help\n",
       stdout);
   return 0;
@@ -89,6 +94,21 @@ std::vector<float> readRaw(const std::string &path, size_t count) {
 /// as raw bytes, encoded as the executor encodes weights.
 std::vector<uint8_t> randomElements(size_t count, moe::ElementType type,
                                     float scale, std::mt19937 &rng) {
+  if (moe::isQuantizedType(type)) {
+    // Codes as stored (count bytes): FP8 any code but the NaNs; FP4 any
+    // pair of nibbles; E8M0 exponents 2^-8 .. 2^-1 (about unit gain for
+    // E2M1 values up to 6).
+    std::vector<uint8_t> out(count);
+    for (uint8_t &b : out) {
+      unsigned r = static_cast<unsigned>(rng());
+      b = type == moe::ElementType::F8E8M0FNU
+              ? static_cast<uint8_t>(119 + r % 8)
+              : static_cast<uint8_t>(r & 0xFF);
+      if (type == moe::ElementType::F8E4M3FN && (b & 0x7F) == 0x7F)
+        b ^= 1; // S.1111.111 is NaN
+    }
+    return out;
+  }
   std::normal_distribution<float> normal(0.0f, scale);
   bool integer = type == moe::ElementType::I32 || type == moe::ElementType::U32;
   std::vector<float> values(count);
@@ -152,6 +172,8 @@ struct Options {
   int repeat = 20;
   bool randomWeights = false;
   unsigned seed = 0;
+  /// Memory bandwidth in GB/s for the decode floor (0: not printed).
+  double bandwidth = 0;
 };
 
 /// Binds every tensor the package has no data for to random values.
@@ -165,6 +187,8 @@ Status bindRandomWeights(moe::Model &model,
     if (tensors[t].stored)
       continue;
     const moe::WeightRef &ref = tensors[t].ref;
+    // Elements, or bytes of codes (quantized tensors: randomElements
+    // writes codes as stored).
     size_t count = static_cast<size_t>(tensors[t].bytes) /
                    moe::elementSize(ref.type);
     // Weights of about unit gain: N(0, 1/fan_in), fan_in the last dimension.
@@ -183,6 +207,58 @@ Status bindRandomWeights(moe::Model &model,
     ++bound;
   }
   return Status::success();
+}
+
+/// The weight bytes a layer reads for T tokens at decode: every weight
+/// bound to a routed-expert slot of the expert kernels (codes and scales
+/// as stored: the quantized bytes) counts per expert touched, min(T * K, E)
+/// experts (each selected expert read once), every other weight (router,
+/// shared experts) in full. The memory floor is this over the bandwidth.
+struct DecodeBytes {
+  double perExpert = 0, other = 0;
+  int64_t experts = 0, k = 0;
+  double at(int64_t tokens) const {
+    int64_t touched = std::min<int64_t>(tokens * std::max<int64_t>(k, 1),
+                                        std::max<int64_t>(experts, 1));
+    return perExpert * static_cast<double>(touched) + other;
+  }
+};
+
+DecodeBytes decodeBytes(const moe::LayerPlan &plan) {
+  DecodeBytes d;
+  if (!plan.routings.empty()) {
+    d.experts = plan.routings.front().experts;
+    if (plan.routings.front().ids >= 0)
+      d.k = plan.values[plan.routings.front().ids].perToken;
+  }
+  std::vector<int> kind(plan.weights.size(), 0); // 1 routed, 2 other
+  auto routedSlot = [](size_t slot) {
+    return (slot >= MOE_EXPERTS_SLOT_ROUTED_GATE &&
+            slot <= MOE_EXPERTS_SLOT_ROUTED_DOWN_BIAS) ||
+           (slot >= MOE_EXPERTS_SLOT_ROUTED_GATE_B &&
+            slot <= MOE_EXPERTS_SLOT_ROUTED_DOWN_B) ||
+           (slot >= MOE_EXPERTS_SLOT_ROUTED_GATE_SCALE &&
+            slot <= MOE_EXPERTS_SLOT_ROUTED_DOWN_SCALE);
+  };
+  for (const moe::Launch &l : plan.launches) {
+    bool experts = l.kernel.rfind("moe_experts_", 0) == 0;
+    for (size_t i = 0; i < l.args.size(); ++i)
+      if (l.args[i].kind == moe::Binding::Weight)
+        kind[l.args[i].weight] =
+            experts && routedSlot(i) ? 1 : std::max(kind[l.args[i].weight], 2);
+  }
+  for (size_t w = 0; w < plan.weights.size(); ++w) {
+    int64_t n = 1;
+    for (int64_t s : plan.weights[w].shape)
+      n *= s;
+    double bytes =
+        static_cast<double>(moe::storageBytes(plan.weights[w].type, n));
+    if (kind[w] == 1 && d.experts > 0)
+      d.perExpert += bytes / static_cast<double>(d.experts);
+    else
+      d.other += bytes;
+  }
+  return d;
 }
 
 /// The relative max error of `y` against DIR/y_L_T.f32, or -1 without one.
@@ -262,7 +338,8 @@ int main(int argc, char **argv) {
     std::string a = argv[i];
     const bool takesValue = a == "--backend" || a == "--tokens" ||
                             a == "--repeat" || a == "--check" ||
-                            a == "--json" || a == "--random-weights";
+                            a == "--json" || a == "--random-weights" ||
+                            a == "--bandwidth";
     const char *v = takesValue && i + 1 < argc ? argv[++i] : nullptr;
     if (takesValue && !v)
       return fail(a + " needs a value"), usage();
@@ -286,6 +363,13 @@ int main(int argc, char **argv) {
       o.check = v;
     } else if (a == "--json") {
       o.json = v;
+    } else if (a == "--bandwidth") {
+      char *endp = nullptr;
+      double g = std::strtod(v, &endp);
+      if (!*v || *endp || !(g > 0) || !std::isfinite(g))
+        return fail(std::string("bad --bandwidth '") + v +
+                    "' (expected GB/s, a positive number)");
+      o.bandwidth = g;
     } else if (a == "--random-weights") {
       char *endp = nullptr;
       unsigned long long n = std::strtoull(v, &endp, 10);
@@ -352,8 +436,8 @@ int main(int argc, char **argv) {
                        " tensors bound to random weights")
                           .c_str()
                     : "");
-  std::printf("%8s %8s %12s %12s %12s\n", "layer", "tokens", "median us",
-              "min us", "max rel err");
+  std::printf("%8s %8s %12s %12s %12s %12s %10s\n", "layer", "tokens",
+              "median us", "min us", "max rel err", "weight MB", "floor us");
   std::string json = "[";
   int status = 0;
   std::mt19937 rng(1234);
@@ -397,19 +481,31 @@ int main(int argc, char **argv) {
       char errText[32] = "-";
       if (err >= 0)
         std::snprintf(errText, sizeof errText, "%.3g", err);
-      std::printf("%8lld %8lld %12.1f %12.1f %12s\n",
+      // The decode floor from the bytes as stored (quantized codes and
+      // scales for block-scaled experts).
+      double weightBytes = 0;
+      for (const moe::LayerPlan &lp : package->plan().layers)
+        if (lp.layer == layer && lp.target.empty())
+          weightBytes = decodeBytes(lp).at(tokens);
+      char floorText[32] = "-";
+      if (o.bandwidth > 0)
+        std::snprintf(floorText, sizeof floorText, "%.1f",
+                      weightBytes / (o.bandwidth * 1e3));
+      std::printf("%8lld %8lld %12.1f %12.1f %12s %12.3f %10s\n",
                   static_cast<long long>(layer),
                   static_cast<long long>(tokens), median * 1e3, best * 1e3,
-                  errText);
-      char row[256];
+                  errText, weightBytes / 1e6, floorText);
+      char row[384];
       std::snprintf(row, sizeof row,
                     "%s\n {\"layer\": %lld, \"tokens\": %lld, \"median_us\": "
                     "%.3f, \"min_us\": %.3f, \"max_rel_err\": %s, "
-                    "\"timing\": \"%s\"}",
+                    "\"timing\": \"%s\", \"weight_bytes\": %.0f, "
+                    "\"floor_us\": %s}",
                     json.size() > 1 ? "," : "", static_cast<long long>(layer),
                     static_cast<long long>(tokens), median * 1e3, best * 1e3,
                     err >= 0 ? errText : "null",
-                    device ? "cuda-events" : "host");
+                    device ? "cuda-events" : "host", weightBytes,
+                    o.bandwidth > 0 ? floorText : "null");
       json += row;
     }
   }

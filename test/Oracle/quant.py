@@ -7,8 +7,14 @@ that every matrix has partial edge blocks) and a gpt-oss MXFP4 folder
 (`*_blocks`/`*_scales` U8), imports each with moe-import (the quantized IR,
 nothing dequantized on disk) and runs the MoE layers with
 `moe-run --backend reference` at T in {1, 7, 64, 300}, as imported and
-after `moe-opt --moe-optimize`; `--backend emu` must refuse them (no kernel
-decodes these formats yet).
+after `moe-opt --moe-optimize`; the optimized layer also runs on
+`--backend emu` (the CUDA kernels compiled for the CPU, decoding the codes
+in the kernels, moe_quant.cuh) and must match the reference run: within
+EMU_TOL (relative to max |y|) where the kernels compute in f32 (the decode
+path at T * K <= 64, and the grouped path with MXFP4 weights, which are
+exact in its bf16 tiles), within EMU_TOL_FP8_GROUPED on the grouped path
+with FP8 weights (each dequantized weight is rounded to bf16 there: at most
+2^-9 relative).
 
 The oracle reads the safetensors bytes itself and decodes them with its own
 numpy decoders, written from docs/hf-layouts.md (E4M3FN: bias 7,
@@ -42,6 +48,7 @@ from layer_check import compare  # noqa: E402
 
 TS = (1, 7, 64, 300)
 TOL_Y, TOL_W = 1e-4, 1e-5
+EMU_TOL, EMU_TOL_FP8_GROUPED = 1e-5, 1e-2
 
 # --------------------------------------------------------------------------
 # Own decoders (no lookup table shared with the C++ code)
@@ -210,6 +217,7 @@ def check_model(args, d, mdir, label):
             return ["%s: --moe-optimize fused no layer" % label], 0
     m, stats = oracle_model(mdir)
     errors, n, worst = [], 0, 0.0
+    emu_worst, emu_runs = {False: 0.0, True: 0.0}, [0]
     rng = np.random.default_rng(args.seed)
     for layer in m.moe_layers:
         for t in TS:
@@ -224,6 +232,31 @@ def check_model(args, d, mdir, label):
                 os.makedirs(fd)
                 y, routing = run_layer_at(args, path, x, fd, layer)
                 ids, w = routing
+                if form == "optimized":
+                    emu = os.path.join(fd, "emu.npy")
+                    rc, out = run([tool(args, "moe-run"), path, "--layer",
+                                   str(layer), "--input",
+                                   os.path.join(fd, "x.npy"), "--output",
+                                   emu, "--backend", "emu"])
+                    if rc != 0:
+                        errors.append("%s layer %d T=%d: --backend emu "
+                                      "failed:\n%s" % (label, layer, t,
+                                                       out[-1500:]))
+                    else:
+                        ye = np.load(emu)
+                        k = m.config.get("num_experts_per_tok", 1)
+                        grouped_fp8 = t * k > 64 and "fp8" in label
+                        tol = EMU_TOL_FP8_GROUPED if grouped_fp8 else EMU_TOL
+                        rel = float(np.max(np.abs(ye - y)) /
+                                    max(np.max(np.abs(y)), 1e-30))
+                        emu_worst[grouped_fp8] = max(emu_worst[grouped_fp8],
+                                                     rel)
+                        emu_runs[0] += 1
+                        if not rel <= tol:
+                            errors.append("%s layer %d T=%d: emu differs from "
+                                          "the reference by %.3g of max |y| "
+                                          "(tolerance %g)" % (label, layer, t,
+                                                              rel, tol))
                 tag = "%s %s layer %d T=%d" % (label, form, layer, t)
                 errs, err, _ = compare(tag, y, ids, w, ref_y, ref.ids,
                                        ref.weights, ref.fragile, TOL_Y, TOL_W)
@@ -232,13 +265,9 @@ def check_model(args, d, mdir, label):
                 n += 1
                 if args.v:
                     print("%s: output error %.3g" % (tag, err))
-    # No kernel decodes these formats yet: emu must refuse, naming the op.
-    rc, out = run([tool(args, "moe-run"), opt, "--layer", str(m.moe_layers[0]),
-                   "--input", os.path.join(rd, "imported", "x.npy"), "--output",
-                   os.path.join(d, "emu.npy"), "--backend", "emu"])
-    if rc == 0 or "are not supported by the CUDA backend yet" not in out:
-        errors.append("%s: --backend emu did not refuse the quantized layer "
-                      "(rc %d):\n%s" % (label, rc, out[-600:]))
+    print("%s: %d emu runs match the reference, worst %.3g of max |y| "
+          "(f32 paths), %.3g (FP8 grouped, bf16 tiles)"
+          % (label, emu_runs[0], emu_worst[False], emu_worst[True]))
     print("%s: %d runs, worst output error %.3g; expert bytes %d quantized "
           "(codes + scales) vs %d as bf16 (%.3fx)"
           % (label, n, worst, stats["quantized_bytes"], stats["bf16_bytes"],

@@ -10,6 +10,7 @@
 
 #include "moe/runtime/EmuModule.h"
 #include "moe/runtime/KernelHeaders.h"
+#include "moe/lib/Reference/QuantDecode.h"
 
 #include <gtest/gtest.h>
 
@@ -1394,6 +1395,90 @@ TEST(EmuKernels, PlanDispatchIsTheSequentialStableSort) {
       }
     }
   }
+  std::error_code ec;
+  std::filesystem::remove_all(cacheDir, ec);
+}
+
+namespace {
+//===----------------------------------------------------------------------===//
+// Quantized weight codes (moe_quant.cuh)
+//===----------------------------------------------------------------------===//
+
+/// Thread c decodes code c (E4M3FN, E2M1 of its low nibble, E8M0), and the
+/// values of a 16-byte word whose bytes are c, c + 1, ... through wordCode
+/// (FP8: 16 values; FP4: 32, low nibble first).
+const char *kQuantSource = R"cuda(
+#include "moe_quant.cuh"
+extern "C" __global__ void k_quant_decode(MoEKernelArgs args) {
+  float *out = static_cast<float *>(args.buffers[0]);
+  const unsigned c = threadIdx.x;
+  out[c] = moe_k::quant::decodeE4M3FN(c);
+  out[256 + c] = moe_k::quant::decodeE2M1(c & 15u);
+  out[512 + c] = moe_k::quant::decodeE8M0(c);
+  unsigned b[4];
+  for (int i = 0; i < 4; ++i)
+    b[i] = ((c + 4 * i) & 255u) | (((c + 4 * i + 1) & 255u) << 8) |
+           (((c + 4 * i + 2) & 255u) << 16) | (((c + 4 * i + 3) & 255u) << 24);
+  const uint4 word = make_uint4(b[0], b[1], b[2], b[3]);
+  for (int j = 0; j < 16; ++j)
+    out[768 + c * 48 + j] = moe_k::quant::wordCode<1>(word, j);
+  for (int j = 0; j < 32; ++j)
+    out[768 + c * 48 + 16 + j] = moe_k::quant::wordCode<2>(word, j);
+}
+MOE_EMU_EXPORT_KERNEL(k_quant_decode)
+)cuda";
+
+/// Equal values, or both NaN.
+bool sameValue(float a, float b) {
+  return (std::isnan(a) && std::isnan(b)) ||
+         (a == b && std::signbit(a) == std::signbit(b));
+}
+
+} // namespace
+
+// The kernels' decoders give the reference executor's value for every code
+// (QuantDecode.h; NaN codes NaN, signed zeros kept), and a 16-byte word's
+// codes come out in memory order (FP4: low nibble first).
+TEST(EmuKernels, QuantDecodersMatchTheReference) {
+  char tmpl[] = "/tmp/moe-emu-quant-XXXXXX";
+  ASSERT_NE(mkdtemp(tmpl), nullptr);
+  std::string cacheDir = tmpl;
+  auto module =
+      EmuModule::compile(kQuantSource, moe::kernelHeaders(), cacheDir);
+  ASSERT_TRUE(module.ok()) << module.message();
+  std::vector<float> out(768 + 256 * 48, -7.0f);
+  MoEKernelArgs args;
+  std::memset(&args, 0, sizeof args);
+  args.buffers[0] = out.data();
+  Status s = (*module)->launch("k_quant_decode", args, EmuDim3{1, 1, 1},
+                               EmuDim3{256, 1, 1});
+  ASSERT_TRUE(s.ok()) << s.message();
+  int nan8 = 0, nanE8 = 0;
+  for (unsigned c = 0; c < 256; ++c) {
+    const uint8_t code = static_cast<uint8_t>(c);
+    EXPECT_TRUE(sameValue(out[c], moe::quant::decodeE4M3FN(code)))
+        << "E4M3FN code " << c << ": " << out[c];
+    EXPECT_TRUE(sameValue(out[256 + c], moe::quant::decodeE2M1(code & 15)))
+        << "E2M1 code " << (c & 15) << ": " << out[256 + c];
+    EXPECT_TRUE(sameValue(out[512 + c], moe::quant::decodeE8M0(code)))
+        << "E8M0 code " << c << ": " << out[512 + c];
+    nan8 += std::isnan(out[c]);
+    nanE8 += std::isnan(out[512 + c]);
+    uint8_t bytes[16];
+    for (int i = 0; i < 16; ++i)
+      bytes[i] = static_cast<uint8_t>((c + i) & 255u);
+    for (int j = 0; j < 16; ++j)
+      EXPECT_TRUE(sameValue(out[768 + c * 48 + j],
+                            moe::quant::decodeE4M3FN(bytes[j])))
+          << "word " << c << " FP8 value " << j;
+    for (int j = 0; j < 32; ++j)
+      EXPECT_TRUE(sameValue(out[768 + c * 48 + 16 + j],
+                            moe::quant::decodePackedE2M1(bytes, j)))
+          << "word " << c << " FP4 value " << j;
+  }
+  EXPECT_EQ(nan8, 2);  // S.1111.111
+  EXPECT_EQ(nanE8, 1); // 0xFF
+  EXPECT_EQ(out[512], std::ldexp(1.0f, -127)); // E8M0 0: a subnormal
   std::error_code ec;
   std::filesystem::remove_all(cacheDir, ec);
 }

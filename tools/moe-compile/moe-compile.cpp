@@ -271,9 +271,10 @@ int compilePackage(mlir::ModuleOp module, const std::string &irPathForWeights,
       if (!refOf[contents.layerTensors[l][w]])
         refOf[contents.layerTensors[l][w]] = &contents.plan.layers[l].weights[w];
   for (size_t t = 0; t < contents.tensors.size(); ++t) {
-    uint64_t n = moe::elementSize(refOf[t]->type);
+    int64_t count = 1;
     for (int64_t d : refOf[t]->shape)
-      n *= static_cast<uint64_t>(d);
+      count *= d;
+    uint64_t n = static_cast<uint64_t>(moe::storageBytes(refOf[t]->type, count));
     bool streamed = !contents.streamed.empty() && contents.streamed[t];
     weightBytes += streamed ? n : contents.tensors[t].size();
     if (contents.external.empty() || !contents.external[t])

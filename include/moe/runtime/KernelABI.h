@@ -34,7 +34,7 @@
 #ifndef MOE_RUNTIME_KERNELABI_H
 #define MOE_RUNTIME_KERNELABI_H
 
-#define MOE_MAX_KERNEL_BUFFERS 40
+#define MOE_MAX_KERNEL_BUFFERS 48
 
 /* The lists keep one line per group of slots. */
 /* clang-format off */
@@ -43,6 +43,9 @@
 #define MOE_FFN_SLOT_LIST(X)                                                 \
   X(GATE) X(UP) X(GATE_UP) X(DOWN) X(GATE_BIAS) X(UP_BIAS) X(GATE_UP_BIAS)   \
   X(DOWN_BIAS)
+/* The scales of one block-scaled FFN set: four consecutive slots. */
+#define MOE_FFN_SCALE_SLOT_LIST(X)                                           \
+  X(GATE_SCALE) X(UP_SCALE) X(GATE_UP_SCALE) X(DOWN_SCALE)
 
 /* moe.fused_experts. Shapes: x, y [T, H]; ids, weights [T, K];
  * ROUTED_* the moe.expert_ffn weights, SHARED_* the moe.ffn weights (shared
@@ -55,7 +58,11 @@
  * ROUTED_*_B slots the B factors [E, r, in] (null when not factored), and
  * two more f32 scratch buffers hold B . x of the gate/up inputs
  * [T * K, RIn] and B . h of the down input [T * K, RD] (padded widths,
- * moe_experts.cuh). */
+ * moe_experts.cuh). Block-scaled weights (quant_block: FP8 E4M3 or packed
+ * FP4 E2M1 codes in the ROUTED_* / SHARED_* weight slots): the scales of
+ * each projection, f32 (FP8) or E8M0 bytes (MXFP4), [.., ceil(out / b0),
+ * ceil(in / b1)], in the *_SCALE slots (MoEFFNScaleSlot order; null when
+ * the weights are not quantized). */
 #define MOE_EXPERTS_SLOT_LIST(X)                                             \
   X(INPUT) X(IDS) X(WEIGHTS) X(OUTPUT)                                       \
   X(ROUTED_GATE) X(ROUTED_UP) X(ROUTED_GATE_UP) X(ROUTED_DOWN)               \
@@ -68,7 +75,11 @@
   X(OFFSETS) X(ROWS) X(SLOT_ROW)                                             \
   X(HIDDEN) X(OUT) X(SHARED_HIDDEN) X(SHARED_OUT)                           \
   X(ROUTED_GATE_B) X(ROUTED_UP_B) X(ROUTED_GATE_UP_B) X(ROUTED_DOWN_B)       \
-  X(FACTOR_IN) X(FACTOR_DOWN)
+  X(FACTOR_IN) X(FACTOR_DOWN)                                                \
+  X(ROUTED_GATE_SCALE) X(ROUTED_UP_SCALE) X(ROUTED_GATE_UP_SCALE)            \
+  X(ROUTED_DOWN_SCALE)                                                       \
+  X(SHARED_GATE_SCALE) X(SHARED_UP_SCALE) X(SHARED_GATE_UP_SCALE)            \
+  X(SHARED_DOWN_SCALE)
 
 /* moe.fused_route: x [T, H]; the routing ids, weights [T, K]; the dispatch
  * plan counts [E], offsets [E + 1], rows [T * K], slot_row [T * K]; a
@@ -108,6 +119,11 @@
 #define MOE_FFN_SLOT_(name) MOE_FFN_SLOT_##name,
 enum MoEFFNSlot { MOE_FFN_SLOT_LIST(MOE_FFN_SLOT_) MOE_FFN_NUM_SLOTS };
 #undef MOE_FFN_SLOT_
+#define MOE_FFN_SCALE_SLOT_(name) MOE_FFN_SLOT_##name,
+enum MoEFFNScaleSlot {
+  MOE_FFN_SCALE_SLOT_LIST(MOE_FFN_SCALE_SLOT_) MOE_FFN_SCALE_NUM_SLOTS
+};
+#undef MOE_FFN_SCALE_SLOT_
 #define MOE_EXPERTS_SLOT_(name) MOE_EXPERTS_SLOT_##name,
 enum MoEExpertsSlot {
   MOE_EXPERTS_SLOT_LIST(MOE_EXPERTS_SLOT_) MOE_EXPERTS_NUM_SLOTS
@@ -141,6 +157,10 @@ typedef char moe_experts_ffn_order_check
           MOE_FFN_NUM_SLOTS - 1 &&
       MOE_EXPERTS_SLOT_SHARED_DOWN_BIAS - MOE_EXPERTS_SLOT_SHARED_GATE ==
           MOE_FFN_NUM_SLOTS - 1 &&
+      MOE_EXPERTS_SLOT_ROUTED_DOWN_SCALE - MOE_EXPERTS_SLOT_ROUTED_GATE_SCALE ==
+          MOE_FFN_SCALE_NUM_SLOTS - 1 &&
+      MOE_EXPERTS_SLOT_SHARED_DOWN_SCALE - MOE_EXPERTS_SLOT_SHARED_GATE_SCALE ==
+          MOE_FFN_SCALE_NUM_SLOTS - 1 &&
       MOE_EXPERTS_NUM_SLOTS <= MOE_MAX_KERNEL_BUFFERS &&
       MOE_ROUTE_NUM_SLOTS <= MOE_MAX_KERNEL_BUFFERS)
          ? 1

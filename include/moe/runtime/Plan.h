@@ -17,10 +17,25 @@
 
 namespace moe {
 
-enum class ElementType { F32, BF16, F16, I32, U32 };
+/// Quantized weight codes (block-scaled expert weights, quant_block):
+/// F8E4M3FN one byte per value, F4E2M1FN two values per byte (low nibble
+/// first), F8E8M0FNU one exponent byte per scale. Names are the IR's.
+enum class ElementType { F32, BF16, F16, I32, U32, F8E4M3FN, F4E2M1FN, F8E8M0FNU };
+
+/// Every element type, for parsers (one list: names parse back).
+inline constexpr ElementType kElementTypes[] = {
+    ElementType::F32,      ElementType::BF16,     ElementType::F16,
+    ElementType::I32,      ElementType::U32,      ElementType::F8E4M3FN,
+    ElementType::F4E2M1FN, ElementType::F8E8M0FNU};
 
 const char *elementTypeName(ElementType type);
+/// Bytes per element; 1 for F4E2M1FN, whose values are packed two per byte:
+/// size tensors with storageBytes.
 int64_t elementSize(ElementType type);
+/// Bytes of `count` elements as stored (F4E2M1FN: ceil(count / 2)).
+int64_t storageBytes(ElementType type, int64_t count);
+/// Whether `type` holds quantized codes (no f32 conversion applies).
+bool isQuantizedType(ElementType type);
 
 /// A buffer whose size may grow with the token count T:
 /// perToken * T + fixed elements.

@@ -868,7 +868,8 @@ class MoE_GatedFFNOp<string mnemonic, string sum, string desc,
       block is 32 values along the input dimension (`[1, 32]` with `out_in`,
       `[32, 1]` with `in_out`) and the input size is a multiple of 32.
     Biases and activations stay f32/bf16/f16. The reference executor
-    dequantizes exactly; the CUDA backend refuses quantized FFNs for now.
+    dequantizes exactly; the CUDA backend and emu decode the codes in the
+    kernels (`out_in` weights of one width; docs/codegen.md).
 
     ```mlir
     // DeepSeek-V3 FP8 experts: 128 x 128 blocks, f32 scales.
