@@ -235,6 +235,16 @@ __device__ void routerParts(const TX *x, const TW *w, const TB *bias,
                             float *parts, long long T, float scale = 1.0f,
                             float eps = 1e-12f) {
   constexpr int S = (H + Chunk - 1) / Chunk;
+  if constexpr (S == 1) {
+    // Whole rows: a row per warp over all T tokens.
+    const int warps = blockDim.x / 32;
+    for (long long n = static_cast<long long>(blockIdx.x) * warps +
+                       threadIdx.x / 32;
+         n < N; n += static_cast<long long>(gridDim.x) * warps)
+      logitsRow<TX, TW, TB, H, N, HasBias, Chunk, NormInput, NormWeight>(
+          x, w, bias, static_cast<int>(n), 0, T, parts, scale, eps);
+    return;
+  }
   const int lane = threadIdx.x % 32;
   const int warps = blockDim.x / 32;
   const long long first = static_cast<long long>(blockIdx.x) * warps +
@@ -242,21 +252,16 @@ __device__ void routerParts(const TX *x, const TW *w, const TB *bias,
   for (long long item = first; item < static_cast<long long>(N) * S;
        item += static_cast<long long>(gridDim.x) * warps) {
     const int n = static_cast<int>(item / S), c = static_cast<int>(item % S);
-    if constexpr (S == 1) {
-      logitsRow<TX, TW, TB, H, N, HasBias, Chunk, NormInput, NormWeight>(
-          x, w, bias, n, 0, T, parts, scale, eps);
-    } else {
-      const TW *row = w + static_cast<long long>(n) * H;
-      for (long long r0 = 0; r0 < T; r0 += DecodeRows) {
-        const int count =
-            static_cast<int>(T - r0 < DecodeRows ? T - r0 : DecodeRows);
-        float part[DecodeRows];
-        chunkDots<TX, TW, H, Chunk>(x, r0, count, row, c, part);
+    const TW *row = w + static_cast<long long>(n) * H;
+    for (long long r0 = 0; r0 < T; r0 += DecodeRows) {
+      const int count =
+          static_cast<int>(T - r0 < DecodeRows ? T - r0 : DecodeRows);
+      float part[DecodeRows];
+      chunkDots<TX, TW, H, Chunk>(x, r0, count, row, c, part);
 #pragma unroll
-        for (int i = 0; i < DecodeRows; ++i)
-          if (lane == i && i < count)
-            parts[((r0 + i) * S + c) * N + n] = part[i];
-      }
+      for (int i = 0; i < DecodeRows; ++i)
+        if (lane == i && i < count)
+          parts[((r0 + i) * S + c) * N + n] = part[i];
     }
   }
 }

@@ -31,7 +31,7 @@
 // The small-T kernel (T <= 8): the projection by every block (H = 16: rows
 // not split), then the same row ops in the last block to finish.
 // CHECK: // moe.router_linear and moe.fused_route at small T (one launch)
-// CHECK-NEXT: extern "C" __global__ void __launch_bounds__(128) [[SMALL]](MoEKernelArgs args)
+// CHECK-NEXT: extern "C" __global__ void __launch_bounds__(128, 1) [[SMALL]](MoEKernelArgs args)
 // CHECK: moe_k::route::routerParts<float, __nv_bfloat16, float, 16, 8, true, 16>(x, pw, pb,
 // CHECK-NEXT: if (moe_k::route::lastBlockDone(counter, lastFlag)) {
 // CHECK: moe_k::route::loadLogitParts<8, 1, false, float>(lg{{[0-9]+}}, pb, t,
