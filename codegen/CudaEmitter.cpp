@@ -498,7 +498,8 @@ private:
   /// Warps that the small-T routing kernel's projection aims to keep busy:
   /// 4 per block, a block per SM of an H100 / H200 (132 SMs).
   static constexpr int64_t kRouterTargetWarps = 4 * 132;
-  static constexpr bool kSplitRouterRows = false;
+  /// Whether router rows may be split over H (off: a warp per whole row).
+  static constexpr bool kSplitRouterRows = true;
   /// Where the routing kernels read the router's logits (the load differs
   /// between the two-launch and the small-T kernel).
   static constexpr llvm::StringLiteral kLogitsPlaceholder = "@MOE_LOGITS";
@@ -511,10 +512,7 @@ private:
   /// need whole rows for their norms, and routers of enough rows).
   static int64_t routerChunk(int64_t H, int64_t N, int64_t weightBytes,
                              bool cosine) {
-    // Off for now: with split rows the two-launch projection kernel spills
-    // a few bytes at four of the five benchmark shapes, and the bf16
-    // small-T kernels too (docs/codegen.md); whole rows spill nothing.
-    if (kSplitRouterRows == false || cosine || N <= 0)
+    if (!kSplitRouterRows || cosine || N <= 0)
       return H;
     const int64_t perWord = 16 / weightBytes;
     const int64_t V = H % perWord == 0 ? perWord : 1;
@@ -988,8 +986,10 @@ private:
             chunk < H ? llvm::formatv(", false, false, {0}", chunk).str()
                       : std::string();
         os << "// moe.router_linear of moe.fused_route\n";
+        // Split rows: one block per SM is enough, and without the minimum
+        // ptxas caps the registers and spills (chunk sums).
         kernelEntry(
-            logitsKernel, "128",
+            logitsKernel, chunk < H ? "128, 1" : "128",
             llvm::formatv(
                 "moe_k::route::routerLogits<{0}, {1}, {2}, {3}, {4}, {5}, "
                 "{6}, {7}{8}{10}>(static_cast<const {0} *>("
