@@ -480,9 +480,59 @@ private:
   /// The router projection's kernel: tokens per block and router rows per
   /// block (moe_k::route::routerLogits).
   static constexpr int kLogitsTokens = 32, kLogitsRows = 8;
+  /// Warps that the small-T routing kernel's projection aims to keep busy:
+  /// 4 per block, a block per SM of an H100 / H200 (132 SMs).
+  static constexpr int64_t kRouterTargetWarps = 4 * 132;
+  /// Whether router rows may be split over H (off: a warp per whole row).
+  static constexpr bool kSplitRouterRows = true;
+  /// Where the routing kernels read the router's logits (the load differs
+  /// between the two-launch and the small-T kernel).
+  static constexpr llvm::StringLiteral kLogitsPlaceholder = "@MOE_LOGITS";
+
+  /// Elements per chunk of the router projection's reduction (H): the
+  /// small-T kernel splits each router row into ceil(H / chunk) chunks, one
+  /// warp each, so that N rows x chunks items reach kRouterTargetWarps
+  /// where the router is large enough; a chunk is at least one 16-byte load
+  /// per lane (32 x the vector width). H: no split (cosine routers, which
+  /// need whole rows for their norms, and routers of enough rows).
+  static int64_t routerChunk(int64_t H, int64_t N, int64_t weightBytes,
+                             bool cosine) {
+    if (!kSplitRouterRows || cosine || N <= 0)
+      return H;
+    const int64_t perWord = 16 / weightBytes;
+    const int64_t V = H % perWord == 0 ? perWord : 1;
+    const int64_t iters = ((H + V - 1) / V + 31) / 32;
+    const int64_t want =
+        std::min(iters, (kRouterTargetWarps + N - 1) / N);
+    if (want <= 1)
+      return H;
+    // Whole loads per lane, and a divisor of the row (a chunk that ends
+    // early costs the projection kernels a few bytes of spills).
+    if (H % (32 * V) != 0)
+      return H;
+    int64_t m = std::max<int64_t>(1, iters / want);
+    while (iters % m != 0)
+      --m;
+    const int64_t chunk = m * 32 * V;
+    return chunk >= H ? H : chunk;
+  }
+
   /// Where moe.similarity_mix's recomputation restages a token's rows (the
   /// staging code is known once the whole body is generated).
   static constexpr llvm::StringLiteral kStagePlaceholder = "@MOE_STAGE@\n";
+
+  /// Row ops whose templates the whole warp runs (selections in registers
+  /// and shuffles, elementwise ops split over the lanes); the others run on
+  /// lane 0.
+  static bool warpWideRowOp(Operation *o) {
+    return isa<TopKOp, TopPOp, ThresholdOp, GroupLimitOp, SigmoidOp, ReluOp,
+               BiasAddOp, GatherScoresOp, DropNullExpertsOp, ScaleOp>(o);
+  }
+  /// The opening of a row op's block in the generated kernel.
+  static const char *rowGuard(Operation *o) {
+    return warpWideRowOp(o) ? "      {\n        "
+                            : "      if (lane == 0) {\n        ";
+  }
 
   Error route(FusedRouteOp op) {
     constexpr int kWarps = 4;
@@ -499,6 +549,26 @@ private:
     int64_t E = op.getNumExperts();
     if (ShapedType::isDynamic(K) || ShapedType::isDynamic(dim(arg, 1)))
       return makeError(op, "slot count and input width must be static");
+
+    // Small T (::moe::kSmallRouteMaxTokens tokens or fewer) runs the router
+    // projection and the routing in one launch (a second kernel, below)
+    // when the body has one router_linear; larger T runs the projection's
+    // kernel, then this one. Launch gates choose at run time.
+    int projections = 0;
+    for (Operation *o : program.perToken)
+      projections += isa<RouterLinearOp>(o) ? 1 : 0;
+    const bool smallT = projections == 1;
+    struct Projection {
+      ::moe::Binding weight, bias;
+      std::string tw, tb, cosineParams, cosineArgs;
+      int64_t N = 0, chunk = 0;
+      bool hasBias = false;
+      int slot = -1, logits = -1;
+      std::string row;
+    } proj;
+    // Each router_linear's placeholder in the body's text and its load in
+    // the two-launch routing kernel.
+    SmallVector<std::pair<std::string, std::string>> logitLoads;
 
     ::moe::Launch launch;
     launch.kernel = name;
@@ -871,6 +941,8 @@ private:
         projection.tokensPerBlock = kLogitsTokens;
         projection.gridColumns = (N + kLogitsRows - 1) / kLogitsRows;
         projection.maxBlocks = int64_t(1) << 20;
+        if (smallT)
+          projection.minSlots = ::moe::kSmallRouteMaxTokens + 1;
         SlotArgs<MOE_LOGITS_NUM_SLOTS> projectionArgs("router logits");
         projectionArgs.set(MOE_LOGITS_SLOT_INPUT, valueBinding(*input));
         projectionArgs.set(MOE_LOGITS_SLOT_WEIGHT, *weight);
@@ -888,12 +960,24 @@ private:
               ", {0}, {1}", floatLiteral(rl.getScale().convertToFloat()),
               floatLiteral(rl.getEpsilon().convertToFloat()));
         }
+        // Both launches add the chunks of a split reduction in the same
+        // order, so a token's logits do not depend on which one runs.
+        int64_t chunk = routerChunk(
+            H, N,
+            ::moe::elementSize(
+                plan.weights[static_cast<size_t>(weight->weight)].type),
+            rl.getNormalize() != RouterNormalize::none);
+        std::string chunkParam =
+            chunk < H ? llvm::formatv(", false, false, {0}", chunk).str()
+                      : std::string();
         os << "// moe.router_linear of moe.fused_route\n";
+        // Split rows: one block per SM is enough, and without the minimum
+        // ptxas caps the registers and spills (chunk sums).
         kernelEntry(
-            logitsKernel, "128",
+            logitsKernel, chunk < H ? "128, 1" : "128",
             llvm::formatv(
                 "moe_k::route::routerLogits<{0}, {1}, {2}, {3}, {4}, {5}, "
-                "{6}, {7}{8}>(static_cast<const {0} *>("
+                "{6}, {7}{8}{10}>(static_cast<const {0} *>("
                 "args.buffers[MOE_LOGITS_SLOT_INPUT]), "
                 "static_cast<const {1} "
                 "*>(args.buffers[MOE_LOGITS_SLOT_WEIGHT]), "
@@ -902,7 +986,7 @@ private:
                 "args.num_tokens{9})",
                 tx, cxxType(rl.getWeight().getType()), tb, H, N,
                 rl.getBias() ? "true" : "false", kLogitsTokens, kLogitsRows,
-                cosineParams, cosineArgs)
+                cosineParams, cosineArgs, chunkParam)
                 .str());
         os << "\n";
         pushLaunch(std::move(projection));
@@ -914,9 +998,24 @@ private:
                              slot);
         p1 << "      __syncwarp();\n";
         comment(p1);
-        p1 << llvm::formatv("      moe_k::route::loadLogits<{0}>(lg{1}, t, "
-                            "{2}, lane);\n",
-                            N, slot, at(rl.getResult()));
+        std::string load = (kLogitsPlaceholder + llvm::Twine(slot) + "@").str();
+        p1 << "      " << load << "\n";
+        logitLoads.push_back(
+            {load, llvm::formatv("moe_k::route::loadLogits<{0}>(lg{1}, t, "
+                                 "{2}, lane);",
+                                 N, slot, at(rl.getResult()))});
+        proj.weight = *weight;
+        proj.bias = *bias;
+        proj.tw = cxxType(rl.getWeight().getType());
+        proj.tb = tb;
+        proj.cosineParams = cosineParams;
+        proj.cosineArgs = cosineArgs;
+        proj.N = N;
+        proj.chunk = chunk;
+        proj.hasBias = static_cast<bool>(rl.getBias());
+        proj.slot = slot;
+        proj.logits = logits;
+        proj.row = at(rl.getResult());
         continue;
       }
       if (auto mix = dyn_cast<SimilarityMixOp>(o)) {
@@ -963,12 +1062,13 @@ private:
         p1 << kStagePlaceholder << prefix << "      }\n";
         continue;
       }
-      // Everything else runs on lane 0 of the token's warp.
+      // Everything else runs on the token's warp (lane 0 alone for the
+      // ops without a warp-wide template).
       Expected<std::string> call = rowCall(o, in);
       if (!call)
         return call.takeError();
       comment(p1);
-      p1 << "      if (lane == 0) {\n        " << *call << "\n      }\n";
+      p1 << rowGuard(o) << *call << "\n      }\n";
       p1 << "      __syncwarp();\n";
     }
 
@@ -1115,7 +1215,7 @@ private:
           if (!call)
             return call.takeError();
           p2 << "      // " << o->getName() << "\n";
-          p2 << "      if (lane == 0) {\n        " << *call << "\n      }\n";
+          p2 << rowGuard(o) << *call << "\n      }\n";
           p2 << "      __syncwarp();\n";
         }
         p2 << llvm::formatv("      if (lane == 0)\n"
@@ -1135,13 +1235,13 @@ private:
                           K, at(yIds), at(yWeights));
     }
 
-    os << "// moe.fused_route\n";
-    os << "extern \"C\" __global__ void __launch_bounds__(" << 32 * kWarps
-       << ") " << name << "(MoEKernelArgs args) {\n";
-    os << llvm::formatv("  const {0} *x = static_cast<const {0} *>(args."
+    // The text both routing kernels share: buffers, shared rows, indices.
+    std::string head;
+    llvm::raw_string_ostream hd(head);
+    hd << llvm::formatv("  const {0} *x = static_cast<const {0} *>(args."
                         "buffers[MOE_ROUTE_SLOT_INPUT]);\n",
                         tx);
-    os << "  int *outIds = static_cast<int "
+    hd << "  int *outIds = static_cast<int "
           "*>(args.buffers[MOE_ROUTE_SLOT_IDS]);"
           "\n  float *outWeights = static_cast<float *>("
           "args.buffers[MOE_ROUTE_SLOT_WEIGHTS]);\n"
@@ -1155,29 +1255,24 @@ private:
           "  int *slotRow = static_cast<int *>("
           "args.buffers[MOE_ROUTE_SLOT_SLOT_ROW]);\n";
     if (choice)
-      os << llvm::formatv("  {0} *crossIn0 = static_cast<{0} *>("
+      hd << llvm::formatv("  {0} *crossIn0 = static_cast<{0} *>("
                           "args.buffers[MOE_ROUTE_SLOT_CHOICE_SCORES]);\n",
                           crossIn0Type);
     if (seqScores)
-      os << "  const float *seqScores = static_cast<const float *>("
+      hd << "  const float *seqScores = static_cast<const float *>("
             "args.buffers[MOE_ROUTE_SLOT_SEQ_SCORES]);\n"
             "  const int *seqMap = static_cast<const int *>("
             "args.buffers[MOE_ROUTE_SLOT_SEQ_MAP]);\n";
     if (stagedGiven[0])
-      os << "  const int *givenIds = static_cast<const int *>("
+      hd << "  const int *givenIds = static_cast<const int *>("
             "args.buffers[MOE_ROUTE_SLOT_GIVEN_IDS]);\n";
     if (stagedGiven[1])
-      os << "  const float *givenWeights = static_cast<const float *>("
+      hd << "  const float *givenWeights = static_cast<const float *>("
             "args.buffers[MOE_ROUTE_SLOT_GIVEN_WEIGHTS]);\n";
-    os << pointers << shared;
-    os << "  MOE_SHARED(unsigned, lastFlag, 1);\n";
-    os << "  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;\n"
+    hd << pointers << shared;
+    hd << "  MOE_SHARED(unsigned, lastFlag, 1);\n";
+    hd << "  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;\n"
           "  const long long T = args.num_tokens;\n";
-    os << llvm::formatv("  for (long long first = (long long)blockIdx.x * {0}; "
-                        "first < T; first += (long long)gridDim.x * {0}) {{\n"
-                        "    const long long t = first + warp;\n"
-                        "    if (t < T) {{\n",
-                        kWarps);
     std::string stage;
     llvm::raw_string_ostream st(stage);
     if (stagedArg)
@@ -1197,19 +1292,102 @@ private:
     for (size_t pos = phase1.find(kStagePlaceholder); pos != std::string::npos;
          pos = phase1.find(kStagePlaceholder, pos + stage.size()))
       phase1.replace(pos, kStagePlaceholder.size(), stage);
-    os << stage << phase1 << "    }\n  }\n";
+    auto replaceAll = [](std::string text, StringRef from, StringRef to) {
+      for (size_t pos = text.find(from); pos != std::string::npos;
+           pos = text.find(from, pos + to.size()))
+        text.replace(pos, from.size(), to.str());
+      return text;
+    };
+    std::string routePhase1 = phase1;
+    for (const auto &[placeholder, load] : logitLoads)
+      routePhase1 = replaceAll(routePhase1, placeholder, load);
+    std::string dispatch = llvm::formatv(
+        "    moe_k::route::planDispatch<{0}, {1}, {2}>(outIds, T, counts, "
+        "offsets, rows, slotRow);\n  }\n}\n",
+        E, K, kWarps);
+
+    os << "// moe.fused_route\n";
+    os << "extern \"C\" __global__ void __launch_bounds__(" << 32 * kWarps
+       << ") " << name << "(MoEKernelArgs args) {\n";
+    os << head;
+    os << llvm::formatv("  for (long long first = (long long)blockIdx.x * {0}; "
+                        "first < T; first += (long long)gridDim.x * {0}) {{\n"
+                        "    const long long t = first + warp;\n"
+                        "    if (t < T) {{\n",
+                        kWarps);
+    os << stage << routePhase1 << "    }\n  }\n";
     os << "  if (moe_k::route::lastBlockDone(counter, lastFlag)) {\n";
-    os << phase2;
-    os << llvm::formatv("    moe_k::route::planDispatch<{0}, {1}, {2}>(outIds, "
-                        "T, counts, offsets, rows, slotRow);\n  }\n}\n",
-                        E, K, kWarps);
+    os << phase2 << dispatch;
     os << "#ifdef MOE_EMU\nMOE_EMU_EXPORT_KERNEL(" << name << ")\n#endif\n\n";
     if (launch.args.size() > MOE_MAX_KERNEL_BUFFERS)
       return makeError(op, "the router reads " +
                                llvm::Twine(launch.args.size()) +
                                " buffers, more than a kernel's " +
                                llvm::Twine(MOE_MAX_KERNEL_BUFFERS));
+    ::moe::Launch small = launch;
+    if (smallT)
+      launch.minSlots = ::moe::kSmallRouteMaxTokens + 1;
     pushLaunch(std::move(launch));
+    endKernel();
+    if (!smallT)
+      return Error::success();
+
+    // The small-T kernel: every block computes its share of the router
+    // projection (routerParts: N x S items of a row chunk each, one per
+    // warp), and the last block to finish routes the T tokens (its warps
+    // in turn), runs phase 2 and plans the dispatch: one launch.
+    std::string smallName = beginKernel("moe_route_small");
+    const int64_t S = (H + proj.chunk - 1) / proj.chunk;
+    const int64_t N = proj.N;
+    int parts = S == 1 ? proj.logits
+                       : fixedValue(::moe::ElementType::F32, 0, N * S);
+    small.kernel = smallName;
+    small.origin = "moe.router_linear and " + small.origin + " (small T)";
+    small.args[proj.slot] = valueBinding(parts);
+    int weightSlot = static_cast<int>(small.args.size());
+    small.args.push_back(proj.weight);
+    small.args.push_back(proj.bias);
+    small.maxSlots = ::moe::kSmallRouteMaxTokens;
+    small.tokensPerBlock = ::moe::kSmallRouteMaxTokens;
+    small.gridColumns = (N * S + kWarps - 1) / kWarps;
+    small.maxBlocks = int64_t(1) << 20;
+    if (small.args.size() > MOE_MAX_KERNEL_BUFFERS)
+      return makeError(op, "the small-T router reads " +
+                               llvm::Twine(small.args.size()) +
+                               " buffers, more than a kernel's " +
+                               llvm::Twine(MOE_MAX_KERNEL_BUFFERS));
+    std::string smallPhase1 = phase1;
+    for (const auto &[placeholder, load] : logitLoads)
+      smallPhase1 = replaceAll(
+          smallPhase1, placeholder,
+          llvm::formatv("moe_k::route::loadLogitParts<{0}, {1}, {2}, {3}>("
+                        "lg{4}, pb, t, {5}, lane);",
+                        N, S, S > 1 && proj.hasBias ? "true" : "false",
+                        proj.tb, proj.slot, proj.row)
+              .str());
+    // One block per SM is all it needs: without the minimum, ptxas caps
+    // the registers for occupancy and spills (gpt-oss, bf16 activations).
+    os << "// moe.router_linear and moe.fused_route at small T (one launch)\n";
+    os << "extern \"C\" __global__ void __launch_bounds__(" << 32 * kWarps
+       << ", 1) " << smallName << "(MoEKernelArgs args) {\n";
+    os << head;
+    os << llvm::formatv(
+        "  const {0} *pw = static_cast<const {0} *>(args.buffers[{2}]);\n"
+        "  const {1} *pb = static_cast<const {1} *>(args.buffers[{3}]);\n"
+        "  moe_k::route::routerParts<{4}, {0}, {1}, {5}, {6}, {7}, {8}{9}>(x, "
+        "pw, pb, static_cast<float *>(args.buffers[{10}]), T{11});\n",
+        proj.tw, proj.tb, weightSlot, weightSlot + 1, tx, H, N,
+        proj.hasBias ? "true" : "false", proj.chunk, proj.cosineParams,
+        proj.slot, proj.cosineArgs);
+    os << "  if (moe_k::route::lastBlockDone(counter, lastFlag)) {\n";
+    os << llvm::formatv("    for (long long t = warp; t < T; t += {0}) {{\n",
+                        kWarps);
+    os << stage << smallPhase1 << "    }\n";
+    os << "    __syncthreads();\n";
+    os << phase2 << dispatch;
+    os << "#ifdef MOE_EMU\nMOE_EMU_EXPORT_KERNEL(" << smallName
+       << ")\n#endif\n\n";
+    pushLaunch(std::move(small));
     endKernel();
     return Error::success();
   }

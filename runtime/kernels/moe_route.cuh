@@ -6,9 +6,14 @@
 // memory; the last block to finish plans the dispatch (counts, offsets and
 // the token order grouped by expert), so routing is one launch.
 //
-// Row ops run on lane 0 of the token's warp over at most a few hundred
-// values; the router projection (T x H x E multiply-adds) is a kernel of
-// its own before this one (routerLogits), spread over the GPU.
+// Selections (top-k, top-p, threshold, group limit) and elementwise row ops
+// run on the whole warp, in registers and shuffles (no local memory); the
+// others (softmax, normalize, ...) on lane 0 of the token's warp over at
+// most a few hundred values. The router projection (T x H x E
+// multiply-adds) is a kernel of its own before this one (routerLogits),
+// spread over the GPU; at small T (moe::kSmallRouteMaxTokens) one kernel
+// does both: every block a share of the projection (routerParts), the last
+// block the routing (loadLogitParts, then the same row ops).
 // Semantics follow docs/dialect.md exactly, including tie breaking (the
 // lower index wins) and empty slots (id -1, weight 0).
 //
@@ -35,17 +40,117 @@ __device__ __forceinline__ float invRowNorm(const T *row, float eps) {
   return 1.0f / (n > eps ? n : eps);
 }
 
+/// The dots of router row `row` (H elements) with tokens r0 .. r0 + count
+/// (count <= DecodeRows) of x over chunk c of Chunk elements (the last
+/// chunk may be shorter), by one warp; every lane gets them. Chunk == H:
+/// the whole row, as rowDots reads it.
+template <typename TX, typename TW, int H, int Chunk>
+__device__ __forceinline__ void chunkDots(const TX *x, long long r0,
+                                          int count, const TW *row, int c,
+                                          float (&out)[DecodeRows]) {
+  Batch<TX> b;
+  b.count = count;
+#pragma unroll
+  for (int i = 0; i < DecodeRows; ++i) {
+    b.row[i] = x + (r0 + (i < count ? i : 0)) * H + c * Chunk;
+    b.scale[i] = 1.0f;
+  }
+  const TW *rows[1] = {row + c * Chunk};
+  float acc[1][DecodeRows];
+  if constexpr (Chunk == H) {
+    rowDots<1, H, TX, false>(rows, b, acc);
+  } else {
+    const int n = H - c * Chunk < Chunk ? H - c * Chunk : Chunk;
+    rowDotsUpTo<1, Chunk, H, H % Chunk != 0, TX, false>(rows, b, acc, n);
+  }
+#pragma unroll
+  for (int i = 0; i < DecodeRows; ++i)
+    out[i] = acc[0][i];
+}
+
+/// Router row n's logits for tokens [t0, tEnd), by one warp, into
+/// logits[t * N + n]: the row is dotted with DecodeRows tokens at a time,
+/// chunk by chunk (Chunk elements; the chunks' warp sums added in order,
+/// so that the split projection of the small-T kernel, routerParts and
+/// loadLogitParts, computes the same f32 values), then scaled (cosine
+/// routers) and biased.
+template <typename TX, typename TW, typename TB, int H, int N, bool HasBias,
+          int Chunk, bool NormInput, bool NormWeight>
+__device__ __forceinline__ void logitsRow(const TX *x, const TW *w, const TB *bias, int n,
+                          long long t0, long long tEnd, float *logits,
+                          float scale, float eps) {
+  constexpr int S = (H + Chunk - 1) / Chunk;
+  static_assert(S == 1 || !(NormInput || NormWeight),
+                "cosine routers read whole rows");
+  const int lane = threadIdx.x % 32;
+  const TW *row = w + static_cast<long long>(n) * H;
+  float rowScale = 1.0f;
+  if constexpr (NormInput || NormWeight)
+    rowScale = scale;
+  if constexpr (NormWeight)
+    rowScale *= invRowNorm<H>(row, eps);
+  for (long long r0 = t0; r0 < tEnd; r0 += DecodeRows) {
+    const int count =
+        static_cast<int>(tEnd - r0 < DecodeRows ? tEnd - r0 : DecodeRows);
+    float acc[DecodeRows];
+    if constexpr (S == 1) {
+      // The whole row, as the projection kernel always read it.
+      Batch<TX> a;
+      a.count = count;
+#pragma unroll
+      for (int i = 0; i < DecodeRows; ++i) {
+        a.row[i] = x + (r0 + (i < count ? i : 0)) * H;
+        a.scale[i] = 1.0f;
+      }
+      const TW *rows[1] = {row};
+      float whole[1][DecodeRows];
+      rowDots<1, H, TX, false>(rows, a, whole);
+#pragma unroll
+      for (int i = 0; i < DecodeRows; ++i)
+        acc[i] = whole[0][i];
+    } else {
+#pragma unroll
+      for (int i = 0; i < DecodeRows; ++i)
+        acc[i] = 0.0f;
+#pragma unroll 1
+      for (int c = 0; c < S; ++c) {
+        float part[DecodeRows];
+        chunkDots<TX, TW, H, Chunk>(x, r0, count, row, c, part);
+#pragma unroll
+        for (int i = 0; i < DecodeRows; ++i)
+          acc[i] += part[i];
+      }
+    }
+    float tokenScale[DecodeRows];
+#pragma unroll
+    for (int i = 0; i < DecodeRows; ++i) {
+      tokenScale[i] = rowScale;
+      if constexpr (NormInput)
+        tokenScale[i] *= invRowNorm<H>(x + (r0 + (i < count ? i : 0)) * H,
+                                       eps);
+    }
+#pragma unroll
+    for (int i = 0; i < DecodeRows; ++i)
+      if (lane == i && i < count) {
+        float v = acc[i];
+        if constexpr (NormInput || NormWeight)
+          v *= tokenScale[i];
+        if constexpr (HasBias)
+          v += toF32<TB>(bias[n]);
+        logits[(r0 + i) * N + n] = v;
+      }
+  }
+}
+
 /// moe.router_linear, as a kernel of its own launched before the routing
-/// kernel: logits[t, n] = x[t] . w[n] (+ bias[n]), f32, for every token t
-/// and router row n < N. Block b takes the Tokens tokens of tile
-/// b / Columns and the Rows router rows of chunk b % Columns, a warp per
-/// row: the lanes read the row with 16-byte loads (coalesced) and dot it
-/// with DecodeRows tokens at a time (moe_common.cuh rowDots), so that each
-/// row is read from memory once per block and the tokens come from L1/L2.
-/// At decode the router's weights are streamed by ceil(N / Rows) blocks in
-/// parallel (one warp per token used to read all of them); at prefill the
-/// grid is ceil(T / Tokens) x Columns blocks. The grid loops, so a clamped
-/// grid is still correct.
+/// kernel (T above the small-T kernel's limit): logits[t, n] = x[t] . w[n]
+/// (+ bias[n]), f32, for every token t and router row n < N. Block b takes
+/// the Tokens tokens of tile b / Columns and the Rows router rows of chunk
+/// b % Columns, a warp per row (logitsRow): the lanes read the row with
+/// 16-byte loads (coalesced) and dot it with DecodeRows tokens at a time
+/// (moe_common.cuh rowDots), so that each row is read from memory once per
+/// block and the tokens come from L1/L2. The grid is ceil(T / Tokens) x
+/// Columns blocks. The grid loops, so a clamped grid is still correct.
 ///
 /// Cosine routers (NormInput / NormWeight): the dot is divided by the L2
 /// norm of the token row and/or the weight row (floored at eps) and
@@ -54,7 +159,7 @@ __device__ __forceinline__ float invRowNorm(const T *row, float eps) {
 /// tokens (the rows come from L1/L2, like the dot's).
 template <typename TX, typename TW, typename TB, int H, int N, bool HasBias,
           int Tokens, int Rows, bool NormInput = false,
-          bool NormWeight = false>
+          bool NormWeight = false, int Chunk = H>
 __device__ void routerLogits(const TX *x, const TW *w, const TB *bias,
                              float *logits, long long T, float scale = 1.0f,
                              float eps = 1e-12f) {
@@ -67,6 +172,13 @@ __device__ void routerLogits(const TX *x, const TW *w, const TB *bias,
     const long long tEnd = t0 + Tokens < T ? t0 + Tokens : T;
     const int n0 = static_cast<int>(item % Columns) * Rows;
     for (int n = n0 + warp; n < n0 + Rows && n < N; n += warps) {
+      if constexpr (Chunk < H) {
+        logitsRow<TX, TW, TB, H, N, HasBias, Chunk, NormInput, NormWeight>(
+            x, w, bias, n, t0, tEnd, logits, scale, eps);
+        continue;
+      }
+      // Whole rows: the body of logitsRow with S == 1, written out here
+      // (through logitsRow ptxas spills a few bytes).
       const TW *row[1] = {w + static_cast<long long>(n) * H};
       float rowScale = 1.0f;
       if constexpr (NormInput || NormWeight)
@@ -105,6 +217,80 @@ __device__ void routerLogits(const TX *x, const TW *w, const TB *bias,
       }
     }
   }
+}
+
+/// The router projection of the small-T routing kernel (phase 0, every
+/// block of the grid): the work is split into N x S items (router row n,
+/// chunk c of Chunk elements, S = ceil(H / Chunk)), one warp each, spread
+/// over all warps of the grid, so that at T = 1 the router's weights are
+/// streamed by N * S / 4 blocks rather than ceil(N / 8). With S == 1 an
+/// item is logitsRow over all T tokens (parts is then [T, N] of logits,
+/// bias and cosine scaling included); with S > 1 it writes the chunk's warp
+/// sums unbiased to parts [T, S, N], which loadLogitParts adds in chunk
+/// order (the same values as logitsRow's). Deterministic: no atomics, each
+/// value written by one lane.
+template <typename TX, typename TW, typename TB, int H, int N, bool HasBias,
+          int Chunk, bool NormInput = false, bool NormWeight = false>
+__device__ void routerParts(const TX *x, const TW *w, const TB *bias,
+                            float *parts, long long T, float scale = 1.0f,
+                            float eps = 1e-12f) {
+  constexpr int S = (H + Chunk - 1) / Chunk;
+  if constexpr (S == 1) {
+    // Whole rows: a row per warp over all T tokens.
+    const int warps = blockDim.x / 32;
+    for (long long n = static_cast<long long>(blockIdx.x) * warps +
+                       threadIdx.x / 32;
+         n < N; n += static_cast<long long>(gridDim.x) * warps)
+      logitsRow<TX, TW, TB, H, N, HasBias, Chunk, NormInput, NormWeight>(
+          x, w, bias, static_cast<int>(n), 0, T, parts, scale, eps);
+    return;
+  }
+  const int lane = threadIdx.x % 32;
+  const int warps = blockDim.x / 32;
+  const long long first = static_cast<long long>(blockIdx.x) * warps +
+                          threadIdx.x / 32;
+  for (long long item = first; item < static_cast<long long>(N) * S;
+       item += static_cast<long long>(gridDim.x) * warps) {
+    const int n = static_cast<int>(item / S), c = static_cast<int>(item % S);
+    const TW *row = w + static_cast<long long>(n) * H;
+    for (long long r0 = 0; r0 < T; r0 += DecodeRows) {
+      const int count =
+          static_cast<int>(T - r0 < DecodeRows ? T - r0 : DecodeRows);
+      float part[DecodeRows];
+      chunkDots<TX, TW, H, Chunk>(x, r0, count, row, c, part);
+#pragma unroll
+      for (int i = 0; i < DecodeRows; ++i)
+        if (lane == i && i < count)
+          parts[((r0 + i) * S + c) * N + n] = part[i];
+    }
+  }
+}
+
+/// Token t's router logits from routerParts' output into the token's row
+/// of shared memory, by the token's warp: the S chunk sums of each row
+/// added in order (from 0, as logitsRow adds them), then the bias (S > 1:
+/// routerParts left it out). Volatile loads: the parts were written by
+/// other blocks of this launch (the caller is the last block to finish,
+/// lastBlockDone), so they must come from L2, not from a stale L1 line.
+template <int N, int S, bool HasBias, typename TB>
+__device__ __forceinline__ void loadLogitParts(const float *parts,
+                                               const TB *bias, long long t,
+                                               float *out, int lane) {
+  const volatile float *p = parts;
+  for (int n = lane; n < N; n += 32) {
+    float v;
+    if constexpr (S == 1) {
+      v = p[t * N + n];
+    } else {
+      v = 0.0f;
+      for (int c = 0; c < S; ++c)
+        v += p[(t * S + c) * N + n];
+    }
+    if constexpr (HasBias)
+      v += toF32<TB>(bias[n]);
+    out[n] = v;
+  }
+  __syncwarp();
 }
 
 /// The router logits of token t (a row of routerLogits' output) into the
@@ -203,13 +389,21 @@ template <int N> __device__ void mixFinish(float *acc, float sum) {
     acc[i] /= sum;
 }
 
+// Elementwise row ops, by the whole warp (lane l takes l, l + 32, ...):
+// the same arithmetic per element as one thread, in any order.
+
+/// The lane's first element of a row split over the warp.
+__device__ __forceinline__ int laneBegin() {
+  return static_cast<int>(threadIdx.x % 32);
+}
+
 template <int N> __device__ void sigmoid(const float *in, float *out) {
-  for (int i = 0; i < N; ++i)
+  for (int i = laneBegin(); i < N; i += 32)
     out[i] = moe_k::sigmoid(in[i]);
 }
 
 template <int N> __device__ void relu(const float *in, float *out) {
-  for (int i = 0; i < N; ++i)
+  for (int i = laneBegin(); i < N; i += 32)
     out[i] = fmaxf(in[i], 0.0f);
 }
 
@@ -226,82 +420,161 @@ __device__ void rmsNorm(const float *in, const float *g, float eps,
 
 template <int N, typename TB>
 __device__ void biasAdd(const float *in, const TB *bias, float *out) {
-  for (int i = 0; i < N; ++i)
+  for (int i = laneBegin(); i < N; i += 32)
     out[i] = in[i] + toF32<TB>(bias[i]);
 }
 
+// Selection by the whole warp. A row of N values is spread over the lanes,
+// lane l holding values l, l + 32, ... in P = ceil(N / 32) registers whose
+// indices are compile-time constants after unrolling (no local memory). The
+// best candidate comes from a butterfly of warp shuffles over (value,
+// index) pairs: the greater value wins, equal values go to the lower index,
+// so every lane ends with the candidate that the sequential scan of the
+// reference executor (strictly greater than the best so far, in index
+// order) picks.
+
+/// Whether candidate (v, i) beats (best, arg): valid candidates have
+/// arg >= 0; greater value first, then the lower index.
+__device__ __forceinline__ bool beats(float v, int i, float best, int arg) {
+  if (i < 0)
+    return false;
+  if (arg < 0)
+    return true;
+  return v > best || (v == best && i < arg);
+}
+
+/// The warp's best (value, index) over every lane's candidate; every lane
+/// gets it. Candidates with a negative index take no part.
+__device__ __forceinline__ void warpBest(float &best, int &arg) {
+#pragma unroll
+  for (int offset = 16; offset > 0; offset /= 2) {
+    const float v = __shfl_xor_sync(0xffffffffu, best, offset);
+    const int i = __shfl_xor_sync(0xffffffffu, arg, offset);
+    if (beats(v, i, best, arg)) {
+      best = v;
+      arg = i;
+    }
+  }
+}
+
 /// Keeps the `Keep` best of `G` contiguous groups (scored by their max or
-/// the sum of their two best) and sets the others to -inf.
+/// the sum of their two best) and sets the others to -inf, by the whole
+/// warp: lane g % 32 scores group g (in order over the group, as the
+/// sequential code did), the kept groups are a bit mask every lane holds.
+/// The pick among groups not yet kept is the sequential scan's: the first
+/// such group when its score is NaN, else the best non-NaN score (the
+/// lower index on ties; -inf counts).
 template <int N, int G, int Keep, bool Top2>
 __device__ void groupLimit(const float *in, float *out) {
   constexpr int S = N / G;
-  float score[G];
-  bool kept[G];
-  for (int g = 0; g < G; ++g) {
+  constexpr int PG = (G + 31) / 32;
+  const int lane = static_cast<int>(threadIdx.x % 32);
+  float score[PG];
+  unsigned kept[PG];
+#pragma unroll
+  for (int p = 0; p < PG; ++p) {
+    const int g = p * 32 + lane;
     float best = negInf(), second = negInf();
-    for (int i = 0; i < S; ++i) {
-      float v = in[g * S + i];
-      if (v > best) {
-        second = best;
-        best = v;
-      } else if (v > second) {
-        second = v;
+    if (g < G)
+      for (int i = 0; i < S; ++i) {
+        float v = in[g * S + i];
+        if (v > best) {
+          second = best;
+          best = v;
+        } else if (v > second) {
+          second = v;
+        }
       }
-    }
-    score[g] = Top2 ? best + second : best;
-    kept[g] = false;
+    score[p] = Top2 ? best + second : best;
+    kept[p] = 0u;
   }
   for (int k = 0; k < Keep; ++k) {
-    int arg = -1;
-    float best = 0.0f;
-    for (int g = 0; g < G; ++g)
-      if (!kept[g] && (arg < 0 || score[g] > best)) {
-        arg = g;
-        best = score[g];
+    // The first group not kept yet, and whether its score is NaN.
+    int first = -1;
+    bool firstNaN = false;
+#pragma unroll
+    for (int p = PG - 1; p >= 0; --p) {
+      const unsigned inGroup =
+          p * 32 + 32 <= G ? 0xffffffffu : (1u << (G - p * 32)) - 1u;
+      const unsigned free = ~kept[p] & inGroup;
+      if (free) {
+        first = p * 32 + __ffs(free) - 1;
+        const int nan = score[p] != score[p] ? 1 : 0;
+        firstNaN = __shfl_sync(0xffffffffu, nan, __ffs(free) - 1) != 0;
       }
-    kept[arg] = true;
-  }
-  for (int g = 0; g < G; ++g)
-    for (int i = 0; i < S; ++i)
-      out[g * S + i] = kept[g] ? in[g * S + i] : negInf();
-}
-
-/// The best value of `in` not yet taken (strictly greater than -inf and
-/// than every later candidate: the lower index wins ties), or -1.
-template <int N>
-__device__ __forceinline__ int argmaxFree(const float *in,
-                                          const bool *taken) {
-  int arg = -1;
-  float best = negInf();
-  for (int i = 0; i < N; ++i)
-    if (!taken[i] && in[i] > best) {
-      best = in[i];
-      arg = i;
     }
-  return arg;
+    int arg = first;
+    if (!firstNaN) {
+      float best = negInf();
+      arg = -1;
+#pragma unroll
+      for (int p = 0; p < PG; ++p) {
+        const int g = p * 32 + lane;
+        const float v = score[p];
+        if (g < G && !((kept[p] >> lane) & 1u) && v == v &&
+            beats(v, g, best, arg)) {
+          best = v;
+          arg = g;
+        }
+      }
+      warpBest(best, arg);
+    }
+#pragma unroll
+    for (int p = 0; p < PG; ++p)
+      if (arg >= 0 && arg / 32 == p)
+        kept[p] |= 1u << (arg % 32);
+  }
+  for (int i = lane; i < N; i += 32) {
+    const int g = i / S;
+    bool k = false;
+#pragma unroll
+    for (int p = 0; p < PG; ++p)
+      if (g / 32 == p)
+        k = (kept[p] >> (g % 32)) & 1u;
+    out[i] = k ? in[i] : negInf();
+  }
 }
 
-/// Selection by repeated argmax: `Keep(count, value, cumulative)` says
-/// whether the next best candidate is taken.
+/// Selection by repeated argmax, by the whole warp: `keep(count, value,
+/// cumulative)` says whether the next best candidate is taken (every lane
+/// evaluates it on the same values, so the loop stays uniform). The best
+/// candidate not yet taken is strictly greater than -inf (NaN never is);
+/// a taken one is set to -inf in its lane's register.
 template <int N, int K, typename KeepFn>
 __device__ void selectBest(const float *in, int *ids, float *vals,
                            KeepFn keep) {
-  bool taken[N];
-  for (int i = 0; i < N; ++i)
-    taken[i] = false;
+  constexpr int P = (N + 31) / 32;
+  const int lane = static_cast<int>(threadIdx.x % 32);
+  float v[P];
+#pragma unroll
+  for (int p = 0; p < P; ++p)
+    v[p] = p * 32 + lane < N ? in[p * 32 + lane] : negInf();
   int count = 0;
   float cumulative = 0.0f;
   while (count < K) {
-    int arg = argmaxFree<N>(in, taken);
-    if (arg < 0 || !keep(count, in[arg], cumulative))
+    float best = negInf();
+    int arg = -1;
+#pragma unroll
+    for (int p = 0; p < P; ++p)
+      if (v[p] > best) {
+        best = v[p];
+        arg = p * 32 + lane;
+      }
+    warpBest(best, arg);
+    if (arg < 0 || !keep(count, best, cumulative))
       break;
-    taken[arg] = true;
-    ids[count] = arg;
-    vals[count] = in[arg];
-    cumulative += in[arg];
+#pragma unroll
+    for (int p = 0; p < P; ++p)
+      if (arg == p * 32 + lane)
+        v[p] = negInf();
+    if (lane == 0) {
+      ids[count] = arg;
+      vals[count] = best;
+    }
+    cumulative += best;
     ++count;
   }
-  for (int s = count; s < K; ++s) {
+  for (int s = count + lane; s < K; s += 32) {
     ids[s] = -1;
     vals[s] = 0.0f;
   }
@@ -356,14 +629,14 @@ __device__ void threshold(const float *in, float limit, int *ids,
 template <int N, int K>
 __device__ void gatherScores(const float *scores, const int *ids,
                              float *out) {
-  for (int s = 0; s < K; ++s)
+  for (int s = laneBegin(); s < K; s += 32)
     out[s] = ids[s] < 0 ? 0.0f : scores[ids[s]];
 }
 
 template <int K>
 __device__ void dropNullExperts(const int *ids, const float *w, int real,
                                 int *outIds, float *outW) {
-  for (int s = 0; s < K; ++s) {
+  for (int s = laneBegin(); s < K; s += 32) {
     bool null = ids[s] >= real;
     outIds[s] = null ? -1 : ids[s];
     outW[s] = null ? 0.0f : w[s];
@@ -425,7 +698,7 @@ __device__ void maskedNormalize(const float *in, const int *ids, float eps,
 
 template <int K>
 __device__ void scale(const float *in, float factor, float *out) {
-  for (int s = 0; s < K; ++s)
+  for (int s = laneBegin(); s < K; s += 32)
     out[s] = in[s] * factor;
 }
 

@@ -5,7 +5,7 @@
 // CHECK: #include "moe_route.cuh"
 // Kernels are named from their text (a hash) and comments hold no location.
 // CHECK-NOT: loc(
-// CHECK: //===--- @layer_3 (layer 3) launches: [[LOGITS:moe_route_logits_[0-9a-f]+]], [[ROUTE:moe_route_[0-9a-f]+]], [[EXPERTS:moe_experts_[0-9a-f]+]]_decode_up,
+// CHECK: //===--- @layer_3 (layer 3) launches: [[LOGITS:moe_route_logits_[0-9a-f]+]], [[ROUTE:moe_route_[0-9a-f]+]], [[SMALL:moe_route_small_[0-9a-f]+]], [[EXPERTS:moe_experts_[0-9a-f]+]]_decode_up,
 // The router projection is a kernel of its own, launched first.
 // CHECK: // moe.router_linear of moe.fused_route
 // CHECK-NEXT: extern "C" __global__ void __launch_bounds__(128) [[LOGITS]](MoEKernelArgs args)
@@ -17,13 +17,29 @@
 // CHECK: moe_k::route::sigmoid<8>(
 // CHECK: moe_k::route::biasAdd<8, float>(
 // CHECK: moe_k::route::groupLimit<8, 4, 2, true>(
-// CHECK: moe_k::route::topK<8, 2>(
+// Selections and elementwise ops run on the whole warp (no lane-0 guard);
+// the normalisation on lane 0.
+// CHECK: // moe.topk
+// CHECK-NEXT: {
+// CHECK-NEXT: moe_k::route::topK<8, 2>(
 // CHECK: moe_k::route::gatherScores<8, 2>(
 // Over the slots of the top-k (its ids mark the empty slots): masked.
 // CHECK: moe_k::route::maskedNormalize<2>({{.*}}, {{.*}}, 9.99999968e-21f,
 // CHECK: moe_k::route::scale<2>({{.*}}, 2.5f,
 // CHECK: moe_k::route::planDispatch<8, 2, 4>(outIds, T, counts, offsets, rows, slotRow);
 // CHECK: MOE_EMU_EXPORT_KERNEL([[ROUTE]])
+// The small-T kernel (T <= 8): the projection by every block (H = 16: rows
+// not split), then the same row ops in the last block to finish.
+// CHECK: // moe.router_linear and moe.fused_route at small T (one launch)
+// CHECK-NEXT: extern "C" __global__ void __launch_bounds__(128, 1) [[SMALL]](MoEKernelArgs args)
+// CHECK: moe_k::route::routerParts<float, __nv_bfloat16, float, 16, 8, true, 16>(x, pw, pb,
+// CHECK-NEXT: if (moe_k::route::lastBlockDone(counter, lastFlag)) {
+// CHECK: moe_k::route::loadLogitParts<8, 1, false, float>(lg{{[0-9]+}}, pb, t,
+// CHECK: moe_k::route::topK<8, 2>(
+// CHECK: __syncthreads();
+// CHECK-NEXT: moe_k::route::planDispatch<8, 2, 4>(outIds, T, counts, offsets, rows, slotRow);
+// CHECK: MOE_EMU_EXPORT_KERNEL([[SMALL]])
+// CHECK: // moe-contract: [[SMALL]] block_threads=128 {{.*}} tokens_per_block=8 {{.*}} grid_columns=2 slots_per_token=1 min_slots=0 max_slots=8
 // CHECK: // moe.fused_experts (layout runtime: decode kernels up to 64 routed slots, grouped kernels above)
 // CHECK: struct Routed {
 // CHECK-NEXT: using TW = __nv_bfloat16;

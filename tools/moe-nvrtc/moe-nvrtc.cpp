@@ -21,6 +21,7 @@
 #include <iostream>
 #include <sstream>
 #include <string>
+#include <utility>
 #include <vector>
 
 namespace {
@@ -37,12 +38,13 @@ int help() {
             << "\nCompiles a kernel source written by `moe-translate "
                "--moe-to-cuda` with NVRTC\n(through the kernel cache; no "
                "GPU needed) and prints, per kernel, what ptxas\nreported: "
-               "registers, spill stores and loads, static shared memory.\n\n"
+               "registers, stack frame, spill stores and loads, static shared\n"
+               "memory.\n\n"
                "  --arch LIST   architectures, comma-separated: sm_XX, sm_XXa, "
                "sm_XXf or compute_XX,\n                sm_80 or newer; "
                "default sm_90a\n"
-               "  -o DIR        write DIR/kernels.<arch>.cubin for each "
-               "architecture\n"
+               "  -o DIR        write DIR/kernels.<arch>.cubin (and .ptx) for "
+               "each architecture\n"
                "  -h, --help    print this help\n";
   return 0;
 }
@@ -124,19 +126,28 @@ int main(int argc, char **argv) {
                 m.compileSeconds, m.fromCache ? " (cache hit)" : "");
     for (const auto &r : m.resources)
       if (r.isEntry)
-        std::printf("  %-28s %3d registers, %lld bytes spill stores, %lld "
-                    "bytes spill loads, %lld bytes static shared\n",
+        std::printf("  %-28s %3d registers, %lld bytes stack frame, %lld "
+                    "bytes spill stores, %lld bytes spill loads, %lld bytes "
+                    "static shared\n",
                     r.name.c_str(), r.registers,
+                    static_cast<long long>(r.stackFrameBytes),
                     static_cast<long long>(r.spillStoresBytes),
                     static_cast<long long>(r.spillLoadsBytes),
                     static_cast<long long>(r.sharedBytes));
     if (!outDir.empty()) {
-      std::string path = outDir + "/kernels." + arch + ".cubin";
-      std::ofstream out(path, std::ios::binary);
-      out.write(m.cubin.data(), static_cast<std::streamsize>(m.cubin.size()));
-      if (!out) {
-        std::cerr << "moe-nvrtc: error: cannot write " << path << "\n";
-        status = 1;
+      // The PTX too: what a reader checks for local-memory traffic.
+      for (const auto &[ext, bytes] :
+           {std::pair<const char *, const std::string *>{"cubin", &m.cubin},
+            {"ptx", &m.ptx}}) {
+        if (bytes->empty())
+          continue;
+        std::string path = outDir + "/kernels." + arch + "." + ext;
+        std::ofstream out(path, std::ios::binary);
+        out.write(bytes->data(), static_cast<std::streamsize>(bytes->size()));
+        if (!out) {
+          std::cerr << "moe-nvrtc: error: cannot write " << path << "\n";
+          status = 1;
+        }
       }
     }
   }

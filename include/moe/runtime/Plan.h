@@ -70,6 +70,15 @@ struct Binding {
 /// slot gates (Launch::maxSlots / minSlots).
 constexpr int64_t kPerTokenMaxSlots = 64;
 
+/// The token count up to which a moe.fused_route with one router_linear
+/// runs its small-T kernel (the router projection spread over the GPU and
+/// the routing by the last block to finish: one launch); above it, the
+/// projection's kernel and then the routing kernel (two launches). The code
+/// generator writes it into the launches' gates (maxSlots / minSlots with
+/// one slot per token). The last block's 4 warps route at most 2 tokens
+/// each: beyond that the second launch costs less than the serial routing.
+constexpr int64_t kSmallRouteMaxTokens = 8;
+
 struct Launch {
   std::string kernel;
   /// Which IR op the kernel implements (for messages and reports).
