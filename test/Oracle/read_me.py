@@ -191,22 +191,17 @@ def main():
                     # runs the pre-gating router on v.
                     v = rmsnorm(np.asarray(x, np.float64)).astype(np.float32)
                     ids, w = package.route(1, v)
-                    errs, we = compare_routing("python route T=%d" % t, ids, w,
-                                               ref_ids, ref_w, fragile, TOL_W)
-                    errors += errs[:3]
-                    stats[run][1] = max(stats[run][1], we)
-                    errs, ye = compare_output("%s T=%d" % (run, t), y, ref_y,
-                                              fragile, TOL_Y)
-                    errors += errs
-                    stats[run][0] = max(stats[run][0], ye)
-                    continue
-                model_path, backend = ((pkg, "emu") if run == "package-emu"
-                                       else (ir, run))
-                y, routing = run_all(args.bin, model_path, x, d, backend)
-                for l, (ids, w) in enumerate(routing):
-                    errs, we = compare_routing("%s T=%d layer %d" % (run, t, l),
-                                               ids, w, ref_ids, ref_w, fragile,
-                                               TOL_W)
+                    routings = [("python route T=%d" % t, ids, w)]
+                else:
+                    model_path, backend = ((pkg, "emu")
+                                           if run == "package-emu"
+                                           else (ir, run))
+                    y, routing = run_all(args.bin, model_path, x, d, backend)
+                    routings = [("%s T=%d layer %d" % (run, t, l), ids, w)
+                                for l, (ids, w) in enumerate(routing)]
+                for label, ids, w in routings:
+                    errs, we = compare_routing(label, ids, w, ref_ids, ref_w,
+                                               fragile, TOL_W)
                     errors += errs[:3]
                     stats[run][1] = max(stats[run][1], we)
                 errs, ye = compare_output("%s T=%d" % (run, t), y, ref_y,
