@@ -1420,6 +1420,9 @@ private:
     int quant = 0;
     int64_t qb0 = 1, qb1 = 1;
     Value gateScale, upScale, gateUpScale, downScale;
+    /// FP8 weights on FP8 tensor cores (moe.fp8_activations): the grouped
+    /// GEMMs are fp8GateUp / fp8Down (moe_grouped_fp8.cuh).
+    bool fp8Mma = false;
   };
 
   template <typename OpT> FFNInfo ffnInfo(OpT o, bool perExpert) {
@@ -1708,6 +1711,24 @@ private:
                                     "--backend reference)");
     }
 
+    // FP8 tensor cores for FP8 weights (moe_grouped_fp8.cuh): a reduction
+    // step is one block of QB1 input channels, whole k32 mma steps.
+    if (op->hasAttr(kFp8ActivationsAttrName)) {
+      for (FFNInfo *f : {&r, &s}) {
+        if (f->quant != 1)
+          continue;
+        if (f->qb1 % 32 != 0 || f->qb1 > 128)
+          return makeError(f->op, llvm::formatv(
+                                      "moe.fp8_activations: the FP8 weights' "
+                                      "block has {0} input channels; the FP8 "
+                                      "tensor-core path needs a multiple of "
+                                      "32 up to 128 (DeepSeek-V3: 128)",
+                                      f->qb1)
+                                      .str());
+        f->fp8Mma = true;
+      }
+    }
+
     // Argument slots shared by every kernel of the op (KernelABI.h,
     // MOE_EXPERTS_SLOT_*).
     SlotArgs<MOE_EXPERTS_NUM_SLOTS> args("experts");
@@ -1946,13 +1967,16 @@ private:
       // those of each factor apart (gate's, then up's).
       if (r.lowRank)
         gemm("factor_in", "factor", false, tiles(r.rg) + tiles(r.ru), true);
-      gemm("up", "gateUp", false, tiles(r.iw), false);
+      gemm("up", r.fp8Mma ? "fp8GateUp" : "gateUp", false, tiles(r.iw),
+           false);
       if (r.lowRank)
         gemm("factor_down", "factor", false, tiles(r.rd), false);
-      gemm("down", "down", false, tiles(r.H), false);
+      gemm("down", r.fp8Mma ? "fp8Down" : "down", false, tiles(r.H), false);
       if (shared) {
-        gemm("shared_up", "gateUp", true, tiles(s.I), true);
-        gemm("shared_down", "down", true, tiles(r.H), true);
+        gemm("shared_up", s.fp8Mma ? "fp8GateUp" : "gateUp", true, tiles(s.I),
+             true);
+        gemm("shared_down", s.fp8Mma ? "fp8Down" : "down", true, tiles(r.H),
+             true);
       }
     }
     // The combine serves both paths (ungated): a token's slots in slot
@@ -2291,7 +2315,8 @@ Expected<ModulePlan> emitCudaModule(ModuleOp module) {
         "it\n// came from and is named from its text: layers of the same "
         "configuration\n// share it.\n";
   os << "#include \"moe_route.cuh\"\n#include \"moe_experts.cuh\"\n"
-        "#include \"moe_grouped.cuh\"\n#include \"moe_lora.cuh\"\n"
+        "#include \"moe_grouped.cuh\"\n#include \"moe_grouped_fp8.cuh\"\n"
+        "#include \"moe_lora.cuh\"\n"
         "#include \"moe_elementwise.cuh\"\n\n";
   os << "// The argument slots this source was generated for.\n";
   slotCheck(os, "FFN", "FFN", kFFNSlots);

@@ -51,7 +51,8 @@ SmallVector<Operation *> sharedSlice(Value v, Value x, Operation *user) {
   return SmallVector<Operation *>(slice.begin(), slice.end());
 }
 
-void fuseExperts(CombineOp combine, int64_t decodeMaxTokens) {
+void fuseExperts(CombineOp combine, int64_t decodeMaxTokens,
+                 bool fp8Activations) {
   auto refuse = [&](const Twine &why) {
     combine.emitRemark() << "moe-fuse-experts: not fused: " << why;
   };
@@ -150,6 +151,8 @@ void fuseExperts(CombineOp combine, int64_t decodeMaxTokens) {
       fused->erase();
       return nullptr;
     }
+    if (fp8Activations)
+      fused->setAttr(kFp8ActivationsAttrName, b.getUnitAttr());
     last->getResult(0).replaceAllUsesWith(fused.getResult());
     for (Operation *op : llvm::reverse(compute))
       op->erase();
@@ -205,7 +208,7 @@ struct MoEFuseExpertsPass
         combines.push_back(op);
     });
     for (CombineOp op : combines)
-      fuseExperts(op, decodeMaxTokens);
+      fuseExperts(op, decodeMaxTokens, fp8Activations);
   }
 };
 

@@ -27,7 +27,8 @@ struct MoEOptimizePass : impl::MoEOptimizeBase<MoEOptimizePass> {
     pm.addPass(createCanonicalizerPass());
     OpPassManager &fpm = pm.nest<func::FuncOp>();
     fpm.addPass(createMoEFuseRouting());
-    fpm.addPass(createMoEFuseExperts(MoEFuseExpertsOptions{decodeMaxTokens}));
+    fpm.addPass(createMoEFuseExperts(
+        MoEFuseExpertsOptions{decodeMaxTokens, fp8Activations}));
     pm.addPass(createCanonicalizerPass());
     pm.addPass(createCSEPass());
     if (stats)

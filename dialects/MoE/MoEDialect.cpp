@@ -5,6 +5,7 @@
 //===----------------------------------------------------------------------===//
 
 #include "moe/dialects/MoE/MoEDialect.h"
+#include "moe/dialects/MoE/FusedExperts.h"
 #include "moe/dialects/MoE/MoEOps.h"
 
 #include "mlir/IR/Builders.h"
@@ -56,6 +57,12 @@ LogicalResult MoEDialect::verifyOperationAttribute(Operation *op,
     if (!isa<ModuleOp>(op))
       return op->emitError() << "'" << kWeightRootAttrName
                              << "' belongs on the module";
+    return success();
+  }
+  if (attr.getName() == kFp8ActivationsAttrName) {
+    if (!isa<UnitAttr>(attr.getValue()) || !isa<FusedExpertsOp>(op))
+      return op->emitError() << "'" << kFp8ActivationsAttrName
+                             << "' is a unit attribute of moe.fused_experts";
     return success();
   }
   // Free-form model metadata written by the importer (moe.model_type, ...).

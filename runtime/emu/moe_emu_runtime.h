@@ -411,6 +411,9 @@ inline void complete_shfl(Thread *base, unsigned eff) {
   }
 }
 
+/// WarpSlot::width of an mma: 0 bf16, 1 f16 (m16n8k16), kMmaE4M3 (m16n8k32).
+constexpr int kMmaE4M3 = 2;
+
 inline float mma_element(uint16_t bits, int kind) {
   return kind == 1 ? half_to_float(bits) : bf16_to_float(bits);
 }
@@ -430,10 +433,66 @@ inline float mma_element(uint16_t bits, int kind) {
 /// The products are exact and summed in double, then rounded once to f32
 /// (the hardware's accumulation order and rounding are unspecified: for
 /// inputs whose sums are exact in f32 the result is bit-identical).
+/// The exact value of an FP8 E4M3FN code (the tensor cores' operand
+/// decoding: bias 7, subnormals m * 2^-9, S.1111.111 NaN).
+inline double e4m3_value(uint32_t code) {
+  const uint32_t e = (code >> 3) & 15u, m = code & 7u;
+  double v = e == 15u && m == 7u ? std::nan("")
+             : e == 0u           ? std::ldexp(static_cast<double>(m), -9)
+                       : std::ldexp(static_cast<double>(8u + m),
+                                    static_cast<int>(e) - 10);
+  return (code & 0x80u) ? -v : v;
+}
+
+/// mma.sync.aligned.m16n8k32.row.col.f32.e4m3.e4m3.f32 (sm_89 and later)
+/// with the fragment layouts of the PTX ISA, section "Matrix Fragments for
+/// mma.m16n8k32" (8-bit types; #warp-level-matrix-fragment-mma-16832):
+///   A (16x32, four E4M3 codes per register, a0..a15 low byte first):
+///     row = groupID for a0..a3 and a8..a11, groupID + 8 otherwise;
+///     col = threadID_in_group * 4 + (i & 3), + 16 for i >= 8;
+///   B (32x8, b0..b7): row = threadID_in_group * 4 + (i & 3), + 16 for
+///     i >= 4; col = groupID;
+///   C/D as for m16n8k16.
+/// Codes decode exactly; products (exact in double) are summed in double
+/// and rounded once to f32 with C, as complete_mma does for bf16.
+inline void complete_mma_e4m3(Thread *base) {
+  double A[16][32], B[32][8], C[16][8];
+  for (int lane = 0; lane < 32; ++lane) {
+    const uint32_t *r = base[lane].ws.regs;
+    const int g = lane >> 2, tq = lane & 3;
+    for (int i = 0; i < 16; ++i) {
+      const uint32_t code = (r[i / 4] >> (8 * (i & 3))) & 0xFFu;
+      const int row = (i < 4 || (i >= 8 && i < 12)) ? g : g + 8;
+      const int col = tq * 4 + (i & 3) + (i >= 8 ? 16 : 0);
+      A[row][col] = e4m3_value(code);
+    }
+    for (int i = 0; i < 8; ++i) {
+      const uint32_t code = (r[4 + i / 4] >> (8 * (i & 3))) & 0xFFu;
+      B[tq * 4 + (i & 3) + (i >= 4 ? 16 : 0)][g] = e4m3_value(code);
+    }
+    for (int i = 0; i < 4; ++i)
+      C[i < 2 ? g : g + 8][tq * 2 + (i & 1)] = __uint_as_float(r[6 + i]);
+  }
+  for (int lane = 0; lane < 32; ++lane) {
+    const int g = lane >> 2, tq = lane & 3;
+    for (int i = 0; i < 4; ++i) {
+      const int m = i < 2 ? g : g + 8, n = tq * 2 + (i & 1);
+      double acc = 0.0;
+      for (int k = 0; k < 32; ++k)
+        acc += A[m][k] * B[k][n];
+      base[lane].ws.out[i] = __float_as_uint(static_cast<float>(acc + C[m][n]));
+    }
+  }
+}
+
 inline void complete_mma(Thread *base) {
   float A[16][16], B[16][8];
   double C[16][8];
   const int kind = base[0].ws.width;
+  if (kind == kMmaE4M3) {
+    complete_mma_e4m3(base);
+    return;
+  }
   for (int lane = 0; lane < 32; ++lane) {
     const uint32_t *r = base[lane].ws.regs;
     const int g = lane >> 2, tq = lane & 3;
@@ -1152,6 +1211,32 @@ inline void mma_m16n8k16_f16(float d[4], const unsigned a[4],
                              const char *file = __builtin_FILE(),
                              int line = __builtin_LINE()) {
   mma_m16n8k16<__half>(d, a, b, c, file, line);
+}
+
+/// D = A * B + C for one 16x32 by 32x8 product of FP8 E4M3FN codes with f32
+/// accumulation: PTX mma.sync.aligned.m16n8k32.row.col.f32.e4m3.e4m3.f32
+/// (sm_89 and later; see detail::complete_mma_e4m3 for the layout). Warp
+/// collective. `d` may alias `c`.
+inline void mma_m16n8k32_e4m3(float d[4], const unsigned a[4],
+                              const unsigned b[2], const float c[4],
+                              const char *file = __builtin_FILE(),
+                              int line = __builtin_LINE()) {
+  detail::Thread &t = detail::cur("mma_m16n8k32_e4m3");
+  detail::WarpSlot &s = t.ws;
+  s.op = detail::Op::Mma;
+  s.mask = 0xffffffffu;
+  s.file = file;
+  s.line = line;
+  s.width = detail::kMmaE4M3;
+  for (int i = 0; i < 4; ++i)
+    s.regs[i] = a[i];
+  s.regs[4] = b[0];
+  s.regs[5] = b[1];
+  for (int i = 0; i < 4; ++i)
+    s.regs[6 + i] = __float_as_uint(c[i]);
+  detail::warp_collective(t);
+  for (int i = 0; i < 4; ++i)
+    d[i] = __uint_as_float(s.out[i]);
 }
 
 namespace detail {

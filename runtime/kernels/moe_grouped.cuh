@@ -369,16 +369,14 @@ __device__ __forceinline__ void copyPairs(TW *gate, TW *up, const TW *src,
   }
 }
 
-/// One AChunk-element piece of a row of A: dst[j] = TW(f(src[k + j])) with
-/// f(v) = roundAs<TX>(v * scale) when Scale (the input scaled by its
+/// One AChunk-element piece of a row of A in f32: v[j] = f(src[k + j])
+/// with f(v) = roundAs<TX>(v * scale) when Scale (the input scaled by its
 /// routing weight, rounded as the IR's permute result is), else v; zero
 /// past kLimit or when the row does not exist (src null). VecSrc: the
 /// source rows are 16-byte aligned.
-template <typename TS, typename TW, typename TX, bool Scale, bool VecSrc,
-          int NA>
-__device__ __forceinline__ void loadAChunk(TW *dst, const TS *src, int k,
-                                           int kLimit, float scale) {
-  float v[AChunk];
+template <typename TS, typename TX, bool Scale, bool VecSrc>
+__device__ __forceinline__ void loadAValues(float (&v)[AChunk], const TS *src,
+                                            int k, int kLimit, float scale) {
   if (VecSrc && src != nullptr && k + AChunk <= kLimit) {
     constexpr int V = 16 / sizeof(TS);
 #pragma unroll
@@ -398,6 +396,16 @@ __device__ __forceinline__ void loadAChunk(TW *dst, const TS *src, int k,
     for (int j = 0; j < AChunk; ++j)
       v[j] = roundAs<TX>(v[j] * scale);
   }
+}
+
+/// The piece of loadAValues converted to the tile type: dst[j] = TW(v[j]),
+/// as NA 16-bit terms (SplitTerms) for tensor cores.
+template <typename TS, typename TW, typename TX, bool Scale, bool VecSrc,
+          int NA>
+__device__ __forceinline__ void loadAChunk(TW *dst, const TS *src, int k,
+                                           int kLimit, float scale) {
+  float v[AChunk];
+  loadAValues<TS, TX, Scale, VecSrc>(v, src, k, kLimit, scale);
   if constexpr (sizeof(TW) == 2) {
     // Term p is the 16-bit rounding of what the terms before it left.
 #pragma unroll
@@ -459,6 +467,85 @@ __device__ __forceinline__ bool denseTile(long long T, long long tile,
   long long left = T - tile * BM;
   rt.count = left < BM ? static_cast<int>(left) : BM;
   return true;
+}
+
+/// gateUp's epilogue for the accumulators of one tile (acc[0] gate's,
+/// acc[NB - 1] up's): biases, activation, h in f32 for the tile's rows and
+/// the columns below `width`.
+template <typename F, int NB>
+__device__ __forceinline__ void
+gateUpEpilogue(const float (&acc)[NB][MI][NI][4], float *h,
+               const experts::FFNWeights<F> &w, const RowTile &rt, int n0,
+               int width) {
+  constexpr int I = F::I;
+  const long long e = rt.e;
+  const int lane = threadIdx.x % 32, warp = threadIdx.x / 32;
+  const int wm = warp / WarpsN, wn = warp % WarpsN;
+  const int g = lane / 4, t = lane % 4;
+#pragma unroll
+  for (int mi = 0; mi < MI; ++mi)
+#pragma unroll
+    for (int ni = 0; ni < NI; ++ni)
+#pragma unroll
+      for (int i = 0; i < 4; ++i) {
+        const int r = wm * WM + mi * 16 + g + (i >= 2 ? 8 : 0);
+        const int j = n0 + wn * WN + ni * 8 + 2 * t + (i & 1);
+        if (r >= rt.count || j >= width)
+          continue;
+        float gv = acc[0][mi][ni][i], uv = acc[NB - 1][mi][ni][i];
+        if constexpr (F::Fused) {
+          if constexpr (F::GateUpBias) {
+            const int gRow = F::Interleaved ? 2 * j : j;
+            const int uRow = F::Interleaved ? 2 * j + 1 : I + j;
+            gv += toF32(w.gateUpBias[e * 2 * I + gRow]);
+            uv += toF32(w.gateUpBias[e * 2 * I + uRow]);
+          }
+        } else {
+          if constexpr (F::GateBias)
+            gv += toF32(w.gateBias[e * I + j]);
+          if constexpr (F::UpBias)
+            uv += toF32(w.upBias[e * I + j]);
+        }
+        // Non-gated: act(up x + b), as act(g, 1) (exact).
+        h[static_cast<long long>(rt.start + r) * I + j] =
+            F::NoGate
+                ? experts::activate<F::Act>(uv, 1.0f, F::Alpha, F::Limit)
+                : experts::activate<F::Act>(gv, uv, F::Alpha, F::Limit);
+      }
+}
+
+/// down's epilogue for the accumulators of one tile: out[row] =
+/// roundAs<TX>(acc + bias), times the row's routing weight (routed rows,
+/// unless Unweighted).
+template <typename Cfg, typename F, bool SharedFFN>
+__device__ __forceinline__ void
+downEpilogue(const float (&acc)[1][MI][NI][4], float *out, const float *weights,
+             const int *rows, const experts::FFNWeights<F> &w,
+             const RowTile &rt, int n0) {
+  using TX = typename Cfg::TX;
+  constexpr int H = F::H;
+  const long long e = rt.e;
+  const int lane = threadIdx.x % 32, warp = threadIdx.x / 32;
+  const int wm = warp / WarpsN, wn = warp % WarpsN;
+  const int g = lane / 4, t = lane % 4;
+#pragma unroll
+  for (int mi = 0; mi < MI; ++mi)
+#pragma unroll
+    for (int ni = 0; ni < NI; ++ni)
+#pragma unroll
+      for (int i = 0; i < 4; ++i) {
+        const int r = wm * WM + mi * 16 + g + (i >= 2 ? 8 : 0);
+        const int o = n0 + wn * WN + ni * 8 + 2 * t + (i & 1);
+        if (r >= rt.count || o >= H)
+          continue;
+        float v = acc[0][mi][ni][i];
+        if constexpr (F::DownBias)
+          v += toF32(w.downBias[e * H + o]);
+        v = roundAs<TX>(v);
+        if constexpr (!SharedFFN && !Cfg::Unweighted)
+          v *= weights[rows[rt.start + r]];
+        out[static_cast<long long>(rt.start + r) * H + o] = v;
+      }
 }
 
 /// Shared-memory words (uint4: 16-byte aligned carving) of a GEMM with NB
@@ -567,9 +654,6 @@ __device__ void gateUp(const MoEKernelArgs &args) {
   const long long T = args.num_tokens;
   const long long rowTiles =
       SharedFFN ? (T + BM - 1) / BM : (T * K + BM - 1) / BM + E;
-  const int lane = threadIdx.x % 32, warp = threadIdx.x / 32;
-  const int wm = warp / WarpsN, wn = warp % WarpsN;
-  const int g = lane / 4, t = lane % 4;
   // This thread's piece of A: row ar, columns ac .. ac + AChunk of a step.
   const int ar = threadIdx.x / (BK / AChunk);
   const int ac = (threadIdx.x % (BK / AChunk)) * AChunk;
@@ -712,37 +796,7 @@ __device__ void gateUp(const MoEKernelArgs &args) {
       }
     }
 
-    // Epilogue: biases, activation, h in f32.
-#pragma unroll
-    for (int mi = 0; mi < MI; ++mi)
-#pragma unroll
-      for (int ni = 0; ni < NI; ++ni)
-#pragma unroll
-        for (int i = 0; i < 4; ++i) {
-          const int r = wm * WM + mi * 16 + g + (i >= 2 ? 8 : 0);
-          const int j = n0 + wn * WN + ni * 8 + 2 * t + (i & 1);
-          if (r >= rt.count || j >= width)
-            continue;
-          float gv = acc[0][mi][ni][i], uv = acc[NB - 1][mi][ni][i];
-          if constexpr (F::Fused) {
-            if constexpr (F::GateUpBias) {
-              const int gRow = F::Interleaved ? 2 * j : j;
-              const int uRow = F::Interleaved ? 2 * j + 1 : I + j;
-              gv += toF32(w.gateUpBias[e * 2 * I + gRow]);
-              uv += toF32(w.gateUpBias[e * 2 * I + uRow]);
-            }
-          } else {
-            if constexpr (F::GateBias)
-              gv += toF32(w.gateBias[e * I + j]);
-            if constexpr (F::UpBias)
-              uv += toF32(w.upBias[e * I + j]);
-          }
-          // Non-gated: act(up x + b), as act(g, 1) (exact).
-          h[static_cast<long long>(rt.start + r) * I + j] =
-              F::NoGate
-                  ? experts::activate<F::Act>(uv, 1.0f, F::Alpha, F::Limit)
-                  : experts::activate<F::Act>(gv, uv, F::Alpha, F::Limit);
-        }
+    gateUpEpilogue<F, NB>(acc, h, w, rt, n0, width);
   }
 }
 
@@ -791,9 +845,6 @@ __device__ void down(const MoEKernelArgs &args) {
   const long long T = args.num_tokens;
   const long long rowTiles =
       SharedFFN ? (T + BM - 1) / BM : (T * K + BM - 1) / BM + E;
-  const int lane = threadIdx.x % 32, warp = threadIdx.x / 32;
-  const int wm = warp / WarpsN, wn = warp % WarpsN;
-  const int g = lane / 4, t = lane % 4;
   const int ar = threadIdx.x / (BK / AChunk);
   const int ac = (threadIdx.x % (BK / AChunk)) * AChunk;
 
@@ -850,24 +901,7 @@ __device__ void down(const MoEKernelArgs &args) {
       }
     }
 
-#pragma unroll
-    for (int mi = 0; mi < MI; ++mi)
-#pragma unroll
-      for (int ni = 0; ni < NI; ++ni)
-#pragma unroll
-        for (int i = 0; i < 4; ++i) {
-          const int r = wm * WM + mi * 16 + g + (i >= 2 ? 8 : 0);
-          const int o = n0 + wn * WN + ni * 8 + 2 * t + (i & 1);
-          if (r >= rt.count || o >= H)
-            continue;
-          float v = acc[0][mi][ni][i];
-          if constexpr (F::DownBias)
-            v += toF32(w.downBias[e * H + o]);
-          v = roundAs<TX>(v);
-          if constexpr (!SharedFFN && !Cfg::Unweighted)
-            v *= weights[rows[rt.start + r]];
-          out[static_cast<long long>(rt.start + r) * H + o] = v;
-        }
+    downEpilogue<Cfg, F, SharedFFN>(acc, out, weights, rows, w, rt, n0);
   }
 }
 

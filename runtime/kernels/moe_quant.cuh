@@ -51,6 +51,29 @@ __host__ __device__ __forceinline__ float decodeE4M3FN(unsigned code) {
   return __uint_as_float(sign | ((exponent + 120u) << 23) | (mantissa << 20));
 }
 
+/// The E4M3FN code nearest to v (ties to even), saturating to +-448 (the
+/// largest finite value; PTX cvt.rn.satfinite.e4m3x2.f32 rounds the same);
+/// NaN gives the NaN code S.1111.111. Bit operations only.
+__host__ __device__ __forceinline__ unsigned encodeE4M3FN(float v) {
+  const unsigned bits = __float_as_uint(v), sign = (bits >> 24) & 0x80u;
+  const unsigned mag = bits & 0x7fffffffu;
+  if (mag > 0x7f800000u)
+    return sign | 0x7Fu;
+  if (mag >= 0x43e00000u) // 448 or more (infinity included)
+    return sign | 0x7Eu;
+  if (mag < 0x3c800000u) { // below 2^-6: subnormal steps of 2^-9
+    // m * 2^-9 with m = round(v * 2^9): the f32 addition of 2^23 * 2^-9
+    // rounds to the nearest step, ties to even; m = 8 is the code of 2^-6.
+    const float a = __uint_as_float(mag) + 16384.0f; // 2^14: ulp 2^-9
+    return sign | (__float_as_uint(a) - 0x46800000u);
+  }
+  // Normal: keep 3 mantissa bits, rounding the 20 dropped ones to even;
+  // a carry moves to the exponent. E4M3 exponent = f32 exponent - 120.
+  const unsigned rounded = mag + 0x7FFFFu + ((mag >> 20) & 1u);
+  const unsigned code = (rounded >> 20) - (120u << 3);
+  return sign | (code > 0x7Eu ? 0x7Eu : code);
+}
+
 /// FP4 E2M1 (low 4 bits of `code`): sign, 2 exponent bits (bias 1), 1
 /// mantissa bit: 0, 0.5, 1, 1.5, 2, 3, 4, 6 and their negatives.
 __host__ __device__ __forceinline__ float decodeE2M1(unsigned code) {

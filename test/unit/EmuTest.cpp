@@ -1424,6 +1424,21 @@ extern "C" __global__ void k_quant_decode(MoEKernelArgs args) {
     out[768 + c * 48 + j] = moe_k::quant::wordCode<1>(word, j);
   for (int j = 0; j < 32; ++j)
     out[768 + c * 48 + 16 + j] = moe_k::quant::wordCode<2>(word, j);
+  // The encoder: every code's value, the midpoint above it (positive finite
+  // codes below 448), and past the range.
+  float *enc = out + 768 + 256 * 48;
+  using moe_k::quant::decodeE4M3FN;
+  using moe_k::quant::encodeE4M3FN;
+  enc[c] = static_cast<float>(encodeE4M3FN(decodeE4M3FN(c)));
+  if (c < 0x7Eu)
+    enc[256 + c] = static_cast<float>(
+        encodeE4M3FN((decodeE4M3FN(c) + decodeE4M3FN(c + 1)) * 0.5f));
+  if (c == 0) {
+    enc[512] = static_cast<float>(encodeE4M3FN(1000.0f));
+    enc[513] = static_cast<float>(encodeE4M3FN(-__int_as_float(0x7f800000)));
+    enc[514] = static_cast<float>(encodeE4M3FN(__int_as_float(0x7fc00000)));
+    enc[515] = static_cast<float>(encodeE4M3FN(464.0f));
+  }
 }
 MOE_EMU_EXPORT_KERNEL(k_quant_decode)
 )cuda";
@@ -1446,7 +1461,7 @@ TEST(EmuKernels, QuantDecodersMatchTheReference) {
   auto module =
       EmuModule::compile(kQuantSource, moe::kernelHeaders(), cacheDir);
   ASSERT_TRUE(module.ok()) << module.message();
-  std::vector<float> out(768 + 256 * 48, -7.0f);
+  std::vector<float> out(768 + 256 * 48 + 516, -7.0f);
   MoEKernelArgs args;
   std::memset(&args, 0, sizeof args);
   args.buffers[0] = out.data();
@@ -1476,6 +1491,21 @@ TEST(EmuKernels, QuantDecodersMatchTheReference) {
                             moe::quant::decodePackedE2M1(bytes, j)))
           << "word " << c << " FP4 value " << j;
   }
+  // encodeE4M3FN: each finite code's value gives the code back (-0 too),
+  // a midpoint the even one of its two codes; saturation at +-448 (0x7E),
+  // NaN to the NaN code.
+  const float *enc = out.data() + 768 + 256 * 48;
+  for (unsigned c = 0; c < 256; ++c) {
+    if ((c & 0x7Fu) != 0x7Fu)
+      EXPECT_EQ(enc[c], static_cast<float>(c)) << "E4M3FN code " << c;
+    if (c < 0x7Eu)
+      EXPECT_EQ(enc[256 + c], static_cast<float>(c % 2 ? c + 1 : c))
+          << "midpoint above E4M3FN code " << c;
+  }
+  EXPECT_EQ(enc[512], static_cast<float>(0x7E));
+  EXPECT_EQ(enc[513], static_cast<float>(0xFE));
+  EXPECT_EQ(enc[514], static_cast<float>(0x7F));
+  EXPECT_EQ(enc[515], static_cast<float>(0x7E));
   EXPECT_EQ(nan8, 2);  // S.1111.111
   EXPECT_EQ(nanE8, 1); // 0xFF
   EXPECT_EQ(out[512], std::ldexp(1.0f, -127)); // E8M0 0: a subnormal

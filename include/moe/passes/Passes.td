@@ -47,10 +47,21 @@ def MoEFuseExperts : Pass<"moe-fuse-experts", "::mlir::func::FuncOp"> {
     path), `grouped` when it is static and larger, and `runtime` when it is
     dynamic (the choice is made from the token count at run time). The pass
     refuses, with a remark, when an intermediate value has other users.
+
+    With `fp8-activations`, each fused op gets `moe.fp8_activations`: the
+    grouped (prefill) GEMMs of its FP8 E4M3FN weights then run on the FP8
+    tensor cores (sm_89 and later; the emulation too) with the activations
+    quantized on the fly to E4M3 per row and block of input channels, as
+    DeepSeek-V3 does. Off by default: FP8 weights are then dequantized
+    into bf16 tiles and the activations kept (docs/codegen.md, "Quantized
+    experts", states both error contracts). Other weights ignore it.
   }];
   let options = [
     Option<"decodeMaxTokens", "decode-max-tokens", "int64_t", "16",
-           "Largest static token count that gets the per-token layout">
+           "Largest static token count that gets the per-token layout">,
+    Option<"fp8Activations", "fp8-activations", "bool", "false",
+           "FP8 weights' grouped GEMMs on FP8 tensor cores, activations "
+           "quantized to E4M3 on the fly">
   ];
   let dependentDialects = ["::mlir::moe::MoEDialect"];
 }
@@ -172,6 +183,8 @@ def MoEOptimize : Pass<"moe-optimize", "::mlir::ModuleOp"> {
   }];
   let options = [
     Option<"decodeMaxTokens", "decode-max-tokens", "int64_t", "16",
+           "Passed to --moe-fuse-experts">,
+    Option<"fp8Activations", "fp8-activations", "bool", "false",
            "Passed to --moe-fuse-experts">,
     Option<"stats", "stats", "bool", "false",
            "Print op and kernel counts per layer before and after">

@@ -575,6 +575,14 @@ module attributes {moe.weight_root = 3 : i64} {
 
 // -----
 
+func.func @fp8_activations_on_op(%s: tensor<?x8xf32>) -> tensor<?x8xf32> {
+  // expected-error @+1 {{'moe.fp8_activations' is a unit attribute of moe.fused_experts}}
+  %p = moe.softmax %s {moe.fp8_activations} : tensor<?x8xf32>
+  return %p : tensor<?x8xf32>
+}
+
+// -----
+
 func.func @layer_on_op(%s: tensor<?x8xf32>) {
   // expected-error @+1 {{'moe.layer' belongs on a function, not on 'moe.softmax'}}
   %0 = moe.softmax %s {moe.layer = 1 : i64} : tensor<?x8xf32>

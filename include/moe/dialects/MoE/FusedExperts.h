@@ -20,6 +20,12 @@
 
 namespace mlir::moe {
 
+/// Unit attribute of a moe.fused_experts: its FP8 weights run on FP8 tensor
+/// cores with activations quantized on the fly (--moe-fuse-experts
+/// fp8-activations; docs/codegen.md, "Quantized experts").
+inline constexpr llvm::StringLiteral kFp8ActivationsAttrName =
+    "moe.fp8_activations";
+
 /// An accepted body:
 ///   y = combine(expert_ffn(permute(x, rows, w), offsets), rows, w)
 ///   [ + ffn(x) [ row_scale by sigmoid(router_linear(x, wg [bias bg])) ] ]
