@@ -253,32 +253,60 @@ __device__ __forceinline__ void quantRowDots(const QRow<F> (&w)[NW],
 /// Cols tile (rows: outputs rowOff + rowStep * (r0 + r) of expert e's
 /// [Out, In] matrix; columns c0 + c along In) dequantized into shared
 /// memory as TT (the tile type, bf16): dst[r][c] = TT(code * scale), zero
-/// where r >= rowValid or c >= colValid. Each thread converts 8
-/// consecutive values of a row (16 bytes of the tile).
+/// where r >= rowValid or c >= colValid. Each thread converts one 16-byte
+/// word of codes (16 FP8 or 32 FP4 values) of a row, read with one 16-byte
+/// load when the rows are whole words (In a multiple of perWord) and the
+/// word lies below colValid (else value by value), with one scale per word
+/// when QB1 is a multiple of its values, and written 8 values (16 bytes) at
+/// a time.
 template <typename F, typename TT, int Rows, int Cols, int Stride, int Out,
           int In, int Threads>
 __device__ __forceinline__ void
 copyQuantTile(TT *dst, const void *codes, const typename F::TS *scales,
               long long e, int rowOff, int rowStep, int r0, int rowValid,
               int c0, int colValid) {
-  constexpr int C = 8;
-  constexpr int PerRow = Cols / C;
-  static_assert(Cols % C == 0, "tile rows are whole 8-value chunks");
+  constexpr int Q = F::Quant;
+  constexpr int V = perWord<Q>();
+  constexpr int PerRow = Cols / V;
+  constexpr bool OneScale = F::QB1 % V == 0;
+  static_assert(Cols % V == 0, "tile rows are whole 16-byte words of codes");
+  static_assert(IsBF16<TT>::value, "codes dequantize into bf16 tiles");
   for (int i = threadIdx.x; i < Rows * PerRow; i += Threads) {
-    const int r = i / PerRow, c = (i % PerRow) * C;
+    const int r = i / PerRow, c = (i % PerRow) * V;
     TT *d = dst + r * Stride + c;
-    if (r >= rowValid) {
+    const bool row = r < rowValid;
+    const QRow<F> q = qrow<F, Out, In>(codes, scales, e,
+                                       rowOff + rowStep * (r0 + (row ? r : 0)));
+    if (In % V == 0 && row && c + V <= colValid) {
+      const uint4 word = *reinterpret_cast<const uint4 *>(
+          q.codes + (c0 + c) / perByte<Q>());
+      const float s = OneScale ? scaleValue(q.scales[(c0 + c) / F::QB1]) : 0;
+      // One 16-byte store at a time: unrolled, the grouped gate/up kernels
+      // spilled a few bytes at 128 registers (NVRTC sm_90a).
+#pragma unroll 1
+      for (int p = 0; p < V / 8; ++p) {
+        unsigned pk[4]; // 8 bf16, the lower index in the low half
 #pragma unroll
-      for (int j = 0; j < C; ++j)
-        d[j] = fromF32<TT>(0.0f);
-      continue;
+        for (int h = 0; h < 4; ++h) {
+          float w[2];
+#pragma unroll
+          for (int j = 0; j < 2; ++j) {
+            const int k = p * 8 + 2 * h + j;
+            w[j] = wordCode<Q>(word, k) *
+                   (OneScale ? s : scaleValue(q.scales[(c0 + c + k) / F::QB1]));
+          }
+          const unsigned lo = __bfloat16_as_ushort(fromF32<TT>(w[0]));
+          const unsigned hi = __bfloat16_as_ushort(fromF32<TT>(w[1]));
+          pk[h] = lo | hi << 16;
+        }
+        *reinterpret_cast<uint4 *>(d + p * 8) =
+            make_uint4(pk[0], pk[1], pk[2], pk[3]);
+      }
+    } else {
+      for (int j = 0; j < V; ++j)
+        d[j] = fromF32<TT>(row && c + j < colValid ? weightAt<F>(q, c0 + c + j)
+                                                   : 0.0f);
     }
-    const QRow<F> q =
-        qrow<F, Out, In>(codes, scales, e, rowOff + rowStep * (r0 + r));
-#pragma unroll
-    for (int j = 0; j < C; ++j)
-      d[j] = fromF32<TT>(c + j < colValid ? weightAt<F>(q, c0 + c + j)
-                                          : 0.0f);
   }
 }
 
