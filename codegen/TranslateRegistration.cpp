@@ -12,9 +12,17 @@
 #include "mlir/Dialect/Tensor/IR/Tensor.h"
 #include "mlir/Tools/mlir-translate/Translation.h"
 
+#include "llvm/Support/CommandLine.h"
+
 namespace moe {
 
 void registerMoEToCudaTranslation() {
+  // Registered with the translation (only tools that offer it see it).
+  static llvm::cl::opt<std::string> gemm(
+      "moe-cuda-gemm",
+      llvm::cl::desc("--moe-to-cuda: the grouped expert GEMMs, pipelined "
+                     "(default) or mma"),
+      llvm::cl::init("pipelined"));
   mlir::TranslateFromMLIRRegistration registration(
       "moe-to-cuda",
       "CUDA C++ of the kernels of fused moe IR (one per fused op)",
@@ -22,7 +30,14 @@ void registerMoEToCudaTranslation() {
         auto module = llvm::dyn_cast<mlir::ModuleOp>(op);
         if (!module)
           return op->emitError("expected a module");
-        llvm::Expected<ModulePlan> plan = emitCudaModule(module);
+        std::optional<GroupedGemm> path = parseGroupedGemm(gemm);
+        if (!path)
+          return mlir::emitError(op->getLoc())
+                 << "--moe-cuda-gemm: expected pipelined or mma, got '"
+                 << gemm << "'";
+        CudaEmitOptions options;
+        options.gemm = *path;
+        llvm::Expected<ModulePlan> plan = emitCudaModule(module, options);
         if (!plan) {
           // Reported at the module's location without the module attached
           // (emitting on the op would print all of it, in generic form);

@@ -20,6 +20,8 @@
 //    arithmetic, and the float/integer intrinsics;
 //  * moe_emu::mma_m16n8k16<T> (PTX mma.sync m16n8k16 with f32 accumulate,
 //    T = __nv_bfloat16 or __half) and moe_emu::ldmatrix_x{1,2,4}[_trans];
+//  * cp.async with its commit/wait groups, mbarriers and the bulk (TMA,
+//    non-tensor) copy that completes on one (moe_emu_async.h);
 //  * MOE_EMU_EXPORT_KERNEL(NAME), which defines the C entry point
 //    moe_emu_launch_NAME of moe/runtime/KernelABI.h.
 //
@@ -64,6 +66,7 @@
 
 #include "moe_emu_types.h"
 #include "moe_emu_runtime.h"
+#include "moe_emu_async.h"
 
 #define __global__
 #define __device__

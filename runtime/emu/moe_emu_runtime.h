@@ -153,6 +153,24 @@ struct WarpSlot {
 
 struct Block;
 
+/// A cp.async (or bulk copy) in flight (moe_emu_async.h): its source bytes
+/// are read at issue, its destination written only when it completes.
+struct AsyncCopy {
+  unsigned group;     // cp.async group (~0u until commit_group)
+  int mbar;           // bulk copies: the mbarrier it completes tx on
+  unsigned char *dst; // in the block's shared memory
+  unsigned bytes;     // destination bytes (the tail past the source's is 0)
+  unsigned char small[16];        // cp.async (up to 16 bytes)
+  std::vector<unsigned char> big; // bulk copies
+};
+/// An mbarrier object's state (the 8 bytes in shared memory hold a handle).
+struct MBarrier {
+  const void *addr;
+  unsigned expected, pending; // arrivals per phase, still to come
+  long long tx;               // transaction bytes still to come
+  unsigned phase;             // completed phases
+};
+
 /// One CUDA thread.
 struct Thread {
   ::uint3 tid{0, 0, 0};
@@ -164,6 +182,11 @@ struct Thread {
   const char *barFile = "";
   int barLine = 0;
   int barValue = 0;
+  // cp.async in flight, in issue order from asyncHead on, and the groups
+  // committed so far (moe_emu_async.h)
+  std::vector<AsyncCopy> asyncCopies;
+  size_t asyncHead = 0;
+  unsigned asyncCommitted = 0;
   WarpSlot ws;
   // Fibers are managed by hand: a failed launch abandons suspended fibers
   // instead of unwinding them, so their destructors must never run then.
@@ -207,6 +230,9 @@ struct Block {
   unsigned char *smem = nullptr;
   size_t smemLimit = 0, dynBytes = 0, smemTop = 0;
   std::vector<SharedDecl> decls;
+  // bulk copies in flight and mbarriers (moe_emu_async.h)
+  std::vector<AsyncCopy> bulkCopies;
+  std::vector<MBarrier> mbarriers;
   // progress and errors
   uint64_t events = 0;
   bool failed = false;
@@ -996,6 +1022,13 @@ inline bool run_block(Block &b, void (*fn)(Args), const Args *args,
   b.atBarrier = 0;
   b.events = 0;
   b.decls.clear();
+  b.bulkCopies.clear();
+  b.mbarriers.clear();
+  for (unsigned i = 0; i < b.n; ++i) {
+    b.threads[i].asyncCopies.clear();
+    b.threads[i].asyncHead = 0;
+    b.threads[i].asyncCommitted = 0;
+  }
   b.smemTop = b.dynBytes;
   std::memset(b.smem, kSharedPoison, b.dynBytes);
   unsigned live = b.n;

@@ -65,6 +65,7 @@
 #ifndef MOE_KERNELS_GROUPED_CUH
 #define MOE_KERNELS_GROUPED_CUH
 
+#include "moe_async.cuh"
 #include "moe_experts.cuh"
 
 namespace moe_k {
@@ -307,8 +308,9 @@ __device__ __forceinline__ void warpTile(float (&acc)[NB][MI][NI][4],
 /// (row stride Stride): dst[r][c] = src[(rowOff + rowStep * (r0 + r)) *
 /// pitch + c0 + c], zero where r >= rowValid or c >= colValid. 16-byte
 /// copies where the chunk is whole and Vec says the source rows are 16-byte
-/// aligned.
-template <typename TW, int Rows, int Cols, int Stride, bool Vec>
+/// aligned; with Async those are cp.async copies (the pipelined k loop).
+template <typename TW, int Rows, int Cols, int Stride, bool Vec,
+          bool Async = false>
 __device__ __forceinline__ void copyTile(TW *dst, const TW *src,
                                          long long pitch, int rowOff,
                                          int rowStep, int r0, int rowValid,
@@ -323,7 +325,10 @@ __device__ __forceinline__ void copyTile(TW *dst, const TW *src,
         src + static_cast<long long>(rowOff + rowStep * (r0 + r)) * pitch +
         c0 + c;
     if (Vec && r < rowValid && c + V <= colValid) {
-      *reinterpret_cast<uint4 *>(d) = *reinterpret_cast<const uint4 *>(s);
+      if constexpr (Async)
+        async::copy16(d, s);
+      else
+        *reinterpret_cast<uint4 *>(d) = *reinterpret_cast<const uint4 *>(s);
     } else {
 #pragma unroll
       for (int j = 0; j < V; ++j)
@@ -400,10 +405,21 @@ __device__ __forceinline__ void loadAValues(float (&v)[AChunk], const TS *src,
 
 /// The piece of loadAValues converted to the tile type: dst[j] = TW(v[j]),
 /// as NA 16-bit terms (SplitTerms) for tensor cores.
+/// Async: a whole chunk that needs no conversion (TS = TW, one term, no
+/// scale) is copied with cp.async.
 template <typename TS, typename TW, typename TX, bool Scale, bool VecSrc,
-          int NA>
+          int NA, bool Async = false>
 __device__ __forceinline__ void loadAChunk(TW *dst, const TS *src, int k,
                                            int kLimit, float scale) {
+  if constexpr (Async && VecSrc && !Scale && NA == 1 &&
+                SameType<TS, TW>::value && sizeof(TW) == 2) {
+    if (src != nullptr && k + AChunk <= kLimit) {
+#pragma unroll
+      for (int q = 0; q < AChunk * 2 / 16; ++q)
+        async::copy16(dst + q * 8, src + k + q * 8);
+      return;
+    }
+  }
   float v[AChunk];
   loadAValues<TS, TX, Scale, VecSrc>(v, src, k, kLimit, scale);
   if constexpr (sizeof(TW) == 2) {
@@ -568,6 +584,66 @@ template <typename TX, typename TW> struct ScratchTerms {
                                                  : HiddenTerms;
 };
 
+//===----------------------------------------------------------------------===//
+// The pipelined k loop (GroupedGemm::pipelined)
+//===----------------------------------------------------------------------===//
+
+/// Static shared memory a pipelined GEMM may take (the limit without the
+/// dynamic-shared-memory opt-in).
+constexpr int PipeSmemBytes = 48 * 1024;
+/// Most stages of the pipelined k loop.
+constexpr int MaxStages = 4;
+
+/// Stages of the k loop of a GEMM whose step needs GemmSmem<TW, InOut, NB,
+/// NA>: as many as fit PipeSmemBytes, at most MaxStages, when Pipe; 1 (the
+/// single-buffered loop of the mma path) otherwise or when two do not fit.
+template <bool Pipe, typename TW, bool InOut, int NB, int NA> struct Stages {
+  static constexpr int Fit =
+      PipeSmemBytes / (GemmSmem<TW, InOut, NB, NA>::Words * 16);
+  static constexpr int value =
+      !Pipe || Fit < 2 ? 1 : Fit > MaxStages ? MaxStages : Fit;
+};
+
+/// The k loop of a grouped GEMM over `steps` steps of BK. load(step, stage)
+/// fills stage buffer `stage` with the tiles of `step`; compute(stage)
+/// multiplies them. St = 1: load, barrier, compute, barrier (the mma
+/// path). St > 1: the loads of St - 1 steps are in flight (cp.async groups,
+/// one per step, committed even when empty so that the counting holds)
+/// while a step is multiplied: at step ks, wait for this thread's group ks,
+/// a barrier (every thread's copies of step ks have landed, and every warp
+/// is done with the stage that step ks + St - 1 refills), issue that step,
+/// multiply step ks.
+template <int St, typename Load, typename Compute>
+__device__ __forceinline__ void kLoop(int steps, Load &&load,
+                                      Compute &&compute) {
+  if constexpr (St == 1) {
+    for (int ks = 0; ks < steps; ++ks) {
+      __syncthreads(); // the previous step's tiles are consumed
+      load(ks, 0);
+      __syncthreads();
+      compute(0);
+    }
+  } else {
+    __syncthreads(); // the previous work item's stages are consumed
+#pragma unroll
+    for (int s = 0; s < St - 1; ++s) {
+      if (s < steps)
+        load(s, s);
+      async::commit();
+    }
+    for (int ks = 0; ks < steps; ++ks) {
+      async::wait<St - 2>();
+      __syncthreads();
+      const int next = ks + St - 1;
+      if (next < steps)
+        load(next, next % St);
+      async::commit();
+      compute(ks % St);
+    }
+    async::wait<0>();
+  }
+}
+
 /// Factored weights (moe.low_rank, out_in): acc += A . M^T for one tile
 /// over a reduction of KDim, on one B tile. A's rows come from `src` (this
 /// thread's row of the tile: AChunk pieces as loadAChunk reads them, null
@@ -605,8 +681,9 @@ __device__ __forceinline__ float (&oneAcc(float (&acc)[2][MI][NI][4],
 /// rows of one expert, a = the row's token (scaled by its routing weight
 /// with ScaleInput), converted to the weight type. One BM x BN tile of h
 /// per work item, gate and up accumulated side by side so that the thread
-/// that holds gate column j also holds up column j.
-template <typename Cfg, bool SharedFFN>
+/// that holds gate column j also holds up column j. Pipe: the pipelined k
+/// loop (kLoop, Stages).
+template <typename Cfg, bool SharedFFN, bool Pipe = false>
 __device__ void gateUp(const MoEKernelArgs &args) {
   using TX = typename Cfg::TX;
   using F = typename Sel<Cfg>::template FFN<SharedFFN>;
@@ -646,7 +723,10 @@ __device__ void gateUp(const MoEKernelArgs &args) {
   // B tiles per k step: gate and up, or up alone (NoGate: the gate is
   // neither read nor multiplied). acc[NB - 1] is up's.
   constexpr int NB = F::NoGate ? 1 : 2;
-  MOE_SHARED(uint4, smemWords, (GemmSmem<TW, InOut, NB, NA>::Words));
+  constexpr int St = Stages<Pipe && !F::LowRank, TW, InOut, NB, NA>::value;
+  constexpr bool Async = St > 1;
+  constexpr int StageWords = GemmSmem<TW, InOut, NB, NA>::Words;
+  MOE_SHARED(uint4, smemWords, (StageWords * St));
   TW *As = reinterpret_cast<TW *>(&smemWords[0]);
   TW *Bg = As + NA * S::A;
   TW *Bu = F::NoGate ? Bg : Bg + GemmSmem<TW, InOut, NB, NA>::B;
@@ -726,9 +806,13 @@ __device__ void gateUp(const MoEKernelArgs &args) {
                                                      1, n0, width - n0);
       }
     } else {
-      for (int k0 = 0; k0 < H; k0 += BK) {
-        __syncthreads(); // the previous step's tiles are consumed
-        loadAChunk<TX, TW, TX, Scale, H % (16 / sizeof(TX)) == 0, NA>(
+      // Stage st's tiles: As, Bg, Bu shifted by st * StageWords.
+      auto load = [&](int ks, int st) {
+        const int k0 = ks * BK;
+        TW *As = reinterpret_cast<TW *>(&smemWords[st * StageWords]);
+        TW *Bg = As + NA * S::A;
+        TW *Bu = F::NoGate ? Bg : Bg + GemmSmem<TW, InOut, NB, NA>::B;
+        loadAChunk<TX, TW, TX, Scale, H % (16 / sizeof(TX)) == 0, NA, Async>(
             As + ar * S::SK + ac, src, k0 + ac, H, scale);
         if constexpr (!InOut) {
           // [out, in]: whole rows of the gate and up outputs.
@@ -754,25 +838,25 @@ __device__ void gateUp(const MoEKernelArgs &args) {
                   Bu, w.up, w.upScale, e, 0, 1, n0, width - n0, k0, H - k0);
             }
           } else if constexpr (F::NoGate) {
-            copyTile<TW, BN, BK, S::SK, H % V == 0>(Bu, w.up + e * I * H, H, 0,
+            copyTile<TW, BN, BK, S::SK, H % V == 0, Async>(Bu, w.up + e * I * H, H, 0,
                                                     1, n0, width - n0, k0, H - k0);
           } else if constexpr (F::Fused) {
             const TW *m = w.gateUp + e * 2 * I * H;
-            copyTile<TW, BN, BK, S::SK, H % V == 0>(
+            copyTile<TW, BN, BK, S::SK, H % V == 0, Async>(
                 Bg, m, H, 0, F::Interleaved ? 2 : 1, n0, width - n0, k0, H - k0);
-            copyTile<TW, BN, BK, S::SK, H % V == 0>(
+            copyTile<TW, BN, BK, S::SK, H % V == 0, Async>(
                 Bu, m, H, F::Interleaved ? 1 : I, F::Interleaved ? 2 : 1, n0,
                 width - n0, k0, H - k0);
           } else {
-            copyTile<TW, BN, BK, S::SK, H % V == 0>(
+            copyTile<TW, BN, BK, S::SK, H % V == 0, Async>(
                 Bg, w.gate + e * I * H, H, 0, 1, n0, width - n0, k0, H - k0);
-            copyTile<TW, BN, BK, S::SK, H % V == 0>(Bu, w.up + e * I * H, H, 0,
+            copyTile<TW, BN, BK, S::SK, H % V == 0, Async>(Bu, w.up + e * I * H, H, 0,
                                                     1, n0, width - n0, k0, H - k0);
           }
         } else {
           // [in, out]: rows k0 .. k0 + BK, the tile's output columns.
           if constexpr (F::NoGate) {
-            copyTile<TW, BK, BN, S::SN, I % V == 0>(Bu, w.up + e * H * I, I, 0,
+            copyTile<TW, BK, BN, S::SN, I % V == 0, Async>(Bu, w.up + e * H * I, I, 0,
                                                     1, k0, H - k0, n0, width - n0);
           } else if constexpr (F::Fused && F::Interleaved) {
             copyPairs<TW, BK, BN, S::SN, (2 * I) % V == 0>(
@@ -780,20 +864,24 @@ __device__ void gateUp(const MoEKernelArgs &args) {
                 width - n0);
           } else if constexpr (F::Fused) {
             const TW *m = w.gateUp + e * H * 2 * I;
-            copyTile<TW, BK, BN, S::SN, I % V == 0>(Bg, m, 2 * I, 0, 1, k0,
+            copyTile<TW, BK, BN, S::SN, I % V == 0, Async>(Bg, m, 2 * I, 0, 1, k0,
                                                     H - k0, n0, width - n0);
-            copyTile<TW, BK, BN, S::SN, I % V == 0>(Bu, m, 2 * I, 0, 1, k0,
+            copyTile<TW, BK, BN, S::SN, I % V == 0, Async>(Bu, m, 2 * I, 0, 1, k0,
                                                     H - k0, I + n0, width - n0);
           } else {
-            copyTile<TW, BK, BN, S::SN, I % V == 0>(
+            copyTile<TW, BK, BN, S::SN, I % V == 0, Async>(
                 Bg, w.gate + e * H * I, I, 0, 1, k0, H - k0, n0, width - n0);
-            copyTile<TW, BK, BN, S::SN, I % V == 0>(Bu, w.up + e * H * I, I, 0,
+            copyTile<TW, BK, BN, S::SN, I % V == 0, Async>(Bu, w.up + e * H * I, I, 0,
                                                     1, k0, H - k0, n0, width - n0);
           }
         }
-        __syncthreads();
+      };
+      kLoop<St>((H + BK - 1) / BK, load, [&](int st) {
+        TW *As = reinterpret_cast<TW *>(&smemWords[st * StageWords]);
+        TW *Bg = As + NA * S::A;
+        TW *Bu = F::NoGate ? Bg : Bg + GemmSmem<TW, InOut, NB, NA>::B;
         warpTile<TW, InOut, NB, NA>(acc, As, Bg, Bu);
-      }
+      });
     }
 
     gateUpEpilogue<F, NB>(acc, h, w, rt, n0, width);
@@ -805,7 +893,8 @@ __device__ void gateUp(const MoEKernelArgs &args) {
 /// f32 scratch; on the way into shared memory it is split into 16-bit terms
 /// of the weight type (the tensor cores take 16-bit operands): SplitTerms
 /// with f32 activations (f32 accuracy), HiddenTerms with 16-bit ones.
-template <typename Cfg, bool SharedFFN>
+/// Pipe: the pipelined k loop (kLoop, Stages).
+template <typename Cfg, bool SharedFFN, bool Pipe = false>
 __device__ void down(const MoEKernelArgs &args) {
   using TX = typename Cfg::TX;
   using F = typename Sel<Cfg>::template FFN<SharedFFN>;
@@ -838,7 +927,10 @@ __device__ void down(const MoEKernelArgs &args) {
   constexpr int NA = ScratchTerms<TX, TW>::value;
   static_assert(!F::LowRank || (!SharedFFN && !InOut),
                 "factored weights are routed and out_in");
-  MOE_SHARED(uint4, smemWords, (GemmSmem<TW, InOut, 1, NA>::Words));
+  constexpr int St = Stages<Pipe && !F::LowRank, TW, InOut, 1, NA>::value;
+  constexpr bool Async = St > 1;
+  constexpr int StageWords = GemmSmem<TW, InOut, 1, NA>::Words;
+  MOE_SHARED(uint4, smemWords, (StageWords * St));
   TW *As = reinterpret_cast<TW *>(&smemWords[0]);
   TW *Bs = As + NA * S::A;
 
@@ -883,22 +975,27 @@ __device__ void down(const MoEKernelArgs &args) {
       thinGemm<float, TW, TX, false, true, NA, RD>(
           acc, As, Bs, zd, 1.0f, w.down + e * H * RD, 0, 1, n0, H - n0);
     } else {
-      for (int k0 = 0; k0 < width; k0 += BK) {
-        __syncthreads();
+      // Stage st's tiles: As, Bs shifted by st * StageWords.
+      auto load = [&](int ks, int st) {
+        const int k0 = ks * BK;
+        TW *As = reinterpret_cast<TW *>(&smemWords[st * StageWords]);
+        TW *Bs = As + NA * S::A;
         loadAChunk<float, TW, TX, false, I % 4 == 0, NA>(
             As + ar * S::SK + ac, src, k0 + ac, width, 1.0f);
         if constexpr (F::Quant != 0)
           quant::copyQuantTile<F, TW, BN, BK, S::SK, H, I, Threads>(
               Bs, w.down, w.downScale, e, 0, 1, n0, H - n0, k0, width - k0);
         else if constexpr (!InOut)
-          copyTile<TW, BN, BK, S::SK, I % V == 0>(Bs, w.down + e * H * I, I, 0,
-                                                  1, n0, H - n0, k0, width - k0);
+          copyTile<TW, BN, BK, S::SK, I % V == 0, Async>(
+              Bs, w.down + e * H * I, I, 0, 1, n0, H - n0, k0, width - k0);
         else
-          copyTile<TW, BK, BN, S::SN, H % V == 0>(Bs, w.down + e * I * H, H, 0,
-                                                  1, k0, width - k0, n0, H - n0);
-        __syncthreads();
-        warpTile<TW, InOut, 1, NA>(acc, As, Bs, Bs);
-      }
+          copyTile<TW, BK, BN, S::SN, H % V == 0, Async>(
+              Bs, w.down + e * I * H, H, 0, 1, k0, width - k0, n0, H - n0);
+      };
+      kLoop<St>((width + BK - 1) / BK, load, [&](int st) {
+        TW *As = reinterpret_cast<TW *>(&smemWords[st * StageWords]);
+        warpTile<TW, InOut, 1, NA>(acc, As, As + NA * S::A, As + NA * S::A);
+      });
     }
 
     downEpilogue<Cfg, F, SharedFFN>(acc, out, weights, rows, w, rt, n0);

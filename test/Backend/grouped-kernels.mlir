@@ -3,9 +3,13 @@
 // down, the shared expert's chunks included) and the grouped kernels
 // (gate/up GEMM, down GEMM, the same two for the shared expert), and one
 // combine for both; a forced layout keeps one path and the combine. The routing kernel also
-// writes slotRow, the inverse of rows, for the combine.
-// RUN: moe-opt %s --moe-optimize | moe-translate --moe-to-cuda | FileCheck %s --check-prefixes=CHECK,RUNTIME
-// RUN: moe-opt %s --moe-optimize | sed -e 's/#moe.layout<runtime>/#moe.layout<grouped>/' | moe-translate --moe-to-cuda | FileCheck %s --check-prefixes=CHECK,GROUPED
+// writes slotRow, the inverse of rows, for the combine. The GEMMs take the
+// pipelined k loop (a third template argument, true) unless
+// --moe-cuda-gemm=mma.
+// RUN: moe-opt %s --moe-optimize | moe-translate --moe-to-cuda | FileCheck %s --check-prefixes=CHECK,RUNTIME '-DPIPE=, true'
+// RUN: moe-opt %s --moe-optimize | sed -e 's/#moe.layout<runtime>/#moe.layout<grouped>/' | moe-translate --moe-to-cuda | FileCheck %s --check-prefixes=CHECK,GROUPED '-DPIPE=, true'
+// RUN: moe-opt %s --moe-optimize | moe-translate --moe-to-cuda --moe-cuda-gemm=mma | FileCheck %s --check-prefixes=CHECK,RUNTIME -DPIPE=
+// RUN: moe-opt %s --moe-optimize | not moe-translate --moe-to-cuda --moe-cuda-gemm=wgmma 2>&1 | FileCheck %s --check-prefix=BADGEMM
 // RUN: moe-opt %s --moe-optimize | sed -e 's/#moe.layout<runtime>/#moe.layout<per_token>/' | moe-translate --moe-to-cuda | FileCheck %s --check-prefix=PERTOKEN
 
 // CHECK: #include "moe_grouped.cuh"
@@ -34,17 +38,19 @@
 // GROUPED-NOT: moe_k::experts::decode
 // CHECK: static_assert(moe_k::grouped::BM == 64 && moe_k::grouped::BN == 64 && moe_k::grouped::Threads == 128
 // CHECK: extern "C" __global__ void __launch_bounds__(128) {{moe_experts_[0-9a-f]+}}_up(MoEKernelArgs args) {
-// CHECK-NEXT: moe_k::grouped::gateUp<{{moe_experts_[0-9a-f]+}}_cfg::Cfg, false>(args);
+// CHECK-NEXT: moe_k::grouped::gateUp<{{moe_experts_[0-9a-f]+}}_cfg::Cfg, false[[PIPE]]>(args);
 // CHECK: MOE_EMU_EXPORT_KERNEL({{moe_experts_[0-9a-f]+}}_up)
 // CHECK: extern "C" __global__ void __launch_bounds__(128) {{moe_experts_[0-9a-f]+}}_down(MoEKernelArgs args) {
-// CHECK-NEXT: moe_k::grouped::down<{{moe_experts_[0-9a-f]+}}_cfg::Cfg, false>(args);
+// CHECK-NEXT: moe_k::grouped::down<{{moe_experts_[0-9a-f]+}}_cfg::Cfg, false[[PIPE]]>(args);
 // CHECK: extern "C" __global__ void __launch_bounds__(128) {{moe_experts_[0-9a-f]+}}_shared_up(MoEKernelArgs args) {
-// CHECK-NEXT: moe_k::grouped::gateUp<{{moe_experts_[0-9a-f]+}}_cfg::Cfg, true>(args);
+// CHECK-NEXT: moe_k::grouped::gateUp<{{moe_experts_[0-9a-f]+}}_cfg::Cfg, true[[PIPE]]>(args);
 // CHECK: extern "C" __global__ void __launch_bounds__(128) {{moe_experts_[0-9a-f]+}}_shared_down(MoEKernelArgs args) {
-// CHECK-NEXT: moe_k::grouped::down<{{moe_experts_[0-9a-f]+}}_cfg::Cfg, true>(args);
+// CHECK-NEXT: moe_k::grouped::down<{{moe_experts_[0-9a-f]+}}_cfg::Cfg, true[[PIPE]]>(args);
 // CHECK: extern "C" __global__ void __launch_bounds__(128) {{moe_experts_[0-9a-f]+}}_combine(MoEKernelArgs args) {
 // CHECK-NEXT: moe_k::grouped::combine<{{moe_experts_[0-9a-f]+}}_cfg::Cfg>(args);
 // CHECK: MOE_EMU_EXPORT_KERNEL({{moe_experts_[0-9a-f]+}}_combine)
+
+// BADGEMM: --moe-cuda-gemm: expected pipelined or mma, got 'wgmma'
 
 // PERTOKEN: // moe.fused_experts (layout per_token: decode kernels)
 // PERTOKEN: moe_k::experts::decodeUp<{{moe_experts_[0-9a-f]+}}_cfg::Cfg, {{moe_experts_[0-9a-f]+}}_cfg::Decode>(args);

@@ -65,6 +65,12 @@ static cl::opt<std::string>
           cl::desc("Comma-separated NVRTC targets, e.g. sm_90a,sm_80 "
                    "(default sm_90a), or none"),
           cl::init("sm_90a"), cl::cat(category));
+static cl::opt<std::string> gemmPath(
+    "gemm",
+    cl::desc("The grouped (prefill) expert GEMMs: pipelined (cp.async "
+             "stages in flight while mma.sync multiplies, the default) or mma "
+             "(single-buffered loads, the fallback)"),
+    cl::init("pipelined"), cl::cat(category));
 static cl::list<std::string>
     adapters("adapter", cl::desc("PEFT LoRA adapter folder (repeatable)"),
              cl::value_desc("dir"), cl::cat(category));
@@ -130,7 +136,12 @@ int compilePackage(mlir::ModuleOp module, const std::string &irPathForWeights,
     return fail("--moe-optimize failed");
 
   progress.step("generating kernels");
-  auto plan = moe::emitCudaModule(module);
+  std::optional<moe::GroupedGemm> gemm = moe::parseGroupedGemm(gemmPath);
+  if (!gemm)
+    return fail("--gemm: expected pipelined or mma, got '" + gemmPath + "'");
+  moe::CudaEmitOptions emitOptions;
+  emitOptions.gemm = *gemm;
+  auto plan = moe::emitCudaModule(module, emitOptions);
   if (!plan)
     return fail(toString(plan.takeError()));
 

@@ -129,6 +129,12 @@ static cl::opt<std::string> backend(
              "GPU load, else emu; the backend chosen is printed). Default: "
              "auto for a package, reference for an IR file"),
     cl::cat(category));
+static cl::opt<std::string> gemmPath(
+    "gemm",
+    cl::desc("The grouped (prefill) expert GEMMs: pipelined (cp.async "
+             "stages in flight while mma.sync multiplies, the default) or mma "
+             "(single-buffered loads, the fallback)"),
+    cl::init("pipelined"), cl::cat(category));
 static cl::opt<std::string> routingOut(
     "routing-out",
     cl::desc("Write PREFIX.ids.npy (int32 [T, K], -1 for empty slots) and "
@@ -726,7 +732,12 @@ int main(int argc, char **argv) {
     pm.addPass(mlir::moe::createMoEOptimize());
     if (mlir::failed(pm.run(*module)))
       return fail("--moe-optimize failed on " + irFile);
-    auto emitted = moe::emitCudaModule(*module);
+    moe::CudaEmitOptions emitOptions;
+    std::optional<moe::GroupedGemm> gemm = moe::parseGroupedGemm(gemmPath);
+    if (!gemm)
+      return fail("--gemm: expected pipelined or mma, got '" + gemmPath + "'");
+    emitOptions.gemm = *gemm;
+    auto emitted = moe::emitCudaModule(*module, emitOptions);
     if (!emitted)
       return fail(toString(emitted.takeError()));
     generated = std::move(*emitted);

@@ -16,11 +16,32 @@
 
 #include "llvm/Support/Error.h"
 
+#include <optional>
+
 namespace moe {
+
+/// How the grouped (prefill) expert GEMMs load their tiles
+/// (runtime/kernels/moe_grouped.cuh, docs/codegen.md).
+enum class GroupedGemm {
+  /// A multi-stage k loop: cp.async copies of the next steps' tiles in
+  /// flight while mma.sync multiplies the current one.
+  Pipelined,
+  /// One stage: synchronous loads, a barrier, mma.sync (the fallback).
+  Mma,
+};
+
+/// "pipelined" or "mma".
+std::optional<GroupedGemm> parseGroupedGemm(llvm::StringRef name);
+
+/// Choices of the emitter that the IR does not fix.
+struct CudaEmitOptions {
+  GroupedGemm gemm = GroupedGemm::Pipelined;
+};
 
 /// Emits the kernels and launch plans of every layer function (functions
 /// with `moe.layer`) of `module`, which must be fused (`--moe-optimize`).
-llvm::Expected<ModulePlan> emitCudaModule(mlir::ModuleOp module);
+llvm::Expected<ModulePlan> emitCudaModule(mlir::ModuleOp module,
+                                          const CudaEmitOptions &options = {});
 
 /// The launch plan of one layer function (a function with `moe.layer`),
 /// without the kernels' text: what reports such as moe-stats count.

@@ -22,7 +22,8 @@ token chooses the same experts: K experts get all T rows, the others none).
   check_backend.py --bin BUILD/bin --examples DIR --backend emu [--seed N]
       [--layout runtime|grouped|per_token] [--tokens 1,7,64,300]
       [--identical] [--synthetic-options "--hidden N ..."]
-      [--only SUBSTRING,...] [--compress OPTIONS]
+      [--only SUBSTRING,...] [--compress OPTIONS] [--gemm pipelined|mma]
+      [--activation-type bf16]
 """
 import argparse
 import glob
@@ -121,6 +122,8 @@ def run_layer(args, ir, layer, x_path, prefix, backend, target=None,
             "--backend", backend]
     if target:
         cmd += ["--target", target]
+    if backend != "reference":
+        cmd += ["--gemm", args.gemm]
     run(cmd)
     return (np.load(prefix + ".y.npy"), np.load(prefix + ".ids.npy"),
             np.load(prefix + ".weights.npy"))
@@ -208,6 +211,7 @@ def check_model(args, tag, ir, work, rng, target=None, layers=None):
                             WTOL_RELU_NORM if relu_norm else WTOL)
             scale = max(float(np.abs(y0).max()), 1e-30)
             err = float(np.abs(y0 - y1).max()) / scale
+            args.max_err = max(args.max_err, err)
             if not np.isfinite(y1).all() or err > rtol:
                 raise AssertionError(f"{where}: output differs from the "
                                      f"reference (relative {err:.3g} > "
@@ -232,6 +236,13 @@ def main():
                    "(sizes: --hidden N --intermediate N --top-k N)")
     p.add_argument("--identical", action="store_true",
                    help="the same row for every token")
+    p.add_argument("--gemm", default="pipelined",
+                   choices=["pipelined", "mma"],
+                   help="moe-run --gemm of the backend: the grouped GEMMs' "
+                   "k loop")
+    p.add_argument("--activation-type", default="",
+                   help="moe-import --activation-type of the synthetic "
+                   "models (default: theirs, f32)")
     p.add_argument("--compress", default="",
                    help="run moe-opt --moe-compress-experts=OPTIONS on every "
                    "model first (factored expert weights)")
@@ -248,8 +259,10 @@ def main():
             return
         cases += 1
         try:
+            args.max_err = 0.0
             fn()
-            print(f"ok   {tag}", flush=True)
+            print(f"ok   {tag} (max relative error {args.max_err:.3g})",
+                  flush=True)
         except (AssertionError, RuntimeError) as e:
             failures += 1
             print(f"FAIL {tag}: {e}", flush=True)
@@ -272,7 +285,9 @@ def main():
                          "--dtype", dtype, "--seed", str(seed), "-o", model]
                         + extra + args.synthetic_options.split())
                     ir = model + ".mlir"
-                    run([args.bin + "/moe-import", model, "-o", ir])
+                    run([args.bin + "/moe-import", model, "-o", ir] +
+                        (["--activation-type", args.activation_type]
+                         if args.activation_type else []))
                     check_model(args, tag, ir, work, rng)
                 case(tag, go)
         for example in sorted(glob.glob(os.path.join(args.examples,
