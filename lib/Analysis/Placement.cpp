@@ -1499,8 +1499,9 @@ MipResult solveCbc(const Mip &mip, double timeLimit) {
 // The affinity ILP
 //===----------------------------------------------------------------------===//
 
-/// The share of the time limit that the eigenvalue bound may take (it
-/// stops earlier once its multipliers stall); the solver gets the rest.
+/// The share of the time limit that the eigenvalue bound may take (less
+/// what the start took where little is left; it stops earlier once its
+/// multipliers stall); the solver gets the rest.
 constexpr double spectralShare = 0.4;
 
 /// The ILP: x[l][e][g] binary (expert e of layer l on GPU g), every expert
@@ -1542,9 +1543,12 @@ Assignment ilpAffinity(ArrayRef<LayerLoad> layers, int64_t gpus,
   // holds for every placement the ILP may return).
   double startStay = totalWeight(layers) - crossingOf(layers, start);
   bool startWithin = excessLoad(layers, start, gpus, bounds) == 0;
-  SpectralBound spectral =
-      spectralStayBound(layers, gpus, startWithin ? bounds : ArrayRef<double>(),
-                        startStay, spectralShare * timeLimit);
+  double elapsed =
+      std::chrono::duration<double>(std::chrono::steady_clock::now() - t0)
+          .count();
+  SpectralBound spectral = spectralStayBound(
+      layers, gpus, startWithin ? bounds : ArrayRef<double>(), startStay,
+      std::min(spectralShare * timeLimit, 0.9 * (timeLimit - elapsed)));
   st.spectralBound = spectral.bound;
   st.spectralSeconds = spectral.seconds;
   st.spectralUsesLoadBounds = startWithin;
