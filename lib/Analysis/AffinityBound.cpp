@@ -251,12 +251,15 @@ Ritz rayleighRitz(const Chain &c, const Mult &u, const std::vector<Vec> &block,
   return r;
 }
 
-/// `ritz` and the centred unit vectors of the `extra` rows where PAP's
-/// diagonal is largest: a large d_i makes an eigenvector close to row i,
-/// which the Krylov space of the previous eigenvectors can miss (and the
-/// descent then runs on eigenvalues that are too small).
+/// `ritz` and the centred unit vectors of the (at most `extra`) rows where
+/// PAP's diagonal is largest and above `above` (the m-th eigenvalue found
+/// last): such a row's Rayleigh quotient shows an eigenvalue that the
+/// Krylov space of the previous eigenvectors missed (a large d_i makes an
+/// eigenvector close to row i), and the descent would then run on
+/// eigenvalues that are too small.
 std::vector<Vec> startBlock(const Chain &c, const Mult &u,
-                            const std::vector<Vec> &ritz, size_t extra) {
+                            const std::vector<Vec> &ritz, size_t extra,
+                            double above) {
   Vec diag(c.n);
   for (int64_t l = 0; l < c.L; ++l) {
     int64_t a = c.off[l], e = c.size[l];
@@ -276,7 +279,7 @@ std::vector<Vec> startBlock(const Chain &c, const Mult &u,
                       return diag[x] > diag[y] || (diag[x] == diag[y] && x < y);
                     });
   std::vector<Vec> block = ritz;
-  for (size_t k = 0; k < extra; ++k) {
+  for (size_t k = 0; k < extra && diag[rows[k]] > above; ++k) {
     Vec v(c.n, 0.0);
     v[rows[k]] = 1;
     centre(c, v.data());
@@ -533,6 +536,7 @@ SpectralBound spectralStayBound(ArrayRef<LayerLoad> layers, int64_t gpus,
   Mult u{Vec(c.n, 0.0), Vec(c.L, 0.0)};
   Mult best = u;
   Ritz bestRitz;
+  double mth = INFINITY;
   double bestValue = INFINITY, gamma = 1, checked = INFINITY;
   double tol = 1e-7 * std::max(std::abs(target), 1.0);
   auto deadline = t0 + std::chrono::duration_cast<Clock::duration>(
@@ -542,10 +546,12 @@ SpectralBound spectralStayBound(ArrayRef<LayerLoad> layers, int64_t gpus,
   for (;; ++out.iterations) {
     if (out.iterations > 0 && seconds(t0) > 0.75 * budget)
       break;
-    Ritz r = rayleighRitz(c, u, startBlock(c, u, block, m + 1), 6, width);
+    Ritz r =
+        rayleighRitz(c, u, startBlock(c, u, block, m + 1, mth), 6, width);
     if (r.value.size() < size_t(m))
       break;
     block = r.vector;
+    mth = r.value[m - 1];
     double value = boundOf(c, u, r.value);
     if (value < bestValue) {
       bestValue = value;
@@ -598,7 +604,8 @@ SpectralBound spectralStayBound(ArrayRef<LayerLoad> layers, int64_t gpus,
   Ritz r = bestRitz;
   for (int pass = 0; pass < 2 && Clock::now() < deadline; ++pass) {
     Ritz sharper =
-        rayleighRitz(c, best, startBlock(c, best, r.vector, m + 1), 12, width);
+        rayleighRitz(c, best, startBlock(c, best, r.vector, m + 1, r.value[m - 1]),
+                     12, width);
     if (sharper.value.size() < size_t(m))
       break;
     r = std::move(sharper);
