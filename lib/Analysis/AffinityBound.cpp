@@ -228,9 +228,8 @@ Ritz rayleighRitz(const Chain &c, const Mult &u, const std::vector<Vec> &block,
       h[i + size_t(j) * q] = h[j + size_t(i) * q] = v;
     }
   Ritz r;
-  if (q == 0 ||
-      LAPACKE_dsyevd(LAPACK_COL_MAJOR, 'V', 'U', q, h.data(), q,
-                     theta.data()) != 0)
+  if (q == 0 || LAPACKE_dsyevd(LAPACK_COL_MAJOR, 'V', 'U', q, h.data(), q,
+                               theta.data()) != 0)
     return r;
   for (int k = q - 1; k >= 0 && r.value.size() < want; --k) {
     Vec x(c.n, 0.0), ax(c.n, 0.0);
@@ -482,8 +481,8 @@ Vec provenTop(const Chain &c, const Mult &u, const Ritz &r, int64_t m,
   // count above j at t only moves lower_j to t).
   Vec lower(m);
   for (int64_t j = 0; j < m; ++j)
-    lower[j] = std::min(j < int64_t(r.value.size()) ? r.value[j] : gersh,
-                        top[j]);
+    lower[j] =
+        std::min(j < int64_t(r.value.size()) ? r.value[j] : gersh, top[j]);
   for (int step = 0; step < 8 * m && Clock::now() < deadline; ++step) {
     int64_t j = 0;
     for (int64_t i = 1; i < m; ++i)
@@ -546,8 +545,7 @@ SpectralBound spectralStayBound(ArrayRef<LayerLoad> layers, int64_t gpus,
   for (;; ++out.iterations) {
     if (out.iterations > 0 && seconds(t0) > 0.75 * budget)
       break;
-    Ritz r =
-        rayleighRitz(c, u, startBlock(c, u, block, m + 1, mth), 6, width);
+    Ritz r = rayleighRitz(c, u, startBlock(c, u, block, m + 1, mth), 6, width);
     if (r.value.size() < size_t(m))
       break;
     block = r.vector;
@@ -566,8 +564,7 @@ SpectralBound spectralStayBound(ArrayRef<LayerLoad> layers, int64_t gpus,
         gamma /= 2;
       checked = bestValue;
     }
-    if (bestValue <= target + tol || gamma < 1.0 / 64 ||
-        out.iterations >= 5000)
+    if (bestValue <= target + tol || gamma < 1.0 / 64 || out.iterations >= 5000)
       break;
     // The subgradient: d(value)/d d_i and d(value)/d nu_l.
     Vec gd(c.n, 1.0 / double(c.gpus) - 1.0), gn(c.L, 0.0);
@@ -603,9 +600,9 @@ SpectralBound spectralStayBound(ArrayRef<LayerLoad> layers, int64_t gpus,
   // left, then counts.
   Ritz r = bestRitz;
   for (int pass = 0; pass < 2 && Clock::now() < deadline; ++pass) {
-    Ritz sharper =
-        rayleighRitz(c, best, startBlock(c, best, r.vector, m + 1, r.value[m - 1]),
-                     12, width);
+    Ritz sharper = rayleighRitz(
+        c, best, startBlock(c, best, r.vector, m + 1, r.value[m - 1]), 12,
+        width);
     if (sharper.value.size() < size_t(m))
       break;
     r = std::move(sharper);

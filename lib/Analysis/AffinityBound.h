@@ -1,4 +1,4 @@
-//===- AffinityBound.h - Eigenvalue bound of the affinity objective -*- C++ -*-===//
+//===- AffinityBound.h - Eigenvalue bound of the affinity ILP --*- C++ -*-===//
 //
 // Part of moe-opt. An upper bound on the staying transition weight of every
 // affinity placement (E_l/G experts of layer l on each GPU), from the
@@ -34,8 +34,7 @@ struct SpectralBound {
 /// the most load a GPU of the layer may carry; where finite, the bound
 /// holds only for placements within them (and is then tighter where the
 /// loads are uneven). Deterministic (seeded).
-SpectralBound spectralStayBound(llvm::ArrayRef<LayerLoad> layers,
-                                int64_t gpus,
+SpectralBound spectralStayBound(llvm::ArrayRef<LayerLoad> layers, int64_t gpus,
                                 llvm::ArrayRef<double> loadBounds,
                                 double target, double seconds);
 

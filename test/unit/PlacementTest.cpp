@@ -621,7 +621,7 @@ TEST(Placement, BoundsNeverBelowTheExhaustiveOptimum) {
   // Every bound the planner reports (layer pairs, eigenvalues, the final
   // one) is at least the best staying weight of every placement within
   // the planner's load bounds, found by enumeration; what it returns is
-  // at most that.
+  // at most that, and crosses no more than greedy's placement.
   std::mt19937 rng(37);
   int cases = 0, tighter = 0;
   for (int64_t gpus : {2, 4})
@@ -633,8 +633,8 @@ TEST(Placement, BoundsNeverBelowTheExhaustiveOptimum) {
                       : skewedRouting(L, experts, 1.2, 400, rng);
         double maxBalance = kind == 2 ? 1.1 : 0;
         PlanStats st;
-        std::vector<LayerPlacement> plan = affinityPlan(
-            layers, gpus, AffinitySolver::Glpk, maxBalance, 3, st);
+        std::vector<LayerPlacement> plan =
+            affinityPlan(layers, gpus, AffinitySolver::Glpk, maxBalance, 3, st);
         ASSERT_FALSE(plan.empty());
         double optimum = exhaustiveOptimum(layers, gpus, st.loadBounds);
         double stay = stayingWeight(plan, layers, gpus);
@@ -652,6 +652,8 @@ TEST(Placement, BoundsNeverBelowTheExhaustiveOptimum) {
         EXPECT_GE(st.spectralBound, optimum - 1e-6);
         EXPECT_GE(st.finalBound, optimum - 1e-6);
         EXPECT_LE(stay, optimum + 1e-6);
+        // Never worse than greedy's placement.
+        EXPECT_LE(st.finalCrossing, st.greedyCrossing + 1e-6);
         ++cases;
         tighter += st.spectralBound < st.pairBound;
       }
