@@ -178,7 +178,8 @@ struct MoEPlanPlacementPass : impl::MoEPlanPlacementBase<MoEPlanPlacementPass> {
       if (std::isfinite(stats.finalBound))
         msg += llvm::formatv("; staying weight {0}, proven bound {1}",
                              stats.finalObjective, stats.finalBound);
-      // Each bound on its own (docs/layout.md, "The bounds").
+      // Each bound on its own (docs/layout.md, "Upper bounds on the
+      // staying weight").
       if (std::isfinite(stats.pairBound))
         msg += llvm::formatv("; bounds: layer pairs {0}", stats.pairBound);
       if (std::isfinite(stats.spectralBound))

@@ -23,9 +23,9 @@
 // one; sum S): a convex function, largest at a vertex of that box. D and
 // nu are improved by a subgradient descent on approximate eigenpairs
 // (block Krylov, warm started); the bound reported is then checked with
-// exact eigenvalue counts (Sylvester's law of inertia on a block LDL^T of
-// t I - PAP, LAPACK's Bunch-Kaufman factorisation of each block), so it
-// does not rest on the approximate eigenvalues.
+// eigenvalue counts (Sylvester's law of inertia on a block LDL^T of
+// t I - PAP, LAPACK's Bunch-Kaufman factorisation of each block, in
+// double precision), so it does not rest on the approximate eigenvalues.
 //
 //===----------------------------------------------------------------------===//
 

@@ -2,7 +2,8 @@
 //
 // Part of moe-opt. An upper bound on the staying transition weight of every
 // affinity placement (E_l/G experts of layer l on each GPU), from the
-// eigenvalues of the whole chain of layers (docs/layout.md, "The bounds").
+// eigenvalues of the whole chain of layers (docs/layout.md, "Upper bounds
+// on the staying weight").
 // Private to lib/Analysis (Placement.cpp is its user).
 //
 //===----------------------------------------------------------------------===//

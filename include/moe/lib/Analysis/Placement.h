@@ -147,7 +147,7 @@ struct PlanStats {
   /// per GPU (the ILP's LP relaxation, solved exactly per layer pair).
   double pairBound = NAN;
   /// The eigenvalue bound of the whole chain of layers (docs/layout.md,
-  /// "The bounds"), its seconds, and whether it used the load bounds (it
+  /// "Upper bounds on the staying weight"), its seconds, and whether it used the load bounds (it
   /// then holds only for placements within them); NaN where not computed.
   double spectralBound = NAN, spectralSeconds = 0;
   bool spectralUsesLoadBounds = false;
