@@ -178,6 +178,13 @@ struct MoEPlanPlacementPass : impl::MoEPlanPlacementBase<MoEPlanPlacementPass> {
       if (std::isfinite(stats.finalBound))
         msg += llvm::formatv("; staying weight {0}, proven bound {1}",
                              stats.finalObjective, stats.finalBound);
+      // Each bound on its own (docs/layout.md, "Upper bounds on the
+      // staying weight").
+      if (std::isfinite(stats.pairBound))
+        msg += llvm::formatv("; bounds: layer pairs {0}", stats.pairBound);
+      if (std::isfinite(stats.spectralBound))
+        msg += llvm::formatv(", eigenvalues {0} ({1:F2} s)",
+                             stats.spectralBound, stats.spectralSeconds);
       mlir::emitRemark(module.getLoc(), msg);
     }
     if (opt.previous)

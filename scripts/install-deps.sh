@@ -12,7 +12,7 @@ packages=(
   pybind11-dev python3-dev                  # the Python module moe_opt
   libglpk-dev                               # ILP of the affinity expert placement
   coinor-libcbc-dev                         # the same ILP with CBC (solver=cbc)
-  liblapacke-dev                            # SVD of --moe-compress-experts
+  liblapacke-dev                            # SVD of --moe-compress-experts, the affinity eigenvalue bound
   python3-torch                             # moe_opt.torch, torch.distributed of the EP runner
 )
 

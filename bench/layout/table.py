@@ -6,8 +6,8 @@ and the plan's remarks (NAME.remarks).
 
   table.py RUNS.tsv [--check]
 
-Prints markdown tables (zipf, chains, models; a section only when it has
-runs), then the checks of the issue's targets ("ok:" / "FAIL:" lines).
+Prints markdown tables (zipf, chains, models, the proven gaps of the
+affinity ILP runs; a section only when it has runs), then the checks of the issue's targets ("ok:" / "FAIL:" lines).
 With --check the exit status is 1 when a check fails.
 Duplicates are counted here from the placement files (an expert on one GPU
 more than once), independently of the planner's own validation.
@@ -77,6 +77,17 @@ class Run:
         cg, cf, stay, bound = map(float, m.groups())
         greedy = stay + cf - cg
         return (100 * (bound - greedy) / greedy, 100 * (bound - stay) / stay)
+
+    def bounds(self):
+        """(staying weight, layer-pair bound, eigenvalue bound, its
+        seconds) from the affinity remark (None where absent)."""
+        m = re.search(r"staying weight ([0-9.e+]+), proven bound [0-9.e+]+"
+                      r"; bounds: layer pairs ([0-9.e+]+)"
+                      r"(?:, eigenvalues ([0-9.e+]+) \(([0-9.]+) s\))?",
+                      self.remarks)
+        if not m:
+            return (None, None, None, None)
+        return tuple(None if x is None else float(x) for x in m.groups())
 
     def moves(self):
         m = re.search(r"(\d+) moves against it, (\d+) after", self.remarks)
@@ -256,6 +267,46 @@ def models_table(runs, check):
             + markdown(head, rows))
 
 
+def gaps_table(runs, check):
+    """Every affinity run with an ILP solver (chains and models): the
+    cross-GPU fraction of contiguous and of the result, the gap of the
+    staying weight to each bound and to the proven one (the least of them
+    and the solver's), and where the proven bound came from."""
+    rows = []
+    for section in ("chains", "models"):
+        for case, k in cases(runs, section).items():
+            c = k["contiguous"]
+            for solver in ("glpk", "cbc"):
+                if solver not in k:
+                    continue
+                i = k[solver]
+                stay, pair, eig, esec = i.bounds()
+                method, isec = i.affinity()
+                igap = i.proof()[1]
+                gap = (lambda b: None if b is None or stay is None
+                       else 100 * (b - stay) / stay)
+                src = re.search(r"bound from the ([a-z ]+)\)", method or "")
+                rows.append([section, case, solver,
+                             fmt(c.inr["cross_gpu_fraction"]),
+                             fmt(i.inr["cross_gpu_fraction"]),
+                             fmt(gap(pair), ".2f"), fmt(gap(eig), ".2f"),
+                             fmt(igap, ".2f"),
+                             src[1] if src else ("optimal" if igap is not None
+                                                 and igap <= 1e-9 else "-"),
+                             fmt(isec, ".2f"), fmt(esec, ".2f")])
+                if stay is not None and eig is not None:
+                    check(eig >= stay - 1e-6 * max(stay, 1),
+                          "%s %s: %s eigenvalue bound %.1f >= staying weight "
+                          "%.1f" % (section, case, solver, eig, stay))
+    if not rows:
+        return None
+    head = ["section", "case", "ILP", "cross contiguous", "cross affinity",
+            "gap % layer pairs", "gap % eigenvalues", "gap %", "bound from",
+            "ILP s", "eigenvalue s"]
+    return ("### Proven gaps of affinity (staying weight against each "
+            "upper bound)\n\n" + markdown(head, rows))
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__,
                                  formatter_class=argparse.RawTextHelpFormatter)
@@ -275,7 +326,7 @@ def main():
         sys.exit("table.py: %s: no runs" % a.runs)
     check = Checks()
     for t in (zipf_table(runs, check), chains_table(runs, check),
-              models_table(runs, check)):
+              models_table(runs, check), gaps_table(runs, check)):
         if t:
             print(t + "\n")
     print("### Checks\n")

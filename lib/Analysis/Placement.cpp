@@ -6,6 +6,8 @@
 
 #include "moe/lib/Analysis/Placement.h"
 
+#include "AffinityBound.h"
+
 #include "llvm/ADT/STLExtras.h"
 #include "llvm/ADT/Twine.h"
 #include "llvm/Support/FormatVariadic.h"
@@ -1497,6 +1499,11 @@ MipResult solveCbc(const Mip &mip, double timeLimit) {
 // The affinity ILP
 //===----------------------------------------------------------------------===//
 
+/// The share of the time limit that the eigenvalue bound may take (less
+/// what the start took where little is left; it stops earlier once its
+/// multipliers stall); the solver gets the rest.
+constexpr double spectralShare = 0.4;
+
 /// The ILP: x[l][e][g] binary (expert e of layer l on GPU g), every expert
 /// on one GPU, E/G experts per GPU; y[l][i][j][g] <= x[l][i][g],
 /// x[l+1][j][g]; maximise sum T[l][i][j] y (the transitions that stay on a
@@ -1531,13 +1538,29 @@ Assignment ilpAffinity(ArrayRef<LayerLoad> layers, int64_t gpus,
   Assignment start = greedy;
   if (exactShortcuts)
     reoptimizeLayers(layers, start, gpus, bounds);
-  // A start within the load bounds that reaches the layer-pair bound is
-  // optimal: no need to solve.
+  // The eigenvalue bound of the whole chain, from the start's staying
+  // weight: with the load bounds where the start is within them (then it
+  // holds for every placement the ILP may return).
   double startStay = totalWeight(layers) - crossingOf(layers, start);
-  if (exactShortcuts && excessLoad(layers, start, gpus, bounds) == 0 &&
-      startStay >= st.pairBound * (1 - 1e-12)) {
-    st.method =
-        (name + " not run, optimal (the layer pair bound is met)").str();
+  bool startWithin = excessLoad(layers, start, gpus, bounds) == 0;
+  double elapsed =
+      std::chrono::duration<double>(std::chrono::steady_clock::now() - t0)
+          .count();
+  SpectralBound spectral = spectralStayBound(
+      layers, gpus, startWithin ? bounds : ArrayRef<double>(), startStay,
+      std::min(spectralShare * timeLimit, 0.9 * (timeLimit - elapsed)));
+  st.spectralBound = spectral.bound;
+  st.spectralSeconds = spectral.seconds;
+  st.spectralUsesLoadBounds = startWithin;
+  // A start within the load bounds that reaches a bound is optimal: no
+  // need to solve.
+  if (exactShortcuts && startWithin &&
+      startStay >= std::min(st.pairBound, st.spectralBound) * (1 - 1e-12)) {
+    st.method = (name + " not run, optimal (the " +
+                 (startStay >= st.pairBound * (1 - 1e-12) ? "layer pair"
+                                                          : "eigenvalue") +
+                 " bound is met)")
+                    .str();
     st.ilpProven = true;
     st.ilpObjective = st.ilpBound = startStay;
     return start;
@@ -1915,6 +1938,7 @@ Expected<std::vector<LayerPlacement>> planPlacement(ArrayRef<LayerLoad> layers,
                          "the next layer (record the profile with "
                          "--all-layers)");
     std::vector<double> bounds = loadBounds(layers, gpus, options.maxBalance);
+    st.loadBounds = bounds;
     auto withinBounds = [&](const Assignment &x) {
       for (size_t l = 0; l < layers.size(); ++l)
         for (double v : layerGpuLoads(layers[l], x[l], gpus))
@@ -1945,11 +1969,17 @@ Expected<std::vector<LayerPlacement>> planPlacement(ArrayRef<LayerLoad> layers,
       // the load bounds).
       double stay = totalWeight(layers) - crossingOf(layers, a);
       double bound = st.pairBound;
-      bool solverBound = false;
+      StringRef from = "layer pairs";
+      if (std::isfinite(st.spectralBound) &&
+          (withinBounds(a) || !st.spectralUsesLoadBounds) &&
+          st.spectralBound < bound) {
+        bound = st.spectralBound;
+        from = "eigenvalues";
+      }
       if (std::isfinite(st.ilpBound) && withinBounds(a) &&
           st.ilpBound < bound) {
         bound = st.ilpBound;
-        solverBound = true;
+        from = "solver";
       }
       st.finalObjective = stay;
       st.finalBound = std::max(bound, stay);
@@ -1957,7 +1987,7 @@ Expected<std::vector<LayerPlacement>> planPlacement(ArrayRef<LayerLoad> layers,
         st.method += formatv(", best found (gap {0:F2} %, bound from the {1})",
                              100.0 * (st.finalBound - stay) /
                                  std::max(std::abs(stay), 1e-9),
-                             solverBound ? "solver" : "layer pairs")
+                             from)
                          .str();
       }
     }

@@ -41,7 +41,12 @@
 // RUN: %python -c "import re,sys; t=open(sys.argv[1]).read(); p=[(float(a),float(b)) for a,b in re.findall(r'cross-GPU to next layer ([0-9.]+) \(contiguous ([0-9.]+)\)', t)]; q=[(float(a),float(b)) for a,b in re.findall(r'slots: balance ([0-9.]+) \(contiguous ([0-9.]+)\)', t)]; print(p, q); sys.exit(not (len(p)==3 and sum(a for a,_ in p) <= 0.85*sum(b for _,b in p) and len(q)==4 and all(a <= b + 1e-9 for a,b in q)))" %t/a.txt
 // RUN: moe-opt %S/Inputs/layout-model.mlir --moe-plan-placement="profile=%t/p.safetensors topology=%S/Inputs/layout-topology.json policy=affinity solver=glpk time-limit=3 out=%t/a.json" -o %t/g.mlir 2> %t/g.txt
 // RUN: FileCheck %s --check-prefix=GLPK --input-file=%t/g.txt
-// GLPK: remark: affinity: glpk {{.*}} s); crossing weight greedy {{[0-9.e+]+}}, final {{[0-9.e+]+}}; staying weight {{[0-9.e+]+}}, proven bound {{[0-9.e+]+}}
+// GLPK: remark: affinity: glpk {{.*}} s); crossing weight greedy {{[0-9.e+]+}}, final {{[0-9.e+]+}}; staying weight {{[0-9.e+]+}}, proven bound {{[0-9.e+]+}}; bounds: layer pairs {{[0-9.e+]+}}, eigenvalues {{[0-9.e+]+}} ({{[0-9.]+}} s)
+// Both bounds are at least the staying weight, the proven bound is the
+// smallest of them and the solver's, and the eigenvalue bound is the
+// tighter of the two here (the unit tests check both against exhaustive
+// optima).
+// RUN: %python -c "import re,sys; m=re.search(r'staying weight ([0-9.e+]+), proven bound ([0-9.e+]+); bounds: layer pairs ([0-9.e+]+), eigenvalues ([0-9.e+]+)', open(sys.argv[1]).read()); print(m.groups()); s,b,p,e=map(float,m.groups()); sys.exit(not (s <= b <= e < p))" %t/g.txt
 
 // One expert per GPU (the 8 experts on 1 x 8 GPUs): the layer pairs are
 // independent assignment problems, solved exactly without GLPK or CBC; the
@@ -69,7 +74,7 @@
 // RUN: FileCheck %s --check-prefix=CBC --input-file=%t/c.txt
 // RUN: %python %S/Inputs/check_layout.py plan %t/p.safetensors %t/c.mlir %t/c.txt 4 | FileCheck %s --check-prefix=ORACLE
 // RUN: %python -c "import re,sys; m=re.search(r'affinity: cbc .*\(([0-9.]+) s\); crossing weight greedy ([0-9.e+]+), final ([0-9.e+]+)', open(sys.argv[1]).read()); print(m.groups()); sys.exit(not (float(m[1]) <= 4.5 and float(m[3]) <= float(m[2])))" %t/c.txt
-// CBC: remark: affinity: cbc {{optimal|time limit, best found \(gap [0-9.]+ %, bound from the (solver|layer pairs)\)|did not return within the time limit, best found \(gap [0-9.]+ %, bound from the layer pairs\)}} ({{[0-9.]+}} s); crossing weight greedy {{[0-9.e+]+}}, final {{[0-9.e+]+}}; staying weight {{[0-9.e+]+}}, proven bound {{[0-9.e+]+}}
+// CBC: remark: affinity: cbc {{optimal|time limit, best found \(gap [0-9.]+ %, bound from the (solver|layer pairs|eigenvalues)\)|did not return within the time limit, best found \(gap [0-9.]+ %, bound from the (layer pairs|eigenvalues)\)}} ({{[0-9.]+}} s); crossing weight greedy {{[0-9.e+]+}}, final {{[0-9.e+]+}}; staying weight {{[0-9.e+]+}}, proven bound {{[0-9.e+]+}}
 // previous= works the same with solver=cbc (re-planned against its own plan, no
 // expert moves: the fresh plan's crossing is within move-tolerance of it).
 // RUN: moe-opt %S/Inputs/layout-model.mlir --moe-plan-placement="profile=%t/p.safetensors topology=%S/Inputs/layout-topology.json policy=affinity solver=cbc time-limit=3 previous=%t/c.json" -o /dev/null 2> %t/cprev.txt

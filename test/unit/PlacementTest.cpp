@@ -535,6 +535,132 @@ TEST(Placement, CbcEqualsGlpkAndTheExhaustiveOptimum) {
   }
 }
 
+/// Tokens routed with no block structure: each layer has its own Zipf law
+/// (exponent `skew`, ranks shuffled) and a random map of preferred next
+/// experts (many to one) that a token follows with probability 0.3.
+std::vector<LayerLoad> skewedRouting(int64_t layers, int64_t experts,
+                                     double skew, int64_t tokens,
+                                     std::mt19937 &rng) {
+  std::vector<std::discrete_distribution<int64_t>> law;
+  std::vector<std::vector<int64_t>> prefer(layers);
+  std::uniform_int_distribution<int64_t> pick(0, experts - 1);
+  for (int64_t l = 0; l < layers; ++l) {
+    std::vector<double> w(experts);
+    for (int64_t e = 0; e < experts; ++e)
+      w[e] = std::pow(double(e + 1), -skew);
+    std::shuffle(w.begin(), w.end(), rng);
+    law.emplace_back(w.begin(), w.end());
+    for (int64_t e = 0; e < experts; ++e)
+      prefer[l].push_back(pick(rng));
+  }
+  std::vector<LayerLoad> out(layers);
+  for (int64_t l = 0; l < layers; ++l) {
+    out[l].layer = l;
+    out[l].load.assign(experts, 0);
+    if (l + 1 < layers)
+      out[l].transition.assign(experts * experts, 0);
+  }
+  std::bernoulli_distribution follow(0.3);
+  for (int64_t t = 0; t < tokens; ++t) {
+    int64_t e = law[0](rng);
+    for (int64_t l = 0; l < layers; ++l) {
+      out[l].load[e] += 1;
+      if (l + 1 == layers)
+        break;
+      int64_t next = follow(rng) ? prefer[l][e] : law[l + 1](rng);
+      out[l].transition[e * experts + next] += 1;
+      e = next;
+    }
+  }
+  return out;
+}
+
+/// The largest staying weight of any placement with every GPU's load
+/// within `bounds` (per layer), by dynamic programming over the layers:
+/// the best continuation from layer l depends on layer l's placement only.
+double exhaustiveOptimum(ArrayRef<LayerLoad> layers, int64_t gpus,
+                         ArrayRef<double> bounds) {
+  int64_t L = layers.size(), experts = layers[0].load.size();
+  std::vector<std::vector<int64_t>> all = balancedAssignments(experts, gpus);
+  std::vector<std::vector<size_t>> within(L);
+  for (int64_t l = 0; l < L; ++l)
+    for (size_t a = 0; a < all.size(); ++a) {
+      std::vector<double> load(gpus, 0.0);
+      for (int64_t i = 0; i < experts; ++i)
+        load[all[a][i]] += layers[l].load[i];
+      if (*std::max_element(load.begin(), load.end()) <= bounds[l])
+        within[l].push_back(a);
+    }
+  std::vector<double> after(all.size(), 0.0);
+  for (int64_t l = L - 2; l >= 0; --l) {
+    std::vector<double> here(all.size(), -INFINITY);
+    for (size_t a : within[l]) {
+      // r[g * E + j]: weight from the experts on GPU g to expert j.
+      std::vector<double> r(gpus * experts, 0.0);
+      for (int64_t i = 0; i < experts; ++i)
+        for (int64_t j = 0; j < experts; ++j)
+          r[all[a][i] * experts + j] += layers[l].transition[i * experts + j];
+      for (size_t b : within[l + 1]) {
+        double w = after[b];
+        for (int64_t j = 0; j < experts; ++j)
+          w += r[all[b][j] * experts + j];
+        here[a] = std::max(here[a], w);
+      }
+    }
+    after = std::move(here);
+  }
+  double best = -INFINITY;
+  for (size_t a : within[0])
+    best = std::max(best, after[a]);
+  return best;
+}
+
+TEST(Placement, BoundsNeverBelowTheExhaustiveOptimum) {
+  // Small random cases (E = 8, G = 2 and 4, L = 3): planted chains, and
+  // skewed routing without block structure with and without load bounds.
+  // Every bound the planner reports (layer pairs, eigenvalues, the final
+  // one) is at least the best staying weight of every placement within
+  // the planner's load bounds, found by enumeration; what it returns is
+  // at most that, and crosses no more than greedy's placement.
+  std::mt19937 rng(37);
+  int cases = 0, tighter = 0;
+  for (int64_t gpus : {2, 4})
+    for (int kind = 0; kind < 3; ++kind)
+      for (int rep = 0; rep < 2; ++rep) {
+        const int64_t experts = 8, L = 3;
+        std::vector<LayerLoad> layers =
+            kind == 0 ? chains(L, experts, 0.7, 400, rng)
+                      : skewedRouting(L, experts, 1.2, 400, rng);
+        double maxBalance = kind == 2 ? 1.1 : 0;
+        PlanStats st;
+        std::vector<LayerPlacement> plan =
+            affinityPlan(layers, gpus, AffinitySolver::Glpk, maxBalance, 3, st);
+        ASSERT_FALSE(plan.empty());
+        double optimum = exhaustiveOptimum(layers, gpus, st.loadBounds);
+        double stay = stayingWeight(plan, layers, gpus);
+        std::printf("E=8 G=%lld L=3 %s: optimum %.0f, returned %.0f (%s); "
+                    "bounds: layer pairs %.1f, eigenvalues %.1f, final %.1f\n",
+                    (long long)gpus,
+                    kind == 0   ? "chains"
+                    : kind == 1 ? "skewed"
+                                : "skewed, max-balance 1.1",
+                    optimum, stay, st.method.c_str(), st.pairBound,
+                    st.spectralBound, st.finalBound);
+        ASSERT_TRUE(std::isfinite(optimum));
+        EXPECT_TRUE(std::isfinite(st.spectralBound));
+        EXPECT_GE(st.pairBound, optimum - 1e-6);
+        EXPECT_GE(st.spectralBound, optimum - 1e-6);
+        EXPECT_GE(st.finalBound, optimum - 1e-6);
+        EXPECT_LE(stay, optimum + 1e-6);
+        // Never worse than greedy's placement.
+        EXPECT_LE(st.finalCrossing, st.greedyCrossing + 1e-6);
+        ++cases;
+        tighter += st.spectralBound < st.pairBound;
+      }
+  std::printf("eigenvalue bound below the layer-pair bound in %d of %d\n",
+              tighter, cases);
+}
+
 TEST(Placement, CbcReachesThePlantedChains) {
   // Deterministic chains (p = 1): 16 chains, 4 on each GPU, keep every
   // token on its GPU, so the optimum is every transition; CBC proves it, as

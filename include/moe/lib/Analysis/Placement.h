@@ -146,14 +146,22 @@ struct PlanStats {
   /// upper bound on the staying weight of every placement with E/G experts
   /// per GPU (the ILP's LP relaxation, solved exactly per layer pair).
   double pairBound = NAN;
+  /// The eigenvalue bound of the whole chain of layers (docs/layout.md,
+  /// "Upper bounds on the staying weight"), its seconds, and whether it used the load bounds (it
+  /// then holds only for placements within them); NaN where not computed.
+  double spectralBound = NAN, spectralSeconds = 0;
+  bool spectralUsesLoadBounds = false;
   /// The ILP's result is a proven optimum (of the whole objective).
   bool ilpProven = false;
   /// The staying transition weight returned and the best proven upper
-  /// bound on it (the smaller of pairBound and, for a result within the
-  /// load bounds, the solver's); the method string ends with their gap
-  /// where it is not proven optimal.
+  /// bound on it (the smallest of pairBound, spectralBound and, for a
+  /// result within the load bounds, the solver's); the method string ends
+  /// with their gap where it is not proven optimal.
   double finalObjective = NAN, finalBound = NAN;
   double greedyCrossing = 0, finalCrossing = 0;
+  /// affinity: the most load one GPU of each layer may carry (INFINITY:
+  /// no bound), from maxBalance.
+  std::vector<double> loadBounds;
   /// Slots whose expert is not on the slot's GPU in `previous` (summed
   /// over layers), before and after reducing moves.
   int64_t movesBefore = 0, movesAfter = 0;
