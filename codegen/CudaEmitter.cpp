@@ -1864,8 +1864,18 @@ private:
       args.setNull(MOE_EXPERTS_SLOT_FACTOR_IN);
       args.setNull(MOE_EXPERTS_SLOT_FACTOR_DOWN);
     }
-    std::vector<::moe::Binding> argList = args.take();
     auto ceilDiv = [](int64_t a, int64_t b) { return (a + b - 1) / b; };
+    // decodeDown's per-output-chunk counters of finished items: the block
+    // that finishes a chunk combines it (no combine launch at decode).
+    int downDone = -1;
+    if (withDecode) {
+      downDone =
+          fixedValue(::moe::ElementType::U32, ceilDiv(r.H, downCols), 0);
+      args.set(MOE_EXPERTS_SLOT_DOWN_DONE, valueBinding(downDone));
+    } else {
+      args.setNull(MOE_EXPERTS_SLOT_DOWN_DONE);
+    }
+    std::vector<::moe::Binding> argList = args.take();
 
     if (withDecode) {
       os << "static_assert(moe_k::experts::DecodeThreads == " << kDecodeThreads
@@ -1874,7 +1884,7 @@ private:
       // chunks) x the routed chunks: T * K rows of `chunks` blocks, clamped
       // to E rows.
       auto decode = [&](StringRef suffix, StringRef call, int64_t chunks,
-                        int64_t sharedChunks) {
+                        int64_t sharedChunks, bool combines = false) {
         ::moe::Launch launch;
         launch.kernel = (name + "_" + suffix).str();
         launch.origin = origin;
@@ -1890,6 +1900,8 @@ private:
           launch.slotsPerToken = K;
           launch.maxSlots = ::moe::kPerTokenMaxSlots;
         }
+        if (combines)
+          launch.zeroOnce.push_back(downDone);
         kernelEntry(launch.kernel,
                     llvm::formatv("{0}, {1}", kDecodeThreads, kDecodeMinBlocks)
                         .str(),
@@ -1908,7 +1920,7 @@ private:
         decode("decode_factor_down", "decodeFactorDown",
                ceilDiv(r.rd, factorDownUnits), 0);
       decode("decode_down", "decodeDown", ceilDiv(r.H, downCols),
-             shared ? ceilDiv(r.H, sharedDownCols) : 0);
+             shared ? ceilDiv(r.H, sharedDownCols) : 0, /*combines=*/true);
     }
     if (withGrouped) {
       os << "static_assert(moe_k::grouped::BM == " << kTileRows
@@ -1955,9 +1967,14 @@ private:
         gemm("shared_down", "down", true, tiles(r.H), true);
       }
     }
-    // The combine serves both paths (ungated): a token's slots in slot
-    // order, then the shared experts (times their gate); a block per
-    // kCombineCols outputs of a token.
+    // The grouped path's combine: a token's slots in slot order, then the
+    // shared experts (times their gate); a block per kCombineCols outputs
+    // of a token. The decode path combines in decodeDown.
+    if (!withGrouped) {
+      os << "\n";
+      endKernel();
+      return Error::success();
+    }
     ::moe::Launch launch;
     launch.kernel = name + "_combine";
     launch.origin = origin;
@@ -1966,6 +1983,10 @@ private:
     launch.gridColumns = ceilDiv(r.H, kCombineCols);
     launch.maxBlocks = 65535;
     launch.args = argList;
+    if (withDecode) {
+      launch.slotsPerToken = K;
+      launch.minSlots = ::moe::kPerTokenMaxSlots + 1;
+    }
     os << "static_assert(moe_k::grouped::CombineCols == " << kCombineCols
        << ", \"the launch plan's combine grid\");\n";
     kernelEntry(launch.kernel, "128",

@@ -107,6 +107,19 @@ __device__ __forceinline__ float dotRow(const float *a, const TW *w) {
   return acc;
 }
 
+/// Called by one thread after its block's writes are fenced
+/// (__threadfence, then __syncthreads): counts one arrival at `counter` and
+/// returns whether it was the `expected`-th, i.e. every other arrival's
+/// writes are visible (read them through L2: volatile loads). The last
+/// arrival resets the counter for the next launch.
+__device__ __forceinline__ bool arriveLast(unsigned *counter,
+                                           unsigned expected) {
+  const bool last = atomicAdd(counter, 1u) == expected - 1u;
+  if (last)
+    counter[0] = 0;
+  return last;
+}
+
 /// Sum over a warp.
 __device__ __forceinline__ float warpSum(float v) {
 #pragma unroll

@@ -102,8 +102,8 @@ struct Launch {
   /// when minSlots <= T * slotsPerToken <= maxSlots (maxSlots < 0: no upper
   /// bound). The defaults always run. A moe.fused_experts of `runtime`
   /// layout has decode launches with maxSlots = kPerTokenMaxSlots and
-  /// grouped launches with minSlots = kPerTokenMaxSlots + 1 (the combine
-  /// that follows both is ungated).
+  /// grouped launches (their combine included) with minSlots =
+  /// kPerTokenMaxSlots + 1.
   int64_t slotsPerToken = 1;
   int64_t minSlots = 0;
   int64_t maxSlots = -1;
