@@ -206,6 +206,9 @@ __device__ __forceinline__ FFNWeights<F> ffnWeights(const MoEKernelArgs &args,
 // Decode kernels
 //===----------------------------------------------------------------------===//
 
+/// Steps of columnDots (weight_layout in_out) a thread unrolls: its loads
+/// in flight, NW elements each (the `#pragma unroll` below).
+constexpr int ColumnUnroll = 2;
 /// Threads of a decode block (the code generator's launches agree).
 constexpr int DecodeThreads = 128;
 constexpr int DecodeWarps = DecodeThreads / 32;
@@ -226,7 +229,7 @@ columnDots(const TW *const (&base)[NW], bool valid, int group,
       acc[i][b] = 0.0f;
   if (!valid)
     return;
-#pragma unroll 2
+#pragma unroll ColumnUnroll
   for (int k = group; k < n; k += G) {
     float wv[NW];
 #pragma unroll
@@ -531,6 +534,13 @@ upItem(const MoEKernelArgs &args, const FFNWeights<F> &w, long long e, int j0,
   }
 }
 
+/// 16-byte words of a down row a lane of decodeDown loads at once: fewer
+/// than decodeUp's DecodeLoadsInFlight, so that with the f32 words of h it
+/// needs the kernel fits 96 registers (5 blocks per SM: 4 x 16 B x 128
+/// threads x 5 = 40 KB in flight per SM; the code generator's
+/// kDecodeDownMinBlocks).
+constexpr int DecodeDownLoads = 4;
+
 /// The rows r0 .. r0 + count of h (f32 scratch, I wide) as a batch.
 template <int I>
 __device__ __forceinline__ Batch<float> hiddenBatch(const float *h,
@@ -626,7 +636,7 @@ downItem(const MoEKernelArgs &args, const FFNWeights<F> &w, long long e, int o0,
         const int count = static_cast<int>(
             rowEnd - r0 < DecodeRows ? rowEnd - r0 : DecodeRows);
         float acc[1][DecodeRows];
-        rowDotsUpTo<1, I, F::IVec, F::Widths, TX, false>(
+        rowDotsUpTo<1, I, F::IVec, F::Widths, TX, false, DecodeDownLoads>(
             row, hiddenBatch<I>(h, r0, count), acc, width);
 #pragma unroll
         for (int b = 0; b < DecodeRows; ++b)
@@ -654,6 +664,44 @@ downItem(const MoEKernelArgs &args, const FFNWeights<F> &w, long long e, int o0,
           if (b < count)
             finish(o, r0 + b, acc[0][b]);
     }
+  }
+}
+
+/// What a lane of decodeUp / decodeDown keeps in flight while it streams a
+/// routed expert's weights: independent loads issued before the first is
+/// used, and bytes per load; {0, 0} where not modelled (quantized or
+/// factored weights). From the constants the kernels use (rowDotsDepth,
+/// DecodeLoadsInFlight, DecodeDownLoads, ColumnUnroll); for reports
+/// (test/Backend/decode-report.test).
+struct InFlight {
+  int loads, bytes;
+};
+template <typename Cfg> __host__ __device__ constexpr InFlight decodeUpInFlight() {
+  using F = typename Cfg::Routed;
+  constexpr int NW = F::NoGate ? 1 : 2;
+  if constexpr (F::Quant != 0 || F::LowRank) {
+    return {0, 0};
+  } else if constexpr (F::InOut) {
+    return {NW * ColumnUnroll, static_cast<int>(sizeof(typename F::TW))};
+  } else {
+    constexpr int V = vecWidth<typename F::TW, F::H>();
+    constexpr int Iters = (F::H / V + 31) / 32;
+    return {NW * rowDotsDepth<NW, Iters, DecodeLoadsInFlight>(),
+            V * static_cast<int>(sizeof(typename F::TW))};
+  }
+}
+template <typename Cfg>
+__host__ __device__ constexpr InFlight decodeDownInFlight() {
+  using F = typename Cfg::Routed;
+  if constexpr (F::Quant != 0 || F::LowRank) {
+    return {0, 0};
+  } else if constexpr (F::InOut) {
+    return {ColumnUnroll, static_cast<int>(sizeof(typename F::TW))};
+  } else {
+    constexpr int V = vecWidth<typename F::TW, F::IVec>();
+    constexpr int Iters = (F::I / V + 31) / 32;
+    return {rowDotsDepth<1, Iters, DecodeDownLoads>(),
+            V * static_cast<int>(sizeof(typename F::TW))};
   }
 }
 
