@@ -1650,6 +1650,7 @@ private:
     FFNInfo s = shared ? ffnInfo(shared, false) : r;
     int64_t K = dim(op.getIds(), 1);
     std::string tx = cxxType(op.getInput().getType());
+    int64_t decodeSlots = ::moe::decodeMaxSlots(r.E, K);
 
     // Which kernels: the decode kernels, the grouped kernels (prefill), or
     // both with a slot-count gate (layout runtime). Both read the dispatch
@@ -1657,6 +1658,8 @@ private:
     DispatchLayout layout = op.getLayout();
     bool withDecode = layout != DispatchLayout::grouped;
     bool withGrouped = layout != DispatchLayout::per_token;
+    // Where `runtime` switches paths: the decode kernels up to this many
+    // routed slots (the expected rows per distinct expert, Plan.h).
     // Factored weights run as two thin GEMMs per projection, never as the
     // product: z = B . x into f32 scratch, then A against z, in the decode
     // kernels (one more stage per projection pair) and in the grouped ones
@@ -1785,8 +1788,7 @@ private:
                        "per projection: "
                      : "")
        << (withDecode && withGrouped
-               ? "decode kernels up to " +
-                     std::to_string(::moe::kPerTokenMaxSlots) +
+               ? "decode kernels up to " + std::to_string(decodeSlots) +
                      " routed slots, grouped kernels "
                      "above"
            : withDecode ? "decode kernels"
@@ -1905,7 +1907,7 @@ private:
         launch.args = argList;
         if (withGrouped) {
           launch.slotsPerToken = K;
-          launch.maxSlots = ::moe::kPerTokenMaxSlots;
+          launch.maxSlots = decodeSlots;
         }
         if (combines)
           launch.zeroOnce.push_back(downDone);
@@ -1953,7 +1955,7 @@ private:
         launch.args = argList;
         if (withDecode) {
           launch.slotsPerToken = K;
-          launch.minSlots = ::moe::kPerTokenMaxSlots + 1;
+          launch.minSlots = decodeSlots + 1;
         }
         kernelEntry(
             launch.kernel, std::to_string(kTileThreads),
@@ -1994,7 +1996,7 @@ private:
     launch.args = argList;
     if (withDecode) {
       launch.slotsPerToken = K;
-      launch.minSlots = ::moe::kPerTokenMaxSlots + 1;
+      launch.minSlots = decodeSlots + 1;
     }
     os << "static_assert(moe_k::grouped::CombineCols == " << kCombineCols
        << ", \"the launch plan's combine grid\");\n";

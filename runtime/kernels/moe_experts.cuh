@@ -1,8 +1,8 @@
 //===- moe_experts.cuh - The decode expert kernels ------------------------===//
 //
 // Part of moe-opt. Templates of the moe.fused_experts decode path (few
-// routed slots: T * K <= moe::kPerTokenMaxSlots), and the pieces that the
-// grouped (prefill) kernels of moe_grouped.cuh share with it. A
+// routed slots: T * K <= moe::decodeMaxSlots(E, K)), and the pieces that
+// the grouped (prefill) kernels of moe_grouped.cuh share with it. A
 // configuration struct written by the code generator fixes every size,
 // dtype, layout and option at compile time:
 //
@@ -676,7 +676,8 @@ downItem(const MoEKernelArgs &args, const FFNWeights<F> &w, long long e, int o0,
 struct InFlight {
   int loads, bytes;
 };
-template <typename Cfg> __host__ __device__ constexpr InFlight decodeUpInFlight() {
+template <typename Cfg>
+__host__ __device__ constexpr InFlight decodeUpInFlight() {
   using F = typename Cfg::Routed;
   constexpr int NW = F::NoGate ? 1 : 2;
   if constexpr (F::Quant != 0 || F::LowRank) {
@@ -816,7 +817,8 @@ __device__ __forceinline__ void combineOutput(const MoEKernelArgs &args,
   float acc = 0.0f;
   for (int s = 0; s < K; ++s)
     if (rowOf[s] >= 0)
-      acc += loadScratch<FromL2>(out + static_cast<long long>(rowOf[s]) * H + o);
+      acc += loadScratch<FromL2>(out + static_cast<long long>(rowOf[s]) * H +
+                                 o);
   if constexpr (Cfg::HasShared) {
     const float *sharedOut =
         static_cast<const float *>(args.buffers[MOE_EXPERTS_SLOT_SHARED_OUT]);
