@@ -135,6 +135,13 @@ constexpr int64_t kDecodeThreads = 128, kDecodeBlocks = 512;
 /// and room for the unrolled loads (ptxas caps a plain
 /// __launch_bounds__(128) kernel at 64 registers and spills).
 constexpr int64_t kDecodeMinBlocks = 4;
+/// decode_down's: 5 blocks of 128 threads cap it at 96 registers a thread
+/// (65536 / 640, rounded down to ptxas's granularity of 8), enough for its
+/// 4 loads in flight per lane (moe_k::experts::DecodeDownLoads) without
+/// spills at the five shapes of docs/codegen.md; 6 blocks (80 registers)
+/// spill unless the batch shrinks to 2 loads (24 KB in flight per SM
+/// against 40 KB).
+constexpr int64_t kDecodeDownMinBlocks = 5;
 
 /// Units (hidden units or outputs) per decode work item for `units` units
 /// at T = 1: the largest power of two in [4, 64] that still gives
@@ -1647,6 +1654,7 @@ private:
     FFNInfo s = shared ? ffnInfo(shared, false) : r;
     int64_t K = dim(op.getIds(), 1);
     std::string tx = cxxType(op.getInput().getType());
+    int64_t decodeSlots = ::moe::decodeMaxSlots(r.E, K);
 
     // Which kernels: the decode kernels, the grouped kernels (prefill), or
     // both with a slot-count gate (layout runtime). Both read the dispatch
@@ -1654,6 +1662,8 @@ private:
     DispatchLayout layout = op.getLayout();
     bool withDecode = layout != DispatchLayout::grouped;
     bool withGrouped = layout != DispatchLayout::per_token;
+    // Where `runtime` switches paths: the decode kernels up to this many
+    // routed slots (the expected rows per distinct expert, Plan.h).
     // Factored weights run as two thin GEMMs per projection, never as the
     // product: z = B . x into f32 scratch, then A against z, in the decode
     // kernels (one more stage per projection pair) and in the grouped ones
@@ -1800,8 +1810,7 @@ private:
                        "per projection: "
                      : "")
        << (withDecode && withGrouped
-               ? "decode kernels up to " +
-                     std::to_string(::moe::kPerTokenMaxSlots) +
+               ? "decode kernels up to " + std::to_string(decodeSlots) +
                      " routed slots, grouped kernels "
                      "above"
            : withDecode ? "decode kernels"
@@ -1886,8 +1895,18 @@ private:
       args.setNull(MOE_EXPERTS_SLOT_FACTOR_IN);
       args.setNull(MOE_EXPERTS_SLOT_FACTOR_DOWN);
     }
-    std::vector<::moe::Binding> argList = args.take();
     auto ceilDiv = [](int64_t a, int64_t b) { return (a + b - 1) / b; };
+    // decodeDown's per-output-chunk counters of finished items: the block
+    // that finishes a chunk combines it (no combine launch at decode).
+    int downDone = -1;
+    if (withDecode) {
+      downDone =
+          fixedValue(::moe::ElementType::U32, ceilDiv(r.H, downCols), 0);
+      args.set(MOE_EXPERTS_SLOT_DOWN_DONE, valueBinding(downDone));
+    } else {
+      args.setNull(MOE_EXPERTS_SLOT_DOWN_DONE);
+    }
+    std::vector<::moe::Binding> argList = args.take();
 
     if (withDecode) {
       os << "static_assert(moe_k::experts::DecodeThreads == " << kDecodeThreads
@@ -1896,7 +1915,7 @@ private:
       // chunks) x the routed chunks: T * K rows of `chunks` blocks, clamped
       // to E rows.
       auto decode = [&](StringRef suffix, StringRef call, int64_t chunks,
-                        int64_t sharedChunks) {
+                        int64_t sharedChunks, bool combines = false) {
         ::moe::Launch launch;
         launch.kernel = (name + "_" + suffix).str();
         launch.origin = origin;
@@ -1910,10 +1929,14 @@ private:
         launch.args = argList;
         if (withGrouped) {
           launch.slotsPerToken = K;
-          launch.maxSlots = ::moe::kPerTokenMaxSlots;
+          launch.maxSlots = decodeSlots;
         }
+        if (combines)
+          launch.zeroOnce.push_back(downDone);
         kernelEntry(launch.kernel,
-                    llvm::formatv("{0}, {1}", kDecodeThreads, kDecodeMinBlocks)
+                    llvm::formatv("{0}, {1}", kDecodeThreads,
+                                  combines ? kDecodeDownMinBlocks
+                                           : kDecodeMinBlocks)
                         .str(),
                     llvm::formatv("moe_k::experts::{0}<{1}_cfg::Cfg, "
                                   "{1}_cfg::Decode>(args)",
@@ -1930,7 +1953,7 @@ private:
         decode("decode_factor_down", "decodeFactorDown",
                ceilDiv(r.rd, factorDownUnits), 0);
       decode("decode_down", "decodeDown", ceilDiv(r.H, downCols),
-             shared ? ceilDiv(r.H, sharedDownCols) : 0);
+             shared ? ceilDiv(r.H, sharedDownCols) : 0, /*combines=*/true);
     }
     if (withGrouped) {
       os << "static_assert(moe_k::grouped::BM == " << kTileRows
@@ -1954,7 +1977,7 @@ private:
         launch.args = argList;
         if (withDecode) {
           launch.slotsPerToken = K;
-          launch.minSlots = ::moe::kPerTokenMaxSlots + 1;
+          launch.minSlots = decodeSlots + 1;
         }
         // gateUp and down take the k loop as a third argument; factor, the
         // FP8 tensor-core GEMMs and the thin GEMMs of factored routed
@@ -1987,9 +2010,14 @@ private:
              true);
       }
     }
-    // The combine serves both paths (ungated): a token's slots in slot
-    // order, then the shared experts (times their gate); a block per
-    // kCombineCols outputs of a token.
+    // The grouped path's combine: a token's slots in slot order, then the
+    // shared experts (times their gate); a block per kCombineCols outputs
+    // of a token. The decode path combines in decodeDown.
+    if (!withGrouped) {
+      os << "\n";
+      endKernel();
+      return Error::success();
+    }
     ::moe::Launch launch;
     launch.kernel = name + "_combine";
     launch.origin = origin;
@@ -1998,6 +2026,10 @@ private:
     launch.gridColumns = ceilDiv(r.H, kCombineCols);
     launch.maxBlocks = 65535;
     launch.args = argList;
+    if (withDecode) {
+      launch.slotsPerToken = K;
+      launch.minSlots = decodeSlots + 1;
+    }
     os << "static_assert(moe_k::grouped::CombineCols == " << kCombineCols
        << ", \"the launch plan's combine grid\");\n";
     kernelEntry(launch.kernel, "128",

@@ -107,6 +107,19 @@ __device__ __forceinline__ float dotRow(const float *a, const TW *w) {
   return acc;
 }
 
+/// Called by one thread after its block's writes are fenced
+/// (__threadfence, then __syncthreads): counts one arrival at `counter` and
+/// returns whether it was the `expected`-th, i.e. every other arrival's
+/// writes are visible (read them through L2: volatile loads). The last
+/// arrival resets the counter for the next launch.
+__device__ __forceinline__ bool arriveLast(unsigned *counter,
+                                           unsigned expected) {
+  const bool last = atomicAdd(counter, 1u) == expected - 1u;
+  if (last)
+    counter[0] = 0;
+  return last;
+}
+
 /// Sum over a warp.
 __device__ __forceinline__ float warpSum(float v) {
 #pragma unroll
@@ -157,6 +170,47 @@ __device__ __forceinline__ void loadVec(const T *p, float (&out)[V]) {
   }
 }
 
+/// Weight words a lane of the decode kernels loads before it uses the
+/// first (16-byte words when rows allow): the loads in flight per lane.
+constexpr int DecodeLoadsInFlight = 8;
+/// Steps of rowDotsUpTo whose loads a lane issues at once for NW rows of
+/// Iters steps: Depth words in all, at least one step, at most Iters.
+template <int NW, int Iters, int Depth>
+__host__ __device__ constexpr int rowDotsDepth() {
+  return Depth / NW < 1 ? 1 : Depth / NW > Iters ? Iters : Depth / NW;
+}
+
+/// V consecutive elements of type T as loaded: one 16-byte word when V
+/// elements are whole 16-byte words (the caller keeps them aligned), else
+/// V separate elements. Kept packed until used, so that a batch of loads
+/// costs 4 registers per 16-byte word.
+template <typename T, int V> struct Packed {
+  static constexpr bool Vector = V > 1 && (V * sizeof(T)) % 16 == 0;
+  static constexpr int Words = Vector ? V * sizeof(T) / 16 : 1;
+  uint4 word[Vector ? Words : 1];
+  T element[Vector ? 1 : V];
+  __device__ __forceinline__ void load(const T *p) {
+    if constexpr (Vector) {
+#pragma unroll
+      for (int q = 0; q < Words; ++q)
+        word[q] = reinterpret_cast<const uint4 *>(p)[q];
+    } else {
+#pragma unroll
+      for (int j = 0; j < V; ++j)
+        element[j] = p[j];
+    }
+  }
+  /// Element j as f32.
+  __device__ __forceinline__ float get(int j) const {
+    if constexpr (Vector) {
+      constexpr int P = 16 / static_cast<int>(sizeof(T));
+      return unpack<T>(word[j / P], j % P);
+    } else {
+      return toF32<T>(element[j]);
+    }
+  }
+};
+
 /// The activation rows of one batch: row pointers, how many are real, and
 /// the scale of each (ScaleInput: the input is roundAs<TX>(x * w)).
 template <typename TA> struct Batch {
@@ -182,8 +236,13 @@ __device__ __forceinline__ float scaled(float v, float scale) {
 /// l + 32, ... (consecutive lanes, consecutive 16-byte words: coalesced),
 /// then a warp-wide sum. Every lane returns the sums. VecN (a divisor of
 /// In) fixes the load width; Bounded says n may end a row early.
+///
+/// Bytes in flight: a lane issues the loads of L steps of all NW rows
+/// (L * NW <= Depth words) before it uses the first; words
+/// past n are predicated off, not branched around. Each sum still adds its
+/// terms in step order (bit-identical to a step-by-step loop).
 template <int NW, int In, int VecN, bool Bounded, typename TX, bool Scale,
-          typename TW, typename TA>
+          int Depth = DecodeLoadsInFlight, typename TW, typename TA>
 __device__ __forceinline__ void rowDotsUpTo(const TW *const (&w)[NW],
                                             const Batch<TA> &a,
                                             float (&acc)[NW][DecodeRows],
@@ -197,27 +256,39 @@ __device__ __forceinline__ void rowDotsUpTo(const TW *const (&w)[NW],
     for (int b = 0; b < DecodeRows; ++b)
       acc[i][b] = 0.0f;
   constexpr int Iters = (In / V + 31) / 32;
-#pragma unroll 2
-  for (int it = 0; it < Iters; ++it) {
-    const int k = (it * 32 + lane) * V;
-    if ((Bounded || (In / V) % 32 != 0) && k >= n)
-      break;
-    float wv[NW][V];
+  constexpr bool Tail = Bounded || (In / V) % 32 != 0;
+  constexpr int L = rowDotsDepth<NW, Iters, Depth>();
+#pragma unroll 1
+  for (int it0 = 0; it0 < Iters; it0 += L) {
+    Packed<TW, V> wv[L][NW];
+    bool valid[L];
 #pragma unroll
-    for (int i = 0; i < NW; ++i)
-      loadVec<TW, V>(w[i] + k, wv[i]);
-#pragma unroll
-    for (int b = 0; b < DecodeRows; ++b) {
-      if (b >= a.count)
-        continue;
-      float av[V];
-      loadVec<TA, V>(a.row[b] + k, av);
-#pragma unroll
-      for (int j = 0; j < V; ++j) {
-        const float v = scaled<TX, Scale>(av[j], a.scale[b]);
+    for (int l = 0; l < L; ++l) {
+      const int k = ((it0 + l) * 32 + lane) * V;
+      valid[l] = (Iters % L == 0 || it0 + l < Iters) && (!Tail || k < n);
+      if (valid[l])
 #pragma unroll
         for (int i = 0; i < NW; ++i)
-          acc[i][b] += v * wv[i][j];
+          wv[l][i].load(w[i] + k);
+    }
+#pragma unroll
+    for (int l = 0; l < L; ++l) {
+      if (!valid[l])
+        continue;
+      const int k = ((it0 + l) * 32 + lane) * V;
+#pragma unroll
+      for (int b = 0; b < DecodeRows; ++b) {
+        if (b >= a.count)
+          continue;
+        float av[V];
+        loadVec<TA, V>(a.row[b] + k, av);
+#pragma unroll
+        for (int j = 0; j < V; ++j) {
+          const float v = scaled<TX, Scale>(av[j], a.scale[b]);
+#pragma unroll
+          for (int i = 0; i < NW; ++i)
+            acc[i][b] += v * wv[l][i].get(j);
+        }
       }
     }
   }

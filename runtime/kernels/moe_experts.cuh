@@ -1,8 +1,8 @@
 //===- moe_experts.cuh - The decode expert kernels ------------------------===//
 //
 // Part of moe-opt. Templates of the moe.fused_experts decode path (few
-// routed slots: T * K <= moe::kPerTokenMaxSlots), and the pieces that the
-// grouped (prefill) kernels of moe_grouped.cuh share with it. A
+// routed slots: T * K <= moe::decodeMaxSlots(E, K)), and the pieces that
+// the grouped (prefill) kernels of moe_grouped.cuh share with it. A
 // configuration struct written by the code generator fixes every size,
 // dtype, layout and option at compile time:
 //
@@ -37,12 +37,14 @@
 //     static constexpr int FactorInUnits, FactorDownUnits;
 //   };
 //
-// The decode path is two kernels plus the grouped path's combine:
+// The decode path is two kernels:
 //
 //   decodeUp<Cfg, D>    h[r, j] = act(x[token(r)] . gate_j, x . up_j)
 //                       (non-gated: act(x[token(r)] . up_j + b_j))
-//   decodeDown<Cfg, D>  out[r, o] = w(r) * roundAs<TX>(h[r] . down_o + b)
-//   grouped::combine    y[t] = sum over slots of out (+ shared experts)
+//   decodeDown<Cfg, D>  out[r, o] = w(r) * roundAs<TX>(h[r] . down_o + b),
+//                       then y[t] = sum over slots of out (+ shared
+//                       experts) per chunk of outputs, by the block that
+//                       finishes the chunk's last work item
 //
 // Factored routed experts (LowRank: every projection W = A . B, A [out, r]
 // and B [r, in], out_in) run four kernels instead of two, and W is never
@@ -85,7 +87,10 @@
 // atomics. h and the per-row outputs go to the f32 scratch buffers of the
 // grouped path (the HIDDEN and OUT slots), with the rounding points of the
 // reference executor (roundAs<TX>), and the combine sums a token's slots in
-// slot order, as the grouped path does.
+// slot order, as the grouped path's combine does (combineOutput, shared by
+// both). Which block combines an output chunk depends on timing (the last
+// of the chunk's items to finish, counted with an atomic per chunk), the
+// sums and their order do not.
 //
 //===----------------------------------------------------------------------===//
 
@@ -201,6 +206,9 @@ __device__ __forceinline__ FFNWeights<F> ffnWeights(const MoEKernelArgs &args,
 // Decode kernels
 //===----------------------------------------------------------------------===//
 
+/// Steps of columnDots (weight_layout in_out) a thread unrolls: its loads
+/// in flight, NW elements each (the `#pragma unroll` below).
+constexpr int ColumnUnroll = 2;
 /// Threads of a decode block (the code generator's launches agree).
 constexpr int DecodeThreads = 128;
 constexpr int DecodeWarps = DecodeThreads / 32;
@@ -221,7 +229,7 @@ columnDots(const TW *const (&base)[NW], bool valid, int group,
       acc[i][b] = 0.0f;
   if (!valid)
     return;
-#pragma unroll 2
+#pragma unroll ColumnUnroll
   for (int k = group; k < n; k += G) {
     float wv[NW];
 #pragma unroll
@@ -526,6 +534,13 @@ upItem(const MoEKernelArgs &args, const FFNWeights<F> &w, long long e, int j0,
   }
 }
 
+/// 16-byte words of a down row a lane of decodeDown loads at once: fewer
+/// than decodeUp's DecodeLoadsInFlight, so that with the f32 words of h it
+/// needs the kernel fits 96 registers (5 blocks per SM: 4 x 16 B x 128
+/// threads x 5 = 40 KB in flight per SM; the code generator's
+/// kDecodeDownMinBlocks).
+constexpr int DecodeDownLoads = 4;
+
 /// The rows r0 .. r0 + count of h (f32 scratch, I wide) as a batch.
 template <int I>
 __device__ __forceinline__ Batch<float> hiddenBatch(const float *h,
@@ -621,7 +636,7 @@ downItem(const MoEKernelArgs &args, const FFNWeights<F> &w, long long e, int o0,
         const int count = static_cast<int>(
             rowEnd - r0 < DecodeRows ? rowEnd - r0 : DecodeRows);
         float acc[1][DecodeRows];
-        rowDotsUpTo<1, I, F::IVec, F::Widths, TX, false>(
+        rowDotsUpTo<1, I, F::IVec, F::Widths, TX, false, DecodeDownLoads>(
             row, hiddenBatch<I>(h, r0, count), acc, width);
 #pragma unroll
         for (int b = 0; b < DecodeRows; ++b)
@@ -649,6 +664,45 @@ downItem(const MoEKernelArgs &args, const FFNWeights<F> &w, long long e, int o0,
           if (b < count)
             finish(o, r0 + b, acc[0][b]);
     }
+  }
+}
+
+/// What a lane of decodeUp / decodeDown keeps in flight while it streams a
+/// routed expert's weights: independent loads issued before the first is
+/// used, and bytes per load; {0, 0} where not modelled (quantized or
+/// factored weights). From the constants the kernels use (rowDotsDepth,
+/// DecodeLoadsInFlight, DecodeDownLoads, ColumnUnroll); for reports
+/// (test/Backend/decode-report.test).
+struct InFlight {
+  int loads, bytes;
+};
+template <typename Cfg>
+__host__ __device__ constexpr InFlight decodeUpInFlight() {
+  using F = typename Cfg::Routed;
+  constexpr int NW = F::NoGate ? 1 : 2;
+  if constexpr (F::Quant != 0 || F::LowRank) {
+    return {0, 0};
+  } else if constexpr (F::InOut) {
+    return {NW * ColumnUnroll, static_cast<int>(sizeof(typename F::TW))};
+  } else {
+    constexpr int V = vecWidth<typename F::TW, F::H>();
+    constexpr int Iters = (F::H / V + 31) / 32;
+    return {NW * rowDotsDepth<NW, Iters, DecodeLoadsInFlight>(),
+            V * static_cast<int>(sizeof(typename F::TW))};
+  }
+}
+template <typename Cfg>
+__host__ __device__ constexpr InFlight decodeDownInFlight() {
+  using F = typename Cfg::Routed;
+  if constexpr (F::Quant != 0 || F::LowRank) {
+    return {0, 0};
+  } else if constexpr (F::InOut) {
+    return {ColumnUnroll, static_cast<int>(sizeof(typename F::TW))};
+  } else {
+    constexpr int V = vecWidth<typename F::TW, F::IVec>();
+    constexpr int Iters = (F::I / V + 31) / 32;
+    return {rowDotsDepth<1, Iters, DecodeDownLoads>(),
+            V * static_cast<int>(sizeof(typename F::TW))};
   }
 }
 
@@ -683,19 +737,23 @@ __device__ __forceinline__ int activeExperts(const int *offsets, int *off,
 /// Work items of one decode kernel: `Chunks` per active routed expert, in
 /// expert order, then `SharedChunks` of the shared FFN. Calls
 /// `routed(e, chunk, rowBegin, rowEnd)` or `shared(chunk)` for each of this
-/// block's items (grid-stride).
+/// block's items (grid-stride); `activeCount` (when given) gets the number
+/// of active experts before the first call.
 template <int E, int Chunks, int SharedChunks, typename RoutedFn,
           typename SharedFn>
 __device__ __forceinline__ void forEachItem(const MoEKernelArgs &args,
-                                            RoutedFn routed, SharedFn shared) {
+                                            RoutedFn routed, SharedFn shared,
+                                            int *activeCount = nullptr) {
   MOE_SHARED(int, off, E + 1);
   MOE_SHARED(int, active, E);
   MOE_SHARED(int, count, 1);
   const int *offsets =
       static_cast<const int *>(args.buffers[MOE_EXPERTS_SLOT_OFFSETS]);
+  const int nActive = activeExperts<E>(offsets, off, active, count);
+  if (activeCount)
+    *activeCount = nActive;
   const long long routedItems =
-      static_cast<long long>(activeExperts<E>(offsets, off, active, count)) *
-      Chunks;
+      static_cast<long long>(nActive) * Chunks;
   const long long items = routedItems + SharedChunks;
   for (long long item = blockIdx.x; item < items; item += gridDim.x) {
     if (item < routedItems) {
@@ -705,6 +763,158 @@ __device__ __forceinline__ void forEachItem(const MoEKernelArgs &args,
       shared(static_cast<int>(item - routedItems));
     }
   }
+}
+
+//===----------------------------------------------------------------------===//
+// The combine: y[t] = the token's slot outputs + the shared experts'
+//===----------------------------------------------------------------------===//
+
+/// The shared experts' gate of token t, sigmoid(x[t] . w_gate + b_gate),
+/// computed by a whole warp (lane-strided sums, then a warp sum); lane 0's
+/// value is the one to use.
+template <typename Cfg>
+__device__ __forceinline__ float sharedGateOf(const MoEKernelArgs &args,
+                                              long long t) {
+  using TX = typename Cfg::TX;
+  constexpr int H = Cfg::Routed::H;
+  const TX *x = static_cast<const TX *>(args.buffers[MOE_EXPERTS_SLOT_INPUT]);
+  const typename Cfg::TG *scaleWeight = static_cast<const typename Cfg::TG *>(
+      args.buffers[MOE_EXPERTS_SLOT_SCALE_WEIGHT]);
+  const typename Cfg::TGB *scaleBias = static_cast<const typename Cfg::TGB *>(
+      args.buffers[MOE_EXPERTS_SLOT_SCALE_BIAS]);
+  float partial = 0.0f;
+  for (int i = threadIdx.x % 32; i < H; i += 32)
+    partial += toF32<TX>(x[t * H + i]) * toF32(scaleWeight[i]);
+  partial = warpSum(partial);
+  if constexpr (Cfg::SharedGateBias)
+    partial += toF32(scaleBias[0]);
+  return moe_k::sigmoid(partial);
+}
+
+/// An f32 scratch element; through L2 (FromL2: a volatile load) when other
+/// blocks of the running launch wrote it.
+template <bool FromL2>
+__device__ __forceinline__ float loadScratch(const float *p) {
+  if constexpr (FromL2)
+    return *static_cast<const volatile float *>(p);
+  else
+    return *p;
+}
+
+/// y[t, o]: the token's slot rows of out (`rowOf`, K of them, < 0 for an
+/// empty slot) summed in slot order (the reference's order of the weighted
+/// sum), then the shared FFN's output times `gate` (SharedGate), with the
+/// reference's rounding points. Deterministic: no atomics.
+template <typename Cfg, bool FromL2>
+__device__ __forceinline__ void combineOutput(const MoEKernelArgs &args,
+                                              long long t, int o,
+                                              const int *rowOf, float gate) {
+  using TX = typename Cfg::TX;
+  constexpr int H = Cfg::Routed::H, K = Cfg::K;
+  TX *y = static_cast<TX *>(args.buffers[MOE_EXPERTS_SLOT_OUTPUT]);
+  const float *out =
+      static_cast<const float *>(args.buffers[MOE_EXPERTS_SLOT_OUT]);
+  float acc = 0.0f;
+  for (int s = 0; s < K; ++s)
+    if (rowOf[s] >= 0)
+      acc += loadScratch<FromL2>(out + static_cast<long long>(rowOf[s]) * H +
+                                 o);
+  if constexpr (Cfg::HasShared) {
+    const float *sharedOut =
+        static_cast<const float *>(args.buffers[MOE_EXPERTS_SLOT_SHARED_OUT]);
+    float v = loadScratch<FromL2>(sharedOut + t * H + o);
+    if constexpr (Cfg::SharedGate)
+      v = roundAs<TX>(v * gate);
+    y[t * H + o] = fromF32<TX>(roundAs<TX>(acc) + v);
+  } else {
+    y[t * H + o] = fromF32<TX>(acc);
+  }
+}
+
+/// The combine of outputs [o0, o1) of every token, by the whole block,
+/// DecodeWarps tokens at a time (warp w computes token t0 + w's shared
+/// gate): decodeDown's tail, once every item that writes these outputs
+/// is done (their writes read through L2).
+template <typename Cfg>
+__device__ void combineColumns(const MoEKernelArgs &args, int o0, int o1) {
+  constexpr int K = Cfg::K;
+  MOE_SHARED(int, rowOf, DecodeWarps * K);
+  MOE_SHARED(float, gate, DecodeWarps);
+  const int *slotRow =
+      static_cast<const int *>(args.buffers[MOE_EXPERTS_SLOT_SLOT_ROW]);
+  const long long T = args.num_tokens;
+  const int warp = threadIdx.x / 32, width = o1 - o0;
+  for (long long t0 = 0; t0 < T; t0 += DecodeWarps) {
+    const int n = static_cast<int>(T - t0 < DecodeWarps ? T - t0 : DecodeWarps);
+    for (int i = threadIdx.x; i < n * K; i += DecodeThreads)
+      rowOf[i] = slotRow[t0 * K + i];
+    if constexpr (Cfg::HasShared && Cfg::SharedGate) {
+      if (warp < n) {
+        const float g = sharedGateOf<Cfg>(args, t0 + warp);
+        if (threadIdx.x % 32 == 0)
+          gate[warp] = g;
+      }
+    }
+    __syncthreads();
+    for (int i = threadIdx.x; i < n * width; i += DecodeThreads) {
+      const int b = i / width;
+      combineOutput<Cfg, true>(args, t0 + b, o0 + i % width, rowOf + b * K,
+                               Cfg::SharedGate ? gate[b] : 1.0f);
+    }
+    __syncthreads();
+  }
+}
+
+/// decodeDown's output chunks: routed items write DownCols outputs (chunk
+/// c: [c * C, (c + 1) * C)), shared items SharedDownCols (CS); a routed
+/// chunk is complete when every active expert's item for it and every
+/// shared item overlapping it are done.
+template <typename Cfg, typename D> struct DownChunks {
+  static constexpr int H = Cfg::Routed::H;
+  static constexpr int C = D::DownCols, CS = D::SharedDownCols;
+  static constexpr int Chunks = (H + C - 1) / C;
+  static constexpr int SharedChunks = Cfg::HasShared ? (H + CS - 1) / CS : 0;
+  /// Routed chunks one item can complete (a shared item spans up to
+  /// CS / C + 1 of them).
+  static constexpr int MaxSpan = CS > C ? CS / C + 1 : 2;
+  __device__ static int end(int c) { return (c + 1) * C < H ? (c + 1) * C : H; }
+  /// Items that complete routed chunk c, given the active experts.
+  __device__ static unsigned expected(int c, int active) {
+    if constexpr (!Cfg::HasShared)
+      return static_cast<unsigned>(active);
+    else
+      return static_cast<unsigned>(active + (end(c) - 1) / CS - c * C / CS +
+                                   1);
+  }
+};
+
+/// After a decodeDown item wrote outputs of the routed chunks [first,
+/// last]: counts it in each chunk's counter (slot DOWN_DONE, one per routed
+/// chunk, zeroed before the layer's first launch and reset by the last
+/// arrival), and the block whose item completes a chunk combines the
+/// chunk's outputs. Called by the whole block.
+template <typename Cfg, typename D>
+__device__ __forceinline__ void finishDownItem(const MoEKernelArgs &args,
+                                               int first, int last,
+                                               int active) {
+  using DC = DownChunks<Cfg, D>;
+  MOE_SHARED(int, ready, DC::MaxSpan);
+  MOE_SHARED(int, readyCount, 1);
+  unsigned *done =
+      static_cast<unsigned *>(args.buffers[MOE_EXPERTS_SLOT_DOWN_DONE]);
+  __threadfence(); // this thread's outputs, before the block's arrival
+  __syncthreads();
+  if (threadIdx.x == 0) {
+    int n = 0;
+    for (int c = first; c <= last; ++c)
+      if (arriveLast(done + c, DC::expected(c, active)))
+        ready[n++] = c;
+    readyCount[0] = n;
+  }
+  __syncthreads();
+  const int n = readyCount[0];
+  for (int i = 0; i < n; ++i)
+    combineColumns<Cfg>(args, ready[i] * DC::C, DC::end(ready[i]));
 }
 
 /// Gate/up and activation of the decode path: h [T * K, I] (rows in the
@@ -735,31 +945,44 @@ __device__ void decodeUp(const MoEKernelArgs &args) {
       });
 }
 
-/// Down projection of the decode path: out [T * K, H] (weighted, rows in
-/// the dispatch plan's order) and, with shared experts, shared out [T, H];
-/// grouped::combine adds them up per token.
+/// Down projection and combine of the decode path: out [T * K, H]
+/// (weighted, rows in the dispatch plan's order) and, with shared experts,
+/// shared out [T, H]; the block that completes an output chunk then sums
+/// the chunk's outputs per token into y (finishDownItem), so that no
+/// combine launch follows.
 template <typename Cfg, typename D>
 __device__ void decodeDown(const MoEKernelArgs &args) {
   using R = typename Cfg::Routed;
   using S = typename Cfg::Shared;
-  constexpr int C = D::DownCols, CS = D::SharedDownCols;
-  constexpr int Chunks = (R::H + C - 1) / C;
-  constexpr int SharedChunks = Cfg::HasShared ? (S::H + CS - 1) / CS : 0;
+  using DC = DownChunks<Cfg, D>;
+  constexpr int C = DC::C, CS = DC::CS;
+  static_assert(S::H == R::H, "one output width");
   MOE_SHARED(float, red, DecodeRows *DecodeThreads);
   const FFNWeights<R> routed =
       ffnWeights<R>(args, MOE_EXPERTS_SLOT_ROUTED_GATE);
   const FFNWeights<S> shared =
       ffnWeights<S>(args, MOE_EXPERTS_SLOT_SHARED_GATE);
   const long long T = args.num_tokens;
-  forEachItem<R::E, Chunks, SharedChunks>(
+  int active = 0;
+  forEachItem<R::E, DC::Chunks, DC::SharedChunks>(
       args,
       [&](int e, int chunk, int begin, int end) {
         downItem<Cfg, R, false, C>(args, routed, e, chunk * C, begin, end, red);
+        finishDownItem<Cfg, D>(args, chunk, chunk, active);
       },
       [&](int chunk) {
-        if constexpr (Cfg::HasShared)
+        if constexpr (Cfg::HasShared) {
           downItem<Cfg, S, true, CS>(args, shared, 0, chunk * CS, 0, T, red);
-      });
+          const int o1 = (chunk + 1) * CS < R::H ? (chunk + 1) * CS : R::H;
+          finishDownItem<Cfg, D>(args, chunk * CS / C, (o1 - 1) / C, active);
+        }
+      },
+      &active);
+  // No items (every slot empty, no shared experts): y is zero, from the
+  // same combine.
+  if (!Cfg::HasShared && active == 0)
+    for (int c = blockIdx.x; c < DC::Chunks; c += gridDim.x)
+      combineColumns<Cfg>(args, c * C, DC::end(c));
 }
 
 /// One decodeFactorDown work item: zd[r, k] = B_d[k] . h[r] for the factor

@@ -1124,24 +1124,10 @@ constexpr int CombineCols = 256;
 /// order of the weighted sum), then adds the shared experts (times
 /// sigmoid(x . w_gate + b_gate) with a shared gate). Deterministic, no atomics.
 template <typename Cfg> __device__ void combine(const MoEKernelArgs &args) {
-  using TX = typename Cfg::TX;
-  using S = typename Cfg::Shared;
   constexpr int H = Cfg::Routed::H, K = Cfg::K;
   constexpr int Chunks = (H + CombineCols - 1) / CombineCols;
-  const TX *x = static_cast<const TX *>(args.buffers[MOE_EXPERTS_SLOT_INPUT]);
-  TX *y = static_cast<TX *>(args.buffers[MOE_EXPERTS_SLOT_OUTPUT]);
-  using TG = typename Cfg::TG;
-  using TGB = typename Cfg::TGB;
-  const TG *scaleWeight =
-      static_cast<const TG *>(args.buffers[MOE_EXPERTS_SLOT_SCALE_WEIGHT]);
-  const TGB *scaleBias =
-      static_cast<const TGB *>(args.buffers[MOE_EXPERTS_SLOT_SCALE_BIAS]);
   const int *slotRow =
       static_cast<const int *>(args.buffers[MOE_EXPERTS_SLOT_SLOT_ROW]);
-  const float *out =
-      static_cast<const float *>(args.buffers[MOE_EXPERTS_SLOT_OUT]);
-  const float *sharedOut =
-      static_cast<const float *>(args.buffers[MOE_EXPERTS_SLOT_SHARED_OUT]);
   MOE_SHARED(int, rowOf, K);
   MOE_SHARED(float, gateValue, 1);
 
@@ -1154,31 +1140,15 @@ template <typename Cfg> __device__ void combine(const MoEKernelArgs &args) {
       rowOf[s] = slotRow[t * K + s];
     if constexpr (Cfg::HasShared && Cfg::SharedGate) {
       if (threadIdx.x < 32) {
-        float partial = 0.0f;
-        for (int i = threadIdx.x; i < H; i += 32)
-          partial += toF32<TX>(x[t * H + i]) * toF32(scaleWeight[i]);
-        partial = warpSum(partial);
-        if constexpr (Cfg::SharedGateBias)
-          partial += toF32(scaleBias[0]);
+        const float g = experts::sharedGateOf<Cfg>(args, t);
         if (threadIdx.x == 0)
-          gateValue[0] = moe_k::sigmoid(partial);
+          gateValue[0] = g;
       }
     }
     __syncthreads();
-    for (int o = o0 + threadIdx.x; o < o1; o += blockDim.x) {
-      float acc = 0.0f;
-      for (int s = 0; s < K; ++s)
-        if (rowOf[s] >= 0)
-          acc += out[static_cast<long long>(rowOf[s]) * H + o];
-      if constexpr (Cfg::HasShared) {
-        float v = sharedOut[t * H + o];
-        if constexpr (Cfg::SharedGate)
-          v = roundAs<TX>(v * gateValue[0]);
-        y[t * H + o] = fromF32<TX>(roundAs<TX>(acc) + v);
-      } else {
-        y[t * H + o] = fromF32<TX>(acc);
-      }
-    }
+    for (int o = o0 + threadIdx.x; o < o1; o += blockDim.x)
+      experts::combineOutput<Cfg, false>(
+          args, t, o, rowOf, Cfg::SharedGate ? gateValue[0] : 1.0f);
     __syncthreads();
   }
 }

@@ -951,12 +951,8 @@ __device__ __forceinline__ bool lastBlockDone(unsigned *counter,
                                               unsigned *flag) {
   __threadfence();
   __syncthreads();
-  if (threadIdx.x == 0) {
-    unsigned done = atomicAdd(counter, 1u);
-    flag[0] = done == gridDim.x - 1 ? 1u : 0u;
-    if (flag[0])
-      counter[0] = 0;
-  }
+  if (threadIdx.x == 0)
+    flag[0] = arriveLast(counter, gridDim.x) ? 1u : 0u;
   __syncthreads();
   return flag[0] != 0;
 }

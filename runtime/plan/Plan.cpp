@@ -58,6 +58,25 @@ int64_t gridBlocks(const Launch &launch, int64_t tokens) {
   return std::clamp<int64_t>(blocks, 1, std::max<int64_t>(launch.maxBlocks, 1));
 }
 
+int64_t decodeMaxSlots(int64_t experts, int64_t topK) {
+  if (experts <= 0 || topK <= 0)
+    return kPerTokenMaxSlots;
+  double keep = 1.0 - static_cast<double>(std::min(topK, experts)) /
+                          static_cast<double>(experts);
+  // Rows per distinct expert grow with T; stop at the first T past the
+  // bound (at most 65536 tokens).
+  int64_t best = 0;
+  double untouched = 1.0; // (1 - K / E)^T
+  for (int64_t t = 1; t <= 65536; ++t) {
+    untouched *= keep;
+    double distinct = static_cast<double>(experts) * (1.0 - untouched);
+    if (static_cast<double>(t * topK) > kDecodeMaxRowsPerExpert * distinct)
+      break;
+    best = t * topK;
+  }
+  return std::max(best, kPerTokenMaxSlots);
+}
+
 bool launchRuns(const Launch &launch, int64_t tokens) {
   int64_t slots = tokens * launch.slotsPerToken;
   return slots >= launch.minSlots &&

@@ -3,7 +3,7 @@
 // RUN: moe-opt %s --moe-optimize=stats=true -o /dev/null 2>&1 | FileCheck %s --check-prefix=STATS
 
 // STATS: moe-stats before: @layer_0 (layer 0): 9 ops, 9 top-level ops: router_linear, softmax, topk, normalize, scale, dispatch, permute, expert_ffn, combine; kernel launches: none (not every op is fused)
-// STATS: moe-stats after: @layer_0 (layer 0): 7 ops, 2 top-level ops: fused_route, fused_experts; kernel launches: 4 at decode (T = 1), 5 at prefill (T = 4096)
+// STATS: moe-stats after: @layer_0 (layer 0): 7 ops, 2 top-level ops: fused_route, fused_experts; kernel launches: 3 at decode (T = 1), 5 at prefill (T = 4096)
 
 // Canonicalisation runs first: the scale by 1 disappears from the router.
 // CHECK-LABEL: func.func @layer_0

@@ -176,8 +176,9 @@ def MoEOptimize : Pass<"moe-optimize", "::mlir::ModuleOp"> {
     Canonicalises, fuses routing (`--moe-fuse-routing`), fuses experts
     (`--moe-fuse-experts`), then canonicalises and removes common
     subexpressions, leaving two fused operations per MoE layer
-    (`fused_route`, `fused_experts`), which run as 4 kernel launches at
-    decode up to 8 tokens (router projection and routing in one kernel), 5
+    (`fused_route`, `fused_experts`), which run as 3 kernel launches at
+    decode up to 8 tokens (router projection and routing in one kernel,
+    the two decode expert kernels, the combine in the second's tail), 4
     above, and up to 7 at prefill (`MOE_LOG_LAUNCHES=1` lists them). With
     `stats`, prints the `--moe-stats` table before and after.
   }];

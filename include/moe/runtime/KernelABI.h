@@ -62,7 +62,10 @@
  * FP4 E2M1 codes in the ROUTED_* / SHARED_* weight slots): the scales of
  * each projection, f32 (FP8) or E8M0 bytes (MXFP4), [.., ceil(out / b0),
  * ceil(in / b1)], in the *_SCALE slots (MoEFFNScaleSlot order; null when
- * the weights are not quantized). */
+ * the weights are not quantized). DOWN_DONE: u32 [ceil(H / DownCols)],
+ * per output chunk of the decode kernel decodeDown, its finished work
+ * items (zeroed before the layer's first launch; the block that finishes a
+ * chunk resets it and combines the chunk; null without decode kernels). */
 #define MOE_EXPERTS_SLOT_LIST(X)                                             \
   X(INPUT) X(IDS) X(WEIGHTS) X(OUTPUT)                                       \
   X(ROUTED_GATE) X(ROUTED_UP) X(ROUTED_GATE_UP) X(ROUTED_DOWN)               \
@@ -79,7 +82,8 @@
   X(ROUTED_GATE_SCALE) X(ROUTED_UP_SCALE) X(ROUTED_GATE_UP_SCALE)            \
   X(ROUTED_DOWN_SCALE)                                                       \
   X(SHARED_GATE_SCALE) X(SHARED_UP_SCALE) X(SHARED_GATE_UP_SCALE)            \
-  X(SHARED_DOWN_SCALE)
+  X(SHARED_DOWN_SCALE)                                                       \
+  X(DOWN_DONE)
 
 /* moe.fused_route: x [T, H]; the routing ids, weights [T, K]; the dispatch
  * plan counts [E], offsets [E + 1], rows [T * K], slot_row [T * K]; a

@@ -65,10 +65,26 @@ struct Binding {
 };
 
 /// The routed-slot count (T * K) up to which a moe.fused_experts of
-/// `runtime` layout runs its decode kernels; above it, the grouped
-/// (prefill) kernels run. The code generator writes it into the launches'
-/// slot gates (Launch::maxSlots / minSlots).
+/// `runtime` layout runs its decode kernels at least; above its
+/// decodeMaxSlots, the grouped (prefill) kernels run. The code generator
+/// writes decodeMaxSlots into the launches' slot gates (Launch::maxSlots /
+/// minSlots).
 constexpr int64_t kPerTokenMaxSlots = 64;
+
+/// Rows per distinct expert up to which the decode kernels beat the
+/// grouped GEMMs: both read each distinct expert's weights from memory
+/// once, but the decode kernels then re-read them from L1/L2 once per 4
+/// rows (moe_k::DecodeRows) on the CUDA cores, while a grouped tile takes
+/// 64 rows on the tensor cores. A guess, to be timed.
+constexpr double kDecodeMaxRowsPerExpert = 8.0;
+
+/// The decode path's slot limit for E experts and K per token: the
+/// largest T * K whose expected rows per distinct expert under uniform
+/// routing, T * K / (E * (1 - (1 - K / E)^T)), is at most
+/// kDecodeMaxRowsPerExpert, and at least kPerTokenMaxSlots. Layers of many
+/// experts (DeepSeek-V3: 256, Qwen3: 128) decode well past 64 slots, since
+/// their tokens spread over distinct experts.
+int64_t decodeMaxSlots(int64_t experts, int64_t topK);
 
 /// The token count up to which a moe.fused_route with one router_linear
 /// runs its small-T kernel (the router projection spread over the GPU and
@@ -102,8 +118,8 @@ struct Launch {
   /// when minSlots <= T * slotsPerToken <= maxSlots (maxSlots < 0: no upper
   /// bound). The defaults always run. A moe.fused_experts of `runtime`
   /// layout has decode launches with maxSlots = kPerTokenMaxSlots and
-  /// grouped launches with minSlots = kPerTokenMaxSlots + 1 (the combine
-  /// that follows both is ungated).
+  /// grouped launches (their combine included) with minSlots =
+  /// kPerTokenMaxSlots + 1.
   int64_t slotsPerToken = 1;
   int64_t minSlots = 0;
   int64_t maxSlots = -1;
