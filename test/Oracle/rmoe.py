@@ -30,8 +30,12 @@ weights, the chained output and the last layer's state (the second --output)
 are compared, and the carried state must change the experts of at least
 10% of the tokens of layers 1 and 2 (against a zero state).
 
-Not covered here: the GPU (the same kernels; test/Backend's cuda tests),
-the C and Python APIs' run_all (they do not carry extra results).
+With --python the chain also runs through the package's Python
+`run_all(x, inputs=[h0])` (moe::Model::runAllWithInputs), which carries the
+state the same way and returns the last one, and `last_routing(l)`.
+
+Not covered here: the GPU (the same kernels; test/Backend's cuda tests) and
+C's run_all (it runs no layer with extra inputs).
 
   rmoe.py [--bin DIR] [--seed N] [--chain]
 """
@@ -238,7 +242,19 @@ def run_chain(bin_dir, ir, x, h, d, layers, backend="reference"):
               np.load("%s.L%d.weights.npy" % (prefix, l))) for l in range(layers)])
 
 
-def check_chain(bin_dir, work, seed):
+def run_python(pkg, x, h, layers):
+    """Python's run_all of the package on emu with the first layer's state:
+    (y, the last layer's state, [(ids, weights) of each layer])."""
+    import moe_opt
+    package = moe_opt.load(pkg, backend="emu")
+    package.record_routing = True
+    y, results = package.run_all(x, inputs=[h])
+    routing = [package.last_routing(l)[0] for l in range(layers)]
+    return (y, results[0] if results else np.zeros((0, 0), np.float32),
+            [(r["ids"], r["weights"]) for r in routing])
+
+
+def check_chain(bin_dir, work, seed, runs=RUNS):
     """CHAIN_LAYERS RMoE layers under moe-run --all-layers (pre-norm chain:
     v_l = rmsnorm(s_l), s_{l+1} = s_l + y_l) on each of RUNS: layer l's new
     state is layer l+1's previous state. Returns (errors, summary)."""
@@ -249,7 +265,7 @@ def check_chain(bin_dir, work, seed):
     ir = write_module(d, layers)
     pkg = compile_package(bin_dir, ir, d)
     errors, total, flips, fragile_n = [], 0, 0, 0
-    worst = {run: [0.0, 0.0, 0.0] for run in RUNS}
+    worst = {run: [0.0, 0.0, 0.0] for run in runs}
     for t in T_VALUES:
         x = rng.standard_normal((t, H)).astype(np.float32)
         h0 = np.zeros((t, layers[0].s), np.float32)
@@ -271,10 +287,13 @@ def check_chain(bin_dir, work, seed):
             h = layer.gru(v, h)
         total += t
         fragile_n += int(skip.sum())
-        for run in RUNS:
-            model, backend = model_of(run, ir, pkg)
-            y, h_last, routing = run_chain(bin_dir, model, x, h0, d,
-                                           CHAIN_LAYERS, backend)
+        for run in runs:
+            if run == "python-run_all":
+                y, h_last, routing = run_python(pkg, x, h0, CHAIN_LAYERS)
+            else:
+                model, backend = model_of(run, ir, pkg)
+                y, h_last, routing = run_chain(bin_dir, model, x, h0, d,
+                                               CHAIN_LAYERS, backend)
             tag = "chain %s T=%d" % (run, t)
             for l, ((ids, w), (rids, rw)) in enumerate(zip(routing, ref)):
                 errs, we = compare_routing("%s layer %d" % (tag, l), ids, w,
@@ -299,7 +318,7 @@ def check_chain(bin_dir, work, seed):
                     "token-layers, skipped near a tie %d; %s"
                     % (CHAIN_LAYERS, total, flips, fragile_n,
                        "; ".join("%s y_err %.2g w_err %.2g state_err %.2g"
-                                 % (run, *worst[run]) for run in RUNS)))
+                                 % (run, *worst[run]) for run in runs)))
 
 
 def main():
@@ -310,6 +329,8 @@ def main():
     ap.add_argument("--chain", action="store_true",
                     help="also chain %d layers under moe-run --all-layers"
                     % CHAIN_LAYERS)
+    ap.add_argument("--python", action="store_true",
+                    help="also chain them with the package's Python run_all")
     args = ap.parse_args()
     names = args.cases.split(",")
     failures = 0
@@ -366,7 +387,9 @@ def main():
             for e in errors:
                 print("  " + e)
         if args.chain:
-            errors, summary = check_chain(args.bin, work, args.seed)
+            errors, summary = check_chain(
+                args.bin, work, args.seed,
+                RUNS + (("python-run_all",) if args.python else ()))
             failures += bool(errors)
             names.append("chain")
             print("%-4s chain: %s" % ("FAIL" if errors else "ok", summary))
