@@ -85,15 +85,20 @@ public:
   /// that takes any; an extra result (moe.output "N") of a layer replaces
   /// the input "N" of the layers after it; `outputs`, when not null,
   /// receives the last layer's extra results ([T, width] f32 each, in
-  /// result order; see outputNames). runAll refuses a chain with extra
+  /// result order; see extraOutputs). runAll refuses a chain with extra
   /// inputs, naming the layer.
   runtime::Status runAllWithInputs(const float *x, int64_t tokens,
                                    const std::vector<const void *> &data,
                                    const std::vector<std::vector<int64_t>> &shapes,
                                    float *y, ChainMode chain,
                                    std::vector<std::vector<float>> *outputs);
-  /// The names of a layer's extra results (moe.output), in result order.
-  runtime::Expected<std::vector<std::string>> outputNames(int64_t layer) const;
+  /// A layer's extra results (moe.output), in result order: each a
+  /// [T, width] f32 array.
+  struct OutputInfo {
+    std::string name;
+    int64_t width = 0;
+  };
+  runtime::Expected<std::vector<OutputInfo>> extraOutputs(int64_t layer) const;
   /// The same on device memory (cuda only): x and y are device pointers to
   /// [tokens, hidden] arrays of the layer's activation type, and the work
   /// is queued on `stream` (a CUstream; null: the default stream). No copy.

@@ -410,14 +410,15 @@ Status Model::runAll(const float *x, int64_t tokens, float *y,
   return runAllWithInputs(x, tokens, {}, {}, y, chain, nullptr);
 }
 
-Expected<std::vector<std::string>> Model::outputNames(int64_t layer) const {
+Expected<std::vector<Model::OutputInfo>>
+Model::extraOutputs(int64_t layer) const {
   auto it = impl->layers.find(layer);
   if (it == impl->layers.end())
     return Status::error("no MoE layer " + std::to_string(layer));
-  std::vector<std::string> names;
+  std::vector<OutputInfo> infos;
   for (const LayerOutput &out : it->second->outputs)
-    names.push_back(out.name);
-  return names;
+    infos.push_back({out.name, out.width});
+  return infos;
 }
 
 Status Model::runAllWithInputs(const float *x, int64_t tokens,

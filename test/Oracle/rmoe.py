@@ -32,10 +32,11 @@ are compared, and the carried state must change the experts of at least
 
 With --python the chain also runs through the package's Python
 `run_all(x, inputs=[h0])` (moe::Model::runAllWithInputs), which carries the
-state the same way and returns the last one, and `last_routing(l)`.
+state the same way and returns the last one, and `last_routing(l)`; with
+--capi LIB through C's `moe_model_run_all_inputs` (ctypes; the output and
+the last state, whose name and width moe_model_extra_output_info gives).
 
-Not covered here: the GPU (the same kernels; test/Backend's cuda tests) and
-C's run_all (it runs no layer with extra inputs).
+Not covered here: the GPU (the same kernels; test/Backend's cuda tests).
 
   rmoe.py [--bin DIR] [--seed N] [--chain]
 """
@@ -254,7 +255,61 @@ def run_python(pkg, x, h, layers):
             [(r["ids"], r["weights"]) for r in routing])
 
 
-def check_chain(bin_dir, work, seed, runs=RUNS):
+def run_capi(lib_path, pkg, x, h, layers):
+    """C's moe_model_run_all_inputs of the package on emu (ctypes) with the
+    first layer's state: (y, the last layer's state, None: the C API's
+    routing is not read here)."""
+    import ctypes as C
+    lib = C.CDLL(lib_path)
+    err = C.create_string_buffer(4096)
+    model = C.c_void_p()
+    lib.moe_model_open.argtypes = [C.c_char_p, C.c_char_p, C.c_int,
+                                   C.POINTER(C.c_void_p), C.c_char_p,
+                                   C.c_size_t]
+    if lib.moe_model_open(pkg.encode(), b"emu", 0, C.byref(model), err,
+                          len(err)):
+        raise AssertionError("moe_model_open: " + err.value.decode())
+    try:
+        last = layers - 1
+        lib.moe_model_num_extra_outputs.restype = C.c_int64
+        lib.moe_model_num_extra_outputs.argtypes = [C.c_void_p, C.c_int64]
+        n = lib.moe_model_num_extra_outputs(model, last)
+        lib.moe_model_extra_output_info.argtypes = [
+            C.c_void_p, C.c_int64, C.c_int64, C.c_char_p, C.c_size_t,
+            C.POINTER(C.c_int64)]
+        name, width = C.create_string_buffer(64), C.c_int64()
+        if n != 1 or lib.moe_model_extra_output_info(model, last, 0, name, 64,
+                                                     C.byref(width)):
+            raise AssertionError("layer %d: %d extra results" % (last, n))
+        if name.value != b"state":
+            raise AssertionError("extra result named %r" % name.value)
+        t = x.shape[0]
+        x = np.ascontiguousarray(x, np.float32)
+        h = np.ascontiguousarray(h, np.float32)
+        y = np.zeros_like(x)
+        h_last = np.zeros((t, width.value), np.float32)
+        fp = C.POINTER(C.c_float)
+        shape = (C.c_int64 * 2)(*h.shape)
+        lib.moe_model_run_all_inputs.argtypes = [
+            C.c_void_p, fp, C.c_int64, C.c_int, C.c_int,
+            C.POINTER(C.c_void_p), C.POINTER(C.POINTER(C.c_int64)),
+            C.POINTER(C.c_int), fp, C.c_int, C.POINTER(fp), C.c_char_p,
+            C.c_size_t]
+        rc = lib.moe_model_run_all_inputs(
+            model, x.ctypes.data_as(fp), t, 0, 1,
+            (C.c_void_p * 1)(h.ctypes.data),
+            (C.POINTER(C.c_int64) * 1)(shape), (C.c_int * 1)(2),
+            y.ctypes.data_as(fp), 1, (fp * 1)(h_last.ctypes.data_as(fp)),
+            err, len(err))
+        if rc:
+            raise AssertionError("moe_model_run_all_inputs: " +
+                                 err.value.decode())
+        return y, h_last, None
+    finally:
+        lib.moe_model_close(model)
+
+
+def check_chain(bin_dir, work, seed, runs=RUNS, lib=None):
     """CHAIN_LAYERS RMoE layers under moe-run --all-layers (pre-norm chain:
     v_l = rmsnorm(s_l), s_{l+1} = s_l + y_l) on each of RUNS: layer l's new
     state is layer l+1's previous state. Returns (errors, summary)."""
@@ -290,12 +345,15 @@ def check_chain(bin_dir, work, seed, runs=RUNS):
         for run in runs:
             if run == "python-run_all":
                 y, h_last, routing = run_python(pkg, x, h0, CHAIN_LAYERS)
+            elif run == "c-run_all":
+                y, h_last, routing = run_capi(lib, pkg, x, h0, CHAIN_LAYERS)
             else:
                 model, backend = model_of(run, ir, pkg)
                 y, h_last, routing = run_chain(bin_dir, model, x, h0, d,
                                                CHAIN_LAYERS, backend)
             tag = "chain %s T=%d" % (run, t)
-            for l, ((ids, w), (rids, rw)) in enumerate(zip(routing, ref)):
+            for l, ((ids, w), (rids, rw)) in enumerate(zip(routing or [],
+                                                           ref)):
                 errs, we = compare_routing("%s layer %d" % (tag, l), ids, w,
                                            rids, rw, skip, TOL_W)
                 errors += errs[:3]
@@ -331,6 +389,9 @@ def main():
                     % CHAIN_LAYERS)
     ap.add_argument("--python", action="store_true",
                     help="also chain them with the package's Python run_all")
+    ap.add_argument("--capi", default="",
+                    help="libmoe_runtime.so: also chain them with C's "
+                    "moe_model_run_all_inputs (output and last state)")
     args = ap.parse_args()
     names = args.cases.split(",")
     failures = 0
@@ -389,7 +450,8 @@ def main():
         if args.chain:
             errors, summary = check_chain(
                 args.bin, work, args.seed,
-                RUNS + (("python-run_all",) if args.python else ()))
+                RUNS + (("python-run_all",) if args.python else ()) +
+                (("c-run_all",) if args.capi else ()), args.capi)
             failures += bool(errors)
             names.append("chain")
             print("%-4s chain: %s" % ("FAIL" if errors else "ok", summary))
