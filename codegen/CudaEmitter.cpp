@@ -289,6 +289,14 @@ public:
                       .Case([&](FusedRouteOp o) { return route(o); })
                       .Case([&](FusedExpertsOp o) { return experts(o); })
                       .Case([&](LoraMixtureOp o) { return lora(o); })
+                      .Case([&](GruCellOp o) { return gruCell(o); })
+                      // RMoE's W1 x: computed by the gru_cell kernel that
+                      // reads it.
+                      .Case([&](RouterLinearOp o) -> Error {
+                        if (foldsIntoGruCell(o))
+                          return Error::success();
+                        return unsupported(o);
+                      })
                       .Case([&](WeightOp) -> Error { return Error::success(); })
                       .Case([&](arith::ConstantOp) -> Error { return Error::success(); })
                       // Shape queries feed tensor.splat's size only.
@@ -298,15 +306,8 @@ public:
                       .Case([&](func::ReturnOp o) -> Error {
                         if (*form == LayerForm::Router)
                           return routerResults(o);
-                        if (o.getNumOperands() > 1)
-                          return makeError(
-                              o, "function @" + fn.getSymName() +
-                                     " returns extra results ('" +
-                                     getLayerOutputName(fn, 1) +
-                                     "', moe.output): the kernel backends "
-                                     "return y only (plans carry no extra "
-                                     "results yet); run it with the "
-                                     "reference executor");
+                        if (Error err = extraResults(o))
+                          return err;
                         auto it = values.find(o.getOperand(0));
                         if (it == values.end())
                           return makeError(o, "the returned value is not "
@@ -357,6 +358,11 @@ private:
       bool isMap = map != mapOf.end();
       if (isMap)
         in.indexes = static_cast<int>(map->second) - 1;
+      // A moe.gru_cell state: one row per token.
+      bool tokenRows = isMap || llvm::any_of(arg.getUsers(), [&](Operation *u) {
+                         auto cell = dyn_cast<GruCellOp>(u);
+                         return cell && cell.getState() == arg;
+                       });
       ::moe::BufferShape shape;
       shape.type = in.type;
       int64_t rest = 1;
@@ -371,8 +377,8 @@ private:
           return makeError(fn, "extra input '" + in.name +
                                    "' has a dynamic dimension past the "
                                    "first; only dimension 0 may vary");
-        in.dims.push_back(isMap ? ::moe::LayerInput::kTokenDim
-                                : ::moe::LayerInput::kAnyDim);
+        in.dims.push_back(tokenRows && d == 0 ? ::moe::LayerInput::kTokenDim
+                                              : ::moe::LayerInput::kAnyDim);
       }
       // Token-major inputs grow with T; the others are sized at run time
       // (one row here).
@@ -384,6 +390,43 @@ private:
       in.value = addValue(shape);
       values[arg] = in.value;
       plan.inputs.push_back(std::move(in));
+    }
+    return Error::success();
+  }
+
+  /// The results after y (moe.output, e.g. RMoE's router state): [T, n]
+  /// f32 values a kernel computes (or extra inputs returned as they are),
+  /// recorded in the plan's outputs in result order.
+  Error extraResults(func::ReturnOp ret) {
+    for (unsigned i = 1; i < ret.getNumOperands(); ++i) {
+      Value v = ret.getOperand(i);
+      std::string name = getLayerOutputName(fn, i);
+      auto type = cast<RankedTensorType>(v.getType());
+      if (type.getRank() != 2 || !type.isDynamicDim(0) ||
+          type.isDynamicDim(1) || !type.getElementType().isF32())
+        return makeError(ret, "extra result '" + name + "' of function @" +
+                                  fn.getSymName() +
+                                  ": the kernel backends return extra "
+                                  "results of [T, n] f32 (one row per token, "
+                                  "static n) only");
+      auto it = values.find(v);
+      if (it == values.end())
+        return makeError(ret, "extra result '" + name + "' of function @" +
+                                  fn.getSymName() +
+                                  " is not computed by a kernel");
+      const ::moe::BufferShape &shape = plan.values[it->second];
+      if (shape.perToken != type.getDimSize(1) || shape.fixed != 0)
+        return makeError(ret, "extra result '" + name + "' of function @" +
+                                  fn.getSymName() +
+                                  " does not have one row per token (an "
+                                  "extra input of any number of rows): the "
+                                  "kernel backends return extra results of "
+                                  "[T, n] f32 only");
+      ::moe::LayerOutput out;
+      out.name = name;
+      out.value = it->second;
+      out.width = type.getDimSize(1);
+      plan.outputs.push_back(std::move(out));
     }
     return Error::success();
   }
@@ -2074,7 +2117,9 @@ private:
                            "was left)");
     return makeError(op, "the CUDA backend cannot generate this op between "
                          "the fused ops: it generates moe.fused_route, "
-                         "moe.fused_experts, moe.lora_mixture and elementwise "
+                         "moe.fused_experts, moe.lora_mixture, moe.gru_cell "
+                         "(with the moe.router_linear of its input) and "
+                         "elementwise "
                          "arith.addf, subf, mulf, divf, maximumf, minimumf, "
                          "negf on [T, N] values (constants as tensor.splat "
                          "of an arith.constant)");
@@ -2220,6 +2265,115 @@ private:
   }
 
   //===--------------------------------------------------------------------===//
+  // moe.gru_cell
+  //===--------------------------------------------------------------------===//
+
+  /// The projection that the gru_cell kernel computes itself: a plain
+  /// moe.router_linear (no bias, no normalisation) read only as the input
+  /// of `cell` (RMoE's W1 x); null otherwise.
+  static RouterLinearOp foldedProjection(GruCellOp cell) {
+    auto linear = cell.getInput().getDefiningOp<RouterLinearOp>();
+    if (!linear || linear.getBias() ||
+        linear.getNormalize() != RouterNormalize::none ||
+        !linear->hasOneUse() || linear->getBlock() != cell->getBlock())
+      return {};
+    return linear;
+  }
+  static bool foldsIntoGruCell(RouterLinearOp linear) {
+    if (!linear->hasOneUse())
+      return false;
+    auto cell = dyn_cast<GruCellOp>(*linear->user_begin());
+    return cell && foldedProjection(cell) == linear;
+  }
+
+  Error gruCell(GruCellOp op) {
+    RouterLinearOp proj = foldedProjection(op);
+    Value in = proj ? proj.getInput() : op.getInput();
+    int64_t I = dim(op.getInput(), 1), S = dim(op.getState(), 1);
+    int64_t H = proj ? dim(in, 1) : I;
+    if (ShapedType::isDynamic(I) || ShapedType::isDynamic(S) ||
+        ShapedType::isDynamic(H))
+      return makeError(op, "the CUDA backend needs static widths of the "
+                           "input and the state");
+    constexpr int64_t kWarps = 4;
+    int64_t shared = kWarps * (I + S) * 4;
+    if (shared > 48 * 1024)
+      return makeError(op, "the input and state widths (" + Twine(I) + " + " +
+                               Twine(S) +
+                               ") exceed the kernel's shared memory (48 KiB "
+                               "for 4 warps' rows)");
+    Expected<int> x = lookup(op, in);
+    if (!x)
+      return x.takeError();
+    Expected<int> h = lookup(op, op.getState());
+    if (!h)
+      return h.takeError();
+    FailureOr<int> out = tokenValue(op.getResult());
+    if (failed(out))
+      return makeError(op, "unsupported result type");
+
+    SlotArgs<MOE_GRU_NUM_SLOTS> args("gru");
+    args.set(MOE_GRU_SLOT_INPUT, valueBinding(*x));
+    args.set(MOE_GRU_SLOT_STATE, valueBinding(*h));
+    args.set(MOE_GRU_SLOT_OUTPUT, valueBinding(*out));
+    for (auto [slot, v] :
+         {std::pair<int, Value>{MOE_GRU_SLOT_PROJECTION,
+                                proj ? proj.getWeight() : Value()},
+          {MOE_GRU_SLOT_WEIGHT_IH, op.getWeightIh()},
+          {MOE_GRU_SLOT_WEIGHT_HH, op.getWeightHh()},
+          {MOE_GRU_SLOT_BIAS_IH, op.getBiasIh()},
+          {MOE_GRU_SLOT_BIAS_HH, op.getBiasHh()}}) {
+      if (!v) {
+        args.setNull(slot);
+        continue;
+      }
+      FailureOr<::moe::Binding> b = weightBinding(v);
+      if (failed(b))
+        return makeError(op, "a GRU weight is neither a moe.weight nor a "
+                             "float constant");
+      args.set(slot, *b);
+    }
+    if (op.getBiasIh() &&
+        op.getBiasIh().getType() != op.getBiasHh().getType())
+      return makeError(op, "the CUDA backend needs bias_ih and bias_hh of "
+                           "one element type");
+
+    std::string name = beginKernel("moe_gru");
+    ::moe::Launch launch;
+    launch.kernel = name;
+    launch.origin = "moe.gru_cell at " + locString(op);
+    launch.blockThreads = kWarps * 32;
+    launch.tokensPerBlock = kWarps;
+    launch.dynamicSharedBytes = shared;
+    launch.args = args.take();
+
+    os << "// moe.gru_cell"
+       << (proj ? " with the moe.router_linear of its input" : "") << "\n";
+    os << "namespace " << name << "_cfg {\nstruct Cfg {\n";
+    os << "  using TX = " << cxxType(in.getType()) << ";\n";
+    os << "  using TP = "
+       << (proj ? cxxType(proj.getWeight().getType()) : "float") << ";\n";
+    os << "  using TIH = " << cxxType(op.getWeightIh().getType()) << ";\n";
+    os << "  using THH = " << cxxType(op.getWeightHh().getType()) << ";\n";
+    os << "  using TB = "
+       << (op.getBiasIh() ? cxxType(op.getBiasIh().getType()) : "float")
+       << ";\n";
+    os << llvm::formatv("  static constexpr int H = {0}, I = {1}, S = {2};\n",
+                        H, I, S);
+    os << "  static constexpr bool Project = " << (proj ? "true" : "false")
+       << ", HasBias = " << (op.getBiasIh() ? "true" : "false") << ";\n";
+    os << "};\n} // namespace " << name << "_cfg\n";
+    os << "static_assert(moe_k::gru::Warps == " << kWarps
+       << ", \"the code generator's warps per block\");\n";
+    kernelEntry(name, std::to_string(kWarps * 32),
+                "moe_k::gru::cell<" + name + "_cfg::Cfg>(args)");
+    os << "\n";
+    pushLaunch(std::move(launch));
+    endKernel();
+    return Error::success();
+  }
+
+  //===--------------------------------------------------------------------===//
   // moe.lora_mixture
   //===--------------------------------------------------------------------===//
 
@@ -2342,6 +2496,7 @@ const char *const kLogitsSlots[] = {MOE_LOGITS_SLOT_LIST(MOE_SLOT_NAME_)};
 const char *const kLoraSlots[] = {MOE_LORA_SLOT_LIST(MOE_SLOT_NAME_)};
 const char *const kElementwiseSlots[] = {
     MOE_ELEMENTWISE_SLOT_LIST(MOE_SLOT_NAME_)};
+const char *const kGruSlots[] = {MOE_GRU_SLOT_LIST(MOE_SLOT_NAME_)};
 #undef MOE_SLOT_NAME_
 
 } // namespace
@@ -2367,7 +2522,7 @@ Expected<ModulePlan> emitCudaModule(ModuleOp module,
   os << "#include \"moe_route.cuh\"\n#include \"moe_experts.cuh\"\n"
         "#include \"moe_grouped.cuh\"\n#include \"moe_grouped_fp8.cuh\"\n"
         "#include \"moe_lora.cuh\"\n"
-        "#include \"moe_elementwise.cuh\"\n\n";
+        "#include \"moe_elementwise.cuh\"\n#include \"moe_gru.cuh\"\n\n";
   os << "// The argument slots this source was generated for.\n";
   slotCheck(os, "FFN", "FFN", kFFNSlots);
   slotCheck(os, "FFN_SCALE", "FFN", kFFNScaleSlots);
@@ -2376,6 +2531,7 @@ Expected<ModulePlan> emitCudaModule(ModuleOp module,
   slotCheck(os, "LOGITS", "LOGITS", kLogitsSlots);
   slotCheck(os, "LORA", "LORA", kLoraSlots);
   slotCheck(os, "ELEMENTWISE", "ELEMENTWISE", kElementwiseSlots);
+  slotCheck(os, "GRU", "GRU", kGruSlots);
   os << "\n";
   KernelModule kernels;
   for (auto fn : module.getOps<func::FuncOp>()) {

@@ -79,6 +79,26 @@ public:
   /// one's output.
   runtime::Status runAll(const float *x, int64_t tokens, float *y,
                          ChainMode chain = ChainMode::PreNorm);
+  /// runAll for layers with extra inputs and results (RMoE's router state),
+  /// as moe-run --all-layers carries them: `data`/`shapes` (host memory, as
+  /// runLayerWithInputs takes them) are the extra inputs of the first layer
+  /// that takes any; an extra result (moe.output "N") of a layer replaces
+  /// the input "N" of the layers after it; `outputs`, when not null,
+  /// receives the last layer's extra results ([T, width] f32 each, in
+  /// result order; see extraOutputs). runAll refuses a chain with extra
+  /// inputs, naming the layer.
+  runtime::Status runAllWithInputs(const float *x, int64_t tokens,
+                                   const std::vector<const void *> &data,
+                                   const std::vector<std::vector<int64_t>> &shapes,
+                                   float *y, ChainMode chain,
+                                   std::vector<std::vector<float>> *outputs);
+  /// A layer's extra results (moe.output), in result order: each a
+  /// [T, width] f32 array.
+  struct OutputInfo {
+    std::string name;
+    int64_t width = 0;
+  };
+  runtime::Expected<std::vector<OutputInfo>> extraOutputs(int64_t layer) const;
   /// The same on device memory (cuda only): x and y are device pointers to
   /// [tokens, hidden] arrays of the layer's activation type, and the work
   /// is queued on `stream` (a CUstream; null: the default stream). No copy.

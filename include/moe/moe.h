@@ -97,6 +97,25 @@ int moe_model_run_layer_inputs(moe_model *model, int64_t layer,
                                const void *const *data,
                                const int64_t *const *shapes, const int *ranks,
                                float *y, char *error, size_t error_size);
+/* Extra results of a layer (moe.output results after y, e.g. RMoE's router
+ * state): their number, or -1; result i's name (NUL-terminated, truncated
+ * to name_size) and width (a [T, width] float32 array), 0 on success. */
+int64_t moe_model_num_extra_outputs(const moe_model *model, int64_t layer);
+int moe_model_extra_output_info(const moe_model *model, int64_t layer,
+                                int64_t i, char *name, size_t name_size,
+                                int64_t *width);
+/* moe_model_run_all_chain for layers with extra inputs and results
+ * (moe::Model::runAllWithInputs): data/shapes/ranks are the extra inputs of
+ * the chain's first layer that takes any (as moe_model_run_layer_inputs); a
+ * layer's extra result replaces the next layers' input of the same name;
+ * outputs[i] receives the last layer's extra result i ([tokens, width]
+ * float32), num_outputs being their number (or 0 to drop them). */
+int moe_model_run_all_inputs(moe_model *model, const float *x, int64_t tokens,
+                             int chain, int num_inputs,
+                             const void *const *data,
+                             const int64_t *const *shapes, const int *ranks,
+                             float *y, int num_outputs, float *const *outputs,
+                             char *error, size_t error_size);
 /* The package's weight tensors (manifest.json weights.tensors), or -1. */
 int64_t moe_model_num_tensors(const moe_model *model);
 /* Runs the layers that use weight tensor `tensor` (an index into

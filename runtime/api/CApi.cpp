@@ -125,6 +125,24 @@ int moe_model_run_all(moe_model *model, const float *x, int64_t tokens,
   return report(model->model->runAll(x, tokens, y), error, error_size);
 }
 
+/// The chain mode of a MOE_CHAIN_* value; an error naming `fn` otherwise.
+static moe::runtime::Expected<moe::ChainMode> chainMode(int chain,
+                                                        const char *fn) {
+  switch (chain) {
+  case MOE_CHAIN_PRENORM:
+    return moe::ChainMode::PreNorm;
+  case MOE_CHAIN_RESIDUAL:
+    return moe::ChainMode::Residual;
+  case MOE_CHAIN_NONE:
+    return moe::ChainMode::None;
+  default:
+    return moe::runtime::Status::error(
+        std::string(fn) + ": unknown chain mode " + std::to_string(chain) +
+        "; expected MOE_CHAIN_PRENORM (0), MOE_CHAIN_RESIDUAL (1) or "
+        "MOE_CHAIN_NONE (2)");
+  }
+}
+
 int moe_model_run_all_chain(moe_model *model, const float *x, int64_t tokens,
                             float *y, int chain, char *error,
                             size_t error_size) {
@@ -132,26 +150,84 @@ int moe_model_run_all_chain(moe_model *model, const float *x, int64_t tokens,
     return report(moe::runtime::Status::error(
                       "moe_model_run_all_chain: null argument"),
                   error, error_size);
-  moe::ChainMode mode;
-  switch (chain) {
-  case MOE_CHAIN_PRENORM:
-    mode = moe::ChainMode::PreNorm;
-    break;
-  case MOE_CHAIN_RESIDUAL:
-    mode = moe::ChainMode::Residual;
-    break;
-  case MOE_CHAIN_NONE:
-    mode = moe::ChainMode::None;
-    break;
-  default:
-    return report(moe::runtime::Status::error(
-                      "moe_model_run_all_chain: unknown chain mode " +
-                      std::to_string(chain) +
-                      "; expected MOE_CHAIN_PRENORM (0), MOE_CHAIN_RESIDUAL "
-                      "(1) or MOE_CHAIN_NONE (2)"),
-                  error, error_size);
+  auto mode = chainMode(chain, "moe_model_run_all_chain");
+  if (!mode)
+    return report(mode.takeError(), error, error_size);
+  return report(model->model->runAll(x, tokens, y, mode.value()), error,
+                error_size);
+}
+
+int64_t moe_model_num_extra_outputs(const moe_model *model, int64_t layer) {
+  if (!model)
+    return -1;
+  auto outputs = model->model->extraOutputs(layer);
+  return outputs ? static_cast<int64_t>(outputs.value().size()) : -1;
+}
+
+int moe_model_extra_output_info(const moe_model *model, int64_t layer,
+                                int64_t i, char *name, size_t name_size,
+                                int64_t *width) {
+  if (!model)
+    return 1;
+  auto outputs = model->model->extraOutputs(layer);
+  if (!outputs || i < 0 || i >= static_cast<int64_t>(outputs.value().size()))
+    return 1;
+  const moe::Model::OutputInfo &out = outputs.value()[static_cast<size_t>(i)];
+  if (name && name_size > 0) {
+    size_t n = std::min(name_size - 1, out.name.size());
+    std::memcpy(name, out.name.data(), n);
+    name[n] = '\0';
   }
-  return report(model->model->runAll(x, tokens, y, mode), error, error_size);
+  if (width)
+    *width = out.width;
+  return 0;
+}
+
+int moe_model_run_all_inputs(moe_model *model, const float *x, int64_t tokens,
+                             int chain, int num_inputs,
+                             const void *const *data,
+                             const int64_t *const *shapes, const int *ranks,
+                             float *y, int num_outputs, float *const *outputs,
+                             char *error, size_t error_size) {
+  if (!model || !x || !y || num_inputs < 0 || num_outputs < 0 ||
+      (num_inputs > 0 && (!data || !shapes || !ranks)) ||
+      (num_outputs > 0 && !outputs))
+    return report(moe::runtime::Status::error(
+                      "moe_model_run_all_inputs: null argument"),
+                  error, error_size);
+  auto mode = chainMode(chain, "moe_model_run_all_inputs");
+  if (!mode)
+    return report(mode.takeError(), error, error_size);
+  std::vector<const void *> arrays;
+  std::vector<std::vector<int64_t>> dims;
+  for (int i = 0; i < num_inputs; ++i) {
+    if (ranks[i] < 0 || (ranks[i] > 0 && !shapes[i]))
+      return report(moe::runtime::Status::error(
+                        "moe_model_run_all_inputs: input " +
+                        std::to_string(i) + " has no shape"),
+                    error, error_size);
+    arrays.push_back(data[i]);
+    dims.emplace_back(shapes[i], shapes[i] + ranks[i]);
+  }
+  std::vector<std::vector<float>> extras;
+  if (moe::runtime::Status s = model->model->runAllWithInputs(
+          x, tokens, arrays, dims, y, mode.value(), &extras))
+    return report(s, error, error_size);
+  if (num_outputs > 0 && static_cast<size_t>(num_outputs) != extras.size())
+    return report(moe::runtime::Status::error(
+                      "moe_model_run_all_inputs: the last layer returns " +
+                      std::to_string(extras.size()) + " extra result(s), " +
+                      std::to_string(num_outputs) + " output buffer(s) given"),
+                  error, error_size);
+  for (int i = 0; i < num_outputs; ++i) {
+    if (!outputs[i])
+      return report(moe::runtime::Status::error(
+                        "moe_model_run_all_inputs: output " +
+                        std::to_string(i) + " is null"),
+                    error, error_size);
+    std::copy(extras[i].begin(), extras[i].end(), outputs[i]);
+  }
+  return 0;
 }
 
 int moe_model_run_layer_device(moe_model *model, int64_t layer, const void *x,

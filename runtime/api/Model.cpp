@@ -407,6 +407,29 @@ Status Model::runLayerDispatchedOnDevice(int64_t layer, const void *x,
 
 Status Model::runAll(const float *x, int64_t tokens, float *y,
                      ChainMode chain) {
+  return runAllWithInputs(x, tokens, {}, {}, y, chain, nullptr);
+}
+
+Expected<std::vector<Model::OutputInfo>>
+Model::extraOutputs(int64_t layer) const {
+  auto it = impl->layers.find(layer);
+  if (it == impl->layers.end())
+    return Status::error("no MoE layer " + std::to_string(layer));
+  std::vector<OutputInfo> infos;
+  for (const LayerOutput &out : it->second->outputs)
+    infos.push_back({out.name, out.width});
+  return infos;
+}
+
+Status Model::runAllWithInputs(const float *x, int64_t tokens,
+                               const std::vector<const void *> &data,
+                               const std::vector<std::vector<int64_t>> &shapes,
+                               float *y, ChainMode chain,
+                               std::vector<std::vector<float>> *outputs) {
+  if (data.size() != shapes.size())
+    return Status::error("runAll: " + std::to_string(data.size()) +
+                         " extra input(s) but " +
+                         std::to_string(shapes.size()) + " shape(s)");
   std::vector<int64_t> all = layers();
   if (all.empty())
     return Status::error("the package has no MoE layer");
@@ -438,6 +461,14 @@ Status Model::runAll(const float *x, int64_t tokens, float *y,
   // every layer that takes its routing without a router of its own gets it.
   std::vector<int32_t> pregateIds;
   std::vector<float> pregateWeights;
+  // Extra inputs by name (bytes, shape), carried from layer to layer: the
+  // caller's seed the first layer that takes any, then the layers' extra
+  // results.
+  std::map<std::string, std::pair<std::vector<uint8_t>, std::vector<int64_t>>>
+      carried;
+  bool seeded = false;
+  if (outputs)
+    outputs->clear();
   for (int64_t l : all) {
     const float *in = stream.data();
     if (chain == ChainMode::PreNorm) {
@@ -476,7 +507,62 @@ Status Model::runAll(const float *x, int64_t tokens, float *y,
         return s.withContext("the pre-gating router");
       total += impl->lastMs;
     }
-    if (router) {
+    const LayerPlan &plan = *impl->layers.at(l);
+    if (!plan.inputs.empty()) {
+      std::string names;
+      for (const LayerInput &in : plan.inputs)
+        names += (names.empty() ? "'" : ", '") + in.name + "'";
+      if (!seeded) {
+        if (data.size() != plan.inputs.size())
+          return Status::error(
+              "runAll: layer " + std::to_string(l) +
+              " (the chain's first layer with extra inputs) takes " +
+              std::to_string(plan.inputs.size()) + " extra input(s) after x (" +
+              names + "); " + std::to_string(data.size()) + " given" +
+              (data.empty() ? " (runAllWithInputs gives them)" : ""));
+        for (size_t i = 0; i < data.size(); ++i) {
+          size_t bytes = 4;
+          for (int64_t d : shapes[i])
+            bytes *= static_cast<size_t>(std::max<int64_t>(d, 0));
+          const auto *p = static_cast<const uint8_t *>(data[i]);
+          carried[plan.inputs[i].name] = {std::vector<uint8_t>(p, p + bytes),
+                                          shapes[i]};
+        }
+        seeded = true;
+      }
+      std::vector<InputArray> arrays;
+      for (const LayerInput &in : plan.inputs) {
+        auto it = carried.find(in.name);
+        if (it == carried.end())
+          return Status::error("runAll: layer " + std::to_string(l) +
+                               " takes the extra input '" + in.name +
+                               "', which neither the chain's first inputs "
+                               "nor an earlier layer's results give");
+        arrays.push_back({it->second.first.data(), it->second.second});
+      }
+      Expected<LayerExecutor *> exec = impl->executor(l);
+      if (!exec)
+        return exec.takeError();
+      if (Status s = impl->timed([&]() -> Status {
+            auto out = exec.value()->runWithInputs(in, tokens,
+                                                   impl->recordRouting, arrays);
+            if (!out)
+              return out.takeError();
+            impl->record(plan, out.value(), tokens);
+            std::copy(out.value().y.begin(), out.value().y.end(), next.begin());
+            for (size_t i = 0; i < plan.outputs.size(); ++i) {
+              const std::vector<float> &e = out.value().extras[i];
+              const auto *p = reinterpret_cast<const uint8_t *>(e.data());
+              carried[plan.outputs[i].name] = {
+                  std::vector<uint8_t>(p, p + e.size() * 4),
+                  {tokens, plan.outputs[i].width}};
+              if (outputs && l == all.back())
+                outputs->push_back(e);
+            }
+            return Status::success();
+          }))
+        return s.withContext("layer " + std::to_string(l));
+    } else if (router) {
       std::vector<int32_t> ownIds;
       std::vector<float> ownWeights;
       bool pregated = router == impl->pregate;

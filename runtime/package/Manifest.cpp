@@ -633,6 +633,39 @@ void readLayer(Fields &f, const Json &l, const std::string &at,
     if (f.ok() && !layer.inputs.empty() && layer.givenIds >= 0)
       f.fail(inAt, "a layer with a given routing takes no extra inputs");
   }
+  // Optional: the layer's extra results (moe.output results after y), in
+  // result order.
+  if (f.ok() && l.find("outputs")) {
+    std::string outAt = field(at, "outputs");
+    const Json::Array &outputs = f.array(l, at, "outputs");
+    for (size_t i = 0; i < outputs.size() && f.ok(); ++i) {
+      std::string oAt = index(outAt, i);
+      if (!f.check(outputs[i], oAt, Json::Kind::Object))
+        break;
+      moe::LayerOutput out;
+      out.name = f.string(outputs[i], oAt, "name");
+      if (f.ok() && out.name.empty())
+        f.fail(field(oAt, "name"), "expected a non-empty name");
+      out.value = readValueIndex(f, outputs[i], oAt, "value",
+                                 layer.values.size(), valuesWhat, false);
+      out.width = f.integer(outputs[i], oAt, "width", 1, kMaxJsonInteger);
+      if (f.ok() && (layer.values[out.value].type != ElementType::F32 ||
+                     layer.values[out.value].perToken != out.width ||
+                     layer.values[out.value].fixed != 0))
+        f.fail(field(oAt, "value"),
+               "value " + std::to_string(out.value) +
+                   " is not [T, " + std::to_string(out.width) +
+                   "] f32 (an extra result is f32 with width per token)");
+      for (size_t j = 0; j < i && f.ok(); ++j)
+        if (layer.outputs[j].name == out.name)
+          f.fail(field(oAt, "name"), "the name " + qt(out.name) +
+                                         " is also outputs[" +
+                                         std::to_string(j) + "]'s");
+      layer.outputs.push_back(std::move(out));
+    }
+    if (f.ok() && !layer.outputs.empty() && isRouterRole(layer.role))
+      f.fail(outAt, "a router-only plan has no extra results");
+  }
   // Router 0 in routing_ids/routing_weights; routers 1.. in the optional
   // more_routings (absent from single-router layers and older manifests).
   moe::LayerPlan::Routing first;
@@ -918,6 +951,16 @@ Json layerJson(const moe::LayerPlan &layer, const std::vector<int> &tensors) {
         dims.push(Json(d));
       e.set("indexes", in.indexes);
       inputs.push(std::move(e));
+    }
+  }
+  if (!layer.outputs.empty()) {
+    Json &outputs = j.set("outputs", Json::array());
+    for (const moe::LayerOutput &out : layer.outputs) {
+      Json e = Json::object();
+      e.set("name", out.name);
+      e.set("value", out.value);
+      e.set("width", out.width);
+      outputs.push(std::move(e));
     }
   }
   const bool routed = !layer.routings.empty();

@@ -575,6 +575,34 @@ LayerExecutor::runImpl(const float *x, int64_t tokens, bool wantRouting,
   if (wantRouting)
     if (Status s = downloadRouting(tokens, out.routings))
       return s;
+  if (Status s = downloadExtras(tokens, out.extras))
+    return s;
+  return out;
+}
+
+Status LayerExecutor::downloadExtras(int64_t tokens,
+                                     std::vector<std::vector<float>> &out) {
+  for (const LayerOutput &extra : plan.outputs) {
+    std::vector<float> &o = out.emplace_back(
+        static_cast<size_t>(plan.values[extra.value].elements(tokens)));
+    if (Status s = backend.download(o.data(), values[extra.value],
+                                    o.size() * 4))
+      return s;
+  }
+  return Status::success();
+}
+
+runtime::Expected<std::vector<std::vector<float>>>
+LayerExecutor::lastDeviceExtras(int64_t tokens) {
+  if (tokens < 1 || tokens > lastDeviceTokens)
+    return Status::error("layer " + std::to_string(plan.layer) +
+                         ": no device run of " + std::to_string(tokens) +
+                         " token(s) to take the extra results of");
+  if (Status s = backend.synchronize())
+    return s;
+  std::vector<std::vector<float>> out;
+  if (Status s = downloadExtras(tokens, out))
+    return s;
   return out;
 }
 

@@ -357,6 +357,33 @@ Status checkLayerValues(const LayerPlan &layer, size_t l) {
       return Status::error(inAt + ".indexes: " + std::to_string(in.indexes) +
                            " is not another input this i32 input can index");
   }
+  // Extra results: [T, width] f32 token rows, each a distinct value that is
+  // not the layer's input or output.
+  for (size_t i = 0; i < layer.outputs.size(); ++i) {
+    const LayerOutput &out = layer.outputs[i];
+    std::string outAt = "outputs[" + std::to_string(i) + "]";
+    std::string valueAt = outAt + ".value", widthAt = outAt + ".width";
+    if (isRouterRole(layer.role))
+      return Status::error(at + ".outputs: a router-only plan has no extra "
+                                "results");
+    if (out.width <= 0)
+      return Status::error(at + "." + widthAt + ": expected > 0, found " +
+                           std::to_string(out.width));
+    if (Status s = tokenRows(valueAt.c_str(), out.value, out.width,
+                             widthAt.c_str()))
+      return s;
+    if (layer.values[out.value].type != ElementType::F32)
+      return Status::error(at + "." + valueAt + ": value " +
+                           std::to_string(out.value) + " is " +
+                           elementTypeName(layer.values[out.value].type) +
+                           ", expected f32");
+    if (out.value == layer.output || out.value == layer.input)
+      return Status::error(at + "." + valueAt + ": value " +
+                           std::to_string(out.value) +
+                           " is the layer's " +
+                           (out.value == layer.output ? "output" : "input") +
+                           ", not an extra result");
+  }
   for (size_t r = 0; r < layer.routings.size(); ++r) {
     std::string ids = r == 0
                           ? "routing_ids"

@@ -688,7 +688,8 @@ class Package {
 public:
   explicit Package(std::shared_ptr<State> s) : state(std::move(s)) {}
 
-  py::object runAll(py::handle x, py::handle out, const std::string &chain) {
+  py::object runAll(py::handle x, py::handle out, const std::string &chain,
+                    py::object inputs) {
     std::optional<moe::ChainMode> mode = moe::parseChainMode(chain);
     if (!mode)
       throw py::value_error("run_all: unknown chain '" + chain +
@@ -706,6 +707,22 @@ public:
     py::array_t<float> in = hostInput(x, hidden, "run_all", &shape);
     int64_t tokens = in.shape(0);
     py::array_t<float> y = hostOutput(out, tokens, hidden, shape);
+    // Extra inputs of the chain's first layer that takes any (RMoE's
+    // initial state): float32 or int32 host arrays, kept alive here.
+    std::vector<py::array> keep;
+    std::vector<const void *> data;
+    std::vector<std::vector<int64_t>> shapes;
+    if (!inputs.is_none())
+      for (py::handle item : py::list(inputs)) {
+        py::array arr = asNumpy(item, "run_all extra input");
+        bool isInt = arr.dtype().kind() == 'i' || arr.dtype().kind() == 'u';
+        py::array c = numpy().attr("ascontiguousarray")(
+            arr, "dtype"_a = isInt ? "int32" : "float32");
+        shapes.emplace_back(c.shape(), c.shape() + c.ndim());
+        data.push_back(c.data());
+        keep.push_back(std::move(c));
+      }
+    std::vector<std::vector<float>> extras;
     if (tokens > 0) {
       const float *xp = in.data();
       float *yp = y.mutable_data();
@@ -713,13 +730,26 @@ public:
       {
         py::gil_scoped_release release;
         std::lock_guard<std::mutex> lock(state->mutex);
-        s = state->model->runAll(xp, tokens, yp, *mode);
+        s = state->model->runAllWithInputs(xp, tokens, data, shapes, yp,
+                                           *mode, &extras);
       }
       if (s)
         fail(s.message());
     }
-    return out.is_none() ? py::object(y.attr("reshape")(shape))
-                         : py::reinterpret_borrow<py::object>(out);
+    py::object result = out.is_none()
+                            ? py::object(y.attr("reshape")(shape))
+                            : py::reinterpret_borrow<py::object>(out);
+    if (inputs.is_none())
+      return result;
+    // The last layer's extra results, [T, width] float32 each.
+    py::list results;
+    for (const std::vector<float> &e : extras) {
+      int64_t width = tokens > 0 ? static_cast<int64_t>(e.size()) / tokens : 0;
+      py::array_t<float> a({tokens, width});
+      std::copy(e.begin(), e.end(), a.mutable_data());
+      results.append(a);
+    }
+    return py::make_tuple(result, results);
   }
 
   void setRecordRouting(bool enable) {
@@ -983,11 +1013,16 @@ PYBIND11_MODULE(_moe_opt, m) {
           "ValueError listing the MoE layers when there is none.")
       .def("run_all", &Package::runAll, "x"_a, py::kw_only(),
            "out"_a = py::none(), "chain"_a = "prenorm",
+           "inputs"_a = py::none(),
            "Runs every MoE layer in order on a residual stream, on a host "
            "float32 [T, H] array, as moe-run --all-layers --chain: 'prenorm' "
            "x + layer(rmsnorm(x)) (default), 'residual' x + layer(x), 'none' "
            "each layer on the previous one's output; returns a new array, or "
-           "`out`.")
+           "`out`. With `inputs` (a list: the extra inputs of the first "
+           "layer that takes any, e.g. RMoE's initial router state float32 "
+           "[T, S]), a layer's extra result replaces the next layers' input "
+           "of the same name, and the call returns (y, [the last layer's "
+           "extra results, float32 [T, width]]).")
       .def("route", &Package::route, "layer"_a, "x"_a,
            "The layer's full router on a host float32 [T, H] array: returns "
            "(ids, weights), int32 and float32 [T, K]: logical expert ids (-1 "

@@ -6,7 +6,7 @@
 // An arith op that is no elementwise glue the backend generates, after
 // optimisation: named, with what the backend generates; no advice to run
 // --moe-optimize.
-// OPT: error: {{.*}}'arith.remf': the CUDA backend cannot generate this op between the fused ops: it generates moe.fused_route, moe.fused_experts, moe.lora_mixture and elementwise arith.addf, subf, mulf, divf, maximumf, minimumf, negf on [T, N] values
+// OPT: error: {{.*}}'arith.remf': the CUDA backend cannot generate this op between the fused ops: it generates moe.fused_route, moe.fused_experts, moe.lora_mixture, moe.gru_cell (with the moe.router_linear of its input) and elementwise arith.addf, subf, mulf, divf, maximumf, minimumf, negf on [T, N] values
 // OPT-NOT: --moe-optimize
 // The same IR unoptimised: the unfused moe op comes first.
 // RAW: 'moe.router_linear': this op is left outside the fused ops, and the CUDA backend runs fused IR only: run moe-opt --moe-optimize first

@@ -1,6 +1,7 @@
 #!/usr/bin/env python3
 """RMoE's recurrent router (a GRU whose state crosses layers) checked against
-its formula, in float64 numpy, on the reference executor.
+its formula, in float64 numpy, on the reference executor, the generated
+kernels on emu, and a package (moe-compile --arch none) on emu.
 
 RMoE ("Layerwise Recurrent Router for Mixture-of-Experts", Qiu et al. 2024)
 routes layer L from a GRU state that the previous layer's router left:
@@ -16,7 +17,7 @@ Each case writes a layer whose previous state h_{L-1} is an extra layer
 input (`moe.input = "state"`): moe.router_linear (W1), moe.gru_cell,
 moe.router_linear (W2), softmax, topk, normalize, gated-SiLU experts; and
 returns the new state as an extra result (`moe.output = "state"`); runs it
-with `moe-run --backend reference` (two --output files) at T in {1, 7, 64,
+with `moe-run` (two --output files) on each of RUNS at T in {1, 7, 64,
 300}: expert sets per token, weights within 1e-5, outputs and the new state
 within 1e-5 relative. The state
 must change the experts of at least 10% of the tokens (against a zero
@@ -29,8 +30,13 @@ weights, the chained output and the last layer's state (the second --output)
 are compared, and the carried state must change the experts of at least
 10% of the tokens of layers 1 and 2 (against a zero state).
 
-Not covered (not implemented): the kernels (moe.gru_cell has no kernel and
-plans carry no extra results; emu and cuda refuse the layer).
+With --python the chain also runs through the package's Python
+`run_all(x, inputs=[h0])` (moe::Model::runAllWithInputs), which carries the
+state the same way and returns the last one, and `last_routing(l)`; with
+--capi LIB through C's `moe_model_run_all_inputs` (ctypes; the output and
+the last state, whose name and width moe_model_extra_output_info gives).
+
+Not covered here: the GPU (the same kernels; test/Backend's cuda tests).
 
   rmoe.py [--bin DIR] [--seed N] [--chain]
 """
@@ -118,6 +124,10 @@ class RMoE:
             tensors["bih"] = ("F32", self.bih)
             tensors["bhh"] = ("F32", self.bhh)
         tensors.update(gated_expert_tensors(self.gate, self.up, self.down))
+        # Tensor names are unique across the files (as in a checkpoint: a
+        # package keeps one tensor per name).
+        prefix = "layers.%d." % layer
+        tensors = {prefix + n: v for n, v in tensors.items()}
         write_safetensors(os.path.join(d, wfile), tensors)
         e, k, i, s = self.e, self.k, self.i, self.s
         xt, st, ht = ("tensor<?x%dxf32>" % H, "tensor<?x%dxf32>" % e,
@@ -126,8 +136,8 @@ class RMoE:
         kt = "tensor<?x%dxi32>, tensor<?x%dxf32>" % (k, k)
 
         def weight(name, shape):
-            return ('    %%%s = moe.weight ["%s"] from ["%s"] : '
-                    "tensor<%sxf32>" % (name, name, wfile,
+            return ('    %%%s = moe.weight ["%s%s"] from ["%s"] : '
+                    "tensor<%sxf32>" % (name, prefix, name, wfile,
                                         "x".join(map(str, shape))))
         lines = [
             '  func.func @layer_%d(%%x: %s, %%h: %s {moe.input = "state"}) -> '
@@ -154,6 +164,7 @@ class RMoE:
             "    %%w = moe.normalize %%v : tensor<?x%dxf32>" % k,
             ] + [l.replace("return %%y : %s" % xt,
                            "return %%y, %%h1 : %s, %s" % (xt, ht))
+                 .replace('"experts.', '"%sexperts.' % prefix)
                  for l in gated_experts_ir(e, k, self.inter, H, wfile)[:-2]]
         return "\n".join(lines)
 
@@ -172,9 +183,29 @@ def rmsnorm(s):
     return s / np.sqrt(np.mean(s * s, axis=1, keepdims=True) + 1e-6)
 
 
-def run_with_state(bin_dir, ir, x, h, d):
-    """moe-run --backend reference of layer 0 with x and the state: (y, the
-    new state, (ids, weights))."""
+# Where each run's moe-run reads the model and which backend runs it.
+RUNS = ("reference", "emu", "package-emu")
+
+
+def compile_package(bin_dir, ir, d):
+    """moe-compile --arch none of `ir` into d/pkg (kernels for emu)."""
+    pkg = os.path.join(d, "pkg")
+    r = subprocess.run([os.path.join(bin_dir, "moe-compile"), ir, "--arch",
+                        "none", "-q", "-o", pkg], capture_output=True,
+                       text=True)
+    if r.returncode != 0:
+        raise AssertionError("moe-compile failed:\n%s" % r.stderr[-2000:])
+    return pkg
+
+
+def model_of(run, ir, pkg):
+    """(model path, backend) of a run."""
+    return (pkg, "emu") if run == "package-emu" else (ir, run)
+
+
+def run_with_state(bin_dir, ir, x, h, d, backend="reference"):
+    """moe-run of layer 0 of `ir` (an IR file or a package) with x and the
+    state on `backend`: (y, the new state, (ids, weights))."""
     paths = [os.path.join(d, n) for n in ("x.npy", "h.npy", "y.npy", "h1.npy")]
     np.save(paths[0], x)
     np.save(paths[1], h)
@@ -182,7 +213,7 @@ def run_with_state(bin_dir, ir, x, h, d):
     cmd = [os.path.join(bin_dir, "moe-run") if bin_dir else "moe-run", ir,
            "--layer", "0", "--input", paths[0], "--input", paths[1],
            "--output", paths[2], "--output", paths[3], "--routing-out", prefix,
-           "--backend", "reference"]
+           "--backend", backend]
     r = subprocess.run(cmd, capture_output=True, text=True)
     if r.returncode != 0:
         raise AssertionError("moe-run failed:\n%s" % r.stderr[-2000:])
@@ -193,9 +224,9 @@ def run_with_state(bin_dir, ir, x, h, d):
 CHAIN_LAYERS = 3
 
 
-def run_chain(bin_dir, ir, x, h, d, layers):
-    """moe-run --all-layers --backend reference with x and the first layer's
-    state: (y, the last layer's state, [(ids, weights) of each layer])."""
+def run_chain(bin_dir, ir, x, h, d, layers, backend="reference"):
+    """moe-run --all-layers on `backend` with x and the first layer's state:
+    (y, the last layer's state, [(ids, weights) of each layer])."""
     paths = [os.path.join(d, n) for n in ("x.npy", "h.npy", "y.npy", "h1.npy")]
     np.save(paths[0], x)
     np.save(paths[1], h)
@@ -203,7 +234,7 @@ def run_chain(bin_dir, ir, x, h, d, layers):
     cmd = [os.path.join(bin_dir, "moe-run") if bin_dir else "moe-run", ir,
            "--all-layers", "--input", paths[0], "--input", paths[1],
            "--output", paths[2], "--output", paths[3], "--routing-out", prefix,
-           "--backend", "reference"]
+           "--backend", backend]
     r = subprocess.run(cmd, capture_output=True, text=True)
     if r.returncode != 0:
         raise AssertionError("moe-run --all-layers failed:\n%s" % r.stderr[-2000:])
@@ -212,16 +243,84 @@ def run_chain(bin_dir, ir, x, h, d, layers):
               np.load("%s.L%d.weights.npy" % (prefix, l))) for l in range(layers)])
 
 
-def check_chain(bin_dir, work, seed):
+def run_python(pkg, x, h, layers):
+    """Python's run_all of the package on emu with the first layer's state:
+    (y, the last layer's state, [(ids, weights) of each layer])."""
+    import moe_opt
+    package = moe_opt.load(pkg, backend="emu")
+    package.record_routing = True
+    y, results = package.run_all(x, inputs=[h])
+    routing = [package.last_routing(l)[0] for l in range(layers)]
+    return (y, results[0] if results else np.zeros((0, 0), np.float32),
+            [(r["ids"], r["weights"]) for r in routing])
+
+
+def run_capi(lib_path, pkg, x, h, layers):
+    """C's moe_model_run_all_inputs of the package on emu (ctypes) with the
+    first layer's state: (y, the last layer's state, None: the C API's
+    routing is not read here)."""
+    import ctypes as C
+    lib = C.CDLL(lib_path)
+    err = C.create_string_buffer(4096)
+    model = C.c_void_p()
+    lib.moe_model_open.argtypes = [C.c_char_p, C.c_char_p, C.c_int,
+                                   C.POINTER(C.c_void_p), C.c_char_p,
+                                   C.c_size_t]
+    if lib.moe_model_open(pkg.encode(), b"emu", 0, C.byref(model), err,
+                          len(err)):
+        raise AssertionError("moe_model_open: " + err.value.decode())
+    try:
+        last = layers - 1
+        lib.moe_model_num_extra_outputs.restype = C.c_int64
+        lib.moe_model_num_extra_outputs.argtypes = [C.c_void_p, C.c_int64]
+        n = lib.moe_model_num_extra_outputs(model, last)
+        lib.moe_model_extra_output_info.argtypes = [
+            C.c_void_p, C.c_int64, C.c_int64, C.c_char_p, C.c_size_t,
+            C.POINTER(C.c_int64)]
+        name, width = C.create_string_buffer(64), C.c_int64()
+        if n != 1 or lib.moe_model_extra_output_info(model, last, 0, name, 64,
+                                                     C.byref(width)):
+            raise AssertionError("layer %d: %d extra results" % (last, n))
+        if name.value != b"state":
+            raise AssertionError("extra result named %r" % name.value)
+        t = x.shape[0]
+        x = np.ascontiguousarray(x, np.float32)
+        h = np.ascontiguousarray(h, np.float32)
+        y = np.zeros_like(x)
+        h_last = np.zeros((t, width.value), np.float32)
+        fp = C.POINTER(C.c_float)
+        shape = (C.c_int64 * 2)(*h.shape)
+        lib.moe_model_run_all_inputs.argtypes = [
+            C.c_void_p, fp, C.c_int64, C.c_int, C.c_int,
+            C.POINTER(C.c_void_p), C.POINTER(C.POINTER(C.c_int64)),
+            C.POINTER(C.c_int), fp, C.c_int, C.POINTER(fp), C.c_char_p,
+            C.c_size_t]
+        rc = lib.moe_model_run_all_inputs(
+            model, x.ctypes.data_as(fp), t, 0, 1,
+            (C.c_void_p * 1)(h.ctypes.data),
+            (C.POINTER(C.c_int64) * 1)(shape), (C.c_int * 1)(2),
+            y.ctypes.data_as(fp), 1, (fp * 1)(h_last.ctypes.data_as(fp)),
+            err, len(err))
+        if rc:
+            raise AssertionError("moe_model_run_all_inputs: " +
+                                 err.value.decode())
+        return y, h_last, None
+    finally:
+        lib.moe_model_close(model)
+
+
+def check_chain(bin_dir, work, seed, runs=RUNS, lib=None):
     """CHAIN_LAYERS RMoE layers under moe-run --all-layers (pre-norm chain:
-    v_l = rmsnorm(s_l), s_{l+1} = s_l + y_l): layer l's new state is layer
-    l+1's previous state. Returns (errors, summary)."""
+    v_l = rmsnorm(s_l), s_{l+1} = s_l + y_l) on each of RUNS: layer l's new
+    state is layer l+1's previous state. Returns (errors, summary)."""
     rng = np.random.default_rng([seed, 99])
     layers = [RMoE(rng, **CASES["gru-top2"]) for _ in range(CHAIN_LAYERS)]
     d = os.path.join(work, "chain")
     os.makedirs(d)
     ir = write_module(d, layers)
-    errors, worst, total, flips, fragile_n = [], [0.0, 0.0, 0.0], 0, 0, 0
+    pkg = compile_package(bin_dir, ir, d)
+    errors, total, flips, fragile_n = [], 0, 0, 0
+    worst = {run: [0.0, 0.0, 0.0] for run in runs}
     for t in T_VALUES:
         x = rng.standard_normal((t, H)).astype(np.float32)
         h0 = np.zeros((t, layers[0].s), np.float32)
@@ -243,29 +342,41 @@ def check_chain(bin_dir, work, seed):
             h = layer.gru(v, h)
         total += t
         fragile_n += int(skip.sum())
-        y, h_last, routing = run_chain(bin_dir, ir, x, h0, d, CHAIN_LAYERS)
-        for l, ((ids, w), (rids, rw)) in enumerate(zip(routing, ref)):
-            errs, we = compare_routing("chain T=%d layer %d" % (t, l), ids, w,
-                                       rids, rw, skip, TOL_W)
-            errors += errs[:3]
-            worst[1] = max(worst[1], we)
-        errs, ye = compare_output("chain T=%d" % t, y, stream, skip, TOL_Y)
-        errors += errs
-        he = (float(np.abs(h_last - h)[~skip].max()) / float(np.abs(h).max())
-              if h_last.shape == h.shape and (~skip).any() else
-              (0.0 if h_last.shape == h.shape else float("inf")))
-        if not he <= TOL_Y:
-            errors.append("chain T=%d: last state error %.3g" % (t, he))
-        worst = [max(worst[0], ye), worst[1], max(worst[2], he)]
+        for run in runs:
+            if run == "python-run_all":
+                y, h_last, routing = run_python(pkg, x, h0, CHAIN_LAYERS)
+            elif run == "c-run_all":
+                y, h_last, routing = run_capi(lib, pkg, x, h0, CHAIN_LAYERS)
+            else:
+                model, backend = model_of(run, ir, pkg)
+                y, h_last, routing = run_chain(bin_dir, model, x, h0, d,
+                                               CHAIN_LAYERS, backend)
+            tag = "chain %s T=%d" % (run, t)
+            for l, ((ids, w), (rids, rw)) in enumerate(zip(routing or [],
+                                                           ref)):
+                errs, we = compare_routing("%s layer %d" % (tag, l), ids, w,
+                                           rids, rw, skip, TOL_W)
+                errors += errs[:3]
+                worst[run][1] = max(worst[run][1], we)
+            errs, ye = compare_output(tag, y, stream, skip, TOL_Y)
+            errors += errs
+            he = (float(np.abs(h_last - h)[~skip].max()) / float(np.abs(h).max())
+                  if h_last.shape == h.shape and (~skip).any() else
+                  (0.0 if h_last.shape == h.shape else float("inf")))
+            if not he <= TOL_Y:
+                errors.append("%s: last state error %.3g" % (tag, he))
+            worst[run] = [max(worst[run][0], ye), worst[run][1],
+                          max(worst[run][2], he)]
     if flips < 0.1 * total * (CHAIN_LAYERS - 1):
         errors.append("chain: the carried state changes the experts of only "
                       "%d token-layers" % flips)
     if fragile_n > max(2, 0.02 * total):
         errors.append("chain: %d tokens near a tie" % fragile_n)
     return errors, ("%d layers, %d tokens, the carried state changes %d "
-                    "token-layers, skipped near a tie %d; reference y_err "
-                    "%.2g w_err %.2g state_err %.2g"
-                    % (CHAIN_LAYERS, total, flips, fragile_n, *worst))
+                    "token-layers, skipped near a tie %d; %s"
+                    % (CHAIN_LAYERS, total, flips, fragile_n,
+                       "; ".join("%s y_err %.2g w_err %.2g state_err %.2g"
+                                 % (run, *worst[run]) for run in runs)))
 
 
 def main():
@@ -276,6 +387,11 @@ def main():
     ap.add_argument("--chain", action="store_true",
                     help="also chain %d layers under moe-run --all-layers"
                     % CHAIN_LAYERS)
+    ap.add_argument("--python", action="store_true",
+                    help="also chain them with the package's Python run_all")
+    ap.add_argument("--capi", default="",
+                    help="libmoe_runtime.so: also chain them with C's "
+                    "moe_model_run_all_inputs (output and last state)")
     args = ap.parse_args()
     names = args.cases.split(",")
     failures = 0
@@ -286,7 +402,8 @@ def main():
             d = os.path.join(work, name)
             os.makedirs(d)
             ir = write_module(d, [case])
-            worst = [0.0, 0.0, 0.0]
+            pkg = compile_package(args.bin, ir, d)
+            worst = {run: [0.0, 0.0, 0.0] for run in RUNS}
             fragile_n, total, flips = 0, 0, 0
             errors = []
             for t in T_VALUES:
@@ -298,17 +415,24 @@ def main():
                                            np.sort(ref_ids, 1), 1)))
                 fragile_n += int(fragile.sum())
                 total += t
-                y, h1, (ids, w) = run_with_state(args.bin, ir, x, h, d)
-                errs, ye, we = compare("%s reference T=%d" % (name, t), y, ids,
-                                       w, ref_y, ref_ids, ref_w, fragile,
-                                       TOL_Y, TOL_W)
                 ref_h = case.gru(x, h)
-                he = (float(np.abs(h1 - ref_h).max()) / float(np.abs(ref_h).max())
-                      if h1.shape == ref_h.shape else float("inf"))
-                if not he <= TOL_Y:
-                    errs.append("%s T=%d: state error %.3g" % (name, t, he))
-                errors += errs
-                worst = [max(worst[0], ye), max(worst[1], we), max(worst[2], he)]
+                for run in RUNS:
+                    model, backend = model_of(run, ir, pkg)
+                    y, h1, (ids, w) = run_with_state(args.bin, model, x, h, d,
+                                                     backend)
+                    errs, ye, we = compare("%s %s T=%d" % (name, run, t), y,
+                                           ids, w, ref_y, ref_ids, ref_w,
+                                           fragile, TOL_Y, TOL_W)
+                    he = (float(np.abs(h1 - ref_h).max()) /
+                          float(np.abs(ref_h).max())
+                          if h1.shape == ref_h.shape else float("inf"))
+                    if not he <= TOL_Y:
+                        errs.append("%s %s T=%d: state error %.3g"
+                                    % (name, run, t, he))
+                    errors += errs
+                    worst[run] = [max(worst[run][0], ye),
+                                  max(worst[run][1], we),
+                                  max(worst[run][2], he)]
             if flips < 0.1 * total:
                 errors.append("%s: the state changes the experts of only %d "
                               "of %d tokens" % (name, flips, total))
@@ -317,13 +441,17 @@ def main():
             status = "FAIL" if errors else "ok"
             failures += bool(errors)
             print("%-4s %s: %d tokens, the state changes %d, skipped near a "
-                  "tie %d; reference y_err %.2g w_err %.2g state_err %.2g"
-                  % (status, name, total, flips, fragile_n, worst[0], worst[1],
-                     worst[2]))
+                  "tie %d; %s"
+                  % (status, name, total, flips, fragile_n,
+                     "; ".join("%s y_err %.2g w_err %.2g state_err %.2g"
+                               % (run, *worst[run]) for run in RUNS)))
             for e in errors:
                 print("  " + e)
         if args.chain:
-            errors, summary = check_chain(args.bin, work, args.seed)
+            errors, summary = check_chain(
+                args.bin, work, args.seed,
+                RUNS + (("python-run_all",) if args.python else ()) +
+                (("c-run_all",) if args.capi else ()), args.capi)
             failures += bool(errors)
             names.append("chain")
             print("%-4s chain: %s" % ("FAIL" if errors else "ok", summary))

@@ -262,6 +262,9 @@ PackageContents sampleContents() {
                        {moe::LayerInput::kAnyDim, 4}, -1});
   l1.inputs.push_back({"seq_map", 3, moe::ElementType::I32,
                        {moe::LayerInput::kTokenDim}, 0});
+  // An extra result (RMoE's router state): [T, 4] f32.
+  l1.values.push_back(moe::BufferShape{moe::ElementType::F32, 4, 0});
+  l1.outputs.push_back({"state", 4, 4});
   c.plan.layers.push_back(l1);
 
   // Layer 0's router alone (a rank package's router-only plan).
@@ -348,6 +351,12 @@ void expectSamePlan(const moe::ModulePlan &a, const moe::ModulePlan &b) {
       EXPECT_EQ(x.inputs[i].type, y.inputs[i].type) << at;
       EXPECT_EQ(x.inputs[i].dims, y.inputs[i].dims) << at;
       EXPECT_EQ(x.inputs[i].indexes, y.inputs[i].indexes) << at;
+    }
+    ASSERT_EQ(x.outputs.size(), y.outputs.size()) << at;
+    for (size_t i = 0; i < x.outputs.size(); ++i) {
+      EXPECT_EQ(x.outputs[i].name, y.outputs[i].name) << at;
+      EXPECT_EQ(x.outputs[i].value, y.outputs[i].value) << at;
+      EXPECT_EQ(x.outputs[i].width, y.outputs[i].width) << at;
     }
     ASSERT_EQ(x.routings.size(), y.routings.size()) << at;
     for (size_t r = 0; r < x.routings.size(); ++r) {
@@ -1534,10 +1543,10 @@ TEST_F(PackageFiles, IndicesOutOfRangeAreNamed) {
             m + "layers[0].launches[0].zero_once[1]: expected an index into "
                 "layers[0].values (0 to 6), found 7");
   EXPECT_EQ(openAfter([](Json &j) {
-              at(j, {"layers", 1}).set("output", 4);
+              at(j, {"layers", 1}).set("output", 5);
             }),
             m + "layers[1].output: expected an index into layers[1].values (0 "
-                "to 3), found 4");
+                "to 4), found 5");
   EXPECT_EQ(openAfter([](Json &j) {
               at(j, {"layers", 1, "weights"}).push(4);
             }),
@@ -1914,8 +1923,9 @@ TEST_F(PackageFiles, EveryMutationOfTheManifestIsAnErrorOrFineNeverACrash) {
 TEST(Package, ManifestCoversEveryPlanField) {
 #if defined(__x86_64__) && defined(__GLIBCXX__)
   EXPECT_EQ(sizeof(moe::Launch), 192u);
-  EXPECT_EQ(sizeof(moe::LayerPlan), 264u);
+  EXPECT_EQ(sizeof(moe::LayerPlan), 288u);
   EXPECT_EQ(sizeof(moe::LayerInput), 72u);
+  EXPECT_EQ(sizeof(moe::LayerOutput), 48u);
   EXPECT_EQ(sizeof(moe::LayerPlan::Routing), 16u);
   EXPECT_EQ(sizeof(moe::BufferShape), 24u);
   EXPECT_EQ(sizeof(moe::Binding), 12u);

@@ -114,7 +114,7 @@ static cl::list<std::string> outputPaths(
     "output",
     cl::desc("Output .npy, float32 [T, H]; repeated for a layer with extra "
              "results (moe.output results, e.g. RMoE's router state; "
-             "reference backend): y first, then one file per extra result "
+             "every backend): y first, then one file per extra result "
              "in result order (-o for short)"),
     cl::cat(category));
 /// The first --output: the layer output y.
@@ -340,6 +340,12 @@ public:
                          .count());
       r.y.shape = {tokens, plan->outputWidth};
       r.y.f = std::move(out.value().y);
+      r.extraOutputs.clear();
+      for (auto [j, e] : llvm::enumerate(out.value().extras)) {
+        moe::HostTensor &t = r.extraOutputs.emplace_back(
+            moe::HostTensor::floats({tokens, plan->outputs[j].width}));
+        t.f = std::move(e);
+      }
       r.routing = moe::RoutingTrace();
       for (auto [index, o] : llvm::enumerate(out.value().routings)) {
         moe::RoutingTrace::Router &router = r.routing.routers.emplace_back();
@@ -1205,19 +1211,24 @@ int main(int argc, char **argv) {
     // Extra results (moe.output): one --output each after y.
     // Under --all-layers they feed the next layers' inputs of their names,
     // and the last layer's go to the --output files.
-    if (allLayers && s.fn)
+    // The name of extra result i: the plan's (kernel backends, packages)
+    // or the function's.
+    auto outputName = [&](size_t i) {
+      return s.plan && i < s.plan->outputs.size()
+                 ? s.plan->outputs[i].name
+                 : mlir::moe::getLayerOutputName(s.fn, i + 1);
+    };
+    if (allLayers)
       for (auto [i, t] : llvm::enumerate(result->extraOutputs))
-        carried[mlir::moe::getLayerOutputName(s.fn, i + 1)] = t;
+        carried[outputName(i)] = t;
     bool lastLayer = &s == &selected.back();
     if ((!result->extraOutputs.empty() || outputPaths.size() > 1) &&
         (!allLayers || lastLayer)) {
       size_t want = result->extraOutputs.size();
       if (outputPaths.size() != want + 1) {
         std::string names;
-        mlir::func::FuncOp fn = s.fn;
-        for (unsigned i = 1; fn && i < fn.getNumResults(); ++i)
-          names += (i > 1 ? ", '" : "'") +
-                   mlir::moe::getLayerOutputName(fn, i) + "'";
+        for (size_t i = 0; i < want; ++i)
+          names += (i ? ", '" : "'") + outputName(i) + "'";
         return fail("--output: layer " + Twine(s.layer) + " of " + inputPath +
                     " returns y and " + Twine(want) + " extra result(s)" +
                     (names.empty() ? std::string() : " (" + names + ")") +

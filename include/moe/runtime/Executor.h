@@ -101,6 +101,9 @@ struct LayerOutputs {
   };
   /// One per router of the plan (LayerPlan::routings), when asked for.
   std::vector<Routing> routings;
+  /// The layer's extra results (LayerPlan::outputs), in result order:
+  /// [T, width] f32 each.
+  std::vector<std::vector<float>> extras;
 };
 
 /// An extra input of a layer (LayerPlan::inputs) as the caller gives it:
@@ -178,6 +181,12 @@ public:
   runtime::Expected<std::vector<LayerOutputs::Routing>>
   lastDeviceRouting(int64_t tokens);
 
+  /// The extra results (LayerPlan::outputs) of the last runOnDevice* of T
+  /// tokens, copied to the host after waiting for the device (the
+  /// executor's own buffers hold them until the next run).
+  runtime::Expected<std::vector<std::vector<float>>>
+  lastDeviceExtras(int64_t tokens);
+
   /// The expected shape of extra input `i` for T tokens, e.g. "[T=7] i32"
   /// or "[B, 8] f32" (B: any number of rows).
   std::string expectedShape(size_t i, int64_t tokens) const;
@@ -199,6 +208,9 @@ private:
   /// Whether the caller's routing arguments fit the plan.
   runtime::Status checkGiven(bool haveIds, bool haveWeights) const;
   runtime::Status launchAll(int64_t tokens);
+  /// Copies each extra result's [T, width] values to the host.
+  runtime::Status downloadExtras(int64_t tokens,
+                                 std::vector<std::vector<float>> &out);
   /// Copies each router's [T, slots] ids and weights to the host.
   runtime::Status downloadRouting(int64_t tokens,
                                   std::vector<LayerOutputs::Routing> &out);

@@ -28,6 +28,8 @@
  *   LORA     moe.lora_mixture.
  *   ELEMENTWISE  elementwise glue between fused ops: the result, then its
  *            operands from MOE_ELEMENTWISE_SLOT_FIRST_INPUT.
+ *   GRU      moe.gru_cell (RMoE's router state), with the projection of
+ *            its input when the code generator folds it.
  *
  *===---------------------------------------------------------------------===*/
 
@@ -118,6 +120,15 @@
  * in the order the generated expression reads them. */
 #define MOE_ELEMENTWISE_SLOT_LIST(X) X(OUTPUT) X(FIRST_INPUT)
 
+/* moe.gru_cell (moe_gru.cuh): the cell's input u [T, I], or x [T, H] when
+ * the projection W1 [I, H] that computes u is folded into the kernel
+ * (PROJECTION; null otherwise); the previous state h [T, S] f32; the new
+ * state [T, S] f32; weight_ih [3S, I], weight_hh [3S, S]; bias_ih, bias_hh
+ * [3S] (null without). */
+#define MOE_GRU_SLOT_LIST(X)                                                 \
+  X(INPUT) X(STATE) X(OUTPUT) X(PROJECTION) X(WEIGHT_IH) X(WEIGHT_HH)        \
+  X(BIAS_IH) X(BIAS_HH)
+
 /* clang-format on */
 
 #define MOE_FFN_SLOT_(name) MOE_FFN_SLOT_##name,
@@ -144,6 +155,9 @@ enum MoELogitsSlot {
 #define MOE_LORA_SLOT_(name) MOE_LORA_SLOT_##name,
 enum MoELoraSlot { MOE_LORA_SLOT_LIST(MOE_LORA_SLOT_) MOE_LORA_NUM_SLOTS };
 #undef MOE_LORA_SLOT_
+#define MOE_GRU_SLOT_(name) MOE_GRU_SLOT_##name,
+enum MoEGruSlot { MOE_GRU_SLOT_LIST(MOE_GRU_SLOT_) MOE_GRU_NUM_SLOTS };
+#undef MOE_GRU_SLOT_
 #define MOE_ELEMENTWISE_SLOT_(name) MOE_ELEMENTWISE_SLOT_##name,
 enum MoEElementwiseSlot {
   MOE_ELEMENTWISE_SLOT_LIST(MOE_ELEMENTWISE_SLOT_) MOE_ELEMENTWISE_NUM_SLOTS

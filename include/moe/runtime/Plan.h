@@ -149,6 +149,15 @@ struct LayerInput {
   int indexes = -1;
 };
 
+/// A named extra result of a layer (a function result after y carrying
+/// `moe.output`, e.g. RMoE's router state for the next layer): the [T,
+/// width] f32 value the caller receives after the last launch.
+struct LayerOutput {
+  std::string name;
+  int value = -1;
+  int64_t width = 0;
+};
+
 struct LayerPlan {
   int64_t layer = 0;
   std::string target;   ///< LoRA target module, or empty for the MoE block.
@@ -180,6 +189,9 @@ struct LayerPlan {
   /// The layer's extra inputs in argument order (empty for a layer of one
   /// input).
   std::vector<LayerInput> inputs;
+  /// The layer's extra results in result order (empty for a layer that
+  /// returns y only).
+  std::vector<LayerOutput> outputs;
   /// What the plan computes: "" a layer's output; "router" only the
   /// layer's routing (routings[0]; no output value, output == -1);
   /// "pregate" a router-only plan that routes every layer taking its

@@ -44,7 +44,7 @@ sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "..",
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "..",
                                 "Oracle"))
 from check_preserved import (random_weights, layers_of, hidden_of,  # noqa
-                             extra_inputs)
+                             extra_inputs, extra_outputs)
 from hf_models import write_safetensors  # noqa: E402
 
 ARCHS = ["mixtral", "qwen2_moe", "qwen3_moe", "olmoe", "deepseek_v2",
@@ -114,17 +114,24 @@ def run(cmd):
 
 
 def run_layer(args, ir, layer, x_path, prefix, backend, target=None,
-              extra=()):
+              extra=(), more=0, results=None):
+    """y, ids, weights of the layer; its `more` extra results (moe.output)
+    are appended to `results`."""
     cmd = [args.bin + "/moe-run", ir, "--layer", str(layer), "--input", x_path]
     for path in extra:
         cmd += ["--input", path]
     cmd += ["--output", prefix + ".y.npy", "--routing-out", prefix,
             "--backend", backend]
+    paths = [prefix + ".extra%d.npy" % i for i in range(more)]
+    for path in paths:
+        cmd += ["--output", path]
     if target:
         cmd += ["--target", target]
     if backend != "reference":
         cmd += ["--gemm", args.gemm]
     run(cmd)
+    if results is not None:
+        results += [np.load(p) for p in paths]
     return (np.load(prefix + ".y.npy"), np.load(prefix + ".ids.npy"),
             np.load(prefix + ".weights.npy"))
 
@@ -200,13 +207,22 @@ def check_model(args, tag, ir, work, rng, target=None, layers=None):
             xp = os.path.join(work, "x.npy")
             np.save(xp, x)
             extra = extra_inputs(text, layer, t, rng, work)
+            more = extra_outputs(text, layer)
+            r0, r1 = [], []
             y0, i0, w0 = run_layer(args, ir, layer, xp,
                                    os.path.join(work, "ref"), "reference",
-                                   target, extra)
+                                   target, extra, more, r0)
             y1, i1, w1 = run_layer(args, ir, layer, xp,
                                    os.path.join(work, "gen"), args.backend,
-                                   target, extra)
+                                   target, extra, more, r1)
             where = f"{tag} layer {layer} T={t}"
+            # Extra results (RMoE's state): f32 sums in another order.
+            for i, (a, b) in enumerate(zip(r0, r1)):
+                err = float(np.abs(a - b).max(initial=0.0)) / max(
+                    float(np.abs(a).max(initial=0.0)), 1e-30)
+                if a.shape != b.shape or not err <= rtol:
+                    raise AssertionError(f"{where}: extra result {i} differs "
+                                         f"from the reference ({err:.3g})")
             compare_routing(where, i0, w0, i1, w1,
                             WTOL_RELU_NORM if relu_norm else WTOL)
             scale = max(float(np.abs(y0).max()), 1e-30)

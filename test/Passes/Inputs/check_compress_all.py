@@ -21,7 +21,8 @@ import numpy as np
 here = os.path.dirname(__file__)
 sys.path.insert(0, here)
 sys.path.insert(0, os.path.join(here, "..", "..", "Backend", "Inputs"))
-from check_preserved import layers_of, hidden_of, extra_inputs  # noqa: E402
+from check_preserved import (layers_of, hidden_of, extra_inputs,  # noqa
+                             extra_outputs)
 from check_backend import ARCHS, example_weights, write_weights  # noqa: E402
 
 
@@ -58,8 +59,11 @@ def check(args, tag, ir, rng):
         for path in extra_inputs(open(ir).read(), layer, 7, rng,
                                  os.path.dirname(xp)):
             extra += ["--input", path]
+        more = extra_outputs(open(ir).read(), layer)
         run([args.bin + "/moe-run", out, "--layer", str(layer), "--input", xp]
-            + extra + ["--output", xp + ".y.npy"])
+            + extra + ["--output", xp + ".y.npy"] +
+            sum([["--output", xp + ".extra%d.npy" % i] for i in range(more)],
+                []))
     print(f"ok   {tag}: " + ", ".join(sorted(set(verdicts))), flush=True)
 
 

@@ -22,6 +22,7 @@ HERE = os.path.dirname(__file__)
 sys.path.insert(0, os.path.join(HERE, "..", "..", "Backend", "Inputs"))
 sys.path.insert(0, HERE)
 from check_backend import example_weights, write_weights  # noqa: E402
+from check_preserved import extra_inputs, extra_outputs  # noqa: E402
 import planted_experts as pe  # noqa: E402
 
 
@@ -92,12 +93,18 @@ def main():
                 status = "FAIL (exit %d, no report)\n%s" % (p.returncode,
                                                             p.stderr[-2000:])
             elif done:
-                for L in sorted(layers(open(out).read())):
+                rewritten = open(out).read()
+                for L in sorted(layers(rewritten)):
+                    # Extra inputs and results (RMoE's state) after x and y.
+                    more = sum([["--input", f] for f in extra_inputs(
+                        rewritten, L, 8, rng, d)], []) + sum(
+                        [["--output", os.path.join(d, "extra%d.out.npy" % i)]
+                         for i in range(extra_outputs(rewritten, L))], [])
                     r = subprocess.run(
                         [a.bin + "/moe-run", out, "--layer", str(L), "--input",
                          xp, "--output", os.path.join(d, "y.npy"),
-                         "--backend", "reference"], capture_output=True,
-                        text=True)
+                         "--backend", "reference"] + more,
+                        capture_output=True, text=True)
                     if r.returncode or not np.all(np.isfinite(
                             np.load(os.path.join(d, "y.npy")))):
                         status = "FAIL (moe-run layer %d)\n%s" % (L, r.stderr)

@@ -48,25 +48,48 @@ def hidden_of(ir_path, layer):
     return int(m.group(1))
 
 
+def layer_function(text, layer):
+    """The text of the layer function of `layer` (signature and body)."""
+    m = re.search(r"func\.func @\w+\([^\n]*moe\.layer = " + str(layer) +
+                  r" [^\n]*\n", text)
+    if m is None:
+        return ""
+    end = text.find("func.func", m.end())
+    return text[m.start():end if end >= 0 else len(text)]
+
+
 def extra_inputs(text, layer, t, rng, work):
     """Files for the layer's extra inputs (moe.input arguments), in argument
     order: f32 tensors with their dynamic dimension 0 as B = 3 sequences,
-    i32 vectors as a token-to-sequence map of T entries in [0, 3)."""
+    except a moe.gru_cell state (T rows in [-1, 1]); i32 vectors as a
+    token-to-sequence map of T entries in [0, 3)."""
     m = re.search(r"func\.func @\w+\(([^)]*)\)[^\n]*moe\.layer = " +
                   str(layer) + r" ", text)
     if m is None:
         return []
+    body = layer_function(text, layer)
     paths = []
-    for n, (dims, dtype) in enumerate(re.findall(
-            r"tensor<([?\dx]*?)x?(f32|i32)>\s*\{moe\.input", m.group(1))):
+    for n, (arg, dims, dtype) in enumerate(re.findall(
+            r"%(\w+): tensor<([?\dx]*?)x?(f32|i32)>\s*\{moe\.input",
+            m.group(1))):
         if dtype == "i32":
             a = np.sort(rng.integers(0, 3, t)).astype(np.int32)
+        elif re.search(r"moe\.gru_cell %\w+, %" + arg + r"\b", body):
+            shape = [t if d == "?" else int(d) for d in dims.split("x") if d]
+            a = rng.uniform(-1, 1, shape).astype(np.float32)
         else:
             shape = [3 if d == "?" else int(d) for d in dims.split("x") if d]
             a = rng.normal(0, 2.0, shape).astype(np.float32)
         paths.append(os.path.join(work, "extra%d.npy" % n))
         np.save(paths[-1], a)
     return paths
+
+
+def extra_outputs(text, layer):
+    """The number of extra results (moe.output) of the layer function."""
+    m = re.search(r"func\.func @\w+\([^\n]*moe\.layer = " + str(layer) +
+                  r" ", text)
+    return m.group(0).count("{moe.output") if m else 0
 
 
 def compare(args, tag, before, after, layer, rng, work):
@@ -79,14 +102,25 @@ def compare(args, tag, before, after, layer, rng, work):
         extra = []
         for path in extra_inputs(open(before).read(), layer, t, rng, work):
             extra += ["--input", path]
+        more = extra_outputs(open(before).read(), layer)
+        results = []
         for name, ir in (("before", before), ("after", after)):
             prefix = os.path.join(work, name)
+            paths = [prefix + ".extra%d.npy" % i for i in range(more)]
             run([args.bin + "/moe-run", ir, "--layer", str(layer), "--input",
                  xp] + extra + ["--output", prefix + ".y.npy",
-                                "--routing-out", prefix])
+                                "--routing-out", prefix] +
+                sum([["--output", p] for p in paths], []))
             outs.append((np.load(prefix + ".y.npy"),
                          np.load(prefix + ".ids.npy"),
                          np.load(prefix + ".weights.npy")))
+            results.append([np.load(p) for p in paths])
+        for i, (r0, r1) in enumerate(zip(*results)):
+            err = float(np.abs(r0 - r1).max(initial=0.0)) / max(
+                float(np.abs(r0).max(initial=0.0)), 1e-30)
+            if r0.shape != r1.shape or err > RTOL:
+                raise AssertionError(f"{tag} layer {layer} T={t}: extra "
+                                     f"result {i} differs")
         (y0, i0, w0), (y1, i1, w1) = outs
         scale = max(float(np.abs(y0).max()), 1e-30)
         err = float(np.abs(y0 - y1).max()) / scale

@@ -553,6 +553,9 @@ REFUSED = {
     # Its layers take the pre-gating router's routing: no router logits of
     # their own to record.
     "read_me": "no router logits",
+    # Its layers take the previous layer's router state (an extra input
+    # this harness does not give).
+    "rmoe": "takes 1 extra input(s) after x",
 }
 
 

@@ -608,9 +608,16 @@ def MoE_GruCellOp : MoE_Op<"gru_cell", [Pure, AttrSizedOperandSegments,
     `W2 h_L`; the state comes from the previous layer (an extra layer input,
     `moe.input`) and goes to the next one. Both biases are given or
     neither. S is `weight_hh`'s rows / 3: `state` must have S columns and
-    `weight_hh` S columns. Sums are accumulated in double, stored as f32.
-    The reference executor runs it; it has no kernel yet and does not fuse
-    into `moe.fused_route`.
+    `weight_hh` S columns. The reference executor accumulates the sums in
+    double and stores f32.
+
+    Kernels: the op is a kernel of its own (runtime/kernels/moe_gru.cuh,
+    one warp per token, f32 sums), not part of `moe.fused_route`; when its
+    input is a plain `moe.router_linear` (no bias, no `normalize`) read by
+    this op only (RMoE's `W1 x`), the kernel computes that projection too.
+    The router that reads the new state (`W2 h`, softmax, top-k) fuses into
+    `moe.fused_route` with the state as its routed tokens, so its
+    projection and selection are the usual routing kernels.
 
     ```mlir
     %h1 = moe.gru_cell %u, %h0 weights(%wih, %whh) biases(%bih, %bhh)
