@@ -255,19 +255,24 @@ Expected<HostTensor> WeightLoader::load(const std::vector<std::string> &names,
                                         bool stacked,
                                         const std::vector<int64_t> &shape,
                                         llvm::StringRef elementType) {
-  HostTensor result = HostTensor::floats(shape);
   if (provider) {
+    // The provider's values become the tensor: no zeroed copy beside them.
     Expected<std::vector<float>> values =
         provider(names, files, stacked, shape, elementType);
     if (!values)
       return values.takeError();
-    if (values->size() != result.f.size())
+    HostTensor result = HostTensor::floats({});
+    result.shape = shape;
+    int64_t count = std::accumulate(shape.begin(), shape.end(), int64_t{1},
+                                    std::multiplies<int64_t>());
+    if (static_cast<int64_t>(values->size()) != count)
       return makeError("weight '" + (names.empty() ? std::string() : names[0]) +
                        "': got " + llvm::Twine(values->size()) +
                        " values for shape " + ::moe::formatShape(shape));
     result.f = std::move(*values);
     return result;
   }
+  HostTensor result = HostTensor::floats(shape);
   llvm::ArrayRef<int64_t> slice =
       llvm::ArrayRef<int64_t>(shape).drop_front(stacked ? 1 : 0);
   int64_t sliceSize = std::accumulate(slice.begin(), slice.end(), int64_t{1},
