@@ -233,8 +233,7 @@ struct ShardExpertsPass : public impl::MoEShardExpertsBase<ShardExpertsPass> {
   /// tensor holding every expert becomes a new weight of the rank's slices,
   /// produced tensor by tensor while the new weights' file is written; a
   /// constant (already in memory) is sliced now.
-  LogicalResult selectExpertWeights(ExpertLayer &layer,
-                                    ArrayRef<int64_t> local,
+  LogicalResult selectExpertWeights(ExpertLayer &layer, ArrayRef<int64_t> local,
                                     ::moe::WeightLoader &loader,
                                     NewWeights &newWeights, StringRef prefix,
                                     std::string &why) {
@@ -243,8 +242,7 @@ struct ShardExpertsPass : public impl::MoEShardExpertsBase<ShardExpertsPass> {
     for (OpOperand *o : expertWeightOperands(layer.ffn)) {
       auto type = cast<RankedTensorType>(o->get().getType());
       RankedTensorType kept = withDim(type, 0, n);
-      std::string name =
-          (prefix + "." + expertOperandName(layer.ffn, o)).str();
+      std::string name = (prefix + "." + expertOperandName(layer.ffn, o)).str();
       Location loc = o->get().getLoc();
       auto w = o->get().getDefiningOp<WeightOp>();
       if (w && w.isStack() && static_cast<int64_t>(w.getNames().size()) == E) {

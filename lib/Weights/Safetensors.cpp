@@ -182,8 +182,8 @@ SafetensorsFile::open(StringRef path) {
     std::error_code ec(errno, std::generic_category());
     if (fd >= 0)
       ::close(fd);
-    return createStringError(path + ": cannot open safetensors file: " +
-                             ec.message());
+    return createStringError(path +
+                             ": cannot open safetensors file: " + ec.message());
   }
   ErrorOr<std::unique_ptr<MemoryBuffer>> buffer = MemoryBuffer::getOpenFile(
       fd, path, static_cast<uint64_t>(st.st_size),
@@ -423,15 +423,14 @@ Error SafetensorsFile::read(const TensorInfo &info, uint64_t offset,
   }
   uint64_t at = 8 + headerBytes + info.begin + offset, done = 0;
   while (done < size) {
-    ssize_t n = ::pread(fd, dst + done, size - done,
-                        static_cast<off_t>(at + done));
+    ssize_t n =
+        ::pread(fd, dst + done, size - done, static_cast<off_t>(at + done));
     if (n < 0 && errno == EINTR)
       continue;
     if (n < 0)
-      return createStringError(filePath + ": tensor '" + info.name +
-                               "': cannot read: " +
-                               std::error_code(errno, std::generic_category())
-                                   .message());
+      return createStringError(
+          filePath + ": tensor '" + info.name + "': cannot read: " +
+          std::error_code(errno, std::generic_category()).message());
     if (n == 0) {
       struct stat st;
       uint64_t now = ::fstat(fd, &st) == 0 ? st.st_size : 0;

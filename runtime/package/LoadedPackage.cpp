@@ -102,13 +102,13 @@ public:
     }
     size_t done = 0;
     while (done < n) {
-      ssize_t got = ::pread(fd_, dst + done, n - done,
-                            static_cast<off_t>(offset + done));
+      ssize_t got =
+          ::pread(fd_, dst + done, n - done, static_cast<off_t>(offset + done));
       if (got < 0 && errno == EINTR)
         continue;
       if (got < 0)
-        return Status::error("cannot read '" + path_ + "': " +
-                             errnoText(errno));
+        return Status::error("cannot read '" + path_ +
+                             "': " + errnoText(errno));
       if (got == 0) {
         struct stat st;
         long long now = ::fstat(fd_, &st) == 0 ? st.st_size : 0;
@@ -466,8 +466,8 @@ Expected<LoadedPackage> openPackage(const std::string &dir,
     // Read in pieces, not through the mapping: checking a package of any
     // size leaves none of it resident.
     Sha256 h;
-    std::vector<uint8_t> piece(std::min<size_t>(state->weights->size(),
-                                                size_t{4} << 20));
+    std::vector<uint8_t> piece(
+        std::min<size_t>(state->weights->size(), size_t{4} << 20));
     for (size_t at = 0; at < state->weights->size(); at += piece.size()) {
       size_t n = std::min(piece.size(), state->weights->size() - at);
       if (Status s = state->weights->read(at, n, piece.data()))

@@ -73,12 +73,11 @@ public:
   /// loadBytes checks them), each read from the file as loadBytes reads
   /// it: a selection of the experts of a fused expert tensor needs the
   /// memory of one expert. Not for a provider's weights.
-  llvm::Error forEachRow(const std::string &name, const std::string &file,
-                         const std::vector<int64_t> &shape,
-                         llvm::StringRef elementType,
-                         llvm::ArrayRef<int64_t> rows,
-                         llvm::function_ref<llvm::Error(llvm::ArrayRef<uint8_t>)>
-                             sink);
+  llvm::Error
+  forEachRow(const std::string &name, const std::string &file,
+             const std::vector<int64_t> &shape, llvm::StringRef elementType,
+             llvm::ArrayRef<int64_t> rows,
+             llvm::function_ref<llvm::Error(llvm::ArrayRef<uint8_t>)> sink);
 
   /// Serves every weight from `provider` instead of safetensors files
   /// (packages): it receives the weight's description and returns f32
