@@ -42,7 +42,8 @@ struct HostTensor {
 };
 
 /// Loads `moe.weight` tensors from safetensors files, converting F32, BF16
-/// and F16 exactly to f32; files are opened once and memory-mapped.
+/// and F16 exactly to f32; files are opened once, their tensors read with
+/// pread (SafetensorsFile::read), so no file page stays resident.
 class WeightLoader {
 public:
   /// Relative file names resolve against `root`.
