@@ -201,7 +201,7 @@ void experts::sliceExpertWidths(ExpertFFNOp ffn, ArrayRef<int64_t> kept) {
   ffn.setWidths(out);
 }
 
-static StringRef operandName(ExpertFFNOp ffn, OpOperand *o) {
+StringRef experts::expertOperandName(ExpertFFNOp ffn, OpOperand *o) {
   Value v = o->get();
   if (v == ffn.getGate())
     return "gate";
@@ -235,7 +235,7 @@ LogicalResult experts::rebuildExpertWeights(
       return failure();
     int64_t rest = type.getNumElements() / layer.experts;
     std::vector<float> out(n * rest);
-    StringRef name = operandName(layer.ffn, o);
+    StringRef name = expertOperandName(layer.ffn, o);
     for (int64_t i = 0; i < n; ++i)
       build(name, *old, rest, i, out.data() + i * rest);
     FailureOr<Value> w = make(b, o->get().getLoc(), (prefix + "." + name).str(),

@@ -48,6 +48,11 @@ FailureOr<ExpertLayer> findExpertLayer(func::FuncOp fn, std::string &why);
 /// The expert FFN's operands that carry the leading expert dimension.
 SmallVector<OpOperand *> expertWeightOperands(ExpertFFNOp ffn);
 
+/// The name of an expert weight operand of `ffn` ("gate", "up", "gate_up",
+/// "down" or one of their biases, "gate_bias", ...): the last part of the
+/// names of the new weights that replace it.
+StringRef expertOperandName(ExpertFFNOp ffn, OpOperand *o);
+
 /// Parameters and bytes of the routed experts.
 struct Size {
   int64_t params = 0, bytes = 0;

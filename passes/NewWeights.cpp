@@ -126,6 +126,25 @@ FailureOr<WeightOp> NewWeights::addRaw(OpBuilder &b, Location loc,
                           /*stacked=*/false);
 }
 
+FailureOr<WeightOp> NewWeights::addStreamed(OpBuilder &b, Location loc,
+                                            llvm::StringRef name,
+                                            RankedTensorType type,
+                                            Producer produce) {
+  if (!problem.empty())
+    return emitError(loc) << problem;
+  std::optional<::moe::DType> dtype = storedDType(type.getElementType());
+  if (!dtype || !type.hasStaticShape())
+    return emitError(loc) << "new weight '" << name << "' has type " << type
+                          << "; expected a static shape of f32, bf16 or f16";
+  if (llvm::Error e = writer->addStreamedTensor(name, *dtype, type.getShape(),
+                                                std::move(produce)))
+    return emitError(loc) << "new weight '" << name
+                          << "': " << llvm::toString(std::move(e));
+  return WeightOp::create(b, loc, type, b.getStrArrayAttr({name}),
+                          b.getStrArrayAttr({fileReference}),
+                          /*stacked=*/false);
+}
+
 LogicalResult NewWeights::commit() {
   if (writer->size() == 0)
     return success();

@@ -106,11 +106,9 @@ struct ShardExpertsPass : public impl::MoEShardExpertsBase<ShardExpertsPass> {
     given = routing == "given";
     std::string root = ::moe::weightRoot(module, getInputIRPath(module));
     ::moe::WeightLoader loader(root);
+    // Only experts that are not one checkpoint tensor each need new weights
+    // (and a file for them: NewWeights names what is missing).
     NewWeights newWeights(module, "rank" + std::to_string(rank), weightsOut);
-    if (newWeights.path().empty())
-      return fail(module, "the rank's weights need a file: give moe-opt -o "
-                          "FILE.mlir (they go beside it) or "
-                          "weights-out=FILE.safetensors");
     int64_t placed = 0;
     for (auto fn : llvm::to_vector(module.getOps<func::FuncOp>())) {
       std::string why;
@@ -227,6 +225,97 @@ struct ShardExpertsPass : public impl::MoEShardExpertsBase<ShardExpertsPass> {
     return success();
   }
 
+  /// Replaces every expert weight of the layer by the experts `local` of
+  /// it (in that order) without reading any weight now. A moe.weight that
+  /// names one checkpoint tensor per expert keeps the names of `local`: the
+  /// rank reads its experts from the checkpoint itself (moe-compile
+  /// --placement copies them straight into the rank's package). A single
+  /// tensor holding every expert becomes a new weight of the rank's slices,
+  /// produced tensor by tensor while the new weights' file is written; a
+  /// constant (already in memory) is sliced now.
+  LogicalResult selectExpertWeights(ExpertLayer &layer, ArrayRef<int64_t> local,
+                                    ::moe::WeightLoader &loader,
+                                    NewWeights &newWeights, StringRef prefix,
+                                    std::string &why) {
+    OpBuilder b(layer.ffn);
+    int64_t E = layer.experts, n = local.size();
+    for (OpOperand *o : expertWeightOperands(layer.ffn)) {
+      auto type = cast<RankedTensorType>(o->get().getType());
+      RankedTensorType kept = withDim(type, 0, n);
+      std::string name = (prefix + "." + expertOperandName(layer.ffn, o)).str();
+      Location loc = o->get().getLoc();
+      auto w = o->get().getDefiningOp<WeightOp>();
+      if (w && w.isStack() && static_cast<int64_t>(w.getNames().size()) == E) {
+        SmallVector<Attribute> names, files;
+        bool perName = w.getFiles().size() > 1;
+        for (int64_t g : local) {
+          names.push_back(w.getNames()[g]);
+          if (perName)
+            files.push_back(w.getFiles()[g]);
+        }
+        if (!perName)
+          files.push_back(w.getFiles()[0]);
+        o->set(WeightOp::create(b, loc, kept, b.getArrayAttr(names),
+                                b.getArrayAttr(files), /*stacked=*/n == 1));
+        continue;
+      }
+      if (w) {
+        Type elem = type.getElementType();
+        if (!elem.isF32() && !elem.isBF16() && !elem.isF16()) {
+          std::string text;
+          llvm::raw_string_ostream os(text);
+          os << type;
+          why = "the expert weight '" + expertOperandName(layer.ffn, o).str() +
+                "' is one " + text +
+                " tensor of every expert; only f32, bf16 and f16 ones are "
+                "cut per rank";
+          return failure();
+        }
+        // One checkpoint tensor (w is not a stack of E names): read when
+        // the new weights are written, the rank's experts one at a time.
+        std::string tensor = cast<StringAttr>(w.getNames()[0]).str();
+        std::string file = cast<StringAttr>(w.getFiles()[0]).str();
+        std::vector<int64_t> shape(type.getShape().begin(),
+                                   type.getShape().end());
+        std::string elemName = elem.isBF16()  ? "bf16"
+                               : elem.isF16() ? "f16"
+                                              : "f32";
+        std::vector<int64_t> experts(local.begin(), local.end());
+        auto produce =
+            [&loader, tensor, file, shape, elemName,
+             experts](llvm::function_ref<llvm::Error(ArrayRef<uint8_t>)> sink)
+            -> llvm::Error {
+          return loader.forEachRow(tensor, file, shape, elemName, experts,
+                                   sink);
+        };
+        FailureOr<WeightOp> made =
+            newWeights.addStreamed(b, loc, name, kept, std::move(produce));
+        if (failed(made)) {
+          why = "cannot create the new weight '" + name + "'";
+          return failure();
+        }
+        o->set(made->getResult());
+        continue;
+      }
+      FailureOr<std::vector<float>> old = weightValues(o->get(), loader, why);
+      if (failed(old))
+        return failure();
+      int64_t rest = type.getNumElements() / E;
+      std::vector<float> values(n * rest);
+      for (int64_t i = 0; i < n; ++i)
+        std::copy(old->begin() + local[i] * rest,
+                  old->begin() + (local[i] + 1) * rest,
+                  values.begin() + i * rest);
+      FailureOr<WeightOp> made = newWeights.add(b, loc, name, kept, values);
+      if (failed(made)) {
+        why = "cannot create the new weight '" + name + "'";
+        return failure();
+      }
+      o->set(made->getResult());
+    }
+    return success();
+  }
+
   LogicalResult shardLayer(ExpertLayer &layer, const ::moe::LayerPlacement &p,
                            ::moe::WeightLoader &loader, NewWeights &newWeights,
                            std::string &why) {
@@ -262,23 +351,8 @@ struct ShardExpertsPass : public impl::MoEShardExpertsBase<ShardExpertsPass> {
 
     Size before = routedExpertSize(layer.ffn);
     std::string prefix = llvm::formatv("layer.{0}.rank{1}", layer.index, rank);
-    auto make = [&](OpBuilder &b, Location loc, StringRef name,
-                    RankedTensorType type,
-                    ArrayRef<float> values) -> FailureOr<Value> {
-      FailureOr<WeightOp> w = newWeights.add(b, loc, name, type, values);
-      if (failed(w))
-        return failure();
-      return w->getResult();
-    };
-    if (failed(rebuildExpertWeights(
-            layer, loader, make, prefix, n,
-            [&](StringRef, ArrayRef<float> old, int64_t rest, int64_t i,
-                float *out) {
-              int64_t g = share.local[i];
-              std::copy(old.begin() + g * rest, old.begin() + (g + 1) * rest,
-                        out);
-            },
-            why)))
+    if (failed(selectExpertWeights(layer, share.local, loader, newWeights,
+                                   prefix, why)))
       return failure();
     sliceExpertWidths(layer.ffn, share.local);
 

@@ -255,19 +255,24 @@ Expected<HostTensor> WeightLoader::load(const std::vector<std::string> &names,
                                         bool stacked,
                                         const std::vector<int64_t> &shape,
                                         llvm::StringRef elementType) {
-  HostTensor result = HostTensor::floats(shape);
   if (provider) {
+    // The provider's values become the tensor: no zeroed copy beside them.
     Expected<std::vector<float>> values =
         provider(names, files, stacked, shape, elementType);
     if (!values)
       return values.takeError();
-    if (values->size() != result.f.size())
+    HostTensor result = HostTensor::floats({});
+    result.shape = shape;
+    int64_t count = std::accumulate(shape.begin(), shape.end(), int64_t{1},
+                                    std::multiplies<int64_t>());
+    if (static_cast<int64_t>(values->size()) != count)
       return makeError("weight '" + (names.empty() ? std::string() : names[0]) +
                        "': got " + llvm::Twine(values->size()) +
                        " values for shape " + ::moe::formatShape(shape));
     result.f = std::move(*values);
     return result;
   }
+  HostTensor result = HostTensor::floats(shape);
   llvm::ArrayRef<int64_t> slice =
       llvm::ArrayRef<int64_t>(shape).drop_front(stacked ? 1 : 0);
   int64_t sliceSize = std::accumulate(slice.begin(), slice.end(), int64_t{1},
@@ -279,17 +284,19 @@ Expected<HostTensor> WeightLoader::load(const std::vector<std::string> &names,
             if (info.dtype == ::moe::DType::F8E4M3 ||
                 info.dtype == ::moe::DType::U8) {
               // Exact values of the codes; scales are applied by the op.
-              llvm::ArrayRef<uint8_t> raw = f.rawData(info);
+              Expected<std::vector<uint8_t>> raw = f.readBytes(info);
+              if (!raw)
+                return raw.takeError();
               float *out = result.f.data() + index * sliceSize;
               if (elementType == "f4E2M1FN")
                 for (int64_t i = 0; i < sliceSize; ++i)
-                  out[i] = ::moe::quant::decodePackedE2M1(raw.data(), i);
+                  out[i] = ::moe::quant::decodePackedE2M1(raw->data(), i);
               else if (elementType == "f8E8M0FNU")
                 for (int64_t i = 0; i < sliceSize; ++i)
-                  out[i] = ::moe::quant::decodeE8M0(raw[i]);
+                  out[i] = ::moe::quant::decodeE8M0((*raw)[i]);
               else
                 for (int64_t i = 0; i < sliceSize; ++i)
-                  out[i] = ::moe::quant::decodeE4M3FN(raw[i]);
+                  out[i] = ::moe::quant::decodeE4M3FN((*raw)[i]);
               return Error::success();
             }
             Expected<std::vector<float>> values = f.readF32(info.name);
@@ -337,15 +344,13 @@ WeightLoader::loadBytes(const std::vector<std::string> &names,
             names, files, stacked, shape, elementType,
             [&](size_t index, const ::moe::SafetensorsFile &f,
                 const ::moe::TensorInfo &info) -> Error {
-              llvm::ArrayRef<uint8_t> raw = f.rawData(info);
-              if (raw.size() != sliceBytes)
+              if (info.numBytes() != sliceBytes)
                 return makeError(f.path() + ": tensor '" + info.name +
-                                 "' holds " + llvm::Twine(raw.size()) +
+                                 "' holds " + llvm::Twine(info.numBytes()) +
                                  " bytes, its " + elementType + " shape needs " +
                                  llvm::Twine(sliceBytes));
-              std::memcpy(out.data() + index * sliceBytes, raw.data(),
-                          sliceBytes);
-              return Error::success();
+              return f.read(info, 0, sliceBytes,
+                            out.data() + index * sliceBytes);
             }))
       return std::move(err);
     return out;
@@ -373,16 +378,55 @@ WeightLoader::loadBytes(const std::vector<std::string> &names,
           [&](size_t index, const ::moe::SafetensorsFile &f,
               const ::moe::TensorInfo &info) -> Error {
             // The checkpoint's bytes (the same dtype: forEachSlice checks
-            // it), zero-padded; no f32 copy.
-            copyPadded(f.rawData(info).data(), info.shape,
-                       out.data() + index * sliceBytes, slice, width);
-            // Copied: the mapped pages may leave the resident set, so that
-            // packing a model tensor by tensor does not keep it all.
-            f.releasePages(info);
+            // it), zero-padded; no f32 copy. Read, not mapped: no page of
+            // the file stays resident (SafetensorsFile::read).
+            uint8_t *dst = out.data() + index * sliceBytes;
+            if (info.numBytes() == sliceBytes)
+              return f.read(info, 0, sliceBytes, dst);
+            Expected<std::vector<uint8_t>> raw = f.readBytes(info);
+            if (!raw)
+              return raw.takeError();
+            copyPadded(raw->data(), info.shape, dst, slice, width);
             return Error::success();
           }))
     return std::move(err);
   return out;
+}
+
+Error WeightLoader::forEachRow(
+    const std::string &name, const std::string &fileName,
+    const std::vector<int64_t> &shape, llvm::StringRef elementType,
+    llvm::ArrayRef<int64_t> rows,
+    llvm::function_ref<Error(llvm::ArrayRef<uint8_t>)> sink) {
+  if (provider)
+    return makeError("weight '" + name +
+                     "': rows are read from safetensors files, not from a "
+                     "value provider");
+  if (shape.empty() || (elementType != "f32" && elementType != "bf16" &&
+                        elementType != "f16"))
+    return makeError("weight '" + name + "': rows of a " + elementType +
+                     " tensor of rank " + llvm::Twine(shape.size()) +
+                     " are not read one by one (expected f32, bf16 or f16 "
+                     "of rank 1 or more)");
+  return forEachSlice(
+      {name}, {fileName}, /*stacked=*/false, shape, elementType,
+      [&](size_t, const ::moe::SafetensorsFile &f,
+          const ::moe::TensorInfo &info) -> Error {
+        uint64_t rowBytes = info.numBytes() / static_cast<uint64_t>(shape[0]);
+        std::vector<uint8_t> row(rowBytes);
+        for (int64_t r : rows) {
+          if (r < 0 || r >= shape[0])
+            return makeError(f.path() + ": tensor '" + name + "': row " +
+                             llvm::Twine(r) + " is outside its " +
+                             llvm::Twine(shape[0]));
+          if (Error e = f.read(info, static_cast<uint64_t>(r) * rowBytes,
+                               rowBytes, row.data()))
+            return e;
+          if (Error e = sink(row))
+            return e;
+        }
+        return Error::success();
+      });
 }
 
 namespace moe {

@@ -16,11 +16,14 @@
 #include "llvm/Support/MathExtras.h"
 #include "llvm/Support/raw_ostream.h"
 
-#include "llvm/Support/Process.h"
-
 #include <algorithm>
+#include <cerrno>
+#include <cstring>
+#include <system_error>
 
-#include <sys/mman.h>
+#include <fcntl.h>
+#include <sys/stat.h>
+#include <unistd.h>
 
 using namespace llvm;
 
@@ -170,14 +173,38 @@ Expected<std::unique_ptr<SafetensorsFile>>
 SafetensorsFile::open(StringRef path) {
   if (Error e = checkRegularFile(path, "safetensors file"))
     return std::move(e);
-  ErrorOr<std::unique_ptr<MemoryBuffer>> buffer =
-      MemoryBuffer::getFile(path, /*IsText=*/false,
-                            /*RequiresNullTerminator=*/false,
-                            /*IsVolatile=*/false);
-  if (!buffer)
+  // One descriptor for the mapping (the header) and the reads (the data):
+  // both see the same file even if the path is replaced meanwhile.
+  std::string pathText = path.str();
+  int fd = ::open(pathText.c_str(), O_RDONLY | O_CLOEXEC);
+  struct stat st;
+  if (fd < 0 || ::fstat(fd, &st) != 0) {
+    std::error_code ec(errno, std::generic_category());
+    if (fd >= 0)
+      ::close(fd);
+    return createStringError(path +
+                             ": cannot open safetensors file: " + ec.message());
+  }
+  ErrorOr<std::unique_ptr<MemoryBuffer>> buffer = MemoryBuffer::getOpenFile(
+      fd, path, static_cast<uint64_t>(st.st_size),
+      /*RequiresNullTerminator=*/false, /*IsVolatile=*/false);
+  if (!buffer) {
+    ::close(fd);
     return createStringError(path + ": cannot open safetensors file: " +
                              buffer.getError().message());
-  return fromBuffer(std::move(*buffer));
+  }
+  std::unique_ptr<SafetensorsFile> file(new SafetensorsFile());
+  file->filePath = path.str();
+  file->buffer = std::move(*buffer);
+  file->fd = fd;
+  if (Error error = file->parse())
+    return std::move(error);
+  return std::move(file);
+}
+
+SafetensorsFile::~SafetensorsFile() {
+  if (fd >= 0)
+    ::close(fd);
 }
 
 Expected<std::unique_ptr<SafetensorsFile>>
@@ -383,20 +410,47 @@ ArrayRef<uint8_t> SafetensorsFile::rawData(const TensorInfo &info) const {
   return ArrayRef<uint8_t>(data + info.begin, info.numBytes());
 }
 
-void SafetensorsFile::releasePages(const TensorInfo &info) const {
-  // Only a mapping can give its pages back: on a heap copy (small files are
-  // read, not mapped) MADV_DONTNEED would zero the bytes.
-  if (buffer->getBufferKind() != MemoryBuffer::MemoryBuffer_MMap ||
-      info.numBytes() == 0)
-    return;
-  uintptr_t page = sys::Process::getPageSizeEstimate();
-  uintptr_t begin = reinterpret_cast<uintptr_t>(rawData(info).data());
-  uintptr_t end = begin + info.numBytes();
-  // Whole pages only: the pages this tensor shares with its neighbours may
-  // still be in use.
-  uintptr_t first = alignTo(begin, page), last = end / page * page;
-  if (last > first)
-    ::madvise(reinterpret_cast<void *>(first), last - first, MADV_DONTNEED);
+Error SafetensorsFile::read(const TensorInfo &info, uint64_t offset,
+                            uint64_t size, uint8_t *dst) const {
+  if (offset > info.numBytes() || size > info.numBytes() - offset)
+    return createStringError(filePath + ": tensor '" + info.name +
+                             "': bytes [" + Twine(offset) + ", " +
+                             Twine(offset + size) + ") are outside its " +
+                             Twine(info.numBytes()));
+  if (fd < 0) {
+    std::memcpy(dst, rawData(info).data() + offset, size);
+    return Error::success();
+  }
+  uint64_t at = 8 + headerBytes + info.begin + offset, done = 0;
+  while (done < size) {
+    ssize_t n =
+        ::pread(fd, dst + done, size - done, static_cast<off_t>(at + done));
+    if (n < 0 && errno == EINTR)
+      continue;
+    if (n < 0)
+      return createStringError(
+          filePath + ": tensor '" + info.name + "': cannot read: " +
+          std::error_code(errno, std::generic_category()).message());
+    if (n == 0) {
+      struct stat st;
+      uint64_t now = ::fstat(fd, &st) == 0 ? st.st_size : 0;
+      return createStringError(
+          filePath + ": tensor '" + info.name + "' ends at byte " +
+          Twine(8 + headerBytes + info.end) + " but the file has only " +
+          Twine(now) + " bytes now (" + Twine(buffer->getBufferSize()) +
+          " when it was opened): it was truncated or rewritten while in use");
+    }
+    done += static_cast<uint64_t>(n);
+  }
+  return Error::success();
+}
+
+Expected<std::vector<uint8_t>>
+SafetensorsFile::readBytes(const TensorInfo &info) const {
+  std::vector<uint8_t> bytes(info.numBytes());
+  if (Error e = read(info, 0, bytes.size(), bytes.data()))
+    return std::move(e);
+  return bytes;
 }
 
 Expected<ArrayRef<uint8_t>> SafetensorsFile::rawData(StringRef name) const {
@@ -410,8 +464,10 @@ Expected<std::vector<float>> SafetensorsFile::readF32(StringRef name) const {
   const TensorInfo *info = lookup(name);
   if (!info)
     return createStringError(filePath + ": no tensor named '" + name + "'");
-  Expected<std::vector<float>> values =
-      decodeFloats(rawData(*info), info->dtype);
+  Expected<std::vector<uint8_t>> bytes = readBytes(*info);
+  if (!bytes)
+    return bytes.takeError();
+  Expected<std::vector<float>> values = decodeFloats(*bytes, info->dtype);
   if (!values)
     return createStringError(filePath + ": tensor '" + name +
                              "': " + toString(values.takeError()));

@@ -17,6 +17,7 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cerrno>
 #include <cstring>
 #include <map>
@@ -31,12 +32,17 @@ namespace {
 
 /// A file mapped read-only (or read, where mmap fails), followed by at least
 /// 16 readable zero bytes: kernels that read its tensors in place load 16
-/// bytes at a time and may touch bytes past the last tensor.
+/// bytes at a time and may touch bytes past the last tensor. What is copied
+/// out of it (hashes, f32 values) is read from its descriptor instead
+/// (read()): those bytes pass through the page cache only, not the resident
+/// set, and a file truncated meanwhile gives an error, not SIGBUS.
 class MappedFile {
 public:
   ~MappedFile() {
     if (mapped_)
       ::munmap(mapped_, mappedBytes_);
+    if (fd_ >= 0)
+      ::close(fd_);
   }
   static Expected<std::unique_ptr<MappedFile>> open(const std::string &path,
                                                     size_t size) {
@@ -58,7 +64,8 @@ public:
       if (p != MAP_FAILED) {
         file->mapped_ = base;
         file->mappedBytes_ = reserved;
-        ::close(fd);
+        file->fd_ = fd;
+        file->path_ = path;
         return file;
       }
       ::munmap(base, reserved);
@@ -86,8 +93,40 @@ public:
   /// Bytes readable from data(): size() and the zeros after it.
   size_t readable() const { return mapped_ ? mappedBytes_ : copy_.size(); }
 
+  /// Copies bytes [offset, offset + n) of the file to `dst` (the caller
+  /// keeps them within size()).
+  Status read(size_t offset, size_t n, uint8_t *dst) const {
+    if (!mapped_) {
+      std::memcpy(dst, copy_.data() + offset, n);
+      return Status::success();
+    }
+    size_t done = 0;
+    while (done < n) {
+      ssize_t got =
+          ::pread(fd_, dst + done, n - done, static_cast<off_t>(offset + done));
+      if (got < 0 && errno == EINTR)
+        continue;
+      if (got < 0)
+        return Status::error("cannot read '" + path_ +
+                             "': " + errnoText(errno));
+      if (got == 0) {
+        struct stat st;
+        long long now = ::fstat(fd_, &st) == 0 ? st.st_size : 0;
+        return Status::error(
+            path_ + ": ends at " + std::to_string(now) + " bytes, " +
+            std::to_string(size_) +
+            " when the package was opened: it was truncated or rewritten "
+            "while in use");
+      }
+      done += static_cast<size_t>(got);
+    }
+    return Status::success();
+  }
+
 private:
   MappedFile() = default;
+  int fd_ = -1;
+  std::string path_;
   void *mapped_ = nullptr;
   size_t mappedBytes_ = 0;
   std::vector<uint8_t> copy_;
@@ -271,8 +310,15 @@ Expected<std::vector<float>> LoadedPackage::tensorValues(size_t tensor) const {
                          std::to_string(state_->tensors.size()) + ")");
   if (!state_->tensors[tensor].stored)
     return externalTensorError(*state_, tensor);
-  ByteView b = tensorBytes(tensor);
-  return decodeTensorValues(b.data, b.size, state_->tensors[tensor].ref.type);
+  // Read, not taken from the mapping: the values are a copy anyway, and
+  // the reference executor that asks for them layer by layer then keeps no
+  // page of weights.bin resident.
+  const PackageTensor &t = state_->tensors[tensor];
+  std::vector<uint8_t> bytes(static_cast<size_t>(t.bytes));
+  if (Status s = state_->weights->read(static_cast<size_t>(t.offset),
+                                       bytes.size(), bytes.data()))
+    return s;
+  return decodeTensorValues(bytes.data(), bytes.size(), t.ref.type);
 }
 
 namespace {
@@ -417,9 +463,17 @@ Expected<LoadedPackage> openPackage(const std::string &dir,
     return weights.status();
   state->weights = std::move(*weights);
   if (verify) {
+    // Read in pieces, not through the mapping: checking a package of any
+    // size leaves none of it resident.
     Sha256 h;
-    if (state->weights->size() > 0)
-      h.update(state->weights->data(), state->weights->size());
+    std::vector<uint8_t> piece(
+        std::min<size_t>(state->weights->size(), size_t{4} << 20));
+    for (size_t at = 0; at < state->weights->size(); at += piece.size()) {
+      size_t n = std::min(piece.size(), state->weights->size() - at);
+      if (Status s = state->weights->read(at, n, piece.data()))
+        return s;
+      h.update(piece.data(), n);
+    }
     if (Status s = checkHash(dir, d.weights, Sha256::toHex(h.finish())))
       return s;
   }

@@ -31,10 +31,9 @@ import tempfile
 import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from hf_models import write_safetensors  # noqa: E402
-from layer_check import compare_output, compare_routing, run_layer  # noqa: E402
+from layer_check import run_layer  # noqa: E402
+from oracle_case import Tally, example_ir, token_batches  # noqa: E402
 
-T_VALUES = (1, 7, 64, 300)
 TOL_Y = 1e-5
 TOL_W = 1e-5
 NEAR_TIE = 1e-6
@@ -94,34 +93,6 @@ class ChainOfExperts:
         return v, routing, fragile
 
 
-def example_ir(src, weight_dir):
-    with open(os.path.join(src, EXAMPLE)) as f:
-        text = f.read()
-    root = 'moe.weight_root = "."'
-    if root not in text:
-        raise AssertionError("%s: expected its weight root %s" % (EXAMPLE, root))
-    # The oracle's constants must be the example's shapes.
-    for shape in ("tensor<4x96x64xf32>", "tensor<4x64x96xf32>", "{k = 2 : i64}"):
-        if shape not in text:
-            raise AssertionError("%s: expected %s (E=%d, K=%d, H=%d, I=%d)"
-                                 % (EXAMPLE, shape, E, K, H, I))
-    if len(re.findall(r"moe\.router_linear", text)) != ITERATIONS:
-        raise AssertionError("%s: expected %d routers" % (EXAMPLE, ITERATIONS))
-    return text.replace(root, 'moe.weight_root = "%s"' % weight_dir)
-
-
-def compare_iterations(tag, y, routing, ref_y, ref_routing, skip):
-    """Both iterations' expert sets and weights, then the output."""
-    errs, worst_w = [], 0.0
-    for c, ((ids, w), (rids, rw)) in enumerate(zip(routing, ref_routing)):
-        e, worst = compare_routing("%s iteration %d" % (tag, c), ids, w, rids,
-                                   rw, skip, TOL_W)
-        errs += e
-        worst_w = max(worst_w, worst)
-    out_errs, err = compare_output(tag, y, ref_y, skip, TOL_Y)
-    return (errs + out_errs)[:5], err, worst_w
-
-
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--bin", default="")
@@ -133,43 +104,40 @@ def main():
     backends = args.backend.split(",")
     rng = np.random.default_rng(args.seed)
     model = ChainOfExperts(rng)
-    errors, stats, fragile_n, total = [], {b: [0.0, 0.0] for b in backends}, 0, 0
-    changed = 0
+    tally, changed = Tally(backends), 0
     with tempfile.TemporaryDirectory() as d:
-        write_safetensors(os.path.join(d, "model.safetensors"), model.tensors())
-        ir = os.path.join(d, "chain_of_experts.mlir")
-        with open(ir, "w") as f:
-            f.write(example_ir(args.src, d))
-        for t in T_VALUES:
-            x = rng.standard_normal((t, H)).astype(np.float32)
+        # The oracle's constants must be the example's shapes.
+        ir, text = example_ir(
+            args.src, EXAMPLE, d,
+            ("tensor<4x96x64xf32>", "tensor<4x64x96xf32>", "{k = 2 : i64}"),
+            model.tensors())
+        if len(re.findall(r"moe\.router_linear", text)) != ITERATIONS:
+            raise AssertionError("%s: expected %d routers"
+                                 % (EXAMPLE, ITERATIONS))
+        for t, x in token_batches(rng, H):
             ref_y, ref_routing, fragile = model.forward(x)
-            fragile_n += int(fragile.sum())
-            total += t
+            tally.tokens(fragile)
             # The second iteration must see the residual stream: some tokens
             # change experts between the iterations.
             changed += int(np.sum(np.any(np.sort(ref_routing[0][0], axis=1) !=
                                          np.sort(ref_routing[1][0], axis=1), axis=1)))
             for b in backends:
                 y, routing = run_layer(args.bin, ir, x, d, b, routers=2)
-                errs, ye, we = compare_iterations("%s T=%d" % (b, t), y, routing, ref_y,
-                                                  ref_routing, fragile)
-                errors += errs
-                stats[b][0] = max(stats[b][0], ye)
-                stats[b][1] = max(stats[b][1], we)
+                tag = "%s T=%d" % (b, t)
+                for c, ((ids, w), (rids, rw)) in enumerate(zip(routing,
+                                                               ref_routing)):
+                    tally.routing(b, "%s iteration %d" % (tag, c), ids, w,
+                                  rids, rw, fragile, TOL_W, keep=5)
+                tally.output(b, tag, y, ref_y, fragile, TOL_Y)
     if changed == 0:
-        errors.append("no token changes experts between the iterations")
-    if fragile_n > max(2, 0.02 * total):
-        errors.append("%d of %d tokens near a tie" % (fragile_n, total))
-    print("%-4s chain_of_experts: %d of %d tokens change experts between the "
-          "iterations, skipped near a tie %d; %s"
-          % ("FAIL" if errors else "ok", changed, total, fragile_n,
-             ", ".join("%s y_err %.2g w_err %.2g" % (b, s[0], s[1])
-                       for b, s in stats.items())))
-    for e in errors:
-        print("  " + e)
-    print("%d of 1 Chain-of-Experts cases match the numpy oracle" % (0 if errors else 1))
-    return 1 if errors else 0
-
+        tally.errors.append("no token changes experts between the iterations")
+    tally.check_ties()
+    ok = tally.report("chain_of_experts", "%d of %d tokens change experts "
+                      "between the iterations, skipped near a tie %d; %s"
+                      % (changed, tally.total, tally.fragile,
+                         tally.runs_text()), limit=None)
+    print("%d of 1 Chain-of-Experts cases match the numpy oracle" % ok)
+    return 0 if ok else 1
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -39,10 +39,10 @@ import tempfile
 import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from hf_models import write_safetensors  # noqa: E402
-from layer_check import compare_output, compare_routing, softmax_rows  # noqa: E402
+from layer_check import softmax_rows  # noqa: E402
+from oracle_case import (Tally, example_ir, rmsnorm,  # noqa: E402
+                         run_all_layers, token_batches)
 
-T_VALUES = (1, 7, 64, 300)
 TOL_Y = 1e-5
 TOL_W = 1e-5
 NEAR_TIE = 1e-6
@@ -54,10 +54,6 @@ def silu_ffn(v, gate, up, down):
     g = v @ gate.astype(np.float64).T
     u = v @ up.astype(np.float64).T
     return (g / (1.0 + np.exp(-g)) * u) @ down.astype(np.float64).T
-
-
-def rmsnorm(s):
-    return s / np.sqrt(np.mean(s * s, axis=1, keepdims=True) + 1e-6)
 
 
 class ReadME:
@@ -120,36 +116,6 @@ class ReadME:
         return s, ids, w, fragile, moved
 
 
-def example_ir(src, weight_dir):
-    with open(os.path.join(src, EXAMPLE)) as f:
-        text = f.read()
-    root = 'moe.weight_root = "."'
-    for need in (root, 'moe.role = "pregate"', "{k = 1 : i64}",
-                 "tensor<4x128x64xf32>", "tensor<64x128xf32>"):
-        if need not in text:
-            raise AssertionError("%s: expected %s (E=%d, H=%d, I=%d, S=%d)"
-                                 % (EXAMPLE, need, E, H, I, S))
-    if text.count("moe.layer = ") != LAYERS + 1:
-        raise AssertionError("%s: expected %d layers and the pre-gating router"
-                             % (EXAMPLE, LAYERS))
-    return text.replace(root, 'moe.weight_root = "%s"' % weight_dir)
-
-
-def run_all(bin_dir, model, x, d, backend):
-    """moe-run --all-layers: (y, [(ids, weights) of each layer])."""
-    xp, yp, prefix = (os.path.join(d, n) for n in ("x.npy", "y.npy", "routing"))
-    np.save(xp, x)
-    cmd = [os.path.join(bin_dir, "moe-run"), model, "--all-layers", "--input",
-           xp, "-o", yp, "--routing-out", prefix, "--backend", backend, "-q"]
-    r = subprocess.run(cmd, capture_output=True, text=True)
-    if r.returncode != 0:
-        raise AssertionError("%s failed:\n%s" % (" ".join(cmd), r.stderr[-2000:]))
-    routing = [(np.load("%s.L%d.ids.npy" % (prefix, l)),
-                np.load("%s.L%d.weights.npy" % (prefix, l)))
-               for l in range(LAYERS)]
-    return np.load(yp), routing
-
-
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--bin", default="")
@@ -163,24 +129,24 @@ def main():
     model = ReadME(rng)
     runs = ("reference", "emu", "package-emu") + (
         ("python-run_all",) if args.python else ())
-    errors, stats = [], {b: [0.0, 0.0] for b in runs}
-    fragile_n, total, moved = 0, 0, 0
+    tally, moved = Tally(runs), 0
     with tempfile.TemporaryDirectory() as d:
-        write_safetensors(os.path.join(d, "model.safetensors"), model.tensors())
-        ir = os.path.join(d, "read_me.mlir")
-        with open(ir, "w") as f:
-            f.write(example_ir(args.src, d))
+        ir, text = example_ir(
+            args.src, EXAMPLE, d,
+            ('moe.role = "pregate"', "{k = 1 : i64}", "tensor<4x128x64xf32>",
+             "tensor<64x128xf32>"), model.tensors())
+        if text.count("moe.layer = ") != LAYERS + 1:
+            raise AssertionError("%s: expected %d layers and the pre-gating "
+                                 "router" % (EXAMPLE, LAYERS))
         pkg = os.path.join(d, "pkg")
         r = subprocess.run([os.path.join(args.bin, "moe-compile"), ir, "--arch",
                             "none", "-q", "-o", pkg], capture_output=True,
                            text=True)
         if r.returncode != 0:
             raise AssertionError("moe-compile failed:\n%s" % r.stderr[-2000:])
-        for t in T_VALUES:
-            x = rng.standard_normal((t, H)).astype(np.float32)
+        for t, x in token_batches(rng, H):
             ref_y, ref_ids, ref_w, fragile, m = model.forward(x)
-            fragile_n += int(fragile.sum())
-            total += t
+            tally.tokens(fragile)
             moved += m
             for run in runs:
                 if run == "python-run_all":
@@ -196,33 +162,25 @@ def main():
                     model_path, backend = ((pkg, "emu")
                                            if run == "package-emu"
                                            else (ir, run))
-                    y, routing = run_all(args.bin, model_path, x, d, backend)
+                    (y,), routing = run_all_layers(args.bin, model_path, x, d,
+                                                   backend, LAYERS)
                     routings = [("%s T=%d layer %d" % (run, t, l), ids, w)
                                 for l, (ids, w) in enumerate(routing)]
                 for label, ids, w in routings:
-                    errs, we = compare_routing(label, ids, w, ref_ids, ref_w,
-                                               fragile, TOL_W)
-                    errors += errs[:3]
-                    stats[run][1] = max(stats[run][1], we)
-                errs, ye = compare_output("%s T=%d" % (run, t), y, ref_y,
-                                          fragile, TOL_Y)
-                errors += errs
-                stats[run][0] = max(stats[run][0], ye)
+                    tally.routing(run, label, ids, w, ref_ids, ref_w, fragile,
+                                  TOL_W)
+                tally.output(run, "%s T=%d" % (run, t), y, ref_y, fragile,
+                             TOL_Y)
     if moved == 0:
-        errors.append("a router on layer 1's own input picks the same experts "
-                      "for every token: the case cannot tell pre-gating apart")
-    if fragile_n > max(2, 0.02 * total):
-        errors.append("%d of %d tokens near a tie" % (fragile_n, total))
-    print("%-4s read_me: %d tokens, %d would move under a per-layer router, "
-          "skipped near a tie %d; %s"
-          % ("FAIL" if errors else "ok", total, moved, fragile_n,
-             ", ".join("%s y_err %.2g w_err %.2g" % (b, s[0], s[1])
-                       for b, s in stats.items())))
-    for e in errors[:20]:
-        print("  " + e)
-    print("%d of 1 Read-ME cases match the numpy oracle" % (0 if errors else 1))
-    return 1 if errors else 0
-
+        tally.errors.append("a router on layer 1's own input picks the same "
+                            "experts for every token: the case cannot tell "
+                            "pre-gating apart")
+    tally.check_ties()
+    ok = tally.report("read_me", "%d tokens, %d would move under a per-layer "
+                      "router, skipped near a tie %d; %s"
+                      % (tally.total, moved, tally.fragile, tally.runs_text()))
+    print("%d of 1 Read-ME cases match the numpy oracle" % ok)
+    return 0 if ok else 1
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -54,8 +54,8 @@ from hf_models import H, write_safetensors  # noqa: E402
 from layer_check import (compare, compare_output, compare_routing,  # noqa: E402
                          gated_expert_tensors, gated_experts_ir,
                          gated_silu_experts, softmax_rows, topk_normalized)
+from oracle_case import T_VALUES, rmsnorm, run_all_layers  # noqa: E402
 
-T_VALUES = (1, 7, 64, 300)
 TOL_Y = 1e-5
 TOL_W = 1e-5
 NEAR_TIE = 1e-5
@@ -179,10 +179,6 @@ def write_module(d, layers):
     return path
 
 
-def rmsnorm(s):
-    return s / np.sqrt(np.mean(s * s, axis=1, keepdims=True) + 1e-6)
-
-
 # Where each run's moe-run reads the model and which backend runs it.
 RUNS = ("reference", "emu", "package-emu")
 
@@ -222,25 +218,6 @@ def run_with_state(bin_dir, ir, x, h, d, backend="reference"):
 
 
 CHAIN_LAYERS = 3
-
-
-def run_chain(bin_dir, ir, x, h, d, layers, backend="reference"):
-    """moe-run --all-layers on `backend` with x and the first layer's state:
-    (y, the last layer's state, [(ids, weights) of each layer])."""
-    paths = [os.path.join(d, n) for n in ("x.npy", "h.npy", "y.npy", "h1.npy")]
-    np.save(paths[0], x)
-    np.save(paths[1], h)
-    prefix = os.path.join(d, "routing")
-    cmd = [os.path.join(bin_dir, "moe-run") if bin_dir else "moe-run", ir,
-           "--all-layers", "--input", paths[0], "--input", paths[1],
-           "--output", paths[2], "--output", paths[3], "--routing-out", prefix,
-           "--backend", backend]
-    r = subprocess.run(cmd, capture_output=True, text=True)
-    if r.returncode != 0:
-        raise AssertionError("moe-run --all-layers failed:\n%s" % r.stderr[-2000:])
-    return (np.load(paths[2]), np.load(paths[3]),
-            [(np.load("%s.L%d.ids.npy" % (prefix, l)),
-              np.load("%s.L%d.weights.npy" % (prefix, l))) for l in range(layers)])
 
 
 def run_python(pkg, x, h, layers):
@@ -349,8 +326,9 @@ def check_chain(bin_dir, work, seed, runs=RUNS, lib=None):
                 y, h_last, routing = run_capi(lib, pkg, x, h0, CHAIN_LAYERS)
             else:
                 model, backend = model_of(run, ir, pkg)
-                y, h_last, routing = run_chain(bin_dir, model, x, h0, d,
-                                               CHAIN_LAYERS, backend)
+                (y, h_last), routing = run_all_layers(
+                    bin_dir, model, [x, h0], d, backend, CHAIN_LAYERS,
+                    outputs=2)
             tag = "chain %s T=%d" % (run, t)
             for l, ((ids, w), (rids, rw)) in enumerate(zip(routing or [],
                                                            ref)):

@@ -11,7 +11,7 @@
 //===----------------------------------------------------------------------===//
 
 #include "RoutingReport.h"
-#include "StatsReport.h"
+#include "Svg.h"
 
 #include "moe/lib/Analysis/Profile.h"
 #include "moe/lib/Weights/Npy.h"
@@ -41,15 +41,7 @@ Error error(const Twine &message) {
 
 /// An orange scale for the diagonal (tokens per expert), apart from the
 /// blue of the pairs.
-std::string diagonalColor(double f) {
-  f = std::clamp(f, 0.0, 1.0);
-  auto mix = [&](int a, int b) {
-    return static_cast<int>(std::lround(a + (b - a) * f));
-  };
-  return formatv("#{0:x-2}{1:x-2}{2:x-2}", mix(255, 166), mix(255, 54),
-                 mix(255, 3))
-      .str();
-}
+std::string diagonalColor(double f) { return colorScale(f, 166, 54, 3); }
 
 /// numpy.histogram's bin of `x` among `bins` equal bins over [lo, hi]
 /// (edges lo + b * (hi - lo) / bins, the last hi; half-open bins but the
@@ -268,13 +260,7 @@ std::string routingSvg(const std::vector<RoutingRow> &rows, StringRef title) {
 
   std::string s;
   raw_string_ostream os(s);
-  os << "<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n";
-  os << formatv("<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"{0}\" "
-                "height=\"{1}\" viewBox=\"0 0 {0} {1}\" "
-                "font-family=\"sans-serif\" font-size=\"11\">\n",
-                width, height);
-  os << "<title>" << svgEscape(title) << "</title>\n";
-  os << "<rect width=\"100%\" height=\"100%\" fill=\"white\"/>\n";
+  openSvg(os, width, height, title);
   os << formatv("<text x=\"{0}\" y=\"18\" font-size=\"14\">Co-activation: "
                 "tokens that chose both experts (diagonal, orange: tokens "
                 "per expert)</text>\n",
@@ -318,18 +304,16 @@ std::string routingSvg(const std::vector<RoutingRow> &rows, StringRef title) {
                           : (maxPair ? double(c) / maxPair : 0.0);
         int x = kLeft + static_cast<int>(j) * cell;
         int y = top + static_cast<int>(i) * cell;
-        os << formatv("<rect class=\"pair\" data-layer=\"{0}\" "
-                      "data-router=\"{1}\" data-i=\"{2}\" data-j=\"{3}\" "
-                      "data-tokens=\"{4}\" x=\"{5}\" y=\"{6}\" width=\"{7}\" "
-                      "height=\"{7}\" fill=\"{8}\" stroke=\"#ddd\"><title>"
-                      "{9}: experts {2} and {3}: {4} tokens</title></rect>\n",
-                      r.layer, r.router, i, j, c, x, y, cell,
-                      i == j ? diagonalColor(f) : heatColor(f), label);
-        if (cell >= 24)
-          os << formatv("<text x=\"{0}\" y=\"{1}\" text-anchor=\"middle\" "
-                        "font-size=\"8\" fill=\"{2}\">{3}</text>\n",
-                        x + cell / 2, y + cell / 2 + 3,
-                        f > 0.55 ? "white" : "black", c);
+        heatCell(os, "pair",
+                 formatv("data-layer=\"{0}\" data-router=\"{1}\" "
+                         "data-i=\"{2}\" data-j=\"{3}\" data-tokens=\"{4}\"",
+                         r.layer, r.router, i, j, c)
+                     .str(),
+                 x, y, cell, cell, i == j ? diagonalColor(f) : heatColor(f),
+                 "#ddd",
+                 formatv("{0}: experts {1} and {2}: {3} tokens", label, i, j, c)
+                     .str(),
+                 cell >= 24, c, f);
       }
     }
     os << "</g>\n";

@@ -10,6 +10,7 @@
 //===----------------------------------------------------------------------===//
 
 #include "StatsReport.h"
+#include "Svg.h"
 
 #include "llvm/Support/FormatVariadic.h"
 #include "llvm/Support/JSON.h"
@@ -30,32 +31,6 @@ Error error(const Twine &message) {
 }
 
 } // namespace
-
-/// The text of an SVG attribute or element.
-std::string svgEscape(StringRef text) {
-  std::string out;
-  for (char c : text) {
-    switch (c) {
-    case '<': out += "&lt;"; break;
-    case '>': out += "&gt;"; break;
-    case '&': out += "&amp;"; break;
-    case '"': out += "&quot;"; break;
-    default: out += c;
-    }
-  }
-  return out;
-}
-
-/// White (0) to dark blue (1).
-std::string heatColor(double f) {
-  f = std::clamp(f, 0.0, 1.0);
-  auto mix = [&](int a, int b) {
-    return static_cast<int>(std::lround(a + (b - a) * f));
-  };
-  return formatv("#{0:x-2}{1:x-2}{2:x-2}", mix(255, 8), mix(255, 48),
-                 mix(255, 107))
-      .str();
-}
 
 Expected<std::vector<StatsRow>> readStats(StringRef path) {
   auto buffer = MemoryBuffer::getFile(path);
@@ -129,13 +104,7 @@ std::string statsSvg(const std::vector<StatsRow> &rows, StringRef title) {
 
   std::string s;
   raw_string_ostream os(s);
-  os << "<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n";
-  os << formatv("<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"{0}\" "
-                "height=\"{1}\" viewBox=\"0 0 {0} {1}\" "
-                "font-family=\"sans-serif\" font-size=\"11\">\n",
-                width, height);
-  os << "<title>" << svgEscape(title) << "</title>\n";
-  os << "<rect width=\"100%\" height=\"100%\" fill=\"white\"/>\n";
+  openSvg(os, width, height, title);
   os << formatv("<text x=\"{0}\" y=\"18\" font-size=\"14\">Expert load: "
                 "tokens per expert (max {1})</text>\n",
                 kLabel, maxLoad);
@@ -161,19 +130,16 @@ std::string statsSvg(const std::vector<StatsRow> &rows, StringRef title) {
     for (auto [e, c] : llvm::enumerate(r.tokensPerExpert)) {
       double f = maxLoad > 0 ? static_cast<double>(c) / maxLoad : 0.0;
       int x = kLabel + static_cast<int>(e) * cell;
-      os << formatv("<rect class=\"cell\" data-layer=\"{0}\" "
-                    "data-router=\"{1}\" data-expert=\"{2}\" "
-                    "data-tokens=\"{3}\" x=\"{4}\" y=\"{5}\" width=\"{6}\" "
-                    "height=\"{7}\" fill=\"{8}\" stroke=\"#ccc\">"
-                    "<title>layer {0} router {1} expert {2}: {3} tokens"
-                    "</title></rect>\n",
-                    r.layer, r.router, e, c, x, y, cell, kCell,
-                    heatColor(f));
-      if (cell >= kCell)
-        os << formatv("<text x=\"{0}\" y=\"{1}\" text-anchor=\"middle\" "
-                      "font-size=\"8\" fill=\"{2}\">{3}</text>\n",
-                      x + cell / 2, y + kCell / 2 + 3,
-                      f > 0.55 ? "white" : "black", c);
+      heatCell(os, "cell",
+               formatv("data-layer=\"{0}\" data-router=\"{1}\" "
+                       "data-expert=\"{2}\" data-tokens=\"{3}\"",
+                       r.layer, r.router, e, c)
+                   .str(),
+               x, y, cell, kCell, heatColor(f), "#ccc",
+               formatv("layer {0} router {1} expert {2}: {3} tokens", r.layer,
+                       r.router, e, c)
+                   .str(),
+               cell >= kCell, c, f);
     }
   }
   os << "</g>\n";

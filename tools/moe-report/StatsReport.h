@@ -24,10 +24,6 @@ struct StatsRow {
 /// The rows of a moe-run --stats file, or an error naming the file and the
 /// field that is missing or malformed.
 llvm::Expected<std::vector<StatsRow>> readStats(llvm::StringRef path);
-/// The text of an SVG attribute or element, escaped.
-std::string svgEscape(llvm::StringRef text);
-/// The fill of a heat-map cell: white (0) to dark blue (1).
-std::string heatColor(double f);
 
 /// The SVG: heat map (rows x experts) and imbalance bars.
 std::string statsSvg(const std::vector<StatsRow> &rows, llvm::StringRef title);

@@ -15,8 +15,12 @@
 #include "mlir/IR/Builders.h"
 #include "mlir/IR/BuiltinOps.h"
 
+#include "llvm/ADT/ArrayRef.h"
+#include "llvm/ADT/STLFunctionalExtras.h"
 #include "llvm/ADT/StringRef.h"
+#include "llvm/Support/Error.h"
 
+#include <functional>
 #include <string>
 
 namespace moe {
@@ -61,6 +65,20 @@ public:
                              RankedTensorType type, ::moe::DType dtype,
                              llvm::ArrayRef<int64_t> storedShape,
                              llvm::ArrayRef<uint8_t> bytes);
+
+  /// Produces a streamed weight's bytes at commit(): calls the sink with
+  /// consecutive pieces that together hold the whole tensor.
+  using Producer = std::function<llvm::Error(
+      llvm::function_ref<llvm::Error(llvm::ArrayRef<uint8_t>)>)>;
+
+  /// Adds tensor `name` of `type` (f32, bf16 or f16, stored as it is) whose
+  /// bytes `produce` hands over only while commit() writes the file, and
+  /// builds a `moe.weight` reading it at `b`: the pass never holds the
+  /// tensor, so a rewrite of a model of any size needs the memory of one
+  /// piece. `produce` must stay valid until commit().
+  FailureOr<WeightOp> addStreamed(OpBuilder &b, Location loc,
+                                  llvm::StringRef name, RankedTensorType type,
+                                  Producer produce);
 
   /// Writes the file atomically (nothing when no tensor was added); errors
   /// are emitted on the module.

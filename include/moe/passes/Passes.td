@@ -369,8 +369,7 @@ def MoEShardExperts : Pass<"moe-shard-experts", "::mlir::ModuleOp"> {
   let description = [{
     For every MoE layer with a placement (`--moe-plan-placement`), keeps
     the routed experts whose physical slots sit on GPU `rank` (replicas
-    included), with their weights (new weights, like the other expert
-    passes: beside moe-opt's `-o` file or `weights-out`), and inserts before
+    included), with their weights, and inserts before
     the dispatch a `moe.remap_experts` that empties the slots of experts
     other ranks serve (id -1, weight 0) and renumbers the others to the
     rank's local experts. An expert with several replicas splits the tokens:
@@ -382,6 +381,14 @@ def MoEShardExperts : Pass<"moe-shard-experts", "::mlir::ModuleOp"> {
     array<i64: ...>` (the layer expert of each local expert). Experts of
     unequal width keep their widths (`widths` lists the local experts'),
     stacked at the layer's size.
+
+    No expert weight is held in memory: a `moe.weight` naming one
+    checkpoint tensor per expert keeps the names of the rank's experts (no
+    new file); one tensor holding every expert becomes a new weight of the
+    rank's rows, copied row by row into the new weights' file (beside
+    moe-opt's `-o` file, or `weights-out`) when the pass ends; a constant
+    is sliced where it is, in the IR. The memory needed is one expert's
+    slice, whatever the model's size.
 
     With `routing=given` the routing comes from the caller (an engine that
     ran the router and dispatched the tokens): each placed layer's function
@@ -410,7 +417,8 @@ def MoEShardExperts : Pass<"moe-shard-experts", "::mlir::ModuleOp"> {
            "router, replicas split tokens by row) or given (the caller's "
            "physical slot ids; the router becomes <function>_router)">,
     Option<"weightsOut", "weights-out", "std::string", "\"\"",
-           "Where the rank's expert weights go (default: beside -o)">,
+           "Where the rank's new expert weights go, if any (default: "
+           "beside -o)">,
   ];
   let dependentDialects = ["::mlir::moe::MoEDialect"];
 }

@@ -42,7 +42,8 @@ struct HostTensor {
 };
 
 /// Loads `moe.weight` tensors from safetensors files, converting F32, BF16
-/// and F16 exactly to f32; files are opened once and memory-mapped.
+/// and F16 exactly to f32; files are opened once, their tensors read with
+/// pread (SafetensorsFile::read), so no file page stays resident.
 class WeightLoader {
 public:
   /// Relative file names resolve against `root`.
@@ -66,6 +67,18 @@ public:
   loadBytes(const std::vector<std::string> &names,
             const std::vector<std::string> &files, bool stacked,
             const std::vector<int64_t> &shape, llvm::StringRef elementType);
+
+  /// Hands `sink` the bytes of the rows `rows` (of the leading dimension, in
+  /// that order) of the weight that is the single checkpoint tensor `name`
+  /// of `file`, of `shape` and `elementType` (f32, bf16 or f16; checked as
+  /// loadBytes checks them), each read from the file as loadBytes reads
+  /// it: a selection of the experts of a fused expert tensor needs the
+  /// memory of one expert. Not for a provider's weights.
+  llvm::Error
+  forEachRow(const std::string &name, const std::string &file,
+             const std::vector<int64_t> &shape, llvm::StringRef elementType,
+             llvm::ArrayRef<int64_t> rows,
+             llvm::function_ref<llvm::Error(llvm::ArrayRef<uint8_t>)> sink);
 
   /// Serves every weight from `provider` instead of safetensors files
   /// (packages): it receives the weight's description and returns f32

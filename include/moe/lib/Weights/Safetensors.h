@@ -125,17 +125,22 @@ public:
   /// Raw little-endian bytes of a tensor of this file.
   llvm::ArrayRef<uint8_t> rawData(const TensorInfo &info) const;
 
-  /// Says that the bytes of `info` are not needed for now: when the file is
-  /// memory-mapped, its pages leave this process's resident set (they stay
-  /// in the page cache and are read again if rawData is used later). Tools
-  /// that stream a model tensor by tensor call it after each tensor, so
-  /// that their peak memory does not grow with the size of the file.
-  void releasePages(const TensorInfo &info) const;
+  /// Copies `size` bytes of the tensor `info`, from its byte `offset`, to
+  /// `dst`. A file opened from disk is read (pread on the descriptor opened
+  /// with it), never through its mapping: the bytes pass through the page
+  /// cache only, so that streaming a model tensor by tensor keeps no file
+  /// page in the resident set, and a file truncated after it was opened is
+  /// an error naming it and the tensor, not SIGBUS.
+  llvm::Error read(const TensorInfo &info, uint64_t offset, uint64_t size,
+                   uint8_t *dst) const;
+  /// The whole tensor `info`, read as read() does.
+  llvm::Expected<std::vector<uint8_t>> readBytes(const TensorInfo &info) const;
 
   /// Raw bytes of the tensor `name`; an error if there is no such tensor.
   llvm::Expected<llvm::ArrayRef<uint8_t>> rawData(llvm::StringRef name) const;
 
-  /// The tensor `name` converted to float exactly (F32, F16 or BF16).
+  /// The tensor `name` converted to float exactly (F32, F16 or BF16), read
+  /// as read() does.
   llvm::Expected<std::vector<float>> readF32(llvm::StringRef name) const;
 
   /// Length of the JSON header in bytes (without the 8-byte length prefix).
@@ -144,12 +149,16 @@ public:
   /// Length of the data section in bytes.
   uint64_t dataSize() const;
 
+  ~SafetensorsFile();
+
 private:
   SafetensorsFile() = default;
   llvm::Error parse();
 
   std::string filePath;
   std::unique_ptr<llvm::MemoryBuffer> buffer;
+  /// The file open() opened (its buffer maps it), or -1 (fromBuffer).
+  int fd = -1;
   uint64_t headerBytes = 0;
   std::vector<TensorInfo> entries;
   std::map<std::string, std::string> metadataEntries;
