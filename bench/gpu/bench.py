@@ -20,7 +20,19 @@ What it does (the layout of the prepared folder is in bench/gpu/prepare.sh):
    its tensors into the package (moe_model_bind_tensor), checks our layer
    against the block in float32 and bf16, then times ours, HF eager,
    torch.compile, a cuBLAS baseline and torch grouped_mm side by side, and
-   reports each against the memory and matrix floors.
+   reports each against the memory and matrix floors;
+4. the old kernel path beside the new one, in the same worker on the same
+   bound weights and inputs: each shape's package compiled with
+   --gemm=mma (single-stage mma.sync k loop) beside the default
+   (--gemm=pipelined, cp.async stages) at the token counts where the grouped
+   kernels run, and old/new ratios ("compare" in the index);
+5. quantized shapes (prepared/quant/index.json: DeepSeek-V3 FP8, gpt-oss
+   MXFP4): random codes and scales bound on the GPU, ours timed, and the FP8
+   shape's --moe-optimize="fp8-activations=true" package (FP8 tensor cores)
+   beside the default (codes dequantized to bf16).
+
+--dry-run lists what would be timed (packages, token counts, old/new
+paths) from the prepared folder, without torch or a GPU.
 
 Each stage runs in its own worker process (this file with --worker), so that
 a crash, a sticky CUDA error or a hang loses that stage only; workers write
@@ -174,6 +186,67 @@ def gpu_name_from_smi():
         return "unknown"
 
 
+def load_entries(args, errors):
+    """(shapes, quantized shapes) of the prepared folder's index files,
+    restricted to --shapes (a quantized shape by its own name or by the
+    shape it quantizes, e.g. deepseek-v3 for deepseek-v3-fp8)."""
+    out = []
+    for sub, required in (("shapes", True), ("quant", False)):
+        path = os.path.join(args.prepared, sub, "index.json")
+        entries = read_json(path, None)
+        if entries is None:
+            if required or os.path.isdir(os.path.dirname(path)):
+                errors.append("%s is missing or not JSON (run bench/gpu/prepare.sh)" % path)
+            entries = []
+        for e in entries:
+            e["folder"] = sub
+        out.append(entries)
+    if args.shapes:
+        known = set(e.get("name") for e in out[0] + out[1])
+        unknown = sorted(set(args.shapes) - known)
+        if unknown:
+            errors.append("unknown shapes: %s" % ", ".join(unknown))
+        wanted = set(args.shapes)
+        out = [[e for e in entries if e.get("name") in wanted or
+                e.get("name", "").rsplit("-", 1)[0] in wanted] for entries in out]
+    return out[0], out[1]
+
+
+def dry_run(args):
+    """What a run would time, from the prepared folder (no torch, no GPU):
+    one line per shape and per kernel-path comparison; 1 when a package
+    that would be timed is missing."""
+    errors = []
+    shapes, quants = load_entries(args, errors)
+    for kind, e in [("shape", s) for s in shapes] + [("quant", q) for q in quants]:
+        base = os.path.join(args.prepared, e["folder"])
+        tokens = args.tokens or e.get("tokens") or DEFAULT_TOKENS
+        packages = [e["package"]] + [c[side]["package"] for c in e.get("compare") or []
+                                     for side in ("new", "old")]
+        for pkg in packages:
+            if not os.path.isfile(os.path.join(base, pkg, "manifest.json")):
+                errors.append("%s %s: package %s is missing" % (kind, e["name"], pkg))
+        own = "ours"
+        for c in e.get("compare") or []:
+            for side in ("new", "old"):
+                if c[side]["package"] == e["package"]:
+                    own = "ours (%s)" % c[side]["label"]
+        baselines = ("HF eager, torch.compile, cuBLAS, grouped_mm, HF grouped_mm"
+                     if kind == "shape" else "none (random codes bound on the GPU)")
+        print("%s %s: %s at T %s; baselines: %s" % (
+            kind, e["name"], own, ",".join(map(str, tokens)), baselines))
+        for c in e.get("compare") or []:
+            at = [T for T in c["tokens"] if T in tokens]
+            print("  %s: new %s (%s) vs old %s (%s) at T %s, ratio old/new" % (
+                c["what"], c["new"]["label"], c["new"]["package"], c["old"]["label"],
+                c["old"]["package"], ",".join(map(str, at)) or "none"))
+    print("budget %.0f s: ceilings, small packages, then %d shapes and %d quantized shapes, "
+          "each an equal share of what is left" % (args.budget_s, len(shapes), len(quants)))
+    for e in errors:
+        print("ERROR: " + e)
+    return 1 if errors else 0
+
+
 def parent_main(args):
     t0 = now()
     deadline = t0 + args.budget_s
@@ -237,43 +310,35 @@ def parent_main(args):
         save()
         progress("small packages: %s" % small_verdict(results["small"]))
 
-    # 3. Shapes.
-    shapes_index = os.path.join(args.prepared, "shapes", "index.json")
-    shapes = read_json(shapes_index, None)
-    if shapes is None:
-        results["errors"].append("%s is missing or not JSON (run bench/gpu/prepare.sh)"
-                                 % shapes_index)
-        shapes = []
-    if args.shapes:
-        unknown = sorted(set(args.shapes) - set(s.get("name") for s in shapes))
-        if unknown:
-            results["errors"].append("unknown shapes: %s" % ", ".join(unknown))
-        shapes = [s for s in shapes if s.get("name") in args.shapes]
-    for i, shape in enumerate(shapes):
+    # 3. Shapes, then quantized shapes: each gets an equal share of what is left.
+    shapes, quants = load_entries(args, results["errors"])
+    items = [("shape", s) for s in shapes] + [("quant", q) for q in quants]
+    results["quant"] = []
+    for i, (kind, shape) in enumerate(items):
         name = shape.get("name", "shape%d" % i)
+        into = results["shapes"] if kind == "shape" else results["quant"]
         left = deadline - now()
         if left <= 5:
-            results["shapes"].append({"name": name, "spec": shape,
-                                      "skipped": "budget of %.0f s exceeded before this shape"
-                                                 % args.budget_s})
-            progress("shape %s: skipped (budget)" % name)
+            into.append({"name": name, "spec": shape,
+                         "skipped": "budget of %.0f s exceeded before this shape" % args.budget_s})
+            progress("%s %s: skipped (budget)" % (kind, name))
             save()
             continue
-        share = left / (len(shapes) - i)
-        progress("shape %s: start (soft share %.0f s, %.0f s left)" % (name, share, left))
-        log, part = part_paths("shape-" + name)
+        share = left / (len(items) - i)
+        progress("%s %s: start (soft share %.0f s, %.0f s left)" % (kind, name, share, left))
+        log, part = part_paths(kind + "-" + name)
         extra = ["--soft-deadline", str(now() + share), "--hard-deadline", str(deadline)]
         if tokens_arg:
             extra += ["--tokens", tokens_arg]
         # Killed at twice its share at most (a hung kernel must not take the
         # other shapes' time), or at the end of the budget plus a margin.
         kill = min(deadline - now() + 45, 2 * share + 30)
-        res = run_worker(args, "shape", name, extra, kill, log, part)
+        res = run_worker(args, kind, name, extra, kill, log, part)
         res.setdefault("name", name)
         res.setdefault("spec", shape)
-        results["shapes"].append(res)
+        into.append(res)
         save()
-        progress("shape %s: %s" % (name, shape_verdict(res)))
+        progress("%s %s: %s" % (kind, name, shape_verdict(res)))
 
     results["goals"] = evaluate_goals(results)
     results["ok"], results["failures"] = overall_verdict(results)
@@ -373,8 +438,49 @@ def shape_rows(res, ceilings):
             base = case_us(c.get(name))
             row[name + "_us"] = base
             row["x_" + name] = base / ours if base and ours else None
+        row["paths"] = path_rows(res.get("spec") or {}, c, T)
         rows.append(row)
     return rows
+
+
+def path_rows(spec, c, T):
+    """One dict per comparison of the entry timed at T: the new and old
+    paths' times and old / new (above 1: the new path is faster)."""
+    out = []
+    for cmp_ in spec.get("compare") or []:
+        if T not in cmp_.get("tokens", []):
+            continue
+        new = case_us(c.get(path_case(spec, cmp_["new"])))
+        old = case_us(c.get(path_case(spec, cmp_["old"])))
+        out.append({"what": cmp_["what"], "new": cmp_["new"]["label"],
+                    "old": cmp_["old"]["label"], "new_us": new, "old_us": old,
+                    "old_over_new": old / new if old and new else None,
+                    "new_cell": case_cell(c.get(path_case(spec, cmp_["new"]))),
+                    "old_cell": case_cell(c.get(path_case(spec, cmp_["old"])))})
+    return out
+
+
+def paths_section(results):
+    """The old and new kernel paths side by side (markdown lines)."""
+    ceilings = results.get("ceilings") or {}
+    lines = ["", "## New vs old kernel paths (same run, same weights and inputs)", "",
+             "| shape | what | T | new | new µs | old | old µs | old / new |",
+             "|---|---|---|---|---|---|---|---|"]
+    count = 0
+    for res in (results.get("shapes") or []) + (results.get("quant") or []):
+        for r in shape_rows(res, ceilings):
+            for p in r["paths"]:
+                lines.append("| %s | %s | %s | %s | %s | %s | %s | %s |" % (
+                    res.get("name"), p["what"], r["T"], p["new"], p["new_cell"][:60], p["old"],
+                    p["old_cell"][:60],
+                    "x%.2f" % p["old_over_new"] if p["old_over_new"] else "-"))
+                count += 1
+    if not count:
+        lines.append("| (nothing timed) | | | | | | | |")
+    lines += ["", "Decode (T * K within the decode kernels' gate) has no old path to time: "
+              "the combine is folded into decode_down (3 launches per layer at T <= 8) and "
+              "the former 4-launch path no longer exists."]
+    return lines
 
 
 def evaluate_goals(results):
@@ -441,8 +547,11 @@ def shape_verdict(res):
     judged = [c for c in corr if c.get("judged")]
     ok = judged and all(c.get("pass") for c in judged)
     timed = sum(1 for c in (res.get("cases") or {}).values() if case_us(c.get("ours")))
+    # Quantized shapes run on random codes: nothing to judge them against.
+    verdict = ("yes" if ok else "NO") if judged or not (res.get("spec") or {}).get("quant") \
+        else "not judged (random codes)"
     return "correct: %s, ours timed at %d token counts, %d errors" % (
-        "yes" if ok else "NO", timed, len(res.get("errors") or []))
+        verdict, timed, len(res.get("errors") or []))
 
 
 def overall_verdict(results):
@@ -465,14 +574,14 @@ def overall_verdict(results):
                 package, what, ", ".join(cases), " (%s)" % err[:160] if err else ""))
         if not small.get("checks"):
             failures.append("small: no check ran")
-    for res in results.get("shapes", []):
+    for res in results.get("shapes", []) + (results.get("quant") or []):
         name = res.get("name")
         if res.get("skipped"):
             failures.append("%s: skipped (%s)" % (name, res["skipped"]))
             continue
         failures += ["%s: %s" % (name, e) for e in res.get("errors") or []]
         judged = [c for c in res.get("correctness") or [] if c.get("judged")]
-        if not judged:
+        if not judged and not (res.get("spec") or {}).get("quant"):
             failures.append("%s: no correctness check ran" % name)
         for c in judged:
             if not c.get("pass"):
@@ -482,6 +591,11 @@ def overall_verdict(results):
             if o.get("median_us") is None:
                 failures.append("%s T=%s: ours not timed (%s)" % (
                     name, T, o.get("error") or o.get("skipped") or "no result"))
+            for case, at in sorted(path_tokens(res.get("spec") or {}).items()):
+                p = c.get(case) or {}
+                if int(T) in at and p.get("median_us") is None:
+                    failures.append("%s T=%s %s: not timed (%s)" % (
+                        name, T, case, p.get("error") or p.get("skipped") or "no result"))
             for case in CASES[1:]:
                 if (c.get(case) or {}).get("error"):
                     failures.append("%s T=%s %s: %s" % (name, T, case, c[case]["error"][:120]))
@@ -554,11 +668,15 @@ def render_tables(results):
             full.append("- ERROR: " + e)
         short.append("small packages: " + small_verdict(small))
 
-    # Shapes.
-    for res in results.get("shapes", []):
+    # Shapes, then quantized shapes (no baselines: random codes).
+    entries = [(r, CASES[1:]) for r in results.get("shapes", [])] + [
+        (r, []) for r in results.get("quant") or []]
+    for res, baselines in entries:
         spec = res.get("spec") or {}
-        title = "## %s (%s: H=%s, I=%s, E=%s, k=%s%s), layer %s" % (
-            res.get("name"), spec.get("arch"), spec.get("hidden"), spec.get("intermediate"),
+        title = "## %s (%s%s: H=%s, I=%s, E=%s, k=%s%s), layer %s" % (
+            res.get("name"), spec.get("arch"),
+            ", %s experts, random codes" % spec["quant"] if spec.get("quant") else "",
+            spec.get("hidden"), spec.get("intermediate"),
             spec.get("experts"), spec.get("top_k"),
             ", shared I=%s" % spec.get("shared_intermediate") if spec.get("shared_intermediate")
             else "", spec.get("layer"))
@@ -580,10 +698,11 @@ def render_tables(results):
             continue
         hdr = ["T", "ours µs", "mem floor µs", "% mem", "mm floor µs", "% mm",
                "ours CUDA graph µs (% mem)", "experts touched"]
-        hdr += ["%s µs (ours x)" % CASE_TITLES[c] for c in CASES[1:]] + ["ours vs HF bf16"]
+        hdr += ["%s µs (ours x)" % CASE_TITLES[c] for c in baselines]
+        hdr += ["ours vs HF bf16"] if baselines else []
         full += ["| " + " | ".join(hdr) + " |", "|" + "---|" * len(hdr)]
         sh = ["T", "ours µs", "% mem", "% mm", "graph µs (% mem)"] + [
-            "x " + CASE_TITLES[c] for c in CASES[1:5]]
+            "x " + CASE_TITLES[c] for c in baselines[:4]]
         short += ["| " + " | ".join(sh) + " |", "|" + "---|" * len(sh)]
         cases = res.get("cases") or {}
         for r in rows:
@@ -593,19 +712,20 @@ def render_tables(results):
                      case_cell(c.get("ours-graph")) + (" (%s)" % fmt(r["pct_mem_graph"], 2)
                                                        if r["pct_mem_graph"] else ""),
                      fmt(r["distinct"])]
-            for name in CASES[1:]:
+            for name in baselines:
                 cell = case_cell(c.get(name))
                 if r.get("x_" + name) is not None:
                     cell += " (x%.2f)" % r["x_" + name]
                 cells.append(cell)
             chk = r.get("check") or {}
-            cells.append(fmt(chk.get("median_token")) if chk else "-")
+            if baselines:
+                cells.append(fmt(chk.get("median_token")) if chk else "-")
             full.append("| " + " | ".join(cells) + " |")
             scells = [str(r["T"]), case_cell(c.get("ours"))[:40], fmt(r["pct_mem"], 2),
                       fmt(r["pct_mm"], 2),
                       ("%s (%s)" % (fmt(r["graph_us"]), fmt(r["pct_mem_graph"], 2)))
                       if r["graph_us"] else case_cell(c.get("ours-graph"))[:20]]
-            for name in CASES[1:5]:
+            for name in baselines[:4]:
                 x = r.get("x_" + name)
                 cc = c.get(name) or {}
                 scells.append("%.2f" % x if x is not None else
@@ -626,6 +746,9 @@ def render_tables(results):
                 "T=%s: %s" % (T, ", ".join("%s %.1f" % (n, v.get("us_per_call", 0))
                                           for n, v in sorted(ks.items())))
                 for T, ks in sorted(kernels.items(), key=lambda kv: int(kv[0]))))
+    paths = paths_section(results)
+    full += paths
+    short += paths
     notes = [
         "",
         "Notes:",
@@ -652,6 +775,16 @@ def render_tables(results):
         "< %g and fewer than %g%% of the tokens exceed %g%% (bf16 routing flips on near-ties "
         "are possible); the bf16 comparisons are for information." % (
             MEDIAN_TOLERANCE, MAX_BAD_FRACTION * 100, BAD_TOKEN * 100),
+        "- new vs old kernel paths: the other package of the same layer (moe-compile "
+        "--gemm=mma: single-stage mma.sync k loop; the default --gemm=pipelined: cp.async "
+        "stages; fp8-activations=true: FP8 tensor cores, the default dequantizes FP8 codes "
+        "to bf16) bound to the same device weights, timed right after ours at each T where "
+        "the grouped kernels run, on the same rotated inputs; 'new vs old' correctness rows "
+        "compare the two outputs (fp8-activations for information: its contract is a "
+        "relative RMS error of 2^-4 against the reference).",
+        "- quantized shapes: random FP8 / FP4 codes and scales bound on the GPU (no HF "
+        "block or baseline); bytes per expert as stored; the matrix floor is at the bf16 "
+        "rate (FP8 tensor cores peak at twice it).",
     ]
     full += notes
     goal_lines = ["", "## Goals (recorded, not failed on)", ""]
@@ -1001,11 +1134,21 @@ def stack_sources(tensors, shape):
     return out
 
 
-def bind_block(model, block, layer):
+def tensor_key(tensor):
+    """What makes two packages' manifest tensors the same weight: names,
+    shape and dtype (the packages of one layer compiled with other options
+    share their device copies)."""
+    return (tuple(tensor.get("names") or []), tuple(int(d) for d in tensor["shape"]),
+            tensor["dtype"])
+
+
+def bind_block(model, block, layer, shared=None):
     """Binds the block's state_dict tensors into the package: each module key
     k supplies the manifest tensor whose name ends with "." + k (within model
     layer `layer`). Shapes must match exactly. Returns a report; raises when
-    a shape-only tensor stays unbound or a shape differs."""
+    a shape-only tensor stays unbound or a shape differs. `shared` (a dict,
+    tensor_key -> device copy) lets another package of the same layer bind
+    the same device memory instead of a copy of its own."""
     from moe_runtime import match_manifest_tensors, tensor_nbytes
     sd = block.state_dict()
     matches = match_manifest_tensors(model.tensors, sd.keys(), layer)
@@ -1023,16 +1166,22 @@ def bind_block(model, block, layer):
             (report["unbound"] if m.shape_only else report["keeps_package_data"]).append(
                 "%s (no HF key is a suffix of %s)" % (m.label(), m.missing[0]))
             continue
-        srcs = [sd[s] for s in m.sources]
-        shape = [int(d) for d in m.tensor["shape"]]
-        if m.tensor.get("stacked"):
-            t = stack_sources(srcs, shape)
+        key = tensor_key(m.tensor)
+        if shared is not None and key in shared:
+            owner, ptr, nbytes = shared[key]
         else:
-            t = srcs[0]
-        if list(t.shape) != shape:
-            raise ValueError("%s: the HF tensor %s has shape %s, the manifest %s"
-                             % (m.label(), m.sources[0], list(t.shape), shape))
-        owner, ptr, nbytes = device_copy(t, m.tensor["dtype"])
+            srcs = [sd[s] for s in m.sources]
+            shape = [int(d) for d in m.tensor["shape"]]
+            if m.tensor.get("stacked"):
+                t = stack_sources(srcs, shape)
+            else:
+                t = srcs[0]
+            if list(t.shape) != shape:
+                raise ValueError("%s: the HF tensor %s has shape %s, the manifest %s"
+                                 % (m.label(), m.sources[0], list(t.shape), shape))
+            owner, ptr, nbytes = device_copy(t, m.tensor["dtype"])
+            if shared is not None:
+                shared[key] = (owner, ptr, nbytes)
         if nbytes != tensor_nbytes(m.tensor) or nbytes != int(m.tensor.get("bytes", nbytes)):
             raise ValueError("%s: %d bytes, the manifest says %s" % (
                 m.label(), nbytes, m.tensor.get("bytes")))
@@ -1312,8 +1461,11 @@ def worker_shape(args, part, budget):
     d["setup"]["block"] = type(block).__name__
     d["setup"]["parameters"] = {k: list(v.shape) for k, v in block.state_dict().items()}
     t = now()
+    shared = {}
     with torch.no_grad():
-        d["bind"] = bind_block(model, block, layer)
+        d["bind"] = bind_block(model, block, layer, shared)
+        paths = open_paths(d, spec, base, args,
+                           lambda m, block=block: bind_block(m, block, layer, shared))
     torch.cuda.synchronize()
     d["setup"]["bind_s"] = round(now() - t, 2)
     d["notes"].append("bound %d HF tensors (%.2f GB) into the shape-only package, %.1f s" % (
@@ -1324,9 +1476,195 @@ def worker_shape(args, part, budget):
 
     with torch.no_grad():
         shape_correctness(d, part, model, block, model_type, config, layer, H, act_dtype, seed)
-        shape_timings(d, part, model, block, config, model_type, layer, H, act_dtype, tokens,
-                      seed, budget)
+        path_checks(d, part, model, paths, spec, layer, H, act_dtype, seed)
+        shape_timings(d, part, model, paths, block, config, model_type, layer, H, act_dtype,
+                      tokens, seed, budget)
     del block
+    for m in paths.values():
+        m.close()
+    model.close()
+    torch.cuda.empty_cache()
+
+
+# --- old and new kernel paths ---------------------------------------------
+
+def path_case(spec, side):
+    """The case name of one side of a comparison: "ours" for the entry's own
+    package, "ours[LABEL]" for another package of the same layer."""
+    return "ours" if side["package"] == spec["package"] else "ours[%s]" % side["label"]
+
+
+def path_tokens(spec):
+    """{case: token counts} of the entry's other packages."""
+    out = {}
+    for c in spec.get("compare") or []:
+        for side in ("new", "old"):
+            case = path_case(spec, c[side])
+            if case != "ours":
+                out.setdefault(case, [])
+                out[case] += [int(T) for T in c["tokens"] if int(T) not in out[case]]
+    return out
+
+
+def open_paths(d, spec, base, args, bind):
+    """{case: Model}: the entry's other packages (moe-compile --gemm=mma,
+    fp8-activations), each bound by bind(model) to the weights of the
+    entry's own package (the same device memory)."""
+    from moe_runtime import Model
+    models = {}
+    for c in spec.get("compare") or []:
+        for side in ("new", "old"):
+            case = path_case(spec, c[side])
+            if case == "ours" or case in models:
+                continue
+            try:
+                m = Model(os.path.join(base, c[side]["package"]), backend="cuda", device=0,
+                          lib=args.lib)
+                bind(m)
+                models[case] = m
+            except Exception as e:
+                d["errors"].append("%s path %s (%s): %s" % (c["what"], c[side]["label"],
+                                                            c[side]["package"], error_text(e)))
+                traceback.print_exc()
+    return models
+
+
+def path_checks(d, part, model, paths, spec, layer, H, act_dtype, seed):
+    """Each comparison's new path against its old one on the same input, at
+    its first token count (grouped kernels): judged like the shapes, except
+    fp8-activations (information: its error contract is relative RMS 2^-4
+    against the reference, docs/codegen.md)."""
+    import torch
+    for c in spec.get("compare") or []:
+        cases = [path_case(spec, c[side]) for side in ("new", "old")]
+        if any(k != "ours" and k not in paths for k in cases) or not c["tokens"]:
+            continue
+        T = int(c["tokens"][0])
+        g = torch.Generator(device=DEVICE)
+        g.manual_seed(seed + 3 * T)
+        x = torch.randn(T, H, generator=g, device=DEVICE).to(act_dtype)
+        vs = "%s vs %s" % (c["new"]["label"], c["old"]["label"])
+        judged = "fp8-activations" not in c["new"]["label"]
+        try:
+            new, old = [run_ours(model if k == "ours" else paths[k], layer, x) for k in cases]
+            d["correctness"].append(compare(new, old, judged, vs, T))
+        except Exception as e:
+            d["correctness"].append({"T": T, "vs": vs, "judged": judged, "pass": False,
+                                     "error": error_text(e)})
+        part.save()
+
+
+# --- quantized shapes ----------------------------------------------------------
+
+# RMS of the 254 finite E4M3 values: random codes times a scale of
+# 1 / (E4M3_RMS * sqrt(fan_in)) give weights of about 1 / sqrt(fan_in).
+E4M3_RMS = 100.06
+
+
+def random_device_tensor(t, g):
+    """(owner, pointer, nbytes): random contents for manifest tensor `t`
+    (never zeros), 16-byte aligned on the device: FP8 E4M3 codes (NaN codes
+    moved to their neighbours), FP4 pairs, E8M0 exponents 2^-8..2^-1 (as
+    moe-bench --random-weights), f32 block scales ("*scale_inv") of
+    U(0.5, 1.5) / (E4M3_RMS * sqrt(fan_in)), other matrices N(0,
+    1/fan_in), vectors N(0, 0.1^2)."""
+    import torch
+    from moe_runtime import DTYPE_BYTES
+    nbytes = int(t["bytes"])
+    raw = torch.zeros(nbytes + 48, dtype=torch.uint8, device=DEVICE)
+    offset = (-raw.data_ptr()) % 16
+    view = raw[offset:offset + nbytes]
+    dtype, shape = t["dtype"], [int(x) for x in t["shape"]]
+    name = (t.get("names") or [""])[0]
+    if dtype in ("f8E4M3FN", "f4E2M1FN"):
+        view.copy_(torch.randint(0, 256, (nbytes,), generator=g, device=DEVICE,
+                                 dtype=torch.uint8))
+        if dtype == "f8E4M3FN":
+            view.bitwise_xor_(((view & 0x7F) == 0x7F).to(torch.uint8))
+    elif dtype == "f8E8M0FNU":
+        view.copy_(119 + torch.randint(0, 8, (nbytes,), generator=g, device=DEVICE,
+                                       dtype=torch.uint8))
+    elif dtype in ("f32", "bf16", "f16"):
+        count = nbytes // DTYPE_BYTES[dtype]
+        if name.endswith("scale_inv"):
+            fan_in = 128 * shape[-1]
+            v = torch.rand(count, generator=g, device=DEVICE).add_(0.5).mul_(
+                1.0 / (E4M3_RMS * math.sqrt(fan_in)))
+        elif len(shape) >= 2:
+            v = torch.randn(count, generator=g, device=DEVICE).mul_(1.0 / math.sqrt(shape[-1]))
+        else:
+            v = torch.randn(count, generator=g, device=DEVICE).mul_(0.1)
+        view.view(torch_dtype(dtype)).copy_(v)
+    elif dtype in ("i32", "u32"):
+        view.view(torch.int32).copy_(torch.randint(0, 4, (nbytes // 4,), generator=g,
+                                                   device=DEVICE, dtype=torch.int32))
+    else:
+        raise ValueError("%s: no random values for dtype %s" % (name, dtype))
+    return raw, view.data_ptr(), nbytes
+
+
+def bind_random(model, seed, shared):
+    """Binds every tensor without data to random values (random_device_tensor;
+    `shared` as in bind_block). Returns a report."""
+    import torch
+    from moe_runtime import is_shape_only
+    g = torch.Generator(device=DEVICE)
+    g.manual_seed(seed)
+    report = {"bound": 0, "bytes": 0, "dtypes": {}}
+    for t in model.tensors:
+        if t.get("constant") or not is_shape_only(t):
+            continue
+        key = tensor_key(t)
+        if key not in shared:
+            shared[key] = random_device_tensor(t, g)
+        owner, ptr, nbytes = shared[key]
+        model.bind(t["index"], ptr, nbytes, owner)
+        report["bound"] += 1
+        report["bytes"] += nbytes
+        report["dtypes"][t["dtype"]] = report["dtypes"].get(t["dtype"], 0) + 1
+    return report
+
+
+def worker_quant(args, part, budget):
+    """A quantized shape: random codes and scales bound on the GPU (no
+    transformers block reads these formats here), ours timed at every T and
+    the other kernel paths of the entry beside it."""
+    torch = torch_modules()
+    from moe_runtime import Model
+    d = part.data
+    base = os.path.join(args.prepared, "quant")
+    spec = next((s for s in read_json(os.path.join(base, "index.json"), [])
+                 if s.get("name") == args.name), None)
+    if spec is None:
+        raise ValueError("quantized shape %s is not in quant/index.json" % args.name)
+    d.update({"name": args.name, "spec": spec, "errors": [], "notes": [], "correctness": [],
+              "cases": {}, "kernels": {}})
+    tokens = args.tokens or spec.get("tokens") or DEFAULT_TOKENS
+    layer, H, seed = int(spec["layer"]), int(spec["hidden"]), 4321
+    t = now()
+    model = Model(os.path.join(base, spec["package"]), backend="cuda", device=0, lib=args.lib)
+    if layer not in model.layers or model.hidden(layer) != H:
+        raise ValueError("layer %d of width %d is not an MoE layer of the package (layers %s)"
+                         % (layer, H, model.layers))
+    act_dtype = torch_dtype(model.activation_type(layer))
+    per_expert, other = manifest_bytes(model, spec)
+    d["bytes"] = {"per_expert": per_expert, "other": other,
+                  "activation_bytes": 2 if act_dtype != torch.float32 else 4}
+    shared = {}
+    d["bind"] = bind_random(model, seed, shared)
+    paths = open_paths(d, spec, base, args, lambda m: bind_random(m, seed, shared))
+    torch.cuda.synchronize()
+    d["setup"] = {"bind_s": round(now() - t, 2)}
+    dtypes = ", ".join("%d %s" % (n, k) for k, n in sorted(d["bind"]["dtypes"].items()))
+    d["notes"].append("random codes and scales bound on the GPU (%s), %.2f GB, %.1f s; "
+                      "bytes per expert as stored (codes and scales)" % (
+                          dtypes, d["bind"]["bytes"] / 1e9, d["setup"]["bind_s"]))
+    part.save()
+    with torch.no_grad():
+        path_checks(d, part, model, paths, spec, layer, H, act_dtype, seed)
+        time_ours(d, part, model, paths, spec, layer, H, act_dtype, tokens, seed, budget)
+    for m in paths.values():
+        m.close()
     model.close()
     torch.cuda.empty_cache()
 
@@ -1489,13 +1827,16 @@ def compile_cases(d, part, block, config, H, act_dtype, tokens, seed, budget):
     return compiled
 
 
-def shape_timings(d, part, model, block, config, model_type, layer, H, act_dtype, tokens,
-                  seed, budget):
+def time_ours(d, part, model, paths, spec, layer, H, act_dtype, tokens, seed, budget):
+    """Ours at every T (essential; replayed from a CUDA graph up to
+    GRAPH_MAX_TOKENS, our kernels alone at T <= 64), and each other kernel
+    path of the entry (`paths`, {case: Model}) right after it at its token
+    counts, on the same rotated inputs (essential: the old/new ratios are
+    what the comparison is for). Returns the last (T, µs) of ours."""
     import torch
     stream = torch.cuda.current_stream().cuda_stream
     kernel_names = set(model.kernels)
-
-    # 1. Ours at every T (essential), our kernels alone at T <= 64.
+    at = path_tokens(spec)
     prev = None
     for T in tokens:
         xs = rotated_inputs(T, H, act_dtype, seed + 7 * T)
@@ -1506,6 +1847,11 @@ def shape_timings(d, part, model, block, config, model_type, layer, H, act_dtype
 
         prev = time_case(d, part, T, "ours", ours, budget, prev, essential=True)
         d["cases"][str(T)]["rotated_buffers"] = len(xs)
+        for case, other in paths.items():
+            if T in at.get(case, []):
+                def path(i, xs=xs, y=y, T=T, other=other):
+                    other.run_device(layer, xs[i % len(xs)].data_ptr(), y.data_ptr(), T, stream)
+                time_case(d, part, T, case, path, budget, None, essential=True)
         if T <= GRAPH_MAX_TOKENS and case_us(d["cases"][str(T)]["ours"]) and budget.optional(2.0):
             try:
                 replay, per_replay, graph = graph_case(model, layer, xs, y, T)
@@ -1525,6 +1871,15 @@ def shape_timings(d, part, model, block, config, model_type, layer, H, act_dtype
                 d["notes"].append("profiler at T=%d: %s" % (T, error_text(e)))
         del xs, y
         part.save()
+    return prev
+
+
+def shape_timings(d, part, model, paths, block, config, model_type, layer, H, act_dtype,
+                  tokens, seed, budget):
+    import torch
+
+    # 1. Ours and its other kernel paths at every T.
+    time_ours(d, part, model, paths, d["spec"], layer, H, act_dtype, tokens, seed, budget)
 
     # 2. cuBLAS and grouped_mm baselines on the HF block's routing; ours vs
     #    HF bf16 at every T (information).
@@ -1715,6 +2070,8 @@ def worker_main(args):
             worker_small(args, part, budget)
         elif args.worker == "shape":
             worker_shape(args, part, budget)
+        elif args.worker == "quant":
+            worker_quant(args, part, budget)
         else:
             raise ValueError("unknown worker %s" % args.worker)
     except Exception as e:
@@ -1743,6 +2100,9 @@ def parse_args(argv):
     p.add_argument("--tokens", type=lambda s: parse_list(s, int), default=None,
                    help="comma-separated token counts (default: each shape's)")
     p.add_argument("--skip-small", action="store_true", help="skip the small packages")
+    p.add_argument("--dry-run", action="store_true",
+                   help="list what would be timed (shapes, token counts, old/new kernel "
+                        "paths) from the prepared folder; no torch, no GPU")
     p.add_argument("--backend", default="cuda",
                    help="our runtime's backend for the small packages (default cuda; emu "
                         "for a CPU test of that stage)")
@@ -1766,6 +2126,8 @@ def main(argv=None):
     args = parse_args(sys.argv[1:] if argv is None else argv)
     if args.worker:
         return worker_main(args)
+    if args.dry_run:
+        return dry_run(args)
     return parent_main(args)
 
 

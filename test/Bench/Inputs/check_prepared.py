@@ -8,11 +8,20 @@ MoE layer and config.json have the listed sizes and whose tensor names are
 the transformers v5 fused names that bench/gpu/bench.py binds by suffix.
 Each small model of small/index.json: a package with its weights, the model
 folder and the reference outputs of every layer and token count, of the
-right sizes. Prints one line per entry; exits 1 at the first problem.
+right sizes. Each "compare" of a shape or quantized shape (quant/index.json):
+both packages present, shape-only with the same tensors to bind, kernels
+for sm_90a that spill nothing, different kernel code (the option took
+effect: --gemm=mma's grouped calls, fp8-activations' marked fused ops), and
+the token counts at which the grouped kernels run. The whole folder fits
+the device tool's carry limit (64 MiB). Prints one line per entry; exits 1
+at the first problem.
 """
 import json
 import os
+import re
 import sys
+
+CARRY_LIMIT = 64 << 20
 
 
 def fail(message):
@@ -42,6 +51,71 @@ def check_spills(manifest, where):
             fail("%s: kernel %s spills" % (where, kernel["name"]))
         kernels += 1
     return kernels
+
+
+def external_tensors(manifest):
+    """(names, shape, dtype) of every tensor bound at run time."""
+    return [(t["names"], t["shape"], t["dtype"])
+            for t in manifest["weights"]["tensors"] if t["offset"] is None]
+
+
+def kernel_code(package):
+    """kernels.cu with the per-option kernel hashes left out."""
+    with open(os.path.join(package, "kernels.cu")) as f:
+        return re.sub(r"moe_experts_[0-9a-f]+_", "moe_experts_", f.read())
+
+
+def check_compare(root, e):
+    """The entry's new/old paths; returns a line describing them."""
+    lines = []
+    for c in e.get("compare") or []:
+        pkgs = {}
+        for side in ("new", "old"):
+            pkg = os.path.join(root, c[side]["package"])
+            if not os.path.isfile(os.path.join(pkg, "manifest.json")):
+                fail("%s: the %s path %s has no package" % (e["name"], side,
+                                                              c[side]["label"]))
+            pkgs[side] = (pkg, load(os.path.join(pkg, "manifest.json")))
+            check_spills(pkgs[side][1], "%s %s" % (e["name"], c[side]["label"]))
+        if e["package"] not in (c["new"]["package"], c["old"]["package"]):
+            fail("%s: neither path of %s is the entry's package" % (e["name"], c["what"]))
+        new, old = pkgs["new"], pkgs["old"]
+        if external_tensors(new[1]) != external_tensors(old[1]):
+            fail("%s: the %s paths bind different tensors" % (e["name"], c["what"]))
+        if kernel_code(new[0]) == kernel_code(old[0]):
+            fail("%s: %s and %s have the same kernel code" % (
+                e["name"], c["new"]["label"], c["old"]["label"]))
+        if "fp8-activations" in c["new"]["label"]:
+            marked = ["moe.fp8_activations" in open(os.path.join(p, "model.opt.mlir")).read()
+                      for p, _ in (new, old)]
+            if marked != [True, False]:
+                fail("%s: moe.fp8_activations in (new, old): %s" % (e["name"], marked))
+        tokens = c["tokens"]
+        if not tokens or any(t not in e["tokens"] for t in tokens):
+            fail("%s: %s timed at %s" % (e["name"], c["what"], tokens))
+        lines.append("%s %s vs %s at T %s" % (c["what"], c["new"]["label"],
+                                              c["old"]["label"],
+                                              ",".join(map(str, tokens))))
+    return "; ".join(lines) or "no comparison"
+
+
+def check_quant(root):
+    index = load(os.path.join(root, "index.json"))
+    if [e["name"] for e in index] != ["deepseek-v3-fp8", "gpt-oss-20b-mxfp4"]:
+        fail("quant/index.json lists %s" % [e["name"] for e in index])
+    for e in index:
+        m = load(os.path.join(root, e["package"], "manifest.json"))
+        kernels = check_spills(m, e["name"])
+        if moe_layer(m, e["layer"])["input_width"] != e["hidden"]:
+            fail("%s: width" % e["name"])
+        dtypes = sorted(set(d for _, _, d in external_tensors(m)))
+        print("quant %s: %d kernels, dtypes %s; %s" % (
+            e["name"], kernels, ",".join(dtypes), check_compare(root, e)))
+
+
+def folder_bytes(root):
+    return sum(os.path.getsize(os.path.join(d, f))
+               for d, _, files in os.walk(root) for f in files)
 
 
 def check_shapes(root):
@@ -85,8 +159,9 @@ def check_shapes(root):
                 config["hidden_size"] != e["hidden"] or \
                 config["num_experts_per_tok"] != e["top_k"]:
             fail("%s: config.json does not match the index" % e["name"])
-        print("shape %s: %d kernels, %d tensors to bind, gate_up %s"
-              % (e["name"], kernels, len(external), shape))
+        print("shape %s: %d kernels, %d tensors to bind, gate_up %s; %s"
+              % (e["name"], kernels, len(external), shape,
+                 check_compare(root, e)))
 
 
 def check_small(root):
@@ -120,7 +195,12 @@ def main():
     root = sys.argv[1]
     check_shapes(os.path.join(root, "shapes"))
     check_small(os.path.join(root, "small"))
-    print("prepared folder ok")
+    check_quant(os.path.join(root, "quant"))
+    size = folder_bytes(root)
+    if size > CARRY_LIMIT:
+        fail("the prepared folder has %.1f MiB, over the carry limit of %d MiB"
+             % (size / 2.0**20, CARRY_LIMIT >> 20))
+    print("prepared folder ok (under the %d MiB carry limit)" % (CARRY_LIMIT >> 20))
 
 
 if __name__ == "__main__":
