@@ -485,6 +485,52 @@ __device__ __forceinline__ bool denseTile(long long T, long long tile,
   return true;
 }
 
+/// The row tiles a grouped GEMM walks: ceil(T / BM) of the tokens in order
+/// (Dense: the shared FFN), or the routed rows expert by expert, at most
+/// ceil(T K / BM) full tiles plus one partial tile per expert.
+template <bool Dense, int E, int K>
+__device__ __forceinline__ long long rowTileCount(long long T) {
+  return Dense ? (T + BM - 1) / BM : (T * K + BM - 1) / BM + E;
+}
+
+/// Row tile `tile` of rowTileCount's order; false past the last one.
+template <bool Dense, int E>
+__device__ __forceinline__ bool rowTile(long long T, const int *offsets,
+                                        long long tile, RowTile &rt) {
+  return Dense ? denseTile(T, tile, rt) : findTile<E>(offsets, tile, rt);
+}
+
+/// Zeroed accumulators of one tile.
+template <int NB>
+__device__ __forceinline__ void zeroAcc(float (&acc)[NB][MI][NI][4]) {
+#pragma unroll
+  for (int nb = 0; nb < NB; ++nb)
+#pragma unroll
+    for (int mi = 0; mi < MI; ++mi)
+#pragma unroll
+      for (int ni = 0; ni < NI; ++ni)
+#pragma unroll
+        for (int i = 0; i < 4; ++i)
+          acc[nb][mi][ni][i] = 0.0f;
+}
+
+/// The input row (H values of x) of row `ar` of tile rt, null past the
+/// tile's rows: the token itself (Dense), or the token of the routed slot,
+/// whose routing weight goes to `scale` (left alone for Dense).
+template <bool Dense, int K, int H, typename TX>
+__device__ __forceinline__ const TX *inputRow(const TX *x, const int *rows,
+                                              const float *weights,
+                                              const RowTile &rt, int ar,
+                                              float &scale) {
+  if (ar >= rt.count)
+    return nullptr;
+  if constexpr (Dense)
+    return x + static_cast<long long>(rt.start + ar) * H;
+  const int slot = rows[rt.start + ar];
+  scale = weights[slot];
+  return x + static_cast<long long>(slot / K) * H;
+}
+
 /// gateUp's epilogue for the accumulators of one tile (acc[0] gate's,
 /// acc[NB - 1] up's): biases, activation, h in f32 for the tile's rows and
 /// the columns below `width`.
@@ -732,8 +778,7 @@ __device__ void gateUp(const MoEKernelArgs &args) {
   TW *Bu = F::NoGate ? Bg : Bg + GemmSmem<TW, InOut, NB, NA>::B;
 
   const long long T = args.num_tokens;
-  const long long rowTiles =
-      SharedFFN ? (T + BM - 1) / BM : (T * K + BM - 1) / BM + E;
+  const long long rowTiles = rowTileCount<SharedFFN, E, K>(T);
   // This thread's piece of A: row ar, columns ac .. ac + AChunk of a step.
   const int ar = threadIdx.x / (BK / AChunk);
   const int ac = (threadIdx.x % (BK / AChunk)) * AChunk;
@@ -742,38 +787,20 @@ __device__ void gateUp(const MoEKernelArgs &args) {
        item += gridDim.x) {
     const int n0 = static_cast<int>(item % NT) * BN;
     RowTile rt;
-    bool found = SharedFFN ? denseTile(T, item / NT, rt)
-                           : findTile<E>(offsets, item / NT, rt);
-    if (!found)
+    if (!rowTile<SharedFFN, E>(T, offsets, item / NT, rt))
       break; // items are ordered: every later one is past the end too
     // The expert's width: tiles past it are padding, never loaded.
     const int width = F::width(rt.e);
     if (n0 >= width)
       continue;
-    const TX *src = nullptr;
     float scale = 1.0f;
-    if constexpr (F::LowRank) {
-      // A is z, read by position below.
-    } else if (ar < rt.count) {
-      if constexpr (SharedFFN) {
-        src = x + static_cast<long long>(rt.start + ar) * H;
-      } else {
-        const int slot = rows[rt.start + ar];
-        src = x + static_cast<long long>(slot / K) * H;
-        scale = weights[slot];
-      }
-    }
+    // Factored weights: A is z, read by position below.
+    const TX *src =
+        F::LowRank ? nullptr
+                   : inputRow<SharedFFN, K, H>(x, rows, weights, rt, ar, scale);
     const long long e = rt.e;
     float acc[NB][MI][NI][4];
-#pragma unroll
-    for (int nb = 0; nb < NB; ++nb)
-#pragma unroll
-      for (int mi = 0; mi < MI; ++mi)
-#pragma unroll
-        for (int ni = 0; ni < NI; ++ni)
-#pragma unroll
-          for (int i = 0; i < 4; ++i)
-            acc[nb][mi][ni][i] = 0.0f;
+    zeroAcc(acc);
 
     if constexpr (F::LowRank) {
       // h = act(z_g . A_g^T, z_u . A_u^T): two thin GEMMs over the ranks,
@@ -935,8 +962,7 @@ __device__ void down(const MoEKernelArgs &args) {
   TW *Bs = As + NA * S::A;
 
   const long long T = args.num_tokens;
-  const long long rowTiles =
-      SharedFFN ? (T + BM - 1) / BM : (T * K + BM - 1) / BM + E;
+  const long long rowTiles = rowTileCount<SharedFFN, E, K>(T);
   const int ar = threadIdx.x / (BK / AChunk);
   const int ac = (threadIdx.x % (BK / AChunk)) * AChunk;
 
@@ -944,9 +970,7 @@ __device__ void down(const MoEKernelArgs &args) {
        item += gridDim.x) {
     const int n0 = static_cast<int>(item % NT) * BN;
     RowTile rt;
-    bool found = SharedFFN ? denseTile(T, item / NT, rt)
-                           : findTile<E>(offsets, item / NT, rt);
-    if (!found)
+    if (!rowTile<SharedFFN, E>(T, offsets, item / NT, rt))
       break;
     const float *src =
         ar < rt.count ? h + static_cast<long long>(rt.start + ar) * I
@@ -956,13 +980,7 @@ __device__ void down(const MoEKernelArgs &args) {
     // padding, never loaded.
     [[maybe_unused]] const int width = F::width(e);
     float acc[1][MI][NI][4];
-#pragma unroll
-    for (int mi = 0; mi < MI; ++mi)
-#pragma unroll
-      for (int ni = 0; ni < NI; ++ni)
-#pragma unroll
-        for (int i = 0; i < 4; ++i)
-          acc[0][mi][ni][i] = 0.0f;
+    zeroAcc(acc);
 
     if constexpr (F::LowRank) {
       // out = zd . A_d^T over RD, zd read from FACTOR_DOWN by position.
@@ -1051,7 +1069,7 @@ __device__ void factor(const MoEKernelArgs &args) {
   TW *Bs = As + NA * S::A;
 
   const long long T = args.num_tokens;
-  const long long rowTiles = (T * K + BM - 1) / BM + E;
+  const long long rowTiles = rowTileCount<false, E, K>(T);
   const int lane = threadIdx.x % 32, warp = threadIdx.x / 32;
   const int wm = warp / WarpsN, wn = warp % WarpsN;
   const int g = lane / 4, t = lane % 4;
@@ -1075,27 +1093,14 @@ __device__ void factor(const MoEKernelArgs &args) {
                      : w.gateB + e * RA * H;
     else
       m = w.downB + e * RA * I;
-    const TS *src = nullptr;
     float scale = 1.0f;
-    if (ar < rt.count) {
-      if constexpr (In) {
-        const int slot = rows[rt.start + ar];
-        src = reinterpret_cast<const TS *>(x) +
-              static_cast<long long>(slot / K) * H;
-        scale = weights[slot];
-      } else {
-        src = reinterpret_cast<const TS *>(h) +
-              static_cast<long long>(rt.start + ar) * I;
-      }
-    }
+    const TS *src =
+        In ? inputRow<false, K, H>(reinterpret_cast<const TS *>(x), rows,
+                                   weights, rt, ar, scale)
+           : inputRow<true, K, I>(reinterpret_cast<const TS *>(h), rows,
+                                  weights, rt, ar, scale);
     float acc[1][MI][NI][4];
-#pragma unroll
-    for (int mi = 0; mi < MI; ++mi)
-#pragma unroll
-      for (int ni = 0; ni < NI; ++ni)
-#pragma unroll
-        for (int i = 0; i < 4; ++i)
-          acc[0][mi][ni][i] = 0.0f;
+    zeroAcc(acc);
     thinGemm<TS, TW, TX, Scale, VecSrc, NA, KDim>(acc, As, Bs, src, scale, m, 0,
                                                   1, n0, rank - n0);
 

@@ -271,39 +271,20 @@ __device__ void fp8GateUp(const MoEKernelArgs &args) {
   float *bScale = aScale + BM;
 
   const long long T = args.num_tokens;
-  const long long rowTiles =
-      SharedFFN ? (T + BM - 1) / BM : (T * K + BM - 1) / BM + E;
+  const long long rowTiles = rowTileCount<SharedFFN, E, K>(T);
   const int ar = threadIdx.x / 2;
 
   for (long long item = blockIdx.x; item < rowTiles * NT; item += gridDim.x) {
     const int n0 = static_cast<int>(item % NT) * BN;
     RowTile rt;
-    bool found = SharedFFN ? denseTile(T, item / NT, rt)
-                           : findTile<E>(offsets, item / NT, rt);
-    if (!found)
+    if (!rowTile<SharedFFN, E>(T, offsets, item / NT, rt))
       break;
-    const TX *src = nullptr;
     float scale = 1.0f;
-    if (ar < rt.count) {
-      if constexpr (SharedFFN) {
-        src = x + static_cast<long long>(rt.start + ar) * H;
-      } else {
-        const int slot = rows[rt.start + ar];
-        src = x + static_cast<long long>(slot / K) * H;
-        scale = weights[slot];
-      }
-    }
+    const TX *src =
+        inputRow<SharedFFN, K, H>(x, rows, weights, rt, ar, scale);
     const long long e = rt.e;
     float acc[NB][MI][NI][4];
-#pragma unroll
-    for (int nb = 0; nb < NB; ++nb)
-#pragma unroll
-      for (int mi = 0; mi < MI; ++mi)
-#pragma unroll
-        for (int ni = 0; ni < NI; ++ni)
-#pragma unroll
-          for (int i = 0; i < 4; ++i)
-            acc[nb][mi][ni][i] = 0.0f;
+    zeroAcc(acc);
 
     for (int k0 = 0; k0 < H; k0 += KB) {
       __syncthreads(); // the previous step's tiles are consumed
@@ -372,28 +353,19 @@ __device__ void fp8Down(const MoEKernelArgs &args) {
   float *bScale = aScale + BM;
 
   const long long T = args.num_tokens;
-  const long long rowTiles =
-      SharedFFN ? (T + BM - 1) / BM : (T * K + BM - 1) / BM + E;
+  const long long rowTiles = rowTileCount<SharedFFN, E, K>(T);
   const int ar = threadIdx.x / 2;
 
   for (long long item = blockIdx.x; item < rowTiles * NT; item += gridDim.x) {
     const int n0 = static_cast<int>(item % NT) * BN;
     RowTile rt;
-    bool found = SharedFFN ? denseTile(T, item / NT, rt)
-                           : findTile<E>(offsets, item / NT, rt);
-    if (!found)
+    if (!rowTile<SharedFFN, E>(T, offsets, item / NT, rt))
       break;
     const float *src =
         ar < rt.count ? h + static_cast<long long>(rt.start + ar) * I : nullptr;
     const long long e = rt.e;
     float acc[1][MI][NI][4];
-#pragma unroll
-    for (int mi = 0; mi < MI; ++mi)
-#pragma unroll
-      for (int ni = 0; ni < NI; ++ni)
-#pragma unroll
-        for (int i = 0; i < 4; ++i)
-          acc[0][mi][ni][i] = 0.0f;
+    zeroAcc(acc);
     for (int k0 = 0; k0 < I; k0 += KB) {
       __syncthreads();
       fp8::quantizeA<float, float, false, I % 4 == 0, KB>(As, aScale, src, 1.0f,

@@ -67,9 +67,7 @@ static cl::opt<std::string>
           cl::init("sm_90a"), cl::cat(category));
 static cl::opt<std::string> gemmPath(
     "gemm",
-    cl::desc("The grouped (prefill) expert GEMMs: pipelined (cp.async "
-             "stages in flight while mma.sync multiplies, the default) or mma "
-             "(single-buffered loads, the fallback)"),
+    cl::desc(moe::kGroupedGemmHelp),
     cl::init("pipelined"), cl::cat(category));
 static cl::list<std::string>
     adapters("adapter", cl::desc("PEFT LoRA adapter folder (repeatable)"),

@@ -131,9 +131,7 @@ static cl::opt<std::string> backend(
     cl::cat(category));
 static cl::opt<std::string> gemmPath(
     "gemm",
-    cl::desc("The grouped (prefill) expert GEMMs: pipelined (cp.async "
-             "stages in flight while mma.sync multiplies, the default) or mma "
-             "(single-buffered loads, the fallback)"),
+    cl::desc(moe::kGroupedGemmHelp),
     cl::init("pipelined"), cl::cat(category));
 static cl::opt<std::string> routingOut(
     "routing-out",

@@ -33,6 +33,12 @@ enum class GroupedGemm {
 /// "pipelined" or "mma".
 std::optional<GroupedGemm> parseGroupedGemm(llvm::StringRef name);
 
+/// The help text of the tools' --gemm option.
+inline constexpr const char *kGroupedGemmHelp =
+    "The grouped (prefill) expert GEMMs: pipelined (cp.async stages in "
+    "flight while mma.sync multiplies, the default) or mma "
+    "(single-buffered loads, the fallback)";
+
 /// Choices of the emitter that the IR does not fix.
 struct CudaEmitOptions {
   GroupedGemm gemm = GroupedGemm::Pipelined;
