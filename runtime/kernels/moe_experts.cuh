@@ -85,14 +85,15 @@
 // interleaved gate/up: 4 pairs), consecutive threads consecutive words,
 // the block's thread groups split `in` (each thread issuing the loads of
 // several rows before it uses the first), and their partial sums are
-// added in group order through shared memory (columnWords, columnSum). Sums are f32, in a fixed order: deterministic, no
-// atomics. h and the per-row outputs go to the f32 scratch buffers of the
-// grouped path (the HIDDEN and OUT slots), with the rounding points of the
-// reference executor (roundAs<TX>), and the combine sums a token's slots in
-// slot order, as the grouped path's combine does (combineOutput, shared by
-// both). Which block combines an output chunk depends on timing (the last
-// of the chunk's items to finish, counted with an atomic per chunk), the
-// sums and their order do not.
+// added in group order through shared memory (columnWords, columnSum).
+// Sums are f32, in a fixed order: deterministic, no atomics. h and the
+// per-row outputs go to the f32 scratch buffers of the grouped path (the
+// HIDDEN and OUT slots), with the rounding points of the reference executor
+// (roundAs<TX>), and the combine sums a token's slots in slot order, as the
+// grouped path's combine does (combineOutput, shared by both). Which block
+// combines an output chunk depends on timing (the last of the chunk's items
+// to finish, counted with an atomic per chunk), the sums and their order do
+// not.
 //
 //===----------------------------------------------------------------------===//
 
@@ -281,8 +282,7 @@ columnWords(const TW *const (&base)[NW], bool valid, int group,
       for (int b = 0; b < DecodeRows; ++b) {
         if (b >= a.count)
           continue;
-        const float v =
-            scaled<TX, Scale>(toF32<TA>(a.row[b][k]), a.scale[b]);
+        const float v = scaled<TX, Scale>(toF32<TA>(a.row[b][k]), a.scale[b]);
 #pragma unroll
         for (int i = 0; i < NW; ++i)
 #pragma unroll
@@ -342,8 +342,8 @@ template <typename F, int U> struct UpColumns {
   static constexpr bool Pairs = F::Fused && F::Interleaved && !F::NoGate;
   static constexpr int NW = Pairs || F::NoGate ? 1 : 2;
   static constexpr int Span = Pairs ? 2 * U : U;
-  static constexpr int V0 =
-      columnVec<typename F::TW, Pairs ? 2 * F::IVec : F::IVec, Span>();
+  static constexpr int Run = Pairs ? 2 * F::IVec : F::IVec;
+  static constexpr int V0 = columnVec<typename F::TW, Run, Span>();
   static constexpr int V = Pairs && V0 < 2 ? 2 : V0; // whole pairs
   static constexpr int Wc = Span / V;
   static constexpr int L = columnRows<NW, DecodeLoadsInFlight>();
@@ -788,8 +788,7 @@ __host__ __device__ constexpr InFlight decodeUpInFlight() {
     return {0, 0};
   } else if constexpr (F::InOut) {
     using UC = UpColumns<F, D::UpUnits>;
-    return {UC::NW * UC::L,
-            UC::V * static_cast<int>(sizeof(typename F::TW))};
+    return {UC::NW * UC::L, UC::V * static_cast<int>(sizeof(typename F::TW))};
   } else {
     constexpr int V = vecWidth<typename F::TW, F::H>();
     constexpr int Iters = (F::H / V + 31) / 32;
