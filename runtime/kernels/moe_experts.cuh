@@ -81,16 +81,19 @@
 // Weight reads are coalesced: for [out, in] matrices a warp takes a row and
 // its lanes read consecutive 16-byte words along `in` (a warp-wide sum
 // reduces the dot product); for [in, out] matrices (weight_layout in_out)
-// consecutive threads take consecutive outputs of a row, the block's
-// thread groups split `in`, and their partial sums are added in group order
-// through shared memory. Sums are f32, in a fixed order: deterministic, no
-// atomics. h and the per-row outputs go to the f32 scratch buffers of the
-// grouped path (the HIDDEN and OUT slots), with the rounding points of the
-// reference executor (roundAs<TX>), and the combine sums a token's slots in
-// slot order, as the grouped path's combine does (combineOutput, shared by
-// both). Which block combines an output chunk depends on timing (the last
-// of the chunk's items to finish, counted with an atomic per chunk), the
-// sums and their order do not.
+// a thread takes a 16-byte word of consecutive outputs of a row (8 bf16;
+// interleaved gate/up: 4 pairs), consecutive threads consecutive words,
+// the block's thread groups split `in` (each thread issuing the loads of
+// several rows before it uses the first), and their partial sums are
+// added in group order through shared memory (columnWords, columnSum).
+// Sums are f32, in a fixed order: deterministic, no atomics. h and the
+// per-row outputs go to the f32 scratch buffers of the grouped path (the
+// HIDDEN and OUT slots), with the rounding points of the reference executor
+// (roundAs<TX>), and the combine sums a token's slots in slot order, as the
+// grouped path's combine does (combineOutput, shared by both). Which block
+// combines an output chunk depends on timing (the last of the chunk's items
+// to finish, counted with an atomic per chunk), the sums and their order do
+// not.
 //
 //===----------------------------------------------------------------------===//
 
@@ -206,76 +209,153 @@ __device__ __forceinline__ FFNWeights<F> ffnWeights(const MoEKernelArgs &args,
 // Decode kernels
 //===----------------------------------------------------------------------===//
 
-/// Steps of columnDots (weight_layout in_out) a thread unrolls: its loads
-/// in flight, NW elements each (the `#pragma unroll` below).
-constexpr int ColumnUnroll = 2;
 /// Threads of a decode block (the code generator's launches agree).
 constexpr int DecodeThreads = 128;
 constexpr int DecodeWarps = DecodeThreads / 32;
-/// Dot products of NW weight columns (of an [in, out] matrix: `base[i] +
-/// i * Out` for i < In) with the batch's rows, for the threads of `group`
-/// of G: this thread takes rows group, group + G, ... (threads of a group
-/// read consecutive outputs of a row: coalesced). The block then adds the
-/// groups' partial sums in group order (groupSum).
-template <int NW, int In, int Out, int G, typename TX, bool Scale, typename TW,
-          typename TA>
+
+/// 16-byte words of a down row a lane of decodeDown loads at once: fewer
+/// than decodeUp's DecodeLoadsInFlight, so that with the f32 words of h it
+/// needs the kernel fits 96 registers (5 blocks per SM: 4 x 16 B x 128
+/// threads x 5 = 40 KB in flight per SM; the code generator's
+/// kDecodeDownMinBlocks).
+constexpr int DecodeDownLoads = 4;
+
+// [in, out] weights (weight_layout in_out): a thread takes a word of V
+// consecutive outputs of an input row (one 16-byte load when V elements
+// are whole 16-byte words) and the rows group, group + G, ... of the
+// input; the Wc threads of a group read a chunk's consecutive words of a
+// row (coalesced), and the block's G = DecodeThreads / Wc groups split the
+// input, their partial sums added in group order (columnSum).
+
+/// Outputs per word for outputs of a matrix row of N-aligned runs (N: a
+/// divisor of the row and of every expert's end along it) when a chunk
+/// spans Span consecutive outputs (a power of two): a 16-byte word when
+/// runs allow, no wider than the chunk.
+template <typename TW, int N, int Span>
+__host__ __device__ constexpr int columnVec() {
+  return vecWidth<TW, N>() < Span ? vecWidth<TW, N>() : Span;
+}
+/// Input rows whose words a thread of decodeUp (decodeDown) loads before
+/// it uses the first: NW words per row, Depth words in all.
+template <int NW, int Depth> __host__ __device__ constexpr int columnRows() {
+  return Depth / NW < 1 ? 1 : Depth / NW;
+}
+
+/// Partial dot products of NW words of V weight columns (of an [in, out]
+/// matrix: `base[i] + k * Out` for input rows k < n) with the batch's
+/// rows, for the thread of `group` of G: rows group, group + G, ...; L
+/// rows' loads are issued before the first is used (rows past n
+/// predicated off). Each sum adds its terms in row order.
+template <int NW, int V, int Out, int G, int L, typename TX, bool Scale,
+          typename TW, typename TA>
 __device__ __forceinline__ void
-columnDots(const TW *const (&base)[NW], bool valid, int group,
-           const Batch<TA> &a, float (&acc)[NW][DecodeRows], int n = In) {
+columnWords(const TW *const (&base)[NW], bool valid, int group,
+            const Batch<TA> &a, float (&acc)[NW][V][DecodeRows], int n) {
 #pragma unroll
   for (int i = 0; i < NW; ++i)
 #pragma unroll
-    for (int b = 0; b < DecodeRows; ++b)
-      acc[i][b] = 0.0f;
+    for (int j = 0; j < V; ++j)
+#pragma unroll
+      for (int b = 0; b < DecodeRows; ++b)
+        acc[i][j][b] = 0.0f;
   if (!valid)
     return;
-#pragma unroll ColumnUnroll
-  for (int k = group; k < n; k += G) {
-    float wv[NW];
+#pragma unroll 1
+  for (int k0 = group; k0 < n; k0 += L * G) {
+    Packed<TW, V> wv[L][NW];
+    bool ok[L];
 #pragma unroll
-    for (int i = 0; i < NW; ++i)
-      wv[i] = toF32<TW>(base[i][static_cast<long long>(k) * Out]);
+    for (int l = 0; l < L; ++l) {
+      const int k = k0 + l * G;
+      ok[l] = k < n;
+      if (ok[l])
 #pragma unroll
-    for (int b = 0; b < DecodeRows; ++b) {
-      if (b >= a.count)
-        break;
-      const float v = scaled<TX, Scale>(toF32<TA>(a.row[b][k]), a.scale[b]);
+        for (int i = 0; i < NW; ++i)
+          wv[l][i].load(base[i] + static_cast<long long>(k) * Out);
+    }
 #pragma unroll
-      for (int i = 0; i < NW; ++i)
-        acc[i][b] += v * wv[i];
+    for (int l = 0; l < L; ++l) {
+      if (!ok[l])
+        continue;
+      const int k = k0 + l * G;
+#pragma unroll
+      for (int b = 0; b < DecodeRows; ++b) {
+        if (b >= a.count)
+          continue;
+        const float v = scaled<TX, Scale>(toF32<TA>(a.row[b][k]), a.scale[b]);
+#pragma unroll
+        for (int i = 0; i < NW; ++i)
+#pragma unroll
+          for (int j = 0; j < V; ++j)
+            acc[i][j][b] += v * wv[l][i].get(j);
+      }
     }
   }
 }
 
-/// Adds the partial sums of the G = DecodeThreads / U thread groups (thread
-/// t is column t % U of group t / U) in group order; the threads of group 0
-/// get the totals. `red` holds NW * DecodeRows * DecodeThreads floats.
+/// Floats of columnSum's shared buffer for NW words of V outputs.
+template <int NW, int V> __host__ __device__ constexpr int columnRed() {
+  return NW * V * DecodeRows * DecodeThreads;
+}
+/// Adds the partial sums of columnWords over the G = DecodeThreads / Wc
+/// groups (thread t: word t % Wc of group t / Wc) in group order. After
+/// it, columnTotal(red, i, o, b) is the sum of word i's output o (o < Wc
+/// * V: word o / V, element o % V) of batch row b, for every thread.
 /// Called by the whole block.
-template <int NW, int U>
-__device__ __forceinline__ void groupSum(float (&acc)[NW][DecodeRows],
-                                         float *red) {
-  constexpr int G = DecodeThreads / U;
+template <int NW, int V, int Wc>
+__device__ __forceinline__ void columnSum(float (&acc)[NW][V][DecodeRows],
+                                          float *red) {
+  constexpr int G = DecodeThreads / Wc;
+  constexpr int Totals = NW * V * DecodeRows * Wc;
   __syncthreads(); // the previous batch's reads of red are done
 #pragma unroll
   for (int i = 0; i < NW; ++i)
 #pragma unroll
-    for (int b = 0; b < DecodeRows; ++b)
-      red[(i * DecodeRows + b) * DecodeThreads + threadIdx.x] = acc[i][b];
+    for (int j = 0; j < V; ++j)
+#pragma unroll
+      for (int b = 0; b < DecodeRows; ++b)
+        red[((i * V + j) * DecodeRows + b) * DecodeThreads + threadIdx.x] =
+            acc[i][j][b];
   __syncthreads();
-  if (static_cast<int>(threadIdx.x) < U) {
-#pragma unroll
-    for (int i = 0; i < NW; ++i)
-#pragma unroll
-      for (int b = 0; b < DecodeRows; ++b) {
-        float total = 0.0f;
+  // Total q: word q % Wc, its (i, j, b) q / Wc; written over group 0's
+  // term, which only this thread reads.
 #pragma unroll 1
-        for (int g = 0; g < G; ++g)
-          total +=
-              red[(i * DecodeRows + b) * DecodeThreads + g * U + threadIdx.x];
-        acc[i][b] = total;
-      }
+  for (int q = threadIdx.x; q < Totals; q += DecodeThreads) {
+    float *column = red + (q / Wc) * DecodeThreads + q % Wc;
+    float total = 0.0f;
+#pragma unroll 1
+    for (int g = 0; g < G; ++g)
+      total += column[g * Wc];
+    column[0] = total;
   }
+  __syncthreads();
 }
+__device__ __forceinline__ float columnTotal(const float *red, int V, int i,
+                                             int o, int b) {
+  return red[((i * V + o % V) * DecodeRows + b) * DecodeThreads + o / V];
+}
+
+/// decodeUp's words for in_out weights of FFN set F, U units a chunk:
+/// outputs per word (interleaved gate/up pairs: V / 2 units a word),
+/// words per input row and unit (NW: gate and up words, or one).
+template <typename F, int U> struct UpColumns {
+  static constexpr bool Pairs = F::Fused && F::Interleaved && !F::NoGate;
+  static constexpr int NW = Pairs || F::NoGate ? 1 : 2;
+  static constexpr int Span = Pairs ? 2 * U : U;
+  static constexpr int Run = Pairs ? 2 * F::IVec : F::IVec;
+  static constexpr int V0 = columnVec<typename F::TW, Run, Span>();
+  static constexpr int V = Pairs && V0 < 2 ? 2 : V0; // whole pairs
+  static constexpr int Wc = Span / V;
+  static constexpr int L = columnRows<NW, DecodeLoadsInFlight>();
+  static constexpr int Red = columnRed<NW, V>();
+};
+/// decodeDown's, C outputs a chunk.
+template <typename F, int C> struct DownColumns {
+  static constexpr int V = columnVec<typename F::TW, F::H, C>();
+  static constexpr int Wc = C / V;
+  static constexpr int L = columnRows<1, DecodeDownLoads>();
+  static constexpr int Red = columnRed<1, V>();
+};
 
 /// The activation rows r0 .. r0 + count of the expert's input: routed rows
 /// are slots (rows[r] = t * K + s: token t, routing weight weights[slot]),
@@ -500,19 +580,29 @@ upItem(const MoEKernelArgs &args, const FFNWeights<F> &w, long long e, int j0,
       }
     }
   } else {
-    // Thread t: unit j0 + t % U, rows t / U, t / U + G, ... of H.
-    constexpr int G = DecodeThreads / U;
-    static_assert(DecodeThreads % U == 0, "U divides the block");
-    const int j = j0 + static_cast<int>(threadIdx.x) % U;
-    const int group = static_cast<int>(threadIdx.x) / U;
-    const bool valid = j < width;
-    const int jj = valid ? j : 0;
-    const TW *cols[NP];
+    // Thread t: word t % Wc of the chunk's outputs (gate and up words of
+    // V units, or V / 2 interleaved gate/up pairs), rows t / Wc, t / Wc +
+    // G, ... of H; then the block finishes unit (t % U) of batch row t / U.
+    using UC = UpColumns<F, U>;
+    constexpr int V = UC::V, Wc = UC::Wc, NW = UC::NW;
+    constexpr int G = DecodeThreads / Wc;
+    static_assert(UC::Span % V == 0 && DecodeThreads % Wc == 0,
+                  "a chunk is whole words, and its words divide the block");
+    const int word = static_cast<int>(threadIdx.x) % Wc;
+    const int group = static_cast<int>(threadIdx.x) / Wc;
+    // The word's first unit; words never straddle an expert's width (V
+    // units, or V / 2 pairs, divide IVec).
+    const int ju = j0 + word * (UC::Pairs ? V / 2 : V);
+    const bool valid = ju < width;
+    const int jj = valid ? ju : 0;
+    const TW *cols[NW];
     if constexpr (F::NoGate) {
       cols[0] = w.up + e * H * I + jj;
+    } else if constexpr (UC::Pairs) {
+      cols[0] = w.gateUp + e * H * 2 * I + 2 * jj;
     } else if constexpr (F::Fused) {
-      cols[0] = w.gateUp + e * H * 2 * I + gateIndex(jj);
-      cols[1] = w.gateUp + e * H * 2 * I + upIndex(jj);
+      cols[0] = w.gateUp + e * H * 2 * I + jj;
+      cols[1] = w.gateUp + e * H * 2 * I + I + jj;
     } else {
       cols[0] = w.gate + e * H * I + jj;
       cols[1] = w.up + e * H * I + jj;
@@ -522,25 +612,31 @@ upItem(const MoEKernelArgs &args, const FFNWeights<F> &w, long long e, int j0,
       const int count =
           static_cast<int>(rowEnd - r0 < DecodeRows ? rowEnd - r0 : DecodeRows);
       const Batch<TX> a = inputBatch<Cfg, SharedFFN>(args, r0, count);
-      float acc[NP][DecodeRows];
-      columnDots<NP, H, Out, G, TX, Scale>(cols, valid, group, a, acc);
-      groupSum<NP, U>(acc, red);
-      if (group == 0 && valid)
-#pragma unroll
-        for (int b = 0; b < DecodeRows; ++b)
-          if (b < count)
-            h[(r0 + b) * I + j] = finish(j, acc[0][b], acc[NP - 1][b]);
+      float acc[NW][V][DecodeRows];
+      columnWords<NW, V, Out, G, UC::L, TX, Scale>(cols, valid, group, a, acc,
+                                                   H);
+      columnSum<NW, V, Wc>(acc, red);
+#pragma unroll 1
+      for (int q = threadIdx.x; q < U * DecodeRows; q += DecodeThreads) {
+        const int u = q % U, b = q / U, j = j0 + u;
+        if (b >= count || j >= width)
+          continue;
+        float g = 0.0f, v;
+        if constexpr (UC::Pairs) {
+          g = columnTotal(red, V, 0, 2 * u, b);
+          v = columnTotal(red, V, 0, 2 * u + 1, b);
+        } else {
+          if constexpr (!F::NoGate)
+            g = columnTotal(red, V, 0, u, b);
+          v = columnTotal(red, V, NW - 1, u, b);
+        }
+        h[(r0 + b) * I + j] = finish(j, g, v);
+      }
     }
   }
 }
 
 /// 16-byte words of a down row a lane of decodeDown loads at once: fewer
-/// than decodeUp's DecodeLoadsInFlight, so that with the f32 words of h it
-/// needs the kernel fits 96 registers (5 blocks per SM: 4 x 16 B x 128
-/// threads x 5 = 40 KB in flight per SM; the code generator's
-/// kDecodeDownMinBlocks).
-constexpr int DecodeDownLoads = 4;
-
 /// The rows r0 .. r0 + count of h (f32 scratch, I wide) as a batch.
 template <int I>
 __device__ __forceinline__ Batch<float> hiddenBatch(const float *h,
@@ -645,24 +741,31 @@ downItem(const MoEKernelArgs &args, const FFNWeights<F> &w, long long e, int o0,
       }
     }
   } else {
-    constexpr int G = DecodeThreads / C;
-    static_assert(DecodeThreads % C == 0, "C divides the block");
-    const int o = o0 + static_cast<int>(threadIdx.x) % C;
-    const int group = static_cast<int>(threadIdx.x) / C;
-    const bool valid = o < H;
+    // Thread t: word t % Wc of the chunk's outputs, rows t / Wc, t / Wc +
+    // G, ... of the expert's width; then the block finishes output t % C
+    // of batch row t / C.
+    using DCol = DownColumns<F, C>;
+    constexpr int V = DCol::V, Wc = DCol::Wc;
+    constexpr int G = DecodeThreads / Wc;
+    static_assert(C % V == 0 && DecodeThreads % Wc == 0,
+                  "a chunk is whole words, and its words divide the block");
+    const int o = o0 + static_cast<int>(threadIdx.x) % Wc * V;
+    const int group = static_cast<int>(threadIdx.x) / Wc;
+    const bool valid = o < H; // V divides H: a word is whole
     const TW *col[1] = {w.down + e * I * H + (valid ? o : 0)};
     for (long long r0 = rowBegin; r0 < rowEnd; r0 += DecodeRows) {
       const int count =
           static_cast<int>(rowEnd - r0 < DecodeRows ? rowEnd - r0 : DecodeRows);
-      float acc[1][DecodeRows];
-      columnDots<1, I, H, G, TX, false>(
+      float acc[1][V][DecodeRows];
+      columnWords<1, V, H, G, DCol::L, TX, false>(
           col, valid, group, hiddenBatch<I>(h, r0, count), acc, width);
-      groupSum<1, C>(acc, red);
-      if (group == 0 && valid)
-#pragma unroll
-        for (int b = 0; b < DecodeRows; ++b)
-          if (b < count)
-            finish(o, r0 + b, acc[0][b]);
+      columnSum<1, V, Wc>(acc, red);
+#pragma unroll 1
+      for (int q = threadIdx.x; q < C * DecodeRows; q += DecodeThreads) {
+        const int c = q % C, b = q / C;
+        if (b < count && o0 + c < H)
+          finish(o0 + c, r0 + b, columnTotal(red, V, 0, c, b));
+      }
     }
   }
 }
@@ -671,19 +774,21 @@ downItem(const MoEKernelArgs &args, const FFNWeights<F> &w, long long e, int o0,
 /// routed expert's weights: independent loads issued before the first is
 /// used, and bytes per load; {0, 0} where not modelled (quantized or
 /// factored weights). From the constants the kernels use (rowDotsDepth,
-/// DecodeLoadsInFlight, DecodeDownLoads, ColumnUnroll); for reports
+/// DecodeLoadsInFlight, DecodeDownLoads, UpColumns, DownColumns); for
+/// reports
 /// (test/Backend/decode-report.test).
 struct InFlight {
   int loads, bytes;
 };
-template <typename Cfg>
+template <typename Cfg, typename D>
 __host__ __device__ constexpr InFlight decodeUpInFlight() {
   using F = typename Cfg::Routed;
   constexpr int NW = F::NoGate ? 1 : 2;
   if constexpr (F::Quant != 0 || F::LowRank) {
     return {0, 0};
   } else if constexpr (F::InOut) {
-    return {NW * ColumnUnroll, static_cast<int>(sizeof(typename F::TW))};
+    using UC = UpColumns<F, D::UpUnits>;
+    return {UC::NW * UC::L, UC::V * static_cast<int>(sizeof(typename F::TW))};
   } else {
     constexpr int V = vecWidth<typename F::TW, F::H>();
     constexpr int Iters = (F::H / V + 31) / 32;
@@ -691,13 +796,14 @@ __host__ __device__ constexpr InFlight decodeUpInFlight() {
             V * static_cast<int>(sizeof(typename F::TW))};
   }
 }
-template <typename Cfg>
+template <typename Cfg, typename D>
 __host__ __device__ constexpr InFlight decodeDownInFlight() {
   using F = typename Cfg::Routed;
   if constexpr (F::Quant != 0 || F::LowRank) {
     return {0, 0};
   } else if constexpr (F::InOut) {
-    return {ColumnUnroll, static_cast<int>(sizeof(typename F::TW))};
+    using DCol = DownColumns<F, D::DownCols>;
+    return {DCol::L, DCol::V * static_cast<int>(sizeof(typename F::TW))};
   } else {
     constexpr int V = vecWidth<typename F::TW, F::IVec>();
     constexpr int Iters = (F::I / V + 31) / 32;
@@ -928,7 +1034,10 @@ __device__ void decodeUp(const MoEKernelArgs &args) {
   // their width return at once.
   constexpr int Chunks = (R::IW + U - 1) / U;
   constexpr int SharedChunks = Cfg::HasShared ? (S::I + US - 1) / US : 0;
-  MOE_SHARED(float, red, 2 * DecodeRows * DecodeThreads);
+  // columnSum's buffer (in_out weights only).
+  constexpr int RedR = R::InOut ? UpColumns<R, U>::Red : 1;
+  constexpr int RedS = Cfg::HasShared && S::InOut ? UpColumns<S, US>::Red : 1;
+  MOE_SHARED(float, red, RedR > RedS ? RedR : RedS);
   const FFNWeights<R> routed =
       ffnWeights<R>(args, MOE_EXPERTS_SLOT_ROUTED_GATE);
   const FFNWeights<S> shared =
@@ -957,7 +1066,10 @@ __device__ void decodeDown(const MoEKernelArgs &args) {
   using DC = DownChunks<Cfg, D>;
   constexpr int C = DC::C, CS = DC::CS;
   static_assert(S::H == R::H, "one output width");
-  MOE_SHARED(float, red, DecodeRows *DecodeThreads);
+  // columnSum's buffer (in_out weights only).
+  constexpr int RedR = R::InOut ? DownColumns<R, C>::Red : 1;
+  constexpr int RedS = Cfg::HasShared && S::InOut ? DownColumns<S, CS>::Red : 1;
+  MOE_SHARED(float, red, RedR > RedS ? RedR : RedS);
   const FFNWeights<R> routed =
       ffnWeights<R>(args, MOE_EXPERTS_SLOT_ROUTED_GATE);
   const FFNWeights<S> shared =

@@ -90,11 +90,11 @@ def in_flight(src, text, cfg):
     program = ("#include \"moe_experts.cuh\"\n#include <cstdio>\n" +
                text[begin:end] + "\nint main() {\n"
                "  constexpr auto u = moe_k::experts::decodeUpInFlight<"
-               "%s::Cfg>();\n"
+               "%s::Cfg, %s::Decode>();\n"
                "  constexpr auto d = moe_k::experts::decodeDownInFlight<"
-               "%s::Cfg>();\n"
+               "%s::Cfg, %s::Decode>();\n"
                "  std::printf(\"%%d %%d %%d %%d\\n\", u.loads, u.bytes, "
-               "d.loads, d.bytes);\n}\n") % (cfg, cfg)
+               "d.loads, d.bytes);\n}\n") % (cfg, cfg, cfg, cfg)
     with tempfile.TemporaryDirectory() as d:
         path, exe = os.path.join(d, "inflight.cpp"), os.path.join(d, "a.out")
         open(path, "w").write(program)
