@@ -1205,6 +1205,29 @@ namespace detail {
 template <typename T> struct MmaKind;
 template <> struct MmaKind<__nv_bfloat16> { static constexpr int value = 0; };
 template <> struct MmaKind<__half> { static constexpr int value = 1; };
+
+/// One mma.sync of the calling lane (its fragments a, b, c; element kind
+/// `kind`) as a warp collective completed by complete_mma: d = A * B + C.
+inline void mma_collective(const char *name, int kind, float d[4],
+                           const unsigned a[4], const unsigned b[2],
+                           const float c[4], const char *file, int line) {
+  Thread &t = cur(name);
+  WarpSlot &s = t.ws;
+  s.op = Op::Mma;
+  s.mask = 0xffffffffu;
+  s.file = file;
+  s.line = line;
+  s.width = kind;
+  for (int i = 0; i < 4; ++i)
+    s.regs[i] = a[i];
+  s.regs[4] = b[0];
+  s.regs[5] = b[1];
+  for (int i = 0; i < 4; ++i)
+    s.regs[6 + i] = __float_as_uint(c[i]);
+  warp_collective(t);
+  for (int i = 0; i < 4; ++i)
+    d[i] = __uint_as_float(s.out[i]);
+}
 } // namespace detail
 
 /// D = A * B + C for one 16x16 (bf16 or f16, T) by 16x8 product with f32
@@ -1216,22 +1239,8 @@ inline void mma_m16n8k16(float d[4], const unsigned a[4], const unsigned b[2],
                          const float c[4],
                          const char *file = __builtin_FILE(),
                          int line = __builtin_LINE()) {
-  detail::Thread &t = detail::cur("mma_m16n8k16");
-  detail::WarpSlot &s = t.ws;
-  s.op = detail::Op::Mma;
-  s.mask = 0xffffffffu;
-  s.file = file;
-  s.line = line;
-  s.width = detail::MmaKind<T>::value;
-  for (int i = 0; i < 4; ++i)
-    s.regs[i] = a[i];
-  s.regs[4] = b[0];
-  s.regs[5] = b[1];
-  for (int i = 0; i < 4; ++i)
-    s.regs[6 + i] = __float_as_uint(c[i]);
-  detail::warp_collective(t);
-  for (int i = 0; i < 4; ++i)
-    d[i] = __uint_as_float(s.out[i]);
+  detail::mma_collective("mma_m16n8k16", detail::MmaKind<T>::value, d, a, b,
+                         c, file, line);
 }
 inline void mma_m16n8k16_bf16(float d[4], const unsigned a[4],
                               const unsigned b[2], const float c[4],
@@ -1254,22 +1263,8 @@ inline void mma_m16n8k32_e4m3(float d[4], const unsigned a[4],
                               const unsigned b[2], const float c[4],
                               const char *file = __builtin_FILE(),
                               int line = __builtin_LINE()) {
-  detail::Thread &t = detail::cur("mma_m16n8k32_e4m3");
-  detail::WarpSlot &s = t.ws;
-  s.op = detail::Op::Mma;
-  s.mask = 0xffffffffu;
-  s.file = file;
-  s.line = line;
-  s.width = detail::kMmaE4M3;
-  for (int i = 0; i < 4; ++i)
-    s.regs[i] = a[i];
-  s.regs[4] = b[0];
-  s.regs[5] = b[1];
-  for (int i = 0; i < 4; ++i)
-    s.regs[6 + i] = __float_as_uint(c[i]);
-  detail::warp_collective(t);
-  for (int i = 0; i < 4; ++i)
-    d[i] = __uint_as_float(s.out[i]);
+  detail::mma_collective("mma_m16n8k32_e4m3", detail::kMmaE4M3, d, a, b, c,
+                         file, line);
 }
 
 namespace detail {
