@@ -101,6 +101,16 @@ inline void mbarrier_arrive_one(MBarrier &m, const char *what,
   mbarrier_check_phase(m);
 }
 
+/// One thread's arrive on `m` (the arrive ops): returns the state token
+/// (the phase it arrived in) and wakes the block's waiters.
+inline uint64_t mbarrier_thread_arrive(MBarrier &m, const char *what,
+                                       const char *file, int line) {
+  const uint64_t state = m.phase;
+  mbarrier_arrive_one(m, what, file, line);
+  ++cur().block->events;
+  return state;
+}
+
 /// Completes every bulk copy that signals `m` (lands it, counts its bytes).
 inline void mbarrier_land_bulk(Block &b, MBarrier &m) {
   const int index = static_cast<int>(&m - b.mbarriers.data());
@@ -224,10 +234,7 @@ inline uint64_t mbarrier_arrive(uint64_t *bar,
                                 int line = __builtin_LINE()) {
   detail::MBarrier &m =
       detail::mbarrier_state(bar, "mbarrier.arrive", file, line);
-  const uint64_t state = m.phase;
-  detail::mbarrier_arrive_one(m, "mbarrier.arrive", file, line);
-  ++detail::cur().block->events;
-  return state;
+  return detail::mbarrier_thread_arrive(m, "mbarrier.arrive", file, line);
 }
 
 /// mbarrier.expect_tx.shared.b64 [bar], bytes.
@@ -247,10 +254,8 @@ inline uint64_t mbarrier_arrive_expect_tx(uint64_t *bar, unsigned bytes,
   detail::MBarrier &m =
       detail::mbarrier_state(bar, "mbarrier.arrive.expect_tx", file, line);
   m.tx += bytes;
-  const uint64_t state = m.phase;
-  detail::mbarrier_arrive_one(m, "mbarrier.arrive.expect_tx", file, line);
-  ++detail::cur().block->events;
-  return state;
+  return detail::mbarrier_thread_arrive(m, "mbarrier.arrive.expect_tx", file,
+                                        line);
 }
 
 /// mbarrier.try_wait.parity.shared.b64: true once the phase of parity
