@@ -153,6 +153,23 @@ template <typename F> __host__ __device__ constexpr int factorDownWidth() {
   return padFactor(F::RD);
 }
 
+/// The f32 hidden activations h (the shared FFN's, or the routed rows')
+/// of the MOE_EXPERTS slots.
+template <bool SharedFFN>
+__device__ __forceinline__ float *hiddenBuffer(const MoEKernelArgs &args) {
+  return static_cast<float *>(args.buffers[SharedFFN
+                                               ? MOE_EXPERTS_SLOT_SHARED_HIDDEN
+                                               : MOE_EXPERTS_SLOT_HIDDEN]);
+}
+
+/// The f32 down-projection output (the shared FFN's, or the routed rows').
+template <bool SharedFFN>
+__device__ __forceinline__ float *outBuffer(const MoEKernelArgs &args) {
+  return static_cast<float *>(
+      args.buffers[SharedFFN ? MOE_EXPERTS_SLOT_SHARED_OUT
+                             : MOE_EXPERTS_SLOT_OUT]);
+}
+
 /// The eight weight pointers of an FFN set (MoEFFNSlot order), from
 /// argument slot `first` (MOE_EXPERTS_SLOT_ROUTED_GATE or _SHARED_GATE).
 /// The expert kernels' buffers are the MOE_EXPERTS slots of KernelABI.h.
@@ -454,9 +471,7 @@ upItem(const MoEKernelArgs &args, const FFNWeights<F> &w, long long e, int j0,
   using TW = typename F::TW;
   constexpr int H = F::H, I = F::I;
   constexpr bool Scale = Cfg::ScaleInput && !SharedFFN;
-  float *h = static_cast<float *>(
-      args.buffers[SharedFFN ? MOE_EXPERTS_SLOT_SHARED_HIDDEN
-                             : MOE_EXPERTS_SLOT_HIDDEN]);
+  float *h = hiddenBuffer<SharedFFN>(args);
   const int lane = threadIdx.x % 32, warp = threadIdx.x / 32;
   // Units past the expert's width are padding: not loaded, not computed.
   const int width = F::width(e);
@@ -666,12 +681,8 @@ downItem(const MoEKernelArgs &args, const FFNWeights<F> &w, long long e, int o0,
       static_cast<const float *>(args.buffers[MOE_EXPERTS_SLOT_WEIGHTS]);
   const int *rows =
       static_cast<const int *>(args.buffers[MOE_EXPERTS_SLOT_ROWS]);
-  const float *h = static_cast<const float *>(
-      args.buffers[SharedFFN ? MOE_EXPERTS_SLOT_SHARED_HIDDEN
-                             : MOE_EXPERTS_SLOT_HIDDEN]);
-  float *out =
-      static_cast<float *>(args.buffers[SharedFFN ? MOE_EXPERTS_SLOT_SHARED_OUT
-                                                  : MOE_EXPERTS_SLOT_OUT]);
+  const float *h = hiddenBuffer<SharedFFN>(args);
+  float *out = outBuffer<SharedFFN>(args);
   const int lane = threadIdx.x % 32, warp = threadIdx.x / 32;
 
   // The expert's width: down rows (columns) and h are read up to it.

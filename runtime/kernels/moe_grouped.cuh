@@ -750,9 +750,7 @@ __device__ void gateUp(const MoEKernelArgs &args) {
       static_cast<const int *>(args.buffers[MOE_EXPERTS_SLOT_OFFSETS]);
   const int *rows =
       static_cast<const int *>(args.buffers[MOE_EXPERTS_SLOT_ROWS]);
-  float *h = static_cast<float *>(
-      args.buffers[SharedFFN ? MOE_EXPERTS_SLOT_SHARED_HIDDEN
-                             : MOE_EXPERTS_SLOT_HIDDEN]);
+  float *h = experts::hiddenBuffer<SharedFFN>(args);
   const experts::FFNWeights<F> w =
       experts::ffnWeights<F>(args, SharedFFN ? 12 : 4);
 
@@ -939,12 +937,8 @@ __device__ void down(const MoEKernelArgs &args) {
       static_cast<const int *>(args.buffers[MOE_EXPERTS_SLOT_OFFSETS]);
   const int *rows =
       static_cast<const int *>(args.buffers[MOE_EXPERTS_SLOT_ROWS]);
-  const float *h = static_cast<const float *>(
-      args.buffers[SharedFFN ? MOE_EXPERTS_SLOT_SHARED_HIDDEN
-                             : MOE_EXPERTS_SLOT_HIDDEN]);
-  float *out =
-      static_cast<float *>(args.buffers[SharedFFN ? MOE_EXPERTS_SLOT_SHARED_OUT
-                                                  : MOE_EXPERTS_SLOT_OUT]);
+  const float *h = experts::hiddenBuffer<SharedFFN>(args);
+  float *out = experts::outBuffer<SharedFFN>(args);
   const experts::FFNWeights<F> w =
       experts::ffnWeights<F>(args, SharedFFN ? 12 : 4);
 
