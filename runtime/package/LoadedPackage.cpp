@@ -245,8 +245,7 @@ int LoadedPackage::tensorIndex(size_t layer, size_t weight) const {
   return state_->layerTensors[layer][weight];
 }
 
-Expected<std::vector<uint8_t>>
-LoadedPackage::tensorBytes(size_t tensor) const {
+Expected<std::vector<uint8_t>> LoadedPackage::tensorBytes(size_t tensor) const {
   if (tensor >= state_->tensors.size())
     return Status::error("tensor " + std::to_string(tensor) +
                          " is out of range (the package has " +

@@ -941,17 +941,16 @@ TEST(Package, TheExecutorRunsOnThePackagesBytesWithoutACopy) {
         // read that encoding (held by the executor) in place.
         EXPECT_FALSE(hostExec->weightCopied(w));
         ASSERT_NE(hostExec->weightData(w), nullptr);
-        EXPECT_EQ(std::memcmp(hostExec->weightData(w), stored.data(),
-                              stored.size()),
-                  0);
+        EXPECT_EQ(
+            std::memcmp(hostExec->weightData(w), stored.data(), stored.size()),
+            0);
         continue;
       }
       // In place: the kernels read the provider's read of weights.bin (no
       // allocation of the backend's, no second copy).
       ASSERT_NE(hostExec->weightData(w), nullptr) << w;
-      EXPECT_EQ(std::memcmp(hostExec->weightData(w), stored.data(),
-                            stored.size()),
-                0)
+      EXPECT_EQ(
+          std::memcmp(hostExec->weightData(w), stored.data(), stored.size()), 0)
           << w;
       EXPECT_FALSE(hostExec->weightCopied(w)) << w;
       // On a device: one allocation of the stored size (+16 bytes of
@@ -1008,11 +1007,11 @@ TEST(Package, AWeightsFileTruncatedWhileInUseIsAnErrorNotSIGBUS) {
         << w;
   }
   // Loading again reads the file: an error, from every reader.
-  std::string expected = bin + ": ends at 0 bytes, " +
-                         std::to_string(p->tensors().back().offset +
-                                        p->tensors().back().bytes) +
-                         " when the package was opened: it was truncated or "
-                         "rewritten while in use";
+  std::string expected =
+      bin + ": ends at 0 bytes, " +
+      std::to_string(p->tensors().back().offset + p->tensors().back().bytes) +
+      " when the package was opened: it was truncated or rewritten while in "
+      "use";
   moe::LayerExecutor again(plan, host);
   Status s = again.loadWeights(p->weightProvider());
   ASSERT_FALSE(s.ok());
