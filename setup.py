@@ -74,9 +74,11 @@ class CMakeBuild(build_ext):
 
 
 # setuptools' own intermediate folders go next to the CMake build, not
-# into the source tree.
+# into the source tree; emptied first, so that a file no longer in the
+# package does not stay in its wheel.
 _scratch = os.path.join(cmake_build_dir()[0], "setuptools")
-os.makedirs(_scratch, exist_ok=True)
+shutil.rmtree(_scratch, ignore_errors=True)
+os.makedirs(_scratch)
 
 setup(
     ext_modules=[CMakeExtension("moe_opt._moe_opt")],
