@@ -10,6 +10,7 @@ packages=(
   python3-numpy                             # independent test oracles
   libboost-context-dev                      # fibers of the CPU emulation of kernels
   pybind11-dev python3-dev                  # the Python module moe_opt
+  python3-pip python3-setuptools python3-wheel python3-venv  # pip install . / pip wheel . (pyproject.toml)
   libglpk-dev                               # ILP of the affinity expert placement
   coinor-libcbc-dev                         # the same ILP with CBC (solver=cbc)
   liblapacke-dev                            # SVD of --moe-compress-experts, the affinity eigenvalue bound

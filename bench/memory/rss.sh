@@ -1,8 +1,10 @@
 #!/usr/bin/env bash
 # Peak host memory of running a package on the CPU emulation, against the
 # package's weight bytes (issue 10, "weights stay bytes"): the executor runs
-# on weights.bin as it is mapped, so the peak resident set should be the
-# weights plus a small constant, not weights plus f32 copies.
+# on weights.bin's bytes as read (one copy, no f32), and moe-run holds one
+# layer's executor at a time, so the peak resident set should stay under
+# the weights plus a small constant, not weights plus f32 copies (measured
+# in docs/package.md, "Weights stay bytes").
 #
 #   bash bench/memory/rss.sh [BUILD_DIR] [-- extra moe-import flags]
 #

@@ -1,8 +1,8 @@
 //===- LoadedPackage.cpp - Opens and checks a package ---------------------===//
 //
 // Part of moe-opt. openPackage reads the manifest (Manifest.h), checks every
-// file's size and SHA-256 and maps weights.bin once; a LoadedPackage and
-// the providers it makes share that mapping.
+// file's size and SHA-256 and opens weights.bin once; a LoadedPackage and
+// the providers it makes share that descriptor, and read it with pread.
 //
 //===----------------------------------------------------------------------===//
 
@@ -13,7 +13,6 @@
 #include "moe/runtime/Package.h"
 
 #include <fcntl.h>
-#include <sys/mman.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
@@ -30,76 +29,34 @@ using namespace detail;
 
 namespace {
 
-/// A file mapped read-only (or read, where mmap fails), followed by at least
-/// 16 readable zero bytes: kernels that read its tensors in place load 16
-/// bytes at a time and may touch bytes past the last tensor. What is copied
-/// out of it (hashes, f32 values) is read from its descriptor instead
-/// (read()): those bytes pass through the page cache only, not the resident
-/// set, and a file truncated meanwhile gives an error, not SIGBUS.
-class MappedFile {
+/// weights.bin, open for reading. It is never mapped: every byte that leaves
+/// it (hashes, f32 values, the bytes the kernels run on) is copied out with
+/// pread, so a file truncated or rewritten while a package is open gives an
+/// error naming it, not SIGBUS, and its pages pass through the page cache
+/// only, not the resident set.
+class PackageFile {
 public:
-  ~MappedFile() {
-    if (mapped_)
-      ::munmap(mapped_, mappedBytes_);
+  ~PackageFile() {
     if (fd_ >= 0)
       ::close(fd_);
   }
-  static Expected<std::unique_ptr<MappedFile>> open(const std::string &path,
-                                                    size_t size) {
-    auto file = std::unique_ptr<MappedFile>(new MappedFile());
+  static Expected<std::unique_ptr<PackageFile>> open(const std::string &path,
+                                                     size_t size) {
+    auto file = std::unique_ptr<PackageFile>(new PackageFile());
     file->size_ = size;
+    file->path_ = path;
     if (size == 0)
       return file;
-    int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
-    if (fd < 0)
+    file->fd_ = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
+    if (file->fd_ < 0)
       return Status::error("cannot open '" + path + "': " + errnoText(errno));
-    // Reserve the file's pages and one more, then map the file over their
-    // start: the page after the file reads as zeros instead of faulting.
-    size_t page = static_cast<size_t>(::sysconf(_SC_PAGESIZE));
-    size_t reserved = (size + page - 1) / page * page + page;
-    void *base = ::mmap(nullptr, reserved, PROT_READ,
-                        MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
-    if (base != MAP_FAILED) {
-      void *p = ::mmap(base, size, PROT_READ, MAP_PRIVATE | MAP_FIXED, fd, 0);
-      if (p != MAP_FAILED) {
-        file->mapped_ = base;
-        file->mappedBytes_ = reserved;
-        file->fd_ = fd;
-        file->path_ = path;
-        return file;
-      }
-      ::munmap(base, reserved);
-    }
-    file->copy_.assign(size + 16, 0);
-    size_t done = 0;
-    while (done < size) {
-      ssize_t n = ::read(fd, file->copy_.data() + done, size - done);
-      if (n < 0 && errno == EINTR)
-        continue;
-      if (n <= 0) {
-        int e = n < 0 ? errno : EIO;
-        ::close(fd);
-        return Status::error("cannot read '" + path + "': " + errnoText(e));
-      }
-      done += static_cast<size_t>(n);
-    }
-    ::close(fd);
     return file;
   }
-  const uint8_t *data() const {
-    return mapped_ ? static_cast<const uint8_t *>(mapped_) : copy_.data();
-  }
   size_t size() const { return size_; }
-  /// Bytes readable from data(): size() and the zeros after it.
-  size_t readable() const { return mapped_ ? mappedBytes_ : copy_.size(); }
 
   /// Copies bytes [offset, offset + n) of the file to `dst` (the caller
   /// keeps them within size()).
   Status read(size_t offset, size_t n, uint8_t *dst) const {
-    if (!mapped_) {
-      std::memcpy(dst, copy_.data() + offset, n);
-      return Status::success();
-    }
     size_t done = 0;
     while (done < n) {
       ssize_t got =
@@ -123,13 +80,20 @@ public:
     return Status::success();
   }
 
+  /// The bytes of `t`, read into a vector, followed by `slack` zero bytes.
+  Expected<std::vector<uint8_t>> readTensor(const PackageTensor &t,
+                                            size_t slack = 0) const {
+    std::vector<uint8_t> bytes(static_cast<size_t>(t.bytes) + slack, 0);
+    if (Status s = read(static_cast<size_t>(t.offset),
+                        static_cast<size_t>(t.bytes), bytes.data()))
+      return s;
+    return bytes;
+  }
+
 private:
-  MappedFile() = default;
+  PackageFile() = default;
   int fd_ = -1;
   std::string path_;
-  void *mapped_ = nullptr;
-  size_t mappedBytes_ = 0;
-  std::vector<uint8_t> copy_;
   size_t size_ = 0;
 };
 
@@ -227,7 +191,7 @@ struct LoadedPackage::State {
   std::string irFile; ///< "" when none.
   std::vector<PackageTensor> tensors;
   std::vector<std::vector<int>> layerTensors;
-  std::unique_ptr<MappedFile> weights;
+  std::unique_ptr<PackageFile> weights;
   std::map<std::string, size_t> byIdentity; ///< Non-constant tensors.
 };
 
@@ -281,13 +245,15 @@ int LoadedPackage::tensorIndex(size_t layer, size_t weight) const {
   return state_->layerTensors[layer][weight];
 }
 
-ByteView LoadedPackage::tensorBytes(size_t tensor) const {
+Expected<std::vector<uint8_t>> LoadedPackage::tensorBytes(size_t tensor) const {
   if (tensor >= state_->tensors.size())
-    return {};
+    return Status::error("tensor " + std::to_string(tensor) +
+                         " is out of range (the package has " +
+                         std::to_string(state_->tensors.size()) + ")");
   const PackageTensor &t = state_->tensors[tensor];
   if (!t.stored)
-    return {};
-  return {state_->weights->data() + t.offset, static_cast<size_t>(t.bytes)};
+    return std::vector<uint8_t>();
+  return state_->weights->readTensor(t);
 }
 
 namespace {
@@ -310,15 +276,13 @@ Expected<std::vector<float>> LoadedPackage::tensorValues(size_t tensor) const {
                          std::to_string(state_->tensors.size()) + ")");
   if (!state_->tensors[tensor].stored)
     return externalTensorError(*state_, tensor);
-  // Read, not taken from the mapping: the values are a copy anyway, and
-  // the reference executor that asks for them layer by layer then keeps no
-  // page of weights.bin resident.
+  // The reference executor that asks for them layer by layer keeps no page
+  // of weights.bin resident.
   const PackageTensor &t = state_->tensors[tensor];
-  std::vector<uint8_t> bytes(static_cast<size_t>(t.bytes));
-  if (Status s = state_->weights->read(static_cast<size_t>(t.offset),
-                                       bytes.size(), bytes.data()))
-    return s;
-  return decodeTensorValues(bytes.data(), bytes.size(), t.ref.type);
+  Expected<std::vector<uint8_t>> bytes = state_->weights->readTensor(t);
+  if (!bytes)
+    return bytes.status();
+  return decodeTensorValues(bytes->data(), bytes->size(), t.ref.type);
 }
 
 namespace {
@@ -363,11 +327,20 @@ moe::WeightBytesProvider LoadedPackage::weightProvider() const {
     const PackageTensor &t = state->tensors[*tensor];
     if (!t.stored)
       return externalTensorError(*state, *tensor);
-    // The bytes in weights.bin, in their stored dtype: no copy.
-    return moe::WeightBytes::view(
-        t.ref.type, state->weights->data() + t.offset,
-        static_cast<size_t>(t.bytes),
-        state->weights->readable() - static_cast<size_t>(t.offset), state);
+    // The bytes in weights.bin, in their stored dtype, read into memory the
+    // result owns: the emulation runs on them in place, a device backend
+    // uploads them and drops them. Kernels never read the file through a
+    // mapping that a truncation would turn into SIGBUS.
+    // 16 bytes of slack for the kernels' 16-byte loads, read in place (no
+    // second copy for them).
+    Expected<std::vector<uint8_t>> bytes =
+        state->weights->readTensor(t, /*slack=*/16);
+    if (!bytes)
+      return bytes.status();
+    auto owned = std::make_shared<std::vector<uint8_t>>(std::move(*bytes));
+    return moe::WeightBytes::view(t.ref.type, owned->data(),
+                                  static_cast<size_t>(t.bytes), owned->size(),
+                                  owned);
   };
 }
 
@@ -381,8 +354,10 @@ Expected<PackageContents> LoadedPackage::toContents() const {
   c.resources = s.resources;
   c.layerTensors = s.layerTensors;
   for (size_t t = 0; t < s.tensors.size(); ++t) {
-    ByteView b = tensorBytes(t);
-    c.tensors.emplace_back(b.data, b.data + b.size);
+    Expected<std::vector<uint8_t>> b = tensorBytes(t);
+    if (!b)
+      return b.status();
+    c.tensors.push_back(std::move(*b));
     if (!s.tensors[t].stored) {
       c.external.resize(s.tensors.size(), false);
       c.external[t] = true;
@@ -457,14 +432,14 @@ Expected<LoadedPackage> openPackage(const std::string &dir,
   }
   if (Status s = checkFilePresent(dir, d.weights))
     return s;
-  Expected<std::unique_ptr<MappedFile>> weights = MappedFile::open(
+  Expected<std::unique_ptr<PackageFile>> weights = PackageFile::open(
       joinPath(dir, d.weights.file), static_cast<size_t>(d.weights.bytes));
   if (!weights)
     return weights.status();
   state->weights = std::move(*weights);
   if (verify) {
-    // Read in pieces, not through the mapping: checking a package of any
-    // size leaves none of it resident.
+    // Read in pieces: checking a package of any size leaves none of it
+    // resident.
     Sha256 h;
     std::vector<uint8_t> piece(
         std::min<size_t>(state->weights->size(), size_t{4} << 20));
@@ -486,9 +461,11 @@ Expected<LoadedPackage> openPackage(const std::string &dir,
   for (PackageTensor &t : d.tensors) {
     if (!t.constant)
       continue;
+    Expected<std::vector<uint8_t>> bytes = state->weights->readTensor(t);
+    if (!bytes)
+      return bytes.status();
     Expected<std::vector<float>> values =
-        decodeTensorValues(state->weights->data() + t.offset,
-                           static_cast<size_t>(t.bytes), t.ref.type);
+        decodeTensorValues(bytes->data(), bytes->size(), t.ref.type);
     if (!values)
       return values.takeError(manifestPath);
     t.ref.inlineValues = std::move(*values);

@@ -771,8 +771,9 @@ TEST(Package, WriteThenOpenGivesTheSamePlanAndBytes) {
 
   ASSERT_EQ(p->tensors().size(), c.tensors.size());
   for (size_t t = 0; t < c.tensors.size(); ++t) {
-    ByteView b = p->tensorBytes(t);
-    EXPECT_EQ(std::vector<uint8_t>(b.data, b.data + b.size), c.tensors[t]) << t;
+    Expected<std::vector<uint8_t>> b = p->tensorBytes(t);
+    ASSERT_TRUE(b.ok()) << b.message();
+    EXPECT_EQ(*b, c.tensors[t]) << t;
     EXPECT_EQ(p->tensors()[t].offset % kPackageWeightAlignment, 0) << t;
   }
   EXPECT_TRUE(p->tensors()[2].constant);
@@ -781,7 +782,7 @@ TEST(Package, WriteThenOpenGivesTheSamePlanAndBytes) {
   EXPECT_EQ(p->tensorIndex(1, 0), 3);
   EXPECT_EQ(p->tensorIndex(1, 2), -1);
   EXPECT_EQ(p->tensorIndex(5, 0), -1);
-  EXPECT_EQ(p->tensorBytes(99).size, 0u);
+  EXPECT_FALSE(p->tensorBytes(99).ok());
   EXPECT_FALSE(p->tensorValues(99).ok());
 
   // weights.bin: each tensor at its 256-aligned offset, zero padding.
@@ -806,14 +807,15 @@ TEST(Package, WeightProviderMatchesByPositionAndByIdentity) {
   ASSERT_TRUE(writePackage(c, tmp / "pkg").ok());
   moe::WeightBytesProvider provider;
   moe::ModulePlan copy;
-  const uint8_t *f16Bytes = nullptr;
+  std::vector<uint8_t> f16Bytes;
   {
     Expected<LoadedPackage> p = openPackage(tmp / "pkg");
     ASSERT_TRUE(p.ok()) << p.message();
     provider = p->weightProvider();
     copy = p->plan();
     // By position: the WeightRefs inside the package's plan. The provider
-    // hands out weights.bin's bytes themselves, in the stored dtype.
+    // hands out weights.bin's bytes, in the stored dtype, read into memory
+    // the result owns (16 bytes of slack for the kernels' loads).
     for (size_t l = 0; l < p->plan().layers.size(); ++l)
       for (size_t w = 0; w < p->plan().layers[l].weights.size(); ++w) {
         const moe::WeightRef &ref = p->plan().layers[l].weights[w];
@@ -821,9 +823,11 @@ TEST(Package, WeightProviderMatchesByPositionAndByIdentity) {
           continue;
         Expected<moe::WeightBytes> v = provider(ref);
         ASSERT_TRUE(v.ok()) << v.message();
-        ByteView stored = p->tensorBytes(p->tensorIndex(l, w));
-        EXPECT_EQ(v->data, stored.data) << l << " " << w;
-        EXPECT_EQ(v->size, stored.size) << l << " " << w;
+        Expected<std::vector<uint8_t>> stored =
+            p->tensorBytes(p->tensorIndex(l, w));
+        ASSERT_TRUE(stored.ok()) << stored.message();
+        EXPECT_EQ(std::vector<uint8_t>(v->data, v->data + v->size), *stored)
+            << l << " " << w;
         EXPECT_EQ(v->type, ref.type) << l << " " << w;
         EXPECT_GE(v->readable, v->size + 16) << l << " " << w;
         EXPECT_NE(v->owner, nullptr);
@@ -835,15 +839,15 @@ TEST(Package, WeightProviderMatchesByPositionAndByIdentity) {
     Expected<std::vector<float>> f16 = p->tensorValues(3);
     ASSERT_TRUE(f16.ok());
     EXPECT_EQ(*f16, valuesOf(c.plan.layers[1].weights[0]));
-    f16Bytes = p->tensorBytes(3).data;
+    f16Bytes = p->tensorBytes(3).value();
   }
   // By identity, from a copy of the plan, after the package object is gone
-  // (the provider keeps the data alive); `files` does not matter.
+  // (the provider keeps the file open); `files` does not matter.
   moe::WeightRef ref = copy.layers[1].weights[0];
   ref.files = {"elsewhere.safetensors"};
   Expected<moe::WeightBytes> v = provider(ref);
   ASSERT_TRUE(v.ok()) << v.message();
-  EXPECT_EQ(v->data, f16Bytes);
+  EXPECT_EQ(std::vector<uint8_t>(v->data, v->data + v->size), f16Bytes);
   EXPECT_EQ(v->type, moe::ElementType::F16);
   EXPECT_EQ(valuesOfBytes(*v), valuesOf(ref));
   v = provider(copy.layers[0].weights[2]); // The constant, by its values.
@@ -909,8 +913,8 @@ public:
 
 // Defect 8 of issue 10: the executor took f32 values and re-encoded them
 // (3x host memory per bf16 tensor). Now a package's weights reach the
-// kernels as weights.bin's bytes: read in place on a backend that reads
-// host memory, uploaded straight from the mapping on a device.
+// kernels as weights.bin's bytes, read once with pread: run on in place on
+// a backend that reads host memory, uploaded from that read on a device.
 TEST(Package, TheExecutorRunsOnThePackagesBytesWithoutACopy) {
   TempDir tmp;
   PackageContents c = sampleContents();
@@ -928,31 +932,39 @@ TEST(Package, TheExecutorRunsOnThePackagesBytesWithoutACopy) {
     ASSERT_TRUE(hostExec->loadWeights(p->weightProvider()).ok());
     ASSERT_TRUE(deviceExec.loadWeights(p->weightProvider()).ok());
     for (size_t w = 0; w < plan.weights.size(); ++w) {
-      ByteView stored = p->tensorBytes(p->tensorIndex(0, w));
+      Expected<std::vector<uint8_t>> read =
+          p->tensorBytes(p->tensorIndex(0, w));
+      ASSERT_TRUE(read.ok()) << read.message();
+      const std::vector<uint8_t> &stored = *read;
       if (!plan.weights[w].inlineValues.empty()) {
         // A constant is encoded from the plan's values, and the kernels
         // read that encoding (held by the executor) in place.
         EXPECT_FALSE(hostExec->weightCopied(w));
         ASSERT_NE(hostExec->weightData(w), nullptr);
         EXPECT_EQ(
-            std::memcmp(hostExec->weightData(w), stored.data, stored.size), 0);
+            std::memcmp(hostExec->weightData(w), stored.data(), stored.size()),
+            0);
         continue;
       }
-      // In place: the kernels read weights.bin's mapping.
-      EXPECT_EQ(hostExec->weightData(w), stored.data) << w;
+      // In place: the kernels read the provider's read of weights.bin (no
+      // allocation of the backend's, no second copy).
+      ASSERT_NE(hostExec->weightData(w), nullptr) << w;
+      EXPECT_EQ(
+          std::memcmp(hostExec->weightData(w), stored.data(), stored.size()), 0)
+          << w;
       EXPECT_FALSE(hostExec->weightCopied(w)) << w;
       // On a device: one allocation of the stored size (+16 bytes of
-      // slack), filled straight from the mapping.
+      // slack), filled from the read.
       const void *buffer = deviceExec.weightData(w);
       EXPECT_TRUE(deviceExec.weightCopied(w)) << w;
       ASSERT_TRUE(device.live.count(const_cast<void *>(buffer))) << w;
-      EXPECT_EQ(device.live[const_cast<void *>(buffer)], stored.size + 16);
-      EXPECT_EQ(device.uploads[const_cast<void *>(buffer)], stored.data) << w;
+      EXPECT_EQ(device.live[const_cast<void *>(buffer)], stored.size() + 16);
+      EXPECT_EQ(std::memcmp(buffer, stored.data(), stored.size()), 0) << w;
     }
     // Nothing was allocated for weights on the host backend.
     EXPECT_EQ(host.allocatedBytes, 0u);
   }
-  // The executor keeps the mapping alive after the package object is gone.
+  // The executor keeps the bytes alive after the package object is gone.
   const auto *bf16 = static_cast<const uint8_t *>(hostExec->weightData(1));
   Expected<std::vector<float>> values = decodeTensorValues(
       bf16, c.tensors[c.layerTensors[0][1]].size(), moe::ElementType::BF16);
@@ -964,6 +976,51 @@ TEST(Package, TheExecutorRunsOnThePackagesBytesWithoutACopy) {
   hostExec->bindWeight(1, mine.data());
   EXPECT_EQ(hostExec->weightData(1), mine.data());
   hostExec.reset();
+}
+
+// Issue 15: the kernels read weights.bin through its mapping, so a package
+// truncated while a model ran stopped the process with SIGBUS. The bytes
+// the kernels run on are now read (pread) into memory of their own: weights
+// loaded before the truncation keep running, and a read after it is an
+// error naming the file.
+TEST(Package, AWeightsFileTruncatedWhileInUseIsAnErrorNotSIGBUS) {
+  TempDir tmp;
+  PackageContents c = sampleContents();
+  ASSERT_TRUE(writePackage(c, tmp / "pkg").ok());
+  Expected<LoadedPackage> p = openPackage(tmp / "pkg");
+  ASSERT_TRUE(p.ok()) << p.message();
+  moe::LayerPlan plan = p->plan().layers[0];
+  RecordingBackend host(true);
+  moe::LayerExecutor loaded(plan, host);
+  ASSERT_TRUE(loaded.loadWeights(p->weightProvider()).ok());
+
+  std::string bin = tmp / "pkg/weights.bin";
+  ASSERT_EQ(::truncate(bin.c_str(), 0), 0);
+
+  // What was loaded is the executor's: still readable, still the weights.
+  for (size_t w = 0; w < plan.weights.size(); ++w) {
+    if (!plan.weights[w].inlineValues.empty())
+      continue;
+    const std::vector<uint8_t> &want =
+        c.tensors[static_cast<size_t>(c.layerTensors[0][w])];
+    EXPECT_EQ(std::memcmp(loaded.weightData(w), want.data(), want.size()), 0)
+        << w;
+  }
+  // Loading again reads the file: an error, from every reader.
+  std::string expected =
+      bin + ": ends at 0 bytes, " +
+      std::to_string(p->tensors().back().offset + p->tensors().back().bytes) +
+      " when the package was opened: it was truncated or rewritten while in "
+      "use";
+  moe::LayerExecutor again(plan, host);
+  Status s = again.loadWeights(p->weightProvider());
+  ASSERT_FALSE(s.ok());
+  EXPECT_EQ(s.message(), expected);
+  int t = p->tensorIndex(0, 1);
+  ASSERT_GE(t, 0);
+  EXPECT_EQ(p->tensorBytes(static_cast<size_t>(t)).message(), expected);
+  EXPECT_EQ(p->tensorValues(static_cast<size_t>(t)).message(), expected);
+  EXPECT_EQ(p->toContents().message(), expected);
 }
 
 TEST(Package, TheExecutorConvertsBytesOfAnotherDtypeOnce) {
@@ -1171,7 +1228,8 @@ TEST(Package, AShapeOnlyPackageStoresTheConstantsAndDescribesTheRest) {
     EXPECT_EQ(p->tensors()[t].bytes,
               static_cast<int64_t>(full.tensors[t].size())) << t;
   }
-  EXPECT_EQ(p->tensorBytes(0).size, 0u);
+  ASSERT_TRUE(p->tensorBytes(0).ok());
+  EXPECT_TRUE(p->tensorBytes(0)->empty());
   Expected<std::vector<float>> values = p->tensorValues(0);
   ASSERT_FALSE(values.ok());
   EXPECT_EQ(values.message(),

@@ -3,9 +3,9 @@
 // Part of moe-opt. Allocates a layer's buffers, uploads its weights in the
 // kernels' dtypes, and launches its kernels in order on a backend: the CUDA
 // driver, or the CPU emulation of the same kernels. Weights travel as bytes
-// in their stored dtype: a package's mapped weights.bin goes to the device
-// (or, on the emulation, is read in place) without an f32 copy. Plain C++,
-// no MLIR.
+// in their stored dtype: a package's weights.bin, read tensor by tensor,
+// goes to the device (or, on the emulation, is run on in place) without an
+// f32 copy. Plain C++, no MLIR.
 //
 //===----------------------------------------------------------------------===//
 
@@ -82,7 +82,7 @@ struct WeightBytes {
   static WeightBytes fromVector(ElementType type, std::vector<uint8_t> bytes);
 };
 
-/// The bytes of a weight (the whole tensor): a package's mapped
+/// The bytes of a weight (the whole tensor): read from a package's
 /// weights.bin, a checkpoint's, ...
 using WeightBytesProvider =
     std::function<runtime::Expected<WeightBytes>(const WeightRef &)>;

@@ -159,12 +159,6 @@ struct PackageTensor {
   int64_t bytes = 0;
 };
 
-/// A view of bytes owned by a LoadedPackage.
-struct ByteView {
-  const uint8_t *data = nullptr;
-  size_t size = 0;
-};
-
 struct OpenPackageOptions {
   /// Check the SHA-256 of every file (reads all of weights.bin). Sizes are
   /// always checked.
@@ -172,9 +166,9 @@ struct OpenPackageOptions {
 };
 
 /// An opened, checked package. Copies share the same data (weights.bin is
-/// memory-mapped once, with at least a page of zeros mapped after its
-/// end); everything stays valid while any copy, a provider made by
-/// weightProvider(), or the WeightBytes it handed out, lives.
+/// opened once and read with pread, never mapped: docs/package.md);
+/// everything stays valid while any copy or a provider made by
+/// weightProvider() lives.
 class LoadedPackage {
 public:
   const std::string &directory() const;
@@ -205,8 +199,9 @@ public:
   /// The tensor of plan().layers[layer].weights[weight], or -1 when out of
   /// range.
   int tensorIndex(size_t layer, size_t weight) const;
-  /// The bytes of a tensor in weights.bin (empty view when out of range).
-  ByteView tensorBytes(size_t tensor) const;
+  /// The bytes of a tensor in weights.bin, read (none for an external
+  /// tensor; an error when out of range or when the file was truncated).
+  Expected<std::vector<uint8_t>> tensorBytes(size_t tensor) const;
   /// The f32 values of a tensor (bf16/f16 widened, i32/u32 converted).
   Expected<std::vector<float>> tensorValues(size_t tensor) const;
   /// The tensor a WeightRef names (sameWeight), or an error naming it.
@@ -215,9 +210,11 @@ public:
   /// A provider for LayerExecutor::loadWeights: a WeightRef inside plan()
   /// is matched by position (its layer and index); any other WeightRef by
   /// identity (findTensor), so a copy of the plan works too. It hands out
-  /// the tensor's bytes in weights.bin as they are (its stored dtype, no
-  /// copy), kept alive by the package's shared state, with the slack past
-  /// the end that the mapping guarantees (at least 16 bytes).
+  /// the tensor's bytes in weights.bin as they are (its stored dtype),
+  /// read with pread into memory the WeightBytes owns (16 bytes of zero
+  /// slack after them): the emulation runs on that memory in place, a
+  /// device backend uploads it and drops it. A weights.bin truncated
+  /// since the package was opened gives an error naming it.
   moe::WeightBytesProvider weightProvider() const;
 
   /// Everything in the package, as writePackage takes it (reads the IR).

@@ -6,7 +6,9 @@ torch (float64): router softmax, top-2, renormalised weights, SiLU-gated
 experts, from the model's safetensors. Covers the defects of issue 15:
 bfloat16 input, out=torch.empty(...), [B, S, H] input, bind_tensor with
 torch tensors (bf16 included); then the custom op in torch.jit.trace and
-torch.fx graphs, its Meta kernel, return_routing, MoEModel, bind_state_dict.
+torch.fx graphs, its Meta kernel, a module around it under make_fx on fake
+tensors (and torch.compile with fullgraph=True where torch has it),
+return_routing, MoEModel, bind_state_dict.
 """
 import argparse
 import os
@@ -16,6 +18,7 @@ import sys
 import numpy as np
 import torch
 import torch.fx
+from torch.fx.experimental.proxy_tensor import make_fx
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "..",
                                 "Oracle"))
@@ -198,6 +201,55 @@ def main():
     check("the Meta kernel gives x's shape and dtype without running",
           meta.device.type == "meta" and meta.shape == (3, 7, 64)
           and meta.dtype == torch.bfloat16)
+
+    # A module around the layer, traced by make_fx on fake tensors (torch
+    # 1.13's tracer of aten graphs, the one under torch.compile's
+    # AOTAutograd): the layer is one moe_opt.layer node among the aten ops,
+    # its output's shape and dtype from the Meta kernel, and the graph
+    # computes what the module does eagerly.
+    class Block(torch.nn.Module):
+        def __init__(self, moe):
+            super().__init__()
+            self.moe = moe
+
+        def forward(self, x):
+            return x + self.moe(torch.nn.functional.silu(x) * 0.5)
+
+    block = Block(layer)
+    xb = torch.randn(2, 5, 64, dtype=torch.bfloat16)
+    fx = make_fx(block, tracing_mode="fake")(xb)
+    calls = [str(n.target) for n in fx.graph.nodes if n.op == "call_function"]
+    node = [n for n in fx.graph.nodes
+            if n.target == torch.ops.moe_opt.layer.default]
+    val = node[0].meta.get("val") if node else None
+    check("make_fx(tracing_mode='fake') holds one opaque moe_opt.layer node",
+          calls.count("moe_opt.layer.default") == 1 and len(calls) == 4
+          and val is not None and val.shape == (2, 5, 64)
+          and val.dtype == torch.bfloat16, str(calls))
+    check("the make_fx graph equals the module eagerly",
+          torch.equal(fx(xb), block(xb)))
+
+    # torch.compile (torch 2.0 and newer) with fullgraph=True: no graph
+    # break, the layer one node of the graph dynamo hands its backend.
+    if hasattr(torch, "compile"):
+        graphs = []
+
+        def backend(gm, example_inputs):
+            graphs.append(gm)
+            return gm.forward
+
+        compiled = torch.compile(block, backend=backend, fullgraph=True)
+        xc = torch.randn(2, 5, 64)
+        same = torch.equal(compiled(xc), block(xc))
+        ops = [n.target for g in graphs for n in g.graph.nodes
+               if n.op == "call_function"]
+        check("torch.compile(fullgraph=True) holds one moe_opt.layer op "
+              "and equals eager",
+              len(graphs) == 1 and same and
+              sum(1 for t in ops if "moe_opt" in str(t)) == 1, str(ops))
+    else:
+        print("skip torch.compile: torch %s has none (make_fx above is "
+              "what 1.13 has)" % torch.__version__)
 
     # Every layer in order on a residual stream, as run_all chains them
     # (prenorm by default), against the chain written here in float64 on
