@@ -5,8 +5,8 @@
 // tensor cores, mma.sync.aligned.m16n8k32.row.col.f32.e4m3.e4m3.f32
 // (sm_89 and later), as DeepSeek's own kernels compute them:
 //
-//   fp8GateUp<Cfg, Shared>  gateUp with FP8 operands
-//   fp8Down<Cfg, Shared>    down with FP8 operands
+//   fp8GateUp<Cfg, Shared, Pipe>  gateUp with FP8 operands
+//   fp8Down<Cfg, Shared, Pipe>    down with FP8 operands
 //
 // The code generator calls them instead of gateUp / down for an FFN with
 // FP8 weights when the moe.fused_experts op carries moe.fp8_activations
@@ -30,7 +30,11 @@
 // as bytes, rows of KB codes padded by 16 bytes (ldmatrix reads 8 rows of
 // 16 bytes; with KB + 16 bytes per row those fall in distinct banks).
 // B tiles are copied with 16-byte code loads where the rows are whole
-// 16-byte words (In % 16 == 0).
+// 16-byte words (In % 16 == 0), cp.async ones on the pipelined k loop
+// (Pipe: moe_grouped.cuh's kLoop with fp8::Pipeline's steps and stages; a
+// block then takes one or more steps, its partial sums kept in registers
+// until its last one, so the sums and promotions are those of the
+// single-stage loop).
 //
 //===----------------------------------------------------------------------===//
 
