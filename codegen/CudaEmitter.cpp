@@ -2022,10 +2022,10 @@ private:
           launch.slotsPerToken = K;
           launch.minSlots = decodeSlots + 1;
         }
-        // gateUp and down take the k loop as a third argument; factor, the
-        // FP8 tensor-core GEMMs and the thin GEMMs of factored routed
+        // gateUp, down and the FP8 tensor-core GEMMs take the k loop as a
+        // third argument; factor and the thin GEMMs of factored routed
         // weights have the single-buffered one only.
-        bool pipe = call != "factor" && !call.starts_with("fp8") &&
+        bool pipe = call != "factor" &&
                     (flag || !r.lowRank) &&
                     options.gemm == ::moe::GroupedGemm::Pipelined;
         kernelEntry(

@@ -50,7 +50,7 @@ struct ApplyPlacementPass
     std::vector<std::pair<LayoutLayer, const ::moe::LayerPlacement *>> apply;
     for (auto fn : module.getOps<func::FuncOp>()) {
       std::string why;
-      FailureOr<ExpertLayer> layer = findExpertLayer(fn, why);
+      FailureOr<ExpertLayer> layer = findExpertLayer(fn, why, /*wholeExperts=*/true);
       if (failed(layer)) {
         if (!why.empty())
           return fail(fn, "cannot place the layer: " + why);

@@ -18,7 +18,8 @@ using namespace mlir::moe;
 using namespace mlir::moe::experts;
 
 FailureOr<ExpertLayer> experts::findExpertLayer(func::FuncOp fn,
-                                                std::string &why) {
+                                                std::string &why,
+                                                bool wholeExperts) {
   why.clear();
   auto index = fn->getAttrOfType<IntegerAttr>(kLayerAttrName);
   if (!index)
@@ -80,7 +81,7 @@ FailureOr<ExpertLayer> experts::findExpertLayer(func::FuncOp fn,
           "-> moe.expert_ffn -> moe.combine";
     return failure();
   }
-  if (layer.ffn.getQuantBlock()) {
+  if (layer.ffn.getQuantBlock() && !wholeExperts) {
     why = "the routed experts are block-quantized (quant_block); this pass "
           "rewrites f32/bf16/f16 expert weights and does not handle "
           "quantized ones yet";
@@ -114,6 +115,10 @@ SmallVector<OpOperand *> experts::expertWeightOperands(ExpertFFNOp ffn) {
   add(ffn.getUpBiasMutable());
   add(ffn.getGateUpBiasMutable());
   add(ffn.getDownBiasMutable());
+  add(ffn.getGateScaleMutable());
+  add(ffn.getUpScaleMutable());
+  add(ffn.getGateUpScaleMutable());
+  add(ffn.getDownScaleMutable());
   return out;
 }
 
@@ -217,7 +222,15 @@ StringRef experts::expertOperandName(ExpertFFNOp ffn, OpOperand *o) {
     return "up_bias";
   if (v == ffn.getGateUpBias())
     return "gate_up_bias";
-  return "down_bias";
+  if (v == ffn.getDownBias())
+    return "down_bias";
+  if (v == ffn.getGateScale())
+    return "gate_scale";
+  if (v == ffn.getUpScale())
+    return "up_scale";
+  if (v == ffn.getGateUpScale())
+    return "gate_up_scale";
+  return "down_scale";
 }
 
 LogicalResult experts::rebuildExpertWeights(

@@ -42,15 +42,21 @@ struct ExpertLayer {
 
 /// The routed experts of `fn`. On failure `why` says why the layer cannot be
 /// rewritten, or is empty when `fn` is not an MoE layer with routed experts
-/// (nothing to do).
-FailureOr<ExpertLayer> findExpertLayer(func::FuncOp fn, std::string &why);
+/// (nothing to do). Block-quantized experts (quant_block) are refused unless
+/// `wholeExperts` is set: a pass that only keeps or reorders whole experts
+/// (placement, a rank's share) moves each expert's codes and scales as they
+/// are, where one that computes new values (prune, merge) would need them
+/// dequantized.
+FailureOr<ExpertLayer> findExpertLayer(func::FuncOp fn, std::string &why,
+                                       bool wholeExperts = false);
 
-/// The expert FFN's operands that carry the leading expert dimension.
+/// The expert FFN's operands that carry the leading expert dimension:
+/// weights, biases and block scales.
 SmallVector<OpOperand *> expertWeightOperands(ExpertFFNOp ffn);
 
 /// The name of an expert weight operand of `ffn` ("gate", "up", "gate_up",
-/// "down" or one of their biases, "gate_bias", ...): the last part of the
-/// names of the new weights that replace it.
+/// "down", their biases "gate_bias", ... or scales "gate_scale", ...): the
+/// last part of the names of the new weights that replace it.
 StringRef expertOperandName(ExpertFFNOp ffn, OpOperand *o);
 
 /// Parameters and bytes of the routed experts.

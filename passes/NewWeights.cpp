@@ -132,12 +132,26 @@ FailureOr<WeightOp> NewWeights::addStreamed(OpBuilder &b, Location loc,
                                             Producer produce) {
   if (!problem.empty())
     return emitError(loc) << problem;
-  std::optional<::moe::DType> dtype = storedDType(type.getElementType());
-  if (!dtype || !type.hasStaticShape())
+  Type elem = type.getElementType();
+  std::optional<::moe::DType> dtype = storedDType(elem);
+  SmallVector<int64_t> stored(type.getShape());
+  // Quantized codes and scales as the loader reads them (forEachSlice):
+  // FP8 codes as F8_E4M3, E8M0 scales as U8, FP4 codes as U8 two per byte.
+  if (isa<Float8E4M3FNType>(elem))
+    dtype = ::moe::DType::F8E4M3;
+  if (isa<Float8E8M0FNUType, Float4E2M1FNType>(elem))
+    dtype = ::moe::DType::U8;
+  bool fp4 = isa<Float4E2M1FNType>(elem);
+  if (!dtype || !type.hasStaticShape() ||
+      (fp4 && (stored.empty() || stored.back() % 2 != 0)))
     return emitError(loc) << "new weight '" << name << "' has type " << type
-                          << "; expected a static shape of f32, bf16 or f16";
-  if (llvm::Error e = writer->addStreamedTensor(name, *dtype, type.getShape(),
-                                                std::move(produce)))
+                          << "; expected a static shape of f32, bf16, f16, "
+                             "f8E4M3FN, f8E8M0FNU or f4E2M1FN (an even last "
+                             "dimension)";
+  if (fp4)
+    stored.back() /= 2;
+  if (llvm::Error e =
+          writer->addStreamedTensor(name, *dtype, stored, std::move(produce)))
     return emitError(loc) << "new weight '" << name
                           << "': " << llvm::toString(std::move(e));
   return WeightOp::create(b, loc, type, b.getStrArrayAttr({name}),

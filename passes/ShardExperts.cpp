@@ -112,7 +112,7 @@ struct ShardExpertsPass : public impl::MoEShardExpertsBase<ShardExpertsPass> {
     int64_t placed = 0;
     for (auto fn : llvm::to_vector(module.getOps<func::FuncOp>())) {
       std::string why;
-      FailureOr<ExpertLayer> layer = findExpertLayer(fn, why);
+      FailureOr<ExpertLayer> layer = findExpertLayer(fn, why, /*wholeExperts=*/true);
       if (failed(layer)) {
         if (!why.empty())
           return fail(fn, "cannot shard the layer: " + why);
@@ -191,7 +191,8 @@ struct ShardExpertsPass : public impl::MoEShardExpertsBase<ShardExpertsPass> {
     b.setInsertionPointAfter(fn);
     b.insert(router);
     std::string ignored;
-    FailureOr<ExpertLayer> copy = findExpertLayer(router, ignored);
+    FailureOr<ExpertLayer> copy = findExpertLayer(router, ignored,
+                                                  /*wholeExperts=*/true);
     if (failed(copy)) {
       router.erase();
       why = "internal error: the router's copy is not a layer";
@@ -260,26 +261,16 @@ struct ShardExpertsPass : public impl::MoEShardExpertsBase<ShardExpertsPass> {
         continue;
       }
       if (w) {
-        Type elem = type.getElementType();
-        if (!elem.isF32() && !elem.isBF16() && !elem.isF16()) {
-          std::string text;
-          llvm::raw_string_ostream os(text);
-          os << type;
-          why = "the expert weight '" + expertOperandName(layer.ffn, o).str() +
-                "' is one " + text +
-                " tensor of every expert; only f32, bf16 and f16 ones are "
-                "cut per rank";
-          return failure();
-        }
         // One checkpoint tensor (w is not a stack of E names): read when
-        // the new weights are written, the rank's experts one at a time.
+        // the new weights are written, the rank's experts one at a time
+        // (quantized codes and scales as stored).
         std::string tensor = cast<StringAttr>(w.getNames()[0]).str();
         std::string file = cast<StringAttr>(w.getFiles()[0]).str();
         std::vector<int64_t> shape(type.getShape().begin(),
                                    type.getShape().end());
-        std::string elemName = elem.isBF16()  ? "bf16"
-                               : elem.isF16() ? "f16"
-                                              : "f32";
+        std::string elemName =
+            ::moe::WeightLoader::weightElementName(type.getElementType())
+                .str();
         std::vector<int64_t> experts(local.begin(), local.end());
         auto produce =
             [&loader, tensor, file, shape, elemName,

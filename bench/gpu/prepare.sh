@@ -27,7 +27,10 @@
 #            deepseek-v3-fp8.fp8-activations is the FP8 shape compiled from
 #            IR optimized with --moe-optimize="fp8-activations=true" (FP8
 #            tensor cores on the grouped path), compared there with the
-#            default (codes dequantized to bf16).
+#            default (codes dequantized to bf16), and
+#            deepseek-v3-fp8.fp8-activations.gemm-mma the same with the
+#            single-stage k loop (--gemm=mma), compared with the pipelined
+#            one.
 #
 # Every shapes/ and small/ package has bf16 weights and bf16 activations (what is timed).
 # Environment: MOE_BIN (default build/bin), MOE_PREPARED (default
@@ -173,9 +176,15 @@ while read -r name arch quant hidden inter experts k layers extra; do
     "$bin/moe-compile" "$work/$name.fp8.mlir" --weights none \
       --activation-type bf16 --arch sm_90a -o "$out/quant/$name.fp8-activations" \
       -q > "$out/quant/$name.fp8-activations.compile.txt"
+    # The same FP8 tensor-core GEMMs on the single-stage k loop.
+    "$bin/moe-compile" "$work/$name.fp8.mlir" --weights none \
+      --activation-type bf16 --arch sm_90a --gemm=mma \
+      -o "$out/quant/$name.fp8-activations.gemm-mma" \
+      -q > "$out/quant/$name.fp8-activations.gemm-mma.compile.txt"
     grouped=$(grouped_tokens "$out/quant/$name")
     compare="{\"what\": \"FP8 grouped GEMMs\", \"new\": {\"label\": \"fp8-activations=true\", \"package\": \"$name.fp8-activations\"}, \"old\": {\"label\": \"dequantized to bf16\", \"package\": \"$name\"}, \"tokens\": [$grouped]}"
-    echo "prepared quantized shape $name (fp8-activations=true beside it, grouped at T $grouped)"
+    compare+=", {\"what\": \"FP8 grouped GEMM k loop\", \"new\": {\"label\": \"fp8-activations=true\", \"package\": \"$name.fp8-activations\"}, \"old\": {\"label\": \"fp8-activations=true gemm=mma\", \"package\": \"$name.fp8-activations.gemm-mma\"}, \"tokens\": [$grouped]}"
+    echo "prepared quantized shape $name (fp8-activations=true and its gemm=mma beside it, grouped at T $grouped)"
   else
     echo "prepared quantized shape $name"
   fi

@@ -117,6 +117,15 @@ WeightLoader::file(llvm::StringRef name) {
 }
 
 
+llvm::StringRef WeightLoader::weightElementName(Type elem) {
+  return elem.isBF16()                   ? "bf16"
+         : elem.isF16()                  ? "f16"
+         : isa<Float8E4M3FNType>(elem)   ? "f8E4M3FN"
+         : isa<Float4E2M1FNType>(elem)   ? "f4E2M1FN"
+         : isa<Float8E8M0FNUType>(elem) ? "f8E8M0FNU"
+                                         : "f32";
+}
+
 Expected<HostTensor> WeightLoader::load(WeightOp op) {
   RankedTensorType type = op.getResult().getType();
   std::vector<std::string> names, files;
@@ -124,13 +133,7 @@ Expected<HostTensor> WeightLoader::load(WeightOp op) {
     names.push_back(n.str());
   for (llvm::StringRef f : op.getFiles().getAsValueRange<StringAttr>())
     files.push_back(f.str());
-  Type elem = type.getElementType();
-  llvm::StringRef elemName = elem.isBF16()                   ? "bf16"
-                             : elem.isF16()                  ? "f16"
-                             : isa<Float8E4M3FNType>(elem)   ? "f8E4M3FN"
-                             : isa<Float4E2M1FNType>(elem)   ? "f4E2M1FN"
-                             : isa<Float8E8M0FNUType>(elem) ? "f8E8M0FNU"
-                                                             : "f32";
+  llvm::StringRef elemName = weightElementName(type.getElementType());
   Expected<HostTensor> t = load(
       names, files, op.isStack(),
       std::vector<int64_t>(type.getShape().begin(), type.getShape().end()),
@@ -402,12 +405,15 @@ Error WeightLoader::forEachRow(
     return makeError("weight '" + name +
                      "': rows are read from safetensors files, not from a "
                      "value provider");
-  if (shape.empty() || (elementType != "f32" && elementType != "bf16" &&
-                        elementType != "f16"))
+  bool known = elementType == "f32" || elementType == "bf16" ||
+               elementType == "f16" || elementType == "f8E4M3FN" ||
+               elementType == "f4E2M1FN" || elementType == "f8E8M0FNU";
+  if (shape.size() < (elementType == "f4E2M1FN" ? 2u : 1u) || !known)
     return makeError("weight '" + name + "': rows of a " + elementType +
                      " tensor of rank " + llvm::Twine(shape.size()) +
-                     " are not read one by one (expected f32, bf16 or f16 "
-                     "of rank 1 or more)");
+                     " are not read one by one (expected f32, bf16, f16, "
+                     "f8E4M3FN or f8E8M0FNU of rank 1 or more, or f4E2M1FN "
+                     "of rank 2 or more)");
   return forEachSlice(
       {name}, {fileName}, /*stacked=*/false, shape, elementType,
       [&](size_t, const ::moe::SafetensorsFile &f,

@@ -6,16 +6,17 @@
 // RUN: moe-opt --moe-optimize %s | moe-translate --moe-to-cuda | FileCheck %s
 // RUN: sed -e 's/f8E4M3FN/f4E2M1FN/g' -e 's/tensor<4x2x1xf32>/tensor<4x32x1xf8E8M0FNU>/g' -e 's/array<i64: 16, 32>/array<i64: 1, 32>/' %s | moe-opt --moe-optimize | moe-translate --moe-to-cuda | FileCheck %s --check-prefix=FP4
 // FP8 tensor cores (moe_grouped_fp8.cuh) with fp8-activations: the grouped
-// GEMMs of FP8 weights are fp8GateUp / fp8Down; MXFP4 weights keep the
-// dequantizing ones (on the default pipelined k loop); a block of 16 input
-// channels is refused by name.
+// GEMMs of FP8 weights are fp8GateUp / fp8Down (both on the default
+// pipelined k loop, or the single-stage one with --gemm mma); MXFP4 weights
+// keep the dequantizing ones; a block of 16 input channels is refused by
+// name.
 // RUN: moe-opt --moe-optimize=fp8-activations=true %s | FileCheck %s --check-prefix=ATTR
 // RUN: moe-opt --moe-optimize=fp8-activations=true %s | moe-translate --moe-to-cuda | FileCheck %s --check-prefix=FP8MMA
 // RUN: sed -e 's/f8E4M3FN/f4E2M1FN/g' -e 's/tensor<4x2x1xf32>/tensor<4x32x1xf8E8M0FNU>/g' -e 's/array<i64: 16, 32>/array<i64: 1, 32>/' %s | moe-opt --moe-optimize=fp8-activations=true | moe-translate --moe-to-cuda | FileCheck %s --check-prefix=FP4MMA
 // RUN: sed -e 's/tensor<4x2x1xf32>/tensor<4x2x2xf32>/g' -e 's/array<i64: 16, 32>/array<i64: 16, 16>/' %s | moe-opt --moe-optimize=fp8-activations=true | not moe-translate --moe-to-cuda -o /dev/null 2>&1 | FileCheck %s --check-prefix=BLOCK16
 // ATTR: moe.fused_experts {{.*}}moe.fp8_activations
-// FP8MMA: moe_k::grouped::fp8GateUp<{{.*}}_cfg::Cfg, false>(args)
-// FP8MMA: moe_k::grouped::fp8Down<{{.*}}_cfg::Cfg, false>(args)
+// FP8MMA: moe_k::grouped::fp8GateUp<{{.*}}_cfg::Cfg, false, true>(args)
+// FP8MMA: moe_k::grouped::fp8Down<{{.*}}_cfg::Cfg, false, true>(args)
 // FP4MMA-NOT: fp8GateUp
 // FP4MMA: moe_k::grouped::gateUp<{{.*}}_cfg::Cfg, false, true>(args)
 // FP4MMA-NOT: fp8Down

@@ -71,7 +71,9 @@ public:
   using Producer = std::function<llvm::Error(
       llvm::function_ref<llvm::Error(llvm::ArrayRef<uint8_t>)>)>;
 
-  /// Adds tensor `name` of `type` (f32, bf16 or f16, stored as it is) whose
+  /// Adds tensor `name` of `type` (f32, bf16 or f16 stored as it is;
+  /// f8E4M3FN codes as F8_E4M3, f8E8M0FNU scales as U8, f4E2M1FN codes as U8
+  /// two per byte with the last dimension halved) whose
   /// bytes `produce` hands over only while commit() writes the file, and
   /// builds a `moe.weight` reading it at `b`: the pass never holds the
   /// tensor, so a rewrite of a model of any size needs the memory of one

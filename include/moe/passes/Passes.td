@@ -388,7 +388,10 @@ def MoEShardExperts : Pass<"moe-shard-experts", "::mlir::ModuleOp"> {
     rank's rows, copied row by row into the new weights' file (beside
     moe-opt's `-o` file, or `weights-out`) when the pass ends; a constant
     is sliced where it is, in the IR. The memory needed is one expert's
-    slice, whatever the model's size.
+    slice, whatever the model's size. Block-quantized experts
+    (`quant_block`: DeepSeek-V3 FP8, gpt-oss MXFP4) are kept the same way,
+    each expert's codes with its scales, as stored (FP4 two codes per
+    byte); nothing is dequantized.
 
     With `routing=given` the routing comes from the caller (an engine that
     ran the router and dispatched the tokens): each placed layer's function

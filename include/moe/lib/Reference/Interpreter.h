@@ -51,6 +51,9 @@ public:
   ~WeightLoader();
 
   llvm::Expected<HostTensor> load(mlir::moe::WeightOp op);
+  /// The name load() and loadBytes() take for a weight's element type:
+  /// "f32", "bf16", "f16", "f8E4M3FN", "f4E2M1FN" or "f8E8M0FNU".
+  static llvm::StringRef weightElementName(mlir::Type elem);
   /// The same for a weight described by its parts (launch plans);
   /// `elementType` is "f32", "bf16" or "f16".
   llvm::Expected<HostTensor> load(const std::vector<std::string> &names,
@@ -70,8 +73,9 @@ public:
 
   /// Hands `sink` the bytes of the rows `rows` (of the leading dimension, in
   /// that order) of the weight that is the single checkpoint tensor `name`
-  /// of `file`, of `shape` and `elementType` (f32, bf16 or f16; checked as
-  /// loadBytes checks them), each read from the file as loadBytes reads
+  /// of `file`, of `shape` and `elementType` (f32, bf16, f16, or quantized
+  /// codes and scales as stored, FP4 two per byte; checked as loadBytes
+  /// checks them), each read from the file as loadBytes reads
   /// it: a selection of the experts of a fused expert tensor needs the
   /// memory of one expert. Not for a provider's weights.
   llvm::Error
