@@ -30,6 +30,11 @@ weights, the chained output and the last layer's state (the second --output)
 are compared, and the carried state must change the experts of at least
 10% of the tokens of layers 1 and 2 (against a zero state).
 
+With --python each case also runs through the package's Python
+`run_with_inputs(0, x, [h])`, which returns (y, [the new state]), and with
+--capi LIB through C's `moe_model_run_layer_inputs_outputs` (one layer's
+extra results outside a chain; the routing from `moe_model_last_routing`).
+
 With --python the chain also runs through the package's Python
 `run_all(x, inputs=[h0])` (moe::Model::runAllWithInputs), which carries the
 state the same way and returns the last one, and `last_routing(l)`; with
@@ -286,6 +291,81 @@ def run_capi(lib_path, pkg, x, h, layers):
         lib.moe_model_close(model)
 
 
+def run_python_layer(pkg, x, h):
+    """Python's run_with_inputs of layer 0 of the package on emu with the
+    state: (y, the new state, (ids, weights)); the layer's extra result
+    comes back as run_all's do."""
+    import moe_opt
+    package = moe_opt.load(pkg, backend="emu")
+    package.record_routing = True
+    y, results = package.run_with_inputs(0, x, [h])
+    r = package.last_routing(0)[0]
+    return (y, results[0] if results else np.zeros((0, 0), np.float32),
+            (r["ids"], r["weights"]))
+
+
+def run_capi_layer(lib_path, pkg, x, h):
+    """C's moe_model_run_layer_inputs_outputs of layer 0 of the package on
+    emu (ctypes) with the state: (y, the new state, (ids, weights) from
+    moe_model_last_routing)."""
+    import ctypes as C
+    lib = C.CDLL(lib_path)
+    err = C.create_string_buffer(4096)
+    model = C.c_void_p()
+    lib.moe_model_open.argtypes = [C.c_char_p, C.c_char_p, C.c_int,
+                                   C.POINTER(C.c_void_p), C.c_char_p,
+                                   C.c_size_t]
+    if lib.moe_model_open(pkg.encode(), b"emu", 0, C.byref(model), err,
+                          len(err)):
+        raise AssertionError("moe_model_open: " + err.value.decode())
+    try:
+        lib.moe_model_record_routing.argtypes = [C.c_void_p, C.c_int]
+        lib.moe_model_record_routing(model, 1)
+        t = x.shape[0]
+        x = np.ascontiguousarray(x, np.float32)
+        h = np.ascontiguousarray(h, np.float32)
+        y = np.zeros_like(x)
+        h1 = np.zeros_like(h)
+        fp = C.POINTER(C.c_float)
+        shape = (C.c_int64 * 2)(*h.shape)
+        lib.moe_model_run_layer_inputs_outputs.argtypes = [
+            C.c_void_p, C.c_int64, fp, C.c_int64, C.c_int,
+            C.POINTER(C.c_void_p), C.POINTER(C.POINTER(C.c_int64)),
+            C.POINTER(C.c_int), fp, C.c_int, C.POINTER(fp), C.c_char_p,
+            C.c_size_t]
+        rc = lib.moe_model_run_layer_inputs_outputs(
+            model, 0, x.ctypes.data_as(fp), t, 1,
+            (C.c_void_p * 1)(h.ctypes.data),
+            (C.POINTER(C.c_int64) * 1)(shape), (C.c_int * 1)(2),
+            y.ctypes.data_as(fp), 1, (fp * 1)(h1.ctypes.data_as(fp)),
+            err, len(err))
+        if rc:
+            raise AssertionError("moe_model_run_layer_inputs_outputs: " +
+                                 err.value.decode())
+        slots = C.c_int64()
+        lib.moe_model_last_routing_shape.argtypes = [
+            C.c_void_p, C.c_int64, C.c_int, C.POINTER(C.c_int64),
+            C.POINTER(C.c_int64), C.POINTER(C.c_int64), C.c_char_p,
+            C.c_size_t]
+        if lib.moe_model_last_routing_shape(model, 0, 0, None,
+                                            C.byref(slots), None, err,
+                                            len(err)):
+            raise AssertionError("moe_model_last_routing_shape: " +
+                                 err.value.decode())
+        ids = np.zeros((t, slots.value), np.int32)
+        w = np.zeros((t, slots.value), np.float32)
+        lib.moe_model_last_routing.argtypes = [
+            C.c_void_p, C.c_int64, C.c_int, C.c_void_p, C.c_void_p,
+            C.c_char_p, C.c_size_t]
+        if lib.moe_model_last_routing(model, 0, 0, ids.ctypes.data,
+                                      w.ctypes.data, err, len(err)):
+            raise AssertionError("moe_model_last_routing: " +
+                                 err.value.decode())
+        return y, h1, (ids, w)
+    finally:
+        lib.moe_model_close(model)
+
+
 def check_chain(bin_dir, work, seed, runs=RUNS, lib=None):
     """CHAIN_LAYERS RMoE layers under moe-run --all-layers (pre-norm chain:
     v_l = rmsnorm(s_l), s_{l+1} = s_l + y_l) on each of RUNS: layer l's new
@@ -381,7 +461,9 @@ def main():
             os.makedirs(d)
             ir = write_module(d, [case])
             pkg = compile_package(args.bin, ir, d)
-            worst = {run: [0.0, 0.0, 0.0] for run in RUNS}
+            runs = (RUNS + (("python-layer",) if args.python else ()) +
+                    (("c-layer",) if args.capi else ()))
+            worst = {run: [0.0, 0.0, 0.0] for run in runs}
             fragile_n, total, flips = 0, 0, 0
             errors = []
             for t in T_VALUES:
@@ -394,10 +476,15 @@ def main():
                 fragile_n += int(fragile.sum())
                 total += t
                 ref_h = case.gru(x, h)
-                for run in RUNS:
-                    model, backend = model_of(run, ir, pkg)
-                    y, h1, (ids, w) = run_with_state(args.bin, model, x, h, d,
-                                                     backend)
+                for run in runs:
+                    if run == "python-layer":
+                        y, h1, (ids, w) = run_python_layer(pkg, x, h)
+                    elif run == "c-layer":
+                        y, h1, (ids, w) = run_capi_layer(args.capi, pkg, x, h)
+                    else:
+                        model, backend = model_of(run, ir, pkg)
+                        y, h1, (ids, w) = run_with_state(args.bin, model, x,
+                                                         h, d, backend)
                     errs, ye, we = compare("%s %s T=%d" % (name, run, t), y,
                                            ids, w, ref_y, ref_ids, ref_w,
                                            fragile, TOL_Y, TOL_W)
@@ -422,7 +509,7 @@ def main():
                   "tie %d; %s"
                   % (status, name, total, flips, fragile_n,
                      "; ".join("%s y_err %.2g w_err %.2g state_err %.2g"
-                               % (run, *worst[run]) for run in RUNS)))
+                               % (run, *worst[run]) for run in runs)))
             for e in errors:
                 print("  " + e)
         if args.chain:
