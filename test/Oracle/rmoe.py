@@ -41,6 +41,10 @@ state the same way and returns the last one, and `last_routing(l)`; with
 --capi LIB through C's `moe_model_run_all_inputs` (ctypes; the output and
 the last state, whose name and width moe_model_extra_output_info gives).
 
+With --src SRC the canonical example (SRC/examples/rmoe.mlir, its two
+layers with weights of the example's shapes under its tensor names) runs
+the same way as the chain, on the reference, emu and a package on emu.
+
 Not covered here: the GPU (the same kernels; test/Backend's cuda tests).
 
   rmoe.py [--bin DIR] [--seed N] [--chain]
@@ -59,7 +63,8 @@ from hf_models import H, write_safetensors  # noqa: E402
 from layer_check import (compare, compare_output, compare_routing,  # noqa: E402
                          gated_expert_tensors, gated_experts_ir,
                          gated_silu_experts, softmax_rows, topk_normalized)
-from oracle_case import T_VALUES, rmsnorm, run_all_layers  # noqa: E402
+from oracle_case import (T_VALUES, example_ir, rmsnorm,  # noqa: E402
+                         run_all_layers)
 
 TOL_Y = 1e-5
 TOL_W = 1e-5
@@ -366,15 +371,54 @@ def run_capi_layer(lib_path, pkg, x, h):
         lib.moe_model_close(model)
 
 
-def check_chain(bin_dir, work, seed, runs=RUNS, lib=None):
-    """CHAIN_LAYERS RMoE layers under moe-run --all-layers (pre-norm chain:
-    v_l = rmsnorm(s_l), s_{l+1} = s_l + y_l) on each of RUNS: layer l's new
-    state is layer l+1's previous state. Returns (errors, summary)."""
-    rng = np.random.default_rng([seed, 99])
-    layers = [RMoE(rng, **CASES["gru-top2"]) for _ in range(CHAIN_LAYERS)]
-    d = os.path.join(work, "chain")
+# examples/rmoe.mlir: its shapes (the oracle's constants) and layers.
+EXAMPLE = "examples/rmoe.mlir"
+EXAMPLE_CASE = dict(experts=8, k=2, inner=16, state=32, bias=True, inter=128)
+EXAMPLE_LAYERS = 2
+
+
+def example_tensors(layers):
+    """The checkpoint of examples/rmoe.mlir (model.safetensors) holding
+    `layers`' weights under the example's names."""
+    tensors = {}
+    for l, layer in enumerate(layers):
+        p = "model.layers.%d.mlp." % l
+        tensors.update({
+            p + "router.input_proj.weight": ("F32", layer.w1),
+            p + "router.gru.weight_ih": ("F32", layer.wih),
+            p + "router.gru.weight_hh": ("F32", layer.whh),
+            p + "router.gru.bias_ih": ("F32", layer.bih),
+            p + "router.gru.bias_hh": ("F32", layer.bhh),
+            p + "router.output_proj.weight": ("F32", layer.w2)})
+        for n, v in gated_expert_tensors(layer.gate, layer.up,
+                                         layer.down).items():
+            tensors[p + n] = v
+    return tensors
+
+
+def check_chain(bin_dir, work, seed, runs=RUNS, lib=None, src=None):
+    """RMoE layers under moe-run --all-layers (pre-norm chain: v_l =
+    rmsnorm(s_l), s_{l+1} = s_l + y_l) on each of RUNS: layer l's new state
+    is layer l+1's previous state: CHAIN_LAYERS generated layers, or with
+    `src` the canonical example examples/rmoe.mlir on random weights.
+    Returns (errors, summary)."""
+    rng = np.random.default_rng([seed, 99 if src is None else 98])
+    d = os.path.join(work, "chain" if src is None else "example")
     os.makedirs(d)
-    ir = write_module(d, layers)
+    if src is None:
+        layers = [RMoE(rng, **CASES["gru-top2"]) for _ in range(CHAIN_LAYERS)]
+        ir = write_module(d, layers)
+    else:
+        layers = [RMoE(rng, **EXAMPLE_CASE) for _ in range(EXAMPLE_LAYERS)]
+        ir, text = example_ir(
+            src, EXAMPLE, d, ("tensor<16x64xf32>", "tensor<96x32xf32>",
+                              "tensor<8x32xf32>", "{k = 2 : i64}",
+                              "tensor<8x128x64xf32>", "moe.normalize"),
+            example_tensors(layers))
+        if text.count("moe.layer = ") != EXAMPLE_LAYERS:
+            raise AssertionError("%s: expected %d layers" % (EXAMPLE,
+                                                             EXAMPLE_LAYERS))
+    n_layers = len(layers)
     pkg = compile_package(bin_dir, ir, d)
     errors, total, flips, fragile_n = [], 0, 0, 0
     worst = {run: [0.0, 0.0, 0.0] for run in runs}
@@ -401,13 +445,13 @@ def check_chain(bin_dir, work, seed, runs=RUNS, lib=None):
         fragile_n += int(skip.sum())
         for run in runs:
             if run == "python-run_all":
-                y, h_last, routing = run_python(pkg, x, h0, CHAIN_LAYERS)
+                y, h_last, routing = run_python(pkg, x, h0, n_layers)
             elif run == "c-run_all":
-                y, h_last, routing = run_capi(lib, pkg, x, h0, CHAIN_LAYERS)
+                y, h_last, routing = run_capi(lib, pkg, x, h0, n_layers)
             else:
                 model, backend = model_of(run, ir, pkg)
                 (y, h_last), routing = run_all_layers(
-                    bin_dir, model, [x, h0], d, backend, CHAIN_LAYERS,
+                    bin_dir, model, [x, h0], d, backend, n_layers,
                     outputs=2)
             tag = "chain %s T=%d" % (run, t)
             for l, ((ids, w), (rids, rw)) in enumerate(zip(routing or [],
@@ -425,14 +469,14 @@ def check_chain(bin_dir, work, seed, runs=RUNS, lib=None):
                 errors.append("%s: last state error %.3g" % (tag, he))
             worst[run] = [max(worst[run][0], ye), worst[run][1],
                           max(worst[run][2], he)]
-    if flips < 0.1 * total * (CHAIN_LAYERS - 1):
+    if flips < 0.1 * total * (n_layers - 1):
         errors.append("chain: the carried state changes the experts of only "
                       "%d token-layers" % flips)
     if fragile_n > max(2, 0.02 * total):
         errors.append("chain: %d tokens near a tie" % fragile_n)
     return errors, ("%d layers, %d tokens, the carried state changes %d "
                     "token-layers, skipped near a tie %d; %s"
-                    % (CHAIN_LAYERS, total, flips, fragile_n,
+                    % (n_layers, total, flips, fragile_n,
                        "; ".join("%s y_err %.2g w_err %.2g state_err %.2g"
                                  % (run, *worst[run]) for run in runs)))
 
@@ -450,6 +494,9 @@ def main():
     ap.add_argument("--capi", default="",
                     help="libmoe_runtime.so: also chain them with C's "
                     "moe_model_run_all_inputs (output and last state)")
+    ap.add_argument("--src", default="",
+                    help="the source tree: also run examples/rmoe.mlir (2 "
+                    "layers chained, zero initial state) on random weights")
     args = ap.parse_args()
     names = args.cases.split(",")
     failures = 0
@@ -520,6 +567,15 @@ def main():
             failures += bool(errors)
             names.append("chain")
             print("%-4s chain: %s" % ("FAIL" if errors else "ok", summary))
+            for e in errors[:20]:
+                print("  " + e)
+        if args.src:
+            errors, summary = check_chain(args.bin, work, args.seed, RUNS,
+                                          src=args.src)
+            failures += bool(errors)
+            names.append("example")
+            print("%-4s example %s: %s" % ("FAIL" if errors else "ok",
+                                           EXAMPLE, summary))
             for e in errors[:20]:
                 print("  " + e)
     print("%d of %d RMoE cases match the numpy oracle" %
