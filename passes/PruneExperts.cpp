@@ -337,8 +337,8 @@ struct PruneExpertsPass : public impl::MoEPruneExpertsBase<PruneExpertsPass> {
       for (const std::string &path : calibrationInputs) {
         llvm::Expected<::moe::HostTensor> in = ::moe::readLayerInput(path);
         if (!in) {
-          refuse(module, "cannot read calibration-inputs '" + path + "': " +
-                             llvm::toString(in.takeError()) +
+          refuse(module, "cannot read calibration-inputs '" + path +
+                             "': " + llvm::toString(in.takeError()) +
                              "; nothing pruned");
           return;
         }
@@ -454,7 +454,8 @@ struct PruneExpertsPass : public impl::MoEPruneExpertsBase<PruneExpertsPass> {
     // A layer with extra inputs (RMoE's router state) runs on
     // calibration-inputs, in argument order.
     std::string formWhy;
-    bool takesInputs = getLayerForm(layer.fn, formWhy) == LayerForm::ExtraInputs;
+    bool takesInputs =
+        getLayerForm(layer.fn, formWhy) == LayerForm::ExtraInputs;
     unsigned extraArgs = layer.fn.getNumArguments() - 1;
     if (takesInputs && extraArgs != extraTokens.size()) {
       std::string names;
@@ -470,8 +471,9 @@ struct PruneExpertsPass : public impl::MoEPruneExpertsBase<PruneExpertsPass> {
     }
     // The layer's output y on the calibration tokens (its extra results,
     // e.g. the new router state, are not compared).
-    auto runLayer = [&](func::FuncOp fn, ::moe::WeightLoader &with)
-        -> llvm::Expected<::moe::HostTensor> {
+    auto runLayer =
+        [&](func::FuncOp fn,
+            ::moe::WeightLoader &with) -> llvm::Expected<::moe::HostTensor> {
       if (!takesInputs)
         return ::moe::interpret(fn, tokens, with);
       llvm::Expected<std::vector<::moe::HostTensor>> all =

@@ -147,8 +147,7 @@ public:
   runtime::Status
   runLayerWithInputs(int64_t layer, const float *x, int64_t tokens,
                      const std::vector<const void *> &data,
-                     const std::vector<std::vector<int64_t>> &shapes,
-                     float *y,
+                     const std::vector<std::vector<int64_t>> &shapes, float *y,
                      std::vector<std::vector<float>> *outputs = nullptr);
   runtime::Status runLayerWithInputsOnDevice(
       int64_t layer, const void *x, const std::vector<const void *> &data,

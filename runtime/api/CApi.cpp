@@ -56,11 +56,11 @@ moe::runtime::Expected<T> routerOf(moe::runtime::Expected<std::vector<T>> all,
 namespace {
 /// The extra inputs of a C call (data[i], shapes[i][0..ranks[i])) as
 /// moe::Model takes them, or an error naming `fn` and the input.
-moe::runtime::Status
-extraInputs(const char *fn, int num_inputs, const void *const *data,
-            const int64_t *const *shapes, const int *ranks,
-            std::vector<const void *> &arrays,
-            std::vector<std::vector<int64_t>> &dims) {
+moe::runtime::Status extraInputs(const char *fn, int num_inputs,
+                                 const void *const *data,
+                                 const int64_t *const *shapes, const int *ranks,
+                                 std::vector<const void *> &arrays,
+                                 std::vector<std::vector<int64_t>> &dims) {
   for (int i = 0; i < num_inputs; ++i) {
     if (ranks[i] < 0 || (ranks[i] > 0 && !shapes[i]))
       return moe::runtime::Status::error(std::string(fn) + ": input " +
@@ -76,8 +76,8 @@ extraInputs(const char *fn, int num_inputs, const void *const *data,
 /// error naming `fn`).
 moe::runtime::Status
 copyExtraResults(const char *fn, const char *whose,
-                 const std::vector<std::vector<float>> &extras,
-                 int num_outputs, float *const *outputs) {
+                 const std::vector<std::vector<float>> &extras, int num_outputs,
+                 float *const *outputs) {
   if (num_outputs > 0 && static_cast<size_t>(num_outputs) != extras.size())
     return moe::runtime::Status::error(
         std::string(fn) + ": " + whose + " returns " +
@@ -335,16 +335,18 @@ int moe_model_run_layer_inputs(moe_model *model, int64_t layer,
                                const void *const *data,
                                const int64_t *const *shapes, const int *ranks,
                                float *y, char *error, size_t error_size) {
-  return moe_model_run_layer_inputs_outputs(model, layer, x, tokens,
-                                            num_inputs, data, shapes, ranks, y,
-                                            0, nullptr, error, error_size);
+  return moe_model_run_layer_inputs_outputs(model, layer, x, tokens, num_inputs,
+                                            data, shapes, ranks, y, 0, nullptr,
+                                            error, error_size);
 }
 
-int moe_model_run_layer_inputs_outputs(
-    moe_model *model, int64_t layer, const float *x, int64_t tokens,
-    int num_inputs, const void *const *data, const int64_t *const *shapes,
-    const int *ranks, float *y, int num_outputs, float *const *outputs,
-    char *error, size_t error_size) {
+int moe_model_run_layer_inputs_outputs(moe_model *model, int64_t layer,
+                                       const float *x, int64_t tokens,
+                                       int num_inputs, const void *const *data,
+                                       const int64_t *const *shapes,
+                                       const int *ranks, float *y,
+                                       int num_outputs, float *const *outputs,
+                                       char *error, size_t error_size) {
   if (!model || !x || !y || num_inputs < 0 || num_outputs < 0 ||
       (num_inputs > 0 && (!data || !shapes || !ranks)) ||
       (num_outputs > 0 && !outputs))

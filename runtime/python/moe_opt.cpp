@@ -913,9 +913,8 @@ public:
       if (s)
         fail(s.message());
     }
-    py::object result = out.is_none()
-                            ? py::object(y)
-                            : py::reinterpret_borrow<py::object>(out);
+    py::object result =
+        out.is_none() ? py::object(y) : py::reinterpret_borrow<py::object>(out);
     // A layer with extra results (moe.output) returns them as run_all does.
     if (outInfos.value().empty())
       return result;

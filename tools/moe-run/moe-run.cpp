@@ -1128,8 +1128,8 @@ int main(int argc, char **argv) {
     // the one an earlier layer returned), also for --record-profile's
     // interpreter run below.
     const std::vector<moe::HostTensor> *runInputs = !takesInputs ? nullptr
-                                                    : allLayers ? &layerInputs
-                                                                : &extraInputs;
+                                                    : allLayers  ? &layerInputs
+                                                                 : &extraInputs;
     auto result = runner->run(s.plan, s.fn, current, given ? &*given : nullptr,
                               runInputs);
     if (!result)
@@ -1181,12 +1181,12 @@ int main(int argc, char **argv) {
       if (backend != "reference") {
         refTrace.statistics = true;
         refTrace.denseExpertOutputs = profileExpertOutputs;
-        auto y = runInputs ? moe::interpretWithOutputs(s.fn, current,
-                                                       *runInputs, weights,
-                                                       &refTrace)
-                                 .takeError()
-                           : moe::interpret(s.fn, current, weights, &refTrace)
-                                 .takeError();
+        auto y =
+            runInputs
+                ? moe::interpretWithOutputs(s.fn, current, *runInputs, weights,
+                                            &refTrace)
+                      .takeError()
+                : moe::interpret(s.fn, current, weights, &refTrace).takeError();
         if (y)
           return fail("--record-profile: " + toString(std::move(y)));
         ref = &refTrace;
