@@ -8,6 +8,7 @@
 
 #include "ExpertLayer.h"
 
+#include "moe/dialects/MoE/Routing.h"
 #include "moe/lib/Reference/Interpreter.h"
 #include "moe/lib/Weights/Npy.h"
 #include "moe/passes/NewWeights.h"
@@ -333,6 +334,16 @@ struct PruneExpertsPass : public impl::MoEPruneExpertsBase<PruneExpertsPass> {
       }
       tokens = ::moe::HostTensor::floats(x->shape);
       tokens.f = x->toF32();
+      for (const std::string &path : calibrationInputs) {
+        llvm::Expected<::moe::HostTensor> in = ::moe::readLayerInput(path);
+        if (!in) {
+          refuse(module, "cannot read calibration-inputs '" + path +
+                             "': " + llvm::toString(in.takeError()) +
+                             "; nothing pruned");
+          return;
+        }
+        extraTokens.push_back(std::move(*in));
+      }
     }
     auto rewrite = [&](ExpertLayer &layer, const ::moe::Profile &prof,
                        ::moe::WeightLoader &loader, NewWeights &newWeights,
@@ -440,8 +451,38 @@ struct PruneExpertsPass : public impl::MoEPruneExpertsBase<PruneExpertsPass> {
                           calibration, tokens.shape[1], layer.hidden);
       return failure();
     }
-    llvm::Expected<::moe::HostTensor> reference =
-        ::moe::interpret(layer.fn, tokens, loader);
+    // A layer with extra inputs (RMoE's router state) runs on
+    // calibration-inputs, in argument order.
+    std::string formWhy;
+    bool takesInputs =
+        getLayerForm(layer.fn, formWhy) == LayerForm::ExtraInputs;
+    unsigned extraArgs = layer.fn.getNumArguments() - 1;
+    if (takesInputs && extraArgs != extraTokens.size()) {
+      std::string names;
+      for (unsigned i = 1; i <= extraArgs; ++i)
+        names += (i > 1 ? "', '" : "'") + getLayerInputName(layer.fn, i);
+      why = llvm::formatv("the layer takes {0} extra input(s) after x ({1}'), "
+                          "and criterion=output-error runs it on the "
+                          "calibration tokens with them: give "
+                          "calibration-inputs=A.npy[,...] in argument order "
+                          "({2} given)",
+                          extraArgs, names, extraTokens.size());
+      return failure();
+    }
+    // The layer's output y on the calibration tokens (its extra results,
+    // e.g. the new router state, are not compared).
+    auto runLayer =
+        [&](func::FuncOp fn,
+            ::moe::WeightLoader &with) -> llvm::Expected<::moe::HostTensor> {
+      if (!takesInputs)
+        return ::moe::interpret(fn, tokens, with);
+      llvm::Expected<std::vector<::moe::HostTensor>> all =
+          ::moe::interpretWithOutputs(fn, tokens, extraTokens, with);
+      if (!all)
+        return all.takeError();
+      return std::move(all->front());
+    };
+    llvm::Expected<::moe::HostTensor> reference = runLayer(layer.fn, loader);
     if (!reference) {
       why = "the reference interpreter failed on the layer: " +
             llvm::toString(reference.takeError());
@@ -498,8 +539,7 @@ struct PruneExpertsPass : public impl::MoEPruneExpertsBase<PruneExpertsPass> {
           return failure();
         }
       }
-      llvm::Expected<::moe::HostTensor> y =
-          ::moe::interpret(fn, tokens, candidateLoader);
+      llvm::Expected<::moe::HostTensor> y = runLayer(fn, candidateLoader);
       if (!y) {
         why = "the reference interpreter failed on a pruned copy: " +
               llvm::toString(y.takeError());
@@ -600,6 +640,8 @@ struct PruneExpertsPass : public impl::MoEPruneExpertsBase<PruneExpertsPass> {
   }
 
   ::moe::HostTensor tokens;
+  /// calibration-inputs: the extra inputs of a layer that takes any.
+  std::vector<::moe::HostTensor> extraTokens;
   bool weightError = false;
 };
 

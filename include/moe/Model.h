@@ -132,9 +132,12 @@ public:
   /// with `data[i]` pointing to input i's elements (host memory; f32 or i32
   /// as described) of shape `shapes[i]`. A missing or misshapen input is
   /// an error naming it and the shape expected, and a sequence map value
-  /// outside [0, B) is an error before anything runs. The device variant
-  /// (cuda only) takes device pointers; it copies each sequence map to the
-  /// host for that check.
+  /// outside [0, B) is an error before anything runs. `outputs`, when not
+  /// null, receives the layer's extra results (moe.output, e.g. RMoE's new
+  /// router state: [T, width] f32 each, in result order; see extraOutputs),
+  /// as runAllWithInputs gives the last layer's. The device variant (cuda
+  /// only) takes device pointers; it copies each sequence map to the host
+  /// for that check.
   struct InputInfo {
     std::string name;
     std::string dtype;
@@ -144,8 +147,8 @@ public:
   runtime::Status
   runLayerWithInputs(int64_t layer, const float *x, int64_t tokens,
                      const std::vector<const void *> &data,
-                     const std::vector<std::vector<int64_t>> &shapes,
-                     float *y);
+                     const std::vector<std::vector<int64_t>> &shapes, float *y,
+                     std::vector<std::vector<float>> *outputs = nullptr);
   runtime::Status runLayerWithInputsOnDevice(
       int64_t layer, const void *x, const std::vector<const void *> &data,
       const std::vector<std::vector<int64_t>> &shapes, void *y,

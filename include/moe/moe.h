@@ -97,6 +97,18 @@ int moe_model_run_layer_inputs(moe_model *model, int64_t layer,
                                const void *const *data,
                                const int64_t *const *shapes, const int *ranks,
                                float *y, char *error, size_t error_size);
+/* moe_model_run_layer_inputs that also returns the layer's extra results
+ * (moe.output, e.g. RMoE's new router state; moe::Model::runLayerWithInputs
+ * with outputs): outputs[i] receives extra result i ([tokens, width]
+ * float32, moe_model_extra_output_info), num_outputs being their number (or
+ * 0 to drop them), as moe_model_run_all_inputs gives the last layer's. */
+int moe_model_run_layer_inputs_outputs(moe_model *model, int64_t layer,
+                                       const float *x, int64_t tokens,
+                                       int num_inputs, const void *const *data,
+                                       const int64_t *const *shapes,
+                                       const int *ranks, float *y,
+                                       int num_outputs, float *const *outputs,
+                                       char *error, size_t error_size);
 /* Extra results of a layer (moe.output results after y, e.g. RMoE's router
  * state): their number, or -1; result i's name (NUL-terminated, truncated
  * to name_size) and width (a [T, width] float32 array), 0 on success. */

@@ -11,6 +11,7 @@
 #include "moe/dialects/MoE/MoEOps.h"
 #include "moe/dialects/MoE/Routing.h"
 #include "moe/runtime/Float16.h"
+#include "moe/lib/Weights/Npy.h"
 #include "moe/lib/Weights/Safetensors.h"
 
 #include "mlir/Dialect/Arith/IR/Arith.h"
@@ -436,6 +437,24 @@ Error WeightLoader::forEachRow(
 }
 
 namespace moe {
+
+Expected<HostTensor> readLayerInput(llvm::StringRef path) {
+  llvm::Expected<NpyArray> array = readNpy(path);
+  if (!array)
+    return array.takeError();
+  HostTensor t;
+  t.shape = array->shape;
+  if (array->dtype != NpyDType::I32 && array->dtype != NpyDType::I64) {
+    t.f = array->toF32();
+    return t;
+  }
+  llvm::Expected<std::vector<int64_t>> ints = array->toI64();
+  if (!ints)
+    return makeError(path + ": " + llvm::toString(ints.takeError()));
+  t.isInt = true;
+  t.i.assign(ints->begin(), ints->end());
+  return t;
+}
 
 std::string weightRoot(ModuleOp module, llvm::StringRef irPath) {
   llvm::SmallString<256> base(irPath);

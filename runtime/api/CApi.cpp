@@ -53,6 +53,46 @@ moe::runtime::Expected<T> routerOf(moe::runtime::Expected<std::vector<T>> all,
 }
 } // namespace
 
+namespace {
+/// The extra inputs of a C call (data[i], shapes[i][0..ranks[i])) as
+/// moe::Model takes them, or an error naming `fn` and the input.
+moe::runtime::Status extraInputs(const char *fn, int num_inputs,
+                                 const void *const *data,
+                                 const int64_t *const *shapes, const int *ranks,
+                                 std::vector<const void *> &arrays,
+                                 std::vector<std::vector<int64_t>> &dims) {
+  for (int i = 0; i < num_inputs; ++i) {
+    if (ranks[i] < 0 || (ranks[i] > 0 && !shapes[i]))
+      return moe::runtime::Status::error(std::string(fn) + ": input " +
+                                         std::to_string(i) + " has no shape");
+    arrays.push_back(data[i]);
+    dims.emplace_back(shapes[i], shapes[i] + ranks[i]);
+  }
+  return moe::runtime::Status::success();
+}
+
+/// Copies extra results ([tokens, width] f32 each) into the caller's
+/// `num_outputs` buffers (0: dropped; another count than the results' is an
+/// error naming `fn`).
+moe::runtime::Status
+copyExtraResults(const char *fn, const char *whose,
+                 const std::vector<std::vector<float>> &extras, int num_outputs,
+                 float *const *outputs) {
+  if (num_outputs > 0 && static_cast<size_t>(num_outputs) != extras.size())
+    return moe::runtime::Status::error(
+        std::string(fn) + ": " + whose + " returns " +
+        std::to_string(extras.size()) + " extra result(s), " +
+        std::to_string(num_outputs) + " output buffer(s) given");
+  for (int i = 0; i < num_outputs; ++i)
+    if (!outputs[i])
+      return moe::runtime::Status::error(std::string(fn) + ": output " +
+                                         std::to_string(i) + " is null");
+  for (int i = 0; i < num_outputs; ++i)
+    std::copy(extras[i].begin(), extras[i].end(), outputs[i]);
+  return moe::runtime::Status::success();
+}
+} // namespace
+
 extern "C" {
 
 int moe_model_open(const char *package_dir, const char *backend, int device,
@@ -200,34 +240,17 @@ int moe_model_run_all_inputs(moe_model *model, const float *x, int64_t tokens,
     return report(mode.takeError(), error, error_size);
   std::vector<const void *> arrays;
   std::vector<std::vector<int64_t>> dims;
-  for (int i = 0; i < num_inputs; ++i) {
-    if (ranks[i] < 0 || (ranks[i] > 0 && !shapes[i]))
-      return report(moe::runtime::Status::error(
-                        "moe_model_run_all_inputs: input " +
-                        std::to_string(i) + " has no shape"),
-                    error, error_size);
-    arrays.push_back(data[i]);
-    dims.emplace_back(shapes[i], shapes[i] + ranks[i]);
-  }
+  if (moe::runtime::Status s =
+          extraInputs("moe_model_run_all_inputs", num_inputs, data, shapes,
+                      ranks, arrays, dims))
+    return report(s, error, error_size);
   std::vector<std::vector<float>> extras;
   if (moe::runtime::Status s = model->model->runAllWithInputs(
           x, tokens, arrays, dims, y, mode.value(), &extras))
     return report(s, error, error_size);
-  if (num_outputs > 0 && static_cast<size_t>(num_outputs) != extras.size())
-    return report(moe::runtime::Status::error(
-                      "moe_model_run_all_inputs: the last layer returns " +
-                      std::to_string(extras.size()) + " extra result(s), " +
-                      std::to_string(num_outputs) + " output buffer(s) given"),
-                  error, error_size);
-  for (int i = 0; i < num_outputs; ++i) {
-    if (!outputs[i])
-      return report(moe::runtime::Status::error(
-                        "moe_model_run_all_inputs: output " +
-                        std::to_string(i) + " is null"),
-                    error, error_size);
-    std::copy(extras[i].begin(), extras[i].end(), outputs[i]);
-  }
-  return 0;
+  return report(copyExtraResults("moe_model_run_all_inputs", "the last layer",
+                                 extras, num_outputs, outputs),
+                error, error_size);
 }
 
 int moe_model_run_layer_device(moe_model *model, int64_t layer, const void *x,
@@ -312,25 +335,37 @@ int moe_model_run_layer_inputs(moe_model *model, int64_t layer,
                                const void *const *data,
                                const int64_t *const *shapes, const int *ranks,
                                float *y, char *error, size_t error_size) {
-  if (!model || !x || !y || num_inputs < 0 ||
-      (num_inputs > 0 && (!data || !shapes || !ranks)))
+  return moe_model_run_layer_inputs_outputs(model, layer, x, tokens, num_inputs,
+                                            data, shapes, ranks, y, 0, nullptr,
+                                            error, error_size);
+}
+
+int moe_model_run_layer_inputs_outputs(moe_model *model, int64_t layer,
+                                       const float *x, int64_t tokens,
+                                       int num_inputs, const void *const *data,
+                                       const int64_t *const *shapes,
+                                       const int *ranks, float *y,
+                                       int num_outputs, float *const *outputs,
+                                       char *error, size_t error_size) {
+  if (!model || !x || !y || num_inputs < 0 || num_outputs < 0 ||
+      (num_inputs > 0 && (!data || !shapes || !ranks)) ||
+      (num_outputs > 0 && !outputs))
     return report(moe::runtime::Status::error(
                       "moe_model_run_layer_inputs: null argument"),
                   error, error_size);
   std::vector<const void *> arrays;
   std::vector<std::vector<int64_t>> dims;
-  for (int i = 0; i < num_inputs; ++i) {
-    if (ranks[i] < 0 || (ranks[i] > 0 && !shapes[i]))
-      return report(moe::runtime::Status::error(
-                        "moe_model_run_layer_inputs: input " +
-                        std::to_string(i) + " has no shape"),
-                    error, error_size);
-    arrays.push_back(data[i]);
-    dims.emplace_back(shapes[i], shapes[i] + ranks[i]);
-  }
-  return report(
-      model->model->runLayerWithInputs(layer, x, tokens, arrays, dims, y),
-      error, error_size);
+  if (moe::runtime::Status s =
+          extraInputs("moe_model_run_layer_inputs", num_inputs, data, shapes,
+                      ranks, arrays, dims))
+    return report(s, error, error_size);
+  std::vector<std::vector<float>> extras;
+  if (moe::runtime::Status s = model->model->runLayerWithInputs(
+          layer, x, tokens, arrays, dims, y, &extras))
+    return report(s, error, error_size);
+  return report(copyExtraResults("moe_model_run_layer_inputs", "the layer",
+                                 extras, num_outputs, outputs),
+                error, error_size);
 }
 
 int moe_model_run_layer_dispatched_device(moe_model *model, int64_t layer,

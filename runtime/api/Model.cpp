@@ -272,7 +272,7 @@ Status
 Model::runLayerWithInputs(int64_t layer, const float *x, int64_t tokens,
                           const std::vector<const void *> &data,
                           const std::vector<std::vector<int64_t>> &shapes,
-                          float *y) {
+                          float *y, std::vector<std::vector<float>> *outputs) {
   if (tokens < 1)
     return Status::error("runLayerWithInputs: tokens must be >= 1, got " +
                          std::to_string(tokens));
@@ -289,6 +289,8 @@ Model::runLayerWithInputs(int64_t layer, const float *x, int64_t tokens,
       return out.takeError();
     impl->record(*impl->layers.at(layer), out.value(), tokens);
     std::copy(out.value().y.begin(), out.value().y.end(), y);
+    if (outputs)
+      *outputs = std::move(out.value().extras);
     return Status::success();
   });
 }

@@ -741,7 +741,13 @@ public:
                             : py::reinterpret_borrow<py::object>(out);
     if (inputs.is_none())
       return result;
-    // The last layer's extra results, [T, width] float32 each.
+    return py::make_tuple(result, extraResults(extras, tokens));
+  }
+
+  /// A layer's (or a chain's last layer's) extra results as float32
+  /// arrays [T, width], in result order.
+  static py::list extraResults(const std::vector<std::vector<float>> &extras,
+                               int64_t tokens) {
     py::list results;
     for (const std::vector<float> &e : extras) {
       int64_t width = tokens > 0 ? static_cast<int64_t>(e.size()) / tokens : 0;
@@ -749,7 +755,7 @@ public:
       std::copy(e.begin(), e.end(), a.mutable_data());
       results.append(a);
     }
-    return py::make_tuple(result, results);
+    return results;
   }
 
   void setRecordRouting(bool enable) {
@@ -890,6 +896,10 @@ public:
       keep.push_back(std::move(c));
     }
     py::array_t<float> y = hostOutput(out, tokens, hidden);
+    auto outInfos = state->model->extraOutputs(layer);
+    if (!outInfos)
+      fail(outInfos.message());
+    std::vector<std::vector<float>> extras(outInfos.value().size());
     if (tokens > 0) {
       const float *xp = in.data();
       float *yp = y.mutable_data();
@@ -898,13 +908,17 @@ public:
         py::gil_scoped_release release;
         std::lock_guard<std::mutex> lock(state->mutex);
         s = state->model->runLayerWithInputs(layer, xp, tokens, data, shapes,
-                                             yp);
+                                             yp, &extras);
       }
       if (s)
         fail(s.message());
     }
-    return out.is_none() ? py::object(y)
-                         : py::reinterpret_borrow<py::object>(out);
+    py::object result =
+        out.is_none() ? py::object(y) : py::reinterpret_borrow<py::object>(out);
+    // A layer with extra results (moe.output) returns them as run_all does.
+    if (outInfos.value().empty())
+      return result;
+    return py::make_tuple(result, extraResults(extras, tokens));
   }
 
   /// The extra inputs of a layer: a list of dicts (name, dtype, dims).
@@ -1041,8 +1055,11 @@ PYBIND11_MODULE(_moe_opt, m) {
            "A layer with extra inputs (moe.input arguments, e.g. GLIDER's "
            "sequence scores float32 [B, E] and token-to-sequence map int32 "
            "[T]): x float32 [T, H] and the inputs in argument order; returns "
-           "y float32 [T, H], or `out`. A missing or misshapen input, or a "
-           "map value outside [0, B), raises before anything runs.")
+           "y float32 [T, H], or `out`; a layer with extra results "
+           "(moe.output, e.g. RMoE's new router state) returns (y, [its "
+           "extra results, float32 [T, width]]) as run_all does. A missing "
+           "or misshapen input, or a map value outside [0, B), raises before "
+           "anything runs.")
       .def("inputs", &Package::inputs, "layer"_a,
            "The extra inputs of a layer in argument order: dicts with name, "
            "dtype and dims (-1: the token count, -2: any size).")

@@ -30,11 +30,20 @@ weights, the chained output and the last layer's state (the second --output)
 are compared, and the carried state must change the experts of at least
 10% of the tokens of layers 1 and 2 (against a zero state).
 
+With --python each case also runs through the package's Python
+`run_with_inputs(0, x, [h])`, which returns (y, [the new state]), and with
+--capi LIB through C's `moe_model_run_layer_inputs_outputs` (one layer's
+extra results outside a chain; the routing from `moe_model_last_routing`).
+
 With --python the chain also runs through the package's Python
 `run_all(x, inputs=[h0])` (moe::Model::runAllWithInputs), which carries the
 state the same way and returns the last one, and `last_routing(l)`; with
 --capi LIB through C's `moe_model_run_all_inputs` (ctypes; the output and
 the last state, whose name and width moe_model_extra_output_info gives).
+
+With --src SRC the canonical example (SRC/examples/rmoe.mlir, its two
+layers with weights of the example's shapes under its tensor names) runs
+the same way as the chain, on the reference, emu and a package on emu.
 
 Not covered here: the GPU (the same kernels; test/Backend's cuda tests).
 
@@ -54,7 +63,8 @@ from hf_models import H, write_safetensors  # noqa: E402
 from layer_check import (compare, compare_output, compare_routing,  # noqa: E402
                          gated_expert_tensors, gated_experts_ir,
                          gated_silu_experts, softmax_rows, topk_normalized)
-from oracle_case import T_VALUES, rmsnorm, run_all_layers  # noqa: E402
+from oracle_case import (T_VALUES, example_ir, rmsnorm,  # noqa: E402
+                         run_all_layers)
 
 TOL_Y = 1e-5
 TOL_W = 1e-5
@@ -286,15 +296,129 @@ def run_capi(lib_path, pkg, x, h, layers):
         lib.moe_model_close(model)
 
 
-def check_chain(bin_dir, work, seed, runs=RUNS, lib=None):
-    """CHAIN_LAYERS RMoE layers under moe-run --all-layers (pre-norm chain:
-    v_l = rmsnorm(s_l), s_{l+1} = s_l + y_l) on each of RUNS: layer l's new
-    state is layer l+1's previous state. Returns (errors, summary)."""
-    rng = np.random.default_rng([seed, 99])
-    layers = [RMoE(rng, **CASES["gru-top2"]) for _ in range(CHAIN_LAYERS)]
-    d = os.path.join(work, "chain")
+def run_python_layer(pkg, x, h):
+    """Python's run_with_inputs of layer 0 of the package on emu with the
+    state: (y, the new state, (ids, weights)); the layer's extra result
+    comes back as run_all's do."""
+    import moe_opt
+    package = moe_opt.load(pkg, backend="emu")
+    package.record_routing = True
+    y, results = package.run_with_inputs(0, x, [h])
+    r = package.last_routing(0)[0]
+    return (y, results[0] if results else np.zeros((0, 0), np.float32),
+            (r["ids"], r["weights"]))
+
+
+def run_capi_layer(lib_path, pkg, x, h):
+    """C's moe_model_run_layer_inputs_outputs of layer 0 of the package on
+    emu (ctypes) with the state: (y, the new state, (ids, weights) from
+    moe_model_last_routing)."""
+    import ctypes as C
+    lib = C.CDLL(lib_path)
+    err = C.create_string_buffer(4096)
+    model = C.c_void_p()
+    lib.moe_model_open.argtypes = [C.c_char_p, C.c_char_p, C.c_int,
+                                   C.POINTER(C.c_void_p), C.c_char_p,
+                                   C.c_size_t]
+    if lib.moe_model_open(pkg.encode(), b"emu", 0, C.byref(model), err,
+                          len(err)):
+        raise AssertionError("moe_model_open: " + err.value.decode())
+    try:
+        lib.moe_model_record_routing.argtypes = [C.c_void_p, C.c_int]
+        lib.moe_model_record_routing(model, 1)
+        t = x.shape[0]
+        x = np.ascontiguousarray(x, np.float32)
+        h = np.ascontiguousarray(h, np.float32)
+        y = np.zeros_like(x)
+        h1 = np.zeros_like(h)
+        fp = C.POINTER(C.c_float)
+        shape = (C.c_int64 * 2)(*h.shape)
+        lib.moe_model_run_layer_inputs_outputs.argtypes = [
+            C.c_void_p, C.c_int64, fp, C.c_int64, C.c_int,
+            C.POINTER(C.c_void_p), C.POINTER(C.POINTER(C.c_int64)),
+            C.POINTER(C.c_int), fp, C.c_int, C.POINTER(fp), C.c_char_p,
+            C.c_size_t]
+        rc = lib.moe_model_run_layer_inputs_outputs(
+            model, 0, x.ctypes.data_as(fp), t, 1,
+            (C.c_void_p * 1)(h.ctypes.data),
+            (C.POINTER(C.c_int64) * 1)(shape), (C.c_int * 1)(2),
+            y.ctypes.data_as(fp), 1, (fp * 1)(h1.ctypes.data_as(fp)),
+            err, len(err))
+        if rc:
+            raise AssertionError("moe_model_run_layer_inputs_outputs: " +
+                                 err.value.decode())
+        slots = C.c_int64()
+        lib.moe_model_last_routing_shape.argtypes = [
+            C.c_void_p, C.c_int64, C.c_int, C.POINTER(C.c_int64),
+            C.POINTER(C.c_int64), C.POINTER(C.c_int64), C.c_char_p,
+            C.c_size_t]
+        if lib.moe_model_last_routing_shape(model, 0, 0, None,
+                                            C.byref(slots), None, err,
+                                            len(err)):
+            raise AssertionError("moe_model_last_routing_shape: " +
+                                 err.value.decode())
+        ids = np.zeros((t, slots.value), np.int32)
+        w = np.zeros((t, slots.value), np.float32)
+        lib.moe_model_last_routing.argtypes = [
+            C.c_void_p, C.c_int64, C.c_int, C.c_void_p, C.c_void_p,
+            C.c_char_p, C.c_size_t]
+        if lib.moe_model_last_routing(model, 0, 0, ids.ctypes.data,
+                                      w.ctypes.data, err, len(err)):
+            raise AssertionError("moe_model_last_routing: " +
+                                 err.value.decode())
+        return y, h1, (ids, w)
+    finally:
+        lib.moe_model_close(model)
+
+
+# examples/rmoe.mlir: its shapes (the oracle's constants) and layers.
+EXAMPLE = "examples/rmoe.mlir"
+EXAMPLE_CASE = dict(experts=8, k=2, inner=16, state=32, bias=True, inter=128)
+EXAMPLE_LAYERS = 2
+
+
+def example_tensors(layers):
+    """The checkpoint of examples/rmoe.mlir (model.safetensors) holding
+    `layers`' weights under the example's names."""
+    tensors = {}
+    for l, layer in enumerate(layers):
+        p = "model.layers.%d.mlp." % l
+        tensors.update({
+            p + "router.input_proj.weight": ("F32", layer.w1),
+            p + "router.gru.weight_ih": ("F32", layer.wih),
+            p + "router.gru.weight_hh": ("F32", layer.whh),
+            p + "router.gru.bias_ih": ("F32", layer.bih),
+            p + "router.gru.bias_hh": ("F32", layer.bhh),
+            p + "router.output_proj.weight": ("F32", layer.w2)})
+        for n, v in gated_expert_tensors(layer.gate, layer.up,
+                                         layer.down).items():
+            tensors[p + n] = v
+    return tensors
+
+
+def check_chain(bin_dir, work, seed, runs=RUNS, lib=None, src=None):
+    """RMoE layers under moe-run --all-layers (pre-norm chain: v_l =
+    rmsnorm(s_l), s_{l+1} = s_l + y_l) on each of RUNS: layer l's new state
+    is layer l+1's previous state: CHAIN_LAYERS generated layers, or with
+    `src` the canonical example examples/rmoe.mlir on random weights.
+    Returns (errors, summary)."""
+    rng = np.random.default_rng([seed, 99 if src is None else 98])
+    d = os.path.join(work, "chain" if src is None else "example")
     os.makedirs(d)
-    ir = write_module(d, layers)
+    if src is None:
+        layers = [RMoE(rng, **CASES["gru-top2"]) for _ in range(CHAIN_LAYERS)]
+        ir = write_module(d, layers)
+    else:
+        layers = [RMoE(rng, **EXAMPLE_CASE) for _ in range(EXAMPLE_LAYERS)]
+        ir, text = example_ir(
+            src, EXAMPLE, d, ("tensor<16x64xf32>", "tensor<96x32xf32>",
+                              "tensor<8x32xf32>", "{k = 2 : i64}",
+                              "tensor<8x128x64xf32>", "moe.normalize"),
+            example_tensors(layers))
+        if text.count("moe.layer = ") != EXAMPLE_LAYERS:
+            raise AssertionError("%s: expected %d layers" % (EXAMPLE,
+                                                             EXAMPLE_LAYERS))
+    n_layers = len(layers)
     pkg = compile_package(bin_dir, ir, d)
     errors, total, flips, fragile_n = [], 0, 0, 0
     worst = {run: [0.0, 0.0, 0.0] for run in runs}
@@ -321,13 +445,13 @@ def check_chain(bin_dir, work, seed, runs=RUNS, lib=None):
         fragile_n += int(skip.sum())
         for run in runs:
             if run == "python-run_all":
-                y, h_last, routing = run_python(pkg, x, h0, CHAIN_LAYERS)
+                y, h_last, routing = run_python(pkg, x, h0, n_layers)
             elif run == "c-run_all":
-                y, h_last, routing = run_capi(lib, pkg, x, h0, CHAIN_LAYERS)
+                y, h_last, routing = run_capi(lib, pkg, x, h0, n_layers)
             else:
                 model, backend = model_of(run, ir, pkg)
                 (y, h_last), routing = run_all_layers(
-                    bin_dir, model, [x, h0], d, backend, CHAIN_LAYERS,
+                    bin_dir, model, [x, h0], d, backend, n_layers,
                     outputs=2)
             tag = "chain %s T=%d" % (run, t)
             for l, ((ids, w), (rids, rw)) in enumerate(zip(routing or [],
@@ -345,14 +469,14 @@ def check_chain(bin_dir, work, seed, runs=RUNS, lib=None):
                 errors.append("%s: last state error %.3g" % (tag, he))
             worst[run] = [max(worst[run][0], ye), worst[run][1],
                           max(worst[run][2], he)]
-    if flips < 0.1 * total * (CHAIN_LAYERS - 1):
+    if flips < 0.1 * total * (n_layers - 1):
         errors.append("chain: the carried state changes the experts of only "
                       "%d token-layers" % flips)
     if fragile_n > max(2, 0.02 * total):
         errors.append("chain: %d tokens near a tie" % fragile_n)
     return errors, ("%d layers, %d tokens, the carried state changes %d "
                     "token-layers, skipped near a tie %d; %s"
-                    % (CHAIN_LAYERS, total, flips, fragile_n,
+                    % (n_layers, total, flips, fragile_n,
                        "; ".join("%s y_err %.2g w_err %.2g state_err %.2g"
                                  % (run, *worst[run]) for run in runs)))
 
@@ -370,6 +494,9 @@ def main():
     ap.add_argument("--capi", default="",
                     help="libmoe_runtime.so: also chain them with C's "
                     "moe_model_run_all_inputs (output and last state)")
+    ap.add_argument("--src", default="",
+                    help="the source tree: also run examples/rmoe.mlir (2 "
+                    "layers chained, zero initial state) on random weights")
     args = ap.parse_args()
     names = args.cases.split(",")
     failures = 0
@@ -381,7 +508,9 @@ def main():
             os.makedirs(d)
             ir = write_module(d, [case])
             pkg = compile_package(args.bin, ir, d)
-            worst = {run: [0.0, 0.0, 0.0] for run in RUNS}
+            runs = (RUNS + (("python-layer",) if args.python else ()) +
+                    (("c-layer",) if args.capi else ()))
+            worst = {run: [0.0, 0.0, 0.0] for run in runs}
             fragile_n, total, flips = 0, 0, 0
             errors = []
             for t in T_VALUES:
@@ -394,10 +523,15 @@ def main():
                 fragile_n += int(fragile.sum())
                 total += t
                 ref_h = case.gru(x, h)
-                for run in RUNS:
-                    model, backend = model_of(run, ir, pkg)
-                    y, h1, (ids, w) = run_with_state(args.bin, model, x, h, d,
-                                                     backend)
+                for run in runs:
+                    if run == "python-layer":
+                        y, h1, (ids, w) = run_python_layer(pkg, x, h)
+                    elif run == "c-layer":
+                        y, h1, (ids, w) = run_capi_layer(args.capi, pkg, x, h)
+                    else:
+                        model, backend = model_of(run, ir, pkg)
+                        y, h1, (ids, w) = run_with_state(args.bin, model, x,
+                                                         h, d, backend)
                     errs, ye, we = compare("%s %s T=%d" % (name, run, t), y,
                                            ids, w, ref_y, ref_ids, ref_w,
                                            fragile, TOL_Y, TOL_W)
@@ -422,7 +556,7 @@ def main():
                   "tie %d; %s"
                   % (status, name, total, flips, fragile_n,
                      "; ".join("%s y_err %.2g w_err %.2g state_err %.2g"
-                               % (run, *worst[run]) for run in RUNS)))
+                               % (run, *worst[run]) for run in runs)))
             for e in errors:
                 print("  " + e)
         if args.chain:
@@ -433,6 +567,15 @@ def main():
             failures += bool(errors)
             names.append("chain")
             print("%-4s chain: %s" % ("FAIL" if errors else "ok", summary))
+            for e in errors[:20]:
+                print("  " + e)
+        if args.src:
+            errors, summary = check_chain(args.bin, work, args.seed, RUNS,
+                                          src=args.src)
+            failures += bool(errors)
+            names.append("example")
+            print("%-4s example %s: %s" % ("FAIL" if errors else "ok",
+                                           EXAMPLE, summary))
             for e in errors[:20]:
                 print("  " + e)
     print("%d of %d RMoE cases match the numpy oracle" %

@@ -859,23 +859,11 @@ int main(int argc, char **argv) {
   // arrays stay integers, anything else is read as float32.
   std::vector<moe::HostTensor> extraInputs;
   for (size_t i = 1; i < inputPaths.size(); ++i) {
-    auto extra = moe::readNpy(inputPaths[i]);
+    auto extra = moe::readLayerInput(inputPaths[i]);
     if (!extra)
       return fail("--input #" + Twine(i + 1) + ": " +
                   toString(extra.takeError()));
-    moe::HostTensor t;
-    t.shape = extra->shape;
-    if (extra->dtype == moe::NpyDType::I32 ||
-        extra->dtype == moe::NpyDType::I64) {
-      auto ints = extra->toI64();
-      if (!ints)
-        return fail(inputPaths[i] + ": " + toString(ints.takeError()));
-      t.isInt = true;
-      t.i.assign(ints->begin(), ints->end());
-    } else {
-      t.f = extra->toF32();
-    }
-    extraInputs.push_back(std::move(t));
+    extraInputs.push_back(std::move(*extra));
   }
 
   // The runner.
@@ -1136,10 +1124,14 @@ int main(int argc, char **argv) {
         layerInputs.push_back(it->second);
       }
     }
+    // The extra inputs the layer runs on (its state, under --all-layers
+    // the one an earlier layer returned), also for --record-profile's
+    // interpreter run below.
+    const std::vector<moe::HostTensor> *runInputs = !takesInputs ? nullptr
+                                                    : allLayers  ? &layerInputs
+                                                                 : &extraInputs;
     auto result = runner->run(s.plan, s.fn, current, given ? &*given : nullptr,
-                              !takesInputs ? nullptr
-                              : allLayers  ? &layerInputs
-                                           : &extraInputs);
+                              runInputs);
     if (!result)
       return fail(toString(result.takeError()));
     if (timing) {
@@ -1189,9 +1181,14 @@ int main(int argc, char **argv) {
       if (backend != "reference") {
         refTrace.statistics = true;
         refTrace.denseExpertOutputs = profileExpertOutputs;
-        auto y = moe::interpret(s.fn, current, weights, &refTrace);
-        if (!y)
-          return fail("--record-profile: " + toString(y.takeError()));
+        auto y =
+            runInputs
+                ? moe::interpretWithOutputs(s.fn, current, *runInputs, weights,
+                                            &refTrace)
+                      .takeError()
+                : moe::interpret(s.fn, current, weights, &refTrace).takeError();
+        if (y)
+          return fail("--record-profile: " + toString(std::move(y)));
         ref = &refTrace;
       }
       bool routed = llvm::any_of(ref->routers,
@@ -1220,7 +1217,9 @@ int main(int argc, char **argv) {
       for (auto [i, t] : llvm::enumerate(result->extraOutputs))
         carried[outputName(i)] = t;
     bool lastLayer = &s == &selected.back();
-    if ((!result->extraOutputs.empty() || outputPaths.size() > 1) &&
+    // Without --output (a --record-profile run) nothing is written.
+    if (!outputPaths.empty() &&
+        (!result->extraOutputs.empty() || outputPaths.size() > 1) &&
         (!allLayers || lastLayer)) {
       size_t want = result->extraOutputs.size();
       if (outputPaths.size() != want + 1) {

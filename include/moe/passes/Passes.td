@@ -448,7 +448,10 @@ def MoEPruneExperts : Pass<"moe-prune-experts", "::mlir::ModuleOp"> {
     `output-error` (NAEE) keeps the subset whose removal changes the layer
     output least, in squared Frobenius norm, on the tokens of
     `calibration` (an .npy of [T, H]), each candidate layer run by the
-    reference interpreter: every subset when there are at most
+    reference interpreter (a layer with extra inputs, e.g. RMoE's router
+    state, on the .npy files of `calibration-inputs`, in argument order,
+    the same for every such layer as the tokens are; without them its
+    refusal names the inputs): every subset when there are at most
     `max-subsets` of them, else greedily, one expert at a time (a remark
     says which). With a group-limited router (`moe.group_limit`) the same
     number is kept in every group (`frequency`, `reap`: the best of each
@@ -478,6 +481,10 @@ def MoEPruneExperts : Pass<"moe-prune-experts", "::mlir::ModuleOp"> {
            "frequency, reap or output-error">,
     Option<"calibration", "calibration", "std::string", "\"\"",
            "Tokens [T, H] (.npy) that output-error runs the layer on">,
+    ListOption<"calibrationInputs", "calibration-inputs", "std::string",
+               "The extra inputs (.npy, argument order) that output-error "
+               "runs a layer with extra inputs on, with the calibration "
+               "tokens">,
     Option<"maxSubsets", "max-subsets", "int64_t", "5000",
            "output-error enumerates every subset up to this many, else is "
            "greedy">,

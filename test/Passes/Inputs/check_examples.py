@@ -73,9 +73,18 @@ def main():
         xp = os.path.join(d, "x.npy")
         H = int(re.search(r"\(%\w+: tensor<\?x(\d+)x", text).group(1))
         np.save(xp, rng.standard_normal((8, H)).astype(np.float32))
+        # The calibration of a layer with extra inputs (RMoE's router state,
+        # [8, S]): the first layer's, given to every such layer.
+        first = min(layers(text)) if layers(text) else 0
+        os.makedirs(os.path.join(d, "cal"))
+        cal_inputs = extra_inputs(text, first, 8, rng, os.path.join(d, "cal"))
         for tag, option in (
                 ("prune", "--moe-prune-experts=profile=%s ratio=0.5 "
-                          "criterion=output-error calibration=%s" % (prof, xp)),
+                          "criterion=output-error calibration=%s%s" % (
+                              prof, xp, "".join(
+                                  " calibration-inputs=" + f
+                                  for f in cal_inputs[:1]) +
+                              "".join("," + f for f in cal_inputs[1:]))),
                 ("merge", "--moe-merge-experts=profile=%s ratio=0.5 "
                           "cluster=hierarchical align=weight" % prof),
                 ("merge-dominant", "--moe-merge-experts=profile=%s ratio=0.5 "

@@ -553,10 +553,13 @@ REFUSED = {
     # Its layers take the pre-gating router's routing: no router logits of
     # their own to record.
     "read_me": "no router logits",
-    # Its layers take the previous layer's router state (an extra input
-    # this harness does not give).
-    "rmoe": "takes 1 extra input(s) after x",
 }
+
+# Extra inputs the harness gives (the chain's first layer's, in argument
+# order): RMoE's initial router state, carried from layer to layer by
+# moe-run --all-layers.
+EXTRA_INPUTS = {"rmoe": [("state.npy", lambda rng, t: rng.uniform(
+    -1, 1, (t, 32)).astype(np.float32))]}
 
 
 def group_examples(tools, rng, args):
@@ -576,6 +579,10 @@ def group_examples(tools, rng, args):
         x = os.path.join(d, "x.npy")
         np.save(x, tokens(rng, 17)[:, :hidden] if hidden <= hf.H else
                 rng.standard_normal((17, hidden)).astype(np.float32))
+        extra = []
+        for f, make in EXTRA_INPUTS.get(name, []):
+            np.save(os.path.join(d, f), make(rng, 17))
+            extra += ["--input", os.path.join(d, f)]
         prof = os.path.join(d, "p.safetensors")
         backends = ["reference"] + (["emu"] if name in args.emu.split(",")
                                     else [])
@@ -583,7 +590,7 @@ def group_examples(tools, rng, args):
         for backend in backends:
             out = prof + "." + backend
             r = record(tools, ir, x, out, "--all-layers", "--backend", backend,
-                       "--routing-out", out + ".r", ok=False)
+                       "--routing-out", out + ".r", *extra, ok=False)
             if name in REFUSED:
                 check(r.returncode != 0 and REFUSED[name] in r.stderr and
                       not os.path.exists(out),
@@ -628,7 +635,8 @@ def main():
     ap.add_argument("--group", action="append", choices=sorted(GROUPS),
                     required=True)
     ap.add_argument("--examples")
-    ap.add_argument("--emu", default="mixtral,adamoe,expert_choice,capacity,sinkhorn",
+    ap.add_argument("--emu", default="mixtral,adamoe,expert_choice,capacity,"
+                    "sinkhorn,rmoe",
                     help="examples also recorded on emu")
     ap.add_argument("--seed", type=int, default=12)
     ap.add_argument("--arch", default=",".join(ORACLE_MODELS),

@@ -41,6 +41,11 @@ struct HostTensor {
   static HostTensor ints(std::vector<int64_t> shape, int32_t fill = 0);
 };
 
+/// An extra layer input (a `moe.input` argument) read from an .npy file:
+/// int32 and int64 arrays become i32 tensors, any other dtype f32 (what
+/// moe-run --input and the calibration of --moe-prune-experts read).
+llvm::Expected<HostTensor> readLayerInput(llvm::StringRef path);
+
 /// Loads `moe.weight` tensors from safetensors files, converting F32, BF16
 /// and F16 exactly to f32; files are opened once, their tensors read with
 /// pread (SafetensorsFile::read), so no file page stays resident.
