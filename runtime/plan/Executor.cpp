@@ -31,6 +31,11 @@ bool logLaunches() {
 
 KernelBackend::~KernelBackend() = default;
 
+Status KernelBackend::encodeTensorMap(const TensorMapDesc &, void *) {
+  return Status::error("the " + name() +
+                       " backend cannot encode tensor maps");
+}
+
 namespace {
 /// Writes `value` as one element of `type` at `out`.
 void encodeOne(float value, ElementType type, uint8_t *out) {

@@ -25,6 +25,8 @@
 namespace moe {
 
 /// Where kernels run: memory and launches.
+struct TensorMapDesc;
+
 class KernelBackend {
 public:
   virtual ~KernelBackend();
@@ -47,6 +49,12 @@ public:
   /// Milliseconds between two calls to mark(), when the backend can time.
   virtual void mark() {}
   virtual double elapsedMs() { return -1.0; }
+  /// Encodes the tensor map of `desc` (TensorMap.h) as this backend's
+  /// kernels read it, into the 128 bytes at `map` (host memory, 64-byte
+  /// aligned), to be uploaded with the kernel's arguments. By default: an
+  /// error saying the backend has no tensor maps.
+  virtual runtime::Status encodeTensorMap(const TensorMapDesc &desc,
+                                          void *map);
 };
 
 /// f32 values of a weight (the whole tensor, stacked and padded), in

@@ -204,4 +204,34 @@ typedef int (*MoEEmuLaunchFn)(const MoEKernelArgs *, unsigned, unsigned,
                               unsigned, unsigned, unsigned, unsigned,
                               unsigned, char *, unsigned);
 
+/* Tensor maps (TMA, sm_90): the 128-byte, 64-byte aligned CUtensorMap a
+ * cp.async.bulk.tensor instruction reads. On a GPU its contents are the
+ * driver's (cuTensorMapEncodeTiled) and opaque. Under the CPU emulation the
+ * runtime's encoder (moe/runtime/TensorMap.h) writes, and the emulated copy
+ * (moe_emu_async.h) reads, this layout of a 2-D tiled map with element
+ * stride 1, no interleave and zero fill out of bounds:
+ *   magic         MOE_EMU_TENSOR_MAP_MAGIC (a map not encoded for the
+ *                 emulation is refused);
+ *   address       the tensor's first element;
+ *   dims[2]       elements per row (inner, dimension 0), then rows;
+ *   row_stride    bytes from a row to the next (dimension 1's stride);
+ *   box[2]        the box copied: elements per row, then rows;
+ *   element_bytes 1, 2 or 4;
+ *   swizzle_bytes 0 (none), 32, 64 or 128: the span of the swizzle pattern.
+ * The rest is zero. */
+#define MOE_TENSOR_MAP_BYTES 128
+#define MOE_EMU_TENSOR_MAP_MAGIC 0x3170616d726f7374ull /* "tsormap1" */
+typedef struct MoEEmuTensorMap {
+  unsigned long long magic;
+  unsigned long long address;
+  unsigned long long dims[2];
+  unsigned long long row_stride;
+  unsigned int box[2];
+  unsigned int element_bytes;
+  unsigned int swizzle_bytes;
+  unsigned char reserved[MOE_TENSOR_MAP_BYTES - 5 * 8 - 4 * 4];
+} MoEEmuTensorMap;
+typedef char moe_emu_tensor_map_size_check
+    [sizeof(MoEEmuTensorMap) == MOE_TENSOR_MAP_BYTES ? 1 : -1];
+
 #endif /* MOE_RUNTIME_KERNELABI_H */
