@@ -216,6 +216,8 @@ private:
   /// Whether the caller's routing arguments fit the plan.
   runtime::Status checkGiven(bool haveIds, bool haveWeights) const;
   runtime::Status launchAll(int64_t tokens);
+  /// Encodes the launch's tensor maps (Launch::tensorMaps) into its table.
+  runtime::Status encodeTensorMaps(const Launch &launch);
   /// Copies each extra result's [T, width] values to the host.
   runtime::Status downloadExtras(int64_t tokens,
                                  std::vector<std::vector<float>> &out);

@@ -67,7 +67,12 @@
  * the weights are not quantized). DOWN_DONE: u32 [ceil(H / DownCols)],
  * per output chunk of the decode kernel decodeDown, its finished work
  * items (zeroed before the layer's first launch; the block that finishes a
- * chunk resets it and combines the chunk; null without decode kernels). */
+ * chunk resets it and combines the chunk; null without decode kernels).
+ * TENSOR_MAPS: the grouped GEMMs' tensor maps under --gemm=tma
+ * (moe_grouped.cuh; null otherwise): MOE_EXPERTS_TENSOR_MAPS maps of 128
+ * bytes, the map of the weight in slot s (ROUTED_GATE .. SHARED_DOWN_BIAS)
+ * at entry s - MOE_EXPERTS_SLOT_ROUTED_GATE, encoded on the host before
+ * the launch (moe::Launch::tensorMaps); entries no GEMM reads are zero. */
 #define MOE_EXPERTS_SLOT_LIST(X)                                             \
   X(INPUT) X(IDS) X(WEIGHTS) X(OUTPUT)                                       \
   X(ROUTED_GATE) X(ROUTED_UP) X(ROUTED_GATE_UP) X(ROUTED_DOWN)               \
@@ -85,7 +90,7 @@
   X(ROUTED_DOWN_SCALE)                                                       \
   X(SHARED_GATE_SCALE) X(SHARED_UP_SCALE) X(SHARED_GATE_UP_SCALE)            \
   X(SHARED_DOWN_SCALE)                                                       \
-  X(DOWN_DONE)
+  X(DOWN_DONE) X(TENSOR_MAPS)
 
 /* moe.fused_route: x [T, H]; the routing ids, weights [T, K]; the dispatch
  * plan counts [E], offsets [E + 1], rows [T * K], slot_row [T * K]; a
@@ -166,6 +171,10 @@ enum MoEElementwiseSlot {
 /* Operands an elementwise kernel can read. */
 #define MOE_ELEMENTWISE_MAX_INPUTS                                             \
   (MOE_MAX_KERNEL_BUFFERS - MOE_ELEMENTWISE_SLOT_FIRST_INPUT)
+
+/* Entries of the TENSOR_MAPS table: one per routed or shared FFN slot. */
+#define MOE_EXPERTS_TENSOR_MAPS                                                \
+  (MOE_EXPERTS_SLOT_SHARED_DOWN_BIAS - MOE_EXPERTS_SLOT_ROUTED_GATE + 1)
 
 /* The ROUTED_* and SHARED_* slots follow MoEFFNSlot's order (the kernels
  * read an FFN set from its first slot), and every family fits. C has no
