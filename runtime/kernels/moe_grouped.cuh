@@ -768,7 +768,7 @@ tmaMaps(const MoEKernelArgs &args) {
 /// plus the stage's transaction bytes) and empty[s] (one arrival per warp
 /// once it has read the stage), initialised once per block.
 template <int St> struct TmaBarriers {
-  uint64_t *full, *empty;
+  tma::Bar *full, *empty;
   __device__ __forceinline__ void init() {
     if (threadIdx.x == 0) {
       for (int s = 0; s < St; ++s) {
@@ -927,7 +927,7 @@ __device__ void gateUp(const MoEKernelArgs &args) {
   [[maybe_unused]] unsigned tmaStep = 0;
   if constexpr (UseTma) {
     MOE_SHARED(TmaStageT, gateUpStages, TSt);
-    MOE_SHARED(uint64_t, gateUpBars, 2 * TSt);
+    MOE_SHARED(tma::Bar, gateUpBars, 2 * TSt);
     tmaStages = &gateUpStages[0];
     tmaBars = TmaBarriers<TSt>{&gateUpBars[0], &gateUpBars[TSt]};
     tmaBars.init();
@@ -1145,7 +1145,7 @@ __device__ void down(const MoEKernelArgs &args) {
   [[maybe_unused]] unsigned tmaStep = 0;
   if constexpr (UseTma) {
     MOE_SHARED(TmaStageT, downStages, TSt);
-    MOE_SHARED(uint64_t, downBars, 2 * TSt);
+    MOE_SHARED(tma::Bar, downBars, 2 * TSt);
     tmaStages = &downStages[0];
     tmaBars = TmaBarriers<TSt>{&downBars[0], &downBars[TSt]};
     tmaBars.init();

@@ -24,6 +24,14 @@
 namespace moe_k {
 namespace tma {
 
+/// An mbarrier object (8 bytes of shared memory): the emulation's
+/// functions take uint64_t, NVRTC has no <cstdint>.
+#ifdef MOE_EMU
+using Bar = uint64_t;
+#else
+using Bar = unsigned long long;
+#endif
+
 /// A tensor map as the kernels receive it (opaque 128 bytes).
 struct alignas(64) TensorMap {
   unsigned long long bytes[MOE_TENSOR_MAP_BYTES / 8];
@@ -36,7 +44,7 @@ __device__ __forceinline__ unsigned smemAddr(const void *p) {
 #endif
 
 /// mbarrier.init.shared::cta.b64 [bar], count.
-__device__ __forceinline__ void init(uint64_t *bar, unsigned count) {
+__device__ __forceinline__ void init(Bar *bar, unsigned count) {
 #ifdef MOE_EMU
   moe_emu::mbarrier_init(bar, count);
 #elif defined(MOE_TMA_PTX)
@@ -62,7 +70,7 @@ __device__ __forceinline__ void fenceProxyAsync() {
 
 /// mbarrier.arrive.expect_tx.shared::cta.b64: this thread's arrival, and
 /// `bytes` more transaction bytes for the current phase.
-__device__ __forceinline__ void arriveExpectTx(uint64_t *bar,
+__device__ __forceinline__ void arriveExpectTx(Bar *bar,
                                                unsigned bytes) {
 #ifdef MOE_EMU
   moe_emu::mbarrier_arrive_expect_tx(bar, bytes);
@@ -77,7 +85,7 @@ __device__ __forceinline__ void arriveExpectTx(uint64_t *bar,
 }
 
 /// mbarrier.arrive.shared::cta.b64: this thread's arrival.
-__device__ __forceinline__ void arrive(uint64_t *bar) {
+__device__ __forceinline__ void arrive(Bar *bar) {
 #ifdef MOE_EMU
   moe_emu::mbarrier_arrive(bar);
 #elif defined(MOE_TMA_PTX)
@@ -91,7 +99,7 @@ __device__ __forceinline__ void arrive(uint64_t *bar) {
 
 /// Waits (mbarrier.try_wait.parity in a loop) until the phase of parity
 /// `parity` of `bar` has completed.
-__device__ __forceinline__ void wait(uint64_t *bar, unsigned parity) {
+__device__ __forceinline__ void wait(Bar *bar, unsigned parity) {
 #ifdef MOE_EMU
   moe_emu::mbarrier_wait_parity(bar, parity);
 #elif defined(MOE_TMA_PTX)
@@ -113,7 +121,7 @@ __device__ __forceinline__ void wait(uint64_t *bar, unsigned parity) {
 /// (128-byte aligned; aligned to 8 swizzle lines when the map swizzles),
 /// completing its bytes on `bar`.
 __device__ __forceinline__ void copy2d(void *dst, const TensorMap *map,
-                                       int c0, int c1, uint64_t *bar) {
+                                       int c0, int c1, Bar *bar) {
 #ifdef MOE_EMU
   moe_emu::cp_async_bulk_tensor_2d(dst, map, c0, c1, bar);
 #elif defined(MOE_TMA_PTX)
