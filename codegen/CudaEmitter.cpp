@@ -2056,17 +2056,18 @@ private:
     if (withGrouped) {
       os << "static_assert(moe_k::grouped::BM == " << kTileRows
          << " && moe_k::grouped::BN == " << kTileCols
-         << " && moe_k::grouped::BK == " << kTileDepth
          << " && moe_k::grouped::Threads == " << kTileThreads
          << ", \"the launch plan's grid assumes these tiles\");\n";
       if (tma)
-        os << "static_assert(moe_k::grouped::TmaWeights<" << name
+        os << "static_assert(moe_k::grouped::BK == " << kTileDepth
+           << " && moe_k::grouped::TmaWeights<" << name
            << "_cfg::Cfg::Routed>::value == " << (routedTma ? "true" : "false")
            << (shared ? std::string(" && moe_k::grouped::TmaWeights<") +
                             name + "_cfg::Cfg::Shared>::value == " +
                             (sharedTma ? "true" : "false")
                       : std::string())
-           << ", \"the launch plan's tensor maps assume these weights\");\n";
+           << ", \"the launch plan's tensor maps assume these boxes and "
+              "weights\");\n";
       // GEMM kernels: (ceil(rows / BM) + partial tiles) x column tiles.
       // `flag` is the template's second argument (Shared of gateUp and
       // down, In of factor).
