@@ -317,6 +317,22 @@ Status LayerExecutor::ensureValues(int64_t tokens) {
 Status LayerExecutor::encodeTensorMaps(const Launch &launch) {
   if (launch.tensorMaps.empty())
     return Status::success();
+  // The maps depend on the addresses only (shapes and boxes are the
+  // plan's): encode and upload again only when one moved.
+  const size_t index = static_cast<size_t>(&launch - plan.launches.data());
+  std::vector<const void *> key;
+  for (const TensorMapRequest &r : launch.tensorMaps)
+    for (int slot : {r.table, r.slot})
+      if (slot >= 0 && slot < static_cast<int>(launch.args.size()))
+        key.push_back(launch.args[slot].kind == Binding::Value
+                          ? values[launch.args[slot].value]
+                      : launch.args[slot].kind == Binding::Weight
+                          ? weights[launch.args[slot].weight]
+                          : nullptr);
+  if (encodedMaps.size() < plan.launches.size())
+    encodedMaps.resize(plan.launches.size());
+  if (encodedMaps[index] == key)
+    return Status::success();
   struct alignas(64) MapBytes {
     unsigned char bytes[128];
   };
@@ -366,8 +382,11 @@ Status LayerExecutor::encodeTensorMaps(const Launch &launch) {
                          std::to_string(valueBytes[value]) + " bytes, " +
                          std::to_string(entries) + " maps need " +
                          std::to_string(maps.size() * sizeof(MapBytes)));
-  return backend.upload(values[value], maps.data(),
-                        maps.size() * sizeof(MapBytes));
+  if (Status s = backend.upload(values[value], maps.data(),
+                               maps.size() * sizeof(MapBytes)))
+    return s;
+  encodedMaps[index] = std::move(key);
+  return Status::success();
 }
 
 Status LayerExecutor::launchAll(int64_t tokens) {

@@ -228,6 +228,10 @@ private:
   const LayerPlan &plan;
   KernelBackend &backend;
   std::vector<void *> weights;
+  /// Per launch (index in plan.launches) with tensor maps: the table and
+  /// weight addresses its maps were last encoded for (re-encoded when a
+  /// weight or the table moves).
+  std::vector<std::vector<const void *>> encodedMaps;
   /// Whether weights[w] was allocated here (not bound).
   std::vector<bool> ownsWeight;
   /// Tokens of the last successful runOnDevice* (0 after a host run).
