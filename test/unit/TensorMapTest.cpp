@@ -4,10 +4,12 @@
 // driver's rules, the emulation's layout) and the CPU emulation of
 // cp.async.bulk.tensor.2d (moe_emu_async.h, through moe_tma.cuh): every
 // swizzle mode against an index formula of its own, boxes across the
-// matrix's edges (zero fill), transaction bytes on the mbarrier, misuse.
+// matrix's edges (zero fill), transaction bytes on the mbarrier, misuse;
+// the CUDA path's call of cuTensorMapEncodeTiled through a stand-in driver.
 //
 //===----------------------------------------------------------------------===//
 
+#include "moe/runtime/CudaApi.h"
 #include "moe/runtime/EmuModule.h"
 #include "moe/runtime/KernelABI.h"
 #include "moe/runtime/KernelHeaders.h"
@@ -96,6 +98,76 @@ TEST(TensorMapEncode, EmuLayout) {
   EXPECT_EQ(m.box[1], 16u);
   EXPECT_EQ(m.element_bytes, 2u);
   EXPECT_EQ(m.swizzle_bytes, 128u);
+}
+
+// The driver's encoder as the CUDA path calls it: what it receives.
+struct EncodeCall {
+  int dataType = -1, swizzle = -1, interleave = -1, oobFill = -1;
+  unsigned rank = 0;
+  void *address = nullptr;
+  unsigned long long dims[2] = {}, stride = 0;
+  unsigned box[2] = {}, elementStrides[2] = {};
+} gCall;
+
+int fakeEncode(void *, int dataType, unsigned rank, void *address,
+               const unsigned long long *dims,
+               const unsigned long long *strides, const unsigned *box,
+               const unsigned *elementStrides, int interleave, int swizzle,
+               int, int oobFill) {
+  gCall.dataType = dataType;
+  gCall.rank = rank;
+  gCall.address = address;
+  gCall.dims[0] = dims[0];
+  gCall.dims[1] = dims[1];
+  gCall.stride = strides[0];
+  gCall.box[0] = box[0];
+  gCall.box[1] = box[1];
+  gCall.elementStrides[0] = elementStrides[0];
+  gCall.elementStrides[1] = elementStrides[1];
+  gCall.interleave = interleave;
+  gCall.swizzle = swizzle;
+  gCall.oobFill = oobFill;
+  return 0;
+}
+
+TEST(TensorMapEncode, CudaPathCallsTheDriverInnerDimensionFirst) {
+  moe::runtime::DriverApi api;
+  api.libraryFile = "libcuda-test.so";
+  alignas(64) unsigned char map[128];
+  Status s = moe::encodeCudaTensorMap(api, validDesc(), map);
+  ASSERT_FALSE(s.ok());
+  EXPECT_TRUE(contains(s.message(), "libcuda-test.so has no "
+                                    "cuTensorMapEncodeTiled"))
+      << s.message();
+  api.cuTensorMapEncodeTiled = fakeEncode;
+  TensorMapDesc d = validDesc();
+  d.type = ElementType::F8E4M3FN;
+  d.boxCols = 128;
+  ASSERT_TRUE(moe::encodeCudaTensorMap(api, d, map).ok());
+  EXPECT_EQ(gCall.dataType, 0); // UINT8
+  EXPECT_EQ(gCall.rank, 2u);
+  EXPECT_EQ(gCall.address, static_cast<void *>(gMatrix));
+  EXPECT_EQ(gCall.dims[0], 72u);
+  EXPECT_EQ(gCall.dims[1], 40u);
+  EXPECT_EQ(gCall.stride, 160u);
+  EXPECT_EQ(gCall.box[0], 128u);
+  EXPECT_EQ(gCall.box[1], 16u);
+  EXPECT_EQ(gCall.elementStrides[0], 1u);
+  EXPECT_EQ(gCall.elementStrides[1], 1u);
+  EXPECT_EQ(gCall.interleave, 0);
+  EXPECT_EQ(gCall.swizzle, 3); // CU_TENSOR_MAP_SWIZZLE_128B
+  EXPECT_EQ(gCall.oobFill, 0); // zeros
+  d.type = ElementType::BF16;
+  d.boxCols = 32;
+  d.swizzle = TensorMapSwizzle::B64;
+  ASSERT_TRUE(moe::encodeCudaTensorMap(api, d, map).ok());
+  EXPECT_EQ(gCall.dataType, 9); // BFLOAT16
+  EXPECT_EQ(gCall.swizzle, 2);
+  // The driver's rules are checked before the driver is called.
+  gCall.rank = 0;
+  d.boxRows = 300;
+  EXPECT_FALSE(moe::encodeCudaTensorMap(api, d, map).ok());
+  EXPECT_EQ(gCall.rank, 0u);
 }
 
 const char *kSource = R"cuda(
