@@ -737,8 +737,9 @@ template <typename TW, int NB, int NA> struct alignas(1024) TmaStage {
 };
 
 /// Stages of the TMA k loop: as many as fit PipeSmemBytes (less the
-/// barriers), at most MaxStages (one for f32 activations split in three
-/// terms with gate and up: 24 KB a stage).
+/// barriers), at most MaxStages: 3 with 16-bit activations (13-14 KB a
+/// stage), 2 with f32 ones in three terms (gateUp: 23 KB a stage). One
+/// stage would work too (tmaKLoop adds a barrier), for larger tiles.
 template <typename TW, int NB, int NA> struct TmaStages {
   static constexpr int Fit =
       (PipeSmemBytes - 1024) / static_cast<int>(sizeof(TmaStage<TW, NB, NA>));
