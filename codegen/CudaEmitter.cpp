@@ -123,6 +123,9 @@ int64_t dim(Value v, unsigned i) {
 /// The grouped expert kernels' tile (moe_grouped.cuh; the generated source
 /// asserts that they agree): rows and columns of output per block, threads.
 constexpr int64_t kTileRows = 64, kTileCols = 64, kTileThreads = 128;
+/// The reduction step of a grouped tile (moe_k::grouped::BK): the TMA
+/// path's weight boxes are kTileCols x kTileDepth.
+constexpr int64_t kTileDepth = 32;
 /// Outputs per block of the combine (moe_k::grouped::CombineCols).
 constexpr int64_t kCombineCols = 256;
 
@@ -1476,6 +1479,45 @@ private:
     bool fp8Mma = false;
   };
 
+  /// Whether the grouped GEMMs of `f` take their weight tiles by TMA
+  /// under --gemm=tma: the rule of moe_k::grouped::TmaWeights (the
+  /// generated source asserts that both agree).
+  static bool tmaWeights(const FFNInfo &f) {
+    Type t = cast<ShapedType>((f.fused ? f.gateUp : f.up).getType())
+                 .getElementType();
+    return !f.quant && !f.fp8Mma && (t.isBF16() || t.isF16()) && !f.inOut &&
+           !f.lowRank && !(f.fused && f.interleaved) && f.widths.empty() &&
+           f.H % 8 == 0 && f.I % 8 == 0;
+  }
+
+  /// The tensor maps of one grouped GEMM on the TMA path: gateUp reads gate
+  /// and up (or gate_up, or up alone), down reads down, each in
+  /// moe_k::grouped tiles (BN rows of BK weights, the 64-byte swizzle).
+  static void addTensorMapRequests(::moe::Launch &launch, const FFNInfo &f,
+                                   bool gateUp, bool sharedFFN) {
+    const int first =
+        sharedFFN ? MOE_EXPERTS_SLOT_SHARED_GATE : MOE_EXPERTS_SLOT_ROUTED_GATE;
+    SmallVector<int> ffnSlots;
+    if (!gateUp)
+      ffnSlots.push_back(MOE_FFN_SLOT_DOWN);
+    else if (f.nonGated)
+      ffnSlots.push_back(MOE_FFN_SLOT_UP);
+    else if (f.fused)
+      ffnSlots.push_back(MOE_FFN_SLOT_GATE_UP);
+    else
+      ffnSlots.append({MOE_FFN_SLOT_GATE, MOE_FFN_SLOT_UP});
+    for (int ffnSlot : ffnSlots) {
+      ::moe::TensorMapRequest request;
+      request.slot = first + ffnSlot;
+      request.table = MOE_EXPERTS_SLOT_TENSOR_MAPS;
+      request.entry = first + ffnSlot - MOE_EXPERTS_SLOT_ROUTED_GATE;
+      request.boxRows = kTileCols;
+      request.boxCols = kTileDepth;
+      request.swizzleBytes = 2 * kTileDepth;
+      launch.tensorMaps.push_back(request);
+    }
+  }
+
   template <typename OpT> FFNInfo ffnInfo(OpT o, bool perExpert) {
     FFNInfo f;
     f.op = o;
@@ -1949,6 +1991,19 @@ private:
     } else {
       args.setNull(MOE_EXPERTS_SLOT_DOWN_DONE);
     }
+    // --gemm=tma: the table of tensor maps of the GEMMs whose weight tiles
+    // come by TMA (tmaWeights), filled by the host before each launch.
+    bool tma = options.gemm == ::moe::GroupedGemm::Tma && withGrouped;
+    bool routedTma = tma && tmaWeights(r);
+    bool sharedTma = tma && shared && tmaWeights(s);
+    if (routedTma || sharedTma) {
+      args.set(MOE_EXPERTS_SLOT_TENSOR_MAPS,
+               valueBinding(fixedValue(::moe::ElementType::U32,
+                                       MOE_EXPERTS_TENSOR_MAPS *
+                                           MOE_TENSOR_MAP_BYTES / 4)));
+    } else {
+      args.setNull(MOE_EXPERTS_SLOT_TENSOR_MAPS);
+    }
     std::vector<::moe::Binding> argList = args.take();
 
     if (withDecode) {
@@ -2003,6 +2058,16 @@ private:
          << " && moe_k::grouped::BN == " << kTileCols
          << " && moe_k::grouped::Threads == " << kTileThreads
          << ", \"the launch plan's grid assumes these tiles\");\n";
+      if (tma)
+        os << "static_assert(moe_k::grouped::BK == " << kTileDepth
+           << " && moe_k::grouped::TmaWeights<" << name
+           << "_cfg::Cfg::Routed>::value == " << (routedTma ? "true" : "false")
+           << (shared ? std::string(" && moe_k::grouped::TmaWeights<") +
+                            name + "_cfg::Cfg::Shared>::value == " +
+                            (sharedTma ? "true" : "false")
+                      : std::string())
+           << ", \"the launch plan's tensor maps assume these boxes and "
+              "weights\");\n";
       // GEMM kernels: (ceil(rows / BM) + partial tiles) x column tiles.
       // `flag` is the template's second argument (Shared of gateUp and
       // down, In of factor).
@@ -2025,14 +2090,23 @@ private:
         // gateUp, down and the FP8 tensor-core GEMMs take the k loop as a
         // third argument; factor and the thin GEMMs of factored routed
         // weights have the single-buffered one only.
+        // --gemm=tma: gateUp and down of an FFN of tmaWeights take their
+        // weight tiles by TMA (fourth template argument); the others run
+        // the pipelined loop.
+        bool tmaGemm = (call == "gateUp" || call == "down") &&
+                       (sharedRows ? sharedTma : routedTma);
         bool pipe = call != "factor" &&
                     (flag || !r.lowRank) &&
-                    options.gemm == ::moe::GroupedGemm::Pipelined;
+                    (options.gemm == ::moe::GroupedGemm::Pipelined ||
+                     options.gemm == ::moe::GroupedGemm::Tma);
+        if (tmaGemm)
+          addTensorMapRequests(launch, sharedRows ? s : r, call == "gateUp",
+                               sharedRows);
         kernelEntry(
             launch.kernel, std::to_string(kTileThreads),
-            llvm::formatv("moe_k::grouped::{0}<{1}_cfg::Cfg, {2}{3}>(args)",
+            llvm::formatv("moe_k::grouped::{0}<{1}_cfg::Cfg, {2}{3}{4}>(args)",
                           call, name, flag ? "true" : "false",
-                          pipe ? ", true" : "")
+                          pipe ? ", true" : "", tmaGemm ? ", true" : "")
                 .str());
         pushLaunch(std::move(launch));
       };
@@ -2508,6 +2582,8 @@ std::optional<GroupedGemm> parseGroupedGemm(StringRef name) {
     return GroupedGemm::Pipelined;
   if (name == "mma")
     return GroupedGemm::Mma;
+  if (name == "tma")
+    return GroupedGemm::Tma;
   return std::nullopt;
 }
 

@@ -33,7 +33,7 @@ void registerMoEToCudaTranslation() {
         std::optional<GroupedGemm> path = parseGroupedGemm(gemm);
         if (!path)
           return mlir::emitError(op->getLoc())
-                 << "--moe-cuda-gemm: expected pipelined or mma, got '"
+                 << "--moe-cuda-gemm: expected pipelined, mma or tma, got '"
                  << gemm << "'";
         CudaEmitOptions options;
         options.gemm = *path;

@@ -248,9 +248,12 @@ Expected<std::shared_ptr<const DriverApi>> DriverApi::load() {
   need(api->cuEventElapsedTime,
        {"cuEventElapsedTime_v2", "cuEventElapsedTime"});
   need(api->cuEventDestroy, {"cuEventDestroy_v2"});
-  if (s.ok())
+  if (s.ok()) {
     (void)resolve(h, lib, api->cuGetErrorName, {"cuGetErrorName"},
                   /*optional=*/true);
+    (void)resolve(h, lib, api->cuTensorMapEncodeTiled,
+                  {"cuTensorMapEncodeTiled"}, /*optional=*/true);
+  }
   if (!s.ok())
     return s.withContext("cannot use the CUDA driver");
   return std::shared_ptr<const DriverApi>(std::move(api));

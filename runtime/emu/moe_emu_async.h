@@ -27,8 +27,34 @@
 //    (lands and decrements the barrier's transaction count) when some
 //    thread tests the barrier, i.e. as late as the PTX ISA allows.
 //
-// Not emulated: cp.async.bulk.tensor (tensor maps, boxes and swizzles),
-// cp.async.mbarrier.arrive, multicast and cluster scopes.
+//  * cp_async_bulk_tensor_2d (cp.async.bulk.tensor.2d.shared::cluster.
+//    global.tile.mbarrier::complete_tx::bytes [dst], [map, {c0, c1}],
+//    [bar]): copies the box of the tensor map (KernelABI.h's
+//    MoEEmuTensorMap, written by the runtime's encoder) whose first
+//    element is column c0, row c1; elements outside the tensor (negative
+//    coordinates included) are zero. The box lands densely (row r of the
+//    box at r * box bytes per row), then the map's swizzle moves each
+//    16-byte chunk: with a span of S bytes (32, 64, 128), bits [4, 4 + n)
+//    of the shared-memory byte address, n = log2(S / 16), are xor-ed with
+//    bits [7, 7 + n) (the PTX ISA's "tensor swizzling modes": the chunk
+//    index within a 128-byte line xor the line index modulo S / 16). The
+//    address is the offset from the start of the block's shared memory, so
+//    a destination aligned to 8 lines (S * 8 bytes) starts the pattern at
+//    its row 0, as on a GPU whose shared window starts at address 0. The
+//    whole box's bytes, out-of-bounds ones included, complete on the
+//    barrier when it lands (like cp_async_bulk).
+//  * fence_proxy_async (fence.proxy.async.shared::cta): orders generic
+//    writes to shared memory before later async-proxy copies; the emulation
+//    has one proxy, so it only checks that a thread calls it.
+//
+// A phase that waits for transaction bytes no copy will bring (an
+// expect_tx larger than the copies, or copies larger than expected, which
+// leave the count below zero) never completes: the launch fails with the
+// livelock report, which lists every mbarrier whose phase is incomplete
+// (moe_emu_runtime.h).
+//
+// Not emulated: other tensor ranks and modes (im2col, multicast), stores
+// from shared memory, cp.async.mbarrier.arrive and cluster scopes.
 //
 //===----------------------------------------------------------------------===//
 
@@ -36,6 +62,7 @@
 #define MOE_EMU_ASYNC_H
 
 #include "moe_emu_runtime.h"
+#include "moe/runtime/KernelABI.h"
 
 #pragma GCC visibility push(hidden)
 
@@ -309,6 +336,86 @@ inline void cp_async_bulk(void *dst, const void *src, unsigned bytes,
   std::memset(dst, detail::kSharedPoison, bytes);
   b.bulkCopies.push_back(std::move(c));
 }
+
+namespace detail {
+
+/// The shared-memory byte offset `o` after the tensor copy's swizzle of
+/// span `span` bytes (0: none).
+inline size_t tensor_swizzle(size_t o, unsigned span) {
+  if (span == 0)
+    return o;
+  const size_t mask = span / 16 - 1; // 1, 3 or 7: the chunk bits swapped
+  return o ^ (((o >> 7) & mask) << 4);
+}
+
+/// The emulation's tensor map at `map` (checked: aligned, encoded).
+inline const MoEEmuTensorMap &tensor_map(const void *map, const char *what,
+                                         const char *file, int line) {
+  if (map == nullptr || (reinterpret_cast<uintptr_t>(map) & 63u) != 0)
+    fail(format("%s at %s:%d: tensor map address %p is not 64-byte aligned",
+                what, file, line, map));
+  const MoEEmuTensorMap &m = *static_cast<const MoEEmuTensorMap *>(map);
+  if (m.magic != MOE_EMU_TENSOR_MAP_MAGIC)
+    fail(format("%s at %s:%d: the 128 bytes at %p are not a tensor map "
+                "encoded for the emulation (moe::encodeEmuTensorMap)",
+                what, file, line, map));
+  return m;
+}
+
+} // namespace detail
+
+/// cp.async.bulk.tensor.2d.shared::cluster.global.tile.mbarrier::
+/// complete_tx::bytes [dst], [map, {c0, c1}], [bar]: the box at column c0,
+/// row c1 of the map's tensor, zero-filled out of bounds and swizzled as
+/// the map says, into `dst` (128-byte aligned shared memory); completes the
+/// box's bytes on `bar` when it lands.
+inline void cp_async_bulk_tensor_2d(void *dst, const void *map, int c0,
+                                    int c1, uint64_t *bar,
+                                    const char *file = __builtin_FILE(),
+                                    int line = __builtin_LINE()) {
+  const char *what = "cp.async.bulk.tensor.2d";
+  detail::Block &b = *detail::cur(what).block;
+  const MoEEmuTensorMap &m = detail::tensor_map(map, what, file, line);
+  const unsigned eb = m.element_bytes;
+  const size_t rowBytes = size_t(m.box[0]) * eb;
+  const size_t bytes = rowBytes * m.box[1];
+  detail::check_shared(b, dst, bytes, 128, what, file, line);
+  detail::MBarrier &mb = detail::mbarrier_state(bar, what, file, line);
+  detail::AsyncCopy c;
+  c.group = detail::kUncommitted;
+  c.mbar = static_cast<int>(&mb - b.mbarriers.data());
+  c.dst = static_cast<unsigned char *>(dst);
+  c.bytes = static_cast<unsigned>(bytes);
+  c.big.assign(bytes, 0);
+  const size_t base = static_cast<size_t>(c.dst - b.smem);
+  const unsigned char *src =
+      reinterpret_cast<const unsigned char *>(static_cast<uintptr_t>(m.address));
+  for (unsigned r = 0; r < m.box[1]; ++r) {
+    const long long gr = static_cast<long long>(c1) + r;
+    for (unsigned k = 0; k < m.box[0]; ++k) {
+      const long long gc = static_cast<long long>(c0) + k;
+      const size_t o = r * rowBytes + size_t(k) * eb;
+      const size_t so = detail::tensor_swizzle(base + o, m.swizzle_bytes);
+      if (so < base || so + eb > base + bytes)
+        detail::fail(detail::format(
+            "%s at %s:%d: the %u-byte swizzle moves box byte %zu outside "
+            "the box's %zu bytes (make the box a whole number of %u-byte "
+            "lines from a 128-byte aligned address)",
+            what, file, line, m.swizzle_bytes, o, bytes, 128u));
+      if (gr >= 0 && gc >= 0 && static_cast<unsigned long long>(gr) < m.dims[1] &&
+          static_cast<unsigned long long>(gc) < m.dims[0])
+        std::memcpy(&c.big[so - base],
+                    src + static_cast<unsigned long long>(gr) * m.row_stride +
+                        static_cast<unsigned long long>(gc) * eb,
+                    eb);
+    }
+  }
+  std::memset(dst, detail::kSharedPoison, bytes);
+  b.bulkCopies.push_back(std::move(c));
+}
+
+/// fence.proxy.async.shared::cta.
+inline void fence_proxy_async() { (void)detail::cur("fence.proxy.async"); }
 
 } // namespace moe_emu
 

@@ -991,6 +991,31 @@ inline std::string thread_states(const Block &b) {
   return r;
 }
 
+/// The mbarriers of the block whose current phase is incomplete, for the
+/// livelock report: a wait on one whose arrivals are all in and whose
+/// transaction count is not zero with no copy in flight can never complete
+/// (an expect_tx that does not match the bytes copied).
+inline std::string mbarrier_states(const Block &b) {
+  std::string text;
+  for (size_t i = 0; i < b.mbarriers.size(); ++i) {
+    const MBarrier &m = b.mbarriers[i];
+    if (m.pending == m.expected && m.tx == 0)
+      continue;
+    bool inFlight = false;
+    for (const AsyncCopy &c : b.bulkCopies)
+      inFlight |= c.mbar == static_cast<int>(i);
+    text += format(" mbarrier at shared offset %zu: phase %u waits for %u "
+                   "arrival(s) and %lld transaction byte(s)%s;",
+                   static_cast<size_t>(
+                       static_cast<const unsigned char *>(m.addr) - b.smem),
+                   m.phase, m.pending, m.tx,
+                   m.pending == 0 && !inFlight
+                       ? " with no copy in flight: it can never complete"
+                       : "");
+  }
+  return text;
+}
+
 inline std::string deadlock_report(const Block &b) {
   return "deadlock: no thread can proceed;" + thread_states(b) +
          " (every thread of a block must reach the same __syncthreads, and "
@@ -1065,9 +1090,10 @@ inline bool run_block(Block &b, void (*fn)(Args), const Args *args,
       b.failed = true;
       b.error = format("livelock: in %llu scheduling passes every runnable "
                        "thread only yielded (spinning on atomicCAS or "
-                       "__nanosleep for something that never happens);%s",
+                       "__nanosleep for something that never happens);%s%s",
                        static_cast<unsigned long long>(idlePasses),
-                       thread_states(b).c_str());
+                       thread_states(b).c_str(),
+                       mbarrier_states(b).c_str());
       return false;
     }
   }

@@ -67,6 +67,7 @@
 
 #include "moe_async.cuh"
 #include "moe_experts.cuh"
+#include "moe_tma.cuh"
 
 namespace moe_k {
 
@@ -219,10 +220,14 @@ template <typename A> struct SameType<A, A> {
 /// g, g + 8 and columns 2 t, 2 t + 1 of each m16n8 fragment).
 /// With NA > 1 (tensor cores only), A is the sum of NA 16-bit tiles
 /// (As + q * Smem<TW>::A), each multiplied by the same B fragments.
-template <typename TW, bool InOut, int NB, int NA>
+/// BSpan > 0: the B tiles are [BN][BK] without padding, as a tensor copy
+/// with a swizzle of BSpan bytes left them (the TMA path; !InOut only).
+template <typename TW, bool InOut, int NB, int NA, int BSpan = 0>
 __device__ __forceinline__ void warpTile(float (&acc)[NB][MI][NI][4],
                                          const TW *As, const TW *B0,
                                          const TW *B1) {
+  static_assert(BSpan == 0 || (!InOut && sizeof(TW) == 2),
+                "swizzled B tiles are 16-bit [out, in] tiles");
   using S = Smem<TW>;
   const int lane = threadIdx.x % 32, warp = threadIdx.x / 32;
   const int wm = warp / WarpsN, wn = warp % WarpsN;
@@ -250,6 +255,14 @@ __device__ __forceinline__ void warpTile(float (&acc)[NB][MI][NI][4],
             mma::ldmatrixX4<true>(
                 b, B + (kk + lane % 8 + ((lane / 8) % 2) * 8) * S::SN +
                        wn * WN + ni * 8 + (lane / 16) * 8);
+          else if constexpr (BSpan > 0)
+            mma::ldmatrixX4<false>(
+                b, reinterpret_cast<const unsigned char *>(B) +
+                       tma::swizzle<BSpan>(
+                           ((wn * WN + ni * 8 + lane % 8 + (lane / 16) * 8) *
+                                BK +
+                            kk + ((lane / 8) % 2) * 8) *
+                           sizeof(TW)));
           else
             mma::ldmatrixX4<false>(
                 b, B + (wn * WN + ni * 8 + lane % 8 + (lane / 16) * 8) *
@@ -690,6 +703,144 @@ __device__ __forceinline__ void kLoop(int steps, Load &&load,
   }
 }
 
+//===----------------------------------------------------------------------===//
+// The TMA k loop (GroupedGemm::tma, sm_90)
+//===----------------------------------------------------------------------===//
+
+/// Whether the GEMMs of FFN F load their weight tiles with tensor copies:
+/// 16-bit [out, in] weights, not factored, quantized or interleaved, of
+/// one width, whose rows are whole 16-byte chunks (a tensor map's row
+/// stride). Otherwise --gemm=tma runs the pipelined cp.async loop. The
+/// code generator's rule (CudaEmitter.cpp, tmaWeights) decides which
+/// GEMMs ask the host for maps; the generated source asserts that both
+/// agree.
+template <typename F> struct TmaWeights {
+  static constexpr bool value =
+      sizeof(typename F::TW) == 2 && !F::InOut && !F::LowRank &&
+      F::Quant == 0 && !(F::Fused && F::Interleaved) && !F::Widths &&
+      F::H % 8 == 0 && F::I % 8 == 0;
+};
+
+/// The swizzle of the weight tiles: a BK row of 16-bit weights is 64
+/// bytes, so the 64-byte pattern, which spreads the 8 rows an ldmatrix
+/// reads over distinct banks.
+constexpr int TmaSpan = BK * 2;
+
+/// One stage of the TMA k loop: NB weight tiles [BN][BK] (dense, swizzled;
+/// each a whole number of 8-line patterns from a 1024-byte aligned stage),
+/// then NA A tiles [BM][SK] written by the threads as on the other paths.
+template <typename TW, int NB, int NA> struct alignas(1024) TmaStage {
+  static constexpr int BBytes = BN * BK * static_cast<int>(sizeof(TW));
+  static_assert(BBytes % (8 * TmaSpan) == 0, "whole swizzle patterns");
+  unsigned char b[NB][BBytes];
+  unsigned char a[NA * Smem<TW>::A * sizeof(TW)];
+};
+
+/// Stages of the TMA k loop: as many as fit PipeSmemBytes (less the
+/// barriers), at most MaxStages: 3 with 16-bit activations (13-14 KB a
+/// stage), 2 with f32 ones in three terms (gateUp: 23 KB a stage).
+/// tmaKLoop also handles one stage (with one more barrier a step), which
+/// no current tile needs, so no test runs it.
+template <typename TW, int NB, int NA> struct TmaStages {
+  static constexpr int Fit =
+      (PipeSmemBytes - 1024) / static_cast<int>(sizeof(TmaStage<TW, NB, NA>));
+  static constexpr int value = Fit > MaxStages ? MaxStages : Fit;
+  static_assert(value >= 1, "a TMA stage fits the shared memory");
+};
+/// TmaStages when Use, else 1 (nothing instantiated).
+template <bool Use, typename TW, int NB, int NA> struct TmaStagesIf {
+  static constexpr int value = 1;
+};
+template <typename TW, int NB, int NA> struct TmaStagesIf<true, TW, NB, NA> {
+  static constexpr int value = TmaStages<TW, NB, NA>::value;
+};
+
+/// The maps of FFN set `SharedFFN` in the TENSOR_MAPS table, indexed by
+/// MoEFFNSlot.
+template <bool SharedFFN>
+__device__ __forceinline__ const tma::TensorMap *
+tmaMaps(const MoEKernelArgs &args) {
+  const tma::TensorMap *table = static_cast<const tma::TensorMap *>(
+      args.buffers[MOE_EXPERTS_SLOT_TENSOR_MAPS]);
+  return table + ((SharedFFN ? MOE_EXPERTS_SLOT_SHARED_GATE
+                             : MOE_EXPERTS_SLOT_ROUTED_GATE) -
+                  MOE_EXPERTS_SLOT_ROUTED_GATE);
+}
+
+/// The barriers of the TMA loop: full[s] (one arrival, the producer's,
+/// plus the stage's transaction bytes) and empty[s] (one arrival per warp
+/// once it has read the stage), initialised once per block.
+template <int St> struct TmaBarriers {
+  tma::Bar *full, *empty;
+  __device__ __forceinline__ void init() {
+    if (threadIdx.x == 0) {
+      for (int s = 0; s < St; ++s) {
+        tma::init(&full[s], 1);
+        tma::init(&empty[s], Threads / 32);
+      }
+      tma::fenceProxyAsync(); // the initialised barriers, for the copies
+    }
+    __syncthreads();
+  }
+};
+
+/// The k loop with weight tiles by TMA: a block's k steps are numbered on
+/// from `g` across its work items (g advances by `steps`), step g uses
+/// stage g % St, whose barriers are in phase g / St. Thread 0 is the
+/// producer: it issues step g's NB tensor copies (maps[nb] at column k0,
+/// row rows[nb]; entries past NB unused) into the stage once empty[stage] says every warp has read
+/// step g - St, St steps ahead of the consumers. Every thread writes its
+/// piece of step g's A (loadA(ks, As): the rows are gathered tokens, which
+/// a tensor map cannot describe), a barrier publishes it, then the
+/// consumers wait on full[stage], multiply (compute(As, B0, B1)) and
+/// release the stage (one arrival per warp on empty[stage]).
+template <int St, int NB, typename TW, int NA, typename LoadA,
+          typename Compute>
+__device__ __forceinline__ void
+tmaKLoop(int steps, unsigned &g, TmaStage<TW, NB, NA> *stages,
+         const TmaBarriers<St> &bars, const tma::TensorMap *const (&maps)[2],
+         const int (&rows)[2], LoadA &&loadA, Compute &&compute) {
+#if !defined(MOE_EMU) && defined(__CUDA_ARCH__) && __CUDA_ARCH__ < 900
+  static_assert(St < 0, "--gemm=tma needs sm_90 or later (tensor-map copies "
+                        "and mbarrier transaction counts); use "
+                        "--gemm=pipelined on this GPU");
+#endif
+  using Stage = TmaStage<TW, NB, NA>;
+  auto issue = [&](int ks) {
+    const unsigned gg = g + ks, st = gg % St;
+    if (gg >= St)
+      tma::wait(&bars.empty[st], (gg / St - 1) & 1u);
+    tma::arriveExpectTx(&bars.full[st], NB * Stage::BBytes);
+#pragma unroll
+    for (int nb = 0; nb < NB; ++nb)
+      tma::copy2d(stages[st].b[nb], maps[nb], ks * BK, rows[nb],
+                  &bars.full[st]);
+  };
+  if (threadIdx.x == 0)
+    for (int ks = 0; ks < St && ks < steps; ++ks)
+      issue(ks);
+  for (int ks = 0; ks < steps; ++ks) {
+    const unsigned gg = g + ks, st = gg % St;
+    TW *As = reinterpret_cast<TW *>(stages[st].a);
+    if constexpr (St == 1)
+      __syncthreads(); // one stage: every warp has read step ks - 1's A
+    loadA(ks, As);
+    __syncthreads(); // A of step ks is written; with St > 1, the stage's
+                     // previous A (step ks - St) was read before the
+                     // barrier of step ks - St + 1
+    tma::wait(&bars.full[st], (gg / St) & 1u);
+    compute(static_cast<const TW *>(As),
+            reinterpret_cast<const TW *>(stages[st].b[0]),
+            reinterpret_cast<const TW *>(stages[st].b[NB - 1]));
+    __syncwarp();
+    if (threadIdx.x % 32 == 0)
+      tma::arrive(&bars.empty[st]);
+    if (threadIdx.x == 0 && ks + St < steps)
+      issue(ks + St);
+  }
+  g += steps;
+}
+
 /// Factored weights (moe.low_rank, out_in): acc += A . M^T for one tile
 /// over a reduction of KDim, on one B tile. A's rows come from `src` (this
 /// thread's row of the tile: AChunk pieces as loadAChunk reads them, null
@@ -728,8 +879,9 @@ __device__ __forceinline__ float (&oneAcc(float (&acc)[2][MI][NI][4],
 /// with ScaleInput), converted to the weight type. One BM x BN tile of h
 /// per work item, gate and up accumulated side by side so that the thread
 /// that holds gate column j also holds up column j. Pipe: the pipelined k
-/// loop (kLoop, Stages).
-template <typename Cfg, bool SharedFFN, bool Pipe = false>
+/// loop (kLoop, Stages). Tma: weight tiles by tensor copies (tmaKLoop;
+/// the code generator sets it for TmaWeights<F> only).
+template <typename Cfg, bool SharedFFN, bool Pipe = false, bool Tma = false>
 __device__ void gateUp(const MoEKernelArgs &args) {
   using TX = typename Cfg::TX;
   using F = typename Sel<Cfg>::template FFN<SharedFFN>;
@@ -767,10 +919,26 @@ __device__ void gateUp(const MoEKernelArgs &args) {
   // B tiles per k step: gate and up, or up alone (NoGate: the gate is
   // neither read nor multiplied). acc[NB - 1] is up's.
   constexpr int NB = F::NoGate ? 1 : 2;
-  constexpr int St = Stages<Pipe && !F::LowRank, TW, InOut, NB, NA>::value;
+  static_assert(!Tma || TmaWeights<F>::value,
+                "the TMA path takes 16-bit [out, in] weights (TmaWeights)");
+  constexpr bool UseTma = Tma;
+  constexpr int St =
+      Stages<(Pipe || Tma) && !F::LowRank, TW, InOut, NB, NA>::value;
   constexpr bool Async = St > 1;
   constexpr int StageWords = GemmSmem<TW, InOut, NB, NA>::Words;
-  MOE_SHARED(uint4, smemWords, (StageWords * St));
+  MOE_SHARED(uint4, smemWords, (UseTma ? 1 : StageWords * St));
+  using TmaStageT = TmaStage<TW, NB, NA>;
+  constexpr int TSt = TmaStagesIf<UseTma, TW, NB, NA>::value;
+  [[maybe_unused]] TmaStageT *tmaStages = nullptr;
+  [[maybe_unused]] TmaBarriers<TSt> tmaBars{};
+  [[maybe_unused]] unsigned tmaStep = 0;
+  if constexpr (UseTma) {
+    MOE_SHARED(TmaStageT, gateUpStages, TSt);
+    MOE_SHARED(tma::Bar, gateUpBars, 2 * TSt);
+    tmaStages = &gateUpStages[0];
+    tmaBars = TmaBarriers<TSt>{&gateUpBars[0], &gateUpBars[TSt]};
+    tmaBars.init();
+  }
   TW *As = reinterpret_cast<TW *>(&smemWords[0]);
   TW *Bg = As + NA * S::A;
   TW *Bu = F::NoGate ? Bg : Bg + GemmSmem<TW, InOut, NB, NA>::B;
@@ -830,6 +998,26 @@ __device__ void gateUp(const MoEKernelArgs &args) {
                                                      1.0f, w.up + e * I * RU, 0,
                                                      1, n0, width - n0);
       }
+    } else if constexpr (UseTma) {
+      // Weight rows of the tile in the maps' 2-D views: [E * I, H] (gate,
+      // up), [E * 2 I, H] (gate_up: gate's rows, then up's).
+      const tma::TensorMap *maps = tmaMaps<SharedFFN>(args);
+      const tma::TensorMap *const tileMaps[2] = {
+          F::NoGate  ? &maps[MOE_FFN_SLOT_UP]
+          : F::Fused ? &maps[MOE_FFN_SLOT_GATE_UP]
+                     : &maps[MOE_FFN_SLOT_GATE],
+          F::Fused ? &maps[MOE_FFN_SLOT_GATE_UP] : &maps[MOE_FFN_SLOT_UP]};
+      const int base = static_cast<int>(e) * (F::Fused ? 2 * I : I) + n0;
+      const int tileRows[2] = {base, F::Fused ? base + I : base};
+      tmaKLoop<TSt, NB, TW, NA>(
+          (H + BK - 1) / BK, tmaStep, tmaStages, tmaBars, tileMaps, tileRows,
+          [&](int ks, TW *As) {
+            loadAChunk<TX, TW, TX, Scale, H % (16 / sizeof(TX)) == 0, NA>(
+                As + ar * S::SK + ac, src, ks * BK + ac, H, scale);
+          },
+          [&](const TW *As, const TW *B0, const TW *B1) {
+            warpTile<TW, false, NB, NA, TmaSpan>(acc, As, B0, B1);
+          });
     } else {
       // Stage st's tiles: As, Bg, Bu shifted by st * StageWords.
       auto load = [&](int ks, int st) {
@@ -918,8 +1106,9 @@ __device__ void gateUp(const MoEKernelArgs &args) {
 /// f32 scratch; on the way into shared memory it is split into 16-bit terms
 /// of the weight type (the tensor cores take 16-bit operands): SplitTerms
 /// with f32 activations (f32 accuracy), HiddenTerms with 16-bit ones.
-/// Pipe: the pipelined k loop (kLoop, Stages).
-template <typename Cfg, bool SharedFFN, bool Pipe = false>
+/// Pipe: the pipelined k loop (kLoop, Stages). Tma: weight tiles by tensor
+/// copies (tmaKLoop; the code generator sets it for TmaWeights<F> only).
+template <typename Cfg, bool SharedFFN, bool Pipe = false, bool Tma = false>
 __device__ void down(const MoEKernelArgs &args) {
   using TX = typename Cfg::TX;
   using F = typename Sel<Cfg>::template FFN<SharedFFN>;
@@ -948,10 +1137,26 @@ __device__ void down(const MoEKernelArgs &args) {
   constexpr int NA = ScratchTerms<TX, TW>::value;
   static_assert(!F::LowRank || (!SharedFFN && !InOut),
                 "factored weights are routed and out_in");
-  constexpr int St = Stages<Pipe && !F::LowRank, TW, InOut, 1, NA>::value;
+  static_assert(!Tma || TmaWeights<F>::value,
+                "the TMA path takes 16-bit [out, in] weights (TmaWeights)");
+  constexpr bool UseTma = Tma;
+  constexpr int St =
+      Stages<(Pipe || Tma) && !F::LowRank, TW, InOut, 1, NA>::value;
   constexpr bool Async = St > 1;
   constexpr int StageWords = GemmSmem<TW, InOut, 1, NA>::Words;
-  MOE_SHARED(uint4, smemWords, (StageWords * St));
+  MOE_SHARED(uint4, smemWords, (UseTma ? 1 : StageWords * St));
+  using TmaStageT = TmaStage<TW, 1, NA>;
+  constexpr int TSt = TmaStagesIf<UseTma, TW, 1, NA>::value;
+  [[maybe_unused]] TmaStageT *tmaStages = nullptr;
+  [[maybe_unused]] TmaBarriers<TSt> tmaBars{};
+  [[maybe_unused]] unsigned tmaStep = 0;
+  if constexpr (UseTma) {
+    MOE_SHARED(TmaStageT, downStages, TSt);
+    MOE_SHARED(tma::Bar, downBars, 2 * TSt);
+    tmaStages = &downStages[0];
+    tmaBars = TmaBarriers<TSt>{&downBars[0], &downBars[TSt]};
+    tmaBars.init();
+  }
   TW *As = reinterpret_cast<TW *>(&smemWords[0]);
   TW *Bs = As + NA * S::A;
 
@@ -986,6 +1191,23 @@ __device__ void down(const MoEKernelArgs &args) {
                             : nullptr;
       thinGemm<float, TW, TX, false, true, NA, RD>(
           acc, As, Bs, zd, 1.0f, w.down + e * H * RD, 0, 1, n0, H - n0);
+    } else if constexpr (UseTma) {
+      // Weight rows of the tile in the map's 2-D view [E * H, I].
+      const tma::TensorMap *const downMap =
+          &tmaMaps<SharedFFN>(args)[MOE_FFN_SLOT_DOWN];
+      const tma::TensorMap *const tileMaps[2] = {downMap, downMap};
+      const int row = static_cast<int>(e) * H + n0;
+      const int tileRows[2] = {row, row};
+      tmaKLoop<TSt, 1, TW, NA>(
+          (width + BK - 1) / BK, tmaStep, tmaStages, tmaBars, tileMaps,
+          tileRows,
+          [&](int ks, TW *As) {
+            loadAChunk<float, TW, TX, false, I % 4 == 0, NA>(
+                As + ar * S::SK + ac, src, ks * BK + ac, width, 1.0f);
+          },
+          [&](const TW *As, const TW *B0, const TW *) {
+            warpTile<TW, false, 1, NA, TmaSpan>(acc, As, B0, B0);
+          });
     } else {
       // Stage st's tiles: As, Bs shifted by st * StageWords.
       auto load = [&](int ks, int st) {

@@ -9,6 +9,7 @@
 #include "moe/runtime/Device.h"
 #include "moe/runtime/KernelCache.h"
 #include "moe/runtime/KernelHeaders.h"
+#include "moe/runtime/TensorMap.h"
 
 #include <map>
 
@@ -70,6 +71,9 @@ public:
   }
   void setStream(void *s) override { stream = s; }
   Status synchronize() override { return device.synchronize(); }
+  Status encodeTensorMap(const TensorMapDesc &desc, void *map) override {
+    return encodeCudaTensorMap(device.api(), desc, map);
+  }
 
 private:
   runtime::Device device;

@@ -8,6 +8,7 @@
 #include "moe/runtime/Backends.h"
 #include "moe/runtime/EmuModule.h"
 #include "moe/runtime/KernelHeaders.h"
+#include "moe/runtime/TensorMap.h"
 
 #include <chrono>
 #include <cstdlib>
@@ -61,6 +62,9 @@ public:
                           runtime::EmuDim3{block, 1, 1}, shared);
   }
   Status synchronize() override { return Status::success(); }
+  Status encodeTensorMap(const TensorMapDesc &desc, void *map) override {
+    return encodeEmuTensorMap(desc, map);
+  }
   // Kernels run on the host: weights that stay alive are read in place.
   bool readsHostMemory() const override { return true; }
   void mark() override { start = std::chrono::steady_clock::now(); }

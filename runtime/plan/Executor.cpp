@@ -6,6 +6,7 @@
 
 #include "moe/runtime/Executor.h"
 #include "moe/runtime/Float16.h"
+#include "moe/runtime/TensorMap.h"
 #include "moe/lib/Reference/QuantDecode.h"
 
 #include <algorithm>
@@ -30,6 +31,11 @@ bool logLaunches() {
 } // namespace
 
 KernelBackend::~KernelBackend() = default;
+
+Status KernelBackend::encodeTensorMap(const TensorMapDesc &, void *) {
+  return Status::error("the " + name() +
+                       " backend cannot encode tensor maps");
+}
 
 namespace {
 /// Writes `value` as one element of `type` at `out`.
@@ -308,6 +314,81 @@ Status LayerExecutor::ensureValues(int64_t tokens) {
   return Status::success();
 }
 
+Status LayerExecutor::encodeTensorMaps(const Launch &launch) {
+  if (launch.tensorMaps.empty())
+    return Status::success();
+  // The maps depend on the addresses only (shapes and boxes are the
+  // plan's): encode and upload again only when one moved.
+  const size_t index = static_cast<size_t>(&launch - plan.launches.data());
+  std::vector<const void *> key;
+  for (const TensorMapRequest &r : launch.tensorMaps)
+    for (int slot : {r.table, r.slot})
+      if (slot >= 0 && slot < static_cast<int>(launch.args.size()))
+        key.push_back(launch.args[slot].kind == Binding::Value
+                          ? values[launch.args[slot].value]
+                      : launch.args[slot].kind == Binding::Weight
+                          ? weights[launch.args[slot].weight]
+                          : nullptr);
+  if (encodedMaps.size() < plan.launches.size())
+    encodedMaps.resize(plan.launches.size());
+  if (encodedMaps[index] == key)
+    return Status::success();
+  struct alignas(64) MapBytes {
+    unsigned char bytes[128];
+  };
+  // Every request of a launch writes the same table (checked below).
+  const int table = launch.tensorMaps.front().table;
+  int entries = 0;
+  for (const TensorMapRequest &r : launch.tensorMaps)
+    entries = std::max(entries, r.entry + 1);
+  std::vector<MapBytes> maps(static_cast<size_t>(entries));
+  std::memset(maps.data(), 0, maps.size() * sizeof(MapBytes));
+  for (const TensorMapRequest &r : launch.tensorMaps) {
+    if (r.table != table || r.table < 0 ||
+        r.table >= static_cast<int>(launch.args.size()) ||
+        launch.args[r.table].kind != Binding::Value || r.slot < 0 ||
+        r.slot >= static_cast<int>(launch.args.size()) ||
+        launch.args[r.slot].kind != Binding::Weight || r.entry < 0 ||
+        (r.swizzleBytes != 0 && r.swizzleBytes != 32 &&
+         r.swizzleBytes != 64 && r.swizzleBytes != 128))
+      return Status::error("a tensor map request names slot " +
+                           std::to_string(r.slot) + ", table slot " +
+                           std::to_string(r.table) +
+                           ", swizzle " + std::to_string(r.swizzleBytes) +
+                           ": expected a weight, one value table and a "
+                           "swizzle of 0, 32, 64 or 128 bytes");
+    const WeightRef &ref = plan.weights[launch.args[r.slot].weight];
+    TensorMapDesc d;
+    d.name = ref.names.empty() ? std::string("<constant>") : ref.names[0];
+    d.address = weights[launch.args[r.slot].weight];
+    d.type = ref.type;
+    d.cols = ref.shape.empty() ? 1 : static_cast<uint64_t>(ref.shape.back());
+    d.rows = 1;
+    for (size_t i = 0; i + 1 < ref.shape.size(); ++i)
+      d.rows *= static_cast<uint64_t>(ref.shape[i]);
+    d.rowStrideBytes = d.cols * static_cast<uint64_t>(elementSize(ref.type));
+    d.boxRows = static_cast<uint32_t>(r.boxRows);
+    d.boxCols = static_cast<uint32_t>(r.boxCols);
+    d.swizzle = r.swizzleBytes == 128  ? TensorMapSwizzle::B128
+                : r.swizzleBytes == 64 ? TensorMapSwizzle::B64
+                : r.swizzleBytes == 32 ? TensorMapSwizzle::B32
+                                       : TensorMapSwizzle::None;
+    if (Status s = backend.encodeTensorMap(d, &maps[r.entry]))
+      return s;
+  }
+  const int value = launch.args[table].value;
+  if (valueBytes[value] < maps.size() * sizeof(MapBytes))
+    return Status::error("the tensor map table holds " +
+                         std::to_string(valueBytes[value]) + " bytes, " +
+                         std::to_string(entries) + " maps need " +
+                         std::to_string(maps.size() * sizeof(MapBytes)));
+  if (Status s = backend.upload(values[value], maps.data(),
+                               maps.size() * sizeof(MapBytes)))
+    return s;
+  encodedMaps[index] = std::move(key);
+  return Status::success();
+}
+
 Status LayerExecutor::launchAll(int64_t tokens) {
   for (const Launch &launch : plan.launches) {
     for (int v : launch.zeroOnce)
@@ -330,6 +411,8 @@ Status LayerExecutor::launchAll(int64_t tokens) {
         args.buffers[i] = weights[b.weight];
     }
     args.num_tokens = tokens;
+    if (Status s = encodeTensorMaps(launch))
+      return s.withContext(launch.kernel + " (" + launch.origin + ")");
     unsigned grid = static_cast<unsigned>(gridBlocks(launch, tokens));
     if (logLaunches())
       std::fprintf(stderr, "moe: launch %s grid %u block %d (T = %lld)\n",

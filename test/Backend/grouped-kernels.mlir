@@ -50,7 +50,7 @@
 // CHECK-NEXT: moe_k::grouped::combine<{{moe_experts_[0-9a-f]+}}_cfg::Cfg>(args);
 // CHECK: MOE_EMU_EXPORT_KERNEL({{moe_experts_[0-9a-f]+}}_combine)
 
-// BADGEMM: --moe-cuda-gemm: expected pipelined or mma, got 'wgmma'
+// BADGEMM: --moe-cuda-gemm: expected pipelined, mma or tma, got 'wgmma'
 
 // PERTOKEN: // moe.fused_experts (layout per_token: decode kernels)
 // PERTOKEN: moe_k::experts::decodeUp<{{moe_experts_[0-9a-f]+}}_cfg::Cfg, {{moe_experts_[0-9a-f]+}}_cfg::Decode>(args);

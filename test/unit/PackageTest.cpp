@@ -1977,10 +1977,27 @@ TEST_F(PackageFiles, EveryMutationOfTheManifestIsAnErrorOrFineNeverACrash) {
 // (runtime/package/Manifest.cpp: layerJson and readLayer/readLaunch). When a
 // field is added to Plan.h, these sizes change: add the field to the
 // manifest, to docs/package.md and to expectSamePlan/sampleContents above,
-// then update the numbers here.
+// then update the numbers here. Launch::tensorMaps (the TMA path) is the
+// one exception: writePackage refuses plans that have any
+// (PackageTooRefusesTensorMaps below).
+TEST(Package, PackageTooRefusesTensorMaps) {
+  TempDir tmp;
+  PackageContents c = sampleContents();
+  ASSERT_FALSE(c.plan.layers.empty());
+  ASSERT_FALSE(c.plan.layers[0].launches.empty());
+  c.plan.layers[0].launches[0].tensorMaps.push_back(moe::TensorMapRequest{});
+  Status s = writePackage(c, tmp / "pkg");
+  ASSERT_FALSE(s.ok());
+  EXPECT_NE(s.message().find("reads tensor maps (--gemm=tma), which packages "
+                             "do not record yet"),
+            std::string::npos)
+      << s.message();
+  EXPECT_FALSE(fs::exists(tmp / "pkg"));
+}
+
 TEST(Package, ManifestCoversEveryPlanField) {
 #if defined(__x86_64__) && defined(__GLIBCXX__)
-  EXPECT_EQ(sizeof(moe::Launch), 192u);
+  EXPECT_EQ(sizeof(moe::Launch), 216u);
   EXPECT_EQ(sizeof(moe::LayerPlan), 288u);
   EXPECT_EQ(sizeof(moe::LayerInput), 72u);
   EXPECT_EQ(sizeof(moe::LayerOutput), 48u);

@@ -136,7 +136,7 @@ int compilePackage(mlir::ModuleOp module, const std::string &irPathForWeights,
   progress.step("generating kernels");
   std::optional<moe::GroupedGemm> gemm = moe::parseGroupedGemm(gemmPath);
   if (!gemm)
-    return fail("--gemm: expected pipelined or mma, got '" + gemmPath + "'");
+    return fail("--gemm: expected pipelined, mma or tma, got '" + gemmPath + "'");
   moe::CudaEmitOptions emitOptions;
   emitOptions.gemm = *gemm;
   auto plan = moe::emitCudaModule(module, emitOptions);

@@ -28,16 +28,20 @@ enum class GroupedGemm {
   Pipelined,
   /// One stage: synchronous loads, a barrier, mma.sync (the fallback).
   Mma,
+  /// sm_90: 16-bit [out, in] weight tiles by TMA tensor copies into an
+  /// mbarrier pipeline, mma.sync on them; other weights as Pipelined.
+  Tma,
 };
 
-/// "pipelined" or "mma".
+/// "pipelined", "mma" or "tma".
 std::optional<GroupedGemm> parseGroupedGemm(llvm::StringRef name);
 
 /// The help text of the tools' --gemm option.
 inline constexpr const char *kGroupedGemmHelp =
     "The grouped (prefill) expert GEMMs: pipelined (cp.async stages in "
-    "flight while mma.sync multiplies, the default) or mma "
-    "(single-buffered loads, the fallback)";
+    "flight while mma.sync multiplies, the default), mma "
+    "(single-buffered loads, the fallback) or tma (sm_90: weight tiles by "
+    "TMA tensor copies into an mbarrier pipeline)";
 
 /// Choices of the emitter that the IR does not fix.
 struct CudaEmitOptions {

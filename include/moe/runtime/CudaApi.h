@@ -167,6 +167,14 @@ struct DriverApi {
   CuResult (*cuEventElapsedTime)(float *ms, CuEvent start,
                                  CuEvent end) = nullptr;
   CuResult (*cuEventDestroy)(CuEvent event) = nullptr;
+  // Optional (CUDA 12.0+ drivers): null when the library lacks it; the
+  // tensor-map encoder (TensorMap.h) then says so.
+  CuResult (*cuTensorMapEncodeTiled)(
+      void *tensorMap, int dataType, unsigned rank, void *globalAddress,
+      const unsigned long long *globalDim,
+      const unsigned long long *globalStrides, const unsigned *boxDim,
+      const unsigned *elementStrides, int interleave, int swizzle,
+      int l2Promotion, int oobFill) = nullptr;
 
   /// Opens the driver afresh: MOE_CUDA_DRIVER_LIBRARY when set, else
   /// libcuda.so.1. Loading calls no driver function; see init().

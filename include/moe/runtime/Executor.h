@@ -25,6 +25,8 @@
 namespace moe {
 
 /// Where kernels run: memory and launches.
+struct TensorMapDesc;
+
 class KernelBackend {
 public:
   virtual ~KernelBackend();
@@ -47,6 +49,12 @@ public:
   /// Milliseconds between two calls to mark(), when the backend can time.
   virtual void mark() {}
   virtual double elapsedMs() { return -1.0; }
+  /// Encodes the tensor map of `desc` (TensorMap.h) as this backend's
+  /// kernels read it, into the 128 bytes at `map` (host memory, 64-byte
+  /// aligned), to be uploaded with the kernel's arguments. By default: an
+  /// error saying the backend has no tensor maps.
+  virtual runtime::Status encodeTensorMap(const TensorMapDesc &desc,
+                                          void *map);
 };
 
 /// f32 values of a weight (the whole tensor, stacked and padded), in
@@ -208,6 +216,8 @@ private:
   /// Whether the caller's routing arguments fit the plan.
   runtime::Status checkGiven(bool haveIds, bool haveWeights) const;
   runtime::Status launchAll(int64_t tokens);
+  /// Encodes the launch's tensor maps (Launch::tensorMaps) into its table.
+  runtime::Status encodeTensorMaps(const Launch &launch);
   /// Copies each extra result's [T, width] values to the host.
   runtime::Status downloadExtras(int64_t tokens,
                                  std::vector<std::vector<float>> &out);
@@ -218,6 +228,10 @@ private:
   const LayerPlan &plan;
   KernelBackend &backend;
   std::vector<void *> weights;
+  /// Per launch (index in plan.launches) with tensor maps: the table and
+  /// weight addresses its maps were last encoded for (re-encoded when a
+  /// weight or the table moves).
+  std::vector<std::vector<const void *>> encodedMaps;
   /// Whether weights[w] was allocated here (not bound).
   std::vector<bool> ownsWeight;
   /// Tokens of the last successful runOnDevice* (0 after a host run).

@@ -67,7 +67,12 @@
  * the weights are not quantized). DOWN_DONE: u32 [ceil(H / DownCols)],
  * per output chunk of the decode kernel decodeDown, its finished work
  * items (zeroed before the layer's first launch; the block that finishes a
- * chunk resets it and combines the chunk; null without decode kernels). */
+ * chunk resets it and combines the chunk; null without decode kernels).
+ * TENSOR_MAPS: the grouped GEMMs' tensor maps under --gemm=tma
+ * (moe_grouped.cuh; null otherwise): MOE_EXPERTS_TENSOR_MAPS maps of 128
+ * bytes, the map of the weight in slot s (ROUTED_GATE .. SHARED_DOWN_BIAS)
+ * at entry s - MOE_EXPERTS_SLOT_ROUTED_GATE, encoded on the host before
+ * the launch (moe::Launch::tensorMaps); entries no GEMM reads are zero. */
 #define MOE_EXPERTS_SLOT_LIST(X)                                             \
   X(INPUT) X(IDS) X(WEIGHTS) X(OUTPUT)                                       \
   X(ROUTED_GATE) X(ROUTED_UP) X(ROUTED_GATE_UP) X(ROUTED_DOWN)               \
@@ -85,7 +90,7 @@
   X(ROUTED_DOWN_SCALE)                                                       \
   X(SHARED_GATE_SCALE) X(SHARED_UP_SCALE) X(SHARED_GATE_UP_SCALE)            \
   X(SHARED_DOWN_SCALE)                                                       \
-  X(DOWN_DONE)
+  X(DOWN_DONE) X(TENSOR_MAPS)
 
 /* moe.fused_route: x [T, H]; the routing ids, weights [T, K]; the dispatch
  * plan counts [E], offsets [E + 1], rows [T * K], slot_row [T * K]; a
@@ -167,6 +172,10 @@ enum MoEElementwiseSlot {
 #define MOE_ELEMENTWISE_MAX_INPUTS                                             \
   (MOE_MAX_KERNEL_BUFFERS - MOE_ELEMENTWISE_SLOT_FIRST_INPUT)
 
+/* Entries of the TENSOR_MAPS table: one per routed or shared FFN slot. */
+#define MOE_EXPERTS_TENSOR_MAPS                                                \
+  (MOE_EXPERTS_SLOT_SHARED_DOWN_BIAS - MOE_EXPERTS_SLOT_ROUTED_GATE + 1)
+
 /* The ROUTED_* and SHARED_* slots follow MoEFFNSlot's order (the kernels
  * read an FFN set from its first slot), and every family fits. C has no
  * static_assert before C11: a negative array size fails instead. */
@@ -203,5 +212,35 @@ typedef struct MoEKernelArgs {
 typedef int (*MoEEmuLaunchFn)(const MoEKernelArgs *, unsigned, unsigned,
                               unsigned, unsigned, unsigned, unsigned,
                               unsigned, char *, unsigned);
+
+/* Tensor maps (TMA, sm_90): the 128-byte, 64-byte aligned CUtensorMap a
+ * cp.async.bulk.tensor instruction reads. On a GPU its contents are the
+ * driver's (cuTensorMapEncodeTiled) and opaque. Under the CPU emulation the
+ * runtime's encoder (moe/runtime/TensorMap.h) writes, and the emulated copy
+ * (moe_emu_async.h) reads, this layout of a 2-D tiled map with element
+ * stride 1, no interleave and zero fill out of bounds:
+ *   magic         MOE_EMU_TENSOR_MAP_MAGIC (a map not encoded for the
+ *                 emulation is refused);
+ *   address       the tensor's first element;
+ *   dims[2]       elements per row (inner, dimension 0), then rows;
+ *   row_stride    bytes from a row to the next (dimension 1's stride);
+ *   box[2]        the box copied: elements per row, then rows;
+ *   element_bytes 1, 2 or 4;
+ *   swizzle_bytes 0 (none), 32, 64 or 128: the span of the swizzle pattern.
+ * The rest is zero. */
+#define MOE_TENSOR_MAP_BYTES 128
+#define MOE_EMU_TENSOR_MAP_MAGIC 0x3170616d726f7374ull /* "tsormap1" */
+typedef struct MoEEmuTensorMap {
+  unsigned long long magic;
+  unsigned long long address;
+  unsigned long long dims[2];
+  unsigned long long row_stride;
+  unsigned int box[2];
+  unsigned int element_bytes;
+  unsigned int swizzle_bytes;
+  unsigned char reserved[MOE_TENSOR_MAP_BYTES - 5 * 8 - 4 * 4];
+} MoEEmuTensorMap;
+typedef char moe_emu_tensor_map_size_check
+    [sizeof(MoEEmuTensorMap) == MOE_TENSOR_MAP_BYTES ? 1 : -1];
 
 #endif /* MOE_RUNTIME_KERNELABI_H */

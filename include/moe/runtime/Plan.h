@@ -95,6 +95,20 @@ int64_t decodeMaxSlots(int64_t experts, int64_t topK);
 /// each: beyond that the second launch costs less than the serial routing.
 constexpr int64_t kSmallRouteMaxTokens = 8;
 
+/// A tensor map the host encodes for a launch (the --gemm=tma grouped
+/// GEMMs, TensorMap.h): the weight bound to argument slot `slot`, seen as a
+/// row-major matrix of its last dimension by the product of the others,
+/// copied in boxes of boxRows x boxCols elements with a swizzle of
+/// swizzleBytes (0, 32, 64 or 128); written to entry `entry` (128 bytes
+/// each) of the value bound to argument slot `table` before the launch.
+struct TensorMapRequest {
+  int slot = -1;
+  int table = -1;
+  int entry = -1;
+  int64_t boxRows = 0, boxCols = 0;
+  int swizzleBytes = 0;
+};
+
 struct Launch {
   std::string kernel;
   /// Which IR op the kernel implements (for messages and reports).
@@ -127,6 +141,9 @@ struct Launch {
   /// Values set to zero once, before the first launch of the layer (whether
   /// or not the launch's gate lets it run).
   std::vector<int> zeroOnce;
+  /// Tensor maps to encode before each launch (none but on the TMA path;
+  /// packages do not record them yet: PackageWriter refuses such plans).
+  std::vector<TensorMapRequest> tensorMaps;
 };
 
 /// A named extra input of a layer (a function argument after x carrying

@@ -22,7 +22,7 @@ token chooses the same experts: K experts get all T rows, the others none).
   check_backend.py --bin BUILD/bin --examples DIR --backend emu [--seed N]
       [--layout runtime|grouped|per_token] [--tokens 1,7,64,300]
       [--identical] [--synthetic-options "--hidden N ..."]
-      [--only SUBSTRING,...] [--compress OPTIONS] [--gemm pipelined|mma]
+      [--only SUBSTRING,...] [--compress OPTIONS] [--gemm pipelined|mma|tma]
       [--activation-type bf16]
 """
 import argparse
@@ -253,7 +253,7 @@ def main():
     p.add_argument("--identical", action="store_true",
                    help="the same row for every token")
     p.add_argument("--gemm", default="pipelined",
-                   choices=["pipelined", "mma"],
+                   choices=["pipelined", "mma", "tma"],
                    help="moe-run --gemm of the backend: the grouped GEMMs' "
                    "k loop")
     p.add_argument("--activation-type", default="",
