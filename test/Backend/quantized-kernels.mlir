@@ -25,10 +25,10 @@
 // RUN: sed -e 's/activation = #moe.activation<silu>,/activation = #moe.activation<silu>, weight_layout = #moe.weight_layout<in_out>,/' %s | moe-opt --moe-optimize | not moe-translate --moe-to-cuda -o /dev/null 2>&1 | FileCheck %s --check-prefix=INOUT
 // CHECK: static constexpr int Quant = 1, QB0 = 16, QB1 = 32; // FP8 E4M3FN codes, f32 scales
 // CHECK-NEXT: using TS = float;
-// CHECK: moe-contract: {{.*}}_decode_up {{.*}}slots={{.*}}weight:f8E4M3FN:0:4096,weight:f8E4M3FN:0:4096,null,weight:f8E4M3FN:0:4096,{{.*}},weight:f32:0:8,weight:f32:0:8,null,weight:f32:0:8,null,null,null,null,value:u32:0:8{{$}}
+// CHECK: moe-contract: {{.*}}_decode_up {{.*}}slots={{.*}}weight:f8E4M3FN:0:4096,weight:f8E4M3FN:0:4096,null,weight:f8E4M3FN:0:4096,{{.*}},weight:f32:0:8,weight:f32:0:8,null,weight:f32:0:8,null,null,null,null,value:u32:0:8,null{{$}}
 // FP4: static constexpr int Quant = 2, QB0 = 1, QB1 = 32; // MXFP4: FP4 E2M1 codes, E8M0 scales
 // FP4-NEXT: using TS = unsigned char;
-// FP4: moe-contract: {{.*}}_decode_up {{.*}}slots={{.*}}weight:f4E2M1FN:0:4096,{{.*}},weight:f8E8M0FNU:0:128,weight:f8E8M0FNU:0:128,null,weight:f8E8M0FNU:0:128,null,null,null,null,value:u32:0:8{{$}}
+// FP4: moe-contract: {{.*}}_decode_up {{.*}}slots={{.*}}weight:f4E2M1FN:0:4096,{{.*}},weight:f8E8M0FNU:0:128,weight:f8E8M0FNU:0:128,null,weight:f8E8M0FNU:0:128,null,null,null,null,value:u32:0:8,null{{$}}
 // INOUT: error: {{.*}}'moe.expert_ffn': quantized expert weights (f8E4M3FN with block scales) with in_out weights (the kernels read [out, in] rows of codes) are not supported by the CUDA backend; run the reference executor (moe-run --backend reference)
 
 func.func @layer_0(%x: tensor<?x32xf32>) -> tensor<?x32xf32> attributes {moe.layer = 0 : i64} {
