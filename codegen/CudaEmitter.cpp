@@ -135,13 +135,13 @@ constexpr int64_t kDecodeThreads = 128, kDecodeBlocks = 512;
 /// and room for the unrolled loads (ptxas caps a plain
 /// __launch_bounds__(128) kernel at 64 registers and spills).
 constexpr int64_t kDecodeMinBlocks = 4;
-/// decode_down's: 5 blocks of 128 threads cap it at 96 registers a thread
-/// (65536 / 640, rounded down to ptxas's granularity of 8), enough for its
-/// 4 loads in flight per lane (moe_k::experts::DecodeDownLoads) without
-/// spills at the five shapes of docs/codegen.md; 6 blocks (80 registers)
-/// spill unless the batch shrinks to 2 loads (24 KB in flight per SM
-/// against 40 KB).
-constexpr int64_t kDecodeDownMinBlocks = 5;
+/// decode_down's: 6 blocks of 128 threads cap it at 80 registers a thread
+/// (65536 / 768), enough for its 4 loads in flight per lane
+/// (moe_k::experts::DecodeDownLoads) without spills at the five shapes of
+/// docs/codegen.md once its batches hold 2 rows of h rather than 4
+/// (DecodeDownRows: 4 rows of 4 words of h each kept ptxas at 93-96
+/// registers, and spilled at 80).
+constexpr int64_t kDecodeDownMinBlocks = 6;
 
 /// Units (hidden units or outputs) per decode work item for `units` units
 /// at T = 1: the largest power of two in [4, 64] that still gives

@@ -232,10 +232,15 @@ constexpr int DecodeWarps = DecodeThreads / 32;
 
 /// 16-byte words of a down row a lane of decodeDown loads at once: fewer
 /// than decodeUp's DecodeLoadsInFlight, so that with the f32 words of h it
-/// needs the kernel fits 96 registers (5 blocks per SM: 4 x 16 B x 128
-/// threads x 5 = 40 KB in flight per SM; the code generator's
+/// needs the kernel fits 80 registers (6 blocks per SM: 4 x 16 B x 128
+/// threads x 6 = 48 KB in flight per SM; the code generator's
 /// kDecodeDownMinBlocks).
 constexpr int DecodeDownLoads = 4;
+/// Rows of h a lane of decodeDown dots a down row with at once ([out, in]
+/// weights): each costs 2 x V words of h per step in registers, so fewer
+/// than DecodeRows; a row's sum adds the same terms in the same order
+/// whatever the batch (the row is read again per batch, from L1).
+constexpr int DecodeDownRows = 2;
 
 // [in, out] weights (weight_layout in_out): a thread takes a word of V
 // consecutive outputs of an input row (one 16-byte load when V elements
@@ -653,13 +658,13 @@ upItem(const MoEKernelArgs &args, const FFNWeights<F> &w, long long e, int j0,
 
 /// 16-byte words of a down row a lane of decodeDown loads at once: fewer
 /// The rows r0 .. r0 + count of h (f32 scratch, I wide) as a batch.
-template <int I>
-__device__ __forceinline__ Batch<float> hiddenBatch(const float *h,
-                                                    long long r0, int count) {
-  Batch<float> a;
+template <int I, int Rows = DecodeRows>
+__device__ __forceinline__ Batch<float, Rows>
+hiddenBatch(const float *h, long long r0, int count) {
+  Batch<float, Rows> a;
   a.count = count;
 #pragma unroll
-  for (int b = 0; b < DecodeRows; ++b) {
+  for (int b = 0; b < Rows; ++b) {
     a.row[b] = h + (r0 + (b < count ? b : 0)) * I;
     a.scale[b] = 1.0f;
   }
@@ -739,14 +744,14 @@ downItem(const MoEKernelArgs &args, const FFNWeights<F> &w, long long e, int o0,
     for (int c = warp; c < C && o0 + c < H; c += DecodeWarps) {
       const int o = o0 + c;
       const TW *row[1] = {w.down + (e * H + o) * I};
-      for (long long r0 = rowBegin; r0 < rowEnd; r0 += DecodeRows) {
+      for (long long r0 = rowBegin; r0 < rowEnd; r0 += DecodeDownRows) {
         const int count = static_cast<int>(
-            rowEnd - r0 < DecodeRows ? rowEnd - r0 : DecodeRows);
-        float acc[1][DecodeRows];
+            rowEnd - r0 < DecodeDownRows ? rowEnd - r0 : DecodeDownRows);
+        float acc[1][DecodeDownRows];
         rowDotsUpTo<1, I, F::IVec, F::Widths, TX, false, DecodeDownLoads>(
-            row, hiddenBatch<I>(h, r0, count), acc, width);
+            row, hiddenBatch<I, DecodeDownRows>(h, r0, count), acc, width);
 #pragma unroll
-        for (int b = 0; b < DecodeRows; ++b)
+        for (int b = 0; b < DecodeDownRows; ++b)
           if (lane == b && b < count)
             finish(o, r0 + b, acc[0][b]);
       }

@@ -58,7 +58,7 @@
 // CHECK: extern "C" __global__ void __launch_bounds__(128, 4) [[EXPERTS]]_decode_up(MoEKernelArgs args) {
 // CHECK-NEXT: moe_k::experts::decodeUp<[[EXPERTS]]_cfg::Cfg, [[EXPERTS]]_cfg::Decode>(args);
 // CHECK: MOE_EMU_EXPORT_KERNEL([[EXPERTS]]_decode_up)
-// CHECK: extern "C" __global__ void __launch_bounds__(128, 5) [[EXPERTS]]_decode_down(MoEKernelArgs args) {
+// CHECK: extern "C" __global__ void __launch_bounds__(128, 6) [[EXPERTS]]_decode_down(MoEKernelArgs args) {
 // CHECK-NEXT: moe_k::experts::decodeDown<[[EXPERTS]]_cfg::Cfg, [[EXPERTS]]_cfg::Decode>(args);
 // CHECK: MOE_EMU_EXPORT_KERNEL([[EXPERTS]]_decode_down)
 // CHECK: moe_k::grouped::gateUp<[[EXPERTS]]_cfg::Cfg, false, true>(args);
