@@ -568,7 +568,8 @@ private:
                "if (args.num_tokens >= {6})\n    "
                "moe_k::route::routerLogitsMma<{0}, {1}, {2}, {3}, {4}, {5}>("
                "static_cast<const {0} *>(args.buffers[MOE_LOGITS_SLOT_INPUT]), "
-               "static_cast<const {1} *>(args.buffers[MOE_LOGITS_SLOT_WEIGHT]), "
+               "static_cast<const {1} *>("
+               "args.buffers[MOE_LOGITS_SLOT_WEIGHT]), "
                "static_cast<const {2} *>(args.buffers[MOE_LOGITS_SLOT_BIAS]), "
                "static_cast<float *>(args.buffers[MOE_LOGITS_SLOT_OUTPUT]), "
                "args.num_tokens);\n  else\n    ",

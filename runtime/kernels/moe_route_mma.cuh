@@ -44,7 +44,8 @@ constexpr int MmaTokens = 64, MmaRows = 32, MmaKSteps = 4;
 
 /// 16-bit terms of TW that an activation of type TX splits into exactly
 /// (0: no exact split, the tensor-core router does not apply).
-template <typename TX, typename TW> __host__ __device__ constexpr int mmaPieces() {
+template <typename TX, typename TW>
+__host__ __device__ constexpr int mmaPieces() {
   if constexpr (IsBF16<TW>::value)
     return IsBF16<TX>::value ? 1 : sizeof(TX) == 4 ? 3 : 0;
   else if constexpr (sizeof(TW) == 2)
