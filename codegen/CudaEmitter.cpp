@@ -138,13 +138,13 @@ constexpr int64_t kDecodeThreads = 128, kDecodeBlocks = 512;
 /// and room for the unrolled loads (ptxas caps a plain
 /// __launch_bounds__(128) kernel at 64 registers and spills).
 constexpr int64_t kDecodeMinBlocks = 4;
-/// decode_down's: 5 blocks of 128 threads cap it at 96 registers a thread
-/// (65536 / 640, rounded down to ptxas's granularity of 8), enough for its
-/// 4 loads in flight per lane (moe_k::experts::DecodeDownLoads) without
-/// spills at the five shapes of docs/codegen.md; 6 blocks (80 registers)
-/// spill unless the batch shrinks to 2 loads (24 KB in flight per SM
-/// against 40 KB).
-constexpr int64_t kDecodeDownMinBlocks = 5;
+/// decode_down's: 6 blocks of 128 threads cap it at 80 registers a thread
+/// (65536 / 768), enough for its 4 loads in flight per lane
+/// (moe_k::experts::DecodeDownLoads) without spills at the five shapes of
+/// docs/codegen.md once its batches hold 2 rows of h rather than 4
+/// (DecodeDownRows: 4 rows of 4 words of h each kept ptxas at 93-96
+/// registers, and spilled at 80).
+constexpr int64_t kDecodeDownMinBlocks = 6;
 
 /// Units (hidden units or outputs) per decode work item for `units` units
 /// at T = 1: the largest power of two in [4, 64] that still gives
@@ -542,6 +542,44 @@ private:
   /// Where the routing kernels read the router's logits (the load differs
   /// between the two-launch and the small-T kernel).
   static constexpr llvm::StringLiteral kLogitsPlaceholder = "@MOE_LOGITS";
+
+  /// Tokens from which moe.router_linear runs on tensor cores
+  /// (moe_k::route::routerLogitsMma), where it applies.
+  static constexpr int64_t kRouterMmaMinTokens = 64;
+
+  /// Whether the tensor-core router applies: a plain (not cosine) router,
+  /// H a multiple of the k step (16), bf16 weights with f32 or bf16
+  /// activations, or f16 weights with f16 activations (the activations
+  /// split exactly into weight-typed terms: moe_k::route::mmaPieces).
+  static bool routerMmaApplies(StringRef tx, StringRef tw, int64_t H,
+                               bool cosine) {
+    if (cosine || H % 16 != 0)
+      return false;
+    if (tw == "__nv_bfloat16")
+      return tx == "float" || tx == "__nv_bfloat16";
+    return tw == "__half" && tx == "__half";
+  }
+
+  /// The router projection kernel's tensor-core branch: from
+  /// kRouterMmaMinTokens tokens on, moe_k::route::routerLogitsMma over
+  /// the launch's grid (it loops over its 64-token x 32-row tiles, fewer
+  /// than the CUDA-core kernel's 32 x 8 blocks), then `else` and the
+  /// CUDA-core call.
+  static std::string routerMmaCall(StringRef tx, StringRef tw, StringRef tb,
+                                   int64_t H, int64_t N, bool hasBias) {
+    return llvm::formatv(
+               "if (args.num_tokens >= {6})\n    "
+               "moe_k::route::routerLogitsMma<{0}, {1}, {2}, {3}, {4}, {5}>("
+               "static_cast<const {0} *>(args.buffers[MOE_LOGITS_SLOT_INPUT]), "
+               "static_cast<const {1} *>("
+               "args.buffers[MOE_LOGITS_SLOT_WEIGHT]), "
+               "static_cast<const {2} *>(args.buffers[MOE_LOGITS_SLOT_BIAS]), "
+               "static_cast<float *>(args.buffers[MOE_LOGITS_SLOT_OUTPUT]), "
+               "args.num_tokens);\n  else\n    ",
+               tx, tw, tb, H, N, hasBias ? "true" : "false",
+               kRouterMmaMinTokens)
+        .str();
+  }
 
   /// Elements per chunk of the router projection's reduction (H): the
   /// small-T kernel splits each router row into ceil(H / chunk) chunks, one
@@ -1025,11 +1063,20 @@ private:
             chunk < H ? llvm::formatv(", false, false, {0}", chunk).str()
                       : std::string();
         os << "// moe.router_linear of moe.fused_route\n";
-        // Split rows: one block per SM is enough, and without the minimum
-        // ptxas caps the registers and spills (chunk sums).
+        // From kRouterMmaMinTokens tokens on, the same launch computes the
+        // logits on tensor cores where that applies (routerMmaCall).
+        const std::string tw = cxxType(rl.getWeight().getType());
+        const std::string mma =
+            routerMmaApplies(tx, tw, H,
+                             rl.getNormalize() != RouterNormalize::none)
+                ? routerMmaCall(tx, tw, tb, H, N, rl.getBias() != nullptr)
+                : std::string();
+        // Split rows (and the tensor-core form): one block per SM is
+        // enough, and without the minimum ptxas caps the registers and
+        // spills (chunk sums; gpt-oss's mma tiles: 16 bytes at 72).
         kernelEntry(
-            logitsKernel, chunk < H ? "128, 1" : "128",
-            llvm::formatv(
+            logitsKernel, chunk < H || !mma.empty() ? "128, 1" : "128",
+            mma + llvm::formatv(
                 "moe_k::route::routerLogits<{0}, {1}, {2}, {3}, {4}, {5}, "
                 "{6}, {7}{8}{10}>(static_cast<const {0} *>("
                 "args.buffers[MOE_LOGITS_SLOT_INPUT]), "
@@ -2595,7 +2642,8 @@ Expected<ModulePlan> emitCudaModule(ModuleOp module,
         "// runtime/kernels (see docs/codegen.md). Each kernel names the IR op "
         "it\n// came from and is named from its text: layers of the same "
         "configuration\n// share it.\n";
-  os << "#include \"moe_route.cuh\"\n#include \"moe_experts.cuh\"\n"
+  os << "#include \"moe_route.cuh\"\n#include \"moe_route_mma.cuh\"\n"
+        "#include \"moe_experts.cuh\"\n"
         "#include \"moe_grouped.cuh\"\n#include \"moe_grouped_fp8.cuh\"\n"
         "#include \"moe_lora.cuh\"\n"
         "#include \"moe_elementwise.cuh\"\n#include \"moe_gru.cuh\"\n\n";

@@ -211,11 +211,12 @@ template <typename T, int V> struct Packed {
   }
 };
 
-/// The activation rows of one batch: row pointers, how many are real, and
-/// the scale of each (ScaleInput: the input is roundAs<TX>(x * w)).
-template <typename TA> struct Batch {
-  const TA *row[DecodeRows];
-  float scale[DecodeRows];
+/// The activation rows of one batch (Rows at most): row pointers, how many
+/// are real, and the scale of each (ScaleInput: the input is roundAs<TX>(x
+/// * w)).
+template <typename TA, int Rows = DecodeRows> struct Batch {
+  const TA *row[Rows];
+  float scale[Rows];
   int count;
 };
 
@@ -242,18 +243,17 @@ __device__ __forceinline__ float scaled(float v, float scale) {
 /// past n are predicated off, not branched around. Each sum still adds its
 /// terms in step order (bit-identical to a step-by-step loop).
 template <int NW, int In, int VecN, bool Bounded, typename TX, bool Scale,
-          int Depth = DecodeLoadsInFlight, typename TW, typename TA>
+          int Depth = DecodeLoadsInFlight, typename TW, typename TA, int Rows>
 __device__ __forceinline__ void rowDotsUpTo(const TW *const (&w)[NW],
-                                            const Batch<TA> &a,
-                                            float (&acc)[NW][DecodeRows],
-                                            int n) {
+                                            const Batch<TA, Rows> &a,
+                                            float (&acc)[NW][Rows], int n) {
   constexpr int V = vecWidth<TW, VecN>();
   static_assert(In % V == 0, "VecN divides In");
   const int lane = threadIdx.x % 32;
 #pragma unroll
   for (int i = 0; i < NW; ++i)
 #pragma unroll
-    for (int b = 0; b < DecodeRows; ++b)
+    for (int b = 0; b < Rows; ++b)
       acc[i][b] = 0.0f;
   constexpr int Iters = (In / V + 31) / 32;
   constexpr bool Tail = Bounded || (In / V) % 32 != 0;
@@ -277,7 +277,7 @@ __device__ __forceinline__ void rowDotsUpTo(const TW *const (&w)[NW],
         continue;
       const int k = ((it0 + l) * 32 + lane) * V;
 #pragma unroll
-      for (int b = 0; b < DecodeRows; ++b) {
+      for (int b = 0; b < Rows; ++b) {
         if (b >= a.count)
           continue;
         float av[V];
@@ -295,15 +295,16 @@ __device__ __forceinline__ void rowDotsUpTo(const TW *const (&w)[NW],
 #pragma unroll
   for (int i = 0; i < NW; ++i)
 #pragma unroll
-    for (int b = 0; b < DecodeRows; ++b)
+    for (int b = 0; b < Rows; ++b)
       acc[i][b] = warpSum(acc[i][b]);
 }
 
 /// rowDots over whole rows (In elements).
-template <int NW, int In, typename TX, bool Scale, typename TW, typename TA>
+template <int NW, int In, typename TX, bool Scale, typename TW, typename TA,
+          int Rows>
 __device__ __forceinline__ void rowDots(const TW *const (&w)[NW],
-                                        const Batch<TA> &a,
-                                        float (&acc)[NW][DecodeRows]) {
+                                        const Batch<TA, Rows> &a,
+                                        float (&acc)[NW][Rows]) {
   rowDotsUpTo<NW, In, In, false, TX, Scale>(w, a, acc, In);
 }
 

@@ -232,10 +232,15 @@ constexpr int DecodeWarps = DecodeThreads / 32;
 
 /// 16-byte words of a down row a lane of decodeDown loads at once: fewer
 /// than decodeUp's DecodeLoadsInFlight, so that with the f32 words of h it
-/// needs the kernel fits 96 registers (5 blocks per SM: 4 x 16 B x 128
-/// threads x 5 = 40 KB in flight per SM; the code generator's
+/// needs the kernel fits 80 registers (6 blocks per SM: 4 x 16 B x 128
+/// threads x 6 = 48 KB in flight per SM; the code generator's
 /// kDecodeDownMinBlocks).
 constexpr int DecodeDownLoads = 4;
+/// Rows of h a lane of decodeDown dots a down row with at once ([out, in]
+/// weights): each costs 2 x V words of h per step in registers, so fewer
+/// than DecodeRows; a row's sum adds the same terms in the same order
+/// whatever the batch (the row is read again per batch, from L1).
+constexpr int DecodeDownRows = 2;
 
 // [in, out] weights (weight_layout in_out): a thread takes a word of V
 // consecutive outputs of an input row (one 16-byte load when V elements
@@ -653,13 +658,13 @@ upItem(const MoEKernelArgs &args, const FFNWeights<F> &w, long long e, int j0,
 
 /// 16-byte words of a down row a lane of decodeDown loads at once: fewer
 /// The rows r0 .. r0 + count of h (f32 scratch, I wide) as a batch.
-template <int I>
-__device__ __forceinline__ Batch<float> hiddenBatch(const float *h,
-                                                    long long r0, int count) {
-  Batch<float> a;
+template <int I, int Rows = DecodeRows>
+__device__ __forceinline__ Batch<float, Rows>
+hiddenBatch(const float *h, long long r0, int count) {
+  Batch<float, Rows> a;
   a.count = count;
 #pragma unroll
-  for (int b = 0; b < DecodeRows; ++b) {
+  for (int b = 0; b < Rows; ++b) {
     a.row[b] = h + (r0 + (b < count ? b : 0)) * I;
     a.scale[b] = 1.0f;
   }
@@ -739,14 +744,14 @@ downItem(const MoEKernelArgs &args, const FFNWeights<F> &w, long long e, int o0,
     for (int c = warp; c < C && o0 + c < H; c += DecodeWarps) {
       const int o = o0 + c;
       const TW *row[1] = {w.down + (e * H + o) * I};
-      for (long long r0 = rowBegin; r0 < rowEnd; r0 += DecodeRows) {
+      for (long long r0 = rowBegin; r0 < rowEnd; r0 += DecodeDownRows) {
         const int count = static_cast<int>(
-            rowEnd - r0 < DecodeRows ? rowEnd - r0 : DecodeRows);
-        float acc[1][DecodeRows];
+            rowEnd - r0 < DecodeDownRows ? rowEnd - r0 : DecodeDownRows);
+        float acc[1][DecodeDownRows];
         rowDotsUpTo<1, I, F::IVec, F::Widths, TX, false, DecodeDownLoads>(
-            row, hiddenBatch<I>(h, r0, count), acc, width);
+            row, hiddenBatch<I, DecodeDownRows>(h, r0, count), acc, width);
 #pragma unroll
-        for (int b = 0; b < DecodeRows; ++b)
+        for (int b = 0; b < DecodeDownRows; ++b)
           if (lane == b && b < count)
             finish(o, r0 + b, acc[0][b]);
       }
@@ -851,11 +856,25 @@ __device__ __forceinline__ int activeExperts(const int *offsets, int *off,
   return count[0];
 }
 
-/// Work items of one decode kernel: `Chunks` per active routed expert, in
-/// expert order, then `SharedChunks` of the shared FFN. Calls
-/// `routed(e, chunk, rowBegin, rowEnd)` or `shared(chunk)` for each of this
-/// block's items (grid-stride); `activeCount` (when given) gets the number
-/// of active experts before the first call.
+/// Tokens of the shared FFN per decode work item: its T rows are split
+/// into groups of this many, so that a shared item does about the work of
+/// a routed one (whose rows are few at decode) however large T is, and
+/// the shared FFN's rows spread over ceil(T / DecodeSharedRows) times
+/// more blocks (DeepSeek-V3 at T = 64: 256 gate/up items instead of 64
+/// that each took 16 batches of rows).
+constexpr int DecodeSharedRows = 16;
+
+/// The shared FFN's row groups at T tokens.
+__host__ __device__ constexpr long long sharedRowGroups(long long T) {
+  return (T + DecodeSharedRows - 1) / DecodeSharedRows;
+}
+
+/// Work items of one decode kernel: `SharedChunks` x sharedRowGroups(T)
+/// of the shared FFN first (rows of the same chunk adjacent), then
+/// `Chunks` per active routed expert, in expert order. Calls
+/// `shared(chunk, rowBegin, rowEnd)` or `routed(e, chunk, rowBegin,
+/// rowEnd)` for each of this block's items (grid-stride); `activeCount`
+/// (when given) gets the number of active experts before the first call.
 template <int E, int Chunks, int SharedChunks, typename RoutedFn,
           typename SharedFn>
 __device__ __forceinline__ void forEachItem(const MoEKernelArgs &args,
@@ -869,15 +888,20 @@ __device__ __forceinline__ void forEachItem(const MoEKernelArgs &args,
   const int nActive = activeExperts<E>(offsets, off, active, count);
   if (activeCount)
     *activeCount = nActive;
-  const long long routedItems =
-      static_cast<long long>(nActive) * Chunks;
-  const long long items = routedItems + SharedChunks;
+  const long long T = args.num_tokens;
+  const long long groups = sharedRowGroups(T);
+  const long long sharedItems = SharedChunks * groups;
+  const long long items =
+      sharedItems + static_cast<long long>(nActive) * Chunks;
   for (long long item = blockIdx.x; item < items; item += gridDim.x) {
-    if (item < routedItems) {
-      const int e = active[item / Chunks];
-      routed(e, static_cast<int>(item % Chunks), off[e], off[e + 1]);
+    if (item < sharedItems) {
+      const long long r0 = item % groups * DecodeSharedRows;
+      shared(static_cast<int>(item / groups), r0,
+             r0 + DecodeSharedRows < T ? r0 + DecodeSharedRows : T);
     } else {
-      shared(static_cast<int>(item - routedItems));
+      const long long i = item - sharedItems;
+      const int e = active[i / Chunks];
+      routed(e, static_cast<int>(i % Chunks), off[e], off[e + 1]);
     }
   }
 }
@@ -995,13 +1019,14 @@ template <typename Cfg, typename D> struct DownChunks {
   /// CS / C + 1 of them).
   static constexpr int MaxSpan = CS > C ? CS / C + 1 : 2;
   __device__ static int end(int c) { return (c + 1) * C < H ? (c + 1) * C : H; }
-  /// Items that complete routed chunk c, given the active experts.
-  __device__ static unsigned expected(int c, int active) {
+  /// Items that complete routed chunk c, given the active experts and the
+  /// shared FFN's row groups.
+  __device__ static unsigned expected(int c, int active, long long groups) {
     if constexpr (!Cfg::HasShared)
       return static_cast<unsigned>(active);
     else
-      return static_cast<unsigned>(active + (end(c) - 1) / CS - c * C / CS +
-                                   1);
+      return static_cast<unsigned>(
+          active + ((end(c) - 1) / CS - c * C / CS + 1) * groups);
   }
 };
 
@@ -1024,7 +1049,8 @@ __device__ __forceinline__ void finishDownItem(const MoEKernelArgs &args,
   if (threadIdx.x == 0) {
     int n = 0;
     for (int c = first; c <= last; ++c)
-      if (arriveLast(done + c, DC::expected(c, active)))
+      if (arriveLast(done + c, DC::expected(c, active,
+                                            sharedRowGroups(args.num_tokens))))
         ready[n++] = c;
     readyCount[0] = n;
   }
@@ -1053,15 +1079,15 @@ __device__ void decodeUp(const MoEKernelArgs &args) {
       ffnWeights<R>(args, MOE_EXPERTS_SLOT_ROUTED_GATE);
   const FFNWeights<S> shared =
       ffnWeights<S>(args, MOE_EXPERTS_SLOT_SHARED_GATE);
-  const long long T = args.num_tokens;
   forEachItem<R::E, Chunks, SharedChunks>(
       args,
       [&](int e, int chunk, int begin, int end) {
         upItem<Cfg, R, false, U>(args, routed, e, chunk * U, begin, end, red);
       },
-      [&](int chunk) {
+      [&](int chunk, long long begin, long long end) {
         if constexpr (Cfg::HasShared)
-          upItem<Cfg, S, true, US>(args, shared, 0, chunk * US, 0, T, red);
+          upItem<Cfg, S, true, US>(args, shared, 0, chunk * US, begin, end,
+                                   red);
       });
 }
 
@@ -1085,7 +1111,6 @@ __device__ void decodeDown(const MoEKernelArgs &args) {
       ffnWeights<R>(args, MOE_EXPERTS_SLOT_ROUTED_GATE);
   const FFNWeights<S> shared =
       ffnWeights<S>(args, MOE_EXPERTS_SLOT_SHARED_GATE);
-  const long long T = args.num_tokens;
   int active = 0;
   forEachItem<R::E, DC::Chunks, DC::SharedChunks>(
       args,
@@ -1093,9 +1118,10 @@ __device__ void decodeDown(const MoEKernelArgs &args) {
         downItem<Cfg, R, false, C>(args, routed, e, chunk * C, begin, end, red);
         finishDownItem<Cfg, D>(args, chunk, chunk, active);
       },
-      [&](int chunk) {
+      [&](int chunk, long long begin, long long end) {
         if constexpr (Cfg::HasShared) {
-          downItem<Cfg, S, true, CS>(args, shared, 0, chunk * CS, 0, T, red);
+          downItem<Cfg, S, true, CS>(args, shared, 0, chunk * CS, begin, end,
+                                     red);
           const int o1 = (chunk + 1) * CS < R::H ? (chunk + 1) * CS : R::H;
           finishDownItem<Cfg, D>(args, chunk * CS / C, (o1 - 1) / C, active);
         }
@@ -1154,7 +1180,7 @@ __device__ void decodeFactorIn(const MoEKernelArgs &args) {
       [&](int e, int chunk, int begin, int end) {
         factorInItem<Cfg, U>(args, routed, e, chunk * U, begin, end);
       },
-      [&](int) {});
+      [&](int, long long, long long) {});
 }
 
 /// zd = B_d . h of the factored down projection (after decodeUp, before
@@ -1172,7 +1198,7 @@ __device__ void decodeFactorDown(const MoEKernelArgs &args) {
       [&](int e, int chunk, int begin, int end) {
         factorDownItem<Cfg, U>(args, routed, e, chunk * U, begin, end);
       },
-      [&](int) {});
+      [&](int, long long, long long) {});
 }
 
 } // namespace experts

@@ -33,7 +33,7 @@
 // GROUPED-NOT: struct Decode
 // RUNTIME: extern "C" __global__ void __launch_bounds__(128, 4) {{moe_experts_[0-9a-f]+}}_decode_up(MoEKernelArgs args) {
 // RUNTIME-NEXT: moe_k::experts::decodeUp<{{moe_experts_[0-9a-f]+}}_cfg::Cfg, {{moe_experts_[0-9a-f]+}}_cfg::Decode>(args);
-// RUNTIME: extern "C" __global__ void __launch_bounds__(128, 5) {{moe_experts_[0-9a-f]+}}_decode_down(MoEKernelArgs args) {
+// RUNTIME: extern "C" __global__ void __launch_bounds__(128, 6) {{moe_experts_[0-9a-f]+}}_decode_down(MoEKernelArgs args) {
 // RUNTIME-NEXT: moe_k::experts::decodeDown<{{moe_experts_[0-9a-f]+}}_cfg::Cfg, {{moe_experts_[0-9a-f]+}}_cfg::Decode>(args);
 // GROUPED-NOT: moe_k::experts::decode
 // CHECK: static_assert(moe_k::grouped::BM == 64 && moe_k::grouped::BN == 64 && moe_k::grouped::Threads == 128

@@ -8,7 +8,11 @@
 // CHECK: //===--- @layer_3 (layer 3) launches: [[LOGITS:moe_route_logits_[0-9a-f]+]], [[ROUTE:moe_route_[0-9a-f]+]], [[SMALL:moe_route_small_[0-9a-f]+]], [[EXPERTS:moe_experts_[0-9a-f]+]]_decode_up,
 // The router projection is a kernel of its own, launched first.
 // CHECK: // moe.router_linear of moe.fused_route
-// CHECK-NEXT: extern "C" __global__ void __launch_bounds__(128) [[LOGITS]](MoEKernelArgs args)
+// From 64 tokens on, on tensor cores (bf16 router weights, f32 input).
+// CHECK-NEXT: extern "C" __global__ void __launch_bounds__(128, 1) [[LOGITS]](MoEKernelArgs args)
+// CHECK-NEXT: if (args.num_tokens >= 64)
+// CHECK-NEXT: moe_k::route::routerLogitsMma<float, __nv_bfloat16, float, 16, 8, true>(
+// CHECK-NEXT: else
 // CHECK-NEXT: moe_k::route::routerLogits<float, __nv_bfloat16, float, 16, 8, true, 32, 8>(
 // CHECK: MOE_EMU_EXPORT_KERNEL([[LOGITS]])
 // CHECK: // moe.fused_route
@@ -58,7 +62,7 @@
 // CHECK: extern "C" __global__ void __launch_bounds__(128, 4) [[EXPERTS]]_decode_up(MoEKernelArgs args) {
 // CHECK-NEXT: moe_k::experts::decodeUp<[[EXPERTS]]_cfg::Cfg, [[EXPERTS]]_cfg::Decode>(args);
 // CHECK: MOE_EMU_EXPORT_KERNEL([[EXPERTS]]_decode_up)
-// CHECK: extern "C" __global__ void __launch_bounds__(128, 5) [[EXPERTS]]_decode_down(MoEKernelArgs args) {
+// CHECK: extern "C" __global__ void __launch_bounds__(128, 6) [[EXPERTS]]_decode_down(MoEKernelArgs args) {
 // CHECK-NEXT: moe_k::experts::decodeDown<[[EXPERTS]]_cfg::Cfg, [[EXPERTS]]_cfg::Decode>(args);
 // CHECK: MOE_EMU_EXPORT_KERNEL([[EXPERTS]]_decode_down)
 // CHECK: moe_k::grouped::gateUp<[[EXPERTS]]_cfg::Cfg, false, true>(args);

@@ -15,7 +15,11 @@ first layer with decode kernels:
     (moe_k::experts::decodeUpInFlight / decodeDownInFlight, evaluated by
     compiling the shape's configuration with the kernel headers on the
     host), and the bytes in flight per SM: loads x bytes x threads x
-    min(resident blocks, grid blocks per SM at T = 1).
+    min(resident blocks, grid blocks per SM at T = 1);
+  * with a shared FFN: its work items at T = 1 and T = 64 (chunks x row
+    groups of moe_k::experts::DecodeSharedRows tokens) next to all of the
+    decode kernel's items (K active experts at T = 1, min(T * K, E) at
+    T = 64), and the shared FFN's share of the T = 1 weight stream.
 Exits 1 when a kernel spills, or when more than 3 kernels run per layer
 at a T <= 8.
 
@@ -83,18 +87,20 @@ def resident_blocks(registers, threads, shared):
 
 
 def in_flight(src, text, cfg):
-    """(up loads, up bytes, down loads, down bytes) from the kernel
-    headers' constexpr functions, for the configuration namespace `cfg`."""
+    """(up loads, up bytes, down loads, down bytes, shared rows per item)
+    from the kernel headers' constants, for the configuration namespace
+    `cfg`."""
     begin = text.index("namespace %s {" % cfg)
     end = text.index("} // namespace %s" % cfg) + len("} // namespace " + cfg)
-    program = ("#include \"moe_experts.cuh\"\n#include <cstdio>\n" +
-               text[begin:end] + "\nint main() {\n"
+    program = (("#include \"moe_experts.cuh\"\n#include <cstdio>\n" +
+                text[begin:end] + "\nint main() {\n"
                "  constexpr auto u = moe_k::experts::decodeUpInFlight<"
                "%s::Cfg, %s::Decode>();\n"
                "  constexpr auto d = moe_k::experts::decodeDownInFlight<"
                "%s::Cfg, %s::Decode>();\n"
-               "  std::printf(\"%%d %%d %%d %%d\\n\", u.loads, u.bytes, "
-               "d.loads, d.bytes);\n}\n") % (cfg, cfg, cfg, cfg)
+               "  std::printf(\"%%d %%d %%d %%d %%d\\n\", u.loads, u.bytes, "
+               "d.loads, d.bytes, moe_k::experts::DecodeSharedRows);\n}\n")
+               % (cfg, cfg, cfg, cfg))
     with tempfile.TemporaryDirectory() as d:
         path, exe = os.path.join(d, "inflight.cpp"), os.path.join(d, "a.out")
         open(path, "w").write(program)
@@ -106,6 +112,38 @@ def in_flight(src, text, cfg):
         out = subprocess.run([exe], capture_output=True, text=True,
                              check=True).stdout
     return [int(v) for v in out.split()]
+
+
+def shared_items(text, cfg, rows):
+    """The shared FFN's decode work items against all items at T = 1 and
+    64, from the configuration's sizes and chunks; None without one."""
+    ns = text[text.index("namespace %s {" % cfg):
+              text.index("} // namespace %s" % cfg)]
+    if "HasShared = true" not in ns:
+        return None
+
+    def ffn(kind):
+        body = ns[ns.index("struct %s {" % kind):]
+        return {k: int(body.split("%s = " % k)[1].split(",")[0]
+                       .split(";")[0]) for k in ("H", "I", "E")}
+    routed, shared = ffn("Routed"), ffn("Shared")
+    K = int(re.search(r"static constexpr int K = (\d+);", ns).group(1))
+    d = {k: int(v) for k, v in re.findall(
+        r"(UpUnits|DownCols|SharedUpUnits|SharedDownCols) = (\d+)", ns)}
+    chunks = lambda n, c: (n + c - 1) // c  # noqa: E731
+    parts = []
+    for t in (1, 64):
+        groups = chunks(t, rows)
+        active = min(t * K, routed["E"])
+        up = chunks(shared["I"], d["SharedUpUnits"]) * groups
+        down = chunks(routed["H"], d["SharedDownCols"]) * groups
+        up_all = up + active * chunks(routed["I"], d["UpUnits"])
+        down_all = down + active * chunks(routed["H"], d["DownCols"])
+        parts.append("T = %d: gate/up %d of %d items, down %d of %d" %
+                     (t, up, up_all, down, down_all))
+    share = shared["I"] / (shared["I"] + min(K, routed["E"]) * routed["I"])
+    return ("%.1f %% of the T = 1 weights; %s; at most %d rows an item" %
+            (100 * share, "; ".join(parts), rows))
 
 
 def main():
@@ -152,6 +190,9 @@ def main():
                    kb))
         print("%s launches per layer: %d at T = 1, %d at T = 8" %
               (name, counts[1], counts[8]))
+        shared = shared_items(text, cfg, flight[4])
+        if shared:
+            print(name + " shared FFN: " + shared)
     for f in failures:
         print("FAIL " + f)
     return 1 if failures else 0
