@@ -532,6 +532,29 @@ void readLaunch(Fields &f, const Json &l, const std::string &at,
   for (size_t z = 0; z < zero.size() && f.ok(); ++z)
     launch.zeroOnce.push_back(f.index(zero[z], index(field(at, "zero_once"), z),
                                       layer.values.size(), valuesWhat));
+  // Optional: the tensor maps of a --gemm=tma launch (moe::TensorMapRequest).
+  // The numbers are bounded here; that they are the ones the kernel was
+  // generated for is the contract check's (checkPlanContracts).
+  if (f.ok() && l.find("tensor_maps")) {
+    const Json::Array &maps = f.array(l, at, "tensor_maps");
+    const int64_t slots = static_cast<int64_t>(launch.args.size());
+    for (size_t m = 0; m < maps.size() && f.ok(); ++m) {
+      std::string mAt = index(field(at, "tensor_maps"), m);
+      if (!f.check(maps[m], mAt, Json::Kind::Object))
+        break;
+      moe::TensorMapRequest r;
+      r.slot = static_cast<int>(
+          f.integer(maps[m], mAt, "slot", 0, std::max<int64_t>(slots - 1, 0)));
+      r.table = static_cast<int>(
+          f.integer(maps[m], mAt, "table", 0, std::max<int64_t>(slots - 1, 0)));
+      r.entry = static_cast<int>(f.integer(maps[m], mAt, "entry", 0, 255));
+      r.boxRows = f.integer(maps[m], mAt, "box_rows", 1, 256);
+      r.boxCols = f.integer(maps[m], mAt, "box_cols", 1, 256);
+      r.swizzleBytes =
+          static_cast<int>(f.integer(maps[m], mAt, "swizzle_bytes", 0, 128));
+      launch.tensorMaps.push_back(r);
+    }
+  }
 }
 
 void readLayer(Fields &f, const Json &l, const std::string &at,
@@ -1015,6 +1038,18 @@ Json layerJson(const moe::LayerPlan &layer, const std::vector<int> &tensors) {
     Json &zero = e.set("zero_once", Json::array());
     for (int z : launch.zeroOnce)
       zero.push(z);
+    if (!launch.tensorMaps.empty()) {
+      Json &maps = e.set("tensor_maps", Json::array());
+      for (const moe::TensorMapRequest &r : launch.tensorMaps) {
+        Json &m = maps.push(Json::object());
+        m.set("slot", r.slot);
+        m.set("table", r.table);
+        m.set("entry", r.entry);
+        m.set("box_rows", r.boxRows);
+        m.set("box_cols", r.boxCols);
+        m.set("swizzle_bytes", r.swizzleBytes);
+      }
+    }
   }
   return j;
 }

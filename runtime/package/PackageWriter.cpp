@@ -194,14 +194,6 @@ Status writePackage(const PackageContents &contents, const std::string &dirIn,
       return s.withContext(context);
   }
 
-  for (const LayerPlan &layer : contents.plan.layers)
-    for (const Launch &launch : layer.launches)
-      if (!launch.tensorMaps.empty())
-        return Status::error(context + ": kernel " + launch.kernel +
-                             " reads tensor maps (--gemm=tma), which "
-                             "packages do not record yet; package the "
-                             "pipelined or mma GEMMs, or run the IR with "
-                             "moe-run --gemm=tma");
   Expected<Layout> layout = buildManifest(contents);
   if (!layout)
     return layout.takeError(context + ": invalid package contents");

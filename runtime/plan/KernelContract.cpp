@@ -104,6 +104,20 @@ std::string describe(const ContractSlot &s) {
          std::to_string(s.fixed);
 }
 
+std::string formatMap(const TensorMapRequest &r) {
+  return std::to_string(r.slot) + ":" + std::to_string(r.table) + ":" +
+         std::to_string(r.entry) + ":" + std::to_string(r.boxRows) + ":" +
+         std::to_string(r.boxCols) + ":" + std::to_string(r.swizzleBytes);
+}
+
+std::string describeMap(const TensorMapRequest &r) {
+  return "slot " + std::to_string(r.slot) + " into entry " +
+         std::to_string(r.entry) + " of table slot " + std::to_string(r.table) +
+         ", box " + std::to_string(r.boxRows) + "x" +
+         std::to_string(r.boxCols) + ", swizzle " +
+         std::to_string(r.swizzleBytes) + " B";
+}
+
 Expected<KernelContract> parseKernelLine(const std::string &rest,
                                          const std::string &where) {
   auto fail = [&](const std::string &m) {
@@ -153,6 +167,31 @@ Expected<KernelContract> parseKernelLine(const std::string &rest,
         if (slot.kind == Binding::Weight && slot.perToken != 0)
           return fail(at + ": a weight has no per-token extent");
         c.slots.push_back(slot);
+      }
+      continue;
+    }
+    if (key == "maps") {
+      if (val.empty())
+        continue;
+      std::vector<std::string> maps = split(val, ',');
+      for (size_t m = 0; m < maps.size(); ++m) {
+        std::string at = "map " + std::to_string(m) + " ('" + maps[m] + "')";
+        std::vector<std::string> parts = split(maps[m], ':');
+        int64_t v[6];
+        bool ok = parts.size() == 6;
+        for (size_t q = 0; ok && q < 6; ++q)
+          ok = parseInt(parts[q], v[q]) && v[q] >= 0 && v[q] <= 65535;
+        if (!ok)
+          return fail(at + ": expected SLOT:TABLE:ENTRY:BOX_ROWS:BOX_COLS:"
+                           "SWIZZLE, six integers from 0 to 65535");
+        TensorMapRequest r;
+        r.slot = static_cast<int>(v[0]);
+        r.table = static_cast<int>(v[1]);
+        r.entry = static_cast<int>(v[2]);
+        r.boxRows = v[3];
+        r.boxCols = v[4];
+        r.swizzleBytes = static_cast<int>(v[5]);
+        c.maps.push_back(r);
       }
       continue;
     }
@@ -257,6 +296,17 @@ Status checkLaunch(const LayerPlan &layer, size_t l, size_t k,
                            std::to_string(index) + " (" + describe(have) +
                            "), but " + kernel + " reads " + describe(want));
   }
+  if (launch.tensorMaps.size() != c.maps.size())
+    return Status::error(at + ".tensor_maps: " +
+                         std::to_string(launch.tensorMaps.size()) +
+                         " tensor maps, but " + kernel + " reads " +
+                         std::to_string(c.maps.size()));
+  for (size_t m = 0; m < c.maps.size(); ++m)
+    if (!(launch.tensorMaps[m] == c.maps[m]))
+      return Status::error(at + ".tensor_maps[" + std::to_string(m) + "]: " +
+                           describeMap(launch.tensorMaps[m]) + ", but " +
+                           kernel + " was generated for " +
+                           describeMap(c.maps[m]));
   for (size_t z = 0; z < launch.zeroOnce.size(); ++z) {
     int v = launch.zeroOnce[z];
     if (v < 0 || static_cast<size_t>(v) >= layer.values.size())
@@ -422,7 +472,7 @@ Status checkLayerValues(const LayerPlan &layer, size_t l) {
 } // namespace
 
 bool KernelContract::operator==(const KernelContract &o) const {
-  if (kernel != o.kernel || slots != o.slots)
+  if (kernel != o.kernel || slots != o.slots || maps != o.maps)
     return false;
   for (const GeometryField &g : kGeometry)
     if (g.get(geometry) != g.get(o.geometry))
@@ -452,6 +502,7 @@ KernelContract contractOf(const Launch &launch, const LayerPlan &layer) {
     }
     c.slots.push_back(s);
   }
+  c.maps = launch.tensorMaps;
   return c;
 }
 
@@ -471,6 +522,10 @@ std::string formatKernelContract(const KernelContract &c) {
     out += std::string(kindName(s.kind)) + ":" + elementTypeName(s.type) + ":" +
            std::to_string(s.perToken) + ":" + std::to_string(s.fixed);
   }
+  // Only launches that read tensor maps carry the key, so the text (and
+  // with it the name) of every other kernel is as before.
+  for (size_t m = 0; m < c.maps.size(); ++m)
+    out += (m ? "," : " maps=") + formatMap(c.maps[m]);
   return out;
 }
 

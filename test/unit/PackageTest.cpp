@@ -395,6 +395,7 @@ void expectSamePlan(const moe::ModulePlan &a, const moe::ModulePlan &b) {
       EXPECT_EQ(p.minSlots, q.minSlots) << at;
       EXPECT_EQ(p.maxSlots, q.maxSlots) << at;
       EXPECT_EQ(p.zeroOnce, q.zeroOnce) << at;
+      EXPECT_TRUE(p.tensorMaps == q.tensorMaps) << at;
       ASSERT_EQ(p.args.size(), q.args.size()) << at;
       for (size_t a = 0; a < p.args.size(); ++a) {
         EXPECT_EQ(p.args[a].kind, q.args[a].kind) << at << " arg " << a;
@@ -1973,28 +1974,36 @@ TEST_F(PackageFiles, EveryMutationOfTheManifestIsAnErrorOrFineNeverACrash) {
   EXPECT_EQ(openError(), "");
 }
 
-// A tripwire: the manifest must carry every field of the plan structures
-// (runtime/package/Manifest.cpp: layerJson and readLayer/readLaunch). When a
-// field is added to Plan.h, these sizes change: add the field to the
-// manifest, to docs/package.md and to expectSamePlan/sampleContents above,
-// then update the numbers here. Launch::tensorMaps (the TMA path) is the
-// one exception: writePackage refuses plans that have any
-// (PackageTooRefusesTensorMaps below).
-TEST(Package, PackageTooRefusesTensorMaps) {
+// The manifest's tensor maps (the --gemm=tma launches) are checked against
+// the kernel's contract line: a plan whose maps the kernel was not
+// generated for is refused, naming the field, and nothing is written.
+TEST(Package, TensorMapsMustMatchTheKernelContract) {
   TempDir tmp;
   PackageContents c = sampleContents();
   ASSERT_FALSE(c.plan.layers.empty());
   ASSERT_FALSE(c.plan.layers[0].launches.empty());
-  c.plan.layers[0].launches[0].tensorMaps.push_back(moe::TensorMapRequest{});
+  moe::TensorMapRequest r;
+  r.slot = 0;
+  r.table = 0;
+  r.entry = 0;
+  r.boxRows = 64;
+  r.boxCols = 32;
+  r.swizzleBytes = 64;
+  c.plan.layers[0].launches[0].tensorMaps.push_back(r);
   Status s = writePackage(c, tmp / "pkg");
   ASSERT_FALSE(s.ok());
-  EXPECT_NE(s.message().find("reads tensor maps (--gemm=tma), which packages "
-                             "do not record yet"),
+  EXPECT_NE(s.message().find("layers[0].launches[0].tensor_maps: 1 tensor "
+                             "maps, but kernel "),
             std::string::npos)
       << s.message();
   EXPECT_FALSE(fs::exists(tmp / "pkg"));
 }
 
+// A tripwire: the manifest must carry every field of the plan structures
+// (runtime/package/Manifest.cpp: layerJson and readLayer/readLaunch). When a
+// field is added to Plan.h, these sizes change: add the field to the
+// manifest, to docs/package.md and to expectSamePlan/sampleContents above,
+// then update the numbers here.
 TEST(Package, ManifestCoversEveryPlanField) {
 #if defined(__x86_64__) && defined(__GLIBCXX__)
   EXPECT_EQ(sizeof(moe::Launch), 216u);

@@ -5,10 +5,14 @@
 //
 //   // moe-contract: NAME block_threads=128 dynamic_shared_bytes=0 ...
 //   //   ... slots=value:bf16:64:0,weight:bf16:0:512,null
+//   //   ... maps=SLOT:TABLE:ENTRY:BOX_ROWS:BOX_COLS:SWIZZLE,...
 //
-// the launch geometry (the fields of moe::Launch) and, per argument slot,
-// the binding kind, the element type and the extent (per token, fixed) of
-// the buffer the kernel reads or writes there; and one line per layer with
+// the launch geometry (the fields of moe::Launch), per argument slot the
+// binding kind, the element type and the extent (per token, fixed) of the
+// buffer the kernel reads or writes there, and (only on launches that read
+// tensor maps, --gemm=tma) the tensor maps the kernel expects in its table,
+// with the boxes its shared-memory stages are sized for; and one line per
+// layer with
 // the order of its launches:
 //
 //   // moe-layer: layer=0 function=layer_0 launches=NAME1,NAME2
@@ -57,6 +61,8 @@ struct KernelContract {
   /// The geometry fields of Launch, with `args` and `zeroOnce` unused.
   Launch geometry;
   std::vector<ContractSlot> slots;
+  /// Launch::tensorMaps as the kernel was generated for them.
+  std::vector<TensorMapRequest> maps;
   bool operator==(const KernelContract &o) const;
 };
 

@@ -107,6 +107,11 @@ struct TensorMapRequest {
   int entry = -1;
   int64_t boxRows = 0, boxCols = 0;
   int swizzleBytes = 0;
+  bool operator==(const TensorMapRequest &o) const {
+    return slot == o.slot && table == o.table && entry == o.entry &&
+           boxRows == o.boxRows && boxCols == o.boxCols &&
+           swizzleBytes == o.swizzleBytes;
+  }
 };
 
 struct Launch {
@@ -141,8 +146,9 @@ struct Launch {
   /// Values set to zero once, before the first launch of the layer (whether
   /// or not the launch's gate lets it run).
   std::vector<int> zeroOnce;
-  /// Tensor maps to encode before each launch (none but on the TMA path;
-  /// packages do not record them yet: PackageWriter refuses such plans).
+  /// Tensor maps to encode before each launch (none but on the TMA path).
+  /// Packages record them (manifest `tensor_maps`), checked on load against
+  /// the kernel's contract line (KernelContract.h).
   std::vector<TensorMapRequest> tensorMaps;
 };
 
