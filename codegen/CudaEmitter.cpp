@@ -2027,12 +2027,16 @@ private:
         // weights have the single-buffered one only.
         bool pipe = call != "factor" && !call.starts_with("fp8") &&
                     (flag || !r.lowRank) &&
-                    options.gemm == ::moe::GroupedGemm::Pipelined;
+                    options.gemm != ::moe::GroupedGemm::Mma;
+        const char *path =
+            !pipe ? ""
+            : options.gemm == ::moe::GroupedGemm::Wgmma
+                ? ", moe_k::grouped::Gemm::Wgmma"
+                : ", moe_k::grouped::Gemm::Pipelined";
         kernelEntry(
             launch.kernel, std::to_string(kTileThreads),
             llvm::formatv("moe_k::grouped::{0}<{1}_cfg::Cfg, {2}{3}>(args)",
-                          call, name, flag ? "true" : "false",
-                          pipe ? ", true" : "")
+                          call, name, flag ? "true" : "false", path)
                 .str());
         pushLaunch(std::move(launch));
       };
@@ -2508,7 +2512,13 @@ std::optional<GroupedGemm> parseGroupedGemm(StringRef name) {
     return GroupedGemm::Pipelined;
   if (name == "mma")
     return GroupedGemm::Mma;
+  if (name == "wgmma")
+    return GroupedGemm::Wgmma;
   return std::nullopt;
+}
+
+const char *groupedGemmArch(GroupedGemm gemm) {
+  return gemm == GroupedGemm::Wgmma ? "sm_90a" : nullptr;
 }
 
 Expected<ModulePlan> emitCudaModule(ModuleOp module,

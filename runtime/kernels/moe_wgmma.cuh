@@ -91,18 +91,26 @@ template <int Dummy = 0> __device__ __forceinline__ void commit() {
 #endif
 }
 
-/// wgmma.wait_group.sync.aligned N. `d`: the accumulators the waited
-/// operations write (so that the compiler does not read them earlier).
-template <int N> __device__ __forceinline__ void wait(float (&d)[32]) {
+/// wgmma.wait_group.sync.aligned N: this thread's groups but the newest N
+/// have completed. Their accumulators need fenceOperands before use.
+template <int N> __device__ __forceinline__ void wait() {
   (void)Target<N>{};
 #ifdef MOE_EMU
-  (void)d;
   moe_emu::wgmma_wait_group(N);
 #elif MOE_HAS_WGMMA
   asm volatile("wgmma.wait_group.sync.aligned %0;\n" ::"n"(N) : "memory");
+#endif
+}
+
+/// Keeps the compiler from moving accesses of the accumulators `d` across
+/// this point (after a wait: their values exist only from here on).
+__device__ __forceinline__ void fenceOperands(float (&d)[32]) {
+#if !defined(MOE_EMU) && MOE_HAS_WGMMA
 #pragma unroll
   for (int i = 0; i < 32; ++i)
     asm volatile("" : "+f"(d[i])::"memory");
+#else
+  (void)d;
 #endif
 }
 

@@ -82,7 +82,8 @@ extern "C" __global__ void k_wgmma_64x64x64(MoEKernelArgs args) {
   wgmma::commit();
   if (mode == 6)
     flags[threadIdx.x] = isnan(d[0]) ? 1 : 0;
-  wgmma::wait<0>(d);
+  wgmma::wait<0>();
+  wgmma::fenceOperands(d);
   const int w = threadIdx.x / 32, lane = threadIdx.x % 32;
   for (int c = 0; c < 8; ++c)
     for (int i = 0; i < 4; ++i)
