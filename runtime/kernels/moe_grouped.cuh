@@ -749,14 +749,18 @@ struct Stages {
 /// while a step is multiplied: at step ks, wait for this thread's group ks,
 /// a barrier (every thread's copies of step ks have landed, and every warp
 /// is done with the stage that step ks + St - 1 refills), issue that step,
-/// multiply step ks.
-template <int St, typename Load, typename Compute>
+/// multiply step ks. AsyncProxy: the tiles are read by wgmma (the async
+/// proxy): each thread fences its writes before the barrier that publishes
+/// them.
+template <int St, bool AsyncProxy = false, typename Load, typename Compute>
 __device__ __forceinline__ void kLoop(int steps, Load &&load,
                                       Compute &&compute) {
   if constexpr (St == 1) {
     for (int ks = 0; ks < steps; ++ks) {
       __syncthreads(); // the previous step's tiles are consumed
       load(ks, 0);
+      if constexpr (AsyncProxy)
+        wgmma::fenceSharedWrites();
       __syncthreads();
       compute(0);
     }
@@ -770,6 +774,8 @@ __device__ __forceinline__ void kLoop(int steps, Load &&load,
     }
     for (int ks = 0; ks < steps; ++ks) {
       async::wait<St - 2>();
+      if constexpr (AsyncProxy)
+        wgmma::fenceSharedWrites();
       __syncthreads();
       const int next = ks + St - 1;
       if (next < steps)
@@ -997,7 +1003,7 @@ __device__ void gateUp(const MoEKernelArgs &args) {
           }
         }
       };
-      kLoop<St>((H + BK - 1) / BK, load, [&](int st) {
+      kLoop<St, WG>((H + BK - 1) / BK, load, [&](int st) {
         TW *As = reinterpret_cast<TW *>(&smemWords[st * StageWords]);
         TW *Bg = As + NA * G::A;
         TW *Bu = F::NoGate ? Bg : Bg + G::B;
@@ -1106,7 +1112,7 @@ __device__ void down(const MoEKernelArgs &args) {
           copyTile<TW, BK, BN, S::SN, H % V == 0, Async>(
               Bs, w.down + e * I * H, H, 0, 1, k0, width - k0, n0, H - n0);
       };
-      kLoop<St>((width + BK - 1) / BK, load, [&](int st) {
+      kLoop<St, WG>((width + BK - 1) / BK, load, [&](int st) {
         TW *As = reinterpret_cast<TW *>(&smemWords[st * StageWords]);
         if constexpr (WG)
           wgmmaTile<TW, 1, NA>(acc, As, As + NA * G::A, As + NA * G::A);

@@ -81,6 +81,18 @@ template <int Dummy = 0> __device__ __forceinline__ void fence() {
 #endif
 }
 
+/// fence.proxy.async.shared::cta: this thread's earlier writes to shared
+/// memory (st.shared, completed cp.async) become visible to the async proxy
+/// that wgmma.mma_async reads its operands through; issued by the writers
+/// before the barrier that precedes the wgmma. (The emulation has one
+/// proxy: nothing to do.)
+template <int Dummy = 0> __device__ __forceinline__ void fenceSharedWrites() {
+  (void)Target<Dummy>{};
+#if !defined(MOE_EMU) && MOE_HAS_WGMMA
+  asm volatile("fence.proxy.async.shared::cta;\n" ::: "memory");
+#endif
+}
+
 /// wgmma.commit_group.sync.aligned.
 template <int Dummy = 0> __device__ __forceinline__ void commit() {
   (void)Target<Dummy>{};
