@@ -4,8 +4,9 @@
 // wrappers (runtime/kernels/moe_wgmma.cuh): a 64 x 64 x 64 product of
 // random bf16 tiles laid out as no-swizzle K-major core matrices against a
 // plain matmul on the host, the accumulators NaN until the wait, a wrong
-// descriptor stride that computes a wrong product, and the errors for
-// descriptors the emulation cannot decode.
+// descriptor stride that computes a wrong product, operands read at the
+// wait (not at issue), and the errors for descriptors the emulation cannot
+// decode.
 //
 //===----------------------------------------------------------------------===//
 
@@ -41,7 +42,9 @@ using namespace moe_k;
 // contiguous; bf16), one warpgroup, four k16 steps chained on the same
 // accumulators. scalars[0] selects a mistake: 1 SBO doubled, 2 LBO and SBO
 // swapped, 3 a 128-byte swizzle, 4 no fence, 5 an SBO past shared memory,
-// 6 the accumulators read before the wait (flags[t] = isnan(d[0])).
+// 6 the accumulators read before the wait (flags[t] = isnan(d[0])), 7 B
+// zeroed after the commit and before the wait (the bug of a k loop that
+// refills a stage too early).
 extern "C" __global__ void k_wgmma_64x64x64(MoEKernelArgs args) {
   using Tile = wgmma::CoreTile<64, 64>;
   const __nv_bfloat16 *a = static_cast<const __nv_bfloat16 *>(args.buffers[0]);
@@ -82,6 +85,12 @@ extern "C" __global__ void k_wgmma_64x64x64(MoEKernelArgs args) {
   wgmma::commit();
   if (mode == 6)
     flags[threadIdx.x] = isnan(d[0]) ? 1 : 0;
+  if (mode == 7) {
+    __syncthreads();
+    for (int i = threadIdx.x; i < Tile::Elements / 8; i += blockDim.x)
+      reinterpret_cast<uint4 *>(Bs)[i] = make_uint4(0, 0, 0, 0);
+    __syncthreads();
+  }
   wgmma::wait<0>();
   wgmma::fenceOperands(d);
   const int w = threadIdx.x / 32, lane = threadIdx.x % 32;
@@ -201,6 +210,15 @@ TEST_F(EmuWgmmaTest, AccumulatorsAreNaNUntilTheWait) {
   for (int t = 0; t < 128; ++t)
     EXPECT_EQ(flags[t], 1) << "thread " << t;
   EXPECT_LT(maxError(a, b, out), 4e-6);
+}
+
+TEST_F(EmuWgmmaTest, OperandsAreReadAtTheWait) {
+  std::vector<float> a, b, out;
+  std::vector<int> flags;
+  Status s = run(7, a, b, out, flags);
+  ASSERT_TRUE(s.ok()) << s.message();
+  for (int i = 0; i < 64 * 64; ++i)
+    ASSERT_EQ(out[i], 0.0f) << "element " << i;
 }
 
 TEST_F(EmuWgmmaTest, UndecodableDescriptorsAreLaunchErrors) {
