@@ -179,9 +179,9 @@ struct WgmmaOp {
   uint64_t descA, descB; // shared-memory matrix descriptors
   int n, kind;          // N of m64nNk16; 0 bf16, 1 f16
   bool scaleD;          // D = A * B + D (else D = A * B)
-  bool chained;         // C is the result of an earlier op in flight
+  bool chained;         // C: handed on by an earlier op in flight
   float *d;             // this thread's N / 2 accumulators
-  std::vector<float> c; // C captured at issue (unless chained)
+  std::vector<float> c; // C (captured at issue unless chained)
   const char *file;
   int line;
 };

@@ -24,7 +24,9 @@
 // kernel that overwrites a stage before the wait, or reads the accumulators
 // before it, computes wrong values instead of passing by luck. An
 // operation whose accumulators are those of an earlier operation still in
-// flight (the usual chain over k) takes that operation's result as C.
+// flight (the usual chain over k, also across wait_group n > 0) takes
+// that operation's result as C, and the accumulators stay NaN until the
+// last operation of the chain completes.
 //
 // Rounding: as mma.sync's emulation (complete_mma): the 16 products of one
 // k16 step are exact, summed in double with C and rounded once to f32.
@@ -114,8 +116,9 @@ inline float wgmma_element(const Block &b, unsigned offset, int kind) {
 }
 
 /// Completes `op` for thread `t`: its N / 2 accumulators from the shared
-/// memory of now.
-inline void wgmma_complete(Thread &t, WgmmaOp &op) {
+/// memory of now, into `out` (C is op.c: captured at issue, or handed on
+/// by the operation it chains on).
+inline void wgmma_complete(Thread &t, const WgmmaOp &op, float *out) {
   const Block &b = *t.block;
   const WgmmaOperand A =
       wgmma_decode(b, op.descA, "A", 64, op.file, op.line);
@@ -138,9 +141,8 @@ inline void wgmma_complete(Thread &t, WgmmaOp &op) {
         double acc = 0.0;
         for (int k = 0; k < 16; ++k)
           acc += static_cast<double>(a[h][k]) * static_cast<double>(bk[k]);
-        const double cin =
-            !op.scaleD ? 0.0 : op.chained ? op.d[i] : op.c[i];
-        op.d[i] = static_cast<float>(acc + cin);
+        const double cin = op.scaleD ? op.c[i] : 0.0;
+        out[i] = static_cast<float>(acc + cin);
       }
     }
 }
@@ -219,11 +221,29 @@ inline void wgmma_wait_group(unsigned n) {
     return;
   const unsigned last = t.wgmmaCommitted - n; // groups [0, last) complete
   size_t done = 0;
+  float out[128];
   while (done < t.wgmmaOps.size()) {
     detail::WgmmaOp &op = t.wgmmaOps[done];
     if (op.group == detail::kWgmmaUncommitted || op.group >= last)
       break;
-    detail::wgmma_complete(t, op);
+    if (op.chained)
+      detail::fail(detail::format("wgmma.wait_group: the operation from "
+                                  "%s:%d completes before the one it "
+                                  "accumulates on",
+                                  op.file, op.line));
+    detail::wgmma_complete(t, op, out);
+    // The result goes to the next operation in flight on the same
+    // accumulators (they stay NaN), else to the accumulators.
+    detail::WgmmaOp *next = nullptr;
+    for (size_t j = done + 1; j < t.wgmmaOps.size() && !next; ++j)
+      if (t.wgmmaOps[j].d == op.d)
+        next = &t.wgmmaOps[j];
+    if (next) {
+      next->c.assign(out, out + op.n / 2);
+      next->chained = false;
+    } else {
+      std::memcpy(op.d, out, sizeof(float) * (op.n / 2));
+    }
     ++done;
   }
   t.wgmmaOps.erase(t.wgmmaOps.begin(), t.wgmmaOps.begin() + done);

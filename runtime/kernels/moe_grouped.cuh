@@ -690,11 +690,22 @@ __device__ __forceinline__ int aChunkOffset(int ar, int ac) {
     return ar * Smem<TW>::SK + ac;
 }
 
+/// Waits for every wgmma group of this thread; acc may be read after it.
+template <int NB>
+__device__ __forceinline__ void wgmmaDrain(float (&acc)[NB][MI][NI][4]) {
+  wgmma::wait<0>();
+#pragma unroll
+  for (int nb = 0; nb < NB; ++nb)
+    wgmma::fenceOperands(reinterpret_cast<float(&)[32]>(acc[nb]));
+}
+
 /// acc[nb] += A . B[nb]^T over one BK step of core-matrix tiles (As: NA
 /// terms, BM x BK each; B0, B1: BN x BK) with wgmma, the smallest terms
-/// first as warpTile: BK / 16 k steps of NA * NB m64n64k16 in one group,
-/// waited for before returning (the k loop refills the stage next).
-template <typename TW, int NB, int NA>
+/// first as warpTile: BK / 16 k steps of NA * NB m64n64k16 in one group.
+/// Returns with InFlight groups (this one and earlier ones) still running:
+/// their stages must not be refilled (kLoop's Lag) and acc must not be
+/// read before wgmmaDrain.
+template <typename TW, int NB, int NA, int InFlight>
 __device__ __forceinline__ void wgmmaTile(float (&acc)[NB][MI][NI][4],
                                           const TW *As, const TW *B0,
                                           const TW *B1) {
@@ -715,10 +726,10 @@ __device__ __forceinline__ void wgmmaTile(float (&acc)[NB][MI][NI][4],
                              true);
       }
   wgmma::commit();
-  wgmma::wait<0>();
-#pragma unroll
-  for (int nb = 0; nb < NB; ++nb)
-    wgmma::fenceOperands(reinterpret_cast<float(&)[32]>(acc[nb]));
+  if constexpr (InFlight == 0)
+    wgmmaDrain(acc);
+  else
+    wgmma::wait<InFlight>();
 }
 
 /// NA of an f32 intermediate (h, or z = B . x of factored weights) as the
@@ -761,10 +772,17 @@ struct Stages {
 /// is done with the stage that step ks + St - 1 refills), issue that step,
 /// multiply step ks. AsyncProxy: the tiles are read by wgmma (the async
 /// proxy): each thread fences its writes before the barrier that publishes
-/// them.
-template <int St, bool AsyncProxy = false, typename Load, typename Compute>
+/// them. Lag (St > 2): compute(stage) may still read its stage during the
+/// next Lag steps (wgmma groups in flight, wgmmaTile's InFlight); the loads
+/// then run St - 1 - Lag steps ahead, so that step ks refills the stage of
+/// step ks - 1 - Lag, whose readers every thread has waited for before the
+/// barrier of step ks.
+template <int St, bool AsyncProxy = false, int Lag = 0, typename Load,
+          typename Compute>
 __device__ __forceinline__ void kLoop(int steps, Load &&load,
                                       Compute &&compute) {
+  static_assert(Lag == 0 || St - 1 - Lag >= 1,
+                "at least one step of loads ahead");
   if constexpr (St == 1) {
     for (int ks = 0; ks < steps; ++ks) {
       __syncthreads(); // the previous step's tiles are consumed
@@ -775,19 +793,20 @@ __device__ __forceinline__ void kLoop(int steps, Load &&load,
       compute(0);
     }
   } else {
+    constexpr int Ahead = St - 1 - Lag; // steps of loads in flight
     __syncthreads(); // the previous work item's stages are consumed
 #pragma unroll
-    for (int s = 0; s < St - 1; ++s) {
+    for (int s = 0; s < Ahead; ++s) {
       if (s < steps)
         load(s, s);
       async::commit();
     }
     for (int ks = 0; ks < steps; ++ks) {
-      async::wait<St - 2>();
+      async::wait<Ahead - 1>();
       if constexpr (AsyncProxy)
         wgmma::fenceSharedWrites();
       __syncthreads();
-      const int next = ks + St - 1;
+      const int next = ks + Ahead;
       if (next < steps)
         load(next, next % St);
       async::commit();
@@ -879,6 +898,8 @@ __device__ void gateUp(const MoEKernelArgs &args) {
   constexpr bool Pipe = Path != Gemm::Mma;
   using G = GemmSmem<TW, InOut, NB, NA, WG>;
   constexpr int St = Stages<Pipe && !F::LowRank, TW, InOut, NB, NA, WG>::value;
+  // wgmma: one group left in flight per step where three stages or more fit.
+  constexpr int Lag = WG && St > 2 ? 1 : 0;
   constexpr bool Async = St > 1;
   constexpr int StageWords = G::Words;
   MOE_SHARED(uint4, smemWords, (StageWords * St));
@@ -1013,15 +1034,17 @@ __device__ void gateUp(const MoEKernelArgs &args) {
           }
         }
       };
-      kLoop<St, WG>((H + BK - 1) / BK, load, [&](int st) {
+      kLoop<St, WG, Lag>((H + BK - 1) / BK, load, [&](int st) {
         TW *As = reinterpret_cast<TW *>(&smemWords[st * StageWords]);
         TW *Bg = As + NA * G::A;
         TW *Bu = F::NoGate ? Bg : Bg + G::B;
         if constexpr (WG)
-          wgmmaTile<TW, NB, NA>(acc, As, Bg, Bu);
+          wgmmaTile<TW, NB, NA, Lag>(acc, As, Bg, Bu);
         else
           warpTile<TW, InOut, NB, NA>(acc, As, Bg, Bu);
       });
+      if constexpr (WG)
+        wgmmaDrain(acc);
     }
 
     gateUpEpilogue<F, NB, WG>(acc, h, w, rt, n0, width);
@@ -1067,6 +1090,7 @@ __device__ void down(const MoEKernelArgs &args) {
   constexpr bool Pipe = Path != Gemm::Mma;
   using G = GemmSmem<TW, InOut, 1, NA, WG>;
   constexpr int St = Stages<Pipe && !F::LowRank, TW, InOut, 1, NA, WG>::value;
+  constexpr int Lag = WG && St > 2 ? 1 : 0; // as gateUp's
   constexpr bool Async = St > 1;
   constexpr int StageWords = G::Words;
   MOE_SHARED(uint4, smemWords, (StageWords * St));
@@ -1122,13 +1146,15 @@ __device__ void down(const MoEKernelArgs &args) {
           copyTile<TW, BK, BN, S::SN, H % V == 0, Async>(
               Bs, w.down + e * I * H, H, 0, 1, k0, width - k0, n0, H - n0);
       };
-      kLoop<St, WG>((width + BK - 1) / BK, load, [&](int st) {
+      kLoop<St, WG, Lag>((width + BK - 1) / BK, load, [&](int st) {
         TW *As = reinterpret_cast<TW *>(&smemWords[st * StageWords]);
         if constexpr (WG)
-          wgmmaTile<TW, 1, NA>(acc, As, As + NA * G::A, As + NA * G::A);
+          wgmmaTile<TW, 1, NA, Lag>(acc, As, As + NA * G::A, As + NA * G::A);
         else
           warpTile<TW, InOut, 1, NA>(acc, As, As + NA * G::A, As + NA * G::A);
       });
+      if constexpr (WG)
+        wgmmaDrain(acc);
     }
 
     downEpilogue<Cfg, F, SharedFFN, WG>(acc, out, weights, rows, w, rt, n0);

@@ -44,7 +44,8 @@ using namespace moe_k;
 // swapped, 3 a 128-byte swizzle, 4 no fence, 5 an SBO past shared memory,
 // 6 the accumulators read before the wait (flags[t] = isnan(d[0])), 7 B
 // zeroed after the commit and before the wait (the bug of a k loop that
-// refills a stage too early).
+// refills a stage too early), 8 one group per k16 step with the previous
+// one still in flight (wait_group 1), as the grouped kernels' k loop.
 extern "C" __global__ void k_wgmma_64x64x64(MoEKernelArgs args) {
   using Tile = wgmma::CoreTile<64, 64>;
   const __nv_bfloat16 *a = static_cast<const __nv_bfloat16 *>(args.buffers[0]);
@@ -80,7 +81,13 @@ extern "C" __global__ void k_wgmma_64x64x64(MoEKernelArgs args) {
     unsigned long long db = wgmma::descriptor(Bs + Tile::at(0, 16 * ks), lbo, sbo);
     if (mode == 3)
       db |= 1ull << 62;
+    if (mode == 8)
+      wgmma::fence();
     wgmma::m64n64k16<__nv_bfloat16>(d, da, db, ks > 0);
+    if (mode == 8) {
+      wgmma::commit();
+      wgmma::wait<1>();
+    }
   }
   wgmma::commit();
   if (mode == 6)
@@ -189,6 +196,14 @@ TEST_F(EmuWgmmaTest, MatchesAPlainMatmul) {
   Status s = run(0, a, b, out, flags);
   ASSERT_TRUE(s.ok()) << s.message();
   // Four f32 roundings of sums below 16 in magnitude: under 4 * 2^-20.
+  EXPECT_LT(maxError(a, b, out), 4e-6);
+}
+
+TEST_F(EmuWgmmaTest, ChainsAcrossGroupsInFlight) {
+  std::vector<float> a, b, out;
+  std::vector<int> flags;
+  Status s = run(8, a, b, out, flags);
+  ASSERT_TRUE(s.ok()) << s.message();
   EXPECT_LT(maxError(a, b, out), 4e-6);
 }
 
