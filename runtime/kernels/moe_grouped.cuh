@@ -185,22 +185,39 @@ template <typename F> struct WgmmaTiles {
 /// floats of acc[nb] as one array: warp w owns rows 16 w .. 16 w + 15,
 /// fragment (mi, ni) is the n8 chunk c = mi * NI + ni (PTX ISA wgmma
 /// "Register Fragments" for D, moe_wgmma.cuh).
-/// warp = threadIdx.x / 32, g = lane / 4, t = lane % 4; fragCol adds the
-/// tile's first column n0.
+template <bool WG> __device__ __forceinline__ int fragRow(int mi, int i) {
+  const int lane = threadIdx.x % 32, warp = threadIdx.x / 32;
+  const int r = lane / 4 + (i >= 2 ? 8 : 0);
+  return WG ? 16 * warp + r : (warp / WarpsN) * WM + mi * 16 + r;
+}
 template <bool WG>
-__device__ __forceinline__ int fragRow(int warp, int g, int mi, int i) {
+__device__ __forceinline__ int fragCol(int mi, int ni, int i) {
+  const int lane = threadIdx.x % 32, warp = threadIdx.x / 32;
+  const int c = 2 * (lane % 4) + (i & 1);
+  return WG ? 8 * (mi * NI + ni) + c : (warp % WarpsN) * WN + ni * 8 + c;
+}
+
+/// The same with the thread's coordinates precomputed: warp = threadIdx.x /
+/// 32, (wm, wn) = (warp / WarpsN, warp % WarpsN), g = lane / 4, t = lane %
+/// 4; fragColAt adds the tile's first column n0. Two forms of one mapping
+/// because ptxas allocates differently with each (NVRTC 13.0, sm_90a): the
+/// FP8 down kernel spills 12 bytes with fragRow/fragCol, the shared gate/up
+/// GEMM with f32 activations (examples/read_me) 24 bytes with these.
+template <bool WG>
+__device__ __forceinline__ int fragRowAt(int warp, int wm, int g, int mi,
+                                         int i) {
   if constexpr (WG)
     return 16 * warp + g + (i >= 2 ? 8 : 0);
   else
-    return (warp / WarpsN) * WM + mi * 16 + g + (i >= 2 ? 8 : 0);
+    return wm * WM + mi * 16 + g + (i >= 2 ? 8 : 0);
 }
 template <bool WG>
-__device__ __forceinline__ int fragCol(int n0, int warp, int t, int mi,
-                                       int ni, int i) {
+__device__ __forceinline__ int fragColAt(int n0, int wn, int t, int mi,
+                                         int ni, int i) {
   if constexpr (WG)
     return n0 + 8 * (mi * NI + ni) + 2 * t + (i & 1);
   else
-    return n0 + (warp % WarpsN) * WN + ni * 8 + 2 * t + (i & 1);
+    return n0 + wn * WN + ni * 8 + 2 * t + (i & 1);
 }
 static_assert(MI * NI * 8 == BN && Threads == 128 && BM == 64,
               "a wgmma tile is one warpgroup's m64n64");
@@ -598,16 +615,14 @@ gateUpEpilogue(const float (&acc)[NB][MI][NI][4], float *h,
                int width) {
   constexpr int I = F::I;
   const long long e = rt.e;
-  const int lane = threadIdx.x % 32, warp = threadIdx.x / 32;
-  const int g = lane / 4, t = lane % 4;
 #pragma unroll
   for (int mi = 0; mi < MI; ++mi)
 #pragma unroll
     for (int ni = 0; ni < NI; ++ni)
 #pragma unroll
       for (int i = 0; i < 4; ++i) {
-        const int r = fragRow<WG>(warp, g, mi, i);
-        const int j = fragCol<WG>(n0, warp, t, mi, ni, i);
+        const int r = fragRow<WG>(mi, i);
+        const int j = n0 + fragCol<WG>(mi, ni, i);
         if (r >= rt.count || j >= width)
           continue;
         float gv = acc[0][mi][ni][i], uv = acc[NB - 1][mi][ni][i];
@@ -644,6 +659,7 @@ downEpilogue(const float (&acc)[1][MI][NI][4], float *out, const float *weights,
   constexpr int H = F::H;
   const long long e = rt.e;
   const int lane = threadIdx.x % 32, warp = threadIdx.x / 32;
+  const int wm = warp / WarpsN, wn = warp % WarpsN;
   const int g = lane / 4, t = lane % 4;
 #pragma unroll
   for (int mi = 0; mi < MI; ++mi)
@@ -651,8 +667,8 @@ downEpilogue(const float (&acc)[1][MI][NI][4], float *out, const float *weights,
     for (int ni = 0; ni < NI; ++ni)
 #pragma unroll
       for (int i = 0; i < 4; ++i) {
-        const int r = fragRow<WG>(warp, g, mi, i);
-        const int o = fragCol<WG>(n0, warp, t, mi, ni, i);
+        const int r = fragRowAt<WG>(warp, wm, g, mi, i);
+        const int o = fragColAt<WG>(n0, wn, t, mi, ni, i);
         if (r >= rt.count || o >= H)
           continue;
         float v = acc[0][mi][ni][i];
