@@ -696,15 +696,7 @@ struct GemmSmem {
                 "16-byte aligned tiles");
 };
 
-/// The offset of this thread's A chunk (row ar, columns ac .. ac + AChunk)
-/// in an A term: padded rows, or core matrices (Core).
-template <typename TW, bool Core>
-__device__ __forceinline__ int aChunkOffset(int ar, int ac) {
-  if constexpr (Core)
-    return wgmma::CoreTile<BM, BK>::at(ar, ac);
-  else
-    return ar * Smem<TW>::SK + ac;
-}
+
 
 /// Waits for every wgmma group of this thread; acc may be read after it.
 template <int NB>
@@ -985,9 +977,14 @@ __device__ void gateUp(const MoEKernelArgs &args) {
         TW *As = reinterpret_cast<TW *>(&smemWords[st * StageWords]);
         TW *Bg = As + NA * G::A;
         TW *Bu = F::NoGate ? Bg : Bg + G::B;
+        // This thread's chunk of A (written as the mma paths always did:
+        // another form of the sum makes ptxas spill in the quantized gate/up
+        // kernels, NVRTC 13.0).
+        TW *a = As + ar * S::SK + ac;
+        if constexpr (WG)
+          a = As + wgmma::CoreTile<BM, BK>::at(ar, ac);
         loadAChunk<TX, TW, TX, Scale, H % (16 / sizeof(TX)) == 0, NA, Async,
-                   WG>(As + aChunkOffset<TW, WG>(ar, ac), src, k0 + ac, H,
-                       scale);
+                   WG>(a, src, k0 + ac, H, scale);
         if constexpr (!InOut) {
           // [out, in]: whole rows of the gate and up outputs.
           if constexpr (F::Quant != 0) {
@@ -1150,8 +1147,11 @@ __device__ void down(const MoEKernelArgs &args) {
         const int k0 = ks * BK;
         TW *As = reinterpret_cast<TW *>(&smemWords[st * StageWords]);
         TW *Bs = As + NA * G::A;
+        TW *a = As + ar * S::SK + ac; // as gateUp's
+        if constexpr (WG)
+          a = As + wgmma::CoreTile<BM, BK>::at(ar, ac);
         loadAChunk<float, TW, TX, false, I % 4 == 0, NA, false, WG>(
-            As + aChunkOffset<TW, WG>(ar, ac), src, k0 + ac, width, 1.0f);
+            a, src, k0 + ac, width, 1.0f);
         if constexpr (F::Quant != 0)
           quant::copyQuantTile<F, TW, BN, BK, S::SK, H, I, Threads>(
               Bs, w.down, w.downScale, e, 0, 1, n0, H - n0, k0, width - k0);
