@@ -2144,16 +2144,23 @@ private:
                        (sharedRows ? sharedTma : routedTma);
         bool pipe = call != "factor" &&
                     (flag || !r.lowRank) &&
-                    (options.gemm == ::moe::GroupedGemm::Pipelined ||
-                     options.gemm == ::moe::GroupedGemm::Tma);
+                    options.gemm != ::moe::GroupedGemm::Mma;
         if (tmaGemm)
           addTensorMapRequests(launch, sharedRows ? s : r, call == "gateUp",
                                sharedRows);
+        // The FP8 GEMMs take a bool (their pipelined loop or not); gateUp
+        // and down a moe_k::grouped::Gemm.
+        const char *path =
+            !pipe                        ? ""
+            : call.starts_with("fp8")    ? ", true"
+            : tmaGemm                    ? ", moe_k::grouped::Gemm::Tma"
+            : options.gemm == ::moe::GroupedGemm::Wgmma
+                ? ", moe_k::grouped::Gemm::Wgmma"
+                : ", moe_k::grouped::Gemm::Pipelined";
         kernelEntry(
             launch.kernel, std::to_string(kTileThreads),
-            llvm::formatv("moe_k::grouped::{0}<{1}_cfg::Cfg, {2}{3}{4}>(args)",
-                          call, name, flag ? "true" : "false",
-                          pipe ? ", true" : "", tmaGemm ? ", true" : "")
+            llvm::formatv("moe_k::grouped::{0}<{1}_cfg::Cfg, {2}{3}>(args)",
+                          call, name, flag ? "true" : "false", path)
                 .str());
         pushLaunch(std::move(launch));
       };
@@ -2629,9 +2636,15 @@ std::optional<GroupedGemm> parseGroupedGemm(StringRef name) {
     return GroupedGemm::Pipelined;
   if (name == "mma")
     return GroupedGemm::Mma;
+  if (name == "wgmma")
+    return GroupedGemm::Wgmma;
   if (name == "tma")
     return GroupedGemm::Tma;
   return std::nullopt;
+}
+
+const char *groupedGemmArch(GroupedGemm gemm) {
+  return gemm == GroupedGemm::Wgmma ? "sm_90a" : nullptr;
 }
 
 Expected<ModulePlan> emitCudaModule(ModuleOp module,

@@ -20,8 +20,7 @@ void registerMoEToCudaTranslation() {
   // Registered with the translation (only tools that offer it see it).
   static llvm::cl::opt<std::string> gemm(
       "moe-cuda-gemm",
-      llvm::cl::desc("--moe-to-cuda: the grouped expert GEMMs, pipelined "
-                     "(default) or mma"),
+      llvm::cl::desc(kGroupedGemmHelp),
       llvm::cl::init("pipelined"));
   mlir::TranslateFromMLIRRegistration registration(
       "moe-to-cuda",
@@ -33,8 +32,8 @@ void registerMoEToCudaTranslation() {
         std::optional<GroupedGemm> path = parseGroupedGemm(gemm);
         if (!path)
           return mlir::emitError(op->getLoc())
-                 << "--moe-cuda-gemm: expected pipelined, mma or tma, got '"
-                 << gemm << "'";
+                 << "--moe-cuda-gemm: expected " << kGroupedGemmNames
+                 << ", got '" << gemm << "'";
         CudaEmitOptions options;
         options.gemm = *path;
         llvm::Expected<ModulePlan> plan = emitCudaModule(module, options);

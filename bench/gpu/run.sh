@@ -10,7 +10,8 @@
 #      the development machine): ceilings, correctness of the small packages
 #      and of every shape against the Hugging Face block, and timings of ours,
 #      HF eager, torch.compile, cuBLAS and grouped_mm side by side, the old
-#      kernel paths beside the new ones (--gemm=mma vs pipelined; FP8
+#      kernel paths beside the new ones (--gemm=mma vs pipelined, pipelined
+#      vs --gemm=wgmma; FP8
 #      DeepSeek-V3 dequantized to bf16 vs fp8-activations=true) with their
 #      ratios, and the quantized shapes (DeepSeek-V3 FP8, gpt-oss MXFP4) on
 #      random codes;

@@ -22,6 +22,8 @@
 //    T = __nv_bfloat16 or __half) and moe_emu::ldmatrix_x{1,2,4}[_trans];
 //  * cp.async with its commit/wait groups, mbarriers and the bulk (TMA,
 //    non-tensor) copy that completes on one (moe_emu_async.h);
+//  * wgmma.mma_async from shared-memory descriptors with its fence,
+//    commit and wait groups (moe_emu_wgmma.h);
 //  * MOE_EMU_EXPORT_KERNEL(NAME), which defines the C entry point
 //    moe_emu_launch_NAME of moe/runtime/KernelABI.h.
 //
@@ -67,6 +69,7 @@
 #include "moe_emu_types.h"
 #include "moe_emu_runtime.h"
 #include "moe_emu_async.h"
+#include "moe_emu_wgmma.h"
 
 #define __global__
 #define __device__

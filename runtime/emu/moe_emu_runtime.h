@@ -171,6 +171,21 @@ struct MBarrier {
   unsigned phase;             // completed phases
 };
 
+/// A wgmma.mma_async in flight (moe_emu_wgmma.h): computed from shared
+/// memory and written to the thread's accumulators when a
+/// wgmma.wait_group completes its group.
+struct WgmmaOp {
+  unsigned group;       // wgmma group (~0u until commit_group)
+  uint64_t descA, descB; // shared-memory matrix descriptors
+  int n, kind;          // N of m64nNk16; 0 bf16, 1 f16
+  bool scaleD;          // D = A * B + D (else D = A * B)
+  bool chained;         // C: handed on by an earlier op in flight
+  float *d;             // this thread's N / 2 accumulators
+  std::vector<float> c; // C (captured at issue unless chained)
+  const char *file;
+  int line;
+};
+
 /// One CUDA thread.
 struct Thread {
   ::uint3 tid{0, 0, 0};
@@ -187,6 +202,11 @@ struct Thread {
   std::vector<AsyncCopy> asyncCopies;
   size_t asyncHead = 0;
   unsigned asyncCommitted = 0;
+  // wgmma.mma_async in flight, their committed groups, and whether a
+  // wgmma.fence came before the first one (moe_emu_wgmma.h)
+  std::vector<WgmmaOp> wgmmaOps;
+  unsigned wgmmaCommitted = 0;
+  bool wgmmaFenced = false;
   WarpSlot ws;
   // Fibers are managed by hand: a failed launch abandons suspended fibers
   // instead of unwinding them, so their destructors must never run then.
@@ -1053,6 +1073,9 @@ inline bool run_block(Block &b, void (*fn)(Args), const Args *args,
     b.threads[i].asyncCopies.clear();
     b.threads[i].asyncHead = 0;
     b.threads[i].asyncCommitted = 0;
+    b.threads[i].wgmmaOps.clear();
+    b.threads[i].wgmmaCommitted = 0;
+    b.threads[i].wgmmaFenced = false;
   }
   b.smemTop = b.dynBytes;
   std::memset(b.smem, kSharedPoison, b.dynBytes);

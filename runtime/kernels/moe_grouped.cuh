@@ -68,6 +68,7 @@
 #include "moe_async.cuh"
 #include "moe_experts.cuh"
 #include "moe_tma.cuh"
+#include "moe_wgmma.cuh"
 
 namespace moe_k {
 
@@ -156,6 +157,75 @@ constexpr int MI = WM / 16, NI = WN / 8;          // its mma fragments
 constexpr int AChunk = 16;
 static_assert(BM * BK == Threads * AChunk, "one A chunk per thread");
 static_assert(NI % 2 == 0, "B fragments are loaded two n8 tiles at a time");
+
+/// How gateUp and down load and multiply their tiles (the tools' --gemm,
+/// CudaEmitOptions::gemm).
+enum class Gemm {
+  /// One stage: synchronous loads, a barrier, mma.sync.
+  Mma,
+  /// Up to MaxStages cp.async stages in flight while mma.sync multiplies.
+  Pipelined,
+  /// The pipelined k loop into wgmma's core-matrix tiles, multiplied by one
+  /// warpgroup with wgmma.mma_async m64n64k16 (sm_90a; wgmmaTiles says
+  /// which FFNs, the others take Pipelined).
+  Wgmma,
+  /// The pipelined mma.sync path with its weight tiles brought by TMA
+  /// tensor copies into an mbarrier pipeline (tmaKLoop; sm_90; the code
+  /// generator passes it for TmaWeights<F> only, Pipelined for the others).
+  Tma,
+};
+
+/// Whether the wgmma path multiplies FFN F: 16-bit weights stored [out, in]
+/// (K-major B tiles; wgmma's transposed B is not used), not quantized, not
+/// factored.
+template <typename F> struct WgmmaTiles {
+  static constexpr bool value = sizeof(typename F::TW) == 2 && !F::InOut &&
+                                F::Quant == 0 && !F::LowRank;
+};
+
+/// The tile row and column of accumulator i of fragment (mi, ni) of this
+/// thread. mma.sync (!WG): warp (wm, wn) of the 2 x 2 grid owns a WM x WN
+/// sub-tile of MI x NI m16n8 fragments (PTX ISA mma.m16n8k16 C layout).
+/// wgmma (WG): the warpgroup's accumulators of one m64n64k16, the 32
+/// floats of acc[nb] as one array: warp w owns rows 16 w .. 16 w + 15,
+/// fragment (mi, ni) is the n8 chunk c = mi * NI + ni (PTX ISA wgmma
+/// "Register Fragments" for D, moe_wgmma.cuh).
+template <bool WG> __device__ __forceinline__ int fragRow(int mi, int i) {
+  const int lane = threadIdx.x % 32, warp = threadIdx.x / 32;
+  const int r = lane / 4 + (i >= 2 ? 8 : 0);
+  return WG ? 16 * warp + r : (warp / WarpsN) * WM + mi * 16 + r;
+}
+template <bool WG>
+__device__ __forceinline__ int fragCol(int mi, int ni, int i) {
+  const int lane = threadIdx.x % 32, warp = threadIdx.x / 32;
+  const int c = 2 * (lane % 4) + (i & 1);
+  return WG ? 8 * (mi * NI + ni) + c : (warp % WarpsN) * WN + ni * 8 + c;
+}
+
+/// The same with the thread's coordinates precomputed: warp = threadIdx.x /
+/// 32, (wm, wn) = (warp / WarpsN, warp % WarpsN), g = lane / 4, t = lane %
+/// 4; fragColAt adds the tile's first column n0. Two forms of one mapping
+/// because ptxas allocates differently with each (NVRTC 13.0, sm_90a): the
+/// FP8 down kernel spills 12 bytes with fragRow/fragCol, the shared gate/up
+/// GEMM with f32 activations (examples/read_me) 24 bytes with these.
+template <bool WG>
+__device__ __forceinline__ int fragRowAt(int warp, int wm, int g, int mi,
+                                         int i) {
+  if constexpr (WG)
+    return 16 * warp + g + (i >= 2 ? 8 : 0);
+  else
+    return wm * WM + mi * 16 + g + (i >= 2 ? 8 : 0);
+}
+template <bool WG>
+__device__ __forceinline__ int fragColAt(int n0, int wn, int t, int mi,
+                                         int ni, int i) {
+  if constexpr (WG)
+    return n0 + 8 * (mi * NI + ni) + 2 * t + (i & 1);
+  else
+    return n0 + wn * WN + ni * 8 + 2 * t + (i & 1);
+}
+static_assert(MI * NI * 8 == BN && Threads == 128 && BM == 64,
+              "a wgmma tile is one warpgroup's m64n64");
 
 /// Shared-memory geometry for weights of type TW (the tile type: A is
 /// converted to it). Rows are padded so that the 8 rows an ldmatrix reads
@@ -322,8 +392,10 @@ __device__ __forceinline__ void warpTile(float (&acc)[NB][MI][NI][4],
 /// pitch + c0 + c], zero where r >= rowValid or c >= colValid. 16-byte
 /// copies where the chunk is whole and Vec says the source rows are 16-byte
 /// aligned; with Async those are cp.async copies (the pipelined k loop).
+/// Core: the tile goes in wgmma's core-matrix layout
+/// (wgmma::CoreTile<Rows, Cols>, Stride unused) instead of padded rows.
 template <typename TW, int Rows, int Cols, int Stride, bool Vec,
-          bool Async = false>
+          bool Async = false, bool Core = false>
 __device__ __forceinline__ void copyTile(TW *dst, const TW *src,
                                          long long pitch, int rowOff,
                                          int rowStep, int r0, int rowValid,
@@ -333,7 +405,8 @@ __device__ __forceinline__ void copyTile(TW *dst, const TW *src,
   static_assert(Cols % V == 0, "tile rows are whole 16-byte chunks");
   for (int i = threadIdx.x; i < Rows * PerRow; i += Threads) {
     const int r = i / PerRow, c = (i % PerRow) * V;
-    TW *d = dst + r * Stride + c;
+    TW *d = dst + (Core ? wgmma::CoreTile<Rows, Cols>::at(r, c)
+                        : r * Stride + c);
     const TW *s =
         src + static_cast<long long>(rowOff + rowStep * (r0 + r)) * pitch +
         c0 + c;
@@ -419,17 +492,22 @@ __device__ __forceinline__ void loadAValues(float (&v)[AChunk], const TS *src,
 /// The piece of loadAValues converted to the tile type: dst[j] = TW(v[j]),
 /// as NA 16-bit terms (SplitTerms) for tensor cores.
 /// Async: a whole chunk that needs no conversion (TS = TW, one term, no
-/// scale) is copied with cp.async.
+/// scale) is copied with cp.async. Core: A is in wgmma's core-matrix layout
+/// (ATile<true>), where the chunk's 8-element pieces are core matrices
+/// apart.
 template <typename TS, typename TW, typename TX, bool Scale, bool VecSrc,
-          int NA, bool Async = false>
+          int NA, bool Async = false, bool Core = false>
 __device__ __forceinline__ void loadAChunk(TW *dst, const TS *src, int k,
                                            int kLimit, float scale) {
+  // Elements between the chunk's 8-element pieces, and between terms.
+  constexpr int QStride = Core ? 64 : 8;
+  constexpr int TermStride = Core ? BM * BK : Smem<TW>::A;
   if constexpr (Async && VecSrc && !Scale && NA == 1 &&
                 SameType<TS, TW>::value && sizeof(TW) == 2) {
     if (src != nullptr && k + AChunk <= kLimit) {
 #pragma unroll
       for (int q = 0; q < AChunk * 2 / 16; ++q)
-        async::copy16(dst + q * 8, src + k + q * 8);
+        async::copy16(dst + q * QStride, src + k + q * 8);
       return;
     }
   }
@@ -441,7 +519,7 @@ __device__ __forceinline__ void loadAChunk(TW *dst, const TS *src, int k,
     for (int p = 0; p < NA; ++p) {
 #pragma unroll
       for (int q = 0; q < AChunk / 8; ++q)
-        *reinterpret_cast<uint4 *>(dst + p * Smem<TW>::A + q * 8) =
+        *reinterpret_cast<uint4 *>(dst + p * TermStride + q * QStride) =
             make_uint4(mma::pack2<TW>(v[q * 8 + 0], v[q * 8 + 1]),
                        mma::pack2<TW>(v[q * 8 + 2], v[q * 8 + 3]),
                        mma::pack2<TW>(v[q * 8 + 4], v[q * 8 + 5]),
@@ -547,24 +625,21 @@ __device__ __forceinline__ const TX *inputRow(const TX *x, const int *rows,
 /// gateUp's epilogue for the accumulators of one tile (acc[0] gate's,
 /// acc[NB - 1] up's): biases, activation, h in f32 for the tile's rows and
 /// the columns below `width`.
-template <typename F, int NB>
+template <typename F, int NB, bool WG = false>
 __device__ __forceinline__ void
 gateUpEpilogue(const float (&acc)[NB][MI][NI][4], float *h,
                const experts::FFNWeights<F> &w, const RowTile &rt, int n0,
                int width) {
   constexpr int I = F::I;
   const long long e = rt.e;
-  const int lane = threadIdx.x % 32, warp = threadIdx.x / 32;
-  const int wm = warp / WarpsN, wn = warp % WarpsN;
-  const int g = lane / 4, t = lane % 4;
 #pragma unroll
   for (int mi = 0; mi < MI; ++mi)
 #pragma unroll
     for (int ni = 0; ni < NI; ++ni)
 #pragma unroll
       for (int i = 0; i < 4; ++i) {
-        const int r = wm * WM + mi * 16 + g + (i >= 2 ? 8 : 0);
-        const int j = n0 + wn * WN + ni * 8 + 2 * t + (i & 1);
+        const int r = fragRow<WG>(mi, i);
+        const int j = n0 + fragCol<WG>(mi, ni, i);
         if (r >= rt.count || j >= width)
           continue;
         float gv = acc[0][mi][ni][i], uv = acc[NB - 1][mi][ni][i];
@@ -592,7 +667,7 @@ gateUpEpilogue(const float (&acc)[NB][MI][NI][4], float *h,
 /// down's epilogue for the accumulators of one tile: out[row] =
 /// roundAs<TX>(acc + bias), times the row's routing weight (routed rows,
 /// unless Unweighted).
-template <typename Cfg, typename F, bool SharedFFN>
+template <typename Cfg, typename F, bool SharedFFN, bool WG = false>
 __device__ __forceinline__ void
 downEpilogue(const float (&acc)[1][MI][NI][4], float *out, const float *weights,
              const int *rows, const experts::FFNWeights<F> &w,
@@ -609,8 +684,8 @@ downEpilogue(const float (&acc)[1][MI][NI][4], float *out, const float *weights,
     for (int ni = 0; ni < NI; ++ni)
 #pragma unroll
       for (int i = 0; i < 4; ++i) {
-        const int r = wm * WM + mi * 16 + g + (i >= 2 ? 8 : 0);
-        const int o = n0 + wn * WN + ni * 8 + 2 * t + (i & 1);
+        const int r = fragRowAt<WG>(warp, wm, g, mi, i);
+        const int o = fragColAt<WG>(n0, wn, t, mi, ni, i);
         if (r >= rt.count || o >= H)
           continue;
         float v = acc[0][mi][ni][i];
@@ -624,16 +699,63 @@ downEpilogue(const float (&acc)[1][MI][NI][4], float *out, const float *weights,
 }
 
 /// Shared-memory words (uint4: 16-byte aligned carving) of a GEMM with NB
-/// B tiles.
-template <typename TW, bool InOut, int NB, int NA> struct GemmSmem {
-  /// Elements of one B tile.
-  static constexpr int B = InOut ? Smem<TW>::BInOut : Smem<TW>::BOutIn;
-  static constexpr int Elements = NA * Smem<TW>::A + NB * B;
+/// B tiles and NA terms of A; Core: wgmma's core-matrix tiles (no padding).
+template <typename TW, bool InOut, int NB, int NA, bool Core = false>
+struct GemmSmem {
+  /// Elements of one A term and of one B tile.
+  static constexpr int A = Core ? BM * BK : Smem<TW>::A;
+  static constexpr int B = Core     ? BN * BK
+                           : InOut ? Smem<TW>::BInOut
+                                   : Smem<TW>::BOutIn;
+  static constexpr int Elements = NA * A + NB * B;
   static constexpr int Words = Elements * sizeof(TW) / 16;
-  static_assert(Smem<TW>::A * sizeof(TW) % 16 == 0 &&
-                    B * sizeof(TW) % 16 == 0,
+  static_assert(A * sizeof(TW) % 16 == 0 && B * sizeof(TW) % 16 == 0,
                 "16-byte aligned tiles");
 };
+
+
+
+/// Waits for every wgmma group of this thread; acc may be read after it.
+template <int NB>
+__device__ __forceinline__ void wgmmaDrain(float (&acc)[NB][MI][NI][4]) {
+  wgmma::wait<0>();
+#pragma unroll
+  for (int nb = 0; nb < NB; ++nb)
+    wgmma::fenceOperands(reinterpret_cast<float(&)[32]>(acc[nb]));
+}
+
+/// acc[nb] += A . B[nb]^T over one BK step of core-matrix tiles (As: NA
+/// terms, BM x BK each; B0, B1: BN x BK) with wgmma, the smallest terms
+/// first as warpTile: BK / 16 k steps of NA * NB m64n64k16 in one group.
+/// Returns with InFlight groups (this one and earlier ones) still running:
+/// their stages must not be refilled (kLoop's Lag) and acc must not be
+/// read before wgmmaDrain.
+template <typename TW, int NB, int NA, int InFlight>
+__device__ __forceinline__ void wgmmaTile(float (&acc)[NB][MI][NI][4],
+                                          const TW *As, const TW *B0,
+                                          const TW *B1) {
+  using Tile = wgmma::CoreTile<BM, BK>;
+  using BTile = wgmma::CoreTile<BN, BK>;
+  wgmma::fence();
+#pragma unroll
+  for (int kk = 0; kk < BK; kk += 16)
+#pragma unroll
+    for (int q = NA - 1; q >= 0; --q)
+#pragma unroll
+      for (int nb = 0; nb < NB; ++nb) {
+        const unsigned long long a = wgmma::descriptor(
+            As + q * Tile::Elements + Tile::at(0, kk), Tile::LBO, Tile::SBO);
+        const unsigned long long b = wgmma::descriptor(
+            (nb == 0 ? B0 : B1) + BTile::at(0, kk), BTile::LBO, BTile::SBO);
+        wgmma::m64n64k16<TW>(reinterpret_cast<float(&)[32]>(acc[nb]), a, b,
+                             true);
+      }
+  wgmma::commit();
+  if constexpr (InFlight == 0)
+    wgmmaDrain(acc);
+  else
+    wgmma::wait<InFlight>();
+}
 
 /// NA of an f32 intermediate (h, or z = B . x of factored weights) as the
 /// A operand: split into 16-bit terms like h in `down`.
@@ -656,9 +778,11 @@ constexpr int MaxStages = 4;
 /// Stages of the k loop of a GEMM whose step needs GemmSmem<TW, InOut, NB,
 /// NA>: as many as fit PipeSmemBytes, at most MaxStages, when Pipe; 1 (the
 /// single-buffered loop of the mma path) otherwise or when two do not fit.
-template <bool Pipe, typename TW, bool InOut, int NB, int NA> struct Stages {
+template <bool Pipe, typename TW, bool InOut, int NB, int NA,
+          bool Core = false>
+struct Stages {
   static constexpr int Fit =
-      PipeSmemBytes / (GemmSmem<TW, InOut, NB, NA>::Words * 16);
+      PipeSmemBytes / (GemmSmem<TW, InOut, NB, NA, Core>::Words * 16);
   static constexpr int value =
       !Pipe || Fit < 2 ? 1 : Fit > MaxStages ? MaxStages : Fit;
 };
@@ -671,29 +795,43 @@ template <bool Pipe, typename TW, bool InOut, int NB, int NA> struct Stages {
 /// while a step is multiplied: at step ks, wait for this thread's group ks,
 /// a barrier (every thread's copies of step ks have landed, and every warp
 /// is done with the stage that step ks + St - 1 refills), issue that step,
-/// multiply step ks.
-template <int St, typename Load, typename Compute>
+/// multiply step ks. AsyncProxy: the tiles are read by wgmma (the async
+/// proxy): each thread fences its writes before the barrier that publishes
+/// them. Lag (St > 2): compute(stage) may still read its stage during the
+/// next Lag steps (wgmma groups in flight, wgmmaTile's InFlight); the loads
+/// then run St - 1 - Lag steps ahead, so that step ks refills the stage of
+/// step ks - 1 - Lag, whose readers every thread has waited for before the
+/// barrier of step ks.
+template <int St, bool AsyncProxy = false, int Lag = 0, typename Load,
+          typename Compute>
 __device__ __forceinline__ void kLoop(int steps, Load &&load,
                                       Compute &&compute) {
+  static_assert(Lag == 0 || St - 1 - Lag >= 1,
+                "at least one step of loads ahead");
   if constexpr (St == 1) {
     for (int ks = 0; ks < steps; ++ks) {
       __syncthreads(); // the previous step's tiles are consumed
       load(ks, 0);
+      if constexpr (AsyncProxy)
+        wgmma::fenceSharedWrites();
       __syncthreads();
       compute(0);
     }
   } else {
+    constexpr int Ahead = St - 1 - Lag; // steps of loads in flight
     __syncthreads(); // the previous work item's stages are consumed
 #pragma unroll
-    for (int s = 0; s < St - 1; ++s) {
+    for (int s = 0; s < Ahead; ++s) {
       if (s < steps)
         load(s, s);
       async::commit();
     }
     for (int ks = 0; ks < steps; ++ks) {
-      async::wait<St - 2>();
+      async::wait<Ahead - 1>();
+      if constexpr (AsyncProxy)
+        wgmma::fenceSharedWrites();
       __syncthreads();
-      const int next = ks + St - 1;
+      const int next = ks + Ahead;
       if (next < steps)
         load(next, next % St);
       async::commit();
@@ -879,9 +1017,11 @@ __device__ __forceinline__ float (&oneAcc(float (&acc)[2][MI][NI][4],
 /// with ScaleInput), converted to the weight type. One BM x BN tile of h
 /// per work item, gate and up accumulated side by side so that the thread
 /// that holds gate column j also holds up column j. Pipe: the pipelined k
-/// loop (kLoop, Stages). Tma: weight tiles by tensor copies (tmaKLoop;
-/// the code generator sets it for TmaWeights<F> only).
-template <typename Cfg, bool SharedFFN, bool Pipe = false, bool Tma = false>
+/// loop (kLoop, Stages); Wgmma: that loop into core-matrix tiles, wgmmaTile
+/// (FFNs that WgmmaTiles takes; the others take Pipelined); Tma: weight
+/// tiles by tensor copies (tmaKLoop; the code generator passes it for
+/// TmaWeights<F> only).
+template <typename Cfg, bool SharedFFN, Gemm Path = Gemm::Mma>
 __device__ void gateUp(const MoEKernelArgs &args) {
   using TX = typename Cfg::TX;
   using F = typename Sel<Cfg>::template FFN<SharedFFN>;
@@ -919,13 +1059,18 @@ __device__ void gateUp(const MoEKernelArgs &args) {
   // B tiles per k step: gate and up, or up alone (NoGate: the gate is
   // neither read nor multiplied). acc[NB - 1] is up's.
   constexpr int NB = F::NoGate ? 1 : 2;
+  constexpr bool Tma = Path == Gemm::Tma;
   static_assert(!Tma || TmaWeights<F>::value,
                 "the TMA path takes 16-bit [out, in] weights (TmaWeights)");
   constexpr bool UseTma = Tma;
-  constexpr int St =
-      Stages<(Pipe || Tma) && !F::LowRank, TW, InOut, NB, NA>::value;
+  constexpr bool WG = Path == Gemm::Wgmma && WgmmaTiles<F>::value;
+  constexpr bool Pipe = Path != Gemm::Mma;
+  using G = GemmSmem<TW, InOut, NB, NA, WG>;
+  constexpr int St = Stages<Pipe && !F::LowRank, TW, InOut, NB, NA, WG>::value;
+  // wgmma: one group left in flight per step where three stages or more fit.
+  constexpr int Lag = WG && St > 2 ? 1 : 0;
   constexpr bool Async = St > 1;
-  constexpr int StageWords = GemmSmem<TW, InOut, NB, NA>::Words;
+  constexpr int StageWords = G::Words;
   MOE_SHARED(uint4, smemWords, (UseTma ? 1 : StageWords * St));
   using TmaStageT = TmaStage<TW, NB, NA>;
   constexpr int TSt = TmaStagesIf<UseTma, TW, NB, NA>::value;
@@ -940,8 +1085,8 @@ __device__ void gateUp(const MoEKernelArgs &args) {
     tmaBars.init();
   }
   TW *As = reinterpret_cast<TW *>(&smemWords[0]);
-  TW *Bg = As + NA * S::A;
-  TW *Bu = F::NoGate ? Bg : Bg + GemmSmem<TW, InOut, NB, NA>::B;
+  TW *Bg = As + NA * G::A;
+  TW *Bu = F::NoGate ? Bg : Bg + G::B;
 
   const long long T = args.num_tokens;
   const long long rowTiles = rowTileCount<SharedFFN, E, K>(T);
@@ -1023,10 +1168,16 @@ __device__ void gateUp(const MoEKernelArgs &args) {
       auto load = [&](int ks, int st) {
         const int k0 = ks * BK;
         TW *As = reinterpret_cast<TW *>(&smemWords[st * StageWords]);
-        TW *Bg = As + NA * S::A;
-        TW *Bu = F::NoGate ? Bg : Bg + GemmSmem<TW, InOut, NB, NA>::B;
-        loadAChunk<TX, TW, TX, Scale, H % (16 / sizeof(TX)) == 0, NA, Async>(
-            As + ar * S::SK + ac, src, k0 + ac, H, scale);
+        TW *Bg = As + NA * G::A;
+        TW *Bu = F::NoGate ? Bg : Bg + G::B;
+        // This thread's chunk of A (written as the mma paths always did:
+        // another form of the sum makes ptxas spill in the quantized gate/up
+        // kernels, NVRTC 13.0).
+        TW *a = As + ar * S::SK + ac;
+        if constexpr (WG)
+          a = As + wgmma::CoreTile<BM, BK>::at(ar, ac);
+        loadAChunk<TX, TW, TX, Scale, H % (16 / sizeof(TX)) == 0, NA, Async,
+                   WG>(a, src, k0 + ac, H, scale);
         if constexpr (!InOut) {
           // [out, in]: whole rows of the gate and up outputs.
           if constexpr (F::Quant != 0) {
@@ -1051,20 +1202,20 @@ __device__ void gateUp(const MoEKernelArgs &args) {
                   Bu, w.up, w.upScale, e, 0, 1, n0, width - n0, k0, H - k0);
             }
           } else if constexpr (F::NoGate) {
-            copyTile<TW, BN, BK, S::SK, H % V == 0, Async>(Bu, w.up + e * I * H, H, 0,
-                                                    1, n0, width - n0, k0, H - k0);
+            copyTile<TW, BN, BK, S::SK, H % V == 0, Async, WG>(
+                Bu, w.up + e * I * H, H, 0, 1, n0, width - n0, k0, H - k0);
           } else if constexpr (F::Fused) {
             const TW *m = w.gateUp + e * 2 * I * H;
-            copyTile<TW, BN, BK, S::SK, H % V == 0, Async>(
+            copyTile<TW, BN, BK, S::SK, H % V == 0, Async, WG>(
                 Bg, m, H, 0, F::Interleaved ? 2 : 1, n0, width - n0, k0, H - k0);
-            copyTile<TW, BN, BK, S::SK, H % V == 0, Async>(
+            copyTile<TW, BN, BK, S::SK, H % V == 0, Async, WG>(
                 Bu, m, H, F::Interleaved ? 1 : I, F::Interleaved ? 2 : 1, n0,
                 width - n0, k0, H - k0);
           } else {
-            copyTile<TW, BN, BK, S::SK, H % V == 0, Async>(
+            copyTile<TW, BN, BK, S::SK, H % V == 0, Async, WG>(
                 Bg, w.gate + e * I * H, H, 0, 1, n0, width - n0, k0, H - k0);
-            copyTile<TW, BN, BK, S::SK, H % V == 0, Async>(Bu, w.up + e * I * H, H, 0,
-                                                    1, n0, width - n0, k0, H - k0);
+            copyTile<TW, BN, BK, S::SK, H % V == 0, Async, WG>(
+                Bu, w.up + e * I * H, H, 0, 1, n0, width - n0, k0, H - k0);
           }
         } else {
           // [in, out]: rows k0 .. k0 + BK, the tile's output columns.
@@ -1089,15 +1240,20 @@ __device__ void gateUp(const MoEKernelArgs &args) {
           }
         }
       };
-      kLoop<St>((H + BK - 1) / BK, load, [&](int st) {
+      kLoop<St, WG, Lag>((H + BK - 1) / BK, load, [&](int st) {
         TW *As = reinterpret_cast<TW *>(&smemWords[st * StageWords]);
-        TW *Bg = As + NA * S::A;
-        TW *Bu = F::NoGate ? Bg : Bg + GemmSmem<TW, InOut, NB, NA>::B;
-        warpTile<TW, InOut, NB, NA>(acc, As, Bg, Bu);
+        TW *Bg = As + NA * G::A;
+        TW *Bu = F::NoGate ? Bg : Bg + G::B;
+        if constexpr (WG)
+          wgmmaTile<TW, NB, NA, Lag>(acc, As, Bg, Bu);
+        else
+          warpTile<TW, InOut, NB, NA>(acc, As, Bg, Bu);
       });
+      if constexpr (WG)
+        wgmmaDrain(acc);
     }
 
-    gateUpEpilogue<F, NB>(acc, h, w, rt, n0, width);
+    gateUpEpilogue<F, NB, WG>(acc, h, w, rt, n0, width);
   }
 }
 
@@ -1106,9 +1262,8 @@ __device__ void gateUp(const MoEKernelArgs &args) {
 /// f32 scratch; on the way into shared memory it is split into 16-bit terms
 /// of the weight type (the tensor cores take 16-bit operands): SplitTerms
 /// with f32 activations (f32 accuracy), HiddenTerms with 16-bit ones.
-/// Pipe: the pipelined k loop (kLoop, Stages). Tma: weight tiles by tensor
-/// copies (tmaKLoop; the code generator sets it for TmaWeights<F> only).
-template <typename Cfg, bool SharedFFN, bool Pipe = false, bool Tma = false>
+/// Path: as gateUp's.
+template <typename Cfg, bool SharedFFN, Gemm Path = Gemm::Mma>
 __device__ void down(const MoEKernelArgs &args) {
   using TX = typename Cfg::TX;
   using F = typename Sel<Cfg>::template FFN<SharedFFN>;
@@ -1137,13 +1292,18 @@ __device__ void down(const MoEKernelArgs &args) {
   constexpr int NA = ScratchTerms<TX, TW>::value;
   static_assert(!F::LowRank || (!SharedFFN && !InOut),
                 "factored weights are routed and out_in");
+  constexpr bool Tma = Path == Gemm::Tma;
   static_assert(!Tma || TmaWeights<F>::value,
                 "the TMA path takes 16-bit [out, in] weights (TmaWeights)");
   constexpr bool UseTma = Tma;
-  constexpr int St =
-      Stages<(Pipe || Tma) && !F::LowRank, TW, InOut, 1, NA>::value;
+  constexpr bool WG = Path == Gemm::Wgmma && WgmmaTiles<F>::value;
+  constexpr bool Pipe = Path != Gemm::Mma;
+  using G = GemmSmem<TW, InOut, 1, NA, WG>;
+  constexpr int St = Stages<Pipe && !F::LowRank, TW, InOut, 1, NA, WG>::value;
+  // wgmma: one group left in flight per step where three stages or more fit.
+  constexpr int Lag = WG && St > 2 ? 1 : 0;
   constexpr bool Async = St > 1;
-  constexpr int StageWords = GemmSmem<TW, InOut, 1, NA>::Words;
+  constexpr int StageWords = G::Words;
   MOE_SHARED(uint4, smemWords, (UseTma ? 1 : StageWords * St));
   using TmaStageT = TmaStage<TW, 1, NA>;
   constexpr int TSt = TmaStagesIf<UseTma, TW, 1, NA>::value;
@@ -1158,7 +1318,7 @@ __device__ void down(const MoEKernelArgs &args) {
     tmaBars.init();
   }
   TW *As = reinterpret_cast<TW *>(&smemWords[0]);
-  TW *Bs = As + NA * S::A;
+  TW *Bs = As + NA * G::A;
 
   const long long T = args.num_tokens;
   const long long rowTiles = rowTileCount<SharedFFN, E, K>(T);
@@ -1213,26 +1373,34 @@ __device__ void down(const MoEKernelArgs &args) {
       auto load = [&](int ks, int st) {
         const int k0 = ks * BK;
         TW *As = reinterpret_cast<TW *>(&smemWords[st * StageWords]);
-        TW *Bs = As + NA * S::A;
-        loadAChunk<float, TW, TX, false, I % 4 == 0, NA>(
-            As + ar * S::SK + ac, src, k0 + ac, width, 1.0f);
+        TW *Bs = As + NA * G::A;
+        TW *a = As + ar * S::SK + ac; // as gateUp's
+        if constexpr (WG)
+          a = As + wgmma::CoreTile<BM, BK>::at(ar, ac);
+        loadAChunk<float, TW, TX, false, I % 4 == 0, NA, false, WG>(
+            a, src, k0 + ac, width, 1.0f);
         if constexpr (F::Quant != 0)
           quant::copyQuantTile<F, TW, BN, BK, S::SK, H, I, Threads>(
               Bs, w.down, w.downScale, e, 0, 1, n0, H - n0, k0, width - k0);
         else if constexpr (!InOut)
-          copyTile<TW, BN, BK, S::SK, I % V == 0, Async>(
+          copyTile<TW, BN, BK, S::SK, I % V == 0, Async, WG>(
               Bs, w.down + e * H * I, I, 0, 1, n0, H - n0, k0, width - k0);
         else
           copyTile<TW, BK, BN, S::SN, H % V == 0, Async>(
               Bs, w.down + e * I * H, H, 0, 1, k0, width - k0, n0, H - n0);
       };
-      kLoop<St>((width + BK - 1) / BK, load, [&](int st) {
+      kLoop<St, WG, Lag>((width + BK - 1) / BK, load, [&](int st) {
         TW *As = reinterpret_cast<TW *>(&smemWords[st * StageWords]);
-        warpTile<TW, InOut, 1, NA>(acc, As, As + NA * S::A, As + NA * S::A);
+        if constexpr (WG)
+          wgmmaTile<TW, 1, NA, Lag>(acc, As, As + NA * G::A, As + NA * G::A);
+        else
+          warpTile<TW, InOut, 1, NA>(acc, As, As + NA * G::A, As + NA * G::A);
       });
+      if constexpr (WG)
+        wgmmaDrain(acc);
     }
 
-    downEpilogue<Cfg, F, SharedFFN>(acc, out, weights, rows, w, rt, n0);
+    downEpilogue<Cfg, F, SharedFFN, WG>(acc, out, weights, rows, w, rt, n0);
   }
 }
 

@@ -320,7 +320,7 @@ __device__ __forceinline__ void fp8KLoop(float (&acc)[NB][MI][NI][4],
 template <typename Cfg, bool SharedFFN, bool Pipe = false>
 __device__ void fp8GateUp(const MoEKernelArgs &args) {
 #if !MOE_FP8_MMA
-  gateUp<Cfg, SharedFFN, Pipe>(args);
+  gateUp<Cfg, SharedFFN, Pipe ? Gemm::Pipelined : Gemm::Mma>(args);
 #else
   using TX = typename Cfg::TX;
   using F = typename Sel<Cfg>::template FFN<SharedFFN>;
@@ -399,7 +399,7 @@ __device__ void fp8GateUp(const MoEKernelArgs &args) {
 template <typename Cfg, bool SharedFFN, bool Pipe = false>
 __device__ void fp8Down(const MoEKernelArgs &args) {
 #if !MOE_FP8_MMA
-  down<Cfg, SharedFFN, Pipe>(args);
+  down<Cfg, SharedFFN, Pipe ? Gemm::Pipelined : Gemm::Mma>(args);
 #else
   using F = typename Sel<Cfg>::template FFN<SharedFFN>;
   static_assert(F::Quant == 1 && !F::InOut && !F::LowRank && !F::Widths,

@@ -4,12 +4,14 @@
 // (gate/up GEMM, down GEMM, the same two for the shared expert), and one
 // combine for both; a forced layout keeps one path and the combine. The routing kernel also
 // writes slotRow, the inverse of rows, for the combine. The GEMMs take the
-// pipelined k loop (a third template argument, true) unless
-// --moe-cuda-gemm=mma.
-// RUN: moe-opt %s --moe-optimize | moe-translate --moe-to-cuda | FileCheck %s --check-prefixes=CHECK,RUNTIME '-DPIPE=, true'
-// RUN: moe-opt %s --moe-optimize | sed -e 's/#moe.layout<runtime>/#moe.layout<grouped>/' | moe-translate --moe-to-cuda | FileCheck %s --check-prefixes=CHECK,GROUPED '-DPIPE=, true'
+// pipelined k loop (a third template argument, Gemm::Pipelined) unless
+// --moe-cuda-gemm=mma (none) or wgmma (Gemm::Wgmma); an unknown path is an
+// error that lists the paths.
+// RUN: moe-opt %s --moe-optimize | moe-translate --moe-to-cuda | FileCheck %s --check-prefixes=CHECK,RUNTIME '-DPIPE=, moe_k::grouped::Gemm::Pipelined'
+// RUN: moe-opt %s --moe-optimize | sed -e 's/#moe.layout<runtime>/#moe.layout<grouped>/' | moe-translate --moe-to-cuda | FileCheck %s --check-prefixes=CHECK,GROUPED '-DPIPE=, moe_k::grouped::Gemm::Pipelined'
 // RUN: moe-opt %s --moe-optimize | moe-translate --moe-to-cuda --moe-cuda-gemm=mma | FileCheck %s --check-prefixes=CHECK,RUNTIME -DPIPE=
-// RUN: moe-opt %s --moe-optimize | not moe-translate --moe-to-cuda --moe-cuda-gemm=wgmma 2>&1 | FileCheck %s --check-prefix=BADGEMM
+// RUN: moe-opt %s --moe-optimize | moe-translate --moe-to-cuda --moe-cuda-gemm=wgmma | FileCheck %s --check-prefixes=CHECK,RUNTIME '-DPIPE=, moe_k::grouped::Gemm::Wgmma'
+// RUN: moe-opt %s --moe-optimize | not moe-translate --moe-to-cuda --moe-cuda-gemm=cutlass 2>&1 | FileCheck %s --check-prefix=BADGEMM
 // RUN: moe-opt %s --moe-optimize | sed -e 's/#moe.layout<runtime>/#moe.layout<per_token>/' | moe-translate --moe-to-cuda | FileCheck %s --check-prefix=PERTOKEN
 
 // CHECK: #include "moe_grouped.cuh"
@@ -50,7 +52,7 @@
 // CHECK-NEXT: moe_k::grouped::combine<{{moe_experts_[0-9a-f]+}}_cfg::Cfg>(args);
 // CHECK: MOE_EMU_EXPORT_KERNEL({{moe_experts_[0-9a-f]+}}_combine)
 
-// BADGEMM: --moe-cuda-gemm: expected pipelined, mma or tma, got 'wgmma'
+// BADGEMM: --moe-cuda-gemm: expected pipelined, mma, wgmma or tma, got 'cutlass'
 
 // PERTOKEN: // moe.fused_experts (layout per_token: decode kernels)
 // PERTOKEN: moe_k::experts::decodeUp<{{moe_experts_[0-9a-f]+}}_cfg::Cfg, {{moe_experts_[0-9a-f]+}}_cfg::Decode>(args);

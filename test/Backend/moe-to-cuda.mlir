@@ -65,8 +65,8 @@
 // CHECK: extern "C" __global__ void __launch_bounds__(128, 6) [[EXPERTS]]_decode_down(MoEKernelArgs args) {
 // CHECK-NEXT: moe_k::experts::decodeDown<[[EXPERTS]]_cfg::Cfg, [[EXPERTS]]_cfg::Decode>(args);
 // CHECK: MOE_EMU_EXPORT_KERNEL([[EXPERTS]]_decode_down)
-// CHECK: moe_k::grouped::gateUp<[[EXPERTS]]_cfg::Cfg, false, true>(args);
-// CHECK: moe_k::grouped::down<[[EXPERTS]]_cfg::Cfg, false, true>(args);
+// CHECK: moe_k::grouped::gateUp<[[EXPERTS]]_cfg::Cfg, false, moe_k::grouped::Gemm::Pipelined>(args);
+// CHECK: moe_k::grouped::down<[[EXPERTS]]_cfg::Cfg, false, moe_k::grouped::Gemm::Pipelined>(args);
 // CHECK: moe_k::grouped::combine<[[EXPERTS]]_cfg::Cfg>(args);
 
 func.func @layer_3(%x: tensor<?x16xf32>) -> tensor<?x16xf32> attributes {moe.layer = 3 : i64} {

@@ -18,7 +18,7 @@
 // FP8MMA: moe_k::grouped::fp8GateUp<{{.*}}_cfg::Cfg, false, true>(args)
 // FP8MMA: moe_k::grouped::fp8Down<{{.*}}_cfg::Cfg, false, true>(args)
 // FP4MMA-NOT: fp8GateUp
-// FP4MMA: moe_k::grouped::gateUp<{{.*}}_cfg::Cfg, false, true>(args)
+// FP4MMA: moe_k::grouped::gateUp<{{.*}}_cfg::Cfg, false, moe_k::grouped::Gemm::Pipelined>(args)
 // FP4MMA-NOT: fp8Down
 // BLOCK16: error: {{.*}}'moe.expert_ffn': moe.fp8_activations: the FP8 weights' block has 16 input channels; the FP8 tensor-core path needs a multiple of 32 up to 128 (DeepSeek-V3: 128)
 // What the kernels do not read is still refused by name: [in, out] codes.

@@ -136,7 +136,8 @@ int compilePackage(mlir::ModuleOp module, const std::string &irPathForWeights,
   progress.step("generating kernels");
   std::optional<moe::GroupedGemm> gemm = moe::parseGroupedGemm(gemmPath);
   if (!gemm)
-    return fail("--gemm: expected pipelined, mma or tma, got '" + gemmPath + "'");
+    return fail("--gemm: expected " + std::string(moe::kGroupedGemmNames) +
+                ", got '" + gemmPath + "'");
   moe::CudaEmitOptions emitOptions;
   emitOptions.gemm = *gemm;
   auto plan = moe::emitCudaModule(module, emitOptions);
@@ -466,6 +467,13 @@ int main(int argc, char **argv) {
   for (StringRef a : archList)
     if (moe::runtime::Status s = moe::runtime::validateArch(a.str()))
       return fail("--arch " + a + ": " + s.message());
+  if (std::optional<moe::GroupedGemm> gemm = moe::parseGroupedGemm(gemmPath))
+    if (const char *need = moe::groupedGemmArch(*gemm))
+      for (StringRef a : archList)
+        if (a != need)
+          return fail("--gemm=" + gemmPath + " needs --arch " + need +
+                      " only (its kernels use instructions that only " +
+                      need + " has); got --arch " + a);
 
   // An existing destination is refused before any work, in the tool's own
   // words (its flag, not the library's option).

@@ -739,7 +739,8 @@ int main(int argc, char **argv) {
     moe::CudaEmitOptions emitOptions;
     std::optional<moe::GroupedGemm> gemm = moe::parseGroupedGemm(gemmPath);
     if (!gemm)
-      return fail("--gemm: expected pipelined, mma or tma, got '" + gemmPath + "'");
+      return fail("--gemm: expected " + std::string(moe::kGroupedGemmNames) +
+                  ", got '" + gemmPath + "'");
     emitOptions.gemm = *gemm;
     auto emitted = moe::emitCudaModule(*module, emitOptions);
     if (!emitted)

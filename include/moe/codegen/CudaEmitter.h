@@ -28,20 +28,32 @@ enum class GroupedGemm {
   Pipelined,
   /// One stage: synchronous loads, a barrier, mma.sync (the fallback).
   Mma,
+  /// The pipelined loads into wgmma's core-matrix tiles, multiplied by a
+  /// warpgroup with wgmma.mma_async (sm_90a only; FFNs with [in, out],
+  /// quantized, factored or f32 weights take the pipelined path).
+  Wgmma,
   /// sm_90: 16-bit [out, in] weight tiles by TMA tensor copies into an
   /// mbarrier pipeline, mma.sync on them; other weights as Pipelined.
   Tma,
 };
 
-/// "pipelined", "mma" or "tma".
+/// "pipelined", "mma", "wgmma" or "tma".
 std::optional<GroupedGemm> parseGroupedGemm(llvm::StringRef name);
+
+/// The names parseGroupedGemm takes, for error messages.
+inline constexpr const char *kGroupedGemmNames = "pipelined, mma, wgmma or tma";
 
 /// The help text of the tools' --gemm option.
 inline constexpr const char *kGroupedGemmHelp =
     "The grouped (prefill) expert GEMMs: pipelined (cp.async stages in "
     "flight while mma.sync multiplies, the default), mma "
-    "(single-buffered loads, the fallback) or tma (sm_90: weight tiles by "
+    "(single-buffered loads, the fallback), wgmma (pipelined loads, "
+    "warpgroup wgmma.mma_async; sm_90a only) or tma (sm_90: weight tiles by "
     "TMA tensor copies into an mbarrier pipeline)";
+
+/// The architecture the kernels of `gemm` need ("sm_90a" for wgmma), or
+/// null when any architecture the tools take will do.
+const char *groupedGemmArch(GroupedGemm gemm);
 
 /// Choices of the emitter that the IR does not fix.
 struct CudaEmitOptions {

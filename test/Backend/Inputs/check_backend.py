@@ -253,7 +253,7 @@ def main():
     p.add_argument("--identical", action="store_true",
                    help="the same row for every token")
     p.add_argument("--gemm", default="pipelined",
-                   choices=["pipelined", "mma", "tma"],
+                   choices=["pipelined", "mma", "wgmma", "tma"],
                    help="moe-run --gemm of the backend: the grouped GEMMs' "
                    "k loop")
     p.add_argument("--activation-type", default="",
