@@ -11,6 +11,8 @@
 #include "moe/runtime/EmuModule.h"
 #include "moe/runtime/KernelHeaders.h"
 
+#include "EmuKernelFixture.h"
+
 #include <gtest/gtest.h>
 
 #include <cmath>
@@ -22,7 +24,6 @@
 #include <string>
 #include <vector>
 
-using moe::runtime::EmuDim3;
 using moe::runtime::EmuModule;
 using moe::runtime::Status;
 
@@ -182,43 +183,20 @@ extern "C" __global__ void k_async_errors(MoEKernelArgs args) {
 MOE_EMU_EXPORT_KERNEL(k_async_errors)
 )cuda";
 
-class EmuAsyncTest : public ::testing::Test {
+struct EmuAsyncTestSource {
+  static inline const char *const kText = kSource;
+  static constexpr const char *kName = "emu-async-test";
+};
+
+class EmuAsyncTest : public moe::test::EmuKernelFixture<EmuAsyncTestSource> {
 protected:
-  static void SetUpTestSuite() {
-    char tmpl[] = "/tmp/moe-emu-async-test-XXXXXX";
-    ASSERT_NE(mkdtemp(tmpl), nullptr);
-    cacheDir_ = tmpl;
-    std::map<std::string, std::string> headers;
-    for (const auto &[name, text] : moe::kernelHeaders())
-      headers[name] = text;
-    auto m = EmuModule::compile(kSource, headers, cacheDir_);
-    if (!m) {
-      compileError_ = m.message();
-      return;
-    }
-    module_ = m->release();
-  }
-  static void TearDownTestSuite() {
-    delete module_;
-    module_ = nullptr;
-    std::error_code ec;
-    std::filesystem::remove_all(cacheDir_, ec);
-  }
-  void SetUp() override { ASSERT_NE(module_, nullptr) << compileError_; }
 
   static Status run(const std::string &kernel, MoEKernelArgs &args,
                     unsigned threads) {
-    EmuDim3 grid, block;
-    grid.x = 1;
-    block.x = threads;
-    return module_->launch(kernel, args, grid, block, 0);
+    return launch(kernel, args, threads);
   }
 
-  static EmuModule *module_;
-  static std::string cacheDir_, compileError_;
 };
-EmuModule *EmuAsyncTest::module_ = nullptr;
-std::string EmuAsyncTest::cacheDir_, EmuAsyncTest::compileError_;
 
 bool contains(const std::string &s, const std::string &part) {
   return s.find(part) != std::string::npos;

@@ -13,6 +13,8 @@
 #include "moe/runtime/EmuModule.h"
 #include "moe/runtime/KernelHeaders.h"
 
+#include "EmuKernelFixture.h"
+
 #include <gtest/gtest.h>
 
 #include <cmath>
@@ -25,7 +27,6 @@
 #include <string>
 #include <vector>
 
-using moe::runtime::EmuDim3;
 using moe::runtime::EmuModule;
 using moe::runtime::Status;
 
@@ -109,29 +110,13 @@ extern "C" __global__ void k_wgmma_64x64x64(MoEKernelArgs args) {
 MOE_EMU_EXPORT_KERNEL(k_wgmma_64x64x64)
 )cuda";
 
-class EmuWgmmaTest : public ::testing::Test {
+struct EmuWgmmaTestSource {
+  static inline const char *const kText = kSource;
+  static constexpr const char *kName = "emu-wgmma-test";
+};
+
+class EmuWgmmaTest : public moe::test::EmuKernelFixture<EmuWgmmaTestSource> {
 protected:
-  static void SetUpTestSuite() {
-    char tmpl[] = "/tmp/moe-emu-wgmma-test-XXXXXX";
-    ASSERT_NE(mkdtemp(tmpl), nullptr);
-    cacheDir_ = tmpl;
-    std::map<std::string, std::string> headers;
-    for (const auto &[name, text] : moe::kernelHeaders())
-      headers[name] = text;
-    auto m = EmuModule::compile(kSource, headers, cacheDir_);
-    if (!m) {
-      compileError_ = m.message();
-      return;
-    }
-    module_ = m->release();
-  }
-  static void TearDownTestSuite() {
-    delete module_;
-    module_ = nullptr;
-    std::error_code ec;
-    std::filesystem::remove_all(cacheDir_, ec);
-  }
-  void SetUp() override { ASSERT_NE(module_, nullptr) << compileError_; }
 
   /// Runs the kernel in `mode` on random tiles; a, b: their values.
   Status run(int mode, std::vector<float> &a, std::vector<float> &b,
@@ -159,10 +144,7 @@ protected:
     args.buffers[2] = out.data();
     args.buffers[3] = flags.data();
     args.scalars[0] = mode;
-    EmuDim3 grid, block;
-    grid.x = 1;
-    block.x = 128;
-    return module_->launch("k_wgmma_64x64x64", args, grid, block, 0);
+    return launch("k_wgmma_64x64x64", args, 128);
   }
 
   /// Largest |out - A . B^T| over the tile.
@@ -180,11 +162,7 @@ protected:
     return worst;
   }
 
-  static EmuModule *module_;
-  static std::string cacheDir_, compileError_;
 };
-EmuModule *EmuWgmmaTest::module_ = nullptr;
-std::string EmuWgmmaTest::cacheDir_, EmuWgmmaTest::compileError_;
 
 bool contains(const std::string &s, const std::string &part) {
   return s.find(part) != std::string::npos;

@@ -15,6 +15,8 @@
 #include "moe/runtime/KernelHeaders.h"
 #include "moe/runtime/TensorMap.h"
 
+#include "EmuKernelFixture.h"
+
 #include <gtest/gtest.h>
 
 #include <cstdint>
@@ -28,7 +30,6 @@
 using moe::ElementType;
 using moe::TensorMapDesc;
 using moe::TensorMapSwizzle;
-using moe::runtime::EmuDim3;
 using moe::runtime::EmuModule;
 using moe::runtime::Status;
 
@@ -204,29 +205,13 @@ extern "C" __global__ void k_tma_box(MoEKernelArgs args) {
 MOE_EMU_EXPORT_KERNEL(k_tma_box)
 )cuda";
 
-class TensorMapEmuTest : public ::testing::Test {
+struct TensorMapEmuTestSource {
+  static inline const char *const kText = kSource;
+  static constexpr const char *kName = "tensor-map-test";
+};
+
+class TensorMapEmuTest : public moe::test::EmuKernelFixture<TensorMapEmuTestSource> {
 protected:
-  static void SetUpTestSuite() {
-    char tmpl[] = "/tmp/moe-tensor-map-test-XXXXXX";
-    ASSERT_NE(mkdtemp(tmpl), nullptr);
-    cacheDir_ = tmpl;
-    std::map<std::string, std::string> headers;
-    for (const auto &[name, text] : moe::kernelHeaders())
-      headers[name] = text;
-    auto m = EmuModule::compile(kSource, headers, cacheDir_);
-    if (!m) {
-      compileError_ = m.message();
-      return;
-    }
-    module_ = m->release();
-  }
-  static void TearDownTestSuite() {
-    delete module_;
-    module_ = nullptr;
-    std::error_code ec;
-    std::filesystem::remove_all(cacheDir_, ec);
-  }
-  void SetUp() override { ASSERT_NE(module_, nullptr) << compileError_; }
 
   /// Copies the box at (c0, c1) of the map of `d`, with `expect` bytes
   /// expected on the barrier (-1: the box's), into shared memory at
@@ -248,17 +233,10 @@ protected:
     args.scalars[2] = expect < 0 ? bytes : expect;
     args.scalars[3] = bytes;
     args.num_tokens = offset;
-    EmuDim3 grid, block;
-    grid.x = 1;
-    block.x = 64;
-    return module_->launch("k_tma_box", args, grid, block, 16384);
+    return launch("k_tma_box", args, 64, 16384);
   }
 
-  static EmuModule *module_;
-  static std::string cacheDir_, compileError_;
 };
-EmuModule *TensorMapEmuTest::module_ = nullptr;
-std::string TensorMapEmuTest::cacheDir_, TensorMapEmuTest::compileError_;
 
 /// Where byte p of the dense box lands with a swizzle of `span` bytes, as
 /// the PTX ISA pictures the pattern: the box is cut into 128-byte lines;
@@ -372,10 +350,7 @@ TEST_F(TensorMapEmuTest, Misuse) {
   args.buffers[0] = junk;
   args.buffers[1] = out.data();
   args.scalars[2] = args.scalars[3] = 16;
-  EmuDim3 grid, block;
-  grid.x = 1;
-  block.x = 32;
-  s = module_->launch("k_tma_box", args, grid, block, 16384);
+  s = launch("k_tma_box", args, 32, 16384);
   ASSERT_FALSE(s.ok());
   EXPECT_TRUE(contains(s.message(), "are not a tensor map encoded for the "
                                     "emulation"))
