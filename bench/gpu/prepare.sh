@@ -14,8 +14,9 @@
 #            token counts at which the grouped kernels run (bench.py times
 #            both paths there, on the same bound weights), and
 #            NAME.gemm-wgmma: --gemm=wgmma (the warpgroup wgmma.mma_async
-#            k loop, sm_90a), compared with the pipelined default the same
-#            way.
+#            k loop, sm_90a), and NAME.gemm-tma: --gemm=tma (weight tiles
+#            by TMA tensor copies into an mbarrier pipeline), each compared
+#            with the pipelined default the same way.
 #   small/   the built-in small models of the same architectures, packages
 #            with their weights, the model folders (for the HF modules) and
 #            the reference executor's outputs for several token counts;
@@ -112,12 +113,15 @@ while read -r name arch hidden inter experts k layers extra; do
   "$bin/moe-compile" "$work/$name" --weights none --activation-type bf16 \
     --arch sm_90a --gemm=wgmma -o "$out/shapes/$name.gemm-wgmma" -q \
     > "$out/shapes/$name.gemm-wgmma.compile.txt"
+  "$bin/moe-compile" "$work/$name" --weights none --activation-type bf16 \
+    --arch sm_90a --gemm=tma -o "$out/shapes/$name.gemm-tma" -q \
+    > "$out/shapes/$name.gemm-tma.compile.txt"
   grouped=$(grouped_tokens "$out/shapes/$name")
   cp "$work/$name/config.json" "$out/shapes/$name.config.json"
   read -r layer width < <(first_layer "$out/shapes/$name")
   shared=$(shared_intermediate "$out/shapes/$name.config.json")
-  entries+=("{\"name\": \"$name\", \"arch\": \"$arch\", \"package\": \"$name\", \"config\": \"$name.config.json\", \"layer\": $layer, \"hidden\": $width, \"intermediate\": $inter, \"experts\": $experts, \"top_k\": $k, \"shared_intermediate\": $shared, \"tokens\": [$(echo $shape_tokens | tr ' ' ',')], \"compare\": [{\"what\": \"grouped GEMM k loop\", \"new\": {\"label\": \"gemm=pipelined\", \"package\": \"$name\"}, \"old\": {\"label\": \"gemm=mma\", \"package\": \"$name.gemm-mma\"}, \"tokens\": [$grouped]}, {\"what\": \"grouped GEMM multiply\", \"new\": {\"label\": \"gemm=wgmma\", \"package\": \"$name.gemm-wgmma\"}, \"old\": {\"label\": \"gemm=pipelined\", \"package\": \"$name\"}, \"tokens\": [$grouped]}]}")
-  echo "prepared shape $name ($(grep -c '"offset": null' "$out/shapes/$name/manifest.json") weight tensors to bind; gemm=mma and gemm=wgmma beside it, grouped at T $grouped)"
+  entries+=("{\"name\": \"$name\", \"arch\": \"$arch\", \"package\": \"$name\", \"config\": \"$name.config.json\", \"layer\": $layer, \"hidden\": $width, \"intermediate\": $inter, \"experts\": $experts, \"top_k\": $k, \"shared_intermediate\": $shared, \"tokens\": [$(echo $shape_tokens | tr ' ' ',')], \"compare\": [{\"what\": \"grouped GEMM k loop\", \"new\": {\"label\": \"gemm=pipelined\", \"package\": \"$name\"}, \"old\": {\"label\": \"gemm=mma\", \"package\": \"$name.gemm-mma\"}, \"tokens\": [$grouped]}, {\"what\": \"grouped GEMM multiply\", \"new\": {\"label\": \"gemm=wgmma\", \"package\": \"$name.gemm-wgmma\"}, \"old\": {\"label\": \"gemm=pipelined\", \"package\": \"$name\"}, \"tokens\": [$grouped]}, {\"what\": \"grouped GEMM weight loads\", \"new\": {\"label\": \"gemm=tma\", \"package\": \"$name.gemm-tma\"}, \"old\": {\"label\": \"gemm=pipelined\", \"package\": \"$name\"}, \"tokens\": [$grouped]}]}")
+  echo "prepared shape $name ($(grep -c '"offset": null' "$out/shapes/$name/manifest.json") weight tensors to bind; gemm=mma, gemm=wgmma and gemm=tma beside it, grouped at T $grouped)"
   rm -rf "${work:?}/$name"
 done <<< "$shapes"
 (IFS=,; echo "[${entries[*]}]") | $py -c "import json,sys; print(json.dumps(json.loads(sys.stdin.read()), indent=1))" > "$out/shapes/index.json"
