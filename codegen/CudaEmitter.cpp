@@ -2593,11 +2593,10 @@ private:
   Error dispatch(DispatchOp op) {
     constexpr int kWarps = 4;
     auto ids = values.find(op.getIds());
+    // Any other dispatch belongs in moe.fused_route.
     if (plan.givenIds < 0 || ids == values.end() ||
         ids->second != plan.givenIds)
-      return makeError(op, "a moe.dispatch outside moe.fused_route must read "
-                           "the layer's given ids (its second argument); "
-                           "run --moe-fuse-routing first");
+      return unsupported(op);
     int64_t K = dim(op.getIds(), 1);
     int64_t E = op.getNumExperts();
     if (ShapedType::isDynamic(K))
