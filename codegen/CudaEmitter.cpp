@@ -2683,8 +2683,7 @@ const char *const kLoraSlots[] = {MOE_LORA_SLOT_LIST(MOE_SLOT_NAME_)};
 const char *const kElementwiseSlots[] = {
     MOE_ELEMENTWISE_SLOT_LIST(MOE_SLOT_NAME_)};
 const char *const kGruSlots[] = {MOE_GRU_SLOT_LIST(MOE_SLOT_NAME_)};
-const char *const kDispatchSlots[] = {
-    MOE_DISPATCH_SLOT_LIST(MOE_SLOT_NAME_)};
+const char *const kDispatchSlots[] = {MOE_DISPATCH_SLOT_LIST(MOE_SLOT_NAME_)};
 #undef MOE_SLOT_NAME_
 
 } // namespace

@@ -370,8 +370,8 @@ TEST_F(GivenRouting, GivenRoutingAsItIsKeepsItsDispatch) {
   EXPECT_EQ(experts[0].getWeights(), layer.getArgument(2));
   EXPECT_EQ(experts[0].getRows(), dispatches[0].getRows());
 
-  auto y = ::moe::interpretGiven(layer, x, routing->ids, routing->weights,
-                                 loader);
+  auto y =
+      ::moe::interpretGiven(layer, x, routing->ids, routing->weights, loader);
   ASSERT_TRUE(bool(y)) << llvm::toString(y.takeError());
   double err = 0, scale = 0;
   for (int64_t i = 0; i < T * H; ++i) {
