@@ -290,6 +290,7 @@ public:
     for (Operation &op : fn.getBody().front()) {
       Error err = llvm::TypeSwitch<Operation *, Error>(&op)
                       .Case([&](FusedRouteOp o) { return route(o); })
+                      .Case([&](DispatchOp o) { return dispatch(o); })
                       .Case([&](FusedExpertsOp o) { return experts(o); })
                       .Case([&](LoraMixtureOp o) { return lora(o); })
                       .Case([&](GruCellOp o) { return gruCell(o); })
@@ -2586,6 +2587,63 @@ private:
     return Error::success();
   }
 
+  /// A layer whose routing is given and goes to moe.fused_experts as it is:
+  /// moe.dispatch of the given ids, one block planning the dispatch with
+  /// the routing kernel's planDispatch (moe_route.cuh).
+  Error dispatch(DispatchOp op) {
+    constexpr int kWarps = 4;
+    auto ids = values.find(op.getIds());
+    // Any other dispatch belongs in moe.fused_route.
+    if (plan.givenIds < 0 || ids == values.end() ||
+        ids->second != plan.givenIds)
+      return unsupported(op);
+    int64_t K = dim(op.getIds(), 1);
+    int64_t E = op.getNumExperts();
+    if (ShapedType::isDynamic(K))
+      return makeError(op, "the slot count must be static");
+    int counts = fixedValue(::moe::ElementType::I32, E);
+    int offsets = fixedValue(::moe::ElementType::I32, E + 1);
+    int rows = fixedValue(::moe::ElementType::I32, 0, K);
+    int slotRow = fixedValue(::moe::ElementType::I32, 0, K);
+    values[op.getCounts()] = counts;
+    values[op.getOffsets()] = offsets;
+    values[op.getRows()] = rows;
+    slotRowOf[op.getRows()] = slotRow;
+    plan.routings.push_back({plan.givenIds, plan.givenWeights, E});
+
+    std::string name = beginKernel("moe_dispatch");
+    ::moe::Launch launch;
+    launch.kernel = name;
+    launch.origin = "moe.dispatch at " + locString(op);
+    launch.blockThreads = 32 * kWarps;
+    // One block plans every token's slots.
+    launch.maxBlocks = 1;
+    SlotArgs<MOE_DISPATCH_NUM_SLOTS> fixed("dispatch");
+    fixed.set(MOE_DISPATCH_SLOT_IDS, valueBinding(ids->second));
+    fixed.set(MOE_DISPATCH_SLOT_COUNTS, valueBinding(counts));
+    fixed.set(MOE_DISPATCH_SLOT_OFFSETS, valueBinding(offsets));
+    fixed.set(MOE_DISPATCH_SLOT_ROWS, valueBinding(rows));
+    fixed.set(MOE_DISPATCH_SLOT_SLOT_ROW, valueBinding(slotRow));
+    launch.args = fixed.take();
+    os << "// moe.dispatch\n";
+    os << "extern \"C\" __global__ void __launch_bounds__(" << 32 * kWarps
+       << ") " << name << "(MoEKernelArgs args) {\n";
+    os << llvm::formatv(
+        "  moe_k::route::planDispatch<{0}, {1}, {2}>(\n"
+        "      static_cast<const int *>(args.buffers[MOE_DISPATCH_SLOT_IDS]),\n"
+        "      args.num_tokens,\n"
+        "      static_cast<int *>(args.buffers[MOE_DISPATCH_SLOT_COUNTS]),\n"
+        "      static_cast<int *>(args.buffers[MOE_DISPATCH_SLOT_OFFSETS]),\n"
+        "      static_cast<int *>(args.buffers[MOE_DISPATCH_SLOT_ROWS]),\n"
+        "      static_cast<int *>(args.buffers[MOE_DISPATCH_SLOT_SLOT_ROW]));"
+        "\n}\n",
+        E, K, kWarps);
+    os << "#ifdef MOE_EMU\nMOE_EMU_EXPORT_KERNEL(" << name << ")\n#endif\n\n";
+    pushLaunch(std::move(launch));
+    endKernel();
+    return Error::success();
+  }
+
   func::FuncOp fn;
   KernelModule &kernels;
   ::moe::CudaEmitOptions options;
@@ -2625,6 +2683,7 @@ const char *const kLoraSlots[] = {MOE_LORA_SLOT_LIST(MOE_SLOT_NAME_)};
 const char *const kElementwiseSlots[] = {
     MOE_ELEMENTWISE_SLOT_LIST(MOE_SLOT_NAME_)};
 const char *const kGruSlots[] = {MOE_GRU_SLOT_LIST(MOE_SLOT_NAME_)};
+const char *const kDispatchSlots[] = {MOE_DISPATCH_SLOT_LIST(MOE_SLOT_NAME_)};
 #undef MOE_SLOT_NAME_
 
 } // namespace
@@ -2669,6 +2728,7 @@ Expected<ModulePlan> emitCudaModule(ModuleOp module,
   slotCheck(os, "LORA", "LORA", kLoraSlots);
   slotCheck(os, "ELEMENTWISE", "ELEMENTWISE", kElementwiseSlots);
   slotCheck(os, "GRU", "GRU", kGruSlots);
+  slotCheck(os, "DISPATCH", "DISPATCH", kDispatchSlots);
   os << "\n";
   KernelModule kernels;
   for (auto fn : module.getOps<func::FuncOp>()) {

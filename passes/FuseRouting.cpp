@@ -118,6 +118,12 @@ void fuseRouter(Operation *anchor, Value ids, Value weights,
         return refuse("the router reads the given routing (the function's "
                       "ids and weights arguments) and a value computed in "
                       "the function");
+    // The given routing reaches the dispatch unchanged: the dispatch is the
+    // whole of the layer's routing (moe.fused_experts reads the arguments
+    // and the dispatch's plan); there is no router to fuse.
+    if (dispatch && slice.empty() && ids == fn.getArgument(1) &&
+        weights == fn.getArgument(2))
+      return;
     input = fn.getArgument(0);
     givenIds = fn.getArgument(1);
     givenWeights = fn.getArgument(2);

@@ -713,6 +713,14 @@ LayerExecutor::lastDeviceRouting(int64_t tokens) {
     return Status::error("layer " + std::to_string(plan.layer) +
                          ": no device run of " + std::to_string(tokens) +
                          " token(s) to take the routing of");
+  // A given routing dispatched as it is (moe.dispatch of the given ids) is
+  // its own routing: the device run reads the caller's arrays in place.
+  for (const LayerPlan::Routing &routing : plan.routings)
+    if (routing.ids == plan.givenIds)
+      return Status::error("layer " + std::to_string(plan.layer) +
+                           ": its routing is the caller's given routing, "
+                           "read in place on the device: the caller holds "
+                           "it");
   // The launches were queued on the caller's stream: wait for them.
   if (Status s = backend.synchronize())
     return s;

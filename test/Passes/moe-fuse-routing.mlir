@@ -285,14 +285,14 @@ func.func @given_remap(%x: tensor<?x16xf32>, %gi: tensor<?x2xi32>, %gw: tensor<?
 
 // -----
 
-// The arguments dispatched directly: the body yields its block arguments.
+// The arguments dispatched directly: no router to fuse; the dispatch of
+// the given ids stays (moe.fused_experts reads it and the arguments).
 // CHECK-LABEL: func.func @given_direct
 // CHECK-SAME: (%[[X:.*]]: tensor<?x16xf32>, %[[GI:.*]]: tensor<?x2xi32>, %[[GW:.*]]: tensor<?x2xf32>)
-// CHECK: %{{.*}}, %[[W:.*]], %{{.*}}, %{{.*}}, %[[ROWS:.*]] = moe.fused_route %[[X]] given(%[[GI]], %[[GW]] : tensor<?x2xi32>, tensor<?x2xf32>) {num_experts = 4 : i64}
-// CHECK-NEXT: ^bb0(%{{.*}}: tensor<?x16xf32>, %[[I:.*]]: tensor<?x2xi32>, %[[G:.*]]: tensor<?x2xf32>):
-// CHECK-NEXT: moe.yield %[[I]], %[[G]]
-// CHECK-NOT: moe.dispatch
-// CHECK: moe.combine %{{.*}}, %[[ROWS]], %[[W]]
+// CHECK-NOT: moe.fused_route
+// CHECK: %{{.*}}, %{{.*}}, %[[ROWS:.*]] = moe.dispatch %[[GI]] {num_experts = 4 : i64}
+// CHECK-NOT: moe.fused_route
+// CHECK: moe.combine %{{.*}}, %[[ROWS]], %[[GW]]
 func.func @given_direct(%x: tensor<?x16xf32>, %gi: tensor<?x2xi32>, %gw: tensor<?x2xf32>) -> tensor<?x16xf32> {
   %c, %off, %rows = moe.dispatch %gi {num_experts = 4 : i64} : tensor<?x2xi32> -> tensor<4xi32>, tensor<5xi32>, tensor<?xi32>
   %xs = moe.permute %x, %rows, %gw : (tensor<?x16xf32>, tensor<?xi32>, tensor<?x2xf32>) -> tensor<?x16xf32>

@@ -334,6 +334,75 @@ TEST_F(GivenRouting, PlansCarryTheGivenValuesAndTheRouterRole) {
   EXPECT_EQ(router->givenIds, -1);
 }
 
+// A layer that dispatches its given routing as it is (Read-ME's layers) has
+// no router: after fusion it is moe.dispatch of the ids argument and
+// moe.fused_experts on the arguments, without moe.fused_route; the plan
+// plans that dispatch in one kernel reading the given ids, and the layer
+// still computes the full layer from the router's routing.
+TEST_F(GivenRouting, GivenRoutingAsItIsKeepsItsDispatch) {
+  std::string direct = llvm::formatv(
+      "func.func @direct(%x: tensor<?x{0}xf32>, %ids: tensor<?x2xi32>, "
+      "%w: tensor<?x2xf32>) -> tensor<?x{0}xf32> attributes "
+      "{{moe.layer = 0 : i64} {{\n",
+      H);
+  direct += expertOps({0, 1, 2, 3}) + "}\n";
+  OwningOpRef<ModuleOp> m = parseSourceString<ModuleOp>(direct, &context);
+  ASSERT_TRUE(m);
+  auto layer = m->lookupSymbol<func::FuncOp>("direct");
+  ::moe::WeightLoader loader(".");
+  auto full = ::moe::interpret(fn("full"), x, loader);
+  ASSERT_TRUE(bool(full)) << llvm::toString(full.takeError());
+  auto routing = ::moe::interpretRouter(fn("router"), x, loader);
+  ASSERT_TRUE(bool(routing)) << llvm::toString(routing.takeError());
+
+  PassManager pm(&context);
+  pm.addPass(createMoEOptimize());
+  ASSERT_TRUE(succeeded(pm.run(*m)));
+  m->walk([&](FusedRouteOp op) { ADD_FAILURE() << "a moe.fused_route"; });
+  SmallVector<DispatchOp> dispatches;
+  m->walk([&](DispatchOp op) { dispatches.push_back(op); });
+  ASSERT_EQ(dispatches.size(), 1u);
+  EXPECT_EQ(dispatches[0].getIds(), layer.getArgument(1));
+  SmallVector<FusedExpertsOp> experts;
+  m->walk([&](FusedExpertsOp op) { experts.push_back(op); });
+  ASSERT_EQ(experts.size(), 1u);
+  EXPECT_EQ(experts[0].getIds(), layer.getArgument(1));
+  EXPECT_EQ(experts[0].getWeights(), layer.getArgument(2));
+  EXPECT_EQ(experts[0].getRows(), dispatches[0].getRows());
+
+  auto y =
+      ::moe::interpretGiven(layer, x, routing->ids, routing->weights, loader);
+  ASSERT_TRUE(bool(y)) << llvm::toString(y.takeError());
+  double err = 0, scale = 0;
+  for (int64_t i = 0; i < T * H; ++i) {
+    err = std::max(err, double(std::fabs(y->f[i] - full->f[i])));
+    scale = std::max(scale, double(std::fabs(full->f[i])));
+  }
+  EXPECT_LT(err, 1e-6 * scale);
+
+  auto plan = ::moe::planCudaLayer(layer);
+  ASSERT_TRUE(bool(plan)) << llvm::toString(plan.takeError());
+  ASSERT_GE(plan->givenIds, 0);
+  ASSERT_GE(plan->givenWeights, 0);
+  ASSERT_EQ(plan->routings.size(), 1u);
+  EXPECT_EQ(plan->routings[0].ids, plan->givenIds);
+  EXPECT_EQ(plan->routings[0].weights, plan->givenWeights);
+  EXPECT_EQ(plan->routings[0].experts, E);
+  // The dispatch-planning kernel reads the given ids; no routing kernel.
+  int planning = 0;
+  for (const ::moe::Launch &l : plan->launches) {
+    EXPECT_EQ(StringRef(l.kernel).find("moe_route"), StringRef::npos)
+        << l.kernel;
+    if (StringRef(l.kernel).starts_with("moe_dispatch")) {
+      ++planning;
+      ASSERT_EQ(l.args.size(), size_t(MOE_DISPATCH_NUM_SLOTS));
+      EXPECT_EQ(l.args[MOE_DISPATCH_SLOT_IDS].value, plan->givenIds);
+      EXPECT_EQ(l.maxBlocks, 1);
+    }
+  }
+  EXPECT_EQ(planning, 1);
+}
+
 TEST_F(GivenRouting, OtherSignaturesAreRefusedByName) {
   const char *bad = R"mlir(
 func.func @two(%x: tensor<?x8xf32>, %y: tensor<?x8xf32>) -> tensor<?x8xf32> attributes {moe.layer = 0 : i64} {

@@ -23,6 +23,14 @@ def MoEFuseRouting : Pass<"moe-fuse-routing", "::mlir::func::FuncOp"> {
     fused op's ids and weights). Works for every router of the dialect
     because it moves the composition as it is.
 
+    In a layer whose routing is given (`x, ids, weights -> y`), router ops
+    that read the given ids and weights (say `moe.remap_experts`) fuse into
+    `moe.fused_route ... given(ids, weights)`. A dispatch of the given ids
+    with permute and combine reading the given weights, both unchanged, has
+    no router: it stays a `moe.dispatch` (the code generator's
+    dispatch-planning kernel), and `--moe-fuse-experts` builds
+    `moe.fused_experts` on the arguments and its plan.
+
     The pass refuses, with a remark that says why, when the chain reads
     anything but one token tensor, weights and constants, contains an op
     that is not a router op, or when permute and combine use different

@@ -30,6 +30,8 @@
  *            operands from MOE_ELEMENTWISE_SLOT_FIRST_INPUT.
  *   GRU      moe.gru_cell (RMoE's router state), with the projection of
  *            its input when the code generator folds it.
+ *   DISPATCH a standalone moe.dispatch of a given routing (one block:
+ *            the routing kernel's dispatch planning, moe_route.cuh).
  *
  *===---------------------------------------------------------------------===*/
 
@@ -134,6 +136,12 @@
   X(INPUT) X(STATE) X(OUTPUT) X(PROJECTION) X(WEIGHT_IH) X(WEIGHT_HH)        \
   X(BIAS_IH) X(BIAS_HH)
 
+/* moe.dispatch of a layer's given routing (the caller's ids [T, K] i32):
+ * the dispatch plan counts [E], offsets [E + 1], rows [T * K] and slot_row
+ * [T * K], as moe.fused_route's. */
+#define MOE_DISPATCH_SLOT_LIST(X)                                            \
+  X(IDS) X(COUNTS) X(OFFSETS) X(ROWS) X(SLOT_ROW)
+
 /* clang-format on */
 
 #define MOE_FFN_SLOT_(name) MOE_FFN_SLOT_##name,
@@ -163,6 +171,11 @@ enum MoELoraSlot { MOE_LORA_SLOT_LIST(MOE_LORA_SLOT_) MOE_LORA_NUM_SLOTS };
 #define MOE_GRU_SLOT_(name) MOE_GRU_SLOT_##name,
 enum MoEGruSlot { MOE_GRU_SLOT_LIST(MOE_GRU_SLOT_) MOE_GRU_NUM_SLOTS };
 #undef MOE_GRU_SLOT_
+#define MOE_DISPATCH_SLOT_(name) MOE_DISPATCH_SLOT_##name,
+enum MoEDispatchSlot {
+  MOE_DISPATCH_SLOT_LIST(MOE_DISPATCH_SLOT_) MOE_DISPATCH_NUM_SLOTS
+};
+#undef MOE_DISPATCH_SLOT_
 #define MOE_ELEMENTWISE_SLOT_(name) MOE_ELEMENTWISE_SLOT_##name,
 enum MoEElementwiseSlot {
   MOE_ELEMENTWISE_SLOT_LIST(MOE_ELEMENTWISE_SLOT_) MOE_ELEMENTWISE_NUM_SLOTS

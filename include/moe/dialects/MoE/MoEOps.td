@@ -779,6 +779,13 @@ def MoE_DispatchOp : MoE_Op<"dispatch", [Pure]> {
     `moe.drop_null_experts`), the verifier checks N <= E; drop null
     experts with `moe.drop_null_experts`. At run time ids outside `[0, E)`
     are treated as empty.
+
+    A layer whose routing is given (`x, ids, weights -> y`, e.g. Read-ME's
+    layers) and dispatches it unchanged keeps this op after fusion, with the
+    ids argument as operand: `moe.fused_experts` reads the arguments and
+    this op's rows and offsets, and the code generator maps it onto one
+    kernel that plans the dispatch (the routing kernel's planning). Any
+    other `moe.dispatch` is fused into `moe.fused_route`.
   }];
   let arguments = (ins MoE_Ids:$ids, I64Attr:$num_experts);
   let results = (outs MoE_I32Vector:$counts, MoE_I32Vector:$offsets,
@@ -1112,8 +1119,10 @@ def MoE_FusedRouteOp : MoE_Op<"fused_route",
     `moe.remap_experts` from physical slots to the local experts, then
     `moe.normalize` or `moe.scale`), or it yields them as they are. The
     routing kernel stages each token's given rows as it stages its input
-    row. Built by `--moe-fuse-routing` from a dispatch whose ids come from
-    the function's arguments.
+    row. Built by `--moe-fuse-routing` from a dispatch whose ids router ops
+    compute from the function's arguments; a layer that dispatches the
+    given routing as it is has no router to fuse and keeps its
+    `moe.dispatch` (see there).
 
     Extra layer inputs: a router that reads arguments of a layer with extra
     inputs (`moe.input`, e.g. the sequence scores and map of
