@@ -922,6 +922,27 @@ template <int St> struct TmaBarriers {
   }
 };
 
+/// tmaKLoop's state in one GEMM kernel (gateUp, down): with Use, St stages
+/// and their full/empty barriers in shared memory, initialised by init()
+/// (every thread), and the step count g that tmaKLoop carries across the
+/// block's work items; without, nothing is allocated.
+template <bool Use, typename TW, int NB, int NA> struct TmaPipe {
+  static constexpr int St = TmaStagesIf<Use, TW, NB, NA>::value;
+  using Stage = TmaStage<TW, NB, NA>;
+  Stage *stages = nullptr;
+  TmaBarriers<St> bars{};
+  unsigned step = 0;
+  __device__ __forceinline__ void init() {
+    if constexpr (Use) {
+      MOE_SHARED(Stage, tmaPipeStages, St);
+      MOE_SHARED(tma::Bar, tmaPipeBars, 2 * St);
+      stages = &tmaPipeStages[0];
+      bars = TmaBarriers<St>{&tmaPipeBars[0], &tmaPipeBars[St]};
+      bars.init();
+    }
+  }
+};
+
 /// The k loop with weight tiles by TMA: a block's k steps are numbered on
 /// from `g` across its work items (g advances by `steps`), step g uses
 /// stage g % St, whose barriers are in phase g / St. Thread 0 is the
@@ -1059,10 +1080,9 @@ __device__ void gateUp(const MoEKernelArgs &args) {
   // B tiles per k step: gate and up, or up alone (NoGate: the gate is
   // neither read nor multiplied). acc[NB - 1] is up's.
   constexpr int NB = F::NoGate ? 1 : 2;
-  constexpr bool Tma = Path == Gemm::Tma;
-  static_assert(!Tma || TmaWeights<F>::value,
+  constexpr bool UseTma = Path == Gemm::Tma;
+  static_assert(!UseTma || TmaWeights<F>::value,
                 "the TMA path takes 16-bit [out, in] weights (TmaWeights)");
-  constexpr bool UseTma = Tma;
   constexpr bool WG = Path == Gemm::Wgmma && WgmmaTiles<F>::value;
   constexpr bool Pipe = Path != Gemm::Mma;
   using G = GemmSmem<TW, InOut, NB, NA, WG>;
@@ -1072,18 +1092,9 @@ __device__ void gateUp(const MoEKernelArgs &args) {
   constexpr bool Async = St > 1;
   constexpr int StageWords = G::Words;
   MOE_SHARED(uint4, smemWords, (UseTma ? 1 : StageWords * St));
-  using TmaStageT = TmaStage<TW, NB, NA>;
-  constexpr int TSt = TmaStagesIf<UseTma, TW, NB, NA>::value;
-  [[maybe_unused]] TmaStageT *tmaStages = nullptr;
-  [[maybe_unused]] TmaBarriers<TSt> tmaBars{};
-  [[maybe_unused]] unsigned tmaStep = 0;
-  if constexpr (UseTma) {
-    MOE_SHARED(TmaStageT, gateUpStages, TSt);
-    MOE_SHARED(tma::Bar, gateUpBars, 2 * TSt);
-    tmaStages = &gateUpStages[0];
-    tmaBars = TmaBarriers<TSt>{&gateUpBars[0], &gateUpBars[TSt]};
-    tmaBars.init();
-  }
+  using TmaState = TmaPipe<UseTma, TW, NB, NA>;
+  [[maybe_unused]] TmaState tmaState;
+  tmaState.init();
   TW *As = reinterpret_cast<TW *>(&smemWords[0]);
   TW *Bg = As + NA * G::A;
   TW *Bu = F::NoGate ? Bg : Bg + G::B;
@@ -1154,8 +1165,9 @@ __device__ void gateUp(const MoEKernelArgs &args) {
           F::Fused ? &maps[MOE_FFN_SLOT_GATE_UP] : &maps[MOE_FFN_SLOT_UP]};
       const int base = static_cast<int>(e) * (F::Fused ? 2 * I : I) + n0;
       const int tileRows[2] = {base, F::Fused ? base + I : base};
-      tmaKLoop<TSt, NB, TW, NA>(
-          (H + BK - 1) / BK, tmaStep, tmaStages, tmaBars, tileMaps, tileRows,
+      tmaKLoop<TmaState::St, NB, TW, NA>(
+          (H + BK - 1) / BK, tmaState.step, tmaState.stages, tmaState.bars,
+          tileMaps, tileRows,
           [&](int ks, TW *As) {
             loadAChunk<TX, TW, TX, Scale, H % (16 / sizeof(TX)) == 0, NA>(
                 As + ar * S::SK + ac, src, ks * BK + ac, H, scale);
@@ -1292,10 +1304,9 @@ __device__ void down(const MoEKernelArgs &args) {
   constexpr int NA = ScratchTerms<TX, TW>::value;
   static_assert(!F::LowRank || (!SharedFFN && !InOut),
                 "factored weights are routed and out_in");
-  constexpr bool Tma = Path == Gemm::Tma;
-  static_assert(!Tma || TmaWeights<F>::value,
+  constexpr bool UseTma = Path == Gemm::Tma;
+  static_assert(!UseTma || TmaWeights<F>::value,
                 "the TMA path takes 16-bit [out, in] weights (TmaWeights)");
-  constexpr bool UseTma = Tma;
   constexpr bool WG = Path == Gemm::Wgmma && WgmmaTiles<F>::value;
   constexpr bool Pipe = Path != Gemm::Mma;
   using G = GemmSmem<TW, InOut, 1, NA, WG>;
@@ -1305,18 +1316,9 @@ __device__ void down(const MoEKernelArgs &args) {
   constexpr bool Async = St > 1;
   constexpr int StageWords = G::Words;
   MOE_SHARED(uint4, smemWords, (UseTma ? 1 : StageWords * St));
-  using TmaStageT = TmaStage<TW, 1, NA>;
-  constexpr int TSt = TmaStagesIf<UseTma, TW, 1, NA>::value;
-  [[maybe_unused]] TmaStageT *tmaStages = nullptr;
-  [[maybe_unused]] TmaBarriers<TSt> tmaBars{};
-  [[maybe_unused]] unsigned tmaStep = 0;
-  if constexpr (UseTma) {
-    MOE_SHARED(TmaStageT, downStages, TSt);
-    MOE_SHARED(tma::Bar, downBars, 2 * TSt);
-    tmaStages = &downStages[0];
-    tmaBars = TmaBarriers<TSt>{&downBars[0], &downBars[TSt]};
-    tmaBars.init();
-  }
+  using TmaState = TmaPipe<UseTma, TW, 1, NA>;
+  [[maybe_unused]] TmaState tmaState;
+  tmaState.init();
   TW *As = reinterpret_cast<TW *>(&smemWords[0]);
   TW *Bs = As + NA * G::A;
 
@@ -1358,9 +1360,9 @@ __device__ void down(const MoEKernelArgs &args) {
       const tma::TensorMap *const tileMaps[2] = {downMap, downMap};
       const int row = static_cast<int>(e) * H + n0;
       const int tileRows[2] = {row, row};
-      tmaKLoop<TSt, 1, TW, NA>(
-          (width + BK - 1) / BK, tmaStep, tmaStages, tmaBars, tileMaps,
-          tileRows,
+      tmaKLoop<TmaState::St, 1, TW, NA>(
+          (width + BK - 1) / BK, tmaState.step, tmaState.stages, tmaState.bars,
+          tileMaps, tileRows,
           [&](int ks, TW *As) {
             loadAChunk<float, TW, TX, false, I % 4 == 0, NA>(
                 As + ar * S::SK + ac, src, ks * BK + ac, width, 1.0f);
